@@ -1,0 +1,269 @@
+"""The coordinator: forks workers, samples their counters, detects stalls, reassigns work.
+
+It runs in the calling process. Each attempt at a part is one forked worker process
+(``_worker.worker_main``). The loop waits on the workers' process sentinels, so a worker
+that exits or dies is noticed at once; every ``progress_interval`` it samples the shared
+counter table for progress and ends any worker whose part made no progress for
+``stall_timeout`` (including one still waiting for a status line). A failed attempt is
+retried from the part's current offset after Ollama's backoff; ``retries`` failures in a
+row without progress fail the download, and every other worker is ended with it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import NamedTuple
+
+from ._http import Remote
+from ._plan import Span, backoff_delay
+from ._progress import PartProgress, Progress
+from ._shared import CounterTable
+from ._worker import Job, worker_main
+from .config import Settings
+from .errors import HTTPStatusError, Interrupted, RetriesExhausted, Stalled, WorkerCrashed
+
+ProgressCallback = Callable[[Progress], None]
+
+PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
+_RATE_WINDOW = 5.0  # seconds of samples behind the reported rate
+
+
+@dataclass
+class _Part:
+    """The coordinator's private bookkeeping for one slot of the counter table."""
+
+    slot: int
+    start: int
+    state: str = PENDING
+    attempts: int = 0
+    failures: int = 0  # failed attempts in a row without progress
+    mark: int = -1  # position at the last failure: moving past it resets ``failures``
+    not_before: float = 0.0  # earliest time of the next attempt (backoff)
+    proc: BaseProcess | None = None
+    conn: Connection | None = None
+    attempt_pos: int = 0  # position when the running attempt started
+    last_pos: int = 0  # position at the last sample
+    last_change: float = 0.0  # when the position last moved (or the attempt started)
+
+
+class Tally(NamedTuple):
+    bytes_fetched: int  # bytes received over all attempts (refetches included)
+    retries: int  # failed attempts that were retried
+    parts: int  # parts the blob was cut into
+    final_size: int  # bytes in the file (the size learned at EOF when unknown upfront)
+
+
+class Coordinator:
+    """Runs the parts of one download to completion, or raises the reason it cannot."""
+
+    def __init__(
+        self,
+        remote: Remote,
+        spans: list[Span],
+        fd: int,
+        path: str,
+        settings: Settings,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.remote, self.settings, self.on_progress = remote, settings, on_progress
+        self.fd, self.path = fd, path
+        self.ranged = remote.ranges and remote.size is not None
+        if not self.ranged:  # one sequential stream: the whole body, or until EOF
+            spans = [Span(0, remote.size if remote.size is not None else -1)]
+        self.table = CounterTable(len(spans))
+        self.parts = [_Part(slot=i, start=span.start) for i, span in enumerate(spans)]
+        for part, span in zip(self.parts, spans, strict=True):
+            self.table.set_pos(part.slot, span.start)
+            self.table.set_end(part.slot, span.end)
+        self.context = multiprocessing.get_context("fork")
+        self.retries = 0
+        self.fetched = 0
+        self.started = 0.0
+        self.samples: deque[tuple[float, int]] = deque()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> Tally:
+        self.started = time.monotonic()
+        self.samples.append((self.started, 0))
+        try:
+            with _signals_interrupt():
+                self._loop()
+        finally:
+            self._stop_all()
+            self._emit(time.monotonic())
+        # Without a known size, the blob ends where the single stream reached EOF.
+        size = self.remote.size if self.remote.size is not None else self.table.pos(0)
+        self.table.close()
+        return Tally(self.fetched, self.retries, len(self.parts), size)
+
+    def _loop(self) -> None:
+        interval = self.settings.progress_interval
+        next_sample = time.monotonic() + interval
+        while any(p.state != DONE for p in self.parts):
+            now = time.monotonic()
+            self._launch_ready(now)
+            wake = min([next_sample, *(p.not_before for p in self.parts if p.state == WAITING)])
+            sentinels = {p.proc.sentinel: p for p in self.parts if p.proc is not None}
+            timeout = max(0.0, wake - time.monotonic())
+            for ready in wait(list(sentinels), timeout=timeout) if sentinels else _sleep(timeout):
+                self._finish(sentinels[ready])  # type: ignore[index]
+            now = time.monotonic()
+            if now >= next_sample:
+                self._sample(now)
+                next_sample = max(next_sample + interval, now)
+
+    def _launch_ready(self, now: float) -> None:
+        running = sum(1 for p in self.parts if p.state == RUNNING)
+        for part in self.parts:
+            if running >= self.settings.connections:
+                return
+            if part.state == PENDING or (part.state == WAITING and part.not_before <= now):
+                self._launch(part, now)
+                running += 1
+
+    def _launch(self, part: _Part, now: float) -> None:
+        if not self.ranged:  # without ranges a new attempt starts over
+            self.table.set_pos(part.slot, 0)
+        receiver, sender = self.context.Pipe(duplex=False)
+        job = Job(slot=part.slot, ranged=self.ranged, fd=self.fd, path=self.path)
+        proc = self.context.Process(
+            target=worker_main,
+            args=(job, self.remote, self.settings, self.table, sender),
+            name=f"blobdl-part-{part.slot}",
+            daemon=True,
+        )
+        proc.start()
+        sender.close()  # the child holds the only write end: EOF if it dies
+        part.proc, part.conn, part.state = proc, receiver, RUNNING
+        part.attempts += 1
+        part.attempt_pos = part.last_pos = self.table.pos(part.slot)
+        part.last_change = now
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def _finish(self, part: _Part) -> None:
+        """A worker exited: collect its result, then mark the part done or retry it."""
+        assert part.proc is not None and part.conn is not None
+        part.proc.join()
+        error: BaseException | None
+        try:
+            error = part.conn.recv() if part.conn.poll() else WorkerCrashed(part.proc.exitcode)
+        except (EOFError, OSError):
+            error = WorkerCrashed(part.proc.exitcode)
+        self._release(part)
+        if error is None and self._complete(part):
+            part.state = DONE
+        else:
+            self._failed(part, error or WorkerCrashed(0))
+
+    def _complete(self, part: _Part) -> bool:
+        end = self.table.end(part.slot)
+        return end < 0 or self.table.pos(part.slot) >= end
+
+    def _failed(self, part: _Part, error: BaseException) -> None:
+        if not getattr(error, "retryable", False):
+            raise error
+        pos = self.table.pos(part.slot)
+        if pos > part.mark:  # the part moved since its last failure: a fresh budget
+            part.failures, part.mark = 0, pos
+        part.failures += 1
+        if part.failures > self.settings.retries:
+            raise RetriesExhausted(
+                part.slot, part.start, self.table.end(part.slot), part.attempts, error
+            )
+        self.retries += 1
+        delay = backoff_delay(part.failures, self.settings)
+        if isinstance(error, HTTPStatusError) and error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, self.settings.max_backoff))
+        part.state, part.not_before = WAITING, time.monotonic() + delay
+
+    def _release(self, part: _Part) -> None:
+        """Forget a finished attempt: count its bytes, close its pipe."""
+        self.fetched += max(0, self.table.pos(part.slot) - part.attempt_pos)
+        if part.conn is not None:
+            part.conn.close()
+        part.proc = part.conn = None
+
+    # --- sampling, stalls, shutdown ---------------------------------------------------------
+
+    def _sample(self, now: float) -> None:
+        for part in self.parts:
+            if part.state != RUNNING:
+                continue
+            pos = self.table.pos(part.slot)
+            if pos != part.last_pos:
+                part.last_pos, part.last_change = pos, now
+            elif now - part.last_change >= self.settings.stall_timeout:
+                self._kill(part)
+                self._failed(part, Stalled(self.settings.stall_timeout))
+        self._emit(now)
+
+    def _kill(self, part: _Part) -> None:
+        """End a worker that cannot be trusted to notice by itself (blocked in recv)."""
+        if part.proc is not None:
+            part.proc.kill()
+            part.proc.join()
+        self._release(part)
+
+    def _stop_all(self) -> None:
+        for part in self.parts:
+            if part.proc is not None:
+                self._kill(part)
+                if part.state == RUNNING:
+                    part.state = PENDING
+
+    def _emit(self, now: float) -> None:
+        if self.on_progress is None:
+            return
+        parts = tuple(self._part_progress(p) for p in self.parts)
+        done = sum(p.done for p in parts)
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[0][0] > _RATE_WINDOW:
+            self.samples.popleft()
+        then, before = self.samples[0]
+        rate = (done - before) / (now - then) if now > then else 0.0
+        total = self.remote.size
+        active = sum(1 for p in self.parts if p.state == RUNNING)
+        self.on_progress(
+            Progress(done, total, rate, now - self.started, active, self.retries, parts)
+        )
+
+    def _part_progress(self, part: _Part) -> PartProgress:
+        pos, end = self.table.pos(part.slot), self.table.end(part.slot)
+        done = (pos if end < 0 else min(pos, end)) - part.start
+        return PartProgress(part.slot, part.start, end, done, part.state, part.attempts)
+
+
+def _sleep(seconds: float) -> list[int]:
+    time.sleep(seconds)
+    return []
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT/SIGTERM raise ``Interrupted`` in the coordinator (workers ignore SIGINT)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(signal.SIGINT) from None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

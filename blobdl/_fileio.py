@@ -1,0 +1,113 @@
+"""The destination on disk: checks, preallocation, positional writes, atomic rename."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path, PurePosixPath
+
+import psutil
+
+from .errors import InsufficientSpace, LocalFileError
+
+TEMP_SUFFIX = ".blobdl-tmp"
+_NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
+
+
+def temp_path(dest: Path) -> Path:
+    """Where bytes land until the download is complete (same directory: rename is atomic)."""
+    return dest.with_name(dest.name + TEMP_SUFFIX)
+
+
+def safe_basename(name: str | None) -> str | None:
+    """Reduce a server- or URL-supplied name to a plain file name, or None if nothing is left.
+
+    ``../../x`` and ``/etc/x`` become ``x``: a remote never chooses our directory.
+    """
+    if not name:
+        return None
+    base = PurePosixPath(name.replace("\\", "/")).name.strip()
+    base = "".join(c for c in base if c.isprintable() and c != "\x00")
+    if base in ("", ".", "..") or base.startswith("."):
+        base = base.lstrip(".")
+    return base or None
+
+
+def check_destination(dest: Path) -> None:
+    """Fail early (before any network traffic) if ``dest`` cannot be written."""
+    parent = dest.parent
+    if dest.is_dir():
+        raise LocalFileError(str(dest), "is a directory")
+    if not parent.is_dir():
+        raise LocalFileError(str(dest), f"directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LocalFileError(str(dest), f"directory {parent} is not writable")
+
+
+def check_free_space(dest: Path, needed: int) -> None:
+    """Refuse a download that cannot fit, naming what is needed and what is free."""
+    free = psutil.disk_usage(str(dest.parent)).free
+    if needed > free:
+        raise InsufficientSpace(str(dest), needed, free)
+
+
+def open_temp(path: Path) -> int:
+    """Open (creating) the temporary file for positional writes."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise LocalFileError(str(path), exc.strerror or str(exc)) from None
+
+
+def preallocate(fd: int, size: int, path: Path) -> None:
+    """Reserve ``size`` bytes up front so writes cannot fail half-way for lack of space
+    (and the file is not fragmented); fall back to a sparse file where unsupported."""
+    try:
+        os.ftruncate(fd, size)
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in _NO_FALLOCATE:
+            raise local_error(path, exc) from None
+
+
+def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """Write all of ``view`` at ``offset`` (``os.pwrite`` may write less than asked)."""
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def finalize(fd: int, temp: Path, dest: Path, size: int) -> None:
+    """Make the complete temp file durable and move it onto ``dest`` atomically."""
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(temp, dest)
+        _fsync_dir(dest.parent)
+    except OSError as exc:
+        raise local_error(dest, exc) from None
+
+
+def discard(fd: int | None, temp: Path) -> None:
+    """Close and remove the temp file after a failure (never leaves a half file behind)."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def local_error(path: Path, exc: OSError) -> LocalFileError:
+    """An OSError on our own files, as a blobdl error (ENOSPC, EIO, EACCES...)."""
+    return LocalFileError(str(path), exc.strerror or str(exc))

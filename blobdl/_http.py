@@ -1,0 +1,324 @@
+"""The HTTP edge: pools, the probe, ranged GETs, response checks, error translation.
+
+Everything urllib3 or the socket layer can raise becomes a ``blobdl`` error here, so the
+coordinator and the workers reason about our errors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.message
+import http.client
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import NamedTuple
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import LocationParseError, SSLError
+
+from . import __version__
+from ._plan import Span, parse_content_range, range_header
+from .config import Settings
+from .errors import (
+    BadResponse,
+    BlobdlError,
+    ConnectionFailed,
+    HTTPStatusError,
+    RemoteChanged,
+    TLSError,
+    TooManyRedirects,
+    UsageError,
+)
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Credentials must not follow a redirect to another host.
+_SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+Response = urllib3.BaseHTTPResponse
+
+
+class Remote(NamedTuple):
+    """What the probe learned about the blob; pinned for the whole download."""
+
+    url: str  # the URL the user asked for
+    final_url: str  # after redirects: every part is fetched from here
+    size: int | None  # None: the server did not say
+    ranges: bool  # a range request was answered 206 (proven, not assumed)
+    etag: str | None  # validator pinned at probe time
+    last_modified: str | None
+    filename: str | None  # from Content-Disposition, unsanitised
+    headers: tuple[tuple[str, str], ...]  # user headers still safe to send to final_url
+
+
+def check_url(url: str) -> None:
+    """Refuse anything but an absolute http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise UsageError(f"invalid URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(f"unsupported URL scheme in {url!r} (use http or https)")
+    if not host:
+        raise UsageError(f"invalid URL {url!r}: no host")
+
+
+def make_pool(settings: Settings) -> urllib3.PoolManager:
+    """A pool for one process. Never share one across a fork: build it in the child."""
+    timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.stall_timeout)
+    return urllib3.PoolManager(
+        num_pools=4,
+        maxsize=1,
+        retries=False,
+        timeout=timeout,
+        cert_reqs="CERT_REQUIRED" if settings.verify_tls else "CERT_NONE",
+        ca_certs=settings.ca_bundle,
+    )
+
+
+@contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Turn urllib3, http.client and socket errors into blobdl errors."""
+    try:
+        yield
+    except BlobdlError:
+        raise
+    except (SSLError, ssl.SSLError) as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "hostname" in str(exc).lower():
+            raise TLSError(url, f"TLS verification failed: {exc}") from None
+        raise ConnectionFailed(url, f"TLS error: {exc}") from None
+    except LocationParseError as exc:
+        raise UsageError(f"invalid URL {url!r}: {exc}") from None
+    except TimeoutError as exc:
+        raise ConnectionFailed(url, f"timed out: {exc}") from None
+    except http.client.IncompleteRead as exc:
+        raise ConnectionFailed(url, f"connection closed early: {exc!r}") from None
+    except (Urllib3Error, http.client.HTTPException, OSError) as exc:
+        raise ConnectionFailed(url, f"{type(exc).__name__}: {exc}") from None
+
+
+def _base_headers(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    # identity: a compressed body would make byte offsets meaningless (pip does the same).
+    headers = {"User-Agent": f"blobdl/{__version__}", "Accept-Encoding": "identity"}
+    headers.update(extra)
+    return headers
+
+
+def _request(pool: urllib3.PoolManager, url: str, headers: dict[str, str]) -> Response:
+    with translate_errors(url):
+        return pool.request(
+            "GET", url, headers=headers, redirect=False, preload_content=False, decode_content=False
+        )
+
+
+def _drop_credentials(
+    headers: tuple[tuple[str, str], ...], old: str, new: str
+) -> tuple[tuple[str, str], ...]:
+    if urlsplit(old).hostname == urlsplit(new).hostname:
+        return headers
+    return tuple(h for h in headers if h[0].lower() not in _SENSITIVE)
+
+
+def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
+    """Resolve redirects and learn size, range support and validators with one
+    ``Range: bytes=0-0`` request per hop."""
+    check_url(url)
+    current, headers = url, settings.headers
+    for _hop in range(settings.max_redirects + 1):
+        response = _request(pool, current, {**_base_headers(headers), "Range": "bytes=0-0"})
+        try:
+            if response.status not in _REDIRECTS:
+                return _remote_from(url, current, headers, response)
+            location = response.headers.get("Location")
+            if not location:
+                raise BadResponse(current, f"redirect {response.status} without Location")
+        finally:
+            _finish_probe_response(response)
+        target = urljoin(current, location)
+        check_url(target)
+        headers = _drop_credentials(headers, current, target)
+        current = target
+    raise TooManyRedirects(url, settings.max_redirects)
+
+
+def _finish_probe_response(response: Response) -> None:
+    """Reuse the connection after a small redirect body; drop it after anything else."""
+    if response.status in _REDIRECTS:
+        with contextlib.suppress(Exception):
+            response.drain_conn()
+            response.release_conn()
+            return
+    response.close()
+
+
+def _remote_from(
+    url: str, final: str, headers: tuple[tuple[str, str], ...], response: Response
+) -> Remote:
+    status = response.status
+    _require_identity(final, response)
+    if status == 206:
+        content_range = parse_content_range(response.headers.get("Content-Range", ""))
+        if not content_range or content_range.span != Span(0, 1) or content_range.total is None:
+            text = response.headers.get("Content-Range")
+            raise BadResponse(final, f"probe got Content-Range {text!r}")
+        size: int | None = content_range.total
+        ranges = True
+    elif status == 416:
+        # bytes=0-0 is unsatisfiable only for an empty blob.
+        content_range = parse_content_range(response.headers.get("Content-Range", ""))
+        if not content_range or content_range.total != 0:
+            raise HTTPStatusError(416, final)
+        size, ranges = 0, True
+    elif status == 200:
+        size, ranges = _content_length(response), False
+    else:
+        raise HTTPStatusError(status, final, retry_after(response))
+    return Remote(
+        url=url,
+        final_url=final,
+        size=size,
+        ranges=ranges,
+        etag=response.headers.get("ETag"),
+        last_modified=response.headers.get("Last-Modified"),
+        filename=content_disposition_filename(response.headers.get("Content-Disposition")),
+        headers=headers,
+    )
+
+
+def _content_length(response: Response) -> int | None:
+    text = response.headers.get("Content-Length")
+    if text is None or "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _require_identity(url: str, response: Response) -> None:
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BadResponse(url, f"body is {encoding}-encoded although identity was asked")
+
+
+def content_disposition_filename(value: str | None) -> str | None:
+    """The ``filename``/``filename*`` parameter of a Content-Disposition, if any."""
+    if not value:
+        return None
+    message = email.message.Message()
+    message["Content-Disposition"] = value
+    name = message.get_filename()
+    return name if isinstance(name, str) else None
+
+
+def retry_after(response: Response) -> float | None:
+    """Seconds the server asked us to wait (delta-seconds or an HTTP date), if any."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _conditional_headers(remote: Remote) -> dict[str, str]:
+    etag = remote.etag
+    if etag and not etag.startswith("W/"):
+        return {"If-Match": etag}
+    if remote.last_modified:
+        return {"If-Unmodified-Since": remote.last_modified}
+    return {}
+
+
+def open_range(pool: urllib3.PoolManager, remote: Remote, span: Span) -> Response:
+    """GET ``span`` of the pinned remote; the response is checked before a byte is read."""
+    headers = {
+        **_base_headers(remote.headers),
+        **_conditional_headers(remote),
+        "Range": range_header(span.start, span.end),
+    }
+    response = _request(pool, remote.final_url, headers)
+    try:
+        _check_range_response(remote, span, response)
+    except BaseException:
+        response.close()
+        raise
+    return response
+
+
+def _check_range_response(remote: Remote, span: Span, response: Response) -> None:
+    url = remote.final_url
+    if response.status == 412:
+        raise RemoteChanged(url, "the pinned validator no longer matches (412)")
+    if response.status == 200:
+        raise BadResponse(url, "answered 200 (the whole blob) to a range request")
+    if response.status != 206:
+        raise HTTPStatusError(response.status, url, retry_after(response))
+    _check_validators(remote, response)
+    _require_identity(url, response)
+    text = response.headers.get("Content-Range", "")
+    content_range = parse_content_range(text)
+    if content_range and content_range.total is not None and content_range.total != remote.size:
+        raise RemoteChanged(url, f"size changed from {remote.size} to {content_range.total}")
+    if not content_range or content_range.span != span:
+        raise BadResponse(url, f"asked for {range_header(*span)}, got Content-Range {text!r}")
+    length = _content_length(response)
+    if length is not None and length != span.length:
+        raise BadResponse(url, f"Content-Length {length} for a {span.length}-byte range")
+
+
+def _check_validators(remote: Remote, response: Response) -> None:
+    for name, pinned in (("ETag", remote.etag), ("Last-Modified", remote.last_modified)):
+        seen = response.headers.get(name)
+        if pinned and seen and seen != pinned:
+            raise RemoteChanged(remote.final_url, f"{name} changed from {pinned} to {seen}")
+
+
+def open_whole(pool: urllib3.PoolManager, remote: Remote) -> Response:
+    """GET the whole blob (the fallback for servers without range support)."""
+    response = _request(pool, remote.final_url, _base_headers(remote.headers))
+    try:
+        if response.status != 200:
+            raise HTTPStatusError(response.status, remote.final_url, retry_after(response))
+        _require_identity(remote.final_url, response)
+        _check_validators(remote, response)
+        length = _content_length(response)
+        if remote.size is not None and length is not None and length != remote.size:
+            raise RemoteChanged(remote.final_url, f"size changed from {remote.size} to {length}")
+    except BaseException:
+        response.close()
+        raise
+    return response
+
+
+Reader = Callable[[memoryview], int]
+
+
+def body_reader(response: Response) -> Reader:
+    """A ``readinto``-style function over the body that returns as soon as *some* bytes
+    arrived (so progress is visible on slow links) and copies straight into our buffer."""
+    inner = getattr(response, "_fp", None)
+    sock_file = getattr(inner, "fp", None)
+    if isinstance(inner, http.client.HTTPResponse) and not inner.chunked and sock_file is not None:
+        # A length-delimited (or read-to-close) body is the raw stream after the headers;
+        # the caller never asks for more than the body holds.
+        return sock_file.readinto1  # type: ignore[no-any-return]
+
+    def read_decoded(view: memoryview) -> int:
+        data = response.read1(len(view)) if hasattr(response, "read1") else response.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    return read_decoded

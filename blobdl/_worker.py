@@ -1,0 +1,105 @@
+"""The worker process: one attempt at one slot's byte range.
+
+A worker is forked by the coordinator, builds its own urllib3 pool (pools never cross a
+fork), GETs ``[pos, end)`` of its slot, and writes with ``os.pwrite`` into the shared
+preallocated file descriptor. After every write it publishes its position in the counter
+table; it re-reads its slot's ``end`` before every read, so the coordinator can move the
+end in (another worker took the tail). It sends one result down its pipe — ``None`` for
+success or a picklable ``BlobdlError`` — and exits. Retries, backoff and stall handling
+belong to the coordinator.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import NamedTuple
+
+from ._fileio import local_error, pwrite_all
+from ._http import Reader, Remote, body_reader, make_pool, open_range, open_whole, translate_errors
+from ._plan import Span
+from ._shared import CounterTable
+from .config import Settings
+from .errors import BlobdlError, TruncatedBody
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Job(NamedTuple):
+    """One attempt, sent to a freshly forked worker."""
+
+    slot: int  # index into the counter table (pos/end live there)
+    ranged: bool  # False: the whole-body fallback for servers without ranges
+    fd: int  # the preallocated temporary file, inherited across the fork
+    path: str  # its name, for error messages only
+
+
+def worker_main(
+    job: Job, remote: Remote, settings: Settings, table: CounterTable, conn: Connection
+) -> None:
+    """Entry point in the child process."""
+    # The coordinator owns cancellation: Ctrl-C in the terminal must not kill us mid-write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    result: BlobdlError | None = None
+    try:
+        _fetch(job, remote, settings, table)
+    except BlobdlError as exc:
+        result = exc
+    except Exception as exc:  # a bug: report it rather than hang the slot
+        result = BlobdlError(f"worker failed unexpectedly: {exc!r}")
+    conn.send(result)
+    conn.close()
+
+
+def _die_with_parent() -> None:
+    """If the coordinator is SIGKILLed, the kernel kills us too (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _fetch(job: Job, remote: Remote, settings: Settings, table: CounterTable) -> None:
+    start, end = table.pos(job.slot), table.end(job.slot)
+    pool = make_pool(settings)
+    url = remote.final_url
+    with translate_errors(url):
+        if job.ranged:
+            response = open_range(pool, remote, Span(start, end))
+        else:
+            response = open_whole(pool, remote)
+        try:
+            pos = _stream(job, body_reader(response), table, start, settings.buffer_size)
+        finally:
+            response.close()
+    final_end = table.end(job.slot)
+    if final_end >= 0 and pos < final_end:
+        raise TruncatedBody(url, pos - start, final_end - start)
+
+
+def _stream(job: Job, read: Reader, table: CounterTable, pos: int, buffer_size: int) -> int:
+    """The hot loop: socket -> one reused buffer -> pwrite; returns the position reached."""
+    buffer = memoryview(bytearray(buffer_size))
+    parent = os.getppid()
+    while True:
+        end = table.end(job.slot)  # may move in at any time; -1 means "until EOF"
+        want = buffer_size if end < 0 else min(buffer_size, end - pos)
+        if want <= 0:
+            return pos
+        count = read(buffer if want == buffer_size else buffer[:want])
+        if count == 0:
+            return pos
+        try:
+            pwrite_all(job.fd, buffer if count == buffer_size else buffer[:count], pos)
+        except OSError as exc:
+            raise local_error(Path(job.path), exc) from None
+        pos += count
+        table.set_pos(job.slot, pos)
+        if os.getppid() != parent:  # orphaned: nobody will ever use these bytes
+            os._exit(1)

@@ -1,0 +1,222 @@
+"""The command line: argument parsing, progress display and exit codes. No download logic."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from . import __version__
+from ._api import Downloader, DownloadResult
+from ._progress import Progress
+from .config import Settings, parse_header, parse_size
+from .errors import (
+    EXIT_INTEGRITY,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_LOCAL,
+    EXIT_NETWORK,
+    EXIT_OK,
+    EXIT_USAGE,
+    BlobdlError,
+    Interrupted,
+)
+
+EPILOG = f"""\
+exit codes:
+  {EXIT_OK}    the blob is complete at the destination
+  {EXIT_USAGE}    bad usage or input (arguments, URL, settings)
+  {EXIT_NETWORK}    network or server failure (after retries), HTTP errors such as 404
+  {EXIT_INTEGRITY}    integrity failure: the remote changed or broke the protocol
+  {EXIT_LOCAL}    local file or disk failure (missing directory, no space, I/O error)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C / SIGTERM)
+  {EXIT_INTERNAL}    internal error (a bug: please report it)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own exit code is 2 too, kept explicit
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except BlobdlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _header(text: str) -> tuple[str, str]:
+    try:
+        return parse_header(text)
+    except BlobdlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    p = _Parser(
+        prog="blobdl",
+        description="Download one large blob over HTTP(S) with parallel byte ranges.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("url", help="http:// or https:// URL of the blob")
+    p.add_argument("-o", "--output", help="destination file (default: name from the server/URL)")
+    p.add_argument("--parts", type=int, help="cut the blob into exactly N parts")
+    p.add_argument(
+        "--connections", type=int, default=d.connections, help="parallel workers (%(default)s)"
+    )
+    p.add_argument("--min-part-size", type=_size, default=d.min_part_size, help="e.g. 100MB")
+    p.add_argument("--max-part-size", type=_size, default=d.max_part_size, help="e.g. 1GB")
+    p.add_argument(
+        "--retries", type=int, default=d.retries, help="retries per part (default %(default)s)"
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=d.stall_timeout,
+        help="seconds without progress before a part is restarted (default %(default)s)",
+    )
+    p.add_argument("--max-backoff", type=float, default=d.max_backoff, help="seconds")
+    p.add_argument("--max-redirects", type=int, default=d.max_redirects)
+    p.add_argument(
+        "-H", "--header", type=_header, action="append", default=[], help="'Name: value'"
+    )
+    p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+    p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    p.add_argument("--version", action="version", version=f"blobdl {__version__}")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        parts=args.parts,
+        connections=args.connections,
+        min_part_size=args.min_part_size,
+        max_part_size=args.max_part_size,
+        retries=args.retries,
+        stall_timeout=args.stall_timeout,
+        max_backoff=args.max_backoff,
+        max_redirects=args.max_redirects,
+        headers=tuple(args.header),
+        ca_bundle=args.ca_bundle,
+        verify_tls=not args.insecure,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    display: _Display | None = None
+    try:
+        downloader = Downloader(settings_from(args))
+        display = _display_for(args)
+        result = downloader.download(args.url, args.output, on_progress=display.progress)
+    except BlobdlError as exc:
+        return _fail(args, display, exc, exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail(args, display, Interrupted(2), EXIT_INTERRUPTED)
+    display.finished(result)
+    return EXIT_OK
+
+
+def _fail(args: argparse.Namespace, display: _Display | None, exc: BaseException, code: int) -> int:
+    if display is not None:
+        display.close()
+    if args.json:
+        _json_line(
+            sys.stdout,
+            {"event": "failed", "error": str(exc), "type": type(exc).__name__, "exit_code": code},
+        )
+    print(f"blobdl: error: {exc}", file=sys.stderr)
+    return code
+
+
+def _json_line(stream: IO[str], record: dict[str, Any]) -> None:
+    stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+    stream.flush()
+
+
+class _Display:
+    """Shows progress: a tqdm bar on a TTY, JSON lines with --json, or nothing."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.bar: Any = None
+
+    def progress(self, progress: Progress) -> None:
+        if self.mode == "json":
+            _json_line(sys.stdout, _progress_record(progress))
+        elif self.mode == "bar":
+            self._draw(progress)
+
+    def _draw(self, progress: Progress) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            tqdm.monitor_interval = 0  # no monitor thread: we fork after this point
+            self.bar = tqdm(
+                total=progress.total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                dynamic_ncols=True,
+                file=sys.stdout,
+            )
+        self.bar.set_postfix_str(f"{progress.active} parts active", refresh=False)
+        self.bar.update(progress.done - self.bar.n)
+
+    def finished(self, result: DownloadResult) -> None:
+        self.close()
+        if self.mode == "json":
+            _json_line(sys.stdout, {"event": "finished", **_result_record(result)})
+        elif self.mode != "quiet":
+            rate = result.size / result.elapsed if result.elapsed > 0 else 0.0
+            print(
+                f"{result.path}: {result.size} bytes in {result.elapsed:.1f} s "
+                f"({rate / 1e6:.1f} MB/s, {result.parts} parts, {result.retries} retries)",
+                file=sys.stderr,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _display_for(args: argparse.Namespace) -> _Display:
+    if args.json:
+        return _Display("json")
+    if args.quiet:
+        return _Display("quiet")
+    return _Display("bar" if sys.stdout.isatty() else "plain")
+
+
+def _progress_record(progress: Progress) -> dict[str, Any]:
+    return {
+        "event": "progress",
+        "done": progress.done,
+        "total": progress.total,
+        "rate": round(progress.rate, 1),
+        "elapsed": round(progress.elapsed, 3),
+        "active": progress.active,
+        "retries": progress.retries,
+        "parts": [part._asdict() for part in progress.parts],
+    }
+
+
+def _result_record(result: DownloadResult) -> dict[str, Any]:
+    record = {field: getattr(result, field) for field in result.__dataclass_fields__}
+    record["path"] = os.fspath(result.path)
+    return record
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""One exception root for everything blobdl raises.
+
+Every class keeps its constructor arguments in ``self.args`` (in order), so the default
+``BaseException.__reduce__`` rebuilds it: errors cross from worker processes to the
+coordinator through a pipe, and must pickle.
+
+``exit_code`` is the CLI's exit status for the error; ``retryable`` tells the coordinator
+whether another attempt at the same byte range might succeed.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_NETWORK = 3
+EXIT_INTEGRITY = 4
+EXIT_LOCAL = 5
+EXIT_INTERRUPTED = 130
+
+
+class BlobdlError(Exception):
+    """Root of all blobdl errors."""
+
+    exit_code = EXIT_INTERNAL
+    retryable = False
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+class UsageError(BlobdlError, ValueError):
+    """Invalid input: a bad URL, scheme, setting or argument."""
+
+    exit_code = EXIT_USAGE
+
+
+# --- the network and the remote -------------------------------------------------------------
+
+
+class NetworkError(BlobdlError):
+    """The remote could not be reached or talked to; usually worth another attempt."""
+
+    exit_code = EXIT_NETWORK
+    retryable = True
+
+
+class ConnectionFailed(NetworkError):
+    """Connecting, sending or receiving failed (refused, reset, DNS, timeout)."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(url, detail)
+        self.url, self.detail = url, detail
+
+    def __str__(self) -> str:
+        return f"{self.detail} ({self.url})"
+
+
+class TLSError(ConnectionFailed):
+    """The TLS handshake or certificate check failed; another attempt will not help."""
+
+    retryable = False
+
+
+class TruncatedBody(NetworkError):
+    """The body ended before the bytes the response promised."""
+
+    def __init__(self, url: str, got: int, expected: int) -> None:
+        super().__init__(url, got, expected)
+        self.url, self.got, self.expected = url, got, expected
+
+    def __str__(self) -> str:
+        return f"body ended after {self.got} of {self.expected} bytes from {self.url}"
+
+
+class Stalled(NetworkError):
+    """No byte arrived for the stall timeout (including no status line at all)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return f"no progress for {self.seconds:g} s"
+
+
+class WorkerCrashed(NetworkError):
+    """A worker process died without reporting (killed or crashed)."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        super().__init__(exitcode)
+        self.exitcode = exitcode
+
+    def __str__(self) -> str:
+        return f"worker process died (exit code {self.exitcode})"
+
+
+_RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class HTTPStatusError(NetworkError):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, url: str, retry_after: float | None = None) -> None:
+        super().__init__(status, url, retry_after)
+        self.status, self.url, self.retry_after = status, url, retry_after
+        self.retryable = status in _RETRYABLE_STATUS or 500 <= status < 600
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status} from {self.url}"
+
+
+class TooManyRedirects(NetworkError):
+    """The redirect chain was longer than the limit (or looped)."""
+
+    retryable = False
+
+    def __init__(self, url: str, limit: int) -> None:
+        super().__init__(url, limit)
+        self.url, self.limit = url, limit
+
+    def __str__(self) -> str:
+        return f"more than {self.limit} redirects starting at {self.url}"
+
+
+class RetriesExhausted(NetworkError):
+    """A part failed more times in a row than the retry limit allows."""
+
+    retryable = False
+
+    def __init__(
+        self, part: int, start: int, end: int, attempts: int, last_error: BaseException
+    ) -> None:
+        super().__init__(part, start, end, attempts, last_error)
+        self.part, self.start, self.end = part, start, end
+        self.attempts, self.last_error = attempts, last_error
+        inner = getattr(last_error, "exit_code", EXIT_NETWORK)
+        self.exit_code = inner if isinstance(inner, int) else EXIT_NETWORK
+
+    def __str__(self) -> str:
+        return (
+            f"part {self.part} (bytes {self.start}-{self.end - 1}) failed after "
+            f"{self.attempts} attempts: {self.last_error}"
+        )
+
+
+# --- integrity: the bytes or the remote are not what was promised ---------------------------
+
+
+class IntegrityError(BlobdlError):
+    """The remote broke its promises or the bytes do not match; never retried blindly."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class RemoteChanged(IntegrityError):
+    """The blob changed on the server while (or since) it was being downloaded."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(url, detail)
+        self.url, self.detail = url, detail
+
+    def __str__(self) -> str:
+        return f"remote changed: {self.detail} ({self.url})"
+
+
+class BadResponse(IntegrityError):
+    """A response that breaks the protocol: wrong Content-Range, 200 to a range, etc."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(url, detail)
+        self.url, self.detail = url, detail
+
+    def __str__(self) -> str:
+        return f"bad response: {self.detail} ({self.url})"
+
+
+class DigestMismatch(IntegrityError):
+    """The downloaded bytes do not hash to the expected digest."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(expected, actual)
+        self.expected, self.actual = expected, actual
+
+    def __str__(self) -> str:
+        return f"digest mismatch: expected {self.expected}, got {self.actual}"
+
+
+# --- the local side -------------------------------------------------------------------------
+
+
+class LocalFileError(BlobdlError):
+    """The destination cannot be written: missing directory, permissions, disk full, I/O."""
+
+    exit_code = EXIT_LOCAL
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.path, self.detail = path, detail
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"
+
+
+class InsufficientSpace(LocalFileError):
+    """Not enough free space on the destination's filesystem."""
+
+    def __init__(self, path: str, needed: int, free: int) -> None:
+        BlobdlError.__init__(self, path, needed, free)
+        self.path, self.needed, self.free = path, needed, free
+        self.detail = f"needs {needed} bytes but only {free} are free"
+
+
+class Interrupted(BlobdlError):
+    """The download was stopped by SIGINT or SIGTERM."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"interrupted by signal {self.signum}"

@@ -1,0 +1,100 @@
+"""Shared fixtures: one real server process per session, blobs on disk, leak checks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from blobdl import Settings
+from tests.serverctl import ServerHandle, make_blob, start_server
+
+# Small parts and short timeouts so faults play out in milliseconds, not Ollama's minutes.
+PART = 64 * 1024
+
+
+def fast_settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "min_part_size": PART,
+        "max_part_size": PART,
+        "connections": 4,
+        "stall_timeout": 2.0,
+        "progress_interval": 0.1,
+        "backoff_unit": 0.001,
+        "max_backoff": 0.05,
+        "buffer_size": 16 * 1024,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+@dataclass(frozen=True)
+class Blob:
+    name: str
+    size: int
+    sha256: str
+    url: str
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    handle = start_server(tmp_path_factory.mktemp("served"))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean_server(request: pytest.FixtureRequest) -> None:
+    if "server" in request.fixturenames:
+        request.getfixturevalue("server").reset()
+
+
+@pytest.fixture(scope="session")
+def _blob_cache() -> dict[tuple[int, int], str]:
+    return {}
+
+
+@pytest.fixture
+def make(server: ServerHandle, _blob_cache: dict[tuple[int, int], str]) -> Callable[..., Blob]:
+    """``make(size, seed=0)`` -> a blob of that size served by ``server``."""
+
+    def _make(size: int, seed: int = 0) -> Blob:
+        name = f"blob-{size}-{seed}.bin"
+        if (size, seed) not in _blob_cache:
+            _blob_cache[(size, seed)] = make_blob(server.root, name, size, seed)
+        return Blob(name, size, _blob_cache[(size, seed)], server.url(name))
+
+    return _make
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_test_server(proc: psutil.Process) -> bool:
+    try:
+        return "tests.server" in proc.cmdline()
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers() -> Iterator[None]:
+    """Every test must reap its worker processes (the session's server is exempt)."""
+    yield
+    me = psutil.Process(os.getpid())
+    leftovers = [p for p in me.children(recursive=True) if not _is_test_server(p)]
+    for proc in leftovers:
+        proc.kill()
+    assert not leftovers, f"processes left alive: {leftovers}"

@@ -1,0 +1,224 @@
+"""The engine end to end: a real server process, forked workers, real files, sha256."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import blobdl
+from blobdl import Downloader, Progress
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.serverctl import ServerHandle
+
+Make = Callable[..., Blob]
+
+
+def fetch(url: str, dest: Path, **overrides: object) -> blobdl.DownloadResult:
+    return Downloader(fast_settings(**overrides)).download(url, dest)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [1, 1000, PART - 1, PART, PART + 1, 5 * PART - 1, 5 * PART, 5 * PART + 1, 37 * PART + 123],
+)
+def test_exact_bytes_for_sizes_around_part_boundaries(
+    make: Make, tmp_path: Path, size: int
+) -> None:
+    blob = make(size)
+    result = fetch(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.size == size and result.bytes_fetched == size
+    assert result.parts == -(-size // PART)
+    assert result.retries == 0
+
+
+def test_parts_run_in_parallel_workers(make: Make, server: ServerHandle, tmp_path: Path) -> None:
+    blob = make(16 * PART)
+    server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.2})
+    fetch(blob.url, tmp_path / "out", connections=8)
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert server.stats()["max_concurrent"] >= 8
+
+
+def test_forced_part_count(make: Make, server: ServerHandle, tmp_path: Path) -> None:
+    blob = make(1_000_003)
+    result = fetch(blob.url, tmp_path / "out", parts=7, max_part_size=10**9)
+    assert result.parts == 7 and sha256_file(tmp_path / "out") == blob.sha256
+    ranges = [r for r in server.stats()["ranges"] if r != "bytes=0-0"]
+    assert len(ranges) == 7
+
+
+def test_empty_blob_gives_an_empty_file(make: Make, tmp_path: Path) -> None:
+    blob = make(0)
+    result = fetch(blob.url, tmp_path / "empty")
+    assert (tmp_path / "empty").read_bytes() == b"" and result.size == 0
+
+
+def test_progress_callback_reaches_the_total(make: Make, tmp_path: Path) -> None:
+    blob = make(8 * PART)
+    seen: list[Progress] = []
+    Downloader(fast_settings()).download(blob.url, tmp_path / "out", on_progress=seen.append)
+    assert seen and seen[-1].done == blob.size and seen[-1].total == blob.size
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    assert {part.state for part in seen[-1].parts} == {"done"}
+
+
+def test_module_level_download_takes_settings_as_keywords(make: Make, tmp_path: Path) -> None:
+    blob = make(3 * PART)
+    result = blobdl.download(blob.url, tmp_path / "out", min_part_size=PART, max_part_size=PART)
+    assert result.parts == 3 and sha256_file(tmp_path / "out") == blob.sha256
+
+
+def test_unknown_setting_is_a_usage_error() -> None:
+    with pytest.raises(blobdl.UsageError, match="conections"):
+        Downloader(conections=3)
+
+
+# --- redirects ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["redirect", "redirect-abs"])
+def test_ten_redirects_are_followed(
+    make: Make, server: ServerHandle, tmp_path: Path, route: str
+) -> None:
+    blob = make(3 * PART)
+    result = fetch(server.route(f"/{route}/10/{blob.name}"), tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.final_url == blob.url
+
+
+def test_eleven_redirects_are_refused(make: Make, server: ServerHandle, tmp_path: Path) -> None:
+    blob = make(PART)
+    with pytest.raises(blobdl.TooManyRedirects, match="more than 10 redirects"):
+        fetch(server.route(f"/redirect/11/{blob.name}"), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_redirect_limit_is_a_setting(make: Make, server: ServerHandle, tmp_path: Path) -> None:
+    blob = make(PART)
+    with pytest.raises(blobdl.TooManyRedirects):
+        fetch(server.route(f"/redirect/3/{blob.name}"), tmp_path / "out", max_redirects=2)
+
+
+# --- fallbacks ------------------------------------------------------------------------------
+
+
+def test_server_ignoring_range_gets_one_stream(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(5 * PART + 7)
+    server.set_faults({"path": "/files/*", "times": None, "action": "ignore_range"})
+    result = fetch(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.parts == 1
+
+
+def test_server_without_length_gets_one_stream(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(5 * PART + 7)
+    server.set_faults({"path": "/files/*", "times": None, "action": "no_length"})
+    seen: list[Progress] = []
+    result = Downloader(fast_settings()).download(
+        blob.url, tmp_path / "out", on_progress=seen.append
+    )
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.size == blob.size and result.parts == 1
+    assert seen[-1].total is None and seen[-1].done == blob.size
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "ftp://example.com/x", "http://", "file:///etc/passwd", "http://[::1/x"]
+)
+def test_invalid_urls_are_usage_errors(tmp_path: Path, url: str) -> None:
+    with pytest.raises(blobdl.UsageError):
+        fetch(url, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("status", [404, 403, 410, 401])
+def test_http_errors_fail_without_a_file(server: ServerHandle, tmp_path: Path, status: int) -> None:
+    with pytest.raises(blobdl.HTTPStatusError, match=f"HTTP {status}") as caught:
+        fetch(server.route(f"/status/{status}"), tmp_path / "out")
+    assert caught.value.exit_code == blobdl.errors.EXIT_NETWORK
+    assert server.stats()["requests"] == 1  # not retryable: asked once
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_destination_directory(make: Make, server: ServerHandle, tmp_path: Path) -> None:
+    with pytest.raises(blobdl.LocalFileError, match="does not exist"):
+        fetch(make(PART).url, tmp_path / "nope" / "out")
+    assert server.stats()["requests"] == 0  # refused before any network traffic
+
+
+def test_destination_that_is_a_directory(make: Make, tmp_path: Path) -> None:
+    with pytest.raises(blobdl.LocalFileError, match="is a directory"):
+        fetch(make(PART).url, tmp_path)
+
+
+def test_unwritable_destination_directory(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root writes anywhere (CI runs as root), so the permission answer itself is scripted.
+    real_access = os.access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode)
+    )
+    with pytest.raises(blobdl.LocalFileError, match="not writable"):
+        fetch(make(PART).url, locked / "out")
+    assert server.stats()["requests"] == 0 and not list(locked.iterdir())
+
+
+@pytest.mark.parametrize("hostile", ["../../x", "/etc/x", "..\\..\\x", "a/b/../x"])
+def test_server_suggested_names_are_reduced_to_a_safe_base_name(
+    make: Make,
+    server: ServerHandle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hostile: str,
+) -> None:
+    from urllib.parse import quote
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    blob = make(PART)
+    result = Downloader(fast_settings()).download(
+        server.route(f"/cd/{blob.name}?filename={quote(hostile)}")
+    )
+    assert result.path == Path("x")
+    assert sorted(os.listdir(work)) == ["x"] and list(tmp_path.iterdir()) == [work]
+    assert sha256_file(work / "x") == blob.sha256
+
+
+def test_name_defaults_to_the_url_path(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    blob = make(PART)
+    result = Downloader(fast_settings()).download(blob.url)
+    assert result.path == Path(blob.name) and sha256_file(tmp_path / blob.name) == blob.sha256
+
+
+def test_errors_pickle_with_their_fields() -> None:
+    import pickle
+
+    errors = [
+        blobdl.HTTPStatusError(503, "http://x/", 1.5),
+        blobdl.RetriesExhausted(3, 0, 10, 7, blobdl.Stalled(2.0)),
+        blobdl.RemoteChanged("http://x/", "ETag changed"),
+        blobdl.InsufficientSpace("/tmp/x", 10, 5),
+        blobdl.ConnectionFailed("http://x/", "reset"),
+    ]
+    for error in errors:
+        clone = pickle.loads(pickle.dumps(error))
+        assert type(clone) is type(error) and str(clone) == str(error)
+        assert clone.exit_code == error.exit_code and clone.retryable == error.retryable
