@@ -25,10 +25,10 @@ from ._fileio import (
     safe_basename,
     temp_path,
 )
-from ._http import Remote, check_url, make_pool, probe
-from ._plan import backoff_delay, plan
+from ._http import Remote, check_url, resolve
+from ._plan import plan
 from .config import Settings
-from .errors import BlobdlError, UsageError
+from .errors import UsageError
 
 DEFAULT_NAME = "blobdl.out"
 
@@ -70,27 +70,11 @@ class Downloader:
         dest = Path(path) if path is not None else None
         if dest is not None:
             check_destination(dest)
-        remote = self._probe(url)
+        remote = resolve(url, self.settings)
         if dest is None:
             dest = Path(default_name(remote))
             check_destination(dest)
         return self._fetch(remote, dest, started, on_progress)
-
-    def _probe(self, url: str) -> Remote:
-        """Probe with the same retry policy as a part."""
-        pool = make_pool(self.settings)
-        try:
-            failures = 0
-            while True:
-                try:
-                    return probe(pool, url, self.settings)
-                except BlobdlError as exc:
-                    failures += 1
-                    if not exc.retryable or failures > self.settings.retries:
-                        raise
-                    time.sleep(backoff_delay(failures, self.settings))
-        finally:
-            pool.clear()  # no socket of ours may leak into the forked workers
 
     def _fetch(
         self, remote: Remote, dest: Path, started: float, on_progress: ProgressCallback | None

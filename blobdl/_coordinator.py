@@ -18,14 +18,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import NamedTuple
 
-from ._http import Remote
-from ._plan import Span, backoff_delay
+from ._http import Remote, resolve, same_blob
+from ._plan import Span
 from ._progress import PartProgress, Progress
+from ._retry import RetryBudget, retry_delay
 from ._shared import CounterTable
 from ._worker import Job, worker_main
 from .config import Settings
@@ -45,8 +46,8 @@ class _Part:
     start: int
     state: str = PENDING
     attempts: int = 0
-    failures: int = 0  # failed attempts in a row without progress
-    mark: int = -1  # position at the last failure: moving past it resets ``failures``
+    budget: RetryBudget = field(default_factory=RetryBudget)
+    generation: int = 0  # the remote's generation when the running attempt started
     not_before: float = 0.0  # earliest time of the next attempt (backoff)
     proc: BaseProcess | None = None
     conn: Connection | None = None
@@ -86,6 +87,8 @@ class Coordinator:
             self.table.set_end(part.slot, span.end)
         self.context = multiprocessing.get_context("fork")
         self.retries = 0
+        self.generation = 0  # bumped each time the remote is re-resolved
+        self.resolved_at: int | None = None  # bytes done at the last re-resolve
         self.fetched = 0
         self.started = 0.0
         self.samples: deque[tuple[float, int]] = deque()
@@ -146,6 +149,7 @@ class Coordinator:
         sender.close()  # the child holds the only write end: EOF if it dies
         part.proc, part.conn, part.state = proc, receiver, RUNNING
         part.attempts += 1
+        part.generation = self.generation
         part.attempt_pos = part.last_pos = self.table.pos(part.slot)
         part.last_change = now
 
@@ -171,21 +175,35 @@ class Coordinator:
         return end < 0 or self.table.pos(part.slot) >= end
 
     def _failed(self, part: _Part, error: BaseException) -> None:
+        if _expired(error) and self._refresh(part):
+            part.state, part.not_before = WAITING, time.monotonic()  # at once, budget intact
+            return
         if not getattr(error, "retryable", False):
             raise error
-        pos = self.table.pos(part.slot)
-        if pos > part.mark:  # the part moved since its last failure: a fresh budget
-            part.failures, part.mark = 0, pos
-        part.failures += 1
-        if part.failures > self.settings.retries:
-            raise RetriesExhausted(
-                part.slot, part.start, self.table.end(part.slot), part.attempts, error
-            )
+        part.budget = part.budget.after_failure(self.table.pos(part.slot))
+        if part.budget.exhausted(self.settings.retries):
+            end = self.table.end(part.slot)
+            raise RetriesExhausted(part.slot, part.start, end, part.attempts, error)
         self.retries += 1
-        delay = backoff_delay(part.failures, self.settings)
-        if isinstance(error, HTTPStatusError) and error.retry_after is not None:
-            delay = max(delay, min(error.retry_after, self.settings.max_backoff))
+        retry_after = error.retry_after if isinstance(error, HTTPStatusError) else None
+        delay = retry_delay(part.budget.failures, retry_after, self.settings)
         part.state, part.not_before = WAITING, time.monotonic() + delay
+
+    def _refresh(self, part: _Part) -> bool:
+        """A redirected (signed, expiring) URL answered 403/410: resolve the original URL
+        again, once per stretch without progress. True if the part should simply retry."""
+        if self.remote.final_url == self.remote.url:
+            return False  # nothing to refresh: the URL was never redirected
+        if part.generation < self.generation:
+            return True  # already refreshed since this attempt started
+        done = sum(self._part_progress(p).done for p in self.parts)
+        if self.resolved_at is not None and done <= self.resolved_at:
+            return False  # refreshed once already and nothing moved since: really refused
+        fresh = resolve(self.remote.url, self.settings)
+        same_blob(self.remote, fresh)
+        self.remote, self.resolved_at = fresh, done
+        self.generation += 1
+        return True
 
     def _release(self, part: _Part) -> None:
         """Forget a finished attempt: count its bytes, close its pipe."""
@@ -242,6 +260,10 @@ class Coordinator:
         pos, end = self.table.pos(part.slot), self.table.end(part.slot)
         done = (pos if end < 0 else min(pos, end)) - part.start
         return PartProgress(part.slot, part.start, end, done, part.state, part.attempts)
+
+
+def _expired(error: BaseException) -> bool:
+    return isinstance(error, HTTPStatusError) and error.status in (403, 410)
 
 
 def _sleep(seconds: float) -> list[int]:

@@ -10,6 +10,7 @@ import contextlib
 import email.message
 import http.client
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from urllib3.exceptions import LocationParseError, SSLError
 
 from . import __version__
 from ._plan import Span, parse_content_range, range_header
+from ._retry import RetryBudget, retry_delay
 from .config import Settings
 from .errors import (
     BadResponse,
@@ -70,7 +72,9 @@ def check_url(url: str) -> None:
 
 def make_pool(settings: Settings) -> urllib3.PoolManager:
     """A pool for one process. Never share one across a fork: build it in the child."""
-    timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.stall_timeout)
+    # The coordinator ends stalled workers after stall_timeout; the socket's own read timeout
+    # is only the backstop for a worker whose coordinator is gone.
+    timeout = urllib3.Timeout(connect=settings.connect_timeout, read=2 * settings.stall_timeout)
     return urllib3.PoolManager(
         num_pools=4,
         maxsize=1,
@@ -322,3 +326,30 @@ def body_reader(response: Response) -> Reader:
         return len(data)
 
     return read_decoded
+
+
+def resolve(url: str, settings: Settings) -> Remote:
+    """Probe ``url`` with the same retry policy as a part (the pool dies with the call:
+    no socket of ours may leak into forked workers)."""
+    pool = make_pool(settings)
+    budget = RetryBudget()
+    try:
+        while True:
+            try:
+                return probe(pool, url, settings)
+            except BlobdlError as exc:
+                budget = budget.after_failure(0)
+                if not exc.retryable or budget.exhausted(settings.retries):
+                    raise
+                wait = exc.retry_after if isinstance(exc, HTTPStatusError) else None
+                time.sleep(retry_delay(budget.failures, wait, settings))
+    finally:
+        pool.clear()
+
+
+def same_blob(pinned: Remote, fresh: Remote) -> None:
+    """Raise ``RemoteChanged`` unless ``fresh`` describes the blob ``pinned`` did."""
+    for name in ("size", "ranges", "etag", "last_modified"):
+        before, after = getattr(pinned, name), getattr(fresh, name)
+        if before != after:
+            raise RemoteChanged(fresh.final_url, f"{name} changed from {before} to {after}")
