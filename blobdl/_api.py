@@ -1,36 +1,55 @@
 """The library entry points: ``Downloader`` and ``download``.
 
-This is the only module that ties the pieces together: check the input, probe the remote,
-pick and check the destination, preallocate the temporary file, let the coordinator run the
-parts, and rename the result into place (or remove it on any failure).
+This is the only module that ties the pieces together: check the input, lock the
+destination, probe the remote, resume or preallocate the temporary file, let the
+coordinator run the parts (and the hasher follow them), verify, and rename the result into
+place. On failure nothing is left at the destination; a resumable failure keeps the
+temporary file and its state for the next run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ._coordinator import Coordinator, ProgressCallback
+from . import _state
+from ._coordinator import CheckpointCallback, Coordinator, ProgressCallback
+from ._digest import PrefixHasher, parse_digest, sha256_file
 from ._fileio import (
     check_destination,
     check_free_space,
     discard,
     finalize,
+    local_error,
     open_temp,
     preallocate,
     safe_basename,
     temp_path,
 )
 from ._http import Remote, check_url, resolve
+from ._lock import DestinationLock
 from ._plan import plan
+from ._state import PartRecord, State
 from .config import Settings
-from .errors import UsageError
+from .errors import (
+    BlobdlError,
+    DestinationExists,
+    DigestMismatch,
+    Interrupted,
+    LocalFileError,
+    RetriesExhausted,
+    UsageError,
+)
 
 DEFAULT_NAME = "blobdl.out"
+BAD_SUFFIX = ".blobdl-bad"
+log = logging.getLogger("blobdl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +57,13 @@ class DownloadResult:
     path: Path  # where the blob now is
     size: int  # its size in bytes
     elapsed: float  # seconds, probe included
-    bytes_fetched: int  # body bytes received, retried and refetched bytes included
+    bytes_fetched: int  # body bytes received this run, retried and refetched bytes included
     retries: int  # failed attempts that were retried
     parts: int  # parts the blob was cut into
     url: str  # as asked
-    final_url: str  # after redirects
+    final_url: str  # after redirects ("" when nothing had to be fetched)
+    resumed: int = 0  # bytes already on disk from an earlier, interrupted run
+    verified: bool = False  # the bytes matched the digest that was given
 
 
 class Downloader:
@@ -60,51 +81,169 @@ class Downloader:
         url: str,
         path: str | os.PathLike[str] | None = None,
         *,
+        digest: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> DownloadResult:
         """Download ``url`` to ``path`` (default: a safe name from the server or the URL,
-        in the current directory). Raises a ``BlobdlError`` subclass on failure, leaving
-        nothing at ``path``."""
+        in the current directory), checking ``digest`` (``sha256:<hex>``) if given.
+
+        Raises a ``BlobdlError`` subclass on failure, leaving nothing at ``path``.
+        """
         started = time.monotonic()
         check_url(url)
-        dest = Path(path) if path is not None else None
-        if dest is not None:
-            check_destination(dest)
-        remote = resolve(url, self.settings)
-        if dest is None:
+        expected = parse_digest(digest) if digest else None
+        job = _Job(url, expected, started, on_progress)
+        if path is None:  # the name comes from the server: probe first
+            remote = resolve(url, self.settings)
             dest = Path(default_name(remote))
             check_destination(dest)
-        return self._fetch(remote, dest, started, on_progress)
+            return self._locked(job, dest, remote)
+        dest = Path(path)
+        check_destination(dest)
+        return self._locked(job, dest, None)
 
-    def _fetch(
-        self, remote: Remote, dest: Path, started: float, on_progress: ProgressCallback | None
-    ) -> DownloadResult:
-        temp = temp_path(dest)
-        if remote.size:
-            check_free_space(dest, remote.size)
+    def _locked(self, job: _Job, dest: Path, remote: Remote | None) -> DownloadResult:
+        with DestinationLock(dest, self.settings.lock_timeout):
+            # Checked under the lock: another holder may have just finished this very file.
+            existing = self._existing(job, dest)
+            if existing is not None:
+                return existing
+            remote = remote or resolve(job.url, self.settings)
+            return self._fetch(job, remote, dest)
+
+    def _existing(self, job: _Job, dest: Path) -> DownloadResult | None:
+        """A destination that is already there: kept if the digest vouches for it."""
+        if not dest.exists():
+            return None
+        if job.expected is not None and sha256_file(dest) == job.expected:
+            size = dest.stat().st_size
+            return DownloadResult(dest, size, job.elapsed(), 0, 0, 0, job.url, "", 0, True)
+        if job.expected is None and not self.settings.force:
+            raise DestinationExists(str(dest))
+        return None
+
+    def _fetch(self, job: _Job, remote: Remote, dest: Path) -> DownloadResult:
+        temp, state_file = temp_path(dest), _state.state_path(dest)
+        previous = self._previous(job, remote, temp, state_file)
+        records = previous.parts if previous else self._fresh(remote, dest, temp, state_file)
         fd: int | None = open_temp(temp)
+        assert fd is not None
         try:
-            assert fd is not None
-            preallocate(fd, remote.size or 0, temp)
-            spans = plan(remote.size or 0, self.settings)
-            coordinator = Coordinator(remote, spans, fd, str(temp), self.settings, on_progress)
-            tally = coordinator.run() if remote.size != 0 else None
-            size = tally.final_size if tally else 0
-            finalize(fd, temp, dest, size)
+            if previous is None:
+                preallocate(fd, remote.size or 0, temp)
+            coordinator = Coordinator(
+                remote,
+                records,
+                fd,
+                str(temp),
+                self.settings,
+                job.on_progress,
+                _checkpointer(fd, remote, state_file) if self.settings.resume else None,
+            )
+            with ExitStack() as cleanup:
+                hasher = None
+                if job.expected is not None:
+                    hasher = PrefixHasher(fd, coordinator.table)
+                    cleanup.callback(hasher.stop)
+                tally = coordinator.run()
+                actual = hasher.finish(tally.final_size) if hasher else None
+            if actual is not None and actual != job.expected:
+                self._reject(fd, temp, state_file, dest, job.expected or "", actual)
+            finalize(fd, temp, dest, tally.final_size)
             fd = None
-        except BaseException:
-            discard(fd, temp)
+            _state.remove(state_file)
+        except BaseException as exc:
+            self._after_failure(exc, fd, temp, state_file)
             raise
         return DownloadResult(
             path=dest,
-            size=size,
-            elapsed=time.monotonic() - started,
-            bytes_fetched=tally.bytes_fetched if tally else 0,
-            retries=tally.retries if tally else 0,
-            parts=tally.parts if tally else 0,
+            size=tally.final_size,
+            elapsed=job.elapsed(),
+            bytes_fetched=tally.bytes_fetched,
+            retries=tally.retries,
+            parts=tally.parts,
             url=remote.url,
             final_url=remote.final_url,
+            resumed=previous.done if previous else 0,
+            verified=actual is not None,
         )
+
+    def _previous(self, job: _Job, remote: Remote, temp: Path, state_file: Path) -> State | None:
+        """The resumable state of an earlier run, if it is for this very blob."""
+        if not self.settings.resume or not remote.ranges:
+            return None
+        previous = _state.load(state_file, job.url, temp)
+        if previous is not None and not previous.describes(remote):
+            log.warning("the remote changed since the partial download; starting over")
+            return None
+        return previous
+
+    def _fresh(self, remote: Remote, dest: Path, temp: Path, state_file: Path) -> list[PartRecord]:
+        """Start over: forget any earlier partial file, check space, plan the parts."""
+        discard(None, temp)
+        _state.remove(state_file)
+        if remote.size:
+            check_free_space(dest, remote.size)
+        return [PartRecord(s.start, s.end, s.start) for s in plan(remote.size or 0, self.settings)]
+
+    def _reject(
+        self, fd: int, temp: Path, state_file: Path, dest: Path, expected: str, actual: str
+    ) -> None:
+        """A digest mismatch: the bytes are bad; never rename them onto the destination."""
+        _state.remove(state_file)
+        if self.settings.keep_bad:
+            os.replace(temp, dest.with_name(dest.name + BAD_SUFFIX))
+        raise DigestMismatch(expected, actual)
+
+    def _after_failure(
+        self, exc: BaseException, fd: int | None, temp: Path, state_file: Path
+    ) -> None:
+        if fd is not None:
+            os.close(fd)
+        if self.settings.resume and _resumable(exc) and state_file.exists():
+            log.warning("partial download kept in %s; run the same command again to resume", temp)
+            return
+        discard(None, temp)
+        _state.remove(state_file)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    url: str
+    expected: str | None  # sha256 hex the bytes must have
+    started: float
+    on_progress: ProgressCallback | None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _resumable(exc: BaseException) -> bool:
+    """Worth keeping the partial file for: the blob is fine, the run was cut short."""
+    if isinstance(exc, (Interrupted, KeyboardInterrupt, RetriesExhausted, LocalFileError)):
+        return True
+    return isinstance(exc, BlobdlError) and exc.retryable
+
+
+def _checkpointer(fd: int, remote: Remote, state_file: Path) -> CheckpointCallback:
+    def checkpoint(parts: tuple[PartRecord, ...]) -> None:
+        try:
+            os.fdatasync(fd)  # the record may only claim bytes that are already durable
+            _state.save(
+                state_file,
+                State(
+                    remote.url,
+                    remote.final_url,
+                    remote.size or 0,
+                    remote.etag,
+                    remote.last_modified,
+                    parts,
+                ),
+            )
+        except OSError as exc:
+            raise local_error(state_file, exc) from None
+
+    return checkpoint
 
 
 def default_name(remote: Remote) -> str:
@@ -124,8 +263,9 @@ def download(
     url: str,
     path: str | os.PathLike[str] | None = None,
     *,
+    digest: str | None = None,
     on_progress: ProgressCallback | None = None,
     **settings: Any,
 ) -> DownloadResult:
     """Download ``url`` to ``path`` with default settings overridden by ``settings``."""
-    return Downloader(**settings).download(url, path, on_progress=on_progress)
+    return Downloader(**settings).download(url, path, digest=digest, on_progress=on_progress)

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -24,15 +24,16 @@ from multiprocessing.process import BaseProcess
 from typing import NamedTuple
 
 from ._http import Remote, resolve, same_blob
-from ._plan import Span
 from ._progress import PartProgress, Progress
 from ._retry import RetryBudget, retry_delay
 from ._shared import CounterTable
+from ._state import PartRecord
 from ._worker import Job, worker_main
 from .config import Settings
 from .errors import HTTPStatusError, Interrupted, RetriesExhausted, Stalled, WorkerCrashed
 
 ProgressCallback = Callable[[Progress], None]
+CheckpointCallback = Callable[[tuple[PartRecord, ...]], None]
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
 _RATE_WINDOW = 5.0  # seconds of samples behind the reported rate
@@ -69,22 +70,27 @@ class Coordinator:
     def __init__(
         self,
         remote: Remote,
-        spans: list[Span],
+        parts: Sequence[PartRecord],
         fd: int,
         path: str,
         settings: Settings,
         on_progress: ProgressCallback | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
     ) -> None:
-        self.remote, self.settings, self.on_progress = remote, settings, on_progress
-        self.fd, self.path = fd, path
+        self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
+        self.on_progress, self.on_checkpoint = on_progress, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
         if not self.ranged:  # one sequential stream: the whole body, or until EOF
-            spans = [Span(0, remote.size if remote.size is not None else -1)]
-        self.table = CounterTable(len(spans))
-        self.parts = [_Part(slot=i, start=span.start) for i, span in enumerate(spans)]
-        for part, span in zip(self.parts, spans, strict=True):
-            self.table.set_pos(part.slot, span.start)
-            self.table.set_end(part.slot, span.end)
+            parts = [PartRecord(0, remote.size if remote.size is not None else -1, 0)]
+        self.table = CounterTable(len(parts))
+        self.parts = [_Part(slot=i, start=p.start) for i, p in enumerate(parts)]
+        for part, record in zip(self.parts, parts, strict=True):
+            self.table.set_start(part.slot, record.start)
+            self.table.set_pos(part.slot, record.pos)
+            self.table.set_end(part.slot, record.end)
+            if record.end >= 0 and record.pos >= record.end:
+                part.state = DONE  # already on disk (a resumed download)
+        self.last_checkpoint = 0.0
         self.context = multiprocessing.get_context("fork")
         self.retries = 0
         self.generation = 0  # bumped each time the remote is re-resolved
@@ -97,13 +103,14 @@ class Coordinator:
 
     def run(self) -> Tally:
         self.started = time.monotonic()
-        self.samples.append((self.started, 0))
+        self.samples.append((self.started, self._done()))
         try:
             with _signals_interrupt():
                 self._loop()
         finally:
             self._stop_all()
             self._emit(time.monotonic())
+            self._checkpoint()
         # Without a known size, the blob ends where the single stream reached EOF.
         size = self.remote.size if self.remote.size is not None else self.table.pos(0)
         self.table.close()
@@ -145,12 +152,13 @@ class Coordinator:
             name=f"blobdl-part-{part.slot}",
             daemon=True,
         )
+        # Read before the fork: the child may write its first bytes before start() returns.
+        part.attempt_pos = part.last_pos = self.table.pos(part.slot)
         proc.start()
         sender.close()  # the child holds the only write end: EOF if it dies
         part.proc, part.conn, part.state = proc, receiver, RUNNING
         part.attempts += 1
         part.generation = self.generation
-        part.attempt_pos = part.last_pos = self.table.pos(part.slot)
         part.last_change = now
 
     # --- outcomes ---------------------------------------------------------------------------
@@ -196,7 +204,7 @@ class Coordinator:
             return False  # nothing to refresh: the URL was never redirected
         if part.generation < self.generation:
             return True  # already refreshed since this attempt started
-        done = sum(self._part_progress(p).done for p in self.parts)
+        done = self._done()
         if self.resolved_at is not None and done <= self.resolved_at:
             return False  # refreshed once already and nothing moved since: really refused
         fresh = resolve(self.remote.url, self.settings)
@@ -224,7 +232,23 @@ class Coordinator:
             elif now - part.last_change >= self.settings.stall_timeout:
                 self._kill(part)
                 self._failed(part, Stalled(self.settings.stall_timeout))
+        if now - self.last_checkpoint >= self.settings.checkpoint_interval:
+            self._checkpoint()
+            self.last_checkpoint = now
         self._emit(now)
+
+    def _checkpoint(self) -> None:
+        """Hand the parts' positions (read now, before the caller flushes) to be saved."""
+        if self.on_checkpoint is None or not self.ranged:
+            return
+        records = sorted(
+            PartRecord(p.start, self.table.end(p.slot), p.start + self.table.done(p.slot))
+            for p in self.parts
+        )
+        self.on_checkpoint(tuple(records))
+
+    def _done(self) -> int:
+        return sum(self.table.done(p.slot) for p in self.parts)
 
     def _kill(self, part: _Part) -> None:
         """End a worker that cannot be trusted to notice by itself (blocked in recv)."""
@@ -257,8 +281,7 @@ class Coordinator:
         )
 
     def _part_progress(self, part: _Part) -> PartProgress:
-        pos, end = self.table.pos(part.slot), self.table.end(part.slot)
-        done = (pos if end < 0 else min(pos, end)) - part.start
+        end, done = self.table.end(part.slot), self.table.done(part.slot)
         return PartProgress(part.slot, part.start, end, done, part.state, part.attempts)
 
 

@@ -1,20 +1,23 @@
 """The shared-memory counter table between the coordinator and its workers.
 
-An anonymous ``MAP_SHARED`` mapping created before the fork, so every worker sees the
-same pages with no file to clean up. Each slot holds two int64 fields with one writer each:
+An anonymous ``MAP_SHARED`` mapping created before the first fork, so every worker (and the
+prefix hasher) sees the same pages with no file to clean up. Each slot holds three int64
+fields, each with one writer:
 
-- ``pos``: the next byte the slot's worker will write (worker writes, coordinator reads);
+- ``start``: the slot's first byte (coordinator, set before the slot's first worker);
+- ``pos``: the next byte the slot's worker will write (worker writes, others read);
 - ``end``: where the slot's range stops (coordinator writes, worker reads; it only ever
-  moves in, when another worker takes over the tail of the range).
+  moves in, when another worker takes over the tail of the range). -1: until EOF.
 
-Aligned 8-byte stores and loads do not tear on the platforms we run on, so no lock.
+Unused slots are all zero and cover nothing. Aligned 8-byte stores and loads do not tear
+on the platforms we run on, so no lock.
 """
 
 from __future__ import annotations
 
 import mmap
 
-_FIELDS = 2  # pos, end
+_FIELDS = 3  # start, pos, end
 _WORD = 8
 
 
@@ -24,17 +27,38 @@ class CounterTable:
         self._map = mmap.mmap(-1, max(1, slots) * _FIELDS * _WORD)
         self._words = memoryview(self._map).cast("q")
 
-    def pos(self, slot: int) -> int:
+    def start(self, slot: int) -> int:
         return int(self._words[slot * _FIELDS])
 
-    def set_pos(self, slot: int, value: int) -> None:
-        self._words[slot * _FIELDS] = value
-
-    def end(self, slot: int) -> int:
+    def pos(self, slot: int) -> int:
         return int(self._words[slot * _FIELDS + 1])
 
-    def set_end(self, slot: int, value: int) -> None:
+    def end(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS + 2])
+
+    def set_start(self, slot: int, value: int) -> None:
+        self._words[slot * _FIELDS] = value
+
+    def set_pos(self, slot: int, value: int) -> None:
         self._words[slot * _FIELDS + 1] = value
+
+    def set_end(self, slot: int, value: int) -> None:
+        self._words[slot * _FIELDS + 2] = value
+
+    def done(self, slot: int) -> int:
+        """Bytes of the slot's range on disk (a worker may write a little past a moved end)."""
+        pos, end = self.pos(slot), self.end(slot)
+        return (pos if end < 0 else min(pos, end)) - self.start(slot)
+
+    def prefix(self) -> int:
+        """The length of the longest prefix ``[0, n)`` of the blob that is on disk."""
+        covered = sorted((self.start(s), self.start(s) + self.done(s)) for s in range(self.slots))
+        reach = 0
+        for start, stop in covered:
+            if start > reach:
+                break
+            reach = max(reach, stop)
+        return reach
 
     def close(self) -> None:
         self._words.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -83,9 +84,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds without progress before a part is restarted (default %(default)s)",
     )
     p.add_argument("--max-backoff", type=float, default=d.max_backoff, help="seconds")
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=d.progress_interval,
+        help="seconds between progress samples (%(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=d.checkpoint_interval,
+        help="seconds between resume checkpoints (%(default)s)",
+    )
     p.add_argument("--max-redirects", type=int, default=d.max_redirects)
     p.add_argument(
         "-H", "--header", type=_header, action="append", default=[], help="'Name: value'"
+    )
+    p.add_argument("--digest", help="sha256:<hex> the blob must have (checked before the rename)")
+    p.add_argument(
+        "--no-resume", action="store_true", help="ignore a partial earlier download; start over"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing destination")
+    p.add_argument(
+        "--keep-bad", action="store_true", help="on a digest mismatch keep DEST.blobdl-bad"
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=d.lock_timeout,
+        help="seconds to wait while another blobdl writes the same destination (%(default)s)",
     )
     p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
@@ -104,26 +131,45 @@ def settings_from(args: argparse.Namespace) -> Settings:
         retries=args.retries,
         stall_timeout=args.stall_timeout,
         max_backoff=args.max_backoff,
+        progress_interval=args.progress_interval,
+        checkpoint_interval=args.checkpoint_interval,
         max_redirects=args.max_redirects,
         headers=tuple(args.header),
         ca_bundle=args.ca_bundle,
         verify_tls=not args.insecure,
+        resume=not args.no_resume,
+        force=args.force,
+        keep_bad=args.keep_bad,
+        lock_timeout=args.lock_timeout,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_warnings()
     display: _Display | None = None
     try:
         downloader = Downloader(settings_from(args))
         display = _display_for(args)
-        result = downloader.download(args.url, args.output, on_progress=display.progress)
+        result = downloader.download(
+            args.url, args.output, digest=args.digest, on_progress=display.progress
+        )
     except BlobdlError as exc:
         return _fail(args, display, exc, exc.exit_code)
     except KeyboardInterrupt:
         return _fail(args, display, Interrupted(2), EXIT_INTERRUPTED)
     display.finished(result)
     return EXIT_OK
+
+
+def _show_warnings() -> None:
+    """Library warnings (resume decisions, kept partial files) as one line each on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("blobdl: warning: %(message)s"))
+    logger = logging.getLogger("blobdl")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
 
 
 def _fail(args: argparse.Namespace, display: _Display | None, exc: BaseException, code: int) -> int:

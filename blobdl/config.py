@@ -64,6 +64,16 @@ class Settings:
     stall_timeout: float = 30.0
     #: Seconds between two samples of the shared counters (progress, stall checks).
     progress_interval: float = 1.0
+    #: Seconds between two resume checkpoints (each flushes written data, then the state file).
+    checkpoint_interval: float = 1.0
+    #: Keep a partial download and its state so that a rerun resumes it (False: start over).
+    resume: bool = True
+    #: Seconds to wait for another download of the same destination to finish (0: fail).
+    lock_timeout: float = 0.0
+    #: Replace an existing destination that no digest vouches for.
+    force: bool = False
+    #: On a digest mismatch keep the bad bytes as DEST.blobdl-bad instead of deleting them.
+    keep_bad: bool = False
     #: Redirects the probe follows before giving up.
     max_redirects: int = 10
     #: Seconds allowed to open a TCP (and TLS) connection.
@@ -85,7 +95,7 @@ class Settings:
         _require(self.min_part_size <= self.max_part_size, "min_part_size exceeds max_part_size")
         for name in ("retries", "max_redirects"):
             _require(getattr(self, name) >= 0, f"{name} must not be negative")
-        for name in ("backoff_unit", "max_backoff"):
+        for name in ("backoff_unit", "max_backoff", "lock_timeout", "checkpoint_interval"):
             _require(getattr(self, name) >= 0, f"{name} must not be negative")
         for name in ("stall_timeout", "progress_interval", "connect_timeout"):
             _require(getattr(self, name) > 0, f"{name} must be positive")

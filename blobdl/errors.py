@@ -222,3 +222,22 @@ class Interrupted(BlobdlError):
 
     def __str__(self) -> str:
         return f"interrupted by signal {self.signum}"
+
+
+class DestinationLocked(LocalFileError):
+    """Another download is writing the same destination."""
+
+    def __init__(self, path: str, holder: int | None) -> None:
+        BlobdlError.__init__(self, path, holder)
+        self.path, self.holder = path, holder
+        who = f"process {holder}" if holder else "another process"
+        self.detail = f"{who} is already downloading to this destination"
+
+
+class DestinationExists(LocalFileError):
+    """The destination exists and nothing says it may be replaced."""
+
+    def __init__(self, path: str) -> None:
+        BlobdlError.__init__(self, path)
+        self.path = path
+        self.detail = "already exists (give a digest to check it, or force to replace it)"

@@ -1,0 +1,136 @@
+"""The crash-safe resume record kept beside the temporary file.
+
+A small JSON document, replaced atomically (write, fsync, rename), that only ever claims
+bytes which were flushed to disk before it was written. Anything odd about it (truncated,
+corrupt, written for another URL, not matching the temporary file) makes it ignored with a
+warning: a resume record is never trusted blindly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ._http import Remote
+
+STATE_SUFFIX = ".blobdl-state"
+FORMAT = 1
+log = logging.getLogger("blobdl")
+
+
+class PartRecord(NamedTuple):
+    start: int  # first byte of the part
+    end: int  # one past its last byte
+    pos: int  # every byte in [start, pos) is on disk
+
+
+class State(NamedTuple):
+    url: str
+    final_url: str
+    size: int
+    etag: str | None
+    last_modified: str | None
+    parts: tuple[PartRecord, ...]
+
+    def describes(self, remote: Remote) -> bool:
+        """Same blob: size and validators as the remote has now."""
+        return (self.size, self.etag, self.last_modified) == (
+            remote.size,
+            remote.etag,
+            remote.last_modified,
+        )
+
+    @property
+    def done(self) -> int:
+        return sum(p.pos - p.start for p in self.parts)
+
+
+def state_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + STATE_SUFFIX)
+
+
+def save(path: Path, state: State) -> None:
+    """Replace the record atomically; a crash leaves the old or the new one, never half."""
+    body = _body(state)
+    document = json.dumps({"check": _check(body), "state": body}, separators=(",", ":"))
+    scratch = path.with_name(path.name + ".new")
+    with scratch.open("w", encoding="utf-8") as f:
+        f.write(document)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(scratch, path)
+
+
+def load(path: Path, url: str, temp: Path) -> State | None:
+    """The record for ``url`` beside ``temp``, or None (with a warning if one was there)."""
+    if not path.exists():
+        return None
+    try:
+        state = _parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable resume state %s (%s)", path, exc)
+        return None
+    if state.url != url:
+        log.warning("ignoring resume state %s: it is for %s", path, state.url)
+        return None
+    try:
+        actual = temp.stat().st_size
+    except OSError:
+        actual = -1
+    if actual != state.size:
+        log.warning("ignoring resume state %s: the partial file is missing or resized", path)
+        return None
+    return state
+
+
+def remove(path: Path) -> None:
+    for candidate in (path, path.with_name(path.name + ".new")):
+        candidate.unlink(missing_ok=True)
+
+
+def _body(state: State) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        **state._asdict(),
+        "parts": [list(p) for p in state.parts],
+    }
+
+
+def _check(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _parse(text: str) -> State:
+    document = json.loads(text)
+    body = document["state"]
+    if document["check"] != _check(body):
+        raise ValueError("checksum mismatch")
+    if body["format"] != FORMAT:
+        raise ValueError(f"format {body['format']} is not {FORMAT}")
+    parts = tuple(PartRecord(*(int(v) for v in p)) for p in body["parts"])
+    state = State(
+        url=str(body["url"]),
+        final_url=str(body["final_url"]),
+        size=int(body["size"]),
+        etag=body["etag"],
+        last_modified=body["last_modified"],
+        parts=parts,
+    )
+    _require_cover(state)
+    return state
+
+
+def _require_cover(state: State) -> None:
+    """Parts must tile [0, size) with positions inside their part."""
+    reach = 0
+    for part in state.parts:
+        if part.start != reach or not part.start <= part.pos <= part.end:
+            raise ValueError(f"parts do not tile the blob at byte {reach}")
+        reach = part.end
+    if reach != state.size:
+        raise ValueError("parts do not cover the blob")
