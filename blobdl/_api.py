@@ -59,9 +59,10 @@ class DownloadResult:
     elapsed: float  # seconds, probe included
     bytes_fetched: int  # body bytes received this run, retried and refetched bytes included
     retries: int  # failed attempts that were retried
-    parts: int  # parts the blob was cut into
+    parts: int  # parts the blob was planned in
     url: str  # as asked
     final_url: str  # after redirects ("" when nothing had to be fetched)
+    steals: int = 0  # ranges taken over from slow lanes or split off large ones
     resumed: int = 0  # bytes already on disk from an earlier, interrupted run
     verified: bool = False  # the bytes matched the digest that was given
 
@@ -117,7 +118,7 @@ class Downloader:
             return None
         if job.expected is not None and sha256_file(dest) == job.expected:
             size = dest.stat().st_size
-            return DownloadResult(dest, size, job.elapsed(), 0, 0, 0, job.url, "", 0, True)
+            return DownloadResult(dest, size, job.elapsed(), 0, 0, 0, job.url, "", verified=True)
         if job.expected is None and not self.settings.force:
             raise DestinationExists(str(dest))
         return None
@@ -149,8 +150,8 @@ class Downloader:
                 actual = hasher.finish(tally.final_size) if hasher else None
             if actual is not None and actual != job.expected:
                 self._reject(fd, temp, state_file, dest, job.expected or "", actual)
-            finalize(fd, temp, dest, tally.final_size)
-            fd = None
+            owned, fd = fd, None  # finalize closes it, whatever happens
+            finalize(owned, temp, dest, tally.final_size)
             _state.remove(state_file)
         except BaseException as exc:
             self._after_failure(exc, fd, temp, state_file)
@@ -162,6 +163,7 @@ class Downloader:
             bytes_fetched=tally.bytes_fetched,
             retries=tally.retries,
             parts=tally.parts,
+            steals=tally.steals,
             url=remote.url,
             final_url=remote.final_url,
             resumed=previous.done if previous else 0,

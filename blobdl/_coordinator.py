@@ -12,12 +12,9 @@ row without progress fail the download, and every other worker is ended with it.
 from __future__ import annotations
 
 import multiprocessing
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -27,10 +24,12 @@ from ._http import Remote, resolve, same_blob
 from ._progress import PartProgress, Progress
 from ._retry import RetryBudget, retry_delay
 from ._shared import CounterTable
+from ._signals import Interrupts
 from ._state import PartRecord
+from ._steal import Lane, choose
 from ._worker import Job, worker_main
 from .config import Settings
-from .errors import HTTPStatusError, Interrupted, RetriesExhausted, Stalled, WorkerCrashed
+from .errors import HTTPStatusError, RetriesExhausted, Stalled, WorkerCrashed
 
 ProgressCallback = Callable[[Progress], None]
 CheckpointCallback = Callable[[tuple[PartRecord, ...]], None]
@@ -45,22 +44,28 @@ class _Part:
 
     slot: int
     start: int
+    stolen: bool = False  # created by a steal rather than by the plan
     state: str = PENDING
     attempts: int = 0
     budget: RetryBudget = field(default_factory=RetryBudget)
     generation: int = 0  # the remote's generation when the running attempt started
+    refreshed_at: int | None = None  # position when this part last had the URL refreshed
     not_before: float = 0.0  # earliest time of the next attempt (backoff)
     proc: BaseProcess | None = None
     conn: Connection | None = None
     attempt_pos: int = 0  # position when the running attempt started
     last_pos: int = 0  # position at the last sample
     last_change: float = 0.0  # when the position last moved (or the attempt started)
+    launched: float = 0.0  # when the running attempt started
+    rate: float = 0.0  # bytes/s of the running attempt, smoothed over samples
+    sampled_at: float = 0.0  # when ``rate`` was last updated
 
 
 class Tally(NamedTuple):
     bytes_fetched: int  # bytes received over all attempts (refetches included)
     retries: int  # failed attempts that were retried
     parts: int  # parts the blob was cut into
+    steals: int  # ranges taken over from slow lanes or split off large ones
     final_size: int  # bytes in the file (the size learned at EOF when unknown upfront)
 
 
@@ -82,7 +87,8 @@ class Coordinator:
         self.ranged = remote.ranges and remote.size is not None
         if not self.ranged:  # one sequential stream: the whole body, or until EOF
             parts = [PartRecord(0, remote.size if remote.size is not None else -1, 0)]
-        self.table = CounterTable(len(parts))
+        # Room for the slots that steals create: each steal adds one.
+        self.table = CounterTable(len(parts) + 32 * settings.connections)
         self.parts = [_Part(slot=i, start=p.start) for i, p in enumerate(parts)]
         for part, record in zip(self.parts, parts, strict=True):
             self.table.set_start(part.slot, record.start)
@@ -93,8 +99,9 @@ class Coordinator:
         self.last_checkpoint = 0.0
         self.context = multiprocessing.get_context("fork")
         self.retries = 0
+        self.steals = 0
+        self.best_rate = 0.0  # the best lane's rate lately (decays when lanes end)
         self.generation = 0  # bumped each time the remote is re-resolved
-        self.resolved_at: int | None = None  # bytes done at the last re-resolve
         self.fetched = 0
         self.started = 0.0
         self.samples: deque[tuple[float, int]] = deque()
@@ -104,33 +111,43 @@ class Coordinator:
     def run(self) -> Tally:
         self.started = time.monotonic()
         self.samples.append((self.started, self._done()))
-        try:
-            with _signals_interrupt():
+        with Interrupts() as self.interrupts:
+            try:
                 self._loop()
-        finally:
-            self._stop_all()
-            self._emit(time.monotonic())
-            self._checkpoint()
+            finally:  # an interrupt now waits until every worker is reaped and state saved
+                self._stop_all()
+                self._emit(time.monotonic())
+                self._checkpoint()
         # Without a known size, the blob ends where the single stream reached EOF.
         size = self.remote.size if self.remote.size is not None else self.table.pos(0)
         self.table.close()
-        return Tally(self.fetched, self.retries, len(self.parts), size)
+        planned = sum(1 for p in self.parts if not p.stolen)
+        return Tally(self.fetched, self.retries, planned, self.steals, size)
 
     def _loop(self) -> None:
         interval = self.settings.progress_interval
         next_sample = time.monotonic() + interval
         while any(p.state != DONE for p in self.parts):
+            self.interrupts.check()
             now = time.monotonic()
             self._launch_ready(now)
-            wake = min([next_sample, *(p.not_before for p in self.parts if p.state == WAITING)])
+            wake = min([next_sample, *self._retry_times()])
             sentinels = {p.proc.sentinel: p for p in self.parts if p.proc is not None}
             timeout = max(0.0, wake - time.monotonic())
-            for ready in wait(list(sentinels), timeout=timeout) if sentinels else _sleep(timeout):
-                self._finish(sentinels[ready])  # type: ignore[index]
+            for ready in wait([*sentinels, *self.interrupts.waitables()], timeout=timeout):
+                if ready in sentinels:
+                    self._finish(sentinels[ready])
+            self.interrupts.check()
             now = time.monotonic()
             if now >= next_sample:
                 self._sample(now)
                 next_sample = max(next_sample + interval, now)
+
+    def _retry_times(self) -> list[float]:
+        """When waiting parts may start; none while every connection is busy (no spinning)."""
+        if sum(1 for p in self.parts if p.state == RUNNING) >= self.settings.connections:
+            return []
+        return [p.not_before for p in self.parts if p.state == WAITING]
 
     def _launch_ready(self, now: float) -> None:
         running = sum(1 for p in self.parts if p.state == RUNNING)
@@ -140,6 +157,36 @@ class Coordinator:
             if part.state == PENDING or (part.state == WAITING and part.not_before <= now):
                 self._launch(part, now)
                 running += 1
+        while running < self.settings.connections and self._steal(now):
+            running += 1
+
+    def _steal(self, now: float) -> bool:
+        """Give an idle connection the tail of a slow or large lane; False if none is worth it."""
+        if not (self.ranged and self.settings.steal) or len(self.parts) >= self.table.slots:
+            return False
+        lanes = [
+            Lane(p.slot, self.table.pos(p.slot), self.table.end(p.slot), p.rate, now - p.launched)
+            for p in self.parts
+            if p.state == RUNNING
+        ]
+        grace = 2 * self.settings.progress_interval
+        decision = choose(lanes, self.best_rate, self.settings.min_steal_size, grace)
+        if decision is None:
+            return False
+        victim = self.parts[decision.victim]
+        end = self.table.end(victim.slot)
+        thief = _Part(slot=len(self.parts), start=decision.at, stolen=True)
+        self.table.set_start(thief.slot, decision.at)
+        self.table.set_pos(thief.slot, decision.at)
+        self.table.set_end(thief.slot, end)
+        self.table.set_end(victim.slot, decision.at)  # the victim stops where the thief starts
+        self.parts.append(thief)
+        self.steals += 1
+        if decision.takeover:  # a slow or stuck lane: end it, its bytes so far are kept
+            self._kill(victim)
+            victim.state = DONE
+        self._launch(thief, now)
+        return True
 
     def _launch(self, part: _Part, now: float) -> None:
         if not self.ranged:  # without ranges a new attempt starts over
@@ -155,11 +202,12 @@ class Coordinator:
         # Read before the fork: the child may write its first bytes before start() returns.
         part.attempt_pos = part.last_pos = self.table.pos(part.slot)
         proc.start()
-        sender.close()  # the child holds the only write end: EOF if it dies
         part.proc, part.conn, part.state = proc, receiver, RUNNING
+        sender.close()  # the child holds the only write end: EOF if it dies
         part.attempts += 1
         part.generation = self.generation
-        part.last_change = now
+        part.last_change = part.launched = part.sampled_at = now
+        part.rate = 0.0
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -184,10 +232,15 @@ class Coordinator:
 
     def _failed(self, part: _Part, error: BaseException) -> None:
         if _expired(error) and self._refresh(part):
-            part.state, part.not_before = WAITING, time.monotonic()  # at once, budget intact
+            delay = retry_delay(1, None, self.settings)  # the budget is left intact
+            part.state, part.not_before = WAITING, time.monotonic() + delay
             return
         if not getattr(error, "retryable", False):
             raise error
+        end = self.table.end(part.slot)
+        if 0 <= end <= self.table.pos(part.slot):  # died after its last write: all there
+            part.state = DONE
+            return
         part.budget = part.budget.after_failure(self.table.pos(part.slot))
         if part.budget.exhausted(self.settings.retries):
             end = self.table.end(part.slot)
@@ -204,12 +257,12 @@ class Coordinator:
             return False  # nothing to refresh: the URL was never redirected
         if part.generation < self.generation:
             return True  # already refreshed since this attempt started
-        done = self._done()
-        if self.resolved_at is not None and done <= self.resolved_at:
-            return False  # refreshed once already and nothing moved since: really refused
-        fresh = resolve(self.remote.url, self.settings)
+        pos = self.table.pos(part.slot)
+        if part.refreshed_at is not None and pos <= part.refreshed_at:
+            return False  # this part had its refresh and did not move since: really refused
+        fresh = resolve(self.remote.url, self.settings)  # blocks the loop: rare and short
         same_blob(self.remote, fresh)
-        self.remote, self.resolved_at = fresh, done
+        self.remote, part.refreshed_at = fresh, pos
         self.generation += 1
         return True
 
@@ -223,10 +276,12 @@ class Coordinator:
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
     def _sample(self, now: float) -> None:
+        self.best_rate *= 0.8  # forget lanes that have ended, slowly
         for part in self.parts:
             if part.state != RUNNING:
                 continue
             pos = self.table.pos(part.slot)
+            self._rate(part, pos, now)
             if pos != part.last_pos:
                 part.last_pos, part.last_change = pos, now
             elif now - part.last_change >= self.settings.stall_timeout:
@@ -236,6 +291,16 @@ class Coordinator:
             self._checkpoint()
             self.last_checkpoint = now
         self._emit(now)
+
+    def _rate(self, part: _Part, pos: int, now: float) -> None:
+        """Smooth the lane's rate over samples; remember the best lane's rate."""
+        if now <= part.sampled_at:
+            return
+        current = (pos - part.last_pos) / (now - part.sampled_at)
+        first = part.sampled_at == part.launched
+        part.rate = current if first else 0.5 * part.rate + 0.5 * current
+        part.sampled_at = now
+        self.best_rate = max(self.best_rate, part.rate)
 
     def _checkpoint(self) -> None:
         """Hand the parts' positions (read now, before the caller flushes) to be saved."""
@@ -292,23 +357,3 @@ def _expired(error: BaseException) -> bool:
 def _sleep(seconds: float) -> list[int]:
     time.sleep(seconds)
     return []
-
-
-@contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGINT/SIGTERM raise ``Interrupted`` in the coordinator (workers ignore SIGINT)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted(signal.SIGINT) from None
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -13,12 +13,12 @@ import hashlib
 import multiprocessing
 import os
 import re
-import signal
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ._shared import CounterTable
+from ._signals import child_signals
 from .errors import UsageError
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -82,7 +82,7 @@ class PrefixHasher:
 
 
 def _hasher_main(fd: int, table: CounterTable, conn: Connection) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child_signals()
     digest = hashlib.sha256()
     hashed = 0
     parent = os.getppid()

@@ -80,15 +80,22 @@ def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 def finalize(fd: int, temp: Path, dest: Path, size: int) -> None:
-    """Make the complete temp file durable and move it onto ``dest`` atomically."""
+    """Make the complete temp file durable and move it onto ``dest`` atomically.
+
+    Takes ownership of ``fd``: it is closed here whatever happens."""
     try:
-        os.ftruncate(fd, size)
-        os.fsync(fd)
-        os.close(fd)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temp, dest)
-        _fsync_dir(dest.parent)
     except OSError as exc:
         raise local_error(dest, exc) from None
+    # The rename is done; a filesystem that cannot fsync a directory (some FUSE and network
+    # filesystems) must not turn a complete download into a reported failure.
+    with contextlib.suppress(OSError):
+        _fsync_dir(dest.parent)
 
 
 def discard(fd: int | None, temp: Path) -> None:

@@ -179,7 +179,7 @@ def _remote_from(
             raise HTTPStatusError(416, final)
         size, ranges = 0, True
     elif status == 200:
-        size, ranges = _content_length(response), False
+        size, ranges = content_length(response), False
     else:
         raise HTTPStatusError(status, final, retry_after(response))
     return Remote(
@@ -194,7 +194,7 @@ def _remote_from(
     )
 
 
-def _content_length(response: Response) -> int | None:
+def content_length(response: Response) -> int | None:
     text = response.headers.get("Content-Length")
     if text is None or "chunked" in response.headers.get("Transfer-Encoding", "").lower():
         return None
@@ -278,7 +278,7 @@ def _check_range_response(remote: Remote, span: Span, response: Response) -> Non
         raise RemoteChanged(url, f"size changed from {remote.size} to {content_range.total}")
     if not content_range or content_range.span != span:
         raise BadResponse(url, f"asked for {range_header(*span)}, got Content-Range {text!r}")
-    length = _content_length(response)
+    length = content_length(response)
     if length is not None and length != span.length:
         raise BadResponse(url, f"Content-Length {length} for a {span.length}-byte range")
 
@@ -298,7 +298,7 @@ def open_whole(pool: urllib3.PoolManager, remote: Remote) -> Response:
             raise HTTPStatusError(response.status, remote.final_url, retry_after(response))
         _require_identity(remote.final_url, response)
         _check_validators(remote, response)
-        length = _content_length(response)
+        length = content_length(response)
         if remote.size is not None and length is not None and length != remote.size:
             raise RemoteChanged(remote.final_url, f"size changed from {remote.size} to {length}")
     except BaseException:

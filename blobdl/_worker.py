@@ -19,9 +19,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ._fileio import local_error, pwrite_all
-from ._http import Reader, Remote, body_reader, make_pool, open_range, open_whole, translate_errors
+from ._http import (
+    Reader,
+    Remote,
+    body_reader,
+    content_length,
+    make_pool,
+    open_range,
+    open_whole,
+    translate_errors,
+)
 from ._plan import Span
 from ._shared import CounterTable
+from ._signals import child_signals
 from .config import Settings
 from .errors import BlobdlError, TruncatedBody
 
@@ -42,8 +52,7 @@ def worker_main(
 ) -> None:
     """Entry point in the child process."""
     # The coordinator owns cancellation: Ctrl-C in the terminal must not kill us mid-write.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    child_signals()
     _die_with_parent()
     result: BlobdlError | None = None
     try:
@@ -72,23 +81,37 @@ def _fetch(job: Job, remote: Remote, settings: Settings, table: CounterTable) ->
     with translate_errors(url):
         if job.ranged:
             response = open_range(pool, remote, Span(start, end))
+            framing = -1  # the slot's end, checked against Content-Range, bounds the body
         else:
             response = open_whole(pool, remote)
+            # Even when the probe learned no size, this response may state its length:
+            # never read past it, and never take a body cut short for the whole blob.
+            length = content_length(response)
+            framing = start + length if length is not None else -1
         try:
-            pos = _stream(job, body_reader(response), table, start, settings.buffer_size)
+            pos = _stream(job, body_reader(response), table, start, settings.buffer_size, framing)
         finally:
             response.close()
     final_end = table.end(job.slot)
+    if final_end < 0:
+        final_end = framing
     if final_end >= 0 and pos < final_end:
         raise TruncatedBody(url, pos - start, final_end - start)
 
 
-def _stream(job: Job, read: Reader, table: CounterTable, pos: int, buffer_size: int) -> int:
-    """The hot loop: socket -> one reused buffer -> pwrite; returns the position reached."""
+def _stream(
+    job: Job, read: Reader, table: CounterTable, pos: int, buffer_size: int, framing: int
+) -> int:
+    """The hot loop: socket -> one reused buffer -> pwrite; returns the position reached.
+
+    Stops at the slot's end (which may move in at any time) or, when the slot is open-ended
+    (-1), at ``framing`` (the response's own end) or at EOF when that is -1 too."""
     buffer = memoryview(bytearray(buffer_size))
     parent = os.getppid()
     while True:
-        end = table.end(job.slot)  # may move in at any time; -1 means "until EOF"
+        end = table.end(job.slot)
+        if end < 0:
+            end = framing
         want = buffer_size if end < 0 else min(buffer_size, end - pos)
         if want <= 0:
             return pos

@@ -54,6 +54,10 @@ class Settings:
     max_part_size: int = 1000 * MB
     #: Worker processes running at once (each holds one connection). Each costs a process.
     connections: int = 16
+    #: Let idle workers take over slow lanes and split the largest remaining range.
+    steal: bool = True
+    #: Smallest range a steal splits off, in bytes. Smaller: a shorter tail, more requests.
+    min_steal_size: int = 4 * 1024 * 1024
     #: Failed attempts in a row (without progress) a part may have before the download fails.
     retries: int = 6
     #: Backoff before attempt n is min(n**2 * backoff_unit, max_backoff) * uniform(0.5, 1.5).
@@ -88,7 +92,14 @@ class Settings:
     ca_bundle: str | None = None
 
     def __post_init__(self) -> None:
-        positive = ("target_parts", "connections", "min_part_size", "max_part_size", "buffer_size")
+        positive = (
+            "target_parts",
+            "connections",
+            "min_part_size",
+            "max_part_size",
+            "buffer_size",
+            "min_steal_size",
+        )
         for name in positive:
             _require(getattr(self, name) >= 1, f"{name} must be at least 1")
         _require(self.parts is None or self.parts >= 1, "parts must be at least 1")

@@ -135,7 +135,7 @@ def test_stall_after_some_bytes_is_detected_and_reassigned(
     server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 1,
                        "action": "stall_after", "bytes": 10_000, "hold": 30})  # fmt: skip
     events: list[Progress] = []
-    settings = fast_settings(stall_timeout=1.0)
+    settings = fast_settings(stall_timeout=1.0, steal=False)  # the stall path, not stealing
     result = Downloader(settings).download(blob.url, tmp_path / "out", on_progress=events.append)
     assert_exact(blob, tmp_path / "out")
     assert result.retries == 1
@@ -152,7 +152,7 @@ def test_request_that_never_gets_a_status_line_is_a_stall(
     blob = make(2 * PART)
     server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 1,
                        "action": "no_response", "hold": 30})  # fmt: skip
-    result = fetch(blob.url, tmp_path / "out", stall_timeout=1.0)
+    result = fetch(blob.url, tmp_path / "out", stall_timeout=1.0, steal=False)
     assert_exact(blob, tmp_path / "out")
     assert result.retries == 1
 
@@ -220,7 +220,7 @@ def test_stalls_count_toward_the_retry_limit(
     server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
                        "action": "no_response", "hold": 30})  # fmt: skip
     with pytest.raises(blobdl.RetriesExhausted) as caught:
-        fetch(blob.url, tmp_path / "out", retries=1, stall_timeout=0.5)
+        fetch(blob.url, tmp_path / "out", retries=1, stall_timeout=0.5, steal=False)
     assert isinstance(caught.value.last_error, blobdl.Stalled)
     assert_kept_for_resume(tmp_path / "out")
 
@@ -355,3 +355,82 @@ def test_budget_counts_failures_since_the_furthest_position(
     since = len(positions) - positions.index(furthest)  # failures since it first got there
     assert budget.failures == since and budget.mark == furthest
     assert budget.exhausted(retries) == (since > retries)
+
+
+# --- found in review ------------------------------------------------------------------------
+
+
+def test_unknown_size_still_honours_the_response_length(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The probe learned no size; the body that follows states its length and is cut short:
+    that is a truncated body to retry, never a smaller blob."""
+    blob = make(300_000, seed=71)
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "times": 1, "action": "no_length"},
+        {"path": f"/files/{blob.name}", "times": 1, "action": "close_after", "bytes": 100_000},
+    )
+    result = fetch(blob.url, tmp_path / "out")
+    assert_exact(blob, tmp_path / "out")
+    assert result.size == blob.size and result.retries == 1
+
+
+def test_unknown_size_with_a_kept_alive_connection_does_not_hang(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(300_000, seed=72)
+    server.set_faults({"path": f"/files/{blob.name}", "times": 1, "action": "no_length"})
+    result = fetch(blob.url, tmp_path / "out", stall_timeout=2.0)
+    assert_exact(blob, tmp_path / "out")
+    assert result.retries == 0
+
+
+def test_a_retry_waiting_for_a_connection_does_not_spin(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    import resource
+
+    blob = make(8 * PART, seed=73)  # 2 parts of 256 KiB
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "skip": 1, "times": 1, "action": "status", "status": 503},
+        {"path": f"/files/{blob.name}", "times": None, "action": "rate", "bps": 300_000},
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    fetch(blob.url, tmp_path / "out", connections=1, parts=2, steal=False)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert wall > 1.0  # one part paced at 300 KB/s while the other waits for the connection
+    assert cpu < wall / 4, f"coordinator used {cpu:.2f} s of CPU in {wall:.2f} s"
+
+
+def test_interrupts_at_any_moment_leave_no_worker_behind(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """SIGINT at many points of a fork-heavy download: never an orphaned or unreaped worker
+    (an interrupt landing between fork() and the bookkeeping used to leak one)."""
+    import random
+    import threading
+
+    blob = make(4_000_000, seed=74)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 2_000_000})  # fmt: skip
+    settings = fast_settings(connections=16, min_part_size=20_000, max_part_size=20_000)
+    rng = random.Random(74)
+    me = psutil.Process()
+    for attempt in range(20):
+        timer = threading.Timer(rng.uniform(0.05, 0.3), os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            Downloader(settings).download(blob.url, tmp_path / f"out-{attempt}")
+        except (blobdl.Interrupted, KeyboardInterrupt):
+            pass
+        finally:
+            timer.cancel()
+            timer.join()
+        leaked = [p for p in me.children() if "tests.server" not in p.cmdline()]
+        for proc in leaked:
+            proc.kill()
+            proc.wait()
+        assert not leaked, f"attempt {attempt}: workers left behind {leaked}"
