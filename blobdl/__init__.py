@@ -4,8 +4,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._api import Downloader, DownloadResult, download
-from ._progress import PartProgress, Progress
+from ._api import Downloader, download
+from ._events import (
+    DownloadResult,
+    Event,
+    Failed,
+    Finished,
+    PartProgress,
+    PartRetried,
+    PartStalled,
+    Progress,
+    Started,
+)
 from .config import Settings, parse_size
 from .errors import (
     BadResponse,
@@ -39,6 +49,9 @@ __all__ = [
     "DigestMismatch",
     "DownloadResult",
     "Downloader",
+    "Event",
+    "Failed",
+    "Finished",
     "HTTPStatusError",
     "InsufficientSpace",
     "IntegrityError",
@@ -46,11 +59,14 @@ __all__ = [
     "LocalFileError",
     "NetworkError",
     "PartProgress",
+    "PartRetried",
+    "PartStalled",
     "Progress",
     "RemoteChanged",
     "RetriesExhausted",
     "Settings",
     "Stalled",
+    "Started",
     "TLSError",
     "TooManyRedirects",
     "TruncatedBody",

@@ -19,8 +19,18 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import _state
-from ._coordinator import CheckpointCallback, Coordinator, ProgressCallback
+from ._coordinator import CheckpointCallback, Coordinator
 from ._digest import PrefixHasher, parse_digest, sha256_file
+from ._events import (
+    DownloadResult,
+    Event,
+    EventCallback,
+    Failed,
+    Finished,
+    Progress,
+    ProgressCallback,
+    Started,
+)
 from ._fileio import (
     check_destination,
     check_free_space,
@@ -52,21 +62,6 @@ BAD_SUFFIX = ".blobdl-bad"
 log = logging.getLogger("blobdl")
 
 
-@dataclasses.dataclass(frozen=True)
-class DownloadResult:
-    path: Path  # where the blob now is
-    size: int  # its size in bytes
-    elapsed: float  # seconds, probe included
-    bytes_fetched: int  # body bytes received this run, retried and refetched bytes included
-    retries: int  # failed attempts that were retried
-    parts: int  # parts the blob was planned in
-    url: str  # as asked
-    final_url: str  # after redirects ("" when nothing had to be fetched)
-    steals: int = 0  # ranges taken over from slow lanes or split off large ones
-    resumed: int = 0  # bytes already on disk from an earlier, interrupted run
-    verified: bool = False  # the bytes matched the digest that was given
-
-
 class Downloader:
     """Downloads blobs with one frozen ``Settings``; safe to reuse for many downloads."""
 
@@ -84,16 +79,28 @@ class Downloader:
         *,
         digest: str | None = None,
         on_progress: ProgressCallback | None = None,
+        on_event: EventCallback | None = None,
     ) -> DownloadResult:
         """Download ``url`` to ``path`` (default: a safe name from the server or the URL,
         in the current directory), checking ``digest`` (``sha256:<hex>``) if given.
 
+        ``on_event`` receives every event (started, progress every second, part retried,
+        part stalled, finished, failed); ``on_progress`` only the progress ones.
         Raises a ``BlobdlError`` subclass on failure, leaving nothing at ``path``.
         """
-        started = time.monotonic()
-        check_url(url)
-        expected = parse_digest(digest) if digest else None
-        job = _Job(url, expected, started, on_progress)
+        job = _Job(url, None, time.monotonic(), _listener(on_progress, on_event))
+        try:
+            check_url(url)
+            job = dataclasses.replace(job, expected=parse_digest(digest) if digest else None)
+            result = self._download(job, path)
+        except BlobdlError as exc:
+            job.tell(Failed(url, os.fspath(path or ""), str(exc), exc.exit_code))
+            raise
+        job.tell(Finished(result))
+        return result
+
+    def _download(self, job: _Job, path: str | os.PathLike[str] | None) -> DownloadResult:
+        url = job.url
         if path is None:  # the name comes from the server: probe first
             remote = resolve(url, self.settings)
             dest = Path(default_name(remote))
@@ -138,9 +145,10 @@ class Downloader:
                 fd,
                 str(temp),
                 self.settings,
-                job.on_progress,
+                job.tell,
                 _checkpointer(fd, remote, state_file) if self.settings.resume else None,
             )
+            job.tell(Started(job.url, str(dest), remote.size, len(records), _done(records)))
             with ExitStack() as cleanup:
                 hasher = None
                 if job.expected is not None:
@@ -214,10 +222,28 @@ class _Job:
     url: str
     expected: str | None  # sha256 hex the bytes must have
     started: float
-    on_progress: ProgressCallback | None
+    tell: EventCallback
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+
+def _listener(
+    on_progress: ProgressCallback | None, on_event: EventCallback | None
+) -> EventCallback:
+    """One callback for the coordinator, fanning out to what the caller asked for."""
+
+    def tell(event: Event) -> None:
+        if on_event is not None:
+            on_event(event)
+        if on_progress is not None and isinstance(event, Progress):
+            on_progress(event)
+
+    return tell
+
+
+def _done(records: list[PartRecord] | tuple[PartRecord, ...]) -> int:
+    return sum(r.pos - r.start for r in records)
 
 
 def _resumable(exc: BaseException) -> bool:
@@ -267,7 +293,10 @@ def download(
     *,
     digest: str | None = None,
     on_progress: ProgressCallback | None = None,
+    on_event: EventCallback | None = None,
     **settings: Any,
 ) -> DownloadResult:
     """Download ``url`` to ``path`` with default settings overridden by ``settings``."""
-    return Downloader(**settings).download(url, path, digest=digest, on_progress=on_progress)
+    return Downloader(**settings).download(
+        url, path, digest=digest, on_progress=on_progress, on_event=on_event
+    )

@@ -20,8 +20,8 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import NamedTuple
 
+from ._events import EventCallback, PartProgress, PartRetried, PartStalled, Progress
 from ._http import Remote, resolve, same_blob
-from ._progress import PartProgress, Progress
 from ._retry import RetryBudget, retry_delay
 from ._shared import CounterTable
 from ._signals import Interrupts
@@ -31,7 +31,6 @@ from ._worker import Job, worker_main
 from .config import Settings
 from .errors import HTTPStatusError, RetriesExhausted, Stalled, WorkerCrashed
 
-ProgressCallback = Callable[[Progress], None]
 CheckpointCallback = Callable[[tuple[PartRecord, ...]], None]
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
@@ -79,11 +78,11 @@ class Coordinator:
         fd: int,
         path: str,
         settings: Settings,
-        on_progress: ProgressCallback | None = None,
+        on_event: EventCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
     ) -> None:
         self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
-        self.on_progress, self.on_checkpoint = on_progress, on_checkpoint
+        self.on_event, self.on_checkpoint = on_event, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
         if not self.ranged:  # one sequential stream: the whole body, or until EOF
             parts = [PartRecord(0, remote.size if remote.size is not None else -1, 0)]
@@ -249,6 +248,7 @@ class Coordinator:
         retry_after = error.retry_after if isinstance(error, HTTPStatusError) else None
         delay = retry_delay(part.budget.failures, retry_after, self.settings)
         part.state, part.not_before = WAITING, time.monotonic() + delay
+        self._tell(PartRetried(part.slot, part.budget.failures, delay, str(error)))
 
     def _refresh(self, part: _Part) -> bool:
         """A redirected (signed, expiring) URL answered 403/410: resolve the original URL
@@ -286,6 +286,7 @@ class Coordinator:
                 part.last_pos, part.last_change = pos, now
             elif now - part.last_change >= self.settings.stall_timeout:
                 self._kill(part)
+                self._tell(PartStalled(part.slot, now - part.last_change))
                 self._failed(part, Stalled(self.settings.stall_timeout))
         if now - self.last_checkpoint >= self.settings.checkpoint_interval:
             self._checkpoint()
@@ -329,8 +330,12 @@ class Coordinator:
                 if part.state == RUNNING:
                     part.state = PENDING
 
+    def _tell(self, event: PartRetried | PartStalled) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
     def _emit(self, now: float) -> None:
-        if self.on_progress is None:
+        if self.on_event is None:
             return
         parts = tuple(self._part_progress(p) for p in self.parts)
         done = sum(p.done for p in parts)
@@ -341,9 +346,7 @@ class Coordinator:
         rate = (done - before) / (now - then) if now > then else 0.0
         total = self.remote.size
         active = sum(1 for p in self.parts if p.state == RUNNING)
-        self.on_progress(
-            Progress(done, total, rate, now - self.started, active, self.retries, parts)
-        )
+        self.on_event(Progress(done, total, rate, now - self.started, active, self.retries, parts))
 
     def _part_progress(self, part: _Part) -> PartProgress:
         end, done = self.table.end(part.slot), self.table.done(part.slot)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
 from . import __version__
-from ._api import Downloader, DownloadResult
-from ._progress import Progress
+from ._api import Downloader
+from ._events import DownloadResult, Event, Failed, Progress, event_record
 from .config import Settings, parse_header, parse_size
 from .errors import (
     EXIT_INTEGRITY,
@@ -147,17 +146,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _show_warnings()
-    display: _Display | None = None
+    display = _display_for(args)
     try:
         downloader = Downloader(settings_from(args))
-        display = _display_for(args)
         result = downloader.download(
-            args.url, args.output, digest=args.digest, on_progress=display.progress
+            args.url, args.output, digest=args.digest, on_event=display.event
         )
     except BlobdlError as exc:
-        return _fail(args, display, exc, exc.exit_code)
+        return _fail(display, exc, exc.exit_code)
     except KeyboardInterrupt:
-        return _fail(args, display, Interrupted(2), EXIT_INTERRUPTED)
+        return _fail(display, Interrupted(2), EXIT_INTERRUPTED)
     display.finished(result)
     return EXIT_OK
 
@@ -172,14 +170,11 @@ def _show_warnings() -> None:
     logger.propagate = False
 
 
-def _fail(args: argparse.Namespace, display: _Display | None, exc: BaseException, code: int) -> int:
-    if display is not None:
-        display.close()
-    if args.json:
-        _json_line(
-            sys.stdout,
-            {"event": "failed", "error": str(exc), "type": type(exc).__name__, "exit_code": code},
-        )
+def _fail(display: _Display, exc: BaseException, code: int) -> int:
+    display.close()
+    if display.mode == "json" and not display.failed:  # e.g. bad settings: no event yet
+        record = {"event": "failed", "url": "", "path": "", "error": str(exc), "exit_code": code}
+        _json_line(sys.stdout, record)
     print(f"blobdl: error: {exc}", file=sys.stderr)
     return code
 
@@ -190,17 +185,19 @@ def _json_line(stream: IO[str], record: dict[str, Any]) -> None:
 
 
 class _Display:
-    """Shows progress: a tqdm bar on a TTY, JSON lines with --json, or nothing."""
+    """Shows events: a tqdm bar on a TTY, JSON lines with --json, or nothing."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.bar: Any = None
+        self.failed = False
 
-    def progress(self, progress: Progress) -> None:
+    def event(self, event: Event) -> None:
+        self.failed = self.failed or isinstance(event, Failed)
         if self.mode == "json":
-            _json_line(sys.stdout, _progress_record(progress))
-        elif self.mode == "bar":
-            self._draw(progress)
+            _json_line(sys.stdout, event_record(event))
+        elif self.mode == "bar" and isinstance(event, Progress):
+            self._draw(event)
 
     def _draw(self, progress: Progress) -> None:
         if self.bar is None:
@@ -220,15 +217,15 @@ class _Display:
 
     def finished(self, result: DownloadResult) -> None:
         self.close()
-        if self.mode == "json":
-            _json_line(sys.stdout, {"event": "finished", **_result_record(result)})
-        elif self.mode != "quiet":
-            rate = result.size / result.elapsed if result.elapsed > 0 else 0.0
-            print(
-                f"{result.path}: {result.size} bytes in {result.elapsed:.1f} s "
-                f"({rate / 1e6:.1f} MB/s, {result.parts} parts, {result.retries} retries)",
-                file=sys.stderr,
-            )
+        if self.mode in ("quiet", "json"):  # JSON: the finished event said it all
+            return
+        rate = result.size / result.elapsed if result.elapsed > 0 else 0.0
+        print(
+            f"{result.path}: {result.size} bytes in {result.elapsed:.1f} s "
+            f"({rate / 1e6:.1f} MB/s, {result.parts} parts, {result.retries} retries, "
+            f"{result.steals} steals)",
+            file=sys.stderr,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -242,25 +239,6 @@ def _display_for(args: argparse.Namespace) -> _Display:
     if args.quiet:
         return _Display("quiet")
     return _Display("bar" if sys.stdout.isatty() else "plain")
-
-
-def _progress_record(progress: Progress) -> dict[str, Any]:
-    return {
-        "event": "progress",
-        "done": progress.done,
-        "total": progress.total,
-        "rate": round(progress.rate, 1),
-        "elapsed": round(progress.elapsed, 3),
-        "active": progress.active,
-        "retries": progress.retries,
-        "parts": [part._asdict() for part in progress.parts],
-    }
-
-
-def _result_record(result: DownloadResult) -> dict[str, Any]:
-    record = {field: getattr(result, field) for field in result.__dataclass_fields__}
-    record["path"] = os.fspath(result.path)
-    return record
 
 
 def run() -> None:

@@ -122,3 +122,26 @@ def test_version() -> None:
 
     run = blobdl("--version")
     assert run.returncode == 0 and run.stdout.strip() == f"blobdl {package.__version__}"
+
+
+def test_json_stream_carries_retry_and_stall_events(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART)
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "skip": 1, "times": 1, "action": "status", "status": 503},
+        {"path": f"/files/{blob.name}", "times": 1, "action": "no_response", "hold": 30},
+    )
+    run = blobdl(blob.url, "-o", str(tmp_path / "out"), "--json", "--stall-timeout", "1",
+                 "--progress-interval", "0.1", *FAST)  # fmt: skip
+    assert run.returncode == EXIT_OK, run.stderr
+    kinds = [json.loads(line)["event"] for line in run.stdout.splitlines()]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    assert "part_retried" in kinds and "part_stalled" in kinds
+
+
+def test_json_failure_is_one_failed_event(server: ServerHandle, tmp_path: Path) -> None:
+    run = blobdl(server.route("/status/410"), "-o", str(tmp_path / "out"), "--json")
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert run.returncode == EXIT_NETWORK
+    assert [r["event"] for r in records] == ["failed"] and records[0]["exit_code"] == EXIT_NETWORK

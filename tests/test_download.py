@@ -222,3 +222,29 @@ def test_errors_pickle_with_their_fields() -> None:
         clone = pickle.loads(pickle.dumps(error))
         assert type(clone) is type(error) and str(clone) == str(error)
         assert clone.exit_code == error.exit_code and clone.retryable == error.retryable
+
+
+def test_events_tell_the_whole_story(make: Make, server: ServerHandle, tmp_path: Path) -> None:
+    blob = make(4 * PART)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 1, "action": "status",
+                       "status": 503})  # fmt: skip
+    events: list[blobdl.Event] = []
+    result = Downloader(fast_settings()).download(
+        blob.url, tmp_path / "out", on_event=events.append
+    )
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "Started" and kinds[-1] == "Finished" and "Progress" in kinds
+    started, retried = events[0], next(e for e in events if isinstance(e, blobdl.PartRetried))
+    assert isinstance(started, blobdl.Started) and started.size == blob.size and started.parts == 4
+    assert "HTTP 503" in retried.error and retried.failures == 1
+    assert events[-1] == blobdl.Finished(result)
+
+
+def test_failure_ends_with_a_failed_event(server: ServerHandle, tmp_path: Path) -> None:
+    events: list[blobdl.Event] = []
+    with pytest.raises(blobdl.HTTPStatusError):
+        Downloader(fast_settings()).download(
+            server.route("/status/404"), tmp_path / "out", on_event=events.append
+        )
+    assert isinstance(events[-1], blobdl.Failed) and events[-1].exit_code == 3
+    assert "HTTP 404" in events[-1].error
