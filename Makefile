@@ -31,7 +31,8 @@ unit: install ## the pytest suite only
 	$(PY) -m pytest -q
 
 bench: install ## sweep part counts against a simulated CDN (see benchmarks/README)
-	$(PY) -m benchmarks
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean: ## remove the venv, caches and demo data
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-data *.egg-info

@@ -2,7 +2,7 @@
 
 Run from the repo root::
 
-    python -m tests.server --root DIR [--port 0] [--certfile F --keyfile K]
+    python -m tests.server --root DIR [--port 0] [--certfile F --keyfile K] [--link-bps N]
 
 It prints exactly one line ``READY <port>`` once listening and serves until
 SIGTERM/SIGINT.  Tests drive it through ``tests.serverctl``; the routes, the
@@ -57,6 +57,8 @@ ACTIONS: dict[str, frozenset[str]] = {
     "wrong_content_range": frozenset({"by"}),
     "etag": frozenset({"value"}),
     "full_200": frozenset(),
+    # One CDN lane: optional ttfb delay, bps pacing, and a cut (stall or reset) after N bytes.
+    "shape": frozenset({"bps", "ttfb", "stall_after", "reset_after", "hold"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -108,6 +110,8 @@ class Rule:
         missing = [k for k in REQUIRED.get(action, ()) if k not in params]
         if missing:
             raise RuleError(f"action {action!r} needs {missing}")
+        if action == "shape" and {"stall_after", "reset_after"} <= set(params):
+            raise RuleError("shape takes stall_after or reset_after, not both")
         skip, times, method = raw.get("skip", 0), raw.get("times", 1), raw.get("method")
         if not isinstance(skip, int) or skip < 0:
             raise RuleError(f"bad skip: {skip!r}")
@@ -143,6 +147,41 @@ class Fault:
 
     def integer(self, name: str, default: int | None = None) -> int:
         return int(self.num(name, default))
+
+    def cut(self) -> tuple[str, int] | None:
+        """(cut action, bytes) if this fault ends the body early, else None."""
+        if self.action in _CUT_ACTIONS:
+            return self.action, self.integer("bytes")
+        if self.action == "shape":
+            for name in ("stall_after", "reset_after"):
+                if name in self.params:
+                    return name, self.integer(name)
+        return None
+
+    def bps(self) -> float | None:
+        if self.action == "rate" or (self.action == "shape" and "bps" in self.params):
+            return self.num("bps")
+        return None
+
+
+class LinkBucket:
+    """The server's total egress cap: every paced chunk of every connection books link time.
+
+    Bookings are first come, first served, so connections share the link fairly; idle time is
+    not saved up, so there are no bursts above the cap.
+    """
+
+    def __init__(self, bps: float) -> None:
+        self.bps = bps
+        self._lock = threading.Lock()
+        self._free_at = 0.0
+
+    def book(self, n: int) -> float:
+        """Reserve the link for n bytes; return the monotonic time they may be sent."""
+        with self._lock:
+            start = max(time.monotonic(), self._free_at)
+            self._free_at = start + n / self.bps
+            return start
 
 
 # --------------------------------------------------------------------------- state
@@ -376,9 +415,16 @@ class FaultServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, addr: tuple[str, int], root: Path, tls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        root: Path,
+        tls: ssl.SSLContext | None,
+        link: LinkBucket | None = None,
+    ) -> None:
         self.root = root
         self.tls = tls
+        self.link = link
         self.state = State()
         super().__init__(addr, Handler)
 
@@ -474,6 +520,8 @@ class Handler(BaseHTTPRequestHandler):
             return False
         if fault.action == "ttfb":
             self.srv.state.stopping.wait(fault.num("delay"))
+        elif fault.action == "shape" and "ttfb" in fault.params:
+            self.srv.state.stopping.wait(fault.num("ttfb"))
         elif fault.action == "status":
             hdrs = {str(k): str(v) for k, v in dict(fault.params.get("headers") or {}).items()}
             reply = simple_reply(fault.integer("status"), str(fault.params.get("body", "")), hdrs)
@@ -563,14 +611,14 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in reply.headers:
             self.send_header(key, value)
         self.end_headers()
-        action = fault.action if fault else None
-        limit = fault.integer("bytes") if fault and action in _CUT_ACTIONS else None
+        cut = fault.cut() if fault else None
+        limit = cut[1] if cut else None
         sent = 0 if head else self._write_body(reply, limit, fault)
-        if action is None or action not in _CUT_ACTIONS:
+        if cut is None:
             if not head and sent < reply.body_len:
                 self.close_connection = True  # file shrank under us; framing is broken
             return
-        self._after_cut(action, cast(Fault, fault))
+        self._after_cut(cut[0], cast(Fault, fault))
 
     def _after_cut(self, action: str, fault: Fault) -> None:
         self.close_connection = True
@@ -583,7 +631,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _write_body(self, reply: Reply, limit: int | None, fault: Fault | None) -> int:
         total = reply.body_len if limit is None else min(limit, reply.body_len)
-        bps = fault.num("bps") if fault and fault.action == "rate" else None
+        bps = fault.bps() if fault else None
         if reply.file is None:
             self.wfile.write(reply.data[:total])
             return total
@@ -593,16 +641,20 @@ class Handler(BaseHTTPRequestHandler):
     def _stream(self, fd: int, offset: int, total: int, bps: float | None) -> int:
         """Send a file slice; only these bytes count as stats["bytes_sent"]."""
         tls = isinstance(self.connection, ssl.SSLSocket)
-        chunk = PACE_CHUNK if bps else (TLS_CHUNK if tls else SENDFILE_CHUNK)
+        link = self.srv.link
+        chunk = PACE_CHUNK if bps or link else (TLS_CHUNK if tls else SENDFILE_CHUNK)
         sent, t0 = 0, time.monotonic()
         while sent < total:
-            n = self._send_chunk(fd, offset + sent, min(chunk, total - sent), tls)
+            step = min(chunk, total - sent)
+            if link is not None:
+                self._wait_until(link.book(step))
+            if bps:  # wait *before* a chunk: no idle sleep after the last byte, so the
+                self._pace(t0, sent, bps)  # connection's life matches the client's view
+            n = self._send_chunk(fd, offset + sent, step, tls)
             if n == 0:
                 break  # file got shorter than its stat said
             sent += n
             self.srv.state.add_bytes(n)  # per chunk so stats are live mid-transfer
-            if bps:
-                self._pace(t0, sent, bps)
         return sent
 
     def _send_chunk(self, fd: int, offset: int, n: int, tls: bool) -> int:
@@ -614,7 +666,10 @@ class Handler(BaseHTTPRequestHandler):
         return os.sendfile(self.connection.fileno(), fd, offset, n)
 
     def _pace(self, t0: float, sent: int, bps: float) -> None:
-        delay = t0 + sent / bps - time.monotonic()
+        self._wait_until(t0 + sent / bps)
+
+    def _wait_until(self, when: float) -> None:
+        delay = when - time.monotonic()
         if delay > 0:
             self.srv.state.stopping.wait(delay)
 
@@ -672,7 +727,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", default=0, type=int)
     p.add_argument("--certfile")
     p.add_argument("--keyfile")
+    p.add_argument(
+        "--link-bps", type=float, help="cap on all response bodies together, bytes/s (a link)"
+    )
     args = p.parse_args(argv)
+    if args.link_bps is not None and args.link_bps <= 0:
+        p.error("--link-bps must be positive")
     if (args.certfile is None) != (args.keyfile is None):
         p.error("--certfile and --keyfile go together")
     return args
@@ -698,8 +758,12 @@ def install_signal_handlers(server: FaultServer) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    link = LinkBucket(args.link_bps) if args.link_bps else None
     server = FaultServer(
-        (args.host, args.port), args.root.resolve(), tls_context(args.certfile, args.keyfile)
+        (args.host, args.port),
+        args.root.resolve(),
+        tls_context(args.certfile, args.keyfile),
+        link,
     )
     install_signal_handlers(server)
     print(f"READY {server.server_port}", flush=True)

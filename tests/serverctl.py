@@ -17,7 +17,11 @@ A fault rule is ``{"path": "/files/x" or "/files/*", "skip": 0, "times": 1 or No
 first matching, not yet exhausted rule owns the request (its first ``skip`` matches are
 served normally).  Actions: status[status, headers, body], reset_after[bytes],
 close_after[bytes], stall_after[bytes, hold], no_response[hold], ttfb[delay], rate[bps],
-ignore_range, no_length, shift_range[by], wrong_content_range[by], etag[value], full_200.
+ignore_range, no_length, shift_range[by], wrong_content_range[by], etag[value], full_200,
+shape[bps, ttfb, stall_after | reset_after, hold] (one CDN lane: all of these on one request).
+
+``start_server(root, link_bps=N)`` also caps all response bodies together at N bytes/s (a
+shared link), on top of any per-request ``rate``/``shape`` pacing.
 """
 
 from __future__ import annotations
@@ -141,14 +145,18 @@ def start_server(
     certfile: str | None = None,
     keyfile: str | None = None,
     ca: str | None = None,
+    link_bps: float | None = None,
 ) -> ServerHandle:
     """Start ``python -m tests.server`` serving ``root``; wait for its READY line.
 
     For TLS, control calls trust ``ca`` (default: ``certfile`` itself, i.e. self-signed).
+    ``link_bps`` caps all response bodies together (bytes/s), like one shared link.
     """
     cmd = [sys.executable, "-m", "tests.server", "--root", str(root), "--port", "0"]
     if certfile is not None:
         cmd += ["--certfile", certfile, "--keyfile", keyfile or certfile]
+    if link_bps is not None:
+        cmd += ["--link-bps", str(link_bps)]
     # A file, not a pipe: nobody drains stderr, and a full pipe would wedge the server.
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the handle
     proc = subprocess.Popen(

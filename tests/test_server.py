@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -148,6 +150,52 @@ def test_shift_range_lies(srv: ServerHandle, blob: tuple[str, bytes]) -> None:
     status, headers, body = get(srv, "/files/blob.bin", {"Range": "bytes=100-199"})
     assert (status, headers["Content-Range"]) == (206, f"bytes 100-199/{SIZE}")
     assert body == blob[1][107:207]
+
+
+def test_shape_lane_paces_then_resets(srv: ServerHandle, blob: tuple[str, bytes]) -> None:
+    """`shape` puts ttfb, pacing and a cut on one request; later requests are untouched."""
+    srv.set_faults(
+        {"path": "/files/*", "action": "shape", "ttfb": 0.2, "bps": 1 << 20, "reset_after": 300_000}
+    )
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"GET /files/blob.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        with pytest.raises(ConnectionResetError):
+            while chunk := s.recv(65536):
+                data += chunk
+    # Lower bounds only: 0.2 s of ttfb, then ~0.29 s for 300 kB at 1 MiB/s.
+    assert time.monotonic() - started >= 0.4
+    assert data.partition(b"\r\n\r\n")[2] == blob[1][:300_000]
+    assert get(srv, "/files/blob.bin", {"Range": "bytes=0-9"})[2] == blob[1][:10]
+    assert srv.stats()["rule_hits"] == [1]
+
+
+def test_shape_rejects_two_cuts(srv: ServerHandle) -> None:
+    with pytest.raises(RuntimeError, match="not both"):
+        srv.set_faults({"path": "/files/*", "action": "shape", "stall_after": 1, "reset_after": 1})
+
+
+def test_link_bps_caps_all_connections_together(tmp_path: Path) -> None:
+    digest = make_blob(tmp_path, "link.bin", 1 << 20, seed=3)
+    bodies: dict[int, bytes] = {}
+
+    def fetch(handle: ServerHandle, first: int) -> None:
+        rng = f"bytes={first}-{first + (512 << 10) - 1}"
+        bodies[first] = get(handle, "/files/link.bin", {"Range": rng})[2]
+
+    with start_server(tmp_path, link_bps=2 << 20) as handle:
+        started = time.monotonic()
+        threads = [threading.Thread(target=fetch, args=(handle, i << 19)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+    # 1 MiB through a 2 MiB/s link takes ~0.5 s whatever the number of connections;
+    # only the lower bound is asserted, a loaded machine may be slower.
+    assert elapsed >= 0.4
+    assert hashlib.sha256(bodies[0] + bodies[1 << 19]).hexdigest() == digest
 
 
 def test_stats(srv: ServerHandle, blob: tuple[str, bytes]) -> None:

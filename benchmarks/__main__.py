@@ -1,0 +1,157 @@
+"""``python -m benchmarks``: sweep blobdl's part counts against a simulated CDN or a real URL.
+
+See benchmarks/README.md. Prints a table and the goals; writes results.csv, results.json and
+throughput.png under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blobdl
+
+from . import chart, report
+from .runner import Plan, run_plan
+from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario, parse_size
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Preset:
+    size: str
+    parts: str
+    repeat: int
+    stall_timeout: float
+
+
+FULL = Preset(size="2GiB", parts="1,2,4,8,16,32", repeat=3, stall_timeout=5.0)
+QUICK = Preset(size="64MiB", parts="1,2,4", repeat=1, stall_timeout=1.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="64 MiB, parts 1,2,4, one repeat")
+    p.add_argument("--size", help=f"blob size (default {FULL.size}; quick {QUICK.size})")
+    p.add_argument("--parts", help=f"part counts (default {FULL.parts})")
+    p.add_argument("--repeat", type=int, help="runs per configuration; medians are reported")
+    p.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated, from: " + ", ".join(SCENARIOS),
+    )
+    p.add_argument("--connections", type=int, default=16, help="blobdl --connections (16)")
+    p.add_argument("--stall-timeout", type=float, help="blobdl --stall-timeout (5; quick 1)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed")
+    p.add_argument("--baselines", action="store_true", help="also run curl/aria2c/hf_transfer")
+    p.add_argument("--url", help="benchmark this real URL instead of the simulated CDN")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    p.add_argument("--workdir", type=Path, help="where blobs are written (default tmpfs)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of each run")
+    p.add_argument(
+        "--from-json", type=Path, help="redo table, CSV and chart from an earlier results.json"
+    )
+    p.add_argument(
+        "--blobdl-arg", action="append", default=[], help="extra blobdl argument (repeatable)"
+    )
+    return p
+
+
+def plan_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> Plan:
+    preset = QUICK if args.quick else FULL
+    try:
+        size = parse_size(args.size or preset.size)
+        parts = sorted({int(x) for x in (args.parts or preset.parts).split(",")})
+    except ValueError as exc:
+        p.error(str(exc))
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    if unknown := [n for n in names if n not in SCENARIOS]:
+        p.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+    if min(parts) < 1 or size < max(parts):
+        p.error("part counts must be >= 1 and no more than the size in bytes")
+    scenarios: list[Scenario] = [SCENARIOS[n] for n in names]
+    if args.url:
+        scenarios = [Scenario("url", f"real URL {args.url}")]
+    repeat = args.repeat if args.repeat is not None else preset.repeat
+    return Plan(
+        size=size,
+        parts=parts,
+        scenarios=scenarios,
+        repeat=max(1, repeat),
+        connections=args.connections,
+        stall_timeout=args.stall_timeout or preset.stall_timeout,
+        timeout=args.timeout,
+        baselines=args.baselines,
+        url=args.url,
+        workdir=args.workdir,
+        verify=not args.no_verify,
+        extra=tuple(args.blobdl_arg),
+    )
+
+
+def meta() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "blobdl_version": blobdl.__version__,
+        "git": commit,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    if args.from_json:
+        plan, outcome = report.load_json(args.from_json)
+    else:
+        plan = plan_from(args, parser)
+        outcome = run_plan(plan)
+    rows = report.summarise(outcome.runs)
+    found = report.goals(rows, outcome, plan)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_csv(rows, args.out / "results.csv")
+    info = meta() | {"seconds": round(time.monotonic() - started, 1)}
+    if args.from_json:  # keep when and where the runs were measured
+        info = json.loads(args.from_json.read_text())["meta"] | {"reported": info["date"]}
+    report.write_json(args.out / "results.json", plan, outcome, rows, found, info)
+    size = f"{plan.size / 2**20:g} MiB" if not plan.url else plan.url
+    why_not = chart.draw(rows, args.out / "throughput.png", f"blobdl, {size}, medians")
+    print(report.table(rows))
+    print()
+    print(report.goals_text(found))
+    print()
+    installed = [name for name, ok in outcome.baselines.items() if ok]
+    missing = [name for name, ok in outcome.baselines.items() if not ok]
+    print(f"baselines installed: {', '.join(installed) or 'none'}", end="")
+    print(f"; not installed: {', '.join(missing)}" if missing else "")
+    print(f"results: {args.out / 'results.csv'}, {args.out / 'results.json'}", end="")
+    print(f", {args.out / 'throughput.png'}" if why_not is None else f" (no chart: {why_not})")
+    print(f"took {info['seconds']} s")
+    failed = [r for r in outcome.runs if not r.ok]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

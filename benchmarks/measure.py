@@ -1,0 +1,112 @@
+"""Run one command and measure its whole process tree: wall time, CPU time, peak memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO
+
+import psutil
+
+SAMPLE_INTERVAL = 0.1  # seconds between two memory samples of the tree
+
+
+@dataclass(frozen=True)
+class Measured:
+    exit_code: int | None  # None: killed at the timeout
+    wall_s: float
+    #: user + system seconds of the process and every descendant it reaped.
+    cpu_s: float
+    #: Largest sum of USS over the process and its live descendants, one sample at a time.
+    peak_uss: int
+    stdout: str
+    stderr: str
+
+
+def run_measured(cmd: list[str], *, timeout: float, cwd: str | None = None) -> Measured:
+    """Run ``cmd`` to completion (or ``timeout``), sampling its tree every 0.1 s.
+
+    CPU comes from ``getrusage(RUSAGE_CHILDREN)`` deltas: it includes workers that were
+    reaped between two samples, which sampling psutil would miss. The caller must not reap
+    other children meanwhile (a running server child is fine: it is reaped only later).
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        # A session of its own, so a timeout can kill the tool and all its workers at once.
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, start_new_session=True
+        )
+        sampler = _TreeSampler(proc.pid)
+        sampler.start()
+        exit_code = _wait(proc, timeout)
+        wall = time.perf_counter() - started
+        sampler.stop()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return Measured(exit_code, wall, cpu, sampler.peak, _text(out), _text(err))
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc)
+        return None
+    except BaseException:  # Ctrl-C: take the tool and its workers down with us
+        _kill_tree(proc)
+        raise
+
+
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _text(f: IO[bytes]) -> str:
+    f.seek(0)
+    return f.read().decode(errors="replace")
+
+
+class _TreeSampler(threading.Thread):
+    """Samples the summed USS of a process tree until stopped; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while not self._stop_event.is_set():
+            self.peak = max(self.peak, _tree_uss(root))
+            self._stop_event.wait(SAMPLE_INTERVAL)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def _tree_uss(root: psutil.Process) -> int:
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        # A worker may exit between the listing and the read.
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_full_info().uss
+    return total
