@@ -5,6 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._api import Downloader, download
+from ._batch import BatchEvent, Item, ItemResult, download_many, parse_manifest
 from ._events import (
     DownloadResult,
     Event,
@@ -42,6 +43,7 @@ from .errors import (
 
 __all__ = [
     "BadResponse",
+    "BatchEvent",
     "BlobdlError",
     "ConnectionFailed",
     "DestinationExists",
@@ -56,6 +58,8 @@ __all__ = [
     "InsufficientSpace",
     "IntegrityError",
     "Interrupted",
+    "Item",
+    "ItemResult",
     "LocalFileError",
     "NetworkError",
     "PartProgress",
@@ -74,5 +78,7 @@ __all__ = [
     "WorkerCrashed",
     "__version__",
     "download",
+    "download_many",
+    "parse_manifest",
     "parse_size",
 ]

@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import _state
+from ._cache import entry_path as cache_entry
+from ._cache import place
 from ._coordinator import CheckpointCallback, Coordinator
 from ._digest import PrefixHasher, parse_digest, sha256_file
 from ._events import (
@@ -58,6 +60,7 @@ from .errors import (
 )
 
 DEFAULT_NAME = "blobdl.out"
+CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a job waits for another one filling the same entry
 BAD_SUFFIX = ".blobdl-bad"
 log = logging.getLogger("blobdl")
 
@@ -88,27 +91,98 @@ class Downloader:
         part stalled, finished, failed); ``on_progress`` only the progress ones.
         Raises a ``BlobdlError`` subclass on failure, leaving nothing at ``path``.
         """
-        job = _Job(url, None, time.monotonic(), _listener(on_progress, on_event))
+        listener = _listener(on_progress, on_event)
+        return self._run(url, None, path, digest, listener)
+
+    def download_resolved(
+        self,
+        remote: Remote,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        digest: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_event: EventCallback | None = None,
+    ) -> DownloadResult:
+        """``download()`` for a remote that was already probed (``download_many`` probes to
+        share out connections); the remote is still revalidated against any resume state."""
+        listener = _listener(on_progress, on_event)
+        return self._run(remote.url, remote, path, digest, listener)
+
+    def _run(
+        self,
+        url: str,
+        remote: Remote | None,
+        path: str | os.PathLike[str] | None,
+        digest: str | None,
+        tell: EventCallback,
+    ) -> DownloadResult:
+        job = _Job(url, None, time.monotonic(), tell)
         try:
             check_url(url)
             job = dataclasses.replace(job, expected=parse_digest(digest) if digest else None)
-            result = self._download(job, path)
+            if self.settings.cache_dir and job.expected:
+                result = self._via_cache(job, path, remote)
+            else:
+                dest, remote = self._destination(job, path, remote)
+                result = self._locked(job, dest, remote)
         except BlobdlError as exc:
-            job.tell(Failed(url, os.fspath(path or ""), str(exc), exc.exit_code))
+            tell(Failed(url, os.fspath(path or ""), str(exc), exc.exit_code))
             raise
-        job.tell(Finished(result))
+        tell(Finished(result))
         return result
 
-    def _download(self, job: _Job, path: str | os.PathLike[str] | None) -> DownloadResult:
-        url = job.url
-        if path is None:  # the name comes from the server: probe first
-            remote = resolve(url, self.settings)
+    def _destination(
+        self, job: _Job, path: str | os.PathLike[str] | None, remote: Remote | None
+    ) -> tuple[Path, Remote | None]:
+        """The checked destination; without a path the name comes from the server."""
+        if path is None:
+            remote = remote or resolve(job.url, self.settings)
             dest = Path(default_name(remote))
-            check_destination(dest)
-            return self._locked(job, dest, remote)
-        dest = Path(path)
+        else:
+            dest = Path(path)
         check_destination(dest)
-        return self._locked(job, dest, None)
+        return dest, remote
+
+    def _via_cache(
+        self, job: _Job, path: str | os.PathLike[str] | None, remote: Remote | None
+    ) -> DownloadResult:
+        """Serve from (or fill) ``cache_dir/sha256-<hex>``, then link the destination."""
+        assert self.settings.cache_dir is not None and job.expected is not None
+        cache = Path(self.settings.cache_dir)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise local_error(cache, exc) from None
+        entry = cache_entry(cache, job.expected)
+        dest = Path(path) if path is not None else Path(_name_from_url(job.url))
+        check_destination(dest)
+        fetched = None
+        if not self._cache_hit(job, entry):
+            # Shared caches: wait for another job filling the same entry instead of failing.
+            filler = Downloader(
+                self.settings,
+                cache_dir=None,
+                force=True,
+                lock_timeout=max(self.settings.lock_timeout, CACHE_LOCK_WAIT),
+            )
+            fetched = filler._locked(job, entry, remote)
+        place(entry, dest)
+        if fetched is not None and fetched.bytes_fetched > 0:
+            return dataclasses.replace(fetched, path=dest)
+        size = entry.stat().st_size
+        elapsed = job.elapsed()
+        return DownloadResult(dest, size, elapsed, 0, 0, 0, job.url, "", verified=True, cached=True)
+
+    def _cache_hit(self, job: _Job, entry: Path) -> bool:
+        """A present entry is complete (entries appear by atomic rename after their digest
+        was checked); ``verify_cache`` hashes it again and drops it if it rotted."""
+        if not entry.is_file():
+            return False
+        if self.settings.verify_cache and sha256_file(entry) != job.expected:
+            log.warning("cache entry %s does not match its digest; fetching it again", entry)
+            entry.unlink(missing_ok=True)
+            return False
+        return True
 
     def _locked(self, job: _Job, dest: Path, remote: Remote | None) -> DownloadResult:
         with DestinationLock(dest, self.settings.lock_timeout):
@@ -272,6 +346,10 @@ def _checkpointer(fd: int, remote: Remote, state_file: Path) -> CheckpointCallba
             raise local_error(state_file, exc) from None
 
     return checkpoint
+
+
+def _name_from_url(url: str) -> str:
+    return safe_basename(unquote(urlsplit(url).path)) or DEFAULT_NAME
 
 
 def default_name(remote: Remote) -> str:

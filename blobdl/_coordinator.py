@@ -200,6 +200,8 @@ class Coordinator:
         )
         # Read before the fork: the child may write its first bytes before start() returns.
         part.attempt_pos = part.last_pos = self.table.pos(part.slot)
+        part.state = RUNNING
+        self._share_rate()  # the newcomer's share, and everyone else's smaller one
         proc.start()
         part.proc, part.conn, part.state = proc, receiver, RUNNING
         sender.close()  # the child holds the only write end: EOF if it dies
@@ -275,7 +277,16 @@ class Coordinator:
 
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
+    def _share_rate(self) -> None:
+        """Split ``limit_rate`` evenly among the running workers (they pace themselves)."""
+        if self.settings.limit_rate is None:
+            return
+        running = [p for p in self.parts if p.state == RUNNING]
+        for part in running:
+            self.table.set_cap(part.slot, max(1, self.settings.limit_rate // len(running)))
+
     def _sample(self, now: float) -> None:
+        self._share_rate()
         self.best_rate *= 0.8  # forget lanes that have ended, slowly
         for part in self.parts:
             if part.state != RUNNING:

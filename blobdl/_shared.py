@@ -7,7 +7,8 @@ fields, each with one writer:
 - ``start``: the slot's first byte (coordinator, set before the slot's first worker);
 - ``pos``: the next byte the slot's worker will write (worker writes, others read);
 - ``end``: where the slot's range stops (coordinator writes, worker reads; it only ever
-  moves in, when another worker takes over the tail of the range). -1: until EOF.
+  moves in, when another worker takes over the tail of the range). -1: until EOF;
+- ``cap``: the worker's share of ``limit_rate`` in bytes/s, 0 for none (coordinator writes).
 
 Unused slots are all zero and cover nothing. Aligned 8-byte stores and loads do not tear
 on the platforms we run on, so no lock.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import mmap
 
-_FIELDS = 3  # start, pos, end
+_FIELDS = 4  # start, pos, end, cap
 _WORD = 8
 
 
@@ -35,6 +36,12 @@ class CounterTable:
 
     def end(self, slot: int) -> int:
         return int(self._words[slot * _FIELDS + 2])
+
+    def cap(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS + 3])
+
+    def set_cap(self, slot: int, value: int) -> None:
+        self._words[slot * _FIELDS + 3] = value
 
     def set_start(self, slot: int, value: int) -> None:
         self._words[slot * _FIELDS] = value

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import NamedTuple
@@ -108,6 +109,7 @@ def _stream(
     (-1), at ``framing`` (the response's own end) or at EOF when that is -1 too."""
     buffer = memoryview(bytearray(buffer_size))
     parent = os.getppid()
+    pacer = _Pacer()
     while True:
         end = table.end(job.slot)
         if end < 0:
@@ -124,5 +126,26 @@ def _stream(
             raise local_error(Path(job.path), exc) from None
         pos += count
         table.set_pos(job.slot, pos)
+        pacer.pace(count, table.cap(job.slot))
         if os.getppid() != parent:  # orphaned: nobody will ever use these bytes
             os._exit(1)
+
+
+class _Pacer:
+    """Keeps a worker at or under its share of ``limit_rate`` (``cap``, bytes/s)."""
+
+    def __init__(self) -> None:
+        self.cap = 0
+        self.since = 0.0
+        self.sent = 0
+
+    def pace(self, count: int, cap: int) -> None:
+        if cap <= 0:
+            return
+        now = time.monotonic()
+        if cap != self.cap:  # a new share: measure from here
+            self.cap, self.since, self.sent = cap, now, 0
+        self.sent += count
+        ahead = self.since + self.sent / cap - now
+        if ahead > 0:
+            time.sleep(ahead)

@@ -7,10 +7,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from . import __version__
 from ._api import Downloader
+from ._batch import BatchEvent, ItemResult, download_many, parse_manifest
 from ._events import DownloadResult, Event, Failed, Progress, event_record
 from .config import Settings, parse_header, parse_size
 from .errors import (
@@ -23,6 +25,7 @@ from .errors import (
     EXIT_USAGE,
     BlobdlError,
     Interrupted,
+    UsageError,
 )
 
 EPILOG = f"""\
@@ -65,7 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("url", help="http:// or https:// URL of the blob")
+    p.add_argument("url", nargs="?", help="http:// or https:// URL of the blob")
+    p.add_argument(
+        "-i",
+        "--input",
+        metavar="MANIFEST",
+        help="download every blob listed in MANIFEST ('-': stdin): one 'URL [PATH] "
+        "[sha256:HEX]' or JSON object per line; --connections is then the shared budget",
+    )
+    p.add_argument(
+        "--per-host", type=int, default=8, help="with -i: connections to one host (%(default)s)"
+    )
     p.add_argument("-o", "--output", help="destination file (default: name from the server/URL)")
     p.add_argument("--parts", type=int, help="cut the blob into exactly N parts")
     p.add_argument(
@@ -113,8 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.lock_timeout,
         help="seconds to wait while another blobdl writes the same destination (%(default)s)",
     )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="content-addressed cache (DIR/sha256-<hex>) for blobs with a digest",
+    )
+    p.add_argument(
+        "--verify-cache", action="store_true", help="hash a cache entry again on every hit"
+    )
+    p.add_argument("--limit-rate", type=_size, help="bytes/s for the whole download, e.g. 50MB")
+    p.add_argument(
+        "--no-steal",
+        action="store_true",
+        help="never let idle connections take over slow or large ranges",
+    )
     p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--client-cert", metavar="PEM", help="client certificate (may hold the key)")
+    p.add_argument("--client-key", metavar="PEM", help="unencrypted key of --client-cert")
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="HTTP(S) proxy for every URL, http://[user:pass@]host:port (default: HTTP(S)_PROXY)",
+    )
+    p.add_argument(
+        "--no-env-proxy",
+        action="store_true",
+        help="ignore HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
     p.add_argument("--version", action="version", version=f"blobdl {__version__}")
@@ -136,6 +175,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         headers=tuple(args.header),
         ca_bundle=args.ca_bundle,
         verify_tls=not args.insecure,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        proxy=args.proxy,
+        trust_env=not args.no_env_proxy,
+        cache_dir=args.cache_dir,
+        verify_cache=args.verify_cache,
+        limit_rate=args.limit_rate,
+        steal=not args.no_steal,
         resume=not args.no_resume,
         force=args.force,
         keep_bad=args.keep_bad,
@@ -144,9 +191,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.url is None) == (args.input is None):
+        parser.error("give either a URL or -i MANIFEST")
+    if args.input is not None and args.output is not None:
+        parser.error("-o does not go with -i: give each destination in the manifest")
     _show_warnings()
     display = _display_for(args)
+    if args.input is not None:
+        return _main_many(args, display)
     try:
         downloader = Downloader(settings_from(args))
         result = downloader.download(
@@ -158,6 +212,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(display, Interrupted(2), EXIT_INTERRUPTED)
     display.finished(result)
     return EXIT_OK
+
+
+def _main_many(args: argparse.Namespace, display: _Display) -> int:
+    """``-i MANIFEST``: every item, one shared budget, a summary, the first failure's code."""
+    try:
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    except OSError as exc:
+        return _fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
+    try:
+        items = parse_manifest(text)
+        results = download_many(
+            items,
+            max_connections=args.connections,
+            per_host=args.per_host,
+            settings=settings_from(args),
+            on_event=display.item_event,
+        )
+    except BlobdlError as exc:
+        return _fail(display, exc, exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail(display, Interrupted(2), EXIT_INTERRUPTED)
+    display.close()
+    return _summarise(results, display.mode)
+
+
+def _summarise(results: list[ItemResult], mode: str) -> int:
+    failed = [r for r in results if r.error is not None]
+    if mode == "json":
+        _json_line(sys.stdout, {"event": "summary", "ok": len(results) - len(failed),
+                                "failed": len(failed)})  # fmt: skip
+    elif mode != "quiet" or failed:
+        for r in results:
+            if r.result is not None:
+                note = " (cache)" if r.result.cached else ""
+                print(f"ok      {r.result.path}  {r.result.size} bytes{note}", file=sys.stderr)
+            else:
+                print(f"FAILED  {r.item.url}: {r.error}", file=sys.stderr)
+        print(f"{len(results) - len(failed)} ok, {len(failed)} failed", file=sys.stderr)
+    return failed[0].error.exit_code if failed and failed[0].error else EXIT_OK
 
 
 def _show_warnings() -> None:
@@ -191,6 +284,13 @@ class _Display:
         self.mode = mode
         self.bar: Any = None
         self.failed = False
+
+    def item_event(self, batch_event: BatchEvent) -> None:
+        """With -i: JSON lines carry the item's index; nothing else is drawn per item."""
+        event = batch_event.event
+        self.failed = self.failed or isinstance(event, Failed)
+        if self.mode == "json":
+            _json_line(sys.stdout, {"item": batch_event.item, **event_record(event)})
 
     def event(self, event: Event) -> None:
         self.failed = self.failed or isinstance(event, Failed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit
 
 from .errors import UsageError
 
@@ -78,6 +79,14 @@ class Settings:
     force: bool = False
     #: On a digest mismatch keep the bad bytes as DEST.blobdl-bad instead of deleting them.
     keep_bad: bool = False
+    #: A content-addressed cache (DIR/sha256-<hex>) for downloads with a digest: a hit costs
+    #: no network and the destination becomes a hard link (or a copy) of the entry.
+    cache_dir: str | None = None
+    #: Hash a cache entry again on every hit (costs a full read of the blob).
+    verify_cache: bool = False
+    #: Bytes/s for the whole download across all connections (None: as fast as it goes).
+    #: Shared out evenly among the running workers every progress sample.
+    limit_rate: int | None = None
     #: Redirects the probe follows before giving up.
     max_redirects: int = 10
     #: Seconds allowed to open a TCP (and TLS) connection.
@@ -90,6 +99,16 @@ class Settings:
     verify_tls: bool = True
     #: A PEM file of CA certificates to trust instead of the system's.
     ca_bundle: str | None = None
+    #: HTTP(S) proxy for every URL, e.g. ``http://user:pass@proxy:3128`` (None: the
+    #: environment's, if trust_env). Costs a hop; https URLs are tunnelled with CONNECT.
+    proxy: str | None = None
+    #: Read HTTP_PROXY/HTTPS_PROXY/NO_PROXY from the environment (NO_PROXY also exempts
+    #: hosts from ``proxy``, as curl does). False: ``proxy`` alone decides.
+    trust_env: bool = True
+    #: A PEM client certificate to present to servers that ask for one (may hold the key).
+    client_cert: str | None = None
+    #: The PEM private key of client_cert, if not in the same file (unencrypted).
+    client_key: str | None = None
 
     def __post_init__(self) -> None:
         positive = (
@@ -103,6 +122,7 @@ class Settings:
         for name in positive:
             _require(getattr(self, name) >= 1, f"{name} must be at least 1")
         _require(self.parts is None or self.parts >= 1, "parts must be at least 1")
+        _require(self.limit_rate is None or self.limit_rate >= 1, "limit_rate must be positive")
         _require(self.min_part_size <= self.max_part_size, "min_part_size exceeds max_part_size")
         for name in ("retries", "max_redirects"):
             _require(getattr(self, name) >= 0, f"{name} must not be negative")
@@ -115,6 +135,12 @@ class Settings:
                 len(header) == 2 and bool(header[0].strip()) and "\n" not in "".join(header),
                 f"bad header: {header!r}",
             )
+        if self.proxy is not None:
+            check_proxy_url(self.proxy)
+        _require(
+            self.client_key is None or self.client_cert is not None,
+            "client_key needs client_cert",
+        )
 
     @classmethod
     def field_names(cls) -> frozenset[str]:
@@ -124,6 +150,16 @@ class Settings:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise UsageError(message)
+
+
+def check_proxy_url(url: str) -> None:
+    """Refuse a proxy URL urllib3 cannot use: only http:// and https:// proxies, with a host."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        ok = False
+    _require(ok, f"bad proxy URL {url!r} (expected http://[user:pass@]host[:port])")
 
 
 def parse_header(text: str) -> tuple[str, str]:

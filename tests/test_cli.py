@@ -133,6 +133,7 @@ def test_json_stream_carries_retry_and_stall_events(
         {"path": f"/files/{blob.name}", "times": 1, "action": "no_response", "hold": 30},
     )
     run = blobdl(blob.url, "-o", str(tmp_path / "out"), "--json", "--stall-timeout", "1",
+                 "--no-steal",
                  "--progress-interval", "0.1", *FAST)  # fmt: skip
     assert run.returncode == EXIT_OK, run.stderr
     kinds = [json.loads(line)["event"] for line in run.stdout.splitlines()]
@@ -145,3 +146,48 @@ def test_json_failure_is_one_failed_event(server: ServerHandle, tmp_path: Path) 
     records = [json.loads(line) for line in run.stdout.splitlines()]
     assert run.returncode == EXIT_NETWORK
     assert [r["event"] for r in records] == ["failed"] and records[0]["exit_code"] == EXIT_NETWORK
+
+
+def test_manifest_mode_downloads_everything_and_summarises(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blobs = [make(PART, seed=150), make(3 * PART, seed=151), make(10, seed=152)]
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(
+        "# three blobs, one of them by JSON\n"
+        f"{blobs[0].url} {tmp_path / 'a'}\n"
+        f"{blobs[1].url} {tmp_path / 'b'} sha256:{blobs[1].sha256}\n"
+        + json.dumps({"url": blobs[2].url, "path": str(tmp_path / "c")})
+        + "\n"
+    )
+    run = blobdl("-i", str(manifest), *FAST)
+    assert run.returncode == EXIT_OK, run.stderr
+    for blob, name in zip(blobs, "abc", strict=True):
+        assert sha256_file(tmp_path / name) == blob.sha256
+    assert "3 ok, 0 failed" in run.stderr
+
+
+def test_manifest_with_a_failure_exits_non_zero_after_the_others(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    good = make(2 * PART, seed=153)
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(
+        f"{server.route('/status/404')} {tmp_path / 'x'}\n{good.url} {tmp_path / 'y'}\n"
+    )
+    run = blobdl("-i", str(manifest), "--json", *FAST)
+    assert run.returncode == EXIT_NETWORK
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert records[-1] == {"event": "summary", "ok": 1, "failed": 1}
+    assert {r["item"] for r in records if r["event"] == "finished"} == {1}
+    assert {r["item"] for r in records if r["event"] == "failed"} == {0}
+    assert sha256_file(tmp_path / "y") == good.sha256
+
+
+@pytest.mark.parametrize(
+    "args", [["-i", "m.txt", "http://x/"], ["-i", "m.txt", "-o", "out"], ["-i", "missing.txt"]]
+)
+def test_manifest_usage_errors(args: list[str], tmp_path: Path) -> None:
+    (tmp_path / "m.txt").write_text("http://127.0.0.1:9/x\n")
+    run = blobdl(*args, cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE and "Traceback" not in run.stderr

@@ -248,3 +248,16 @@ def test_failure_ends_with_a_failed_event(server: ServerHandle, tmp_path: Path) 
         )
     assert isinstance(events[-1], blobdl.Failed) and events[-1].exit_code == 3
     assert "HTTP 404" in events[-1].error
+
+
+def test_limit_rate_caps_all_connections_together(make: Make, tmp_path: Path) -> None:
+    import time
+
+    blob = make(16 * PART, seed=81)  # 1 MiB over 4 connections
+    limit = 1_000_000
+    started = time.monotonic()
+    fetch(blob.url, tmp_path / "out", limit_rate=limit, connections=4)
+    elapsed = time.monotonic() - started
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    # A lower bound only: each worker may read one 16 KiB buffer before it first paces.
+    assert elapsed >= (blob.size - 4 * 16 * 1024) / limit

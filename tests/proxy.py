@@ -1,0 +1,207 @@
+"""A minimal forwarding HTTP proxy on loopback, for tests: absolute-URI requests and CONNECT.
+
+Usage::
+
+    with ForwardProxy() as proxy:
+        ...  # download through proxy.url
+        assert proxy.forwarded > 0 and proxy.seen[0].method == "GET"
+
+One request per client connection: a forwarded request goes upstream with
+``Connection: close`` and its response comes back with ``Connection: close``, so clients
+never reuse a connection the proxy is about to drop.  ``Proxy-*`` headers are recorded
+and never forwarded.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import TracebackType
+from typing import IO, NamedTuple
+from urllib.parse import urlsplit
+
+TIMEOUT = 10.0  # a backstop: close() ends every relay long before this
+_HOP_BY_HOP = frozenset({"connection", "proxy-connection", "proxy-authorization", "keep-alive"})
+
+
+class Seen(NamedTuple):
+    """One request the proxy handled."""
+
+    method: str  # GET for a forwarded request, CONNECT for a tunnel
+    target: str  # the absolute URI, or host:port for CONNECT
+    proxy_authorization: str | None
+
+
+class ForwardProxy:
+    """A threaded proxy on 127.0.0.1:<ephemeral>; ``close()`` ends and joins every thread."""
+
+    def __init__(self) -> None:
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.owner = self
+        self.port: int = self._server.server_address[1]
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        self._live: set[socket.socket] = set()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url_with(self, credentials: str) -> str:
+        """``http://<credentials>@127.0.0.1:<port>``."""
+        return f"http://{credentials}@127.0.0.1:{self.port}"
+
+    @property
+    def forwarded(self) -> int:
+        """Requests handled (forwarded GETs and CONNECT tunnels)."""
+        with self._lock:
+            return len(self.seen)
+
+    def methods(self) -> set[str]:
+        with self._lock:
+            return {s.method for s in self.seen}
+
+    def note(self, seen: Seen) -> None:
+        with self._lock:
+            self.seen.append(seen)
+
+    def track(self, sock: socket.socket, live: bool) -> None:
+        with self._lock:
+            if live:
+                self._live.add(sock)
+            else:
+                self._live.discard(sock)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._thread.join()
+        with self._lock:
+            live = list(self._live)
+        for sock in live:  # wake relays blocked on a client that keeps its socket open
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._server.server_close()  # joins the handler threads (block_on_close)
+
+    def __enter__(self) -> ForwardProxy:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = False
+    block_on_close = True
+    allow_reuse_address = True
+    owner: ForwardProxy
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        proxy = self.server.owner
+        self.connection.settimeout(TIMEOUT)
+        proxy.track(self.connection, True)
+        try:
+            self._handle(proxy)
+        except OSError:
+            pass  # a client or upstream going away mid-relay is normal
+        finally:
+            proxy.track(self.connection, False)
+
+    def _handle(self, proxy: ForwardProxy) -> None:
+        head = _read_head(self.rfile)
+        if not head:
+            return
+        method, target, _version = head[0].split(" ", 2)
+        headers = [_split_header(line) for line in head[1:]]
+        auth = next((v for k, v in headers if k.lower() == "proxy-authorization"), None)
+        proxy.note(Seen(method, target, auth))
+        if method == "CONNECT":
+            self._tunnel(proxy, target)
+        else:
+            self._forward(proxy, method, target, headers)
+
+    def _tunnel(self, proxy: ForwardProxy, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        with _connect(proxy, host, int(port)) as upstream:
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.wfile.flush()
+            _relay(self.connection, upstream)
+
+    def _forward(
+        self, proxy: ForwardProxy, method: str, target: str, headers: list[tuple[str, str]]
+    ) -> None:
+        url = urlsplit(target)
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        kept = [f"{k}: {v}" for k, v in headers if k.lower() not in _HOP_BY_HOP]
+        request = [f"{method} {path} HTTP/1.1", *kept, "Connection: close", "", ""]
+        with _connect(proxy, url.hostname or "", url.port or 80) as upstream:
+            upstream.sendall("\r\n".join(request).encode("latin-1"))
+            reply = upstream.makefile("rb")
+            status, *lines = _read_head(reply)
+            kept = [line for line in lines if _split_header(line)[0].lower() != "connection"]
+            out = [status, *kept, "Connection: close", "", ""]
+            self.wfile.write("\r\n".join(out).encode("latin-1"))
+            while chunk := reply.read1(64 * 1024):
+                self.wfile.write(chunk)
+            self.wfile.flush()
+
+
+@contextmanager
+def _connect(proxy: ForwardProxy, host: str, port: int) -> Iterator[socket.socket]:
+    with socket.create_connection((host, port), timeout=TIMEOUT) as upstream:
+        proxy.track(upstream, True)
+        try:
+            yield upstream
+        finally:
+            proxy.track(upstream, False)
+
+
+def _read_head(stream: IO[bytes]) -> list[str]:
+    lines: list[str] = []
+    while True:
+        line = stream.readline(65537)
+        if not line:
+            return []  # closed before a complete head
+        text = line.decode("latin-1").rstrip("\r\n")
+        if not text:
+            return lines
+        lines.append(text)
+
+
+def _split_header(line: str) -> tuple[str, str]:
+    name, _, value = line.partition(":")
+    return name.strip(), value.strip()
+
+
+def _relay(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until either side closes."""
+    peer = {a: b, b: a}
+    with selectors.DefaultSelector() as sel:
+        sel.register(a, selectors.EVENT_READ)
+        sel.register(b, selectors.EVENT_READ)
+        while True:
+            for key, _ in sel.select(TIMEOUT) or [(None, None)]:
+                if key is None:
+                    return  # idle for TIMEOUT: give up
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                data = sock.recv(64 * 1024)
+                if not data:
+                    return
+                peer[sock].sendall(data)
