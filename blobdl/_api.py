@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import _state
 from ._cache import entry_path as cache_entry
-from ._cache import place
+from ._cache import place, seal, sealed, unseal
 from ._coordinator import CheckpointCallback, Coordinator
 from ._digest import PrefixHasher, parse_digest, sha256_file
 from ._events import (
@@ -167,6 +167,7 @@ class Downloader:
                 lock_timeout=max(self.settings.lock_timeout, CACHE_LOCK_WAIT),
             )
             fetched = filler._locked(job, entry, remote)
+            seal(entry)
         place(entry, dest)
         if fetched is not None and fetched.bytes_fetched > 0:
             return dataclasses.replace(fetched, path=dest)
@@ -176,13 +177,17 @@ class Downloader:
 
     def _cache_hit(self, job: _Job, entry: Path) -> bool:
         """A present entry is complete (entries appear by atomic rename after their digest
-        was checked); ``verify_cache`` hashes it again and drops it if it rotted."""
+        was checked). One that changed since it was sealed (an edit through a hard-linked
+        destination, say) is hashed again, as is every hit with ``verify_cache``; one that
+        no longer matches its digest is dropped and fetched again."""
         if not entry.is_file():
             return False
-        if self.settings.verify_cache and sha256_file(entry) != job.expected:
-            log.warning("cache entry %s does not match its digest; fetching it again", entry)
-            entry.unlink(missing_ok=True)
-            return False
+        if self.settings.verify_cache or not sealed(entry):
+            if sha256_file(entry) != job.expected:
+                log.warning("cache entry %s does not match its digest; fetching it again", entry)
+                unseal(entry)
+                return False
+            seal(entry)
         return True
 
     def _locked(self, job: _Job, dest: Path, remote: Remote | None) -> DownloadResult:

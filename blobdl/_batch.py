@@ -148,23 +148,32 @@ class _Scheduler:
             try:
                 while todo or self.running:
                     interrupts.check()
-                    todo = self._launch_what_fits(todo)
+                    todo = self._launch_what_fits(todo, interrupts)
                     self._collect(interrupts)
+                interrupts.check()  # a signal during the last probe is not lost
             except Interrupted as exc:
-                self._interrupt(exc.signum)
+                self._stop_children(exc.signum)
+                raise
+            except BaseException:  # a raising callback, say: never leave children running
+                self._stop_children(signal.SIGTERM)
                 raise
         return [self._result_for(i) for i in range(len(self.items))]
 
     def _result_for(self, index: int) -> ItemResult:
+        """A duplicate shares its first's outcome, but fetched nothing itself."""
         first = self.results[self.first[index]]
-        return first._replace(item=self.items[index])
+        result = first.result
+        if index != self.first[index] and result is not None:
+            result = dataclasses.replace(result, bytes_fetched=0, retries=0, steals=0)
+        return ItemResult(self.items[index], result, first.error)
 
     # --- launching ------------------------------------------------------------------------
 
-    def _launch_what_fits(self, todo: list[int]) -> list[int]:
+    def _launch_what_fits(self, todo: list[int], interrupts: Interrupts) -> list[int]:
         """Start items in order while the budget allows; return those still waiting."""
         waiting: list[int] = []
         for position, index in enumerate(todo):
+            interrupts.check()  # probes block: look for Ctrl-C between them
             if self._free() == 0:
                 return waiting + todo[position:]
             if not self._start(index):
@@ -193,7 +202,9 @@ class _Scheduler:
         granted = min(self._wanted(remote, settings), self._free(), self._free_for(host))
         if granted == 0:
             return False
-        settings = dataclasses.replace(settings, connections=granted)
+        settings = dataclasses.replace(
+            settings, connections=granted, limit_rate=self._rate_share(settings, granted)
+        )
         self._fork(index, item, remote, settings, host, granted)
         return True
 
@@ -230,6 +241,12 @@ class _Scheduler:
     def _wanted(self, remote: Remote, settings: Settings) -> int:
         parts = len(plan(remote.size, settings)) if remote.ranges and remote.size else 1
         return max(1, min(parts, settings.connections))
+
+    def _rate_share(self, settings: Settings, granted: int) -> int | None:
+        """--limit-rate is for the whole batch: an item gets the share of its connections."""
+        if settings.limit_rate is None:
+            return None
+        return max(1, settings.limit_rate * granted // self.budget)
 
     def _free(self) -> int:
         return self.budget - sum(r.granted for r in self.running)
@@ -271,7 +288,7 @@ class _Scheduler:
     def _done(self, index: int, result: ItemResult) -> None:
         self.results[index] = result
 
-    def _interrupt(self, signum: int) -> None:
+    def _stop_children(self, signum: int) -> None:
         """Pass the signal on; each child saves its state and exits; wait for all."""
         for running in self.running:
             if running.proc.pid is not None:
@@ -283,12 +300,21 @@ class _Scheduler:
 
 
 def _first_of_each(items: list[Item]) -> list[int]:
-    """For each item, the index of the first item with the same URL and destination."""
-    seen: dict[tuple[str, str | None], int] = {}
+    """For each item, the index of the first item it duplicates (itself if none).
+
+    Only an identical request is a duplicate: same URL, destination, digest and headers.
+    The same destination asked for with anything else different is a usage error: one of
+    the two would silently overwrite the other."""
+    seen: dict[tuple[object, ...], int] = {}
+    claimed: dict[str, int] = {}
     firsts = []
     for index, item in enumerate(items):
         where = os.path.abspath(item.path) if item.path else None
-        firsts.append(seen.setdefault((item.url, where), index))
+        digest = parse_digest(item.digest) if item.digest else None
+        first = seen.setdefault((item.url, where, digest, item.headers), index)
+        if where is not None and claimed.setdefault(where, first) != first:
+            raise UsageError(f"items {claimed[where]} and {index} both write {item.path}")
+        firsts.append(first)
     return firsts
 
 

@@ -5,6 +5,10 @@ downloaded through the normal machinery, under the per-destination lock), so a p
 entry is complete; concurrent jobs sharing a cache wait on that lock instead of writing the
 same entry twice. A destination is then a hard link to the entry, or a copy where the
 filesystem cannot link (another device, no hard links).
+
+A hard link shares the bytes: a user editing their destination in place edits the entry.
+So entries are made read-only, and each has a ``.seal`` beside it recording its size and
+mtime when it was verified; a hit whose entry no longer matches its seal is hashed again.
 """
 
 from __future__ import annotations
@@ -25,12 +29,40 @@ def entry_path(cache_dir: Path, hexdigest: str) -> Path:
     return cache_dir / f"sha256-{hexdigest}"
 
 
+def seal(entry: Path) -> None:
+    """Mark a verified entry: read-only, with its size and mtime on record."""
+    try:
+        entry.chmod(0o444)
+        info = entry.stat()
+        _seal_path(entry).write_text(f"{info.st_size} {info.st_mtime_ns}\n")
+    except OSError as exc:
+        raise local_error(entry, exc) from None
+
+
+def sealed(entry: Path) -> bool:
+    """True if the entry is exactly as it was when it was verified."""
+    try:
+        info = entry.stat()
+        return _seal_path(entry).read_text().split() == [str(info.st_size), str(info.st_mtime_ns)]
+    except (OSError, ValueError):
+        return False
+
+
+def unseal(entry: Path) -> None:
+    for path in (_seal_path(entry), entry):
+        path.unlink(missing_ok=True)
+
+
+def _seal_path(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".seal")
+
+
 def place(entry: Path, dest: Path) -> None:
     """Make ``dest`` a hard link to (or a copy of) ``entry``, replacing it atomically."""
     if dest.exists() and os.path.samefile(entry, dest):
         return
-    scratch = dest.with_name(dest.name + LINK_SUFFIX)
-    scratch.unlink(missing_ok=True)
+    # Unique per call: two jobs placing the same destination must not share a scratch name.
+    scratch = dest.with_name(f"{dest.name}{LINK_SUFFIX}-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         try:
             os.link(entry, scratch)

@@ -44,6 +44,8 @@ class _Part:
     slot: int
     start: int
     stolen: bool = False  # created by a steal rather than by the plan
+    took_over: bool = False  # created to replace a slow lane: never replaced in turn (the
+    # range itself may be slow for everyone; the lane can still be split)
     state: str = PENDING
     attempts: int = 0
     budget: RetryBudget = field(default_factory=RetryBudget)
@@ -164,7 +166,14 @@ class Coordinator:
         if not (self.ranged and self.settings.steal) or len(self.parts) >= self.table.slots:
             return False
         lanes = [
-            Lane(p.slot, self.table.pos(p.slot), self.table.end(p.slot), p.rate, now - p.launched)
+            Lane(
+                p.slot,
+                self.table.pos(p.slot),
+                self.table.end(p.slot),
+                p.rate,
+                now - p.launched,
+                replaceable=not p.took_over,
+            )
             for p in self.parts
             if p.state == RUNNING
         ]
@@ -174,7 +183,9 @@ class Coordinator:
             return False
         victim = self.parts[decision.victim]
         end = self.table.end(victim.slot)
-        thief = _Part(slot=len(self.parts), start=decision.at, stolen=True)
+        thief = _Part(
+            slot=len(self.parts), start=decision.at, stolen=True, took_over=decision.takeover
+        )
         self.table.set_start(thief.slot, decision.at)
         self.table.set_pos(thief.slot, decision.at)
         self.table.set_end(thief.slot, end)
@@ -224,8 +235,16 @@ class Coordinator:
         self._release(part)
         if error is None and self._complete(part):
             part.state = DONE
+            self._remember_rate(part)
         else:
             self._failed(part, error or WorkerCrashed(0))
+
+    def _remember_rate(self, part: _Part) -> None:
+        """A lane that finished between two samples still shows what a good lane does."""
+        seconds = time.monotonic() - part.launched
+        if seconds > 0:
+            fetched = self.table.pos(part.slot) - part.attempt_pos
+            self.best_rate = max(self.best_rate, fetched / seconds)
 
     def _complete(self, part: _Part) -> bool:
         end = self.table.end(part.slot)

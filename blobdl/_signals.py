@@ -10,6 +10,7 @@ then raises ``Interrupted`` at a point of its choosing, and shuts down cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import threading
@@ -63,7 +64,12 @@ class Interrupts:
         return [self._reader] if self._reader is not None else []
 
     def check(self) -> None:
-        """Raise ``Interrupted`` if a signal arrived."""
+        """Raise ``Interrupted`` if SIGINT/SIGTERM arrived. Any handled signal (SIGWINCH
+        too) writes a byte to the wake-up socket: drain it, or ``wait()`` spins."""
+        if self._reader is not None:
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                while self._reader.recv(4096):
+                    pass
         if self.pending is not None:
             raise Interrupted(self.pending)
 

@@ -22,6 +22,7 @@ class Lane(NamedTuple):
     end: int  # one past its last byte
     rate: float  # bytes/s, smoothed over recent samples
     age: float  # seconds since its current attempt started
+    replaceable: bool = True  # False for a lane that already replaced a slow one
 
 
 class Steal(NamedTuple):
@@ -38,7 +39,9 @@ def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float
     """
     open_lanes = [lane for lane in lanes if lane.end > lane.pos]
     slow = [
-        lane for lane in open_lanes if lane.age >= grace and lane.rate * SLOW_FACTOR < best_rate
+        lane
+        for lane in open_lanes
+        if lane.replaceable and lane.age >= grace and lane.rate * SLOW_FACTOR < best_rate
     ]
     if slow:
         lane = min(slow, key=lambda lane: (lane.rate, -(lane.end - lane.pos)))

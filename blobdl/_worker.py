@@ -115,9 +115,10 @@ def _stream(
         if end < 0:
             end = framing
         want = buffer_size if end < 0 else min(buffer_size, end - pos)
+        want = pacer.limit(want, table.cap(job.slot))
         if want <= 0:
             return pos
-        count = read(buffer if want == buffer_size else buffer[:want])
+        count = read(buffer if want == buffer_size else buffer[:want])  # may be 1 byte
         if count == 0:
             return pos
         try:
@@ -132,12 +133,20 @@ def _stream(
 
 
 class _Pacer:
-    """Keeps a worker at or under its share of ``limit_rate`` (``cap``, bytes/s)."""
+    """Keeps a worker at or under its share of ``limit_rate`` (``cap``, bytes/s).
+
+    Reads are cut to about a tenth of a second's worth, so the worker's position keeps
+    moving (a long sleep after one big read would look like a stall to the coordinator)."""
+
+    SLICE = 0.1  # seconds of allowance per read
 
     def __init__(self) -> None:
         self.cap = 0
         self.since = 0.0
         self.sent = 0
+
+    def limit(self, want: int, cap: int) -> int:
+        return want if cap <= 0 else min(want, max(1024, int(cap * self.SLICE)))
 
     def pace(self, count: int, cap: int) -> None:
         if cap <= 0:

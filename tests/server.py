@@ -650,11 +650,19 @@ class Handler(BaseHTTPRequestHandler):
                 self._wait_until(link.book(step))
             if bps:  # wait *before* a chunk: no idle sleep after the last byte, so the
                 self._pace(t0, sent, bps)  # connection's life matches the client's view
-            n = self._send_chunk(fd, offset + sent, step, tls)
+            # Counted before the send (and corrected after): a client that has read the
+            # last byte and asks for stats at once must never see a count behind it.
+            self.srv.state.add_bytes(step)
+            try:
+                n = self._send_chunk(fd, offset + sent, step, tls)
+            except BaseException:
+                self.srv.state.add_bytes(-step)
+                raise
+            if n < step:
+                self.srv.state.add_bytes(n - step)
             if n == 0:
                 break  # file got shorter than its stat said
             sent += n
-            self.srv.state.add_bytes(n)  # per chunk so stats are live mid-transfer
         return sent
 
     def _send_chunk(self, fd: int, offset: int, n: int, tls: bool) -> int:

@@ -78,7 +78,8 @@ def test_the_same_url_and_destination_twice_is_fetched_once(
     blob = make(3 * PART, seed=132)
     item = Item(blob.url, str(tmp_path / "same"))
     results = blobdl.download_many([item, item._replace(path=f"{tmp_path}/./same")], **fast())
-    assert results[0].result == results[1].result and results[0].ok
+    first, second = (r.result for r in results)
+    assert first and second and first.path == second.path and results[1].ok
     assert server.stats()["bytes_sent"] == blob.size + 1  # the blob once, plus one probe byte
 
 
@@ -165,7 +166,8 @@ def test_two_processes_share_one_cache_and_fetch_once(
         assert sha256_file(tmp_path / name) == blob.sha256
     assert sorted(out.strip() for out, _ in outputs) == ["False", "True"]  # one waited, then hit
     assert server.stats()["bytes_sent"] <= blob.size + 2  # the blob crossed the wire once
-    assert sorted(p.name for p in cache.iterdir()) == [f"sha256-{blob.sha256}"]
+    entry = f"sha256-{blob.sha256}"
+    assert sorted(p.name for p in cache.iterdir()) == [entry, f"{entry}.seal"]
 
 
 # --- manifests ------------------------------------------------------------------------------
@@ -203,3 +205,61 @@ def test_manifest_lines_plain_and_json() -> None:
 def test_bad_manifest_lines_are_named(text: str, problem: str) -> None:
     with pytest.raises(blobdl.UsageError, match=problem):
         parse_manifest(text)
+
+
+# --- found in review ------------------------------------------------------------------------
+
+
+def test_an_edit_through_a_hard_linked_destination_does_not_poison_the_cache(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(2 * BPART, seed=160)
+    cache = str(tmp_path / "cache")
+    blobdl.download(blob.url, tmp_path / "a", digest=blob.sha256, cache_dir=cache)
+    with (tmp_path / "a").open("r+b") as f:  # the user edits their copy in place (as root)
+        f.write(b"edited!")
+    result = blobdl.download(blob.url, tmp_path / "b", digest=blob.sha256, cache_dir=cache)
+    assert sha256_file(tmp_path / "b") == blob.sha256
+    assert not result.cached  # the edited entry was caught, dropped and fetched again
+
+
+def test_same_destination_with_another_digest_is_refused(make: Make, tmp_path: Path) -> None:
+    blob = make(PART, seed=161)
+    items = [Item(blob.url, str(tmp_path / "a"), blob.sha256),
+             Item(blob.url, str(tmp_path / "a"), "sha256:" + "0" * 64)]  # fmt: skip
+    with pytest.raises(blobdl.UsageError, match="both write"):
+        blobdl.download_many(items, **fast())
+
+
+def test_a_duplicate_reports_no_bytes_of_its_own(make: Make, tmp_path: Path) -> None:
+    blob = make(PART, seed=162)
+    item = Item(blob.url, str(tmp_path / "a"), blob.sha256)
+    first, second = blobdl.download_many([item, item], **fast())
+    assert first.result and second.result and first.result.bytes_fetched == blob.size
+    assert second.result.bytes_fetched == 0 and second.result.verified
+
+
+def test_a_raising_callback_leaves_no_download_running(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * BPART, seed=163)
+
+    def explode(event: blobdl.BatchEvent) -> None:
+        raise RuntimeError("the caller's bug")
+
+    with pytest.raises(RuntimeError, match="the caller's bug"):
+        blobdl.download_many([Item(blob.url, str(tmp_path / "a"))], on_event=explode, **fast())
+    # (the autouse fixture asserts that no child process is left alive)
+
+
+def test_limit_rate_is_shared_by_the_whole_batch(make: Make, tmp_path: Path) -> None:
+    import time
+
+    blobs = [make(2 * BPART, seed=164 + i) for i in range(3)]
+    items = [Item(b.url, str(tmp_path / f"r{i}")) for i, b in enumerate(blobs)]
+    limit = 1_500_000
+    started = time.monotonic()
+    results = blobdl.download_many(items, max_connections=6, limit_rate=limit, **fast())
+    elapsed = time.monotonic() - started
+    assert all(r.ok for r in results)
+    total = sum(b.size for b in blobs)
+    # A lower bound only: each worker may read one slice before it first paces.
+    assert elapsed >= 0.8 * total / limit

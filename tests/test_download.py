@@ -261,3 +261,33 @@ def test_limit_rate_caps_all_connections_together(make: Make, tmp_path: Path) ->
     assert sha256_file(tmp_path / "out") == blob.sha256
     # A lower bound only: each worker may read one 16 KiB buffer before it first paces.
     assert elapsed >= (blob.size - 4 * 16 * 1024) / limit
+
+
+def test_a_low_rate_limit_is_not_mistaken_for_a_stall(make: Make, tmp_path: Path) -> None:
+    blob = make(2 * PART, seed=82)
+    result = fetch(blob.url, tmp_path / "out", limit_rate=40_000, connections=4,
+                   stall_timeout=1.5, buffer_size=1 << 20, steal=False)  # fmt: skip
+    assert result.retries == 0 and sha256_file(tmp_path / "out") == blob.sha256
+
+
+def test_other_signals_do_not_make_the_coordinator_spin(make: Make, tmp_path: Path) -> None:
+    import resource
+    import signal
+    import threading
+    import time
+
+    blob = make(2 * PART, seed=83)
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)  # a program's own handler
+    try:
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+        timer.start()
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.monotonic()
+        fetch(blob.url, tmp_path / "out", limit_rate=100_000, connections=2)
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        timer.join()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert wall > 1.0 and cpu < wall / 4, f"{cpu:.2f} s of CPU in {wall:.2f} s"

@@ -147,3 +147,11 @@ def test_the_slowest_lane_is_taken_over_first() -> None:
 def test_a_new_lane_gets_time_to_show_its_speed() -> None:
     lanes = [Lane(0, 0, 100, 0.0, 0.5)]
     assert choose(lanes, best_rate=1e6, min_split=60, grace=1.0) is None
+
+
+def test_a_lane_that_replaced_a_slow_one_is_not_replaced_in_turn() -> None:
+    """If a range is slow for every connection, taking it over again and again only costs
+    new connections; the replacement may still be split."""
+    slow_again = Lane(0, 0, 100, 1.0, 5.0, replaceable=False)
+    assert choose([slow_again], best_rate=1e6, min_split=60, grace=1.0) is None
+    assert choose([slow_again], best_rate=1e6, min_split=10, grace=1.0) == (0, 50, False)
