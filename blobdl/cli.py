@@ -13,7 +13,7 @@ from typing import IO, Any
 from . import __version__
 from ._api import Downloader
 from ._batch import BatchEvent, ItemResult, download_many, parse_manifest
-from ._events import DownloadResult, Event, Failed, Progress, event_record
+from ._events import DownloadResult, Event, Failed, Progress, Started, event_record
 from .config import Settings, parse_header, parse_size
 from .errors import (
     EXIT_INTEGRITY,
@@ -296,22 +296,28 @@ class _Display:
         self.failed = self.failed or isinstance(event, Failed)
         if self.mode == "json":
             _json_line(sys.stdout, event_record(event))
+        elif self.mode == "bar" and isinstance(event, Started):
+            self._open_bar(event.size, event.resumed)  # now, so tqdm's clock starts with us
         elif self.mode == "bar" and isinstance(event, Progress):
             self._draw(event)
 
+    def _open_bar(self, total: int | None, initial: int) -> None:
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no monitor thread: we fork after this point
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            dynamic_ncols=True,
+            file=sys.stdout,
+        )
+
     def _draw(self, progress: Progress) -> None:
         if self.bar is None:
-            from tqdm import tqdm
-
-            tqdm.monitor_interval = 0  # no monitor thread: we fork after this point
-            self.bar = tqdm(
-                total=progress.total,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                dynamic_ncols=True,
-                file=sys.stdout,
-            )
+            self._open_bar(progress.total, 0)
         self.bar.set_postfix_str(f"{progress.active} parts active", refresh=False)
         self.bar.update(progress.done - self.bar.n)
 
