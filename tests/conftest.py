@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import psutil
@@ -70,6 +73,32 @@ def make(server: ServerHandle, _blob_cache: dict[tuple[int, int], str]) -> Calla
         return Blob(name, size, _blob_cache[(size, seed)], server.url(name))
 
     return _make
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> CompletedProcess[str]:
+    """``python -m blobdl ARGS`` to completion, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "blobdl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or REPO,
+    )
+
+
+def spawn_cli(*args: str) -> subprocess.Popen[str]:
+    """``python -m blobdl ARGS`` in the background, its stdout unbuffered for --json."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "blobdl", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def sha256_file(path: Path) -> str:

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from blobdl.errors import EXIT_INTEGRITY, EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
-from tests.conftest import PART, Blob, sha256_file
+from tests.conftest import PART, Blob, run_cli, sha256_file
 from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
-REPO = Path(__file__).resolve().parent.parent
 FAST = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4"]
 
 
 def blobdl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "blobdl", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd or REPO,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 def test_download_succeeds_with_exit_0(make: Make, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +21,10 @@ import blobdl
 from blobdl import Downloader, _state
 from blobdl._state import PartRecord, State, save, state_path
 from blobdl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_OK, EXIT_USAGE
-from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file, spawn_cli
 from tests.serverctl import ServerHandle, make_blob
 
 Make = Callable[..., Blob]
-REPO = Path(__file__).resolve().parent.parent
 BIG = 32 * PART  # 2 MiB: 32 parts
 SLOW = 500_000  # bytes/s per connection: 4 connections take ~1 s for BIG
 CHECKPOINT = 0.2  # seconds
@@ -35,15 +33,7 @@ CLI_FAST = ["--min-part-size", "256KiB", "--max-part-size", "256KiB", "--connect
 
 
 def cli(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "blobdl", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
+    return spawn_cli(*args)
 
 
 def slow_down(server: ServerHandle, blob: Blob, bps: int = SLOW) -> None:
@@ -130,13 +120,7 @@ def test_sigint_saves_state_exits_130_and_resumes(
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
     assert state_path(out).exists() and not out.exists()
     server.reset()
-    rerun = subprocess.run(
-        [sys.executable, "-m", "blobdl", blob.url, "-o", str(out), "-q", *CLI_FAST],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    rerun = run_cli(blob.url, "-o", str(out), "-q", *CLI_FAST, timeout=60)
     assert rerun.returncode == EXIT_OK, rerun.stderr
     assert sha256_file(out) == blob.sha256
     assert server.stats()["bytes_sent"] < blob.size
@@ -325,11 +309,7 @@ def test_resumed_download_is_verified_over_old_and_new_bytes(
 
 @pytest.mark.parametrize("bad", ["sha256:xyz", "md5:" + "0" * 32, "0" * 63, "sha512:" + "0" * 64])
 def test_malformed_digest_is_a_usage_error(tmp_path: Path, bad: str) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "blobdl", "http://127.0.0.1:9/x", "-o", str(tmp_path / "o"),
-         "--digest", bad],
-        cwd=REPO, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    run = run_cli("http://127.0.0.1:9/x", "-o", str(tmp_path / "o"), "--digest", bad, timeout=30)
     assert run.returncode == EXIT_USAGE and "not a sha256 digest" in run.stderr
 
 
@@ -377,10 +357,7 @@ def test_second_writer_fails_clearly_while_the_first_runs(
     out = tmp_path / "out"
     first = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
     run_until(first, 0.1, blob.size)
-    second = subprocess.run(
-        [sys.executable, "-m", "blobdl", blob.url, "-o", str(out), *CLI_FAST],
-        cwd=REPO, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    second = run_cli(blob.url, "-o", str(out), *CLI_FAST, timeout=30)
     assert second.returncode == EXIT_LOCAL
     assert f"process {first.pid} is already downloading" in second.stderr
     first.communicate(timeout=30)
@@ -395,11 +372,18 @@ def test_second_writer_can_wait_and_then_finds_the_blob_there(
     out = tmp_path / "out"
     first = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
     run_until(first, 0.1, blob.size)
-    second = subprocess.run(
-        [sys.executable, "-m", "blobdl", blob.url, "-o", str(out), "--json", "--lock-timeout",
-         "30", "--digest", blob.sha256, *CLI_FAST],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    second = run_cli(
+        blob.url,
+        "-o",
+        str(out),
+        "--json",
+        "--lock-timeout",
+        "30",
+        "--digest",
+        blob.sha256,
+        *CLI_FAST,
+        timeout=60,
+    )
     first.communicate(timeout=30)
     assert second.returncode == EXIT_OK, second.stderr
     summary = json.loads(second.stdout.splitlines()[-1])
@@ -481,9 +465,6 @@ def small_tmpfs(tmp_path: Path) -> Path:
 
 def test_real_small_filesystem_is_refused(make: Make, small_tmpfs: Path) -> None:
     blob = make(8 * PART, seed=52)  # 512 KiB into 256 KiB
-    run = subprocess.run(
-        [sys.executable, "-m", "blobdl", blob.url, "-o", str(small_tmpfs / "out"), *CLI_FAST],
-        cwd=REPO, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    run = run_cli(blob.url, "-o", str(small_tmpfs / "out"), *CLI_FAST, timeout=30)
     assert run.returncode == EXIT_LOCAL and "bytes but only" in run.stderr
     assert list(small_tmpfs.iterdir()) == []
