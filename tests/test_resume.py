@@ -349,14 +349,22 @@ def test_existing_file_with_a_wrong_digest_is_replaced(make: Make, tmp_path: Pat
     assert sha256_file(out) == blob.sha256
 
 
-def test_second_writer_fails_clearly_while_the_first_runs(
-    make: Make, server: ServerHandle, tmp_path: Path
-) -> None:
-    blob = make(BIG, seed=44)
+def first_writer(
+    make: Make, server: ServerHandle, tmp_path: Path, seed: int
+) -> tuple[Blob, Path, subprocess.Popen[str]]:
+    """A slow CLI download of a fresh blob to tmp_path/out, 10 % done: it holds the lock."""
+    blob = make(BIG, seed=seed)
     slow_down(server, blob)
     out = tmp_path / "out"
     first = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
     run_until(first, 0.1, blob.size)
+    return blob, out, first
+
+
+def test_second_writer_fails_clearly_while_the_first_runs(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob, out, first = first_writer(make, server, tmp_path, seed=44)
     second = run_cli(blob.url, "-o", str(out), *CLI_FAST, timeout=30)
     assert second.returncode == EXIT_LOCAL
     assert f"process {first.pid} is already downloading" in second.stderr
@@ -367,11 +375,7 @@ def test_second_writer_fails_clearly_while_the_first_runs(
 def test_second_writer_can_wait_and_then_finds_the_blob_there(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
-    blob = make(BIG, seed=45)
-    slow_down(server, blob)
-    out = tmp_path / "out"
-    first = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
-    run_until(first, 0.1, blob.size)
+    blob, out, first = first_writer(make, server, tmp_path, seed=45)
     second = run_cli(
         blob.url,
         "-o",
@@ -394,11 +398,7 @@ def test_second_writer_can_wait_and_then_finds_the_blob_there(
 def test_lock_of_a_killed_holder_is_not_stuck(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
-    blob = make(BIG, seed=46)
-    slow_down(server, blob)
-    out = tmp_path / "out"
-    first = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
-    run_until(first, 0.1, blob.size)
+    blob, out, first = first_writer(make, server, tmp_path, seed=46)
     first.kill()
     first.communicate()
     server.reset()
