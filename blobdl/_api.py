@@ -10,6 +10,7 @@ temporary file and its state for the next run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -40,8 +41,9 @@ from ._fileio import (
     finalize,
     local_error,
     open_temp,
-    preallocate,
+    reserve,
     safe_basename,
+    set_size,
     temp_path,
 )
 from ._http import Remote, check_url, resolve
@@ -217,8 +219,9 @@ class Downloader:
         fd: int | None = open_temp(temp)
         assert fd is not None
         try:
+            size = remote.size or 0
             if previous is None:
-                preallocate(fd, remote.size or 0, temp)
+                set_size(fd, size, temp)
             coordinator = Coordinator(
                 remote,
                 records,
@@ -227,6 +230,9 @@ class Downloader:
                 self.settings,
                 job.tell,
                 _checkpointer(fd, remote, state_file) if self.settings.resume else None,
+                # Preallocation runs once the first workers are waiting for their first
+                # bytes: where it must zero pages (tmpfs) it took 0.47 s per 2 GiB up front.
+                functools.partial(reserve, fd, size, temp) if previous is None else None,
             )
             job.tell(Started(job.url, str(dest), remote.size, len(records), _done(records)))
             with ExitStack() as cleanup:

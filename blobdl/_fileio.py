@@ -60,11 +60,20 @@ def open_temp(path: Path) -> int:
         raise LocalFileError(str(path), exc.strerror or str(exc)) from None
 
 
-def preallocate(fd: int, size: int, path: Path) -> None:
-    """Reserve ``size`` bytes up front so writes cannot fail half-way for lack of space
-    (and the file is not fragmented); fall back to a sparse file where unsupported."""
+def set_size(fd: int, size: int, path: Path) -> None:
+    """Give the temporary file its final size (sparse until written or reserved)."""
     try:
         os.ftruncate(fd, size)
+    except OSError as exc:
+        raise local_error(path, exc) from None
+
+
+def reserve(fd: int, size: int, path: Path) -> None:
+    """Preallocate ``size`` bytes so writes cannot fail half-way for lack of space (and the
+    file is not fragmented); keep the sparse file where the filesystem cannot.
+
+    Safe while workers write: allocation never overwrites bytes already written."""
+    try:
         if size:
             os.posix_fallocate(fd, 0, size)
     except OSError as exc:
