@@ -278,7 +278,7 @@ class Downloader:
         self, job: _Job, remote: Remote, dest: Path, temp: Path, state_file: Path
     ) -> list[PartRecord]:
         """Start over: forget any earlier partial file, check space, plan the parts."""
-        discard(None, temp)
+        discard(temp)
         _state.remove(state_file)
         if remote.size:
             check_free_space(dest, remote.size)
@@ -308,7 +308,7 @@ class Downloader:
         if self.settings.resume and _resumable(exc) and state_file.exists():
             log.warning("partial download kept in %s; run the same command again to resume", temp)
             return
-        discard(None, temp)
+        discard(temp)
         _state.remove(state_file)
 
 

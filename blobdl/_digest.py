@@ -34,13 +34,11 @@ def parse_digest(text: str) -> str:
     return value
 
 
-def sha256_file(path: Path, limit: int | None = None) -> str:
-    """The sha256 of a file (or of its first ``limit`` bytes)."""
+def sha256_file(path: Path) -> str:
+    """The sha256 of a whole file."""
     digest = hashlib.sha256()
     with path.open("rb", buffering=0) as f:
-        _hash_range(
-            digest, f.fileno(), 0, limit if limit is not None else os.fstat(f.fileno()).st_size
-        )
+        _hash_range(digest, f.fileno(), 0, os.fstat(f.fileno()).st_size)
     return digest.hexdigest()
 
 

@@ -107,13 +107,9 @@ def finalize(fd: int, temp: Path, dest: Path, size: int) -> None:
         _fsync_dir(dest.parent)
 
 
-def discard(fd: int | None, temp: Path) -> None:
-    """Close and remove the temp file after a failure (never leaves a half file behind)."""
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        temp.unlink()
+def discard(temp: Path) -> None:
+    """Remove the temp file after a failure (never leaves a half file behind)."""
+    temp.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:
