@@ -53,14 +53,22 @@ def run_until(proc: subprocess.Popen[str], fraction: float, total: int) -> dict[
     )
 
 
+def slow_cli(
+    make: Make, server: ServerHandle, tmp_path: Path, seed: int, fraction: float
+) -> tuple[Blob, Path, subprocess.Popen[str], dict[str, Any]]:
+    """A paced CLI download of a fresh blob to tmp_path/out, run until ``fraction`` is done:
+    the blob, the destination, the process and the progress record that reached it."""
+    blob = make(BIG, seed=seed)
+    slow_down(server, blob)
+    out = tmp_path / "out"
+    proc = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
+    return blob, out, proc, run_until(proc, fraction, blob.size)
+
+
 def test_sigkill_of_the_coordinator_resumes_with_only_the_missing_bytes(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
-    blob = make(BIG, seed=11)
-    slow_down(server, blob)
-    out = tmp_path / "out"
-    first = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
-    run_until(first, 0.5, blob.size)
+    blob, out, first, _ = slow_cli(make, server, tmp_path, seed=11, fraction=0.5)
     workers = psutil.Process(first.pid).children()
     first.kill()
     first.wait()
@@ -87,11 +95,7 @@ def test_checkpoint_lags_by_at_most_one_interval(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
     """What a SIGKILL loses is bounded: the state claims what was on disk a checkpoint ago."""
-    blob = make(BIG, seed=12)
-    slow_down(server, blob)
-    out = tmp_path / "out"
-    proc = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
-    seen = run_until(proc, 0.6, blob.size)
+    _, out, proc, seen = slow_cli(make, server, tmp_path, seed=12, fraction=0.6)
     proc.kill()
     proc.wait()
     claimed = json.loads(state_path(out).read_text())["state"]
@@ -105,11 +109,7 @@ def test_checkpoint_lags_by_at_most_one_interval(
 def test_sigint_saves_state_exits_130_and_resumes(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
-    blob = make(BIG, seed=13)
-    slow_down(server, blob)
-    out = tmp_path / "out"
-    proc = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
-    run_until(proc, 0.3, blob.size)
+    blob, out, proc, _ = slow_cli(make, server, tmp_path, seed=13, fraction=0.3)
     workers = psutil.Process(proc.pid).children()
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -127,10 +127,7 @@ def test_sigint_saves_state_exits_130_and_resumes(
 
 
 def test_sigterm_is_handled_like_sigint(make: Make, server: ServerHandle, tmp_path: Path) -> None:
-    blob = make(BIG, seed=13)
-    slow_down(server, blob)
-    proc = cli(blob.url, "-o", str(tmp_path / "out"), "--json", *CLI_FAST)
-    run_until(proc, 0.2, blob.size)
+    _, _, proc, _ = slow_cli(make, server, tmp_path, seed=13, fraction=0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == EXIT_INTERRUPTED and "resume" in err
@@ -349,22 +346,10 @@ def test_existing_file_with_a_wrong_digest_is_replaced(make: Make, tmp_path: Pat
     assert sha256_file(out) == blob.sha256
 
 
-def first_writer(
-    make: Make, server: ServerHandle, tmp_path: Path, seed: int
-) -> tuple[Blob, Path, subprocess.Popen[str]]:
-    """A slow CLI download of a fresh blob to tmp_path/out, 10 % done: it holds the lock."""
-    blob = make(BIG, seed=seed)
-    slow_down(server, blob)
-    out = tmp_path / "out"
-    first = cli(blob.url, "-o", str(out), "--json", *CLI_FAST)
-    run_until(first, 0.1, blob.size)
-    return blob, out, first
-
-
 def test_second_writer_fails_clearly_while_the_first_runs(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
-    blob, out, first = first_writer(make, server, tmp_path, seed=44)
+    blob, out, first, _ = slow_cli(make, server, tmp_path, seed=44, fraction=0.1)
     second = run_cli(blob.url, "-o", str(out), *CLI_FAST, timeout=30)
     assert second.returncode == EXIT_LOCAL
     assert f"process {first.pid} is already downloading" in second.stderr
@@ -375,7 +360,7 @@ def test_second_writer_fails_clearly_while_the_first_runs(
 def test_second_writer_can_wait_and_then_finds_the_blob_there(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
-    blob, out, first = first_writer(make, server, tmp_path, seed=45)
+    blob, out, first, _ = slow_cli(make, server, tmp_path, seed=45, fraction=0.1)
     second = run_cli(
         blob.url,
         "-o",
@@ -398,7 +383,7 @@ def test_second_writer_can_wait_and_then_finds_the_blob_there(
 def test_lock_of_a_killed_holder_is_not_stuck(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
-    blob, out, first = first_writer(make, server, tmp_path, seed=46)
+    blob, out, first, _ = slow_cli(make, server, tmp_path, seed=46, fraction=0.1)
     first.kill()
     first.communicate()
     server.reset()
