@@ -59,6 +59,10 @@ ACTIONS: dict[str, frozenset[str]] = {
     "full_200": frozenset(),
     # One CDN lane: optional ttfb delay, bps pacing, and a cut (stall or reset) after N bytes.
     "shape": frozenset({"bps", "ttfb", "stall_after", "reset_after", "hold"}),
+    # A file reply whose Content-Length header is off by ``by`` (the body is sent as is).
+    "wrong_length": frozenset({"by"}),
+    # A file reply labelled Content-Encoding: ``value`` (the body is still the raw bytes).
+    "encoding": frozenset({"value"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -71,6 +75,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "shift_range": ("by",),
     "wrong_content_range": ("by",),
     "etag": ("value",),
+    "wrong_length": ("by",),
+    "encoding": ("value",),
 }
 _RULE_KEYS = frozenset({"path", "skip", "times", "action", "method"})
 _CUT_ACTIONS = frozenset({"reset_after", "close_after", "stall_after"})
@@ -408,6 +414,15 @@ def range_body(
     return Reply(206, headers, file=path, start=start, length=length)
 
 
+def relabel(reply: Reply, fault: Fault) -> None:
+    """Header-only lies about a file reply: the bytes sent stay the file's own."""
+    if fault.action == "wrong_length":
+        claimed = str(reply.body_len + fault.integer("by"))
+        reply.headers = [(k, claimed if k == "Content-Length" else v) for k, v in reply.headers]
+    elif fault.action == "encoding":
+        reply.headers.append(("Content-Encoding", str(fault.params["value"])))
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -547,6 +562,8 @@ class Handler(BaseHTTPRequestHandler):
         if path is None:
             return not_found()
         reply = file_reply(path, req, fault)
+        if fault is not None:
+            relabel(reply, fault)
         if cd_query is not None:
             value = parse_qs(cd_query, keep_blank_values=True).get("filename", [path.name])[0]
             reply.headers.append(("Content-Disposition", f'attachment; filename="{value}"'))
