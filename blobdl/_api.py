@@ -55,8 +55,7 @@ from .errors import (
     BlobdlError,
     DestinationExists,
     DigestMismatch,
-    Interrupted,
-    LocalFileError,
+    RemoteChanged,
     RetriesExhausted,
     UsageError,
 )
@@ -129,7 +128,7 @@ class Downloader:
                 dest, remote = self._destination(job, path, remote)
                 result = self._locked(job, dest, remote)
         except BlobdlError as exc:
-            tell(Failed(url, os.fspath(path or ""), str(exc), exc.exit_code))
+            _quietly(tell, Failed(url, os.fspath(path or ""), str(exc), exc.exit_code))
             raise
         tell(Finished(result))
         return result
@@ -303,13 +302,20 @@ class Downloader:
     def _after_failure(
         self, exc: BaseException, fd: int | None, temp: Path, state_file: Path
     ) -> None:
-        if fd is not None:
-            os.close(fd)
-        if self.settings.resume and _resumable(exc) and state_file.exists():
-            log.warning("partial download kept in %s; run the same command again to resume", temp)
-            return
-        discard(temp)
-        _state.remove(state_file)
+        """Keep the partial file when its record claims bytes and nothing proved them bad;
+        never raise over ``exc``: the caller re-raises it."""
+        try:
+            if fd is not None:
+                os.close(fd)
+            if self.settings.resume and _resumable(exc) and _state.claims_bytes(state_file):
+                log.warning(
+                    "partial download kept in %s; run the same command again to resume", temp
+                )
+                return
+            discard(temp)
+            _state.remove(state_file)
+        except OSError as cleanup:
+            log.warning("could not clean up %s after the failure: %s", temp, cleanup)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,10 +348,21 @@ def _done(records: list[PartRecord] | tuple[PartRecord, ...]) -> int:
 
 
 def _resumable(exc: BaseException) -> bool:
-    """Worth keeping the partial file for: the blob is fine, the run was cut short."""
-    if isinstance(exc, (Interrupted, KeyboardInterrupt, RetriesExhausted, LocalFileError)):
-        return True
-    return isinstance(exc, BlobdlError) and exc.retryable
+    """Worth keeping the partial file for: nothing showed its bytes to be bad. Only a proven
+    change of the remote or a digest mismatch does; anything else (a final status, a TLS
+    failure, a protocol breach, a raising callback, an interrupt) keeps the bytes, and the
+    next run's probe revalidates them against the remote before using them."""
+    if isinstance(exc, RetriesExhausted):
+        exc = exc.last_error
+    return not isinstance(exc, (RemoteChanged, DigestMismatch))
+
+
+def _quietly(tell: EventCallback, event: Event) -> None:
+    """Tell a failure without letting a raising callback replace the error being raised."""
+    try:
+        tell(event)
+    except Exception as exc:
+        log.warning("the event callback raised %r while a failure was reported", exc)
 
 
 def _checkpointer(fd: int, remote: Remote, state_file: Path) -> CheckpointCallback:

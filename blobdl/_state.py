@@ -87,6 +87,14 @@ def load(path: Path, url: str, temp: Path) -> State | None:
     return state
 
 
+def claims_bytes(path: Path) -> bool:
+    """Whether the record at ``path`` claims any byte on disk (worth keeping for a resume)."""
+    try:
+        return _parse(path.read_text(encoding="utf-8")).done > 0
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def remove(path: Path) -> None:
     for candidate in (path, path.with_name(path.name + ".new")):
         candidate.unlink(missing_ok=True)

@@ -165,7 +165,12 @@ class RemoteChanged(IntegrityError):
 
 
 class BadResponse(IntegrityError):
-    """A response that breaks the protocol: wrong Content-Range, 200 to a range, etc."""
+    """A response that breaks the protocol: wrong Content-Range, 200 to a range, etc.
+
+    Checked before a byte of its body is written, and often one flaky edge's doing: it
+    counts against the part's retries, and only one that persists ends the download."""
+
+    retryable = True
 
     def __init__(self, url: str, detail: str) -> None:
         super().__init__(url, detail)

@@ -210,7 +210,7 @@ def test_retries_exhausted_names_part_range_attempts_and_cause(
     )
     assert error.exit_code == EXIT_NETWORK
     assert len(part_requests(server)) == 4  # the first attempt and 3 retries, then stop
-    assert_kept_for_resume(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # no byte landed: nothing worth keeping
 
 
 def test_stalls_count_toward_the_retry_limit(
@@ -222,7 +222,7 @@ def test_stalls_count_toward_the_retry_limit(
     with pytest.raises(blobdl.RetriesExhausted) as caught:
         fetch(blob.url, tmp_path / "out", retries=1, stall_timeout=0.5, steal=False)
     assert isinstance(caught.value.last_error, blobdl.Stalled)
-    assert_kept_for_resume(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # no byte landed: nothing worth keeping
 
 
 def test_failure_stops_every_other_worker_promptly(
@@ -239,14 +239,17 @@ def test_failure_stops_every_other_worker_promptly(
         fetch(blob.url, tmp_path / "out", connections=8)
     # The crawling parts would need > 6 s; the 404 ends everything long before.
     assert time.monotonic() - started < 5
-    assert list(tmp_path.iterdir()) == []  # and the autouse fixture checks no worker survives
+    # The crawling parts' bytes are kept (a 404 proves nothing about them); the autouse
+    # fixture checks no worker survives.
+    assert_kept_for_resume(tmp_path / "out")
 
 
 @pytest.mark.parametrize(
     ("rule", "error", "message"),
     [
-        ({"action": "full_200"}, blobdl.BadResponse, "answered 200"),
-        ({"action": "wrong_content_range", "by": 100}, blobdl.BadResponse, "Content-Range"),
+        # A protocol breach is retried; one that persists ends the download, exit code 4.
+        ({"action": "full_200"}, blobdl.RetriesExhausted, "answered 200"),
+        ({"action": "wrong_content_range", "by": 100}, blobdl.RetriesExhausted, "Content-Range"),
         ({"action": "etag", "value": '"changed"'}, blobdl.RemoteChanged, "412"),
     ],
 )
@@ -263,7 +266,7 @@ def test_responses_that_break_the_checks_fail_as_integrity_errors(
     with pytest.raises(error, match=message) as caught:
         fetch(blob.url, tmp_path / "out")
     assert caught.value.exit_code == EXIT_INTEGRITY  # type: ignore[attr-defined]
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_if_match_carries_the_pinned_etag(make: Make, server: ServerHandle, tmp_path: Path) -> None:
