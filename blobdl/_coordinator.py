@@ -11,6 +11,7 @@ row without progress fail the download, and every other worker is ended with it.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from collections import deque
@@ -35,6 +36,7 @@ CheckpointCallback = Callable[[tuple[PartRecord, ...]], None]
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
 _RATE_WINDOW = 5.0  # seconds of samples behind the reported rate
+log = logging.getLogger("blobdl")
 
 
 @dataclass
@@ -117,10 +119,10 @@ class Coordinator:
         with Interrupts() as self.interrupts:
             try:
                 self._loop()
-            finally:  # an interrupt now waits until every worker is reaped and state saved
-                self._stop_all()
-                self._emit(time.monotonic())
-                self._checkpoint()
+            except BaseException:  # an interrupt now waits until workers are reaped, state saved
+                self._wind_down(failing=True)
+                raise
+            self._wind_down(failing=False)
         # Without a known size, the blob ends where the single stream reached EOF.
         size = self.remote.size if self.remote.size is not None else self.table.pos(0)
         self.table.close()
@@ -148,6 +150,20 @@ class Coordinator:
             if now >= next_sample:
                 self._sample(now)
                 next_sample = max(next_sample + interval, now)
+
+    def _wind_down(self, failing: bool) -> None:
+        """Reap every worker, save the last checkpoint, then tell the last progress. While an
+        error is on its way out, neither step may replace it (a raising callback, a full
+        disk): they are reported in a warning instead."""
+        self._stop_all()
+        for step in (self._checkpoint, lambda: self._emit(time.monotonic())):
+            if not failing:
+                step()
+                continue
+            try:
+                step()
+            except Exception as exc:
+                log.warning("while stopping after a failure: %s", exc)
 
     def _retry_times(self) -> list[float]:
         """When waiting parts may start; none while every connection is busy (no spinning)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -246,10 +247,10 @@ def _summarise(results: list[ItemResult], mode: str) -> int:
         for r in results:
             if r.result is not None:
                 note = " (cache)" if r.result.cached else ""
-                print(f"ok      {r.result.path}  {r.result.size} bytes{note}", file=sys.stderr)
+                _say(f"ok      {r.result.path}  {r.result.size} bytes{note}")
             else:
-                print(f"FAILED  {r.item.url}: {r.error}", file=sys.stderr)
-        print(f"{len(results) - len(failed)} ok, {len(failed)} failed", file=sys.stderr)
+                _say(f"FAILED  {r.item.url}: {r.error}")
+        _say(f"{len(results) - len(failed)} ok, {len(failed)} failed")
     return failed[0].error.exit_code if failed and failed[0].error else EXIT_OK
 
 
@@ -268,13 +269,40 @@ def _fail(display: _Display, exc: BaseException, code: int) -> int:
     if display.mode == "json" and not display.failed:  # e.g. bad settings: no event yet
         record = {"event": "failed", "url": "", "path": "", "error": str(exc), "exit_code": code}
         _json_line(sys.stdout, record)
-    print(f"blobdl: error: {exc}", file=sys.stderr)
+    _say(f"blobdl: error: {exc}")
     return code
 
 
 def _json_line(stream: IO[str], record: dict[str, Any]) -> None:
-    stream.write(json.dumps(record, separators=(",", ":")) + "\n")
-    stream.flush()
+    _write(stream, json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def _say(line: str) -> None:
+    _write(sys.stderr, line + "\n")
+
+
+def _write(stream: IO[str], text: str) -> None:
+    """Write and flush. A reader that went away (``| head``, a closed terminal) must never
+    cost the download: the stream is silenced and the download goes on."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):  # BrokenPipeError, EIO; ValueError: closed
+        _silence(stream)
+
+
+def _silence(stream: IO[str]) -> None:
+    """Point the stream's descriptor at /dev/null: what is still buffered (and anything
+    written later, by tqdm or the interpreter's exit flush) goes nowhere instead of raising."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class _Display:
@@ -284,6 +312,7 @@ class _Display:
         self.mode = mode
         self.bar: Any = None
         self.failed = False
+        self.dead = False  # the bar's terminal went away
 
     def item_event(self, batch_event: BatchEvent) -> None:
         """With -i: JSON lines carry the item's index; nothing else is drawn per item."""
@@ -296,10 +325,15 @@ class _Display:
         self.failed = self.failed or isinstance(event, Failed)
         if self.mode == "json":
             _json_line(sys.stdout, event_record(event))
-        elif self.mode == "bar" and isinstance(event, Started):
-            self._open_bar(event.size, event.resumed)  # now, so tqdm's clock starts with us
-        elif self.mode == "bar" and isinstance(event, Progress):
-            self._draw(event)
+        elif self.mode == "bar" and not self.dead:
+            try:
+                if isinstance(event, Started):
+                    self._open_bar(event.size, event.resumed)  # now: tqdm's clock starts with us
+                elif isinstance(event, Progress):
+                    self._draw(event)
+            except (OSError, ValueError):  # the terminal went away: stop drawing, go on
+                self.dead, self.bar = True, None
+                _silence(sys.stdout)
 
     def _open_bar(self, total: int | None, initial: int) -> None:
         from tqdm import tqdm
@@ -326,17 +360,19 @@ class _Display:
         if self.mode in ("quiet", "json"):  # JSON: the finished event said it all
             return
         rate = result.size / result.elapsed if result.elapsed > 0 else 0.0
-        print(
+        _say(
             f"{result.path}: {result.size} bytes in {result.elapsed:.1f} s "
             f"({rate / 1e6:.1f} MB/s, {result.parts} parts, {result.retries} retries, "
-            f"{result.steals} steals)",
-            file=sys.stderr,
+            f"{result.steals} steals)"
         )
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            try:
+                bar.close()
+            except (OSError, ValueError):
+                _silence(sys.stdout)
 
 
 def _display_for(args: argparse.Namespace) -> _Display:
