@@ -213,6 +213,7 @@ class Downloader:
 
     def _fetch(self, job: _Job, remote: Remote, dest: Path) -> DownloadResult:
         temp, state_file = temp_path(dest), _state.state_path(dest)
+        remote = self._ranges_again(job, remote, temp, state_file)
         previous = self._previous(job, remote, temp, state_file)
         records = previous.parts if previous else self._fresh(job, remote, dest, temp, state_file)
         fd: int | None = open_temp(temp)
@@ -262,6 +263,17 @@ class Downloader:
             resumed=previous.done if previous else 0,
             verified=actual is not None,
         )
+
+    def _ranges_again(self, job: _Job, remote: Remote, temp: Path, state_file: Path) -> Remote:
+        """The probe got a 200, but a partial of this very blob was fetched in ranges: most
+        likely one flaky edge. Probe again (with the retry policy) rather than start over;
+        if ranges stay refused the partial is kept and the BadResponse raised."""
+        if remote.ranges or not self.settings.resume:
+            return remote
+        previous = _state.load(state_file, job.url, temp)
+        if previous is None or previous.done == 0 or not previous.describes(remote):
+            return remote
+        return resolve(job.url, self.settings, need_ranges=True)
 
     def _previous(self, job: _Job, remote: Remote, temp: Path, state_file: Path) -> State | None:
         """The resumable state of an earlier run, if it is for this very blob."""

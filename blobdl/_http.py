@@ -448,15 +448,19 @@ def body_reader(response: Response) -> Reader:
     return read_decoded
 
 
-def resolve(url: str, settings: Settings) -> Remote:
+def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remote:
     """Probe ``url`` with the same retry policy as a part (the pool dies with the call:
-    no socket of ours may leak into forked workers)."""
+    no socket of ours may leak into forked workers). ``need_ranges``: a 200 to the probe's
+    range is a bad response (ranges were proven before), retried like one."""
     pool = make_pool(settings)
     budget = RetryBudget()
     try:
         while True:
             try:
-                return probe(pool, url, settings)
+                remote = probe(pool, url, settings)
+                if need_ranges and not remote.ranges:
+                    raise BadResponse(remote.final_url, "answered 200 to the probe's range")
+                return remote
             except BlobdlError as exc:
                 budget = budget.after_failure(0)
                 if not exc.retryable or budget.exhausted(settings.retries):
