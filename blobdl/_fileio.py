@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import psutil
 
 from .errors import InsufficientSpace, LocalFileError
 
 TEMP_SUFFIX = ".blobdl-tmp"
-_NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
+# fallocate(2) errors that mean "this filesystem cannot": the file stays sparse.
+_NO_FALLOCATE = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS, errno.ENODEV}
+)
 
 
 def temp_path(dest: Path) -> Path:
@@ -72,13 +77,39 @@ def reserve(fd: int, size: int, path: Path) -> None:
     """Preallocate ``size`` bytes so writes cannot fail half-way for lack of space (and the
     file is not fragmented); keep the sparse file where the filesystem cannot.
 
-    Safe while workers write: allocation never overwrites bytes already written."""
+    Call it before any worker writes. It is the fallocate(2) syscall itself, never
+    ``os.posix_fallocate``: where the syscall is unsupported (NFSv3, FUSE, ext4 without
+    extents) glibc emulates it by writing a zero into every block it reads as zero, which
+    stamps zeros over bytes a concurrent writer just put there."""
+    if not size or _fallocate is None:
+        return
+    while _fallocate(fd, 0, 0, size) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EINTR:
+            continue
+        if err in _NO_FALLOCATE:
+            return
+        raise local_error(path, OSError(err, os.strerror(err))) from None
+
+
+def _load_fallocate() -> Any:
+    """libc's fallocate(2) wrapper (a bare syscall, no emulation), or None without one."""
     try:
-        if size:
-            os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno not in _NO_FALLOCATE:
-            raise local_error(path, exc) from None
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    # fallocate64 takes 64-bit offsets everywhere; plain fallocate does on 64-bit systems.
+    names = ("fallocate64", "fallocate") if ctypes.sizeof(ctypes.c_long) == 8 else ("fallocate64",)
+    for name in names:
+        function = getattr(libc, name, None)
+        if function is not None:
+            function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+            function.restype = ctypes.c_int
+            return function
+    return None  # not Linux: the file stays sparse
+
+
+_fallocate = _load_fallocate()
 
 
 def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
