@@ -215,7 +215,7 @@ class Downloader:
         temp, state_file = temp_path(dest), _state.state_path(dest)
         previous = self._previous(job, remote, temp, state_file)
         records = previous.parts if previous else self._fresh(job, remote, dest, temp, state_file)
-        fd: int | None = open_temp(temp)
+        fd: int | None = open_temp(temp, fresh=previous is None)
         assert fd is not None
         try:
             size = remote.size or 0
@@ -294,7 +294,11 @@ class Downloader:
         """A digest mismatch: the bytes are bad; never rename them onto the destination."""
         _state.remove(state_file)
         if self.settings.keep_bad:
-            os.replace(temp, dest.with_name(dest.name + BAD_SUFFIX))
+            bad = dest.with_name(dest.name + BAD_SUFFIX)
+            try:
+                os.replace(temp, bad)  # replaces a link planted at the name, never writes through
+            except OSError as exc:
+                raise local_error(bad, exc) from None
         raise DigestMismatch(expected, actual)
 
     def _after_failure(

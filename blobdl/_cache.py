@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ._fileio import local_error
+from ._fileio import local_error, open_own
 
 LINK_SUFFIX = ".blobdl-link"
 _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
@@ -69,9 +69,16 @@ def place(entry: Path, dest: Path) -> None:
         except OSError as exc:
             if exc.errno not in _CANNOT_LINK:
                 raise
-            shutil.copyfile(entry, scratch)
+            _copy(entry, scratch)
         os.replace(scratch, dest)
     except OSError as exc:
         with contextlib.suppress(OSError):
             scratch.unlink()
         raise local_error(dest, exc) from None
+
+
+def _copy(entry: Path, scratch: Path) -> None:
+    """Copy into a scratch file we create (never through whatever else is at the name)."""
+    out = open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with open(entry, "rb") as source, os.fdopen(out, "wb") as target:
+        shutil.copyfileobj(source, target, 1 << 20)

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -57,12 +58,53 @@ def check_free_space(dest: Path, needed: int) -> None:
         raise InsufficientSpace(str(dest), needed, free)
 
 
-def open_temp(path: Path) -> int:
-    """Open (creating) the temporary file for positional writes."""
+def open_temp(path: Path, *, fresh: bool) -> int:
+    """Open the temporary file for positional writes: created anew for a fresh download
+    (never reusing whatever is at the name), the existing one to resume."""
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if fresh else 0)
+    return open_own(path, flags)
+
+
+def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
+    """Open one of our own files (lock, temp, state, seal) without trusting its name.
+
+    A symbolic link planted there is never followed, and only a regular file with no other
+    hard link is accepted: writing through either would change a file that is not ours.
+    Never blocks (a FIFO at the name is refused, not waited on)."""
+    extra = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags | extra, mode)
     except OSError as exc:
-        raise LocalFileError(str(path), exc.strerror or str(exc)) from None
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise LocalFileError(str(path), "is a symbolic link; refusing to follow it") from None
+        raise local_error(path, exc) from None
+    try:
+        _require_own(fd, path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _require_own(fd: int, path: Path) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise LocalFileError(str(path), f"is not a regular file ({_kind(info.st_mode)})")
+    if info.st_nlink > 1:  # 0 is fine: a file just unlinked by its previous owner
+        raise LocalFileError(str(path), "has other hard links; refusing to write through it")
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISLNK: "a symbolic link",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "a special file")
 
 
 def set_size(fd: int, size: int, path: Path) -> None:

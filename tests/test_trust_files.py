@@ -12,12 +12,17 @@ from pathlib import Path
 
 import pytest
 
+import blobdl._http
+from blobdl import _state
 from blobdl._fileio import reserve
-from blobdl.errors import EXIT_OK
-from tests.conftest import PART, REPO, Blob, sha256_file
+from blobdl._state import PartRecord, State
+from blobdl.errors import EXIT_LOCAL, EXIT_OK
+from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
+from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
 HERE = Path(__file__).resolve().parent
+CLI_PARTS = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4"]
 
 # --- preallocation on filesystems without fallocate(2) -------------------------------------
 
@@ -63,3 +68,122 @@ def test_reserve_allocates_for_real_where_the_filesystem_can(tmp_path: Path) -> 
     if info.st_blocks == 0:
         pytest.skip("this filesystem has no fallocate(2): the file stays sparse")
     assert info.st_blocks * 512 >= 64 * PART
+
+
+# --- planted links at our side files --------------------------------------------------------
+
+PRECIOUS = b"someone else's file\n"
+
+
+def plant(kind: str, at: Path, victim: Path) -> None:
+    """Make ``at`` a symbolic or a hard link to ``victim`` (which holds PRECIOUS)."""
+    victim.write_bytes(PRECIOUS)
+    if kind == "symlink":
+        at.symlink_to(victim)
+    else:
+        os.link(victim, at)
+
+
+def refused(done: subprocess.CompletedProcess[str], path: Path) -> bool:
+    """Exit 5 with a one-line error that names ``path``, no traceback."""
+    return (
+        done.returncode == EXIT_LOCAL
+        and str(path) in done.stderr
+        and "Traceback" not in done.stderr
+    )
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_planted_lock_link_is_refused_and_its_target_untouched(
+    kind: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=12)
+    dest, victim = tmp_path / "out", tmp_path / "victim"
+    lock = tmp_path / "out.blobdl-lock"
+    plant(kind, lock, victim)
+    done = run_cli(blob.url, "-o", str(dest), "-q")
+    assert refused(done, lock), done.stderr
+    assert victim.read_bytes() == PRECIOUS
+    assert not dest.exists() and server.stats()["requests"] == 0
+
+
+def test_dangling_lock_symlink_is_refused_not_created(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=12)
+    dest, lock, target = tmp_path / "out", tmp_path / "out.blobdl-lock", tmp_path / "created"
+    lock.symlink_to(target)
+    done = run_cli(blob.url, "-o", str(dest), "-q")
+    assert refused(done, lock), done.stderr
+    assert not target.exists()
+
+
+def resumable(blob: Blob, dest: Path) -> None:
+    """A state record that claims half of every part of ``blob`` for ``dest``."""
+    probe = blobdl._http.resolve(blob.url, fast_settings())
+    half = PART // 2
+    parts = tuple(
+        PartRecord(s, min(s + PART, blob.size), min(s + half, blob.size))
+        for s in range(0, blob.size, PART)
+    )
+    state = State(blob.url, probe.final_url, blob.size, probe.etag, probe.last_modified, parts)
+    _state.save(_state.state_path(dest), state)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_planted_temp_link_is_not_written_through_on_resume(
+    kind: str, make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=13)
+    dest, victim = tmp_path / "out", tmp_path / "victim"
+    temp = tmp_path / "out.blobdl-tmp"
+    plant(kind, temp, victim)
+    precious = PRECIOUS * (blob.size // len(PRECIOUS)) + PRECIOUS[: blob.size % len(PRECIOUS)]
+    victim.write_bytes(precious)  # the size the state expects, so it looks resumable
+    resumable(blob, dest)
+    done = run_cli(blob.url, "-o", str(dest), "-q", *CLI_PARTS)
+    assert refused(done, temp), done.stderr
+    assert victim.read_bytes() == precious
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_planted_temp_link_is_discarded_on_a_fresh_download(
+    kind: str, make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=13)
+    dest, victim = tmp_path / "out", tmp_path / "victim"
+    plant(kind, tmp_path / "out.blobdl-tmp", victim)
+    done = run_cli(blob.url, "-o", str(dest), "-q", *CLI_PARTS)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert victim.read_bytes() == PRECIOUS and sha256_file(dest) == blob.sha256
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_state_scratch_link_is_replaced_not_written_through(kind: str, tmp_path: Path) -> None:
+    record, victim = tmp_path / "out.blobdl-state", tmp_path / "victim"
+    plant(kind, tmp_path / "out.blobdl-state.new", victim)
+    state = State("http://x/b", "http://x/b", 10, None, None, (PartRecord(0, 10, 5),))
+    _state.save(record, state)
+    _state.save(record, state)  # and again, over its own scratch name
+    assert victim.read_bytes() == PRECIOUS
+    temp = tmp_path / "out.blobdl-tmp"
+    temp.write_bytes(bytes(10))
+    assert _state.load(record, "http://x/b", temp) == state
+
+
+def test_kept_bad_bytes_replace_a_planted_link_not_its_target(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=14)
+    dest, victim, bad = tmp_path / "out", tmp_path / "victim", tmp_path / "out.blobdl-bad"
+    plant("symlink", bad, victim)
+    done = run_cli(blob.url, "-o", str(dest), "-q", "--keep-bad", "--digest", "0" * 64)
+    assert done.returncode != EXIT_OK and victim.read_bytes() == PRECIOUS
+    assert not bad.is_symlink() and sha256_file(bad) == blob.sha256
+
+
+def test_kept_bad_bytes_that_cannot_be_renamed_are_a_local_error(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=14)
+    dest, bad = tmp_path / "out", tmp_path / "out.blobdl-bad"
+    (bad / "occupied").mkdir(parents=True)
+    done = run_cli(blob.url, "-o", str(dest), "-q", "--keep-bad", "--digest", "0" * 64)
+    assert refused(done, bad), done.stderr
