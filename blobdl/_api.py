@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import _state
+from ._cache import entry_info, place, reseal, seal, sealed, verify
 from ._cache import entry_path as cache_entry
-from ._cache import place, seal, sealed, unseal
 from ._coordinator import CheckpointCallback, Coordinator
 from ._digest import PrefixHasher, parse_digest, sha256_file
 from ._events import (
@@ -159,7 +159,8 @@ class Downloader:
         dest = Path(path) if path is not None else Path(_name_from_url(job.url))
         check_destination(dest)
         fetched = None
-        if not self._cache_hit(job, entry):
+        verified = self._cache_hit(job, entry)
+        if verified is None:
             # Shared caches: wait for another job filling the same entry instead of failing.
             filler = Downloader(
                 self.settings,
@@ -168,28 +169,29 @@ class Downloader:
                 lock_timeout=max(self.settings.lock_timeout, CACHE_LOCK_WAIT),
             )
             fetched = filler._locked(job, entry, remote)
-            seal(entry)
-        place(entry, dest)
+            verified = seal(entry, job.expected)
+        after = place(entry, dest, verified)
+        if after is not verified:
+            reseal(entry, job.expected, after)  # our own new link changed the entry's ctime
         if fetched is not None and fetched.bytes_fetched > 0:
             return dataclasses.replace(fetched, path=dest)
-        size = entry.stat().st_size
+        size = after.st_size
         elapsed = job.elapsed()
         return DownloadResult(dest, size, elapsed, 0, 0, 0, job.url, "", verified=True, cached=True)
 
-    def _cache_hit(self, job: _Job, entry: Path) -> bool:
-        """A present entry is complete (entries appear by atomic rename after their digest
-        was checked). One that changed since it was sealed (an edit through a hard-linked
-        destination, say) is hashed again, as is every hit with ``verify_cache``; one that
-        no longer matches its digest is dropped and fetched again."""
-        if not entry.is_file():
-            return False
-        if self.settings.verify_cache or not sealed(entry):
-            if sha256_file(entry) != job.expected:
-                log.warning("cache entry %s does not match its digest; fetching it again", entry)
-                unseal(entry)
-                return False
-            seal(entry)
-        return True
+    def _cache_hit(self, job: _Job, entry: Path) -> os.stat_result | None:
+        """The entry's status if it may be served. A present entry is complete (entries
+        appear by atomic rename after their digest was checked), but only a seal in our
+        private seal directory vouches that it is still that file: anything else (a forged
+        or edited entry, ``verify_cache``) is hashed first, and dropped if it is wrong."""
+        assert job.expected is not None
+        if entry_info(entry) is None:
+            return None
+        if not self.settings.verify_cache:
+            info = sealed(entry, job.expected)
+            if info is not None:
+                return info
+        return verify(entry, job.expected)
 
     def _locked(self, job: _Job, dest: Path, remote: Remote | None) -> DownloadResult:
         with DestinationLock(dest, self.settings.lock_timeout):

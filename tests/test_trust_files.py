@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import blobdl
 import blobdl._http
-from blobdl import _state
+from blobdl import _cache, _state
 from blobdl._fileio import reserve
 from blobdl._state import PartRecord, State
 from blobdl.errors import EXIT_LOCAL, EXIT_OK
@@ -187,3 +190,103 @@ def test_kept_bad_bytes_that_cannot_be_renamed_are_a_local_error(
     (bad / "occupied").mkdir(parents=True)
     done = run_cli(blob.url, "-o", str(dest), "-q", "--keep-bad", "--digest", "0" * 64)
     assert refused(done, bad), done.stderr
+
+
+# --- forged cache entries ---------------------------------------------------------------------
+
+
+def cached(blob: Blob, dest: Path, cache: Path) -> blobdl.DownloadResult:
+    return blobdl.download(blob.url, dest, digest=blob.sha256, cache_dir=str(cache))
+
+
+def test_seals_live_in_a_private_directory_not_in_the_cache(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=15)
+    cache = tmp_path / "cache"
+    cached(blob, tmp_path / "a", cache)
+    assert [p.name for p in cache.iterdir()] == [f"sha256-{blob.sha256}"]
+    seals = Path(os.environ["BLOBDL_SEAL_DIR"])
+    assert stat.S_IMODE(seals.stat().st_mode) == 0o700
+
+
+def test_forged_entry_with_an_old_style_seal_is_hashed_and_refetched(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=16)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entry = cache / f"sha256-{blob.sha256}"
+    entry.write_bytes(os.urandom(blob.size))  # someone who can write the cache directory
+    info = entry.stat()
+    Path(f"{entry}.seal").write_text(f"{info.st_size} {info.st_mtime_ns}\n")
+    result = cached(blob, tmp_path / "a", cache)
+    assert sha256_file(tmp_path / "a") == blob.sha256
+    assert not result.cached and server.stats()["bytes_sent"] >= blob.size
+
+
+def test_entry_edited_in_place_with_its_mtime_restored_is_refetched(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=17)
+    cache = tmp_path / "cache"
+    cached(blob, tmp_path / "a", cache)
+    entry = cache / f"sha256-{blob.sha256}"
+    before = entry.stat()
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:  # same inode, same size, same mtime: only ctime tells
+        f.write(b"forged!")
+    entry.chmod(0o444)
+    os.utime(entry, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = cached(blob, tmp_path / "b", cache)
+    assert sha256_file(tmp_path / "b") == blob.sha256
+    assert not result.cached
+
+
+def test_entry_replaced_by_another_file_with_forged_times_is_refetched(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=18)
+    cache = tmp_path / "cache"
+    cached(blob, tmp_path / "a", cache)
+    entry = cache / f"sha256-{blob.sha256}"
+    before = entry.stat()
+    forged = cache / "forged"
+    forged.write_bytes(os.urandom(blob.size))
+    os.utime(forged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    forged.chmod(0o444)
+    os.replace(forged, entry)
+    result = cached(blob, tmp_path / "b", cache)
+    assert sha256_file(tmp_path / "b") == blob.sha256
+    assert not result.cached
+
+
+def test_repeated_hits_stay_sealed_and_cost_no_network(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=19)
+    cache = tmp_path / "cache"
+    for name in ("a", "b", "c"):
+        cached(blob, tmp_path / name, cache)
+    sent = server.stats()["bytes_sent"]
+    result = cached(blob, tmp_path / "d", cache)
+    assert result.cached and server.stats()["bytes_sent"] == sent
+    assert _cache.sealed(cache / f"sha256-{blob.sha256}", blob.sha256) is not None
+
+
+def test_cache_on_another_filesystem_is_copied_and_stays_sealed(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the temp directory")
+    blob = make(4 * PART, seed=20)
+    cache = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        for name in ("a", "b"):
+            cached(blob, tmp_path / name, cache)
+        sent = server.stats()["bytes_sent"]
+        result = cached(blob, tmp_path / "c", cache)
+        assert result.cached and server.stats()["bytes_sent"] == sent
+        assert sha256_file(tmp_path / "c") == blob.sha256
+        assert os.stat(tmp_path / "c").st_nlink == 1  # a copy, not a link
+    finally:
+        shutil.rmtree(cache)
