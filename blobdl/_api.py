@@ -40,6 +40,7 @@ from ._fileio import (
     finalize,
     local_error,
     open_temp,
+    require_regular,
     reserve,
     safe_basename,
     set_size,
@@ -206,6 +207,7 @@ class Downloader:
         """A destination that is already there: kept if the digest vouches for it."""
         if not dest.exists():
             return None
+        require_regular(dest)  # again under the lock: hashing a FIFO would hang
         if job.expected is not None and sha256_file(dest) == job.expected:
             size = dest.stat().st_size
             return DownloadResult(dest, size, job.elapsed(), 0, 0, 0, job.url, "", verified=True)

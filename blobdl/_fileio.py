@@ -41,14 +41,29 @@ def safe_basename(name: str | None) -> str | None:
 
 
 def check_destination(dest: Path) -> None:
-    """Fail early (before any network traffic) if ``dest`` cannot be written."""
+    """Fail early (before any network traffic) if ``dest`` cannot be written.
+
+    Only a regular file (or nothing) may be there: a FIFO would hang us, a device or a
+    socket would be replaced by a file. A symbolic link is judged by its target; it is
+    itself replaced by the final rename, never written through."""
     parent = dest.parent
-    if dest.is_dir():
-        raise LocalFileError(str(dest), "is a directory")
+    require_regular(dest)
     if not parent.is_dir():
         raise LocalFileError(str(dest), f"directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LocalFileError(str(dest), f"directory {parent} is not writable")
+
+
+def require_regular(path: Path) -> None:
+    """Refuse anything at ``path`` but a regular file (absent is fine); never blocks."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise local_error(path, exc) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise LocalFileError(str(path), f"is {_kind(info.st_mode)}, not a regular file")
 
 
 def check_free_space(dest: Path, needed: int) -> None:
@@ -90,7 +105,7 @@ def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
 def _require_own(fd: int, path: Path) -> None:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        raise LocalFileError(str(path), f"is not a regular file ({_kind(info.st_mode)})")
+        raise LocalFileError(str(path), f"is {_kind(info.st_mode)}, not a regular file")
     if info.st_nlink > 1:  # 0 is fine: a file just unlinked by its previous owner
         raise LocalFileError(str(path), "has other hard links; refusing to write through it")
 

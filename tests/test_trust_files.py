@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -290,3 +291,91 @@ def test_cache_on_another_filesystem_is_copied_and_stays_sealed(
         assert os.stat(tmp_path / "c").st_nlink == 1  # a copy, not a link
     finally:
         shutil.rmtree(cache)
+
+
+# --- special files at the destination -----------------------------------------------------------
+
+
+def special(kind: str, at: Path) -> None:
+    """Put a FIFO, a character device, a socket or a directory at ``at``."""
+    if kind == "fifo":
+        os.mkfifo(at)
+    elif kind == "chardev":
+        try:
+            os.mknod(at, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+        except PermissionError:
+            at.symlink_to("/dev/null")
+    elif kind == "devnull-link":
+        at.symlink_to("/dev/null")
+    elif kind == "socket":
+        short = Path(tempfile.mkdtemp(dir="/tmp")) / "s"  # AF_UNIX paths are short
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(short))
+        os.rename(short, at)
+        short.parent.rmdir()
+    else:
+        at.mkdir()
+
+
+SPECIAL = ["fifo", "chardev", "devnull-link", "socket", "directory"]
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+@pytest.mark.parametrize("mode", ["--force", "--digest"])
+def test_special_destination_is_refused_before_any_traffic(
+    kind: str, mode: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=21)
+    dest = tmp_path / "out"
+    special(kind, dest)
+    before = os.lstat(dest)
+    how = ["--force"] if mode == "--force" else ["--digest", blob.sha256]
+    done = run_cli(blob.url, "-o", str(dest), "-q", *how, timeout=20)
+    assert refused(done, dest) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert server.stats()["requests"] == 0
+    after = os.lstat(dest)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_special_cache_entry_is_refused_before_any_traffic(
+    kind: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=22)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entry = cache / f"sha256-{blob.sha256}"
+    special(kind, entry)
+    done = run_cli(blob.url, "-o", str(tmp_path / "out"), "-q", "--digest", blob.sha256,
+                   "--cache-dir", str(cache), timeout=20)  # fmt: skip
+    assert refused(done, entry), done.stderr
+    assert server.stats()["requests"] == 0
+
+
+def test_fifo_state_record_is_ignored_not_waited_on(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=23)
+    dest = tmp_path / "out"
+    os.mkfifo(tmp_path / "out.blobdl-state")
+    done = run_cli(blob.url, "-o", str(dest), "-q", *CLI_PARTS, timeout=20)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert sha256_file(dest) == blob.sha256
+
+
+def test_fifo_temp_file_is_never_opened(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=24)
+    dest = tmp_path / "out"
+    resumable(blob, dest)
+    os.mkfifo(tmp_path / "out.blobdl-tmp")
+    done = run_cli(blob.url, "-o", str(dest), "-q", *CLI_PARTS, timeout=20)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert sha256_file(dest) == blob.sha256
+
+
+def test_destination_symlink_is_replaced_not_written_through(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=25)
+    dest, victim = tmp_path / "out", tmp_path / "victim"
+    plant("symlink", dest, victim)
+    done = run_cli(blob.url, "-o", str(dest), "-q", "--force", *CLI_PARTS)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert not dest.is_symlink() and sha256_file(dest) == blob.sha256
+    assert victim.read_bytes() == PRECIOUS
