@@ -10,7 +10,6 @@ temporary file and its state for the next run.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import time
@@ -20,8 +19,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import _state
+from ._cache import entry_info, place, reseal, seal, sealed, verify
 from ._cache import entry_path as cache_entry
-from ._cache import place, seal, sealed, unseal
 from ._coordinator import CheckpointCallback, Coordinator
 from ._digest import PrefixHasher, parse_digest, sha256_file
 from ._events import (
@@ -41,6 +40,7 @@ from ._fileio import (
     finalize,
     local_error,
     open_temp,
+    require_regular,
     reserve,
     safe_basename,
     set_size,
@@ -159,7 +159,8 @@ class Downloader:
         dest = Path(path) if path is not None else Path(_name_from_url(job.url))
         check_destination(dest)
         fetched = None
-        if not self._cache_hit(job, entry):
+        verified = self._cache_hit(job, entry)
+        if verified is None:
             # Shared caches: wait for another job filling the same entry instead of failing.
             filler = Downloader(
                 self.settings,
@@ -168,28 +169,29 @@ class Downloader:
                 lock_timeout=max(self.settings.lock_timeout, CACHE_LOCK_WAIT),
             )
             fetched = filler._locked(job, entry, remote)
-            seal(entry)
-        place(entry, dest)
+            verified = seal(entry, job.expected)
+        after = place(entry, dest, verified)
+        if after is not verified:
+            reseal(entry, job.expected, after)  # our own new link changed the entry's ctime
         if fetched is not None and fetched.bytes_fetched > 0:
             return dataclasses.replace(fetched, path=dest)
-        size = entry.stat().st_size
+        size = after.st_size
         elapsed = job.elapsed()
         return DownloadResult(dest, size, elapsed, 0, 0, 0, job.url, "", verified=True, cached=True)
 
-    def _cache_hit(self, job: _Job, entry: Path) -> bool:
-        """A present entry is complete (entries appear by atomic rename after their digest
-        was checked). One that changed since it was sealed (an edit through a hard-linked
-        destination, say) is hashed again, as is every hit with ``verify_cache``; one that
-        no longer matches its digest is dropped and fetched again."""
-        if not entry.is_file():
-            return False
-        if self.settings.verify_cache or not sealed(entry):
-            if sha256_file(entry) != job.expected:
-                log.warning("cache entry %s does not match its digest; fetching it again", entry)
-                unseal(entry)
-                return False
-            seal(entry)
-        return True
+    def _cache_hit(self, job: _Job, entry: Path) -> os.stat_result | None:
+        """The entry's status if it may be served. A present entry is complete (entries
+        appear by atomic rename after their digest was checked), but only a seal in our
+        private seal directory vouches that it is still that file: anything else (a forged
+        or edited entry, ``verify_cache``) is hashed first, and dropped if it is wrong."""
+        assert job.expected is not None
+        if entry_info(entry) is None:
+            return None
+        if not self.settings.verify_cache:
+            info = sealed(entry, job.expected)
+            if info is not None:
+                return info
+        return verify(entry, job.expected)
 
     def _locked(self, job: _Job, dest: Path, remote: Remote | None) -> DownloadResult:
         with DestinationLock(dest, self.settings.lock_timeout):
@@ -204,6 +206,7 @@ class Downloader:
         """A destination that is already there: kept if the digest vouches for it."""
         if not dest.exists():
             return None
+        require_regular(dest)  # again under the lock: hashing a FIFO would hang
         if job.expected is not None and sha256_file(dest) == job.expected:
             size = dest.stat().st_size
             return DownloadResult(dest, size, job.elapsed(), 0, 0, 0, job.url, "", verified=True)
@@ -216,12 +219,13 @@ class Downloader:
         remote = self._ranges_again(job, remote, temp, state_file)
         previous = self._previous(job, remote, temp, state_file)
         records = previous.parts if previous else self._fresh(job, remote, dest, temp, state_file)
-        fd: int | None = open_temp(temp)
+        fd: int | None = open_temp(temp, fresh=previous is None)
         assert fd is not None
         try:
             size = remote.size or 0
             if previous is None:
                 set_size(fd, size, temp)
+                reserve(fd, size, temp)  # before any worker exists: nothing writes beside it
             coordinator = Coordinator(
                 remote,
                 records,
@@ -230,9 +234,6 @@ class Downloader:
                 self.settings,
                 job.tell,
                 _checkpointer(fd, remote, state_file) if self.settings.resume else None,
-                # Preallocation runs once the first workers are waiting for their first
-                # bytes: where it must zero pages (tmpfs) it took 0.47 s per 2 GiB up front.
-                functools.partial(reserve, fd, size, temp) if previous is None else None,
             )
             job.tell(Started(job.url, str(dest), remote.size, len(records), _done(records)))
             with ExitStack() as cleanup:
@@ -308,7 +309,11 @@ class Downloader:
         """A digest mismatch: the bytes are bad; never rename them onto the destination."""
         _state.remove(state_file)
         if self.settings.keep_bad:
-            os.replace(temp, dest.with_name(dest.name + BAD_SUFFIX))
+            bad = dest.with_name(dest.name + BAD_SUFFIX)
+            try:
+                os.replace(temp, bad)  # replaces a link planted at the name, never writes through
+            except OSError as exc:
+                raise local_error(bad, exc) from None
         raise DigestMismatch(expected, actual)
 
     def _after_failure(

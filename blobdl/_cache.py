@@ -7,71 +7,229 @@ same entry twice. A destination is then a hard link to the entry, or a copy wher
 filesystem cannot link (another device, no hard links).
 
 A hard link shares the bytes: a user editing their destination in place edits the entry.
-So entries are made read-only, and each has a ``.seal`` beside it recording its size and
-mtime when it was verified; a hit whose entry no longer matches its seal is hashed again.
+So entries are made read-only, and each verified entry has a seal recording its device,
+inode, size, mtime and ctime. Seals never live in the cache directory (whoever can write
+there could forge one, and utime forges an mtime): they live in a private 0700 directory of
+this user's (``$BLOBDL_SEAL_DIR``, else ``$XDG_STATE_HOME/blobdl/seals``, else
+``~/.local/state/blobdl/seals``), one file per entry named by a hash of the entry's real
+path. A new or replaced entry has another inode, an edited one another ctime (which utime
+cannot set back); an entry without a matching seal is hashed again before it is used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 
-from ._fileio import local_error
+from ._digest import sha256_fd
+from ._fileio import local_error, open_own
+from .errors import LocalFileError
 
 LINK_SUFFIX = ".blobdl-link"
+SEAL_DIR_ENV = "BLOBDL_SEAL_DIR"
 _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
+_NOT_AN_ENTRY = "is not a regular file; refusing to use it as a cache entry"
+log = logging.getLogger("blobdl")
 
 
 def entry_path(cache_dir: Path, hexdigest: str) -> Path:
     return cache_dir / f"sha256-{hexdigest}"
 
 
-def seal(entry: Path) -> None:
-    """Mark a verified entry: read-only, with its size and mtime on record."""
+def entry_info(entry: Path) -> os.stat_result | None:
+    """The entry's own status (a link at its name is not followed); None if absent.
+
+    Anything but a regular file at an entry's name is refused: it is not an entry of ours."""
     try:
-        entry.chmod(0o444)
-        info = entry.stat()
-        _seal_path(entry).write_text(f"{info.st_size} {info.st_mtime_ns}\n")
+        info = os.lstat(entry)
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         raise local_error(entry, exc) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise LocalFileError(
+            str(entry), "is not a regular file; refusing to use it as a cache entry"
+        )
+    return info
 
 
-def sealed(entry: Path) -> bool:
-    """True if the entry is exactly as it was when it was verified."""
+def verify(entry: Path, hexdigest: str) -> os.stat_result | None:
+    """Hash the entry; sealed and its status returned if it matches, else dropped (None)."""
+    fd = _open_entry(entry)
     try:
-        info = entry.stat()
-        return _seal_path(entry).read_text().split() == [str(info.st_size), str(info.st_mtime_ns)]
-    except (OSError, ValueError):
-        return False
+        if sha256_fd(fd) != hexdigest:
+            log.warning("cache entry %s does not match its digest; fetching it again", entry)
+            unseal(entry)
+            return None
+        return _seal_fd(fd, entry, hexdigest)
+    finally:
+        os.close(fd)
+
+
+def seal(entry: Path, hexdigest: str) -> os.stat_result:
+    """Mark an entry just verified by its download: read-only, its identity on record."""
+    fd = _open_entry(entry)
+    try:
+        return _seal_fd(fd, entry, hexdigest)
+    finally:
+        os.close(fd)
+
+
+def _seal_fd(fd: int, entry: Path, hexdigest: str) -> os.stat_result:
+    # The open file, not the name: what is recorded is what was hashed.
+    try:
+        os.fchmod(fd, 0o444)
+        info = os.fstat(fd)
+    except OSError as exc:
+        raise local_error(entry, exc) from None
+    reseal(entry, hexdigest, info)
+    return info
+
+
+def _open_entry(entry: Path) -> int:
+    """Read an entry without following a link at its name or blocking on a FIFO."""
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise local_error(entry, exc) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LocalFileError(
+            str(entry), "is not a regular file; refusing to use it as a cache entry"
+        )
+    return fd
+
+
+def reseal(entry: Path, hexdigest: str, info: os.stat_result) -> None:
+    """Record ``info`` as the verified identity of ``entry`` (best effort: without a seal
+    the entry is only hashed again next time)."""
+    record = _seal_record(entry)
+    if record is None:
+        return
+    scratch = record.with_name(f"{record.name}.{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        with os.fdopen(open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(_identity(info, hexdigest))
+        os.replace(scratch, record)
+    except (OSError, LocalFileError) as exc:
+        log.warning("cannot record the seal of %s (%s); it will be hashed next time", entry, exc)
+        with contextlib.suppress(OSError):
+            scratch.unlink()
+
+
+def sealed(entry: Path, hexdigest: str) -> os.stat_result | None:
+    """The entry's status if it is exactly the file that was verified, else None."""
+    record = _seal_record(entry)
+    try:
+        info = entry_info(entry)
+        if record is None or info is None:
+            return None
+        with os.fdopen(open_own(record, os.O_RDONLY), encoding="ascii") as f:
+            return info if f.read() == _identity(info, hexdigest) else None
+    except (OSError, LocalFileError, ValueError):
+        return None
 
 
 def unseal(entry: Path) -> None:
-    for path in (_seal_path(entry), entry):
-        path.unlink(missing_ok=True)
+    record = _seal_record(entry)
+    for path in (record, entry):
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
-def _seal_path(entry: Path) -> Path:
-    return entry.with_name(entry.name + ".seal")
+def _identity(info: os.stat_result, hexdigest: str) -> str:
+    fields = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return " ".join(str(v) for v in (*fields, hexdigest)) + "\n"
 
 
-def place(entry: Path, dest: Path) -> None:
-    """Make ``dest`` a hard link to (or a copy of) ``entry``, replacing it atomically."""
+def _seal_record(entry: Path) -> Path | None:
+    """Where the seal of ``entry`` lives, or None if there is no private place for it."""
+    directory = _seal_dir()
+    if directory is None:
+        return None
+    key = hashlib.sha256(os.fsencode(os.path.realpath(entry))).hexdigest()
+    return directory / key
+
+
+def _seal_dir() -> Path | None:
+    """The private seal directory, created 0700; None (hash every hit) if it is not ours."""
+    configured = os.environ.get(SEAL_DIR_ENV)
+    if configured:
+        directory = Path(configured)
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        directory = Path(state) / "blobdl" / "seals"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            log.warning(
+                "seal directory %s is not this user's own; hashing every cache hit", directory
+            )
+            return None
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            directory.chmod(0o700)
+    except OSError as exc:
+        log.warning("no seal directory %s (%s); hashing every cache hit", directory, exc)
+        return None
+    return directory
+
+
+def place(entry: Path, dest: Path, verified: os.stat_result) -> os.stat_result:
+    """Make ``dest`` a hard link to (or a copy of) ``entry``, replacing it atomically, and
+    return the entry's status afterwards (a new link changes its ctime).
+
+    ``verified`` is the entry as it was checked: an entry replaced since is never placed."""
     if dest.exists() and os.path.samefile(entry, dest):
-        return
+        return verified
     # Unique per call: two jobs placing the same destination must not share a scratch name.
     scratch = dest.with_name(f"{dest.name}{LINK_SUFFIX}-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         try:
             os.link(entry, scratch)
+            _require_same(os.lstat(scratch), verified, entry)
         except OSError as exc:
             if exc.errno not in _CANNOT_LINK:
                 raise
-            shutil.copyfile(entry, scratch)
+            _copy(entry, scratch, verified)
         os.replace(scratch, dest)
-    except OSError as exc:
+        after = os.lstat(dest)
+    except (OSError, LocalFileError) as exc:
         with contextlib.suppress(OSError):
             scratch.unlink()
+        if isinstance(exc, LocalFileError):
+            raise
         raise local_error(dest, exc) from None
+    return after if _same_file(after, verified) else verified
+
+
+def _same_file(info: os.stat_result, verified: os.stat_result) -> bool:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) == (
+        verified.st_dev,
+        verified.st_ino,
+        verified.st_size,
+        verified.st_mtime_ns,
+    )
+
+
+def _require_same(info: os.stat_result, verified: os.stat_result, entry: Path) -> None:
+    if not _same_file(info, verified):
+        raise LocalFileError(str(entry), "cache entry changed while it was being used")
+
+
+def _copy(entry: Path, scratch: Path, verified: os.stat_result) -> None:
+    """Copy into a scratch file we create (never through whatever else is at the name)."""
+    source = _open_entry(entry)
+    try:
+        _require_same(os.fstat(source), verified, entry)
+        out = open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with open(source, "rb", closefd=False) as reader, os.fdopen(out, "wb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+    finally:
+        os.close(source)

@@ -84,11 +84,9 @@ class Coordinator:
         settings: Settings,
         on_event: EventCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
-        after_launch: Callable[[], None] | None = None,
     ) -> None:
         self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
         self.on_event, self.on_checkpoint = on_event, on_checkpoint
-        self.after_launch = after_launch  # once, when the first workers are on their way
         self.ranged = remote.ranges and remote.size is not None
         if not self.ranged:  # one sequential stream: the whole body, or until EOF
             parts = [PartRecord(0, remote.size if remote.size is not None else -1, 0)]
@@ -136,9 +134,6 @@ class Coordinator:
             self.interrupts.check()
             now = time.monotonic()
             self._launch_ready(now)
-            after_launch, self.after_launch = self.after_launch, None
-            if after_launch is not None:
-                after_launch()
             wake = min([next_sample, *self._retry_times()])
             sentinels = {p.proc.sentinel: p for p in self.parts if p.proc is not None}
             timeout = max(0.0, wake - time.monotonic())

@@ -36,9 +36,14 @@ def parse_digest(text: str) -> str:
 
 def sha256_file(path: Path) -> str:
     """The sha256 of a whole file."""
-    digest = hashlib.sha256()
     with path.open("rb", buffering=0) as f:
-        _hash_range(digest, f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        return sha256_fd(f.fileno())
+
+
+def sha256_fd(fd: int) -> str:
+    """The sha256 of an open file, from its first byte to its size now."""
+    digest = hashlib.sha256()
+    _hash_range(digest, fd, 0, os.fstat(fd).st_size)
     return digest.hexdigest()
 
 

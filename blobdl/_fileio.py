@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import stat
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import psutil
 
 from .errors import InsufficientSpace, LocalFileError
 
 TEMP_SUFFIX = ".blobdl-tmp"
-_NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
+# fallocate(2) errors that mean "this filesystem cannot": the file stays sparse.
+_NO_FALLOCATE = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS, errno.ENODEV}
+)
 
 
 def temp_path(dest: Path) -> Path:
@@ -35,14 +41,29 @@ def safe_basename(name: str | None) -> str | None:
 
 
 def check_destination(dest: Path) -> None:
-    """Fail early (before any network traffic) if ``dest`` cannot be written."""
+    """Fail early (before any network traffic) if ``dest`` cannot be written.
+
+    Only a regular file (or nothing) may be there: a FIFO would hang us, a device or a
+    socket would be replaced by a file. A symbolic link is judged by its target; it is
+    itself replaced by the final rename, never written through."""
     parent = dest.parent
-    if dest.is_dir():
-        raise LocalFileError(str(dest), "is a directory")
+    require_regular(dest)
     if not parent.is_dir():
         raise LocalFileError(str(dest), f"directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LocalFileError(str(dest), f"directory {parent} is not writable")
+
+
+def require_regular(path: Path) -> None:
+    """Refuse anything at ``path`` but a regular file (absent is fine); never blocks."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise local_error(path, exc) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise LocalFileError(str(path), f"is {_kind(info.st_mode)}, not a regular file")
 
 
 def check_free_space(dest: Path, needed: int) -> None:
@@ -52,12 +73,53 @@ def check_free_space(dest: Path, needed: int) -> None:
         raise InsufficientSpace(str(dest), needed, free)
 
 
-def open_temp(path: Path) -> int:
-    """Open (creating) the temporary file for positional writes."""
+def open_temp(path: Path, *, fresh: bool) -> int:
+    """Open the temporary file for positional writes: created anew for a fresh download
+    (never reusing whatever is at the name), the existing one to resume."""
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if fresh else 0)
+    return open_own(path, flags)
+
+
+def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
+    """Open one of our own files (lock, temp, state, seal) without trusting its name.
+
+    A symbolic link planted there is never followed, and only a regular file with no other
+    hard link is accepted: writing through either would change a file that is not ours.
+    Never blocks (a FIFO at the name is refused, not waited on)."""
+    extra = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags | extra, mode)
     except OSError as exc:
-        raise LocalFileError(str(path), exc.strerror or str(exc)) from None
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise LocalFileError(str(path), "is a symbolic link; refusing to follow it") from None
+        raise local_error(path, exc) from None
+    try:
+        _require_own(fd, path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _require_own(fd: int, path: Path) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise LocalFileError(str(path), f"is {_kind(info.st_mode)}, not a regular file")
+    if info.st_nlink > 1:  # 0 is fine: a file just unlinked by its previous owner
+        raise LocalFileError(str(path), "has other hard links; refusing to write through it")
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISLNK: "a symbolic link",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "a special file")
 
 
 def set_size(fd: int, size: int, path: Path) -> None:
@@ -72,13 +134,39 @@ def reserve(fd: int, size: int, path: Path) -> None:
     """Preallocate ``size`` bytes so writes cannot fail half-way for lack of space (and the
     file is not fragmented); keep the sparse file where the filesystem cannot.
 
-    Safe while workers write: allocation never overwrites bytes already written."""
+    Call it before any worker writes. It is the fallocate(2) syscall itself, never
+    ``os.posix_fallocate``: where the syscall is unsupported (NFSv3, FUSE, ext4 without
+    extents) glibc emulates it by writing a zero into every block it reads as zero, which
+    stamps zeros over bytes a concurrent writer just put there."""
+    if not size or _fallocate is None:
+        return
+    while _fallocate(fd, 0, 0, size) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EINTR:
+            continue
+        if err in _NO_FALLOCATE:
+            return
+        raise local_error(path, OSError(err, os.strerror(err))) from None
+
+
+def _load_fallocate() -> Any:
+    """libc's fallocate(2) wrapper (a bare syscall, no emulation), or None without one."""
     try:
-        if size:
-            os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno not in _NO_FALLOCATE:
-            raise local_error(path, exc) from None
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    # fallocate64 takes 64-bit offsets everywhere; plain fallocate does on 64-bit systems.
+    names = ("fallocate64", "fallocate") if ctypes.sizeof(ctypes.c_long) == 8 else ("fallocate64",)
+    for name in names:
+        function = getattr(libc, name, None)
+        if function is not None:
+            function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+            function.restype = ctypes.c_int
+            return function
+    return None  # not Linux: the file stays sparse
+
+
+_fallocate = _load_fallocate()
 
 
 def pwrite_all(fd: int, view: memoryview, offset: int) -> None:

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import DestinationLocked, LocalFileError
+from ._fileio import open_own
+from .errors import DestinationLocked
 
 LOCK_SUFFIX = ".blobdl-lock"
 _POLL = 0.05
@@ -61,14 +62,12 @@ class DestinationLock:
         self.fd = None
 
     def _open(self) -> int:
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise LocalFileError(str(self.path), exc.strerror or str(exc)) from None
+        # Truncated once locked: a link planted at the name must not lead us to a victim.
+        return open_own(self.path, os.O_RDWR | os.O_CREAT)
 
     def _still_linked(self, fd: int) -> bool:
         try:
-            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            return os.lstat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             return False
 

@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ._fileio import open_own
 from ._http import Remote
+from .errors import LocalFileError
 
 STATE_SUFFIX = ".blobdl-state"
 FORMAT = 1
@@ -58,7 +60,8 @@ def save(path: Path, state: State) -> None:
     body = _body(state)
     document = json.dumps({"check": _check(body), "state": body}, separators=(",", ":"))
     scratch = path.with_name(path.name + ".new")
-    with scratch.open("w", encoding="utf-8") as f:
+    scratch.unlink(missing_ok=True)  # whatever is at the name (a planted link) is not ours
+    with os.fdopen(open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as f:
         f.write(document)
         f.flush()
         os.fsync(f.fileno())
@@ -70,8 +73,9 @@ def load(path: Path, url: str, temp: Path) -> State | None:
     if not path.exists():
         return None
     try:
-        state = _parse(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        with os.fdopen(open_own(path, os.O_RDONLY), encoding="utf-8") as f:
+            state = _parse(f.read())
+    except (OSError, LocalFileError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable resume state %s (%s)", path, exc)
         return None
     if state.url != url:

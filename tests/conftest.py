@@ -44,6 +44,12 @@ class Blob:
     url: str
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_seal_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Cache seals go to a directory of the session's, never the real home."""
+    os.environ["BLOBDL_SEAL_DIR"] = str(tmp_path_factory.mktemp("state") / "seals")
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     handle = start_server(tmp_path_factory.mktemp("served"))
