@@ -26,10 +26,10 @@ from ._api import Downloader
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
 from ._events import DownloadResult, Event, Failed
-from ._http import Remote, resolve
+from ._http import Remote, lift_userinfo, resolve
 from ._plan import plan
 from ._signals import Interrupts, child_signals
-from .config import Settings, parse_header
+from .config import Settings, parse_header, redact_url
 from .errors import BlobdlError, Interrupted, UsageError
 
 
@@ -98,6 +98,12 @@ def _checked(item: Item) -> Item:
     return item
 
 
+def _lifted(item: Item) -> Item:
+    """The item with ``user:pass@`` moved out of its URL into an Authorization header."""
+    url, headers = lift_userinfo(item.url, item.headers)
+    return item._replace(url=url, headers=headers)
+
+
 class _Running(NamedTuple):
     item: int
     proc: BaseProcess
@@ -121,7 +127,7 @@ def download_many(
     if max_connections < 1 or per_host < 1:
         raise UsageError("max_connections and per_host must be at least 1")
     base = Downloader(settings, **overrides).settings
-    batch = [Item(i) if isinstance(i, str) else i for i in items]
+    batch = [_lifted(Item(i) if isinstance(i, str) else i) for i in items]
     return _Scheduler(batch, base, max_connections, per_host, on_event).run()
 
 
@@ -193,7 +199,7 @@ class _Scheduler:
             remote = self.remotes.get(index) or resolve(item.url, settings)
         except BlobdlError as exc:  # failed at the probe: no child will report it
             if self.on_event is not None:
-                failed = Failed(item.url, item.path or "", str(exc), exc.exit_code)
+                failed = Failed(redact_url(item.url), item.path or "", str(exc), exc.exit_code)
                 self.on_event(BatchEvent(index, failed))
             self._done(index, ItemResult(item, None, exc))
             return True

@@ -14,7 +14,7 @@ from . import __version__
 from ._api import Downloader
 from ._batch import BatchEvent, ItemResult, download_many, parse_manifest
 from ._events import DownloadResult, Event, Failed, Progress, Started, event_record
-from .config import Settings, parse_header, parse_size
+from .config import Settings, parse_header, parse_size, redact_url
 from .errors import (
     EXIT_INTEGRITY,
     EXIT_INTERNAL,
@@ -248,7 +248,7 @@ def _summarise(results: list[ItemResult], mode: str) -> int:
                 note = " (cache)" if r.result.cached else ""
                 print(f"ok      {r.result.path}  {r.result.size} bytes{note}", file=sys.stderr)
             else:
-                print(f"FAILED  {r.item.url}: {r.error}", file=sys.stderr)
+                print(f"FAILED  {redact_url(r.item.url)}: {r.error}", file=sys.stderr)
         print(f"{len(results) - len(failed)} ok, {len(failed)} failed", file=sys.stderr)
     return failed[0].error.exit_code if failed and failed[0].error else EXIT_OK
 
