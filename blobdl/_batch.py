@@ -27,7 +27,7 @@ from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
 from ._events import DownloadResult, Event, Failed
 from ._http import Remote, lift_userinfo, resolve
-from ._plan import plan
+from ._plan import part_count
 from ._signals import Interrupts, child_signals
 from .config import Settings, parse_header, redact_url
 from .errors import BlobdlError, Interrupted, UsageError
@@ -245,7 +245,7 @@ class _Scheduler:
         return dataclasses.replace(self.settings, headers=self.settings.headers + item.headers)
 
     def _wanted(self, remote: Remote, settings: Settings) -> int:
-        parts = len(plan(remote.size, settings)) if remote.ranges and remote.size else 1
+        parts = part_count(remote.size, settings) if remote.ranges and remote.size else 1
         return max(1, min(parts, settings.connections))
 
     def _rate_share(self, settings: Settings, granted: int) -> int | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import email.message
 import http.client
+import math
+import re
 import ssl
 import time
 import urllib.request
@@ -22,14 +24,14 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import InsecureRequestWarning, LocationParseError, SSLError
+from urllib3.exceptions import InsecureRequestWarning, InvalidHeader, LocationParseError, SSLError
 from urllib3.util import make_headers, parse_url
 from urllib3.util.ssl_ import create_urllib3_context
 
 from . import __version__
 from ._plan import Span, parse_content_range, range_header
 from ._retry import RetryBudget, retry_delay
-from .config import Settings, check_proxy_url, redact_url
+from .config import MAX_BYTES, Settings, check_proxy_url, redact_url
 from .errors import (
     BadResponse,
     BlobdlError,
@@ -285,8 +287,12 @@ def translate_errors(url: str) -> Iterator[None]:
         if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "hostname" in str(exc).lower():
             raise TLSError(url, f"TLS verification failed: {exc}") from None
         raise ConnectionFailed(url, f"TLS error: {exc}") from None
-    except LocationParseError as exc:
-        raise UsageError(f"invalid URL {url!r}: {exc}") from None
+    except LocationParseError:
+        raise UsageError(f"invalid URL {redact_url(url)!r}: cannot be parsed") from None
+    except InvalidHeader as exc:  # e.g. Content-Length: 12, 13
+        raise BadResponse(url, f"invalid header: {exc}") from None
+    except UnicodeError as exc:  # an IDNA failure in the socket layer; check_url should catch it
+        raise UsageError(f"invalid host in {redact_url(url)!r}: {exc}") from None
     except TimeoutError as exc:
         raise ConnectionFailed(url, f"timed out: {exc}") from None
     except http.client.IncompleteRead as exc:
@@ -405,14 +411,28 @@ def _remote_from(
 
 
 def content_length(response: Response) -> int | None:
-    text = response.headers.get("Content-Length")
-    if text is None or "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+    """The body length the response declares (None: unknown, e.g. chunked); a value that is
+    no byte count is a ``BadResponse``: its body framing cannot be trusted."""
+    if "chunked" in response.headers.get("Transfer-Encoding", "").lower():
         return None
-    try:
-        value = int(text)
-    except ValueError:
+    return parse_length(response.headers.get("Content-Length"), response_url(response))
+
+
+_LENGTH = re.compile(r"[ \t]*([0-9]{1,19})[ \t]*")
+
+
+def parse_length(text: str | None, url: str) -> int | None:
+    """A Content-Length value: None if absent, else a byte count up to MAX_BYTES."""
+    if text is None:
         return None
-    return value if value >= 0 else None
+    match = _LENGTH.fullmatch(text)
+    if not match or int(match.group(1)) > MAX_BYTES:
+        raise BadResponse(url, f"Content-Length {text[:40]!r} is not a byte count")
+    return int(match.group(1))
+
+
+def response_url(response: Response) -> str:
+    return getattr(response, "url", None) or ""
 
 
 def _require_identity(url: str, response: Response) -> None:
@@ -426,25 +446,34 @@ def content_disposition_filename(value: str | None) -> str | None:
     if not value:
         return None
     message = email.message.Message()
-    message["Content-Disposition"] = value
-    name = message.get_filename()
+    try:
+        message["Content-Disposition"] = value
+        name = message.get_filename()
+    except Exception:  # e.g. filename*=idna''x: the email package raises
+        return None  # anything; a name we cannot read is no name (the URL's is used)
     return name if isinstance(name, str) else None
 
 
 def retry_after(response: Response) -> float | None:
     """Seconds the server asked us to wait (delta-seconds or an HTTP date), if any."""
-    value = response.headers.get("Retry-After")
+    return parse_retry_after(response.headers.get("Retry-After"))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After value in seconds from now (never negative), None if unreadable."""
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value) if len(value) < 16 else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except Exception:  # the email package raises various things on junk
         return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    if when.tzinfo is None:  # RFC 9110: HTTP dates are GMT; "-0000" or no zone reads naive
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _conditional_headers(remote: Remote) -> dict[str, str]:
