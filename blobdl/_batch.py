@@ -26,7 +26,7 @@ from ._api import Downloader
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
 from ._events import DownloadResult, Event, Failed
-from ._http import Remote, lift_userinfo, resolve
+from ._http import Remote, check_url, lift_userinfo, resolve
 from ._plan import part_count
 from ._signals import Interrupts, child_signals
 from .config import Settings, parse_header, redact_url
@@ -93,9 +93,16 @@ def _json_item(line: str) -> Item:
 
 
 def _checked(item: Item) -> Item:
+    check_url(item.url)  # a bad URL is a usage error before anything starts
     if item.digest is not None:
         parse_digest(item.digest)
     return item
+
+
+def _host(url: str) -> str:
+    """The host a URL's connections count against (checked: a bad URL is a UsageError)."""
+    check_url(url)
+    return urlsplit(url).hostname or ""
 
 
 def _lifted(item: Item) -> Item:
@@ -193,9 +200,9 @@ class _Scheduler:
         if self._cached(item, settings):  # served from the cache: no probe, no connection
             self._fork(index, item, None, settings, "", 0)
             return True
-        if index not in self.remotes and self._free_for(urlsplit(item.url).hostname or "") == 0:
-            return False  # the probe is a connection too: wait until its host has one spare
         try:
+            if index not in self.remotes and self._free_for(_host(item.url)) == 0:
+                return False  # the probe is a connection too: wait until its host has one spare
             remote = self.remotes.get(index) or resolve(item.url, settings)
         except BlobdlError as exc:  # failed at the probe: no child will report it
             if self.on_event is not None:
@@ -204,7 +211,7 @@ class _Scheduler:
             self._done(index, ItemResult(item, None, exc))
             return True
         self.remotes[index] = remote  # probed once, even if it has to wait for its host
-        host = urlsplit(remote.final_url).hostname or ""
+        host = _host(remote.final_url)
         granted = min(self._wanted(remote, settings), self._free(), self._free_for(host))
         if granted == 0:
             return False

@@ -138,10 +138,14 @@ class Settings:
         for name in _PATHS:
             value = getattr(self, name)
             _require(value is None or isinstance(value, str), f"{name} must be a string")
-        _require(isinstance(self.headers, tuple), "headers must be a tuple of (name, value)")
+        _require(isinstance(self.headers, (tuple, list)), "headers must be (name, value) pairs")
         for header in self.headers:
-            _require(isinstance(header, tuple) and len(header) == 2, "bad header: not a pair")
+            _require(
+                isinstance(header, (tuple, list)) and len(header) == 2, "bad header: not a pair"
+            )
             check_header(*header)
+        # Frozen, hashable and picklable whatever sequence the caller gave.
+        object.__setattr__(self, "headers", tuple(tuple(h) for h in self.headers))
         if self.proxy is not None:
             check_proxy_url(self.proxy)
         _require(

@@ -281,3 +281,39 @@ any_value = (
 def test_any_setting_value_gives_settings_or_a_usage_error(name: str, value: object) -> None:
     with contextlib.suppress(UsageError):
         Settings(**{name: value})
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1/x", "http://a:b\\@127.0.0.1:9/x", "http://" + "a" * 300]
+)
+def test_a_bad_url_in_a_manifest_is_a_one_line_usage_error(url: str, tmp_path: Path) -> None:
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{url} {tmp_path / 'out.bin'}\n")
+    done = run_cli("-i", str(manifest), cwd=tmp_path)
+    _one_line_error(done)
+    assert done.returncode == 2
+
+
+def test_a_bad_url_in_a_batch_fails_that_item_only(make: Make, tmp_path: Path) -> None:
+    good = make(PART, seed=6)
+    items = [Item("http://[::1/x", str(tmp_path / "bad.bin")), Item(good.url, str(tmp_path / "g"))]
+    results = download_many(items, settings=fast_settings(), max_connections=2)
+    assert isinstance(results[0].error, UsageError) and results[1].ok
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"ETag": '"\x01\x7f\xff' + "e" * 8000 + '"'},
+        {"ETag": "W/", "Last-Modified": "\xff" * 100},
+        {"Last-Modified": "Mon, 99 Foo 99999 99:99:99 GMT", "ETag": ""},
+    ],
+)
+def test_odd_validators_are_used_or_refused(
+    make: Make, server: ServerHandle, tmp_path: Path, values: dict[str, str]
+) -> None:
+    blob = make(2 * PART, seed=8)
+    _set_headers(server, blob, values, times=None)
+    done = run_cli(blob.url, "-o", str(tmp_path / "out.bin"), "--retries", "0", *FAST)
+    assert done.returncode in (0, 3, 4), done.stderr
+    assert "Traceback" not in done.stderr
