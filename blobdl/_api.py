@@ -46,11 +46,11 @@ from ._fileio import (
     set_size,
     temp_path,
 )
-from ._http import Remote, check_url, resolve
+from ._http import Remote, check_url, lift_userinfo, resolve
 from ._lock import DestinationLock
 from ._plan import plan
 from ._state import PartRecord, State
-from .config import Settings
+from .config import Settings, redact_url
 from .errors import (
     BlobdlError,
     DestinationExists,
@@ -94,7 +94,12 @@ class Downloader:
         Raises a ``BlobdlError`` subclass on failure, leaving nothing at ``path``.
         """
         listener = _listener(on_progress, on_event)
-        return self._run(url, None, path, digest, listener)
+        # user:pass@ becomes an Authorization header here, once: no URL downstream holds it.
+        bare, headers = lift_userinfo(url, self.settings.headers)
+        if bare == url:
+            return self._run(url, None, path, digest, listener)
+        with_auth = Downloader(self.settings, headers=headers)
+        return with_auth._run(bare, None, path, digest, listener)
 
     def download_resolved(
         self,
@@ -128,7 +133,7 @@ class Downloader:
                 dest, remote = self._destination(job, path, remote)
                 result = self._locked(job, dest, remote)
         except BlobdlError as exc:
-            _quietly(tell, Failed(url, os.fspath(path or ""), str(exc), exc.exit_code))
+            _quietly(tell, Failed(redact_url(url), os.fspath(path or ""), str(exc), exc.exit_code))
             raise
         tell(Finished(result))
         return result

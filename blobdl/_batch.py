@@ -26,10 +26,10 @@ from ._api import Downloader
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
 from ._events import DownloadResult, Event, Failed
-from ._http import Remote, resolve
-from ._plan import plan
+from ._http import Remote, check_url, lift_userinfo, resolve
+from ._plan import part_count
 from ._signals import Interrupts, child_signals
-from .config import Settings, parse_header
+from .config import Settings, parse_header, redact_url
 from .errors import BlobdlError, Interrupted, UsageError
 
 
@@ -93,9 +93,22 @@ def _json_item(line: str) -> Item:
 
 
 def _checked(item: Item) -> Item:
+    check_url(item.url)  # a bad URL is a usage error before anything starts
     if item.digest is not None:
         parse_digest(item.digest)
     return item
+
+
+def _host(url: str) -> str:
+    """The host a URL's connections count against (checked: a bad URL is a UsageError)."""
+    check_url(url)
+    return urlsplit(url).hostname or ""
+
+
+def _lifted(item: Item) -> Item:
+    """The item with ``user:pass@`` moved out of its URL into an Authorization header."""
+    url, headers = lift_userinfo(item.url, item.headers)
+    return item._replace(url=url, headers=headers)
 
 
 class _Running(NamedTuple):
@@ -121,7 +134,7 @@ def download_many(
     if max_connections < 1 or per_host < 1:
         raise UsageError("max_connections and per_host must be at least 1")
     base = Downloader(settings, **overrides).settings
-    batch = [Item(i) if isinstance(i, str) else i for i in items]
+    batch = [_lifted(Item(i) if isinstance(i, str) else i) for i in items]
     return _Scheduler(batch, base, max_connections, per_host, on_event).run()
 
 
@@ -187,18 +200,18 @@ class _Scheduler:
         if self._cached(item, settings):  # served from the cache: no probe, no connection
             self._fork(index, item, None, settings, "", 0)
             return True
-        if index not in self.remotes and self._free_for(urlsplit(item.url).hostname or "") == 0:
-            return False  # the probe is a connection too: wait until its host has one spare
         try:
+            if index not in self.remotes and self._free_for(_host(item.url)) == 0:
+                return False  # the probe is a connection too: wait until its host has one spare
             remote = self.remotes.get(index) or resolve(item.url, settings)
         except BlobdlError as exc:  # failed at the probe: no child will report it
             if self.on_event is not None:
-                failed = Failed(item.url, item.path or "", str(exc), exc.exit_code)
+                failed = Failed(redact_url(item.url), item.path or "", str(exc), exc.exit_code)
                 self.on_event(BatchEvent(index, failed))
             self._done(index, ItemResult(item, None, exc))
             return True
         self.remotes[index] = remote  # probed once, even if it has to wait for its host
-        host = urlsplit(remote.final_url).hostname or ""
+        host = _host(remote.final_url)
         granted = min(self._wanted(remote, settings), self._free(), self._free_for(host))
         if granted == 0:
             return False
@@ -239,7 +252,7 @@ class _Scheduler:
         return dataclasses.replace(self.settings, headers=self.settings.headers + item.headers)
 
     def _wanted(self, remote: Remote, settings: Settings) -> int:
-        parts = len(plan(remote.size, settings)) if remote.ranges and remote.size else 1
+        parts = part_count(remote.size, settings) if remote.ranges and remote.size else 1
         return max(1, min(parts, settings.connections))
 
     def _rate_share(self, settings: Settings, granted: int) -> int | None:

@@ -6,9 +6,11 @@ coordinator and the workers reason about our errors only.
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import email.message
 import http.client
+import math
+import re
 import ssl
 import time
 import urllib.request
@@ -22,14 +24,14 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import InsecureRequestWarning, LocationParseError, SSLError
-from urllib3.util import make_headers
+from urllib3.exceptions import InsecureRequestWarning, InvalidHeader, LocationParseError, SSLError
+from urllib3.util import make_headers, parse_url
 from urllib3.util.ssl_ import create_urllib3_context
 
 from . import __version__
 from ._plan import Span, parse_content_range, range_header
 from ._retry import RetryBudget, retry_delay
-from .config import Settings, check_proxy_url
+from .config import MAX_BYTES, Settings, check_proxy_url, redact_url
 from .errors import (
     BadResponse,
     BlobdlError,
@@ -42,8 +44,14 @@ from .errors import (
 )
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# Credentials must not follow a redirect to another host.
-_SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization"})
+# A user header follows a redirect to another origin (scheme, host, port) only if it is on
+# this list: any other one (Authorization, Cookie, X-Api-Key, Private-Token...) may be a secret.
+_CROSS_ORIGIN_SAFE = frozenset(
+    {"accept", "accept-charset", "accept-language", "user-agent", "cache-control", "pragma"}
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Bytes of a redirect body we read to reuse its connection; a longer one costs a new connection.
+_REDIRECT_BODY_LIMIT = 64 * 1024
 
 Response = urllib3.BaseHTTPResponse
 
@@ -62,16 +70,79 @@ class Remote(NamedTuple):
 
 
 def check_url(url: str) -> None:
-    """Refuse anything but an absolute http(s) URL with a host."""
+    """Refuse anything but an absolute http(s) URL with a host (the message never shows
+    the URL's password)."""
+    problem = url_problem(url)
+    if problem:
+        raise UsageError(f"invalid URL {redact_url(url)!r}: {problem}")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched, or None. Besides scheme and host, urllib.parse (which
+    we use to read the URL) and urllib3 (which connects) must read the same scheme, host,
+    port and userinfo: ``http://a:1\\@b/`` is host b to one and host a to the other."""
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return "control characters or spaces"
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError as exc:
-        raise UsageError(f"invalid URL {url!r}: {exc}") from None
+        parts, theirs = urlsplit(url), parse_url(url)
+        ours = (parts.scheme, parts.hostname, parts.port, _userinfo(parts.netloc))
+    except ValueError:  # LocationParseError is a ValueError too
+        return "cannot be parsed"
     if parts.scheme not in ("http", "https"):
-        raise UsageError(f"unsupported URL scheme in {url!r} (use http or https)")
-    if not host:
-        raise UsageError(f"invalid URL {url!r}: no host")
+        return "unsupported scheme (use http or https)"
+    if not parts.hostname:
+        return "no host"
+    try:
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "the host is not a valid DNS name"
+    their_host = (theirs.host or "").strip("[]").lower()
+    if (theirs.scheme, their_host, theirs.port, theirs.auth) != (ours[0], host, *ours[2:]):
+        return "urllib.parse and urllib3 read it differently (two parsers, two hosts)"
+    return None
+
+
+def _userinfo(netloc: str) -> str | None:
+    return netloc.rpartition("@")[0] if "@" in netloc else None
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) the way urllib3 will connect, default ports filled in."""
+    parts = parse_url(url)
+    scheme = (parts.scheme or "").lower()
+    return scheme, (parts.host or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+
+
+def same_origin(a: str, b: str) -> bool:
+    return origin(a) == origin(b)
+
+
+def strip_userinfo(url: str) -> str:
+    """``url`` without ``user:pass@`` (for a URL that ``url_problem`` accepted)."""
+    parts = urlsplit(url)
+    info = _userinfo(parts.netloc)
+    if info is None:
+        return url
+    scheme_end = url.index("//") + 2
+    assert url[scheme_end:].startswith(parts.netloc), url  # url_problem refused the rest
+    return url[:scheme_end] + url[scheme_end + len(info) + 1 :]
+
+
+def lift_userinfo(
+    url: str, headers: tuple[tuple[str, str], ...]
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Move ``user:pass@`` out of ``url`` into an ``Authorization: Basic`` header (unless the
+    user gave an Authorization header, which wins), so that no URL downstream holds it.
+    A URL ``url_problem`` refuses is returned as it is, to be refused with a redacted message."""
+    if url_problem(url) is not None:
+        return url, headers
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, headers
+    if not any(name.lower() == "authorization" for name, _ in headers):
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers = (*headers, ("Authorization", "Basic " + base64.b64encode(pair).decode()))
+    return strip_userinfo(url), headers
 
 
 def make_pool(settings: Settings) -> urllib3.PoolManager:
@@ -216,8 +287,12 @@ def translate_errors(url: str) -> Iterator[None]:
         if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "hostname" in str(exc).lower():
             raise TLSError(url, f"TLS verification failed: {exc}") from None
         raise ConnectionFailed(url, f"TLS error: {exc}") from None
-    except LocationParseError as exc:
-        raise UsageError(f"invalid URL {url!r}: {exc}") from None
+    except LocationParseError:
+        raise UsageError(f"invalid URL {redact_url(url)!r}: cannot be parsed") from None
+    except InvalidHeader as exc:  # e.g. Content-Length: 12, 13
+        raise BadResponse(url, f"invalid header: {exc}") from None
+    except UnicodeError as exc:  # an IDNA failure in the socket layer; check_url should catch it
+        raise UsageError(f"invalid host in {redact_url(url)!r}: {exc}") from None
     except TimeoutError as exc:
         raise ConnectionFailed(url, f"timed out: {exc}") from None
     except http.client.IncompleteRead as exc:
@@ -243,16 +318,17 @@ def _request(pool: urllib3.PoolManager, url: str, headers: dict[str, str]) -> Re
 def _drop_credentials(
     headers: tuple[tuple[str, str], ...], old: str, new: str
 ) -> tuple[tuple[str, str], ...]:
-    if urlsplit(old).hostname == urlsplit(new).hostname:
+    if same_origin(old, new):
         return headers
-    return tuple(h for h in headers if h[0].lower() not in _SENSITIVE)
+    return tuple(h for h in headers if h[0].lower() in _CROSS_ORIGIN_SAFE)
 
 
 def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
     """Resolve redirects and learn size, range support and validators with one
     ``Range: bytes=0-0`` request per hop."""
     check_url(url)
-    current, headers = url, settings.headers
+    url, headers = lift_userinfo(url, settings.headers)
+    current = url
     for _hop in range(settings.max_redirects + 1):
         response = _request(pool, current, {**_base_headers(headers), "Range": "bytes=0-0"})
         try:
@@ -263,20 +339,40 @@ def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
                 raise BadResponse(current, f"redirect {response.status} without Location")
         finally:
             _finish_probe_response(response)
-        target = urljoin(current, location)
-        check_url(target)
+        target = _redirect_target(current, location)
         headers = _drop_credentials(headers, current, target)
         current = target
     raise TooManyRedirects(url, settings.max_redirects)
 
 
+def _redirect_target(current: str, location: str) -> str:
+    """The absolute URL a ``Location`` points to, checked like a user's URL; credentials a
+    server put in it are dropped, never sent and never stored."""
+    try:
+        target = urljoin(current, location)
+    except ValueError:
+        target = location
+    problem = url_problem(target)
+    if problem:
+        raise BadResponse(current, f"redirect to {redact_url(target)!r}: {problem}")
+    return strip_userinfo(target)
+
+
 def _finish_probe_response(response: Response) -> None:
-    """Reuse the connection after a small redirect body; drop it after anything else."""
-    if response.status in _REDIRECTS:
-        with contextlib.suppress(Exception):
-            response.drain_conn()
+    """Reuse the connection after a small redirect body; drop it after anything else (a
+    redirect body may never end: we never read more than a small bounded amount)."""
+    remaining = response.length_remaining
+    if (
+        response.status in _REDIRECTS
+        and remaining is not None
+        and remaining <= _REDIRECT_BODY_LIMIT
+    ):
+        try:
+            response.drain_conn()  # reads at most `remaining` bytes: the length said so
             response.release_conn()
             return
+        except Exception:
+            pass
     response.close()
 
 
@@ -315,14 +411,28 @@ def _remote_from(
 
 
 def content_length(response: Response) -> int | None:
-    text = response.headers.get("Content-Length")
-    if text is None or "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+    """The body length the response declares (None: unknown, e.g. chunked); a value that is
+    no byte count is a ``BadResponse``: its body framing cannot be trusted."""
+    if "chunked" in response.headers.get("Transfer-Encoding", "").lower():
         return None
-    try:
-        value = int(text)
-    except ValueError:
+    return parse_length(response.headers.get("Content-Length"), response_url(response))
+
+
+_LENGTH = re.compile(r"[ \t]*([0-9]{1,19})[ \t]*")
+
+
+def parse_length(text: str | None, url: str) -> int | None:
+    """A Content-Length value: None if absent, else a byte count up to MAX_BYTES."""
+    if text is None:
         return None
-    return value if value >= 0 else None
+    match = _LENGTH.fullmatch(text)
+    if not match or int(match.group(1)) > MAX_BYTES:
+        raise BadResponse(url, f"Content-Length {text[:40]!r} is not a byte count")
+    return int(match.group(1))
+
+
+def response_url(response: Response) -> str:
+    return getattr(response, "url", None) or ""
 
 
 def _require_identity(url: str, response: Response) -> None:
@@ -336,25 +446,34 @@ def content_disposition_filename(value: str | None) -> str | None:
     if not value:
         return None
     message = email.message.Message()
-    message["Content-Disposition"] = value
-    name = message.get_filename()
+    try:
+        message["Content-Disposition"] = value
+        name = message.get_filename()
+    except Exception:  # e.g. filename*=idna''x: the email package raises
+        return None  # anything; a name we cannot read is no name (the URL's is used)
     return name if isinstance(name, str) else None
 
 
 def retry_after(response: Response) -> float | None:
     """Seconds the server asked us to wait (delta-seconds or an HTTP date), if any."""
-    value = response.headers.get("Retry-After")
+    return parse_retry_after(response.headers.get("Retry-After"))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After value in seconds from now (never negative), None if unreadable."""
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value) if len(value) < 16 else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except Exception:  # the email package raises various things on junk
         return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    if when.tzinfo is None:  # RFC 9110: HTTP dates are GMT; "-0000" or no zone reads naive
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _conditional_headers(remote: Remote) -> dict[str, str]:

@@ -7,7 +7,7 @@ import random
 import re
 from typing import NamedTuple
 
-from .config import Settings
+from .config import MAX_BYTES, Settings
 
 
 class Span(NamedTuple):
@@ -41,6 +41,15 @@ def plan(size: int, settings: Settings) -> list[Span]:
     return [Span(start, min(start + step, size)) for start in range(0, size, step)]
 
 
+def part_count(size: int, settings: Settings) -> int:
+    """``len(plan(size, settings))``, computed: a server-supplied size may be 2**62."""
+    if size <= 0:
+        return 0
+    if settings.parts is not None:
+        return min(settings.parts, size)
+    return -(-size // part_size(size, settings))
+
+
 def part_size(size: int, settings: Settings) -> int:
     """Ollama's part size: size / target_parts, clamped to the configured bounds."""
     return max(settings.min_part_size, min(settings.max_part_size, size // settings.target_parts))
@@ -51,7 +60,10 @@ def range_header(start: int, end: int) -> str:
     return f"bytes={start}-{end - 1}"
 
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+# At most 19 ASCII digits: every offset fits an int64 (MAX_BYTES), and int() stays cheap.
+_CONTENT_RANGE = re.compile(
+    r"^[ \t]*bytes[ \t]+(?:([0-9]{1,19})-([0-9]{1,19})|\*)/([0-9]{1,19}|\*)[ \t]*$", re.IGNORECASE
+)
 
 
 class ContentRange(NamedTuple):
@@ -68,10 +80,12 @@ def parse_content_range(text: str) -> ContentRange | None:
         return None
     first, last, total_text = match.groups()
     total = None if total_text == "*" else int(total_text)
+    if total is not None and total > MAX_BYTES:
+        return None
     if first is None:
         return ContentRange(None, total)
     span = Span(int(first), int(last) + 1)
-    if span.end <= span.start or (total is not None and span.end > total):
+    if span.end <= span.start or span.end > (MAX_BYTES if total is None else total):
         return None
     return ContentRange(span, total)
 

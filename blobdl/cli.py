@@ -15,7 +15,7 @@ from . import __version__
 from ._api import Downloader
 from ._batch import BatchEvent, ItemResult, download_many, parse_manifest
 from ._events import DownloadResult, Event, Failed, Progress, Started, event_record
-from .config import Settings, parse_header, parse_size
+from .config import Settings, parse_header, parse_size, redact_url
 from .errors import (
     EXIT_INTEGRITY,
     EXIT_INTERNAL,
@@ -43,8 +43,8 @@ exit codes:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's own exit code is 2 too, kept explicit
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        # One line, like every other error of ours (the usage is one --help away).
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _size(text: str) -> int:
@@ -249,7 +249,7 @@ def _summarise(results: list[ItemResult], mode: str) -> int:
                 note = " (cache)" if r.result.cached else ""
                 _say(f"ok      {r.result.path}  {r.result.size} bytes{note}")
             else:
-                _say(f"FAILED  {r.item.url}: {r.error}")
+                _say(f"FAILED  {redact_url(r.item.url)}: {r.error}")
         _say(f"{len(results) - len(failed)} ok, {len(failed)} failed")
     return failed[0].error.exit_code if failed and failed[0].error else EXIT_OK
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
@@ -9,6 +10,15 @@ from urllib.parse import urlsplit
 from .errors import UsageError
 
 MB = 1000 * 1000  # Ollama sizes parts in decimal megabytes
+#: Largest byte count or offset we accept anywhere (sizes live in int64 shared counters).
+MAX_BYTES = 2**63 - 1
+#: Longest time setting: finite, and small enough for every sleep, select and socket timeout.
+MAX_SECONDS = 10.0**7
+#: Ceilings a machine can honour: each connection is a process, each part a table slot.
+MAX_CONNECTIONS = 1024
+MAX_PARTS = 1_000_000
+MAX_BUFFER = 1 << 30
+MAX_COUNT = 1_000_000  # retries, redirects
 _UNITS = {
     "": 1,
     "b": 1,
@@ -34,7 +44,10 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(f"not a size: {text!r} (try 100MB, 1GiB or a byte count)")
-    return int(float(match.group(1)) * _UNITS[unit])
+    value = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(value) or value > MAX_BYTES:
+        raise UsageError(f"size too large: {text!r} (at most {MAX_BYTES} bytes)")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -111,30 +124,28 @@ class Settings:
     client_key: str | None = None
 
     def __post_init__(self) -> None:
-        positive = (
-            "target_parts",
-            "connections",
-            "min_part_size",
-            "max_part_size",
-            "buffer_size",
-            "min_steal_size",
-        )
-        for name in positive:
-            _require(getattr(self, name) >= 1, f"{name} must be at least 1")
-        _require(self.parts is None or self.parts >= 1, "parts must be at least 1")
-        _require(self.limit_rate is None or self.limit_rate >= 1, "limit_rate must be positive")
+        for name, low, high in _INT_BOUNDS:
+            _check_int(name, getattr(self, name), low, high)
+        if self.parts is not None:
+            _check_int("parts", self.parts, 1, MAX_PARTS)
+        if self.limit_rate is not None:
+            _check_int("limit_rate", self.limit_rate, 1, MAX_BYTES)
         _require(self.min_part_size <= self.max_part_size, "min_part_size exceeds max_part_size")
-        for name in ("retries", "max_redirects"):
-            _require(getattr(self, name) >= 0, f"{name} must not be negative")
-        for name in ("backoff_unit", "max_backoff", "lock_timeout", "checkpoint_interval"):
-            _require(getattr(self, name) >= 0, f"{name} must not be negative")
-        for name in ("stall_timeout", "progress_interval", "connect_timeout"):
-            _require(getattr(self, name) > 0, f"{name} must be positive")
+        for name, positive in _SECONDS:
+            _check_seconds(name, getattr(self, name), positive)
+        for name in _FLAGS:
+            _require(isinstance(getattr(self, name), bool), f"{name} must be true or false")
+        for name in _PATHS:
+            value = getattr(self, name)
+            _require(value is None or isinstance(value, str), f"{name} must be a string")
+        _require(isinstance(self.headers, (tuple, list)), "headers must be (name, value) pairs")
         for header in self.headers:
             _require(
-                len(header) == 2 and bool(header[0].strip()) and "\n" not in "".join(header),
-                f"bad header: {header!r}",
+                isinstance(header, (tuple, list)) and len(header) == 2, "bad header: not a pair"
             )
+            check_header(*header)
+        # Frozen, hashable and picklable whatever sequence the caller gave.
+        object.__setattr__(self, "headers", tuple(tuple(h) for h in self.headers))
         if self.proxy is not None:
             check_proxy_url(self.proxy)
         _require(
@@ -147,9 +158,76 @@ class Settings:
         return frozenset(f.name for f in fields(cls))
 
 
+# (field, lowest, highest) for the int settings.
+_INT_BOUNDS = (
+    ("target_parts", 1, MAX_PARTS),
+    ("connections", 1, MAX_CONNECTIONS),
+    ("min_part_size", 1, MAX_BYTES),
+    ("max_part_size", 1, MAX_BYTES),
+    ("buffer_size", 1, MAX_BUFFER),
+    ("min_steal_size", 1, MAX_BYTES),
+    ("retries", 0, MAX_COUNT),
+    ("max_redirects", 0, MAX_COUNT),
+)
+# (field, must be > 0) for the time settings; the others may be 0.
+_SECONDS = (
+    ("backoff_unit", False),
+    ("max_backoff", False),
+    ("lock_timeout", False),
+    ("checkpoint_interval", False),
+    ("stall_timeout", True),
+    ("progress_interval", True),
+    ("connect_timeout", True),
+)
+_FLAGS = ("steal", "resume", "force", "keep_bad", "verify_cache", "verify_tls", "trust_env")
+_PATHS = ("cache_dir", "ca_bundle", "proxy", "client_cert", "client_key")
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise UsageError(message)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    _require(ok, f"{name} must be a whole number from {low} to {high}")
+
+
+def _check_seconds(name: str, value: object, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        seconds = float(value)  # type: ignore[arg-type]
+        ok = math.isfinite(seconds) and 0 <= seconds <= MAX_SECONDS
+        ok = ok and (seconds > 0 or not positive)
+    low = "more than 0" if positive else "from 0"
+    _require(ok, f"{name} must be a number of seconds {low} up to {MAX_SECONDS:g}")
+
+
+# RFC 9110 token characters: what a header name may be made of.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def check_header(name: object, value: object) -> None:
+    """Refuse a header http.client would reject or that would split the request: names
+    of token characters, values of latin-1 without CR, LF or NUL."""
+    _require(
+        isinstance(name, str) and _TOKEN.fullmatch(name) is not None,
+        f"bad header name {name!r} (letters, digits and !#$%&'*+-.^_`|~ only)",
+    )
+    ok = isinstance(value, str) and not any(c in value for c in "\r\n\0")
+    try:
+        str(value).encode("latin-1")
+    except UnicodeEncodeError:
+        ok = False
+    _require(ok, f"bad value for header {name}: no CR, LF or NUL, latin-1 characters only")
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)[^/]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:pass@`` masked, for messages (errors, events, logs)."""
+    return _USERINFO.sub(r"\1***@", url)
 
 
 def check_proxy_url(url: str) -> None:
@@ -157,9 +235,10 @@ def check_proxy_url(url: str) -> None:
     try:
         parts = urlsplit(url)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:
+    except (ValueError, TypeError):
         ok = False
-    _require(ok, f"bad proxy URL {url!r} (expected http://[user:pass@]host[:port])")
+    shown = redact_url(url) if isinstance(url, str) else url
+    _require(ok, f"bad proxy URL {shown!r} (expected http://[user:pass@]host[:port])")
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -167,4 +246,5 @@ def parse_header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
         raise UsageError(f"not a header: {text!r} (expected 'Name: value')")
+    check_header(name.strip(), value.strip())
     return name.strip(), value.strip()

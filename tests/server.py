@@ -63,6 +63,10 @@ ACTIONS: dict[str, frozenset[str]] = {
     "wrong_length": frozenset({"by"}),
     # A file reply labelled Content-Encoding: ``value`` (the body is still the raw bytes).
     "encoding": frozenset({"value"}),
+    # Hostile headers: a normal response with these headers set (replacing same-named ones).
+    "headers": frozenset({"set"}),
+    # A redirect whose body never ends (a huge Content-Length, bytes until the client leaves).
+    "endless_redirect": frozenset({"location", "status"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -77,6 +81,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "etag": ("value",),
     "wrong_length": ("by",),
     "encoding": ("value",),
+    "headers": ("set",),
+    "endless_redirect": ("location",),
 }
 _RULE_KEYS = frozenset({"path", "skip", "times", "action", "method"})
 _CUT_ACTIONS = frozenset({"reset_after", "close_after", "stall_after"})
@@ -423,6 +429,12 @@ def relabel(reply: Reply, fault: Fault) -> None:
         reply.headers.append(("Content-Encoding", str(fault.params["value"])))
 
 
+def _override_headers(reply: Reply, values: dict[str, object]) -> None:
+    lower = {k.lower() for k in values}
+    reply.headers = [(k, v) for k, v in reply.headers if k.lower() not in lower]
+    reply.headers.extend((k, str(v)) for k, v in values.items())
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -525,7 +537,10 @@ class Handler(BaseHTTPRequestHandler):
         fault = self.srv.state.record(self.command, parts.path, req)
         if fault is not None and not self._pre_fault(fault, head):
             return
-        self._send(self._route(parts.path, parts.query, req, fault), fault, head)
+        reply = self._route(parts.path, parts.query, req, fault)
+        if fault is not None and fault.action == "headers":
+            _override_headers(reply, dict(fault.params["set"]))
+        self._send(reply, fault, head)
 
     def _pre_fault(self, fault: Fault, head: bool) -> bool:
         """Apply faults that act before routing; False means the request is done."""
@@ -542,7 +557,23 @@ class Handler(BaseHTTPRequestHandler):
             reply = simple_reply(fault.integer("status"), str(fault.params.get("body", "")), hdrs)
             self._send(reply, None, head)
             return False
+        elif fault.action == "endless_redirect":
+            self._endless_redirect(fault)
+            return False
         return True
+
+    def _endless_redirect(self, fault: Fault) -> None:
+        self.send_response(fault.integer("status", 302))
+        self.send_header("Location", str(fault.params["location"]))
+        self.send_header("Content-Length", str(10**15))
+        self.end_headers()
+        self.close_connection = True
+        chunk = b"x" * PACE_CHUNK
+        try:
+            while not self.srv.state.stopping.is_set():
+                self.wfile.write(chunk)
+        except OSError:
+            pass  # the client hung up: what a client should do
 
     def _route(self, path: str, query: str, req: dict[str, str], fault: Fault | None) -> Reply:
         segs = path.split("/")[1:]

@@ -19,7 +19,9 @@ served normally).  Actions: status[status, headers, body], reset_after[bytes],
 close_after[bytes], stall_after[bytes, hold], no_response[hold], ttfb[delay], rate[bps],
 ignore_range, no_length, shift_range[by], wrong_content_range[by], etag[value], full_200,
 shape[bps, ttfb, stall_after | reset_after, hold] (one CDN lane: all of these on one request),
-wrong_length[by] (Content-Length off by ``by``), encoding[value] (a Content-Encoding label).
+wrong_length[by] (Content-Length off by ``by``), encoding[value] (a Content-Encoding label),
+headers[set] (a normal response with the headers in the map ``set`` replacing its own),
+endless_redirect[location, status] (a 302 whose body never ends).
 
 ``start_server(root, link_bps=N)`` also caps all response bodies together at N bytes/s (a
 shared link), on top of any per-request ``rate``/``shape`` pacing.

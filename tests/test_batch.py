@@ -197,7 +197,7 @@ def test_manifest_lines_plain_and_json() -> None:
     ("text", "problem"),
     [
         ("http://h/x a b c", "line 1"),
-        ("ok http://h\nhttp://h/y sha256:zz", "line 2"),
+        ("http://h/ok out\nhttp://h/y sha256:zz", "line 2"),
         ('{"path": "x"}', "line 1"),
         ("{not json", "line 1"),
     ],

@@ -1,0 +1,319 @@
+"""Hostile headers and hostile arguments: each is used or refused as a blobdl error.
+
+Never a raw exception, a traceback, a hang or a huge allocation: the headers come from the
+fault server's ``headers`` and ``endless_redirect`` actions, the arguments from a real CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blobdl import Downloader, Settings, download_many
+from blobdl._batch import Item
+from blobdl._http import content_disposition_filename, parse_length, parse_retry_after
+from blobdl._plan import parse_content_range, part_count, plan
+from blobdl.cli import build_parser, settings_from
+from blobdl.errors import BadResponse, BlobdlError, HTTPStatusError, UsageError
+from tests.conftest import PART, Blob, fast_settings, run_cli
+from tests.serverctl import ServerHandle
+
+Make = Callable[..., Blob]
+HUGE_TOTAL = 2**62
+FAST = ["--min-part-size", str(PART), "--max-part-size", str(PART), "--stall-timeout", "2"]
+
+
+def _set_headers(server: ServerHandle, blob: Blob, values: dict[str, str], **rule: object) -> None:
+    server.set_faults({"path": f"/files/{blob.name}", "action": "headers", "set": values, **rule})
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str]) -> None:
+    assert 2 <= done.returncode <= 5, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def _run_capped(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI with 1 GiB of address space: a plan of billions of parts fails fast."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "blobdl", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        preexec_fn=cap,
+    )
+
+
+# --- Content-Disposition -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "attachment; filename*=idna''x",
+        "attachment; filename*=utf-7''%2B",
+        "attachment; filename*=nosuchcharset''x",
+        "attachment; filename*=utf-8''%ff%fe",
+        'attachment; filename="\x7f\x01"',
+    ],
+)
+def test_hostile_content_disposition_is_ignored(
+    make: Make, server: ServerHandle, tmp_path: Path, value: str
+) -> None:
+    blob = make(2 * PART)
+    _set_headers(server, blob, {"Content-Disposition": value}, times=None)
+    done = run_cli(blob.url, "-o", str(tmp_path / "out.bin"), *FAST)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "out.bin").unlink()
+    named = run_cli(blob.url, *FAST, cwd=tmp_path)  # named by the header if readable, else the URL
+    assert named.returncode == 0, named.stderr
+    [made] = tmp_path.iterdir()
+    assert made.stat().st_size == blob.size
+
+
+def test_hostile_content_disposition_does_not_stop_a_batch(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob, good = make(2 * PART), make(PART, seed=5)
+    _set_headers(server, blob, {"Content-Disposition": "attachment; filename*=idna''x"})
+    # Without a path each item is named from the server: the header is read for every item.
+    items = [Item(blob.url), Item(good.url, str(tmp_path / "good.bin"))]
+    monkeypatch.chdir(tmp_path)
+    results = download_many(items, settings=fast_settings(), max_connections=2)
+    assert all(r.ok for r in results), [r.error for r in results]
+
+
+# --- Content-Range, Content-Length: sizes --------------------------------------------------
+
+
+def test_part_count_is_computed_not_materialised() -> None:
+    tiny = Settings(min_part_size=1, max_part_size=1, target_parts=1)
+    assert part_count(HUGE_TOTAL, tiny) == HUGE_TOTAL
+    for size in (0, 1, 7, 10**6 + 3):
+        for s in (tiny, Settings(parts=3), Settings(min_part_size=2, max_part_size=5)):
+            assert part_count(size, s) == len(plan(size, s))
+
+
+def test_huge_total_in_a_batch_is_a_clean_failure(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * PART)
+    _set_headers(server, blob, {"Content-Range": f"bytes 0-0/{HUGE_TOTAL}"})
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{blob.url} {tmp_path / 'out.bin'}\n")
+    done = _run_capped("-i", str(manifest), "--min-part-size", "1", "--max-part-size", "1",
+                       cwd=tmp_path)  # fmt: skip
+    assert 2 <= done.returncode <= 5, done.stderr
+    assert "Traceback" not in done.stderr and "MemoryError" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "content_range",
+    [f"bytes 0-0/{2**63}", f"bytes 0-0/{'9' * 10_000}", f"bytes 0-{'9' * 5000}/{'9' * 5001}"],
+)
+def test_impossible_totals_are_bad_responses(
+    make: Make, server: ServerHandle, tmp_path: Path, content_range: str
+) -> None:
+    blob = make(2 * PART)
+    _set_headers(server, blob, {"Content-Range": content_range})
+    with pytest.raises(BadResponse):
+        Downloader(fast_settings(retries=0)).download(blob.url, tmp_path / "out.bin")
+
+
+@pytest.mark.parametrize("length", ["9" * 10_000, "-1", "1e3", str(2**63), "12, 13"])
+def test_impossible_content_length_on_a_part_is_a_bad_response(
+    make: Make, server: ServerHandle, tmp_path: Path, length: str
+) -> None:
+    blob = make(2 * PART)
+    _set_headers(server, blob, {"Content-Length": length}, skip=1, times=None)
+    done = run_cli(blob.url, "-o", str(tmp_path / "out.bin"), "--retries", "0", *FAST)
+    _one_line_error(done)
+    assert done.returncode == 4
+
+
+# --- Retry-After ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["Wed, 21 Oct 2015 07:28:00", "Wed, 21 Oct 2015 07:28:00 -0000", "1e400", "nan",
+              "9" * 5000, "Mon, 99 Foo 99999 99:99:99 GMT"],
+)  # fmt: skip
+def test_hostile_retry_after_is_an_http_error(
+    server: ServerHandle, tmp_path: Path, value: str
+) -> None:
+    server.set_faults({"path": "/files/x", "action": "status", "status": 503,
+                       "headers": {"Retry-After": value}})  # fmt: skip
+    with pytest.raises(HTTPStatusError):
+        Downloader(fast_settings(retries=0)).download(server.url("x"), tmp_path / "out.bin")
+
+
+# --- redirect bodies --------------------------------------------------------------------------
+
+
+def test_a_redirect_body_that_never_ends_is_not_read(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * PART)
+    server.set_faults({"path": "/files/start", "action": "endless_redirect",
+                       "location": blob.url})  # fmt: skip
+    done = run_cli(server.url("start"), "-o", str(tmp_path / "out.bin"), *FAST, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert server.stats()["bytes_sent"] == blob.size + 1  # the probe's one byte, then the parts
+
+
+@pytest.mark.parametrize("location", ["http://\udcff/", "http://a b/", "http://[::1/", "\x7f"])
+def test_odd_locations_are_used_or_refused(
+    server: ServerHandle, tmp_path: Path, location: str
+) -> None:
+    location = location.encode("utf-8", "surrogateescape").decode("latin-1")
+    server.set_faults({"path": "/files/start", "action": "status", "status": 302,
+                       "headers": {"Location": location}})  # fmt: skip
+    with pytest.raises(BlobdlError):  # BadResponse, or a host that does not resolve
+        Downloader(fast_settings(retries=0)).download(server.url("start"), tmp_path / "o.bin")
+
+
+# --- the parsers, fuzzed -------------------------------------------------------------------
+
+header_text = st.text(st.characters(max_codepoint=255), max_size=200) | st.sampled_from(
+    ["9" * 10_000, "bytes 0-0/" + "9" * 10_000, "attachment; filename*=idna''x", "1e400", "nan"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(header_text)
+def test_header_parsers_never_raise_anything_else(text: str) -> None:
+    for parse in (content_disposition_filename, parse_content_range, parse_retry_after):
+        with contextlib.suppress(BlobdlError):
+            parse(text)
+    try:
+        value = parse_length(text, "http://h/")
+    except BadResponse:
+        return
+    assert value is None or 0 <= value < 2**63
+
+
+# --- arguments and settings ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--limit-rate", "99999999999999999999TB"],
+        ["--limit-rate", "9" * 400],
+        ["--stall-timeout", "1e308"],
+        ["--stall-timeout", "inf"],
+        ["--stall-timeout", "nan"],
+        ["--max-backoff", "-inf"],
+        ["--connections", "99999999999999999999"],
+        ["--parts", "99999999999999999999"],
+        ["-H", "X-Thing: a\rb"],
+        ["-H", "X-Thing: \u2603"],
+        ["-H", "X\u2603: a"],
+    ],
+)
+def test_hostile_arguments_are_one_line_errors(args: list[str], tmp_path: Path) -> None:
+    done = run_cli("http://127.0.0.1:9/x", *args, cwd=tmp_path)
+    _one_line_error(done)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://" + "a" * 300 + "/x",
+        "http://" + "a" * 70 + ".example/x",
+        "http://a..b/x",
+        "http://\u2603\u2603" + "x" * 300 + "/",
+    ],
+)
+def test_hostile_host_names_are_one_line_errors(url: str, tmp_path: Path) -> None:
+    done = run_cli(url, cwd=tmp_path)
+    _one_line_error(done)
+
+
+option_values = st.text(max_size=30) | st.sampled_from(
+    ["inf", "-inf", "nan", "1e308", "99999999999999999999TB", "9" * 400, "0", "-1", "1e-320"]
+)
+OPTIONS = [
+    "--parts", "--connections", "--min-part-size", "--max-part-size", "--retries",
+    "--stall-timeout", "--max-backoff", "--progress-interval", "--checkpoint-interval",
+    "--max-redirects", "--lock-timeout", "--limit-rate", "-H", "--proxy",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(OPTIONS), option_values), max_size=4))
+def test_any_arguments_give_settings_or_a_usage_error(pairs: list[tuple[str, str]]) -> None:
+    argv = [word for option, value in pairs for word in (option, value)]
+    try:
+        args = build_parser().parse_args([*argv, "http://h/x"])
+    except SystemExit as exc:
+        assert exc.code == 2
+        return
+    with contextlib.suppress(UsageError):
+        settings_from(args)
+
+
+any_value = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=10)
+    | st.tuples(st.text(max_size=5), st.text(max_size=5)).map(lambda h: (h,))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(Settings.field_names())), any_value)
+def test_any_setting_value_gives_settings_or_a_usage_error(name: str, value: object) -> None:
+    with contextlib.suppress(UsageError):
+        Settings(**{name: value})
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1/x", "http://a:b\\@127.0.0.1:9/x", "http://" + "a" * 300]
+)
+def test_a_bad_url_in_a_manifest_is_a_one_line_usage_error(url: str, tmp_path: Path) -> None:
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{url} {tmp_path / 'out.bin'}\n")
+    done = run_cli("-i", str(manifest), cwd=tmp_path)
+    _one_line_error(done)
+    assert done.returncode == 2
+
+
+def test_a_bad_url_in_a_batch_fails_that_item_only(make: Make, tmp_path: Path) -> None:
+    good = make(PART, seed=6)
+    items = [Item("http://[::1/x", str(tmp_path / "bad.bin")), Item(good.url, str(tmp_path / "g"))]
+    results = download_many(items, settings=fast_settings(), max_connections=2)
+    assert isinstance(results[0].error, UsageError) and results[1].ok
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"ETag": '"\x01\x7f\xff' + "e" * 8000 + '"'},
+        {"ETag": "W/", "Last-Modified": "\xff" * 100},
+        {"Last-Modified": "Mon, 99 Foo 99999 99:99:99 GMT", "ETag": ""},
+    ],
+)
+def test_odd_validators_are_used_or_refused(
+    make: Make, server: ServerHandle, tmp_path: Path, values: dict[str, str]
+) -> None:
+    blob = make(2 * PART, seed=8)
+    _set_headers(server, blob, values, times=None)
+    done = run_cli(blob.url, "-o", str(tmp_path / "out.bin"), "--retries", "0", *FAST)
+    assert done.returncode in (0, 3, 4), done.stderr
+    assert "Traceback" not in done.stderr
