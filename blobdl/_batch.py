@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterable
@@ -28,7 +27,8 @@ from ._digest import parse_digest
 from ._events import DownloadResult, Event, Failed
 from ._http import Remote, resolve
 from ._plan import plan
-from ._signals import Interrupts, child_signals
+from ._signals import Interrupts
+from ._spawn import start
 from .config import Settings, parse_header
 from .errors import BlobdlError, Interrupted, UsageError
 
@@ -139,7 +139,6 @@ class _Scheduler:
         self.results: dict[int, ItemResult] = {}
         self.remotes: dict[int, Remote] = {}
         self.running: list[_Running] = []
-        self.context = multiprocessing.get_context("fork")
         self.first = _first_of_each(items)
 
     def run(self) -> list[ItemResult]:
@@ -222,15 +221,9 @@ class _Scheduler:
         host: str,
         granted: int,
     ) -> None:
-        receiver, sender = self.context.Pipe(duplex=False)
-        proc = self.context.Process(
-            target=_item_main,
-            args=(index, item, remote, settings, sender),
-            name=f"blobdl-item-{index}",
-            daemon=False,  # it forks workers of its own
-        )
-        proc.start()
-        sender.close()
+        args = (index, item, remote, settings)
+        # Not a daemon: it forks workers of its own.
+        proc, receiver = start(_item_main, args, name=f"blobdl-item-{index}", daemon=False)
         self.running.append(_Running(index, proc, receiver, host, granted))
 
     def _settings_for(self, item: Item) -> Settings:
@@ -289,11 +282,23 @@ class _Scheduler:
         self.results[index] = result
 
     def _stop_children(self, signum: int) -> None:
-        """Pass the signal on; each child saves its state and exits; wait for all."""
+        """Pass the signal on; each child saves its state and exits; wait for all.
+
+        Their pipes are drained meanwhile: a child stopping sends a last Progress event,
+        which for thousands of parts is more than a pipe holds, and a child blocked on a
+        full pipe never exits (its events are dropped: the batch is being abandoned)."""
         for running in self.running:
             if running.proc.pid is not None:
                 os.kill(running.proc.pid, signum)
-        for running in list(self.running):
+        pipes = {r.conn for r in self.running}
+        sentinels = {r.proc.sentinel for r in self.running}
+        while sentinels:
+            for ready in wait([*pipes, *sentinels]):
+                if isinstance(ready, int):  # that child has exited
+                    sentinels.discard(ready)
+                elif isinstance(ready, Connection) and not _discard(ready):
+                    pipes.discard(ready)
+        for running in self.running:
             running.proc.join()
             running.conn.close()
         self.running.clear()
@@ -318,6 +323,15 @@ def _first_of_each(items: list[Item]) -> list[int]:
     return firsts
 
 
+def _discard(conn: Connection) -> bool:
+    """Read and drop one message; False at EOF."""
+    try:
+        conn.recv()
+    except (EOFError, OSError):
+        return False
+    return True
+
+
 def _relay(conn: Connection) -> Callable[[Event], None]:
     def send(event: Event) -> None:
         conn.send(("event", event))
@@ -329,7 +343,6 @@ def _item_main(
     index: int, item: Item, remote: Remote | None, settings: Settings, conn: Connection
 ) -> None:
     """One download, in its own process: the coordinator of its own workers."""
-    child_signals()
     # A coordinator again: it handles SIGINT/SIGTERM itself (saving state) once running.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     outcome: DownloadResult | BlobdlError

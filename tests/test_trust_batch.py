@@ -1,0 +1,167 @@
+"""Trust issue #9 (batch): children die with their parent, Ctrl-C never deadlocks, manifest
+paths stay inside --base-dir, and the connection budget counts every socket."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import PART, Blob, run_cli, sha256_file
+from tests.serverctl import ServerHandle
+
+Make = Callable[..., Blob]
+REPO = Path(__file__).resolve().parent.parent
+BPART = 4 * PART
+DEADLINE = 20.0  # generous bound on "promptly": a deadlock never meets it, a slow box does
+
+
+def pace(server: ServerHandle, bps: int) -> None:
+    server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": bps,
+                       "method": "GET"})  # fmt: skip
+
+
+def spawn_batch(manifest: Path, out: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``blobdl -i MANIFEST`` in the background; its stdout goes to a file nobody must drain."""
+    with (out / "stdout.txt").open("wb") as stdout:
+        return subprocess.Popen(
+            [sys.executable, "-m", "blobdl", "-i", str(manifest), "--json", *args],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Processes still running (a zombie waiting for a reaper has already let go of
+    everything it held)."""
+    left = []
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+@pytest.fixture
+def reaper() -> Iterator[list[psutil.Process]]:
+    """Processes a test recorded: whatever is still alive at the end is killed."""
+    procs: list[psutil.Process] = []
+    yield procs
+    for proc in alive(procs):
+        proc.kill()
+
+
+# --- 9: batch process death -----------------------------------------------------------------
+
+
+def test_sigkilled_batch_leaves_no_process_and_the_rerun_resumes(
+    make: Make, server: ServerHandle, tmp_path: Path, reaper: list[psutil.Process]
+) -> None:
+    blobs = [make(32 * PART, seed=900 + i) for i in range(2)]
+    outs = [tmp_path / f"out-{i}" for i in range(2)]
+    manifest = tmp_path / "manifest"
+    # Digests: each item forks a hasher as well as its workers.
+    manifest.write_text(
+        "".join(f"{b.url} {o} sha256:{b.sha256}\n" for b, o in zip(blobs, outs, strict=True))
+    )
+    pace(server, 10_000)
+    args = ("--connections", "4", "--per-host", "4", "--min-part-size", str(BPART),
+            "--max-part-size", str(BPART), "--checkpoint-interval", "0.05")  # fmt: skip
+    proc = spawn_batch(manifest, tmp_path, *args)
+    try:
+        states = [o.with_name(o.name + ".blobdl-state") for o in outs]
+        wait_for(lambda: any(s.exists() for s in states), "a checkpoint")
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        reaper.extend(tree)
+        assert len(tree) >= 3  # items, their workers and hashers
+        proc.kill()
+        proc.wait()
+    finally:
+        assert proc.stderr is not None
+        proc.stderr.close()
+    deadline = time.monotonic() + DEADLINE
+    while alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(tree), f"left running after the batch was SIGKILLed: {alive(tree)}"
+    server.reset()
+    rerun = run_cli("-i", str(manifest), *args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "locked" not in rerun.stderr
+    for blob, out in zip(blobs, outs, strict=True):
+        assert sha256_file(out) == blob.sha256
+    assert server.stats()["bytes_sent"] < sum(b.size for b in blobs)  # resumed, not refetched
+
+
+def test_sigint_on_a_batch_item_with_thousands_of_parts_exits_130(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(3 << 20, seed=910)
+    out = tmp_path / "many-parts"
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url} {out}\n")
+    server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.05,
+                       "method": "GET"})  # fmt: skip
+    # 1 KiB parts: 3072 of them, so one Progress event is far beyond a pipe's 64 KiB.
+    proc = spawn_batch(manifest, tmp_path, "--connections", "4", "--min-part-size", "1KB",
+                       "--max-part-size", "1KB", "--checkpoint-interval", "0.05",
+                       "--progress-interval", "0.05")  # fmt: skip
+    state = out.with_name(out.name + ".blobdl-state")
+    try:
+        wait_for(state.exists, "a checkpoint")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=DEADLINE) == 130
+    finally:
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert state.exists() and out.with_name(out.name + ".blobdl-tmp").exists()
+    assert not out.exists()
+
+
+def test_an_item_whose_parent_vanishes_while_it_sends_exits(
+    make: Make, server: ServerHandle, tmp_path: Path, reaper: list[psutil.Process]
+) -> None:
+    """SIGKILL a ``download_many`` caller that has three items running: the siblings hold
+    each other's pipes no longer, so no item blocks forever on a pipe nobody reads."""
+    blobs = [make(16 * PART, seed=920 + i) for i in range(3)]
+    pace(server, 10_000)  # parts of 256 KiB: the first 64 KiB at once, then slowly
+    code = (
+        "import sys, blobdl; from tests.conftest import fast_settings;"
+        "items = [blobdl.Item(u, sys.argv[1] + '/o' + str(n)) for n, u in enumerate(sys.argv[2:])];"
+        "blobdl.download_many(items, settings=fast_settings(connections=2, progress_interval=0.01,"
+        " checkpoint_interval=0.05, min_part_size=262144, max_part_size=262144))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path), *(b.url for b in blobs)], cwd=REPO
+    )
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("*.blobdl-state"))) == 3, "three items running")
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        reaper.extend(tree)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + DEADLINE
+    while alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(tree)
