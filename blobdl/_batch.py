@@ -17,11 +17,11 @@ import signal
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from ._api import Downloader
+from ._api import Downloader, _name_from_url, default_name
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
 from ._events import DownloadResult, Event, Failed
@@ -60,17 +60,21 @@ class BatchEvent(NamedTuple):
 BatchCallback = Callable[[BatchEvent], None]
 
 
-def parse_manifest(text: str) -> list[Item]:
+def parse_manifest(text: str, base_dir: str | os.PathLike[str] | None = None) -> list[Item]:
     """One item per line: ``URL [PATH] [sha256:HEX]`` or a JSON object with the fields
     ``url``, ``path``, ``digest``, ``headers`` (a {name: value} map). Blank lines and
-    lines starting with ``#`` are skipped."""
+    lines starting with ``#`` are skipped. With ``base_dir``, a path that would lead
+    outside it is a usage error naming its line (the paths are returned as given)."""
     items = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            items.append(_json_item(line) if line.startswith("{") else _plain_item(line))
+            item = _json_item(line) if line.startswith("{") else _plain_item(line)
+            if base_dir is not None and item.path is not None:
+                confine(Path(base_dir), item.path)
+            items.append(item)
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"manifest line {number}: {exc}") from None
     return items
@@ -90,6 +94,29 @@ def _json_item(line: str) -> Item:
     record = json.loads(line)
     headers = tuple(parse_header(f"{k}: {v}") for k, v in (record.get("headers") or {}).items())
     return _checked(Item(record["url"], record.get("path"), record.get("digest"), headers))
+
+
+def confine(base: Path, path: str) -> Path:
+    """``path`` taken inside ``base``; ValueError if it is absolute, has a ``..`` or
+    leads outside ``base`` through a symbolic link (followed as far as they exist now)."""
+    given = PurePath(path)
+    if given.is_absolute():
+        raise ValueError(f"path {path!r} is absolute; with a base directory give it relative")
+    target = base / given
+    root, real = base.resolve(), target.resolve()
+    if ".." in given.parts or real == root or not real.is_relative_to(root):
+        raise ValueError(f"path {path!r} leads outside the base directory {str(base)!r}")
+    return target
+
+
+def _inside(base: Path, item: Item, where: str) -> Item:
+    """The item with its path inside ``base``, or a UsageError naming ``where``."""
+    if item.path is None:
+        return item  # named after the probe, inside base too
+    try:
+        return item._replace(path=str(confine(base, item.path)))
+    except ValueError as exc:
+        raise UsageError(f"{where}: {exc}") from None
 
 
 def _checked(item: Item) -> Item:
@@ -113,16 +140,28 @@ def download_many(
     per_host: int = 8,
     on_event: BatchCallback | None = None,
     settings: Settings | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> list[ItemResult]:
     """Download every item sharing ``max_connections`` connections (at most ``per_host``
     to one host); return one result per item, in order. The same URL and destination
-    listed twice is downloaded once."""
+    listed twice is downloaded once.
+
+    With ``base_dir`` every item's path is taken relative to it and must stay inside it
+    (no absolute path, no ``..``, no symbolic link leading out: a UsageError names the
+    item), and an item without a path gets its name from the server inside it."""
     if max_connections < 1 or per_host < 1:
         raise UsageError("max_connections and per_host must be at least 1")
     base = Downloader(settings, **overrides).settings
-    batch = [Item(i) if isinstance(i, str) else i for i in items]
-    return _Scheduler(batch, base, max_connections, per_host, on_event).run()
+    given = [Item(i) if isinstance(i, str) else i for i in items]
+    batch, where = given, None
+    if base_dir is not None:
+        where = Path(base_dir)
+        if not where.is_dir():
+            raise UsageError(f"base directory {str(where)!r} is not a directory")
+        batch = [_inside(where, item, f"item {n}") for n, item in enumerate(given)]
+    scheduler = _Scheduler(batch, base, max_connections, per_host, on_event, where)
+    return [r._replace(item=item) for r, item in zip(scheduler.run(), given, strict=True)]
 
 
 class _Scheduler:
@@ -133,8 +172,10 @@ class _Scheduler:
         budget: int,
         per_host: int,
         on_event: BatchCallback | None,
+        base_dir: Path | None = None,
     ) -> None:
         self.items, self.settings, self.on_event = items, settings, on_event
+        self.base_dir = base_dir  # where items without a path are named
         self.budget, self.per_host = budget, per_host
         self.results: dict[int, ItemResult] = {}
         self.remotes: dict[int, Remote] = {}
@@ -183,18 +224,21 @@ class _Scheduler:
         """Probe and fork the item; False if its host has no connection to spare."""
         item = self.items[index]
         settings = self._settings_for(item)
-        if self._cached(item, settings):  # served from the cache: no probe, no connection
-            self._fork(index, item, None, settings, "", 0)
-            return True
-        if index not in self.remotes and self._free_for(urlsplit(item.url).hostname or "") == 0:
+        cached = self._cached(item, settings)  # from the cache: no probe, no connection
+        probe = not cached and index not in self.remotes
+        if probe and self._free_for(urlsplit(item.url).hostname or "") == 0:
             return False  # the probe is a connection too: wait until its host has one spare
         try:
-            remote = self.remotes.get(index) or resolve(item.url, settings)
-        except BlobdlError as exc:  # failed at the probe: no child will report it
+            remote = None if cached else self.remotes.get(index) or resolve(item.url, settings)
+            item = self._named(index, item, remote)
+        except BlobdlError as exc:  # failed before any child could report it
             if self.on_event is not None:
                 failed = Failed(item.url, item.path or "", str(exc), exc.exit_code)
                 self.on_event(BatchEvent(index, failed))
             self._done(index, ItemResult(item, None, exc))
+            return True
+        if remote is None:
+            self._fork(index, item, None, settings, "", 0)
             return True
         self.remotes[index] = remote  # probed once, even if it has to wait for its host
         host = urlsplit(remote.final_url).hostname or ""
@@ -206,6 +250,14 @@ class _Scheduler:
         )
         self._fork(index, item, remote, settings, host, granted)
         return True
+
+    def _named(self, index: int, item: Item, remote: Remote | None) -> Item:
+        """With a base directory, an item without a path is named inside it (the name the
+        server gives, as a download without a path would use; from the URL for a cache hit)."""
+        if self.base_dir is None or item.path is not None:
+            return item
+        name = default_name(remote) if remote is not None else _name_from_url(item.url)
+        return _inside(self.base_dir, item._replace(path=name), f"item {index}")
 
     def _cached(self, item: Item, settings: Settings) -> bool:
         if not (settings.cache_dir and item.digest):

@@ -13,7 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import PART, Blob, run_cli, sha256_file
+import blobdl
+from blobdl import Item
+from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
 from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
@@ -165,3 +167,91 @@ def test_an_item_whose_parent_vanishes_while_it_sends_exits(
     while alive(tree) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(tree)
+
+
+# --- 13: manifest paths and --base-dir ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("/etc/evil", "absolute"),
+        ("../evil", "outside"),
+        ("sub/../../evil", "outside"),
+        ("escape/evil", "outside"),  # a symlinked directory leading out of the base
+        ("sub/..", "outside"),
+    ],
+)
+def test_base_dir_refuses_paths_leaving_it(
+    make: Make, tmp_path: Path, path: str, problem: str
+) -> None:
+    blob = make(PART, seed=930)
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    (base / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (base / "escape").symlink_to(outside)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"# first\n{blob.url} ok\n{blob.url} {path}\n")
+    result = run_cli("-i", str(manifest), "--base-dir", str(base))
+    assert result.returncode == 2, result.stderr
+    assert "line 3" in result.stderr and problem in result.stderr
+    assert not (base / "ok").exists()  # refused before anything was fetched
+    assert list(outside.iterdir()) == [] and not (tmp_path / "evil").exists()
+    with pytest.raises(blobdl.UsageError, match=rf"item 1.*{problem}"):
+        blobdl.download_many([Item(blob.url, "ok"), Item(blob.url, path)], base_dir=base,
+                             settings=fast_settings())  # fmt: skip
+
+
+def test_base_dir_refuses_a_symlinked_file_leading_out(make: Make, tmp_path: Path) -> None:
+    blob = make(PART, seed=931)
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    base.mkdir()
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"precious")
+    (base / "link").symlink_to(outside / "victim")
+    with pytest.raises(blobdl.UsageError, match=r"item 0.*outside"):
+        blobdl.download_many([Item(blob.url, "link")], base_dir=base, settings=fast_settings())
+    assert (outside / "victim").read_bytes() == b"precious"
+
+
+def test_base_dir_holds_relative_paths_and_server_names(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = [make(PART, seed=932), make(2 * PART, seed=933)]
+    base = tmp_path / "base"
+    (base / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # a name must not land in the working directory
+    items = [Item(blobs[0].url, "sub/a"), Item(blobs[1].url)]
+    results = blobdl.download_many(items, base_dir=str(base), settings=fast_settings())
+    assert all(r.ok for r in results), results
+    assert [r.item for r in results] == items  # the caller's items, as given
+    assert sha256_file(base / "sub" / "a") == blobs[0].sha256
+    assert sha256_file(base / blobs[1].name) == blobs[1].sha256
+    assert not (tmp_path / blobs[1].name).exists()
+
+
+def test_a_server_name_that_is_a_symlink_out_of_base_dir_is_refused(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(PART, seed=934)
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    base.mkdir()
+    outside.mkdir()
+    (base / blob.name).symlink_to(outside / "victim")
+    [result] = blobdl.download_many([Item(blob.url)], base_dir=base, settings=fast_settings())
+    assert isinstance(result.error, blobdl.UsageError) and "outside" in str(result.error)
+    assert not (outside / "victim").exists()
+
+
+def test_without_base_dir_manifest_paths_are_kept_as_given(make: Make, tmp_path: Path) -> None:
+    blob = make(PART, seed=935)
+    manifest = tmp_path / "m"
+    manifest.write_text(f"{blob.url} {tmp_path / 'abs'}\n")
+    assert run_cli("-i", str(manifest)).returncode == 0
+    assert sha256_file(tmp_path / "abs") == blob.sha256
+
+
+def test_help_states_the_replace_rule() -> None:
+    text = " ".join(run_cli("--help").stdout.split())
+    assert "--base-dir" in text
+    assert "kept if its digest matches" in text and "replaced" in text and "--force" in text
