@@ -255,24 +255,37 @@ def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
     current, headers = url, settings.headers
     for _hop in range(settings.max_redirects + 1):
         response = _request(pool, current, {**_base_headers(headers), "Range": "bytes=0-0"})
+        target = None
         try:
             if response.status not in _REDIRECTS:
                 return _remote_from(url, current, headers, response)
             location = response.headers.get("Location")
             if not location:
                 raise BadResponse(current, f"redirect {response.status} without Location")
+            target = urljoin(current, location)
         finally:
-            _finish_probe_response(response)
-        target = urljoin(current, location)
+            # Keep the socket only for a next hop that can use it: one kept alive for
+            # another origin would be a second open socket beyond the connection budget.
+            reuse = target is not None and _same_origin(current, target)
+            _finish_probe_response(response, reuse)
         check_url(target)
         headers = _drop_credentials(headers, current, target)
         current = target
     raise TooManyRedirects(url, settings.max_redirects)
 
 
-def _finish_probe_response(response: Response) -> None:
-    """Reuse the connection after a small redirect body; drop it after anything else."""
-    if response.status in _REDIRECTS:
+def _same_origin(one: str, other: str) -> bool:
+    a, b = urlsplit(one), urlsplit(other)
+    try:
+        return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+    except ValueError:  # a bad port: check_url reports it
+        return False
+
+
+def _finish_probe_response(response: Response, reuse: bool) -> None:
+    """Reuse the connection after a small redirect body to the same origin; drop it after
+    anything else."""
+    if reuse and response.status in _REDIRECTS:
         with contextlib.suppress(Exception):
             response.drain_conn()
             response.release_conn()

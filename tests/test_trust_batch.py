@@ -3,6 +3,8 @@ paths stay inside --base-dir, and the connection budget counts every socket."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -255,3 +257,80 @@ def test_help_states_the_replace_rule() -> None:
     text = " ".join(run_cli("--help").stdout.split())
     assert "--base-dir" in text
     assert "kept if its digest matches" in text and "replaced" in text and "--force" in text
+
+
+# --- 14: the connection budget counts sockets -----------------------------------------------
+
+
+def test_a_batch_never_opens_more_sockets_than_its_budget(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blobs = [make(2 * BPART + i, seed=940 + i) for i in range(10)]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {tmp_path / f'o{i}'}\n" for i, b in enumerate(blobs)))
+    pace(server, 2_000_000)
+    result = run_cli("-i", str(manifest), "--connections", "8", "--per-host", "8",
+                     "--min-part-size", str(BPART), "--max-part-size", str(BPART))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stats = server.stats()
+    assert stats["max_concurrent"] <= 8, stats["max_concurrent"]
+    assert stats["connections"] >= len(blobs)
+
+
+def test_a_probe_through_a_redirect_to_another_host_holds_one_socket(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The hop that redirected is not kept alive while the next host is asked: with
+    'localhost' redirecting to '127.0.0.1' (two hosts, one server), the probe held both."""
+    blob = make(4 * PART, seed=945)
+    url = server.route(f"/redirect-abs/1/{blob.name}").replace("127.0.0.1", "localhost")
+    budget = 1
+    settings = fast_settings(connections=budget)
+    [result] = blobdl.download_many([Item(url, str(tmp_path / "o"))], max_connections=budget,
+                                    settings=settings)  # fmt: skip
+    assert result.ok and sha256_file(tmp_path / "o") == blob.sha256
+    assert server.stats()["max_concurrent"] <= budget
+    server.reset()
+    blobdl.download(url, tmp_path / "single", settings=settings)
+    assert server.stats()["max_concurrent"] <= budget
+
+
+RATE = {"path": "/files/*", "times": None, "action": "rate", "bps": 1_000_000, "method": "GET"}
+ABANDONED = {
+    # a lane that goes silent: the stall detector kills its worker and starts another
+    "stall": ([{"path": "/files/*", "times": 2, "skip": 1, "action": "stall_after",
+                "bytes": 1000, "hold": 30, "method": "GET"}, RATE],
+              {"stall_timeout": 0.3, "steal": False}),
+    # pacing gaps longer than the stall timeout: killed while the server sleeps between chunks
+    "slow": ([{**RATE, "bps": 100_000}], {"stall_timeout": 0.3, "steal": False,
+                                          "min_part_size": 4 * PART, "max_part_size": 4 * PART}),
+    # a slow lane taken over: its worker is killed and a thief starts at once
+    "takeover": ([{**RATE, "times": 1, "skip": 1, "bps": 5_000}, RATE],
+                 {"min_steal_size": PART, "min_part_size": 4 * PART, "max_part_size": 4 * PART}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(ABANDONED))
+def test_abandoned_connections_keep_a_download_within_its_connections(
+    make: Make, server: ServerHandle, tmp_path: Path, case: str
+) -> None:
+    blob = make(32 * PART, seed=950)
+    rules, overrides = ABANDONED[case]
+    server.set_faults(*rules)
+    result = blobdl.download(blob.url, tmp_path / "o", settings=fast_settings(connections=2,
+                             **overrides))  # fmt: skip
+    assert sha256_file(result.path) == blob.sha256
+    assert result.retries + result.steals > 0  # connections really were abandoned
+    assert server.stats()["max_concurrent"] <= 2
+
+
+def test_json_progress_of_a_batch_is_still_one_line_per_event(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(PART, seed=960)
+    manifest = tmp_path / "m"
+    manifest.write_text(f"{blob.url} {tmp_path / 'o'}\n")
+    result = run_cli("-i", str(manifest), "--json")
+    assert result.returncode == 0
+    assert all(json.loads(line) for line in result.stdout.splitlines())
+    assert os.path.exists(tmp_path / "o")
