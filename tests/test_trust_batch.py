@@ -39,6 +39,7 @@ def spawn_batch(manifest: Path, out: Path, *args: str) -> subprocess.Popen[bytes
             stdout=stdout,
             stderr=subprocess.PIPE,
             cwd=REPO,
+            start_new_session=True,  # its own process group, for a terminal's Ctrl-C
         )
 
 
@@ -112,8 +113,34 @@ def test_sigkilled_batch_leaves_no_process_and_the_rerun_resumes(
     assert server.stats()["bytes_sent"] < sum(b.size for b in blobs)  # resumed, not refetched
 
 
-def test_sigint_on_a_batch_item_with_thousands_of_parts_exits_130(
-    make: Make, server: ServerHandle, tmp_path: Path
+def test_sigkilled_single_download_leaves_no_worker_or_hasher(
+    make: Make, server: ServerHandle, tmp_path: Path, reaper: list[psutil.Process]
+) -> None:
+    blob = make(32 * PART, seed=905)
+    out = tmp_path / "one"
+    pace(server, 10_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blobdl", blob.url, "-o", str(out), "--digest", blob.sha256,
+         "-q", "--min-part-size", str(BPART), "--max-part-size", str(BPART),
+         "--checkpoint-interval", "0.05"],
+        cwd=REPO,
+    )  # fmt: skip
+    try:
+        wait_for(out.with_name(out.name + ".blobdl-state").exists, "a checkpoint")
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        reaper.extend(tree)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + DEADLINE
+    while alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(tree)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "Ctrl-C to the process group"])
+def test_stopping_a_batch_item_with_thousands_of_parts_exits_130(
+    make: Make, server: ServerHandle, tmp_path: Path, how: str
 ) -> None:
     blob = make(3 << 20, seed=910)
     out = tmp_path / "many-parts"
@@ -128,7 +155,12 @@ def test_sigint_on_a_batch_item_with_thousands_of_parts_exits_130(
     state = out.with_name(out.name + ".blobdl-state")
     try:
         wait_for(state.exists, "a checkpoint")
-        proc.send_signal(signal.SIGINT)
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        elif how == "SIGINT":
+            proc.send_signal(signal.SIGINT)
+        else:  # what a terminal does: every process of the group gets it
+            os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=DEADLINE) == 130
     finally:
         if proc.poll() is None:
@@ -293,6 +325,24 @@ def test_a_probe_through_a_redirect_to_another_host_holds_one_socket(
     server.reset()
     blobdl.download(url, tmp_path / "single", settings=settings)
     assert server.stats()["max_concurrent"] <= budget
+
+
+def test_a_url_refresh_while_lanes_run_stays_within_the_connections(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A 403 on a redirected URL re-resolves it while the other lane keeps running."""
+    blob = make(16 * PART, seed=946)
+    url = server.route(f"/redirect-abs/1/{blob.name}").replace("127.0.0.1", "localhost")
+    server.set_faults(
+        # GETs of the file: the probe's last hop, lane 1, then lane 2 is refused (expired)
+        {"path": f"/files/{blob.name}", "skip": 2, "times": 1, "action": "status",
+         "status": 403, "method": "GET"},
+        {**RATE, "bps": 500_000},
+    )  # fmt: skip
+    result = blobdl.download(url, tmp_path / "o", settings=fast_settings(connections=2))
+    assert sha256_file(result.path) == blob.sha256
+    assert server.stats()["per_path"][f"/redirect-abs/1/{blob.name}"] == 2  # refreshed once
+    assert server.stats()["max_concurrent"] <= 2
 
 
 RATE = {"path": "/files/*", "times": None, "action": "rate", "bps": 1_000_000, "method": "GET"}
