@@ -224,9 +224,9 @@ class _Scheduler:
         """Probe and fork the item; False if its host has no connection to spare."""
         item = self.items[index]
         settings = self._settings_for(item)
-        cached = self._cached(item, settings)  # from the cache: no probe, no connection
-        probe = not cached and index not in self.remotes
-        if probe and self._free_for(urlsplit(item.url).hostname or "") == 0:
+        cached = self._cached(item, settings)  # a cache hit needs no probe
+        host = urlsplit(item.url).hostname or ""
+        if index not in self.remotes and self._free_for(host) == 0:
             return False  # the probe is a connection too: wait until its host has one spare
         try:
             remote = None if cached else self.remotes.get(index) or resolve(item.url, settings)
@@ -238,11 +238,14 @@ class _Scheduler:
             self._done(index, ItemResult(item, None, exc))
             return True
         if remote is None:
-            self._fork(index, item, None, settings, "", 0)
-            return True
-        self.remotes[index] = remote  # probed once, even if it has to wait for its host
-        host = urlsplit(remote.final_url).hostname or ""
-        granted = min(self._wanted(remote, settings), self._free(), self._free_for(host))
+            # A hit costs no connection, unless its entry fails its check and it fetches
+            # after all: then it must stay within a grant like any other item.
+            wanted = settings.connections
+        else:
+            self.remotes[index] = remote  # probed once, even if it has to wait for its host
+            host = urlsplit(remote.final_url).hostname or ""
+            wanted = self._wanted(remote, settings)
+        granted = min(wanted, self._free(), self._free_for(host))
         if granted == 0:
             return False
         settings = dataclasses.replace(

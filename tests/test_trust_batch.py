@@ -345,6 +345,25 @@ def test_a_url_refresh_while_lanes_run_stays_within_the_connections(
     assert server.stats()["max_concurrent"] <= 2
 
 
+def test_a_cache_hit_that_turns_out_rotten_fetches_within_the_budget(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A cache hit was forked with no connections granted; when the entry fails its
+    check the item fetches after all, and must do so inside the budget."""
+    rotten, other = make(8 * PART, seed=947), make(8 * PART, seed=948)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"sha256-{rotten.sha256}").write_bytes(b"rot" * 1000)
+    pace(server, 1_000_000)
+    items = [Item(rotten.url, str(tmp_path / "a"), rotten.sha256),
+             Item(other.url, str(tmp_path / "b"), other.sha256)]  # fmt: skip
+    settings = fast_settings(connections=4, cache_dir=str(cache), verify_cache=True)
+    results = blobdl.download_many(items, max_connections=2, settings=settings)
+    assert all(r.ok for r in results), results
+    assert sha256_file(tmp_path / "a") == rotten.sha256
+    assert server.stats()["max_concurrent"] <= 2
+
+
 RATE = {"path": "/files/*", "times": None, "action": "rate", "bps": 1_000_000, "method": "GET"}
 ABANDONED = {
     # a lane that goes silent: the stall detector kills its worker and starts another
