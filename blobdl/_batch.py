@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from ._api import Downloader
+from ._api import Downloader, _name_from_url, default_name
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
 from ._events import DownloadResult, Event, Failed
 from ._http import Remote, check_url, lift_userinfo, resolve
 from ._plan import part_count
-from ._signals import Interrupts, child_signals
+from ._signals import Interrupts
+from ._spawn import start
 from .config import Settings, parse_header, redact_url
 from .errors import BlobdlError, Interrupted, UsageError
 
@@ -60,17 +60,21 @@ class BatchEvent(NamedTuple):
 BatchCallback = Callable[[BatchEvent], None]
 
 
-def parse_manifest(text: str) -> list[Item]:
+def parse_manifest(text: str, base_dir: str | os.PathLike[str] | None = None) -> list[Item]:
     """One item per line: ``URL [PATH] [sha256:HEX]`` or a JSON object with the fields
     ``url``, ``path``, ``digest``, ``headers`` (a {name: value} map). Blank lines and
-    lines starting with ``#`` are skipped."""
+    lines starting with ``#`` are skipped. With ``base_dir``, a path that would lead
+    outside it is a usage error naming its line (the paths are returned as given)."""
     items = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            items.append(_json_item(line) if line.startswith("{") else _plain_item(line))
+            item = _json_item(line) if line.startswith("{") else _plain_item(line)
+            if base_dir is not None and item.path is not None:
+                confine(Path(base_dir), item.path)
+            items.append(item)
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"manifest line {number}: {exc}") from None
     return items
@@ -90,6 +94,29 @@ def _json_item(line: str) -> Item:
     record = json.loads(line)
     headers = tuple(parse_header(f"{k}: {v}") for k, v in (record.get("headers") or {}).items())
     return _checked(Item(record["url"], record.get("path"), record.get("digest"), headers))
+
+
+def confine(base: Path, path: str) -> Path:
+    """``path`` taken inside ``base``; ValueError if it is absolute, has a ``..`` or
+    leads outside ``base`` through a symbolic link (followed as far as they exist now)."""
+    given = PurePath(path)
+    if given.is_absolute():
+        raise ValueError(f"path {path!r} is absolute; with a base directory give it relative")
+    target = base / given
+    root, real = base.resolve(), target.resolve()
+    if ".." in given.parts or real == root or not real.is_relative_to(root):
+        raise ValueError(f"path {path!r} leads outside the base directory {str(base)!r}")
+    return target
+
+
+def _inside(base: Path, item: Item, where: str) -> Item:
+    """The item with its path inside ``base``, or a UsageError naming ``where``."""
+    if item.path is None:
+        return item  # named after the probe, inside base too
+    try:
+        return item._replace(path=str(confine(base, item.path)))
+    except ValueError as exc:
+        raise UsageError(f"{where}: {exc}") from None
 
 
 def _checked(item: Item) -> Item:
@@ -126,16 +153,28 @@ def download_many(
     per_host: int = 8,
     on_event: BatchCallback | None = None,
     settings: Settings | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> list[ItemResult]:
     """Download every item sharing ``max_connections`` connections (at most ``per_host``
     to one host); return one result per item, in order. The same URL and destination
-    listed twice is downloaded once."""
+    listed twice is downloaded once.
+
+    With ``base_dir`` every item's path is taken relative to it and must stay inside it
+    (no absolute path, no ``..``, no symbolic link leading out: a UsageError names the
+    item), and an item without a path gets its name from the server inside it."""
     if max_connections < 1 or per_host < 1:
         raise UsageError("max_connections and per_host must be at least 1")
     base = Downloader(settings, **overrides).settings
-    batch = [_lifted(Item(i) if isinstance(i, str) else i) for i in items]
-    return _Scheduler(batch, base, max_connections, per_host, on_event).run()
+    given = [Item(i) if isinstance(i, str) else i for i in items]
+    batch, where = [_lifted(item) for item in given], None
+    if base_dir is not None:
+        where = Path(base_dir)
+        if not where.is_dir():
+            raise UsageError(f"base directory {str(where)!r} is not a directory")
+        batch = [_inside(where, item, f"item {n}") for n, item in enumerate(batch)]
+    scheduler = _Scheduler(batch, base, max_connections, per_host, on_event, where)
+    return [r._replace(item=item) for r, item in zip(scheduler.run(), given, strict=True)]
 
 
 class _Scheduler:
@@ -146,13 +185,14 @@ class _Scheduler:
         budget: int,
         per_host: int,
         on_event: BatchCallback | None,
+        base_dir: Path | None = None,
     ) -> None:
         self.items, self.settings, self.on_event = items, settings, on_event
+        self.base_dir = base_dir  # where items without a path are named
         self.budget, self.per_host = budget, per_host
         self.results: dict[int, ItemResult] = {}
         self.remotes: dict[int, Remote] = {}
         self.running: list[_Running] = []
-        self.context = multiprocessing.get_context("fork")
         self.first = _first_of_each(items)
 
     def run(self) -> list[ItemResult]:
@@ -197,22 +237,28 @@ class _Scheduler:
         """Probe and fork the item; False if its host has no connection to spare."""
         item = self.items[index]
         settings = self._settings_for(item)
-        if self._cached(item, settings):  # served from the cache: no probe, no connection
-            self._fork(index, item, None, settings, "", 0)
-            return True
+        cached = self._cached(item, settings)  # a cache hit needs no probe
         try:
-            if index not in self.remotes and self._free_for(_host(item.url)) == 0:
+            host = _host(item.url)
+            if index not in self.remotes and self._free_for(host) == 0:
                 return False  # the probe is a connection too: wait until its host has one spare
-            remote = self.remotes.get(index) or resolve(item.url, settings)
-        except BlobdlError as exc:  # failed at the probe: no child will report it
+            remote = None if cached else self.remotes.get(index) or resolve(item.url, settings)
+            item = self._named(index, item, remote)
+        except BlobdlError as exc:  # failed before any child could report it
             if self.on_event is not None:
                 failed = Failed(redact_url(item.url), item.path or "", str(exc), exc.exit_code)
                 self.on_event(BatchEvent(index, failed))
             self._done(index, ItemResult(item, None, exc))
             return True
-        self.remotes[index] = remote  # probed once, even if it has to wait for its host
-        host = _host(remote.final_url)
-        granted = min(self._wanted(remote, settings), self._free(), self._free_for(host))
+        if remote is None:
+            # A hit costs no connection, unless its entry fails its check and it fetches
+            # after all: then it must stay within a grant like any other item.
+            wanted = settings.connections
+        else:
+            self.remotes[index] = remote  # probed once, even if it has to wait for its host
+            host = _host(remote.final_url)
+            wanted = self._wanted(remote, settings)
+        granted = min(wanted, self._free(), self._free_for(host))
         if granted == 0:
             return False
         settings = dataclasses.replace(
@@ -220,6 +266,14 @@ class _Scheduler:
         )
         self._fork(index, item, remote, settings, host, granted)
         return True
+
+    def _named(self, index: int, item: Item, remote: Remote | None) -> Item:
+        """With a base directory, an item without a path is named inside it (the name the
+        server gives, as a download without a path would use; from the URL for a cache hit)."""
+        if self.base_dir is None or item.path is not None:
+            return item
+        name = default_name(remote) if remote is not None else _name_from_url(item.url)
+        return _inside(self.base_dir, item._replace(path=name), f"item {index}")
 
     def _cached(self, item: Item, settings: Settings) -> bool:
         if not (settings.cache_dir and item.digest):
@@ -235,15 +289,9 @@ class _Scheduler:
         host: str,
         granted: int,
     ) -> None:
-        receiver, sender = self.context.Pipe(duplex=False)
-        proc = self.context.Process(
-            target=_item_main,
-            args=(index, item, remote, settings, sender),
-            name=f"blobdl-item-{index}",
-            daemon=False,  # it forks workers of its own
-        )
-        proc.start()
-        sender.close()
+        args = (index, item, remote, settings)
+        # Not a daemon: it forks workers of its own.
+        proc, receiver = start(_item_main, args, name=f"blobdl-item-{index}", daemon=False)
         self.running.append(_Running(index, proc, receiver, host, granted))
 
     def _settings_for(self, item: Item) -> Settings:
@@ -302,11 +350,23 @@ class _Scheduler:
         self.results[index] = result
 
     def _stop_children(self, signum: int) -> None:
-        """Pass the signal on; each child saves its state and exits; wait for all."""
+        """Pass the signal on; each child saves its state and exits; wait for all.
+
+        Their pipes are drained meanwhile: a child stopping sends a last Progress event,
+        which for thousands of parts is more than a pipe holds, and a child blocked on a
+        full pipe never exits (its events are dropped: the batch is being abandoned)."""
         for running in self.running:
             if running.proc.pid is not None:
                 os.kill(running.proc.pid, signum)
-        for running in list(self.running):
+        pipes = {r.conn for r in self.running}
+        sentinels = {r.proc.sentinel for r in self.running}
+        while sentinels:
+            for ready in wait([*pipes, *sentinels]):
+                if isinstance(ready, int):  # that child has exited
+                    sentinels.discard(ready)
+                elif isinstance(ready, Connection) and not _discard(ready):
+                    pipes.discard(ready)
+        for running in self.running:
             running.proc.join()
             running.conn.close()
         self.running.clear()
@@ -331,6 +391,15 @@ def _first_of_each(items: list[Item]) -> list[int]:
     return firsts
 
 
+def _discard(conn: Connection) -> bool:
+    """Read and drop one message; False at EOF."""
+    try:
+        conn.recv()
+    except (EOFError, OSError):
+        return False
+    return True
+
+
 def _relay(conn: Connection) -> Callable[[Event], None]:
     def send(event: Event) -> None:
         conn.send(("event", event))
@@ -342,7 +411,6 @@ def _item_main(
     index: int, item: Item, remote: Remote | None, settings: Settings, conn: Connection
 ) -> None:
     """One download, in its own process: the coordinator of its own workers."""
-    child_signals()
     # A coordinator again: it handles SIGINT/SIGTERM itself (saving state) once running.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     outcome: DownloadResult | BlobdlError

@@ -12,7 +12,6 @@ row without progress fail the download, and every other worker is ended with it.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from ._http import Remote, resolve, same_blob
 from ._retry import RetryBudget, retry_delay
 from ._shared import CounterTable
 from ._signals import Interrupts
+from ._spawn import start
 from ._state import PartRecord
 from ._steal import Lane, choose
 from ._worker import Job, worker_main
@@ -100,7 +100,6 @@ class Coordinator:
             if record.end >= 0 and record.pos >= record.end:
                 part.state = DONE  # already on disk (a resumed download)
         self.last_checkpoint = 0.0
-        self.context = multiprocessing.get_context("fork")
         self.retries = 0
         self.steals = 0
         self.best_rate = 0.0  # the best lane's rate lately (decays when lanes end)
@@ -217,21 +216,14 @@ class Coordinator:
     def _launch(self, part: _Part, now: float) -> None:
         if not self.ranged:  # without ranges a new attempt starts over
             self.table.set_pos(part.slot, 0)
-        receiver, sender = self.context.Pipe(duplex=False)
         job = Job(slot=part.slot, ranged=self.ranged, fd=self.fd, path=self.path)
-        proc = self.context.Process(
-            target=worker_main,
-            args=(job, self.remote, self.settings, self.table, sender),
-            name=f"blobdl-part-{part.slot}",
-            daemon=True,
-        )
         # Read before the fork: the child may write its first bytes before start() returns.
         part.attempt_pos = part.last_pos = self.table.pos(part.slot)
         part.state = RUNNING
         self._share_rate()  # the newcomer's share, and everyone else's smaller one
-        proc.start()
+        args = (job, self.remote, self.settings, self.table)
+        proc, receiver = start(worker_main, args, name=f"blobdl-part-{part.slot}", daemon=True)
         part.proc, part.conn, part.state = proc, receiver, RUNNING
-        sender.close()  # the child holds the only write end: EOF if it dies
         part.attempts += 1
         part.generation = self.generation
         part.last_change = part.launched = part.sampled_at = now

@@ -10,7 +10,6 @@ workers, and forking a threaded process is unsafe), and hashing gets the other c
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import re
 import time
@@ -18,7 +17,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ._shared import CounterTable
-from ._signals import child_signals
+from ._spawn import start
 from .errors import UsageError
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -62,13 +61,9 @@ class PrefixHasher:
     """A forked process hashing ``fd`` along the table's on-disk prefix."""
 
     def __init__(self, fd: int, table: CounterTable) -> None:
-        context = multiprocessing.get_context("fork")
-        self._conn, child = context.Pipe()
-        self._proc = context.Process(
-            target=_hasher_main, args=(fd, table, child), name="blobdl-hasher", daemon=True
+        self._proc, self._conn = start(
+            _hasher_main, (fd, table), name="blobdl-hasher", daemon=True, duplex=True
         )
-        self._proc.start()
-        child.close()
 
     def finish(self, size: int) -> str:
         """Hash up to ``size`` and return the hex digest."""
@@ -85,7 +80,6 @@ class PrefixHasher:
 
 
 def _hasher_main(fd: int, table: CounterTable, conn: Connection) -> None:
-    child_signals()
     digest = hashlib.sha256()
     hashed = 0
     parent = os.getppid()

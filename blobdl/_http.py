@@ -331,15 +331,20 @@ def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
     current = url
     for _hop in range(settings.max_redirects + 1):
         response = _request(pool, current, {**_base_headers(headers), "Range": "bytes=0-0"})
+        target = None
         try:
             if response.status not in _REDIRECTS:
                 return _remote_from(url, current, headers, response)
             location = response.headers.get("Location")
             if not location:
                 raise BadResponse(current, f"redirect {response.status} without Location")
+            target = _redirect_target(current, location)
         finally:
-            _finish_probe_response(response)
-        target = _redirect_target(current, location)
+            # Keep the socket only for a next hop that can use it: one kept alive for
+            # another origin would be a second open socket beyond the connection budget.
+            _finish_probe_response(
+                response, reuse=target is not None and same_origin(current, target)
+            )
         headers = _drop_credentials(headers, current, target)
         current = target
     raise TooManyRedirects(url, settings.max_redirects)
@@ -358,12 +363,14 @@ def _redirect_target(current: str, location: str) -> str:
     return strip_userinfo(target)
 
 
-def _finish_probe_response(response: Response) -> None:
-    """Reuse the connection after a small redirect body; drop it after anything else (a
-    redirect body may never end: we never read more than a small bounded amount)."""
+def _finish_probe_response(response: Response, reuse: bool) -> None:
+    """Reuse the connection after a small redirect body to the same origin; drop it after
+    anything else (a redirect body may never end: we never read more than a small bounded
+    amount)."""
     remaining = response.length_remaining
     if (
-        response.status in _REDIRECTS
+        reuse
+        and response.status in _REDIRECTS
         and remaining is not None
         and remaining <= _REDIRECT_BODY_LIMIT
     ):

@@ -11,9 +11,7 @@ belong to the coordinator.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -32,11 +30,8 @@ from ._http import (
 )
 from ._plan import Span
 from ._shared import CounterTable
-from ._signals import child_signals
 from .config import Settings
 from .errors import BlobdlError, TruncatedBody
-
-_PR_SET_PDEATHSIG = 1
 
 
 class Job(NamedTuple):
@@ -52,9 +47,7 @@ def worker_main(
     job: Job, remote: Remote, settings: Settings, table: CounterTable, conn: Connection
 ) -> None:
     """Entry point in the child process."""
-    # The coordinator owns cancellation: Ctrl-C in the terminal must not kill us mid-write.
-    child_signals()
-    _die_with_parent()
+    # _spawn.child_setup ran first: Ctrl-C is ignored, and we die with the coordinator.
     result: BlobdlError | None = None
     try:
         _fetch(job, remote, settings, table)
@@ -64,15 +57,6 @@ def worker_main(
         result = BlobdlError(f"worker failed unexpectedly: {exc!r}")
     conn.send(result)
     conn.close()
-
-
-def _die_with_parent() -> None:
-    """If the coordinator is SIGKILLed, the kernel kills us too (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _fetch(job: Job, remote: Remote, settings: Settings, table: CounterTable) -> None:

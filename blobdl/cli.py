@@ -38,6 +38,10 @@ exit codes:
   {EXIT_LOCAL}    local file or disk failure (missing directory, no space, I/O error)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C / SIGTERM)
   {EXIT_INTERNAL}    internal error (a bug: please report it)
+
+an existing destination:
+  is kept if its digest matches (--digest, or the manifest's digest); is replaced if a
+  digest is given and it does not match; is refused without a digest unless --force.
 """
 
 
@@ -80,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--per-host", type=int, default=8, help="with -i: connections to one host (%(default)s)"
     )
+    p.add_argument(
+        "--base-dir",
+        metavar="DIR",
+        help="with -i: every manifest path is relative to DIR and must stay inside it "
+        "(absolute paths, '..' and symlinks leading out are refused); items without a path "
+        "are named inside DIR. Without it, manifest paths are used as given",
+    )
     p.add_argument("-o", "--output", help="destination file (default: name from the server/URL)")
     p.add_argument("--parts", type=int, help="cut the blob into exactly N parts")
     p.add_argument(
@@ -117,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-resume", action="store_true", help="ignore a partial earlier download; start over"
     )
-    p.add_argument("--force", action="store_true", help="replace an existing destination")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing destination even without a digest (see below)",
+    )
     p.add_argument(
         "--keep-bad", action="store_true", help="on a digest mismatch keep DEST.blobdl-bad"
     )
@@ -198,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give either a URL or -i MANIFEST")
     if args.input is not None and args.output is not None:
         parser.error("-o does not go with -i: give each destination in the manifest")
+    if args.input is None and args.base_dir is not None:
+        parser.error("--base-dir goes with -i (for one URL, give -o)")
     _show_warnings()
     display = _display_for(args)
     if args.input is not None:
@@ -222,11 +239,12 @@ def _main_many(args: argparse.Namespace, display: _Display) -> int:
     except OSError as exc:
         return _fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
     try:
-        items = parse_manifest(text)
+        items = parse_manifest(text, args.base_dir)
         results = download_many(
             items,
             max_connections=args.connections,
             per_host=args.per_host,
+            base_dir=args.base_dir,
             settings=settings_from(args),
             on_event=display.item_event,
         )

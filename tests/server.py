@@ -725,18 +725,36 @@ class Handler(BaseHTTPRequestHandler):
         self._wait_until(t0 + sent / bps)
 
     def _wait_until(self, when: float) -> None:
-        delay = when - time.monotonic()
-        if delay > 0:
-            self.srv.state.stopping.wait(delay)
+        """Pace, but end the response as soon as the client is gone: an event-driven server
+        learns of a FIN/RST without writing, and a client that abandoned a connection must
+        not stay counted in ``max_concurrent`` while we sleep."""
+        if self._sleep_while_connected(when):
+            raise ConnectionResetError("client went away")
+
+    def _sleep_while_connected(self, when: float) -> bool:
+        """Sleep until ``when`` or shutdown; True as soon as the peer closes or resets."""
+        sock = self.connection
+        while (left := when - time.monotonic()) > 0:
+            if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS: just sleep
+                self.srv.state.stopping.wait(left)
+                return False
+            try:
+                readable, _, _ = select.select([sock], [], [], min(left, HOLD_STEP))
+            except (OSError, ValueError):
+                return True
+            if self.srv.state.stopping.is_set():
+                return False
+            if readable and self._peer_gone():
+                return True
+            if readable:  # data we do not read now (a pipelined request): do not spin
+                self.srv.state.stopping.wait(min(left, HOLD_STEP))
+        return False
 
     # ---- fault helpers
 
     def _hold(self, seconds: float) -> None:
         """Keep the socket open and silent, but give up early on shutdown or peer close."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self.srv.state.stopping.wait(min(left, HOLD_STEP)) or self._peer_gone():
-                return
+        self._sleep_while_connected(time.monotonic() + seconds)
 
     def _peer_gone(self) -> bool:
         sock = self.connection
