@@ -212,6 +212,7 @@ class State:
     per_path: dict[str, int] = field(default_factory=dict)
     ranges: list[str | None] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    open_socks: dict[int, socket.socket] = field(default_factory=dict)  # counted in ``active``
 
     def set_rules(self, rules: list[Rule]) -> None:
         with self.lock:
@@ -247,15 +248,24 @@ class State:
         with self.lock:
             self.bytes_sent += n
 
-    def conn_opened(self) -> None:
+    def conn_opened(self, sock: socket.socket) -> None:
         with self.lock:
+            # A client that closed one socket and then opened another has done so in that
+            # order; the old socket's handler thread may just not have seen its FIN yet.
+            # Count it closed now, or max_concurrent would depend on thread scheduling.
+            for key, other in list(self.open_socks.items()):
+                if _peer_closed(other):
+                    del self.open_socks[key]
+                    self.active -= 1
+            self.open_socks[id(sock)] = sock
             self.connections += 1
             self.active += 1
             self.max_concurrent = max(self.max_concurrent, self.active)
 
-    def conn_closed(self) -> None:
+    def conn_closed(self, sock: socket.socket) -> None:
         with self.lock:
-            self.active -= 1
+            if self.open_socks.pop(id(sock), None) is not None:
+                self.active -= 1
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -270,6 +280,18 @@ class State:
                 "headers": list(self.headers),
                 "rule_hits": [r.seen for r in self.rules],
             }
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True if the peer has closed or reset ``sock`` (plain sockets only: no peek in TLS)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:
@@ -497,13 +519,13 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.settimeout(None)  # blocking again for bulk writes
 
     def handle(self) -> None:
-        self.srv.state.conn_opened()
+        self.srv.state.conn_opened(self.connection)
         try:
             super().handle()
         except OSError:
             pass  # peer reset/closed; nothing useful to report
         finally:
-            self.srv.state.conn_closed()
+            self.srv.state.conn_closed(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # per-request lines would drown test output
