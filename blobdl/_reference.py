@@ -65,8 +65,8 @@ def parse_reference(text: str) -> Reference:
         raise UsageError(f"invalid model reference {text!r}: too many '/'")
     host = parts[0] if len(parts) == 3 else DEFAULT_HOST
     namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
-    model, _, tag = parts[-1].partition(":")
-    if not tag:
+    model, colon, tag = parts[-1].partition(":")
+    if not colon:
         tag = f"sha256-{digest}" if digest else DEFAULT_TAG
     _check(_HOST, host, "host", text)
     _check(_NAME, namespace, "namespace", text)

@@ -289,8 +289,10 @@ class Registry:
             pass
         return digest
 
-    def push_manifest(self, repo: str, tag: str, raw: bytes) -> None:
-        headers = {**self._headers(repo), "Content-Type": MANIFEST_TYPE}
+    def push_manifest(
+        self, repo: str, tag: str, raw: bytes, media_type: str = MANIFEST_TYPE
+    ) -> None:
+        headers = {**self._headers(repo), "Content-Type": media_type}
         with self._call("PUT", f"{self.url}/v2/{repo}/manifests/{tag}", raw, headers):
             pass
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,13 +11,15 @@ from pathlib import Path
 import pytest
 
 import blobdl
-from tests.conftest import fast_settings
-from tests.registry import Model, Registry, start_registry
+from blobdl._reference import parse_reference
+from tests.conftest import fast_settings, run_cli
+from tests.registry import MANIFEST_TYPE, Model, Registry, start_registry
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/bin/docker-registry").exists(), reason="needs Debian's docker-registry"
 )
 KB = 1024
+INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +53,108 @@ def test_pull_writes_ollamas_store_byte_for_byte(registry: Registry, tmp_path: P
     assert_store(models, registry, model)
     assert result.manifest_digest == model.digest
     assert result.bytes_fetched >= sum(len(b) for b in model.blobs.values())
+
+
+def test_blobs_already_present_cost_only_the_manifest_request(
+    registry: Registry, tmp_path: Path
+) -> None:
+    model = registry.push_model("library/present", "v1", (200 * KB, 10))
+    models = tmp_path / "models"
+    blobdl.pull(ref(registry, model), models, settings=fast_settings())
+    (models / "manifests").rename(tmp_path / "old-manifests")  # as if pulled under another tag
+    before = len(registry.requests())
+    result = blobdl.pull(ref(registry, model), models, settings=fast_settings())
+    assert [r[:2] for r in registry.requests()[before:]] == [
+        ("GET", f"/v2/{model.repo}/manifests/{model.tag}")
+    ]
+    assert all(layer.download is None for layer in result.layers) and result.bytes_fetched == 0
+    assert_store(models, registry, model)
+
+
+def test_unknown_model_or_tag_is_one_line_model_not_found_exit_3(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.push_model("library/known", "v1", (10,))
+    for missing in ("library/nosuch:v1", "library/known:nosuch"):
+        reference = f"http://{registry.host}/{missing}"
+        done = run_cli("pull", reference, "--models-dir", str(tmp_path / "m"), "--retries", "0")
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"blobdl: error: model not found: {registry.host}/{missing}"
+        ]
+        assert not (tmp_path / "m" / "manifests").exists()
+
+
+def test_a_digest_pinned_reference_is_checked_and_stored_under_its_tag(
+    registry: Registry, tmp_path: Path
+) -> None:
+    model = registry.push_model("library/pinned", "v2", (50 * KB,))
+    pinned = f"{ref(registry, model)}@{model.digest}"
+    blobdl.pull(pinned, tmp_path / "a", settings=fast_settings())
+    assert_store(tmp_path / "a", registry, model)
+    bare = f"http://{registry.host}/{model.repo}@{model.digest}"
+    blobdl.pull(bare, tmp_path / "b", settings=fast_settings())
+    stored = (
+        tmp_path / "b" / "manifests" / registry.host / model.repo / model.digest.replace(":", "-")
+    )
+    assert stored.read_bytes() == model.manifest
+    other = "sha256:" + "0" * 64
+    with pytest.raises(blobdl.ModelNotFound):
+        blobdl.pull(f"{ref(registry, model)}@{other}", tmp_path / "c", settings=fast_settings())
+
+
+def test_an_index_is_an_unsupported_manifest(registry: Registry, tmp_path: Path) -> None:
+    model = registry.push_model("library/multi", "one", (10,))
+    index = json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": [
+        {"mediaType": MANIFEST_TYPE, "digest": model.digest, "size": len(model.manifest),
+         "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()  # fmt: skip
+    registry.push_manifest(model.repo, "index", index, INDEX)
+    reference = f"http://{registry.host}/{model.repo}:index"
+    done = run_cli("pull", reference, "--models-dir", str(tmp_path / "m"))
+    assert done.returncode == 3 and "unsupported manifest" in done.stderr, done.stderr
+    assert not (tmp_path / "m" / "manifests").exists()
+
+
+def test_a_corrupted_blob_in_the_registry_is_refused_and_never_stored(
+    registry: Registry, tmp_path: Path
+) -> None:
+    model = registry.push_model("library/corrupt", "v1", (100 * KB, 20))
+    layer = json.loads(model.manifest)["layers"][0]["digest"]
+    data = registry.blob_file(layer)
+    damaged = bytearray(data.read_bytes())
+    damaged[1000] ^= 0xFF  # same size: only the digest can tell
+    data.write_bytes(bytes(damaged))
+    models = tmp_path / "models"
+    done = run_cli("pull", ref(registry, model), "--models-dir", str(models))
+    assert done.returncode == 4 and "digest mismatch" in done.stderr, done.stderr
+    assert f"sha256-{layer[7:]}" not in os.listdir(models / "blobs")
+    assert not (models / "manifests").exists()
+    assert not [
+        p for p in (models / "blobs-partial").iterdir() if not p.name.endswith(".pull-lock")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("llama3.2", ("https", "registry.ollama.ai", "library", "llama3.2", "latest", None)),
+        ("llama3.2:1b", ("https", "registry.ollama.ai", "library", "llama3.2", "1b", None)),
+        ("me/model:q4", ("https", "registry.ollama.ai", "me", "model", "q4", None)),
+        ("http://h:5000/ns/m:t", ("http", "h:5000", "ns", "m", "t", None)),
+        (
+            "h.example/ns/m@sha256:" + "a" * 64,
+            ("https", "h.example", "ns", "m", "sha256-" + "a" * 64, "a" * 64),
+        ),
+    ],
+)
+def test_references_split_as_ollama_splits_them(text: str, expected: tuple[object, ...]) -> None:
+    r = parse_reference(text)
+    assert (r.scheme, r.host, r.namespace, r.model, r.tag, r.digest) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "a/b/c/d", "../x", "ns/..", "m:../../etc", "m:", "m@sha256:12", "h:x/n/m", "m:t/x"]
+)
+def test_references_that_could_escape_the_store_are_refused(text: str) -> None:
+    with pytest.raises(blobdl.UsageError):
+        parse_reference(text)
