@@ -179,13 +179,13 @@ def _serve_tokens(folder: Path, port: int) -> None:
             kind, name_actions = item.split(":", 1)
             name, _, actions = name_actions.rpartition(":")
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
-        now = int(time.time())
         ttl = state["ttls"].pop(0) if state["ttls"] else 3600
+        now = int(time.time())
         claims = {
             "iss": ISSUER,
             "sub": "tester",
             "aud": SERVICE,
-            "exp": now + ttl - 60,  # distribution allows 60 s of leeway past exp
+            "exp": int(time.time() + ttl) - 60,  # distribution allows 60 s of leeway past exp
             "nbf": now - 10,
             "iat": now,
             "jti": str(random.getrandbits(64)),
