@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import random
+import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import blobdl
 from blobdl._reference import parse_reference
-from tests.conftest import fast_settings, run_cli
+from tests.conftest import REPO, fast_settings, run_cli
 from tests.registry import MANIFEST_TYPE, Model, Registry, start_registry, start_token_server
 
 pytestmark = pytest.mark.skipif(
@@ -243,3 +249,72 @@ def test_basic_credentials_come_from_the_docker_config(
         assert_store(tmp_path / "m", token_registry, model)
     finally:
         tokens.control(credentials=None)
+
+
+# --- interruption and concurrency -------------------------------------------------------------
+
+CLI_SLOW = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "2",
+            "--progress-interval", "0.1", "--checkpoint-interval", "0.1", "--json"]  # fmt: skip
+
+
+def spawn_pull(*args: str) -> subprocess.Popen[str]:
+    """``blobdl pull`` in its own process group, so a test can SIGKILL all of it at once."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "blobdl", "pull", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_sigkill_mid_layer_then_a_rerun_resumes_the_layer(
+    registry: Registry, tmp_path: Path
+) -> None:
+    model = registry.push_model("library/killed", "v1", (1024 * KB, 40))
+    layer = json.loads(model.manifest)["layers"][0]["digest"]
+    models = tmp_path / "models"
+    proc = spawn_pull(ref(registry, model), "--models-dir", str(models), "--limit-rate",
+                      "256KiB", *CLI_SLOW)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        record = json.loads(line)
+        progress = record.get("digest") == layer and record["event"] == "progress"
+        if progress and record["done"] >= 300 * KB:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert f"sha256-{layer[7:]}" not in os.listdir(models / "blobs")
+    assert not (models / "manifests").exists()
+
+    result = blobdl.pull(ref(registry, model), models, settings=fast_settings())
+    assert_store(models, registry, model)
+    download = next(r.download for r in result.layers if r.digest == layer)
+    assert download is not None and download.resumed >= 200 * KB
+    assert download.bytes_fetched <= 1024 * KB - download.resumed + 64 * KB
+
+
+def test_two_pulls_sharing_a_layer_fetch_it_once(registry: Registry, tmp_path: Path) -> None:
+    shared = random.Random(7).randbytes(768 * KB)
+    first = registry.push_model("library/family-a", "v1", (20 * KB,), shared=shared)
+    second = registry.push_model("library/family-b", "v1", (30 * KB,), shared=shared)
+    models = tmp_path / "models"
+    slow = ["--models-dir", str(models), "--limit-rate", "512KiB", *CLI_SLOW]
+    procs = [spawn_pull(ref(registry, m), *slow) for m in (first, second)]
+    summaries = [finish(p)[-1] for p in procs]
+    digest = "sha256:" + hashlib.sha256(shared).hexdigest()
+    fetched = [layer["fetched"] for s in summaries for layer in s["layers"]
+               if layer["digest"] == digest]  # fmt: skip
+    assert sorted(fetched) == [False, True]
+    for model in (first, second):
+        manifest = models / "manifests" / registry.host / model.repo / model.tag
+        assert manifest.read_bytes() == model.manifest
+    assert (models / "blobs" / f"sha256-{digest[7:]}").read_bytes() == shared
