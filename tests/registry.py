@@ -376,14 +376,134 @@ def start_registry(
     return Registry(proc, port, root, log, tokens)
 
 
+# --- a logging reverse proxy in front of S3 ---------------------------------------------------
+
+
+def _serve_relay(target: str, port: int, log: Path) -> None:
+    """Forward every request to ``target``; append ``METHOD PATH?QUERY AUTH`` per request to
+    ``log`` (AUTH is the Authorization header's scheme, or ``-``)."""
+    import http.client
+
+    upstream = urlsplit(target)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _relay(self) -> None:
+            auth = self.headers.get("Authorization", "-").split(" ")[0]
+            with log.open("a") as f:
+                f.write(f"{self.command} {self.path} {auth}\n")
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length) if length else None
+            conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            self.send_response(response.status)
+            for name, value in response.getheaders():
+                if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _relay
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+@dataclass
+class Relay:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def seen(self) -> list[tuple[str, str, str]]:
+        """(method, path with query, Authorization scheme or "-") of every request."""
+        if not self.log.exists():
+            return []
+        rows = [line.rsplit(" ", 2) for line in self.log.read_text().splitlines()]
+        return [(m, p, a) for m, p, a in rows]
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def start_relay(folder: Path, target: str) -> Relay:
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / "relay.log"
+    cmd = [sys.executable, "-m", "tests.registry", "relay", "--dir", str(folder),
+           "--port", str(port), "--target", target]  # fmt: skip
+    with (folder / "relay.out").open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_http(url, proc, folder / "relay.out")
+    return Relay(proc, url, log)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.registry")
-    parser.add_argument("what", choices=["token"])
+    parser.add_argument("what", choices=["token", "relay"])
     parser.add_argument("--dir", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--target", help="relay: the server to forward to")
     args = parser.parse_args()
-    _serve_tokens(Path(args.dir), args.port)
+    if args.what == "token":
+        _serve_tokens(Path(args.dir), args.port)
+    else:
+        _serve_relay(args.target, args.port, Path(args.dir) / "relay.log")
 
 
 if __name__ == "__main__":
     main()
+
+
+# --- S3 storage (moto) ------------------------------------------------------------------------
+
+
+@dataclass
+class S3Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def driver(self, bucket: str) -> dict[str, Any]:
+        """The registry's S3 driver parameters for ``bucket`` on this server."""
+        return {
+            "accesskey": "blobdl",
+            "secretkey": "blobdl-secret",
+            "region": "us-east-1",
+            "regionendpoint": self.url,
+            "bucket": bucket,
+            "secure": False,
+            "v4auth": True,
+        }
+
+    def create_bucket(self, bucket: str) -> None:
+        with _OPENER.open(urllib.request.Request(f"{self.url}/{bucket}", method="PUT"), timeout=10):
+            pass
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def start_s3(folder: Path) -> S3Server:
+    """``moto_server`` on a free port (objects live in its memory)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / "s3.log"
+    binary = Path(sys.executable).with_name("moto_server")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    _wait_http(url, proc, log)
+    return S3Server(proc, url, log)

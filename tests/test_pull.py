@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,16 @@ import pytest
 import blobdl
 from blobdl._reference import parse_reference
 from tests.conftest import REPO, fast_settings, run_cli
-from tests.registry import MANIFEST_TYPE, Model, Registry, start_registry, start_token_server
+from tests.registry import (
+    MANIFEST_TYPE,
+    Model,
+    Registry,
+    Relay,
+    start_registry,
+    start_relay,
+    start_s3,
+    start_token_server,
+)
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/bin/docker-registry").exists(), reason="needs Debian's docker-registry"
@@ -318,3 +328,39 @@ def test_two_pulls_sharing_a_layer_fetch_it_once(registry: Registry, tmp_path: P
         manifest = models / "manifests" / registry.host / model.repo / model.tag
         assert manifest.read_bytes() == model.manifest
     assert (models / "blobs" / f"sha256-{digest[7:]}").read_bytes() == shared
+
+
+# --- S3 storage: blob GETs answer 307 to presigned URLs on another port -----------------------
+
+
+@pytest.fixture(scope="module")
+def s3_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, Relay]]:
+    """A token-auth registry on S3 storage; S3 is reached through a relay that logs every
+    request's Authorization header, the registry's own and the presigned ones alike."""
+    folder = tmp_path_factory.mktemp("s3")
+    with contextlib.ExitStack() as stack:
+        s3 = start_s3(folder / "moto")
+        stack.callback(s3.stop)
+        s3.create_bucket("registry")
+        relay = start_relay(folder / "relay", s3.url)
+        stack.callback(relay.stop)
+        tokens = start_token_server(folder / "tokens")
+        driver = {**s3.driver("registry"), "regionendpoint": relay.url}
+        handle = start_registry(folder / "registry", tokens=tokens, s3=driver)
+        stack.callback(handle.stop)  # the token server too
+        yield handle, relay
+
+
+def test_pull_through_presigned_redirects_sends_no_credential_to_storage(
+    s3_setup: tuple[Registry, Relay], tmp_path: Path, no_docker_config: Path
+) -> None:
+    registry, relay = s3_setup
+    model = registry.push_model("library/ins3", "v1", (600 * KB, 40, 10))
+    models = tmp_path / "models"
+    blobdl.pull(ref(registry, model), models, settings=fast_settings())
+    assert_store(models, registry, model)
+    blob_gets = [s for m, p, s in registry.requests() if m == "GET" and "/blobs/" in p]
+    assert blob_gets and set(blob_gets) <= {307, 401}  # every blob was redirected to storage
+    presigned = [(p, auth) for m, p, auth in relay.seen() if m == "GET" and "X-Amz-Signature" in p]
+    assert len(presigned) >= len(model.blobs)
+    assert all(auth == "-" for _, auth in presigned), presigned
