@@ -364,3 +364,14 @@ def test_pull_through_presigned_redirects_sends_no_credential_to_storage(
     presigned = [(p, auth) for m, p, auth in relay.seen() if m == "GET" and "X-Amz-Signature" in p]
     assert len(presigned) >= len(model.blobs)
     assert all(auth == "-" for _, auth in presigned), presigned
+
+
+def test_a_store_that_cannot_be_written_is_one_line_exit_5(
+    registry: Registry, tmp_path: Path
+) -> None:
+    model = registry.push_model("library/nowhere", "v1", (10,))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    done = run_cli("pull", ref(registry, model), "--models-dir", str(blocker / "models"))
+    assert done.returncode == 5, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and str(blocker) in done.stderr
