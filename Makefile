@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint unit bench clean
+.PHONY: help install registry demo test lint unit bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -17,17 +17,20 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+registry: ## Debian's docker-registry for the pull tests (apt-get, only when missing)
+	@command -v docker-registry >/dev/null || { apt-get update && apt-get install -y docker-registry; }
+
 demo: install ## serve a generated 1 GiB blob on loopback, download it with the progress bar, verify it
 	$(PY) -m benchmarks.demo
 
-test: install lint unit ## lint, type-check and run the whole test suite
+test: install registry lint unit ## lint, type-check and run the whole test suite
 
 lint: install ## ruff and mypy (strict) over the package
 	$(PY) -m ruff check blobdl tests benchmarks
 	$(PY) -m ruff format --check blobdl tests benchmarks
 	$(PY) -m mypy
 
-unit: install ## the pytest suite only
+unit: install registry ## the pytest suite only
 	$(PY) -m pytest -q
 
 bench: install ## sweep part counts against a simulated CDN (see benchmarks/README)

@@ -17,6 +17,8 @@ from ._events import (
     Progress,
     Started,
 )
+from ._pull import LayerResult, PullEvent, PullResult, PullStarted, pull
+from ._registry import AuthRefused, ModelNotFound, UnsupportedManifest
 from .config import Settings, parse_size
 from .errors import (
     BadResponse,
@@ -42,6 +44,7 @@ from .errors import (
 )
 
 __all__ = [
+    "AuthRefused",
     "BadResponse",
     "BatchEvent",
     "BlobdlError",
@@ -60,12 +63,17 @@ __all__ = [
     "Interrupted",
     "Item",
     "ItemResult",
+    "LayerResult",
     "LocalFileError",
+    "ModelNotFound",
     "NetworkError",
     "PartProgress",
     "PartRetried",
     "PartStalled",
     "Progress",
+    "PullEvent",
+    "PullResult",
+    "PullStarted",
     "RemoteChanged",
     "RetriesExhausted",
     "Settings",
@@ -74,6 +82,7 @@ __all__ = [
     "TLSError",
     "TooManyRedirects",
     "TruncatedBody",
+    "UnsupportedManifest",
     "UsageError",
     "WorkerCrashed",
     "__version__",
@@ -81,4 +90,5 @@ __all__ = [
     "download_many",
     "parse_manifest",
     "parse_size",
+    "pull",
 ]

@@ -207,6 +207,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "pull":  # `blobdl pull REF`: see _pullcli
+        from ._pullcli import main as pull_main
+
+        return pull_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.url is None) == (args.input is None):

@@ -118,10 +118,14 @@ def sha256_file(path: Path) -> str:
 
 
 def _is_test_server(proc: psutil.Process) -> bool:
+    """The session's servers: ours, and the pull tests' registry, token and S3 servers."""
     try:
-        return "tests.server" in proc.cmdline()
+        cmdline = proc.cmdline()
     except psutil.Error:
         return False
+    return "tests.server" in cmdline or any(
+        word.endswith(("docker-registry", "tests.registry", "moto_server")) for word in cmdline
+    )
 
 
 @pytest.fixture(autouse=True)
