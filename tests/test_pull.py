@@ -232,7 +232,6 @@ def test_a_token_expiring_mid_pull_is_renewed(
     pull_with_an_expiring_token(token_registry, tmp_path, "v1")
 
 
-@pytest.mark.xfail(reason="needs the engine to keep partials after a 401 (trust fix)", strict=False)
 def test_a_token_expiring_mid_layer_resumes_the_layer(
     token_registry: Registry, tmp_path: Path, no_docker_config: Path
 ) -> None:
