@@ -59,6 +59,10 @@ ACTIONS: dict[str, frozenset[str]] = {
     "full_200": frozenset(),
     # One CDN lane: optional ttfb delay, bps pacing, and a cut (stall or reset) after N bytes.
     "shape": frozenset({"bps", "ttfb", "stall_after", "reset_after", "hold"}),
+    # An otherwise normal response with headers set ({name: value}) or dropped ([names]).
+    "headers": frozenset({"set", "drop"}),
+    # A 3xx (default 302) to `location`; `endless`: a body that never ends (for `hold` s).
+    "redirect": frozenset({"location", "status", "endless", "hold"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -71,6 +75,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "shift_range": ("by",),
     "wrong_content_range": ("by",),
     "etag": ("value",),
+    "redirect": ("location",),
 }
 _RULE_KEYS = frozenset({"path", "skip", "times", "action", "method"})
 _CUT_ACTIONS = frozenset({"reset_after", "close_after", "stall_after"})
@@ -379,6 +384,13 @@ def file_reply(path: Path, req: dict[str, str], fault: Fault | None) -> Reply:
     return range_body(path, size, rng, [*headers, accept], fault)
 
 
+def edit_headers(headers: list[tuple[str, str]], fault: Fault) -> list[tuple[str, str]]:
+    """The `headers` action: drop the named headers, then set (replace) the given ones."""
+    new = {str(k): str(v) for k, v in dict(fault.params.get("set") or {}).items()}
+    gone = {str(n).lower() for n in fault.params.get("drop") or ()} | {k.lower() for k in new}
+    return [(k, v) for k, v in headers if k.lower() not in gone] + list(new.items())
+
+
 def whole_body(path: Path, size: int, headers: list[tuple[str, str]], action: str | None) -> Reply:
     if action == "no_length":
         extra = [("Connection", "close")]  # body ends at EOF, like an HTTP/1.0 server
@@ -510,7 +522,11 @@ class Handler(BaseHTTPRequestHandler):
         fault = self.srv.state.record(self.command, parts.path, req)
         if fault is not None and not self._pre_fault(fault, head):
             return
-        self._send(self._route(parts.path, parts.query, req, fault), fault, head)
+        reply = self._route(parts.path, parts.query, req, fault)
+        if fault is not None and fault.action == "headers":
+            reply.headers = edit_headers(reply.headers, fault)
+            self.close_connection = True  # a lying Content-Length breaks the framing
+        self._send(reply, fault, head)
 
     def _pre_fault(self, fault: Fault, head: bool) -> bool:
         """Apply faults that act before routing; False means the request is done."""
@@ -522,6 +538,9 @@ class Handler(BaseHTTPRequestHandler):
             self.srv.state.stopping.wait(fault.num("delay"))
         elif fault.action == "shape" and "ttfb" in fault.params:
             self.srv.state.stopping.wait(fault.num("ttfb"))
+        elif fault.action == "redirect":
+            self._redirect_fault(fault, head)
+            return False
         elif fault.action == "status":
             hdrs = {str(k): str(v) for k, v in dict(fault.params.get("headers") or {}).items()}
             reply = simple_reply(fault.integer("status"), str(fault.params.get("body", "")), hdrs)
@@ -682,6 +701,21 @@ class Handler(BaseHTTPRequestHandler):
             self.srv.state.stopping.wait(delay)
 
     # ---- fault helpers
+
+    def _redirect_fault(self, fault: Fault, head: bool) -> None:
+        status, location = fault.integer("status", 302), str(fault.params["location"])
+        if not fault.params.get("endless"):
+            self._send(simple_reply(status, "", {"Location": location}), None, head)
+            return
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Location", location)
+        self.send_header("Connection", "close")  # no length: the body ends at EOF, never
+        self.end_headers()
+        deadline = time.monotonic() + fault.num("hold", 60)
+        chunk = b"x" * PACE_CHUNK
+        while not head and time.monotonic() < deadline and not self.srv.state.stopping.is_set():
+            self.wfile.write(chunk)  # a peer that hung up ends this with an OSError
 
     def _hold(self, seconds: float) -> None:
         """Keep the socket open and silent, but give up early on shutdown or peer close."""

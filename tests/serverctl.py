@@ -18,7 +18,10 @@ first matching, not yet exhausted rule owns the request (its first ``skip`` matc
 served normally).  Actions: status[status, headers, body], reset_after[bytes],
 close_after[bytes], stall_after[bytes, hold], no_response[hold], ttfb[delay], rate[bps],
 ignore_range, no_length, shift_range[by], wrong_content_range[by], etag[value], full_200,
-shape[bps, ttfb, stall_after | reset_after, hold] (one CDN lane: all of these on one request).
+shape[bps, ttfb, stall_after | reset_after, hold] (one CDN lane: all of these on one request),
+headers[set: {name: value}, drop: [names]] (an otherwise normal response with headers
+replaced or removed; the connection closes after it), redirect[location, status=302,
+endless, hold] (a 3xx to ``location``; ``endless``: a body that never ends, for ``hold`` s).
 
 ``start_server(root, link_bps=N)`` also caps all response bodies together at N bytes/s (a
 shared link), on top of any per-request ``rate``/``shape`` pacing.
