@@ -63,10 +63,11 @@ ACTIONS: dict[str, frozenset[str]] = {
     "wrong_length": frozenset({"by"}),
     # A file reply labelled Content-Encoding: ``value`` (the body is still the raw bytes).
     "encoding": frozenset({"value"}),
-    # Hostile headers: a normal response with these headers set (replacing same-named ones).
-    "headers": frozenset({"set"}),
-    # A redirect whose body never ends (a huge Content-Length, bytes until the client leaves).
-    "endless_redirect": frozenset({"location", "status"}),
+    # An otherwise normal response with headers set ({name: value}) or dropped ([names]).
+    "headers": frozenset({"set", "drop"}),
+    # A 3xx (default 302) to `location`; `endless`: a body that never ends (for `hold` s),
+    # read to EOF, or announced with a Content-Length of `length` bytes.
+    "redirect": frozenset({"location", "status", "endless", "hold", "length"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -81,8 +82,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "etag": ("value",),
     "wrong_length": ("by",),
     "encoding": ("value",),
-    "headers": ("set",),
-    "endless_redirect": ("location",),
+    "redirect": ("location",),
 }
 _RULE_KEYS = frozenset({"path", "skip", "times", "action", "method"})
 _CUT_ACTIONS = frozenset({"reset_after", "close_after", "stall_after"})
@@ -413,6 +413,13 @@ def file_reply(path: Path, req: dict[str, str], fault: Fault | None) -> Reply:
     return range_body(path, size, rng, [*headers, accept], fault)
 
 
+def edit_headers(headers: list[tuple[str, str]], fault: Fault) -> list[tuple[str, str]]:
+    """The `headers` action: drop the named headers, then set (replace) the given ones."""
+    new = {str(k): str(v) for k, v in dict(fault.params.get("set") or {}).items()}
+    gone = {str(n).lower() for n in fault.params.get("drop") or ()} | {k.lower() for k in new}
+    return [(k, v) for k, v in headers if k.lower() not in gone] + list(new.items())
+
+
 def whole_body(path: Path, size: int, headers: list[tuple[str, str]], action: str | None) -> Reply:
     if action == "no_length":
         extra = [("Connection", "close")]  # body ends at EOF, like an HTTP/1.0 server
@@ -449,12 +456,6 @@ def relabel(reply: Reply, fault: Fault) -> None:
         reply.headers = [(k, claimed if k == "Content-Length" else v) for k, v in reply.headers]
     elif fault.action == "encoding":
         reply.headers.append(("Content-Encoding", str(fault.params["value"])))
-
-
-def _override_headers(reply: Reply, values: dict[str, object]) -> None:
-    lower = {k.lower() for k in values}
-    reply.headers = [(k, v) for k, v in reply.headers if k.lower() not in lower]
-    reply.headers.extend((k, str(v)) for k, v in values.items())
 
 
 # --------------------------------------------------------------------------- server
@@ -561,7 +562,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         reply = self._route(parts.path, parts.query, req, fault)
         if fault is not None and fault.action == "headers":
-            _override_headers(reply, dict(fault.params["set"]))
+            reply.headers = edit_headers(reply.headers, fault)
+            self.close_connection = True  # a lying Content-Length breaks the framing
         self._send(reply, fault, head)
 
     def _pre_fault(self, fault: Fault, head: bool) -> bool:
@@ -574,28 +576,15 @@ class Handler(BaseHTTPRequestHandler):
             self.srv.state.stopping.wait(fault.num("delay"))
         elif fault.action == "shape" and "ttfb" in fault.params:
             self.srv.state.stopping.wait(fault.num("ttfb"))
+        elif fault.action == "redirect":
+            self._redirect_fault(fault, head)
+            return False
         elif fault.action == "status":
             hdrs = {str(k): str(v) for k, v in dict(fault.params.get("headers") or {}).items()}
             reply = simple_reply(fault.integer("status"), str(fault.params.get("body", "")), hdrs)
             self._send(reply, None, head)
             return False
-        elif fault.action == "endless_redirect":
-            self._endless_redirect(fault)
-            return False
         return True
-
-    def _endless_redirect(self, fault: Fault) -> None:
-        self.send_response(fault.integer("status", 302))
-        self.send_header("Location", str(fault.params["location"]))
-        self.send_header("Content-Length", str(10**15))
-        self.end_headers()
-        self.close_connection = True
-        chunk = b"x" * PACE_CHUNK
-        try:
-            while not self.srv.state.stopping.is_set():
-                self.wfile.write(chunk)
-        except OSError:
-            pass  # the client hung up: what a client should do
 
     def _route(self, path: str, query: str, req: dict[str, str], fault: Fault | None) -> Reply:
         segs = path.split("/")[1:]
@@ -773,6 +762,26 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     # ---- fault helpers
+
+    def _redirect_fault(self, fault: Fault, head: bool) -> None:
+        status, location = fault.integer("status", 302), str(fault.params["location"])
+        if not fault.params.get("endless"):
+            self._send(simple_reply(status, "", {"Location": location}), None, head)
+            return
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Location", location)
+        if "length" in fault.params:  # a length that promises more than will ever come
+            self.send_header("Content-Length", str(fault.integer("length")))
+        else:
+            self.send_header("Connection", "close")  # no length: the body ends at EOF, never
+        self.end_headers()
+        deadline = time.monotonic() + fault.num("hold", 60)
+        chunk = b"x" * PACE_CHUNK
+        while not head and time.monotonic() < deadline:
+            self.wfile.write(chunk)  # a peer that hung up ends this with an OSError
+            if self.srv.state.stopping.wait(0.01):  # paced: endless, but cheap to serve
+                return
 
     def _hold(self, seconds: float) -> None:
         """Keep the socket open and silent, but give up early on shutdown or peer close."""

@@ -20,8 +20,10 @@ close_after[bytes], stall_after[bytes, hold], no_response[hold], ttfb[delay], ra
 ignore_range, no_length, shift_range[by], wrong_content_range[by], etag[value], full_200,
 shape[bps, ttfb, stall_after | reset_after, hold] (one CDN lane: all of these on one request),
 wrong_length[by] (Content-Length off by ``by``), encoding[value] (a Content-Encoding label),
-headers[set] (a normal response with the headers in the map ``set`` replacing its own),
-endless_redirect[location, status] (a 302 whose body never ends).
+headers[set: {name: value}, drop: [names]] (an otherwise normal response with headers
+replaced or removed; the connection closes after it), redirect[location, status=302,
+endless, hold, length] (a 3xx to ``location``; ``endless``: a body that never ends, for
+``hold`` s, read to EOF or announced as ``length`` bytes).
 
 ``start_server(root, link_bps=N)`` also caps all response bodies together at N bytes/s (a
 shared link), on top of any per-request ``rate``/``shape`` pacing.

@@ -1,7 +1,7 @@
 """Hostile headers and hostile arguments: each is used or refused as a blobdl error.
 
 Never a raw exception, a traceback, a hang or a huge allocation: the headers come from the
-fault server's ``headers`` and ``endless_redirect`` actions, the arguments from a real CLI.
+fault server's ``headers`` and ``redirect`` actions, the arguments from a real CLI.
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ def test_a_redirect_body_that_never_ends_is_not_read(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
     blob = make(2 * PART)
-    server.set_faults({"path": "/files/start", "action": "endless_redirect",
-                       "location": blob.url})  # fmt: skip
+    server.set_faults({"path": "/files/start", "action": "redirect", "endless": True,
+                       "length": 10**15, "location": blob.url})  # fmt: skip
     done = run_cli(server.url("start"), "-o", str(tmp_path / "out.bin"), *FAST, timeout=30)
     assert done.returncode == 0, done.stderr
     assert server.stats()["bytes_sent"] == blob.size + 1  # the probe's one byte, then the parts
