@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from . import _isolate
 from ._api import Downloader
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
@@ -122,7 +123,21 @@ def download_many(
         raise UsageError("max_connections and per_host must be at least 1")
     base = Downloader(settings, **overrides).settings
     batch = [Item(i) if isinstance(i, str) else i for i in items]
+    if _isolate.threaded():  # never fork a threaded process: a clean one schedules instead
+        _first_of_each(batch)  # usage errors from the calling thread, before any process
+        return _isolate.call(_many_here, (batch, base, max_connections, per_host), on_event)
     return _Scheduler(batch, base, max_connections, per_host, on_event).run()
+
+
+def _many_here(
+    batch: list[Item],
+    settings: Settings,
+    budget: int,
+    per_host: int,
+    on_event: BatchCallback | None,
+) -> list[ItemResult]:
+    """``download_many`` in the clean process ``_isolate`` started for a threaded caller."""
+    return _Scheduler(batch, settings, budget, per_host, on_event).run()
 
 
 class _Scheduler:
