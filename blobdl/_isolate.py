@@ -190,7 +190,9 @@ def _first_thing(parent: int) -> None:
 
 def _relay(conn: Connection) -> Relay:
     def send(event: Any) -> None:
-        conn.send(("event", event))
+        # The caller gone is not this download's failure: PDEATHSIG stops us, state saved.
+        with contextlib.suppress(OSError):
+            conn.send(("event", event))
 
     return send
 
