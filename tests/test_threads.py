@@ -43,6 +43,8 @@ FAST: dict[str, Any] = {
     "buffer_size": 16 * 1024,
 }
 SLOW = 400_000  # bytes/s per connection: a 2 MiB blob takes over a second
+# The server paces in 64 KiB bursts, the first one free: paced parts must be larger.
+PACED = {**FAST, "min_part_size": 4 * PART, "max_part_size": 4 * PART}
 
 
 @contextmanager
@@ -138,7 +140,7 @@ def test_a_threaded_caller_is_never_forked(
             seen.append(forked_children())
 
     with noise(1):
-        in_thread(lambda: blobdl.download(blob.url, tmp_path / "out", on_event=look, **FAST))
+        in_thread(lambda: blobdl.download(blob.url, tmp_path / "out", on_event=look, **PACED))
     assert seen and not any(seen), f"the threaded caller forked: {seen}"
     assert sha256_file(tmp_path / "out") == blob.sha256
 
@@ -155,7 +157,7 @@ def test_a_single_threaded_caller_still_forks_its_workers_itself(
         if isinstance(event, blobdl.Progress) and event.active:
             seen.append(forked_children())
 
-    blobdl.download(blob.url, tmp_path / "out", on_event=look, **FAST)
+    blobdl.download(blob.url, tmp_path / "out", on_event=look, **PACED)
     assert any(seen)  # workers are forks of this very process: no extra process, no cost
 
 
@@ -213,7 +215,7 @@ def test_a_raising_callback_stops_the_download_and_keeps_the_partial(
             raise RuntimeError("the caller's bug")
 
     with noise(1), pytest.raises(RuntimeError, match="the caller's bug"):
-        in_thread(lambda: blobdl.download(blob.url, out, on_event=explode, **FAST))
+        in_thread(lambda: blobdl.download(blob.url, out, on_event=explode, **PACED))
     assert temp_path(out).exists() and state_path(out).exists() and not out.exists()
     # (the autouse fixture asserts that no child process is left alive)
 
@@ -248,11 +250,11 @@ def test_asyncio_to_thread(make: Make, tmp_path: Path) -> None:
 
 
 def caller(
-    mode: str, blob: Blob, out: Path, *flags: str, group: bool = False
+    mode: str, blob: Blob, out: Path, settings: dict[str, Any], *flags: str, group: bool = False
 ) -> subprocess.Popen[str]:
     """``tests/threaded_caller.py`` downloading ``blob``; ``group``: in its own session, so a
     whole-group signal (a terminal's Ctrl-C) can be sent to it alone."""
-    script = ["-m", "tests.threaded_caller", mode, blob.url, str(out), json.dumps(FAST)]
+    script = ["-m", "tests.threaded_caller", mode, blob.url, str(out), json.dumps(settings)]
     return subprocess.Popen(
         # "always", not "error": CPython swallows its fork warning when it is an error.
         [sys.executable, "-W", "always::DeprecationWarning", *script, *flags],
@@ -293,7 +295,7 @@ def tree(proc: subprocess.Popen[str]) -> list[psutil.Process]:
 
 def test_a_threaded_caller_gets_no_fork_warning(make: Make, tmp_path: Path) -> None:
     blob = make(8 * PART, seed=350)
-    result = outcome(caller("download", blob, tmp_path / "out"))
+    result = outcome(caller("download", blob, tmp_path / "out", FAST))
     assert result["outcome"] == "ok", result
     assert sha256_file(tmp_path / "out") == blob.sha256
 
@@ -305,7 +307,7 @@ def test_ctrl_c_to_the_main_thread_of_a_threaded_caller(
     blob = make(32 * PART, seed=351)
     slow_down(server, blob)
     out = tmp_path / "out"
-    proc = caller(mode, blob, out)
+    proc = caller(mode, blob, out, PACED)
     until_progress(proc, blob.size // 4)
     children = tree(proc)
     proc.send_signal(signal.SIGINT)  # to the caller alone: it must pass it on
@@ -316,7 +318,7 @@ def test_ctrl_c_to_the_main_thread_of_a_threaded_caller(
     assert not alive
     assert temp_path(out).exists() and state_path(out).exists() and not out.exists()
     server.reset()
-    blobdl.download(blob.url, out, **FAST)  # resumes
+    blobdl.download(blob.url, out, **PACED)  # resumes
     assert sha256_file(out) == blob.sha256
     assert server.stats()["bytes_sent"] < blob.size
 
@@ -327,7 +329,7 @@ def test_a_terminal_ctrl_c_stops_a_download_in_a_worker_thread(
     blob = make(32 * PART, seed=352)
     slow_down(server, blob)
     out = tmp_path / "out"
-    proc = caller("download", blob, out, "--in-thread", group=True)
+    proc = caller("download", blob, out, PACED, "--in-thread", group=True)
     until_progress(proc, blob.size // 4)
     children = tree(proc)
     os.killpg(proc.pid, signal.SIGINT)  # the whole group, as a terminal's Ctrl-C does
@@ -344,7 +346,7 @@ def test_sigkill_of_a_threaded_caller_leaves_no_process_behind(
 ) -> None:
     blob = make(32 * PART, seed=353)
     slow_down(server, blob, bps=32_000)  # ~16 s in all: an orphan would still be at it
-    proc = caller(mode, blob, tmp_path / "out", "--in-thread")
+    proc = caller(mode, blob, tmp_path / "out", PACED, "--in-thread")
     until_progress(proc, blob.size // 16)
     children = tree(proc)
     assert len(children) >= 2  # a coordinator (or batch item) and its workers at least
