@@ -5,7 +5,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install registry demo test lint unit bench clean
+# `make pythons`: every supported Python found gets its own venv (.venv-3.12, ...) and a
+# smoke run; the default interpreter runs the whole suite in `make unit`.
+SUPPORTED := 3.11 3.12 3.13
+SMOKE ?= tests/test_threads.py tests/test_plan.py
+PYENV_ROOT ?= $(HOME)/.pyenv
+# 3.12+ deprecates forking a threaded process: any such warning (from blobdl) is an error.
+WERROR = $$($(1) -c 'import sys; print("-W error::DeprecationWarning" * (sys.version_info >= (3, 12)))')
+
+.PHONY: help install registry demo test lint unit pythons bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -23,7 +31,7 @@ registry: ## Debian's docker-registry for the pull tests (apt-get, only when mis
 demo: install ## serve a generated 1 GiB blob on loopback, download it with the progress bar, verify it
 	$(PY) -m benchmarks.demo
 
-test: install registry lint unit ## lint, type-check and run the whole test suite
+test: install registry lint unit pythons ## lint, type-check, the whole suite, and a smoke run on other Pythons
 
 lint: install ## ruff and mypy (strict) over the package
 	$(PY) -m ruff check blobdl tests benchmarks
@@ -31,11 +39,24 @@ lint: install ## ruff and mypy (strict) over the package
 	$(PY) -m mypy
 
 unit: install registry ## the pytest suite only
-	$(PY) -m pytest -q
+	$(PY) $(call WERROR,$(PY)) -m pytest -q $(call WERROR,$(PY))
+
+pythons: install ## the smoke tests on every other Python 3.11-3.13 present
+	@default=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	for v in $(SUPPORTED); do \
+	  [ "$$v" = "$$default" ] && continue; \
+	  exe=$$(ls -d $(PYENV_ROOT)/versions/$$v.*/bin/python$$v 2>/dev/null | sort -V | tail -n 1); \
+	  [ -n "$$exe" ] || exe=$$(command -v python$$v); \
+	  if [ -z "$$exe" ] || ! "$$exe" -V >/dev/null 2>&1; then echo "python$$v: not found, skipped"; continue; fi; \
+	  $(MAKE) --no-print-directory install PYTHON=$$exe VENV=.venv-$$v || exit 1; \
+	  echo "python$$v: $(SMOKE)"; \
+	  .venv-$$v/bin/python $(call WERROR,$$exe) -m pytest -q -p no:cacheprovider \
+	    $(call WERROR,$$exe) $(SMOKE) || exit 1; \
+	done
 
 bench: install ## sweep part counts against a simulated CDN (see benchmarks/README)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean: ## remove the venv, caches and demo data
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-data *.egg-info
+	rm -rf $(VENV) .venv-3.* .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-data *.egg-info

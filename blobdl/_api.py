@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from . import _state
+from . import _isolate, _state
 from ._cache import entry_info, place, reseal, seal, sealed, verify
 from ._cache import entry_path as cache_entry
 from ._coordinator import CheckpointCallback, Coordinator
@@ -116,6 +116,19 @@ class Downloader:
         return self._run(remote.url, remote, path, digest, listener)
 
     def _run(
+        self,
+        url: str,
+        remote: Remote | None,
+        path: str | os.PathLike[str] | None,
+        digest: str | None,
+        tell: EventCallback,
+    ) -> DownloadResult:
+        if _isolate.threaded():  # never fork a threaded process: a clean one forks instead
+            args = (self.settings, url, remote, _fspath(path), digest)
+            return _isolate.call(_run_here, args, tell)
+        return self._run_here(url, remote, path, digest, tell)
+
+    def _run_here(
         self,
         url: str,
         remote: Remote | None,
@@ -363,6 +376,26 @@ def _listener(
             on_progress(event)
 
     return tell
+
+
+def _run_here(
+    settings: Settings,
+    url: str,
+    remote: Remote | None,
+    path: str | None,
+    digest: str | None,
+    tell: EventCallback | None,
+) -> DownloadResult:
+    """A download in the clean process ``_isolate`` started for a threaded caller."""
+    return Downloader(settings)._run_here(url, remote, path, digest, tell or _ignore)
+
+
+def _ignore(event: Event) -> None:
+    pass
+
+
+def _fspath(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else os.fspath(path)
 
 
 def _done(records: list[PartRecord] | tuple[PartRecord, ...]) -> int:

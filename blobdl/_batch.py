@@ -21,6 +21,7 @@ from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from . import _isolate
 from ._api import Downloader, _name_from_url, default_name
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
@@ -173,8 +174,25 @@ def download_many(
         if not where.is_dir():
             raise UsageError(f"base directory {str(where)!r} is not a directory")
         batch = [_inside(where, item, f"item {n}") for n, item in enumerate(batch)]
-    scheduler = _Scheduler(batch, base, max_connections, per_host, on_event, where)
-    return [r._replace(item=item) for r, item in zip(scheduler.run(), given, strict=True)]
+    if _isolate.threaded():  # never fork a threaded process: a clean one schedules instead
+        _first_of_each(batch)  # usage errors from the calling thread, before any process
+        args = (batch, base, max_connections, per_host, where)
+        results = _isolate.call(_many_here, args, on_event)
+    else:
+        results = _Scheduler(batch, base, max_connections, per_host, on_event, where).run()
+    return [r._replace(item=item) for r, item in zip(results, given, strict=True)]
+
+
+def _many_here(
+    batch: list[Item],
+    settings: Settings,
+    budget: int,
+    per_host: int,
+    base_dir: Path | None,
+    on_event: BatchCallback | None,
+) -> list[ItemResult]:
+    """``download_many`` in the clean process ``_isolate`` started for a threaded caller."""
+    return _Scheduler(batch, settings, budget, per_host, on_event, base_dir).run()
 
 
 class _Scheduler:
