@@ -15,6 +15,10 @@ import psutil
 from .errors import InsufficientSpace, LocalFileError
 
 TEMP_SUFFIX = ".blobdl-tmp"
+#: Every file blobdl keeps beside a destination has this in its name (-tmp, -state, -lock...).
+SIDE_MARK = ".blobdl-"
+#: NAME_MAX (255) less our longest side-file suffix (a cache scratch: .blobdl-link-PID-HEX).
+MAX_NAME_BYTES = 255 - 40
 # fallocate(2) errors that mean "this filesystem cannot": the file stays sparse.
 _NO_FALLOCATE = frozenset(
     {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS, errno.ENODEV}
@@ -29,7 +33,10 @@ def temp_path(dest: Path) -> Path:
 def safe_basename(name: str | None) -> str | None:
     """Reduce a server- or URL-supplied name to a plain file name, or None if nothing is left.
 
-    ``../../x`` and ``/etc/x`` become ``x``: a remote never chooses our directory.
+    ``../../x`` and ``/etc/x`` become ``x``: a remote never chooses our directory. A name
+    of one of our own side files (``x.blobdl-tmp``) is no name at all: a finished download
+    must never pass for a partial one. A long name is cut (keeping a short extension) so
+    that it and our side files beside it fit the filesystem's 255-byte limit.
     """
     if not name:
         return None
@@ -37,7 +44,22 @@ def safe_basename(name: str | None) -> str | None:
     base = "".join(c for c in base if c.isprintable() and c != "\x00")
     if base in ("", ".", "..") or base.startswith("."):
         base = base.lstrip(".")
-    return base or None
+    if SIDE_MARK in base:
+        return None
+    return _fit(base) or None
+
+
+def _fit(name: str) -> str:
+    """``name`` cut to MAX_NAME_BYTES of UTF-8, on a character boundary, keeping a short
+    extension."""
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext.encode()) > 16:
+        stem, ext = name, ""
+    room = MAX_NAME_BYTES - len(ext.encode()) - (1 if ext else 0)
+    cut = stem.encode()[:room].decode(errors="ignore")
+    return f"{cut}.{ext}" if ext else cut
 
 
 def check_destination(dest: Path) -> None:

@@ -96,6 +96,46 @@ def test_hostile_content_disposition_does_not_stop_a_batch(
     assert all(r.ok for r in results), [r.error for r in results]
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x.blobdl-tmp",
+        "x.blobdl-state",
+        "x.blobdl-lock",
+        "blob.bin.blobdl-bad",
+        "x.blobdl-state.new",
+    ],
+)
+def test_a_server_never_names_one_of_our_side_files(
+    make: Make, server: ServerHandle, tmp_path: Path, name: str
+) -> None:
+    """A finished download named like a partial would be taken for one (or resumed into)."""
+    blob = make(2 * PART)
+    _set_headers(
+        server, blob, {"Content-Disposition": f'attachment; filename="{name}"'}, times=None
+    )
+    done = run_cli(blob.url, *FAST, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [made] = tmp_path.iterdir()
+    assert ".blobdl-" not in made.name and made.stat().st_size == blob.size
+
+
+@pytest.mark.parametrize("name", ["a" * 10_000, "é" * 2000, "b" * 254 + ".bin"])
+def test_a_long_server_name_is_cut_to_fit_with_our_side_files(
+    make: Make, server: ServerHandle, tmp_path: Path, name: str
+) -> None:
+    blob = make(2 * PART)
+    _set_headers(
+        server, blob, {"Content-Disposition": f'attachment; filename="{name}"'}, times=None
+    )
+    done = run_cli(blob.url, *FAST, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [made] = tmp_path.iterdir()
+    assert name.startswith(made.name[:10]) and made.stat().st_size == blob.size
+    # Room left for the longest suffix we add beside the destination (NAME_MAX is 255).
+    assert len(made.name.encode()) + len(".blobdl-link-4194304-ffffffff") <= 255
+
+
 # --- Content-Range, Content-Length: sizes --------------------------------------------------
 
 
