@@ -379,12 +379,32 @@ def start_registry(
 # --- a logging reverse proxy in front of S3 ---------------------------------------------------
 
 
+RELAY_CTL = "/__relay/faults"
+
+
 def _serve_relay(target: str, port: int, log: Path) -> None:
     """Forward every request to ``target``; append ``METHOD PATH?QUERY AUTH`` per request to
-    ``log`` (AUTH is the Authorization header's scheme, or ``-``)."""
+    ``log`` (AUTH is the Authorization header's scheme, or ``-``). A POST to ``RELAY_CTL``
+    sets fault rules ``{"match": TEXT, "skip": N, "status": 403}``: the first GET whose path
+    holds TEXT after N such GETs gets ``status`` (an S3-style error) instead, once."""
     import http.client
+    import threading
 
     upstream = urlsplit(target)
+    rules: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def fault(path: str) -> int | None:
+        with lock:
+            for rule in rules:
+                if rule["match"] not in path:
+                    continue
+                if rule["skip"] > 0:
+                    rule["skip"] -= 1
+                    return None
+                rules.remove(rule)
+                return int(rule.get("status", 403))
+        return None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -392,12 +412,29 @@ def _serve_relay(target: str, port: int, log: Path) -> None:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+        def _reply(self, status: int, data: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def _relay(self) -> None:
             auth = self.headers.get("Authorization", "-").split(" ")[0]
-            with log.open("a") as f:
-                f.write(f"{self.command} {self.path} {auth}\n")
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length) if length else None
+            if self.path == RELAY_CTL:
+                with lock:
+                    rules[:] = json.loads(body or b"[]")
+                self._reply(200, b"<ok/>")
+                return
+            with log.open("a") as f:
+                f.write(f"{self.command} {self.path} {auth}\n")
+            status = fault(self.path) if self.command == "GET" else None
+            if status is not None:
+                self._reply(status, b"<Error><Code>AccessDenied</Code>"
+                            b"<Message>Request has expired</Message></Error>")  # fmt: skip
+                return
             conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
             conn.request(self.command, self.path, body=body, headers=headers)
@@ -430,6 +467,11 @@ class Relay:
             return []
         rows = [line.rsplit(" ", 2) for line in self.log.read_text().splitlines()]
         return [(m, p, a) for m, p, a in rows]
+
+    def set_faults(self, rules: list[dict[str, Any]]) -> None:
+        req = urllib.request.Request(self.url + RELAY_CTL, json.dumps(rules).encode())
+        with _OPENER.open(req, timeout=5):
+            pass
 
     def stop(self) -> None:
         _stop(self.proc)

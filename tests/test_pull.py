@@ -374,3 +374,26 @@ def test_a_store_that_cannot_be_written_is_one_line_exit_5(
     done = run_cli("pull", ref(registry, model), "--models-dir", str(blocker / "models"))
     assert done.returncode == 5, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and str(blocker) in done.stderr
+
+
+def blob_gets(registry: Registry, digest: str) -> int:
+    return sum(1 for m, p, _ in registry.requests() if m == "GET" and p.endswith(digest))
+
+
+def test_a_presigned_url_expiring_mid_layer_is_resolved_again_and_the_layer_resumes(
+    s3_setup: tuple[Registry, Relay], tmp_path: Path, no_docker_config: Path
+) -> None:
+    registry, relay = s3_setup
+    model = registry.push_model("library/expires", "v1", (1024 * KB, 20))
+    layer = json.loads(model.manifest)["layers"][0]["digest"]
+    # The probe and five 64 KiB parts go through; the next presigned GET is refused as S3
+    # refuses an expired signature. Every later GET (a fresh URL) is served.
+    relay.set_faults([{"match": f"{layer[7:]}/data?X-Amz-", "skip": 6, "status": 403}])
+    before = blob_gets(registry, layer)
+    settings = fast_settings(connections=1, checkpoint_interval=0.05)
+    result = blobdl.pull(ref(registry, model), tmp_path / "m", settings=settings)
+    assert_store(tmp_path / "m", registry, model)
+    assert blob_gets(registry, layer) - before >= 2  # the registry was asked again
+    download = next(r.download for r in result.layers if r.digest == layer)
+    assert download is not None and download.resumed >= 64 * KB
+    assert download.bytes_fetched <= 1024 * KB - download.resumed + 64 * KB

@@ -203,6 +203,27 @@ def test_state_for_another_url_is_not_trusted(
     assert "it is for" in caplog.text
 
 
+def test_a_digest_pinned_partial_resumes_from_another_url_of_the_same_blob(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A registry hands out a new presigned URL each time it is asked: the pinned digest,
+    not the URL, says which blob a partial belongs to (the final hash still checks it)."""
+    blob = make(8 * PART, seed=25)
+    out = tmp_path / "out"
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "skip": 1 + 4, "times": None, "action": "status",
+         "status": 503},
+    )  # fmt: skip
+    pinned = f"sha256:{blob.sha256}"
+    with pytest.raises(blobdl.RetriesExhausted):
+        Downloader(fast_settings(retries=0, connections=4)).download(blob.url, out, digest=pinned)
+    server.reset()
+    again = server.route(f"/cd/{blob.name}?filename=other")
+    result = Downloader(fast_settings()).download(again, out, digest=pinned)
+    assert sha256_file(out) == blob.sha256 and result.resumed > 0
+    assert result.bytes_fetched <= blob.size - result.resumed + PART
+
+
 def test_no_resume_starts_over(make: Make, server: ServerHandle, tmp_path: Path) -> None:
     blob = make(8 * PART, seed=25)
     out = tmp_path / "out"
