@@ -12,7 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,11 @@ import pytest
 
 import blobdl
 from blobdl._reference import parse_reference
-from tests.conftest import REPO, fast_settings, run_cli
+from tests.conftest import REPO, Blob, fast_settings, run_cli
 from tests.registry import (
+    CONFIG_TYPE,
     MANIFEST_TYPE,
+    MODEL_TYPES,
     Model,
     Registry,
     Relay,
@@ -31,11 +33,13 @@ from tests.registry import (
     start_s3,
     start_token_server,
 )
+from tests.serverctl import ServerHandle, start_server
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/bin/docker-registry").exists(), reason="needs Debian's docker-registry"
 )
 KB = 1024
+Make = Callable[..., Blob]
 INDEX = "application/vnd.oci.image.index.v1+json"
 
 
@@ -397,3 +401,100 @@ def test_a_presigned_url_expiring_mid_layer_is_resolved_again_and_the_layer_resu
     download = next(r.download for r in result.layers if r.digest == layer)
     assert download is not None and download.resumed >= 64 * KB
     assert download.bytes_fetched <= 1024 * KB - download.resumed + 64 * KB
+
+
+# --- faults on the storage path: a registry route that redirects to the fault server ----------
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """A fault server playing the registry: scripted manifest and blob routes, each blob
+    answered with 307 to the storage (the ``server`` fixture, another origin)."""
+    handle = start_server(tmp_path_factory.mktemp("front"))
+    yield handle
+    handle.stop()
+
+
+def redirected_model(
+    front: ServerHandle, storage: ServerHandle, make: Make, size: int, seed: int
+) -> tuple[str, Blob, dict[str, object]]:
+    """A model whose one layer (``size`` bytes) lives on ``storage``: the reference, the
+    layer, and the fault rules that make ``front`` its registry (give them to set_faults)."""
+    layer, config = make(size, seed=seed), make(100, seed=seed + 1)
+    repo, tag = f"library/faulty{seed}", "v1"
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": CONFIG_TYPE, "digest": f"sha256:{config.sha256}", "size": 100},
+        "layers": [{"mediaType": MODEL_TYPES[0], "digest": f"sha256:{layer.sha256}",
+                    "size": size}]})  # fmt: skip
+    rules = [
+        {
+            "path": f"/v2/{repo}/manifests/{tag}",
+            "times": None,
+            "action": "status",
+            "status": 200,
+            "headers": {"Content-Type": MANIFEST_TYPE},
+            "body": manifest,
+        }
+    ]
+    for blob in (layer, config):
+        rules.append({"path": f"/v2/{repo}/blobs/sha256:{blob.sha256}", "times": None,
+                      "action": "redirect", "status": 307, "location": blob.url})  # fmt: skip
+    return f"http://127.0.0.1:{front.port}/{repo}:{tag}", layer, rules
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"action": "reset_after", "bytes": 20 * KB},
+        {"action": "close_after", "bytes": 30 * KB},
+        {"action": "stall_after", "bytes": 10 * KB, "hold": 5},
+        {"action": "status", "status": 503},
+        {"action": "wrong_content_range", "by": 1},
+    ],
+    ids=lambda fault: str(fault["action"]),
+)
+def test_transient_storage_faults_behind_a_redirect_end_in_exact_bytes(
+    front: ServerHandle, server: ServerHandle, make: Make, tmp_path: Path, fault: dict[str, object]
+) -> None:
+    reference, layer, rules = redirected_model(front, server, make, 512 * KB, seed=41)
+    front.set_faults(*rules)
+    server.set_faults({"path": f"/files/{layer.name}", "skip": 2, "times": 2, **fault})
+    result = blobdl.pull(reference, tmp_path / "m", settings=fast_settings(stall_timeout=0.5))
+    stored = tmp_path / "m" / "blobs" / f"sha256-{layer.sha256}"
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == layer.sha256
+    download = result.layers[1].download
+    assert download is not None and download.retries + download.steals >= 1  # it was hit
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"action": "reset_after", "bytes": 0}, {"action": "status", "status": 403}],
+    ids=["reset", "403"],
+)
+def test_a_persistent_storage_fault_is_one_line_and_the_partial_is_kept(
+    front: ServerHandle, server: ServerHandle, make: Make, tmp_path: Path, fault: dict[str, object]
+) -> None:
+    reference, layer, rules = redirected_model(front, server, make, 512 * KB, seed=43)
+    front.set_faults(*rules)
+    # The probe and three 64 KiB parts come through; from then on storage fails every GET
+    # (a 403 every time, even from a freshly resolved URL: the pull gives up after a few).
+    server.set_faults({"path": f"/files/{layer.name}", "skip": 4, "times": None, **fault})
+    models = tmp_path / "models"
+    done = run_cli("pull", reference, "--models-dir", str(models), "--connections", "1",
+                   "--min-part-size", "64KiB", "--max-part-size", "64KiB", "--retries", "2",
+                   "--max-backoff", "0.01")  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len([line for line in lines if "error" in line]) == 1, done.stderr
+    assert lines[-1].startswith("blobdl: error: "), done.stderr
+    assert f"sha256-{layer.sha256}" not in os.listdir(models / "blobs")
+    assert not (models / "manifests").exists()
+    assert any(p.name.startswith(f"sha256-{layer.sha256}") and p.name.endswith("-state")
+               for p in (models / "blobs-partial").iterdir())  # fmt: skip
+
+    server.set_faults()
+    result = blobdl.pull(reference, models, settings=fast_settings(connections=1))
+    download = result.layers[1].download
+    assert download is not None and download.resumed >= 3 * 64 * KB
+    assert hashlib.sha256((models / "blobs" / f"sha256-{layer.sha256}").read_bytes()).hexdigest() \
+        == layer.sha256  # fmt: skip
