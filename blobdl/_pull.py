@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 from ._api import Downloader
 from ._batch import BatchEvent, Item, ItemResult, download_many
 from ._events import DownloadResult, Event
+from ._fileio import temp_path
 from ._reference import Reference, parse_reference
 from ._registry import Blob, Manifest, Registry
 from .config import Settings
@@ -105,7 +107,7 @@ def pull(
     if on_event is not None:
         on_event(PullStarted(str(reference), manifest.digest, len(manifest.blobs),
                              len(missing), needed))  # fmt: skip
-    store.check_space(needed)
+    store.check_space(missing)
     fetched = _Fetcher(store, registry, base, on_event).fetch_all(missing)
     path = store.write_manifest(reference, manifest)
     layers = tuple(store.layer(b, fetched.get(b.digest)) for b in manifest.blobs)
@@ -139,10 +141,23 @@ class Store:
         except OSError as exc:
             raise LocalFileError(str(self.blob_path(blob)), exc.strerror or str(exc)) from None
 
-    def check_space(self, needed: int) -> None:
+    def check_space(self, missing: list[Blob]) -> None:
+        """Refuse, before the first byte, a pull that cannot fit. A kept partial already
+        holds its space (the engine preallocates), so only what it lacks is needed."""
+        needed = sum(blob.size - self.reserved(blob) for blob in missing)
         free = shutil.disk_usage(self.partial).free
         if needed > free:
             raise InsufficientSpace(str(self.root), needed, free)
+
+    def reserved(self, blob: Blob) -> int:
+        """Bytes of ``blob`` the filesystem already holds for its kept partial."""
+        try:
+            info = temp_path(self.staging_path(blob)).lstat()
+        except OSError:
+            return 0
+        if not stat.S_ISREG(info.st_mode):
+            return 0
+        return min(blob.size, info.st_blocks * 512)
 
     def place(self, blob: Blob, staged: Path) -> None:
         """Move a verified download into ``blobs/``."""

@@ -416,27 +416,22 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
 
 
 def redirected_model(
-    front: ServerHandle, storage: ServerHandle, make: Make, size: int, seed: int
-) -> tuple[str, Blob, dict[str, object]]:
-    """A model whose one layer (``size`` bytes) lives on ``storage``: the reference, the
-    layer, and the fault rules that make ``front`` its registry (give them to set_faults)."""
+    front: ServerHandle, make: Make, size: int, seed: int, *more: Blob
+) -> tuple[str, Blob, list[dict[str, object]]]:
+    """A model whose layer (``size`` bytes, then ``more``) lives on the fault server: the
+    reference, the layer, and the rules that make ``front`` its registry (for set_faults)."""
     layer, config = make(size, seed=seed), make(100, seed=seed + 1)
     repo, tag = f"library/faulty{seed}", "v1"
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+    layers = [{"mediaType": MODEL_TYPES[0], "digest": f"sha256:{b.sha256}", "size": b.size}
+              for b in (layer, *more)]  # fmt: skip
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "layers": layers,
         "config": {"mediaType": CONFIG_TYPE, "digest": f"sha256:{config.sha256}", "size": 100},
-        "layers": [{"mediaType": MODEL_TYPES[0], "digest": f"sha256:{layer.sha256}",
-                    "size": size}]})  # fmt: skip
-    rules = [
-        {
-            "path": f"/v2/{repo}/manifests/{tag}",
-            "times": None,
-            "action": "status",
-            "status": 200,
-            "headers": {"Content-Type": MANIFEST_TYPE},
-            "body": manifest,
-        }
-    ]
-    for blob in (layer, config):
+    })  # fmt: skip
+    rules: list[dict[str, object]] = [
+        {"path": f"/v2/{repo}/manifests/{tag}", "times": None, "action": "status",
+         "status": 200, "headers": {"Content-Type": MANIFEST_TYPE}, "body": manifest}
+    ]  # fmt: skip
+    for blob in (layer, config, *more):
         rules.append({"path": f"/v2/{repo}/blobs/sha256:{blob.sha256}", "times": None,
                       "action": "redirect", "status": 307, "location": blob.url})  # fmt: skip
     return f"http://127.0.0.1:{front.port}/{repo}:{tag}", layer, rules
@@ -456,7 +451,7 @@ def redirected_model(
 def test_transient_storage_faults_behind_a_redirect_end_in_exact_bytes(
     front: ServerHandle, server: ServerHandle, make: Make, tmp_path: Path, fault: dict[str, object]
 ) -> None:
-    reference, layer, rules = redirected_model(front, server, make, 512 * KB, seed=41)
+    reference, layer, rules = redirected_model(front, make, 512 * KB, seed=41)
     front.set_faults(*rules)
     server.set_faults({"path": f"/files/{layer.name}", "skip": 2, "times": 2, **fault})
     result = blobdl.pull(reference, tmp_path / "m", settings=fast_settings(stall_timeout=0.5))
@@ -474,7 +469,7 @@ def test_transient_storage_faults_behind_a_redirect_end_in_exact_bytes(
 def test_a_persistent_storage_fault_is_one_line_and_the_partial_is_kept(
     front: ServerHandle, server: ServerHandle, make: Make, tmp_path: Path, fault: dict[str, object]
 ) -> None:
-    reference, layer, rules = redirected_model(front, server, make, 512 * KB, seed=43)
+    reference, layer, rules = redirected_model(front, make, 512 * KB, seed=43)
     front.set_faults(*rules)
     # The probe and three 64 KiB parts come through; from then on storage fails every GET
     # (a 403 every time, even from a freshly resolved URL: the pull gives up after a few).
@@ -498,3 +493,77 @@ def test_a_persistent_storage_fault_is_one_line_and_the_partial_is_kept(
     assert download is not None and download.resumed >= 3 * 64 * KB
     assert hashlib.sha256((models / "blobs" / f"sha256-{layer.sha256}").read_bytes()).hexdigest() \
         == layer.sha256  # fmt: skip
+
+
+# --- free space: checked before the first byte, for what is still missing only ----------------
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (tmpfs) for the store."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr!r}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_pull_that_cannot_fit_is_refused_before_the_first_byte(
+    front: ServerHandle, server: ServerHandle, make: Make, small_store: Path
+) -> None:
+    reference, layer, rules = redirected_model(front, make, 2048 * KB, seed=61)
+    front.set_faults(*rules)
+    done = run_cli("pull", reference, "--models-dir", str(small_store / "m"))
+    assert done.returncode == 5, done.stderr
+    error = [line for line in done.stderr.splitlines() if line.startswith("blobdl: error:")]
+    assert len(error) == 1 and f"needs {2048 * KB + 100} bytes but only" in error[0], done.stderr
+    assert os.listdir(small_store / "m" / "blobs") == []
+    assert not any(p.endswith("-tmp") for p in os.listdir(small_store / "m" / "blobs-partial"))
+    assert not server.stats()["ranges"]  # not one byte of storage asked for
+
+
+def interrupt_on(front: ServerHandle, server: ServerHandle, make: Make, models: Path) -> Blob:
+    """Leave a kept partial of a 512 KiB layer in ``models`` (a storage fault after 3 parts)."""
+    reference, layer, rules = redirected_model(front, make, 512 * KB, seed=63)
+    front.set_faults(*rules)
+    server.set_faults({"path": f"/files/{layer.name}", "skip": 4, "times": None,
+                       "action": "reset_after", "bytes": 0})  # fmt: skip
+    with pytest.raises(blobdl.RetriesExhausted):
+        blobdl.pull(reference, models, settings=fast_settings(connections=1, retries=1))
+    server.set_faults()
+    return layer
+
+
+def test_a_resumed_pull_needs_space_only_for_what_is_still_missing(
+    front: ServerHandle, server: ServerHandle, make: Make, small_store: Path
+) -> None:
+    models = small_store / "m"
+    interrupt_on(front, server, make, models)  # 512 KiB of the 1 MiB now preallocated
+    # 300 KiB more: with the kept partial the model fits, as a fresh pull would not.
+    reference, layer, rules = redirected_model(front, make, 512 * KB, 63, make(300 * KB, 64))
+    front.set_faults(*rules)
+    result = blobdl.pull(reference, models, settings=fast_settings())
+    download = result.layers[1].download
+    assert download is not None and download.resumed >= 3 * 64 * KB
+    assert sorted(os.listdir(models / "blobs")) == sorted(
+        f"sha256-{r.digest[7:]}" for r in result.layers
+    )
+
+
+def test_a_resumed_pull_that_cannot_fit_names_only_what_is_still_missing(
+    front: ServerHandle, server: ServerHandle, make: Make, small_store: Path
+) -> None:
+    models = small_store / "m"
+    interrupt_on(front, server, make, models)
+    extra = make(600 * KB, 65)  # more than is left beside the partial
+    reference, layer, rules = redirected_model(front, make, 512 * KB, 63, extra)
+    front.set_faults(*rules)
+    done = run_cli("pull", reference, "--models-dir", str(models))
+    assert done.returncode == 5, done.stderr
+    error = [line for line in done.stderr.splitlines() if line.startswith("blobdl: error:")]
+    assert len(error) == 1 and f"needs {600 * KB} bytes but only" in error[0], done.stderr
+    assert f"sha256-{extra.sha256}" not in os.listdir(models / "blobs")
+    assert not (models / "manifests").exists()
