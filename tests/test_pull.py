@@ -514,7 +514,7 @@ def small_store(tmp_path: Path) -> Iterator[Path]:
 def test_a_pull_that_cannot_fit_is_refused_before_the_first_byte(
     front: ServerHandle, server: ServerHandle, make: Make, small_store: Path
 ) -> None:
-    reference, layer, rules = redirected_model(front, make, 2048 * KB, seed=61)
+    reference, _, rules = redirected_model(front, make, 2048 * KB, seed=61)
     front.set_faults(*rules)
     done = run_cli("pull", reference, "--models-dir", str(small_store / "m"))
     assert done.returncode == 5, done.stderr
@@ -543,7 +543,7 @@ def test_a_resumed_pull_needs_space_only_for_what_is_still_missing(
     models = small_store / "m"
     interrupt_on(front, server, make, models)  # 512 KiB of the 1 MiB now preallocated
     # 300 KiB more: with the kept partial the model fits, as a fresh pull would not.
-    reference, layer, rules = redirected_model(front, make, 512 * KB, 63, make(300 * KB, 64))
+    reference, _, rules = redirected_model(front, make, 512 * KB, 63, make(300 * KB, 64))
     front.set_faults(*rules)
     result = blobdl.pull(reference, models, settings=fast_settings())
     download = result.layers[1].download
@@ -559,7 +559,7 @@ def test_a_resumed_pull_that_cannot_fit_names_only_what_is_still_missing(
     models = small_store / "m"
     interrupt_on(front, server, make, models)
     extra = make(600 * KB, 65)  # more than is left beside the partial
-    reference, layer, rules = redirected_model(front, make, 512 * KB, 63, extra)
+    reference, _, rules = redirected_model(front, make, 512 * KB, 63, extra)
     front.set_faults(*rules)
     done = run_cli("pull", reference, "--models-dir", str(models))
     assert done.returncode == 5, done.stderr
