@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import random
+import re
 import signal
 import stat
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -567,3 +571,63 @@ def test_a_resumed_pull_that_cannot_fit_names_only_what_is_still_missing(
     assert len(error) == 1 and f"needs {600 * KB} bytes but only" in error[0], done.stderr
     assert f"sha256-{extra.sha256}" not in os.listdir(models / "blobs")
     assert not (models / "manifests").exists()
+
+
+# --- what the user sees -----------------------------------------------------------------------
+
+
+def two_models(front: ServerHandle, make: Make, models: Path) -> tuple[str, list[Blob]]:
+    """Pull one model, then give ``front`` another that shares its layer and config and adds
+    a 256 KiB layer: the second pull has one blob to fetch. Returns its reference and layers."""
+    reference, layer, rules = redirected_model(front, make, 512 * KB, seed=71)
+    front.set_faults(*rules)
+    blobdl.pull(reference, models, settings=fast_settings())
+    new = make(256 * KB, seed=73)
+    reference, _, rules = redirected_model(front, make, 512 * KB, 71, new)
+    front.set_faults(*rules)
+    return reference, [layer, new]
+
+
+def test_plain_output_is_a_start_line_a_line_per_layer_and_a_summary(
+    front: ServerHandle, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    models = tmp_path / "m"
+    reference, (layer, new) = two_models(front, make, models)
+    done = run_cli("pull", reference, "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    resolved = reference.removeprefix("http://")
+    config = make(100, seed=72)
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"pulling {resolved}: 1 of 3 blobs to fetch, {256 * KB} bytes"
+    assert lines[1] == f"sha256:{config.sha256}  100 bytes  present"
+    assert lines[2] == f"sha256:{layer.sha256}  {512 * KB} bytes  present"
+    assert re.fullmatch(rf"sha256:{new.sha256}  {256 * KB} bytes  fetched in \d+\.\d s", lines[3])
+    manifest = models / "manifests" / resolved.replace(":v1", "/v1")
+    assert re.fullmatch(rf"pulled {re.escape(resolved)}: 3 blobs, {256 * KB} bytes fetched "
+                        rf"in \d+\.\d s -> {re.escape(str(manifest))}", lines[4])  # fmt: skip
+    assert len(lines) == 5 and done.stdout == ""
+
+
+def test_a_terminal_gets_one_bar_for_the_bytes_still_missing(
+    front: ServerHandle, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    models = tmp_path / "m"
+    reference, _ = two_models(front, make, models)
+    primary, secondary = os.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blobdl", "pull", reference, "--models-dir", str(models)],
+        stdin=subprocess.DEVNULL, stdout=secondary, stderr=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    os.close(secondary)
+    screen = b""
+    with contextlib.suppress(OSError):  # EIO: the child closed the terminal
+        while chunk := os.read(primary, 4096):
+            screen += chunk
+    os.close(primary)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    text = screen.decode()
+    bars = [line for line in text.replace("\r\n", "\n").split("\n") if "%|" in line]
+    assert len(bars) == 1, text  # redrawn in place with \r, never a second bar
+    assert "256k/256k" in bars[0].split("\r")[-1], text  # the total: the one missing layer
