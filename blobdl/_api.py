@@ -251,7 +251,7 @@ class Downloader:
                 str(temp),
                 self.settings,
                 job.tell,
-                _checkpointer(fd, remote, job.resume_key, state_file)
+                _checkpointer(fd, remote, job.expected, state_file)
                 if self.settings.resume
                 else None,
             )
@@ -291,7 +291,7 @@ class Downloader:
         if ranges stay refused the partial is kept and the BadResponse raised."""
         if remote.ranges or not self.settings.resume:
             return remote
-        previous = _state.load(state_file, job.resume_key, temp)
+        previous = _state.load(state_file, job.url, temp, job.expected)
         if previous is None or previous.done == 0 or not previous.describes(remote):
             return remote
         return resolve(job.url, self.settings, need_ranges=True)
@@ -300,7 +300,7 @@ class Downloader:
         """The resumable state of an earlier run, if it is for this very blob."""
         if not self.settings.resume or not remote.ranges:
             return None
-        previous = _state.load(state_file, job.resume_key, temp)
+        previous = _state.load(state_file, job.url, temp, job.expected)
         if previous is not None and not previous.describes(remote):
             log.warning("the remote changed since the partial download; starting over")
             return None
@@ -365,12 +365,6 @@ class _Job:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    @property
-    def resume_key(self) -> str:
-        """What a resume record is for: the pinned digest if there is one (a presigned URL
-        changes each time the registry is asked, the bytes it names do not), else the URL."""
-        return f"sha256:{self.expected}" if self.expected else self.url
-
 
 def _listener(
     on_progress: ProgressCallback | None, on_event: EventCallback | None
@@ -428,19 +422,22 @@ def _quietly(tell: EventCallback, event: Event) -> None:
         log.warning("the event callback raised %r while a failure was reported", exc)
 
 
-def _checkpointer(fd: int, remote: Remote, key: str, state_file: Path) -> CheckpointCallback:
+def _checkpointer(
+    fd: int, remote: Remote, digest: str | None, state_file: Path
+) -> CheckpointCallback:
     def checkpoint(parts: tuple[PartRecord, ...]) -> None:
         try:
             os.fdatasync(fd)  # the record may only claim bytes that are already durable
             _state.save(
                 state_file,
                 State(
-                    key,
+                    remote.url,
                     remote.final_url,
                     remote.size or 0,
                     remote.etag,
                     remote.last_modified,
                     parts,
+                    digest,
                 ),
             )
         except OSError as exc:

@@ -37,6 +37,9 @@ class State(NamedTuple):
     etag: str | None
     last_modified: str | None
     parts: tuple[PartRecord, ...]
+    # The pinned sha256 (hex) if there was one: a partial of those bytes resumes from any URL
+    # (a registry hands out a new presigned URL each time it is asked; the bytes are checked).
+    digest: str | None = None
 
     def describes(self, remote: Remote) -> bool:
         """Same blob: size and validators as the remote has now."""
@@ -68,8 +71,9 @@ def save(path: Path, state: State) -> None:
     os.replace(scratch, path)
 
 
-def load(path: Path, url: str, temp: Path) -> State | None:
-    """The record for ``url`` beside ``temp``, or None (with a warning if one was there)."""
+def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State | None:
+    """The record for ``url`` (or for the pinned ``digest``) beside ``temp``, or None (with
+    a warning if one was there)."""
     if not path.exists():
         return None
     try:
@@ -78,7 +82,7 @@ def load(path: Path, url: str, temp: Path) -> State | None:
     except (OSError, LocalFileError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable resume state %s (%s)", path, exc)
         return None
-    if state.url != url:
+    if state.url != url and (digest is None or state.digest != digest):
         log.warning("ignoring resume state %s: it is for %s", path, state.url)
         return None
     try:
@@ -132,7 +136,10 @@ def _parse(text: str) -> State:
         etag=body["etag"],
         last_modified=body["last_modified"],
         parts=parts,
+        digest=body.get("digest"),
     )
+    if state.digest is not None and not isinstance(state.digest, str):
+        raise ValueError("the digest is not a string")
     _require_cover(state)
     return state
 

@@ -224,6 +224,24 @@ def test_a_digest_pinned_partial_resumes_from_another_url_of_the_same_blob(
     assert result.bytes_fetched <= blob.size - result.resumed + PART
 
 
+def test_a_digest_pinned_partial_still_resumes_from_its_url_without_the_digest(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(8 * PART, seed=26)
+    out = tmp_path / "out"
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "skip": 1 + 4, "times": None, "action": "status",
+         "status": 503},
+    )  # fmt: skip
+    with pytest.raises(blobdl.RetriesExhausted):
+        Downloader(fast_settings(retries=0, connections=4)).download(
+            blob.url, out, digest=f"sha256:{blob.sha256}"
+        )
+    server.reset()
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed > 0
+
+
 def test_no_resume_starts_over(make: Make, server: ServerHandle, tmp_path: Path) -> None:
     blob = make(8 * PART, seed=25)
     out = tmp_path / "out"
