@@ -46,9 +46,10 @@ from ._fileio import (
     set_size,
     temp_path,
 )
-from ._http import Remote, check_url, lift_userinfo, resolve
+from ._http import check_url, lift_userinfo, resolve
 from ._lock import DestinationLock
 from ._plan import plan
+from ._remote import Remote
 from ._state import PartRecord, State
 from .config import Settings, redact_url
 from .errors import (

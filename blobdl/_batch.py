@@ -26,8 +26,9 @@ from ._api import Downloader, _name_from_url, default_name
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
 from ._events import DownloadResult, Event, Failed
-from ._http import Remote, check_url, lift_userinfo, resolve
+from ._http import check_url, lift_userinfo, resolve
 from ._plan import part_count
+from ._remote import Remote
 from ._signals import Interrupts
 from ._spawn import start
 from .config import Settings, parse_header, redact_url

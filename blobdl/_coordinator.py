@@ -21,7 +21,8 @@ from multiprocessing.process import BaseProcess
 from typing import NamedTuple
 
 from ._events import EventCallback, PartProgress, PartRetried, PartStalled, Progress
-from ._http import Remote, resolve, same_blob
+from ._http import resolve
+from ._remote import Remote, require_same
 from ._retry import RetryBudget, retry_delay
 from ._shared import CounterTable
 from ._signals import Interrupts
@@ -290,7 +291,7 @@ class Coordinator:
         if part.refreshed_at is not None and pos <= part.refreshed_at:
             return False  # this part had its refresh and did not move since: really refused
         fresh = resolve(self.remote.url, self.settings)  # blocks the loop: rare and short
-        same_blob(self.remote, fresh)
+        require_same(self.remote, fresh)
         self.remote, part.refreshed_at = fresh, pos
         self.generation += 1
         return True

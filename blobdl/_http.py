@@ -28,9 +28,10 @@ from urllib3.exceptions import InsecureRequestWarning, InvalidHeader, LocationPa
 from urllib3.util import make_headers, parse_url
 from urllib3.util.ssl_ import create_urllib3_context
 
-from . import __version__
 from ._plan import Span, parse_content_range, range_header
+from ._remote import Remote
 from ._retry import RetryBudget, retry_delay
+from ._version import __version__
 from .config import MAX_BYTES, Settings, check_proxy_url, redact_url
 from .errors import (
     BadResponse,
@@ -54,19 +55,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECT_BODY_LIMIT = 64 * 1024
 
 Response = urllib3.BaseHTTPResponse
-
-
-class Remote(NamedTuple):
-    """What the probe learned about the blob; pinned for the whole download."""
-
-    url: str  # the URL the user asked for
-    final_url: str  # after redirects: every part is fetched from here
-    size: int | None  # None: the server did not say
-    ranges: bool  # a range request was answered 206 (proven, not assumed)
-    etag: str | None  # validator pinned at probe time
-    last_modified: str | None
-    filename: str | None  # from Content-Disposition, unsanitised
-    headers: tuple[tuple[str, str], ...]  # user headers still safe to send to final_url
 
 
 def check_url(url: str) -> None:
@@ -595,11 +583,3 @@ def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remot
                 time.sleep(retry_delay(budget.failures, wait, settings))
     finally:
         pool.clear()
-
-
-def same_blob(pinned: Remote, fresh: Remote) -> None:
-    """Raise ``RemoteChanged`` unless ``fresh`` describes the blob ``pinned`` did."""
-    for name in ("size", "ranges", "etag", "last_modified"):
-        before, after = getattr(pinned, name), getattr(fresh, name)
-        if before != after:
-            raise RemoteChanged(fresh.final_url, f"{name} changed from {before} to {after}")

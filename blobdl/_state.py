@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._fileio import open_own
-from ._http import Remote
+from ._remote import Identity, Remote
 from .errors import LocalFileError
 
 STATE_SUFFIX = ".blobdl-state"
@@ -39,12 +39,12 @@ class State(NamedTuple):
     parts: tuple[PartRecord, ...]
 
     def describes(self, remote: Remote) -> bool:
-        """Same blob: size and validators as the remote has now."""
-        return (self.size, self.etag, self.last_modified) == (
-            remote.size,
-            remote.etag,
-            remote.last_modified,
-        )
+        """Same blob: the identity the remote has now."""
+        return self.identity == remote.identity
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.size, self.etag, self.last_modified)
 
     @property
     def done(self) -> int:

@@ -20,7 +20,6 @@ from typing import NamedTuple
 from ._fileio import local_error, pwrite_all
 from ._http import (
     Reader,
-    Remote,
     body_reader,
     content_length,
     make_pool,
@@ -29,6 +28,7 @@ from ._http import (
     translate_errors,
 )
 from ._plan import Span
+from ._remote import Remote
 from ._shared import CounterTable
 from .config import Settings
 from .errors import BlobdlError, TruncatedBody

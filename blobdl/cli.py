@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__
 from ._api import Downloader
 from ._batch import BatchEvent, ItemResult, download_many, parse_manifest
 from ._events import DownloadResult, Event, Failed, Progress, Started, event_record
+from ._version import __version__
 from .config import Settings, parse_header, parse_size, redact_url
 from .errors import (
     EXIT_INTEGRITY,
