@@ -20,10 +20,11 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import NamedTuple
 
+from . import _retry
 from ._events import EventCallback, PartProgress, PartRetried, PartStalled, Progress
 from ._http import resolve
 from ._remote import Remote, require_same
-from ._retry import RetryBudget, retry_delay
+from ._retry import Failure, Retry, decide
 from ._shared import CounterTable
 from ._signals import Interrupts
 from ._spawn import start
@@ -31,7 +32,7 @@ from ._state import PartRecord
 from ._steal import Lane, choose
 from ._worker import Job, worker_main
 from .config import Settings
-from .errors import HTTPStatusError, RetriesExhausted, Stalled, WorkerCrashed
+from .errors import RetriesExhausted, Stalled, WorkerCrashed
 
 CheckpointCallback = Callable[[tuple[PartRecord, ...]], None]
 
@@ -51,7 +52,7 @@ class _Part:
     # range itself may be slow for everyone; the lane can still be split)
     state: str = PENDING
     attempts: int = 0
-    budget: RetryBudget = field(default_factory=RetryBudget)
+    retry: Retry = field(default_factory=Retry)  # replaced by the settings' policy
     generation: int = 0  # the remote's generation when the running attempt started
     refreshed_at: int | None = None  # position when this part last had the URL refreshed
     not_before: float = 0.0  # earliest time of the next attempt (backoff)
@@ -93,7 +94,8 @@ class Coordinator:
             parts = [PartRecord(0, remote.size if remote.size is not None else -1, 0)]
         # Room for the slots that steals create: each steal adds one.
         self.table = CounterTable(len(parts) + 32 * settings.connections)
-        self.parts = [_Part(slot=i, start=p.start) for i, p in enumerate(parts)]
+        retry = Retry.from_settings(settings)
+        self.parts = [_Part(slot=i, start=p.start, retry=retry) for i, p in enumerate(parts)]
         for part, record in zip(self.parts, parts, strict=True):
             self.table.set_start(part.slot, record.start)
             self.table.set_pos(part.slot, record.pos)
@@ -200,7 +202,11 @@ class Coordinator:
         victim = self.parts[decision.victim]
         end = self.table.end(victim.slot)
         thief = _Part(
-            slot=len(self.parts), start=decision.at, stolen=True, took_over=decision.takeover
+            slot=len(self.parts),
+            start=decision.at,
+            stolen=True,
+            took_over=decision.takeover,
+            retry=Retry.from_settings(self.settings),
         )
         self.table.set_start(thief.slot, decision.at)
         self.table.set_pos(thief.slot, decision.at)
@@ -260,41 +266,34 @@ class Coordinator:
         return end < 0 or self.table.pos(part.slot) >= end
 
     def _failed(self, part: _Part, error: BaseException) -> None:
-        if _expired(error) and self._refresh(part):
-            delay = retry_delay(1, None, self.settings)  # the budget is left intact
-            part.state, part.not_before = WAITING, time.monotonic() + delay
-            return
-        if not getattr(error, "retryable", False):
+        """Ask the policy what now, and do it."""
+        pos, end = self.table.pos(part.slot), self.table.end(part.slot)
+        redirected = self.remote.final_url != self.remote.url
+        stale = part.generation < self.generation
+        facts = Failure(error, pos, end, part.retry, redirected, stale, part.refreshed_at)
+        verdict = decide(facts)
+        part.retry = verdict.retry
+        if verdict.action == _retry.FAIL:
             raise error
-        end = self.table.end(part.slot)
-        if 0 <= end <= self.table.pos(part.slot):  # died after its last write: all there
+        if verdict.action == _retry.EXHAUSTED:
+            raise RetriesExhausted(part.slot, part.start, end, part.attempts, error)
+        if verdict.action == _retry.DONE:  # died after its last write: all there
             part.state = DONE
             return
-        part.budget = part.budget.after_failure(self.table.pos(part.slot))
-        if part.budget.exhausted(self.settings.retries):
-            end = self.table.end(part.slot)
-            raise RetriesExhausted(part.slot, part.start, end, part.attempts, error)
-        self.retries += 1
-        retry_after = error.retry_after if isinstance(error, HTTPStatusError) else None
-        delay = retry_delay(part.budget.failures, retry_after, self.settings)
-        part.state, part.not_before = WAITING, time.monotonic() + delay
-        self._tell(PartRetried(part.slot, part.budget.failures, delay, str(error)))
+        if verdict.action == _retry.REFRESH:
+            self._refresh(part, pos)
+        part.state, part.not_before = WAITING, time.monotonic() + verdict.delay
+        if verdict.action not in (_retry.REFRESH, _retry.AGAIN):
+            self.retries += 1
+            self._tell(PartRetried(part.slot, part.retry.failures, verdict.delay, str(error)))
 
-    def _refresh(self, part: _Part) -> bool:
+    def _refresh(self, part: _Part, pos: int) -> None:
         """A redirected (signed, expiring) URL answered 403/410: resolve the original URL
-        again, once per stretch without progress. True if the part should simply retry."""
-        if self.remote.final_url == self.remote.url:
-            return False  # nothing to refresh: the URL was never redirected
-        if part.generation < self.generation:
-            return True  # already refreshed since this attempt started
-        pos = self.table.pos(part.slot)
-        if part.refreshed_at is not None and pos <= part.refreshed_at:
-            return False  # this part had its refresh and did not move since: really refused
-        fresh = resolve(self.remote.url, self.settings)  # blocks the loop: rare and short
+        again (it blocks the loop: rare and short); the blob must be the same."""
+        fresh = resolve(self.remote.url, self.settings)
         require_same(self.remote, fresh)
         self.remote, part.refreshed_at = fresh, pos
         self.generation += 1
-        return True
 
     def _release(self, part: _Part) -> None:
         """Forget a finished attempt: count its bytes, close its pipe."""
@@ -390,12 +389,3 @@ class Coordinator:
     def _part_progress(self, part: _Part) -> PartProgress:
         end, done = self.table.end(part.slot), self.table.done(part.slot)
         return PartProgress(part.slot, part.start, end, done, part.state, part.attempts)
-
-
-def _expired(error: BaseException) -> bool:
-    return isinstance(error, HTTPStatusError) and error.status in (403, 410)
-
-
-def _sleep(seconds: float) -> list[int]:
-    time.sleep(seconds)
-    return []

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import blobdl
 from blobdl import Downloader, Progress
-from blobdl._retry import RetryBudget
+from blobdl._retry import Retry
 from blobdl.errors import EXIT_INTEGRITY, EXIT_NETWORK
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 from tests.serverctl import ServerHandle
@@ -340,24 +340,24 @@ def test_403_without_a_redirect_is_final(make: Make, server: ServerHandle, tmp_p
 
 @given(st.integers(0, 20), st.integers(0, 10**12))
 def test_budget_allows_exactly_retries_failures_in_place(retries: int, position: int) -> None:
-    budget = RetryBudget()
+    budget = Retry(total=retries)
     for _ in range(retries + 1):
-        assert not budget.exhausted(retries)
-        budget = budget.after_failure(position)
-    assert budget.exhausted(retries)
+        assert not budget.exhausted
+        budget = budget.increment(position)
+    assert budget.exhausted
 
 
 @given(st.integers(0, 20), st.lists(st.integers(0, 50), min_size=1, max_size=200))
 def test_budget_counts_failures_since_the_furthest_position(
     retries: int, positions: list[int]
 ) -> None:
-    budget = RetryBudget()
+    budget = Retry(total=retries)
     for position in positions:
-        budget = budget.after_failure(position)
+        budget = budget.increment(position)
     furthest = max(positions)
     since = len(positions) - positions.index(furthest)  # failures since it first got there
     assert budget.failures == since and budget.mark == furthest
-    assert budget.exhausted(retries) == (since > retries)
+    assert budget.exhausted == (since > retries)
 
 
 # --- found in review ------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blobdl import Settings, UsageError, parse_size
-from blobdl._plan import Span, backoff_delay, parse_content_range, plan, range_header
+from blobdl._headers import parse_content_range, range_header
+from blobdl._plan import Span, plan
+from blobdl._retry import Retry
 from blobdl.config import MB
 from tests.strategies import backoff_settings, sized_plans
 
@@ -88,13 +90,13 @@ def test_unsatisfied_content_range() -> None:
 @given(attempt=st.integers(1, 1000), settings=backoff_settings, seed=st.integers())
 def test_backoff_follows_ollamas_schedule(attempt: int, settings: Settings, seed: int) -> None:
     base = min(attempt**2 * settings.backoff_unit, settings.max_backoff)
-    delay = backoff_delay(attempt, settings, random.Random(seed))
+    delay = Retry.from_settings(settings).backoff(attempt, random.Random(seed))
     assert 0.5 * base <= delay <= 1.5 * base
 
 
 def test_backoff_defaults_are_ollamas() -> None:
     rng = random.Random(0)
-    delays = [backoff_delay(n, Settings(), rng) for n in (1, 2, 3)]
+    delays = [Retry.from_settings(Settings()).backoff(n, rng) for n in (1, 2, 3)]
     for n, delay in zip((1, 2, 3), delays, strict=True):
         assert 0.005 * n * n <= delay <= 0.015 * n * n
 

@@ -19,8 +19,13 @@ from hypothesis import strategies as st
 
 from blobdl import Downloader, Settings, download_many
 from blobdl._batch import Item
-from blobdl._http import content_disposition_filename, parse_length, parse_retry_after
-from blobdl._plan import parse_content_range, part_count, plan
+from blobdl._headers import (
+    content_disposition_filename,
+    parse_content_range,
+    parse_length,
+    parse_retry_after,
+)
+from blobdl._plan import part_count, plan
 from blobdl.cli import build_parser, settings_from
 from blobdl.errors import BadResponse, BlobdlError, HTTPStatusError, UsageError
 from tests.conftest import PART, Blob, fast_settings, run_cli
