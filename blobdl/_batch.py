@@ -27,7 +27,7 @@ from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
 from ._events import DownloadResult, Event, Failed
 from ._http import check_url, lift_userinfo, resolve
-from ._plan import part_count
+from ._plan import download_part_count
 from ._remote import Remote
 from ._signals import Interrupts
 from ._spawn import start
@@ -276,7 +276,7 @@ class _Scheduler:
         else:
             self.remotes[index] = remote  # probed once, even if it has to wait for its host
             host = _host(remote.final_url)
-            wanted = self._wanted(remote, settings)
+            wanted = self._wanted(remote, settings, hashing=item.digest is not None)
         granted = min(wanted, self._free(), self._free_for(host))
         if granted == 0:
             return False
@@ -318,8 +318,10 @@ class _Scheduler:
             return self.settings
         return dataclasses.replace(self.settings, headers=self.settings.headers + item.headers)
 
-    def _wanted(self, remote: Remote, settings: Settings) -> int:
-        parts = part_count(remote.size, settings) if remote.ranges and remote.size else 1
+    def _wanted(self, remote: Remote, settings: Settings, *, hashing: bool) -> int:
+        """Connections the item can use: one per part (planned as its download will plan
+        them), up to its ``connections``."""
+        parts = download_part_count(remote.size, remote.ranges, settings, hashing=hashing)
         return max(1, min(parts, settings.connections))
 
     def _rate_share(self, settings: Settings, granted: int) -> int | None:

@@ -90,8 +90,6 @@ class Coordinator:
         self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
         self.on_event, self.on_checkpoint = on_event, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
-        if not self.ranged:  # one sequential stream: the whole body, or until EOF
-            parts = [PartRecord(0, remote.size if remote.size is not None else -1, 0)]
         # Room for the slots that steals create: each steal adds one.
         self.table = CounterTable(len(parts) + 32 * settings.connections)
         retry = Retry.from_settings(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from blobdl import Settings, UsageError, parse_size
 from blobdl._headers import parse_content_range, range_header
-from blobdl._plan import Span, plan
+from blobdl._plan import Span, download_part_count, download_parts, plan
 from blobdl._retry import Retry
 from blobdl.config import MB
 from tests.strategies import backoff_settings, sized_plans
@@ -136,3 +137,31 @@ def test_settings_are_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().retries = 3  # type: ignore[misc]
+
+
+@given(
+    sized=sized_plans(),
+    ranges=st.booleans(),
+    known=st.booleans(),
+    hashing=st.booleans(),
+)
+def test_one_function_counts_the_parts_it_plans(
+    sized: tuple[int, Settings], ranges: bool, known: bool, hashing: bool
+) -> None:
+    """A batch item is granted connections by the count its download will plan."""
+    size, settings = sized
+    blob = size if known else None
+    spans = download_parts(blob, ranges, settings, hashing=hashing)
+    assert download_part_count(blob, ranges, settings, hashing=hashing) == len(spans)
+    if not (ranges and known):
+        assert spans == [Span(0, size if known else -1)]  # one stream, to EOF if unknown
+
+
+def test_a_hashed_download_gets_four_parts_per_connection() -> None:
+    settings = Settings(connections=4, min_part_size=MB, max_part_size=1000 * MB)
+    plain = download_part_count(500 * MB, True, settings, hashing=False)
+    hashed = download_part_count(500 * MB, True, settings, hashing=True)
+    assert (plain, hashed) == (16, 16)  # target_parts (16) already covers 4 x 4
+    two = dataclasses.replace(settings, target_parts=2)
+    assert download_part_count(500 * MB, True, two, hashing=False) == 2
+    assert download_part_count(500 * MB, True, two, hashing=True) == 16
