@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from . import _isolate, _state
+from . import _isolate
 from ._cache import entry_info, place, reseal, seal, sealed, verify
 from ._cache import entry_path as cache_entry
-from ._coordinator import CheckpointCallback, Coordinator
+from ._coordinator import Coordinator
 from ._digest import PrefixHasher, parse_digest, sha256_file
 from ._events import (
     DownloadResult,
@@ -36,7 +36,6 @@ from ._events import (
 from ._fileio import (
     check_destination,
     check_free_space,
-    discard,
     finalize,
     local_error,
     open_temp,
@@ -44,20 +43,17 @@ from ._fileio import (
     reserve,
     safe_basename,
     set_size,
-    temp_path,
 )
 from ._http import check_url, lift_userinfo, resolve
 from ._lock import DestinationLock
 from ._plan import download_parts
 from ._remote import Remote
-from ._state import PartRecord, State
+from ._resume import PartRecord, Resume, bytes_done
 from .config import Settings, redact_url
 from .errors import (
     BlobdlError,
     DestinationExists,
     DigestMismatch,
-    RemoteChanged,
-    RetriesExhausted,
     UsageError,
 )
 
@@ -233,27 +229,22 @@ class Downloader:
         return None
 
     def _fetch(self, job: _Job, remote: Remote, dest: Path) -> DownloadResult:
-        temp, state_file = temp_path(dest), _state.state_path(dest)
-        remote = self._ranges_again(job, remote, temp, state_file)
-        previous = self._previous(job, remote, temp, state_file)
-        records = previous.parts if previous else self._fresh(job, remote, dest, temp, state_file)
-        fd: int | None = open_temp(temp, fresh=previous is None)
+        resume = Resume.beside(dest, job.url, self.settings.resume)
+        remote = self._ranges_again(job, remote, resume)
+        previous = resume.previous(remote)
+        records = previous.parts if previous else self._fresh(job, remote, dest, resume)
+        fd: int | None = open_temp(resume.temp, fresh=previous is None)
         assert fd is not None
         try:
             size = remote.size or 0
             if previous is None:
-                set_size(fd, size, temp)
-                reserve(fd, size, temp)  # before any worker exists: nothing writes beside it
+                set_size(fd, size, resume.temp)
+                reserve(fd, size, resume.temp)  # before any worker exists: nothing writes beside it
+            checkpoint = resume.checkpointer(fd, remote)
             coordinator = Coordinator(
-                remote,
-                records,
-                fd,
-                str(temp),
-                self.settings,
-                job.tell,
-                _checkpointer(fd, remote, state_file) if self.settings.resume else None,
+                remote, records, fd, str(resume.temp), self.settings, job.tell, checkpoint
             )
-            job.tell(Started(job.url, str(dest), remote.size, len(records), _done(records)))
+            job.tell(Started(job.url, str(dest), remote.size, len(records), bytes_done(records)))
             with ExitStack() as cleanup:
                 hasher = None
                 if job.expected is not None:
@@ -262,12 +253,13 @@ class Downloader:
                 tally = coordinator.run()
                 actual = hasher.finish(tally.final_size) if hasher else None
             if actual is not None and actual != job.expected:
-                self._reject(fd, temp, state_file, dest, job.expected or "", actual)
+                self._reject(resume, dest, job.expected or "", actual)
             owned, fd = fd, None  # finalize closes it, whatever happens
-            finalize(owned, temp, dest, tally.final_size)
-            _state.remove(state_file)
+            finalize(owned, resume.temp, dest, tally.final_size)
+            resume.finished()
         except BaseException as exc:
-            self._after_failure(exc, fd, temp, state_file)
+            _close_quietly(fd)
+            resume.settle(exc)
             raise
         return DownloadResult(
             path=dest,
@@ -283,33 +275,17 @@ class Downloader:
             verified=actual is not None,
         )
 
-    def _ranges_again(self, job: _Job, remote: Remote, temp: Path, state_file: Path) -> Remote:
+    def _ranges_again(self, job: _Job, remote: Remote, resume: Resume) -> Remote:
         """The probe got a 200, but a partial of this very blob was fetched in ranges: most
         likely one flaky edge. Probe again (with the retry policy) rather than start over;
         if ranges stay refused the partial is kept and the BadResponse raised."""
-        if remote.ranges or not self.settings.resume:
-            return remote
-        previous = _state.load(state_file, job.url, temp)
-        if previous is None or previous.done == 0 or not previous.describes(remote):
+        if remote.ranges or not resume.holds_partial_of(remote):
             return remote
         return resolve(job.url, self.settings, need_ranges=True)
 
-    def _previous(self, job: _Job, remote: Remote, temp: Path, state_file: Path) -> State | None:
-        """The resumable state of an earlier run, if it is for this very blob."""
-        if not self.settings.resume or not remote.ranges:
-            return None
-        previous = _state.load(state_file, job.url, temp)
-        if previous is not None and not previous.describes(remote):
-            log.warning("the remote changed since the partial download; starting over")
-            return None
-        return previous
-
-    def _fresh(
-        self, job: _Job, remote: Remote, dest: Path, temp: Path, state_file: Path
-    ) -> list[PartRecord]:
+    def _fresh(self, job: _Job, remote: Remote, dest: Path, resume: Resume) -> list[PartRecord]:
         """Start over: forget any earlier partial file, check space, plan the parts."""
-        discard(temp)
-        _state.remove(state_file)
+        resume.forget()
         if remote.size:
             check_free_space(dest, remote.size)
         spans = download_parts(
@@ -317,36 +293,16 @@ class Downloader:
         )
         return [PartRecord(s.start, s.end, s.start) for s in spans]
 
-    def _reject(
-        self, fd: int, temp: Path, state_file: Path, dest: Path, expected: str, actual: str
-    ) -> None:
+    def _reject(self, resume: Resume, dest: Path, expected: str, actual: str) -> None:
         """A digest mismatch: the bytes are bad; never rename them onto the destination."""
-        _state.remove(state_file)
+        resume.finished()
         if self.settings.keep_bad:
             bad = dest.with_name(dest.name + BAD_SUFFIX)
             try:
-                os.replace(temp, bad)  # replaces a link planted at the name, never writes through
+                os.replace(resume.temp, bad)  # replaces a link planted at the name
             except OSError as exc:
                 raise local_error(bad, exc) from None
         raise DigestMismatch(expected, actual)
-
-    def _after_failure(
-        self, exc: BaseException, fd: int | None, temp: Path, state_file: Path
-    ) -> None:
-        """Keep the partial file when its record claims bytes and nothing proved them bad;
-        never raise over ``exc``: the caller re-raises it."""
-        try:
-            if fd is not None:
-                os.close(fd)
-            if self.settings.resume and _resumable(exc) and _state.claims_bytes(state_file):
-                log.warning(
-                    "partial download kept in %s; run the same command again to resume", temp
-                )
-                return
-            discard(temp)
-            _state.remove(state_file)
-        except OSError as cleanup:
-            log.warning("could not clean up %s after the failure: %s", temp, cleanup)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,22 +346,16 @@ def _ignore(event: Event) -> None:
     pass
 
 
+def _close_quietly(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            log.warning("could not close the temporary file after the failure: %s", exc)
+
+
 def _fspath(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else os.fspath(path)
-
-
-def _done(records: list[PartRecord] | tuple[PartRecord, ...]) -> int:
-    return sum(r.pos - r.start for r in records)
-
-
-def _resumable(exc: BaseException) -> bool:
-    """Worth keeping the partial file for: nothing showed its bytes to be bad. Only a proven
-    change of the remote or a digest mismatch does; anything else (a final status, a TLS
-    failure, a protocol breach, a raising callback, an interrupt) keeps the bytes, and the
-    next run's probe revalidates them against the remote before using them."""
-    if isinstance(exc, RetriesExhausted):
-        exc = exc.last_error
-    return not isinstance(exc, (RemoteChanged, DigestMismatch))
 
 
 def _quietly(tell: EventCallback, event: Event) -> None:
@@ -414,27 +364,6 @@ def _quietly(tell: EventCallback, event: Event) -> None:
         tell(event)
     except Exception as exc:
         log.warning("the event callback raised %r while a failure was reported", exc)
-
-
-def _checkpointer(fd: int, remote: Remote, state_file: Path) -> CheckpointCallback:
-    def checkpoint(parts: tuple[PartRecord, ...]) -> None:
-        try:
-            os.fdatasync(fd)  # the record may only claim bytes that are already durable
-            _state.save(
-                state_file,
-                State(
-                    remote.url,
-                    remote.final_url,
-                    remote.size or 0,
-                    remote.etag,
-                    remote.last_modified,
-                    parts,
-                ),
-            )
-        except OSError as exc:
-            raise local_error(state_file, exc) from None
-
-    return checkpoint
 
 
 def _name_from_url(url: str) -> str:

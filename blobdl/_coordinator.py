@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -24,17 +24,15 @@ from . import _retry
 from ._events import EventCallback, PartProgress, PartRetried, PartStalled, Progress
 from ._http import resolve
 from ._remote import Remote, require_same
+from ._resume import CheckpointCallback, PartRecord
 from ._retry import Failure, Retry, decide
 from ._shared import CounterTable
 from ._signals import Interrupts
 from ._spawn import start
-from ._state import PartRecord
 from ._steal import Lane, choose
 from ._worker import Job, worker_main
 from .config import Settings
 from .errors import RetriesExhausted, Stalled, WorkerCrashed
-
-CheckpointCallback = Callable[[tuple[PartRecord, ...]], None]
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
 _RATE_WINDOW = 5.0  # seconds of samples behind the reported rate

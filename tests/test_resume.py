@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import blobdl
-from blobdl import Downloader, _state
-from blobdl._state import PartRecord, State, save, state_path
+from blobdl import Downloader, _resume
+from blobdl._resume import PartRecord, State, save, state_path
 from blobdl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_OK, EXIT_USAGE
 from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file, spawn_cli
 from tests.serverctl import ServerHandle, make_blob
@@ -146,7 +146,7 @@ def interrupted_download(blob: Blob, server: ServerHandle, out: Path) -> State:
     with pytest.raises(blobdl.RetriesExhausted):
         Downloader(fast_settings(retries=0, connections=4)).download(blob.url, out)
     server.reset()
-    state = _state.load(state_path(out), blob.url, Path(f"{out}.blobdl-tmp"))
+    state = _resume.load(state_path(out), blob.url, Path(f"{out}.blobdl-tmp"))
     assert state is not None
     return state
 

@@ -25,7 +25,7 @@ import pytest
 
 import blobdl
 from blobdl._fileio import temp_path
-from blobdl._state import state_path
+from blobdl._resume import state_path
 from tests.conftest import PART, REPO, Blob, sha256_file
 from tests.serverctl import ServerHandle
 

@@ -17,9 +17,9 @@ import pytest
 
 import blobdl
 import blobdl._http
-from blobdl import _cache, _state
+from blobdl import _cache, _resume
 from blobdl._fileio import reserve
-from blobdl._state import PartRecord, State
+from blobdl._resume import PartRecord, State
 from blobdl.errors import EXIT_LOCAL, EXIT_OK
 from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
 from tests.serverctl import ServerHandle
@@ -129,7 +129,7 @@ def resumable(blob: Blob, dest: Path) -> None:
         for s in range(0, blob.size, PART)
     )
     state = State(blob.url, probe.final_url, blob.size, probe.etag, probe.last_modified, parts)
-    _state.save(_state.state_path(dest), state)
+    _resume.save(_resume.state_path(dest), state)
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
@@ -166,12 +166,12 @@ def test_state_scratch_link_is_replaced_not_written_through(kind: str, tmp_path:
     record, victim = tmp_path / "out.blobdl-state", tmp_path / "victim"
     plant(kind, tmp_path / "out.blobdl-state.new", victim)
     state = State("http://x/b", "http://x/b", 10, None, None, (PartRecord(0, 10, 5),))
-    _state.save(record, state)
-    _state.save(record, state)  # and again, over its own scratch name
+    _resume.save(record, state)
+    _resume.save(record, state)  # and again, over its own scratch name
     assert victim.read_bytes() == PRECIOUS
     temp = tmp_path / "out.blobdl-tmp"
     temp.write_bytes(bytes(10))
-    assert _state.load(record, "http://x/b", temp) == state
+    assert _resume.load(record, "http://x/b", temp) == state
 
 
 def test_kept_bad_bytes_replace_a_planted_link_not_its_target(make: Make, tmp_path: Path) -> None:

@@ -19,8 +19,7 @@ import pytest
 
 import blobdl
 from blobdl import Downloader, Progress
-from blobdl._api import _resumable
-from blobdl._state import state_path
+from blobdl._resume import keeps_partial, state_path
 from blobdl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_NETWORK, EXIT_OK
 from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
 from tests.serverctl import ServerHandle
@@ -321,7 +320,7 @@ def _exhausted(last: BaseException) -> blobdl.RetriesExhausted:
     ],
 )
 def test_only_proof_of_change_or_bad_bytes_discards(error: BaseException, keep: bool) -> None:
-    assert _resumable(error) is keep
+    assert keeps_partial(error) is keep
 
 
 # --- item 4: one bad response is retried; a persistent one is exit 4 ------------------------
