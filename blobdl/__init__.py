@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ._api import Downloader, download
 from ._batch import BatchEvent, Item, ItemResult, download_many, parse_manifest
+from ._download import Downloader, download
 from ._events import (
     DownloadResult,
     Event,

@@ -22,9 +22,9 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from . import _isolate
-from ._api import Downloader, _name_from_url, default_name
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
+from ._download import Downloader, _name_from_url, default_name
 from ._events import DownloadResult, Event, Failed
 from ._http import check_url, lift_userinfo, resolve
 from ._plan import download_part_count

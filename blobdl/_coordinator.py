@@ -21,12 +21,12 @@ from multiprocessing.process import BaseProcess
 from typing import NamedTuple
 
 from . import _retry
+from ._counters import CounterTable
 from ._events import EventCallback, PartProgress, PartRetried, PartStalled, Progress
 from ._http import resolve
 from ._remote import Remote, require_same
 from ._resume import CheckpointCallback, PartRecord
 from ._retry import Failure, Retry, decide
-from ._shared import CounterTable
 from ._signals import Interrupts
 from ._spawn import start
 from ._steal import Lane, choose

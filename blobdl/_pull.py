@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._api import Downloader
 from ._batch import BatchEvent, Item, ItemResult, download_many
+from ._download import Downloader
 from ._events import DownloadResult, Event
 from ._reference import Reference, parse_reference
 from ._registry import Blob, Manifest, Registry

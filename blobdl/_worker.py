@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import NamedTuple
 
+from ._counters import CounterTable
 from ._fileio import local_error, pwrite_all
 from ._http import (
     Reader,
@@ -29,7 +30,6 @@ from ._http import (
 )
 from ._plan import Span
 from ._remote import Remote
-from ._shared import CounterTable
 from .config import Settings
 from .errors import BlobdlError, TruncatedBody
 

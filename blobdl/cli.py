@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ._api import Downloader
 from ._batch import BatchEvent, ItemResult, download_many, parse_manifest
+from ._download import Downloader
 from ._events import DownloadResult, Event, Failed, Progress, Started, event_record
 from ._version import __version__
 from .config import Settings, parse_header, parse_size, redact_url

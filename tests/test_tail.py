@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blobdl import Downloader, Progress
-from blobdl._shared import CounterTable
+from blobdl._counters import CounterTable
 from blobdl._steal import SLOW_FACTOR, Lane, choose
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 from tests.serverctl import ServerHandle

@@ -1,10 +1,10 @@
-"""The library entry points: ``Downloader`` and ``download``.
+"""One download, start to end: ``Downloader`` and ``download``.
 
-This is the only module that ties the pieces together: check the input, lock the
-destination, probe the remote, resume or preallocate the temporary file, let the
-coordinator run the parts (and the hasher follow them), verify, and rename the result into
-place. On failure nothing is left at the destination; a resumable failure keeps the
-temporary file and its state for the next run.
+The story of one download: check the input, lock the destination, probe the remote, ask
+``_resume`` for an earlier partial or plan the parts afresh (``_plan``), preallocate the
+temporary file, let the coordinator run the parts (and the hasher follow them), verify,
+and rename the result into place. On failure nothing is left at the destination;
+``Resume.settle`` decides whether the temporary file and its record stay for the next run.
 """
 
 from __future__ import annotations

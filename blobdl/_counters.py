@@ -1,7 +1,7 @@
 """The shared-memory counter table between the coordinator and its workers.
 
 An anonymous ``MAP_SHARED`` mapping created before the first fork, so every worker (and the
-prefix hasher) sees the same pages with no file to clean up. Each slot holds three int64
+prefix hasher) sees the same pages with no file to clean up. Each slot holds four int64
 fields, each with one writer:
 
 - ``start``: the slot's first byte (coordinator, set before the slot's first worker);
