@@ -13,29 +13,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
+from multiprocessing.connection import wait
 from typing import NamedTuple
 
 from . import _retry
 from ._counters import CounterTable
 from ._events import EventCallback, PartProgress, PartRetried, PartStalled, Progress
 from ._http import resolve
+from ._progress import BEST_DECAY, RateWindow, smoothed
 from ._remote import Remote, require_same
 from ._resume import CheckpointCallback, PartRecord
 from ._retry import Failure, Retry, decide
 from ._signals import Interrupts
-from ._spawn import start
 from ._steal import Lane, choose
-from ._worker import Job, worker_main
+from ._worker import Attempt, Worker
 from .config import Settings
 from .errors import RetriesExhausted, Stalled, WorkerCrashed
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
-_RATE_WINDOW = 5.0  # seconds of samples behind the reported rate
 log = logging.getLogger("blobdl")
 
 
@@ -54,8 +51,7 @@ class _Part:
     generation: int = 0  # the remote's generation when the running attempt started
     refreshed_at: int | None = None  # position when this part last had the URL refreshed
     not_before: float = 0.0  # earliest time of the next attempt (backoff)
-    proc: BaseProcess | None = None
-    conn: Connection | None = None
+    worker: Worker | None = None  # the running attempt's process
     attempt_pos: int = 0  # position when the running attempt started
     last_pos: int = 0  # position at the last sample
     last_change: float = 0.0  # when the position last moved (or the attempt started)
@@ -105,13 +101,13 @@ class Coordinator:
         self.generation = 0  # bumped each time the remote is re-resolved
         self.fetched = 0
         self.started = 0.0
-        self.samples: deque[tuple[float, int]] = deque()
+        self.window = RateWindow(0.0, 0)
 
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> Tally:
         self.started = time.monotonic()
-        self.samples.append((self.started, self._done()))
+        self.window = RateWindow(self.started, self._done())
         with Interrupts() as self.interrupts:
             try:
                 self._loop()
@@ -133,7 +129,7 @@ class Coordinator:
             now = time.monotonic()
             self._launch_ready(now)
             wake = min([next_sample, *self._retry_times()])
-            sentinels = {p.proc.sentinel: p for p in self.parts if p.proc is not None}
+            sentinels = {p.worker.sentinel: p for p in self.parts if p.worker is not None}
             timeout = max(0.0, wake - time.monotonic())
             for ready in wait([*sentinels, *self.interrupts.waitables()], timeout=timeout):
                 if ready in sentinels:
@@ -219,14 +215,12 @@ class Coordinator:
     def _launch(self, part: _Part, now: float) -> None:
         if not self.ranged:  # without ranges a new attempt starts over
             self.table.set_pos(part.slot, 0)
-        job = Job(slot=part.slot, ranged=self.ranged, fd=self.fd, path=self.path)
-        # Read before the fork: the child may write its first bytes before start() returns.
+        attempt = Attempt(slot=part.slot, ranged=self.ranged, fd=self.fd, path=self.path)
+        # Read before the fork: the child may write its first bytes before it returns.
         part.attempt_pos = part.last_pos = self.table.pos(part.slot)
         part.state = RUNNING
         self._share_rate()  # the newcomer's share, and everyone else's smaller one
-        args = (job, self.remote, self.settings, self.table)
-        proc, receiver = start(worker_main, args, name=f"blobdl-part-{part.slot}", daemon=True)
-        part.proc, part.conn, part.state = proc, receiver, RUNNING
+        part.worker = Worker(attempt, self.remote, self.settings, self.table)
         part.attempts += 1
         part.generation = self.generation
         part.last_change = part.launched = part.sampled_at = now
@@ -236,13 +230,8 @@ class Coordinator:
 
     def _finish(self, part: _Part) -> None:
         """A worker exited: collect its result, then mark the part done or retry it."""
-        assert part.proc is not None and part.conn is not None
-        part.proc.join()
-        error: BaseException | None
-        try:
-            error = part.conn.recv() if part.conn.poll() else WorkerCrashed(part.proc.exitcode)
-        except (EOFError, OSError):
-            error = WorkerCrashed(part.proc.exitcode)
+        assert part.worker is not None
+        error = part.worker.outcome()
         self._release(part)
         if error is None and self._complete(part):
             part.state = DONE
@@ -292,11 +281,9 @@ class Coordinator:
         self.generation += 1
 
     def _release(self, part: _Part) -> None:
-        """Forget a finished attempt: count its bytes, close its pipe."""
+        """Forget a finished attempt: count its bytes."""
         self.fetched += max(0, self.table.pos(part.slot) - part.attempt_pos)
-        if part.conn is not None:
-            part.conn.close()
-        part.proc = part.conn = None
+        part.worker = None
 
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
@@ -310,7 +297,7 @@ class Coordinator:
 
     def _sample(self, now: float) -> None:
         self._share_rate()
-        self.best_rate *= 0.8  # forget lanes that have ended, slowly
+        self.best_rate *= BEST_DECAY  # forget lanes that have ended, slowly
         for part in self.parts:
             if part.state != RUNNING:
                 continue
@@ -331,9 +318,8 @@ class Coordinator:
         """Smooth the lane's rate over samples; remember the best lane's rate."""
         if now <= part.sampled_at:
             return
-        current = (pos - part.last_pos) / (now - part.sampled_at)
         first = part.sampled_at == part.launched
-        part.rate = current if first else 0.5 * part.rate + 0.5 * current
+        part.rate = smoothed(part.rate, pos - part.last_pos, now - part.sampled_at, first)
         part.sampled_at = now
         self.best_rate = max(self.best_rate, part.rate)
 
@@ -352,14 +338,13 @@ class Coordinator:
 
     def _kill(self, part: _Part) -> None:
         """End a worker that cannot be trusted to notice by itself (blocked in recv)."""
-        if part.proc is not None:
-            part.proc.kill()
-            part.proc.join()
+        if part.worker is not None:
+            part.worker.kill()
         self._release(part)
 
     def _stop_all(self) -> None:
         for part in self.parts:
-            if part.proc is not None:
+            if part.worker is not None:
                 self._kill(part)
                 if part.state == RUNNING:
                     part.state = PENDING
@@ -373,11 +358,7 @@ class Coordinator:
             return
         parts = tuple(self._part_progress(p) for p in self.parts)
         done = sum(p.done for p in parts)
-        self.samples.append((now, done))
-        while len(self.samples) > 2 and now - self.samples[0][0] > _RATE_WINDOW:
-            self.samples.popleft()
-        then, before = self.samples[0]
-        rate = (done - before) / (now - then) if now > then else 0.0
+        rate = self.window.rate(now, done)
         total = self.remote.size
         active = sum(1 for p in self.parts if p.state == RUNNING)
         self.on_event(Progress(done, total, rate, now - self.started, active, self.retries, parts))
