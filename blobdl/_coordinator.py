@@ -7,6 +7,10 @@ counter table for progress and ends any worker whose part made no progress for
 ``stall_timeout`` (including one still waiting for a status line). A failed attempt is
 retried from the part's current offset after Ollama's backoff; ``retries`` failures in a
 row without progress fail the download, and every other worker is ended with it.
+
+The coordinator decides *when*; the rest lives beside it: the parts and their table in
+``_parts``, a worker's process in ``_worker.Worker``, what to do after a failure in
+``_retry.decide``, what to steal in ``_steal.choose``, and the rates in ``_progress``.
 """
 
 from __future__ import annotations
@@ -14,50 +18,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import NamedTuple
 
 from . import _retry
-from ._counters import CounterTable
-from ._events import EventCallback, PartProgress, PartRetried, PartStalled, Progress
+from ._events import EventCallback, PartRetried, PartStalled, Progress
 from ._http import resolve
+from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
 from ._progress import BEST_DECAY, RateWindow, smoothed
 from ._remote import Remote, require_same
 from ._resume import CheckpointCallback, PartRecord
 from ._retry import Failure, Retry, decide
 from ._signals import Interrupts
-from ._steal import Lane, choose
+from ._steal import choose
 from ._worker import Attempt, Worker
 from .config import Settings
 from .errors import RetriesExhausted, Stalled, WorkerCrashed
 
-PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
 log = logging.getLogger("blobdl")
-
-
-@dataclass
-class _Part:
-    """The coordinator's private bookkeeping for one slot of the counter table."""
-
-    slot: int
-    start: int
-    stolen: bool = False  # created by a steal rather than by the plan
-    took_over: bool = False  # created to replace a slow lane: never replaced in turn (the
-    # range itself may be slow for everyone; the lane can still be split)
-    state: str = PENDING
-    attempts: int = 0
-    retry: Retry = field(default_factory=Retry)  # replaced by the settings' policy
-    generation: int = 0  # the remote's generation when the running attempt started
-    refreshed_at: int | None = None  # position when this part last had the URL refreshed
-    not_before: float = 0.0  # earliest time of the next attempt (backoff)
-    worker: Worker | None = None  # the running attempt's process
-    attempt_pos: int = 0  # position when the running attempt started
-    last_pos: int = 0  # position at the last sample
-    last_change: float = 0.0  # when the position last moved (or the attempt started)
-    launched: float = 0.0  # when the running attempt started
-    rate: float = 0.0  # bytes/s of the running attempt, smoothed over samples
-    sampled_at: float = 0.0  # when ``rate`` was last updated
 
 
 class Tally(NamedTuple):
@@ -84,16 +62,8 @@ class Coordinator:
         self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
         self.on_event, self.on_checkpoint = on_event, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
-        # Room for the slots that steals create: each steal adds one.
-        self.table = CounterTable(len(parts) + 32 * settings.connections)
-        retry = Retry.from_settings(settings)
-        self.parts = [_Part(slot=i, start=p.start, retry=retry) for i, p in enumerate(parts)]
-        for part, record in zip(self.parts, parts, strict=True):
-            self.table.set_start(part.slot, record.start)
-            self.table.set_pos(part.slot, record.pos)
-            self.table.set_end(part.slot, record.end)
-            if record.end >= 0 and record.pos >= record.end:
-                part.state = DONE  # already on disk (a resumed download)
+        self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
+        self.table = self.parts.table  # the hasher follows it too
         self.last_checkpoint = 0.0
         self.retries = 0
         self.steals = 0
@@ -107,7 +77,7 @@ class Coordinator:
 
     def run(self) -> Tally:
         self.started = time.monotonic()
-        self.window = RateWindow(self.started, self._done())
+        self.window = RateWindow(self.started, self.parts.done())
         with Interrupts() as self.interrupts:
             try:
                 self._loop()
@@ -118,13 +88,12 @@ class Coordinator:
         # Without a known size, the blob ends where the single stream reached EOF.
         size = self.remote.size if self.remote.size is not None else self.table.pos(0)
         self.table.close()
-        planned = sum(1 for p in self.parts if not p.stolen)
-        return Tally(self.fetched, self.retries, planned, self.steals, size)
+        return Tally(self.fetched, self.retries, self.parts.planned(), self.steals, size)
 
     def _loop(self) -> None:
         interval = self.settings.progress_interval
         next_sample = time.monotonic() + interval
-        while any(p.state != DONE for p in self.parts):
+        while not self.parts.finished():
             self.interrupts.check()
             now = time.monotonic()
             self._launch_ready(now)
@@ -156,12 +125,12 @@ class Coordinator:
 
     def _retry_times(self) -> list[float]:
         """When waiting parts may start; none while every connection is busy (no spinning)."""
-        if sum(1 for p in self.parts if p.state == RUNNING) >= self.settings.connections:
+        if self.parts.running() >= self.settings.connections:
             return []
         return [p.not_before for p in self.parts if p.state == WAITING]
 
     def _launch_ready(self, now: float) -> None:
-        running = sum(1 for p in self.parts if p.state == RUNNING)
+        running = self.parts.running()
         for part in self.parts:
             if running >= self.settings.connections:
                 return
@@ -173,53 +142,30 @@ class Coordinator:
 
     def _steal(self, now: float) -> bool:
         """Give an idle connection the tail of a slow or large lane; False if none is worth it."""
-        if not (self.ranged and self.settings.steal) or len(self.parts) >= self.table.slots:
+        if not (self.ranged and self.settings.steal) or self.parts.full():
             return False
-        lanes = [
-            Lane(
-                p.slot,
-                self.table.pos(p.slot),
-                self.table.end(p.slot),
-                p.rate,
-                now - p.launched,
-                replaceable=not p.took_over,
-            )
-            for p in self.parts
-            if p.state == RUNNING
-        ]
         grace = 2 * self.settings.progress_interval
+        lanes = self.parts.lanes(now)
         decision = choose(lanes, self.best_rate, self.settings.min_steal_size, grace)
         if decision is None:
             return False
-        victim = self.parts[decision.victim]
-        end = self.table.end(victim.slot)
-        thief = _Part(
-            slot=len(self.parts),
-            start=decision.at,
-            stolen=True,
-            took_over=decision.takeover,
-            retry=Retry.from_settings(self.settings),
-        )
-        self.table.set_start(thief.slot, decision.at)
-        self.table.set_pos(thief.slot, decision.at)
-        self.table.set_end(thief.slot, end)
-        self.table.set_end(victim.slot, decision.at)  # the victim stops where the thief starts
-        self.parts.append(thief)
+        thief = self.parts.split(decision)
         self.steals += 1
         if decision.takeover:  # a slow or stuck lane: end it, its bytes so far are kept
+            victim = self.parts[decision.victim]
             self._kill(victim)
             victim.state = DONE
         self._launch(thief, now)
         return True
 
-    def _launch(self, part: _Part, now: float) -> None:
+    def _launch(self, part: Part, now: float) -> None:
         if not self.ranged:  # without ranges a new attempt starts over
             self.table.set_pos(part.slot, 0)
         attempt = Attempt(slot=part.slot, ranged=self.ranged, fd=self.fd, path=self.path)
         # Read before the fork: the child may write its first bytes before it returns.
         part.attempt_pos = part.last_pos = self.table.pos(part.slot)
         part.state = RUNNING
-        self._share_rate()  # the newcomer's share, and everyone else's smaller one
+        self.parts.share(self.settings.limit_rate)  # the newcomer's, and everyone else's smaller
         part.worker = Worker(attempt, self.remote, self.settings, self.table)
         part.attempts += 1
         part.generation = self.generation
@@ -228,29 +174,25 @@ class Coordinator:
 
     # --- outcomes ---------------------------------------------------------------------------
 
-    def _finish(self, part: _Part) -> None:
+    def _finish(self, part: Part) -> None:
         """A worker exited: collect its result, then mark the part done or retry it."""
         assert part.worker is not None
         error = part.worker.outcome()
         self._release(part)
-        if error is None and self._complete(part):
+        if error is None and self.parts.complete(part):
             part.state = DONE
             self._remember_rate(part)
         else:
             self._failed(part, error or WorkerCrashed(0))
 
-    def _remember_rate(self, part: _Part) -> None:
+    def _remember_rate(self, part: Part) -> None:
         """A lane that finished between two samples still shows what a good lane does."""
         seconds = time.monotonic() - part.launched
         if seconds > 0:
             fetched = self.table.pos(part.slot) - part.attempt_pos
             self.best_rate = max(self.best_rate, fetched / seconds)
 
-    def _complete(self, part: _Part) -> bool:
-        end = self.table.end(part.slot)
-        return end < 0 or self.table.pos(part.slot) >= end
-
-    def _failed(self, part: _Part, error: BaseException) -> None:
+    def _failed(self, part: Part, error: BaseException) -> None:
         """Ask the policy what now, and do it."""
         pos, end = self.table.pos(part.slot), self.table.end(part.slot)
         redirected = self.remote.final_url != self.remote.url
@@ -272,7 +214,7 @@ class Coordinator:
             self.retries += 1
             self._tell(PartRetried(part.slot, part.retry.failures, verdict.delay, str(error)))
 
-    def _refresh(self, part: _Part, pos: int) -> None:
+    def _refresh(self, part: Part, pos: int) -> None:
         """A redirected (signed, expiring) URL answered 403/410: resolve the original URL
         again (it blocks the loop: rare and short); the blob must be the same."""
         fresh = resolve(self.remote.url, self.settings)
@@ -280,23 +222,15 @@ class Coordinator:
         self.remote, part.refreshed_at = fresh, pos
         self.generation += 1
 
-    def _release(self, part: _Part) -> None:
+    def _release(self, part: Part) -> None:
         """Forget a finished attempt: count its bytes."""
         self.fetched += max(0, self.table.pos(part.slot) - part.attempt_pos)
         part.worker = None
 
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
-    def _share_rate(self) -> None:
-        """Split ``limit_rate`` evenly among the running workers (they pace themselves)."""
-        if self.settings.limit_rate is None:
-            return
-        running = [p for p in self.parts if p.state == RUNNING]
-        for part in running:
-            self.table.set_cap(part.slot, max(1, self.settings.limit_rate // len(running)))
-
     def _sample(self, now: float) -> None:
-        self._share_rate()
+        self.parts.share(self.settings.limit_rate)
         self.best_rate *= BEST_DECAY  # forget lanes that have ended, slowly
         for part in self.parts:
             if part.state != RUNNING:
@@ -314,7 +248,7 @@ class Coordinator:
             self.last_checkpoint = now
         self._emit(now)
 
-    def _rate(self, part: _Part, pos: int, now: float) -> None:
+    def _rate(self, part: Part, pos: int, now: float) -> None:
         """Smooth the lane's rate over samples; remember the best lane's rate."""
         if now <= part.sampled_at:
             return
@@ -324,19 +258,11 @@ class Coordinator:
         self.best_rate = max(self.best_rate, part.rate)
 
     def _checkpoint(self) -> None:
-        """Hand the parts' positions (read now, before the caller flushes) to be saved."""
-        if self.on_checkpoint is None or not self.ranged:
-            return
-        records = sorted(
-            PartRecord(p.start, self.table.end(p.slot), p.start + self.table.done(p.slot))
-            for p in self.parts
-        )
-        self.on_checkpoint(tuple(records))
+        """Hand the parts' positions to the checkpointer."""
+        if self.on_checkpoint is not None and self.ranged:
+            self.on_checkpoint(self.parts.records())
 
-    def _done(self) -> int:
-        return sum(self.table.done(p.slot) for p in self.parts)
-
-    def _kill(self, part: _Part) -> None:
+    def _kill(self, part: Part) -> None:
         """End a worker that cannot be trusted to notice by itself (blocked in recv)."""
         if part.worker is not None:
             part.worker.kill()
@@ -356,13 +282,9 @@ class Coordinator:
     def _emit(self, now: float) -> None:
         if self.on_event is None:
             return
-        parts = tuple(self._part_progress(p) for p in self.parts)
+        parts = self.parts.progress()
         done = sum(p.done for p in parts)
-        rate = self.window.rate(now, done)
+        rate, elapsed = self.window.rate(now, done), now - self.started
+        active = self.parts.running()
         total = self.remote.size
-        active = sum(1 for p in self.parts if p.state == RUNNING)
-        self.on_event(Progress(done, total, rate, now - self.started, active, self.retries, parts))
-
-    def _part_progress(self, part: _Part) -> PartProgress:
-        end, done = self.table.end(part.slot), self.table.done(part.slot)
-        return PartProgress(part.slot, part.start, end, done, part.state, part.attempts)
+        self.on_event(Progress(done, total, rate, elapsed, active, self.retries, parts))
