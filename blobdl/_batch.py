@@ -310,7 +310,8 @@ class _Scheduler:
     ) -> None:
         args = (index, item, remote, settings)
         # Not a daemon: it forks workers of its own.
-        proc, receiver = start(_item_main, args, name=f"blobdl-item-{index}", daemon=False)
+        name = f"blobdl-item-{index}"
+        proc, receiver = start(_item_main, args, name=name, daemon=False, coordinator=True)
         self.running.append(_Running(index, proc, receiver, host, granted))
 
     def _settings_for(self, item: Item) -> Settings:
@@ -431,9 +432,8 @@ def _relay(conn: Connection) -> Callable[[Event], None]:
 def _item_main(
     index: int, item: Item, remote: Remote | None, settings: Settings, conn: Connection
 ) -> None:
-    """One download, in its own process: the coordinator of its own workers."""
-    # A coordinator again: it handles SIGINT/SIGTERM itself (saving state) once running.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """One download, in its own process: the coordinator of its own workers (started as
+    one: it handles SIGINT/SIGTERM itself, saving its state)."""
     outcome: DownloadResult | BlobdlError
     try:
         path = Path(item.path) if item.path else None

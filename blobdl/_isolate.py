@@ -16,30 +16,22 @@ Ctrl-C in the caller's main thread, stops the child as a signal would: it saves 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
 import signal
-import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from multiprocessing.spawn import get_executable
 from typing import Any, TypeVar
 
+from ._spawn import start_clean
 from .errors import BlobdlError, Interrupted
 
 T = TypeVar("T")
 Relay = Callable[[Any], None]
-_PR_SET_PDEATHSIG = 1
 _LOOK = 1.0  # seconds between checks that a silent child is still alive
-_BOOT = (
-    "import sys; sys.path[:] = sys.argv[3:]; "
-    "from blobdl._isolate import child_main; child_main(int(sys.argv[1]), int(sys.argv[2]))"
-)
 log = logging.getLogger("blobdl")
 
 
@@ -54,7 +46,7 @@ def threaded() -> bool:
 
 def call(target: Callable[..., T], args: tuple[Any, ...], tell: Relay | None) -> T:
     """``target(*args, relay)`` in a clean process; ``tell`` gets what ``relay`` sends."""
-    conn, proc = _start()
+    conn, proc = start_clean(child_main)
     try:
         conn.send((target, args, tell is not None, log.getEffectiveLevel()))
         result: T = _follow(conn, proc, tell)
@@ -62,26 +54,6 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Relay | None) ->
     finally:
         conn.close()
         _reap(proc)
-
-
-def _start() -> tuple[Connection, subprocess.Popen[bytes]]:
-    """The one place a clean coordinator is started (fork + exec of this interpreter)."""
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        boot = [_BOOT, str(theirs.fileno()), str(os.getpid()), *sys.path]
-        proc = subprocess.Popen(
-            [get_executable(), *_interpreter_flags(), "-c", *boot],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
-        # The child now holds the only other end: if it dies, we read EOF.
-        return Connection(ours.detach()), proc
-
-
-def _interpreter_flags() -> list[str]:
-    """-W, -X and the like, as multiprocessing passes them to its children."""
-    flags: Callable[[], list[str]] = getattr(subprocess, "_args_from_interpreter_flags", list)
-    return flags()
 
 
 def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Relay | None) -> Any:
@@ -159,10 +131,9 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 # --- in the child ---------------------------------------------------------------------------
 
 
-def child_main(fd: int, parent: int) -> None:
-    """The clean coordinator: run one call, send its outcome, exit."""
-    _first_thing(parent)
-    conn = Connection(fd)
+def child_main(conn: Connection) -> None:
+    """The clean coordinator (``_spawn.child_setup`` ran first): run one call, send its
+    outcome, exit."""
     target, args, relay, level = conn.recv()
     _forward_logs(conn, level)
     outcome: tuple[str, Any]
@@ -174,18 +145,6 @@ def child_main(fd: int, parent: int) -> None:
         outcome = ("error", _portable(exc))
     with contextlib.suppress(OSError):  # the caller may be gone
         conn.send(outcome)
-
-
-def _first_thing(parent: int) -> None:
-    """Signals as a coordinator wants them, whatever the calling thread had; die with the
-    parent (SIGTERM: a coordinator saves its state on it); exit if it is already gone."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def _relay(conn: Connection) -> Relay:
