@@ -22,6 +22,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import InsecureRequestWarning, InvalidHeader, LocationParseError, SSLError
 from urllib3.util import make_headers, parse_url
 from urllib3.util.ssl_ import create_urllib3_context
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from ._headers import (
     content_disposition_filename,
@@ -273,8 +274,8 @@ def translate_errors(url: str) -> Iterator[None]:
         yield
     except BlobdlError:
         raise
-    except (SSLError, ssl.SSLError) as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "hostname" in str(exc).lower():
+    except (SSLError, ssl.SSLError, CertificateError) as exc:
+        if _certificate_refused(exc):
             raise TLSError(url, f"TLS verification failed: {exc}") from None
         raise ConnectionFailed(url, f"TLS error: {exc}") from None
     except LocationParseError:
@@ -288,7 +289,22 @@ def translate_errors(url: str) -> Iterator[None]:
     except http.client.IncompleteRead as exc:
         raise ConnectionFailed(url, f"connection closed early: {exc!r}") from None
     except (Urllib3Error, http.client.HTTPException, OSError) as exc:
+        if _certificate_refused(exc):  # e.g. a ProxyError wrapping the proxy's certificate
+            raise TLSError(url, f"TLS verification failed: {exc}") from None
         raise ConnectionFailed(url, f"{type(exc).__name__}: {exc}") from None
+
+
+def _certificate_refused(exc: BaseException, depth: int = 0) -> bool:
+    """Whether the certificate (or the host name it names) was refused, by the error's type:
+    ``ssl.SSLCertVerificationError`` or urllib3's ``CertificateError``, wherever urllib3
+    wrapped it (its exceptions carry the original in ``args`` or as the cause)."""
+    if isinstance(exc, (ssl.SSLCertVerificationError, CertificateError)):
+        return True
+    if depth > 4:
+        return False
+    inner = [a for a in exc.args if isinstance(a, BaseException)]
+    inner += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+    return any(_certificate_refused(e, depth + 1) for e in inner)
 
 
 def _base_headers(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
