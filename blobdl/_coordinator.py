@@ -56,11 +56,11 @@ class Coordinator:
         fd: int,
         path: str,
         settings: Settings,
-        on_event: EventCallback | None = None,
+        tell: EventCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
     ) -> None:
         self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
-        self.on_event, self.on_checkpoint = on_event, on_checkpoint
+        self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
@@ -114,7 +114,7 @@ class Coordinator:
         error is on its way out, neither step may replace it (a raising callback, a full
         disk): they are reported in a warning instead."""
         self._stop_all()
-        for step in (self._checkpoint, lambda: self._emit(time.monotonic())):
+        for step in (self._checkpoint, lambda: self._tell_progress(time.monotonic())):
             if not failing:
                 step()
                 continue
@@ -246,7 +246,7 @@ class Coordinator:
         if now - self.last_checkpoint >= self.settings.checkpoint_interval:
             self._checkpoint()
             self.last_checkpoint = now
-        self._emit(now)
+        self._tell_progress(now)
 
     def _rate(self, part: Part, pos: int, now: float) -> None:
         """Smooth the lane's rate over samples; remember the best lane's rate."""
@@ -276,15 +276,15 @@ class Coordinator:
                     part.state = PENDING
 
     def _tell(self, event: PartRetried | PartStalled) -> None:
-        if self.on_event is not None:
-            self.on_event(event)
+        if self.tell is not None:
+            self.tell(event)
 
-    def _emit(self, now: float) -> None:
-        if self.on_event is None:
+    def _tell_progress(self, now: float) -> None:
+        if self.tell is None:
             return
         parts = self.parts.progress()
         done = sum(p.done for p in parts)
         rate, elapsed = self.window.rate(now, done), now - self.started
         active = self.parts.running()
         total = self.remote.size
-        self.on_event(Progress(done, total, rate, elapsed, active, self.retries, parts))
+        self.tell(Progress(done, total, rate, elapsed, active, self.retries, parts))

@@ -58,7 +58,7 @@ from .errors import (
 )
 
 DEFAULT_NAME = "blobdl.out"
-CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a job waits for another one filling the same entry
+CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a order waits for another one filling the same entry
 BAD_SUFFIX = ".blobdl-bad"
 log = logging.getLogger("blobdl")
 
@@ -89,15 +89,15 @@ class Downloader:
         part stalled, finished, failed); ``on_progress`` only the progress ones.
         Raises a ``BlobdlError`` subclass on failure, leaving nothing at ``path``.
         """
-        listener = _listener(on_progress, on_event)
+        tell = _tell_caller(on_progress, on_event)
         # user:pass@ becomes an Authorization header here, once: no URL downstream holds it.
         bare, headers = lift_userinfo(url, self.settings.headers)
         if bare == url:
-            return self._run(url, None, path, digest, listener)
+            return self._run(url, None, path, digest, tell)
         with_auth = Downloader(self.settings, headers=headers)
-        return with_auth._run(bare, None, path, digest, listener)
+        return with_auth._run(bare, None, path, digest, tell)
 
-    def download_resolved(
+    def _download_resolved(
         self,
         remote: Remote,
         path: str | os.PathLike[str] | None = None,
@@ -108,8 +108,8 @@ class Downloader:
     ) -> DownloadResult:
         """``download()`` for a remote that was already probed (``download_many`` probes to
         share out connections); the remote is still revalidated against any resume state."""
-        listener = _listener(on_progress, on_event)
-        return self._run(remote.url, remote, path, digest, listener)
+        tell = _tell_caller(on_progress, on_event)
+        return self._run(remote.url, remote, path, digest, tell)
 
     def _run(
         self,
@@ -132,15 +132,15 @@ class Downloader:
         digest: str | None,
         tell: EventCallback,
     ) -> DownloadResult:
-        job = _Job(url, None, time.monotonic(), tell)
+        order = _Order(url, None, time.monotonic(), tell)
         try:
             check_url(url)
-            job = dataclasses.replace(job, expected=parse_digest(digest) if digest else None)
-            if self.settings.cache_dir and job.expected:
-                result = self._via_cache(job, path, remote)
+            order = dataclasses.replace(order, expected=parse_digest(digest) if digest else None)
+            if self.settings.cache_dir and order.expected:
+                result = self._via_cache(order, path, remote)
             else:
-                dest, remote = self._destination(job, path, remote)
-                result = self._locked(job, dest, remote)
+                dest, remote = self._destination(order, path, remote)
+                result = self._locked(order, dest, remote)
         except BlobdlError as exc:
             _quietly(tell, Failed(redact_url(url), os.fspath(path or ""), str(exc), exc.exit_code))
             raise
@@ -148,11 +148,11 @@ class Downloader:
         return result
 
     def _destination(
-        self, job: _Job, path: str | os.PathLike[str] | None, remote: Remote | None
+        self, order: _Order, path: str | os.PathLike[str] | None, remote: Remote | None
     ) -> tuple[Path, Remote | None]:
         """The checked destination; without a path the name comes from the server."""
         if path is None:
-            remote = remote or resolve(job.url, self.settings)
+            remote = remote or resolve(order.url, self.settings)
             dest = Path(default_name(remote))
         else:
             dest = Path(path)
@@ -160,79 +160,83 @@ class Downloader:
         return dest, remote
 
     def _via_cache(
-        self, job: _Job, path: str | os.PathLike[str] | None, remote: Remote | None
+        self, order: _Order, path: str | os.PathLike[str] | None, remote: Remote | None
     ) -> DownloadResult:
         """Serve from (or fill) ``cache_dir/sha256-<hex>``, then link the destination."""
-        assert self.settings.cache_dir is not None and job.expected is not None
+        assert self.settings.cache_dir is not None and order.expected is not None
         cache = Path(self.settings.cache_dir)
         try:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise local_error(cache, exc) from None
-        entry = cache_entry(cache, job.expected)
-        dest = Path(path) if path is not None else Path(_name_from_url(job.url))
+        entry = cache_entry(cache, order.expected)
+        dest = Path(path) if path is not None else Path(_name_from_url(order.url))
         check_destination(dest)
         fetched = None
-        verified = self._cache_hit(job, entry)
+        verified = self._cache_hit(order, entry)
         if verified is None:
-            # Shared caches: wait for another job filling the same entry instead of failing.
+            # Shared caches: wait for another order filling the same entry instead of failing.
             filler = Downloader(
                 self.settings,
                 cache_dir=None,
                 force=True,
                 lock_timeout=max(self.settings.lock_timeout, CACHE_LOCK_WAIT),
             )
-            fetched = filler._locked(job, entry, remote)
-            verified = seal(entry, job.expected)
+            fetched = filler._locked(order, entry, remote)
+            verified = seal(entry, order.expected)
         after = place(entry, dest, verified)
         if after is not verified:
-            reseal(entry, job.expected, after)  # our own new link changed the entry's ctime
+            reseal(entry, order.expected, after)  # our own new link changed the entry's ctime
         if fetched is not None and fetched.bytes_fetched > 0:
             return dataclasses.replace(fetched, path=dest)
         size = after.st_size
-        elapsed = job.elapsed()
-        return DownloadResult(dest, size, elapsed, 0, 0, 0, job.url, "", verified=True, cached=True)
+        elapsed = order.elapsed()
+        return DownloadResult(
+            dest, size, elapsed, 0, 0, 0, order.url, "", verified=True, cached=True
+        )
 
-    def _cache_hit(self, job: _Job, entry: Path) -> os.stat_result | None:
+    def _cache_hit(self, order: _Order, entry: Path) -> os.stat_result | None:
         """The entry's status if it may be served. A present entry is complete (entries
         appear by atomic rename after their digest was checked), but only a seal in our
         private seal directory vouches that it is still that file: anything else (a forged
         or edited entry, ``verify_cache``) is hashed first, and dropped if it is wrong."""
-        assert job.expected is not None
+        assert order.expected is not None
         if entry_info(entry) is None:
             return None
         if not self.settings.verify_cache:
-            info = sealed(entry, job.expected)
+            info = sealed(entry, order.expected)
             if info is not None:
                 return info
-        return verify(entry, job.expected)
+        return verify(entry, order.expected)
 
-    def _locked(self, job: _Job, dest: Path, remote: Remote | None) -> DownloadResult:
+    def _locked(self, order: _Order, dest: Path, remote: Remote | None) -> DownloadResult:
         with DestinationLock(dest, self.settings.lock_timeout):
             # Checked under the lock: another holder may have just finished this very file.
-            existing = self._existing(job, dest)
+            existing = self._existing(order, dest)
             if existing is not None:
                 return existing
-            remote = remote or resolve(job.url, self.settings)
-            return self._fetch(job, remote, dest)
+            remote = remote or resolve(order.url, self.settings)
+            return self._fetch(order, remote, dest)
 
-    def _existing(self, job: _Job, dest: Path) -> DownloadResult | None:
+    def _existing(self, order: _Order, dest: Path) -> DownloadResult | None:
         """A destination that is already there: kept if the digest vouches for it."""
         if not dest.exists():
             return None
         require_regular(dest)  # again under the lock: hashing a FIFO would hang
-        if job.expected is not None and sha256_file(dest) == job.expected:
+        if order.expected is not None and sha256_file(dest) == order.expected:
             size = dest.stat().st_size
-            return DownloadResult(dest, size, job.elapsed(), 0, 0, 0, job.url, "", verified=True)
-        if job.expected is None and not self.settings.force:
+            return DownloadResult(
+                dest, size, order.elapsed(), 0, 0, 0, order.url, "", verified=True
+            )
+        if order.expected is None and not self.settings.force:
             raise DestinationExists(str(dest))
         return None
 
-    def _fetch(self, job: _Job, remote: Remote, dest: Path) -> DownloadResult:
-        resume = Resume.beside(dest, job.url, self.settings.resume)
-        remote = self._ranges_again(job, remote, resume)
+    def _fetch(self, order: _Order, remote: Remote, dest: Path) -> DownloadResult:
+        resume = Resume.beside(dest, order.url, self.settings.resume)
+        remote = self._ranges_again(order, remote, resume)
         previous = resume.previous(remote)
-        records = previous.parts if previous else self._fresh(job, remote, dest, resume)
+        records = previous.parts if previous else self._fresh(order, remote, dest, resume)
         fd: int | None = open_temp(resume.temp, fresh=previous is None)
         assert fd is not None
         try:
@@ -242,18 +246,20 @@ class Downloader:
                 reserve(fd, size, resume.temp)  # before any worker exists: nothing writes beside it
             checkpoint = resume.checkpointer(fd, remote)
             coordinator = Coordinator(
-                remote, records, fd, str(resume.temp), self.settings, job.tell, checkpoint
+                remote, records, fd, str(resume.temp), self.settings, order.tell, checkpoint
             )
-            job.tell(Started(job.url, str(dest), remote.size, len(records), bytes_done(records)))
+            order.tell(
+                Started(order.url, str(dest), remote.size, len(records), bytes_done(records))
+            )
             with ExitStack() as cleanup:
                 hasher = None
-                if job.expected is not None:
+                if order.expected is not None:
                     hasher = PrefixHasher(fd, coordinator.table)
                     cleanup.callback(hasher.stop)
                 tally = coordinator.run()
                 actual = hasher.finish(tally.final_size) if hasher else None
-            if actual is not None and actual != job.expected:
-                self._reject(resume, dest, job.expected or "", actual)
+            if actual is not None and actual != order.expected:
+                self._reject(resume, dest, order.expected or "", actual)
             owned, fd = fd, None  # finalize closes it, whatever happens
             finalize(owned, resume.temp, dest, tally.final_size)
             resume.finished()
@@ -264,7 +270,7 @@ class Downloader:
         return DownloadResult(
             path=dest,
             size=tally.final_size,
-            elapsed=job.elapsed(),
+            elapsed=order.elapsed(),
             bytes_fetched=tally.bytes_fetched,
             retries=tally.retries,
             parts=tally.parts,
@@ -275,21 +281,21 @@ class Downloader:
             verified=actual is not None,
         )
 
-    def _ranges_again(self, job: _Job, remote: Remote, resume: Resume) -> Remote:
+    def _ranges_again(self, order: _Order, remote: Remote, resume: Resume) -> Remote:
         """The probe got a 200, but a partial of this very blob was fetched in ranges: most
         likely one flaky edge. Probe again (with the retry policy) rather than start over;
         if ranges stay refused the partial is kept and the BadResponse raised."""
         if remote.ranges or not resume.holds_partial_of(remote):
             return remote
-        return resolve(job.url, self.settings, need_ranges=True)
+        return resolve(order.url, self.settings, need_ranges=True)
 
-    def _fresh(self, job: _Job, remote: Remote, dest: Path, resume: Resume) -> list[PartRecord]:
+    def _fresh(self, order: _Order, remote: Remote, dest: Path, resume: Resume) -> list[PartRecord]:
         """Start over: forget any earlier partial file, check space, plan the parts."""
         resume.forget()
         if remote.size:
             check_free_space(dest, remote.size)
         spans = download_parts(
-            remote.size, remote.ranges, self.settings, hashing=job.expected is not None
+            remote.size, remote.ranges, self.settings, hashing=order.expected is not None
         )
         return [PartRecord(s.start, s.end, s.start) for s in spans]
 
@@ -306,7 +312,7 @@ class Downloader:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Job:
+class _Order:
     url: str
     expected: str | None  # sha256 hex the bytes must have
     started: float
@@ -316,10 +322,10 @@ class _Job:
         return time.monotonic() - self.started
 
 
-def _listener(
+def _tell_caller(
     on_progress: ProgressCallback | None, on_event: EventCallback | None
 ) -> EventCallback:
-    """One callback for the coordinator, fanning out to what the caller asked for."""
+    """One ``tell`` for the coordinator, fanning out to the callbacks the caller gave."""
 
     def tell(event: Event) -> None:
         if on_event is not None:

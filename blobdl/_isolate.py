@@ -30,7 +30,7 @@ from ._spawn import start_clean
 from .errors import BlobdlError, Interrupted
 
 T = TypeVar("T")
-Relay = Callable[[Any], None]
+Tell = Callable[[Any], None]
 _LOOK = 1.0  # seconds between checks that a silent child is still alive
 log = logging.getLogger("blobdl")
 
@@ -44,8 +44,8 @@ def threaded() -> bool:
         return threading.active_count() > 1
 
 
-def call(target: Callable[..., T], args: tuple[Any, ...], tell: Relay | None) -> T:
-    """``target(*args, relay)`` in a clean process; ``tell`` gets what ``relay`` sends."""
+def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> T:
+    """``target(*args, tell_parent)`` in a clean process; ``tell`` gets what it is told."""
     conn, proc = start_clean(child_main)
     try:
         conn.send((target, args, tell is not None, log.getEffectiveLevel()))
@@ -56,8 +56,8 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Relay | None) ->
         _reap(proc)
 
 
-def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Relay | None) -> Any:
-    """Relay events until the outcome; return or raise it."""
+def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Tell | None) -> Any:
+    """Tell events until the outcome; return or raise it."""
     stop: BaseException | None = None  # why we asked the child to stop, if we did
     while True:
         try:
@@ -92,7 +92,7 @@ def _stop(proc: subprocess.Popen[bytes], why: BaseException) -> BaseException:
     return why
 
 
-def _deliver(kind: str, payload: Any, tell: Relay | None) -> None:
+def _deliver(kind: str, payload: Any, tell: Tell | None) -> None:
     if kind == "event" and tell is not None:
         tell(payload)
     elif kind == "log":
@@ -134,11 +134,11 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 def child_main(conn: Connection) -> None:
     """The clean coordinator (``_spawn.child_setup`` ran first): run one call, send its
     outcome, exit."""
-    target, args, relay, level = conn.recv()
+    target, args, telling, level = conn.recv()
     _forward_logs(conn, level)
     outcome: tuple[str, Any]
     try:
-        outcome = ("result", target(*args, _relay(conn) if relay else None))
+        outcome = ("result", target(*args, _tell_parent(conn) if telling else None))
     except KeyboardInterrupt:
         outcome = ("error", Interrupted(signal.SIGINT))
     except BaseException as exc:
@@ -147,7 +147,7 @@ def child_main(conn: Connection) -> None:
         conn.send(outcome)
 
 
-def _relay(conn: Connection) -> Relay:
+def _tell_parent(conn: Connection) -> Tell:
     def send(event: Any) -> None:
         # The caller gone is not this download's failure: PDEATHSIG stops us, state saved.
         with contextlib.suppress(OSError):
