@@ -11,11 +11,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._events import Failed, Finished, Progress, event_record
-from ._pull import PullEvent, PullResult, PullStarted, default_models_dir, pull
-from .cli import _display_for, _fail, _json_line, _Parser, _show_warnings, build_parser
-from .cli import settings_from as engine_settings
-from .errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
+from .._events import Failed, Finished, Progress, event_record
+from .._pull import PullEvent, PullResult, PullStarted, default_models_dir, pull
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
+from ._args import Parser, build_parser
+from ._args import settings_from as engine_settings
+from ._display import display_for, fail, json_line, show_warnings
 
 DESCRIPTION = """\
 Pull a model from an OCI/Ollama registry into Ollama's store (no Ollama server needed).
@@ -26,7 +27,7 @@ _NOT_FOR_PULL = ("input", "output", "digest", "url")
 
 
 def main(argv: Sequence[str]) -> int:
-    pull_parser = _Parser(prog="blobdl pull", description=DESCRIPTION, add_help=True)
+    pull_parser = Parser(prog="blobdl pull", description=DESCRIPTION, add_help=True)
     pull_parser.add_argument("ref", help="the model, e.g. llama3.2:1b")
     pull_parser.add_argument(
         "--models-dir", help=f"the store (default: $OLLAMA_MODELS or {default_models_dir()})"
@@ -38,16 +39,16 @@ def main(argv: Sequence[str]) -> int:
     given = [name for name in _NOT_FOR_PULL if getattr(args, name) is not None]
     if given:
         pull_parser.error(f"{given[0]} does not go with pull (or an unknown argument)")
-    _show_warnings()
+    show_warnings()
     display = _PullDisplay(args)
     try:
         result = pull(
             ours.ref, ours.models_dir, settings=engine_settings(args), on_event=display.event
         )
     except BlobdlError as exc:
-        return _fail(display.base, exc, exc.exit_code)
+        return fail(display.base, exc, exc.exit_code)
     except KeyboardInterrupt:
-        return _fail(display.base, Interrupted(2), EXIT_INTERRUPTED)
+        return fail(display.base, Interrupted(2), EXIT_INTERRUPTED)
     display.finished(result)
     return EXIT_OK
 
@@ -56,7 +57,7 @@ class _PullDisplay:
     """One bar for the whole pull (bytes across layers), then a line per layer."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.base = _display_for(args)
+        self.base = display_for(args)
         self.mode = self.base.mode
         self.done: dict[str, int] = {}
 
@@ -65,7 +66,7 @@ class _PullDisplay:
             self._started(event)
             return
         if self.mode == "json":
-            _json_line(sys.stdout, {"digest": event.digest, **event_record(event.event)})
+            json_line(sys.stdout, {"digest": event.digest, **event_record(event.event)})
             return
         self.base.failed = self.base.failed or isinstance(event.event, Failed)
         if isinstance(event.event, Progress):
@@ -79,7 +80,7 @@ class _PullDisplay:
 
     def _started(self, event: PullStarted) -> None:
         if self.mode == "json":
-            _json_line(sys.stdout, {"event": "pull_started", **event._asdict()})
+            json_line(sys.stdout, {"event": "pull_started", **event._asdict()})
         elif self.mode == "bar" and event.missing:
             self.base._open_bar(event.bytes_needed, 0)
         elif self.mode == "plain":
@@ -92,7 +93,7 @@ class _PullDisplay:
     def finished(self, result: PullResult) -> None:
         self.base.close()
         if self.mode == "json":
-            _json_line(sys.stdout, _summary(result))
+            json_line(sys.stdout, _summary(result))
             return
         if self.mode == "quiet":
             return
