@@ -1,4 +1,4 @@
-"""The simulated-CDN scenarios and the fault rules that make ``tests/server.py`` play them.
+"""The simulated-CDN scenarios and the fault rules that make ``faultserver/server.py`` play them.
 
 A scenario is a server profile: a per-connection cap, an optional total link cap, a
 time-to-first-byte, and at most one kind of heterogeneity (a slow lane, a stalled lane or a

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from blobdl import Settings, _retry
 from blobdl._retry import Failure, Retry, decide
@@ -122,3 +124,28 @@ def test_the_policy_is_never_mutated() -> None:
     before = Retry.from_settings(Settings(retries=3))
     after = before.increment(10)
     assert (before.failures, after.failures, before.total) == (0, 1, 3)
+
+
+# --- the budget arithmetic, for any sequence of failures ------------------------------------
+
+
+@given(st.integers(0, 20), st.integers(0, 10**12))
+def test_budget_allows_exactly_retries_failures_in_place(retries: int, position: int) -> None:
+    budget = Retry(total=retries)
+    for _ in range(retries + 1):
+        assert not budget.exhausted
+        budget = budget.increment(position)
+    assert budget.exhausted
+
+
+@given(st.integers(0, 20), st.lists(st.integers(0, 50), min_size=1, max_size=200))
+def test_budget_counts_failures_since_the_furthest_position(
+    retries: int, positions: list[int]
+) -> None:
+    budget = Retry(total=retries)
+    for position in positions:
+        budget = budget.increment(position)
+    furthest = max(positions)
+    since = len(positions) - positions.index(furthest)  # failures since it first got there
+    assert budget.failures == since and budget.mark == furthest
+    assert budget.exhausted == (since > retries)

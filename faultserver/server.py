@@ -2,10 +2,10 @@
 
 Run from the repo root::
 
-    python -m tests.server --root DIR [--port 0] [--certfile F --keyfile K] [--link-bps N]
+    python -m faultserver.server --root DIR [--port 0] [--certfile F --keyfile K] [--link-bps N]
 
 It prints exactly one line ``READY <port>`` once listening and serves until
-SIGTERM/SIGINT.  Tests drive it through ``tests.serverctl``; the routes, the
+SIGTERM/SIGINT.  Tests drive it through ``faultserver.serverctl``; the routes, the
 ``/_ctl`` JSON endpoints and the fault rule format are described in that
 module's docstring and below in ``ACTIONS``.
 """

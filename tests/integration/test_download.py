@@ -10,8 +10,8 @@ import pytest
 
 import blobdl
 from blobdl import Downloader, Progress
+from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
-from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
 

@@ -15,9 +15,9 @@ import pytest
 
 from blobdl import Downloader, Settings
 from blobdl.errors import BadResponse, BlobdlError, UsageError
+from faultserver.serverctl import ServerHandle, make_blob, start_server
 from tests.conftest import PART, Blob, fast_settings, run_cli
-from tests.serverctl import ServerHandle, make_blob, start_server
-from tests.test_network import pki, tls_server  # noqa: F401 - fixtures
+from tests.integration.test_network import pki, tls_server  # noqa: F401 - fixtures
 
 Make = Callable[..., Blob]
 PASSWORD = "hunter2pw"

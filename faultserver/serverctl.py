@@ -1,4 +1,4 @@
-"""Start and drive the fault-injecting test server (``tests/server.py``).
+"""Start and drive the fault-injecting test server (``faultserver/server.py``).
 
 Usage::
 
@@ -57,7 +57,7 @@ BLOB_CHUNK = 1 << 20
 
 
 class ServerHandle:
-    """A running ``tests.server`` subprocess plus its control API."""
+    """A running ``faultserver.server`` subprocess plus its control API."""
 
     def __init__(
         self,
@@ -152,12 +152,12 @@ def start_server(
     ca: str | None = None,
     link_bps: float | None = None,
 ) -> ServerHandle:
-    """Start ``python -m tests.server`` serving ``root``; wait for its READY line.
+    """Start ``python -m faultserver.server`` serving ``root``; wait for its READY line.
 
     For TLS, control calls trust ``ca`` (default: ``certfile`` itself, i.e. self-signed).
     ``link_bps`` caps all response bodies together (bytes/s), like one shared link.
     """
-    cmd = [sys.executable, "-m", "tests.server", "--root", str(root), "--port", "0"]
+    cmd = [sys.executable, "-m", "faultserver.server", "--root", str(root), "--port", "0"]
     if certfile is not None:
         cmd += ["--certfile", certfile, "--keyfile", keyfile or certfile]
     if link_bps is not None:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.serverctl import ServerHandle, make_blob, start_server
+from faultserver.serverctl import ServerHandle, make_blob, start_server
 
 SIZE = 3 * (1 << 20) + 12345  # not a chunk multiple, to catch off-by-ones
 

@@ -4,7 +4,7 @@ distribution) on a free loopback port, plus a small token server and push helper
 ``start_registry(tmp, auth=token)`` runs ``docker-registry serve`` with filesystem storage
 (or S3 storage when given ``s3_endpoint``); ``push_model`` pushes a fake Ollama model by
 the registry HTTP API with Ollama's media types. The token server runs as
-``python -m tests.registry token --dir DIR``: it signs RS256 JWTs with a self-signed
+``python -m faultserver.registry token --dir DIR``: it signs RS256 JWTs with a self-signed
 certificate the registry trusts, and can be told to hand out short-lived tokens.
 """
 
@@ -124,7 +124,7 @@ def start_token_server(folder: Path) -> TokenServer:
     cmd = [
         sys.executable,
         "-m",
-        "tests.registry",
+        "faultserver.registry",
         "token",
         "--dir",
         str(folder),
@@ -439,7 +439,7 @@ def start_relay(folder: Path, target: str) -> Relay:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = folder / "relay.log"
-    cmd = [sys.executable, "-m", "tests.registry", "relay", "--dir", str(folder),
+    cmd = [sys.executable, "-m", "faultserver.registry", "relay", "--dir", str(folder),
            "--port", str(port), "--target", target]  # fmt: skip
     with (folder / "relay.out").open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -449,7 +449,7 @@ def start_relay(folder: Path, target: str) -> Relay:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.registry")
+    parser = argparse.ArgumentParser(prog="python -m faultserver.registry")
     parser.add_argument("what", choices=["token", "relay"])
     parser.add_argument("--dir", required=True)
     parser.add_argument("--port", type=int, required=True)

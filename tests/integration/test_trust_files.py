@@ -21,11 +21,11 @@ from blobdl import _cache, _resume
 from blobdl._fileio import reserve
 from blobdl._resume import PartRecord, State
 from blobdl.errors import EXIT_LOCAL, EXIT_OK
+from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
-from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
-HERE = Path(__file__).resolve().parent
+HERE = REPO / "tests"  # where nofalloc.c is
 CLI_PARTS = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4"]
 
 # --- preallocation on filesystems without fallocate(2) -------------------------------------

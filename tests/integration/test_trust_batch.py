@@ -17,11 +17,10 @@ import pytest
 
 import blobdl
 from blobdl import Item
-from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
-from tests.serverctl import ServerHandle
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
 
 Make = Callable[..., Blob]
-REPO = Path(__file__).resolve().parent.parent
 BPART = 4 * PART
 DEADLINE = 20.0  # generous bound on "promptly": a deadlock never meets it, a slow box does
 

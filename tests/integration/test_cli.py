@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from blobdl.errors import EXIT_INTEGRITY, EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
+from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, run_cli, sha256_file
-from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
 FAST = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4"]

@@ -21,8 +21,8 @@ import blobdl
 from blobdl import Downloader, _resume
 from blobdl._resume import PartRecord, State, save, state_path
 from blobdl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_OK, EXIT_USAGE
+from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file, spawn_cli
-from tests.serverctl import ServerHandle, make_blob
 
 Make = Callable[..., Blob]
 BIG = 32 * PART  # 2 MiB: 32 parts

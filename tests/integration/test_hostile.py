@@ -7,8 +7,8 @@ destination file (``DEST.blobdl-tmp``/``-state`` may stay for a resume). Either 
 process is left behind, nothing is written outside the working directory, and the
 ``Authorization`` header never reaches another origin.
 
-``BLOBDL_HOSTILE_EXAMPLES=300 pytest tests/test_hostile.py`` runs a deeper, random search
-(add ``BLOBDL_HOSTILE_LOG=FILE`` to log every failure and keep searching instead of
+``BLOBDL_HOSTILE_EXAMPLES=300 pytest tests/integration/test_hostile.py`` runs a deeper,
+random search (add ``BLOBDL_HOSTILE_LOG=FILE`` to log every failure and keep searching instead of
 shrinking the first); the default is a small derandomized run that fits in ``make test``.
 """
 
@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 
 import blobdl
 from blobdl.errors import BlobdlError
+from faultserver.serverctl import ServerHandle, start_server
 from tests.conftest import REPO, Blob, sha256_file
-from tests.serverctl import ServerHandle, start_server
 from tests.strategies import Target, hostile_rules
 
 Make = Callable[..., Blob]
@@ -309,4 +309,4 @@ def test_hostile_server_library(
         server.reset()
     no_secret_at(other)
     leftovers = psutil.Process().children(recursive=True)
-    assert all("tests.server" in " ".join(p.cmdline()) for p in leftovers), leftovers
+    assert all("faultserver.server" in " ".join(p.cmdline()) for p in leftovers), leftovers

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from blobdl import Downloader, Progress
 from blobdl._counters import CounterTable
 from blobdl._steal import SLOW_FACTOR, Lane, choose
+from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
-from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
 BIG_PART = 4 * PART  # 256 KiB

@@ -26,8 +26,8 @@ import pytest
 import blobdl
 from blobdl._fileio import temp_path
 from blobdl._resume import state_path
+from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, sha256_file
-from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
 HANG = 120.0  # seconds: far beyond any healthy run; only a deadlock reaches it

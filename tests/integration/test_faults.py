@@ -11,15 +11,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 import blobdl
 from blobdl import Downloader, Progress
-from blobdl._retry import Retry
 from blobdl.errors import EXIT_INTEGRITY, EXIT_NETWORK
+from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
-from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
 
@@ -179,7 +176,9 @@ def test_killed_worker_is_noticed_and_its_part_reassigned(
     def kill_one(progress: Progress) -> None:
         if killed or progress.active == 0:
             return
-        workers = [p for p in psutil.Process().children() if "tests.server" not in p.cmdline()]
+        workers = [
+            p for p in psutil.Process().children() if "faultserver.server" not in p.cmdline()
+        ]
         if workers:
             os.kill(workers[0].pid, signal.SIGKILL)
             killed.append(workers[0].pid)
@@ -335,31 +334,6 @@ def test_403_without_a_redirect_is_final(make: Make, server: ServerHandle, tmp_p
         fetch(blob.url, tmp_path / "out")
 
 
-# --- the budget arithmetic, for any sequence of failures ------------------------------------
-
-
-@given(st.integers(0, 20), st.integers(0, 10**12))
-def test_budget_allows_exactly_retries_failures_in_place(retries: int, position: int) -> None:
-    budget = Retry(total=retries)
-    for _ in range(retries + 1):
-        assert not budget.exhausted
-        budget = budget.increment(position)
-    assert budget.exhausted
-
-
-@given(st.integers(0, 20), st.lists(st.integers(0, 50), min_size=1, max_size=200))
-def test_budget_counts_failures_since_the_furthest_position(
-    retries: int, positions: list[int]
-) -> None:
-    budget = Retry(total=retries)
-    for position in positions:
-        budget = budget.increment(position)
-    furthest = max(positions)
-    since = len(positions) - positions.index(furthest)  # failures since it first got there
-    assert budget.failures == since and budget.mark == furthest
-    assert budget.exhausted == (since > retries)
-
-
 # --- found in review ------------------------------------------------------------------------
 
 
@@ -432,7 +406,7 @@ def test_interrupts_at_any_moment_leave_no_worker_behind(
         finally:
             timer.cancel()
             timer.join()
-        leaked = [p for p in me.children() if "tests.server" not in p.cmdline()]
+        leaked = [p for p in me.children() if "faultserver.server" not in p.cmdline()]
         for proc in leaked:
             proc.kill()
             proc.wait()

@@ -20,8 +20,7 @@ import pytest
 
 import blobdl
 from blobdl._reference import parse_reference
-from tests.conftest import REPO, fast_settings, run_cli
-from tests.registry import (
+from faultserver.registry import (
     MANIFEST_TYPE,
     Model,
     Registry,
@@ -31,6 +30,7 @@ from tests.registry import (
     start_s3,
     start_token_server,
 )
+from tests.conftest import REPO, fast_settings, run_cli
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/bin/docker-registry").exists(), reason="needs Debian's docker-registry"

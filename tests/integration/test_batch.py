@@ -12,11 +12,10 @@ import pytest
 
 import blobdl
 from blobdl import Item, parse_manifest
-from tests.conftest import PART, Blob, fast_settings, sha256_file
-from tests.serverctl import ServerHandle
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file
 
 Make = Callable[..., Blob]
-REPO = Path(__file__).resolve().parent.parent
 BPART = 4 * PART  # 256 KiB parts: several paced chunks each, so transfers really overlap
 SIZES = [1, 1000, BPART - 1, BPART, 3 * BPART + 5, 100_000, 2 * BPART, 5, 2 * BPART - 1, 4 * BPART]
 

@@ -21,8 +21,8 @@ import blobdl
 from blobdl import Downloader, Progress
 from blobdl._resume import keeps_partial, state_path
 from blobdl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_NETWORK, EXIT_OK
+from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
-from tests.serverctl import ServerHandle
 
 Make = Callable[..., Blob]
 BIG = 32 * PART  # 2 MiB

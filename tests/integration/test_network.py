@@ -1,7 +1,7 @@
 """Network options end to end: TLS verification, client certificates, proxies, credentials.
 
 Real sockets only: the fault server (plain and TLS, with a trustme CA), a forwarding proxy on
-loopback (``tests/proxy.py``) and, for client certificates, a tiny TLS server of our own.
+loopback (``faultserver/proxy.py``) and, for client certificates, a tiny TLS server of our own.
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from urllib3.exceptions import InsecureRequestWarning
 from blobdl import Downloader, Settings
 from blobdl.cli import build_parser, settings_from
 from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE, BlobdlError, TLSError, UsageError
-from tests.conftest import PART, Blob, fast_settings, sha256_file
-from tests.proxy import ForwardProxy
-from tests.serverctl import ServerHandle, make_blob, start_server
+from faultserver.proxy import ForwardProxy
+from faultserver.serverctl import ServerHandle, make_blob, start_server
+from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file
 
 Make = Callable[..., Blob]
-REPO = Path(__file__).resolve().parent.parent
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 SECRET = "Bearer s3cret"
 
