@@ -4,7 +4,8 @@ The coordinator forks its workers, and forking a process that has other threads 
 a lock another thread holds at that instant (logging, the import lock, the allocator's)
 stays held forever in the child, and Python 3.12+ warns about it. So when the caller has
 other threads, the download runs in a fresh, single-threaded interpreter instead (fork +
-exec, never a bare fork of the caller), which then forks its workers as usual. The caller's
+exec by ``_spawn.start_clean``, never a bare fork of the caller; ``_spawn.child_setup`` is
+its first step, as for every child), which then forks its workers as usual. The caller's
 ``__main__`` is not imported there (multiprocessing's ``spawn`` and ``forkserver`` would
 run an unguarded script again), and no process-wide multiprocessing state is touched.
 
