@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from . import _isolate
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
-from ._download import Downloader, _name_from_url, default_name
+from ._download import Downloader, default_name, name_from_url
 from ._events import DownloadResult, Event, Failed
 from ._http import check_url, lift_userinfo, resolve
 from ._plan import download_part_count
@@ -293,7 +293,7 @@ class _Scheduler:
         server gives, as a download without a path would use; from the URL for a cache hit)."""
         if self.base_dir is None or item.path is not None:
             return item
-        name = default_name(remote) if remote is not None else _name_from_url(item.url)
+        name = default_name(remote) if remote is not None else name_from_url(item.url)
         return _inside(self.base_dir, item._replace(path=name), f"item {index}")
 
     def _cached(self, item: Item, settings: Settings) -> bool:

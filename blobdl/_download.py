@@ -170,7 +170,7 @@ class Downloader:
         except OSError as exc:
             raise local_error(cache, exc) from None
         entry = cache_entry(cache, order.expected)
-        dest = Path(path) if path is not None else Path(_name_from_url(order.url))
+        dest = Path(path) if path is not None else Path(name_from_url(order.url))
         check_destination(dest)
         fetched = None
         verified = self._cache_hit(order, entry)
@@ -372,7 +372,8 @@ def _quietly(tell: EventCallback, event: Event) -> None:
         log.warning("the event callback raised %r while a failure was reported", exc)
 
 
-def _name_from_url(url: str) -> str:
+def name_from_url(url: str) -> str:
+    """A safe base name from the URL alone (a cache hit makes no request to ask the server)."""
     return safe_basename(unquote(urlsplit(url).path)) or DEFAULT_NAME
 
 
