@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
 # `make pythons`: every supported Python found gets its own venv (.venv-3.12, ...) and a
-# smoke run; the default interpreter runs the whole suite in `make unit`.
+# smoke run; the default interpreter runs the whole suite in `make suite`.
 SUPPORTED := 3.11 3.12 3.13
-SMOKE ?= tests/test_threads.py tests/test_plan.py
+SMOKE ?= tests/integration/test_threads.py tests/unit/test_plan.py
 PYENV_ROOT ?= $(HOME)/.pyenv
 # 3.12+ deprecates forking a threaded process: any such warning (from blobdl) is an error.
 WERROR = $$($(1) -c 'import sys; print("-W error::DeprecationWarning" * (sys.version_info >= (3, 12)))')
 
-.PHONY: help install registry demo test lint unit pythons bench clean
+.PHONY: help install registry demo test lint suite unit pythons bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,15 +31,18 @@ registry: ## Debian's docker-registry for the pull tests (apt-get, only when mis
 demo: install ## serve a generated 1 GiB blob on loopback, download it with the progress bar, verify it
 	$(PY) -m benchmarks.demo
 
-test: install registry lint unit pythons ## lint, type-check, the whole suite, and a smoke run on other Pythons
+test: install registry lint suite pythons ## lint, type-check, the whole suite, and a smoke run on other Pythons
 
 lint: install ## ruff and mypy (strict) over the package
-	$(PY) -m ruff check blobdl tests benchmarks
-	$(PY) -m ruff format --check blobdl tests benchmarks
+	$(PY) -m ruff check blobdl tests benchmarks faultserver
+	$(PY) -m ruff format --check blobdl tests benchmarks faultserver
 	$(PY) -m mypy
 
-unit: install registry ## the pytest suite only
+suite: install registry ## the pytest suite only (unit and integration)
 	$(PY) $(call WERROR,$(PY)) -m pytest -q $(call WERROR,$(PY))
+
+unit: install ## the unit tests of the pure modules only (seconds; no server, no processes)
+	$(PY) -m pytest -q tests/unit
 
 pythons: install ## the smoke tests on every other Python 3.11-3.13 present
 	@default=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import blobdl
+from blobdl import UsageError, parse_size
 
 from . import chart, report
 from .runner import Plan, run_plan
-from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario, parse_size
+from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 def plan_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> Plan:
     preset = QUICK if args.quick else FULL
     try:
+        # blobdl's own sizes: "1MB" is 10**6, "1MiB" is 2**20 (a bare "1m" is decimal too).
         size = parse_size(args.size or preset.size)
         parts = sorted({int(x) for x in (args.parts or preset.parts).split(",")})
-    except ValueError as exc:
+    except (ValueError, UsageError) as exc:
         p.error(str(exc))
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     if unknown := [n for n in names if n not in SCENARIOS]:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.serverctl import make_blob, start_server
+from faultserver.serverctl import make_blob, start_server
 
 SIZE = 1 << 30  # 1 GiB
 DATA = Path("demo-data")

@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from tests.serverctl import ServerHandle
+from faultserver.serverctl import ServerHandle
 
 SECONDS = 3.0  # long enough to swamp connection set-up, short enough not to matter
 READ = 1 << 20

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # The registry fixtures are a tool of the project's tests: they start real servers.
-from tests.registry import (
+from faultserver.registry import (
     CONFIG_TYPE,
     MANIFEST_TYPE,
     MODEL_TYPES,

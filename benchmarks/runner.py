@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.serverctl import ServerHandle, make_blob, start_server
+from faultserver.serverctl import ServerHandle, make_blob, start_server
 
 from .measure import run_measured
 from .pacing import PacingCheck, check_pacing, srv_cpu

@@ -1,4 +1,4 @@
-"""The simulated-CDN scenarios and the fault rules that make ``tests/server.py`` play them.
+"""The simulated-CDN scenarios and the fault rules that make ``faultserver/server.py`` play them.
 
 A scenario is a server profile: a per-connection cap, an optional total link cap, a
 time-to-first-byte, and at most one kind of heterogeneity (a slow lane, a stalled lane or a
@@ -9,13 +9,10 @@ every lane is its own ``times: 1`` rule, in request order, ahead of one catch-al
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from typing import Any
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-_UNITS = {"": 1, "b": 1, "k": KiB, "kib": KiB, "kb": 1000, "m": MiB, "mib": MiB, "mb": 10**6}
-_UNITS |= {"g": GiB, "gib": GiB, "gb": 10**9, "t": 1 << 40, "tib": 1 << 40, "tb": 10**12}
 
 CONN_BPS = 20 * MiB  # what one connection gets from the CDN
 SLOW_BPS = 2 * MiB  # the one slow lane
@@ -25,15 +22,6 @@ STALL_AT = 0.05  # the stalled lane goes silent after this fraction of its part
 STALL_HOLD = 3600.0  # "forever": the server gives up when the client hangs up
 RESET_SHARE = 0.25  # share of the first-wave requests that get reset
 SEED = 20240601
-
-
-def parse_size(text: str) -> int:
-    """``"64MiB"`` -> 67108864, ``"2GiB"``, ``"1GB"`` (decimal), ``"4096"``."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (try 64MiB, 2GiB or a byte count)")
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from ._api import Downloader, download
 from ._batch import BatchEvent, Item, ItemResult, download_many, parse_manifest
+from ._download import Downloader, download
 from ._events import (
     DownloadResult,
     Event,
@@ -19,6 +17,7 @@ from ._events import (
 )
 from ._pull import LayerResult, PullEvent, PullResult, PullStarted, pull
 from ._registry import AuthRefused, ModelNotFound, UnsupportedManifest
+from ._version import __version__
 from .config import Settings, parse_size
 from .errors import (
     BadResponse,

@@ -22,12 +22,13 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from . import _isolate
-from ._api import Downloader, _name_from_url, default_name
 from ._cache import entry_path as cache_entry
 from ._digest import parse_digest
+from ._download import Downloader, default_name, name_from_url
 from ._events import DownloadResult, Event, Failed
-from ._http import Remote, check_url, lift_userinfo, resolve
-from ._plan import part_count
+from ._http import check_url, lift_userinfo, resolve
+from ._plan import download_part_count
+from ._remote import Remote
 from ._signals import Interrupts
 from ._spawn import start
 from .config import Settings, parse_header, redact_url
@@ -133,10 +134,12 @@ def _host(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
-def _lifted(item: Item) -> Item:
-    """The item with ``user:pass@`` moved out of its URL into an Authorization header."""
+def _normalized(item: Item) -> Item:
+    """The item as the scheduler works with it: ``user:pass@`` moved out of its URL into an
+    Authorization header, its digest parsed once (to bare hex; a bad one is a UsageError)."""
     url, headers = lift_userinfo(item.url, item.headers)
-    return item._replace(url=url, headers=headers)
+    digest = parse_digest(item.digest) if item.digest is not None else None
+    return item._replace(url=url, headers=headers, digest=digest)
 
 
 class _Running(NamedTuple):
@@ -168,7 +171,7 @@ def download_many(
         raise UsageError("max_connections and per_host must be at least 1")
     base = Downloader(settings, **overrides).settings
     given = [Item(i) if isinstance(i, str) else i for i in items]
-    batch, where = [_lifted(item) for item in given], None
+    batch, where = [_normalized(item) for item in given], None
     if base_dir is not None:
         where = Path(base_dir)
         if not where.is_dir():
@@ -186,13 +189,13 @@ def download_many(
 def _many_here(
     batch: list[Item],
     settings: Settings,
-    budget: int,
+    max_connections: int,
     per_host: int,
     base_dir: Path | None,
     on_event: BatchCallback | None,
 ) -> list[ItemResult]:
     """``download_many`` in the clean process ``_isolate`` started for a threaded caller."""
-    return _Scheduler(batch, settings, budget, per_host, on_event, base_dir).run()
+    return _Scheduler(batch, settings, max_connections, per_host, on_event, base_dir).run()
 
 
 class _Scheduler:
@@ -200,14 +203,14 @@ class _Scheduler:
         self,
         items: list[Item],
         settings: Settings,
-        budget: int,
+        max_connections: int,
         per_host: int,
         on_event: BatchCallback | None,
         base_dir: Path | None = None,
     ) -> None:
-        self.items, self.settings, self.on_event = items, settings, on_event
+        self.items, self.settings, self.tell = items, settings, on_event
         self.base_dir = base_dir  # where items without a path are named
-        self.budget, self.per_host = budget, per_host
+        self.max_connections, self.per_host = max_connections, per_host
         self.results: dict[int, ItemResult] = {}
         self.remotes: dict[int, Remote] = {}
         self.running: list[_Running] = []
@@ -263,10 +266,10 @@ class _Scheduler:
             remote = None if cached else self.remotes.get(index) or resolve(item.url, settings)
             item = self._named(index, item, remote)
         except BlobdlError as exc:  # failed before any child could report it
-            if self.on_event is not None:
+            if self.tell is not None:
                 failed = Failed(redact_url(item.url), item.path or "", str(exc), exc.exit_code)
-                self.on_event(BatchEvent(index, failed))
-            self._done(index, ItemResult(item, None, exc))
+                self.tell(BatchEvent(index, failed))
+            self._store(index, ItemResult(item, None, exc))
             return True
         if remote is None:
             # A hit costs no connection, unless its entry fails its check and it fetches
@@ -275,7 +278,7 @@ class _Scheduler:
         else:
             self.remotes[index] = remote  # probed once, even if it has to wait for its host
             host = _host(remote.final_url)
-            wanted = self._wanted(remote, settings)
+            wanted = self._wanted(remote, settings, hashing=item.digest is not None)
         granted = min(wanted, self._free(), self._free_for(host))
         if granted == 0:
             return False
@@ -290,13 +293,13 @@ class _Scheduler:
         server gives, as a download without a path would use; from the URL for a cache hit)."""
         if self.base_dir is None or item.path is not None:
             return item
-        name = default_name(remote) if remote is not None else _name_from_url(item.url)
+        name = default_name(remote) if remote is not None else name_from_url(item.url)
         return _inside(self.base_dir, item._replace(path=name), f"item {index}")
 
     def _cached(self, item: Item, settings: Settings) -> bool:
         if not (settings.cache_dir and item.digest):
             return False
-        return cache_entry(Path(settings.cache_dir), parse_digest(item.digest)).is_file()
+        return cache_entry(Path(settings.cache_dir), item.digest).is_file()
 
     def _fork(
         self,
@@ -307,9 +310,10 @@ class _Scheduler:
         host: str,
         granted: int,
     ) -> None:
-        args = (index, item, remote, settings)
+        args = (item, remote, settings)
         # Not a daemon: it forks workers of its own.
-        proc, receiver = start(_item_main, args, name=f"blobdl-item-{index}", daemon=False)
+        name = f"blobdl-item-{index}"
+        proc, receiver = start(_item_main, args, name=name, daemon=False, coordinator=True)
         self.running.append(_Running(index, proc, receiver, host, granted))
 
     def _settings_for(self, item: Item) -> Settings:
@@ -317,18 +321,20 @@ class _Scheduler:
             return self.settings
         return dataclasses.replace(self.settings, headers=self.settings.headers + item.headers)
 
-    def _wanted(self, remote: Remote, settings: Settings) -> int:
-        parts = part_count(remote.size, settings) if remote.ranges and remote.size else 1
+    def _wanted(self, remote: Remote, settings: Settings, *, hashing: bool) -> int:
+        """Connections the item can use: one per part (planned as its download will plan
+        them), up to its ``connections``."""
+        parts = download_part_count(remote.size, remote.ranges, settings, hashing=hashing)
         return max(1, min(parts, settings.connections))
 
     def _rate_share(self, settings: Settings, granted: int) -> int | None:
         """--limit-rate is for the whole batch: an item gets the share of its connections."""
         if settings.limit_rate is None:
             return None
-        return max(1, settings.limit_rate * granted // self.budget)
+        return max(1, settings.limit_rate * granted // self.max_connections)
 
     def _free(self) -> int:
-        return self.budget - sum(r.granted for r in self.running)
+        return self.max_connections - sum(r.granted for r in self.running)
 
     def _free_for(self, host: str) -> int:
         return self.per_host - sum(r.granted for r in self.running if r.host == host)
@@ -352,19 +358,19 @@ class _Scheduler:
             crash = BlobdlError(f"download process died (exit code {running.proc.exitcode})")
             kind, payload = "done", crash
         if kind == "event":
-            if self.on_event is not None:
-                self.on_event(BatchEvent(running.item, payload))
+            if self.tell is not None:
+                self.tell(BatchEvent(running.item, payload))
             return
         running.proc.join()
         running.conn.close()
         self.running.remove(running)
         item = self.items[running.item]
         if isinstance(payload, DownloadResult):
-            self._done(running.item, ItemResult(item, payload, None))
+            self._store(running.item, ItemResult(item, payload, None))
         else:
-            self._done(running.item, ItemResult(item, None, payload))
+            self._store(running.item, ItemResult(item, None, payload))
 
-    def _done(self, index: int, result: ItemResult) -> None:
+    def _store(self, index: int, result: ItemResult) -> None:
         self.results[index] = result
 
     def _stop_children(self, signum: int) -> None:
@@ -393,7 +399,8 @@ class _Scheduler:
 def _first_of_each(items: list[Item]) -> list[int]:
     """For each item, the index of the first item it duplicates (itself if none).
 
-    Only an identical request is a duplicate: same URL, destination, digest and headers.
+    Only an identical request is a duplicate: same URL, destination, digest and headers
+    (items are normalized first: the same digest written two ways is the same).
     The same destination asked for with anything else different is a usage error: one of
     the two would silently overwrite the other."""
     seen: dict[tuple[object, ...], int] = {}
@@ -401,8 +408,7 @@ def _first_of_each(items: list[Item]) -> list[int]:
     firsts = []
     for index, item in enumerate(items):
         where = os.path.abspath(item.path) if item.path else None
-        digest = parse_digest(item.digest) if item.digest else None
-        first = seen.setdefault((item.url, where, digest, item.headers), index)
+        first = seen.setdefault((item.url, where, item.digest, item.headers), index)
         if where is not None and claimed.setdefault(where, first) != first:
             raise UsageError(f"items {claimed[where]} and {index} both write {item.path}")
         firsts.append(first)
@@ -418,28 +424,25 @@ def _discard(conn: Connection) -> bool:
     return True
 
 
-def _relay(conn: Connection) -> Callable[[Event], None]:
+def _tell_parent(conn: Connection) -> Callable[[Event], None]:
     def send(event: Event) -> None:
         conn.send(("event", event))
 
     return send
 
 
-def _item_main(
-    index: int, item: Item, remote: Remote | None, settings: Settings, conn: Connection
-) -> None:
-    """One download, in its own process: the coordinator of its own workers."""
-    # A coordinator again: it handles SIGINT/SIGTERM itself (saving state) once running.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+def _item_main(item: Item, remote: Remote | None, settings: Settings, conn: Connection) -> None:
+    """One download, in its own process: the coordinator of its own workers (started as
+    one: it handles SIGINT/SIGTERM itself, saving its state)."""
     outcome: DownloadResult | BlobdlError
     try:
         path = Path(item.path) if item.path else None
-        relay = _relay(conn)
+        tell = _tell_parent(conn)
         downloader = Downloader(settings)
         if remote is None:  # a cache hit: no probe, no network
-            outcome = downloader.download(item.url, path, digest=item.digest, on_event=relay)
+            outcome = downloader.download(item.url, path, digest=item.digest, on_event=tell)
         else:
-            outcome = downloader.download_resolved(remote, path, digest=item.digest, on_event=relay)
+            outcome = downloader._download_resolved(remote, path, digest=item.digest, on_event=tell)
     except BlobdlError as exc:
         outcome = exc
     except KeyboardInterrupt:

@@ -7,61 +7,35 @@ counter table for progress and ends any worker whose part made no progress for
 ``stall_timeout`` (including one still waiting for a status line). A failed attempt is
 retried from the part's current offset after Ollama's backoff; ``retries`` failures in a
 row without progress fail the download, and every other worker is ended with it.
+
+The coordinator decides *when*; the rest lives beside it: the parts and their table in
+``_parts``, a worker's process in ``_worker.Worker``, what to do after a failure in
+``_retry.decide``, what to steal in ``_steal.choose``, and the rates in ``_progress``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
+from collections.abc import Sequence
+from multiprocessing.connection import wait
 from typing import NamedTuple
 
-from ._events import EventCallback, PartProgress, PartRetried, PartStalled, Progress
-from ._http import Remote, resolve, same_blob
-from ._retry import RetryBudget, retry_delay
-from ._shared import CounterTable
+from . import _retry
+from ._events import EventCallback, PartRetried, PartStalled, Progress
+from ._http import resolve
+from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
+from ._progress import BEST_DECAY, RateWindow, smoothed
+from ._remote import Remote, require_same
+from ._resume import CheckpointCallback, PartRecord
+from ._retry import Failure, Retry, decide
 from ._signals import Interrupts
-from ._spawn import start
-from ._state import PartRecord
-from ._steal import Lane, choose
-from ._worker import Job, worker_main
+from ._steal import choose
+from ._worker import Attempt, Worker
 from .config import Settings
-from .errors import HTTPStatusError, RetriesExhausted, Stalled, WorkerCrashed
+from .errors import RetriesExhausted, Stalled, WorkerCrashed
 
-CheckpointCallback = Callable[[tuple[PartRecord, ...]], None]
-
-PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
-_RATE_WINDOW = 5.0  # seconds of samples behind the reported rate
 log = logging.getLogger("blobdl")
-
-
-@dataclass
-class _Part:
-    """The coordinator's private bookkeeping for one slot of the counter table."""
-
-    slot: int
-    start: int
-    stolen: bool = False  # created by a steal rather than by the plan
-    took_over: bool = False  # created to replace a slow lane: never replaced in turn (the
-    # range itself may be slow for everyone; the lane can still be split)
-    state: str = PENDING
-    attempts: int = 0
-    budget: RetryBudget = field(default_factory=RetryBudget)
-    generation: int = 0  # the remote's generation when the running attempt started
-    refreshed_at: int | None = None  # position when this part last had the URL refreshed
-    not_before: float = 0.0  # earliest time of the next attempt (backoff)
-    proc: BaseProcess | None = None
-    conn: Connection | None = None
-    attempt_pos: int = 0  # position when the running attempt started
-    last_pos: int = 0  # position at the last sample
-    last_change: float = 0.0  # when the position last moved (or the attempt started)
-    launched: float = 0.0  # when the running attempt started
-    rate: float = 0.0  # bytes/s of the running attempt, smoothed over samples
-    sampled_at: float = 0.0  # when ``rate`` was last updated
 
 
 class Tally(NamedTuple):
@@ -82,23 +56,14 @@ class Coordinator:
         fd: int,
         path: str,
         settings: Settings,
-        on_event: EventCallback | None = None,
+        tell: EventCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
     ) -> None:
         self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
-        self.on_event, self.on_checkpoint = on_event, on_checkpoint
+        self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
-        if not self.ranged:  # one sequential stream: the whole body, or until EOF
-            parts = [PartRecord(0, remote.size if remote.size is not None else -1, 0)]
-        # Room for the slots that steals create: each steal adds one.
-        self.table = CounterTable(len(parts) + 32 * settings.connections)
-        self.parts = [_Part(slot=i, start=p.start) for i, p in enumerate(parts)]
-        for part, record in zip(self.parts, parts, strict=True):
-            self.table.set_start(part.slot, record.start)
-            self.table.set_pos(part.slot, record.pos)
-            self.table.set_end(part.slot, record.end)
-            if record.end >= 0 and record.pos >= record.end:
-                part.state = DONE  # already on disk (a resumed download)
+        self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
+        self.table = self.parts.table  # the hasher follows it too
         self.last_checkpoint = 0.0
         self.retries = 0
         self.steals = 0
@@ -106,13 +71,13 @@ class Coordinator:
         self.generation = 0  # bumped each time the remote is re-resolved
         self.fetched = 0
         self.started = 0.0
-        self.samples: deque[tuple[float, int]] = deque()
+        self.window = RateWindow(0.0, 0)
 
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> Tally:
         self.started = time.monotonic()
-        self.samples.append((self.started, self._done()))
+        self.window = RateWindow(self.started, self.parts.done())
         with Interrupts() as self.interrupts:
             try:
                 self._loop()
@@ -123,18 +88,17 @@ class Coordinator:
         # Without a known size, the blob ends where the single stream reached EOF.
         size = self.remote.size if self.remote.size is not None else self.table.pos(0)
         self.table.close()
-        planned = sum(1 for p in self.parts if not p.stolen)
-        return Tally(self.fetched, self.retries, planned, self.steals, size)
+        return Tally(self.fetched, self.retries, self.parts.planned(), self.steals, size)
 
     def _loop(self) -> None:
         interval = self.settings.progress_interval
         next_sample = time.monotonic() + interval
-        while any(p.state != DONE for p in self.parts):
+        while not self.parts.finished():
             self.interrupts.check()
             now = time.monotonic()
             self._launch_ready(now)
             wake = min([next_sample, *self._retry_times()])
-            sentinels = {p.proc.sentinel: p for p in self.parts if p.proc is not None}
+            sentinels = {p.worker.sentinel: p for p in self.parts if p.worker is not None}
             timeout = max(0.0, wake - time.monotonic())
             for ready in wait([*sentinels, *self.interrupts.waitables()], timeout=timeout):
                 if ready in sentinels:
@@ -150,7 +114,7 @@ class Coordinator:
         error is on its way out, neither step may replace it (a raising callback, a full
         disk): they are reported in a warning instead."""
         self._stop_all()
-        for step in (self._checkpoint, lambda: self._emit(time.monotonic())):
+        for step in (self._checkpoint, lambda: self._tell_progress(time.monotonic())):
             if not failing:
                 step()
                 continue
@@ -161,12 +125,12 @@ class Coordinator:
 
     def _retry_times(self) -> list[float]:
         """When waiting parts may start; none while every connection is busy (no spinning)."""
-        if sum(1 for p in self.parts if p.state == RUNNING) >= self.settings.connections:
+        if self.parts.running() >= self.settings.connections:
             return []
         return [p.not_before for p in self.parts if p.state == WAITING]
 
     def _launch_ready(self, now: float) -> None:
-        running = sum(1 for p in self.parts if p.state == RUNNING)
+        running = self.parts.running()
         for part in self.parts:
             if running >= self.settings.connections:
                 return
@@ -178,52 +142,31 @@ class Coordinator:
 
     def _steal(self, now: float) -> bool:
         """Give an idle connection the tail of a slow or large lane; False if none is worth it."""
-        if not (self.ranged and self.settings.steal) or len(self.parts) >= self.table.slots:
+        if not (self.ranged and self.settings.steal) or self.parts.full():
             return False
-        lanes = [
-            Lane(
-                p.slot,
-                self.table.pos(p.slot),
-                self.table.end(p.slot),
-                p.rate,
-                now - p.launched,
-                replaceable=not p.took_over,
-            )
-            for p in self.parts
-            if p.state == RUNNING
-        ]
         grace = 2 * self.settings.progress_interval
+        lanes = self.parts.lanes(now)
         decision = choose(lanes, self.best_rate, self.settings.min_steal_size, grace)
         if decision is None:
             return False
-        victim = self.parts[decision.victim]
-        end = self.table.end(victim.slot)
-        thief = _Part(
-            slot=len(self.parts), start=decision.at, stolen=True, took_over=decision.takeover
-        )
-        self.table.set_start(thief.slot, decision.at)
-        self.table.set_pos(thief.slot, decision.at)
-        self.table.set_end(thief.slot, end)
-        self.table.set_end(victim.slot, decision.at)  # the victim stops where the thief starts
-        self.parts.append(thief)
+        thief = self.parts.split(decision)
         self.steals += 1
         if decision.takeover:  # a slow or stuck lane: end it, its bytes so far are kept
+            victim = self.parts[decision.victim]
             self._kill(victim)
             victim.state = DONE
         self._launch(thief, now)
         return True
 
-    def _launch(self, part: _Part, now: float) -> None:
+    def _launch(self, part: Part, now: float) -> None:
         if not self.ranged:  # without ranges a new attempt starts over
             self.table.set_pos(part.slot, 0)
-        job = Job(slot=part.slot, ranged=self.ranged, fd=self.fd, path=self.path)
-        # Read before the fork: the child may write its first bytes before start() returns.
+        attempt = Attempt(slot=part.slot, ranged=self.ranged, fd=self.fd, path=self.path)
+        # Read before the fork: the child may write its first bytes before it returns.
         part.attempt_pos = part.last_pos = self.table.pos(part.slot)
         part.state = RUNNING
-        self._share_rate()  # the newcomer's share, and everyone else's smaller one
-        args = (job, self.remote, self.settings, self.table)
-        proc, receiver = start(worker_main, args, name=f"blobdl-part-{part.slot}", daemon=True)
-        part.proc, part.conn, part.state = proc, receiver, RUNNING
+        self.parts.share(self.settings.limit_rate)  # the newcomer's, and everyone else's smaller
+        part.worker = Worker(attempt, self.remote, self.settings, self.table)
         part.attempts += 1
         part.generation = self.generation
         part.last_change = part.launched = part.sampled_at = now
@@ -231,90 +174,64 @@ class Coordinator:
 
     # --- outcomes ---------------------------------------------------------------------------
 
-    def _finish(self, part: _Part) -> None:
+    def _finish(self, part: Part) -> None:
         """A worker exited: collect its result, then mark the part done or retry it."""
-        assert part.proc is not None and part.conn is not None
-        part.proc.join()
-        error: BaseException | None
-        try:
-            error = part.conn.recv() if part.conn.poll() else WorkerCrashed(part.proc.exitcode)
-        except (EOFError, OSError):
-            error = WorkerCrashed(part.proc.exitcode)
+        assert part.worker is not None
+        error = part.worker.outcome()
         self._release(part)
-        if error is None and self._complete(part):
+        if error is None and self.parts.complete(part):
             part.state = DONE
             self._remember_rate(part)
         else:
             self._failed(part, error or WorkerCrashed(0))
 
-    def _remember_rate(self, part: _Part) -> None:
+    def _remember_rate(self, part: Part) -> None:
         """A lane that finished between two samples still shows what a good lane does."""
         seconds = time.monotonic() - part.launched
         if seconds > 0:
             fetched = self.table.pos(part.slot) - part.attempt_pos
             self.best_rate = max(self.best_rate, fetched / seconds)
 
-    def _complete(self, part: _Part) -> bool:
-        end = self.table.end(part.slot)
-        return end < 0 or self.table.pos(part.slot) >= end
-
-    def _failed(self, part: _Part, error: BaseException) -> None:
-        if _expired(error) and self._refresh(part):
-            delay = retry_delay(1, None, self.settings)  # the budget is left intact
-            part.state, part.not_before = WAITING, time.monotonic() + delay
-            return
-        if not getattr(error, "retryable", False):
+    def _failed(self, part: Part, error: BaseException) -> None:
+        """Ask the policy what now, and do it."""
+        pos, end = self.table.pos(part.slot), self.table.end(part.slot)
+        redirected = self.remote.final_url != self.remote.url
+        stale = part.generation < self.generation
+        facts = Failure(error, pos, end, part.retry, redirected, stale, part.refreshed_at)
+        verdict = decide(facts)
+        part.retry = verdict.retry
+        if verdict.action == _retry.FAIL:
             raise error
-        end = self.table.end(part.slot)
-        if 0 <= end <= self.table.pos(part.slot):  # died after its last write: all there
+        if verdict.action == _retry.EXHAUSTED:
+            raise RetriesExhausted(part.slot, part.start, end, part.attempts, error)
+        if verdict.action == _retry.DONE:  # died after its last write: all there
             part.state = DONE
             return
-        part.budget = part.budget.after_failure(self.table.pos(part.slot))
-        if part.budget.exhausted(self.settings.retries):
-            end = self.table.end(part.slot)
-            raise RetriesExhausted(part.slot, part.start, end, part.attempts, error)
-        self.retries += 1
-        retry_after = error.retry_after if isinstance(error, HTTPStatusError) else None
-        delay = retry_delay(part.budget.failures, retry_after, self.settings)
-        part.state, part.not_before = WAITING, time.monotonic() + delay
-        self._tell(PartRetried(part.slot, part.budget.failures, delay, str(error)))
+        if verdict.action == _retry.REFRESH:
+            self._refresh(part, pos)
+        part.state, part.not_before = WAITING, time.monotonic() + verdict.delay
+        if verdict.action not in (_retry.REFRESH, _retry.AGAIN):
+            self.retries += 1
+            self._tell(PartRetried(part.slot, part.retry.failures, verdict.delay, str(error)))
 
-    def _refresh(self, part: _Part) -> bool:
+    def _refresh(self, part: Part, pos: int) -> None:
         """A redirected (signed, expiring) URL answered 403/410: resolve the original URL
-        again, once per stretch without progress. True if the part should simply retry."""
-        if self.remote.final_url == self.remote.url:
-            return False  # nothing to refresh: the URL was never redirected
-        if part.generation < self.generation:
-            return True  # already refreshed since this attempt started
-        pos = self.table.pos(part.slot)
-        if part.refreshed_at is not None and pos <= part.refreshed_at:
-            return False  # this part had its refresh and did not move since: really refused
-        fresh = resolve(self.remote.url, self.settings)  # blocks the loop: rare and short
-        same_blob(self.remote, fresh)
+        again (it blocks the loop: rare and short); the blob must be the same."""
+        fresh = resolve(self.remote.url, self.settings)
+        require_same(self.remote, fresh)
         self.remote, part.refreshed_at = fresh, pos
         self.generation += 1
-        return True
 
-    def _release(self, part: _Part) -> None:
-        """Forget a finished attempt: count its bytes, close its pipe."""
+    def _release(self, part: Part) -> None:
+        """Forget a finished attempt: count its bytes."""
         self.fetched += max(0, self.table.pos(part.slot) - part.attempt_pos)
-        if part.conn is not None:
-            part.conn.close()
-        part.proc = part.conn = None
+        part.worker = None
 
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
-    def _share_rate(self) -> None:
-        """Split ``limit_rate`` evenly among the running workers (they pace themselves)."""
-        if self.settings.limit_rate is None:
-            return
-        running = [p for p in self.parts if p.state == RUNNING]
-        for part in running:
-            self.table.set_cap(part.slot, max(1, self.settings.limit_rate // len(running)))
-
     def _sample(self, now: float) -> None:
-        self._share_rate()
-        self.best_rate *= 0.8  # forget lanes that have ended, slowly
+        self.parts.share(self.settings.limit_rate)
+        self.best_rate *= BEST_DECAY  # forget lanes that have ended, slowly
         for part in self.parts:
             if part.state != RUNNING:
                 continue
@@ -329,72 +246,45 @@ class Coordinator:
         if now - self.last_checkpoint >= self.settings.checkpoint_interval:
             self._checkpoint()
             self.last_checkpoint = now
-        self._emit(now)
+        self._tell_progress(now)
 
-    def _rate(self, part: _Part, pos: int, now: float) -> None:
+    def _rate(self, part: Part, pos: int, now: float) -> None:
         """Smooth the lane's rate over samples; remember the best lane's rate."""
         if now <= part.sampled_at:
             return
-        current = (pos - part.last_pos) / (now - part.sampled_at)
         first = part.sampled_at == part.launched
-        part.rate = current if first else 0.5 * part.rate + 0.5 * current
+        part.rate = smoothed(part.rate, pos - part.last_pos, now - part.sampled_at, first)
         part.sampled_at = now
         self.best_rate = max(self.best_rate, part.rate)
 
     def _checkpoint(self) -> None:
-        """Hand the parts' positions (read now, before the caller flushes) to be saved."""
-        if self.on_checkpoint is None or not self.ranged:
-            return
-        records = sorted(
-            PartRecord(p.start, self.table.end(p.slot), p.start + self.table.done(p.slot))
-            for p in self.parts
-        )
-        self.on_checkpoint(tuple(records))
+        """Hand the parts' positions to the checkpointer."""
+        if self.on_checkpoint is not None and self.ranged:
+            self.on_checkpoint(self.parts.records())
 
-    def _done(self) -> int:
-        return sum(self.table.done(p.slot) for p in self.parts)
-
-    def _kill(self, part: _Part) -> None:
+    def _kill(self, part: Part) -> None:
         """End a worker that cannot be trusted to notice by itself (blocked in recv)."""
-        if part.proc is not None:
-            part.proc.kill()
-            part.proc.join()
+        if part.worker is not None:
+            part.worker.kill()
         self._release(part)
 
     def _stop_all(self) -> None:
         for part in self.parts:
-            if part.proc is not None:
+            if part.worker is not None:
                 self._kill(part)
                 if part.state == RUNNING:
                     part.state = PENDING
 
     def _tell(self, event: PartRetried | PartStalled) -> None:
-        if self.on_event is not None:
-            self.on_event(event)
+        if self.tell is not None:
+            self.tell(event)
 
-    def _emit(self, now: float) -> None:
-        if self.on_event is None:
+    def _tell_progress(self, now: float) -> None:
+        if self.tell is None:
             return
-        parts = tuple(self._part_progress(p) for p in self.parts)
+        parts = self.parts.progress()
         done = sum(p.done for p in parts)
-        self.samples.append((now, done))
-        while len(self.samples) > 2 and now - self.samples[0][0] > _RATE_WINDOW:
-            self.samples.popleft()
-        then, before = self.samples[0]
-        rate = (done - before) / (now - then) if now > then else 0.0
+        rate, elapsed = self.window.rate(now, done), now - self.started
+        active = self.parts.running()
         total = self.remote.size
-        active = sum(1 for p in self.parts if p.state == RUNNING)
-        self.on_event(Progress(done, total, rate, now - self.started, active, self.retries, parts))
-
-    def _part_progress(self, part: _Part) -> PartProgress:
-        end, done = self.table.end(part.slot), self.table.done(part.slot)
-        return PartProgress(part.slot, part.start, end, done, part.state, part.attempts)
-
-
-def _expired(error: BaseException) -> bool:
-    return isinstance(error, HTTPStatusError) and error.status in (403, 410)
-
-
-def _sleep(seconds: float) -> list[int]:
-    time.sleep(seconds)
-    return []
+        self.tell(Progress(done, total, rate, elapsed, active, self.retries, parts))

@@ -16,7 +16,7 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from ._shared import CounterTable
+from ._counters import CounterTable
 from ._spawn import start
 from .errors import UsageError
 

@@ -7,18 +7,13 @@ coordinator and the workers reason about our errors only.
 from __future__ import annotations
 
 import base64
-import email.message
 import http.client
-import math
-import re
 import ssl
 import time
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -27,11 +22,20 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import InsecureRequestWarning, InvalidHeader, LocationParseError, SSLError
 from urllib3.util import make_headers, parse_url
 from urllib3.util.ssl_ import create_urllib3_context
+from urllib3.util.ssl_match_hostname import CertificateError
 
-from . import __version__
-from ._plan import Span, parse_content_range, range_header
-from ._retry import RetryBudget, retry_delay
-from .config import MAX_BYTES, Settings, check_proxy_url, redact_url
+from ._headers import (
+    content_disposition_filename,
+    parse_content_range,
+    parse_length,
+    parse_retry_after,
+    range_header,
+)
+from ._plan import Span
+from ._remote import Remote
+from ._retry import Retry
+from ._version import __version__
+from .config import Settings, check_proxy_url, redact_url
 from .errors import (
     BadResponse,
     BlobdlError,
@@ -54,19 +58,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECT_BODY_LIMIT = 64 * 1024
 
 Response = urllib3.BaseHTTPResponse
-
-
-class Remote(NamedTuple):
-    """What the probe learned about the blob; pinned for the whole download."""
-
-    url: str  # the URL the user asked for
-    final_url: str  # after redirects: every part is fetched from here
-    size: int | None  # None: the server did not say
-    ranges: bool  # a range request was answered 206 (proven, not assumed)
-    etag: str | None  # validator pinned at probe time
-    last_modified: str | None
-    filename: str | None  # from Content-Disposition, unsanitised
-    headers: tuple[tuple[str, str], ...]  # user headers still safe to send to final_url
 
 
 def check_url(url: str) -> None:
@@ -283,8 +274,8 @@ def translate_errors(url: str) -> Iterator[None]:
         yield
     except BlobdlError:
         raise
-    except (SSLError, ssl.SSLError) as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "hostname" in str(exc).lower():
+    except (SSLError, ssl.SSLError, CertificateError) as exc:
+        if _certificate_refused(exc):
             raise TLSError(url, f"TLS verification failed: {exc}") from None
         raise ConnectionFailed(url, f"TLS error: {exc}") from None
     except LocationParseError:
@@ -298,7 +289,22 @@ def translate_errors(url: str) -> Iterator[None]:
     except http.client.IncompleteRead as exc:
         raise ConnectionFailed(url, f"connection closed early: {exc!r}") from None
     except (Urllib3Error, http.client.HTTPException, OSError) as exc:
+        if _certificate_refused(exc):  # e.g. a ProxyError wrapping the proxy's certificate
+            raise TLSError(url, f"TLS verification failed: {exc}") from None
         raise ConnectionFailed(url, f"{type(exc).__name__}: {exc}") from None
+
+
+def _certificate_refused(exc: BaseException, depth: int = 0) -> bool:
+    """Whether the certificate (or the host name it names) was refused, by the error's type:
+    ``ssl.SSLCertVerificationError`` or urllib3's ``CertificateError``, wherever urllib3
+    wrapped it (its exceptions carry the original in ``args`` or as the cause)."""
+    if isinstance(exc, (ssl.SSLCertVerificationError, CertificateError)):
+        return True
+    if depth > 4:
+        return False
+    inner = [a for a in exc.args if isinstance(a, BaseException)]
+    inner += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+    return any(_certificate_refused(e, depth + 1) for e in inner)
 
 
 def _base_headers(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
@@ -425,19 +431,6 @@ def content_length(response: Response) -> int | None:
     return parse_length(response.headers.get("Content-Length"), response_url(response))
 
 
-_LENGTH = re.compile(r"[ \t]*([0-9]{1,19})[ \t]*")
-
-
-def parse_length(text: str | None, url: str) -> int | None:
-    """A Content-Length value: None if absent, else a byte count up to MAX_BYTES."""
-    if text is None:
-        return None
-    match = _LENGTH.fullmatch(text)
-    if not match or int(match.group(1)) > MAX_BYTES:
-        raise BadResponse(url, f"Content-Length {text[:40]!r} is not a byte count")
-    return int(match.group(1))
-
-
 def response_url(response: Response) -> str:
     return getattr(response, "url", None) or ""
 
@@ -448,39 +441,9 @@ def _require_identity(url: str, response: Response) -> None:
         raise BadResponse(url, f"body is {encoding}-encoded although identity was asked")
 
 
-def content_disposition_filename(value: str | None) -> str | None:
-    """The ``filename``/``filename*`` parameter of a Content-Disposition, if any."""
-    if not value:
-        return None
-    message = email.message.Message()
-    try:
-        message["Content-Disposition"] = value
-        name = message.get_filename()
-    except Exception:  # e.g. filename*=idna''x: the email package raises
-        return None  # anything; a name we cannot read is no name (the URL's is used)
-    return name if isinstance(name, str) else None
-
-
 def retry_after(response: Response) -> float | None:
     """Seconds the server asked us to wait (delta-seconds or an HTTP date), if any."""
     return parse_retry_after(response.headers.get("Retry-After"))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """A Retry-After value in seconds from now (never negative), None if unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value) if len(value) < 16 else None
-    try:
-        when = parsedate_to_datetime(value)
-    except Exception:  # the email package raises various things on junk
-        return None
-    if when.tzinfo is None:  # RFC 9110: HTTP dates are GMT; "-0000" or no zone reads naive
-        when = when.replace(tzinfo=UTC)
-    seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _conditional_headers(remote: Remote) -> dict[str, str]:
@@ -579,7 +542,7 @@ def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remot
     no socket of ours may leak into forked workers). ``need_ranges``: a 200 to the probe's
     range is a bad response (ranges were proven before), retried like one."""
     pool = make_pool(settings)
-    budget = RetryBudget()
+    retry = Retry.from_settings(settings)
     try:
         while True:
             try:
@@ -588,18 +551,9 @@ def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remot
                     raise BadResponse(remote.final_url, "answered 200 to the probe's range")
                 return remote
             except BlobdlError as exc:
-                budget = budget.after_failure(0)
-                if not exc.retryable or budget.exhausted(settings.retries):
+                retry = retry.increment(0)
+                if not exc.retryable or retry.exhausted:
                     raise
-                wait = exc.retry_after if isinstance(exc, HTTPStatusError) else None
-                time.sleep(retry_delay(budget.failures, wait, settings))
+                time.sleep(retry.delay(exc))
     finally:
         pool.clear()
-
-
-def same_blob(pinned: Remote, fresh: Remote) -> None:
-    """Raise ``RemoteChanged`` unless ``fresh`` describes the blob ``pinned`` did."""
-    for name in ("size", "ranges", "etag", "last_modified"):
-        before, after = getattr(pinned, name), getattr(fresh, name)
-        if before != after:
-            raise RemoteChanged(fresh.final_url, f"{name} changed from {before} to {after}")

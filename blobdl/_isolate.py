@@ -4,7 +4,8 @@ The coordinator forks its workers, and forking a process that has other threads 
 a lock another thread holds at that instant (logging, the import lock, the allocator's)
 stays held forever in the child, and Python 3.12+ warns about it. So when the caller has
 other threads, the download runs in a fresh, single-threaded interpreter instead (fork +
-exec, never a bare fork of the caller), which then forks its workers as usual. The caller's
+exec by ``_spawn.start_clean``, never a bare fork of the caller; ``_spawn.child_setup`` is
+its first step, as for every child), which then forks its workers as usual. The caller's
 ``__main__`` is not imported there (multiprocessing's ``spawn`` and ``forkserver`` would
 run an unguarded script again), and no process-wide multiprocessing state is touched.
 
@@ -16,30 +17,22 @@ Ctrl-C in the caller's main thread, stops the child as a signal would: it saves 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
 import signal
-import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from multiprocessing.spawn import get_executable
 from typing import Any, TypeVar
 
+from ._spawn import start_clean
 from .errors import BlobdlError, Interrupted
 
 T = TypeVar("T")
-Relay = Callable[[Any], None]
-_PR_SET_PDEATHSIG = 1
+Tell = Callable[[Any], None]
 _LOOK = 1.0  # seconds between checks that a silent child is still alive
-_BOOT = (
-    "import sys; sys.path[:] = sys.argv[3:]; "
-    "from blobdl._isolate import child_main; child_main(int(sys.argv[1]), int(sys.argv[2]))"
-)
 log = logging.getLogger("blobdl")
 
 
@@ -52,9 +45,9 @@ def threaded() -> bool:
         return threading.active_count() > 1
 
 
-def call(target: Callable[..., T], args: tuple[Any, ...], tell: Relay | None) -> T:
-    """``target(*args, relay)`` in a clean process; ``tell`` gets what ``relay`` sends."""
-    conn, proc = _start()
+def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> T:
+    """``target(*args, tell_parent)`` in a clean process; ``tell`` gets what it is told."""
+    conn, proc = start_clean(child_main)
     try:
         conn.send((target, args, tell is not None, log.getEffectiveLevel()))
         result: T = _follow(conn, proc, tell)
@@ -64,28 +57,8 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Relay | None) ->
         _reap(proc)
 
 
-def _start() -> tuple[Connection, subprocess.Popen[bytes]]:
-    """The one place a clean coordinator is started (fork + exec of this interpreter)."""
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        boot = [_BOOT, str(theirs.fileno()), str(os.getpid()), *sys.path]
-        proc = subprocess.Popen(
-            [get_executable(), *_interpreter_flags(), "-c", *boot],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
-        # The child now holds the only other end: if it dies, we read EOF.
-        return Connection(ours.detach()), proc
-
-
-def _interpreter_flags() -> list[str]:
-    """-W, -X and the like, as multiprocessing passes them to its children."""
-    flags: Callable[[], list[str]] = getattr(subprocess, "_args_from_interpreter_flags", list)
-    return flags()
-
-
-def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Relay | None) -> Any:
-    """Relay events until the outcome; return or raise it."""
+def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Tell | None) -> Any:
+    """Tell events until the outcome; return or raise it."""
     stop: BaseException | None = None  # why we asked the child to stop, if we did
     while True:
         try:
@@ -120,7 +93,7 @@ def _stop(proc: subprocess.Popen[bytes], why: BaseException) -> BaseException:
     return why
 
 
-def _deliver(kind: str, payload: Any, tell: Relay | None) -> None:
+def _deliver(kind: str, payload: Any, tell: Tell | None) -> None:
     if kind == "event" and tell is not None:
         tell(payload)
     elif kind == "log":
@@ -159,15 +132,14 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 # --- in the child ---------------------------------------------------------------------------
 
 
-def child_main(fd: int, parent: int) -> None:
-    """The clean coordinator: run one call, send its outcome, exit."""
-    _first_thing(parent)
-    conn = Connection(fd)
-    target, args, relay, level = conn.recv()
+def child_main(conn: Connection) -> None:
+    """The clean coordinator (``_spawn.child_setup`` ran first): run one call, send its
+    outcome, exit."""
+    target, args, telling, level = conn.recv()
     _forward_logs(conn, level)
     outcome: tuple[str, Any]
     try:
-        outcome = ("result", target(*args, _relay(conn) if relay else None))
+        outcome = ("result", target(*args, _tell_parent(conn) if telling else None))
     except KeyboardInterrupt:
         outcome = ("error", Interrupted(signal.SIGINT))
     except BaseException as exc:
@@ -176,19 +148,7 @@ def child_main(fd: int, parent: int) -> None:
         conn.send(outcome)
 
 
-def _first_thing(parent: int) -> None:
-    """Signals as a coordinator wants them, whatever the calling thread had; die with the
-    parent (SIGTERM: a coordinator saves its state on it); exit if it is already gone."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _relay(conn: Connection) -> Relay:
+def _tell_parent(conn: Connection) -> Tell:
     def send(event: Any) -> None:
         # The caller gone is not this download's failure: PDEATHSIG stops us, state saved.
         with contextlib.suppress(OSError):

@@ -28,14 +28,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._api import Downloader
 from ._batch import BatchEvent, Item, ItemResult, download_many
+from ._download import Downloader
 from ._events import DownloadResult, Event
-from ._fileio import temp_path
+from ._fileio import local_error, temp_path
 from ._reference import Reference, parse_reference
 from ._registry import Blob, Manifest, Registry
 from .config import Settings
-from .errors import HTTPStatusError, InsufficientSpace, LocalFileError
+from .errors import HTTPStatusError, InsufficientSpace
 
 PARTIAL_DIR = "blobs-partial"
 LOCK_SUFFIX = ".pull-lock"
@@ -139,7 +139,7 @@ class Store:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise LocalFileError(str(self.blob_path(blob)), exc.strerror or str(exc)) from None
+            raise local_error(self.blob_path(blob), exc) from None
 
     def check_space(self, missing: list[Blob]) -> None:
         """Refuse, before the first byte, a pull that cannot fit. A kept partial already
@@ -235,7 +235,7 @@ def _local(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise LocalFileError(str(path), exc.strerror or str(exc)) from None
+        raise local_error(path, exc) from None
 
 
 def _fsync_dir(folder: Path) -> None:

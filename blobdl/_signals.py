@@ -74,6 +74,16 @@ class Interrupts:
             raise Interrupted(self.pending)
 
 
+def coordinator_signals() -> None:
+    """First thing in a child that is a coordinator itself (a batch item, the clean process
+    of a threaded caller): it owns cancellation of its own workers, so Ctrl-C raises
+    KeyboardInterrupt and SIGTERM is unblocked, whatever the thread that started it had."""
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_STOP))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def child_signals() -> None:
     """First thing in a forked child: Ctrl-C (sent to the whole process group) is the
     coordinator's business; SIGTERM kills; the parent's wake-up fd is not ours."""

@@ -1,27 +1,35 @@
-"""Starting a child process: one function forks any child, one is the first thing it runs.
+"""Starting a child process: ``start`` forks any child, ``start_clean`` execs a fresh
+interpreter (for threaded callers, see ``_isolate``), and ``child_setup`` is the first
+thing every child runs, forked or exec'd.
 
-Every child of blobdl (a part's worker, the prefix hasher, a batch item) is forked by
-``start``, which hands it one end of a fresh pipe and keeps the other. Before the child's
-own code runs, ``child_setup`` makes it a well-behaved child: Ctrl-C is the parent's
-business, it dies with its parent, and it lets go of every pipe end it inherited that is
-not its own. That last step matters: a forked child inherits the parent's ends of its
-siblings' pipes (and of its own), so without it a pipe keeps a reader after the parent
-dies and a child writing to it blocks forever instead of failing.
+Every forked child of blobdl (a part's worker, the prefix hasher, a batch item) is started
+by ``start``, which hands it one end of a fresh pipe and keeps the other. Before the
+child's own code runs, ``child_setup`` makes it a well-behaved child: Ctrl-C is the
+parent's business (unless the child is a coordinator itself), it dies with its parent,
+and it lets go of every pipe end it inherited that is not its own. That last step
+matters: a forked child inherits the parent's ends of its siblings' pipes (and of its
+own), so without it a pipe keeps a reader after the parent dies and a child writing to it
+blocks forever instead of failing.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.spawn import get_executable
 from typing import Any
 
-from ._signals import child_signals
+from ._signals import child_signals, coordinator_signals
 
 _PR_SET_PDEATHSIG = 1
 _context = multiprocessing.get_context("fork")
@@ -37,14 +45,17 @@ def start(
     name: str,
     daemon: bool,
     duplex: bool = False,
+    coordinator: bool = False,
 ) -> tuple[BaseProcess, Connection]:
     """Fork a child running ``target(*args, conn)``; return it and our end of its pipe.
 
     Without ``duplex`` the child writes and we read; the child's end is closed here, so
-    our end reads EOF once the child (and anything it forked) is gone."""
+    our end reads EOF once the child (and anything it forked) is gone. A ``coordinator``
+    child handles Ctrl-C and SIGTERM itself (it saves its state) instead of ignoring them."""
     ours, theirs = _context.Pipe(duplex=duplex)
+    setup = (os.getpid(), coordinator)
     proc = _context.Process(
-        target=_child_main, args=(os.getpid(), target, args, theirs), name=name, daemon=daemon
+        target=_child_main, args=(setup, target, args, theirs), name=name, daemon=daemon
     )
     _not_for_children.add(ours)
     try:
@@ -55,16 +66,68 @@ def start(
 
 
 def _child_main(
-    parent: int, target: Callable[..., None], args: tuple[Any, ...], conn: Connection
+    setup: tuple[int, bool], target: Callable[..., None], args: tuple[Any, ...], conn: Connection
 ) -> None:
-    child_setup(parent, conn)
+    parent, coordinator = setup
+    child_setup(parent, conn, coordinator=coordinator)
     target(*args, conn)
 
 
-def child_setup(parent: int, own: Connection) -> None:
-    """First thing in a forked child: signals, die with ``parent``, drop foreign pipe ends."""
-    child_signals()
-    _die_with(parent)
+# The exec'd child's first line: our sys.path, then the one child set-up, then the entry.
+_BOOT = (
+    "import sys; sys.path[:] = sys.argv[4:]; from blobdl._spawn import _exec_main; "
+    "_exec_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))"
+)
+
+
+def start_clean(entry: Callable[[Connection], None]) -> tuple[Connection, subprocess.Popen[bytes]]:
+    """Start ``entry(conn)`` in a fresh interpreter (fork + exec: nothing of this process's
+    threads or locks comes along); return our end of its socket and the process."""
+    where = f"{entry.__module__}:{entry.__qualname__}"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        boot = [_BOOT, where, str(theirs.fileno()), str(os.getpid()), *sys.path]
+        proc = subprocess.Popen(
+            [get_executable(), *_interpreter_flags(), "-c", *boot],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        # The child now holds the only other end: if it dies, we read EOF.
+        return Connection(ours.detach()), proc
+
+
+def _interpreter_flags() -> list[str]:
+    """-W, -X and the like, as multiprocessing passes them to its children."""
+    flags: Callable[[], list[str]] = getattr(subprocess, "_args_from_interpreter_flags", list)
+    return flags()
+
+
+def _exec_main(where: str, fd: int, parent: int) -> None:
+    """The exec'd child: the one child set-up, then ``entry(conn)``.
+
+    It dies with its parent by SIGTERM, not SIGKILL: it is a coordinator, and the parent is
+    the caller's own process, so a caller that dies leaves a partial that can be resumed
+    (SIGTERM makes the coordinator stop its workers and save its state first)."""
+    conn = Connection(fd)
+    child_setup(parent, conn, coordinator=True, death_signal=signal.SIGTERM)
+    module, _, name = where.partition(":")
+    entry: Callable[[Connection], None] = getattr(importlib.import_module(module), name)
+    entry(conn)
+
+
+def child_setup(
+    parent: int,
+    own: Connection,
+    *,
+    coordinator: bool = False,
+    death_signal: int = signal.SIGKILL,
+) -> None:
+    """First thing in any child: signals, die with ``parent``, drop foreign pipe ends."""
+    if coordinator:
+        coordinator_signals()
+    else:
+        child_signals()
+    _die_with(parent, death_signal)
     for end in list(_not_for_children):
         if end is not own:
             end.close()
@@ -72,9 +135,9 @@ def child_setup(parent: int, own: Connection) -> None:
     _not_for_children.add(own)  # our own children must not hold our line to our parent
 
 
-def _die_with(parent: int) -> None:
-    """Have the kernel SIGKILL us when the parent dies (Linux), then check it is still
-    there: it may have died between the fork and the prctl, and then no signal comes.
+def _die_with(parent: int, death_signal: int) -> None:
+    """Have the kernel send ``death_signal`` when the parent dies (Linux), then check it is
+    still there: it may have died between the fork and the prctl, and then no signal comes.
 
     PDEATHSIG fires when the *thread* that forked us exits, not its process. Today every
     fork happens on the thread that runs the download (the coordinator, the batch
@@ -82,7 +145,7 @@ def _die_with(parent: int) -> None:
     forks from a short-lived helper thread would kill its children early."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the orphan checks (getppid) in the children's loops remain
     if os.getppid() != parent:

@@ -1,4 +1,7 @@
-"""The worker process: one attempt at one slot's byte range.
+"""A worker: one attempt at one slot's byte range, in its own forked process.
+
+``Worker`` is the coordinator's handle on it (start it, collect its outcome, kill it);
+``worker_main`` is what runs in the child.
 
 A worker is forked by the coordinator, builds its own urllib3 pool (pools never cross a
 fork), GETs ``[pos, end)`` of its slot, and writes with ``os.pwrite`` into the shared
@@ -17,10 +20,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import NamedTuple
 
+from ._counters import CounterTable
 from ._fileio import local_error, pwrite_all
 from ._http import (
     Reader,
-    Remote,
     body_reader,
     content_length,
     make_pool,
@@ -29,12 +32,13 @@ from ._http import (
     translate_errors,
 )
 from ._plan import Span
-from ._shared import CounterTable
+from ._remote import Remote
+from ._spawn import start
 from .config import Settings
-from .errors import BlobdlError, TruncatedBody
+from .errors import BlobdlError, TruncatedBody, WorkerCrashed
 
 
-class Job(NamedTuple):
+class Attempt(NamedTuple):
     """One attempt, sent to a freshly forked worker."""
 
     slot: int  # index into the counter table (pos/end live there)
@@ -43,14 +47,47 @@ class Job(NamedTuple):
     path: str  # its name, for error messages only
 
 
+class Worker:
+    """The coordinator's handle on one running worker process and our end of its pipe."""
+
+    def __init__(
+        self, attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable
+    ) -> None:
+        args = (attempt, remote, settings, table)
+        name = f"blobdl-part-{attempt.slot}"
+        self._proc, self._conn = start(worker_main, args, name=name, daemon=True)
+
+    @property
+    def sentinel(self) -> int:
+        """Ready for ``multiprocessing.connection.wait`` once the process has exited."""
+        return self._proc.sentinel
+
+    def outcome(self) -> BlobdlError | None:
+        """After it exited: None for success, else why it failed (a crash if it said nothing)."""
+        self._proc.join()
+        error: BlobdlError | None
+        try:
+            error = self._conn.recv() if self._conn.poll() else WorkerCrashed(self._proc.exitcode)
+        except (EOFError, OSError):
+            error = WorkerCrashed(self._proc.exitcode)
+        self._conn.close()
+        return error
+
+    def kill(self) -> None:
+        """End a worker that cannot be trusted to notice by itself (blocked in recv)."""
+        self._proc.kill()
+        self._proc.join()
+        self._conn.close()
+
+
 def worker_main(
-    job: Job, remote: Remote, settings: Settings, table: CounterTable, conn: Connection
+    attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable, conn: Connection
 ) -> None:
     """Entry point in the child process."""
     # _spawn.child_setup ran first: Ctrl-C is ignored, and we die with the coordinator.
     result: BlobdlError | None = None
     try:
-        _fetch(job, remote, settings, table)
+        _fetch(attempt, remote, settings, table)
     except BlobdlError as exc:
         result = exc
     except Exception as exc:  # a bug: report it rather than hang the slot
@@ -59,59 +96,61 @@ def worker_main(
     conn.close()
 
 
-def _fetch(job: Job, remote: Remote, settings: Settings, table: CounterTable) -> None:
-    start, end = table.pos(job.slot), table.end(job.slot)
+def _fetch(attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable) -> None:
+    start, end = table.pos(attempt.slot), table.end(attempt.slot)
     pool = make_pool(settings)
     url = remote.final_url
     with translate_errors(url):
-        if job.ranged:
+        if attempt.ranged:
             response = open_range(pool, remote, Span(start, end))
-            framing = -1  # the slot's end, checked against Content-Range, bounds the body
+            body_end = -1  # the slot's end, checked against Content-Range, bounds the body
         else:
             response = open_whole(pool, remote)
             # Even when the probe learned no size, this response may state its length:
             # never read past it, and never take a body cut short for the whole blob.
             length = content_length(response)
-            framing = start + length if length is not None else -1
+            body_end = start + length if length is not None else -1
         try:
-            pos = _stream(job, body_reader(response), table, start, settings.buffer_size, framing)
+            pos = _stream(
+                attempt, body_reader(response), table, start, settings.buffer_size, body_end
+            )
         finally:
             response.close()
-    final_end = table.end(job.slot)
+    final_end = table.end(attempt.slot)
     if final_end < 0:
-        final_end = framing
+        final_end = body_end
     if final_end >= 0 and pos < final_end:
         raise TruncatedBody(url, pos - start, final_end - start)
 
 
 def _stream(
-    job: Job, read: Reader, table: CounterTable, pos: int, buffer_size: int, framing: int
+    attempt: Attempt, read: Reader, table: CounterTable, pos: int, buffer_size: int, body_end: int
 ) -> int:
     """The hot loop: socket -> one reused buffer -> pwrite; returns the position reached.
 
     Stops at the slot's end (which may move in at any time) or, when the slot is open-ended
-    (-1), at ``framing`` (the response's own end) or at EOF when that is -1 too."""
+    (-1), at ``body_end`` (the response's own end) or at EOF when that is -1 too."""
     buffer = memoryview(bytearray(buffer_size))
     parent = os.getppid()
     pacer = _Pacer()
     while True:
-        end = table.end(job.slot)
+        end = table.end(attempt.slot)
         if end < 0:
-            end = framing
+            end = body_end
         want = buffer_size if end < 0 else min(buffer_size, end - pos)
-        want = pacer.limit(want, table.cap(job.slot))
+        want = pacer.limit(want, table.cap(attempt.slot))
         if want <= 0:
             return pos
         count = read(buffer if want == buffer_size else buffer[:want])  # may be 1 byte
         if count == 0:
             return pos
         try:
-            pwrite_all(job.fd, buffer if count == buffer_size else buffer[:count], pos)
+            pwrite_all(attempt.fd, buffer if count == buffer_size else buffer[:count], pos)
         except OSError as exc:
-            raise local_error(Path(job.path), exc) from None
+            raise local_error(Path(attempt.path), exc) from None
         pos += count
-        table.set_pos(job.slot, pos)
-        pacer.pace(count, table.cap(job.slot))
+        table.set_pos(attempt.slot, pos)
+        pacer.pace(count, table.cap(attempt.slot))
         if os.getppid() != parent:  # orphaned: nobody will ever use these bytes
             os._exit(1)
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from blobdl import Settings
-from tests.serverctl import ServerHandle, make_blob, start_server
+from faultserver.serverctl import ServerHandle, make_blob, start_server
 
 # Small parts and short timeouts so faults play out in milliseconds, not Ollama's minutes.
 PART = 64 * 1024
@@ -123,9 +123,8 @@ def _is_test_server(proc: psutil.Process) -> bool:
         cmdline = proc.cmdline()
     except psutil.Error:
         return False
-    return "tests.server" in cmdline or any(
-        word.endswith(("docker-registry", "tests.registry", "moto_server")) for word in cmdline
-    )
+    ours = ("docker-registry", "faultserver.registry", "moto_server")
+    return "faultserver.server" in cmdline or any(word.endswith(ours) for word in cmdline)
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from faultserver.serverctl import make_blob, start_server
 from tests.conftest import Blob
-from tests.serverctl import make_blob, start_server
+from tests.integration.test_hostile import (
+    HOLD,
+    check_invariant,
+    cli_args,
+    no_secret_at,
+    run_cli_tagged,
+)
 from tests.strategies import HOSTILE_STATUSES, RETRY_AFTERS, hostile_filenames
-from tests.test_hostile import HOLD, check_invariant, cli_args, no_secret_at, run_cli_tagged
 
 root = Path(tempfile.mkdtemp())
 base = Path(tempfile.mkdtemp())

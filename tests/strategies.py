@@ -30,7 +30,7 @@ backoff_settings = st.builds(
 )
 
 
-# --- the hostile server: one scripted fault per request (tests/test_hostile.py) -------------
+# --- the hostile server: one scripted fault per request (integration/test_hostile.py) ------
 
 #: Status codes a hostile server answers with, and Retry-After values it attaches.
 HOSTILE_STATUSES = (401, 403, 404, 410, 416, 429, 500, 503)

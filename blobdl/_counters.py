@@ -1,0 +1,72 @@
+"""The shared-memory counter table between the coordinator and its workers.
+
+An anonymous ``MAP_SHARED`` mapping created before the first fork, so every worker (and the
+prefix hasher) sees the same pages with no file to clean up. Each slot holds four int64
+fields, each with one writer:
+
+- ``start``: the slot's first byte (coordinator, set before the slot's first worker);
+- ``pos``: the next byte the slot's worker will write (worker writes, others read);
+- ``end``: where the slot's range stops (coordinator writes, worker reads; it only ever
+  moves in, when another worker takes over the tail of the range). -1: until EOF;
+- ``cap``: the worker's share of ``limit_rate`` in bytes/s, 0 for none (coordinator writes).
+
+Unused slots are all zero and cover nothing. Aligned 8-byte stores and loads do not tear
+on the platforms we run on, so no lock.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+_FIELDS = 4  # start, pos, end, cap
+_WORD = 8
+
+
+class CounterTable:
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._map = mmap.mmap(-1, max(1, slots) * _FIELDS * _WORD)
+        self._words = memoryview(self._map).cast("q")
+
+    def start(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS])
+
+    def pos(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS + 1])
+
+    def end(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS + 2])
+
+    def cap(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS + 3])
+
+    def set_cap(self, slot: int, value: int) -> None:
+        self._words[slot * _FIELDS + 3] = value
+
+    def set_start(self, slot: int, value: int) -> None:
+        self._words[slot * _FIELDS] = value
+
+    def set_pos(self, slot: int, value: int) -> None:
+        self._words[slot * _FIELDS + 1] = value
+
+    def set_end(self, slot: int, value: int) -> None:
+        self._words[slot * _FIELDS + 2] = value
+
+    def done(self, slot: int) -> int:
+        """Bytes of the slot's range on disk (a worker may write a little past a moved end)."""
+        pos, end = self.pos(slot), self.end(slot)
+        return (pos if end < 0 else min(pos, end)) - self.start(slot)
+
+    def prefix(self) -> int:
+        """The length of the longest prefix ``[0, n)`` of the blob that is on disk."""
+        covered = sorted((self.start(s), self.start(s) + self.done(s)) for s in range(self.slots))
+        reach = 0
+        for start, stop in covered:
+            if start > reach:
+                break
+            reach = max(reach, stop)
+        return reach
+
+    def close(self) -> None:
+        self._words.release()
+        self._map.close()

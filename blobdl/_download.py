@@ -1,0 +1,405 @@
+"""One download, start to end: ``Downloader`` and ``download``.
+
+The story of one download: check the input, lock the destination, probe the remote, ask
+``_resume`` for an earlier partial or plan the parts afresh (``_plan``), preallocate the
+temporary file, let the coordinator run the parts (and the hasher follow them), verify,
+and rename the result into place. On failure nothing is left at the destination;
+``Resume.settle`` decides whether the temporary file and its record stay for the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from . import _isolate
+from ._cache import entry_info, place, reseal, seal, sealed, verify
+from ._cache import entry_path as cache_entry
+from ._coordinator import Coordinator
+from ._digest import PrefixHasher, parse_digest, sha256_file
+from ._events import (
+    DownloadResult,
+    Event,
+    EventCallback,
+    Failed,
+    Finished,
+    Progress,
+    ProgressCallback,
+    Started,
+)
+from ._fileio import (
+    check_destination,
+    check_free_space,
+    finalize,
+    local_error,
+    open_temp,
+    require_regular,
+    reserve,
+    safe_basename,
+    set_size,
+)
+from ._http import check_url, lift_userinfo, resolve
+from ._lock import DestinationLock
+from ._plan import download_parts
+from ._remote import Remote
+from ._resume import PartRecord, Resume, bytes_done
+from .config import Settings, redact_url
+from .errors import (
+    BlobdlError,
+    DestinationExists,
+    DigestMismatch,
+    UsageError,
+)
+
+DEFAULT_NAME = "blobdl.out"
+CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a order waits for another one filling the same entry
+BAD_SUFFIX = ".blobdl-bad"
+log = logging.getLogger("blobdl")
+
+
+class Downloader:
+    """Downloads blobs with one frozen ``Settings``; safe to reuse for many downloads."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        base = settings or Settings()
+        unknown = set(overrides) - Settings.field_names()
+        if unknown:
+            raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        self.settings = dataclasses.replace(base, **overrides) if overrides else base
+
+    def download(
+        self,
+        url: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        digest: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_event: EventCallback | None = None,
+    ) -> DownloadResult:
+        """Download ``url`` to ``path`` (default: a safe name from the server or the URL,
+        in the current directory), checking ``digest`` (``sha256:<hex>``) if given.
+
+        ``on_event`` receives every event (started, progress every second, part retried,
+        part stalled, finished, failed); ``on_progress`` only the progress ones.
+        Raises a ``BlobdlError`` subclass on failure, leaving nothing at ``path``.
+        """
+        tell = _tell_caller(on_progress, on_event)
+        # user:pass@ becomes an Authorization header here, once: no URL downstream holds it.
+        bare, headers = lift_userinfo(url, self.settings.headers)
+        if bare == url:
+            return self._run(url, None, path, digest, tell)
+        with_auth = Downloader(self.settings, headers=headers)
+        return with_auth._run(bare, None, path, digest, tell)
+
+    def _download_resolved(
+        self,
+        remote: Remote,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        digest: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_event: EventCallback | None = None,
+    ) -> DownloadResult:
+        """``download()`` for a remote that was already probed (``download_many`` probes to
+        share out connections); the remote is still revalidated against any resume state."""
+        tell = _tell_caller(on_progress, on_event)
+        return self._run(remote.url, remote, path, digest, tell)
+
+    def _run(
+        self,
+        url: str,
+        remote: Remote | None,
+        path: str | os.PathLike[str] | None,
+        digest: str | None,
+        tell: EventCallback,
+    ) -> DownloadResult:
+        if _isolate.threaded():  # never fork a threaded process: a clean one forks instead
+            args = (self.settings, url, remote, _fspath(path), digest)
+            return _isolate.call(_run_here, args, tell)
+        return self._run_here(url, remote, path, digest, tell)
+
+    def _run_here(
+        self,
+        url: str,
+        remote: Remote | None,
+        path: str | os.PathLike[str] | None,
+        digest: str | None,
+        tell: EventCallback,
+    ) -> DownloadResult:
+        order = _Order(url, None, time.monotonic(), tell)
+        try:
+            check_url(url)
+            order = dataclasses.replace(order, expected=parse_digest(digest) if digest else None)
+            if self.settings.cache_dir and order.expected:
+                result = self._via_cache(order, path, remote)
+            else:
+                dest, remote = self._destination(order, path, remote)
+                result = self._locked(order, dest, remote)
+        except BlobdlError as exc:
+            _quietly(tell, Failed(redact_url(url), os.fspath(path or ""), str(exc), exc.exit_code))
+            raise
+        tell(Finished(result))
+        return result
+
+    def _destination(
+        self, order: _Order, path: str | os.PathLike[str] | None, remote: Remote | None
+    ) -> tuple[Path, Remote | None]:
+        """The checked destination; without a path the name comes from the server."""
+        if path is None:
+            remote = remote or resolve(order.url, self.settings)
+            dest = Path(default_name(remote))
+        else:
+            dest = Path(path)
+        check_destination(dest)
+        return dest, remote
+
+    def _via_cache(
+        self, order: _Order, path: str | os.PathLike[str] | None, remote: Remote | None
+    ) -> DownloadResult:
+        """Serve from (or fill) ``cache_dir/sha256-<hex>``, then link the destination."""
+        assert self.settings.cache_dir is not None and order.expected is not None
+        cache = Path(self.settings.cache_dir)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise local_error(cache, exc) from None
+        entry = cache_entry(cache, order.expected)
+        dest = Path(path) if path is not None else Path(name_from_url(order.url))
+        check_destination(dest)
+        fetched = None
+        verified = self._cache_hit(order, entry)
+        if verified is None:
+            # Shared caches: wait for another order filling the same entry instead of failing.
+            filler = Downloader(
+                self.settings,
+                cache_dir=None,
+                force=True,
+                lock_timeout=max(self.settings.lock_timeout, CACHE_LOCK_WAIT),
+            )
+            fetched = filler._locked(order, entry, remote)
+            verified = seal(entry, order.expected)
+        after = place(entry, dest, verified)
+        if after is not verified:
+            reseal(entry, order.expected, after)  # our own new link changed the entry's ctime
+        if fetched is not None and fetched.bytes_fetched > 0:
+            return dataclasses.replace(fetched, path=dest)
+        size = after.st_size
+        elapsed = order.elapsed()
+        return DownloadResult(
+            dest, size, elapsed, 0, 0, 0, order.url, "", verified=True, cached=True
+        )
+
+    def _cache_hit(self, order: _Order, entry: Path) -> os.stat_result | None:
+        """The entry's status if it may be served. A present entry is complete (entries
+        appear by atomic rename after their digest was checked), but only a seal in our
+        private seal directory vouches that it is still that file: anything else (a forged
+        or edited entry, ``verify_cache``) is hashed first, and dropped if it is wrong."""
+        assert order.expected is not None
+        if entry_info(entry) is None:
+            return None
+        if not self.settings.verify_cache:
+            info = sealed(entry, order.expected)
+            if info is not None:
+                return info
+        return verify(entry, order.expected)
+
+    def _locked(self, order: _Order, dest: Path, remote: Remote | None) -> DownloadResult:
+        with DestinationLock(dest, self.settings.lock_timeout):
+            # Checked under the lock: another holder may have just finished this very file.
+            existing = self._existing(order, dest)
+            if existing is not None:
+                return existing
+            remote = remote or resolve(order.url, self.settings)
+            return self._fetch(order, remote, dest)
+
+    def _existing(self, order: _Order, dest: Path) -> DownloadResult | None:
+        """A destination that is already there: kept if the digest vouches for it."""
+        if not dest.exists():
+            return None
+        require_regular(dest)  # again under the lock: hashing a FIFO would hang
+        if order.expected is not None and sha256_file(dest) == order.expected:
+            size = dest.stat().st_size
+            return DownloadResult(
+                dest, size, order.elapsed(), 0, 0, 0, order.url, "", verified=True
+            )
+        if order.expected is None and not self.settings.force:
+            raise DestinationExists(str(dest))
+        return None
+
+    def _fetch(self, order: _Order, remote: Remote, dest: Path) -> DownloadResult:
+        resume = Resume.beside(dest, order.url, self.settings.resume, order.expected)
+        remote = self._ranges_again(order, remote, resume)
+        previous = resume.previous(remote)
+        records = previous.parts if previous else self._fresh(order, remote, dest, resume)
+        fd: int | None = open_temp(resume.temp, fresh=previous is None)
+        assert fd is not None
+        try:
+            size = remote.size or 0
+            if previous is None:
+                set_size(fd, size, resume.temp)
+                reserve(fd, size, resume.temp)  # before any worker exists: nothing writes beside it
+            checkpoint = resume.checkpointer(fd, remote)
+            coordinator = Coordinator(
+                remote, records, fd, str(resume.temp), self.settings, order.tell, checkpoint
+            )
+            order.tell(
+                Started(order.url, str(dest), remote.size, len(records), bytes_done(records))
+            )
+            with ExitStack() as cleanup:
+                hasher = None
+                if order.expected is not None:
+                    hasher = PrefixHasher(fd, coordinator.table)
+                    cleanup.callback(hasher.stop)
+                tally = coordinator.run()
+                actual = hasher.finish(tally.final_size) if hasher else None
+            if actual is not None and actual != order.expected:
+                self._reject(resume, dest, order.expected or "", actual)
+            owned, fd = fd, None  # finalize closes it, whatever happens
+            finalize(owned, resume.temp, dest, tally.final_size)
+            resume.finished()
+        except BaseException as exc:
+            _close_quietly(fd)
+            resume.settle(exc)
+            raise
+        return DownloadResult(
+            path=dest,
+            size=tally.final_size,
+            elapsed=order.elapsed(),
+            bytes_fetched=tally.bytes_fetched,
+            retries=tally.retries,
+            parts=tally.parts,
+            steals=tally.steals,
+            url=remote.url,
+            final_url=remote.final_url,
+            resumed=previous.done if previous else 0,
+            verified=actual is not None,
+        )
+
+    def _ranges_again(self, order: _Order, remote: Remote, resume: Resume) -> Remote:
+        """The probe got a 200, but a partial of this very blob was fetched in ranges: most
+        likely one flaky edge. Probe again (with the retry policy) rather than start over;
+        if ranges stay refused the partial is kept and the BadResponse raised."""
+        if remote.ranges or not resume.holds_partial_of(remote):
+            return remote
+        return resolve(order.url, self.settings, need_ranges=True)
+
+    def _fresh(self, order: _Order, remote: Remote, dest: Path, resume: Resume) -> list[PartRecord]:
+        """Start over: forget any earlier partial file, check space, plan the parts."""
+        resume.forget()
+        if remote.size:
+            check_free_space(dest, remote.size)
+        spans = download_parts(
+            remote.size, remote.ranges, self.settings, hashing=order.expected is not None
+        )
+        return [PartRecord(s.start, s.end, s.start) for s in spans]
+
+    def _reject(self, resume: Resume, dest: Path, expected: str, actual: str) -> None:
+        """A digest mismatch: the bytes are bad; never rename them onto the destination."""
+        resume.finished()
+        if self.settings.keep_bad:
+            bad = dest.with_name(dest.name + BAD_SUFFIX)
+            try:
+                os.replace(resume.temp, bad)  # replaces a link planted at the name
+            except OSError as exc:
+                raise local_error(bad, exc) from None
+        raise DigestMismatch(expected, actual)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Order:
+    url: str
+    expected: str | None  # sha256 hex the bytes must have
+    started: float
+    tell: EventCallback
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _tell_caller(
+    on_progress: ProgressCallback | None, on_event: EventCallback | None
+) -> EventCallback:
+    """One ``tell`` for the coordinator, fanning out to the callbacks the caller gave."""
+
+    def tell(event: Event) -> None:
+        if on_event is not None:
+            on_event(event)
+        if on_progress is not None and isinstance(event, Progress):
+            on_progress(event)
+
+    return tell
+
+
+def _run_here(
+    settings: Settings,
+    url: str,
+    remote: Remote | None,
+    path: str | None,
+    digest: str | None,
+    tell: EventCallback | None,
+) -> DownloadResult:
+    """A download in the clean process ``_isolate`` started for a threaded caller."""
+    return Downloader(settings)._run_here(url, remote, path, digest, tell or _ignore)
+
+
+def _ignore(event: Event) -> None:
+    pass
+
+
+def _close_quietly(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            log.warning("could not close the temporary file after the failure: %s", exc)
+
+
+def _fspath(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else os.fspath(path)
+
+
+def _quietly(tell: EventCallback, event: Event) -> None:
+    """Tell a failure without letting a raising callback replace the error being raised."""
+    try:
+        tell(event)
+    except Exception as exc:
+        log.warning("the event callback raised %r while a failure was reported", exc)
+
+
+def name_from_url(url: str) -> str:
+    """A safe base name from the URL alone (a cache hit makes no request to ask the server)."""
+    return safe_basename(unquote(urlsplit(url).path)) or DEFAULT_NAME
+
+
+def default_name(remote: Remote) -> str:
+    """A safe base name: Content-Disposition first, then the URL's last path segment."""
+    for candidate in (
+        remote.filename,
+        unquote(urlsplit(remote.url).path),
+        unquote(urlsplit(remote.final_url).path),
+    ):
+        name = safe_basename(candidate)
+        if name:
+            return name
+    return DEFAULT_NAME
+
+
+def download(
+    url: str,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    digest: str | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_event: EventCallback | None = None,
+    **settings: Any,
+) -> DownloadResult:
+    """Download ``url`` to ``path`` with default settings overridden by ``settings``."""
+    return Downloader(**settings).download(
+        url, path, digest=digest, on_progress=on_progress, on_event=on_event
+    )

@@ -1,0 +1,55 @@
+"""The remote blob as the probe found it, and when two looks at it see the same blob.
+
+``Remote`` is what the probe learned and the whole download pins; ``Identity`` is the part
+of it that says *which* blob it is (size and validators). "Same blob" is decided here
+only: by a resume record against a new probe, and by a refreshed URL against the pinned one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .errors import RemoteChanged
+
+
+class Identity(NamedTuple):
+    """Which blob: what a resume record keeps and a new probe must match."""
+
+    size: int | None  # None: the server did not say
+    etag: str | None  # validator pinned at probe time
+    last_modified: str | None
+
+
+class Remote(NamedTuple):
+    """What the probe learned about the blob; pinned for the whole download."""
+
+    url: str  # the URL the user asked for
+    final_url: str  # after redirects: every part is fetched from here
+    size: int | None  # None: the server did not say
+    ranges: bool  # a range request was answered 206 (proven, not assumed)
+    etag: str | None  # validator pinned at probe time
+    last_modified: str | None
+    filename: str | None  # from Content-Disposition, unsanitised
+    headers: tuple[tuple[str, str], ...]  # user headers still safe to send to final_url
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.size, self.etag, self.last_modified)
+
+
+def change(before: Identity, after: Identity) -> str | None:
+    """How ``after`` differs from ``before`` (e.g. "etag changed from a to b"), or None."""
+    for name, old, new in zip(Identity._fields, before, after, strict=True):
+        if old != new:
+            return f"{name} changed from {old} to {new}"
+    return None
+
+
+def require_same(pinned: Remote, fresh: Remote) -> None:
+    """Raise ``RemoteChanged`` unless ``fresh`` is the blob ``pinned`` is, served the same
+    way (a refreshed URL that lost range support cannot continue the ranged parts)."""
+    changed = change(pinned.identity, fresh.identity)
+    if changed is None and pinned.ranges != fresh.ranges:
+        changed = f"ranges changed from {pinned.ranges} to {fresh.ranges}"
+    if changed is not None:
+        raise RemoteChanged(fresh.final_url, changed)

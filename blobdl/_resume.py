@@ -1,0 +1,252 @@
+"""Resume: the record kept beside the temporary file, and every decision about it.
+
+``Resume`` is one download's side of it: ``previous`` (the record an earlier run left, if
+it is for this very blob), ``checkpointer`` (saves the positions the coordinator hands it),
+``settle`` (what to keep after a failure) and ``finished``. The record is a small JSON
+document, replaced atomically (write, fsync, rename), that only ever claims bytes which
+were flushed to disk before it was written. Anything odd about it (truncated, corrupt,
+written for another URL, not matching the temporary file) makes it ignored with a warning:
+a resume record is never trusted blindly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ._fileio import discard, local_error, open_own, temp_path
+from ._remote import Identity, Remote
+from .errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
+
+STATE_SUFFIX = ".blobdl-state"
+FORMAT = 1
+log = logging.getLogger("blobdl")
+
+
+class PartRecord(NamedTuple):
+    start: int  # first byte of the part
+    end: int  # one past its last byte
+    pos: int  # every byte in [start, pos) is on disk
+
+
+class State(NamedTuple):
+    url: str
+    final_url: str
+    size: int
+    etag: str | None
+    last_modified: str | None
+    parts: tuple[PartRecord, ...]
+    # The pinned sha256 (hex) if there was one: a partial of those bytes resumes from any URL
+    # (a registry hands out a new presigned URL each time it is asked; the bytes are checked).
+    digest: str | None = None
+
+    def describes(self, remote: Remote) -> bool:
+        """Same blob: the identity the remote has now."""
+        return self.identity == remote.identity
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.size, self.etag, self.last_modified)
+
+    @property
+    def done(self) -> int:
+        return bytes_done(self.parts)
+
+
+CheckpointCallback = Callable[[tuple[PartRecord, ...]], None]
+
+
+def bytes_done(parts: Sequence[PartRecord]) -> int:
+    """Bytes of the blob on disk according to ``parts``."""
+    return sum(p.pos - p.start for p in parts)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """One download's temporary file and the record beside it."""
+
+    url: str  # the URL the record must be for
+    temp: Path  # the temporary file the parts are written into
+    record: Path  # the resume record beside it
+    enabled: bool  # Settings.resume: without it nothing is loaded or kept
+    digest: str | None = None  # the pinned sha256: a record for it serves from any URL
+
+    @classmethod
+    def beside(cls, dest: Path, url: str, enabled: bool, digest: str | None = None) -> Resume:
+        return cls(url, temp_path(dest), state_path(dest), enabled, digest)
+
+    def previous(self, remote: Remote) -> State | None:
+        """The record of an earlier run, if it is for this very blob and can be resumed."""
+        if not self.enabled or not remote.ranges:
+            return None
+        previous = load(self.record, self.url, self.temp, self.digest)
+        if previous is not None and not previous.describes(remote):
+            log.warning("the remote changed since the partial download; starting over")
+            return None
+        return previous
+
+    def holds_partial_of(self, remote: Remote) -> bool:
+        """Whether bytes of this very blob were kept from an earlier (ranged) run."""
+        if not self.enabled:
+            return False
+        previous = load(self.record, self.url, self.temp, self.digest)
+        return previous is not None and previous.done > 0 and previous.describes(remote)
+
+    def forget(self) -> None:
+        """Start over: no partial file, no record."""
+        discard(self.temp)
+        remove(self.record)
+
+    def checkpointer(self, fd: int, remote: Remote) -> CheckpointCallback | None:
+        """Saves the positions the coordinator hands it; None when resume is off."""
+        if not self.enabled:
+            return None
+
+        def checkpoint(parts: tuple[PartRecord, ...]) -> None:
+            try:
+                os.fdatasync(fd)  # the record may only claim bytes that are already durable
+                identity = remote.identity
+                size = identity.size or 0
+                etag, modified = identity.etag, identity.last_modified
+                state = State(
+                    remote.url, remote.final_url, size, etag, modified, parts, self.digest
+                )
+                save(self.record, state)
+            except OSError as exc:
+                raise local_error(self.record, exc) from None
+
+        return checkpoint
+
+    def finished(self) -> None:
+        """The download is in place (or proven bad): its record has nothing left to claim."""
+        remove(self.record)
+
+    def settle(self, error: BaseException) -> None:
+        """After ``error``: keep the partial file when its record claims bytes and nothing
+        proved them bad; else remove both. Never raises over ``error``."""
+        try:
+            if self.enabled and keeps_partial(error) and claims_bytes(self.record):
+                log.warning(
+                    "partial download kept in %s; run the same command again to resume", self.temp
+                )
+                return
+            self.forget()
+        except OSError as cleanup:
+            log.warning("could not clean up %s after the failure: %s", self.temp, cleanup)
+
+
+def keeps_partial(error: BaseException) -> bool:
+    """Worth keeping the partial file for: nothing showed its bytes to be bad. Only a proven
+    change of the remote or a digest mismatch does; anything else (a final status, a TLS
+    failure, a protocol breach, a raising callback, an interrupt) keeps the bytes, and the
+    next run's probe revalidates them against the remote before using them."""
+    if isinstance(error, RetriesExhausted):
+        error = error.last_error
+    return not isinstance(error, (RemoteChanged, DigestMismatch))
+
+
+def state_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + STATE_SUFFIX)
+
+
+def save(path: Path, state: State) -> None:
+    """Replace the record atomically; a crash leaves the old or the new one, never half."""
+    body = _body(state)
+    document = json.dumps({"check": _check(body), "state": body}, separators=(",", ":"))
+    scratch = path.with_name(path.name + ".new")
+    scratch.unlink(missing_ok=True)  # whatever is at the name (a planted link) is not ours
+    with os.fdopen(open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as f:
+        f.write(document)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(scratch, path)
+
+
+def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State | None:
+    """The record for ``url`` (or for the pinned ``digest``) beside ``temp``, or None (with
+    a warning if one was there)."""
+    if not path.exists():
+        return None
+    try:
+        with os.fdopen(open_own(path, os.O_RDONLY), encoding="utf-8") as f:
+            state = _parse(f.read())
+    except (OSError, LocalFileError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable resume state %s (%s)", path, exc)
+        return None
+    if state.url != url and (digest is None or state.digest != digest):
+        log.warning("ignoring resume state %s: it is for %s", path, state.url)
+        return None
+    try:
+        actual = temp.stat().st_size
+    except OSError:
+        actual = -1
+    if actual != state.size:
+        log.warning("ignoring resume state %s: the partial file is missing or resized", path)
+        return None
+    return state
+
+
+def claims_bytes(path: Path) -> bool:
+    """Whether the record at ``path`` claims any byte on disk (worth keeping for a resume)."""
+    try:
+        return _parse(path.read_text(encoding="utf-8")).done > 0
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def remove(path: Path) -> None:
+    for candidate in (path, path.with_name(path.name + ".new")):
+        candidate.unlink(missing_ok=True)
+
+
+def _body(state: State) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        **state._asdict(),
+        "parts": [list(p) for p in state.parts],
+    }
+
+
+def _check(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _parse(text: str) -> State:
+    document = json.loads(text)
+    body = document["state"]
+    if document["check"] != _check(body):
+        raise ValueError("checksum mismatch")
+    if body["format"] != FORMAT:
+        raise ValueError(f"format {body['format']} is not {FORMAT}")
+    parts = tuple(PartRecord(*(int(v) for v in p)) for p in body["parts"])
+    state = State(
+        url=str(body["url"]),
+        final_url=str(body["final_url"]),
+        size=int(body["size"]),
+        etag=body["etag"],
+        last_modified=body["last_modified"],
+        parts=parts,
+        digest=body.get("digest"),
+    )
+    if state.digest is not None and not isinstance(state.digest, str):
+        raise ValueError("the digest is not a string")
+    _require_cover(state)
+    return state
+
+
+def _require_cover(state: State) -> None:
+    """Parts must tile [0, size) with positions inside their part."""
+    reach = 0
+    for part in state.parts:
+        if part.start != reach or not part.start <= part.pos <= part.end:
+            raise ValueError(f"parts do not tile the blob at byte {reach}")
+        reach = part.end
+    if reach != state.size:
+        raise ValueError("parts do not cover the blob")

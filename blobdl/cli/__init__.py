@@ -1,0 +1,96 @@
+"""The command line: argument parsing, progress display and exit codes. No download logic.
+
+``blobdl URL`` and ``blobdl -i MANIFEST`` are here; ``blobdl pull REF`` is ``_pull``; the
+parser and the settings it yields are ``_args``; what is shown is ``_display``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .._batch import ItemResult, download_many, parse_manifest
+from .._download import Downloader
+from ..config import redact_url
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interrupted, UsageError
+from ._args import build_parser, settings_from
+from ._display import Display, display_for, fail, json_line, say, show_warnings
+from ._pull import main as pull_main
+
+__all__ = ["build_parser", "main", "run", "settings_from"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "pull":  # `blobdl pull REF`: see _pull
+        return pull_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.url is None) == (args.input is None):
+        parser.error("give either a URL or -i MANIFEST")
+    if args.input is not None and args.output is not None:
+        parser.error("-o does not go with -i: give each destination in the manifest")
+    if args.input is None and args.base_dir is not None:
+        parser.error("--base-dir goes with -i (for one URL, give -o)")
+    show_warnings()
+    display = display_for(args)
+    if args.input is not None:
+        return _main_many(args, display)
+    try:
+        downloader = Downloader(settings_from(args))
+        result = downloader.download(
+            args.url, args.output, digest=args.digest, on_event=display.event
+        )
+    except BlobdlError as exc:
+        return fail(display, exc, exc.exit_code)
+    except KeyboardInterrupt:
+        return fail(display, Interrupted(2), EXIT_INTERRUPTED)
+    display.finished(result)
+    return EXIT_OK
+
+
+def _main_many(args: argparse.Namespace, display: Display) -> int:
+    """``-i MANIFEST``: every item, one shared budget, a summary, the first failure's code."""
+    try:
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    except OSError as exc:
+        return fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
+    try:
+        items = parse_manifest(text, args.base_dir)
+        results = download_many(
+            items,
+            max_connections=args.connections,
+            per_host=args.per_host,
+            base_dir=args.base_dir,
+            settings=settings_from(args),
+            on_event=display.item_event,
+        )
+    except BlobdlError as exc:
+        return fail(display, exc, exc.exit_code)
+    except KeyboardInterrupt:
+        return fail(display, Interrupted(2), EXIT_INTERRUPTED)
+    display.close()
+    return _summarise(results, display.mode)
+
+
+def _summarise(results: list[ItemResult], mode: str) -> int:
+    failed = [r for r in results if r.error is not None]
+    if mode == "json":
+        json_line(sys.stdout, {"event": "summary", "ok": len(results) - len(failed),
+                                "failed": len(failed)})  # fmt: skip
+    elif mode != "quiet" or failed:
+        for r in results:
+            if r.result is not None:
+                note = " (cache)" if r.result.cached else ""
+                say(f"ok      {r.result.path}  {r.result.size} bytes{note}")
+            else:
+                say(f"FAILED  {redact_url(r.item.url)}: {r.error}")
+        say(f"{len(results) - len(failed)} ok, {len(failed)} failed")
+    return failed[0].error.exit_code if failed and failed[0].error else EXIT_OK
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The command line's arguments: the parser, and the ``Settings`` it yields."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .._version import __version__
+from ..config import Settings, parse_header, parse_size
+from ..errors import (
+    EXIT_INTEGRITY,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_LOCAL,
+    EXIT_NETWORK,
+    EXIT_OK,
+    EXIT_USAGE,
+    BlobdlError,
+)
+
+EPILOG = f"""\
+exit codes:
+  {EXIT_OK}    the blob is complete at the destination
+  {EXIT_USAGE}    bad usage or input (arguments, URL, settings)
+  {EXIT_NETWORK}    network or server failure (after retries), HTTP errors such as 404
+  {EXIT_INTEGRITY}    integrity failure: the remote changed or broke the protocol
+  {EXIT_LOCAL}    local file or disk failure (missing directory, no space, I/O error)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C / SIGTERM)
+  {EXIT_INTERNAL}    internal error (a bug: please report it)
+
+an existing destination:
+  is kept if its digest matches (--digest, or the manifest's digest); is replaced if a
+  digest is given and it does not match; is refused without a digest unless --force.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own exit code is 2 too, kept explicit
+        # One line, like every other error of ours (the usage is one --help away).
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except BlobdlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _header(text: str) -> tuple[str, str]:
+    try:
+        return parse_header(text)
+    except BlobdlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    p = Parser(
+        prog="blobdl",
+        description="Download one large blob over HTTP(S) with parallel byte ranges.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("url", nargs="?", help="http:// or https:// URL of the blob")
+    p.add_argument(
+        "-i",
+        "--input",
+        metavar="MANIFEST",
+        help="download every blob listed in MANIFEST ('-': stdin): one 'URL [PATH] "
+        "[sha256:HEX]' or JSON object per line; --connections is then the shared budget",
+    )
+    p.add_argument(
+        "--per-host", type=int, default=8, help="with -i: connections to one host (%(default)s)"
+    )
+    p.add_argument(
+        "--base-dir",
+        metavar="DIR",
+        help="with -i: every manifest path is relative to DIR and must stay inside it "
+        "(absolute paths, '..' and symlinks leading out are refused); items without a path "
+        "are named inside DIR. Without it, manifest paths are used as given",
+    )
+    p.add_argument("-o", "--output", help="destination file (default: name from the server/URL)")
+    p.add_argument("--parts", type=int, help="cut the blob into exactly N parts")
+    p.add_argument(
+        "--connections", type=int, default=d.connections, help="parallel workers (%(default)s)"
+    )
+    p.add_argument("--min-part-size", type=_size, default=d.min_part_size, help="e.g. 100MB")
+    p.add_argument("--max-part-size", type=_size, default=d.max_part_size, help="e.g. 1GB")
+    p.add_argument(
+        "--retries", type=int, default=d.retries, help="retries per part (default %(default)s)"
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=d.stall_timeout,
+        help="seconds without progress before a part is restarted (default %(default)s)",
+    )
+    p.add_argument("--max-backoff", type=float, default=d.max_backoff, help="seconds")
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=d.progress_interval,
+        help="seconds between progress samples (%(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=d.checkpoint_interval,
+        help="seconds between resume checkpoints (%(default)s)",
+    )
+    p.add_argument("--max-redirects", type=int, default=d.max_redirects)
+    p.add_argument(
+        "-H", "--header", type=_header, action="append", default=[], help="'Name: value'"
+    )
+    p.add_argument("--digest", help="sha256:<hex> the blob must have (checked before the rename)")
+    p.add_argument(
+        "--no-resume", action="store_true", help="ignore a partial earlier download; start over"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing destination even without a digest (see below)",
+    )
+    p.add_argument(
+        "--keep-bad", action="store_true", help="on a digest mismatch keep DEST.blobdl-bad"
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=d.lock_timeout,
+        help="seconds to wait while another blobdl writes the same destination (%(default)s)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="content-addressed cache (DIR/sha256-<hex>) for blobs with a digest",
+    )
+    p.add_argument(
+        "--verify-cache", action="store_true", help="hash a cache entry again on every hit"
+    )
+    p.add_argument("--limit-rate", type=_size, help="bytes/s for the whole download, e.g. 50MB")
+    p.add_argument(
+        "--no-steal",
+        action="store_true",
+        help="never let idle connections take over slow or large ranges",
+    )
+    p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--client-cert", metavar="PEM", help="client certificate (may hold the key)")
+    p.add_argument("--client-key", metavar="PEM", help="unencrypted key of --client-cert")
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="HTTP(S) proxy for every URL, http://[user:pass@]host:port (default: HTTP(S)_PROXY)",
+    )
+    p.add_argument(
+        "--no-env-proxy",
+        action="store_true",
+        help="ignore HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+    p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    p.add_argument("--version", action="version", version=f"blobdl {__version__}")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        parts=args.parts,
+        connections=args.connections,
+        min_part_size=args.min_part_size,
+        max_part_size=args.max_part_size,
+        retries=args.retries,
+        stall_timeout=args.stall_timeout,
+        max_backoff=args.max_backoff,
+        progress_interval=args.progress_interval,
+        checkpoint_interval=args.checkpoint_interval,
+        max_redirects=args.max_redirects,
+        headers=tuple(args.header),
+        ca_bundle=args.ca_bundle,
+        verify_tls=not args.insecure,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        proxy=args.proxy,
+        trust_env=not args.no_env_proxy,
+        cache_dir=args.cache_dir,
+        verify_cache=args.verify_cache,
+        limit_rate=args.limit_rate,
+        steal=not args.no_steal,
+        resume=not args.no_resume,
+        force=args.force,
+        keep_bad=args.keep_bad,
+        lock_timeout=args.lock_timeout,
+    )

@@ -1,0 +1,142 @@
+"""What the command line shows: a progress bar, plain lines or JSON lines; warnings, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import IO, Any
+
+from .._batch import BatchEvent
+from .._events import DownloadResult, Event, Failed, Progress, Started, event_record
+
+
+def show_warnings() -> None:
+    """Library warnings (resume decisions, kept partial files) as one line each on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("blobdl: warning: %(message)s"))
+    logger = logging.getLogger("blobdl")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
+def fail(display: Display, exc: BaseException, code: int) -> int:
+    display.close()
+    if display.mode == "json" and not display.failed:  # e.g. bad settings: no event yet
+        record = {"event": "failed", "url": "", "path": "", "error": str(exc), "exit_code": code}
+        json_line(sys.stdout, record)
+    say(f"blobdl: error: {exc}")
+    return code
+
+
+def json_line(stream: IO[str], record: dict[str, Any]) -> None:
+    _write(stream, json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def say(line: str) -> None:
+    _write(sys.stderr, line + "\n")
+
+
+def _write(stream: IO[str], text: str) -> None:
+    """Write and flush. A reader that went away (``| head``, a closed terminal) must never
+    cost the download: the stream is silenced and the download goes on."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):  # BrokenPipeError, EIO; ValueError: closed
+        _silence(stream)
+
+
+def _silence(stream: IO[str]) -> None:
+    """Point the stream's descriptor at /dev/null: what is still buffered (and anything
+    written later, by tqdm or the interpreter's exit flush) goes nowhere instead of raising."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class Display:
+    """Shows events: a tqdm bar on a TTY, JSON lines with --json, or nothing."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.bar: Any = None
+        self.failed = False
+        self.dead = False  # the bar's terminal went away
+
+    def item_event(self, batch_event: BatchEvent) -> None:
+        """With -i: JSON lines carry the item's index; nothing else is drawn per item."""
+        event = batch_event.event
+        self.failed = self.failed or isinstance(event, Failed)
+        if self.mode == "json":
+            json_line(sys.stdout, {"item": batch_event.item, **event_record(event)})
+
+    def event(self, event: Event) -> None:
+        self.failed = self.failed or isinstance(event, Failed)
+        if self.mode == "json":
+            json_line(sys.stdout, event_record(event))
+        elif self.mode == "bar" and not self.dead:
+            try:
+                if isinstance(event, Started):
+                    self._open_bar(event.size, event.resumed)  # now: tqdm's clock starts with us
+                elif isinstance(event, Progress):
+                    self._draw(event)
+            except (OSError, ValueError):  # the terminal went away: stop drawing, go on
+                self.dead, self.bar = True, None
+                _silence(sys.stdout)
+
+    def _open_bar(self, total: int | None, initial: int) -> None:
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no monitor thread: we fork after this point
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            dynamic_ncols=True,
+            file=sys.stdout,
+        )
+
+    def _draw(self, progress: Progress) -> None:
+        if self.bar is None:
+            self._open_bar(progress.total, 0)
+        self.bar.set_postfix_str(f"{progress.active} parts active", refresh=False)
+        self.bar.update(progress.done - self.bar.n)
+
+    def finished(self, result: DownloadResult) -> None:
+        self.close()
+        if self.mode in ("quiet", "json"):  # JSON: the finished event said it all
+            return
+        rate = result.size / result.elapsed if result.elapsed > 0 else 0.0
+        say(
+            f"{result.path}: {result.size} bytes in {result.elapsed:.1f} s "
+            f"({rate / 1e6:.1f} MB/s, {result.parts} parts, {result.retries} retries, "
+            f"{result.steals} steals)"
+        )
+
+    def close(self) -> None:
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            try:
+                bar.close()
+            except (OSError, ValueError):
+                _silence(sys.stdout)
+
+
+def display_for(args: argparse.Namespace) -> Display:
+    if args.json:
+        return Display("json")
+    if args.quiet:
+        return Display("quiet")
+    return Display("bar" if sys.stdout.isatty() else "plain")

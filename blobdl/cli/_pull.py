@@ -1,0 +1,124 @@
+"""``blobdl pull REF``: argument parsing and display only; the work is ``blobdl.pull``.
+
+Every engine option of the plain command applies (connections, retries, stall timeout,
+proxies, TLS, --json, --limit-rate...): they are parsed by the same parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .._events import Failed, Finished, Progress, event_record
+from .._pull import PullEvent, PullResult, PullStarted, default_models_dir, pull
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
+from ._args import Parser, build_parser
+from ._args import settings_from as engine_settings
+from ._display import display_for, fail, json_line, show_warnings
+
+DESCRIPTION = """\
+Pull a model from an OCI/Ollama registry into Ollama's store (no Ollama server needed).
+REF is [http://|https://][HOST[:PORT]/][NAMESPACE/]MODEL[:TAG|@sha256:HEX]; the defaults
+are registry.ollama.ai, library, latest and https. Every option of `blobdl URL` that
+shapes the download applies too (--connections is the budget all layers share)."""
+_NOT_FOR_PULL = ("input", "output", "digest", "url")
+
+
+def main(argv: Sequence[str]) -> int:
+    pull_parser = Parser(prog="blobdl pull", description=DESCRIPTION, add_help=True)
+    pull_parser.add_argument("ref", help="the model, e.g. llama3.2:1b")
+    pull_parser.add_argument(
+        "--models-dir", help=f"the store (default: $OLLAMA_MODELS or {default_models_dir()})"
+    )
+    ours, rest = pull_parser.parse_known_args(argv)
+    engine = build_parser()
+    engine.prog = "blobdl pull"
+    args = engine.parse_args(rest)
+    given = [name for name in _NOT_FOR_PULL if getattr(args, name) is not None]
+    if given:
+        pull_parser.error(f"{given[0]} does not go with pull (or an unknown argument)")
+    show_warnings()
+    display = _PullDisplay(args)
+    try:
+        result = pull(
+            ours.ref, ours.models_dir, settings=engine_settings(args), on_event=display.event
+        )
+    except BlobdlError as exc:
+        return fail(display.base, exc, exc.exit_code)
+    except KeyboardInterrupt:
+        return fail(display.base, Interrupted(2), EXIT_INTERRUPTED)
+    display.finished(result)
+    return EXIT_OK
+
+
+class _PullDisplay:
+    """One bar for the whole pull (bytes across layers), then a line per layer."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.base = display_for(args)
+        self.mode = self.base.mode
+        self.done: dict[str, int] = {}
+
+    def event(self, event: PullStarted | PullEvent) -> None:
+        if isinstance(event, PullStarted):
+            self._started(event)
+            return
+        if self.mode == "json":
+            json_line(sys.stdout, {"digest": event.digest, **event_record(event.event)})
+            return
+        self.base.failed = self.base.failed or isinstance(event.event, Failed)
+        if isinstance(event.event, Progress):
+            self.done[event.digest] = event.event.done
+        elif isinstance(event.event, Finished):
+            self.done[event.digest] = event.event.result.size
+        else:
+            return
+        if self.base.bar is not None:
+            self.base.bar.update(sum(self.done.values()) - self.base.bar.n)
+
+    def _started(self, event: PullStarted) -> None:
+        if self.mode == "json":
+            json_line(sys.stdout, {"event": "pull_started", **event._asdict()})
+        elif self.mode == "bar" and event.missing:
+            self.base._open_bar(event.bytes_needed, 0)
+        elif self.mode == "plain":
+            print(
+                f"pulling {event.reference}: {event.missing} of {event.blobs} blobs to fetch, "
+                f"{event.bytes_needed} bytes",
+                file=sys.stderr,
+            )
+
+    def finished(self, result: PullResult) -> None:
+        self.base.close()
+        if self.mode == "json":
+            json_line(sys.stdout, _summary(result))
+            return
+        if self.mode == "quiet":
+            return
+        for layer in result.layers:
+            got = layer.download
+            how = "present" if got is None else f"fetched in {got.elapsed:.1f} s"
+            print(f"{layer.digest}  {layer.size} bytes  {how}", file=sys.stderr)
+        print(
+            f"pulled {result.reference}: {len(result.layers)} blobs, "
+            f"{result.bytes_fetched} bytes fetched in {result.elapsed:.1f} s -> "
+            f"{result.manifest_path}",
+            file=sys.stderr,
+        )
+
+
+def _summary(result: PullResult) -> dict[str, Any]:
+    return {
+        "event": "pull_finished",
+        "reference": result.reference,
+        "manifest": str(result.manifest_path),
+        "manifest_digest": result.manifest_digest,
+        "bytes_fetched": result.bytes_fetched,
+        "elapsed": round(result.elapsed, 3),
+        "layers": [
+            {"digest": r.digest, "size": r.size, "fetched": r.download is not None}
+            for r in result.layers
+        ],
+    }

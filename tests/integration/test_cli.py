@@ -1,0 +1,185 @@
+"""``python -m blobdl`` as users run it: a real subprocess, exit codes, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blobdl.errors import EXIT_INTEGRITY, EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, run_cli, sha256_file
+
+Make = Callable[..., Blob]
+FAST = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4"]
+
+
+def blobdl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, cwd=cwd)
+
+
+def test_download_succeeds_with_exit_0(make: Make, tmp_path: Path) -> None:
+    blob = make(10 * PART + 5)
+    run = blobdl(blob.url, "-o", str(tmp_path / "out"), *FAST)
+    assert run.returncode == EXIT_OK, run.stderr
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert "11 parts" in run.stderr  # the one-line summary
+
+
+def test_json_lines_parse_and_end_with_a_summary(make: Make, tmp_path: Path) -> None:
+    blob = make(10 * PART)
+    run = blobdl(blob.url, "-o", str(tmp_path / "out"), "--json", *FAST)
+    assert run.returncode == EXIT_OK, run.stderr
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert records[-1]["event"] == "finished" and records[-1]["size"] == blob.size
+    progress = [r for r in records if r["event"] == "progress"]
+    assert progress and progress[-1]["done"] == blob.size and progress[-1]["total"] == blob.size
+    assert {p["state"] for p in progress[-1]["parts"]} == {"done"}
+    assert len(progress[-1]["parts"]) == 10
+
+
+def test_quiet_prints_nothing(make: Make, tmp_path: Path) -> None:
+    run = blobdl(make(PART).url, "-o", str(tmp_path / "out"), "-q", *FAST)
+    assert run.returncode == EXIT_OK and run.stdout == "" and run.stderr == ""
+
+
+def test_no_progress_bar_when_stdout_is_not_a_tty(make: Make, tmp_path: Path) -> None:
+    run = blobdl(make(4 * PART).url, "-o", str(tmp_path / "out"), *FAST)
+    assert run.returncode == EXIT_OK and run.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["http://x/", "--parts", "zero"],
+        ["http://x/", "--min-part-size", "lots"],
+        ["http://x/", "-H", "no colon"],
+        ["http://x/", "--connections", "0"],
+        ["ftp://x/y"],
+        ["not a url"],
+    ],
+)
+def test_bad_usage_exits_2_without_a_traceback(args: list[str], tmp_path: Path) -> None:
+    run = blobdl(*args, cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE
+    assert "Traceback" not in run.stderr and "error" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_http_404_exits_with_the_network_code(server: ServerHandle, tmp_path: Path) -> None:
+    run = blobdl(server.route("/status/404"), "-o", str(tmp_path / "out"))
+    assert run.returncode == EXIT_NETWORK
+    assert run.stderr.strip().endswith(f"HTTP 404 from {server.route('/status/404')}")
+    assert "Traceback" not in run.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_missing_directory_exits_with_the_local_code(make: Make, tmp_path: Path) -> None:
+    run = blobdl(make(PART).url, "-o", str(tmp_path / "no" / "out"))
+    assert run.returncode == EXIT_LOCAL and "does not exist" in run.stderr
+
+
+def test_server_that_lies_exits_with_the_integrity_code(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART)
+    server.set_faults({"path": "/files/*", "skip": 1, "times": None, "action": "full_200"})
+    run = blobdl(blob.url, "-o", str(tmp_path / "out"), *FAST)
+    assert run.returncode == EXIT_INTEGRITY, run.stderr
+    assert "answered 200" in run.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_refused_connection_exits_with_the_network_code(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = blobdl(f"http://127.0.0.1:{port}/x", "-o", str(tmp_path / "out"), "--retries", "1")
+    assert run.returncode == EXIT_NETWORK and "Connection refused" in run.stderr
+
+
+def test_help_documents_the_exit_codes() -> None:
+    run = blobdl("--help")
+    assert run.returncode == 0
+    for code in ("0", "2", "3", "4", "5", "130"):
+        assert f"  {code} " in run.stdout
+
+
+def test_version() -> None:
+    import blobdl as package
+
+    run = blobdl("--version")
+    assert run.returncode == 0 and run.stdout.strip() == f"blobdl {package.__version__}"
+
+
+def test_json_stream_carries_retry_and_stall_events(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART)
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "skip": 1, "times": 1, "action": "status", "status": 503},
+        {"path": f"/files/{blob.name}", "times": 1, "action": "no_response", "hold": 30},
+    )
+    run = blobdl(blob.url, "-o", str(tmp_path / "out"), "--json", "--stall-timeout", "1",
+                 "--no-steal",
+                 "--progress-interval", "0.1", *FAST)  # fmt: skip
+    assert run.returncode == EXIT_OK, run.stderr
+    kinds = [json.loads(line)["event"] for line in run.stdout.splitlines()]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    assert "part_retried" in kinds and "part_stalled" in kinds
+
+
+def test_json_failure_is_one_failed_event(server: ServerHandle, tmp_path: Path) -> None:
+    run = blobdl(server.route("/status/410"), "-o", str(tmp_path / "out"), "--json")
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert run.returncode == EXIT_NETWORK
+    assert [r["event"] for r in records] == ["failed"] and records[0]["exit_code"] == EXIT_NETWORK
+
+
+def test_manifest_mode_downloads_everything_and_summarises(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blobs = [make(PART, seed=150), make(3 * PART, seed=151), make(10, seed=152)]
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(
+        "# three blobs, one of them by JSON\n"
+        f"{blobs[0].url} {tmp_path / 'a'}\n"
+        f"{blobs[1].url} {tmp_path / 'b'} sha256:{blobs[1].sha256}\n"
+        + json.dumps({"url": blobs[2].url, "path": str(tmp_path / "c")})
+        + "\n"
+    )
+    run = blobdl("-i", str(manifest), *FAST)
+    assert run.returncode == EXIT_OK, run.stderr
+    for blob, name in zip(blobs, "abc", strict=True):
+        assert sha256_file(tmp_path / name) == blob.sha256
+    assert "3 ok, 0 failed" in run.stderr
+
+
+def test_manifest_with_a_failure_exits_non_zero_after_the_others(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    good = make(2 * PART, seed=153)
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(
+        f"{server.route('/status/404')} {tmp_path / 'x'}\n{good.url} {tmp_path / 'y'}\n"
+    )
+    run = blobdl("-i", str(manifest), "--json", *FAST)
+    assert run.returncode == EXIT_NETWORK
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert records[-1] == {"event": "summary", "ok": 1, "failed": 1}
+    assert {r["item"] for r in records if r["event"] == "finished"} == {1}
+    assert {r["item"] for r in records if r["event"] == "failed"} == {0}
+    assert sha256_file(tmp_path / "y") == good.sha256
+
+
+@pytest.mark.parametrize(
+    "args", [["-i", "m.txt", "http://x/"], ["-i", "m.txt", "-o", "out"], ["-i", "missing.txt"]]
+)
+def test_manifest_usage_errors(args: list[str], tmp_path: Path) -> None:
+    (tmp_path / "m.txt").write_text("http://127.0.0.1:9/x\n")
+    run = blobdl(*args, cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE and "Traceback" not in run.stderr

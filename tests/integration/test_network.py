@@ -1,0 +1,458 @@
+"""Network options end to end: TLS verification, client certificates, proxies, credentials.
+
+Real sockets only: the fault server (plain and TLS, with a trustme CA), a forwarding proxy on
+loopback (``faultserver/proxy.py``) and, for client certificates, a tiny TLS server of our own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socketserver
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from urllib3.exceptions import InsecureRequestWarning
+
+from blobdl import Downloader, Settings
+from blobdl.cli import build_parser, settings_from
+from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE, BlobdlError, TLSError, UsageError
+from faultserver.proxy import ForwardProxy
+from faultserver.serverctl import ServerHandle, make_blob, start_server
+from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file
+
+Make = Callable[..., Blob]
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+SECRET = "Bearer s3cret"
+
+
+@dataclass(frozen=True)
+class PKI:
+    ca: trustme.CA
+    ca_pem: str
+    server_cert: str  # chain
+    server_key: str
+    client_cert: str
+    client_key: str
+    client_combined: str  # key and chain in one file
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    root = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client.blobdl.test")
+    files = {
+        "ca.pem": ca.cert_pem,
+        "server.pem": server.cert_chain_pems[0],
+        "server.key": server.private_key_pem,
+        "client.pem": client.cert_chain_pems[0],
+        "client.key": client.private_key_pem,
+        "client-combined.pem": client.private_key_and_cert_chain_pem,
+    }
+    for name, blob in files.items():
+        blob.write_to_path(str(root / name))
+    p = {name: str(root / name) for name in files}
+    return PKI(
+        ca,
+        p["ca.pem"],
+        p["server.pem"],
+        p["server.key"],
+        p["client.pem"],
+        p["client.key"],
+        p["client-combined.pem"],
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[ServerHandle]:
+    handle = start_server(
+        tmp_path_factory.mktemp("served-tls"),
+        certfile=pki.server_cert,
+        keyfile=pki.server_key,
+        ca=pki.ca_pem,
+    )
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_blob(tls_server: ServerHandle) -> Blob:
+    size = 3 * PART + 17
+    digest = make_blob(tls_server.root, "tls.bin", size, seed=7)
+    return Blob("tls.bin", size, digest, tls_server.url("tls.bin"))
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see exactly the proxy variables they set, never the developer's."""
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.fixture
+def proxy() -> Iterator[ForwardProxy]:
+    with ForwardProxy() as running:
+        yield running
+
+
+def fetch(url: str, dest: Path, **overrides: Any) -> str:
+    """Download ``url`` to ``dest`` with fast settings; return the file's sha256."""
+    Downloader(fast_settings(**overrides)).download(url, dest)
+    return sha256_file(dest)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
+    fast = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4"]
+    return subprocess.run(
+        [sys.executable, "-m", "blobdl", *args, *fast],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+
+
+def header(headers: dict[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def test_https_verified_with_ca_bundle(tls_blob: Blob, pki: PKI, tmp_path: Path) -> None:
+    assert fetch(tls_blob.url, tmp_path / "out", ca_bundle=pki.ca_pem) == tls_blob.sha256
+
+
+@pytest.mark.parametrize("trust", ["system", "another-ca"])
+def test_https_refused_without_the_ca_fails_fast_with_tls_error(
+    tls_server: ServerHandle, tls_blob: Blob, tmp_path: Path, trust: str
+) -> None:
+    tls_server.reset()
+    bundle = None
+    if trust == "another-ca":
+        bundle = str(tmp_path / "other-ca.pem")
+        trustme.CA().cert_pem.write_to_path(bundle)
+    # A single retry would sleep at least 2.5 s: the timing proves there was none.
+    settings = fast_settings(retries=6, backoff_unit=5.0, max_backoff=5.0, ca_bundle=bundle)
+    started = time.monotonic()
+    with pytest.raises(TLSError) as caught:
+        Downloader(settings).download(tls_blob.url, tmp_path / "out")
+    assert time.monotonic() - started < 2.0
+    assert caught.value.exit_code == EXIT_NETWORK and not caught.value.retryable
+    assert "verif" in str(caught.value)
+    assert tls_server.stats()["requests"] == 0  # no request ever got past a handshake
+    assert not (tmp_path / "out").exists()
+
+
+def test_https_insecure_is_accepted_without_warnings(tls_blob: Blob, tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        digest = fetch(tls_blob.url, tmp_path / "out", verify_tls=False)
+    assert digest == tls_blob.sha256
+    assert not [w for w in seen if issubclass(w.category, InsecureRequestWarning)]
+
+
+def test_unreadable_ca_bundle_is_a_usage_error(tls_blob: Blob, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(UsageError, match="CA bundle"):
+        fetch(tls_blob.url, tmp_path / "out", ca_bundle=str(tmp_path / "missing.pem"))
+    assert time.monotonic() - started < 2.0  # not retried as a connection failure
+
+
+@pytest.mark.parametrize(
+    ("flags", "code"),
+    [(["--ca-bundle", "CA"], EXIT_OK), ([], EXIT_NETWORK), (["--insecure"], EXIT_OK)],
+    ids=["ca-bundle", "untrusted", "insecure"],
+)
+def test_cli_https(tls_blob: Blob, pki: PKI, tmp_path: Path, flags: list[str], code: int) -> None:
+    flags = [pki.ca_pem if f == "CA" else f for f in flags]
+    run = run_cli(tls_blob.url, "-o", str(tmp_path / "out"), "-q", *flags)
+    assert run.returncode == code, run.stderr
+    # One worker or probe warning would show here: urllib3 prints SecurityWarnings always.
+    assert "InsecureRequestWarning" not in run.stderr
+    if code == EXIT_OK:
+        assert sha256_file(tmp_path / "out") == tls_blob.sha256
+    else:
+        assert "TLS verification failed" in run.stderr
+
+
+# --------------------------------------------------------------------------- client certificates
+
+
+class ClientCertServer:
+    """TLS on loopback that demands a client certificate signed by the test CA, and answers
+    every request with one fixed 200 (no ranges: blobdl falls back to one whole GET)."""
+
+    def __init__(self, pki: PKI, body: bytes) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pki.server_cert, pki.server_key)
+        context.load_verify_locations(pki.ca_pem)
+        context.verify_mode = ssl.CERT_REQUIRED
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        self.response = head.encode() + body
+        self.peers: list[str] = []  # the client certificate's names, one per request answered
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.settimeout(5)
+                try:
+                    with context.wrap_socket(self.request, server_side=True) as tls:
+                        outer._answer(tls)
+                except OSError:
+                    pass  # refused handshakes (no certificate) end here
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = False
+        self.server.block_on_close = True
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/blob"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+        self.thread.start()
+
+    def _answer(self, tls: ssl.SSLSocket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = tls.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        names = (tls.getpeercert() or {}).get("subjectAltName", ())
+        self.peers.append(",".join(str(value) for _kind, value in names))
+        tls.sendall(self.response)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join()
+        self.server.server_close()
+
+
+@pytest.fixture
+def cert_server(pki: PKI) -> Iterator[tuple[ClientCertServer, str]]:
+    body = os.urandom(3 * PART + 5)
+    server = ClientCertServer(pki, body)
+    yield server, hashlib.sha256(body).hexdigest()
+    server.close()
+
+
+@pytest.mark.parametrize("layout", ["separate-key", "combined"])
+def test_client_certificate_is_presented(
+    cert_server: tuple[ClientCertServer, str], pki: PKI, tmp_path: Path, layout: str
+) -> None:
+    server, digest = cert_server
+    if layout == "combined":
+        cert = {"client_cert": pki.client_combined}
+    else:
+        cert = {"client_cert": pki.client_cert, "client_key": pki.client_key}
+    assert fetch(server.url, tmp_path / "out", ca_bundle=pki.ca_pem, **cert) == digest
+    assert server.peers and set(server.peers) == {"client.blobdl.test"}
+
+
+def test_without_client_certificate_the_server_refuses(
+    cert_server: tuple[ClientCertServer, str], pki: PKI, tmp_path: Path
+) -> None:
+    server, _ = cert_server
+    with pytest.raises(BlobdlError):
+        fetch(server.url, tmp_path / "out", ca_bundle=pki.ca_pem, retries=0)
+    assert server.peers == []
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+def test_proxy_setting_forwards_every_http_request(
+    proxy: ForwardProxy, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART + 3)
+    assert fetch(blob.url, tmp_path / "out", proxy=proxy.url) == blob.sha256
+    assert proxy.methods() == {"GET"}
+    # Probe and every part: all of them came through the proxy.
+    assert proxy.forwarded == server.stats()["requests"] >= 5
+
+
+def test_http_proxy_from_environment_and_no_proxy(
+    proxy: ForwardProxy, make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = make(2 * PART)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    assert fetch(blob.url, tmp_path / "via", resume=False) == blob.sha256
+    through = proxy.forwarded
+    assert through >= 3
+
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert fetch(blob.url, tmp_path / "direct", resume=False) == blob.sha256
+    assert proxy.forwarded == through
+
+
+def test_trust_env_false_leaves_only_the_proxy_setting(
+    proxy: ForwardProxy, make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = make(PART)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    assert fetch(blob.url, tmp_path / "a", trust_env=False) == blob.sha256
+    assert proxy.forwarded == 0  # the environment's proxy was ignored
+
+    # NO_PROXY exempts hosts from an explicit proxy too (as curl does) ...
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert fetch(blob.url, tmp_path / "b", proxy=proxy.url) == blob.sha256
+    assert proxy.forwarded == 0
+    # ... unless the environment is not trusted.
+    assert fetch(blob.url, tmp_path / "c", proxy=proxy.url, trust_env=False) == blob.sha256
+    assert proxy.forwarded >= 2
+
+
+@pytest.mark.parametrize("source", ["setting", "environment"])
+def test_https_through_the_proxy_with_connect(
+    proxy: ForwardProxy,
+    tls_blob: Blob,
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    overrides: dict[str, Any] = {"ca_bundle": pki.ca_pem}
+    if source == "setting":
+        overrides["proxy"] = proxy.url
+    else:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the wrong scheme: unused
+    assert fetch(tls_blob.url, tmp_path / "out", **overrides) == tls_blob.sha256
+    assert proxy.methods() == {"CONNECT"} and proxy.forwarded >= 2
+    assert {seen.target for seen in proxy.seen} == {tls_blob.url.split("/")[2]}
+
+
+def test_proxy_credentials_become_proxy_authorization(
+    proxy: ForwardProxy,
+    server: ServerHandle,
+    make: Make,
+    tls_server: ServerHandle,
+    tls_blob: Blob,
+    pki: PKI,
+    tmp_path: Path,
+) -> None:
+    tls_server.reset()
+    blob = make(2 * PART)
+    via = proxy.url_with("ann:p%40ss")  # percent-encoded '@' in the password
+    assert fetch(blob.url, tmp_path / "plain", proxy=via) == blob.sha256
+    assert fetch(tls_blob.url, tmp_path / "tls", proxy=via, ca_bundle=pki.ca_pem) == (
+        tls_blob.sha256
+    )
+    expected = "Basic " + base64.b64encode(b"ann:p@ss").decode()
+    assert proxy.methods() == {"GET", "CONNECT"}
+    assert {seen.proxy_authorization for seen in proxy.seen} == {expected}
+    # The origin servers never see the proxy's credentials.
+    for origin in (server, tls_server):
+        recorded = origin.stats()["headers"]
+        assert recorded and all(header(h, "Proxy-Authorization") is None for h in recorded)
+
+
+def test_probe_redirect_across_proxy_choices(
+    proxy: ForwardProxy,
+    server: ServerHandle,
+    make: Make,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """127.0.0.1 goes through the proxy, localhost does not: one pool must serve both."""
+    blob = make(3 * PART)
+    target = f"http://localhost:{server.port}/files/{blob.name}"
+    server.set_faults(
+        {"path": "/files/start", "action": "status", "status": 302, "headers": {"Location": target}}
+    )
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    assert fetch(server.url("start"), tmp_path / "out") == blob.sha256
+    assert [seen.target for seen in proxy.seen] == [server.url("start")]
+    hosts = [header(h, "Host") for h in server.stats()["headers"]]
+    assert hosts.count(f"localhost:{server.port}") >= 4  # probe + 3 parts, direct
+
+
+def test_unusable_proxies_are_usage_errors(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for bad in ("socks5://127.0.0.1:1080", "http://", "127.0.0.1:3128", "http://h:99999"):
+        with pytest.raises(UsageError, match="proxy"):
+            Settings(proxy=bad)
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
+    with pytest.raises(UsageError, match="proxy") as caught:
+        fetch(make(PART).url, tmp_path / "out")
+    assert caught.value.exit_code == EXIT_USAGE
+
+
+def test_cli_network_flags_map_to_settings(proxy: ForwardProxy, make: Make, tmp_path: Path) -> None:
+    flags = "--proxy http://p:3128 --no-env-proxy --client-cert c.pem --client-key k.pem"
+    args = build_parser().parse_args(["https://x/y", *flags.split(), "--ca-bundle", "ca.pem"])
+    settings = settings_from(args)
+    assert (settings.proxy, settings.trust_env) == ("http://p:3128", False)
+    assert (settings.client_cert, settings.client_key, settings.ca_bundle) == (
+        "c.pem",
+        "k.pem",
+        "ca.pem",
+    )
+    defaults = settings_from(build_parser().parse_args(["https://x/y"]))
+    assert (defaults.proxy, defaults.trust_env, defaults.client_cert) == (None, True, None)
+
+    blob = make(2 * PART)
+    run = run_cli(blob.url, "-o", str(tmp_path / "out"), "-q", "--proxy", proxy.url)
+    assert run.returncode == EXIT_OK, run.stderr
+    assert sha256_file(tmp_path / "out") == blob.sha256 and proxy.forwarded >= 3
+
+
+def test_client_key_without_certificate_is_refused() -> None:
+    with pytest.raises(UsageError, match="client_key"):
+        Settings(client_key="k.pem")
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_authorization_is_not_sent_to_another_host(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blob = make(3 * PART)
+    target = f"http://localhost:{server.port}/files/{blob.name}"
+    server.set_faults(
+        {"path": "/files/start", "action": "status", "status": 302, "headers": {"Location": target}}
+    )
+    headers = (("Authorization", SECRET), ("Cookie", "session=1"), ("X-Trace", "t1"),
+               ("Accept", "*/*"))  # fmt: skip
+    assert fetch(server.url("start"), tmp_path / "out", headers=headers) == blob.sha256
+    seen = server.stats()["headers"]
+    first, rest = seen[0], seen[1:]
+    assert header(first, "Host") == f"127.0.0.1:{server.port}"
+    assert header(first, "Authorization") == SECRET
+    # The probe's second hop and every worker's GET went to localhost: no credentials there,
+    # nor any custom header (it may be a key), while harmless headers still are.
+    assert len(rest) >= 4
+    for h in rest:
+        assert header(h, "Host") == f"localhost:{server.port}"
+        assert header(h, "Authorization") is None and header(h, "Cookie") is None
+        assert header(h, "X-Trace") is None
+        assert header(h, "Accept") == "*/*"
+
+
+def test_authorization_follows_a_same_host_redirect(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blob = make(3 * PART)
+    url = server.route(f"/redirect/2/{blob.name}")
+    headers = (("Authorization", SECRET),)
+    assert fetch(url, tmp_path / "out", headers=headers) == blob.sha256
+    seen = server.stats()["headers"]
+    assert len(seen) >= 6  # two hops, the final probe, three parts
+    assert all(header(h, "Authorization") == SECRET for h in seen)

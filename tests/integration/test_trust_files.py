@@ -1,0 +1,381 @@
+"""Files on disk we do not control: filesystems without fallocate, planted links, forged
+cache entries, special files at the destination — over real processes and sockets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import blobdl
+import blobdl._http
+from blobdl import _cache, _resume
+from blobdl._fileio import reserve
+from blobdl._resume import PartRecord, State
+from blobdl.errors import EXIT_LOCAL, EXIT_OK
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
+
+Make = Callable[..., Blob]
+HERE = REPO / "tests"  # where nofalloc.c is
+CLI_PARTS = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4"]
+
+# --- preallocation on filesystems without fallocate(2) -------------------------------------
+
+# How long the launcher holds each one-byte pwrite (glibc's emulated posix_fallocate writes one
+# per 4 KiB block): a network filesystem's round trip, the window a racing worker falls into.
+NFS_ROUND_TRIP_US = 200
+
+
+@pytest.fixture(scope="session")
+def nofalloc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tests/nofalloc.c`` built for this session: runs a command with fallocate(2) failing
+    with EOPNOTSUPP for real (a seccomp filter), as on NFSv3, FUSE or ext4 without extents."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the seccomp launcher")
+    exe = tmp_path_factory.mktemp("nofalloc") / "nofalloc"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "nofalloc.c")], check=True)
+    return exe
+
+
+def test_no_fallocate_filesystem_never_zeroes_downloaded_bytes(
+    nofalloc: Path, make: Make, tmp_path: Path
+) -> None:
+    # Many parts on many connections: workers write while any preallocation could still run.
+    blob = make(64 * PART, seed=11)
+    dest = tmp_path / "out"
+    args = [str(nofalloc), str(NFS_ROUND_TRIP_US), sys.executable, "-m", "blobdl", blob.url,
+            "-o", str(dest), "--min-part-size", "64KiB", "--max-part-size", "64KiB",
+            "--connections", "8", "-q"]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert sha256_file(dest) == blob.sha256, "bytes were zeroed by emulated preallocation"
+
+
+def test_reserve_allocates_for_real_where_the_filesystem_can(tmp_path: Path) -> None:
+    path = tmp_path / "reserved"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        reserve(fd, 64 * PART, path)
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    assert info.st_size == 64 * PART
+    if info.st_blocks == 0:
+        pytest.skip("this filesystem has no fallocate(2): the file stays sparse")
+    assert info.st_blocks * 512 >= 64 * PART
+
+
+# --- planted links at our side files --------------------------------------------------------
+
+PRECIOUS = b"someone else's file\n"
+
+
+def plant(kind: str, at: Path, victim: Path) -> None:
+    """Make ``at`` a symbolic or a hard link to ``victim`` (which holds PRECIOUS)."""
+    victim.write_bytes(PRECIOUS)
+    if kind == "symlink":
+        at.symlink_to(victim)
+    else:
+        os.link(victim, at)
+
+
+def refused(done: subprocess.CompletedProcess[str], path: Path) -> bool:
+    """Exit 5 with a one-line error that names ``path``, no traceback."""
+    return (
+        done.returncode == EXIT_LOCAL
+        and str(path) in done.stderr
+        and "Traceback" not in done.stderr
+    )
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_planted_lock_link_is_refused_and_its_target_untouched(
+    kind: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=12)
+    dest, victim = tmp_path / "out", tmp_path / "victim"
+    lock = tmp_path / "out.blobdl-lock"
+    plant(kind, lock, victim)
+    done = run_cli(blob.url, "-o", str(dest), "-q")
+    assert refused(done, lock), done.stderr
+    assert victim.read_bytes() == PRECIOUS
+    assert not dest.exists() and server.stats()["requests"] == 0
+
+
+def test_dangling_lock_symlink_is_refused_not_created(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=12)
+    dest, lock, target = tmp_path / "out", tmp_path / "out.blobdl-lock", tmp_path / "created"
+    lock.symlink_to(target)
+    done = run_cli(blob.url, "-o", str(dest), "-q")
+    assert refused(done, lock), done.stderr
+    assert not target.exists()
+
+
+def resumable(blob: Blob, dest: Path) -> None:
+    """A state record that claims half of every part of ``blob`` for ``dest``."""
+    probe = blobdl._http.resolve(blob.url, fast_settings())
+    half = PART // 2
+    parts = tuple(
+        PartRecord(s, min(s + PART, blob.size), min(s + half, blob.size))
+        for s in range(0, blob.size, PART)
+    )
+    state = State(blob.url, probe.final_url, blob.size, probe.etag, probe.last_modified, parts)
+    _resume.save(_resume.state_path(dest), state)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_planted_temp_link_is_not_written_through_on_resume(
+    kind: str, make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=13)
+    dest, victim = tmp_path / "out", tmp_path / "victim"
+    temp = tmp_path / "out.blobdl-tmp"
+    plant(kind, temp, victim)
+    precious = PRECIOUS * (blob.size // len(PRECIOUS)) + PRECIOUS[: blob.size % len(PRECIOUS)]
+    victim.write_bytes(precious)  # the size the state expects, so it looks resumable
+    resumable(blob, dest)
+    done = run_cli(blob.url, "-o", str(dest), "-q", *CLI_PARTS)
+    assert refused(done, temp), done.stderr
+    assert victim.read_bytes() == precious
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_planted_temp_link_is_discarded_on_a_fresh_download(
+    kind: str, make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=13)
+    dest, victim = tmp_path / "out", tmp_path / "victim"
+    plant(kind, tmp_path / "out.blobdl-tmp", victim)
+    done = run_cli(blob.url, "-o", str(dest), "-q", *CLI_PARTS)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert victim.read_bytes() == PRECIOUS and sha256_file(dest) == blob.sha256
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_state_scratch_link_is_replaced_not_written_through(kind: str, tmp_path: Path) -> None:
+    record, victim = tmp_path / "out.blobdl-state", tmp_path / "victim"
+    plant(kind, tmp_path / "out.blobdl-state.new", victim)
+    state = State("http://x/b", "http://x/b", 10, None, None, (PartRecord(0, 10, 5),))
+    _resume.save(record, state)
+    _resume.save(record, state)  # and again, over its own scratch name
+    assert victim.read_bytes() == PRECIOUS
+    temp = tmp_path / "out.blobdl-tmp"
+    temp.write_bytes(bytes(10))
+    assert _resume.load(record, "http://x/b", temp) == state
+
+
+def test_kept_bad_bytes_replace_a_planted_link_not_its_target(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=14)
+    dest, victim, bad = tmp_path / "out", tmp_path / "victim", tmp_path / "out.blobdl-bad"
+    plant("symlink", bad, victim)
+    done = run_cli(blob.url, "-o", str(dest), "-q", "--keep-bad", "--digest", "0" * 64)
+    assert done.returncode != EXIT_OK and victim.read_bytes() == PRECIOUS
+    assert not bad.is_symlink() and sha256_file(bad) == blob.sha256
+
+
+def test_kept_bad_bytes_that_cannot_be_renamed_are_a_local_error(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=14)
+    dest, bad = tmp_path / "out", tmp_path / "out.blobdl-bad"
+    (bad / "occupied").mkdir(parents=True)
+    done = run_cli(blob.url, "-o", str(dest), "-q", "--keep-bad", "--digest", "0" * 64)
+    assert refused(done, bad), done.stderr
+
+
+# --- forged cache entries ---------------------------------------------------------------------
+
+
+def cached(blob: Blob, dest: Path, cache: Path) -> blobdl.DownloadResult:
+    return blobdl.download(blob.url, dest, digest=blob.sha256, cache_dir=str(cache))
+
+
+def test_seals_live_in_a_private_directory_not_in_the_cache(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=15)
+    cache = tmp_path / "cache"
+    cached(blob, tmp_path / "a", cache)
+    assert [p.name for p in cache.iterdir()] == [f"sha256-{blob.sha256}"]
+    seals = Path(os.environ["BLOBDL_SEAL_DIR"])
+    assert stat.S_IMODE(seals.stat().st_mode) == 0o700
+
+
+def test_forged_entry_with_an_old_style_seal_is_hashed_and_refetched(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=16)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entry = cache / f"sha256-{blob.sha256}"
+    entry.write_bytes(os.urandom(blob.size))  # someone who can write the cache directory
+    info = entry.stat()
+    Path(f"{entry}.seal").write_text(f"{info.st_size} {info.st_mtime_ns}\n")
+    result = cached(blob, tmp_path / "a", cache)
+    assert sha256_file(tmp_path / "a") == blob.sha256
+    assert not result.cached and server.stats()["bytes_sent"] >= blob.size
+
+
+def test_entry_edited_in_place_with_its_mtime_restored_is_refetched(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=17)
+    cache = tmp_path / "cache"
+    cached(blob, tmp_path / "a", cache)
+    entry = cache / f"sha256-{blob.sha256}"
+    before = entry.stat()
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:  # same inode, same size, same mtime: only ctime tells
+        f.write(b"forged!")
+    entry.chmod(0o444)
+    os.utime(entry, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = cached(blob, tmp_path / "b", cache)
+    assert sha256_file(tmp_path / "b") == blob.sha256
+    assert not result.cached
+
+
+def test_entry_replaced_by_another_file_with_forged_times_is_refetched(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=18)
+    cache = tmp_path / "cache"
+    cached(blob, tmp_path / "a", cache)
+    entry = cache / f"sha256-{blob.sha256}"
+    before = entry.stat()
+    forged = cache / "forged"
+    forged.write_bytes(os.urandom(blob.size))
+    os.utime(forged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    forged.chmod(0o444)
+    os.replace(forged, entry)
+    result = cached(blob, tmp_path / "b", cache)
+    assert sha256_file(tmp_path / "b") == blob.sha256
+    assert not result.cached
+
+
+def test_repeated_hits_stay_sealed_and_cost_no_network(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=19)
+    cache = tmp_path / "cache"
+    for name in ("a", "b", "c"):
+        cached(blob, tmp_path / name, cache)
+    sent = server.stats()["bytes_sent"]
+    result = cached(blob, tmp_path / "d", cache)
+    assert result.cached and server.stats()["bytes_sent"] == sent
+    assert _cache.sealed(cache / f"sha256-{blob.sha256}", blob.sha256) is not None
+
+
+def test_cache_on_another_filesystem_is_copied_and_stays_sealed(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the temp directory")
+    blob = make(4 * PART, seed=20)
+    cache = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        for name in ("a", "b"):
+            cached(blob, tmp_path / name, cache)
+        sent = server.stats()["bytes_sent"]
+        result = cached(blob, tmp_path / "c", cache)
+        assert result.cached and server.stats()["bytes_sent"] == sent
+        assert sha256_file(tmp_path / "c") == blob.sha256
+        assert os.stat(tmp_path / "c").st_nlink == 1  # a copy, not a link
+    finally:
+        shutil.rmtree(cache)
+
+
+# --- special files at the destination -----------------------------------------------------------
+
+
+def special(kind: str, at: Path) -> None:
+    """Put a FIFO, a character device, a socket or a directory at ``at``."""
+    if kind == "fifo":
+        os.mkfifo(at)
+    elif kind == "chardev":
+        try:
+            os.mknod(at, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+        except PermissionError:
+            at.symlink_to("/dev/null")
+    elif kind == "devnull-link":
+        at.symlink_to("/dev/null")
+    elif kind == "socket":
+        short = Path(tempfile.mkdtemp(dir="/tmp")) / "s"  # AF_UNIX paths are short
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(short))
+        os.rename(short, at)
+        short.parent.rmdir()
+    else:
+        at.mkdir()
+
+
+SPECIAL = ["fifo", "chardev", "devnull-link", "socket", "directory"]
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+@pytest.mark.parametrize("mode", ["--force", "--digest"])
+def test_special_destination_is_refused_before_any_traffic(
+    kind: str, mode: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=21)
+    dest = tmp_path / "out"
+    special(kind, dest)
+    before = os.lstat(dest)
+    how = ["--force"] if mode == "--force" else ["--digest", blob.sha256]
+    done = run_cli(blob.url, "-o", str(dest), "-q", *how, timeout=20)
+    assert refused(done, dest) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert server.stats()["requests"] == 0
+    after = os.lstat(dest)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_special_cache_entry_is_refused_before_any_traffic(
+    kind: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=22)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entry = cache / f"sha256-{blob.sha256}"
+    special(kind, entry)
+    done = run_cli(blob.url, "-o", str(tmp_path / "out"), "-q", "--digest", blob.sha256,
+                   "--cache-dir", str(cache), timeout=20)  # fmt: skip
+    assert refused(done, entry), done.stderr
+    assert server.stats()["requests"] == 0
+
+
+def test_fifo_state_record_is_ignored_not_waited_on(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=23)
+    dest = tmp_path / "out"
+    os.mkfifo(tmp_path / "out.blobdl-state")
+    done = run_cli(blob.url, "-o", str(dest), "-q", *CLI_PARTS, timeout=20)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert sha256_file(dest) == blob.sha256
+
+
+def test_fifo_temp_file_is_never_opened(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=24)
+    dest = tmp_path / "out"
+    resumable(blob, dest)
+    os.mkfifo(tmp_path / "out.blobdl-tmp")
+    done = run_cli(blob.url, "-o", str(dest), "-q", *CLI_PARTS, timeout=20)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert sha256_file(dest) == blob.sha256
+
+
+def test_destination_symlink_is_replaced_not_written_through(make: Make, tmp_path: Path) -> None:
+    blob = make(4 * PART, seed=25)
+    dest, victim = tmp_path / "out", tmp_path / "victim"
+    plant("symlink", dest, victim)
+    done = run_cli(blob.url, "-o", str(dest), "-q", "--force", *CLI_PARTS)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert not dest.is_symlink() and sha256_file(dest) == blob.sha256
+    assert victim.read_bytes() == PRECIOUS

@@ -1,0 +1,251 @@
+"""Secrets stay with the origin they were given for, and never reach output or disk.
+
+Two real servers on loopback (two ports of one host are two origins), a TLS one for the
+https -> http downgrade; the servers record the headers of every request they saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from blobdl import Downloader, Settings
+from blobdl.errors import BadResponse, BlobdlError, UsageError
+from faultserver.serverctl import ServerHandle, make_blob, start_server
+from tests.conftest import PART, Blob, fast_settings, run_cli
+from tests.integration.test_network import pki, tls_server  # noqa: F401 - fixtures
+
+Make = Callable[..., Blob]
+PASSWORD = "hunter2pw"
+SECRETS = {
+    "Authorization": "Bearer s3cret-token",
+    "Cookie": "session=s3cret-cookie",
+    "X-Api-Key": "s3cret-key",
+    "Private-Token": "s3cret-private",
+}
+HARMLESS = {"Accept": "application/octet-stream", "Accept-Language": "en"}
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """A second origin: the same host, another port."""
+    handle = start_server(tmp_path_factory.mktemp("served-other"))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def other_blob(other: ServerHandle) -> Blob:
+    other.reset()
+    size = 2 * PART + 5
+    digest = make_blob(other.root, "other.bin", size, seed=3)
+    return Blob("other.bin", size, digest, other.url("other.bin"))
+
+
+def _redirect(server: ServerHandle, path: str, location: str) -> None:
+    rule = {"path": path, "action": "status", "status": 302, "headers": {"Location": location}}
+    server.set_faults({**rule, "times": None})
+
+
+def _seen(handle: ServerHandle) -> str:
+    """Every header value the server received, lower-cased names included."""
+    return json.dumps(handle.stats()["headers"]).lower()
+
+
+def _header_args(headers: dict[str, str]) -> list[str]:
+    return [arg for k, v in headers.items() for arg in ("-H", f"{k}: {v}")]
+
+
+# --- item 5: cross-origin redirects ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "same"),
+    [
+        ("http://h/a", "http://h:80/b", True),
+        ("https://h/a", "https://H:443/b", True),
+        ("http://h/a", "http://h:8080/a", False),
+        ("https://h/a", "http://h/a", False),
+        ("http://h:443/a", "https://h/a", False),
+        ("http://h/a", "http://g/a", False),
+    ],
+)
+def test_origin_is_scheme_host_and_port(old: str, new: str, same: bool) -> None:
+    from blobdl._http import same_origin
+
+    assert same_origin(old, new) is same
+
+
+def test_redirect_to_another_port_carries_no_secret_header(
+    server: ServerHandle, other: ServerHandle, other_blob: Blob, tmp_path: Path
+) -> None:
+    _redirect(server, "/files/start.bin", other_blob.url)
+    headers = {**SECRETS, **HARMLESS}
+    dest = tmp_path / "out.bin"
+    settings = fast_settings(headers=tuple(headers.items()))
+    result = Downloader(settings).download(server.url("start.bin"), dest)
+    assert result.size == other_blob.size
+    first = _seen(server)
+    assert all(v.lower() in first for v in SECRETS.values())  # the origin asked got them
+    seen = _seen(other)
+    for value in SECRETS.values():
+        assert value.lower() not in seen
+    assert "application/octet-stream" in seen  # harmless headers still follow
+
+
+def test_redirect_from_https_to_http_carries_no_secret_header(
+    tls_server: ServerHandle,  # noqa: F811
+    pki: object,  # noqa: F811
+    other: ServerHandle,
+    other_blob: Blob,
+    tmp_path: Path,
+) -> None:
+    tls_server.reset()
+    _redirect(tls_server, "/files/start.bin", other_blob.url)
+    settings = fast_settings(
+        headers=tuple(SECRETS.items()),
+        ca_bundle=pki.ca_pem,  # type: ignore[attr-defined]
+    )
+    Downloader(settings).download(tls_server.url("start.bin"), tmp_path / "out.bin")
+    assert "s3cret-token" in _seen(tls_server)
+    seen = _seen(other)
+    assert all(v.lower() not in seen for v in SECRETS.values())
+
+
+def test_location_read_differently_by_the_two_parsers_is_refused(
+    server: ServerHandle, other: ServerHandle, other_blob: Blob, tmp_path: Path
+) -> None:
+    # urllib.parse: user "127.0.0.1", host 127.0.0.1:<server>; urllib3: host 127.0.0.1:<other>.
+    tricky = f"http://127.0.0.1:{other.port}\\@127.0.0.1:{server.port}/files/{other_blob.name}"
+    _redirect(server, "/files/start.bin", tricky)
+    settings = fast_settings(headers=tuple(SECRETS.items()), retries=0)
+    with pytest.raises(BadResponse, match="parsers"):
+        Downloader(settings).download(server.url("start.bin"), tmp_path / "out.bin")
+    assert other.stats()["requests"] == 0
+    assert server.stats()["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{other}\\@127.0.0.1:{port}/files/x",
+        "http://a:b\\@127.0.0.1:{port}/files/x",
+        "http://127.0.0.1:{port}\\\\@127.0.0.1:{other}/files/x",
+    ],
+)
+def test_user_url_read_differently_by_the_two_parsers_is_refused(
+    server: ServerHandle, other: ServerHandle, url: str, tmp_path: Path
+) -> None:
+    url = url.format(port=server.port, other=other.port)
+    other.reset()
+    with pytest.raises(UsageError):
+        Downloader(fast_settings(headers=tuple(SECRETS.items()))).download(
+            url, tmp_path / "out.bin"
+        )
+    assert server.stats()["requests"] == 0
+    assert other.stats()["requests"] == 0
+
+
+# --- item 6: user:pass@ in a URL ---------------------------------------------------------
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _with_password(url: str) -> str:
+    return url.replace("http://", f"http://alice:{PASSWORD}@", 1)
+
+
+def test_userinfo_becomes_basic_auth_for_the_first_origin_only(
+    server: ServerHandle, other: ServerHandle, other_blob: Blob, tmp_path: Path
+) -> None:
+    _redirect(server, "/files/start.bin", other_blob.url)
+    events: list[object] = []
+    result = Downloader(fast_settings()).download(
+        _with_password(server.url("start.bin")), tmp_path / "out.bin", on_event=events.append
+    )
+    assert _basic("alice", PASSWORD).lower() in _seen(server)
+    assert "basic" not in _seen(other)
+    assert PASSWORD not in repr(result)
+    assert all(PASSWORD not in repr(e) for e in events)
+
+
+def test_userinfo_is_sent_on_the_same_origin(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(3 * PART)
+    Downloader(fast_settings()).download(_with_password(blob.url), tmp_path / "out.bin")
+    headers = server.stats()["headers"]
+    assert headers and all(h.get("Authorization") == _basic("alice", PASSWORD) for h in headers)
+
+
+def test_password_is_in_no_error_event_or_output(server: ServerHandle, tmp_path: Path) -> None:
+    url = _with_password(server.route("/status/404"))
+    with pytest.raises(BlobdlError) as info:
+        Downloader(fast_settings()).download(url, tmp_path / "out.bin")
+    assert PASSWORD not in str(info.value) and PASSWORD not in repr(info.value.args)
+    done = run_cli(url, "-o", str(tmp_path / "o.bin"), "--json")
+    assert done.returncode == 3
+    assert PASSWORD not in done.stdout + done.stderr
+    bad = run_cli("ftp://alice:" + PASSWORD + "@h/x", "--json")
+    assert bad.returncode == 2
+    assert PASSWORD not in bad.stdout + bad.stderr
+
+
+def test_password_is_not_in_the_state_file(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=11)
+    # A clean close after some bytes: they land (a reset may discard them in the socket), so
+    # the partial is worth keeping and its state is written.
+    server.set_faults({"path": f"/files/{blob.name}", "action": "close_after", "bytes": 1000,
+                       "skip": 1, "times": None})  # fmt: skip
+    dest = tmp_path / "out.bin"
+    done = run_cli(_with_password(blob.url), "-o", str(dest), "--json", "--retries", "0",
+                   "--min-part-size", str(PART), "--max-part-size", str(PART))  # fmt: skip
+    assert done.returncode == 3
+    kept = [p for p in tmp_path.iterdir() if p.name != "out.bin"]
+    assert kept, "a resumable failure keeps its state"
+    for path in kept:
+        assert PASSWORD.encode() not in path.read_bytes()
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_batch_sends_userinfo_as_basic_auth_and_never_shows_it(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * PART, seed=12)
+    manifest = tmp_path / "list.txt"
+    missing = _with_password(server.route("/status/404"))
+    manifest.write_text(f"{_with_password(blob.url)} {tmp_path / 'a.bin'}\n{missing} "
+                        f"{tmp_path / 'b.bin'}\n")  # fmt: skip
+    done = run_cli("-i", str(manifest), "--json")
+    assert done.returncode == 3
+    assert PASSWORD not in done.stdout + done.stderr
+    assert _basic("alice", PASSWORD).lower() in _seen(server)
+    plain = run_cli("-i", str(manifest))
+    assert PASSWORD not in plain.stdout + plain.stderr
+
+
+def test_proxy_password_is_not_in_the_error() -> None:
+    with pytest.raises(UsageError) as info:
+        Settings(proxy=f"ftp://bob:{PASSWORD}@proxy:3128")
+    assert PASSWORD not in str(info.value)
+    done = run_cli("--proxy", f"socks5://bob:{PASSWORD}@proxy:1", "http://127.0.0.1:9/x")
+    assert done.returncode == 2
+    assert PASSWORD not in done.stderr
+
+
+def test_credentials_in_a_location_are_never_kept(
+    server: ServerHandle, other: ServerHandle, other_blob: Blob, tmp_path: Path
+) -> None:
+    location = other_blob.url.replace("http://", f"http://eve:{PASSWORD}@")
+    _redirect(server, "/files/start.bin", location)
+    result = Downloader(fast_settings()).download(server.url("start.bin"), tmp_path / "o.bin")
+    assert PASSWORD not in repr(result)
+    assert "basic" not in _seen(other)

@@ -1,0 +1,93 @@
+"""Hostile header values and hostile settings, fuzzed: each is used or refused as a blobdl
+error, never a raw exception or a huge allocation. Pure parsers: no server, no process."""
+
+from __future__ import annotations
+
+import contextlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blobdl import Settings
+from blobdl._headers import (
+    content_disposition_filename,
+    parse_content_range,
+    parse_length,
+    parse_retry_after,
+)
+from blobdl._plan import part_count, plan
+from blobdl.cli import build_parser, settings_from
+from blobdl.errors import BadResponse, BlobdlError, UsageError
+
+HUGE_TOTAL = 2**62
+
+
+def test_part_count_is_computed_not_materialised() -> None:
+    tiny = Settings(min_part_size=1, max_part_size=1, target_parts=1)
+    assert part_count(HUGE_TOTAL, tiny) == HUGE_TOTAL
+    for size in (0, 1, 7, 10**6 + 3):
+        for s in (tiny, Settings(parts=3), Settings(min_part_size=2, max_part_size=5)):
+            assert part_count(size, s) == len(plan(size, s))
+
+
+# --- the parsers, fuzzed -------------------------------------------------------------------
+
+header_text = st.text(st.characters(max_codepoint=255), max_size=200) | st.sampled_from(
+    ["9" * 10_000, "bytes 0-0/" + "9" * 10_000, "attachment; filename*=idna''x", "1e400", "nan"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(header_text)
+def test_header_parsers_never_raise_anything_else(text: str) -> None:
+    for parse in (content_disposition_filename, parse_content_range, parse_retry_after):
+        with contextlib.suppress(BlobdlError):
+            parse(text)
+    try:
+        value = parse_length(text, "http://h/")
+    except BadResponse:
+        return
+    assert value is None or 0 <= value < 2**63
+
+
+# --- arguments and settings ----------------------------------------------------------------
+
+
+option_values = st.text(max_size=30) | st.sampled_from(
+    ["inf", "-inf", "nan", "1e308", "99999999999999999999TB", "9" * 400, "0", "-1", "1e-320"]
+)
+OPTIONS = [
+    "--parts", "--connections", "--min-part-size", "--max-part-size", "--retries",
+    "--stall-timeout", "--max-backoff", "--progress-interval", "--checkpoint-interval",
+    "--max-redirects", "--lock-timeout", "--limit-rate", "-H", "--proxy",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(OPTIONS), option_values), max_size=4))
+def test_any_arguments_give_settings_or_a_usage_error(pairs: list[tuple[str, str]]) -> None:
+    argv = [word for option, value in pairs for word in (option, value)]
+    try:
+        args = build_parser().parse_args([*argv, "http://h/x"])
+    except SystemExit as exc:
+        assert exc.code == 2
+        return
+    with contextlib.suppress(UsageError):
+        settings_from(args)
+
+
+any_value = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=10)
+    | st.tuples(st.text(max_size=5), st.text(max_size=5)).map(lambda h: (h,))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(Settings.field_names())), any_value)
+def test_any_setting_value_gives_settings_or_a_usage_error(name: str, value: object) -> None:
+    with contextlib.suppress(UsageError):
+        Settings(**{name: value})

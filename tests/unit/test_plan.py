@@ -1,0 +1,167 @@
+"""The planner, Range text and backoff: pure arithmetic, pinned by properties."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from blobdl import Settings, UsageError, parse_size
+from blobdl._headers import parse_content_range, range_header
+from blobdl._plan import Span, download_part_count, download_parts, plan
+from blobdl._retry import Retry
+from blobdl.config import MB
+from tests.strategies import backoff_settings, sized_plans
+
+
+@given(case=sized_plans())
+def test_plan_covers_the_blob_exactly_once(case: tuple[int, Settings]) -> None:
+    size, settings = case
+    spans = plan(size, settings)
+    assert sum(s.length for s in spans) == size
+    position = 0
+    for span in spans:
+        assert span.start == position and span.length > 0
+        position = span.end
+    assert position == size
+
+
+@given(case=sized_plans())
+def test_plan_part_sizes_stay_in_bounds(case: tuple[int, Settings]) -> None:
+    size, settings = case
+    spans = plan(size, settings)
+    if settings.parts is not None:
+        assert len(spans) == min(settings.parts, size)
+        lengths = {s.length for s in spans}
+        assert not lengths or max(lengths) - min(lengths) <= 1
+        return
+    for span in spans[:-1]:  # every part but the last is exactly one part size
+        assert settings.min_part_size <= span.length <= settings.max_part_size
+    if spans:
+        assert spans[-1].length <= max(settings.min_part_size, settings.max_part_size)
+
+
+@pytest.mark.parametrize(
+    ("size", "count", "each"),
+    [
+        (40_000 * MB, 40, 1000 * MB),  # 40 GB -> 40 parts of 1 GB (Ollama's clamp at the top)
+        (500 * MB, 5, 100 * MB),  # 500 MB -> 5 parts of 100 MB (clamp at the bottom)
+        (3_200 * MB, 16, 200 * MB),  # in between: 16 parts of size/16
+        (50 * MB, 1, 50 * MB),  # smaller than a part: one part
+    ],
+)
+def test_default_plan_is_ollamas(size: int, count: int, each: int) -> None:
+    spans = plan(size, Settings())
+    assert len(spans) == count
+    assert spans[0].length == each
+
+
+def test_empty_blob_has_no_parts() -> None:
+    assert plan(0, Settings()) == []
+
+
+def test_range_header_is_inclusive() -> None:
+    assert range_header(0, 1) == "bytes=0-0"
+    assert range_header(100, 200) == "bytes=100-199"
+
+
+@given(st.integers(0, 10**12), st.integers(1, 10**9), st.integers(0, 10**9))
+def test_content_range_round_trip(start: int, length: int, extra: int) -> None:
+    total = start + length + extra
+    parsed = parse_content_range(f"bytes {start}-{start + length - 1}/{total}")
+    assert parsed is not None
+    assert parsed.span == Span(start, start + length) and parsed.total == total
+
+
+@pytest.mark.parametrize(
+    "text", ["", "bytes 5-4/10", "bytes 0-10/10", "items 0-1/2", "bytes 0-x/9", "bytes 1-2"]
+)
+def test_malformed_content_range_is_refused(text: str) -> None:
+    assert parse_content_range(text) is None
+
+
+def test_unsatisfied_content_range() -> None:
+    parsed = parse_content_range("bytes */0")
+    assert parsed is not None and parsed.span is None and parsed.total == 0
+
+
+@given(attempt=st.integers(1, 1000), settings=backoff_settings, seed=st.integers())
+def test_backoff_follows_ollamas_schedule(attempt: int, settings: Settings, seed: int) -> None:
+    base = min(attempt**2 * settings.backoff_unit, settings.max_backoff)
+    delay = Retry.from_settings(settings).backoff(attempt, random.Random(seed))
+    assert 0.5 * base <= delay <= 1.5 * base
+
+
+def test_backoff_defaults_are_ollamas() -> None:
+    rng = random.Random(0)
+    delays = [Retry.from_settings(Settings()).backoff(n, rng) for n in (1, 2, 3)]
+    for n, delay in zip((1, 2, 3), delays, strict=True):
+        assert 0.005 * n * n <= delay <= 0.015 * n * n
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("512", 512), ("100MB", 100 * MB), ("1GiB", 1 << 30), ("1.5kb", 1500), ("2 MiB", 2 << 20)],
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "MB", "-1MB", "1XB", "1.2.3"])
+def test_parse_size_refuses_nonsense(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"connections": 0},
+        {"retries": -1},
+        {"stall_timeout": 0},
+        {"min_part_size": 10, "max_part_size": 5},
+        {"parts": 0},
+        {"headers": (("Bad\nName", "x"),)},
+    ],
+)
+def test_settings_are_validated_on_creation(bad: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_settings_are_frozen() -> None:
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().retries = 3  # type: ignore[misc]
+
+
+@given(
+    sized=sized_plans(),
+    ranges=st.booleans(),
+    known=st.booleans(),
+    hashing=st.booleans(),
+)
+def test_one_function_counts_the_parts_it_plans(
+    sized: tuple[int, Settings], ranges: bool, known: bool, hashing: bool
+) -> None:
+    """A batch item is granted connections by the count its download will plan."""
+    size, settings = sized
+    blob = size if known else None
+    spans = download_parts(blob, ranges, settings, hashing=hashing)
+    assert download_part_count(blob, ranges, settings, hashing=hashing) == len(spans)
+    if not (ranges and known):
+        assert spans == [Span(0, size if known else -1)]  # one stream, to EOF if unknown
+
+
+def test_a_hashed_download_gets_four_parts_per_connection() -> None:
+    settings = Settings(connections=4, min_part_size=MB, max_part_size=1000 * MB)
+    plain = download_part_count(500 * MB, True, settings, hashing=False)
+    hashed = download_part_count(500 * MB, True, settings, hashing=True)
+    assert (plain, hashed) == (16, 16)  # target_parts (16) already covers 4 x 4
+    two = dataclasses.replace(settings, target_parts=2)
+    assert download_part_count(500 * MB, True, two, hashing=False) == 2
+    assert download_part_count(500 * MB, True, two, hashing=True) == 16

@@ -1,0 +1,151 @@
+"""The retry policy and the coordinator's "what now after this failure", as tables."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from blobdl import Settings, _retry
+from blobdl._retry import Failure, Retry, decide
+from blobdl.errors import (
+    BadResponse,
+    ConnectionFailed,
+    HTTPStatusError,
+    RemoteChanged,
+    Stalled,
+    WorkerCrashed,
+)
+
+POLICY = Retry(total=2, backoff_unit=0.01, max_backoff=1.0)
+DROP = ConnectionFailed("http://h/", "reset")
+
+
+def failure(error: BaseException = DROP, **facts: object) -> Failure:
+    base: dict[str, object] = {
+        "pos": 100,
+        "end": 200,
+        "retry": POLICY,
+        "redirected": False,
+        "refreshed_since": False,
+        "refreshed_at": None,
+    }
+    base.update(facts)
+    return Failure(error, **base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("case", "facts", "action", "failures"),
+    [
+        ("a dropped connection is retried", failure(), _retry.RETRY, 1),
+        ("a stall is retried", failure(Stalled(1.0)), _retry.RETRY, 1),
+        ("a crash is retried", failure(WorkerCrashed(-9)), _retry.RETRY, 1),
+        ("503 is retried", failure(HTTPStatusError(503, "u")), _retry.RETRY, 1),
+        ("404 is final", failure(HTTPStatusError(404, "u")), _retry.FAIL, 0),
+        ("a changed remote is final", failure(RemoteChanged("u", "etag")), _retry.FAIL, 0),
+        ("a bug is final", failure(ValueError("x")), _retry.FAIL, 0),
+        ("all bytes there: done", failure(pos=200), _retry.DONE, 0),
+        ("past the moved end: done", failure(pos=250), _retry.DONE, 0),
+        ("open-ended: never done", failure(pos=200, end=-1), _retry.RETRY, 1),
+        (
+            "no progress since the last failure counts on",
+            failure(retry=POLICY._replace(failures=1, mark=100)),
+            _retry.RETRY,
+            2,
+        ),
+        (
+            "progress since the last failure starts over",
+            failure(retry=POLICY._replace(failures=2, mark=50)),
+            _retry.RETRY,
+            1,
+        ),
+        (
+            "the first failure and `total` retries: exhausted",
+            failure(retry=POLICY._replace(failures=2, mark=100)),
+            _retry.EXHAUSTED,
+            3,
+        ),
+        (
+            "403 from a redirected URL: refresh, uncounted",
+            failure(HTTPStatusError(403, "u"), redirected=True),
+            _retry.REFRESH,
+            0,
+        ),
+        (
+            "410 from a redirected URL: refresh",
+            failure(HTTPStatusError(410, "u"), redirected=True),
+            _retry.REFRESH,
+            0,
+        ),
+        (
+            "403 after someone else refreshed: again, uncounted",
+            failure(HTTPStatusError(403, "u"), redirected=True, refreshed_since=True),
+            _retry.AGAIN,
+            0,
+        ),
+        (
+            "403 after its own refresh, with progress: refresh again",
+            failure(HTTPStatusError(403, "u"), redirected=True, refreshed_at=50),
+            _retry.REFRESH,
+            0,
+        ),
+        (
+            "403 after its own refresh, no progress: really refused",
+            failure(HTTPStatusError(403, "u"), redirected=True, refreshed_at=100),
+            _retry.FAIL,
+            0,
+        ),
+        ("403 without a redirect is final", failure(HTTPStatusError(403, "u")), _retry.FAIL, 0),
+        (
+            "a bad response from a redirected URL is not a refresh",
+            failure(BadResponse("u", "x"), redirected=True),
+            _retry.RETRY,
+            1,
+        ),
+    ],
+)
+def test_decide(case: str, facts: Failure, action: str, failures: int) -> None:
+    verdict = decide(facts, random.Random(0))
+    assert (verdict.action, verdict.retry.failures) == (action, failures), case
+    waits = action in (_retry.RETRY, _retry.REFRESH, _retry.AGAIN)
+    assert (verdict.delay > 0) == waits, case
+
+
+def test_retry_after_is_honoured_up_to_max_backoff() -> None:
+    policy = POLICY.increment(0)
+    assert policy.delay(HTTPStatusError(503, "u", 0.5), random.Random(0)) == 0.5
+    assert policy.delay(HTTPStatusError(503, "u", 99.0), random.Random(0)) == 1.0
+    assert policy.delay(DROP, random.Random(0)) <= 1.5 * POLICY.backoff_unit
+
+
+def test_the_policy_is_never_mutated() -> None:
+    before = Retry.from_settings(Settings(retries=3))
+    after = before.increment(10)
+    assert (before.failures, after.failures, before.total) == (0, 1, 3)
+
+
+# --- the budget arithmetic, for any sequence of failures ------------------------------------
+
+
+@given(st.integers(0, 20), st.integers(0, 10**12))
+def test_budget_allows_exactly_retries_failures_in_place(retries: int, position: int) -> None:
+    budget = Retry(total=retries)
+    for _ in range(retries + 1):
+        assert not budget.exhausted
+        budget = budget.increment(position)
+    assert budget.exhausted
+
+
+@given(st.integers(0, 20), st.lists(st.integers(0, 50), min_size=1, max_size=200))
+def test_budget_counts_failures_since_the_furthest_position(
+    retries: int, positions: list[int]
+) -> None:
+    budget = Retry(total=retries)
+    for position in positions:
+        budget = budget.increment(position)
+    furthest = max(positions)
+    since = len(positions) - positions.index(furthest)  # failures since it first got there
+    assert budget.failures == since and budget.mark == furthest
+    assert budget.exhausted == (since > retries)
