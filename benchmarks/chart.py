@@ -11,6 +11,7 @@ from .report import Row
 
 def draw(rows: list[Row], path: Path, title: str) -> str | None:
     """Write the chart; return why not if matplotlib is missing (``pip install -e .[bench]``)."""
+    path.unlink(missing_ok=True)  # never leave an earlier run's chart beside these results
     try:
         import matplotlib
 
@@ -22,6 +23,8 @@ def draw(rows: list[Row], path: Path, title: str) -> str | None:
     if not ours:
         return "no successful blobdl run"
     focus = max(r.connections for r in ours)
+    if len({(r.parts, r.connections) for r in ours}) < 2:
+        return "nothing swept (one configuration per scenario): the table says it all"
     fig, (by_conns, by_parts) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=120, sharey=True)
     colours: dict[str, Any] = {}
     _panel(by_conns, rows, colours, "connections", lambda r: r.parts == r.connections)
