@@ -11,6 +11,8 @@ import csv
 import importlib.util
 import json
 import shutil
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,26 @@ def test_nginx_cases_write_sane_results(tmp_path: Path) -> None:
     assert {("http-open", "http", 1, 1), ("http-open", "http", 2, 2)} <= ours
     wire = {g["name"]: g for g in doc["goals"]}
     assert any(name.startswith("wire bytes / size, no faults") for name in wire)
+
+
+def test_nginx_wire_bytes_count_a_response_the_client_hung_up_on(tmp_path: Path) -> None:
+    """Issue #14's waste is what the server pushed before the client hung up: nginx's log
+    must count it for the run, not the range asked for nor only what was read."""
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed (`make bench` installs it); nginx cases not run")
+    from benchmarks.nginx import start_nginx
+
+    (tmp_path / "b.bin").write_bytes(bytes(64 << 20))
+    with start_nginx(tmp_path, {None}) as ngx:
+        url = ngx.url("b.bin", https=False, bps=None, run="cut")
+        path = url.partition(str(ngx.http_port))[2]
+        with socket.create_connection(("127.0.0.1", ngx.http_port)) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            got = 0
+            while got < 1 << 20:
+                got += len(sock.recv(1 << 16))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sent, requests = ngx.wire("cut")
+        assert requests == 1
+        assert got <= sent < 64 << 20  # what was pushed, not what was asked for
+        assert ngx.wire("other") == (0, 0)
