@@ -125,6 +125,9 @@ def _vs(
         return Goal(name, f"no {attr} figure", target, NOT)
     ratio = a / b
     measured = f"{ratio:.2f}× ({a:.2f} vs {b:.2f} {_unit(attr)})"
+    if attr == "wall_s" and ours.sync_s is not None and theirs.sync_s is not None:
+        # blobdl fsyncs before it exits; most baselines leave dirty pages behind
+        measured += f"; sync after exit {ours.sync_s:.2f} vs {theirs.sync_s:.2f} s"
     if disk and not outcome.dest.startswith("disk"):
         return Goal(
             name, f"{measured}; destination was {outcome.dest}, goal is on disk", target, NOT
