@@ -1,4 +1,5 @@
-"""``python -m benchmarks``: sweep blobdl's part counts against a simulated CDN or a real URL.
+"""``python -m benchmarks``: blobdl against curl, aria2c, axel and hf_transfer, on nginx and a
+scriptable fault server, sweeping connections and parts; or against a real URL.
 
 See benchmarks/README.md. Prints a table and the goals; writes results.csv, results.json and
 throughput.png under --out.
@@ -20,9 +21,9 @@ from typing import Any
 import blobdl
 from blobdl import UsageError, parse_size
 
-from . import chart, report
+from . import chart, goals, report
 from .runner import Plan, run_plan
-from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
+from .scenarios import DEFAULT_SCENARIOS, QUICK_SCENARIOS, SCENARIOS, Scenario
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,32 +32,53 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Preset:
     size: str
     parts: str
+    connections: str
     repeat: int
-    stall_timeout: float
+    scenarios: tuple[str, ...]
+    baselines: bool
 
 
-FULL = Preset(size="2GiB", parts="1,2,4,8,16,32", repeat=3, stall_timeout=5.0)
-QUICK = Preset(size="64MiB", parts="1,2,4", repeat=1, stall_timeout=1.0)
+# The README's figures: every scenario, 2 GiB, parts swept at 16 connections and connections
+# swept at one part each (not the grid: with work stealing the part count barely matters).
+FULL = Preset("2GiB", "1,4,16,32", "1,2,4,8,16", 2, tuple(DEFAULT_SCENARIOS), True)
+# The key goals of issues #12 and #14 in about a minute: the engine's before/after check.
+QUICK = Preset("1GiB", "16", "16", 1, tuple(QUICK_SCENARIOS), True)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="64 MiB, parts 1,2,4, one repeat")
-    p.add_argument("--size", help=f"blob size (default {FULL.size}; quick {QUICK.size})")
-    p.add_argument("--parts", help=f"part counts (default {FULL.parts})")
-    p.add_argument("--repeat", type=int, help="runs per configuration; medians are reported")
     p.add_argument(
-        "--scenarios",
-        default=",".join(DEFAULT_SCENARIOS),
-        help="comma-separated, from: " + ", ".join(SCENARIOS),
+        "--quick",
+        action="store_true",
+        help=f"{QUICK.size}, 16 parts × 16 connections, one repeat, {','.join(QUICK.scenarios)}",
     )
-    p.add_argument("--connections", type=int, default=16, help="blobdl --connections (16)")
-    p.add_argument("--stall-timeout", type=float, help="blobdl --stall-timeout (5; quick 1)")
+    p.add_argument("--size", help=f"blob size (default {FULL.size}; quick {QUICK.size})")
+    p.add_argument(
+        "--parts", help=f"part counts swept at the widest connection count ({FULL.parts})"
+    )
+    p.add_argument("--connections", help=f"connection counts swept ({FULL.connections})")
+    p.add_argument("--repeat", type=int, help="runs per configuration; medians are reported")
+    p.add_argument("--scenarios", help="comma-separated, from: " + ", ".join(SCENARIOS))
+    p.add_argument(
+        "--dest",
+        choices=("disk", "tmpfs"),
+        default="disk",
+        help="where downloads are written: a real disk (default, /var/tmp) or tmpfs (/dev/shm)",
+    )
+    p.add_argument(
+        "--stall-timeout", type=float, help="blobdl --stall-timeout (default: blobdl's own)"
+    )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed")
-    p.add_argument("--baselines", action="store_true", help="also run curl/aria2c/hf_transfer")
-    p.add_argument("--url", help="benchmark this real URL instead of the simulated CDN")
+    p.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        help="also run curl/aria2c/axel/hf_transfer where installed (default: on in the presets)",
+    )
+    p.add_argument("--url", help="benchmark this real URL instead of the local servers")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    p.add_argument("--workdir", type=Path, help="where blobs are written (default tmpfs)")
+    p.add_argument(
+        "--workdir", type=Path, help="base directory of the downloads (overrides --dest)"
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of each run")
     p.add_argument(
         "--from-json", type=Path, help="redo table, CSV and chart from an earlier results.json"
@@ -67,19 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _ints(text: str) -> list[int]:
+    return sorted({int(x) for x in text.split(",") if x.strip()})
+
+
 def plan_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> Plan:
     preset = QUICK if args.quick else FULL
     try:
         # blobdl's own sizes: "1MB" is 10**6, "1MiB" is 2**20 (a bare "1m" is decimal too).
         size = parse_size(args.size or preset.size)
-        parts = sorted({int(x) for x in (args.parts or preset.parts).split(",")})
+        parts = _ints(args.parts or preset.parts)
+        connections = _ints(args.connections or preset.connections)
     except (ValueError, UsageError) as exc:
         p.error(str(exc))
-    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    names = [n.strip() for n in (args.scenarios or ",".join(preset.scenarios)).split(",")]
+    names = [n for n in names if n]
     if unknown := [n for n in names if n not in SCENARIOS]:
         p.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
-    if min(parts) < 1 or size < max(parts):
-        p.error("part counts must be >= 1 and no more than the size in bytes")
+    if not parts or not connections or min(parts + connections) < 1 or size < max(parts):
+        p.error("part and connection counts must be >= 1 and parts no more than the size")
     scenarios: list[Scenario] = [SCENARIOS[n] for n in names]
     if args.url:
         scenarios = [Scenario("url", f"real URL {args.url}")]
@@ -89,14 +117,15 @@ def plan_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> Plan:
         parts=parts,
         scenarios=scenarios,
         repeat=max(1, repeat),
-        connections=args.connections,
-        stall_timeout=args.stall_timeout or preset.stall_timeout,
+        connections=connections,
+        stall_timeout=args.stall_timeout,
         timeout=args.timeout,
-        baselines=args.baselines,
+        baselines=preset.baselines if args.baselines is None else args.baselines,
         url=args.url,
         workdir=args.workdir,
         verify=not args.no_verify,
         extra=tuple(args.blobdl_arg),
+        dest=args.dest,
     )
 
 
@@ -118,6 +147,8 @@ def meta() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        # the machine may be shared: the 1-minute load average when the report was written
+        "load": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
@@ -131,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_from(args, parser)
         outcome = run_plan(plan)
     rows = report.summarise(outcome.runs)
-    found = report.goals(rows, outcome, plan)
+    found = goals.goals(rows, outcome, plan)
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_csv(rows, args.out / "results.csv")
     info = meta() | {"seconds": round(time.monotonic() - started, 1)}
@@ -140,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(args.out / "results.json", plan, outcome, rows, found, info)
     size = f"{plan.size / 2**20:g} MiB" if not plan.url else plan.url
     why_not = chart.draw(rows, args.out / "throughput.png", f"blobdl, {size}, medians")
+    print(
+        f"destination: {outcome.dest or 'unknown'}; proto per row; machine: {info['cpus']} CPUs, "
+        f"load {info.get('load', '?')}"
+    )
+    for name, why in outcome.skipped.items():
+        print(f"skipped: {name} ({why})")
     print(report.table(rows))
     print()
-    print(report.goals_text(found))
+    print(goals.text(found))
     print()
     installed = [name for name, ok in outcome.baselines.items() if ok]
     missing = [name for name, ok in outcome.baselines.items() if not ok]

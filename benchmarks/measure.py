@@ -30,7 +30,9 @@ class Measured:
     stderr: str
 
 
-def run_measured(cmd: list[str], *, timeout: float, cwd: str | None = None) -> Measured:
+def run_measured(
+    cmd: list[str], *, timeout: float, cwd: str | None = None, env: dict[str, str] | None = None
+) -> Measured:
     """Run ``cmd`` to completion (or ``timeout``), sampling its tree every 0.1 s.
 
     CPU comes from ``getrusage(RUSAGE_CHILDREN)`` deltas: it includes workers that were
@@ -42,7 +44,13 @@ def run_measured(cmd: list[str], *, timeout: float, cwd: str | None = None) -> M
         started = time.perf_counter()
         # A session of its own, so a timeout can kill the tool and all its workers at once.
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, start_new_session=True
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
         )
         sampler = _TreeSampler(proc.pid)
         sampler.start()

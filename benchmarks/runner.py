@@ -1,27 +1,30 @@
-"""Run the sweep: serve a blob per scenario, run every tool × part count × repeat, record runs."""
+"""Run the sweep: serve each blob (nginx or the fault server), run every tool × config × repeat."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import shutil
 import sys
-import tempfile
+import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from faultserver.serverctl import ServerHandle, make_blob, start_server
 
+from . import nginx
+from .dest import Places, places
 from .measure import run_measured
 from .pacing import PacingCheck, check_pacing, srv_cpu
 from .scenarios import Scenario, rules
 from .tools import BASELINES, BLOBDL, Job, Tool, blobdl_result
 
 BLOB = "blob.bin"
-SHM = Path("/dev/shm")
+SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 @dataclass(frozen=True)
@@ -30,14 +33,22 @@ class Plan:
     parts: list[int]
     scenarios: list[Scenario]
     repeat: int
-    connections: int
-    stall_timeout: float
+    connections: list[int]  # swept; the widest is the focus the goals are judged at
+    stall_timeout: float | None  # None: blobdl's default
     timeout: float
     baselines: bool = False
     url: str | None = None
     workdir: Path | None = None
     verify: bool = True
     extra: tuple[str, ...] = ()
+    dest: str = "disk"  # "disk" or "tmpfs"
+
+    @property
+    def focus(self) -> int:
+        return max(self.connections)
+
+    def size_of(self, scenario: Scenario) -> int:
+        return scenario.size or self.size
 
 
 @dataclass
@@ -63,8 +74,15 @@ class Run:
     steals: int | None = None  # ranges blobdl took over from slow lanes or split off
     bytes_fetched: int | None = None  # as blobdl counted them (refetched bytes included)
     requests: int | None = None  # as the server counted them (probe and retries included)
+    #: Bytes the server wrote to sockets for this run (issue #14's wire bytes): the fault
+    #: server's body bytes, or the sum of nginx's $bytes_sent (headers included).
     bytes_sent: int | None = None
     server_cpu_s: float | None = None
+    proto: str = "http"
+    server: str = "fault"
+    #: Seconds an os.sync() took right after the tool exited (its dirty pages reaching disk;
+    #: blobdl fsyncs before it exits, the baselines do not).
+    sync_s: float | None = None
 
 
 @dataclass
@@ -73,33 +91,76 @@ class Outcome:
     pacing: PacingCheck | None = None
     workdir: str = ""
     baselines: dict[str, bool] = field(default_factory=dict)  # name -> installed
+    dest: str = ""  # what the destination really was, e.g. "disk (ext4 at /var/tmp/...)"
+    skipped: dict[str, str] = field(default_factory=dict)  # scenario -> why it did not run
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What a run needs from the server side."""
+
+    url: str
+    srv: ServerHandle | None = None
+    ngx: nginx.Nginx | None = None
+    marker: str = ""
+    ca_bundle: str | None = None
 
 
 def run_plan(plan: Plan) -> Outcome:
     outcome = Outcome(baselines={t.name: t.available() for t in BASELINES})
-    tools = [BLOBDL] + [t for t in BASELINES if plan.baselines and t.available()]
-    with _workdir(plan) as work:
-        outcome.workdir = str(work)
+    tools = [t for t in BASELINES if plan.baselines and t.available()]
+    sizes = sorted({plan.size_of(s) for s in plan.scenarios}) if plan.url is None else []
+    with places(plan.dest, plan.workdir, sum(sizes)) as where:
+        outcome.workdir, outcome.dest = str(where.dest), where.describe()
+        _say(f"destination: {outcome.dest}; served from {where.served}")
         if plan.url is not None:
             size = _remote_size(plan.url)
             for scenario in plan.scenarios:
-                _sweep(plan, scenario, tools, work, outcome, None, plan.url, size, None)
+                _sweep(plan, scenario, tools, where, outcome, plan.url, size, None)
             return outcome
-        _say(f"generating a {plan.size / 2**20:.0f} MiB blob in {work} ...")
-        (work / "served").mkdir()
-        digest = make_blob(work / "served", BLOB, plan.size, seed=1)
-        for scenario in plan.scenarios:
-            with start_server(work / "served", link_bps=scenario.link_bps) as srv:
-                if scenario.conn_bps and outcome.pacing is None and not scenario.lanes:
-                    outcome.pacing = _pacing(plan, scenario, srv)
-                url = srv.url(BLOB)
-                _sweep(plan, scenario, tools, work, outcome, srv, url, plan.size, digest)
+        digests = {}
+        for size in sizes:
+            _say(f"generating a {size / 2**20:.0f} MiB blob in {where.served} ...")
+            digests[size] = make_blob(where.served, _blob(size), size, seed=1)
+        with ExitStack() as stack:
+            ngx = _nginx(plan, where, stack, outcome)
+            for scenario in plan.scenarios:
+                size = plan.size_of(scenario)
+                if scenario.server == "nginx":
+                    if ngx is None:
+                        outcome.skipped[scenario.name] = "nginx not installed"
+                        continue
+                    _sweep(plan, scenario, tools, where, outcome, ngx, size, digests[size])
+                    continue
+                with start_server(where.served, link_bps=scenario.link_bps) as srv:
+                    if scenario.conn_bps and outcome.pacing is None and not scenario.lanes:
+                        outcome.pacing = _pacing(plan, scenario, srv, size)
+                    _sweep(plan, scenario, tools, where, outcome, srv, size, digests[size])
     return outcome
 
 
-def _pacing(plan: Plan, scenario: Scenario, srv: ServerHandle) -> PacingCheck:
+def _blob(size: int) -> str:
+    return f"blob-{size}.bin"
+
+
+def _nginx(plan: Plan, where: Places, stack: ExitStack, outcome: Outcome) -> nginx.Nginx | None:
+    wanted = [s for s in plan.scenarios if s.server == "nginx"]
+    if not wanted:
+        return None
+    if not nginx.available():
+        _say("skipped: nginx not installed (make bench installs it): " + _names(wanted))
+        return None
+    rates = {s.conn_bps for s in wanted}
+    return stack.enter_context(nginx.start_nginx(where.served, rates))
+
+
+def _names(scenarios: list[Scenario]) -> str:
+    return ", ".join(s.name for s in scenarios)
+
+
+def _pacing(plan: Plan, scenario: Scenario, srv: ServerHandle, size: int) -> PacingCheck:
     assert scenario.conn_bps is not None
-    check = check_pacing(srv, f"/files/{BLOB}", plan.size, plan.connections, scenario.conn_bps)
+    check = check_pacing(srv, f"/files/{_blob(size)}", size, plan.focus, scenario.conn_bps)
     _say(
         f"server pacing check: {check.connections} × {check.bps_each / 2**20:.0f} MiB/s -> "
         f"{check.achieved_bps / 2**20:.1f} MiB/s ({check.ratio:.1%} of ideal, slowest "
@@ -108,27 +169,58 @@ def _pacing(plan: Plan, scenario: Scenario, srv: ServerHandle) -> PacingCheck:
     return check
 
 
+_MARKERS = itertools.count(1)
+
+
 def _sweep(
     plan: Plan,
     scenario: Scenario,
     tools: list[Tool],
-    work: Path,
+    where: Places,
     outcome: Outcome,
-    srv: ServerHandle | None,
-    url: str,
+    server: ServerHandle | nginx.Nginx | str,
     size: int | None,
     digest: str | None,
 ) -> None:
-    configs = [(BLOBDL, p) for p in scenario.part_counts(plan.parts, plan.connections)]
-    for tool in tools[1:]:
+    configs = [(BLOBDL, p, c) for p, c in scenario.configs(plan.parts, plan.connections)]
+    for tool in tools if scenario.baselines else []:
         if tool.multi or not scenario.conn_bps:  # one capped stream would just show the cap
-            configs.append((tool, tool.parts_for(size or 0, plan.connections)))
+            c = tool.connections_for(plan.focus)
+            configs.append((tool, tool.parts_for(size or 0, c), c))
     # Repeats go round the configurations so that slow drifts of the machine spread evenly.
     for repeat in range(plan.repeat):
-        for tool, parts in configs:
-            run = _run_one(plan, scenario, tool, parts, repeat, work, srv, url, size, digest)
+        for tool, parts, conns in configs:
+            served = _serve(plan, scenario, tool, server, size)
+            run = _run_one(plan, scenario, tool, parts, conns, repeat, where, served, size, digest)
             outcome.runs.append(run)
             _say(_line(run))
+
+
+def _serve(
+    plan: Plan,
+    scenario: Scenario,
+    tool: Tool,
+    server: ServerHandle | nginx.Nginx | str,
+    size: int | None,
+) -> _Served:
+    if isinstance(server, str):
+        return _Served(server)
+    name = _blob(size or 0)
+    if isinstance(server, nginx.Nginx):
+        marker = f"r{next(_MARKERS)}"
+        url = server.url(name, https=scenario.https, bps=scenario.conn_bps, run=marker)
+        bundle = _ca_bundle(server) if scenario.https else None
+        return _Served(url, ngx=server, marker=marker, ca_bundle=bundle)
+    return _Served(server.url(name), srv=server)
+
+
+def _ca_bundle(ngx: nginx.Nginx) -> str:
+    """The system's CAs plus the run's own: every tool loads a store of the usual size."""
+    path = ngx.tmp / "bundle.pem"
+    if not path.exists():
+        system = SYSTEM_CAS.read_bytes() if SYSTEM_CAS.exists() else b""
+        path.write_bytes(system + b"\n" + ngx.ca_file.read_bytes())
+    return str(path)
 
 
 def _run_one(
@@ -136,24 +228,43 @@ def _run_one(
     scenario: Scenario,
     tool: Tool,
     parts: int,
+    conns: int,
     repeat: int,
-    work: Path,
-    srv: ServerHandle | None,
-    url: str,
+    where: Places,
+    served: _Served,
     size: int | None,
     digest: str | None,
 ) -> Run:
-    out_dir = work / "out"
+    out_dir = where.dest / "out"
     out_dir.mkdir()  # fresh each run: no partial file or resume state from a previous run
-    job = Job(url, out_dir / BLOB, parts, plan.connections, plan.stall_timeout, plan.extra)
+    job = Job(
+        served.url,
+        out_dir / BLOB,
+        parts,
+        conns,
+        plan.stall_timeout,
+        plan.extra,
+        ca_bundle=served.ca_bundle,
+    )
+    env = os.environ | ({"SSL_CERT_FILE": served.ca_bundle} if served.ca_bundle else {})
     server_cpu = 0.0
-    if srv is not None:
+    if served.srv is not None:
+        srv = served.srv
         srv.reset()
         part_size = (size or 0) // parts
-        srv.set_faults(*rules(scenario, f"/files/{BLOB}", part_size, parts, probe=tool.probes))
+        path = f"/files/{_blob(size or 0)}"
+        srv.set_faults(*rules(scenario, path, part_size, parts, probe=tool.probes))
         server_cpu = srv_cpu(srv)
+    elif served.ngx is not None:
+        server_cpu = served.ngx.cpu_s()
+    os.sync()  # the previous run's dirty pages must not be written back during this one
     try:
-        measured = run_measured(tool.command(job), timeout=plan.timeout, cwd=str(work))
+        measured = run_measured(
+            tool.command(job), timeout=plan.timeout, cwd=str(where.dest), env=env
+        )
+        synced = time.perf_counter()
+        os.sync()
+        sync_s = time.perf_counter() - synced
         on_disk = job.out.stat().st_size if job.out.is_file() else 0
         verified = _verify(job.out, digest) if plan.verify and digest and on_disk else None
     finally:
@@ -164,7 +275,7 @@ def _run_one(
         scenario=scenario.name,
         tool=tool.name,
         parts=parts,
-        connections=tool.connections_for(plan.connections),
+        connections=conns,
         repeat=repeat,
         size=size,
         ok=ok,
@@ -175,16 +286,22 @@ def _run_one(
         wall_s=measured.wall_s,
         cpu_s=measured.cpu_s,
         peak_uss=measured.peak_uss,
+        proto=scenario.proto if plan.url is None else plan.url.partition(":")[0],
+        server=scenario.server if plan.url is None else "url",
+        sync_s=sync_s,
     )
     if result is not None:
         run.tool_elapsed_s = result.get("elapsed")
         run.retries = result.get("retries")
         run.steals = result.get("steals")
         run.bytes_fetched = result.get("bytes_fetched")
-    if srv is not None:
-        stats = srv.stats()
+    if served.srv is not None:
+        stats = served.srv.stats()
         run.requests, run.bytes_sent = stats["requests"], stats["bytes_sent"]
-        run.server_cpu_s = srv_cpu(srv) - server_cpu
+        run.server_cpu_s = srv_cpu(served.srv) - server_cpu
+    elif served.ngx is not None:
+        run.bytes_sent, run.requests = served.ngx.wire(served.marker)
+        run.server_cpu_s = served.ngx.cpu_s() - server_cpu
     return run
 
 
@@ -217,35 +334,20 @@ def _remote_size(url: str) -> int | None:
     return int(total) if total.isdigit() else None
 
 
-@contextmanager
-def _workdir(plan: Plan) -> Iterator[Path]:
-    """A private directory for the served blob and the downloads; removed afterwards.
-
-    By default tmpfs (/dev/shm) when it has room, so disk speed and fsync do not blur the
-    network figures; every tool writes to the same place, so comparisons stay fair.
-    """
-    base = plan.workdir
-    if base is None:
-        room = shutil.disk_usage(SHM).free if SHM.is_dir() else 0
-        # A URL's size is unknown up front: its downloads go to the ordinary temp directory.
-        fits = plan.url is None and room > 2 * plan.size + (256 << 20)
-        base = SHM if fits else Path(tempfile.gettempdir())
-    base.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="blobdl-bench-", dir=base))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def _line(run: Run) -> str:
     rate = (run.size or run.bytes_on_disk) / run.wall_s / 2**20 if run.wall_s else 0.0
     status = "ok" if run.ok else f"FAILED ({run.error})"
     return (
-        f"  {run.scenario:<14} {run.tool:<11} parts={run.parts:<3} #{run.repeat + 1}: "
+        f"  {run.scenario:<14} {run.tool:<11} p={run.parts:<3} c={run.connections:<3} "
+        f"#{run.repeat + 1}: "
         f"{run.wall_s:7.2f} s {rate:8.1f} MiB/s cpu {run.cpu_s:5.2f} s "
-        f"uss {run.peak_uss / 1e6:5.1f} MB retries {run.retries} steals {run.steals} {status}"
+        f"uss {run.peak_uss / 1e6:5.1f} MB retries {run.retries} steals {run.steals} "
+        f"wire {_wire(run)} req {run.requests} {status}"
     )
+
+
+def _wire(run: Run) -> str:
+    return f"{run.bytes_sent / run.size:.3f}" if run.bytes_sent is not None and run.size else "-"
 
 
 def _say(text: str) -> None:

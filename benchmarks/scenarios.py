@@ -1,9 +1,11 @@
-"""The simulated-CDN scenarios and the fault rules that make ``faultserver/server.py`` play them.
+"""The scenarios: nginx cases (HTTP/HTTPS, ``limit_rate``) and fault-server cases.
 
-A scenario is a server profile: a per-connection cap, an optional total link cap, a
-time-to-first-byte, and at most one kind of heterogeneity (a slow lane, a stalled lane or a
-few seeded random resets). The server applies only the first matching rule to a request, so
-every lane is its own ``times: 1`` rule, in request order, ahead of one catch-all rule.
+A scenario is a server profile: which server (a real nginx, or the scriptable fault server
+``faultserver/server.py`` where a case needs scripted faults), plain HTTP or HTTPS, a per-connection
+cap, an optional total link cap, a time-to-first-byte, and at most one kind of heterogeneity
+(a slow lane, a lane that goes silent, or a few seeded random resets). The fault server applies
+only the first matching rule to a request, so every lane is its own ``times: 1`` rule, in
+request order, ahead of one catch-all rule.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ STALL_AT = 0.05  # the stalled lane goes silent after this fraction of its part
 STALL_HOLD = 3600.0  # "forever": the server gives up when the client hangs up
 RESET_SHARE = 0.25  # share of the first-wave requests that get reset
 SEED = 20240601
+LANE_BPS = 8 * MiB  # issue #12's silent-lane case: 16 × 8 MiB/s
+SILENT_AT = 0.25  # ... and the lane goes silent after a quarter of its part
+NGINX_CAP = 20 * MiB  # issue #12's capped case: nginx `limit_rate 20m`
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,27 @@ class Scenario:
     wide_only: bool = False
     #: The scenario this one's wall time is compared with, at the same part count.
     reference: str | None = None
+    #: "fault" (tests/server.py, scriptable) or "nginx" (a real nginx the harness starts).
+    server: str = "fault"
+    https: bool = False
+    #: A blob size of the scenario's own (issue #12's silent-lane cases); None: --size.
+    size: int | None = None
+    #: A stalled lane goes silent after this fraction of its part.
+    stall_at: float = STALL_AT
+    #: What is swept besides the focus configuration: "parts" (at the focus connection
+    #: count) and/or "connections" (at as many parts as connections).
+    axes: tuple[str, ...] = ("parts",)
+    #: Run the baseline tools here too (not where a lane hangs: they would wait it out).
+    baselines: bool = True
+
+    @property
+    def proto(self) -> str:
+        return "https" if self.https else "http"
+
+    @property
+    def faults(self) -> bool:
+        """Scripted faults (stalls, resets): issue #14's "no faults" goal does not apply."""
+        return self.lanes in ("stall", "resets")
 
     @property
     def shaped(self) -> bool:
@@ -57,11 +83,37 @@ class Scenario:
             caps.append(self.link_bps)
         return min(caps) if caps else None
 
-    def part_counts(self, sweep: list[int], connections: int) -> list[int]:
-        if not self.wide_only:
-            return sweep
-        wide = [p for p in sweep if p >= connections]
-        return wide or [max(sweep)]
+    def configs(self, parts: list[int], connections: list[int]) -> list[tuple[int, int]]:
+        """blobdl's (parts, connections) pairs: the focus (widest connection count, one part
+        per connection), plus the swept axes through it. Not the whole grid: with work
+        stealing the part count barely matters, so it is swept at one connection count."""
+        focus = max(connections)
+        pairs = [(focus, focus)]
+        if not self.wide_only and "parts" in self.axes:
+            pairs += [(p, focus) for p in parts]
+        if not self.wide_only and "connections" in self.axes:
+            pairs += [(c, c) for c in connections]
+        return sorted(set(pairs), key=lambda pc: (pc[1], pc[0]))
+
+
+def _lane_pair(name: str, size: int) -> tuple[Scenario, Scenario]:
+    """Issue #12's silent lane: plain 16 × 8 MiB/s, and the same with one lane going silent
+    after 25 % of its part (blobdl's own stall timeout; no baselines: they would wait it out).
+    """
+    common: dict[str, Any] = {"conn_bps": LANE_BPS, "size": size, "axes": (), "baselines": False}
+    label = f"{size / MiB:g} MiB, 16 × 8 MiB/s"
+    return (
+        Scenario(name, f"fault server, {label}", **common),
+        Scenario(
+            f"{name}-silent",
+            f"fault server, {label}, one lane silent after 25 % of its part",
+            lanes="stall",
+            stall_at=SILENT_AT,
+            wide_only=True,
+            reference=name,
+            **common,
+        ),
+    )
 
 
 _CDN: dict[str, Any] = {"conn_bps": CONN_BPS, "ttfb": TTFB}
@@ -83,6 +135,7 @@ SCENARIOS: dict[str, Scenario] = {
             lanes="stall",
             wide_only=True,
             reference="cdn",
+            baselines=False,
             **_CDN,
         ),
         Scenario(
@@ -91,6 +144,7 @@ SCENARIOS: dict[str, Scenario] = {
             lanes="resets",
             wide_only=True,
             reference="cdn",
+            baselines=False,
             **_CDN,
         ),
         Scenario(
@@ -100,10 +154,35 @@ SCENARIOS: dict[str, Scenario] = {
             wide_only=True,
             **_CDN,
         ),
-        Scenario("loopback", "loopback, no cap"),
+        Scenario("loopback", "loopback, no cap", axes=("parts", "connections")),
+        Scenario(
+            "https-open",
+            "nginx, HTTPS, loopback, no cap",
+            server="nginx",
+            https=True,
+            axes=("parts", "connections"),
+        ),
+        Scenario(
+            "http-open",
+            "nginx, plain HTTP, loopback, no cap",
+            server="nginx",
+            axes=("connections",),
+        ),
+        Scenario(
+            "https-capped",
+            "nginx, HTTPS, limit_rate 20 MiB/s per connection",
+            server="nginx",
+            https=True,
+            conn_bps=NGINX_CAP,
+            axes=(),
+        ),
+        *_lane_pair("lane8", 256 * MiB),
+        *_lane_pair("lane8-2g", 2 * GiB),
     )
 }
 DEFAULT_SCENARIOS = list(SCENARIOS)
+#: The key goals in about a minute (the engine's before/after check).
+QUICK_SCENARIOS = ["https-open", "https-capped", "loopback", "lane8", "lane8-silent"]
 
 
 def rules(
@@ -132,7 +211,7 @@ def _lane_faults(scenario: Scenario, part_size: int, requests: int) -> list[dict
     if scenario.lanes == "slow":
         return [{"bps": SLOW_BPS}]
     if scenario.lanes == "stall":
-        return [{"stall_after": max(1, int(part_size * STALL_AT)), "hold": STALL_HOLD}]
+        return [{"stall_after": max(1, int(part_size * scenario.stall_at)), "hold": STALL_HOLD}]
     if scenario.lanes == "resets":
         rng = random.Random(SEED)  # the same resets in every repeat
         hit = set(rng.sample(range(requests), max(1, round(requests * RESET_SHARE))))

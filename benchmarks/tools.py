@@ -21,8 +21,10 @@ class Job:
     out: Path
     parts: int
     connections: int
-    stall_timeout: float
+    stall_timeout: float | None  # None: blobdl's default
     extra: tuple[str, ...] = ()  # extra blobdl arguments from --blobdl-arg
+    #: PEM bundle to trust (the system's CAs plus the run's own CA), for HTTPS URLs.
+    ca_bundle: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ def _blobdl(job: Job) -> list[str]:
         str(job.parts),
         "--connections",
         str(job.connections),
-        "--stall-timeout",
-        str(job.stall_timeout),
+        *(["--stall-timeout", str(job.stall_timeout)] if job.stall_timeout else []),
+        *(["--ca-bundle", job.ca_bundle] if job.ca_bundle else []),
         "--min-part-size",
         "1",
         "--max-part-size",
@@ -84,7 +86,16 @@ def _blobdl(job: Job) -> list[str]:
 
 def _curl(job: Job) -> list[str]:
     # blobdl ignores proxy variables (urllib3), so curl must too for a fair comparison.
-    return ["curl", "-sS", "--fail", "-L", "--noproxy", "*", "-o", str(job.out), job.url]
+    ca = ["--cacert", job.ca_bundle] if job.ca_bundle else []
+    return ["curl", "-sS", "--fail", "-L", "--noproxy", "*", *ca, "-o", str(job.out), job.url]
+
+
+def _axel(job: Job) -> list[str]:
+    # axel has no CA option, and its host-name check does not accept the IP-address name in
+    # our certificate: it skips verification (a little less work than the others do).
+    insecure = ["--insecure"] if job.url.startswith("https:") else []
+    n = str(job.connections)
+    return ["axel", "-q", "-N", *insecure, "-n", n, "-o", str(job.out), job.url]
 
 
 def _aria2c(job: Job) -> list[str]:
@@ -99,6 +110,7 @@ def _aria2c(job: Job) -> list[str]:
         "--allow-overwrite=true",
         "--auto-file-renaming=false",
         "--file-allocation=falloc",
+        *([f"--ca-certificate={job.ca_bundle}"] if job.ca_bundle else []),
         "--console-log-level=warn",
         "--summary-interval=0",
         "--download-result=hide",
@@ -118,11 +130,19 @@ def _hf_transfer(job: Job) -> list[str]:
     return [sys.executable, "-c", code, job.url, str(job.out), str(job.connections), str(HF_CHUNK)]
 
 
-_COMMANDS = {"blobdl": _blobdl, "curl": _curl, "aria2c": _aria2c, "hf_transfer": _hf_transfer}
+# hf_transfer (rustls) reads SSL_CERT_FILE, which the harness sets for every tool.
+_COMMANDS = {
+    "blobdl": _blobdl,
+    "curl": _curl,
+    "aria2c": _aria2c,
+    "axel": _axel,
+    "hf_transfer": _hf_transfer,
+}
 BLOBDL = Tool("blobdl", probes=True, multi=True)
 BASELINES = (
     Tool("curl", probes=False, multi=False),
     Tool("aria2c", probes=False, multi=True),
+    Tool("axel", probes=True, multi=True),
     Tool("hf_transfer", probes=True, multi=True),
 )
 
