@@ -13,7 +13,7 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 # 3.12+ deprecates forking a threaded process: any such warning (from blobdl) is an error.
 WERROR = $$($(1) -c 'import sys; print("-W error::DeprecationWarning" * (sys.version_info >= (3, 12)))')
 
-.PHONY: help install registry demo test lint suite unit pythons bench clean
+.PHONY: help install system demo test lint suite unit pythons bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,20 +25,25 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-registry: ## Debian's docker-registry for the pull tests (apt-get, only when missing)
-	@command -v docker-registry >/dev/null || { apt-get update && apt-get install -y docker-registry; }
+# The real servers and tools the tests need (apt-get, only what is missing): Debian's
+# docker-registry for `pull`, nginx for the benchmark harness, gcc for the no-fallocate launcher.
+SYSTEM_TOOLS := docker-registry:docker-registry nginx:nginx gcc:gcc
+system: ## install the real servers and tools the tests use (apt-get, only when missing)
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
 
 demo: install ## serve a generated 1 GiB blob on loopback, download it with the progress bar, verify it
 	$(PY) -m benchmarks.demo
 
-test: install registry lint suite pythons ## lint, type-check, the whole suite, and a smoke run on other Pythons
+test: install system lint suite pythons ## lint, type-check, the whole suite, and a smoke run on other Pythons
 
 lint: install ## ruff and mypy (strict) over the package
 	$(PY) -m ruff check blobdl tests benchmarks faultserver
 	$(PY) -m ruff format --check blobdl tests benchmarks faultserver
 	$(PY) -m mypy
 
-suite: install registry ## the pytest suite only (unit and integration)
+suite: install system ## the pytest suite only (unit and integration)
 	$(PY) $(call WERROR,$(PY)) -m pytest -q $(call WERROR,$(PY))
 
 unit: install ## the unit tests of the pure modules only (seconds; no server, no processes)
