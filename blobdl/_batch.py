@@ -28,10 +28,11 @@ from ._download import Downloader, default_name, name_from_url
 from ._events import DownloadResult, Event, Failed
 from ._http import check_url, lift_userinfo, resolve
 from ._plan import download_part_count
+from ._redact import redact_url
 from ._remote import Remote
 from ._signals import Interrupts
 from ._spawn import start
-from .config import Settings, parse_header, redact_url
+from .config import Settings, parse_header
 from .errors import BlobdlError, Interrupted, UsageError
 
 

@@ -47,9 +47,10 @@ from ._fileio import (
 from ._http import check_url, lift_userinfo, resolve
 from ._lock import DestinationLock
 from ._plan import download_parts
+from ._redact import redact_url
 from ._remote import Remote
 from ._resume import PartRecord, Resume, bytes_done
-from .config import Settings, redact_url
+from .config import Settings
 from .errors import (
     BlobdlError,
     DestinationExists,

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from ._redact import redact_url
+
 
 @dataclasses.dataclass(frozen=True)
 class DownloadResult:
@@ -101,4 +103,7 @@ def event_record(event: Event) -> dict[str, object]:
         body["elapsed"] = round(event.elapsed, 3)
     else:
         body = event._asdict()
+    for name in ("url", "final_url"):  # a record may be logged: no credential in it
+        if isinstance(body.get(name), str):
+            body[name] = redact_url(str(body[name]))
     return {"event": event_name(event), **body}

@@ -32,10 +32,11 @@ from ._headers import (
     range_header,
 )
 from ._plan import Span
+from ._redact import redact_url
 from ._remote import Remote
 from ._retry import Retry
 from ._version import __version__
-from .config import Settings, check_proxy_url, redact_url
+from .config import Settings, check_proxy_url
 from .errors import (
     BadResponse,
     BlobdlError,

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._fileio import discard, local_error, open_own, temp_path
+from ._redact import redact_url
 from ._remote import Identity, Remote
 from .errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
 
 STATE_SUFFIX = ".blobdl-state"
-FORMAT = 1
+FORMAT = 2  # 2: URLs are stored redacted, matched by the key of the full URL
 log = logging.getLogger("blobdl")
 
 
@@ -45,6 +46,9 @@ class State(NamedTuple):
     # The pinned sha256 (hex) if there was one: a partial of those bytes resumes from any URL
     # (a registry hands out a new presigned URL each time it is asked; the bytes are checked).
     digest: str | None = None
+    # sha256 of the full URL the record is for. The URLs above are stored redacted (a
+    # token or a presigned signature in a query string is a credential); this matches them.
+    url_key: str | None = None
 
     def describes(self, remote: Remote) -> bool:
         """Same blob: the identity the remote has now."""
@@ -179,7 +183,7 @@ def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State |
     except (OSError, LocalFileError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable resume state %s (%s)", path, exc)
         return None
-    if state.url != url and (digest is None or state.digest != digest):
+    if state.url_key != url_key(url) and (digest is None or state.digest != digest):
         log.warning("ignoring resume state %s: it is for %s", path, state.url)
         return None
     try:
@@ -205,10 +209,18 @@ def remove(path: Path) -> None:
         candidate.unlink(missing_ok=True)
 
 
+def url_key(url: str) -> str:
+    """What a record keeps to recognise ``url`` without storing it."""
+    return hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def _body(state: State) -> dict[str, Any]:
     return {
         "format": FORMAT,
         **state._asdict(),
+        "url": redact_url(state.url),
+        "final_url": redact_url(state.final_url),
+        "url_key": state.url_key or url_key(state.url),
         "parts": [list(p) for p in state.parts],
     }
 
@@ -234,6 +246,7 @@ def _parse(text: str) -> State:
         last_modified=body["last_modified"],
         parts=parts,
         digest=body.get("digest"),
+        url_key=str(body["url_key"]),
     )
     if state.digest is not None and not isinstance(state.digest, str):
         raise ValueError("the digest is not a string")

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
+from ._redact import redact_url
 from .errors import UsageError
 
 MB = 1000 * 1000  # Ollama sizes parts in decimal megabytes
@@ -220,14 +221,6 @@ def check_header(name: object, value: object) -> None:
     except UnicodeEncodeError:
         ok = False
     _require(ok, f"bad value for header {name}: no CR, LF or NUL, latin-1 characters only")
-
-
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)[^/]*@")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:pass@`` masked, for messages (errors, events, logs)."""
-    return _USERINFO.sub(r"\1***@", url)
 
 
 def check_proxy_url(url: str) -> None:

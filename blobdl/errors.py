@@ -10,6 +10,8 @@ whether another attempt at the same byte range might succeed.
 
 from __future__ import annotations
 
+from ._redact import redact_url
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -53,7 +55,7 @@ class ConnectionFailed(NetworkError):
         self.url, self.detail = url, detail
 
     def __str__(self) -> str:
-        return f"{self.detail} ({self.url})"
+        return f"{self.detail} ({redact_url(self.url)})"
 
 
 class TLSError(ConnectionFailed):
@@ -70,7 +72,7 @@ class TruncatedBody(NetworkError):
         self.url, self.got, self.expected = url, got, expected
 
     def __str__(self) -> str:
-        return f"body ended after {self.got} of {self.expected} bytes from {self.url}"
+        return f"body ended after {self.got} of {self.expected} bytes from {redact_url(self.url)}"
 
 
 class Stalled(NetworkError):
@@ -107,7 +109,7 @@ class HTTPStatusError(NetworkError):
         self.retryable = status in _RETRYABLE_STATUS or 500 <= status < 600
 
     def __str__(self) -> str:
-        return f"HTTP {self.status} from {self.url}"
+        return f"HTTP {self.status} from {redact_url(self.url)}"
 
 
 class TooManyRedirects(NetworkError):
@@ -120,7 +122,7 @@ class TooManyRedirects(NetworkError):
         self.url, self.limit = url, limit
 
     def __str__(self) -> str:
-        return f"more than {self.limit} redirects starting at {self.url}"
+        return f"more than {self.limit} redirects starting at {redact_url(self.url)}"
 
 
 class RetriesExhausted(NetworkError):
@@ -161,7 +163,7 @@ class RemoteChanged(IntegrityError):
         self.url, self.detail = url, detail
 
     def __str__(self) -> str:
-        return f"remote changed: {self.detail} ({self.url})"
+        return f"remote changed: {self.detail} ({redact_url(self.url)})"
 
 
 class BadResponse(IntegrityError):
@@ -177,7 +179,7 @@ class BadResponse(IntegrityError):
         self.url, self.detail = url, detail
 
     def __str__(self) -> str:
-        return f"bad response: {self.detail} ({self.url})"
+        return f"bad response: {self.detail} ({redact_url(self.url)})"
 
 
 class DigestMismatch(IntegrityError):

@@ -249,3 +249,48 @@ def test_credentials_in_a_location_are_never_kept(
     result = Downloader(fast_settings()).download(server.url("start.bin"), tmp_path / "o.bin")
     assert PASSWORD not in repr(result)
     assert "basic" not in _seen(other)
+
+
+# --- credentials in query strings (presigned URLs, tokens) -------------------------------
+
+SIGNED = "X-Amz-Credential=CREDSECRET&X-Amz-Signature=SIGSECRET&part=7"
+
+
+def test_a_presigned_url_shows_no_signature_in_errors_events_or_state(
+    server: ServerHandle, other: ServerHandle, other_blob: Blob, tmp_path: Path
+) -> None:
+    """Storage a server redirects to is often a presigned URL: its signature is a
+    credential. It is used, never printed or stored."""
+    _redirect(server, "/files/start.bin", f"{other_blob.url}?{SIGNED}")
+    # A clean close after some bytes on every part: the bytes land, the retries run out.
+    other.set_faults({"path": "/files/other.bin", "action": "close_after", "bytes": 1000,
+                      "skip": 1, "times": None})  # fmt: skip
+    dest = tmp_path / "out.bin"
+    done = run_cli(server.url("start.bin"), "-o", str(dest), "--json", "--retries", "0",
+                   "--min-part-size", str(PART), "--max-part-size", str(PART))  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "X-Amz-Signature" in done.stderr  # the URL is shown ...
+    for secret in ("SIGSECRET", "CREDSECRET"):  # ... but not its credentials
+        assert secret not in done.stdout + done.stderr
+        for kept in tmp_path.iterdir():  # the state file above all
+            if kept.name != "out.bin.blobdl-tmp":
+                assert secret.encode() not in kept.read_bytes(), kept.name
+    assert (tmp_path / "out.bin.blobdl-state").exists()
+
+
+def test_a_token_in_the_users_url_is_never_shown(server: ServerHandle, tmp_path: Path) -> None:
+    url = server.route("/status/404") + "?access_token=TOKSECRET&name=a.bin"
+    with pytest.raises(BlobdlError) as info:
+        Downloader(fast_settings()).download(url, tmp_path / "out.bin")
+    assert "TOKSECRET" not in str(info.value) and "name=a.bin" in str(info.value)
+    done = run_cli(url, "-o", str(tmp_path / "o.bin"), "--json")
+    assert done.returncode == 3
+    assert "TOKSECRET" not in done.stdout + done.stderr
+
+
+def test_redaction_masks_credential_parameters_only() -> None:
+    from blobdl.config import redact_url
+
+    shown = redact_url("https://u:p@h/x?X-Amz-Signature=a&sig=b&token=c&part=1&name=k#f")
+    assert shown == "https://***@h/x?X-Amz-Signature=***&sig=***&token=***&part=1&name=k#f"
+    assert redact_url("https://h/x?a") == "https://h/x?a"

@@ -1,0 +1,36 @@
+"""What a URL may show of itself in messages, events and records: never a credential.
+
+A URL can carry secrets in two places: ``user:pass@`` and the query string of a presigned
+or tokenised URL (``X-Amz-Signature``, ``sig``, ``token``...). Such URLs are used as they
+are; whatever is shown to a person or written to disk goes through ``redact_url``.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)[^/?#]*@")
+# Query parameters whose value is a credential: AWS/GCS/Azure/CloudFront signatures and
+# credentials, OAuth and API tokens, keys, passwords, session ids.
+_SECRET_NAME = re.compile(
+    r"sig|signature|credential|token|secret|passw|pwd|auth|key|policy|session", re.IGNORECASE
+)
+MASK = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with ``user:pass@`` and the values of credential query parameters masked."""
+    url = _USERINFO.sub(rf"\1{MASK}@", url)
+    base, question, rest = url.partition("?")
+    if not question:
+        return url
+    query, hashmark, fragment = rest.partition("#")
+    return f"{base}?{'&'.join(_shown(pair) for pair in query.split('&'))}{hashmark}{fragment}"
+
+
+def _shown(pair: str) -> str:
+    name, equals, value = pair.partition("=")
+    if equals and value and _SECRET_NAME.search(unquote(name)):
+        return f"{name}={MASK}"
+    return pair
