@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run curl/aria2c/axel/hf_transfer where installed (default: on in the presets)",
     )
     p.add_argument("--url", help="benchmark this real URL instead of the local servers")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help=f"results directory (default {RESULTS.name}/, quick {RESULTS.name}/quick/: a quick "
+        "run never overwrites the full preset's results)",
+    )
     p.add_argument(
         "--workdir", type=Path, help="base directory of the downloads (overrides --dest)"
     )
@@ -163,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_plan(plan)
     rows = report.summarise(outcome.runs)
     found = goals.goals(rows, outcome, plan)
+    if args.out is None:
+        args.out = RESULTS / "quick" if args.quick else RESULTS
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_csv(rows, args.out / "results.csv")
     info = meta() | {"seconds": round(time.monotonic() - started, 1)}

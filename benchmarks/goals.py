@@ -153,6 +153,8 @@ def _own_clock(row: Row | None, outcome: Outcome) -> Goal:
         return Goal(name, "https-capped not run", "≥ 97 %", NOT)
     own = row.size_bytes / row.tool_elapsed_s / (row.ideal_mib_s * MiB)
     measured = f"{own:.1%} ({row.tool_elapsed_s:.2f} s; wall incl. start-up {row.efficiency:.1%})"
+    if outcome.nginx_pacing is not None:
+        measured += f"; nginx alone paces {outcome.nginx_pacing.ratio:.1%} to curl readers"
     if not outcome.dest.startswith("disk"):
         return Goal(name, f"{measured}; destination was tmpfs, goal is on disk", "≥ 97 %", NOT)
     return Goal(name, measured, "≥ 97 %", "met" if own >= 0.97 else "NOT met")

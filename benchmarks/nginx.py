@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psutil
 
+from .pacing import PacingCheck
+
 READY_TIMEOUT = 10.0
 #: After a tool exits, nginx may still be finishing a response the tool hung up on; the
 #: run's log lines are read once nginx has no connection open but the status probe's.
@@ -54,6 +56,10 @@ http {{
     default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
+    # Over TLS nginx cannot sendfile: it reads the file through these buffers. The default
+    # (2 × 32 KiB) paces 16 × 20 MiB/s of HTTPS at ~55 % of limit_rate on a 2-core machine,
+    # which would measure nginx, not the clients; 2 × 1 MiB reaches the cap (pace() checks).
+    output_buffers 2 1m;
     keepalive_requests 100000;
     keepalive_timeout 60s;
     log_format run "{log_format}";
@@ -122,6 +128,33 @@ class Nginx:
         with opener.open(url, timeout=5) as resp:
             first = resp.read().decode().splitlines()[0]  # "Active connections: N"
         return int(first.rpartition(":")[2])
+
+
+def pace(
+    ngx: Nginx, name: str, size: int, connections: int, bps: float, *, https: bool
+) -> PacingCheck | None:
+    """Can nginx alone serve ``connections`` × ``bps`` here? ``connections`` curl processes read
+    one part each to /dev/null (no disk, no blobdl); returns a PacingCheck, or None without
+    curl. nginx's one-second allowance per request is included, as it is for every tool."""
+    if shutil.which("curl") is None:
+        return None
+    part = size // connections
+    url = ngx.url(name, https=https, bps=bps, run="pacing-check")
+    cpu0, started = ngx.cpu_s(), time.monotonic()
+    curl = ["curl", "-sS", "-k", "--noproxy", "*", "-o", "/dev/null", "-w", "%{time_total}"]
+    procs = [
+        subprocess.Popen(
+            [*curl, "-r", f"{i * part}-{(i + 1) * part - 1}", url],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(connections)
+    ]
+    times = [float(p.communicate()[0] or 0) for p in procs]
+    seconds = time.monotonic() - started
+    slowest = part / max(times) if min(times) > 0 else 0.0
+    achieved = part * connections / seconds
+    return PacingCheck(connections, bps, seconds, achieved, slowest, ngx.cpu_s() - cpu0)
 
 
 def available() -> bool:

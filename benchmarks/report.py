@@ -195,6 +195,7 @@ def write_json(
         "skipped": outcome.skipped,
         "baselines_installed": outcome.baselines,
         "pacing_check": outcome.pacing.as_dict() if outcome.pacing else None,
+        "nginx_pacing_check": outcome.nginx_pacing.as_dict() if outcome.nginx_pacing else None,
         "goals": [asdict(g) for g in found],
         "configs": [asdict(r) for r in rows],
         "runs": [asdict(r) for r in outcome.runs],
@@ -217,11 +218,12 @@ def load_json(path: Path) -> tuple[Plan, Outcome]:
             "connections": _as_list(raw.get("connections", 16)),
         }
     )
-    pacing = doc.get("pacing_check")
+    pacing, ngx = doc.get("pacing_check"), doc.get("nginx_pacing_check")
     run_fields = {f.name for f in fields(Run)}
     outcome = Outcome(
         runs=[Run(**{k: v for k, v in r.items() if k in run_fields}) for r in doc["runs"]],
         pacing=PacingCheck(**{k: v for k, v in pacing.items() if k != "ratio"}) if pacing else None,
+        nginx_pacing=PacingCheck(**{k: v for k, v in ngx.items() if k != "ratio"}) if ngx else None,
         workdir=raw.get("workdir", ""),
         baselines=doc.get("baselines_installed", {}),
         dest=doc.get("destination", ""),

@@ -88,7 +88,8 @@ class Run:
 @dataclass
 class Outcome:
     runs: list[Run] = field(default_factory=list)
-    pacing: PacingCheck | None = None
+    pacing: PacingCheck | None = None  # the fault server's, at its first capped scenario
+    nginx_pacing: PacingCheck | None = None  # nginx's, at its first capped scenario
     workdir: str = ""
     baselines: dict[str, bool] = field(default_factory=dict)  # name -> installed
     dest: str = ""  # what the destination really was, e.g. "disk (ext4 at /var/tmp/...)"
@@ -130,6 +131,8 @@ def run_plan(plan: Plan) -> Outcome:
                     if ngx is None:
                         outcome.skipped[scenario.name] = "nginx not installed"
                         continue
+                    if scenario.conn_bps and outcome.nginx_pacing is None:
+                        outcome.nginx_pacing = _nginx_pacing(plan, scenario, ngx, size)
                     _sweep(plan, scenario, tools, where, outcome, ngx, size, digests[size])
                     continue
                 with start_server(where.served, link_bps=scenario.link_bps) as srv:
@@ -165,6 +168,23 @@ def _pacing(plan: Plan, scenario: Scenario, srv: ServerHandle, size: int) -> Pac
         f"server pacing check: {check.connections} × {check.bps_each / 2**20:.0f} MiB/s -> "
         f"{check.achieved_bps / 2**20:.1f} MiB/s ({check.ratio:.1%} of ideal, slowest "
         f"connection {check.slowest_bps / 2**20:.1f} MiB/s, server CPU {check.server_cpu_s:.2f} s)"
+    )
+    return check
+
+
+def _nginx_pacing(
+    plan: Plan, scenario: Scenario, ngx: nginx.Nginx, size: int
+) -> PacingCheck | None:
+    assert scenario.conn_bps is not None
+    check = nginx.pace(ngx, _blob(size), size, plan.focus, scenario.conn_bps, https=scenario.https)
+    if check is None:
+        _say("nginx pacing check: skipped (curl not installed)")
+        return None
+    _say(
+        f"nginx pacing check ({scenario.proto}, {check.connections} curl readers to /dev/null): "
+        f"{check.connections} × {check.bps_each / 2**20:.0f} MiB/s -> "
+        f"{check.achieved_bps / 2**20:.1f} MiB/s ({check.ratio:.1%} of ideal, "
+        f"nginx CPU {check.server_cpu_s:.2f} s)"
     )
     return check
 
