@@ -537,6 +537,21 @@ def body_reader(response: Response) -> Reader:
     return read_decoded
 
 
+def finish(response: Response, complete: bool) -> None:
+    """Done with a ranged response: when its whole body was read, hand its connection back
+    to the pool for the lane's next request; otherwise close it (unread bytes would be
+    read as the next response)."""
+    inner = getattr(response, "_fp", None)
+    if not complete or not isinstance(inner, http.client.HTTPResponse) or inner.chunked:
+        response.close()
+        return
+    # body_reader read the body past http.client's back: tell it the body is over, which
+    # frees the connection for another request (http.client refuses one before that).
+    inner.length = 0
+    inner.read()
+    response.release_conn()
+
+
 def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remote:
     """Probe ``url`` with the same retry policy as a part (the pool dies with the call:
     no socket of ours may leak into forked workers). ``need_ranges``: a 200 to the probe's

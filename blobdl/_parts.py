@@ -45,6 +45,9 @@ class Part:
     launched: float = 0.0  # when the running attempt started
     rate: float = 0.0  # bytes/s of the running attempt, smoothed over samples
     sampled_at: float = 0.0  # when ``rate`` was last updated
+    moved: float = 0.0  # bytes/s over the last sample alone
+    lagging: int = 0  # samples in a row the lane was far below its peers' median
+    restarted_at: int = -1  # position when the part was last restarted for lagging
 
 
 class Parts:
@@ -116,6 +119,7 @@ class Parts:
                 p.rate,
                 now - p.launched,
                 not p.took_over,
+                table.asked(p.slot),
             )
             for p in self
             if p.state == RUNNING
@@ -123,10 +127,18 @@ class Parts:
 
     def split(self, steal: Steal) -> Part:
         """Carry out ``steal``: a new part takes ``[at, victim's end)``; the victim stops there."""
-        victim = self._parts[steal.victim]
-        thief = self._add(steal.at, steal.at, self.table.end(victim.slot))
+        victim, table = self._parts[steal.victim], self.table
+        end, at = table.end(victim.slot), steal.at
+        table.set_end(victim.slot, at)
+        if not steal.cut:
+            # The victim may have asked for more just before it could see its new end: then
+            # the split moves up to what it asked for, so none of that is thrown away.
+            asked = table.asked(victim.slot)
+            if asked > at:
+                at = min(asked, end)
+                table.set_end(victim.slot, at)
+        thief = self._add(at, at, end)
         thief.stolen, thief.took_over = True, steal.takeover
-        self.table.set_end(victim.slot, steal.at)
         return thief
 
     def share(self, limit_rate: int | None) -> None:

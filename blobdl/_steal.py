@@ -5,6 +5,12 @@ part is waiting, it either takes over a lane that is clearly slow (or stalled) f
 lane's current offset — the lane is ended, so the bytes are fetched once — or it splits the
 largest remaining range in two and takes the second half. Either way the victim's end moves
 in to where the thief starts, so the parts still tile the blob and no byte is counted twice.
+
+A lane's current request is never cut into (each byte crosses the wire once): a split
+starts at or past the end of what the victim asked for, and a slow lane that will soon have
+what it asked for keeps it. Only a lane too slow to finish its request soon is cut at its
+position, discarding what was in flight. ``lagging`` is the other verdict on slow lanes:
+one far below its peers is restarted even when no worker is idle.
 """
 
 from __future__ import annotations
@@ -14,6 +20,13 @@ from typing import NamedTuple
 
 # A lane this many times slower than the best one is worth replacing with a new connection.
 SLOW_FACTOR = 4.0
+# A slow lane keeps what it has asked for when it would have it within this many seconds
+# (no byte it was sent is thrown away); beyond that it is cut at its position.
+FINISH_SECONDS = 1.0
+# A lane under this share of its peers' median rate, for LAG_SAMPLES samples in a row, is
+# restarted without waiting for an idle worker (Ollama restarts a stream below 10 %).
+LAG_SHARE = 0.1
+LAG_SAMPLES = 3
 
 
 class Lane(NamedTuple):
@@ -23,12 +36,14 @@ class Lane(NamedTuple):
     rate: float  # bytes/s, smoothed over recent samples
     age: float  # seconds since its current attempt started
     replaceable: bool = True  # False for a lane that already replaced a slow one
+    asked: int = 0  # one past the last byte its current request asked for (<= pos: none)
 
 
 class Steal(NamedTuple):
     victim: int  # slot that gives up the tail of its range
     at: int  # the thief takes [at, victim's end); the victim's end moves to ``at``
-    takeover: bool  # True: ``at`` is the victim's position and the victim is ended
+    takeover: bool  # True: the victim is slow and the thief replaces it
+    cut: bool = False  # True: ``at`` is the victim's position and the victim is ended now
 
 
 def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float) -> Steal | None:
@@ -37,19 +52,50 @@ def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float
     ``best_rate`` is the rate of the best lane lately; ``grace`` is how long a new attempt
     may take to show its speed before it can be judged slow.
     """
-    open_lanes = [lane for lane in lanes if lane.end > lane.pos]
+    open_lanes = [lane for lane in lanes if lane.end > _committed(lane)]
     slow = [
         lane
-        for lane in open_lanes
-        if lane.replaceable and lane.age >= grace and lane.rate * SLOW_FACTOR < best_rate
+        for lane in lanes
+        if lane.end > lane.pos
+        and lane.replaceable
+        and lane.age >= grace
+        and lane.rate * SLOW_FACTOR < best_rate
     ]
     if slow:
         lane = min(slow, key=lambda lane: (lane.rate, -(lane.end - lane.pos)))
-        return Steal(lane.slot, lane.pos, takeover=True)
+        steal = _takeover(lane)
+        if steal is not None:
+            return steal
     if not open_lanes:
         return None
-    lane = max(open_lanes, key=lambda lane: lane.end - lane.pos)
-    remaining = lane.end - lane.pos
+    lane = max(open_lanes, key=lambda lane: lane.end - _committed(lane))
+    remaining = lane.end - _committed(lane)
     if remaining < 2 * min_split:
         return None
-    return Steal(lane.slot, lane.pos + remaining // 2, takeover=False)
+    return Steal(lane.slot, _committed(lane) + remaining // 2, takeover=False)
+
+
+def _committed(lane: Lane) -> int:
+    """Where the lane's current request ends: the bytes up to there are on their way."""
+    return min(lane.end, max(lane.pos, lane.asked))
+
+
+def _takeover(lane: Lane) -> Steal | None:
+    """Let a slow lane finish the request it is in when that takes little time, else cut it."""
+    committed = _committed(lane)
+    if committed > lane.pos and (committed - lane.pos) <= lane.rate * FINISH_SECONDS:
+        if committed >= lane.end:
+            return None  # all it has left is on its way, soon
+        return Steal(lane.slot, committed, takeover=True)
+    return Steal(lane.slot, lane.pos, takeover=True, cut=True)
+
+
+def lagging(rate: float, peers: Sequence[float]) -> bool:
+    """Whether a lane moving at ``rate`` (bytes/s over the last sample) is far below the
+    median of its ``peers`` (the running lanes past their grace, itself included)."""
+    if len(peers) < 2:
+        return False
+    ordered = sorted(peers)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return rate < LAG_SHARE * median

@@ -68,6 +68,12 @@ ACTIONS: dict[str, frozenset[str]] = {
     # A 3xx (default 302) to `location`; `endless`: a body that never ends (for `hold` s),
     # read to EOF, or announced with a Content-Length of `length` bytes.
     "redirect": frozenset({"location", "status", "endless", "hold", "length"}),
+    # A lane that goes silent at a byte offset, however the client cuts its requests: the
+    # first request whose range holds ``offset`` sends up to it (at ``bps``), then holds.
+    "stall_at": frozenset({"offset", "hold", "bps"}),
+    # A slow path: the matched request's connection sends at ``bps`` for every later
+    # request on it too (a client that asks in chunks over keep-alive stays slow).
+    "slow_conn": frozenset({"bps"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -83,6 +89,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "wrong_length": ("by",),
     "encoding": ("value",),
     "redirect": ("location",),
+    "stall_at": ("offset",),
+    "slow_conn": ("bps",),
 }
 _RULE_KEYS = frozenset({"path", "skip", "times", "action", "method"})
 _CUT_ACTIONS = frozenset({"reset_after", "close_after", "stall_after"})
@@ -233,15 +241,21 @@ class State:
             self.per_path[path] = self.per_path.get(path, 0) + 1
             self.ranges.append(_header(headers, "Range"))
             self.headers.append(headers)
-            return self._pick(path, method)
+            return self._pick(path, method, _header(headers, "Range"))
 
-    def _pick(self, path: str, method: str) -> Fault | None:
+    def _pick(self, path: str, method: str, asked: str | None) -> Fault | None:
         for rule in self.rules:
             if rule.exhausted() or not rule.matches(path, method):
                 continue
+            if rule.action == "stall_at" and _offset_in(asked, rule.params["offset"]) is None:
+                continue  # not the request that reaches the offset
             rule.seen += 1
             # Skipped matches are served normally and do not fall through to later rules.
-            return Fault(rule.action, rule.params) if rule.seen > rule.skip else None
+            if rule.seen <= rule.skip:
+                return None
+            if rule.action == "stall_at":
+                return _stall_at(rule.params, cast(int, _offset_in(asked, rule.params["offset"])))
+            return Fault(rule.action, rule.params)
         return None
 
     def add_bytes(self, n: int) -> None:
@@ -280,6 +294,21 @@ class State:
                 "headers": list(self.headers),
                 "rule_hits": [r.seen for r in self.rules],
             }
+
+
+def _offset_in(asked: str | None, offset: int) -> int | None:
+    """How far into a ``Range: bytes=a-b`` request ``offset`` lies (None: not inside)."""
+    span = parse_range(asked, 2**62)
+    if not isinstance(span, tuple) or not span[0] <= offset <= span[1]:
+        return None
+    return offset - span[0]
+
+
+def _stall_at(params: dict[str, Any], into: int) -> Fault:
+    shape: dict[str, Any] = {"stall_after": into, "hold": params.get("hold", 60)}
+    if "bps" in params:
+        shape["bps"] = params["bps"]
+    return Fault("shape", shape)
 
 
 def _peer_closed(sock: socket.socket) -> bool:
@@ -505,6 +534,7 @@ class FaultServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "blobdl-testserver/1"
+    slow_conn: Fault | None = None  # set by a slow_conn rule: this connection stays slow
 
     @property
     def srv(self) -> FaultServer:
@@ -558,6 +588,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         req = dict(self.headers.items())
         fault = self.srv.state.record(self.command, parts.path, req)
+        if fault is not None and fault.action == "slow_conn":
+            self.slow_conn = fault = Fault("rate", {"bps": fault.num("bps")})
+        elif fault is None:
+            fault = self.slow_conn
         if fault is not None and not self._pre_fault(fault, head):
             return
         reply = self._route(parts.path, parts.query, req, fault)
