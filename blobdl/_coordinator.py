@@ -271,7 +271,7 @@ class Coordinator:
         connection from where it is, without waiting for a worker to go idle. It is no
         failure: the retry budget is untouched (the stall timeout still decides what
         fails), and a part is restarted again only after it made progress."""
-        grace = max(LAG_GRACE, 2 * self.settings.progress_interval)
+        grace = max(LAG_GRACE, 2 * min(self.settings.progress_interval, WATCH_INTERVAL))
         peers = [p for p in self.parts if p.state == RUNNING and now - p.launched >= grace]
         rates = [p.moved for p in peers]
         for part in peers:

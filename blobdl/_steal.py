@@ -26,7 +26,7 @@ FINISH_SECONDS = 1.0
 # A lane under this share of its peers' median rate, for LAG_SAMPLES samples in a row, is
 # restarted without waiting for an idle worker (Ollama restarts a stream below 10 %).
 LAG_SHARE = 0.1
-LAG_SAMPLES = 3
+LAG_SAMPLES = 2
 
 
 class Lane(NamedTuple):
