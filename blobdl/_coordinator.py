@@ -30,7 +30,7 @@ from ._remote import Remote, require_same
 from ._resume import CheckpointCallback, PartRecord
 from ._retry import Failure, Retry, decide
 from ._signals import Interrupts
-from ._steal import LAG_SAMPLES, choose, lagging
+from ._steal import choose, lagging
 from ._worker import Attempt, Worker
 from .config import MAX_BYTES, Settings
 from .errors import RetriesExhausted, Stalled, WorkerCrashed
@@ -183,7 +183,8 @@ class Coordinator:
         part.generation = self.generation
         part.last_change = part.launched = part.sampled_at = now
         part.rate = part.moved = 0.0
-        part.lagging = 0
+        part.history.clear()
+        part.history.append((now, part.attempt_pos))
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -252,6 +253,7 @@ class Coordinator:
                 continue
             pos = self.table.pos(part.slot)
             self._rate(part, pos, now)
+            self.parts.sample(part, now, pos)
             if pos != part.last_pos:
                 part.last_pos, part.last_change = pos, now
             elif now - part.last_change >= self.settings.stall_timeout:
@@ -267,7 +269,7 @@ class Coordinator:
             self._tell_progress(now)
 
     def _restart_lagging(self, now: float) -> None:
-        """Restart a lane far below its peers for a few samples in a row, on a new
+        """Restart a lane far below its peers' median (over the last LAG_WINDOW), on a new
         connection from where it is, without waiting for a worker to go idle. It is no
         failure: the retry budget is untouched (the stall timeout still decides what
         fails), and a part is restarted again only after it made progress."""
@@ -275,8 +277,7 @@ class Coordinator:
         peers = [p for p in self.parts if p.state == RUNNING and now - p.launched >= grace]
         rates = [p.moved for p in peers]
         for part in peers:
-            part.lagging = part.lagging + 1 if lagging(part.moved, rates) else 0
-            if part.lagging < LAG_SAMPLES or not self.ranged:
+            if not self.ranged or not lagging(part.moved, rates):
                 continue
             pos = self.table.pos(part.slot)
             if pos <= part.restarted_at:
@@ -293,7 +294,6 @@ class Coordinator:
             return
         first = part.sampled_at == part.launched
         part.rate = smoothed(part.rate, pos - part.last_pos, now - part.sampled_at, first)
-        part.moved = (pos - part.last_pos) / (now - part.sampled_at)
         part.sampled_at = now
         self.best_rate = max(self.best_rate, part.rate)
 

@@ -9,14 +9,15 @@ split a steal makes. When to launch, retry or steal is the coordinator's to deci
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._counters import CounterTable
 from ._events import PartProgress
 from ._resume import PartRecord
 from ._retry import Retry
-from ._steal import Lane, Steal
+from ._steal import LAG_WINDOW, Lane, Steal
 from ._worker import Worker
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
@@ -45,8 +46,8 @@ class Part:
     launched: float = 0.0  # when the running attempt started
     rate: float = 0.0  # bytes/s of the running attempt, smoothed over samples
     sampled_at: float = 0.0  # when ``rate`` was last updated
-    moved: float = 0.0  # bytes/s over the last sample alone
-    lagging: int = 0  # samples in a row the lane was far below its peers' median
+    moved: float = 0.0  # bytes/s over the last LAG_WINDOW seconds
+    history: deque[tuple[float, int]] = field(default_factory=deque)  # (time, pos) samples
     restarted_at: int = -1  # position when the part was last restarted for lagging
 
 
@@ -140,6 +141,16 @@ class Parts:
         thief = self._add(at, at, end)
         thief.stolen, thief.took_over = True, steal.takeover
         return thief
+
+    def sample(self, part: Part, now: float, pos: int) -> None:
+        """Remember where the lane is now; ``moved`` becomes its rate over the last
+        ``LAG_WINDOW`` seconds (or since the attempt started, when that is shorter)."""
+        history = part.history
+        history.append((now, pos))
+        while len(history) > 2 and now - history[1][0] >= LAG_WINDOW:
+            history.popleft()
+        then, before = history[0]
+        part.moved = (pos - before) / (now - then) if now > then else 0.0
 
     def share(self, limit_rate: int | None) -> None:
         """Split ``limit_rate`` evenly among the running workers (they pace themselves)."""

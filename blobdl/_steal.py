@@ -23,10 +23,11 @@ SLOW_FACTOR = 4.0
 # A slow lane keeps what it has asked for when it would have it within this many seconds
 # (no byte it was sent is thrown away); beyond that it is cut at its position.
 FINISH_SECONDS = 1.0
-# A lane under this share of its peers' median rate, for LAG_SAMPLES samples in a row, is
-# restarted without waiting for an idle worker (Ollama restarts a stream below 10 %).
+# A lane under this share of its peers' median rate, both over the last LAG_WINDOW seconds,
+# is restarted without waiting for an idle worker (Ollama restarts a stream below 10 %).
+# The window, not a single sample, keeps a bursty server's pauses from looking like lag.
 LAG_SHARE = 0.1
-LAG_SAMPLES = 2
+LAG_WINDOW = 0.2
 
 
 class Lane(NamedTuple):
@@ -91,7 +92,7 @@ def _takeover(lane: Lane) -> Steal | None:
 
 
 def lagging(rate: float, peers: Sequence[float]) -> bool:
-    """Whether a lane moving at ``rate`` (bytes/s over the last sample) is far below the
+    """Whether a lane moving at ``rate`` (bytes/s over the last LAG_WINDOW) is far below the
     median of its ``peers`` (the running lanes past their grace, itself included)."""
     if len(peers) < 2:
         return False

@@ -156,3 +156,26 @@ def test_a_lane_that_replaced_a_slow_one_is_not_replaced_in_turn() -> None:
     slow_again = Lane(0, 0, 100, 1.0, 5.0, replaceable=False)
     assert choose([slow_again], best_rate=1e6, min_split=60, grace=1.0) is None
     assert choose([slow_again], best_rate=1e6, min_split=10, grace=1.0) == (0, 50, False, False)
+
+
+def test_a_silent_lane_is_restarted_without_waiting_for_an_idle_worker(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """No worker is ever idle here (stealing is off), and the stall timeout is a minute:
+    only the lag verdict (far below its peers' median) can rescue the silent lane in time.
+    The restart is no failure: the retry budget is untouched."""
+    part = 4 * BIG_PART  # 1 MiB, 2 s at the lanes' rate: the peers are busy throughout
+    blob = make(4 * part, seed=64)
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "times": 1, "action": "stall_at",
+         "offset": part + part // 8, "hold": 120},
+        {"path": f"/files/{blob.name}", "times": None, "action": "rate", "bps": 500_000},
+    )  # fmt: skip
+    settings = tail_settings(
+        min_part_size=part, max_part_size=part, connections=4, steal=False, stall_timeout=60
+    )
+    result = Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.retries == 0 and result.steals == 1
+    # The second part was asked for again from where it went silent.
+    assert (part + part // 8, 2 * part) in part_ranges(server)
