@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from . import _retry
 from ._events import EventCallback, PartRetried, PartStalled, Progress
-from ._http import resolve
+from ._http import prepare_tls, resolve
 from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
 from ._progress import BEST_DECAY, RateWindow, smoothed
 from ._remote import Remote, require_same
@@ -66,6 +66,7 @@ class Coordinator:
         self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
         self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
+        prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
         self.last_checkpoint = 0.0
