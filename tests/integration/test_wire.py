@@ -121,3 +121,17 @@ def test_bytes_received_count_what_a_cut_connection_delivered(
     # Everything the server sent arrived (a clean close, no reset): all of it is told.
     assert result.bytes_received == sent(server) - 1  # all but the probe's byte
     assert result.bytes_received >= result.bytes_fetched >= blob.size
+
+
+def test_a_lane_asks_in_chunks_over_one_connection(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(LANE, seed=78)
+    result = Downloader(wire_settings(connections=1)).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    stats = server.stats()
+    data_requests = stats["requests"] - 1  # the probe's
+    assert data_requests >= 3  # chunks: split points for a steal
+    # The probe's connection, the worker's one, and the one asking for these stats.
+    assert stats["connections"] == 3
+    assert result.bytes_received == blob.size
