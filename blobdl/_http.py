@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import socket
 import ssl
 import time
 import urllib.request
@@ -573,6 +574,29 @@ def finish(response: Response, complete: bool) -> None:
     inner.length = 0
     inner.read()
     response.release_conn()
+
+
+class RawBody(NamedTuple):
+    """A plain-TCP body that can be spliced: its socket, once ``buffered`` bytes (already
+    read past the headers into http.client's buffer) are taken the ordinary way."""
+
+    sock: socket.socket
+    buffered: int
+
+
+def raw_body(response: Response) -> RawBody | None:
+    """The socket under a length-delimited body on plain TCP (None over TLS, chunked...).
+
+    http.client's reader may already hold the first body bytes: ``peek`` tells how many
+    (reading once from the socket if it holds none), so no byte is skipped or read twice."""
+    inner = getattr(response, "_fp", None)
+    sock_file = getattr(inner, "fp", None)
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if not isinstance(inner, http.client.HTTPResponse) or inner.chunked or sock_file is None:
+        return None
+    if type(sock) is not socket.socket:  # an ssl.SSLSocket (a subclass) must be decrypted
+        return None
+    return RawBody(sock, len(sock_file.peek()))
 
 
 def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remote:

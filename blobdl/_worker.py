@@ -26,8 +26,9 @@ from urllib3 import PoolManager
 
 from ._chunk import next_chunk
 from ._counters import CounterTable
-from ._fileio import local_error, pwrite_all
+from ._fileio import Splicer, local_error, pwrite_all
 from ._http import (
+    RawBody,
     Reader,
     body_reader,
     content_length,
@@ -35,6 +36,7 @@ from ._http import (
     make_pool,
     open_range,
     open_whole,
+    raw_body,
     translate_errors,
 )
 from ._plan import Span
@@ -126,7 +128,8 @@ def _fetch_chunks(lane: _Lane, pool: PoolManager, remote: Remote, first: int) ->
         began = time.monotonic()
         response = open_range(pool, remote, span)
         try:
-            pos = lane.stream(body_reader(response), pos, span.end)
+            raw = raw_body(response) if lane.splicer.enabled else None
+            pos = lane.stream(body_reader(response), pos, span.end, raw)
         finally:
             finish(response, complete=pos == span.end)
         if pos < min(span.end, table.end(slot)):
@@ -169,17 +172,20 @@ class _Lane:
 
     def __init__(self, attempt: Attempt, table: CounterTable, buffer_size: int) -> None:
         self.attempt, self.table = attempt, table
+        self.path = Path(attempt.path)
         self.buffer = memoryview(bytearray(buffer_size))
         self.pacer = _Pacer()
         self.parent = os.getppid()
+        self.splicer = Splicer()
 
-    def stream(self, read: Reader, pos: int, stop: int) -> int:
-        """Socket -> one reused buffer -> pwrite, from ``pos``; returns the position reached.
+    def stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None = None) -> int:
+        """Socket -> the file from ``pos``; returns the position reached. Through one reused
+        buffer and pwrite, or, for a ``raw`` body once its buffered bytes are taken, spliced.
 
         Stops at ``stop`` (the response's own end; -1: none) or at the slot's end (which may
         move in at any time; -1: until EOF), whichever comes first, or at EOF."""
-        slot, table, buffer, fd = self.attempt.slot, self.table, self.buffer, self.attempt.fd
-        size = len(buffer)
+        slot, table, size = self.attempt.slot, self.table, len(self.buffer)
+        buffered = raw.buffered if raw is not None else 0
         while True:
             end = table.end(slot)
             if end < 0 or 0 <= stop < end:
@@ -188,19 +194,29 @@ class _Lane:
             want = self.pacer.limit(want, table.cap(slot))
             if want <= 0:
                 return pos
-            count = read(buffer if want == size else buffer[:want])  # may be 1 byte
+            if raw is not None and buffered <= 0 and self.splicer.enabled:
+                count = self.splicer.move(raw.sock, self.attempt.fd, pos, want, self.path)
+            else:
+                count = self._copy(read, pos, want if buffered <= 0 else min(want, buffered))
+                buffered -= count
             if count == 0:
                 return pos
             table.add_received(slot, count)
-            try:
-                pwrite_all(fd, buffer if count == size else buffer[:count], pos)
-            except OSError as exc:
-                raise local_error(Path(self.attempt.path), exc) from None
             pos += count
             table.set_pos(slot, pos)
             self.pacer.pace(count, table.cap(slot))
             if os.getppid() != self.parent:  # orphaned: nobody will ever use these bytes
                 os._exit(1)
+
+    def _copy(self, read: Reader, pos: int, want: int) -> int:
+        """Read what has arrived (up to ``want``) into the buffer and pwrite it at ``pos``."""
+        buffer = self.buffer if want == len(self.buffer) else self.buffer[:want]
+        count = read(buffer)  # may be 1 byte
+        try:
+            pwrite_all(self.attempt.fd, buffer[:count], pos)
+        except OSError as exc:
+            raise local_error(self.path, exc) from None
+        return count
 
 
 class _Pacer:
