@@ -535,6 +535,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "blobdl-testserver/1"
     slow_conn: Fault | None = None  # set by a slow_conn rule: this connection stays slow
+    paced_from, paced_bytes = 0.0, 0  # its pace: since when, and bytes sent since then
 
     @property
     def srv(self) -> FaultServer:
@@ -589,8 +590,8 @@ class Handler(BaseHTTPRequestHandler):
         req = dict(self.headers.items())
         fault = self.srv.state.record(self.command, parts.path, req)
         if fault is not None and fault.action == "slow_conn":
-            self.slow_conn = fault = Fault("rate", {"bps": fault.num("bps")})
-        elif fault is None:
+            self.slow_conn = Fault("rate", {"bps": fault.num("bps")})
+        if self.slow_conn is not None:  # the path stays slow, whatever other rules say
             fault = self.slow_conn
         if fault is not None and not self._pre_fault(fault, head):
             return
@@ -729,20 +730,26 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.data[:total])
             return total
         with open(reply.file, "rb") as f:
-            return self._stream(f.fileno(), reply.start, total, bps)
+            return self._stream(f.fileno(), reply.start, total, bps, fault is self.slow_conn)
 
-    def _stream(self, fd: int, offset: int, total: int, bps: float | None) -> int:
-        """Send a file slice; only these bytes count as stats["bytes_sent"]."""
+    def _stream(
+        self, fd: int, offset: int, total: int, bps: float | None, sticky: bool = False
+    ) -> int:
+        """Send a file slice; only these bytes count as stats["bytes_sent"]. ``sticky``: the
+        pace runs on across the connection's requests (a slow path, not a slow request)."""
         tls = isinstance(self.connection, ssl.SSLSocket)
         link = self.srv.link
         chunk = PACE_CHUNK if bps or link else (TLS_CHUNK if tls else SENDFILE_CHUNK)
-        sent, t0 = 0, time.monotonic()
+        sent, t0, before = 0, time.monotonic(), 0
+        if sticky:
+            self.paced_from = self.paced_from or t0
+            t0, before = self.paced_from, self.paced_bytes
         while sent < total:
             step = min(chunk, total - sent)
             if link is not None:
                 self._wait_until(link.book(step))
             if bps:  # wait *before* a chunk: no idle sleep after the last byte, so the
-                self._pace(t0, sent, bps)  # connection's life matches the client's view
+                self._pace(t0, before + sent, bps)  # connection's life matches the client's
             # Counted before the send (and corrected after): a client that has read the
             # last byte and asks for stats at once must never see a count behind it.
             self.srv.state.add_bytes(step)
@@ -756,6 +763,8 @@ class Handler(BaseHTTPRequestHandler):
             if n == 0:
                 break  # file got shorter than its stat said
             sent += n
+        if sticky:
+            self.paced_bytes += sent
         return sent
 
     def _send_chunk(self, fd: int, offset: int, n: int, tls: bool) -> int:
