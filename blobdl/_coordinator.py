@@ -161,7 +161,7 @@ class Coordinator:
             return False
         thief = self.parts.split(decision)
         self.steals += 1
-        if decision.cut:  # a lane too slow to finish its request: end it, keep its bytes
+        if decision.cut:  # a lane that has all but stopped: end it, keep its bytes
             victim = self.parts[decision.victim]
             self._kill(victim)
             victim.state = DONE

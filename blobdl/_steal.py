@@ -7,10 +7,10 @@ largest remaining range in two and takes the second half. Either way the victim'
 in to where the thief starts, so the parts still tile the blob and no byte is counted twice.
 
 A lane's current request is never cut into (each byte crosses the wire once): a split
-starts at or past the end of what the victim asked for, and a slow lane that will soon have
-what it asked for keeps it. Only a lane too slow to finish its request soon is cut at its
-position, discarding what was in flight. ``lagging`` is the other verdict on slow lanes:
-one far below its peers is restarted even when no worker is idle.
+starts at or past the end of what the victim asked for, and a slow lane that still moves
+keeps what it asked for. Only a lane that has all but stopped (under ``LAG_SHARE`` of the
+best rate) is cut at its position, discarding what was in flight. ``lagging`` is the other
+verdict on slow lanes: one far below its peers is restarted even when no worker is idle.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from typing import NamedTuple
 
 # A lane this many times slower than the best one is worth replacing with a new connection.
 SLOW_FACTOR = 4.0
-# A slow lane keeps what it has asked for when it would have it within this many seconds
-# (no byte it was sent is thrown away); beyond that it is cut at its position.
-FINISH_SECONDS = 1.0
 # A lane under this share of its peers' median rate, both over the last LAG_WINDOW seconds,
 # is restarted without waiting for an idle worker (Ollama restarts a stream below 10 %).
 # The window, not a single sample, keeps a bursty server's pauses from looking like lag.
@@ -64,7 +61,7 @@ def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float
     ]
     if slow:
         lane = min(slow, key=lambda lane: (lane.rate, -(lane.end - lane.pos)))
-        steal = _takeover(lane)
+        steal = _takeover(lane, best_rate)
         if steal is not None:
             return steal
     if not open_lanes:
@@ -81,14 +78,15 @@ def _committed(lane: Lane) -> int:
     return min(lane.end, max(lane.pos, lane.asked))
 
 
-def _takeover(lane: Lane) -> Steal | None:
-    """Let a slow lane finish the request it is in when that takes little time, else cut it."""
+def _takeover(lane: Lane, best_rate: float) -> Steal | None:
+    """A slow lane that still moves keeps the request it is in (its bytes are on their way)
+    and the thief starts after it; only a lane that has all but stopped is cut."""
     committed = _committed(lane)
-    if committed > lane.pos and (committed - lane.pos) <= lane.rate * FINISH_SECONDS:
-        if committed >= lane.end:
-            return None  # all it has left is on its way, soon
-        return Steal(lane.slot, committed, takeover=True)
-    return Steal(lane.slot, lane.pos, takeover=True, cut=True)
+    if lane.rate < LAG_SHARE * best_rate:
+        return Steal(lane.slot, lane.pos, takeover=True, cut=True)
+    if committed >= lane.end:
+        return None  # all it has left is on its way
+    return Steal(lane.slot, committed, takeover=True)
 
 
 def lagging(rate: float, peers: Sequence[float]) -> bool:
