@@ -2,9 +2,11 @@
 
 It runs in the calling process. Each attempt at a part is one forked worker process
 (``_worker.worker_main``). The loop waits on the workers' process sentinels, so a worker
-that exits or dies is noticed at once; every ``progress_interval`` it samples the shared
-counter table for progress and ends any worker whose part made no progress for
-``stall_timeout`` (including one still waiting for a status line). A failed attempt is
+that exits or dies is noticed at once; every ``WATCH_INTERVAL`` (or ``progress_interval``
+when shorter) it samples the shared counter table, ends any worker whose part made no
+progress for ``stall_timeout`` (including one still waiting for a status line), and
+restarts a lane far below its peers (``_steal.lagging``) without counting a failure;
+progress and checkpoints go out every ``progress_interval``. A failed attempt is
 retried from the part's current offset after Ollama's backoff; ``retries`` failures in a
 row without progress fail the download, and every other worker is ended with it.
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from blobdl._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
+from blobdl._parts import Parts
+from blobdl._resume import PartRecord
+from blobdl._retry import Retry
 from blobdl._steal import LAG_SHARE, Lane, Steal, choose, lagging
 
 MiB = 1024 * 1024
@@ -82,3 +85,20 @@ def test_a_slow_lane_whose_rest_is_in_flight_is_left_alone_and_others_split() ->
     lanes = [Lane(0, 0, 500, FAST / 8, 5.0, asked=500), Lane(1, 500, 1500, FAST, 5.0, asked=600)]
     assert FAST / 8 >= LAG_SHARE * FAST  # slow, but it moves: its last bytes are on their way
     assert choose(lanes, best_rate=FAST, min_split=10, grace=1.0) == Steal(1, 1050, False)
+
+
+def test_a_split_moves_up_to_what_the_victim_asked_for_meanwhile() -> None:
+    """The victim may publish a longer request between the decision and the split (it had
+    not seen its new end yet): the split moves up so that none of that is thrown away."""
+    parts = Parts([PartRecord(start=0, end=1000, pos=100)], connections=2, retry=Retry())
+    parts.table.set_asked(0, 700)
+    thief = parts.split(Steal(0, 500, takeover=False))
+    table = parts.table
+    assert (table.end(0), table.start(thief.slot), table.end(thief.slot)) == (700, 700, 1000)
+
+
+def test_a_cut_ignores_what_the_victim_asked_for() -> None:
+    parts = Parts([PartRecord(start=0, end=1000, pos=100)], connections=2, retry=Retry())
+    parts.table.set_asked(0, 700)
+    thief = parts.split(Steal(0, 100, takeover=True, cut=True))
+    assert (parts.table.end(0), parts.table.start(thief.slot)) == (100, 100)
