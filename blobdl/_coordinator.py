@@ -159,7 +159,7 @@ class Coordinator:
         grace = 2 * self.settings.progress_interval
         lanes = self.parts.lanes(now)
         decision = choose(lanes, self.best_rate, self.settings.min_steal_size, grace)
-        if decision is None:
+        if decision is None or (decision.cut and not self._waiting(self.parts[decision.victim])):
             return False
         thief = self.parts.split(decision)
         self.steals += 1
@@ -280,7 +280,7 @@ class Coordinator:
         peers = [p for p in self.parts if p.state == RUNNING and now - p.launched >= grace]
         rates = [p.moved for p in peers]
         for part in peers:
-            if not self.ranged or not lagging(part.moved, rates):
+            if not self.ranged or not lagging(part.moved, rates) or not self._waiting(part):
                 continue
             pos = self.table.pos(part.slot)
             if pos <= part.restarted_at:
@@ -299,6 +299,11 @@ class Coordinator:
         part.rate = smoothed(part.rate, pos - part.last_pos, now - part.sampled_at, first)
         part.sampled_at = now
         self.best_rate = max(self.best_rate, part.rate)
+
+    @staticmethod
+    def _waiting(part: Part) -> bool:
+        """Cut only a lane whose worker waits on the network (not one starved of CPU)."""
+        return part.worker is not None and part.worker.waiting()
 
     def _checkpoint(self) -> None:
         """Hand the parts' positions to the checkpointer."""

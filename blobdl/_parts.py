@@ -121,6 +121,7 @@ class Parts:
                 now - p.launched,
                 not p.took_over,
                 table.asked(p.slot),
+                now - p.last_change,
             )
             for p in self
             if p.state == RUNNING

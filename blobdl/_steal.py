@@ -25,6 +25,9 @@ SLOW_FACTOR = 4.0
 # The window, not a single sample, keeps a bursty server's pauses from looking like lag.
 LAG_SHARE = 0.1
 LAG_WINDOW = 0.2
+# A cut throws away what is in flight: only a lane quiet this long is cut (a new lane still
+# waiting for its first bytes on a loaded machine is not; its request may be on its way).
+CUT_QUIET = 0.5
 
 
 class Lane(NamedTuple):
@@ -35,6 +38,7 @@ class Lane(NamedTuple):
     age: float  # seconds since its current attempt started
     replaceable: bool = True  # False for a lane that already replaced a slow one
     asked: int = 0  # one past the last byte its current request asked for (<= pos: none)
+    quiet: float = 0.0  # seconds since its position last moved (or its attempt started)
 
 
 class Steal(NamedTuple):
@@ -82,7 +86,7 @@ def _takeover(lane: Lane, best_rate: float) -> Steal | None:
     """A slow lane that still moves keeps the request it is in (its bytes are on their way)
     and the thief starts after it; only a lane that has all but stopped is cut."""
     committed = _committed(lane)
-    if lane.rate < LAG_SHARE * best_rate:
+    if lane.rate < LAG_SHARE * best_rate and lane.quiet >= CUT_QUIET:
         return Steal(lane.slot, lane.pos, takeover=True, cut=True)
     if committed >= lane.end:
         return None  # all it has left is on its way

@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import NamedTuple
 
+import psutil
 from urllib3 import PoolManager
 
 from ._chunk import next_chunk
@@ -81,6 +82,15 @@ class Worker:
             error = WorkerCrashed(self._proc.exitcode)
         self._conn.close()
         return error
+
+    def waiting(self) -> bool:
+        """Whether it is blocked waiting (on its socket), not runnable: a lane that has not
+        moved while its worker could run is starved of CPU by us, not slowed by the network,
+        and cutting it would only throw away what it has in flight."""
+        try:
+            return psutil.Process(self._proc.pid).status() == psutil.STATUS_SLEEPING
+        except psutil.Error:
+            return False  # gone: its sentinel tells the rest
 
     def kill(self) -> None:
         """End a worker that cannot be trusted to notice by itself (blocked in recv)."""

@@ -141,7 +141,11 @@ def test_nothing_is_stolen_from_healthy_lanes_with_little_left() -> None:
 
 
 def test_the_slowest_lane_is_taken_over_first() -> None:
-    lanes = [Lane(0, 0, 100, 5.0, 5.0), Lane(1, 100, 200, 0.0, 5.0), Lane(2, 200, 300, 1e6, 5)]
+    lanes = [
+        Lane(0, 0, 100, 5.0, 5.0),
+        Lane(1, 100, 200, 0.0, 5.0, quiet=1),
+        Lane(2, 200, 300, 1e6, 5),
+    ]
     assert choose(lanes, best_rate=1e6, min_split=10, grace=1.0) == (1, 100, True, True)
 
 

@@ -67,12 +67,26 @@ FAST = 8e6
         ),
         # A lane that has all but stopped (under LAG_SHARE of the best) is cut where it is.
         (
-            [Lane(0, 0, 10**6, 1000.0, 5.0, asked=10**5), Lane(1, 10**6, 2 * 10**6, FAST, 5.0)],
+            [
+                Lane(0, 0, 10**6, 1000.0, 5.0, asked=10**5, quiet=1.0),
+                Lane(1, 10**6, 2 * 10**6, FAST, 5.0),
+            ],
             Steal(0, 0, True, True),
+        ),
+        # ... but not one that has been quiet only briefly: its bytes may be on their way.
+        (
+            [
+                Lane(0, 0, 10**6, 0.0, 5.0, asked=10**5, quiet=0.1),
+                Lane(1, 10**6, 2 * 10**6, FAST, 5.0),
+            ],
+            Steal(0, 10**5, True, False),
         ),
         # A silent lane is cut at its position.
         (
-            [Lane(0, 10, 10**6, 0.0, 5.0, asked=10**5), Lane(1, 10**6, 2 * 10**6, FAST, 5.0)],
+            [
+                Lane(0, 10, 10**6, 0.0, 5.0, asked=10**5, quiet=1.0),
+                Lane(1, 10**6, 2 * 10**6, FAST, 5.0),
+            ],
             Steal(0, 10, True, True),
         ),
     ],
