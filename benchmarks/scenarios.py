@@ -201,17 +201,27 @@ def rules(
         base["ttfb"] = scenario.ttfb
     lane = base | ({"bps": scenario.conn_bps} if scenario.conn_bps else {})
     out = [base | {"times": 1}] if probe else []
+    if scenario.lanes in ("stall", "slow"):  # a lane's trouble, however it cuts its requests
+        out.append(_lane_trouble(scenario, path, part_size))
     out += [lane | {"times": 1} | extra for extra in _lane_faults(scenario, part_size, requests)]
     out.append(lane | {"times": None})
     return out
 
 
+def _lane_trouble(scenario: Scenario, path: str, part_size: int) -> dict[str, Any]:
+    """A slow or silent lane, pinned to the first part's bytes and connection rather than to
+    the first request: a client that asks for a part in several requests must meet it too.
+    The silent lane stops at a byte offset whichever request reaches it; the slow one is its
+    connection's path, slow for every later request on that connection."""
+    if scenario.lanes == "slow":
+        return {"path": path, "action": "slow_conn", "bps": SLOW_BPS, "times": 1}
+    offset = max(1, int(part_size * scenario.stall_at))
+    rule = {"path": path, "action": "stall_at", "offset": offset, "hold": STALL_HOLD}
+    return rule | ({"bps": scenario.conn_bps} if scenario.conn_bps else {})
+
+
 def _lane_faults(scenario: Scenario, part_size: int, requests: int) -> list[dict[str, Any]]:
     """What each of the first requests gets on top of the plain lane ({} = nothing)."""
-    if scenario.lanes == "slow":
-        return [{"bps": SLOW_BPS}]
-    if scenario.lanes == "stall":
-        return [{"stall_after": max(1, int(part_size * scenario.stall_at)), "hold": STALL_HOLD}]
     if scenario.lanes == "resets":
         rng = random.Random(SEED)  # the same resets in every repeat
         hit = set(rng.sample(range(requests), max(1, round(requests * RESET_SHARE))))

@@ -239,7 +239,9 @@ class _Scheduler:
         first = self.results[self.first[index]]
         result = first.result
         if index != self.first[index] and result is not None:
-            result = dataclasses.replace(result, bytes_fetched=0, retries=0, steals=0)
+            result = dataclasses.replace(
+                result, bytes_fetched=0, bytes_received=0, retries=0, steals=0
+            )
         return ItemResult(self.items[index], result, first.error)
 
     # --- launching ------------------------------------------------------------------------

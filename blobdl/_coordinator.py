@@ -2,9 +2,11 @@
 
 It runs in the calling process. Each attempt at a part is one forked worker process
 (``_worker.worker_main``). The loop waits on the workers' process sentinels, so a worker
-that exits or dies is noticed at once; every ``progress_interval`` it samples the shared
-counter table for progress and ends any worker whose part made no progress for
-``stall_timeout`` (including one still waiting for a status line). A failed attempt is
+that exits or dies is noticed at once; every ``WATCH_INTERVAL`` (or ``progress_interval``
+when shorter) it samples the shared counter table, ends any worker whose part made no
+progress for ``stall_timeout`` (including one still waiting for a status line), and
+restarts a lane far below its peers (``_steal.lagging``) without counting a failure;
+progress and checkpoints go out every ``progress_interval``. A failed attempt is
 retried from the part's current offset after Ollama's backoff; ``retries`` failures in a
 row without progress fail the download, and every other worker is ended with it.
 
@@ -23,23 +25,27 @@ from typing import NamedTuple
 
 from . import _retry
 from ._events import EventCallback, PartRetried, PartStalled, Progress
-from ._http import resolve
+from ._http import prepare_tls, resolve
 from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
 from ._progress import BEST_DECAY, RateWindow, smoothed
 from ._remote import Remote, require_same
 from ._resume import CheckpointCallback, PartRecord
 from ._retry import Failure, Retry, decide
 from ._signals import Interrupts
-from ._steal import choose
+from ._steal import choose, lagging
 from ._worker import Attempt, Worker
-from .config import Settings
+from .config import MAX_BYTES, Settings
 from .errors import RetriesExhausted, Stalled, WorkerCrashed
 
 log = logging.getLogger("blobdl")
 
+WATCH_INTERVAL = 0.1  # seconds between two looks at the lanes' counters (at most)
+LAG_GRACE = 0.5  # seconds a new attempt has (connection, first byte) before it can lag
+
 
 class Tally(NamedTuple):
-    bytes_fetched: int  # bytes received over all attempts (refetches included)
+    bytes_fetched: int  # bytes written over all attempts (refetches included)
+    bytes_received: int  # body bytes read off the wire over all attempts, kept or not
     retries: int  # failed attempts that were retried
     parts: int  # parts the blob was cut into
     steals: int  # ranges taken over from slow lanes or split off large ones
@@ -62,6 +68,7 @@ class Coordinator:
         self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
         self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
+        prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
         self.last_checkpoint = 0.0
@@ -71,6 +78,7 @@ class Coordinator:
         self.generation = 0  # bumped each time the remote is re-resolved
         self.fetched = 0
         self.started = 0.0
+        self.last_told = 0.0
         self.window = RateWindow(0.0, 0)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -87,11 +95,15 @@ class Coordinator:
             self._wind_down(failing=False)
         # Without a known size, the blob ends where the single stream reached EOF.
         size = self.remote.size if self.remote.size is not None else self.table.pos(0)
+        received = sum(self.table.received(p.slot) for p in self.parts)
+        tally = Tally(self.fetched, received, self.retries, self.parts.planned(), self.steals, size)
         self.table.close()
-        return Tally(self.fetched, self.retries, self.parts.planned(), self.steals, size)
+        return tally
 
     def _loop(self) -> None:
-        interval = self.settings.progress_interval
+        # Lanes are watched more often than progress is told: a lane that goes quiet must be
+        # seen within a fraction of a second, not after a progress interval or two.
+        interval = min(self.settings.progress_interval, WATCH_INTERVAL)
         next_sample = time.monotonic() + interval
         while not self.parts.finished():
             self.interrupts.check()
@@ -147,11 +159,11 @@ class Coordinator:
         grace = 2 * self.settings.progress_interval
         lanes = self.parts.lanes(now)
         decision = choose(lanes, self.best_rate, self.settings.min_steal_size, grace)
-        if decision is None:
+        if decision is None or (decision.cut and not self._waiting(self.parts[decision.victim])):
             return False
         thief = self.parts.split(decision)
         self.steals += 1
-        if decision.takeover:  # a slow or stuck lane: end it, its bytes so far are kept
+        if decision.cut:  # a lane that has all but stopped: end it, keep its bytes
             victim = self.parts[decision.victim]
             self._kill(victim)
             victim.state = DONE
@@ -161,16 +173,21 @@ class Coordinator:
     def _launch(self, part: Part, now: float) -> None:
         if not self.ranged:  # without ranges a new attempt starts over
             self.table.set_pos(part.slot, 0)
-        attempt = Attempt(slot=part.slot, ranged=self.ranged, fd=self.fd, path=self.path)
+        # Without stealing nothing moves a lane's end: one request per attempt does.
+        first = self.settings.min_steal_size if self.settings.steal else MAX_BYTES
+        attempt = Attempt(part.slot, self.ranged, first, self.fd, self.path)
         # Read before the fork: the child may write its first bytes before it returns.
         part.attempt_pos = part.last_pos = self.table.pos(part.slot)
+        self.table.set_asked(part.slot, part.attempt_pos)  # nothing asked yet
         part.state = RUNNING
         self.parts.share(self.settings.limit_rate)  # the newcomer's, and everyone else's smaller
         part.worker = Worker(attempt, self.remote, self.settings, self.table)
         part.attempts += 1
         part.generation = self.generation
         part.last_change = part.launched = part.sampled_at = now
-        part.rate = 0.0
+        part.rate = part.moved = 0.0
+        part.history.clear()
+        part.history.append((now, part.attempt_pos))
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -231,22 +248,48 @@ class Coordinator:
 
     def _sample(self, now: float) -> None:
         self.parts.share(self.settings.limit_rate)
-        self.best_rate *= BEST_DECAY  # forget lanes that have ended, slowly
+        told = now - self.last_told >= self.settings.progress_interval
+        if told:
+            self.best_rate *= BEST_DECAY  # forget lanes that have ended, slowly
         for part in self.parts:
             if part.state != RUNNING:
                 continue
             pos = self.table.pos(part.slot)
             self._rate(part, pos, now)
+            self.parts.sample(part, now, pos)
             if pos != part.last_pos:
                 part.last_pos, part.last_change = pos, now
             elif now - part.last_change >= self.settings.stall_timeout:
                 self._kill(part)
                 self._tell(PartStalled(part.slot, now - part.last_change))
                 self._failed(part, Stalled(self.settings.stall_timeout))
+        self._restart_lagging(now)
         if now - self.last_checkpoint >= self.settings.checkpoint_interval:
             self._checkpoint()
             self.last_checkpoint = now
-        self._tell_progress(now)
+        if told:
+            self.last_told = now
+            self._tell_progress(now)
+
+    def _restart_lagging(self, now: float) -> None:
+        """Restart a lane far below its peers' median (over the last LAG_WINDOW), on a new
+        connection from where it is, without waiting for a worker to go idle. It is no
+        failure: the retry budget is untouched (the stall timeout still decides what
+        fails), and a part is restarted again only after it made progress."""
+        grace = max(LAG_GRACE, 2 * min(self.settings.progress_interval, WATCH_INTERVAL))
+        peers = [p for p in self.parts if p.state == RUNNING and now - p.launched >= grace]
+        rates = [p.moved for p in peers]
+        for part in peers:
+            if not self.ranged or not lagging(part.moved, rates) or not self._waiting(part):
+                continue
+            pos = self.table.pos(part.slot)
+            if pos <= part.restarted_at:
+                continue  # slow again at once: the range may be slow for everyone
+            log.debug("part %d lags its peers: restarting it at %d", part.slot, pos)
+            self._kill(part)
+            part.restarted_at = pos
+            self.steals += 1  # the lane's range is taken over by a new connection
+            self._launch(part, now)
 
     def _rate(self, part: Part, pos: int, now: float) -> None:
         """Smooth the lane's rate over samples; remember the best lane's rate."""
@@ -256,6 +299,11 @@ class Coordinator:
         part.rate = smoothed(part.rate, pos - part.last_pos, now - part.sampled_at, first)
         part.sampled_at = now
         self.best_rate = max(self.best_rate, part.rate)
+
+    @staticmethod
+    def _waiting(part: Part) -> bool:
+        """Cut only a lane whose worker waits on the network (not one starved of CPU)."""
+        return part.worker is not None and part.worker.waiting()
 
     def _checkpoint(self) -> None:
         """Hand the parts' positions to the checkpointer."""

@@ -1,14 +1,18 @@
 """The shared-memory counter table between the coordinator and its workers.
 
 An anonymous ``MAP_SHARED`` mapping created before the first fork, so every worker (and the
-prefix hasher) sees the same pages with no file to clean up. Each slot holds four int64
+prefix hasher) sees the same pages with no file to clean up. Each slot holds six int64
 fields, each with one writer:
 
 - ``start``: the slot's first byte (coordinator, set before the slot's first worker);
 - ``pos``: the next byte the slot's worker will write (worker writes, others read);
 - ``end``: where the slot's range stops (coordinator writes, worker reads; it only ever
   moves in, when another worker takes over the tail of the range). -1: until EOF;
-- ``cap``: the worker's share of ``limit_rate`` in bytes/s, 0 for none (coordinator writes).
+- ``cap``: the worker's share of ``limit_rate`` in bytes/s, 0 for none (coordinator writes);
+- ``asked``: one past the last byte the worker's current request asked for (worker writes,
+  the coordinator reads): a split never cuts below it, so no requested byte is thrown away;
+- ``received``: body bytes the slot's workers read off the wire, over all their attempts
+  (the slot's worker of the moment writes; kept or not).
 
 Unused slots are all zero and cover nothing. Aligned 8-byte stores and loads do not tear
 on the platforms we run on, so no lock.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import mmap
 
-_FIELDS = 4  # start, pos, end, cap
+_FIELDS = 6  # start, pos, end, cap, asked, received
 _WORD = 8
 
 
@@ -39,6 +43,18 @@ class CounterTable:
 
     def cap(self, slot: int) -> int:
         return int(self._words[slot * _FIELDS + 3])
+
+    def asked(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS + 4])
+
+    def set_asked(self, slot: int, value: int) -> None:
+        self._words[slot * _FIELDS + 4] = value
+
+    def received(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS + 5])
+
+    def add_received(self, slot: int, count: int) -> None:
+        self._words[slot * _FIELDS + 5] += count
 
     def set_cap(self, slot: int, value: int) -> None:
         self._words[slot * _FIELDS + 3] = value

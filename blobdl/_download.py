@@ -273,6 +273,7 @@ class Downloader:
             size=tally.final_size,
             elapsed=order.elapsed(),
             bytes_fetched=tally.bytes_fetched,
+            bytes_received=tally.bytes_received,
             retries=tally.retries,
             parts=tally.parts,
             steals=tally.steals,

@@ -28,6 +28,10 @@ class DownloadResult:
     resumed: int = 0  # bytes already on disk from an earlier, interrupted run
     verified: bool = False  # the bytes matched the digest that was given
     cached: bool = False  # served from the cache directory without a download
+    # Body bytes read off the wire this run, kept or not: bytes_fetched plus any the
+    # workers read and could not keep. What the server sent can be a little more still:
+    # bytes in flight on a connection that was cut (a failure or a stalled lane).
+    bytes_received: int = 0
 
 
 class PartProgress(NamedTuple):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import socket
 import ssl
 import time
 import urllib.request
@@ -161,15 +162,38 @@ def make_pool(settings: Settings) -> urllib3.PoolManager:
     return _ProxyRouter(routes, settings, options)
 
 
-def tls_context(settings: Settings, *, client_cert: bool = True) -> ssl.SSLContext | None:
+# Contexts built in this process, by what they trust and present. Loading a CA store costs
+# ~20 ms of CPU; built in the coordinator before it forks, a context is inherited by every
+# worker instead of being loaded again in each of them (and for each connection).
+_CONTEXTS: dict[tuple[bool, str | None, str | None, str | None], ssl.SSLContext] = {}
+
+
+def prepare_tls(settings: Settings, url: str) -> None:
+    """Build the context an https ``url`` needs now, before any worker is forked."""
+    if urlsplit(url).scheme == "https":
+        tls_context(settings, system=True)
+
+
+def tls_context(
+    settings: Settings, *, client_cert: bool = True, system: bool = False
+) -> ssl.SSLContext | None:
     """urllib3's hardened context with our trust roots and client certificate, loaded when the
     pool is made so that a bad file is a usage error now, not a retried connection failure.
 
-    None for the default (system CAs, no client certificate): urllib3 then loads the system
-    store itself, lazily, only for https connections (it costs ~20 ms)."""
+    For the default (system CAs, no client certificate) only when ``system`` is asked or
+    ``prepare_tls`` built it already; else None, and urllib3 loads the system store itself,
+    lazily, only for https connections (a plain http download never pays for it)."""
     cert = settings.client_cert if client_cert else None
-    if settings.verify_tls and not settings.ca_bundle and not cert:
-        return None
+    key = (settings.verify_tls, settings.ca_bundle, cert, settings.client_key if cert else None)
+    context = _CONTEXTS.get(key)
+    if context is None and (
+        system or not (settings.verify_tls and not settings.ca_bundle and not cert)
+    ):
+        context = _CONTEXTS[key] = _build_context(settings, cert)
+    return context
+
+
+def _build_context(settings: Settings, cert: str | None) -> ssl.SSLContext:
     mode = ssl.CERT_REQUIRED if settings.verify_tls else ssl.CERT_NONE
     context = create_urllib3_context(cert_reqs=mode)
     try:
@@ -538,10 +562,49 @@ def body_reader(response: Response) -> Reader:
     return read_decoded
 
 
+def finish(response: Response, complete: bool) -> None:
+    """Done with a ranged response: when its whole body was read, hand its connection back
+    to the pool for the lane's next request; otherwise close it (unread bytes would be
+    read as the next response)."""
+    inner = getattr(response, "_fp", None)
+    if not complete or not isinstance(inner, http.client.HTTPResponse) or inner.chunked:
+        response.close()
+        return
+    # body_reader read the body past http.client's back: tell it the body is over, which
+    # frees the connection for another request (http.client refuses one before that).
+    inner.length = 0
+    inner.read()
+    response.release_conn()
+
+
+class RawBody(NamedTuple):
+    """A plain-TCP body that can be spliced: its socket, once ``buffered`` bytes (already
+    read past the headers into http.client's buffer) are taken the ordinary way."""
+
+    sock: socket.socket
+    buffered: int
+
+
+def raw_body(response: Response) -> RawBody | None:
+    """The socket under a length-delimited body on plain TCP (None over TLS, chunked...).
+
+    http.client's reader may already hold the first body bytes: ``peek`` tells how many
+    (reading once from the socket if it holds none), so no byte is skipped or read twice."""
+    inner = getattr(response, "_fp", None)
+    sock_file = getattr(inner, "fp", None)
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if not isinstance(inner, http.client.HTTPResponse) or inner.chunked or sock_file is None:
+        return None
+    if type(sock) is not socket.socket:  # an ssl.SSLSocket (a subclass) must be decrypted
+        return None
+    return RawBody(sock, len(sock_file.peek()))
+
+
 def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remote:
     """Probe ``url`` with the same retry policy as a part (the pool dies with the call:
     no socket of ours may leak into forked workers). ``need_ranges``: a 200 to the probe's
     range is a bad response (ranges were proven before), retried like one."""
+    prepare_tls(settings, url)  # the probe's context, inherited by the workers later
     pool = make_pool(settings)
     retry = Retry.from_settings(settings)
     try:

@@ -9,14 +9,15 @@ split a steal makes. When to launch, retry or steal is the coordinator's to deci
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._counters import CounterTable
 from ._events import PartProgress
 from ._resume import PartRecord
 from ._retry import Retry
-from ._steal import Lane, Steal
+from ._steal import LAG_WINDOW, Lane, Steal
 from ._worker import Worker
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
@@ -45,6 +46,9 @@ class Part:
     launched: float = 0.0  # when the running attempt started
     rate: float = 0.0  # bytes/s of the running attempt, smoothed over samples
     sampled_at: float = 0.0  # when ``rate`` was last updated
+    moved: float = 0.0  # bytes/s over the last LAG_WINDOW seconds
+    history: deque[tuple[float, int]] = field(default_factory=deque)  # (time, pos) samples
+    restarted_at: int = -1  # position when the part was last restarted for lagging
 
 
 class Parts:
@@ -116,6 +120,8 @@ class Parts:
                 p.rate,
                 now - p.launched,
                 not p.took_over,
+                table.asked(p.slot),
+                now - p.last_change,
             )
             for p in self
             if p.state == RUNNING
@@ -123,11 +129,29 @@ class Parts:
 
     def split(self, steal: Steal) -> Part:
         """Carry out ``steal``: a new part takes ``[at, victim's end)``; the victim stops there."""
-        victim = self._parts[steal.victim]
-        thief = self._add(steal.at, steal.at, self.table.end(victim.slot))
+        victim, table = self._parts[steal.victim], self.table
+        end, at = table.end(victim.slot), steal.at
+        table.set_end(victim.slot, at)
+        if not steal.cut:
+            # The victim may have asked for more just before it could see its new end: then
+            # the split moves up to what it asked for, so none of that is thrown away.
+            asked = table.asked(victim.slot)
+            if asked > at:
+                at = min(asked, end)
+                table.set_end(victim.slot, at)
+        thief = self._add(at, at, end)
         thief.stolen, thief.took_over = True, steal.takeover
-        self.table.set_end(victim.slot, steal.at)
         return thief
+
+    def sample(self, part: Part, now: float, pos: int) -> None:
+        """Remember where the lane is now; ``moved`` becomes its rate over the last
+        ``LAG_WINDOW`` seconds (or since the attempt started, when that is shorter)."""
+        history = part.history
+        history.append((now, pos))
+        while len(history) > 2 and now - history[1][0] >= LAG_WINDOW:
+            history.popleft()
+        then, before = history[0]
+        part.moved = (pos - before) / (now - then) if now > then else 0.0
 
     def share(self, limit_rate: int | None) -> None:
         """Split ``limit_rate`` evenly among the running workers (they pace themselves)."""

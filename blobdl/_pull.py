@@ -80,6 +80,11 @@ class PullResult:
     def bytes_fetched(self) -> int:
         return sum(r.download.bytes_fetched for r in self.layers if r.download is not None)
 
+    @property
+    def bytes_received(self) -> int:
+        """Body bytes read off the wire, kept or not (see ``DownloadResult``)."""
+        return sum(r.download.bytes_received for r in self.layers if r.download is not None)
+
 
 def default_models_dir() -> Path:
     """``$OLLAMA_MODELS``, else ``~/.ollama/models`` (Ollama's own default)."""

@@ -4,12 +4,14 @@
 ``worker_main`` is what runs in the child.
 
 A worker is forked by the coordinator, builds its own urllib3 pool (pools never cross a
-fork), GETs ``[pos, end)`` of its slot, and writes with ``os.pwrite`` into the shared
-preallocated file descriptor. After every write it publishes its position in the counter
-table; it re-reads its slot's ``end`` before every read, so the coordinator can move the
-end in (another worker took the tail). It sends one result down its pipe — ``None`` for
-success or a picklable ``BlobdlError`` — and exits. Retries, backoff and stall handling
-belong to the coordinator.
+fork), GETs ``[pos, end)`` of its slot in chunks over one keep-alive connection
+(``_chunk``), and writes with ``os.pwrite`` into the shared preallocated file descriptor.
+Before each request it publishes the request's end (``asked``); after every write, its
+position and the bytes it received. It re-reads its slot's ``end`` before every request and
+every read, so the coordinator can move the end in (another worker took the tail): at a
+chunk boundary when it splits, at once only when it cuts a stalled lane. It sends one
+result down its pipe — ``None`` for success or a picklable ``BlobdlError`` — and exits.
+Retries, backoff and stall handling belong to the coordinator.
 """
 
 from __future__ import annotations
@@ -20,15 +22,22 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import NamedTuple
 
+import psutil
+from urllib3 import PoolManager
+
+from ._chunk import next_chunk
 from ._counters import CounterTable
-from ._fileio import local_error, pwrite_all
+from ._fileio import Splicer, local_error, pwrite_all
 from ._http import (
+    RawBody,
     Reader,
     body_reader,
     content_length,
+    finish,
     make_pool,
     open_range,
     open_whole,
+    raw_body,
     translate_errors,
 )
 from ._plan import Span
@@ -43,6 +52,7 @@ class Attempt(NamedTuple):
 
     slot: int  # index into the counter table (pos/end live there)
     ranged: bool  # False: the whole-body fallback for servers without ranges
+    first_chunk: int  # bytes of the first ranged request (see _chunk.next_chunk)
     fd: int  # the preallocated temporary file, inherited across the fork
     path: str  # its name, for error messages only
 
@@ -73,6 +83,15 @@ class Worker:
         self._conn.close()
         return error
 
+    def waiting(self) -> bool:
+        """Whether it is blocked waiting (on its socket), not runnable: a lane that has not
+        moved while its worker could run is starved of CPU by us, not slowed by the network,
+        and cutting it would only throw away what it has in flight."""
+        try:
+            return psutil.Process(self._proc.pid).status() == psutil.STATUS_SLEEPING
+        except psutil.Error:
+            return False  # gone: its sentinel tells the rest
+
     def kill(self) -> None:
         """End a worker that cannot be trusted to notice by itself (blocked in recv)."""
         self._proc.kill()
@@ -97,62 +116,117 @@ def worker_main(
 
 
 def _fetch(attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable) -> None:
-    start, end = table.pos(attempt.slot), table.end(attempt.slot)
     pool = make_pool(settings)
-    url = remote.final_url
-    with translate_errors(url):
+    lane = _Lane(attempt, table, settings.buffer_size)
+    with translate_errors(remote.final_url):
         if attempt.ranged:
-            response = open_range(pool, remote, Span(start, end))
-            body_end = -1  # the slot's end, checked against Content-Range, bounds the body
+            _fetch_chunks(lane, pool, remote, attempt.first_chunk)
         else:
-            response = open_whole(pool, remote)
-            # Even when the probe learned no size, this response may state its length:
-            # never read past it, and never take a body cut short for the whole blob.
-            length = content_length(response)
-            body_end = start + length if length is not None else -1
+            _fetch_whole(lane, pool, remote)
+
+
+def _fetch_chunks(lane: _Lane, pool: PoolManager, remote: Remote, first: int) -> None:
+    """The slot's range as a series of ranged GETs over one keep-alive connection, each
+    sized by ``next_chunk`` and published (``asked``) before it is sent."""
+    slot, table = lane.attempt.slot, lane.table
+    pos, chunk, rate = table.pos(slot), 0, 0.0
+    while pos < (end := table.end(slot)):
+        chunk = next_chunk(chunk, rate, end - pos, first)
+        span = _ask(table, slot, Span(pos, pos + chunk))
+        if span.end <= pos:
+            return
+        began = time.monotonic()
+        response = open_range(pool, remote, span)
         try:
-            pos = _stream(
-                attempt, body_reader(response), table, start, settings.buffer_size, body_end
-            )
+            raw = raw_body(response) if lane.splicer.enabled else None
+            pos = lane.stream(body_reader(response), pos, span.end, raw)
         finally:
-            response.close()
-    final_end = table.end(attempt.slot)
+            finish(response, complete=pos == span.end)
+        if pos < min(span.end, table.end(slot)):
+            raise TruncatedBody(remote.final_url, pos - span.start, span.length)
+        rate = (pos - span.start) / max(time.monotonic() - began, 1e-6)
+
+
+def _ask(table: CounterTable, slot: int, span: Span) -> Span:
+    """Publish the request's end, then read the slot's end again: a split the coordinator
+    placed meanwhile (it only ever splits at or past ``asked``) shortens the request."""
+    table.set_asked(slot, span.end)
+    end = table.end(slot)
+    if end < span.end:
+        span = Span(span.start, max(span.start, end))
+        table.set_asked(slot, span.end)
+    return span
+
+
+def _fetch_whole(lane: _Lane, pool: PoolManager, remote: Remote) -> None:
+    """The fallback for servers without ranges: one GET of the whole body."""
+    start = lane.table.pos(lane.attempt.slot)
+    response = open_whole(pool, remote)
+    # Even when the probe learned no size, this response may state its length:
+    # never read past it, and never take a body cut short for the whole blob.
+    length = content_length(response)
+    body_end = start + length if length is not None else -1
+    try:
+        pos = lane.stream(body_reader(response), start, body_end)
+    finally:
+        response.close()
+    final_end = lane.table.end(lane.attempt.slot)
     if final_end < 0:
         final_end = body_end
     if final_end >= 0 and pos < final_end:
-        raise TruncatedBody(url, pos - start, final_end - start)
+        raise TruncatedBody(remote.final_url, pos - start, final_end - start)
 
 
-def _stream(
-    attempt: Attempt, read: Reader, table: CounterTable, pos: int, buffer_size: int, body_end: int
-) -> int:
-    """The hot loop: socket -> one reused buffer -> pwrite; returns the position reached.
+class _Lane:
+    """One worker's hot path: its buffer, its pacer, and the loop that fills the file."""
 
-    Stops at the slot's end (which may move in at any time) or, when the slot is open-ended
-    (-1), at ``body_end`` (the response's own end) or at EOF when that is -1 too."""
-    buffer = memoryview(bytearray(buffer_size))
-    parent = os.getppid()
-    pacer = _Pacer()
-    while True:
-        end = table.end(attempt.slot)
-        if end < 0:
-            end = body_end
-        want = buffer_size if end < 0 else min(buffer_size, end - pos)
-        want = pacer.limit(want, table.cap(attempt.slot))
-        if want <= 0:
-            return pos
-        count = read(buffer if want == buffer_size else buffer[:want])  # may be 1 byte
-        if count == 0:
-            return pos
+    def __init__(self, attempt: Attempt, table: CounterTable, buffer_size: int) -> None:
+        self.attempt, self.table = attempt, table
+        self.path = Path(attempt.path)
+        self.buffer = memoryview(bytearray(buffer_size))
+        self.pacer = _Pacer()
+        self.parent = os.getppid()
+        self.splicer = Splicer()
+
+    def stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None = None) -> int:
+        """Socket -> the file from ``pos``; returns the position reached. Through one reused
+        buffer and pwrite, or, for a ``raw`` body once its buffered bytes are taken, spliced.
+
+        Stops at ``stop`` (the response's own end; -1: none) or at the slot's end (which may
+        move in at any time; -1: until EOF), whichever comes first, or at EOF."""
+        slot, table, size = self.attempt.slot, self.table, len(self.buffer)
+        buffered = raw.buffered if raw is not None else 0
+        while True:
+            end = table.end(slot)
+            if end < 0 or 0 <= stop < end:
+                end = stop
+            want = size if end < 0 else min(size, end - pos)
+            want = self.pacer.limit(want, table.cap(slot))
+            if want <= 0:
+                return pos
+            if raw is not None and buffered <= 0 and self.splicer.enabled:
+                count = self.splicer.move(raw.sock, self.attempt.fd, pos, want, self.path)
+            else:
+                count = self._copy(read, pos, want if buffered <= 0 else min(want, buffered))
+                buffered -= count
+            if count == 0:
+                return pos
+            table.add_received(slot, count)
+            pos += count
+            table.set_pos(slot, pos)
+            self.pacer.pace(count, table.cap(slot))
+            if os.getppid() != self.parent:  # orphaned: nobody will ever use these bytes
+                os._exit(1)
+
+    def _copy(self, read: Reader, pos: int, want: int) -> int:
+        """Read what has arrived (up to ``want``) into the buffer and pwrite it at ``pos``."""
+        buffer = self.buffer if want == len(self.buffer) else self.buffer[:want]
+        count = read(buffer)  # may be 1 byte
         try:
-            pwrite_all(attempt.fd, buffer if count == buffer_size else buffer[:count], pos)
+            pwrite_all(self.attempt.fd, buffer[:count], pos)
         except OSError as exc:
-            raise local_error(Path(attempt.path), exc) from None
-        pos += count
-        table.set_pos(attempt.slot, pos)
-        pacer.pace(count, table.cap(attempt.slot))
-        if os.getppid() != parent:  # orphaned: nobody will ever use these bytes
-            os._exit(1)
+            raise local_error(self.path, exc) from None
+        return count
 
 
 class _Pacer:

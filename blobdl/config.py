@@ -71,7 +71,9 @@ class Settings:
     connections: int = 16
     #: Let idle workers take over slow lanes and split the largest remaining range.
     steal: bool = True
-    #: Smallest range a steal splits off, in bytes. Smaller: a shorter tail, more requests.
+    #: Smallest range a steal splits off, in bytes, and the first request of each lane (a
+    #: lane asks in chunks that then grow with its rate). Smaller: a shorter tail, more
+    #: requests.
     min_steal_size: int = 4 * 1024 * 1024
     #: Failed attempts in a row (without progress) a part may have before the download fails.
     retries: int = 6

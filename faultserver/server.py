@@ -68,6 +68,12 @@ ACTIONS: dict[str, frozenset[str]] = {
     # A 3xx (default 302) to `location`; `endless`: a body that never ends (for `hold` s),
     # read to EOF, or announced with a Content-Length of `length` bytes.
     "redirect": frozenset({"location", "status", "endless", "hold", "length"}),
+    # A lane that goes silent at a byte offset, however the client cuts its requests: the
+    # first request whose range holds ``offset`` sends up to it (at ``bps``), then holds.
+    "stall_at": frozenset({"offset", "hold", "bps"}),
+    # A slow path: the matched request's connection sends at ``bps`` for every later
+    # request on it too (a client that asks in chunks over keep-alive stays slow).
+    "slow_conn": frozenset({"bps"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -83,6 +89,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "wrong_length": ("by",),
     "encoding": ("value",),
     "redirect": ("location",),
+    "stall_at": ("offset",),
+    "slow_conn": ("bps",),
 }
 _RULE_KEYS = frozenset({"path", "skip", "times", "action", "method"})
 _CUT_ACTIONS = frozenset({"reset_after", "close_after", "stall_after"})
@@ -233,15 +241,21 @@ class State:
             self.per_path[path] = self.per_path.get(path, 0) + 1
             self.ranges.append(_header(headers, "Range"))
             self.headers.append(headers)
-            return self._pick(path, method)
+            return self._pick(path, method, _header(headers, "Range"))
 
-    def _pick(self, path: str, method: str) -> Fault | None:
+    def _pick(self, path: str, method: str, asked: str | None) -> Fault | None:
         for rule in self.rules:
             if rule.exhausted() or not rule.matches(path, method):
                 continue
+            if rule.action == "stall_at" and _offset_in(asked, rule.params["offset"]) is None:
+                continue  # not the request that reaches the offset
             rule.seen += 1
             # Skipped matches are served normally and do not fall through to later rules.
-            return Fault(rule.action, rule.params) if rule.seen > rule.skip else None
+            if rule.seen <= rule.skip:
+                return None
+            if rule.action == "stall_at":
+                return _stall_at(rule.params, cast(int, _offset_in(asked, rule.params["offset"])))
+            return Fault(rule.action, rule.params)
         return None
 
     def add_bytes(self, n: int) -> None:
@@ -280,6 +294,21 @@ class State:
                 "headers": list(self.headers),
                 "rule_hits": [r.seen for r in self.rules],
             }
+
+
+def _offset_in(asked: str | None, offset: int) -> int | None:
+    """How far into a ``Range: bytes=a-b`` request ``offset`` lies (None: not inside)."""
+    span = parse_range(asked, 2**62)
+    if not isinstance(span, tuple) or not span[0] <= offset <= span[1]:
+        return None
+    return offset - span[0]
+
+
+def _stall_at(params: dict[str, Any], into: int) -> Fault:
+    shape: dict[str, Any] = {"stall_after": into, "hold": params.get("hold", 60)}
+    if "bps" in params:
+        shape["bps"] = params["bps"]
+    return Fault("shape", shape)
 
 
 def _peer_closed(sock: socket.socket) -> bool:
@@ -505,6 +534,8 @@ class FaultServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "blobdl-testserver/1"
+    slow_conn: Fault | None = None  # set by a slow_conn rule: this connection stays slow
+    paced_from, paced_bytes = 0.0, 0  # its pace: since when, and bytes sent since then
 
     @property
     def srv(self) -> FaultServer:
@@ -558,6 +589,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         req = dict(self.headers.items())
         fault = self.srv.state.record(self.command, parts.path, req)
+        if fault is not None and fault.action == "slow_conn":
+            self.slow_conn = Fault("rate", {"bps": fault.num("bps")})
+        if self.slow_conn is not None:  # the path stays slow, whatever other rules say
+            fault = self.slow_conn
         if fault is not None and not self._pre_fault(fault, head):
             return
         reply = self._route(parts.path, parts.query, req, fault)
@@ -695,20 +730,26 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.data[:total])
             return total
         with open(reply.file, "rb") as f:
-            return self._stream(f.fileno(), reply.start, total, bps)
+            return self._stream(f.fileno(), reply.start, total, bps, fault is self.slow_conn)
 
-    def _stream(self, fd: int, offset: int, total: int, bps: float | None) -> int:
-        """Send a file slice; only these bytes count as stats["bytes_sent"]."""
+    def _stream(
+        self, fd: int, offset: int, total: int, bps: float | None, sticky: bool = False
+    ) -> int:
+        """Send a file slice; only these bytes count as stats["bytes_sent"]. ``sticky``: the
+        pace runs on across the connection's requests (a slow path, not a slow request)."""
         tls = isinstance(self.connection, ssl.SSLSocket)
         link = self.srv.link
         chunk = PACE_CHUNK if bps or link else (TLS_CHUNK if tls else SENDFILE_CHUNK)
-        sent, t0 = 0, time.monotonic()
+        sent, t0, before = 0, time.monotonic(), 0
+        if sticky:
+            self.paced_from = self.paced_from or t0
+            t0, before = self.paced_from, self.paced_bytes
         while sent < total:
             step = min(chunk, total - sent)
             if link is not None:
                 self._wait_until(link.book(step))
             if bps:  # wait *before* a chunk: no idle sleep after the last byte, so the
-                self._pace(t0, sent, bps)  # connection's life matches the client's view
+                self._pace(t0, before + sent, bps)  # connection's life matches the client's
             # Counted before the send (and corrected after): a client that has read the
             # last byte and asks for stats at once must never see a count behind it.
             self.srv.state.add_bytes(step)
@@ -722,6 +763,8 @@ class Handler(BaseHTTPRequestHandler):
             if n == 0:
                 break  # file got shorter than its stat said
             sent += n
+        if sticky:
+            self.paced_bytes += sent
         return sent
 
     def _send_chunk(self, fd: int, offset: int, n: int, tls: bool) -> int:

@@ -23,7 +23,10 @@ wrong_length[by] (Content-Length off by ``by``), encoding[value] (a Content-Enco
 headers[set: {name: value}, drop: [names]] (an otherwise normal response with headers
 replaced or removed; the connection closes after it), redirect[location, status=302,
 endless, hold, length] (a 3xx to ``location``; ``endless``: a body that never ends, for
-``hold`` s, read to EOF or announced as ``length`` bytes).
+``hold`` s, read to EOF or announced as ``length`` bytes), stall_at[offset, hold, bps] (the first
+request whose range holds byte ``offset`` sends up to it, then holds: a lane that goes silent
+there however the client cuts its requests), slow_conn[bps] (the matched request's
+connection serves every later request at ``bps`` too: a slow path, not a slow request).
 
 ``start_server(root, link_bps=N)`` also caps all response bodies together at N bytes/s (a
 shared link), on top of any per-request ``rate``/``shape`` pacing.

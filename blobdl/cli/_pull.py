@@ -116,6 +116,7 @@ def _summary(result: PullResult) -> dict[str, Any]:
         "manifest": str(result.manifest_path),
         "manifest_digest": result.manifest_digest,
         "bytes_fetched": result.bytes_fetched,
+        "bytes_received": result.bytes_received,
         "elapsed": round(result.elapsed, 3),
         "layers": [
             {"digest": r.digest, "size": r.size, "fetched": r.download is not None}

@@ -75,6 +75,7 @@ def test_pull_writes_ollamas_store_byte_for_byte(registry: Registry, tmp_path: P
     assert_store(models, registry, model)
     assert result.manifest_digest == model.digest
     assert result.bytes_fetched >= sum(len(b) for b in model.blobs.values())
+    assert result.bytes_received >= result.bytes_fetched
 
 
 def test_blobs_already_present_cost_only_the_manifest_request(

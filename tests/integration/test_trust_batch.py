@@ -372,8 +372,9 @@ ABANDONED = {
     # pacing gaps longer than the stall timeout: killed while the server sleeps between chunks
     "slow": ([{**RATE, "bps": 100_000}], {"stall_timeout": 0.3, "steal": False,
                                           "min_part_size": 4 * PART, "max_part_size": 4 * PART}),
-    # a slow lane taken over: its worker is killed and a thief starts at once
-    "takeover": ([{**RATE, "times": 1, "skip": 1, "bps": 5_000}, RATE],
+    # a slow lane (its connection: a lane asks in chunks) taken over or restarted: its
+    # worker is killed and another starts at once
+    "takeover": ([{**RATE, "times": 1, "skip": 1, "action": "slow_conn", "bps": 5_000}, RATE],
                  {"min_steal_size": PART, "min_part_size": 4 * PART, "max_part_size": 4 * PART}),
 }  # fmt: skip
 

@@ -1,0 +1,137 @@
+"""Each byte crosses the wire once: the server's own byte count against the blob's size.
+
+Work stealing must not pay for a fast tail with bytes the server sends and we throw away.
+``bytes_sent`` counts the body bytes the server wrote to its sockets, per test. Without
+faults the bound is 1 % over the blob (no request is cut; the margin covers no byte
+today, it is there so a rounding in a future plan does not fail the test). With a cut
+connection the waste may also hold what that connection had in flight: the server sends a
+paced body in PACE_CHUNK pieces, so at most one piece per cut connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from blobdl import Downloader
+from faultserver.server import PACE_CHUNK
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+
+Make = Callable[..., Blob]
+LANE = 16 * PART  # 1 MiB parts: enough for several chunks and splits per lane
+NO_FAULT_BOUND = 1.01
+
+
+def wire_settings(**overrides: object):  # type: ignore[no-untyped-def]
+    base: dict[str, object] = {
+        "min_part_size": LANE,
+        "max_part_size": LANE,
+        "min_steal_size": 32 * 1024,
+        "buffer_size": 64 * 1024,
+        "progress_interval": 0.05,
+    }
+    base.update(overrides)
+    return fast_settings(**base)
+
+
+def sent(server: ServerHandle) -> int:
+    return int(server.stats()["bytes_sent"])
+
+
+def test_stealing_on_an_uncapped_server_sends_each_byte_once(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * LANE, seed=71)
+    # Two parts, eight connections: six idle workers split the two lanes over and over.
+    result = Downloader(wire_settings(connections=8)).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.steals >= 1
+    assert sent(server) <= NO_FAULT_BOUND * blob.size
+
+
+def test_splits_of_paced_lanes_send_each_byte_once(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * LANE, seed=72)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
+                       "action": "rate", "bps": 4_000_000})  # fmt: skip
+    result = Downloader(wire_settings(connections=6)).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.steals >= 2  # the lanes were split
+    assert sent(server) <= NO_FAULT_BOUND * blob.size
+
+
+def test_a_slow_lane_costs_at_most_what_it_had_in_flight(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * LANE, seed=73)
+    # The first part's connection crawls at 50 KB/s; every other one is fast.
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 1,
+                       "action": "slow_conn", "bps": 50_000})  # fmt: skip
+    result = Downloader(wire_settings(connections=4)).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.steals >= 1 and result.retries == 0
+    assert sent(server) <= NO_FAULT_BOUND * blob.size + PACE_CHUNK
+
+
+def test_a_stalled_lane_taken_over_costs_nothing_twice(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * LANE, seed=74)
+    server.set_faults({"path": f"/files/{blob.name}", "times": 1, "action": "stall_at",
+                       "offset": LANE // 4, "hold": 120})  # fmt: skip
+    settings = wire_settings(connections=4, stall_timeout=60)
+    result = Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.steals >= 1 and result.retries == 0
+    assert sent(server) <= NO_FAULT_BOUND * blob.size
+
+
+def test_a_reset_costs_at_most_what_was_in_flight(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * LANE, seed=75)
+    cut = 10_000  # inside any request's range, however the lane cuts it
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 2, "times": 1,
+                       "action": "reset_after", "bytes": cut})  # fmt: skip
+    result = Downloader(wire_settings(connections=4)).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.retries == 1
+    assert sent(server) <= NO_FAULT_BOUND * blob.size + cut
+
+
+def test_the_result_tells_the_bytes_received_off_the_wire(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * LANE, seed=76)
+    result = Downloader(wire_settings(connections=8)).download(blob.url, tmp_path / "out")
+    assert result.bytes_received == result.bytes_fetched == blob.size
+    assert sent(server) == blob.size + 1  # and the probe's one byte
+
+
+def test_bytes_received_count_what_a_cut_connection_delivered(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * LANE, seed=77)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 2, "times": 1,
+                       "action": "close_after", "bytes": 10_000})  # fmt: skip
+    result = Downloader(wire_settings(connections=4)).download(blob.url, tmp_path / "out")
+    assert result.retries == 1
+    # Everything the server sent arrived (a clean close, no reset): all of it is told.
+    assert result.bytes_received == sent(server) - 1  # all but the probe's byte
+    assert result.bytes_received >= result.bytes_fetched >= blob.size
+
+
+def test_a_lane_asks_in_chunks_over_one_connection(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(LANE, seed=78)
+    result = Downloader(wire_settings(connections=1)).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    stats = server.stats()
+    data_requests = stats["requests"] - 1  # the probe's
+    assert data_requests >= 3  # chunks: split points for a steal
+    # The probe's connection, the worker's one, and the one asking for these stats.
+    assert stats["connections"] == 3
+    assert result.bytes_received == blob.size

@@ -1,0 +1,118 @@
+"""The pure decisions behind lanes: chunk sizes, the slow-lane verdicts, where a steal cuts."""
+
+from __future__ import annotations
+
+import pytest
+
+from blobdl._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
+from blobdl._parts import Parts
+from blobdl._resume import PartRecord
+from blobdl._retry import Retry
+from blobdl._steal import LAG_SHARE, Lane, Steal, choose, lagging
+
+MiB = 1024 * 1024
+FIRST = 4 * MiB
+
+
+@pytest.mark.parametrize(
+    ("previous", "rate", "left", "expected"),
+    [
+        (0, 0.0, 100 * MiB, FIRST),  # the first chunk: the rate is unknown
+        (0, 0.0, MiB, MiB),  # never past the lane's end
+        (FIRST, 8 * MiB, 100 * MiB, 8 * MiB),  # grows at most twofold
+        (8 * MiB, 8 * MiB, 100 * MiB, int(8 * MiB * TARGET_SECONDS)),  # ~TARGET_SECONDS' worth
+        (FIRST, 100 * MiB, 100 * MiB, 8 * MiB),  # a fat link still grows gradually
+        (64 * MiB, 10**10, 10**12, MAX_CHUNK),  # capped: overhead is nothing by then
+        (8 * MiB, 1000.0, 100 * MiB, FIRST),  # a crawling lane still asks for the first size
+        (8 * MiB, 8 * MiB, 3 * MiB, 3 * MiB),  # the lane's last bytes
+        (8 * MiB, 0.0, 0, 1),  # degenerate: at least one byte (the caller stops before)
+    ],
+)
+def test_chunk_sizes(previous: int, rate: float, left: int, expected: int) -> None:
+    assert next_chunk(previous, rate, left, FIRST) == expected
+
+
+@pytest.mark.parametrize(
+    ("rate", "peers", "expected"),
+    [
+        (0.0, [0.0, 8e6, 8e6, 8e6], True),  # silent among moving peers
+        (0.5e6, [0.5e6, 8e6, 8e6], True),  # far below the median
+        (0.9e6, [0.9e6, 8e6, 8e6], False),  # slower, not lagging (>= 10 %)
+        (0.0, [0.0, 0.0, 8e6], False),  # the median itself is 0: everyone is slow
+        (0.0, [0.0], False),  # no peers to compare with
+        (1.0, [1.0, 100.0], True),  # two lanes: the median is their mean
+        (LAG_SHARE * 8e6, [LAG_SHARE * 8e6, 8e6, 8e6], False),  # exactly at the share
+    ],
+)
+def test_lagging_verdict(rate: float, peers: list[float], expected: bool) -> None:
+    assert lagging(rate, peers) is expected
+
+
+FAST = 8e6
+
+
+@pytest.mark.parametrize(
+    ("lanes", "expected"),
+    [
+        # A split starts at or past the end of the victim's request: [80, 100) is on its way.
+        ([Lane(0, 0, 200, FAST, 5.0, asked=100)], Steal(0, 150, False, False)),
+        # Nothing asked (yet): the split is the middle of what is left.
+        ([Lane(0, 0, 200, FAST, 5.0)], Steal(0, 100, False, False)),
+        # All that is left is on its way: nothing to split.
+        ([Lane(0, 0, 200, FAST, 5.0, asked=200)], None),
+        # A slow lane that still moves keeps its request; the thief starts after it.
+        (
+            [Lane(0, 0, 10**6, FAST / 8, 5.0, asked=500), Lane(1, 10**6, 2 * 10**6, FAST, 5.0)],
+            Steal(0, 500, True, False),
+        ),
+        # A lane that has all but stopped (under LAG_SHARE of the best) is cut where it is.
+        (
+            [
+                Lane(0, 0, 10**6, 1000.0, 5.0, asked=10**5, quiet=1.0),
+                Lane(1, 10**6, 2 * 10**6, FAST, 5.0),
+            ],
+            Steal(0, 0, True, True),
+        ),
+        # ... but not one that has been quiet only briefly: its bytes may be on their way.
+        (
+            [
+                Lane(0, 0, 10**6, 0.0, 5.0, asked=10**5, quiet=0.1),
+                Lane(1, 10**6, 2 * 10**6, FAST, 5.0),
+            ],
+            Steal(0, 10**5, True, False),
+        ),
+        # A silent lane is cut at its position.
+        (
+            [
+                Lane(0, 10, 10**6, 0.0, 5.0, asked=10**5, quiet=1.0),
+                Lane(1, 10**6, 2 * 10**6, FAST, 5.0),
+            ],
+            Steal(0, 10, True, True),
+        ),
+    ],
+)
+def test_where_a_steal_cuts(lanes: list[Lane], expected: Steal | None) -> None:
+    assert choose(lanes, best_rate=FAST, min_split=10, grace=1.0) == expected
+
+
+def test_a_slow_lane_whose_rest_is_in_flight_is_left_alone_and_others_split() -> None:
+    lanes = [Lane(0, 0, 500, FAST / 8, 5.0, asked=500), Lane(1, 500, 1500, FAST, 5.0, asked=600)]
+    assert FAST / 8 >= LAG_SHARE * FAST  # slow, but it moves: its last bytes are on their way
+    assert choose(lanes, best_rate=FAST, min_split=10, grace=1.0) == Steal(1, 1050, False)
+
+
+def test_a_split_moves_up_to_what_the_victim_asked_for_meanwhile() -> None:
+    """The victim may publish a longer request between the decision and the split (it had
+    not seen its new end yet): the split moves up so that none of that is thrown away."""
+    parts = Parts([PartRecord(start=0, end=1000, pos=100)], connections=2, retry=Retry())
+    parts.table.set_asked(0, 700)
+    thief = parts.split(Steal(0, 500, takeover=False))
+    table = parts.table
+    assert (table.end(0), table.start(thief.slot), table.end(thief.slot)) == (700, 700, 1000)
+
+
+def test_a_cut_ignores_what_the_victim_asked_for() -> None:
+    parts = Parts([PartRecord(start=0, end=1000, pos=100)], connections=2, retry=Retry())
+    parts.table.set_asked(0, 700)
+    thief = parts.split(Steal(0, 100, takeover=True, cut=True))
+    assert (parts.table.end(0), parts.table.start(thief.slot)) == (100, 100)
