@@ -21,7 +21,12 @@ from tests.integration.test_hostile import (
     no_secret_at,
     run_cli_tagged,
 )
-from tests.strategies import HOSTILE_STATUSES, RETRY_AFTERS, hostile_filenames
+from tests.strategies import (
+    HOSTILE_HEADER_VALUES,
+    HOSTILE_STATUSES,
+    RETRY_AFTERS,
+    hostile_filenames,
+)
 
 root = Path(tempfile.mkdtemp())
 base = Path(tempfile.mkdtemp())
@@ -49,23 +54,7 @@ for r in RETRY_AFTERS:
 for v in ['"other"', 'W/"weak"', "bare"]:
     F.append({"action": "etag", "value": v})
 vals = {
-    "Content-Range": [
-        f"bytes 0-0/{2**62}",
-        "bytes 0-0/1" + "0" * 5000,
-        f"bytes 0-{2**70}/{2**71}",
-        "bytes 0-0/-1",
-        "bytes */*",
-        "bytes 0-0/*",
-        "bytes 0-0/0",
-        "bytes=0-0/10",
-        "garbage",
-        "",
-    ],
-    "ETag": ['"changed"', 'W/"weak"', "", "unquoted"],
-    "Last-Modified": ["garbage", "Thu, 01 Jan 1970 00:00:00 GMT"],
-    "Content-Encoding": ["gzip", "br", "identity, gzip", "GZIP"],
-    "Transfer-Encoding": ["chunked", "gzip", "identity"],
-    "Accept-Ranges": ["none", "bytes, none", ""],
+    **HOSTILE_HEADER_VALUES,
     "Content-Length": ["garbage", "-1", str(2**63), str(10**30), "1, 2", "", "0", "39999"],
 }
 for k, vs in vals.items():

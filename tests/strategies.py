@@ -85,26 +85,32 @@ def hostile_filenames(sandbox: str) -> list[str]:
     ]
 
 
+# Header values a hostile server may send on an otherwise normal response.
+HOSTILE_HEADER_VALUES: dict[str, list[str]] = {
+    "Content-Range": [
+        f"bytes 0-0/{2**62}",
+        "bytes 0-0/1" + "0" * 5000,  # 10**5000
+        f"bytes 0-{2**70}/{2**71}",
+        "bytes 0-0/-1",
+        "bytes */*",
+        "bytes 0-0/*",
+        "bytes 0-0/0",
+        "bytes=0-0/10",
+        "garbage",
+        "",
+    ],
+    "ETag": ['"changed"', 'W/"weak"', "", "unquoted"],
+    "Last-Modified": ["garbage", "Thu, 01 Jan 1970 00:00:00 GMT"],
+    "Content-Encoding": ["gzip", "br", "identity, gzip", "GZIP"],
+    "Transfer-Encoding": ["chunked", "gzip", "identity"],
+    "Accept-Ranges": ["none", "bytes, none", ""],
+}
+
+
 def _odd_headers(t: Target) -> st.SearchStrategy[dict[str, object]]:
     values: dict[str, list[str]] = {
         "Content-Disposition": hostile_filenames(t.sandbox),
-        "Content-Range": [
-            f"bytes 0-0/{2**62}",
-            "bytes 0-0/1" + "0" * 5000,  # 10**5000
-            f"bytes 0-{2**70}/{2**71}",
-            "bytes 0-0/-1",
-            "bytes */*",
-            "bytes 0-0/*",
-            "bytes 0-0/0",
-            "bytes=0-0/10",
-            "garbage",
-            "",
-        ],
-        "ETag": ['"changed"', 'W/"weak"', "", "unquoted"],
-        "Last-Modified": ["garbage", "Thu, 01 Jan 1970 00:00:00 GMT"],
-        "Content-Encoding": ["gzip", "br", "identity, gzip", "GZIP"],
-        "Transfer-Encoding": ["chunked", "gzip", "identity"],
-        "Accept-Ranges": ["none", "bytes, none", ""],
+        **HOSTILE_HEADER_VALUES,
     }
     one_set = st.sampled_from(sorted(values)).flatmap(
         lambda name: st.sampled_from(values[name]).map(lambda v: {name: v})
