@@ -276,11 +276,13 @@ class Coordinator:
         connection from where it is, without waiting for a worker to go idle. It is no
         failure: the retry budget is untouched (the stall timeout still decides what
         fails), and a part is restarted again only after it made progress."""
+        if not self.ranged:  # one stream, nothing to compare it with
+            return
         grace = max(LAG_GRACE, 2 * min(self.settings.progress_interval, WATCH_INTERVAL))
         peers = [p for p in self.parts if p.state == RUNNING and now - p.launched >= grace]
         rates = [p.moved for p in peers]
         for part in peers:
-            if not self.ranged or not lagging(part.moved, rates) or not self._waiting(part):
+            if not lagging(part.moved, rates) or not self._waiting(part):
                 continue
             pos = self.table.pos(part.slot)
             if pos <= part.restarted_at:

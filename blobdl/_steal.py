@@ -15,6 +15,7 @@ verdict on slow lanes: one far below its peers is restarted even when no worker 
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -99,7 +100,4 @@ def lagging(rate: float, peers: Sequence[float]) -> bool:
     median of its ``peers`` (the running lanes past their grace, itself included)."""
     if len(peers) < 2:
         return False
-    ordered = sorted(peers)
-    middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    return rate < LAG_SHARE * median
+    return rate < LAG_SHARE * statistics.median(peers)
