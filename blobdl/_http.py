@@ -578,15 +578,17 @@ def finish(response: Response, complete: bool) -> None:
 
 
 class RawBody(NamedTuple):
-    """A plain-TCP body that can be spliced: its socket, once ``buffered`` bytes (already
-    read past the headers into http.client's buffer) are taken the ordinary way."""
+    """A length-delimited body read straight off its socket, once ``buffered`` bytes
+    (already read past the headers into http.client's buffer) are taken the ordinary way."""
 
     sock: socket.socket
     buffered: int
+    tls: bool  # an ssl.SSLSocket: its bytes must be decrypted (never spliced)
 
 
 def raw_body(response: Response) -> RawBody | None:
-    """The socket under a length-delimited body on plain TCP (None over TLS, chunked...).
+    """The socket under a length-delimited body (None for a chunked or decoded one, or a
+    connection that is not a socket of ours, such as one through a TLS-in-TLS proxy).
 
     http.client's reader may already hold the first body bytes: ``peek`` tells how many
     (reading once from the socket if it holds none), so no byte is skipped or read twice."""
@@ -595,9 +597,9 @@ def raw_body(response: Response) -> RawBody | None:
     sock = getattr(getattr(response, "connection", None), "sock", None)
     if not isinstance(inner, http.client.HTTPResponse) or inner.chunked or sock_file is None:
         return None
-    if type(sock) is not socket.socket:  # an ssl.SSLSocket (a subclass) must be decrypted
+    if not isinstance(sock, socket.socket) or type(sock) not in (socket.socket, ssl.SSLSocket):
         return None
-    return RawBody(sock, len(sock_file.peek()))
+    return RawBody(sock, len(sock_file.peek()), isinstance(sock, ssl.SSLSocket))
 
 
 def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remote:

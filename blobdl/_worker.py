@@ -28,6 +28,7 @@ from urllib3 import PoolManager
 from ._chunk import next_chunk
 from ._counters import CounterTable
 from ._fileio import Splicer, local_error, pwrite_all
+from ._gather import gathering
 from ._http import (
     RawBody,
     Reader,
@@ -43,8 +44,13 @@ from ._http import (
 from ._plan import Span
 from ._remote import Remote
 from ._spawn import start
-from .config import Settings
+from .config import MAX_BYTES, Settings
 from .errors import BlobdlError, TruncatedBody, WorkerCrashed
+
+# Bytes gathered off a TLS socket per write: 16 records. More saved no CPU we could measure
+# (1 GiB HTTPS, 16 lanes: 64 KiB 1.81, 256 KiB 1.60, 1 MiB 1.74 CPU s; noisy) and makes every
+# worker touch (own) more of its buffer.
+GATHER = 256 * 1024
 
 
 class Attempt(NamedTuple):
@@ -138,8 +144,7 @@ def _fetch_chunks(lane: _Lane, pool: PoolManager, remote: Remote, first: int) ->
         began = time.monotonic()
         response = open_range(pool, remote, span)
         try:
-            raw = raw_body(response) if lane.splicer.enabled else None
-            pos = lane.stream(body_reader(response), pos, span.end, raw)
+            pos = lane.stream(body_reader(response), pos, span.end, raw_body(response))
         finally:
             finish(response, complete=pos == span.end)
         if pos < min(span.end, table.end(slot)):
@@ -190,11 +195,22 @@ class _Lane:
 
     def stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None = None) -> int:
         """Socket -> the file from ``pos``; returns the position reached. Through one reused
-        buffer and pwrite, or, for a ``raw`` body once its buffered bytes are taken, spliced.
+        buffer and pwrite, or, for a ``raw`` body once its buffered bytes are taken, spliced
+        (plain TCP) or gathered (TLS: every record that has arrived, one write).
 
         Stops at ``stop`` (the response's own end; -1: none) or at the slot's end (which may
         move in at any time; -1: until EOF), whichever comes first, or at EOF."""
-        slot, table, size = self.attempt.slot, self.table, len(self.buffer)
+        if raw is None or (self.splicer.enabled and not raw.tls):
+            return self._stream(read, pos, stop, raw)
+        with gathering(raw.sock) as gatherer:
+            ahead = pos + raw.buffered if stop < 0 else min(stop, pos + raw.buffered)
+            taken = self._stream(read, pos, ahead, None) if ahead > pos else pos
+            if taken < ahead:
+                return taken
+            return self._stream(gatherer.read, taken, stop, None, GATHER)
+
+    def _stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None, most: int = 0) -> int:
+        slot, table, size = self.attempt.slot, self.table, min(most or MAX_BYTES, len(self.buffer))
         buffered = raw.buffered if raw is not None else 0
         while True:
             end = table.end(slot)

@@ -17,7 +17,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,63 +28,13 @@ from blobdl import Downloader, Settings
 from blobdl.cli import build_parser, settings_from
 from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE, BlobdlError, TLSError, UsageError
 from faultserver.proxy import ForwardProxy
-from faultserver.serverctl import ServerHandle, make_blob, start_server
+from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file
+from tests.integration.conftest import PKI
 
 Make = Callable[..., Blob]
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 SECRET = "Bearer s3cret"
-
-
-@dataclass(frozen=True)
-class PKI:
-    ca: trustme.CA
-    ca_pem: str
-    server_cert: str  # chain
-    server_key: str
-    client_cert: str
-    client_key: str
-    client_combined: str  # key and chain in one file
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    root = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("client.blobdl.test")
-    files = {
-        "ca.pem": ca.cert_pem,
-        "server.pem": server.cert_chain_pems[0],
-        "server.key": server.private_key_pem,
-        "client.pem": client.cert_chain_pems[0],
-        "client.key": client.private_key_pem,
-        "client-combined.pem": client.private_key_and_cert_chain_pem,
-    }
-    for name, blob in files.items():
-        blob.write_to_path(str(root / name))
-    p = {name: str(root / name) for name in files}
-    return PKI(
-        ca,
-        p["ca.pem"],
-        p["server.pem"],
-        p["server.key"],
-        p["client.pem"],
-        p["client.key"],
-        p["client-combined.pem"],
-    )
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[ServerHandle]:
-    handle = start_server(
-        tmp_path_factory.mktemp("served-tls"),
-        certfile=pki.server_cert,
-        keyfile=pki.server_key,
-        ca=pki.ca_pem,
-    )
-    yield handle
-    handle.stop()
 
 
 @pytest.fixture(scope="module")

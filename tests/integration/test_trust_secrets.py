@@ -17,7 +17,7 @@ from blobdl import Downloader, Settings
 from blobdl.errors import BadResponse, BlobdlError, UsageError
 from faultserver.serverctl import ServerHandle, make_blob, start_server
 from tests.conftest import PART, Blob, fast_settings, run_cli
-from tests.integration.test_network import pki, tls_server  # noqa: F401 - fixtures
+from tests.integration.conftest import PKI
 
 Make = Callable[..., Blob]
 PASSWORD = "hunter2pw"
@@ -98,8 +98,8 @@ def test_redirect_to_another_port_carries_no_secret_header(
 
 
 def test_redirect_from_https_to_http_carries_no_secret_header(
-    tls_server: ServerHandle,  # noqa: F811
-    pki: object,  # noqa: F811
+    tls_server: ServerHandle,
+    pki: PKI,
     other: ServerHandle,
     other_blob: Blob,
     tmp_path: Path,
@@ -108,7 +108,7 @@ def test_redirect_from_https_to_http_carries_no_secret_header(
     _redirect(tls_server, "/files/start.bin", other_blob.url)
     settings = fast_settings(
         headers=tuple(SECRETS.items()),
-        ca_bundle=pki.ca_pem,  # type: ignore[attr-defined]
+        ca_bundle=pki.ca_pem,
     )
     Downloader(settings).download(tls_server.url("start.bin"), tmp_path / "out.bin")
     assert "s3cret-token" in _seen(tls_server)

@@ -1,0 +1,62 @@
+"""Fixtures for the integration tests that need TLS: a trustme PKI and a TLS fault server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import trustme
+
+from faultserver.serverctl import ServerHandle, start_server
+
+
+@dataclass(frozen=True)
+class PKI:
+    ca: trustme.CA
+    ca_pem: str
+    server_cert: str  # chain
+    server_key: str
+    client_cert: str
+    client_key: str
+    client_combined: str  # key and chain in one file
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    root = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client.blobdl.test")
+    files = {
+        "ca.pem": ca.cert_pem,
+        "server.pem": server.cert_chain_pems[0],
+        "server.key": server.private_key_pem,
+        "client.pem": client.cert_chain_pems[0],
+        "client.key": client.private_key_pem,
+        "client-combined.pem": client.private_key_and_cert_chain_pem,
+    }
+    for name, blob in files.items():
+        blob.write_to_path(str(root / name))
+    p = {name: str(root / name) for name in files}
+    return PKI(
+        ca,
+        p["ca.pem"],
+        p["server.pem"],
+        p["server.key"],
+        p["client.pem"],
+        p["client.key"],
+        p["client-combined.pem"],
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[ServerHandle]:
+    handle = start_server(
+        tmp_path_factory.mktemp("served-tls"),
+        certfile=pki.server_cert,
+        keyfile=pki.server_key,
+        ca=pki.ca_pem,
+    )
+    yield handle
+    handle.stop()

@@ -1,0 +1,112 @@
+"""Reading a body straight off its socket: what has arrived comes back in one call, the
+first byte is waited for (within the socket's timeout), and the socket is handed back as
+it came. Real connected sockets, plain and TLS (a trustme certificate)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+
+import pytest
+import trustme
+
+from blobdl._gather import gathering
+
+RECORD = 16 * 1024  # the most one TLS record carries
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5.0)
+    with ours, theirs:
+        yield ours, theirs
+
+
+def tls_pair(ours: socket.socket, theirs: socket.socket) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("blobdl.test").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    accepted: list[ssl.SSLSocket] = []
+    server = threading.Thread(
+        target=lambda: accepted.append(server_ctx.wrap_socket(theirs, server_side=True))
+    )
+    server.start()
+    client = client_ctx.wrap_socket(ours, server_hostname="blobdl.test")
+    server.join()
+    return client, accepted[0]
+
+
+def test_everything_that_has_arrived_comes_back_in_one_call(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    for _ in range(3):
+        theirs.sendall(b"x" * 1000)
+    with gathering(ours) as gatherer:
+        assert gatherer.read(memoryview(bytearray(64 * 1024))) == 3000
+
+
+def test_over_tls_one_call_returns_many_records(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = tls_pair(*pair)
+    body = bytes(range(256)) * (5 * RECORD // 256)
+    for start in range(0, len(body), RECORD):  # five records, all sent before we read
+        server.sendall(body[start : start + RECORD])
+    buffer = bytearray(8 * RECORD)
+    with gathering(client) as gatherer:
+        got = gatherer.read(memoryview(buffer))
+    assert got == len(body) and buffer[:got] == body
+
+
+def test_it_never_fills_more_than_the_view(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"abcdefgh")
+    view = memoryview(bytearray(5))
+    with gathering(ours) as gatherer:
+        assert gatherer.read(view) == 5 and bytes(view) == b"abcde"
+        assert gatherer.read(view) == 3 and bytes(view[:3]) == b"fgh"
+
+
+def test_it_waits_for_the_first_byte(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    later = threading.Timer(0.05, lambda: theirs.sendall(b"late"))
+    later.start()
+    try:
+        with gathering(ours) as gatherer:
+            assert gatherer.read(memoryview(bytearray(100))) == 4
+    finally:
+        later.join()
+
+
+def test_a_silent_socket_times_out_after_its_own_timeout(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, _ = pair
+    ours.settimeout(0.05)
+    with gathering(ours) as gatherer, pytest.raises(TimeoutError):
+        gatherer.read(memoryview(bytearray(100)))
+
+
+def test_end_of_stream_reads_zero(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"last")
+    theirs.shutdown(socket.SHUT_WR)
+    view = memoryview(bytearray(100))
+    with gathering(ours) as gatherer:
+        assert gatherer.read(view) == 4
+        assert gatherer.read(view) == 0
+
+
+def test_the_socket_gets_its_timeout_back_even_after_an_error(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, _ = pair
+    ours.settimeout(0.05)
+    with pytest.raises(TimeoutError), gathering(ours) as gatherer:
+        assert ours.gettimeout() == 0.0  # non-blocking while gathering
+        gatherer.read(memoryview(bytearray(1)))
+    assert ours.gettimeout() == 0.05  # its connection may serve the next request
