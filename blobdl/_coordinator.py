@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from . import _retry
 from ._events import EventCallback, PartRetried, PartStalled, Progress
+from ._fileio import start_writeback
 from ._http import prepare_tls, resolve
 from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
 from ._progress import BEST_DECAY, RateWindow, smoothed
@@ -264,6 +265,7 @@ class Coordinator:
                 self._tell(PartStalled(part.slot, now - part.last_change))
                 self._failed(part, Stalled(self.settings.stall_timeout))
         self._restart_lagging(now)
+        start_writeback(self.fd)  # the disk works while the network does (see there)
         if now - self.last_checkpoint >= self.settings.checkpoint_interval:
             self._checkpoint()
             self.last_checkpoint = now
