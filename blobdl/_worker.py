@@ -16,6 +16,7 @@ Retries, backoff and stall handling belong to the coordinator.
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from multiprocessing.connection import Connection
@@ -188,7 +189,8 @@ class _Lane:
     def __init__(self, attempt: Attempt, table: CounterTable, buffer_size: int) -> None:
         self.attempt, self.table = attempt, table
         self.path = Path(attempt.path)
-        self.buffer = memoryview(bytearray(buffer_size))
+        # Anonymous pages cost nothing until written (bytearray zero-fills every page).
+        self.buffer = memoryview(mmap.mmap(-1, buffer_size))
         self.pacer = _Pacer()
         self.parent = os.getppid()
         self.splicer = Splicer()
