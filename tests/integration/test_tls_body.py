@@ -99,9 +99,7 @@ def test_over_tls_each_byte_crosses_the_wire_once(
 ) -> None:
     tls = served["https"]
     tls.reset()
-    settings = Settings(
-        min_part_size=PART, max_part_size=PART, connections=4, ca_bundle=pki.ca_pem
-    )
+    settings = Settings(min_part_size=PART, max_part_size=PART, connections=4, ca_bundle=pki.ca_pem)
     result = Downloader(settings).download(tls.url(NAME), tmp_path / "out")
     assert sha256_file(tmp_path / "out") == sha256_file(tls.root / NAME)
     assert tls.stats()["bytes_sent"] == SIZE + 1  # the probe's one byte, then each byte once

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import trustme
 
-from blobdl._gather import gathering
+from blobdl._gather import SMALL, gathering
 
 RECORD = 16 * 1024  # the most one TLS record carries
 
@@ -69,6 +69,42 @@ def test_it_never_fills_more_than_the_view(pair: tuple[socket.socket, socket.soc
     with gathering(ours) as gatherer:
         assert gatherer.read(view) == 5 and bytes(view) == b"abcde"
         assert gatherer.read(view) == 3 and bytes(view[:3]) == b"fgh"
+
+
+def test_bytes_that_trickle_in_are_gathered_for_a_moment_before_they_are_written(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"first")
+    later = threading.Timer(0.01, lambda: theirs.sendall(b"second"))
+    later.start()
+    try:
+        with gathering(ours, linger=0.5) as gatherer:  # far longer than the sender needs
+            view = memoryview(bytearray(100))
+            assert gatherer.read(view) == 11 and bytes(view[:11]) == b"firstsecond"
+    finally:
+        later.join()
+
+
+def test_it_lingers_only_once_then_returns_what_it_has(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"alone")
+    with gathering(ours, linger=0.01) as gatherer:
+        assert gatherer.read(memoryview(bytearray(100))) == 5
+
+
+def test_it_does_not_linger_once_it_holds_plenty(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"x" * SMALL)
+    later = threading.Timer(0.05, lambda: theirs.sendall(b"late"))
+    later.start()
+    try:
+        with gathering(ours, linger=5.0) as gatherer:
+            assert gatherer.read(memoryview(bytearray(2 * SMALL))) == SMALL
+    finally:
+        later.join()
 
 
 def test_it_waits_for_the_first_byte(pair: tuple[socket.socket, socket.socket]) -> None:
