@@ -10,6 +10,7 @@ timeout) only for the first byte, so a slow link still shows progress as bytes a
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import ssl
@@ -17,13 +18,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# Nothing to read right now: over TLS a whole record may not have arrived yet.
+# Nothing to read right now (over TLS a whole record may not have arrived yet), or OpenSSL
+# must send before it can read on (a key update, a renegotiation): wait for the socket.
 _NOT_YET = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-# When bytes trickle in (a capped or slow lane), a wake-up per TLS record costs more CPU than
-# the record: under SMALL bytes in hand, wait LINGER seconds once for more. It is no trick
-# aimed at one server: it only sets how often a slow lane wakes, not what it asks for.
-# (1 GiB HTTPS from nginx at 16 x 20 MiB/s, three pairs: 1.69-1.79 -> 1.50-1.63 CPU s,
-# 90-92 % -> 94-98.5 % of the ideal rate: the server gets the CPU we no longer use.)
+# A lane that trickles (a capped or slow server) would wake for every TLS record; holding
+# under SMALL bytes, it waits LINGER once for more. Tuned on nginx at 16 x 20 MiB/s (fewer
+# wake-ups: 1.69-1.79 -> 1.50-1.63 CPU s per GiB); the server's pacing does not matter.
 SMALL = 64 * 1024
 LINGER = 0.005
 
@@ -33,33 +33,46 @@ class Gatherer:
 
     def __init__(self, sock: socket.socket, timeout: float | None, linger: float = LINGER) -> None:
         self.sock, self.linger = sock, linger
-        self.timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
-        self.poller = select.poll()
-        self.poller.register(sock, select.POLLIN)
+        self.timeout_ms = None if timeout is None else math.ceil(timeout * 1000)
+        self.pending: OSError | None = None  # the error that ended the last batch
 
     def read(self, view: memoryview) -> int:
         """Fill ``view`` with what has arrived (lingering once if that is little); wait
-        for more only while nothing has. 0: EOF."""
+        for more only while nothing has. 0: EOF.
+
+        An error after some bytes (a reset behind data, a broken TLS record behind good
+        ones) hands over those bytes first, as a plain read would, and is raised next."""
+        if self.pending is not None:
+            error, self.pending = self.pending, None
+            raise error
         got, size, lingered = 0, len(view), False
         while got < size:
             try:
                 count = self.sock.recv_into(view[got:] if got else view)
-            except _NOT_YET:
+            except _NOT_YET as exc:
                 if got >= SMALL or lingered:
                     return got
                 if got:
                     time.sleep(self.linger)
                     lingered = True
                 else:
-                    self._wait()
+                    writing = isinstance(exc, ssl.SSLWantWriteError)
+                    self._wait(select.POLLOUT if writing else select.POLLIN)
                 continue
+            except OSError as exc:  # ssl.SSLError too
+                if not got:
+                    raise
+                self.pending = exc
+                return got
             if count == 0:
                 return got
             got += count
         return got
 
-    def _wait(self) -> None:
-        if not self.poller.poll(self.timeout_ms):
+    def _wait(self, event: int) -> None:
+        poller = select.poll()
+        poller.register(self.sock, event)
+        if not poller.poll(self.timeout_ms):
             raise TimeoutError("read timed out")
 
 

@@ -1,7 +1,8 @@
-"""Bodies over TLS are read straight off the socket, many records per write (``_gather``),
-while plain HTTP bodies are spliced: two hot paths. Every fault the server can script must
-end the same way on both: the same exact bytes, or the same error. Real fault servers, plain
-and TLS, forked workers, real files, sha256.
+"""Bodies over TLS are read straight off the socket, many records per write (``_gather``);
+plain HTTP bodies are spliced, or gathered too where ``os.splice`` is missing (not Linux) or
+refused: three hot paths. Every fault the server can script must end the same way on each:
+the same exact bytes, or the same error. Real fault servers, plain and TLS, forked workers,
+real files, sha256.
 
 The buffer is Settings' default (1 MiB) so one gathered write spans many TLS records, and
 parts are large enough (256 KiB) that each fault lands in the middle of a gathered batch.
@@ -9,7 +10,7 @@ parts are large enough (256 KiB) that each fault lands in the middle of a gather
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,44 +55,85 @@ def served(server: ServerHandle, tls_server: ServerHandle) -> dict[str, ServerHa
     return {"http": server, "https": tls_server}
 
 
-def outcome(handle: ServerHandle, fault: dict[str, Any], dest: Path, **settings: Any) -> str:
-    """How a download ends: the sha256 of its file, or the name of its error."""
+def outcome(
+    handle: ServerHandle, fault: dict[str, Any], dest: Path, keep: int = 0, **settings: Any
+) -> str:
+    """How a download ends: the sha256 of its file, or the name of its error. The server's
+    rules are cleared after, and its stats too unless ``keep``."""
     handle.reset()
     rule = {k: v for k, v in fault.items() if not k.startswith("_")}
-    if rule:
-        handle.set_faults({"path": f"/files/{NAME}", "skip": 1, "times": None, **rule})
+    if rule:  # the probe is skipped (stall_at only ever matches a request reaching offset)
+        skip = 0 if rule["action"] == "stall_at" else 1
+        handle.set_faults({"path": f"/files/{NAME}", "skip": skip, "times": None, **rule})
     digest = f"sha256:{sha256_file(handle.root / NAME)}" if "_digest" in fault else None
     try:
         Downloader(Settings(**settings)).download(handle.url(NAME), dest, digest=digest)
     except BlobdlError as exc:
         return type(exc).__name__
     finally:
-        handle.reset()
+        if keep:
+            handle.set_faults()
+        else:
+            handle.reset()
     return sha256_file(dest)
 
 
+SETTINGS: dict[str, Any] = {
+    "min_part_size": PART,
+    "max_part_size": PART,
+    "connections": 4,
+    "stall_timeout": 0.5,
+    "progress_interval": 0.1,
+    "backoff_unit": 0.001,
+    "max_backoff": 0.05,
+    "min_steal_size": 64 * 1024,
+}
+PATHS = ("spliced plain", "gathered plain", "gathered tls")
+
+
+def on_path(
+    path: str, served: dict[str, ServerHandle], monkeypatch: pytest.MonkeyPatch
+) -> ServerHandle:
+    """The server for ``path``; without os.splice (the forked workers inherit that)
+    plain bodies are gathered."""
+    if path == "gathered plain":
+        monkeypatch.delattr(os, "splice")
+    return served["https" if path.endswith("tls") else "http"]
+
+
+@pytest.mark.parametrize("path", PATHS[1:])
 @pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
-def test_a_fault_ends_the_same_over_tls_as_over_plain_http(
-    served: dict[str, ServerHandle], pki: PKI, tmp_path: Path, fault: dict[str, Any]
+def test_a_fault_ends_the_same_on_every_path(
+    served: dict[str, ServerHandle],
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: dict[str, Any],
+    path: str,
 ) -> None:
-    settings: dict[str, Any] = {
-        "min_part_size": PART,
-        "max_part_size": PART,
-        "connections": 4,
-        "stall_timeout": 0.5,
-        "progress_interval": 0.1,
-        "backoff_unit": 0.001,
-        "max_backoff": 0.05,
-        "min_steal_size": 64 * 1024,
-        "ca_bundle": pki.ca_pem,
-    }
-    ends: Callable[[str], str] = lambda proto: outcome(  # noqa: E731
-        served[proto], fault, tmp_path / proto, **settings
-    )
-    plain, tls = ends("http"), ends("https")
-    assert tls == plain
+    settings = SETTINGS | {"ca_bundle": pki.ca_pem}
+    spliced = outcome(served["http"], fault, tmp_path / "spliced", **settings)
+    ours = outcome(on_path(path, served, monkeypatch), fault, tmp_path / "ours", **settings)
+    assert ours == spliced
     if not fault or fault["action"] in {"reset_after", "close_after", "rate", "status"}:
-        assert len(tls) == 64  # a sha256: these faults are retried to exact bytes
+        assert len(ours) == 64  # a sha256: these faults are retried to exact bytes
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_server_that_resets_every_request_still_sends_each_byte_once(
+    served: dict[str, ServerHandle],
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    """Bytes that arrived ahead of a reset are written before the reset ends the attempt,
+    so the retry starts after them (the server drains what it sent before it resets)."""
+    handle = on_path(path, served, monkeypatch)
+    reset = {"action": "reset_after", "bytes": 30_000}
+    ends = outcome(handle, reset, tmp_path / "out", **SETTINGS, ca_bundle=pki.ca_pem, keep=1)
+    assert ends == sha256_file(handle.root / NAME)
+    assert handle.stats()["bytes_sent"] == SIZE + 1  # the probe's one byte, then each once
 
 
 def test_over_tls_each_byte_crosses_the_wire_once(

@@ -4,9 +4,12 @@ it came. Real connected sockets, plain and TLS (a trustme certificate)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -146,3 +149,49 @@ def test_the_socket_gets_its_timeout_back_even_after_an_error(
         assert ours.gettimeout() == 0.0  # non-blocking while gathering
         gatherer.read(memoryview(bytearray(1)))
     assert ours.gettimeout() == 0.05  # its connection may serve the next request
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A real TCP connection on loopback (a socketpair cannot be reset)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname())
+        theirs, _ = listener.accept()
+    ours.settimeout(5.0)
+    with ours, theirs:
+        yield ours, theirs
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with an RST instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_bytes_that_arrived_before_a_reset_are_handed_over_then_the_reset(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = tcp_pair
+    theirs.sendall(b"y" * 10_000)
+    time.sleep(0.05)  # in our receive queue, ahead of the reset
+    reset(theirs)
+    time.sleep(0.05)
+    view = memoryview(bytearray(100_000))
+    with gathering(ours, linger=0.0) as gatherer:
+        assert gatherer.read(view) == 10_000  # a plain read loop would have written them
+        with pytest.raises(ConnectionResetError):
+            gatherer.read(view)
+
+
+def test_records_that_arrived_before_a_broken_one_are_handed_over_then_the_error(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, server = tls_pair(*tcp_pair)
+    server.sendall(b"z" * 40_000)  # three good records
+    os.write(server.fileno(), b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # a forged one
+    time.sleep(0.05)
+    view = memoryview(bytearray(100_000))
+    with gathering(client, linger=0.0) as gatherer:
+        assert gatherer.read(view) == 40_000
+        with pytest.raises(ssl.SSLError):
+            gatherer.read(view)
