@@ -58,6 +58,11 @@ def assert_resumes(blob: Blob, server: ServerHandle, out: Path) -> None:
     assert not temp_of(out).exists() and not state_path(out).exists()
 
 
+# The fault server paces a response only after its first 64 KiB: parts this large make
+# slow_down slow a download, however cheaply its lanes start.
+SLOW_PARTS = ["--min-part-size", "256KiB", "--max-part-size", "256KiB"]
+
+
 def slow_down(server: ServerHandle, blob: Blob) -> None:
     server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
                        "action": "rate", "bps": SLOW})  # fmt: skip
@@ -94,7 +99,7 @@ def test_json_into_a_reader_that_quits_early_still_completes(
     blob = make(BIG, seed=91)
     slow_down(server, blob)
     out = tmp_path / "out"
-    cli, sink = piped_cli(HEAD_3, blob.url, "-o", str(out), *CLI_FAST)
+    cli, sink = piped_cli(HEAD_3, blob.url, "-o", str(out), *CLI_FAST, *SLOW_PARTS)
     assert sink.stdout is not None and cli.stderr is not None
     lines = sink.stdout.read().decode().splitlines()
     sink.wait()
@@ -111,7 +116,7 @@ def test_sigint_after_the_reader_died_keeps_the_partial(
     blob = make(BIG, seed=92)
     slow_down(server, blob)
     out = tmp_path / "out"
-    cli, sink = piped_cli(UNTIL_30, blob.url, "-o", str(out), *CLI_FAST)
+    cli, sink = piped_cli(UNTIL_30, blob.url, "-o", str(out), *CLI_FAST, *SLOW_PARTS)
     assert sink.stdout is not None and cli.stderr is not None
     assert sink.stdout.read() == b"seen\n"
     sink.wait()
