@@ -1,17 +1,18 @@
 """The coordinator: forks workers, samples their counters, detects stalls, reassigns work.
 
-It runs in the calling process. Each attempt at a part is one forked worker process
-(``_worker.worker_main``). The loop waits on the workers' process sentinels, so a worker
-that exits or dies is noticed at once; every ``WATCH_INTERVAL`` (or ``progress_interval``
-when shorter) it samples the shared counter table, ends any worker whose part made no
-progress for ``stall_timeout`` (including one still waiting for a status line), and
-restarts a lane far below its peers (``_steal.lagging``) without counting a failure;
-progress and checkpoints go out every ``progress_interval``. A failed attempt is
-retried from the part's current offset after Ollama's backoff; ``retries`` failures in a
-row without progress fail the download, and every other worker is ended with it.
+It runs in the calling process. Each attempt at a part is a lane (``_lane.run_attempt``)
+on a thread of one of the crew's forked worker processes (``_worker``). The loop waits on
+the lanes' result pipes, so a lane that ends, or whose process dies, is noticed at once;
+every ``WATCH_INTERVAL`` (or ``progress_interval`` when shorter) it samples the shared
+counter table, ends any lane whose part made no progress for ``stall_timeout`` (including
+one still waiting for a status line), and restarts a lane far below its peers
+(``_steal.lagging``) without counting a failure; progress and checkpoints go out every
+``progress_interval``. A failed attempt is retried from the part's current offset after
+Ollama's backoff; ``retries`` failures in a row without progress fail the download, and
+every other lane is ended with it.
 
 The coordinator decides *when*; the rest lives beside it: the parts and their table in
-``_parts``, a worker's process in ``_worker.Worker``, what to do after a failure in
+``_parts``, the worker processes and their lanes in ``_worker``, what to do after a failure in
 ``_retry.decide``, what to steal in ``_steal.choose``, and the rates in ``_progress``.
 """
 
@@ -27,6 +28,7 @@ from . import _retry
 from ._events import EventCallback, PartRetried, PartStalled, Progress
 from ._fileio import start_writeback
 from ._http import prepare_tls, resolve
+from ._lane import Attempt
 from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
 from ._progress import BEST_DECAY, RateWindow, smoothed
 from ._remote import Remote, require_same
@@ -34,7 +36,7 @@ from ._resume import CheckpointCallback, PartRecord
 from ._retry import Failure, Retry, decide
 from ._signals import Interrupts
 from ._steal import choose, lagging
-from ._worker import Attempt, Worker
+from ._worker import Crew
 from .config import MAX_BYTES, Settings
 from .errors import RetriesExhausted, Stalled, WorkerCrashed
 
@@ -72,6 +74,7 @@ class Coordinator:
         prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
+        self.crew = Crew(settings, self.table)  # forked when the first lane starts
         self.last_checkpoint = 0.0
         self.retries = 0
         self.steals = 0
@@ -126,7 +129,10 @@ class Coordinator:
         """Reap every worker, save the last checkpoint, then tell the last progress. While an
         error is on its way out, neither step may replace it (a raising callback, a full
         disk): they are reported in a warning instead."""
-        self._stop_all()
+        try:
+            self._stop_all()
+        finally:
+            self.crew.stop()
         for step in (self._checkpoint, lambda: self._tell_progress(time.monotonic())):
             if not failing:
                 step()
@@ -182,7 +188,7 @@ class Coordinator:
         self.table.set_asked(part.slot, part.attempt_pos)  # nothing asked yet
         part.state = RUNNING
         self.parts.share(self.settings.limit_rate)  # the newcomer's, and everyone else's smaller
-        part.worker = Worker(attempt, self.remote, self.settings, self.table)
+        part.worker = self.crew.launch(attempt, self.remote)
         part.attempts += 1
         part.generation = self.generation
         part.last_change = part.launched = part.sampled_at = now

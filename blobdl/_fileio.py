@@ -174,24 +174,35 @@ def reserve(fd: int, size: int, path: Path) -> None:
         raise local_error(path, OSError(err, os.strerror(err))) from None
 
 
-def _load_fallocate() -> Any:
-    """libc's fallocate(2) wrapper (a bare syscall, no emulation), or None without one."""
+def _libc_function(names: tuple[str, ...], *argtypes: Any) -> Any:
+    """The first of ``names`` that libc has, typed ``argtypes -> int``; None without one
+    (not Linux). ctypes calls release the GIL."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
-    # fallocate64 takes 64-bit offsets everywhere; plain fallocate does on 64-bit systems.
-    names = ("fallocate64", "fallocate") if ctypes.sizeof(ctypes.c_long) == 8 else ("fallocate64",)
     for name in names:
         function = getattr(libc, name, None)
         if function is not None:
-            function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+            function.argtypes = argtypes
             function.restype = ctypes.c_int
             return function
-    return None  # not Linux: the file stays sparse
+    return None
 
 
-_fallocate = _load_fallocate()
+# fallocate(2) itself, never glibc's emulation. fallocate64 takes 64-bit offsets everywhere;
+# plain fallocate does on 64-bit systems. Without it the file stays sparse.
+_fallocate = _libc_function(
+    ("fallocate64", "fallocate") if ctypes.sizeof(ctypes.c_long) == 8 else ("fallocate64",),
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int64,
+    ctypes.c_int64,
+)
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = _libc_function(
+    ("sync_file_range",), ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+)
 
 
 def start_writeback(fd: int) -> None:
@@ -199,23 +210,9 @@ def start_writeback(fd: int) -> None:
 
     The final fsync (and each checkpoint's fdatasync) then finds little left to write:
     the disk works while the network does, instead of after it. Where the call is missing
-    or refused, the kernel's own writeback does the same later."""
+    or fails, the kernel's own writeback does the same later (its result is not needed)."""
     if _sync_file_range is not None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
-def _load_sync_file_range() -> Any:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None  # not Linux
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = _load_sync_file_range()
 
 
 def pwrite_all(fd: int, view: memoryview, offset: int) -> None:

@@ -36,6 +36,7 @@ from ._plan import Span
 from ._redact import redact_url
 from ._remote import Remote
 from ._retry import Retry
+from ._sockets import noting
 from ._version import __version__
 from .config import Settings, check_proxy_url
 from .errors import (
@@ -158,8 +159,8 @@ def make_pool(settings: Settings) -> urllib3.PoolManager:
     }
     routes = ProxyRoutes.from_settings(settings)
     if not routes.configured():
-        return urllib3.PoolManager(**options)
-    return _ProxyRouter(routes, settings, options)
+        return noting(urllib3.PoolManager(**options))
+    return noting(_ProxyRouter(routes, settings, options))
 
 
 # Contexts built in this process, by what they trust and present. Loading a CA store costs
@@ -289,7 +290,10 @@ def proxy_manager(proxy: str, settings: Settings, options: dict[str, Any]) -> ur
     bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
     # An https:// proxy is verified like the servers are, without our client certificate.
     proxy_tls = tls_context(settings, client_cert=False) if parts.scheme == "https" else None
-    return urllib3.ProxyManager(bare, proxy_headers=headers, proxy_ssl_context=proxy_tls, **options)
+    manager = urllib3.ProxyManager(
+        bare, proxy_headers=headers, proxy_ssl_context=proxy_tls, **options
+    )
+    return noting(manager)
 
 
 @contextmanager

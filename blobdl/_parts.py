@@ -18,7 +18,7 @@ from ._events import PartProgress
 from ._resume import PartRecord
 from ._retry import Retry
 from ._steal import LAG_WINDOW, Lane, Steal
-from ._worker import Worker
+from ._worker import Running
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
 STEAL_SLOTS_PER_CONNECTION = 32  # room in the table for the slots that steals create
@@ -39,7 +39,7 @@ class Part:
     generation: int = 0  # the remote's generation when the running attempt started
     refreshed_at: int | None = None  # position when this part last had the URL refreshed
     not_before: float = 0.0  # earliest time of the next attempt (backoff)
-    worker: Worker | None = None  # the running attempt's process
+    worker: Running | None = None  # the running attempt (a lane in a worker process)
     attempt_pos: int = 0  # position when the running attempt started
     last_pos: int = 0  # position at the last sample
     last_change: float = 0.0  # when the position last moved (or the attempt started)

@@ -65,6 +65,18 @@ def start(
     return proc, ours
 
 
+def seat_pipe() -> tuple[Connection, Connection]:
+    """A one-way pipe for a child that is not started with it: (our reading end, the end to
+    hand to the child). Give ours to ``private`` once the child is forked."""
+    ours, theirs = _context.Pipe(duplex=False)
+    return ours, theirs
+
+
+def private(conn: Connection) -> None:
+    """A pipe end of ours that no child forked later may keep (see the module's note)."""
+    _not_for_children.add(conn)
+
+
 def _child_main(
     setup: tuple[int, bool], target: Callable[..., None], args: tuple[Any, ...], conn: Connection
 ) -> None:

@@ -67,8 +67,12 @@ class Settings:
     min_part_size: int = 100 * MB
     #: Largest part, in bytes (Ollama: 1000 MB). Larger parts lose more on a failure.
     max_part_size: int = 1000 * MB
-    #: Worker processes running at once (each holds one connection). Each costs a process.
+    #: Lanes running at once, each on its own connection.
     connections: int = 16
+    #: Worker processes the lanes run in, as threads (None: one per CPU, at least 2; never
+    #: more than ``connections``). Each process costs ~5 MB of its own memory and the
+    #: switches between them; the threads of one share a process's CPU time.
+    processes: int | None = None
     #: Let idle workers take over slow lanes and split the largest remaining range.
     steal: bool = True
     #: Smallest range a steal splits off, in bytes, and the first request of each lane (a
@@ -131,6 +135,8 @@ class Settings:
             _check_int(name, getattr(self, name), low, high)
         if self.parts is not None:
             _check_int("parts", self.parts, 1, MAX_PARTS)
+        if self.processes is not None:
+            _check_int("processes", self.processes, 1, MAX_CONNECTIONS)
         if self.limit_rate is not None:
             _check_int("limit_rate", self.limit_rate, 1, MAX_BYTES)
         _require(self.min_part_size <= self.max_part_size, "min_part_size exceeds max_part_size")

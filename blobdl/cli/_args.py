@@ -83,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="destination file (default: name from the server/URL)")
     p.add_argument("--parts", type=int, help="cut the blob into exactly N parts")
     p.add_argument(
-        "--connections", type=int, default=d.connections, help="parallel workers (%(default)s)"
+        "--connections", type=int, default=d.connections, help="parallel connections (%(default)s)"
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="worker processes the connections run in (default: one per CPU, at least 2)",
     )
     p.add_argument("--min-part-size", type=_size, default=d.min_part_size, help="e.g. 100MB")
     p.add_argument("--max-part-size", type=_size, default=d.max_part_size, help="e.g. 1GB")
@@ -169,6 +175,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         parts=args.parts,
         connections=args.connections,
+        processes=args.processes,
         min_part_size=args.min_part_size,
         max_part_size=args.max_part_size,
         retries=args.retries,

@@ -164,28 +164,33 @@ def test_slow_first_byte_within_the_timeout_is_not_a_stall(
     assert_exact(blob, tmp_path / "out")
 
 
-def test_killed_worker_is_noticed_and_its_part_reassigned(
-    make: Make, server: ServerHandle, tmp_path: Path
+@pytest.mark.parametrize("processes", [4, 2], ids=["one lane each", "two lanes each"])
+def test_killed_worker_is_noticed_and_its_parts_reassigned(
+    make: Make, server: ServerHandle, tmp_path: Path, processes: int
 ) -> None:
     blob = make(16 * PART)
     # Slow every part (4 x 256 KiB) down so workers are alive when the first sample arrives.
     server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
                        "action": "rate", "bps": 1_000_000})  # fmt: skip
-    killed: list[int] = []
+    lanes_killed: list[int] = []
 
     def kill_one(progress: Progress) -> None:
-        if killed or progress.active == 0:
+        if lanes_killed or progress.active < 4:
             return
         workers = [
             p for p in psutil.Process().children() if "faultserver.server" not in p.cmdline()
         ]
         if workers:
+            lanes = workers[0].num_threads() - 1  # its lanes, beside the thread that runs it
             os.kill(workers[0].pid, signal.SIGKILL)
-            killed.append(workers[0].pid)
+            lanes_killed.append(lanes)
 
-    settings = fast_settings(progress_interval=0.05, min_part_size=4 * PART, max_part_size=4 * PART)
+    settings = fast_settings(
+        progress_interval=0.05, min_part_size=4 * PART, max_part_size=4 * PART, processes=processes
+    )
     result = Downloader(settings).download(blob.url, tmp_path / "out", on_progress=kill_one)
-    assert killed and result.retries == 1
+    assert lanes_killed == [4 // processes]
+    assert result.retries == 4 // processes  # every lane the process held, and only those
     assert_exact(blob, tmp_path / "out")
 
 

@@ -1,0 +1,253 @@
+"""A lane: one attempt at one slot's byte range, on a thread of a worker process.
+
+``run_attempt`` is the lane; ``_worker`` runs it in a worker process (forked by the
+coordinator) and gives the coordinator its handle. A lane builds its own urllib3 pool
+(pools never cross a fork; each lane has its own), GETs ``[pos, end)`` of its slot in
+chunks over one keep-alive connection (``_chunk``), and writes with ``os.pwrite`` into the
+shared preallocated file descriptor. Before each request it publishes the request's end
+(``asked``); after every write, its position and the bytes it received. It re-reads its
+slot's ``end`` before every request and every read, so the coordinator can move the end in
+(another lane took the tail): at a chunk boundary when it splits, at once only when it cuts
+a stalled lane. It returns one result — ``None`` for success or a picklable
+``BlobdlError``. Retries, backoff and stall handling belong to the coordinator; ``Cancel``
+lets its worker end it early.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from urllib3 import PoolManager
+
+from ._chunk import next_chunk
+from ._counters import CounterTable
+from ._fileio import Splicer, local_error, pwrite_all
+from ._gather import gathering
+from ._http import (
+    RawBody,
+    Reader,
+    body_reader,
+    content_length,
+    finish,
+    make_pool,
+    open_range,
+    open_whole,
+    raw_body,
+    translate_errors,
+)
+from ._plan import Span
+from ._remote import Remote
+from ._sockets import Sockets, noted_in
+from .config import MAX_BYTES, Settings
+from .errors import BlobdlError, TruncatedBody
+
+# Bytes gathered off a TLS socket per write: 16 records. More saved no CPU we could measure
+# (1 GiB HTTPS, 16 lanes: 64 KiB 1.81, 256 KiB 1.60, 1 MiB 1.74 CPU s; noisy) and makes every
+# worker touch (own) more of its buffer.
+GATHER = 256 * 1024
+
+
+class Attempt(NamedTuple):
+    """One attempt at a part, sent to the worker process that runs it."""
+
+    slot: int  # index into the counter table (pos/end live there)
+    ranged: bool  # False: the whole-body fallback for servers without ranges
+    first_chunk: int  # bytes of the first ranged request (see _chunk.next_chunk)
+    fd: int  # the preallocated temporary file, inherited across the worker's fork
+    path: str  # its name, for error messages only
+
+
+class Cancel:
+    """Ends a lane from another thread: the lane sees ``stopped`` between two reads, and
+    ``cut`` wakes it from a wait on any of its sockets."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.sockets = Sockets()
+
+    def cut(self) -> None:
+        self.stopped = True
+        self.sockets.cut()
+
+
+def run_attempt(
+    attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable, cancel: Cancel
+) -> BlobdlError | None:
+    """One attempt, on a thread of a worker process: None for success, else why not."""
+    try:
+        with noted_in(cancel.sockets):
+            _fetch(attempt, remote, settings, table, cancel)
+    except BlobdlError as exc:
+        return exc
+    except Exception as exc:  # a bug: report it rather than hang the slot
+        return BlobdlError(f"worker failed unexpectedly: {exc!r}")
+    return None
+
+
+def _fetch(
+    attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable, cancel: Cancel
+) -> None:
+    pool = make_pool(settings)
+    lane = _Lane(attempt, table, settings.buffer_size, cancel)
+    try:
+        with translate_errors(remote.final_url):
+            if attempt.ranged:
+                _fetch_chunks(lane, pool, remote, attempt.first_chunk)
+            else:
+                _fetch_whole(lane, pool, remote)
+    finally:  # the process goes on with other lanes: nothing of this one may linger
+        pool.clear()
+        lane.close()
+
+
+def _fetch_chunks(lane: _Lane, pool: PoolManager, remote: Remote, first: int) -> None:
+    """The slot's range as a series of ranged GETs over one keep-alive connection, each
+    sized by ``next_chunk`` and published (``asked``) before it is sent."""
+    slot, table = lane.attempt.slot, lane.table
+    pos, chunk, rate = table.pos(slot), 0, 0.0
+    while pos < (end := table.end(slot)):
+        chunk = next_chunk(chunk, rate, end - pos, first)
+        span = _ask(table, slot, Span(pos, pos + chunk))
+        if span.end <= pos:
+            return
+        began = time.monotonic()
+        response = open_range(pool, remote, span)
+        try:
+            pos = lane.stream(body_reader(response), pos, span.end, raw_body(response))
+        finally:
+            finish(response, complete=pos == span.end)
+        if pos < min(span.end, table.end(slot)):
+            raise TruncatedBody(remote.final_url, pos - span.start, span.length)
+        rate = (pos - span.start) / max(time.monotonic() - began, 1e-6)
+
+
+def _ask(table: CounterTable, slot: int, span: Span) -> Span:
+    """Publish the request's end, then read the slot's end again: a split the coordinator
+    placed meanwhile (it only ever splits at or past ``asked``) shortens the request."""
+    table.set_asked(slot, span.end)
+    end = table.end(slot)
+    if end < span.end:
+        span = Span(span.start, max(span.start, end))
+        table.set_asked(slot, span.end)
+    return span
+
+
+def _fetch_whole(lane: _Lane, pool: PoolManager, remote: Remote) -> None:
+    """The fallback for servers without ranges: one GET of the whole body."""
+    start = lane.table.pos(lane.attempt.slot)
+    response = open_whole(pool, remote)
+    # Even when the probe learned no size, this response may state its length:
+    # never read past it, and never take a body cut short for the whole blob.
+    length = content_length(response)
+    body_end = start + length if length is not None else -1
+    try:
+        pos = lane.stream(body_reader(response), start, body_end)
+    finally:
+        response.close()
+    final_end = lane.table.end(lane.attempt.slot)
+    if final_end < 0:
+        final_end = body_end
+    if final_end >= 0 and pos < final_end:
+        raise TruncatedBody(remote.final_url, pos - start, final_end - start)
+
+
+class _Lane:
+    """One worker's hot path: its buffer, its pacer, and the loop that fills the file."""
+
+    def __init__(
+        self, attempt: Attempt, table: CounterTable, buffer_size: int, cancel: Cancel
+    ) -> None:
+        self.attempt, self.table, self.cancel = attempt, table, cancel
+        self.path = Path(attempt.path)
+        # Anonymous pages cost nothing until written (bytearray zero-fills every page).
+        self.buffer = memoryview(mmap.mmap(-1, buffer_size, flags=mmap.MAP_PRIVATE))
+        self.pacer = _Pacer()
+        self.parent = os.getppid()
+        self.splicer = Splicer()
+
+    def close(self) -> None:
+        # The buffer goes with the last view of it (an error's traceback may hold one).
+        self.splicer.close()
+
+    def stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None = None) -> int:
+        """Socket -> the file from ``pos``; returns the position reached. Through one reused
+        buffer and pwrite, or, for a ``raw`` body once its buffered bytes are taken, spliced
+        (plain TCP) or gathered (TLS: every record that has arrived, one write).
+
+        Stops at ``stop`` (the response's own end; -1: none) or at the slot's end (which may
+        move in at any time; -1: until EOF), whichever comes first, or at EOF."""
+        if raw is None or (self.splicer.enabled and not raw.tls):
+            return self._stream(read, pos, stop, raw)
+        with gathering(raw.sock) as gatherer:
+            ahead = pos + raw.buffered if stop < 0 else min(stop, pos + raw.buffered)
+            taken = self._stream(read, pos, ahead, None) if ahead > pos else pos
+            if taken < ahead:
+                return taken
+            return self._stream(gatherer.read, taken, stop, None, GATHER)
+
+    def _stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None, most: int = 0) -> int:
+        slot, table, size = self.attempt.slot, self.table, min(most or MAX_BYTES, len(self.buffer))
+        buffered = raw.buffered if raw is not None else 0
+        while True:
+            end = table.end(slot)
+            if end < 0 or 0 <= stop < end:
+                end = stop
+            want = size if end < 0 else min(size, end - pos)
+            want = self.pacer.limit(want, table.cap(slot))
+            if want <= 0 or self.cancel.stopped:
+                return pos
+            if raw is not None and buffered <= 0 and self.splicer.enabled:
+                count = self.splicer.move(raw.sock, self.attempt.fd, pos, want, self.path)
+            else:
+                count = self._copy(read, pos, want if buffered <= 0 else min(want, buffered))
+                buffered -= count
+            if count == 0:
+                return pos
+            table.add_received(slot, count)
+            pos += count
+            table.set_pos(slot, pos)
+            self.pacer.pace(count, table.cap(slot))
+            if os.getppid() != self.parent:  # orphaned: nobody will ever use these bytes
+                os._exit(1)
+
+    def _copy(self, read: Reader, pos: int, want: int) -> int:
+        """Read what has arrived (up to ``want``) into the buffer and pwrite it at ``pos``."""
+        buffer = self.buffer if want == len(self.buffer) else self.buffer[:want]
+        count = read(buffer)  # may be 1 byte
+        try:
+            pwrite_all(self.attempt.fd, buffer[:count], pos)
+        except OSError as exc:
+            raise local_error(self.path, exc) from None
+        return count
+
+
+class _Pacer:
+    """Keeps a worker at or under its share of ``limit_rate`` (``cap``, bytes/s).
+
+    Reads are cut to about a tenth of a second's worth, so the worker's position keeps
+    moving (a long sleep after one big read would look like a stall to the coordinator)."""
+
+    SLICE = 0.1  # seconds of allowance per read
+
+    def __init__(self) -> None:
+        self.cap = 0
+        self.since = 0.0
+        self.sent = 0
+
+    def limit(self, want: int, cap: int) -> int:
+        return want if cap <= 0 else min(want, max(1024, int(cap * self.SLICE)))
+
+    def pace(self, count: int, cap: int) -> None:
+        if cap <= 0:
+            return
+        now = time.monotonic()
+        if cap != self.cap:  # a new share: measure from here
+            self.cap, self.since, self.sent = cap, now, 0
+        self.sent += count
+        ahead = self.since + self.sent / cap - now
+        if ahead > 0:
+            time.sleep(ahead)

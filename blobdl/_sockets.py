@@ -1,0 +1,101 @@
+"""The sockets a lane's connections open, so that another thread can cut them.
+
+A lane runs on a thread of a worker process that goes on with other lanes, so it cannot be
+ended by a signal. Its worker ends it by shutting down its sockets: that wakes it from any
+wait on them (the TLS handshake, the wait for a status line, a body read) with EOF or an
+error. urllib3 opens each connection's socket in ``HTTPConnection._new_conn``; the pool
+classes here use connections that note a duplicate of that socket in the ``Sockets`` of
+the thread that opened it (``noted_in``). A duplicate, because the TLS layer takes the
+original over (detaches it), and because a shutdown acts on the connection, not on one
+descriptor of it: ours still cuts whatever wraps it, and is never another lane's socket
+reusing a closed descriptor's number. Threads without ``Sockets`` note nothing (the
+coordinator's probe). Only a wait before the socket exists (DNS, connect) is out of reach.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import TypeVar
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+
+
+class Sockets:
+    """Duplicates of the sockets one lane opened; ``cut`` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[socket.socket] = []
+
+    def note(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._held.append(sock.dup())
+
+    def cut(self) -> None:
+        """Shut down every connection the lane opened (a closed one raises: skipped)."""
+        with self._lock:
+            for held in self._held:
+                with suppress(OSError):
+                    held.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Let go of the duplicates (the lane is over)."""
+        with self._lock:
+            for held in self._held:
+                held.close()
+            self._held.clear()
+
+
+_thread = threading.local()
+
+
+@contextmanager
+def noted_in(sockets: Sockets) -> Iterator[None]:
+    """Connections this thread opens in the block note their sockets in ``sockets``."""
+    _thread.sockets = sockets
+    try:
+        yield
+    finally:
+        _thread.sockets = None
+        sockets.close()
+
+
+def _note(sock: socket.socket) -> None:
+    sockets: Sockets | None = getattr(_thread, "sockets", None)
+    if sockets is not None:
+        sockets.note(sock)
+
+
+class _NotedHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _note(sock)
+        return sock
+
+
+class _NotedHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _note(sock)
+        return sock
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _NotedHTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _NotedHTTPSConnection
+
+
+_Manager = TypeVar("_Manager", bound=urllib3.PoolManager)
+
+
+def noting(manager: _Manager) -> _Manager:
+    """Have ``manager`` (a ProxyManager too) open connections whose sockets are noted."""
+    manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+    return manager
