@@ -160,6 +160,7 @@ class _Worker:
             self.collect(seat)
         else:
             self.kill()  # its other lanes read EOF and are retried
+            self.taken[seat] = False  # nothing of the lane is left to collect
 
     def collect(self, seat: int) -> BlobdlError | None:
         """The lane's result, now that its pipe is readable; the seat is free again."""
@@ -284,8 +285,11 @@ def _start_lane(
 
     def lane() -> None:
         tids.set(run.seat, threading.get_native_id())
-        result = run_attempt(run.attempt, run.remote, settings, table, cancel)
-        seats[run.seat].send(result)
+        result: BlobdlError | None = BlobdlError("lane ended without a result")
+        try:
+            result = run_attempt(run.attempt, run.remote, settings, table, cancel)
+        finally:  # whatever ends the thread, the coordinator hears of it
+            seats[run.seat].send(result)
 
     thread = threading.Thread(target=lane, name=f"blobdl-lane-{run.attempt.slot}", daemon=True)
     thread.start()
