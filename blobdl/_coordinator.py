@@ -1,4 +1,4 @@
-"""The coordinator: forks workers, samples their counters, detects stalls, reassigns work.
+"""The coordinator: starts lanes, samples their counters, detects stalls, reassigns work.
 
 It runs in the calling process. Each attempt at a part is a lane (``_lane.run_attempt``)
 on a thread of one of the crew's forked worker processes (``_worker``). The loop waits on
@@ -183,7 +183,7 @@ class Coordinator:
         # Without stealing nothing moves a lane's end: one request per attempt does.
         first = self.settings.min_steal_size if self.settings.steal else MAX_BYTES
         attempt = Attempt(part.slot, self.ranged, first, self.fd, self.path)
-        # Read before the fork: the child may write its first bytes before it returns.
+        # Read before the launch: the lane may write its first bytes before launch returns.
         part.attempt_pos = part.last_pos = self.table.pos(part.slot)
         self.table.set_asked(part.slot, part.attempt_pos)  # nothing asked yet
         part.state = RUNNING
@@ -199,7 +199,7 @@ class Coordinator:
     # --- outcomes ---------------------------------------------------------------------------
 
     def _finish(self, part: Part) -> None:
-        """A worker exited: collect its result, then mark the part done or retry it."""
+        """A lane ended: collect its result, then mark the part done or retry it."""
         assert part.worker is not None
         error = part.worker.outcome()
         self._release(part)
@@ -321,7 +321,7 @@ class Coordinator:
             self.on_checkpoint(self.parts.records())
 
     def _kill(self, part: Part) -> None:
-        """End a worker that cannot be trusted to notice by itself (blocked in recv)."""
+        """End a lane that cannot be trusted to notice by itself (blocked on its socket)."""
         if part.worker is not None:
             part.worker.kill()
         self._release(part)

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import math
 import os
 import select
 import socket
@@ -285,8 +286,11 @@ def _splice_in(sock: socket.socket, pipe: int, want: int) -> int:
         try:
             return os.splice(sock.fileno(), pipe, want, flags=os.SPLICE_F_MOVE)
         except BlockingIOError:
-            ready, _, _ = select.select([sock], [], [], sock.gettimeout())
-            if not ready:
+            # poll, not select: a worker that runs many lanes may hold descriptors past 1024.
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            timeout = sock.gettimeout()
+            if not poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
                 raise TimeoutError("read timed out") from None
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,15 +65,21 @@ class Attempt(NamedTuple):
 
 class Cancel:
     """Ends a lane from another thread: the lane sees ``stopped`` between two reads, and
-    ``cut`` wakes it from a wait on any of its sockets."""
+    ``cut`` wakes it from a wait on any of its sockets or from its pacer's sleep."""
 
     def __init__(self) -> None:
         self.stopped = False
         self.sockets = Sockets()
+        self._woken = threading.Event()
 
     def cut(self) -> None:
         self.stopped = True
+        self._woken.set()
         self.sockets.cut()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, unless (until) the lane is cut."""
+        self._woken.wait(seconds)
 
 
 def run_attempt(
@@ -156,7 +164,7 @@ def _fetch_whole(lane: _Lane, pool: PoolManager, remote: Remote) -> None:
 
 
 class _Lane:
-    """One worker's hot path: its buffer, its pacer, and the loop that fills the file."""
+    """One lane's hot path: its buffer, its pacer, and the loop that fills the file."""
 
     def __init__(
         self, attempt: Attempt, table: CounterTable, buffer_size: int, cancel: Cancel
@@ -165,7 +173,7 @@ class _Lane:
         self.path = Path(attempt.path)
         # Anonymous pages cost nothing until written (bytearray zero-fills every page).
         self.buffer = memoryview(mmap.mmap(-1, buffer_size, flags=mmap.MAP_PRIVATE))
-        self.pacer = _Pacer()
+        self.pacer = _Pacer(cancel.sleep)
         self.parent = os.getppid()
         self.splicer = Splicer()
 
@@ -226,14 +234,15 @@ class _Lane:
 
 
 class _Pacer:
-    """Keeps a worker at or under its share of ``limit_rate`` (``cap``, bytes/s).
+    """Keeps a lane at or under its share of ``limit_rate`` (``cap``, bytes/s).
 
     Reads are cut to about a tenth of a second's worth, so the worker's position keeps
     moving (a long sleep after one big read would look like a stall to the coordinator)."""
 
     SLICE = 0.1  # seconds of allowance per read
 
-    def __init__(self) -> None:
+    def __init__(self, sleep: Callable[[float], None]) -> None:
+        self.sleep = sleep  # a sleep that a cut ends early
         self.cap = 0
         self.since = 0.0
         self.sent = 0
@@ -250,4 +259,4 @@ class _Pacer:
         self.sent += count
         ahead = self.since + self.sent / cap - now
         if ahead > 0:
-            time.sleep(ahead)
+            self.sleep(ahead)

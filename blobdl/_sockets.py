@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TypeVar
@@ -29,25 +30,39 @@ class Sockets:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: list[socket.socket] = []
+        self._held: list[tuple[socket.socket, weakref.ref[HTTPConnection]]] = []
 
-    def note(self, sock: socket.socket) -> None:
+    def note(self, sock: socket.socket, conn: HTTPConnection) -> None:
         with self._lock:
-            self._held.append(sock.dup())
+            self._let_go_of_closed()
+            self._held.append((sock.dup(), weakref.ref(conn)))
 
     def cut(self) -> None:
         """Shut down every connection the lane opened (a closed one raises: skipped)."""
         with self._lock:
-            for held in self._held:
+            for held, _ in self._held:
                 with suppress(OSError):
                     held.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         """Let go of the duplicates (the lane is over)."""
         with self._lock:
-            for held in self._held:
+            for held, _ in self._held:
                 held.close()
             self._held.clear()
+
+    def _let_go_of_closed(self) -> None:
+        # A lane asks one request at a time, so when it opens a connection it is done with
+        # every one urllib3 has closed (a server that closes after each response): our
+        # duplicate alone would keep it open, one descriptor per chunk, until the attempt ends.
+        keep = []
+        for held, owner in self._held:
+            conn = owner()
+            if conn is None or conn.sock is None:
+                held.close()
+            else:
+                keep.append((held, owner))
+        self._held = keep
 
 
 _thread = threading.local()
@@ -64,23 +79,23 @@ def noted_in(sockets: Sockets) -> Iterator[None]:
         sockets.close()
 
 
-def _note(sock: socket.socket) -> None:
+def _note(sock: socket.socket, conn: HTTPConnection) -> None:
     sockets: Sockets | None = getattr(_thread, "sockets", None)
     if sockets is not None:
-        sockets.note(sock)
+        sockets.note(sock, conn)
 
 
 class _NotedHTTPConnection(HTTPConnection):
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
-        _note(sock)
+        _note(sock, self)
         return sock
 
 
 class _NotedHTTPSConnection(HTTPSConnection):
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
-        _note(sock)
+        _note(sock, self)
         return sock
 
 

@@ -2,8 +2,9 @@
 interpreter (for threaded callers, see ``_isolate``), and ``child_setup`` is the first
 thing every child runs, forked or exec'd.
 
-Every forked child of blobdl (a part's worker, the prefix hasher, a batch item) is started
-by ``start``, which hands it one end of a fresh pipe and keeps the other. Before the
+Every forked child of blobdl (a worker process, the prefix hasher, a batch item) is started
+by ``start``, which hands it one end of a fresh pipe and keeps the other (a worker also
+gets one pipe per seat, ``seat_pipe``, whose reading ends are ``private``). Before the
 child's own code runs, ``child_setup`` makes it a well-behaved child: Ctrl-C is the
 parent's business (unless the child is a coordinator itself), it dies with its parent,
 and it lets go of every pipe end it inherited that is not its own. That last step
@@ -67,7 +68,7 @@ def start(
 
 def seat_pipe() -> tuple[Connection, Connection]:
     """A one-way pipe for a child that is not started with it: (our reading end, the end to
-    hand to the child). Give ours to ``private`` once the child is forked."""
+    hand to the child). Give ours to ``private`` before the child is forked."""
     ours, theirs = _context.Pipe(duplex=False)
     return ours, theirs
 

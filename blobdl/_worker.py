@@ -15,11 +15,12 @@ that dies ends every lane it held (their pipes read EOF: ``WorkerCrashed``); a n
 forked for the next lane that needs a seat.
 
 Ending one lane of a process that goes on with others cannot be a signal. ``kill`` asks
-the worker to stop the lane: it flags it and shuts down the lane's sockets, which wakes
-it from any network wait, and the lane answers on its seat's pipe. A lane that does not
-answer within ``STOP_GRACE`` (stuck in a DNS lookup, say) is ended the hard way: its
-whole process is killed, and its sibling lanes are retried. Either way ``kill`` returns
-only once the lane can no longer write, so its part may be started again at once.
+the worker to stop the lane: it flags it and shuts down the lane's sockets, which wakes it
+from any wait on a connection it opened (the TLS handshake included), and the lane answers
+on its seat's pipe. A lane that does not answer within ``STOP_GRACE`` (still resolving a
+name or connecting, say) is ended the hard way: its whole process is killed, and its
+sibling lanes are retried. Either way ``kill`` returns only once the lane can no longer
+write, so its part may be started again at once.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ import threading
 from contextlib import suppress
 from multiprocessing.connection import Connection, wait
 from typing import NamedTuple
-
-import psutil
 
 from ._counters import CounterTable
 from ._lane import Attempt, Cancel, run_attempt
@@ -47,15 +46,15 @@ _RECUT = 0.05  # seconds between two cuts of a stopping lane's sockets (it may o
 class _Run(NamedTuple):
     """Coordinator -> worker: start ``attempt`` in ``seat``."""
 
-    seat: int
-    attempt: Attempt
-    remote: Remote
+    seat: int  # which of the worker's seats (its result pipe) the lane answers on
+    attempt: Attempt  # the part's slot and how to ask for it
+    remote: Remote  # where to ask (re-resolved after a refresh), and what must not change
 
 
 class _Stop(NamedTuple):
     """Coordinator -> worker: end the lane in ``seat``."""
 
-    seat: int
+    seat: int  # the seat of a lane whose result the coordinator has not collected yet
 
 
 class Crew:
@@ -118,6 +117,8 @@ class _Worker:
     def __init__(self, index: int, seats: int, settings: Settings, table: CounterTable) -> None:
         pipes = [seat_pipe() for _ in range(seats)]
         self.results = [ours for ours, _ in pipes]
+        for ours in self.results:  # before the fork: the worker itself must not keep them
+            private(ours)
         self.tids = _ThreadIds(seats)
         writers = tuple(theirs for _, theirs in pipes)
         args = (writers, self.tids, settings, table)
@@ -128,9 +129,8 @@ class _Worker:
         finally:
             for theirs in writers:  # the worker's now; ours would keep the pipes open
                 theirs.close()
-        for ours in self.results:
-            private(ours)
         self.taken = [False] * seats
+        self.wchan_named = False  # whether the kernel names where its threads sleep
 
     def alive(self) -> bool:
         return self.proc.exitcode is None
@@ -209,17 +209,31 @@ class Running:
     def waiting(self) -> bool:
         """Whether its thread is blocked waiting (on its socket), not runnable: a lane that has
         not moved while it could run is starved of CPU by us, not slowed by the network, and
-        cutting it would only throw away what it has in flight."""
+        cutting it would only throw away what it has in flight. A thread waiting for the GIL
+        another lane holds sleeps too, on a futex: that is starved as well."""
         tid = self._worker.tids.get(self._seat)
-        if not tid:
-            return False
+        task = f"/proc/{self._worker.proc.pid}/task/{tid}"
         try:
-            return psutil.Process(tid).status() == psutil.STATUS_SLEEPING
-        except psutil.Error:
-            return False  # gone: its sentinel tells the rest
+            with open(f"{task}/wchan") as before, open(f"{task}/stat") as stat:
+                places = [before.read()]
+                state = stat.read().rpartition(")")[2].split()[0]
+            with open(f"{task}/wchan") as after:
+                places.append(after.read())
+        except (OSError, IndexError):
+            return False  # not started, or gone: its result pipe tells the rest
+        # Where it sleeps, read on both sides of its state: a thread waiting for the GIL
+        # flips between running ("0") and a futex, and a thread just going to sleep is S
+        # with "0" for a moment. "0" is trusted as "not sleeping" only from a kernel that
+        # has named a place for one of this worker's threads; else the state alone decides.
+        named = [place for place in places if place not in ("", "0")]
+        self._worker.wchan_named = self._worker.wchan_named or bool(named)
+        if state != "S" or any("futex" in place for place in named):
+            return False
+        return bool(named) or not self._worker.wchan_named
 
     def kill(self) -> None:
-        """End the lane now, whatever it is doing; its bytes so far stay written."""
+        """End the lane now (at the latest within ``STOP_GRACE``, with its worker); its bytes
+        so far stay written."""
         self._worker.stop(self._seat)
 
 
@@ -284,12 +298,19 @@ def _start_lane(
     cancel = Cancel()
 
     def lane() -> None:
-        tids.set(run.seat, threading.get_native_id())
+        # The coordinator waits for this answer: a lane that ended without one would hold
+        # its seat until the stall timeout, and then cost its whole worker.
         result: BlobdlError | None = BlobdlError("lane ended without a result")
         try:
+            tids.set(run.seat, threading.get_native_id())
             result = run_attempt(run.attempt, run.remote, settings, table, cancel)
-        finally:  # whatever ends the thread, the coordinator hears of it
-            seats[run.seat].send(result)
+        except BaseException as exc:
+            result = BlobdlError(f"lane failed unexpectedly: {exc!r}")
+        finally:
+            try:
+                seats[run.seat].send(result)
+            except Exception as exc:  # e.g. an error that does not pickle
+                seats[run.seat].send(BlobdlError(f"lane's result could not be sent: {exc!r}"))
 
     thread = threading.Thread(target=lane, name=f"blobdl-lane-{run.attempt.slot}", daemon=True)
     thread.start()

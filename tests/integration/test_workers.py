@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def test_a_silent_lane_is_ended_and_the_lanes_beside_it_carry_on(
     )  # fmt: skip
     _, events, seen = fetch_watching(blob, tmp_path / "out", stall_timeout=0.5, steal=False)
     assert sha256_file(tmp_path / "out") == blob.sha256
-    again = [r for r in server.stats()["ranges"][5:]]  # after the probe and the four parts
+    again = server.stats()["ranges"][5:]  # after the probe and the four parts
     assert again and all(r.startswith(f"bytes={LANE + LANE // 2}") for r in again), again
     retried = {e.part for e in events if isinstance(e, PartRetried)}
     assert retried <= {1}  # ended as a stall (a retry) or as a lagging lane (no retry)
@@ -182,3 +183,146 @@ def test_a_lane_keeps_no_duplicate_of_its_sockets_after_it_ends(mute: str) -> No
             pool.request("GET", f"http://{mute}/x", retries=False, timeout=0.2)
         pool.clear()
     assert ours_to_mute() == 0
+
+
+# --- what a long-lived worker holds, and what waits ---------------------------------------
+
+
+def our_sockets_to(port: int, pid: int | None = None) -> int:
+    """Sockets of a process (this one by default) connected to ``port`` on loopback."""
+    proc = psutil.Process(pid) if pid else psutil.Process()
+    return sum(1 for c in proc.net_connections() if c.raddr and c.raddr[1] == port)
+
+
+def test_a_lane_lets_go_of_each_connection_the_server_closed(
+    make: Make, server: ServerHandle
+) -> None:
+    """A server that closes every connection after its response (Connection: close, an
+    HTTP/1.0 server, nginx's keepalive_requests) makes a lane open a new connection per
+    chunk. The ones it is done with must be closed then, not held open by their duplicates
+    until the attempt ends: a long attempt would hold one descriptor per chunk."""
+    blob = make(64 * 1024, seed=403)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None,
+                       "action": "headers", "set": {"Connection": "close"}})  # fmt: skip
+    with noted_in(Sockets()):
+        pool = make_pool(fast_settings())
+        for _ in range(20):  # twenty chunks of one attempt
+            response = pool.request("GET", blob.url, headers={"Range": "bytes=0-1023"})
+            assert response.status == 206
+        held = our_sockets_to(server.port)
+        pool.clear()
+    assert held <= 1, f"{held} connections still open after 20 requests"
+
+
+def test_a_worker_holds_no_more_sockets_than_lanes(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The same through a real download: two lanes in one worker, chunks from 16 KiB up,
+    a server that closes after every response and a slow link (so the chunks stay small)."""
+    blob = make(2 * LANE * 8, seed=404)  # 4 MiB: two lanes of 2 MiB
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "times": None, "action": "headers",
+         "set": {"Connection": "close"}},
+    )  # fmt: skip
+    most = [0]
+
+    def look(event: Any) -> None:
+        for pid in workers():
+            with suppress(psutil.Error):  # a worker that just ended
+                most[0] = max(most[0], our_sockets_to(server.port, pid))
+
+    settings = fast_settings(
+        processes=1, connections=2, min_part_size=8 * LANE, max_part_size=8 * LANE,
+        min_steal_size=16 * 1024, limit_rate=2_000_000, progress_interval=0.05,
+    )  # fmt: skip
+    Downloader(settings).download(blob.url, tmp_path / "out", on_event=look)
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    # Each lane: its connection, and for a moment the one it just replaced.
+    assert most[0] <= 4, f"the worker held {most[0]} sockets to the server for 2 lanes"
+
+
+def _two_busy_lanes(tids: Any) -> None:
+    """A worker whose two lanes both have Python work to do (bytes to count, to write):
+    neither ever blocks on a socket, so neither is waiting on the network."""
+
+    def python_work() -> None:
+        while True:
+            sum(range(2000))
+
+    def starved() -> None:
+        tids.set(0, threading.get_native_id())
+        python_work()
+
+    threading.Thread(target=python_work, daemon=True).start()
+    starved()
+
+
+def test_a_lane_waiting_for_the_gil_is_not_waiting_on_the_network() -> None:
+    """``Running.waiting`` guards cuts and restarts: a lane that could run but is starved of
+    CPU must not be taken for one blocked on its socket. A thread that waits for the GIL
+    sleeps on a futex: its state is S, as if it waited on the network."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from blobdl._worker import Running, _ThreadIds
+
+    tids = _ThreadIds(1)
+    worker = multiprocessing.get_context("fork").Process(target=_two_busy_lanes, args=(tids,))
+    worker.start()
+    try:
+        while not tids.get(0):
+            time.sleep(0.01)
+        handle = SimpleNamespace(tids=tids, proc=SimpleNamespace(pid=worker.pid), wchan_named=False)
+        running = Running(handle, 0)  # type: ignore[arg-type]
+        looks = []
+        for _ in range(200):
+            looks.append(running.waiting())
+            time.sleep(0.002)
+    finally:
+        worker.kill()
+        worker.join()
+    assert not any(looks), f"taken for waiting on the network {sum(looks)} times in 200"
+
+
+def test_splicing_waits_on_a_socket_whose_descriptor_is_past_1024(tmp_path: Path) -> None:
+    """A long-lived worker's descriptors can pass FD_SETSIZE (the leak above does it);
+    ``_splice_in`` waits with select(), which refuses them (ValueError: not a network
+    error, so the lane reports 'worker failed unexpectedly' and the download fails)."""
+    from blobdl._fileio import _splice_in
+
+    ours, theirs = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(ours.fileno(), 1500))  # as a busy worker's would be
+    read_end, write_end = os.pipe()
+    try:
+        high.settimeout(0.2)  # urllib3's sockets have a timeout: non-blocking underneath
+        with pytest.raises(TimeoutError):  # nothing arrives: a timeout, like any lane's
+            _splice_in(high, write_end, 4096)
+    finally:
+        for fd in (read_end, write_end):
+            os.close(fd)
+        for sock in (high, ours, theirs):
+            sock.close()
+
+
+class Boom(Exception):
+    """The caller's own bug, raised from its callback."""
+
+
+def test_a_lane_sleeping_in_its_pacer_is_stopped_at_once(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a tiny --limit-rate a lane sleeps seconds between reads (256 B/s: 4 s per KiB);
+    a stop must wake it, not wait the sleep out (or, past STOP_GRACE, kill its worker)."""
+    monkeypatch.setattr(blobdl._worker, "STOP_GRACE", 30.0)
+    blob = make(4 * LANE, seed=405)
+    raised: list[float] = []
+
+    def boom(progress: blobdl.Progress) -> None:
+        if progress.done > 0:
+            raised.append(time.monotonic())
+            raise Boom
+
+    settings = fast_settings(processes=1, connections=2, limit_rate=512, stall_timeout=30.0)
+    with pytest.raises(Boom):
+        Downloader(settings).download(blob.url, tmp_path / "out", on_progress=boom)
+    assert raised and time.monotonic() - raised[0] < 2.0  # not the 4 s of a pacer's sleep
