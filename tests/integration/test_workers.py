@@ -326,3 +326,19 @@ def test_a_lane_sleeping_in_its_pacer_is_stopped_at_once(
     with pytest.raises(Boom):
         Downloader(settings).download(blob.url, tmp_path / "out", on_progress=boom)
     assert raised and time.monotonic() - raised[0] < 2.0  # not the 4 s of a pacer's sleep
+
+
+@pytest.mark.parametrize(
+    ("processes", "connections", "count", "seats"),
+    [(None, 16, max(2, os.cpu_count() or 1), -(-16 // max(2, os.cpu_count() or 1))),
+     (4, 16, 4, 4), (3, 16, 3, 6), (32, 16, 16, 1), (2, 1, 1, 1)],
+)  # fmt: skip
+def test_lanes_are_spread_over_at_most_as_many_processes_as_connections(
+    processes: int | None, connections: int, count: int, seats: int
+) -> None:
+    from blobdl._counters import CounterTable
+    from blobdl._worker import Crew
+
+    crew = Crew(fast_settings(processes=processes, connections=connections), CounterTable(1))
+    assert (crew.count, crew.seats) == (count, seats)  # forked only when a lane needs one
+    assert crew.count * crew.seats >= connections

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,7 +58,7 @@ option_values = st.text(max_size=30) | st.sampled_from(
     ["inf", "-inf", "nan", "1e308", "99999999999999999999TB", "9" * 400, "0", "-1", "1e-320"]
 )
 OPTIONS = [
-    "--parts", "--connections", "--min-part-size", "--max-part-size", "--retries",
+    "--parts", "--connections", "--processes", "--min-part-size", "--max-part-size", "--retries",
     "--stall-timeout", "--max-backoff", "--progress-interval", "--checkpoint-interval",
     "--max-redirects", "--lock-timeout", "--limit-rate", "-H", "--proxy",
 ]  # fmt: skip
@@ -91,3 +92,12 @@ any_value = (
 def test_any_setting_value_gives_settings_or_a_usage_error(name: str, value: object) -> None:
     with contextlib.suppress(UsageError):
         Settings(**{name: value})
+
+
+def test_processes_is_a_whole_number_from_one_and_the_cli_passes_it_on() -> None:
+    for bad in (0, -1, True, 2.0, "2", 10**6):
+        with pytest.raises(UsageError):
+            Settings(processes=bad)  # type: ignore[arg-type]
+    args = build_parser().parse_args(["--processes", "3", "http://h/x"])
+    assert settings_from(args).processes == 3
+    assert Settings().processes is None  # one per CPU, at least 2
