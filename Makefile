@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 # `make pythons`: every supported Python found gets its own venv (.venv-3.12, ...) and a
 # smoke run; the default interpreter runs the whole suite in `make suite`.
 SUPPORTED := 3.11 3.12 3.13
-SMOKE ?= tests/integration/test_threads.py tests/unit/test_plan.py
+SMOKE ?= tests/integration/test_threads.py tests/integration/test_workers.py tests/unit/test_plan.py \
+	tests/unit/test_gather.py
 PYENV_ROOT ?= $(HOME)/.pyenv
 # 3.12+ deprecates forking a threaded process: any such warning (from blobdl) is an error.
 WERROR = $$($(1) -c 'import sys; print("-W error::DeprecationWarning" * (sys.version_info >= (3, 12)))')
