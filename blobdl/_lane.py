@@ -44,7 +44,7 @@ from ._http import (
 from ._plan import Span
 from ._remote import Remote
 from ._sockets import Sockets, noted_in
-from .config import MAX_BYTES, Settings
+from .config import Settings
 from .errors import BlobdlError, TruncatedBody
 
 # Bytes gathered off a TLS socket per write: 16 records. More saved no CPU we could measure
@@ -188,17 +188,19 @@ class _Lane:
 
         Stops at ``stop`` (the response's own end; -1: none) or at the slot's end (which may
         move in at any time; -1: until EOF), whichever comes first, or at EOF."""
+        whole = len(self.buffer)
         if raw is None or (self.splicer.enabled and not raw.tls):
-            return self._stream(read, pos, stop, raw)
+            return self._stream(read, pos, stop, raw, whole)
         with gathering(raw.sock) as gatherer:
             ahead = pos + raw.buffered if stop < 0 else min(stop, pos + raw.buffered)
-            taken = self._stream(read, pos, ahead, None) if ahead > pos else pos
+            taken = self._stream(read, pos, ahead, None, whole) if ahead > pos else pos
             if taken < ahead:
                 return taken
-            return self._stream(gatherer.read, taken, stop, None, GATHER)
+            return self._stream(gatherer.read, taken, stop, None, min(GATHER, whole))
 
-    def _stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None, most: int = 0) -> int:
-        slot, table, size = self.attempt.slot, self.table, min(most or MAX_BYTES, len(self.buffer))
+    def _stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None, size: int) -> int:
+        """``stream``'s loop: at most ``size`` bytes per read and write."""
+        slot, table = self.attempt.slot, self.table
         buffered = raw.buffered if raw is not None else 0
         while True:
             end = table.end(slot)
