@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import math
 import os
 import select
 import socket
@@ -16,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from ._gather import wait_for
 from .errors import InsufficientSpace, LocalFileError
 
 TEMP_SUFFIX = ".blobdl-tmp"
@@ -286,12 +286,7 @@ def _splice_in(sock: socket.socket, pipe: int, want: int) -> int:
         try:
             return os.splice(sock.fileno(), pipe, want, flags=os.SPLICE_F_MOVE)
         except BlockingIOError:
-            # poll, not select: a worker that runs many lanes may hold descriptors past 1024.
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            timeout = sock.gettimeout()
-            if not poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
-                raise TimeoutError("read timed out") from None
+            wait_for(sock, select.POLLIN, sock.gettimeout())
 
 
 def finalize(fd: int, temp: Path, dest: Path, size: int) -> None:

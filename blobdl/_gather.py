@@ -32,8 +32,7 @@ class Gatherer:
     """Reads what has arrived on a non-blocking socket (see ``gathering``)."""
 
     def __init__(self, sock: socket.socket, timeout: float | None, linger: float = LINGER) -> None:
-        self.sock, self.linger = sock, linger
-        self.timeout_ms = None if timeout is None else math.ceil(timeout * 1000)
+        self.sock, self.timeout, self.linger = sock, timeout, linger
         self.pending: OSError | None = None  # the error that ended the last batch
 
     def read(self, view: memoryview) -> int:
@@ -57,7 +56,7 @@ class Gatherer:
                     lingered = True
                 else:
                     writing = isinstance(exc, ssl.SSLWantWriteError)
-                    self._wait(select.POLLOUT if writing else select.POLLIN)
+                    wait_for(self.sock, select.POLLOUT if writing else select.POLLIN, self.timeout)
                 continue
             except OSError as exc:  # ssl.SSLError too
                 if not got:
@@ -69,11 +68,15 @@ class Gatherer:
             got += count
         return got
 
-    def _wait(self, event: int) -> None:
-        poller = select.poll()
-        poller.register(self.sock, event)
-        if not poller.poll(self.timeout_ms):
-            raise TimeoutError("read timed out")
+
+def wait_for(sock: socket.socket, event: int, timeout: float | None) -> None:
+    """Wait until ``sock`` is ready for ``event`` (select.POLLIN, POLLOUT), at most
+    ``timeout`` seconds (None: for ever), else raise TimeoutError. poll, not select: a
+    worker that runs many lanes may hold descriptors past 1024."""
+    poller = select.poll()
+    poller.register(sock, event)
+    if not poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
+        raise TimeoutError("read timed out")
 
 
 @contextmanager
