@@ -92,7 +92,7 @@ def run_attempt(
     except BlobdlError as exc:
         return exc
     except Exception as exc:  # a bug: report it rather than hang the slot
-        return BlobdlError(f"worker failed unexpectedly: {exc!r}")
+        return BlobdlError(f"lane failed unexpectedly: {exc!r}")
     return None
 
 

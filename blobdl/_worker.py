@@ -304,7 +304,7 @@ def _start_lane(
         try:
             tids.set(run.seat, threading.get_native_id())
             result = run_attempt(run.attempt, run.remote, settings, table, cancel)
-        except BaseException as exc:
+        except BaseException as exc:  # what run_attempt does not catch (SystemExit, ...)
             result = BlobdlError(f"lane failed unexpectedly: {exc!r}")
         finally:
             try:

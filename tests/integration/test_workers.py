@@ -287,7 +287,7 @@ def test_a_lane_waiting_for_the_gil_is_not_waiting_on_the_network() -> None:
 def test_splicing_waits_on_a_socket_whose_descriptor_is_past_1024(tmp_path: Path) -> None:
     """A long-lived worker's descriptors can pass FD_SETSIZE (the leak above does it);
     ``_splice_in`` waits with select(), which refuses them (ValueError: not a network
-    error, so the lane reports 'worker failed unexpectedly' and the download fails)."""
+    error, so the lane reports 'lane failed unexpectedly' and the download fails)."""
     from blobdl._fileio import _splice_in
 
     ours, theirs = socket.socketpair()
