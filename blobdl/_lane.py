@@ -43,7 +43,7 @@ from ._http import (
 )
 from ._plan import Span
 from ._remote import Remote
-from ._sockets import Sockets, noted_in
+from ._sockets import Sockets, noted_in, ready_at
 from .config import Settings
 from .errors import BlobdlError, TruncatedBody
 
@@ -116,21 +116,24 @@ def _fetch_chunks(lane: _Lane, pool: PoolManager, remote: Remote, first: int) ->
     """The slot's range as a series of ranged GETs over one keep-alive connection, each
     sized by ``next_chunk`` and published (``asked``) before it is sent."""
     slot, table = lane.attempt.slot, lane.table
-    pos, chunk, rate = table.pos(slot), 0, 0.0
+    pos, chunk, rate, overhead = table.pos(slot), 0, 0.0, 0.0
     while pos < (end := table.end(slot)):
-        chunk = next_chunk(chunk, rate, end - pos, first)
+        chunk = next_chunk(chunk, rate, end - pos, first, overhead)
         span = _ask(table, slot, Span(pos, pos + chunk))
         if span.end <= pos:
             return
         began = time.monotonic()
         response = open_range(pool, remote, span)
+        # To the status line (the connection idled meanwhile), less setting the connection up.
+        answered = time.monotonic()
+        overhead = answered - max(began, ready_at(response))
         try:
             pos = lane.stream(body_reader(response), pos, span.end, raw_body(response))
         finally:
             finish(response, complete=pos == span.end)
         if pos < min(span.end, table.end(slot)):
             raise TruncatedBody(remote.final_url, pos - span.start, span.length)
-        rate = (pos - span.start) / max(time.monotonic() - began, 1e-6)
+        rate = (pos - span.start) / max(time.monotonic() - answered, 1e-6)
 
 
 def _ask(table: CounterTable, slot: int, span: Span) -> Span:

@@ -10,12 +10,15 @@ original over (detaches it), and because a shutdown acts on the connection, not 
 descriptor of it: ours still cuts whatever wraps it, and is never another lane's socket
 reusing a closed descriptor's number. Threads without ``Sockets`` note nothing (the
 coordinator's probe). Only a wait before the socket exists (DNS, connect) is out of reach.
+The connections also note when they were ready (``ready_at``): the time a request takes to
+its status line, less the connection's set-up, is what sizes a lane's chunks (``_chunk``).
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -86,17 +89,35 @@ def _note(sock: socket.socket, conn: HTTPConnection) -> None:
 
 
 class _NotedHTTPConnection(HTTPConnection):
+    ready_at = 0.0  # time.monotonic() when the connection was ready for its first request
+
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         _note(sock, self)
         return sock
+
+    def connect(self) -> None:
+        super().connect()
+        self.ready_at = time.monotonic()
 
 
 class _NotedHTTPSConnection(HTTPSConnection):
+    ready_at = 0.0  # ... the TLS handshake (and any proxy tunnel) done
+
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         _note(sock, self)
         return sock
+
+    def connect(self) -> None:
+        super().connect()
+        self.ready_at = time.monotonic()
+
+
+def ready_at(response: urllib3.BaseHTTPResponse) -> float:
+    """When the connection that carries ``response`` was set up (0.0: not known), so that a
+    request's own overhead can be told from the connection's."""
+    return float(getattr(response.connection, "ready_at", 0.0))
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):

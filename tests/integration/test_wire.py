@@ -135,3 +135,17 @@ def test_a_lane_asks_in_chunks_over_one_connection(
     # The probe's connection, the worker's one, and the one asking for these stats.
     assert stats["connections"] == 3
     assert result.bytes_received == blob.size
+
+
+def test_a_slow_to_answer_server_is_asked_fewer_longer_chunks(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # 30 ms before every status line: asking in ~2 s chunks would spend that much idle per
+    # chunk; after one 128 KiB chunk (over 100 ms of paced body) the lane asks for the rest.
+    blob = make(LANE, seed=79)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
+                       "action": "shape", "bps": 512 * 1024, "ttfb": 0.03})  # fmt: skip
+    settings = wire_settings(connections=1, min_steal_size=128 * 1024)
+    Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert server.stats()["requests"] - 1 == 2  # the probe's aside

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ import urllib3
 import blobdl
 from blobdl import Downloader, PartRetried
 from blobdl._http import make_pool
-from blobdl._sockets import Sockets, noted_in
+from blobdl._sockets import Sockets, noted_in, ready_at
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 from tests.integration.conftest import PKI
@@ -183,6 +184,49 @@ def test_a_lane_keeps_no_duplicate_of_its_sockets_after_it_ends(mute: str) -> No
             pool.request("GET", f"http://{mute}/x", retries=False, timeout=0.2)
         pool.clear()
     assert ours_to_mute() == 0
+
+
+def test_a_new_connection_tells_when_it_was_ready_so_its_set_up_is_no_request_overhead(
+    pki: PKI,
+) -> None:
+    """A lane sizes its chunks by how long a request takes to its status line. A server
+    slow to finish the TLS handshake (0.3 s here) but quick to answer must not look like a
+    slow-to-answer server: ``ready_at`` marks the end of the set-up, the handshake included."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+
+    def serve() -> None:
+        raw, _ = listener.accept()
+        time.sleep(0.3)
+        with context.wrap_socket(raw, server_side=True) as conn:
+            for _ in range(2):  # two requests on the one connection
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/9\r\n"
+                             b"Content-Length: 1\r\n\r\nx")  # fmt: skip
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    url = f"https://localhost:{listener.getsockname()[1]}/x"
+    pool = make_pool(fast_settings(ca_bundle=pki.ca_pem))
+    try:
+        first_sent = time.monotonic()
+        first = pool.request("GET", url, preload_content=False)
+        first_answered, first_ready = time.monotonic(), ready_at(first)
+        first.read()
+        first.release_conn()
+        second_sent = time.monotonic()
+        second = pool.request("GET", url, preload_content=False)
+        second_ready = ready_at(second)
+        second.read()
+    finally:
+        pool.clear()
+        thread.join(timeout=5)
+        listener.close()
+    assert first_answered - first_sent >= 0.3
+    assert first_sent + 0.3 <= first_ready <= first_answered
+    assert first_answered - first_ready < 0.25  # the request itself was answered at once
+    assert second_ready == first_ready < second_sent  # a reused connection: no set-up
 
 
 # --- what a long-lived worker holds, and what waits ---------------------------------------

@@ -33,6 +33,30 @@ def test_chunk_sizes(previous: int, rate: float, left: int, expected: int) -> No
 
 
 @pytest.mark.parametrize(
+    ("previous", "rate", "left", "overhead", "expected"),
+    [
+        # 50 ms to the status line: a chunk holds 5 s of rate (100 MiB), not 8 MiB ...
+        (FIRST, 20 * MiB, 500 * MiB, 0.05, 100 * MiB),
+        # ... and a remainder shorter than that comes with it, not in a request of its own
+        (FIRST, 20 * MiB, 124 * MiB, 0.05, 124 * MiB),
+        (FIRST, 20 * MiB, 201 * MiB, 0.05, 100 * MiB),
+        # past MAX_CHUNK too: 10 s of 40 MiB/s
+        (64 * MiB, 40 * MiB, 10 * 1024 * MiB, 0.1, 400 * MiB),
+        # 10 ms is no reason: 1 s of overhead-free rate is under the 2 s target
+        (FIRST, 20 * MiB, 500 * MiB, 0.01, 8 * MiB),
+        # a chunk read in 2 ms (out of socket buffers) measured no rate worth 30 ms of trust
+        (FIRST, 2000 * MiB, 1024 * MiB, 0.03, 8 * MiB),
+        # the first chunk knows no overhead yet
+        (0, 0.0, 500 * MiB, 0.05, FIRST),
+    ],
+)
+def test_a_slow_to_answer_server_gets_longer_chunks(
+    previous: int, rate: float, left: int, overhead: float, expected: int
+) -> None:
+    assert next_chunk(previous, rate, left, FIRST, overhead) == expected
+
+
+@pytest.mark.parametrize(
     ("rate", "peers", "expected"),
     [
         (0.0, [0.0, 8e6, 8e6, 8e6], True),  # silent among moving peers
