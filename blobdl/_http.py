@@ -36,7 +36,7 @@ from ._plan import Span
 from ._redact import redact_url
 from ._remote import Remote
 from ._retry import Retry
-from ._sockets import noting
+from ._sockets import noting, ready_at
 from ._version import __version__
 from .config import Settings, check_proxy_url
 from .errors import (
@@ -365,11 +365,15 @@ def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
     url, headers = lift_userinfo(url, settings.headers)
     current = url
     for _hop in range(settings.max_redirects + 1):
+        sent = time.monotonic()
         response = _request(pool, current, {**_base_headers(headers), "Range": "bytes=0-0"})
+        answer_time = time.monotonic() - max(sent, ready_at(response))
         target = None
         try:
             if response.status not in _REDIRECTS:
-                return _remote_from(url, current, headers, response)
+                return _remote_from(url, current, headers, response)._replace(
+                    answer_time=answer_time
+                )
             location = response.headers.get("Location")
             if not location:
                 raise BadResponse(current, f"redirect {response.status} without Location")

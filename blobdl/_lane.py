@@ -127,6 +127,9 @@ def _fetch_chunks(lane: _Lane, pool: PoolManager, remote: Remote, first: int) ->
         # To the status line (the connection idled meanwhile), less setting the connection up.
         answered = time.monotonic()
         overhead = answered - max(began, ready_at(response))
+        # The probe's answer came with no lanes running: a machine busy with its own lanes
+        # delays our reading of a status line, but makes no idle connection worth avoiding.
+        overhead = min(overhead, remote.answer_time)
         try:
             pos = lane.stream(body_reader(response), pos, span.end, raw_body(response))
         finally:

@@ -31,6 +31,9 @@ class Remote(NamedTuple):
     last_modified: str | None
     filename: str | None  # from Content-Disposition, unsanitised
     headers: tuple[tuple[str, str], ...]  # user headers still safe to send to final_url
+    # Seconds the probe's last request took to its status line, its connection's set-up
+    # aside (0.0: not measured): how long this server takes to answer a request (_chunk).
+    answer_time: float = 0.0
 
     @property
     def identity(self) -> Identity:

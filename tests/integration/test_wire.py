@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from blobdl import Downloader
 from faultserver.server import PACE_CHUNK
 from faultserver.serverctl import ServerHandle
@@ -137,15 +139,22 @@ def test_a_lane_asks_in_chunks_over_one_connection(
     assert result.bytes_received == blob.size
 
 
+@pytest.mark.parametrize(
+    ("probe_too", "most", "least"),
+    [(True, 2, 2), (False, 9, 3)],
+    ids=["slow-to-answer server", "only the lanes' answers late"],
+)
 def test_a_slow_to_answer_server_is_asked_fewer_longer_chunks(
-    make: Make, server: ServerHandle, tmp_path: Path
+    make: Make, server: ServerHandle, tmp_path: Path, probe_too: bool, most: int, least: int
 ) -> None:
-    # 30 ms before every status line: asking in ~2 s chunks would spend that much idle per
-    # chunk; after one 128 KiB chunk (over 100 ms of paced body) the lane asks for the rest.
+    """30 ms before every status line: ~2 s chunks would leave the connection idle that long
+    for each. After one 128 KiB chunk (paced over 100 ms) the lane asks for all the rest. But
+    a server that answered the probe at once is not slow to answer: late answers while the
+    lanes run are this machine's own load, and chunks stay split points for steals."""
     blob = make(LANE, seed=79)
-    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
-                       "action": "shape", "bps": 512 * 1024, "ttfb": 0.03})  # fmt: skip
+    shape = {"path": f"/files/{blob.name}", "times": None, "action": "shape", "ttfb": 0.03}
+    server.set_faults(shape | {"bps": 512 * 1024} | ({} if probe_too else {"skip": 1}))
     settings = wire_settings(connections=1, min_steal_size=128 * 1024)
     Downloader(settings).download(blob.url, tmp_path / "out")
     assert sha256_file(tmp_path / "out") == blob.sha256
-    assert server.stats()["requests"] - 1 == 2  # the probe's aside
+    assert least <= server.stats()["requests"] - 1 <= most  # the probe's aside
