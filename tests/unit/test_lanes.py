@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from blobdl import _coordinator
 from blobdl._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
 from blobdl._parts import Parts
+from blobdl._remote import Remote
 from blobdl._resume import PartRecord
 from blobdl._retry import Retry
 from blobdl._steal import LAG_SHARE, Lane, Steal, choose, lagging
@@ -140,3 +144,15 @@ def test_a_cut_ignores_what_the_victim_asked_for() -> None:
     parts.table.set_asked(0, 700)
     thief = parts.split(Steal(0, 100, takeover=True, cut=True))
     assert (parts.table.end(0), parts.table.start(thief.slot)) == (100, 100)
+
+
+def test_a_refresh_keeps_the_answer_time_the_probe_took_before_any_lane_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refresh probes while other lanes run: its late status line is this machine's load,
+    not the server's, and must not make every later attempt ask for all of its range."""
+    pinned = Remote("u", "f", 9, True, '"e"', None, None, (), answer_time=0.001)
+    monkeypatch.setattr(_coordinator, "resolve", lambda *_: pinned._replace(answer_time=0.2))
+    coordinator = SimpleNamespace(remote=pinned, settings=None, generation=0)
+    _coordinator.Coordinator._refresh(coordinator, SimpleNamespace(), 0)  # type: ignore[arg-type]
+    assert coordinator.generation == 1 and coordinator.remote.answer_time == 0.001
