@@ -158,3 +158,25 @@ def test_a_slow_to_answer_server_is_asked_fewer_longer_chunks(
     Downloader(settings).download(blob.url, tmp_path / "out")
     assert sha256_file(tmp_path / "out") == blob.sha256
     assert least <= server.stats()["requests"] - 1 <= most  # the probe's aside
+
+
+@pytest.mark.xfail(strict=True, reason="review-ttfb: a long chunk takes the lane's whole rest")
+def test_a_lane_slow_in_one_request_to_a_slow_to_answer_server_can_still_be_split(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """30 ms to every status line, 4 MB/s per request; one lane's second request runs at
+    1 MB/s (a quarter: no stall, no lag). Before the change idle workers split that lane's
+    rest (3 steals, 1.46 s); when its second request asks for all of it, none can (0, 3.8 s)."""
+    blob = make(16 * LANE, seed=80)
+    shape = {"path": f"/files/{blob.name}", "action": "shape", "ttfb": 0.03}
+    server.set_faults(
+        shape | {"times": 5, "bps": 4_000_000},  # the probe and each lane's first chunk
+        shape | {"times": 1, "bps": 1_000_000},  # the first lane's second request
+        shape | {"times": None, "bps": 4_000_000},
+    )
+    settings = wire_settings(
+        connections=4, min_steal_size=512 * 1024, min_part_size=4 * LANE, max_part_size=4 * LANE
+    )
+    result = Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.steals >= 1
