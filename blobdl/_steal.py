@@ -6,11 +6,15 @@ lane's current offset — the lane is ended, so the bytes are fetched once — o
 largest remaining range in two and takes the second half. Either way the victim's end moves
 in to where the thief starts, so the parts still tile the blob and no byte is counted twice.
 
-A lane's current request is never cut into (each byte crosses the wire once): a split
-starts at or past the end of what the victim asked for, and a slow lane that still moves
-keeps what it asked for. Only a lane that has all but stopped (under ``LAG_SHARE`` of the
-best rate) is cut at its position, discarding what was in flight. ``lagging`` is the other
-verdict on slow lanes: one far below its peers is restarted even when no worker is idle.
+A lane's current request is cut into only as a last resort (each byte should cross the
+wire once): a split starts at or past the end of what the victim asked for, and a slow lane
+that still moves keeps what it asked for. Only a lane that has all but stopped (under
+``LAG_SHARE`` of the best rate) is cut at its position, discarding what was in flight; or,
+once nothing is left to split, a lane whose request would still run for over ``CUT_LONG``
+at its own rate. The coordinator cuts only a lane whose thread waits on the network: its
+socket holds nothing unread, so the waste is what was still on its way. ``lagging`` is the
+other verdict on slow lanes: one far below its peers is restarted even when no worker is
+idle.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ LAG_WINDOW = 0.15
 # A cut throws away what is in flight: only a lane quiet this long is cut (a new lane still
 # waiting for its first bytes on a loaded machine is not; its request may be on its way).
 CUT_QUIET = 0.5
+# When nothing is left to split, a request that would still run this long (seconds at its
+# lane's rate) is cut and started again on an idle connection, where idle workers can split
+# it: a lane that slowed down inside one long request (see _chunk) does not set the tail.
+CUT_LONG = 2.0
 
 
 class Lane(NamedTuple):
@@ -70,13 +78,34 @@ def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float
         steal = _takeover(lane, best_rate)
         if steal is not None:
             return steal
-    if not open_lanes:
+    if open_lanes:
+        lane = max(open_lanes, key=lambda lane: lane.end - _committed(lane))
+        remaining = lane.end - _committed(lane)
+        if remaining >= 2 * min_split:
+            return Steal(lane.slot, _committed(lane) + remaining // 2, takeover=False)
+    return _cut_long(lanes, grace)
+
+
+def _cut_long(lanes: Sequence[Lane], grace: float) -> Steal | None:
+    """Nothing left to split, and a request that would still run for over ``CUT_LONG`` at
+    its lane's rate: that lane is cut where it is and the thief starts again from there."""
+    long = [
+        lane
+        for lane in lanes
+        if lane.replaceable and lane.age >= grace and _in_flight(lane) > CUT_LONG
+    ]
+    if not long:
         return None
-    lane = max(open_lanes, key=lambda lane: lane.end - _committed(lane))
-    remaining = lane.end - _committed(lane)
-    if remaining < 2 * min_split:
-        return None
-    return Steal(lane.slot, _committed(lane) + remaining // 2, takeover=False)
+    lane = max(long, key=_in_flight)
+    return Steal(lane.slot, lane.pos, takeover=True, cut=True)
+
+
+def _in_flight(lane: Lane) -> float:
+    """Seconds the lane's current request still has to run at the lane's rate."""
+    left = _committed(lane) - lane.pos
+    if left <= 0:
+        return 0.0
+    return left / lane.rate if lane.rate > 0 else float("inf")
 
 
 def _committed(lane: Lane) -> int:

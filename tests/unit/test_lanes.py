@@ -12,7 +12,7 @@ from blobdl._parts import Parts
 from blobdl._remote import Remote
 from blobdl._resume import PartRecord
 from blobdl._retry import Retry
-from blobdl._steal import LAG_SHARE, Lane, Steal, choose, lagging
+from blobdl._steal import CUT_LONG, LAG_SHARE, Lane, Steal, choose, lagging
 
 MiB = 1024 * 1024
 FIRST = 4 * MiB
@@ -120,6 +120,42 @@ FAST = 8e6
     ],
 )
 def test_where_a_steal_cuts(lanes: list[Lane], expected: Steal | None) -> None:
+    assert choose(lanes, best_rate=FAST, min_split=10, grace=1.0) == expected
+
+
+LONG = int(3 * FAST)  # bytes a lane moving at FAST needs 3 s for: over CUT_LONG
+SHORT = int(FAST)  # ... and 1 s
+
+
+@pytest.mark.parametrize(
+    ("lanes", "expected"),
+    [
+        # Nothing left to split, and one request that would run 3 s more: cut where it is.
+        ([Lane(0, 100, 100 + LONG, FAST, 5.0, asked=100 + LONG)], Steal(0, 100, True, True)),
+        # One that ends within CUT_LONG keeps its request.
+        ([Lane(0, 100, 100 + SHORT, FAST, 5.0, asked=100 + SHORT)], None),
+        # A range left to split goes first: a split wastes nothing.
+        (
+            [Lane(0, 0, LONG, FAST, 5.0, asked=LONG), Lane(1, 0, 200, FAST, 5.0)],
+            Steal(1, 100, False, False),
+        ),
+        # Not a lane that already replaced another, nor one still in its grace.
+        ([Lane(0, 0, LONG, FAST, 5.0, False, asked=LONG)], None),
+        ([Lane(0, 0, LONG, FAST, 0.5, asked=LONG)], None),
+        # The longest of several.
+        (
+            [
+                Lane(0, 0, LONG, FAST, 5.0, asked=LONG),
+                Lane(1, 0, 2 * LONG, FAST, 5.0, asked=2 * LONG),
+            ],
+            Steal(1, 0, True, True),
+        ),
+    ],
+)
+def test_a_request_that_would_set_the_tail_is_cut_once_nothing_is_left_to_split(
+    lanes: list[Lane], expected: Steal | None
+) -> None:
+    assert CUT_LONG < 3.0
     assert choose(lanes, best_rate=FAST, min_split=10, grace=1.0) == expected
 
 
