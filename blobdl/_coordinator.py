@@ -195,6 +195,7 @@ class Coordinator:
         part.rate = part.moved = 0.0
         part.history.clear()
         part.history.append((now, part.attempt_pos))
+        part.request_end = -1  # a new attempt's first request, even if it asks the same end
 
     # --- outcomes ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from ._counters import CounterTable
 from ._events import PartProgress
 from ._resume import PartRecord
 from ._retry import Retry
-from ._steal import LAG_WINDOW, Lane, Steal
+from ._steal import CUT_QUIET, LAG_WINDOW, Lane, Steal
 from ._worker import Running
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
@@ -49,6 +49,9 @@ class Part:
     moved: float = 0.0  # bytes/s over the last LAG_WINDOW seconds
     history: deque[tuple[float, int]] = field(default_factory=deque)  # (time, pos) samples
     restarted_at: int = -1  # position when the part was last restarted for lagging
+    request_end: int = -1  # the current request's end (``asked``) as last sampled; -1: none
+    body_at: float = -1.0  # when a sample first saw that request's bytes; -1: not yet
+    body_pos: int = 0  # position at the request's first sample, then at ``body_at``
 
 
 class Parts:
@@ -122,6 +125,7 @@ class Parts:
                 not p.took_over,
                 table.asked(p.slot),
                 now - p.last_change,
+                _request_rate(p, table.pos(p.slot), now),
             )
             for p in self
             if p.state == RUNNING
@@ -146,6 +150,11 @@ class Parts:
     def sample(self, part: Part, now: float, pos: int) -> None:
         """Remember where the lane is now; ``moved`` becomes its rate over the last
         ``LAG_WINDOW`` seconds (or since the attempt started, when that is shorter)."""
+        asked = self.table.asked(part.slot)
+        if asked != part.request_end:  # a new request: time its body from its first bytes
+            part.request_end, part.body_at, part.body_pos = asked, -1.0, pos
+        elif part.body_at < 0 and pos > part.body_pos:
+            part.body_at, part.body_pos = now, pos
         history = part.history
         history.append((now, pos))
         while len(history) > 2 and now - history[1][0] >= LAG_WINDOW:
@@ -168,3 +177,11 @@ class Parts:
         self.table.set_end(part.slot, end)
         self._parts.append(part)
         return part
+
+
+def _request_rate(part: Part, pos: int, now: float) -> float:
+    """Bytes/s of the current request's body since a sample first saw it move; 0 until
+    that was ``CUT_QUIET`` ago."""
+    if part.body_at < 0 or now - part.body_at < CUT_QUIET:
+        return 0.0
+    return (pos - part.body_pos) / (now - part.body_at)

@@ -49,6 +49,10 @@ class Lane(NamedTuple):
     replaceable: bool = True  # False for a lane that already replaced a slow one
     asked: int = 0  # one past the last byte its current request asked for (<= pos: none)
     quiet: float = 0.0  # seconds since its position last moved (or its attempt started)
+    # bytes/s of its current request's body, timed from the sample that first saw its bytes;
+    # 0 until that is CUT_QUIET old (the smoothed ``rate`` sags while a lane waits for a
+    # status line, and one sample of a bursty server says little about a request's rest)
+    request_rate: float = 0.0
 
 
 class Steal(NamedTuple):
@@ -88,11 +92,16 @@ def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float
 
 def _cut_long(lanes: Sequence[Lane], grace: float) -> Steal | None:
     """Nothing left to split, and a request that would still run for over ``CUT_LONG`` at
-    its lane's rate: that lane is cut where it is and the thief starts again from there."""
+    its own body's rate: that lane is cut where it is and the thief starts again from there.
+    A request not yet measured (``request_rate`` 0) is not judged: one still waiting for its
+    status line or its first bytes is the quiet cut's to judge (``_takeover``)."""
     long = [
         lane
         for lane in lanes
-        if lane.replaceable and lane.age >= grace and _in_flight(lane) > CUT_LONG
+        if lane.replaceable
+        and lane.age >= grace
+        and lane.request_rate > 0
+        and _in_flight(lane) > CUT_LONG
     ]
     if not long:
         return None
@@ -101,11 +110,11 @@ def _cut_long(lanes: Sequence[Lane], grace: float) -> Steal | None:
 
 
 def _in_flight(lane: Lane) -> float:
-    """Seconds the lane's current request still has to run at the lane's rate."""
+    """Seconds the lane's current request still has to run at that request's rate."""
     left = _committed(lane) - lane.pos
     if left <= 0:
         return 0.0
-    return left / lane.rate if lane.rate > 0 else float("inf")
+    return left / lane.request_rate if lane.request_rate > 0 else float("inf")
 
 
 def _committed(lane: Lane) -> int:

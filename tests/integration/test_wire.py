@@ -182,3 +182,19 @@ def test_a_lane_slow_in_one_request_to_a_slow_to_answer_server_can_still_be_spli
     assert sha256_file(tmp_path / "out") == blob.sha256
     assert result.steals >= 1
     assert sent(server) <= blob.size + 1 + result.steals * PACE_CHUNK
+
+
+def test_a_lane_waiting_for_its_next_status_line_is_not_cut_as_long(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """0.4 s to every status line, nothing left to split after the lanes' first chunks, one
+    connection spare. While a lane waits for its second status line its smoothed rate halves
+    every sample, so its 512 KiB request (0.13 s of body) looked like 2.5 s in flight and was
+    cut, twice per download: two more connections and status lines (1.84 s against 1.46 s)."""
+    blob = make(4 * LANE, seed=81)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "shape",
+                       "ttfb": 0.4, "bps": 4_000_000})  # fmt: skip
+    settings = wire_settings(connections=5, min_steal_size=512 * 1024, progress_interval=0.1)
+    result = Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.steals <= 1  # at most the split of a lane whose first chunk was not yet asked

@@ -131,22 +131,33 @@ SHORT = int(FAST)  # ... and 1 s
     ("lanes", "expected"),
     [
         # Nothing left to split, and one request that would run 3 s more: cut where it is.
-        ([Lane(0, 100, 100 + LONG, FAST, 5.0, asked=100 + LONG)], Steal(0, 100, True, True)),
+        (
+            [Lane(0, 100, 100 + LONG, FAST, 5.0, asked=100 + LONG, request_rate=FAST)],
+            Steal(0, 100, True, True),
+        ),
         # One that ends within CUT_LONG keeps its request.
-        ([Lane(0, 100, 100 + SHORT, FAST, 5.0, asked=100 + SHORT)], None),
+        ([Lane(0, 100, 100 + SHORT, FAST, 5.0, asked=100 + SHORT, request_rate=FAST)], None),
         # A range left to split goes first: a split wastes nothing.
         (
-            [Lane(0, 0, LONG, FAST, 5.0, asked=LONG), Lane(1, 0, 200, FAST, 5.0)],
+            [
+                Lane(0, 0, LONG, FAST, 5.0, asked=LONG, request_rate=FAST),
+                Lane(1, 0, 200, FAST, 5.0),
+            ],
             Steal(1, 100, False, False),
         ),
         # Not a lane that already replaced another, nor one still in its grace.
-        ([Lane(0, 0, LONG, FAST, 5.0, False, asked=LONG)], None),
-        ([Lane(0, 0, LONG, FAST, 0.5, asked=LONG)], None),
+        ([Lane(0, 0, LONG, FAST, 5.0, False, asked=LONG, request_rate=FAST)], None),
+        ([Lane(0, 0, LONG, FAST, 0.5, asked=LONG, request_rate=FAST)], None),
+        # Judged at its request's own rate, not the smoothed one that sagged while the lane
+        # waited for the status line or a bursty server paused: 1 s left, not 8.
+        ([Lane(0, 100, 100 + SHORT, FAST / 8, 5.0, asked=100 + SHORT, request_rate=FAST)], None),
+        # Nor a request not yet measured (still waiting for its first bytes): the quiet cut's.
+        ([Lane(0, 100, 100 + SHORT, 0.0, 5.0, asked=100 + SHORT)], None),
         # The longest of several.
         (
             [
-                Lane(0, 0, LONG, FAST, 5.0, asked=LONG),
-                Lane(1, 0, 2 * LONG, FAST, 5.0, asked=2 * LONG),
+                Lane(0, 0, LONG, FAST, 5.0, asked=LONG, request_rate=FAST),
+                Lane(1, 0, 2 * LONG, FAST, 5.0, asked=2 * LONG, request_rate=FAST),
             ],
             Steal(1, 0, True, True),
         ),
