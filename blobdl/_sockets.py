@@ -89,6 +89,9 @@ def _note(sock: socket.socket, conn: HTTPConnection) -> None:
 
 
 class _NotedHTTPConnection(HTTPConnection):
+    """Notes its socket in the opening thread's ``Sockets``, and when it was ready; also
+    the base of the HTTPS one, whose ``connect`` (TLS handshake, proxy tunnel) it wraps."""
+
     ready_at = 0.0  # time.monotonic() when the connection was ready for its first request
 
     def _new_conn(self) -> socket.socket:
@@ -101,17 +104,8 @@ class _NotedHTTPConnection(HTTPConnection):
         self.ready_at = time.monotonic()
 
 
-class _NotedHTTPSConnection(HTTPSConnection):
-    ready_at = 0.0  # ... the TLS handshake (and any proxy tunnel) done
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _note(sock, self)
-        return sock
-
-    def connect(self) -> None:
-        super().connect()
-        self.ready_at = time.monotonic()
+class _NotedHTTPSConnection(_NotedHTTPConnection, HTTPSConnection):
+    pass
 
 
 def ready_at(response: urllib3.BaseHTTPResponse) -> float:
