@@ -114,22 +114,21 @@ class Parts:
 
     def lanes(self, now: float) -> list[Lane]:
         """The running parts, as a steal sees them."""
-        table = self.table
-        return [
-            Lane(
-                p.slot,
-                table.pos(p.slot),
-                table.end(p.slot),
-                p.rate,
-                now - p.launched,
-                not p.took_over,
-                table.asked(p.slot),
-                now - p.last_change,
-                _request_rate(p, table.pos(p.slot), now),
-            )
-            for p in self
-            if p.state == RUNNING
-        ]
+        return [self._lane(p, now) for p in self if p.state == RUNNING]
+
+    def _lane(self, p: Part, now: float) -> Lane:
+        table, pos = self.table, self.table.pos(p.slot)  # one read: the lane moves meanwhile
+        return Lane(
+            p.slot,
+            pos,
+            table.end(p.slot),
+            p.rate,
+            now - p.launched,
+            not p.took_over,
+            table.asked(p.slot),
+            now - p.last_change,
+            _request_rate(p, pos, now),
+        )
 
     def split(self, steal: Steal) -> Part:
         """Carry out ``steal``: a new part takes ``[at, victim's end)``; the victim stops there."""

@@ -11,10 +11,10 @@ wire once): a split starts at or past the end of what the victim asked for, and 
 that still moves keeps what it asked for. Only a lane that has all but stopped (under
 ``LAG_SHARE`` of the best rate) is cut at its position, discarding what was in flight; or,
 once nothing is left to split, a lane whose request would still run for over ``CUT_LONG``
-at its own rate. The coordinator cuts only a lane whose thread waits on the network: its
-socket holds nothing unread, so the waste is what was still on its way. ``lagging`` is the
-other verdict on slow lanes: one far below its peers is restarted even when no worker is
-idle.
+at the rate its body has come in. The coordinator cuts only a lane whose thread waits on
+the network: its socket holds nothing unread, so the waste is what was still on its way.
+``lagging`` is the other verdict on slow lanes: one far below its peers is restarted even
+when no worker is idle.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ LAG_WINDOW = 0.15
 # A cut throws away what is in flight: only a lane quiet this long is cut (a new lane still
 # waiting for its first bytes on a loaded machine is not; its request may be on its way).
 CUT_QUIET = 0.5
-# When nothing is left to split, a request that would still run this long (seconds at its
-# lane's rate) is cut and started again on an idle connection, where idle workers can split
-# it: a lane that slowed down inside one long request (see _chunk) does not set the tail.
+# When nothing is left to split, a request that would still run this long (seconds at the
+# rate its body has come in) is cut and started again on an idle connection, where idle
+# workers can split it: a lane that slowed down inside one long request (see _chunk) does
+# not set the tail.
 CUT_LONG = 2.0
 
 
@@ -98,10 +99,7 @@ def _cut_long(lanes: Sequence[Lane], grace: float) -> Steal | None:
     long = [
         lane
         for lane in lanes
-        if lane.replaceable
-        and lane.age >= grace
-        and lane.request_rate > 0
-        and _in_flight(lane) > CUT_LONG
+        if lane.replaceable and lane.age >= grace and _in_flight(lane) > CUT_LONG
     ]
     if not long:
         return None
@@ -110,11 +108,11 @@ def _cut_long(lanes: Sequence[Lane], grace: float) -> Steal | None:
 
 
 def _in_flight(lane: Lane) -> float:
-    """Seconds the lane's current request still has to run at that request's rate."""
-    left = _committed(lane) - lane.pos
-    if left <= 0:
+    """Seconds the lane's current request still has to run at that request's rate (0.0
+    while the request is not timed yet)."""
+    if lane.request_rate <= 0:
         return 0.0
-    return left / lane.request_rate if lane.request_rate > 0 else float("inf")
+    return max(0, _committed(lane) - lane.pos) / lane.request_rate
 
 
 def _committed(lane: Lane) -> int:
