@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import trustme
@@ -42,6 +43,17 @@ def tls_pair(ours: socket.socket, theirs: socket.socket) -> tuple[ssl.SSLSocket,
     client = client_ctx.wrap_socket(ours, server_hostname="blobdl.test")
     server.join()
     return client, accepted[0]
+
+
+@contextmanager
+def sends_later(sock: socket.socket, delay: float, data: bytes) -> Iterator[None]:
+    """``sock`` sends ``data`` after ``delay`` seconds, from a timer thread joined on exit."""
+    later = threading.Timer(delay, lambda: sock.sendall(data))
+    later.start()
+    try:
+        yield
+    finally:
+        later.join()
 
 
 def test_everything_that_has_arrived_comes_back_in_one_call(
@@ -79,14 +91,9 @@ def test_bytes_that_trickle_in_are_gathered_for_a_moment_before_they_are_written
 ) -> None:
     ours, theirs = pair
     theirs.sendall(b"first")
-    later = threading.Timer(0.01, lambda: theirs.sendall(b"second"))
-    later.start()
-    try:
-        with gathering(ours, linger=0.5) as gatherer:  # far longer than the sender needs
-            view = memoryview(bytearray(100))
-            assert gatherer.read(view) == 11 and bytes(view[:11]) == b"firstsecond"
-    finally:
-        later.join()
+    with sends_later(theirs, 0.01, b"second"), gathering(ours, linger=0.5) as gatherer:
+        view = memoryview(bytearray(100))  # the linger is far longer than the sender needs
+        assert gatherer.read(view) == 11 and bytes(view[:11]) == b"firstsecond"
 
 
 def test_it_lingers_only_once_then_returns_what_it_has(
@@ -101,24 +108,14 @@ def test_it_lingers_only_once_then_returns_what_it_has(
 def test_it_does_not_linger_once_it_holds_plenty(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, theirs = pair
     theirs.sendall(b"x" * SMALL)
-    later = threading.Timer(0.05, lambda: theirs.sendall(b"late"))
-    later.start()
-    try:
-        with gathering(ours, linger=5.0) as gatherer:
-            assert gatherer.read(memoryview(bytearray(2 * SMALL))) == SMALL
-    finally:
-        later.join()
+    with sends_later(theirs, 0.05, b"late"), gathering(ours, linger=5.0) as gatherer:
+        assert gatherer.read(memoryview(bytearray(2 * SMALL))) == SMALL
 
 
 def test_it_waits_for_the_first_byte(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, theirs = pair
-    later = threading.Timer(0.05, lambda: theirs.sendall(b"late"))
-    later.start()
-    try:
-        with gathering(ours) as gatherer:
-            assert gatherer.read(memoryview(bytearray(100))) == 4
-    finally:
-        later.join()
+    with sends_later(theirs, 0.05, b"late"), gathering(ours) as gatherer:
+        assert gatherer.read(memoryview(bytearray(100))) == 4
 
 
 def test_a_silent_socket_times_out_after_its_own_timeout(
