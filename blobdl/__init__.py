@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from ._batch import BatchEvent, Item, ItemResult, download_many, parse_manifest
-from ._download import Downloader, download
-from ._events import (
-    DownloadResult,
-    Event,
-    Failed,
-    Finished,
-    PartProgress,
-    PartRetried,
-    PartStalled,
-    Progress,
-    Started,
-)
-from ._pull import LayerResult, PullEvent, PullResult, PullStarted, pull
-from ._registry import AuthRefused, ModelNotFound, UnsupportedManifest
 from ._version import __version__
+from .batch._scheduler import BatchEvent, Item, ItemResult, download_many, parse_manifest
 from .config import Settings, parse_size
+from .engine._download import Downloader, download
 from .errors import (
     BadResponse,
     BlobdlError,
@@ -41,6 +28,19 @@ from .errors import (
     UsageError,
     WorkerCrashed,
 )
+from .events import (
+    DownloadResult,
+    Event,
+    Failed,
+    Finished,
+    PartProgress,
+    PartRetried,
+    PartStalled,
+    Progress,
+    Started,
+)
+from .registry._oci import AuthRefused, ModelNotFound, UnsupportedManifest
+from .registry._pull import LayerResult, PullEvent, PullResult, PullStarted, pull
 
 __all__ = [
     "AuthRefused",

@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._batch import ItemResult, download_many, parse_manifest
-from .._download import Downloader
 from .._redact import redact_url
+from ..batch._scheduler import ItemResult, download_many, parse_manifest
+from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interrupted, UsageError
 from ._args import build_parser, settings_from
 from ._display import Display, display_for, fail, json_line, say, show_warnings

@@ -9,8 +9,8 @@ import os
 import sys
 from typing import IO, Any
 
-from .._batch import BatchEvent
-from .._events import DownloadResult, Event, Failed, Progress, Started, event_record
+from ..batch._scheduler import BatchEvent
+from ..events import DownloadResult, Event, Failed, Progress, Started, event_record
 
 
 def show_warnings() -> None:

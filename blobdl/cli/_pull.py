@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .._events import Failed, Finished, Progress, event_record
-from .._pull import PullEvent, PullResult, PullStarted, default_models_dir, pull
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
+from ..events import Failed, Finished, Progress, event_record
+from ..registry._pull import PullEvent, PullResult, PullStarted, default_models_dir, pull
 from ._args import Parser, build_parser
 from ._args import settings_from as engine_settings
 from ._display import display_for, fail, json_line, show_warnings

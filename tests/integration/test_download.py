@@ -174,7 +174,7 @@ def test_unwritable_destination_directory(
     monkeypatch.setattr(
         os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode)
     )
-    monkeypatch.setattr(blobdl._isolate, "threaded", lambda: False)
+    monkeypatch.setattr(blobdl.processes._clean_process, "threaded", lambda: False)
     with pytest.raises(blobdl.LocalFileError, match="not writable"):
         fetch(make(PART).url, locked / "out")
     assert server.stats()["requests"] == 0 and not list(locked.iterdir())

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import blobdl
-from blobdl._reference import parse_reference
+from blobdl.registry._names import parse_reference
 from faultserver.registry import (
     CONFIG_TYPE,
     MANIFEST_TYPE,

@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import blobdl
-from blobdl import Downloader, _resume
-from blobdl._resume import PartRecord, State, save, state_path
+from blobdl import Downloader
 from blobdl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_OK, EXIT_USAGE
+from blobdl.store import _resume
+from blobdl.store._resume import PartRecord, State, save, state_path
 from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file, spawn_cli
 
@@ -272,7 +273,7 @@ def test_any_recorded_progress_resumes_to_exact_bytes(
         partial[start:pos] = content[start:pos]
         records.append(PartRecord(start, end, pos))
     Path(f"{out}.blobdl-tmp").write_bytes(bytes(partial))
-    probe = blobdl._http.resolve(blob.url, fast_settings())
+    probe = blobdl.http._probe.resolve(blob.url, fast_settings())
     save(state_path(out), State(blob.url, probe.final_url, blob.size, probe.etag,
                                 probe.last_modified, tuple(records)))  # fmt: skip
     claimed = sum(r.pos - r.start for r in records)

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blobdl import Downloader, Progress
-from blobdl._counters import CounterTable
-from blobdl._steal import SLOW_FACTOR, Lane, choose
+from blobdl.engine._counter_table import CounterTable
+from blobdl.engine._steal import SLOW_FACTOR, Lane, choose
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 

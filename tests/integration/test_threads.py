@@ -24,8 +24,8 @@ import psutil
 import pytest
 
 import blobdl
-from blobdl._fileio import temp_path
-from blobdl._resume import state_path
+from blobdl.store._destination import temp_path
+from blobdl.store._resume import state_path
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, sha256_file
 

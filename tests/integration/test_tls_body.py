@@ -1,4 +1,4 @@
-"""Bodies over TLS are read straight off the socket, many records per write (``_gather``);
+"""Bodies over TLS are read straight off the socket, many records per write (``_socket_reads``);
 plain HTTP bodies are spliced, or gathered too where ``os.splice`` is missing (not Linux) or
 refused: three hot paths. Every fault the server can script must end the same way on each:
 the same exact bytes, or the same error. Real fault servers, plain and TLS, forked workers,

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 import blobdl
-import blobdl._http
-from blobdl import _cache, _resume
-from blobdl._fileio import reserve
-from blobdl._resume import PartRecord, State
+import blobdl.http._probe
 from blobdl.errors import EXIT_LOCAL, EXIT_OK
+from blobdl.store import _cache, _resume
+from blobdl.store._destination import reserve
+from blobdl.store._resume import PartRecord, State
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
 
@@ -122,7 +122,7 @@ def test_dangling_lock_symlink_is_refused_not_created(make: Make, tmp_path: Path
 
 def resumable(blob: Blob, dest: Path) -> None:
     """A state record that claims half of every part of ``blob`` for ``dest``."""
-    probe = blobdl._http.resolve(blob.url, fast_settings())
+    probe = blobdl.http._probe.resolve(blob.url, fast_settings())
     half = PART // 2
     parts = tuple(
         PartRecord(s, min(s + PART, blob.size), min(s + half, blob.size))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from blobdl import Downloader, download_many
-from blobdl._batch import Item
+from blobdl.batch._scheduler import Item
 from blobdl.errors import BadResponse, BlobdlError, HTTPStatusError, UsageError
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, run_cli

@@ -19,8 +19,8 @@ import pytest
 
 import blobdl
 from blobdl import Downloader, Progress
-from blobdl._resume import keeps_partial, state_path
 from blobdl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_NETWORK, EXIT_OK
+from blobdl.store._resume import keeps_partial, state_path
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
 

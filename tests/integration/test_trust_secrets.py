@@ -75,7 +75,7 @@ def _header_args(headers: dict[str, str]) -> list[str]:
     ],
 )
 def test_origin_is_scheme_host_and_port(old: str, new: str, same: bool) -> None:
-    from blobdl._http import same_origin
+    from blobdl.http._urls import same_origin
 
     assert same_origin(old, new) is same
 

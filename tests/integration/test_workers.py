@@ -1,6 +1,6 @@
 """Lanes share worker processes (``_worker``): ending one lane leaves the lanes beside it
 running; a lane that does not answer its stop costs its whole worker, and only then are
-its siblings retried. A lane is ended by cutting its sockets (``_sockets``): that must wake
+its siblings retried. A lane is ended by cutting its sockets (``http._connections``): that must wake
 it wherever it waits on the network, the TLS handshake included.
 
 Real fault servers, forked workers, real files, sha256; the socket tests use real
@@ -25,8 +25,8 @@ import urllib3
 
 import blobdl
 from blobdl import Downloader, PartRetried
-from blobdl._http import make_pool
-from blobdl._sockets import Sockets, noted_in, ready_at
+from blobdl.http._connections import Sockets, noted_in, ready_at
+from blobdl.http._pool import make_pool
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 from tests.integration.conftest import PKI
@@ -63,7 +63,7 @@ def fetch_watching(
 @pytest.fixture(autouse=True)
 def in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """The coordinator runs here, whatever native threads this process may have."""
-    monkeypatch.setattr(blobdl._isolate, "threaded", lambda: False)
+    monkeypatch.setattr(blobdl.processes._clean_process, "threaded", lambda: False)
 
 
 def test_a_silent_lane_is_ended_and_the_lanes_beside_it_carry_on(
@@ -88,7 +88,7 @@ def test_a_silent_lane_is_ended_and_the_lanes_beside_it_carry_on(
 def test_a_worker_that_cannot_answer_a_stop_is_killed_and_its_lanes_retried(
     make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(blobdl._worker, "STOP_GRACE", 0.2)
+    monkeypatch.setattr(blobdl.engine._worker, "STOP_GRACE", 0.2)
     blob = make(4 * LANE, seed=402)
     slow = {"path": f"/files/{blob.name}", "times": None, "action": "rate", "bps": 400_000}
     server.set_faults(slow)
@@ -308,7 +308,7 @@ def test_a_lane_waiting_for_the_gil_is_not_waiting_on_the_network() -> None:
     import multiprocessing
     from types import SimpleNamespace
 
-    from blobdl._worker import Running, _ThreadIds
+    from blobdl.engine._worker import Running, _ThreadIds
 
     tids = _ThreadIds(1)
     worker = multiprocessing.get_context("fork").Process(target=_two_busy_lanes, args=(tids,))
@@ -332,7 +332,7 @@ def test_splicing_waits_on_a_socket_whose_descriptor_is_past_1024(tmp_path: Path
     """A long-lived worker's descriptors can pass FD_SETSIZE (the leak above does it);
     ``_splice_in`` waits with select(), which refuses them (ValueError: not a network
     error, so the lane reports 'lane failed unexpectedly' and the download fails)."""
-    from blobdl._fileio import _splice_in
+    from blobdl.store._writes import _splice_in
 
     ours, theirs = socket.socketpair()
     high = socket.socket(fileno=os.dup2(ours.fileno(), 1500))  # as a busy worker's would be
@@ -357,7 +357,7 @@ def test_a_lane_sleeping_in_its_pacer_is_stopped_at_once(
 ) -> None:
     """At a tiny --limit-rate a lane sleeps seconds between reads (256 B/s: 4 s per KiB);
     a stop must wake it, not wait the sleep out (or, past STOP_GRACE, kill its worker)."""
-    monkeypatch.setattr(blobdl._worker, "STOP_GRACE", 30.0)
+    monkeypatch.setattr(blobdl.engine._worker, "STOP_GRACE", 30.0)
     blob = make(4 * LANE, seed=405)
     raised: list[float] = []
 
@@ -380,8 +380,8 @@ def test_a_lane_sleeping_in_its_pacer_is_stopped_at_once(
 def test_lanes_are_spread_over_at_most_as_many_processes_as_connections(
     processes: int | None, connections: int, count: int, seats: int
 ) -> None:
-    from blobdl._counters import CounterTable
-    from blobdl._worker import Crew
+    from blobdl.engine._counter_table import CounterTable
+    from blobdl.engine._worker import Crew
 
     crew = Crew(fast_settings(processes=processes, connections=connections), CounterTable(1))
     assert (crew.count, crew.seats) == (count, seats)  # forked only when a lane needs one

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pytest
 import trustme
 
-from blobdl._gather import SMALL, gathering
+from blobdl.http._socket_reads import SMALL, gathering
 
 RECORD = 16 * 1024  # the most one TLS record carries
 

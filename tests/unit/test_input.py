@@ -10,15 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blobdl import Settings
-from blobdl._headers import (
+from blobdl.cli import build_parser, settings_from
+from blobdl.engine._plan import part_count, plan
+from blobdl.errors import BadResponse, BlobdlError, UsageError
+from blobdl.http._headers import (
     content_disposition_filename,
     parse_content_range,
     parse_length,
     parse_retry_after,
 )
-from blobdl._plan import part_count, plan
-from blobdl.cli import build_parser, settings_from
-from blobdl.errors import BadResponse, BlobdlError, UsageError
 
 HUGE_TOTAL = 2**62
 

@@ -6,13 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from blobdl import _coordinator
-from blobdl._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
-from blobdl._parts import Parts
-from blobdl._remote import Remote
-from blobdl._resume import PartRecord
-from blobdl._retry import Retry
-from blobdl._steal import CUT_LONG, LAG_SHARE, Lane, Steal, choose, lagging
+from blobdl.engine import _coordinator
+from blobdl.engine._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
+from blobdl.engine._parts import Parts
+from blobdl.engine._steal import CUT_LONG, LAG_SHARE, Lane, Steal, choose, lagging
+from blobdl.http._remote import Remote
+from blobdl.http._retry import Retry
+from blobdl.store._resume import PartRecord
 
 MiB = 1024 * 1024
 FIRST = 4 * MiB

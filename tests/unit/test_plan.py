@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blobdl import Settings, UsageError, parse_size
-from blobdl._headers import parse_content_range, range_header
-from blobdl._plan import Span, download_part_count, download_parts, plan
-from blobdl._retry import Retry
 from blobdl.config import MB
+from blobdl.engine._plan import download_part_count, download_parts, plan
+from blobdl.http._headers import parse_content_range, range_header
+from blobdl.http._retry import Retry
+from blobdl.http._span import Span
 from tests.strategies import backoff_settings, sized_plans
 
 

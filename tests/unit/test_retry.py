@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blobdl import Settings, _retry
-from blobdl._retry import Failure, Retry, decide
+from blobdl import Settings
+from blobdl.engine import _failure
+from blobdl.engine._failure import Failure, decide
 from blobdl.errors import (
     BadResponse,
     ConnectionFailed,
@@ -18,6 +19,7 @@ from blobdl.errors import (
     Stalled,
     WorkerCrashed,
 )
+from blobdl.http._retry import Retry
 
 POLICY = Retry(total=2, backoff_unit=0.01, max_backoff=1.0)
 DROP = ConnectionFailed("http://h/", "reset")
@@ -39,69 +41,69 @@ def failure(error: BaseException = DROP, **facts: object) -> Failure:
 @pytest.mark.parametrize(
     ("case", "facts", "action", "failures"),
     [
-        ("a dropped connection is retried", failure(), _retry.RETRY, 1),
-        ("a stall is retried", failure(Stalled(1.0)), _retry.RETRY, 1),
-        ("a crash is retried", failure(WorkerCrashed(-9)), _retry.RETRY, 1),
-        ("503 is retried", failure(HTTPStatusError(503, "u")), _retry.RETRY, 1),
-        ("404 is final", failure(HTTPStatusError(404, "u")), _retry.FAIL, 0),
-        ("a changed remote is final", failure(RemoteChanged("u", "etag")), _retry.FAIL, 0),
-        ("a bug is final", failure(ValueError("x")), _retry.FAIL, 0),
-        ("all bytes there: done", failure(pos=200), _retry.DONE, 0),
-        ("past the moved end: done", failure(pos=250), _retry.DONE, 0),
-        ("open-ended: never done", failure(pos=200, end=-1), _retry.RETRY, 1),
+        ("a dropped connection is retried", failure(), _failure.RETRY, 1),
+        ("a stall is retried", failure(Stalled(1.0)), _failure.RETRY, 1),
+        ("a crash is retried", failure(WorkerCrashed(-9)), _failure.RETRY, 1),
+        ("503 is retried", failure(HTTPStatusError(503, "u")), _failure.RETRY, 1),
+        ("404 is final", failure(HTTPStatusError(404, "u")), _failure.FAIL, 0),
+        ("a changed remote is final", failure(RemoteChanged("u", "etag")), _failure.FAIL, 0),
+        ("a bug is final", failure(ValueError("x")), _failure.FAIL, 0),
+        ("all bytes there: done", failure(pos=200), _failure.DONE, 0),
+        ("past the moved end: done", failure(pos=250), _failure.DONE, 0),
+        ("open-ended: never done", failure(pos=200, end=-1), _failure.RETRY, 1),
         (
             "no progress since the last failure counts on",
             failure(retry=POLICY._replace(failures=1, mark=100)),
-            _retry.RETRY,
+            _failure.RETRY,
             2,
         ),
         (
             "progress since the last failure starts over",
             failure(retry=POLICY._replace(failures=2, mark=50)),
-            _retry.RETRY,
+            _failure.RETRY,
             1,
         ),
         (
             "the first failure and `total` retries: exhausted",
             failure(retry=POLICY._replace(failures=2, mark=100)),
-            _retry.EXHAUSTED,
+            _failure.EXHAUSTED,
             3,
         ),
         (
             "403 from a redirected URL: refresh, uncounted",
             failure(HTTPStatusError(403, "u"), redirected=True),
-            _retry.REFRESH,
+            _failure.REFRESH,
             0,
         ),
         (
             "410 from a redirected URL: refresh",
             failure(HTTPStatusError(410, "u"), redirected=True),
-            _retry.REFRESH,
+            _failure.REFRESH,
             0,
         ),
         (
             "403 after someone else refreshed: again, uncounted",
             failure(HTTPStatusError(403, "u"), redirected=True, refreshed_since=True),
-            _retry.AGAIN,
+            _failure.AGAIN,
             0,
         ),
         (
             "403 after its own refresh, with progress: refresh again",
             failure(HTTPStatusError(403, "u"), redirected=True, refreshed_at=50),
-            _retry.REFRESH,
+            _failure.REFRESH,
             0,
         ),
         (
             "403 after its own refresh, no progress: really refused",
             failure(HTTPStatusError(403, "u"), redirected=True, refreshed_at=100),
-            _retry.FAIL,
+            _failure.FAIL,
             0,
         ),
-        ("403 without a redirect is final", failure(HTTPStatusError(403, "u")), _retry.FAIL, 0),
+        ("403 without a redirect is final", failure(HTTPStatusError(403, "u")), _failure.FAIL, 0),
         (
             "a bad response from a redirected URL is not a refresh",
             failure(BadResponse("u", "x"), redirected=True),
-            _retry.RETRY,
+            _failure.RETRY,
             1,
         ),
     ],
@@ -109,7 +111,7 @@ def failure(error: BaseException = DROP, **facts: object) -> Failure:
 def test_decide(case: str, facts: Failure, action: str, failures: int) -> None:
     verdict = decide(facts, random.Random(0))
     assert (verdict.action, verdict.retry.failures) == (action, failures), case
-    waits = action in (_retry.RETRY, _retry.REFRESH, _retry.AGAIN)
+    waits = action in (_failure.RETRY, _failure.REFRESH, _failure.AGAIN)
     assert (verdict.delay > 0) == waits, case
 
 

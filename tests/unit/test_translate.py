@@ -7,8 +7,8 @@ import ssl
 import pytest
 from urllib3.exceptions import SSLError
 
-from blobdl._http import translate_errors
 from blobdl.errors import ConnectionFailed, TLSError
+from blobdl.http._translate import translate_errors
 
 URL = "https://h/blob"
 

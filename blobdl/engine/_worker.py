@@ -32,12 +32,12 @@ from contextlib import suppress
 from multiprocessing.connection import Connection, wait
 from typing import NamedTuple
 
-from ._counters import CounterTable
+from ..config import Settings
+from ..errors import BlobdlError, WorkerCrashed
+from ..http._remote import Remote
+from ..processes._spawn import private, seat_pipe, start
+from ._counter_table import CounterTable
 from ._lane import Attempt, Cancel, run_attempt
-from ._remote import Remote
-from ._spawn import private, seat_pipe, start
-from .config import Settings
-from .errors import BlobdlError, WorkerCrashed
 
 STOP_GRACE = 2.0  # seconds a lane has to answer a stop before its process is killed
 _RECUT = 0.05  # seconds between two cuts of a stopping lane's sockets (it may open one)

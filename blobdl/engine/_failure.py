@@ -1,9 +1,7 @@
-"""The retry policy, and what to do after a failed attempt. Pure: no I/O, no clock.
+"""What to do after a failed attempt at a part. Pure: no I/O, no clock.
 
-``Retry`` is one immutable object, like urllib3's: it counts failures in a row *without
-progress*, and says how long to wait (Ollama's backoff, or a server's longer
-``Retry-After``, capped). ``increment`` returns a new one. ``decide`` is the coordinator's
-"what now?" after an attempt at a part failed, as a table of facts in, verdict out.
+``decide`` is the coordinator's "what now?", as a table of facts in, verdict out; the
+counting and the backoff are the part's ``Retry`` policy's.
 """
 
 from __future__ import annotations
@@ -11,8 +9,8 @@ from __future__ import annotations
 import random
 from typing import NamedTuple
 
-from .config import Settings
-from .errors import HTTPStatusError
+from ..errors import HTTPStatusError
+from ..http._retry import Retry
 
 # After a failure the part is ...
 REFRESH = "refresh"  # waited for once its (signed, expired) URL is resolved again
@@ -21,47 +19,6 @@ RETRY = "retry"  # waited for, counted against the policy
 DONE = "done"  # complete: the worker failed after its last byte was written
 FAIL = "fail"  # not retried: the error is final
 EXHAUSTED = "exhausted"  # not retried: too many failures without progress
-
-
-class Retry(NamedTuple):
-    """How often and how patiently to retry; never mutated (``increment`` gives a new one)."""
-
-    total: int = Settings.retries  # retries after the first failure, without progress between
-    backoff_unit: float = Settings.backoff_unit
-    max_backoff: float = Settings.max_backoff
-    failures: int = 0  # failed attempts since the position last moved past ``mark``
-    mark: int = -1  # the furthest position seen at a failure
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Retry:
-        return cls(settings.retries, settings.backoff_unit, settings.max_backoff)
-
-    def increment(self, position: int) -> Retry:
-        """The policy after an attempt failed with its part at ``position``: progress since
-        the last failure starts the count again (a part that keeps moving is not failing)."""
-        if position > self.mark:
-            return self._replace(failures=1, mark=position)
-        return self._replace(failures=self.failures + 1)
-
-    @property
-    def exhausted(self) -> bool:
-        """True once the first failure and ``total`` retries have all failed."""
-        return self.failures > self.total
-
-    def backoff(self, failures: int, rng: random.Random | None = None) -> float:
-        """Ollama's schedule for retry number ``failures`` (1-based):
-        ``min(failures**2 * unit, max_backoff) * uniform(0.5, 1.5)``."""
-        base = min(failures * failures * self.backoff_unit, self.max_backoff)
-        return base * (rng or random).uniform(0.5, 1.5)
-
-    def delay(self, error: BaseException | None = None, rng: random.Random | None = None) -> float:
-        """Seconds before the next attempt; a server's ``Retry-After`` is honoured when
-        longer, but never beyond ``max_backoff``."""
-        delay = self.backoff(max(1, self.failures), rng)
-        after = error.retry_after if isinstance(error, HTTPStatusError) else None
-        if after is not None:
-            delay = max(delay, min(after, self.max_backoff))
-        return delay
 
 
 class Failure(NamedTuple):

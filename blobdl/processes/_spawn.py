@@ -1,5 +1,5 @@
 """Starting a child process: ``start`` forks any child, ``start_clean`` execs a fresh
-interpreter (for threaded callers, see ``_isolate``), and ``child_setup`` is the first
+interpreter (for threaded callers, see ``_clean_process``), and ``child_setup`` is the first
 thing every child runs, forked or exec'd.
 
 Every forked child of blobdl (a worker process, the prefix hasher, a batch item) is started
@@ -88,7 +88,7 @@ def _child_main(
 
 # The exec'd child's first line: our sys.path, then the one child set-up, then the entry.
 _BOOT = (
-    "import sys; sys.path[:] = sys.argv[4:]; from blobdl._spawn import _exec_main; "
+    "import sys; sys.path[:] = sys.argv[4:]; from blobdl.processes._spawn import _exec_main; "
     "_exec_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))"
 )
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._fileio import discard, local_error, open_own, temp_path
-from ._redact import redact_url
-from ._remote import Identity, Remote
-from .errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
+from .._redact import redact_url
+from ..errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
+from ..http._remote import Identity, Remote
+from ._destination import discard, temp_path
+from ._files import local_error, open_own
 
 STATE_SUFFIX = ".blobdl-state"
 FORMAT = 2  # 2: URLs are stored redacted, matched by the key of the full URL

@@ -28,14 +28,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._batch import BatchEvent, Item, ItemResult, download_many
-from ._download import Downloader
-from ._events import DownloadResult, Event
-from ._fileio import local_error, temp_path
-from ._reference import Reference, parse_reference
-from ._registry import Blob, Manifest, Registry
-from .config import Settings
-from .errors import HTTPStatusError, InsufficientSpace
+from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
+from ..config import Settings
+from ..engine._download import Downloader
+from ..errors import HTTPStatusError, InsufficientSpace
+from ..events import DownloadResult, Event
+from ..store._destination import temp_path
+from ..store._files import local_error
+from ._names import Reference, parse_reference
+from ._oci import Blob, Manifest, Registry
 
 PARTIAL_DIR = "blobs-partial"
 LOCK_SUFFIX = ".pull-lock"
@@ -169,7 +170,7 @@ class Store:
         with _local(staged):
             os.chmod(staged, 0o644)
             os.replace(staged, self.blob_path(blob))
-            _fsync_dir(self.blobs)
+            fsync_dir(self.blobs)
 
     def write_manifest(self, ref: Reference, manifest: Manifest) -> Path:
         folder = self.root / "manifests" / ref.host / ref.namespace / ref.model
@@ -188,7 +189,7 @@ class Store:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
-            _fsync_dir(folder)
+            fsync_dir(folder)
         return path
 
     def layer(self, blob: Blob, download: DownloadResult | None) -> LayerResult:
@@ -243,7 +244,7 @@ def _local(path: Path) -> Iterator[None]:
         raise local_error(path, exc) from None
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
+from ..errors import BlobdlError, Interrupted
 from ._spawn import start_clean
-from .errors import BlobdlError, Interrupted
 
 T = TypeVar("T")
 Tell = Callable[[Any], None]

@@ -13,10 +13,10 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ._counters import CounterTable
-from ._events import PartProgress
-from ._resume import PartRecord
-from ._retry import Retry
+from ..events import PartProgress
+from ..http._retry import Retry
+from ..store._resume import PartRecord
+from ._counter_table import CounterTable
 from ._steal import CUT_QUIET, LAG_WINDOW, Lane, Steal
 from ._worker import Running
 

@@ -17,7 +17,7 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-from .errors import Interrupted
+from ..errors import Interrupted
 
 _STOP = (signal.SIGINT, signal.SIGTERM)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .errors import RemoteChanged
+from ..errors import RemoteChanged
 
 
 class Identity(NamedTuple):

@@ -1,22 +1,23 @@
-"""The destination on disk: checks, preallocation, positional writes, atomic rename."""
+"""The destination and its temporary file: names, checks, preallocation, the final rename."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
-import select
-import socket
-import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import psutil
 
-from ._gather import wait_for
-from .errors import InsufficientSpace, LocalFileError
+from ..errors import InsufficientSpace, LocalFileError
+from ._files import (
+    fsync_dir,
+    local_error,
+    open_own,
+    require_regular,
+)
 
 TEMP_SUFFIX = ".blobdl-tmp"
 #: Every file blobdl keeps beside a destination has this in its name (-tmp, -state, -lock...).
@@ -80,18 +81,6 @@ def check_destination(dest: Path) -> None:
         raise LocalFileError(str(dest), f"directory {parent} is not writable")
 
 
-def require_regular(path: Path) -> None:
-    """Refuse anything at ``path`` but a regular file (absent is fine); never blocks."""
-    try:
-        info = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    except OSError as exc:
-        raise local_error(path, exc) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise LocalFileError(str(path), f"is {_kind(info.st_mode)}, not a regular file")
-
-
 def check_free_space(dest: Path, needed: int) -> None:
     """Refuse a download that cannot fit, naming what is needed and what is free."""
     free = psutil.disk_usage(str(dest.parent)).free
@@ -104,48 +93,6 @@ def open_temp(path: Path, *, fresh: bool) -> int:
     (never reusing whatever is at the name), the existing one to resume."""
     flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if fresh else 0)
     return open_own(path, flags)
-
-
-def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
-    """Open one of our own files (lock, temp, state, seal) without trusting its name.
-
-    A symbolic link planted there is never followed, and only a regular file with no other
-    hard link is accepted: writing through either would change a file that is not ours.
-    Never blocks (a FIFO at the name is refused, not waited on)."""
-    extra = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-    try:
-        fd = os.open(path, flags | extra, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and os.path.islink(path):
-            raise LocalFileError(str(path), "is a symbolic link; refusing to follow it") from None
-        raise local_error(path, exc) from None
-    try:
-        _require_own(fd, path)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _require_own(fd: int, path: Path) -> None:
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise LocalFileError(str(path), f"is {_kind(info.st_mode)}, not a regular file")
-    if info.st_nlink > 1:  # 0 is fine: a file just unlinked by its previous owner
-        raise LocalFileError(str(path), "has other hard links; refusing to write through it")
-
-
-def _kind(mode: int) -> str:
-    kinds = {
-        stat.S_ISDIR: "a directory",
-        stat.S_ISFIFO: "a FIFO",
-        stat.S_ISSOCK: "a socket",
-        stat.S_ISCHR: "a character device",
-        stat.S_ISBLK: "a block device",
-        stat.S_ISLNK: "a symbolic link",
-    }
-    return next((name for test, name in kinds.items() if test(mode)), "a special file")
 
 
 def set_size(fd: int, size: int, path: Path) -> None:
@@ -200,6 +147,8 @@ _fallocate = _libc_function(
     ctypes.c_int64,
     ctypes.c_int64,
 )
+
+
 _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = _libc_function(
     ("sync_file_range",), ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
@@ -214,79 +163,6 @@ def start_writeback(fd: int) -> None:
     or fails, the kernel's own writeback does the same later (its result is not needed)."""
     if _sync_file_range is not None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
-def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    """Write all of ``view`` at ``offset`` (``os.pwrite`` may write less than asked)."""
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-class Splicer:
-    """Moves body bytes from a plain TCP socket into the file with ``os.splice`` (through a
-    pipe of our own), never through a user-space buffer: on plain HTTP that copy was a
-    fifth of the CPU (nginx, 1 GiB, 16 lanes, onto disk: 1.13 -> 0.88 CPU s/GiB). Linux only;
-    a file system that refuses splice turns it off for good and the bytes already in the
-    pipe are written the ordinary way."""
-
-    PIPE_SIZE = 1 << 20  # bytes per splice; the kernel may keep its default (64 KiB)
-
-    def __init__(self) -> None:
-        self.enabled = hasattr(os, "splice")
-        self._pipe: tuple[int, int] | None = None
-
-    def move(self, sock: socket.socket, fd: int, pos: int, want: int, path: Path) -> int:
-        """Up to ``want`` bytes from ``sock`` into ``fd`` at ``pos``, waiting at most the
-        socket's timeout for the first one; 0 at EOF. Socket errors are raised as they
-        are (the HTTP edge translates them); file errors as a ``LocalFileError``."""
-        read_end, write_end = self._pipe or self._open()
-        got = _splice_in(sock, write_end, want)
-        try:
-            done = 0
-            while done < got:
-                moved = os.splice(read_end, fd, got - done, offset_dst=pos + done)
-                if moved <= 0:
-                    raise OSError(errno.EIO, "splice into the file moved nothing")
-                done += moved
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise local_error(path, exc) from None
-            self.enabled = False  # this file system takes no splice: write what is left
-            self._write_rest(read_end, fd, pos + done, got - done, path)
-        return got
-
-    def close(self) -> None:
-        if self._pipe is not None:
-            for end in self._pipe:
-                os.close(end)
-            self._pipe = None
-
-    def _open(self) -> tuple[int, int]:
-        read_end, write_end = os.pipe()
-        with contextlib.suppress(OSError):  # a smaller pipe only costs more system calls
-            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, self.PIPE_SIZE)
-        self._pipe = (read_end, write_end)
-        return self._pipe
-
-    @staticmethod
-    def _write_rest(read_end: int, fd: int, pos: int, count: int, path: Path) -> None:
-        while count:
-            data = os.read(read_end, count)
-            try:
-                pwrite_all(fd, memoryview(data), pos)
-            except OSError as exc:
-                raise local_error(path, exc) from None
-            pos, count = pos + len(data), count - len(data)
-
-
-def _splice_in(sock: socket.socket, pipe: int, want: int) -> int:
-    """``os.splice`` from a socket that may be non-blocking (it has a timeout)."""
-    while True:
-        try:
-            return os.splice(sock.fileno(), pipe, want, flags=os.SPLICE_F_MOVE)
-        except BlockingIOError:
-            wait_for(sock, select.POLLIN, sock.gettimeout())
 
 
 def finalize(fd: int, temp: Path, dest: Path, size: int) -> None:
@@ -305,22 +181,9 @@ def finalize(fd: int, temp: Path, dest: Path, size: int) -> None:
     # The rename is done; a filesystem that cannot fsync a directory (some FUSE and network
     # filesystems) must not turn a complete download into a reported failure.
     with contextlib.suppress(OSError):
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
 
 def discard(temp: Path) -> None:
     """Remove the temp file after a failure (never leaves a half file behind)."""
     temp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def local_error(path: Path, exc: OSError) -> LocalFileError:
-    """An OSError on our own files, as a blobdl error (ENOSPC, EIO, EACCES...)."""
-    return LocalFileError(str(path), exc.strerror or str(exc))

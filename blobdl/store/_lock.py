@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from ._fileio import open_own
-from .errors import DestinationLocked
+from ..errors import DestinationLocked
+from ._files import open_own
 
 LOCK_SUFFIX = ".blobdl-lock"
 _POLL = 0.05

@@ -21,19 +21,20 @@ from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from . import _isolate
-from ._cache import entry_path as cache_entry
-from ._digest import parse_digest
-from ._download import Downloader, default_name, name_from_url
-from ._events import DownloadResult, Event, Failed
-from ._http import check_url, lift_userinfo, resolve
-from ._plan import download_part_count
-from ._redact import redact_url
-from ._remote import Remote
-from ._signals import Interrupts
-from ._spawn import start
-from .config import Settings, parse_header
-from .errors import BlobdlError, Interrupted, UsageError
+from .._redact import redact_url
+from ..config import Settings, parse_header
+from ..engine._download import Downloader, default_name, name_from_url
+from ..engine._plan import download_part_count
+from ..errors import BlobdlError, Interrupted, UsageError
+from ..events import DownloadResult, Event, Failed
+from ..http._probe import resolve
+from ..http._remote import Remote
+from ..http._urls import check_url, lift_userinfo
+from ..processes import _clean_process
+from ..processes._signals import Interrupts
+from ..processes._spawn import start
+from ..store._cache import entry_path as cache_entry
+from ..store._digest import parse_digest
 
 
 class Item(NamedTuple):
@@ -178,10 +179,10 @@ def download_many(
         if not where.is_dir():
             raise UsageError(f"base directory {str(where)!r} is not a directory")
         batch = [_inside(where, item, f"item {n}") for n, item in enumerate(batch)]
-    if _isolate.threaded():  # never fork a threaded process: a clean one schedules instead
+    if _clean_process.threaded():  # never fork a threaded process: a clean one schedules instead
         _first_of_each(batch)  # usage errors from the calling thread, before any process
         args = (batch, base, max_connections, per_host, where)
-        results = _isolate.call(_many_here, args, on_event)
+        results = _clean_process.call(_many_here, args, on_event)
     else:
         results = _Scheduler(batch, base, max_connections, per_host, on_event, where).run()
     return [r._replace(item=item) for r, item in zip(results, given, strict=True)]
@@ -195,7 +196,7 @@ def _many_here(
     base_dir: Path | None,
     on_event: BatchCallback | None,
 ) -> list[ItemResult]:
-    """``download_many`` in the clean process ``_isolate`` started for a threaded caller."""
+    """``download_many`` in the clean process ``_clean_process`` started for a threaded caller."""
     return _Scheduler(batch, settings, max_connections, per_host, on_event, base_dir).run()
 
 

@@ -13,7 +13,7 @@ every other lane is ended with it.
 
 The coordinator decides *when*; the rest lives beside it: the parts and their table in
 ``_parts``, the worker processes and their lanes in ``_worker``, what to do after a failure in
-``_retry.decide``, what to steal in ``_steal.choose``, and the rates in ``_progress``.
+``_failure.decide``, what to steal in ``_steal.choose``, and the rates in ``_rates``.
 """
 
 from __future__ import annotations
@@ -24,21 +24,23 @@ from collections.abc import Sequence
 from multiprocessing.connection import wait
 from typing import NamedTuple
 
-from . import _retry
-from ._events import EventCallback, PartRetried, PartStalled, Progress
-from ._fileio import start_writeback
-from ._http import prepare_tls, resolve
+from ..config import MAX_BYTES, Settings
+from ..errors import RetriesExhausted, Stalled, WorkerCrashed
+from ..events import EventCallback, PartRetried, PartStalled, Progress
+from ..http._pool import prepare_tls
+from ..http._probe import resolve
+from ..http._remote import Remote, require_same
+from ..http._retry import Retry
+from ..processes._signals import Interrupts
+from ..store._destination import start_writeback
+from ..store._resume import CheckpointCallback, PartRecord
+from . import _failure
+from ._failure import Failure, decide
 from ._lane import Attempt
 from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
-from ._progress import BEST_DECAY, RateWindow, smoothed
-from ._remote import Remote, require_same
-from ._resume import CheckpointCallback, PartRecord
-from ._retry import Failure, Retry, decide
-from ._signals import Interrupts
+from ._rates import BEST_DECAY, RateWindow, smoothed
 from ._steal import choose, lagging
 from ._worker import Crew
-from .config import MAX_BYTES, Settings
-from .errors import RetriesExhausted, Stalled, WorkerCrashed
 
 log = logging.getLogger("blobdl")
 
@@ -225,17 +227,17 @@ class Coordinator:
         facts = Failure(error, pos, end, part.retry, redirected, stale, part.refreshed_at)
         verdict = decide(facts)
         part.retry = verdict.retry
-        if verdict.action == _retry.FAIL:
+        if verdict.action == _failure.FAIL:
             raise error
-        if verdict.action == _retry.EXHAUSTED:
+        if verdict.action == _failure.EXHAUSTED:
             raise RetriesExhausted(part.slot, part.start, end, part.attempts, error)
-        if verdict.action == _retry.DONE:  # died after its last write: all there
+        if verdict.action == _failure.DONE:  # died after its last write: all there
             part.state = DONE
             return
-        if verdict.action == _retry.REFRESH:
+        if verdict.action == _failure.REFRESH:
             self._refresh(part, pos)
         part.state, part.not_before = WAITING, time.monotonic() + verdict.delay
-        if verdict.action not in (_retry.REFRESH, _retry.AGAIN):
+        if verdict.action not in (_failure.REFRESH, _failure.AGAIN):
             self.retries += 1
             self._tell(PartRetried(part.slot, part.retry.failures, verdict.delay, str(error)))
 

@@ -28,9 +28,8 @@ from urllib3.exceptions import HTTPError, InsecureRequestWarning
 from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util.ssl_ import create_urllib3_context
 
-from ._reference import Reference
-from .config import Settings
-from .errors import (
+from ..config import Settings
+from ..errors import (
     EXIT_NETWORK,
     BadResponse,
     BlobdlError,
@@ -42,6 +41,7 @@ from .errors import (
     TooManyRedirects,
     UsageError,
 )
+from ._names import Reference
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
-from ._plan import Span
-from .config import MAX_BYTES
-from .errors import BadResponse
+from ..config import MAX_BYTES
+from ..errors import BadResponse
+from ._span import Span
 
 
 def range_header(start: int, end: int) -> str:

@@ -27,9 +27,9 @@ import shutil
 import stat
 from pathlib import Path
 
+from ..errors import LocalFileError
 from ._digest import sha256_fd
-from ._fileio import local_error, open_own
-from .errors import LocalFileError
+from ._files import local_error, open_own
 
 LINK_SUFFIX = ".blobdl-link"
 SEAL_DIR_ENV = "BLOBDL_SEAL_DIR"

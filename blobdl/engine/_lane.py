@@ -25,27 +25,20 @@ from typing import NamedTuple
 
 from urllib3 import PoolManager
 
+from ..config import Settings
+from ..errors import BlobdlError, TruncatedBody
+from ..http._body import RawBody, Reader, body_reader, finish, open_range, open_whole, raw_body
+from ..http._connections import Sockets, noted_in, ready_at
+from ..http._pool import make_pool
+from ..http._remote import Remote
+from ..http._request import content_length
+from ..http._socket_reads import gathering
+from ..http._span import Span
+from ..http._translate import translate_errors
+from ..store._files import local_error
+from ..store._writes import Splicer, pwrite_all
 from ._chunk import next_chunk
-from ._counters import CounterTable
-from ._fileio import Splicer, local_error, pwrite_all
-from ._gather import gathering
-from ._http import (
-    RawBody,
-    Reader,
-    body_reader,
-    content_length,
-    finish,
-    make_pool,
-    open_range,
-    open_whole,
-    raw_body,
-    translate_errors,
-)
-from ._plan import Span
-from ._remote import Remote
-from ._sockets import Sockets, noted_in, ready_at
-from .config import Settings
-from .errors import BlobdlError, TruncatedBody
+from ._counter_table import CounterTable
 
 # Bytes gathered off a TLS socket per write: 16 records. More saved no CPU we could measure
 # (1 GiB HTTPS, 16 lanes: 64 KiB 1.81, 256 KiB 1.60, 1 MiB 1.74 CPU s; noisy) and makes every

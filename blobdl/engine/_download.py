@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from . import _isolate
-from ._cache import entry_info, place, reseal, seal, sealed, verify
-from ._cache import entry_path as cache_entry
-from ._coordinator import Coordinator
-from ._digest import PrefixHasher, parse_digest, sha256_file
-from ._events import (
+from .._redact import redact_url
+from ..config import Settings
+from ..errors import BlobdlError, DestinationExists, DigestMismatch, UsageError
+from ..events import (
     DownloadResult,
     Event,
     EventCallback,
@@ -33,30 +31,28 @@ from ._events import (
     ProgressCallback,
     Started,
 )
-from ._fileio import (
+from ..http._probe import resolve
+from ..http._remote import Remote
+from ..http._urls import check_url, lift_userinfo
+from ..processes import _clean_process
+from ..store._cache import entry_info, place, reseal, seal, sealed, verify
+from ..store._cache import entry_path as cache_entry
+from ..store._destination import (
     check_destination,
     check_free_space,
     finalize,
-    local_error,
     open_temp,
-    require_regular,
     reserve,
     safe_basename,
     set_size,
 )
-from ._http import check_url, lift_userinfo, resolve
-from ._lock import DestinationLock
+from ..store._digest import parse_digest, sha256_file
+from ..store._files import local_error, require_regular
+from ..store._lock import DestinationLock
+from ..store._resume import PartRecord, Resume, bytes_done
+from ._coordinator import Coordinator
+from ._hasher import PrefixHasher
 from ._plan import download_parts
-from ._redact import redact_url
-from ._remote import Remote
-from ._resume import PartRecord, Resume, bytes_done
-from .config import Settings
-from .errors import (
-    BlobdlError,
-    DestinationExists,
-    DigestMismatch,
-    UsageError,
-)
 
 DEFAULT_NAME = "blobdl.out"
 CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a order waits for another one filling the same entry
@@ -120,9 +116,9 @@ class Downloader:
         digest: str | None,
         tell: EventCallback,
     ) -> DownloadResult:
-        if _isolate.threaded():  # never fork a threaded process: a clean one forks instead
+        if _clean_process.threaded():  # never fork a threaded process: a clean one forks instead
             args = (self.settings, url, remote, _fspath(path), digest)
-            return _isolate.call(_run_here, args, tell)
+            return _clean_process.call(_run_here, args, tell)
         return self._run_here(url, remote, path, digest, tell)
 
     def _run_here(
@@ -346,7 +342,7 @@ def _run_here(
     digest: str | None,
     tell: EventCallback | None,
 ) -> DownloadResult:
-    """A download in the clean process ``_isolate`` started for a threaded caller."""
+    """A download in the clean process ``_clean_process`` started for a threaded caller."""
     return Downloader(settings)._run_here(url, remote, path, digest, tell or _ignore)
 
 

@@ -1,0 +1,1 @@
+"""Many downloads under one connection budget: ``download_many`` and manifests."""

@@ -1,0 +1,8 @@
+"""The HTTP edge: everything that speaks to a server.
+
+URLs (``_urls``), pools with TLS and proxy routes (``_pool``, ``_connections``), one GET as
+we make it (``_request``), the probe (``_probe``), a range's body (``_body``,
+``_socket_reads``), header text (``_headers``), what the probe learned (``_remote``), the
+retry policy (``_retry``) and error translation (``_translate``). Nothing above this layer
+touches urllib3 or http.client.
+"""

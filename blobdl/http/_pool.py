@@ -1,0 +1,184 @@
+"""Connection pools: one per lane (or per probe), with our TLS context and proxy routes.
+
+A pool never crosses a fork: each process (each lane) builds its own. TLS contexts are
+built once per process, before workers fork, and inherited.
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.request
+import warnings
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit
+
+import urllib3
+from urllib3.exceptions import InsecureRequestWarning
+from urllib3.util import make_headers
+from urllib3.util.ssl_ import create_urllib3_context
+
+from ..config import Settings, check_proxy_url
+from ..errors import (
+    UsageError,
+)
+from ._connections import noting
+from ._request import (
+    Response,
+)
+
+
+def make_pool(settings: Settings) -> urllib3.PoolManager:
+    """A pool for one process. Never share one across a fork: build it in the child.
+
+    Each request goes direct or through the proxy its URL calls for, so a probe may follow
+    redirects across hosts that differ in proxy choice."""
+    # The coordinator ends stalled workers after stall_timeout; the socket's own read timeout
+    # is only the backstop for a worker whose coordinator is gone.
+    timeout = urllib3.Timeout(connect=settings.connect_timeout, read=2 * settings.stall_timeout)
+    if not settings.verify_tls:
+        # The user asked for it once; a warning per connection and per worker is noise.
+        warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+    options: dict[str, Any] = {
+        "num_pools": 4,
+        "maxsize": 1,
+        "retries": False,
+        "timeout": timeout,
+        "ssl_context": tls_context(settings),
+    }
+    routes = ProxyRoutes.from_settings(settings)
+    if not routes.configured():
+        return noting(urllib3.PoolManager(**options))
+    return noting(_ProxyRouter(routes, settings, options))
+
+
+# Contexts built in this process, by what they trust and present. Loading a CA store costs
+# ~20 ms of CPU; built in the coordinator before it forks, a context is inherited by every
+# worker instead of being loaded again in each of them (and for each connection).
+_CONTEXTS: dict[tuple[bool, str | None, str | None, str | None], ssl.SSLContext] = {}
+
+
+def prepare_tls(settings: Settings, url: str) -> None:
+    """Build the context an https ``url`` needs now, before any worker is forked."""
+    if urlsplit(url).scheme == "https":
+        tls_context(settings, system=True)
+
+
+def tls_context(
+    settings: Settings, *, client_cert: bool = True, system: bool = False
+) -> ssl.SSLContext | None:
+    """urllib3's hardened context with our trust roots and client certificate, loaded when the
+    pool is made so that a bad file is a usage error now, not a retried connection failure.
+
+    For the default (system CAs, no client certificate) only when ``system`` is asked or
+    ``prepare_tls`` built it already; else None, and urllib3 loads the system store itself,
+    lazily, only for https connections (a plain http download never pays for it)."""
+    cert = settings.client_cert if client_cert else None
+    key = (settings.verify_tls, settings.ca_bundle, cert, settings.client_key if cert else None)
+    context = _CONTEXTS.get(key)
+    if context is None and (
+        system or not (settings.verify_tls and not settings.ca_bundle and not cert)
+    ):
+        context = _CONTEXTS[key] = _build_context(settings, cert)
+    return context
+
+
+def _build_context(settings: Settings, cert: str | None) -> ssl.SSLContext:
+    mode = ssl.CERT_REQUIRED if settings.verify_tls else ssl.CERT_NONE
+    context = create_urllib3_context(cert_reqs=mode)
+    try:
+        if settings.verify_tls and settings.ca_bundle:
+            context.load_verify_locations(cafile=settings.ca_bundle)
+        elif settings.verify_tls:
+            context.load_default_certs()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise UsageError(f"cannot load CA bundle {settings.ca_bundle!r}: {exc}") from None
+    if cert:
+        _load_client_cert(context, cert, settings.client_key)
+    return context
+
+
+def _load_client_cert(context: ssl.SSLContext, cert: str, key: str | None) -> None:
+    def no_passphrase() -> str:
+        # OpenSSL would otherwise prompt on the terminal, from every worker.
+        raise UsageError(f"client key {key or cert!r} is encrypted; give an unencrypted key")
+
+    try:
+        context.load_cert_chain(cert, key, password=no_passphrase)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load client certificate {cert!r}: {exc}") from None
+
+
+class ProxyRoutes(NamedTuple):
+    """Which proxy, if any, each URL goes through."""
+
+    explicit: str | None  # Settings.proxy: every scheme
+    environ: dict[str, str]  # urllib.request.getproxies_environment(): scheme -> URL, "no"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProxyRoutes:
+        environ = urllib.request.getproxies_environment() if settings.trust_env else {}
+        return cls(settings.proxy, environ)
+
+    def configured(self) -> bool:
+        """Whether some URL might go through a proxy."""
+        return bool(self.explicit or self.environ.get("http") or self.environ.get("https"))
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy URL for ``url``, or None to connect directly."""
+        parts = urlsplit(url)
+        # NO_PROXY matching (suffixes, "*", host:port) as urllib does it, on host[:port];
+        # the function is public in urllib.request but missing from typeshed.
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if bypass(parts.netloc.rpartition("@")[2], self.environ):
+            return None
+        proxy = self.explicit or self.environ.get(parts.scheme)
+        if proxy and "://" not in proxy:
+            proxy = "http://" + proxy  # HTTP_PROXY=host:3128 is common and means http
+        return proxy
+
+
+class _ProxyRouter(urllib3.PoolManager):
+    """A PoolManager that sends each request direct or through its URL's proxy manager."""
+
+    def __init__(self, routes: ProxyRoutes, settings: Settings, options: dict[str, Any]) -> None:
+        super().__init__(**options)
+        self._routes, self._settings, self._options = routes, settings, options
+        self._managers: dict[str, urllib3.ProxyManager] = {}
+
+    # The same signature as PoolManager.urlopen, which overrides RequestMethods' loosely too.
+    def urlopen(  # type: ignore[override]
+        self, method: str, url: str, redirect: bool = True, **kw: Any
+    ) -> Response:
+        proxy = self._routes.proxy_for(url)
+        if proxy is None:
+            return super().urlopen(method, url, redirect=redirect, **kw)
+        return self._manager(proxy).urlopen(method, url, redirect=redirect, **kw)
+
+    def _manager(self, proxy: str) -> urllib3.ProxyManager:
+        manager = self._managers.get(proxy)
+        if manager is None:
+            manager = self._managers[proxy] = proxy_manager(proxy, self._settings, self._options)
+        return manager
+
+    def clear(self) -> None:
+        super().clear()
+        for manager in self._managers.values():
+            manager.clear()
+
+
+def proxy_manager(proxy: str, settings: Settings, options: dict[str, Any]) -> urllib3.ProxyManager:
+    """A ProxyManager for ``proxy``; credentials in its URL become Proxy-Authorization
+    (sent to the proxy only: on forwarded requests and on CONNECT, never through a tunnel)."""
+    check_proxy_url(proxy)
+    parts = urlsplit(proxy)
+    headers: dict[str, str] = {}
+    if parts.username is not None:
+        auth = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers = make_headers(proxy_basic_auth=auth)
+    bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    # An https:// proxy is verified like the servers are, without our client certificate.
+    proxy_tls = tls_context(settings, client_cert=False) if parts.scheme == "https" else None
+    manager = urllib3.ProxyManager(
+        bare, proxy_headers=headers, proxy_ssl_context=proxy_tls, **options
+    )
+    return noting(manager)

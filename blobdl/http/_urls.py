@@ -1,0 +1,95 @@
+"""URLs as blobdl reads them: which ones may be fetched, their origin, their userinfo.
+
+urllib.parse reads a URL for us and urllib3 connects to it: ``url_problem`` refuses any URL
+the two would read differently, so the host we check is the host we reach.
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import unquote, urlsplit
+
+from urllib3.util import parse_url
+
+from .._redact import redact_url
+from ..errors import (
+    UsageError,
+)
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def check_url(url: str) -> None:
+    """Refuse anything but an absolute http(s) URL with a host (the message never shows
+    the URL's password)."""
+    problem = url_problem(url)
+    if problem:
+        raise UsageError(f"invalid URL {redact_url(url)!r}: {problem}")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched, or None. Besides scheme and host, urllib.parse (which
+    we use to read the URL) and urllib3 (which connects) must read the same scheme, host,
+    port and userinfo: ``http://a:1\\@b/`` is host b to one and host a to the other."""
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return "control characters or spaces"
+    try:
+        parts, theirs = urlsplit(url), parse_url(url)
+        ours = (parts.scheme, parts.hostname, parts.port, _userinfo(parts.netloc))
+    except ValueError:  # LocationParseError is a ValueError too
+        return "cannot be parsed"
+    if parts.scheme not in ("http", "https"):
+        return "unsupported scheme (use http or https)"
+    if not parts.hostname:
+        return "no host"
+    try:
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "the host is not a valid DNS name"
+    their_host = (theirs.host or "").strip("[]").lower()
+    if (theirs.scheme, their_host, theirs.port, theirs.auth) != (ours[0], host, *ours[2:]):
+        return "urllib.parse and urllib3 read it differently (two parsers, two hosts)"
+    return None
+
+
+def _userinfo(netloc: str) -> str | None:
+    return netloc.rpartition("@")[0] if "@" in netloc else None
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) the way urllib3 will connect, default ports filled in."""
+    parts = parse_url(url)
+    scheme = (parts.scheme or "").lower()
+    return scheme, (parts.host or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+
+
+def same_origin(a: str, b: str) -> bool:
+    return origin(a) == origin(b)
+
+
+def strip_userinfo(url: str) -> str:
+    """``url`` without ``user:pass@`` (for a URL that ``url_problem`` accepted)."""
+    parts = urlsplit(url)
+    info = _userinfo(parts.netloc)
+    if info is None:
+        return url
+    scheme_end = url.index("//") + 2
+    assert url[scheme_end:].startswith(parts.netloc), url  # url_problem refused the rest
+    return url[:scheme_end] + url[scheme_end + len(info) + 1 :]
+
+
+def lift_userinfo(
+    url: str, headers: tuple[tuple[str, str], ...]
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Move ``user:pass@`` out of ``url`` into an ``Authorization: Basic`` header (unless the
+    user gave an Authorization header, which wins), so that no URL downstream holds it.
+    A URL ``url_problem`` refuses is returned as it is, to be refused with a redacted message."""
+    if url_problem(url) is not None:
+        return url, headers
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, headers
+    if not any(name.lower() == "authorization" for name, _ in headers):
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers = (*headers, ("Authorization", "Basic " + base64.b64encode(pair).decode()))
+    return strip_userinfo(url), headers
