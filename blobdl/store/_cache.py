@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import LocalFileError
 from ._digest import sha256_fd
-from ._files import local_error, open_own
+from ._files import atomic_write, local_error, open_own, read_own
 
 LINK_SUFFIX = ".blobdl-link"
 SEAL_DIR_ENV = "BLOBDL_SEAL_DIR"
@@ -53,9 +53,7 @@ def entry_info(entry: Path) -> os.stat_result | None:
     except OSError as exc:
         raise local_error(entry, exc) from None
     if not stat.S_ISREG(info.st_mode):
-        raise LocalFileError(
-            str(entry), "is not a regular file; refusing to use it as a cache entry"
-        )
+        raise LocalFileError(str(entry), _NOT_AN_ENTRY)
     return info
 
 
@@ -93,17 +91,9 @@ def _seal_fd(fd: int, entry: Path, hexdigest: str) -> os.stat_result:
 
 
 def _open_entry(entry: Path) -> int:
-    """Read an entry without following a link at its name or blocking on a FIFO."""
-    try:
-        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise local_error(entry, exc) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise LocalFileError(
-            str(entry), "is not a regular file; refusing to use it as a cache entry"
-        )
-    return fd
+    """Read an entry without following a link at its name or blocking on a FIFO (other
+    hard links are its destinations)."""
+    return open_own(entry, os.O_RDONLY, shared=True)
 
 
 def reseal(entry: Path, hexdigest: str, info: os.stat_result) -> None:
@@ -112,15 +102,12 @@ def reseal(entry: Path, hexdigest: str, info: os.stat_result) -> None:
     record = _seal_record(entry)
     if record is None:
         return
-    scratch = record.with_name(f"{record.name}.{os.getpid()}-{os.urandom(4).hex()}")
+    # Not fsynced: a seal lost in a crash only costs one more hash of the entry.
+    identity = _identity(info, hexdigest).encode("ascii")
     try:
-        with os.fdopen(open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(_identity(info, hexdigest))
-        os.replace(scratch, record)
-    except (OSError, LocalFileError) as exc:
+        atomic_write(record, identity, mode=0o600, durable=False)
+    except LocalFileError as exc:
         log.warning("cannot record the seal of %s (%s); it will be hashed next time", entry, exc)
-        with contextlib.suppress(OSError):
-            scratch.unlink()
 
 
 def sealed(entry: Path, hexdigest: str) -> os.stat_result | None:
@@ -130,8 +117,7 @@ def sealed(entry: Path, hexdigest: str) -> os.stat_result | None:
         info = entry_info(entry)
         if record is None or info is None:
             return None
-        with os.fdopen(open_own(record, os.O_RDONLY), encoding="ascii") as f:
-            return info if f.read() == _identity(info, hexdigest) else None
+        return info if read_own(record).decode("ascii") == _identity(info, hexdigest) else None
     except (OSError, LocalFileError, ValueError):
         return None
 
