@@ -7,6 +7,7 @@ from .batch._scheduler import BatchEvent, Item, ItemResult, download_many, parse
 from .config import Settings, parse_size
 from .engine._download import Downloader, download
 from .errors import (
+    AuthRefused,
     BadResponse,
     BlobdlError,
     ConnectionFailed,
@@ -18,6 +19,7 @@ from .errors import (
     IntegrityError,
     Interrupted,
     LocalFileError,
+    ModelNotFound,
     NetworkError,
     RemoteChanged,
     RetriesExhausted,
@@ -25,6 +27,7 @@ from .errors import (
     TLSError,
     TooManyRedirects,
     TruncatedBody,
+    UnsupportedManifest,
     UsageError,
     WorkerCrashed,
 )
@@ -39,7 +42,6 @@ from .events import (
     Progress,
     Started,
 )
-from .registry._oci import AuthRefused, ModelNotFound, UnsupportedManifest
 from .registry._pull import LayerResult, PullEvent, PullResult, PullStarted, pull
 
 __all__ = [

@@ -146,6 +146,49 @@ class RetriesExhausted(NetworkError):
         )
 
 
+# --- a registry: what a pull is told -----------------------------------------------------
+
+
+class ModelNotFound(NetworkError):
+    """The registry does not know the model, the tag or a blob the manifest names."""
+
+    retryable = False
+
+    def __init__(self, reference: str, detail: str = "") -> None:
+        super().__init__(reference, detail)
+        self.reference, self.detail = reference, detail
+
+    def __str__(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"model not found: {self.reference}{extra}"
+
+
+class AuthRefused(NetworkError):
+    """The registry (or its token server) refused the credentials, or none were found."""
+
+    retryable = False
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(url, detail)
+        self.url, self.detail = url, detail
+
+    def __str__(self) -> str:
+        return f"authentication refused: {self.detail} ({self.url})"
+
+
+class UnsupportedManifest(BlobdlError):
+    """The reference names something that is not a single image manifest (an index, say)."""
+
+    exit_code = EXIT_NETWORK
+
+    def __init__(self, reference: str, media_type: str) -> None:
+        super().__init__(reference, media_type)
+        self.reference, self.media_type = reference, media_type
+
+    def __str__(self) -> str:
+        return f"unsupported manifest for {self.reference}: {self.media_type or 'no media type'}"
+
+
 # --- integrity: the bytes or the remote are not what was promised ---------------------------
 
 

@@ -35,8 +35,7 @@ from ..http._probe import resolve
 from ..http._remote import Remote
 from ..http._urls import check_url, lift_userinfo
 from ..processes import _clean_process
-from ..store._cache import entry_info, place, reseal, seal, sealed, verify
-from ..store._cache import entry_path as cache_entry
+from ..store._cache import through_cache
 from ..store._destination import (
     check_destination,
     check_free_space,
@@ -55,7 +54,6 @@ from ._hasher import PrefixHasher
 from ._plan import download_parts
 
 DEFAULT_NAME = "blobdl.out"
-CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a order waits for another one filling the same entry
 BAD_SUFFIX = ".blobdl-bad"
 log = logging.getLogger("blobdl")
 
@@ -160,51 +158,16 @@ class Downloader:
         self, order: _Order, path: str | os.PathLike[str] | None, remote: Remote | None
     ) -> DownloadResult:
         """Serve from (or fill) ``cache_dir/sha256-<hex>``, then link the destination."""
-        assert self.settings.cache_dir is not None and order.expected is not None
-        cache = Path(self.settings.cache_dir)
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise local_error(cache, exc) from None
-        entry = cache_entry(cache, order.expected)
-        dest = Path(path) if path is not None else Path(name_from_url(order.url))
-        check_destination(dest)
-        fetched = None
-        verified = self._cache_hit(order, entry)
-        if verified is None:
-            # Shared caches: wait for another order filling the same entry instead of failing.
-            filler = Downloader(
-                self.settings,
-                cache_dir=None,
-                force=True,
-                lock_timeout=max(self.settings.lock_timeout, CACHE_LOCK_WAIT),
-            )
-            fetched = filler._locked(order, entry, remote)
-            verified = seal(entry, order.expected)
-        after = place(entry, dest, verified)
-        if after is not verified:
-            reseal(entry, order.expected, after)  # our own new link changed the entry's ctime
-        if fetched is not None and fetched.bytes_fetched > 0:
-            return dataclasses.replace(fetched, path=dest)
-        size = after.st_size
-        elapsed = order.elapsed()
-        return DownloadResult(
-            dest, size, elapsed, 0, 0, 0, order.url, "", verified=True, cached=True
-        )
-
-    def _cache_hit(self, order: _Order, entry: Path) -> os.stat_result | None:
-        """The entry's status if it may be served. A present entry is complete (entries
-        appear by atomic rename after their digest was checked), but only a seal in our
-        private seal directory vouches that it is still that file: anything else (a forged
-        or edited entry, ``verify_cache``) is hashed first, and dropped if it is wrong."""
         assert order.expected is not None
-        if entry_info(entry) is None:
-            return None
-        if not self.settings.verify_cache:
-            info = sealed(entry, order.expected)
-            if info is not None:
-                return info
-        return verify(entry, order.expected)
+        dest = Path(path) if path is not None else Path(name_from_url(order.url))
+
+        def fill(entry: Path, lock_timeout: float) -> DownloadResult:
+            filler = Downloader(
+                self.settings, cache_dir=None, force=True, lock_timeout=lock_timeout
+            )
+            return filler._locked(order, entry, remote)
+
+        return through_cache(self.settings, order.expected, dest, fill, order.url, order.started)
 
     def _locked(self, order: _Order, dest: Path, remote: Remote | None) -> DownloadResult:
         with DestinationLock(dest, self.settings.lock_timeout):

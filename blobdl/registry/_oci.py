@@ -30,15 +30,16 @@ from urllib3.util.ssl_ import create_urllib3_context
 
 from ..config import Settings
 from ..errors import (
-    EXIT_NETWORK,
+    AuthRefused,
     BadResponse,
     BlobdlError,
     ConnectionFailed,
     DigestMismatch,
     HTTPStatusError,
-    NetworkError,
+    ModelNotFound,
     TLSError,
     TooManyRedirects,
+    UnsupportedManifest,
     UsageError,
 )
 from ._names import Reference
@@ -55,49 +56,6 @@ MAX_MANIFEST = 4 << 20  # bytes; a manifest is a few KB
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-
-class ModelNotFound(NetworkError):
-    """The registry does not know the model, the tag or a blob the manifest names."""
-
-    retryable = False
-
-    def __init__(self, reference: str, detail: str = "") -> None:
-        super().__init__(reference, detail)
-        self.reference, self.detail = reference, detail
-
-    def __str__(self) -> str:
-        extra = f" ({self.detail})" if self.detail else ""
-        return f"model not found: {self.reference}{extra}"
-
-
-class AuthRefused(NetworkError):
-    """The registry (or its token server) refused the credentials, or none were found."""
-
-    retryable = False
-
-    def __init__(self, url: str, detail: str) -> None:
-        super().__init__(url, detail)
-        self.url, self.detail = url, detail
-
-    def __str__(self) -> str:
-        return f"authentication refused: {self.detail} ({self.url})"
-
-
-class UnsupportedManifest(BlobdlError):
-    """The reference names something that is not a single image manifest (an index, say)."""
-
-    exit_code = EXIT_NETWORK
-
-    def __init__(self, reference: str, media_type: str) -> None:
-        super().__init__(reference, media_type)
-        self.reference, self.media_type = reference, media_type
-
-    def __str__(self) -> str:
-        return f"unsupported manifest for {self.reference}: {self.media_type or 'no media type'}"
 
 
 # --- the manifest -----------------------------------------------------------------------------

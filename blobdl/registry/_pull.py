@@ -1,47 +1,30 @@
 """``pull``: a model from an OCI/Ollama registry into Ollama's store, end to end.
 
-The store is Ollama's layout, so ``ollama`` can use the result::
-
-    DIR/blobs/sha256-<hex>                                  complete, verified blobs only
-    DIR/manifests/<host[:port]>/<namespace>/<model>/<tag>   the exact manifest bytes
-    DIR/blobs-partial/sha256-<hex>                          a blob being downloaded, with the
-                                                            engine's state, lock and temp files
-
-A blob is downloaded to ``blobs-partial/`` with its digest checked by the engine, then
-renamed into ``blobs/`` (same filesystem, so atomic). The manifest is written last, also by
-rename, so an interrupted pull never leaves a manifest naming a missing blob. Two pulls that
-share a blob take turns on ``blobs-partial/sha256-<hex>.pull-lock``: the second finds the
-blob in ``blobs/`` once the first is done and fetches nothing.
+Resolve the reference and fetch its manifest (``_oci``), leave out the blobs the store
+(``_store``) already has, check that the rest fits, download them under one budget (two
+pulls that share a blob take turns on it), and write the manifest last.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import os
-import shutil
-import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
 from ..config import Settings
 from ..engine._download import Downloader
-from ..errors import HTTPStatusError, InsufficientSpace
+from ..errors import HTTPStatusError
 from ..events import DownloadResult, Event
-from ..store._destination import temp_path
-from ..store._files import local_error
-from ._names import Reference, parse_reference
-from ._oci import Blob, Manifest, Registry
+from ._names import parse_reference
+from ._oci import Blob, Registry
+from ._store import Store
 
-PARTIAL_DIR = "blobs-partial"
-LOCK_SUFFIX = ".pull-lock"
 AUTH_ROUNDS = 3  # fresh tokens / presigned URLs a pull asks for before it gives up
-_LOCK_POLL = 0.05
 
 
 class PullStarted(NamedTuple):
@@ -116,140 +99,12 @@ def pull(
     store.check_space(missing)
     fetched = _Fetcher(store, registry, base, on_event).fetch_all(missing)
     path = store.write_manifest(reference, manifest)
-    layers = tuple(store.layer(b, fetched.get(b.digest)) for b in manifest.blobs)
+    layers = tuple(_layer(store, b, fetched.get(b.digest)) for b in manifest.blobs)
     return PullResult(str(reference), path, manifest.digest, layers, time.monotonic() - started)
 
 
-# --- the store --------------------------------------------------------------------------------
-
-
-class Store:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs = root / "blobs"
-        self.partial = root / PARTIAL_DIR
-        for folder in (self.blobs, self.partial):
-            make_dirs(folder)
-
-    def blob_path(self, blob: Blob) -> Path:
-        return self.blobs / f"sha256-{blob.hex}"
-
-    def staging_path(self, blob: Blob) -> Path:
-        return self.partial / f"sha256-{blob.hex}"
-
-    def has(self, blob: Blob) -> bool:
-        """Present with the right size. Blobs get here only verified, so the name vouches
-        for the bytes; a size that differs is damage, and the blob is fetched again."""
-        try:
-            return self.blob_path(blob).stat().st_size == blob.size
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise local_error(self.blob_path(blob), exc) from None
-
-    def check_space(self, missing: list[Blob]) -> None:
-        """Refuse, before the first byte, a pull that cannot fit. A kept partial already
-        holds its space (the engine preallocates), so only what it lacks is needed."""
-        needed = sum(blob.size - self.reserved(blob) for blob in missing)
-        free = shutil.disk_usage(self.partial).free
-        if needed > free:
-            raise InsufficientSpace(str(self.root), needed, free)
-
-    def reserved(self, blob: Blob) -> int:
-        """Bytes of ``blob`` the filesystem already holds for its kept partial."""
-        try:
-            info = temp_path(self.staging_path(blob)).lstat()
-        except OSError:
-            return 0
-        if not stat.S_ISREG(info.st_mode):
-            return 0
-        return min(blob.size, info.st_blocks * 512)
-
-    def place(self, blob: Blob, staged: Path) -> None:
-        """Move a verified download into ``blobs/``."""
-        with _local(staged):
-            os.chmod(staged, 0o644)
-            os.replace(staged, self.blob_path(blob))
-            fsync_dir(self.blobs)
-
-    def write_manifest(self, ref: Reference, manifest: Manifest) -> Path:
-        folder = self.root / "manifests" / ref.host / ref.namespace / ref.model
-        make_dirs(folder)
-        path = folder / ref.tag
-        temp = folder / f".{ref.tag}.tmp-{os.getpid()}"
-        with _local(path):
-            try:
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(manifest.raw)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(temp, 0o644)
-                os.replace(temp, path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
-            fsync_dir(folder)
-        return path
-
-    def layer(self, blob: Blob, download: DownloadResult | None) -> LayerResult:
-        return LayerResult(blob.digest, blob.media_type, blob.size, self.blob_path(blob), download)
-
-    @contextlib.contextmanager
-    def claim(self, blob: Blob, wait: bool) -> Iterator[bool]:
-        """Hold ``blobs-partial/sha256-<hex>.pull-lock``; yields False (without waiting) when
-        another pull holds it. The kernel drops the lock when its holder dies."""
-        path = self.partial / f"sha256-{blob.hex}{LOCK_SUFFIX}"
-        with _local(path):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            yield _flock(fd, wait)
-        finally:
-            os.close(fd)  # releases the lock; the file stays (removing it would race)
-
-
-def make_dirs(folder: Path) -> None:
-    """Create ``folder`` and its parents as 0755 (whatever the umask); fail early if the
-    store cannot be written."""
-    missing = []
-    for parent in (folder, *folder.parents):
-        if parent.is_dir():
-            break
-        missing.append(parent)
-    with _local(folder):
-        for path in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path, 0o755)
-                os.chmod(path, 0o755)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
-
-
-def _flock(fd: int, wait: bool) -> bool:
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if not wait:
-                return False
-            time.sleep(_LOCK_POLL)  # polled, so Ctrl-C always gets through
-
-
-@contextlib.contextmanager
-def _local(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        raise local_error(path, exc) from None
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _layer(store: Store, blob: Blob, download: DownloadResult | None) -> LayerResult:
+    return LayerResult(blob.digest, blob.media_type, blob.size, store.blob_path(blob), download)
 
 
 # --- fetching ---------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Entries only ever appear by atomic rename of a complete, digest-verified file (t
 downloaded through the normal machinery, under the per-destination lock), so a present
 entry is complete; concurrent jobs sharing a cache wait on that lock instead of writing the
 same entry twice. A destination is then a hard link to the entry, or a copy where the
-filesystem cannot link (another device, no hard links).
+filesystem cannot link (another device, no hard links). ``through_cache`` is one
+download's way through the cache: it serves a hit, or has the engine fill the entry first.
 
 A hard link shares the bytes: a user editing their destination in place edits the entry.
 So entries are made read-only, and each verified entry has a seal recording its device,
@@ -19,23 +20,79 @@ cannot set back); an entry without a matching seal is hashed again before it is 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
 import os
 import shutil
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from ..config import Settings
 from ..errors import LocalFileError
+from ..events import DownloadResult
+from ._destination import check_destination
 from ._digest import sha256_fd
-from ._files import local_error, open_own
+from ._files import atomic_write, local_error, open_own, read_own
 
 LINK_SUFFIX = ".blobdl-link"
+CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a download waits for another one filling its entry
 SEAL_DIR_ENV = "BLOBDL_SEAL_DIR"
 _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
 _NOT_AN_ENTRY = "is not a regular file; refusing to use it as a cache entry"
 log = logging.getLogger("blobdl")
+
+Fill = Callable[[Path, float], DownloadResult]
+"""Downloads the blob into a cache entry (its path), waiting up to so many seconds for
+another download that holds the entry's lock."""
+
+
+def through_cache(
+    settings: Settings, hexdigest: str, dest: Path, fill: Fill, url: str, started: float
+) -> DownloadResult:
+    """Serve ``dest`` from ``cache_dir/sha256-<hex>`` (``fill`` downloads the entry first if
+    it may not be served), then link the destination to the entry. ``url`` and ``started``
+    (``time.monotonic()``) are for the result of a hit."""
+    assert settings.cache_dir is not None
+    cache = Path(settings.cache_dir)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise local_error(cache, exc) from None
+    entry = entry_path(cache, hexdigest)
+    check_destination(dest)
+    fetched = None
+    verified = _hit(entry, hexdigest, settings.verify_cache)
+    if verified is None:
+        # Shared caches: wait for another download filling the same entry instead of failing.
+        fetched = fill(entry, max(settings.lock_timeout, CACHE_LOCK_WAIT))
+        verified = seal(entry, hexdigest)
+    after = place(entry, dest, verified)
+    if after is not verified:
+        reseal(entry, hexdigest, after)  # our own new link changed the entry's ctime
+    if fetched is not None and fetched.bytes_fetched > 0:
+        return dataclasses.replace(fetched, path=dest)
+    elapsed = time.monotonic() - started
+    return DownloadResult(
+        dest, after.st_size, elapsed, 0, 0, 0, url, "", verified=True, cached=True
+    )
+
+
+def _hit(entry: Path, hexdigest: str, verify_always: bool) -> os.stat_result | None:
+    """The entry's status if it may be served. A present entry is complete (entries
+    appear by atomic rename after their digest was checked), but only a seal in our
+    private seal directory vouches that it is still that file: anything else (a forged
+    or edited entry, ``verify_always``) is hashed first, and dropped if it is wrong."""
+    if entry_info(entry) is None:
+        return None
+    if not verify_always:
+        info = sealed(entry, hexdigest)
+        if info is not None:
+            return info
+    return verify(entry, hexdigest)
 
 
 def entry_path(cache_dir: Path, hexdigest: str) -> Path:
@@ -53,9 +110,7 @@ def entry_info(entry: Path) -> os.stat_result | None:
     except OSError as exc:
         raise local_error(entry, exc) from None
     if not stat.S_ISREG(info.st_mode):
-        raise LocalFileError(
-            str(entry), "is not a regular file; refusing to use it as a cache entry"
-        )
+        raise LocalFileError(str(entry), _NOT_AN_ENTRY)
     return info
 
 
@@ -93,17 +148,9 @@ def _seal_fd(fd: int, entry: Path, hexdigest: str) -> os.stat_result:
 
 
 def _open_entry(entry: Path) -> int:
-    """Read an entry without following a link at its name or blocking on a FIFO."""
-    try:
-        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise local_error(entry, exc) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise LocalFileError(
-            str(entry), "is not a regular file; refusing to use it as a cache entry"
-        )
-    return fd
+    """Read an entry without following a link at its name or blocking on a FIFO (other
+    hard links are its destinations)."""
+    return open_own(entry, os.O_RDONLY, shared=True)
 
 
 def reseal(entry: Path, hexdigest: str, info: os.stat_result) -> None:
@@ -112,15 +159,12 @@ def reseal(entry: Path, hexdigest: str, info: os.stat_result) -> None:
     record = _seal_record(entry)
     if record is None:
         return
-    scratch = record.with_name(f"{record.name}.{os.getpid()}-{os.urandom(4).hex()}")
+    # Not fsynced: a seal lost in a crash only costs one more hash of the entry.
+    identity = _identity(info, hexdigest).encode("ascii")
     try:
-        with os.fdopen(open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(_identity(info, hexdigest))
-        os.replace(scratch, record)
-    except (OSError, LocalFileError) as exc:
+        atomic_write(record, identity, mode=0o600, durable=False)
+    except LocalFileError as exc:
         log.warning("cannot record the seal of %s (%s); it will be hashed next time", entry, exc)
-        with contextlib.suppress(OSError):
-            scratch.unlink()
 
 
 def sealed(entry: Path, hexdigest: str) -> os.stat_result | None:
@@ -130,8 +174,7 @@ def sealed(entry: Path, hexdigest: str) -> os.stat_result | None:
         info = entry_info(entry)
         if record is None or info is None:
             return None
-        with os.fdopen(open_own(record, os.O_RDONLY), encoding="ascii") as f:
-            return info if f.read() == _identity(info, hexdigest) else None
+        return info if read_own(record).decode("ascii") == _identity(info, hexdigest) else None
     except (OSError, LocalFileError, ValueError):
         return None
 

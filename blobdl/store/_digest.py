@@ -29,7 +29,9 @@ def parse_digest(text: str) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    """The sha256 of a whole file."""
+    """The sha256 of a whole file: the user's destination, not one of our own files, so a
+    link at its name is followed (a destination is judged by its target, and a cached one
+    is a hard link to its entry)."""
     with path.open("rb", buffering=0) as f:
         return sha256_fd(f.fileno())
 

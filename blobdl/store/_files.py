@@ -1,13 +1,24 @@
-"""The destination on disk: checks, preallocation, positional writes, atomic rename."""
+"""File primitives, each written once: opening (``open_own``) and reading (``read_own``)
+one of our own files without trusting its name, refusing a special file where a regular one
+belongs (``require_regular``), replacing a file atomically (``atomic_write``), making a
+rename durable (``fsync_dir``), waiting for a lock (``take_lock``), and turning an
+``OSError`` into a ``LocalFileError`` (``local_error``, ``local_errors``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import stat
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import LocalFileError
+
+LOCK_POLL = 0.05  # seconds between two tries of a held lock
 
 
 def require_regular(path: Path) -> None:
@@ -22,12 +33,14 @@ def require_regular(path: Path) -> None:
         raise LocalFileError(str(path), f"is {_kind(info.st_mode)}, not a regular file")
 
 
-def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
+def open_own(path: Path, flags: int, mode: int = 0o644, *, shared: bool = False) -> int:
     """Open one of our own files (lock, temp, state, seal) without trusting its name.
 
     A symbolic link planted there is never followed, and only a regular file with no other
     hard link is accepted: writing through either would change a file that is not ours.
-    Never blocks (a FIFO at the name is refused, not waited on)."""
+    ``shared`` accepts other hard links, for reading a file that has them by design (a
+    cache entry, which destinations link to). Never blocks (a FIFO at the name is refused,
+    not waited on)."""
     extra = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     try:
         fd = os.open(path, flags | extra, mode)
@@ -36,7 +49,7 @@ def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
             raise LocalFileError(str(path), "is a symbolic link; refusing to follow it") from None
         raise local_error(path, exc) from None
     try:
-        _require_own(fd, path)
+        _require_own(fd, path, shared)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -44,11 +57,17 @@ def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
     return fd
 
 
-def _require_own(fd: int, path: Path) -> None:
+def read_own(path: Path) -> bytes:
+    """The whole of one of our own small files, opened as ``open_own`` does."""
+    with os.fdopen(open_own(path, os.O_RDONLY), "rb") as f:
+        return f.read()
+
+
+def _require_own(fd: int, path: Path, shared: bool) -> None:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise LocalFileError(str(path), f"is {_kind(info.st_mode)}, not a regular file")
-    if info.st_nlink > 1:  # 0 is fine: a file just unlinked by its previous owner
+    if info.st_nlink > 1 and not shared:  # 0 is fine: a file just unlinked by its owner
         raise LocalFileError(str(path), "has other hard links; refusing to write through it")
 
 
@@ -64,14 +83,83 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds.items() if test(mode)), "a special file")
 
 
+def atomic_write(
+    path: Path,
+    data: bytes,
+    *,
+    scratch: Path | None = None,
+    mode: int = 0o644,
+    exact_mode: bool = False,
+    durable: bool = True,
+    sync_dir: bool = False,
+) -> None:
+    """Replace ``path`` with ``data``: a crash leaves the old file or the new one, never half.
+
+    The bytes go into a scratch file created anew beside ``path`` (``scratch``, else a
+    unique hidden name; whatever was at that name is removed, never written through), are
+    fsynced when ``durable``, and the scratch file is renamed onto ``path``. ``sync_dir``
+    also fsyncs the directory, so that the rename itself survives a crash. ``mode`` is
+    masked by the umask unless ``exact_mode``. Nothing is left at the scratch name if it
+    fails. Raises ``LocalFileError``."""
+    scratch = scratch or path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    with local_errors(path):
+        scratch.unlink(missing_ok=True)
+        fd = open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            _write_new(fd, data, mode if exact_mode else None, durable)
+            os.replace(scratch, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                scratch.unlink()
+            raise
+        if sync_dir:
+            fsync_dir(path.parent)
+
+
+def _write_new(fd: int, data: bytes, chmod: int | None, durable: bool) -> None:
+    """Write all of ``data`` into the new file ``fd`` and close it."""
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        if chmod is not None:
+            os.fchmod(f.fileno(), chmod)
+        if durable:
+            os.fsync(f.fileno())
+
+
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    """Make the renames and links made in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def take_lock(fd: int, *, wait: bool = True, deadline: float | None = None) -> bool:
+    """Take an exclusive ``flock`` on ``fd``: True once it is held. Without ``wait``, or once
+    ``deadline`` (a ``time.monotonic()`` instant) has passed, False instead of waiting.
+
+    Polled rather than blocking in the kernel, so Ctrl-C always gets through."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if not wait or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            time.sleep(LOCK_POLL)
+
+
 def local_error(path: Path, exc: OSError) -> LocalFileError:
     """An OSError on our own files, as a blobdl error (ENOSPC, EIO, EACCES...)."""
     return LocalFileError(str(path), exc.strerror or str(exc))
+
+
+@contextlib.contextmanager
+def local_errors(path: Path) -> Iterator[None]:
+    """Any OSError in the block becomes ``local_error(path, ...)``."""
+    try:
+        yield
+    except OSError as exc:
+        raise local_error(path, exc) from None

@@ -8,17 +8,15 @@ a file which was removed meanwhile notices (different inode) and tries again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from pathlib import Path
 from types import TracebackType
 
 from ..errors import DestinationLocked
-from ._files import open_own
+from ._files import open_own, take_lock
 
 LOCK_SUFFIX = ".blobdl-lock"
-_POLL = 0.05
 
 
 class DestinationLock:
@@ -31,15 +29,10 @@ class DestinationLock:
         deadline = time.monotonic() + self.timeout
         while True:
             fd = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not take_lock(fd, deadline=deadline):
                 holder = _read_holder(fd)
                 os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise DestinationLocked(str(self.dest), holder) from None
-                time.sleep(_POLL)
-                continue
+                raise DestinationLocked(str(self.dest), holder)
             if self._still_linked(fd):
                 break
             os.close(fd)  # we locked a file its previous holder had just removed

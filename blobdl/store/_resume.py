@@ -24,7 +24,7 @@ from .._redact import redact_url
 from ..errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
 from ..http._remote import Identity, Remote
 from ._destination import discard, temp_path
-from ._files import local_error, open_own
+from ._files import atomic_write, local_error, read_own
 
 STATE_SUFFIX = ".blobdl-state"
 FORMAT = 2  # 2: URLs are stored redacted, matched by the key of the full URL
@@ -164,13 +164,7 @@ def save(path: Path, state: State) -> None:
     """Replace the record atomically; a crash leaves the old or the new one, never half."""
     body = _body(state)
     document = json.dumps({"check": _check(body), "state": body}, separators=(",", ":"))
-    scratch = path.with_name(path.name + ".new")
-    scratch.unlink(missing_ok=True)  # whatever is at the name (a planted link) is not ours
-    with os.fdopen(open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as f:
-        f.write(document)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(scratch, path)
+    atomic_write(path, document.encode(), scratch=_scratch(path))
 
 
 def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State | None:
@@ -179,8 +173,7 @@ def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State |
     if not path.exists():
         return None
     try:
-        with os.fdopen(open_own(path, os.O_RDONLY), encoding="utf-8") as f:
-            state = _parse(f.read())
+        state = _parse(read_own(path).decode())
     except (OSError, LocalFileError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable resume state %s (%s)", path, exc)
         return None
@@ -200,14 +193,19 @@ def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State |
 def claims_bytes(path: Path) -> bool:
     """Whether the record at ``path`` claims any byte on disk (worth keeping for a resume)."""
     try:
-        return _parse(path.read_text(encoding="utf-8")).done > 0
-    except (OSError, ValueError, KeyError, TypeError):
+        return _parse(read_own(path).decode()).done > 0
+    except (OSError, LocalFileError, ValueError, KeyError, TypeError):
         return False
 
 
 def remove(path: Path) -> None:
-    for candidate in (path, path.with_name(path.name + ".new")):
+    for candidate in (path, _scratch(path)):
         candidate.unlink(missing_ok=True)
+
+
+def _scratch(path: Path) -> Path:
+    """One fixed scratch name per record, so that ``remove`` finds what a crash left."""
+    return path.with_name(path.name + ".new")
 
 
 def url_key(url: str) -> str:

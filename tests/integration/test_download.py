@@ -220,6 +220,9 @@ def test_errors_pickle_with_their_fields() -> None:
         blobdl.RemoteChanged("http://x/", "ETag changed"),
         blobdl.InsufficientSpace("/tmp/x", 10, 5),
         blobdl.ConnectionFailed("http://x/", "reset"),
+        blobdl.ModelNotFound("x/library/m:7b"),
+        blobdl.AuthRefused("http://x/token", "HTTP 401"),
+        blobdl.UnsupportedManifest("x/library/m:7b", "application/vnd.oci.image.index.v1+json"),
     ]
     for error in errors:
         clone = pickle.loads(pickle.dumps(error))

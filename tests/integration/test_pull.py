@@ -382,6 +382,21 @@ def test_a_store_that_cannot_be_written_is_one_line_exit_5(
     assert len(done.stderr.strip().splitlines()) == 1 and str(blocker) in done.stderr
 
 
+def test_a_link_planted_at_a_pull_lock_is_refused_not_followed(
+    registry: Registry, tmp_path: Path
+) -> None:
+    model = registry.push_model("library/planted", "v1", (10 * KB,))
+    layer = json.loads(model.manifest)["layers"][0]["digest"]
+    models, target = tmp_path / "models", tmp_path / "created"
+    lock = models / "blobs-partial" / f"sha256-{layer[7:]}.pull-lock"
+    lock.parent.mkdir(parents=True)
+    lock.symlink_to(target)
+    done = run_cli("pull", ref(registry, model), "--models-dir", str(models))
+    assert done.returncode == 5 and str(lock) in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not target.exists()
+    assert not (models / "manifests").exists()
+
+
 def blob_gets(registry: Registry, digest: str) -> int:
     return sum(1 for m, p, _ in registry.requests() if m == "GET" and p.endswith(digest))
 
