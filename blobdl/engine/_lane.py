@@ -1,14 +1,14 @@
 """A lane: one attempt at one slot's byte range, on a thread of a worker process.
 
 ``run_attempt`` is the lane; ``_worker`` runs it in a worker process (forked by the
-coordinator) and gives the coordinator its handle. A lane builds its own urllib3 pool
-(pools never cross a fork; each lane has its own), GETs ``[pos, end)`` of its slot in
-chunks over one keep-alive connection (``_chunk``), each a ``RangeBody``, and writes with
-``os.pwrite`` into the shared preallocated file descriptor. Before each request it
-publishes the request's end (``asked``); after every write, its position and the bytes it
-received. It re-reads its slot's ``end`` before every request and every read, so the
-coordinator can move the end in (another lane took the tail): at a chunk boundary when it
-splits, at once only when it cuts a stalled lane. It returns one result — ``None`` for
+coordinator) and gives the coordinator its handle. A lane speaks HTTP through a session of
+its own (``Session``: its own pool, since pools never cross a fork), GETs ``[pos, end)`` of
+its slot in chunks over one keep-alive connection (``_chunk``), each a ``RangeBody``, and
+writes with ``os.pwrite`` into the shared preallocated file descriptor. Before each request
+it publishes the request's end (``asked``); after every write, its position and the bytes
+it received. It re-reads its slot's ``end`` before every request and every read, so
+the coordinator can move the end in (another lane took the tail): at a chunk boundary when
+it splits, at once only when it cuts a stalled lane. It returns one result — ``None`` for
 success or a picklable ``BlobdlError``. Retries, backoff and stall handling belong to the
 coordinator; ``Cancel`` lets its worker end it early.
 """
@@ -24,16 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from urllib3 import PoolManager
-
 from ..config import Settings
 from ..errors import BlobdlError, TruncatedBody
 from ..http._body import RangeBody
-from ..http._connections import Sockets, noted_in
-from ..http._pool import make_pool
 from ..http._remote import Remote
+from ..http._session import Session
 from ..http._span import Span
-from ..http._translate import translate_errors
 from ..store._files import local_error
 from ..store._writes import Splicer, pwrite_all
 from ._chunk import next_chunk
@@ -60,17 +56,17 @@ class Attempt(NamedTuple):
 
 class Cancel:
     """Ends a lane from another thread: the lane sees ``stopped`` between two reads, and
-    ``cut`` wakes it from a wait on any of its sockets or from its pacer's sleep."""
+    ``cut`` wakes it from a wait on any of its session's sockets or from its pacer's sleep."""
 
     def __init__(self) -> None:
         self.stopped = False
-        self.sockets = Sockets()
+        self.session = Session()
         self._woken = threading.Event()
 
     def cut(self) -> None:
         self.stopped = True
         self._woken.set()
-        self.sockets.cut()
+        self.session.cut()
 
     def sleep(self, seconds: float) -> None:
         """Sleep, unless (until) the lane is cut."""
@@ -82,8 +78,7 @@ def run_attempt(
 ) -> BlobdlError | None:
     """One attempt, on a thread of a worker process: None for success, else why not."""
     try:
-        with noted_in(cancel.sockets):
-            _fetch(attempt, remote, settings, table, cancel)
+        _fetch(attempt, remote, settings, table, cancel)
     except BlobdlError as exc:
         return exc
     except Exception as exc:  # a bug: report it rather than hang the slot
@@ -94,20 +89,18 @@ def run_attempt(
 def _fetch(
     attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable, cancel: Cancel
 ) -> None:
-    pool = make_pool(settings)
     lane = _Lane(attempt, table, settings.buffer_size, cancel)
     try:
-        with translate_errors(remote.final_url):
+        with cancel.session.opened(settings, remote) as session:
             if attempt.ranged:
-                _fetch_chunks(lane, pool, remote, attempt.first_chunk)
+                _fetch_chunks(lane, session, remote, attempt.first_chunk)
             else:
-                _fetch_whole(lane, pool, remote)
+                _fetch_whole(lane, session, remote)
     finally:  # the process goes on with other lanes: nothing of this one may linger
-        pool.clear()
         lane.close()
 
 
-def _fetch_chunks(lane: _Lane, pool: PoolManager, remote: Remote, first: int) -> None:
+def _fetch_chunks(lane: _Lane, session: Session, remote: Remote, first: int) -> None:
     """The slot's range as a series of ranged GETs over one keep-alive connection, each
     sized by ``next_chunk`` and published (``asked``) before it is sent."""
     slot, table = lane.attempt.slot, lane.table
@@ -117,7 +110,7 @@ def _fetch_chunks(lane: _Lane, pool: PoolManager, remote: Remote, first: int) ->
         span = _ask(table, slot, Span(pos, pos + chunk))
         if span.end <= pos:
             return
-        with RangeBody.open(pool, remote, span) as body:
+        with session.range(span) as body:
             pos = lane.stream(body, pos)
             body.reached(pos)
         # The probe's answer came with no lanes running: a machine busy with its own lanes
@@ -139,11 +132,11 @@ def _ask(table: CounterTable, slot: int, span: Span) -> Span:
     return span
 
 
-def _fetch_whole(lane: _Lane, pool: PoolManager, remote: Remote) -> None:
+def _fetch_whole(lane: _Lane, session: Session, remote: Remote) -> None:
     """The fallback for servers without ranges: one GET of the whole body."""
     slot, table = lane.attempt.slot, lane.table
     start = table.pos(slot)
-    with RangeBody.whole(pool, remote, start) as body:
+    with session.whole(start) as body:
         pos = lane.stream(body, start)
         body.reached(pos)
     # Even when the probe learned no size, this response may state its length: never take
