@@ -4,9 +4,9 @@
 coordinator) and gives the coordinator its handle. A lane speaks HTTP through a session of
 its own (``Session``: its own pool, since pools never cross a fork), GETs ``[pos, end)`` of
 its slot in chunks over one keep-alive connection (``_chunk``), each a ``RangeBody``, and
-writes with ``os.pwrite`` into the shared preallocated file descriptor. Before each request
-it publishes the request's end (``asked``); after every write, its position and the bytes
-it received. It re-reads its slot's ``end`` before every request and every read, so
+``_Filler`` moves the bytes into the shared preallocated file descriptor. Before each
+request it publishes the request's end (``asked``); after every write, its position and the
+bytes it received. It re-reads its slot's ``end`` before every request and every read, so
 the coordinator can move the end in (another lane took the tail): at a chunk boundary when
 it splits, at once only when it cuts a stalled lane. It returns one result — ``None`` for
 success or a picklable ``BlobdlError``. Retries, backoff and stall handling belong to the
@@ -89,21 +89,21 @@ def run_attempt(
 def _fetch(
     attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable, cancel: Cancel
 ) -> None:
-    lane = _Lane(attempt, table, settings.buffer_size, cancel)
+    filler = _Filler(attempt, table, settings.buffer_size, cancel)
     try:
         with cancel.session.opened(settings, remote) as session:
             if attempt.ranged:
-                _fetch_chunks(lane, session, remote, attempt.first_chunk)
+                _fetch_chunks(filler, session, remote, attempt.first_chunk)
             else:
-                _fetch_whole(lane, session, remote)
+                _fetch_whole(filler, session, remote)
     finally:  # the process goes on with other lanes: nothing of this one may linger
-        lane.close()
+        filler.close()
 
 
-def _fetch_chunks(lane: _Lane, session: Session, remote: Remote, first: int) -> None:
+def _fetch_chunks(filler: _Filler, session: Session, remote: Remote, first: int) -> None:
     """The slot's range as a series of ranged GETs over one keep-alive connection, each
     sized by ``next_chunk`` and published (``asked``) before it is sent."""
-    slot, table = lane.attempt.slot, lane.table
+    slot, table = filler.attempt.slot, filler.table
     pos, chunk, rate, overhead = table.pos(slot), 0, 0.0, 0.0
     while pos < (end := table.end(slot)):
         chunk = next_chunk(chunk, rate, end - pos, first, overhead)
@@ -111,7 +111,7 @@ def _fetch_chunks(lane: _Lane, session: Session, remote: Remote, first: int) -> 
         if span.end <= pos:
             return
         with session.range(span) as body:
-            pos = lane.stream(body, pos)
+            pos = filler.stream(body, pos)
             body.reached(pos)
         # The probe's answer came with no lanes running: a machine busy with its own lanes
         # delays our reading of a status line, but makes no idle connection worth avoiding.
@@ -132,12 +132,12 @@ def _ask(table: CounterTable, slot: int, span: Span) -> Span:
     return span
 
 
-def _fetch_whole(lane: _Lane, session: Session, remote: Remote) -> None:
+def _fetch_whole(filler: _Filler, session: Session, remote: Remote) -> None:
     """The fallback for servers without ranges: one GET of the whole body."""
-    slot, table = lane.attempt.slot, lane.table
+    slot, table = filler.attempt.slot, filler.table
     start = table.pos(slot)
     with session.whole(start) as body:
-        pos = lane.stream(body, start)
+        pos = filler.stream(body, start)
         body.reached(pos)
     # Even when the probe learned no size, this response may state its length: never take
     # a body cut short for the whole blob.
@@ -148,7 +148,7 @@ def _fetch_whole(lane: _Lane, session: Session, remote: Remote) -> None:
         raise TruncatedBody(remote.final_url, pos - start, final_end - start)
 
 
-class _Lane:
+class _Filler:
     """One lane's hot path: its buffer, its pacer, and the loop that fills the file."""
 
     def __init__(
