@@ -1,40 +1,35 @@
 """A lane: one attempt at one slot's byte range, on a thread of a worker process.
 
 ``run_attempt`` is the lane; ``_worker`` runs it in a worker process (forked by the
-coordinator) and gives the coordinator its handle. A lane builds its own urllib3 pool
-(pools never cross a fork; each lane has its own), GETs ``[pos, end)`` of its slot in
-chunks over one keep-alive connection (``_chunk``), and writes with ``os.pwrite`` into the
-shared preallocated file descriptor. Before each request it publishes the request's end
-(``asked``); after every write, its position and the bytes it received. It re-reads its
-slot's ``end`` before every request and every read, so the coordinator can move the end in
-(another lane took the tail): at a chunk boundary when it splits, at once only when it cuts
-a stalled lane. It returns one result — ``None`` for success or a picklable
-``BlobdlError``. Retries, backoff and stall handling belong to the coordinator; ``Cancel``
-lets its worker end it early.
+coordinator) and gives the coordinator its handle. A lane speaks HTTP through a session of
+its own (``Session``: its own pool, since pools never cross a fork), GETs ``[pos, end)`` of
+its slot in chunks over one keep-alive connection (``_chunk``), each a ``RangeBody``, and
+``_Filler`` moves the bytes into the shared preallocated file descriptor. Before each
+request it publishes the request's end (``asked``); after every write, its position and the
+bytes it received. It re-reads its slot's ``end`` before every request and every read, so
+the coordinator can move the end in (another lane took the tail): at a chunk boundary when
+it splits, at once only when it cuts a stalled lane. It returns one result — ``None`` for
+success or a picklable ``BlobdlError``. Retries, backoff and stall handling belong to the
+coordinator; ``Cancel`` lets its worker end it early.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from urllib3 import PoolManager
-
 from ..config import Settings
 from ..errors import BlobdlError, TruncatedBody
-from ..http._body import RawBody, Reader, body_reader, finish, open_range, open_whole, raw_body
-from ..http._connections import Sockets, noted_in, ready_at
-from ..http._pool import make_pool
+from ..http._body import RangeBody
 from ..http._remote import Remote
-from ..http._request import content_length
-from ..http._socket_reads import gathering
+from ..http._session import Session
 from ..http._span import Span
-from ..http._translate import translate_errors
 from ..store._files import local_error
 from ..store._writes import Splicer, pwrite_all
 from ._chunk import next_chunk
@@ -44,6 +39,9 @@ from ._counter_table import CounterTable
 # (1 GiB HTTPS, 16 lanes: 64 KiB 1.81, 256 KiB 1.60, 1 MiB 1.74 CPU s; noisy) and makes every
 # worker touch (own) more of its buffer.
 GATHER = 256 * 1024
+
+# A ``readinto``: fills the start of the view with what has arrived, returns how much.
+_Read = Callable[[memoryview], int]
 
 
 class Attempt(NamedTuple):
@@ -58,17 +56,17 @@ class Attempt(NamedTuple):
 
 class Cancel:
     """Ends a lane from another thread: the lane sees ``stopped`` between two reads, and
-    ``cut`` wakes it from a wait on any of its sockets or from its pacer's sleep."""
+    ``cut`` wakes it from a wait on any of its session's sockets or from its pacer's sleep."""
 
     def __init__(self) -> None:
         self.stopped = False
-        self.sockets = Sockets()
+        self.session = Session()
         self._woken = threading.Event()
 
     def cut(self) -> None:
         self.stopped = True
         self._woken.set()
-        self.sockets.cut()
+        self.session.cut()
 
     def sleep(self, seconds: float) -> None:
         """Sleep, unless (until) the lane is cut."""
@@ -80,8 +78,7 @@ def run_attempt(
 ) -> BlobdlError | None:
     """One attempt, on a thread of a worker process: None for success, else why not."""
     try:
-        with noted_in(cancel.sockets):
-            _fetch(attempt, remote, settings, table, cancel)
+        _fetch(attempt, remote, settings, table, cancel)
     except BlobdlError as exc:
         return exc
     except Exception as exc:  # a bug: report it rather than hang the slot
@@ -92,44 +89,36 @@ def run_attempt(
 def _fetch(
     attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable, cancel: Cancel
 ) -> None:
-    pool = make_pool(settings)
-    lane = _Lane(attempt, table, settings.buffer_size, cancel)
+    filler = _Filler(attempt, table, settings.buffer_size, cancel)
     try:
-        with translate_errors(remote.final_url):
+        with cancel.session.opened(settings, remote) as session:
             if attempt.ranged:
-                _fetch_chunks(lane, pool, remote, attempt.first_chunk)
+                _fetch_chunks(filler, session, remote, attempt.first_chunk)
             else:
-                _fetch_whole(lane, pool, remote)
+                _fetch_whole(filler, session, remote)
     finally:  # the process goes on with other lanes: nothing of this one may linger
-        pool.clear()
-        lane.close()
+        filler.close()
 
 
-def _fetch_chunks(lane: _Lane, pool: PoolManager, remote: Remote, first: int) -> None:
+def _fetch_chunks(filler: _Filler, session: Session, remote: Remote, first: int) -> None:
     """The slot's range as a series of ranged GETs over one keep-alive connection, each
     sized by ``next_chunk`` and published (``asked``) before it is sent."""
-    slot, table = lane.attempt.slot, lane.table
+    slot, table = filler.attempt.slot, filler.table
     pos, chunk, rate, overhead = table.pos(slot), 0, 0.0, 0.0
     while pos < (end := table.end(slot)):
         chunk = next_chunk(chunk, rate, end - pos, first, overhead)
         span = _ask(table, slot, Span(pos, pos + chunk))
         if span.end <= pos:
             return
-        began = time.monotonic()
-        response = open_range(pool, remote, span)
-        # To the status line (the connection idled meanwhile), less setting the connection up.
-        answered = time.monotonic()
-        overhead = answered - max(began, ready_at(response))
+        with session.range(span) as body:
+            pos = filler.stream(body, pos)
+            body.reached(pos)
         # The probe's answer came with no lanes running: a machine busy with its own lanes
         # delays our reading of a status line, but makes no idle connection worth avoiding.
-        overhead = min(overhead, remote.answer_time)
-        try:
-            pos = lane.stream(body_reader(response), pos, span.end, raw_body(response))
-        finally:
-            finish(response, complete=pos == span.end)
+        overhead = min(body.answer_time, remote.answer_time)
         if pos < min(span.end, table.end(slot)):
             raise TruncatedBody(remote.final_url, pos - span.start, span.length)
-        rate = (pos - span.start) / max(time.monotonic() - answered, 1e-6)
+        rate = (pos - span.start) / max(time.monotonic() - body.answered, 1e-6)
 
 
 def _ask(table: CounterTable, slot: int, span: Span) -> Span:
@@ -143,26 +132,23 @@ def _ask(table: CounterTable, slot: int, span: Span) -> Span:
     return span
 
 
-def _fetch_whole(lane: _Lane, pool: PoolManager, remote: Remote) -> None:
+def _fetch_whole(filler: _Filler, session: Session, remote: Remote) -> None:
     """The fallback for servers without ranges: one GET of the whole body."""
-    start = lane.table.pos(lane.attempt.slot)
-    response = open_whole(pool, remote)
-    # Even when the probe learned no size, this response may state its length:
-    # never read past it, and never take a body cut short for the whole blob.
-    length = content_length(response)
-    body_end = start + length if length is not None else -1
-    try:
-        pos = lane.stream(body_reader(response), start, body_end)
-    finally:
-        response.close()
-    final_end = lane.table.end(lane.attempt.slot)
+    slot, table = filler.attempt.slot, filler.table
+    start = table.pos(slot)
+    with session.whole(start) as body:
+        pos = filler.stream(body, start)
+        body.reached(pos)
+    # Even when the probe learned no size, this response may state its length: never take
+    # a body cut short for the whole blob.
+    final_end = table.end(slot)
     if final_end < 0:
-        final_end = body_end
+        final_end = body.stop
     if final_end >= 0 and pos < final_end:
         raise TruncatedBody(remote.final_url, pos - start, final_end - start)
 
 
-class _Lane:
+class _Filler:
     """One lane's hot path: its buffer, its pacer, and the loop that fills the file."""
 
     def __init__(
@@ -180,27 +166,38 @@ class _Lane:
         # The buffer goes with the last view of it (an error's traceback may hold one).
         self.splicer.close()
 
-    def stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None = None) -> int:
-        """Socket -> the file from ``pos``; returns the position reached. Through one reused
-        buffer and pwrite, or, for a ``raw`` body once its buffered bytes are taken, spliced
-        (plain TCP) or gathered (TLS: every record that has arrived, one write).
+    def stream(self, body: RangeBody, pos: int) -> int:
+        """``body`` -> the file from ``pos``; returns the position reached. Through one
+        reused buffer and pwrite, or, for a body that lends its socket once its buffered
+        bytes are taken, spliced (plain TCP) or gathered (TLS: every record that has
+        arrived, one write).
 
-        Stops at ``stop`` (the response's own end; -1: none) or at the slot's end (which may
-        move in at any time; -1: until EOF), whichever comes first, or at EOF."""
-        whole = len(self.buffer)
-        if raw is None or (self.splicer.enabled and not raw.tls):
-            return self._stream(read, pos, stop, raw, whole)
-        with gathering(raw.sock) as gatherer:
-            ahead = pos + raw.buffered if stop < 0 else min(stop, pos + raw.buffered)
-            taken = self._stream(read, pos, ahead, None, whole) if ahead > pos else pos
+        Stops at the body's end (``stop``; -1: none) or at the slot's end (which may move
+        in at any time; -1: until EOF), whichever comes first, or at EOF."""
+        whole, read, stop = len(self.buffer), body.read, body.stop
+        if body.sock is None:
+            return self._stream(read, pos, stop, whole)
+        if self.splicer.enabled and not body.tls:
+            return self._stream(read, pos, stop, whole, body.sock, body.buffered)
+        with body.gathering() as gathered:
+            ahead = pos + body.buffered if stop < 0 else min(stop, pos + body.buffered)
+            taken = self._stream(read, pos, ahead, whole) if ahead > pos else pos
             if taken < ahead:
                 return taken
-            return self._stream(gatherer.read, taken, stop, None, min(GATHER, whole))
+            return self._stream(gathered, taken, stop, min(GATHER, whole))
 
-    def _stream(self, read: Reader, pos: int, stop: int, raw: RawBody | None, size: int) -> int:
-        """``stream``'s loop: at most ``size`` bytes per read and write."""
+    def _stream(
+        self,
+        read: _Read,
+        pos: int,
+        stop: int,
+        size: int,
+        sock: socket.socket | None = None,
+        buffered: int = 0,
+    ) -> int:
+        """``stream``'s loop: at most ``size`` bytes per read and write; from ``sock``, once
+        ``buffered`` bytes are read, spliced."""
         slot, table = self.attempt.slot, self.table
-        buffered = raw.buffered if raw is not None else 0
         while True:
             end = table.end(slot)
             if end < 0 or 0 <= stop < end:
@@ -209,8 +206,8 @@ class _Lane:
             want = self.pacer.limit(want, table.cap(slot))
             if want <= 0 or self.cancel.stopped:
                 return pos
-            if raw is not None and buffered <= 0 and self.splicer.enabled:
-                count = self.splicer.move(raw.sock, self.attempt.fd, pos, want, self.path)
+            if sock is not None and buffered <= 0 and self.splicer.enabled:
+                count = self.splicer.move(sock, self.attempt.fd, pos, want, self.path)
             else:
                 count = self._copy(read, pos, want if buffered <= 0 else min(want, buffered))
                 buffered -= count
@@ -223,7 +220,7 @@ class _Lane:
             if os.getppid() != self.parent:  # orphaned: nobody will ever use these bytes
                 os._exit(1)
 
-    def _copy(self, read: Reader, pos: int, want: int) -> int:
+    def _copy(self, read: _Read, pos: int, want: int) -> int:
         """Read what has arrived (up to ``want``) into the buffer and pwrite it at ``pos``."""
         buffer = self.buffer if want == len(self.buffer) else self.buffer[:want]
         count = read(buffer)  # may be 1 byte

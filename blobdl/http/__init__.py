@@ -2,7 +2,7 @@
 
 URLs (``_urls``), pools with TLS and proxy routes (``_pool``, ``_connections``), one GET as
 we make it (``_request``), the probe (``_probe``), a range's body (``_body``,
-``_socket_reads``), header text (``_headers``), what the probe learned (``_remote``), the
-retry policy (``_retry``) and error translation (``_translate``). Nothing above this layer
-touches urllib3 or http.client.
+``_socket_reads``), a lane's session (``_session``), header text (``_headers``), what the
+probe learned (``_remote``), the retry policy (``_retry``) and error translation
+(``_translate``). Nothing above this layer touches urllib3 or http.client.
 """

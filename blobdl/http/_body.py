@@ -1,12 +1,19 @@
-"""A range's body: the GET, its checks before a byte is read, and how it is read."""
+"""A range's body: ``RangeBody`` sends the GET, checks the answer before a byte is read,
+lends the lane the fastest way to read it, and finishes it.
+
+The lane's speed rests on http.client's internals (its socket file, its buffer, its notion
+of how much body is left); they are used in ``RangeBody`` only.
+"""
 
 from __future__ import annotations
 
 import http.client
 import socket
 import ssl
-from collections.abc import Callable
-from typing import NamedTuple
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
 
 import urllib3
 
@@ -15,6 +22,7 @@ from ..errors import (
     HTTPStatusError,
     RemoteChanged,
 )
+from ._connections import ready_at
 from ._headers import (
     parse_content_range,
     range_header,
@@ -28,7 +36,133 @@ from ._request import (
     retry_after,
     send_get,
 )
+from ._socket_reads import gathering
 from ._span import Span
+
+Reader = Callable[[memoryview], int]
+
+
+class RangeBody:
+    """One GET's body, checked; it ends at ``stop`` of the file (-1: at EOF).
+
+    ``read`` is a ``readinto``-style function that returns as soon as *some* bytes arrived
+    (so progress is visible on slow links) and copies straight into the caller's buffer:
+    for a length-delimited body, the socket file's own ``readinto1``, called with no frame
+    of ours in between. A ranged body also lends its ``sock`` (None: a chunked body, or a
+    connection that is not a socket of ours, such as one through a TLS-in-TLS proxy) for
+    reads past http.client: splice, or ``gathering``; the first ``buffered`` bytes are
+    already in http.client's buffer and must be taken through ``read``, so no byte is
+    skipped or read twice.
+
+    Use it as a context manager, and say where reading stopped (``reached``): on leaving,
+    its connection goes back to the pool when the whole body was read, else it is closed
+    (unread bytes would be read as the next response)."""
+
+    def __init__(self, response: Response, sent: float) -> None:
+        self.answered = time.monotonic()
+        # To the status line (the connection idled meanwhile), less setting the connection up.
+        self.answer_time = self.answered - max(sent, ready_at(response))
+        self.stop = -1
+        self.sock: socket.socket | None = None
+        self.buffered, self.tls = 0, False
+        self._response, self._reached = response, -1
+        inner = getattr(response, "_fp", None)
+        if isinstance(inner, http.client.HTTPResponse) and not inner.chunked and inner.fp:
+            # A length-delimited (or read-to-close) body is the raw stream after the
+            # headers; the caller never asks for more than the body holds.
+            self._inner: http.client.HTTPResponse | None = inner
+            self.read: Reader = inner.fp.readinto1
+        else:  # chunked, or not over http.client; or its body is over already (no fp)
+            self._inner, self.read = None, _decoded_reader(response)
+
+    @classmethod
+    def open(cls, pool: urllib3.PoolManager, remote: Remote, span: Span) -> RangeBody:
+        """GET ``span`` of the pinned remote."""
+        headers = {
+            **base_headers(remote.headers),
+            **_conditional_headers(remote),
+            "Range": range_header(span.start, span.end),
+        }
+        sent = time.monotonic()
+        body = cls(send_get(pool, remote.final_url, headers), sent)
+        with body._closed_on_error():
+            _check_range(remote, span, body._response)
+            body.stop = span.end
+            body._lend_socket()
+        return body
+
+    @classmethod
+    def whole(cls, pool: urllib3.PoolManager, remote: Remote, start: int) -> RangeBody:
+        """GET the whole blob (the fallback for servers without range support), into the
+        file from ``start``; read the ordinary way only."""
+        sent = time.monotonic()
+        body = cls(send_get(pool, remote.final_url, base_headers(remote.headers)), sent)
+        with body._closed_on_error():
+            length = _check_whole(remote, body._response)
+            # Even when the probe learned no size, this response may state its length:
+            # never read past it.
+            body.stop = start + length if length is not None else -1
+        return body
+
+    def reached(self, pos: int) -> None:
+        """Reading stopped at ``pos`` of the file."""
+        self._reached = pos
+
+    @contextmanager
+    def gathering(self) -> Iterator[Reader]:
+        """A reader of every record that has already arrived on ``sock`` (one write per
+        batch, not per TLS record; see ``_socket_reads``), once ``buffered`` is taken."""
+        assert self.sock is not None, "only a body that lends its socket can be gathered"
+        with gathering(self.sock) as gatherer:
+            yield gatherer.read
+
+    def __enter__(self) -> RangeBody:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        inner = self._inner
+        if kind is not None or inner is None or self.stop < 0 or self._reached != self.stop:
+            self._response.close()
+            return
+        # The body was read past http.client's back: tell it the body is over, which frees
+        # the connection for another request (http.client refuses one before that).
+        inner.length = 0
+        inner.read()
+        self._response.release_conn()
+
+    def _lend_socket(self) -> None:
+        sock = getattr(getattr(self._response, "connection", None), "sock", None)
+        if self._inner is None or type(sock) not in (socket.socket, ssl.SSLSocket):
+            return
+        assert isinstance(sock, socket.socket)
+        # http.client's reader may already hold the first body bytes: peek tells how
+        # many (reading once from the socket if it holds none).
+        self.buffered = len(self._inner.fp.peek())
+        self.sock, self.tls = sock, isinstance(sock, ssl.SSLSocket)
+
+    @contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self._response.close()
+            raise
+
+
+def _decoded_reader(response: Response) -> Reader:
+    """A ``readinto``-style function over a body http.client must decode (chunked)."""
+
+    def read_decoded(view: memoryview) -> int:
+        data = response.read1(len(view)) if hasattr(response, "read1") else response.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    return read_decoded
 
 
 def _conditional_headers(remote: Remote) -> dict[str, str]:
@@ -40,23 +174,7 @@ def _conditional_headers(remote: Remote) -> dict[str, str]:
     return {}
 
 
-def open_range(pool: urllib3.PoolManager, remote: Remote, span: Span) -> Response:
-    """GET ``span`` of the pinned remote; the response is checked before a byte is read."""
-    headers = {
-        **base_headers(remote.headers),
-        **_conditional_headers(remote),
-        "Range": range_header(span.start, span.end),
-    }
-    response = send_get(pool, remote.final_url, headers)
-    try:
-        _check_range_response(remote, span, response)
-    except BaseException:
-        response.close()
-        raise
-    return response
-
-
-def _check_range_response(remote: Remote, span: Span, response: Response) -> None:
+def _check_range(remote: Remote, span: Span, response: Response) -> None:
     url = remote.final_url
     if response.status == 412:
         raise RemoteChanged(url, "the pinned validator no longer matches (412)")
@@ -77,86 +195,20 @@ def _check_range_response(remote: Remote, span: Span, response: Response) -> Non
         raise BadResponse(url, f"Content-Length {length} for a {span.length}-byte range")
 
 
+def _check_whole(remote: Remote, response: Response) -> int | None:
+    """The checks of a whole-blob answer; returns the length it states (None: none)."""
+    if response.status != 200:
+        raise HTTPStatusError(response.status, remote.final_url, retry_after(response))
+    require_identity(remote.final_url, response)
+    _check_validators(remote, response)
+    length = content_length(response)
+    if remote.size is not None and length is not None and length != remote.size:
+        raise RemoteChanged(remote.final_url, f"size changed from {remote.size} to {length}")
+    return length
+
+
 def _check_validators(remote: Remote, response: Response) -> None:
     for name, pinned in (("ETag", remote.etag), ("Last-Modified", remote.last_modified)):
         seen = response.headers.get(name)
         if pinned and seen and seen != pinned:
             raise RemoteChanged(remote.final_url, f"{name} changed from {pinned} to {seen}")
-
-
-def open_whole(pool: urllib3.PoolManager, remote: Remote) -> Response:
-    """GET the whole blob (the fallback for servers without range support)."""
-    response = send_get(pool, remote.final_url, base_headers(remote.headers))
-    try:
-        if response.status != 200:
-            raise HTTPStatusError(response.status, remote.final_url, retry_after(response))
-        require_identity(remote.final_url, response)
-        _check_validators(remote, response)
-        length = content_length(response)
-        if remote.size is not None and length is not None and length != remote.size:
-            raise RemoteChanged(remote.final_url, f"size changed from {remote.size} to {length}")
-    except BaseException:
-        response.close()
-        raise
-    return response
-
-
-Reader = Callable[[memoryview], int]
-
-
-def body_reader(response: Response) -> Reader:
-    """A ``readinto``-style function over the body that returns as soon as *some* bytes
-    arrived (so progress is visible on slow links) and copies straight into our buffer."""
-    inner = getattr(response, "_fp", None)
-    sock_file = getattr(inner, "fp", None)
-    if isinstance(inner, http.client.HTTPResponse) and not inner.chunked and sock_file is not None:
-        # A length-delimited (or read-to-close) body is the raw stream after the headers;
-        # the caller never asks for more than the body holds.
-        return sock_file.readinto1  # type: ignore[no-any-return]
-
-    def read_decoded(view: memoryview) -> int:
-        data = response.read1(len(view)) if hasattr(response, "read1") else response.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    return read_decoded
-
-
-def finish(response: Response, complete: bool) -> None:
-    """Done with a ranged response: when its whole body was read, hand its connection back
-    to the pool for the lane's next request; otherwise close it (unread bytes would be
-    read as the next response)."""
-    inner = getattr(response, "_fp", None)
-    if not complete or not isinstance(inner, http.client.HTTPResponse) or inner.chunked:
-        response.close()
-        return
-    # body_reader read the body past http.client's back: tell it the body is over, which
-    # frees the connection for another request (http.client refuses one before that).
-    inner.length = 0
-    inner.read()
-    response.release_conn()
-
-
-class RawBody(NamedTuple):
-    """A length-delimited body read straight off its socket, once ``buffered`` bytes
-    (already read past the headers into http.client's buffer) are taken the ordinary way."""
-
-    sock: socket.socket
-    buffered: int
-    tls: bool  # an ssl.SSLSocket: its bytes must be decrypted (never spliced)
-
-
-def raw_body(response: Response) -> RawBody | None:
-    """The socket under a length-delimited body (None for a chunked or decoded one, or a
-    connection that is not a socket of ours, such as one through a TLS-in-TLS proxy).
-
-    http.client's reader may already hold the first body bytes: ``peek`` tells how many
-    (reading once from the socket if it holds none), so no byte is skipped or read twice."""
-    inner = getattr(response, "_fp", None)
-    sock_file = getattr(inner, "fp", None)
-    sock = getattr(getattr(response, "connection", None), "sock", None)
-    if not isinstance(inner, http.client.HTTPResponse) or inner.chunked or sock_file is None:
-        return None
-    if not isinstance(sock, socket.socket) or type(sock) not in (socket.socket, ssl.SSLSocket):
-        return None
-    return RawBody(sock, len(sock_file.peek()), isinstance(sock, ssl.SSLSocket))
