@@ -17,7 +17,7 @@ from ..events import PartProgress
 from ..http._retry import Retry
 from ..store._resume import PartRecord
 from ._counter_table import CounterTable
-from ._steal import CUT_QUIET, LAG_WINDOW, Lane, Steal
+from ._steal import CUT_QUIET, LAG_WINDOW, LaneView, Steal
 from ._worker import Running
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
@@ -112,13 +112,13 @@ class Parts:
             for p in self
         )
 
-    def lanes(self, now: float) -> list[Lane]:
+    def lanes(self, now: float) -> list[LaneView]:
         """The running parts, as a steal sees them."""
         return [self._lane(p, now) for p in self if p.state == RUNNING]
 
-    def _lane(self, p: Part, now: float) -> Lane:
+    def _lane(self, p: Part, now: float) -> LaneView:
         table, pos = self.table, self.table.pos(p.slot)  # one read: the lane moves meanwhile
-        return Lane(
+        return LaneView(
             p.slot,
             pos,
             table.end(p.slot),

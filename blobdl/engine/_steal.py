@@ -41,7 +41,9 @@ CUT_QUIET = 0.5
 CUT_LONG = 2.0
 
 
-class Lane(NamedTuple):
+class LaneView(NamedTuple):
+    """A running lane as a decision sees it: read at one moment, never updated."""
+
     slot: int  # the lane's slot in the counter table
     pos: int  # next byte it will write
     end: int  # one past its last byte
@@ -63,7 +65,9 @@ class Steal(NamedTuple):
     cut: bool = False  # True: ``at`` is the victim's position and the victim is ended now
 
 
-def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float) -> Steal | None:
+def choose(
+    lanes: Sequence[LaneView], best_rate: float, min_split: int, grace: float
+) -> Steal | None:
     """The steal an idle worker should make, or None if nothing is worth taking.
 
     ``best_rate`` is the rate of the best lane lately; ``grace`` is how long a new attempt
@@ -91,7 +95,7 @@ def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float
     return _cut_long(lanes, grace)
 
 
-def _cut_long(lanes: Sequence[Lane], grace: float) -> Steal | None:
+def _cut_long(lanes: Sequence[LaneView], grace: float) -> Steal | None:
     """Nothing left to split, and a request that would still run for over ``CUT_LONG`` at
     its own body's rate: that lane is cut where it is and the thief starts again from there.
     A request not yet measured (``request_rate`` 0) is not judged: one still waiting for its
@@ -107,7 +111,7 @@ def _cut_long(lanes: Sequence[Lane], grace: float) -> Steal | None:
     return Steal(lane.slot, lane.pos, takeover=True, cut=True)
 
 
-def _in_flight(lane: Lane) -> float:
+def _in_flight(lane: LaneView) -> float:
     """Seconds the lane's current request still has to run at that request's rate (0.0
     while the request is not timed yet)."""
     if lane.request_rate <= 0:
@@ -115,12 +119,12 @@ def _in_flight(lane: Lane) -> float:
     return max(0, _committed(lane) - lane.pos) / lane.request_rate
 
 
-def _committed(lane: Lane) -> int:
+def _committed(lane: LaneView) -> int:
     """Where the lane's current request ends: the bytes up to there are on their way."""
     return min(lane.end, max(lane.pos, lane.asked))
 
 
-def _takeover(lane: Lane, best_rate: float) -> Steal | None:
+def _takeover(lane: LaneView, best_rate: float) -> Steal | None:
     """A slow lane that still moves keeps the request it is in (its bytes are on their way)
     and the thief starts after it; only a lane that has all but stopped is cut."""
     committed = _committed(lane)
