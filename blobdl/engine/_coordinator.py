@@ -29,7 +29,7 @@ from ..errors import RetriesExhausted, Stalled, WorkerCrashed
 from ..events import EventCallback, PartRetried, PartStalled, Progress
 from ..http._pool import prepare_tls
 from ..http._probe import resolve
-from ..http._remote import Remote, require_same
+from ..http._remote import Remote
 from ..http._retry import Retry
 from ..processes._signals import Interrupts
 from ..store._destination import start_writeback
@@ -38,6 +38,7 @@ from . import _failure
 from ._failure import Failure, decide
 from ._lane import Attempt
 from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
+from ._pinned import Pinned
 from ._rates import BEST_DECAY, RateWindow, smoothed
 from ._steal import choose, lagging
 from ._worker import Crew
@@ -70,10 +71,11 @@ class Coordinator:
         tell: EventCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
     ) -> None:
-        self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
+        self.settings, self.fd, self.path = settings, fd, path
         self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
         prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
+        self.pinned = Pinned(remote, lambda url: resolve(url, settings))
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
         self.crew = Crew(settings, self.table)  # forked when the first lane starts
@@ -81,7 +83,6 @@ class Coordinator:
         self.retries = 0
         self.steals = 0
         self.best_rate = 0.0  # the best lane's rate lately (decays when lanes end)
-        self.generation = 0  # bumped each time the remote is re-resolved
         self.fetched = 0
         self.started = 0.0
         self.last_told = 0.0
@@ -100,7 +101,8 @@ class Coordinator:
                 raise
             self._wind_down(failing=False)
         # Without a known size, the blob ends where the single stream reached EOF.
-        size = self.remote.size if self.remote.size is not None else self.table.pos(0)
+        size = self.pinned.remote.size
+        size = size if size is not None else self.table.pos(0)
         received = sum(self.table.received(p.slot) for p in self.parts)
         tally = Tally(self.fetched, received, self.retries, self.parts.planned(), self.steals, size)
         self.table.close()
@@ -190,9 +192,9 @@ class Coordinator:
         self.table.set_asked(part.slot, part.attempt_pos)  # nothing asked yet
         part.state = RUNNING
         self.parts.share(self.settings.limit_rate)  # the newcomer's, and everyone else's smaller
-        part.worker = self.crew.launch(attempt, self.remote)
+        part.worker = self.crew.launch(attempt, self.pinned.remote)
         part.attempts += 1
-        part.generation = self.generation
+        part.generation = self.pinned.generation
         part.last_change = part.launched = part.sampled_at = now
         part.rate = part.moved = 0.0
         part.history.clear()
@@ -222,8 +224,8 @@ class Coordinator:
     def _failed(self, part: Part, error: BaseException) -> None:
         """Ask the policy what now, and do it."""
         pos, end = self.table.pos(part.slot), self.table.end(part.slot)
-        redirected = self.remote.final_url != self.remote.url
-        stale = part.generation < self.generation
+        stale = part.generation < self.pinned.generation
+        redirected = self.pinned.redirected
         facts = Failure(error, pos, end, part.retry, redirected, stale, part.refreshed_at)
         verdict = decide(facts)
         part.retry = verdict.retry
@@ -234,22 +236,13 @@ class Coordinator:
         if verdict.action == _failure.DONE:  # died after its last write: all there
             part.state = DONE
             return
-        if verdict.action == _failure.REFRESH:
-            self._refresh(part, pos)
+        if verdict.action == _failure.REFRESH:  # blocks the loop: rare and short
+            self.pinned.refresh()
+            part.refreshed_at = pos
         part.state, part.not_before = WAITING, time.monotonic() + verdict.delay
         if verdict.action not in (_failure.REFRESH, _failure.AGAIN):
             self.retries += 1
             self._tell(PartRetried(part.slot, part.retry.failures, verdict.delay, str(error)))
-
-    def _refresh(self, part: Part, pos: int) -> None:
-        """A redirected (signed, expiring) URL answered 403/410: resolve the original URL
-        again (it blocks the loop: rare and short); the blob must be the same."""
-        fresh = resolve(self.remote.url, self.settings)
-        require_same(self.remote, fresh)
-        # Probed while lanes run: a late status line is this machine's load (see _lane).
-        fresh = fresh._replace(answer_time=min(fresh.answer_time, self.remote.answer_time))
-        self.remote, part.refreshed_at = fresh, pos
-        self.generation += 1
 
     def _release(self, part: Part) -> None:
         """Forget a finished attempt: count its bytes."""
@@ -349,5 +342,5 @@ class Coordinator:
         done = sum(p.done for p in parts)
         rate, elapsed = self.window.rate(now, done), now - self.started
         active = self.parts.running()
-        total = self.remote.size
+        total = self.pinned.remote.size
         self.tell(Progress(done, total, rate, elapsed, active, self.retries, parts))

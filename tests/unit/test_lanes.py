@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
-from blobdl.engine import _coordinator
 from blobdl.engine._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
 from blobdl.engine._parts import Parts
+from blobdl.engine._pinned import Pinned
 from blobdl.engine._steal import CUT_LONG, LAG_SHARE, LaneView, Steal, choose, lagging
+from blobdl.errors import RemoteChanged
 from blobdl.http._remote import Remote
 from blobdl.http._retry import Retry
 from blobdl.store._resume import PartRecord
@@ -202,13 +201,18 @@ def test_a_cut_ignores_what_the_victim_asked_for() -> None:
     assert (parts.table.end(0), parts.table.start(thief.slot)) == (100, 100)
 
 
-def test_a_refresh_keeps_the_answer_time_the_probe_took_before_any_lane_ran(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_refresh_keeps_the_answer_time_the_probe_took_before_any_lane_ran() -> None:
     """A refresh probes while other lanes run: its late status line is this machine's load,
     not the server's, and must not make every later attempt ask for all of its range."""
-    pinned = Remote("u", "f", 9, True, '"e"', None, None, (), answer_time=0.001)
-    monkeypatch.setattr(_coordinator, "resolve", lambda *_: pinned._replace(answer_time=0.2))
-    coordinator = SimpleNamespace(remote=pinned, settings=None, generation=0)
-    _coordinator.Coordinator._refresh(coordinator, SimpleNamespace(), 0)  # type: ignore[arg-type]
-    assert coordinator.generation == 1 and coordinator.remote.answer_time == 0.001
+    remote = Remote("u", "f", 9, True, '"e"', None, None, (), answer_time=0.001)
+    pinned = Pinned(remote, lambda url: remote._replace(answer_time=0.2))
+    pinned.refresh()
+    assert pinned.generation == 1 and pinned.remote.answer_time == 0.001
+
+
+def test_a_refresh_that_finds_another_blob_keeps_the_pinned_one() -> None:
+    remote = Remote("u", "f", 9, True, '"e"', None, None, ())
+    pinned = Pinned(remote, lambda url: remote._replace(etag='"other"'))
+    with pytest.raises(RemoteChanged):
+        pinned.refresh()
+    assert pinned.generation == 0 and pinned.remote == remote
