@@ -6,7 +6,7 @@ the lanes' result pipes, so a lane that ends, or whose process dies, is noticed 
 every ``WATCH_INTERVAL`` (or ``progress_interval`` when shorter) it samples the shared
 counter table, ends any lane whose part made no progress for ``stall_timeout`` (including
 one still waiting for a status line), and restarts a lane far below its peers
-(``_steal.lagging``) without counting a failure; progress and checkpoints go out every
+(``_steal.laggards``) without counting a failure; progress and checkpoints go out every
 ``progress_interval``. A failed attempt is retried from the part's current offset after
 Ollama's backoff; ``retries`` failures in a row without progress fail the download, and
 every other lane is ended with it.
@@ -39,8 +39,8 @@ from ._failure import Failure, decide
 from ._lane import Attempt
 from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
 from ._pinned import Pinned
-from ._rates import BEST_DECAY, RateWindow, smoothed
-from ._steal import choose, lagging
+from ._rates import BestRate, Pace, RateWindow
+from ._steal import choose, laggards
 from ._worker import Crew
 
 log = logging.getLogger("blobdl")
@@ -82,7 +82,7 @@ class Coordinator:
         self.last_checkpoint = 0.0
         self.retries = 0
         self.steals = 0
-        self.best_rate = 0.0  # the best lane's rate lately (decays when lanes end)
+        self.best = BestRate()  # the best lane's rate lately: a slow lane's yardstick
         self.fetched = 0
         self.started = 0.0
         self.last_told = 0.0
@@ -169,7 +169,7 @@ class Coordinator:
             return False
         grace = 2 * self.settings.progress_interval
         lanes = self.parts.lanes(now)
-        decision = choose(lanes, self.best_rate, self.settings.min_steal_size, grace)
+        decision = choose(lanes, self.best.value, self.settings.min_steal_size, grace)
         if decision is None or (decision.cut and not self._waiting(self.parts[decision.victim])):
             return False
         thief = self.parts.split(decision)
@@ -188,18 +188,14 @@ class Coordinator:
         first = self.settings.min_steal_size if self.settings.steal else MAX_BYTES
         attempt = Attempt(part.slot, self.ranged, first, self.fd, self.path)
         # Read before the launch: the lane may write its first bytes before launch returns.
-        part.attempt_pos = part.last_pos = self.table.pos(part.slot)
-        self.table.set_asked(part.slot, part.attempt_pos)  # nothing asked yet
+        pos = self.table.pos(part.slot)
+        self.table.set_asked(part.slot, pos)  # nothing asked yet
         part.state = RUNNING
         self.parts.share(self.settings.limit_rate)  # the newcomer's, and everyone else's smaller
         part.worker = self.crew.launch(attempt, self.pinned.remote)
         part.attempts += 1
         part.generation = self.pinned.generation
-        part.last_change = part.launched = part.sampled_at = now
-        part.rate = part.moved = 0.0
-        part.history.clear()
-        part.history.append((now, part.attempt_pos))
-        part.request_end = -1  # a new attempt's first request, even if it asks the same end
+        part.pace = Pace(now, pos)
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -210,16 +206,10 @@ class Coordinator:
         self._release(part)
         if error is None and self.parts.complete(part):
             part.state = DONE
-            self._remember_rate(part)
+            # A lane that finished between two samples still shows what a good lane does.
+            self.best.saw(part.pace.overall(time.monotonic(), self.table.pos(part.slot)))
         else:
             self._failed(part, error or WorkerCrashed(0))
-
-    def _remember_rate(self, part: Part) -> None:
-        """A lane that finished between two samples still shows what a good lane does."""
-        seconds = time.monotonic() - part.launched
-        if seconds > 0:
-            fetched = self.table.pos(part.slot) - part.attempt_pos
-            self.best_rate = max(self.best_rate, fetched / seconds)
 
     def _failed(self, part: Part, error: BaseException) -> None:
         """Ask the policy what now, and do it."""
@@ -246,7 +236,7 @@ class Coordinator:
 
     def _release(self, part: Part) -> None:
         """Forget a finished attempt: count its bytes."""
-        self.fetched += max(0, self.table.pos(part.slot) - part.attempt_pos)
+        self.fetched += max(0, self.table.pos(part.slot) - part.pace.origin)
         part.worker = None
 
     # --- sampling, stalls, shutdown ---------------------------------------------------------
@@ -255,19 +245,10 @@ class Coordinator:
         self.parts.share(self.settings.limit_rate)
         told = now - self.last_told >= self.settings.progress_interval
         if told:
-            self.best_rate *= BEST_DECAY  # forget lanes that have ended, slowly
+            self.best.fade()
         for part in self.parts:
-            if part.state != RUNNING:
-                continue
-            pos = self.table.pos(part.slot)
-            self._rate(part, pos, now)
-            self.parts.sample(part, now, pos)
-            if pos != part.last_pos:
-                part.last_pos, part.last_change = pos, now
-            elif now - part.last_change >= self.settings.stall_timeout:
-                self._kill(part)
-                self._tell(PartStalled(part.slot, now - part.last_change))
-                self._failed(part, Stalled(self.settings.stall_timeout))
+            if part.state == RUNNING:
+                self._watch(part, now)
         self._restart_lagging(now)
         start_writeback(self.fd)  # the disk works while the network does (see there)
         if now - self.last_checkpoint >= self.settings.checkpoint_interval:
@@ -277,18 +258,27 @@ class Coordinator:
             self.last_told = now
             self._tell_progress(now)
 
+    def _watch(self, part: Part, now: float) -> None:
+        """Sample a running lane; end it if it made no progress for ``stall_timeout``."""
+        self.parts.observe(part, now)
+        self.best.saw(part.pace.rate)
+        quiet = part.pace.quiet(now)
+        if quiet >= self.settings.stall_timeout:  # > 0: a lane that just moved is not quiet
+            self._kill(part)
+            self._tell(PartStalled(part.slot, quiet))
+            self._failed(part, Stalled(self.settings.stall_timeout))
+
     def _restart_lagging(self, now: float) -> None:
-        """Restart a lane far below its peers' median (over the last LAG_WINDOW), on a new
-        connection from where it is, without waiting for a worker to go idle. It is no
-        failure: the retry budget is untouched (the stall timeout still decides what
-        fails), and a part is restarted again only after it made progress."""
+        """Restart a lane far below its peers (``_steal.laggards``) on a new connection from
+        where it is, without waiting for a worker to go idle. It is no failure: the retry
+        budget is untouched (the stall timeout still decides what fails), and a part is
+        restarted again only after it made progress."""
         if not self.ranged:  # one stream, nothing to compare it with
             return
         grace = max(LAG_GRACE, 2 * min(self.settings.progress_interval, WATCH_INTERVAL))
-        peers = [p for p in self.parts if p.state == RUNNING and now - p.launched >= grace]
-        rates = [p.moved for p in peers]
-        for part in peers:
-            if not lagging(part.moved, rates) or not self._waiting(part):
+        for lane in laggards(self.parts.lanes(now), grace):
+            part = self.parts[lane.slot]
+            if not self._waiting(part):
                 continue
             pos = self.table.pos(part.slot)
             if pos <= part.restarted_at:
@@ -298,15 +288,6 @@ class Coordinator:
             part.restarted_at = pos
             self.steals += 1  # the lane's range is taken over by a new connection
             self._launch(part, now)
-
-    def _rate(self, part: Part, pos: int, now: float) -> None:
-        """Smooth the lane's rate over samples; remember the best lane's rate."""
-        if now <= part.sampled_at:
-            return
-        first = part.sampled_at == part.launched
-        part.rate = smoothed(part.rate, pos - part.last_pos, now - part.sampled_at, first)
-        part.sampled_at = now
-        self.best_rate = max(self.best_rate, part.rate)
 
     @staticmethod
     def _waiting(part: Part) -> bool:

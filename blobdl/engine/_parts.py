@@ -2,14 +2,13 @@
 
 Each part is one slot of the shared counter table (where it starts, how far it got, where
 it ends) plus what only the coordinator needs to know about it: its state, attempts, retry
-policy, running worker and rate. ``Parts`` reads and writes both together: the records a
-checkpoint saves, the progress a caller sees, the lanes a steal chooses among, and the
-split a steal makes. When to launch, retry or steal is the coordinator's to decide.
+policy, running worker, and how fast its running attempt moves (a ``_rates.Pace``).
+``Parts`` reads and writes both together: the samples, the records a checkpoint saves, the
+progress a caller sees, the lanes a steal chooses among, and the split a steal makes. When to launch, retry or steal is the coordinator's to decide.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +16,8 @@ from ..events import PartProgress
 from ..http._retry import Retry
 from ..store._resume import PartRecord
 from ._counter_table import CounterTable
-from ._steal import CUT_QUIET, LAG_WINDOW, LaneView, Steal
+from ._rates import Pace
+from ._steal import CUT_QUIET, LaneView, Steal
 from ._worker import Running
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
@@ -40,18 +40,8 @@ class Part:
     refreshed_at: int | None = None  # position when this part last had the URL refreshed
     not_before: float = 0.0  # earliest time of the next attempt (backoff)
     worker: Running | None = None  # the running attempt (a lane in a worker process)
-    attempt_pos: int = 0  # position when the running attempt started
-    last_pos: int = 0  # position at the last sample
-    last_change: float = 0.0  # when the position last moved (or the attempt started)
-    launched: float = 0.0  # when the running attempt started
-    rate: float = 0.0  # bytes/s of the running attempt, smoothed over samples
-    sampled_at: float = 0.0  # when ``rate`` was last updated
-    moved: float = 0.0  # bytes/s over the last LAG_WINDOW seconds
-    history: deque[tuple[float, int]] = field(default_factory=deque)  # (time, pos) samples
+    pace: Pace = field(default_factory=lambda: Pace(0.0, 0))  # the running attempt's
     restarted_at: int = -1  # position when the part was last restarted for lagging
-    request_end: int = -1  # the current request's end (``asked``) as last sampled; -1: none
-    body_at: float = -1.0  # when a sample first saw that request's bytes; -1: not yet
-    body_pos: int = 0  # position at the request's first sample, then at ``body_at``
 
 
 class Parts:
@@ -112,22 +102,27 @@ class Parts:
             for p in self
         )
 
-    def lanes(self, now: float) -> list[LaneView]:
-        """The running parts, as a steal sees them."""
-        return [self._lane(p, now) for p in self if p.state == RUNNING]
+    def observe(self, part: Part, now: float) -> None:
+        """Sample the running ``part`` where its lane is now."""
+        part.pace.observe(now, self.table.pos(part.slot), self.table.asked(part.slot))
 
-    def _lane(self, p: Part, now: float) -> LaneView:
-        table, pos = self.table, self.table.pos(p.slot)  # one read: the lane moves meanwhile
+    def lanes(self, now: float) -> list[LaneView]:
+        """The running parts, as a steal or lag decision sees them."""
+        return [self._view(p, now) for p in self if p.state == RUNNING]
+
+    def _view(self, p: Part, now: float) -> LaneView:
+        table, pos, pace = self.table, self.table.pos(p.slot), p.pace  # one read of pos
         return LaneView(
             p.slot,
             pos,
             table.end(p.slot),
-            p.rate,
-            now - p.launched,
+            pace.rate,
+            pace.age(now),
             not p.took_over,
             table.asked(p.slot),
-            now - p.last_change,
-            _request_rate(p, pos, now),
+            pace.quiet(now),
+            pace.request_rate(now, pos, settle=CUT_QUIET),
+            pace.recent,
         )
 
     def split(self, steal: Steal) -> Part:
@@ -146,21 +141,6 @@ class Parts:
         thief.stolen, thief.took_over = True, steal.takeover
         return thief
 
-    def sample(self, part: Part, now: float, pos: int) -> None:
-        """Remember where the lane is now; ``moved`` becomes its rate over the last
-        ``LAG_WINDOW`` seconds (or since the attempt started, when that is shorter)."""
-        asked = self.table.asked(part.slot)
-        if asked != part.request_end:  # a new request: time its body from its first bytes
-            part.request_end, part.body_at, part.body_pos = asked, -1.0, pos
-        elif part.body_at < 0 and pos > part.body_pos:
-            part.body_at, part.body_pos = now, pos
-        history = part.history
-        history.append((now, pos))
-        while len(history) > 2 and now - history[1][0] >= LAG_WINDOW:
-            history.popleft()
-        then, before = history[0]
-        part.moved = (pos - before) / (now - then) if now > then else 0.0
-
     def share(self, limit_rate: int | None) -> None:
         """Split ``limit_rate`` evenly among the running workers (they pace themselves)."""
         if limit_rate is None:
@@ -176,11 +156,3 @@ class Parts:
         self.table.set_end(part.slot, end)
         self._parts.append(part)
         return part
-
-
-def _request_rate(part: Part, pos: int, now: float) -> float:
-    """Bytes/s of the current request's body since a sample first saw it move; 0 until
-    that was ``CUT_QUIET`` ago."""
-    if part.body_at < 0 or now - part.body_at < CUT_QUIET:
-        return 0.0
-    return (pos - part.body_pos) / (now - part.body_at)

@@ -13,8 +13,11 @@ that still moves keeps what it asked for. Only a lane that has all but stopped (
 once nothing is left to split, a lane whose request would still run for over ``CUT_LONG``
 at the rate its body has come in. The coordinator cuts only a lane whose thread waits on
 the network: its socket holds nothing unread, so the waste is what was still on its way.
-``lagging`` is the other verdict on slow lanes: one far below its peers is restarted even
+``laggards`` is the other verdict on slow lanes: one far below its peers is restarted even
 when no worker is idle.
+
+Both decide over ``LaneView``s: snapshots of the running lanes, taken by ``_parts`` from
+the counter table and each attempt's ``_rates.Pace``.
 """
 
 from __future__ import annotations
@@ -25,12 +28,9 @@ from typing import NamedTuple
 
 # A lane this many times slower than the best one is worth replacing with a new connection.
 SLOW_FACTOR = 4.0
-# A lane under this share of its peers' median rate, both over the last LAG_WINDOW seconds,
+# A lane under this share of its peers' median rate, both over the last _rates.LAG_WINDOW,
 # is restarted without waiting for an idle worker (Ollama restarts a stream below 10 %).
-# The window, not a single sample, keeps a bursty server's pauses from looking like lag
-# (measured, silent lane at 256 MiB: 0.15 s 1.04-1.07x the plain case, 0.2 s 1.09-1.11x).
 LAG_SHARE = 0.1
-LAG_WINDOW = 0.15
 # A cut throws away what is in flight: only a lane quiet this long is cut (a new lane still
 # waiting for its first bytes on a loaded machine is not; its request may be on its way).
 CUT_QUIET = 0.5
@@ -56,6 +56,7 @@ class LaneView(NamedTuple):
     # 0 until that is CUT_QUIET old (the smoothed ``rate`` sags while a lane waits for a
     # status line, and one sample of a bursty server says little about a request's rest)
     request_rate: float = 0.0
+    recent: float = 0.0  # bytes/s over the last _rates.LAG_WINDOW seconds
 
 
 class Steal(NamedTuple):
@@ -135,8 +136,16 @@ def _takeover(lane: LaneView, best_rate: float) -> Steal | None:
     return Steal(lane.slot, committed, takeover=True)
 
 
+def laggards(lanes: Sequence[LaneView], grace: float) -> list[LaneView]:
+    """The lanes far below their peers' median, in the order given: the peers are the lanes
+    that have run for ``grace`` (a new attempt is still connecting), each judged among them."""
+    peers = [lane for lane in lanes if lane.age >= grace]
+    rates = [lane.recent for lane in peers]
+    return [lane for lane in peers if lagging(lane.recent, rates)]
+
+
 def lagging(rate: float, peers: Sequence[float]) -> bool:
-    """Whether a lane moving at ``rate`` (bytes/s over the last LAG_WINDOW) is far below the
+    """Whether a lane moving at ``rate`` (bytes/s over the last _rates.LAG_WINDOW) is far below the
     median of its ``peers`` (the running lanes past their grace, itself included)."""
     if len(peers) < 2:
         return False

@@ -7,7 +7,7 @@ import pytest
 from blobdl.engine._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
 from blobdl.engine._parts import Parts
 from blobdl.engine._pinned import Pinned
-from blobdl.engine._steal import CUT_LONG, LAG_SHARE, LaneView, Steal, choose, lagging
+from blobdl.engine._steal import CUT_LONG, LAG_SHARE, LaneView, Steal, choose, laggards, lagging
 from blobdl.errors import RemoteChanged
 from blobdl.http._remote import Remote
 from blobdl.http._retry import Retry
@@ -73,6 +73,17 @@ def test_a_slow_to_answer_server_gets_longer_chunks(
 )
 def test_lagging_verdict(rate: float, peers: list[float], expected: bool) -> None:
     assert lagging(rate, peers) is expected
+
+
+def test_laggards_are_judged_among_the_lanes_past_their_grace() -> None:
+    lanes = [
+        LaneView(0, 0, 100, 8e6, 5.0, recent=8e6),
+        LaneView(1, 100, 200, 8e6, 5.0, recent=0.1e6),  # far below the others
+        LaneView(2, 200, 300, 0.0, 0.1, recent=0.0),  # still connecting: no peer, not judged
+        LaneView(3, 300, 400, 8e6, 5.0, recent=8e6),
+    ]
+    assert [lane.slot for lane in laggards(lanes, grace=0.5)] == [1]
+    assert laggards(lanes[1:3], grace=0.5) == []  # one lane past its grace: no peers
 
 
 FAST = 8e6
