@@ -200,7 +200,8 @@ class Coordinator:
         """Ask the policy what now, and do it."""
         pos, end = self.table.pos(part.slot), self.table.end(part.slot)
         pinned = self.pinned
-        verdict = decide(part.failure(error, pos, end, pinned.redirected, pinned.generation))
+        facts = part.failure(error, pos, end, pinned.redirected, pinned.generation)
+        verdict = decide(facts)
         if verdict.action == _failure.FAIL:
             raise error
         if verdict.action == _failure.EXHAUSTED:
@@ -237,7 +238,7 @@ class Coordinator:
 
     def _watch(self, part: Part, now: float) -> None:
         """Sample a running lane; end it if it made no progress for ``stall_timeout``."""
-        self.parts.observe(part, now)
+        self.parts.sample(part, now)
         self.best.saw(part.pace.rate)
         quiet = part.pace.quiet(now)
         if quiet >= self.settings.stall_timeout:  # > 0: a lane that just moved is not quiet

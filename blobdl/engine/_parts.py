@@ -227,7 +227,7 @@ class Parts:
         self.table.set_asked(part.slot, pos)
         return pos
 
-    def observe(self, part: Part, now: float) -> None:
+    def sample(self, part: Part, now: float) -> None:
         """Sample the running ``part`` where its lane is now."""
         part.observe(now, self.table.pos(part.slot), self.table.asked(part.slot))
 
