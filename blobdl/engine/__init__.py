@@ -6,4 +6,6 @@ threads, samples the ``_counter_table`` they write, and acts on pure decisions: 
 (``_plan``), a request's size (``_chunk``), what to steal (``_steal``), what to do after a
 failure (``_failure``). ``_parts`` keeps each part's record and measurements; ``_lane`` is the
 hot loop that moves one range's bytes into the file; ``_hasher`` follows it with sha256.
+Every rate the coordinator acts on is measured in ``_rates``; ``_pinned`` holds the remote
+every lane fetches from, and refreshes its URL when a signed one expires.
 """

@@ -1,19 +1,30 @@
-"""The coordinator: starts lanes, samples their counters, detects stalls, reassigns work.
+"""The coordinator: runs one download's parts as lanes, watches them, and decides when to act.
 
-It runs in the calling process. Each attempt at a part is a lane (``_lane.run_attempt``)
-on a thread of one of the crew's forked worker processes (``_worker``). The loop waits on
-the lanes' result pipes, so a lane that ends, or whose process dies, is noticed at once;
-every ``WATCH_INTERVAL`` (or ``progress_interval`` when shorter) it samples the shared
-counter table, ends any lane whose part made no progress for ``stall_timeout`` (including
-one still waiting for a status line), and restarts a lane far below its peers
-(``_steal.lagging``) without counting a failure; progress and checkpoints go out every
-``progress_interval``. A failed attempt is retried from the part's current offset after
-Ollama's backoff; ``retries`` failures in a row without progress fail the download, and
-every other lane is ended with it.
+It runs in the calling process. One download, in the order of the code below:
 
-The coordinator decides *when*; the rest lives beside it: the parts and their table in
-``_parts``, the worker processes and their lanes in ``_worker``, what to do after a failure in
-``_failure.decide``, what to steal in ``_steal.choose``, and the rates in ``_rates``.
+- ``run`` loops (``_loop``) until every part is done. ``_launch_ready`` starts each pending
+  part, and each waiting one whose backoff is over, up to ``connections``; a connection
+  left idle steals (``_steal.choose`` picks, ``Parts.split`` cuts). ``_launch`` starts a
+  lane (``_lane.run_attempt``) on a thread of a forked worker process (``_worker``), and
+  the part measures the attempt from there (``Part.start_attempt``).
+- The loop waits on the lanes' result pipes, so a lane that ends, or whose process dies, is
+  noticed at once (``_finish``): its part is done, or ``_failed`` asks ``_failure.decide``
+  what now. A final error fails the download, and so do ``retries`` failures in a row
+  without progress (every other lane ends with it); any other failure is retried from the
+  part's offset after Ollama's backoff, once an expired signed URL is refreshed
+  (``_pinned``).
+- Every ``WATCH_INTERVAL`` (or ``progress_interval`` when shorter) ``_sample`` measures
+  each lane (``Part.observe``, the rates in ``_rates``), ends one that made no progress for
+  ``stall_timeout`` (even one still waiting for a status line), and restarts one far below
+  its peers (``_steal.laggards``) without counting a failure. Checkpoints go out every
+  ``checkpoint_interval``, progress every ``progress_interval``.
+- ``_wind_down`` reaps the workers and saves the last checkpoint; ``run`` returns what the
+  parts did (``Parts.tally``).
+
+The coordinator decides *when*; the rest lives beside it: each part's record, measurements
+and counter-table slot in ``_parts``, the workers in ``_worker``, the lane in ``_lane``,
+what to do after a failure in ``_failure``, what to steal and what lags in ``_steal``, the
+rates in ``_rates``, the remote and its refresh in ``_pinned``.
 """
 
 from __future__ import annotations
@@ -22,39 +33,30 @@ import logging
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import wait
-from typing import NamedTuple
 
 from ..config import MAX_BYTES, Settings
 from ..errors import RetriesExhausted, Stalled, WorkerCrashed
-from ..events import EventCallback, PartRetried, PartStalled, Progress
+from ..events import EventCallback, PartRetried, PartStalled
 from ..http._pool import prepare_tls
 from ..http._probe import resolve
-from ..http._remote import Remote, require_same
+from ..http._remote import Remote
 from ..http._retry import Retry
 from ..processes._signals import Interrupts
 from ..store._destination import start_writeback
 from ..store._resume import CheckpointCallback, PartRecord
 from . import _failure
-from ._failure import Failure, decide
+from ._failure import decide
 from ._lane import Attempt
-from ._parts import DONE, PENDING, RUNNING, WAITING, Part, Parts
-from ._rates import BEST_DECAY, RateWindow, smoothed
-from ._steal import choose, lagging
+from ._parts import RUNNING, WAITING, Part, Parts, Tally
+from ._pinned import Pinned
+from ._rates import BestRate, RateWindow
+from ._steal import choose, laggards
 from ._worker import Crew
 
 log = logging.getLogger("blobdl")
 
 WATCH_INTERVAL = 0.1  # seconds between two looks at the lanes' counters (at most)
 LAG_GRACE = 0.5  # seconds a new attempt has (connection, first byte) before it can lag
-
-
-class Tally(NamedTuple):
-    bytes_fetched: int  # bytes written over all attempts (refetches included)
-    bytes_received: int  # body bytes read off the wire over all attempts, kept or not
-    retries: int  # failed attempts that were retried
-    parts: int  # parts the blob was cut into
-    steals: int  # ranges taken over from slow lanes or split off large ones
-    final_size: int  # bytes in the file (the size learned at EOF when unknown upfront)
 
 
 class Coordinator:
@@ -70,28 +72,22 @@ class Coordinator:
         tell: EventCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
     ) -> None:
-        self.remote, self.settings, self.fd, self.path = remote, settings, fd, path
+        self.settings, self.fd, self.path = settings, fd, path
         self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
         prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
+        self.pinned = Pinned(remote, lambda url: resolve(url, settings))
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
         self.crew = Crew(settings, self.table)  # forked when the first lane starts
-        self.last_checkpoint = 0.0
-        self.retries = 0
-        self.steals = 0
-        self.best_rate = 0.0  # the best lane's rate lately (decays when lanes end)
-        self.generation = 0  # bumped each time the remote is re-resolved
-        self.fetched = 0
-        self.started = 0.0
-        self.last_told = 0.0
-        self.window = RateWindow(0.0, 0)
+        self.best = BestRate()  # the best lane's rate lately: a slow lane's yardstick
+        self.window = RateWindow(0.0, 0)  # the download's rate, for progress
+        self.last_checkpoint = self.last_told = 0.0
 
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> Tally:
-        self.started = time.monotonic()
-        self.window = RateWindow(self.started, self.parts.done())
+        self.window = RateWindow(time.monotonic(), self.parts.done())
         with Interrupts() as self.interrupts:
             try:
                 self._loop()
@@ -99,10 +95,7 @@ class Coordinator:
                 self._wind_down(failing=True)
                 raise
             self._wind_down(failing=False)
-        # Without a known size, the blob ends where the single stream reached EOF.
-        size = self.remote.size if self.remote.size is not None else self.table.pos(0)
-        received = sum(self.table.received(p.slot) for p in self.parts)
-        tally = Tally(self.fetched, received, self.retries, self.parts.planned(), self.steals, size)
+        tally = self.parts.tally(self.pinned.remote.size)
         self.table.close()
         return tally
 
@@ -132,7 +125,7 @@ class Coordinator:
         error is on its way out, neither step may replace it (a raising callback, a full
         disk): they are reported in a warning instead."""
         try:
-            self._stop_all()
+            self.parts.stop()
         finally:
             self.crew.stop()
         for step in (self._checkpoint, lambda: self._tell_progress(time.monotonic())):
@@ -155,7 +148,7 @@ class Coordinator:
         for part in self.parts:
             if running >= self.settings.connections:
                 return
-            if part.state == PENDING or (part.state == WAITING and part.not_before <= now):
+            if part.may_start(now):
                 self._launch(part, now)
                 running += 1
         while running < self.settings.connections and self._steal(now):
@@ -167,37 +160,27 @@ class Coordinator:
             return False
         grace = 2 * self.settings.progress_interval
         lanes = self.parts.lanes(now)
-        decision = choose(lanes, self.best_rate, self.settings.min_steal_size, grace)
-        if decision is None or (decision.cut and not self._waiting(self.parts[decision.victim])):
+        decision = choose(lanes, self.best.value, self.settings.min_steal_size, grace)
+        if decision is None:
+            return False
+        victim = self.parts[decision.victim]
+        if decision.cut and not victim.waits_on_network():
             return False
         thief = self.parts.split(decision)
-        self.steals += 1
         if decision.cut:  # a lane that has all but stopped: end it, keep its bytes
-            victim = self.parts[decision.victim]
-            self._kill(victim)
-            victim.state = DONE
+            self.parts.kill(victim)
+            victim.finish()
         self._launch(thief, now)
         return True
 
     def _launch(self, part: Part, now: float) -> None:
-        if not self.ranged:  # without ranges a new attempt starts over
-            self.table.set_pos(part.slot, 0)
+        pos = self.parts.ready(part, over=not self.ranged)  # without ranges: from the start
+        self.parts.share(self.settings.limit_rate, joining=part)  # everyone else's smaller
         # Without stealing nothing moves a lane's end: one request per attempt does.
         first = self.settings.min_steal_size if self.settings.steal else MAX_BYTES
         attempt = Attempt(part.slot, self.ranged, first, self.fd, self.path)
-        # Read before the launch: the lane may write its first bytes before launch returns.
-        part.attempt_pos = part.last_pos = self.table.pos(part.slot)
-        self.table.set_asked(part.slot, part.attempt_pos)  # nothing asked yet
-        part.state = RUNNING
-        self.parts.share(self.settings.limit_rate)  # the newcomer's, and everyone else's smaller
-        part.worker = self.crew.launch(attempt, self.remote)
-        part.attempts += 1
-        part.generation = self.generation
-        part.last_change = part.launched = part.sampled_at = now
-        part.rate = part.moved = 0.0
-        part.history.clear()
-        part.history.append((now, part.attempt_pos))
-        part.request_end = -1  # a new attempt's first request, even if it asks the same end
+        worker = self.crew.launch(attempt, self.pinned.remote)
+        part.start_attempt(now, pos, self.pinned.generation, worker)
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -205,56 +188,34 @@ class Coordinator:
         """A lane ended: collect its result, then mark the part done or retry it."""
         assert part.worker is not None
         error = part.worker.outcome()
-        self._release(part)
+        self.parts.release(part)
         if error is None and self.parts.complete(part):
-            part.state = DONE
-            self._remember_rate(part)
+            part.finish()
+            # A lane that finished between two samples still shows what a good lane does.
+            self.best.saw(part.pace.overall(time.monotonic(), self.table.pos(part.slot)))
         else:
             self._failed(part, error or WorkerCrashed(0))
-
-    def _remember_rate(self, part: Part) -> None:
-        """A lane that finished between two samples still shows what a good lane does."""
-        seconds = time.monotonic() - part.launched
-        if seconds > 0:
-            fetched = self.table.pos(part.slot) - part.attempt_pos
-            self.best_rate = max(self.best_rate, fetched / seconds)
 
     def _failed(self, part: Part, error: BaseException) -> None:
         """Ask the policy what now, and do it."""
         pos, end = self.table.pos(part.slot), self.table.end(part.slot)
-        redirected = self.remote.final_url != self.remote.url
-        stale = part.generation < self.generation
-        facts = Failure(error, pos, end, part.retry, redirected, stale, part.refreshed_at)
+        pinned = self.pinned
+        facts = part.failure(error, pos, end, pinned.redirected, pinned.generation)
         verdict = decide(facts)
-        part.retry = verdict.retry
         if verdict.action == _failure.FAIL:
             raise error
         if verdict.action == _failure.EXHAUSTED:
             raise RetriesExhausted(part.slot, part.start, end, part.attempts, error)
         if verdict.action == _failure.DONE:  # died after its last write: all there
-            part.state = DONE
+            part.finish()
             return
-        if verdict.action == _failure.REFRESH:
-            self._refresh(part, pos)
-        part.state, part.not_before = WAITING, time.monotonic() + verdict.delay
-        if verdict.action not in (_failure.REFRESH, _failure.AGAIN):
-            self.retries += 1
-            self._tell(PartRetried(part.slot, part.retry.failures, verdict.delay, str(error)))
-
-    def _refresh(self, part: Part, pos: int) -> None:
-        """A redirected (signed, expiring) URL answered 403/410: resolve the original URL
-        again (it blocks the loop: rare and short); the blob must be the same."""
-        fresh = resolve(self.remote.url, self.settings)
-        require_same(self.remote, fresh)
-        # Probed while lanes run: a late status line is this machine's load (see _lane).
-        fresh = fresh._replace(answer_time=min(fresh.answer_time, self.remote.answer_time))
-        self.remote, part.refreshed_at = fresh, pos
-        self.generation += 1
-
-    def _release(self, part: Part) -> None:
-        """Forget a finished attempt: count its bytes."""
-        self.fetched += max(0, self.table.pos(part.slot) - part.attempt_pos)
-        part.worker = None
+        if verdict.action == _failure.REFRESH:  # blocks the loop: rare and short
+            pinned.refresh()
+            part.refreshed(pos)
+        part.wait(verdict, time.monotonic())
+        if verdict.action == _failure.RETRY:  # a refresh, or another part's, is no failure
+            failures = verdict.retry.failures
+            self._tell(PartRetried(part.slot, failures, verdict.delay, str(error)))
 
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
@@ -262,19 +223,10 @@ class Coordinator:
         self.parts.share(self.settings.limit_rate)
         told = now - self.last_told >= self.settings.progress_interval
         if told:
-            self.best_rate *= BEST_DECAY  # forget lanes that have ended, slowly
+            self.best.fade()
         for part in self.parts:
-            if part.state != RUNNING:
-                continue
-            pos = self.table.pos(part.slot)
-            self._rate(part, pos, now)
-            self.parts.sample(part, now, pos)
-            if pos != part.last_pos:
-                part.last_pos, part.last_change = pos, now
-            elif now - part.last_change >= self.settings.stall_timeout:
-                self._kill(part)
-                self._tell(PartStalled(part.slot, now - part.last_change))
-                self._failed(part, Stalled(self.settings.stall_timeout))
+            if part.state == RUNNING:
+                self._watch(part, now)
         self._restart_lagging(now)
         start_writeback(self.fd)  # the disk works while the network does (see there)
         if now - self.last_checkpoint >= self.settings.checkpoint_interval:
@@ -284,70 +236,45 @@ class Coordinator:
             self.last_told = now
             self._tell_progress(now)
 
+    def _watch(self, part: Part, now: float) -> None:
+        """Sample a running lane; end it if it made no progress for ``stall_timeout``."""
+        self.parts.sample(part, now)
+        self.best.saw(part.pace.rate)
+        quiet = part.pace.quiet(now)
+        if quiet >= self.settings.stall_timeout:  # > 0: a lane that just moved is not quiet
+            self.parts.kill(part)
+            self._tell(PartStalled(part.slot, quiet))
+            self._failed(part, Stalled(self.settings.stall_timeout))
+
     def _restart_lagging(self, now: float) -> None:
-        """Restart a lane far below its peers' median (over the last LAG_WINDOW), on a new
-        connection from where it is, without waiting for a worker to go idle. It is no
-        failure: the retry budget is untouched (the stall timeout still decides what
-        fails), and a part is restarted again only after it made progress."""
+        """Restart a lane far below its peers (``_steal.laggards``) on a new connection from
+        where it is, without waiting for a worker to go idle. It is no failure: the retry
+        budget is untouched (the stall timeout still decides what fails), and a part is
+        restarted again only after it made progress."""
         if not self.ranged:  # one stream, nothing to compare it with
             return
         grace = max(LAG_GRACE, 2 * min(self.settings.progress_interval, WATCH_INTERVAL))
-        peers = [p for p in self.parts if p.state == RUNNING and now - p.launched >= grace]
-        rates = [p.moved for p in peers]
-        for part in peers:
-            if not lagging(part.moved, rates) or not self._waiting(part):
+        for lane in laggards(self.parts.lanes(now), grace):
+            part = self.parts[lane.slot]
+            if not part.waits_on_network():
                 continue
             pos = self.table.pos(part.slot)
-            if pos <= part.restarted_at:
-                continue  # slow again at once: the range may be slow for everyone
+            if not part.restarting(pos):
+                continue
             log.debug("part %d lags its peers: restarting it at %d", part.slot, pos)
-            self._kill(part)
-            part.restarted_at = pos
-            self.steals += 1  # the lane's range is taken over by a new connection
+            self.parts.kill(part)
             self._launch(part, now)
-
-    def _rate(self, part: Part, pos: int, now: float) -> None:
-        """Smooth the lane's rate over samples; remember the best lane's rate."""
-        if now <= part.sampled_at:
-            return
-        first = part.sampled_at == part.launched
-        part.rate = smoothed(part.rate, pos - part.last_pos, now - part.sampled_at, first)
-        part.sampled_at = now
-        self.best_rate = max(self.best_rate, part.rate)
-
-    @staticmethod
-    def _waiting(part: Part) -> bool:
-        """Cut only a lane whose worker waits on the network (not one starved of CPU)."""
-        return part.worker is not None and part.worker.waiting()
 
     def _checkpoint(self) -> None:
         """Hand the parts' positions to the checkpointer."""
         if self.on_checkpoint is not None and self.ranged:
             self.on_checkpoint(self.parts.records())
 
-    def _kill(self, part: Part) -> None:
-        """End a lane that cannot be trusted to notice by itself (blocked on its socket)."""
-        if part.worker is not None:
-            part.worker.kill()
-        self._release(part)
-
-    def _stop_all(self) -> None:
-        for part in self.parts:
-            if part.worker is not None:
-                self._kill(part)
-                if part.state == RUNNING:
-                    part.state = PENDING
-
     def _tell(self, event: PartRetried | PartStalled) -> None:
         if self.tell is not None:
             self.tell(event)
 
     def _tell_progress(self, now: float) -> None:
-        if self.tell is None:
-            return
-        parts = self.parts.progress()
-        done = sum(p.done for p in parts)
-        rate, elapsed = self.window.rate(now, done), now - self.started
-        active = self.parts.running()
-        total = self.remote.size
-        self.tell(Progress(done, total, rate, elapsed, active, self.retries, parts))
+        if self.tell is not None:
+            size = self.pinned.remote.size
+            self.tell(self.parts.progress(now, self.window, size))

@@ -13,8 +13,11 @@ that still moves keeps what it asked for. Only a lane that has all but stopped (
 once nothing is left to split, a lane whose request would still run for over ``CUT_LONG``
 at the rate its body has come in. The coordinator cuts only a lane whose thread waits on
 the network: its socket holds nothing unread, so the waste is what was still on its way.
-``lagging`` is the other verdict on slow lanes: one far below its peers is restarted even
+``laggards`` is the other verdict on slow lanes: one far below its peers is restarted even
 when no worker is idle.
+
+Both decide over ``LaneView``s: snapshots of the running lanes, taken by ``_parts`` from
+the counter table and each attempt's ``_rates.Pace``.
 """
 
 from __future__ import annotations
@@ -25,12 +28,9 @@ from typing import NamedTuple
 
 # A lane this many times slower than the best one is worth replacing with a new connection.
 SLOW_FACTOR = 4.0
-# A lane under this share of its peers' median rate, both over the last LAG_WINDOW seconds,
+# A lane under this share of its peers' median rate, both over the last _rates.LAG_WINDOW,
 # is restarted without waiting for an idle worker (Ollama restarts a stream below 10 %).
-# The window, not a single sample, keeps a bursty server's pauses from looking like lag
-# (measured, silent lane at 256 MiB: 0.15 s 1.04-1.07x the plain case, 0.2 s 1.09-1.11x).
 LAG_SHARE = 0.1
-LAG_WINDOW = 0.15
 # A cut throws away what is in flight: only a lane quiet this long is cut (a new lane still
 # waiting for its first bytes on a loaded machine is not; its request may be on its way).
 CUT_QUIET = 0.5
@@ -41,7 +41,9 @@ CUT_QUIET = 0.5
 CUT_LONG = 2.0
 
 
-class Lane(NamedTuple):
+class LaneView(NamedTuple):
+    """A running lane as a decision sees it: read at one moment, never updated."""
+
     slot: int  # the lane's slot in the counter table
     pos: int  # next byte it will write
     end: int  # one past its last byte
@@ -54,6 +56,7 @@ class Lane(NamedTuple):
     # 0 until that is CUT_QUIET old (the smoothed ``rate`` sags while a lane waits for a
     # status line, and one sample of a bursty server says little about a request's rest)
     request_rate: float = 0.0
+    recent: float = 0.0  # bytes/s over the last _rates.LAG_WINDOW seconds
 
 
 class Steal(NamedTuple):
@@ -63,7 +66,9 @@ class Steal(NamedTuple):
     cut: bool = False  # True: ``at`` is the victim's position and the victim is ended now
 
 
-def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float) -> Steal | None:
+def choose(
+    lanes: Sequence[LaneView], best_rate: float, min_split: int, grace: float
+) -> Steal | None:
     """The steal an idle worker should make, or None if nothing is worth taking.
 
     ``best_rate`` is the rate of the best lane lately; ``grace`` is how long a new attempt
@@ -91,7 +96,7 @@ def choose(lanes: Sequence[Lane], best_rate: float, min_split: int, grace: float
     return _cut_long(lanes, grace)
 
 
-def _cut_long(lanes: Sequence[Lane], grace: float) -> Steal | None:
+def _cut_long(lanes: Sequence[LaneView], grace: float) -> Steal | None:
     """Nothing left to split, and a request that would still run for over ``CUT_LONG`` at
     its own body's rate: that lane is cut where it is and the thief starts again from there.
     A request not yet measured (``request_rate`` 0) is not judged: one still waiting for its
@@ -107,7 +112,7 @@ def _cut_long(lanes: Sequence[Lane], grace: float) -> Steal | None:
     return Steal(lane.slot, lane.pos, takeover=True, cut=True)
 
 
-def _in_flight(lane: Lane) -> float:
+def _in_flight(lane: LaneView) -> float:
     """Seconds the lane's current request still has to run at that request's rate (0.0
     while the request is not timed yet)."""
     if lane.request_rate <= 0:
@@ -115,12 +120,12 @@ def _in_flight(lane: Lane) -> float:
     return max(0, _committed(lane) - lane.pos) / lane.request_rate
 
 
-def _committed(lane: Lane) -> int:
+def _committed(lane: LaneView) -> int:
     """Where the lane's current request ends: the bytes up to there are on their way."""
     return min(lane.end, max(lane.pos, lane.asked))
 
 
-def _takeover(lane: Lane, best_rate: float) -> Steal | None:
+def _takeover(lane: LaneView, best_rate: float) -> Steal | None:
     """A slow lane that still moves keeps the request it is in (its bytes are on their way)
     and the thief starts after it; only a lane that has all but stopped is cut."""
     committed = _committed(lane)
@@ -131,8 +136,16 @@ def _takeover(lane: Lane, best_rate: float) -> Steal | None:
     return Steal(lane.slot, committed, takeover=True)
 
 
+def laggards(lanes: Sequence[LaneView], grace: float) -> list[LaneView]:
+    """The lanes far below their peers' median, in the order given: the peers are the lanes
+    that have run for ``grace`` (a new attempt is still connecting), each judged among them."""
+    peers = [lane for lane in lanes if lane.age >= grace]
+    rates = [lane.recent for lane in peers]
+    return [lane for lane in peers if lagging(lane.recent, rates)]
+
+
 def lagging(rate: float, peers: Sequence[float]) -> bool:
-    """Whether a lane moving at ``rate`` (bytes/s over the last LAG_WINDOW) is far below the
+    """Whether a lane moving at ``rate`` (bytes/s over the last _rates.LAG_WINDOW) is far below the
     median of its ``peers`` (the running lanes past their grace, itself included)."""
     if len(peers) < 2:
         return False

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from blobdl import Downloader, Progress
 from blobdl.engine._counter_table import CounterTable
-from blobdl.engine._steal import SLOW_FACTOR, Lane, choose
+from blobdl.engine._steal import SLOW_FACTOR, LaneView, choose
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 
@@ -91,21 +91,21 @@ def test_stealing_can_be_turned_off(make: Make, server: ServerHandle, tmp_path: 
 
 
 @st.composite
-def lane_sets(draw: st.DrawFn) -> list[Lane]:
+def lane_sets(draw: st.DrawFn) -> list[LaneView]:
     """Lanes that tile a blob: consecutive [start, end) with a position inside each."""
     lanes, start = [], 0
     for slot in range(draw(st.integers(1, 12))):
         end = start + draw(st.integers(1, 10**7))
         pos = draw(st.integers(start, end))
         rate = draw(st.floats(0, 10**8, allow_nan=False))
-        lanes.append(Lane(slot, pos, end, rate, draw(st.floats(0, 10, allow_nan=False))))
+        lanes.append(LaneView(slot, pos, end, rate, draw(st.floats(0, 10, allow_nan=False))))
         start = end
     return lanes
 
 
 @given(lanes=lane_sets(), best=st.floats(0, 10**8), min_split=st.integers(1, 10**6))
 def test_a_steal_keeps_the_tiling_and_the_byte_count(
-    lanes: list[Lane], best: float, min_split: int
+    lanes: list[LaneView], best: float, min_split: int
 ) -> None:
     table = CounterTable(len(lanes) + 1)
     starts = [0] + [lane.end for lane in lanes[:-1]]
@@ -136,28 +136,28 @@ def test_a_steal_keeps_the_tiling_and_the_byte_count(
 
 
 def test_nothing_is_stolen_from_healthy_lanes_with_little_left() -> None:
-    lanes = [Lane(0, 90, 100, 1e6, 5.0), Lane(1, 195, 200, 1e6, 5.0)]
+    lanes = [LaneView(0, 90, 100, 1e6, 5.0), LaneView(1, 195, 200, 1e6, 5.0)]
     assert choose(lanes, best_rate=1e6, min_split=10, grace=1.0) is None
 
 
 def test_the_slowest_lane_is_taken_over_first() -> None:
     lanes = [
-        Lane(0, 0, 100, 5.0, 5.0),
-        Lane(1, 100, 200, 0.0, 5.0, quiet=1),
-        Lane(2, 200, 300, 1e6, 5),
+        LaneView(0, 0, 100, 5.0, 5.0),
+        LaneView(1, 100, 200, 0.0, 5.0, quiet=1),
+        LaneView(2, 200, 300, 1e6, 5),
     ]
     assert choose(lanes, best_rate=1e6, min_split=10, grace=1.0) == (1, 100, True, True)
 
 
 def test_a_new_lane_gets_time_to_show_its_speed() -> None:
-    lanes = [Lane(0, 0, 100, 0.0, 0.5)]
+    lanes = [LaneView(0, 0, 100, 0.0, 0.5)]
     assert choose(lanes, best_rate=1e6, min_split=60, grace=1.0) is None
 
 
 def test_a_lane_that_replaced_a_slow_one_is_not_replaced_in_turn() -> None:
     """If a range is slow for every connection, taking it over again and again only costs
     new connections; the replacement may still be split."""
-    slow_again = Lane(0, 0, 100, 1.0, 5.0, replaceable=False)
+    slow_again = LaneView(0, 0, 100, 1.0, 5.0, replaceable=False)
     assert choose([slow_again], best_rate=1e6, min_split=60, grace=1.0) is None
     assert choose([slow_again], best_rate=1e6, min_split=10, grace=1.0) == (0, 50, False, False)
 

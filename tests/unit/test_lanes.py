@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
-from blobdl.engine import _coordinator
 from blobdl.engine._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
 from blobdl.engine._parts import Parts
-from blobdl.engine._steal import CUT_LONG, LAG_SHARE, Lane, Steal, choose, lagging
+from blobdl.engine._pinned import Pinned
+from blobdl.engine._steal import CUT_LONG, LAG_SHARE, LaneView, Steal, choose, laggards, lagging
+from blobdl.errors import RemoteChanged
 from blobdl.http._remote import Remote
 from blobdl.http._retry import Retry
 from blobdl.store._resume import PartRecord
@@ -76,6 +75,17 @@ def test_lagging_verdict(rate: float, peers: list[float], expected: bool) -> Non
     assert lagging(rate, peers) is expected
 
 
+def test_laggards_are_judged_among_the_lanes_past_their_grace() -> None:
+    lanes = [
+        LaneView(0, 0, 100, 8e6, 5.0, recent=8e6),
+        LaneView(1, 100, 200, 8e6, 5.0, recent=0.1e6),  # far below the others
+        LaneView(2, 200, 300, 0.0, 0.1, recent=0.0),  # still connecting: no peer, not judged
+        LaneView(3, 300, 400, 8e6, 5.0, recent=8e6),
+    ]
+    assert [lane.slot for lane in laggards(lanes, grace=0.5)] == [1]
+    assert laggards(lanes[1:3], grace=0.5) == []  # one lane past its grace: no peers
+
+
 FAST = 8e6
 
 
@@ -83,43 +93,46 @@ FAST = 8e6
     ("lanes", "expected"),
     [
         # A split starts at or past the end of the victim's request: [80, 100) is on its way.
-        ([Lane(0, 0, 200, FAST, 5.0, asked=100)], Steal(0, 150, False, False)),
+        ([LaneView(0, 0, 200, FAST, 5.0, asked=100)], Steal(0, 150, False, False)),
         # Nothing asked (yet): the split is the middle of what is left.
-        ([Lane(0, 0, 200, FAST, 5.0)], Steal(0, 100, False, False)),
+        ([LaneView(0, 0, 200, FAST, 5.0)], Steal(0, 100, False, False)),
         # All that is left is on its way: nothing to split.
-        ([Lane(0, 0, 200, FAST, 5.0, asked=200)], None),
+        ([LaneView(0, 0, 200, FAST, 5.0, asked=200)], None),
         # A slow lane that still moves keeps its request; the thief starts after it.
         (
-            [Lane(0, 0, 10**6, FAST / 8, 5.0, asked=500), Lane(1, 10**6, 2 * 10**6, FAST, 5.0)],
+            [
+                LaneView(0, 0, 10**6, FAST / 8, 5.0, asked=500),
+                LaneView(1, 10**6, 2 * 10**6, FAST, 5.0),
+            ],
             Steal(0, 500, True, False),
         ),
         # A lane that has all but stopped (under LAG_SHARE of the best) is cut where it is.
         (
             [
-                Lane(0, 0, 10**6, 1000.0, 5.0, asked=10**5, quiet=1.0),
-                Lane(1, 10**6, 2 * 10**6, FAST, 5.0),
+                LaneView(0, 0, 10**6, 1000.0, 5.0, asked=10**5, quiet=1.0),
+                LaneView(1, 10**6, 2 * 10**6, FAST, 5.0),
             ],
             Steal(0, 0, True, True),
         ),
         # ... but not one that has been quiet only briefly: its bytes may be on their way.
         (
             [
-                Lane(0, 0, 10**6, 0.0, 5.0, asked=10**5, quiet=0.1),
-                Lane(1, 10**6, 2 * 10**6, FAST, 5.0),
+                LaneView(0, 0, 10**6, 0.0, 5.0, asked=10**5, quiet=0.1),
+                LaneView(1, 10**6, 2 * 10**6, FAST, 5.0),
             ],
             Steal(0, 10**5, True, False),
         ),
         # A silent lane is cut at its position.
         (
             [
-                Lane(0, 10, 10**6, 0.0, 5.0, asked=10**5, quiet=1.0),
-                Lane(1, 10**6, 2 * 10**6, FAST, 5.0),
+                LaneView(0, 10, 10**6, 0.0, 5.0, asked=10**5, quiet=1.0),
+                LaneView(1, 10**6, 2 * 10**6, FAST, 5.0),
             ],
             Steal(0, 10, True, True),
         ),
     ],
 )
-def test_where_a_steal_cuts(lanes: list[Lane], expected: Steal | None) -> None:
+def test_where_a_steal_cuts(lanes: list[LaneView], expected: Steal | None) -> None:
     assert choose(lanes, best_rate=FAST, min_split=10, grace=1.0) == expected
 
 
@@ -132,46 +145,52 @@ SHORT = int(FAST)  # ... and 1 s
     [
         # Nothing left to split, and one request that would run 3 s more: cut where it is.
         (
-            [Lane(0, 100, 100 + LONG, FAST, 5.0, asked=100 + LONG, request_rate=FAST)],
+            [LaneView(0, 100, 100 + LONG, FAST, 5.0, asked=100 + LONG, request_rate=FAST)],
             Steal(0, 100, True, True),
         ),
         # One that ends within CUT_LONG keeps its request.
-        ([Lane(0, 100, 100 + SHORT, FAST, 5.0, asked=100 + SHORT, request_rate=FAST)], None),
+        ([LaneView(0, 100, 100 + SHORT, FAST, 5.0, asked=100 + SHORT, request_rate=FAST)], None),
         # A range left to split goes first: a split wastes nothing.
         (
             [
-                Lane(0, 0, LONG, FAST, 5.0, asked=LONG, request_rate=FAST),
-                Lane(1, 0, 200, FAST, 5.0),
+                LaneView(0, 0, LONG, FAST, 5.0, asked=LONG, request_rate=FAST),
+                LaneView(1, 0, 200, FAST, 5.0),
             ],
             Steal(1, 100, False, False),
         ),
         # Not a lane that already replaced another, nor one still in its grace.
-        ([Lane(0, 0, LONG, FAST, 5.0, False, asked=LONG, request_rate=FAST)], None),
-        ([Lane(0, 0, LONG, FAST, 0.5, asked=LONG, request_rate=FAST)], None),
+        ([LaneView(0, 0, LONG, FAST, 5.0, False, asked=LONG, request_rate=FAST)], None),
+        ([LaneView(0, 0, LONG, FAST, 0.5, asked=LONG, request_rate=FAST)], None),
         # Judged at its request's own rate, not the smoothed one that sagged while the lane
         # waited for the status line or a bursty server paused: 1 s left, not 8.
-        ([Lane(0, 100, 100 + SHORT, FAST / 8, 5.0, asked=100 + SHORT, request_rate=FAST)], None),
+        (
+            [LaneView(0, 100, 100 + SHORT, FAST / 8, 5.0, asked=100 + SHORT, request_rate=FAST)],
+            None,
+        ),
         # Nor a request not yet measured (still waiting for its first bytes): the quiet cut's.
-        ([Lane(0, 100, 100 + SHORT, 0.0, 5.0, asked=100 + SHORT)], None),
+        ([LaneView(0, 100, 100 + SHORT, 0.0, 5.0, asked=100 + SHORT)], None),
         # The longest of several.
         (
             [
-                Lane(0, 0, LONG, FAST, 5.0, asked=LONG, request_rate=FAST),
-                Lane(1, 0, 2 * LONG, FAST, 5.0, asked=2 * LONG, request_rate=FAST),
+                LaneView(0, 0, LONG, FAST, 5.0, asked=LONG, request_rate=FAST),
+                LaneView(1, 0, 2 * LONG, FAST, 5.0, asked=2 * LONG, request_rate=FAST),
             ],
             Steal(1, 0, True, True),
         ),
     ],
 )
 def test_a_request_that_would_set_the_tail_is_cut_once_nothing_is_left_to_split(
-    lanes: list[Lane], expected: Steal | None
+    lanes: list[LaneView], expected: Steal | None
 ) -> None:
     assert CUT_LONG < 3.0
     assert choose(lanes, best_rate=FAST, min_split=10, grace=1.0) == expected
 
 
 def test_a_slow_lane_whose_rest_is_in_flight_is_left_alone_and_others_split() -> None:
-    lanes = [Lane(0, 0, 500, FAST / 8, 5.0, asked=500), Lane(1, 500, 1500, FAST, 5.0, asked=600)]
+    lanes = [
+        LaneView(0, 0, 500, FAST / 8, 5.0, asked=500),
+        LaneView(1, 500, 1500, FAST, 5.0, asked=600),
+    ]
     assert FAST / 8 >= LAG_SHARE * FAST  # slow, but it moves: its last bytes are on their way
     assert choose(lanes, best_rate=FAST, min_split=10, grace=1.0) == Steal(1, 1050, False)
 
@@ -193,13 +212,18 @@ def test_a_cut_ignores_what_the_victim_asked_for() -> None:
     assert (parts.table.end(0), parts.table.start(thief.slot)) == (100, 100)
 
 
-def test_a_refresh_keeps_the_answer_time_the_probe_took_before_any_lane_ran(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_refresh_keeps_the_answer_time_the_probe_took_before_any_lane_ran() -> None:
     """A refresh probes while other lanes run: its late status line is this machine's load,
     not the server's, and must not make every later attempt ask for all of its range."""
-    pinned = Remote("u", "f", 9, True, '"e"', None, None, (), answer_time=0.001)
-    monkeypatch.setattr(_coordinator, "resolve", lambda *_: pinned._replace(answer_time=0.2))
-    coordinator = SimpleNamespace(remote=pinned, settings=None, generation=0)
-    _coordinator.Coordinator._refresh(coordinator, SimpleNamespace(), 0)  # type: ignore[arg-type]
-    assert coordinator.generation == 1 and coordinator.remote.answer_time == 0.001
+    remote = Remote("u", "f", 9, True, '"e"', None, None, (), answer_time=0.001)
+    pinned = Pinned(remote, lambda url: remote._replace(answer_time=0.2))
+    pinned.refresh()
+    assert pinned.generation == 1 and pinned.remote.answer_time == 0.001
+
+
+def test_a_refresh_that_finds_another_blob_keeps_the_pinned_one() -> None:
+    remote = Remote("u", "f", 9, True, '"e"', None, None, ())
+    pinned = Pinned(remote, lambda url: remote._replace(etag='"other"'))
+    with pytest.raises(RemoteChanged):
+        pinned.refresh()
+    assert pinned.generation == 0 and pinned.remote == remote
