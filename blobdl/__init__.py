@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from ._version import __version__
 from .batch._scheduler import BatchEvent, Item, ItemResult, download_many, parse_manifest
 from .config import Settings, parse_size
@@ -93,3 +95,7 @@ __all__ = [
     "parse_size",
     "pull",
 ]
+
+# A library's records are its caller's to show: without a handler of the caller's own, Python's
+# last-resort handler would print blobdl's warnings on stderr (urllib3 and s3transfer do this too).
+logging.getLogger(__name__).addHandler(logging.NullHandler())

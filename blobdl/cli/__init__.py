@@ -1,6 +1,7 @@
 """The command line: argument parsing, progress display and exit codes. No download logic.
 
-``blobdl URL`` and ``blobdl -i MANIFEST`` are here; ``blobdl pull REF`` is ``_pull``; the
+``blobdl URL`` and ``blobdl -i MANIFEST`` (the download, a command without a name) are here;
+every named command is one entry of ``COMMANDS`` (``blobdl pull REF`` is ``_pull``). The
 parser and the settings it yields are ``_args``; what is shown is ``_display``.
 """
 
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from .._redact import redact_url
 from ..batch._scheduler import ItemResult, download_many, parse_manifest
@@ -19,14 +21,36 @@ from ._args import build_parser, settings_from
 from ._display import Display, display_for, fail, json_line, say, show_warnings
 from ._pull import main as pull_main
 
-__all__ = ["build_parser", "main", "run", "settings_from"]
+__all__ = ["COMMANDS", "Command", "build_parser", "main", "run", "settings_from"]
+
+
+class Command(NamedTuple):
+    """A named command, ``blobdl NAME ...``."""
+
+    usage: str  # what follows "blobdl" in its line of `blobdl --help`, e.g. "pull REF"
+    summary: str  # the rest of that line
+    main: Callable[[Sequence[str]], int]  # given the arguments after the name; the exit code
+
+
+# A URL has a scheme, so no URL is ever taken for a command's name: `blobdl URL` stays the
+# download. A new command is one entry here; `blobdl --help` lists it.
+COMMANDS = {
+    "pull": Command(
+        "pull REF", "pull a model from an OCI/Ollama registry into Ollama's store", pull_main
+    ),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "pull":  # `blobdl pull REF`: see _pull
-        return pull_main(argv[1:])
-    parser = build_parser()
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]].main(argv[1:])
+    return _download(argv)
+
+
+def _download(argv: Sequence[str]) -> int:
+    """``blobdl URL`` and ``blobdl -i MANIFEST``."""
+    parser = build_parser([(command.usage, command.summary) for command in COMMANDS.values()])
     args = parser.parse_args(argv)
     if (args.url is None) == (args.input is None):
         parser.error("give either a URL or -i MANIFEST")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from .._version import __version__
@@ -18,7 +19,7 @@ from ..errors import (
     BlobdlError,
 )
 
-EPILOG = f"""\
+EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}    the blob is complete at the destination
   {EXIT_USAGE}    bad usage or input (arguments, URL, settings)
@@ -27,7 +28,9 @@ exit codes:
   {EXIT_LOCAL}    local file or disk failure (missing directory, no space, I/O error)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C / SIGTERM)
   {EXIT_INTERNAL}    internal error (a bug: please report it)
-
+"""
+EPILOG = f"""\
+{EXIT_CODES}
 an existing destination:
   is kept if its digest matches (--digest, or the manifest's digest); is replaced if a
   digest is given and it does not match; is refused without a digest unless --force.
@@ -54,11 +57,22 @@ def _header(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = Settings()
+# The download has no command name: `blobdl URL` and `blobdl -i MANIFEST`.
+DOWNLOADS = (
+    ("URL", "download one blob (the options below)"),
+    ("-i MANIFEST", "download every blob a manifest lists, sharing one connection budget"),
+)
+ABOUT = "Download very large blobs over HTTP(S) with parallel byte ranges."
+HINT = "'blobdl COMMAND --help' shows the options of that command."
+USAGE = "%(prog)s [OPTIONS] URL\n       %(prog)s [OPTIONS] -i MANIFEST\n       %(prog)s COMMAND ..."
+
+
+def build_parser(commands: Sequence[tuple[str, str]] = ()) -> argparse.ArgumentParser:
+    """The download's parser; its help lists ``commands`` too, as (usage, one line) pairs."""
     p = Parser(
         prog="blobdl",
-        description="Download one large blob over HTTP(S) with parallel byte ranges.",
+        usage=USAGE,
+        description=_description([*DOWNLOADS, *commands]),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -81,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         "are named inside DIR. Without it, manifest paths are used as given",
     )
     p.add_argument("-o", "--output", help="destination file (default: name from the server/URL)")
+    p.add_argument("--digest", help="sha256:<hex> the blob must have (checked before the rename)")
+    add_shared_options(p)
+    return p
+
+
+def _description(commands: Sequence[tuple[str, str]]) -> str:
+    width = max(len(usage) for usage, _ in commands) + len("blobdl ")
+    lines = [f"  {'blobdl ' + usage:<{width}}  {summary}" for usage, summary in commands]
+    return "\n".join([ABOUT, "", "commands:", *lines, "", HINT])
+
+
+def add_shared_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that downloads: how, over what, and what is shown."""
+    d = Settings()
     p.add_argument("--parts", type=int, help="cut the blob into exactly N parts")
     p.add_argument(
         "--connections", type=int, default=d.connections, help="parallel connections (%(default)s)"
@@ -119,14 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-H", "--header", type=_header, action="append", default=[], help="'Name: value'"
     )
-    p.add_argument("--digest", help="sha256:<hex> the blob must have (checked before the rename)")
     p.add_argument(
         "--no-resume", action="store_true", help="ignore a partial earlier download; start over"
     )
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace an existing destination even without a digest (see below)",
+        help="replace an existing destination that no digest vouches for",
     )
     p.add_argument(
         "--keep-bad", action="store_true", help="on a digest mismatch keep DEST.blobdl-bad"
@@ -168,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
     p.add_argument("--version", action="version", version=f"blobdl {__version__}")
-    return p
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -1,7 +1,8 @@
 """``blobdl pull REF``: argument parsing and display only; the work is ``blobdl.pull``.
 
-Every engine option of the plain command applies (connections, retries, stall timeout,
-proxies, TLS, --json, --limit-rate...): they are parsed by the same parser.
+Every option of the plain command that shapes a download applies (connections, retries,
+stall timeout, proxies, TLS, --json, --limit-rate...): ``_args.add_shared_options`` adds them
+to both parsers.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
 from ..events import Failed, Finished, Progress, event_record
 from ..registry._pull import PullEvent, PullResult, PullStarted, default_models_dir, pull
-from ._args import Parser, build_parser
-from ._args import settings_from as engine_settings
+from ._args import EXIT_CODES, Parser, add_shared_options, settings_from
 from ._display import display_for, fail, json_line, show_warnings
 
 DESCRIPTION = """\
@@ -23,27 +23,37 @@ Pull a model from an OCI/Ollama registry into Ollama's store (no Ollama server n
 REF is [http://|https://][HOST[:PORT]/][NAMESPACE/]MODEL[:TAG|@sha256:HEX]; the defaults
 are registry.ollama.ai, library, latest and https. Every option of `blobdl URL` that
 shapes the download applies too (--connections is the budget all layers share)."""
-_NOT_FOR_PULL = ("input", "output", "digest", "url")
+EPILOG = f"""\
+{EXIT_CODES}
+pull's own failures: the model is not found, authentication is refused or the manifest is
+not supported (3); a layer does not match its digest (4); the store is not writable or
+has too little room (5).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="blobdl pull",
+        usage="%(prog)s [OPTIONS] REF",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("ref", help="the model, e.g. llama3.2:1b")
+    p.add_argument(
+        "--models-dir", help=f"the store (default: $OLLAMA_MODELS or {default_models_dir()})"
+    )
+    add_shared_options(p)
+    return p
 
 
 def main(argv: Sequence[str]) -> int:
-    pull_parser = Parser(prog="blobdl pull", description=DESCRIPTION, add_help=True)
-    pull_parser.add_argument("ref", help="the model, e.g. llama3.2:1b")
-    pull_parser.add_argument(
-        "--models-dir", help=f"the store (default: $OLLAMA_MODELS or {default_models_dir()})"
-    )
-    ours, rest = pull_parser.parse_known_args(argv)
-    engine = build_parser()
-    engine.prog = "blobdl pull"
-    args = engine.parse_args(rest)
-    given = [name for name in _NOT_FOR_PULL if getattr(args, name) is not None]
-    if given:
-        pull_parser.error(f"{given[0]} does not go with pull (or an unknown argument)")
+    args = build_parser().parse_args(argv)
     show_warnings()
     display = _PullDisplay(args)
     try:
         result = pull(
-            ours.ref, ours.models_dir, settings=engine_settings(args), on_event=display.event
+            args.ref, args.models_dir, settings=settings_from(args), on_event=display.event
         )
     except BlobdlError as exc:
         return fail(display.base, exc, exc.exit_code)

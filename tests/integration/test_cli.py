@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from blobdl.cli import COMMANDS
 from blobdl.errors import EXIT_INTEGRITY, EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, run_cli, sha256_file
@@ -107,6 +108,47 @@ def test_help_documents_the_exit_codes() -> None:
     assert run.returncode == 0
     for code in ("0", "2", "3", "4", "5", "130"):
         assert f"  {code} " in run.stdout
+
+
+def test_help_lists_every_command_with_one_line_each() -> None:
+    run = blobdl("--help")
+    assert run.returncode == 0
+    listed = ["blobdl URL", "blobdl -i MANIFEST"] + [f"blobdl {c.usage}" for c in COMMANDS.values()]
+    for usage in listed:
+        assert sum(line.lstrip().startswith(f"{usage} ") for line in run.stdout.splitlines()) == 1
+    assert "pull" in COMMANDS
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_command_help_gives_its_own_usage_and_the_download_options(name: str) -> None:
+    run = blobdl(name, "--help")
+    assert run.returncode == 0 and run.stdout.startswith(f"usage: blobdl {name} ")
+    assert "--connections" in run.stdout and "--json" in run.stdout
+
+
+def test_pull_help_gives_pulls_options_and_not_the_downloads_own() -> None:
+    run = blobdl("pull", "--help")
+    assert run.returncode == 0
+    assert "--models-dir" in run.stdout and "REF" in run.stdout and "  130 " in run.stdout
+    for option in ("--output", "--input", "--digest", "--base-dir", "--per-host"):
+        assert option not in run.stdout
+
+
+def test_options_before_the_url_still_download(make: Make, tmp_path: Path) -> None:
+    # Only a first word that names a command is one: a leading option means `blobdl URL`.
+    blob = make(3 * PART)
+    run = blobdl("-q", *FAST, blob.url, "-o", str(tmp_path / "out"))
+    assert run.returncode == EXIT_OK, run.stderr
+    assert sha256_file(tmp_path / "out") == blob.sha256
+
+
+@pytest.mark.parametrize(
+    "args", [["--no-such-option", "http://x/"], ["pull", "llama3.2:1b", "--no-such-option"]]
+)
+def test_an_unknown_option_is_bad_usage(args: list[str], tmp_path: Path) -> None:
+    run = blobdl(*args, cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE and "--no-such-option" in run.stderr
+    assert "Traceback" not in run.stderr and list(tmp_path.iterdir()) == []
 
 
 def test_version() -> None:
