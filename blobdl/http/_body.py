@@ -17,16 +17,9 @@ from types import TracebackType
 
 import urllib3
 
-from ..errors import (
-    BadResponse,
-    HTTPStatusError,
-    RemoteChanged,
-)
+from ..errors import BadResponse, HTTPStatusError, RemoteChanged
 from ._connections import ready_at
-from ._headers import (
-    parse_content_range,
-    range_header,
-)
+from ._headers import parse_content_range, range_header
 from ._remote import Remote
 from ._request import (
     Response,

@@ -18,13 +18,9 @@ from urllib3.util import make_headers
 from urllib3.util.ssl_ import create_urllib3_context
 
 from ..config import Settings, check_proxy_url
-from ..errors import (
-    UsageError,
-)
+from ..errors import UsageError
 from ._connections import noting
-from ._request import (
-    Response,
-)
+from ._request import Response
 
 
 def make_pool(settings: Settings) -> urllib3.PoolManager:

@@ -11,21 +11,10 @@ import urllib3
 
 from .._redact import redact_url
 from ..config import Settings
-from ..errors import (
-    BadResponse,
-    BlobdlError,
-    HTTPStatusError,
-    TooManyRedirects,
-)
+from ..errors import BadResponse, BlobdlError, HTTPStatusError, TooManyRedirects
 from ._connections import ready_at
-from ._headers import (
-    content_disposition_filename,
-    parse_content_range,
-)
-from ._pool import (
-    make_pool,
-    prepare_tls,
-)
+from ._headers import content_disposition_filename, parse_content_range
+from ._pool import make_pool, prepare_tls
 from ._remote import Remote
 from ._request import (
     Response,
@@ -37,13 +26,7 @@ from ._request import (
 )
 from ._retry import Retry
 from ._span import Span
-from ._urls import (
-    check_url,
-    lift_userinfo,
-    same_origin,
-    strip_userinfo,
-    url_problem,
-)
+from ._urls import check_url, lift_userinfo, same_origin, strip_userinfo, url_problem
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # A user header follows a redirect to another origin (scheme, host, port) only if it is on

@@ -10,13 +10,8 @@ from __future__ import annotations
 import urllib3
 
 from .._version import __version__
-from ..errors import (
-    BadResponse,
-)
-from ._headers import (
-    parse_length,
-    parse_retry_after,
-)
+from ..errors import BadResponse
+from ._headers import parse_length, parse_retry_after
 from ._translate import translate_errors
 
 Response = urllib3.BaseHTTPResponse

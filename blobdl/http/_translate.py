@@ -14,13 +14,7 @@ from urllib3.exceptions import InvalidHeader, LocationParseError, SSLError
 from urllib3.util.ssl_match_hostname import CertificateError
 
 from .._redact import redact_url
-from ..errors import (
-    BadResponse,
-    BlobdlError,
-    ConnectionFailed,
-    TLSError,
-    UsageError,
-)
+from ..errors import BadResponse, BlobdlError, ConnectionFailed, TLSError, UsageError
 
 
 @contextmanager

@@ -12,9 +12,7 @@ from urllib.parse import unquote, urlsplit
 from urllib3.util import parse_url
 
 from .._redact import redact_url
-from ..errors import (
-    UsageError,
-)
+from ..errors import UsageError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

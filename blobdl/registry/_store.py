@@ -24,14 +24,7 @@ from pathlib import Path
 
 from ..errors import InsufficientSpace
 from ..store._destination import temp_path
-from ..store._files import (
-    atomic_write,
-    fsync_dir,
-    local_error,
-    local_errors,
-    open_own,
-    take_lock,
-)
+from ..store._files import atomic_write, fsync_dir, local_error, local_errors, open_own, take_lock
 from ._names import Reference
 from ._oci import Blob, Manifest
 

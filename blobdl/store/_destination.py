@@ -12,12 +12,7 @@ from typing import Any
 import psutil
 
 from ..errors import InsufficientSpace, LocalFileError
-from ._files import (
-    fsync_dir,
-    local_error,
-    open_own,
-    require_regular,
-)
+from ._files import fsync_dir, local_error, open_own, require_regular
 
 TEMP_SUFFIX = ".blobdl-tmp"
 #: Every file blobdl keeps beside a destination has this in its name (-tmp, -state, -lock...).

@@ -13,9 +13,7 @@ import socket
 from pathlib import Path
 
 from ..http._socket_reads import wait_for
-from ._files import (
-    local_error,
-)
+from ._files import local_error
 
 
 def pwrite_all(fd: int, view: memoryview, offset: int) -> None:

@@ -88,3 +88,16 @@ def test_every_relative_link_leads_to_a_file_and_heading(doc: Path) -> None:
 def test_every_path_a_document_names_exists(doc: Path) -> None:
     missing = {path for path in REPO_PATH.findall(doc.read_text()) if not (REPO / path).exists()}
     assert not missing, f"paths in {doc.name} that do not exist (moved?): {sorted(missing)}"
+
+
+def test_every_module_has_a_row_in_the_design() -> None:
+    """A newcomer finds every module in docs/design.md's table (a layer's ``__init__.py`` is
+    its folder's docstring, named by the layer table)."""
+    design = (REPO / "docs" / "design.md").read_text()
+    named = set(REPO_PATH.findall(design))
+    modules = {
+        str(path.relative_to(REPO))
+        for path in (REPO / "blobdl").rglob("*.py")
+        if path.name != "__init__.py" or path.parent == REPO / "blobdl"
+    }
+    assert modules <= named, f"not in docs/design.md: {sorted(modules - named)}"
