@@ -53,7 +53,8 @@ INDEX_TYPES = (
 )
 MAX_DOCUMENT = 4 << 20  # bytes of a manifest or a token answer; a manifest is a few KB
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
+# key="value" or key=token; a quote that is never closed is no value at all.
+_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s"]*)(?=[,\s]|$))')
 
 
 # --- the manifest -----------------------------------------------------------------------------
@@ -171,7 +172,7 @@ class Registry:
             return target, tuple(self.headers_for(target).items())
         if answer.status == 404:
             raise ModelNotFound(str(self.ref), f"the registry has no blob {blob.digest}")
-        if answer.status not in (200, 206):
+        if answer.status not in (200, 206, 416):  # 416: an empty blob has no byte 0
             _require_ok(answer)
         return url, tuple(self.headers_for(url).items())
 
