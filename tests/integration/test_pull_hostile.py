@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+import blobdl
 from faultserver.hostile_registry import HostileRegistry
 from faultserver.proxy import ForwardProxy
 from tests.integration.test_hostile import run_cli_tagged
@@ -390,3 +391,136 @@ def test_a_hostile_registry_answer_is_one_error_line(
     line = one_error_line(run)
     assert not re.search(r"[a-z][A-Z]\w*(Error|Exception)\b", line), line  # no class names
     assert not store_problems(models) and not (models / "manifests").exists()
+
+
+# --- where each header goes ---------------------------------------------------------------------
+
+
+def requests_at(hostile: HostileRegistry, role: str) -> list[dict[str, Any]]:
+    return [entry for entry in hostile.log() if entry["role"] == role]
+
+
+def test_user_headers_reach_the_registry_and_never_the_presigned_storage(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    hostile.load(script(redirect=True))
+    headers = [f"Authorization: {USER_AUTH}", f"Cookie: {USER_COOKIE}", "Accept-Language: fr"]
+    run, models = pull_from(hostile, tmp_path, *[a for h in headers for a in ("-H", h)])
+    assert run.code == 0, run.stderr
+    registry, storage = requests_at(hostile, "registry"), requests_at(hostile, "storage")
+    assert {"/manifests/", "/blobs/"} <= {p for e in registry for p in ("/manifests/", "/blobs/")
+                                          if p in e["path"]}  # fmt: skip
+    for entry in registry:
+        assert (entry["headers"].get("Authorization"), entry["headers"].get("Cookie")) == (
+            USER_AUTH, USER_COOKIE)  # fmt: skip
+    assert storage and not [e for e in storage if {"Authorization", "Cookie"} & set(e["headers"])]
+    assert all(e["headers"].get("Accept-Language") == "fr" for e in storage)  # a harmless one
+    assert not store_problems(models)
+
+
+def test_every_registry_request_says_blobdl_user_agent(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    hostile.load(script(auth="bearer", redirect=True))
+    run, _ = pull_from(hostile, tmp_path)
+    assert run.code == 0, run.stderr
+    roles = {entry["role"] for entry in hostile.log()}
+    assert roles == {"registry", "auth", "storage"}
+    agents = {entry["headers"].get("User-Agent") for entry in hostile.log()}
+    assert agents == {f"blobdl/{blobdl.__version__}"}
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 503])
+def test_a_status_the_engine_retries_is_retried_by_the_registry_too(
+    hostile: HostileRegistry, tmp_path: Path, status: int
+) -> None:
+    answer = {"status": status, "headers": {"Retry-After": "0"}, "times": 1}
+    hostile.load(script(auth="bearer", faults=[rule("registry", "manifests", **answer),
+                                               rule("auth", "", **answer)]))  # fmt: skip
+    run, models = pull_from(hostile, tmp_path)
+    assert run.code == 0, run.stderr
+    assert not store_problems(models)
+
+
+def ambiguous(hostile: HostileRegistry, path: str) -> str:
+    """A URL urllib.parse reads as the registry's and urllib3 as storage's."""
+    return (
+        f"http://127.0.0.1:{hostile.ports['storage']}\\@127.0.0.1:{hostile.ports['registry']}{path}"
+    )
+
+
+def test_a_manifest_redirect_read_differently_by_the_two_parsers_sends_no_credential(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    path = f"/v2/{REGISTRY_REPO}/manifests/{REGISTRY_TAG}"
+    # The first manifest request is answered 401 (a token is fetched); the second, with the
+    # token, is redirected.
+    redirect = {"status": 307, "headers": {"Location": ambiguous(hostile, path)}, "skip": 1}
+    hostile.load(script(auth="bearer", faults=[rule("registry", "manifests", **redirect)]))
+    run, models = pull_from(hostile, tmp_path, "-H", f"Cookie: {USER_COOKIE}")
+    assert "two parsers" in one_error_line(run)
+    assert requests_at(hostile, "storage") == []
+    assert not (models / "manifests").exists()
+
+
+def test_a_token_redirect_read_differently_by_the_two_parsers_sends_no_password(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    redirect = {"status": 307, "headers": {"Location": ambiguous(hostile, "/token")}}
+    credentials = f"{DOCKER_USER}:{DOCKER_PASSWORD}"
+    hostile.load(script(auth="bearer", credentials=credentials,
+                        faults=[rule("auth", "", **redirect)]))  # fmt: skip
+    config = docker_config(tmp_path, hostile.ports["registry"], credentials)
+    run, _ = pull_from(hostile, tmp_path, DOCKER_CONFIG=config)
+    assert "two parsers" in one_error_line(run)
+    assert requests_at(hostile, "storage") == []
+
+
+# --- proxies: NO_PROXY, and no password in clear text -------------------------------------------
+
+
+def proxied(proxy: ForwardProxy, since: int) -> list[str]:
+    return [seen.target for seen in proxy.seen[since:]]
+
+
+def test_registry_requests_go_through_the_proxy_the_environment_names(
+    hostile: HostileRegistry, proxy: ForwardProxy, tmp_path: Path
+) -> None:
+    hostile.load(script(auth="bearer", redirect=True))
+    before = len(proxy.seen)
+    run, _ = pull_from(hostile, tmp_path, HTTP_PROXY=f"http://{PROXY_USER}@127.0.0.1:{proxy.port}")
+    assert run.code == 0, run.stderr
+    targets = proxied(proxy, before)
+    for what in ("/manifests/", "/token?", "/blobs/", "?sig=presigned"):
+        assert any(what in target for target in targets), (what, targets)
+    assert not [e for e in hostile.log() if "Proxy-Authorization" in e["headers"]]
+
+
+def test_no_proxy_naming_the_registry_bypasses_the_proxy_for_manifest_token_and_blobs(
+    hostile: HostileRegistry, proxy: ForwardProxy, tmp_path: Path
+) -> None:
+    credentials = f"{DOCKER_USER}:{DOCKER_PASSWORD}"
+    hostile.load(script(auth="bearer", credentials=credentials, redirect=True))
+    config = docker_config(tmp_path, hostile.ports["registry"], credentials)
+    before = len(proxy.seen)
+    run, models = pull_from(hostile, tmp_path, DOCKER_CONFIG=config, NO_PROXY="127.0.0.1",
+                            HTTP_PROXY=f"http://127.0.0.1:{proxy.port}")  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert proxied(proxy, before) == []
+    assert not store_problems(models)
+
+
+def test_the_docker_password_never_reaches_a_proxy_in_clear_text(
+    hostile: HostileRegistry, proxy: ForwardProxy, tmp_path: Path
+) -> None:
+    credentials = f"{DOCKER_USER}:{DOCKER_PASSWORD}"
+    for mode in ("basic", "bearer"):  # the registry's Basic, and the token realm's
+        hostile.load(script(auth=mode, credentials=credentials))
+        config = docker_config(tmp_path, hostile.ports["registry"], credentials)
+        before = len(proxy.seen)
+        run, _ = pull_from(hostile, tmp_path, DOCKER_CONFIG=config,
+                           HTTP_PROXY=f"http://127.0.0.1:{proxy.port}")  # fmt: skip
+        line = one_error_line(run)
+        assert f"proxy http://127.0.0.1:{proxy.port}" in line and "NO_PROXY" in line, line
+        seen = [dict(s.headers) for s in proxy.seen[before:]]
+        assert not [h for h in seen if DOCKER_BASIC in h.values()], seen
