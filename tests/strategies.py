@@ -430,21 +430,14 @@ def registry_faults(p: RegistryPorts, good_manifest: str) -> st.SearchStrategy[d
             [
                 _rule("registry", "manifests", 1, status=200, repeat=[" ", HUGE]),
                 _rule("auth", "", 1, status=200, repeat=["x", HUGE]),
-                _rule(
-                    "registry",
-                    "manifests",
-                    None,
-                    status=200,
-                    body=good_manifest,
-                    headers={"Docker-Content-Digest": "sha256:" + "0" * 64},
-                ),
-                _rule(
-                    "registry",
-                    "manifests",
-                    None,
-                    status=200,
-                    body=good_manifest,
-                    headers={"Content-Encoding": "gzip"},
+                *(
+                    _rule(
+                        "registry", "manifests", None, status=200, body=good_manifest, headers=lying
+                    )
+                    for lying in (
+                        {"Docker-Content-Digest": "sha256:" + "0" * 64},
+                        {"Content-Encoding": "gzip"},
+                    )
                 ),
                 _rule("registry", "blobs", None, status=200, body="not the blob"),
                 _rule("storage", "", None, status=200, body="not the blob either"),

@@ -328,6 +328,11 @@ def rule(role: str, match: str, **answer: object) -> dict[str, object]:
     return {"role": role, "match": match, "skip": 0, "times": None, **answer}
 
 
+def redirect(match: str, location: str) -> dict[str, object]:
+    return rule("registry", match, status=307, headers={"Location": location})
+
+
+BAD_REALM = 'Bearer realm="http://[::1]x/token"'
 _, _DOC = _fixed_model()
 _DIGEST = _DOC["layers"][0]["digest"]
 BEARER = {"auth": "bearer"}
@@ -354,30 +359,16 @@ HOSTILE_ANSWERS = {
     ),
     "a token answer of 5 MB": script(faults=[rule("auth", "", repeat=["x", 5 << 20])], **BEARER),
     "a Location with port 99999": script(
-        faults=[
-            rule(
-                "registry",
-                "manifests",
-                status=307,
-                headers={"Location": "http://127.0.0.1:99999/x"},
-            )
-        ]
+        faults=[redirect("manifests", "http://127.0.0.1:99999/x")]
     ),
     "a Location with a malformed IPv6 literal": script(
-        faults=[rule("registry", "manifests", status=307, headers={"Location": "http://[::1"})]
-    ),
-    "a realm with a malformed IPv6 literal": script(
-        faults=[
-            rule(
-                "registry",
-                "manifests",
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="http://[::1]x/token"'},
-            )
-        ]
+        faults=[redirect("manifests", "http://[::1")]
     ),
     "a blob Location with a malformed IPv6 literal": script(
-        faults=[rule("registry", "blobs", status=307, headers={"Location": "http://[:::1]/b"})]
+        faults=[redirect("blobs", "http://[:::1]/b")]
+    ),
+    "a realm with a malformed IPv6 literal": script(
+        faults=[rule("registry", "manifests", status=401, headers={"WWW-Authenticate": BAD_REALM})]
     ),
 }
 
