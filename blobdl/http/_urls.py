@@ -80,17 +80,17 @@ def headers_for_origin(
     return tuple(h for h in headers if h[0].lower() in _CROSS_ORIGIN_SAFE)
 
 
-def redirect_target(current: str, location: str) -> str:
-    """The absolute URL a server's ``Location`` (or any URL it names) points to, checked
-    like a user's URL; credentials a server put in it are dropped, never sent and never
-    stored. A URL ``url_problem`` refuses is a ``BadResponse`` of ``current``."""
+def redirect_target(current: str, location: str, what: str = "redirect to") -> str:
+    """The absolute URL a server's ``Location`` (or any URL it names, ``what`` says which)
+    points to, checked like a user's URL; credentials a server put in it are dropped, never
+    sent and never stored. A URL ``url_problem`` refuses is a ``BadResponse`` of ``current``."""
     try:
         target = urljoin(current, location)
     except ValueError:
         target = location
     problem = url_problem(target)
     if problem:
-        raise BadResponse(current, f"redirect to {redact_url(target)!r}: {problem}")
+        raise BadResponse(current, f"{what} {redact_url(target)!r}: {problem}")
     return strip_userinfo(target)
 
 

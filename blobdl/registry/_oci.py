@@ -234,7 +234,7 @@ class Registry:
             raise AuthRefused(url, f"unsupported challenge {challenge[:100]!r}")
 
     def _token(self, url: str, realm: str, service: str | None, scope: str) -> str:
-        realm = redirect_target(url, realm)  # an ambiguous or non-http(s) realm: refused
+        realm = redirect_target(url, realm, "token realm")  # ambiguous, not http(s): refused
         query = urlencode({k: v for k, v in (("service", service), ("scope", scope)) if v})
         token_url = f"{realm}{'&' if '?' in realm else '?'}{query}"
 
