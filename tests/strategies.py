@@ -279,8 +279,9 @@ def _with(doc: dict[str, Any], path: tuple[object, ...], value: object) -> str:
     return json.dumps(copy)
 
 
-def hostile_manifests(doc: dict[str, Any]) -> st.SearchStrategy[bytes]:
-    """Manifest bytes: the right ones, or one of the ways a registry can get them wrong."""
+def manifest_variants(doc: dict[str, Any]) -> list[bytes]:
+    """Every way of getting ``doc``'s manifest wrong we try (and two that are still right:
+    an OCI media type, an unknown field)."""
     good = json.dumps(doc).encode()
     digest = doc["layers"][0]["digest"]
     wrong_types = [(("layers",), 5), (("layers",), [5]), (("layers",), "x"), (("config",), "x"),
@@ -316,12 +317,13 @@ def hostile_manifests(doc: dict[str, Any]) -> st.SearchStrategy[bytes]:
         b'{"schemaVersion": 2, "config": {"digest": "sha256:' + b"0" * 64 + b'", "size": 1e400}}',
         b'{"schemaVersion": 2, "size": ' + b"9" * 5000 + b"}",
     ]
-    return st.one_of(
-        st.just(good),
-        st.just(good),
-        st.sampled_from(wrong_types).map(lambda change: _with(doc, *change).encode()),
-        st.sampled_from(raws),
-    )
+    return [_with(doc, *change).encode() for change in wrong_types] + raws
+
+
+def hostile_manifests(doc: dict[str, Any]) -> st.SearchStrategy[bytes]:
+    """Manifest bytes: the right ones (half the time), or one of ``manifest_variants``."""
+    good = json.dumps(doc).encode()
+    return st.one_of(st.just(good), st.sampled_from(manifest_variants(doc)))
 
 
 def _locations(p: RegistryPorts, path: str) -> list[str]:
@@ -389,19 +391,57 @@ def _rule(role: str, match: str, times: int | None, **answer: object) -> dict[st
     return {"role": role, "match": match, "skip": 0, "times": times, **answer}
 
 
+WHERE = (("registry", "manifests"), ("registry", "blobs"), ("storage", ""), ("auth", ""))
+REGISTRY_STATUSES = (401, 403, 404, 408, 425, 429, 500, 503)
+
+
+def _fixed_faults(good_manifest: str) -> list[dict[str, object]]:
+    return [
+        _rule("registry", "manifests", 1, status=200, repeat=[" ", HUGE]),
+        _rule("auth", "", 1, status=200, repeat=["x", HUGE]),
+        *(_rule("registry", "manifests", None, status=200, body=good_manifest, headers=lying)
+          for lying in ({"Docker-Content-Digest": "sha256:" + "0" * 64},
+                        {"Content-Encoding": "gzip"})),
+        _rule("registry", "blobs", None, status=200, body="not the blob"),
+        _rule("storage", "", None, status=200, body="not the blob either"),
+        _rule("registry", "blobs", 1, status=307, headers={}),
+    ]  # fmt: skip
+
+
+def _challenge(value: str, times: int | None) -> dict[str, object]:
+    return _rule("registry", "manifests", times, status=401, headers={"WWW-Authenticate": value})
+
+
+def _token_answer(body: str, times: int | None) -> dict[str, object]:
+    json_type = {"Content-Type": "application/json"}
+    return _rule("auth", "", times, status=200, body=body, headers=json_type)
+
+
+def fault_catalogue(p: RegistryPorts, good_manifest: str) -> list[dict[str, object]]:
+    """Every single fault ``registry_faults`` draws from, once each (for a sweep)."""
+    path = f"/v2/{REGISTRY_REPO}/manifests/{REGISTRY_TAG}"
+    return [
+        *(_rule(*w, None, status=s, headers={"Retry-After": "0"})
+          for w in WHERE for s in REGISTRY_STATUSES),
+        *(_rule(*w, 1, status=307, headers={"Location": loc})
+          for w in WHERE for loc in _locations(p, path)),
+        *(_challenge(value, None) for value in _realms(p)),
+        *(_token_answer(body, None) for body in _TOKEN_BODIES),
+        *_fixed_faults(good_manifest),
+    ]  # fmt: skip
+
+
 def registry_faults(p: RegistryPorts, good_manifest: str) -> st.SearchStrategy[dict[str, object]]:
     """One scripted answer to one kind of request (or to every one, ``times`` None)."""
     manifest_path = f"/v2/{REGISTRY_REPO}/manifests/{REGISTRY_TAG}"
     times = st.sampled_from([1, 1, None])
-    statuses = st.sampled_from([401, 403, 404, 408, 425, 429, 500, 503])
     retry_after = st.sampled_from(["0", "1", "-1", "soon", "99999999999999999999"])
-    where = st.sampled_from([("registry", "manifests"), ("registry", "blobs"),
-                             ("storage", ""), ("auth", "")])  # fmt: skip
+    where = st.sampled_from(WHERE)
     return st.one_of(
         st.builds(
             lambda w, s, t, ra: _rule(*w, t, status=s, headers={"Retry-After": ra}),
             where,
-            statuses,
+            st.sampled_from(REGISTRY_STATUSES),
             times,
             retry_after,
         ),
@@ -412,36 +452,7 @@ def registry_faults(p: RegistryPorts, good_manifest: str) -> st.SearchStrategy[d
             st.sampled_from([301, 302, 307, 308]),
             times,
         ),
-        st.builds(
-            lambda c, t: _rule(
-                "registry", "manifests", t, status=401, headers={"WWW-Authenticate": c}
-            ),
-            st.sampled_from(_realms(p)),
-            times,
-        ),
-        st.builds(
-            lambda b, t: _rule(
-                "auth", "", t, status=200, body=b, headers={"Content-Type": "application/json"}
-            ),
-            st.sampled_from(_TOKEN_BODIES),
-            times,
-        ),
-        st.sampled_from(
-            [
-                _rule("registry", "manifests", 1, status=200, repeat=[" ", HUGE]),
-                _rule("auth", "", 1, status=200, repeat=["x", HUGE]),
-                *(
-                    _rule(
-                        "registry", "manifests", None, status=200, body=good_manifest, headers=lying
-                    )
-                    for lying in (
-                        {"Docker-Content-Digest": "sha256:" + "0" * 64},
-                        {"Content-Encoding": "gzip"},
-                    )
-                ),
-                _rule("registry", "blobs", None, status=200, body="not the blob"),
-                _rule("storage", "", None, status=200, body="not the blob either"),
-                _rule("registry", "blobs", 1, status=307, headers={}),
-            ]
-        ),
+        st.builds(_challenge, st.sampled_from(_realms(p)), times),
+        st.builds(_token_answer, st.sampled_from(_TOKEN_BODIES), times),
+        st.sampled_from(_fixed_faults(good_manifest)),
     )

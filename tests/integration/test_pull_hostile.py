@@ -110,6 +110,10 @@ def pull_cases(draw: st.DrawFn, ports: RegistryPorts) -> dict[str, Any]:
     }
 
 
+def ports_of(hostile: HostileRegistry) -> RegistryPorts:
+    return RegistryPorts(*(hostile.ports[role] for role in ("registry", "storage", "auth")))
+
+
 @contextlib.contextmanager
 def patched_env(**values: str | None) -> Iterator[None]:
     """``os.environ`` (which the CLI inherits) with these variables set, or removed (None)."""
@@ -277,7 +281,7 @@ def test_hostile_registry_pull_cli(
 # --- the cases issue #20 names, one test each -----------------------------------------------------
 
 
-def _fixed_model() -> tuple[dict[str, bytes], dict[str, Any]]:
+def fixed_model() -> tuple[dict[str, bytes], dict[str, Any]]:
     layer, config = bytes(range(256)) * 11 + b"x" * 184, b'{"model_format":"gguf"}'
     entries = [
         {"mediaType": "application/vnd.docker.container.image.v1+json",
@@ -293,7 +297,7 @@ def _fixed_model() -> tuple[dict[str, bytes], dict[str, Any]]:
 def script(
     manifest: bytes | None = None, faults: list[dict[str, object]] = (), **fields: object
 ) -> dict[str, Any]:  # fmt: skip
-    blobs, doc = _fixed_model()
+    blobs, doc = fixed_model()
     raw = json.dumps(doc).encode() if manifest is None else manifest
     return {"repo": REGISTRY_REPO, "tag": REGISTRY_TAG, "content_type": MANIFEST_TYPE,
             "manifest": base64.b64encode(raw).decode(), "auth": "none", "credentials": None,
@@ -333,7 +337,7 @@ def redirect(match: str, location: str) -> dict[str, object]:
 
 
 BAD_REALM = 'Bearer realm="http://[::1]x/token"'
-_, _DOC = _fixed_model()
+_, _DOC = fixed_model()
 _DIGEST = _DOC["layers"][0]["digest"]
 BEARER = {"auth": "bearer"}
 HOSTILE_ANSWERS = {
