@@ -5,4 +5,5 @@
   Content-Range, stalls, resets, redirects...); ``serverctl`` starts and drives it.
 - ``proxy``: a minimal forwarding HTTP proxy (absolute-URI requests and CONNECT).
 - ``registry``: an OCI registry with a token server and an S3 side, for ``blobdl pull``.
+- ``hostile_registry``: a scriptable registry whose every answer a test example chooses.
 """

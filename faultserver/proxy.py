@@ -34,6 +34,7 @@ class Seen(NamedTuple):
     method: str  # GET for a forwarded request, CONNECT for a tunnel
     target: str  # the absolute URI, or host:port for CONNECT
     proxy_authorization: str | None
+    headers: tuple[tuple[str, str], ...] = ()  # every header of the request, as received
 
 
 class ForwardProxy:
@@ -130,7 +131,7 @@ class _Handler(socketserver.StreamRequestHandler):
         method, target, _version = head[0].split(" ", 2)
         headers = [_split_header(line) for line in head[1:]]
         auth = next((v for k, v in headers if k.lower() == "proxy-authorization"), None)
-        proxy.note(Seen(method, target, auth))
+        proxy.note(Seen(method, target, auth, tuple(headers)))
         if method == "CONNECT":
             self._tunnel(proxy, target)
         else:

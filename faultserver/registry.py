@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -243,6 +244,7 @@ class Registry:
     log: Path
     tokens: TokenServer | None = None
     push_auth: dict[str, str] = field(default_factory=dict)
+    ca: str | None = None  # with TLS: the CA file the pushes trust
 
     @property
     def host(self) -> str:
@@ -250,7 +252,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.ca else 'http'}://{self.host}"
 
     def requests(self) -> list[tuple[str, str, int]]:
         """(method, path, status) of every request so far, from the access log."""
@@ -275,7 +277,12 @@ class Registry:
 
     def _call(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> Any:
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        return _OPENER.open(req, timeout=30)
+        if self.ca is None:
+            return _OPENER.open(req, timeout=30)
+        tls = urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=self.ca))
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}), tls).open(
+            req, timeout=30
+        )
 
     def push_blob(self, repo: str, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -337,10 +344,15 @@ def _digest(data: bytes) -> str:
 
 
 def start_registry(
-    folder: Path, *, tokens: TokenServer | None = None, s3: dict[str, Any] | None = None
+    folder: Path,
+    *,
+    tokens: TokenServer | None = None,
+    s3: dict[str, Any] | None = None,
+    tls: tuple[str, str, str] | None = None,
 ) -> Registry:
     """``docker-registry serve`` on a free port: filesystem storage under ``folder``, or S3
-    (``s3`` holds the driver's parameters) with redirects to presigned URLs."""
+    (``s3`` holds the driver's parameters) with redirects to presigned URLs; HTTPS when
+    given ``tls`` (certificate, key, and the CA file that vouches for them)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     root = folder / "storage"
@@ -356,6 +368,8 @@ def start_registry(
         "storage": storage,
         "http": {"addr": f"127.0.0.1:{port}", "secret": "blobdl-tests"},
     }
+    if tls is not None:
+        config["http"]["tls"] = {"certificate": tls[0], "key": tls[1]}
     if tokens is not None:
         token = {"realm": tokens.url, "service": SERVICE, "issuer": ISSUER}
         config["auth"] = {"token": {**token, "rootcertbundle": str(tokens.cert)}}
@@ -372,8 +386,9 @@ def start_registry(
             stdin=subprocess.DEVNULL,
             env=env,
         )
+    # Plain HTTP to a TLS port is answered 400, which is ready too.
     _wait_http(f"http://127.0.0.1:{port}/v2/", proc, log)
-    return Registry(proc, port, root, log, tokens)
+    return Registry(proc, port, root, log, tokens, ca=tls[2] if tls else None)
 
 
 # --- a logging reverse proxy in front of S3 ---------------------------------------------------

@@ -123,7 +123,12 @@ def _is_test_server(proc: psutil.Process) -> bool:
         cmdline = proc.cmdline()
     except psutil.Error:
         return False
-    ours = ("docker-registry", "faultserver.registry", "moto_server")
+    ours = (
+        "docker-registry",
+        "faultserver.registry",
+        "faultserver.hostile_registry",
+        "moto_server",
+    )
     return "faultserver.server" in cmdline or any(word.endswith(ours) for word in cmdline)
 
 

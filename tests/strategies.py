@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import json
+import random
+from hashlib import sha256
+from typing import Any, NamedTuple
 
 from hypothesis import strategies as st
 
@@ -225,4 +228,231 @@ def hostile_rules(
     step = st.tuples(st.sampled_from([0, 0, 0, 1, 2]), hostile_fault(t, hold, digest, endless_hold))
     return st.lists(step, max_size=5).map(
         lambda steps: [{"path": "/*", "skip": gap, "times": 1, **f} for gap, f in steps]
+    )
+
+
+# --- the hostile registry: a scripted registry per example (integration/test_pull_hostile.py)
+
+REGISTRY_REPO, REGISTRY_TAG = "library/hostile", "v1"
+MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+LAYER_TYPE = "application/vnd.ollama.image.model"
+BLOB_SIZES = (0, 1, 3_000, 40_000)
+HUGE = 5 << 20  # more than any document blobdl reads (4 MiB)
+
+
+class RegistryPorts(NamedTuple):
+    """The scripted registry's origins (see ``faultserver.hostile_registry``)."""
+
+    registry: int
+    storage: int
+    auth: int
+
+
+def _entry(data: bytes, media_type: str = LAYER_TYPE) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": "sha256:" + sha256(data).hexdigest(),
+            "size": len(data)}  # fmt: skip
+
+
+@st.composite
+def registry_models(draw: st.DrawFn) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Blobs (digest -> bytes) and the manifest naming them: a config and 1-3 layers."""
+    sizes = draw(st.lists(st.sampled_from(BLOB_SIZES), min_size=1, max_size=3))
+    seed = draw(st.integers(0, 2**16))
+    layers = [random.Random(seed * 7 + i).randbytes(size) for i, size in enumerate(sizes)]
+    config = json.dumps({"model_format": "gguf", "seed": seed}).encode()
+    doc = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+           "config": _entry(config, "application/vnd.docker.container.image.v1+json"),
+           "layers": [_entry(data) for data in layers]}  # fmt: skip
+    blobs = {str(e["digest"]): data for e, data in zip(
+        [doc["config"], *doc["layers"]], [config, *layers], strict=True)}  # fmt: skip
+    return blobs, doc
+
+
+def _with(doc: dict[str, Any], path: tuple[object, ...], value: object) -> str:
+    """``doc`` as JSON with the field at ``path`` (keys and list indexes) set to ``value``."""
+    copy = json.loads(json.dumps(doc))
+    *parents, last = path
+    node = copy
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return json.dumps(copy)
+
+
+def manifest_variants(doc: dict[str, Any]) -> list[bytes]:
+    """Every way of getting ``doc``'s manifest wrong we try (and two that are still right:
+    an OCI media type, an unknown field)."""
+    good = json.dumps(doc).encode()
+    digest = doc["layers"][0]["digest"]
+    wrong_types = [(("layers",), 5), (("layers",), [5]), (("layers",), "x"), (("config",), "x"),
+                   (("config",), None), (("layers", 0, "digest"), 5),
+                   (("layers", 0, "digest"), None), (("layers", 0, "digest"), "sha256:xyz"),
+                   (("layers", 0, "digest"), digest + "\n"), (("layers", 0, "digest"),
+                   digest.upper()), (("layers", 0, "size"), "10"), (("layers", 0, "size"), -1),
+                   (("layers", 0, "size"), 1.5), (("layers", 0, "size"), 2**64),
+                   (("layers", 0, "size"), True), (("layers", 0, "size"), None),
+                   (("layers", 0, "mediaType"), 5), (("layers", 0, "from"), 7),
+                   (("config", "size"), [1]), (("mediaType",), 5), (("schemaVersion",), "2"),
+                   (("schemaVersion",), 2.0), (("schemaVersion",), 1),
+                   (("layers", 0, "size"), doc["layers"][0]["size"] + 1),
+                   (("mediaType",), "application/vnd.oci.image.index.v1+json"),
+                   (("mediaType",), "application/vnd.oci.image.manifest.v1+json"),
+                   (("annotations",), {"a": [[[[{"b": None}]]]]})]  # fmt: skip
+    raws = [
+        b"[" * 100_000,
+        b'{"a":' * 50_000,
+        b"garbage",
+        b"",
+        b"null",
+        b"[]",
+        b'"a string"',
+        b'{"schemaVersion": NaN}',
+        good + b" trailing",
+        good[:-1] + b', "LAYERS": 5}',  # Go matches keys without regard to case
+        b'{"layers": 5, ' + good[1:],  # the same key twice: Go reads both
+        good[:-1] + ', "ſchemaVersion": "2"}'.encode(),  # Go folds the long s to "s"
+        good.replace(b"{", b'{"x": "\xff", ', 1),  # not UTF-8
+        b"\xef\xbb\xbf" + good,  # a UTF-8 byte order mark
+        good.decode().encode("utf-16"),
+        b'{"schemaVersion": 2, "config": {"digest": "sha256:' + b"0" * 64 + b'", "size": 1e400}}',
+        b'{"schemaVersion": 2, "size": ' + b"9" * 5000 + b"}",
+    ]
+    return [_with(doc, *change).encode() for change in wrong_types] + raws
+
+
+def hostile_manifests(doc: dict[str, Any]) -> st.SearchStrategy[bytes]:
+    """Manifest bytes: the right ones (half the time), or one of ``manifest_variants``."""
+    good = json.dumps(doc).encode()
+    return st.one_of(st.just(good), st.sampled_from(manifest_variants(doc)))
+
+
+def _locations(p: RegistryPorts, path: str) -> list[str]:
+    """Where a hostile redirect may point: other origins, ambiguous and broken URLs."""
+    here = f"127.0.0.1:{p.registry}"
+    return [
+        f"http://127.0.0.1:{p.storage}{path}",  # another origin: no credential may follow
+        f"http://localhost:{p.storage}\\@{here}{path}",  # parsers disagree on the host
+        f"http://other:1\\@{here}{path}",
+        f"http://user:pass@{here}{path}",
+        path,  # relative, the same origin: the next request is answered normally
+        f"http://127.0.0.1:99999{path}",
+        f"http://127.0.0.1:0{path}",
+        "http://[::1",
+        "http://[::1]x/",
+        f"http://[::ffff:127.0.0.1]:{p.registry}{path}",
+        "http://[fe80::1%25lo]/x",
+        "http://[:::1]/x",
+        "ftp://127.0.0.1/x",
+        "file:///etc/passwd",
+        "ht tp://x",
+        "\x7f",
+        "",
+        "/" + "a" * 10_000,
+    ]
+
+
+def _realms(p: RegistryPorts) -> list[str]:
+    auth = f"127.0.0.1:{p.auth}"
+    return [
+        'Bearer realm="http://[::1"',
+        'Bearer realm="http://[::1]x/token"',
+        'Bearer realm="http://127.0.0.1:99999/token"',
+        f'Bearer realm="http://localhost:{p.storage}\\@{auth}/token"',
+        f'Bearer realm="http://{auth}/token\r\nX-Injected: 1"',
+        'Bearer realm="ftp://127.0.0.1/token"',
+        'Bearer realm="/token"',
+        'Bearer realm=""',
+        "Bearer",
+        "Negotiate abc",
+        'Basic realm="x"',
+        "",
+    ]
+
+
+_TOKEN_BODIES = [
+    "[" * 100_000,
+    '{"token": ' * 50_000,
+    '{"token": 5}',
+    '{"token": ["t"]}',
+    '{"token": "a\\r\\nX-Injected: 1"}',
+    '{"token": "\\u2603"}',
+    '{"token": "caf\\u00e9"}',
+    '{"token": "a\\u0000b"}',
+    '{"token": ""}',
+    '{"access_token": "t", "token": 5}',
+    "{}",
+    "null",
+    "not json",
+    '{"token": "' + "t" * 200_000 + '"}',
+]
+
+
+def _rule(role: str, match: str, times: int | None, **answer: object) -> dict[str, object]:
+    return {"role": role, "match": match, "skip": 0, "times": times, **answer}
+
+
+WHERE = (("registry", "manifests"), ("registry", "blobs"), ("storage", ""), ("auth", ""))
+REGISTRY_STATUSES = (401, 403, 404, 408, 425, 429, 500, 503)
+
+
+def _fixed_faults(good_manifest: str) -> list[dict[str, object]]:
+    return [
+        _rule("registry", "manifests", 1, status=200, repeat=[" ", HUGE]),
+        _rule("auth", "", 1, status=200, repeat=["x", HUGE]),
+        *(_rule("registry", "manifests", None, status=200, body=good_manifest, headers=lying)
+          for lying in ({"Docker-Content-Digest": "sha256:" + "0" * 64},
+                        {"Content-Encoding": "gzip"})),
+        _rule("registry", "blobs", None, status=200, body="not the blob"),
+        _rule("storage", "", None, status=200, body="not the blob either"),
+        _rule("registry", "blobs", 1, status=307, headers={}),
+    ]  # fmt: skip
+
+
+def _challenge(value: str, times: int | None) -> dict[str, object]:
+    return _rule("registry", "manifests", times, status=401, headers={"WWW-Authenticate": value})
+
+
+def _token_answer(body: str, times: int | None) -> dict[str, object]:
+    json_type = {"Content-Type": "application/json"}
+    return _rule("auth", "", times, status=200, body=body, headers=json_type)
+
+
+def fault_catalogue(p: RegistryPorts, good_manifest: str) -> list[dict[str, object]]:
+    """Every single fault ``registry_faults`` draws from, once each (for a sweep)."""
+    path = f"/v2/{REGISTRY_REPO}/manifests/{REGISTRY_TAG}"
+    return [
+        *(_rule(*w, None, status=s, headers={"Retry-After": "0"})
+          for w in WHERE for s in REGISTRY_STATUSES),
+        *(_rule(*w, 1, status=307, headers={"Location": loc})
+          for w in WHERE for loc in _locations(p, path)),
+        *(_challenge(value, None) for value in _realms(p)),
+        *(_token_answer(body, None) for body in _TOKEN_BODIES),
+        *_fixed_faults(good_manifest),
+    ]  # fmt: skip
+
+
+def registry_faults(p: RegistryPorts, good_manifest: str) -> st.SearchStrategy[dict[str, object]]:
+    """One scripted answer to one kind of request (or to every one, ``times`` None)."""
+    manifest_path = f"/v2/{REGISTRY_REPO}/manifests/{REGISTRY_TAG}"
+    times = st.sampled_from([1, 1, None])
+    retry_after = st.sampled_from(["0", "1", "-1", "soon", "99999999999999999999"])
+    where = st.sampled_from(WHERE)
+    return st.one_of(
+        st.builds(
+            lambda w, s, t, ra: _rule(*w, t, status=s, headers={"Retry-After": ra}),
+            where,
+            st.sampled_from(REGISTRY_STATUSES),
+            times,
+            retry_after,
+        ),
+        st.builds(
+            lambda w, loc, status, t: _rule(*w, t, status=status, headers={"Location": loc}),
+            where,
+            st.sampled_from(_locations(p, manifest_path)),
+            st.sampled_from([301, 302, 307, 308]),
+            times,
+        ),
+        st.builds(_challenge, st.sampled_from(_realms(p)), times),
+        st.builds(_token_answer, st.sampled_from(_TOKEN_BODIES), times),
+        st.sampled_from(_fixed_faults(good_manifest)),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,6 +98,13 @@ def build_parser(commands: Sequence[tuple[str, str]] = ()) -> argparse.ArgumentP
     p.add_argument("-o", "--output", help="destination file (default: name from the server/URL)")
     p.add_argument("--digest", help="sha256:<hex> the blob must have (checked before the rename)")
     add_shared_options(p)
+    p.add_argument(
+        "--insecure",
+        dest="insecure_tls",
+        action="store_true",
+        help="deprecated: the old name of --no-verify-tls here ('blobdl pull --insecure' "
+        "means plain HTTP to the registry, as for 'ollama pull')",
+    )
     return p
 
 
@@ -179,7 +187,12 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
         help="never let idle connections take over slow or large ranges",
     )
     p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
-    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument(
+        "--no-verify-tls",
+        action="store_true",
+        help="do not verify TLS certificates (for testing only: anyone on the path can "
+        "read and change what is sent and received)",
+    )
     p.add_argument("--client-cert", metavar="PEM", help="client certificate (may hold the key)")
     p.add_argument("--client-key", metavar="PEM", help="unencrypted key of --client-cert")
     p.add_argument(
@@ -198,6 +211,11 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    if getattr(args, "insecure_tls", False):
+        logging.getLogger("blobdl").warning(
+            "--insecure is deprecated for downloads: use --no-verify-tls (it means the same "
+            "here; 'blobdl pull --insecure' means plain HTTP)"
+        )
     return Settings(
         parts=args.parts,
         connections=args.connections,
@@ -212,7 +230,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_redirects=args.max_redirects,
         headers=tuple(args.header),
         ca_bundle=args.ca_bundle,
-        verify_tls=not args.insecure,
+        verify_tls=not (args.no_verify_tls or getattr(args, "insecure_tls", False)),
         client_cert=args.client_cert,
         client_key=args.client_key,
         proxy=args.proxy,

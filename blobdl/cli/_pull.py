@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models-dir", help=f"the store (default: $OLLAMA_MODELS or {default_models_dir()})"
     )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="reach the registry over plain HTTP, as 'ollama pull --insecure' does (a "
+        "reference without a scheme becomes http://); TLS is never left unverified by it: "
+        "that is --no-verify-tls",
+    )
     add_shared_options(p)
     return p
 
@@ -53,7 +60,11 @@ def main(argv: Sequence[str]) -> int:
     display = _PullDisplay(args)
     try:
         result = pull(
-            args.ref, args.models_dir, settings=settings_from(args), on_event=display.event
+            args.ref,
+            args.models_dir,
+            settings=settings_from(args),
+            on_event=display.event,
+            insecure=args.insecure,
         )
     except BlobdlError as exc:
         return fail(display.base, exc, exc.exit_code)

@@ -5,11 +5,9 @@
 from __future__ import annotations
 
 import time
-from urllib.parse import urljoin
 
 import urllib3
 
-from .._redact import redact_url
 from ..config import Settings
 from ..errors import BadResponse, BlobdlError, HTTPStatusError, TooManyRedirects
 from ._connections import ready_at
@@ -26,26 +24,11 @@ from ._request import (
 )
 from ._retry import Retry
 from ._span import Span
-from ._urls import check_url, lift_userinfo, same_origin, strip_userinfo, url_problem
+from ._urls import check_url, headers_for_origin, lift_userinfo, redirect_target, same_origin
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# A user header follows a redirect to another origin (scheme, host, port) only if it is on
-# this list: any other one (Authorization, Cookie, X-Api-Key, Private-Token...) may be a secret.
-_CROSS_ORIGIN_SAFE = frozenset(
-    {"accept", "accept-charset", "accept-language", "user-agent", "cache-control", "pragma"}
-)
-
-
 # Bytes of a redirect body we read to reuse its connection; a longer one costs a new connection.
 _REDIRECT_BODY_LIMIT = 64 * 1024
-
-
-def _drop_credentials(
-    headers: tuple[tuple[str, str], ...], old: str, new: str
-) -> tuple[tuple[str, str], ...]:
-    if same_origin(old, new):
-        return headers
-    return tuple(h for h in headers if h[0].lower() in _CROSS_ORIGIN_SAFE)
 
 
 def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
@@ -67,29 +50,16 @@ def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
             location = response.headers.get("Location")
             if not location:
                 raise BadResponse(current, f"redirect {response.status} without Location")
-            target = _redirect_target(current, location)
+            target = redirect_target(current, location)
         finally:
             # Keep the socket only for a next hop that can use it: one kept alive for
             # another origin would be a second open socket beyond the connection budget.
             _finish_probe_response(
                 response, reuse=target is not None and same_origin(current, target)
             )
-        headers = _drop_credentials(headers, current, target)
+        headers = headers_for_origin(headers, current, target)
         current = target
     raise TooManyRedirects(url, settings.max_redirects)
-
-
-def _redirect_target(current: str, location: str) -> str:
-    """The absolute URL a ``Location`` points to, checked like a user's URL; credentials a
-    server put in it are dropped, never sent and never stored."""
-    try:
-        target = urljoin(current, location)
-    except ValueError:
-        target = location
-    problem = url_problem(target)
-    if problem:
-        raise BadResponse(current, f"redirect to {redact_url(target)!r}: {problem}")
-    return strip_userinfo(target)
 
 
 def _finish_probe_response(response: Response, reuse: bool) -> None:

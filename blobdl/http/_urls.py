@@ -7,14 +7,19 @@ the two would read differently, so the host we check is the host we reach.
 from __future__ import annotations
 
 import base64
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from urllib3.util import parse_url
 
 from .._redact import redact_url
-from ..errors import UsageError
+from ..errors import BadResponse, UsageError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# A header follows a request to another origin (scheme, host, port) only if it is on this
+# list: any other one (Authorization, Cookie, X-Api-Key, Private-Token...) may be a secret.
+_CROSS_ORIGIN_SAFE = frozenset(
+    {"accept", "accept-charset", "accept-language", "user-agent", "cache-control", "pragma"}
+)
 
 
 def check_url(url: str) -> None:
@@ -63,6 +68,30 @@ def origin(url: str) -> tuple[str, str, int | None]:
 
 def same_origin(a: str, b: str) -> bool:
     return origin(a) == origin(b)
+
+
+def headers_for_origin(
+    headers: tuple[tuple[str, str], ...], given_for: str, sent_to: str
+) -> tuple[tuple[str, str], ...]:
+    """The ``headers`` given for the URL ``given_for`` that may go to ``sent_to``: all of
+    them on its origin, only the harmless ones (``_CROSS_ORIGIN_SAFE``) anywhere else."""
+    if same_origin(given_for, sent_to):
+        return headers
+    return tuple(h for h in headers if h[0].lower() in _CROSS_ORIGIN_SAFE)
+
+
+def redirect_target(current: str, location: str, what: str = "redirect to") -> str:
+    """The absolute URL a server's ``Location`` (or any URL it names, ``what`` says which)
+    points to, checked like a user's URL; credentials a server put in it are dropped, never
+    sent and never stored. A URL ``url_problem`` refuses is a ``BadResponse`` of ``current``."""
+    try:
+        target = urljoin(current, location)
+    except ValueError:
+        target = location
+    problem = url_problem(target)
+    if problem:
+        raise BadResponse(current, f"{what} {redact_url(target)!r}: {problem}")
+    return strip_userinfo(target)
 
 
 def strip_userinfo(url: str) -> str:

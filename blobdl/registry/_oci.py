@@ -1,48 +1,47 @@
 """The registry side of a pull: the OCI distribution protocol as Ollama's registry speaks it.
 
 Manifests, the ``WWW-Authenticate`` dance (Bearer tokens cached per scope, or Basic with
-the Docker config's credentials) and where each blob really lives. Credentials go to the
-registry's own origin (scheme, host and port) and to the token realm it names, nowhere else:
-a blob GET that answers with a redirect is resolved here, and the engine is given the
-storage URL *without* any Authorization header.
+the Docker config's credentials) and where each blob really lives. Every request goes
+through the HTTP edge (``blobdl.http``) like a download's: the same pool (TLS, client
+certificate, CA bundle, proxy routes with ``NO_PROXY``), ``User-Agent: blobdl/<version>``,
+error translation and retry policy; every URL a server names (a ``Location``, a token
+realm) is checked by ``url_problem`` before anything is sent to it, and every JSON answer
+field by field (``_schema``).
+
+Credentials go to the registry's own origin (scheme, host and port, read as urllib3
+connects) and the Docker config's password to the token realm it names, nowhere else; the
+user's ``-H`` headers go to the registry's origin, and only the harmless ones elsewhere. A
+blob GET that answers with a redirect is resolved here, and the engine is given the storage
+URL with only the headers that origin may have.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
-import os
 import re
-import time
-import urllib.request
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
-from urllib.parse import urlencode, urljoin, urlsplit
+from typing import NamedTuple
+from urllib.parse import urlencode, urlsplit
 
-import urllib3
-from urllib3.exceptions import HTTPError, InsecureRequestWarning
-from urllib3.exceptions import SSLError as Urllib3SSLError
-from urllib3.util.ssl_ import create_urllib3_context
-
-from ..config import Settings
+from .._redact import redact_url
+from ..config import MAX_BYTES, Settings, check_header
 from ..errors import (
     AuthRefused,
     BadResponse,
-    BlobdlError,
-    ConnectionFailed,
     DigestMismatch,
     HTTPStatusError,
     ModelNotFound,
-    TLSError,
     TooManyRedirects,
     UnsupportedManifest,
     UsageError,
 )
+from ..http._document import Document, fetch, get_document
+from ..http._pool import ProxyRoutes, make_pool
+from ..http._urls import headers_for_origin, redirect_target, same_origin, url_problem
+from ._credentials import basic, docker_credentials
 from ._names import Reference
+from ._schema import Int, Opt, check, parse_json
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -52,10 +51,10 @@ INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
-MAX_MANIFEST = 4 << 20  # bytes; a manifest is a few KB
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+MAX_DOCUMENT = 4 << 20  # bytes of a manifest or a token answer; a manifest is a few KB
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
+# key="value" or key=token; a quote that is never closed is no value at all.
+_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s"]*)(?=[,\s]|$))')
 
 
 # --- the manifest -----------------------------------------------------------------------------
@@ -79,124 +78,63 @@ class Manifest:
     blobs: tuple[Blob, ...]  # the config first, then the layers; no duplicates
 
 
+# Every field Ollama's Go decoder reads (manifest.Manifest, manifest.Layer) with the type
+# it reads it as: a manifest it could not decode would hide the model and stop its prune.
+_BLOB = {
+    "digest": re.compile(r"sha256:[0-9a-f]{64}"),
+    "size": Int(0, MAX_BYTES),
+    "mediaType": Opt(str),
+    "from": Opt(str),
+}
+_HEAD = {"schemaVersion": Opt(object), "mediaType": Opt(str)}
+_MANIFEST = {"schemaVersion": Int(2, 2), "mediaType": Opt(str), "config": _BLOB,
+             "layers": Opt([_BLOB])}  # fmt: skip
+
+
 def parse_manifest(raw: bytes, content_type: str, where: str) -> Manifest:
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadResponse(where, "the manifest is not JSON") from None
-    if not isinstance(doc, dict):
-        raise BadResponse(where, "the manifest is not a JSON object")
-    media_type = doc.get("mediaType") or content_type.split(";")[0].strip()
-    if media_type not in MANIFEST_TYPES or doc.get("schemaVersion") != 2:
+    def fail(message: str) -> BadResponse:
+        return BadResponse(where, message)
+
+    doc = parse_json(raw, "the manifest", fail)
+    head = check(doc, _HEAD, "the manifest", fail)
+    media_type = head["mediaType"] or content_type.split(";")[0].strip()
+    if media_type not in MANIFEST_TYPES or head["schemaVersion"] != 2:
         what = f"{media_type} (an index: pick one platform's manifest)"
-        raise UnsupportedManifest(where, what if media_type in INDEX_TYPES else str(media_type))
-    entries = [doc.get("config"), *(doc.get("layers") or [])]
+        raise UnsupportedManifest(where, what if media_type in INDEX_TYPES else media_type[:100])
+    fields = check(doc, _MANIFEST, "the manifest", fail)
     blobs: dict[str, Blob] = {}
-    for entry in entries:
-        blob = _blob(entry, where)
-        blobs.setdefault(blob.digest, blob)
+    for entry in [fields["config"], *(fields["layers"] or [])]:
+        blob = Blob(entry["digest"], entry["size"], entry["mediaType"] or "")
+        if blobs.setdefault(blob.digest, blob).size != blob.size:
+            raise fail(f"the manifest gives {blob.digest} two sizes")
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     return Manifest(raw, digest, media_type, tuple(blobs.values()))
 
 
-def _blob(entry: Any, where: str) -> Blob:
-    ok = isinstance(entry, dict)
-    digest, size = (entry.get("digest"), entry.get("size")) if ok else (None, None)
-    if not (isinstance(digest, str) and _DIGEST.match(digest)):
-        raise BadResponse(where, f"manifest entry without a sha256 digest: {entry!r:.200}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise BadResponse(where, f"manifest entry {digest} without a valid size")
-    return Blob(digest, size, str(entry.get("mediaType", "")))
+# --- the registry -----------------------------------------------------------------------------
 
 
-# --- credentials ------------------------------------------------------------------------------
+def registry_url(ref: Reference, plain_http: bool) -> str:
+    """``scheme://host[:port]``: https unless the reference says http://, or ``plain_http``
+    (``--insecure``, as ``ollama pull --insecure``: plain HTTP, never unverified TLS)."""
+    url = f"{'http' if plain_http else ref.scheme}://{ref.host}"
+    problem = url_problem(url + "/")
+    if problem:
+        raise UsageError(f"invalid registry host {ref.host!r}: {problem}")
+    return url
 
 
-def docker_credentials(host: str) -> tuple[str, str] | None:
-    """``auths.<host>.auth`` from ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``
-    (credential helpers are not supported)."""
-    folder = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
-    path = Path(folder) / "config.json"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read Docker config {path}: {exc}") from None
-    auths = doc.get("auths") if isinstance(doc, dict) else None
-    for key, entry in (auths or {}).items():
-        if _config_host(key) == host.lower() and isinstance(entry, dict):
-            return _decode_auth(entry, path)
-    return None
-
-
-def _config_host(key: str) -> str:
-    """``https://host:port/v1/`` -> ``host:port``: keys are written both ways."""
-    return key.split("://", 1)[-1].split("/", 1)[0].lower()
-
-
-def _decode_auth(entry: dict[str, Any], path: Path) -> tuple[str, str] | None:
-    if isinstance(entry.get("auth"), str) and entry["auth"]:
-        try:
-            user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            sep = ""
-        if not sep:
-            raise UsageError(f"Docker config {path}: an 'auth' that is not base64 user:password")
-        return user, password
-    if isinstance(entry.get("username"), str):
-        return entry["username"], str(entry.get("password", ""))
-    return None
-
-
-def _basic(credentials: tuple[str, str]) -> str:
-    return "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
-
-
-# --- HTTP -------------------------------------------------------------------------------------
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    """Scheme, host and port (default ports filled in): what a credential is bound to."""
-    parts = urlsplit(url)
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
-
-
-def make_pool(settings: Settings) -> urllib3.PoolManager:
-    """A small pool for manifest, token and blob-location requests (not blob bytes)."""
-    timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.stall_timeout)
-    options: dict[str, Any] = {"retries": False, "timeout": timeout}
-    if not settings.verify_tls:
-        warnings.filterwarnings("ignore", category=InsecureRequestWarning)
-        options["ssl_context"] = create_urllib3_context(cert_reqs=0)
-        options["cert_reqs"] = "CERT_NONE"
-    elif settings.ca_bundle:
-        options["ca_certs"] = settings.ca_bundle
-    if settings.client_cert:
-        options["cert_file"], options["key_file"] = settings.client_cert, settings.client_key
-    proxy = settings.proxy
-    if proxy is None and settings.trust_env:
-        proxies = urllib.request.getproxies_environment()
-        proxy = proxies.get("https") or proxies.get("http")
-    if proxy:
-        return urllib3.ProxyManager(proxy if "://" in proxy else f"http://{proxy}", **options)
-    return urllib3.PoolManager(**options)
-
-
-class _Response(NamedTuple):
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
+Headers = dict[str, str]
 
 
 class Registry:
     """One repository on one registry, with its credentials and cached tokens."""
 
-    def __init__(self, ref: Reference, settings: Settings) -> None:
+    def __init__(self, ref: Reference, settings: Settings, *, plain_http: bool = False) -> None:
         self.ref, self.settings = ref, settings
+        self.base = registry_url(ref, plain_http)
         self.pool = make_pool(settings)
-        self.base = ref.base_url
+        self.routes = ProxyRoutes.from_settings(settings)
         self.credentials = docker_credentials(ref.host)
         self.tokens: dict[str, str] = {}  # scope -> Bearer token
         self.scheme = ""  # the auth scheme the registry asked for ("" until it asks)
@@ -206,65 +144,79 @@ class Registry:
 
     def manifest(self) -> Manifest:
         url = f"{self.base}/v2/{self.ref.repository}/manifests/{self.ref.manifest_reference}"
-        accept = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
-        response = self._follow(url, {"Accept": accept}, limit=MAX_MANIFEST)
-        if response.status == 404:
+        accept = {"Accept": ", ".join(MANIFEST_TYPES + INDEX_TYPES)}
+        try:
+            answer = self._follow(url, lambda hop: self._send(hop, accept, MAX_DOCUMENT))
+        finally:
+            self.pool.clear()  # no socket of ours is inherited by the workers forked later
+        if answer.status == 404:
             raise ModelNotFound(str(self.ref))
-        self._require_ok(response, url)
-        manifest = parse_manifest(response.body, response.headers.get("content-type", ""), url)
-        served = response.headers.get("docker-content-digest", "")
+        _require_ok(answer)
+        manifest = parse_manifest(answer.body, answer.headers.get("Content-Type", ""), url)
+        served = answer.headers.get("Docker-Content-Digest", "")
         expected = f"sha256:{self.ref.digest}" if self.ref.digest else served
         if expected.startswith("sha256:") and expected != manifest.digest:
-            raise DigestMismatch(expected, manifest.digest)
+            raise DigestMismatch(expected[:100], manifest.digest)
         return manifest
 
     def blob_source(self, blob: Blob) -> tuple[str, tuple[tuple[str, str], ...]]:
         """Where to GET ``blob`` and with which headers. A redirect to another origin (the
-        presigned storage URL) is returned bare: no credential goes with it."""
+        presigned storage URL) is returned with only what that origin may be sent."""
         url = f"{self.base}/v2/{self.ref.repository}/blobs/{blob.digest}"
-        response = self._send(url, {"Range": "bytes=0-0"}, limit=0)
-        if response.status in _REDIRECTS and "location" in response.headers:
-            target = urljoin(url, response.headers["location"])
-            return target, self.auth_headers(target)
-        if response.status == 404:
+        try:
+            answer = self._send(url, {"Range": "bytes=0-0"}, 0)
+        finally:
+            self.pool.clear()
+        if answer.status in _REDIRECTS:
+            target = redirect_target(url, _location(answer))
+            return target, tuple(self.headers_for(target).items())
+        if answer.status == 404:
             raise ModelNotFound(str(self.ref), f"the registry has no blob {blob.digest}")
-        if response.status not in (200, 206):
-            self._require_ok(response, url)
-        return url, self.auth_headers(url)
+        if answer.status not in (200, 206, 416):  # 416: an empty blob has no byte 0
+            _require_ok(answer)
+        return url, tuple(self.headers_for(url).items())
 
     def forget_token(self) -> None:
         """The token expired (a 401 mid-pull): the next request fetches a new one."""
         self.tokens.pop(self.scope, None)
 
-    def auth_headers(self, url: str) -> tuple[tuple[str, str], ...]:
-        if origin(url) != origin(self.base):
-            return ()
+    def headers_for(self, url: str) -> Headers:
+        """What a request to ``url`` carries: the user's headers as a download's would be
+        (all of them on the registry's origin, the harmless ones elsewhere), and on the
+        registry's origin the credential it asked for (which replaces a user's)."""
+        headers = dict(headers_for_origin(self.settings.headers, self.base, url))
+        if not same_origin(url, self.base):
+            return headers
         if self.scheme == "bearer" and self.scope in self.tokens:
-            return (("Authorization", f"Bearer {self.tokens[self.scope]}"),)
-        if self.scheme == "basic" and self.credentials:
-            return (("Authorization", _basic(self.credentials)),)
-        return ()
+            headers = _with_auth(headers, f"Bearer {self.tokens[self.scope]}")
+        elif self.scheme == "basic" and self.credentials:
+            headers = _with_auth(headers, self._password_for(url))
+        return headers
 
     # --- requests ---------------------------------------------------------------------------
 
-    def _follow(self, url: str, headers: dict[str, str], limit: int) -> _Response:
+    def _follow(self, url: str, send: Callable[[str], Document]) -> Document:
+        """``send`` to ``url`` and to every ``Location`` after it (each checked first)."""
         for _hop in range(self.settings.max_redirects + 1):
-            response = self._send(url, headers, limit)
-            if response.status not in _REDIRECTS or "location" not in response.headers:
-                return response
-            url = urljoin(url, response.headers["location"])
+            answer = send(url)
+            if answer.status not in _REDIRECTS:
+                return answer
+            url = redirect_target(url, _location(answer))
         raise TooManyRedirects(url, self.settings.max_redirects)
 
-    def _send(self, url: str, headers: dict[str, str], limit: int) -> _Response:
+    def _send(self, url: str, extra: Headers, limit: int) -> Document:
         """One request, authenticating once if the registry answers 401."""
-        response = self._get(url, {**headers, **dict(self.auth_headers(url))}, limit)
-        if response.status != 401 or origin(url) != origin(self.base):
-            return response
-        self._authenticate(url, response.headers.get("www-authenticate", ""))
-        response = self._get(url, {**headers, **dict(self.auth_headers(url))}, limit)
-        if response.status == 401:
-            raise AuthRefused(url, "the registry refused the credentials")
-        return response
+        answer = self._get(url, {**extra, **self.headers_for(url)}, limit)
+        if answer.status != 401 or not same_origin(url, self.base):
+            return answer
+        self._authenticate(url, answer.headers.get("WWW-Authenticate", ""))
+        answer = self._get(url, {**extra, **self.headers_for(url)}, limit)
+        if answer.status == 401:
+            raise AuthRefused(redact_url(url), "the registry refused the credentials")
+        return answer
+
+    def _get(self, url: str, headers: Headers, limit: int) -> Document:
+        return fetch(self.settings, lambda: get_document(self.pool, url, headers, limit))
 
     def _authenticate(self, url: str, challenge: str) -> None:
         scheme, _, rest = challenge.strip().partition(" ")
@@ -275,71 +227,77 @@ class Registry:
                 raise AuthRefused(url, f"no credentials for {self.ref.host} in the Docker config")
         elif self.scheme == "bearer" and params.get("realm"):
             scope = params.get("scope") or self.scope
-            self.tokens[self.scope] = self._token(params["realm"], params.get("service"), scope)
-        else:
-            raise AuthRefused(url, f"unsupported challenge {challenge!r:.100}")
-
-    def _token(self, realm: str, service: str | None, scope: str) -> str:
-        if urlsplit(realm).scheme not in ("http", "https"):
-            raise AuthRefused(realm, "the token realm is not an http(s) URL")
-        query = urlencode({k: v for k, v in (("service", service), ("scope", scope)) if v})
-        url = f"{realm}{'&' if '?' in realm else '?'}{query}"
-        headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
-        response = self._get(url, headers, MAX_MANIFEST)
-        if response.status in (401, 403):
-            raise AuthRefused(realm, f"the token server answered {response.status}")
-        self._require_ok(response, realm)
-        try:
-            doc = json.loads(response.body)
-            token = doc.get("token") or doc.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
-        if not isinstance(token, str) or not token:
-            raise BadResponse(realm, "the token server sent no token")
-        return token
-
-    def _require_ok(self, response: _Response, url: str) -> None:
-        if response.status in (401, 403):
-            raise AuthRefused(url, f"HTTP {response.status}")
-        if response.status != 200 and not 200 <= response.status < 300:
-            raise HTTPStatusError(response.status, url)
-
-    def _get(self, url: str, headers: dict[str, str], limit: int) -> _Response:
-        """GET with the engine's retry budget for connection failures and 5xx/429."""
-        attempt = 0
-        while True:
-            try:
-                response = self._get_once(url, headers, limit)
-                if response.status < 500 and response.status != 429:
-                    return response
-                error: BlobdlError = HTTPStatusError(response.status, url)
-            except TLSError:
-                raise
-            except ConnectionFailed as exc:
-                error = exc
-            attempt += 1
-            if attempt > self.settings.retries:
-                if isinstance(error, HTTPStatusError):
-                    return response
-                raise error
-            time.sleep(min(attempt**2 * self.settings.backoff_unit, self.settings.max_backoff))
-
-    def _get_once(self, url: str, headers: dict[str, str], limit: int) -> _Response:
-        try:
-            response = self.pool.request(
-                "GET", url, headers=headers, redirect=False, preload_content=False
+            self.tokens[self.scope] = self._token(
+                url, params["realm"], params.get("service"), scope
             )
-        except Urllib3SSLError as exc:
-            raise TLSError(url, str(exc)) from None
-        except HTTPError as exc:
-            raise ConnectionFailed(url, str(exc)) from None
-        try:
-            body = response.read(limit + 1) if limit else b""
-        except HTTPError as exc:
-            raise ConnectionFailed(url, str(exc)) from None
-        finally:
-            response.close()  # unread bodies (a blob) must not come back to the pool
-        if len(body) > limit:
-            raise BadResponse(url, f"more than {limit} bytes where a small document was expected")
-        headers_out = {k.lower(): v for k, v in response.headers.items()}
-        return _Response(response.status, headers_out, body)
+        else:
+            raise AuthRefused(url, f"unsupported challenge {challenge[:100]!r}")
+
+    def _token(self, url: str, realm: str, service: str | None, scope: str) -> str:
+        realm = redirect_target(url, realm, "token realm")  # ambiguous, not http(s): refused
+        query = urlencode({k: v for k, v in (("service", service), ("scope", scope)) if v})
+        token_url = f"{realm}{'&' if '?' in realm else '?'}{query}"
+
+        def headers(hop: str) -> Headers:
+            given = dict(headers_for_origin(self.settings.headers, self.base, hop))
+            if self.credentials and same_origin(hop, realm):
+                given = _with_auth(given, self._password_for(hop))
+            return given
+
+        answer = self._follow(token_url, lambda hop: self._get(hop, headers(hop), MAX_DOCUMENT))
+        if answer.status in (401, 403):
+            raise AuthRefused(redact_url(realm), f"the token server answered {answer.status}")
+        _require_ok(answer)
+        return _token_from(answer)
+
+    def _password_for(self, url: str) -> str:
+        """The Docker config's Basic credential, for ``url``: never in clear text to a proxy."""
+        assert self.credentials is not None
+        proxy = self.routes.proxy_for(url)
+        if proxy is not None and urlsplit(url).scheme == "http":
+            host = urlsplit(url).netloc
+            raise AuthRefused(
+                redact_url(url),
+                f"the Docker config's password for {host} would reach proxy "
+                f"{redact_url(proxy)} in clear text (use https, or name {host} in NO_PROXY)",
+            )
+        return basic(self.credentials)
+
+
+_TOKEN = {"token": Opt(str), "access_token": Opt(str)}
+
+
+def _token_from(answer: Document) -> str:
+    def fail(message: str) -> BadResponse:
+        return BadResponse(answer.url, message)
+
+    doc = check(parse_json(answer.body, "the token answer", fail), _TOKEN, "the token answer", fail)
+    token = doc["token"] or doc["access_token"]
+    if not token:
+        raise fail("the token server sent no token")
+    try:
+        check_header("Authorization", f"Bearer {token}")
+    except UsageError:
+        raise fail(
+            "the token holds characters a header cannot carry (CR, LF, NUL, non-latin-1)"
+        ) from None
+    return str(token)
+
+
+def _with_auth(headers: Headers, value: str) -> Headers:
+    kept = {name: v for name, v in headers.items() if name.lower() != "authorization"}
+    return {**kept, "Authorization": value}
+
+
+def _location(answer: Document) -> str:
+    location = answer.headers.get("Location")
+    if not location:
+        raise BadResponse(answer.url, f"redirect {answer.status} without Location")
+    return location
+
+
+def _require_ok(answer: Document) -> None:
+    if answer.status in (401, 403):
+        raise AuthRefused(redact_url(answer.url), f"HTTP {answer.status}")
+    if not 200 <= answer.status < 300:
+        raise HTTPStatusError(answer.status, answer.url)

@@ -81,15 +81,17 @@ def pull(
     *,
     on_event: PullCallback | None = None,
     settings: Settings | None = None,
+    insecure: bool = False,
     **overrides: Any,
 ) -> PullResult:
     """Pull ``ref`` (``[http(s)://][HOST[:PORT]/][NS/]MODEL[:TAG|@sha256:HEX]``) into
-    ``models_dir``. Every blob shares ``connections`` connections, as in ``download_many``."""
+    ``models_dir``. Every blob shares ``connections`` connections, as in ``download_many``.
+    ``insecure``: the registry is reached over plain HTTP (``ollama pull --insecure``)."""
     started = time.monotonic()
     base = Downloader(settings, **overrides).settings
     reference = parse_reference(ref)
     store = Store(Path(models_dir) if models_dir is not None else default_models_dir())
-    registry = Registry(reference, base)
+    registry = Registry(reference, base, plain_http=insecure)
     manifest = registry.manifest()
     missing = [b for b in manifest.blobs if not store.has(b)]
     needed = sum(b.size for b in missing)
@@ -97,7 +99,10 @@ def pull(
         on_event(PullStarted(str(reference), manifest.digest, len(manifest.blobs),
                              len(missing), needed))  # fmt: skip
     store.check_space(missing)
-    fetched = _Fetcher(store, registry, base, on_event).fetch_all(missing)
+    # The user's headers go with the registry's requests (``blob_source`` says which go to
+    # storage), never as the engine's headers for every URL a blob's GET ends up at.
+    blobs = dataclasses.replace(base, headers=())
+    fetched = _Fetcher(store, registry, blobs, on_event).fetch_all(missing)
     path = store.write_manifest(reference, manifest)
     layers = tuple(_layer(store, b, fetched.get(b.digest)) for b in manifest.blobs)
     return PullResult(str(reference), path, manifest.digest, layers, time.monotonic() - started)

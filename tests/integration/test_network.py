@@ -126,8 +126,13 @@ def test_unreadable_ca_bundle_is_a_usage_error(tls_blob: Blob, tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("flags", "code"),
-    [(["--ca-bundle", "CA"], EXIT_OK), ([], EXIT_NETWORK), (["--insecure"], EXIT_OK)],
-    ids=["ca-bundle", "untrusted", "insecure"],
+    [
+        (["--ca-bundle", "CA"], EXIT_OK),
+        ([], EXIT_NETWORK),
+        (["--no-verify-tls"], EXIT_OK),
+        (["--insecure"], EXIT_OK),
+    ],
+    ids=["ca-bundle", "untrusted", "no-verify-tls", "insecure-deprecated"],
 )
 def test_cli_https(tls_blob: Blob, pki: PKI, tmp_path: Path, flags: list[str], code: int) -> None:
     flags = [pki.ca_pem if f == "CA" else f for f in flags]
@@ -135,6 +140,15 @@ def test_cli_https(tls_blob: Blob, pki: PKI, tmp_path: Path, flags: list[str], c
     assert run.returncode == code, run.stderr
     # One worker or probe warning would show here: urllib3 prints SecurityWarnings always.
     assert "InsecureRequestWarning" not in run.stderr
+    # The download's --insecure is a released option: it still works, and warns once.
+    deprecated = [line for line in run.stderr.splitlines() if "deprecated" in line]
+    if "--insecure" in flags:
+        assert deprecated == [
+            "blobdl: warning: --insecure is deprecated for downloads: use --no-verify-tls "
+            "(it means the same here; 'blobdl pull --insecure' means plain HTTP)"
+        ], run.stderr
+    else:
+        assert not deprecated, run.stderr
     if code == EXIT_OK:
         assert sha256_file(tmp_path / "out") == tls_blob.sha256
     else:

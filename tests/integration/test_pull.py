@@ -38,6 +38,7 @@ from faultserver.registry import (
 )
 from faultserver.serverctl import ServerHandle, start_server
 from tests.conftest import REPO, Blob, fast_settings, run_cli
+from tests.integration.conftest import PKI
 
 KB = 1024
 Make = Callable[..., Blob]
@@ -644,3 +645,64 @@ def test_a_terminal_gets_one_bar_for_the_bytes_still_missing(
     bars = [line for line in text.replace("\r\n", "\n").split("\n") if "%|" in line]
     assert len(bars) == 1, text  # redrawn in place with \r, never a second bar
     assert "256k/256k" in bars[0].split("\r")[-1], text  # the total: the one missing layer
+
+
+# --- --insecure is plain HTTP, as for `ollama pull`; --no-verify-tls skips TLS checks ---------
+
+
+def bare_ref(registry: Registry, model: Model) -> str:
+    """The reference without a scheme, as Ollama users write it."""
+    return f"{registry.host}/{model.repo}:{model.tag}"
+
+
+def test_insecure_pulls_from_a_plain_http_registry_by_a_reference_without_scheme(
+    registry: Registry, tmp_path: Path
+) -> None:
+    model = registry.push_model("library/plain", "v1", (20 * KB, 10))
+    models = tmp_path / "models"
+    refused = run_cli("pull", bare_ref(registry, model), "--models-dir", str(models),
+                      "--retries", "0")  # fmt: skip
+    assert refused.returncode == 3, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("blobdl: error: "), refused.stderr
+    assert f"https://{registry.host}/" in lines[0]  # https unless --insecure: says where
+    done = run_cli("pull", bare_ref(registry, model), "--insecure", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert_store(models, registry, model)
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[Registry]:
+    """Debian's docker-registry over HTTPS, with a certificate of the test CA (which no
+    system trusts: as good as self-signed)."""
+    tls = (pki.server_cert, pki.server_key, pki.ca_pem)
+    handle = start_registry(tmp_path_factory.mktemp("tls-registry"), tls=tls)
+    yield handle
+    handle.stop()
+
+
+def test_no_verify_tls_pulls_from_a_registry_whose_certificate_is_not_trusted(
+    tls_registry: Registry, pki: PKI, tmp_path: Path
+) -> None:
+    model = tls_registry.push_model("library/tls", "v1", (30 * KB, 10))
+    reference = bare_ref(tls_registry, model)
+    for flags in ([], ["--insecure"]):  # --insecure is plain HTTP: it never skips TLS checks
+        refused = run_cli("pull", reference, *flags, "--models-dir", str(tmp_path / "no"),
+                          "--retries", "0")  # fmt: skip
+        assert refused.returncode == 3, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "TLS" in run_cli("pull", reference, "--models-dir", str(tmp_path / "no")).stderr
+    assert not (tmp_path / "no" / "manifests").exists()
+    for flags in (["--no-verify-tls"], ["--ca-bundle", pki.ca_pem]):
+        models = tmp_path / flags[0].strip("-")
+        done = run_cli("pull", reference, *flags, "--models-dir", str(models))
+        assert done.returncode == 0, done.stderr
+        assert_store(models, tls_registry, model)
+
+
+def test_pull_help_says_what_insecure_and_no_verify_tls_mean() -> None:
+    text = " ".join(run_cli("pull", "--help").stdout.split())
+    assert "--insecure reach the registry over plain HTTP, as 'ollama pull --insecure'" in text
+    assert "--no-verify-tls do not verify TLS certificates" in text
+    text = " ".join(run_cli("--help").stdout.split())
+    assert "--insecure deprecated: the old name of --no-verify-tls here" in text

@@ -1,0 +1,108 @@
+"""JSON from outside (a registry's manifest or token, the Docker config), checked field by
+field before any of it is used: a hostile document is one error of ours, never a traceback.
+
+``parse_json`` reads a document: no NaN or Infinity, no two keys of one object that are the
+same but for case (Go's decoder, which Ollama reads manifests with, matches keys without
+regard to case: ``"LAYERS": 5`` beside ``"layers"`` breaks Ollama's reading, not ours), and
+nesting too deep for the parser is refused. ``check`` holds a value against a shape:
+
+- a type (``str``, ``bool``) or ``object`` (anything);
+- ``Int(low, high)``: an integer (not a bool, not 2.0) in that range;
+- a compiled pattern: a string it matches in full (``$`` would let a final newline by);
+- ``Opt(shape)``: absent or null, or the shape;
+- ``[shape]``: a list of such;
+- ``{key: shape}``: an object; the listed keys are read (as Go reads them, without regard
+  to case) and the others ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ..errors import BlobdlError
+
+
+class Int(NamedTuple):
+    low: int
+    high: int
+
+
+class Opt(NamedTuple):
+    shape: object
+
+
+Fail = Callable[[str], BlobdlError]  # makes the error for a message
+
+
+class _Refused(ValueError):
+    pass
+
+
+def parse_json(body: bytes, what: str, fail: Fail) -> Any:
+    """The JSON value of ``body`` (UTF-8, as Go reads it: no other encoding is guessed), or
+    ``fail("<what> is not JSON ...")`` raised."""
+    try:
+        text = body.decode("utf-8")
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique)
+    except RecursionError:
+        raise fail(f"{what} is nested too deeply") from None
+    except _Refused as exc:
+        raise fail(f"{what} is not JSON we accept: {exc}") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, an int of 5,000 digits
+        raise fail(f"{what} is not JSON") from None
+
+
+def _no_constant(name: str) -> None:
+    raise _Refused(f"{name} is not a number")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    folded = {key.casefold() for key, _ in pairs}
+    if len(folded) < len(pairs):
+        raise _Refused("an object has the same key twice (ignoring case)")
+    return dict(pairs)
+
+
+def check(value: Any, shape: object, what: str, fail: Fail) -> Any:
+    """``value`` if it has ``shape``, else ``fail("<what>: ...")`` raised; an object comes
+    back with exactly the shape's keys (absent ones None)."""
+    if isinstance(shape, Opt):
+        return None if value is None else check(value, shape.shape, what, fail)
+    if isinstance(shape, dict):
+        return _object(value, shape, what, fail)
+    if isinstance(shape, list):
+        items = _expect(value, isinstance(value, list), "a list", what, fail)
+        return [check(item, shape[0], f"{what}[{i}]", fail) for i, item in enumerate(items)]
+    if isinstance(shape, Int):
+        whole = type(value) is int and shape.low <= value <= shape.high
+        return _expect(value, whole, f"a whole number from {shape.low} to {shape.high}", what, fail)
+    if isinstance(shape, re.Pattern):
+        matched = isinstance(value, str) and shape.fullmatch(value) is not None
+        return _expect(value, matched, f"a string like {shape.pattern!r}", what, fail)
+    assert isinstance(shape, type), shape
+    return _expect(value, isinstance(value, shape), _kind(shape), what, fail)
+
+
+def _object(value: Any, shape: dict[str, object], what: str, fail: Fail) -> dict[str, Any]:
+    found = _expect(value, isinstance(value, dict), "an object", what, fail)
+    by_fold = {key.casefold(): item for key, item in found.items()}
+    return {
+        key: check(by_fold.get(key.casefold()), sub, f"{what}.{key}", fail)
+        for key, sub in shape.items()
+    }
+
+
+def _expect(value: Any, ok: bool, expected: str, what: str, fail: Fail) -> Any:
+    if not ok:
+        given = "missing" if value is None else f"{_kind(type(value))}"
+        raise fail(f"{what} must be {expected}, not {given}")
+    return value
+
+
+def _kind(kind: type) -> str:
+    names = {str: "a string", int: "a number", float: "a number", bool: "true or false",
+             list: "a list", dict: "an object", object: "anything"}  # fmt: skip
+    return names.get(kind, kind.__name__)

@@ -1,0 +1,308 @@
+"""A scriptable OCI registry for ``blobdl pull``'s property tests: one process, four origins.
+
+Run from the repo root::
+
+    python -m faultserver.hostile_registry
+
+It prints one line ``READY <ctl> <registry> <storage> <auth>`` (four loopback ports) and
+serves until SIGTERM. Each port is its own origin, with a role:
+
+- ``registry``: ``/v2/<repo>/manifests/<ref>`` and ``/v2/<repo>/blobs/<digest>``, behind
+  Bearer tokens (a 401 naming the ``auth`` realm), Basic credentials, or nothing; a blob is
+  served with ranges, or answered 307 to ``storage``;
+- ``storage``: ``/blobs/<digest>?sig=…`` with ranges, no auth (a presigned URL's origin);
+- ``auth``: ``/token``, a token for Basic credentials (or for nothing);
+- ``ctl``: ``POST /script`` (the script below; it also clears the log), ``GET /log``.
+
+A script is JSON: ``repo``, ``tag``, ``manifest`` (the exact bytes, base64),
+``content_type``, ``digest_header`` (send ``Docker-Content-Digest``), ``blobs`` ({digest:
+base64 bytes}), ``auth`` ("none", "bearer", "basic"), ``credentials`` ("user:pass" the
+registry's Basic and the token server require, or null), ``token``, ``redirect`` (blobs 307
+to storage), ``storage_host`` (how the 307 names storage, e.g. "localhost"), and ``faults``:
+rules walked in order, ``{"role", "match" (a substring of the path, "" for any), "skip",
+"times" (null: always), "status", "headers", "body" (UTF-8 text) or "repeat": [text, n]}``;
+the first matching rule that is not used up answers instead of the script.
+
+Every request is logged as ``{"role", "method", "path", "headers"}``: a test checks which
+origin saw which credential.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROLES = ("ctl", "registry", "storage", "auth")
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+_WRITE_CHUNK = 64 * 1024
+
+
+class State:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.script: dict[str, Any] = {"faults": []}
+        self.blobs: dict[str, bytes] = {}
+        self.hits: list[int] = []
+        self.log: list[dict[str, Any]] = []
+        self.ports: dict[str, int] = {}
+
+    def load(self, script: dict[str, Any]) -> None:
+        with self.lock:
+            self.script = script
+            self.blobs = {d: base64.b64decode(b) for d, b in script.get("blobs", {}).items()}
+            self.hits = [0] * len(script.get("faults", []))
+            self.log = []
+
+    def note(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.log.append(entry)
+
+    def fault(self, role: str, path: str) -> dict[str, Any] | None:
+        """The first rule for this request that is not used up, counting its hit."""
+        with self.lock:
+            for i, rule in enumerate(self.script.get("faults", [])):
+                if rule.get("role", role) != role or rule.get("match", "") not in path:
+                    continue
+                self.hits[i] += 1
+                skip, times = rule.get("skip", 0), rule.get("times", 1)
+                if self.hits[i] <= skip:
+                    return None
+                if times is None or self.hits[i] <= skip + times:
+                    return rule
+        return None
+
+
+STATE = State()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    role = "registry"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.role == "ctl":
+            self._control()
+            return
+        headers = {k: v for k, v in self.headers.items()}
+        STATE.note({"role": self.role, "method": "GET", "path": self.path, "headers": headers})
+        rule = STATE.fault(self.role, self.path)
+        if rule is not None:
+            self._scripted(rule)
+        elif self.role == "registry":
+            self._registry()
+        elif self.role == "storage":
+            self._blob(urlsplit(self.path).path.rpartition("/")[2])
+        else:
+            self._token()
+
+    do_POST = do_GET
+
+    # --- the roles --------------------------------------------------------------------------
+
+    def _registry(self) -> None:
+        script = STATE.script
+        path = urlsplit(self.path).path
+        prefix = f"/v2/{script.get('repo', '')}/"
+        if not path.startswith(prefix):
+            self._send(404, {"Content-Type": "application/json"}, b'{"errors":[]}')
+            return
+        if not self._authorized(script):
+            return  # answered 401
+        kind, _, ref = path[len(prefix) :].partition("/")
+        if kind == "manifests" and ref in (script.get("tag"), _digest(self._manifest())):
+            self._manifest_reply(script)
+        elif kind == "blobs" and ref in STATE.blobs and script.get("redirect"):
+            host = script.get("storage_host", "127.0.0.1")
+            where = f"http://{host}:{STATE.ports['storage']}/blobs/{ref}?sig=presigned"
+            self._send(307, {"Location": where}, b"")
+        elif kind == "blobs":
+            self._blob(ref)
+        else:
+            self._send(404, {"Content-Type": "application/json"}, b'{"errors":[]}')
+
+    def _authorized(self, script: dict[str, Any]) -> bool:
+        mode, given = script.get("auth", "none"), self.headers.get("Authorization", "")
+        if mode == "bearer" and given != f"Bearer {script.get('token')}":
+            realm = f"http://127.0.0.1:{STATE.ports['auth']}/token"
+            scope = f"repository:{script.get('repo')}:pull"
+            challenge = f'Bearer realm="{realm}",service="hostile",scope="{scope}"'
+            self._send(401, {"WWW-Authenticate": challenge}, b"")
+            return False
+        if mode == "basic" and given != _basic(script.get("credentials")):
+            self._send(401, {"WWW-Authenticate": 'Basic realm="hostile"'}, b"")
+            return False
+        return True
+
+    def _manifest(self) -> bytes:
+        return base64.b64decode(STATE.script.get("manifest", ""))
+
+    def _manifest_reply(self, script: dict[str, Any]) -> None:
+        raw = self._manifest()
+        headers = {"Content-Type": script.get("content_type", "application/json")}
+        if script.get("digest_header", True):
+            headers["Docker-Content-Digest"] = _digest(raw)
+        self._send(200, headers, raw)
+
+    def _token(self) -> None:
+        script = STATE.script
+        wanted = script.get("credentials")
+        if wanted and self.headers.get("Authorization") != _basic(wanted):
+            self._send(401, {"Content-Type": "application/json"}, b'{"error":"credentials"}')
+            return
+        body = json.dumps({"token": script.get("token", "t")}).encode()
+        self._send(200, {"Content-Type": "application/json"}, body)
+
+    def _blob(self, digest: str) -> None:
+        data = STATE.blobs.get(digest)
+        if data is None:
+            self._send(404, {}, b"")
+            return
+        headers = {"ETag": f'"{digest}"', "Accept-Ranges": "bytes"}
+        match = _RANGE.fullmatch(self.headers.get("Range", ""))
+        if match is None:
+            self._send(200, headers, data)
+            return
+        start = int(match.group(1))
+        end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
+        if start >= len(data):
+            self._send(416, {"Content-Range": f"bytes */{len(data)}"}, b"")
+            return
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        self._send(206, headers, data[start : end + 1])
+
+    # --- scripted answers and the control port -----------------------------------------------
+
+    def _scripted(self, rule: dict[str, Any]) -> None:
+        headers = dict(rule.get("headers", {}))
+        if "repeat" in rule:
+            text, count = rule["repeat"]
+            chunk = str(text).encode()
+            self._head(
+                rule.get("status", 200), {**headers, "Content-Length": str(len(chunk) * count)}
+            )
+            sent = 0
+            block = chunk * max(1, _WRITE_CHUNK // max(1, len(chunk)))
+            per = len(block) // max(1, len(chunk))
+            while sent < count:
+                n = min(per, count - sent)
+                self.wfile.write(block[: n * len(chunk)])
+                sent += n
+            return
+        self._send(rule.get("status", 200), headers, str(rule.get("body", "")).encode())
+
+    def _control(self) -> None:
+        if self.command == "POST" and self.path == "/script":
+            length = int(self.headers.get("Content-Length", "0"))
+            STATE.load(json.loads(self.rfile.read(length)))
+            self._send(200, {}, b"{}")
+        elif self.path == "/log":
+            with STATE.lock:
+                body = json.dumps({"log": STATE.log, "hits": STATE.hits}).encode()
+            self._send(200, {"Content-Type": "application/json"}, body)
+        else:
+            self._send(404, {}, b"")
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self._head(status, {"Content-Length": str(len(body)), **headers})
+        self.wfile.write(body)
+
+    def _head(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response_only(status)
+        for name, value in headers.items():
+            # Raw: a hostile header value may hold what send_header would refuse to encode.
+            self._headers_buffer.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+        self.end_headers()
+
+
+class HostileRegistry:
+    """A running ``faultserver.hostile_registry`` and its control port."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faultserver.hostile_registry"],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        word, *ports = self.proc.stdout.readline().decode().split()
+        if word != "READY":
+            self.stop()
+            raise RuntimeError(f"hostile registry did not start: {word!r}")
+        self.ports = dict(zip(ROLES, map(int, ports), strict=True))
+        # No proxy: an HTTP_PROXY a test sets for blobdl must not carry the control calls.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def origin(self, role: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.ports[role]}"
+
+    def load(self, script: dict[str, Any]) -> None:
+        """Play ``script`` from now on (the log starts empty)."""
+        self._call("/script", json.dumps(script).encode())
+
+    def log(self) -> list[dict[str, Any]]:
+        """Every request since the script was loaded: role, method, path, headers."""
+        answer: list[dict[str, Any]] = self._call("/log", None)["log"]
+        return answer
+
+    def _call(self, path: str, data: bytes | None) -> Any:
+        with self._opener.open(self.origin("ctl") + path, data, timeout=10) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _basic(credentials: str | None) -> str:
+    return "Basic " + base64.b64encode((credentials or "").encode()).decode()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-answer is what a hostile test is about
+
+
+def main() -> None:
+    servers = []
+    for role in ROLES:
+        handler = type(f"{role.title()}Handler", (Handler,), {"role": role})
+        server = _Server(("127.0.0.1", 0), handler)
+        STATE.ports[role] = server.server_address[1]
+        servers.append(server)
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("READY " + " ".join(str(STATE.ports[r]) for r in ROLES), flush=True)
+    servers[0].serve_forever()
+
+
+if __name__ == "__main__":
+    main()

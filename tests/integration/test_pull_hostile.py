@@ -1,0 +1,521 @@
+"""The hostile registry (issue #20): a scripted registry per example against the real CLI.
+
+Whatever the registry does — manifests nested 100,000 deep, ``"layers": 5``, wrong types in
+any field, tokens with CR/LF or characters no header can carry, redirects and token realms to
+ambiguous or broken URLs, error statuses, huge bodies — and whether a proxy is in the way or
+not, ``blobdl pull`` ends in one of two ways: exit 0 with a store Ollama can read (every
+manifest at depth 4 parses and names only blobs present with the bytes of their digest), or
+exactly one ``blobdl: error:`` line and exit 2-5. Either way nothing half-written is left
+in ``blobs/`` or ``manifests/``, no process is left behind, and no credential reaches an
+origin it does not belong to: the user's ``-H`` headers and the registry's token go only to
+the registry's origin, the Docker config's password only to the registry and its token
+realm and never in clear text to a proxy, the proxy's credentials only to the proxy.
+
+``BLOBDL_PULL_HOSTILE_EXAMPLES=200 pytest tests/integration/test_pull_hostile.py`` searches
+deeper, at random; the default is a small derandomized run that fits in ``make test``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import blobdl
+from faultserver.hostile_registry import HostileRegistry
+from faultserver.proxy import ForwardProxy
+from tests.integration.test_hostile import run_cli_tagged
+from tests.strategies import (
+    MANIFEST_TYPE,
+    REGISTRY_REPO,
+    REGISTRY_TAG,
+    RegistryPorts,
+    hostile_manifests,
+    registry_faults,
+    registry_models,
+)
+
+EXAMPLES = int(os.environ.get("BLOBDL_PULL_HOSTILE_EXAMPLES", "40"))
+DEEP = "BLOBDL_PULL_HOSTILE_EXAMPLES" in os.environ
+settings.register_profile(
+    "pull-hostile",
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not DEEP,
+    database=None if not DEEP else settings.default.database,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+    phases=list(Phase) if DEEP else [Phase.explicit, Phase.reuse, Phase.generate],
+)
+
+USER_AUTH = "Bearer user-secret-20"
+USER_COOKIE = "session=user-cookie-20"
+DOCKER_USER, DOCKER_PASSWORD = "alice", "docker-secret-20"
+DOCKER_BASIC = "Basic " + base64.b64encode(f"{DOCKER_USER}:{DOCKER_PASSWORD}".encode()).decode()
+PROXY_USER = "puser:proxy-secret-20"
+PROXY_BASIC = "Basic " + base64.b64encode(PROXY_USER.encode()).decode()
+BLOB_NAME = re.compile(r"sha256-([0-9a-f]{64})")
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileRegistry]:
+    handle = HostileRegistry()
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[ForwardProxy]:
+    with ForwardProxy() as handle:
+        yield handle
+
+
+# --- one example --------------------------------------------------------------------------------
+
+
+@st.composite
+def pull_cases(draw: st.DrawFn, ports: RegistryPorts) -> dict[str, Any]:
+    blobs, doc = draw(registry_models())
+    good = json.dumps(doc).encode()
+    auth = draw(st.sampled_from(["none", "bearer", "basic", "bearer+credentials"]))
+    token = f"token-secret-{draw(st.integers(0, 999))}"
+    script = {
+        "repo": REGISTRY_REPO,
+        "tag": REGISTRY_TAG,
+        "manifest": base64.b64encode(draw(hostile_manifests(doc))).decode(),
+        "content_type": MANIFEST_TYPE,
+        "blobs": {d: base64.b64encode(data).decode() for d, data in blobs.items()},
+        "auth": auth.partition("+")[0],
+        "credentials": f"{DOCKER_USER}:{DOCKER_PASSWORD}" if auth != "bearer" else None,
+        "token": token,
+        "redirect": draw(st.booleans()),
+        "storage_host": draw(st.sampled_from(["127.0.0.1", "localhost"])),
+        "faults": draw(st.lists(registry_faults(ports, good.decode()), max_size=3)),
+    }
+    return {
+        "script": script,
+        "proxy": draw(st.sampled_from([None, "all", "bypassed by NO_PROXY"])),
+        "insecure": draw(st.booleans()),  # a reference without a scheme, or http://
+        "connections": draw(st.integers(1, 3)),
+    }
+
+
+def ports_of(hostile: HostileRegistry) -> RegistryPorts:
+    return RegistryPorts(*(hostile.ports[role] for role in ("registry", "storage", "auth")))
+
+
+@contextlib.contextmanager
+def patched_env(**values: str | None) -> Iterator[None]:
+    """``os.environ`` (which the CLI inherits) with these variables set, or removed (None)."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
+def docker_config(folder: Path, port: int, credentials: str | None) -> str:
+    """A Docker config folder holding ``credentials`` for the registry on ``port``."""
+    config = folder / "docker"
+    config.mkdir(exist_ok=True)
+    if credentials:
+        auth = base64.b64encode(credentials.encode()).decode()
+        entry = {"auths": {f"127.0.0.1:{port}": {"auth": auth}}}
+        (config / "config.json").write_text(json.dumps(entry))
+    return str(config)
+
+
+NO_PROXIES = {name: None for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
+              "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")}  # fmt: skip
+
+
+def environment(case: dict[str, Any], folder: Path, proxy: ForwardProxy) -> Any:
+    """The CLI's environment: a Docker config with the password (when the script asks for
+    one), and the proxy as HTTP_PROXY (with NO_PROXY naming 127.0.0.1, or not)."""
+    port, credentials = case["ports"].registry, case["script"]["credentials"]
+    values: dict[str, str | None] = {
+        **NO_PROXIES,
+        "DOCKER_CONFIG": docker_config(folder, port, credentials),
+    }
+    if case["proxy"] is not None:
+        values["HTTP_PROXY"] = f"http://{PROXY_USER}@127.0.0.1:{proxy.port}"
+    if case["proxy"] == "bypassed by NO_PROXY":
+        values["NO_PROXY"] = "127.0.0.1"  # storage named "localhost" still goes through it
+    return patched_env(**values)
+
+
+def cli_args(case: dict[str, Any], models: Path) -> list[str]:
+    host = f"127.0.0.1:{case['ports'].registry}"
+    reference = f"{host}/{REGISTRY_REPO}:{REGISTRY_TAG}"
+    scheme = ["--insecure"] if case["insecure"] else []
+    reference = reference if case["insecure"] else f"http://{reference}"
+    return ["pull", reference, *scheme, "--models-dir", str(models), "-q",
+            "-H", f"Authorization: {USER_AUTH}", "-H", f"Cookie: {USER_COOKIE}",
+            "--connections", str(case["connections"]), "--retries", "1",
+            "--max-backoff", "0.01", "--stall-timeout", "1", "--min-part-size", "16KB",
+            "--max-part-size", "16KB", "--progress-interval", "0.05"]  # fmt: skip
+
+
+# --- the invariant ------------------------------------------------------------------------------
+
+
+def store_problems(models: Path) -> list[str]:
+    """What Ollama could not read, or would take for a model, in ``models``: every manifest
+    at depth 4 must parse and name only blobs present with their digest's bytes; ``blobs/``
+    holds only complete blobs named by their digest; nothing else sits in ``manifests/``."""
+    problems = [f"blob {name}: {p}" for name, p in _blob_problems(models / "blobs")]
+    manifests = models / "manifests"
+    for path in sorted(manifests.rglob("*")) if manifests.exists() else []:
+        depth = len(path.relative_to(manifests).parts)
+        if path.is_dir() and depth < 4:
+            continue
+        if path.is_dir() or depth != 4 or path.is_symlink() or path.name.startswith("."):
+            problems.append(f"not a manifest Ollama can name: {path.relative_to(manifests)}")
+            continue
+        problems += [f"{path.name}: {p}" for p in _manifest_problems(path, models / "blobs")]
+    return problems
+
+
+def _blob_problems(blobs: Path) -> Iterator[tuple[str, str]]:
+    for path in sorted(blobs.iterdir()) if blobs.exists() else []:
+        match = BLOB_NAME.fullmatch(path.name)
+        if not match or not path.is_file() or path.is_symlink():
+            yield path.name, "not a blob Ollama keeps"
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != match.group(1):
+            yield path.name, "its bytes do not match its name"
+
+
+def _manifest_problems(path: Path, blobs: Path) -> list[str]:
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+        entries = [doc["config"], *(doc.get("layers") or [])]
+        digests = [entry["digest"] for entry in entries]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [f"does not parse: {exc!r:.100}"]
+    missing = [d for d in digests if not (blobs / str(d).replace(":", "-")).is_file()]
+    return [f"names missing blobs {missing}"] if missing else []
+
+
+def check_run(run: Any, case: dict[str, Any], models: Path) -> None:
+    assert run.code is not None, f"hang: no exit; stderr={run.stderr[-2000:]!r}"
+    assert not run.leftovers, f"processes left behind: {run.leftovers}"
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    problems = store_problems(models)
+    assert not problems, f"exit {run.code}, the store: {problems}; stderr={run.stderr!r:.600}"
+    manifest = models / "manifests" / f"127.0.0.1:{case['ports'].registry}" / REGISTRY_REPO
+    stored = manifest / REGISTRY_TAG
+    if run.code == 0:
+        served = base64.b64decode(case["script"]["manifest"])
+        assert stored.read_bytes() == served, "exit 0 with other bytes than the registry's"
+        return
+    assert 2 <= run.code <= 5, f"exit {run.code}, stderr={run.stderr[-2000:]!r}"
+    errors = [line for line in run.stderr.splitlines() if line.startswith("blobdl: error:")]
+    assert len(errors) == 1, f"exit {run.code}, not one error line:\n{run.stderr[-2000:]}"
+    assert not stored.exists(), f"exit {run.code} but the manifest was written"
+
+
+def credential_problems(
+    log: list[dict[str, Any]], forwarded: list[dict[str, str]], token: str
+) -> list[str]:
+    """Credentials seen where they do not belong. The registry's origin may see them all;
+    the token realm the Docker config's password (and nothing of the user's); storage none;
+    no origin the proxy's; the proxy no password in clear text."""
+    allowed = {
+        "registry": {USER_AUTH, USER_COOKIE, DOCKER_BASIC, f"Bearer {token}"},
+        "auth": {DOCKER_BASIC},
+        "storage": set(),
+    }
+    secrets = {USER_AUTH, USER_COOKIE, DOCKER_BASIC, f"Bearer {token}", PROXY_BASIC}
+    problems = []
+    for entry in log:
+        for name, value in entry["headers"].items():
+            leaked = [s for s in secrets - allowed[entry["role"]] if s in value]
+            if leaked:
+                problems.append(f"{entry['role']} {entry['path'][:60]} got {name}: {leaked}")
+    for headers in forwarded:
+        if any(DOCKER_PASSWORD in v or DOCKER_BASIC in v for v in headers.values()):
+            problems.append(f"the proxy saw the Docker password in clear text: {headers}")
+    return problems
+
+
+@settings(settings.get_profile("pull-hostile"))
+@given(data=st.data())
+def test_hostile_registry_pull_cli(
+    hostile: HostileRegistry, proxy: ForwardProxy, tmp_path_factory: pytest.TempPathFactory,
+    data: st.DataObject,
+) -> None:  # fmt: skip
+    ports = RegistryPorts(
+        hostile.ports["registry"], hostile.ports["storage"], hostile.ports["auth"]
+    )
+    case = {**data.draw(pull_cases(ports)), "ports": ports}
+    folder = tmp_path_factory.mktemp("pull-case")
+    models, work = folder / "models", folder / "work"
+    work.mkdir()
+    hostile.load(case["script"])
+    seen_before = len(proxy.seen)
+    with environment(case, folder, proxy):
+        run = run_cli_tagged(cli_args(case, models), work)
+    check_run(run, case, models)
+    forwarded = [dict(s.headers) for s in proxy.seen[seen_before:] if s.method != "CONNECT"]
+    leaks = credential_problems(hostile.log(), forwarded, case["script"]["token"])
+    assert not leaks, leaks
+
+
+# --- the cases issue #20 names, one test each -----------------------------------------------------
+
+
+def fixed_model() -> tuple[dict[str, bytes], dict[str, Any]]:
+    layer, config = bytes(range(256)) * 11 + b"x" * 184, b'{"model_format":"gguf"}'
+    entries = [
+        {"mediaType": "application/vnd.docker.container.image.v1+json",
+         "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
+        {"mediaType": "application/vnd.ollama.image.model",
+         "digest": "sha256:" + hashlib.sha256(layer).hexdigest(), "size": len(layer)},
+    ]  # fmt: skip
+    doc = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "config": entries[0],
+           "layers": entries[1:]}  # fmt: skip
+    return {str(entries[0]["digest"]): config, str(entries[1]["digest"]): layer}, doc
+
+
+def script(
+    manifest: bytes | None = None, faults: list[dict[str, object]] = (), **fields: object
+) -> dict[str, Any]:  # fmt: skip
+    blobs, doc = fixed_model()
+    raw = json.dumps(doc).encode() if manifest is None else manifest
+    return {"repo": REGISTRY_REPO, "tag": REGISTRY_TAG, "content_type": MANIFEST_TYPE,
+            "manifest": base64.b64encode(raw).decode(), "auth": "none", "credentials": None,
+            "token": "token-secret-1", "redirect": False, "faults": list(faults),
+            "blobs": {d: base64.b64encode(data).decode() for d, data in blobs.items()},
+            **fields}  # fmt: skip
+
+
+def pull_from(
+    hostile: HostileRegistry, tmp_path: Path, *args: str, **env: str | None
+) -> tuple[Any, Path]:  # fmt: skip
+    """``blobdl pull`` of the scripted model into ``tmp_path/models``: (the run, the store)."""
+    models, work = tmp_path / "models", tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    reference = f"http://127.0.0.1:{hostile.ports['registry']}/{REGISTRY_REPO}:{REGISTRY_TAG}"
+    values: dict[str, str | None] = {**NO_PROXIES, "DOCKER_CONFIG": str(tmp_path / "none"), **env}
+    with patched_env(**values):
+        run = run_cli_tagged(["pull", reference, "--models-dir", str(models), "-q",
+                              "--retries", "1", "--max-backoff", "0.01", *args], work)  # fmt: skip
+    return run, models
+
+
+def one_error_line(run: Any) -> str:
+    assert run.code is not None and 2 <= run.code <= 5, (run.code, run.stderr)
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("blobdl: error: "), run.stderr
+    return lines[0]
+
+
+def rule(role: str, match: str, **answer: object) -> dict[str, object]:
+    return {"role": role, "match": match, "skip": 0, "times": None, **answer}
+
+
+def redirect(match: str, location: str) -> dict[str, object]:
+    return rule("registry", match, status=307, headers={"Location": location})
+
+
+BAD_REALM = 'Bearer realm="http://[::1]x/token"'
+_, _DOC = fixed_model()
+_DIGEST = _DOC["layers"][0]["digest"]
+BEARER = {"auth": "bearer"}
+HOSTILE_ANSWERS = {
+    "manifest nested 100,000 deep": script(b"[" * 100_000),
+    "manifest objects nested 50,000 deep": script(b'{"a":' * 50_000),
+    '"layers": 5': script(json.dumps({**_DOC, "layers": 5}).encode()),
+    "a size that is a string": script(
+        json.dumps({**_DOC, "layers": [{**_DOC["layers"][0], "size": "3000"}]}).encode()
+    ),
+    "a digest with a trailing newline": script(
+        json.dumps({**_DOC, "layers": [{**_DOC["layers"][0], "digest": _DIGEST + "\n"}]}).encode()
+    ),
+    '"LAYERS" beside "layers"': script(json.dumps({**_DOC, "LAYERS": 5}).encode()),
+    "a manifest of 5 MB": script(faults=[rule("registry", "manifests", repeat=[" ", 5 << 20])]),
+    "token JSON nested 100,000 deep": script(
+        faults=[rule("auth", "", body="[" * 100_000)], **BEARER
+    ),
+    "a token with CR/LF": script(
+        faults=[rule("auth", "", body='{"token": "a\\r\\nX-Injected: 1"}')], **BEARER
+    ),
+    "a token that is not latin-1": script(
+        faults=[rule("auth", "", body='{"token": "\\u2603"}')], **BEARER
+    ),
+    "a token answer of 5 MB": script(faults=[rule("auth", "", repeat=["x", 5 << 20])], **BEARER),
+    "a Location with port 99999": script(
+        faults=[redirect("manifests", "http://127.0.0.1:99999/x")]
+    ),
+    "a Location with a malformed IPv6 literal": script(
+        faults=[redirect("manifests", "http://[::1")]
+    ),
+    "a blob Location with a malformed IPv6 literal": script(
+        faults=[redirect("blobs", "http://[:::1]/b")]
+    ),
+    "a realm with a malformed IPv6 literal": script(
+        faults=[rule("registry", "manifests", status=401, headers={"WWW-Authenticate": BAD_REALM})]
+    ),
+}
+
+
+@pytest.mark.parametrize("answer", list(HOSTILE_ANSWERS), ids=list(HOSTILE_ANSWERS))
+def test_a_hostile_registry_answer_is_one_error_line(
+    hostile: HostileRegistry, tmp_path: Path, answer: str
+) -> None:
+    hostile.load(HOSTILE_ANSWERS[answer])
+    run, models = pull_from(hostile, tmp_path)
+    line = one_error_line(run)
+    assert not re.search(r"[a-z][A-Z]\w*(Error|Exception)\b", line), line  # no class names
+    assert not store_problems(models) and not (models / "manifests").exists()
+
+
+# --- where each header goes ---------------------------------------------------------------------
+
+
+def requests_at(hostile: HostileRegistry, role: str) -> list[dict[str, Any]]:
+    return [entry for entry in hostile.log() if entry["role"] == role]
+
+
+def test_user_headers_reach_the_registry_and_never_the_presigned_storage(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    hostile.load(script(redirect=True))
+    headers = [f"Authorization: {USER_AUTH}", f"Cookie: {USER_COOKIE}", "Accept-Language: fr"]
+    run, models = pull_from(hostile, tmp_path, *[a for h in headers for a in ("-H", h)])
+    assert run.code == 0, run.stderr
+    registry, storage = requests_at(hostile, "registry"), requests_at(hostile, "storage")
+    assert {"/manifests/", "/blobs/"} <= {p for e in registry for p in ("/manifests/", "/blobs/")
+                                          if p in e["path"]}  # fmt: skip
+    for entry in registry:
+        assert (entry["headers"].get("Authorization"), entry["headers"].get("Cookie")) == (
+            USER_AUTH, USER_COOKIE)  # fmt: skip
+    assert storage and not [e for e in storage if {"Authorization", "Cookie"} & set(e["headers"])]
+    assert all(e["headers"].get("Accept-Language") == "fr" for e in storage)  # a harmless one
+    assert not store_problems(models)
+
+
+def test_every_registry_request_says_blobdl_user_agent(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    hostile.load(script(auth="bearer", redirect=True))
+    run, _ = pull_from(hostile, tmp_path)
+    assert run.code == 0, run.stderr
+    roles = {entry["role"] for entry in hostile.log()}
+    assert roles == {"registry", "auth", "storage"}
+    agents = {entry["headers"].get("User-Agent") for entry in hostile.log()}
+    assert agents == {f"blobdl/{blobdl.__version__}"}
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 503])
+def test_a_status_the_engine_retries_is_retried_by_the_registry_too(
+    hostile: HostileRegistry, tmp_path: Path, status: int
+) -> None:
+    answer = {"status": status, "headers": {"Retry-After": "0"}, "times": 1}
+    hostile.load(script(auth="bearer", faults=[rule("registry", "manifests", **answer),
+                                               rule("auth", "", **answer)]))  # fmt: skip
+    run, models = pull_from(hostile, tmp_path)
+    assert run.code == 0, run.stderr
+    assert not store_problems(models)
+
+
+def ambiguous(hostile: HostileRegistry, path: str) -> str:
+    """A URL urllib.parse reads as the registry's and urllib3 as storage's."""
+    return (
+        f"http://127.0.0.1:{hostile.ports['storage']}\\@127.0.0.1:{hostile.ports['registry']}{path}"
+    )
+
+
+def test_a_manifest_redirect_read_differently_by_the_two_parsers_sends_no_credential(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    path = f"/v2/{REGISTRY_REPO}/manifests/{REGISTRY_TAG}"
+    # The first manifest request is answered 401 (a token is fetched); the second, with the
+    # token, is redirected.
+    redirect = {"status": 307, "headers": {"Location": ambiguous(hostile, path)}, "skip": 1}
+    hostile.load(script(auth="bearer", faults=[rule("registry", "manifests", **redirect)]))
+    run, models = pull_from(hostile, tmp_path, "-H", f"Cookie: {USER_COOKIE}")
+    assert "two parsers" in one_error_line(run)
+    assert requests_at(hostile, "storage") == []
+    assert not (models / "manifests").exists()
+
+
+def test_a_token_redirect_read_differently_by_the_two_parsers_sends_no_password(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    redirect = {"status": 307, "headers": {"Location": ambiguous(hostile, "/token")}}
+    credentials = f"{DOCKER_USER}:{DOCKER_PASSWORD}"
+    hostile.load(script(auth="bearer", credentials=credentials,
+                        faults=[rule("auth", "", **redirect)]))  # fmt: skip
+    config = docker_config(tmp_path, hostile.ports["registry"], credentials)
+    run, _ = pull_from(hostile, tmp_path, DOCKER_CONFIG=config)
+    assert "two parsers" in one_error_line(run)
+    assert requests_at(hostile, "storage") == []
+
+
+# --- proxies: NO_PROXY, and no password in clear text -------------------------------------------
+
+
+def proxied(proxy: ForwardProxy, since: int) -> list[str]:
+    return [seen.target for seen in proxy.seen[since:]]
+
+
+def test_registry_requests_go_through_the_proxy_the_environment_names(
+    hostile: HostileRegistry, proxy: ForwardProxy, tmp_path: Path
+) -> None:
+    hostile.load(script(auth="bearer", redirect=True))
+    before = len(proxy.seen)
+    run, _ = pull_from(hostile, tmp_path, HTTP_PROXY=f"http://{PROXY_USER}@127.0.0.1:{proxy.port}")
+    assert run.code == 0, run.stderr
+    targets = proxied(proxy, before)
+    for what in ("/manifests/", "/token?", "/blobs/", "?sig=presigned"):
+        assert any(what in target for target in targets), (what, targets)
+    assert not [e for e in hostile.log() if "Proxy-Authorization" in e["headers"]]
+
+
+def test_no_proxy_naming_the_registry_bypasses_the_proxy_for_manifest_token_and_blobs(
+    hostile: HostileRegistry, proxy: ForwardProxy, tmp_path: Path
+) -> None:
+    credentials = f"{DOCKER_USER}:{DOCKER_PASSWORD}"
+    hostile.load(script(auth="bearer", credentials=credentials, redirect=True))
+    config = docker_config(tmp_path, hostile.ports["registry"], credentials)
+    before = len(proxy.seen)
+    run, models = pull_from(hostile, tmp_path, DOCKER_CONFIG=config, NO_PROXY="127.0.0.1",
+                            HTTP_PROXY=f"http://127.0.0.1:{proxy.port}")  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert proxied(proxy, before) == []
+    assert not store_problems(models)
+
+
+def test_the_docker_password_never_reaches_a_proxy_in_clear_text(
+    hostile: HostileRegistry, proxy: ForwardProxy, tmp_path: Path
+) -> None:
+    credentials = f"{DOCKER_USER}:{DOCKER_PASSWORD}"
+    for mode in ("basic", "bearer"):  # the registry's Basic, and the token realm's
+        hostile.load(script(auth=mode, credentials=credentials))
+        config = docker_config(tmp_path, hostile.ports["registry"], credentials)
+        before = len(proxy.seen)
+        run, _ = pull_from(hostile, tmp_path, DOCKER_CONFIG=config,
+                           HTTP_PROXY=f"http://127.0.0.1:{proxy.port}")  # fmt: skip
+        line = one_error_line(run)
+        assert f"proxy http://127.0.0.1:{proxy.port}" in line and "NO_PROXY" in line, line
+        seen = [dict(s.headers) for s in proxy.seen[before:]]
+        assert not [h for h in seen if DOCKER_BASIC in h.values()], seen
