@@ -59,6 +59,7 @@ class ItemResult(NamedTuple):
 class BatchEvent(NamedTuple):
     item: int  # index of the item in the list given
     event: Event
+    worker: str = ""  # the Dask worker that ran the item ("" on one machine)
 
 
 BatchCallback = Callable[[BatchEvent], None]
@@ -160,6 +161,7 @@ def download_many(
     on_event: BatchCallback | None = None,
     settings: Settings | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    cluster: Any = None,
     **overrides: Any,
 ) -> list[ItemResult]:
     """Download every item sharing ``max_connections`` connections (at most ``per_host``
@@ -174,6 +176,12 @@ def download_many(
     base = Downloader(settings, **overrides).settings
     given = [Item(i) if isinstance(i, str) else i for i in items]
     batch, where = [_normalized(item) for item in given], None
+    if cluster is not None:
+        from ._cluster import download_many_on  # only with a cluster: it needs distributed
+
+        spread = download_many_on(cluster, batch, base, max_connections, per_host, on_event,
+                                  None if base_dir is None else os.fspath(base_dir))  # fmt: skip
+        return [r._replace(item=item) for r, item in zip(spread, given, strict=True)]
     if base_dir is not None:
         where = Path(base_dir)
         if not where.is_dir():
