@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from ._cluster_connect import dask
+from ._cluster_worker import Stopped
 
 #: How often a task waiting for a lease looks whether it should stop instead (seconds).
 WAIT_SLICE = 0.5
@@ -41,10 +42,6 @@ class Budget(NamedTuple):
     def host(self, host: str) -> str:
         # Hashed: a host name is the server's or the user's text, a semaphore name is ours.
         return f"blobdl-{self.run}-host-{hashlib.sha256(host.encode()).hexdigest()[:16]}"
-
-
-class Stopped(Exception):
-    """The batch was stopped while this task waited for a lease."""
 
 
 @contextlib.contextmanager

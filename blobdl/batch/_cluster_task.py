@@ -17,14 +17,10 @@ with it (it dies with the thread that started it, saving its state first).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import pickle
 import signal
-import time
-import uuid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from .._redact import redact_url
@@ -32,16 +28,14 @@ from ..config import Settings
 from ..engine._download import Downloader, default_name, name_from_url
 from ..engine._plan import download_part_count
 from ..errors import BlobdlError, Interrupted, UsageError
-from ..events import DownloadResult, Event, Failed
+from ..events import DownloadResult, Failed
 from ..http._probe import resolve
 from ..http._remote import Remote
 from ..store._cache import entry_path as cache_entry
-from ._cluster_budget import Budget, Stopped, leases
-from ._cluster_connect import dask
+from ._cluster_budget import Budget, leases
+from ._cluster_worker import Channel, Relay, Sent, Stopped, Watch, worker_name
 from ._scheduler import Item, _inside
 
-#: Seconds between looks at the stop flag (each look asks the scheduler).
-LOOK_EVERY = 0.5
 #: A rerun waits this long for the destination lock: the attempt on the worker that died
 #: may still be saving its state (it was sent SIGTERM by the kernel as its worker died).
 RERUN_LOCK_WAIT = 10.0
@@ -55,30 +49,27 @@ class Job(NamedTuple):
     settings: Settings  # the batch's, with the item's headers
     budget: Budget
     base_dir: str | None  # as the workers see it; checked on the worker that writes
-    topic: str  # the Dask event topic the batch's events go to
-    stop: str  # the name of the batch's stop flag (a distributed.Event)
+    channel: Channel  # the batch's events and stop flag
 
 
 class Probed(NamedTuple):
-    worker: str
+    worker: str  # its name
     remote: Remote | None  # None: a cache hit, or the probe failed
     error: BlobdlError | None
 
 
 class Outcome(NamedTuple):
-    worker: str
-    attempt: str  # this run of the task (a rerun after a worker died is another)
-    events: int  # events this attempt sent: the client waits for all of them
+    sent: Sent  # the client waits for all the events this attempt sent
     result: DownloadResult | None
     error: BlobdlError | None
 
 
 def probe(job: Job) -> Probed:
     """The item's remote, probed under one connection of its host (None for a cache hit)."""
-    worker = _worker_name()
+    worker = worker_name()
     if _cached(job.item, job.settings):
         return Probed(worker, None, None)
-    watch = _Watch(job.stop)
+    watch = Watch(job.channel.stop)
     try:
         with leases(job.budget, _host(job.item.url), 1, watch.stopped):
             return Probed(worker, resolve(job.item.url, job.settings), None)
@@ -90,19 +81,25 @@ def probe(job: Job) -> Probed:
 
 def fetch(job: Job, remote: Remote | None) -> Outcome:
     """The item's download on this worker, holding its connections while it runs."""
-    relay = _Relay(job)
+    relay = Relay(job.channel, job.place)
     try:
         result = _fetch(job, remote, relay)
     except BlobdlError as exc:
-        return relay.outcome(None, exc)
+        return Outcome(relay.summary(), None, exc)
     except Stopped:
         error = Interrupted(signal.SIGTERM)
-        relay.failed(error)
-        return relay.outcome(None, error)
-    return relay.outcome(result, None)
+        _tell_failed(relay, job, error)
+        return Outcome(relay.summary(), None, error)
+    return Outcome(relay.summary(), result, None)
 
 
-def _fetch(job: Job, remote: Remote | None, relay: _Relay) -> DownloadResult:
+def _tell_failed(relay: Relay, job: Job, error: BlobdlError) -> None:
+    """A failure before the download could tell it itself (it tells its own)."""
+    path = job.item.path or ""
+    relay.send(Failed(redact_url(job.item.url), path, str(error), error.exit_code))
+
+
+def _fetch(job: Job, remote: Remote | None, relay: Relay) -> DownloadResult:
     item = _where(job, remote, relay)
     settings = dataclasses.replace(
         job.settings, lock_timeout=max(job.settings.lock_timeout, RERUN_LOCK_WAIT)
@@ -121,11 +118,11 @@ def _fetch(job: Job, remote: Remote | None, relay: _Relay) -> DownloadResult:
         return downloader._download_resolved(remote, path, digest=item.digest, on_event=relay)
 
 
-def _where(job: Job, remote: Remote | None, relay: _Relay) -> Item:
+def _where(job: Job, remote: Remote | None, relay: Relay) -> Item:
     try:
         return _confined(job, remote)
     except UsageError as exc:
-        relay.failed(exc)
+        _tell_failed(relay, job, exc)
         raise
 
 
@@ -167,76 +164,3 @@ def _cached(item: Item, settings: Settings) -> bool:
 
 def _host(url: str) -> str:
     return urlsplit(url).hostname or ""
-
-
-def _worker_name() -> str:
-    worker = dask().get_worker()
-    return str(worker.name if worker.name is not None else worker.address)
-
-
-class _Watch:
-    """Whether the task should stop: asked between waits and between events, at most every
-    ``LOOK_EVERY`` seconds, and then it stays stopped."""
-
-    def __init__(self, stop: str) -> None:
-        distributed = dask()
-        self.flag = distributed.Event(stop)
-        self.worker = distributed.get_worker()
-        self.key = distributed.worker.thread_state.key
-        self.last = 0.0
-        self.stop = False
-
-    def stopped(self) -> bool:
-        now = time.monotonic()
-        if not self.stop and now - self.last >= LOOK_EVERY:
-            self.last = now
-            self.stop = self._released() or self._flagged()
-        return self.stop
-
-    def _released(self) -> bool:
-        """The client cancelled or released our future (or went away)."""
-        task = self.worker.state.tasks.get(self.key)
-        return task is None or task.state not in ("executing", "long-running")
-
-    def _flagged(self) -> bool:
-        try:
-            return bool(self.flag.is_set())
-        except Exception:  # the scheduler cannot be reached: nobody is waiting for us
-            return True
-
-
-class _Relay:
-    """The download's events, to the client through Dask's event log (each with its item,
-    this attempt and its number); raises ``Stopped`` into the download when it must stop."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.worker = dask().get_worker()
-        self.name = _worker_name()
-        self.attempt = uuid.uuid4().hex
-        self.sent = 0
-        self.watch = _Watch(job.stop)
-
-    def __call__(self, event: Event) -> None:
-        self._send(event)
-        if self.watch.stopped():
-            raise Stopped
-
-    def failed(self, error: BlobdlError) -> None:
-        path = self.job.item.path or ""
-        self._send(Failed(redact_url(self.job.item.url), path, str(error), error.exit_code))
-
-    def _send(self, event: Event) -> None:
-        self.sent += 1
-        record: dict[str, Any] = {
-            "item": self.job.place,
-            "by": self.name,  # Dask adds "worker", the address; this is the worker's name
-            "attempt": self.attempt,
-            "number": self.sent,
-            "event": pickle.dumps(event),
-        }
-        with contextlib.suppress(Exception):  # the scheduler gone: the watch stops us
-            self.worker.log_event(self.job.topic, record)
-
-    def outcome(self, result: DownloadResult | None, error: BlobdlError | None) -> Outcome:
-        return Outcome(self.name, self.attempt, self.sent, result, error)
