@@ -78,7 +78,8 @@ class Display:
         event = batch_event.event
         self.failed = self.failed or isinstance(event, Failed)
         if self.mode == "json":
-            json_line(sys.stdout, {"item": batch_event.item, **event_record(event)})
+            worker = {"worker": batch_event.worker} if batch_event.worker else {}
+            json_line(sys.stdout, {"item": batch_event.item, **worker, **event_record(event)})
 
     def event(self, event: Event) -> None:
         self.failed = self.failed or isinstance(event, Failed)
