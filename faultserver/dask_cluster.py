@@ -119,17 +119,19 @@ class DaskCluster:
         return found
 
     def stop(self) -> None:
-        for proc in [*self.workers.values(), self.scheduler]:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in [*self.workers.values(), self.scheduler]:
-            if proc is None:
-                continue
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                _kill_tree(proc.pid)
-                proc.wait()
+        """The workers first (a worker whose scheduler went first would try to reconnect)."""
+        for group in (list(self.workers.values()), [self.scheduler]):
+            for proc in group:
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                if proc is None:
+                    continue
+                try:
+                    proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    _kill_tree(proc.pid)
+                    proc.wait()
         for stray in self.strays():
             stray.kill()
 

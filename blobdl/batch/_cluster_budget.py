@@ -91,6 +91,8 @@ def _take_pair(pair: tuple[Any, Any], held: list[Any]) -> bool:
 def close(client: Any, budget: Budget, hosts: set[str]) -> None:
     """Drop the batch's semaphores from the scheduler (a long-lived cluster keeps them)."""
     distributed = dask()
+    if client.status != "running":
+        return  # the scheduler is gone, and its semaphores with it
     names = [(budget.everyone(), budget.connections)]
     names += [(budget.host(h), budget.per_host) for h in hosts]
     for name, size in names:

@@ -60,6 +60,16 @@ def connect(cluster: Any, *, threads: int) -> Iterator[Any]:
         raise UsageError(
             f"cluster must be a distributed.Client, an address or local[:N]: {cluster!r}"
         )
+    with _started(distributed, cluster, threads) as client:
+        try:
+            yield client
+        finally:
+            if client.status != "running":  # lost: closing would wait to reconnect first
+                client.close(timeout=1)
+
+
+@contextlib.contextmanager
+def _started(distributed: ModuleType, cluster: str, threads: int) -> Iterator[Any]:
     workers = local_workers(cluster)
     with contextlib.ExitStack() as stack:
         if workers is not None:

@@ -57,8 +57,9 @@ class Run:
         except BaseException as exc:
             raise self._stopped(exc) from None
         finally:
-            with contextlib.suppress(Exception):  # the scheduler may be gone
-                self.client.unsubscribe_topic(self.channel.topic)
+            if reachable(self.client):  # else every call would wait to reconnect first
+                with contextlib.suppress(Exception):
+                    self.client.unsubscribe_topic(self.channel.topic)
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, **options: Any) -> Any:
         # retries=0: a task returns an item's own failure as a value; only a worker's death
@@ -74,11 +75,15 @@ class Run:
         pending = set(futures)
         while pending:
             self._relay_queued()
-            with contextlib.suppress(TimeoutError, distributed.TimeoutError):
+            try:
                 done, _ = distributed.wait(list(pending), TICK, "FIRST_COMPLETED")
-                for future in done:
-                    pending.discard(future)
-                    yield future, self._value(future)
+            except (TimeoutError, distributed.TimeoutError):
+                continue
+            except Exception as exc:
+                raise self._lost(exc) from None
+            for future in done:
+                pending.discard(future)
+                yield future, self._value(future)
 
     def settle(self, sent: Sent) -> None:
         """Relay what an attempt sent before its result is used (or give up after a while)."""
@@ -92,8 +97,15 @@ class Run:
             return future.result()
         except Exception as exc:
             if self.client.status not in ("running", "connecting") or _scheduler_lost(exc):
-                raise ClusterError(f"lost the Dask scheduler: {exc}") from None
+                raise self._lost(exc) from None
             return exc
+
+    def _lost(self, exc: BaseException) -> BaseException:
+        """The scheduler gone is one line; anything else raised while waiting is a bug."""
+        if self.client.status not in ("running", "connecting") or _scheduler_lost(exc):
+            address = getattr(self.client.scheduler, "address", "")
+            return ClusterError(f"lost the Dask scheduler {address}".rstrip())
+        return exc
 
     def _relay_queued(self) -> None:
         while True:
@@ -120,6 +132,11 @@ class Run:
         if isinstance(why, KeyboardInterrupt):
             return Interrupted(signal.SIGINT)
         return why
+
+
+def reachable(client: Any) -> bool:
+    """Whether the client is still connected to its scheduler."""
+    return bool(client.status == "running")
 
 
 def task_error(exc: BaseException) -> BlobdlError:

@@ -19,7 +19,7 @@ from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interrupted, UsageError
 from ._args import build_parser, settings_from
 from ._batch_bar import BatchBar
-from ._display import Display, display_for, fail, json_line, say, show_warnings
+from ._display import Display, display_for, fail, json_line, quiet_dask, say, show_warnings
 from ._pull import main as pull_main
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "run", "settings_from"]
@@ -85,6 +85,8 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
     except OSError as exc:
         return fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
     on_cluster = args.scheduler is not None
+    if on_cluster:
+        quiet_dask()
     tell = BatchBar(display).event if on_cluster else display.item_event
     try:
         # On a cluster, paths are the workers': base-dir confinement is checked there.

@@ -24,7 +24,7 @@ from ..registry._pull import (
 )
 from ..registry._pull_cluster import WorkerEvent
 from ._args import EXIT_CODES, Parser, add_shared_options, settings_from
-from ._display import display_for, fail, json_line, show_warnings
+from ._display import display_for, fail, json_line, quiet_dask, show_warnings
 
 DESCRIPTION = """\
 Pull a model from an OCI/Ollama registry into Ollama's store (no Ollama server needed).
@@ -67,6 +67,8 @@ def main(argv: Sequence[str]) -> int:
     if args.every_worker and args.scheduler is None:
         parser.error("--every-worker goes with --scheduler")
     show_warnings()
+    if args.scheduler is not None:
+        quiet_dask()
     if args.every_worker:
         return _every_worker(args)
     display = _PullDisplay(args)
