@@ -41,16 +41,18 @@ from faultserver.serverctl import make_blob, start_server
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cluster"
 SCALE_GOAL, LOCAL_GOAL = 0.9, 1.1
-CONNECTIONS = 4  # each item's connections
+CONNECTIONS = 4  # each item's connections: parts of a quarter of an item, so it uses them all
+PARTS = ("--min-part-size", "{part}", "--max-part-size", "{part}")
 
 LIBRARY = """
 import sys, time, blobdl
 if __name__ == "__main__":
     items = [blobdl.Item(url, path) for url, path in zip(sys.argv[3::2], sys.argv[4::2])]
     cluster = None if sys.argv[1] == "plain" else sys.argv[1]
-    connections, rate = (int(n) for n in sys.argv[2].split(","))
+    connections, rate, part = (int(n) for n in sys.argv[2].split(","))
     results = blobdl.download_many(items, cluster=cluster, max_connections=connections,
-                                   per_host=connections, limit_rate=rate, force=True)
+                                   per_host=connections, limit_rate=rate, force=True,
+                                   min_part_size=part, max_part_size=part)
     assert all(r.ok for r in results), [r.error for r in results]
 """
 
@@ -88,7 +90,7 @@ def _run(
     with start_server(served) as server:
         urls = [server.url(name) for name in names]
         for count in counts:
-            runs = [_on_cluster(work, urls, count, cap) for _ in range(repeat)]
+            runs = [_on_cluster(work, urls, size, count, cap) for _ in range(repeat)]
             transfer = statistics.median(r["transfer"] for r in runs)
             wall = statistics.median(r["wall"] for r in runs)
             rate = total / transfer
@@ -97,14 +99,14 @@ def _run(
                             "ratio": rate / (count * cap), "runs": runs})  # fmt: skip
             print(f"{count} worker(s): {rate / 1e6:.1f} MB/s = {rate / (count * cap):.2f} x "
                   f"{count} x cap (transfer {transfer:.2f} s, wall {wall:.2f} s)")  # fmt: skip
-        local = _local_vs_plain(work, urls, cap, repeat)
+        local = _local_vs_plain(work, urls, size, cap, repeat)
     print(f"local:1 {local['local_s']:.2f} s vs plain download_many {local['plain_s']:.2f} s: "
           f"{local['ratio']:.3f} x (goal <= {LOCAL_GOAL})")  # fmt: skip
     return {"items": items, "size": size, "cap_Bps": cap, "scaling": scaling, "local": local,
             "load": os.getloadavg()}  # fmt: skip
 
 
-def _on_cluster(work: Path, urls: list[str], count: int, cap: int) -> dict[str, float]:
+def _on_cluster(work: Path, urls: list[str], size: int, count: int, cap: int) -> dict[str, float]:
     dest = work / "dest"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
@@ -115,7 +117,8 @@ def _on_cluster(work: Path, urls: list[str], count: int, cap: int) -> dict[str, 
         budget = str(count * CONNECTIONS)
         command = [sys.executable, "-m", "blobdl", "-i", str(manifest), "--json",
                    "--scheduler", cluster.address, "--connections", budget,
-                   "--per-host", budget, "--limit-rate", str(count * cap)]  # fmt: skip
+                   "--per-host", budget, "--limit-rate", str(count * cap),
+                   *(a.format(part=size // CONNECTIONS) for a in PARTS)]  # fmt: skip
         t0 = time.monotonic()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
@@ -137,7 +140,9 @@ def _on_cluster(work: Path, urls: list[str], count: int, cap: int) -> dict[str, 
     return {"wall": wall, "transfer": transfer}
 
 
-def _local_vs_plain(work: Path, urls: list[str], cap: int, repeat: int) -> dict[str, float]:
+def _local_vs_plain(
+    work: Path, urls: list[str], size: int, cap: int, repeat: int
+) -> dict[str, float]:
     """The whole call, interpreter start-up and (for local:1) the embedded cluster included,
     each kind in a fresh process, at the batch rate of one worker, taking turns at going first."""
     script = work / "client.py"
@@ -150,7 +155,8 @@ def _local_vs_plain(work: Path, urls: list[str], cap: int, repeat: int) -> dict[
         dest.mkdir()
         pairs = [a for u in urls for a in (u, str(dest / Path(u).name))]
         t0 = time.monotonic()
-        subprocess.run([sys.executable, str(script), kind, f"{CONNECTIONS},{cap}", *pairs],
+        numbers = f"{CONNECTIONS},{cap},{size // CONNECTIONS}"
+        subprocess.run([sys.executable, str(script), kind, numbers, *pairs],
                        check=True, timeout=1800, cwd=work)  # fmt: skip
         times[kind].append(time.monotonic() - t0)
     local, plain = statistics.median(times["local:1"]), statistics.median(times["plain"])
