@@ -23,7 +23,7 @@ from ._cluster_connect import connect
 from ._cluster_order import Sized, start_order
 from ._cluster_run import Run, task_error
 from ._cluster_task import Job, Outcome, Probed, fetch, probe
-from ._scheduler import BatchCallback, BatchEvent, Item, ItemResult, _first_of_each
+from ._items import BatchCallback, BatchEvent, Item, ItemResult, _first_of_each
 
 
 def download_many_on(

@@ -34,7 +34,7 @@ from ..http._remote import Remote
 from ..store._cache import entry_path as cache_entry
 from ._cluster_budget import Budget, leases
 from ._cluster_worker import Channel, Relay, Sent, Stopped, Watch, worker_name
-from ._scheduler import Item, _inside
+from ._items import Item, _inside
 
 #: A rerun waits this long for the destination lock: the attempt on the worker that died
 #: may still be saving its state (it was sent SIGTERM by the kernel as its worker died).
