@@ -91,12 +91,6 @@ class DaskCluster:
         pids: dict[str, int] = json.loads(done.stdout)
         return pids
 
-    def kill_worker(self, name: str) -> int:
-        """SIGKILL the worker process (its nanny starts a new one); return its pid."""
-        pid = self.worker_pids(len(self.workers))[name]
-        os.kill(pid, signal.SIGKILL)
-        return pid
-
     def own_pids(self) -> set[int]:
         """The cluster's own processes: scheduler, nannies, worker processes, their trackers."""
         pids: set[int] = set()

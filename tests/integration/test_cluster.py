@@ -134,28 +134,24 @@ def test_a_worker_killed_mid_item_resumes_on_a_worker_from_the_partial(
                      "--checkpoint-interval", str(interval), "--json", *SMALL)  # fmt: skip
     assert proc.stdout is not None
     seen = []
-    t0 = time.monotonic()
     for line in proc.stdout:
         seen.append(json.loads(line))
-        seen[-1]["t"] = time.monotonic() - t0
         if seen[-1].get("event") == "progress" and seen[-1]["done"] >= 1024 * KB:
             victim = seen[-1]["worker"]
             landed = seen[-1]["done"]
-            cluster.kill_worker(victim)
+            os.kill(pids[victim], signal.SIGKILL)  # mid-item: its nanny starts a new one
             break
-    t1 = time.monotonic() - t0
-    out, err = proc.communicate(timeout=60)
-    print("killed at", t1, "done at", time.monotonic() - t0)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, [e for e in json_lines(out) if e.get("event") != "progress"]
     events = seen + json_lines(out)
     finished = [e for e in events if e.get("event") == "finished"]
-    print([(e.get("event"), e.get("t"), e.get("done")) for e in events], victim, err)
     assert sha256_file(tmp_path / "big.bin") == blob.sha256
-    assert len(finished) == 1 and finished[0]["resumed"] >= landed - connections * 64 * KB
+    # The rerun resumed from what had landed (less what the lanes had not yet checkpointed).
+    assert len(finished) == 1 and finished[0]["resumed"] >= landed - connections * PART
     # What the server sent beyond the blob: what the lanes had in flight, no more than about
     # one checkpoint interval of the download's rate.
     refetched = server.stats()["bytes_sent"] - blob.size
-    assert refetched <= connections * rate * interval + connections * 64 * KB, refetched
+    assert refetched <= connections * rate * interval + connections * PART, refetched
     cluster.worker_pids()  # the nanny's new worker has joined again
 
 
