@@ -19,11 +19,11 @@ WERROR = $$($(1) -c 'import sys; print("-W error::DeprecationWarning" * (sys.ver
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create the venv in .venv and install blobdl with its test tools
+install: $(STAMP) ## create the venv in .venv and install blobdl with its test tools and Dask
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dask]'
 	touch $(STAMP)
 
 # The real servers and tools the tests need (apt-get, only what is missing): Debian's
@@ -74,7 +74,7 @@ bench: install ## blobdl vs curl/aria2c/axel/hf_transfer on nginx and the fault 
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg; } >/dev/null 2>&1 \
 	    || echo "skipped: $$cmd not installed (apt-get install $$pkg failed)"; \
 	done
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]' \
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dask,bench]' \
 	  || echo "skipped: hf_transfer/matplotlib not installed (pip install -e '.[bench]' failed)"
 	$(PY) -m benchmarks $(BENCH_ARGS)
 

@@ -158,6 +158,11 @@ def meta() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--cluster"]:  # the cluster preset is a harness of its own
+        from . import cluster
+
+        return cluster.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     started = time.monotonic()

@@ -12,6 +12,7 @@ from .errors import (
     AuthRefused,
     BadResponse,
     BlobdlError,
+    ClusterError,
     ConnectionFailed,
     DestinationExists,
     DestinationLocked,
@@ -44,13 +45,22 @@ from .events import (
     Progress,
     Started,
 )
-from .registry._pull import LayerResult, PullEvent, PullResult, PullStarted, pull
+from .registry._pull import (
+    LayerResult,
+    PullEvent,
+    PullResult,
+    PullStarted,
+    pull,
+    pull_every_worker,
+)
+from .registry._pull_cluster import WorkerEvent
 
 __all__ = [
     "AuthRefused",
     "BadResponse",
     "BatchEvent",
     "BlobdlError",
+    "ClusterError",
     "ConnectionFailed",
     "DestinationExists",
     "DestinationLocked",
@@ -88,12 +98,14 @@ __all__ = [
     "UnsupportedManifest",
     "UsageError",
     "WorkerCrashed",
+    "WorkerEvent",
     "__version__",
     "download",
     "download_many",
     "parse_manifest",
     "parse_size",
     "pull",
+    "pull_every_worker",
 ]
 
 # A library's records are its caller's to show: without a handler of the caller's own, Python's

@@ -291,3 +291,20 @@ class DestinationExists(LocalFileError):
         BlobdlError.__init__(self, path)
         self.path = path
         self.detail = "already exists (give a digest to check it, or force to replace it)"
+
+
+# --- a Dask cluster ---------------------------------------------------------------------------
+
+
+class ClusterError(NetworkError):
+    """The Dask cluster failed the batch: its scheduler was lost, or an item's workers kept
+    dying (each death reruns the item elsewhere, up to the scheduler's ``allowed-failures``)."""
+
+    retryable = False
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -129,7 +130,26 @@ def _is_test_server(proc: psutil.Process) -> bool:
         "faultserver.hostile_registry",
         "moto_server",
     )
-    return "faultserver.server" in cmdline or any(word.endswith(ours) for word in cmdline)
+    if "faultserver.server" in cmdline or any(word.endswith(ours) for word in cmdline):
+        return True
+    return _is_dask_service(proc, cmdline)
+
+
+def _is_dask_service(proc: psutil.Process, cmdline: list[str]) -> bool:
+    """A module's Dask cluster (``faultserver/dask_cluster.py``, reaped by its fixture):
+    ``dask scheduler``, ``dask worker`` and what Dask starts under them (multiprocessing's
+    worker processes and tracker). blobdl's own processes under a worker are not exempt."""
+    if (
+        cmdline[1:2]
+        and cmdline[1].endswith("/dask")
+        and cmdline[2:3] in (["scheduler"], ["worker"])
+    ):
+        return True
+    if "multiprocessing" not in " ".join(cmdline):
+        return False
+    with contextlib.suppress(psutil.Error):
+        return any(_is_dask_service(p, p.cmdline()) for p in proc.parents()[:2])
+    return False
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -36,32 +36,13 @@ from ..processes._spawn import start
 from ..store._cache import entry_path as cache_entry
 from ..store._digest import parse_digest
 
-
-class Item(NamedTuple):
-    """One blob to fetch."""
-
-    url: str
-    path: str | None = None  # destination (None: a safe name from the server or URL)
-    digest: str | None = None  # sha256:<hex> the bytes must have
-    headers: tuple[tuple[str, str], ...] = ()  # extra request headers for this item
-
-
-class ItemResult(NamedTuple):
-    item: Item
-    result: DownloadResult | None  # None when it failed
-    error: BlobdlError | None  # None when it succeeded
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-class BatchEvent(NamedTuple):
-    item: int  # index of the item in the list given
-    event: Event
-
-
-BatchCallback = Callable[[BatchEvent], None]
+# The batch's vocabulary lives in _items (the cluster uses it too); re-exported from here.
+from ._items import BatchCallback as BatchCallback
+from ._items import BatchEvent as BatchEvent
+from ._items import Item as Item
+from ._items import ItemResult as ItemResult
+from ._items import _first_of_each, _inside
+from ._items import confine as confine
 
 
 def parse_manifest(text: str, base_dir: str | os.PathLike[str] | None = None) -> list[Item]:
@@ -98,29 +79,6 @@ def _json_item(line: str) -> Item:
     record = json.loads(line)
     headers = tuple(parse_header(f"{k}: {v}") for k, v in (record.get("headers") or {}).items())
     return _checked(Item(record["url"], record.get("path"), record.get("digest"), headers))
-
-
-def confine(base: Path, path: str) -> Path:
-    """``path`` taken inside ``base``; ValueError if it is absolute, has a ``..`` or
-    leads outside ``base`` through a symbolic link (followed as far as they exist now)."""
-    given = PurePath(path)
-    if given.is_absolute():
-        raise ValueError(f"path {path!r} is absolute; with a base directory give it relative")
-    target = base / given
-    root, real = base.resolve(), target.resolve()
-    if ".." in given.parts or real == root or not real.is_relative_to(root):
-        raise ValueError(f"path {path!r} leads outside the base directory {str(base)!r}")
-    return target
-
-
-def _inside(base: Path, item: Item, where: str) -> Item:
-    """The item with its path inside ``base``, or a UsageError naming ``where``."""
-    if item.path is None:
-        return item  # named after the probe, inside base too
-    try:
-        return item._replace(path=str(confine(base, item.path)))
-    except ValueError as exc:
-        raise UsageError(f"{where}: {exc}") from None
 
 
 def _checked(item: Item) -> Item:
@@ -160,6 +118,7 @@ def download_many(
     on_event: BatchCallback | None = None,
     settings: Settings | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    cluster: Any = None,
     **overrides: Any,
 ) -> list[ItemResult]:
     """Download every item sharing ``max_connections`` connections (at most ``per_host``
@@ -174,6 +133,12 @@ def download_many(
     base = Downloader(settings, **overrides).settings
     given = [Item(i) if isinstance(i, str) else i for i in items]
     batch, where = [_normalized(item) for item in given], None
+    if cluster is not None:
+        from ._cluster import download_many_on  # only with a cluster: it needs distributed
+
+        spread = download_many_on(cluster, batch, base, max_connections, per_host, on_event,
+                                  None if base_dir is None else os.fspath(base_dir))  # fmt: skip
+        return [r._replace(item=item) for r, item in zip(spread, given, strict=True)]
     if base_dir is not None:
         where = Path(base_dir)
         if not where.is_dir():
@@ -398,25 +363,6 @@ class _Scheduler:
             running.proc.join()
             running.conn.close()
         self.running.clear()
-
-
-def _first_of_each(items: list[Item]) -> list[int]:
-    """For each item, the index of the first item it duplicates (itself if none).
-
-    Only an identical request is a duplicate: same URL, destination, digest and headers
-    (items are normalized first: the same digest written two ways is the same).
-    The same destination asked for with anything else different is a usage error: one of
-    the two would silently overwrite the other."""
-    seen: dict[tuple[object, ...], int] = {}
-    claimed: dict[str, int] = {}
-    firsts = []
-    for index, item in enumerate(items):
-        where = os.path.abspath(item.path) if item.path else None
-        first = seen.setdefault((item.url, where, item.digest, item.headers), index)
-        if where is not None and claimed.setdefault(where, first) != first:
-            raise UsageError(f"items {claimed[where]} and {index} both write {item.path}")
-        firsts.append(first)
-    return firsts
 
 
 def _discard(conn: Connection) -> bool:

@@ -18,7 +18,8 @@ from ..batch._scheduler import ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interrupted, UsageError
 from ._args import build_parser, settings_from
-from ._display import Display, display_for, fail, json_line, say, show_warnings
+from ._batch_bar import BatchBar
+from ._display import Display, display_for, fail, json_line, quiet_dask, say, show_warnings
 from ._pull import main as pull_main
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "run", "settings_from"]
@@ -58,6 +59,8 @@ def _download(argv: Sequence[str]) -> int:
         parser.error("-o does not go with -i: give each destination in the manifest")
     if args.input is None and args.base_dir is not None:
         parser.error("--base-dir goes with -i (for one URL, give -o)")
+    if args.input is None and args.scheduler is not None:
+        parser.error("--scheduler goes with -i (a manifest) or pull")
     show_warnings()
     display = display_for(args)
     if args.input is not None:
@@ -81,15 +84,21 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
         text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
     except OSError as exc:
         return fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
+    on_cluster = args.scheduler is not None
+    if on_cluster:
+        quiet_dask()
+    tell = BatchBar(display).event if on_cluster else display.item_event
     try:
-        items = parse_manifest(text, args.base_dir)
+        # On a cluster, paths are the workers': base-dir confinement is checked there.
+        items = parse_manifest(text, None if on_cluster else args.base_dir)
         results = download_many(
             items,
             max_connections=args.connections,
             per_host=args.per_host,
             base_dir=args.base_dir,
             settings=settings_from(args),
-            on_event=display.item_event,
+            on_event=tell,
+            cluster=args.scheduler,
         )
     except BlobdlError as exc:
         return fail(display, exc, exc.exit_code)

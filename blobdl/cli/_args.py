@@ -205,6 +205,12 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ignore HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment",
     )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask cluster: its scheduler (tcp://HOST:8786), or local[:N] for N "
+        "workers started here; paths are as the workers see them (pip install 'blobdl[dask]')",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
     p.add_argument("--version", action="version", version=f"blobdl {__version__}")

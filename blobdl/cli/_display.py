@@ -23,6 +23,21 @@ def show_warnings() -> None:
     logger.propagate = False
 
 
+def quiet_dask() -> None:
+    """Dask's own log lines (reconnecting, closing, a worker gone) are not ours to show: what
+    matters comes as one ``blobdl: error:`` line. Without Dask, nothing to quiet."""
+    try:
+        import distributed  # noqa: F401 - its import sets up the loggers quieted here
+    except ImportError:
+        return
+    # Dask gives some of its loggers handlers of their own (distributed.client has one).
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
+    for name in ["distributed", *names]:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [logging.NullHandler()]
+        logger.propagate = False
+
+
 def fail(display: Display, exc: BaseException, code: int) -> int:
     display.close()
     if display.mode == "json" and not display.failed:  # e.g. bad settings: no event yet
@@ -78,7 +93,8 @@ class Display:
         event = batch_event.event
         self.failed = self.failed or isinstance(event, Failed)
         if self.mode == "json":
-            json_line(sys.stdout, {"item": batch_event.item, **event_record(event)})
+            worker = {"worker": batch_event.worker} if batch_event.worker else {}
+            json_line(sys.stdout, {"item": batch_event.item, **worker, **event_record(event)})
 
     def event(self, event: Event) -> None:
         self.failed = self.failed or isinstance(event, Failed)

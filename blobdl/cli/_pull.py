@@ -14,9 +14,17 @@ from typing import Any
 
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
 from ..events import Failed, Finished, Progress, event_record
-from ..registry._pull import PullEvent, PullResult, PullStarted, default_models_dir, pull
+from ..registry._pull import (
+    PullEvent,
+    PullResult,
+    PullStarted,
+    default_models_dir,
+    pull,
+    pull_every_worker,
+)
+from ..registry._pull_cluster import WorkerEvent
 from ._args import EXIT_CODES, Parser, add_shared_options, settings_from
-from ._display import display_for, fail, json_line, show_warnings
+from ._display import display_for, fail, json_line, quiet_dask, show_warnings
 
 DESCRIPTION = """\
 Pull a model from an OCI/Ollama registry into Ollama's store (no Ollama server needed).
@@ -50,13 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
         "reference without a scheme becomes http://); TLS is never left unverified by it: "
         "that is --no-verify-tls",
     )
+    p.add_argument(
+        "--every-worker",
+        action="store_true",
+        help="with --scheduler: the model into the store of every worker, once per store "
+        "(--models-dir, else each worker's $OLLAMA_MODELS or home)",
+    )
     add_shared_options(p)
     return p
 
 
 def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.every_worker and args.scheduler is None:
+        parser.error("--every-worker goes with --scheduler")
     show_warnings()
+    if args.scheduler is not None:
+        quiet_dask()
+    if args.every_worker:
+        return _every_worker(args)
     display = _PullDisplay(args)
     try:
         result = pull(
@@ -65,6 +86,7 @@ def main(argv: Sequence[str]) -> int:
             settings=settings_from(args),
             on_event=display.event,
             insecure=args.insecure,
+            cluster=args.scheduler,
         )
     except BlobdlError as exc:
         return fail(display.base, exc, exc.exit_code)
@@ -72,6 +94,40 @@ def main(argv: Sequence[str]) -> int:
         return fail(display.base, Interrupted(2), EXIT_INTERRUPTED)
     display.finished(result)
     return EXIT_OK
+
+
+def _every_worker(args: argparse.Namespace) -> int:
+    """``--every-worker``: JSON lines carry the worker; a line per worker at the end."""
+    display = display_for(args)
+    try:
+        results = pull_every_worker(
+            args.ref,
+            args.scheduler,
+            args.models_dir,
+            settings=settings_from(args),
+            on_event=_worker_lines if display.mode == "json" else None,
+            insecure=args.insecure,
+        )
+    except BlobdlError as exc:
+        return fail(display, exc, exc.exit_code)
+    except KeyboardInterrupt:
+        return fail(display, Interrupted(2), EXIT_INTERRUPTED)
+    for worker, result in sorted(results.items()):
+        if display.mode == "json":
+            json_line(sys.stdout, {"worker": worker, **_summary(result)})
+        elif display.mode != "quiet":
+            print(f"{worker}: pulled {result.reference}: {result.bytes_fetched} bytes fetched "
+                  f"-> {result.manifest_path}", file=sys.stderr)  # fmt: skip
+    return EXIT_OK
+
+
+def _worker_lines(event: WorkerEvent) -> None:
+    inner = event.event
+    if isinstance(inner, PullStarted):
+        record = {"event": "pull_started", **inner._asdict()}
+    else:
+        record = {"digest": inner.digest, **event_record(inner.event)}
+    json_line(sys.stdout, {"worker": event.worker, **record})
 
 
 class _PullDisplay:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from ..errors import HTTPStatusError
 from ..events import DownloadResult, Event
 from ._names import parse_reference
 from ._oci import Blob, Registry
+from ._pull_cluster import WorkerEvent, on_every_store, on_one_worker
 from ._store import Store
 
 AUTH_ROUNDS = 3  # fresh tokens / presigned URLs a pull asks for before it gives up
@@ -82,13 +84,19 @@ def pull(
     on_event: PullCallback | None = None,
     settings: Settings | None = None,
     insecure: bool = False,
+    cluster: Any = None,
     **overrides: Any,
 ) -> PullResult:
     """Pull ``ref`` (``[http(s)://][HOST[:PORT]/][NS/]MODEL[:TAG|@sha256:HEX]``) into
     ``models_dir``. Every blob shares ``connections`` connections, as in ``download_many``.
-    ``insecure``: the registry is reached over plain HTTP (``ollama pull --insecure``)."""
+    ``insecure``: the registry is reached over plain HTTP (``ollama pull --insecure``).
+    With ``cluster`` (a ``distributed.Client``, an address, ``"local[:N]"``) the pull runs on
+    one of its workers, into the store that worker sees (``pull_every_worker``: every one)."""
     started = time.monotonic()
     base = Downloader(settings, **overrides).settings
+    if cluster is not None:
+        where = functools.partial(pull, insecure=insecure)
+        return on_one_worker(cluster, where, ref, models_dir, base, on_event)  # type: ignore[no-any-return]
     reference = parse_reference(ref)
     store = Store(Path(models_dir) if models_dir is not None else default_models_dir())
     registry = Registry(reference, base, plain_http=insecure)
@@ -106,6 +114,23 @@ def pull(
     path = store.write_manifest(reference, manifest)
     layers = tuple(_layer(store, b, fetched.get(b.digest)) for b in manifest.blobs)
     return PullResult(str(reference), path, manifest.digest, layers, time.monotonic() - started)
+
+
+def pull_every_worker(
+    ref: str,
+    cluster: Any,
+    models_dir: str | os.PathLike[str] | None = None,
+    *,
+    on_event: Callable[[WorkerEvent], None] | None = None,
+    settings: Settings | None = None,
+    insecure: bool = False,
+    **overrides: Any,
+) -> dict[str, PullResult]:
+    """``pull`` into the store of every worker of ``cluster``, once per store (workers on
+    one host share one); {worker name: its store's PullResult}. A second run fetches nothing."""
+    base = Downloader(settings, **overrides).settings
+    where = functools.partial(pull, insecure=insecure)
+    return on_every_store(cluster, where, default_models_dir, ref, models_dir, base, on_event)
 
 
 def _layer(store: Store, blob: Blob, download: DownloadResult | None) -> LayerResult:

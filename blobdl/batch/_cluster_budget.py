@@ -1,0 +1,101 @@
+"""The connection budget of a batch on a Dask cluster, held across every worker at once.
+
+One ``distributed.Semaphore`` lease is one connection: a semaphore of ``max_connections``
+leases for the whole batch, and one of ``per_host`` leases for each host, named after the
+batch, so every worker's tasks draw on the same counts (the scheduler keeps them). An item
+takes one lease of its host, then one of the batch (blocking: the probe is a connection
+too), then as many more pairs as it can use without waiting; it holds them while it runs.
+
+Deadlock-free by order: a task waiting holds at most one host lease and no batch lease, so
+every batch lease is held by a task that is running, which will give it back.
+
+A worker that dies does not give its leases back: they expire when its refreshes stop,
+after the scheduler's ``distributed.scheduler.locks.lease-timeout`` (30 s by default) and up
+to one ``lease-validation-interval`` more. Meanwhile the budget is that much smaller, never
+larger: the dead worker's connections are gone, so the server sees fewer, not more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from ._cluster_connect import dask
+from ._cluster_worker import Stopped
+
+#: How often a task waiting for a lease looks whether it should stop instead (seconds).
+WAIT_SLICE = 0.5
+
+
+class Budget(NamedTuple):
+    """A batch's budget, as its tasks carry it to the workers."""
+
+    run: str  # the batch's unique name: its semaphores are named after it
+    connections: int  # leases of the whole batch (max_connections)
+    per_host: int  # leases of each host
+
+    def everyone(self) -> str:
+        return f"blobdl-{self.run}-connections"
+
+    def host(self, host: str) -> str:
+        # Hashed: a host name is the server's or the user's text, a semaphore name is ours.
+        return f"blobdl-{self.run}-host-{hashlib.sha256(host.encode()).hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def leases(budget: Budget, host: str, wanted: int, stop: Callable[[], bool]) -> Iterator[int]:
+    """Hold between 1 and ``wanted`` connections to ``host``; yield how many.
+
+    Waits for the first one (``stop()`` is asked between waits: ``Stopped`` if it says so);
+    takes the others only if they are free now."""
+    distributed = dask()
+    pair = (
+        distributed.Semaphore(max_leases=budget.per_host, name=budget.host(host)),
+        distributed.Semaphore(max_leases=budget.connections, name=budget.everyone()),
+    )
+    held: list[Any] = []
+    try:
+        for semaphore in pair:
+            _wait_for(semaphore, stop)
+            held.append(semaphore)
+        granted = 1
+        while granted < wanted and _take_pair(pair, held):
+            granted += 1
+        yield granted
+    finally:
+        for semaphore in reversed(held):
+            with contextlib.suppress(Exception):  # the scheduler gone: the leases expire there
+                semaphore.release()
+
+
+def _wait_for(semaphore: Any, stop: Callable[[], bool]) -> None:
+    while not semaphore.acquire(timeout=WAIT_SLICE):
+        if stop():
+            raise Stopped
+
+
+def _take_pair(pair: tuple[Any, Any], held: list[Any]) -> bool:
+    """One more lease of the host and of the batch, if both are free now."""
+    host, everyone = pair
+    if not host.acquire(timeout=0):
+        return False
+    held.append(host)
+    if not everyone.acquire(timeout=0):
+        return False
+    held.append(everyone)
+    return True
+
+
+def close(client: Any, budget: Budget, hosts: set[str]) -> None:
+    """Drop the batch's semaphores from the scheduler (a long-lived cluster keeps them)."""
+    distributed = dask()
+    if client.status != "running":
+        return  # the scheduler is gone, and its semaphores with it
+    names = [(budget.everyone(), budget.connections)]
+    names += [(budget.host(h), budget.per_host) for h in hosts]
+    for name, size in names:
+        with contextlib.suppress(Exception):
+            semaphore = distributed.Semaphore(size, name, client.scheduler, client.loop)
+            semaphore.close()

@@ -1,0 +1,152 @@
+"""A run's side of the cluster, on the client: its tasks, its events, its stop flag.
+
+Events come back through Dask's event log (``Worker.log_event`` -> ``Client.subscribe_topic``);
+the handler runs on the client's IO thread and only queues them, so callbacks run on the
+calling thread, while it waits for the tasks. A finished task's last events may trail its
+result (they travel apart), so ``settle`` relays them before the result is used.
+
+Stopping: Dask cannot cancel a running task. On Ctrl-C, or a callback that raises, the run
+sets its stop flag and waits for the running tasks to stop their work (a download saves its
+state; see ``_cluster_worker``). The scheduler lost is one ``ClusterError``: its workers, and
+the downloads they started, stop with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import queue
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import BlobdlError, ClusterError, Interrupted
+from ._cluster_connect import dask
+from ._cluster_worker import Channel, Sent
+
+#: How often the client wakes to relay events while it waits for tasks (seconds).
+TICK = 0.1
+#: How long a finished task's last events may trail its result before they are given up.
+EVENTS_GRACE = 5.0
+#: How long the running tasks get to stop their work (and save it) after a stop.
+STOP_GRACE = 30.0
+
+#: What the run tells: (the task's place, the event, the name of the worker it came from).
+Tell = Callable[[int, Any, str], None]
+
+
+class Run:
+    """One run of tasks on a cluster; ``with run.open():`` around its use."""
+
+    def __init__(self, client: Any, tell: Tell | None) -> None:
+        self.client, self.tell = client, tell
+        self.name = uuid.uuid4().hex
+        self.channel = Channel(f"blobdl-{self.name}", f"blobdl-{self.name}-stop")
+        self.inbox: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
+        self.seen: dict[str, int] = {}  # events relayed, per attempt
+        self.futures: list[Any] = []
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Run]:
+        """Subscribed to the run's events; anything raised inside stops the run's tasks."""
+        self.client.subscribe_topic(self.channel.topic, self.inbox.put)
+        try:
+            yield self
+        except BaseException as exc:
+            raise self._stopped(exc) from None
+        finally:
+            if reachable(self.client):  # else every call would wait to reconnect first
+                with contextlib.suppress(Exception):
+                    self.client.unsubscribe_topic(self.channel.topic)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, key: str, **options: Any) -> Any:
+        # retries=0: a task returns an item's own failure as a value; only a worker's death
+        # reruns it (up to the scheduler's allowed-failures).
+        future = self.client.submit(fn, *args, key=f"{key}-{self.name}", retries=0, **options)
+        self.futures.append(future)
+        return future
+
+    def gather(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
+        """(future, its value or the exception it ended in), as they finish; events are
+        relayed meanwhile."""
+        distributed = dask()
+        pending = set(futures)
+        while pending:
+            self._relay_queued()
+            try:
+                done, _ = distributed.wait(list(pending), TICK, "FIRST_COMPLETED")
+            except (TimeoutError, distributed.TimeoutError):
+                continue
+            except Exception as exc:
+                raise self._lost(exc) from None
+            for future in done:
+                pending.discard(future)
+                yield future, self._value(future)
+
+    def settle(self, sent: Sent) -> None:
+        """Relay what an attempt sent before its result is used (or give up after a while)."""
+        deadline = time.monotonic() + EVENTS_GRACE
+        while self.seen.get(sent.attempt, 0) < sent.events and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                self._relay(self.inbox.get(timeout=TICK)[1])
+
+    def _value(self, future: Any) -> Any:
+        try:
+            return future.result()
+        except Exception as exc:
+            if self.client.status not in ("running", "connecting") or _scheduler_lost(exc):
+                raise self._lost(exc) from None
+            return exc
+
+    def _lost(self, exc: BaseException) -> BaseException:
+        """The scheduler gone is one line; anything else raised while waiting is a bug."""
+        if self.client.status not in ("running", "connecting") or _scheduler_lost(exc):
+            address = getattr(self.client.scheduler, "address", "")
+            return ClusterError(f"lost the Dask scheduler {address}".rstrip())
+        return exc
+
+    def _relay_queued(self) -> None:
+        while True:
+            try:
+                _, record = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._relay(record)
+
+    def _relay(self, record: dict[str, Any]) -> None:
+        self.seen[record["attempt"]] = self.seen.get(record["attempt"], 0) + 1
+        if self.tell is not None:
+            self.tell(record["place"], pickle.loads(record["event"]), record["by"])
+
+    def _stopped(self, why: BaseException) -> BaseException:
+        """Stop every task's work (a download saves its state); return what to raise."""
+        if isinstance(why, ClusterError):
+            return why  # the scheduler is gone: its workers stop with it
+        distributed = dask()
+        with contextlib.suppress(Exception):
+            distributed.Event(self.channel.stop, self.client).set()
+        with contextlib.suppress(Exception):
+            distributed.wait(self.futures, timeout=STOP_GRACE)
+        if isinstance(why, KeyboardInterrupt):
+            return Interrupted(signal.SIGINT)
+        return why
+
+
+def reachable(client: Any) -> bool:
+    """Whether the client is still connected to its scheduler."""
+    return bool(client.status == "running")
+
+
+def task_error(exc: BaseException) -> BlobdlError:
+    """A task that ended in an exception: its workers kept dying, or a bug of ours."""
+    if type(exc).__name__ == "KilledWorker":
+        return ClusterError(f"the workers running it died: {exc}")
+    if isinstance(exc, BlobdlError):
+        return exc
+    return BlobdlError(f"its task failed on the cluster: {exc!r}")
+
+
+def _scheduler_lost(exc: BaseException) -> bool:
+    return "scheduler-connection-lost" in str(exc)

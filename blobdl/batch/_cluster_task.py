@@ -1,0 +1,166 @@
+"""What a Dask worker runs for one item of a batch: its probe, then its download.
+
+Both are plain functions the client submits as tasks. They hold their connections from the
+batch's budget (``_cluster_budget``) while they talk to the server, and never raise for an
+item's own failure: the error comes back as a value, so Dask never retries an item that
+failed on its merits (a 404, a digest mismatch). Only a worker's death reruns a task, on
+another worker; the rerun finds the partial (on a filesystem the workers share) and resumes.
+
+The download runs in blobdl's clean coordinator process (``_clean_process``), as for any
+threaded caller: a Dask worker always has threads, and its processes may be daemonic. Dask
+cannot cancel a running task, so the task itself looks, between the events its download
+sends, whether it should stop (the batch's stop flag is set, or its future was cancelled or
+released, or the scheduler cannot be reached); then it raises from the event callback, which
+makes the coordinator save its state and exit. A worker that dies takes the coordinator
+with it (it dies with the thread that started it, saving its state first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from .._redact import redact_url
+from ..config import Settings
+from ..engine._download import Downloader, default_name, name_from_url
+from ..engine._plan import download_part_count
+from ..errors import BlobdlError, Interrupted, UsageError
+from ..events import DownloadResult, Failed
+from ..http._probe import resolve
+from ..http._remote import Remote
+from ..store._cache import entry_path as cache_entry
+from ._cluster_budget import Budget, leases
+from ._cluster_worker import Channel, Relay, Sent, Stopped, Watch, worker_name
+from ._items import Item, _inside
+
+#: A rerun waits this long for the destination lock: the attempt on the worker that died
+#: may still be saving its state (it was sent SIGTERM by the kernel as its worker died).
+RERUN_LOCK_WAIT = 10.0
+
+
+class Job(NamedTuple):
+    """One item as its tasks carry it to a worker."""
+
+    place: int  # the item's place in the caller's list
+    item: Item  # normalized: digest bare hex, userinfo lifted into a header
+    settings: Settings  # the batch's, with the item's headers
+    budget: Budget
+    base_dir: str | None  # as the workers see it; checked on the worker that writes
+    channel: Channel  # the batch's events and stop flag
+
+
+class Probed(NamedTuple):
+    worker: str  # its name
+    remote: Remote | None  # None: a cache hit, or the probe failed
+    error: BlobdlError | None
+
+
+class Outcome(NamedTuple):
+    sent: Sent  # the client waits for all the events this attempt sent
+    result: DownloadResult | None
+    error: BlobdlError | None
+
+
+def probe(job: Job) -> Probed:
+    """The item's remote, probed under one connection of its host (None for a cache hit)."""
+    worker = worker_name()
+    if _cached(job.item, job.settings):
+        return Probed(worker, None, None)
+    watch = Watch(job.channel.stop)
+    try:
+        with leases(job.budget, _host(job.item.url), 1, watch.stopped):
+            return Probed(worker, resolve(job.item.url, job.settings), None)
+    except BlobdlError as exc:
+        return Probed(worker, None, exc)
+    except Stopped:
+        return Probed(worker, None, Interrupted(signal.SIGTERM))
+
+
+def fetch(job: Job, remote: Remote | None) -> Outcome:
+    """The item's download on this worker, holding its connections while it runs."""
+    relay = Relay(job.channel, job.place)
+    try:
+        result = _fetch(job, remote, relay)
+    except BlobdlError as exc:
+        return Outcome(relay.summary(), None, exc)
+    except Stopped:
+        error = Interrupted(signal.SIGTERM)
+        _tell_failed(relay, job, error)
+        return Outcome(relay.summary(), None, error)
+    return Outcome(relay.summary(), result, None)
+
+
+def _tell_failed(relay: Relay, job: Job, error: BlobdlError) -> None:
+    """A failure before the download could tell it itself (it tells its own)."""
+    path = job.item.path or ""
+    relay.send(Failed(redact_url(job.item.url), path, str(error), error.exit_code))
+
+
+def _fetch(job: Job, remote: Remote | None, relay: Relay) -> DownloadResult:
+    item = _where(job, remote, relay)
+    settings = dataclasses.replace(
+        job.settings, lock_timeout=max(job.settings.lock_timeout, RERUN_LOCK_WAIT)
+    )
+    host = _host(remote.final_url if remote is not None else item.url)
+    hashing = item.digest is not None
+    wanted = _wanted(remote, settings, hashing=hashing)
+    with leases(job.budget, host, wanted, relay.watch.stopped) as granted:
+        settings = dataclasses.replace(
+            settings, connections=granted, limit_rate=_rate_share(job, settings, granted)
+        )
+        downloader = Downloader(settings)
+        path = Path(item.path) if item.path else None
+        if remote is None:  # a cache hit: no probe, no network
+            return downloader.download(item.url, path, digest=item.digest, on_event=relay)
+        return downloader._download_resolved(remote, path, digest=item.digest, on_event=relay)
+
+
+def _where(job: Job, remote: Remote | None, relay: Relay) -> Item:
+    try:
+        return _confined(job, remote)
+    except UsageError as exc:
+        _tell_failed(relay, job, exc)
+        raise
+
+
+def _confined(job: Job, remote: Remote | None) -> Item:
+    """The item's destination as this worker sees it, inside ``base_dir`` if one is given
+    (an item without a path is named there, as a download without a path would be)."""
+    item = job.item
+    if job.base_dir is None:
+        return item
+    base = Path(job.base_dir)
+    if not base.is_dir():
+        raise UsageError(f"base directory {job.base_dir!r} is not a directory on this worker")
+    if item.path is None:
+        name = default_name(remote) if remote is not None else name_from_url(item.url)
+        item = item._replace(path=name)
+    return _inside(base, item, f"item {job.place}")
+
+
+def _wanted(remote: Remote | None, settings: Settings, *, hashing: bool) -> int:
+    """Connections the item can use: one per part, up to its ``connections``."""
+    if remote is None:
+        return settings.connections
+    parts = download_part_count(remote.size, remote.ranges, settings, hashing=hashing)
+    return max(1, min(parts, settings.connections))
+
+
+def _rate_share(job: Job, settings: Settings, granted: int) -> int | None:
+    """--limit-rate is for the whole batch: an item gets the share of its connections."""
+    if settings.limit_rate is None:
+        return None
+    return max(1, settings.limit_rate * granted // job.budget.connections)
+
+
+def _cached(item: Item, settings: Settings) -> bool:
+    if not (settings.cache_dir and item.digest):
+        return False
+    return cache_entry(Path(settings.cache_dir), item.digest).is_file()
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or ""

@@ -1,0 +1,82 @@
+"""A batch's vocabulary, for the scheduler on one machine and on a cluster alike: an item,
+its result and events, where an item's path may lead, and which items are the same request."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path, PurePath
+from typing import NamedTuple
+
+from ..errors import BlobdlError, UsageError
+from ..events import DownloadResult, Event
+
+
+class Item(NamedTuple):
+    """One blob to fetch."""
+
+    url: str
+    path: str | None = None  # destination (None: a safe name from the server or URL)
+    digest: str | None = None  # sha256:<hex> the bytes must have
+    headers: tuple[tuple[str, str], ...] = ()  # extra request headers for this item
+
+
+class ItemResult(NamedTuple):
+    item: Item
+    result: DownloadResult | None  # None when it failed
+    error: BlobdlError | None  # None when it succeeded
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class BatchEvent(NamedTuple):
+    item: int  # index of the item in the list given
+    event: Event
+    worker: str = ""  # the Dask worker that ran the item ("" on one machine)
+
+
+BatchCallback = Callable[[BatchEvent], None]
+
+
+def confine(base: Path, path: str) -> Path:
+    """``path`` taken inside ``base``; ValueError if it is absolute, has a ``..`` or
+    leads outside ``base`` through a symbolic link (followed as far as they exist now)."""
+    given = PurePath(path)
+    if given.is_absolute():
+        raise ValueError(f"path {path!r} is absolute; with a base directory give it relative")
+    target = base / given
+    root, real = base.resolve(), target.resolve()
+    if ".." in given.parts or real == root or not real.is_relative_to(root):
+        raise ValueError(f"path {path!r} leads outside the base directory {str(base)!r}")
+    return target
+
+
+def _inside(base: Path, item: Item, where: str) -> Item:
+    """The item with its path inside ``base``, or a UsageError naming ``where``."""
+    if item.path is None:
+        return item  # named after the probe, inside base too
+    try:
+        return item._replace(path=str(confine(base, item.path)))
+    except ValueError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def _first_of_each(items: list[Item]) -> list[int]:
+    """For each item, the index of the first item it duplicates (itself if none).
+
+    Only an identical request is a duplicate: same URL, destination, digest and headers
+    (items are normalized first: the same digest written two ways is the same).
+    The same destination asked for with anything else different is a usage error: one of
+    the two would silently overwrite the other."""
+    seen: dict[tuple[object, ...], int] = {}
+    claimed: dict[str, int] = {}
+    firsts = []
+    for index, item in enumerate(items):
+        where = os.path.abspath(item.path) if item.path else None
+        first = seen.setdefault((item.url, where, item.digest, item.headers), index)
+        if where is not None and claimed.setdefault(where, first) != first:
+            raise UsageError(f"items {claimed[where]} and {index} both write {item.path}")
+        firsts.append(first)
+    return firsts

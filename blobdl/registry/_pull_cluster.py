@@ -1,0 +1,134 @@
+"""``pull`` on a Dask cluster: whole on one worker, or once into every worker's store.
+
+The pull runs on a worker as it would on one machine (``pull`` itself, handed in by
+``_pull``), so the store is the one that worker sees: its ``models_dir``, or its own
+``$OLLAMA_MODELS`` or home when none is given. For every worker, the workers are grouped by
+the store they see (host and real path), and one pull runs per store, on one worker of it:
+a fleet gets the model once per node, and a second run finds every blob in place.
+Events, stopping and the scheduler's loss are the batch's (``batch._cluster_run``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+from ..batch._cluster_connect import connect
+from ..batch._cluster_run import Run, task_error
+from ..batch._cluster_worker import Channel, Relay, Sent, Stopped
+from ..config import Settings
+from ..errors import BlobdlError, Interrupted
+
+T = TypeVar("T")
+Pull = Callable[..., Any]  # blobdl.pull: (ref, models_dir, *, settings, on_event) -> PullResult
+
+
+class WorkerEvent(NamedTuple):
+    """A pull's event (``PullStarted`` or ``PullEvent``) from the worker doing that pull."""
+
+    worker: str  # its name
+    event: Any
+
+
+class _Done(NamedTuple):
+    sent: Sent
+    result: Any  # the PullResult, or None
+    error: BlobdlError | None
+
+
+def on_one_worker(
+    cluster: Any,
+    pull: Pull,
+    ref: str,
+    models_dir: str | os.PathLike[str] | None,
+    settings: Settings,
+    on_event: Callable[[Any], None] | None,
+) -> Any:
+    """``pull(ref, models_dir)`` on one of the cluster's workers; its PullResult."""
+    tell = None if on_event is None else _events(on_event, tagged=False)
+    with connect(cluster, threads=1) as client, Run(client, tell).open() as run:
+        args = (pull, run.channel, ref, _fspath(models_dir), settings)
+        future = run.submit(_pull_here, *args, key="blobdl-pull")
+        return _outcome(run, next(run.gather([future]))[1])
+
+
+def on_every_store(
+    cluster: Any,
+    pull: Pull,
+    default_dir: Callable[[], Path],
+    ref: str,
+    models_dir: str | os.PathLike[str] | None,
+    settings: Settings,
+    on_event: Callable[[WorkerEvent], None] | None,
+) -> dict[str, Any]:
+    """``pull(ref, models_dir)`` once per store the workers see; {worker name: PullResult}.
+    A worker that shares its store with another has that pull's result."""
+    tell = None if on_event is None else _events(on_event, tagged=True)
+    given = _fspath(models_dir)
+    with connect(cluster, threads=1) as client, Run(client, tell).open() as run:
+        stores: dict[str, tuple[str, str]] = client.run(_store_seen, given, default_dir)
+        names = {a: str(w.get("name", a)) for a, w in client.scheduler_info()["workers"].items()}
+        by_store: dict[tuple[str, str], list[str]] = {}
+        for address, store in sorted(stores.items()):
+            by_store.setdefault(store, []).append(address)
+        futures = {}
+        for n, addresses in enumerate(by_store.values()):
+            args = (pull, run.channel, ref, given, settings)
+            options = {"workers": addresses[:1], "allow_other_workers": False}
+            futures[run.submit(_pull_here, *args, key=f"blobdl-pull-{n}", **options)] = addresses
+        results, errors = {}, []
+        for future, value in run.gather(list(futures)):
+            try:
+                result = _outcome(run, value)
+            except BlobdlError as exc:
+                errors.append(exc)
+                continue
+            results.update({names.get(a, a): result for a in futures[future]})
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _events(on_event: Callable[[Any], None], *, tagged: bool) -> Callable[[int, Any, str], None]:
+    def tell(place: int, event: Any, worker: str) -> None:
+        on_event(WorkerEvent(worker, event) if tagged else event)
+
+    return tell
+
+
+def _outcome(run: Run, value: Any) -> Any:
+    if not isinstance(value, _Done):
+        raise task_error(value)
+    run.settle(value.sent)
+    if value.error is not None:
+        raise value.error
+    return value.result
+
+
+def _fspath(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else os.fspath(path)
+
+
+# --- on the worker ------------------------------------------------------------------------------
+
+
+def _pull_here(
+    pull: Pull, channel: Channel, ref: str, models_dir: str | None, settings: Settings
+) -> _Done:
+    relay = Relay(channel, 0)
+    try:
+        result = pull(ref, models_dir, settings=settings, on_event=relay)
+    except BlobdlError as exc:
+        return _Done(relay.summary(), None, exc)
+    except Stopped:
+        return _Done(relay.summary(), None, Interrupted(signal.SIGTERM))
+    return _Done(relay.summary(), result, None)
+
+
+def _store_seen(models_dir: str | None, default_dir: Callable[[], Path]) -> tuple[str, str]:
+    """The store this worker would pull into: its host, and the store's real path."""
+    return socket.gethostname(), os.path.realpath(models_dir or default_dir())

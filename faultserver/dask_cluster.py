@@ -1,0 +1,184 @@
+"""A real Dask cluster on loopback, started with Dask's own command line: ``dask scheduler``
+and one ``dask worker`` (with its nanny) per name, for ``tests/`` and ``benchmarks/``.
+
+Every process of the cluster runs in one folder of its own (``root/cwd``), and so does
+everything they start, blobdl's processes on the workers included: ``strays()`` lists
+whatever runs there that is not the cluster itself, across the whole machine (a download
+orphaned by a worker that died has left the cluster's process tree, not that folder).
+
+Timeouts are shrunk as tests need them (``TEST_CONFIG``): a dead worker's leases expire in
+about 2 s, not 40; a client gives up 5 s after losing its scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+TEST_CONFIG = {
+    "DASK_DISTRIBUTED__SCHEDULER__LOCKS__LEASE_TIMEOUT": "2s",
+    "DASK_DISTRIBUTED__SCHEDULER__LOCKS__LEASE_VALIDATION_INTERVAL": "0.5s",
+    "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": "False",  # placement stays put
+    "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s",
+}
+
+
+def dask_command() -> list[str]:
+    """The ``dask`` command of this interpreter's environment."""
+    return [sys.executable, str(Path(sys.executable).with_name("dask"))]
+
+
+class DaskCluster:
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env = root, env
+        self.cwd = root / "cwd"
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        self.scheduler_file = root / "scheduler.json"
+        self.scheduler: subprocess.Popen[bytes] | None = None
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}  # name -> its nanny
+
+    @property
+    def address(self) -> str:
+        address: str = json.loads(self.scheduler_file.read_text())["address"]
+        return address
+
+    def start_scheduler(self) -> None:
+        command = [*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0"]
+        command += ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
+        command += ["--scheduler-file", str(self.scheduler_file)]
+        self.scheduler = self._popen(command, self.env, "scheduler")
+        _until(self.scheduler_file.exists, "the scheduler's address file")
+
+    def start_worker(self, name: str, threads: int = 2, env: dict[str, str] | None = None) -> None:
+        command = [*dask_command(), "worker", "--scheduler-file", str(self.scheduler_file)]
+        command += ["--host", "127.0.0.1", "--nthreads", str(threads), "--memory-limit", "0"]
+        command += ["--no-dashboard", "--name", name, "--local-directory", str(self.root / name)]
+        self.workers[name] = self._popen(command, {**self.env, **(env or {})}, name)
+
+    def _popen(self, command: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
+        with (self.root / f"{log}.log").open("ab") as out:
+            return subprocess.Popen(
+                command,
+                cwd=self.cwd,
+                env={**os.environ, **TEST_CONFIG, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def worker_pids(self, count: int | None = None) -> dict[str, int]:
+        """{worker name: the pid of its worker process}, once ``count`` (default: every
+        worker started) have joined; asked of the scheduler by a client of its own process,
+        so that no Dask thread lingers in the caller."""
+        count = len(self.workers) if count is None else count
+        ask = [sys.executable, "-c", _ASK_WORKERS, self.address, str(count), str(READY_TIMEOUT)]
+        env = {**os.environ, **TEST_CONFIG}
+        done = subprocess.run(ask, capture_output=True, text=True, env=env, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"workers did not join: {done.stderr[-2000:]}")
+        pids: dict[str, int] = json.loads(done.stdout)
+        return pids
+
+    def own_pids(self) -> set[int]:
+        """The cluster's own processes: scheduler, nannies, worker processes, their trackers."""
+        pids: set[int] = set()
+        for proc in [self.scheduler, *self.workers.values()]:
+            if proc is None or proc.poll() is not None:
+                continue
+            pids.add(proc.pid)
+            with contextlib.suppress(psutil.Error):
+                kids = psutil.Process(proc.pid).children(recursive=True)
+                pids |= {c.pid for c in kids if _is_dask_helper(c)}
+        return pids
+
+    def strays(self) -> list[psutil.Process]:
+        """Processes anywhere that run in the cluster's folder and are not the cluster."""
+        own, found = self.own_pids(), []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if proc.pid not in own and Path(proc.cwd()).is_relative_to(self.cwd):
+                    found.append(proc)
+        return found
+
+    def stop(self) -> None:
+        """The workers first (a worker whose scheduler went first would try to reconnect)."""
+        for group in (list(self.workers.values()), [self.scheduler]):
+            for proc in group:
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                if proc is None:
+                    continue
+                try:
+                    proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    _kill_tree(proc.pid)
+                    proc.wait()
+        for stray in self.strays():
+            stray.kill()
+
+
+def start_cluster(root: Path, workers: dict[str, dict[str, str]], threads: int = 2) -> DaskCluster:
+    """A scheduler and one worker per name (each with its own extra environment)."""
+    cluster = DaskCluster(root, {})
+    try:
+        cluster.start_scheduler()
+        for name, env in workers.items():
+            cluster.start_worker(name, threads, env)
+        cluster.worker_pids()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _is_dask_helper(proc: psutil.Process) -> bool:
+    """A process Dask itself starts under a nanny: the worker process, multiprocessing's
+    resource tracker."""
+    return "multiprocessing" in " ".join(_cmdline(proc))
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _kill_tree(pid: int) -> None:
+    with contextlib.suppress(psutil.Error):
+        for proc in [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+_ASK_WORKERS = """
+import json, os, sys
+from distributed import Client
+address, count, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+with Client(address, timeout=timeout) as client:
+    client.wait_for_workers(count, timeout=timeout)
+    pids = client.run(os.getpid)
+    names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
+    print(json.dumps({names[a]: pid for a, pid in pids.items()}))
+"""
+
+
+def _until(ready: Any, what: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready within {READY_TIMEOUT} s")
+        time.sleep(0.05)

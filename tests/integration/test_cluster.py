@@ -1,0 +1,312 @@
+"""Batches and pulls on a real Dask cluster: ``dask scheduler`` and two ``dask worker``
+processes started with Dask's own command line (``faultserver/dask_cluster.py``), one cluster
+for the module; the embedded ``LocalCluster`` for the library path.
+
+The client is always a process of its own (the CLI, or a short script): Dask leaves threads
+behind in any process that ran a client, and the rest of the session must not inherit them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faultserver.dask_cluster import DaskCluster, start_cluster
+from faultserver.registry import Registry, start_registry
+from faultserver.serverctl import ServerHandle, start_server
+from tests.conftest import REPO, Blob, run_cli, sha256_file, spawn_cli
+from tests.integration.test_pull import assert_store, ref
+
+# Installed by `make install` (the dask extra). Looked up, never imported here: importing
+# distributed starts a thread, and the rest of the session must stay single-threaded.
+if importlib.util.find_spec("distributed") is None:
+    pytest.skip("distributed is not installed (pip install -e '.[dask]')", allow_module_level=True)
+
+KB = 1024
+PART = 256 * KB  # larger than the server's first unpaced step (64 KiB) of each request
+SMALL = ("--min-part-size", str(PART), "--max-part-size", str(PART), "--progress-interval", "0.1")
+Make = Callable[..., Blob]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    root = tmp_path_factory.mktemp("dask")
+    stores = {name: {"OLLAMA_MODELS": str(root / f"models-{name}")} for name in ("w-a", "w-b")}
+    handle = start_cluster(root, stores)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_stray(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, nothing blobdl started on a worker is still running, orphans too."""
+    yield
+    if "cluster" in request.fixturenames:
+        assert _settled(request.getfixturevalue("cluster")) == []
+
+
+def _settled(cluster: DaskCluster, within: float = 10.0) -> list[Any]:
+    deadline = time.monotonic() + within
+    while (strays := cluster.strays()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return strays
+
+
+def manifest(tmp_path: Path, lines: list[str]) -> str:
+    path = tmp_path / "manifest.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def paced(server: ServerHandle, bps: int) -> None:
+    """Every data request is served at ``bps`` (after its first 64 KiB): items last long
+    enough to overlap."""
+    server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": bps})
+
+
+# --- the budget, measured at the server ----------------------------------------------------
+
+
+def test_the_connection_budget_holds_across_the_whole_cluster(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blobs = [make(2 * PART, seed) for seed in range(4)]
+    lines = [f"{b.url} {tmp_path / b.name} sha256:{b.sha256}" for b in blobs]
+    paced(server, 256 * KB)
+    done = run_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address,
+                   "--connections", "3", "--per-host", "8", "--json", *SMALL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for blob in blobs:
+        assert sha256_file(tmp_path / blob.name) == blob.sha256
+    # Two workers of two threads each could run 4 items of 2 connections: 8 at once.
+    assert server.stats()["max_concurrent"] <= 3
+    workers = {e["worker"] for e in json_lines(done.stdout) if e.get("event") == "finished"}
+    assert workers == {"w-a", "w-b"}
+
+
+def test_the_per_host_cap_holds_across_the_whole_cluster(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    (tmp_path / "other").mkdir()
+    other = start_server(tmp_path / "other")
+    try:
+        blobs = [make(2 * PART, seed) for seed in range(3)]
+        lines = [f"{b.url} {tmp_path / b.name}" for b in blobs]
+        for b in blobs:
+            (tmp_path / "other" / b.name).write_bytes((server.root / b.name).read_bytes())
+            # Another origin by name: localhost is another host than 127.0.0.1.
+            url = other.url(b.name).replace("127.0.0.1", "localhost")
+            lines.append(f"{url} {tmp_path / ('other-' + b.name)}")
+        paced(server, 256 * KB)
+        paced(other, 256 * KB)
+        done = run_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address,
+                       "--connections", "16", "--per-host", "2", "-q", *SMALL)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert server.stats()["max_concurrent"] <= 2
+        assert other.stats()["max_concurrent"] <= 2
+    finally:
+        other.stop()
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def test_a_worker_killed_mid_item_resumes_on_a_worker_from_the_partial(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blob = make(3 * 1024 * KB, 7)
+    rate, connections, interval = 512 * KB, 2, 0.2
+    pids = cluster.worker_pids()
+    paced(server, rate)
+    proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / 'big.bin'}"]),
+                     "--scheduler", cluster.address, "--connections", str(connections),
+                     "--checkpoint-interval", str(interval), "--json", *SMALL)  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(json.loads(line))
+        if seen[-1].get("event") == "progress" and seen[-1]["done"] >= 1024 * KB:
+            victim = seen[-1]["worker"]
+            landed = seen[-1]["done"]
+            os.kill(pids[victim], signal.SIGKILL)  # mid-item: its nanny starts a new one
+            break
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, [e for e in json_lines(out) if e.get("event") != "progress"]
+    events = seen + json_lines(out)
+    finished = [e for e in events if e.get("event") == "finished"]
+    assert sha256_file(tmp_path / "big.bin") == blob.sha256
+    # The rerun resumed from what had landed (less what the lanes had not yet checkpointed).
+    assert len(finished) == 1 and finished[0]["resumed"] >= landed - connections * PART
+    # What the server sent beyond the blob: what the lanes had in flight, no more than about
+    # one checkpoint interval of the download's rate.
+    refetched = server.stats()["bytes_sent"] - blob.size
+    assert refetched <= connections * rate * interval + connections * PART, refetched
+    cluster.worker_pids()  # the nanny's new worker has joined again
+
+
+def test_an_item_failing_on_its_merits_is_reported_once_and_never_rerun(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    good, bad = make(128 * KB, 1), make(128 * KB, 2)
+    lines = [
+        f"{server.url('missing.bin')} {tmp_path / 'missing.bin'}",
+        f"{bad.url} {tmp_path / 'bad.bin'} sha256:{'0' * 64}",
+        f"{good.url} {tmp_path / 'good.bin'} sha256:{good.sha256}",
+    ]
+    done = run_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address, "--json",
+                   "--retries", "2", *SMALL)  # fmt: skip
+    assert done.returncode == 3, done.stderr  # the first failure in the manifest's order
+    failed = [e for e in json_lines(done.stdout) if e.get("event") == "failed"]
+    assert sorted((e["item"], e["exit_code"]) for e in failed) == [(0, 3), (1, 4)]
+    stats = server.stats()["per_path"]
+    assert stats["/files/missing.bin"] == 1  # its probe, once: no retry, no rerun
+    assert stats[f"/files/{bad.name}"] == stats[f"/files/{good.name}"]  # one download each
+    assert sha256_file(tmp_path / "good.bin") == good.sha256
+    assert not (tmp_path / "bad.bin").exists()
+
+
+def test_the_client_interrupted_keeps_partials_and_stops_every_download(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blobs = [make(2 * 1024 * KB, seed) for seed in (11, 12)]
+    paced(server, 128 * KB)
+    lines = [f"{b.url} {tmp_path / b.name}" for b in blobs]
+    proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address,
+                     "--json", *SMALL)  # fmt: skip
+    assert proc.stdout is not None
+    started: set[int] = set()
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("event") == "progress" and event["done"] > 0:
+            started.add(event["item"])
+        if len(started) == 2:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("blobdl: error: interrupted")
+    for blob in blobs:
+        assert (tmp_path / (blob.name + ".blobdl-tmp")).exists()
+        assert (tmp_path / (blob.name + ".blobdl-state")).exists()
+        assert not (tmp_path / blob.name).exists()
+
+
+def test_the_scheduler_lost_is_one_clear_error_and_leaves_nothing_running(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    own = start_cluster(tmp_path / "dask", {"solo": {}})
+    try:
+        blob = make(2 * 1024 * KB, 21)
+        paced(server, 128 * KB)
+        proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / 'x.bin'}"]),
+                         "--scheduler", own.address, "--json", *SMALL)  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if json.loads(line).get("event") == "progress":
+                break
+        assert own.scheduler is not None
+        own.scheduler.kill()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, err
+        assert err.strip().splitlines() == [err.strip().splitlines()[-1]]
+        assert "lost the Dask scheduler" in err
+        assert (tmp_path / "x.bin.blobdl-tmp").exists()
+        assert _settled(own, within=20.0) == []
+    finally:
+        own.stop()
+
+
+# --- pull on every worker ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    handle = start_registry(tmp_path_factory.mktemp("registry"))
+    yield handle
+    handle.stop()
+
+
+def test_every_worker_gets_the_model_in_its_store_once_and_a_second_run_fetches_nothing(
+    cluster: DaskCluster, registry: Registry
+) -> None:
+    model = registry.push_model("library/fleet", "v1", (300 * KB, 2 * KB, 100))
+    args = ("pull", ref(registry, model), "--scheduler", cluster.address, "--every-worker")
+    first = run_cli(*args, "--json", *SMALL)
+    assert first.returncode == 0, first.stderr
+    for name in ("w-a", "w-b"):
+        assert_store(cluster.root / f"models-{name}", registry, model)
+    summaries = [e for e in json_lines(first.stdout) if e.get("event") == "pull_finished"]
+    assert sorted(s["worker"] for s in summaries) == ["w-a", "w-b"]
+    before = len(registry.requests())
+    again = run_cli(*args, "--json")
+    assert again.returncode == 0, again.stderr
+    blob_gets = [r for r in registry.requests()[before:] if "/blobs/" in r[1]]
+    assert blob_gets == []
+    summaries = [e for e in json_lines(again.stdout) if e.get("event") == "pull_finished"]
+    assert [s["bytes_fetched"] for s in summaries] == [0, 0]
+
+
+# --- the library, on an embedded LocalCluster ---------------------------------------------------
+
+LIBRARY = """
+import json, sys
+import blobdl
+if __name__ == "__main__":
+    items = [blobdl.Item(*row) for row in json.loads(sys.argv[1])]
+    results = blobdl.download_many(items, cluster="local:2", base_dir=sys.argv[2],
+                                   max_connections=4, min_part_size=65536, max_part_size=65536)
+    print(json.dumps([[r.item.path, r.ok, r.error and type(r.error).__name__,
+                       r.result and r.result.size] for r in results]))
+"""
+
+
+def test_the_library_on_a_local_cluster_answers_in_order_and_confines_paths_on_the_worker(
+    make: Make, tmp_path: Path
+) -> None:
+    blobs = [make(200 * KB, 31), make(600 * KB, 32), make(100 * KB, 33)]
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "out").symlink_to(tmp_path)  # a link leading out of the base directory
+    rows = [[b.url, f"f{n}.bin", f"sha256:{b.sha256}"] for n, b in enumerate(blobs)]
+    rows.insert(1, [blobs[0].url, "out/escaped.bin"])
+    rows.append(rows[0])  # the same request twice: fetched once
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(LIBRARY))
+    done = subprocess.run([sys.executable, str(script), json.dumps(rows), str(base)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout.splitlines()[-1])
+    assert [a[0] for a in answers] == [row[1] for row in rows]  # the caller's order
+    assert answers[1][1:3] == [False, "UsageError"]
+    assert not (tmp_path / "escaped.bin").exists()
+    for n, blob in enumerate(blobs):
+        assert sha256_file(base / f"f{n}.bin") == blob.sha256
+    assert [a[3] for a in answers] == [200 * KB, None, 600 * KB, 100 * KB, 200 * KB]
+
+
+def test_without_dask_a_cluster_is_one_line_exit_2(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['distributed'] = None; from blobdl.cli import main; "
+        f"sys.exit(main(['-i', {str(tmp_path / 'm.txt')!r}, '--scheduler', 'local']))"
+    )
+    (tmp_path / "m.txt").write_text("http://127.0.0.1:9/x.bin\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "blobdl: error: a cluster needs Dask's distributed package: pip install 'blobdl[dask]'"
+    ]
