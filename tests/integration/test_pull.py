@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 import blobdl
-from blobdl.registry._names import parse_reference
 from faultserver.registry import (
     CONFIG_TYPE,
     MANIFEST_TYPE,
@@ -155,32 +154,6 @@ def test_a_corrupted_blob_in_the_registry_is_refused_and_never_stored(
     assert not [
         p for p in (models / "blobs-partial").iterdir() if not p.name.endswith(".pull-lock")
     ]
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("llama3.2", ("https", "registry.ollama.ai", "library", "llama3.2", "latest", None)),
-        ("llama3.2:1b", ("https", "registry.ollama.ai", "library", "llama3.2", "1b", None)),
-        ("me/model:q4", ("https", "registry.ollama.ai", "me", "model", "q4", None)),
-        ("http://h:5000/ns/m:t", ("http", "h:5000", "ns", "m", "t", None)),
-        (
-            "h.example/ns/m@sha256:" + "a" * 64,
-            ("https", "h.example", "ns", "m", "sha256-" + "a" * 64, "a" * 64),
-        ),
-    ],
-)
-def test_references_split_as_ollama_splits_them(text: str, expected: tuple[object, ...]) -> None:
-    r = parse_reference(text)
-    assert (r.scheme, r.host, r.namespace, r.model, r.tag, r.digest) == expected
-
-
-@pytest.mark.parametrize(
-    "text", ["", "a/b/c/d", "../x", "ns/..", "m:../../etc", "m:", "m@sha256:12", "h:x/n/m", "m:t/x"]
-)
-def test_references_that_could_escape_the_store_are_refused(text: str) -> None:
-    with pytest.raises(blobdl.UsageError):
-        parse_reference(text)
 
 
 # --- token auth -------------------------------------------------------------------------------
