@@ -53,7 +53,7 @@ INDEX_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 MAX_MANIFEST = 4 << 20  # bytes; a manifest is a few KB
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # fullmatch: "$" passes a final "\n"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
 
@@ -102,7 +102,7 @@ def parse_manifest(raw: bytes, content_type: str, where: str) -> Manifest:
 def _blob(entry: Any, where: str) -> Blob:
     ok = isinstance(entry, dict)
     digest, size = (entry.get("digest"), entry.get("size")) if ok else (None, None)
-    if not (isinstance(digest, str) and _DIGEST.match(digest)):
+    if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
         raise BadResponse(where, f"manifest entry without a sha256 digest: {entry!r:.200}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise BadResponse(where, f"manifest entry {digest} without a valid size")
