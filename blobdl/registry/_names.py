@@ -33,8 +33,10 @@ DEFAULT_TAG = "latest"
 MISSING = "!MISSING!"  # a part a separator promised but that is empty: never valid
 
 # What Go's strings.TrimSpace removes (unicode.IsSpace); str.strip() would also take \x1c-\x1f.
-_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + (
-    "\u2028\u2029\u202f\u205f\u3000"
+GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
 )
 _PIN = re.compile(r"sha256:([0-9a-f]{64})")
 _FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
@@ -89,10 +91,10 @@ class Reference:
 def parse_reference(text: str) -> Reference:
     """``text`` as ``ollama pull`` reads it (see the module's docstring); a name Ollama
     refuses is a ``UsageError`` saying why."""
-    raw = text.strip(_SPACE)
+    raw = text.strip(GO_SPACE)
     name, at, pin = raw.partition("@")
     digest = _digest(pin, text) if at else None
-    normalized = _normalize(name.strip(_SPACE), text)
+    normalized = _normalize(name.strip(GO_SPACE), text)
     scheme, parts = _split(normalized)
     if digest and not has_explicit_tag(normalized):
         parts[3] = f"sha256-{digest}"
@@ -109,7 +111,7 @@ _DEFAULTS = (DEFAULT_HOST, DEFAULT_NAMESPACE, "", DEFAULT_TAG)
 
 
 def _digest(pin: str, text: str) -> str:
-    match = _PIN.fullmatch(pin.strip(_SPACE).lower())
+    match = _PIN.fullmatch(pin.strip(GO_SPACE).lower())
     if not match:
         raise UsageError(
             f"invalid model reference {text!r}: a pin is @sha256:<64 hex digits> (our extension)"
@@ -123,9 +125,7 @@ def _normalize(raw: str, text: str) -> str:
         raise UsageError(f"invalid model reference {text!r}: the model is required")
     base, source = _source_suffix(raw)
     if source and _source_suffix(base)[1]:
-        raise UsageError(
-            f"invalid model reference {text!r}: use either :local or :cloud, not both"
-        )
+        raise UsageError(f"invalid model reference {text!r}: use either :local or :cloud, not both")
     if source != "cloud":
         return base
     return base + ("-cloud" if has_explicit_tag(base) else ":cloud")
@@ -136,7 +136,7 @@ def _source_suffix(raw: str) -> tuple[str, str]:
     index = raw.rfind(":")
     if index < 0:
         return raw, ""
-    suffix = raw[index + 1 :].strip(_SPACE)
+    suffix = raw[index + 1 :].strip(GO_SPACE)
     lower = suffix.lower()
     if lower in ("cloud", "local"):
         return raw[:index], lower

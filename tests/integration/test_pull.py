@@ -35,19 +35,12 @@ from faultserver.registry import (
     start_s3,
     start_token_server,
 )
-from faultserver.serverctl import ServerHandle, start_server
+from faultserver.serverctl import ServerHandle
 from tests.conftest import REPO, Blob, fast_settings, run_cli
 
 KB = 1024
 Make = Callable[..., Blob]
 INDEX = "application/vnd.oci.image.index.v1+json"
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    handle = start_registry(tmp_path_factory.mktemp("registry"))
-    yield handle
-    handle.stop()
 
 
 def ref(registry: Registry, model: Model) -> str:
@@ -396,15 +389,6 @@ def test_a_presigned_url_expiring_mid_layer_is_resolved_again_and_the_layer_resu
 # --- faults on the storage path: a registry route that redirects to the fault server ----------
 
 
-@pytest.fixture(scope="module")
-def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    """A fault server playing the registry: scripted manifest and blob routes, each blob
-    answered with 307 to the storage (the ``server`` fixture, another origin)."""
-    handle = start_server(tmp_path_factory.mktemp("front"))
-    yield handle
-    handle.stop()
-
-
 def redirected_model(
     front: ServerHandle, make: Make, size: int, seed: int, *more: Blob
 ) -> tuple[str, Blob, list[dict[str, object]]]:
@@ -583,7 +567,8 @@ def test_plain_output_is_a_start_line_a_line_per_layer_and_a_summary(
     assert done.returncode == 0, done.stderr
     resolved = reference.removeprefix("http://")
     config = make(100, seed=72)
-    lines = done.stderr.splitlines()
+    store, *lines = done.stderr.splitlines()
+    assert store == f"store {models} (--models-dir)"
     assert lines[0] == f"pulling {resolved}: 1 of 3 blobs to fetch, {256 * KB} bytes"
     assert lines[1] == f"sha256:{config.sha256}  100 bytes  present"
     assert lines[2] == f"sha256:{layer.sha256}  {512 * KB} bytes  present"
