@@ -439,6 +439,119 @@ def test_a_layer_size_the_blob_contradicts_fails_once_and_is_never_fetched_again
     assert 1 <= gets <= 3  # the probe and the body, the first time only
 
 
+# --- blobdl prune -----------------------------------------------------------------------------
+
+
+def tree(models: Path) -> dict[str, tuple[int, float]]:
+    """Every path under ``models`` with its size and mtime."""
+    return {str(p.relative_to(models)): (p.lstat().st_size, p.lstat().st_mtime)
+            for p in sorted(models.rglob("*"))}  # fmt: skip
+
+
+def write(path: Path, content: bytes, old: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    if old:
+        age(path)
+    return path
+
+
+@pytest.fixture
+def littered(tmp_path: Path) -> Path:
+    """A store with every kind of leftover beside what must stay."""
+    models = tmp_path / "models"
+    blobs, partial = models / "blobs", models / "blobs-partial"
+    used, unused, young, held = data(70, 300), data(71, 9000), data(72, 500), data(73, 700)
+    for blob in (used, unused, held):
+        write(blob_file(models, blob), blob)
+    write(blob_file(models, young), young, old=False)
+    write(blobs / f"sha256-{'e' * 64}-partial", b"ollama's own partial")  # not ours
+    manifest = {"config": {"digest": digest(used)}, "layers": []}
+    write(models / "manifests/h/ns/m/v1", json.dumps(manifest).encode())
+    write(models / "manifests/h/ns/m/.v1.tmp-4242-deadbeef", b'{"half": ')  # an old version's
+    write(models / ".blobdl-tmp/manifest-4242-0badf00d", b"{}")
+    write(models / ".blobdl-tmp/manifest-4343-1badf00d", b"{}", old=False)  # being written
+    for folder in ("h2/ns2/m2", "h2/ns2", "h2"):
+        (models / "manifests" / folder).mkdir(parents=True, exist_ok=True)
+    for folder in ("h2/ns2/m2", "h2/ns2", "h2"):
+        age(models / "manifests" / folder)
+    abandoned, busy = "sha256-" + "a" * 64, "sha256-" + "b" * 64
+    write(partial / f"{abandoned}.blobdl-tmp", data(74, 100 * KB))
+    write(partial / f"{abandoned}.blobdl-state", b"{}")
+    write(partial / f"{abandoned}.pull-lock", b"")
+    write(partial / f"sha256-{'c' * 64}.claim", b"")
+    write(partial / f"{busy}.blobdl-tmp", data(75, 50 * KB))
+    write(partial / "notes.txt", b"not ours")
+    return models
+
+
+def test_prune_removes_what_pulls_left_and_never_what_a_running_pull_holds(
+    littered: Path,
+) -> None:
+    models = littered
+    partial = models / "blobs-partial"
+    busy = partial / f"sha256-{'b' * 64}"
+    with (
+        flock(Path(f"{busy}.pull-lock"), fcntl.LOCK_EX),
+        flock(lock_path(models, data(73, 700), ".claim"), fcntl.LOCK_SH),
+    ):  # a pull fetching one blob, and one needing another
+        before = tree(models)
+        dry = run_cli("prune", "--models-dir", str(models), "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert tree(models) == before  # a dry run touches nothing
+        done = run_cli("prune", "--models-dir", str(models))
+        assert done.returncode == 0, done.stderr
+    assert dry.stdout.replace("would remove", "removed").replace("would free", "freed") == (
+        done.stdout
+    )
+    removed = sorted(line.split("  ")[1] for line in done.stdout.splitlines()
+                     if line.startswith("removed"))  # fmt: skip
+    expected = [
+        partial / f"sha256-{'a' * 64}.blobdl-state",
+        partial / f"sha256-{'a' * 64}.blobdl-tmp",
+        partial / f"sha256-{'a' * 64}.pull-lock",
+        partial / f"sha256-{'c' * 64}.claim",
+        models / ".blobdl-tmp/manifest-4242-0badf00d",
+        blob_file(models, data(71, 9000)),
+        models / "manifests/h/ns/m/.v1.tmp-4242-deadbeef",
+        models / "manifests/h2",
+        models / "manifests/h2/ns2",
+        models / "manifests/h2/ns2/m2",
+    ]
+    assert removed == sorted(str(p) for p in expected)
+    assert not any(os.path.lexists(p) for p in expected)
+    kept = [blob_file(models, data(b, n)) for b, n in ((70, 300), (72, 500), (73, 700))]
+    kept += [Path(f"{busy}.blobdl-tmp"), partial / "notes.txt"]
+    kept += [models / ".blobdl-tmp/manifest-4343-1badf00d", models / "manifests/h/ns/m/v1"]
+    kept += [models / "blobs" / f"sha256-{'e' * 64}-partial"]
+    assert all(os.path.lexists(p) for p in kept)
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"store {models} (--models-dir)"
+    assert f"kept  {busy}.blobdl-tmp  (a running pull holds it)" in lines
+    assert f"kept  {blob_file(models, data(73, 700))}  (a running pull holds it)" in lines
+    freed = sum(int(line.split("  ")[2].split()[0]) for line in lines if line.startswith("removed"))
+    assert lines[-1] == f"freed {freed} bytes in {len(expected)} files" and freed >= 100 * KB
+    manifests(models)  # what made Ollama skip its own prune is gone
+
+
+def test_prune_removes_no_blob_while_ollama_cannot_read_a_manifest(littered: Path) -> None:
+    models = littered
+    bad = write(models / "manifests/h/ns/broken/v1", b"not json")
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert blob_file(models, data(71, 9000)).exists()
+    assert f"kept every unused blob: Ollama cannot read the manifest {bad} (fix or remove it)" in (
+        done.stdout.splitlines()
+    )
+
+
+def test_prune_of_a_store_that_does_not_exist_is_one_line_exit_5(tmp_path: Path) -> None:
+    done = run_cli("prune", "--models-dir", str(tmp_path / "nowhere"))
+    assert done.returncode == 5 and done.stderr.strip() == (
+        f"blobdl: error: {tmp_path / 'nowhere'}: no such store"
+    )
+
+
 @pytest.mark.parametrize(
     ("entry", "said"),
     [
