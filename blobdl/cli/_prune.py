@@ -51,8 +51,8 @@ def show(report: PruneReport) -> None:
     tell(f"store {report.models_dir} ({WHY[report.models_dir_from]})")
     for removal in report.removed:
         tell(f"{verb}  {removal.path}  {removal.size} bytes  ({removal.what})")
-    for path in report.busy:
-        tell(f"kept  {path}  (a running pull holds it)")
+    for kept in report.kept:
+        tell(f"kept  {kept.path}  ({kept.why})")
     for path in report.unreadable:
         tell(f"kept every unused blob: Ollama cannot read the manifest {path} (fix or remove it)")
     for path in report.strays:

@@ -36,7 +36,9 @@ GRACE = 3600.0  # seconds: Ollama's layerPruneGracePeriod
 SCRATCH_AGE = 600.0  # seconds: a manifest is written in milliseconds; older scratch is left over
 ENGINE_LOCK = ".blobdl-lock"  # the engine's own lock beside a staged blob (store._lock)
 _PARTIAL = re.compile(r"(sha256-[0-9a-f]{64})(.*)", re.DOTALL)
-_OLD_SCRATCH = re.compile(r"\..+\.tmp-\d+(?:-[0-9a-f]{8})?", re.DOTALL)
+_SCRATCH = re.compile(r"manifest-\d+-[0-9a-f]{8}")  # Store._scratch_file
+_OLD_SCRATCH = re.compile(r"\..+\.tmp-\d+(?:-[0-9a-f]{8})?", re.DOTALL)  # older versions
+BUSY = "a running pull holds it"
 
 
 class Removal(NamedTuple):
@@ -45,11 +47,16 @@ class Removal(NamedTuple):
     what: str  # why it goes: "abandoned partial", "stale lock", "unused blob", ...
 
 
+class Kept(NamedTuple):
+    path: Path
+    why: str
+
+
 class PruneReport(NamedTuple):
     models_dir: Path
     models_dir_from: str
     removed: tuple[Removal, ...]  # or, on a dry run, what would be
-    busy: tuple[Path, ...]  # kept: a running pull holds it
+    kept: tuple[Kept, ...]  # left behind although unused: a running pull holds it, ...
     unreadable: tuple[Path, ...]  # manifests Ollama cannot read: no blob was removed
     strays: tuple[Path, ...]  # names at depth 4 that are no model (Ollama skips its prune)
     dry_run: bool
@@ -71,46 +78,54 @@ def prune(
     store = Store(location.path, create=False)
     now = time.time() if now is None else now
     removed: list[Removal] = []
-    busy: list[Path] = []
-    _partials(store, dry_run, removed, busy)
+    kept: list[Kept] = []
+    _partials(store, dry_run, removed, kept)
     removed += _scratch(store, dry_run, now)
     catalog = store.catalog()
     unused = [d for d in _old_blobs(store, now - GRACE) if d not in catalog.referenced]
     freed = store.free(unused, dry_run=dry_run)
     removed += [Removal(_blob(store, d), n, "unused blob") for d, n in freed.removed]
-    busy += [_blob(store, d) for d in freed.busy]
+    kept += [Kept(_blob(store, d), BUSY) for d in freed.busy]
     removed += _folders(store.manifests, dry_run, now - SCRATCH_AGE)
     after = store.catalog()
     strays = [p for p in after.strays if not any(r.path == p for r in removed)]
-    return PruneReport(location.path, location.source, tuple(removed), tuple(busy),
+    return PruneReport(location.path, location.source, tuple(removed), tuple(kept),
                        after.unreadable, tuple(strays), dry_run)  # fmt: skip
 
 
-def _partials(store: Store, dry_run: bool, removed: list[Removal], busy: list[Path]) -> None:
+def _partials(store: Store, dry_run: bool, removed: list[Removal], kept: list[Kept]) -> None:
     """Each blob's files in ``blobs-partial/``, removed together once nobody claims,
     fetches or downloads that blob: its three locks are held here meanwhile."""
     groups: dict[str, list[Path]] = {}
     for name in sorted(_names(store.partial)):
         match = _PARTIAL.fullmatch(name)
-        if match:
+        if match and not (store.partial / name).is_dir():
             groups.setdefault(match.group(1), []).append(store.partial / name)
     for prefix, paths in groups.items():
         locks = [store.partial / (prefix + s) for s in (FETCH_SUFFIX, CLAIM_SUFFIX, ENGINE_LOCK)]
         with contextlib.ExitStack() as held:
-            free = all(held.enter_context(locked(p, shared=False, wait=False, look_only=dry_run))
-                       for p in locks)  # fmt: skip
+            try:
+                free = all(held.enter_context(_lock(p, dry_run)) for p in locks)
+            except LocalFileError as exc:  # a link planted at a lock: nobody's lock
+                kept += [Kept(path, exc.detail) for path in paths]
+                continue
             if not free:
-                busy += paths
+                kept += [Kept(path, BUSY) for path in paths]
                 continue
             for path in paths:  # a lock file goes when its lock is released here
                 what = "stale lock" if path in locks else "abandoned partial"
                 removed += _remove(path, what, dry_run or path in locks)
 
 
+def _lock(path: Path, dry_run: bool) -> contextlib.AbstractContextManager[bool]:
+    return locked(path, shared=False, wait=False, look_only=dry_run)
+
+
 def _scratch(store: Store, dry_run: bool, now: float) -> Iterator[Removal]:
     """Manifest scratch files older than ``SCRATCH_AGE``: ours in ``.blobdl-tmp/``, and
     those of older versions at depth 4 of ``manifests/``."""
-    ours = [store.scratch / name for name in _names(store.scratch)]
+    real = store.scratch.is_dir() and not store.scratch.is_symlink()
+    ours = [store.scratch / n for n in _names(store.scratch) if real and _SCRATCH.fullmatch(n)]
     older = [p for p in store.manifests.glob("*/*/*/.*") if _OLD_SCRATCH.fullmatch(p.name)]
     for path in ours + older:
         with contextlib.suppress(FileNotFoundError):

@@ -574,3 +574,19 @@ def test_a_manifest_ollama_would_read_otherwise_is_refused(
     assert done.stderr.strip().splitlines() == [f"blobdl: error: bad response: {said} "
                                                f"({reference[7:]})"]  # fmt: skip
     assert not (tmp_path / "m" / "manifests").exists()
+
+
+def test_prune_never_follows_a_link_planted_in_its_way(tmp_path: Path) -> None:
+    models, victim = tmp_path / "models", tmp_path / "victim"
+    (models / "blobs").mkdir(parents=True)
+    for name in ("manifest-1-0badf00d", "precious"):
+        write(victim / name, b"not the store's")
+    (models / ".blobdl-tmp").symlink_to(victim)  # a scratch folder that leads elsewhere
+    partial = write(models / "blobs-partial" / f"sha256-{'d' * 64}.blobdl-tmp", b"x")
+    lock = models / "blobs-partial" / f"sha256-{'d' * 64}.pull-lock"
+    lock.symlink_to(victim / "made-by-the-lock")
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(victim)) == ["manifest-1-0badf00d", "precious"]
+    assert partial.exists() and lock.is_symlink()
+    assert f"kept  {partial}  (is a symbolic link; refusing to follow it)" in done.stdout
