@@ -25,7 +25,7 @@ from ..events import DownloadResult, Event
 from ._catalog import decode
 from ._names import Reference, adopt_case, parse_reference
 from ._oci import Blob, Manifest, Registry
-from ._store import Location, Store, locate, ollama_env
+from ._store import Store, locate, ollama_env
 
 AUTH_ROUNDS = 3  # fresh tokens / presigned URLs a pull asks for before it gives up
 SETTLE_ROUNDS = 3  # times a pull fetches again blobs deleted under it before it gives up
@@ -79,15 +79,6 @@ class PullResult:
         return sum(r.download.bytes_received for r in self.layers if r.download is not None)
 
 
-def default_models_dir() -> Path:
-    """The store ``pull`` and ``prune`` use without ``--models-dir``: the one Ollama reads."""
-    return models_dir_location(None).path
-
-
-def models_dir_location(models_dir: str | os.PathLike[str] | None) -> Location:
-    return locate(models_dir, os.environ, Path.home())
-
-
 def pull(
     ref: str,
     models_dir: str | os.PathLike[str] | None = None,
@@ -102,7 +93,7 @@ def pull(
     started = time.monotonic()
     base = dataclasses.replace(Downloader(settings, **overrides).settings, cache_dir=None)
     wanted = parse_reference(ref)
-    location = models_dir_location(models_dir)
+    location = locate(models_dir, os.environ, Path.home())
     store = Store(location.path)
     reference = adopt_case(wanted, store.catalog().models)
     registry = Registry(reference, base)
