@@ -110,6 +110,16 @@ def parse_reference(text: str) -> Reference:
 _DEFAULTS = (DEFAULT_HOST, DEFAULT_NAMESPACE, "", DEFAULT_TAG)
 
 
+def require_reachable(ref: Reference) -> None:
+    """A name Ollama accepts may still name no registry one can reach: the host's part
+    after a ``:`` must be a port (``host:https/ns/m`` is a valid name; Ollama's request then
+    fails, and ours is refused before it is made)."""
+    name, colon, port = ref.host.rpartition(":")
+    if colon and not (":" not in name and port.isdigit() and 0 < int(port) < 65536):
+        raise UsageError(f"no registry can be reached at {ref.host!r} ({str(ref)!r} is a valid "
+                         "name, but its host's port is not a number from 1 to 65535)")  # fmt: skip
+
+
 def _digest(pin: str, text: str) -> str:
     match = _PIN.fullmatch(pin.strip(GO_SPACE).lower())
     if not match:

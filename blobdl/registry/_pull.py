@@ -23,7 +23,7 @@ from ..engine._download import Downloader
 from ..errors import BadResponse, HTTPStatusError, LocalFileError
 from ..events import DownloadResult, Event
 from ._catalog import decode
-from ._names import Reference, adopt_case, parse_reference
+from ._names import Reference, adopt_case, parse_reference, require_reachable
 from ._oci import Blob, Manifest, Registry
 from ._store import Store, locate, ollama_env
 
@@ -93,6 +93,7 @@ def pull(
     started = time.monotonic()
     base = dataclasses.replace(Downloader(settings, **overrides).settings, cache_dir=None)
     wanted = parse_reference(ref)
+    require_reachable(wanted)
     location = locate(models_dir, os.environ, Path.home())
     store = Store(location.path)
     reference = adopt_case(wanted, store.catalog().models)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from blobdl import UsageError
-from blobdl.registry._names import Reference, adopt_case, parse_reference
+from blobdl.registry._names import Reference, adopt_case, parse_reference, require_reachable
 
 HEX = "ab" * 32
 
@@ -221,3 +221,17 @@ def test_seven_hundred_random_references_land_where_ollamas_own_code_puts_them()
         if got != expected:
             differ.append((text, expected, got))
     assert differ == []
+
+
+@pytest.mark.parametrize(
+    "text", ["host:https/namespace/model:tag", "h:99999/ns/m", "h:0/ns/m", "a:1:2/ns/m", "h:/ns/m"]
+)
+def test_a_valid_name_whose_host_has_no_port_is_refused_before_any_request(text: str) -> None:
+    ref = parse_reference(text)  # Ollama accepts the name; its request then fails
+    with pytest.raises(UsageError, match="no registry can be reached at"):
+        require_reachable(ref)
+
+
+@pytest.mark.parametrize("text", ["h:5000/ns/m", "h:65535/ns/m", "h/ns/m", "llama3.2"])
+def test_a_host_with_a_port_or_none_is_reachable(text: str) -> None:
+    require_reachable(parse_reference(text))
