@@ -36,12 +36,12 @@ _UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 
 def parse_size(text: str) -> int:
     """``"100MB"`` -> 100_000_000, ``"1GiB"`` -> 1_073_741_824, ``"512"`` -> 512."""
-    match = _SIZE_RE.match(text)
+    match = _SIZE_RE.fullmatch(text)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(f"not a size: {text!r} (try 100MB, 1GiB or a byte count)")

@@ -1,8 +1,9 @@
 """The command line: argument parsing, progress display and exit codes. No download logic.
 
 ``blobdl URL`` and ``blobdl -i MANIFEST`` (the download, a command without a name) are here;
-every named command is one entry of ``COMMANDS`` (``blobdl pull REF`` is ``_pull``). The
-parser and the settings it yields are ``_args``; what is shown is ``_display``.
+every named command is one entry of ``COMMANDS`` (``blobdl pull REF`` is ``_pull``,
+``blobdl prune`` is ``_prune``). The parser and the settings it yields are ``_args``; what
+is shown is ``_display``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interru
 from ._args import build_parser, settings_from
 from ._batch_bar import BatchBar
 from ._display import Display, display_for, fail, json_line, quiet_dask, say, show_warnings
+from ._prune import main as prune_main
 from ._pull import main as pull_main
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "run", "settings_from"]
@@ -38,6 +40,11 @@ class Command(NamedTuple):
 COMMANDS = {
     "pull": Command(
         "pull REF", "pull a model from an OCI/Ollama registry into Ollama's store", pull_main
+    ),
+    "prune": Command(
+        "prune",
+        "remove abandoned partials, stale locks and unused blobs from the store",
+        prune_main,
     ),
 }
 

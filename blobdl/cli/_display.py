@@ -55,6 +55,11 @@ def say(line: str) -> None:
     _write(sys.stderr, line + "\n")
 
 
+def tell(line: str) -> None:
+    """A line of a command's output (stdout), as robust as ``say``."""
+    _write(sys.stdout, line + "\n")
+
+
 def _write(stream: IO[str], text: str) -> None:
     """Write and flush. A reader that went away (``| head``, a closed terminal) must never
     cost the download: the stream is silenced and the download goes on."""

@@ -14,29 +14,30 @@ from typing import Any
 
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
 from ..events import Failed, Finished, Progress, event_record
-from ..registry._pull import (
-    PullEvent,
-    PullResult,
-    PullStarted,
-    default_models_dir,
-    pull,
-    pull_every_worker,
-)
+from ..registry._pull import PullEvent, PullResult, PullStarted, pull, pull_every_worker
 from ..registry._pull_cluster import WorkerEvent
 from ._args import EXIT_CODES, Parser, add_shared_options, settings_from
-from ._display import display_for, fail, json_line, quiet_dask, show_warnings
+from ._display import display_for, fail, json_line, quiet_dask, say, show_warnings
 
 DESCRIPTION = """\
 Pull a model from an OCI/Ollama registry into Ollama's store (no Ollama server needed).
-REF is [http://|https://][HOST[:PORT]/][NAMESPACE/]MODEL[:TAG|@sha256:HEX]; the defaults
-are registry.ollama.ai, library, latest and https. Every option of `blobdl URL` that
-shapes the download applies too (--connections is the budget all layers share)."""
+REF is read as `ollama pull` reads it: [HOST[:PORT]/][NAMESPACE/]MODEL[:TAG], defaults
+registry.ollama.ai, library and latest; http://HOST/... for a plain-HTTP registry. Ours
+only: a digest pin, MODEL[:TAG]@sha256:HEX. A tag that moves frees the blobs only its old
+manifest used (unless OLLAMA_NOPRUNE is set, as for Ollama). Every option of `blobdl URL`
+that shapes the download applies too (--connections is the budget all layers share)."""
 EPILOG = f"""\
 {EXIT_CODES}
 pull's own failures: the model is not found, authentication is refused or the manifest is
 not supported (3); a layer does not match its digest (4); the store is not writable or
 has too little room (5).
 """
+
+
+MODELS_DIR_HELP = (
+    "the store (default: the one Ollama reads: $OLLAMA_MODELS, else ~/.ollama/models, else "
+    "the system service's /usr/share/ollama/.ollama/models if only that exists)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,9 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("ref", help="the model, e.g. llama3.2:1b")
-    p.add_argument(
-        "--models-dir", help=f"the store (default: $OLLAMA_MODELS or {default_models_dir()})"
-    )
+    p.add_argument("--models-dir", metavar="DIR", help=MODELS_DIR_HELP)
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -158,14 +157,14 @@ class _PullDisplay:
     def _started(self, event: PullStarted) -> None:
         if self.mode == "json":
             json_line(sys.stdout, {"event": "pull_started", **event._asdict()})
-        elif self.mode == "bar" and event.missing:
+            return
+        if self.mode != "quiet":
+            say(f"store {event.models_dir} ({WHY[event.models_dir_from]})")
+        if self.mode == "bar" and event.missing:
             self.base._open_bar(event.bytes_needed, 0)
         elif self.mode == "plain":
-            print(
-                f"pulling {event.reference}: {event.missing} of {event.blobs} blobs to fetch, "
-                f"{event.bytes_needed} bytes",
-                file=sys.stderr,
-            )
+            say(f"pulling {event.reference}: {event.missing} of {event.blobs} blobs to fetch, "
+                f"{event.bytes_needed} bytes")  # fmt: skip
 
     def finished(self, result: PullResult) -> None:
         self.base.close()
@@ -177,19 +176,30 @@ class _PullDisplay:
         for layer in result.layers:
             got = layer.download
             how = "present" if got is None else f"fetched in {got.elapsed:.1f} s"
-            print(f"{layer.digest}  {layer.size} bytes  {how}", file=sys.stderr)
-        print(
-            f"pulled {result.reference}: {len(result.layers)} blobs, "
-            f"{result.bytes_fetched} bytes fetched in {result.elapsed:.1f} s -> "
-            f"{result.manifest_path}",
-            file=sys.stderr,
-        )
+            say(f"{layer.digest}  {layer.size} bytes  {how}")
+        if result.freed:
+            freed = sum(size for _, size in result.freed)
+            say(f"freed {freed} bytes: {len(result.freed)} blobs only the old manifest used")
+        if result.kept:
+            say(f"kept {len(result.kept)} blobs only the old manifest used: the store holds a "
+                "manifest Ollama cannot read (blobdl prune lists it)")  # fmt: skip
+        say(f"pulled {result.reference}: {len(result.layers)} blobs, {result.bytes_fetched} "
+            f"bytes fetched in {result.elapsed:.1f} s -> {result.manifest_path}")  # fmt: skip
+
+
+WHY = {
+    "--models-dir": "--models-dir",
+    "$OLLAMA_MODELS": "from $OLLAMA_MODELS",
+    "default": "Ollama's default for this user",
+    "service": "Ollama's system service store: ~/.ollama/models does not exist",
+}
 
 
 def _summary(result: PullResult) -> dict[str, Any]:
     return {
         "event": "pull_finished",
         "reference": result.reference,
+        "models_dir": str(result.models_dir),
         "manifest": str(result.manifest_path),
         "manifest_digest": result.manifest_digest,
         "bytes_fetched": result.bytes_fetched,
@@ -199,4 +209,6 @@ def _summary(result: PullResult) -> dict[str, Any]:
             {"digest": r.digest, "size": r.size, "fetched": r.download is not None}
             for r in result.layers
         ],
+        "freed": [{"digest": digest, "bytes": size} for digest, size in result.freed],
+        "kept": list(result.kept),
     }

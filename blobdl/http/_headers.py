@@ -23,7 +23,7 @@ def range_header(start: int, end: int) -> str:
 
 # At most 19 ASCII digits: every offset fits an int64 (MAX_BYTES), and int() stays cheap.
 _CONTENT_RANGE = re.compile(
-    r"^[ \t]*bytes[ \t]+(?:([0-9]{1,19})-([0-9]{1,19})|\*)/([0-9]{1,19}|\*)[ \t]*$", re.IGNORECASE
+    r"[ \t]*bytes[ \t]+(?:([0-9]{1,19})-([0-9]{1,19})|\*)/([0-9]{1,19}|\*)[ \t]*", re.IGNORECASE
 )
 
 
@@ -36,7 +36,7 @@ class ContentRange(NamedTuple):
 
 def parse_content_range(text: str) -> ContentRange | None:
     """Parse ``bytes a-b/total`` (``b`` inclusive); None when malformed."""
-    match = _CONTENT_RANGE.match(text)
+    match = _CONTENT_RANGE.fullmatch(text)  # "$" would pass a final "\n"
     if not match:
         return None
     first, last, total_text = match.groups()

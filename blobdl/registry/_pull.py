@@ -1,8 +1,10 @@
 """``pull``: a model from an OCI/Ollama registry into Ollama's store, end to end.
 
-Resolve the reference and fetch its manifest (``_oci``), leave out the blobs the store
-(``_store``) already has, check that the rest fits, download them under one budget (two
-pulls that share a blob take turns on it), and write the manifest last.
+Read the reference as Ollama reads it, spelled as the store already spells it (``_names``);
+fetch its manifest (``_oci``); claim every blob it names, so that nobody deletes one before
+the manifest names it (``_store``, ``_claims``); fetch what the store lacks under one budget
+(two pulls that share a blob take turns on it); touch every blob, write the manifest, check
+every blob is still there (fetching again what vanished), and free what a moved tag left.
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
 from ..config import Settings
 from ..engine._download import Downloader
-from ..errors import HTTPStatusError
+from ..errors import BadResponse, HTTPStatusError, LocalFileError
 from ..events import DownloadResult, Event
-from ._names import parse_reference
-from ._oci import Blob, Registry
+from ._catalog import decode
+from ._names import Reference, adopt_case, parse_reference, require_reachable
+from ._oci import Blob, Manifest, Registry
 from ._pull_cluster import WorkerEvent, on_every_store, on_one_worker
-from ._store import Store
+from ._store import Store, locate, ollama_env
 
 AUTH_ROUNDS = 3  # fresh tokens / presigned URLs a pull asks for before it gives up
+SETTLE_ROUNDS = 3  # times a pull fetches again blobs deleted under it before it gives up
 
 
 class PullStarted(NamedTuple):
@@ -35,6 +39,8 @@ class PullStarted(NamedTuple):
     blobs: int  # config and layers
     missing: int  # blobs not yet in the store
     bytes_needed: int  # their total size
+    models_dir: str  # the store
+    models_dir_from: str  # why that one: --models-dir, $OLLAMA_MODELS, default, service
 
 
 class PullEvent(NamedTuple):
@@ -61,6 +67,9 @@ class PullResult:
     manifest_digest: str
     layers: tuple[LayerResult, ...]  # the config first
     elapsed: float
+    models_dir: Path = Path()
+    freed: tuple[tuple[str, int], ...] = ()  # (digest, bytes) of blobs the old tag left
+    kept: tuple[str, ...] = ()  # blobs the old tag left, kept: Ollama cannot read a manifest
 
     @property
     def bytes_fetched(self) -> int:
@@ -70,11 +79,6 @@ class PullResult:
     def bytes_received(self) -> int:
         """Body bytes read off the wire, kept or not (see ``DownloadResult``)."""
         return sum(r.download.bytes_received for r in self.layers if r.download is not None)
-
-
-def default_models_dir() -> Path:
-    """``$OLLAMA_MODELS``, else ``~/.ollama/models`` (Ollama's own default)."""
-    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models")
 
 
 def pull(
@@ -87,33 +91,49 @@ def pull(
     cluster: Any = None,
     **overrides: Any,
 ) -> PullResult:
-    """Pull ``ref`` (``[http(s)://][HOST[:PORT]/][NS/]MODEL[:TAG|@sha256:HEX]``) into
-    ``models_dir``. Every blob shares ``connections`` connections, as in ``download_many``.
+    """Pull ``ref`` (``[http(s)://HOST[:PORT]/][NS/]MODEL[:TAG][@sha256:HEX]``) into
+    ``models_dir`` (default: the store Ollama reads). Every blob shares ``connections``
+    connections, as in ``download_many``. No second cache: the store is content-addressed.
     ``insecure``: the registry is reached over plain HTTP (``ollama pull --insecure``).
     With ``cluster`` (a ``distributed.Client``, an address, ``"local[:N]"``) the pull runs on
     one of its workers, into the store that worker sees (``pull_every_worker``: every one)."""
     started = time.monotonic()
-    base = Downloader(settings, **overrides).settings
+    base = dataclasses.replace(Downloader(settings, **overrides).settings, cache_dir=None)
     if cluster is not None:
         where = functools.partial(pull, insecure=insecure)
         return on_one_worker(cluster, where, ref, models_dir, base, on_event)  # type: ignore[no-any-return]
-    reference = parse_reference(ref)
-    store = Store(Path(models_dir) if models_dir is not None else default_models_dir())
+    wanted = parse_reference(ref)
+    require_reachable(wanted)
+    location = locate(models_dir, os.environ, Path.home())
+    store = Store(location.path)
+    reference = adopt_case(wanted, store.catalog().models)
     registry = Registry(reference, base, plain_http=insecure)
+    old = store.manifest_digests(reference)
     manifest = registry.manifest()
-    missing = [b for b in manifest.blobs if not store.has(b)]
-    needed = sum(b.size for b in missing)
-    if on_event is not None:
-        on_event(PullStarted(str(reference), manifest.digest, len(manifest.blobs),
-                             len(missing), needed))  # fmt: skip
-    store.check_space(missing)
+    _require_readable(manifest, reference)
     # The user's headers go with the registry's requests (``blob_source`` says which go to
     # storage), never as the engine's headers for every URL a blob's GET ends up at.
-    blobs = dataclasses.replace(base, headers=())
-    fetched = _Fetcher(store, registry, blobs, on_event).fetch_all(missing)
-    path = store.write_manifest(reference, manifest)
-    layers = tuple(_layer(store, b, fetched.get(b.digest)) for b in manifest.blobs)
-    return PullResult(str(reference), path, manifest.digest, layers, time.monotonic() - started)
+    fetcher = _Fetcher(store, registry, dataclasses.replace(base, headers=()), on_event)
+    with store.claims(manifest.blobs):
+        # Touched when found, so that Ollama's prune spares them while we fetch the rest.
+        missing = [b for b in manifest.blobs if not (store.has(b) and store.touch(b))]
+        _require_sizes(store, [b for b in manifest.blobs if b not in missing], reference)
+        if on_event is not None:
+            on_event(PullStarted(str(reference), manifest.digest, len(manifest.blobs),
+                                 len(missing), sum(b.size for b in missing),
+                                 str(location.path), location.source))  # fmt: skip
+        store.check_space(missing)
+        path = _settle(store, reference, manifest, fetcher, missing)
+    freed, kept = _free_moved(store, old, manifest, os.environ)
+    layers = tuple(_layer(store, b, fetcher.fetched.get(b.digest)) for b in manifest.blobs)
+    return PullResult(str(reference), path, manifest.digest, layers,
+                      time.monotonic() - started, location.path, freed, kept)  # fmt: skip
+
+
+def default_models_dir() -> Path:
+    """The store Ollama reads in this process's environment (``locate`` without
+    ``--models-dir``): on a cluster, each worker's own."""
+    return locate(None, os.environ, Path.home()).path
 
 
 def pull_every_worker(
@@ -137,6 +157,70 @@ def _layer(store: Store, blob: Blob, download: DownloadResult | None) -> LayerRe
     return LayerResult(blob.digest, blob.media_type, blob.size, store.blob_path(blob), download)
 
 
+def _require_readable(manifest: Manifest, ref: Reference) -> None:
+    """Ollama reads the manifest file with Go's JSON decoder: it must read it, and find in
+    it exactly the blobs we fetch (or it would list a model we did not complete)."""
+    seen = decode(manifest.raw)
+    if seen is None:
+        raise BadResponse(str(ref), "the manifest is not one Ollama can read")
+    if seen != {b.digest for b in manifest.blobs}:
+        raise BadResponse(str(ref), "Ollama would read other blobs from the manifest than it lists")
+
+
+def _require_sizes(store: Store, present: list[Blob], ref: Reference) -> None:
+    """A verified blob whose size is not the one the manifest gives: the manifest is
+    wrong. Said once, without fetching the blob again (now or on a later pull)."""
+    for blob in present:
+        size = store.size(blob)
+        if size != blob.size:
+            raise BadResponse(str(ref), f"the manifest gives {blob.digest} as {blob.size} bytes, "
+                              f"but its verified bytes are {size}")  # fmt: skip
+
+
+def _settle(
+    store: Store, ref: Reference, manifest: Manifest, fetcher: _Fetcher, missing: list[Blob]
+) -> Path:
+    """Fetch what is missing, touch every blob (Ollama's prune spares what is younger than
+    an hour), write the manifest, and check every blob is still there: one deleted meanwhile
+    (a prune, ``ollama rm`` of a model sharing it) is fetched again. A manifest naming a
+    missing blob never stays: after ``SETTLE_ROUNDS`` the pull fails and withdraws it."""
+    path = None
+    for _round in range(SETTLE_ROUNDS):
+        fetcher.fetch_all(missing)
+        _require_sizes(store, [b for b in missing if store.has(b)], ref)
+        missing = [b for b in manifest.blobs if not store.touch(b)]
+        if missing:
+            continue
+        path = store.write_manifest(ref, manifest)
+        missing = [b for b in manifest.blobs if not store.has(b)]
+        if not missing:
+            return path
+    if path is not None:
+        store.withdraw(path, manifest)
+    raise LocalFileError(str(store.blob_path(missing[0])), f"was deleted {SETTLE_ROUNDS} times "
+                         "while the pull ran (by Ollama's prune or another program)")  # fmt: skip
+
+
+def _free_moved(
+    store: Store, old: frozenset[str] | None, manifest: Manifest, env: Mapping[str, str]
+) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """A tag that moved frees the blobs its old manifest named and nothing names now, as
+    ``ollama pull`` does (and as it does not with ``OLLAMA_NOPRUNE`` set). Returns the freed
+    (digest, bytes) and the blobs kept because a manifest Ollama cannot read may need them."""
+    left = (old or frozenset()) - {b.digest for b in manifest.blobs}
+    if not left or no_prune(env):
+        return (), ()
+    freed = store.free(left)
+    return tuple(freed.removed), tuple(freed.kept)
+
+
+def no_prune(env: Mapping[str, str]) -> bool:
+    """``OLLAMA_NOPRUNE`` as Ollama's ``envconfig.Bool`` reads it: unset or empty is false,
+    Go's false spellings are false, anything else is true."""
+    value = ollama_env(env, "OLLAMA_NOPRUNE")
+    return bool(value) and value not in ("0", "f", "F", "false", "FALSE", "False")
+
+
 # --- fetching ---------------------------------------------------------------------------------
 
 
@@ -152,12 +236,12 @@ class _Fetcher:
         """Fetch what no other pull is fetching, all at once; then, one by one, what
         another pull was fetching and did not finish."""
         with contextlib.ExitStack() as held:
-            mine = [b for b in blobs if held.enter_context(self.store.claim(b, wait=False))]
-            self._fetch(mine)
+            mine = [b for b in blobs if held.enter_context(self.store.fetching(b, wait=False))]
+            self._fetch([b for b in mine if not self.store.has(b)])
         for blob in blobs:
             if blob in mine:
                 continue
-            with self.store.claim(blob, wait=True):
+            with self.store.fetching(blob, wait=True):
                 if not self.store.has(blob):
                     self._fetch([blob])
         return self.fetched

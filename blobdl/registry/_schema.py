@@ -97,7 +97,9 @@ def _object(value: Any, shape: dict[str, object], what: str, fail: Fail) -> dict
 
 def _expect(value: Any, ok: bool, expected: str, what: str, fail: Fail) -> Any:
     if not ok:
-        given = "missing" if value is None else f"{_kind(type(value))}"
+        given = "missing" if value is None else _kind(type(value))
+        if isinstance(value, str):  # a string of the wrong shape: say which (cut, quoted)
+            given = f"{value[:80]!r}"
         raise fail(f"{what} must be {expected}, not {given}")
     return value
 

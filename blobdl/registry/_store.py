@@ -1,15 +1,20 @@
-"""Ollama's store, as ``pull`` fills it, so that ``ollama`` can use the result::
+"""Ollama's store, as ``pull`` fills it, so that ``ollama`` lists, keeps and runs the result::
 
     DIR/blobs/sha256-<hex>                                  complete, verified blobs only
     DIR/manifests/<host[:port]>/<namespace>/<model>/<tag>   the exact manifest bytes
-    DIR/blobs-partial/sha256-<hex>                          a blob being downloaded, with the
-                                                            engine's state, lock and temp files
+    DIR/blobs-partial/sha256-<hex>...                       downloads in progress, with the
+                                                            engine's files and our locks
+    DIR/.blobdl-tmp/                                        a manifest being written
 
-A blob is downloaded to ``blobs-partial/`` with its digest checked by the engine, then
-renamed into ``blobs/`` (same filesystem, so atomic). The manifest is written last, also by
-rename, so an interrupted pull never leaves a manifest naming a missing blob. Two pulls that
-share a blob take turns on ``blobs-partial/sha256-<hex>.pull-lock``: the second finds the
-blob in ``blobs/`` once the first is done and fetches nothing.
+A blob is downloaded to ``blobs-partial/``, digest-checked by the engine, then renamed into
+``blobs/`` (same filesystem, so atomic) with its mtime now. Ollama's start-up prune deletes
+blobs older than an hour that no manifest names, so every blob a manifest names is touched
+just before the manifest is written, and checked present after. The manifest is written by
+rename from ``.blobdl-tmp/``, never from a file at depth 4 of ``manifests/``, where Ollama
+would read a leftover as a (corrupt) model. Who uses which blob is ``_claims``.
+
+``locate`` finds the store Ollama reads; when root writes into a store another user owns
+(Ollama's service runs as ``ollama``), new files and folders take that owner.
 """
 
 from __future__ import annotations
@@ -17,28 +22,78 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
-from ..errors import InsufficientSpace
+from ..errors import InsufficientSpace, LocalFileError
 from ..store._destination import temp_path
-from ..store._files import atomic_write, fsync_dir, local_error, local_errors, open_own, take_lock
-from ._names import Reference
+from ..store._digest import sha256_fd
+from ..store._files import atomic_write, fsync_dir, local_error, local_errors, open_own
+from ._catalog import Catalog, read_digests, scan
+from ._claims import CLAIM_SUFFIX, FETCH_SUFFIX, LockFile, Owner, is_at, locked
+from ._names import GO_SPACE, Reference
 from ._oci import Blob, Manifest
 
 PARTIAL_DIR = "blobs-partial"
-LOCK_SUFFIX = ".pull-lock"
+SCRATCH_DIR = ".blobdl-tmp"
+SERVICE_STORE = Path("/usr/share/ollama/.ollama/models")  # Ollama's Linux service (install.sh)
+BLOB_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # what names a file in blobs/ (fullmatch)
+WRITE_TRIES = 3  # a folder removed under us (a prune of empty folders) is made again
+
+
+class Freed(NamedTuple):
+    removed: list[tuple[str, int]]  # (digest, bytes on disk)
+    kept: list[str]  # unused, but kept: a manifest Ollama cannot read may need them
+    busy: list[str]  # claimed by a running pull
+
+
+class Location(NamedTuple):
+    path: Path
+    source: str  # why this one: "--models-dir", "$OLLAMA_MODELS", "default", "service"
+
+
+def locate(
+    given: str | os.PathLike[str] | None,
+    env: Mapping[str, str],
+    home: Path,
+    service: Path = SERVICE_STORE,
+) -> Location:
+    """The store Ollama reads: ``given``, else ``$OLLAMA_MODELS`` with surrounding space and
+    quotes stripped (Ollama's ``envconfig.Var``), else ``~/.ollama/models``, unless that is
+    absent and the system service's store exists."""
+    if given is not None:
+        return Location(Path(given), "--models-dir")
+    value = ollama_env(env, "OLLAMA_MODELS")
+    if value:
+        return Location(Path(value), "$OLLAMA_MODELS")
+    own = home / ".ollama" / "models"
+    if not os.path.lexists(own) and service.is_dir():
+        return Location(service, "service")
+    return Location(own, "default")
+
+
+def ollama_env(env: Mapping[str, str], name: str) -> str:
+    """An environment variable as Ollama's ``envconfig.Var`` reads it: white space around it
+    trimmed, then every quote (' or ") at either end."""
+    return env.get(name, "").strip(GO_SPACE).strip("\"'")
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
         self.root = root
+        self.owner = owner_for(root)
         self.blobs = root / "blobs"
         self.partial = root / PARTIAL_DIR
-        for folder in (self.blobs, self.partial):
-            make_dirs(folder)
+        self.manifests = root / "manifests"
+        self.scratch = root / SCRATCH_DIR
+        for folder in (self.blobs, self.partial, self.scratch) if create else ():
+            make_dirs(folder, self.owner)
+        if create and not stat.S_ISDIR(os.lstat(self.scratch).st_mode):
+            raise LocalFileError(str(self.scratch), "is not a directory (a link?); remove it")
 
     def blob_path(self, blob: Blob) -> Path:
         return self.blobs / f"sha256-{blob.hex}"
@@ -46,15 +101,73 @@ class Store:
     def staging_path(self, blob: Blob) -> Path:
         return self.partial / f"sha256-{blob.hex}"
 
-    def has(self, blob: Blob) -> bool:
-        """Present with the right size. Blobs get here only verified, so the name vouches
-        for the bytes; a size that differs is damage, and the blob is fetched again."""
+    def manifest_path(self, ref: Reference) -> Path:
+        return self.manifests.joinpath(*ref.parts)
+
+    def catalog(self) -> Catalog:
+        return scan(self.manifests)
+
+    # --- who uses a blob --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def claims(self, blobs: Iterable[Blob]) -> Iterator[None]:
+        """Hold every blob's claim, shared, for the block: nobody deletes them meanwhile."""
+        held = [LockFile(self.claim_path(b.hex), self.owner) for b in sorted(set(blobs))]
         try:
-            return self.blob_path(blob).stat().st_size == blob.size
+            for lock in held:
+                lock.take(shared=True, wait=True)
+            yield
+        finally:
+            for lock in held:
+                lock.release()
+
+    def fetching(self, blob: Blob, wait: bool) -> contextlib.AbstractContextManager[bool]:
+        """The right to fetch ``blob``; yields False (not waiting) if another pull has it."""
+        return locked(self.partial / f"sha256-{blob.hex}{FETCH_SUFFIX}",
+                      shared=False, wait=wait, owner=self.owner)  # fmt: skip
+
+    def exclusive_claim(
+        self, digest: str, look_only: bool = False
+    ) -> contextlib.AbstractContextManager[bool]:
+        """The right to delete a blob: yields False (not waiting) while a pull claims it."""
+        return locked(self.claim_path(digest[7:]), shared=False, wait=False, owner=self.owner,
+                      look_only=look_only)  # fmt: skip
+
+    def claim_path(self, hexdigest: str) -> Path:
+        return self.partial / f"sha256-{hexdigest}{CLAIM_SUFFIX}"
+
+    # --- blobs ------------------------------------------------------------------------------
+
+    def has(self, blob: Blob) -> bool:
+        """In ``blobs/``. Blobs get there only verified, so the name vouches for the bytes,
+        as it does for Ollama. One whose size is not the manifest's is hashed: the right
+        bytes are kept (the manifest is wrong, and ``size`` tells), wrong ones removed."""
+        path = self.blob_path(blob)
+        try:
+            info = os.stat(path)
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise local_error(self.blob_path(blob), exc) from None
+            raise local_error(path, exc) from None
+        if not stat.S_ISREG(info.st_mode):
+            raise LocalFileError(str(path), "is not a regular file; remove it")
+        if info.st_size == blob.size or self._verify(path, blob):
+            return True
+        with local_errors(path):
+            path.unlink(missing_ok=True)
+        return False
+
+    def size(self, blob: Blob) -> int:
+        with local_errors(self.blob_path(blob)):
+            return os.stat(self.blob_path(blob)).st_size
+
+    def _verify(self, path: Path, blob: Blob) -> bool:
+        with local_errors(path):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+            try:
+                return stat.S_ISREG(os.fstat(fd).st_mode) and sha256_fd(fd) == blob.hex
+            finally:
+                os.close(fd)
 
     def check_space(self, missing: list[Blob]) -> None:
         """Refuse, before the first byte, a pull that cannot fit. A kept partial already
@@ -75,35 +188,138 @@ class Store:
         return min(blob.size, info.st_blocks * 512)
 
     def place(self, blob: Blob, staged: Path) -> None:
-        """Move a verified download into ``blobs/``."""
-        with local_errors(staged):
-            os.chmod(staged, 0o644)
-            os.replace(staged, self.blob_path(blob))
-            fsync_dir(self.blobs)
+        """Move a verified download into ``blobs/``: 0644, the store's owner, mtime now
+        (never the server's Last-Modified: an old blob is one Ollama's prune may take).
+        Only our own file moves: a link or a hard link planted at ``staged`` is refused,
+        and what is changed is changed through the file we opened, not through its name."""
+        dest = self.blob_path(blob)
+        fd = open_own(staged, os.O_RDONLY)
+        try:
+            with local_errors(staged):
+                os.fchmod(fd, 0o644)
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
+                os.utime(fd)
+                os.replace(staged, dest)
+            if not is_at(dest, fd):
+                raise LocalFileError(str(staged), "was replaced while it was moved into blobs/")
+            with local_errors(dest):
+                fsync_dir(self.blobs)
+        finally:
+            os.close(fd)
+
+    def touch(self, blob: Blob) -> bool:
+        """Set the blob's mtime to now (the entry itself, as Ollama's prune reads it);
+        False if it is gone."""
+        path = self.blob_path(blob)
+        try:
+            os.utime(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise local_error(path, exc) from None
+        return True
+
+    def free(self, digests: Iterable[str], *, dry_run: bool = False) -> Freed:
+        """Delete the blobs of ``digests`` that no manifest names and no pull claims, as
+        ``ollama pull`` deletes the layers a moved tag left: their claims are taken first,
+        the manifests read next, so a manifest written meanwhile is seen. Nothing is deleted
+        while a manifest Ollama cannot read is in the store (it may need them)."""
+        wanted = sorted({d for d in digests if BLOB_DIGEST.fullmatch(d)})
+        removed: list[tuple[str, int]] = []
+        with contextlib.ExitStack() as stack:
+            mine = [d for d in wanted if stack.enter_context(self.exclusive_claim(d, dry_run))]
+            catalog = self.catalog()
+            referenced = {d.lower() for d in catalog.referenced}
+            unused = [d for d in mine if d not in referenced]
+            busy = [d for d in wanted if d not in mine]
+            if catalog.unreadable:
+                return Freed([], unused, busy)
+            for digest in unused:
+                size = self.blob_bytes(digest) if dry_run else self.remove_blob(digest)
+                if size is not None:
+                    removed.append((digest, size))
+        return Freed(removed, [], busy)
+
+    def remove_blob(self, digest: str) -> int | None:
+        """Unlink ``blobs/sha256-<hex>`` (a link itself, never its target); the bytes it
+        held, or None if it was not there."""
+        size = self.blob_bytes(digest)
+        with local_errors(self._blob_file(digest)):
+            self._blob_file(digest).unlink(missing_ok=True)
+        return size
+
+    def blob_bytes(self, digest: str) -> int | None:
+        """What ``blobs/sha256-<hex>`` holds on disk (a link: nothing), or None if absent."""
+        try:
+            info = os.lstat(self._blob_file(digest))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise local_error(self._blob_file(digest), exc) from None
+        return info.st_blocks * 512 if stat.S_ISREG(info.st_mode) else 0
+
+    def _blob_file(self, digest: str) -> Path:
+        if not BLOB_DIGEST.fullmatch(digest):
+            raise ValueError(f"not a blob digest: {digest!r}")
+        return self.blobs / f"sha256-{digest[7:]}"
+
+    # --- manifests --------------------------------------------------------------------------
+
+    def manifest_digests(self, ref: Reference) -> frozenset[str] | None:
+        """What the manifest now stored for ``ref`` names, if Ollama can read it."""
+        return read_digests(self.manifest_path(ref))
 
     def write_manifest(self, ref: Reference, manifest: Manifest) -> Path:
-        """Written last and durably (its name tells ``ollama`` the model is there), 0644
-        whatever the umask, as ``make_dirs`` makes the folders."""
-        folder = self.root / "manifests" / ref.host / ref.namespace / ref.model
-        make_dirs(folder)
-        path = folder / ref.tag
-        atomic_write(path, manifest.raw, exact_mode=True, sync_dir=True)
+        """Written durably by rename (its name tells ``ollama`` the model is there), 0644
+        whatever the umask. The scratch file is created anew (never through a link) in
+        ``.blobdl-tmp/``, outside the depth Ollama reads, and removed if anything fails."""
+        path = self.manifest_path(ref)
+        for attempt in range(WRITE_TRIES):
+            make_dirs(path.parent, self.owner)
+            scratch = self._scratch_file()
+            try:
+                atomic_write(path, manifest.raw, scratch=scratch, exact_mode=True, sync_dir=True)
+                break
+            except LocalFileError:
+                if path.parent.is_dir() or attempt == WRITE_TRIES - 1:
+                    raise
+        if self.owner is not None:
+            with local_errors(path):
+                os.chown(path, *self.owner, follow_symlinks=False)
         return path
 
-    @contextlib.contextmanager
-    def claim(self, blob: Blob, wait: bool) -> Iterator[bool]:
-        """Hold ``blobs-partial/sha256-<hex>.pull-lock``; yields False (without waiting) when
-        another pull holds it. The kernel drops the lock when its holder dies."""
-        fd = open_own(self.partial / f"sha256-{blob.hex}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT)
+    def _scratch_file(self) -> Path:
+        make_dirs(self.scratch, self.owner)
+        return self.scratch / f"manifest-{os.getpid()}-{os.urandom(4).hex()}"
+
+    def withdraw(self, path: Path, manifest: Manifest) -> None:
+        """Remove the manifest we wrote at ``path`` (if it is still ours): it names a blob
+        that could not be kept."""
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == manifest.raw:
+                path.unlink()
+
+
+def owner_for(root: Path) -> Owner:
+    """Whom new files and folders belong to: when root writes into a store that another
+    user owns (the store, or the nearest folder above it that exists), that user; else
+    None (they are the writer's)."""
+    if os.geteuid() != 0:
+        return None
+    for folder in (root, *root.parents):
         try:
-            yield take_lock(fd, wait=wait)
-        finally:
-            os.close(fd)  # releases the lock; the file stays (removing it would race)
+            info = os.stat(folder)
+        except OSError:
+            continue
+        owner = (info.st_uid, info.st_gid)
+        return None if owner == (os.geteuid(), os.getegid()) else owner
+    return None
 
 
-def make_dirs(folder: Path) -> None:
-    """Create ``folder`` and its parents as 0755 (whatever the umask); fail early if the
-    store cannot be written."""
+def make_dirs(folder: Path, owner: Owner = None) -> None:
+    """Create ``folder`` and its parents as 0755 (whatever the umask), owned by ``owner``;
+    fail early if the store cannot be written."""
     missing = []
     for parent in (folder, *folder.parents):
         if parent.is_dir():
@@ -114,5 +330,7 @@ def make_dirs(folder: Path) -> None:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path, 0o755)
                 os.chmod(path, 0o755)
+                if owner is not None:
+                    os.chown(path, *owner, follow_symlinks=False)
         if not os.access(folder, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "not writable")

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"[0-9a-f]{64}")  # fullmatch: "$" passes a final "\n"
 CHUNK = 4 << 20
 
 
 def parse_digest(text: str) -> str:
     """``sha256:<hex>`` (as Ollama and OCI registries write it) or a bare 64-hex sha256."""
     algorithm, _, value = text.strip().lower().rpartition(":")
-    if algorithm not in ("", "sha256") or not _HEX.match(value):
+    if algorithm not in ("", "sha256") or not _HEX.fullmatch(value):
         raise UsageError(f"not a sha256 digest: {text!r} (expected sha256:<64 hex digits>)")
     return value
 

@@ -136,14 +136,18 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def take_lock(fd: int, *, wait: bool = True, deadline: float | None = None) -> bool:
-    """Take an exclusive ``flock`` on ``fd``: True once it is held. Without ``wait``, or once
-    ``deadline`` (a ``time.monotonic()`` instant) has passed, False instead of waiting.
+def take_lock(
+    fd: int, *, wait: bool = True, deadline: float | None = None, shared: bool = False
+) -> bool:
+    """Take an exclusive (or ``shared``) ``flock`` on ``fd``: True once it is held. Without
+    ``wait``, or once ``deadline`` (a ``time.monotonic()`` instant) has passed, False instead
+    of waiting.
 
     Polled rather than blocking in the kernel, so Ctrl-C always gets through."""
+    kind = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             if not wait or (deadline is not None and time.monotonic() >= deadline):

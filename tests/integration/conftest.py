@@ -1,4 +1,5 @@
-"""Fixtures for the integration tests that need TLS: a trustme PKI and a TLS fault server."""
+"""Fixtures for the integration tests: a trustme PKI and a TLS fault server; a real registry
+and a scripted one for ``blobdl pull``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 import trustme
 
+from faultserver.registry import Registry, start_registry
 from faultserver.serverctl import ServerHandle, start_server
 
 
@@ -58,5 +60,22 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[S
         keyfile=pki.server_key,
         ca=pki.ca_pem,
     )
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """Debian's docker-registry (CNCF distribution) on loopback, filesystem storage."""
+    handle = start_registry(tmp_path_factory.mktemp("registry"))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """A fault server playing the registry: scripted manifest and blob routes, each blob
+    answered with 307 to the storage (the ``server`` fixture, another origin)."""
+    handle = start_server(tmp_path_factory.mktemp("front"))
     yield handle
     handle.stop()

@@ -46,7 +46,7 @@ def test_documents_we_do_not_read_are_one_error(body: bytes, why: str) -> None:
     [
         (
             {"digest": DIGEST, "size": "3"},
-            "size must be a whole number from 0 to 100, not a string",
+            "size must be a whole number from 0 to 100, not '3'",
         ),
         ({"digest": DIGEST, "size": 3.0}, "size must be a whole number"),
         ({"digest": DIGEST, "size": True}, "size must be a whole number"),

@@ -1,0 +1,158 @@
+"""The store's manifests as Ollama reads them (``manifest.Manifests``), and what they keep.
+
+Ollama globs ``manifests/*/*/*/*`` (dot files included, linked folders followed), takes a
+file there for a model when its four names are a valid model name, and reads it with Go's
+``encoding/json`` into ``{schemaVersion, mediaType, config, layers}``. A blob is kept while
+some manifest it reads names it. Two kinds of file at depth 4 matter besides models:
+
+- ``unreadable``: a valid name whose file Ollama cannot decode (not JSON, wrong types, a
+  dangling link, a FIFO). Ollama's start-up prune skips everything while one exists; we do
+  not know which blobs it needs, so nothing is freed while one exists.
+- ``strays``: a name that is not a model's (``.latest.tmp-123``). Ollama skips it with a
+  warning, and its start-up prune does nothing while one exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ._names import valid_name
+
+DEPTH = 4  # host/namespace/model/tag
+MAX_MANIFEST = 4 << 20  # bytes read of one manifest; a larger one counts as unreadable
+
+Name = tuple[str, str, str, str]
+
+
+class Catalog(NamedTuple):
+    models: dict[Name, frozenset[str]]  # each model's manifest: the digests it names
+    unreadable: tuple[Path, ...]
+    strays: tuple[Path, ...]
+
+    @property
+    def referenced(self) -> frozenset[str]:
+        """Every digest a model names (config and layers), as written in its manifest."""
+        return frozenset().union(*self.models.values())
+
+
+def scan(manifests: Path) -> Catalog:
+    models: dict[Name, frozenset[str]] = {}
+    unreadable: list[Path] = []
+    strays: list[Path] = []
+    for path, names in _depth_four(manifests):
+        if not valid_name(names):
+            strays.append(path)
+            continue
+        digests = read_digests(path)
+        if digests is None:
+            unreadable.append(path)
+        else:
+            models[(names[0], names[1], names[2], names[3])] = digests
+    return Catalog(models, tuple(unreadable), tuple(strays))
+
+
+def _depth_four(manifests: Path) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """Every entry at depth 4, as ``filepath.Glob`` finds them: folders on the way are
+    followed through links, names starting with '.' included; folders at depth 4 are
+    skipped, as Ollama skips them."""
+    level: list[tuple[Path, tuple[str, ...]]] = [(manifests, ())]
+    for depth in range(DEPTH):
+        found = []
+        for folder, names in level:
+            try:
+                entries = sorted(os.listdir(folder))
+            except OSError:
+                continue  # not a folder (or gone): Glob skips it
+            found += [(folder / e, (*names, e)) for e in entries]
+        last = depth == DEPTH - 1
+        level = [(p, n) for p, n in found if p.is_dir() != last]
+    yield from level
+
+
+def read_digests(path: Path) -> frozenset[str] | None:
+    """The digests the manifest at ``path`` names, as Ollama reads it (through a link), or
+    None if Ollama could not read it. Never blocks on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = f.read(MAX_MANIFEST + 1)
+    return None if len(data) > MAX_MANIFEST else decode(data)
+
+
+# --- Go's encoding/json, as far as Ollama's Manifest struct needs it -----------------------------
+
+
+class _Object(list[tuple[str, Any]]):
+    """A JSON object as its (key, value) pairs, in order, duplicates kept."""
+
+
+class _Invalid(Exception):
+    """A value Go's decoder would refuse for the field (a type error)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_Object, parse_constant=_no_constant)
+_LAYER = {"mediaType": str, "digest": str, "size": int, "from": str, "name": str}
+_MANIFEST: dict[str, Any] = {"schemaVersion": int, "mediaType": str, "config": _LAYER,
+                             "layers": [_LAYER]}  # fmt: skip
+_INT64 = range(-(1 << 63), 1 << 63)
+
+
+def decode(data: bytes) -> frozenset[str] | None:
+    """The config and layer digests Ollama reads from manifest bytes ``data``, or None
+    where its ``json.Decoder.Decode(&Manifest)`` fails: only the first JSON value is read;
+    keys match fields exactly, else ignoring case; a later key decodes into what an earlier
+    one left (objects merge, a list's elements too); null empties a list and leaves any
+    other field as it is; any value of the wrong type fails the whole. Checked against Go's
+    own decoder on 100,000 random and hostile manifests."""
+    text = data.decode("utf-8", "replace").lstrip(" \t\r\n")
+    try:
+        value, _ = _DECODER.raw_decode(text)
+        manifest = _decode(value, _MANIFEST, {})
+    except (ValueError, RecursionError, _Invalid):
+        return None
+    entries = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+    return frozenset(e["digest"] for e in entries if e and e.get("digest"))
+
+
+def _decode(value: Any, kind: Any, into: Any) -> Any:
+    if value is None:  # null: a list becomes nil, any other field keeps what it had
+        return None if isinstance(kind, list) else into
+    if isinstance(kind, dict):
+        if not isinstance(value, _Object):
+            raise _Invalid
+        fields = {} if into is None else into
+        for key, item in value:
+            name = _field(key, kind)
+            if name is not None:
+                fields[name] = _decode(item, kind[name], fields.get(name))
+        return fields
+    if isinstance(kind, list):
+        if not isinstance(value, list) or isinstance(value, _Object):
+            raise _Invalid
+        # Go decodes the i-th element into the list's i-th element if it has one.
+        old = into or []
+        return [_decode(v, kind[0], old[i] if i < len(old) else None) for i, v in enumerate(value)]
+    ok = value in _INT64 if kind is int and type(value) is int else type(value) is kind
+    if not ok:
+        raise _Invalid
+    return value
+
+
+def _field(key: str, fields: dict[str, Any]) -> str | None:
+    if key in fields:
+        return key
+    folded = key.casefold()
+    return next((name for name in fields if name.casefold() == folded), None)

@@ -1,0 +1,85 @@
+"""Who is using a blob of the store: lock files in ``blobs-partial/``, one pair per blob.
+
+- ``sha256-<hex>.claim``: held *shared* by every pull that needs the blob, from before it
+  looks for the blob until its manifest is in place and the blob checked present. Whoever
+  deletes blobs (a moved tag, ``blobdl prune``) takes the claims *exclusively without
+  waiting*, then reads the manifests, and leaves alone every blob whose claim it could not
+  take: a running pull holds it.
+- ``sha256-<hex>.pull-lock``: exclusive, held by the one pull that fetches the blob; another
+  pull that needs it waits, then finds it in ``blobs/``. Never held while waiting for
+  another one, so two pulls never wait on each other.
+
+The kernel drops a lock when its holder dies. A lock file does not outlive its last holder:
+on release, a holder that can lock it exclusively without waiting is alone, and unlinks it
+while holding it; whoever locks a file checks that it is still the one at the name (it may
+have been unlinked meanwhile) and tries again if not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..store._files import open_own, take_lock
+
+CLAIM_SUFFIX = ".claim"
+FETCH_SUFFIX = ".pull-lock"
+Owner = tuple[int, int] | None  # uid, gid new files take (a store root writes for another user)
+
+
+class LockFile:
+    """An flock on ``path``; ``look_only`` (a dry run) neither creates nor removes it."""
+
+    def __init__(self, path: Path, owner: Owner = None, *, look_only: bool = False) -> None:
+        self.path, self.owner, self.look_only = path, owner, look_only
+        self.fd: int | None = None
+
+    def take(self, *, shared: bool, wait: bool) -> bool:
+        """True once held (or, looking only, if there is no file to hold); False if
+        ``wait`` is off and another process holds it."""
+        while True:
+            if self.look_only and not os.path.lexists(self.path):
+                return True
+            fd = open_own(self.path, os.O_RDWR | (0 if self.look_only else os.O_CREAT))
+            if self.owner is not None and not self.look_only:
+                os.fchown(fd, *self.owner)
+            if not take_lock(fd, wait=wait, shared=shared):
+                os.close(fd)
+                return False
+            if is_at(self.path, fd):
+                self.fd = fd
+                return True
+            os.close(fd)  # we locked a file its last holder had just unlinked
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            if not self.look_only and take_lock(fd, wait=False) and is_at(self.path, fd):
+                self.path.unlink()  # alone, and still holding it: nobody else owns the name
+        except OSError:
+            pass  # a lock file left behind costs nothing; blobdl prune removes it
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(
+    path: Path, *, shared: bool, wait: bool, owner: Owner = None, look_only: bool = False
+) -> Iterator[bool]:
+    """Hold the lock at ``path`` for the block; yields False (not waiting) if it is taken."""
+    lock = LockFile(path, owner, look_only=look_only)
+    try:
+        yield lock.take(shared=shared, wait=wait)
+    finally:
+        lock.release()
+
+
+def is_at(path: Path, fd: int) -> bool:
+    try:
+        return os.lstat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False

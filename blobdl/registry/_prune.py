@@ -1,0 +1,196 @@
+"""``prune``: what pulls leave behind in Ollama's store, found and removed.
+
+- abandoned partials in ``blobs-partial/`` (the engine's temp, state and bad files of a blob
+  nobody is fetching, and the staged blob itself), with their lock files;
+- stale lock files (claims and fetch locks nobody holds);
+- manifest scratch files a killed pull left in ``.blobdl-tmp/``, and the scratch files older
+  blobdl versions left beside a manifest (``.TAG.tmp-PID``), which Ollama reads as corrupt
+  manifests and for which it skips its own prune;
+- blobs no manifest names, once older than an hour (Ollama's own grace: a younger one may
+  belong to an ``ollama pull`` or ``ollama create`` in progress), and none while a manifest
+  Ollama cannot read is in the store;
+- empty manifest folders.
+
+Never what a running pull holds: every group of files is removed only while its locks are
+held here, taken without waiting (a pull holding one keeps it all). ``dry_run`` takes the
+locks only to look: it creates and removes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from ..errors import LocalFileError
+from ..store._files import local_errors
+from ._claims import CLAIM_SUFFIX, FETCH_SUFFIX, locked
+from ._store import BLOB_DIGEST, Store, locate
+
+GRACE = 3600.0  # seconds: Ollama's layerPruneGracePeriod
+SCRATCH_AGE = 600.0  # seconds: a manifest is written in milliseconds; older scratch is left over
+ENGINE_LOCK = ".blobdl-lock"  # the engine's own lock beside a staged blob (store._lock)
+_PARTIAL = re.compile(r"(sha256-[0-9a-f]{64})(.*)", re.DOTALL)
+_SCRATCH = re.compile(r"manifest-\d+-[0-9a-f]{8}")  # Store._scratch_file
+_OLD_SCRATCH = re.compile(r"\..+\.tmp-\d+(?:-[0-9a-f]{8})?", re.DOTALL)  # older versions
+BUSY = "a running pull holds it"
+
+
+class Removal(NamedTuple):
+    path: Path
+    size: int  # bytes it held on disk
+    what: str  # why it goes: "abandoned partial", "stale lock", "unused blob", ...
+
+
+class Kept(NamedTuple):
+    path: Path
+    why: str
+
+
+class PruneReport(NamedTuple):
+    models_dir: Path
+    models_dir_from: str
+    removed: tuple[Removal, ...]  # or, on a dry run, what would be
+    kept: tuple[Kept, ...]  # left behind although unused: a running pull holds it, ...
+    unreadable: tuple[Path, ...]  # manifests Ollama cannot read: no blob was removed
+    strays: tuple[Path, ...]  # names at depth 4 that are no model (Ollama skips its prune)
+    dry_run: bool
+
+    @property
+    def freed(self) -> int:
+        return sum(r.size for r in self.removed)
+
+
+def prune(
+    models_dir: str | os.PathLike[str] | None = None,
+    *,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> PruneReport:
+    location = locate(models_dir, os.environ, Path.home())
+    if not location.path.is_dir():
+        raise LocalFileError(str(location.path), "no such store")
+    store = Store(location.path, create=False)
+    now = time.time() if now is None else now
+    removed: list[Removal] = []
+    kept: list[Kept] = []
+    _partials(store, dry_run, removed, kept)
+    removed += _scratch(store, dry_run, now)
+    catalog = store.catalog()
+    unused = [d for d in _old_blobs(store, now - GRACE) if d not in catalog.referenced]
+    freed = store.free(unused, dry_run=dry_run)
+    removed += [Removal(_blob(store, d), n, "unused blob") for d, n in freed.removed]
+    kept += [Kept(_blob(store, d), BUSY) for d in freed.busy]
+    removed += _folders(store.manifests, dry_run, now - SCRATCH_AGE)
+    after = store.catalog()
+    strays = [p for p in after.strays if not any(r.path == p for r in removed)]
+    return PruneReport(location.path, location.source, tuple(removed), tuple(kept),
+                       after.unreadable, tuple(strays), dry_run)  # fmt: skip
+
+
+def _partials(store: Store, dry_run: bool, removed: list[Removal], kept: list[Kept]) -> None:
+    """Each blob's files in ``blobs-partial/``, removed together once nobody claims,
+    fetches or downloads that blob: its three locks are held here meanwhile."""
+    groups: dict[str, list[Path]] = {}
+    for name in sorted(_names(store.partial)):
+        match = _PARTIAL.fullmatch(name)
+        if match and not (store.partial / name).is_dir():
+            groups.setdefault(match.group(1), []).append(store.partial / name)
+    for prefix, paths in groups.items():
+        locks = [store.partial / (prefix + s) for s in (FETCH_SUFFIX, CLAIM_SUFFIX, ENGINE_LOCK)]
+        with contextlib.ExitStack() as held:
+            try:
+                free = all(held.enter_context(_lock(p, dry_run)) for p in locks)
+            except LocalFileError as exc:  # a link planted at a lock: nobody's lock
+                kept += [Kept(path, exc.detail) for path in paths]
+                continue
+            if not free:
+                kept += [Kept(path, BUSY) for path in paths]
+                continue
+            for path in paths:  # a lock file goes when its lock is released here
+                what = "stale lock" if path in locks else "abandoned partial"
+                removed += _remove(path, what, dry_run or path in locks)
+
+
+def _lock(path: Path, dry_run: bool) -> contextlib.AbstractContextManager[bool]:
+    return locked(path, shared=False, wait=False, look_only=dry_run)
+
+
+def _scratch(store: Store, dry_run: bool, now: float) -> Iterator[Removal]:
+    """Manifest scratch files older than ``SCRATCH_AGE``: ours in ``.blobdl-tmp/``, and
+    those of older versions at depth 4 of ``manifests/``."""
+    real = store.scratch.is_dir() and not store.scratch.is_symlink()
+    ours = [store.scratch / n for n in _names(store.scratch) if real and _SCRATCH.fullmatch(n)]
+    older = [p for p in store.manifests.glob("*/*/*/.*") if _OLD_SCRATCH.fullmatch(p.name)]
+    for path in ours + older:
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) and info.st_mtime < now - SCRATCH_AGE:
+                yield from _remove(path, "manifest scratch left by a killed pull", dry_run)
+
+
+def _old_blobs(store: Store, before: float) -> Iterator[str]:
+    """The digests of the files in ``blobs/`` named as blobs and older than ``before``
+    (Ollama's own partial files there, ``sha256-<hex>-partial...``, are not ours)."""
+    for name in _names(store.blobs):
+        digest = name.replace("sha256-", "sha256:", 1)
+        if not BLOB_DIGEST.fullmatch(digest):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(store.blobs / name)
+            if not stat.S_ISDIR(info.st_mode) and info.st_mtime < before:
+                yield digest
+
+
+def _folders(manifests: Path, dry_run: bool, before: float) -> list[Removal]:
+    """Empty folders under ``manifests/`` (not itself), deepest first, that were last
+    changed before ``before`` (a pull may be about to write into a new one)."""
+    walk = sorted(os.walk(manifests, topdown=False), reverse=True)  # children first
+    old = set()
+    for folder, _, _ in walk:
+        with contextlib.suppress(OSError):
+            if os.lstat(folder).st_mtime < before:
+                old.add(Path(folder))
+    removed: list[Removal] = []
+    gone: set[Path] = set()
+    for folder, dirs, files in walk:
+        path = Path(folder)
+        left = [d for d in dirs if path / d not in gone] + files
+        if path != manifests and path in old and not left:
+            removed += _remove(path, "empty manifest folder", dry_run)
+            gone.add(path)
+    return removed
+
+
+def _blob(store: Store, digest: str) -> Path:
+    return store.blobs / f"sha256-{digest[7:]}"
+
+
+def _remove(path: Path, what: str, dry_run: bool) -> list[Removal]:
+    """``path`` removed (a lock file is unlinked by its release instead, so only counted)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return []
+    size = info.st_blocks * 512 if stat.S_ISREG(info.st_mode) else 0
+    if not dry_run:
+        with local_errors(path):
+            if stat.S_ISDIR(info.st_mode):
+                path.rmdir()
+            else:
+                path.unlink()
+    return [Removal(path, size, what)]
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise LocalFileError(str(folder), exc.strerror or str(exc)) from None
