@@ -19,6 +19,7 @@ from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interrupted, UsageError
 from ._args import build_parser, settings_from
 from ._display import Display, display_for, fail, json_line, say, show_warnings
+from ._hf import main as hf_main
 from ._pull import main as pull_main
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "run", "settings_from"]
@@ -37,6 +38,11 @@ class Command(NamedTuple):
 COMMANDS = {
     "pull": Command(
         "pull REF", "pull a model from an OCI/Ollama registry into Ollama's store", pull_main
+    ),
+    "hf": Command(
+        "hf REPO [PATH ...]",
+        "download a Hugging Face repository into huggingface_hub's cache",
+        hf_main,
     ),
 }
 

@@ -1,0 +1,229 @@
+"""``hf_download``: a Hugging Face repository (or some of its files) into huggingface_hub's
+cache or a local folder, end to end.
+
+Ask the Hub which commit the revision names and which files that commit holds (``_hub``),
+choose the files asked for (``_repo``), leave out those already there, download the rest
+under one connection budget (``download_many``: a big file is split into parts like any
+blob; LFS files are checked by their sha256, git files by their blob sha1), move each into
+place once checked, then link the snapshot and write the ref (``_cache``, ``_local_dir``).
+Two runs that share a folder take turns on each blob, on huggingface_hub's own lock files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from ..batch._scheduler import BatchEvent, Item, download_many
+from ..config import Settings
+from ..engine._download import Downloader
+from ..errors import BlobdlError, IntegrityError, UsageError
+from ..events import DownloadResult, Event
+from . import _env
+from ._cache import CacheLayout
+from ._hub import Hub
+from ._local_dir import LocalDirLayout
+from ._repo import Repo, RepoFile, check_revision, is_commit, parse_repo, select
+
+
+class HfStarted(NamedTuple):
+    repo: str
+    revision: str  # as asked
+    commit: str  # what it named
+    files: int  # files chosen
+    missing: int  # of those, files not there yet
+    bytes_needed: int  # what their downloads add up to (a blob shared by files counts once)
+
+
+class HfEvent(NamedTuple):
+    path: str  # the file (the first of those that share its bytes) this engine event is about
+    event: Event
+
+
+HfCallback = Callable[[HfStarted | HfEvent], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class HfFile:
+    path: str  # in the repository
+    size: int
+    local_path: Path  # snapshots/<commit>/<path>, or DIR/<path> with a local dir
+    download: DownloadResult | None  # None: it was there already (or another file's bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class HfResult:
+    repo: str
+    revision: str
+    commit: str
+    path: Path  # the snapshot folder, or the local dir
+    files: tuple[HfFile, ...]
+    elapsed: float
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(f.download.bytes_fetched for f in self.files if f.download is not None)
+
+    @property
+    def bytes_received(self) -> int:
+        """Body bytes read off the wire, kept or not (see ``DownloadResult``)."""
+        return sum(f.download.bytes_received for f in self.files if f.download is not None)
+
+
+class Layout(Protocol):
+    """Where the files go: huggingface_hub's cache (``CacheLayout``) or a local folder."""
+
+    @property
+    def where(self) -> Path: ...
+    def prepare(self, files: Sequence[RepoFile]) -> None: ...
+    def key(self, f: RepoFile) -> str: ...
+    def present(self, f: RepoFile) -> bool: ...
+    def have(self, f: RepoFile) -> bool: ...
+    def staging(self, f: RepoFile) -> Path: ...
+    def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]: ...
+    def place(self, f: RepoFile, where: str) -> None: ...
+    def link(self, f: RepoFile) -> None: ...
+    def finish(self, revision: str) -> None: ...
+    def file_path(self, f: RepoFile) -> Path: ...
+
+
+def hf_download(
+    repo_id: str,
+    paths: Sequence[str] = (),
+    *,
+    revision: str = "main",
+    repo_type: str = "model",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    on_event: HfCallback | None = None,
+    settings: Settings | None = None,
+    **overrides: Any,
+) -> HfResult:
+    """Download ``repo_id`` at ``revision`` (all its files, or ``paths``, then filtered by
+    ``include``/``exclude`` globs) into huggingface_hub's cache (``cache_dir``, default
+    ``$HF_HUB_CACHE``) or into ``local_dir``. The Hub is ``endpoint`` or ``$HF_ENDPOINT``;
+    the token ``token``, ``$HF_TOKEN`` or huggingface_hub's token file. Every file shares
+    ``connections`` connections, as in ``download_many``."""
+    started = time.monotonic()
+    base = Downloader(settings, **overrides).settings
+    repo = parse_repo(repo_id, repo_type)
+    check_revision(revision)
+    if cache_dir is not None and local_dir is not None:
+        raise UsageError("give a cache dir or a local dir, not both")
+    hub = Hub(_env.endpoint(given=endpoint), repo, _env.token(token), base)
+    try:
+        commit = revision if is_commit(revision) else hub.commit(revision)
+        listing = hub.files(commit)
+        chosen = select(listing, paths, include, exclude, repo=str(repo), revision=revision)
+        layout = _layout(repo, commit, cache_dir, local_dir)
+        layout.prepare(listing)
+        missing = [f for f in chosen if not layout.present(f)]
+        blobs = list({layout.key(f): f for f in reversed(missing)}.values())[::-1]  # 1st of each
+        to_fetch = [f for f in blobs if not layout.have(f)]
+        if to_fetch:  # gated or private: one clear error now, not one per file later
+            hub.check_access(commit, to_fetch[0].path)
+    finally:
+        hub.close()  # no socket of ours may be inherited by the downloads' processes
+    if on_event is not None:
+        needed = sum(f.size for f in to_fetch)
+        on_event(HfStarted(str(repo), revision, commit, len(chosen), len(missing), needed))
+    fetched = _Fetcher(layout, hub, commit, base, on_event).fetch_all(blobs)
+    for f in chosen:
+        layout.link(f)
+    layout.finish(revision)
+    files = tuple(HfFile(f.path, f.size, layout.file_path(f), fetched.get(f.path)) for f in chosen)
+    return HfResult(str(repo), revision, commit, layout.where, files, time.monotonic() - started)
+
+
+def _layout(
+    repo: Repo,
+    commit: str,
+    cache_dir: str | os.PathLike[str] | None,
+    local_dir: str | os.PathLike[str] | None,
+) -> Layout:
+    if local_dir is not None:
+        return LocalDirLayout(Path(local_dir), commit)
+    return CacheLayout(Path(cache_dir) if cache_dir is not None else _env.hub_cache(), repo, commit)
+
+
+class _Fetcher:
+    def __init__(
+        self, layout: Layout, hub: Hub, commit: str, settings: Settings, on_event: HfCallback | None
+    ) -> None:
+        self.layout, self.hub, self.commit, self.settings = layout, hub, commit, settings
+        self.on_event = on_event
+        self.fetched: dict[str, DownloadResult] = {}  # by the path of the file downloaded
+
+    def fetch_all(self, blobs: list[RepoFile]) -> dict[str, DownloadResult]:
+        """Fetch, all at once, what no other run is fetching; then, one by one, what another
+        run held and did not leave behind."""
+        with contextlib.ExitStack() as held:
+            mine = [f for f in blobs if held.enter_context(self.layout.claim(f, wait=False))]
+            self._fetch([f for f in mine if not self.layout.have(f)])
+        for f in blobs:
+            if f in mine:
+                continue
+            with self.layout.claim(f, wait=True):
+                if not self.layout.have(f):
+                    self._fetch([f])
+        return self.fetched
+
+    def _fetch(self, files: list[RepoFile]) -> None:
+        """Download ``files`` under one budget and move each into place once checked; the
+        ones that succeed stay even if another fails (the first failure is raised)."""
+        todo = [f for f in files if not self._left_behind(f)]
+        if not todo:
+            return
+        url = self.hub.resolve_url
+        items = [
+            Item(url(self.commit, f.path), str(self.layout.staging(f)), f.digest,
+                 self.hub.auth_headers())
+            for f in todo
+        ]  # fmt: skip
+        budget = self.settings.connections
+        results = download_many(
+            items,
+            max_connections=budget,
+            per_host=budget,
+            settings=self.settings,
+            on_event=self._relay(todo),
+        )
+        errors: list[BlobdlError] = []
+        for f, item, outcome in zip(todo, items, results, strict=True):
+            try:
+                if outcome.error is not None:
+                    raise outcome.error
+                self.layout.place(f, item.url)
+                assert outcome.result is not None
+                self.fetched[f.path] = outcome.result
+            except BlobdlError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _left_behind(self, f: RepoFile) -> bool:
+        """A download that finished but was not moved into place (the run stopped between
+        the two) is checked and moved now; a bad one is removed and fetched again."""
+        if not self.layout.staging(f).exists():
+            return False
+        try:
+            self.layout.place(f, str(self.layout.staging(f)))
+        except IntegrityError:
+            return False
+        return True
+
+    def _relay(self, files: list[RepoFile]) -> Callable[[BatchEvent], None]:
+        def relay(batch_event: BatchEvent) -> None:
+            if self.on_event is not None:
+                self.on_event(HfEvent(files[batch_event.item].path, batch_event.event))
+
+        return relay
