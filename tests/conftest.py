@@ -118,12 +118,13 @@ def sha256_file(path: Path) -> str:
 
 
 def _is_test_server(proc: psutil.Process) -> bool:
-    """The session's servers: ours, and the pull tests' registry, token and S3 servers."""
+    """The session's servers: ours, the pull tests' registry, token and S3 servers, and the
+    stand-in Hugging Face Hub."""
     try:
         cmdline = proc.cmdline()
     except psutil.Error:
         return False
-    ours = ("docker-registry", "faultserver.registry", "moto_server")
+    ours = ("docker-registry", "faultserver.registry", "moto_server", "faultserver.hub")
     return "faultserver.server" in cmdline or any(word.endswith(ours) for word in cmdline)
 
 
