@@ -114,7 +114,8 @@ def hf_download(
     the token ``token``, ``$HF_TOKEN`` or huggingface_hub's token file. Every file shares
     ``connections`` connections, as in ``download_many``."""
     started = time.monotonic()
-    base = Downloader(settings, **overrides).settings
+    # blobdl's own content-addressed cache stays out of it: huggingface_hub's is the cache.
+    base = dataclasses.replace(Downloader(settings, **overrides).settings, cache_dir=None)
     repo = parse_repo(repo_id, repo_type)
     check_revision(revision)
     if cache_dir is not None and local_dir is not None:

@@ -182,6 +182,9 @@ def check_listing(files: Sequence[RepoFile], where: str) -> None:
     paths = {f.path for f in files}
     if len(paths) != len(files):
         raise BadResponse(where, "the tree listing names a path twice")
+    sizes = {f.etag: f.size for f in files}
+    if any(sizes[f.etag] != f.size for f in files):
+        raise BadResponse(where, "the tree listing gives the same bytes two sizes")
     for f in files:
         parts = f.path.split("/")
         clash = next((p for i in range(1, len(parts)) if (p := "/".join(parts[:i])) in paths), None)

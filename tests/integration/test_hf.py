@@ -490,3 +490,69 @@ def test_a_hostile_listing_never_writes_outside_the_cache(
     assert "not safe" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     assert not list(inside.rglob("*evil*")) and not list(inside.glob("cache/*/blobs/*"))
+
+
+@pytest.mark.parametrize(
+    ("rule", "words"),
+    [
+        (
+            {
+                "path": "/api/models/acme/tiny/revision/main",
+                "action": "status",
+                "status": 200,
+                "body": '{"id": "acme/tiny", "sha": "../../../../evil"}',
+            },
+            "not 40 hex digits",
+        ),
+        (
+            {
+                "path": "/api/models/acme/tiny/revision/main",
+                "action": "status",
+                "status": 200,
+                "body": "[" * 200_000,
+            },
+            "not JSON",
+        ),
+        (
+            {
+                "path": "/api/models/acme/tiny/tree/*",
+                "action": "headers",
+                "set": {"Link": '<http://127.0.0.2:9/evil>; rel="next"'},
+            },
+            "not on the Hub's origin",
+        ),
+        (
+            {
+                "path": "/api/models/acme/tiny/revision/main",
+                "action": "redirect",
+                "location": "http://127.0.0.2:9/api/evil",
+            },
+            "away from the Hub's origin",
+        ),
+    ],
+    ids=["commit-path", "deep-json", "next-page-elsewhere", "redirect-elsewhere"],
+)
+def test_a_hostile_hub_answer_is_one_line_and_nothing_written(
+    hub: HubHandle, tmp_path: Path, rule: dict[str, Any], words: str
+) -> None:
+    hub.hub.set_faults({**rule, "times": None})
+    cache = tmp_path / "cache"
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(cache), token=TOKEN)
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    assert not list(cache.glob("*/blobs/*")) and not list(tmp_path.rglob("*evil*"))
+
+
+def test_hub_api_failures_are_retried(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    hub.hub.set_faults(
+        {"path": "/api/models/acme/tiny/revision/main", "action": "status", "status": 503},
+        {"path": "/api/models/acme/tiny/tree/*", "action": "reset_after", "bytes": 0},
+    )
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(tmp_path / "c"))
+    assert done.returncode == 0, done.stderr
+    tiny = repos["acme/tiny"]
+    assert contents(Path(done.stdout.strip())) == tiny.contents[tiny.refs["main"]]
+    assert hub.hub.stats()["rule_hits"] == [1, 1]  # each fault struck, and was retried
