@@ -181,7 +181,9 @@ class _Fetcher:
     def _fetch(self, files: list[RepoFile]) -> None:
         """Download ``files`` under one budget and move each into place once checked; the
         ones that succeed stay even if another fails (the first failure is raised)."""
-        todo = [f for f in files if not self._left_behind(f)]
+        # Largest first: download_many grants connections as items start, so a shard
+        # started after a dozen small files would get what they left (one, say) for good.
+        todo = sorted((f for f in files if not self._left_behind(f)), key=lambda f: -f.size)
         if not todo:
             return
         url = self.hub.resolve_url
