@@ -47,7 +47,7 @@ from .server import (
     Handler,
     Reply,
     file_reply,
-    install_signal_handlers,
+    serve,
     simple_reply,
 )
 from .serverctl import ServerHandle, start_server
@@ -377,13 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     server = HubServer(
         ("127.0.0.1", args.port), args.root.resolve(), json.loads(args.spec.read_text())
     )
-    install_signal_handlers(server)
-    print(f"READY {server.server_port}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.1)
-    finally:
-        server.server_close()
-    return 0
+    return serve(server)
 
 
 if __name__ == "__main__":

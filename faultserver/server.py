@@ -919,6 +919,11 @@ def main(argv: list[str] | None = None) -> int:
         tls_context(args.certfile, args.keyfile),
         link,
     )
+    return serve(server)
+
+
+def serve(server: FaultServer) -> int:
+    """Say ``READY <port>`` and serve until SIGTERM/SIGINT (``faultserver.hub`` too)."""
     install_signal_handlers(server)
     print(f"READY {server.server_port}", flush=True)
     try:

@@ -6,10 +6,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import IO, Any
 
 from ..batch._scheduler import BatchEvent
+from ..errors import BlobdlError, Interrupted
 from ..events import DownloadResult, Event, Failed, Progress, Started, event_record
 
 
@@ -30,6 +32,12 @@ def fail(display: Display, exc: BaseException, code: int) -> int:
         json_line(sys.stdout, record)
     say(f"blobdl: error: {exc}")
     return code
+
+
+def failure(display: Display, exc: BlobdlError | KeyboardInterrupt) -> int:
+    """A command's failure shown as one line; its exit code (Ctrl-C: interrupted, 130)."""
+    error = Interrupted(signal.SIGINT) if isinstance(exc, KeyboardInterrupt) else exc
+    return fail(display, error, error.exit_code)
 
 
 def json_line(stream: IO[str], record: dict[str, Any]) -> None:

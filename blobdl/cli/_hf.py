@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
+from ..errors import EXIT_OK, BlobdlError
 from ..events import Failed, Finished, Progress, event_record
 from ..hf._download import HfEvent, HfResult, HfStarted, hf_download
 from ..hf._env import DEFAULT_ENDPOINT
 from ..hf._repo import REPO_TYPES
 from ._args import EXIT_CODES, Parser, add_shared_options, settings_from
-from ._display import Display, display_for, fail, json_line, say, show_warnings
+from ._display import Display, display_for, failure, json_line, say, show_warnings
 
 DESCRIPTION = f"""\
 Download a Hugging Face repository (all its files, or PATH ... and the files under a PATH
@@ -70,25 +70,26 @@ def main(argv: Sequence[str]) -> int:
     show_warnings()
     display = _HfDisplay(display_for(args))
     try:
-        result = hf_download(
-            args.repo,
-            args.paths,
-            revision=args.revision,
-            repo_type=args.repo_type,
-            include=args.include,
-            exclude=args.exclude,
-            cache_dir=args.hf_cache,
-            local_dir=args.local_dir,
-            token=args.token,
-            settings=settings_from(args),
-            on_event=display.event,
-        )
-    except BlobdlError as exc:
-        return fail(display.base, exc, exc.exit_code)
-    except KeyboardInterrupt:
-        return fail(display.base, Interrupted(2), EXIT_INTERRUPTED)
-    display.finished(result)
+        display.finished(_download(args, display))
+    except (BlobdlError, KeyboardInterrupt) as exc:
+        return failure(display.base, exc)
     return EXIT_OK
+
+
+def _download(args: argparse.Namespace, display: _HfDisplay) -> HfResult:
+    return hf_download(
+        args.repo,
+        args.paths,
+        revision=args.revision,
+        repo_type=args.repo_type,
+        include=args.include,
+        exclude=args.exclude,
+        cache_dir=args.hf_cache,
+        local_dir=args.local_dir,
+        token=args.token,
+        settings=settings_from(args),
+        on_event=display.event,
+    )
 
 
 class _HfDisplay:

@@ -19,11 +19,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from ..batch._scheduler import BatchEvent, Item, download_many
+from ..batch._scheduler import BatchCallback, Item, download_many
 from ..config import Settings
 from ..engine._download import Downloader
 from ..errors import BlobdlError, IntegrityError, UsageError
 from ..events import DownloadResult, Event
+from ..store._lock import in_turns
 from . import _env
 from ._cache import CacheLayout
 from ._hub import Hub
@@ -66,13 +67,18 @@ class HfResult:
     elapsed: float
 
     @property
+    def downloads(self) -> tuple[DownloadResult, ...]:
+        """What this run fetched, one result per blob."""
+        return tuple(f.download for f in self.files if f.download is not None)
+
+    @property
     def bytes_fetched(self) -> int:
-        return sum(f.download.bytes_fetched for f in self.files if f.download is not None)
+        return sum(d.bytes_fetched for d in self.downloads)
 
     @property
     def bytes_received(self) -> int:
         """Body bytes read off the wire, kept or not (see ``DownloadResult``)."""
-        return sum(f.download.bytes_received for f in self.files if f.download is not None)
+        return sum(d.bytes_received for d in self.downloads)
 
 
 class Layout(Protocol):
@@ -165,17 +171,9 @@ class _Fetcher:
         self.fetched: dict[str, DownloadResult] = {}  # by the path of the file downloaded
 
     def fetch_all(self, blobs: list[RepoFile]) -> dict[str, DownloadResult]:
-        """Fetch, all at once, what no other run is fetching; then, one by one, what another
-        run held and did not leave behind."""
-        with contextlib.ExitStack() as held:
-            mine = [f for f in blobs if held.enter_context(self.layout.claim(f, wait=False))]
-            self._fetch([f for f in mine if not self.layout.have(f)])
-        for f in blobs:
-            if f in mine:
-                continue
-            with self.layout.claim(f, wait=True):
-                if not self.layout.have(f):
-                    self._fetch([f])
+        """Fetch what is missing, taking turns with any other run on each blob."""
+        layout = self.layout
+        in_turns(blobs, lambda f, wait: layout.claim(f, wait=wait), _not(layout.have), self._fetch)
         return self.fetched
 
     def _fetch(self, files: list[RepoFile]) -> None:
@@ -192,14 +190,12 @@ class _Fetcher:
                  self.hub.auth_headers())
             for f in todo
         ]  # fmt: skip
-        budget = self.settings.connections
-        results = download_many(
-            items,
-            max_connections=budget,
-            per_host=budget,
-            settings=self.settings,
-            on_event=self._relay(todo),
-        )
+        # One budget, --connections, for every file (the Hub and its storage are two hosts;
+        # either may take all of it), and each file may use all of it too.
+        whole = self.settings.connections
+        tell = _relayed(self.on_event, todo)
+        results = download_many(items, max_connections=whole, per_host=whole,
+                                settings=self.settings, on_event=tell)  # fmt: skip
         errors: list[BlobdlError] = []
         for f, item, outcome in zip(todo, items, results, strict=True):
             try:
@@ -224,9 +220,13 @@ class _Fetcher:
             return False
         return True
 
-    def _relay(self, files: list[RepoFile]) -> Callable[[BatchEvent], None]:
-        def relay(batch_event: BatchEvent) -> None:
-            if self.on_event is not None:
-                self.on_event(HfEvent(files[batch_event.item].path, batch_event.event))
 
-        return relay
+def _not(test: Callable[[RepoFile], bool]) -> Callable[[RepoFile], bool]:
+    return lambda f: not test(f)
+
+
+def _relayed(tell: HfCallback | None, files: list[RepoFile]) -> BatchCallback | None:
+    """The batch's events, told as the file's (the batch numbers them as ``files``)."""
+    if tell is None:
+        return None
+    return lambda batch_event: tell(HfEvent(files[batch_event.item].path, batch_event.event))

@@ -25,15 +25,7 @@ from pathlib import Path
 from ..errors import BadResponse, LocalFileError
 from ..store._digest import sha256_fd
 from ..store._files import atomic_write, local_errors, read_own
-from ._disk import (
-    check_staged,
-    flocked,
-    make_dirs,
-    move_into_place,
-    staged_path,
-    tag_cache_dir,
-    write_tree,
-)
+from . import _disk
 from ._repo import RepoFile, git_blob_sha1
 
 BOOKKEEPING = ".cache/huggingface"
@@ -55,11 +47,11 @@ class LocalDirLayout:
         for f in files:  # the repository must not write our bookkeeping (nor its own)
             if f.path == BOOKKEEPING or f.path.startswith(BOOKKEEPING + "/"):
                 raise BadResponse(str(self.root), f"the repository holds {f.path!r}")
-        make_dirs(self.downloads)
-        tag_cache_dir(self.meta)
+        _disk.make_dirs(self.downloads)
+        _disk.tag_cache_dir(self.meta)
         if not os.path.lexists(self.meta / ".gitignore"):
             atomic_write(self.meta / ".gitignore", b"*", mode=0o666, durable=False)
-        write_tree(self.meta, self.commit, files)
+        _disk.write_tree(self.meta, self.commit, files)
 
     def key(self, f: RepoFile) -> str:
         return f.path
@@ -85,18 +77,18 @@ class LocalDirLayout:
         return self.present(f)
 
     def staging(self, f: RepoFile) -> Path:
-        return staged_path(self.downloads / f.path)
+        return _disk.staged_path(self.downloads / f.path)
 
     def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]:
         """huggingface_hub's lock on the file's metadata, ``download/<path>.lock``."""
-        return flocked(self.downloads / f"{f.path}.lock", wait=wait)
+        return _disk.flocked(self.downloads / f"{f.path}.lock", wait=wait)
 
     def place(self, f: RepoFile, where: str) -> None:
         staged = self.staging(f)
-        check_staged(staged, f, where)
+        _disk.check_staged(staged, f, where)
         final = self.file_path(f)
-        make_dirs(final.parent)
-        move_into_place(staged, final)
+        _disk.make_dirs(final.parent)
+        _disk.move_into_place(staged, final)
         self._write_metadata(f)
 
     def link(self, f: RepoFile) -> None:
@@ -129,7 +121,7 @@ class LocalDirLayout:
         """Three lines, each ending in a newline: commit, etag, ``time.time()``; written
         after the file, so its timestamp is not older than the file's."""
         path = self._metadata_path(f)
-        make_dirs(path.parent)
+        _disk.make_dirs(path.parent)
         text = f"{self.commit}\n{f.etag}\n{time.time()}\n".encode()
         # Replaced by a rename: a reader sees the old record or the new one, never half.
         atomic_write(path, text, mode=0o666, durable=False)
