@@ -5,4 +5,6 @@
   Content-Range, stalls, resets, redirects...); ``serverctl`` starts and drives it.
 - ``proxy``: a minimal forwarding HTTP proxy (absolute-URI requests and CONNECT).
 - ``registry``: an OCI registry with a token server and an S3 side, for ``blobdl pull``.
+- ``hub``: a stand-in Hugging Face Hub (the fault server with the Hub's API and ``resolve``),
+  with a fault server as its storage origin, for ``blobdl hf``.
 """

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--local-dir", metavar="DIR", help="the files themselves, in DIR")
     p.set_defaults(cache_dir=None)  # blobdl's content-addressed cache: not with hf
+    p.add_argument("--verify-cache", action="store_true", help=argparse.SUPPRESS)  # nor this
     return p
 
 

@@ -572,3 +572,22 @@ def test_the_largest_files_claim_their_connections_first(
         {n.rsplit("/", 1)[-1]: len(b) for n, b in tiny.items()}.items(), key=lambda x: -x[1]
     )
     assert first[1:3] == [by_size[0][0], by_size[1][0]]  # after the access check, the biggest
+
+
+def test_blobdl_and_huggingface_hub_sharing_a_cache_fetch_each_blob_once(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Both take huggingface_hub's own lock on a blob: whoever comes second finds it there."""
+    hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 4 << 20, "times": None})
+    cache = str(tmp_path / "cache")
+    env = hf_env(hub.url, tmp_path / "home")
+    request = json.dumps({"call": "snapshot_download",
+                          "kwargs": {"repo_id": "acme/big", "cache_dir": cache}})  # fmt: skip
+    theirs = subprocess.Popen([sys.executable, "-m", "tests.hf_client", request], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    ours = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", cache)
+    answer = json.loads(theirs.communicate(timeout=60)[0].splitlines()[-1])
+    assert ours.returncode == 0 and "error" not in answer, (ours.stderr, answer)
+    assert BIG <= hub.storage.stats()["bytes_sent"] < BIG * 1.05
+    big = repos["acme/big"]
+    assert contents(Path(answer["path"])) == big.contents[big.refs["main"]]
