@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import EXIT_OK, BlobdlError
-from ..events import Failed, Finished, Progress, event_record
+from ..events import event_record
 from ..hf._download import HfEvent, HfResult, HfStarted, hf_download
 from ..hf._env import DEFAULT_ENDPOINT
 from ..hf._repo import REPO_TYPES
@@ -98,7 +98,6 @@ class _HfDisplay:
 
     def __init__(self, base: Display) -> None:
         self.base = base
-        self.done: dict[str, int] = {}
 
     def event(self, event: HfStarted | HfEvent) -> None:
         mode = self.base.mode
@@ -113,14 +112,8 @@ class _HfDisplay:
             return
         if mode == "json":
             json_line(sys.stdout, {"path": event.path, **event_record(event.event)})
-            return
-        self.base.failed = self.base.failed or isinstance(event.event, Failed)
-        if isinstance(event.event, Progress):
-            self.done[event.path] = event.event.done
-        elif isinstance(event.event, Finished):
-            self.done[event.path] = event.event.result.size
-        if self.base.bar is not None:
-            self.base.bar.update(sum(self.done.values()) - self.base.bar.n)
+        else:
+            self.base.tally(event.path, event.event)
 
     def finished(self, result: HfResult) -> None:
         self.base.close()
