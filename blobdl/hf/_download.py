@@ -128,27 +128,64 @@ def hf_download(
         raise UsageError("give a cache dir or a local dir, not both")
     hub = Hub(_env.endpoint(given=endpoint), repo, _env.token(token), base)
     try:
-        commit = revision if is_commit(revision) else hub.commit(revision)
-        listing = hub.files(commit)
-        chosen = select(listing, paths, include, exclude, repo=str(repo), revision=revision)
-        layout = _layout(repo, commit, cache_dir, local_dir)
-        layout.prepare(listing)
-        missing = [f for f in chosen if not layout.present(f)]
-        blobs = list({layout.key(f): f for f in reversed(missing)}.values())[::-1]  # 1st of each
-        to_fetch = [f for f in blobs if not layout.have(f)]
-        if to_fetch:  # gated or private: one clear error now, not one per file later
-            hub.check_access(commit, to_fetch[0].path)
+        look = _look(hub, revision, _Wanted(paths, include, exclude), cache_dir, local_dir)
     finally:
         hub.close()  # no socket of ours may be inherited by the downloads' processes
+    layout, chosen = look.layout, look.chosen
     if on_event is not None:
-        needed = sum(f.size for f in to_fetch)
-        on_event(HfStarted(str(repo), revision, commit, len(chosen), len(missing), needed))
-    fetched = _Fetcher(layout, hub, commit, base, on_event).fetch_all(blobs)
+        needed = sum(f.size for f in look.to_fetch)
+        on_event(
+            HfStarted(str(repo), revision, look.commit, len(chosen), len(look.missing), needed)
+        )
+    fetched = _Fetcher(layout, hub, look.commit, base, on_event).fetch_all(look.blobs)
     for f in chosen:
         layout.link(f)
     layout.finish(revision)
     files = tuple(HfFile(f.path, f.size, layout.file_path(f), fetched.get(f.path)) for f in chosen)
-    return HfResult(str(repo), revision, commit, layout.where, files, time.monotonic() - started)
+    return HfResult(
+        str(repo), revision, look.commit, layout.where, files, time.monotonic() - started
+    )
+
+
+class _Wanted(NamedTuple):
+    paths: Sequence[str]
+    include: Sequence[str] | None
+    exclude: Sequence[str] | None
+
+
+class _Look(NamedTuple):
+    """What the Hub and the disk say before anything is downloaded."""
+
+    commit: str
+    layout: Layout
+    chosen: list[RepoFile]  # the files asked for
+    missing: list[RepoFile]  # of those, the ones not there yet
+    blobs: list[RepoFile]  # one file for each blob they need (the first that has it)
+    to_fetch: list[RepoFile]  # of those, the blobs not on disk either
+
+
+def _look(
+    hub: Hub,
+    revision: str,
+    wanted: _Wanted,
+    cache_dir: str | os.PathLike[str] | None,
+    local_dir: str | os.PathLike[str] | None,
+) -> _Look:
+    """The commit, its files, the ones asked for and what they lack; the access to their
+    bytes is checked now, so a gated or private repository is one clear error, not one per
+    file later."""
+    commit = revision if is_commit(revision) else hub.commit(revision)
+    listing = hub.files(commit)
+    where = {"repo": str(hub.repo), "revision": revision}
+    chosen = select(listing, wanted.paths, wanted.include, wanted.exclude, **where)
+    layout = _layout(hub.repo, commit, cache_dir, local_dir)
+    layout.prepare(listing)
+    missing = [f for f in chosen if not layout.present(f)]
+    blobs = list({layout.key(f): f for f in reversed(missing)}.values())[::-1]
+    to_fetch = [f for f in blobs if not layout.have(f)]
+    if to_fetch:
+        hub.check_access(commit, to_fetch[0].path)
+    return _Look(commit, layout, chosen, missing, blobs, to_fetch)
 
 
 def _layout(
@@ -173,7 +210,12 @@ class _Fetcher:
     def fetch_all(self, blobs: list[RepoFile]) -> dict[str, DownloadResult]:
         """Fetch what is missing, taking turns with any other run on each blob."""
         layout = self.layout
-        in_turns(blobs, lambda f, wait: layout.claim(f, wait=wait), _not(layout.have), self._fetch)
+        in_turns(
+            blobs,
+            lambda f, wait: layout.claim(f, wait=wait),
+            lambda f: not layout.have(f),
+            self._fetch,
+        )
         return self.fetched
 
     def _fetch(self, files: list[RepoFile]) -> None:
@@ -219,10 +261,6 @@ class _Fetcher:
         except IntegrityError:
             return False
         return True
-
-
-def _not(test: Callable[[RepoFile], bool]) -> Callable[[RepoFile], bool]:
-    return lambda f: not test(f)
 
 
 def _relayed(tell: HfCallback | None, files: list[RepoFile]) -> BatchCallback | None:
