@@ -591,3 +591,27 @@ def test_blobdl_and_huggingface_hub_sharing_a_cache_fetch_each_blob_once(
     assert BIG <= hub.storage.stats()["bytes_sent"] < BIG * 1.05
     big = repos["acme/big"]
     assert contents(Path(answer["path"])) == big.contents[big.refs["main"]]
+
+
+def test_the_hub_cache_and_token_come_from_huggingface_hubs_variables(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """``$HF_ENDPOINT``, the token file under ``$HF_HOME`` (what ``hf auth login`` writes),
+    ``$HF_HOME/hub``, then ``$HF_HUB_CACHE``: no option needed."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "token").write_text(TOKEN + "\n")
+    done = blobdl_hf(hub, home, "acme/private")
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).parent.parent == home / "hub" / "models--acme--private"
+    env = {**hf_env(hub.url, home), "HF_HUB_CACHE": str(tmp_path / "elsewhere")}
+    moved = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "acme/private", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    assert moved.returncode == 0, moved.stderr
+    assert Path(moved.stdout.strip()).is_relative_to(tmp_path / "elsewhere")
