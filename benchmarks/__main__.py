@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--blobdl-arg", action="append", default=[], help="extra blobdl argument (repeatable)"
     )
+    p.add_argument(
+        "--hf",
+        action="store_true",
+        help="the hf preset instead: blobdl hf against huggingface_hub's snapshot_download "
+        "(defaults of python -m benchmarks.hf, which takes the options)",
+    )
     return p
 
 
@@ -165,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         return cluster.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.hf:
+        from . import hf
+
+        return hf.main([])
     started = time.monotonic()
     if args.from_json:
         plan, outcome = report.load_json(args.from_json)

@@ -189,6 +189,59 @@ class UnsupportedManifest(BlobdlError):
         return f"unsupported manifest for {self.reference}: {self.media_type or 'no media type'}"
 
 
+# --- the Hugging Face Hub: what ``hf_download`` is told ---------------------------------------
+
+
+class RepositoryNotFound(NetworkError):
+    """The Hub has no such repository, or it is private and the token sent (if any) cannot
+    see it: the Hub answers both the same way."""
+
+    retryable = False
+
+    def __init__(self, repo: str, detail: str = "") -> None:
+        super().__init__(repo, detail)
+        self.repo, self.detail = repo, detail
+
+    def __str__(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"repository not found: {self.repo}{extra}"
+
+
+class GatedRepository(RepositoryNotFound):
+    """The repository is gated: its files need a token whose owner was granted access.
+    A ``RepositoryNotFound`` too, as huggingface_hub's ``GatedRepoError`` is."""
+
+    def __str__(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"gated repository: {self.repo}{extra}"
+
+
+class RevisionNotFound(NetworkError):
+    """The repository has no such branch, tag or commit."""
+
+    retryable = False
+
+    def __init__(self, repo: str, revision: str) -> None:
+        super().__init__(repo, revision)
+        self.repo, self.revision = repo, revision
+
+    def __str__(self) -> str:
+        return f"revision not found: {self.repo} has no revision {self.revision!r}"
+
+
+class EntryNotFound(NetworkError):
+    """The repository has no such file at that revision."""
+
+    retryable = False
+
+    def __init__(self, repo: str, revision: str, path: str) -> None:
+        super().__init__(repo, revision, path)
+        self.repo, self.revision, self.path = repo, revision, path
+
+    def __str__(self) -> str:
+        return f"file not found: {self.repo} has no {self.path!r} at revision {self.revision!r}"
+
+
 # --- integrity: the bytes or the remote are not what was promised ---------------------------
 
 

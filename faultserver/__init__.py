@@ -6,4 +6,6 @@
 - ``proxy``: a minimal forwarding HTTP proxy (absolute-URI requests and CONNECT).
 - ``registry``: an OCI registry with a token server and an S3 side, for ``blobdl pull``.
 - ``hostile_registry``: a scriptable registry whose every answer a test example chooses.
+- ``hub``: a stand-in Hugging Face Hub (the fault server with the Hub's API and ``resolve``),
+  with a fault server as its storage origin, for ``blobdl hf``.
 """

@@ -415,10 +415,16 @@ def safe_file(root: Path, raw_name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def file_reply(path: Path, req: dict[str, str], fault: Fault | None) -> Reply:
+def file_reply(
+    path: Path, req: dict[str, str], fault: Fault | None, etag: str | None = None
+) -> Reply:
+    """The file with ranges and validators; ``etag`` replaces the ETag made from its stat
+    (the stand-in Hub serves a file under its git sha1)."""
     st = path.stat()
     size, action = st.st_size, fault.action if fault else None
-    etag = quote_etag(str(fault.params["value"])) if fault and action == "etag" else make_etag(st)
+    if fault and action == "etag":
+        etag = quote_etag(str(fault.params["value"]))
+    etag = etag or make_etag(st)
     headers = [
         ("ETag", etag),
         ("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True)),
@@ -913,6 +919,11 @@ def main(argv: list[str] | None = None) -> int:
         tls_context(args.certfile, args.keyfile),
         link,
     )
+    return serve(server)
+
+
+def serve(server: FaultServer) -> int:
+    """Say ``READY <port>`` and serve until SIGTERM/SIGINT (``faultserver.hub`` too)."""
     install_signal_handlers(server)
     print(f"READY {server.server_port}", flush=True)
     try:

@@ -154,13 +154,17 @@ def start_server(
     keyfile: str | None = None,
     ca: str | None = None,
     link_bps: float | None = None,
+    module: str = "faultserver.server",
+    extra: tuple[str, ...] = (),
 ) -> ServerHandle:
     """Start ``python -m faultserver.server`` serving ``root``; wait for its READY line.
 
     For TLS, control calls trust ``ca`` (default: ``certfile`` itself, i.e. self-signed).
     ``link_bps`` caps all response bodies together (bytes/s), like one shared link.
+    ``module`` and ``extra``: another server built on it (``faultserver.hub``) and its
+    own arguments.
     """
-    cmd = [sys.executable, "-m", "faultserver.server", "--root", str(root), "--port", "0"]
+    cmd = [sys.executable, "-m", module, "--root", str(root), "--port", "0", *extra]
     if certfile is not None:
         cmd += ["--certfile", certfile, "--keyfile", keyfile or certfile]
     if link_bps is not None:

@@ -119,7 +119,8 @@ def sha256_file(path: Path) -> str:
 
 
 def _is_test_server(proc: psutil.Process) -> bool:
-    """The session's servers: ours, and the pull tests' registry, token and S3 servers."""
+    """The session's servers: ours, the pull tests' registry, token and S3 servers, and the
+    stand-in Hugging Face Hub."""
     try:
         cmdline = proc.cmdline()
     except psutil.Error:
@@ -128,6 +129,7 @@ def _is_test_server(proc: psutil.Process) -> bool:
         "docker-registry",
         "faultserver.registry",
         "faultserver.hostile_registry",
+        "faultserver.hub",
         "moto_server",
     )
     if "faultserver.server" in cmdline or any(word.endswith(ours) for word in cmdline):

@@ -21,6 +21,7 @@ from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interru
 from ._args import build_parser, settings_from
 from ._batch_bar import BatchBar
 from ._display import Display, display_for, fail, json_line, quiet_dask, say, show_warnings
+from ._hf import main as hf_main
 from ._prune import main as prune_main
 from ._pull import main as pull_main
 
@@ -45,6 +46,11 @@ COMMANDS = {
         "prune",
         "remove abandoned partials, stale locks and unused blobs from the store",
         prune_main,
+    ),
+    "hf": Command(
+        "hf REPO [PATH ...]",
+        "download a Hugging Face repository into huggingface_hub's cache",
+        hf_main,
     ),
 }
 

@@ -6,11 +6,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import IO, Any
 
 from ..batch._scheduler import BatchEvent
-from ..events import DownloadResult, Event, Failed, Progress, Started, event_record
+from ..errors import BlobdlError, Interrupted
+from ..events import DownloadResult, Event, Failed, Finished, Progress, Started, event_record
 
 
 def show_warnings() -> None:
@@ -45,6 +47,12 @@ def fail(display: Display, exc: BaseException, code: int) -> int:
         json_line(sys.stdout, record)
     say(f"blobdl: error: {exc}")
     return code
+
+
+def failure(display: Display, exc: BlobdlError | KeyboardInterrupt) -> int:
+    """A command's failure shown as one line; its exit code (Ctrl-C: interrupted, 130)."""
+    error = Interrupted(signal.SIGINT) if isinstance(exc, KeyboardInterrupt) else exc
+    return fail(display, error, error.exit_code)
 
 
 def json_line(stream: IO[str], record: dict[str, Any]) -> None:
@@ -92,6 +100,7 @@ class Display:
         self.bar: Any = None
         self.failed = False
         self.dead = False  # the bar's terminal went away
+        self.done: dict[str, int] = {}  # with ``tally``: bytes on disk, per download
 
     def item_event(self, batch_event: BatchEvent) -> None:
         """With -i: JSON lines carry the item's index; nothing else is drawn per item."""
@@ -114,6 +123,16 @@ class Display:
             except (OSError, ValueError):  # the terminal went away: stop drawing, go on
                 self.dead, self.bar = True, None
                 _silence(sys.stdout)
+
+    def tally(self, key: str, event: Event) -> None:
+        """Many downloads on one bar (opened by the command): ``key``'s bytes so far."""
+        self.failed = self.failed or isinstance(event, Failed)
+        if isinstance(event, Progress):
+            self.done[key] = event.done
+        elif isinstance(event, Finished):
+            self.done[key] = event.result.size
+        if self.bar is not None:
+            self.bar.update(sum(self.done.values()) - self.bar.n)
 
     def _open_bar(self, total: int | None, initial: int) -> None:
         from tqdm import tqdm

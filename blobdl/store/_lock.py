@@ -1,4 +1,5 @@
-"""One writer per destination: an advisory ``flock`` on ``DEST.blobdl-lock``.
+"""One writer per destination: an advisory ``flock`` on ``DEST.blobdl-lock``; and many
+blobs fetched by several processes in turns (``in_turns``).
 
 The kernel drops a flock when its holder dies, so a crashed download never leaves the
 destination stuck. The lock file is removed by its holder on release; a waiter that locked
@@ -10,13 +11,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from ..errors import DestinationLocked
 from ._files import open_own, take_lock
 
 LOCK_SUFFIX = ".blobdl-lock"
+T = TypeVar("T")
 
 
 class DestinationLock:
@@ -70,3 +75,24 @@ def _read_holder(fd: int) -> int | None:
         return int(os.pread(fd, 32, 0).decode() or "x")
     except (OSError, ValueError):
         return None
+
+
+def in_turns(
+    items: Sequence[T],
+    claim: Callable[[T, bool], AbstractContextManager[bool]],
+    missing: Callable[[T], bool],
+    fetch: Callable[[list[T]], None],
+) -> None:
+    """Fetch, all at once, the missing items no other process holds (``claim(item, False)``
+    yields False without waiting when another does); then, one by one, each of the others
+    once its holder lets go, if the holder did not leave it behind. Two processes sharing a
+    store so fetch each item once, and neither waits while it has work of its own."""
+    with contextlib.ExitStack() as held:
+        mine = [item for item in items if held.enter_context(claim(item, False))]
+        fetch([item for item in mine if missing(item)])
+    for item in items:
+        if item in mine:
+            continue
+        with claim(item, True):
+            if missing(item):
+                fetch([item])

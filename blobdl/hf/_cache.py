@@ -1,0 +1,120 @@
+"""huggingface_hub's cache, as ``hf_download`` fills it, so that ``transformers`` & co. find
+the files there (``file_download.py`` in huggingface_hub 2.x)::
+
+    CACHE/CACHEDIR.TAG
+    CACHE/.locks/models--ORG--NAME/<etag>.lock          flock()ed around a blob's download
+    CACHE/models--ORG--NAME/blobs/<etag>                complete, checked blobs only
+    CACHE/models--ORG--NAME/snapshots/<commit>/<path>   relative symlinks to ../../blobs/<etag>
+    CACHE/models--ORG--NAME/refs/<revision>             the commit, no newline (not for a commit)
+    CACHE/models--ORG--NAME/trees/<commit>.json         every file of the commit
+
+A blob is the LFS sha256 or the git blob sha1 of its bytes. It is downloaded as
+``blobs/<etag>.blobdl-part`` (the engine's ``-tmp``/``-state`` beside it while it runs, so
+an interrupted download resumes), checked, and renamed onto ``blobs/<etag>``: a blob
+appears only complete. A snapshot link appears after its blob, the ref after every link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import LocalFileError
+from ..store._files import atomic_write, local_errors, read_own
+from ._disk import (
+    check_staged,
+    flocked,
+    make_dirs,
+    move_into_place,
+    staged_path,
+    tag_cache_dir,
+    write_tree,
+)
+from ._repo import Repo, RepoFile
+
+
+class CacheLayout:
+    """One repository's part of the cache, at one commit."""
+
+    def __init__(self, cache_dir: Path, repo: Repo, commit: str) -> None:
+        self.cache_dir, self.commit = cache_dir, commit
+        self.repo_dir = cache_dir / repo.folder
+        self.blobs = self.repo_dir / "blobs"
+        self.snapshot = self.repo_dir / "snapshots" / commit
+        self.locks = cache_dir / ".locks" / repo.folder
+
+    @property
+    def where(self) -> Path:
+        """What the caller is given: the snapshot folder."""
+        return self.snapshot
+
+    def prepare(self, files: Sequence[RepoFile]) -> None:
+        for folder in (self.blobs, self.snapshot):
+            make_dirs(folder)
+        tag_cache_dir(self.cache_dir)
+        write_tree(self.repo_dir, self.commit, files)
+
+    def key(self, f: RepoFile) -> str:
+        """Files with the same bytes share one blob: one download."""
+        return f.etag
+
+    def present(self, f: RepoFile) -> bool:
+        """Its snapshot link leads to its blob already."""
+        return os.path.exists(self.file_path(f))
+
+    def have(self, f: RepoFile) -> bool:
+        """Its blob is here (it got here checked, so its name vouches for its bytes)."""
+        with contextlib.suppress(OSError):
+            return os.stat(self.blob_path(f)).st_size == f.size
+        return False
+
+    def staging(self, f: RepoFile) -> Path:
+        return staged_path(self.blob_path(f))
+
+    def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]:
+        """huggingface_hub's own lock on the blob: one downloader at a time, of either kind."""
+        return flocked(self.locks / f"{f.etag}.lock", wait=wait)
+
+    def place(self, f: RepoFile, where: str) -> None:
+        """The staged download, checked, becomes the blob."""
+        staged = self.staging(f)
+        check_staged(staged, f, where)
+        move_into_place(staged, self.blob_path(f))
+
+    def link(self, f: RepoFile) -> None:
+        """``snapshots/<commit>/<path>`` -> ``../../blobs/<etag>`` (relative, one ``..`` per
+        folder), replacing whatever link was there; created beside and renamed, so a reader
+        sees the old link or the new one."""
+        link = self.file_path(f)
+        target = os.path.relpath(self.blob_path(f), link.parent)
+        make_dirs(link.parent)
+        with local_errors(link):
+            try:
+                os.symlink(target, link)
+                return
+            except FileExistsError:
+                if os.path.islink(link) and os.readlink(link) == target:
+                    return
+            scratch = link.with_name(f".{link.name}.blobdl-link-{os.getpid()}")
+            scratch.unlink(missing_ok=True)
+            os.symlink(target, scratch)
+            os.replace(scratch, link)
+
+    def finish(self, revision: str) -> None:
+        """``refs/<revision>`` names the commit (no newline), last; not for a commit itself."""
+        if revision == self.commit:
+            return
+        ref = self.repo_dir / "refs" / revision
+        make_dirs(ref.parent)
+        with contextlib.suppress(LocalFileError):
+            if read_own(ref) == self.commit.encode():
+                return
+        atomic_write(ref, self.commit.encode(), mode=0o666, sync_dir=True)
+
+    def file_path(self, f: RepoFile) -> Path:
+        return self.snapshot / f.path
+
+    def blob_path(self, f: RepoFile) -> Path:
+        return self.blobs / f.etag

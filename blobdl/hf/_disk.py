@@ -1,0 +1,110 @@
+"""What huggingface_hub's cache and a ``--local-dir`` share on disk: the ``CACHEDIR.TAG``,
+the lock files huggingface_hub itself takes (so a blobdl and a huggingface_hub sharing a
+folder wait for each other), the mode of a new file, ``trees/<commit>.json`` and the move of
+a verified download into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..errors import BadResponse, DigestMismatch
+from ..store._files import atomic_write, fsync_dir, local_errors, open_own, take_lock
+from ._repo import RepoFile, git_blob_sha1
+
+# huggingface_hub's tag, byte for byte (_local_folder.py): backup tools skip the folder.
+CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by huggingface_hub.\n"
+    "# For information about cache directory tags, see:\n"
+    "#\thttps://bford.info/cachedir/\n"
+)
+LOCK_MODE = 0o664  # huggingface_hub's WeakFileLock: group-writable, so users sharing a cache wait
+TREE_FORMAT = 1
+STAGED = ".blobdl-part"  # a verified download's name until it moves into place
+
+
+def make_dirs(folder: Path) -> None:
+    with local_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def tag_cache_dir(folder: Path) -> None:
+    """Write ``CACHEDIR.TAG`` unless it is there."""
+    tag = folder / "CACHEDIR.TAG"
+    if not os.path.lexists(tag):
+        atomic_write(tag, CACHEDIR_TAG.encode(), mode=0o666, durable=False)
+
+
+@contextlib.contextmanager
+def flocked(path: Path, *, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created 0664, as huggingface_hub makes it, and
+    never removed: removing a lock file races its next taker); yields False without waiting
+    when another process holds it."""
+    make_dirs(path.parent)
+    fd = open_own(path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
+    try:
+        with contextlib.suppress(OSError):  # not ours to chmod (another user made it): fine
+            os.fchmod(fd, LOCK_MODE)
+        yield take_lock(fd, wait=wait)
+    finally:
+        os.close(fd)
+
+
+def new_file_mode() -> int:
+    """What a new file gets here (``0666`` less the umask), as huggingface_hub gives a blob;
+    the umask read without changing it (other threads may be creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+def write_tree(folder: Path, commit: str, files: Sequence[RepoFile]) -> None:
+    """``trees/<commit>.json``: every file of the commit, as huggingface_hub writes it (its
+    offline ``snapshot_download`` checks a snapshot against it)."""
+    record = {
+        "format_version": TREE_FORMAT,
+        "files": {f.path: f.tree_record() for f in sorted(files, key=lambda f: f.path)},
+    }
+    make_dirs(folder / "trees")
+    text = json.dumps(record, indent=1).encode()
+    atomic_write(folder / "trees" / f"{commit}.json", text, mode=0o600, exact_mode=True)
+
+
+def staged_path(final: Path) -> Path:
+    return final.with_name(final.name + STAGED)
+
+
+def check_staged(staged: Path, f: RepoFile, where: str) -> None:
+    """The bytes a download left are the file's: its size, and for a git file its blob sha1
+    (the engine checked an LFS file's sha256 before its rename). A mismatch removes them."""
+    with local_errors(staged):
+        fd = open_own(staged, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        actual = git_blob_sha1(fd) if f.lfs_sha256 is None and size == f.size else None
+    finally:
+        os.close(fd)
+    if size != f.size or (actual is not None and actual != f.blob_id):
+        staged.unlink(missing_ok=True)
+        if size != f.size:
+            raise BadResponse(where, f"{f.path!r}: {size} bytes where the Hub listed {f.size}")
+        raise DigestMismatch(f"git sha1 {f.blob_id}", f"git sha1 {actual}")
+
+
+def move_into_place(staged: Path, final: Path) -> None:
+    """A checked download onto its final name, with the mode huggingface_hub would give it."""
+    with local_errors(final):
+        os.chmod(staged, new_file_mode())
+        os.replace(staged, final)
+    with contextlib.suppress(OSError):
+        fsync_dir(final.parent)

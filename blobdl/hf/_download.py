@@ -1,0 +1,270 @@
+"""``hf_download``: a Hugging Face repository (or some of its files) into huggingface_hub's
+cache or a local folder, end to end.
+
+Ask the Hub which commit the revision names and which files that commit holds (``_hub``),
+choose the files asked for (``_repo``), leave out those already there, download the rest
+under one connection budget (``download_many``: a big file is split into parts like any
+blob; LFS files are checked by their sha256, git files by their blob sha1), move each into
+place once checked, then link the snapshot and write the ref (``_cache``, ``_local_dir``).
+Two runs that share a folder take turns on each blob, on huggingface_hub's own lock files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from ..batch._scheduler import BatchCallback, Item, download_many
+from ..config import Settings
+from ..engine._download import Downloader
+from ..errors import BlobdlError, IntegrityError, UsageError
+from ..events import DownloadResult, Event
+from ..store._lock import in_turns
+from . import _env
+from ._cache import CacheLayout
+from ._hub import Hub
+from ._local_dir import LocalDirLayout
+from ._repo import Repo, RepoFile, check_revision, is_commit, parse_repo, select
+
+
+class HfStarted(NamedTuple):
+    repo: str
+    revision: str  # as asked
+    commit: str  # what it named
+    files: int  # files chosen
+    missing: int  # of those, files not there yet
+    bytes_needed: int  # what their downloads add up to (a blob shared by files counts once)
+
+
+class HfEvent(NamedTuple):
+    path: str  # the file (the first of those that share its bytes) this engine event is about
+    event: Event
+
+
+HfCallback = Callable[[HfStarted | HfEvent], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class HfFile:
+    path: str  # in the repository
+    size: int
+    local_path: Path  # snapshots/<commit>/<path>, or DIR/<path> with a local dir
+    download: DownloadResult | None  # None: it was there already (or another file's bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class HfResult:
+    repo: str
+    revision: str
+    commit: str
+    path: Path  # the snapshot folder, or the local dir
+    files: tuple[HfFile, ...]
+    elapsed: float
+
+    @property
+    def downloads(self) -> tuple[DownloadResult, ...]:
+        """What this run fetched, one result per blob."""
+        return tuple(f.download for f in self.files if f.download is not None)
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(d.bytes_fetched for d in self.downloads)
+
+    @property
+    def bytes_received(self) -> int:
+        """Body bytes read off the wire, kept or not (see ``DownloadResult``)."""
+        return sum(d.bytes_received for d in self.downloads)
+
+
+class Layout(Protocol):
+    """Where the files go: huggingface_hub's cache (``CacheLayout``) or a local folder."""
+
+    @property
+    def where(self) -> Path: ...
+    def prepare(self, files: Sequence[RepoFile]) -> None: ...
+    def key(self, f: RepoFile) -> str: ...
+    def present(self, f: RepoFile) -> bool: ...
+    def have(self, f: RepoFile) -> bool: ...
+    def staging(self, f: RepoFile) -> Path: ...
+    def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]: ...
+    def place(self, f: RepoFile, where: str) -> None: ...
+    def link(self, f: RepoFile) -> None: ...
+    def finish(self, revision: str) -> None: ...
+    def file_path(self, f: RepoFile) -> Path: ...
+
+
+def hf_download(
+    repo_id: str,
+    paths: Sequence[str] = (),
+    *,
+    revision: str = "main",
+    repo_type: str = "model",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    on_event: HfCallback | None = None,
+    settings: Settings | None = None,
+    **overrides: Any,
+) -> HfResult:
+    """Download ``repo_id`` at ``revision`` (all its files, or ``paths``, then filtered by
+    ``include``/``exclude`` globs) into huggingface_hub's cache (``cache_dir``, default
+    ``$HF_HUB_CACHE``) or into ``local_dir``. The Hub is ``endpoint`` or ``$HF_ENDPOINT``;
+    the token ``token``, ``$HF_TOKEN`` or huggingface_hub's token file. Every file shares
+    ``connections`` connections, as in ``download_many``."""
+    started = time.monotonic()
+    # blobdl's own content-addressed cache stays out of it: huggingface_hub's is the cache.
+    base = dataclasses.replace(Downloader(settings, **overrides).settings, cache_dir=None)
+    repo = parse_repo(repo_id, repo_type)
+    check_revision(revision)
+    if cache_dir is not None and local_dir is not None:
+        raise UsageError("give a cache dir or a local dir, not both")
+    hub = Hub(_env.endpoint(given=endpoint), repo, _env.token(token), base)
+    try:
+        look = _look(hub, revision, _Wanted(paths, include, exclude), cache_dir, local_dir)
+    finally:
+        hub.close()  # no socket of ours may be inherited by the downloads' processes
+    layout, chosen = look.layout, look.chosen
+    if on_event is not None:
+        needed = sum(f.size for f in look.to_fetch)
+        on_event(
+            HfStarted(str(repo), revision, look.commit, len(chosen), len(look.missing), needed)
+        )
+    fetched = _Fetcher(layout, hub, look.commit, base, on_event).fetch_all(look.blobs)
+    for f in chosen:
+        layout.link(f)
+    layout.finish(revision)
+    files = tuple(HfFile(f.path, f.size, layout.file_path(f), fetched.get(f.path)) for f in chosen)
+    return HfResult(
+        str(repo), revision, look.commit, layout.where, files, time.monotonic() - started
+    )
+
+
+class _Wanted(NamedTuple):
+    paths: Sequence[str]
+    include: Sequence[str] | None
+    exclude: Sequence[str] | None
+
+
+class _Look(NamedTuple):
+    """What the Hub and the disk say before anything is downloaded."""
+
+    commit: str
+    layout: Layout
+    chosen: list[RepoFile]  # the files asked for
+    missing: list[RepoFile]  # of those, the ones not there yet
+    blobs: list[RepoFile]  # one file for each blob they need (the first that has it)
+    to_fetch: list[RepoFile]  # of those, the blobs not on disk either
+
+
+def _look(
+    hub: Hub,
+    revision: str,
+    wanted: _Wanted,
+    cache_dir: str | os.PathLike[str] | None,
+    local_dir: str | os.PathLike[str] | None,
+) -> _Look:
+    """The commit, its files, the ones asked for and what they lack; the access to their
+    bytes is checked now, so a gated or private repository is one clear error, not one per
+    file later."""
+    commit = revision if is_commit(revision) else hub.commit(revision)
+    listing = hub.files(commit)
+    where = {"repo": str(hub.repo), "revision": revision}
+    chosen = select(listing, wanted.paths, wanted.include, wanted.exclude, **where)
+    layout = _layout(hub.repo, commit, cache_dir, local_dir)
+    layout.prepare(listing)
+    missing = [f for f in chosen if not layout.present(f)]
+    blobs = list({layout.key(f): f for f in reversed(missing)}.values())[::-1]
+    to_fetch = [f for f in blobs if not layout.have(f)]
+    if to_fetch:
+        hub.check_access(commit, to_fetch[0].path)
+    return _Look(commit, layout, chosen, missing, blobs, to_fetch)
+
+
+def _layout(
+    repo: Repo,
+    commit: str,
+    cache_dir: str | os.PathLike[str] | None,
+    local_dir: str | os.PathLike[str] | None,
+) -> Layout:
+    if local_dir is not None:
+        return LocalDirLayout(Path(local_dir), commit)
+    return CacheLayout(Path(cache_dir) if cache_dir is not None else _env.hub_cache(), repo, commit)
+
+
+class _Fetcher:
+    def __init__(
+        self, layout: Layout, hub: Hub, commit: str, settings: Settings, on_event: HfCallback | None
+    ) -> None:
+        self.layout, self.hub, self.commit, self.settings = layout, hub, commit, settings
+        self.on_event = on_event
+        self.fetched: dict[str, DownloadResult] = {}  # by the path of the file downloaded
+
+    def fetch_all(self, blobs: list[RepoFile]) -> dict[str, DownloadResult]:
+        """Fetch what is missing, taking turns with any other run on each blob."""
+        layout = self.layout
+        in_turns(
+            blobs,
+            lambda f, wait: layout.claim(f, wait=wait),
+            lambda f: not layout.have(f),
+            self._fetch,
+        )
+        return self.fetched
+
+    def _fetch(self, files: list[RepoFile]) -> None:
+        """Download ``files`` under one budget and move each into place once checked; the
+        ones that succeed stay even if another fails (the first failure is raised)."""
+        # Largest first: download_many grants connections as items start, so a shard
+        # started after a dozen small files would get what they left (one, say) for good.
+        todo = sorted((f for f in files if not self._left_behind(f)), key=lambda f: -f.size)
+        if not todo:
+            return
+        url = self.hub.resolve_url
+        items = [
+            Item(url(self.commit, f.path), str(self.layout.staging(f)), f.digest,
+                 self.hub.auth_headers())
+            for f in todo
+        ]  # fmt: skip
+        # One budget, --connections, for every file (the Hub and its storage are two hosts;
+        # either may take all of it), and each file may use all of it too.
+        whole = self.settings.connections
+        tell = _relayed(self.on_event, todo)
+        results = download_many(items, max_connections=whole, per_host=whole,
+                                settings=self.settings, on_event=tell)  # fmt: skip
+        errors: list[BlobdlError] = []
+        for f, item, outcome in zip(todo, items, results, strict=True):
+            try:
+                if outcome.error is not None:
+                    raise outcome.error
+                self.layout.place(f, item.url)
+                assert outcome.result is not None
+                self.fetched[f.path] = outcome.result
+            except BlobdlError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _left_behind(self, f: RepoFile) -> bool:
+        """A download that finished but was not moved into place (the run stopped between
+        the two) is checked and moved now; a bad one is removed and fetched again."""
+        if not self.layout.staging(f).exists():
+            return False
+        try:
+            self.layout.place(f, str(self.layout.staging(f)))
+        except IntegrityError:
+            return False
+        return True
+
+
+def _relayed(tell: HfCallback | None, files: list[RepoFile]) -> BatchCallback | None:
+    """The batch's events, told as the file's (the batch numbers them as ``files``)."""
+    if tell is None:
+        return None
+    return lambda batch_event: tell(HfEvent(files[batch_event.item].path, batch_event.event))

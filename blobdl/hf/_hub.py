@@ -1,0 +1,199 @@
+"""The Hub's API, as much as a download needs: which commit a revision names, which files
+that commit holds, and where each file is resolved.
+
+Requests go through the HTTP edge (``blobdl/http``: our pools with TLS and proxy routes,
+error translation, the retry policy). The token goes to the Hub's own origin only: an API
+redirect elsewhere, or a next page on another origin, is refused, and a file's ``resolve``
+URL is handed to the engine, whose probe drops the token when the Hub redirects to storage.
+The Hub's ``X-Error-Code`` becomes one of our errors here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any, NamedTuple
+from urllib.parse import quote, urljoin
+
+from ..config import Settings
+from ..errors import (
+    AuthRefused,
+    BadResponse,
+    BlobdlError,
+    EntryNotFound,
+    GatedRepository,
+    HTTPStatusError,
+    RepositoryNotFound,
+    RevisionNotFound,
+    TooManyRedirects,
+)
+from ..http._pool import make_pool, prepare_tls
+from ..http._request import base_headers, require_identity, retry_after, send_get
+from ..http._retry import Retry
+from ..http._translate import translate_errors
+from ..http._urls import same_origin, url_problem
+from ._repo import Repo, RepoFile, check_commit, check_listing, parse_tree_page
+
+MAX_DOCUMENT = 64 << 20  # bytes of one API answer (a big repository's revision info is MBs)
+MAX_PAGES = 100_000  # tree pages of one commit (the Hub sends 1,000 files a page)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_OK = frozenset({200})
+_REACHED = frozenset({200, 206, 416}) | _REDIRECTS  # a file's bytes are (or lead) there
+_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
+_PRIVATE_HINT = "or it is private: give a token with --token, $HF_TOKEN or `hf auth login`"
+
+
+class _Answer(NamedTuple):
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+class Hub:
+    """One repository on one Hub, with the token (if any) that goes with it."""
+
+    def __init__(self, endpoint: str, repo: Repo, token: str | None, settings: Settings) -> None:
+        self.endpoint, self.repo, self.token, self.settings = endpoint, repo, token, settings
+        prepare_tls(settings, endpoint)
+        self.pool = make_pool(settings)
+
+    def close(self) -> None:
+        """Close its sockets (before ``download_many`` forks: none may leak into a child)."""
+        self.pool.clear()
+
+    # --- what a download asks -----------------------------------------------------------------
+
+    def commit(self, revision: str) -> str:
+        """The commit a branch or tag names now."""
+        url = f"{self.endpoint}{self.repo.api_path}/revision/{quote(revision, safe='')}"
+        doc = self._document(url, revision)
+        return check_commit(doc.get("sha") if isinstance(doc, dict) else None, url)
+
+    def files(self, commit: str) -> list[RepoFile]:
+        """Every file of ``commit``, from the paged tree listing."""
+        url: str | None = (
+            f"{self.endpoint}{self.repo.api_path}/tree/{commit}?recursive=true&expand=false"
+        )
+        files: list[RepoFile] = []
+        seen: set[str] = set()
+        while url is not None:
+            if url in seen or len(seen) >= MAX_PAGES:
+                raise BadResponse(url, "the tree listing's pages run in a loop")
+            seen.add(url)
+            answer = self._get(url, commit, {})
+            files += parse_tree_page(_json(answer.body, url), url)
+            url = self._next_page(url, answer.headers.get("link", ""))
+        check_listing(files, f"{self.endpoint}{self.repo.api_path}/tree/{commit}")
+        return files
+
+    def check_access(self, commit: str, path: str) -> None:
+        """Ask for one byte of ``path`` (its redirect is not followed): a gated or private
+        repository, or a file gone, is then one clear error before any download starts."""
+        try:
+            self._get(self.resolve_url(commit, path), commit, {"Range": "bytes=0-0"}, _REACHED)
+        except EntryNotFound:
+            raise EntryNotFound(str(self.repo), commit, path) from None
+
+    def resolve_url(self, commit: str, path: str) -> str:
+        return f"{self.endpoint}{self.repo.url_path}/resolve/{commit}/{quote(path)}"
+
+    def auth_headers(self) -> tuple[tuple[str, str], ...]:
+        """The token, for requests to the Hub's own origin."""
+        return (("Authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def _next_page(self, url: str, link: str) -> str | None:
+        match = _NEXT.search(link)
+        if match is None:
+            return None
+        target: str = urljoin(url, str(match.group(1)))
+        if url_problem(target) or not same_origin(target, self.endpoint):
+            raise BadResponse(url, "the tree listing's next page is not on the Hub's origin")
+        return target
+
+    def _document(self, url: str, revision: str) -> Any:
+        return _json(self._get(url, revision, {}).body, url)
+
+    def _get(
+        self, url: str, revision: str, extra: dict[str, str], ok: frozenset[int] = _OK
+    ) -> _Answer:
+        """GET ``url`` with the retry policy (connection failures, 5xx, 429), following the
+        Hub's own redirects (unless a redirect is ``ok``); any answer not ``ok`` becomes our
+        error."""
+        retry = Retry.from_settings(self.settings)
+        while True:
+            try:
+                answer = self._follow(url, extra, ok)
+                if answer.status in ok:
+                    return answer
+                raise self._error(answer, url, revision)
+            except BlobdlError as exc:
+                retry = retry.increment(0)
+                if not exc.retryable or retry.exhausted:
+                    raise
+                time.sleep(retry.delay(exc))
+
+    def _follow(self, url: str, extra: dict[str, str], ok: frozenset[int]) -> _Answer:
+        for _hop in range(self.settings.max_redirects + 1):
+            answer = self._send(url, extra)
+            if answer.status in ok or answer.status not in _REDIRECTS:
+                return answer
+            if "location" not in answer.headers:
+                raise BadResponse(url, f"redirect {answer.status} without Location")
+            target = urljoin(url, answer.headers["location"])
+            if url_problem(target) or not same_origin(target, self.endpoint):
+                raise BadResponse(url, "an API redirect away from the Hub's origin")
+            url = target
+        raise TooManyRedirects(url, self.settings.max_redirects)
+
+    def _send(self, url: str, extra: dict[str, str]) -> _Answer:
+        headers = base_headers((*self.settings.headers, *self.auth_headers()))
+        headers.update({"Accept": "application/json", **extra})
+        response = send_get(self.pool, url, headers)
+        try:
+            with translate_errors(url):
+                require_identity(url, response)
+                document = response.status == 200 and "Range" not in extra
+                body = response.read(MAX_DOCUMENT + 1) if document else b""
+        finally:
+            response.close()
+        if len(body) > MAX_DOCUMENT:
+            raise BadResponse(url, f"an API answer of more than {MAX_DOCUMENT} bytes")
+        lowered = {k.lower(): v for k, v in response.headers.items()}
+        if response.status >= 400 and (after := retry_after(response)) is not None:
+            lowered["retry-after"] = str(after)
+        return _Answer(response.status, lowered, body)
+
+    def _error(self, answer: _Answer, url: str, revision: str) -> BlobdlError:
+        """What the Hub said, in our words (``X-Error-Code`` first, as huggingface_hub reads it)."""
+        code, repo = answer.headers.get("x-error-code", ""), str(self.repo)
+        sent = "or the token sent cannot see it" if self.token else _PRIVATE_HINT
+        if code == "RevisionNotFound":
+            return RevisionNotFound(repo, revision)
+        if code == "EntryNotFound":
+            return EntryNotFound(repo, revision, url.rpartition("/")[2])
+        if code == "GatedRepo":
+            how = "the token's owner has not been granted access" if self.token else (
+                "ask for access on the Hub, then give a token with --token, $HF_TOKEN or "
+                "`hf auth login`"
+            )  # fmt: skip
+            return GatedRepository(repo, how)
+        if code == "RepoNotFound" or answer.status == 404:
+            return RepositoryNotFound(repo, f"it does not exist, {sent}")
+        if answer.status == 401 and self.token:
+            return AuthRefused(url, "the Hub refused the token")
+        if answer.status == 401:
+            return RepositoryNotFound(repo, f"it does not exist, {sent}")
+        if answer.status == 403:
+            return AuthRefused(url, "HTTP 403: the token may lack the right to read it")
+        after = answer.headers.get("retry-after")
+        return HTTPStatusError(answer.status, url, float(after) if after else None)
+
+
+def _json(body: bytes, where: str) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadResponse(where, "the Hub's answer is not JSON") from None

@@ -1,0 +1,136 @@
+"""``--local-dir``: the files themselves in a folder of the user's, with the bookkeeping
+huggingface_hub keeps there (``_local_folder.py``), so that its next call sees them as up
+to date and downloads nothing::
+
+    DIR/<path>                                              the file (a real file, not a link)
+    DIR/.cache/huggingface/.gitignore                       "*"
+    DIR/.cache/huggingface/CACHEDIR.TAG
+    DIR/.cache/huggingface/download/<path>.metadata         commit, etag, time.time(): one a line
+    DIR/.cache/huggingface/download/<path>.lock             flock()ed around the file's download
+    DIR/.cache/huggingface/trees/<commit>.json
+
+huggingface_hub trusts a ``.metadata`` only if its timestamp is not older than the file
+(``mtime - 1 <= timestamp``): it is written after the file is in place. A download is staged
+as ``download/<path>.blobdl-part`` (resumable) and moved onto ``DIR/<path>`` once checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import BadResponse, LocalFileError
+from ..store._digest import sha256_fd
+from ..store._files import atomic_write, local_errors, read_own
+from . import _disk
+from ._repo import RepoFile, git_blob_sha1
+
+BOOKKEEPING = ".cache/huggingface"
+
+
+class LocalDirLayout:
+    """A folder of the user's holding the files of one commit."""
+
+    def __init__(self, root: Path, commit: str) -> None:
+        self.root, self.commit = root, commit
+        self.meta = root / ".cache" / "huggingface"
+        self.downloads = self.meta / "download"
+
+    @property
+    def where(self) -> Path:
+        return self.root
+
+    def prepare(self, files: Sequence[RepoFile]) -> None:
+        for f in files:  # the repository must not write our bookkeeping (nor its own)
+            if f.path == BOOKKEEPING or f.path.startswith(BOOKKEEPING + "/"):
+                raise BadResponse(str(self.root), f"the repository holds {f.path!r}")
+        _disk.make_dirs(self.downloads)
+        _disk.tag_cache_dir(self.meta)
+        if not os.path.lexists(self.meta / ".gitignore"):
+            atomic_write(self.meta / ".gitignore", b"*", mode=0o666, durable=False)
+        _disk.write_tree(self.meta, self.commit, files)
+
+    def key(self, f: RepoFile) -> str:
+        return f.path
+
+    def present(self, f: RepoFile) -> bool:
+        """The file is there with these bytes: its metadata says so (and is not older than
+        the file), or, with no metadata, its hash does (the metadata is then written)."""
+        try:
+            info = os.stat(self.file_path(f))
+        except OSError:
+            return False
+        recorded = self._metadata(f)
+        if recorded is not None:
+            etag, stamp = recorded
+            return etag == f.etag and info.st_size == f.size and info.st_mtime - 1 <= stamp
+        if info.st_size != f.size or not self._same_bytes(f):
+            return False
+        self._write_metadata(f)
+        return True
+
+    def have(self, f: RepoFile) -> bool:
+        """No store of blobs here: the file's bytes are here when the file is."""
+        return self.present(f)
+
+    def staging(self, f: RepoFile) -> Path:
+        return _disk.staged_path(self.downloads / f.path)
+
+    def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]:
+        """huggingface_hub's lock on the file's metadata, ``download/<path>.lock``."""
+        return _disk.flocked(self.downloads / f"{f.path}.lock", wait=wait)
+
+    def place(self, f: RepoFile, where: str) -> None:
+        staged = self.staging(f)
+        _disk.check_staged(staged, f, where)
+        final = self.file_path(f)
+        _disk.make_dirs(final.parent)
+        _disk.move_into_place(staged, final)
+        self._write_metadata(f)
+
+    def link(self, f: RepoFile) -> None:
+        """A present file's metadata names this commit (huggingface_hub refreshes it too)."""
+        recorded = self._metadata(f, with_commit=True)
+        if recorded is None or recorded[0] != self.commit:
+            self._write_metadata(f)
+
+    def finish(self, revision: str) -> None:
+        pass  # no refs: the folder holds one commit, named in each file's metadata
+
+    def file_path(self, f: RepoFile) -> Path:
+        return self.root / f.path
+
+    # --- the metadata -------------------------------------------------------------------
+
+    def _metadata_path(self, f: RepoFile) -> Path:
+        return self.downloads / f"{f.path}.metadata"
+
+    def _metadata(self, f: RepoFile, *, with_commit: bool = False) -> tuple[str, float] | None:
+        """(etag, timestamp), or (commit, timestamp) ``with_commit``; None if unreadable."""
+        try:
+            lines = read_own(self._metadata_path(f)).decode().splitlines()
+            commit, etag, stamp = lines[0], lines[1], float(lines[2])
+        except (LocalFileError, UnicodeDecodeError, IndexError, ValueError):
+            return None
+        return (commit if with_commit else etag), stamp
+
+    def _write_metadata(self, f: RepoFile) -> None:
+        """Three lines, each ending in a newline: commit, etag, ``time.time()``; written
+        after the file, so its timestamp is not older than the file's."""
+        path = self._metadata_path(f)
+        _disk.make_dirs(path.parent)
+        text = f"{self.commit}\n{f.etag}\n{time.time()}\n".encode()
+        # Replaced by a rename: a reader sees the old record or the new one, never half.
+        atomic_write(path, text, mode=0o666, durable=False)
+
+    def _same_bytes(self, f: RepoFile) -> bool:
+        """An existing file without metadata is kept if it hashes to the file's etag."""
+        with local_errors(self.file_path(f)):
+            fd = os.open(self.file_path(f), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return (sha256_fd(fd) if f.lfs_sha256 else git_blob_sha1(fd)) == f.etag
+        finally:
+            os.close(fd)

@@ -1,0 +1,79 @@
+"""The real huggingface_hub, as the judge of ``blobdl hf``: run in its own process (it
+imports httpx2 and starts threads; the test process forks), one call per run.
+
+    python -m tests.hf_client '{"call": "snapshot_download", "kwargs": {...}}'
+
+Prints one JSON line: ``{"path": ...}`` (or ``{"paths": [...]}`` for ``hf_hub_download``
+over several files), or ``{"error": <exception class>, "message": ...}``. The environment
+(``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``...) is the caller's; see ``hf_env``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def hf_env(endpoint: str, home: Path, *, offline: bool = False) -> dict[str, str]:
+    """An environment for huggingface_hub against the stand-in: plain HTTP (no xet), no
+    telemetry request, its home (token file, caches) in the test's folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_DISABLE_UPDATE_CHECK="1",
+    )
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def call(env: dict[str, str], name: str, **kwargs: Any) -> dict[str, Any]:
+    """huggingface_hub's ``name(**kwargs)`` in a child process; its JSON answer."""
+    request = json.dumps({"call": name, "kwargs": kwargs})
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.hf_client", request],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and lines, f"hf_client failed: {done.stderr[-3000:]}"
+    answer: dict[str, Any] = json.loads(lines[-1])
+    return answer
+
+
+def main() -> int:
+    request = json.loads(sys.argv[1])
+    import huggingface_hub
+
+    kwargs = request["kwargs"]
+    try:
+        if request["call"] == "snapshot_download":
+            answer: dict[str, Any] = {"path": huggingface_hub.snapshot_download(**kwargs)}
+        elif request["call"] == "hf_hub_download":
+            names = kwargs.pop("filenames")
+            answer = {
+                "paths": [huggingface_hub.hf_hub_download(filename=n, **kwargs) for n in names]
+            }
+        else:
+            raise SystemExit(f"unknown call {request['call']!r}")
+    except Exception as exc:
+        answer = {"error": type(exc).__name__, "message": str(exc)[:2000]}
+    print(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

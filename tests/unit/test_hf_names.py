@@ -1,0 +1,173 @@
+"""The pure side of ``blobdl hf``: huggingface_hub's conventions for the token, the cache and
+the Hub; repository names; which files a pattern picks; what a listing may say."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from blobdl.errors import BadResponse, EntryNotFound, UsageError
+from blobdl.hf import _env
+from blobdl.hf._repo import (
+    RepoFile,
+    check_listing,
+    check_revision,
+    git_blob_sha1,
+    is_commit,
+    parse_repo,
+    parse_tree_page,
+    select,
+)
+
+SHA1, SHA256 = "a" * 40, "b" * 64
+
+
+def test_the_token_is_the_flag_then_hf_token_then_the_legacy_variable_then_the_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "token").write_text("  from-file\n")
+    env = {"HF_HOME": str(tmp_path)}
+    assert _env.token(None, env) == "from-file"
+    assert _env.token(None, {**env, "HUGGING_FACE_HUB_TOKEN": "legacy"}) == "legacy"
+    assert _env.token(None, {**env, "HUGGING_FACE_HUB_TOKEN": "legacy", "HF_TOKEN": "env"}) == "env"
+    assert _env.token("flag\n", {**env, "HF_TOKEN": "env"}) == "flag"
+    assert _env.token(None, {**env, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "yes"}) is None
+    assert _env.token("flag", {**env, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}) == "flag"
+    (tmp_path / "elsewhere").write_text("moved")
+    moved = {**env, "HF_TOKEN_PATH": str(tmp_path / "elsewhere")}
+    assert _env.token(None, moved) == "moved"
+    assert _env.token(None, {"HF_HOME": str(tmp_path / "nobody")}) is None
+    assert _env.token(None, {**env, "HF_TOKEN": " \n"}) == "from-file"  # empty is no token
+    with pytest.raises(UsageError, match="header") as caught:
+        _env.token("bad\x00token", env)
+    assert "bad" not in str(caught.value)  # a token is never echoed
+
+
+def test_the_cache_and_the_hub_are_where_huggingface_hub_puts_them(tmp_path: Path) -> None:
+    home = os.path.expanduser("~")
+    assert _env.hub_cache({}) == Path(home, ".cache", "huggingface", "hub")
+    assert _env.hub_cache({"XDG_CACHE_HOME": "/x"}) == Path("/x/huggingface/hub")
+    assert _env.hub_cache({"HF_HOME": "/h", "XDG_CACHE_HOME": "/x"}) == Path("/h/hub")
+    assert _env.hub_cache({"HF_HOME": "/h", "HUGGINGFACE_HUB_CACHE": "/old"}) == Path("/old")
+    assert _env.hub_cache({"HUGGINGFACE_HUB_CACHE": "/old", "HF_HUB_CACHE": "/new"}) == Path("/new")
+    assert _env.endpoint({}) == "https://huggingface.co"
+    assert _env.endpoint({"HF_ENDPOINT": "http://127.0.0.1:9/"}) == "http://127.0.0.1:9"
+    with pytest.raises(UsageError):
+        _env.endpoint({"HF_ENDPOINT": "ftp://hub"})
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "kind", "folder"),
+    [
+        ("acme/tiny", "model", "models--acme--tiny"),
+        ("gpt2", "model", "models--gpt2"),
+        ("acme/data.v2", "dataset", "datasets--acme--data.v2"),
+        ("a_b/c-d", "space", "spaces--a_b--c-d"),
+    ],
+)
+def test_a_repository_has_huggingface_hubs_folder_name(
+    repo_id: str, kind: str, folder: str
+) -> None:
+    assert parse_repo(repo_id, kind).folder == folder
+
+
+@pytest.mark.parametrize(
+    "repo_id", ["", "a/b/c", "../x", "a--b/c", "a/b.git", "a b/c", "/x", "x/", "a/..b", "-a/b"]
+)
+def test_what_is_not_a_repository_id_is_refused(repo_id: str) -> None:
+    with pytest.raises(UsageError):
+        parse_repo(repo_id)
+
+
+@pytest.mark.parametrize("revision", ["", "../main", "a/../b", "/main", "main/", "a\nb"])
+def test_a_revision_that_would_leave_refs_is_refused(revision: str) -> None:
+    with pytest.raises(UsageError):
+        check_revision(revision)
+
+
+def _files(*paths: str) -> list[RepoFile]:
+    return [RepoFile(p, 1, SHA1) for p in paths]
+
+
+@pytest.mark.parametrize(
+    ("paths", "include", "exclude", "chosen"),
+    [
+        ((), None, None, ["a.json", "b.bin", "sub/c.json", "sub/d/e.txt"]),
+        ((), ["*.json"], None, ["a.json", "sub/c.json"]),  # * crosses "/", as fnmatch does
+        ((), ["sub/"], None, ["sub/c.json", "sub/d/e.txt"]),  # a folder gets its "*"
+        ((), ["sub\\d\\*"], None, ["sub/d/e.txt"]),  # "\" is "/"
+        ((), None, ["*.json", "sub/d/"], ["b.bin"]),
+        ((), ["*.JSON"], None, []),  # case counts
+        (("a.json", "sub/"), None, None, ["a.json", "sub/c.json", "sub/d/e.txt"]),
+        (("sub/",), None, ["*.txt"], ["sub/c.json"]),
+    ],
+)
+def test_files_are_chosen_as_huggingface_hub_filters_them(
+    paths: tuple[str, ...], include: list[str] | None, exclude: list[str] | None, chosen: list[str]
+) -> None:
+    files = _files("a.json", "b.bin", "sub/c.json", "sub/d/e.txt")
+    assert [f.path for f in select(files, paths, include, exclude)] == chosen
+
+
+def test_a_path_asked_for_that_the_commit_lacks_is_entry_not_found() -> None:
+    with pytest.raises(EntryNotFound, match=r"'nope\.bin'"):
+        select(_files("a.json"), ("nope.bin",), repo="acme/x", revision="main")
+
+
+def test_a_listing_is_read_as_files_with_their_blob_names() -> None:
+    page = [
+        {"type": "directory", "path": "sub", "oid": SHA1},
+        {"type": "file", "path": "sub/c.json", "size": 3, "oid": SHA1},
+        {"type": "file", "path": "w.bin", "size": 9, "oid": SHA1,
+         "lfs": {"oid": SHA256, "size": 9, "pointerSize": 130}, "xetHash": "c" * 64},
+    ]  # fmt: skip
+    git, lfs = parse_tree_page(page, "u")
+    assert (git.etag, git.digest) == (SHA1, None)
+    assert (lfs.etag, lfs.digest, lfs.xet_hash) == (SHA256, f"sha256:{SHA256}", "c" * 64)
+    assert lfs.tree_record() == {"size": 9, "blob_id": SHA1, "lfs_sha256": SHA256,
+                                 "lfs_size": 9, "xet_hash": "c" * 64}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"type": "file", "path": "../x", "size": 1, "oid": SHA1},
+        {"type": "file", "path": "x", "size": -1, "oid": SHA1},
+        {"type": "file", "path": "x", "size": True, "oid": SHA1},
+        {"type": "file", "path": "x", "size": 1, "oid": "../../etc/passwd"},
+        {"type": "file", "path": "x", "size": 1, "oid": SHA1, "lfs": {"oid": "../x", "size": 1}},
+        {"type": "file", "path": "x", "size": 1, "oid": SHA1, "lfs": {"oid": SHA256, "size": 2}},
+        {"type": "file", "path": "x", "size": 1, "oid": SHA1, "xetHash": "../x"},
+        {"type": "symlink", "path": "x"},
+        "x",
+    ],
+)
+def test_a_listing_entry_that_could_lead_us_astray_is_a_bad_response(entry: object) -> None:
+    with pytest.raises(BadResponse):
+        parse_tree_page([entry], "u")
+
+
+@pytest.mark.parametrize(
+    "paths", [("a", "a"), ("a", "a/b"), ("x/y/z", "x/y")], ids=["twice", "file-folder", "deep"]
+)
+def test_a_listing_whose_files_cannot_all_exist_is_a_bad_response(paths: tuple[str, ...]) -> None:
+    with pytest.raises(BadResponse):
+        check_listing(_files(*paths), "u")
+
+
+def test_the_git_blob_sha1_is_gits(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"hello\n")
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert git_blob_sha1(fd) == "ce013625030ba8dba906f756967f9e9ca394464a"  # git hash-object
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("text", ["a" * 40 + "\n", "acme/tiny\n"])
+def test_a_trailing_newline_is_no_commit_and_no_repository(text: str) -> None:
+    assert not is_commit(text)
+    with pytest.raises(UsageError):
+        parse_repo(text)
