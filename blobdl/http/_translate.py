@@ -8,6 +8,7 @@ import http.client
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import InvalidHeader, LocationParseError, SSLError
@@ -15,6 +16,7 @@ from urllib3.util.ssl_match_hostname import CertificateError
 
 from .._redact import redact_url
 from ..errors import BadResponse, BlobdlError, ConnectionFailed, TLSError, UsageError
+from ._interim import InterimError
 
 
 @contextmanager
@@ -39,19 +41,37 @@ def translate_errors(url: str) -> Iterator[None]:
     except http.client.IncompleteRead as exc:
         raise ConnectionFailed(url, f"connection closed early: {exc!r}") from None
     except (Urllib3Error, http.client.HTTPException, OSError) as exc:
+        interim = _inner(exc, InterimError)
+        if interim is not None:  # a 101, or endless 1xx: the server broke the protocol
+            raise BadResponse(url, str(interim)) from None
         if _certificate_refused(exc):  # e.g. a ProxyError wrapping the proxy's certificate
             raise TLSError(url, f"TLS verification failed: {exc}") from None
         raise ConnectionFailed(url, f"{type(exc).__name__}: {exc}") from None
 
 
-def _certificate_refused(exc: BaseException, depth: int = 0) -> bool:
+def _certificate_refused(exc: BaseException) -> bool:
     """Whether the certificate (or the host name it names) was refused, by the error's type:
     ``ssl.SSLCertVerificationError`` or urllib3's ``CertificateError``, wherever urllib3
-    wrapped it (its exceptions carry the original in ``args`` or as the cause)."""
-    if isinstance(exc, (ssl.SSLCertVerificationError, CertificateError)):
-        return True
+    wrapped it."""
+    return _inner(exc, (ssl.SSLCertVerificationError, CertificateError)) is not None
+
+
+_Kind = TypeVar("_Kind", bound=BaseException)
+
+
+def _inner(
+    exc: BaseException, kind: type[_Kind] | tuple[type[_Kind], ...], depth: int = 0
+) -> _Kind | None:
+    """``exc`` or the first error of ``kind`` it wraps (urllib3's exceptions carry the
+    original in ``args`` or as the cause), None if there is none."""
+    if isinstance(exc, kind):
+        return exc
     if depth > 4:
-        return False
+        return None
     inner = [a for a in exc.args if isinstance(a, BaseException)]
     inner += [e for e in (exc.__cause__, exc.__context__) if e is not None]
-    return any(_certificate_refused(e, depth + 1) for e in inner)
+    for candidate in inner:
+        found = _inner(candidate, kind, depth + 1)
+        if found is not None:
+            return found
+    return None

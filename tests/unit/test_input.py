@@ -18,6 +18,7 @@ from blobdl.http._headers import (
     parse_content_range,
     parse_length,
     parse_retry_after,
+    transfer_codings,
 )
 
 HUGE_TOTAL = 2**62
@@ -49,6 +50,26 @@ def test_header_parsers_never_raise_anything_else(text: str) -> None:
     except BadResponse:
         return
     assert value is None or 0 <= value < 2**63
+
+
+@pytest.mark.parametrize(
+    ("value", "codings"),
+    [
+        (None, None),
+        ("chunked", ("chunked",)),
+        ("chunked ", ("chunked",)),  # whitespace around a token is no part of it
+        ("\tChunked", ("chunked",)),  # tokens are case-insensitive
+        (",chunked,,", ("chunked",)),  # empty list elements are allowed, and mean nothing
+        ("gzip, chunked", ("gzip", "chunked")),
+        ("gzip;q=1, CHUNKED", ("gzip", "chunked")),
+        ("chunked, chunked", ("chunked", "chunked")),
+        ("", ()),
+    ],
+)
+def test_transfer_encoding_is_a_list_of_tokens(
+    value: str | None, codings: tuple[str, ...] | None
+) -> None:
+    assert transfer_codings(value) == codings
 
 
 # --- arguments and settings ----------------------------------------------------------------
