@@ -10,6 +10,8 @@ whether another attempt at the same byte range might succeed.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from ._redact import redact_url
 
 EXIT_OK = 0
@@ -72,7 +74,21 @@ class TruncatedBody(NetworkError):
         self.url, self.got, self.expected = url, got, expected
 
     def __str__(self) -> str:
-        return f"body ended after {self.got} of {self.expected} bytes from {redact_url(self.url)}"
+        return (
+            f"connection to {_peer(self.url)} closed early, after {self.got} of "
+            f"{self.expected} bytes ({redact_url(self.url)})"
+        )
+
+
+def _peer(url: str) -> str:
+    """``host port N`` of ``url``, as an error line names whom we talked to."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return "the server"
+    host = parts.hostname or "the server"
+    return f"{host} port {port}" if port else host
 
 
 class Stalled(NetworkError):

@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 
 from ..errors import InsufficientSpace, LocalFileError
-from ._files import fsync_dir, local_error, open_own, require_regular
+from ._files import directory_problem, fsync_dir, local_error, open_own, require_regular
 
 TEMP_SUFFIX = ".blobdl-tmp"
 #: Every file blobdl keeps beside a destination has this in its name (-tmp, -state, -lock...).
@@ -69,9 +69,10 @@ def check_destination(dest: Path) -> None:
     socket would be replaced by a file. A symbolic link is judged by its target; it is
     itself replaced by the final rename, never written through."""
     parent = dest.parent
+    broken = directory_problem(parent)
+    if broken is not None:
+        raise broken
     require_regular(dest)
-    if not parent.is_dir():
-        raise LocalFileError(str(dest), f"directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LocalFileError(str(dest), f"directory {parent} is not writable")
 
