@@ -3,8 +3,8 @@
 Whatever a server does — cut, stall, shift, wrong status, odd headers, redirects — the CLI
 ends in one of two ways: exit 0 with the exact bytes at the destination, or a clean error
 (exit 2–5, one ``blobdl: error:`` line on stderr besides warnings, in words: no traceback,
-no class name) with no
-destination file (``DEST.blobdl-tmp``/``-state`` may stay for a resume). Either way no
+no class name) with no destination file (``DEST.blobdl-tmp``/``-state`` may stay for a
+resume). Either way no
 process is left behind, nothing is written outside the working directory, and the
 ``Authorization`` header never reaches another origin.
 
