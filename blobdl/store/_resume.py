@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from .._redact import redact_url
 from ..errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
-from ..http._remote import Identity, Remote
+from ..http._remote import Identity, Remote, change
 from ._destination import discard, temp_path
 from ._files import atomic_write, local_error, read_own
 
@@ -52,8 +52,8 @@ class State(NamedTuple):
     url_key: str | None = None
 
     def describes(self, remote: Remote) -> bool:
-        """Same blob: the identity the remote has now."""
-        return self.identity == remote.identity
+        """Same blob as the remote now (``_remote.change``: the rule a download uses too)."""
+        return change(self.identity, remote.identity) is None
 
     @property
     def identity(self) -> Identity:
@@ -91,8 +91,11 @@ class Resume:
         if not self.enabled or not remote.ranges:
             return None
         previous = load(self.record, self.url, self.temp, self.digest)
-        if previous is not None and not previous.describes(remote):
-            log.warning("the remote changed since the partial download; starting over")
+        changed = None if previous is None else change(previous.identity, remote.identity)
+        if changed is not None:
+            log.warning(
+                "the remote changed since the partial download (%s); starting over", changed
+            )
             return None
         return previous
 
