@@ -78,7 +78,7 @@ def _download(argv: Sequence[str]) -> int:
 def _main_many(args: argparse.Namespace, display: Display) -> int:
     """``-i MANIFEST``: every item, one shared budget, a summary, the first failure's code."""
     try:
-        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+        text = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
     except OSError as exc:
         return fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
     try:
@@ -104,14 +104,15 @@ def _summarise(results: list[ItemResult], mode: str) -> int:
     if mode == "json":
         json_line(sys.stdout, {"event": "summary", "ok": len(results) - len(failed),
                                 "failed": len(failed)})  # fmt: skip
-    elif mode != "quiet" or failed:
+    else:  # quiet: the failures only (and the exit code)
         for r in results:
-            if r.result is not None:
+            if r.result is None:
+                say(f"FAILED  {redact_url(r.item.url)}: {r.error}")
+            elif mode != "quiet":
                 note = " (cache)" if r.result.cached else ""
                 say(f"ok      {r.result.path}  {r.result.size} bytes{note}")
-            else:
-                say(f"FAILED  {redact_url(r.item.url)}: {r.error}")
-        say(f"{len(results) - len(failed)} ok, {len(failed)} failed")
+        if mode != "quiet":
+            say(f"{len(results) - len(failed)} ok, {len(failed)} failed")
     return failed[0].error.exit_code if failed and failed[0].error else EXIT_OK
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from ..errors import InsufficientSpace, LocalFileError
+from ..errors import InsufficientSpace, LocalFileError, UsageError
 from ._files import directory_problem, fsync_dir, local_error, open_own, require_regular
 
 TEMP_SUFFIX = ".blobdl-tmp"
@@ -68,6 +68,8 @@ def check_destination(dest: Path) -> None:
     Only a regular file (or nothing) may be there: a FIFO would hang us, a device or a
     socket would be replaced by a file. A symbolic link is judged by its target; it is
     itself replaced by the final rename, never written through."""
+    if "\0" in str(dest):  # the system cannot name such a file: ask for another name
+        raise UsageError(f"destination {str(dest)!r} holds a NUL byte")
     parent = dest.parent
     broken = directory_problem(parent)
     if broken is not None:
