@@ -58,7 +58,7 @@ def _download(argv: Sequence[str]) -> int:
         parser.error("-o does not go with -i: give each destination in the manifest")
     if args.input is None and args.base_dir is not None:
         parser.error("--base-dir goes with -i (for one URL, give -o)")
-    show_warnings()
+    show_warnings(quiet=args.quiet and not args.json)
     display = display_for(args)
     if args.input is not None:
         return _main_many(args, display)

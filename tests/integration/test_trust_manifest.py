@@ -160,3 +160,17 @@ def test_json_batch_output_is_unchanged_by_quiet_rules(
     code, stdout, _ = run_batch(manifest, "--json")
     events = [json.loads(line)["event"] for line in stdout.splitlines()]
     assert code == EXIT_OK and events[-1] == "summary" and "finished" in events
+
+
+def test_quiet_hides_warnings_of_a_download_that_succeeds(make: Make, tmp_path: Path) -> None:
+    """A warning (here: a resume state that cannot be read) is no error: -q hides it."""
+    blob = make(1000, seed=2340)
+    out = tmp_path / "out"
+    for quiet in (False, True):
+        out.unlink(missing_ok=True)
+        Path(f"{out}.blobdl-state").write_text("garbage")
+        done = subprocess.run([sys.executable, "-m", "blobdl", blob.url, "-o", str(out),
+                               *(["-q"] if quiet else [])], capture_output=True, text=True,
+                              timeout=60, cwd=REPO)  # fmt: skip
+        assert done.returncode == EXIT_OK and done.stdout == ("" if quiet else done.stdout)
+        assert (done.stderr == "") is quiet, done.stderr
