@@ -8,6 +8,7 @@ parser and the settings it yields are ``_args``; what is shown is ``_display``.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from .._redact import redact_url
 from ..batch._scheduler import ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interrupted, UsageError
+from ..processes._signals import stoppable
 from ._args import build_parser, settings_from
 from ._display import Display, display_for, fail, json_line, say, show_warnings
 from ._pull import main as pull_main
@@ -45,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]].main(argv[1:])
-    return _download(argv)
+    with stoppable():  # SIGTERM is Ctrl-C: exit 130 with the partial kept, never 143
+        return _download(argv)
 
 
 def _download(argv: Sequence[str]) -> int:
@@ -118,4 +121,8 @@ def _summarise(results: list[ItemResult], mode: str) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    # The outcome is decided and said: a signal now would only print a traceback over it.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
+    sys.exit(code)

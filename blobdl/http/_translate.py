@@ -10,6 +10,7 @@ of a library's ever reaches the message.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import socket
 import ssl
@@ -31,7 +32,14 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.ssl_match_hostname import CertificateError
 
 from .._redact import redact_url
-from ..errors import BadResponse, BlobdlError, ConnectionFailed, TLSError, UsageError
+from ..errors import (
+    BadResponse,
+    BlobdlError,
+    ConnectionFailed,
+    OutOfResources,
+    TLSError,
+    UsageError,
+)
 from ._interim import InterimError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -99,6 +107,9 @@ def translated(url: str, exc: BaseException, peer: Peer) -> BlobdlError:
     if _inner(exc, (NameResolutionError, socket.gaierror)) is not None:
         return ConnectionFailed(url, f"Could not resolve {'proxy' if peer.proxy else 'host'}: "
                                      f"{peer.host}")  # fmt: skip
+    local = _inner(exc, OSError)
+    if local is not None and local.errno in (errno.EMFILE, errno.ENFILE):
+        return OutOfResources.refused(f"open a connection to {peer}", local)  # not the server's
     tls = _inner(exc, ssl.SSLError)
     if tls is not None:
         return ConnectionFailed(url, f"TLS error with {peer}: {_ssl_reason(tls)}")

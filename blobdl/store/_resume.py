@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from .._redact import redact_url
 from ..errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
 from ..http._remote import Identity, Remote, change
+from ..processes._signals import held
 from ._destination import discard, temp_path
 from ._files import atomic_write, local_error, read_own
 
@@ -107,9 +108,10 @@ class Resume:
         return previous is not None and previous.done > 0 and previous.describes(remote)
 
     def forget(self) -> None:
-        """Start over: no partial file, no record."""
-        discard(self.temp)
-        remove(self.record)
+        """Start over: no partial file, no record (both gone, or neither: not cut in two)."""
+        with held():
+            discard(self.temp)
+            remove(self.record)
 
     def checkpointer(self, fd: int, remote: Remote) -> CheckpointCallback | None:
         """Saves the positions the coordinator hands it; None when resume is off."""
@@ -139,14 +141,19 @@ class Resume:
         """After ``error``: keep the partial file when its record claims bytes and nothing
         proved them bad; else remove both. Never raises over ``error``."""
         try:
-            if self.enabled and keeps_partial(error) and claims_bytes(self.record):
-                log.warning(
-                    "partial download kept in %s; run the same command again to resume", self.temp
-                )
+            if keeps_partial(error) and self.mention_kept():
                 return
             self.forget()
         except OSError as cleanup:
             log.warning("could not clean up %s after the failure: %s", self.temp, cleanup)
+
+    def mention_kept(self) -> bool:
+        """Say so if a partial download is kept beside the destination (its record claims
+        bytes): a run that stops, wherever it stops, tells where the next one resumes."""
+        if not (self.enabled and claims_bytes(self.record)):
+            return False
+        log.warning("partial download kept in %s; run the same command again to resume", self.temp)
+        return True
 
 
 def keeps_partial(error: BaseException) -> bool:
