@@ -134,8 +134,13 @@ class Resume:
         return checkpoint
 
     def finished(self) -> None:
-        """The download is in place (or proven bad): its record has nothing left to claim."""
-        remove(self.record)
+        """The download is in place (or proven bad): its record has nothing left to claim.
+        Best-effort: a record that cannot be removed (its directory made read-only) is said,
+        never an error of its own; the download's outcome stands."""
+        try:
+            remove(self.record)
+        except OSError as exc:
+            log.warning("could not remove the resume record %s: %s", self.record, exc.strerror)
 
     def settle(self, error: BaseException) -> None:
         """After ``error``: keep the partial file when its record claims bytes and nothing

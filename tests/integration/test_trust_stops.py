@@ -268,6 +268,10 @@ elif point == "state":
     resume.remove = before(resume.remove, lambda path: Path(path).exists())
 elif point == "unlock":
     lock.DestinationLock.__exit__ = before(lock.DestinationLock.__exit__)
+elif point == "freeze-at-state":  # no signal: the directory becomes immutable instead
+    import subprocess
+    fire = lambda: fired or fired.append(subprocess.run(["chattr", "+i", str(Path(dest).parent)]))
+    resume.remove = before(resume.remove, lambda path: Path(path).exists())
 sys.argv = ["blobdl", *sys.argv[4:]]
 from blobdl.cli import run
 run()
@@ -302,6 +306,26 @@ def test_a_signal_while_the_last_bytes_are_hashed_keeps_the_whole_partial(
     server.reset()
     rerun_completes(blob, out)
     assert server.stats()["bytes_sent"] == 1  # every byte was kept: only the probe's again
+
+
+def test_a_record_that_cannot_be_removed_after_the_rename_is_a_warning(
+    make: Make, server: ServerHandle, tmp_path: Path, immutable: Callable[[Path], None]
+) -> None:
+    """The file is in place when its directory turns immutable: exit 0, and the record and
+    the lock file that could not be removed are warnings, never an error of their own."""
+    blob = make(SIZE, seed=2511)
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    immutable(folder)  # (made so by the run itself; the fixture only undoes it after)
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+    out = folder / "out"
+    cli = Cli(["freeze-at-state", "0", str(out), blob.url, "-o", str(out), *CLI],
+              wrapper=WRAPPER)  # fmt: skip
+    code, lines = cli.finish()
+    assert code == EXIT_OK, lines
+    assert sha256_file(out) == blob.sha256
+    assert any("could not remove the resume record" in line for line in lines), lines
+    assert any("could not remove the lock file" in line for line in lines), lines
 
 
 # --- item 12: the system refuses what a download needs ----------------------------------------
