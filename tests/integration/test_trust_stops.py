@@ -43,15 +43,15 @@ DEADLINE = 20.0
 
 
 class Cli:
-    """``python -m blobdl`` (or a wrapper around it) in the background, every process it
-    starts tagged so that none can hide afterwards."""
+    """A command that runs blobdl, in the background, every process it starts tagged so
+    that none can hide afterwards."""
 
-    def __init__(self, args: list[str], *, wrapper: str | None = None,
-                 preexec: Callable[[], None] | None = None, cwd: Path = REPO) -> None:  # fmt: skip
+    def __init__(
+        self, command: list[str], *, preexec: Callable[[], None] | None = None, cwd: Path = REPO
+    ) -> None:
         self.tag = uuid.uuid4().hex
-        head = [sys.executable, "-c", wrapper] if wrapper else [sys.executable, "-m", "blobdl"]
         self.proc = subprocess.Popen(
-            [*head, *args],
+            command,
             cwd=cwd,
             env={**os.environ, MARK: self.tag, "PYTHONPATH": str(REPO)},
             stdin=subprocess.DEVNULL,
@@ -62,20 +62,16 @@ class Cli:
         )
 
     @classmethod
-    def command(cls, command: list[str]) -> Cli:
-        """Any command line that ends up running blobdl (tagged the same way)."""
-        cli = cls.__new__(cls)
-        cli.tag = uuid.uuid4().hex
-        cli.proc = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env={**os.environ, MARK: cli.tag, "PYTHONPATH": str(REPO)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        return cli
+    def of(
+        cls,
+        args: list[str],
+        *,
+        wrapper: str | None = None,
+        preexec: Callable[[], None] | None = None,
+    ) -> Cli:
+        """``python -m blobdl ARGS`` (or ``python -c WRAPPER ARGS``)."""
+        head = [sys.executable, "-c", wrapper] if wrapper else [sys.executable, "-m", "blobdl"]
+        return cls([*head, *args], preexec=preexec)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -143,7 +139,7 @@ def test_a_signal_during_the_probe_exits_130_and_leaves_nothing(
     blob = make(SIZE, seed=2501)
     server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 30})
     out = tmp_path / "out"
-    cli = Cli([blob.url, "-o", str(out), *CLI])
+    cli = Cli.of([blob.url, "-o", str(out), *CLI])
     wait_for(lambda: server.stats()["requests"] >= 1, "the probe")
     cli.signal(signum)
     code, lines = cli.finish()
@@ -160,7 +156,7 @@ def test_a_signal_during_the_probe_keeps_an_earlier_partial_and_says_so(
     partial(blob, server, out)
     state = Path(f"{out}.blobdl-state").read_bytes()
     server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 30})
-    cli = Cli([blob.url, "-o", str(out), *CLI])
+    cli = Cli.of([blob.url, "-o", str(out), *CLI])
     wait_for(lambda: server.stats()["requests"] >= 1, "the probe")
     cli.signal(signum)
     code, lines = cli.finish()
@@ -190,7 +186,7 @@ def test_a_signal_during_a_lock_wait_exits_130(
     holder = os.open(locked, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        cli = Cli(args)
+        cli = Cli.of(args)
         me = psutil.Process(cli.proc.pid)
         wait_for(lambda: str(locked) in [f.path for f in me.open_files()], "the lock wait")
         time.sleep(0.1)  # waiting on the lock (polled), having made no request
@@ -213,7 +209,7 @@ def test_a_sigterm_at_any_moment_leaves_a_true_outcome(
     blob = make(SIZE, seed=2504)
     slow(server)
     out = tmp_path / "out"
-    cli = Cli([blob.url, "-o", str(out), *SLOW_CLI, "--digest", blob.sha256])
+    cli = Cli.of([blob.url, "-o", str(out), *SLOW_CLI, "--digest", blob.sha256])
     wait_for(lambda: server.stats()["requests"] >= 1, "the probe")
     time.sleep(delay)
     cli.signal(signal.SIGTERM)
@@ -278,16 +274,21 @@ run()
 """
 
 
+def wrapped(point: str, signum: int, blob: Blob, folder: Path) -> tuple[int, list[str], Path]:
+    """The CLI fetching ``blob`` into ``folder`` (with its digest), ``signum`` sent to itself
+    just before ``point`` (see WRAPPER); its exit code, stderr lines and destination."""
+    out = folder / "out"
+    args = [point, str(int(signum)), str(out), blob.url, "-o", str(out), *CLI]
+    return (*Cli.of([*args, "--digest", blob.sha256], wrapper=WRAPPER).finish(), out)
+
+
 @pytest.mark.parametrize("point", ["fsync", "rename", "dir-fsync", "state", "unlock"])
 @pytest.mark.parametrize("signum", STOPS, ids=["SIGTERM", "SIGINT"])
 def test_a_signal_once_the_file_is_being_put_in_place_is_a_success(
     make: Make, server: ServerHandle, tmp_path: Path, point: str, signum: int
 ) -> None:
     blob = make(SIZE, seed=2505)
-    out = tmp_path / "out"
-    cli = Cli([point, str(int(signum)), str(out), blob.url, "-o", str(out), *CLI,
-               "--digest", blob.sha256], wrapper=WRAPPER)  # fmt: skip
-    code, lines = cli.finish()
+    code, lines, out = wrapped(point, signum, blob, tmp_path)
     assert code == EXIT_OK, lines
     assert sha256_file(out) == blob.sha256 and side_files(out) == []
 
@@ -297,10 +298,7 @@ def test_a_signal_while_the_last_bytes_are_hashed_keeps_the_whole_partial(
     make: Make, server: ServerHandle, tmp_path: Path, signum: int
 ) -> None:
     blob = make(SIZE, seed=2506)
-    out = tmp_path / "out"
-    cli = Cli(["hash", str(int(signum)), str(out), blob.url, "-o", str(out), *CLI,
-               "--digest", blob.sha256], wrapper=WRAPPER)  # fmt: skip
-    code, lines = cli.finish()
+    code, lines, out = wrapped("hash", signum, blob, tmp_path)
     assert code == EXIT_INTERRUPTED and one_error(lines) and not out.exists()
     assert side_files(out) == ["out.blobdl-state", "out.blobdl-tmp"]
     server.reset()
@@ -319,7 +317,7 @@ def test_a_record_that_cannot_be_removed_after_the_rename_is_a_warning(
     immutable(folder)  # (made so by the run itself; the fixture only undoes it after)
     subprocess.run(["chattr", "-i", str(folder)], check=True)
     out = folder / "out"
-    cli = Cli(["freeze-at-state", "0", str(out), blob.url, "-o", str(out), *CLI],
+    cli = Cli.of(["freeze-at-state", "0", str(out), blob.url, "-o", str(out), *CLI],
               wrapper=WRAPPER)  # fmt: skip
     code, lines = cli.finish()
     assert code == EXIT_OK, lines
@@ -345,7 +343,7 @@ def test_too_few_file_descriptors_is_one_error_line(
     blob = make(SIZE, seed=2507)
     out = tmp_path / "out"
     args = [blob.url, "-o", str(out), *CLI, "--connections", "16", "--digest", blob.sha256]
-    code, lines = Cli(args, preexec=open_files(limit)).finish()
+    code, lines = Cli.of(args, preexec=open_files(limit)).finish()
     if code == EXIT_OK:
         assert sha256_file(out) == blob.sha256 and side_files(out) == []
         return
@@ -360,7 +358,7 @@ def test_a_killed_hasher_is_one_error_line_and_the_partial_is_kept(
     blob = make(SIZE, seed=2508)
     slow(server)
     out = tmp_path / "out"
-    cli = Cli([blob.url, "-o", str(out), *SLOW_CLI, "--digest", blob.sha256])
+    cli = Cli.of([blob.url, "-o", str(out), *SLOW_CLI, "--digest", blob.sha256])
     me = psutil.Process(cli.proc.pid)
     wait_for(lambda: len(me.children()) >= 2, "the hasher and a worker")
     hasher = min(me.children(), key=lambda p: p.create_time())  # forked before any worker
@@ -420,7 +418,7 @@ def test_a_directory_made_read_only_mid_download_is_one_exit_5_line(
     folder = tmp_path / "dir"
     folder.mkdir()
     out = folder / "out"
-    cli = Cli([blob.url, "-o", str(out), *SLOW_CLI])
+    cli = Cli.of([blob.url, "-o", str(out), *SLOW_CLI])
     try:
         wait_for(lambda: claims_bytes(Path(f"{out}.blobdl-state")), "a checkpoint with bytes")
         immutable(folder)
@@ -447,7 +445,7 @@ def test_a_full_disk_when_the_lock_is_written_is_one_exit_5_line(
     disk.mkdir()
     fill = (f"mount -t tmpfs -o size=64k tmpfs {disk} && "
             f"(dd if=/dev/zero of={disk}/filler bs=4k 2>/dev/null; true)")  # fmt: skip
-    cli = Cli.command(in_namespace(fill, [blob.url, "-o", str(disk / "out"), *CLI]))
+    cli = Cli(in_namespace(fill, [blob.url, "-o", str(disk / "out"), *CLI]))
     code, lines = cli.finish()
     assert code == EXIT_LOCAL, lines
     error = one_error(lines)
