@@ -4,10 +4,11 @@
 
 Serves a ``--size`` blob from the fault server on loopback and downloads it with the CLI
 (``--parts N``, 16 connections, ``--quiet``, to a disk directory under /var/tmp unless
-``--workdir``) for each N, timed from spawn to exit. For each it prints the time to the
-first byte (spawn to the server's first range request: the probe is the first request),
-the wall time, the peak RSS of the largest process (the coordinator) and the ratios to the
-16-part run of the same invocation. A count above the cap must be refused at once (exit 2).
+``--workdir``) for each N, timed from spawn to exit (a run past ``--timeout`` is killed,
+with its workers, and shows exit -9). For each it prints the time to the first byte (spawn
+to the server's first range request: the probe is the first request), the wall time, the
+peak RSS and the CPU time of the coordinator itself (sampled every 50 ms), and the ratios to
+the 16-part run of the same invocation. A count above the cap must be refused at once (exit 2).
 
 The goal: the time to the first byte and the peak RSS stay within 2x of the 16-part run at
 any accepted count (the coordinator's cost per wake-up does not grow with the parts); the
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -26,16 +29,12 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import psutil
+
 from faultserver.serverctl import ServerHandle, make_blob, start_server
 
 GOAL = 2.0
 BASE = 16
-# Runs the CLI and prints the peak RSS (KiB) of its largest process: RUSAGE_CHILDREN of a
-# fresh interpreter covers that one CLI run only (its workers are reaped by the CLI).
-_WRAPPER = (
-    "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)"
-)
 
 
 class Run(NamedTuple):
@@ -44,6 +43,7 @@ class Run(NamedTuple):
     ttfb: float | None  # seconds from spawn to the first range request
     wall: float
     rss_mib: float
+    cpu: float  # the coordinator's own CPU seconds (its workers aside), at its last sample
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,22 +78,25 @@ def _run(server: ServerHandle, work: Path, parts: int, timeout: float) -> Run:
     for leftover in work.glob(f"out-{parts}*"):
         leftover.unlink()
     server.reset()
-    command = [sys.executable, "-c", _WRAPPER, sys.executable, "-m", "blobdl",
-               server.url("blob"), "-o", str(out), "--parts", str(parts), "--connections",
-               "16", "--quiet"]  # fmt: skip
+    command = [sys.executable, "-m", "blobdl", server.url("blob"), "-o", str(out),
+               "--parts", str(parts), "--connections", "16", "--quiet"]  # fmt: skip
     started = time.monotonic()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    ttfb = None
+    # Its own session: a run that outlasts the timeout is killed with all its workers.
+    proc = subprocess.Popen(command, start_new_session=True)
+    cli, ttfb, peak, cpu = psutil.Process(proc.pid), None, 0, 0.0
     while proc.poll() is None and time.monotonic() - started < timeout:
         if ttfb is None and server.stats()["requests"] >= 2:
             ttfb = time.monotonic() - started
-        time.sleep(0.01 if ttfb is None else 0.1)
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, cli.memory_info().rss)  # the coordinator: the largest process
+            times = cli.cpu_times()
+            cpu = times.user + times.system
+        time.sleep(0.01 if ttfb is None else 0.05)
     if proc.poll() is None:
-        proc.kill()
-    stdout, _ = proc.communicate()
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     wall = time.monotonic() - started
-    rss, code = [*stdout.split(), "0", "-9"][:2]
-    return Run(parts, int(code), ttfb, wall, int(rss) / 1024)
+    return Run(parts, proc.returncode, ttfb, wall, peak / (1 << 20), cpu)
 
 
 def _median(runs: list[Run]) -> Run:
@@ -104,13 +107,15 @@ def _median(runs: list[Run]) -> Run:
         statistics.median(ttfbs) if ttfbs else None,
         statistics.median(r.wall for r in runs),
         statistics.median(r.rss_mib for r in runs),
+        statistics.median(r.cpu for r in runs),
     )
 
 
 def _report(results: dict[int, Run]) -> None:
     base = results[BASE]
     print(f"{'parts':>9} {'exit':>4} {'first byte s':>12} {'wall s':>8} {'peak RSS MiB':>12}"
-          f"   {'first byte / 16':>15} {'RSS / 16':>8} {'wall / 16':>9}")  # fmt: skip
+          f" {'coord. CPU s':>12}   {'first byte / 16':>15} {'RSS / 16':>8} {'wall / 16':>9}"
+          f" {'CPU ms / part':>13}")  # fmt: skip
     for run in results.values():
         ttfb = f"{run.ttfb:.2f}" if run.ttfb is not None else "-"
         if run.code == 2:
@@ -118,8 +123,10 @@ def _report(results: dict[int, Run]) -> None:
             continue
         ratio = f"{run.ttfb / base.ttfb:.2f}" if run.ttfb and base.ttfb else "-"
         rss, wall = run.rss_mib / base.rss_mib, run.wall / base.wall
+        per_part = 1000 * run.cpu / run.parts
         print(f"{run.parts:>9} {run.code:>4} {ttfb:>12} {run.wall:>8.2f} {run.rss_mib:>12.0f}"
-              f"   {ratio:>15} {rss:>8.2f} {wall:>9.1f}")  # fmt: skip
+              f" {run.cpu:>12.2f}   {ratio:>15} {rss:>8.2f} {wall:>9.1f}"
+              f" {per_part:>13.2f}")  # fmt: skip
     accepted = [r for r in results.values() if r.code != 2]
     worst = max((r.ttfb or float("inf")) / (base.ttfb or 1) for r in accepted)
     heaviest = max(r.rss_mib / base.rss_mib for r in accepted)
