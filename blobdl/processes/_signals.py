@@ -35,6 +35,12 @@ from ..errors import Interrupted, OutOfResources
 _STOP = (signal.SIGINT, signal.SIGTERM)
 
 
+def _heeded() -> list[int]:
+    """SIGINT and SIGTERM, but one this process was started ignoring (a background job of a
+    shell script ignores Ctrl-C): that one stays ignored, as Python leaves it."""
+    return [sig for sig in _STOP if signal.getsignal(sig) is not signal.SIG_IGN]
+
+
 class _Stops:
     """This process's part in ``stoppable``: how deep, what is held, what arrived."""
 
@@ -75,7 +81,7 @@ def stoppable() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _stop) for sig in _STOP}
+    previous = {sig: signal.signal(sig, _stop) for sig in _heeded()}
     _stops.depth = 1
     try:
         yield
@@ -134,7 +140,7 @@ class Interrupts:
         for end in (self._reader, self._writer):
             end.setblocking(False)
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        self._previous = {sig: signal.signal(sig, self._record) for sig in _STOP}
+        self._previous = {sig: signal.signal(sig, self._record) for sig in _heeded()}
         return self
 
     def __exit__(

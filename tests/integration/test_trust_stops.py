@@ -168,6 +168,22 @@ def test_a_signal_during_the_probe_keeps_an_earlier_partial_and_says_so(
     rerun_completes(blob, out)
 
 
+def test_ctrl_c_that_the_caller_ignores_stays_ignored(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A background job of a shell script starts with SIGINT ignored: a Ctrl-C at the
+    terminal is not for it, and blobdl leaves it so (SIGTERM still stops it)."""
+    blob = make(SIZE, seed=2512)
+    server.set_faults({"path": "/files/*", "action": "ttfb", "delay": 0.5})
+    out = tmp_path / "out"
+    cli = Cli.of([blob.url, "-o", str(out), *CLI],
+                 preexec=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    wait_for(lambda: server.stats()["requests"] >= 1, "the probe")
+    cli.signal(signal.SIGINT)
+    code, lines = cli.finish()
+    assert code == EXIT_OK and sha256_file(out) == blob.sha256, lines
+
+
 @pytest.mark.parametrize("where", ["destination", "cache"])
 @pytest.mark.parametrize("signum", STOPS, ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_a_lock_wait_exits_130(
