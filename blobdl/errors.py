@@ -10,6 +10,9 @@ whether another attempt at the same byte range might succeed.
 
 from __future__ import annotations
 
+import errno
+from urllib.parse import urlsplit
+
 from ._redact import redact_url
 
 EXIT_OK = 0
@@ -72,7 +75,21 @@ class TruncatedBody(NetworkError):
         self.url, self.got, self.expected = url, got, expected
 
     def __str__(self) -> str:
-        return f"body ended after {self.got} of {self.expected} bytes from {redact_url(self.url)}"
+        return (
+            f"connection to {_peer(self.url)} closed early, after {self.got} of "
+            f"{self.expected} bytes ({redact_url(self.url)})"
+        )
+
+
+def _peer(url: str) -> str:
+    """``host port N`` of ``url``, as an error line names whom we talked to."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return "the server"
+    host = parts.hostname or "the server"
+    return f"{host} port {port}" if port else host
 
 
 class Stalled(NetworkError):
@@ -87,14 +104,14 @@ class Stalled(NetworkError):
 
 
 class WorkerCrashed(NetworkError):
-    """A worker process died without reporting (killed or crashed)."""
+    """A worker process (or another child of ours: ``what``) died without reporting."""
 
-    def __init__(self, exitcode: int | None) -> None:
-        super().__init__(exitcode)
-        self.exitcode = exitcode
+    def __init__(self, exitcode: int | None, what: str = "worker process") -> None:
+        super().__init__(exitcode, what)
+        self.exitcode, self.what = exitcode, what
 
     def __str__(self) -> str:
-        return f"worker process died (exit code {self.exitcode})"
+        return f"{self.what} died (exit code {self.exitcode})"
 
 
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -312,6 +329,34 @@ class InsufficientSpace(LocalFileError):
         BlobdlError.__init__(self, path, needed, free)
         self.path, self.needed, self.free = path, needed, free
         self.detail = f"needs {needed} bytes but only {free} are free"
+
+
+class OutOfResources(BlobdlError):
+    """This machine refused what a download needs: file descriptors, processes, memory."""
+
+    exit_code = EXIT_LOCAL
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(what, detail)
+        self.what, self.detail = what, detail
+
+    def __str__(self) -> str:
+        return f"cannot {self.what}: {self.detail}"
+
+    @classmethod
+    def refused(cls, what: str, error: OSError) -> OutOfResources:
+        """The system's refusal (EMFILE, EAGAIN, ENOMEM...) with what the user can change."""
+        hint = _RESOURCE_HINTS.get(error.errno or 0, "")
+        return cls(what, f"{error.strerror or error}{hint}")
+
+
+# What to change when the system refuses.
+_RESOURCE_HINTS = {
+    errno.EMFILE: " (raise the open-file limit, ulimit -n, or use fewer --connections)",
+    errno.ENFILE: " (the system's open-file table is full)",
+    errno.EAGAIN: " (too many processes: raise ulimit -u, or use fewer --processes)",
+    errno.ENOMEM: " (not enough memory)",
+}
 
 
 class Interrupted(BlobdlError):

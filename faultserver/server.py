@@ -74,6 +74,14 @@ ACTIONS: dict[str, frozenset[str]] = {
     # A slow path: the matched request's connection sends at ``bps`` for every later
     # request on it too (a client that asks in chunks over keep-alive stays slow).
     "slow_conn": frozenset({"bps"}),
+    # Framing: the reply's body sent under ``Transfer-Encoding: value`` (as given: spaces,
+    # case, lists); chunk-encoded unless ``chunked`` is false; its Content-Length dropped
+    # unless ``length`` is true; ``whole``: the whole file, 200, whatever the Range. The
+    # connection closes after it.
+    "transfer_encoding": frozenset({"value", "chunked", "length", "whole"}),
+    # Interim responses before the real one: one per code of ``statuses`` (default [103]),
+    # each with a Link header, then the reply as usual (101 included, if asked for).
+    "interim": frozenset({"statuses"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -91,6 +99,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "redirect": ("location",),
     "stall_at": ("offset",),
     "slow_conn": ("bps",),
+    "transfer_encoding": ("value",),
 }
 _RULE_KEYS = frozenset({"path", "skip", "times", "action", "method"})
 _CUT_ACTIONS = frozenset({"reset_after", "close_after", "stall_after"})
@@ -433,7 +442,8 @@ def file_reply(
     if_match = _header(req, "If-Match")
     if if_match is not None and not etag_matches(if_match, etag):
         return Reply(412, [*headers, ("Content-Length", "0")])
-    if action in ("ignore_range", "no_length", "full_200"):
+    whole = action == "transfer_encoding" and fault is not None and fault.params.get("whole")
+    if action in ("ignore_range", "no_length", "full_200") or whole:
         return whole_body(path, size, headers, action)
     if_range = _header(req, "If-Range")
     honour = if_range is None or if_range_holds(if_range, etag, st.st_mtime)
@@ -620,6 +630,8 @@ class Handler(BaseHTTPRequestHandler):
         elif fault.action == "redirect":
             self._redirect_fault(fault, head)
             return False
+        elif fault.action == "interim":
+            self._interim(fault.params.get("statuses", [103]))
         elif fault.action == "status":
             hdrs = {str(k): str(v) for k, v in dict(fault.params.get("headers") or {}).items()}
             reply = simple_reply(fault.integer("status"), str(fault.params.get("body", "")), hdrs)
@@ -707,6 +719,9 @@ class Handler(BaseHTTPRequestHandler):
     # ---- sending
 
     def _send(self, reply: Reply, fault: Fault | None, head: bool) -> None:
+        if fault is not None and fault.action == "transfer_encoding":
+            self._send_coded(reply, fault, head)
+            return
         self.send_response(reply.status)
         for key, value in reply.headers:
             self.send_header(key, value)
@@ -811,6 +826,41 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     # ---- fault helpers
+
+    def _interim(self, statuses: object) -> None:
+        """1xx responses (header block only) before the real one."""
+        if not isinstance(statuses, list) or not all(isinstance(c, int) for c in statuses):
+            raise RuleError(f"interim needs a list of status codes: {statuses!r}")
+        for code in statuses:
+            self.wfile.write(
+                f"HTTP/1.1 {code} Interim\r\nLink: </files/x>; rel=preload\r\n\r\n".encode()
+            )
+        self.wfile.flush()
+
+    def _send_coded(self, reply: Reply, fault: Fault, head: bool) -> None:
+        """The reply under a scripted Transfer-Encoding (see ACTIONS)."""
+        self.close_connection = True
+        keep_length = bool(fault.params.get("length", False))
+        self.send_response(reply.status)
+        for key, value in reply.headers:
+            if keep_length or key.lower() != "content-length":
+                self.send_header(key, value)
+        self.send_header("Transfer-Encoding", str(fault.params["value"]))
+        self.end_headers()
+        if head:
+            return
+        data = reply.data[: reply.body_len]
+        if reply.file is not None:
+            with open(reply.file, "rb") as f:
+                data = os.pread(f.fileno(), reply.length, reply.start)
+        self.srv.state.add_bytes(len(data) if reply.file is not None else 0)
+        if not fault.params.get("chunked", True):
+            self.wfile.write(data)
+            return
+        for at in range(0, len(data), PACE_CHUNK):
+            piece = data[at : at + PACE_CHUNK]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
 
     def _redirect_fault(self, fault: Fault, head: bool) -> None:
         status, location = fault.integer("status", 302), str(fault.params["location"])

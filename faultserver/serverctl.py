@@ -26,7 +26,11 @@ endless, hold, length] (a 3xx to ``location``; ``endless``: a body that never en
 ``hold`` s, read to EOF or announced as ``length`` bytes), stall_at[offset, hold, bps] (the first
 request whose range holds byte ``offset`` sends up to it, then holds: a lane that goes silent
 there however the client cuts its requests), slow_conn[bps] (the matched request's
-connection serves every later request at ``bps`` too: a slow path, not a slow request).
+connection serves every later request at ``bps`` too: a slow path, not a slow request),
+transfer_encoding[value, chunked=true, length=false,
+whole=false] (the body under ``Transfer-Encoding: value`` exactly as given, chunk-encoded
+unless ``chunked`` is false, its Content-Length kept only with ``length``; ``whole``: a 200
+with the whole file), interim[statuses=[103]] (1xx responses before the real one).
 
 ``start_server(root, link_bps=N)`` also caps all response bodies together at N bytes/s (a
 shared link), on top of any per-request ``rate``/``shape`` pacing.

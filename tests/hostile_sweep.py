@@ -24,7 +24,9 @@ from tests.integration.test_hostile import (
 from tests.strategies import (
     HOSTILE_HEADER_VALUES,
     HOSTILE_STATUSES,
+    INTERIM_RUNS,
     RETRY_AFTERS,
+    TRANSFER_CODINGS,
     hostile_filenames,
 )
 
@@ -57,6 +59,11 @@ vals = {
     **HOSTILE_HEADER_VALUES,
     "Content-Length": ["garbage", "-1", str(2**63), str(10**30), "1, 2", "", "0", "39999"],
 }
+for v in TRANSFER_CODINGS:
+    for chunked in (True, False):
+        F.append({"action": "transfer_encoding", "value": v, "chunked": chunked})
+for run in INTERIM_RUNS:
+    F.append({"action": "interim", "statuses": list(run)})
 for k, vs in vals.items():
     for v in vs:
         F.append({"action": "headers", "set": {k: v}, "_digest": k == "Content-Length"})

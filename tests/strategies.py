@@ -105,7 +105,8 @@ HOSTILE_HEADER_VALUES: dict[str, list[str]] = {
     "ETag": ['"changed"', 'W/"weak"', "", "unquoted"],
     "Last-Modified": ["garbage", "Thu, 01 Jan 1970 00:00:00 GMT"],
     "Content-Encoding": ["gzip", "br", "identity, gzip", "GZIP"],
-    "Transfer-Encoding": ["chunked", "gzip", "identity"],
+    # On a body that is not chunk-encoded: each must be refused or decoded, never written raw.
+    "Transfer-Encoding": ["chunked", "chunked ", "gzip", "identity", "gzip, chunked", ""],
     "Accept-Ranges": ["none", "bytes, none", ""],
 }
 
@@ -175,6 +176,31 @@ def _redirects(t: Target, endless_hold: float) -> st.SearchStrategy[dict[str, ob
     )
 
 
+#: Transfer-Encoding values a server may frame a (really chunk-encoded, or raw) body with.
+TRANSFER_CODINGS = ("chunked ", "Chunked", ",chunked", "gzip, chunked", "chunked, chunked",
+                    "identity", "gzip", "x-foo", "")  # fmt: skip
+#: Interim responses a server may send before its answer (101 is final, and unasked).
+INTERIM_RUNS = ((103,), (100, 103), (102, 199), (101,), (103,) * 150)
+
+
+def _framings() -> st.SearchStrategy[dict[str, object]]:
+    """How a body is framed (issue #20): a Transfer-Encoding spelled any way, over a
+    chunk-encoded body or a raw one, with or without a Content-Length beside it; interim
+    responses before the answer."""
+    coded = st.fixed_dictionaries(
+        {
+            "action": st.just("transfer_encoding"),
+            "value": st.sampled_from(TRANSFER_CODINGS),
+            "chunked": st.booleans(),
+            "length": st.booleans(),
+        }
+    )
+    interim = st.sampled_from(INTERIM_RUNS).map(
+        lambda run: {"action": "interim", "statuses": list(run)}
+    )
+    return coded | interim
+
+
 def hostile_fault(
     t: Target, hold: float, digest: bool, endless_hold: float = 30.0
 ) -> st.SearchStrategy[dict[str, object]]:
@@ -208,6 +234,7 @@ def hostile_fault(
         ),
         _odd_headers(t),
         _redirects(t, endless_hold),
+        _framings(),
     ]
     if digest:  # bytes that lie behind a correct header: only a digest can tell
         faults.append(

@@ -9,6 +9,7 @@ is shown is ``_display``.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from .._redact import redact_url
 from ..batch._scheduler import ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interrupted, UsageError
+from ..processes._signals import stoppable
 from ._args import build_parser, settings_from
 from ._batch_bar import BatchBar
 from ._display import Display, display_for, fail, json_line, quiet_dask, say, show_warnings
@@ -57,9 +59,10 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]].main(argv[1:])
-    return _download(argv)
+    with stoppable():  # SIGTERM is Ctrl-C, for every command: exit 130 with partials kept
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]].main(argv[1:])
+        return _download(argv)
 
 
 def _download(argv: Sequence[str]) -> int:
@@ -74,7 +77,7 @@ def _download(argv: Sequence[str]) -> int:
         parser.error("--base-dir goes with -i (for one URL, give -o)")
     if args.input is None and args.scheduler is not None:
         parser.error("--scheduler goes with -i (a manifest) or pull")
-    show_warnings()
+    show_warnings(quiet=args.quiet and not args.json)
     display = display_for(args)
     if args.input is not None:
         return _main_many(args, display)
@@ -94,7 +97,7 @@ def _download(argv: Sequence[str]) -> int:
 def _main_many(args: argparse.Namespace, display: Display) -> int:
     """``-i MANIFEST``: every item, one shared budget, a summary, the first failure's code."""
     try:
-        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+        text = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
     except OSError as exc:
         return fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
     on_cluster = args.scheduler is not None
@@ -126,17 +129,22 @@ def _summarise(results: list[ItemResult], mode: str) -> int:
     if mode == "json":
         json_line(sys.stdout, {"event": "summary", "ok": len(results) - len(failed),
                                 "failed": len(failed)})  # fmt: skip
-    elif mode != "quiet" or failed:
+    else:  # quiet: the failures only (and the exit code)
         for r in results:
-            if r.result is not None:
+            if r.result is None:
+                say(f"FAILED  {redact_url(r.item.url)}: {r.error}")
+            elif mode != "quiet":
                 note = " (cache)" if r.result.cached else ""
                 say(f"ok      {r.result.path}  {r.result.size} bytes{note}")
-            else:
-                say(f"FAILED  {redact_url(r.item.url)}: {r.error}")
-        say(f"{len(results) - len(failed)} ok, {len(failed)} failed")
+        if mode != "quiet":
+            say(f"{len(results) - len(failed)} ok, {len(failed)} failed")
     return failed[0].error.exit_code if failed and failed[0].error else EXIT_OK
 
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    # The outcome is decided and said: a signal now would only print a traceback over it.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
+    sys.exit(code)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._version import __version__
-from ..config import Settings, parse_header, parse_size
+from ..config import MAX_PARTS, Settings, parse_header, parse_size
 from ..errors import (
     EXIT_INTEGRITY,
     EXIT_INTERNAL,
@@ -117,7 +117,12 @@ def _description(commands: Sequence[tuple[str, str]]) -> str:
 def add_shared_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that downloads: how, over what, and what is shown."""
     d = Settings()
-    p.add_argument("--parts", type=int, help="cut the blob into exactly N parts")
+    p.add_argument(
+        "--parts",
+        type=int,
+        metavar="N",
+        help=f"cut the blob into exactly N parts (at most {MAX_PARTS})",
+    )
     p.add_argument(
         "--connections", type=int, default=d.connections, help="parallel connections (%(default)s)"
     )
@@ -128,7 +133,12 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
         help="worker processes the connections run in (default: one per CPU, at least 2)",
     )
     p.add_argument("--min-part-size", type=_size, default=d.min_part_size, help="e.g. 100MB")
-    p.add_argument("--max-part-size", type=_size, default=d.max_part_size, help="e.g. 1GB")
+    p.add_argument(
+        "--max-part-size",
+        type=_size,
+        default=d.max_part_size,
+        help=f"e.g. 1GB (exceeded only where a blob would have over {MAX_PARTS} parts)",
+    )
     p.add_argument(
         "--retries", type=int, default=d.retries, help="retries per part (default %(default)s)"
     )

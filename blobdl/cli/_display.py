@@ -15,13 +15,14 @@ from ..errors import BlobdlError, Interrupted
 from ..events import DownloadResult, Event, Failed, Finished, Progress, Started, event_record
 
 
-def show_warnings() -> None:
-    """Library warnings (resume decisions, kept partial files) as one line each on stderr."""
+def show_warnings(quiet: bool = False) -> None:
+    """Library warnings (resume decisions, kept partial files) as one line each on stderr;
+    none when ``quiet`` (it prints errors only)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("blobdl: warning: %(message)s"))
     logger = logging.getLogger("blobdl")
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
     logger.propagate = False
 
 

@@ -47,7 +47,7 @@ from ..store._resume import CheckpointCallback, PartRecord
 from . import _failure
 from ._failure import decide
 from ._lane import Attempt
-from ._parts import RUNNING, WAITING, Part, Parts, Tally
+from ._parts import RUNNING, Part, Parts, Tally
 from ._pinned import Pinned
 from ._rates import BestRate, RateWindow
 from ._steal import choose, laggards
@@ -109,7 +109,7 @@ class Coordinator:
             now = time.monotonic()
             self._launch_ready(now)
             wake = min([next_sample, *self._retry_times()])
-            sentinels = {p.worker.sentinel: p for p in self.parts if p.worker is not None}
+            sentinels = {p.worker.sentinel: p for p in self.parts.runners() if p.worker is not None}
             timeout = max(0.0, wake - time.monotonic())
             for ready in wait([*sentinels, *self.interrupts.waitables()], timeout=timeout):
                 if ready in sentinels:
@@ -138,21 +138,24 @@ class Coordinator:
                 log.warning("while stopping after a failure: %s", exc)
 
     def _retry_times(self) -> list[float]:
-        """When waiting parts may start; none while every connection is busy (no spinning)."""
-        if self.parts.running() >= self.settings.connections:
+        """When the first waiting part may start; none while every connection is busy (no
+        spinning)."""
+        first = self.parts.next_retry()
+        if first is None or self.parts.running() >= self.settings.connections:
             return []
-        return [p.not_before for p in self.parts if p.state == WAITING]
+        return [first]
 
     def _launch_ready(self, now: float) -> None:
-        running = self.parts.running()
-        for part in self.parts:
-            if running >= self.settings.connections:
-                return
-            if part.may_start(now):
-                self._launch(part, now)
-                running += 1
-        while running < self.settings.connections and self._steal(now):
-            running += 1
+        """Start what may start (pending parts, waiting ones whose backoff is over) up to
+        ``connections``, then let idle connections steal. Its cost is the lanes it starts,
+        whatever the number of parts."""
+        while self.parts.running() < self.settings.connections:
+            part = self.parts.next_ready(now)
+            if part is None:
+                break
+            self._launch(part, now)
+        while self.parts.running() < self.settings.connections and self._steal(now):
+            pass
 
     def _steal(self, now: float) -> bool:
         """Give an idle connection the tail of a slow or large lane; False if none is worth it."""
@@ -224,8 +227,8 @@ class Coordinator:
         told = now - self.last_told >= self.settings.progress_interval
         if told:
             self.best.fade()
-        for part in self.parts:
-            if part.state == RUNNING:
+        for part in self.parts.runners():
+            if part.state == RUNNING:  # still: watching one may end another (none today)
                 self._watch(part, now)
         self._restart_lagging(now)
         start_writeback(self.fd)  # the disk works while the network does (see there)

@@ -70,12 +70,25 @@ class CounterTable:
 
     def done(self, slot: int) -> int:
         """Bytes of the slot's range on disk (a worker may write a little past a moved end)."""
-        pos, end = self.pos(slot), self.end(slot)
-        return (pos if end < 0 else min(pos, end)) - self.start(slot)
+        return _done(self.start(slot), self.pos(slot), self.end(slot))
+
+    def dones(self, count: int) -> list[tuple[int, int]]:
+        """``(start, done)`` of the first ``count`` slots, read in bulk: what reads every
+        slot at once (a checkpoint, a progress report, the hasher) costs a list, not a call
+        per field and slot."""
+        words, stop = self._words, count * _FIELDS
+        starts = words[0:stop:_FIELDS].tolist()
+        positions = words[1:stop:_FIELDS].tolist()
+        ends = words[2:stop:_FIELDS].tolist()
+        return [(a, _done(a, p, e)) for a, p, e in zip(starts, positions, ends, strict=True)]
+
+    def ends(self, count: int) -> list[int]:
+        """``end`` of the first ``count`` slots, read in bulk."""
+        return self._words[2 : count * _FIELDS : _FIELDS].tolist()
 
     def prefix(self) -> int:
         """The length of the longest prefix ``[0, n)`` of the blob that is on disk."""
-        covered = sorted((self.start(s), self.start(s) + self.done(s)) for s in range(self.slots))
+        covered = sorted((start, start + done) for start, done in self.dones(self.slots))
         reach = 0
         for start, stop in covered:
             if start > reach:
@@ -86,3 +99,7 @@ class CounterTable:
     def close(self) -> None:
         self._words.release()
         self._map.close()
+
+
+def _done(start: int, pos: int, end: int) -> int:
+    return (pos if end < 0 else min(pos, end)) - start

@@ -35,6 +35,7 @@ from ..http._probe import resolve
 from ..http._remote import Remote
 from ..http._urls import check_url, lift_userinfo
 from ..processes import _clean_process
+from ..processes._signals import commit, held, stoppable
 from ..store._cache import through_cache
 from ..store._destination import (
     check_destination,
@@ -128,19 +129,24 @@ class Downloader:
         tell: EventCallback,
     ) -> DownloadResult:
         order = _Order(url, None, time.monotonic(), tell)
-        try:
-            check_url(url)
-            order = dataclasses.replace(order, expected=parse_digest(digest) if digest else None)
-            if self.settings.cache_dir and order.expected:
-                result = self._via_cache(order, path, remote)
-            else:
-                dest, remote = self._destination(order, path, remote)
-                result = self._locked(order, dest, remote)
-        except BlobdlError as exc:
-            _quietly(tell, Failed(redact_url(url), os.fspath(path or ""), str(exc), exc.exit_code))
-            raise
-        tell(Finished(result))
-        return result
+        # SIGTERM, like Ctrl-C, stops it wherever it is (exit 130, the partial kept), until
+        # the file is in place: from then on it has succeeded (see _signals).
+        with stoppable():
+            try:
+                check_url(url)
+                expected = parse_digest(digest) if digest else None
+                order = dataclasses.replace(order, expected=expected)
+                if self.settings.cache_dir and order.expected:
+                    result = self._via_cache(order, path, remote)
+                else:
+                    dest, remote = self._destination(order, path, remote)
+                    result = self._locked(order, dest, remote)
+            except BlobdlError as exc:
+                failed = Failed(redact_url(url), os.fspath(path or ""), str(exc), exc.exit_code)
+                _quietly(tell, failed)
+                raise
+            tell(Finished(result))
+            return result
 
     def _destination(
         self, order: _Order, path: str | os.PathLike[str] | None, remote: Remote | None
@@ -174,9 +180,15 @@ class Downloader:
             # Checked under the lock: another holder may have just finished this very file.
             existing = self._existing(order, dest)
             if existing is not None:
+                commit()
                 return existing
-            remote = remote or resolve(order.url, self.settings)
-            return self._fetch(order, remote, dest)
+            resume = Resume.beside(dest, order.url, self.settings.resume, order.expected)
+            try:
+                remote = remote or resolve(order.url, self.settings)
+            except BaseException:
+                resume.mention_kept()  # a partial of an earlier run stays, as it was
+                raise
+            return self._fetch(order, remote, dest, resume)
 
     def _existing(self, order: _Order, dest: Path) -> DownloadResult | None:
         """A destination that is already there: kept if the digest vouches for it."""
@@ -192,14 +204,15 @@ class Downloader:
             raise DestinationExists(str(dest))
         return None
 
-    def _fetch(self, order: _Order, remote: Remote, dest: Path) -> DownloadResult:
-        resume = Resume.beside(dest, order.url, self.settings.resume, order.expected)
-        remote = self._ranges_again(order, remote, resume)
-        previous = resume.previous(remote)
-        records = previous.parts if previous else self._fresh(order, remote, dest, resume)
-        fd: int | None = open_temp(resume.temp, fresh=previous is None)
-        assert fd is not None
+    def _fetch(self, order: _Order, remote: Remote, dest: Path, resume: Resume) -> DownloadResult:
+        fd: int | None = None
+        previous = None
         try:
+            remote = self._ranges_again(order, remote, resume)
+            previous = resume.previous(remote)
+            records = previous.parts if previous else self._fresh(order, remote, dest, resume)
+            with held():  # a file opened is a file noted, and closed on the way out
+                fd = open_temp(resume.temp, fresh=previous is None)
             size = remote.size or 0
             if previous is None:
                 set_size(fd, size, resume.temp)
@@ -214,18 +227,22 @@ class Downloader:
             with ExitStack() as cleanup:
                 hasher = None
                 if order.expected is not None:
-                    hasher = PrefixHasher(fd, coordinator.table)
-                    cleanup.callback(hasher.stop)
+                    with held():  # a child forked is a child noted, and stopped
+                        hasher = PrefixHasher(fd, coordinator.table)
+                        cleanup.callback(hasher.stop)
                 tally = coordinator.run()
                 actual = hasher.finish(tally.final_size) if hasher else None
             if actual is not None and actual != order.expected:
-                self._reject(resume, dest, order.expected or "", actual)
+                with held(drop=True):  # the bytes are bad: that is the outcome
+                    self._reject(resume, dest, order.expected or "", actual)
+            commit()  # every byte is in and checked: from here on it is done
             owned, fd = fd, None  # finalize closes it, whatever happens
             finalize(owned, resume.temp, dest, tally.final_size)
             resume.finished()
         except BaseException as exc:
-            _close_quietly(fd)
-            resume.settle(exc)
+            with held(drop=True):  # a second Ctrl-C must not cut the cleanup short
+                _close_quietly(fd)
+                resume.settle(exc)
             raise
         return DownloadResult(
             path=dest,

@@ -14,6 +14,7 @@ import os
 import time
 from multiprocessing.connection import Connection
 
+from ..errors import WorkerCrashed
 from ..processes._spawn import start
 from ..store._digest import CHUNK, hash_range
 from ._counter_table import CounterTable
@@ -30,9 +31,14 @@ class PrefixHasher:
         )
 
     def finish(self, size: int) -> str:
-        """Hash up to ``size`` and return the hex digest."""
-        self._conn.send(size)
-        result: str = self._conn.recv()
+        """Hash up to ``size`` and return the hex digest; ``WorkerCrashed`` if the hasher
+        died (killed, say): the bytes are all on disk, and a rerun hashes them again."""
+        try:
+            self._conn.send(size)
+            result: str = self._conn.recv()
+        except (OSError, EOFError):
+            self._proc.join(1.0)
+            raise WorkerCrashed(self._proc.exitcode, "hashing process") from None
         self.stop()
         return result
 

@@ -8,10 +8,18 @@ sampled, ends; the part fails, waits, is done). ``Parts`` reads and writes the t
 the parts together: the slot a new attempt starts from, the samples, the records a
 checkpoint saves, the progress a caller sees, the lanes a steal chooses among, and the
 split a steal makes. When to launch, retry or steal is the coordinator's to decide.
+
+The coordinator wakes often (every lane that ends, every 0.1 s), so nothing it asks on a
+wake-up may cost in proportion to the number of parts (up to ``MAX_PARTS``): the ``_Board``
+keeps the parts by state as they change (the pending ones in order, the waiting ones by
+when they may start, the running ones, how many are not done). Only what runs once a
+checkpoint or a progress interval (every part's position) reads them all.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -28,19 +36,86 @@ PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
 STEAL_SLOTS_PER_CONNECTION = 32  # room in the table for the slots that steals create
 
 
+class _Board:
+    """The parts by state, kept as each changes (``Part._become``), so that what the
+    coordinator asks on a wake-up costs in proportion to the lanes, not to the parts."""
+
+    def __init__(self) -> None:
+        self.pending: deque[Part] = deque()  # in the order they became pending (slot order)
+        self.waiting: list[tuple[float, int, Part]] = []  # heap: (not_before, slot, part)
+        self.running: dict[int, Part] = {}  # by slot
+        self.unfinished = 0
+
+    def moved(self, part: Part, old: str | None, new: str) -> None:
+        if old == RUNNING:
+            del self.running[part.slot]
+        if new == RUNNING:
+            self.running[part.slot] = part
+        elif new == PENDING:
+            self.pending.append(part)
+        elif new == WAITING:
+            heapq.heappush(self.waiting, (part.not_before, part.slot, part))
+        if old in (None, DONE) and new != DONE:
+            self.unfinished += 1
+        elif new == DONE and old != DONE:
+            self.unfinished -= 1
+        # A part leaving PENDING or WAITING leaves its entry behind: ``ready`` and
+        # ``next_retry`` drop stale entries as they meet them (each once).
+
+    def ready(self, now: float) -> Part | None:
+        """The next part that may start now, taken off the board's queues: of the first
+        pending part and the first waiting one whose backoff is over, the lower slot (the
+        one earlier in the blob, which the hasher waits for)."""
+        pending, waiting = self._first_pending(), self._first_waiting()
+        if (
+            waiting is not None
+            and waiting.not_before <= now
+            and (pending is None or waiting.slot < pending.slot)
+        ):
+            heapq.heappop(self.waiting)
+            return waiting
+        if pending is not None:
+            self.pending.popleft()
+        return pending
+
+    def next_retry(self) -> float | None:
+        """When the first waiting part may start (None: none waits)."""
+        waiting = self._first_waiting()
+        return None if waiting is None else waiting.not_before
+
+    def _first_pending(self) -> Part | None:
+        while self.pending and self.pending[0].state != PENDING:
+            self.pending.popleft()
+        return self.pending[0] if self.pending else None
+
+    def _first_waiting(self) -> Part | None:
+        heap = self.waiting
+        while heap and (heap[0][2].state != WAITING or heap[0][2].not_before != heap[0][0]):
+            heapq.heappop(heap)
+        return heap[0][2] if heap else None
+
+
 class Part:
     """The coordinator's private bookkeeping for one slot of the counter table."""
 
     def __init__(
-        self, slot: int, start: int, retry: Retry, stolen: bool = False, took_over: bool = False
+        self,
+        slot: int,
+        start: int,
+        retry: Retry,
+        stolen: bool = False,
+        took_over: bool = False,
+        board: _Board | None = None,
     ) -> None:
+        self._board = board or _Board()  # the board of the parts it belongs to
         self.slot, self.start = slot, start
         self.retry = retry  # the part's policy, as far as its failures have taken it
         self.stolen = stolen  # created by a steal rather than by the plan
         # Created to replace a slow lane: never replaced in turn (the range itself may be
         # slow for everyone; the lane can still be split).
         self.took_over = took_over
-        self.state = PENDING
+        self.state = ""
+        self._become(PENDING)
         self.attempts = 0
         self.generation = 0  # the remote's generation when the running attempt started
         self.refreshed_at: int | None = None  # position when it last had the URL refreshed
@@ -56,7 +131,8 @@ class Part:
 
     def start_attempt(self, now: float, pos: int, generation: int, worker: Running) -> None:
         """An attempt from ``pos`` runs on ``worker``, measured afresh from ``now``."""
-        self.state, self.worker, self.generation = RUNNING, worker, generation
+        self.worker, self.generation = worker, generation
+        self._become(RUNNING)
         self.attempts += 1
         self.pace = Pace(now, pos)
 
@@ -90,10 +166,6 @@ class Part:
         self.fetched += max(0, pos - self.pace.origin)
         self.worker = None
 
-    def may_start(self, now: float) -> bool:
-        """Pending, or waiting and its backoff is over."""
-        return self.state == PENDING or (self.state == WAITING and self.not_before <= now)
-
     def restarting(self, pos: int) -> bool:
         """Note a restart for lagging at ``pos``; False (nothing noted) if the part has not
         moved since its last one: slow again at once, its range may be slow for everyone."""
@@ -119,18 +191,23 @@ class Part:
     def wait(self, verdict: Verdict, now: float) -> None:
         """Wait out ``verdict``'s delay from ``now`` for the next attempt, under its policy
         from now on; a retry counts (a refresh is no failure of the part's)."""
-        self.state, self.not_before, self.retry = WAITING, now + verdict.delay, verdict.retry
+        self.not_before, self.retry = now + verdict.delay, verdict.retry
+        self._become(WAITING)
         if verdict.action == RETRY:
             self.retries += 1
 
     def finish(self) -> None:
         """All its bytes are on disk (or a steal cut it where it was)."""
-        self.state = DONE
+        self._become(DONE)
 
     def stop(self) -> None:
         """The download stops: a running part is pending again (its checkpoint says where)."""
         if self.state == RUNNING:
-            self.state = PENDING
+            self._become(PENDING)
+
+    def _become(self, state: str) -> None:
+        old, self.state = self.state or None, state
+        self._board.moved(self, old, state)
 
 
 class Tally(NamedTuple):
@@ -151,6 +228,7 @@ class Parts:
         self.table = CounterTable(len(records) + STEAL_SLOTS_PER_CONNECTION * connections)
         self.retry = retry  # the policy a new part starts with
         self._parts: list[Part] = []
+        self._board = _Board()
         for record in records:
             part = self._add(record.start, record.pos, record.end)
             if record.end >= 0 and record.pos >= record.end:
@@ -167,14 +245,27 @@ class Parts:
         return len(self._parts) >= self.table.slots
 
     def running(self) -> int:
-        return sum(1 for p in self._parts if p.state == RUNNING)
+        return len(self._board.running)
+
+    def runners(self) -> list[Part]:
+        """The running parts (a list: acting on one may end it)."""
+        return list(self._board.running.values())
 
     def finished(self) -> bool:
-        return all(p.state == DONE for p in self._parts)
+        return self._board.unfinished == 0
+
+    def next_ready(self, now: float) -> Part | None:
+        """The next part that may start now (pending, or waiting with its backoff over),
+        taken: the caller starts it."""
+        return self._board.ready(now)
+
+    def next_retry(self) -> float | None:
+        """When the first waiting part may start (None: none waits)."""
+        return self._board.next_retry()
 
     def done(self) -> int:
         """Bytes on disk over all parts."""
-        return sum(self.table.done(p.slot) for p in self._parts)
+        return sum(done for _, done in self.table.dones(len(self._parts)))
 
     def tally(self, size: int | None) -> Tally:
         """What the parts did, once they are done; ``size`` is the blob's, if known."""
@@ -196,21 +287,18 @@ class Parts:
 
     def records(self) -> tuple[PartRecord, ...]:
         """The positions a checkpoint saves (read now, before the caller flushes)."""
-        table = self.table
-        return tuple(
-            sorted(
-                PartRecord(p.start, table.end(p.slot), p.start + table.done(p.slot)) for p in self
-            )
-        )
+        count = len(self._parts)
+        ends = self.table.ends(count)
+        dones = self.table.dones(count)
+        return tuple(sorted(PartRecord(a, e, a + d) for (a, d), e in zip(dones, ends, strict=True)))
 
     def progress(self, now: float, window: RateWindow, size: int | None) -> Progress:
         """The download's progress now: each part's, and the whole's rate over ``window``."""
-        table = self.table
+        count = len(self._parts)
+        ends, dones = self.table.ends(count), self.table.dones(count)
         parts = tuple(
-            PartProgress(
-                p.slot, p.start, table.end(p.slot), table.done(p.slot), p.state, p.attempts
-            )
-            for p in self
+            PartProgress(p.slot, p.start, end, done, p.state, p.attempts)
+            for p, end, (_, done) in zip(self._parts, ends, dones, strict=True)
         )
         done = sum(p.done for p in parts)
         rate, elapsed = window.rate(now, done), now - window.started
@@ -243,14 +331,14 @@ class Parts:
 
     def stop(self) -> None:
         """End every lane; a running part is pending again (its checkpoint says where)."""
-        for part in self._parts:
+        for part in self.runners():
             if part.worker is not None:
                 self.kill(part)
-                part.stop()
+            part.stop()
 
     def lanes(self, now: float) -> list[LaneView]:
         """The running parts, as a steal or lag decision sees them."""
-        return [self._view(p, now) for p in self if p.state == RUNNING]
+        return [self._view(p, now) for p in self._board.running.values()]
 
     def _view(self, p: Part, now: float) -> LaneView:
         table, pos = self.table, self.table.pos(p.slot)  # one read: the lane moves meanwhile
@@ -275,14 +363,16 @@ class Parts:
         start (they pace themselves)."""
         if limit_rate is None:
             return
-        running = [p for p in self._parts if p.state == RUNNING or p is joining]
+        running = self.runners()
+        if joining is not None and joining.state != RUNNING:  # a restart runs already
+            running.append(joining)
         for part in running:
             self.table.set_cap(part.slot, max(1, limit_rate // len(running)))
 
     def _add(
         self, start: int, pos: int, end: int, stolen: bool = False, took_over: bool = False
     ) -> Part:
-        part = Part(len(self._parts), start, self.retry, stolen, took_over)
+        part = Part(len(self._parts), start, self.retry, stolen, took_over, self._board)
         self.table.set_start(part.slot, start)
         self.table.set_pos(part.slot, pos)
         self.table.set_end(part.slot, end)

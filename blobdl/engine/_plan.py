@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from ..config import Settings
+from ..config import MAX_PARTS, Settings
 from ..http._span import Span
 
 # sha256 is sequential: the hasher can only follow the on-disk prefix. Parts that all finish
@@ -47,14 +47,15 @@ def plan(size: int, settings: Settings) -> list[Span]:
     By default Ollama's plan: part size = size / target_parts clamped to
     [min_part_size, max_part_size]; every part has that size but the last, which is
     smaller or equal. With ``settings.parts`` the blob is cut into that many near-equal
-    parts instead (fewer only if the blob has fewer bytes than parts).
+    parts instead (fewer only if the blob has fewer bytes than parts). Never more than
+    ``MAX_PARTS``: a size plan that would cut more gets larger parts than its maximum.
     """
     if size < 0:
         raise ValueError(f"negative size {size}")
     if size == 0:
         return []
     if settings.parts is not None:
-        count = min(settings.parts, size)
+        count = min(settings.parts, size, MAX_PARTS)
         cuts = [i * size // count for i in range(count + 1)]
         return [Span(a, b) for a, b in itertools.pairwise(cuts)]
     step = part_size(size, settings)
@@ -66,10 +67,12 @@ def part_count(size: int, settings: Settings) -> int:
     if size <= 0:
         return 0
     if settings.parts is not None:
-        return min(settings.parts, size)
+        return min(settings.parts, size, MAX_PARTS)
     return -(-size // part_size(size, settings))
 
 
 def part_size(size: int, settings: Settings) -> int:
-    """Ollama's part size: size / target_parts, clamped to the configured bounds."""
-    return max(settings.min_part_size, min(settings.max_part_size, size // settings.target_parts))
+    """Ollama's part size: size / target_parts, clamped to the configured bounds, and large
+    enough that there are at most ``MAX_PARTS`` parts."""
+    ollama = max(settings.min_part_size, min(settings.max_part_size, size // settings.target_parts))
+    return max(ollama, -(-size // MAX_PARTS))

@@ -20,7 +20,7 @@ import urllib3
 from ..errors import BadResponse, HTTPStatusError, RemoteChanged
 from ._connections import ready_at
 from ._headers import parse_content_range, range_header
-from ._remote import Remote
+from ._remote import Identity, Remote, change
 from ._request import (
     Response,
     base_headers,
@@ -201,7 +201,11 @@ def _check_whole(remote: Remote, response: Response) -> int | None:
 
 
 def _check_validators(remote: Remote, response: Response) -> None:
-    for name, pinned in (("ETag", remote.etag), ("Last-Modified", remote.last_modified)):
-        seen = response.headers.get(name)
-        if pinned and seen and seen != pinned:
-            raise RemoteChanged(remote.final_url, f"{name} changed from {pinned} to {seen}")
+    """The response's validators against the pinned ones (``_remote.change``: only one that
+    differs is a change, one that is missing is not); the size is checked by the caller."""
+    seen = Identity(
+        remote.size, response.headers.get("ETag"), response.headers.get("Last-Modified")
+    )
+    changed = change(remote.identity, seen)
+    if changed is not None:
+        raise RemoteChanged(remote.final_url, changed)

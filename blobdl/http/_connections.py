@@ -11,7 +11,8 @@ descriptor of it: ours still cuts whatever wraps it, and is never another lane's
 reusing a closed descriptor's number. Threads without ``Sockets`` note nothing (the
 coordinator's probe). Only a wait before the socket exists (DNS, connect) is out of reach.
 The connections also note when they were ready (``ready_at``): the time a request takes to
-its status line, less the connection's set-up, is what sizes a lane's chunks (``_chunk``).
+its status line, less the connection's set-up, is what sizes a lane's chunks (``_chunk``);
+and they read their responses past any interim (1xx) ones (``_interim``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import TypeVar
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
+
+from ._interim import InterimSkippingResponse
 
 
 class Sockets:
@@ -93,6 +96,7 @@ class _NotedHTTPConnection(HTTPConnection):
     the base of the HTTPS one, whose ``connect`` (TLS handshake, proxy tunnel) it wraps."""
 
     ready_at = 0.0  # time.monotonic() when the connection was ready for its first request
+    response_class = InterimSkippingResponse
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()

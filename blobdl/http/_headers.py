@@ -1,6 +1,6 @@
 """HTTP header text: the values we write (Range) and read (Content-Range, Content-Length,
-Retry-After, Content-Disposition). Pure parsing, no I/O: a value that does not parse is
-None, or a ``BadResponse`` where the body's framing would depend on it."""
+Transfer-Encoding, Retry-After, Content-Disposition). Pure parsing, no I/O: a value that
+does not parse is None, or a ``BadResponse`` where the body's framing would depend on it."""
 
 from __future__ import annotations
 
@@ -49,6 +49,16 @@ def parse_content_range(text: str) -> ContentRange | None:
     if span.end <= span.start or span.end > (MAX_BYTES if total is None else total):
         return None
     return ContentRange(span, total)
+
+
+def transfer_codings(value: str | None) -> tuple[str, ...] | None:
+    """The codings a ``Transfer-Encoding`` value lists, lower-cased, in order (RFC 9112 6.1:
+    a comma-separated list of tokens, with optional whitespace and empty elements); None
+    when there is no such header. Each coding's parameters (``;q=...``) are dropped."""
+    if value is None:
+        return None
+    codings = (item.partition(";")[0].strip(" \t").lower() for item in value.split(","))
+    return tuple(coding for coding in codings if coding)
 
 
 _LENGTH = re.compile(r"[ \t]*([0-9]{1,19})[ \t]*")

@@ -21,6 +21,7 @@ from ..config import Settings, check_proxy_url
 from ..errors import UsageError
 from ._connections import noting
 from ._request import Response
+from ._translate import proxy_errors
 
 
 def make_pool(settings: Settings) -> urllib3.PoolManager:
@@ -148,7 +149,8 @@ class _ProxyRouter(urllib3.PoolManager):
         proxy = self._routes.proxy_for(url)
         if proxy is None:
             return super().urlopen(method, url, redirect=redirect, **kw)
-        return self._manager(proxy).urlopen(method, url, redirect=redirect, **kw)
+        with proxy_errors(url, proxy):  # a failure of the proxy's names the proxy
+            return self._manager(proxy).urlopen(method, url, redirect=redirect, **kw)
 
     def _manager(self, proxy: str) -> urllib3.ProxyManager:
         manager = self._managers.get(proxy)

@@ -41,9 +41,19 @@ class Remote(NamedTuple):
 
 
 def change(before: Identity, after: Identity) -> str | None:
-    """How ``after`` differs from ``before`` (e.g. "etag changed from a to b"), or None."""
-    for name, old, new in zip(Identity._fields, before, after, strict=True):
-        if old != new:
+    """How ``after`` differs from ``before`` (e.g. "ETag changed from a to b"), or None.
+
+    The one rule of "same blob", for a resume, a refreshed URL and every response mid-
+    download alike: the size must match; a validator proves a change only when both looks
+    have one and they differ. One that disappears (a server, or an edge of it, that stops
+    sending it) or appears proves nothing: the bytes are not thrown away for it."""
+    if before.size != after.size:
+        return f"size changed from {before.size} to {after.size}"
+    for name, old, new in (
+        ("ETag", before.etag, after.etag),
+        ("Last-Modified", before.last_modified, after.last_modified),
+    ):
+        if old and new and old != new:
             return f"{name} changed from {old} to {new}"
     return None
 

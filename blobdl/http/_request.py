@@ -1,17 +1,19 @@
 """One GET as every request of ours makes it, and what any response must say.
 
 Our headers (``User-Agent: blobdl/<version>``, identity encoding), no redirect followed,
-the body left unread, errors translated; a response must be identity-encoded and declare
-a length we can trust.
+the body left unread, errors translated; a response must be framed in a way we read one
+way only (``require_framing``), be identity-encoded and declare a length we can trust.
 """
 
 from __future__ import annotations
+
+import http.client
 
 import urllib3
 
 from .._version import __version__
 from ..errors import BadResponse
-from ._headers import parse_length, parse_retry_after
+from ._headers import parse_length, parse_retry_after, transfer_codings
 from ._translate import translate_errors
 
 Response = urllib3.BaseHTTPResponse
@@ -26,15 +28,43 @@ def base_headers(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
 
 def send_get(pool: urllib3.PoolManager, url: str, headers: dict[str, str]) -> Response:
     with translate_errors(url):
-        return pool.request(
+        response = pool.request(
             "GET", url, headers=headers, redirect=False, preload_content=False, decode_content=False
         )
+    try:
+        require_framing(url, response)
+    except BaseException:
+        response.close()  # where its body ends is unknown: the connection cannot be reused
+        raise
+    return response
+
+
+def require_framing(url: str, response: Response) -> None:
+    """Where the body ends, read one way by every reader: a ``BadResponse`` unless the
+    response has no ``Transfer-Encoding`` (its length frames it, or the connection's close)
+    or exactly ``chunked`` however spelled (RFC 9112 6.1: any case, whitespace, empty list
+    elements). We send no ``TE``, so any other coding (``gzip, chunked``, ``identity``)
+    breaks the protocol; like any bad response it is retried, and never written.
+
+    http.client decodes chunks only when the header is exactly the word ("chunked " with
+    a trailing space is read raw, chunk lines and all): it is told here, before any read."""
+    value = response.headers.get("Transfer-Encoding")  # several header lines: joined
+    codings = transfer_codings(value)
+    if codings is None:
+        return
+    if codings != ("chunked",):
+        shown = (value or "")[:60]
+        raise BadResponse(url, f"Transfer-Encoding {shown!r} is not one we read (chunked)")
+    inner = getattr(response, "_fp", None)
+    if isinstance(inner, http.client.HTTPResponse) and inner.fp is not None and not inner.chunked:
+        inner.chunked, inner.chunk_left, inner.length = True, None, None
 
 
 def content_length(response: Response) -> int | None:
-    """The body length the response declares (None: unknown, e.g. chunked); a value that is
-    no byte count is a ``BadResponse``: its body framing cannot be trusted."""
-    if "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+    """The body length the response declares (None: unknown, e.g. chunked: RFC 9112 6.3,
+    a Transfer-Encoding overrides any Content-Length); a value that is no byte count is a
+    ``BadResponse``: its body framing cannot be trusted."""
+    if transfer_codings(response.headers.get("Transfer-Encoding")) is not None:
         return None
     return parse_length(response.headers.get("Content-Length"), response_url(response))
 

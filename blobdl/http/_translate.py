@@ -1,20 +1,72 @@
 """Error translation: whatever urllib3, http.client, ssl or the socket layer raise becomes a
 ``blobdl`` error here, so the engine reasons about our errors only.
+
+What went wrong is told by the error's type (never by its message text), and said in words a
+user can act on, naming the host and port (or the proxy) as curl does: "Failed to connect to
+127.0.0.1 port 9: Connection refused", "Could not resolve host: example.invalid", "TLS
+certificate of example.com not trusted: certificate has expired". No class name of ours or
+of a library's ever reaches the message.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
+import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple, TypeVar
+from urllib.parse import urlsplit
 
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InvalidHeader,
+    LocationParseError,
+    NameResolutionError,
+    NewConnectionError,
+    ProxyError,
+)
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import InvalidHeader, LocationParseError, SSLError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.ssl_match_hostname import CertificateError
 
 from .._redact import redact_url
-from ..errors import BadResponse, BlobdlError, ConnectionFailed, TLSError, UsageError
+from ..errors import (
+    BadResponse,
+    BlobdlError,
+    ConnectionFailed,
+    OutOfResources,
+    TLSError,
+    UsageError,
+)
+from ._interim import InterimError
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class Peer(NamedTuple):
+    """Who we were talking to, as a message names it: ``host port N`` (or ``proxy ...``)."""
+
+    host: str
+    port: int | None
+    proxy: bool = False
+
+    @classmethod
+    def of(cls, url: str, *, proxy: bool = False) -> Peer:
+        try:
+            parts = urlsplit(url)
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:
+            return cls(redact_url(url), None, proxy)
+        return cls(parts.hostname or redact_url(url), port, proxy)
+
+    @property
+    def who(self) -> str:
+        return f"proxy {self.host}" if self.proxy else self.host
+
+    def __str__(self) -> str:
+        return self.who if self.port is None else f"{self.who} port {self.port}"
 
 
 @contextmanager
@@ -24,34 +76,112 @@ def translate_errors(url: str) -> Iterator[None]:
         yield
     except BlobdlError:
         raise
-    except (SSLError, ssl.SSLError, CertificateError) as exc:
-        if _certificate_refused(exc):
-            raise TLSError(url, f"TLS verification failed: {exc}") from None
-        raise ConnectionFailed(url, f"TLS error: {exc}") from None
     except LocationParseError:
         raise UsageError(f"invalid URL {redact_url(url)!r}: cannot be parsed") from None
     except InvalidHeader as exc:  # e.g. Content-Length: 12, 13
         raise BadResponse(url, f"invalid header: {exc}") from None
     except UnicodeError as exc:  # an IDNA failure in the socket layer; check_url should catch it
         raise UsageError(f"invalid host in {redact_url(url)!r}: {exc}") from None
-    except TimeoutError as exc:
-        raise ConnectionFailed(url, f"timed out: {exc}") from None
-    except http.client.IncompleteRead as exc:
-        raise ConnectionFailed(url, f"connection closed early: {exc!r}") from None
     except (Urllib3Error, http.client.HTTPException, OSError) as exc:
-        if _certificate_refused(exc):  # e.g. a ProxyError wrapping the proxy's certificate
-            raise TLSError(url, f"TLS verification failed: {exc}") from None
-        raise ConnectionFailed(url, f"{type(exc).__name__}: {exc}") from None
+        raise translated(url, exc, Peer.of(url)) from None
 
 
-def _certificate_refused(exc: BaseException, depth: int = 0) -> bool:
-    """Whether the certificate (or the host name it names) was refused, by the error's type:
-    ``ssl.SSLCertVerificationError`` or urllib3's ``CertificateError``, wherever urllib3
-    wrapped it (its exceptions carry the original in ``args`` or as the cause)."""
-    if isinstance(exc, (ssl.SSLCertVerificationError, CertificateError)):
-        return True
+@contextmanager
+def proxy_errors(url: str, proxy: str) -> Iterator[None]:
+    """Errors that urllib3 says are the proxy's (``ProxyError``: connecting to it, its TLS,
+    its answer to CONNECT) name the proxy, not the server; the others pass on."""
+    try:
+        yield
+    except ProxyError as exc:
+        raise translated(url, exc, Peer.of(proxy, proxy=True)) from None
+
+
+def translated(url: str, exc: BaseException, peer: Peer) -> BlobdlError:
+    """The blobdl error for ``exc``, raised while talking to ``peer`` about ``url``."""
+    interim = _inner(exc, InterimError)
+    if interim is not None:  # a 101, or endless 1xx: the server broke the protocol
+        return BadResponse(url, str(interim))
+    refused = _inner(exc, (ssl.SSLCertVerificationError, CertificateError))
+    if refused is not None:
+        return TLSError(url, f"TLS certificate of {peer.who} not trusted: {_verdict(refused)}")
+    if _inner(exc, (NameResolutionError, socket.gaierror)) is not None:
+        return ConnectionFailed(url, f"Could not resolve {'proxy' if peer.proxy else 'host'}: "
+                                     f"{peer.host}")  # fmt: skip
+    local = _inner(exc, OSError)
+    if local is not None and local.errno in (errno.EMFILE, errno.ENFILE):
+        return OutOfResources.refused(f"open a connection to {peer}", local)  # not the server's
+    tls = _inner(exc, ssl.SSLError)
+    if tls is not None:
+        return ConnectionFailed(url, f"TLS error with {peer}: {_ssl_reason(tls)}")
+    return ConnectionFailed(url, _connection_detail(exc, peer))
+
+
+def _connection_detail(exc: BaseException, peer: Peer) -> str:
+    """What happened to the connection, in words."""
+    reason = _reason(exc)
+    if _inner(exc, (NewConnectionError, ConnectTimeoutError)) is not None:
+        return f"Failed to connect to {peer}: {reason}"
+    if peer.proxy:
+        return f"{peer} failed: {reason}"
+    if _inner(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected)) is not None:
+        return f"connection to {peer} closed early"
+    if _inner(exc, (TimeoutError, Urllib3Timeout)) is not None:
+        return f"no answer from {peer}: timed out"
+    if _inner(exc, http.client.HTTPException) is not None and _inner(exc, OSError) is None:
+        return f"malformed response from {peer}: {reason}"
+    return f"connection to {peer} failed: {reason}"
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause in words: an OSError's strerror ("Connection refused"), else the
+    innermost error's own message (library messages, never its class)."""
+    os_error = _inner(exc, OSError)
+    if os_error is not None and os_error.strerror:
+        return os_error.strerror
+    if _inner(exc, (TimeoutError, Urllib3Timeout)) is not None:
+        return "timed out"
+    innermost = exc
+    while True:
+        inner = [a for a in innermost.args if isinstance(a, BaseException)]
+        inner += [e for e in (innermost.__cause__,) if e is not None]
+        if not inner:
+            break
+        innermost = inner[0]
+    text = str(innermost.args[-1] if innermost.args else innermost)
+    return text or "no reason given"
+
+
+def _verdict(refused: BaseException) -> str:
+    """Why a certificate was refused, as OpenSSL or the host name check says it."""
+    message = getattr(refused, "verify_message", None)  # set by OpenSSL's check only
+    if isinstance(message, str) and message:
+        return message
+    return str(refused.args[-1] if refused.args else refused)
+
+
+def _ssl_reason(error: ssl.SSLError) -> str:
+    reason = getattr(error, "reason", None)  # e.g. WRONG_VERSION_NUMBER
+    if isinstance(reason, str) and reason:
+        return reason.lower().replace("_", " ")
+    return error.strerror or str(error)
+
+
+_Kind = TypeVar("_Kind", bound=BaseException)
+
+
+def _inner(
+    exc: BaseException, kind: type[_Kind] | tuple[type[_Kind], ...], depth: int = 0
+) -> _Kind | None:
+    """``exc`` or the first error of ``kind`` it wraps (urllib3's exceptions carry the
+    original in ``args`` or as the cause), None if there is none."""
+    if isinstance(exc, kind):
+        return exc
     if depth > 4:
-        return False
+        return None
     inner = [a for a in exc.args if isinstance(a, BaseException)]
     inner += [e for e in (exc.__cause__, exc.__context__) if e is not None]
-    return any(_certificate_refused(e, depth + 1) for e in inner)
+    for candidate in inner:
+        found = _inner(candidate, kind, depth + 1)
+        if found is not None:
+            return found
+    return None

@@ -1,11 +1,23 @@
 """Who gets SIGINT/SIGTERM: the coordinator owns cancellation, its children never do.
 
-While a download runs, ``Interrupts`` turns both signals into a *note*, never an exception
-raised at an arbitrary bytecode: an exception thrown from a signal handler can land
-between ``fork()`` and the bookkeeping that records the child (leaking it), inside a
-cleanup, or inside a weakref callback where Python swallows it. Instead the handler records
-the signal and the wake-up fd makes the coordinator's ``wait()`` return at once; the loop
-then raises ``Interrupted`` at a point of its choosing, and shuts down cleanly.
+SIGTERM is Ctrl-C by another name: wherever a download is, either one stops it the same
+way (exit 130, the partial kept), never the default death of SIGTERM (143, no message, a
+lock file left). ``stoppable`` is that for one whole download (the probe, a lock or cache
+wait, the hashing after the last byte): a signal raises ``Interrupted`` at once, as Ctrl-C
+raises KeyboardInterrupt. A few steps must not be cut in two, and hold it instead:
+
+- ``held``: a fork and its bookkeeping, a lock taken and written down, a file opened and
+  noted. The signal is raised when the step is done; ``held(drop=True)`` drops it instead,
+  for a cleanup that already runs because the download stops.
+- ``commit``: from the moment the complete file is renamed into place on, the download has
+  succeeded; a signal can no longer make it a failure, and is dropped.
+
+While the coordinator's loop runs, ``Interrupts`` turns both signals into a *note*, never an
+exception raised at an arbitrary bytecode: one thrown from a signal handler can land between
+``fork()`` and the bookkeeping that records the child (leaking it), inside a cleanup, or
+inside a weakref callback where Python swallows it. Instead the handler records the signal
+and the wake-up fd makes the coordinator's ``wait()`` return at once; the loop then raises
+``Interrupted`` at a point of its choosing, and shuts down cleanly.
 """
 
 from __future__ import annotations
@@ -14,12 +26,98 @@ import contextlib
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
-from ..errors import Interrupted
+from ..errors import Interrupted, OutOfResources
 
 _STOP = (signal.SIGINT, signal.SIGTERM)
+
+
+def _heeded() -> list[int]:
+    """SIGINT and SIGTERM, but one this process was started ignoring (a background job of a
+    shell script ignores Ctrl-C): that one stays ignored, as Python leaves it."""
+    return [sig for sig in _STOP if signal.getsignal(sig) is not signal.SIG_IGN]
+
+
+class _Stops:
+    """This process's part in ``stoppable``: how deep, what is held, what arrived."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.depth = 0  # stoppable() blocks entered (the outermost installs the handlers)
+        self.held = 0  # held() blocks entered
+        self.pending: int | None = None  # a signal that arrived while held
+        self.committed = False  # the download succeeded: signals are dropped
+
+
+_stops = _Stops()
+
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    if _stops.committed:
+        return
+    if _stops.held:
+        _stops.pending = _stops.pending or signum
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[None]:
+    """In the block, SIGINT and SIGTERM raise ``Interrupted`` (see the module's note). Only
+    the main thread may handle signals: elsewhere (a threaded caller's worker thread) the
+    caller's handlers stay. Nested blocks are one."""
+    if _stops.depth:
+        _stops.depth += 1
+        try:
+            yield
+        finally:
+            _stops.depth -= 1
+        return
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _stop) for sig in _heeded()}
+    _stops.depth = 1
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stops.reset()
+
+
+@contextlib.contextmanager
+def held(*, drop: bool = False) -> Iterator[None]:
+    """Hold SIGINT/SIGTERM through the block (see the module's note): raise the one that
+    arrived meanwhile when the outermost held block ends, or drop it with ``drop``. A block
+    that raises keeps its own error."""
+    _stops.held += 1
+    try:
+        yield
+    finally:
+        _stops.held -= 1
+        pending = None
+        if not _stops.held:
+            pending, _stops.pending = _stops.pending, None
+    if pending is not None and not drop and not _stops.committed:
+        raise Interrupted(pending)
+
+
+def commit() -> None:
+    """The download is about to be complete (the file renamed into place): from now until
+    its ``stoppable`` block ends, SIGINT and SIGTERM are dropped (see the module's note)."""
+    if _stops.depth:
+        _stops.committed = True
+
+
+def reset_stops() -> None:
+    """Forget the parent's ``stoppable`` state: a forked child starts with none."""
+    _stops.reset()
 
 
 class Interrupts:
@@ -35,11 +133,14 @@ class Interrupts:
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is not threading.main_thread():
             return self  # only the main thread may handle signals; the caller owns them
-        self._reader, self._writer = socket.socketpair()
+        try:
+            self._reader, self._writer = socket.socketpair()
+        except OSError as exc:
+            raise OutOfResources.refused("watch for Ctrl-C", exc) from None
         for end in (self._reader, self._writer):
             end.setblocking(False)
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        self._previous = {sig: signal.signal(sig, self._record) for sig in _STOP}
+        self._previous = {sig: signal.signal(sig, self._record) for sig in _heeded()}
         return self
 
     def __exit__(
@@ -55,6 +156,8 @@ class Interrupts:
         signal.set_wakeup_fd(self._previous_fd)
         self._reader.close()
         self._writer.close()
+        if kind is None and self.pending is not None:
+            raise Interrupted(self.pending)  # arrived after the last check: never lost
 
     def _record(self, signum: int, _frame: FrameType | None) -> None:
         self.pending = signum
@@ -82,6 +185,7 @@ def coordinator_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_STOP))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    reset_stops()  # its own download's ``stoppable`` installs its own handlers
 
 
 def child_signals() -> None:
@@ -90,3 +194,4 @@ def child_signals() -> None:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    reset_stops()

@@ -15,6 +15,7 @@ blocks forever instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import multiprocessing
@@ -24,12 +25,13 @@ import socket
 import subprocess
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.spawn import get_executable
 from typing import Any
 
+from ..errors import OutOfResources
 from ._signals import child_signals, coordinator_signals
 
 _PR_SET_PDEATHSIG = 1
@@ -53,14 +55,19 @@ def start(
     Without ``duplex`` the child writes and we read; the child's end is closed here, so
     our end reads EOF once the child (and anything it forked) is gone. A ``coordinator``
     child handles Ctrl-C and SIGTERM itself (it saves its state) instead of ignoring them."""
-    ours, theirs = _context.Pipe(duplex=duplex)
+    with _refused_as_ours(f"start a process ({name})"):
+        ours, theirs = _context.Pipe(duplex=duplex)
     setup = (os.getpid(), coordinator)
     proc = _context.Process(
         target=_child_main, args=(setup, target, args, theirs), name=name, daemon=daemon
     )
     _not_for_children.add(ours)
     try:
-        proc.start()
+        with _refused_as_ours(f"start a process ({name})"):
+            proc.start()
+    except BaseException:
+        ours.close()
+        raise
     finally:
         theirs.close()
     return proc, ours
@@ -69,8 +76,19 @@ def start(
 def seat_pipe() -> tuple[Connection, Connection]:
     """A one-way pipe for a child that is not started with it: (our reading end, the end to
     hand to the child). Give ours to ``private`` before the child is forked."""
-    ours, theirs = _context.Pipe(duplex=False)
+    with _refused_as_ours("open a pipe to a worker process"):
+        ours, theirs = _context.Pipe(duplex=False)
     return ours, theirs
+
+
+@contextlib.contextmanager
+def _refused_as_ours(what: str) -> Iterator[None]:
+    """The system's refusal (too many open files, processes; no memory) as our error: one
+    line that says what to change, never a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutOfResources.refused(what, exc) from None
 
 
 def private(conn: Connection) -> None:

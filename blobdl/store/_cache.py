@@ -34,6 +34,7 @@ from pathlib import Path
 from ..config import Settings
 from ..errors import LocalFileError
 from ..events import DownloadResult
+from ..processes._signals import commit
 from ._destination import check_destination
 from ._digest import sha256_fd
 from ._files import atomic_write, local_error, open_own, read_own
@@ -241,14 +242,15 @@ def place(entry: Path, dest: Path, verified: os.stat_result) -> os.stat_result:
             if exc.errno not in _CANNOT_LINK:
                 raise
             _copy(entry, scratch, verified)
+        commit()  # the rename puts the verified blob in place: the download has succeeded
         os.replace(scratch, dest)
         after = os.lstat(dest)
-    except (OSError, LocalFileError) as exc:
+    except BaseException as exc:  # Ctrl-C during a long copy too: no scratch file left
         with contextlib.suppress(OSError):
             scratch.unlink()
-        if isinstance(exc, LocalFileError):
-            raise
-        raise local_error(dest, exc) from None
+        if isinstance(exc, OSError):
+            raise local_error(dest, exc) from None
+        raise
     return after if _same_file(after, verified) else verified
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import psutil
 
-from ..errors import InsufficientSpace, LocalFileError
-from ._files import fsync_dir, local_error, open_own, require_regular
+from ..errors import InsufficientSpace, LocalFileError, UsageError
+from ._files import directory_problem, fsync_dir, local_error, open_own, require_regular
 
 TEMP_SUFFIX = ".blobdl-tmp"
 #: Every file blobdl keeps beside a destination has this in its name (-tmp, -state, -lock...).
@@ -68,10 +68,13 @@ def check_destination(dest: Path) -> None:
     Only a regular file (or nothing) may be there: a FIFO would hang us, a device or a
     socket would be replaced by a file. A symbolic link is judged by its target; it is
     itself replaced by the final rename, never written through."""
+    if "\0" in str(dest):  # the system cannot name such a file: ask for another name
+        raise UsageError(f"destination {str(dest)!r} holds a NUL byte")
     parent = dest.parent
+    broken = directory_problem(parent)
+    if broken is not None:
+        raise broken
     require_regular(dest)
-    if not parent.is_dir():
-        raise LocalFileError(str(dest), f"directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LocalFileError(str(dest), f"directory {parent} is not writable")
 

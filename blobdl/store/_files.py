@@ -73,6 +73,7 @@ def _require_own(fd: int, path: Path, shared: bool) -> None:
 
 def _kind(mode: int) -> str:
     kinds = {
+        stat.S_ISREG: "a file",
         stat.S_ISDIR: "a directory",
         stat.S_ISFIFO: "a FIFO",
         stat.S_ISSOCK: "a socket",
@@ -156,8 +157,25 @@ def take_lock(
 
 
 def local_error(path: Path, exc: OSError) -> LocalFileError:
-    """An OSError on our own files, as a blobdl error (ENOSPC, EIO, EACCES...)."""
+    """An OSError on our own files, as a blobdl error (ENOSPC, EIO, EACCES...). A file that
+    cannot be opened because its directory is missing (or is no directory) names that
+    directory, which the user can act on, not our side file in it."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        broken = directory_problem(path.parent)
+        if broken is not None:
+            return broken
     return LocalFileError(str(path), exc.strerror or str(exc))
+
+
+def directory_problem(directory: Path) -> LocalFileError | None:
+    """The error naming ``directory`` if it is not an existing directory; None if it is."""
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return LocalFileError(str(directory), "directory does not exist")
+    if not stat.S_ISDIR(info.st_mode):
+        return LocalFileError(str(directory), f"is {_kind(info.st_mode)}, not a directory")
+    return None
 
 
 @contextlib.contextmanager

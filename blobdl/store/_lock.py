@@ -9,6 +9,7 @@ a file which was removed meanwhile notices (different inode) and tries again.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,10 @@ from types import TracebackType
 from typing import TypeVar
 
 from ..errors import DestinationLocked
+from ..processes._signals import held
 from ._files import open_own, take_lock
+
+log = logging.getLogger("blobdl")
 
 LOCK_SUFFIX = ".blobdl-lock"
 T = TypeVar("T")
@@ -33,18 +37,24 @@ class DestinationLock:
     def __enter__(self) -> DestinationLock:
         deadline = time.monotonic() + self.timeout
         while True:
-            fd = self._open()
-            if not take_lock(fd, deadline=deadline):
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise DestinationLocked(str(self.dest), holder)
-            if self._still_linked(fd):
-                break
+            fd = None
+            try:
+                with held():  # a file opened is a file noted (and closed if we stop)
+                    fd = self._open()
+                if not take_lock(fd, deadline=deadline):  # the wait: Ctrl-C ends it
+                    raise DestinationLocked(str(self.dest), _read_holder(fd))
+                with held():  # the lock taken is the lock noted: __exit__ lets go of it
+                    if self._still_linked(fd):
+                        self.fd = fd
+                        _write_holder(fd)
+                        return self
+            except BaseException as exc:
+                if self.fd is not None:
+                    self.__exit__(type(exc), exc, None)  # we held it: no lock file left
+                elif fd is not None:
+                    os.close(fd)
+                raise
             os.close(fd)  # we locked a file its previous holder had just removed
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-        return self
 
     def __exit__(
         self,
@@ -52,12 +62,21 @@ class DestinationLock:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        """Let go: the lock file removed, then closed. Best-effort, and never an error of
+        its own: a directory that became read-only (or vanished) must not replace the
+        error on its way out, nor fail a download that is complete."""
         if self.fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # still holding the lock: nobody else owns this name now
-        os.close(self.fd)
-        self.fd = None
+        with held(drop=True):
+            try:
+                self.path.unlink()  # still holding the lock: nobody else owns this name now
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove the lock file %s: %s", self.path, exc.strerror)
+            finally:
+                os.close(self.fd)
+                self.fd = None
 
     def _open(self) -> int:
         # Truncated once locked: a link planted at the name must not lead us to a victim.
@@ -68,6 +87,14 @@ class DestinationLock:
             return os.lstat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             return False
+
+
+def _write_holder(fd: int) -> None:
+    """Our process id in the lock file, for a waiter's message only: a full disk that cannot
+    take it must not fail the download (the flock is the lock, not these bytes)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
 
 
 def _read_holder(fd: int) -> int | None:

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 
 from .._redact import redact_url
 from ..errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
-from ..http._remote import Identity, Remote
+from ..http._remote import Identity, Remote, change
+from ..processes._signals import held
 from ._destination import discard, temp_path
 from ._files import atomic_write, local_error, read_own
 
@@ -52,8 +53,8 @@ class State(NamedTuple):
     url_key: str | None = None
 
     def describes(self, remote: Remote) -> bool:
-        """Same blob: the identity the remote has now."""
-        return self.identity == remote.identity
+        """Same blob as the remote now (``_remote.change``: the rule a download uses too)."""
+        return change(self.identity, remote.identity) is None
 
     @property
     def identity(self) -> Identity:
@@ -91,8 +92,11 @@ class Resume:
         if not self.enabled or not remote.ranges:
             return None
         previous = load(self.record, self.url, self.temp, self.digest)
-        if previous is not None and not previous.describes(remote):
-            log.warning("the remote changed since the partial download; starting over")
+        changed = None if previous is None else change(previous.identity, remote.identity)
+        if changed is not None:
+            log.warning(
+                "the remote changed since the partial download (%s); starting over", changed
+            )
             return None
         return previous
 
@@ -104,9 +108,10 @@ class Resume:
         return previous is not None and previous.done > 0 and previous.describes(remote)
 
     def forget(self) -> None:
-        """Start over: no partial file, no record."""
-        discard(self.temp)
-        remove(self.record)
+        """Start over: no partial file, no record (both gone, or neither: not cut in two)."""
+        with held():
+            discard(self.temp)
+            remove(self.record)
 
     def checkpointer(self, fd: int, remote: Remote) -> CheckpointCallback | None:
         """Saves the positions the coordinator hands it; None when resume is off."""
@@ -129,21 +134,31 @@ class Resume:
         return checkpoint
 
     def finished(self) -> None:
-        """The download is in place (or proven bad): its record has nothing left to claim."""
-        remove(self.record)
+        """The download is in place (or proven bad): its record has nothing left to claim.
+        Best-effort: a record that cannot be removed (its directory made read-only) is said,
+        never an error of its own; the download's outcome stands."""
+        try:
+            remove(self.record)
+        except OSError as exc:
+            log.warning("could not remove the resume record %s: %s", self.record, exc.strerror)
 
     def settle(self, error: BaseException) -> None:
         """After ``error``: keep the partial file when its record claims bytes and nothing
         proved them bad; else remove both. Never raises over ``error``."""
         try:
-            if self.enabled and keeps_partial(error) and claims_bytes(self.record):
-                log.warning(
-                    "partial download kept in %s; run the same command again to resume", self.temp
-                )
+            if keeps_partial(error) and self.mention_kept():
                 return
             self.forget()
         except OSError as cleanup:
             log.warning("could not clean up %s after the failure: %s", self.temp, cleanup)
+
+    def mention_kept(self) -> bool:
+        """Say so if a partial download is kept beside the destination (its record claims
+        bytes): a run that stops, wherever it stops, tells where the next one resumes."""
+        if not (self.enabled and claims_bytes(self.record)):
+            return False
+        log.warning("partial download kept in %s; run the same command again to resume", self.temp)
+        return True
 
 
 def keeps_partial(error: BaseException) -> bool:

@@ -2,8 +2,9 @@
 
 Whatever a server does — cut, stall, shift, wrong status, odd headers, redirects — the CLI
 ends in one of two ways: exit 0 with the exact bytes at the destination, or a clean error
-(exit 2–5, one ``blobdl: error:`` line on stderr besides warnings, no traceback) with no
-destination file (``DEST.blobdl-tmp``/``-state`` may stay for a resume). Either way no
+(exit 2–5, one ``blobdl: error:`` line on stderr besides warnings, in words: no traceback,
+no class name) with no destination file (``DEST.blobdl-tmp``/``-state`` may stay for a
+resume). Either way no
 process is left behind, nothing is written outside the working directory, and the
 ``Authorization`` header never reaches another origin.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +65,8 @@ REAP_GRACE = 3.0  # workers of an exited CLI get this long to notice and go
 SECRET = "Bearer hostile-secret"
 KEEP_SUFFIXES = (".blobdl-tmp", ".blobdl-state")
 MARK = "BLOBDL_HOSTILE_RUN"
+# An error line speaks of hosts, ports and files, never of a class (issue #20, item 19).
+CLASS_NAME = re.compile(r"\b[A-Z][a-z]+[A-Za-z]*(Error|Exception)\b|Connection\(host=")
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +162,7 @@ def check_invariant(run: Run, blob: Blob, sandbox: Path, work: Path, dest: Path 
     errors = [ln for ln in lines if ln.startswith("blobdl: error:")]
     noise = [ln for ln in lines if not ln.startswith(("blobdl: error:", "blobdl: warning:"))]
     assert len(errors) == 1 and not noise, f"exit {run.code}, stderr not one line:\n{run.stderr}"
+    assert not CLASS_NAME.search(errors[0]), f"a class name, not words: {errors[0]}"
     assert not others, f"exit {run.code} but left {others} (kept for resume: {kept})"
 
 

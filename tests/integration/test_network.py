@@ -104,7 +104,7 @@ def test_https_refused_without_the_ca_fails_fast_with_tls_error(
         Downloader(settings).download(tls_blob.url, tmp_path / "out")
     assert time.monotonic() - started < 2.0
     assert caught.value.exit_code == EXIT_NETWORK and not caught.value.retryable
-    assert "verif" in str(caught.value)
+    assert "not trusted" in str(caught.value)
     assert tls_server.stats()["requests"] == 0  # no request ever got past a handshake
     assert not (tmp_path / "out").exists()
 
@@ -152,7 +152,7 @@ def test_cli_https(tls_blob: Blob, pki: PKI, tmp_path: Path, flags: list[str], c
     if code == EXIT_OK:
         assert sha256_file(tmp_path / "out") == tls_blob.sha256
     else:
-        assert "TLS verification failed" in run.stderr
+        assert "TLS certificate of 127.0.0.1 not trusted" in run.stderr
 
 
 # --------------------------------------------------------------------------- client certificates

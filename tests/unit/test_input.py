@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from blobdl import Settings
 from blobdl.cli import build_parser, settings_from
+from blobdl.config import MAX_PARTS
 from blobdl.engine._plan import part_count, plan
 from blobdl.errors import BadResponse, BlobdlError, UsageError
 from blobdl.http._headers import (
@@ -18,6 +19,7 @@ from blobdl.http._headers import (
     parse_content_range,
     parse_length,
     parse_retry_after,
+    transfer_codings,
 )
 
 HUGE_TOTAL = 2**62
@@ -25,10 +27,38 @@ HUGE_TOTAL = 2**62
 
 def test_part_count_is_computed_not_materialised() -> None:
     tiny = Settings(min_part_size=1, max_part_size=1, target_parts=1)
-    assert part_count(HUGE_TOTAL, tiny) == HUGE_TOTAL
+    assert part_count(HUGE_TOTAL, tiny) == MAX_PARTS  # the cap: parts grow past the maximum
     for size in (0, 1, 7, 10**6 + 3):
         for s in (tiny, Settings(parts=3), Settings(min_part_size=2, max_part_size=5)):
             assert part_count(size, s) == len(plan(size, s))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 2**62),
+    st.integers(1, 2**40),
+    st.integers(1, 2**40),
+    st.none() | st.integers(1, MAX_PARTS),
+    st.integers(1, MAX_PARTS),
+)
+def test_no_plan_has_more_parts_than_the_cap(
+    size: int, low: int, high: int, parts: int | None, target: int
+) -> None:
+    """However the parts are asked for (--parts, sizes, a target), a blob is never cut into
+    more than MAX_PARTS: the coordinator's cost per checkpoint grows with them (issue #20)."""
+    s = Settings(min_part_size=min(low, high), max_part_size=max(low, high), parts=parts,
+                 target_parts=target)  # fmt: skip
+    count = part_count(size, s)
+    assert count <= MAX_PARTS
+    if size <= 10**7:  # small enough to cut for real: the plan tiles the blob
+        spans = plan(size, s)
+        assert len(spans) == count and sum(span.length for span in spans) == size
+
+
+def test_more_parts_than_the_cap_is_a_usage_error_that_says_the_cap() -> None:
+    with pytest.raises(UsageError, match=f"to {MAX_PARTS}"):
+        Settings(parts=MAX_PARTS + 1)
+    assert f"at most {MAX_PARTS}" in build_parser().format_help()
 
 
 # --- the parsers, fuzzed -------------------------------------------------------------------
@@ -49,6 +79,26 @@ def test_header_parsers_never_raise_anything_else(text: str) -> None:
     except BadResponse:
         return
     assert value is None or 0 <= value < 2**63
+
+
+@pytest.mark.parametrize(
+    ("value", "codings"),
+    [
+        (None, None),
+        ("chunked", ("chunked",)),
+        ("chunked ", ("chunked",)),  # whitespace around a token is no part of it
+        ("\tChunked", ("chunked",)),  # tokens are case-insensitive
+        (",chunked,,", ("chunked",)),  # empty list elements are allowed, and mean nothing
+        ("gzip, chunked", ("gzip", "chunked")),
+        ("gzip;q=1, CHUNKED", ("gzip", "chunked")),
+        ("chunked, chunked", ("chunked", "chunked")),
+        ("", ()),
+    ],
+)
+def test_transfer_encoding_is_a_list_of_tokens(
+    value: str | None, codings: tuple[str, ...] | None
+) -> None:
+    assert transfer_codings(value) == codings
 
 
 # --- arguments and settings ----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from blobdl.engine._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
+from blobdl.engine._failure import RETRY, Verdict
 from blobdl.engine._parts import Parts
 from blobdl.engine._pinned import Pinned
 from blobdl.engine._steal import CUT_LONG, LAG_SHARE, LaneView, Steal, choose, laggards, lagging
@@ -227,3 +228,53 @@ def test_a_refresh_that_finds_another_blob_keeps_the_pinned_one() -> None:
     with pytest.raises(RemoteChanged):
         pinned.refresh()
     assert pinned.generation == 0 and pinned.remote == remote
+
+
+# --- the board: what a wake-up asks costs the lanes, not the parts (issue #20, item 9) -------
+
+
+class _Lane:
+    """A stand-in for a running lane's handle (the board only keeps it)."""
+
+    sentinel = None
+
+
+def _many(count: int) -> Parts:
+    return Parts([PartRecord(i, i + 1, i) for i in range(count)], connections=4, retry=Retry())
+
+
+def _no_walks(monkeypatch: pytest.MonkeyPatch) -> None:
+    def walk(self: Parts) -> None:
+        raise AssertionError("a wake-up walked every part")
+
+    monkeypatch.setattr(Parts, "__iter__", walk)
+
+
+def test_parts_start_in_order_then_retries_when_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = _many(10)
+    _no_walks(monkeypatch)
+    first = [parts.next_ready(0.0) for _ in range(3)]
+    assert [p.slot for p in first if p is not None] == [0, 1, 2]
+    for part in first:
+        assert part is not None
+        part.start_attempt(0.0, part.start, 0, _Lane())  # type: ignore[arg-type]
+    assert parts.running() == 3 and [p.slot for p in parts.runners()] == [0, 1, 2]
+    first[1].wait(Verdict(RETRY, Retry(), 5.0), now=0.0)  # part 1 backs off until t=5
+    first[0].finish()
+    assert parts.running() == 1 and parts.next_retry() == 5.0
+    assert parts.next_ready(1.0).slot == 3  # type: ignore[union-attr]  # not due yet: in order
+    assert parts.next_ready(6.0).slot == 1  # type: ignore[union-attr]  # due, and earlier
+    assert parts.next_retry() is None and not parts.finished()
+
+
+def test_done_parts_and_a_stop_keep_the_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = Parts([PartRecord(0, 5, 5), PartRecord(5, 9, 5)], connections=1, retry=Retry())
+    _no_walks(monkeypatch)
+    part = parts.next_ready(0.0)
+    assert part is not None and part.slot == 1  # part 0 was done already (a resume)
+    part.start_attempt(0.0, 5, 0, _Lane())  # type: ignore[arg-type]
+    part.worker = None
+    parts.stop()  # a running part is pending again, at the back of the queue
+    assert parts.running() == 0 and parts.next_ready(0.0) is part
+    part.finish()
+    assert parts.finished() and parts.next_ready(0.0) is None

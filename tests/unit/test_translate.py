@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import http.client
+import re
+import socket
 import ssl
 
 import pytest
-from urllib3.exceptions import SSLError
+from urllib3.exceptions import (
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 
-from blobdl.errors import ConnectionFailed, TLSError
+from blobdl.errors import BlobdlError, ConnectionFailed, TLSError
 from blobdl.http._translate import translate_errors
 
 URL = "https://h/blob"
@@ -32,3 +41,49 @@ def test_tls_errors_are_classified_by_type(raised: BaseException, expected: type
     with pytest.raises(ConnectionFailed) as caught, translate_errors(URL):
         raise raised
     assert caught.type is expected  # TLSError (final) is a ConnectionFailed (retried) too
+
+
+def _caused(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("raised", "words"),
+    [
+        (
+            _caused(
+                NewConnectionError("conn", "Failed"),
+                ConnectionRefusedError(111, "Connection refused"),
+            ),
+            "Failed to connect to h port 443: Connection refused",
+        ),
+        (
+            NameResolutionError("h", "conn", socket.gaierror(-2, "Name or service not known")),
+            "Could not resolve host: h",
+        ),
+        (
+            ProtocolError("Connection aborted.", http.client.RemoteDisconnected("x")),
+            "connection to h port 443 closed early",
+        ),
+        (http.client.IncompleteRead(b"", 10), "connection to h port 443 closed early"),
+        (
+            ConnectionResetError(104, "Connection reset by peer"),
+            "connection to h port 443 failed: Connection reset by peer",
+        ),
+        (ReadTimeoutError(None, URL, "Read timed out."), "no answer from h port 443: timed out"),  # type: ignore[arg-type]
+        (TimeoutError("timed out"), "no answer from h port 443: timed out"),
+        (http.client.BadStatusLine("garbage"), "malformed response from h port 443: "),
+        (verification("self-signed"), "TLS certificate of h not trusted: "),
+        (
+            ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+            "TLS error with h port 443: ",
+        ),
+    ],
+)
+def test_errors_are_told_in_words_naming_the_host(raised: BaseException, words: str) -> None:
+    with pytest.raises(BlobdlError) as caught, translate_errors(URL):
+        raise raised
+    text = str(caught.value)
+    assert text.startswith(words), text
+    assert not re.search(r"[A-Z][a-z]+[A-Za-z]*(Error|Exception)\b", text), text

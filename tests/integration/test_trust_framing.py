@@ -1,0 +1,149 @@
+"""A body's framing is read one way, everywhere (trust issue #20, items 1 and 14).
+
+``Transfer-Encoding`` is a list of tokens: ``chunked`` spelled any way the spec allows
+(trailing whitespace, any case, empty list elements) is decoded, on the probe and on every
+range request; a coding we cannot decode (``gzip, chunked``, ``identity``, a doubled
+``chunked``) is a bad response, retried like one, and its body is never written. Interim
+responses (1xx but 101) before the real one are skipped; a 101 nobody asked for is a bad
+response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blobdl.errors import EXIT_INTEGRITY, EXIT_OK
+from faultserver.serverctl import ServerHandle
+from tests.conftest import Blob, run_cli, sha256_file
+
+Make = Callable[..., Blob]
+SIZE = 200_003  # four 64 KiB parts: the probe and four range requests
+CLI = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "2",
+       "--retries", "1", "--max-backoff", "0.01", "-q"]  # fmt: skip
+
+
+def every_request(**fault: object) -> dict[str, object]:
+    return {"path": "/files/*", "times": None, **fault}
+
+
+def fetch(blob: Blob, out: Path, *extra: str) -> tuple[int, str]:
+    done = run_cli(blob.url, "-o", str(out), *CLI, *extra)
+    return done.returncode, done.stderr
+
+
+def fetch_alone(blob: Blob, tmp_path: Path) -> tuple[int, str, Path]:
+    """``fetch`` into a directory of its own: what is left there is the download's."""
+    out = tmp_path / "out" / "blob"
+    out.parent.mkdir()
+    return (*fetch(blob, out), out)
+
+
+def assert_exact(code: int, stderr: str, blob: Blob, out: Path) -> None:
+    assert code == EXIT_OK, stderr
+    assert sha256_file(out) == blob.sha256
+
+
+def assert_refused(code: int, stderr: str, out: Path, words: str) -> None:
+    """Exit 4, one error line that names the problem, nothing at the destination and no
+    byte of any refused body on disk (the run failed before a byte landed)."""
+    assert code == EXIT_INTEGRITY, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("blobdl: error:"), stderr
+    assert words in lines[0], lines[0]
+    assert sorted(p.name for p in out.parent.iterdir()) == [], "a refused body left a file"
+
+
+# --- Transfer-Encoding ---------------------------------------------------------------------
+
+SPELLINGS_OF_CHUNKED = ["chunked ", "chunked\t", "Chunked", "CHUNKED", ",chunked", "chunked, ,"]
+UNREADABLE_CODINGS = ["gzip, chunked", "gzip", "identity", "chunked, chunked", "x-foo", ""]
+
+
+@pytest.mark.parametrize(
+    ("value", "readable"),
+    [(v, True) for v in SPELLINGS_OF_CHUNKED] + [(v, False) for v in UNREADABLE_CODINGS],
+)
+def test_a_transfer_encoding_is_decoded_or_refused_never_written_raw(
+    make: Make, server: ServerHandle, tmp_path: Path, value: str, readable: bool
+) -> None:
+    """On the probe and every range request: ``chunked`` however spelled is decoded; any
+    other coding is refused, and not a byte of its body reaches the disk."""
+    blob = make(SIZE, seed=2001)
+    server.set_faults(every_request(action="transfer_encoding", value=value))
+    code, stderr, out = fetch_alone(blob, tmp_path)
+    if readable:
+        assert_exact(code, stderr, blob, out)
+        assert server.stats()["requests"] >= 5  # the probe and every part went through it
+    else:
+        assert_refused(code, stderr, out, "Transfer-Encoding")
+
+
+def test_chunked_with_a_content_length_beside_it_follows_the_chunks(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """RFC 9112 6.3: Transfer-Encoding overrides Content-Length (here: the chunked body is
+    longer than the length says, by its chunk lines)."""
+    blob = make(SIZE, seed=2002)
+    server.set_faults(every_request(action="transfer_encoding", value="chunked ", length=True))
+    out = tmp_path / "blob"
+    assert_exact(*fetch(blob, out), blob, out)
+
+
+@pytest.mark.parametrize("value", ["gzip, chunked", "identity"])
+def test_one_response_in_an_unreadable_coding_is_retried(
+    make: Make, server: ServerHandle, tmp_path: Path, value: str
+) -> None:
+    """On the first range request (the probe's answer was fine): a bad response, retried."""
+    blob = make(SIZE, seed=2004)
+    server.set_faults({"path": "/files/*", "skip": 1, "action": "transfer_encoding",
+                       "value": value})  # fmt: skip
+    out = tmp_path / "blob"
+    assert_exact(*fetch(blob, out), blob, out)
+
+
+def test_the_whole_body_fallback_reads_the_same_framing(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A server without ranges (a 200, no length: one stream): ``Chunked `` decoded there too."""
+    blob = make(SIZE, seed=2005)
+    server.set_faults(every_request(action="transfer_encoding", value="Chunked ", whole=True))
+    out = tmp_path / "blob"
+    assert_exact(*fetch(blob, out), blob, out)
+
+
+# --- interim responses -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("statuses", [[103], [100, 103], [102, 103, 103, 199]])
+def test_interim_responses_before_the_answer_are_skipped(
+    make: Make, server: ServerHandle, tmp_path: Path, statuses: list[int]
+) -> None:
+    blob = make(SIZE, seed=2006)
+    server.set_faults(every_request(action="interim", statuses=statuses))
+    out = tmp_path / "blob"
+    assert_exact(*fetch(blob, out), blob, out)
+    assert server.stats()["requests"] >= 5
+
+
+@pytest.mark.parametrize(
+    ("statuses", "words"), [([101], "switched protocols (101)"), ([103] * 5000, "interim")]
+)
+def test_switching_protocols_unasked_or_endless_interim_responses_are_a_bad_response(
+    make: Make, server: ServerHandle, tmp_path: Path, statuses: list[int], words: str
+) -> None:
+    blob = make(SIZE, seed=2008)
+    server.set_faults(every_request(action="interim", statuses=statuses))
+    code, stderr, out = fetch_alone(blob, tmp_path)
+    assert_refused(code, stderr, out, words)
+
+
+def test_one_switching_protocols_is_retried(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(SIZE, seed=2009)
+    server.set_faults({"path": "/files/*", "skip": 2, "action": "interim", "statuses": [101]})
+    out = tmp_path / "blob"
+    assert_exact(*fetch(blob, out), blob, out)

@@ -1,0 +1,176 @@
+"""What a user gives us in a manifest, and what ``-i`` prints (trust issue #20, items 13, 18).
+
+Every manifest line is checked before anything starts: a JSON field of the wrong type, an
+unknown or repeated field, a NUL byte, text that is not UTF-8 is a usage error naming the
+line (exit 2, one line, no traceback). With ``--quiet`` a batch prints nothing on success,
+and only its failures otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE
+from faultserver.serverctl import ServerHandle
+from tests.conftest import REPO, Blob
+
+Make = Callable[..., Blob]
+
+
+def run_batch(
+    manifest: Path | None, *args: str, stdin: bytes | None = None
+) -> tuple[int, str, str]:
+    source = str(manifest) if manifest is not None else "-"
+    done = subprocess.run([sys.executable, "-m", "blobdl", "-i", source, *args],
+                          capture_output=True, input=stdin, timeout=60, cwd=REPO)  # fmt: skip
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def assert_usage_error(code: int, stderr: str, line: int) -> None:
+    assert code == EXIT_USAGE, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"blobdl: error: manifest line {line}: "), stderr
+
+
+def wrong(url: str) -> list[object]:
+    """JSON items each of which must be refused, by the field that is wrong."""
+    return [
+        {"url": 5},
+        {"url": None},
+        {"url": [url]},
+        {"path": "x"},  # no url at all
+        {"url": url, "path": 5},
+        {"url": url, "path": ["x"]},
+        {"url": url, "path": ""},
+        {"url": url, "path": "a\u0000b"},
+        {"url": url, "digest": 5},
+        {"url": url, "digest": True},
+        {"url": url, "digest": ["sha256:" + "0" * 64]},
+        {"url": url, "headers": 5},
+        {"url": url, "headers": ["X-A: 1"]},
+        {"url": url, "headers": {"X-A": 5}},
+        {"url": url, "headers": {"X-A": {"b": 1}}},
+        {"url": url, "headers": {"X-A": None}},
+        {"url": url, "headers": {"X-A": "a\u0000b"}},
+        {"url": url, "pth": "typo"},  # an unknown field is a typo, never ignored
+    ]
+
+
+@pytest.mark.parametrize("index", range(18))
+def test_a_json_field_of_the_wrong_type_is_a_usage_error_naming_its_line(
+    make: Make, server: ServerHandle, tmp_path: Path, index: int
+) -> None:
+    blob = make(1000, seed=2301)
+    good = json.dumps({"url": blob.url, "path": str(tmp_path / "ok")})
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"# items\n{good}\n{json.dumps(wrong(blob.url)[index])}\n")
+    code, _, stderr = run_batch(manifest)
+    assert_usage_error(code, stderr, 3)
+    assert server.stats()["requests"] == 0 and not (tmp_path / "ok").exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"url": "URL", "path": "a", "path": "b"}',  # two parsers, two answers: refused
+        '{"url": "URL"} trailing',
+        '{"url": ' + "[" * 100_000 + "]" * 100_000 + "}",  # deeper than the parser's stack
+        "URL out\u0000put",  # a NUL in a plain line
+        "\u0000",
+    ],
+    ids=["repeated-field", "trailing", "deep", "nul-in-path", "nul-alone"],
+)
+def test_malformed_lines_are_usage_errors_naming_their_line(
+    make: Make, server: ServerHandle, tmp_path: Path, text: str
+) -> None:
+    blob = make(1000, seed=2301)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url} {tmp_path / 'ok'}\n\n" + text.replace("URL", blob.url))
+    code, _, stderr = run_batch(manifest)
+    assert_usage_error(code, stderr, 3)
+    assert server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("stdin", [False, True], ids=["file", "stdin"])
+def test_a_manifest_that_is_not_utf8_is_a_usage_error_naming_its_line(
+    make: Make, server: ServerHandle, tmp_path: Path, stdin: bool
+) -> None:
+    blob = make(1000, seed=2301)
+    data = f"{blob.url} {tmp_path / 'a'}\n{blob.url} {tmp_path / 'b'}\n".encode()
+    data += f"{blob.url} ".encode() + "caf\u00e9".encode("latin-1") + b"\n"
+    manifest = tmp_path / "manifest"
+    manifest.write_bytes(data)
+    code, _, stderr = run_batch(None if stdin else manifest, stdin=data if stdin else None)
+    assert_usage_error(code, stderr, 3)
+    assert "UTF-8" in stderr
+    assert server.stats()["requests"] == 0
+
+
+def test_a_utf8_manifest_with_a_byte_order_mark_is_read(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(1000, seed=2301)
+    manifest = tmp_path / "manifest"
+    out = tmp_path / "caf\u00e9"
+    manifest.write_bytes(f"\ufeff{blob.url} {out}\n".encode())
+    code, _, stderr = run_batch(manifest, "-q")
+    assert code == EXIT_OK, stderr
+    assert out.stat().st_size == 1000
+
+
+# --- item 18: --quiet --------------------------------------------------------------------------
+
+
+def test_quiet_batch_prints_nothing_on_success(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blobs = [make(1000, seed=2310 + n) for n in range(3)]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {tmp_path / b.name}\n" for b in blobs))
+    code, stdout, stderr = run_batch(manifest, "--quiet")
+    assert (code, stdout, stderr) == (EXIT_OK, "", "")
+
+
+def test_quiet_batch_prints_only_its_failures(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    good, bad = make(1000, seed=2320), make(1000, seed=2321)
+    server.set_faults({"path": f"/files/{bad.name}", "times": None, "action": "status",
+                       "status": 404})  # fmt: skip
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{good.url} {tmp_path / 'good'}\n{bad.url} {tmp_path / 'bad'}\n")
+    code, stdout, stderr = run_batch(manifest, "-q", "--retries", "0")
+    assert code == EXIT_NETWORK and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("FAILED ") and bad.name in lines[0], stderr
+
+
+def test_json_batch_output_is_unchanged_by_quiet_rules(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(1000, seed=2330)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url} {tmp_path / 'out'}\n")
+    code, stdout, _ = run_batch(manifest, "--json")
+    events = [json.loads(line)["event"] for line in stdout.splitlines()]
+    assert code == EXIT_OK and events[-1] == "summary" and "finished" in events
+
+
+def test_quiet_hides_warnings_of_a_download_that_succeeds(make: Make, tmp_path: Path) -> None:
+    """A warning (here: a resume state that cannot be read) is no error: -q hides it."""
+    blob = make(1000, seed=2340)
+    out = tmp_path / "out"
+    for quiet in (False, True):
+        out.unlink(missing_ok=True)
+        Path(f"{out}.blobdl-state").write_text("garbage")
+        done = subprocess.run([sys.executable, "-m", "blobdl", blob.url, "-o", str(out),
+                               *(["-q"] if quiet else [])], capture_output=True, text=True,
+                              timeout=60, cwd=REPO)  # fmt: skip
+        assert done.returncode == EXIT_OK and done.stdout == ("" if quiet else done.stdout)
+        assert (done.stderr == "") is quiet, done.stderr

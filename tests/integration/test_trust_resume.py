@@ -1,0 +1,72 @@
+"""Resume judges the remote as the download does (trust issue #20, item 7).
+
+"Same blob" is one rule, used by a resume, a refreshed URL and every response mid-download:
+the size must match, and a validator (ETag, Last-Modified) proves a change only when both
+looks have one and they differ. A validator that disappears (or appears) proves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import blobdl
+from blobdl import Downloader
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.integration.test_trust_keep import assert_kept, temp_of
+
+Make = Callable[..., Blob]
+
+
+def partial(
+    blob: Blob, server: ServerHandle, out: Path, first: dict[str, object] | None = None
+) -> int:
+    """A first run that ends with a kept partial (the sixth request is a 404; ``first``
+    changes the five before it); the bytes its state claims."""
+    path = f"/files/{blob.name}"
+    before = [{"path": path, "times": 5, **first}] if first else []
+    server.set_faults(*before, {"path": path, "skip": 0 if first else 5, "times": 1,
+                                "action": "status", "status": 404})  # fmt: skip
+    with pytest.raises(blobdl.HTTPStatusError):
+        Downloader(fast_settings()).download(blob.url, out)
+    server.reset()
+    return assert_kept(out)
+
+
+@pytest.mark.parametrize("dropped", [["ETag"], ["Last-Modified"], ["ETag", "Last-Modified"]])
+def test_a_validator_that_disappears_keeps_the_partial(
+    make: Make, server: ServerHandle, tmp_path: Path, dropped: list[str]
+) -> None:
+    blob = make(8 * PART, seed=2201)
+    out = tmp_path / "out"
+    kept = partial(blob, server, out)
+    server.set_faults({"path": "/files/*", "times": None, "action": "headers", "drop": dropped})
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == kept
+    assert server.stats()["bytes_sent"] == blob.size - kept + 1  # only what was missing
+    assert not temp_of(out).exists()
+
+
+def test_a_validator_that_appears_keeps_the_partial(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(8 * PART, seed=2202)
+    out = tmp_path / "out"
+    kept = partial(blob, server, out, {"action": "headers", "drop": ["ETag"]})
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == kept
+
+
+def test_a_validator_that_changes_still_discards_the_partial(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(8 * PART, seed=2203)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    server.set_faults({"path": "/files/*", "times": None, "action": "etag", "value": "other"})
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == 0
+    assert server.stats()["bytes_sent"] == blob.size + 1  # everything again

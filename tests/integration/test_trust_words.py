@@ -1,0 +1,147 @@
+"""Every error line names what the user can act on, in words (trust issue #20, item 19).
+
+A host and port, a proxy, a file or a directory: never a class name of ours or of a
+library's (``NewConnectionError: _NotedHTTPConnection(host=...)``). The lines are curl's
+where curl has one: "Failed to connect to 127.0.0.1 port 9: Connection refused", "Could not
+resolve host: nonexistent.invalid".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blobdl.errors import EXIT_LOCAL, EXIT_NETWORK
+from faultserver.serverctl import ServerHandle
+from tests.conftest import REPO, Blob
+
+Make = Callable[..., Blob]
+# A class name in an error line: CamelCase ending in Error/Exception, or one of urllib3's
+# connection reprs (HTTPConnection(host=...)).
+CLASS_NAME = re.compile(r"\b[A-Z][a-z]+[A-Za-z]*(Error|Exception)\b|Connection\(host=")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:  # bound, never listening: connecting is refused
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def error_line(*args: str) -> tuple[int, str]:
+    """Run the CLI (no proxy from the environment); its exit code and its one error line."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    command = [sys.executable, "-m", "blobdl", *args, "--retries", "0"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("blobdl: error: ")]
+    assert len(errors) == 1, done.stderr
+    assert not CLASS_NAME.search(errors[0]), errors[0]
+    return done.returncode, errors[0].removeprefix("blobdl: error: ")
+
+
+def test_a_refused_connection_names_host_and_port(tmp_path: Path) -> None:
+    port = closed_port()
+    code, line = error_line(f"http://127.0.0.1:{port}/x", "-o", str(tmp_path / "out"))
+    assert code == EXIT_NETWORK
+    assert line.startswith(f"Failed to connect to 127.0.0.1 port {port}: Connection refused")
+
+
+def test_a_name_that_does_not_resolve_is_named(tmp_path: Path) -> None:
+    code, line = error_line("http://nonexistent.invalid/x", "-o", str(tmp_path / "out"))
+    assert code == EXIT_NETWORK
+    assert line.startswith("Could not resolve host: nonexistent.invalid"), line
+
+
+def test_a_proxy_that_refuses_is_named_as_the_proxy(
+    make: Make, tmp_path: Path, server: ServerHandle
+) -> None:
+    blob = make(1000, seed=2101)
+    port = closed_port()
+    proxy = f"http://user:pw@127.0.0.1:{port}"
+    for url in (blob.url, blob.url.replace("http://", "https://")):  # forwarded, and CONNECT
+        code, line = error_line(url, "-o", str(tmp_path / "out"), "--proxy", proxy)
+        assert code == EXIT_NETWORK
+        assert line.startswith(f"Failed to connect to proxy 127.0.0.1 port {port}:"), line
+        assert "Connection refused" in line and "pw" not in line
+
+
+def test_a_proxy_name_that_does_not_resolve_is_named(make: Make, tmp_path: Path) -> None:
+    blob = make(1000, seed=2101)
+    code, line = error_line(blob.url, "-o", str(tmp_path / "out"), "--proxy",
+                            "http://nonexistent.invalid:3128")  # fmt: skip
+    assert code == EXIT_NETWORK
+    assert line.startswith("Could not resolve proxy: nonexistent.invalid"), line
+
+
+def test_an_untrusted_certificate_names_the_host(tls_server: ServerHandle, tmp_path: Path) -> None:
+    code, line = error_line(tls_server.url("absent"), "-o", str(tmp_path / "out"))
+    assert code == EXIT_NETWORK
+    assert line.startswith("TLS certificate of 127.0.0.1 not trusted: "), line
+    assert "certificate" in line.partition(": ")[2]  # OpenSSL's own words follow
+
+
+def test_tls_spoken_to_a_plain_server_is_a_tls_error_with_the_host(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(1000, seed=2101)
+    url = blob.url.replace("http://", "https://")
+    code, line = error_line(url, "-o", str(tmp_path / "out"))
+    port = url.split(":")[2].split("/")[0]
+    assert code == EXIT_NETWORK
+    assert line.startswith(f"TLS error with 127.0.0.1 port {port}: "), line
+
+
+@pytest.mark.parametrize("fault", ["close_after", "reset_after"])
+def test_a_connection_cut_mid_body_names_the_host(
+    make: Make, server: ServerHandle, tmp_path: Path, fault: str
+) -> None:
+    blob = make(200_000, seed=2102)
+    server.set_faults({"path": "/files/*", "skip": 1, "times": None, "action": fault,
+                       "bytes": 100})  # fmt: skip
+    code, line = error_line(blob.url, "-o", str(tmp_path / "out"))
+    assert code == EXIT_NETWORK
+    peer = f"connection to 127.0.0.1 port {server.port}"
+    expected = "closed early" if fault == "close_after" else "Connection reset by peer"
+    assert peer in line and expected in line, line
+
+
+def test_a_server_that_never_answers_names_the_host(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(1000, seed=2101)
+    server.set_faults({"path": "/files/*", "action": "no_response", "hold": 0.1})
+    code, line = error_line(blob.url, "-o", str(tmp_path / "out"))
+    assert code == EXIT_NETWORK
+    assert line.startswith(f"connection to 127.0.0.1 port {server.port} closed early"), line
+
+
+def test_a_destination_under_a_missing_directory_names_the_directory(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(1000, seed=2101)
+    missing = tmp_path / "gone" / "deeper"
+    code, line = error_line(blob.url, "-o", str(missing / "out"))
+    assert code == EXIT_LOCAL
+    assert line == f"{missing}: directory does not exist", line
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")
+    code, line = error_line(blob.url, "-o", str(not_a_dir / "out"))
+    assert code == EXIT_LOCAL and line == f"{not_a_dir}: is a file, not a directory", line
+
+
+def test_our_side_files_in_a_missing_directory_name_the_directory(tmp_path: Path) -> None:
+    """Wherever a side file is opened (the lock first), a directory that went missing after
+    the destination was checked is what the error names."""
+    from blobdl.errors import LocalFileError
+    from blobdl.store._lock import DestinationLock
+
+    missing = tmp_path / "gone"
+    with pytest.raises(LocalFileError) as caught, DestinationLock(missing / "out", 0):
+        pass
+    assert str(caught.value) == f"{missing}: directory does not exist"
