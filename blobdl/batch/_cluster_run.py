@@ -95,6 +95,8 @@ class Run:
     def _value(self, future: Any) -> Any:
         try:
             return future.result()
+        except Interrupted:  # our own SIGINT/SIGTERM (stoppable), not the task's end
+            raise
         except Exception as exc:
             if self.client.status not in ("running", "connecting") or _scheduler_lost(exc):
                 raise self._lost(exc) from None

@@ -136,7 +136,8 @@ def test_unreadable_ca_bundle_is_a_usage_error(tls_blob: Blob, tmp_path: Path) -
 )
 def test_cli_https(tls_blob: Blob, pki: PKI, tmp_path: Path, flags: list[str], code: int) -> None:
     flags = [pki.ca_pem if f == "CA" else f for f in flags]
-    run = run_cli(tls_blob.url, "-o", str(tmp_path / "out"), "-q", *flags)
+    quiet = [] if "--insecure" in flags else ["-q"]  # -q prints errors only, warnings not
+    run = run_cli(tls_blob.url, "-o", str(tmp_path / "out"), *quiet, *flags)
     assert run.returncode == code, run.stderr
     # One worker or probe warning would show here: urllib3 prints SecurityWarnings always.
     assert "InsecureRequestWarning" not in run.stderr
