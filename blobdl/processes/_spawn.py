@@ -66,10 +66,11 @@ def start(
     return proc, ours
 
 
-def seat_pipe() -> tuple[Connection, Connection]:
-    """A one-way pipe for a child that is not started with it: (our reading end, the end to
-    hand to the child). Give ours to ``private`` before the child is forked."""
-    ours, theirs = _context.Pipe(duplex=False)
+def seat_pipe(duplex: bool = False) -> tuple[Connection, Connection]:
+    """A pipe for a child that is not started with it: (our end, the end to hand to the
+    child); one-way (we read) unless ``duplex``. Give ours to ``private`` before the child
+    is forked."""
+    ours, theirs = _context.Pipe(duplex=duplex)
     return ours, theirs
 
 
