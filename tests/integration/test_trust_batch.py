@@ -90,7 +90,9 @@ def test_sigkilled_batch_leaves_no_process_and_the_rerun_resumes(
     proc = spawn_batch(manifest, tmp_path, *args)
     try:
         states = [o.with_name(o.name + ".blobdl-state") for o in outs]
-        wait_for(lambda: any(s.exists() for s in states), "a checkpoint")
+        # Each item checkpointed: an item without a record starts over, and its first GET
+        # (asking for as much as one request holds) costs up to that much more.
+        wait_for(lambda: all(s.exists() for s in states), "a checkpoint of each item")
         tree = psutil.Process(proc.pid).children(recursive=True)
         reaper.extend(tree)
         assert len(tree) >= 3  # items, their workers and hashers

@@ -1,0 +1,148 @@
+"""What a batch is asked to do: its items and their results, manifests, and the base
+directory every item's path must stay inside.
+
+``parse_manifest`` reads one item per line; ``normalized`` is an item as the batch works
+with it (credentials out of its URL, its digest parsed once); ``first_of_each`` finds the
+items listed twice; ``confine`` keeps a path inside a base directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path, PurePath
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from ..config import parse_header
+from ..errors import BlobdlError, UsageError
+from ..events import DownloadResult, Event
+from ..http._urls import check_url, lift_userinfo
+from ..store._digest import parse_digest
+
+
+class Item(NamedTuple):
+    """One blob to fetch."""
+
+    url: str
+    path: str | None = None  # destination (None: a safe name from the server or URL)
+    digest: str | None = None  # sha256:<hex> the bytes must have
+    headers: tuple[tuple[str, str], ...] = ()  # extra request headers for this item
+
+
+class ItemResult(NamedTuple):
+    item: Item
+    result: DownloadResult | None  # None when it failed
+    error: BlobdlError | None  # None when it succeeded
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class BatchEvent(NamedTuple):
+    item: int  # index of the item in the list given
+    event: Event
+
+
+BatchCallback = Callable[[BatchEvent], None]
+
+
+def parse_manifest(text: str, base_dir: str | os.PathLike[str] | None = None) -> list[Item]:
+    """One item per line: ``URL [PATH] [sha256:HEX]`` or a JSON object with the fields
+    ``url``, ``path``, ``digest``, ``headers`` (a {name: value} map). Blank lines and
+    lines starting with ``#`` are skipped. With ``base_dir``, a path that would lead
+    outside it is a usage error naming its line (the paths are returned as given)."""
+    items = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            item = _json_item(line) if line.startswith("{") else _plain_item(line)
+            if base_dir is not None and item.path is not None:
+                confine(Path(base_dir), item.path)
+            items.append(item)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"manifest line {number}: {exc}") from None
+    return items
+
+
+def _plain_item(line: str) -> Item:
+    words = line.split()
+    if len(words) > 3:
+        raise ValueError(f"expected 'URL [PATH] [sha256:HEX]', got {len(words)} fields")
+    url, rest = words[0], words[1:]
+    digest = next((w for w in rest if w.lower().startswith("sha256:")), None)
+    paths = [w for w in rest if w is not digest]
+    return _checked(Item(url, paths[0] if paths else None, digest))
+
+
+def _json_item(line: str) -> Item:
+    record = json.loads(line)
+    headers = tuple(parse_header(f"{k}: {v}") for k, v in (record.get("headers") or {}).items())
+    return _checked(Item(record["url"], record.get("path"), record.get("digest"), headers))
+
+
+def confine(base: Path, path: str) -> Path:
+    """``path`` taken inside ``base``; ValueError if it is absolute, has a ``..`` or
+    leads outside ``base`` through a symbolic link (followed as far as they exist now)."""
+    given = PurePath(path)
+    if given.is_absolute():
+        raise ValueError(f"path {path!r} is absolute; with a base directory give it relative")
+    target = base / given
+    root, real = base.resolve(), target.resolve()
+    if ".." in given.parts or real == root or not real.is_relative_to(root):
+        raise ValueError(f"path {path!r} leads outside the base directory {str(base)!r}")
+    return target
+
+
+def inside(base: Path, item: Item, where: str) -> Item:
+    """The item with its path inside ``base``, or a UsageError naming ``where``."""
+    if item.path is None:
+        return item  # named after the probe, inside base too
+    try:
+        return item._replace(path=str(confine(base, item.path)))
+    except ValueError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def _checked(item: Item) -> Item:
+    check_url(item.url)  # a bad URL is a usage error before anything starts
+    if item.digest is not None:
+        parse_digest(item.digest)
+    return item
+
+
+def host_of(url: str) -> str:
+    """The host a URL's connections count against (checked: a bad URL is a UsageError)."""
+    check_url(url)
+    return urlsplit(url).hostname or ""
+
+
+def normalized(item: Item) -> Item:
+    """The item as the scheduler works with it: ``user:pass@`` moved out of its URL into an
+    Authorization header, its digest parsed once (to bare hex; a bad one is a UsageError)."""
+    url, headers = lift_userinfo(item.url, item.headers)
+    digest = parse_digest(item.digest) if item.digest is not None else None
+    return item._replace(url=url, headers=headers, digest=digest)
+
+
+def first_of_each(items: list[Item]) -> list[int]:
+    """For each item, the index of the first item it duplicates (itself if none).
+
+    Only an identical request is a duplicate: same URL, destination, digest and headers
+    (items are normalized first: the same digest written two ways is the same).
+    The same destination asked for with anything else different is a usage error: one of
+    the two would silently overwrite the other."""
+    seen: dict[tuple[object, ...], int] = {}
+    claimed: dict[str, int] = {}
+    firsts = []
+    for index, item in enumerate(items):
+        where = os.path.abspath(item.path) if item.path else None
+        first = seen.setdefault((item.url, where, item.digest, item.headers), index)
+        if where is not None and claimed.setdefault(where, first) != first:
+            raise UsageError(f"items {claimed[where]} and {index} both write {item.path}")
+        firsts.append(first)
+    return firsts
