@@ -85,7 +85,7 @@ class Sample:
     files: int
     error: str = ""
     sync_s: float | None = None
-    fd_growth: int | None = None  # most descriptors open in the last third, less the first's
+    fd_growth: int | None = None  # most descriptors open in the last third, less the middle's
     proc_growth: int | None = None  # the same for live processes
     peak_fds: int | None = None
     peak_procs: int | None = None
@@ -413,11 +413,12 @@ def _sample(
 
 def _growth(samples: tuple[tuple[float, int, int, int], ...]) -> tuple[int | None, int | None]:
     """The most descriptors and processes open in the run's last third, less the most in its
-    first third: a leak of one per item shows as thousands; churn within a budget as ~0."""
+    middle third (the first holds the start-up): a leak of one per item shows as thousands,
+    churn within a budget as about 0."""
     third = len(samples) // 3
     if third < 2:
         return None, None
-    head, tail = samples[:third], samples[-third:]
+    head, tail = samples[third : 2 * third], samples[-third:]
     fds = max(s[2] for s in tail) - max(s[2] for s in head)
     procs = max(s[3] for s in tail) - max(s[3] for s in head)
     return fds, procs
@@ -503,7 +504,7 @@ def _tiny_goals(
     if runs:
         peak = max(x.peak_uss_mb for x in runs)
         out.append(judged(name, f"{peak:.1f} MB", "≤ 100 MB", peak <= 100, disk=False))
-        name = "10,000 × 64 KiB: descriptor and process growth, last third / first third"
+        name = "10,000 × 64 KiB: descriptor and process growth, last third over middle third"
         fds = [x.fd_growth for x in runs if x.fd_growth is not None]
         procs = [x.proc_growth for x in runs if x.proc_growth is not None]
         if fds and procs:
