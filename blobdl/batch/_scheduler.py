@@ -37,6 +37,7 @@ from ..engine._plan import useful_lanes
 from ..engine._share import Share, Shares
 from ..errors import BlobdlError, Interrupted, UsageError
 from ..events import DownloadResult, Event, Failed
+from ..http._pool import prepare_tls
 from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._signals import Interrupts
@@ -206,7 +207,12 @@ class _Scheduler:
     # --- launching ------------------------------------------------------------------------
 
     def _start_pool(self) -> None:
-        """Fork the pool now, while this process has no thread (and no other child)."""
+        """Fork the pool now, while this process has no thread (and no other child). The
+        TLS context an https item needs is built first: every seat inherits it, instead of
+        loading the CA store again for its first connection."""
+        for index in (i for queue in self.queued.values() for i in queue):
+            with contextlib.suppress(BlobdlError):  # a bad CA bundle fails each item, as ever
+                prepare_tls(self.settings, self.items[index].url)
         self.pool = Pool(self.budget.seats, self.processes, self.settings, self.table)
         for seat in range(self.budget.seats):
             self.selector.register(self.pool.pipes[seat], selectors.EVENT_READ, ("seat", seat))
@@ -268,6 +274,8 @@ class _Scheduler:
         job = _Job(index, item, self._settings_for(item), self.base_dir, self.tell is not None)
         self.budget.start(seat, host)
         self.on_seat[seat] = index
+        if self.limit is not None:
+            self._share()  # its share of the rate in its slot before its first read
         self.pool.start(seat, job)
 
     def _fork(self, waiting: _Waiting, settings: Settings) -> None:
