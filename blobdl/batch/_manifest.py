@@ -29,6 +29,10 @@ class Item(NamedTuple):
     path: str | None = None  # destination (None: a safe name from the server or URL)
     digest: str | None = None  # sha256:<hex> the bytes must have
     headers: tuple[tuple[str, str], ...] = ()  # extra request headers for this item
+    # Its size, if the caller knows it (a registry's manifest says it): a hint only, the
+    # server's answer decides. A blob known to be larger than one request is probed with
+    # one byte, instead of a first GET whose bytes would be thrown away.
+    size: int | None = None
 
 
 class ItemResult(NamedTuple):

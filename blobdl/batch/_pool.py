@@ -270,7 +270,8 @@ def _fetch(seat: Seat, job: _Job, pipe: Connection) -> _Done | _Large:
 
     outcome: DownloadResult | BlobdlError
     try:
-        outcome = OneRequest(job.settings, seat, name).run(item.url, item.path, item.digest, tell)
+        download = OneRequest(job.settings, seat, name, item.size)
+        outcome = download.run(item.url, item.path, item.digest, tell)
     except NotSmall as large:
         return _Large(large.remote, seat.session.open_to())
     except BlobdlError as exc:

@@ -106,10 +106,14 @@ class OneRequest(Downloader):
     no path is named after its probe (a batch confines it to its base directory)."""
 
     def __init__(
-        self, settings: Settings, seat: Seat, name: Callable[[Remote], Path] | None = None
+        self,
+        settings: Settings,
+        seat: Seat,
+        name: Callable[[Remote], Path] | None = None,
+        size: int | None = None,
     ) -> None:
         super().__init__(settings)
-        self.seat, self.name = seat, name
+        self.seat, self.name, self.size = seat, name, size  # size: the caller's hint
         self.dest: Path | None = None  # known once it is locked
 
     def run(
@@ -129,13 +133,16 @@ class OneRequest(Downloader):
 
     def _probed(self, order: _Order, remote: Remote | None) -> Remote:
         """The first GET, asking for as much as one request holds: the probe, retried as
-        one (once per item: its answer waits for ``_fetch``). Beside a resume record it
-        asks for one byte: that partial is of a larger blob, and would be resumed the
-        ordinary way (the bytes of a larger answer are thrown away)."""
+        one (once per item: its answer waits for ``_fetch``). It asks for one byte when
+        the blob is known to be larger (the caller's size hint, or a resume record beside
+        it: that partial is resumed the ordinary way), since the bytes of a larger answer
+        are thrown away."""
         seat = self.seat
         if remote is None and seat.answer is None:
             want = one_request(self.settings)
-            if self.dest is not None and state_path(self.dest).exists():
+            if (self.size is not None and self.size > want) or (
+                self.dest is not None and state_path(self.dest).exists()
+            ):
                 want = 1
             session = seat.session
             seat.answer = retried(
@@ -150,7 +157,7 @@ class OneRequest(Downloader):
 
     def _derived(self, **overrides: Any) -> Downloader:
         settings = dataclasses.replace(self.settings, **overrides)
-        return OneRequest(settings, self.seat, self.name)
+        return OneRequest(settings, self.seat, self.name, self.size)
 
     def _fetch(self, order: _Order, remote: Remote, dest: Path) -> DownloadResult:
         if self._first()[1] is None and remote.size != 0:

@@ -222,6 +222,27 @@ def test_a_small_item_redirected_to_another_origin_carries_no_secret_header(
     assert all("Authorization" not in h for h in stats["headers"][1:]), sent
 
 
+def test_a_size_hint_spares_a_large_items_first_bytes(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    large, small = make(4 * PART, seed=2420), make(SMALL, seed=2421)
+    items = [Item(large.url, str(tmp_path / "a")), Item(small.url, str(tmp_path / "b"))]
+    blobdl.download_many(items, max_connections=1, **fast())
+    thrown_away = server.stats()["bytes_sent"] - large.size - small.size
+    assert 0 < thrown_away <= PART  # its first GET asked for one request's worth
+    server.reset()
+    hinted = [items[0]._replace(path=str(tmp_path / "c"), size=large.size),
+              items[1]._replace(path=str(tmp_path / "d"), size=1 << 40)]  # fmt: skip
+    results = blobdl.download_many(hinted, max_connections=1, **fast())
+    assert all(r.ok for r in results) and results[1].item.size == 1 << 40
+    assert (
+        sha256_file(tmp_path / "c") == large.sha256 and sha256_file(tmp_path / "d") == small.sha256
+    )
+    ranges = server.stats()["ranges"]
+    assert ranges.count("bytes=0-0") == 2  # a hint is one: the server's answer decides
+    assert server.stats()["bytes_sent"] == large.size + small.size + 2
+
+
 # --- processes and descriptors -------------------------------------------------------------
 
 
