@@ -119,8 +119,17 @@ class Pool:
             while pipe.poll(STOP_GRACE) and pipe.recv() != DROPPED:
                 pass
 
+    def answer(self, seat: int) -> Answer | None:
+        """What the seat said (its pipe is readable); None at EOF (it, or its process, is
+        gone). One message per readiness: the scheduler's selector reports the rest."""
+        try:
+            message: Answer = self.pipes[seat].recv()
+            return message
+        except (EOFError, OSError):
+            return None
+
     def answers(self, seat: int) -> Iterator[Answer | None]:
-        """What the seat has said so far (None at EOF: its process is gone)."""
+        """Everything the seat has said so far (None at EOF: its process is gone)."""
         pipe = self.pipes[seat]
         try:
             while pipe.poll(0):

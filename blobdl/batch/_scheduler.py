@@ -333,12 +333,12 @@ class _Scheduler:
 
     def _from_seat(self, seat: int) -> None:
         assert self.pool is not None
-        for answer in self.pool.answers(seat):
-            if answer is None:  # its process is gone, or the seat failed: take it down
-                self.selector.unregister(self.pool.pipes[seat])
-                self.pool.kill(self.pool.process_of(seat))  # its sentinel says what of
-                return
-            self._from_answer(seat, answer)
+        answer = self.pool.answer(seat)
+        if answer is None:  # its process is gone, or the seat failed: take it down
+            self.selector.unregister(self.pool.pipes[seat])
+            self.pool.kill(self.pool.process_of(seat))  # its sentinel says what of
+            return
+        self._from_answer(seat, answer)
 
     def _from_answer(self, seat: int, answer: object) -> None:
         index = self.on_seat.get(seat)
