@@ -323,6 +323,10 @@ class _Scheduler:
         for key, _ in self.selector.select():
             if key.data is None:
                 continue  # a signal: the loop checks for it
+            if self.selector.get_map().get(key.fd) is not key:
+                # Its registration is gone since the select (a pool process that died was
+                # forked again: its old pipes and sentinel are not the ones there now).
+                continue
             kind, which = key.data
             if kind == "seat":
                 self._from_seat(which)

@@ -250,20 +250,23 @@ def test_many_small_items_keep_their_processes_and_descriptors(make: Make, tmp_p
     blobs = [make(100 + n, seed=2400 + n) for n in range(150)]
     items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
     me = psutil.Process()
-    before = len(me.children(recursive=True))  # the session's test server
-    seen: list[tuple[int, int]] = []  # (processes under us, descriptors we hold) per item
+    before = {p.pid for p in me.children(recursive=True)}  # the session's test server
+    pids: set[int] = set()  # every process started under us while items finished
+    fds: list[int] = []  # descriptors we hold, as each item finishes
 
     def note(event: blobdl.BatchEvent) -> None:
         if isinstance(event.event, blobdl.Finished):
-            seen.append((len(me.children(recursive=True)) - before, me.num_fds()))
+            pids.update(p.pid for p in me.children(recursive=True) if p.pid not in before)
+            fds.append(me.num_fds())
 
     results = blobdl.download_many(items, max_connections=8, on_event=note,
                                    **fast(processes=2))  # fmt: skip
     assert all(r.ok for r in results)
-    assert len(seen) == 150
-    assert max(procs for procs, _ in seen) <= 2  # the pool, forked once; none per item
-    early = max(fds for _, fds in seen[:20])
-    assert max(fds for _, fds in seen[-50:]) <= early  # no descriptor leaks per item
+    assert len(fds) == 150
+    # The pool, forked once (and the clean coordinator a threaded caller gets): the same
+    # few processes for 150 items, none started per item.
+    assert 1 <= len(pids) <= 2 + 1, pids
+    assert max(fds[-50:]) <= max(fds[:20])  # no descriptor leaks per item
 
 
 def test_a_killed_pool_process_fails_its_items_and_the_batch_goes_on(
@@ -273,11 +276,14 @@ def test_a_killed_pool_process_fails_its_items_and_the_batch_goes_on(
     server.set_faults(late(server, 0.3))
     items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
     killed: list[int] = []
-    before = {p.pid for p in psutil.Process().children()}  # the session's test server
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
 
     def kill_one(event: blobdl.BatchEvent) -> None:
         if isinstance(event.event, blobdl.Started) and not killed:
-            pool = next(p for p in psutil.Process().children() if p.pid not in before)
+            # A pool process: one of ours that forked nothing (not the clean coordinator a
+            # threaded caller gets, whose children the pool then is).
+            mine = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+            pool = next(p for p in mine if not p.children())
             killed.append(pool.pid)
             pool.kill()
 
