@@ -102,9 +102,11 @@ class Budget:
 
     # --- large items ------------------------------------------------------------------------
 
-    def grant(self, item: int, host: str, wanted: int) -> int:
-        """Lanes for a large item starting now (0: no room yet)."""
-        granted = min(wanted, self.free(host))
+    def grant(self, item: int, host: str, wanted: int, leave: int = 0) -> int:
+        """Lanes for a large item starting now (0: no room yet), leaving ``leave`` of the
+        room to others if that still grants one."""
+        free = self.free(host)
+        granted = min(wanted, max(min(free, 1), free - leave))
         if granted > 0:
             self._grants[item] = _Grant(host, granted, wanted)
             self._take(host, granted)

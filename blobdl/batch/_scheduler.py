@@ -33,7 +33,7 @@ from .._redact import redact_url
 from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..engine._download import Downloader, default_name
-from ..engine._plan import useful_lanes
+from ..engine._plan import one_request, useful_lanes
 from ..engine._share import Share, Shares
 from ..errors import BlobdlError, Interrupted, UsageError
 from ..events import DownloadResult, Event, Failed
@@ -126,11 +126,11 @@ class _Running(NamedTuple):
 
 
 class _Waiting(NamedTuple):
-    """A large item that its seat probed, waiting for lanes."""
+    """A large item waiting for lanes: probed by its seat, or said to be large."""
 
     item: int
-    remote: Remote
-    host: str  # the host its lanes connect to (after redirects)
+    remote: Remote | None  # what its seat's probe learned (None: its own child probes)
+    host: str  # the host its lanes connect to (after redirects, once probed)
 
 
 class _Scheduler:
@@ -149,13 +149,18 @@ class _Scheduler:
         # Not yet started, per host, in order; each item's host is worked out once.
         self.queued: dict[str, deque[int]] = {}
         self.unfit: dict[int, BlobdlError] = {}  # items failed before anything (a bad URL)
+        self.waiting: deque[_Waiting] = deque()  # large items waiting for lanes
         for index in (i for i in range(len(items)) if self.first[i] == i):
             try:
-                self.queued.setdefault(host_of(items[index].url), deque()).append(index)
+                host = host_of(items[index].url)
             except BlobdlError as exc:
                 self.unfit[index] = exc
+                continue
+            if self._said_large(items[index]):  # no seat's probe: its own child's
+                self.waiting.append(_Waiting(index, None, host))
+            else:
+                self.queued.setdefault(host, deque()).append(index)
         self.results: dict[int, ItemResult] = {}
-        self.waiting: deque[_Waiting] = deque()  # large items waiting for lanes
         self.running: dict[int, _Running] = {}  # large items, by index
         self.on_seat: dict[int, int] = {}  # seat -> the item it runs
         self.limit = settings.limit_rate
@@ -177,6 +182,7 @@ class _Scheduler:
             try:
                 for index, exc in self.unfit.items():
                     self._failed_early(index, exc)
+                self._start_large()  # items said to be large first: they probe meanwhile
                 if self.queued:
                     self._start_pool()
                 while self.queued or self.waiting or self.on_seat or self.running:
@@ -230,19 +236,37 @@ class _Scheduler:
         self._share()
 
     def _start_large(self) -> None:
+        queued = sum(map(len, self.queued.values()))
         for waiting in list(self.waiting):
             item = self.items[waiting.item]
             settings = self._settings_for(item)
-            hashing = item.digest is not None
-            wanted = useful_lanes(waiting.remote.size, waiting.remote.ranges, settings,
-                                  hashing=hashing)  # fmt: skip
+            wanted = self._wanted(waiting, settings)
             # Kept connections make room; while items are queued, just enough for one lane
-            # (they would use those connections next).
-            self._drop(waiting.host, 1 if self.queued else wanted)
-            granted = self.budget.grant(waiting.item, waiting.host, wanted)
+            # (they would use those connections next), and what the seats they need would
+            # hold is left to them (the lanes they free are granted to it later).
+            self._drop(waiting.host, 1 if queued else wanted)
+            leave = min(queued, self.budget.seats)
+            granted = self.budget.grant(waiting.item, waiting.host, wanted, leave=leave)
             if granted:
                 self.waiting.remove(waiting)
                 self._fork(waiting, dataclasses.replace(settings, connections=wanted))
+
+    def _wanted(self, waiting: _Waiting, settings: Settings) -> int:
+        """Lanes a large item can keep busy: by what its probe learned, or by its size."""
+        hashing = self.items[waiting.item].digest is not None
+        if waiting.remote is None:
+            size = self.items[waiting.item].size
+            return useful_lanes(size, True, settings, hashing=hashing)
+        remote = waiting.remote
+        return useful_lanes(remote.size, remote.ranges, settings, hashing=hashing)
+
+    def _said_large(self, item: Item) -> bool:
+        """An item whose caller says it is larger than one request skips the seats: its own
+        child probes it at once (unless it is to be named after the probe, in a base
+        directory: a seat confines that name)."""
+        if item.size is None or item.size <= one_request(self._settings_for(item)):
+            return False
+        return item.path is not None or self.base_dir is None
 
     def _start_small(self) -> None:
         for host in list(self.queued):
@@ -261,9 +285,8 @@ class _Scheduler:
 
     def _drop(self, host: str, need: int) -> None:
         """Let idle seats' kept connections go, to make room for ``need`` more to ``host``."""
-        if self.budget.free(host) >= need:
+        if self.budget.free(host) >= need or self.pool is None:
             return
-        assert self.pool is not None
         for seat in self.budget.droppable(host, need):
             self.pool.drop(seat)
             self.budget.end(seat, None)
@@ -305,7 +328,7 @@ class _Scheduler:
         """With a base directory, an item without a path is named inside it (the name the
         server gives, as a download without a path would use), now that it was probed."""
         item = self.items[waiting.item]
-        if self.base_dir is None or item.path is not None:
+        if self.base_dir is None or item.path is not None or waiting.remote is None:
             return item
         named = item._replace(path=default_name(waiting.remote))
         return inside(self.base_dir, named, f"item {waiting.item}")
@@ -485,7 +508,7 @@ def _tell_parent(conn: Connection) -> Callable[[Event], None]:
 
 
 def _item_main(
-    item: Item, remote: Remote, settings: Settings, share: Share, conn: Connection
+    item: Item, remote: Remote | None, settings: Settings, share: Share, conn: Connection
 ) -> None:
     """One large download, in its own process: the coordinator of its own workers (started
     as one: it handles SIGINT/SIGTERM itself, saving its state), under the lanes and the
@@ -495,9 +518,12 @@ def _item_main(
         path = Path(item.path) if item.path else None
         tell = _tell_parent(conn)
         downloader = Downloader(settings)
-        outcome = downloader._download_resolved(
-            remote, path, digest=item.digest, on_event=tell, share=share
-        )
+        if remote is None:  # said to be large: probed here, as a download is
+            outcome = downloader._run(item.url, None, path, item.digest, tell, share)
+        else:
+            outcome = downloader._download_resolved(
+                remote, path, digest=item.digest, on_event=tell, share=share
+            )
     except BlobdlError as exc:
         outcome = exc
     except KeyboardInterrupt:

@@ -80,3 +80,15 @@ def test_the_rate_limit_is_shared_lane_by_lane_among_what_runs() -> None:
     budget.end(0, "a")  # an idle seat gets none: its share goes to what still runs
     assert budget.rates(1000) == ({}, {9: 1000})
     assert budget.rates(None) == ({}, {})
+
+
+def test_a_large_item_leaves_room_for_items_waiting_for_seats_but_gets_one_lane() -> None:
+    budget = Budget(total=4, per_host=4, seats=4)
+    assert budget.grant(1, "a", wanted=8, leave=3) == 1
+    assert budget.grant(2, "a", wanted=8, leave=2) == 1  # 3 free, 2 left to others
+    budget.finish(1)
+    budget.finish(2)
+    assert budget.grant(3, "a", wanted=2, leave=0) == 2
+    budget.start(0, "a")
+    budget.start(1, "a")
+    assert budget.grant(4, "a", wanted=8, leave=5) == 0  # no room at all: none
