@@ -116,6 +116,12 @@ def _many_here(
     return _Scheduler(batch, settings, max_connections, per_host, on_event, base_dir).run()
 
 
+# A batch of this many items or fewer gets one pool process (a model's config and template
+# beside its large layer, say). Measured: with 5 items, the 512 MiB one is 1.035x a plain
+# download with one, 1.060x with two; with 3,000 small items, one is 1.4x slower than two.
+FEW = 8
+
+
 class _Running(NamedTuple):
     """A large item, fetched by a child of its own."""
 
@@ -172,6 +178,8 @@ class _Scheduler:
         self.shares = Shares(max_connections)  # the large items' slots (at most one each)
         self.slots = list(range(max_connections))
         self.processes = min(settings.processes or max(2, os.cpu_count() or 1), max(1, seats))
+        if sum(map(len, self.queued.values())) <= FEW:
+            self.processes = 1  # a second process would cost more (its fork) than it brings
         self.pool: Pool | None = None
         self.selector = selectors.DefaultSelector()
 
