@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"{QUICK.size}, 16 parts × 16 connections, one repeat, {','.join(QUICK.scenarios)}",
     )
+    p.add_argument(
+        "--many",
+        action="store_true",
+        help="the many-files preset instead (issue #23; options: python -m benchmarks.many -h)",
+    )
     p.add_argument("--size", help=f"blob size (default {FULL.size}; quick {QUICK.size})")
     p.add_argument(
         "--parts", help=f"part counts swept at the widest connection count ({FULL.parts})"
@@ -169,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import cluster
 
         return cluster.main(argv[1:])
+    if "--many" in argv:  # issue #23's preset: many files (benchmarks/many.py)
+        from . import many
+
+        return many.main([a for a in argv if a != "--many"])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.hf:

@@ -28,6 +28,8 @@ class Measured:
     peak_uss: int
     stdout: str
     stderr: str
+    #: (seconds since start, summed USS, open descriptors, processes) of the tree, per sample.
+    samples: tuple[tuple[float, int, int, int], ...] = ()
 
 
 def run_measured(
@@ -59,7 +61,8 @@ def run_measured(
         sampler.stop()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        return Measured(exit_code, wall, cpu, sampler.peak, _text(out), _text(err))
+        samples = tuple(sampler.samples)
+        return Measured(exit_code, wall, cpu, sampler.peak, _text(out), _text(err), samples)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
@@ -85,12 +88,14 @@ def _text(f: IO[bytes]) -> str:
 
 
 class _TreeSampler(threading.Thread):
-    """Samples the summed USS of a process tree until stopped; keeps the peak."""
+    """Samples the summed USS, descriptors and processes of a process tree until stopped;
+    keeps the peak USS and every sample."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0
+        self.samples: list[tuple[float, int, int, int]] = []
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -98,8 +103,12 @@ class _TreeSampler(threading.Thread):
             root = psutil.Process(self.pid)
         except psutil.Error:
             return
+        started = time.perf_counter()
         while not self._stop_event.is_set():
-            self.peak = max(self.peak, _tree_uss(root))
+            uss, fds, procs = _tree_sample(root)
+            self.peak = max(self.peak, uss)
+            if procs:
+                self.samples.append((time.perf_counter() - started, uss, fds, procs))
             self._stop_event.wait(SAMPLE_INTERVAL)
 
     def stop(self) -> None:
@@ -107,14 +116,17 @@ class _TreeSampler(threading.Thread):
         self.join()
 
 
-def _tree_uss(root: psutil.Process) -> int:
+def _tree_sample(root: psutil.Process) -> tuple[int, int, int]:
+    """(summed USS, open descriptors, live processes) of the tree now."""
     try:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
-    total = 0
+        return 0, 0, 0
+    total = fds = alive = 0
     for proc in procs:
         # A worker may exit between the listing and the read.
         with contextlib.suppress(psutil.Error):
             total += proc.memory_full_info().uss
-    return total
+            fds += proc.num_fds()
+            alive += 1
+    return total, fds, alive

@@ -58,14 +58,70 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3", action="store_true", help="S3 storage (moto) with redirects")
     args = parser.parse_args(argv)
     size = _size(args.size)
-    with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=_workdir(args, size))))
-        registry = stack.enter_context(_registry(work / "registry", args.s3))
+    with tempfile.TemporaryDirectory(dir=_workdir(args, size)) as work:
+        times = _compare(Path(work), size, args.repeat, args.s3)
+    pull, plain = statistics.median(times["pull"]), statistics.median(times["plain"])
+    ratio = pull / plain
+    verdict = "meets" if ratio <= GOAL else "MISSES"
+    print(f"median of {args.repeat}: pull {pull:.2f} s ({size / pull / 1e6:.0f} MB/s), "
+          f"plain download {plain:.2f} s ({size / plain / 1e6:.0f} MB/s)")  # fmt: skip
+    print(f"pull / plain = {ratio:.3f} ({verdict} the goal <= {GOAL})")
+    return 0
+
+
+def measure(
+    size: int, repeat: int, work: Path, s3: bool = False
+) -> tuple[list[float], list[float]]:
+    """Wall times of ``repeat`` plain downloads of a ``size`` byte layer and of as many pulls
+    of its model (for ``benchmarks.many``): (plain, pull)."""
+    times = _compare(work, size, repeat, s3)
+    return times["plain"], times["pull"]
+
+
+def limited(size: int, repeat: int, work: Path, limit: int) -> list[float]:
+    """Seconds from the first layer's ``started`` event to the last one's ``finished``, per
+    ``blobdl pull --limit-rate LIMIT --json`` of a model whose layer is ``size`` bytes."""
+    spans = []
+    with _registry(work / "registry-limited", False) as registry:
+        _push(registry, size)
+        ref = f"http://{registry.host}/{REPO}:{TAG}"
+        for run in range(repeat):
+            store = work / f"limited-{run}"
+            os.sync()
+            args = ["pull", ref, "--models-dir", str(store), "--limit-rate", str(limit), "--json"]
+            spans.append(_span([sys.executable, "-m", "blobdl", *args]))
+            shutil.rmtree(store)
+            print(f"limited pull {run + 1}: {spans[-1]:.2f} s", flush=True)
+    return spans
+
+
+def _span(command: list[str]) -> float:
+    """Run a ``--json`` blobdl; the seconds from its first ``started`` event to its last
+    ``finished`` one, stamped as the lines arrive."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = last = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        now = time.monotonic()
+        with contextlib.suppress(ValueError):
+            event = json.loads(line).get("event")
+            if event == "started" and first is None:
+                first = now
+            elif event == "finished":
+                last = now
+    if proc.wait() != 0 or first is None or last is None:
+        stderr = proc.stderr.read() if proc.stderr else ""
+        raise SystemExit(f"blobdl {' '.join(command)} failed: {stderr[-500:]}")
+    return last - first
+
+
+def _compare(work: Path, size: int, repeat: int, s3: bool) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"pull": [], "plain": []}
+    with _registry(work / "registry", s3) as registry:
         print(f"pushing a {size} byte layer to {registry.url} ...", flush=True)
         layer = _push(registry, size)
         ref = f"http://{registry.host}/{REPO}:{TAG}"
-        times: dict[str, list[float]] = {"pull": [], "plain": []}
-        for run in range(args.repeat):
+        for run in range(repeat):
             url = _blob_url(registry.url, layer)
             out = work / f"plain-{run}.bin"
             commands = {
@@ -81,13 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"run {run + 1}: pull {times['pull'][-1]:.2f} s, plain {times['plain'][-1]:.2f} s",
                 flush=True,
             )
-    pull, plain = statistics.median(times["pull"]), statistics.median(times["plain"])
-    ratio = pull / plain
-    verdict = "meets" if ratio <= GOAL else "MISSES"
-    print(f"median of {args.repeat}: pull {pull:.2f} s ({size / pull / 1e6:.0f} MB/s), "
-          f"plain download {plain:.2f} s ({size / plain / 1e6:.0f} MB/s)")  # fmt: skip
-    print(f"pull / plain = {ratio:.3f} ({verdict} the goal <= {GOAL})")
-    return 0
+    return times
 
 
 def _push(registry: Registry, size: int) -> str:
@@ -163,6 +213,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def _timed(args: list[str]) -> float:
+    os.sync()  # the other run's dirty pages are not written back during this one
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "blobdl", *args, "--quiet"], capture_output=True)
     elapsed = time.monotonic() - started

@@ -23,7 +23,7 @@ from ._cluster_connect import connect
 from ._cluster_order import Sized, start_order
 from ._cluster_run import Run, task_error
 from ._cluster_task import Job, Outcome, Probed, fetch, probe
-from ._items import BatchCallback, BatchEvent, Item, ItemResult, _first_of_each
+from ._items import BatchCallback, BatchEvent, Item, ItemResult, first_of_each
 
 
 def download_many_on(
@@ -36,7 +36,7 @@ def download_many_on(
     base_dir: str | None,
 ) -> list[ItemResult]:
     """``download_many`` on ``cluster`` (a Client, a scheduler address or local[:N])."""
-    firsts = _first_of_each(batch)  # usage errors before anything is submitted
+    firsts = first_of_each(batch)  # usage errors before anything is submitted
     with connect(cluster, threads=max_connections) as client:
         run = Run(client, None if on_event is None else _batch_events(on_event))
         budget = Budget(run.name, max_connections, per_host)

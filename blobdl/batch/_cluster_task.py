@@ -34,7 +34,7 @@ from ..http._remote import Remote
 from ..store._cache import entry_path as cache_entry
 from ._cluster_budget import Budget, leases
 from ._cluster_worker import Channel, Relay, Sent, Stopped, Watch, worker_name
-from ._items import Item, _inside
+from ._items import Item, inside
 
 #: A rerun waits this long for the destination lock: the attempt on the worker that died
 #: may still be saving its state (it was sent SIGTERM by the kernel as its worker died).
@@ -138,7 +138,7 @@ def _confined(job: Job, remote: Remote | None) -> Item:
     if item.path is None:
         name = default_name(remote) if remote is not None else name_from_url(item.url)
         item = item._replace(path=name)
-    return _inside(base, item, f"item {job.place}")
+    return inside(base, item, f"item {job.place}")
 
 
 def _wanted(remote: Remote | None, settings: Settings, *, hashing: bool) -> int:

@@ -1,5 +1,6 @@
 """A batch's vocabulary, for the scheduler on one machine and on a cluster alike: an item,
-its result and events, where an item's path may lead, and which items are the same request."""
+its result and events, an item as the batch works with it (``normalized``), the host it
+counts against, where its path may lead (``confine``), and which items are the same request."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path, PurePath
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from ..errors import BlobdlError, UsageError
 from ..events import DownloadResult, Event
+from ..http._urls import check_url, lift_userinfo
+from ..store._digest import parse_digest
 
 
 class Item(NamedTuple):
@@ -19,6 +23,10 @@ class Item(NamedTuple):
     path: str | None = None  # destination (None: a safe name from the server or URL)
     digest: str | None = None  # sha256:<hex> the bytes must have
     headers: tuple[tuple[str, str], ...] = ()  # extra request headers for this item
+    # Its size, if the caller knows it (a registry's manifest says it): a hint only, the
+    # server's answer decides. A blob known to be larger than one request is probed with
+    # one byte, instead of a first GET whose bytes would be thrown away.
+    size: int | None = None
 
 
 class ItemResult(NamedTuple):
@@ -53,7 +61,21 @@ def confine(base: Path, path: str) -> Path:
     return target
 
 
-def _inside(base: Path, item: Item, where: str) -> Item:
+def host_of(url: str) -> str:
+    """The host a URL's connections count against (checked: a bad URL is a UsageError)."""
+    check_url(url)
+    return urlsplit(url).hostname or ""
+
+
+def normalized(item: Item) -> Item:
+    """The item as the scheduler works with it: ``user:pass@`` moved out of its URL into an
+    Authorization header, its digest parsed once (to bare hex; a bad one is a UsageError)."""
+    url, headers = lift_userinfo(item.url, item.headers)
+    digest = parse_digest(item.digest) if item.digest is not None else None
+    return item._replace(url=url, headers=headers, digest=digest)
+
+
+def inside(base: Path, item: Item, where: str) -> Item:
     """The item with its path inside ``base``, or a UsageError naming ``where``."""
     if item.path is None:
         return item  # named after the probe, inside base too
@@ -63,7 +85,7 @@ def _inside(base: Path, item: Item, where: str) -> Item:
         raise UsageError(f"{where}: {exc}") from None
 
 
-def _first_of_each(items: list[Item]) -> list[int]:
+def first_of_each(items: list[Item]) -> list[int]:
     """For each item, the index of the first item it duplicates (itself if none).
 
     Only an identical request is a duplicate: same URL, destination, digest and headers

@@ -20,6 +20,9 @@ It runs in the calling process. One download, in the order of the code below:
   ``checkpoint_interval``, progress every ``progress_interval``.
 - ``_wind_down`` reaps the workers and saves the last checkpoint; ``run`` returns what the
   parts did (``Parts.tally``).
+- A batch item runs under a ``Share`` its batch writes: how many lanes it may run and its
+  share of the rate limit, read afresh at every launch and sample (they grow as the
+  batch's other items end); a single download runs under its settings.
 
 The coordinator decides *when*; the rest lives beside it: each part's record, measurements
 and counter-table slot in ``_parts``, the workers in ``_worker``, the lane in ``_lane``,
@@ -50,6 +53,7 @@ from ._lane import Attempt
 from ._parts import RUNNING, Part, Parts, Tally
 from ._pinned import Pinned
 from ._rates import BestRate, RateWindow
+from ._share import Share
 from ._steal import choose, laggards
 from ._worker import Crew
 
@@ -71,9 +75,11 @@ class Coordinator:
         settings: Settings,
         tell: EventCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
+        share: Share | None = None,
     ) -> None:
         self.settings, self.fd, self.path = settings, fd, path
         self.tell, self.on_checkpoint = tell, on_checkpoint
+        self.share = share  # a batch item's live grant (None: the settings decide)
         self.ranged = remote.ranges and remote.size is not None
         prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
         self.pinned = Pinned(remote, lambda url: resolve(url, settings))
@@ -123,7 +129,11 @@ class Coordinator:
     def _wind_down(self, failing: bool) -> None:
         """Reap every worker, save the last checkpoint, then tell the last progress. While an
         error is on its way out, neither step may replace it (a raising callback, a full
-        disk): they are reported in a warning instead."""
+        disk): they are reported in a warning instead.
+
+        The checkpoint is saved on success too: what can still fail (the last progress's
+        callback, the digest, the fsync and the rename) must leave a partial that a rerun
+        only renames. A small blob, for which it would cost most, has no coordinator."""
         try:
             self.parts.stop()
         finally:
@@ -137,24 +147,35 @@ class Coordinator:
             except Exception as exc:
                 log.warning("while stopping after a failure: %s", exc)
 
+    def _connections(self) -> int:
+        """Lanes it may run now: its settings' connections, or what its batch grants."""
+        if self.share is None:
+            return self.settings.connections
+        return max(1, min(self.settings.connections, self.share.connections()))
+
+    def _limit(self) -> int | None:
+        """Bytes/s for all its lanes now: its settings', or its share of its batch's."""
+        return self.settings.limit_rate if self.share is None else self.share.rate()
+
     def _retry_times(self) -> list[float]:
         """When the first waiting part may start; none while every connection is busy (no
         spinning)."""
         first = self.parts.next_retry()
-        if first is None or self.parts.running() >= self.settings.connections:
+        if first is None or self.parts.running() >= self._connections():
             return []
         return [first]
 
     def _launch_ready(self, now: float) -> None:
         """Start what may start (pending parts, waiting ones whose backoff is over) up to
-        ``connections``, then let idle connections steal. Its cost is the lanes it starts,
-        whatever the number of parts."""
-        while self.parts.running() < self.settings.connections:
+        the item's connections now, then let idle connections steal. Its cost is the lanes it
+        starts, whatever the number of parts."""
+        connections = self._connections()
+        while self.parts.running() < connections:
             part = self.parts.next_ready(now)
             if part is None:
                 break
             self._launch(part, now)
-        while self.parts.running() < self.settings.connections and self._steal(now):
+        while self.parts.running() < connections and self._steal(now):
             pass
 
     def _steal(self, now: float) -> bool:
@@ -178,7 +199,7 @@ class Coordinator:
 
     def _launch(self, part: Part, now: float) -> None:
         pos = self.parts.ready(part, over=not self.ranged)  # without ranges: from the start
-        self.parts.share(self.settings.limit_rate, joining=part)  # everyone else's smaller
+        self.parts.share(self._limit(), joining=part)  # everyone else's smaller
         # Without stealing nothing moves a lane's end: one request per attempt does.
         first = self.settings.min_steal_size if self.settings.steal else MAX_BYTES
         attempt = Attempt(part.slot, self.ranged, first, self.fd, self.path)
@@ -223,7 +244,7 @@ class Coordinator:
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
     def _sample(self, now: float) -> None:
-        self.parts.share(self.settings.limit_rate)
+        self.parts.share(self._limit())
         told = now - self.last_told >= self.settings.progress_interval
         if told:
             self.best.fade()

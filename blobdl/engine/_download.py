@@ -5,6 +5,11 @@ The story of one download: check the input, lock the destination, probe the remo
 temporary file, let the coordinator run the parts (and the hasher follow them), verify,
 and rename the result into place. On failure nothing is left at the destination;
 ``Resume.settle`` decides whether the temporary file and its record stay for the next run.
+
+A batch tells a small blob's story with ``_small.OneRequest``, which changes two steps of
+this one: the probe is the first GET, which brings the whole blob (``_probed``), and one
+thread streams it into the temporary file instead of a coordinator (``_fetch``). Every
+other step, and every check, is this module's (``_written`` is the frame both share).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,9 @@ from ..store._lock import DestinationLock
 from ..store._resume import PartRecord, Resume, bytes_done
 from ._coordinator import Coordinator
 from ._hasher import PrefixHasher
+from ._parts import Tally
 from ._plan import download_parts
+from ._share import Share
 
 DEFAULT_NAME = "blobdl.out"
 BAD_SUFFIX = ".blobdl-bad"
@@ -101,11 +109,13 @@ class Downloader:
         digest: str | None = None,
         on_progress: ProgressCallback | None = None,
         on_event: EventCallback | None = None,
+        share: Share | None = None,
     ) -> DownloadResult:
         """``download()`` for a remote that was already probed (``download_many`` probes to
-        share out connections); the remote is still revalidated against any resume state."""
+        share out connections); the remote is still revalidated against any resume state.
+        ``share``: what its batch lets it use now, if it is a batch's item."""
         tell = _tell_caller(on_progress, on_event)
-        return self._run(remote.url, remote, path, digest, tell)
+        return self._run(remote.url, remote, path, digest, tell, share)
 
     def _run(
         self,
@@ -114,11 +124,12 @@ class Downloader:
         path: str | os.PathLike[str] | None,
         digest: str | None,
         tell: EventCallback,
+        share: Share | None = None,
     ) -> DownloadResult:
         if _clean_process.threaded():  # never fork a threaded process: a clean one forks instead
             args = (self.settings, url, remote, _fspath(path), digest)
             return _clean_process.call(_run_here, args, tell)
-        return self._run_here(url, remote, path, digest, tell)
+        return self._run_here(url, remote, path, digest, tell, share)
 
     def _run_here(
         self,
@@ -127,8 +138,9 @@ class Downloader:
         path: str | os.PathLike[str] | None,
         digest: str | None,
         tell: EventCallback,
+        share: Share | None = None,
     ) -> DownloadResult:
-        order = _Order(url, None, time.monotonic(), tell)
+        order = _Order(url, None, time.monotonic(), tell, share)
         # SIGTERM, like Ctrl-C, stops it wherever it is (exit 130, the partial kept), until
         # the file is in place: from then on it has succeeded (see _signals).
         with stoppable():
@@ -153,8 +165,8 @@ class Downloader:
     ) -> tuple[Path, Remote | None]:
         """The checked destination; without a path the name comes from the server."""
         if path is None:
-            remote = remote or resolve(order.url, self.settings)
-            dest = Path(default_name(remote))
+            remote = self._probed(order, remote)
+            dest = self._named(remote)
         else:
             dest = Path(path)
         check_destination(dest)
@@ -168,9 +180,7 @@ class Downloader:
         dest = Path(path) if path is not None else Path(name_from_url(order.url))
 
         def fill(entry: Path, lock_timeout: float) -> DownloadResult:
-            filler = Downloader(
-                self.settings, cache_dir=None, force=True, lock_timeout=lock_timeout
-            )
+            filler = self._derived(cache_dir=None, force=True, lock_timeout=lock_timeout)
             return filler._locked(order, entry, remote)
 
         return through_cache(self.settings, order.expected, dest, fill, order.url, order.started)
@@ -184,11 +194,25 @@ class Downloader:
                 return existing
             resume = Resume.beside(dest, order.url, self.settings.resume, order.expected)
             try:
-                remote = remote or resolve(order.url, self.settings)
+                remote = self._probed(order, remote)
             except BaseException:
                 resume.mention_kept()  # a partial of an earlier run stays, as it was
                 raise
             return self._fetch(order, remote, dest, resume)
+
+    # --- the steps a batch's small download tells its own way (``_small.OneRequest``) ----
+
+    def _probed(self, order: _Order, remote: Remote | None) -> Remote:
+        """The remote: as given (already probed), else probed now."""
+        return remote or resolve(order.url, self.settings)
+
+    def _named(self, remote: Remote) -> Path:
+        """The destination of a download given no path: the server's name for it."""
+        return Path(default_name(remote))
+
+    def _derived(self, **overrides: Any) -> Downloader:
+        """The same downloader with some settings changed (a cache entry's filler)."""
+        return Downloader(self.settings, **overrides)
 
     def _existing(self, order: _Order, dest: Path) -> DownloadResult | None:
         """A destination that is already there: kept if the digest vouches for it."""
@@ -205,22 +229,23 @@ class Downloader:
         return None
 
     def _fetch(self, order: _Order, remote: Remote, dest: Path, resume: Resume) -> DownloadResult:
-        fd: int | None = None
-        previous = None
+        """The parts of the blob, planned or resumed, run by a coordinator (and hashed by a
+        hasher that follows the bytes on disk as they land)."""
         try:
             remote = self._ranges_again(order, remote, resume)
             previous = resume.previous(remote)
             records = previous.parts if previous else self._fresh(order, remote, dest, resume)
-            with held():  # a file opened is a file noted, and closed on the way out
-                fd = open_temp(resume.temp, fresh=previous is None)
-            size = remote.size or 0
-            if previous is None:
-                set_size(fd, size, resume.temp)
-                reserve(fd, size, resume.temp)  # before any worker exists: nothing writes beside it
+        except BaseException as exc:
+            with held(drop=True):  # a second Ctrl-C must not cut the cleanup short
+                resume.settle(exc)
+            raise
+
+        def run(fd: int) -> tuple[Tally, str | None]:
             checkpoint = resume.checkpointer(fd, remote)
             coordinator = Coordinator(
-                remote, records, fd, str(resume.temp), self.settings, order.tell, checkpoint
-            )
+                remote, records, fd, str(resume.temp), self.settings, order.tell, checkpoint,
+                order.share,
+            )  # fmt: skip
             order.tell(
                 Started(order.url, str(dest), remote.size, len(records), bytes_done(records))
             )
@@ -231,13 +256,41 @@ class Downloader:
                         hasher = PrefixHasher(fd, coordinator.table)
                         cleanup.callback(hasher.stop)
                 tally = coordinator.run()
-                actual = hasher.finish(tally.final_size) if hasher else None
+                return tally, hasher.finish(tally.final_size) if hasher else None
+
+        resumed = previous.done if previous else 0
+        return self._written(order, remote, dest, resume, run, resumed, previous is None)
+
+    def _written(
+        self,
+        order: _Order,
+        remote: Remote,
+        dest: Path,
+        resume: Resume,
+        run: Callable[[int], tuple[Tally, str | None]],
+        resumed: int = 0,
+        fresh: bool = True,
+    ) -> DownloadResult:
+        """The frame of every download: the temporary file opened (created anew when
+        ``fresh``, else the partial that ``resumed`` bytes of) and sized, ``run`` filling it
+        (it returns what it did, and the bytes' digest if one is expected), the digest
+        checked, the file made durable and renamed onto ``dest``. On any failure
+        ``resume.settle`` decides what stays."""
+        fd: int | None = None
+        try:
+            with held():  # a file opened is a file noted, and closed on the way out
+                fd = open_temp(resume.temp, fresh=fresh)
+            size = remote.size or 0
+            if fresh:
+                set_size(fd, size, resume.temp)
+                reserve(fd, size, resume.temp)  # before any worker exists: nothing writes beside it
+            tally, actual = run(fd)
             if actual is not None and actual != order.expected:
                 with held(drop=True):  # the bytes are bad: that is the outcome
                     self._reject(resume, dest, order.expected or "", actual)
             commit()  # every byte is in and checked: from here on it is done
             owned, fd = fd, None  # finalize closes it, whatever happens
-            finalize(owned, resume.temp, dest, tally.final_size)
+            self._finalize(owned, resume.temp, dest, tally.final_size)
             resume.finished()
         except BaseException as exc:
             with held(drop=True):  # a second Ctrl-C must not cut the cleanup short
@@ -255,9 +308,13 @@ class Downloader:
             steals=tally.steals,
             url=remote.url,
             final_url=remote.final_url,
-            resumed=previous.done if previous else 0,
+            resumed=resumed,
             verified=actual is not None,
         )
+
+    def _finalize(self, fd: int, temp: Path, dest: Path, size: int) -> None:
+        """Durable, then renamed onto ``dest`` (see ``finalize``)."""
+        finalize(fd, temp, dest, size)
 
     def _ranges_again(self, order: _Order, remote: Remote, resume: Resume) -> Remote:
         """The probe got a 200, but a partial of this very blob was fetched in ranges: most
@@ -295,6 +352,7 @@ class _Order:
     expected: str | None  # sha256 hex the bytes must have
     started: float
     tell: EventCallback
+    share: Share | None = None  # what its batch lets it use now (None: not a batch's item)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

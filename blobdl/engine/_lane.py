@@ -4,7 +4,7 @@
 coordinator) and gives the coordinator its handle. A lane speaks HTTP through a session of
 its own (``Session``: its own pool, since pools never cross a fork), GETs ``[pos, end)`` of
 its slot in chunks over one keep-alive connection (``_chunk``), each a ``RangeBody``, and
-``_Filler`` moves the bytes into the shared preallocated file descriptor. Before each
+``Filler`` moves the bytes into the shared preallocated file descriptor. Before each
 request it publishes the request's end (``asked``); after every write, its position and the
 bytes it received. It re-reads its slot's ``end`` before every request and every read, so
 the coordinator can move the end in (another lane took the tail): at a chunk boundary when
@@ -58,9 +58,9 @@ class Cancel:
     """Ends a lane from another thread: the lane sees ``stopped`` between two reads, and
     ``cut`` wakes it from a wait on any of its session's sockets or from its pacer's sleep."""
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session | None = None) -> None:
         self.stopped = False
-        self.session = Session()
+        self.session = session or Session()
         self._woken = threading.Event()
 
     def cut(self) -> None:
@@ -89,7 +89,7 @@ def run_attempt(
 def _fetch(
     attempt: Attempt, remote: Remote, settings: Settings, table: CounterTable, cancel: Cancel
 ) -> None:
-    filler = _Filler(attempt, table, settings.buffer_size, cancel)
+    filler = Filler(attempt, table, settings.buffer_size, cancel)
     try:
         with cancel.session.opened(settings, remote) as session:
             if attempt.ranged:
@@ -100,7 +100,7 @@ def _fetch(
         filler.close()
 
 
-def _fetch_chunks(filler: _Filler, session: Session, remote: Remote, first: int) -> None:
+def _fetch_chunks(filler: Filler, session: Session, remote: Remote, first: int) -> None:
     """The slot's range as a series of ranged GETs over one keep-alive connection, each
     sized by ``next_chunk`` and published (``asked``) before it is sent."""
     slot, table = filler.attempt.slot, filler.table
@@ -132,7 +132,7 @@ def _ask(table: CounterTable, slot: int, span: Span) -> Span:
     return span
 
 
-def _fetch_whole(filler: _Filler, session: Session, remote: Remote) -> None:
+def _fetch_whole(filler: Filler, session: Session, remote: Remote) -> None:
     """The fallback for servers without ranges: one GET of the whole body."""
     slot, table = filler.attempt.slot, filler.table
     start = table.pos(slot)
@@ -148,7 +148,7 @@ def _fetch_whole(filler: _Filler, session: Session, remote: Remote) -> None:
         raise TruncatedBody(remote.final_url, pos - start, final_end - start)
 
 
-class _Filler:
+class Filler:
     """One lane's hot path: its buffer, its pacer, and the loop that fills the file."""
 
     def __init__(
@@ -161,6 +161,12 @@ class _Filler:
         self.pacer = _Pacer(cancel.sleep)
         self.parent = os.getppid()
         self.splicer = Splicer()
+
+    def aim(self, attempt: Attempt) -> None:
+        """Fill ``attempt``'s file and slot from now on: a seat of a batch keeps one filler
+        (its buffer, its splice pipe) for one small download after another."""
+        self.attempt, self.path = attempt, Path(attempt.path)
+        self.pacer = _Pacer(self.cancel.sleep)  # its allowance is measured afresh
 
     def close(self) -> None:
         # The buffer goes with the last view of it (an error's traceback may hold one).

@@ -33,6 +33,25 @@ def download_part_count(
     return part_count(size, _shaped(settings, hashing))
 
 
+def one_request(settings: Settings) -> int:
+    """The largest blob a download fetches with a single request, so the batch fetches it
+    whole with its first GET (its probe): planned as one part, and smaller than a lane's
+    first request, which no steal splits (0: none, ``parts`` forces several)."""
+    if settings.parts is not None and settings.parts > 1:
+        return 0
+    first = settings.min_steal_size if settings.steal else settings.min_part_size
+    return min(settings.min_part_size, first)
+
+
+def useful_lanes(size: int | None, ranges: bool, settings: Settings, *, hashing: bool) -> int:
+    """Lanes a download can keep busy, up to its ``connections``: one per part, and, where
+    idle lanes steal, one per ``min_steal_size`` of the blob (a steal splits off no less)."""
+    parts = download_part_count(size, ranges, settings, hashing=hashing)
+    if ranges and size is not None and settings.steal:
+        parts = max(parts, size // settings.min_steal_size)
+    return max(1, min(parts, settings.connections))
+
+
 def _shaped(settings: Settings, hashing: bool) -> Settings:
     """The settings a plan is cut with: a download that is hashed gets more parts."""
     target = HASHING_PARTS_PER_CONNECTION * settings.connections

@@ -77,7 +77,15 @@ class RangeBody:
             "Range": range_header(span.start, span.end),
         }
         sent = time.monotonic()
-        body = cls(send_get(pool, remote.final_url, headers), sent)
+        return cls.from_response(send_get(pool, remote.final_url, headers), remote, span, sent)
+
+    @classmethod
+    def from_response(
+        cls, response: Response, remote: Remote, span: Span, sent: float
+    ) -> RangeBody:
+        """The body of ``span`` in ``response``, a ranged answer sent at ``sent`` (the
+        probe's own answer, for a blob that fits in it), checked as ``open`` checks it."""
+        body = cls(response, sent)
         with body._closed_on_error():
             _check_range(remote, span, body._response)
             body.stop = span.end
@@ -89,7 +97,16 @@ class RangeBody:
         """GET the whole blob (the fallback for servers without range support), into the
         file from ``start``; read the ordinary way only."""
         sent = time.monotonic()
-        body = cls(send_get(pool, remote.final_url, base_headers(remote.headers)), sent)
+        response = send_get(pool, remote.final_url, base_headers(remote.headers))
+        return cls.whole_from_response(response, remote, start, sent)
+
+    @classmethod
+    def whole_from_response(
+        cls, response: Response, remote: Remote, start: int, sent: float
+    ) -> RangeBody:
+        """The whole blob in ``response``, a 200 sent at ``sent``, checked as ``whole``
+        checks it."""
+        body = cls(response, sent)
         with body._closed_on_error():
             length = _check_whole(remote, body._response)
             # Even when the probe learned no size, this response may state its length:

@@ -50,6 +50,20 @@ class Sockets:
                 with suppress(OSError):
                     held.shutdown(socket.SHUT_RDWR)
 
+    def open_to(self) -> list[str]:
+        """The hosts of the connections still open (a kept session's idle one, say); the
+        duplicates of those urllib3 closed are let go first (ours alone would keep them
+        open, and the server would still count them)."""
+        with self._lock:
+            self._let_go_of_closed()
+            conns = [owner() for _, owner in self._held]
+            return [conn.host for conn in conns if conn is not None and conn.sock is not None]
+
+    def let_go_of_closed(self) -> None:
+        """Close our duplicates of the connections urllib3 has closed."""
+        with self._lock:
+            self._let_go_of_closed()
+
     def close(self) -> None:
         """Let go of the duplicates (the lane is over)."""
         with self._lock:
@@ -91,6 +105,14 @@ def _note(sock: socket.socket, conn: HTTPConnection) -> None:
         sockets.note(sock, conn)
 
 
+def _let_go_of_closed() -> None:
+    """Before a connection opens: the closed ones this thread noted are really closed, so
+    that a new socket is never open beside an old one that only our duplicate holds."""
+    sockets: Sockets | None = getattr(_thread, "sockets", None)
+    if sockets is not None:
+        sockets.let_go_of_closed()
+
+
 class _NotedHTTPConnection(HTTPConnection):
     """Notes its socket in the opening thread's ``Sockets``, and when it was ready; also
     the base of the HTTPS one, whose ``connect`` (TLS handshake, proxy tunnel) it wraps."""
@@ -99,6 +121,7 @@ class _NotedHTTPConnection(HTTPConnection):
     response_class = InterimSkippingResponse
 
     def _new_conn(self) -> socket.socket:
+        _let_go_of_closed()
         sock = super()._new_conn()
         _note(sock, self)
         return sock

@@ -24,19 +24,24 @@ from ._request import Response
 from ._translate import proxy_errors
 
 
-def make_pool(settings: Settings) -> urllib3.PoolManager:
+def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
     """A pool for one process. Never share one across a fork: build it in the child.
 
     Each request goes direct or through the proxy its URL calls for, so a probe may follow
-    redirects across hosts that differ in proxy choice."""
+    redirects across hosts that differ in proxy choice.
+
+    ``kept``: the pool a batch's seat keeps from one small download to the next. It holds
+    one connection at most (to the origin it spoke to last: a budget counts it), and its
+    read timeout is the stall timeout itself: no coordinator watches a small download."""
     # The coordinator ends stalled workers after stall_timeout; the socket's own read timeout
     # is only the backstop for a worker whose coordinator is gone.
-    timeout = urllib3.Timeout(connect=settings.connect_timeout, read=2 * settings.stall_timeout)
+    read = settings.stall_timeout if kept else 2 * settings.stall_timeout
+    timeout = urllib3.Timeout(connect=settings.connect_timeout, read=read)
     if not settings.verify_tls:
         # The user asked for it once; a warning per connection and per worker is noise.
         warnings.filterwarnings("ignore", category=InsecureRequestWarning)
     options: dict[str, Any] = {
-        "num_pools": 4,
+        "num_pools": 1 if kept else 4,
         "maxsize": 1,
         "retries": False,
         "timeout": timeout,

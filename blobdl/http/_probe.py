@@ -9,9 +9,9 @@ import time
 import urllib3
 
 from ..config import Settings
-from ..errors import BadResponse, BlobdlError, HTTPStatusError, TooManyRedirects
+from ..errors import BadResponse, HTTPStatusError, TooManyRedirects
 from ._connections import ready_at
-from ._headers import content_disposition_filename, parse_content_range
+from ._headers import content_disposition_filename, parse_content_range, range_header
 from ._pool import make_pool, prepare_tls
 from ._remote import Remote
 from ._request import (
@@ -22,7 +22,7 @@ from ._request import (
     retry_after,
     send_get,
 )
-from ._retry import Retry
+from ._retry import Retry, retried
 from ._span import Span
 from ._urls import check_url, headers_for_origin, lift_userinfo, redirect_target, same_origin
 
@@ -34,19 +34,33 @@ _REDIRECT_BODY_LIMIT = 64 * 1024
 def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
     """Resolve redirects and learn size, range support and validators with one
     ``Range: bytes=0-0`` request per hop."""
+    remote, response = first_answer(pool, url, settings, 1)
+    response.close()
+    return remote
+
+
+def first_answer(
+    pool: urllib3.PoolManager, url: str, settings: Settings, want: int
+) -> tuple[Remote, Response]:
+    """The probe, asking each hop for the blob's first ``want`` bytes; the last answer is
+    returned unread, with what it says about the blob. A small blob is all in that answer
+    (``RangeBody.answered`` reads it): its first GET was its probe, too."""
     check_url(url)
     url, headers = lift_userinfo(url, settings.headers)
-    current = url
+    current, asked = url, range_header(0, want)
     for _hop in range(settings.max_redirects + 1):
         sent = time.monotonic()
-        response = send_get(pool, current, {**base_headers(headers), "Range": "bytes=0-0"})
+        response = send_get(pool, current, {**base_headers(headers), "Range": asked})
         answer_time = time.monotonic() - max(sent, ready_at(response))
+        if response.status not in _REDIRECTS:
+            try:
+                remote = _remote_from(url, current, headers, response, want)
+            except BaseException:
+                response.close()
+                raise
+            return remote._replace(answer_time=answer_time), response
         target = None
         try:
-            if response.status not in _REDIRECTS:
-                return _remote_from(url, current, headers, response)._replace(
-                    answer_time=answer_time
-                )
             location = response.headers.get("Location")
             if not location:
                 raise BadResponse(current, f"redirect {response.status} without Location")
@@ -83,19 +97,20 @@ def _finish_probe_response(response: Response, reuse: bool) -> None:
 
 
 def _remote_from(
-    url: str, final: str, headers: tuple[tuple[str, str], ...], response: Response
+    url: str, final: str, headers: tuple[tuple[str, str], ...], response: Response, want: int
 ) -> Remote:
     status = response.status
     require_identity(final, response)
     if status == 206:
         content_range = parse_content_range(response.headers.get("Content-Range", ""))
-        if not content_range or content_range.span != Span(0, 1) or content_range.total is None:
+        total = content_range.total if content_range else None
+        if not content_range or total is None or content_range.span != Span(0, min(want, total)):
             text = response.headers.get("Content-Range")
             raise BadResponse(final, f"probe got Content-Range {text!r}")
         size: int | None = content_range.total
         ranges = True
     elif status == 416:
-        # bytes=0-0 is unsatisfiable only for an empty blob.
+        # bytes=0-N is unsatisfiable only for an empty blob.
         content_range = parse_content_range(response.headers.get("Content-Range", ""))
         if not content_range or content_range.total != 0:
             raise HTTPStatusError(416, final)
@@ -122,18 +137,14 @@ def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remot
     range is a bad response (ranges were proven before), retried like one."""
     prepare_tls(settings, url)  # the probe's context, inherited by the workers later
     pool = make_pool(settings)
-    retry = Retry.from_settings(settings)
+
+    def once() -> Remote:
+        remote = probe(pool, url, settings)
+        if need_ranges and not remote.ranges:
+            raise BadResponse(remote.final_url, "answered 200 to the probe's range")
+        return remote
+
     try:
-        while True:
-            try:
-                remote = probe(pool, url, settings)
-                if need_ranges and not remote.ranges:
-                    raise BadResponse(remote.final_url, "answered 200 to the probe's range")
-                return remote
-            except BlobdlError as exc:
-                retry = retry.increment(0)
-                if not exc.retryable or retry.exhausted:
-                    raise
-                time.sleep(retry.delay(exc))
+        return retried(once, Retry.from_settings(settings), time.sleep)
     finally:
         pool.clear()

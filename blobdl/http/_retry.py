@@ -1,18 +1,22 @@
-"""The retry policy, and what to do after a failed attempt. Pure: no I/O, no clock.
+"""The retry policy. Pure: no I/O, no clock of its own.
 
 ``Retry`` is one immutable object, like urllib3's: it counts failures in a row *without
 progress*, and says how long to wait (Ollama's backoff, or a server's longer
-``Retry-After``, capped). ``increment`` returns a new one. ``decide`` is the coordinator's
-"what now?" after an attempt at a part failed, as a table of facts in, verdict out.
+``Retry-After``, capped). ``increment`` returns a new one. ``retried`` runs a call (a
+probe) under it with the sleep it is given; what a part does after a failed attempt is
+``engine._failure.decide``.
 """
 
 from __future__ import annotations
 
 import random
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 from ..config import Settings
-from ..errors import HTTPStatusError
+from ..errors import BlobdlError, HTTPStatusError
+
+T = TypeVar("T")
 
 
 class Retry(NamedTuple):
@@ -54,3 +58,17 @@ class Retry(NamedTuple):
         if after is not None:
             delay = max(delay, min(after, self.max_backoff))
         return delay
+
+
+def retried(call: Callable[[], T], retry: Retry, sleep: Callable[[float], None]) -> T:
+    """``call()`` until it succeeds, as a probe is retried: every failure counts (nothing
+    moves between two probes), ``sleep`` waits each backoff out, and the last error is
+    raised once it is final or ``retry`` is exhausted."""
+    while True:
+        try:
+            return call()
+        except BlobdlError as exc:
+            retry = retry.increment(0)
+            if not exc.retryable or retry.exhausted:
+                raise
+            sleep(retry.delay(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,6 +12,7 @@ from ..config import Settings
 from ._body import RangeBody
 from ._connections import Sockets, noted_in
 from ._pool import make_pool
+from ._probe import first_answer
 from ._remote import Remote
 from ._span import Span
 from ._translate import translate_errors
@@ -22,11 +24,18 @@ class Session:
     ``opened`` gives the lane, for its attempt, a pool of its own (built in the lane's
     thread: pools never cross a fork), with every socket noted so that ``cut`` can wake the
     lane wherever it waits on the network, and any error translated into ours. Bodies come
-    from ``range`` and ``whole``."""
+    from ``range`` and ``whole``.
+
+    ``kept`` is the session of a batch's seat, which runs one small download after another:
+    one pool for its whole life, so that its connection stays alive from one item to the
+    next (one connection at most, to the origin it spoke to last: ``open_to``). There the
+    first GET of an item is its probe too (``first``), and ``pinned`` says which remote the
+    bodies of a retry come from."""
 
     def __init__(self) -> None:
         self._sockets = Sockets()
-        self._open: tuple[urllib3.PoolManager, Remote] | None = None  # within ``opened``
+        self._pool: urllib3.PoolManager | None = None
+        self._remote: Remote | None = None  # whose bodies ``range`` and ``whole`` give
 
     def cut(self) -> None:
         """Shut down every socket the session opened; any thread may call it."""
@@ -37,25 +46,72 @@ class Session:
         """The session, for one attempt at ``remote`` in the block; nothing of it lingers
         after (the process goes on with other lanes)."""
         with noted_in(self._sockets):
-            pool = make_pool(settings)
-            self._open = (pool, remote)
+            self._pool, self._remote = make_pool(settings), remote
             try:
                 with translate_errors(remote.final_url):
                     yield self
             finally:
-                self._open = None
+                pool, self._pool, self._remote = self._pool, None, None
                 pool.clear()
+
+    @contextmanager
+    def kept(self, settings: Settings) -> Iterator[Session]:
+        """The session of a seat, for all the items it runs in the block (its thread's)."""
+        with noted_in(self._sockets):
+            self._pool = make_pool(settings, kept=True)
+            try:
+                yield self
+            finally:
+                pool, self._pool, self._remote = self._pool, None, None
+                pool.clear()
+
+    def first(self, url: str, settings: Settings, want: int) -> tuple[Remote, RangeBody | None]:
+        """Probe ``url`` asking for its first ``want`` bytes (``first_answer``): the remote,
+        and the whole blob's body if the answer holds all of it (a 206 of the whole blob, or
+        a 200 that states a length up to ``want``). Else None, and the answer is closed
+        unread: a larger blob is fetched the ordinary way."""
+        pool = self._opened()
+        with translate_errors(url):
+            sent = time.monotonic()
+            remote, response = first_answer(pool, url, settings, want)
+            self._remote = remote
+            size = remote.size
+            if size is None or not 0 < size <= want:  # unknown, empty (a 416) or larger
+                response.close()
+                return remote, None
+            if remote.ranges:
+                return remote, RangeBody.from_response(response, remote, Span(0, size), sent)
+            return remote, RangeBody.whole_from_response(response, remote, 0, sent)
+
+    @contextmanager
+    def pinned(self, remote: Remote) -> Iterator[Session]:
+        """Bodies of ``remote`` in the block, over a kept session, errors translated."""
+        self._remote = remote
+        with translate_errors(remote.final_url):
+            yield self
+
+    def drop(self) -> None:
+        """Close a kept session's idle connection (a budget needs it for another item)."""
+        self._opened().clear()
+        self._sockets.let_go_of_closed()  # our duplicate alone would keep it open
+
+    def open_to(self) -> str | None:
+        """The host of the connection the session holds open, if any (a budget counts it)."""
+        hosts = self._sockets.open_to()
+        return hosts[0] if hosts else None
 
     def range(self, span: Span) -> RangeBody:
         """The body of ``span`` (see ``RangeBody.open``)."""
-        pool, remote = self._opened()
-        return RangeBody.open(pool, remote, span)
+        return RangeBody.open(self._opened(), self._pinned(), span)
 
     def whole(self, start: int) -> RangeBody:
         """The whole blob's body, for the file from ``start`` (see ``RangeBody.whole``)."""
-        pool, remote = self._opened()
-        return RangeBody.whole(pool, remote, start)
+        return RangeBody.whole(self._opened(), self._pinned(), start)
 
-    def _opened(self) -> tuple[urllib3.PoolManager, Remote]:
-        assert self._open is not None, "a session's bodies come within `opened` only"
-        return self._open
+    def _opened(self) -> urllib3.PoolManager:
+        assert self._pool is not None, "a session speaks within `opened` or `kept` only"
+        return self._pool
+
+    def _pinned(self) -> Remote:
+        assert self._remote is not None, "a session's bodies are of a remote it was given"
+        return self._remote

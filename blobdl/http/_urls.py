@@ -7,6 +7,8 @@ the two would read differently, so the host we check is the host we reach.
 from __future__ import annotations
 
 import base64
+import functools
+import re
 from urllib.parse import unquote, urljoin, urlsplit
 
 from urllib3.util import parse_url
@@ -20,6 +22,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CROSS_ORIGIN_SAFE = frozenset(
     {"accept", "accept-charset", "accept-language", "user-agent", "cache-control", "pragma"}
 )
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")  # control characters and spaces
 
 
 def check_url(url: str) -> None:
@@ -30,11 +33,14 @@ def check_url(url: str) -> None:
         raise UsageError(f"invalid URL {redact_url(url)!r}: {problem}")
 
 
+# Pure, and asked of the same URL by the batch, the probe and the download (thrice for a
+# small blob, whose whole download costs a few times that): remembered.
+@functools.lru_cache(maxsize=4096)
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be fetched, or None. Besides scheme and host, urllib.parse (which
     we use to read the URL) and urllib3 (which connects) must read the same scheme, host,
     port and userinfo: ``http://a:1\\@b/`` is host b to one and host a to the other."""
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    if _CONTROL.search(url):
         return "control characters or spaces"
     try:
         parts, theirs = urlsplit(url), parse_url(url)

@@ -73,11 +73,12 @@ def start(
     return proc, ours
 
 
-def seat_pipe() -> tuple[Connection, Connection]:
-    """A one-way pipe for a child that is not started with it: (our reading end, the end to
-    hand to the child). Give ours to ``private`` before the child is forked."""
+def seat_pipe(duplex: bool = False) -> tuple[Connection, Connection]:
+    """A pipe for a child that is not started with it: (our end, the end to hand to the
+    child); one-way (we read) unless ``duplex``. Give ours to ``private`` before the child
+    is forked."""
     with _refused_as_ours("open a pipe to a worker process"):
-        ours, theirs = _context.Pipe(duplex=False)
+        ours, theirs = _context.Pipe(duplex=duplex)
     return ours, theirs
 
 

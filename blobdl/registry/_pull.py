@@ -265,7 +265,8 @@ class _Fetcher:
         items = []
         for blob in blobs:
             url, headers = self.registry.blob_source(blob)
-            items.append(Item(url, str(self.store.staging_path(blob)), blob.digest, headers))
+            path = str(self.store.staging_path(blob))
+            items.append(Item(url, path, blob.digest, headers, size=blob.size))
         # The pull's budget is the user's --connections, shared by every layer like -i does;
         # the per-download cap stays the same, so one big layer can take all of it.
         budget = self.settings.connections

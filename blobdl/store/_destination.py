@@ -163,10 +163,12 @@ def start_writeback(fd: int) -> None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
-def finalize(fd: int, temp: Path, dest: Path, size: int) -> None:
+def finalize(fd: int, temp: Path, dest: Path, size: int, *, sync_dir: bool = True) -> None:
     """Make the complete temp file durable and move it onto ``dest`` atomically.
 
-    Takes ownership of ``fd``: it is closed here whatever happens."""
+    Takes ownership of ``fd``: it is closed here whatever happens. Without ``sync_dir`` the
+    caller fsyncs the directory later (a batch, once for many renames in it): until then a
+    crash may lose the rename, never make ``dest`` name an incomplete file."""
     try:
         try:
             os.ftruncate(fd, size)
@@ -176,10 +178,16 @@ def finalize(fd: int, temp: Path, dest: Path, size: int) -> None:
         os.replace(temp, dest)
     except OSError as exc:
         raise local_error(dest, exc) from None
-    # The rename is done; a filesystem that cannot fsync a directory (some FUSE and network
-    # filesystems) must not turn a complete download into a reported failure.
+    if sync_dir:
+        sync_dir_quietly(dest.parent)
+
+
+def sync_dir_quietly(directory: Path) -> None:
+    """Make the renames done in ``directory`` durable. A rename is done by then: a
+    filesystem that cannot fsync a directory (some FUSE and network filesystems) must not
+    turn a complete download into a reported failure."""
     with contextlib.suppress(OSError):
-        fsync_dir(dest.parent)
+        fsync_dir(directory)
 
 
 def discard(temp: Path) -> None:

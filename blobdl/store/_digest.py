@@ -44,7 +44,8 @@ def sha256_fd(fd: int) -> str:
 
 
 def hash_range(digest: hashlib._Hash, fd: int, start: int, stop: int) -> int:
-    buffer = memoryview(bytearray(CHUNK))
+    # No bigger than the range: a small blob's digest must not zero-fill 4 MiB first.
+    buffer = memoryview(bytearray(max(1, min(CHUNK, stop - start))))
     while start < stop:
         count = os.preadv(fd, [buffer[: min(CHUNK, stop - start)]], start)
         if count == 0:

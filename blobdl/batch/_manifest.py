@@ -1,0 +1,117 @@
+"""Manifests: what ``blobdl -i`` reads, one item per line, checked whole before anything
+starts (see ``parse_manifest``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import parse_header
+from ..errors import UsageError
+from ..http._urls import check_url
+from ..store._digest import parse_digest
+from ._items import Item, confine
+
+
+def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = None) -> list[Item]:
+    """One item per line: ``URL [PATH] [sha256:HEX]`` or a JSON object with the fields
+    ``url``, ``path``, ``digest`` (strings), ``headers`` (a {name: value} map of strings),
+    ``size`` (bytes, a hint: a blob said to be large skips the small-item path).
+    Blank lines and lines starting with ``#`` are skipped. Anything else is a usage error
+    naming its line: bytes that are not UTF-8, a NUL, a JSON field that is unknown, repeated
+    or of the wrong type. With ``base_dir``, a path that would lead outside it is one too
+    (the paths are returned as given)."""
+    items = []
+    for number, line in enumerate(_manifest_text(text).splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            if "\0" in line:
+                raise ValueError("holds a NUL byte")
+            item = _json_item(line) if line.startswith("{") else _plain_item(line)
+            if base_dir is not None and item.path is not None:
+                confine(Path(base_dir), item.path)
+            items.append(item)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise UsageError(f"manifest line {number}: {exc}") from None
+    return items
+
+
+def _manifest_text(data: str | bytes) -> str:
+    """A manifest's text: bytes must be UTF-8 (a byte order mark is allowed)."""
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(f"manifest line {line}: not UTF-8 text") from None
+
+
+def _plain_item(line: str) -> Item:
+    words = line.split()
+    if len(words) > 3:
+        raise ValueError(f"expected 'URL [PATH] [sha256:HEX]', got {len(words)} fields")
+    url, rest = words[0], words[1:]
+    digest = next((w for w in rest if w.lower().startswith("sha256:")), None)
+    paths = [w for w in rest if w is not digest]
+    return _checked(Item(url, paths[0] if paths else None, digest))
+
+
+_FIELDS = ("url", "path", "digest", "headers", "size")
+
+
+def _json_item(line: str) -> Item:
+    record = json.loads(line, object_pairs_hook=_unique_fields)
+    unknown = sorted(set(record) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r} (the fields are {', '.join(_FIELDS)})")
+    url, path, digest = (_string(record, name) for name in ("url", "path", "digest"))
+    if url is None:
+        raise ValueError("the field 'url' is missing")
+    headers = record.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        raise ValueError("the field 'headers' must be an object of strings")
+    named = tuple(parse_header(f"{k}: {_header_value(k, v)}") for k, v in (headers or {}).items())
+    return _checked(Item(url, path, digest, named, _size(record.get("size"))))
+
+
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (parsers differ on which repeat wins)."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        repeated = next(k for k in record if [p[0] for p in pairs].count(k) > 1)
+        raise ValueError(f"the field {repeated!r} is given twice")
+    return record
+
+
+def _string(record: dict[str, Any], name: str) -> str | None:
+    value = record.get(name)
+    if value is not None and not (isinstance(value, str) and value):
+        raise ValueError(f"the field {name!r} must be a non-empty string")
+    if value is not None and "\0" in value:
+        raise ValueError(f"the field {name!r} holds a NUL byte")
+    return value
+
+
+def _size(value: object) -> int | None:
+    """The optional ``size`` hint: a whole number of bytes (true/false are no numbers)."""
+    if value is not None and (type(value) is not int or value < 0):
+        raise ValueError("the field 'size' must be a whole number of bytes")
+    return value
+
+
+def _header_value(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"the header {name!r} must have a string value")
+    return value
+
+
+def _checked(item: Item) -> Item:
+    check_url(item.url)  # a bad URL is a usage error before anything starts
+    if item.digest is not None:
+        parse_digest(item.digest)
+    return item

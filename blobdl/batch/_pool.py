@@ -1,0 +1,304 @@
+"""The batch's pool: worker processes whose seats (threads) run one small download after
+another, for the whole batch.
+
+A small item costs what a request costs only if nothing else is started for it: the pool's
+processes are forked once by the scheduler, before it has any thread, and each of their
+seats keeps its session (one connection kept alive, to the origin it spoke to last), its
+filler and its slot of the pool's counter table from one item to the next. The scheduler
+gives a seat an item (``_Job``), and the seat runs its whole story there
+(``engine._small.OneRequest``: the first GET is the probe). The seat answers with the
+item's events as they happen (``_Told``, only if the batch has a callback), then its
+outcome (``_Done``), or with what the probe learned of a blob too large for one request
+(``_Large``), which the scheduler then fetches the ordinary way. Either answer says which
+host the seat still holds a connection to: the budget counts it. ``"drop"`` lets that
+connection go (a large item needs the room).
+
+The processes ignore Ctrl-C (the scheduler owns cancellation) and die with the scheduler.
+``stop`` cuts every seat's item (their temporary files go: nothing of a small download is
+kept), ``close`` ends the pool when the batch is done. Either way a process fsyncs, before
+it exits, the directories its seats renamed files in, once each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..config import Settings
+from ..engine._counter_table import CounterTable
+from ..engine._download import default_name
+from ..engine._small import NotSmall, OneRequest, Seat
+from ..errors import BlobdlError
+from ..events import DownloadResult, Event
+from ..http._remote import Remote
+from ..processes._spawn import private, seat_pipe, start
+from ..store._destination import sync_dir_quietly
+from ._items import Item, inside
+
+log = logging.getLogger("blobdl")
+STOP_GRACE = 2.0  # seconds a stopped pool has to end its items before it is killed
+DROP = "drop"  # scheduler -> seat: let the kept connection go; the seat answers DROPPED
+DROPPED = "dropped"
+
+
+class _Job(NamedTuple):
+    """Scheduler -> seat: fetch this item."""
+
+    number: int  # the item's index in the batch
+    item: Item  # normalized (credentials out of its URL, its digest bare hex)
+    settings: Settings  # the batch's, with the item's own headers
+    base_dir: Path | None  # an item without a path is named inside it
+    events: bool  # send its events back (the batch has a callback)
+
+
+class _Told(NamedTuple):
+    """Seat -> scheduler: an event of the seat's item."""
+
+    event: Event
+
+
+class _Done(NamedTuple):
+    """Seat -> scheduler: the item's outcome."""
+
+    outcome: DownloadResult | BlobdlError
+    kept: str | None  # the host the seat keeps a connection to (None: none)
+
+
+class _Large(NamedTuple):
+    """Seat -> scheduler: the blob is larger than one request; fetch it the ordinary way."""
+
+    remote: Remote  # what its probe learned
+    kept: str | None
+
+
+class _Stop(NamedTuple):
+    """Scheduler -> pool process: end every seat's item now."""
+
+    signum: int
+
+
+Answer = _Told | _Done | _Large | str
+
+
+class Pool:
+    """The scheduler's handle: ``processes`` processes, ``seats`` seats in all, a duplex
+    pipe per seat, slots ``[0, seats)`` of ``table``."""
+
+    def __init__(self, seats: int, processes: int, settings: Settings, table: CounterTable) -> None:
+        self.settings, self.table = settings, table
+        self.count = max(1, min(processes, seats))
+        per = -(-seats // self.count)
+        self.ranges = [range(p * per, min(seats, (p + 1) * per)) for p in range(self.count)]
+        self.ranges = [r for r in self.ranges if len(r)]
+        self.pipes: list[Connection] = [None] * seats  # type: ignore[list-item]
+        self.procs: list[BaseProcess] = []
+        self.controls: list[Connection] = []
+        for number in range(len(self.ranges)):
+            self._fork(number)
+
+    def process_of(self, seat: int) -> int:
+        return next(n for n, seats in enumerate(self.ranges) if seat in seats)
+
+    def start(self, seat: int, job: _Job) -> None:
+        self._send(seat, job)
+
+    def drop(self, seat: int) -> None:
+        """Have an idle seat let its kept connection go; return once it has (the budget
+        counts it until then)."""
+        self._send(seat, DROP)
+        pipe = self.pipes[seat]
+        with contextlib.suppress(EOFError, OSError):
+            while pipe.poll(STOP_GRACE) and pipe.recv() != DROPPED:
+                pass
+
+    def answer(self, seat: int) -> Answer | None:
+        """What the seat said (its pipe is readable); None at EOF (it, or its process, is
+        gone). One message per readiness: the scheduler's selector reports the rest."""
+        try:
+            message: Answer = self.pipes[seat].recv()
+            return message
+        except (EOFError, OSError):
+            return None
+
+    def answers(self, seat: int) -> Iterator[Answer | None]:
+        """Everything the seat has said so far (None at EOF: its process is gone)."""
+        pipe = self.pipes[seat]
+        try:
+            while pipe.poll(0):
+                yield pipe.recv()
+        except (EOFError, OSError):
+            yield None
+
+    def kill(self, process: int) -> None:
+        """Kill a process whose seat failed (its sentinel then reports it)."""
+        if self.procs[process].exitcode is None:
+            self.procs[process].kill()
+
+    def restart(self, process: int) -> None:
+        """Fork the process again (it died); its seats' pipes are new."""
+        self._reap(process)
+        self._fork(process)
+
+    def stop(self, signum: int) -> None:
+        """End every seat's item now (their temporary files go)."""
+        for control in self.controls:
+            with contextlib.suppress(OSError):
+                control.send(_Stop(signum))
+
+    def close(self) -> None:
+        """The batch is over: the seats end, their renames are made durable, and every
+        process is reaped (killed if it does not end within ``STOP_GRACE``)."""
+        for control in self.controls:
+            with contextlib.suppress(OSError):
+                control.send(None)
+        self.reap()
+
+    def _fork(self, number: int) -> None:
+        seats = self.ranges[number]
+        pipes = [seat_pipe(duplex=True) for _ in seats]
+        for ours, _ in pipes:  # before the fork: no child may keep them
+            private(ours)
+        theirs = tuple(end for _, end in pipes)
+        args = (theirs, seats.start, self.table, self.settings)
+        try:
+            proc, control = start(pool_main, args, name=f"blobdl-pool-{number}", daemon=True,
+                                  duplex=True)  # fmt: skip
+        finally:
+            for end in theirs:  # the process's now; ours would keep the pipes open
+                end.close()
+        for seat, (ours, _) in zip(seats, pipes, strict=True):
+            self.pipes[seat] = ours
+        if number < len(self.procs):
+            self.procs[number], self.controls[number] = proc, control
+        else:
+            self.procs.append(proc)
+            self.controls.append(control)
+
+    def reap(self) -> None:
+        """Wait for every process (after ``stop``), killing one past ``STOP_GRACE``."""
+        for process in range(len(self.procs)):
+            self._reap(process)
+
+    def _reap(self, number: int) -> None:
+        proc = self.procs[number]
+        proc.join(STOP_GRACE)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+        for conn in (self.controls[number], *(self.pipes[s] for s in self.ranges[number])):
+            conn.close()  # twice is harmless
+
+    def _send(self, seat: int, message: Any) -> None:
+        with contextlib.suppress(OSError):  # its process died: its pipe reads EOF
+            self.pipes[seat].send(message)
+
+
+# --- in a pool process ----------------------------------------------------------------------
+
+
+def pool_main(
+    pipes: tuple[Connection, ...],
+    first: int,
+    table: CounterTable,
+    settings: Settings,
+    control: Connection,
+) -> None:
+    """Entry point of a pool process: a thread per seat, until the scheduler says stop
+    (``_Stop``) or done (None), or is gone."""
+    # _spawn.child_setup ran first: Ctrl-C is ignored, and we die with the scheduler.
+    seats = [Seat(table, first + n, settings.buffer_size) for n in range(len(pipes))]
+    idle = [threading.Event() for _ in seats]
+    for seat, pipe, done in zip(seats, pipes, idle, strict=True):
+        done.set()
+        thread = threading.Thread(
+            target=_seat_main, args=(seat, pipe, settings, done), name=f"blobdl-seat-{seat.slot}"
+        )
+        thread.daemon = True  # a seat waiting for its next item must not hold the exit up
+        thread.start()
+    try:
+        message = control.recv()
+    except (EOFError, OSError):
+        os._exit(1)  # the scheduler is gone: nobody will use our bytes
+    if isinstance(message, _Stop):
+        for seat in seats:
+            seat.stop(message.signum)
+        deadline = time.monotonic() + STOP_GRACE
+        for done in idle:  # each item removes its temporary file as it ends
+            done.wait(max(0.0, deadline - time.monotonic()))
+    for directory in set().union(*(seat.unsynced for seat in seats)):
+        sync_dir_quietly(directory)
+
+
+def _seat_main(seat: Seat, pipe: Connection, settings: Settings, idle: threading.Event) -> None:
+    """One seat: one item after another, over the session it keeps. A seat that fails for
+    any reason of its own closes its pipe: the scheduler reads EOF and takes the whole
+    process down (its sentinel then fails the items it held, and it is forked again)."""
+    try:
+        with seat.session.kept(settings):
+            while (message := pipe.recv()) is not None:
+                idle.clear()
+                try:
+                    if message == DROP:
+                        seat.session.drop()
+                        _answer(pipe, DROPPED)
+                    else:
+                        _answer(pipe, _fetch(seat, message, pipe))
+                finally:
+                    idle.set()
+    except (EOFError, OSError):
+        pass  # the scheduler is gone, or says so
+    except BaseException as exc:  # a bug: never leave the scheduler waiting for an answer
+        log.error("seat %d of the batch's pool failed: %r", seat.slot, exc)
+    finally:
+        pipe.close()
+
+
+def _fetch(seat: Seat, job: _Job, pipe: Connection) -> _Done | _Large:
+    """The job's item on this seat: its outcome, or the cue to fetch it the ordinary way."""
+    item = job.item
+
+    def tell(event: Event) -> None:
+        if job.events:
+            _answer(pipe, _Told(event))
+
+    name = None
+    if job.base_dir is not None and item.path is None:
+        base = job.base_dir
+
+        def name(remote: Remote) -> Path:  # the server's name, inside the base directory
+            named = inside(base, item._replace(path=default_name(remote)), f"item {job.number}")
+            return Path(named.path or "")
+
+    outcome: DownloadResult | BlobdlError
+    try:
+        download = OneRequest(job.settings, seat, name, item.size)
+        outcome = download.run(item.url, item.path, item.digest, tell)
+    except NotSmall as large:
+        return _Large(large.remote, seat.session.open_to())
+    except BlobdlError as exc:
+        outcome = exc
+    except Exception as exc:  # a bug: report it as this item's, and go on with the next
+        outcome = BlobdlError(f"small download failed unexpectedly: {exc!r}")
+    return _Done(outcome, seat.session.open_to())
+
+
+def _answer(pipe: Connection, message: Answer) -> None:
+    """Send ``message``; an outcome that does not pickle is sent as a plain error. An
+    ``OSError`` (the scheduler is gone) ends the seat."""
+    try:
+        pipe.send(message)
+    except OSError:
+        raise
+    except Exception as exc:
+        if not isinstance(message, _Done):
+            raise
+        failed = BlobdlError(f"the item's outcome could not be sent: {exc!r}")
+        pipe.send(message._replace(outcome=failed))

@@ -1,0 +1,374 @@
+"""Small items of a batch (issue #23): a blob no larger than one request is fetched whole by
+its first GET, which is its probe too, on a seat of the batch's pool over a connection kept
+alive from the seat's previous item. Every promise still holds for them: exact bytes or a
+clean failure, the retry policy, the budget counted at the server, the lock, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import blobdl
+from blobdl import Item
+from blobdl.store._lock import DestinationLock
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file
+
+Make = Callable[..., Blob]
+SMALL = PART // 2  # fast_settings: parts of PART bytes, so a blob of PART or less is small
+
+
+def fast(**overrides: Any) -> dict[str, Any]:
+    return {"settings": fast_settings(**overrides)}
+
+
+def slow(server: ServerHandle, bps: int, path: str = "/files/*") -> None:
+    """Pace bodies (the server paces 64 KiB at a time: a smaller body comes at once)."""
+    server.set_faults({"path": path, "times": None, "action": "rate", "bps": bps})
+
+
+def late(server: ServerHandle, seconds: float, path: str = "/files/*") -> dict[str, Any]:
+    """A rule: every answer comes ``seconds`` late."""
+    return {"path": path, "times": None, "action": "ttfb", "delay": seconds}
+
+
+def test_small_items_are_one_request_each_over_kept_connections(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blobs = [make(size, seed=2300 + n) for n, size in enumerate([1, 17, PART, 1000] * 6)]
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    results = blobdl.download_many(items, max_connections=3, per_host=3, **fast())
+    assert all(r.ok for r in results), results
+    for blob, result in zip(blobs, results, strict=True):
+        assert result.result is not None and result.result.parts == 1
+        assert sha256_file(result.result.path) == blob.sha256
+    stats = server.stats()
+    assert stats["requests"] == len(blobs)  # the probe brought each whole blob
+    assert stats["bytes_sent"] == sum(b.size for b in blobs)
+    # One connection kept per seat (and the one asking for these stats).
+    assert stats["connections"] <= 3 + 1 and stats["max_concurrent"] <= 3
+
+
+def test_kept_connections_count_against_the_budget_of_large_items(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    small = [make(SMALL, seed=2320 + n) for n in range(10)]
+    large = [make(8 * PART, seed=2340 + n) for n in range(2)]
+    slow(server, 2_000_000)
+    blobs = [*small[:5], large[0], *small[5:], large[1]]
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    results = blobdl.download_many(items, max_connections=4, per_host=4, **fast())
+    assert all(r.ok for r in results), results
+    assert [sha256_file(tmp_path / f"o{n}") for n in range(len(blobs))] == [b.sha256 for b in blobs]
+    assert server.stats()["max_concurrent"] <= 4
+    assert all(r.result and r.result.parts == 8 for r in (results[5], results[11]))
+
+
+def test_a_large_item_gets_the_lanes_that_small_items_free(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Three small items hold three of four connections when the large one is probed, so it
+    starts with one lane; once they are done it runs four (its grant is raised live)."""
+    small = [make(PART // 4, seed=2350 + n) for n in range(3)]
+    large = make(16 * PART, seed=2355)
+    # The small ones take 1.5 s; the large one's 16 parts 0.25 s each, one after another.
+    server.set_faults(*(late(server, 1.5, f"/files/{b.name}") for b in small),
+                      late(server, 0.25, f"/files/{large.name}"))  # fmt: skip
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([*small, large])]
+    active: list[int] = []
+
+    def note(event: blobdl.BatchEvent) -> None:
+        if event.item == 3 and isinstance(event.event, blobdl.Progress):
+            active.append(event.event.active)
+
+    settings = fast_settings(connections=4, progress_interval=0.05)
+    results = blobdl.download_many(items, max_connections=4, per_host=4, on_event=note,
+                                   settings=settings)  # fmt: skip
+    assert all(r.ok for r in results), results
+    assert sha256_file(tmp_path / "o3") == large.sha256
+    assert active and active[0] == 1 and max(active) == 4, active
+    assert server.stats()["max_concurrent"] <= 4
+
+
+# --- faults on a small item: each is retried, from where the bytes stopped --------------------
+
+FAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # rule on the small blob's first GET (its probe); settings
+    "truncated": ({"action": "close_after", "bytes": 1000}, {}),
+    "reset": ({"action": "reset_after", "bytes": 1000}, {}),
+    "wrong content-range": ({"action": "headers", "set": {"Content-Range": "bytes 0-99/99"}}, {}),
+    "503 then ok": ({"action": "status", "status": 503, "headers": {"Retry-After": "0"}}, {}),
+    "stalled": ({"action": "stall_after", "bytes": 1000, "hold": 30}, {"stall_timeout": 0.5}),
+    "no status line": ({"action": "no_response", "hold": 30}, {"stall_timeout": 0.5}),
+    "wrong length": ({"action": "wrong_length", "by": -10}, {}),
+    "compressed": ({"action": "encoding", "value": "gzip"}, {}),
+    "200 to a range": ({"action": "full_200"}, {}),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_fault_on_a_small_item_is_retried_and_the_bytes_are_exact(
+    make: Make, server: ServerHandle, tmp_path: Path, fault: str
+) -> None:
+    others = [make(SMALL, seed=2360 + n) for n in range(3)]
+    victim = make(PART, seed=2365)
+    rule, overrides = FAULTS[fault]
+    server.set_faults({"path": f"/files/{victim.name}", "times": 1, **rule})
+    blobs = [others[0], victim, *others[1:]]
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    results = blobdl.download_many(items, max_connections=2, **fast(**overrides))
+    assert all(r.ok for r in results), results
+    for n, blob in enumerate(blobs):
+        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+    ranges = [r for r in server.stats()["ranges"] if r]
+    if fault in ("truncated", "reset", "stalled"):  # the retry asks for the rest only
+        assert f"bytes=1000-{PART - 1}" in ranges, ranges
+    assert list(tmp_path.glob("*.blobdl-*")) == []  # no temp, state or lock file left
+
+
+def test_a_small_item_that_keeps_failing_fails_alone_with_its_exit_code(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    good, bad = make(SMALL, seed=2370), make(SMALL, seed=2371)
+    server.set_faults({"path": f"/files/{bad.name}", "times": None, "action": "headers",
+                       "set": {"Content-Range": f"bytes 1-{SMALL}/{SMALL + 1}"}})  # fmt: skip
+    items = [Item(bad.url, str(tmp_path / "bad")), Item(good.url, str(tmp_path / "good"))]
+    results = blobdl.download_many(items, **fast(retries=2))
+    assert isinstance(results[0].error, blobdl.BadResponse) and results[1].ok
+    assert results[0].error.exit_code == 4
+    assert server.stats()["per_path"][f"/files/{bad.name}"] == 3  # the first and two retries
+    assert not (tmp_path / "bad").exists() and sha256_file(tmp_path / "good") == good.sha256
+    assert list(tmp_path.glob("*.blobdl-*")) == []
+
+
+def test_a_server_closing_kept_connections_between_items_costs_nothing_but_connections(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blobs = [make(SMALL + n, seed=2375 + n) for n in range(12)]
+    # An ordinary response, after which the server hangs up without a word (its keep-alive
+    # timeout, say): the seat's kept connection is dead when its next item comes.
+    server.set_faults({"path": "/files/*", "times": None, "action": "headers",
+                       "set": {"X-Then": "hang up"}})  # fmt: skip
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    results = blobdl.download_many(items, max_connections=2, **fast(retries=0))
+    assert all(r.ok and r.result and r.result.retries == 0 for r in results), results
+    assert [sha256_file(tmp_path / f"o{n}") for n in range(12)] == [b.sha256 for b in blobs]
+    stats = server.stats()
+    assert stats["requests"] == 12 and stats["max_concurrent"] <= 2
+
+
+def test_a_small_items_digest_is_checked_before_the_rename(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(SMALL, seed=2380)
+    wrong = "sha256:" + "0" * 64
+    items = [Item(blob.url, str(tmp_path / "bad"), wrong),
+             Item(blob.url, str(tmp_path / "good"), blob.sha256)]  # fmt: skip
+    results = blobdl.download_many(items, **fast())
+    assert isinstance(results[0].error, blobdl.DigestMismatch) and results[1].ok
+    assert not (tmp_path / "bad").exists() and list(tmp_path.glob("bad.blobdl-*")) == []
+    assert results[1].result is not None and results[1].result.verified
+    server.reset()  # a destination its digest vouches for costs no request
+    again = blobdl.download_many(items[1:], **fast())
+    assert again[0].ok and server.stats()["requests"] == 0
+
+
+def test_an_empty_blob_and_a_server_without_ranges(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    empty, whole, large = make(0, seed=2385), make(SMALL, seed=2386), make(4 * PART, seed=2387)
+    server.set_faults(
+        *({"path": f"/files/{b.name}", "times": None, "action": "ignore_range"}
+          for b in (whole, large))
+    )  # fmt: skip
+    blobs = [empty, whole, large]
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    results = blobdl.download_many(items, **fast())
+    assert all(r.ok for r in results), results
+    assert (tmp_path / "o0").stat().st_size == 0
+    assert [sha256_file(tmp_path / f"o{n}") for n in (1, 2)] == [whole.sha256, large.sha256]
+
+
+def test_a_locked_small_item_fails_alone(make: Make, tmp_path: Path) -> None:
+    blobs = [make(SMALL, seed=2390), make(SMALL, seed=2391)]
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    with DestinationLock(tmp_path / "o0", 0):  # another writer holds it
+        results = blobdl.download_many(items, **fast())
+    assert isinstance(results[0].error, blobdl.DestinationLocked) and results[1].ok
+    assert results[0].error.exit_code == 5 and not (tmp_path / "o0").exists()
+
+
+def test_a_small_item_redirected_to_another_origin_carries_no_secret_header(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(SMALL, seed=2395)
+    # localhost redirects to 127.0.0.1: another origin, the same server
+    url = server.route(f"/redirect-abs/1/{blob.name}").replace("127.0.0.1", "localhost")
+    item = Item(url, str(tmp_path / "o"), headers=(("Authorization", "Bearer secret"),))
+    [result] = blobdl.download_many([item], **fast())
+    assert result.ok and sha256_file(tmp_path / "o") == blob.sha256
+    stats = server.stats()
+    sent = dict(zip(stats["ranges"], stats["headers"], strict=True))
+    assert any("Authorization" in h for h in stats["headers"])  # the first hop has it
+    assert all("Authorization" not in h for h in stats["headers"][1:]), sent
+
+
+def test_a_size_hint_spares_a_large_items_first_bytes(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    large, small = make(4 * PART, seed=2420), make(SMALL, seed=2421)
+    items = [Item(large.url, str(tmp_path / "a")), Item(small.url, str(tmp_path / "b"))]
+    blobdl.download_many(items, max_connections=1, **fast())
+    thrown_away = server.stats()["bytes_sent"] - large.size - small.size
+    assert 0 < thrown_away <= PART  # its first GET asked for one request's worth
+    server.reset()
+    hinted = [items[0]._replace(path=str(tmp_path / "c"), size=large.size),
+              items[1]._replace(path=str(tmp_path / "d"), size=1 << 40)]  # fmt: skip
+    results = blobdl.download_many(hinted, max_connections=1, **fast())
+    assert all(r.ok for r in results) and results[1].item.size == 1 << 40
+    assert (
+        sha256_file(tmp_path / "c") == large.sha256 and sha256_file(tmp_path / "d") == small.sha256
+    )
+    ranges = server.stats()["ranges"]
+    assert ranges.count("bytes=0-0") == 2  # a hint is one: the server's answer decides
+    assert server.stats()["bytes_sent"] == large.size + small.size + 2
+
+
+# --- processes and descriptors -------------------------------------------------------------
+
+
+def test_many_small_items_keep_their_processes_and_descriptors(make: Make, tmp_path: Path) -> None:
+    blobs = [make(100 + n, seed=2400 + n) for n in range(150)]
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}  # the session's test server
+    pids: set[int] = set()  # every process started under us while items finished
+    fds: list[int] = []  # descriptors we hold, as each item finishes
+
+    def note(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Finished):
+            pids.update(p.pid for p in me.children(recursive=True) if p.pid not in before)
+            fds.append(me.num_fds())
+
+    results = blobdl.download_many(items, max_connections=8, on_event=note,
+                                   **fast(processes=2))  # fmt: skip
+    assert all(r.ok for r in results)
+    assert len(fds) == 150
+    # The pool, forked once (and the clean coordinator a threaded caller gets): the same
+    # few processes for 150 items, none started per item.
+    assert 1 <= len(pids) <= 2 + 1, pids
+    assert max(fds[-50:]) <= max(fds[:20])  # no descriptor leaks per item
+
+
+def test_a_killed_pool_process_fails_its_items_and_the_batch_goes_on(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # Half their bytes at once, the rest after 0.65 s: items are in flight when it dies.
+    blobs = [make(2 * PART, seed=2450 + n) for n in range(12)]
+    slow(server, 100_000)
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    killed: list[int] = []
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
+
+    def kill_one(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Started) and not killed:
+            # A pool process: one of ours that forked nothing (not the clean coordinator a
+            # threaded caller gets, whose children the pool then is).
+            mine = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+            pool = next(p for p in mine if not p.children())
+            killed.append(pool.pid)
+            pool.kill()
+
+    results = blobdl.download_many(items, max_connections=4, on_event=kill_one,
+                                   **fast(processes=2, min_part_size=4 * PART,
+                                          max_part_size=4 * PART))  # fmt: skip
+    died = [r for r in results if r.error is not None]
+    assert killed and died, results
+    assert all("download process died" in str(r.error) for r in died)
+    for n, blob in enumerate(blobs):  # complete, or not there (it may have died after the
+        out = tmp_path / f"o{n}"  # rename, before it could say so)
+        assert not out.exists() or sha256_file(out) == blob.sha256
+    assert all(r.result and sha256_file(r.result.path) for r in results if r.ok)
+    assert sum(r.ok for r in results) >= len(blobs) - 4  # only what it held failed
+
+
+# --- Ctrl-C --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_a_batch_of_small_items_leaves_nothing_half_written(
+    make: Make, server: ServerHandle, tmp_path: Path, signum: int
+) -> None:
+    # Four come at once; the others are 256 KiB at 100 KB/s: stopped half-way.
+    blobs = [make(100, seed=2500 + n) for n in range(4)]
+    blobs += [make(4 * PART, seed=2510 + n) for n in range(12)]
+    manifest = tmp_path / "manifest"
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest.write_text("".join(f"{b.url} {out / f'o{n}'}\n" for n, b in enumerate(blobs)))
+    slow(server, 100_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blobdl", "-q", "-i", str(manifest), "--min-part-size", "1MB",
+         "--connections", "4"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def finished() -> list[Path]:
+        return sorted(p for p in out.iterdir() if ".blobdl-" not in p.name)
+
+    try:
+        deadline = time.monotonic() + 20
+        while len(finished()) < 3 or not list(out.glob("*.blobdl-tmp")):  # some half-way
+            assert time.monotonic() < deadline, "no item finished"
+            time.sleep(0.02)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for child in tree:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    done = finished()
+    assert 3 <= len(done) < len(blobs)
+    for path in done:  # what is there is complete; nothing else is
+        n = int(path.name[1:])
+        assert sha256_file(path) == blobs[n].sha256, path
+    assert list(out.glob("*.blobdl-*")) == []  # no partial, record or lock of a small item
+
+
+def test_a_sigkilled_batch_leaves_no_pool_process(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blobs = [make(4 * PART, seed=2550 + n) for n in range(8)]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {tmp_path / f'o{n}'}\n" for n, b in enumerate(blobs)))
+    slow(server, 20_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blobdl", "-q", "-i", str(manifest), "--connections", "4",
+         "--min-part-size", "1MB"],
+        cwd=REPO, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        tree: list[psutil.Process] = []
+        while not tree:
+            assert time.monotonic() < deadline, "no pool started"
+            tree = psutil.Process(proc.pid).children(recursive=True)
+            time.sleep(0.02)
+        time.sleep(0.2)  # items are running
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, alive
