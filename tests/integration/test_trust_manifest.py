@@ -59,10 +59,14 @@ def wrong(url: str) -> list[object]:
         {"url": url, "headers": {"X-A": None}},
         {"url": url, "headers": {"X-A": "a\u0000b"}},
         {"url": url, "pth": "typo"},  # an unknown field is a typo, never ignored
+        {"url": url, "size": "5"},
+        {"url": url, "size": -1},
+        {"url": url, "size": True},
+        {"url": url, "size": 1.5},
     ]
 
 
-@pytest.mark.parametrize("index", range(18))
+@pytest.mark.parametrize("index", range(22))
 def test_a_json_field_of_the_wrong_type_is_a_usage_error_naming_its_line(
     make: Make, server: ServerHandle, tmp_path: Path, index: int
 ) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blobdl import Settings
+from blobdl import Settings, parse_manifest
 from blobdl.cli import build_parser, settings_from
 from blobdl.config import MAX_PARTS
 from blobdl.engine._plan import part_count, plan
@@ -151,3 +151,11 @@ def test_processes_is_a_whole_number_from_one_and_the_cli_passes_it_on() -> None
     args = build_parser().parse_args(["--processes", "3", "http://h/x"])
     assert settings_from(args).processes == 3
     assert Settings().processes is None  # one per CPU, at least 2
+
+
+def test_a_manifest_item_may_say_its_size() -> None:
+    """``size`` is a hint (a blob said to be large skips the batch's small-item path)."""
+    [item] = parse_manifest('{"url": "http://h/b", "size": 5000000}\n')
+    assert item.size == 5_000_000
+    [plain] = parse_manifest("http://h/b\n")
+    assert plain.size is None
