@@ -329,6 +329,10 @@ def test_an_interrupted_hf_run_resumes_where_it_stopped(
             str(cache),
             "--json",
             *FAST,
+            # Two paced connections: the blob takes about 1.5 s, so the signal sent at a
+            # quarter of it always lands mid-download (16 lanes could finish first).
+            "--connections",
+            "2",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -558,20 +562,29 @@ def test_hub_api_failures_are_retried(
     assert hub.hub.stats()["rule_hits"] == [1, 1]  # each fault struck, and was retried
 
 
-def test_the_largest_files_claim_their_connections_first(
-    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+def test_the_batch_is_given_the_largest_files_first_with_their_sizes(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A budget granted as items start: small files listed first must not leave a large one
-    one connection to crawl on (the benchmark's shards took 3x their time)."""
-    before = len(hub.log())
-    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(tmp_path / "c"))
-    assert done.returncode == 0, done.stderr
-    first = [p.rsplit("/", 1)[1] for p in resolves(hub, before)]
+    """Small files listed first must not leave a large one one connection to crawl on (the
+    benchmark's shards took 3x their time): the batch is handed the files largest first, each
+    with its size, so a shard skips the small-item seats and claims its lanes at once (the
+    batch then shares out what finished items free: test_batch_small)."""
+    import blobdl.hf._download as story
+
+    handed: list[tuple[str, int | None]] = []
+    real = story.download_many
+
+    def watched(items: list[Any], **kwargs: Any) -> Any:
+        handed.extend((item.url.rsplit("/", 1)[1], item.size) for item in items)
+        return real(items, **kwargs)
+
+    monkeypatch.setattr(story, "download_many", watched)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    story.hf_download("acme/tiny", cache_dir=tmp_path / "c", endpoint=hub.url, token="")
     tiny = repos["acme/tiny"].contents[repos["acme/tiny"].refs["main"]]
-    by_size = sorted(
-        {n.rsplit("/", 1)[-1]: len(b) for n, b in tiny.items()}.items(), key=lambda x: -x[1]
-    )
-    assert first[1:3] == [by_size[0][0], by_size[1][0]]  # after the access check, the biggest
+    sizes = {n.rsplit("/", 1)[-1]: len(b) for n, b in tiny.items()}
+    assert [size for _, size in handed] == sorted(sizes.values(), reverse=True)[: len(handed)]
+    assert all(sizes[name] == size for name, size in handed)
 
 
 def test_blobdl_and_huggingface_hub_sharing_a_cache_fetch_each_blob_once(
