@@ -40,7 +40,7 @@ from ..events import DownloadResult, Event, Failed
 from ..http._pool import prepare_tls
 from ..http._remote import Remote
 from ..processes import _clean_process
-from ..processes._signals import Interrupts
+from ..processes._signals import Interrupts, interrupted
 from ..processes._spawn import start
 from ._budget import Budget
 from ._items import (
@@ -541,7 +541,7 @@ def _item_main(
             )
     except BlobdlError as exc:
         outcome = exc
-    except KeyboardInterrupt:
-        outcome = Interrupted(signal.SIGINT)
+    except KeyboardInterrupt as stop:  # before (or after) its download's own report
+        outcome = interrupted(stop)
     conn.send(("done", outcome))
     conn.close()

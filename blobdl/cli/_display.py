@@ -6,13 +6,13 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from typing import IO, Any
 
 from ..batch._scheduler import BatchEvent
-from ..errors import BlobdlError, Interrupted
+from ..errors import BlobdlError
 from ..events import DownloadResult, Event, Failed, Finished, Progress, Started, event_record
+from ..processes._signals import interrupted
 
 
 def show_warnings(quiet: bool = False) -> None:
@@ -51,8 +51,9 @@ def fail(display: Display, exc: BaseException, code: int) -> int:
 
 
 def failure(display: Display, exc: BlobdlError | KeyboardInterrupt) -> int:
-    """A command's failure shown as one line; its exit code (Ctrl-C: interrupted, 130)."""
-    error = Interrupted(signal.SIGINT) if isinstance(exc, KeyboardInterrupt) else exc
+    """A command's failure shown as one line; its exit code (Ctrl-C or SIGTERM:
+    interrupted, 130)."""
+    error = interrupted(exc) if isinstance(exc, KeyboardInterrupt) else exc
     return fail(display, error, error.exit_code)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError
+from ..processes._signals import interrupted
 from ..registry._prune import PruneReport, prune
 from ._args import Parser
 from ._display import say, tell
@@ -39,8 +40,8 @@ def main(argv: Sequence[str]) -> int:
     except BlobdlError as exc:
         say(f"blobdl: error: {exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
-        say(f"blobdl: error: {Interrupted(2)}")
+    except KeyboardInterrupt as stop:
+        say(f"blobdl: error: {interrupted(stop)}")
         return EXIT_INTERRUPTED
     show(report)
     return EXIT_OK
