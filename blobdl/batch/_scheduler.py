@@ -202,7 +202,7 @@ class _Scheduler:
                 self.selector.register(waitable, selectors.EVENT_READ, None)
             try:
                 for index, exc in self.unfit.items():
-                    self._failed_early(index, exc)
+                    self._failed(index, exc)
                 self._start_large()  # items said to be large first: they probe meanwhile
                 if self.queued:
                     self._start_pool()
@@ -438,12 +438,13 @@ class _Scheduler:
             host = host_of(remote.final_url)
             self._name_after_probe(index, remote)  # a bad name fails it now
         except BlobdlError as exc:
-            self._failed_early(index, exc)
+            self._failed(index, exc)
             return
         self.waiting.append(_Waiting(index, remote, host))
 
-    def _failed_early(self, index: int, exc: BlobdlError) -> None:
-        """An item failed before any download of it could report it: say so for it."""
+    def _failed(self, index: int, exc: BlobdlError) -> None:
+        """An item failed where no download of it could report it (before it started, or
+        its process died under it): say so for it."""
         item = self.items[index]
         if self.tell is not None:
             failed = Failed(redact_url(item.url), item.path or "", str(exc), exc.exit_code)
@@ -454,9 +455,7 @@ class _Scheduler:
         try:
             kind, payload = running.conn.recv()
         except (EOFError, OSError):
-            running.proc.join()
-            crash = BlobdlError(f"download process died (exit code {running.proc.exitcode})")
-            kind, payload = "done", crash
+            kind, payload = "died", None
         if kind == "event":
             if self.tell is not None:
                 self.tell(BatchEvent(running.item, payload))
@@ -467,7 +466,10 @@ class _Scheduler:
         del self.running[running.item]
         self.budget.finish(running.item)
         self.slots.append(running.slot)
-        self._store(running.item, payload)
+        if kind == "died":
+            self._failed(running.item, _died(running.proc))
+        else:
+            self._store(running.item, payload)
 
     def _pool_died(self, number: int) -> None:
         """A pool process died (a bug, or killed): its seats' items fail, and it is forked
@@ -475,7 +477,6 @@ class _Scheduler:
         assert self.pool is not None
         proc = self.pool.procs[number]
         proc.join()
-        crash = BlobdlError(f"download process died (exit code {proc.exitcode})")
         for seat in self.pool.ranges[number]:
             for answer in self.pool.answers(seat):  # what it said before it died
                 if answer is not None:
@@ -483,8 +484,7 @@ class _Scheduler:
             with contextlib.suppress(KeyError, ValueError):  # unregistered at its EOF
                 self.selector.unregister(self.pool.pipes[seat])
             if seat in self.on_seat:
-                self._store(self.on_seat[seat], crash)
-                del self.on_seat[seat]
+                self._failed(self.on_seat.pop(seat), _died(proc))
             self.budget.end(seat, None)
         self.selector.unregister(proc.sentinel)
         self.pool.restart(number)
@@ -536,6 +536,10 @@ class _Scheduler:
         self.running.clear()
         if pool is not None:
             pool.reap()
+
+
+def _died(proc: BaseProcess) -> BlobdlError:
+    return BlobdlError(f"download process died (exit code {proc.exitcode})")
 
 
 def _discard(conn: Connection) -> bool:
