@@ -19,10 +19,19 @@ from .._redact import redact_url
 from ..batch._scheduler import ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
-from ..processes._signals import held, interrupted, stoppable
+from ..processes._signals import interrupted, stoppable
 from ._args import build_parser, settings_from
 from ._batch_bar import BatchBar
-from ._display import Display, display_for, fail, json_line, quiet_dask, say, show_warnings
+from ._display import (
+    Display,
+    display_for,
+    error,
+    fail,
+    json_line,
+    quiet_dask,
+    say,
+    show_warnings,
+)
 from ._hf import main as hf_main
 from ._prune import main as prune_main
 from ._pull import main as pull_main
@@ -65,8 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return COMMANDS[argv[0]].main(argv[1:])
             return _download(argv)
         except KeyboardInterrupt as stop:  # outside a command's own report (its arguments)
-            with held(drop=True):
-                say(f"blobdl: error: {interrupted(stop)}")
+            error(interrupted(stop))
             return EXIT_INTERRUPTED
 
 

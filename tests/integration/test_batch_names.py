@@ -17,8 +17,9 @@ import pytest
 
 import blobdl
 from blobdl import Item
-from faultserver.serverctl import ServerHandle
+from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.integration.conftest import PKI
 
 Make = Callable[..., Blob]
 SIZES = {"small": PART // 2, "large": 3 * PART}  # one request holds PART: fast_settings
@@ -75,3 +76,34 @@ def test_a_cached_item_given_no_path_is_named_inside_the_base_directory(
         assert result.result.path == base / blob.name
         assert sha256_file(base / blob.name) == blob.sha256
         assert list(cwd.iterdir()) == []
+
+
+def test_a_kept_connection_carries_each_item_to_its_own_origin_only(
+    make: Make, server: ServerHandle, other: ServerHandle, tls_server: ServerHandle,
+    pki: PKI, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Small items one after another on one seat, alternating between three origins (two
+    ports, one over TLS on the same host as the first), each with a header of its own: each
+    origin sees only its items' requests, and only their headers."""
+    origins = [server, other, tls_server]
+    for origin in origins:
+        origin.reset()
+    blobs = []
+    for n in range(9):  # on its origin's server, named after the origin
+        origin = origins[n % 3]
+        blob = make_blob(origin.root, f"o{n % 3}-{n}.bin", PART // 4, 3400 + n)
+        blobs.append((origin, blob))
+    urls = [o.url(f"o{n % 3}-{n}.bin") for n, (o, _) in enumerate(blobs)]
+    urls = [u.replace("127.0.0.1", "localhost") if n % 3 == 1 else u for n, u in enumerate(urls)]
+    items = [Item(url, str(tmp_path / f"f{n}"), headers=(("X-Item", f"secret-{n}"),))
+             for n, url in enumerate(urls)]  # fmt: skip
+    results = blobdl.download_many(items, max_connections=1,
+                                   settings=fast_settings(ca_bundle=pki.ca_pem))  # fmt: skip
+    assert all(r.ok for r in results), results
+    assert [sha256_file(tmp_path / f"f{n}") for n in range(9)] == [b for _, b in blobs]
+    for number, origin in enumerate(origins):
+        stats = origin.stats()
+        assert sorted(stats["per_path"]) == sorted(f"/files/o{number}-{n}.bin"
+                                                   for n in range(number, 9, 3))  # fmt: skip
+        secrets = {h.get("X-Item") for h in stats["headers"]}
+        assert secrets == {f"secret-{n}" for n in range(number, 9, 3)}, secrets

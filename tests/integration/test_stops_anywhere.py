@@ -34,7 +34,8 @@ Make = Callable[..., Blob]
 SIZE = 1_000_000
 
 # The CLI, with SIGNUM sent to itself just before the NTH call of MODULE:ATTR (a dotted
-# attribute path) runs, and so inside whatever code around that call catches exceptions.
+# attribute path) runs, and so inside whatever code around that call catches exceptions
+# (with a negative NTH: just after the call returns).
 FIRE = """
 import importlib, os, sys
 target, signum, nth = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -49,7 +50,10 @@ def fire_first(*args, **kwargs):
     calls.append(1)
     if len(calls) == nth:
         os.kill(os.getpid(), signum)
-    return original(*args, **kwargs)
+    result = original(*args, **kwargs)
+    if len(calls) == -nth:
+        os.kill(os.getpid(), signum)
+    return result
 
 setattr(owner, name, fire_first)
 sys.argv = ["blobdl", *sys.argv[4:]]
@@ -129,6 +133,24 @@ def test_a_signal_while_an_option_is_read_is_a_stop_not_a_usage_error(
                 [blob.url, "-o", str(tmp_path / "out"), *CLI], cwd=tmp_path)  # fmt: skip
     stopped(cli, signal.SIGTERM)
     assert server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one", "-i"])
+def test_a_second_signal_while_the_first_is_said_adds_no_second_line(
+    make: Make, server: ServerHandle, tmp_path: Path, many: bool
+) -> None:
+    blob = make(SIZE, seed=3107)
+    server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 30})
+    args = [blob.url, "-o", str(tmp_path / "out")]
+    if many:
+        (tmp_path / "manifest").write_text(f"{blob.url} {tmp_path / 'out'}\n")
+        args = ["-i", str(tmp_path / "manifest")]
+    # The second comes just after the error line is written: it is that stop's, not another.
+    cli = fired("blobdl.cli._display:_write", signal.SIGTERM, [*args, "-q", *CLI], nth=-1,
+                cwd=tmp_path)  # fmt: skip
+    wait_for(lambda: server.stats()["requests"] >= 1, "the probe")
+    cli.signal(signal.SIGTERM)
+    stopped(cli, signal.SIGTERM)
 
 
 # A caller whose callback guards itself with `except Exception` (a log line that must never
