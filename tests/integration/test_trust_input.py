@@ -18,7 +18,7 @@ from blobdl import Downloader, download_many
 from blobdl.batch._scheduler import Item
 from blobdl.errors import BadResponse, BlobdlError, HTTPStatusError, UsageError
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, Blob, fast_settings, run_cli
+from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
 
 Make = Callable[..., Blob]
 HUGE_TOTAL = 2**62
@@ -198,6 +198,20 @@ def test_a_redirect_body_that_never_ends_is_not_read(
     done = run_cli(server.url("start"), "-o", str(tmp_path / "out.bin"), *FAST, timeout=30)
     assert done.returncode == 0, done.stderr
     assert server.stats()["bytes_sent"] == blob.size + 1  # the probe's one byte, then the parts
+
+
+def test_a_short_redirect_body_that_trickles_is_not_waited_for(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """To the same origin, a short redirect body is read to keep the connection for the
+    next hop; one that trickles in (a byte a millisecond: a minute) is left, and its
+    connection with it (the run would otherwise outlast the timeout below)."""
+    blob = make(2 * PART)
+    server.set_faults({"path": "/files/start", "action": "redirect", "endless": True,
+                       "length": 60_000, "bps": 1000, "location": blob.url})  # fmt: skip
+    done = run_cli(server.url("start"), "-o", str(tmp_path / "out.bin"), *FAST, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert sha256_file(tmp_path / "out.bin") == blob.sha256
 
 
 @pytest.mark.parametrize("location", ["http://\udcff/", "http://a b/", "http://[::1/", "\x7f"])
