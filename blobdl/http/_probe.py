@@ -111,6 +111,7 @@ def _drained(response: Response, deadline: float) -> bool:
                 return False
     except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError):
         return False
+    response.drain_conn()  # nothing left to read: http.client's own end of the response
     return True
 
 

@@ -297,3 +297,22 @@ def test_odd_validators_are_used_or_refused(
     done = run_cli(blob.url, "-o", str(tmp_path / "out.bin"), "--retries", "0", *FAST)
     assert done.returncode in (0, 3, 4), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_redirects_to_the_same_origin_open_no_connection_of_their_own(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Each redirect's (empty) body is read to its end, so the probe's next hop to the same
+    origin goes over the same connection: three hops first cost no more connections than
+    the file asked for directly."""
+    blob = make(PART)
+    name = blob.url.rsplit("/", 1)[1]
+
+    def connections(url: str, out: str) -> int:
+        before = server.stats()["connections"]
+        done = run_cli(url, "-o", str(tmp_path / out), "--connections", "1", *FAST)
+        assert done.returncode == 0, done.stderr
+        assert sha256_file(tmp_path / out) == blob.sha256
+        return int(server.stats()["connections"]) - before
+
+    assert connections(server.route(f"/redirect/3/{name}"), "a") == connections(blob.url, "b")
