@@ -66,8 +66,9 @@ ACTIONS: dict[str, frozenset[str]] = {
     # An otherwise normal response with headers set ({name: value}) or dropped ([names]).
     "headers": frozenset({"set", "drop"}),
     # A 3xx (default 302) to `location`; `endless`: a body that never ends (for `hold` s),
-    # read to EOF, or announced with a Content-Length of `length` bytes.
-    "redirect": frozenset({"location", "status", "endless", "hold", "length"}),
+    # read to EOF, or announced with a Content-Length of `length` bytes; `bps`: sent at
+    # that pace (a redirect body that trickles).
+    "redirect": frozenset({"location", "status", "endless", "hold", "length", "bps"}),
     # A lane that goes silent at a byte offset, however the client cuts its requests: the
     # first request whose range holds ``offset`` sends up to it (at ``bps``), then holds.
     "stall_at": frozenset({"offset", "hold", "bps"}),
@@ -876,10 +877,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")  # no length: the body ends at EOF, never
         self.end_headers()
         deadline = time.monotonic() + fault.num("hold", 60)
-        chunk = b"x" * PACE_CHUNK
+        bps = fault.num("bps", 0)
+        # Paced: endless, but cheap to serve (at `bps`, one byte a step: a trickle).
+        chunk, step = (b"x", 1 / bps) if bps else (b"x" * PACE_CHUNK, 0.01)
         while not head and time.monotonic() < deadline:
             self.wfile.write(chunk)  # a peer that hung up ends this with an OSError
-            if self.srv.state.stopping.wait(0.01):  # paced: endless, but cheap to serve
+            self.wfile.flush()
+            if self.srv.state.stopping.wait(step):
                 return
 
     def _hold(self, seconds: float) -> None:

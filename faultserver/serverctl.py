@@ -22,8 +22,9 @@ shape[bps, ttfb, stall_after | reset_after, hold] (one CDN lane: all of these on
 wrong_length[by] (Content-Length off by ``by``), encoding[value] (a Content-Encoding label),
 headers[set: {name: value}, drop: [names]] (an otherwise normal response with headers
 replaced or removed; the connection closes after it), redirect[location, status=302,
-endless, hold, length] (a 3xx to ``location``; ``endless``: a body that never ends, for
-``hold`` s, read to EOF or announced as ``length`` bytes), stall_at[offset, hold, bps] (the first
+endless, hold, length, bps] (a 3xx to ``location``; ``endless``: a body that never ends,
+for ``hold`` s, read to EOF or announced as ``length`` bytes, trickled at ``bps``),
+stall_at[offset, hold, bps] (the first
 request whose range holds byte ``offset`` sends up to it, then holds: a lane that goes silent
 there however the client cuts its requests), slow_conn[bps] (the matched request's
 connection serves every later request at ``bps`` too: a slow path, not a slow request),

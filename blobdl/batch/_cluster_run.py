@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import pickle
 import queue
-import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import BlobdlError, ClusterError, Interrupted
+from ..errors import BlobdlError, ClusterError
+from ..processes._signals import interrupted
 from ._cluster_connect import dask
 from ._cluster_worker import Channel, Sent
 
@@ -95,8 +95,6 @@ class Run:
     def _value(self, future: Any) -> Any:
         try:
             return future.result()
-        except Interrupted:  # our own SIGINT/SIGTERM (stoppable), not the task's end
-            raise
         except Exception as exc:
             if self.client.status not in ("running", "connecting") or _scheduler_lost(exc):
                 raise self._lost(exc) from None
@@ -131,8 +129,8 @@ class Run:
             distributed.Event(self.channel.stop, self.client).set()
         with contextlib.suppress(Exception):
             distributed.wait(self.futures, timeout=STOP_GRACE)
-        if isinstance(why, KeyboardInterrupt):
-            return Interrupted(signal.SIGINT)
+        if isinstance(why, KeyboardInterrupt):  # Ctrl-C, or our own SIGINT/SIGTERM
+            return interrupted(why)
         return why
 
 

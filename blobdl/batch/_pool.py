@@ -36,7 +36,7 @@ from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..engine._download import default_name
 from ..engine._small import NotSmall, OneRequest, Seat
-from ..errors import BlobdlError
+from ..errors import BlobdlError, LocalFileError
 from ..events import DownloadResult, Event
 from ..http._remote import Remote
 from ..processes._spawn import private, seat_pipe, start
@@ -79,13 +79,20 @@ class _Large(NamedTuple):
     kept: str | None
 
 
+class _Claim(NamedTuple):
+    """Seat -> scheduler: the item is to be written at ``path`` (an item given no path, named
+    after its probe); the scheduler answers None, or the item that writes there already."""
+
+    path: str
+
+
 class _Stop(NamedTuple):
     """Scheduler -> pool process: end every seat's item now."""
 
     signum: int
 
 
-Answer = _Told | _Done | _Large | str
+Answer = _Told | _Done | _Large | _Claim | str
 
 
 class Pool:
@@ -109,6 +116,10 @@ class Pool:
 
     def start(self, seat: int, job: _Job) -> None:
         self._send(seat, job)
+
+    def tell(self, seat: int, holder: int | None) -> None:
+        """Answer a seat's ``_Claim``."""
+        self._send(seat, holder)
 
     def drop(self, seat: int) -> None:
         """Have an idle seat let its kept connection go; return once it has (the budget
@@ -269,17 +280,22 @@ def _fetch(seat: Seat, job: _Job, pipe: Connection) -> _Done | _Large:
         if job.events:
             _answer(pipe, _Told(event))
 
-    name = None
-    if job.base_dir is not None and item.path is None:
-        base = job.base_dir
-
-        def name(remote: Remote) -> Path:  # the server's name, inside the base directory
-            named = inside(base, item._replace(path=default_name(remote)), f"item {job.number}")
-            return Path(named.path or "")
+    def name(remote: Remote) -> Path:
+        """The server's name (inside the base directory, if any), if no other item of the
+        batch writes there: the scheduler says."""
+        named = item._replace(path=default_name(remote))
+        if job.base_dir is not None:
+            named = inside(job.base_dir, named, f"item {job.number}")
+        path = named.path or ""
+        _answer(pipe, _Claim(path))
+        holder = pipe.recv()
+        if holder is not None:
+            raise LocalFileError(path, f"item {holder} of the batch writes it too")
+        return Path(path)
 
     outcome: DownloadResult | BlobdlError
     try:
-        download = OneRequest(job.settings, seat, name, item.size)
+        download = OneRequest(job.settings, seat, name if item.path is None else None, item.size)
         outcome = download.run(item.url, item.path, item.digest, tell)
     except NotSmall as large:
         return _Large(large.remote, seat.session.open_to())

@@ -32,15 +32,15 @@ from typing import Any, NamedTuple
 from .._redact import redact_url
 from ..config import Settings
 from ..engine._counter_table import CounterTable
-from ..engine._download import Downloader, default_name
+from ..engine._download import Downloader, default_name, name_from_url
 from ..engine._plan import one_request, useful_lanes
 from ..engine._share import Share, Shares
-from ..errors import BlobdlError, Interrupted, UsageError
+from ..errors import BlobdlError, Interrupted, LocalFileError, UsageError
 from ..events import DownloadResult, Event, Failed
 from ..http._pool import prepare_tls
 from ..http._remote import Remote
 from ..processes import _clean_process
-from ..processes._signals import Interrupts
+from ..processes._signals import Interrupts, interrupted
 from ..processes._spawn import start
 from ._budget import Budget
 from ._items import (
@@ -55,7 +55,7 @@ from ._items import (
     normalized,
 )
 from ._manifest import parse_manifest
-from ._pool import STOP_GRACE, Pool, _Done, _Job, _Large, _Told
+from ._pool import STOP_GRACE, Pool, _Claim, _Done, _Job, _Large, _Told
 
 __all__ = [
     "BatchCallback",
@@ -159,13 +159,19 @@ class _Scheduler:
         self.items, self.settings, self.tell = items, settings, on_event
         self.base_dir = base_dir  # where items without a path are named
         self.first = first_of_each(items)
+        firsts = [i for i in range(len(items)) if self.first[i] == i]
+        # Every destination of the batch, and the item that writes it: the manifest's paths
+        # first, then each name as it is given (a later item named alike fails).
+        given = {i: path for i in firsts if (path := items[i].path) is not None}
+        self.claimed = {os.path.abspath(path): i for i, path in given.items()}
         # Not yet started, per host, in order; each item's host is worked out once.
         self.queued: dict[str, deque[int]] = {}
         self.unfit: dict[int, BlobdlError] = {}  # items failed before anything (a bad URL)
         self.waiting: deque[_Waiting] = deque()  # large items waiting for lanes
-        for index in (i for i in range(len(items)) if self.first[i] == i):
+        for index in firsts:
             try:
                 host = host_of(items[index].url)
+                self._name_by_url(index)
             except BlobdlError as exc:
                 self.unfit[index] = exc
                 continue
@@ -196,7 +202,7 @@ class _Scheduler:
                 self.selector.register(waitable, selectors.EVENT_READ, None)
             try:
                 for index, exc in self.unfit.items():
-                    self._failed_early(index, exc)
+                    self._failed(index, exc)
                 self._start_large()  # items said to be large first: they probe meanwhile
                 if self.queued:
                     self._start_pool()
@@ -277,11 +283,11 @@ class _Scheduler:
 
     def _said_large(self, item: Item) -> bool:
         """An item whose caller says it is larger than one request skips the seats: its own
-        child probes it at once (unless it is to be named after the probe, in a base
-        directory: a seat confines that name)."""
+        child probes it at once (unless it is to be named after the probe: a seat's probe,
+        of one byte, gives the batch the name to check)."""
         if item.size is None or item.size <= one_request(self._settings_for(item)):
             return False
-        return item.path is not None or self.base_dir is None
+        return item.path is not None
 
     def _start_small(self) -> None:
         for host in list(self.queued):
@@ -322,7 +328,7 @@ class _Scheduler:
         self._share()
         _, rates = self.budget.rates(self.limit)
         self.shares.set(slot, rates.get(waiting.item), self.budget.granted(waiting.item))
-        item = self._item_named(waiting)
+        item = self.items[waiting.item]  # named by now, if it is to be named
         args = (item, waiting.remote, settings, self.shares.share(slot))
         # Not a daemon: it forks workers of its own.
         name = f"blobdl-item-{waiting.item}"
@@ -339,14 +345,37 @@ class _Scheduler:
         for index, running in self.running.items():
             self.shares.set(running.slot, items.get(index), self.budget.granted(index))
 
-    def _item_named(self, waiting: _Waiting) -> Item:
-        """With a base directory, an item without a path is named inside it (the name the
-        server gives, as a download without a path would use), now that it was probed."""
-        item = self.items[waiting.item]
-        if self.base_dir is None or item.path is not None or waiting.remote is None:
-            return item
-        named = item._replace(path=default_name(waiting.remote))
-        return inside(self.base_dir, named, f"item {waiting.item}")
+    # --- naming -------------------------------------------------------------------------
+
+    def _name_by_url(self, index: int) -> None:
+        """An item that comes through the cache without a path is named from its URL, as a
+        download is (a hit asks the server nothing), and now: inside the base directory."""
+        item = self.items[index]
+        if item.path is None and item.digest is not None and self.settings.cache_dir:
+            self._name(index, name_from_url(item.url))
+
+    def _name_after_probe(self, index: int, remote: Remote) -> None:
+        """A large item without a path is named once its seat has probed it (the name the
+        server gives, as a download without a path would use)."""
+        if self.items[index].path is None:
+            self._name(index, default_name(remote))
+
+    def _name(self, index: int, name: str) -> None:
+        """Give item ``index`` the path ``name`` (inside the base directory, if any), if no
+        other item of the batch writes there (else a LocalFileError)."""
+        item = self.items[index]._replace(path=name)
+        if self.base_dir is not None:
+            item = inside(self.base_dir, item, f"item {index}")
+        path = item.path or name
+        holder = self._claim(index, path)
+        if holder is not None:
+            raise LocalFileError(path, f"item {holder} of the batch writes it too")
+        self.items[index] = item
+
+    def _claim(self, index: int, path: str) -> int | None:
+        """Make ``path`` item ``index``'s destination; the item that has it already, if any."""
+        holder = self.claimed.setdefault(os.path.abspath(path), index)
+        return None if holder == index else holder
 
     def _settings_for(self, item: Item) -> Settings:
         if not item.headers:
@@ -395,6 +424,9 @@ class _Scheduler:
         elif isinstance(answer, _Large):
             self._seat_free(seat, answer.kept)
             self._large(index, answer.remote)
+        elif isinstance(answer, _Claim):  # the seat names its item: is that path free?
+            assert self.pool is not None
+            self.pool.tell(seat, self._claim(index, answer.path))
 
     def _seat_free(self, seat: int, kept: str | None) -> None:
         del self.on_seat[seat]
@@ -404,14 +436,15 @@ class _Scheduler:
         """A seat's probe found a blob larger than one request: it waits for lanes."""
         try:
             host = host_of(remote.final_url)
-            self._item_named(_Waiting(index, remote, host))  # a bad name fails it now
+            self._name_after_probe(index, remote)  # a bad name fails it now
         except BlobdlError as exc:
-            self._failed_early(index, exc)
+            self._failed(index, exc)
             return
         self.waiting.append(_Waiting(index, remote, host))
 
-    def _failed_early(self, index: int, exc: BlobdlError) -> None:
-        """An item failed before any download of it could report it: say so for it."""
+    def _failed(self, index: int, exc: BlobdlError) -> None:
+        """An item failed where no download of it could report it (before it started, or
+        its process died under it): say so for it."""
         item = self.items[index]
         if self.tell is not None:
             failed = Failed(redact_url(item.url), item.path or "", str(exc), exc.exit_code)
@@ -422,9 +455,7 @@ class _Scheduler:
         try:
             kind, payload = running.conn.recv()
         except (EOFError, OSError):
-            running.proc.join()
-            crash = BlobdlError(f"download process died (exit code {running.proc.exitcode})")
-            kind, payload = "done", crash
+            kind, payload = "died", None
         if kind == "event":
             if self.tell is not None:
                 self.tell(BatchEvent(running.item, payload))
@@ -435,7 +466,10 @@ class _Scheduler:
         del self.running[running.item]
         self.budget.finish(running.item)
         self.slots.append(running.slot)
-        self._store(running.item, payload)
+        if kind == "died":
+            self._failed(running.item, _died(running.proc))
+        else:
+            self._store(running.item, payload)
 
     def _pool_died(self, number: int) -> None:
         """A pool process died (a bug, or killed): its seats' items fail, and it is forked
@@ -443,7 +477,6 @@ class _Scheduler:
         assert self.pool is not None
         proc = self.pool.procs[number]
         proc.join()
-        crash = BlobdlError(f"download process died (exit code {proc.exitcode})")
         for seat in self.pool.ranges[number]:
             for answer in self.pool.answers(seat):  # what it said before it died
                 if answer is not None:
@@ -451,8 +484,7 @@ class _Scheduler:
             with contextlib.suppress(KeyError, ValueError):  # unregistered at its EOF
                 self.selector.unregister(self.pool.pipes[seat])
             if seat in self.on_seat:
-                self._store(self.on_seat[seat], crash)
-                del self.on_seat[seat]
+                self._failed(self.on_seat.pop(seat), _died(proc))
             self.budget.end(seat, None)
         self.selector.unregister(proc.sentinel)
         self.pool.restart(number)
@@ -506,6 +538,10 @@ class _Scheduler:
             pool.reap()
 
 
+def _died(proc: BaseProcess) -> BlobdlError:
+    return BlobdlError(f"download process died (exit code {proc.exitcode})")
+
+
 def _discard(conn: Connection) -> bool:
     """Read and drop one message; False at EOF."""
     try:
@@ -541,7 +577,7 @@ def _item_main(
             )
     except BlobdlError as exc:
         outcome = exc
-    except KeyboardInterrupt:
-        outcome = Interrupted(signal.SIGINT)
+    except KeyboardInterrupt as stop:  # before (or after) its download's own report
+        outcome = interrupted(stop)
     conn.send(("done", outcome))
     conn.close()

@@ -18,11 +18,20 @@ from typing import NamedTuple
 from .._redact import redact_url
 from ..batch._scheduler import ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
-from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, Interrupted, UsageError
-from ..processes._signals import stoppable
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
+from ..processes._signals import interrupted, stoppable
 from ._args import build_parser, settings_from
 from ._batch_bar import BatchBar
-from ._display import Display, display_for, fail, json_line, quiet_dask, say, show_warnings
+from ._display import (
+    Display,
+    display_for,
+    error,
+    fail,
+    json_line,
+    quiet_dask,
+    say,
+    show_warnings,
+)
 from ._hf import main as hf_main
 from ._prune import main as prune_main
 from ._pull import main as pull_main
@@ -60,9 +69,13 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     with stoppable():  # SIGTERM is Ctrl-C, for every command: exit 130 with partials kept
-        if argv and argv[0] in COMMANDS:
-            return COMMANDS[argv[0]].main(argv[1:])
-        return _download(argv)
+        try:
+            if argv and argv[0] in COMMANDS:
+                return COMMANDS[argv[0]].main(argv[1:])
+            return _download(argv)
+        except KeyboardInterrupt as stop:  # outside a command's own report (its arguments)
+            error(interrupted(stop))
+            return EXIT_INTERRUPTED
 
 
 def _download(argv: Sequence[str]) -> int:
@@ -88,8 +101,8 @@ def _download(argv: Sequence[str]) -> int:
         )
     except BlobdlError as exc:
         return fail(display, exc, exc.exit_code)
-    except KeyboardInterrupt:
-        return fail(display, Interrupted(2), EXIT_INTERRUPTED)
+    except KeyboardInterrupt as stop:
+        return fail(display, interrupted(stop), EXIT_INTERRUPTED)
     display.finished(result)
     return EXIT_OK
 
@@ -118,8 +131,8 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
         )
     except BlobdlError as exc:
         return fail(display, exc, exc.exit_code)
-    except KeyboardInterrupt:
-        return fail(display, Interrupted(2), EXIT_INTERRUPTED)
+    except KeyboardInterrupt as stop:
+        return fail(display, interrupted(stop), EXIT_INTERRUPTED)
     display.close()
     return _summarise(results, display.mode)
 

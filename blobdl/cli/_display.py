@@ -6,13 +6,13 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from typing import IO, Any
 
 from ..batch._scheduler import BatchEvent
-from ..errors import BlobdlError, Interrupted
+from ..errors import BlobdlError
 from ..events import DownloadResult, Event, Failed, Finished, Progress, Started, event_record
+from ..processes._signals import held, interrupted
 
 
 def show_warnings(quiet: bool = False) -> None:
@@ -42,17 +42,28 @@ def quiet_dask() -> None:
 
 
 def fail(display: Display, exc: BaseException, code: int) -> int:
-    display.close()
-    if display.mode == "json" and not display.failed:  # e.g. bad settings: no event yet
-        record = {"event": "failed", "url": "", "path": "", "error": str(exc), "exit_code": code}
-        json_line(sys.stdout, record)
-    say(f"blobdl: error: {exc}")
+    """Say the failure (its JSON record too, if no event said it); a signal meanwhile is
+    the stop being said, or one after the outcome: dropped, never a second line."""
+    with held(drop=True):
+        display.close()
+        if display.mode == "json" and not display.failed:  # e.g. bad settings: no event yet
+            record = {"event": "failed", "url": "", "path": "", "error": str(exc),
+                      "exit_code": code}  # fmt: skip
+            json_line(sys.stdout, record)
+        error(exc)
     return code
 
 
+def error(exc: BaseException) -> None:
+    """The one error line (a signal meanwhile is dropped, as in ``fail``)."""
+    with held(drop=True):
+        say(f"blobdl: error: {exc}")
+
+
 def failure(display: Display, exc: BlobdlError | KeyboardInterrupt) -> int:
-    """A command's failure shown as one line; its exit code (Ctrl-C: interrupted, 130)."""
-    error = Interrupted(signal.SIGINT) if isinstance(exc, KeyboardInterrupt) else exc
+    """A command's failure shown as one line; its exit code (Ctrl-C or SIGTERM:
+    interrupted, 130)."""
+    error = interrupted(exc) if isinstance(exc, KeyboardInterrupt) else exc
     return fail(display, error, error.exit_code)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError
+from ..processes._signals import interrupted
 from ..registry._prune import PruneReport, prune
 from ._args import Parser
-from ._display import say, tell
+from ._display import error, tell
 from ._pull import MODELS_DIR_HELP, WHY
 
 DESCRIPTION = """\
@@ -37,10 +38,10 @@ def main(argv: Sequence[str]) -> int:
     try:
         report = prune(args.models_dir, dry_run=args.dry_run)
     except BlobdlError as exc:
-        say(f"blobdl: error: {exc}")
+        error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        say(f"blobdl: error: {Interrupted(2)}")
+    except KeyboardInterrupt as stop:
+        error(interrupted(stop))
         return EXIT_INTERRUPTED
     show(report)
     return EXIT_OK

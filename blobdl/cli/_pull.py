@@ -12,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError, Interrupted
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError
 from ..events import Failed, Finished, Progress, event_record
+from ..processes._signals import interrupted
 from ..registry._pull import PullEvent, PullResult, PullStarted, pull, pull_every_worker
 from ..registry._pull_cluster import WorkerEvent
 from ._args import EXIT_CODES, Parser, add_shared_options, settings_from
@@ -89,8 +90,8 @@ def main(argv: Sequence[str]) -> int:
         )
     except BlobdlError as exc:
         return fail(display.base, exc, exc.exit_code)
-    except KeyboardInterrupt:
-        return fail(display.base, Interrupted(2), EXIT_INTERRUPTED)
+    except KeyboardInterrupt as stop:
+        return fail(display.base, interrupted(stop), EXIT_INTERRUPTED)
     display.finished(result)
     return EXIT_OK
 
@@ -109,8 +110,8 @@ def _every_worker(args: argparse.Namespace) -> int:
         )
     except BlobdlError as exc:
         return fail(display, exc, exc.exit_code)
-    except KeyboardInterrupt:
-        return fail(display, Interrupted(2), EXIT_INTERRUPTED)
+    except KeyboardInterrupt as stop:
+        return fail(display, interrupted(stop), EXIT_INTERRUPTED)
     for worker, result in sorted(results.items()):
         if display.mode == "json":
             json_line(sys.stdout, {"worker": worker, **_summary(result)})

@@ -41,7 +41,7 @@ from ..http._probe import resolve
 from ..http._remote import Remote
 from ..http._urls import check_url, lift_userinfo
 from ..processes import _clean_process
-from ..processes._signals import commit, held, stoppable
+from ..processes._signals import Stop, commit, held, inner, interrupted, stoppable
 from ..store._cache import through_cache
 from ..store._destination import (
     check_destination,
@@ -153,9 +153,12 @@ class Downloader:
                 else:
                     dest, remote = self._destination(order, path, remote)
                     result = self._locked(order, dest, remote)
+            except Stop as stop:  # the signal, as the caller hears of it
+                error = interrupted(stop)
+                _tell_failed(tell, url, path, error)
+                raise error from None
             except BlobdlError as exc:
-                failed = Failed(redact_url(url), os.fspath(path or ""), str(exc), exc.exit_code)
-                _quietly(tell, failed)
+                _tell_failed(tell, url, path, exc)
                 raise
             tell(Finished(result))
             return result
@@ -181,7 +184,8 @@ class Downloader:
 
         def fill(entry: Path, lock_timeout: float) -> DownloadResult:
             filler = self._derived(cache_dir=None, force=True, lock_timeout=lock_timeout)
-            return filler._locked(order, entry, remote)
+            with inner():  # the entry is in place, not yet the destination
+                return filler._locked(order, entry, remote)
 
         return through_cache(self.settings, order.expected, dest, fill, order.url, order.started)
 
@@ -400,12 +404,16 @@ def _fspath(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else os.fspath(path)
 
 
-def _quietly(tell: EventCallback, event: Event) -> None:
-    """Tell a failure without letting a raising callback replace the error being raised."""
-    try:
-        tell(event)
-    except Exception as exc:
-        log.warning("the event callback raised %r while a failure was reported", exc)
+def _tell_failed(
+    tell: EventCallback, url: str, path: str | os.PathLike[str] | None, error: BlobdlError
+) -> None:
+    """Tell a failure: neither a raising callback nor a second signal may replace the error
+    being raised."""
+    with held(drop=True):
+        try:
+            tell(Failed(redact_url(url), os.fspath(path or ""), str(error), error.exit_code))
+        except Exception as exc:
+            log.warning("the event callback raised %r while a failure was reported", exc)
 
 
 def name_from_url(url: str) -> str:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import http.client
 import time
 
 import urllib3
@@ -27,8 +28,10 @@ from ._span import Span
 from ._urls import check_url, headers_for_origin, lift_userinfo, redirect_target, same_origin
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# Bytes of a redirect body we read to reuse its connection; a longer one costs a new connection.
+# Bytes of a redirect body we read to reuse its connection, and how long they may take to
+# come; a longer (or slower) one costs a new connection instead.
 _REDIRECT_BODY_LIMIT = 64 * 1024
+_REDIRECT_BODY_TIME = 1.0
 
 
 def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
@@ -78,22 +81,38 @@ def first_answer(
 
 def _finish_probe_response(response: Response, reuse: bool) -> None:
     """Reuse the connection after a small redirect body to the same origin; drop it after
-    anything else (a redirect body may never end: we never read more than a small bounded
-    amount)."""
+    anything else (a redirect body may never end, or trickle: we never read more than a
+    small amount, nor for long)."""
     remaining = response.length_remaining
     if (
         reuse
         and response.status in _REDIRECTS
         and remaining is not None
         and remaining <= _REDIRECT_BODY_LIMIT
+        and _drained(response, time.monotonic() + _REDIRECT_BODY_TIME)
     ):
-        try:
-            response.drain_conn()  # reads at most `remaining` bytes: the length said so
-            response.release_conn()
-            return
-        except Exception:
-            pass
+        response.release_conn()
+        return
     response.close()
+
+
+def _drained(response: Response, deadline: float) -> bool:
+    """Whether the rest of the body (its length said how much) came before ``deadline``.
+    Each read waits for what the socket has, at most until then: a body that trickles
+    would otherwise hold the probe a socket timeout per byte."""
+    sock = getattr(response.connection, "sock", None)
+    try:
+        while response.length_remaining:
+            left = deadline - time.monotonic()
+            if sock is None or left <= 0:
+                return False
+            sock.settimeout(left)  # the next request sets its own again
+            if not response.read1(response.length_remaining, decode_content=False):
+                return False
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError):
+        return False
+    response.drain_conn()  # nothing left to read: http.client's own end of the response
+    return True
 
 
 def _remote_from(

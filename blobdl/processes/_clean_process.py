@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from ..errors import BlobdlError, Interrupted
+from ._signals import interrupted
 from ._spawn import start_clean
 
 T = TypeVar("T")
@@ -140,8 +141,8 @@ def child_main(conn: Connection) -> None:
     outcome: tuple[str, Any]
     try:
         outcome = ("result", target(*args, _tell_parent(conn) if telling else None))
-    except KeyboardInterrupt:
-        outcome = ("error", Interrupted(signal.SIGINT))
+    except KeyboardInterrupt as stop:
+        outcome = ("error", interrupted(stop))
     except BaseException as exc:
         outcome = ("error", _portable(exc))
     with contextlib.suppress(OSError):  # the caller may be gone

@@ -3,14 +3,21 @@
 SIGTERM is Ctrl-C by another name: wherever a download is, either one stops it the same
 way (exit 130, the partial kept), never the default death of SIGTERM (143, no message, a
 lock file left). ``stoppable`` is that for one whole download (the probe, a lock or cache
-wait, the hashing after the last byte): a signal raises ``Interrupted`` at once, as Ctrl-C
-raises KeyboardInterrupt. A few steps must not be cut in two, and hold it instead:
+wait, the hashing after the last byte): a signal raises ``Stop`` at once, as Ctrl-C raises
+KeyboardInterrupt. ``Stop`` *is* a KeyboardInterrupt, not an ``Exception``: it lands at an
+arbitrary bytecode, and every ``except Exception`` on its way (ours, urllib3's, the
+standard library's parsers) would swallow an Exception there, and the download would go on.
+The boundaries that report turn it into ``Interrupted`` (``interrupted``). What still
+swallows it (a finalizer, ``__del__``, that Python runs and whose errors it only prints)
+cannot lose it: it is remembered, and the next ``held`` block, the coordinator's watch and
+the commit raise it. A few steps must not be cut in two, and hold it instead:
 
 - ``held``: a fork and its bookkeeping, a lock taken and written down, a file opened and
   noted. The signal is raised when the step is done; ``held(drop=True)`` drops it instead,
   for a cleanup that already runs because the download stops.
 - ``commit``: from the moment the complete file is renamed into place on, the download has
-  succeeded; a signal can no longer make it a failure, and is dropped.
+  succeeded; a signal can no longer make it a failure, and is dropped. A download inside a
+  larger one (a cache entry filled, then placed) commits only for itself: ``inner``.
 
 While the coordinator's loop runs, ``Interrupts`` turns both signals into a *note*, never an
 exception raised at an arbitrary bytecode: one thrown from a signal handler can land between
@@ -50,20 +57,42 @@ class _Stops:
     def reset(self) -> None:
         self.depth = 0  # stoppable() blocks entered (the outermost installs the handlers)
         self.held = 0  # held() blocks entered
-        self.pending: int | None = None  # a signal that arrived while held
+        self.arrived: int | None = None  # the signal that stops this block (held, or raised)
         self.committed = False  # the download succeeded: signals are dropped
+        self.late: int | None = None  # a signal dropped since the commit
 
 
 _stops = _Stops()
 
 
+class Stop(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where ``stoppable`` lets it land (see the module's note):
+    a KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupted(stop: BaseException) -> Interrupted:
+    """What a boundary that reports says of a ``Stop`` (or of a plain Ctrl-C)."""
+    return Interrupted(getattr(stop, "signum", signal.SIGINT))
+
+
 def _stop(signum: int, _frame: FrameType | None) -> None:
     if _stops.committed:
+        _stops.late = _stops.late or signum  # dropped, unless an ``inner`` commit ends
         return
-    if _stops.held:
-        _stops.pending = _stops.pending or signum
-        return
-    raise Interrupted(signum)
+    _stops.arrived = _stops.arrived or signum
+    if not _stops.held:
+        raise Stop(signum)
+
+
+def _raise_arrived() -> None:
+    """Raise the signal that arrived in this block, if any: one that was held, or one that
+    something swallowed on its way (a finalizer; see the module's note)."""
+    if _stops.arrived is not None and not _stops.committed:
+        raise Stop(_stops.arrived)
 
 
 @contextlib.contextmanager
@@ -94,25 +123,42 @@ def stoppable() -> Iterator[None]:
 @contextlib.contextmanager
 def held(*, drop: bool = False) -> Iterator[None]:
     """Hold SIGINT/SIGTERM through the block (see the module's note): raise the one that
-    arrived meanwhile when the outermost held block ends, or drop it with ``drop``. A block
-    that raises keeps its own error."""
+    arrived when the outermost held block ends, or leave it with ``drop`` (a cleanup that
+    runs because the download stops already). A block that raises keeps its own error."""
     _stops.held += 1
     try:
         yield
     finally:
         _stops.held -= 1
-        pending = None
-        if not _stops.held:
-            pending, _stops.pending = _stops.pending, None
-    if pending is not None and not drop and not _stops.committed:
-        raise Interrupted(pending)
+    if not _stops.held and not drop:
+        _raise_arrived()
 
 
 def commit() -> None:
     """The download is about to be complete (the file renamed into place): from now until
-    its ``stoppable`` block ends, SIGINT and SIGTERM are dropped (see the module's note)."""
+    its ``stoppable`` block ends, SIGINT and SIGTERM are dropped (see the module's note).
+    A signal that arrived before and was lost on its way is raised instead."""
     if _stops.depth:
+        _raise_arrived()
         _stops.committed = True
+
+
+@contextlib.contextmanager
+def inner() -> Iterator[None]:
+    """A download inside a larger one (a cache entry filled before the destination is
+    placed): its ``commit`` lasts until the block ends, and a signal that arrived since is
+    raised then, for the larger one to stop."""
+    outer = _stops.committed
+    try:
+        yield
+    finally:
+        late = _stops.late if _stops.committed and not outer else None
+        _stops.committed = outer
+        if late is not None:
+            _stops.late = None
+            _stops.arrived = _stops.arrived or late
+    if late is not None:
+        raise Stop(late)
 
 
 def reset_stops() -> None:
@@ -133,6 +179,8 @@ class Interrupts:
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is not threading.main_thread():
             return self  # only the main thread may handle signals; the caller owns them
+        if not _stops.committed:
+            self.pending = _stops.arrived  # one that something swallowed: the first check
         try:
             self._reader, self._writer = socket.socketpair()
         except OSError as exc:
@@ -161,6 +209,8 @@ class Interrupts:
 
     def _record(self, signum: int, _frame: FrameType | None) -> None:
         self.pending = signum
+        if _stops.depth and not _stops.committed:
+            _stops.arrived = _stops.arrived or signum  # the block it runs in stops too
 
     def waitables(self) -> list[socket.socket]:
         """Objects for ``multiprocessing.connection.wait`` that become ready on a signal."""

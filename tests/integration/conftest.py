@@ -79,3 +79,11 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     handle = start_server(tmp_path_factory.mktemp("front"))
     yield handle
     handle.stop()
+
+
+@pytest.fixture(scope="module")
+def other(server: ServerHandle) -> Iterator[ServerHandle]:
+    """A second origin with the same files (reached as ``localhost``, not ``127.0.0.1``)."""
+    handle = start_server(server.root)
+    yield handle
+    handle.stop()

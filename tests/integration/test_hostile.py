@@ -29,13 +29,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import blobdl
 from blobdl.errors import BlobdlError
-from faultserver.serverctl import ServerHandle, start_server
+from faultserver.serverctl import ServerHandle
 from tests.conftest import REPO, Blob, sha256_file
 from tests.strategies import Target, hostile_rules
 
@@ -69,44 +68,38 @@ MARK = "BLOBDL_HOSTILE_RUN"
 CLASS_NAME = re.compile(r"\b[A-Z][a-z]+[A-Za-z]*(Error|Exception)\b|Connection\(host=")
 
 
-@pytest.fixture(scope="module")
-def other(server: ServerHandle) -> Iterator[ServerHandle]:
-    """A second origin with the same files (reached as ``localhost``, not ``127.0.0.1``)."""
-    handle = start_server(server.root)
-    yield handle
-    handle.stop()
-
-
 # --- running the CLI and checking what it left ----------------------------------------------
 
 
 class Run:
-    def __init__(self, code: int | None, stderr: str, leftovers: list[str]) -> None:
-        self.code, self.stderr, self.leftovers = code, stderr, leftovers
+    def __init__(
+        self, code: int | None, stderr: str, leftovers: list[str], stdout: str = ""
+    ) -> None:
+        self.code, self.stderr, self.leftovers, self.stdout = code, stderr, leftovers, stdout
 
 
-def run_cli_tagged(args: list[str], cwd: Path) -> Run:
+def run_cli_tagged(args: list[str], cwd: Path, *, stdout: bool = False) -> Run:
     """Run ``python -m blobdl`` in its own session, tagged through its environment so every
-    process it forks can be found afterwards, even orphans."""
+    process it forks can be found afterwards, even orphans (``stdout``: keep its output)."""
     tag = uuid.uuid4().hex
     proc = subprocess.Popen(
         [sys.executable, "-m", "blobdl", *args],
         cwd=cwd,
         env={**os.environ, MARK: tag, "PYTHONPATH": str(REPO)},
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
     try:
-        _, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+        out, stderr = proc.communicate(timeout=RUN_TIMEOUT)
         code: int | None = proc.returncode
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
+        out, stderr = proc.communicate()
         code = None
-    return Run(code, stderr, reap_tagged(tag))
+    return Run(code, stderr, reap_tagged(tag), out or "")
 
 
 def reap_tagged(tag: str) -> list[str]:

@@ -18,7 +18,7 @@ from blobdl import Downloader, download_many
 from blobdl.batch._scheduler import Item
 from blobdl.errors import BadResponse, BlobdlError, HTTPStatusError, UsageError
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, Blob, fast_settings, run_cli
+from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
 
 Make = Callable[..., Blob]
 HUGE_TOTAL = 2**62
@@ -200,6 +200,20 @@ def test_a_redirect_body_that_never_ends_is_not_read(
     assert server.stats()["bytes_sent"] == blob.size + 1  # the probe's one byte, then the parts
 
 
+def test_a_short_redirect_body_that_trickles_is_not_waited_for(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """To the same origin, a short redirect body is read to keep the connection for the
+    next hop; one that trickles in (a byte a millisecond: a minute) is left, and its
+    connection with it (the run would otherwise outlast the timeout below)."""
+    blob = make(2 * PART)
+    server.set_faults({"path": "/files/start", "action": "redirect", "endless": True,
+                       "length": 60_000, "bps": 1000, "location": blob.url})  # fmt: skip
+    done = run_cli(server.url("start"), "-o", str(tmp_path / "out.bin"), *FAST, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert sha256_file(tmp_path / "out.bin") == blob.sha256
+
+
 @pytest.mark.parametrize("location", ["http://\udcff/", "http://a b/", "http://[::1/", "\x7f"])
 def test_odd_locations_are_used_or_refused(
     server: ServerHandle, tmp_path: Path, location: str
@@ -283,3 +297,22 @@ def test_odd_validators_are_used_or_refused(
     done = run_cli(blob.url, "-o", str(tmp_path / "out.bin"), "--retries", "0", *FAST)
     assert done.returncode in (0, 3, 4), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_redirects_to_the_same_origin_open_no_connection_of_their_own(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Each redirect's (empty) body is read to its end, so the probe's next hop to the same
+    origin goes over the same connection: three hops first cost no more connections than
+    the file asked for directly."""
+    blob = make(PART)
+    name = blob.url.rsplit("/", 1)[1]
+
+    def connections(url: str, out: str) -> int:
+        before = server.stats()["connections"]
+        done = run_cli(url, "-o", str(tmp_path / out), "--connections", "1", *FAST)
+        assert done.returncode == 0, done.stderr
+        assert sha256_file(tmp_path / out) == blob.sha256
+        return int(server.stats()["connections"]) - before
+
+    assert connections(server.route(f"/redirect/3/{name}"), "a") == connections(blob.url, "b")

@@ -1,0 +1,79 @@
+"""Every item of a batch ends with one event that says how, even when its process dies.
+
+A JSON reader (``-i … --json``) or a callback learns each item's outcome from its events:
+``finished``, or ``failed`` with the error and its exit code. An item whose process is killed
+under it (a pool process: its small items; a large item's own child) cannot say so itself:
+the batch says it for it ("download process died", exit 1), and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from faultserver.serverctl import ServerHandle
+from tests.conftest import REPO, Blob, sha256_file
+
+Make = Callable[..., Blob]
+PART = 16_384  # one request holds this much: smaller blobs are small items
+
+
+@pytest.mark.parametrize("victim", ["pool", "large item"])
+def test_an_item_whose_process_dies_is_told_failed(
+    make: Make, server: ServerHandle, tmp_path: Path, victim: str
+) -> None:
+    small = [make(2 * PART // 3, seed=3300 + n) for n in range(3)]
+    large = make(8 * PART, seed=3305)
+    # Every body after its first 64 KiB at 20 KB/s, and slow to start: items are in flight.
+    server.set_faults({"path": "/files/*", "times": None, "action": "shape", "bps": 20_000,
+                       "ttfb": 0.3})  # fmt: skip
+    blobs = [*small, large]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {tmp_path / f'o{n}'}\n" for n, b in enumerate(blobs)))
+    args = ["-i", str(manifest), "--json", "--connections", "2", "--per-host", "2",
+            "--min-part-size", str(PART), "--max-part-size", str(PART)]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        me = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 20
+        while not (target := _victim(me, victim)):
+            assert time.monotonic() < deadline and proc.poll() is None, f"no {victim} process"
+            time.sleep(0.02)
+        target.kill()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = [json.loads(line) for line in stdout.splitlines()]
+    ends = {r["item"]: r for r in records if r.get("event") in ("finished", "failed")}
+    assert sorted(ends) == list(range(len(blobs))), f"an item without an end: {records}"
+    died = [n for n, r in ends.items() if r["event"] == "failed"]
+    assert died, records
+    for n in died:
+        assert "download process died" in ends[n]["error"] and ends[n]["exit_code"] == 1
+    for n, record in ends.items():
+        if record["event"] == "finished":
+            assert sha256_file(tmp_path / f"o{n}") == blobs[n].sha256
+    assert records[-1] == {"event": "summary", "ok": len(blobs) - len(died), "failed": len(died)}
+    assert proc.returncode == 1, stderr
+
+
+def _victim(me: psutil.Process, victim: str) -> psutil.Process | None:
+    """The batch's pool process (forked first, threads of its own), or a large item's child
+    (a process that forks workers); None until it runs."""
+    for child in me.children():
+        forks = child.children()
+        if victim == "pool" and not forks and child.num_threads() > 1:
+            return child
+        if victim == "large item" and forks:
+            return child
+    return None

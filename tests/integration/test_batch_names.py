@@ -1,0 +1,109 @@
+"""Where a batch's items land: each destination is one item's, and inside ``base_dir``.
+
+An item given no path is named after its probe (the server's Content-Disposition, else its
+URL), or from its URL alone when it comes through the cache. A name is not a promise that
+nobody else of the batch writes there: the manifest may give that path to another item, or
+the server may give two items one name. Then the later one fails alone, and says why; no
+item ever reports a file that another one replaced. With a base directory every name,
+the cache's included, is inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import blobdl
+from blobdl import Item
+from faultserver.serverctl import ServerHandle, make_blob
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.integration.conftest import PKI
+
+Make = Callable[..., Blob]
+SIZES = {"small": PART // 2, "large": 3 * PART}  # one request holds PART: fast_settings
+
+
+def named(server: ServerHandle, blob: Blob, name: str) -> str:
+    """The blob's URL, its response naming it ``name`` (Content-Disposition)."""
+    return server.route(f"/cd/{blob.name}?filename={name}")
+
+
+@pytest.mark.parametrize("hint", [False, True], ids=["", "size given"])
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_items_the_server_names_alike_never_overwrite_each_other(
+    make: Make, server: ServerHandle, tmp_path: Path, size: str, hint: bool
+) -> None:
+    blobs = [make(SIZES[size], seed=3200 + n) for n in range(4)]
+    sizes = [b.size if hint else None for b in blobs]
+    base = tmp_path / "base"
+    base.mkdir()
+    items = [
+        Item(named(server, blobs[0], "same.bin"), None, blobs[0].sha256, size=sizes[0]),
+        Item(named(server, blobs[1], "same.bin"), None, blobs[1].sha256, size=sizes[1]),
+        Item(blobs[2].url, "given.bin", blobs[2].sha256, size=sizes[2]),
+        Item(named(server, blobs[3], "given.bin"), None, blobs[3].sha256, size=sizes[3]),
+    ]
+    # One at a time: the first of the two alike is the first to be named.
+    results = blobdl.download_many(items, max_connections=1, base_dir=base,
+                                   settings=fast_settings(connections=1))  # fmt: skip
+    assert [r.ok for r in results] == [True, False, True, False], results
+    for result in (results[1], results[3]):
+        assert isinstance(result.error, blobdl.LocalFileError), result
+        assert result.error.exit_code == 5 and "writes it too" in str(result.error)
+    assert sha256_file(base / "same.bin") == blobs[0].sha256
+    assert sha256_file(base / "given.bin") == blobs[2].sha256
+    assert sorted(p.name for p in base.iterdir()) == ["given.bin", "same.bin"]
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_a_cached_item_given_no_path_is_named_inside_the_base_directory(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str
+) -> None:
+    """Through the cache an item is named from its URL alone (a hit asks the server
+    nothing): that name, too, is taken inside the base directory."""
+    blob = make(SIZES[size], seed=3210)
+    base, cache, cwd = tmp_path / "base", tmp_path / "cache", tmp_path / "cwd"
+    for folder in (base, cache, cwd):
+        folder.mkdir()
+    monkeypatch.chdir(cwd)
+    settings = fast_settings(cache_dir=str(cache))
+    for _ in range(2):  # filling the cache, then a hit
+        [result] = blobdl.download_many([Item(blob.url, None, blob.sha256)], base_dir=base,
+                                        settings=settings)  # fmt: skip
+        assert result.ok and result.result is not None, result
+        assert result.result.path == base / blob.name
+        assert sha256_file(base / blob.name) == blob.sha256
+        assert list(cwd.iterdir()) == []
+
+
+def test_a_kept_connection_carries_each_item_to_its_own_origin_only(
+    make: Make, server: ServerHandle, other: ServerHandle, tls_server: ServerHandle,
+    pki: PKI, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Small items one after another on one seat, alternating between three origins (two
+    ports, one over TLS on the same host as the first), each with a header of its own: each
+    origin sees only its items' requests, and only their headers."""
+    origins = [server, other, tls_server]
+    for origin in origins:
+        origin.reset()
+    blobs = []
+    for n in range(9):  # on its origin's server, named after the origin
+        origin = origins[n % 3]
+        blob = make_blob(origin.root, f"o{n % 3}-{n}.bin", PART // 4, 3400 + n)
+        blobs.append((origin, blob))
+    urls = [o.url(f"o{n % 3}-{n}.bin") for n, (o, _) in enumerate(blobs)]
+    urls = [u.replace("127.0.0.1", "localhost") if n % 3 == 1 else u for n, u in enumerate(urls)]
+    items = [Item(url, str(tmp_path / f"f{n}"), headers=(("X-Item", f"secret-{n}"),))
+             for n, url in enumerate(urls)]  # fmt: skip
+    results = blobdl.download_many(items, max_connections=1,
+                                   settings=fast_settings(ca_bundle=pki.ca_pem))  # fmt: skip
+    assert all(r.ok for r in results), results
+    assert [sha256_file(tmp_path / f"f{n}") for n in range(9)] == [b for _, b in blobs]
+    for number, origin in enumerate(origins):
+        stats = origin.stats()
+        assert sorted(stats["per_path"]) == sorted(f"/files/o{number}-{n}.bin"
+                                                   for n in range(number, 9, 3))  # fmt: skip
+        secrets = {h.get("X-Item") for h in stats["headers"]}
+        assert secrets == {f"secret-{n}" for n in range(number, 9, 3)}, secrets

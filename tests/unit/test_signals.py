@@ -1,0 +1,69 @@
+"""What a stop is, in one process (``blobdl/processes/_signals.py``), with real signals sent to
+this very process: never an ``Exception``, never lost once it arrived, and dropped only after
+the commit of the download it stops."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+import pytest
+
+from blobdl.errors import Interrupted
+from blobdl.processes._signals import Interrupts, Stop, commit, held, inner, stoppable
+
+
+def arrive(signum: int = signal.SIGTERM) -> None:
+    """Send ``signum`` to ourselves; its handler runs before this returns."""
+    os.kill(os.getpid(), signum)
+    sum(range(1000))  # a few bytecodes: the handler runs at one of them
+
+
+def swallowed(signum: int = signal.SIGTERM) -> None:
+    """The signal arrives inside code that swallows everything (a finalizer's caller)."""
+    with contextlib.suppress(BaseException):
+        arrive(signum)
+
+
+def test_a_stop_passes_every_except_exception() -> None:
+    with pytest.raises(Stop) as caught, stoppable():
+        try:
+            arrive(signal.SIGTERM)
+        except Exception:  # the code a signal must never be lost in
+            pytest.fail("a stop was caught as an Exception")
+    assert isinstance(caught.value, KeyboardInterrupt) and caught.value.signum == signal.SIGTERM
+
+
+@pytest.mark.parametrize("where", ["held", "commit", "watch"])
+def test_a_stop_that_something_swallowed_is_raised_at_the_next_step(where: str) -> None:
+    with pytest.raises((Stop, Interrupted)) as caught, stoppable():
+        swallowed(signal.SIGINT)
+        if where == "held":
+            with held():
+                pass
+        elif where == "commit":
+            commit()
+        else:
+            with Interrupts() as watch:
+                watch.check()
+        pytest.fail("the swallowed stop was lost")
+    assert getattr(caught.value, "signum", None) == signal.SIGINT
+
+
+def test_after_the_commit_a_stop_is_dropped() -> None:
+    with stoppable():
+        commit()
+        arrive()
+        with held():
+            pass
+
+
+def test_an_inner_commit_drops_a_stop_only_until_its_block_ends() -> None:
+    """A cache entry filled and committed: the stop that arrives as it is put in place
+    stops the download that was to place it next."""
+    with pytest.raises(Stop), stoppable():
+        with inner():
+            commit()
+            arrive()  # dropped: the entry's rename goes on
+        pytest.fail("the stop that arrived in the inner commit was lost")
