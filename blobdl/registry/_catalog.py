@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._names import valid_name
+from ._schema import go_fold
 
 DEPTH = 4  # host/namespace/model/tag
 MAX_MANIFEST = 4 << 20  # bytes read of one manifest; a larger one counts as unreadable
@@ -154,5 +155,5 @@ def _decode(value: Any, kind: Any, into: Any) -> Any:
 def _field(key: str, fields: dict[str, Any]) -> str | None:
     if key in fields:
         return key
-    folded = key.casefold()
-    return next((name for name in fields if name.casefold() == folded), None)
+    folded = go_fold(key)
+    return next((name for name in fields if go_fold(name) == folded), None)
