@@ -339,6 +339,7 @@ def redirect(match: str, location: str) -> dict[str, object]:
 BAD_REALM = 'Bearer realm="http://[::1]x/token"'
 _, _DOC = fixed_model()
 _DIGEST = _DOC["layers"][0]["digest"]
+_GOOD = json.dumps(_DOC)
 BEARER = {"auth": "bearer"}
 HOSTILE_ANSWERS = {
     "manifest nested 100,000 deep": script(b"[" * 100_000),
@@ -353,14 +354,8 @@ HOSTILE_ANSWERS = {
     '"LAYERS" beside "layers"': script(json.dumps({**_DOC, "LAYERS": 5}).encode()),
     # Go folds keys as Unicode's simple folding does: "conﬁg" and "digeﬆ" are no fields of
     # Ollama's, which would read a model with no config or a layer with no digest.
-    '"conﬁg" for "config"': script(
-        json.dumps({**{k: v for k, v in _DOC.items() if k != "config"}, "conﬁg": _DOC["config"]},
-                   ensure_ascii=False).encode()  # fmt: skip
-    ),
-    '"digeﬆ" for "digest"': script(
-        json.dumps({**_DOC, "layers": [{**{k: v for k, v in _DOC["layers"][0].items()
-                                           if k != "digest"}, "digeﬆ": _DIGEST}]}).encode()
-    ),  # fmt: skip
+    '"conﬁg" for "config"': script(_GOOD.replace('"config"', '"conﬁg"').encode()),
+    '"digeﬆ" for a layer\'s "digest"': script('"digeﬆ"'.join(_GOOD.rsplit('"digest"', 1)).encode()),
     "a manifest of 5 MB": script(faults=[rule("registry", "manifests", repeat=[" ", 5 << 20])]),
     "token JSON nested 100,000 deep": script(
         faults=[rule("auth", "", body="[" * 100_000)], **BEARER

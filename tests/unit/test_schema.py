@@ -74,7 +74,7 @@ def test_keys_are_matched_as_go_matches_them_and_unknown_ones_ignored() -> None:
     assert check(value, BLOB, "the layer", fail) == {"digest": DIGEST, "size": 7, "from": None}
     for key in ("digeﬆ", "digeﬅ", "dıgest", "d\u0130gest"):
         value = parse_json(json.dumps({key: DIGEST, "size": 1}).encode(), "x", fail)
-        with pytest.raises(BadResponse, match="digest must be a string like .*, not missing"):
+        with pytest.raises(BadResponse, match=r"digest must be a string like .*, not missing"):
             check(value, BLOB, "the layer", fail)
     assert check({"layers": None}, {"layers": Opt([BLOB])}, "m", fail) == {"layers": None}
     with pytest.raises(BadResponse, match=re.escape("m.layers[1] must be an object")):
