@@ -240,6 +240,19 @@ def test_a_link_planted_at_the_scratch_folder_is_refused(
     assert os.listdir(elsewhere) == [] and depth_four(models) == []
 
 
+def test_a_folder_where_the_manifest_goes_is_one_line_exit_5(
+    registry: Registry, tmp_path: Path
+) -> None:
+    model = push(registry, "library/folder", "v1", data(26, 100))
+    models = tmp_path / "models"
+    (models / "manifests" / registry.host / model.repo / "v1").mkdir(parents=True)
+    done = run_cli("pull", ref(registry, model), "--models-dir", str(models))
+    assert done.returncode == 5, done.stderr
+    where = models / "manifests" / registry.host / model.repo / "v1"
+    [line] = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"blobdl: error: {where}: "), done.stderr
+
+
 # --- links planted where the store moves, chmods or locks ------------------------------------
 
 
