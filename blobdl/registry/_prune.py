@@ -126,7 +126,8 @@ def _scratch(store: Store, dry_run: bool, now: float) -> Iterator[Removal]:
     those of older versions at depth 4 of ``manifests/``."""
     real = store.scratch.is_dir() and not store.scratch.is_symlink()
     ours = [store.scratch / n for n in _names(store.scratch) if real and _SCRATCH.fullmatch(n)]
-    older = [p for p in store.manifests.glob("*/*/*/.*") if _OLD_SCRATCH.fullmatch(p.name)]
+    older = [p for p in store.manifests.glob("*/*/*/.*")
+             if _OLD_SCRATCH.fullmatch(p.name) and store.trusted(p.parent)]  # fmt: skip
     for path in ours + older:
         with contextlib.suppress(FileNotFoundError):
             info = os.lstat(path)

@@ -20,7 +20,6 @@ would read a leftover as a (corrupt) model. Who uses which blob is ``_claims``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
@@ -32,7 +31,14 @@ from typing import NamedTuple
 from ..errors import InsufficientSpace, LocalFileError
 from ..store._destination import temp_path
 from ..store._digest import sha256_fd
-from ..store._files import atomic_write, fsync_dir, local_error, local_errors, open_own
+from ..store._files import (
+    atomic_write,
+    directory_problem,
+    fsync_dir,
+    local_error,
+    local_errors,
+    open_own,
+)
 from ._catalog import Catalog, read_digests, scan
 from ._claims import CLAIM_SUFFIX, FETCH_SUFFIX, LockFile, Owner, is_at, locked
 from ._names import GO_SPACE, Reference
@@ -90,10 +96,34 @@ class Store:
         self.partial = root / PARTIAL_DIR
         self.manifests = root / "manifests"
         self.scratch = root / SCRATCH_DIR
-        for folder in (self.blobs, self.partial, self.scratch) if create else ():
-            make_dirs(folder, self.owner)
+        if create:
+            make_dirs(root, self.owner)
+        for folder in (self.blobs, self.partial, self.scratch, self.manifests):
+            self.folder(folder, create=create and folder != self.manifests)
         if create and not stat.S_ISDIR(os.lstat(self.scratch).st_mode):
             raise LocalFileError(str(self.scratch), "is not a directory (a link?); remove it")
+
+    def folder(self, path: Path, *, create: bool = True) -> None:
+        """Make sure ``path``, a folder inside the store, is one: made where missing (0755,
+        the store's owner) unless not ``create``; writable. On the way down from the root,
+        a link is followed only if we or root made it: one another user planted (root
+        pulling into the store of Ollama's service user) could send our writes, and the
+        files we give that user, anywhere."""
+        current = self.root
+        for name in path.relative_to(self.root).parts:
+            current = current / name
+            if not _store_folder(current, create, self.owner):
+                return  # missing, and not to be made: nothing below it either
+        if create and not os.access(path, os.W_OK | os.X_OK):
+            raise LocalFileError(str(path), "not writable")
+
+    def trusted(self, path: Path) -> bool:
+        """Whether every folder from the store's root down to ``path`` is one we may follow."""
+        try:
+            self.folder(path, create=False)
+        except LocalFileError:
+            return False
+        return True
 
     def blob_path(self, blob: Blob) -> Path:
         return self.blobs / f"sha256-{blob.hex}"
@@ -276,7 +306,7 @@ class Store:
         ``.blobdl-tmp/``, outside the depth Ollama reads, and removed if anything fails."""
         path = self.manifest_path(ref)
         for attempt in range(WRITE_TRIES):
-            make_dirs(path.parent, self.owner)
+            self.folder(path.parent)
             scratch = self._scratch_file()
             try:
                 atomic_write(path, manifest.raw, scratch=scratch, exact_mode=True, sync_dir=True)
@@ -290,7 +320,7 @@ class Store:
         return path
 
     def _scratch_file(self) -> Path:
-        make_dirs(self.scratch, self.owner)
+        self.folder(self.scratch)
         return self.scratch / f"manifest-{os.getpid()}-{os.urandom(4).hex()}"
 
     def withdraw(self, path: Path, manifest: Manifest) -> None:
@@ -318,19 +348,46 @@ def owner_for(root: Path) -> Owner:
 
 
 def make_dirs(folder: Path, owner: Owner = None) -> None:
-    """Create ``folder`` and its parents as 0755 (whatever the umask), owned by ``owner``;
-    fail early if the store cannot be written."""
+    """Create ``folder`` (the store's root) and its parents as 0755 (whatever the umask),
+    owned by ``owner``."""
     missing = []
     for parent in (folder, *folder.parents):
         if parent.is_dir():
             break
         missing.append(parent)
-    with local_errors(folder):
-        for path in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path, 0o755)
-                os.chmod(path, 0o755)
-                if owner is not None:
-                    os.chown(path, *owner, follow_symlinks=False)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
+    for path in reversed(missing):
+        _make_dir(path, owner)
+
+
+def _make_dir(path: Path, owner: Owner) -> None:
+    with local_errors(path), contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755)
+        if owner is not None:
+            os.chown(path, *owner, follow_symlinks=False)
+
+
+def _store_folder(path: Path, create: bool, owner: Owner) -> bool:
+    """Whether ``path`` (a name inside the store) is a folder we may go into, made if
+    missing and ``create``; False if missing and not made. A link must be ours or root's;
+    anything else that is no folder is named."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            return False
+        _make_dir(path, owner)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise local_error(path, exc) from None
+    if stat.S_ISLNK(info.st_mode):
+        if info.st_uid not in (0, os.geteuid()):
+            raise LocalFileError(
+                str(path), "is a symbolic link made by another user; refusing to follow it"
+            )
+        if not os.path.exists(path):
+            raise LocalFileError(str(path), "is a symbolic link to nothing")
+    problem = directory_problem(path)
+    if problem is not None:
+        raise problem
+    return True

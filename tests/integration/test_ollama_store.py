@@ -407,6 +407,66 @@ def test_root_writing_into_another_users_store_leaves_it_that_users(
     assert [p for p in paths if (p.lstat().st_uid, p.lstat().st_gid) != (uid, gid)] == []
 
 
+def owned_store(tmp_path: Path, uid: int = 54321) -> tuple[Path, Path]:
+    """A store another user (not root) owns, and a folder of theirs outside it."""
+    models, victim = tmp_path / "models", tmp_path / "victim"
+    for folder in (models, victim):
+        folder.mkdir()
+        os.chown(folder, uid, uid + 1)
+    return models, victim
+
+
+def plant_link(link: Path, target: Path, uid: int) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    for folder in [link.parent, *link.parent.parents]:
+        if folder == target.parent:
+            break
+        os.chown(folder, uid, uid + 1)
+    link.symlink_to(target)
+    os.lchown(link, uid, uid + 1)
+
+
+@pytest.mark.parametrize("where", ["blobs", "blobs-partial", "manifests", "manifests/HOST",
+                                   "manifests/HOST/library/linked"])  # fmt: skip
+def test_root_never_follows_a_link_another_user_planted_in_the_store(
+    registry: Registry, tmp_path: Path, where: str
+) -> None:
+    """A folder of the store that is a link its owner made could send root's writes (and the
+    files it gives that user) anywhere: it is refused, and nothing outside is touched."""
+    assert os.geteuid() == 0, "CI runs as root: this test needs it"
+    models, victim = owned_store(tmp_path)
+    model = push(registry, "library/linked", "v1", data(64, 100), data(65, 20 * KB))
+    link = models / where.replace("HOST", registry.host)
+    plant_link(link, victim, 54321)
+    done = run_cli("pull", ref(registry, model), "--models-dir", str(models))
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"blobdl: error: {link}: is a symbolic link made by another user; refusing to follow it"
+    )
+    assert os.listdir(victim) == []
+
+
+def test_a_link_root_made_itself_in_the_store_is_followed(
+    registry: Registry, tmp_path: Path
+) -> None:
+    models, elsewhere = owned_store(tmp_path)
+    os.chown(elsewhere, 0, 0)
+    (models / "blobs").symlink_to(elsewhere)  # root's own link, as an admin sets one up
+    model = push(registry, "library/rootlink", "v1", data(66, 100))
+    blobdl.pull(ref(registry, model), models, settings=fast_settings())
+    assert sorted(os.listdir(elsewhere)) == sorted(d.replace(":", "-") for d in model.blobs)
+
+
+def test_root_pruning_another_users_store_never_follows_their_links(tmp_path: Path) -> None:
+    models, victim = owned_store(tmp_path)
+    old = write(victim / f"sha256-{'a' * 64}", b"theirs")
+    plant_link(models / "blobs", victim, 54321)
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 5, done.stderr
+    assert f"{models / 'blobs'}: is a symbolic link made by another user" in done.stderr
+    assert old.read_bytes() == b"theirs"
+
+
 # --- what a registry's manifest says about a blob ---------------------------------------------
 
 
