@@ -257,6 +257,8 @@ class Store:
         while a manifest Ollama cannot read is in the store (it may need them)."""
         wanted = sorted({d for d in digests if BLOB_DIGEST.fullmatch(d)})
         removed: list[tuple[str, int]] = []
+        if wanted and not dry_run:
+            self.folder(self.partial)  # for the claims (a store only Ollama wrote has none)
         with contextlib.ExitStack() as stack:
             mine = [d for d in wanted if stack.enter_context(self.exclusive_claim(d, dry_run))]
             catalog = self.catalog()

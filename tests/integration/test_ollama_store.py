@@ -618,6 +618,18 @@ def test_prune_removes_no_blob_while_ollama_cannot_read_a_manifest(littered: Pat
     )
 
 
+def test_prune_of_a_store_only_ollama_wrote_removes_its_unused_blobs(tmp_path: Path) -> None:
+    models = tmp_path / "models"  # no blobs-partial/: blobdl never pulled into it
+    kept = write(models / "manifests/h/ns/m/v1", json.dumps({"config": {"digest": digest(b"c")}}
+                                                            ).encode())  # fmt: skip
+    used, unused = write(blob_file(models, b"c"), b"c"), write(blob_file(models, b"u"), b"u")
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert kept.exists() and used.exists() and not unused.exists()
+    assert any(line.startswith(f"removed  {unused}  ") and line.endswith("(unused blob)")
+               for line in done.stdout.splitlines()), done.stdout  # fmt: skip
+
+
 def test_prune_of_a_store_that_does_not_exist_is_one_line_exit_5(tmp_path: Path) -> None:
     done = run_cli("prune", "--models-dir", str(tmp_path / "nowhere"))
     assert done.returncode == 5 and done.stderr.strip() == (
