@@ -393,6 +393,42 @@ def test_a_hostile_registry_answer_is_one_error_line(
     assert not store_problems(models) and not (models / "manifests").exists()
 
 
+def challenged(hostile: HostileRegistry, *challenges: str) -> dict[str, Any]:
+    """The scripted model behind Bearer tokens, whose first 401 says ``challenges`` (each
+    on its own ``WWW-Authenticate`` line; {realm} is the token server's)."""
+    realm = f"http://127.0.0.1:{hostile.ports['auth']}/token"
+    names = ("WWW-Authenticate", "www-authenticate")[: len(challenges)]  # one line each
+    lines = {name: c.format(realm=realm) for name, c in zip(names, challenges, strict=True)}
+    return script(faults=[{**rule("registry", "manifests", status=401, headers=lines),
+                           "times": 1}], **BEARER)  # fmt: skip
+
+
+SCOPE = f'scope="repository:{REGISTRY_REPO}:pull"'
+
+
+@pytest.mark.parametrize(
+    "challenges",
+    [
+        ('Bearer realm="{realm}",service="hostile",' + SCOPE, 'Basic realm="Registry Realm"'),
+        ('Basic realm="Registry Realm"', 'Bearer realm="{realm}",service="hostile",' + SCOPE),
+        ('Basic realm="x", Bearer realm="{realm}",service="hostile",' + SCOPE,),
+        ('Bearer realm = "{realm}" , service = "hostile"',),  # RFC 7235: spaces around "="
+        ('Bearer service="a,b", realm="{realm}"',),  # a comma inside a quoted value
+        ('Negotiate abc==, Bearer realm="{realm}"',),  # a token68 first
+    ],
+    ids=["bearer then basic", "basic then bearer", "two in one line", "spaces around =",
+         "a quoted comma", "a token68 first"],
+)  # fmt: skip
+def test_a_registry_offering_several_challenges_is_answered_with_bearer(
+    hostile: HostileRegistry, tmp_path: Path, challenges: tuple[str, ...]
+) -> None:
+    hostile.load(challenged(hostile, *challenges))
+    run, models = pull_from(hostile, tmp_path)
+    assert run.code == 0, run.stderr
+    assert not store_problems(models)
+    assert [e["path"] for e in requests_at(hostile, "auth")] != []
+
+
 # --- where each header goes ---------------------------------------------------------------------
 
 
