@@ -512,6 +512,20 @@ def test_a_layer_size_the_blob_contradicts_fails_once_and_is_never_fetched_again
     assert 1 <= gets <= 3  # the probe and the body, the first time only
 
 
+def test_a_blob_in_the_store_whose_bytes_are_not_its_name_is_fetched_again(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A blob's name vouches for its bytes (as for Ollama), but one whose size is not the
+    manifest's is hashed first: cut short by someone else, it is removed and fetched."""
+    layer = data(67, 30 * KB)
+    model = push(registry, "library/cut", "v1", data(68, 100), layer)
+    models = tmp_path / "models"
+    write(blob_file(models, layer), layer[: 10 * KB], old=False)
+    blobdl.pull(ref(registry, model), models, settings=fast_settings())
+    assert blob_file(models, layer).read_bytes() == layer
+    assert_ollama_reads(models)
+
+
 # --- blobdl prune -----------------------------------------------------------------------------
 
 

@@ -307,12 +307,14 @@ def script(
 
 
 def pull_from(
-    hostile: HostileRegistry, tmp_path: Path, *args: str, **env: str | None
+    hostile: HostileRegistry, tmp_path: Path, *args: str, pin: str = "", **env: str | None
 ) -> tuple[Any, Path]:  # fmt: skip
-    """``blobdl pull`` of the scripted model into ``tmp_path/models``: (the run, the store)."""
+    """``blobdl pull`` of the scripted model into ``tmp_path/models`` (``@pin`` after the
+    reference if given): (the run, the store)."""
     models, work = tmp_path / "models", tmp_path / "work"
     work.mkdir(exist_ok=True)
     reference = f"http://127.0.0.1:{hostile.ports['registry']}/{REGISTRY_REPO}:{REGISTRY_TAG}"
+    reference += f"@{pin}" if pin else ""
     values: dict[str, str | None] = {**NO_PROXIES, "DOCKER_CONFIG": str(tmp_path / "none"), **env}
     with patched_env(**values):
         run = run_cli_tagged(["pull", reference, "--models-dir", str(models), "-q",
@@ -427,6 +429,24 @@ def test_a_registry_offering_several_challenges_is_answered_with_bearer(
     assert run.code == 0, run.stderr
     assert not store_problems(models)
     assert [e["path"] for e in requests_at(hostile, "auth")] != []
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["Docker-Content-Digest", "a pin"])
+def test_a_manifest_whose_bytes_are_not_the_digest_it_is_served_as_is_refused(
+    hostile: HostileRegistry, tmp_path: Path, pinned: bool
+) -> None:
+    good = json.dumps(fixed_model()[1]).encode()
+    digest = "sha256:" + hashlib.sha256(good).hexdigest()
+    served = good.replace(b"{", b"{ ", 1)  # the same JSON, other bytes
+    headers = {
+        "Content-Type": MANIFEST_TYPE,
+        **({} if pinned else {"Docker-Content-Digest": digest}),
+    }
+    hostile.load(script(faults=[rule("registry", "manifests", status=200, headers=headers,
+                                     body=served.decode())]))  # fmt: skip
+    run, models = pull_from(hostile, tmp_path, pin=digest if pinned else "")
+    assert run.code == 4 and "digest mismatch" in one_error_line(run), run.stderr
+    assert not (models / "manifests").exists()
 
 
 # --- where each header goes ---------------------------------------------------------------------
