@@ -270,13 +270,16 @@ class _Fetcher:
         # The pull's budget is the user's --connections, shared by every layer like -i does;
         # the per-download cap stays the same, so one big layer can take all of it.
         budget = self.settings.connections
-        results = download_many(
-            items,
-            max_connections=budget,
-            per_host=budget,
-            settings=self.settings,
-            on_event=self._relay(blobs),
-        )
+        try:
+            results = download_many(
+                items,
+                max_connections=budget,
+                per_host=budget,
+                settings=self.settings,
+                on_event=self._relay(blobs),
+            )
+        finally:  # what the engine kept (a partial to resume) is the store's owner's too
+            self.store.hand_over(blobs)
         for blob, result in zip(blobs, results, strict=True):
             if result.result is not None:
                 self.store.place(blob, result.result.path)

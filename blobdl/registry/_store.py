@@ -238,6 +238,19 @@ class Store:
         finally:
             os.close(fd)
 
+    def hand_over(self, blobs: Iterable[Blob]) -> None:
+        """The engine's files of ``blobs`` in ``blobs-partial/`` (a partial kept for a resume,
+        its state, a staged blob), made by us, become the store's owner's, as all we add:
+        that user can resume them. (A pull killed outright leaves them ours.)"""
+        if self.owner is None:
+            return
+        prefixes = tuple(f"sha256-{blob.hex}" for blob in blobs)
+        with contextlib.suppress(OSError), os.scandir(self.partial) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefixes):
+                    with contextlib.suppress(OSError):
+                        os.chown(entry.path, *self.owner, follow_symlinks=False)
+
     def touch(self, blob: Blob) -> bool:
         """Set the blob's mtime to now (the entry itself, as Ollama's prune reads it);
         False if it is gone."""

@@ -407,6 +407,27 @@ def test_root_writing_into_another_users_store_leaves_it_that_users(
     assert [p for p in paths if (p.lstat().st_uid, p.lstat().st_gid) != (uid, gid)] == []
 
 
+def test_a_root_pull_that_fails_mid_layer_leaves_every_file_the_stores_owners(
+    front: ServerHandle, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """The partial kept for a resume is the store's user's too: that user (Ollama's service,
+    or blobdl run as it) can resume it, not only root."""
+    assert os.geteuid() == 0, "CI runs as root: this test needs it"
+    reference, layer, rules = redirected_model(front, make, 512 * KB, seed=69)
+    front.set_faults(*rules)
+    server.set_faults({"path": f"/files/{layer.name}", "skip": 3, "times": None,
+                       "action": "status", "status": 503})  # fmt: skip
+    models, _ = owned_store(tmp_path)
+    parts = ["--min-part-size", "64KiB", "--max-part-size", "64KiB"]
+    done = run_cli("pull", reference, "--models-dir", str(models), "--retries", "0", *parts)
+    assert done.returncode == 3, done.stderr
+    kept = [p for p in (models / "blobs-partial").iterdir() if layer.sha256 in p.name]
+    assert any(p.name.endswith(".blobdl-tmp") for p in kept), kept
+    paths = [Path(folder) / name for folder, dirs, files in os.walk(models)
+             for name in dirs + files]  # fmt: skip
+    assert [p for p in paths if p.lstat().st_uid != 54321] == []
+
+
 def owned_store(tmp_path: Path, uid: int = 54321) -> tuple[Path, Path]:
     """A store another user (not root) owns, and a folder of theirs outside it."""
     models, victim = tmp_path / "models", tmp_path / "victim"
