@@ -665,6 +665,23 @@ def test_prune_of_a_store_only_ollama_wrote_removes_its_unused_blobs(tmp_path: P
                for line in done.stdout.splitlines()), done.stdout  # fmt: skip
 
 
+def test_prune_removes_no_blob_while_an_ollama_pull_is_running(tmp_path: Path) -> None:
+    """An ``ollama pull`` names its blobs only when it ends, and trusts an old one it finds
+    (a cache hit, never touched): while its partial files in blobs/ are being written, an
+    old unused blob may be one it is about to name."""
+    models = tmp_path / "models"
+    unused = write(blob_file(models, b"u"), b"u")
+    partial = write(models / "blobs" / f"sha256-{'e' * 64}-partial-0", b"{}", old=False)
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert unused.exists()
+    assert f"kept  {unused}  (an ollama pull is running: {partial.name} changed within the hour)" \
+        in done.stdout.splitlines()  # fmt: skip
+    age(partial)  # an ollama pull that stopped more than an hour ago
+    assert run_cli("prune", "--models-dir", str(models)).returncode == 0
+    assert not unused.exists()
+
+
 def test_prune_of_a_store_that_does_not_exist_is_one_line_exit_5(tmp_path: Path) -> None:
     done = run_cli("prune", "--models-dir", str(tmp_path / "nowhere"))
     assert done.returncode == 5 and done.stderr.strip() == (
