@@ -100,6 +100,7 @@ class Store:
             make_dirs(root, self.owner)
         for folder in (self.blobs, self.partial, self.scratch, self.manifests):
             self.folder(folder, create=create and folder != self.manifests)
+        self._partial_id = _identity(self.partial)  # the folder we checked, to know it again
         if create and not stat.S_ISDIR(os.lstat(self.scratch).st_mode):
             raise LocalFileError(str(self.scratch), "is not a directory (a link?); remove it")
 
@@ -245,11 +246,22 @@ class Store:
         if self.owner is None:
             return
         prefixes = tuple(f"sha256-{blob.hex}" for blob in blobs)
-        with contextlib.suppress(OSError), os.scandir(self.partial) as entries:
-            for entry in entries:
-                if entry.name.startswith(prefixes):
+        try:
+            fd = os.open(self.partial, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != self._partial_id:
+                return  # not the folder we checked (moved under us): give nothing away
+            for name in os.listdir(fd):
+                if name.startswith(prefixes):
                     with contextlib.suppress(OSError):
-                        os.chown(entry.path, *self.owner, follow_symlinks=False)
+                        os.chown(name, *self.owner, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def touch(self, blob: Blob) -> bool:
         """Set the blob's mtime to now (the entry itself, as Ollama's prune reads it);
@@ -344,6 +356,14 @@ class Store:
         with contextlib.suppress(OSError):
             if path.read_bytes() == manifest.raw:
                 path.unlink()
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def owner_for(root: Path) -> Owner:
