@@ -23,6 +23,9 @@ import hashlib
 import json
 import os
 import re
+import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from hypothesis import strategies as st
 import blobdl
 from faultserver.hostile_registry import HostileRegistry
 from faultserver.proxy import ForwardProxy
+from tests.conftest import REPO
 from tests.integration.test_hostile import run_cli_tagged
 from tests.strategies import (
     MANIFEST_TYPE,
@@ -447,6 +451,61 @@ def test_a_manifest_whose_bytes_are_not_the_digest_it_is_served_as_is_refused(
     run, models = pull_from(hostile, tmp_path, pin=digest if pinned else "")
     assert run.code == 4 and "digest mismatch" in one_error_line(run), run.stderr
     assert not (models / "manifests").exists()
+
+
+def many_layers(count: int) -> dict[str, Any]:
+    """A model of ``count`` small layers (a safetensors model has one per tensor)."""
+    blobs, doc = fixed_model()
+    layers = [hashlib.sha256(b"%d" % i).digest() for i in range(count)]
+    doc["layers"] = [
+        {
+            "mediaType": "application/vnd.ollama.image.tensor",
+            "size": len(data),
+            "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+        }
+        for data in layers
+    ]
+    blobs.update({e["digest"]: data for e, data in zip(doc["layers"], layers, strict=True)})
+    encoded = {d: base64.b64encode(data).decode() for d, data in blobs.items()}
+    return script(json.dumps(doc).encode(), blobs=encoded)
+
+
+def pull_with_open_files(
+    hostile: HostileRegistry, tmp_path: Path, soft: int, hard: int
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    reference = f"http://127.0.0.1:{hostile.ports['registry']}/{REGISTRY_REPO}:{REGISTRY_TAG}"
+    return subprocess.run(
+        [sys.executable, "-m", "blobdl", "pull", reference, "--models-dir", str(tmp_path / "m"),
+         "-q", "--retries", "0"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )  # fmt: skip
+
+
+def test_a_model_of_more_layers_than_open_files_allow_is_pulled(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """Each layer is claimed (a lock file held open) for the whole pull: a model of 600
+    layers needs more than a soft limit of 128 open files, which may be raised to the hard."""
+    assert os.geteuid() == 0, "CI runs as root: raising the hard limit needs it"
+    hostile.load(many_layers(600))
+    done = pull_with_open_files(hostile, tmp_path, soft=128, hard=4096)
+    assert done.returncode == 0, done.stderr
+    assert len(os.listdir(tmp_path / "m" / "blobs")) == 601 and not store_problems(tmp_path / "m")
+
+
+def test_a_model_of_more_layers_than_the_hard_limit_allows_is_one_clear_line(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    hostile.load(many_layers(600))
+    done = pull_with_open_files(hostile, tmp_path, soft=128, hard=256)
+    assert done.returncode == 5, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("blobdl: error: cannot pull a model of 601 blobs: it needs ") and (
+        "open files at once, and at most 256 are allowed (ulimit -n)" in line
+    ), line
+    assert not (tmp_path / "m" / "blobs").exists() or os.listdir(tmp_path / "m" / "blobs") == []
 
 
 # --- where each header goes ---------------------------------------------------------------------
