@@ -49,6 +49,7 @@ SCRATCH_DIR = ".blobdl-tmp"
 SERVICE_STORE = Path("/usr/share/ollama/.ollama/models")  # Ollama's Linux service (install.sh)
 BLOB_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # what names a file in blobs/ (fullmatch)
 WRITE_TRIES = 3  # a folder removed under us (a prune of empty folders) is made again
+FREE_BATCH = 64  # blobs whose claims (open lock files) freeing holds at once
 
 
 class Freed(NamedTuple):
@@ -279,11 +280,21 @@ class Store:
         """Delete the blobs of ``digests`` that no manifest names and no pull claims, as
         ``ollama pull`` deletes the layers a moved tag left: their claims are taken first,
         the manifests read next, so a manifest written meanwhile is seen. Nothing is deleted
-        while a manifest Ollama cannot read is in the store (it may need them)."""
+        while a manifest Ollama cannot read is in the store (it may need them). The claims
+        are lock files held open: ``FREE_BATCH`` blobs at a time."""
         wanted = sorted({d for d in digests if BLOB_DIGEST.fullmatch(d)})
-        removed: list[tuple[str, int]] = []
         if wanted and not dry_run:
             self.folder(self.partial)  # for the claims (a store only Ollama wrote has none)
+        freed = Freed([], [], [])
+        for start in range(0, len(wanted), FREE_BATCH):
+            batch = self._free(wanted[start : start + FREE_BATCH], dry_run)
+            freed.removed.extend(batch.removed)
+            freed.kept.extend(batch.kept)
+            freed.busy.extend(batch.busy)
+        return freed
+
+    def _free(self, wanted: list[str], dry_run: bool) -> Freed:
+        removed: list[tuple[str, int]] = []
         with contextlib.ExitStack() as stack:
             mine = [d for d in wanted if stack.enter_context(self.exclusive_claim(d, dry_run))]
             catalog = self.catalog()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import signal
 import stat
 import subprocess
@@ -27,7 +28,7 @@ from blobdl.registry._pull import no_prune
 from blobdl.registry._store import Location, locate
 from faultserver.registry import CONFIG_TYPE, MANIFEST_TYPE, MODEL_TYPES, Model, Registry
 from faultserver.serverctl import ServerHandle
-from tests.conftest import Blob, fast_settings, run_cli
+from tests.conftest import REPO, Blob, fast_settings, run_cli
 from tests.integration.test_pull import CLI_SLOW, redirected_model, ref, spawn_pull
 from tests.ollama_model import GRACE, Corrupt, assert_ollama_reads, manifests, prune_layers
 
@@ -680,6 +681,22 @@ def test_prune_removes_no_blob_while_an_ollama_pull_is_running(tmp_path: Path) -
     age(partial)  # an ollama pull that stopped more than an hour ago
     assert run_cli("prune", "--models-dir", str(models)).returncode == 0
     assert not unused.exists()
+
+
+def test_prune_of_more_unused_blobs_than_open_files_allow_removes_them_all(
+    tmp_path: Path,
+) -> None:
+    """Each blob is claimed (a lock file held open) while it is removed: not all at once."""
+    models = tmp_path / "models"
+    unused = [write(blob_file(models, b"%d" % i), b"%d" % i) for i in range(600)]
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "prune", "--models-dir", str(models)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [p for p in unused if p.exists()] == []
 
 
 def test_prune_of_a_store_that_does_not_exist_is_one_line_exit_5(tmp_path: Path) -> None:
