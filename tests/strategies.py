@@ -338,6 +338,8 @@ def manifest_variants(doc: dict[str, Any]) -> list[bytes]:
         good[:-1] + b', "LAYERS": 5}',  # Go matches keys without regard to case
         b'{"layers": 5, ' + good[1:],  # the same key twice: Go reads both
         good[:-1] + ', "ſchemaVersion": "2"}'.encode(),  # Go folds the long s to "s"
+        good.replace(b'"config"', '"conﬁg"'.encode()),  # a ligature: no field of Go's
+        good.replace(b'"digest"', b'"dige\\ufb06"'),  # "digeﬆ", escaped: no field either
         good.replace(b"{", b'{"x": "\xff", ', 1),  # not UTF-8
         b"\xef\xbb\xbf" + good,  # a UTF-8 byte order mark
         good.decode().encode("utf-16"),

@@ -17,8 +17,8 @@ Remove what pulls left behind in Ollama's store: abandoned partial downloads and
 files in blobs-partial/, manifest scratch files of killed pulls (also those older blobdl
 versions left beside a manifest, which make Ollama skip its own prune), blobs no manifest
 names once older than an hour (Ollama's own grace; none while a manifest Ollama cannot read
-is in the store), and empty manifest folders. Never what a running pull holds. Lists each
-file and the bytes freed (stdout); exit 0."""
+is in the store or an ollama pull writes into blobs/), and empty manifest folders. Never what
+a running pull holds. Lists each file and the bytes freed (stdout); exit 0."""
 
 
 def build_parser() -> argparse.ArgumentParser:

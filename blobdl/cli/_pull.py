@@ -137,15 +137,22 @@ class _PullDisplay:
         self.base = display_for(args)
         self.mode = self.base.mode
         self.done: dict[str, int] = {}
+        self.unresolved: set[str] = set()  # layers whose last round failed
 
     def event(self, event: PullStarted | PullEvent) -> None:
         if isinstance(event, PullStarted):
             self._started(event)
             return
+        # A layer's failure that no later round made good is the pull's: its `failed` line
+        # is the one (as a download's); a pull failing otherwise gets its own.
+        if isinstance(event.event, Failed):
+            self.unresolved.add(event.digest)
+        elif isinstance(event.event, Finished):
+            self.unresolved.discard(event.digest)
+        self.base.failed = bool(self.unresolved)
         if self.mode == "json":
             json_line(sys.stdout, {"digest": event.digest, **event_record(event.event)})
             return
-        self.base.failed = self.base.failed or isinstance(event.event, Failed)
         if isinstance(event.event, Progress):
             self.done[event.digest] = event.event.done
         elif isinstance(event.event, Finished):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._names import valid_name
+from ._schema import go_fold
 
 DEPTH = 4  # host/namespace/model/tag
 MAX_MANIFEST = 4 << 20  # bytes read of one manifest; a larger one counts as unreadable
@@ -81,11 +82,27 @@ def read_digests(path: Path) -> frozenset[str] | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
+    try:
+        # A folder is opened too, but os.fdopen refuses it: look before wrapping the fd.
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        data = f.read(MAX_MANIFEST + 1)
+        data = _read_upto(fd, MAX_MANIFEST + 1)
+    except OSError:  # EIO...: Ollama could not read it either
+        return None
+    finally:
+        os.close(fd)
     return None if len(data) > MAX_MANIFEST else decode(data)
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    chunks, size = [], 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 # --- Go's encoding/json, as far as Ollama's Manifest struct needs it -----------------------------
@@ -154,5 +171,5 @@ def _decode(value: Any, kind: Any, into: Any) -> Any:
 def _field(key: str, fields: dict[str, Any]) -> str | None:
     if key in fields:
         return key
-    folded = key.casefold()
-    return next((name for name in fields if name.casefold() == folded), None)
+    folded = go_fold(key)
+    return next((name for name in fields if go_fold(name) == folded), None)

@@ -53,8 +53,11 @@ INDEX_TYPES = (
 )
 MAX_DOCUMENT = 4 << 20  # bytes of a manifest or a token answer; a manifest is a few KB
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# key="value" or key=token; a quote that is never closed is no value at all.
-_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s"]*)(?=[,\s]|$))')
+# RFC 7235: challenges ("Scheme" then key=value or a token68), each value a token or a
+# quoted string, spaces allowed around "="; a quote that is never closed is no value at all.
+_TOKEN = r"[!#$%&'*+.^_`|~\w-]+"
+_SCHEME = re.compile(rf"({_TOKEN})(?=[ \t,]|$)")
+_PARAM = re.compile(rf'({_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^\s",]*))[ \t]*(?=,|$)')
 
 
 # --- the manifest -----------------------------------------------------------------------------
@@ -218,20 +221,21 @@ class Registry:
     def _get(self, url: str, headers: Headers, limit: int) -> Document:
         return fetch(self.settings, lambda: get_document(self.pool, url, headers, limit))
 
-    def _authenticate(self, url: str, challenge: str) -> None:
-        scheme, _, rest = challenge.strip().partition(" ")
-        params = {m.group(1).lower(): m.group(2) or m.group(3) for m in _PARAM.finditer(rest)}
-        self.scheme = scheme.lower()
-        if self.scheme == "basic":
+    def _authenticate(self, url: str, header: str) -> None:
+        """Answer the challenges of a 401: Bearer (with a realm) if offered, else Basic."""
+        offered = dict(reversed(challenges(header)))  # the first of each scheme
+        bearer, basic = offered.get("bearer", {}), offered.get("basic")
+        if bearer.get("realm"):
+            self.scheme = "bearer"
+            scope = bearer.get("scope") or self.scope
+            token = self._token(url, bearer["realm"], bearer.get("service"), scope)
+            self.tokens[self.scope] = token
+        elif basic is not None:
+            self.scheme = "basic"
             if self.credentials is None:
                 raise AuthRefused(url, f"no credentials for {self.ref.host} in the Docker config")
-        elif self.scheme == "bearer" and params.get("realm"):
-            scope = params.get("scope") or self.scope
-            self.tokens[self.scope] = self._token(
-                url, params["realm"], params.get("service"), scope
-            )
         else:
-            raise AuthRefused(url, f"unsupported challenge {challenge[:100]!r}")
+            raise AuthRefused(url, f"unsupported challenge {header[:100]!r}")
 
     def _token(self, url: str, realm: str, service: str | None, scope: str) -> str:
         realm = redirect_target(url, realm, "token realm")  # ambiguous, not http(s): refused
@@ -264,14 +268,37 @@ class Registry:
         return basic(self.credentials)
 
 
-_TOKEN = {"token": Opt(str), "access_token": Opt(str)}
+def challenges(header: str) -> list[tuple[str, dict[str, str]]]:
+    """The challenges of a ``WWW-Authenticate`` value (several header lines arrive joined by
+    commas): [(scheme in lowercase, {parameter in lowercase: value})], in order."""
+    found: list[tuple[str, dict[str, str]]] = []
+    pos = 0
+    while pos < len(header):
+        if header[pos] in " \t,":
+            pos += 1
+        elif found and (param := _PARAM.match(header, pos)):
+            quoted = param.group(2)
+            value = param.group(3) if quoted is None else re.sub(r"\\(.)", r"\1", quoted)
+            found[-1][1].setdefault(param.group(1).lower(), value)
+            pos = param.end()
+        elif scheme := _SCHEME.match(header, pos):
+            found.append((scheme.group(1).lower(), {}))
+            pos = scheme.end()
+        else:  # not a parameter we can read (an unclosed quote): up to the next comma
+            comma = header.find(",", pos)
+            pos = len(header) if comma < 0 else comma + 1
+    return found
+
+
+_TOKEN_ANSWER = {"token": Opt(str), "access_token": Opt(str)}
 
 
 def _token_from(answer: Document) -> str:
     def fail(message: str) -> BadResponse:
         return BadResponse(answer.url, message)
 
-    doc = check(parse_json(answer.body, "the token answer", fail), _TOKEN, "the token answer", fail)
+    what = "the token answer"
+    doc = check(parse_json(answer.body, what, fail), _TOKEN_ANSWER, what, fail)
     token = doc["token"] or doc["access_token"]
     if not token:
         raise fail("the token server sent no token")

@@ -8,7 +8,7 @@
   manifests and for which it skips its own prune;
 - blobs no manifest names, once older than an hour (Ollama's own grace: a younger one may
   belong to an ``ollama pull`` or ``ollama create`` in progress), and none while a manifest
-  Ollama cannot read is in the store;
+  Ollama cannot read is in the store or Ollama is writing into ``blobs/``;
 - empty manifest folders.
 
 Never what a running pull holds: every group of files is removed only while its locks are
@@ -83,6 +83,11 @@ def prune(
     removed += _scratch(store, dry_run, now)
     catalog = store.catalog()
     unused = [d for d in _old_blobs(store, now - GRACE) if d not in catalog.referenced]
+    writing = _ollama_writing(store, now - GRACE)
+    if writing is not None:
+        why = f"an ollama pull is running: {writing} changed within the hour"
+        kept += [Kept(_blob(store, d), why) for d in unused]
+        unused = []
     freed = store.free(unused, dry_run=dry_run)
     removed += [Removal(_blob(store, d), n, "unused blob") for d, n in freed.removed]
     kept += [Kept(_blob(store, d), BUSY) for d in freed.busy]
@@ -126,7 +131,8 @@ def _scratch(store: Store, dry_run: bool, now: float) -> Iterator[Removal]:
     those of older versions at depth 4 of ``manifests/``."""
     real = store.scratch.is_dir() and not store.scratch.is_symlink()
     ours = [store.scratch / n for n in _names(store.scratch) if real and _SCRATCH.fullmatch(n)]
-    older = [p for p in store.manifests.glob("*/*/*/.*") if _OLD_SCRATCH.fullmatch(p.name)]
+    older = [p for p in store.manifests.glob("*/*/*/.*")
+             if _OLD_SCRATCH.fullmatch(p.name) and store.trusted(p.parent)]  # fmt: skip
     for path in ours + older:
         with contextlib.suppress(FileNotFoundError):
             info = os.lstat(path)
@@ -145,6 +151,21 @@ def _old_blobs(store: Store, before: float) -> Iterator[str]:
             info = os.lstat(store.blobs / name)
             if not stat.S_ISDIR(info.st_mode) and info.st_mtime < before:
                 yield digest
+
+
+def _ollama_writing(store: Store, since: float) -> str | None:
+    """A file in ``blobs/`` that is no blob and changed since ``since``: Ollama is writing
+    there (a pull's ``-partial`` files, ``create``'s temp files). An ``ollama pull`` names
+    its blobs only when it ends, and trusts an old one it finds without touching it: while
+    it runs, an old unused blob may be one it is about to name."""
+    for name in sorted(_names(store.blobs)):
+        if BLOB_DIGEST.fullmatch(name.replace("sha256-", "sha256:", 1)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(store.blobs / name)
+            if stat.S_ISREG(info.st_mode) and info.st_mtime >= since:
+                return name
+    return None
 
 
 def _folders(manifests: Path, dry_run: bool, before: float) -> list[Removal]:

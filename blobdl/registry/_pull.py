@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import resource
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
 from ..config import Settings
 from ..engine._download import Downloader
-from ..errors import BadResponse, HTTPStatusError, LocalFileError
+from ..errors import BadResponse, HTTPStatusError, LocalFileError, OutOfResources
 from ..events import DownloadResult, Event
 from ._catalog import decode
 from ._names import Reference, adopt_case, parse_reference, require_reachable
@@ -31,6 +32,8 @@ from ._store import Store, locate, ollama_env
 
 AUTH_ROUNDS = 3  # fresh tokens / presigned URLs a pull asks for before it gives up
 SETTLE_ROUNDS = 3  # times a pull fetches again blobs deleted under it before it gives up
+FETCH_BATCH = 128  # blobs whose fetch locks a round holds open at once
+SPARE_FILES = 256  # open files a pull needs besides its locks (the engine's, Python's)
 
 
 class PullStarted(NamedTuple):
@@ -114,6 +117,7 @@ def pull(
     # The user's headers go with the registry's requests (``blob_source`` says which go to
     # storage), never as the engine's headers for every URL a blob's GET ends up at.
     fetcher = _Fetcher(store, registry, dataclasses.replace(base, headers=()), on_event)
+    allow_open_files(len(manifest.blobs))
     with store.claims(manifest.blobs):
         # Touched when found, so that Ollama's prune spares them while we fetch the rest.
         missing = [b for b in manifest.blobs if not (store.has(b) and store.touch(b))]
@@ -151,6 +155,21 @@ def pull_every_worker(
     base = Downloader(settings, **overrides).settings
     where = functools.partial(pull, insecure=insecure)
     return on_every_store(cluster, where, default_models_dir, ref, models_dir, base, on_event)
+
+
+def allow_open_files(blobs: int) -> None:
+    """Every blob's claim stays open for the whole pull, and a round's fetch locks while it
+    runs (a safetensors model has a blob per tensor: hundreds): raise the soft limit of open
+    files to what that needs, up to the hard limit (as Go's runtime raises it for Ollama),
+    or refuse before anything is claimed."""
+    needed = blobs + min(blobs, FETCH_BATCH) + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise OutOfResources(f"pull a model of {blobs} blobs", f"it needs {needed} open files "
+                             f"at once, and at most {hard} are allowed (ulimit -n)")  # fmt: skip
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def _layer(store: Store, blob: Blob, download: DownloadResult | None) -> LayerResult:
@@ -233,14 +252,17 @@ class _Fetcher:
         self.fetched: dict[str, DownloadResult] = {}
 
     def fetch_all(self, blobs: list[Blob]) -> dict[str, DownloadResult]:
-        """Fetch what no other pull is fetching, all at once; then, one by one, what
-        another pull was fetching and did not finish."""
-        with contextlib.ExitStack() as held:
-            mine = [b for b in blobs if held.enter_context(self.store.fetching(b, wait=False))]
-            self._fetch([b for b in mine if not self.store.has(b)])
-        for blob in blobs:
-            if blob in mine:
-                continue
+        """Fetch what no other pull is fetching, ``FETCH_BATCH`` blobs at once (each one's
+        lock is a file held open); then, one by one, what another pull was fetching and
+        did not finish."""
+        waiting = []
+        for start in range(0, len(blobs), FETCH_BATCH):
+            batch = blobs[start : start + FETCH_BATCH]
+            with contextlib.ExitStack() as held:
+                mine = [b for b in batch if held.enter_context(self.store.fetching(b, False))]
+                self._fetch([b for b in mine if not self.store.has(b)])
+            waiting += [b for b in batch if b not in mine]
+        for blob in waiting:
             with self.store.fetching(blob, wait=True):
                 if not self.store.has(blob):
                     self._fetch([blob])
@@ -270,13 +292,16 @@ class _Fetcher:
         # The pull's budget is the user's --connections, shared by every layer like -i does;
         # the per-download cap stays the same, so one big layer can take all of it.
         budget = self.settings.connections
-        results = download_many(
-            items,
-            max_connections=budget,
-            per_host=budget,
-            settings=self.settings,
-            on_event=self._relay(blobs),
-        )
+        try:
+            results = download_many(
+                items,
+                max_connections=budget,
+                per_host=budget,
+                settings=self.settings,
+                on_event=self._relay(blobs),
+            )
+        finally:  # what the engine kept (a partial to resume) is the store's owner's too
+            self.store.hand_over(blobs)
         for blob, result in zip(blobs, results, strict=True):
             if result.result is not None:
                 self.store.place(blob, result.result.path)

@@ -12,7 +12,7 @@ nesting too deep for the parser is refused. ``check`` holds a value against a sh
 - ``Opt(shape)``: absent or null, or the shape;
 - ``[shape]``: a list of such;
 - ``{key: shape}``: an object; the listed keys are read (as Go reads them, without regard
-  to case) and the others ignored.
+  to case, ``go_fold``) and the others ignored.
 """
 
 from __future__ import annotations
@@ -59,8 +59,27 @@ def _no_constant(name: str) -> None:
     raise _Refused(f"{name} is not a number")
 
 
+# Unicode's simple case folding sends two non-ASCII letters to ASCII ones: the long s and the
+# Kelvin sign. Python's casefold() also unfolds ligatures and the sharp s ("conﬁg" would be
+# "config"), which Go never does: Ollama would read no config where we read one.
+_GO_FOLD = {ord("ſ"): "S", ord("\u212a"): "K"}
+
+
+def go_fold(key: str) -> str:
+    """``key`` as Go's ``encoding/json`` folds it to match a struct field: ASCII letters in
+    one case, the long s as "S" and the Kelvin sign as "K", every other character as it is
+    (no other non-ASCII character folds to an ASCII one, and our fields are ASCII)."""
+    return key.upper().translate(_GO_FOLD) if key.isascii() else _fold_each(key)
+
+
+def _fold_each(key: str) -> str:
+    # str.upper() would turn "ß" into "SS" and "ı" into "I": one character at a time,
+    # and only ASCII ones.
+    return "".join(c.upper() if c.isascii() else _GO_FOLD.get(ord(c), c) for c in key)
+
+
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    folded = {key.casefold() for key, _ in pairs}
+    folded = {go_fold(key) for key, _ in pairs}
     if len(folded) < len(pairs):
         raise _Refused("an object has the same key twice (ignoring case)")
     return dict(pairs)
@@ -88,9 +107,9 @@ def check(value: Any, shape: object, what: str, fail: Fail) -> Any:
 
 def _object(value: Any, shape: dict[str, object], what: str, fail: Fail) -> dict[str, Any]:
     found = _expect(value, isinstance(value, dict), "an object", what, fail)
-    by_fold = {key.casefold(): item for key, item in found.items()}
+    by_fold = {go_fold(key): item for key, item in found.items()}
     return {
-        key: check(by_fold.get(key.casefold()), sub, f"{what}.{key}", fail)
+        key: check(by_fold.get(go_fold(key)), sub, f"{what}.{key}", fail)
         for key, sub in shape.items()
     }
 

@@ -20,7 +20,6 @@ would read a leftover as a (corrupt) model. Who uses which blob is ``_claims``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
@@ -32,7 +31,14 @@ from typing import NamedTuple
 from ..errors import InsufficientSpace, LocalFileError
 from ..store._destination import temp_path
 from ..store._digest import sha256_fd
-from ..store._files import atomic_write, fsync_dir, local_error, local_errors, open_own
+from ..store._files import (
+    atomic_write,
+    directory_problem,
+    fsync_dir,
+    local_error,
+    local_errors,
+    open_own,
+)
 from ._catalog import Catalog, read_digests, scan
 from ._claims import CLAIM_SUFFIX, FETCH_SUFFIX, LockFile, Owner, is_at, locked
 from ._names import GO_SPACE, Reference
@@ -43,6 +49,7 @@ SCRATCH_DIR = ".blobdl-tmp"
 SERVICE_STORE = Path("/usr/share/ollama/.ollama/models")  # Ollama's Linux service (install.sh)
 BLOB_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # what names a file in blobs/ (fullmatch)
 WRITE_TRIES = 3  # a folder removed under us (a prune of empty folders) is made again
+FREE_BATCH = 64  # blobs whose claims (open lock files) freeing holds at once
 
 
 class Freed(NamedTuple):
@@ -90,10 +97,35 @@ class Store:
         self.partial = root / PARTIAL_DIR
         self.manifests = root / "manifests"
         self.scratch = root / SCRATCH_DIR
-        for folder in (self.blobs, self.partial, self.scratch) if create else ():
-            make_dirs(folder, self.owner)
+        if create:
+            make_dirs(root, self.owner)
+        for folder in (self.blobs, self.partial, self.scratch, self.manifests):
+            self.folder(folder, create=create and folder != self.manifests)
+        self._partial_id = _identity(self.partial)  # the folder we checked, to know it again
         if create and not stat.S_ISDIR(os.lstat(self.scratch).st_mode):
             raise LocalFileError(str(self.scratch), "is not a directory (a link?); remove it")
+
+    def folder(self, path: Path, *, create: bool = True) -> None:
+        """Make sure ``path``, a folder inside the store, is one: made where missing (0755,
+        the store's owner) unless not ``create``; writable. On the way down from the root,
+        a link is followed only if we or root made it: one another user planted (root
+        pulling into the store of Ollama's service user) could send our writes, and the
+        files we give that user, anywhere."""
+        current = self.root
+        for name in path.relative_to(self.root).parts:
+            current = current / name
+            if not _store_folder(current, create, self.owner):
+                return  # missing, and not to be made: nothing below it either
+        if create and not os.access(path, os.W_OK | os.X_OK):
+            raise LocalFileError(str(path), "not writable")
+
+    def trusted(self, path: Path) -> bool:
+        """Whether every folder from the store's root down to ``path`` is one we may follow."""
+        try:
+            self.folder(path, create=False)
+        except LocalFileError:
+            return False
+        return True
 
     def blob_path(self, blob: Blob) -> Path:
         return self.blobs / f"sha256-{blob.hex}"
@@ -208,6 +240,30 @@ class Store:
         finally:
             os.close(fd)
 
+    def hand_over(self, blobs: Iterable[Blob]) -> None:
+        """The engine's files of ``blobs`` in ``blobs-partial/`` (a partial kept for a resume,
+        its state, a staged blob), made by us, become the store's owner's, as all we add:
+        that user can resume them. (A pull killed outright leaves them ours.)"""
+        if self.owner is None:
+            return
+        prefixes = tuple(f"sha256-{blob.hex}" for blob in blobs)
+        try:
+            fd = os.open(self.partial, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != self._partial_id:
+                return  # not the folder we checked (moved under us): give nothing away
+            for name in os.listdir(fd):
+                if name.startswith(prefixes):
+                    with contextlib.suppress(OSError):
+                        os.chown(name, *self.owner, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def touch(self, blob: Blob) -> bool:
         """Set the blob's mtime to now (the entry itself, as Ollama's prune reads it);
         False if it is gone."""
@@ -224,8 +280,20 @@ class Store:
         """Delete the blobs of ``digests`` that no manifest names and no pull claims, as
         ``ollama pull`` deletes the layers a moved tag left: their claims are taken first,
         the manifests read next, so a manifest written meanwhile is seen. Nothing is deleted
-        while a manifest Ollama cannot read is in the store (it may need them)."""
+        while a manifest Ollama cannot read is in the store (it may need them). The claims
+        are lock files held open: ``FREE_BATCH`` blobs at a time."""
         wanted = sorted({d for d in digests if BLOB_DIGEST.fullmatch(d)})
+        if wanted and not dry_run:
+            self.folder(self.partial)  # for the claims (a store only Ollama wrote has none)
+        freed = Freed([], [], [])
+        for start in range(0, len(wanted), FREE_BATCH):
+            batch = self._free(wanted[start : start + FREE_BATCH], dry_run)
+            freed.removed.extend(batch.removed)
+            freed.kept.extend(batch.kept)
+            freed.busy.extend(batch.busy)
+        return freed
+
+    def _free(self, wanted: list[str], dry_run: bool) -> Freed:
         removed: list[tuple[str, int]] = []
         with contextlib.ExitStack() as stack:
             mine = [d for d in wanted if stack.enter_context(self.exclusive_claim(d, dry_run))]
@@ -276,7 +344,7 @@ class Store:
         ``.blobdl-tmp/``, outside the depth Ollama reads, and removed if anything fails."""
         path = self.manifest_path(ref)
         for attempt in range(WRITE_TRIES):
-            make_dirs(path.parent, self.owner)
+            self.folder(path.parent)
             scratch = self._scratch_file()
             try:
                 atomic_write(path, manifest.raw, scratch=scratch, exact_mode=True, sync_dir=True)
@@ -290,7 +358,7 @@ class Store:
         return path
 
     def _scratch_file(self) -> Path:
-        make_dirs(self.scratch, self.owner)
+        self.folder(self.scratch)
         return self.scratch / f"manifest-{os.getpid()}-{os.urandom(4).hex()}"
 
     def withdraw(self, path: Path, manifest: Manifest) -> None:
@@ -299,6 +367,14 @@ class Store:
         with contextlib.suppress(OSError):
             if path.read_bytes() == manifest.raw:
                 path.unlink()
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def owner_for(root: Path) -> Owner:
@@ -318,19 +394,46 @@ def owner_for(root: Path) -> Owner:
 
 
 def make_dirs(folder: Path, owner: Owner = None) -> None:
-    """Create ``folder`` and its parents as 0755 (whatever the umask), owned by ``owner``;
-    fail early if the store cannot be written."""
+    """Create ``folder`` (the store's root) and its parents as 0755 (whatever the umask),
+    owned by ``owner``."""
     missing = []
     for parent in (folder, *folder.parents):
         if parent.is_dir():
             break
         missing.append(parent)
-    with local_errors(folder):
-        for path in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path, 0o755)
-                os.chmod(path, 0o755)
-                if owner is not None:
-                    os.chown(path, *owner, follow_symlinks=False)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
+    for path in reversed(missing):
+        _make_dir(path, owner)
+
+
+def _make_dir(path: Path, owner: Owner) -> None:
+    with local_errors(path), contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755)
+        if owner is not None:
+            os.chown(path, *owner, follow_symlinks=False)
+
+
+def _store_folder(path: Path, create: bool, owner: Owner) -> bool:
+    """Whether ``path`` (a name inside the store) is a folder we may go into, made if
+    missing and ``create``; False if missing and not made. A link must be ours or root's;
+    anything else that is no folder is named."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            return False
+        _make_dir(path, owner)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise local_error(path, exc) from None
+    if stat.S_ISLNK(info.st_mode):
+        if info.st_uid not in (0, os.geteuid()):
+            raise LocalFileError(
+                str(path), "is a symbolic link made by another user; refusing to follow it"
+            )
+        if not os.path.exists(path):
+            raise LocalFileError(str(path), "is a symbolic link to nothing")
+    problem = directory_problem(path)
+    if problem is not None:
+        raise problem
+    return True

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import signal
 import stat
 import subprocess
@@ -27,7 +28,7 @@ from blobdl.registry._pull import no_prune
 from blobdl.registry._store import Location, locate
 from faultserver.registry import CONFIG_TYPE, MANIFEST_TYPE, MODEL_TYPES, Model, Registry
 from faultserver.serverctl import ServerHandle
-from tests.conftest import Blob, fast_settings, run_cli
+from tests.conftest import REPO, Blob, fast_settings, run_cli
 from tests.integration.test_pull import CLI_SLOW, redirected_model, ref, spawn_pull
 from tests.ollama_model import GRACE, Corrupt, assert_ollama_reads, manifests, prune_layers
 
@@ -240,6 +241,19 @@ def test_a_link_planted_at_the_scratch_folder_is_refused(
     assert os.listdir(elsewhere) == [] and depth_four(models) == []
 
 
+def test_a_folder_where_the_manifest_goes_is_one_line_exit_5(
+    registry: Registry, tmp_path: Path
+) -> None:
+    model = push(registry, "library/folder", "v1", data(26, 100))
+    models = tmp_path / "models"
+    (models / "manifests" / registry.host / model.repo / "v1").mkdir(parents=True)
+    done = run_cli("pull", ref(registry, model), "--models-dir", str(models))
+    assert done.returncode == 5, done.stderr
+    where = models / "manifests" / registry.host / model.repo / "v1"
+    [line] = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"blobdl: error: {where}: "), done.stderr
+
+
 # --- links planted where the store moves, chmods or locks ------------------------------------
 
 
@@ -394,6 +408,87 @@ def test_root_writing_into_another_users_store_leaves_it_that_users(
     assert [p for p in paths if (p.lstat().st_uid, p.lstat().st_gid) != (uid, gid)] == []
 
 
+def test_a_root_pull_that_fails_mid_layer_leaves_every_file_the_stores_owners(
+    front: ServerHandle, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """The partial kept for a resume is the store's user's too: that user (Ollama's service,
+    or blobdl run as it) can resume it, not only root."""
+    assert os.geteuid() == 0, "CI runs as root: this test needs it"
+    reference, layer, rules = redirected_model(front, make, 512 * KB, seed=69)
+    front.set_faults(*rules)
+    server.set_faults({"path": f"/files/{layer.name}", "skip": 3, "times": None,
+                       "action": "status", "status": 503})  # fmt: skip
+    models, _ = owned_store(tmp_path)
+    parts = ["--min-part-size", "64KiB", "--max-part-size", "64KiB"]
+    done = run_cli("pull", reference, "--models-dir", str(models), "--retries", "0", *parts)
+    assert done.returncode == 3, done.stderr
+    kept = [p for p in (models / "blobs-partial").iterdir() if layer.sha256 in p.name]
+    assert any(p.name.endswith(".blobdl-tmp") for p in kept), kept
+    paths = [Path(folder) / name for folder, dirs, files in os.walk(models)
+             for name in dirs + files]  # fmt: skip
+    assert [p for p in paths if p.lstat().st_uid != 54321] == []
+
+
+def owned_store(tmp_path: Path, uid: int = 54321) -> tuple[Path, Path]:
+    """A store another user (not root) owns, and a folder of theirs outside it."""
+    models, victim = tmp_path / "models", tmp_path / "victim"
+    for folder in (models, victim):
+        folder.mkdir()
+        os.chown(folder, uid, uid + 1)
+    return models, victim
+
+
+def plant_link(link: Path, target: Path, uid: int) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    for folder in [link.parent, *link.parent.parents]:
+        if folder == target.parent:
+            break
+        os.chown(folder, uid, uid + 1)
+    link.symlink_to(target)
+    os.lchown(link, uid, uid + 1)
+
+
+@pytest.mark.parametrize("where", ["blobs", "blobs-partial", "manifests", "manifests/HOST",
+                                   "manifests/HOST/library/linked"])  # fmt: skip
+def test_root_never_follows_a_link_another_user_planted_in_the_store(
+    registry: Registry, tmp_path: Path, where: str
+) -> None:
+    """A folder of the store that is a link its owner made could send root's writes (and the
+    files it gives that user) anywhere: it is refused, and nothing outside is touched."""
+    assert os.geteuid() == 0, "CI runs as root: this test needs it"
+    models, victim = owned_store(tmp_path)
+    model = push(registry, "library/linked", "v1", data(64, 100), data(65, 20 * KB))
+    link = models / where.replace("HOST", registry.host)
+    plant_link(link, victim, 54321)
+    done = run_cli("pull", ref(registry, model), "--models-dir", str(models))
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"blobdl: error: {link}: is a symbolic link made by another user; refusing to follow it"
+    )
+    assert os.listdir(victim) == []
+
+
+def test_a_link_root_made_itself_in_the_store_is_followed(
+    registry: Registry, tmp_path: Path
+) -> None:
+    models, elsewhere = owned_store(tmp_path)
+    os.chown(elsewhere, 0, 0)
+    (models / "blobs").symlink_to(elsewhere)  # root's own link, as an admin sets one up
+    model = push(registry, "library/rootlink", "v1", data(66, 100))
+    blobdl.pull(ref(registry, model), models, settings=fast_settings())
+    assert sorted(os.listdir(elsewhere)) == sorted(d.replace(":", "-") for d in model.blobs)
+
+
+def test_root_pruning_another_users_store_never_follows_their_links(tmp_path: Path) -> None:
+    models, victim = owned_store(tmp_path)
+    old = write(victim / f"sha256-{'a' * 64}", b"theirs")
+    plant_link(models / "blobs", victim, 54321)
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 5, done.stderr
+    assert f"{models / 'blobs'}: is a symbolic link made by another user" in done.stderr
+    assert old.read_bytes() == b"theirs"
+
+
 # --- what a registry's manifest says about a blob ---------------------------------------------
 
 
@@ -437,6 +532,20 @@ def test_a_layer_size_the_blob_contradicts_fails_once_and_is_never_fetched_again
         assert not (models / "manifests").exists()
     gets = server.stats()["per_path"].get(f"/files/{layer.name}", 0)
     assert 1 <= gets <= 3  # the probe and the body, the first time only
+
+
+def test_a_blob_in_the_store_whose_bytes_are_not_its_name_is_fetched_again(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A blob's name vouches for its bytes (as for Ollama), but one whose size is not the
+    manifest's is hashed first: cut short by someone else, it is removed and fetched."""
+    layer = data(67, 30 * KB)
+    model = push(registry, "library/cut", "v1", data(68, 100), layer)
+    models = tmp_path / "models"
+    write(blob_file(models, layer), layer[: 10 * KB], old=False)
+    blobdl.pull(ref(registry, model), models, settings=fast_settings())
+    assert blob_file(models, layer).read_bytes() == layer
+    assert_ollama_reads(models)
 
 
 # --- blobdl prune -----------------------------------------------------------------------------
@@ -543,6 +652,51 @@ def test_prune_removes_no_blob_while_ollama_cannot_read_a_manifest(littered: Pat
     assert f"kept every unused blob: Ollama cannot read the manifest {bad} (fix or remove it)" in (
         done.stdout.splitlines()
     )
+
+
+def test_prune_of_a_store_only_ollama_wrote_removes_its_unused_blobs(tmp_path: Path) -> None:
+    models = tmp_path / "models"  # no blobs-partial/: blobdl never pulled into it
+    kept = write(models / "manifests/h/ns/m/v1", json.dumps({"config": {"digest": digest(b"c")}}
+                                                            ).encode())  # fmt: skip
+    used, unused = write(blob_file(models, b"c"), b"c"), write(blob_file(models, b"u"), b"u")
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert kept.exists() and used.exists() and not unused.exists()
+    assert any(line.startswith(f"removed  {unused}  ") and line.endswith("(unused blob)")
+               for line in done.stdout.splitlines()), done.stdout  # fmt: skip
+
+
+def test_prune_removes_no_blob_while_an_ollama_pull_is_running(tmp_path: Path) -> None:
+    """An ``ollama pull`` names its blobs only when it ends, and trusts an old one it finds
+    (a cache hit, never touched): while its partial files in blobs/ are being written, an
+    old unused blob may be one it is about to name."""
+    models = tmp_path / "models"
+    unused = write(blob_file(models, b"u"), b"u")
+    partial = write(models / "blobs" / f"sha256-{'e' * 64}-partial-0", b"{}", old=False)
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert unused.exists()
+    assert f"kept  {unused}  (an ollama pull is running: {partial.name} changed within the hour)" \
+        in done.stdout.splitlines()  # fmt: skip
+    age(partial)  # an ollama pull that stopped more than an hour ago
+    assert run_cli("prune", "--models-dir", str(models)).returncode == 0
+    assert not unused.exists()
+
+
+def test_prune_of_more_unused_blobs_than_open_files_allow_removes_them_all(
+    tmp_path: Path,
+) -> None:
+    """Each blob is claimed (a lock file held open) while it is removed: not all at once."""
+    models = tmp_path / "models"
+    unused = [write(blob_file(models, b"%d" % i), b"%d" % i) for i in range(600)]
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "prune", "--models-dir", str(models)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [p for p in unused if p.exists()] == []
 
 
 def test_prune_of_a_store_that_does_not_exist_is_one_line_exit_5(tmp_path: Path) -> None:

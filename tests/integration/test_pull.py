@@ -141,8 +141,11 @@ def test_a_corrupted_blob_in_the_registry_is_refused_and_never_stored(
     damaged[1000] ^= 0xFF  # same size: only the digest can tell
     data.write_bytes(bytes(damaged))
     models = tmp_path / "models"
-    done = run_cli("pull", ref(registry, model), "--models-dir", str(models))
+    done = run_cli("pull", ref(registry, model), "--models-dir", str(models), "--json")
     assert done.returncode == 4 and "digest mismatch" in done.stderr, done.stderr
+    # one failure, one `failed` line: the layer's (as a download's, never a second one)
+    failed = [e for e in map(json.loads, done.stdout.splitlines()) if e["event"] == "failed"]
+    assert [(e["digest"], e["exit_code"]) for e in failed] == [(layer, 4)], done.stdout
     assert f"sha256-{layer[7:]}" not in os.listdir(models / "blobs")
     assert not (models / "manifests").exists()
     assert not [

@@ -23,6 +23,9 @@ import hashlib
 import json
 import os
 import re
+import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from hypothesis import strategies as st
 import blobdl
 from faultserver.hostile_registry import HostileRegistry
 from faultserver.proxy import ForwardProxy
+from tests.conftest import REPO
 from tests.integration.test_hostile import run_cli_tagged
 from tests.strategies import (
     MANIFEST_TYPE,
@@ -307,12 +311,14 @@ def script(
 
 
 def pull_from(
-    hostile: HostileRegistry, tmp_path: Path, *args: str, **env: str | None
+    hostile: HostileRegistry, tmp_path: Path, *args: str, pin: str = "", **env: str | None
 ) -> tuple[Any, Path]:  # fmt: skip
-    """``blobdl pull`` of the scripted model into ``tmp_path/models``: (the run, the store)."""
+    """``blobdl pull`` of the scripted model into ``tmp_path/models`` (``@pin`` after the
+    reference if given): (the run, the store)."""
     models, work = tmp_path / "models", tmp_path / "work"
     work.mkdir(exist_ok=True)
     reference = f"http://127.0.0.1:{hostile.ports['registry']}/{REGISTRY_REPO}:{REGISTRY_TAG}"
+    reference += f"@{pin}" if pin else ""
     values: dict[str, str | None] = {**NO_PROXIES, "DOCKER_CONFIG": str(tmp_path / "none"), **env}
     with patched_env(**values):
         run = run_cli_tagged(["pull", reference, "--models-dir", str(models), "-q",
@@ -339,6 +345,7 @@ def redirect(match: str, location: str) -> dict[str, object]:
 BAD_REALM = 'Bearer realm="http://[::1]x/token"'
 _, _DOC = fixed_model()
 _DIGEST = _DOC["layers"][0]["digest"]
+_GOOD = json.dumps(_DOC)
 BEARER = {"auth": "bearer"}
 HOSTILE_ANSWERS = {
     "manifest nested 100,000 deep": script(b"[" * 100_000),
@@ -351,6 +358,10 @@ HOSTILE_ANSWERS = {
         json.dumps({**_DOC, "layers": [{**_DOC["layers"][0], "digest": _DIGEST + "\n"}]}).encode()
     ),
     '"LAYERS" beside "layers"': script(json.dumps({**_DOC, "LAYERS": 5}).encode()),
+    # Go folds keys as Unicode's simple folding does: "conﬁg" and "digeﬆ" are no fields of
+    # Ollama's, which would read a model with no config or a layer with no digest.
+    '"conﬁg" for "config"': script(_GOOD.replace('"config"', '"conﬁg"').encode()),
+    '"digeﬆ" for a layer\'s "digest"': script('"digeﬆ"'.join(_GOOD.rsplit('"digest"', 1)).encode()),
     "a manifest of 5 MB": script(faults=[rule("registry", "manifests", repeat=[" ", 5 << 20])]),
     "token JSON nested 100,000 deep": script(
         faults=[rule("auth", "", body="[" * 100_000)], **BEARER
@@ -386,6 +397,115 @@ def test_a_hostile_registry_answer_is_one_error_line(
     line = one_error_line(run)
     assert not re.search(r"[a-z][A-Z]\w*(Error|Exception)\b", line), line  # no class names
     assert not store_problems(models) and not (models / "manifests").exists()
+
+
+def challenged(hostile: HostileRegistry, *challenges: str) -> dict[str, Any]:
+    """The scripted model behind Bearer tokens, whose first 401 says ``challenges`` (each
+    on its own ``WWW-Authenticate`` line; {realm} is the token server's)."""
+    realm = f"http://127.0.0.1:{hostile.ports['auth']}/token"
+    names = ("WWW-Authenticate", "www-authenticate")[: len(challenges)]  # one line each
+    lines = {name: c.format(realm=realm) for name, c in zip(names, challenges, strict=True)}
+    return script(faults=[{**rule("registry", "manifests", status=401, headers=lines),
+                           "times": 1}], **BEARER)  # fmt: skip
+
+
+SCOPE = f'scope="repository:{REGISTRY_REPO}:pull"'
+
+
+@pytest.mark.parametrize(
+    "challenges",
+    [
+        ('Bearer realm="{realm}",service="hostile",' + SCOPE, 'Basic realm="Registry Realm"'),
+        ('Basic realm="Registry Realm"', 'Bearer realm="{realm}",service="hostile",' + SCOPE),
+        ('Basic realm="x", Bearer realm="{realm}",service="hostile",' + SCOPE,),
+        ('Bearer realm = "{realm}" , service = "hostile"',),  # RFC 7235: spaces around "="
+        ('Bearer service="a,b", realm="{realm}"',),  # a comma inside a quoted value
+        ('Negotiate abc==, Bearer realm="{realm}"',),  # a token68 first
+    ],
+    ids=["bearer then basic", "basic then bearer", "two in one line", "spaces around =",
+         "a quoted comma", "a token68 first"],
+)  # fmt: skip
+def test_a_registry_offering_several_challenges_is_answered_with_bearer(
+    hostile: HostileRegistry, tmp_path: Path, challenges: tuple[str, ...]
+) -> None:
+    hostile.load(challenged(hostile, *challenges))
+    run, models = pull_from(hostile, tmp_path)
+    assert run.code == 0, run.stderr
+    assert not store_problems(models)
+    assert [e["path"] for e in requests_at(hostile, "auth")] != []
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["Docker-Content-Digest", "a pin"])
+def test_a_manifest_whose_bytes_are_not_the_digest_it_is_served_as_is_refused(
+    hostile: HostileRegistry, tmp_path: Path, pinned: bool
+) -> None:
+    good = json.dumps(fixed_model()[1]).encode()
+    digest = "sha256:" + hashlib.sha256(good).hexdigest()
+    served = good.replace(b"{", b"{ ", 1)  # the same JSON, other bytes
+    headers = {
+        "Content-Type": MANIFEST_TYPE,
+        **({} if pinned else {"Docker-Content-Digest": digest}),
+    }
+    hostile.load(script(faults=[rule("registry", "manifests", status=200, headers=headers,
+                                     body=served.decode())]))  # fmt: skip
+    run, models = pull_from(hostile, tmp_path, pin=digest if pinned else "")
+    assert run.code == 4 and "digest mismatch" in one_error_line(run), run.stderr
+    assert not (models / "manifests").exists()
+
+
+def many_layers(count: int) -> dict[str, Any]:
+    """A model of ``count`` small layers (a safetensors model has one per tensor)."""
+    blobs, doc = fixed_model()
+    layers = [hashlib.sha256(b"%d" % i).digest() for i in range(count)]
+    doc["layers"] = [
+        {
+            "mediaType": "application/vnd.ollama.image.tensor",
+            "size": len(data),
+            "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+        }
+        for data in layers
+    ]
+    blobs.update({e["digest"]: data for e, data in zip(doc["layers"], layers, strict=True)})
+    encoded = {d: base64.b64encode(data).decode() for d, data in blobs.items()}
+    return script(json.dumps(doc).encode(), blobs=encoded)
+
+
+def pull_with_open_files(
+    hostile: HostileRegistry, tmp_path: Path, soft: int, hard: int
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    reference = f"http://127.0.0.1:{hostile.ports['registry']}/{REGISTRY_REPO}:{REGISTRY_TAG}"
+    return subprocess.run(
+        [sys.executable, "-m", "blobdl", "pull", reference, "--models-dir", str(tmp_path / "m"),
+         "-q", "--retries", "0"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )  # fmt: skip
+
+
+def test_a_model_of_more_layers_than_open_files_allow_is_pulled(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """Each layer is claimed (a lock file held open) for the whole pull: a model of 600
+    layers needs more than a soft limit of 128 open files, which may be raised to the hard."""
+    assert os.geteuid() == 0, "CI runs as root: raising the hard limit needs it"
+    hostile.load(many_layers(600))
+    done = pull_with_open_files(hostile, tmp_path, soft=128, hard=4096)
+    assert done.returncode == 0, done.stderr
+    assert len(os.listdir(tmp_path / "m" / "blobs")) == 601 and not store_problems(tmp_path / "m")
+
+
+def test_a_model_of_more_layers_than_the_hard_limit_allows_is_one_clear_line(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    hostile.load(many_layers(600))
+    done = pull_with_open_files(hostile, tmp_path, soft=128, hard=256)
+    assert done.returncode == 5, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("blobdl: error: cannot pull a model of 601 blobs: it needs ") and (
+        "open files at once, and at most 256 are allowed (ulimit -n)" in line
+    ), line
+    assert not (tmp_path / "m" / "blobs").exists() or os.listdir(tmp_path / "m" / "blobs") == []
 
 
 # --- where each header goes ---------------------------------------------------------------------

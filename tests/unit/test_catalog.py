@@ -39,6 +39,14 @@ def doc(**fields: object) -> bytes:
         (doc(layers=[None, {"digest": B, "size": -1, "unknown": [1, {"x": 2}]}]), {B}),
         (b'{"layers": [{"digest": "%s\xff"}]}' % B.encode(), {B + "\ufffd"}),  # Go replaces
         (doc(layers=[{"digest": B, "Status": 5}]), {B}),  # Status is json:"-"
+        # Go folds a key only as Unicode's simple folding does: the long s and the Kelvin
+        # sign are "s" and "k", a ligature is never two letters ("conﬁg" is not "config").
+        (doc(config={"digeſt": A}, layers=[{"digest": B}]), {A, B}),
+        (json.dumps({"conﬁg": {"digest": A}, "layers": [{"digeﬆ": B}, {"digeﬅ": C}]}).encode(),
+         set()),  # (a dict: Python reads the identifier conﬁg= as config=)
+        (json.dumps({"config": {"digest": A}, "LAYERS": [{"digest": B}],
+                     "laYerß": [{"digest": C}]}).encode(), {A, B}),
+        (doc(layers=[{"dıgest": A}, {"dİgest": B}]), set()),  # dotless i, dotted I
     ],
 )  # fmt: skip
 def test_what_ollama_reads_from_a_manifest(data: bytes, digests: set[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -67,6 +68,14 @@ def test_a_field_of_the_wrong_type_is_named(value: Any, why: str) -> None:
 def test_keys_are_matched_as_go_matches_them_and_unknown_ones_ignored() -> None:
     value = parse_json(b'{"DIGEST": "%s", "Size": 7, "extra": [1]}' % DIGEST.encode(), "x", fail)
     assert check(value, BLOB, "the layer", fail) == {"digest": DIGEST, "size": 7, "from": None}
+    # Unicode's simple folding, as Go's: the long s is an "s"; a ligature is not two letters
+    value = parse_json('{"digeſt": "%s", "\u212aey": 1, "ſize": 7}'.encode() % DIGEST.encode(),
+                       "x", fail)  # fmt: skip
+    assert check(value, BLOB, "the layer", fail) == {"digest": DIGEST, "size": 7, "from": None}
+    for key in ("digeﬆ", "digeﬅ", "dıgest", "d\u0130gest"):
+        value = parse_json(json.dumps({key: DIGEST, "size": 1}).encode(), "x", fail)
+        with pytest.raises(BadResponse, match=r"digest must be a string like .*, not missing"):
+            check(value, BLOB, "the layer", fail)
     assert check({"layers": None}, {"layers": Opt([BLOB])}, "m", fail) == {"layers": None}
     with pytest.raises(BadResponse, match=re.escape("m.layers[1] must be an object")):
         check({"layers": [{"digest": DIGEST, "size": 1}, 5]}, {"layers": [BLOB]}, "m", fail)
