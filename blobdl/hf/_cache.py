@@ -12,6 +12,8 @@ A blob is the LFS sha256 or the git blob sha1 of its bytes. It is downloaded as
 ``blobs/<etag>.blobdl-part`` (the engine's ``-tmp``/``-state`` beside it while it runs, so
 an interrupted download resumes), checked, and renamed onto ``blobs/<etag>``: a blob
 appears only complete. A snapshot link appears after its blob, the ref after every link.
+huggingface_hub makes no folder of a snapshot a link: one that is (planted), or a snapshot
+folder that leads out of the repository's, is refused before anything is written there.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..store._files import atomic_write, local_errors, read_own
 from ._disk import (
     check_staged,
     flocked,
+    inside,
     make_dirs,
     move_into_place,
     staged_path,
@@ -51,7 +54,7 @@ class CacheLayout:
         return self.snapshot
 
     def prepare(self, files: Sequence[RepoFile]) -> None:
-        for folder in (self.blobs, self.snapshot):
+        for folder in (self.blobs, inside(self.repo_dir, self.snapshot)):
             make_dirs(folder)
         tag_cache_dir(self.cache_dir)
         write_tree(self.repo_dir, self.commit, files)
@@ -114,7 +117,9 @@ class CacheLayout:
         atomic_write(ref, self.commit.encode(), mode=0o666, sync_dir=True)
 
     def file_path(self, f: RepoFile) -> Path:
-        return self.snapshot / f.path
+        path = self.snapshot / f.path
+        inside(self.snapshot, path.parent)
+        return path
 
     def blob_path(self, f: RepoFile) -> Path:
         return self.blobs / f.etag

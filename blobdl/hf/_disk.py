@@ -1,7 +1,8 @@
 """What huggingface_hub's cache and a ``--local-dir`` share on disk: the ``CACHEDIR.TAG``,
 the lock files huggingface_hub itself takes (so a blobdl and a huggingface_hub sharing a
-folder wait for each other), the mode of a new file, ``trees/<commit>.json`` and the move of
-a verified download into place.
+folder wait for each other), the mode of a new file, ``trees/<commit>.json``, the move of
+a verified download into place, and the rule that no link planted in a folder we write in
+takes our writes out of it (``inside``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import BadResponse, DigestMismatch
+from ..errors import BadResponse, DigestMismatch, LocalFileError
 from ..store._files import atomic_write, fsync_dir, local_errors, open_own, take_lock
 from ._repo import RepoFile, git_blob_sha1
 
@@ -26,6 +27,18 @@ CACHEDIR_TAG = (
 LOCK_MODE = 0o664  # huggingface_hub's WeakFileLock: group-writable, so users sharing a cache wait
 TREE_FORMAT = 1
 STAGED = ".blobdl-part"  # a verified download's name until it moves into place
+
+
+def inside(base: Path, folder: Path) -> Path:
+    """``folder`` (under ``base``), refused if a symbolic link on its way leads out of
+    ``base``: a repository's path is joined under a folder of ours, and a link planted among
+    its folders would take our writes (and our reads) somewhere else. ``base`` itself may be
+    a link (the user's choice); folders that do not exist yet are fine."""
+    if not folder.resolve().is_relative_to(base.resolve()):
+        raise LocalFileError(
+            str(folder), f"leads out of {base} through a symbolic link; refusing to use it"
+        )
+    return folder
 
 
 def make_dirs(folder: Path) -> None:

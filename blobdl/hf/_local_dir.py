@@ -12,6 +12,7 @@ to date and downloads nothing::
 huggingface_hub trusts a ``.metadata`` only if its timestamp is not older than the file
 (``mtime - 1 <= timestamp``): it is written after the file is in place. A download is staged
 as ``download/<path>.blobdl-part`` (resumable) and moved onto ``DIR/<path>`` once checked.
+``DIR`` may be a link; a folder in it that is a link leading out of it is refused (``inside``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class LocalDirLayout:
         for f in files:  # the repository must not write our bookkeeping (nor its own)
             if f.path == BOOKKEEPING or f.path.startswith(BOOKKEEPING + "/"):
                 raise BadResponse(str(self.root), f"the repository holds {f.path!r}")
-        _disk.make_dirs(self.downloads)
+        _disk.make_dirs(_disk.inside(self.root, self.downloads))
         _disk.tag_cache_dir(self.meta)
         if not os.path.lexists(self.meta / ".gitignore"):
             atomic_write(self.meta / ".gitignore", b"*", mode=0o666, durable=False)
@@ -58,12 +59,13 @@ class LocalDirLayout:
 
     def present(self, f: RepoFile) -> bool:
         """The file is there with these bytes: its metadata says so (and is not older than
-        the file), or, with no metadata, its hash does (the metadata is then written)."""
+        the file), or, with no metadata, its hash does (the metadata is then written).
+        Asked of every file first: its folders and its bookkeeping's are checked here."""
+        path, recorded = self.file_path(f), self._metadata(f)
         try:
-            info = os.stat(self.file_path(f))
+            info = os.stat(path)
         except OSError:
             return False
-        recorded = self._metadata(f)
         if recorded is not None:
             etag, stamp = recorded
             return etag == f.etag and info.st_size == f.size and info.st_mtime - 1 <= stamp
@@ -77,11 +79,11 @@ class LocalDirLayout:
         return self.present(f)
 
     def staging(self, f: RepoFile) -> Path:
-        return _disk.staged_path(self.downloads / f.path)
+        return _disk.staged_path(self._bookkeeping(f, ""))
 
     def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]:
         """huggingface_hub's lock on the file's metadata, ``download/<path>.lock``."""
-        return _disk.flocked(self.downloads / f"{f.path}.lock", wait=wait)
+        return _disk.flocked(self._bookkeeping(f, ".lock"), wait=wait)
 
     def place(self, f: RepoFile, where: str) -> None:
         staged = self.staging(f)
@@ -101,17 +103,26 @@ class LocalDirLayout:
         pass  # no refs: the folder holds one commit, named in each file's metadata
 
     def file_path(self, f: RepoFile) -> Path:
-        return self.root / f.path
+        path = self.root / f.path
+        _disk.inside(self.root, path.parent)
+        return path
+
+    def _bookkeeping(self, f: RepoFile, suffix: str) -> Path:
+        """``download/<path><suffix>``: the file's metadata, lock or staged download."""
+        path = self.downloads / f"{f.path}{suffix}"
+        _disk.inside(self.downloads, path.parent)
+        return path
 
     # --- the metadata -------------------------------------------------------------------
 
     def _metadata_path(self, f: RepoFile) -> Path:
-        return self.downloads / f"{f.path}.metadata"
+        return self._bookkeeping(f, ".metadata")
 
     def _metadata(self, f: RepoFile, *, with_commit: bool = False) -> tuple[str, float] | None:
         """(etag, timestamp), or (commit, timestamp) ``with_commit``; None if unreadable."""
+        path = self._metadata_path(f)
         try:
-            lines = read_own(self._metadata_path(f)).decode().splitlines()
+            lines = read_own(path).decode().splitlines()
             commit, etag, stamp = lines[0], lines[1], float(lines[2])
         except (LocalFileError, UnicodeDecodeError, IndexError, ValueError):
             return None
@@ -128,8 +139,9 @@ class LocalDirLayout:
 
     def _same_bytes(self, f: RepoFile) -> bool:
         """An existing file without metadata is kept if it hashes to the file's etag."""
-        with local_errors(self.file_path(f)):
-            fd = os.open(self.file_path(f), os.O_RDONLY | os.O_CLOEXEC)
+        path = self.file_path(f)
+        with local_errors(path):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return (sha256_fd(fd) if f.lfs_sha256 else git_blob_sha1(fd)) == f.etag
         finally:
