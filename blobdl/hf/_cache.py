@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,8 +65,17 @@ class CacheLayout:
         return f.etag
 
     def present(self, f: RepoFile) -> bool:
-        """Its snapshot link leads to its blob already."""
-        return os.path.exists(self.file_path(f))
+        """Its snapshot entry holds its bytes already: a link that leads to its blob (which
+        is here), or a copy of its size, as huggingface_hub leaves where it cannot link
+        (``HF_HUB_DISABLE_SYMLINKS``). Anything else there (a link to other bytes, a FIFO)
+        is not it, and is replaced."""
+        path = self.file_path(f)
+        with contextlib.suppress(OSError):
+            entry = os.lstat(path)
+            if not stat.S_ISLNK(entry.st_mode):
+                return stat.S_ISREG(entry.st_mode) and entry.st_size == f.size
+            return self.have(f) and os.path.samestat(os.stat(path), os.stat(self.blob_path(f)))
+        return False
 
     def have(self, f: RepoFile) -> bool:
         """Its blob is here (it got here checked, so its name vouches for its bytes)."""
@@ -88,8 +98,11 @@ class CacheLayout:
 
     def link(self, f: RepoFile) -> None:
         """``snapshots/<commit>/<path>`` -> ``../../blobs/<etag>`` (relative, one ``..`` per
-        folder), replacing whatever link was there; created beside and renamed, so a reader
-        sees the old link or the new one."""
+        folder), unless its entry is ``present`` (a copy huggingface_hub made is kept, never
+        replaced by a link to a blob it never wrote), replacing whatever else was there;
+        created beside and renamed, so a reader sees the old entry or the new one."""
+        if self.present(f):
+            return
         link = self.file_path(f)
         target = os.path.relpath(self.blob_path(f), link.parent)
         make_dirs(link.parent)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -138,11 +139,14 @@ class LocalDirLayout:
         atomic_write(path, text, mode=0o666, durable=False)
 
     def _same_bytes(self, f: RepoFile) -> bool:
-        """An existing file without metadata is kept if it hashes to the file's etag."""
+        """An existing file without metadata is kept if it hashes to the file's etag; what
+        is not a regular file (a FIFO would wait for a writer for ever) is replaced."""
         path = self.file_path(f)
         with local_errors(path):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
             return (sha256_fd(fd) if f.lfs_sha256 else git_blob_sha1(fd)) == f.etag
         finally:
             os.close(fd)

@@ -1,4 +1,5 @@
-"""``blobdl hf`` against what it finds on disk: links planted where it writes."""
+"""``blobdl hf`` against what it finds on disk: links and special files planted where it
+writes, a cache huggingface_hub filled without links; huggingface_hub still judges it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from faultserver.hub import HubHandle, HubRepo, start_hub
-from tests.integration.test_hf import blobdl_hf, contents, resolves
+from tests.hf_client import call, hf_env
+from tests.integration.test_hf import blobdl_hf, contents, resolves, tree
 
 
 def _small() -> HubRepo:
@@ -91,3 +93,49 @@ def test_the_local_dir_itself_may_be_a_link(
     done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(tmp_path / "ld"))
     assert done.returncode == 0, done.stderr
     assert contents(real) == repos["acme/small"].contents[_commit(repos)]
+
+
+@pytest.mark.parametrize("kind", ["local-dir", "cache"])
+def test_special_files_and_links_planted_at_a_files_name_are_replaced_not_read_or_followed(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, kind: str
+) -> None:
+    """A FIFO where an empty file goes (opening it to hash it would wait for a writer
+    forever), a link to a file of someone else's where a file goes: each is replaced by the
+    file (or its link to the blob), the other file untouched."""
+    where, victim = tmp_path / "dest", tmp_path / "victim"
+    files = (
+        where / "models--acme--small" / "snapshots" / _commit(repos) if kind == "cache" else where
+    )
+    files.mkdir(parents=True)
+    os.mkfifo(files / "empty.txt")
+    victim.write_bytes(b"precious\n")
+    (files / "config.json").symlink_to(victim)
+    done = blobdl_hf(hub, tmp_path, "acme/small", f"--{kind}", str(where))
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == files
+    assert contents(files) == repos["acme/small"].contents[_commit(repos)]
+    assert victim.read_bytes() == b"precious\n"
+    if kind == "cache":
+        assert os.readlink(files / "config.json").startswith("../../blobs/")
+    else:
+        assert not (files / "config.json").is_symlink()
+
+
+def test_a_cache_huggingface_hub_filled_without_links_is_kept_as_it_is(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Where it cannot link (``HF_HUB_DISABLE_SYMLINKS``), huggingface_hub moves each new
+    blob into the snapshot: ``blobs/`` stays empty. Those copies are the files: replacing
+    them with links to blobs that are not there would lose them."""
+    cache = tmp_path / "cache"
+    env = {**hf_env(hub.url, tmp_path / "home"), "HF_HUB_DISABLE_SYMLINKS": "1"}
+    got = call(env, "snapshot_download", repo_id="acme/small", cache_dir=str(cache))
+    assert "error" not in got, got
+    before = tree(cache)
+    hub.reset()
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert tree(cache) == before and hub.storage.stats()["requests"] == 0
+    offline = hf_env(hub.url, tmp_path / "home", offline=True)
+    got = call(offline, "snapshot_download", repo_id="acme/small", cache_dir=str(cache))
+    assert contents(Path(got["path"])) == repos["acme/small"].contents[_commit(repos)], got
