@@ -208,10 +208,11 @@ class _Fetcher:
         self.fetched: dict[str, DownloadResult] = {}  # by the path of the file downloaded
 
     def fetch_all(self, blobs: list[RepoFile]) -> dict[str, DownloadResult]:
-        """Fetch what is missing, taking turns with any other run on each blob."""
+        """Fetch what is missing, taking turns with any other run on each blob (claimed in
+        groups when they are more than a process may hold open: the largest in the first)."""
         layout = self.layout
         in_turns(
-            blobs,
+            sorted(blobs, key=lambda f: -f.size),
             lambda f, wait: layout.claim(f, wait=wait),
             lambda f: not layout.have(f),
             self._fetch,

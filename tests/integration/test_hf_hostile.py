@@ -1,17 +1,25 @@
-"""``blobdl hf`` against what it finds on disk: links and special files planted where it
-writes, a cache huggingface_hub filled without links; huggingface_hub still judges it."""
+"""``blobdl hf`` against what it finds on disk and what a repository asks of it: links and
+special files planted where it writes, a cache huggingface_hub filled without links, more
+files than it may hold open; huggingface_hub still judges what it wrote."""
 
 from __future__ import annotations
 
 import os
+import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from faultserver.hub import HubHandle, HubRepo, start_hub
+from tests.conftest import REPO
 from tests.hf_client import call, hf_env
-from tests.integration.test_hf import blobdl_hf, contents, resolves, tree
+from tests.integration.test_hf import FAST, blobdl_hf, contents, resolves, tree
+
+MANY = 160  # files of the repository that outnumbers the open files allowed
+OPEN_FILES = 96  # what its run may hold open
 
 
 def _small() -> HubRepo:
@@ -28,9 +36,15 @@ def _small() -> HubRepo:
     return repo
 
 
+def _many() -> HubRepo:
+    repo = HubRepo("acme/many")
+    repo.commit({f"d{i % 4}/f{i:03d}.txt": b"%d\n" % i for i in range(MANY)})
+    return repo
+
+
 @pytest.fixture(scope="module")
 def repos() -> dict[str, HubRepo]:
-    return {r.id: r for r in (_small(),)}
+    return {r.id: r for r in (_small(), _many())}
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +153,32 @@ def test_a_cache_huggingface_hub_filled_without_links_is_kept_as_it_is(
     offline = hf_env(hub.url, tmp_path / "home", offline=True)
     got = call(offline, "snapshot_download", repo_id="acme/small", cache_dir=str(cache))
     assert contents(Path(got["path"])) == repos["acme/small"].contents[_commit(repos)], got
+
+
+# --- how many files at once -------------------------------------------------------------------
+
+
+def _limit_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+
+
+def test_a_repository_of_more_files_than_may_be_open_at_once(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Each blob is claimed on its own lock file: a repository of more files than the
+    process may hold open (1,024 by default) must not fail for it."""
+    cache = tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "acme/many", "--cache-dir", str(cache), *FAST],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=hf_env(hub.url, tmp_path / "home"),
+        preexec_fn=_limit_open_files,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        contents(Path(done.stdout.strip()))
+        == repos["acme/many"].contents[_commit(repos, "acme/many")]
+    )
