@@ -14,7 +14,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import BadResponse, DigestMismatch, LocalFileError
+from ..store._destination import temp_path
 from ..store._files import atomic_write, fsync_dir, local_errors, open_own, take_lock
+from ..store._lock import DestinationLock
+from ..store._resume import state_path
 from ._repo import RepoFile, git_blob_sha1
 
 # huggingface_hub's tag, byte for byte (_local_folder.py): backup tools skip the folder.
@@ -95,6 +98,13 @@ def write_tree(folder: Path, commit: str, files: Sequence[RepoFile]) -> None:
 
 def staged_path(final: Path) -> Path:
     return final.with_name(final.name + STAGED)
+
+
+def leftovers(staged: Path) -> list[Path]:
+    """What a stopped run left for the download staged at ``staged``: the staged file, the
+    engine's partial and resume record and its lock file, those that are there."""
+    names = (staged, temp_path(staged), state_path(staged), DestinationLock(staged, 0).path)
+    return [path for path in names if os.path.lexists(path)]
 
 
 def check_staged(staged: Path, f: RepoFile, where: str) -> None:

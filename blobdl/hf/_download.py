@@ -27,6 +27,7 @@ from ..events import DownloadResult, Event
 from ..store._lock import in_turns
 from . import _env
 from ._cache import CacheLayout
+from ._disk import leftovers
 from ._hub import Hub
 from ._local_dir import LocalDirLayout
 from ._repo import Repo, RepoFile, check_revision, is_commit, parse_repo, select
@@ -137,7 +138,9 @@ def hf_download(
         on_event(
             HfStarted(str(repo), revision, look.commit, len(chosen), len(look.missing), needed)
         )
-    fetched = _Fetcher(layout, hub, look.commit, base, on_event).fetch_all(look.blobs)
+    fetcher = _Fetcher(layout, hub, look.commit, base, on_event)
+    fetched = fetcher.fetch_all(look.blobs)
+    fetcher.tidy(chosen)
     for f in chosen:
         layout.link(f)
     layout.finish(revision)
@@ -218,6 +221,20 @@ class _Fetcher:
             self._fetch,
         )
         return self.fetched
+
+    def tidy(self, files: list[RepoFile]) -> None:
+        """What a stopped run left for a blob that is here now (fetched since by another
+        run, or by huggingface_hub) goes: it could be most of a 10 GB shard. Removed under
+        the blob's claim, so never while a run is downloading it; a held one is left."""
+        for f in files:
+            left = leftovers(self.layout.staging(f))
+            if not left:
+                continue
+            with self.layout.claim(f, wait=False) as ours:
+                if ours and self.layout.have(f):
+                    for path in left:
+                        with contextlib.suppress(OSError):  # best-effort: the run succeeded
+                            path.unlink(missing_ok=True)
 
     def _fetch(self, files: list[RepoFile]) -> None:
         """Download ``files`` under one budget and move each into place once checked; the

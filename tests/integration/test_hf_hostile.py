@@ -1,6 +1,7 @@
 """``blobdl hf`` against what it finds on disk and what a repository asks of it: links and
 special files planted where it writes, a cache huggingface_hub filled without links, more
-files than it may hold open; huggingface_hub still judges what it wrote."""
+files than it may hold open, what a stopped run left; huggingface_hub still judges what it
+wrote."""
 
 from __future__ import annotations
 
@@ -182,3 +183,52 @@ def test_a_repository_of_more_files_than_may_be_open_at_once(
         contents(Path(done.stdout.strip()))
         == repos["acme/many"].contents[_commit(repos, "acme/many")]
     )
+
+
+# --- what a stopped run leaves ----------------------------------------------------------------
+
+LEFT = (".blobdl-part", ".blobdl-part.blobdl-tmp", ".blobdl-part.blobdl-state")
+
+
+@pytest.mark.parametrize("linked", [True, False], ids=["snapshot-complete", "links-missing"])
+def test_what_a_stopped_run_left_goes_once_the_blob_is_there(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, linked: bool
+) -> None:
+    """A run stopped mid-download leaves its partial beside the blob's name; if the blob
+    then arrives another way (huggingface_hub, another run), the next run removes the
+    partial (it could be most of a 10 GB shard) instead of keeping it for ever."""
+    cache = tmp_path / "cache"
+    env = hf_env(hub.url, tmp_path / "home")
+    got = call(env, "snapshot_download", repo_id="acme/small", cache_dir=str(cache))
+    assert "error" not in got, got
+    blobs = cache / "models--acme--small" / "blobs"
+    names = sorted(p.name for p in blobs.iterdir())
+    for name in names:
+        for suffix in LEFT:
+            (blobs / f"{name}{suffix}").write_bytes(b"partial")
+    if not linked:
+        for link in Path(got["path"]).rglob("*"):
+            if link.is_symlink():
+                link.unlink()
+    hub.reset()
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in blobs.iterdir()) == names
+    assert hub.storage.stats()["requests"] == 0
+    assert contents(Path(got["path"])) == repos["acme/small"].contents[_commit(repos)]
+
+
+def test_what_a_stopped_run_left_in_a_local_dir_goes_once_the_file_is_there(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    ld = tmp_path / "ld"
+    assert blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(ld)).returncode == 0
+    before = tree(ld)
+    download = ld / ".cache" / "huggingface" / "download"
+    for path in ("config.json", "sub/dir/notes.txt", "w.safetensors"):
+        for suffix in LEFT:
+            (download / f"{path}{suffix}").write_bytes(b"partial")
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(ld))
+    assert done.returncode == 0, done.stderr
+    after = tree(ld)
+    assert set(after) == set(before)
