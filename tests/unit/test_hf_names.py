@@ -10,6 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from huggingface_hub.utils import filter_repo_objects
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blobdl.errors import BadResponse, EntryNotFound, UsageError
 from blobdl.hf import _env
@@ -24,6 +27,7 @@ from blobdl.hf._repo import (
     select,
 )
 from blobdl.store._lock import in_turns
+from tests.strategies import patterns, repo_paths
 
 SHA1, SHA256 = "a" * 40, "b" * 64
 
@@ -204,3 +208,18 @@ def test_claims_are_held_a_group_at_a_time_and_each_blob_is_fetched_once() -> No
     in_turns(list(range(10)), claim, lambda i: i not in done_by_them, fetch, at_once=4)
     assert most == 4 and not held
     assert fetched == [0, 1, 2, 3, 4, 6, 7, 9, 8]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(repo_paths(), min_size=1, max_size=8, unique=True),
+    st.none() | patterns,
+    st.none() | patterns,
+)
+def test_include_and_exclude_choose_what_huggingface_hubs_own_filter_chooses(
+    paths: list[str], include: list[str] | None, exclude: list[str] | None
+) -> None:
+    """The real ``filter_repo_objects`` is the judge: globs, ``[]``, ``\\`` in a pattern or a
+    path (both read as ``/``), a folder pattern ending in ``/``, an empty list."""
+    theirs = list(filter_repo_objects(paths, allow_patterns=include, ignore_patterns=exclude))
+    assert [f.path for f in select(_files(*paths), (), include, exclude)] == theirs
