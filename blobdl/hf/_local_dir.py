@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import BadResponse, LocalFileError
+from ..store import _files
 from ..store._digest import sha256_fd
 from ..store._files import atomic_write, local_errors, read_own
 from . import _disk
@@ -46,9 +47,9 @@ class LocalDirLayout:
         return self.root
 
     def prepare(self, files: Sequence[RepoFile]) -> None:
-        for f in files:  # the repository must not write our bookkeeping (nor its own)
-            if f.path == BOOKKEEPING or f.path.startswith(BOOKKEEPING + "/"):
-                raise BadResponse(str(self.root), f"the repository holds {f.path!r}")
+        problem = _files.directory_problem(self.root) if os.path.lexists(self.root) else None
+        if problem is not None:  # a file named as the local dir: say so, not "no .cache"
+            raise problem
         _disk.make_dirs(_disk.inside(self.root, self.downloads))
         _disk.tag_cache_dir(self.meta)
         if not os.path.lexists(self.meta / ".gitignore"):
@@ -61,7 +62,14 @@ class LocalDirLayout:
     def present(self, f: RepoFile) -> bool:
         """The file is there with these bytes: its metadata says so (and is not older than
         the file), or, with no metadata, its hash does (the metadata is then written).
-        Asked of every file first: its folders and its bookkeeping's are checked here."""
+        Asked of every file first: its folders and its bookkeeping's are checked here, and
+        a file that would be (or hold) the bookkeeping's folder is refused."""
+        if _in_the_way(f.path):
+            raise BadResponse(
+                str(self.root),
+                f"the repository holds {f.path!r}, in the way of the local dir's "
+                f"{BOOKKEEPING}/ (leave it out with an exclude pattern)",
+            )
         path, recorded = self.file_path(f), self._metadata(f)
         try:
             info = os.stat(path)
@@ -150,3 +158,8 @@ class LocalDirLayout:
             return (sha256_fd(fd) if f.lfs_sha256 else git_blob_sha1(fd)) == f.etag
         finally:
             os.close(fd)
+
+
+def _in_the_way(path: str) -> bool:
+    """A repository path that is the bookkeeping's folder, a folder above it, or in it."""
+    return f"{BOOKKEEPING}/".startswith(f"{path}/") or path.startswith(f"{BOOKKEEPING}/")

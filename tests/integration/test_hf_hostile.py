@@ -232,3 +232,37 @@ def test_what_a_stopped_run_left_in_a_local_dir_goes_once_the_file_is_there(
     assert done.returncode == 0, done.stderr
     after = tree(ld)
     assert set(after) == set(before)
+
+
+# --- what a local dir cannot hold ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", [".cache", ".cache/huggingface", ".cache/huggingface/download/a.txt.metadata"]
+)
+def test_a_file_in_the_way_of_the_local_dirs_bookkeeping_is_refused_unless_left_out(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, path: str
+) -> None:
+    """A repository file that would be (or hold) ``.cache/huggingface``: one line before any
+    download, nothing written; left out with ``--exclude``, the rest comes down."""
+    odd = HubRepo("acme/odd")
+    odd.commit({path: b"in the way\n", "a.txt": b"a\n"})
+    hub.publish([*repos.values(), odd])
+    ld = tmp_path / "ld"
+    done = blobdl_hf(hub, tmp_path, "acme/odd", "--local-dir", str(ld))
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"the repository holds {path!r}, in the way" in lines[0], lines
+    assert contents(ld) == {}
+    done = blobdl_hf(hub, tmp_path, "acme/odd", "--local-dir", str(ld), "--exclude", ".cache*")
+    assert done.returncode == 0, done.stderr
+    assert contents(ld) == {"a.txt": b"a\n"}
+
+
+def test_a_local_dir_that_is_a_file_is_named_as_such(hub: HubHandle, tmp_path: Path) -> None:
+    (tmp_path / "ld").write_bytes(b"a file\n")
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(tmp_path / "ld"))
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"blobdl: error: {tmp_path / 'ld'}: is a file, not a directory"
+    ]
