@@ -266,3 +266,28 @@ def test_a_local_dir_that_is_a_file_is_named_as_such(hub: HubHandle, tmp_path: P
     assert done.stderr.strip().splitlines() == [
         f"blobdl: error: {tmp_path / 'ld'}: is a file, not a directory"
     ]
+
+
+# --- a revision that moves ----------------------------------------------------------------------
+
+
+def test_a_branch_pushed_to_between_the_listing_and_the_downloads_comes_down_as_listed(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Every file is resolved at the commit the branch named when it was listed: a push
+    landing meanwhile neither mixes two commits into one snapshot nor fails the run."""
+    moving = HubRepo("acme/moving")
+    first = {"config.json": b'{"v": 1}\n', "w.safetensors": os.urandom(100_000)}
+    listed = moving.commit(first)
+    pushed = moving.commit({"config.json": b'{"v": 2}\n', "w.safetensors": os.urandom(100_000)},
+                           branch=None)  # fmt: skip
+    moving.moves = {"main": pushed}
+    hub.publish([*repos.values(), moving])
+    cache = tmp_path / "cache"
+    done = blobdl_hf(hub, tmp_path, "acme/moving", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).name == listed and contents(Path(done.stdout.strip())) == first
+    assert (cache / "models--acme--moving" / "refs" / "main").read_text() == listed
+    offline = hf_env(hub.url, tmp_path / "home", offline=True)
+    got = call(offline, "snapshot_download", repo_id="acme/moving", cache_dir=str(cache))
+    assert contents(Path(got["path"])) == first, got
