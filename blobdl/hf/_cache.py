@@ -27,6 +27,7 @@ from pathlib import Path
 from ..errors import LocalFileError
 from ..store._files import atomic_write, local_errors, read_own
 from ._disk import (
+    Confined,
     check_staged,
     flocked,
     inside,
@@ -48,6 +49,7 @@ class CacheLayout:
         self.blobs = self.repo_dir / "blobs"
         self.snapshot = self.repo_dir / "snapshots" / commit
         self.locks = cache_dir / ".locks" / repo.folder
+        self.confined = Confined(self.snapshot)
 
     @property
     def where(self) -> Path:
@@ -131,7 +133,7 @@ class CacheLayout:
 
     def file_path(self, f: RepoFile) -> Path:
         path = self.snapshot / f.path
-        inside(self.snapshot, path.parent)
+        self.confined.check(path.parent)
         return path
 
     def blob_path(self, f: RepoFile) -> Path:

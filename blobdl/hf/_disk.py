@@ -37,11 +37,29 @@ def inside(base: Path, folder: Path) -> Path:
     ``base``: a repository's path is joined under a folder of ours, and a link planted among
     its folders would take our writes (and our reads) somewhere else. ``base`` itself may be
     a link (the user's choice); folders that do not exist yet are fine."""
-    if not folder.resolve().is_relative_to(base.resolve()):
-        raise LocalFileError(
-            str(folder), f"leads out of {base} through a symbolic link; refusing to use it"
-        )
-    return folder
+    return Confined(base).check(folder)
+
+
+class Confined:
+    """``inside`` for the many folders of one run under one ``base``: each folder checked
+    once (a repository's thousands of files sit in a few folders)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._real: Path | None = None  # base resolved, at the first check
+        self._checked: set[Path] = set()
+
+    def check(self, folder: Path) -> Path:
+        if folder in self._checked:
+            return folder
+        if self._real is None:
+            self._real = self.base.resolve()
+        if not folder.resolve().is_relative_to(self._real):
+            raise LocalFileError(
+                str(folder), f"leads out of {self.base} through a symbolic link; refusing to use it"
+            )
+        self._checked.add(folder)
+        return folder
 
 
 def make_dirs(folder: Path) -> None:

@@ -12,7 +12,7 @@ to date and downloads nothing::
 huggingface_hub trusts a ``.metadata`` only if its timestamp is not older than the file
 (``mtime - 1 <= timestamp``): it is written after the file is in place. A download is staged
 as ``download/<path>.blobdl-part`` (resumable) and moved onto ``DIR/<path>`` once checked.
-``DIR`` may be a link; a folder in it that is a link leading out of it is refused (``inside``).
+``DIR`` may be a link; a folder in it that is a link leading out of it is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class LocalDirLayout:
         self.root, self.commit = root, commit
         self.meta = root / ".cache" / "huggingface"
         self.downloads = self.meta / "download"
+        self.in_root, self.in_downloads = _disk.Confined(root), _disk.Confined(self.downloads)
 
     @property
     def where(self) -> Path:
@@ -50,7 +51,7 @@ class LocalDirLayout:
         problem = _files.directory_problem(self.root) if os.path.lexists(self.root) else None
         if problem is not None:  # a file named as the local dir: say so, not "no .cache"
             raise problem
-        _disk.make_dirs(_disk.inside(self.root, self.downloads))
+        _disk.make_dirs(self.in_root.check(self.downloads))
         _disk.tag_cache_dir(self.meta)
         if not os.path.lexists(self.meta / ".gitignore"):
             atomic_write(self.meta / ".gitignore", b"*", mode=0o666, durable=False)
@@ -113,13 +114,13 @@ class LocalDirLayout:
 
     def file_path(self, f: RepoFile) -> Path:
         path = self.root / f.path
-        _disk.inside(self.root, path.parent)
+        self.in_root.check(path.parent)
         return path
 
     def _bookkeeping(self, f: RepoFile, suffix: str) -> Path:
         """``download/<path><suffix>``: the file's metadata, lock or staged download."""
         path = self.downloads / f"{f.path}{suffix}"
-        _disk.inside(self.downloads, path.parent)
+        self.in_downloads.check(path.parent)
         return path
 
     # --- the metadata -------------------------------------------------------------------
