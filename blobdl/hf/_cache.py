@@ -92,11 +92,12 @@ class CacheLayout:
         """huggingface_hub's own lock on the blob: one downloader at a time, of either kind."""
         return flocked(self.locks / f"{f.etag}.lock", wait=wait)
 
-    def place(self, f: RepoFile, where: str) -> None:
-        """The staged download, checked, becomes the blob."""
+    def place(self, f: RepoFile, where: str) -> Path:
+        """The staged download, checked, becomes the blob (the folder renamed in is returned,
+        for the caller to sync)."""
         staged = self.staging(f)
         check_staged(staged, f, where)
-        move_into_place(staged, self.blob_path(f))
+        return move_into_place(staged, self.blob_path(f))
 
     def link(self, f: RepoFile) -> None:
         """``snapshots/<commit>/<path>`` -> ``../../blobs/<etag>`` (relative, one ``..`` per

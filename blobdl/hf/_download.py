@@ -24,6 +24,7 @@ from ..config import Settings
 from ..engine._download import Downloader
 from ..errors import BlobdlError, IntegrityError, UsageError
 from ..events import DownloadResult, Event
+from ..store._destination import sync_dir_quietly
 from ..store._lock import in_turns
 from . import _env
 from ._cache import CacheLayout
@@ -93,7 +94,7 @@ class Layout(Protocol):
     def have(self, f: RepoFile) -> bool: ...
     def staging(self, f: RepoFile) -> Path: ...
     def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]: ...
-    def place(self, f: RepoFile, where: str) -> None: ...
+    def place(self, f: RepoFile, where: str) -> Path: ...
     def link(self, f: RepoFile) -> None: ...
     def finish(self, revision: str) -> None: ...
     def file_path(self, f: RepoFile) -> Path: ...
@@ -257,15 +258,18 @@ class _Fetcher:
         results = download_many(items, max_connections=whole, per_host=whole,
                                 settings=self.settings, on_event=tell)  # fmt: skip
         errors: list[BlobdlError] = []
+        placed: set[Path] = set()
         for f, item, outcome in zip(todo, items, results, strict=True):
             try:
                 if outcome.error is not None:
                     raise outcome.error
-                self.layout.place(f, item.url)
+                placed.add(self.layout.place(f, item.url))
                 assert outcome.result is not None
                 self.fetched[f.path] = outcome.result
             except BlobdlError as exc:
                 errors.append(exc)
+        for folder in placed:  # their renames durable, once a folder, before any link to them
+            sync_dir_quietly(folder)
         if errors:
             raise errors[0]
 
@@ -275,7 +279,7 @@ class _Fetcher:
         if not self.layout.staging(f).exists():
             return False
         try:
-            self.layout.place(f, str(self.layout.staging(f)))
+            sync_dir_quietly(self.layout.place(f, str(self.layout.staging(f))))
         except IntegrityError:
             return False
         return True

@@ -95,13 +95,14 @@ class LocalDirLayout:
         """huggingface_hub's lock on the file's metadata, ``download/<path>.lock``."""
         return _disk.flocked(self._bookkeeping(f, ".lock"), wait=wait)
 
-    def place(self, f: RepoFile, where: str) -> None:
+    def place(self, f: RepoFile, where: str) -> Path:
         staged = self.staging(f)
         _disk.check_staged(staged, f, where)
         final = self.file_path(f)
         _disk.make_dirs(final.parent)
-        _disk.move_into_place(staged, final)
+        folder = _disk.move_into_place(staged, final)
         self._write_metadata(f)
+        return folder
 
     def link(self, f: RepoFile) -> None:
         """A present file's metadata names this commit (huggingface_hub refreshes it too)."""
