@@ -72,7 +72,9 @@ def _tiny() -> HubRepo:
 @pytest.fixture(scope="module")
 def repos() -> dict[str, HubRepo]:
     private = HubRepo("acme/private", private=True)
-    private.commit({"weights.bin": _bytes(3, 100_000), "README.md": b"# private\n"})
+    private.commit(  # an LFS file fetched in parts, one fetched whole by the batch's seats
+        {"weights.bin": _bytes(3, 100_000), "vocab.bin": _bytes(8, 1000), "README.md": b"# p\n"}
+    )
     gated = HubRepo("acme/gated", gated=True)
     gated.commit({"weights.bin": _bytes(4, 50_000)})
     data = HubRepo("acme/data", type="dataset")
