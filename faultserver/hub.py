@@ -24,8 +24,9 @@ huggingface_hub 2.x and blobdl use, on loopback, with a separate storage origin.
     a new spec (``HubHandle.publish``).
 
 A repository is built with ``HubRepo.commit(files)``; ``raw`` entries replace a commit's
-listing as sent (a hostile Hub). huggingface_hub itself downloads from this stand-in in the
-tests: if it could not, the tests would mean nothing.
+listing as sent (a hostile Hub); ``moves`` pushes to a branch once a listing was served.
+huggingface_hub itself downloads from this stand-in in the tests: if it could not, the tests
+would mean nothing.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class HubRepo:
     commits: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # sha -> entries
     blobs: dict[str, bytes] = field(default_factory=dict)  # etag -> bytes
     contents: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> path -> bytes
+    # Refs that move (to these commits) once a tree listing was served: a push that lands
+    # between a client's listing and its downloads.
+    moves: dict[str, str] = field(default_factory=dict)
 
     def commit(
         self,
@@ -126,7 +130,7 @@ class HubRepo:
 
     def spec(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "private": self.private, "gated": self.gated,
-                "refs": self.refs, "commits": self.commits}  # fmt: skip
+                "refs": self.refs, "commits": self.commits, "moves": self.moves}  # fmt: skip
 
 
 @dataclass
@@ -288,6 +292,8 @@ class HubHandler(Handler):
             headers["Link"] = (
                 f'<{base}{path}?recursive=true&expand=false&cursor={cursor + 1}>; rel="next"'
             )
+        else:
+            repo["refs"].update(repo.get("moves", {}))
         return _json(200, page, headers)
 
     # --- resolve ------------------------------------------------------------------------------

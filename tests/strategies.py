@@ -485,3 +485,19 @@ def registry_faults(p: RegistryPorts, good_manifest: str) -> st.SearchStrategy[d
         st.builds(_token_answer, st.sampled_from(_TOKEN_BODIES), times),
         st.sampled_from(_fixed_faults(good_manifest)),
     )
+
+
+# --- Hugging Face repositories: paths and the patterns that choose them (unit/test_hf_names) --
+
+_PATH_CHARS = "ab.*?[]!\\-_ "  # glob characters and "\" (a plain character in a repo path)
+_PATTERN_CHARS = "ab/*?[]!\\."
+
+
+@st.composite
+def repo_paths(draw: st.DrawFn) -> str:
+    """A path a listing may hold: ``/``-separated segments, none empty, ``.`` or ``..``."""
+    segment = st.text(_PATH_CHARS, min_size=1, max_size=4).filter(lambda s: s not in (".", ".."))
+    return "/".join(draw(st.lists(segment, min_size=1, max_size=3)))
+
+
+patterns = st.lists(st.text(_PATTERN_CHARS, max_size=6), max_size=3)

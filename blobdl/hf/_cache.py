@@ -12,20 +12,25 @@ A blob is the LFS sha256 or the git blob sha1 of its bytes. It is downloaded as
 ``blobs/<etag>.blobdl-part`` (the engine's ``-tmp``/``-state`` beside it while it runs, so
 an interrupted download resumes), checked, and renamed onto ``blobs/<etag>``: a blob
 appears only complete. A snapshot link appears after its blob, the ref after every link.
+huggingface_hub makes no folder of a snapshot a link: one that is (planted), or a snapshot
+folder that leads out of the repository's, is refused before anything is written there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import LocalFileError
 from ..store._files import atomic_write, local_errors, read_own
 from ._disk import (
+    Confined,
     check_staged,
     flocked,
+    inside,
     make_dirs,
     move_into_place,
     staged_path,
@@ -44,6 +49,7 @@ class CacheLayout:
         self.blobs = self.repo_dir / "blobs"
         self.snapshot = self.repo_dir / "snapshots" / commit
         self.locks = cache_dir / ".locks" / repo.folder
+        self.confined = Confined(self.snapshot)
 
     @property
     def where(self) -> Path:
@@ -51,7 +57,7 @@ class CacheLayout:
         return self.snapshot
 
     def prepare(self, files: Sequence[RepoFile]) -> None:
-        for folder in (self.blobs, self.snapshot):
+        for folder in (self.blobs, inside(self.repo_dir, self.snapshot)):
             make_dirs(folder)
         tag_cache_dir(self.cache_dir)
         write_tree(self.repo_dir, self.commit, files)
@@ -61,8 +67,17 @@ class CacheLayout:
         return f.etag
 
     def present(self, f: RepoFile) -> bool:
-        """Its snapshot link leads to its blob already."""
-        return os.path.exists(self.file_path(f))
+        """Its snapshot entry holds its bytes already: a link that leads to its blob (which
+        is here), or a copy of its size, as huggingface_hub leaves where it cannot link
+        (``HF_HUB_DISABLE_SYMLINKS``). Anything else there (a link to other bytes, a FIFO)
+        is not it, and is replaced."""
+        path = self.file_path(f)
+        with contextlib.suppress(OSError):
+            entry = os.lstat(path)
+            if not stat.S_ISLNK(entry.st_mode):
+                return stat.S_ISREG(entry.st_mode) and entry.st_size == f.size
+            return self.have(f) and os.path.samestat(os.stat(path), os.stat(self.blob_path(f)))
+        return False
 
     def have(self, f: RepoFile) -> bool:
         """Its blob is here (it got here checked, so its name vouches for its bytes)."""
@@ -77,16 +92,20 @@ class CacheLayout:
         """huggingface_hub's own lock on the blob: one downloader at a time, of either kind."""
         return flocked(self.locks / f"{f.etag}.lock", wait=wait)
 
-    def place(self, f: RepoFile, where: str) -> None:
-        """The staged download, checked, becomes the blob."""
+    def place(self, f: RepoFile, where: str) -> Path:
+        """The staged download, checked, becomes the blob (the folder renamed in is returned,
+        for the caller to sync)."""
         staged = self.staging(f)
         check_staged(staged, f, where)
-        move_into_place(staged, self.blob_path(f))
+        return move_into_place(staged, self.blob_path(f))
 
     def link(self, f: RepoFile) -> None:
         """``snapshots/<commit>/<path>`` -> ``../../blobs/<etag>`` (relative, one ``..`` per
-        folder), replacing whatever link was there; created beside and renamed, so a reader
-        sees the old link or the new one."""
+        folder), unless its entry is ``present`` (a copy huggingface_hub made is kept, never
+        replaced by a link to a blob it never wrote), replacing whatever else was there;
+        created beside and renamed, so a reader sees the old entry or the new one."""
+        if self.present(f):
+            return
         link = self.file_path(f)
         target = os.path.relpath(self.blob_path(f), link.parent)
         make_dirs(link.parent)
@@ -114,7 +133,9 @@ class CacheLayout:
         atomic_write(ref, self.commit.encode(), mode=0o666, sync_dir=True)
 
     def file_path(self, f: RepoFile) -> Path:
-        return self.snapshot / f.path
+        path = self.snapshot / f.path
+        self.confined.check(path.parent)
+        return path
 
     def blob_path(self, f: RepoFile) -> Path:
         return self.blobs / f.etag

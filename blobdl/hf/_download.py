@@ -24,9 +24,11 @@ from ..config import Settings
 from ..engine._download import Downloader
 from ..errors import BlobdlError, IntegrityError, UsageError
 from ..events import DownloadResult, Event
+from ..store._destination import sync_dir_quietly
 from ..store._lock import in_turns
 from . import _env
 from ._cache import CacheLayout
+from ._disk import leftovers
 from ._hub import Hub
 from ._local_dir import LocalDirLayout
 from ._repo import Repo, RepoFile, check_revision, is_commit, parse_repo, select
@@ -92,7 +94,7 @@ class Layout(Protocol):
     def have(self, f: RepoFile) -> bool: ...
     def staging(self, f: RepoFile) -> Path: ...
     def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]: ...
-    def place(self, f: RepoFile, where: str) -> None: ...
+    def place(self, f: RepoFile, where: str) -> Path: ...
     def link(self, f: RepoFile) -> None: ...
     def finish(self, revision: str) -> None: ...
     def file_path(self, f: RepoFile) -> Path: ...
@@ -137,7 +139,9 @@ def hf_download(
         on_event(
             HfStarted(str(repo), revision, look.commit, len(chosen), len(look.missing), needed)
         )
-    fetched = _Fetcher(layout, hub, look.commit, base, on_event).fetch_all(look.blobs)
+    fetcher = _Fetcher(layout, hub, look.commit, base, on_event)
+    fetched = fetcher.fetch_all(look.blobs)
+    fetcher.tidy(chosen)
     for f in chosen:
         layout.link(f)
     layout.finish(revision)
@@ -208,15 +212,30 @@ class _Fetcher:
         self.fetched: dict[str, DownloadResult] = {}  # by the path of the file downloaded
 
     def fetch_all(self, blobs: list[RepoFile]) -> dict[str, DownloadResult]:
-        """Fetch what is missing, taking turns with any other run on each blob."""
+        """Fetch what is missing, taking turns with any other run on each blob (claimed in
+        groups when they are more than a process may hold open: the largest in the first)."""
         layout = self.layout
         in_turns(
-            blobs,
+            sorted(blobs, key=lambda f: -f.size),
             lambda f, wait: layout.claim(f, wait=wait),
             lambda f: not layout.have(f),
             self._fetch,
         )
         return self.fetched
+
+    def tidy(self, files: list[RepoFile]) -> None:
+        """What a stopped run left for a blob that is here now (fetched since by another
+        run, or by huggingface_hub) goes: it could be most of a 10 GB shard. Removed under
+        the blob's claim, so never while a run is downloading it; a held one is left."""
+        for f in files:
+            left = leftovers(self.layout.staging(f))
+            if not left:
+                continue
+            with self.layout.claim(f, wait=False) as ours:
+                if ours and self.layout.have(f):
+                    for path in left:
+                        with contextlib.suppress(OSError):  # best-effort: the run succeeded
+                            path.unlink(missing_ok=True)
 
     def _fetch(self, files: list[RepoFile]) -> None:
         """Download ``files`` under one budget and move each into place once checked; the
@@ -239,15 +258,18 @@ class _Fetcher:
         results = download_many(items, max_connections=whole, per_host=whole,
                                 settings=self.settings, on_event=tell)  # fmt: skip
         errors: list[BlobdlError] = []
+        placed: set[Path] = set()
         for f, item, outcome in zip(todo, items, results, strict=True):
             try:
                 if outcome.error is not None:
                     raise outcome.error
-                self.layout.place(f, item.url)
+                placed.add(self.layout.place(f, item.url))
                 assert outcome.result is not None
                 self.fetched[f.path] = outcome.result
             except BlobdlError as exc:
                 errors.append(exc)
+        for folder in placed:  # their renames durable, once a folder, before any link to them
+            sync_dir_quietly(folder)
         if errors:
             raise errors[0]
 
@@ -257,7 +279,7 @@ class _Fetcher:
         if not self.layout.staging(f).exists():
             return False
         try:
-            self.layout.place(f, str(self.layout.staging(f)))
+            sync_dir_quietly(self.layout.place(f, str(self.layout.staging(f))))
         except IntegrityError:
             return False
         return True

@@ -12,17 +12,20 @@ to date and downloads nothing::
 huggingface_hub trusts a ``.metadata`` only if its timestamp is not older than the file
 (``mtime - 1 <= timestamp``): it is written after the file is in place. A download is staged
 as ``download/<path>.blobdl-part`` (resumable) and moved onto ``DIR/<path>`` once checked.
+``DIR`` may be a link; a folder in it that is a link leading out of it is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import BadResponse, LocalFileError
+from ..store import _files
 from ..store._digest import sha256_fd
 from ..store._files import atomic_write, local_errors, read_own
 from . import _disk
@@ -38,16 +41,17 @@ class LocalDirLayout:
         self.root, self.commit = root, commit
         self.meta = root / ".cache" / "huggingface"
         self.downloads = self.meta / "download"
+        self.in_root, self.in_downloads = _disk.Confined(root), _disk.Confined(self.downloads)
 
     @property
     def where(self) -> Path:
         return self.root
 
     def prepare(self, files: Sequence[RepoFile]) -> None:
-        for f in files:  # the repository must not write our bookkeeping (nor its own)
-            if f.path == BOOKKEEPING or f.path.startswith(BOOKKEEPING + "/"):
-                raise BadResponse(str(self.root), f"the repository holds {f.path!r}")
-        _disk.make_dirs(self.downloads)
+        problem = _files.directory_problem(self.root) if os.path.lexists(self.root) else None
+        if problem is not None:  # a file named as the local dir: say so, not "no .cache"
+            raise problem
+        _disk.make_dirs(self.in_root.check(self.downloads))
         _disk.tag_cache_dir(self.meta)
         if not os.path.lexists(self.meta / ".gitignore"):
             atomic_write(self.meta / ".gitignore", b"*", mode=0o666, durable=False)
@@ -58,12 +62,20 @@ class LocalDirLayout:
 
     def present(self, f: RepoFile) -> bool:
         """The file is there with these bytes: its metadata says so (and is not older than
-        the file), or, with no metadata, its hash does (the metadata is then written)."""
+        the file), or, with no metadata, its hash does (the metadata is then written).
+        Asked of every file first: its folders and its bookkeeping's are checked here, and
+        a file that would be (or hold) the bookkeeping's folder is refused."""
+        if _in_the_way(f.path):
+            raise BadResponse(
+                str(self.root),
+                f"the repository holds {f.path!r}, in the way of the local dir's "
+                f"{BOOKKEEPING}/ (leave it out with an exclude pattern)",
+            )
+        path, recorded = self.file_path(f), self._metadata(f)
         try:
-            info = os.stat(self.file_path(f))
+            info = os.stat(path)
         except OSError:
             return False
-        recorded = self._metadata(f)
         if recorded is not None:
             etag, stamp = recorded
             return etag == f.etag and info.st_size == f.size and info.st_mtime - 1 <= stamp
@@ -77,19 +89,20 @@ class LocalDirLayout:
         return self.present(f)
 
     def staging(self, f: RepoFile) -> Path:
-        return _disk.staged_path(self.downloads / f.path)
+        return _disk.staged_path(self._bookkeeping(f, ""))
 
     def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]:
         """huggingface_hub's lock on the file's metadata, ``download/<path>.lock``."""
-        return _disk.flocked(self.downloads / f"{f.path}.lock", wait=wait)
+        return _disk.flocked(self._bookkeeping(f, ".lock"), wait=wait)
 
-    def place(self, f: RepoFile, where: str) -> None:
+    def place(self, f: RepoFile, where: str) -> Path:
         staged = self.staging(f)
         _disk.check_staged(staged, f, where)
         final = self.file_path(f)
         _disk.make_dirs(final.parent)
-        _disk.move_into_place(staged, final)
+        folder = _disk.move_into_place(staged, final)
         self._write_metadata(f)
+        return folder
 
     def link(self, f: RepoFile) -> None:
         """A present file's metadata names this commit (huggingface_hub refreshes it too)."""
@@ -101,17 +114,26 @@ class LocalDirLayout:
         pass  # no refs: the folder holds one commit, named in each file's metadata
 
     def file_path(self, f: RepoFile) -> Path:
-        return self.root / f.path
+        path = self.root / f.path
+        self.in_root.check(path.parent)
+        return path
+
+    def _bookkeeping(self, f: RepoFile, suffix: str) -> Path:
+        """``download/<path><suffix>``: the file's metadata, lock or staged download."""
+        path = self.downloads / f"{f.path}{suffix}"
+        self.in_downloads.check(path.parent)
+        return path
 
     # --- the metadata -------------------------------------------------------------------
 
     def _metadata_path(self, f: RepoFile) -> Path:
-        return self.downloads / f"{f.path}.metadata"
+        return self._bookkeeping(f, ".metadata")
 
     def _metadata(self, f: RepoFile, *, with_commit: bool = False) -> tuple[str, float] | None:
         """(etag, timestamp), or (commit, timestamp) ``with_commit``; None if unreadable."""
+        path = self._metadata_path(f)
         try:
-            lines = read_own(self._metadata_path(f)).decode().splitlines()
+            lines = read_own(path).decode().splitlines()
             commit, etag, stamp = lines[0], lines[1], float(lines[2])
         except (LocalFileError, UnicodeDecodeError, IndexError, ValueError):
             return None
@@ -127,10 +149,19 @@ class LocalDirLayout:
         atomic_write(path, text, mode=0o666, durable=False)
 
     def _same_bytes(self, f: RepoFile) -> bool:
-        """An existing file without metadata is kept if it hashes to the file's etag."""
-        with local_errors(self.file_path(f)):
-            fd = os.open(self.file_path(f), os.O_RDONLY | os.O_CLOEXEC)
+        """An existing file without metadata is kept if it hashes to the file's etag; what
+        is not a regular file (a FIFO would wait for a writer for ever) is replaced."""
+        path = self.file_path(f)
+        with local_errors(path):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
             return (sha256_fd(fd) if f.lfs_sha256 else git_blob_sha1(fd)) == f.etag
         finally:
             os.close(fd)
+
+
+def _in_the_way(path: str) -> bool:
+    """A repository path that is the bookkeeping's folder, a folder above it, or in it."""
+    return f"{BOOKKEEPING}/".startswith(f"{path}/") or path.startswith(f"{BOOKKEEPING}/")

@@ -207,7 +207,8 @@ def select(
     """The files asked for: each of ``paths`` exactly (one ending in ``/`` is a folder: all
     under it; one that matches nothing is ``EntryNotFound``), then ``include``/``exclude`` as
     huggingface_hub's ``filter_repo_objects`` reads them (``fnmatchcase``, where ``*`` also
-    matches ``/``; a pattern ending in ``/`` gets ``*``; ``\\`` counts as ``/``)."""
+    matches ``/``; a pattern ending in ``/`` gets ``*``; ``\\`` counts as ``/`` in a pattern
+    and in a path)."""
     chosen = list(files)
     if paths:
         for path in paths:
@@ -216,12 +217,13 @@ def select(
         chosen = [f for f in chosen if any(_named(f.path, path) for path in paths)]
     allow = [_pattern(p) for p in include] if include is not None else None
     deny = [_pattern(p) for p in exclude or ()]
-    return [
-        f
-        for f in chosen
-        if (allow is None or any(fnmatchcase(f.path, p) for p in allow))
-        and not any(fnmatchcase(f.path, p) for p in deny)
-    ]
+    return [f for f in chosen if _allowed(_slashed(f.path), allow, deny)]
+
+
+def _allowed(path: str, allow: list[str] | None, deny: list[str]) -> bool:
+    if allow is not None and not any(fnmatchcase(path, p) for p in allow):
+        return False
+    return not any(fnmatchcase(path, p) for p in deny)
 
 
 def _named(path: str, asked: str) -> bool:
@@ -229,8 +231,13 @@ def _named(path: str, asked: str) -> bool:
 
 
 def _pattern(pattern: str) -> str:
-    pattern = pattern.replace("\\", "/")
+    pattern = _slashed(pattern)
     return pattern + "*" if pattern.endswith("/") else pattern
+
+
+def _slashed(text: str) -> str:
+    """``\\`` read as ``/``, in a pattern and in the path it is matched against alike."""
+    return text.replace("\\", "/")
 
 
 # --- git's name for a file ------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """One writer per destination: an advisory ``flock`` on ``DEST.blobdl-lock``; and many
-blobs fetched by several processes in turns (``in_turns``).
+blobs fetched by several processes in turns (``in_turns``), as many claimed at once as the
+process may hold open.
 
 The kernel drops a flock when its holder dies, so a crashed download never leaves the
 destination stuck. The lock file is removed by its holder on release; a waiter that locked
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -109,17 +111,35 @@ def in_turns(
     claim: Callable[[T, bool], AbstractContextManager[bool]],
     missing: Callable[[T], bool],
     fetch: Callable[[list[T]], None],
+    *,
+    at_once: int | None = None,
 ) -> None:
     """Fetch, all at once, the missing items no other process holds (``claim(item, False)``
     yields False without waiting when another does); then, one by one, each of the others
     once its holder lets go, if the holder did not leave it behind. Two processes sharing a
-    store so fetch each item once, and neither waits while it has work of its own."""
-    with contextlib.ExitStack() as held:
-        mine = [item for item in items if held.enter_context(claim(item, False))]
-        fetch([item for item in mine if missing(item)])
-    for item in items:
-        if item in mine:
-            continue
+    store so fetch each item once, and neither waits while it has work of its own.
+
+    A claim holds a file open: they are taken ``at_once`` items at a time (``held_at_once``
+    by default), each group fetched before the next is claimed, so that a repository of
+    more files than the process may open is fetched all the same."""
+    size = at_once or held_at_once()
+    others: list[T] = []
+    for start in range(0, len(items), size):
+        group = items[start : start + size]
+        with contextlib.ExitStack() as held:
+            mine = [held.enter_context(claim(item, False)) for item in group]
+            fetch([item for item, ours in zip(group, mine, strict=True) if ours and missing(item)])
+        others += [item for item, ours in zip(group, mine, strict=True) if not ours]
+    for item in others:
         with claim(item, True):
             if missing(item):
                 fetch([item])
+
+
+def held_at_once() -> int:
+    """Claims a process may hold at once: a quarter of the files it may open (the soft
+    limit; 1,024 by default), the rest left to the downloads (sockets, pipes, files)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 16
+    return max(8, soft // 4)

@@ -39,6 +39,10 @@ FAST = (
     "1",
 )
 BIG = 3 << 20  # the resume and sharing repository's one LFS file
+# Parts of 1 MiB for the tests that must catch a download mid-way: the storage's "rate"
+# paces a request chunk by chunk (64 KiB) from its second chunk on, so a request of one
+# 64 KiB part is never slowed, and BIG came down before a signal (or a second run) arrived.
+PACED = ("--min-part-size", "1MiB", "--max-part-size", "1MiB")
 
 
 def _bytes(seed: int, size: int) -> bytes:
@@ -68,7 +72,9 @@ def _tiny() -> HubRepo:
 @pytest.fixture(scope="module")
 def repos() -> dict[str, HubRepo]:
     private = HubRepo("acme/private", private=True)
-    private.commit({"weights.bin": _bytes(3, 100_000), "README.md": b"# private\n"})
+    private.commit(  # an LFS file fetched in parts, one fetched whole by the batch's seats
+        {"weights.bin": _bytes(3, 100_000), "vocab.bin": _bytes(8, 1000), "README.md": b"# p\n"}
+    )
     gated = HubRepo("acme/gated", gated=True)
     gated.commit({"weights.bin": _bytes(4, 50_000)})
     data = HubRepo("acme/data", type="dataset")
@@ -95,14 +101,15 @@ def _fresh(hub: HubHandle) -> None:
 
 
 def blobdl_hf(
-    hub: HubHandle, home: Path, *args: str, token: str | None = None, **popen: Any
+    hub: HubHandle, home: Path, *args: str, token: str | None = None, then: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m blobdl hf ARGS`` with this Hub, a home of its own and ``$HF_TOKEN``."""
+    """``python -m blobdl hf ARGS`` with this Hub, a home of its own and ``$HF_TOKEN`` (the
+    options ``then`` after ``FAST``, to override them)."""
     env = hf_env(hub.url, home)
     if token is not None:
         env["HF_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "blobdl", "hf", *args, *FAST],
+        [sys.executable, "-m", "blobdl", "hf", *args, *FAST, *then],
         capture_output=True,
         text=True,
         timeout=60,
@@ -329,10 +336,7 @@ def test_an_interrupted_hf_run_resumes_where_it_stopped(
             str(cache),
             "--json",
             *FAST,
-            # Two paced connections: the blob takes about 1.5 s, so the signal sent at a
-            # quarter of it always lands mid-download (16 lanes could finish first).
-            "--connections",
-            "2",
+            *PACED,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -367,9 +371,10 @@ def test_two_runs_sharing_a_cache_fetch_each_blob_once(
     hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 4 << 20, "times": None})
     cache = str(tmp_path / "cache")
     env = hf_env(hub.url, tmp_path)
+    command = [sys.executable, "-m", "blobdl", "hf", "acme/big", "--cache-dir", cache, "-q"]
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "blobdl", "hf", "acme/big", "--cache-dir", cache, "-q", *FAST],
+            [*command, *FAST, *PACED],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -598,7 +603,7 @@ def test_blobdl_and_huggingface_hub_sharing_a_cache_fetch_each_blob_once(
                           "kwargs": {"repo_id": "acme/big", "cache_dir": cache}})  # fmt: skip
     theirs = subprocess.Popen([sys.executable, "-m", "tests.hf_client", request], cwd=REPO,
                               env=env, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    ours = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", cache)
+    ours = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", cache, then=PACED)
     answer = json.loads(theirs.communicate(timeout=60)[0].splitlines()[-1])
     assert ours.returncode == 0 and "error" not in answer, (ours.stderr, answer)
     assert BIG <= hub.storage.stats()["bytes_sent"] < BIG * 1.05

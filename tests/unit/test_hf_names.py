@@ -1,12 +1,18 @@
 """The pure side of ``blobdl hf``: huggingface_hub's conventions for the token, the cache and
-the Hub; repository names; which files a pattern picks; what a listing may say."""
+the Hub; repository names; which files a pattern picks; what a listing may say; blobs
+claimed in turns."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from huggingface_hub.utils import filter_repo_objects
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blobdl.errors import BadResponse, EntryNotFound, UsageError
 from blobdl.hf import _env
@@ -20,6 +26,8 @@ from blobdl.hf._repo import (
     parse_tree_page,
     select,
 )
+from blobdl.store._lock import in_turns
+from tests.strategies import patterns, repo_paths
 
 SHA1, SHA256 = "a" * 40, "b" * 64
 
@@ -171,3 +179,47 @@ def test_a_trailing_newline_is_no_commit_and_no_repository(text: str) -> None:
     assert not is_commit(text)
     with pytest.raises(UsageError):
         parse_repo(text)
+
+
+def test_claims_are_held_a_group_at_a_time_and_each_blob_is_fetched_once() -> None:
+    """``in_turns`` (each claim holds a lock file open): never more than ``at_once`` held;
+    what another process holds is fetched after it lets go, unless it left it done."""
+    held, most, fetched = set(), 0, []
+    theirs = {5, 8}  # held by another process when first asked
+    done_by_them = {5}
+
+    @contextlib.contextmanager
+    def claim(item: int, wait: bool) -> Iterator[bool]:
+        nonlocal most
+        if item in theirs and not wait:
+            yield False
+            return
+        held.add(item)
+        most = max(most, len(held))
+        try:
+            yield True
+        finally:
+            held.discard(item)
+
+    def fetch(items: list[int]) -> None:
+        assert set(items) <= held
+        fetched.extend(items)
+
+    in_turns(list(range(10)), claim, lambda i: i not in done_by_them, fetch, at_once=4)
+    assert most == 4 and not held
+    assert fetched == [0, 1, 2, 3, 4, 6, 7, 9, 8]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(repo_paths(), min_size=1, max_size=8, unique=True),
+    st.none() | patterns,
+    st.none() | patterns,
+)
+def test_include_and_exclude_choose_what_huggingface_hubs_own_filter_chooses(
+    paths: list[str], include: list[str] | None, exclude: list[str] | None
+) -> None:
+    """The real ``filter_repo_objects`` is the judge: globs, ``[]``, ``\\`` in a pattern or a
+    path (both read as ``/``), a folder pattern ending in ``/``, an empty list."""
+    theirs = list(filter_repo_objects(paths, allow_patterns=include, ignore_patterns=exclude))
+    assert [f.path for f in select(_files(*paths), (), include, exclude)] == theirs

@@ -1,0 +1,293 @@
+"""``blobdl hf`` against what it finds on disk and what a repository asks of it: links and
+special files planted where it writes, a cache huggingface_hub filled without links, more
+files than it may hold open, what a stopped run left; huggingface_hub still judges what it
+wrote."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faultserver.hub import HubHandle, HubRepo, start_hub
+from tests.conftest import REPO
+from tests.hf_client import call, hf_env
+from tests.integration.test_hf import FAST, blobdl_hf, contents, resolves, tree
+
+MANY = 160  # files of the repository that outnumbers the open files allowed
+OPEN_FILES = 96  # what its run may hold open
+
+
+def _small() -> HubRepo:
+    repo = HubRepo("acme/small")
+    repo.commit(
+        {
+            "config.json": b'{"hidden": 8}\n',
+            "empty.txt": b"",
+            "copy/config.json": b'{"hidden": 8}\n',
+            "sub/dir/notes.txt": b"notes\n",
+            "w.safetensors": os.urandom(200_000),
+        }
+    )
+    return repo
+
+
+def _many() -> HubRepo:
+    repo = HubRepo("acme/many")
+    repo.commit({f"d{i % 4}/f{i:03d}.txt": b"%d\n" % i for i in range(MANY)})
+    return repo
+
+
+@pytest.fixture(scope="module")
+def repos() -> dict[str, HubRepo]:
+    return {r.id: r for r in (_small(), _many())}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, repos: dict[str, HubRepo]) -> Iterator[HubHandle]:
+    handle = start_hub(tmp_path_factory.mktemp("hub"), list(repos.values()))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh(hub: HubHandle) -> None:
+    hub.reset()
+
+
+def _commit(repos: dict[str, HubRepo], repo_id: str = "acme/small") -> str:
+    return repos[repo_id].refs["main"]
+
+
+# --- what is planted where blobdl writes ------------------------------------------------------
+
+# (where, the folder that becomes a link out, relative to the local dir or the cache)
+PLANTED = [
+    ("local-dir", "sub"),
+    ("local-dir", "sub/dir"),
+    ("local-dir", ".cache"),
+    ("local-dir", ".cache/huggingface/download/sub"),
+    ("cache", "models--acme--small/snapshots/{commit}/sub"),
+    ("cache", "models--acme--small/snapshots/{commit}"),
+]
+
+
+@pytest.mark.parametrize(("kind", "planted"), PLANTED, ids=[f"{k}:{p}" for k, p in PLANTED])
+def test_a_folder_planted_as_a_link_out_is_never_written_through(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, kind: str, planted: str
+) -> None:
+    """A repository's folder (or the bookkeeping's) that is a link leading out of the folder
+    blobdl was given: refused before any download, one line, nothing written out there."""
+    where, outside = tmp_path / "dest", tmp_path / "outside"
+    outside.mkdir()
+    link = where / planted.format(commit=_commit(repos))
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside, target_is_directory=True)
+    option = "--local-dir" if kind == "local-dir" else "--cache-dir"
+    before = len(hub.log())
+    done = blobdl_hf(hub, tmp_path, "acme/small", option, str(where))
+    assert done.returncode == 5, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "symbolic link" in lines[-1] and lines[-1].startswith("blobdl: error:"), lines
+    assert list(outside.iterdir()) == []
+    assert resolves(hub, before) == [] and hub.storage.stats()["requests"] == 0
+
+
+def test_the_local_dir_itself_may_be_a_link(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """The folder the user names is theirs to put anywhere: a link to it is followed."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "ld").symlink_to(real)
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(tmp_path / "ld"))
+    assert done.returncode == 0, done.stderr
+    assert contents(real) == repos["acme/small"].contents[_commit(repos)]
+
+
+@pytest.mark.parametrize("kind", ["local-dir", "cache"])
+def test_special_files_and_links_planted_at_a_files_name_are_replaced_not_read_or_followed(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, kind: str
+) -> None:
+    """A FIFO where an empty file goes (opening it to hash it would wait for a writer
+    forever), a link to a file of someone else's where a file goes: each is replaced by the
+    file (or its link to the blob), the other file untouched."""
+    where, victim = tmp_path / "dest", tmp_path / "victim"
+    files = (
+        where / "models--acme--small" / "snapshots" / _commit(repos) if kind == "cache" else where
+    )
+    files.mkdir(parents=True)
+    os.mkfifo(files / "empty.txt")
+    victim.write_bytes(b"precious\n")
+    (files / "config.json").symlink_to(victim)
+    done = blobdl_hf(hub, tmp_path, "acme/small", f"--{kind}", str(where))
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == files
+    assert contents(files) == repos["acme/small"].contents[_commit(repos)]
+    assert victim.read_bytes() == b"precious\n"
+    if kind == "cache":
+        assert os.readlink(files / "config.json").startswith("../../blobs/")
+    else:
+        assert not (files / "config.json").is_symlink()
+
+
+def test_a_cache_huggingface_hub_filled_without_links_is_kept_as_it_is(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Where it cannot link (``HF_HUB_DISABLE_SYMLINKS``), huggingface_hub moves each new
+    blob into the snapshot: ``blobs/`` stays empty. Those copies are the files: replacing
+    them with links to blobs that are not there would lose them."""
+    cache = tmp_path / "cache"
+    env = {**hf_env(hub.url, tmp_path / "home"), "HF_HUB_DISABLE_SYMLINKS": "1"}
+    got = call(env, "snapshot_download", repo_id="acme/small", cache_dir=str(cache))
+    assert "error" not in got, got
+    before = tree(cache)
+    hub.reset()
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert tree(cache) == before and hub.storage.stats()["requests"] == 0
+    offline = hf_env(hub.url, tmp_path / "home", offline=True)
+    got = call(offline, "snapshot_download", repo_id="acme/small", cache_dir=str(cache))
+    assert contents(Path(got["path"])) == repos["acme/small"].contents[_commit(repos)], got
+
+
+# --- how many files at once -------------------------------------------------------------------
+
+
+def _limit_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+
+
+def test_a_repository_of_more_files_than_may_be_open_at_once(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Each blob is claimed on its own lock file: a repository of more files than the
+    process may hold open (1,024 by default) must not fail for it."""
+    cache = tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "acme/many", "--cache-dir", str(cache), *FAST],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=hf_env(hub.url, tmp_path / "home"),
+        preexec_fn=_limit_open_files,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        contents(Path(done.stdout.strip()))
+        == repos["acme/many"].contents[_commit(repos, "acme/many")]
+    )
+
+
+# --- what a stopped run leaves ----------------------------------------------------------------
+
+LEFT = (".blobdl-part", ".blobdl-part.blobdl-tmp", ".blobdl-part.blobdl-state")
+
+
+@pytest.mark.parametrize("linked", [True, False], ids=["snapshot-complete", "links-missing"])
+def test_what_a_stopped_run_left_goes_once_the_blob_is_there(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, linked: bool
+) -> None:
+    """A run stopped mid-download leaves its partial beside the blob's name; if the blob
+    then arrives another way (huggingface_hub, another run), the next run removes the
+    partial (it could be most of a 10 GB shard) instead of keeping it for ever."""
+    cache = tmp_path / "cache"
+    env = hf_env(hub.url, tmp_path / "home")
+    got = call(env, "snapshot_download", repo_id="acme/small", cache_dir=str(cache))
+    assert "error" not in got, got
+    blobs = cache / "models--acme--small" / "blobs"
+    names = sorted(p.name for p in blobs.iterdir())
+    for name in names:
+        for suffix in LEFT:
+            (blobs / f"{name}{suffix}").write_bytes(b"partial")
+    if not linked:
+        for link in Path(got["path"]).rglob("*"):
+            if link.is_symlink():
+                link.unlink()
+    hub.reset()
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in blobs.iterdir()) == names
+    assert hub.storage.stats()["requests"] == 0
+    assert contents(Path(got["path"])) == repos["acme/small"].contents[_commit(repos)]
+
+
+def test_what_a_stopped_run_left_in_a_local_dir_goes_once_the_file_is_there(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    ld = tmp_path / "ld"
+    assert blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(ld)).returncode == 0
+    before = tree(ld)
+    download = ld / ".cache" / "huggingface" / "download"
+    for path in ("config.json", "sub/dir/notes.txt", "w.safetensors"):
+        for suffix in LEFT:
+            (download / f"{path}{suffix}").write_bytes(b"partial")
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(ld))
+    assert done.returncode == 0, done.stderr
+    after = tree(ld)
+    assert set(after) == set(before)
+
+
+# --- what a local dir cannot hold ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", [".cache", ".cache/huggingface", ".cache/huggingface/download/a.txt.metadata"]
+)
+def test_a_file_in_the_way_of_the_local_dirs_bookkeeping_is_refused_unless_left_out(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, path: str
+) -> None:
+    """A repository file that would be (or hold) ``.cache/huggingface``: one line before any
+    download, nothing written; left out with ``--exclude``, the rest comes down."""
+    odd = HubRepo("acme/odd")
+    odd.commit({path: b"in the way\n", "a.txt": b"a\n"})
+    hub.publish([*repos.values(), odd])
+    ld = tmp_path / "ld"
+    done = blobdl_hf(hub, tmp_path, "acme/odd", "--local-dir", str(ld))
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"the repository holds {path!r}, in the way" in lines[0], lines
+    assert contents(ld) == {}
+    done = blobdl_hf(hub, tmp_path, "acme/odd", "--local-dir", str(ld), "--exclude", ".cache*")
+    assert done.returncode == 0, done.stderr
+    assert contents(ld) == {"a.txt": b"a\n"}
+
+
+def test_a_local_dir_that_is_a_file_is_named_as_such(hub: HubHandle, tmp_path: Path) -> None:
+    (tmp_path / "ld").write_bytes(b"a file\n")
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(tmp_path / "ld"))
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"blobdl: error: {tmp_path / 'ld'}: is a file, not a directory"
+    ]
+
+
+# --- a revision that moves ----------------------------------------------------------------------
+
+
+def test_a_branch_pushed_to_between_the_listing_and_the_downloads_comes_down_as_listed(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Every file is resolved at the commit the branch named when it was listed: a push
+    landing meanwhile neither mixes two commits into one snapshot nor fails the run."""
+    moving = HubRepo("acme/moving")
+    first = {"config.json": b'{"v": 1}\n', "w.safetensors": os.urandom(100_000)}
+    listed = moving.commit(first)
+    pushed = moving.commit({"config.json": b'{"v": 2}\n', "w.safetensors": os.urandom(100_000)},
+                           branch=None)  # fmt: skip
+    moving.moves = {"main": pushed}
+    hub.publish([*repos.values(), moving])
+    cache = tmp_path / "cache"
+    done = blobdl_hf(hub, tmp_path, "acme/moving", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).name == listed and contents(Path(done.stdout.strip())) == first
+    assert (cache / "models--acme--moving" / "refs" / "main").read_text() == listed
+    offline = hf_env(hub.url, tmp_path / "home", offline=True)
+    got = call(offline, "snapshot_download", repo_id="acme/moving", cache_dir=str(cache))
+    assert contents(Path(got["path"])) == first, got
