@@ -89,14 +89,16 @@ def _wait_for(semaphore: Any, stop: Callable[[], bool]) -> None:
 
 
 def _take_pair(pair: tuple[Any, Any], held: list[Any]) -> bool:
-    """One more lease of the host and of the batch, if both are free now."""
+    """One more lease of the host and of the batch, if both are free now (a host lease
+    without its batch lease is given back: kept, another item of the host would wait for a
+    connection nobody uses)."""
     host, everyone = pair
     if not host.acquire(timeout=0):
         return False
-    held.append(host)
     if not everyone.acquire(timeout=0):
+        host.release()
         return False
-    held.append(everyone)
+    held += [host, everyone]
     return True
 
 
