@@ -91,6 +91,18 @@ class DaskCluster:
         pids: dict[str, int] = json.loads(done.stdout)
         return pids
 
+    def on_workers(self, source: str) -> dict[str, Any]:
+        """{worker name: what ``probe()`` returned there}, where ``source`` defines
+        ``probe()`` (it is shipped by value, and must return JSON); asked by a client of its
+        own process, as ``worker_pids``."""
+        ask = [sys.executable, "-c", _ASK_PROBE, self.address, source]
+        env = {**os.environ, **TEST_CONFIG}
+        done = subprocess.run(ask, capture_output=True, text=True, env=env, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"probe failed: {done.stderr[-2000:]}")
+        found: dict[str, Any] = json.loads(done.stdout)
+        return found
+
     def own_pids(self) -> set[int]:
         """The cluster's own processes: scheduler, nannies, worker processes, their trackers."""
         pids: set[int] = set()
@@ -173,6 +185,17 @@ with Client(address, timeout=timeout) as client:
     pids = client.run(os.getpid)
     names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
     print(json.dumps({names[a]: pid for a, pid in pids.items()}))
+"""
+
+_ASK_PROBE = """
+import json, sys
+from distributed import Client
+address, source = sys.argv[1], sys.argv[2]
+exec(source)
+with Client(address, timeout=30) as client:
+    found = client.run(probe)
+    names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
+    print(json.dumps({names[a]: value for a, value in found.items()}))
 """
 
 

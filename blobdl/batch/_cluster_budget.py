@@ -68,6 +68,18 @@ def leases(budget: Budget, host: str, wanted: int, stop: Callable[[], bool]) -> 
         for semaphore in reversed(held):
             with contextlib.suppress(Exception):  # the scheduler gone: the leases expire there
                 semaphore.release()
+        for semaphore in pair:
+            _retire(semaphore)
+
+
+def _retire(semaphore: Any) -> None:
+    """Stop the object's lease refresher. Dask stops it only when the object is collected,
+    which the running refresher itself prevents: every task would leave two timers behind
+    on its worker's event loop, for as long as the worker lives."""
+    refresher = getattr(semaphore, "refresh_callback", None)  # none with lease-timeout: inf
+    if refresher is not None:
+        with contextlib.suppress(Exception):  # the worker closing: its loop with it
+            semaphore.loop.add_callback(refresher.stop)  # the loop's own thread stops it
 
 
 def _wait_for(semaphore: Any, stop: Callable[[], bool]) -> None:
@@ -77,14 +89,16 @@ def _wait_for(semaphore: Any, stop: Callable[[], bool]) -> None:
 
 
 def _take_pair(pair: tuple[Any, Any], held: list[Any]) -> bool:
-    """One more lease of the host and of the batch, if both are free now."""
+    """One more lease of the host and of the batch, if both are free now (a host lease
+    without its batch lease is given back: kept, another item of the host would wait for a
+    connection nobody uses)."""
     host, everyone = pair
     if not host.acquire(timeout=0):
         return False
-    held.append(host)
     if not everyone.acquire(timeout=0):
+        host.release()
         return False
-    held.append(everyone)
+    held += [host, everyone]
     return True
 
 

@@ -123,6 +123,31 @@ def test_the_per_host_cap_holds_across_the_whole_cluster(
         other.stop()
 
 
+# The lease refreshers running on a worker: one per distributed.Semaphore object there that
+# was never stopped (Dask stops one only when its object is collected, which the refresher
+# itself prevents).
+LEASE_REFRESHERS = """
+def probe():
+    import gc
+    from distributed import Semaphore
+    from tornado.ioloop import PeriodicCallback
+    return sum(1 for o in gc.get_objects() if isinstance(o, PeriodicCallback) and o.is_running()
+               and isinstance(getattr(o.callback, "__self__", None), Semaphore))
+"""
+
+
+def test_a_batch_leaves_no_lease_refresher_running_on_the_workers(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blobs = [make(64 * KB, seed) for seed in range(41, 47)]
+    lines = [f"{b.url} {tmp_path / b.name}" for b in blobs]
+    done = run_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address, "-q", *SMALL)
+    assert done.returncode == 0, done.stderr
+    # Every item took leases on a worker (its probe's, its download's): a long-lived cluster
+    # must not keep a timer per lease ever taken.
+    assert cluster.on_workers(LEASE_REFRESHERS) == {"w-a": 0, "w-b": 0}
+
+
 # --- faults -----------------------------------------------------------------------------------
 
 
