@@ -83,25 +83,27 @@ class DaskCluster:
         worker started) have joined; asked of the scheduler by a client of its own process,
         so that no Dask thread lingers in the caller."""
         count = len(self.workers) if count is None else count
-        ask = [sys.executable, "-c", _ASK_WORKERS, self.address, str(count), str(READY_TIMEOUT)]
-        env = {**os.environ, **TEST_CONFIG}
-        done = subprocess.run(ask, capture_output=True, text=True, env=env, timeout=60)
-        if done.returncode != 0:
-            raise RuntimeError(f"workers did not join: {done.stderr[-2000:]}")
-        pids: dict[str, int] = json.loads(done.stdout)
+        pids: dict[str, int] = self._ask(
+            "workers did not join", _ASK_WORKERS, str(count), str(READY_TIMEOUT)
+        )
         return pids
 
     def on_workers(self, source: str) -> dict[str, Any]:
         """{worker name: what ``probe()`` returned there}, where ``source`` defines
         ``probe()`` (it is shipped by value, and must return JSON); asked by a client of its
         own process, as ``worker_pids``."""
-        ask = [sys.executable, "-c", _ASK_PROBE, self.address, source]
+        found: dict[str, Any] = self._ask("probe failed", _ASK_PROBE, source)
+        return found
+
+    def _ask(self, failure: str, program: str, *args: str) -> Any:
+        """What ``program`` (a client of its own process, given the scheduler's address and
+        ``args``) printed as JSON."""
+        ask = [sys.executable, "-c", program, self.address, *args]
         env = {**os.environ, **TEST_CONFIG}
         done = subprocess.run(ask, capture_output=True, text=True, env=env, timeout=60)
         if done.returncode != 0:
-            raise RuntimeError(f"probe failed: {done.stderr[-2000:]}")
-        found: dict[str, Any] = json.loads(done.stdout)
-        return found
+            raise RuntimeError(f"{failure}: {done.stderr[-2000:]}")
+        return json.loads(done.stdout)
 
     def own_pids(self) -> set[int]:
         """The cluster's own processes: scheduler, nannies, worker processes, their trackers."""
