@@ -19,14 +19,49 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..store._files import open_own, take_lock
+from ._oci import Blob
+from ._owner import Owner
 
 CLAIM_SUFFIX = ".claim"
 FETCH_SUFFIX = ".pull-lock"
-Owner = tuple[int, int] | None  # uid, gid new files take (a store root writes for another user)
+
+
+class Claims:
+    """The claims and fetch locks of one store's ``blobs-partial/``, made as ``owner``'s."""
+
+    def __init__(self, partial: Path, owner: Owner) -> None:
+        self.partial, self.owner = partial, owner
+
+    @contextlib.contextmanager
+    def shared(self, blobs: Iterable[Blob]) -> Iterator[None]:
+        """Hold every blob's claim, shared, for the block: nobody deletes them meanwhile."""
+        held = [LockFile(self.claim_path(b.hex), self.owner) for b in sorted(set(blobs))]
+        try:
+            for lock in held:
+                lock.take(shared=True, wait=True)
+            yield
+        finally:
+            for lock in held:
+                lock.release()
+
+    def fetching(self, blob: Blob, wait: bool) -> contextlib.AbstractContextManager[bool]:
+        """The right to fetch ``blob``; yields False (not waiting) if another pull has it."""
+        return locked(self.partial / f"sha256-{blob.hex}{FETCH_SUFFIX}",
+                      shared=False, wait=wait, owner=self.owner)  # fmt: skip
+
+    def exclusive(
+        self, digest: str, look_only: bool = False
+    ) -> contextlib.AbstractContextManager[bool]:
+        """The right to delete a blob: yields False (not waiting) while a pull claims it."""
+        return locked(self.claim_path(digest[7:]), shared=False, wait=False, owner=self.owner,
+                      look_only=look_only)  # fmt: skip
+
+    def claim_path(self, hexdigest: str) -> Path:
+        return self.partial / f"sha256-{hexdigest}{CLAIM_SUFFIX}"
 
 
 class LockFile:

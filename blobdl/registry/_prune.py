@@ -13,7 +13,8 @@
 
 Never what a running pull holds: every group of files is removed only while its locks are
 held here, taken without waiting (a pull holding one keeps it all). ``dry_run`` takes the
-locks only to look: it creates and removes nothing.
+locks only to look: it creates and removes nothing. Unused blobs go through ``free``, which
+``pull`` also calls for the blobs a moved tag left.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +40,13 @@ _PARTIAL = re.compile(r"(sha256-[0-9a-f]{64})(.*)", re.DOTALL)
 _SCRATCH = re.compile(r"manifest-\d+-[0-9a-f]{8}")  # Store._scratch_file
 _OLD_SCRATCH = re.compile(r"\..+\.tmp-\d+(?:-[0-9a-f]{8})?", re.DOTALL)  # older versions
 BUSY = "a running pull holds it"
+FREE_BATCH = 64  # blobs whose claims (open lock files) freeing holds at once
+
+
+class Freed(NamedTuple):
+    removed: list[tuple[str, int]]  # (digest, bytes on disk)
+    kept: list[str]  # unused, but kept: a manifest Ollama cannot read may need them
+    busy: list[str]  # claimed by a running pull
 
 
 class Removal(NamedTuple):
@@ -88,7 +96,7 @@ def prune(
         why = f"an ollama pull is running: {writing} changed within the hour"
         kept += [Kept(_blob(store, d), why) for d in unused]
         unused = []
-    freed = store.free(unused, dry_run=dry_run)
+    freed = free(store, unused, dry_run=dry_run)
     removed += [Removal(_blob(store, d), n, "unused blob") for d, n in freed.removed]
     kept += [Kept(_blob(store, d), BUSY) for d in freed.busy]
     removed += _folders(store.manifests, dry_run, now - SCRATCH_AGE)
@@ -96,6 +104,42 @@ def prune(
     strays = [p for p in after.strays if not any(r.path == p for r in removed)]
     return PruneReport(location.path, location.source, tuple(removed), tuple(kept),
                        after.unreadable, tuple(strays), dry_run)  # fmt: skip
+
+
+def free(store: Store, digests: Iterable[str], *, dry_run: bool = False) -> Freed:
+    """Delete the blobs of ``digests`` that no manifest names and no pull claims, as
+    ``ollama pull`` deletes the layers a moved tag left: their claims are taken first,
+    the manifests read next, so a manifest written meanwhile is seen. Nothing is deleted
+    while a manifest Ollama cannot read is in the store (it may need them). The claims
+    are lock files held open: ``FREE_BATCH`` blobs at a time."""
+    wanted = sorted({d for d in digests if BLOB_DIGEST.fullmatch(d)})
+    if wanted and not dry_run:
+        store.folder(store.partial)  # for the claims (a store only Ollama wrote has none)
+    freed = Freed([], [], [])
+    for start in range(0, len(wanted), FREE_BATCH):
+        batch = _free(store, wanted[start : start + FREE_BATCH], dry_run)
+        freed.removed.extend(batch.removed)
+        freed.kept.extend(batch.kept)
+        freed.busy.extend(batch.busy)
+    return freed
+
+
+def _free(store: Store, wanted: list[str], dry_run: bool) -> Freed:
+    removed: list[tuple[str, int]] = []
+    with contextlib.ExitStack() as stack:
+        claim = store.claims.exclusive
+        mine = [d for d in wanted if stack.enter_context(claim(d, dry_run))]
+        catalog = store.catalog()
+        referenced = {d.lower() for d in catalog.referenced}
+        unused = [d for d in mine if d not in referenced]
+        busy = [d for d in wanted if d not in mine]
+        if catalog.unreadable:
+            return Freed([], unused, busy)
+        for digest in unused:
+            size = store.blob_bytes(digest) if dry_run else store.remove_blob(digest)
+            if size is not None:
+                removed.append((digest, size))
+    return Freed(removed, [], busy)
 
 
 def _partials(store: Store, dry_run: bool, removed: list[Removal], kept: list[Kept]) -> None:

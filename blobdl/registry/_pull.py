@@ -27,6 +27,7 @@ from ..events import DownloadResult, Event
 from ._catalog import decode
 from ._names import Reference, adopt_case, parse_reference, require_reachable
 from ._oci import Blob, Manifest, Registry
+from ._prune import free
 from ._pull_cluster import WorkerEvent, on_every_store, on_one_worker
 from ._store import Store, locate, ollama_env
 
@@ -118,7 +119,7 @@ def pull(
     # storage), never as the engine's headers for every URL a blob's GET ends up at.
     fetcher = _Fetcher(store, registry, dataclasses.replace(base, headers=()), on_event)
     allow_open_files(len(manifest.blobs))
-    with store.claims(manifest.blobs):
+    with store.claims.shared(manifest.blobs):
         # Touched when found, so that Ollama's prune spares them while we fetch the rest.
         missing = [b for b in manifest.blobs if not (store.has(b) and store.touch(b))]
         _require_sizes(store, [b for b in manifest.blobs if b not in missing], reference)
@@ -229,7 +230,7 @@ def _free_moved(
     left = (old or frozenset()) - {b.digest for b in manifest.blobs}
     if not left or no_prune(env):
         return (), ()
-    freed = store.free(left)
+    freed = free(store, left)
     return tuple(freed.removed), tuple(freed.kept)
 
 
@@ -256,14 +257,15 @@ class _Fetcher:
         lock is a file held open); then, one by one, what another pull was fetching and
         did not finish."""
         waiting = []
+        fetching = self.store.claims.fetching
         for start in range(0, len(blobs), FETCH_BATCH):
             batch = blobs[start : start + FETCH_BATCH]
             with contextlib.ExitStack() as held:
-                mine = [b for b in batch if held.enter_context(self.store.fetching(b, False))]
+                mine = [b for b in batch if held.enter_context(fetching(b, False))]
                 self._fetch([b for b in mine if not self.store.has(b)])
             waiting += [b for b in batch if b not in mine]
         for blob in waiting:
-            with self.store.fetching(blob, wait=True):
+            with fetching(blob, wait=True):
                 if not self.store.has(blob):
                     self._fetch([blob])
         return self.fetched

@@ -11,10 +11,11 @@ A blob is downloaded to ``blobs-partial/``, digest-checked by the engine, then r
 blobs older than an hour that no manifest names, so every blob a manifest names is touched
 just before the manifest is written, and checked present after. The manifest is written by
 rename from ``.blobdl-tmp/``, never from a file at depth 4 of ``manifests/``, where Ollama
-would read a leftover as a (corrupt) model. Who uses which blob is ``_claims``.
+would read a leftover as a (corrupt) model. Who uses which blob is ``_claims``; deleting the
+blobs nobody uses, ``_prune.free``.
 
 ``locate`` finds the store Ollama reads; when root writes into a store another user owns
-(Ollama's service runs as ``ollama``), new files and folders take that owner.
+(Ollama's service runs as ``ollama``), new files and folders take that owner (``_owner``).
 """
 
 from __future__ import annotations
@@ -24,38 +25,25 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import InsufficientSpace, LocalFileError
 from ..store._destination import temp_path
 from ..store._digest import sha256_fd
-from ..store._files import (
-    atomic_write,
-    directory_problem,
-    fsync_dir,
-    local_error,
-    local_errors,
-    open_own,
-)
+from ..store._files import atomic_write, fsync_dir, local_error, local_errors, open_own
 from ._catalog import Catalog, read_digests, scan
-from ._claims import CLAIM_SUFFIX, FETCH_SUFFIX, LockFile, Owner, is_at, locked
+from ._claims import Claims, is_at
 from ._names import GO_SPACE, Reference
 from ._oci import Blob, Manifest
+from ._owner import enter, hand_over, identity, make_dirs, owner_for
 
 PARTIAL_DIR = "blobs-partial"
 SCRATCH_DIR = ".blobdl-tmp"
 SERVICE_STORE = Path("/usr/share/ollama/.ollama/models")  # Ollama's Linux service (install.sh)
 BLOB_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # what names a file in blobs/ (fullmatch)
 WRITE_TRIES = 3  # a folder removed under us (a prune of empty folders) is made again
-FREE_BATCH = 64  # blobs whose claims (open lock files) freeing holds at once
-
-
-class Freed(NamedTuple):
-    removed: list[tuple[str, int]]  # (digest, bytes on disk)
-    kept: list[str]  # unused, but kept: a manifest Ollama cannot read may need them
-    busy: list[str]  # claimed by a running pull
 
 
 class Location(NamedTuple):
@@ -97,11 +85,12 @@ class Store:
         self.partial = root / PARTIAL_DIR
         self.manifests = root / "manifests"
         self.scratch = root / SCRATCH_DIR
+        self.claims = Claims(self.partial, self.owner)  # who uses a blob
         if create:
             make_dirs(root, self.owner)
         for folder in (self.blobs, self.partial, self.scratch, self.manifests):
             self.folder(folder, create=create and folder != self.manifests)
-        self._partial_id = _identity(self.partial)  # the folder we checked, to know it again
+        self._partial_id = identity(self.partial)  # the folder we checked, to know it again
         if create and not stat.S_ISDIR(os.lstat(self.scratch).st_mode):
             raise LocalFileError(str(self.scratch), "is not a directory (a link?); remove it")
 
@@ -111,13 +100,7 @@ class Store:
         a link is followed only if we or root made it: one another user planted (root
         pulling into the store of Ollama's service user) could send our writes, and the
         files we give that user, anywhere."""
-        current = self.root
-        for name in path.relative_to(self.root).parts:
-            current = current / name
-            if not _store_folder(current, create, self.owner):
-                return  # missing, and not to be made: nothing below it either
-        if create and not os.access(path, os.W_OK | os.X_OK):
-            raise LocalFileError(str(path), "not writable")
+        enter(self.root, path, self.owner, create=create)
 
     def trusted(self, path: Path) -> bool:
         """Whether every folder from the store's root down to ``path`` is one we may follow."""
@@ -138,35 +121,6 @@ class Store:
 
     def catalog(self) -> Catalog:
         return scan(self.manifests)
-
-    # --- who uses a blob --------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def claims(self, blobs: Iterable[Blob]) -> Iterator[None]:
-        """Hold every blob's claim, shared, for the block: nobody deletes them meanwhile."""
-        held = [LockFile(self.claim_path(b.hex), self.owner) for b in sorted(set(blobs))]
-        try:
-            for lock in held:
-                lock.take(shared=True, wait=True)
-            yield
-        finally:
-            for lock in held:
-                lock.release()
-
-    def fetching(self, blob: Blob, wait: bool) -> contextlib.AbstractContextManager[bool]:
-        """The right to fetch ``blob``; yields False (not waiting) if another pull has it."""
-        return locked(self.partial / f"sha256-{blob.hex}{FETCH_SUFFIX}",
-                      shared=False, wait=wait, owner=self.owner)  # fmt: skip
-
-    def exclusive_claim(
-        self, digest: str, look_only: bool = False
-    ) -> contextlib.AbstractContextManager[bool]:
-        """The right to delete a blob: yields False (not waiting) while a pull claims it."""
-        return locked(self.claim_path(digest[7:]), shared=False, wait=False, owner=self.owner,
-                      look_only=look_only)  # fmt: skip
-
-    def claim_path(self, hexdigest: str) -> Path:
-        return self.partial / f"sha256-{hexdigest}{CLAIM_SUFFIX}"
 
     # --- blobs ------------------------------------------------------------------------------
 
@@ -244,25 +198,7 @@ class Store:
         """The engine's files of ``blobs`` in ``blobs-partial/`` (a partial kept for a resume,
         its state, a staged blob), made by us, become the store's owner's, as all we add:
         that user can resume them. (A pull killed outright leaves them ours.)"""
-        if self.owner is None:
-            return
-        prefixes = tuple(f"sha256-{blob.hex}" for blob in blobs)
-        try:
-            fd = os.open(self.partial, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            info = os.fstat(fd)
-            if (info.st_dev, info.st_ino) != self._partial_id:
-                return  # not the folder we checked (moved under us): give nothing away
-            for name in os.listdir(fd):
-                if name.startswith(prefixes):
-                    with contextlib.suppress(OSError):
-                        os.chown(name, *self.owner, dir_fd=fd, follow_symlinks=False)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        hand_over(self.partial, self._partial_id, self.owner, (f"sha256-{b.hex}" for b in blobs))
 
     def touch(self, blob: Blob) -> bool:
         """Set the blob's mtime to now (the entry itself, as Ollama's prune reads it);
@@ -275,39 +211,6 @@ class Store:
         except OSError as exc:
             raise local_error(path, exc) from None
         return True
-
-    def free(self, digests: Iterable[str], *, dry_run: bool = False) -> Freed:
-        """Delete the blobs of ``digests`` that no manifest names and no pull claims, as
-        ``ollama pull`` deletes the layers a moved tag left: their claims are taken first,
-        the manifests read next, so a manifest written meanwhile is seen. Nothing is deleted
-        while a manifest Ollama cannot read is in the store (it may need them). The claims
-        are lock files held open: ``FREE_BATCH`` blobs at a time."""
-        wanted = sorted({d for d in digests if BLOB_DIGEST.fullmatch(d)})
-        if wanted and not dry_run:
-            self.folder(self.partial)  # for the claims (a store only Ollama wrote has none)
-        freed = Freed([], [], [])
-        for start in range(0, len(wanted), FREE_BATCH):
-            batch = self._free(wanted[start : start + FREE_BATCH], dry_run)
-            freed.removed.extend(batch.removed)
-            freed.kept.extend(batch.kept)
-            freed.busy.extend(batch.busy)
-        return freed
-
-    def _free(self, wanted: list[str], dry_run: bool) -> Freed:
-        removed: list[tuple[str, int]] = []
-        with contextlib.ExitStack() as stack:
-            mine = [d for d in wanted if stack.enter_context(self.exclusive_claim(d, dry_run))]
-            catalog = self.catalog()
-            referenced = {d.lower() for d in catalog.referenced}
-            unused = [d for d in mine if d not in referenced]
-            busy = [d for d in wanted if d not in mine]
-            if catalog.unreadable:
-                return Freed([], unused, busy)
-            for digest in unused:
-                size = self.blob_bytes(digest) if dry_run else self.remove_blob(digest)
-                if size is not None:
-                    removed.append((digest, size))
-        return Freed(removed, [], busy)
 
     def remove_blob(self, digest: str) -> int | None:
         """Unlink ``blobs/sha256-<hex>`` (a link itself, never its target); the bytes it
@@ -367,73 +270,3 @@ class Store:
         with contextlib.suppress(OSError):
             if path.read_bytes() == manifest.raw:
                 path.unlink()
-
-
-def _identity(folder: Path) -> tuple[int, int] | None:
-    try:
-        info = os.stat(folder)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-def owner_for(root: Path) -> Owner:
-    """Whom new files and folders belong to: when root writes into a store that another
-    user owns (the store, or the nearest folder above it that exists), that user; else
-    None (they are the writer's)."""
-    if os.geteuid() != 0:
-        return None
-    for folder in (root, *root.parents):
-        try:
-            info = os.stat(folder)
-        except OSError:
-            continue
-        owner = (info.st_uid, info.st_gid)
-        return None if owner == (os.geteuid(), os.getegid()) else owner
-    return None
-
-
-def make_dirs(folder: Path, owner: Owner = None) -> None:
-    """Create ``folder`` (the store's root) and its parents as 0755 (whatever the umask),
-    owned by ``owner``."""
-    missing = []
-    for parent in (folder, *folder.parents):
-        if parent.is_dir():
-            break
-        missing.append(parent)
-    for path in reversed(missing):
-        _make_dir(path, owner)
-
-
-def _make_dir(path: Path, owner: Owner) -> None:
-    with local_errors(path), contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o755)
-        os.chmod(path, 0o755)
-        if owner is not None:
-            os.chown(path, *owner, follow_symlinks=False)
-
-
-def _store_folder(path: Path, create: bool, owner: Owner) -> bool:
-    """Whether ``path`` (a name inside the store) is a folder we may go into, made if
-    missing and ``create``; False if missing and not made. A link must be ours or root's;
-    anything else that is no folder is named."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        if not create:
-            return False
-        _make_dir(path, owner)
-        info = os.lstat(path)
-    except OSError as exc:
-        raise local_error(path, exc) from None
-    if stat.S_ISLNK(info.st_mode):
-        if info.st_uid not in (0, os.geteuid()):
-            raise LocalFileError(
-                str(path), "is a symbolic link made by another user; refusing to follow it"
-            )
-        if not os.path.exists(path):
-            raise LocalFileError(str(path), "is a symbolic link to nothing")
-    problem = directory_problem(path)
-    if problem is not None:
-        raise problem
-    return True
