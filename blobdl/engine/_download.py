@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .._redact import redact_url
-from ..config import Settings
-from ..errors import BlobdlError, DestinationExists, DigestMismatch, UsageError
+from ..config import Settings, overridden
+from ..errors import BlobdlError, DestinationExists, DigestMismatch
 from ..events import (
     DownloadResult,
     Event,
@@ -71,11 +71,7 @@ class Downloader:
     """Downloads blobs with one frozen ``Settings``; safe to reuse for many downloads."""
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
-        base = settings or Settings()
-        unknown = set(overrides) - Settings.field_names()
-        if unknown:
-            raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        self.settings = dataclasses.replace(base, **overrides) if overrides else base
+        self.settings = overridden(settings, overrides)
 
     def download(
         self,
