@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from .._redact import redact_url
 from ..config import Settings, overridden
 from ..engine._counter_table import CounterTable
-from ..engine._download import Downloader, default_name, name_from_url
+from ..engine._download import Downloader
 from ..engine._plan import one_request, useful_lanes
 from ..engine._share import Share, Shares
 from ..errors import BlobdlError, Interrupted, LocalFileError, UsageError
@@ -42,6 +42,7 @@ from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._signals import Interrupts, interrupted
 from ..processes._spawn import start
+from ..store._names import default_name, name_from_url
 from ._budget import Budget
 from ._items import (
     BatchCallback,
