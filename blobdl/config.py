@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from ._redact import redact_url
@@ -168,6 +170,17 @@ class Settings:
     @classmethod
     def field_names(cls) -> frozenset[str]:
         return frozenset(f.name for f in fields(cls))
+
+
+def overridden(settings: Settings | None, overrides: Mapping[str, Any]) -> Settings:
+    """``settings`` (the defaults if None) with ``overrides`` applied, as every entry point
+    that takes ``**settings`` applies them: an unknown name is a ``UsageError``, and the
+    result is validated as any ``Settings`` is."""
+    base = settings or Settings()
+    unknown = set(overrides) - Settings.field_names()
+    if unknown:
+        raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return replace(base, **overrides) if overrides else base
 
 
 # (field, lowest, highest) for the int settings.

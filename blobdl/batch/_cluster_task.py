@@ -25,13 +25,14 @@ from urllib.parse import urlsplit
 
 from .._redact import redact_url
 from ..config import Settings
-from ..engine._download import Downloader, default_name, name_from_url
+from ..engine._download import Downloader
 from ..engine._plan import download_part_count
 from ..errors import BlobdlError, Interrupted, UsageError
 from ..events import DownloadResult, Failed
 from ..http._probe import resolve
 from ..http._remote import Remote
 from ..store._cache import entry_path as cache_entry
+from ..store._names import default_name, name_from_url
 from ._cluster_budget import Budget, leases
 from ._cluster_worker import Channel, Relay, Sent, Stopped, Watch, worker_name
 from ._items import Item, inside

@@ -34,13 +34,13 @@ from typing import Any, NamedTuple
 
 from ..config import Settings
 from ..engine._counter_table import CounterTable
-from ..engine._download import default_name
 from ..engine._small import NotSmall, OneRequest, Seat
 from ..errors import BlobdlError, LocalFileError
 from ..events import DownloadResult, Event
 from ..http._remote import Remote
 from ..processes._spawn import private, seat_pipe, start
 from ..store._destination import sync_dir_quietly
+from ..store._names import default_name
 from ._items import Item, inside
 
 log = logging.getLogger("blobdl")

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._redact import redact_url
-from ..config import Settings
+from ..config import Settings, overridden
 from ..engine._counter_table import CounterTable
-from ..engine._download import Downloader, default_name, name_from_url
+from ..engine._download import Downloader
 from ..engine._plan import one_request, useful_lanes
 from ..engine._share import Share, Shares
 from ..errors import BlobdlError, Interrupted, LocalFileError, UsageError
@@ -42,6 +42,7 @@ from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._signals import Interrupts, interrupted
 from ..processes._spawn import start
+from ..store._names import default_name, name_from_url
 from ._budget import Budget
 from ._items import (
     BatchCallback,
@@ -88,7 +89,7 @@ def download_many(
     item), and an item without a path gets its name from the server inside it."""
     if max_connections < 1 or per_host < 1:
         raise UsageError("max_connections and per_host must be at least 1")
-    base = Downloader(settings, **overrides).settings
+    base = overridden(settings, overrides)
     given = [Item(i) if isinstance(i, str) else i for i in items]
     batch, where = [normalized(item) for item in given], None
     if cluster is not None:

@@ -1,7 +1,8 @@
 """The engine: one download, from the probe to the rename.
 
 ``_download`` tells the story (lock, probe, resume or plan, preallocate, run, verify,
-rename). ``_coordinator`` runs the parts: it launches lanes on the ``_worker`` processes'
+rename) of the ``_order`` it was given, and tells the caller through ``_tell``.
+``_coordinator`` runs the parts: it launches lanes on the ``_worker`` processes'
 threads, samples the ``_counter_table`` they write, and acts on pure decisions: the plan
 (``_plan``), a request's size (``_chunk``), what to steal (``_steal``), what to do after a
 failure (``_failure``). ``_parts`` keeps each part's record and measurements; ``_lane`` is the

@@ -10,6 +10,11 @@ A batch tells a small blob's story with ``_small.OneRequest``, which changes two
 this one: the probe is the first GET, which brings the whole blob (``_probed``), and one
 thread streams it into the temporary file instead of a coordinator (``_fetch``). Every
 other step, and every check, is this module's (``_written`` is the frame both share).
+
+What the story leans on has a home of its own: the order and its result (``_order``),
+telling the caller (``_tell``), a destination already there (``store._existing``), its name
+when none is given (``store._names``), bytes proven bad (``Resume.reject``), and the hasher
+beside the coordinator (``_hasher.hashed_run``).
 """
 
 from __future__ import annotations
@@ -19,29 +24,16 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from .._redact import redact_url
-from ..config import Settings
-from ..errors import BlobdlError, DestinationExists, DigestMismatch, UsageError
-from ..events import (
-    DownloadResult,
-    Event,
-    EventCallback,
-    Failed,
-    Finished,
-    Progress,
-    ProgressCallback,
-    Started,
-)
+from ..config import Settings, overridden
+from ..events import DownloadResult, EventCallback, Finished, ProgressCallback, Started
 from ..http._probe import resolve
 from ..http._remote import Remote
 from ..http._urls import check_url, lift_userinfo
 from ..processes import _clean_process
-from ..processes._signals import Stop, commit, held, inner, interrupted, stoppable
+from ..processes._signals import commit, held, inner, stoppable
 from ..store._cache import through_cache
 from ..store._destination import (
     check_destination,
@@ -49,21 +41,21 @@ from ..store._destination import (
     finalize,
     open_temp,
     reserve,
-    safe_basename,
     set_size,
 )
-from ..store._digest import parse_digest, sha256_file
-from ..store._files import local_error, require_regular
+from ..store._digest import parse_digest
+from ..store._existing import kept_size
 from ..store._lock import DestinationLock
+from ..store._names import default_name, name_from_url
 from ..store._resume import PartRecord, Resume, bytes_done
 from ._coordinator import Coordinator
-from ._hasher import PrefixHasher
+from ._hasher import hashed_run
+from ._order import Order
 from ._parts import Tally
 from ._plan import download_parts
 from ._share import Share
+from ._tell import failures_told, ignore, tell_caller
 
-DEFAULT_NAME = "blobdl.out"
-BAD_SUFFIX = ".blobdl-bad"
 log = logging.getLogger("blobdl")
 
 
@@ -71,11 +63,7 @@ class Downloader:
     """Downloads blobs with one frozen ``Settings``; safe to reuse for many downloads."""
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
-        base = settings or Settings()
-        unknown = set(overrides) - Settings.field_names()
-        if unknown:
-            raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        self.settings = dataclasses.replace(base, **overrides) if overrides else base
+        self.settings = overridden(settings, overrides)
 
     def download(
         self,
@@ -93,7 +81,7 @@ class Downloader:
         part stalled, finished, failed); ``on_progress`` only the progress ones.
         Raises a ``BlobdlError`` subclass on failure, leaving nothing at ``path``.
         """
-        tell = _tell_caller(on_progress, on_event)
+        tell = tell_caller(on_progress, on_event)
         # user:pass@ becomes an Authorization header here, once: no URL downstream holds it.
         bare, headers = lift_userinfo(url, self.settings.headers)
         if bare == url:
@@ -114,7 +102,7 @@ class Downloader:
         """``download()`` for a remote that was already probed (``download_many`` probes to
         share out connections); the remote is still revalidated against any resume state.
         ``share``: what its batch lets it use now, if it is a batch's item."""
-        tell = _tell_caller(on_progress, on_event)
+        tell = tell_caller(on_progress, on_event)
         return self._run(remote.url, remote, path, digest, tell, share)
 
     def _run(
@@ -140,11 +128,11 @@ class Downloader:
         tell: EventCallback,
         share: Share | None = None,
     ) -> DownloadResult:
-        order = _Order(url, None, time.monotonic(), tell, share)
+        order = Order(url, None, time.monotonic(), tell, share)
         # SIGTERM, like Ctrl-C, stops it wherever it is (exit 130, the partial kept), until
         # the file is in place: from then on it has succeeded (see _signals).
         with stoppable():
-            try:
+            with failures_told(tell, url, path):
                 check_url(url)
                 expected = parse_digest(digest) if digest else None
                 order = dataclasses.replace(order, expected=expected)
@@ -153,18 +141,11 @@ class Downloader:
                 else:
                     dest, remote = self._destination(order, path, remote)
                     result = self._locked(order, dest, remote)
-            except Stop as stop:  # the signal, as the caller hears of it
-                error = interrupted(stop)
-                _tell_failed(tell, url, path, error)
-                raise error from None
-            except BlobdlError as exc:
-                _tell_failed(tell, url, path, exc)
-                raise
             tell(Finished(result))
             return result
 
     def _destination(
-        self, order: _Order, path: str | os.PathLike[str] | None, remote: Remote | None
+        self, order: Order, path: str | os.PathLike[str] | None, remote: Remote | None
     ) -> tuple[Path, Remote | None]:
         """The checked destination; without a path the name comes from the server."""
         if path is None:
@@ -176,7 +157,7 @@ class Downloader:
         return dest, remote
 
     def _via_cache(
-        self, order: _Order, path: str | os.PathLike[str] | None, remote: Remote | None
+        self, order: Order, path: str | os.PathLike[str] | None, remote: Remote | None
     ) -> DownloadResult:
         """Serve from (or fill) ``cache_dir/sha256-<hex>``, then link the destination."""
         assert order.expected is not None
@@ -189,13 +170,14 @@ class Downloader:
 
         return through_cache(self.settings, order.expected, dest, fill, order.url, order.started)
 
-    def _locked(self, order: _Order, dest: Path, remote: Remote | None) -> DownloadResult:
+    def _locked(self, order: Order, dest: Path, remote: Remote | None) -> DownloadResult:
         with DestinationLock(dest, self.settings.lock_timeout):
             # Checked under the lock: another holder may have just finished this very file.
-            existing = self._existing(order, dest)
-            if existing is not None:
+            kept = kept_size(dest, order.expected, force=self.settings.force)
+            if kept is not None:
+                result = order.in_place(dest, kept)
                 commit()
-                return existing
+                return result
             resume = Resume.beside(dest, order.url, self.settings.resume, order.expected)
             try:
                 remote = self._probed(order, remote)
@@ -206,7 +188,7 @@ class Downloader:
 
     # --- the steps a batch's small download tells its own way (``_small.OneRequest``) ----
 
-    def _probed(self, order: _Order, remote: Remote | None) -> Remote:
+    def _probed(self, order: Order, remote: Remote | None) -> Remote:
         """The remote: as given (already probed), else probed now."""
         return remote or resolve(order.url, self.settings)
 
@@ -218,25 +200,12 @@ class Downloader:
         """The same downloader with some settings changed (a cache entry's filler)."""
         return Downloader(self.settings, **overrides)
 
-    def _existing(self, order: _Order, dest: Path) -> DownloadResult | None:
-        """A destination that is already there: kept if the digest vouches for it."""
-        if not dest.exists():
-            return None
-        require_regular(dest)  # again under the lock: hashing a FIFO would hang
-        if order.expected is not None and sha256_file(dest) == order.expected:
-            size = dest.stat().st_size
-            return DownloadResult(
-                dest, size, order.elapsed(), 0, 0, 0, order.url, "", verified=True
-            )
-        if order.expected is None and not self.settings.force:
-            raise DestinationExists(str(dest))
-        return None
-
-    def _fetch(self, order: _Order, remote: Remote, dest: Path, resume: Resume) -> DownloadResult:
+    def _fetch(self, order: Order, remote: Remote, dest: Path, resume: Resume) -> DownloadResult:
         """The parts of the blob, planned or resumed, run by a coordinator (and hashed by a
         hasher that follows the bytes on disk as they land)."""
         try:
-            remote = self._ranges_again(order, remote, resume)
+            if resume.wants_ranges(remote):  # refused again: BadResponse, and the partial stays
+                remote = resolve(order.url, self.settings, need_ranges=True)
             previous = resume.previous(remote)
             records = previous.parts if previous else self._fresh(order, remote, dest, resume)
         except BaseException as exc:
@@ -253,21 +222,15 @@ class Downloader:
             order.tell(
                 Started(order.url, str(dest), remote.size, len(records), bytes_done(records))
             )
-            with ExitStack() as cleanup:
-                hasher = None
-                if order.expected is not None:
-                    with held():  # a child forked is a child noted, and stopped
-                        hasher = PrefixHasher(fd, coordinator.table)
-                        cleanup.callback(hasher.stop)
-                tally = coordinator.run()
-                return tally, hasher.finish(tally.final_size) if hasher else None
+            hashing = order.expected is not None  # a hasher follows the bytes as they land
+            return hashed_run(fd, coordinator.table, coordinator.run, hashing=hashing)
 
         resumed = previous.done if previous else 0
         return self._written(order, remote, dest, resume, run, resumed, previous is None)
 
     def _written(
         self,
-        order: _Order,
+        order: Order,
         remote: Remote,
         dest: Path,
         resume: Resume,
@@ -291,7 +254,9 @@ class Downloader:
             tally, actual = run(fd)
             if actual is not None and actual != order.expected:
                 with held(drop=True):  # the bytes are bad: that is the outcome
-                    self._reject(resume, dest, order.expected or "", actual)
+                    resume.reject(
+                        dest, order.expected or "", actual, keep_bad=self.settings.keep_bad
+                    )
             commit()  # every byte is in and checked: from here on it is done
             owned, fd = fd, None  # finalize closes it, whatever happens
             self._finalize(owned, resume.temp, dest, tally.final_size)
@@ -301,34 +266,13 @@ class Downloader:
                 _close_quietly(fd)
                 resume.settle(exc)
             raise
-        return DownloadResult(
-            path=dest,
-            size=tally.final_size,
-            elapsed=order.elapsed(),
-            bytes_fetched=tally.bytes_fetched,
-            bytes_received=tally.bytes_received,
-            retries=tally.retries,
-            parts=tally.parts,
-            steals=tally.steals,
-            url=remote.url,
-            final_url=remote.final_url,
-            resumed=resumed,
-            verified=actual is not None,
-        )
+        return order.result(dest, remote, tally, resumed, verified=actual is not None)
 
     def _finalize(self, fd: int, temp: Path, dest: Path, size: int) -> None:
         """Durable, then renamed onto ``dest`` (see ``finalize``)."""
         finalize(fd, temp, dest, size)
 
-    def _ranges_again(self, order: _Order, remote: Remote, resume: Resume) -> Remote:
-        """The probe got a 200, but a partial of this very blob was fetched in ranges: most
-        likely one flaky edge. Probe again (with the retry policy) rather than start over;
-        if ranges stay refused the partial is kept and the BadResponse raised."""
-        if remote.ranges or not resume.holds_partial_of(remote):
-            return remote
-        return resolve(order.url, self.settings, need_ranges=True)
-
-    def _fresh(self, order: _Order, remote: Remote, dest: Path, resume: Resume) -> list[PartRecord]:
+    def _fresh(self, order: Order, remote: Remote, dest: Path, resume: Resume) -> list[PartRecord]:
         """Start over: forget any earlier partial file, check space, plan the parts."""
         resume.forget()
         if remote.size:
@@ -337,43 +281,6 @@ class Downloader:
             remote.size, remote.ranges, self.settings, hashing=order.expected is not None
         )
         return [PartRecord(s.start, s.end, s.start) for s in spans]
-
-    def _reject(self, resume: Resume, dest: Path, expected: str, actual: str) -> None:
-        """A digest mismatch: the bytes are bad; never rename them onto the destination."""
-        resume.finished()
-        if self.settings.keep_bad:
-            bad = dest.with_name(dest.name + BAD_SUFFIX)
-            try:
-                os.replace(resume.temp, bad)  # replaces a link planted at the name
-            except OSError as exc:
-                raise local_error(bad, exc) from None
-        raise DigestMismatch(expected, actual)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Order:
-    url: str
-    expected: str | None  # sha256 hex the bytes must have
-    started: float
-    tell: EventCallback
-    share: Share | None = None  # what its batch lets it use now (None: not a batch's item)
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-
-def _tell_caller(
-    on_progress: ProgressCallback | None, on_event: EventCallback | None
-) -> EventCallback:
-    """One ``tell`` for the coordinator, fanning out to the callbacks the caller gave."""
-
-    def tell(event: Event) -> None:
-        if on_event is not None:
-            on_event(event)
-        if on_progress is not None and isinstance(event, Progress):
-            on_progress(event)
-
-    return tell
 
 
 def _run_here(
@@ -385,11 +292,7 @@ def _run_here(
     tell: EventCallback | None,
 ) -> DownloadResult:
     """A download in the clean process ``_clean_process`` started for a threaded caller."""
-    return Downloader(settings)._run_here(url, remote, path, digest, tell or _ignore)
-
-
-def _ignore(event: Event) -> None:
-    pass
+    return Downloader(settings)._run_here(url, remote, path, digest, tell or ignore)
 
 
 def _close_quietly(fd: int | None) -> None:
@@ -402,36 +305,6 @@ def _close_quietly(fd: int | None) -> None:
 
 def _fspath(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else os.fspath(path)
-
-
-def _tell_failed(
-    tell: EventCallback, url: str, path: str | os.PathLike[str] | None, error: BlobdlError
-) -> None:
-    """Tell a failure: neither a raising callback nor a second signal may replace the error
-    being raised."""
-    with held(drop=True):
-        try:
-            tell(Failed(redact_url(url), os.fspath(path or ""), str(error), error.exit_code))
-        except Exception as exc:
-            log.warning("the event callback raised %r while a failure was reported", exc)
-
-
-def name_from_url(url: str) -> str:
-    """A safe base name from the URL alone (a cache hit makes no request to ask the server)."""
-    return safe_basename(unquote(urlsplit(url).path)) or DEFAULT_NAME
-
-
-def default_name(remote: Remote) -> str:
-    """A safe base name: Content-Disposition first, then the URL's last path segment."""
-    for candidate in (
-        remote.filename,
-        unquote(urlsplit(remote.url).path),
-        unquote(urlsplit(remote.final_url).path),
-    ):
-        name = safe_basename(candidate)
-        if name:
-            return name
-    return DEFAULT_NAME
 
 
 def download(

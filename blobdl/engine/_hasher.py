@@ -5,18 +5,23 @@ is on disk (read from the shared counter table) and hashes it while the rest is 
 downloading; when the last byte lands only the tail beyond that prefix is left to hash.
 It runs in its own forked process: the coordinator stays single-threaded (it forks
 workers, and forking a threaded process is unsafe), and hashing gets the other core.
+``hashed_run`` is a download's run with a hasher beside it, started and stopped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
+from contextlib import ExitStack
 from multiprocessing.connection import Connection
 
 from ..errors import WorkerCrashed
+from ..processes._signals import held
 from ..processes._spawn import start
 from ..store._digest import CHUNK, hash_range
 from ._counter_table import CounterTable
+from ._parts import Tally
 
 _IDLE = 0.02  # seconds between looks at the table when the prefix has not moved
 
@@ -46,6 +51,21 @@ class PrefixHasher:
             self._proc.kill()
         self._proc.join()
         self._conn.close()
+
+
+def hashed_run(
+    fd: int, table: CounterTable, run: Callable[[], Tally], *, hashing: bool
+) -> tuple[Tally, str | None]:
+    """``run()``'s tally and, when ``hashing``, the sha256 of the bytes it wrote into ``fd``:
+    a hasher follows them along ``table`` as they land, and is stopped however it ends."""
+    with ExitStack() as cleanup:
+        hasher = None
+        if hashing:
+            with held():  # a child forked is a child noted, and stopped
+                hasher = PrefixHasher(fd, table)
+                cleanup.callback(hasher.stop)
+        tally = run()
+        return tally, hasher.finish(tally.final_size) if hasher else None
 
 
 def _hasher_main(fd: int, table: CounterTable, conn: Connection) -> None:

@@ -41,8 +41,9 @@ from ..store._digest import hash_range
 from ..store._resume import Resume, state_path
 from . import _failure
 from ._counter_table import CounterTable
-from ._download import Downloader, _Order
+from ._download import Downloader
 from ._lane import Attempt, Cancel, Filler
+from ._order import Order
 from ._parts import Tally
 from ._pinned import Pinned
 from ._plan import one_request
@@ -127,11 +128,11 @@ class OneRequest(Downloader):
 
     # --- the steps told another way ---------------------------------------------------------
 
-    def _locked(self, order: _Order, dest: Path, remote: Remote | None) -> DownloadResult:
+    def _locked(self, order: Order, dest: Path, remote: Remote | None) -> DownloadResult:
         self.dest = dest
         return super()._locked(order, dest, remote)
 
-    def _probed(self, order: _Order, remote: Remote | None) -> Remote:
+    def _probed(self, order: Order, remote: Remote | None) -> Remote:
         """The first GET, asking for as much as one request holds: the probe, retried as
         one (once per item: its answer waits for ``_fetch``). It asks for one byte when
         the blob is known to be larger (the caller's size hint, or a resume record beside
@@ -159,7 +160,7 @@ class OneRequest(Downloader):
         settings = dataclasses.replace(self.settings, **overrides)
         return OneRequest(settings, self.seat, self.name, self.size)
 
-    def _fetch(self, order: _Order, remote: Remote, dest: Path, resume: Resume) -> DownloadResult:
+    def _fetch(self, order: Order, remote: Remote, dest: Path, resume: Resume) -> DownloadResult:
         if self._first()[1] is None and remote.size != 0:
             raise NotSmall(remote)
         resume.forget()  # a small download starts over: an earlier partial goes

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ..batch._scheduler import BatchCallback, Item, download_many
-from ..config import Settings
-from ..engine._download import Downloader
+from ..config import Settings, overridden
 from ..errors import BlobdlError, IntegrityError, UsageError
 from ..events import DownloadResult, Event
 from ..store._destination import sync_dir_quietly
@@ -123,7 +122,7 @@ def hf_download(
     ``connections`` connections, as in ``download_many``."""
     started = time.monotonic()
     # blobdl's own content-addressed cache stays out of it: huggingface_hub's is the cache.
-    base = dataclasses.replace(Downloader(settings, **overrides).settings, cache_dir=None)
+    base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)
     repo = parse_repo(repo_id, repo_type)
     check_revision(revision)
     if cache_dir is not None and local_dir is not None:

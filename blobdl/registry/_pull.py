@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
-from ..config import Settings
-from ..engine._download import Downloader
+from ..config import Settings, overridden
 from ..errors import BadResponse, HTTPStatusError, LocalFileError, OutOfResources
 from ..events import DownloadResult, Event
 from ._catalog import decode
@@ -102,7 +101,7 @@ def pull(
     With ``cluster`` (a ``distributed.Client``, an address, ``"local[:N]"``) the pull runs on
     one of its workers, into the store that worker sees (``pull_every_worker``: every one)."""
     started = time.monotonic()
-    base = dataclasses.replace(Downloader(settings, **overrides).settings, cache_dir=None)
+    base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)
     if cluster is not None:
         where = functools.partial(pull, insecure=insecure)
         return on_one_worker(cluster, where, ref, models_dir, base, on_event)  # type: ignore[no-any-return]
@@ -153,7 +152,7 @@ def pull_every_worker(
 ) -> dict[str, PullResult]:
     """``pull`` into the store of every worker of ``cluster``, once per store (workers on
     one host share one); {worker name: its store's PullResult}. A second run fetches nothing."""
-    base = Downloader(settings, **overrides).settings
+    base = overridden(settings, overrides)
     where = functools.partial(pull, insecure=insecure)
     return on_every_store(cluster, where, default_models_dir, ref, models_dir, base, on_event)
 

@@ -1,7 +1,8 @@
 """The disk: what blobdl writes, and how it keeps a file whole.
 
 File primitives (``_files``: opening our own files, atomic writes, directory fsyncs, lock
-waits), the destination and its temporary file (``_destination``), positional writes
+waits), the destination and its temporary file (``_destination``), its name when none is
+given (``_names``), a destination already there (``_existing``), positional writes
 (``_writes``), one writer per destination (``_lock``), the resume record (``_resume``),
 the content-addressed cache (``_cache``) and sha256 digests (``_digest``).
 """

@@ -2,7 +2,8 @@
 
 ``Resume`` is one download's side of it: ``previous`` (the record an earlier run left, if
 it is for this very blob), ``checkpointer`` (saves the positions the coordinator hands it),
-``settle`` (what to keep after a failure) and ``finished``. The record is a small JSON
+``settle`` (what to keep after a failure), ``reject`` (bytes proven bad: kept aside with
+``keep_bad``, never renamed into place) and ``finished``. The record is a small JSON
 document, replaced atomically (write, fsync, rename), that only ever claims bytes which
 were flushed to disk before it was written. Anything odd about it (truncated, corrupt,
 written for another URL, not matching the temporary file) makes it ignored with a warning:
@@ -18,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from .._redact import redact_url
 from ..errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
@@ -28,6 +29,7 @@ from ._destination import discard, temp_path
 from ._files import atomic_write, local_error, read_own
 
 STATE_SUFFIX = ".blobdl-state"
+BAD_SUFFIX = ".blobdl-bad"  # bytes that failed their digest, kept with Settings.keep_bad
 FORMAT = 2  # 2: URLs are stored redacted, matched by the key of the full URL
 log = logging.getLogger("blobdl")
 
@@ -107,6 +109,11 @@ class Resume:
         previous = load(self.record, self.url, self.temp, self.digest)
         return previous is not None and previous.done > 0 and previous.describes(remote)
 
+    def wants_ranges(self, remote: Remote) -> bool:
+        """The probe got a 200, but a partial of this very blob was fetched in ranges: most
+        likely one flaky edge, worth probing again for ranges rather than starting over."""
+        return not remote.ranges and self.holds_partial_of(remote)
+
     def forget(self) -> None:
         """Start over: no partial file, no record (both gone, or neither: not cut in two)."""
         with held():
@@ -141,6 +148,18 @@ class Resume:
             remove(self.record)
         except OSError as exc:
             log.warning("could not remove the resume record %s: %s", self.record, exc.strerror)
+
+    def reject(self, dest: Path, expected: str, actual: str, *, keep_bad: bool) -> NoReturn:
+        """A digest mismatch: the bytes are bad; never rename them onto the destination
+        (with ``keep_bad`` they go beside it, as ``DEST.blobdl-bad``)."""
+        self.finished()
+        if keep_bad:
+            bad = dest.with_name(dest.name + BAD_SUFFIX)
+            try:
+                os.replace(self.temp, bad)  # replaces a link planted at the name
+            except OSError as exc:
+                raise local_error(bad, exc) from None
+        raise DigestMismatch(expected, actual)
 
     def settle(self, error: BaseException) -> None:
         """After ``error``: keep the partial file when its record claims bytes and nothing

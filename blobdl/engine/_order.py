@@ -1,0 +1,53 @@
+"""What one download was asked, and the result it hands back.
+
+``Order`` is fixed when the story starts (``_download``): the URL, the digest the bytes must
+have, when it started, whom to tell, and what its batch lets it use. The ``DownloadResult``
+of a download is built here, from what the order knows and what the run did, whichever way
+it ended: fetched (``result``) or found already in place (``in_place``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from ..events import DownloadResult, EventCallback
+from ..http._remote import Remote
+from ._parts import Tally
+from ._share import Share
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+    url: str
+    expected: str | None  # sha256 hex the bytes must have
+    started: float
+    tell: EventCallback
+    share: Share | None = None  # what its batch lets it use now (None: not a batch's item)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def in_place(self, dest: Path, size: int) -> DownloadResult:
+        """A destination already there, which the digest vouches for: nothing fetched."""
+        return DownloadResult(dest, size, self.elapsed(), 0, 0, 0, self.url, "", verified=True)
+
+    def result(
+        self, dest: Path, remote: Remote, tally: Tally, resumed: int, verified: bool
+    ) -> DownloadResult:
+        """A download renamed onto ``dest``: what the run did, as ``tally`` counts it."""
+        return DownloadResult(
+            path=dest,
+            size=tally.final_size,
+            elapsed=self.elapsed(),
+            bytes_fetched=tally.bytes_fetched,
+            bytes_received=tally.bytes_received,
+            retries=tally.retries,
+            parts=tally.parts,
+            steals=tally.steals,
+            url=remote.url,
+            final_url=remote.final_url,
+            resumed=resumed,
+            verified=verified,
+        )
