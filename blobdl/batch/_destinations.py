@@ -1,0 +1,57 @@
+"""Which item of a batch writes each destination, and the names of items given no path.
+
+The manifest's paths are claimed first; then each name as it is given: from the URL for an
+item that comes through the cache (a hit asks the server nothing), from the server's answer
+for one named after its probe (here for a large item, or asked by a seat through
+``_Claim``). A later item named alike fails with a ``LocalFileError``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import LocalFileError
+from ..http._remote import Remote
+from ..store._names import default_name, name_from_url
+from ._items import Item, inside
+
+
+class Destinations:
+    """Every destination of the batch, and the item that writes it (by absolute path)."""
+
+    def __init__(self, given: dict[int, str], base_dir: Path | None, cached: bool) -> None:
+        self.base_dir = base_dir  # where items without a path are named
+        self.cached = cached  # the batch has a cache: an item with a digest may come through it
+        self.claimed = {os.path.abspath(path): index for index, path in given.items()}
+
+    def by_url(self, index: int, item: Item) -> Item:
+        """An item that comes through the cache without a path is named from its URL, as a
+        download is (a hit asks the server nothing), and now: inside the base directory."""
+        if item.path is None and item.digest is not None and self.cached:
+            return self._name(index, item, name_from_url(item.url))
+        return item
+
+    def after_probe(self, index: int, item: Item, remote: Remote) -> Item:
+        """A large item without a path is named once its seat has probed it (the name the
+        server gives, as a download without a path would use)."""
+        if item.path is None:
+            return self._name(index, item, default_name(remote))
+        return item
+
+    def claim(self, index: int, path: str) -> int | None:
+        """Make ``path`` item ``index``'s destination; the item that has it already, if any."""
+        holder = self.claimed.setdefault(os.path.abspath(path), index)
+        return None if holder == index else holder
+
+    def _name(self, index: int, item: Item, name: str) -> Item:
+        """Item ``index`` with the path ``name`` (inside the base directory, if any), if no
+        other item of the batch writes there (else a LocalFileError)."""
+        named = item._replace(path=name)
+        if self.base_dir is not None:
+            named = inside(self.base_dir, named, f"item {index}")
+        path = named.path or name
+        holder = self.claim(index, path)
+        if holder is not None:
+            raise LocalFileError(path, f"item {holder} of the batch writes it too")
+        return named

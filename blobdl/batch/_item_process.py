@@ -1,0 +1,126 @@
+"""The large items' own processes, and both ends of their pipes.
+
+``LargeItems`` is the scheduler's handle on them: it forks an item's child once its lanes
+and its share of the rate are in a slot of the batch's ``Shares`` (rewritten as items start
+and end), and frees the slot when the child has ended. ``item_main`` is what the child runs:
+the item as one download, the coordinator of its own workers. The child sends each event as
+``("event", event)`` and, last, ``("done", outcome)``; ``receive`` is the scheduler's read
+of that, where a pipe at its end (the child died before its outcome) reads ``("died", None)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..config import Settings
+from ..engine._download import Downloader
+from ..engine._share import Share, Shares
+from ..errors import BlobdlError
+from ..events import DownloadResult, Event
+from ..http._remote import Remote
+from ..processes._signals import interrupted
+from ..processes._spawn import start
+from ._items import Item
+
+
+class Running(NamedTuple):
+    """A large item, fetched by a child of its own."""
+
+    item: int
+    proc: BaseProcess
+    conn: Connection
+    slot: int  # its slot in the batch's Shares
+
+
+class LargeItems:
+    """The children running large items, by item, and their slots of the batch's ``Shares``
+    (at most one each)."""
+
+    def __init__(self, slots: int) -> None:
+        self.shares = Shares(slots)
+        self.free = list(range(slots))
+        self.running: dict[int, Running] = {}
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running)
+
+    def start(
+        self,
+        index: int,
+        item: Item,
+        remote: Remote | None,
+        settings: Settings,
+        rate: int | None,
+        lanes: int,
+    ) -> Running:
+        """Fork the child for item ``index``, its lanes and rate in its slot before it starts."""
+        slot = self.free.pop()
+        self.shares.set(slot, rate, lanes)
+        args = (item, remote, settings, self.shares.share(slot))
+        # Not a daemon: it forks workers of its own.
+        name = f"blobdl-item-{index}"
+        proc, receiver = start(item_main, args, name=name, daemon=False, coordinator=True)
+        self.running[index] = Running(index, proc, receiver, slot)
+        return self.running[index]
+
+    def share(self, rates: dict[int, int], granted: Callable[[int], int]) -> None:
+        """Write each running item's share of the rate limit and its lanes in its slot."""
+        for index, running in self.running.items():
+            self.shares.set(running.slot, rates.get(index), granted(index))
+
+    def end(self, running: Running) -> None:
+        """Its child has ended (joined, its pipe no longer watched): its slot is free."""
+        running.conn.close()
+        del self.running[running.item]
+        self.free.append(running.slot)
+
+    def reaped(self) -> None:
+        """Every child was stopped and reaped (``_stop.stop``)."""
+        self.running.clear()
+
+
+def receive(running: Running) -> tuple[str, Any]:
+    """What the child said: ``("event", event)``, ``("done", outcome)``, or ``("died",
+    None)`` once its pipe is at its end."""
+    try:
+        kind, payload = running.conn.recv()
+    except (EOFError, OSError):
+        return "died", None
+    return kind, payload
+
+
+def _tell_parent(conn: Connection) -> Callable[[Event], None]:
+    def send(event: Event) -> None:
+        conn.send(("event", event))
+
+    return send
+
+
+def item_main(
+    item: Item, remote: Remote | None, settings: Settings, share: Share, conn: Connection
+) -> None:
+    """One large download, in its own process: the coordinator of its own workers (started
+    as one: it handles SIGINT/SIGTERM itself, saving its state), under the lanes and the
+    rate its batch gives it (``share``, read as they change)."""
+    outcome: DownloadResult | BlobdlError
+    try:
+        path = Path(item.path) if item.path else None
+        tell = _tell_parent(conn)
+        downloader = Downloader(settings)
+        if remote is None:  # said to be large: probed here, as a download is
+            outcome = downloader._run(item.url, None, path, item.digest, tell, share)
+        else:
+            outcome = downloader._download_resolved(
+                remote, path, digest=item.digest, on_event=tell, share=share
+            )
+    except BlobdlError as exc:
+        outcome = exc
+    except KeyboardInterrupt as stop:  # before (or after) its download's own report
+        outcome = interrupted(stop)
+    conn.send(("done", outcome))
+    conn.close()

@@ -1,0 +1,122 @@
+"""The pool's seats, as the scheduler sees them: the pool (forked once, before any thread),
+which item each seat runs, the seats' slots of the rate limit, and what a seat's answer
+means for its item.
+
+A seat answers with its item's events (``_Told``), then its outcome (``_Done``) or what its
+probe learned of a blob too large for one request (``_Large``); it may ask first whether
+the name its item got is free (``_Claim``, answered here from ``Destinations``). ``heard``
+and ``died`` give the scheduler what concerns an item as ``(index, said)``: a ``_Told``,
+``_Done`` or ``_Large``, or the error of an item whose process died under it. By then a seat
+that ended its item is free, and the connection it keeps is counted in the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+from ..config import Settings
+from ..engine._counter_table import CounterTable
+from ..errors import BlobdlError
+from ..http._pool import prepare_tls
+from ._budget import Budget
+from ._destinations import Destinations
+from ._outcomes import died
+from ._pool import Answer, Pool, _Claim, _Done, _Job, _Large, _Told
+from ._watch import Watch
+
+Said = _Told | _Done | _Large | BlobdlError
+
+
+class Seats:
+    """The scheduler's handle on the pool: ``budget.seats`` seats in ``processes``
+    processes, and the item each busy seat runs."""
+
+    def __init__(
+        self, budget: Budget, processes: int, settings: Settings, destinations: Destinations
+    ) -> None:
+        self.budget, self.processes, self.settings = budget, processes, settings
+        self.destinations = destinations  # answers the seats' claims
+        self.table = CounterTable(budget.seats)  # the seats' slots: their share of the rate limit
+        self.pool: Pool | None = None
+        self.on_seat: dict[int, int] = {}  # seat -> the item it runs
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.on_seat)
+
+    def start(self, urls: Iterable[str], watch: Watch) -> None:
+        """Fork the pool now, while this process has no thread (and no other child). The
+        TLS context an https item needs is built first: every seat inherits it, instead of
+        loading the CA store again for its first connection."""
+        for url in urls:
+            with contextlib.suppress(BlobdlError):  # a bad CA bundle fails each item, as ever
+                prepare_tls(self.settings, url)
+        self.pool = Pool(self.budget.seats, self.processes, self.settings, self.table)
+        watch.pool(self.pool)
+
+    def cap(self, rates: dict[int, int]) -> None:
+        """Write each busy seat's share of the rate limit in its slot."""
+        for seat, rate in rates.items():
+            self.table.set_cap(seat, rate)
+
+    def run(self, seat: int, job: _Job) -> None:
+        """Give ``seat`` (started in the budget) its item."""
+        assert self.pool is not None
+        self.on_seat[seat] = job.number
+        self.pool.start(seat, job)
+
+    def drop(self, seat: int) -> None:
+        """Have idle ``seat`` let its kept connection go."""
+        assert self.pool is not None
+        self.pool.drop(seat)
+        self.budget.end(seat, None)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def heard(self, seat: int, watch: Watch) -> tuple[int, Said] | None:
+        """What ``seat`` said of its item, if anything. If its process is gone, or the seat
+        failed, the seat is taken down (its process's sentinel says what of)."""
+        assert self.pool is not None
+        answer = self.pool.answer(seat)
+        if answer is None:
+            watch.forget(self.pool.pipes[seat])
+            self.pool.kill(self.pool.process_of(seat))
+            return None
+        return self._said(seat, answer)
+
+    def died(self, number: int, watch: Watch) -> Iterator[tuple[int, Said]]:
+        """Pool process ``number`` died (a bug, or killed): what its seats said before it
+        died, and their items' failures, each handled by the caller as it comes; once all
+        are, the process is forked again for the items still to come."""
+        assert self.pool is not None
+        proc = self.pool.procs[number]
+        proc.join()
+        for seat in self.pool.ranges[number]:
+            for answer in self.pool.answers(seat):  # what it said before it died
+                if answer is not None and (said := self._said(seat, answer)) is not None:
+                    yield said
+            watch.forget_seat(self.pool.pipes[seat])
+            if seat in self.on_seat:
+                yield self.on_seat.pop(seat), died(proc)
+            self.budget.end(seat, None)
+        watch.forget(proc.sentinel)
+        self.pool.restart(number)
+        watch.process(self.pool, number)
+
+    def _said(self, seat: int, answer: Answer) -> tuple[int, Said] | None:
+        index = self.on_seat.get(seat)
+        if index is None:
+            return None  # a late answer to a drop
+        if isinstance(answer, _Done | _Large):  # the seat is free
+            del self.on_seat[seat]
+            self.budget.end(seat, answer.kept)
+            return index, answer
+        if isinstance(answer, _Told):
+            return index, answer
+        if isinstance(answer, _Claim):  # the seat names its item: is that path free?
+            assert self.pool is not None
+            self.pool.tell(seat, self.destinations.claim(index, answer.path))
+        return None
