@@ -25,9 +25,11 @@ write, so its part may be started again at once.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import threading
+import time
 from contextlib import suppress
 from multiprocessing.connection import Connection, wait
 from typing import NamedTuple
@@ -130,7 +132,6 @@ class _Worker:
             for theirs in writers:  # the worker's now; ours would keep the pipes open
                 theirs.close()
         self.taken = [False] * seats
-        self.wchan_named = False  # whether the kernel names where its threads sleep
 
     def alive(self) -> bool:
         return self.proc.exitcode is None
@@ -223,18 +224,56 @@ class Running:
             return False  # not started, or gone: its result pipe tells the rest
         # Where it sleeps, read on both sides of its state: a thread waiting for the GIL
         # flips between running ("0") and a futex, and a thread just going to sleep is S
-        # with "0" for a moment. "0" is trusted as "not sleeping" only from a kernel that
-        # has named a place for one of this worker's threads; else the state alone decides.
-        named = [place for place in places if place not in ("", "0")]
-        self._worker.wchan_named = self._worker.wchan_named or bool(named)
-        if state != "S" or any("futex" in place for place in named):
+        # with "0" for a moment. A kernel that hides where threads sleep ("0" always)
+        # leaves the state alone to decide.
+        if state != "S":
             return False
-        return bool(named) or not self._worker.wchan_named
+        if not kernel_names_sleeps():
+            return True
+        named = [place for place in places if place not in ("", "0")]
+        return bool(named) and not any("futex" in place for place in named)
 
     def kill(self) -> None:
         """End the lane now (at the latest within ``STOP_GRACE``, with its worker); its bytes
         so far stay written."""
         self._worker.stop(self._seat)
+
+
+#: How long a thread of ours, surely asleep, is watched for where the kernel says it sleeps.
+_WCHAN_LEARN = 0.1
+
+
+@functools.cache
+def kernel_names_sleeps() -> bool:
+    """Whether this kernel says where a thread sleeps (``/proc/.../wchan``); some hide it
+    and say "0" always. Learned once, from a thread of ours that is surely asleep: learning
+    it from a worker's lanes instead took a starved lane, before any of them was seen
+    asleep somewhere named, for one waiting on the network."""
+    asleep, wake = threading.Event(), threading.Event()
+    tid: list[int] = []
+
+    def sleeper() -> None:
+        tid.append(threading.get_native_id())
+        asleep.set()
+        wake.wait()
+
+    thread = threading.Thread(target=sleeper, name="blobdl-wchan", daemon=True)
+    thread.start()
+    asleep.wait()
+    try:
+        deadline = time.monotonic() + _WCHAN_LEARN
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/self/task/{tid[0]}/wchan") as place:
+                    if place.read() not in ("", "0"):
+                        return True
+            except OSError:
+                return False
+            time.sleep(0.001)
+        return False
+    finally:
+        wake.set()
+        thread.join()
 
 
 class _ThreadIds:

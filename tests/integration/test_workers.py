@@ -304,27 +304,29 @@ def _two_busy_lanes(tids: Any) -> None:
 def test_a_lane_waiting_for_the_gil_is_not_waiting_on_the_network() -> None:
     """``Running.waiting`` guards cuts and restarts: a lane that could run but is starved of
     CPU must not be taken for one blocked on its socket. A thread that waits for the GIL
-    sleeps on a futex: its state is S, as if it waited on the network."""
+    sleeps on a futex: its state is S, as if it waited on the network. Fresh workers each
+    time: the first looks at a worker are where a starved lane was misread."""
     import multiprocessing
     from types import SimpleNamespace
 
     from blobdl.engine._worker import Running, _ThreadIds
 
-    tids = _ThreadIds(1)
-    worker = multiprocessing.get_context("fork").Process(target=_two_busy_lanes, args=(tids,))
-    worker.start()
-    try:
-        while not tids.get(0):
-            time.sleep(0.01)
-        handle = SimpleNamespace(tids=tids, proc=SimpleNamespace(pid=worker.pid), wchan_named=False)
-        running = Running(handle, 0)  # type: ignore[arg-type]
-        looks = []
-        for _ in range(200):
-            looks.append(running.waiting())
-            time.sleep(0.002)
-    finally:
-        worker.kill()
-        worker.join()
+    looks = []
+    for _ in range(8):
+        tids = _ThreadIds(1)
+        worker = multiprocessing.get_context("fork").Process(target=_two_busy_lanes, args=(tids,))
+        worker.start()
+        try:
+            while not tids.get(0):
+                time.sleep(0.01)
+            handle = SimpleNamespace(tids=tids, proc=SimpleNamespace(pid=worker.pid))
+            running = Running(handle, 0)  # type: ignore[arg-type]
+            for _ in range(25):
+                looks.append(running.waiting())
+                time.sleep(0.002)
+        finally:
+            worker.kill()
+            worker.join()
     assert not any(looks), f"taken for waiting on the network {sum(looks)} times in 200"
 
 
