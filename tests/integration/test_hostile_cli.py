@@ -1,0 +1,58 @@
+"""The command line as a careless or hostile user types it: closed standard streams, bytes
+that are not UTF-8, empty values. Every failure is one ``blobdl: error:`` line with the
+documented exit code, never a traceback, and nothing is destroyed or half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blobdl.errors import EXIT_NETWORK, EXIT_OK
+from tests.conftest import REPO, Blob, sha256_file
+
+Make = Callable[..., Blob]
+
+
+def _closing(fd: int) -> Callable[[], None]:
+    return lambda: os.close(fd)
+
+
+@pytest.mark.parametrize("fd", [0, 1, 2])
+def test_a_closed_standard_stream_costs_no_download(fd: int, make: Make, tmp_path: Path) -> None:
+    """``blobdl URL >&-`` (or ``<&-``, ``2>&-``): Python has no sys.stdout then; the download
+    still completes, and no file of ours takes the free descriptor a child would write to."""
+    blob = make(300_000, seed=71)
+    out = tmp_path / "out.bin"
+    streams = {0: "stdin", 1: "stdout", 2: "stderr"}
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", blob.url, "-o", str(out), "--json"],
+        **{streams[other]: subprocess.PIPE for other in (0, 1, 2) if other != fd},
+        preexec_fn=_closing(fd),
+        cwd=REPO,
+        timeout=60,
+    )
+    err = b"" if fd == 2 else done.stderr
+    assert done.returncode == EXIT_OK, err
+    assert b"Traceback" not in err
+    assert sha256_file(out) == blob.sha256
+
+
+def test_a_failure_with_stdout_closed_is_one_error_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "http://127.0.0.1:9/x", "-o", str(tmp_path / "o")],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_closing(1),
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_NETWORK
+    assert done.stderr.startswith("blobdl: error: Failed to connect to 127.0.0.1 port 9")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == []
