@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from blobdl.errors import EXIT_NETWORK, EXIT_OK
+from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE
 from tests.conftest import REPO, Blob, sha256_file
 
 Make = Callable[..., Blob]
@@ -55,4 +55,31 @@ def test_a_failure_with_stdout_closed_is_one_error_line(tmp_path: Path) -> None:
     assert done.returncode == EXIT_NETWORK
     assert done.stderr.startswith("blobdl: error: Failed to connect to 127.0.0.1 port 9")
     assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _hf_offline() -> dict[str, str]:
+    """The environment of a ``blobdl hf`` that must fail before asking any Hub."""
+    return {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_x"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"--revision", b"\xff\xfe"],
+        [b"--revision", b"v1\xff"],
+        [b"--revision", b"refs/pr/\xc3"],
+    ],
+)
+def test_hf_arguments_that_are_not_utf8_are_usage_errors(args: list[bytes], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "org/name", *args, "--local-dir", str(tmp_path)],
+        capture_output=True,
+        env=_hf_offline(),
+        cwd=REPO,
+        timeout=60,
+    )
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == EXIT_USAGE, err
+    assert err.startswith("blobdl: error: not a revision:") and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
