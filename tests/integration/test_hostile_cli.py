@@ -83,3 +83,43 @@ def test_hf_arguments_that_are_not_utf8_are_usage_errors(args: list[bytes], tmp_
     assert done.returncode == EXIT_USAGE, err
     assert err.startswith("blobdl: error: not a revision:") and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+# `--models-dir "$UNSET"`: an empty path is the current directory to the file system, so
+# `blobdl prune` pruned it and `pull` wrote a store into it.
+EMPTY_PATHS = [
+    ["prune", "--models-dir", ""],
+    ["pull", "--models-dir", "", "http://127.0.0.1:9/a/b:c"],
+    ["hf", "org/name", "--local-dir", ""],
+    ["hf", "org/name", "--cache-dir", ""],
+    ["http://127.0.0.1:9/x", "-o", ""],
+    ["http://127.0.0.1:9/x", "--cache-dir", "", "--digest", "a" * 64],
+    ["http://127.0.0.1:9/x", "--ca-bundle", ""],
+    ["http://127.0.0.1:9/x", "--client-cert", ""],
+    ["-i", ""],
+    ["-i", "-", "--base-dir", ""],
+]
+
+
+@pytest.mark.parametrize("args", EMPTY_PATHS, ids=lambda a: " ".join(a)[:40])
+def test_an_empty_path_is_a_usage_error_naming_the_option(args: list[str], tmp_path: Path) -> None:
+    blob = tmp_path / "blobs" / ("sha256-" + "c" * 64)  # an unused blob, hours old
+    blob.parent.mkdir()
+    blob.write_bytes(b"x")
+    os.utime(blob, (1, 1))
+    (tmp_path / "manifests").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", *args],
+        input="",
+        capture_output=True,
+        text=True,
+        env=_hf_offline(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    option = args[args.index("") - 1]
+    assert f"argument {option}" in done.stderr or f"/{option}" in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stdout == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["blobs", "manifests", blob.name]
