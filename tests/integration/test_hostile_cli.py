@@ -123,3 +123,30 @@ def test_an_empty_path_is_a_usage_error_naming_the_option(args: list[str], tmp_p
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stdout == ""
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["blobs", "manifests", blob.name]
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "named"),
+    [
+        ([b"--proxy", b"http://a\xff:1"], {}, b"bad proxy URL"),
+        ([b"--proxy", b"http://u:\xff@127.0.0.1:9"], {}, b"bad proxy URL"),
+        ([], {b"HTTP_PROXY": b"\xff\xfe"}, b"$HTTP_PROXY"),
+        ([], {b"http_proxy": b"http://[::1"}, b"$HTTP_PROXY"),
+        ([], {b"HTTP_PROXY": b"http://u:\xff@127.0.0.1:9"}, b"$HTTP_PROXY"),
+    ],
+)
+def test_a_bad_proxy_is_named_as_the_proxy_not_the_url(
+    args: list[bytes], environ: dict[bytes, bytes], named: bytes, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environb.items() if not k.lower().endswith(b"_proxy")}
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "http://127.0.0.1:9/x", "-o", str(tmp_path / "o"), *args],
+        capture_output=True,
+        env={**env, **environ},
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert done.stderr.startswith(b"blobdl: error: bad proxy URL"), done.stderr
+    assert named in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == []
