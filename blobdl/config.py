@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ._redact import redact_url
 from .errors import UsageError
@@ -247,15 +247,21 @@ def check_header(name: object, value: object) -> None:
     _require(ok, f"bad value for header {name}: no CR, LF or NUL, latin-1 characters only")
 
 
-def check_proxy_url(url: str) -> None:
-    """Refuse a proxy URL urllib3 cannot use: only http:// and https:// proxies, with a host."""
+def check_proxy_url(url: str, origin: str = "") -> None:
+    """Refuse a proxy URL urllib3 cannot use: only http:// and https:// proxies, with a host,
+    all of it text (argument bytes that are not UTF-8 are lone surrogates) and credentials a
+    Proxy-Authorization header can carry (latin-1). ``origin``: where it was given, if not
+    as ``proxy`` (``$HTTP_PROXY``), so the error names what to fix."""
     try:
         parts = urlsplit(url)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except (ValueError, TypeError):
+        url.encode()
+        unquote(parts.netloc.rpartition("@")[0]).encode("latin-1")
+    except (ValueError, TypeError, AttributeError):  # UnicodeError is a ValueError
         ok = False
     shown = redact_url(url) if isinstance(url, str) else url
-    _require(ok, f"bad proxy URL {shown!r} (expected http://[user:pass@]host[:port])")
+    where = f" from {origin}" if origin else ""
+    _require(ok, f"bad proxy URL {shown!r}{where} (expected http://[user:pass@]host[:port])")
 
 
 def parse_header(text: str) -> tuple[str, str]:

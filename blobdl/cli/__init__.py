@@ -28,6 +28,7 @@ from ._display import (
     error,
     fail,
     json_line,
+    open_standard_streams,
     quiet_dask,
     say,
     show_warnings,
@@ -68,6 +69,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    open_standard_streams()
     with stoppable():  # SIGTERM is Ctrl-C, for every command: exit 130 with partials kept
         try:
             if argv and argv[0] in COMMANDS:

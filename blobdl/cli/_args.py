@@ -51,6 +51,14 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def path_arg(text: str) -> str:
+    """A file or directory named on the command line. An empty one (``--models-dir "$UNSET"``)
+    is the current directory to the file system: never what was meant."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (did a variable expand to nothing?)")
+    return text
+
+
 def _header(text: str) -> tuple[str, str]:
     try:
         return parse_header(text)
@@ -81,6 +89,7 @@ def build_parser(commands: Sequence[tuple[str, str]] = ()) -> argparse.ArgumentP
     p.add_argument(
         "-i",
         "--input",
+        type=path_arg,
         metavar="MANIFEST",
         help="download every blob listed in MANIFEST ('-': stdin): one 'URL [PATH] "
         "[sha256:HEX]' or JSON object per line; --connections is then the shared budget",
@@ -90,12 +99,15 @@ def build_parser(commands: Sequence[tuple[str, str]] = ()) -> argparse.ArgumentP
     )
     p.add_argument(
         "--base-dir",
+        type=path_arg,
         metavar="DIR",
         help="with -i: every manifest path is relative to DIR and must stay inside it "
         "(absolute paths, '..' and symlinks leading out are refused); items without a path "
         "are named inside DIR. Without it, manifest paths are used as given",
     )
-    p.add_argument("-o", "--output", help="destination file (default: name from the server/URL)")
+    p.add_argument(
+        "-o", "--output", type=path_arg, help="destination file (default: name from the server/URL)"
+    )
     p.add_argument("--digest", help="sha256:<hex> the blob must have (checked before the rename)")
     add_shared_options(p)
     p.add_argument(
@@ -184,6 +196,7 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cache-dir",
+        type=path_arg,
         metavar="DIR",
         help="content-addressed cache (DIR/sha256-<hex>) for blobs with a digest",
     )
@@ -196,15 +209,19 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="never let idle connections take over slow or large ranges",
     )
-    p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
+    p.add_argument("--ca-bundle", type=path_arg, help="PEM file of CA certificates to trust")
     p.add_argument(
         "--no-verify-tls",
         action="store_true",
         help="do not verify TLS certificates (for testing only: anyone on the path can "
         "read and change what is sent and received)",
     )
-    p.add_argument("--client-cert", metavar="PEM", help="client certificate (may hold the key)")
-    p.add_argument("--client-key", metavar="PEM", help="unencrypted key of --client-cert")
+    p.add_argument(
+        "--client-cert", type=path_arg, metavar="PEM", help="client certificate (may hold the key)"
+    )
+    p.add_argument(
+        "--client-key", type=path_arg, metavar="PEM", help="unencrypted key of --client-cert"
+    )
     p.add_argument(
         "--proxy",
         metavar="URL",

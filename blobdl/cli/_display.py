@@ -15,6 +15,21 @@ from ..events import DownloadResult, Event, Failed, Finished, Progress, Started,
 from ..processes._signals import held, interrupted
 
 
+def open_standard_streams() -> None:
+    """A standard stream closed by the caller (``blobdl URL >&-``) is /dev/null instead.
+    Python has no ``sys.stdout`` then, and the free descriptor would be the next file
+    opened: a partial or a lock that a child's stray output would write into."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:  # EBADF: closed; the lower ones are open, so this one is the lowest free
+            os.dup2(devnull := os.open(os.devnull, os.O_RDWR), fd)
+            if devnull != fd:
+                os.close(devnull)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - for the process
+
+
 def show_warnings(quiet: bool = False) -> None:
     """Library warnings (resume decisions, kept partial files) as one line each on stderr;
     none when ``quiet`` (it prints errors only)."""

@@ -17,7 +17,7 @@ from ..events import event_record
 from ..hf._download import HfEvent, HfResult, HfStarted, hf_download
 from ..hf._env import DEFAULT_ENDPOINT
 from ..hf._repo import REPO_TYPES
-from ._args import EXIT_CODES, Parser, add_shared_options, settings_from
+from ._args import EXIT_CODES, Parser, add_shared_options, path_arg, settings_from
 from ._display import Display, display_for, failure, json_line, say, show_warnings
 
 DESCRIPTION = f"""\
@@ -58,9 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_shared_options(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument(
-        "--cache-dir", dest="hf_cache", metavar="DIR", help="huggingface_hub's cache folder"
+        "--cache-dir",
+        dest="hf_cache",
+        type=path_arg,
+        metavar="DIR",
+        help="huggingface_hub's cache folder",
     )
-    where.add_argument("--local-dir", metavar="DIR", help="the files themselves, in DIR")
+    where.add_argument(
+        "--local-dir", type=path_arg, metavar="DIR", help="the files themselves, in DIR"
+    )
     p.set_defaults(cache_dir=None)  # blobdl's content-addressed cache: not with hf
     p.add_argument("--verify-cache", action="store_true", help=argparse.SUPPRESS)  # nor this
     return p

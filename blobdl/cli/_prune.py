@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError
 from ..processes._signals import interrupted
 from ..registry._prune import PruneReport, prune
-from ._args import Parser
+from ._args import Parser, path_arg
 from ._display import error, tell
 from ._pull import MODELS_DIR_HELP, WHY
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--models-dir", metavar="DIR", help=MODELS_DIR_HELP)
+    p.add_argument("--models-dir", type=path_arg, metavar="DIR", help=MODELS_DIR_HELP)
     p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
     return p
 

@@ -17,7 +17,7 @@ from ..events import Failed, Finished, Progress, event_record
 from ..processes._signals import interrupted
 from ..registry._pull import PullEvent, PullResult, PullStarted, pull, pull_every_worker
 from ..registry._pull_cluster import WorkerEvent
-from ._args import EXIT_CODES, Parser, add_shared_options, settings_from
+from ._args import EXIT_CODES, Parser, add_shared_options, path_arg, settings_from
 from ._display import display_for, fail, json_line, quiet_dask, say, show_warnings
 
 DESCRIPTION = """\
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("ref", help="the model, e.g. llama3.2:1b")
-    p.add_argument("--models-dir", metavar="DIR", help=MODELS_DIR_HELP)
+    p.add_argument("--models-dir", type=path_arg, metavar="DIR", help=MODELS_DIR_HELP)
     p.add_argument(
         "--insecure",
         action="store_true",

@@ -77,10 +77,21 @@ def is_commit(revision: str) -> bool:
     return _COMMIT.fullmatch(revision) is not None
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is Unicode text: an argument's bytes that are not UTF-8 come as lone
+    surrogates, which no URL can carry, and JSON may spell one (``"\\udcff"``)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_revision(revision: str) -> str:
     """A branch, tag or commit that may name a file under ``refs/`` (``refs/pr/1`` nests)."""
     parts = revision.split("/")
-    if not revision or _CONTROL.search(revision) or any(p in ("", ".", "..") for p in parts):
+    bad = not revision or _CONTROL.search(revision) or not _utf8(revision)
+    if bad or any(p in ("", ".", "..") for p in parts):
         raise UsageError(f"not a revision: {revision!r}")
     return revision
 
@@ -96,6 +107,7 @@ def check_path(path: object, where: str) -> str:
     """A file's path in the repository, safe to join under a folder of ours: ``/``-separated
     segments, none empty, ``.`` or ``..``, no control characters."""
     ok = isinstance(path, str) and 0 < len(path) <= 4096 and not _CONTROL.search(path)
+    ok = ok and _utf8(str(path))
     if not ok or any(p in ("", ".", "..") for p in str(path).split("/")):
         raise BadResponse(where, f"the Hub listed a file path that is not safe: {path!r:.200}")
     return str(path)

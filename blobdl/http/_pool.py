@@ -125,6 +125,10 @@ class ProxyRoutes(NamedTuple):
         """Whether some URL might go through a proxy."""
         return bool(self.explicit or self.environ.get("http") or self.environ.get("https"))
 
+    def origin(self, url: str) -> str:
+        """Where ``url``'s proxy was given: "" for the explicit one, else its variable."""
+        return "" if self.explicit else f"${urlsplit(url).scheme.upper()}_PROXY"
+
     def proxy_for(self, url: str) -> str | None:
         """The proxy URL for ``url``, or None to connect directly."""
         parts = urlsplit(url)
@@ -155,11 +159,12 @@ class _ProxyRouter(urllib3.PoolManager):
         if proxy is None:
             return super().urlopen(method, url, redirect=redirect, **kw)
         with proxy_errors(url, proxy):  # a failure of the proxy's names the proxy
-            return self._manager(proxy).urlopen(method, url, redirect=redirect, **kw)
+            return self._manager(proxy, url).urlopen(method, url, redirect=redirect, **kw)
 
-    def _manager(self, proxy: str) -> urllib3.ProxyManager:
+    def _manager(self, proxy: str, url: str) -> urllib3.ProxyManager:
         manager = self._managers.get(proxy)
         if manager is None:
+            check_proxy_url(proxy, self._routes.origin(url))
             manager = self._managers[proxy] = proxy_manager(proxy, self._settings, self._options)
         return manager
 

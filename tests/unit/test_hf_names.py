@@ -89,7 +89,9 @@ def test_what_is_not_a_repository_id_is_refused(repo_id: str) -> None:
         parse_repo(repo_id)
 
 
-@pytest.mark.parametrize("revision", ["", "../main", "a/../b", "/main", "main/", "a\nb"])
+@pytest.mark.parametrize(
+    "revision", ["", "../main", "a/../b", "/main", "main/", "a\nb", "v1\udcff"]
+)
 def test_a_revision_that_would_leave_refs_is_refused(revision: str) -> None:
     with pytest.raises(UsageError):
         check_revision(revision)
@@ -142,6 +144,7 @@ def test_a_listing_is_read_as_files_with_their_blob_names() -> None:
     "entry",
     [
         {"type": "file", "path": "../x", "size": 1, "oid": SHA1},
+        {"type": "file", "path": "a\udcff", "size": 1, "oid": SHA1},  # JSON's "\udcff"
         {"type": "file", "path": "x", "size": -1, "oid": SHA1},
         {"type": "file", "path": "x", "size": True, "oid": SHA1},
         {"type": "file", "path": "x", "size": 1, "oid": "../../etc/passwd"},

@@ -1,0 +1,152 @@
+"""The command line as a careless or hostile user types it: closed standard streams, bytes
+that are not UTF-8, empty values. Every failure is one ``blobdl: error:`` line with the
+documented exit code, never a traceback, and nothing is destroyed or half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE
+from tests.conftest import REPO, Blob, sha256_file
+
+Make = Callable[..., Blob]
+
+
+def _closing(fd: int) -> Callable[[], None]:
+    return lambda: os.close(fd)
+
+
+@pytest.mark.parametrize("fd", [0, 1, 2])
+def test_a_closed_standard_stream_costs_no_download(fd: int, make: Make, tmp_path: Path) -> None:
+    """``blobdl URL >&-`` (or ``<&-``, ``2>&-``): Python has no sys.stdout then; the download
+    still completes, and no file of ours takes the free descriptor a child would write to."""
+    blob = make(300_000, seed=71)
+    out = tmp_path / "out.bin"
+    streams = {0: "stdin", 1: "stdout", 2: "stderr"}
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", blob.url, "-o", str(out), "--json"],
+        **{streams[other]: subprocess.PIPE for other in (0, 1, 2) if other != fd},
+        preexec_fn=_closing(fd),
+        cwd=REPO,
+        timeout=60,
+    )
+    err = b"" if fd == 2 else done.stderr
+    assert done.returncode == EXIT_OK, err
+    assert b"Traceback" not in err
+    assert sha256_file(out) == blob.sha256
+
+
+def test_a_failure_with_stdout_closed_is_one_error_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "http://127.0.0.1:9/x", "-o", str(tmp_path / "o")],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_closing(1),
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_NETWORK
+    assert done.stderr.startswith("blobdl: error: Failed to connect to 127.0.0.1 port 9")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _hf_offline() -> dict[str, str]:
+    """The environment of a ``blobdl hf`` that must fail before asking any Hub."""
+    return {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_x"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"--revision", b"\xff\xfe"],
+        [b"--revision", b"v1\xff"],
+        [b"--revision", b"refs/pr/\xc3"],
+    ],
+)
+def test_hf_arguments_that_are_not_utf8_are_usage_errors(args: list[bytes], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "org/name", *args, "--local-dir", str(tmp_path)],
+        capture_output=True,
+        env=_hf_offline(),
+        cwd=REPO,
+        timeout=60,
+    )
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == EXIT_USAGE, err
+    assert err.startswith("blobdl: error: not a revision:") and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+# `--models-dir "$UNSET"`: an empty path is the current directory to the file system, so
+# `blobdl prune` pruned it and `pull` wrote a store into it.
+EMPTY_PATHS = [
+    ["prune", "--models-dir", ""],
+    ["pull", "--models-dir", "", "http://127.0.0.1:9/a/b:c"],
+    ["hf", "org/name", "--local-dir", ""],
+    ["hf", "org/name", "--cache-dir", ""],
+    ["http://127.0.0.1:9/x", "-o", ""],
+    ["http://127.0.0.1:9/x", "--cache-dir", "", "--digest", "a" * 64],
+    ["http://127.0.0.1:9/x", "--ca-bundle", ""],
+    ["http://127.0.0.1:9/x", "--client-cert", ""],
+    ["-i", ""],
+    ["-i", "-", "--base-dir", ""],
+]
+
+
+@pytest.mark.parametrize("args", EMPTY_PATHS, ids=lambda a: " ".join(a)[:40])
+def test_an_empty_path_is_a_usage_error_naming_the_option(args: list[str], tmp_path: Path) -> None:
+    blob = tmp_path / "blobs" / ("sha256-" + "c" * 64)  # an unused blob, hours old
+    blob.parent.mkdir()
+    blob.write_bytes(b"x")
+    os.utime(blob, (1, 1))
+    (tmp_path / "manifests").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", *args],
+        input="",
+        capture_output=True,
+        text=True,
+        env=_hf_offline(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    option = args[args.index("") - 1]
+    assert f"argument {option}" in done.stderr or f"/{option}" in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stdout == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["blobs", "manifests", blob.name]
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "named"),
+    [
+        ([b"--proxy", b"http://a\xff:1"], {}, b"bad proxy URL"),
+        ([b"--proxy", b"http://u:\xff@127.0.0.1:9"], {}, b"bad proxy URL"),
+        ([], {b"HTTP_PROXY": b"\xff\xfe"}, b"$HTTP_PROXY"),
+        ([], {b"http_proxy": b"http://[::1"}, b"$HTTP_PROXY"),
+        ([], {b"HTTP_PROXY": b"http://u:\xff@127.0.0.1:9"}, b"$HTTP_PROXY"),
+    ],
+)
+def test_a_bad_proxy_is_named_as_the_proxy_not_the_url(
+    args: list[bytes], environ: dict[bytes, bytes], named: bytes, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environb.items() if not k.lower().endswith(b"_proxy")}
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "http://127.0.0.1:9/x", "-o", str(tmp_path / "o"), *args],
+        capture_output=True,
+        env={**env, **environ},
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert done.stderr.startswith(b"blobdl: error: bad proxy URL"), done.stderr
+    assert named in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == []
