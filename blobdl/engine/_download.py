@@ -47,7 +47,7 @@ from ..store._digest import parse_digest
 from ..store._existing import kept_size
 from ..store._lock import DestinationLock
 from ..store._names import default_name, name_from_url
-from ..store._resume import PartRecord, Resume, bytes_done
+from ..store._resume import PartRecord, Resume, bytes_done, sweep
 from ._coordinator import Coordinator
 from ._hasher import hashed_run
 from ._order import Order
@@ -175,6 +175,7 @@ class Downloader:
             # Checked under the lock: another holder may have just finished this very file.
             kept = kept_size(dest, order.expected, force=self.settings.force)
             if kept is not None:
+                sweep(dest)  # a run killed after its rename left its record beside it
                 result = order.in_place(dest, kept)
                 commit()
                 return result

@@ -38,6 +38,8 @@ from ..processes._signals import commit
 from ._destination import check_destination
 from ._digest import sha256_fd
 from ._files import atomic_write, local_error, open_own, read_own
+from ._lock import DestinationLock
+from ._resume import sweep
 
 LINK_SUFFIX = ".blobdl-link"
 CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a download waits for another one filling its entry
@@ -71,6 +73,8 @@ def through_cache(
         # Shared caches: wait for another download filling the same entry instead of failing.
         fetched = fill(entry, max(settings.lock_timeout, CACHE_LOCK_WAIT))
         verified = seal(entry, hexdigest)
+    else:
+        _sweep_beside(entry)
     after = place(entry, dest, verified)
     if after is not verified:
         reseal(entry, hexdigest, after)  # our own new link changed the entry's ctime
@@ -94,6 +98,17 @@ def _hit(entry: Path, hexdigest: str, verify_always: bool) -> os.stat_result | N
         if info is not None:
             return info
     return verify(entry, hexdigest)
+
+
+def _sweep_beside(entry: Path) -> None:
+    """A hit: a filler killed after the entry's rename left its record and lock beside it.
+    They go under the entry's lock, taken without waiting: one held belongs to a live job
+    (another hit sweeping, or a filler hashing the entry), which is left alone."""
+    try:
+        with DestinationLock(entry, 0.0):
+            sweep(entry)
+    except LocalFileError as exc:  # DestinationLocked among them
+        log.debug("left what is beside the cache entry %s as it is: %s", entry, exc)
 
 
 def entry_path(cache_dir: Path, hexdigest: str) -> Path:

@@ -232,6 +232,18 @@ def claims_bytes(path: Path) -> bool:
         return False
 
 
+def sweep(dest: Path) -> None:
+    """``dest`` is complete and in place: the partial and record an earlier run left beside
+    it (killed after its rename, before it removed them) claim nothing any more, and go.
+    Best-effort, as ``Resume.finished``: the blob is there, whatever stays beside it."""
+    try:
+        with held():
+            discard(temp_path(dest))
+            remove(state_path(dest))
+    except OSError as exc:
+        log.warning("could not remove what an earlier run left beside %s: %s", dest, exc)
+
+
 def remove(path: Path) -> None:
     for candidate in (path, _scratch(path)):
         candidate.unlink(missing_ok=True)
