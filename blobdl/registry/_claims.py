@@ -50,8 +50,16 @@ class Claims:
 
     def fetching(self, blob: Blob, wait: bool) -> contextlib.AbstractContextManager[bool]:
         """The right to fetch ``blob``; yields False (not waiting) if another pull has it."""
-        return locked(self.partial / f"sha256-{blob.hex}{FETCH_SUFFIX}",
-                      shared=False, wait=wait, owner=self.owner)  # fmt: skip
+        return locked(self._fetch_path(blob), shared=False, wait=wait, owner=self.owner)
+
+    def sweep(self, present: Iterable[Blob]) -> None:
+        """Remove the fetch locks that pulls killed while they held them left beside blobs
+        now ``present``: each taken without waiting (a running pull's is left alone) and
+        let go, which unlinks a lock nobody else holds."""
+        for blob in present:
+            if os.path.lexists(self._fetch_path(blob)):
+                with self.fetching(blob, wait=False):
+                    pass
 
     def exclusive(
         self, digest: str, look_only: bool = False
@@ -62,6 +70,9 @@ class Claims:
 
     def claim_path(self, hexdigest: str) -> Path:
         return self.partial / f"sha256-{hexdigest}{CLAIM_SUFFIX}"
+
+    def _fetch_path(self, blob: Blob) -> Path:
+        return self.partial / f"sha256-{blob.hex}{FETCH_SUFFIX}"
 
 
 class LockFile:

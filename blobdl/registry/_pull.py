@@ -121,6 +121,7 @@ def pull(
     with store.claims.shared(manifest.blobs):
         # Touched when found, so that Ollama's prune spares them while we fetch the rest.
         missing = [b for b in manifest.blobs if not (store.has(b) and store.touch(b))]
+        store.claims.sweep(b for b in manifest.blobs if b not in missing)
         _require_sizes(store, [b for b in manifest.blobs if b not in missing], reference)
         if on_event is not None:
             on_event(PullStarted(str(reference), manifest.digest, len(manifest.blobs),

@@ -96,3 +96,40 @@ def test_a_pull_rerun_after_a_kill_once_a_layer_was_staged_leaves_nothing_of_the
     assert rerun.returncode == 0, rerun.stderr
     assert_store(models, registry, model)
     assert leftovers(models / "blobs-partial") == []
+
+
+# The CLI, SIGKILLed right after the first layer is moved into blobs/, its fetch lock held.
+KILL_AFTER_THE_FIRST_PLACE = """
+import os, signal, sys
+from blobdl.registry._store import Store
+original = Store.place
+
+def killed(self, blob, staged):
+    original(self, blob, staged)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Store.place = killed
+sys.argv = ["blobdl", *sys.argv[1:]]
+from blobdl.cli import run
+run()
+"""
+
+
+def test_a_pull_rerun_after_a_kill_once_a_layer_was_in_blobs_leaves_no_fetch_lock(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Locks of finished blobs do not accumulate, even when the pull that held one was
+    killed: the next pull finds the blob present and still removes its lock."""
+    model = registry.push_model("library/placed", "v1", (300 * 1024, 200 * 1024, 5 * 1024))
+    models = tmp_path / "models"
+    args = ["pull", f"http://{registry.host}/{model.repo}:{model.tag}", "--models-dir",
+            str(models), *CLI]  # fmt: skip
+    killed = Cli([sys.executable, "-c", KILL_AFTER_THE_FIRST_PLACE, *args], cwd=tmp_path)
+    code, _ = killed.finish()
+    assert code == -9
+    assert list((models / "blobs-partial").glob("*.pull-lock"))  # the killed pull's
+
+    rerun = run_cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert_store(models, registry, model)
+    assert list((models / "blobs-partial").glob("*.pull-lock")) == []
