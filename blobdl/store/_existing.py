@@ -18,6 +18,8 @@ def kept_size(dest: Path, expected: str | None, *, force: bool) -> int | None:
     """The size of the file at ``dest`` when it is kept as the download; None when there is
     none, or it is to be replaced. Raises ``DestinationExists`` when it must stay."""
     if not dest.exists():
+        if dest.is_symlink() and expected is None and not force:
+            raise DestinationExists(str(dest))  # a link to a file not there yet: the user's
         return None
     require_regular(dest)  # again under the lock: hashing a FIFO would hang
     if expected is not None and sha256_file(dest) == expected:

@@ -372,6 +372,24 @@ def test_fifo_temp_file_is_never_opened(make: Make, tmp_path: Path) -> None:
     assert sha256_file(dest) == blob.sha256
 
 
+@pytest.mark.parametrize("how", ["one-url", "manifest"])
+def test_a_dangling_link_at_the_destination_is_an_existing_destination(
+    make: Make, tmp_path: Path, how: str
+) -> None:
+    """A link to a file not there yet is something the user put at that name, as a link to
+    one that is: refused without a digest or --force, and left as it was."""
+    blob = make(4 * PART if how == "one-url" else 1000, seed=26)
+    dest = tmp_path / "out"
+    dest.symlink_to(tmp_path / "missing" / "model.bin")
+    if how == "one-url":
+        done = run_cli(blob.url, "-o", str(dest), "-q", *CLI_PARTS)
+    else:
+        (tmp_path / "list").write_text(f"{blob.url} {dest}\n")
+        done = run_cli("-i", str(tmp_path / "list"), "-q", *CLI_PARTS)
+    assert refused(done, dest) and "already exists" in done.stderr, done.stderr
+    assert os.readlink(dest) == str(tmp_path / "missing" / "model.bin")
+
+
 def test_destination_symlink_is_replaced_not_written_through(make: Make, tmp_path: Path) -> None:
     blob = make(4 * PART, seed=25)
     dest, victim = tmp_path / "out", tmp_path / "victim"
