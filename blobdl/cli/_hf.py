@@ -18,7 +18,7 @@ from ..hf._download import HfEvent, HfResult, HfStarted, hf_download
 from ..hf._env import DEFAULT_ENDPOINT
 from ..hf._repo import REPO_TYPES
 from ._args import EXIT_CODES, Parser, add_shared_options, path_arg, settings_from
-from ._display import Display, display_for, failure, json_line, say, show_warnings
+from ._display import Display, display_for, failure, json_line, say, show_warnings, tell
 
 DESCRIPTION = f"""\
 Download a Hugging Face repository (all its files, or PATH ... and the files under a PATH
@@ -130,7 +130,7 @@ class _HfDisplay:
             fetched = sum(1 for f in result.files if f.download is not None)
             say(f"{result.repo} at {result.commit}: {len(result.files)} files, {fetched} "
                 f"fetched ({result.bytes_fetched} bytes) in {result.elapsed:.1f} s")  # fmt: skip
-        print(result.path, flush=True)
+        tell(str(result.path))
 
 
 def _summary(result: HfResult) -> dict[str, Any]:

@@ -116,8 +116,8 @@ def _every_worker(args: argparse.Namespace) -> int:
         if display.mode == "json":
             json_line(sys.stdout, {"worker": worker, **_summary(result)})
         elif display.mode != "quiet":
-            print(f"{worker}: pulled {result.reference}: {result.bytes_fetched} bytes fetched "
-                  f"-> {result.manifest_path}", file=sys.stderr)  # fmt: skip
+            say(f"{worker}: pulled {result.reference}: {result.bytes_fetched} bytes fetched "
+                f"-> {result.manifest_path}")  # fmt: skip
     return EXIT_OK
 
 

@@ -633,3 +633,26 @@ def test_the_hub_cache_and_token_come_from_huggingface_hubs_variables(
     )
     assert moved.returncode == 0, moved.stderr
     assert Path(moved.stdout.strip()).is_relative_to(tmp_path / "elsewhere")
+
+
+def test_a_reader_gone_before_the_last_line_costs_nothing(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """``blobdl hf REPO | true``: the reader is gone before the path is printed; the
+    download still succeeds, with no traceback."""
+    tiny = repos["acme/tiny"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "blobdl", "hf", "acme/tiny", "--cache-dir",
+             str(tmp_path / "c"), "-q", *FAST],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, cwd=REPO,
+            env=hf_env(hub.url, tmp_path),
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr == ""
+    snapshot = next((tmp_path / "c").glob("models--acme--tiny/snapshots/*"))
+    assert contents(snapshot) == tiny.contents[tiny.refs["main"]]
