@@ -20,7 +20,7 @@ from ..batch._scheduler import ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
 from ..processes._signals import interrupted, stoppable
-from ._args import build_parser, settings_from
+from ._args import build_parser, in_options, settings_from
 from ._batch_bar import BatchBar
 from ._display import (
     Display,
@@ -131,6 +131,8 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
             on_event=tell,
             cluster=args.scheduler,
         )
+    except UsageError as exc:  # download_many's own: max_connections is --connections here
+        return fail(display, in_options(exc), EXIT_USAGE)
     except BlobdlError as exc:
         return fail(display, exc, exc.exit_code)
     except KeyboardInterrupt as stop:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +21,7 @@ from ..errors import (
     EXIT_OK,
     EXIT_USAGE,
     BlobdlError,
+    UsageError,
 )
 
 EXIT_CODES = f"""\
@@ -249,6 +253,39 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "--insecure is deprecated for downloads: use --no-verify-tls (it means the same "
             "here; 'blobdl pull --insecure' means plain HTTP)"
         )
+    try:
+        return _settings(args)
+    except UsageError as exc:
+        raise in_options(exc) from None
+
+
+def in_options(exc: UsageError) -> UsageError:
+    """A settings error as the command line says it: ``--limit-rate``, not ``limit_rate``.
+    A message that starts with a setting's name is a settings check's, and every such
+    name in it is one (``min_part_size exceeds max_part_size``); any other is left as is."""
+    options = _options()
+    text = str(exc)
+    if text.split(" ", 1)[0] not in options:
+        return exc
+    return UsageError(_NAME.sub(lambda m: options.get(m.group(), m.group()), text))
+
+
+_NAME = re.compile(r"\b[a-z]+(?:_[a-z]+)*\b")
+
+
+@functools.cache
+def _options() -> dict[str, str]:
+    """{a setting's name: the option that sets it}, from the parser itself."""
+    fields = {f.name for f in dataclasses.fields(Settings)} | {"per_host"}
+    options = {
+        action.dest: max(action.option_strings, key=len)
+        for action in build_parser()._actions
+        if action.dest in fields and action.option_strings
+    }
+    return options | {"headers": "--header", "max_connections": "--connections"}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
     return Settings(
         parts=args.parts,
         connections=args.connections,

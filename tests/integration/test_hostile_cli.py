@@ -6,6 +6,7 @@ documented exit code, never a traceback, and nothing is destroyed or half-writte
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -150,3 +151,33 @@ def test_a_bad_proxy_is_named_as_the_proxy_not_the_url(
     assert done.stderr.startswith(b"blobdl: error: bad proxy URL"), done.stderr
     assert named in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["URL", "--limit-rate", "0"], "--limit-rate"),
+        (["URL", "--connections", "0"], "--connections"),
+        (["URL", "--stall-timeout", "0"], "--stall-timeout"),
+        (["URL", "--retries", "-1"], "--retries"),
+        (["-i", "MANIFEST", "--per-host", "0"], "--per-host"),
+        (["-i", "MANIFEST", "--connections", "0"], "--connections"),
+        (["pull", "m:t", "--processes", "0"], "--processes"),
+        (["hf", "a/b", "--max-part-size", "1"], "--max-part-size"),
+    ],
+)
+def test_a_bad_setting_is_named_as_its_option(tmp_path: Path, args: list[str], option: str) -> None:
+    """The library says ``limit_rate``; the command line says ``--limit-rate``."""
+    manifest = tmp_path / "m"
+    manifest.write_text(f"http://127.0.0.1:9/x {tmp_path / 'x'}\n")
+    url = "http://127.0.0.1:9/x"
+    argv = [url if a == "URL" else str(manifest) if a == "MANIFEST" else a for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", *argv, *(["-o", str(tmp_path / "o")] if "URL" in args else [])],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == EXIT_USAGE, done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and line.startswith("blobdl: error: "), line
+    name = option[2:].replace("-", "_")  # the library's name, alone (not inside the option)
+    assert option in line and not re.search(rf"(?<![-\w]){name}(?![-\w])", line), line
