@@ -172,10 +172,9 @@ def test_a_bad_setting_is_named_as_its_option(tmp_path: Path, args: list[str], o
     manifest.write_text(f"http://127.0.0.1:9/x {tmp_path / 'x'}\n")
     url = "http://127.0.0.1:9/x"
     argv = [url if a == "URL" else str(manifest) if a == "MANIFEST" else a for a in args]
-    done = subprocess.run(
-        [sys.executable, "-m", "blobdl", *argv, *(["-o", str(tmp_path / "o")] if "URL" in args else [])],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )  # fmt: skip
+    output = ["-o", str(tmp_path / "o")] if "URL" in args else []
+    done = subprocess.run([sys.executable, "-m", "blobdl", *argv, *output],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
     assert done.returncode == EXIT_USAGE, done.stderr
     line = done.stderr.strip()
     assert "\n" not in line and line.startswith("blobdl: error: "), line
