@@ -4,7 +4,9 @@ One ``distributed.Semaphore`` lease is one connection: a semaphore of ``max_conn
 leases for the whole batch, and one of ``per_host`` leases for each host, named after the
 batch, so every worker's tasks draw on the same counts (the scheduler keeps them). An item
 takes one lease of its host, then one of the batch (blocking: the probe is a connection
-too), then as many more pairs as it can use without waiting; it holds them while it runs.
+too), then as many more pairs as it can use without waiting; it holds them while it runs,
+and takes more as they come free (``Held.grow``), so that what finished items give back goes
+to the items still running.
 
 Deadlock-free by order: a task waiting holds at most one host lease and no batch lease, so
 every batch lease is held by a task that is running, which will give it back.
@@ -44,28 +46,43 @@ class Budget(NamedTuple):
         return f"blobdl-{self.run}-host-{hashlib.sha256(host.encode()).hexdigest()[:16]}"
 
 
+class Held:
+    """The leases an item holds: one pair (its host's and the batch's) per connection."""
+
+    def __init__(self, pair: tuple[Any, Any]) -> None:
+        self.pair = pair
+        self.leases: list[Any] = []
+
+    @property
+    def granted(self) -> int:
+        return len(self.leases) // 2
+
+    def grow(self) -> bool:
+        """One more connection, if a pair is free now (never waits)."""
+        return _take_pair(self.pair, self.leases)
+
+
 @contextlib.contextmanager
-def leases(budget: Budget, host: str, wanted: int, stop: Callable[[], bool]) -> Iterator[int]:
-    """Hold between 1 and ``wanted`` connections to ``host``; yield how many.
+def leases(budget: Budget, host: str, wanted: int, stop: Callable[[], bool]) -> Iterator[Held]:
+    """Hold between 1 and ``wanted`` connections to ``host`` (``Held.granted``).
 
     Waits for the first one (``stop()`` is asked between waits: ``Stopped`` if it says so);
-    takes the others only if they are free now."""
+    takes the others only if they are free now; ``Held.grow`` takes more later."""
     distributed = dask()
     pair = (
         distributed.Semaphore(max_leases=budget.per_host, name=budget.host(host)),
         distributed.Semaphore(max_leases=budget.connections, name=budget.everyone()),
     )
-    held: list[Any] = []
+    held = Held(pair)
     try:
         for semaphore in pair:
             _wait_for(semaphore, stop)
-            held.append(semaphore)
-        granted = 1
-        while granted < wanted and _take_pair(pair, held):
-            granted += 1
-        yield granted
+            held.leases.append(semaphore)
+        while held.granted < wanted and held.grow():
+            pass
+        yield held
     finally:
-        for semaphore in reversed(held):
+        for semaphore in reversed(held.leases):
             with contextlib.suppress(Exception):  # the scheduler gone: the leases expire there
                 semaphore.release()
         for semaphore in pair:

@@ -18,7 +18,11 @@ with it (it dies with the thread that started it, saving its state first).
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import signal
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -27,13 +31,14 @@ from .._redact import redact_url
 from ..config import Settings
 from ..engine._download import Downloader
 from ..engine._plan import download_part_count
+from ..engine._share import Shares
 from ..errors import BlobdlError, Interrupted, UsageError
-from ..events import DownloadResult, Failed
+from ..events import DownloadResult, Event, Failed
 from ..http._probe import resolve
 from ..http._remote import Remote
 from ..store._cache import entry_path as cache_entry
 from ..store._names import default_name, name_from_url
-from ._cluster_budget import Budget, leases
+from ._cluster_budget import Budget, Held, leases
 from ._cluster_worker import Channel, Relay, Sent, Stopped, Watch, worker_name
 from ._items import Item, inside
 
@@ -108,15 +113,48 @@ def _fetch(job: Job, remote: Remote | None, relay: Relay) -> DownloadResult:
     host = _host(remote.final_url if remote is not None else item.url)
     hashing = item.digest is not None
     wanted = _wanted(remote, settings, hashing=hashing)
-    with leases(job.budget, host, wanted, relay.watch.stopped) as granted:
-        settings = dataclasses.replace(
-            settings, connections=granted, limit_rate=_rate_share(job, settings, granted)
-        )
-        downloader = Downloader(settings)
+    with leases(job.budget, host, wanted, relay.watch.stopped) as held:
         path = Path(item.path) if item.path else None
         if remote is None:  # a cache hit: no probe, no network
-            return downloader.download(item.url, path, digest=item.digest, on_event=relay)
-        return downloader._download_resolved(remote, path, digest=item.digest, on_event=relay)
+            settings = dataclasses.replace(settings, connections=held.granted)
+            return Downloader(settings).download(item.url, path, digest=item.digest, on_event=relay)
+        with _Grant(job, settings, held, wanted) as grant:
+            downloader = Downloader(dataclasses.replace(settings, connections=wanted))
+            return downloader._download_resolved(
+                remote, path, digest=item.digest, on_event=grant.relaying(relay), share=grant.share
+            )
+
+
+class _Grant:
+    """What the item may use now, in a file its download (in a clean process) reads at every
+    look at its lanes: the connections it holds and their share of ``--limit-rate``. It
+    grows, at each event the download sends, by the leases that finished items gave back,
+    up to what the item can use: as on one machine, what is freed goes to what still runs."""
+
+    def __init__(self, job: Job, settings: Settings, held: Held, wanted: int) -> None:
+        self.job, self.settings, self.held, self.wanted = job, settings, held, wanted
+        self.folder = tempfile.mkdtemp(prefix="blobdl-share-")
+        self.shares = Shares(1, os.path.join(self.folder, "share"))  # written here only
+        self.share = self.shares.share(0)
+        self._write()
+
+    def __enter__(self) -> _Grant:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def relaying(self, relay: Relay) -> Callable[[Event], None]:
+        def tell(event: Event) -> None:
+            relay(event)
+            if self.held.granted < self.wanted and self.held.grow():
+                self._write()
+
+        return tell
+
+    def _write(self) -> None:
+        granted = self.held.granted
+        self.shares.set(0, _rate_share(self.job, self.settings, granted), granted)
 
 
 def _where(job: Job, remote: Remote | None, relay: Relay) -> Item:

@@ -115,7 +115,7 @@ class Downloader:
         share: Share | None = None,
     ) -> DownloadResult:
         if _clean_process.threaded():  # never fork a threaded process: a clean one forks instead
-            args = (self.settings, url, remote, _fspath(path), digest)
+            args = (self.settings, url, remote, _fspath(path), digest, share)
             return _clean_process.call(_run_here, args, tell)
         return self._run_here(url, remote, path, digest, tell, share)
 
@@ -290,10 +290,12 @@ def _run_here(
     remote: Remote | None,
     path: str | None,
     digest: str | None,
+    share: Share | None,
     tell: EventCallback | None,
 ) -> DownloadResult:
-    """A download in the clean process ``_clean_process`` started for a threaded caller."""
-    return Downloader(settings)._run_here(url, remote, path, digest, tell or ignore)
+    """A download in the clean process ``_clean_process`` started for a threaded caller
+    (``share``: its batch's grant, in a file the two processes share)."""
+    return Downloader(settings)._run_here(url, remote, path, digest, tell or ignore, share)
 
 
 def _close_quietly(fd: int | None) -> None:

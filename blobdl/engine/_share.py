@@ -12,18 +12,39 @@ stores: no lock.
 from __future__ import annotations
 
 import mmap
+import os
 
 _FIELDS = 2  # rate (bytes/s, 0: no limit), connections
 _WORD = 8
 
 
 class Shares:
-    """One slot per download that may run at once; the batch writes, downloads read."""
+    """One slot per download that may run at once; the batch writes, downloads read.
 
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self._map = mmap.mmap(-1, max(1, slots) * _FIELDS * _WORD)
+    Anonymous memory, inherited by the processes the batch forks; or, given ``path``, a
+    file of its own that another process opens by that name (a cluster task's download
+    runs in a clean process, started by exec: nothing anonymous survives that), which is
+    how it pickles."""
+
+    def __init__(self, slots: int, path: str | None = None) -> None:
+        self.slots, self.path = slots, path
+        size = max(1, slots) * _FIELDS * _WORD
+        if path is None:
+            self._map = mmap.mmap(-1, size)
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+                self._map = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
         self._words = memoryview(self._map).cast("q")
+
+    def __reduce__(self) -> tuple[type[Shares], tuple[int, str]]:
+        if self.path is None:
+            raise TypeError("anonymous Shares are inherited by fork, not pickled")
+        return (Shares, (self.slots, self.path))
 
     def set(self, slot: int, rate: int | None, connections: int) -> None:
         self._words[slot * _FIELDS] = rate or 0

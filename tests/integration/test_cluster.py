@@ -324,6 +324,45 @@ def test_the_library_on_a_local_cluster_answers_in_order_and_confines_paths_on_t
     assert [a[3] for a in answers] == [200 * KB, None, 600 * KB, 100 * KB, 200 * KB]
 
 
+GROWING = """
+import json, sys
+import blobdl
+if __name__ == "__main__":
+    seen = []
+    def tell(e):
+        seen.append([e.item, type(e.event).__name__, getattr(e.event, "active", None)])
+    items = [blobdl.Item(url, path) for url, path in json.loads(sys.argv[1])]
+    results = blobdl.download_many(items, cluster="local:1", max_connections=3, connections=2,
+                                   min_part_size=262144, max_part_size=262144,
+                                   progress_interval=0.1, on_event=tell)
+    assert all(r.ok for r in results), [r.error for r in results]
+    print(json.dumps(seen))
+"""
+
+
+def test_an_item_grows_into_the_connections_a_finished_item_frees(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A budget of 3, two items that can each use 2: one starts with 2, the other with the
+    1 left. Once the first is done, the second takes the connection it freed (and its share
+    of the rate), as on one machine, instead of finishing on the one it started with."""
+    blobs = [make(4 * PART, seed) for seed in (41, 42)]
+    paced(server, 256 * KB)
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(GROWING))
+    rows = [[b.url, str(tmp_path / b.name)] for b in blobs]
+    done = subprocess.run([sys.executable, str(script), json.dumps(rows)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for blob in blobs:
+        assert sha256_file(tmp_path / blob.name) == blob.sha256
+    seen = json.loads(done.stdout.splitlines()[-1])
+    first = next(item for item, kind, _ in seen if kind == "Finished")
+    after = seen[[kind for _, kind, _ in seen].index("Finished") + 1 :]
+    last = [active for item, kind, active in after if item != first and kind == "Progress"]
+    assert last and max(last) == 2, seen
+
+
 def test_without_dask_a_cluster_is_one_line_exit_2(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['distributed'] = None; from blobdl.cli import main; "
