@@ -1,0 +1,261 @@
+"""A hostile or careless library user: blobdl imported into a batch job, which is a threaded
+program, called the way such programs call it. Every test here is a defect found in review
+(branch ``hostile-library``) and is marked ``xfail(strict=True)``: it fails today, and a fix
+turns it into a pass (remove the mark then). Real server, real processes, as in
+``test_threads.py``, whose helpers these tests share.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import blobdl
+from blobdl.store._destination import temp_path
+from faultserver.hub import HubHandle, HubRepo, start_hub
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, sha256_file
+from tests.integration.test_threads import FAST, PACED, noise, slow_down
+
+Make = Callable[..., Blob]
+QUICK = 5.0  # seconds: a stop that takes longer than this waited for the whole download
+SLOWEST = 20_000  # bytes/s per connection: 4 paced parts of 256 KiB take ~10 s
+
+
+def _bug(why: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=why)
+
+
+# --- a threaded caller that stops: the clean process must be told -------------------------
+
+
+@_bug("call() reaps the clean process without stopping it: the download runs to its end")
+def test_an_exception_from_a_signal_handler_stops_a_threaded_callers_download(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A signal-based timeout (SIGALRM raising TimeoutError: timeout-decorator, pytest-timeout,
+    Airflow's SIGTERM handler raising) in the main thread of a threaded caller."""
+    blob = make(16 * PART, seed=901)
+    slow_down(server, blob, bps=SLOWEST)
+    out = tmp_path / "out"
+
+    def alarm(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the job's time is up")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    started = time.monotonic()
+    try:
+        with noise(1), pytest.raises(TimeoutError):
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            blobdl.download(blob.url, out, **PACED)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < QUICK, "the download ran to its end first"
+    assert temp_path(out).exists() and not out.exists()
+
+
+@_bug("_follow stops the child only for Exception and KeyboardInterrupt, not SystemExit")
+def test_a_callback_raising_systemexit_stops_a_threaded_callers_download(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """``sys.exit()`` in a callback stops a single-threaded caller's download at once; in a
+    threaded caller the whole blob came down first, then SystemExit was raised."""
+    blob = make(16 * PART, seed=902)
+    slow_down(server, blob, bps=SLOWEST)
+    out = tmp_path / "out"
+
+    def leave(event: blobdl.Event) -> None:
+        if isinstance(event, blobdl.Progress) and event.done > 0:
+            raise SystemExit(3)
+
+    started = time.monotonic()
+    with noise(1), pytest.raises(SystemExit):
+        blobdl.download(blob.url, out, on_event=leave, **PACED)
+    assert time.monotonic() - started < QUICK, "the download ran to its end first"
+    assert temp_path(out).exists() and not out.exists()
+
+
+@_bug("_follow raises the Interrupted it asked for even when the child's outcome is a result")
+def test_an_interrupted_threaded_caller_never_has_the_whole_blob_in_place(
+    make: Make, tmp_path: Path
+) -> None:
+    """Interrupted promises a kept partial for the next run. A Ctrl-C that a threaded caller
+    gets once the child has committed (here: while its callback handles Finished) raised
+    Interrupted with the blob complete at its destination, and the rerun then fails with
+    DestinationExists. A single-threaded caller gets its result (the signal is dropped)."""
+    blob = make(16 * PART, seed=903)
+    out = tmp_path / "out"
+
+    def ctrl_c_now(event: blobdl.Event) -> None:
+        if isinstance(event, blobdl.Finished):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
+
+    with noise(1):
+        try:
+            blobdl.download(blob.url, out, on_event=ctrl_c_now, **FAST)
+        except blobdl.Interrupted:
+            assert not out.exists(), "Interrupted, yet the blob is complete at its destination"
+        except KeyboardInterrupt:
+            pass  # the callback's own (it was the one the signal landed in): acceptable
+    if out.exists():
+        assert sha256_file(out) == blob.sha256
+
+
+# --- callers blobdl does not see coming ----------------------------------------------------
+
+
+def _download_in_a_pool_worker(url: str, out: str) -> str:
+    try:
+        blobdl.download(url, out, **FAST)
+    except BaseException as exc:  # what it raised, to be shown by the parent
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+@_bug("a daemonic process may not have children: multiprocessing's AssertionError escapes")
+def test_download_from_a_multiprocessing_pool_worker(make: Make, tmp_path: Path) -> None:
+    """``Pool.map(download_one, urls)``: the commonest batch job there is. Pool workers are
+    daemonic, and multiprocessing refuses them children; the clean process (exec'd, not a
+    multiprocessing child) is allowed, as the Dask path already knows."""
+    blob = make(8 * PART, seed=904)
+    out = tmp_path / "out"
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        said = pool.apply(_download_in_a_pool_worker, (blob.url, str(out)))
+        pool.close()
+        pool.join()
+    assert said == "ok"
+    assert sha256_file(out) == blob.sha256
+
+
+@_bug("the thread check happens once, before the callbacks run; later forks are not checked")
+def test_a_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threaded_process(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tqdm bar made on Started starts tqdm's monitor thread (blobdl's own CLI turns it off
+    for this reason); any callback may start a thread. The workers are forked after Started."""
+    blob = make(16 * PART, seed=905)
+    threads_at_fork: list[int] = []
+    real_fork = os.fork
+
+    def watched_fork() -> int:
+        threads_at_fork.append(len(os.listdir("/proc/self/task")))
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", watched_fork)
+    done = threading.Event()
+
+    def bar(event: blobdl.Event) -> None:
+        if isinstance(event, blobdl.Started):  # what tqdm(total=event.size) does
+            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
+
+    assert len(os.listdir("/proc/self/task")) == 1, "the test needs a single-threaded caller"
+    try:
+        blobdl.download(blob.url, tmp_path / "out", on_event=bar, **FAST)
+    finally:
+        done.set()
+    assert threads_at_fork and max(threads_at_fork) == 1, threads_at_fork
+
+
+# --- arguments: a careless user's are a UsageError, never a TypeError from deep inside ------
+
+URL = "http://127.0.0.1:9/x"  # never reached: every call below must fail before
+
+
+def _careless_calls(tmp: Path) -> dict[str, Callable[[], object]]:
+    return {
+        "url None": lambda: blobdl.download(None, tmp / "o"),  # type: ignore[arg-type]
+        "url bytes": lambda: blobdl.download(b"http://h/x", tmp / "o"),  # type: ignore[arg-type]
+        "path int": lambda: blobdl.download(URL, 5),  # type: ignore[arg-type]
+        "digest int": lambda: blobdl.download(URL, tmp / "o", digest=5),  # type: ignore[arg-type]
+        "settings dict": lambda: blobdl.Downloader({"connections": 2}).download(URL, tmp / "o"),  # type: ignore[arg-type]
+        "items None": lambda: blobdl.download_many(None),  # type: ignore[arg-type]
+        "item tuple": lambda: blobdl.download_many([(URL, str(tmp / "o"))]),  # type: ignore[list-item]
+        "item url None": lambda: blobdl.download_many([blobdl.Item(None)]),  # type: ignore[arg-type]
+        "item headers dict": lambda: blobdl.download_many(
+            [blobdl.Item(URL, str(tmp / "o"), None, {"A": "b"})]  # type: ignore[arg-type]
+        ),
+        "item size str": lambda: blobdl.download_many([blobdl.Item(URL, size="1GB")]),  # type: ignore[arg-type]
+        "max_connections str": lambda: blobdl.download_many([], max_connections="4"),  # type: ignore[arg-type]
+        "per_host None": lambda: blobdl.download_many([], per_host=None),  # type: ignore[arg-type]
+        "base_dir int": lambda: blobdl.download_many([], base_dir=5),  # type: ignore[arg-type]
+        "many settings dict": lambda: blobdl.download_many([], settings={"retries": 1}),  # type: ignore[arg-type]
+        "pull ref None": lambda: blobdl.pull(None, tmp),  # type: ignore[arg-type]
+        "hf repo None": lambda: blobdl.hf_download(None, cache_dir=tmp),  # type: ignore[arg-type]
+        "hf revision None": lambda: blobdl.hf_download("a/b", revision=None, cache_dir=tmp),  # type: ignore[arg-type]
+    }
+
+
+CARELESS = list(_careless_calls(Path("/nonexistent")))
+
+
+@_bug("arguments beside Settings are not checked: TypeError/AttributeError from deep inside")
+@pytest.mark.parametrize("case", CARELESS)
+def test_a_careless_argument_is_a_usage_error(case: str, tmp_path: Path) -> None:
+    with pytest.raises(blobdl.UsageError):
+        _careless_calls(tmp_path)[case]()
+
+
+@_bug("max_connections has no upper bound: download_many allocates a slot per connection")
+def test_a_batch_budget_no_machine_can_honour_is_a_usage_error() -> None:
+    """Settings caps ``connections`` at 1024; the batch's budget is not capped at all, and
+    ``LargeItems`` allocates a list and a shared-memory slot per connection: 10**7 costs
+    400 MB before anything is fetched, 10**9 exhausts memory. (1025 allocates nothing much.)"""
+    with pytest.raises(blobdl.UsageError):
+        blobdl.download_many([], max_connections=1025)
+
+
+@_bug("a str is iterated as an Iterable[Item | str]: one failed item per character")
+def test_one_url_given_as_the_items_is_a_usage_error() -> None:
+    with pytest.raises(blobdl.UsageError):
+        blobdl.download_many(URL)
+
+
+# --- hf_download's patterns ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubHandle]:
+    repo = HubRepo("acme/mixed")
+    repo.commit(
+        {
+            "config.json": b"{}",
+            "tokenizer.json": b'{"vocab": {}}',
+            "model.safetensors": random.Random(905).randbytes(300_000),
+        }
+    )
+    handle = start_hub(tmp_path_factory.mktemp("hub"), [repo], tokens=("hf_good",))
+    yield handle
+    handle.stop()
+
+
+@_bug("include/exclude given as one string are iterated per character: '*' matches all")
+@pytest.mark.parametrize("which", ["include", "exclude"])
+def test_a_pattern_given_as_one_string_is_one_pattern(
+    which: str, hub: HubHandle, tmp_path: Path
+) -> None:
+    """huggingface_hub's ``allow_patterns``/``ignore_patterns`` take a str or a list; here
+    ``include="*.json"`` fetched every file (a model repository's weights too) and
+    ``exclude="*.json"`` fetched nothing, both without a word."""
+    kwargs: dict[str, Any] = {which: "*.json"}
+    try:
+        result = blobdl.hf_download(
+            "acme/mixed", cache_dir=tmp_path, endpoint=hub.url, token="hf_good", **kwargs
+        )
+    except blobdl.UsageError:
+        return  # refusing a bare string is as good as reading it as one pattern
+    got = sorted(f.path for f in result.files)
+    if which == "include":
+        assert got == ["config.json", "tokenizer.json"]
+    else:
+        assert got == ["model.safetensors"]
