@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -137,13 +138,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name, low, high in _INT_BOUNDS:
-            _check_int(name, getattr(self, name), low, high)
+            check_int(name, getattr(self, name), low, high)
         if self.parts is not None:
-            _check_int("parts", self.parts, 1, MAX_PARTS)
+            check_int("parts", self.parts, 1, MAX_PARTS)
         if self.processes is not None:
-            _check_int("processes", self.processes, 1, MAX_CONNECTIONS)
+            check_int("processes", self.processes, 1, MAX_CONNECTIONS)
         if self.limit_rate is not None:
-            _check_int("limit_rate", self.limit_rate, 1, MAX_BYTES)
+            check_int("limit_rate", self.limit_rate, 1, MAX_BYTES)
         _require(self.min_part_size <= self.max_part_size, "min_part_size exceeds max_part_size")
         for name, positive in _SECONDS:
             _check_seconds(name, getattr(self, name), positive)
@@ -176,6 +177,8 @@ def overridden(settings: Settings | None, overrides: Mapping[str, Any]) -> Setti
     """``settings`` (the defaults if None) with ``overrides`` applied, as every entry point
     that takes ``**settings`` applies them: an unknown name is a ``UsageError``, and the
     result is validated as any ``Settings`` is."""
+    if settings is not None and not isinstance(settings, Settings):
+        raise UsageError(f"settings must be a blobdl.Settings, not {type(settings).__name__}")
     base = settings or Settings()
     unknown = set(overrides) - Settings.field_names()
     if unknown:
@@ -213,7 +216,8 @@ def _require(ok: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> None:
+def check_int(name: str, value: object, low: int, high: int) -> None:
+    """A whole number from ``low`` to ``high`` (never a bool), or a UsageError naming it."""
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
     _require(ok, f"{name} must be a whole number from {low} to {high}")
 
@@ -271,3 +275,17 @@ def parse_header(text: str) -> tuple[str, str]:
         raise UsageError(f"not a header: {text!r} (expected 'Name: value')")
     check_header(name.strip(), value.strip())
     return name.strip(), value.strip()
+
+
+def check_text(name: str, value: object, *, optional: bool = False) -> None:
+    """A string (or None when ``optional``), or a UsageError naming it: what a caller
+    passes at the library's doors is checked there, never found out deep inside."""
+    if not (isinstance(value, str) or (optional and value is None)):
+        kind = "a string" + (" or None" if optional else "")
+        raise UsageError(f"{name} must be {kind}, not {type(value).__name__}")
+
+
+def check_path(name: str, value: object) -> None:
+    """A path (str or os.PathLike) or None, or a UsageError naming it."""
+    if not (value is None or isinstance(value, (str, os.PathLike))):
+        raise UsageError(f"{name} must be a path or None, not {type(value).__name__}")

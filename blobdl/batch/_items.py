@@ -5,11 +5,12 @@ counts against, where its path may lead (``confine``), and which items are the s
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from ..config import check_int, check_text
 from ..errors import BlobdlError, UsageError
 from ..events import DownloadResult, Event
 from ..http._urls import check_url, lift_userinfo
@@ -67,10 +68,36 @@ def host_of(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
+def given(items: object) -> list[Item]:
+    """The caller's items, each an ``Item`` (a URL string is one): anything else is a
+    UsageError naming it, here, not a TypeError from deep inside."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise UsageError(f"items must be a list of Items or URLs, not {type(items).__name__}")
+    listed = [Item(i) if isinstance(i, str) else i for i in items]
+    for n, item in enumerate(listed):
+        _check_item(item, f"item {n}")
+    return listed
+
+
+def _check_item(item: object, where: str) -> None:
+    if not isinstance(item, Item):
+        raise UsageError(f"{where} must be an Item or a URL, not {type(item).__name__}")
+    check_text(f"{where}: url", item.url)
+    check_text(f"{where}: path", item.path, optional=True)
+    check_text(f"{where}: digest", item.digest, optional=True)
+    pairs = isinstance(item.headers, (tuple, list)) and all(
+        isinstance(h, (tuple, list)) and len(h) == 2 for h in item.headers
+    )
+    if not pairs:
+        raise UsageError(f"{where}: headers must be (name, value) pairs")
+    if item.size is not None:
+        check_int(f"{where}: size", item.size, 0, 2**63 - 1)
+
+
 def normalized(item: Item) -> Item:
     """The item as the scheduler works with it: ``user:pass@`` moved out of its URL into an
     Authorization header, its digest parsed once (to bare hex; a bad one is a UsageError)."""
-    url, headers = lift_userinfo(item.url, item.headers)
+    url, headers = lift_userinfo(item.url, tuple((n, v) for n, v in item.headers))
     digest = parse_digest(item.digest) if item.digest is not None else None
     return item._replace(url=url, headers=headers, digest=digest)
 

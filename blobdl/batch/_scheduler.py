@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..config import Settings
+from ..config import MAX_CONNECTIONS, Settings, check_int, check_path
 from ..engine._download import Downloader
 from ..errors import BlobdlError, Interrupted, UsageError
 from ..events import DownloadResult
@@ -48,6 +48,7 @@ from ._items import (
     ItemResult,
     confine,
     first_of_each,
+    given,
     host_of,
     inside,
     normalized,
@@ -89,29 +90,30 @@ def download_many(
     With ``base_dir`` every item's path is taken relative to it and must stay inside it
     (no absolute path, no ``..``, no symbolic link leading out: a UsageError names the
     item), and an item without a path gets its name from the server inside it."""
-    if max_connections < 1 or per_host < 1:
-        raise UsageError("max_connections and per_host must be at least 1")
+    check_int("max_connections", max_connections, 1, MAX_CONNECTIONS)
+    check_int("per_host", per_host, 1, MAX_CONNECTIONS)
+    check_path("base_dir", base_dir)
     base = Downloader(settings, **overrides).settings
-    given = [Item(i) if isinstance(i, str) else i for i in items]
-    batch, where = [normalized(item) for item in given], None
+    listed = given(items)
+    batch, where = [normalized(item) for item in listed], None
     if cluster is not None:
         from ._cluster import download_many_on  # only with a cluster: it needs distributed
 
         spread = download_many_on(cluster, batch, base, max_connections, per_host, on_event,
                                   None if base_dir is None else os.fspath(base_dir))  # fmt: skip
-        return [r._replace(item=item) for r, item in zip(spread, given, strict=True)]
+        return [r._replace(item=item) for r, item in zip(spread, listed, strict=True)]
     if base_dir is not None:
         where = Path(base_dir)
         if not where.is_dir():
             raise UsageError(f"base directory {str(where)!r} is not a directory")
         batch = [inside(where, item, f"item {n}") for n, item in enumerate(batch)]
-    if _clean_process.threaded():  # never fork a threaded process: a clean one schedules instead
+    if _clean_process.needs_clean():  # never fork here: a clean process schedules instead
         first_of_each(batch)  # usage errors from the calling thread, before any process
         args = (batch, base, max_connections, per_host, where)
         results = _clean_process.call(_many_here, args, on_event)
     else:
         results = _Scheduler(batch, base, max_connections, per_host, on_event, where).run()
-    return [r._replace(item=item) for r, item in zip(results, given, strict=True)]
+    return [r._replace(item=item) for r, item in zip(results, listed, strict=True)]
 
 
 def _many_here(

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings, overridden
+from ..config import Settings, check_path, check_text, overridden
 from ..events import DownloadResult, EventCallback, Finished, ProgressCallback, Started
 from ..http._probe import resolve
 from ..http._remote import Remote
@@ -81,6 +81,9 @@ class Downloader:
         part stalled, finished, failed); ``on_progress`` only the progress ones.
         Raises a ``BlobdlError`` subclass on failure, leaving nothing at ``path``.
         """
+        check_text("url", url)
+        check_path("path", path)
+        check_text("digest", digest, optional=True)
         tell = tell_caller(on_progress, on_event)
         # user:pass@ becomes an Authorization header here, once: no URL downstream holds it.
         bare, headers = lift_userinfo(url, self.settings.headers)
@@ -114,7 +117,7 @@ class Downloader:
         tell: EventCallback,
         share: Share | None = None,
     ) -> DownloadResult:
-        if _clean_process.threaded():  # never fork a threaded process: a clean one forks instead
+        if _clean_process.needs_clean():  # never fork here: a clean process forks instead
             args = (self.settings, url, remote, _fspath(path), digest, share)
             return _clean_process.call(_run_here, args, tell)
         return self._run_here(url, remote, path, digest, tell, share)

@@ -125,6 +125,7 @@ def hf_download(
     base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)
     repo = parse_repo(repo_id, repo_type)
     check_revision(revision)
+    include, exclude = _patterns("include", include), _patterns("exclude", exclude)
     if cache_dir is not None and local_dir is not None:
         raise UsageError("give a cache dir or a local dir, not both")
     hub = Hub(_env.endpoint(given=endpoint), repo, _env.token(token), base)
@@ -289,3 +290,16 @@ def _relayed(tell: HfCallback | None, files: list[RepoFile]) -> BatchCallback | 
     if tell is None:
         return None
     return lambda batch_event: tell(HfEvent(files[batch_event.item].path, batch_event.event))
+
+
+def _patterns(name: str, given: object) -> tuple[str, ...] | None:
+    """Globs as huggingface_hub takes them: one string is one pattern (not its characters)."""
+    if given is None:
+        return None
+    if isinstance(given, str):
+        return (given,)
+    if not isinstance(given, (list, tuple, set, frozenset)) or not all(
+        isinstance(g, str) for g in given
+    ):
+        raise UsageError(f"{name} must be a glob or a list of globs")
+    return tuple(given)

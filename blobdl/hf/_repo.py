@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
+from ..config import check_text
 from ..errors import BadResponse, EntryNotFound, UsageError
 from ..store._digest import hash_range
 
@@ -56,6 +57,7 @@ class Repo(NamedTuple):
 def parse_repo(repo_id: str, repo_type: str = "model") -> Repo:
     """A repository id as huggingface_hub accepts it (``org/name``: letters, digits, ``-``,
     ``_``, ``.``; no ``--`` or ``..``, at most 96 characters)."""
+    check_text("repo id", repo_id)
     if repo_type not in REPO_TYPES:
         raise UsageError(f"repo type must be one of {', '.join(REPO_TYPES)}, not {repo_type!r}")
     bad = (
@@ -89,6 +91,7 @@ def _utf8(text: str) -> bool:
 
 def check_revision(revision: str) -> str:
     """A branch, tag or commit that may name a file under ``refs/`` (``refs/pr/1`` nests)."""
+    check_text("revision", revision)
     parts = revision.split("/")
     bad = not revision or _CONTROL.search(revision) or not _utf8(revision)
     if bad or any(p in ("", ".", "..") for p in parts):

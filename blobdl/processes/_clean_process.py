@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import pickle
 import signal
@@ -28,6 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from ..errors import BlobdlError, Interrupted
+from ..events import Finished
 from ._signals import interrupted
 from ._spawn import start_clean
 
@@ -46,39 +48,58 @@ def threaded() -> bool:
         return threading.active_count() > 1
 
 
+def needs_clean() -> bool:
+    """Whether a download must not fork here, and runs in a clean process instead: the caller
+    has other threads, or it is a daemonic ``multiprocessing`` process (a ``Pool`` worker),
+    which multiprocessing allows no children of its own (the clean process is exec'd)."""
+    return threaded() or multiprocessing.current_process().daemon
+
+
 def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> T:
     """``target(*args, tell_parent)`` in a clean process; ``tell`` gets what it is told."""
     conn, proc = start_clean(child_main)
+    answered = False
     try:
         conn.send((target, args, tell is not None, log.getEffectiveLevel()))
         result: T = _follow(conn, proc, tell)
+        answered = True
         return result
     finally:
         conn.close()
+        if not answered:  # whatever cut us short (even in a handler): the child stops too
+            _stop(proc, None)
         _reap(proc)
 
 
 def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Tell | None) -> Any:
-    """Tell events until the outcome; return or raise it."""
+    """Tell events until the outcome; return or raise it. Anything raised in this thread
+    meanwhile (Ctrl-C, an exception from a signal handler such as a job's timeout, a
+    callback's own error or SystemExit) stops the child as a signal would, and is raised
+    once the child has stopped, its state saved."""
     stop: BaseException | None = None  # why we asked the child to stop, if we did
+    finished: Any = None  # the result its Finished event told, if it did
     while True:
         try:
             kind, payload = _receive(conn, proc)
-        except KeyboardInterrupt:  # Ctrl-C in the main thread: the child saves its state
-            stop = stop or _stop(proc, Interrupted(signal.SIGINT))
-            continue
         except BlobdlError:  # it died without a word
             if stop is None:
                 raise
+            if finished is not None and isinstance(stop, Interrupted):
+                return finished  # our stop came after it finished: it succeeded
             raise stop from None
+        except BaseException as exc:
+            stop = stop or _stop(proc, _reason(exc))
+            continue
         if kind in ("result", "error"):
             break
+        if kind == "event" and isinstance(payload, Finished):
+            finished = payload.result
         try:
             _deliver(kind, payload, None if _broken(stop) else tell)
-        except KeyboardInterrupt:
-            stop = stop or _stop(proc, Interrupted(signal.SIGINT))
-        except Exception as exc:  # the callback's own error: stop the child, then raise it
-            stop = stop or _stop(proc, exc)
+        except BaseException as exc:  # the callback's own error: stop the child, then raise it
+            stop = stop or _stop(proc, _reason(exc))
+    if kind == "result" and isinstance(stop, Interrupted):
+        return payload  # it had committed: as in the caller's own process, it succeeded
     if stop is not None:
         raise stop
     if kind == "error":
@@ -86,12 +107,23 @@ def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Tell | None) 
     return payload
 
 
-def _stop(proc: subprocess.Popen[bytes], why: BaseException) -> BaseException:
-    """Ask the child to stop as a signal would (it saves its state); return ``why``."""
+def _reason(exc: BaseException) -> BaseException:
+    """What a stop raises: Ctrl-C (or our SIGINT/SIGTERM) as ``Interrupted``, else itself."""
+    return interrupted(exc) if isinstance(exc, KeyboardInterrupt) else exc
+
+
+def _stop(proc: subprocess.Popen[bytes], why: BaseException | None) -> BaseException | None:
+    """Ask the child to stop as a signal would (it saves its state); return ``why``. A
+    second Ctrl-C before the first is passed on does not keep it from being passed on."""
     sig = signal.SIGINT if isinstance(why, Interrupted) else signal.SIGTERM
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(sig)
-    return why
+    while True:
+        try:
+            if not _exited(proc):  # not reaped: its pid is still its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+            return why
+        except KeyboardInterrupt:
+            continue
 
 
 def _deliver(kind: str, payload: Any, tell: Tell | None) -> None:
@@ -109,12 +141,12 @@ def _broken(stop: BaseException | None) -> bool:
 def _receive(conn: Connection, proc: subprocess.Popen[bytes]) -> tuple[str, Any]:
     # Polled, not only read: another thread of the caller may fork and hold our socket open.
     while not conn.poll(_LOOK):
-        if proc.poll() is not None and not conn.poll(0):
+        if _exited(proc) and not conn.poll(0):
             raise _died(proc)
     try:
         message: tuple[str, Any] = conn.recv()
     except (EOFError, OSError):
-        proc.wait()
+        _reap(proc)
         raise _died(proc) from None
     return message
 
@@ -123,11 +155,39 @@ def _died(proc: subprocess.Popen[bytes]) -> BlobdlError:
     return BlobdlError(f"download process died (exit code {proc.returncode})")
 
 
+# Popen's poll() and wait() hold a lock of the Popen while they wait: a Ctrl-C raised in
+# there (twice, fast) can leave it held, and the next wait() then hangs for ever. Ours hold
+# none: waitpid itself, the exit code written down for the rest of Popen.
+
+
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether the child has ended (reaped here if so); never waits."""
+    return _waited(proc, os.WNOHANG)
+
+
 def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the child to end. A Ctrl-C meanwhile does not cut it short: the child has
+    been told to stop already, or is ending of itself."""
+    while True:
+        try:
+            _waited(proc, 0)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _waited(proc: subprocess.Popen[bytes], flags: int) -> bool:
+    if proc.returncode is not None:
+        return True
     try:
-        proc.wait()
-    except KeyboardInterrupt:  # a second Ctrl-C: the child is already stopping
-        proc.wait()
+        pid, status = os.waitpid(proc.pid, flags)
+    except ChildProcessError:  # reaped already (a Ctrl-C cut us short after it)
+        proc.returncode = -1
+        return True
+    if pid == 0:
+        return False
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return True
 
 
 # --- in the child ---------------------------------------------------------------------------
@@ -140,7 +200,7 @@ def child_main(conn: Connection) -> None:
     _forward_logs(conn, level)
     outcome: tuple[str, Any]
     try:
-        outcome = ("result", target(*args, _tell_parent(conn) if telling else None))
+        outcome = ("result", target(*args, _tell_parent(conn, everything=telling)))
     except KeyboardInterrupt as stop:
         outcome = ("error", interrupted(stop))
     except BaseException as exc:
@@ -149,8 +209,14 @@ def child_main(conn: Connection) -> None:
         conn.send(outcome)
 
 
-def _tell_parent(conn: Connection) -> Tell:
+def _tell_parent(conn: Connection, *, everything: bool) -> Tell:
+    """The caller's events; ``Finished`` even when it has no callback: a stop that reaches
+    us after that (once our download has let go of the signals) may end us before the
+    outcome is sent, and the caller then knows the download had succeeded."""
+
     def send(event: Any) -> None:
+        if not everything and not isinstance(event, Finished):
+            return
         # The caller gone is not this download's failure: PDEATHSIG stops us, state saved.
         with contextlib.suppress(OSError):
             conn.send(("event", event))

@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from ..config import check_text
 from ..errors import UsageError
 
 DEFAULT_HOST = "registry.ollama.ai"
@@ -91,6 +92,7 @@ class Reference:
 def parse_reference(text: str) -> Reference:
     """``text`` as ``ollama pull`` reads it (see the module's docstring); a name Ollama
     refuses is a ``UsageError`` saying why."""
+    check_text("model reference", text)
     raw = text.strip(GO_SPACE)
     name, at, pin = raw.partition("@")
     digest = _digest(pin, text) if at else None
