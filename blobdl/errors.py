@@ -190,7 +190,7 @@ class AuthRefused(NetworkError):
         self.url, self.detail = url, detail
 
     def __str__(self) -> str:
-        return f"authentication refused: {self.detail} ({self.url})"
+        return f"authentication refused: {self.detail} ({redact_url(self.url)})"
 
 
 class UnsupportedManifest(BlobdlError):

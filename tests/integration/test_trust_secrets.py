@@ -294,3 +294,14 @@ def test_redaction_masks_credential_parameters_only() -> None:
     shown = redact_url("https://u:p@h/x?X-Amz-Signature=a&sig=b&token=c&part=1&name=k#f")
     assert shown == "https://***@h/x?X-Amz-Signature=***&sig=***&token=***&part=1&name=k#f"
     assert redact_url("https://h/x?a") == "https://h/x?a"
+
+
+def test_every_error_that_names_a_url_shows_no_credential_of_it() -> None:
+    """Whatever error class carries a URL, its message shows it redacted, as the others'."""
+    import blobdl.errors as errors
+
+    url = "https://user:hunter2@h.example/v2/x?X-Amz-Signature=s3cret&token=t0ken"
+    shown = [str(errors.AuthRefused(url, "refused"))]
+    shown += [str(cls(url, "detail")) for cls in (errors.BadResponse, errors.RemoteChanged)]
+    for text in shown:
+        assert "hunter2" not in text and "s3cret" not in text and "t0ken" not in text, text
