@@ -55,6 +55,7 @@ def run_measured(
             start_new_session=True,
         )
         sampler = _TreeSampler(proc.pid)
+        sampler.look()  # at once, here: a short run may end before the thread first runs
         sampler.start()
         exit_code = _wait(proc, timeout)
         wall = time.perf_counter() - started
@@ -97,19 +98,25 @@ class _TreeSampler(threading.Thread):
         self.peak = 0
         self.samples: list[tuple[float, int, int, int]] = []
         self._stop_event = threading.Event()
+        self._root: psutil.Process | None = None
+        self._since = time.perf_counter()  # (Thread has a _started of its own)
 
     def run(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.Error:
-            return
-        started = time.perf_counter()
-        while not self._stop_event.is_set():
-            uss, fds, procs = _tree_sample(root)
-            self.peak = max(self.peak, uss)
-            if procs:
-                self.samples.append((time.perf_counter() - started, uss, fds, procs))
+        while not self._stop_event.is_set() and self.look():
             self._stop_event.wait(SAMPLE_INTERVAL)
+
+    def look(self) -> bool:
+        """One sample; False once the tree's root is gone."""
+        try:
+            root = self._root or psutil.Process(self.pid)
+        except psutil.Error:
+            return False
+        self._root = root
+        uss, fds, procs = _tree_sample(root)
+        self.peak = max(self.peak, uss)
+        if procs:
+            self.samples.append((time.perf_counter() - self._since, uss, fds, procs))
+        return True
 
     def stop(self) -> None:
         self._stop_event.set()
