@@ -75,10 +75,17 @@ class CounterTable:
     def dones(self, count: int) -> list[tuple[int, int]]:
         """``(start, done)`` of the first ``count`` slots, read in bulk: what reads every
         slot at once (a checkpoint, a progress report, the hasher) costs a list, not a call
-        per field and slot."""
+        per field and slot.
+
+        Positions are read before starts, and ends last: another process (the hasher) may
+        read while the coordinator publishes a new slot (``Parts._add``: start, then pos,
+        then end). A slot's new pos read with its old start (0) would count
+        ``[0, pos)`` as on disk; read pos first, and a new pos comes with its new start
+        (stored before it), an old one (0) with a negative ``done`` that covers nothing.
+        An end only moves in, so one read late only counts less."""
         words, stop = self._words, count * _FIELDS
-        starts = words[0:stop:_FIELDS].tolist()
         positions = words[1:stop:_FIELDS].tolist()
+        starts = words[0:stop:_FIELDS].tolist()
         ends = words[2:stop:_FIELDS].tolist()
         return [(a, _done(a, p, e)) for a, p, e in zip(starts, positions, ends, strict=True)]
 
