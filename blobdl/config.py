@@ -153,11 +153,8 @@ class Settings:
         for name in _PATHS:
             value = getattr(self, name)
             _require(value is None or isinstance(value, str), f"{name} must be a string")
-        _require(isinstance(self.headers, (tuple, list)), "headers must be (name, value) pairs")
+        check_pairs(self.headers)
         for header in self.headers:
-            _require(
-                isinstance(header, (tuple, list)) and len(header) == 2, "bad header: not a pair"
-            )
             check_header(*header)
         # Frozen, hashable and picklable whatever sequence the caller gave.
         object.__setattr__(self, "headers", tuple(tuple(h) for h in self.headers))
@@ -275,6 +272,16 @@ def parse_header(text: str) -> tuple[str, str]:
         raise UsageError(f"not a header: {text!r} (expected 'Name: value')")
     check_header(name.strip(), value.strip())
     return name.strip(), value.strip()
+
+
+def check_pairs(headers: object, where: str = "") -> None:
+    """A sequence of (name, value) pairs, or a UsageError (prefixed with ``where``)."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(headers, (tuple, list)):
+        raise UsageError(f"{prefix}headers must be (name, value) pairs")
+    for header in headers:
+        ok = isinstance(header, (tuple, list)) and len(header) == 2
+        _require(ok, f"{prefix}bad header: not a pair")
 
 
 def check_text(name: str, value: object, *, optional: bool = False) -> None:

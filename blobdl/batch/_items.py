@@ -10,7 +10,7 @@ from pathlib import Path, PurePath
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from ..config import check_int, check_text
+from ..config import check_int, check_pairs, check_text
 from ..errors import BlobdlError, UsageError
 from ..events import DownloadResult, Event
 from ..http._urls import check_url, lift_userinfo
@@ -85,11 +85,7 @@ def _check_item(item: object, where: str) -> None:
     check_text(f"{where}: url", item.url)
     check_text(f"{where}: path", item.path, optional=True)
     check_text(f"{where}: digest", item.digest, optional=True)
-    pairs = isinstance(item.headers, (tuple, list)) and all(
-        isinstance(h, (tuple, list)) and len(h) == 2 for h in item.headers
-    )
-    if not pairs:
-        raise UsageError(f"{where}: headers must be (name, value) pairs")
+    check_pairs(item.headers, where)
     if item.size is not None:
         check_int(f"{where}: size", item.size, 0, 2**63 - 1)
 
