@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import BlobdlError, ClusterError
+from ..processes import _spare
 from ..processes._signals import interrupted
 from ._cluster_connect import dask
 from ._cluster_worker import Channel, Sent
@@ -60,6 +61,8 @@ class Run:
             if reachable(self.client):  # else every call would wait to reconnect first
                 with contextlib.suppress(Exception):
                     self.client.unsubscribe_topic(self.channel.topic)
+                with contextlib.suppress(Exception):  # the interpreters started ahead
+                    self.client.run(_spare.drop_all, on_error="ignore")
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, **options: Any) -> Any:
         # retries=0: a task returns an item's own failure as a value; only a worker's death

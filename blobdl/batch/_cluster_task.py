@@ -36,6 +36,7 @@ from ..errors import BlobdlError, Interrupted, UsageError
 from ..events import DownloadResult, Event, Failed
 from ..http._probe import resolve
 from ..http._remote import Remote
+from ..processes import _spare
 from ..store._cache import entry_path as cache_entry
 from ..store._names import default_name, name_from_url
 from ._cluster_budget import Budget, Held, leases
@@ -118,7 +119,7 @@ def _fetch(job: Job, remote: Remote | None, relay: Relay) -> DownloadResult:
         if remote is None:  # a cache hit: no probe, no network
             settings = dataclasses.replace(settings, connections=held.granted)
             return Downloader(settings).download(item.url, path, digest=item.digest, on_event=relay)
-        with _Grant(job, settings, held, wanted) as grant:
+        with _Grant(job, settings, held, wanted) as grant, _spare.kept():
             downloader = Downloader(dataclasses.replace(settings, connections=wanted))
             return downloader._download_resolved(
                 remote, path, digest=item.digest, on_event=grant.relaying(relay), share=grant.share

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from ..errors import BlobdlError, Interrupted
 from ..events import Finished
+from . import _spare
 from ._signals import interrupted
 from ._spawn import start_clean
 
@@ -57,10 +58,14 @@ def needs_clean() -> bool:
 
 def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> T:
     """``target(*args, tell_parent)`` in a clean process; ``tell`` gets what it is told."""
-    conn, proc = start_clean(child_main)
+    tell = _spare.beside(target.__module__, tell)  # starts the next call's, if we keep one
+    job = (target, args, tell is not None, log.getEffectiveLevel())
+    taken = _spare.take(job)  # this thread's spare, if it keeps one, already given the job
+    conn, proc = taken or start_clean(child_main)
     answered = False
     try:
-        conn.send((target, args, tell is not None, log.getEffectiveLevel()))
+        if taken is None:
+            conn.send(job)
         result: T = _follow(conn, proc, tell)
         answered = True
         return result

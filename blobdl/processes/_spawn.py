@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
@@ -107,8 +108,8 @@ def _child_main(
 
 # The exec'd child's first line: our sys.path, then the one child set-up, then the entry.
 _BOOT = (
-    "import sys; sys.path[:] = sys.argv[4:]; from blobdl.processes._spawn import _exec_main; "
-    "_exec_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))"
+    "import sys; sys.path[:] = sys.argv[5:]; from blobdl.processes._spawn import _exec_main; "
+    "_exec_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
 )
 
 
@@ -118,7 +119,8 @@ def start_clean(entry: Callable[[Connection], None]) -> tuple[Connection, subpro
     where = f"{entry.__module__}:{entry.__qualname__}"
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        boot = [_BOOT, where, str(theirs.fileno()), str(os.getpid()), *sys.path]
+        parent = [str(os.getpid()), str(threading.get_native_id())]
+        boot = [_BOOT, where, str(theirs.fileno()), *parent, *sys.path]
         proc = subprocess.Popen(
             [get_executable(), *_interpreter_flags(), "-c", *boot],
             pass_fds=(theirs.fileno(),),
@@ -134,14 +136,14 @@ def _interpreter_flags() -> list[str]:
     return flags()
 
 
-def _exec_main(where: str, fd: int, parent: int) -> None:
+def _exec_main(where: str, fd: int, parent: int, thread: int) -> None:
     """The exec'd child: the one child set-up, then ``entry(conn)``.
 
     It dies with its parent by SIGTERM, not SIGKILL: it is a coordinator, and the parent is
     the caller's own process, so a caller that dies leaves a partial that can be resumed
     (SIGTERM makes the coordinator stop its workers and save its state first)."""
     conn = Connection(fd)
-    child_setup(parent, conn, coordinator=True, death_signal=signal.SIGTERM)
+    child_setup(parent, conn, coordinator=True, death_signal=signal.SIGTERM, thread=thread)
     module, _, name = where.partition(":")
     entry: Callable[[Connection], None] = getattr(importlib.import_module(module), name)
     entry(conn)
@@ -153,13 +155,15 @@ def child_setup(
     *,
     coordinator: bool = False,
     death_signal: int = signal.SIGKILL,
+    thread: int | None = None,
 ) -> None:
-    """First thing in any child: signals, die with ``parent``, drop foreign pipe ends."""
+    """First thing in any child: signals, die with ``parent`` (and with its ``thread`` that
+    started us, if given), drop foreign pipe ends."""
     if coordinator:
         coordinator_signals()
     else:
         child_signals()
-    _die_with(parent, death_signal)
+    _die_with(parent, death_signal, thread)
     for end in list(_not_for_children):
         if end is not own:
             end.close()
@@ -167,18 +171,22 @@ def child_setup(
     _not_for_children.add(own)  # our own children must not hold our line to our parent
 
 
-def _die_with(parent: int, death_signal: int) -> None:
+def _die_with(parent: int, death_signal: int, thread: int | None) -> None:
     """Have the kernel send ``death_signal`` when the parent dies (Linux), then check it is
     still there: it may have died between the fork and the prctl, and then no signal comes.
 
-    PDEATHSIG fires when the *thread* that forked us exits, not its process. Today every
-    fork happens on the thread that runs the download (the coordinator, the batch
-    scheduler), which reaps its children before it returns, so that is fine; a design that
-    forks from a short-lived helper thread would kill its children early."""
+    PDEATHSIG fires when the *thread* that forked us exits, not its process. Every fork
+    happens on the thread that runs the download (the coordinator, the batch scheduler),
+    which reaps its children before it returns; a clean interpreter may outlive its call
+    (a spare, ``_spare``), so it is told that ``thread`` and checks it too: a thread that
+    ended before the prctl sends no signal either."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the orphan checks (getppid) in the children's loops remain
     if os.getppid() != parent:
+        os._exit(1)
+    tasks = f"/proc/{parent}/task"
+    if thread is not None and os.path.isdir(tasks) and not os.path.exists(f"{tasks}/{thread}"):
         os._exit(1)

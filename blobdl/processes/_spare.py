@@ -1,0 +1,167 @@
+"""A clean process started ahead of need, for a thread that runs one download after another.
+
+A download from a threaded caller runs in a fresh interpreter (``_clean_process``), and
+starting one costs about 0.2 s of CPU (the interpreter, then blobdl's imports) before its
+download sends a request. A task thread of a Dask worker runs the items of a batch one
+after another, so that cost lands between every two items. A thread inside ``kept()``
+starts the next one while its current download runs (``beside``): the next call on the same
+thread finds it waiting, blobdl already imported. Each download still gets a process of its
+own; nothing of one download reaches the next.
+
+A spare is this thread's only (its death signal comes when the thread that started it ends,
+so no other thread may use it). It ends, unused, when it is dropped (``drop_all``: a
+cluster run does that on every worker when it ends), when its thread or process ends, or by
+itself after ``idle`` seconds of waiting; a spare that old is never taken, so its end cannot
+race its use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from subprocess import Popen
+from typing import Any, NamedTuple
+
+from ..events import Started
+from ._spawn import start_clean
+
+#: Seconds a spare waits for its download before it ends by itself. Long enough for the item
+#: it was started beside; an item longer than this makes its 0.2 s of start-up negligible.
+IDLE = 60.0
+
+
+class _Spare(NamedTuple):
+    conn: Connection
+    proc: Popen[bytes]
+    taken_before: float  # monotonic time after which it is no longer taken (it may be ending)
+
+
+_lock = threading.Lock()
+_spares: dict[int, _Spare] = {}  # by the ident of the thread that started it
+_keeping = threading.local()
+
+
+@contextlib.contextmanager
+def kept(idle: float = IDLE) -> Iterator[None]:
+    """Within this block, each clean process this thread starts has a spare started beside
+    it for the thread's next one (that waits at most ``idle`` seconds)."""
+    before = getattr(_keeping, "idle", None)
+    _keeping.idle = idle
+    try:
+        yield
+    finally:
+        _keeping.idle = before
+
+
+def take(job: object) -> tuple[Connection, Popen[bytes]] | None:
+    """This thread's spare, given ``job``, if it has a live one young enough (it is no
+    longer a spare then); else None, and the caller starts a process of its own."""
+    with _lock:
+        spare = _spares.pop(threading.get_ident(), None)
+    if spare is None:
+        return None
+    if time.monotonic() < spare.taken_before and _alive(spare.proc):
+        try:
+            spare.conn.send(job)
+            return spare.conn, spare.proc
+        except OSError:
+            pass  # it died just now
+    _end(spare)
+    return None
+
+
+def beside(module: str, tell: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+    """``tell`` for a download about to start; within ``kept()``, it also starts this
+    thread's spare (importing ``module``, the next download's entry) once the download is
+    under way: at its first event after ``Started``, so that the two start-ups do not
+    compete for the CPU."""
+    idle = getattr(_keeping, "idle", None)
+    if idle is None:
+        return tell
+    ahead = [True]
+
+    def told(event: Any) -> None:
+        if ahead and not isinstance(event, Started):
+            ahead.clear()
+            _prepare(module, idle)
+        if tell is not None:
+            tell(event)
+
+    return told
+
+
+def _prepare(module: str, idle: float) -> None:
+    with _lock:
+        if threading.get_ident() in _spares:
+            return
+    try:
+        conn, proc = start_clean(spare_main)
+    except OSError:  # no process to spare (out of processes, memory): the next starts its own
+        return
+    try:
+        conn.send((module, idle))
+    except OSError:  # it died at once
+        _end(_Spare(conn, proc, 0.0))
+        return
+    with _lock:
+        _spares[threading.get_ident()] = _Spare(conn, proc, time.monotonic() + idle / 2)
+
+
+def drop_all() -> int:
+    """End every spare of this process (a run is over); return how many there were."""
+    with _lock:
+        spares = list(_spares.values())
+        _spares.clear()
+    for spare in spares:
+        _end(spare)
+    return len(spares)
+
+
+def _alive(proc: Popen[bytes]) -> bool:
+    """Whether it still runs (reaped here if not); never waits."""
+    try:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        proc.returncode = -1
+        return False
+    if pid == 0:
+        return True
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return False
+
+
+def _end(spare: _Spare) -> None:
+    """An unused spare holds nothing: it is killed and reaped."""
+    spare.conn.close()
+    if not _alive(spare.proc):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(spare.proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        _, status = os.waitpid(spare.proc.pid, 0)
+        spare.proc.returncode = os.waitstatus_to_exitcode(status)
+
+
+# --- in the spare ---------------------------------------------------------------------------
+
+
+def spare_main(conn: Connection) -> None:
+    """Import the next download's entry, wait for the download, then run it as any clean
+    process does; end quietly if it never comes (EOF, Ctrl-C, or ``idle`` seconds)."""
+    from ._clean_process import child_main
+
+    try:
+        module, idle = conn.recv()
+        importlib.import_module(module)
+        if not conn.poll(idle):
+            return
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+    with contextlib.suppress(EOFError):  # dropped just as it looked: nothing was asked
+        child_main(conn)
