@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .._redact import redact_url
-from ..batch._scheduler import ItemResult, download_many, parse_manifest
+from ..batch._scheduler import PER_HOST, ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
 from ..processes._signals import interrupted, stoppable
@@ -92,6 +92,8 @@ def _download(argv: Sequence[str]) -> int:
         parser.error("--base-dir goes with -i (for one URL, give -o)")
     if args.input is None and args.scheduler is not None:
         parser.error("--scheduler goes with -i (a manifest) or pull")
+    if args.input is None and args.per_host is not None:
+        parser.error("--per-host goes with -i (for one URL, --connections is the limit)")
     show_warnings(quiet=args.quiet and not args.json)
     display = display_for(args)
     if args.input is not None:
@@ -125,7 +127,7 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
         results = download_many(
             items,
             max_connections=args.connections,
-            per_host=args.per_host,
+            per_host=PER_HOST if args.per_host is None else args.per_host,
             base_dir=args.base_dir,
             settings=settings_from(args),
             on_event=tell,

@@ -229,3 +229,19 @@ def test_manifest_usage_errors(args: list[str], tmp_path: Path) -> None:
     (tmp_path / "m.txt").write_text("http://127.0.0.1:9/x\n")
     run = blobdl(*args, cwd=tmp_path)
     assert run.returncode == EXIT_USAGE and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--per-host", "4"], ["--per-host", "8"], ["--base-dir", "."], ["--scheduler", "local"]],
+)
+def test_a_manifest_option_without_i_is_bad_usage(
+    option: list[str], make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A batch's option given for one URL would be ignored: it is refused, before any
+    request, in one line that names it (its default value too: the user gave it)."""
+    blob = make(PART)
+    run = blobdl(blob.url, "-o", str(tmp_path / "out"), *option, cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE, run.stderr
+    assert len(run.stderr.splitlines()) == 1 and option[0] in run.stderr
+    assert list(tmp_path.iterdir()) == [] and server.stats()["requests"] == 0
