@@ -124,6 +124,9 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
     try:
         # On a cluster, paths are the workers': base-dir confinement is checked there.
         items = parse_manifest(text, None if on_cluster else args.base_dir)
+        if not items:  # -i at the wrong file: nothing to do must not look like success
+            named = "stdin" if args.input == "-" else args.input
+            raise UsageError(f"{named}: the manifest lists no items")
         results = download_many(
             items,
             max_connections=args.connections,

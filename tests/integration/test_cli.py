@@ -245,3 +245,21 @@ def test_a_manifest_option_without_i_is_bad_usage(
     assert run.returncode == EXIT_USAGE, run.stderr
     assert len(run.stderr.splitlines()) == 1 and option[0] in run.stderr
     assert list(tmp_path.iterdir()) == [] and server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n\n   \n"])
+def test_a_manifest_that_lists_no_items_is_bad_usage(text: str, tmp_path: Path) -> None:
+    """-i pointed at the wrong (or an empty) file must not look like success."""
+    (tmp_path / "m.txt").write_text(text)
+    run = blobdl("-i", "m.txt", cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE, run.stderr
+    assert run.stderr.splitlines() == ["blobdl: error: m.txt: the manifest lists no items"]
+    assert run.stdout == ""
+    run = blobdl("-i", "m.txt", "--json", cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE
+    [record] = json_lines_of(run.stdout)
+    assert record["event"] == "failed" and record["exit_code"] == EXIT_USAGE
+
+
+def json_lines_of(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines()]
