@@ -88,6 +88,8 @@ def _download(argv: Sequence[str]) -> int:
         parser.error("give either a URL or -i MANIFEST")
     if args.input is not None and args.output is not None:
         parser.error("-o does not go with -i: give each destination in the manifest")
+    if args.input is not None and args.digest is not None:
+        parser.error("--digest does not go with -i: give each digest in the manifest")
     if args.input is None and args.base_dir is not None:
         parser.error("--base-dir goes with -i (for one URL, give -o)")
     if args.input is None and args.scheduler is not None:

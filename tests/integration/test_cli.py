@@ -223,7 +223,13 @@ def test_manifest_with_a_failure_exits_non_zero_after_the_others(
 
 
 @pytest.mark.parametrize(
-    "args", [["-i", "m.txt", "http://x/"], ["-i", "m.txt", "-o", "out"], ["-i", "missing.txt"]]
+    "args",
+    [
+        ["-i", "m.txt", "http://x/"],
+        ["-i", "m.txt", "-o", "out"],
+        ["-i", "m.txt", "--digest", "sha256:" + "0" * 64],  # would be ignored: per item
+        ["-i", "missing.txt"],
+    ],
 )
 def test_manifest_usage_errors(args: list[str], tmp_path: Path) -> None:
     (tmp_path / "m.txt").write_text("http://127.0.0.1:9/x\n")
