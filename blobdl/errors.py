@@ -4,6 +4,10 @@ Every class keeps its constructor arguments in ``self.args`` (in order), so the 
 ``BaseException.__reduce__`` rebuilds it: errors cross from worker processes to the
 coordinator through a pipe, and must pickle.
 
+An error that names a URL keeps only its redacted form (``redact_url``, in the constructor),
+in ``args`` as in ``url``: ``repr()``, a log's ``%r``, a chained traceback and a pickle that
+crosses processes show what ``str()`` shows, never a password or a signature.
+
 ``exit_code`` is the CLI's exit status for the error; ``retryable`` tells the coordinator
 whether another attempt at the same byte range might succeed.
 """
@@ -54,11 +58,12 @@ class ConnectionFailed(NetworkError):
     """Connecting, sending or receiving failed (refused, reset, DNS, timeout)."""
 
     def __init__(self, url: str, detail: str) -> None:
+        url = redact_url(url)
         super().__init__(url, detail)
         self.url, self.detail = url, detail
 
     def __str__(self) -> str:
-        return f"{self.detail} ({redact_url(self.url)})"
+        return f"{self.detail} ({self.url})"
 
 
 class TLSError(ConnectionFailed):
@@ -71,13 +76,14 @@ class TruncatedBody(NetworkError):
     """The body ended before the bytes the response promised."""
 
     def __init__(self, url: str, got: int, expected: int) -> None:
+        url = redact_url(url)
         super().__init__(url, got, expected)
         self.url, self.got, self.expected = url, got, expected
 
     def __str__(self) -> str:
         return (
             f"connection to {_peer(self.url)} closed early, after {self.got} of "
-            f"{self.expected} bytes ({redact_url(self.url)})"
+            f"{self.expected} bytes ({self.url})"
         )
 
 
@@ -121,12 +127,13 @@ class HTTPStatusError(NetworkError):
     """The server answered with an error status."""
 
     def __init__(self, status: int, url: str, retry_after: float | None = None) -> None:
+        url = redact_url(url)
         super().__init__(status, url, retry_after)
         self.status, self.url, self.retry_after = status, url, retry_after
         self.retryable = status in _RETRYABLE_STATUS or 500 <= status < 600
 
     def __str__(self) -> str:
-        return f"HTTP {self.status} from {redact_url(self.url)}"
+        return f"HTTP {self.status} from {self.url}"
 
 
 class TooManyRedirects(NetworkError):
@@ -135,11 +142,12 @@ class TooManyRedirects(NetworkError):
     retryable = False
 
     def __init__(self, url: str, limit: int) -> None:
+        url = redact_url(url)
         super().__init__(url, limit)
         self.url, self.limit = url, limit
 
     def __str__(self) -> str:
-        return f"more than {self.limit} redirects starting at {redact_url(self.url)}"
+        return f"more than {self.limit} redirects starting at {self.url}"
 
 
 class RetriesExhausted(NetworkError):
@@ -186,11 +194,12 @@ class AuthRefused(NetworkError):
     retryable = False
 
     def __init__(self, url: str, detail: str) -> None:
+        url = redact_url(url)
         super().__init__(url, detail)
         self.url, self.detail = url, detail
 
     def __str__(self) -> str:
-        return f"authentication refused: {self.detail} ({redact_url(self.url)})"
+        return f"authentication refused: {self.detail} ({self.url})"
 
 
 class UnsupportedManifest(BlobdlError):
@@ -272,11 +281,12 @@ class RemoteChanged(IntegrityError):
     """The blob changed on the server while (or since) it was being downloaded."""
 
     def __init__(self, url: str, detail: str) -> None:
+        url = redact_url(url)
         super().__init__(url, detail)
         self.url, self.detail = url, detail
 
     def __str__(self) -> str:
-        return f"remote changed: {self.detail} ({redact_url(self.url)})"
+        return f"remote changed: {self.detail} ({self.url})"
 
 
 class BadResponse(IntegrityError):
@@ -288,11 +298,12 @@ class BadResponse(IntegrityError):
     retryable = True
 
     def __init__(self, url: str, detail: str) -> None:
+        url = redact_url(url)
         super().__init__(url, detail)
         self.url, self.detail = url, detail
 
     def __str__(self) -> str:
-        return f"bad response: {self.detail} ({redact_url(self.url)})"
+        return f"bad response: {self.detail} ({self.url})"
 
 
 class DigestMismatch(IntegrityError):

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -42,6 +40,7 @@ from ..store._names import default_name, name_from_url
 from ._cluster_budget import Budget, Held, leases
 from ._cluster_worker import Channel, Relay, Sent, Stopped, Watch, worker_name
 from ._items import Item, inside
+from ._share_folder import ShareFolder
 
 #: A rerun waits this long for the destination lock: the attempt on the worker that died
 #: may still be saving its state (it was sent SIGTERM by the kernel as its worker died).
@@ -134,16 +133,21 @@ class _Grant:
 
     def __init__(self, job: Job, settings: Settings, held: Held, wanted: int) -> None:
         self.job, self.settings, self.held, self.wanted = job, settings, held, wanted
-        self.folder = tempfile.mkdtemp(prefix="blobdl-share-")
-        self.shares = Shares(1, os.path.join(self.folder, "share"))  # written here only
-        self.share = self.shares.share(0)
-        self._write()
+        # Swept by a later task if this one is killed (SIGKILL skips __exit__).
+        self.folder = ShareFolder()
+        try:
+            self.shares = Shares(1, os.path.join(self.folder.path, "share"))  # written here only
+            self.share = self.shares.share(0)
+            self._write()
+        except BaseException:
+            self.folder.close()
+            raise
 
     def __enter__(self) -> _Grant:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.close()
 
     def relaying(self, relay: Relay) -> Callable[[Event], None]:
         def tell(event: Event) -> None:

@@ -72,11 +72,14 @@ __all__ = [
 ]
 
 
+PER_HOST = 8  # connections to any one host, unless told
+
+
 def download_many(
     items: Iterable[Item | str],
     *,
     max_connections: int = 16,
-    per_host: int = 8,
+    per_host: int = PER_HOST,
     on_event: BatchCallback | None = None,
     settings: Settings | None = None,
     base_dir: str | os.PathLike[str] | None = None,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .._redact import redact_url
-from ..batch._scheduler import ItemResult, download_many, parse_manifest
+from ..batch._scheduler import PER_HOST, ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
 from ..processes._signals import interrupted, stoppable
@@ -88,10 +88,14 @@ def _download(argv: Sequence[str]) -> int:
         parser.error("give either a URL or -i MANIFEST")
     if args.input is not None and args.output is not None:
         parser.error("-o does not go with -i: give each destination in the manifest")
+    if args.input is not None and args.digest is not None:
+        parser.error("--digest does not go with -i: give each digest in the manifest")
     if args.input is None and args.base_dir is not None:
         parser.error("--base-dir goes with -i (for one URL, give -o)")
     if args.input is None and args.scheduler is not None:
         parser.error("--scheduler goes with -i (a manifest) or pull")
+    if args.input is None and args.per_host is not None:
+        parser.error("--per-host goes with -i (for one URL, --connections is the limit)")
     show_warnings(quiet=args.quiet and not args.json)
     display = display_for(args)
     if args.input is not None:
@@ -122,10 +126,13 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
     try:
         # On a cluster, paths are the workers': base-dir confinement is checked there.
         items = parse_manifest(text, None if on_cluster else args.base_dir)
+        if not items:  # -i at the wrong file: nothing to do must not look like success
+            named = "stdin" if args.input == "-" else args.input
+            raise UsageError(f"{named}: the manifest lists no items")
         results = download_many(
             items,
             max_connections=args.connections,
-            per_host=args.per_host,
+            per_host=PER_HOST if args.per_host is None else args.per_host,
             base_dir=args.base_dir,
             settings=settings_from(args),
             on_event=tell,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._version import __version__
+from ..batch._scheduler import PER_HOST
 from ..config import MAX_PARTS, Settings, parse_header, parse_size
 from ..errors import (
     EXIT_INTEGRITY,
@@ -98,8 +99,9 @@ def build_parser(commands: Sequence[tuple[str, str]] = ()) -> argparse.ArgumentP
         help="download every blob listed in MANIFEST ('-': stdin): one 'URL [PATH] "
         "[sha256:HEX]' or JSON object per line; --connections is then the shared budget",
     )
+    # No default here: given without -i, it is refused (see _download), not ignored.
     p.add_argument(
-        "--per-host", type=int, default=8, help="with -i: connections to one host (%(default)s)"
+        "--per-host", type=int, metavar="N", help=f"with -i: connections to one host ({PER_HOST})"
     )
     p.add_argument(
         "--base-dir",

@@ -215,7 +215,7 @@ class Registry:
         self._authenticate(url, answer.headers.get("WWW-Authenticate", ""))
         answer = self._get(url, {**extra, **self.headers_for(url)}, limit)
         if answer.status == 401:
-            raise AuthRefused(redact_url(url), "the registry refused the credentials")
+            raise AuthRefused(url, "the registry refused the credentials")
         return answer
 
     def _get(self, url: str, headers: Headers, limit: int) -> Document:
@@ -250,7 +250,7 @@ class Registry:
 
         answer = self._follow(token_url, lambda hop: self._get(hop, headers(hop), MAX_DOCUMENT))
         if answer.status in (401, 403):
-            raise AuthRefused(redact_url(realm), f"the token server answered {answer.status}")
+            raise AuthRefused(realm, f"the token server answered {answer.status}")
         _require_ok(answer)
         return _token_from(answer)
 
@@ -261,7 +261,7 @@ class Registry:
         if proxy is not None and urlsplit(url).scheme == "http":
             host = urlsplit(url).netloc
             raise AuthRefused(
-                redact_url(url),
+                url,
                 f"the Docker config's password for {host} would reach proxy "
                 f"{redact_url(proxy)} in clear text (use https, or name {host} in NO_PROXY)",
             )
@@ -325,6 +325,6 @@ def _location(answer: Document) -> str:
 
 def _require_ok(answer: Document) -> None:
     if answer.status in (401, 403):
-        raise AuthRefused(redact_url(answer.url), f"HTTP {answer.status}")
+        raise AuthRefused(answer.url, f"HTTP {answer.status}")
     if not 200 <= answer.status < 300:
         raise HTTPStatusError(answer.status, answer.url)

@@ -223,9 +223,49 @@ def test_manifest_with_a_failure_exits_non_zero_after_the_others(
 
 
 @pytest.mark.parametrize(
-    "args", [["-i", "m.txt", "http://x/"], ["-i", "m.txt", "-o", "out"], ["-i", "missing.txt"]]
+    "args",
+    [
+        ["-i", "m.txt", "http://x/"],
+        ["-i", "m.txt", "-o", "out"],
+        ["-i", "m.txt", "--digest", "sha256:" + "0" * 64],  # would be ignored: per item
+        ["-i", "missing.txt"],
+    ],
 )
 def test_manifest_usage_errors(args: list[str], tmp_path: Path) -> None:
     (tmp_path / "m.txt").write_text("http://127.0.0.1:9/x\n")
     run = blobdl(*args, cwd=tmp_path)
     assert run.returncode == EXIT_USAGE and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--per-host", "4"], ["--per-host", "8"], ["--base-dir", "."], ["--scheduler", "local"]],
+)
+def test_a_manifest_option_without_i_is_bad_usage(
+    option: list[str], make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A batch's option given for one URL would be ignored: it is refused, before any
+    request, in one line that names it (its default value too: the user gave it)."""
+    blob = make(PART)
+    run = blobdl(blob.url, "-o", str(tmp_path / "out"), *option, cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE, run.stderr
+    assert len(run.stderr.splitlines()) == 1 and option[0] in run.stderr
+    assert list(tmp_path.iterdir()) == [] and server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n\n   \n"])
+def test_a_manifest_that_lists_no_items_is_bad_usage(text: str, tmp_path: Path) -> None:
+    """-i pointed at the wrong (or an empty) file must not look like success."""
+    (tmp_path / "m.txt").write_text(text)
+    run = blobdl("-i", "m.txt", cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE, run.stderr
+    assert run.stderr.splitlines() == ["blobdl: error: m.txt: the manifest lists no items"]
+    assert run.stdout == ""
+    run = blobdl("-i", "m.txt", "--json", cwd=tmp_path)
+    assert run.returncode == EXIT_USAGE
+    [record] = json_lines_of(run.stdout)
+    assert record["event"] == "failed" and record["exit_code"] == EXIT_USAGE
+
+
+def json_lines_of(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines()]

@@ -42,7 +42,11 @@ Make = Callable[..., Blob]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
     root = tmp_path_factory.mktemp("dask")
-    stores = {name: {"OLLAMA_MODELS": str(root / f"models-{name}")} for name in ("w-a", "w-b")}
+    (root / "tmp").mkdir()  # the workers' temporary directory, one machine's: see worker_tmp
+    stores = {
+        name: {"OLLAMA_MODELS": str(root / f"models-{name}"), "TMPDIR": str(root / "tmp")}
+        for name in ("w-a", "w-b")
+    }
     handle = start_cluster(root, stores)
     yield handle
     handle.stop()
@@ -61,6 +65,11 @@ def _settled(cluster: DaskCluster, within: float = 10.0) -> list[Any]:
     while (strays := cluster.strays()) and time.monotonic() < deadline:
         time.sleep(0.1)
     return strays
+
+
+def worker_tmp(cluster: DaskCluster) -> list[str]:
+    """What is in the temporary directory the workers share."""
+    return sorted(p.name for p in (cluster.root / "tmp").iterdir() if p.name.startswith("blobdl"))
 
 
 def manifest(tmp_path: Path, lines: list[str]) -> str:
@@ -154,6 +163,8 @@ def test_a_batch_leaves_no_lease_refresher_running_on_the_workers(
 def test_a_worker_killed_mid_item_resumes_on_a_worker_from_the_partial(
     cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:
+    """... and what the killed attempt left in the temporary directory (its share of the
+    budget, which its SIGKILLed task never removed) is swept by the attempt that follows."""
     blob = make(3 * 1024 * KB, 7)
     rate, connections, interval = 512 * KB, 2, 0.2
     pids = cluster.worker_pids()
@@ -182,6 +193,38 @@ def test_a_worker_killed_mid_item_resumes_on_a_worker_from_the_partial(
     refetched = server.stats()["bytes_sent"] - blob.size
     assert refetched <= connections * rate * interval + connections * PART, refetched
     cluster.worker_pids()  # the nanny's new worker has joined again
+    assert worker_tmp(cluster) == []
+
+
+HOLD_A_SHARE_FOLDER = """
+import time
+from blobdl.batch._share_folder import ShareFolder
+print(ShareFolder().path, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_share_folder_is_swept_once_its_holder_is_dead_and_never_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blobdl.batch._share_folder import ShareFolder, sweep
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_SHARE_FOLDER], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        theirs = Path(holder.stdout.readline().strip())
+        mine = ShareFolder()  # sweeps first: the other holder is alive
+        assert theirs.is_dir()
+    finally:
+        holder.kill()
+        holder.communicate()
+    sweep()
+    assert not theirs.exists() and Path(mine.path).is_dir()  # held by this live process
+    mine.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_item_failing_on_its_merits_is_reported_once_and_never_rerun(

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import base64
 import json
+import pickle
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from blobdl import Downloader, Settings
-from blobdl.errors import BadResponse, BlobdlError, UsageError
+import blobdl
+from blobdl import Downloader, Item, Settings
+from blobdl.errors import (
+    BadResponse,
+    BlobdlError,
+    ConnectionFailed,
+    HTTPStatusError,
+    TooManyRedirects,
+    UsageError,
+)
 from faultserver.serverctl import ServerHandle, make_blob, start_server
 from tests.conftest import PART, Blob, fast_settings, run_cli
 from tests.integration.conftest import PKI
@@ -297,11 +307,64 @@ def test_redaction_masks_credential_parameters_only() -> None:
 
 
 def test_every_error_that_names_a_url_shows_no_credential_of_it() -> None:
-    """Whatever error class carries a URL, its message shows it redacted, as the others'."""
+    """Whatever error class carries a URL, its message, its repr and its pickle show it
+    redacted, and a pickle's round trip gives the same message."""
     import blobdl.errors as errors
 
     url = "https://user:hunter2@h.example/v2/x?X-Amz-Signature=s3cret&token=t0ken"
-    shown = [str(errors.AuthRefused(url, "refused"))]
-    shown += [str(cls(url, "detail")) for cls in (errors.BadResponse, errors.RemoteChanged)]
-    for text in shown:
-        assert "hunter2" not in text and "s3cret" not in text and "t0ken" not in text, text
+    with_detail = (errors.AuthRefused, errors.BadResponse, errors.RemoteChanged)
+    with_detail += (errors.ConnectionFailed, errors.TLSError)
+    made: list[BlobdlError] = [cls(url, "detail") for cls in with_detail]
+    made += [errors.TruncatedBody(url, 1, 2), errors.TooManyRedirects(url, 3)]
+    made += [errors.HTTPStatusError(404, url)]
+    made += [errors.RetriesExhausted(0, 0, 9, 7, errors.HTTPStatusError(503, url))]
+    for error in made:
+        back = pickle.loads(pickle.dumps(error))
+        assert str(back) == str(error) and repr(back) == repr(error)
+        for text in (str(error), repr(error), repr(pickle.dumps(error))):
+            assert "hunter2" not in text and "s3cret" not in text and "t0ken" not in text, text
+        assert "X-Amz-Signature=***" in str(error)
+
+
+def _secret_url(url: str) -> str:
+    return f"{_with_password(url)}?{SIGNED}"
+
+
+def _assert_no_secret_in(error: BaseException) -> None:
+    """Not in what str(), repr() (a log's %r, a chained traceback) or a pickle show."""
+    pickled = pickle.dumps(error)
+    for secret in (PASSWORD, "SIGSECRET", "CREDSECRET"):
+        assert secret not in str(error) and secret not in repr(error), repr(error)
+        assert secret.encode() not in pickled
+    assert str(pickle.loads(pickled)) == str(error)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_error_from_a_url_with_credentials_keeps_none_in_its_repr_or_pickle(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    settings = fast_settings(retries=0, max_redirects=2)
+    _redirect(server, "/files/loop.bin", server.url("loop.bin"))
+    cases = [
+        (HTTPStatusError, server.route("/status/404")),
+        (TooManyRedirects, server.url("loop.bin")),
+        (ConnectionFailed, f"http://127.0.0.1:{_closed_port()}/files/x.bin"),
+    ]
+    for kind, url in cases:
+        with pytest.raises(kind) as info:
+            Downloader(settings).download(_secret_url(url), tmp_path / "out.bin")
+        _assert_no_secret_in(info.value)
+
+
+def test_a_batch_items_error_keeps_no_credential_in_its_repr_or_pickle(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    url = _secret_url(server.route("/status/404"))
+    [result] = blobdl.download_many([Item(url, str(tmp_path / "a.bin"))], settings=fast_settings())
+    assert isinstance(result.error, HTTPStatusError)
+    _assert_no_secret_in(result.error)
