@@ -269,7 +269,10 @@ def parse_header(text: str) -> tuple[str, str]:
     """``"Name: value"`` -> ("Name", "value")."""
     name, sep, value = text.partition(":")
     if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
-        raise UsageError(f"not a header: {text!r} (expected 'Name: value')")
+        # Only its leading name is shown: the rest may be a credential missing its colon.
+        lead = _TOKEN.match(text.strip())
+        shown = f"{lead.group()!r}..." if lead else "the text given"
+        raise UsageError(f"not a header: {shown} (expected 'Name: value'; the rest is not shown)")
     check_header(name.strip(), value.strip())
     return name.strip(), value.strip()
 

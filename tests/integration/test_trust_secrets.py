@@ -368,3 +368,13 @@ def test_a_batch_items_error_keeps_no_credential_in_its_repr_or_pickle(
     [result] = blobdl.download_many([Item(url, str(tmp_path / "a.bin"))], settings=fast_settings())
     assert isinstance(result.error, HTTPStatusError)
     _assert_no_secret_in(result.error)
+
+
+@pytest.mark.parametrize("given", ["Authorization Bearer s3cret", "Authorization=s3cret"])
+def test_a_malformed_header_is_refused_without_showing_its_value(
+    given: str, tmp_path: Path
+) -> None:
+    done = run_cli("http://127.0.0.1:9/x", "-o", str(tmp_path / "x"), "-H", given)
+    assert done.returncode == 2
+    assert "not a header" in done.stderr and "Authorization" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
