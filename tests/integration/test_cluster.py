@@ -252,7 +252,7 @@ def test_the_client_interrupted_keeps_partials_and_stops_every_download(
     cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:
     blobs = [make(2 * 1024 * KB, seed) for seed in (11, 12)]
-    paced(server, 128 * KB)
+    paced(server, 32 * KB)  # 8 s a part: neither item ends before both have started
     lines = [f"{b.url} {tmp_path / b.name}" for b in blobs]
     proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address,
                      "--json", *SMALL)  # fmt: skip
