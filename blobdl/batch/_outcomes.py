@@ -8,7 +8,7 @@ import dataclasses
 from multiprocessing.process import BaseProcess
 
 from .._redact import redact_url
-from ..errors import BlobdlError
+from ..errors import BlobdlError, WorkerCrashed
 from ..events import DownloadResult, Event, Failed
 from ._items import BatchCallback, BatchEvent, Item, ItemResult
 
@@ -59,5 +59,6 @@ class Outcomes:
 
 
 def died(proc: BaseProcess) -> BlobdlError:
-    """The error of an item whose process (its own, or its seat's) died under it."""
-    return BlobdlError(f"download process died (exit code {proc.exitcode})")
+    """The error of an item whose process (its own, or its seat's) died under it: a crashed
+    child (killed, out of memory), as a worker can be; not a bug of ours."""
+    return WorkerCrashed(proc.exitcode, "download process")

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from ..errors import BlobdlError, Interrupted
+from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import Finished
 from . import _spare
 from ._signals import interrupted
@@ -157,7 +157,13 @@ def _receive(conn: Connection, proc: subprocess.Popen[bytes]) -> tuple[str, Any]
 
 
 def _died(proc: subprocess.Popen[bytes]) -> BlobdlError:
-    return BlobdlError(f"download process died (exit code {proc.returncode})")
+    """It ended without a word. Ended by Ctrl-C or SIGTERM, it was stopped before its
+    download could hear it (while it started): stopped all the same. Ended otherwise (the
+    OOM killer's SIGKILL, a crash), it is a child that crashed, as a worker can."""
+    code = proc.returncode
+    if code is not None and -code in (signal.SIGINT, signal.SIGTERM):
+        return Interrupted(-code)
+    return WorkerCrashed(code, "download process")
 
 
 # Popen's poll() and wait() hold a lock of the Popen while they wait: a Ctrl-C raised in

@@ -3,7 +3,8 @@
 A JSON reader (``-i … --json``) or a callback learns each item's outcome from its events:
 ``finished``, or ``failed`` with the error and its exit code. An item whose process is killed
 under it (a pool process: its small items; a large item's own child) cannot say so itself:
-the batch says it for it ("download process died", exit 1), and goes on with the others.
+the batch says it for it ("download process died", exit 3, as a crashed worker), and goes
+on with the others.
 """
 
 from __future__ import annotations
@@ -59,12 +60,12 @@ def test_an_item_whose_process_dies_is_told_failed(
     died = [n for n, r in ends.items() if r["event"] == "failed"]
     assert died, records
     for n in died:
-        assert "download process died" in ends[n]["error"] and ends[n]["exit_code"] == 1
+        assert "download process died" in ends[n]["error"] and ends[n]["exit_code"] == 3
     for n, record in ends.items():
         if record["event"] == "finished":
             assert sha256_file(tmp_path / f"o{n}") == blobs[n].sha256
     assert records[-1] == {"event": "summary", "ok": len(blobs) - len(died), "failed": len(died)}
-    assert proc.returncode == 1, stderr
+    assert proc.returncode == 3, stderr
 
 
 def _victim(me: psutil.Process, victim: str) -> psutil.Process | None:

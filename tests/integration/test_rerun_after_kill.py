@@ -68,7 +68,7 @@ def test_a_rerun_after_a_kill_once_the_blob_was_renamed_leaves_nothing_of_the_ki
     # The large item's process is killed right after its blob's rename.
     killed = killed_after_the_rename("sha256-" + big.sha256 if cache else "big", args, tmp_path)
     code, lines = killed.finish()
-    assert code == 1 and "download process died" in "\n".join(lines), lines
+    assert code == 3 and "download process died" in "\n".join(lines), lines
     server.reset()
 
     rerun = run_cli(*args, cwd=tmp_path)
@@ -89,7 +89,7 @@ def test_a_pull_rerun_after_a_kill_once_a_layer_was_staged_leaves_nothing_of_the
             str(models), *CLI]  # fmt: skip
     killed = killed_after_the_rename(layer, args, tmp_path)  # its layer's process, staged
     code, lines = killed.finish()
-    assert code == 1 and "download process died" in "\n".join(lines), lines
+    assert code == 3 and "download process died" in "\n".join(lines), lines
     assert leftovers(models / "blobs-partial")  # the staged layer, its record and lock
 
     rerun = run_cli(*args, cwd=tmp_path)

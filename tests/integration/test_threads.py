@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -356,3 +357,47 @@ def test_sigkill_of_a_threaded_caller_leaves_no_process_behind(
     assert not alive, [(p, _cmdline(p)) for p in alive]
     # The download was stopped, not cut: its partial is kept for the next run.
     assert state_path(tmp_path / "out").exists()
+
+
+def clean_processes() -> list[psutil.Process]:
+    """This process's clean interpreters (a threaded caller's downloads run there)."""
+    return [c for c in psutil.Process().children() if "_exec_main" in " ".join(_cmdline(c))]
+
+
+def test_a_threaded_callers_download_process_killed_is_a_crash_not_a_bug(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(16 * PART, seed=361)
+    slow_down(server, blob)
+
+    def kill(event: blobdl.Event) -> None:  # as the OOM killer would, mid-download
+        if isinstance(event, blobdl.Progress) and event.done > 0:
+            for proc in clean_processes():
+                proc.kill()
+
+    with pytest.raises(blobdl.WorkerCrashed) as info:
+        in_thread(lambda: blobdl.download(blob.url, tmp_path / "out", on_event=kill, **PACED))
+    assert info.value.exit_code == 3 and "download process died" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stop_signal_that_ends_a_starting_download_process_is_an_interrupt(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(2 * PART, seed=362)
+    outcome: dict[str, BaseException] = {}
+
+    def download() -> None:
+        try:
+            blobdl.download(blob.url, tmp_path / "out", **FAST)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    while not (started := clean_processes()):  # caught while it imports, before its handlers
+        time.sleep(0.001)
+    started[0].terminate()
+    thread.join(HANG)
+    assert isinstance(outcome.get("error"), blobdl.Interrupted), outcome
+    assert outcome["error"].exit_code == 130
