@@ -101,7 +101,8 @@ class Settings:
     resume: bool = True
     #: Seconds to wait for another download of the same destination to finish (0: fail).
     lock_timeout: float = 0.0
-    #: Replace an existing destination that no digest vouches for.
+    #: Replace an existing destination that nothing vouches for (a digest, or the record
+    #: of blobdl's own finished download of it: ``store._source``).
     force: bool = False
     #: On a digest mismatch keep the bad bytes as DEST.blobdl-bad instead of deleting them.
     keep_bad: bool = False

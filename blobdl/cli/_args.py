@@ -40,6 +40,8 @@ EPILOG = f"""\
 an existing destination:
   is kept if its digest matches (--digest, or the manifest's digest); is replaced if a
   digest is given and it does not match; is refused without a digest unless --force.
+  Without a digest, a file blobdl finished from the same URL is kept while neither it nor
+  the remote has changed (a rerun keeps what an interrupted run finished).
 """
 
 
@@ -189,7 +191,8 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace an existing destination that no digest vouches for",
+        help="replace an existing destination that nothing vouches for (a digest, or the "
+        "record of blobdl's own download of it)",
     )
     p.add_argument(
         "--keep-bad", action="store_true", help="on a digest mismatch keep DEST.blobdl-bad"

@@ -12,14 +12,16 @@ thread streams it into the temporary file instead of a coordinator (``_fetch``).
 other step, and every check, is this module's (``_written`` is the frame both share).
 
 What the story leans on has a home of its own: the order and its result (``_order``),
-telling the caller (``_tell``), a destination already there (``store._existing``), its name
-when none is given (``store._names``), bytes proven bad (``Resume.reject``), and the hasher
+telling the caller (``_tell``), a destination already there (``store._existing``), the
+record a finished file carries of where it came from (``store._source``), its name when
+none is given (``store._names``), bytes proven bad (``Resume.reject``), and the hasher
 beside the coordinator (``_hasher.hashed_run``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -44,10 +46,11 @@ from ..store._destination import (
     set_size,
 )
 from ..store._digest import parse_digest
-from ..store._existing import kept_size
+from ..store._existing import kept
 from ..store._lock import DestinationLock
 from ..store._names import default_name, name_from_url
 from ..store._resume import PartRecord, Resume, bytes_done, sweep
+from ..store._source import stamp
 from ._coordinator import Coordinator
 from ._hasher import hashed_run
 from ._order import Order
@@ -174,17 +177,23 @@ class Downloader:
         return through_cache(self.settings, order.expected, dest, fill, order.url, order.started)
 
     def _locked(self, order: Order, dest: Path, remote: Remote | None) -> DownloadResult:
+        # One probe, for whichever asks first: the check of a destination already there (its
+        # record against the remote's validators), or the download.
+        probed = functools.cache(lambda: self._probed(order, remote))
         with DestinationLock(dest, self.settings.lock_timeout):
             # Checked under the lock: another holder may have just finished this very file.
-            kept = kept_size(dest, order.expected, force=self.settings.force)
-            if kept is not None:
+            found = kept(
+                dest, order.url, order.expected, lambda: probed().identity,
+                force=self.settings.force,
+            )  # fmt: skip
+            if found is not None:
                 sweep(dest)  # a run killed after its rename left its record beside it
-                result = order.in_place(dest, kept)
+                result = order.in_place(dest, found.size, verified=found.verified)
                 commit()
                 return result
             resume = Resume.beside(dest, order.url, self.settings.resume, order.expected)
             try:
-                remote = self._probed(order, remote)
+                remote = probed()
             except BaseException:
                 resume.mention_kept()  # a partial of an earlier run stays, as it was
                 raise
@@ -263,7 +272,9 @@ class Downloader:
                     )
             commit()  # every byte is in and checked: from here on it is done
             owned, fd = fd, None  # finalize closes it, whatever happens
-            self._finalize(owned, resume.temp, dest, tally.final_size)
+            identity = remote.identity  # the finished file says where it came from
+            mark = functools.partial(stamp, url=order.url, remote=identity)
+            self._finalize(owned, resume.temp, dest, tally.final_size, mark)
             resume.finished()
         except BaseException as exc:
             with held(drop=True):  # a second Ctrl-C must not cut the cleanup short
@@ -272,9 +283,11 @@ class Downloader:
             raise
         return order.result(dest, remote, tally, resumed, verified=actual is not None)
 
-    def _finalize(self, fd: int, temp: Path, dest: Path, size: int) -> None:
-        """Durable, then renamed onto ``dest`` (see ``finalize``)."""
-        finalize(fd, temp, dest, size)
+    def _finalize(
+        self, fd: int, temp: Path, dest: Path, size: int, mark: Callable[[int], None]
+    ) -> None:
+        """Marked (``mark(fd)``), durable, then renamed onto ``dest`` (see ``finalize``)."""
+        finalize(fd, temp, dest, size, stamp=mark)
 
     def _fresh(self, order: Order, remote: Remote, dest: Path, resume: Resume) -> list[PartRecord]:
         """Start over: forget any earlier partial file, check space, plan the parts."""

@@ -29,9 +29,10 @@ class Order:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def in_place(self, dest: Path, size: int) -> DownloadResult:
-        """A destination already there, which the digest vouches for: nothing fetched."""
-        return DownloadResult(dest, size, self.elapsed(), 0, 0, 0, self.url, "", verified=True)
+    def in_place(self, dest: Path, size: int, *, verified: bool) -> DownloadResult:
+        """A destination already there, which the digest (``verified``) or the record of its
+        download vouches for: nothing fetched."""
+        return DownloadResult(dest, size, self.elapsed(), 0, 0, 0, self.url, "", verified=verified)
 
     def result(
         self, dest: Path, remote: Remote, tally: Tally, resumed: int, verified: bool

@@ -137,13 +137,12 @@ class OneRequest(Downloader):
         one (once per item: its answer waits for ``_fetch``). It asks for one byte when
         the blob is known to be larger (the caller's size hint, or a resume record beside
         it: that partial is resumed the ordinary way), since the bytes of a larger answer
-        are thrown away."""
+        are thrown away. So does a destination already there that no digest vouches for:
+        the probe only checks the validators its record names (``store._existing``)."""
         seat = self.seat
         if remote is None and seat.answer is None:
             want = one_request(self.settings)
-            if (self.size is not None and self.size > want) or (
-                self.dest is not None and state_path(self.dest).exists()
-            ):
+            if (self.size is not None and self.size > want) or self._known_there(order):
                 want = 1
             session = seat.session
             seat.answer = retried(
@@ -152,6 +151,15 @@ class OneRequest(Downloader):
                 seat.pause,
             )
         return remote or self._first()[0]
+
+    def _known_there(self, order: Order) -> bool:
+        """Bytes of the blob may be on disk already: a resume record, or a destination that
+        its record may vouch for."""
+        dest = self.dest
+        if dest is None:
+            return False
+        checked = dest.exists() and order.expected is None and not self.settings.force
+        return checked or state_path(dest).exists()
 
     def _named(self, remote: Remote) -> Path:
         return self.name(remote) if self.name is not None else super()._named(remote)
@@ -174,11 +182,13 @@ class OneRequest(Downloader):
 
         return self._written(order, remote, dest, resume, run)
 
-    def _finalize(self, fd: int, temp: Path, dest: Path, size: int) -> None:
+    def _finalize(
+        self, fd: int, temp: Path, dest: Path, size: int, mark: Callable[[int], None]
+    ) -> None:
         """Its directory is fsynced later, once for all the renames in it (the pool does it
         when the batch ends): a crash before then may lose the rename, never leave the
         destination naming an incomplete file."""
-        finalize(fd, temp, dest, size, sync_dir=False)
+        finalize(fd, temp, dest, size, sync_dir=False, stamp=mark)
         self.seat.unsynced.add(dest.parent)
 
     # --- the bytes --------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 ``Remote`` is what the probe learned and the whole download pins; ``Identity`` is the part
 of it that says *which* blob it is (size and validators). "Same blob" is decided here
-only: by a resume record against a new probe, and by a refreshed URL against the pinned one.
+only: by a resume record against a new probe, and by a refreshed URL against the pinned one
+(``change``: nothing proves a change), and by the record a finished download left on its
+file against a new probe (``proven_same``: something proves it is the same blob).
 """
 
 from __future__ import annotations
@@ -56,6 +58,19 @@ def change(before: Identity, after: Identity) -> str | None:
         if old and new and old != new:
             return f"{name} changed from {old} to {new}"
     return None
+
+
+def proven_same(before: Identity, after: Identity) -> bool:
+    """Whether ``after`` is shown to be the blob ``before`` was: what keeping a file on
+    the word of its download's record takes, where ``change`` only looks for a change.
+    The sizes are known and equal, no validator shows a change (``change``), and a strong
+    ETag is equal (a weak one does not vouch for bytes) or else the Last-Modified is.
+    Nothing to compare shows nothing."""
+    if before.size is None or change(before, after) is not None:
+        return False
+    if before.etag and after.etag and not before.etag.startswith("W/"):
+        return True
+    return bool(before.last_modified) and before.last_modified == after.last_modified
 
 
 def require_same(pinned: Remote, fresh: Remote) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -163,15 +164,27 @@ def start_writeback(fd: int) -> None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
-def finalize(fd: int, temp: Path, dest: Path, size: int, *, sync_dir: bool = True) -> None:
+def finalize(
+    fd: int,
+    temp: Path,
+    dest: Path,
+    size: int,
+    *,
+    sync_dir: bool = True,
+    stamp: Callable[[int], None] | None = None,
+) -> None:
     """Make the complete temp file durable and move it onto ``dest`` atomically.
 
     Takes ownership of ``fd``: it is closed here whatever happens. Without ``sync_dir`` the
     caller fsyncs the directory later (a batch, once for many renames in it): until then a
-    crash may lose the rename, never make ``dest`` name an incomplete file."""
+    crash may lose the rename, never make ``dest`` name an incomplete file. ``stamp(fd)``
+    marks the file once nothing more changes it (``_source.stamp``: where it came from),
+    made durable with it."""
     try:
         try:
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, size)  # the last change of its mtime
+            if stamp is not None:
+                stamp(fd)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -1,29 +1,46 @@
 """A destination that is already there, checked under its lock: kept, replaced or refused.
 
-Kept when the pinned digest vouches for its bytes (nothing is fetched); replaced when no
-digest was given and ``force`` says so, or when the digest does not match; else refused
-with ``DestinationExists``.
+Kept when the pinned digest vouches for its bytes, or, without a digest, when the record
+its download left on it does (``_source``: this URL's finished download, unchanged since,
+and the remote still serving that blob: one probe, none of its bytes fetched); replaced
+when the digest does not match, or when nothing vouches for it and ``force`` says so; else
+refused with ``DestinationExists``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import DestinationExists
+from ..http._remote import Identity
+from . import _source
 from ._digest import sha256_file
 from ._files import require_regular
 
 
-def kept_size(dest: Path, expected: str | None, *, force: bool) -> int | None:
-    """The size of the file at ``dest`` when it is kept as the download; None when there is
-    none, or it is to be replaced. Raises ``DestinationExists`` when it must stay."""
+class Kept(NamedTuple):
+    size: int  # of the file at the destination, kept as the download
+    verified: bool  # the digest vouched for it (else: the record of its download)
+
+
+def kept(
+    dest: Path, url: str, expected: str | None, remote: Callable[[], Identity], *, force: bool
+) -> Kept | None:
+    """The file at ``dest``, when it is kept as the download of ``url``; None when there is
+    none, or it is to be replaced. ``remote()`` probes the remote: asked only when the
+    record of a finished download of ``url`` is on the file, unchanged. Raises
+    ``DestinationExists`` when the file must stay and nothing vouches for it."""
     if not dest.exists():
         if dest.is_symlink() and expected is None and not force:
             raise DestinationExists(str(dest))  # a link to a file not there yet: the user's
         return None
     require_regular(dest)  # again under the lock: hashing a FIFO would hang
-    if expected is not None and sha256_file(dest) == expected:
-        return dest.stat().st_size
-    if expected is None and not force:
+    if expected is not None:
+        return Kept(dest.stat().st_size, True) if sha256_file(dest) == expected else None
+    if _source.vouches(dest, url, remote):
+        return Kept(dest.stat().st_size, False)
+    if not force:
         raise DestinationExists(str(dest))
     return None

@@ -1,0 +1,200 @@
+"""The same command run again keeps what an earlier run finished, digest or none.
+
+A digest vouches for a destination's bytes; without one, the record blobdl leaves on the
+file when it renames it into place does: which URL it came from, the size, ETag and
+Last-Modified it was pinned to, and the file's size and mtime then. A rerun keeps the file
+(one probe, none of its bytes fetched) only while all of that still holds: the remote
+changed, the file edited, a file blobdl did not write, or one written for another URL is
+refused as before (exit 5), or replaced with ``--force``. Each test first shows the file
+kept, so that the refusal after it is the change's doing.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import pytest
+
+from blobdl import DestinationExists, Downloader
+from blobdl.errors import EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_OK
+from blobdl.store import _source
+from blobdl.store._resume import claims_bytes
+from faultserver.serverctl import ServerHandle, make_blob
+from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file, spawn_cli
+
+Make = Callable[..., Blob]
+CLI = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4",
+       "--checkpoint-interval", "0.05", "--progress-interval", "0.05", "--max-backoff", "0.05",
+       "--json"]  # fmt: skip
+DEADLINE = 20.0
+
+
+def finished(stdout: str) -> dict[int, dict[str, object]]:
+    """The ``finished`` events of a batch's --json output, by item."""
+    events = map(json.loads, stdout.splitlines())
+    return {e["item"]: e for e in events if e["event"] == "finished"}
+
+
+def served(server: ServerHandle, name: str, size: int, seed: int) -> str:
+    """A blob of this test's own at ``name`` (the ``make`` cache must never see it change)."""
+    make_blob(server.root, name, size, seed)
+    return server.url(name)
+
+
+def kept(run: CompletedProcess[str], out: Path, sha256: str) -> None:
+    """The rerun kept ``out``: exit 0, nothing fetched, the bytes as they were."""
+    assert run.returncode == EXIT_OK, run.stderr
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["event"] == "finished" and result["bytes_fetched"] == 0, result
+    assert sha256_file(out) == sha256
+
+
+def refused(run: CompletedProcess[str], out: Path, sha256: str) -> None:
+    """The rerun refused the existing destination as before a record existed: exit 5."""
+    assert run.returncode == EXIT_LOCAL, run.stderr
+    assert "already exists" in run.stderr
+    assert sha256_file(out) == sha256
+
+
+def test_an_interrupted_manifest_rerun_keeps_the_items_it_finished(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # A small item (done at a seat), a large one (its own coordinator), both quick, and a
+    # slow large one still running when Ctrl-C comes. No digests.
+    blobs = [make(40_000, seed=7300), make(8 * PART, seed=7301), make(16 * PART, seed=7302)]
+    outs = [tmp_path / f"out-{i}" for i in range(3)]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {o}\n" for b, o in zip(blobs, outs, strict=True)))
+    server.set_faults({"path": f"/files/{blobs[2].name}", "times": None, "action": "rate",
+                       "bps": 10_000, "method": "GET"})  # fmt: skip
+    # The server paces a response after its first 64 KiB only: parts of 256 KiB keep the
+    # slow item running once its first bytes are in. Its four parts leave room in the
+    # budget for the quick ones, whichever is granted lanes first.
+    args = ["-i", str(manifest), *CLI, "--min-part-size", "256KiB", "--max-part-size", "256KiB",
+            "--connections", "8", "--per-host", "8"]  # fmt: skip
+    proc = spawn_cli(*args)
+    try:
+        assert proc.stdout is not None
+        done: set[int] = set()
+        seen: list[str] = []  # what the batch said, for a failure's message
+        deadline = time.monotonic() + DEADLINE
+        while done != {0, 1}:
+            assert time.monotonic() < deadline, f"the quick items never finished: {seen}"
+            line = proc.stdout.readline()
+            assert line, f"the batch ended before Ctrl-C: {seen}"
+            event = json.loads(line)
+            if event["event"] != "progress":
+                seen.append(line)
+            if event["event"] == "finished":
+                done.add(event["item"])
+        state = outs[2].with_name(outs[2].name + ".blobdl-state")
+        while not claims_bytes(state):
+            assert time.monotonic() < deadline, "the slow item never saved a checkpoint"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    server.reset()
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == EXIT_OK, rerun.stderr
+    for blob, out in zip(blobs, outs, strict=True):
+        assert sha256_file(out) == blob.sha256
+    results, per_path = finished(rerun.stdout), server.stats()["per_path"]
+    for n in (0, 1):  # kept: one probe for its validators, none of its bytes
+        assert results[n]["bytes_fetched"] == 0 and not results[n]["verified"], results[n]
+        assert per_path[f"/files/{blobs[n].name}"] == 1, per_path
+    assert results[2]["resumed"] > 0, results[2]  # the interrupted one resumed
+
+
+def test_the_same_download_run_twice_keeps_the_file_it_wrote(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob, out = make(4 * PART, seed=7310), tmp_path / "out"
+    assert run_cli(blob.url, "-o", str(out), *CLI).returncode == EXIT_OK
+    server.reset()
+    kept(run_cli(blob.url, "-o", str(out), *CLI), out, blob.sha256)
+    assert server.stats()["ranges"] == ["bytes=0-0"]  # the probe, and nothing else
+
+
+@pytest.mark.parametrize("change", ["new-bytes", "new-etag"])
+def test_a_file_is_not_kept_once_the_remote_changed(
+    server: ServerHandle, tmp_path: Path, change: str
+) -> None:
+    name, out = f"rerun-changed-{change}.bin", tmp_path / "out"
+    url = served(server, name, 4 * PART, seed=7320)
+    first = sha256_file(server.root / name)
+    assert run_cli(url, "-o", str(out), *CLI).returncode == EXIT_OK
+    kept(run_cli(url, "-o", str(out), *CLI), out, first)
+    if change == "new-bytes":  # the same size, other bytes, a later mtime (so a new ETag)
+        newer = make_blob(server.root, name, 4 * PART, seed=7321)
+        stamp = (server.root / name).stat().st_mtime_ns + 10**9
+        os.utime(server.root / name, ns=(stamp, stamp))
+    else:  # the same bytes and Last-Modified, under another ETag: the ETag proves a change
+        newer = first
+        server.set_faults({"path": f"/files/{name}", "times": None, "action": "etag",
+                           "value": "another-blob"})  # fmt: skip
+    refused(run_cli(url, "-o", str(out), *CLI), out, first)
+    replaced = run_cli(url, "-o", str(out), "--force", *CLI)
+    assert replaced.returncode == EXIT_OK, replaced.stderr
+    assert json.loads(replaced.stdout.splitlines()[-1])["bytes_fetched"] == 4 * PART
+    assert sha256_file(out) == newer
+
+
+def test_a_file_edited_after_its_download_is_not_kept(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob, out = make(4 * PART, seed=7330), tmp_path / "out"
+    assert run_cli(blob.url, "-o", str(out), *CLI).returncode == EXIT_OK
+    kept(run_cli(blob.url, "-o", str(out), *CLI), out, blob.sha256)
+    with out.open("r+b") as f:  # the same size, one byte changed, the mtime moved on
+        f.seek(1000)
+        f.write(bytes([f.read(1)[0] ^ 0xFF]))
+    stamp = out.stat().st_mtime_ns + 10**9
+    os.utime(out, ns=(stamp, stamp))
+    edited = sha256_file(out)
+    refused(run_cli(blob.url, "-o", str(out), *CLI), out, edited)
+
+
+def test_a_file_blobdl_did_not_write_for_that_url_is_refused(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob, other = make(4 * PART, seed=7340), make(4 * PART, seed=7341)
+    out, copy = tmp_path / "out", tmp_path / "copy"
+    assert run_cli(blob.url, "-o", str(out), *CLI).returncode == EXIT_OK
+    kept(run_cli(blob.url, "-o", str(out), *CLI), out, blob.sha256)
+    # The same bytes, copied by someone else (no record), are not vouched for.
+    shutil.copyfile(out, copy)
+    server.reset()
+    refused(run_cli(blob.url, "-o", str(copy), *CLI), copy, blob.sha256)
+    assert server.stats()["requests"] == 0  # refused before any network traffic, as before
+    # Nor is blobdl's own file, recorded for one URL, the download of another.
+    refused(run_cli(other.url, "-o", str(out), *CLI), out, blob.sha256)
+
+
+def test_without_user_extended_attributes_a_rerun_refuses_as_before(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+
+    monkeypatch.setattr(os, "setxattr", unsupported)  # a filesystem without user xattrs
+    blob, out = make(4 * PART, seed=7350), tmp_path / "out"
+    downloader = Downloader(fast_settings())
+    assert downloader.download(blob.url, out).size == blob.size  # the download is not worse
+    assert _source.recorded(out) is None
+    with pytest.raises(DestinationExists):
+        downloader.download(blob.url, out)
+    assert sha256_file(out) == blob.sha256

@@ -1,0 +1,37 @@
+"""When two looks at a remote see the same blob, as a table: ``change`` (a resume keeps
+its partial unless a change is shown) and ``proven_same`` (a rerun keeps a finished file
+only if sameness is shown)."""
+
+from __future__ import annotations
+
+import pytest
+
+from blobdl.http._remote import Identity, change, proven_same
+
+LM, LATER = "Mon, 01 Jan 2024 00:00:00 GMT", "Tue, 02 Jan 2024 00:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "same"),
+    [
+        (Identity(10, '"a"', LM), Identity(10, '"a"', LM), True),
+        (Identity(10, '"a"', None), Identity(10, '"a"', None), True),  # a strong ETag
+        (Identity(10, '"a"', LM), Identity(10, '"a"', LATER), False),  # any change shows
+        (Identity(10, None, LM), Identity(10, None, LM), True),  # else Last-Modified
+        (Identity(10, '"a"', LM), Identity(10, None, LM), True),
+        (Identity(10, 'W/"a"', LM), Identity(10, 'W/"a"', LM), True),
+        (Identity(10, 'W/"a"', None), Identity(10, 'W/"a"', None), False),  # weak: no vouch
+        (Identity(10, '"a"', LM), Identity(10, '"b"', LM), False),  # an ETag shows a change
+        (Identity(10, None, LM), Identity(10, None, LATER), False),
+        (Identity(10, '"a"', LM), Identity(11, '"a"', LM), False),  # another size
+        (Identity(None, '"a"', LM), Identity(None, '"a"', LM), False),  # no size known
+        (Identity(10, None, None), Identity(10, None, None), False),  # nothing to compare
+        (Identity(10, '"a"', None), Identity(10, None, LM), False),
+    ],
+)
+def test_only_a_shown_sameness_is_the_same_blob(
+    before: Identity, after: Identity, same: bool
+) -> None:
+    assert proven_same(before, after) is same
+    if same:  # what is shown the same is never a change either
+        assert change(before, after) is None
