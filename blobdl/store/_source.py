@@ -69,7 +69,9 @@ def recorded(path: Path) -> Source | None:
     """The record on the file at ``path`` (never through a link), or None."""
     try:
         return _decode(os.getxattr(path, NAME, follow_symlinks=False))
-    except (OSError, ValueError, KeyError, TypeError):
+    # Anyone who can write the file can write this value: brackets nested too deep for the
+    # JSON reader (RecursionError) are as unreadable as any other bogus value.
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

@@ -198,3 +198,16 @@ def test_without_user_extended_attributes_a_rerun_refuses_as_before(
     with pytest.raises(DestinationExists):
         downloader.download(blob.url, out)
     assert sha256_file(out) == blob.sha256
+
+
+def test_a_record_planted_too_deep_to_read_is_no_record(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # A value of nested brackets that Python's JSON reader gives up on (RecursionError,
+    # not a ValueError): an unreadable record vouches for nothing, it is not a bug (exit 1).
+    blob, out = make(4 * PART, seed=7360), tmp_path / "out"
+    out.write_bytes(b"mine")
+    os.setxattr(out, _source.NAME, b"[" * 4000)
+    server.reset()
+    refused(run_cli(blob.url, "-o", str(out), *CLI), out, sha256_file(out))
+    assert server.stats()["requests"] == 0
