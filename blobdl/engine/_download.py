@@ -32,7 +32,7 @@ from typing import Any
 from ..config import Settings, check_path, check_text, overridden
 from ..events import DownloadResult, EventCallback, Finished, ProgressCallback, Started
 from ..http._probe import resolve
-from ..http._remote import Remote
+from ..http._remote import Remote, lasting
 from ..http._urls import check_url, lift_userinfo
 from ..processes import _clean_process
 from ..processes._signals import commit, held, inner, stoppable
@@ -272,7 +272,7 @@ class Downloader:
                     )
             commit()  # every byte is in and checked: from here on it is done
             owned, fd = fd, None  # finalize closes it, whatever happens
-            identity = remote.identity  # the finished file says where it came from
+            identity = lasting(remote)  # the finished file says where it came from
             mark = functools.partial(stamp, url=order.url, remote=identity)
             self._finalize(owned, resume.temp, dest, tally.final_size, mark)
             resume.finished()

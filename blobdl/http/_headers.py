@@ -81,14 +81,24 @@ def parse_retry_after(value: str | None) -> float | None:
     value = value.strip()
     if value.isascii() and value.isdigit():
         return float(value) if len(value) < 16 else None
+    when = parse_http_date(value)
+    if when is None:
+        return None
+    seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def parse_http_date(value: str | None) -> datetime | None:
+    """An HTTP-date (``Date``, ``Last-Modified``, ``Retry-After``), aware; None if unreadable."""
+    if not value:
+        return None
     try:
-        when = parsedate_to_datetime(value)
+        when = parsedate_to_datetime(value.strip())
     except Exception:  # the email package raises various things on junk
         return None
     if when.tzinfo is None:  # RFC 9110: HTTP dates are GMT; "-0000" or no zone reads naive
         when = when.replace(tzinfo=UTC)
-    seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+    return when
 
 
 def content_disposition_filename(value: str | None) -> str | None:

@@ -147,6 +147,7 @@ def _remote_from(
         last_modified=response.headers.get("Last-Modified"),
         filename=content_disposition_filename(response.headers.get("Content-Disposition")),
         headers=headers,
+        date=response.headers.get("Date"),
     )
 
 

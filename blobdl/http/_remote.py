@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import RemoteChanged
+from ._headers import parse_http_date
 
 
 class Identity(NamedTuple):
@@ -36,6 +37,7 @@ class Remote(NamedTuple):
     # Seconds the probe's last request took to its status line, its connection's set-up
     # aside (0.0: not measured): how long this server takes to answer a request (_chunk).
     answer_time: float = 0.0
+    date: str | None = None  # the probe's Date: whether its Last-Modified vouches (lasting)
 
     @property
     def identity(self) -> Identity:
@@ -71,6 +73,18 @@ def proven_same(before: Identity, after: Identity) -> bool:
     if before.etag and after.etag and not before.etag.startswith("W/"):
         return True
     return bool(before.last_modified) and before.last_modified == after.last_modified
+
+
+def lasting(remote: Remote) -> Identity:
+    """What the record of a finished download keeps of ``remote``, to show it the same blob
+    later (``proven_same``): its identity, less a Last-Modified not at least a second before
+    the probe's Date. A blob served within the second it was modified may change again in
+    that second under the same Last-Modified (RFC 9110 8.8.2.2: then it is a weak
+    validator), and a rerun would keep the bytes it replaced."""
+    modified, served = parse_http_date(remote.last_modified), parse_http_date(remote.date)
+    if modified is None or served is None or (served - modified).total_seconds() < 1:
+        return remote.identity._replace(last_modified=None)
+    return remote.identity
 
 
 def require_same(pinned: Remote, fresh: Remote) -> None:

@@ -211,3 +211,28 @@ def test_a_record_planted_too_deep_to_read_is_no_record(
     server.reset()
     refused(run_cli(blob.url, "-o", str(out), *CLI), out, sha256_file(out))
     assert server.stats()["requests"] == 0
+
+
+def test_a_last_modified_of_the_second_the_blob_was_served_vouches_for_nothing(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    # Only Last-Modified, as Python's http.server sends it: a date to the second. A blob
+    # served in the second it was last modified may change again within that second under
+    # the same Last-Modified (RFC 9110 8.8.2.2: it is a weak validator unless the Date is
+    # later). A clock ahead of the Date stands here for that second: the same rule.
+    name, out = "rerun-same-second.bin", tmp_path / "out"
+    url, path = served(server, name, 4 * PART, seed=7370), server.root / name
+    server.set_faults({"path": f"/files/{name}", "times": None, "action": "headers",
+                       "drop": ["ETag"]})  # fmt: skip
+    past = (int(time.time()) - 3600) * 10**9
+    os.utime(path, ns=(past, past))  # long before it is served: Last-Modified vouches
+    assert run_cli(url, "-o", str(out), *CLI).returncode == EXIT_OK
+    kept(run_cli(url, "-o", str(out), *CLI), out, sha256_file(path))
+    out.unlink()
+    second = (int(time.time()) + 3600) * 10**9
+    os.utime(path, ns=(second + 200_000_000,) * 2)
+    first = sha256_file(path)
+    assert run_cli(url, "-o", str(out), *CLI).returncode == EXIT_OK
+    make_blob(server.root, name, 4 * PART, seed=7371)  # other bytes, in the same second
+    os.utime(path, ns=(second + 700_000_000,) * 2)
+    refused(run_cli(url, "-o", str(out), *CLI), out, first)

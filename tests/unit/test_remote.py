@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from blobdl.http._remote import Identity, change, proven_same
+from blobdl.http._remote import Identity, Remote, change, lasting, proven_same
 
 LM, LATER = "Mon, 01 Jan 2024 00:00:00 GMT", "Tue, 02 Jan 2024 00:00:00 GMT"
 
@@ -35,3 +35,18 @@ def test_only_a_shown_sameness_is_the_same_blob(
     assert proven_same(before, after) is same
     if same:  # what is shown the same is never a change either
         assert change(before, after) is None
+
+
+@pytest.mark.parametrize(
+    ("date", "kept"),
+    [
+        ("Mon, 01 Jan 2024 00:00:01 GMT", True),  # a second after it: nothing changes unseen
+        ("Mon, 01 Jan 2024 00:00:00 GMT", False),  # served in the second it was modified
+        ("Sun, 31 Dec 2023 23:00:00 GMT", False),  # before it (a clock ahead): the same
+        (None, False),  # no Date, no telling
+        ("not a date", False),
+    ],
+)
+def test_a_last_modified_vouches_only_once_its_second_is_over(date: str | None, kept: bool) -> None:
+    remote = Remote("u", "u", 10, True, '"a"', LM, None, (), date=date)
+    assert lasting(remote) == Identity(10, '"a"', LM if kept else None)
