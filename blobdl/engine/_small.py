@@ -39,6 +39,7 @@ from ..http._span import Span
 from ..store._destination import check_free_space, finalize
 from ..store._digest import hash_range
 from ..store._resume import Resume, state_path
+from ..store._source import unchanged
 from . import _failure
 from ._counter_table import CounterTable
 from ._download import Downloader
@@ -137,8 +138,9 @@ class OneRequest(Downloader):
         one (once per item: its answer waits for ``_fetch``). It asks for one byte when
         the blob is known to be larger (the caller's size hint, or a resume record beside
         it: that partial is resumed the ordinary way), since the bytes of a larger answer
-        are thrown away. So does a destination already there that no digest vouches for:
-        the probe only checks the validators its record names (``store._existing``)."""
+        are thrown away. So does a destination already there whose record may vouch for it
+        (``--force`` or not): the probe only checks the validators its record names
+        (``store._existing``)."""
         seat = self.seat
         if remote is None and seat.answer is None:
             want = one_request(self.settings)
@@ -154,11 +156,13 @@ class OneRequest(Downloader):
 
     def _known_there(self, order: Order) -> bool:
         """Bytes of the blob may be on disk already: a resume record, or a destination that
-        its record may vouch for."""
+        its record may vouch for (``--force`` included: it replaces only what nothing
+        vouches for). One that nothing can vouch for is refused before any request, or
+        replaced: its whole body is asked for."""
         dest = self.dest
         if dest is None:
             return False
-        checked = dest.exists() and order.expected is None and not self.settings.force
+        checked = order.expected is None and unchanged(dest, order.url) is not None
         return checked or state_path(dest).exists()
 
     def _named(self, remote: Remote) -> Path:

@@ -53,16 +53,23 @@ def stamp(fd: int, url: str, remote: Identity) -> None:
 def vouches(path: Path, url: str, remote: Callable[[], Identity]) -> bool:
     """Whether ``path`` is the finished download of ``url`` and still what ``remote()``
     (asked only once everything local holds: it probes) serves."""
+    source = unchanged(path, url)
+    return source is not None and proven_same(source.remote, remote())
+
+
+def unchanged(path: Path, url: str) -> Source | None:
+    """The record on ``path`` if it is of ``url``'s finished download and the file is as
+    it was then: all that ``vouches`` needs but the remote (so a probe asks one byte)."""
     source = recorded(path)
     if source is None or source.url_key != url_key(url):
-        return False
+        return None
     try:
         info = os.stat(path, follow_symlinks=False)
     except OSError:
-        return False
+        return None
     if (info.st_ino, info.st_size, info.st_mtime_ns) != (source.ino, source.size, source.mtime_ns):
-        return False  # replaced, copied or edited since
-    return source.size == source.remote.size and proven_same(source.remote, remote())
+        return None  # replaced, copied or edited since
+    return source if source.size == source.remote.size else None
 
 
 def recorded(path: Path) -> Source | None:

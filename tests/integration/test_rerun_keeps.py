@@ -236,3 +236,28 @@ def test_a_last_modified_of_the_second_the_blob_was_served_vouches_for_nothing(
     make_blob(server.root, name, 4 * PART, seed=7371)  # other bytes, in the same second
     os.utime(path, ns=(second + 700_000_000,) * 2)
     refused(run_cli(url, "-o", str(out), *CLI), out, first)
+
+
+def test_force_keeps_a_batchs_small_finished_items_with_one_byte_each(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # --force replaces only what nothing vouches for: a small item's record vouches, so its
+    # probe asks one byte, as without --force and as a single download does, never the
+    # whole blob again to throw it away. One that is not vouched for is still replaced.
+    blobs = [make(30_000, seed=7380 + i) for i in range(3)]
+    outs = [tmp_path / f"out-{i}" for i in range(3)]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {o}\n" for b, o in zip(blobs, outs, strict=True)))
+    assert run_cli("-i", str(manifest), *CLI).returncode == EXIT_OK
+    outs[2].unlink()
+    outs[2].write_bytes(b"x" * 30_000)  # no record: --force replaces it
+    server.reset()
+    rerun = run_cli("-i", str(manifest), "--force", *CLI)
+    assert rerun.returncode == EXIT_OK, rerun.stderr
+    for blob, out in zip(blobs, outs, strict=True):
+        assert sha256_file(out) == blob.sha256
+    results, per_path = finished(rerun.stdout), server.stats()["per_path"]
+    assert [results[n]["bytes_fetched"] for n in range(3)] == [0, 0, 30_000], results
+    asked = server.stats()["ranges"]
+    assert asked.count("bytes=0-0") >= 2, asked  # the two kept ones: their validators only
+    assert sum(per_path[f"/files/{b.name}"] for b in blobs[:2]) == 2, per_path
