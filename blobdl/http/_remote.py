@@ -77,13 +77,17 @@ def proven_same(before: Identity, after: Identity) -> bool:
 
 def lasting(remote: Remote) -> Identity:
     """What the record of a finished download keeps of ``remote``, to show it the same blob
-    later (``proven_same``): its identity, less a Last-Modified not at least a second before
-    the probe's Date. A blob served within the second it was modified may change again in
-    that second under the same Last-Modified (RFC 9110 8.8.2.2: then it is a weak
-    validator), and a rerun would keep the bytes it replaced."""
+    later (``proven_same``): its identity, less its validators when the Last-Modified is not
+    at least a second before the probe's Date. A blob served within the second it was
+    modified may change again in that second under the same Last-Modified (RFC 9110
+    8.8.2.2: then it is a weak validator), and under the same ETag too where the ETag is
+    made of the mtime in seconds and the size (nginx's, Apache's); a rerun would keep the
+    bytes it replaced. An ETag without a Last-Modified is kept: nothing tells it is so made."""
+    if remote.last_modified is None:
+        return remote.identity
     modified, served = parse_http_date(remote.last_modified), parse_http_date(remote.date)
     if modified is None or served is None or (served - modified).total_seconds() < 1:
-        return remote.identity._replace(last_modified=None)
+        return remote.identity._replace(etag=None, last_modified=None)
     return remote.identity
 
 
