@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 
 from ..config import MAX_BYTES, Settings
@@ -85,17 +85,21 @@ class Coordinator:
         self.pinned = Pinned(remote, lambda url: resolve(url, settings))
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
-        self.crew = Crew(settings, self.table)  # forked when the first lane starts
+        self.crew = Crew(settings, self.table)  # forked when the first lanes start
         self.best = BestRate()  # the best lane's rate lately: a slow lane's yardstick
         self.window = RateWindow(0.0, 0)  # the download's rate, for progress
         self.last_checkpoint = self.last_told = 0.0
 
     # --- the loop ---------------------------------------------------------------------------
 
-    def run(self) -> Tally:
+    def run(self, started: Callable[[], None] = lambda: None) -> Tally:
+        """Run the parts; ``started()`` once the first lanes are launched (their workers
+        forked): a callback that starts a thread on ``Started`` comes after those forks."""
         self.window = RateWindow(time.monotonic(), self.parts.done())
         with Interrupts() as self.interrupts:
             try:
+                self._launch_ready(time.monotonic())
+                started()
                 self._loop()
             except BaseException:  # an interrupt now waits until workers are reaped, state saved
                 self._wind_down(failing=True)
@@ -157,11 +161,17 @@ class Coordinator:
         """Bytes/s for all its lanes now: its settings', or its share of its batch's."""
         return self.settings.limit_rate if self.share is None else self.share.rate()
 
+    def _lanes(self) -> int:
+        """Lanes that may run now: its connections (``_connections``), as far as its crew can
+        seat them."""
+        connections, room = self._connections(), self.crew.room()
+        return connections if room is None else min(connections, self.parts.running() + room)
+
     def _retry_times(self) -> list[float]:
-        """When the first waiting part may start; none while every connection is busy (no
+        """When the first waiting part may start; none while every lane is busy (no
         spinning)."""
         first = self.parts.next_retry()
-        if first is None or self.parts.running() >= self._connections():
+        if first is None or self.parts.running() >= self._lanes():
             return []
         return [first]
 
@@ -169,7 +179,7 @@ class Coordinator:
         """Start what may start (pending parts, waiting ones whose backoff is over) up to
         the item's connections now, then let idle connections steal. Its cost is the lanes it
         starts, whatever the number of parts."""
-        connections = self._connections()
+        connections = self._lanes()
         while self.parts.running() < connections:
             part = self.parts.next_ready(now)
             if part is None:

@@ -232,11 +232,11 @@ class Downloader:
                 remote, records, fd, str(resume.temp), self.settings, order.tell, checkpoint,
                 order.share,
             )  # fmt: skip
-            order.tell(
-                Started(order.url, str(dest), remote.size, len(records), bytes_done(records))
-            )
+            started = Started(order.url, str(dest), remote.size, len(records), bytes_done(records))
             hashing = order.expected is not None  # a hasher follows the bytes as they land
-            return hashed_run(fd, coordinator.table, coordinator.run, hashing=hashing)
+            # Told once the hasher and the first lanes' workers are forked (see Crew).
+            run = functools.partial(coordinator.run, lambda: order.tell(started))
+            return hashed_run(fd, coordinator.table, run, hashing=hashing)
 
         resumed = previous.done if previous else 0
         return self._written(order, remote, dest, resume, run, resumed, previous is None)

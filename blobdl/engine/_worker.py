@@ -37,7 +37,7 @@ from typing import NamedTuple
 from ..config import Settings
 from ..errors import BlobdlError, WorkerCrashed
 from ..http._remote import Remote
-from ..processes._spawn import private, seat_pipe, start
+from ..processes._spawn import private, seat_pipe, start, threaded
 from ._counter_table import CounterTable
 from ._lane import Attempt, Cancel, run_attempt
 
@@ -60,7 +60,9 @@ class _Stop(NamedTuple):
 
 
 class Crew:
-    """The coordinator's worker processes, forked when a lane first needs a seat."""
+    """The coordinator's worker processes, forked when a lane first needs a seat. Once this
+    process has another thread (a caller's callback may start one: a tqdm bar does), it
+    forks no more: its lanes then take only the seats of the workers it has (``room``)."""
 
     def __init__(self, settings: Settings, table: CounterTable) -> None:
         self.settings, self.table = settings, table
@@ -76,6 +78,14 @@ class Crew:
         seat = worker.free_seat()
         return worker.run(seat, attempt, remote)
 
+    def room(self) -> int | None:
+        """Lanes it can still seat: None for as many as asked (it may fork a worker for
+        them), else the free seats of its live workers."""
+        self._bury()
+        if None in self._workers and not threaded():
+            return None
+        return sum(self.seats - w.busy() for w in self._workers if w is not None)
+
     def stop(self) -> None:
         """End every worker (their lanes must have been collected or killed first)."""
         for worker in self._workers:
@@ -89,7 +99,10 @@ class Crew:
     def _least_busy(self) -> _Worker:
         self._bury()
         best: tuple[int, int] | None = None
+        forks = None in self._workers and not threaded()
         for index, worker in enumerate(self._workers):
+            if worker is None and not forks:
+                continue
             busy = worker.busy() if worker is not None else 0
             if busy < self.seats and (best is None or busy < best[1]):
                 best = (index, busy)

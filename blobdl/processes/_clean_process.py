@@ -23,7 +23,6 @@ import os
 import pickle
 import signal
 import subprocess
-import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
@@ -32,21 +31,12 @@ from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import Finished
 from . import _spare
 from ._signals import interrupted
-from ._spawn import start_clean
+from ._spawn import start_clean, threaded
 
 T = TypeVar("T")
 Tell = Callable[[Any], None]
 _LOOK = 1.0  # seconds between checks that a silent child is still alive
 log = logging.getLogger("blobdl")
-
-
-def threaded() -> bool:
-    """Whether this process has a thread besides the current one. Counted as CPython 3.12
-    counts for its fork warning: by the kernel, so threads started by C libraries count."""
-    try:
-        return len(os.listdir("/proc/self/task")) > 1
-    except OSError:
-        return threading.active_count() > 1
 
 
 def needs_clean() -> bool:

@@ -74,6 +74,17 @@ def start(
     return proc, ours
 
 
+def threaded() -> bool:
+    """Whether this process has a thread besides the current one, and so must fork no more
+    (a lock another thread holds at the fork stays held for ever in the child). Counted as
+    CPython 3.12 counts for its fork warning: by the kernel, so threads started by C
+    libraries count."""
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:
+        return threading.active_count() > 1
+
+
 def seat_pipe(duplex: bool = False) -> tuple[Connection, Connection]:
     """A pipe for a child that is not started with it: (our end, the end to hand to the
     child); one-way (we read) unless ``duplex``. Give ours to ``private`` before the child

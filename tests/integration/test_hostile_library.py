@@ -24,7 +24,7 @@ from blobdl.store._destination import temp_path
 from faultserver.hub import HubHandle, HubRepo, start_hub
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, sha256_file
-from tests.integration.test_threads import FAST, PACED, noise, slow_down
+from tests.integration.test_threads import FAST, PACED, forked_children, noise, slow_down
 
 Make = Callable[..., Blob]
 SLOWEST = 20_000  # bytes/s per connection: 4 paced parts of 256 KiB take ~10 s
@@ -129,7 +129,6 @@ def test_download_from_a_multiprocessing_pool_worker(make: Make, tmp_path: Path)
     assert sha256_file(out) == blob.sha256
 
 
-@_bug("the thread check happens once, before the callbacks run; later forks are not checked")
 def test_a_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threaded_process(
     make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,6 +154,67 @@ def test_a_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threaded_proc
         blobdl.download(blob.url, tmp_path / "out", on_event=bar, **FAST)
     finally:
         done.set()
+    assert threads_at_fork and max(threads_at_fork) == 1, threads_at_fork
+
+
+def test_a_worker_lost_after_a_callback_started_a_thread_is_not_replaced_by_a_fork(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the caller's process has a thread, the download goes on in the workers it has."""
+    blob = make(16 * PART, seed=909)
+    slow_down(server, blob)  # seconds in all: long after the worker is lost
+    threads_at_fork: list[int] = []
+    real_fork = os.fork
+
+    def watched_fork() -> int:
+        threads_at_fork.append(len(os.listdir("/proc/self/task")))
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", watched_fork)
+    done, killed = threading.Event(), []
+
+    def bar(event: blobdl.Event) -> None:
+        if isinstance(event, blobdl.Started):
+            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
+        if isinstance(event, blobdl.Progress) and event.done and not killed:
+            killed.append(forked_children()[0].pid)  # one of its two workers
+            os.kill(killed[0], signal.SIGKILL)
+
+    try:
+        blobdl.download(blob.url, tmp_path / "out", on_event=bar, **PACED)
+    finally:
+        done.set()
+    assert killed and sha256_file(tmp_path / "out") == blob.sha256
+    assert max(threads_at_fork) == 1, threads_at_fork
+
+
+@_bug("a batch forks a process per large item: those after a callback's thread are not checked")
+def test_a_batch_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threaded_process(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's scheduler runs the callbacks, and forks a process for each large item."""
+    blobs = [make(16 * PART, seed=906 + n) for n in range(3)]
+    threads_at_fork: list[int] = []
+    real_fork = os.fork
+
+    def watched_fork() -> int:
+        threads_at_fork.append(len(os.listdir("/proc/self/task")))
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", watched_fork)
+    done = threading.Event()
+
+    def bar(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Started) and event.item == 0:
+            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
+
+    assert len(os.listdir("/proc/self/task")) == 1, "the test needs a single-threaded caller"
+    items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    try:
+        results = blobdl.download_many(items, max_connections=2, on_event=bar, **FAST)
+    finally:
+        done.set()
+    assert all(r.ok for r in results)
     assert threads_at_fork and max(threads_at_fork) == 1, threads_at_fork
 
 
