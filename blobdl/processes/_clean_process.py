@@ -207,7 +207,12 @@ def _waited(proc: subprocess.Popen[bytes], flags: int) -> bool:
 def child_main(conn: Connection) -> None:
     """The clean coordinator (``_spawn.child_setup`` ran first): run one call, send its
     outcome, exit."""
-    target, args, telling, level = conn.recv()
+    run_job(conn, conn.recv())
+
+
+def run_job(conn: Connection, job: tuple[Any, ...]) -> None:
+    """One call (``job``, as ``call`` sends it); its outcome is sent back."""
+    target, args, telling, level = job
     _forward_logs(conn, level)
     outcome: tuple[str, Any]
     try:

@@ -34,6 +34,8 @@ from ._spawn import start_clean
 #: Seconds a spare waits for its download before it ends by itself. Long enough for the item
 #: it was started beside; an item longer than this makes its 0.2 s of start-up negligible.
 IDLE = 60.0
+TAKEN = "taken"  # what a spare says once it holds its download, before it starts on it
+_LOOK = 0.1  # seconds between looks at a spare that has not said so yet (is it stopped?)
 
 
 class _Spare(NamedTuple):
@@ -60,20 +62,47 @@ def kept(idle: float = IDLE) -> Iterator[None]:
 
 
 def take(job: object) -> tuple[Connection, Popen[bytes]] | None:
-    """This thread's spare, given ``job``, if it has a live one young enough (it is no
-    longer a spare then); else None, and the caller starts a process of its own."""
+    """This thread's spare, given ``job``, if it has a live one young enough that says it
+    holds the job (it is no longer a spare then); else None, and the caller starts a
+    process of its own."""
     with _lock:
         spare = _spares.pop(threading.get_ident(), None)
     if spare is None:
         return None
-    if time.monotonic() < spare.taken_before and _alive(spare.proc):
-        try:
-            spare.conn.send(job)
+    try:
+        if time.monotonic() < spare.taken_before and _alive(spare.proc) and _holds(spare, job):
             return spare.conn, spare.proc
-        except OSError:
-            pass  # it died just now
+    except BaseException:  # the job would not pickle: the spare is no one's now
+        _end(spare)
+        raise
     _end(spare)
     return None
+
+
+def _holds(spare: _Spare, job: object) -> bool:
+    """Whether the spare, given ``job``, says it holds it (before it starts on it). Alive is
+    not enough: one stopped (SIGSTOP) would never read it, and the download would wait for
+    ever; one that dies before it says so never started it. Either is killed, and the
+    download starts a process of its own, as without a spare. One still starting up (a
+    short item before it) is waited for, as a process of its own would be."""
+    try:
+        spare.conn.send(job)
+        while not spare.conn.poll(_LOOK):
+            if _stopped(spare.proc):
+                return False
+        return bool(spare.conn.recv() == TAKEN)
+    except (OSError, EOFError):  # it died
+        return False
+
+
+def _stopped(proc: Popen[bytes]) -> bool:
+    """Whether it is stopped (SIGSTOP, Ctrl-Z; or at a tracer's stop), as Linux says."""
+    try:
+        with open(f"/proc/{proc.pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False  # gone (its EOF is next), or no /proc: it is not known to be stopped
+    return state in (b"T", b"t")
 
 
 def beside(module: str, tell: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
@@ -154,14 +183,15 @@ def _end(spare: _Spare) -> None:
 def spare_main(conn: Connection) -> None:
     """Import the next download's entry, wait for the download, then run it as any clean
     process does; end quietly if it never comes (EOF, Ctrl-C, or ``idle`` seconds)."""
-    from ._clean_process import child_main
+    from ._clean_process import run_job
 
     try:
         module, idle = conn.recv()
         importlib.import_module(module)
         if not conn.poll(idle):
             return
+        job = conn.recv()  # EOF: dropped just as it looked, nothing was asked
+        conn.send(TAKEN)
     except (EOFError, OSError, KeyboardInterrupt):
         return
-    with contextlib.suppress(EOFError):  # dropped just as it looked: nothing was asked
-        child_main(conn)
+    run_job(conn, job)
