@@ -6,7 +6,9 @@ download sends a request. A task thread of a Dask worker runs the items of a bat
 after another, so that cost lands between every two items. A thread inside ``kept()``
 starts the next one while its current download runs (``beside``): the next call on the same
 thread finds it waiting, blobdl already imported. Each download still gets a process of its
-own; nothing of one download reaches the next.
+own; nothing of one download reaches the next. A spare started where its caller no longer
+is (another directory, environment or ``sys.path``) is not taken: the download would not
+see what a process of its own sees.
 
 A spare is this thread's only (its death signal comes when the thread that started it ends,
 so no other thread may use it). It ends, unused, when it is dropped (``drop_all``: a
@@ -21,6 +23,7 @@ import contextlib
 import importlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,11 +40,17 @@ IDLE = 60.0
 TAKEN = "taken"  # what a spare says once it holds its download, before it starts on it
 _LOOK = 0.1  # seconds between looks at a spare that has not said so yet (is it stopped?)
 
+#: What a fresh interpreter takes from its caller as it starts, and a download then reads
+#: in its own process: the directory (a relative path), the environment (proxies, TMPDIR,
+#: tokens), ``sys.path`` (where the job's code is found). A spare has its caller's of then.
+Context = tuple[str, dict[str, str], list[str]]
+
 
 class _Spare(NamedTuple):
     conn: Connection
     proc: Popen[bytes]
     taken_before: float  # monotonic time after which it is no longer taken (it may be ending)
+    context: Context | None  # the caller's when it was started (None: unknown, never taken)
 
 
 _lock = threading.Lock()
@@ -70,13 +79,28 @@ def take(job: object) -> tuple[Connection, Popen[bytes]] | None:
     if spare is None:
         return None
     try:
-        if time.monotonic() < spare.taken_before and _alive(spare.proc) and _holds(spare, job):
+        if _fits(spare) and _holds(spare, job):
             return spare.conn, spare.proc
     except BaseException:  # the job would not pickle: the spare is no one's now
         _end(spare)
         raise
     _end(spare)
     return None
+
+
+def _fits(spare: _Spare) -> bool:
+    """Whether the spare may run the download: young enough, alive, and started where the
+    caller now is (a process of its own would start there, with that environment)."""
+    if time.monotonic() >= spare.taken_before or spare.context is None:
+        return False
+    return spare.context == _context() and _alive(spare.proc)
+
+
+def _context() -> Context | None:
+    try:
+        return os.getcwd(), dict(os.environ), list(sys.path)
+    except OSError:  # the directory was removed: no spare can match it
+        return None
 
 
 def _holds(spare: _Spare, job: object) -> bool:
@@ -129,6 +153,7 @@ def _prepare(module: str, idle: float) -> None:
     with _lock:
         if threading.get_ident() in _spares:
             return
+    context = _context()  # before it starts: what changes meanwhile makes it unfit
     try:
         conn, proc = start_clean(spare_main)
     except OSError:  # no process to spare (out of processes, memory): the next starts its own
@@ -136,10 +161,10 @@ def _prepare(module: str, idle: float) -> None:
     try:
         conn.send((module, idle))
     except OSError:  # it died at once
-        _end(_Spare(conn, proc, 0.0))
+        _end(_Spare(conn, proc, 0.0, None))
         return
     with _lock:
-        _spares[threading.get_ident()] = _Spare(conn, proc, time.monotonic() + idle / 2)
+        _spares[threading.get_ident()] = _Spare(conn, proc, time.monotonic() + idle / 2, context)
 
 
 def drop_all() -> int:

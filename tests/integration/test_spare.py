@@ -5,6 +5,7 @@ with the processes looked at through psutil."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -207,3 +208,26 @@ def test_a_stopped_spare_is_replaced_not_waited_for(make: Make, tmp_path: Path) 
                 spare.kill()
     assert sha256_file(tmp_path / "b") == blob.sha256
     assert gone(stopped[0].pid)
+
+
+def test_a_download_sees_the_directory_and_environment_of_its_call_not_of_its_spare(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = make(2 * PART, seed=9)
+    then, now = tmp_path / "then", tmp_path / "now"
+    then.mkdir()
+    now.mkdir()
+    monkeypatch.chdir(then)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens: refused
+
+    def two() -> None:
+        with _spare.kept():
+            # The spare starts beside this one, here, with this environment.
+            blobdl.download(blob.url, tmp_path / "a", trust_env=False, **FAST)
+            os.chdir(now)
+            del os.environ["HTTP_PROXY"]
+            blobdl.download(blob.url, "b", **FAST)  # relative: to where the caller is now
+
+    in_thread(two)
+    assert sha256_file(now / "b") == blob.sha256
+    assert not (then / "b").exists()
