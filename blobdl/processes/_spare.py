@@ -12,9 +12,9 @@ see what a process of its own sees.
 
 A spare is this thread's only (its death signal comes when the thread that started it ends,
 so no other thread may use it). It ends, unused, when it is dropped (``drop_all``: a
-cluster run does that on every worker when it ends), when its thread or process ends, or by
-itself after ``idle`` seconds of waiting; a spare that old is never taken, so its end cannot
-race its use.
+cluster run does that on every worker when it ends; ``drop_own``: a task whose run stops or
+whose client is gone), when its thread or process ends, or by itself after ``idle`` seconds
+of waiting; a spare that old is never taken, so its end cannot race its use.
 """
 
 from __future__ import annotations
@@ -165,6 +165,14 @@ def _prepare(module: str, idle: float) -> None:
         return
     with _lock:
         _spares[threading.get_ident()] = _Spare(conn, proc, time.monotonic() + idle / 2, context)
+
+
+def drop_own() -> None:
+    """End this thread's spare, if it has one: no download of its caller comes next."""
+    with _lock:
+        spare = _spares.pop(threading.get_ident(), None)
+    if spare is not None:
+        _end(spare)
 
 
 def drop_all() -> int:

@@ -274,6 +274,27 @@ def test_the_client_interrupted_keeps_partials_and_stops_every_download(
         assert not (tmp_path / blob.name).exists()
 
 
+def test_the_client_killed_mid_item_leaves_no_spare_process_on_the_workers(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """A task thread starts a spare interpreter for its next item while its item runs; the
+    client SIGKILLed never drops it, but the task whose item it stops knows no item of its
+    run comes next."""
+    blob = make(2 * 1024 * KB, 15)
+    paced(server, 32 * KB)  # 8 s a part: the item runs, and its spare waits, as the client dies
+    proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / blob.name}"]),
+                     "--scheduler", cluster.address, "--json", *SMALL)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("event") == "progress" and event["done"] > 0:
+            break
+    proc.kill()
+    proc.communicate()
+    assert _settled(cluster) == []  # well before a spare's own idle time (60 s) runs out
+    assert (tmp_path / (blob.name + ".blobdl-state")).exists()  # the item stopped, state saved
+
+
 def test_the_scheduler_lost_is_one_clear_error_and_leaves_nothing_running(
     server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:
