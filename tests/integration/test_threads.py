@@ -401,3 +401,28 @@ def test_a_stop_signal_that_ends_a_starting_download_process_is_an_interrupt(
     thread.join(HANG)
     assert isinstance(outcome.get("error"), blobdl.Interrupted), outcome
     assert outcome["error"].exit_code == 130
+
+
+@pytest.mark.parametrize("mode", ["download", "many"])
+def test_a_terminal_ctrl_c_that_a_threaded_caller_ignores_stays_ignored(
+    mode: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A background job of a shell script starts with SIGINT ignored: a Ctrl-C at the terminal
+    is not for it, nor for the clean process its download runs in (SIGTERM still stops it)."""
+    blob = make(32 * PART, seed=363)
+    slow_down(server, blob, bps=2 * SLOW)
+    out = tmp_path / "out"
+    script = ["-m", "tests.threaded_caller", mode, blob.url, str(out), json.dumps(PACED)]
+
+    def background_job() -> None:  # in a group of its own: the Ctrl-C reaches it alone
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, *script, "--in-thread"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=background_job)  # fmt: skip
+    until_progress(proc, blob.size // 4)
+    os.killpg(proc.pid, signal.SIGINT)  # the whole group, as a terminal's Ctrl-C does
+    result = outcome(proc)
+    assert result["outcome"] == "ok", result
+    assert sha256_file(out) == blob.sha256
