@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from faultserver.dask_cluster import DaskCluster, start_cluster
@@ -317,6 +318,41 @@ def test_the_scheduler_lost_is_one_clear_error_and_leaves_nothing_running(
         assert (tmp_path / "x.bin.blobdl-tmp").exists()
         assert _settled(own, within=20.0) == []
     finally:
+        own.stop()
+
+
+def test_a_worker_that_stopped_answering_does_not_hold_up_the_end_of_a_run(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """A run ends by asking every worker to end its spare interpreters; a worker that does
+    not answer (stopped, swapping; the scheduler still counts it) is not waited for."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}, "w-b": {}})
+    stopped: list[psutil.Process] = []
+    try:
+        pids = own.worker_pids()
+        blob = make(1024 * KB, 22)
+        paced(server, 256 * KB)
+        proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / 'x.bin'}"]),
+                         "--scheduler", own.address, "--json", *SMALL)  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event.get("event") == "progress":  # the item's download runs on one worker:
+                idle = psutil.Process(pids[({"w-a", "w-b"} - {event["worker"]}).pop()])
+                idle.suspend()  # the other has done its part (the probe, if any)
+                stopped.append(idle)
+                break
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err
+        assert sha256_file(tmp_path / "x.bin") == blob.sha256
+    finally:
+        for idle in stopped:
+            idle.resume()
         own.stop()
 
 
