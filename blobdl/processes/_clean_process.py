@@ -65,7 +65,7 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> 
     answered = False
     try:
         if taken is None:
-            conn.send(job)
+            _send_job(conn, proc, job)
         result: T = _follow(conn, proc, tell)
         answered = True
         return result
@@ -74,6 +74,16 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> 
         if not answered:  # whatever cut us short (even in a handler): the child stops too
             _stop(proc, None)
         _reap(proc)
+
+
+def _send_job(conn: Connection, proc: subprocess.Popen[bytes], job: tuple[Any, ...]) -> None:
+    """Its job to a child just started; one killed meanwhile (its end of the socket is
+    closed: only it held that) died as it would have a moment later, and is said so."""
+    try:
+        conn.send(job)
+    except (BrokenPipeError, ConnectionResetError):
+        _reap(proc)
+        raise _died(proc) from None
 
 
 def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Tell | None) -> Any:
