@@ -228,6 +228,34 @@ def test_a_share_folder_is_swept_once_its_holder_is_dead_and_never_before(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_share_folder_swept_before_its_task_could_lock_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks on one machine: one sweeps just as the other has made its folder and has
+    not locked it yet (unlocked, it looks like a dead task's). The second gets another."""
+    import tempfile
+
+    from blobdl.batch._share_folder import ShareFolder, sweep
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    made: list[str] = []
+
+    def another_task_sweeps(frame: Any, event: str, arg: Any) -> None:
+        if event == "return" and frame.f_code is tempfile.mkdtemp.__code__ and not made:
+            made.append(arg)
+            sweep()
+
+    sys.setprofile(another_task_sweeps)
+    try:
+        folder = ShareFolder()
+    finally:
+        sys.setprofile(None)
+    assert made and not Path(made[0]).exists()
+    assert Path(folder.path).is_dir() and folder.path != made[0]
+    folder.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_item_failing_on_its_merits_is_reported_once_and_never_rerun(
     cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:
