@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +34,9 @@ TICK = 0.1
 EVENTS_GRACE = 5.0
 #: How long the running tasks get to stop their work (and save it) after a stop.
 STOP_GRACE = 30.0
+
+#: How long the end of a run waits for the workers to end their spare interpreters.
+DROP_WAIT = 5.0
 
 #: What the run tells: (the task's place, the event, the name of the worker it came from).
 Tell = Callable[[int, Any, str], None]
@@ -61,8 +65,7 @@ class Run:
             if reachable(self.client):  # else every call would wait to reconnect first
                 with contextlib.suppress(Exception):
                     self.client.unsubscribe_topic(self.channel.topic)
-                with contextlib.suppress(Exception):  # the interpreters started ahead
-                    self.client.run(_spare.drop_all, on_error="ignore")
+                drop_spares(self.client)
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, **options: Any) -> Any:
         # retries=0: a task returns an item's own failure as a value; only a worker's death
@@ -135,6 +138,21 @@ class Run:
         if isinstance(why, KeyboardInterrupt):  # Ctrl-C, or our own SIGINT/SIGTERM
             return interrupted(why)
         return why
+
+
+def drop_spares(client: Any) -> None:
+    """Every worker ends the interpreters its task threads started ahead (``_spare``). Asked
+    from a thread of its own: Dask waits for every worker's answer, and one that gives none
+    (stopped, swapping; the scheduler still counts it) must not hold up the end of the run
+    for ever. Its spares end by themselves, unused, after their idle time."""
+
+    def drop() -> None:
+        with contextlib.suppress(Exception):
+            client.run(_spare.drop_all, on_error="ignore")
+
+    asking = threading.Thread(target=drop, name="blobdl-drop-spares", daemon=True)
+    asking.start()
+    asking.join(DROP_WAIT)
 
 
 def reachable(client: Any) -> bool:

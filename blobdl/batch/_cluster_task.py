@@ -93,6 +93,8 @@ def fetch(job: Job, remote: Remote | None) -> Outcome:
     except BlobdlError as exc:
         return Outcome(relay.summary(), None, exc)
     except Stopped:
+        # The run is over (stopped, or its client gone: SIGKILLed, it drops no spare).
+        _spare.drop_own()
         error = Interrupted(signal.SIGTERM)
         _tell_failed(relay, job, error)
         return Outcome(relay.summary(), None, error)

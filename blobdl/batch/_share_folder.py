@@ -51,7 +51,10 @@ def sweep() -> None:
 def _new_locked() -> tuple[str, int]:
     while True:
         path = tempfile.mkdtemp(prefix=PREFIX)
-        fd = _open_folder(path)
+        try:
+            fd = _open_folder(path)
+        except FileNotFoundError:  # swept before we held it (unlocked, it looked dead)
+            continue
         take_lock(fd)  # a sweep that took it first holds it a moment, and removes the folder
         if _still_at(path, fd):
             return path, fd

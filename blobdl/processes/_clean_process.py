@@ -55,7 +55,7 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> 
     answered = False
     try:
         if taken is None:
-            conn.send(job)
+            _send_job(conn, proc, job)
         result: T = _follow(conn, proc, tell)
         answered = True
         return result
@@ -64,6 +64,16 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> 
         if not answered:  # whatever cut us short (even in a handler): the child stops too
             _stop(proc, None)
         _reap(proc)
+
+
+def _send_job(conn: Connection, proc: subprocess.Popen[bytes], job: tuple[Any, ...]) -> None:
+    """Its job to a child just started; one killed meanwhile (its end of the socket is
+    closed: only it held that) died as it would have a moment later, and is said so."""
+    try:
+        conn.send(job)
+    except (BrokenPipeError, ConnectionResetError):
+        _reap(proc)
+        raise _died(proc) from None
 
 
 def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Tell | None) -> Any:
@@ -197,7 +207,12 @@ def _waited(proc: subprocess.Popen[bytes], flags: int) -> bool:
 def child_main(conn: Connection) -> None:
     """The clean coordinator (``_spawn.child_setup`` ran first): run one call, send its
     outcome, exit."""
-    target, args, telling, level = conn.recv()
+    run_job(conn, conn.recv())
+
+
+def run_job(conn: Connection, job: tuple[Any, ...]) -> None:
+    """One call (``job``, as ``call`` sends it); its outcome is sent back."""
+    target, args, telling, level = job
     _forward_logs(conn, level)
     outcome: tuple[str, Any]
     try:

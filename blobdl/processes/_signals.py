@@ -230,10 +230,13 @@ class Interrupts:
 def coordinator_signals() -> None:
     """First thing in a child that is a coordinator itself (a batch item, the clean process
     of a threaded caller): it owns cancellation of its own workers, so Ctrl-C raises
-    KeyboardInterrupt and SIGTERM is unblocked, whatever the thread that started it had."""
+    KeyboardInterrupt and SIGTERM is unblocked, whatever the thread that started it had.
+    A Ctrl-C its caller ignores (a background job of a script) it ignores too, as the
+    caller's own download would (``_heeded``); SIGTERM, its death signal, it never does."""
     signal.set_wakeup_fd(-1)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_STOP))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     reset_stops()  # its own download's ``stoppable`` installs its own handlers
 

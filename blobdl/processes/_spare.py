@@ -6,13 +6,15 @@ download sends a request. A task thread of a Dask worker runs the items of a bat
 after another, so that cost lands between every two items. A thread inside ``kept()``
 starts the next one while its current download runs (``beside``): the next call on the same
 thread finds it waiting, blobdl already imported. Each download still gets a process of its
-own; nothing of one download reaches the next.
+own; nothing of one download reaches the next. A spare started where its caller no longer
+is (another directory, environment or ``sys.path``) is not taken: the download would not
+see what a process of its own sees.
 
 A spare is this thread's only (its death signal comes when the thread that started it ends,
 so no other thread may use it). It ends, unused, when it is dropped (``drop_all``: a
-cluster run does that on every worker when it ends), when its thread or process ends, or by
-itself after ``idle`` seconds of waiting; a spare that old is never taken, so its end cannot
-race its use.
+cluster run does that on every worker when it ends; ``drop_own``: a task whose run stops or
+whose client is gone), when its thread or process ends, or by itself after ``idle`` seconds
+of waiting; a spare that old is never taken, so its end cannot race its use.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import importlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,12 +37,20 @@ from ._spawn import start_clean
 #: Seconds a spare waits for its download before it ends by itself. Long enough for the item
 #: it was started beside; an item longer than this makes its 0.2 s of start-up negligible.
 IDLE = 60.0
+TAKEN = "taken"  # what a spare says once it holds its download, before it starts on it
+_LOOK = 0.1  # seconds between looks at a spare that has not said so yet (is it stopped?)
+
+#: What a fresh interpreter takes from its caller as it starts, and a download then reads
+#: in its own process: the directory (a relative path), the environment (proxies, TMPDIR,
+#: tokens), ``sys.path`` (where the job's code is found). A spare has its caller's of then.
+Context = tuple[str, dict[str, str], list[str]]
 
 
 class _Spare(NamedTuple):
     conn: Connection
     proc: Popen[bytes]
     taken_before: float  # monotonic time after which it is no longer taken (it may be ending)
+    context: Context | None  # the caller's when it was started (None: unknown, never taken)
 
 
 _lock = threading.Lock()
@@ -60,20 +71,62 @@ def kept(idle: float = IDLE) -> Iterator[None]:
 
 
 def take(job: object) -> tuple[Connection, Popen[bytes]] | None:
-    """This thread's spare, given ``job``, if it has a live one young enough (it is no
-    longer a spare then); else None, and the caller starts a process of its own."""
+    """This thread's spare, given ``job``, if it has a live one young enough that says it
+    holds the job (it is no longer a spare then); else None, and the caller starts a
+    process of its own."""
     with _lock:
         spare = _spares.pop(threading.get_ident(), None)
     if spare is None:
         return None
-    if time.monotonic() < spare.taken_before and _alive(spare.proc):
-        try:
-            spare.conn.send(job)
+    try:
+        if _fits(spare) and _holds(spare, job):
             return spare.conn, spare.proc
-        except OSError:
-            pass  # it died just now
+    except BaseException:  # the job would not pickle: the spare is no one's now
+        _end(spare)
+        raise
     _end(spare)
     return None
+
+
+def _fits(spare: _Spare) -> bool:
+    """Whether the spare may run the download: young enough, alive, and started where the
+    caller now is (a process of its own would start there, with that environment)."""
+    if time.monotonic() >= spare.taken_before or spare.context is None:
+        return False
+    return spare.context == _context() and _alive(spare.proc)
+
+
+def _context() -> Context | None:
+    try:
+        return os.getcwd(), dict(os.environ), list(sys.path)
+    except OSError:  # the directory was removed: no spare can match it
+        return None
+
+
+def _holds(spare: _Spare, job: object) -> bool:
+    """Whether the spare, given ``job``, says it holds it (before it starts on it). Alive is
+    not enough: one stopped (SIGSTOP) would never read it, and the download would wait for
+    ever; one that dies before it says so never started it. Either is killed, and the
+    download starts a process of its own, as without a spare. One still starting up (a
+    short item before it) is waited for, as a process of its own would be."""
+    try:
+        spare.conn.send(job)
+        while not spare.conn.poll(_LOOK):
+            if _stopped(spare.proc):
+                return False
+        return bool(spare.conn.recv() == TAKEN)
+    except (OSError, EOFError):  # it died
+        return False
+
+
+def _stopped(proc: Popen[bytes]) -> bool:
+    """Whether it is stopped (SIGSTOP, Ctrl-Z; or at a tracer's stop), as Linux says."""
+    try:
+        with open(f"/proc/{proc.pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False  # gone (its EOF is next), or no /proc: it is not known to be stopped
+    return state in (b"T", b"t")
 
 
 def beside(module: str, tell: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
@@ -100,6 +153,7 @@ def _prepare(module: str, idle: float) -> None:
     with _lock:
         if threading.get_ident() in _spares:
             return
+    context = _context()  # before it starts: what changes meanwhile makes it unfit
     try:
         conn, proc = start_clean(spare_main)
     except OSError:  # no process to spare (out of processes, memory): the next starts its own
@@ -107,10 +161,18 @@ def _prepare(module: str, idle: float) -> None:
     try:
         conn.send((module, idle))
     except OSError:  # it died at once
-        _end(_Spare(conn, proc, 0.0))
+        _end(_Spare(conn, proc, 0.0, None))
         return
     with _lock:
-        _spares[threading.get_ident()] = _Spare(conn, proc, time.monotonic() + idle / 2)
+        _spares[threading.get_ident()] = _Spare(conn, proc, time.monotonic() + idle / 2, context)
+
+
+def drop_own() -> None:
+    """End this thread's spare, if it has one: no download of its caller comes next."""
+    with _lock:
+        spare = _spares.pop(threading.get_ident(), None)
+    if spare is not None:
+        _end(spare)
 
 
 def drop_all() -> int:
@@ -154,14 +216,15 @@ def _end(spare: _Spare) -> None:
 def spare_main(conn: Connection) -> None:
     """Import the next download's entry, wait for the download, then run it as any clean
     process does; end quietly if it never comes (EOF, Ctrl-C, or ``idle`` seconds)."""
-    from ._clean_process import child_main
+    from ._clean_process import run_job
 
     try:
         module, idle = conn.recv()
         importlib.import_module(module)
         if not conn.poll(idle):
             return
+        job = conn.recv()  # EOF: dropped just as it looked, nothing was asked
+        conn.send(TAKEN)
     except (EOFError, OSError, KeyboardInterrupt):
         return
-    with contextlib.suppress(EOFError):  # dropped just as it looked: nothing was asked
-        child_main(conn)
+    run_job(conn, job)

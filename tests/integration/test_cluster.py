@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from faultserver.dask_cluster import DaskCluster, start_cluster
@@ -227,6 +228,34 @@ def test_a_share_folder_is_swept_once_its_holder_is_dead_and_never_before(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_share_folder_swept_before_its_task_could_lock_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks on one machine: one sweeps just as the other has made its folder and has
+    not locked it yet (unlocked, it looks like a dead task's). The second gets another."""
+    import tempfile
+
+    from blobdl.batch._share_folder import ShareFolder, sweep
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    made: list[str] = []
+
+    def another_task_sweeps(frame: Any, event: str, arg: Any) -> None:
+        if event == "return" and frame.f_code is tempfile.mkdtemp.__code__ and not made:
+            made.append(arg)
+            sweep()
+
+    sys.setprofile(another_task_sweeps)
+    try:
+        folder = ShareFolder()
+    finally:
+        sys.setprofile(None)
+    assert made and not Path(made[0]).exists()
+    assert Path(folder.path).is_dir() and folder.path != made[0]
+    folder.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_item_failing_on_its_merits_is_reported_once_and_never_rerun(
     cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:
@@ -274,6 +303,27 @@ def test_the_client_interrupted_keeps_partials_and_stops_every_download(
         assert not (tmp_path / blob.name).exists()
 
 
+def test_the_client_killed_mid_item_leaves_no_spare_process_on_the_workers(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """A task thread starts a spare interpreter for its next item while its item runs; the
+    client SIGKILLed never drops it, but the task whose item it stops knows no item of its
+    run comes next."""
+    blob = make(2 * 1024 * KB, 15)
+    paced(server, 32 * KB)  # 8 s a part: the item runs, and its spare waits, as the client dies
+    proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / blob.name}"]),
+                     "--scheduler", cluster.address, "--json", *SMALL)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("event") == "progress" and event["done"] > 0:
+            break
+    proc.kill()
+    proc.communicate()
+    assert _settled(cluster) == []  # well before a spare's own idle time (60 s) runs out
+    assert (tmp_path / (blob.name + ".blobdl-state")).exists()  # the item stopped, state saved
+
+
 def test_the_scheduler_lost_is_one_clear_error_and_leaves_nothing_running(
     server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:
@@ -296,6 +346,41 @@ def test_the_scheduler_lost_is_one_clear_error_and_leaves_nothing_running(
         assert (tmp_path / "x.bin.blobdl-tmp").exists()
         assert _settled(own, within=20.0) == []
     finally:
+        own.stop()
+
+
+def test_a_worker_that_stopped_answering_does_not_hold_up_the_end_of_a_run(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """A run ends by asking every worker to end its spare interpreters; a worker that does
+    not answer (stopped, swapping; the scheduler still counts it) is not waited for."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}, "w-b": {}})
+    stopped: list[psutil.Process] = []
+    try:
+        pids = own.worker_pids()
+        blob = make(1024 * KB, 22)
+        paced(server, 256 * KB)
+        proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / 'x.bin'}"]),
+                         "--scheduler", own.address, "--json", *SMALL)  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event.get("event") == "progress":  # the item's download runs on one worker:
+                idle = psutil.Process(pids[({"w-a", "w-b"} - {event["worker"]}).pop()])
+                idle.suspend()  # the other has done its part (the probe, if any)
+                stopped.append(idle)
+                break
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err
+        assert sha256_file(tmp_path / "x.bin") == blob.sha256
+    finally:
+        for idle in stopped:
+            idle.resume()
         own.stop()
 
 

@@ -4,6 +4,8 @@ with the processes looked at through psutil."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -165,3 +167,67 @@ def test_a_spare_too_old_to_trust_is_never_given_a_download(make: Make, tmp_path
     old = in_thread(two)
     assert old not in pids
     assert sha256_file(tmp_path / "b") == blob.sha256
+
+
+def within(seconds: float, job: Callable[[], Any]) -> Any:
+    """``job()`` in a thread; fail (not hang the suite) if it has not returned by then."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = job()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the download hung"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def test_a_stopped_spare_is_replaced_not_waited_for(make: Make, tmp_path: Path) -> None:
+    blob = make(2 * PART, seed=8)
+    stopped: list[psutil.Process] = []
+
+    def two() -> None:
+        with _spare.kept():
+            blobdl.download(blob.url, tmp_path / "a", **FAST)
+            (spare,) = interpreters()
+            spare.suspend()  # SIGSTOP while it waits: it never reads the download it is given
+            stopped.append(spare)
+            blobdl.download(blob.url, tmp_path / "b", **FAST)
+
+    try:
+        within(30, two)  # a fresh process needs well under a second
+    finally:
+        for spare in stopped:  # a hung download then ends (its process died), the thread too
+            with contextlib.suppress(psutil.Error):
+                spare.kill()
+    assert sha256_file(tmp_path / "b") == blob.sha256
+    assert gone(stopped[0].pid)
+
+
+def test_a_download_sees_the_directory_and_environment_of_its_call_not_of_its_spare(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = make(2 * PART, seed=9)
+    then, now = tmp_path / "then", tmp_path / "now"
+    then.mkdir()
+    now.mkdir()
+    monkeypatch.chdir(then)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens: refused
+
+    def two() -> None:
+        with _spare.kept():
+            # The spare starts beside this one, here, with this environment.
+            blobdl.download(blob.url, tmp_path / "a", trust_env=False, **FAST)
+            os.chdir(now)
+            del os.environ["HTTP_PROXY"]
+            blobdl.download(blob.url, "b", **FAST)  # relative: to where the caller is now
+
+    in_thread(two)
+    assert sha256_file(now / "b") == blob.sha256
+    assert not (then / "b").exists()

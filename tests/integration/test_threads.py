@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 import blobdl
+from blobdl.processes._spawn import start_clean
 from blobdl.store._destination import temp_path
 from blobdl.store._resume import state_path
 from faultserver.serverctl import ServerHandle
@@ -401,3 +402,59 @@ def test_a_stop_signal_that_ends_a_starting_download_process_is_an_interrupt(
     thread.join(HANG)
     assert isinstance(outcome.get("error"), blobdl.Interrupted), outcome
     assert outcome["error"].exit_code == 130
+
+
+@pytest.mark.parametrize(
+    ("signum", "error"),
+    [(signal.SIGTERM, blobdl.Interrupted), (signal.SIGKILL, blobdl.WorkerCrashed)],
+    ids=["SIGTERM", "SIGKILL"],
+)
+def test_a_download_process_that_dies_before_it_is_sent_its_download_is_reported(
+    make: Make, tmp_path: Path, signum: int, error: type[blobdl.BlobdlError]
+) -> None:
+    """Killed once it is started, before the caller sends it its download: a stop or a
+    crash, as when it dies a moment later; never the caller's broken pipe."""
+    blob = make(2 * PART, seed=364)
+
+    def kill_at_start(frame: Any, event: str, arg: Any) -> None:
+        if event == "return" and frame.f_code is start_clean.__code__:
+            pid = arg[1].pid
+            os.kill(pid, signum)
+            while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:  # dead, not reaped
+                time.sleep(0.001)
+
+    def download() -> None:
+        sys.setprofile(kill_at_start)  # this thread only
+        try:
+            blobdl.download(blob.url, tmp_path / "out", **FAST)
+        finally:
+            sys.setprofile(None)
+
+    with pytest.raises(error):
+        in_thread(download)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["download", "many"])
+def test_a_terminal_ctrl_c_that_a_threaded_caller_ignores_stays_ignored(
+    mode: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A background job of a shell script starts with SIGINT ignored: a Ctrl-C at the terminal
+    is not for it, nor for the clean process its download runs in (SIGTERM still stops it)."""
+    blob = make(32 * PART, seed=363)
+    slow_down(server, blob, bps=2 * SLOW)
+    out = tmp_path / "out"
+    script = ["-m", "tests.threaded_caller", mode, blob.url, str(out), json.dumps(PACED)]
+
+    def background_job() -> None:  # in a group of its own: the Ctrl-C reaches it alone
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, *script, "--in-thread"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=background_job)  # fmt: skip
+    until_progress(proc, blob.size // 4)
+    os.killpg(proc.pid, signal.SIGINT)  # the whole group, as a terminal's Ctrl-C does
+    result = outcome(proc)
+    assert result["outcome"] == "ok", result
+    assert sha256_file(out) == blob.sha256

@@ -207,6 +207,27 @@ def test_ctrl_c_that_the_caller_ignores_stays_ignored(
     assert code == EXIT_OK and sha256_file(out) == blob.sha256, lines
 
 
+def test_ctrl_c_that_a_batch_ignores_stays_ignored_by_its_items(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The same for ``-i``, Ctrl-C sent to the whole group as a terminal sends it: a large
+    item runs in a process of its own that stops its own workers, and it ignores it too."""
+    blob = make(SIZE, seed=2513)
+    server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.3})
+    out, manifest = tmp_path / "out", tmp_path / "manifest"
+    manifest.write_text(f"{blob.url} {out}\n")
+
+    def background_job() -> None:  # in a group of its own: the Ctrl-C reaches it alone
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    cli = Cli.of(["-i", str(manifest), *CLI], preexec=background_job)
+    wait_for(lambda: server.stats()["requests"] >= 2, "the item's first range")  # probe first
+    os.killpg(cli.proc.pid, signal.SIGINT)
+    code, lines = cli.finish()
+    assert code == EXIT_OK and sha256_file(out) == blob.sha256, lines
+
+
 @pytest.mark.parametrize("where", ["destination", "cache"])
 @pytest.mark.parametrize("signum", STOPS, ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_a_lock_wait_exits_130(
