@@ -31,7 +31,7 @@ from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import Finished
 from . import _spare
 from ._signals import interrupted
-from ._spawn import start_clean, threaded
+from ._spawn import exited, reap, start_clean, threaded
 
 T = TypeVar("T")
 Tell = Callable[[Any], None]
@@ -63,7 +63,7 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> 
         conn.close()
         if not answered:  # whatever cut us short (even in a handler): the child stops too
             _stop(proc, None)
-        _reap(proc)
+        reap(proc)
 
 
 def _send_job(conn: Connection, proc: subprocess.Popen[bytes], job: tuple[Any, ...]) -> None:
@@ -72,7 +72,7 @@ def _send_job(conn: Connection, proc: subprocess.Popen[bytes], job: tuple[Any, .
     try:
         conn.send(job)
     except (BrokenPipeError, ConnectionResetError):
-        _reap(proc)
+        reap(proc)
         raise _died(proc) from None
 
 
@@ -123,7 +123,7 @@ def _stop(proc: subprocess.Popen[bytes], why: BaseException | None) -> BaseExcep
     sig = signal.SIGINT if isinstance(why, Interrupted) else signal.SIGTERM
     while True:
         try:
-            if not _exited(proc):  # not reaped: its pid is still its own
+            if not exited(proc):  # not reaped: its pid is still its own
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, sig)
             return why
@@ -146,12 +146,12 @@ def _broken(stop: BaseException | None) -> bool:
 def _receive(conn: Connection, proc: subprocess.Popen[bytes]) -> tuple[str, Any]:
     # Polled, not only read: another thread of the caller may fork and hold our socket open.
     while not conn.poll(_LOOK):
-        if _exited(proc) and not conn.poll(0):
+        if exited(proc) and not conn.poll(0):
             raise _died(proc)
     try:
         message: tuple[str, Any] = conn.recv()
     except (EOFError, OSError):
-        _reap(proc)
+        reap(proc)
         raise _died(proc) from None
     return message
 
@@ -164,41 +164,6 @@ def _died(proc: subprocess.Popen[bytes]) -> BlobdlError:
     if code is not None and -code in (signal.SIGINT, signal.SIGTERM):
         return Interrupted(-code)
     return WorkerCrashed(code, "download process")
-
-
-# Popen's poll() and wait() hold a lock of the Popen while they wait: a Ctrl-C raised in
-# there (twice, fast) can leave it held, and the next wait() then hangs for ever. Ours hold
-# none: waitpid itself, the exit code written down for the rest of Popen.
-
-
-def _exited(proc: subprocess.Popen[bytes]) -> bool:
-    """Whether the child has ended (reaped here if so); never waits."""
-    return _waited(proc, os.WNOHANG)
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    """Wait for the child to end. A Ctrl-C meanwhile does not cut it short: the child has
-    been told to stop already, or is ending of itself."""
-    while True:
-        try:
-            _waited(proc, 0)
-            return
-        except KeyboardInterrupt:
-            continue
-
-
-def _waited(proc: subprocess.Popen[bytes], flags: int) -> bool:
-    if proc.returncode is not None:
-        return True
-    try:
-        pid, status = os.waitpid(proc.pid, flags)
-    except ChildProcessError:  # reaped already (a Ctrl-C cut us short after it)
-        proc.returncode = -1
-        return True
-    if pid == 0:
-        return False
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return True
 
 
 # --- in the child ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from subprocess import Popen
 from typing import Any, NamedTuple
 
 from ..events import Started
-from ._spawn import start_clean
+from ._spawn import exited, reap, start_clean
 
 #: Seconds a spare waits for its download before it ends by itself. Long enough for the item
 #: it was started beside; an item longer than this makes its 0.2 s of start-up negligible.
@@ -93,7 +93,7 @@ def _fits(spare: _Spare) -> bool:
     caller now is (a process of its own would start there, with that environment)."""
     if time.monotonic() >= spare.taken_before or spare.context is None:
         return False
-    return spare.context == _context() and _alive(spare.proc)
+    return spare.context == _context() and not exited(spare.proc)
 
 
 def _context() -> Context | None:
@@ -185,29 +185,14 @@ def drop_all() -> int:
     return len(spares)
 
 
-def _alive(proc: Popen[bytes]) -> bool:
-    """Whether it still runs (reaped here if not); never waits."""
-    try:
-        pid, status = os.waitpid(proc.pid, os.WNOHANG)
-    except ChildProcessError:
-        proc.returncode = -1
-        return False
-    if pid == 0:
-        return True
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return False
-
-
 def _end(spare: _Spare) -> None:
     """An unused spare holds nothing: it is killed and reaped."""
     spare.conn.close()
-    if not _alive(spare.proc):
+    if exited(spare.proc):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(spare.proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        _, status = os.waitpid(spare.proc.pid, 0)
-        spare.proc.returncode = os.waitstatus_to_exitcode(status)
+    reap(spare.proc)
 
 
 # --- in the spare ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Starting a child process: ``start`` forks any child, ``start_clean`` execs a fresh
-interpreter (for threaded callers, see ``_clean_process``), and ``child_setup`` is the first
-thing every child runs, forked or exec'd.
+interpreter (for threaded callers, see ``_clean_process``; ``exited`` and ``reap`` wait for
+one), and ``child_setup`` is the first thing every child runs, forked or exec'd.
 
 Every forked child of blobdl (a worker process, the prefix hasher, a batch item) is started
 by ``start``, which hands it one end of a fresh pipe and keeps the other (a worker also
@@ -139,6 +139,41 @@ def start_clean(entry: Callable[[Connection], None]) -> tuple[Connection, subpro
         )
         # The child now holds the only other end: if it dies, we read EOF.
         return Connection(ours.detach()), proc
+
+
+# Popen's poll() and wait() hold a lock of the Popen while they wait: a Ctrl-C raised in
+# there (twice, fast) can leave it held, and the next wait() then hangs for ever. Ours hold
+# none: waitpid itself, the exit code written down for the rest of Popen.
+
+
+def exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether the child has ended (reaped here if so); never waits."""
+    return _waited(proc, os.WNOHANG)
+
+
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the child to end. A Ctrl-C meanwhile does not cut it short: the child has
+    been told to stop already, or is ending of itself."""
+    while True:
+        try:
+            _waited(proc, 0)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _waited(proc: subprocess.Popen[bytes], flags: int) -> bool:
+    if proc.returncode is not None:
+        return True
+    try:
+        pid, status = os.waitpid(proc.pid, flags)
+    except ChildProcessError:  # reaped already (a Ctrl-C cut us short after it)
+        proc.returncode = -1
+        return True
+    if pid == 0:
+        return False
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return True
 
 
 def _interpreter_flags() -> list[str]:

@@ -129,20 +129,26 @@ def test_download_from_a_multiprocessing_pool_worker(make: Make, tmp_path: Path)
     assert sha256_file(out) == blob.sha256
 
 
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The threads this process had at each fork it made (1: none but the forking one)."""
+    seen: list[int] = []
+    real_fork = os.fork
+
+    def watched_fork() -> int:
+        seen.append(len(os.listdir("/proc/self/task")))
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", watched_fork)
+    return seen
+
+
 def test_a_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threaded_process(
-    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make: Make, tmp_path: Path, forks: list[int]
 ) -> None:
     """A tqdm bar made on Started starts tqdm's monitor thread (blobdl's own CLI turns it off
     for this reason); any callback may start a thread. The workers are forked after Started."""
     blob = make(16 * PART, seed=905)
-    threads_at_fork: list[int] = []
-    real_fork = os.fork
-
-    def watched_fork() -> int:
-        threads_at_fork.append(len(os.listdir("/proc/self/task")))
-        return real_fork()
-
-    monkeypatch.setattr(os, "fork", watched_fork)
     done = threading.Event()
 
     def bar(event: blobdl.Event) -> None:
@@ -154,23 +160,15 @@ def test_a_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threaded_proc
         blobdl.download(blob.url, tmp_path / "out", on_event=bar, **FAST)
     finally:
         done.set()
-    assert threads_at_fork and max(threads_at_fork) == 1, threads_at_fork
+    assert forks and max(forks) == 1, forks
 
 
 def test_a_worker_lost_after_a_callback_started_a_thread_is_not_replaced_by_a_fork(
-    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make: Make, server: ServerHandle, tmp_path: Path, forks: list[int]
 ) -> None:
     """Once the caller's process has a thread, the download goes on in the workers it has."""
     blob = make(16 * PART, seed=909)
     slow_down(server, blob)  # seconds in all: long after the worker is lost
-    threads_at_fork: list[int] = []
-    real_fork = os.fork
-
-    def watched_fork() -> int:
-        threads_at_fork.append(len(os.listdir("/proc/self/task")))
-        return real_fork()
-
-    monkeypatch.setattr(os, "fork", watched_fork)
     done, killed = threading.Event(), []
 
     def bar(event: blobdl.Event) -> None:
@@ -185,23 +183,15 @@ def test_a_worker_lost_after_a_callback_started_a_thread_is_not_replaced_by_a_fo
     finally:
         done.set()
     assert killed and sha256_file(tmp_path / "out") == blob.sha256
-    assert max(threads_at_fork) == 1, threads_at_fork
+    assert max(forks) == 1, forks
 
 
 @_bug("a batch forks a process per large item: those after a callback's thread are not checked")
 def test_a_batch_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threaded_process(
-    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make: Make, tmp_path: Path, forks: list[int]
 ) -> None:
     """The batch's scheduler runs the callbacks, and forks a process for each large item."""
     blobs = [make(16 * PART, seed=906 + n) for n in range(3)]
-    threads_at_fork: list[int] = []
-    real_fork = os.fork
-
-    def watched_fork() -> int:
-        threads_at_fork.append(len(os.listdir("/proc/self/task")))
-        return real_fork()
-
-    monkeypatch.setattr(os, "fork", watched_fork)
     done = threading.Event()
 
     def bar(event: blobdl.BatchEvent) -> None:
@@ -215,7 +205,7 @@ def test_a_batch_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threade
     finally:
         done.set()
     assert all(r.ok for r in results)
-    assert threads_at_fork and max(threads_at_fork) == 1, threads_at_fork
+    assert forks and max(forks) == 1, forks
 
 
 # --- arguments: a careless user's are a UsageError, never a TypeError from deep inside ------

@@ -169,25 +169,6 @@ def test_a_spare_too_old_to_trust_is_never_given_a_download(make: Make, tmp_path
     assert sha256_file(tmp_path / "b") == blob.sha256
 
 
-def within(seconds: float, job: Callable[[], Any]) -> Any:
-    """``job()`` in a thread; fail (not hang the suite) if it has not returned by then."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = job()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), "the download hung"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
 def test_a_stopped_spare_is_replaced_not_waited_for(make: Make, tmp_path: Path) -> None:
     blob = make(2 * PART, seed=8)
     stopped: list[psutil.Process] = []
@@ -201,7 +182,7 @@ def test_a_stopped_spare_is_replaced_not_waited_for(make: Make, tmp_path: Path) 
             blobdl.download(blob.url, tmp_path / "b", **FAST)
 
     try:
-        within(30, two)  # a fresh process needs well under a second
+        in_thread(two, within=30)  # a fresh process needs well under a second
     finally:
         for spare in stopped:  # a hung download then ends (its process died), the thread too
             with contextlib.suppress(psutil.Error):

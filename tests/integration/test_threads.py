@@ -75,8 +75,9 @@ def noise(threads: int = 3) -> Iterator[None]:
         handler.close()
 
 
-def in_thread(job: Callable[[], Any]) -> Any:
-    """Run ``job`` in a (daemon) thread; fail, not hang, if it never returns."""
+def in_thread(job: Callable[[], Any], within: float = HANG) -> Any:
+    """Run ``job`` in a (daemon) thread; fail, not hang, if it has not returned ``within``
+    seconds."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -87,7 +88,7 @@ def in_thread(job: Callable[[], Any]) -> Any:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    thread.join(HANG)
+    thread.join(within)
     assert not thread.is_alive(), "the download hung"
     if "error" in outcome:
         raise outcome["error"]
