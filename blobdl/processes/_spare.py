@@ -32,6 +32,7 @@ from subprocess import Popen
 from typing import Any, NamedTuple
 
 from ..events import Started
+from ._clean_child import run_job
 from ._spawn import exited, reap, start_clean
 
 #: Seconds a spare waits for its download before it ends by itself. Long enough for the item
@@ -201,8 +202,6 @@ def _end(spare: _Spare) -> None:
 def spare_main(conn: Connection) -> None:
     """Import the next download's entry, wait for the download, then run it as any clean
     process does; end quietly if it never comes (EOF, Ctrl-C, or ``idle`` seconds)."""
-    from ._clean_process import run_job
-
     try:
         module, idle = conn.recv()
         importlib.import_module(module)

@@ -1,0 +1,87 @@
+"""What a clean interpreter runs (``_clean_process`` starts it, or takes a spare:
+``_spare``): one call, its events, log records and outcome sent back over its socket as
+small picklable records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..errors import BlobdlError
+from ..events import Finished
+from ._signals import interrupted
+
+Tell = Callable[[Any], None]
+log = logging.getLogger("blobdl")
+
+
+def child_main(conn: Connection) -> None:
+    """The clean coordinator (``_spawn.child_setup`` ran first): run one call, send its
+    outcome, exit."""
+    run_job(conn, conn.recv())
+
+
+def run_job(conn: Connection, job: tuple[Any, ...]) -> None:
+    """One call (``job``, as ``call`` sends it); its outcome is sent back."""
+    target, args, telling, level = job
+    _forward_logs(conn, level)
+    outcome: tuple[str, Any]
+    try:
+        outcome = ("result", target(*args, _tell_parent(conn, everything=telling)))
+    except KeyboardInterrupt as stop:
+        outcome = ("error", interrupted(stop))
+    except BaseException as exc:
+        outcome = ("error", _portable(exc))
+    with contextlib.suppress(OSError):  # the caller may be gone
+        conn.send(outcome)
+
+
+def _tell_parent(conn: Connection, *, everything: bool) -> Tell:
+    """The caller's events; ``Finished`` even when it has no callback: a stop that reaches
+    us after that (once our download has let go of the signals) may end us before the
+    outcome is sent, and the caller then knows the download had succeeded."""
+
+    def send(event: Any) -> None:
+        if not everything and not isinstance(event, Finished):
+            return
+        # The caller gone is not this download's failure: PDEATHSIG stops us, state saved.
+        with contextlib.suppress(OSError):
+            conn.send(("event", event))
+
+    return send
+
+
+class _Forward(logging.Handler):
+    """blobdl's log records go to the caller's logging configuration, not our stderr."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg, record.args = record.getMessage(), None  # arguments may not pickle
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        with contextlib.suppress(OSError):
+            self.conn.send(("log", record))
+
+
+def _forward_logs(conn: Connection, level: int) -> None:
+    log.setLevel(level)
+    log.addHandler(_Forward(conn))
+    log.propagate = False
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The exception itself if it survives pickling, else a BlobdlError naming it."""
+    try:
+        copy: BaseException = pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return BlobdlError(f"download failed: {exc!r}")
+    return copy
