@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +18,15 @@ import pytest
 
 from blobdl import Settings
 from faultserver.serverctl import ServerHandle, make_blob, start_server
+
+# A CI runner may start the suite with SIGINT ignored (a background job of a script gets it
+# so), and blobdl keeps an ignored SIGINT ignored, in itself and in the processes it starts,
+# as a program should. The suite's Ctrl-C tests press it as at a terminal: the session and
+# everything it starts take SIGINT as a foreground command does (an ignored SIGINT is the
+# one disposition a child inherits through exec). The tests of an ignored Ctrl-C set it
+# themselves.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Small parts and short timeouts so faults play out in milliseconds, not Ollama's minutes.
 PART = 64 * 1024
