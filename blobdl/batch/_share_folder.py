@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from ..store._files import take_lock
+from ..store._files import still_at, take_lock
 
 PREFIX = "blobdl-share-"
 
@@ -42,7 +42,7 @@ def sweep() -> None:
             continue  # gone meanwhile, not a folder, or not ours to open
         try:
             mine = os.fstat(fd).st_uid == os.getuid()
-            if mine and take_lock(fd, wait=False) and _still_at(path, fd):
+            if mine and take_lock(fd, wait=False) and still_at(path, fd):
                 shutil.rmtree(path, ignore_errors=True)
         finally:
             os.close(fd)
@@ -56,20 +56,10 @@ def _new_locked() -> tuple[str, int]:
         except FileNotFoundError:  # swept before we held it (unlocked, it looked dead)
             continue
         take_lock(fd)  # a sweep that took it first holds it a moment, and removes the folder
-        if _still_at(path, fd):
+        if still_at(path, fd):
             return path, fd
         os.close(fd)  # swept between its creation and our lock: another one
 
 
 def _open_folder(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-
-
-def _still_at(path: str, fd: int) -> bool:
-    """Whether ``fd`` is still the folder named ``path``."""
-    try:
-        named = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..store._files import open_own, take_lock
+from ..store._files import open_own, still_at, take_lock
 from ._oci import Blob
 from ._owner import Owner
 
@@ -94,7 +94,7 @@ class LockFile:
             if not take_lock(fd, wait=wait, shared=shared):
                 os.close(fd)
                 return False
-            if is_at(self.path, fd):
+            if still_at(self.path, fd):
                 self.fd = fd
                 return True
             os.close(fd)  # we locked a file its last holder had just unlinked
@@ -104,7 +104,7 @@ class LockFile:
             return
         fd, self.fd = self.fd, None
         try:
-            if not self.look_only and take_lock(fd, wait=False) and is_at(self.path, fd):
+            if not self.look_only and take_lock(fd, wait=False) and still_at(self.path, fd):
                 self.path.unlink()  # alone, and still holding it: nobody else owns the name
         except OSError:
             pass  # a lock file left behind costs nothing; blobdl prune removes it
@@ -122,10 +122,3 @@ def locked(
         yield lock.take(shared=shared, wait=wait)
     finally:
         lock.release()
-
-
-def is_at(path: Path, fd: int) -> bool:
-    try:
-        return os.lstat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False

@@ -32,9 +32,16 @@ from typing import NamedTuple
 from ..errors import InsufficientSpace, LocalFileError
 from ..store._destination import temp_path
 from ..store._digest import sha256_fd
-from ..store._files import atomic_write, fsync_dir, local_error, local_errors, open_own
+from ..store._files import (
+    atomic_write,
+    fsync_dir,
+    local_error,
+    local_errors,
+    open_own,
+    still_at,
+)
 from ._catalog import Catalog, read_digests, scan
-from ._claims import Claims, is_at
+from ._claims import Claims
 from ._names import GO_SPACE, Reference
 from ._oci import Blob, Manifest
 from ._owner import enter, hand_over, identity, make_dirs, owner_for
@@ -187,7 +194,7 @@ class Store:
                     os.fchown(fd, *self.owner)
                 os.utime(fd)
                 os.replace(staged, dest)
-            if not is_at(dest, fd):
+            if not still_at(dest, fd):
                 raise LocalFileError(str(staged), "was replaced while it was moved into blobs/")
             with local_errors(dest):
                 fsync_dir(self.blobs)

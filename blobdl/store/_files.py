@@ -137,6 +137,17 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def still_at(path: str | os.PathLike[str], fd: int) -> bool:
+    """Whether ``fd`` is still the file named ``path`` (never through a link): a lock taken
+    on a file that its holder removed (or another replaced) meanwhile is no lock on it."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
 def take_lock(
     fd: int, *, wait: bool = True, deadline: float | None = None, shared: bool = False
 ) -> bool:

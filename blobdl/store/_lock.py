@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from ..errors import DestinationLocked
 from ..processes._signals import held
-from ._files import open_own, take_lock
+from ._files import open_own, still_at, take_lock
 
 log = logging.getLogger("blobdl")
 
@@ -46,7 +46,7 @@ class DestinationLock:
                 if not take_lock(fd, deadline=deadline):  # the wait: Ctrl-C ends it
                     raise DestinationLocked(str(self.dest), _read_holder(fd))
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
-                    if self._still_linked(fd):
+                    if still_at(self.path, fd):
                         self.fd = fd
                         _write_holder(fd)
                         return self
@@ -83,12 +83,6 @@ class DestinationLock:
     def _open(self) -> int:
         # Truncated once locked: a link planted at the name must not lead us to a victim.
         return open_own(self.path, os.O_RDWR | os.O_CREAT)
-
-    def _still_linked(self, fd: int) -> bool:
-        try:
-            return os.lstat(self.path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            return False
 
 
 def _write_holder(fd: int) -> None:
