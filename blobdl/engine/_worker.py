@@ -37,7 +37,7 @@ from typing import NamedTuple
 from ..config import Settings
 from ..errors import BlobdlError, WorkerCrashed
 from ..http._remote import Remote
-from ..processes._spawn import private, seat_pipe, start, threaded
+from ..processes._spawn import kernel_state, private, seat_pipe, start, threaded
 from ._counter_table import CounterTable
 from ._lane import Attempt, Cancel, run_attempt
 
@@ -82,7 +82,7 @@ class Crew:
         """Lanes it can still seat: None for as many as asked (it may fork a worker for
         them), else the free seats of its live workers."""
         self._bury()
-        if None in self._workers and not threaded():
+        if self._may_fork():
             return None
         return sum(self.seats - w.busy() for w in self._workers if w is not None)
 
@@ -99,7 +99,7 @@ class Crew:
     def _least_busy(self) -> _Worker:
         self._bury()
         best: tuple[int, int] | None = None
-        forks = None in self._workers and not threaded()
+        forks = self._may_fork()
         for index, worker in enumerate(self._workers):
             if worker is None and not forks:
                 continue
@@ -113,6 +113,10 @@ class Crew:
         if worker is None:
             worker = self._workers[index] = _Worker(index, self.seats, self.settings, self.table)
         return worker
+
+    def _may_fork(self) -> bool:
+        """Whether a worker may be forked: a slot is free, and no other thread is here."""
+        return None in self._workers and not threaded()
 
     def _bury(self) -> None:
         """A worker that died leaves the roster at once (a new one may take its place); it
@@ -228,12 +232,12 @@ class Running:
         tid = self._worker.tids.get(self._seat)
         task = f"/proc/{self._worker.proc.pid}/task/{tid}"
         try:
-            with open(f"{task}/wchan") as before, open(f"{task}/stat") as stat:
+            with open(f"{task}/wchan") as before:
                 places = [before.read()]
-                state = stat.read().rpartition(")")[2].split()[0]
+            state = kernel_state(task)
             with open(f"{task}/wchan") as after:
                 places.append(after.read())
-        except (OSError, IndexError):
+        except OSError:
             return False  # not started, or gone: its result pipe tells the rest
         # Where it sleeps, read on both sides of its state: a thread waiting for the GIL
         # flips between running ("0") and a futex, and a thread just going to sleep is S

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 from ..events import Started
 from ._clean_child import run_job
-from ._spawn import exited, reap, start_clean
+from ._spawn import exited, kernel_state, reap, start_clean
 
 #: Seconds a spare waits for its download before it ends by itself. Long enough for the item
 #: it was started beside; an item longer than this makes its 0.2 s of start-up negligible.
@@ -75,8 +75,7 @@ def take(job: object) -> tuple[Connection, Popen[bytes]] | None:
     """This thread's spare, given ``job``, if it has a live one young enough that says it
     holds the job (it is no longer a spare then); else None, and the caller starts a
     process of its own."""
-    with _lock:
-        spare = _spares.pop(threading.get_ident(), None)
+    spare = _own()
     if spare is None:
         return None
     try:
@@ -121,13 +120,9 @@ def _holds(spare: _Spare, job: object) -> bool:
 
 
 def _stopped(proc: Popen[bytes]) -> bool:
-    """Whether it is stopped (SIGSTOP, Ctrl-Z; or at a tracer's stop), as Linux says."""
-    try:
-        with open(f"/proc/{proc.pid}/stat", "rb") as stat:
-            state = stat.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return False  # gone (its EOF is next), or no /proc: it is not known to be stopped
-    return state in (b"T", b"t")
+    """Whether it is stopped (SIGSTOP, Ctrl-Z; or at a tracer's stop), as Linux says. Gone
+    (its EOF is next), or without /proc, it is not known to be stopped."""
+    return kernel_state(f"/proc/{proc.pid}") in ("T", "t")
 
 
 def beside(module: str, tell: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
@@ -170,10 +165,15 @@ def _prepare(module: str, idle: float) -> None:
 
 def drop_own() -> None:
     """End this thread's spare, if it has one: no download of its caller comes next."""
-    with _lock:
-        spare = _spares.pop(threading.get_ident(), None)
+    spare = _own()
     if spare is not None:
         _end(spare)
+
+
+def _own() -> _Spare | None:
+    """This thread's spare, no longer in the registry (so nothing else ends or takes it)."""
+    with _lock:
+        return _spares.pop(threading.get_ident(), None)
 
 
 def drop_all() -> int:

@@ -85,6 +85,16 @@ def threaded() -> bool:
         return threading.active_count() > 1
 
 
+def kernel_state(task: str) -> str | None:
+    """The state Linux gives the process or thread at ``task`` (a ``/proc`` folder) in its
+    ``stat``: "R" running, "S" asleep, "T" stopped... None if it cannot be read (gone)."""
+    try:
+        with open(f"{task}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def seat_pipe(duplex: bool = False) -> tuple[Connection, Connection]:
     """A pipe for a child that is not started with it: (our end, the end to hand to the
     child); one-way (we read) unless ``duplex``. Give ours to ``private`` before the child
