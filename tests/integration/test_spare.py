@@ -45,6 +45,18 @@ def gone(pid: int, within: float = 10.0) -> bool:
     return False
 
 
+def noting_where_each_runs(pids: list[int]) -> Callable[[blobdl.Event], None]:
+    """A callback that notes, at each ``Started``, the one clean interpreter running the
+    download (the next spare starts only after that event)."""
+
+    def look(event: blobdl.Event) -> None:
+        if isinstance(event, blobdl.Started):
+            (running,) = interpreters()
+            pids.append(running.pid)
+
+    return look
+
+
 @pytest.fixture(autouse=True)
 def _no_spare_left() -> Any:
     yield
@@ -56,11 +68,7 @@ def test_the_next_download_runs_in_the_process_started_beside_the_last(
 ) -> None:
     first, second = make(4 * PART, seed=1), make(4 * PART, seed=2)
     ran_in: list[int] = []
-
-    def look(event: blobdl.Event) -> None:
-        if isinstance(event, blobdl.Started):  # the next spare starts after this event
-            (running,) = interpreters()
-            ran_in.append(running.pid)
+    look = noting_where_each_runs(ran_in)
 
     def both() -> list[int]:
         with _spare.kept():
@@ -79,11 +87,7 @@ def test_the_next_download_runs_in_the_process_started_beside_the_last(
 def test_every_download_still_gets_a_process_of_its_own(make: Make, tmp_path: Path) -> None:
     blob = make(2 * PART, seed=3)
     pids: list[int] = []
-
-    def look(event: blobdl.Event) -> None:
-        if isinstance(event, blobdl.Started):  # the next spare starts after this event
-            (running,) = interpreters()
-            pids.append(running.pid)
+    look = noting_where_each_runs(pids)
 
     def three() -> None:
         with _spare.kept():
@@ -150,11 +154,7 @@ def test_a_spare_dropped_or_left_idle_ends(make: Make, tmp_path: Path) -> None:
 def test_a_spare_too_old_to_trust_is_never_given_a_download(make: Make, tmp_path: Path) -> None:
     blob = make(2 * PART, seed=7)
     pids: list[int] = []
-
-    def look(event: blobdl.Event) -> None:
-        if isinstance(event, blobdl.Started):  # the next spare starts after this event
-            (running,) = interpreters()
-            pids.append(running.pid)
+    look = noting_where_each_runs(pids)
 
     def two() -> int:
         with _spare.kept(0.4):
