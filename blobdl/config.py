@@ -152,8 +152,7 @@ class Settings:
         for name in _FLAGS:
             _require(isinstance(getattr(self, name), bool), f"{name} must be true or false")
         for name in _PATHS:
-            value = getattr(self, name)
-            _require(value is None or isinstance(value, str), f"{name} must be a string")
+            check_text(name, getattr(self, name), optional=True)
         check_pairs(self.headers)
         for header in self.headers:
             check_header(*header)
