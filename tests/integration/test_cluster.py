@@ -298,7 +298,10 @@ def test_the_client_interrupted_keeps_partials_and_stops_every_download(
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("blobdl: error: interrupted")
     for blob in blobs:
-        assert (tmp_path / (blob.name + ".blobdl-tmp")).exists()
+        assert (tmp_path / (blob.name + ".blobdl-tmp")).exists(), (
+            sorted(p.name for p in tmp_path.iterdir()),
+            err[-3000:],
+        )
         assert (tmp_path / (blob.name + ".blobdl-state")).exists()
         assert not (tmp_path / blob.name).exists()
 
