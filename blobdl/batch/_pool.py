@@ -15,8 +15,9 @@ connection go (a large item needs the room).
 
 The processes ignore Ctrl-C (the scheduler owns cancellation) and die with the scheduler.
 ``stop`` cuts every seat's item (their temporary files go: nothing of a small download is
-kept), ``close`` ends the pool when the batch is done. Either way a process fsyncs, before
-it exits, the directories its seats renamed files in, once each.
+kept), ``close`` ends the pool when the batch is done. Either way a process removes the lock
+file each seat kept from item to item (``store._lock.KeptLockFile``), and fsyncs, before it
+exits, the directories its seats renamed files in, once each.
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ def pool_main(
     try:
         message = control.recv()
     except (EOFError, OSError):
+        _close_lock_files(seats)
         os._exit(1)  # the scheduler is gone: nobody will use our bytes
     if isinstance(message, _Stop):
         for seat in seats:
@@ -244,8 +246,16 @@ def pool_main(
         deadline = time.monotonic() + STOP_GRACE
         for done in idle:  # each item removes its temporary file as it ends
             done.wait(max(0.0, deadline - time.monotonic()))
+    _close_lock_files(seats)
     for directory in set().union(*(seat.unsynced for seat in seats)):
         sync_dir_quietly(directory)
+
+
+def _close_lock_files(seats: list[Seat]) -> None:
+    """Remove the lock file each seat kept from its last item. A seat still running an item
+    keeps none: it removes its lock as it ends (``KeptLockFile.close``)."""
+    for seat in seats:
+        seat.lock_file.close()
 
 
 def _seat_main(seat: Seat, pipe: Connection, settings: Settings, idle: threading.Event) -> None:

@@ -180,7 +180,7 @@ class Downloader:
         # One probe, for whichever asks first: the check of a destination already there (its
         # record against the remote's validators), or the download.
         probed = functools.cache(lambda: self._probed(order, remote))
-        with DestinationLock(dest, self.settings.lock_timeout):
+        with self._lock(dest):
             # Checked under the lock: another holder may have just finished this very file.
             found = kept(
                 dest, order.url, order.expected, lambda: probed().identity,
@@ -200,6 +200,10 @@ class Downloader:
             return self._fetch(order, remote, dest, resume)
 
     # --- the steps a batch's small download tells its own way (``_small.OneRequest``) ----
+
+    def _lock(self, dest: Path) -> DestinationLock:
+        """The destination's lock (its own file, made and removed)."""
+        return DestinationLock(dest, self.settings.lock_timeout)
 
     def _probed(self, order: Order, remote: Remote | None) -> Remote:
         """The remote: as given (already probed), else probed now."""

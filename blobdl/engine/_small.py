@@ -38,6 +38,7 @@ from ..http._session import Session
 from ..http._span import Span
 from ..store._destination import check_free_space, finalize
 from ..store._digest import hash_range
+from ..store._lock import DestinationLock, KeptLockFile
 from ..store._resume import Resume, state_path
 from ..store._source import unchanged
 from . import _failure
@@ -62,13 +63,15 @@ class Seat:
     """What a small download borrows from the pool thread that runs it, kept from one item
     to the next: the session (its connection kept alive), the filler (its buffer, its
     splice pipe), its slot of the pool's counter table (where the batch writes its share of
-    the rate limit), what ends it, and the directories whose renames wait for an fsync."""
+    the rate limit), what ends it, its lock file, and the directories whose renames wait
+    for an fsync."""
 
     def __init__(self, table: CounterTable, slot: int, buffer_size: int) -> None:
         self.session = Session()
         self.cancel = Cancel(self.session)
         self.table, self.slot = table, slot
         self.filler = Filler(Attempt(slot, True, 0, -1, ""), table, buffer_size, self.cancel)
+        self.lock_file = KeptLockFile()  # closed when its pool process ends
         self.unsynced: set[Path] = set()  # see ``OneRequest._finalize``
         self.signum: int = signal.SIGTERM  # the signal its batch was stopped by, once cut
         self.answer: tuple[Remote, RangeBody | None] | None = None  # the item's first GET
@@ -132,6 +135,10 @@ class OneRequest(Downloader):
     def _locked(self, order: Order, dest: Path, remote: Remote | None) -> DownloadResult:
         self.dest = dest
         return super()._locked(order, dest, remote)
+
+    def _lock(self, dest: Path) -> DestinationLock:
+        """The seat's kept lock file, moved to ``dest``'s lock (``KeptLockFile``)."""
+        return DestinationLock(dest, self.settings.lock_timeout, self.seat.lock_file)
 
     def _probed(self, order: Order, remote: Remote | None) -> Remote:
         """The first GET, asking for as much as one request holds: the probe, retried as

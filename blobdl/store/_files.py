@@ -1,19 +1,21 @@
 """File primitives, each written once: opening (``open_own``) and reading (``read_own``)
 one of our own files without trusting its name, refusing a special file where a regular one
 belongs (``require_regular``), replacing a file atomically (``atomic_write``), making a
-rename durable (``fsync_dir``), waiting for a lock (``take_lock``), and turning an
-``OSError`` into a ``LocalFileError`` (``local_error``, ``local_errors``).
+rename durable (``fsync_dir``), moving a file to a name that nothing has (``rename_new``),
+waiting for a lock (``take_lock``), and turning an ``OSError`` into a ``LocalFileError``
+(``local_error``, ``local_errors``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import LocalFileError
@@ -135,6 +137,28 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+# None with a C library that lacks it (glibc before 2.28): the caller does without.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_renameat2: Callable[..., int] | None = getattr(_LIBC, "renameat2", None)
+
+
+def rename_new(old: Path, new: Path) -> bool:
+    """Move ``old`` to ``new`` if nothing is at ``new`` (``renameat2`` with
+    ``RENAME_NOREPLACE``, atomically: a file another process puts there meanwhile is never
+    replaced). False if something is there, or if the filesystem (or the C library) cannot
+    do it; other errors (``old`` is gone, another filesystem) are ``OSError``."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EEXIST, errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(old), None, str(new))
 
 
 def still_at(path: str | os.PathLike[str], fd: int) -> bool:

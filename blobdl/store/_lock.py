@@ -4,15 +4,19 @@ process may hold open.
 
 The kernel drops a flock when its holder dies, so a crashed download never leaves the
 destination stuck. The lock file is removed by its holder on release; a waiter that locked
-a file which was removed meanwhile notices (different inode) and tries again.
+a file which was removed meanwhile notices (different inode) and tries again. A seat of a
+batch's pool keeps its lock file instead, from one destination to the next
+(``KeptLockFile``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import resource
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -22,7 +26,7 @@ from typing import TypeVar
 
 from ..errors import DestinationLocked
 from ..processes._signals import held
-from ._files import open_own, still_at, take_lock
+from ._files import open_own, rename_new, still_at, take_lock
 
 log = logging.getLogger("blobdl")
 
@@ -31,12 +35,21 @@ T = TypeVar("T")
 
 
 class DestinationLock:
-    def __init__(self, dest: Path, timeout: float) -> None:
+    """The lock of ``dest``, waited for ``timeout`` seconds at most. ``kept``: the lock
+    file is taken from it, and given back to it on release, instead of created anew and
+    removed (a seat's, see ``KeptLockFile``)."""
+
+    def __init__(self, dest: Path, timeout: float, kept: KeptLockFile | None = None) -> None:
         self.path = dest.with_name(dest.name + LOCK_SUFFIX)
-        self.dest, self.timeout = dest, timeout
+        self.dest, self.timeout, self.kept = dest, timeout, kept
         self.fd: int | None = None
 
     def __enter__(self) -> DestinationLock:
+        if self.kept is not None:
+            with held():  # the lock taken is the lock noted: __exit__ lets go of it
+                self.fd = self.kept.take(self.path)
+            if self.fd is not None:
+                return self
         deadline = time.monotonic() + self.timeout
         while True:
             fd = None
@@ -70,12 +83,11 @@ class DestinationLock:
         if self.fd is None:
             return
         with held(drop=True):
+            if self.kept is not None and self.kept.keep(self.fd, self.path):
+                self.fd = None
+                return
             try:
-                self.path.unlink()  # still holding the lock: nobody else owns this name now
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("could not remove the lock file %s: %s", self.path, exc.strerror)
+                _remove(self.path)  # still holding the lock: nobody else owns this name now
             finally:
                 os.close(self.fd)
                 self.fd = None
@@ -83,6 +95,88 @@ class DestinationLock:
     def _open(self) -> int:
         # Truncated once locked: a link planted at the name must not lead us to a victim.
         return open_own(self.path, os.O_RDWR | os.O_CREAT)
+
+
+class KeptLockFile:
+    """The lock file one thread keeps from one of its destinations to the next (a seat of a
+    batch's pool, which writes one small file after another). Created anew and removed for
+    each, it would cost an inode each, and on ext4 every inode freed makes the next ones
+    allocated in its group look further (measured: 7-10 % of the CPU of 400 × 1 MiB).
+
+    On release the holder lets go of the lock but keeps the file, open, at the name of the
+    destination it has finished. For the next destination it locks the file again and
+    moves it there. Other writers see what they always saw:
+    - Between two items the file is unlocked, as a lock file its holder let go. A writer of
+      that destination takes it so; the keeper then finds it taken and starts a new file.
+      One that removes it as stale (``blobdl prune``) makes the keeper start a new one too.
+    - The file is moved only while locked, only from the name it still has, and only to a
+      name that nothing has (``rename_new``). A lock another writer holds, or a file planted
+      where the next lock goes, is never touched.
+
+    ``close`` removes the file (the pool ends): a keeper closed keeps nothing more. A
+    process killed between two items leaves the file, unlocked, as a killed download leaves
+    its lock file: the next writer of that destination takes it and removes it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()  # the pool's end may close it while its seat runs
+        self._kept: tuple[int, Path] | None = None
+        self._closed = False
+
+    def take(self, path: Path) -> int | None:
+        """The kept file, locked and moved to ``path``: its descriptor, now the caller's,
+        who writes nothing in it (our process id is in it already). None if there is none
+        that can go there: the caller makes a new one."""
+        with self._guard:
+            kept, self._kept = self._kept, None
+        if kept is None:
+            return None
+        fd, name = kept
+        try:
+            if take_lock(fd, wait=False) and still_at(name, fd):  # ours again
+                try:
+                    if rename_new(name, path):
+                        return fd
+                except OSError:  # another filesystem, say
+                    pass
+                _remove(name)  # locked by us: nobody else owns this name now
+        except OSError:
+            pass
+        os.close(fd)  # never ours again: another writer took it, or it was removed
+        return None
+
+    def keep(self, fd: int, path: Path) -> bool:
+        """Take back the lock file ``fd`` at ``path`` when its holder is done: unlocked,
+        kept open. False once the keeper is closed: the holder removes it as usual."""
+        with self._guard:
+            if self._closed or self._kept is not None:
+                return False
+            fcntl.flock(fd, fcntl.LOCK_UN)  # the destination is free from now on
+            self._kept = (fd, path)
+            return True
+
+    def close(self) -> None:
+        """Remove the kept file, if it is still ours; keep none from now on."""
+        with self._guard:
+            kept, self._kept, self._closed = self._kept, None, True
+        if kept is None:
+            return
+        fd, name = kept
+        try:
+            if take_lock(fd, wait=False) and still_at(name, fd):
+                _remove(name)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove the lock file %s: %s", path, exc.strerror)
 
 
 def _write_holder(fd: int) -> None:

@@ -207,6 +207,37 @@ def test_a_locked_small_item_fails_alone(make: Make, tmp_path: Path) -> None:
     assert results[0].error.exit_code == 5 and not (tmp_path / "o0").exists()
 
 
+def test_a_seat_locks_each_of_its_items_with_the_one_lock_file_it_keeps(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # 192 KiB at 1 MB/s, small for parts of 256 KiB: each item lasts long enough for its
+    # Started to be seen while it runs.
+    blobs = [make(3 * PART, seed=2396 + n) for n in range(3)]
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    slow(server, 1_000_000)
+    locks: list[int] = []  # each item's lock file, held open: its inode is never reused
+
+    def seen(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Started):  # the item holds its lock now
+            dest = Path(event.event.path)
+            locks.append(os.open(f"{dest}.blobdl-lock", os.O_RDONLY))
+            with pytest.raises(blobdl.DestinationLocked), DestinationLock(dest, 0):
+                pass  # and it is locked for any other writer
+
+    try:
+        parts = {"min_part_size": 4 * PART, "max_part_size": 4 * PART}
+        results = blobdl.download_many(items, max_connections=1, on_event=seen, **fast(**parts))
+        inodes = {os.fstat(fd).st_ino for fd in locks}
+    finally:
+        for fd in locks:
+            os.close(fd)
+    assert all(r.ok for r in results), results
+    assert [r.result.parts for r in results if r.result] == [1, 1, 1]  # small, on a seat
+    assert len(locks) == 3 and len(inodes) == 1  # one file: none made (nor removed) per item
+    assert [sha256_file(tmp_path / f"o{n}") for n in range(3)] == [b.sha256 for b in blobs]
+    assert list(tmp_path.glob("*.blobdl-*")) == []  # the pool's end removed it
+
+
 def test_a_small_item_redirected_to_another_origin_carries_no_secret_header(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
