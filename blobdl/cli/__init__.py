@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .._redact import redact_url
-from ..batch._scheduler import PER_HOST, ItemResult, download_many, parse_manifest
+from ..batch._scheduler import PER_HOST, BatchEvent, ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
 from ..processes._signals import interrupted, stoppable
@@ -122,7 +122,11 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
     on_cluster = args.scheduler is not None
     if on_cluster:
         quiet_dask()
-    tell = BatchBar(display).event if on_cluster else display.item_event
+    tell: Callable[[BatchEvent], None] | None = None  # nothing drawn per item: no events sent
+    if on_cluster:
+        tell = BatchBar(display).event
+    elif display.mode == "json":
+        tell = display.item_event
     try:
         # On a cluster, paths are the workers': base-dir confinement is checked there.
         items = parse_manifest(text, None if on_cluster else args.base_dir)

@@ -130,7 +130,8 @@ class Display:
         self.done: dict[str, int] = {}  # with ``tally``: bytes on disk, per download
 
     def item_event(self, batch_event: BatchEvent) -> None:
-        """With -i: JSON lines carry the item's index; nothing else is drawn per item."""
+        """With -i --json: JSON lines carry the item's index. Nothing else is drawn per
+        item: without --json the batch is given no callback (its seats send no events)."""
         event = batch_event.event
         self.failed = self.failed or isinstance(event, Failed)
         if self.mode == "json":
