@@ -6,11 +6,10 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
-
-import psutil
 
 from ..errors import InsufficientSpace, LocalFileError, UsageError
 from ._files import directory_problem, fsync_dir, local_error, open_own, require_regular
@@ -82,7 +81,7 @@ def check_destination(dest: Path) -> None:
 
 def check_free_space(dest: Path, needed: int) -> None:
     """Refuse a download that cannot fit, naming what is needed and what is free."""
-    free = psutil.disk_usage(str(dest.parent)).free
+    free = shutil.disk_usage(dest.parent).free
     if needed > free:
         raise InsufficientSpace(str(dest), needed, free)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -466,8 +467,8 @@ def test_not_enough_space_is_refused_before_any_byte(
 ) -> None:
     from collections import namedtuple
 
-    usage = namedtuple("usage", "total used free percent")
-    monkeypatch.setattr(psutil, "disk_usage", lambda _: usage(10**9, 10**9 - 1000, 1000, 99.9))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 1000, 1000))
     blob = make(3 * PART, seed=51)
     with pytest.raises(blobdl.InsufficientSpace) as caught:
         Downloader(fast_settings()).download(blob.url, tmp_path / "out")
