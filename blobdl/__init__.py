@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .batch._scheduler import BatchEvent, Item, ItemResult, download_many, parse_manifest
@@ -50,16 +52,43 @@ from .events import (
     Progress,
     Started,
 )
-from .hf._download import HfEvent, HfFile, HfResult, HfStarted, hf_download
-from .registry._pull import (
-    LayerResult,
-    PullEvent,
-    PullResult,
-    PullStarted,
-    pull,
-    pull_every_worker,
-)
-from .registry._pull_cluster import WorkerEvent
+
+if TYPE_CHECKING:
+    from .hf._download import HfEvent, HfFile, HfResult, HfStarted, hf_download
+    from .registry._pull import (
+        LayerResult,
+        PullEvent,
+        PullResult,
+        PullStarted,
+        pull,
+        pull_every_worker,
+    )
+    from .registry._pull_cluster import WorkerEvent
+
+# The registry's and Hugging Face's doors are imported when first used: a download, or a
+# manifest of thousands of small files, does not pay for them at every start (~20 ms).
+_LATER = {
+    **dict.fromkeys(("HfEvent", "HfFile", "HfResult", "HfStarted", "hf_download"), ".hf._download"),
+    **dict.fromkeys(
+        ("LayerResult", "PullEvent", "PullResult", "PullStarted", "pull", "pull_every_worker"),
+        ".registry._pull",
+    ),
+    "WorkerEvent": ".registry._pull_cluster",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LATER.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AuthRefused",

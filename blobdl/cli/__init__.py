@@ -9,6 +9,7 @@ is shown is ``_display``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -33,9 +34,6 @@ from ._display import (
     say,
     show_warnings,
 )
-from ._hf import main as hf_main
-from ._prune import main as prune_main
-from ._pull import main as pull_main
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "run", "settings_from"]
 
@@ -48,21 +46,34 @@ class Command(NamedTuple):
     main: Callable[[Sequence[str]], int]  # given the arguments after the name; the exit code
 
 
+def _later(module: str) -> Callable[[Sequence[str]], int]:
+    """A command's ``main``, imported when the command runs: ``blobdl URL`` and ``-i`` do not
+    pay for the registry's and Hugging Face's modules at every start."""
+
+    def main(argv: Sequence[str]) -> int:
+        command: Callable[[Sequence[str]], int] = importlib.import_module(module, __name__).main
+        return command(argv)
+
+    return main
+
+
 # A URL has a scheme, so no URL is ever taken for a command's name: `blobdl URL` stays the
 # download. A new command is one entry here; `blobdl --help` lists it.
 COMMANDS = {
     "pull": Command(
-        "pull REF", "pull a model from an OCI/Ollama registry into Ollama's store", pull_main
+        "pull REF",
+        "pull a model from an OCI/Ollama registry into Ollama's store",
+        _later("._pull"),
     ),
     "prune": Command(
         "prune",
         "remove abandoned partials, stale locks and unused blobs from the store",
-        prune_main,
+        _later("._prune"),
     ),
     "hf": Command(
         "hf REPO [PATH ...]",
         "download a Hugging Face repository into huggingface_hub's cache",
-        hf_main,
+        _later("._hf"),
     ),
 }
 

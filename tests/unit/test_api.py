@@ -1,0 +1,46 @@
+"""The public API is what ``blobdl/__init__.py`` lists, every name of it there to use; the
+registry's and Hugging Face's parts of it load when first used, so a download (or a
+manifest of thousands of small files) does not pay for them at every start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import blobdl
+from tests.conftest import REPO
+
+LATER = ("blobdl.registry", "blobdl.hf")
+
+
+@pytest.mark.parametrize("name", blobdl.__all__)
+def test_every_listed_name_is_there(name: str) -> None:
+    assert getattr(blobdl, name) is not None
+    assert name in dir(blobdl)
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
+        blobdl.nonesuch  # type: ignore[attr-defined]  # noqa: B018
+
+
+def loaded_after(code: str) -> list[str]:
+    """The registry's and Hugging Face's modules a fresh interpreter has loaded after ``code``."""
+    show = f"import sys; print(sorted(m for m in sys.modules if m.startswith({LATER!r})))"
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{show}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return eval(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_download_or_a_manifest_loads_neither_the_registry_nor_hugging_face() -> None:
+    assert loaded_after("import blobdl") == []
+    assert loaded_after("from blobdl.cli import main; main(['-q', '-i', '/dev/null'])") == []
+
+
+def test_they_load_when_used() -> None:
+    assert "blobdl.registry._pull" in loaded_after("import blobdl; blobdl.pull")
+    assert "blobdl.hf._download" in loaded_after("from blobdl import hf_download")
