@@ -177,10 +177,12 @@ def overridden(settings: Settings | None, overrides: Mapping[str, Any]) -> Setti
     if settings is not None and not isinstance(settings, Settings):
         raise UsageError(f"settings must be a blobdl.Settings, not {type(settings).__name__}")
     base = settings or Settings()
+    if not overrides:  # a batch's seat makes a downloader per item: nothing to check then
+        return base
     unknown = set(overrides) - Settings.field_names()
     if unknown:
         raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    return replace(base, **overrides) if overrides else base
+    return replace(base, **overrides)
 
 
 # (field, lowest, highest) for the int settings.
