@@ -9,10 +9,16 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from ..errors import InsufficientSpace, LocalFileError, UsageError
-from ._files import directory_problem, fsync_dir, local_error, open_own, require_regular
+from ._files import (
+    directory_problem,
+    fsync_dir,
+    libc_function,
+    local_error,
+    open_own,
+    require_regular,
+)
 
 TEMP_SUFFIX = ".blobdl-tmp"
 #: Every file blobdl keeps beside a destination has this in its name (-tmp, -state, -lock...).
@@ -120,25 +126,9 @@ def reserve(fd: int, size: int, path: Path) -> None:
         raise local_error(path, OSError(err, os.strerror(err))) from None
 
 
-def _libc_function(names: tuple[str, ...], *argtypes: Any) -> Any:
-    """The first of ``names`` that libc has, typed ``argtypes -> int``; None without one
-    (not Linux). ctypes calls release the GIL."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    for name in names:
-        function = getattr(libc, name, None)
-        if function is not None:
-            function.argtypes = argtypes
-            function.restype = ctypes.c_int
-            return function
-    return None
-
-
 # fallocate(2) itself, never glibc's emulation. fallocate64 takes 64-bit offsets everywhere;
 # plain fallocate does on 64-bit systems. Without it the file stays sparse.
-_fallocate = _libc_function(
+_fallocate = libc_function(
     ("fallocate64", "fallocate") if ctypes.sizeof(ctypes.c_long) == 8 else ("fallocate64",),
     ctypes.c_int,
     ctypes.c_int,
@@ -148,7 +138,7 @@ _fallocate = _libc_function(
 
 
 _SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = _libc_function(
+_sync_file_range = libc_function(
     ("sync_file_range",), ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
 )
 

@@ -3,7 +3,8 @@ one of our own files without trusting its name, refusing a special file where a 
 belongs (``require_regular``), replacing a file atomically (``atomic_write``), making a
 rename durable (``fsync_dir``), moving a file to a name that nothing has (``rename_new``),
 waiting for a lock (``take_lock``), and turning an ``OSError`` into a ``LocalFileError``
-(``local_error``, ``local_errors``).
+(``local_error``, ``local_errors``); and a C library function where Python has none
+(``libc_function``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import LocalFileError
 
@@ -139,11 +141,27 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def libc_function(names: tuple[str, ...], *argtypes: Any) -> Any:
+    """The first of ``names`` that libc has, typed ``argtypes -> int``; None without one
+    (not Linux). ctypes calls release the GIL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    for name in names:
+        function = getattr(libc, name, None)
+        if function is not None:
+            function.argtypes = argtypes
+            function.restype = ctypes.c_int
+            return function
+    return None
+
+
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-# None with a C library that lacks it (glibc before 2.28): the caller does without.
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_renameat2: Callable[..., int] | None = getattr(_LIBC, "renameat2", None)
+_renameat2 = libc_function(
+    ("renameat2",), ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+)
 
 
 def rename_new(old: Path, new: Path) -> bool:
