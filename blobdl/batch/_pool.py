@@ -15,7 +15,7 @@ connection go (a large item needs the room).
 
 The processes ignore Ctrl-C (the scheduler owns cancellation) and die with the scheduler.
 ``stop`` cuts every seat's item (their temporary files go: nothing of a small download is
-kept), ``close`` ends the pool when the batch is done. Either way a process removes the lock
+kept), ``close`` ends the pool once no small item is left. Either way a process removes the lock
 file each seat kept from item to item (``store._lock.KeptLockFile``), and fsyncs, before it
 exits, the directories its seats renamed files in, once each.
 """

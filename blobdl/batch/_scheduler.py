@@ -5,7 +5,8 @@ it forks the batch's pool (``_pool``): processes whose seats run one small downl
 another over kept-alive connections. Every item goes to a seat first, in the order given,
 as far as the budget (``_budget``: ``max_connections``, ``per_host``) allows: the seat's
 first GET asks for as much as one request holds, and is the item's probe. A blob that fits
-is done there and then, with no process of its own. A larger one comes back with what its
+is done there and then, with no process of its own; once no small item is left, the pool
+ends (its connections go to the items still running). A larger one comes back with what its
 probe learned; the scheduler grants it lanes (as many as it can keep busy, up to its
 ``connections``, as far as the budget allows, letting idle seats' connections go for
 room) and forks a child that runs it as its own coordinator. The lanes and the share of
@@ -201,7 +202,7 @@ class _Scheduler:
                     self._launch()
                     self._wait()
                 interrupts.check()  # a signal during the last item is not lost
-                self.seats.close()
+                self.seats.close(self.watch)
             except Interrupted as exc:
                 self._stop(exc.signum)
                 raise
@@ -218,6 +219,8 @@ class _Scheduler:
         items get the lanes that ended items left."""
         self._start_large()
         self._start_small()
+        if not self.queued and not self.seats.busy:
+            self.seats.close(self.watch)  # nothing can need it again: its connections go too
         if not self.queued and not self.waiting:
             self._grant_more()
         self._share()

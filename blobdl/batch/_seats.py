@@ -72,9 +72,16 @@ class Seats:
         self.pool.drop(seat)
         self.budget.end(seat, None)
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
+    def close(self, watch: Watch) -> None:
+        """End the pool: no small item is left (the batch is done, or only large items
+        run). Its seats' kept connections are let go: the budget counts them no more."""
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        watch.forget_pool(pool)
+        pool.close()
+        for seat in range(len(pool.pipes)):
+            self.budget.end(seat, None)
 
     def heard(self, seat: int, watch: Watch) -> tuple[int, Said] | None:
         """What ``seat`` said of its item, if anything. If its process is gone, or the seat

@@ -62,6 +62,13 @@ class Watch:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(pipe)
 
+    def forget_pool(self, pool: Pool) -> None:
+        """The pool ends: its seats' pipes and its processes' sentinels, those still here."""
+        waitables: list[Connection | int] = [*pool.pipes, *(p.sentinel for p in pool.procs)]
+        for waitable in waitables:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(waitable)
+
     def ready(self) -> Iterator[tuple[str, int]]:
         """What seats, pool processes and children have to say, once at least one said
         something (or a signal arrived), checked as each is handled."""

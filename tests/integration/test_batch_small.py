@@ -99,6 +99,36 @@ def test_a_large_item_gets_the_lanes_that_small_items_free(
     assert server.stats()["max_concurrent"] <= 4
 
 
+def test_the_pool_ends_once_no_small_item_is_left_while_a_large_one_runs(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A model's config and template beside its large layer: once they are done, nothing
+    can need the pool again; it ends then (its processes, its kept connections), not when
+    the layer does."""
+    small = [make(SMALL, seed=2360 + n) for n in range(2)]
+    large = make(16 * PART, seed=2365)
+    slow(server, 2_000_000, f"/files/{large.name}")  # 1 MiB: about half a second
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([*small, large])]
+    done: set[int] = set()
+    ours: list[int] = []  # the batch's processes while the layer runs, the others done
+    before = {child.pid for child in psutil.Process().children()}  # the server's, say
+
+    def note(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Finished):
+            done.add(event.item)
+        elif event.item == 2 and isinstance(event.event, blobdl.Progress) and {0, 1} <= done:
+            alive = [c for c in psutil.Process().children() if c.pid not in before]
+            ours.append(sum(c.status() != psutil.STATUS_ZOMBIE for c in alive))
+
+    settings = fast_settings(progress_interval=0.05)
+    results = blobdl.download_many(items, on_event=note, settings=settings)
+    assert all(r.ok for r in results), results
+    blobs = [*small, large]
+    assert [sha256_file(tmp_path / f"o{n}") for n in range(3)] == [b.sha256 for b in blobs]
+    assert ours and ours[-1] == 1, ours  # the layer's own process alone
+    assert list(tmp_path.glob("*.blobdl-*")) == []
+
+
 # --- faults on a small item: each is retried, from where the bytes stopped --------------------
 
 FAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
