@@ -401,18 +401,35 @@ def _serve_relay(target: str, port: int, log: Path) -> None:
     """Forward every request to ``target``; append ``METHOD PATH?QUERY AUTH`` per request to
     ``log`` (AUTH is the Authorization header's scheme, or ``-``). A POST to ``RELAY_CTL``
     sets fault rules ``{"match": TEXT, "skip": N, "status": 403}``: the first GET whose path
-    holds TEXT after N such GETs gets ``status`` (an S3-style error) instead, once."""
+    holds TEXT after N such GETs gets ``status`` (an S3-style error) instead, once. A rule
+    ``{"match": TEXT, "range": RANGE, "hold": S}`` holds every GET whose path holds TEXT
+    (and whose Range header is RANGE, if given) S seconds before it is forwarded; a GET of
+    ``RELAY_CTL`` answers ``{"held_peak": N}``, the most such GETs held at once."""
     import http.client
     import threading
+    import time
 
     upstream = urlsplit(target)
     rules: list[dict[str, Any]] = []
     lock = threading.Lock()
+    held = {"now": 0, "peak": 0}
+
+    def hold(path: str, byte_range: str | None) -> None:
+        with lock:
+            seconds = next((r["hold"] for r in rules if "hold" in r and r["match"] in path
+                            and r.get("range", byte_range) == byte_range), None)  # fmt: skip
+            if seconds is None:
+                return
+            held["now"] += 1
+            held["peak"] = max(held["peak"], held["now"])
+        time.sleep(seconds)
+        with lock:
+            held["now"] -= 1
 
     def fault(path: str) -> int | None:
         with lock:
             for rule in rules:
-                if rule["match"] not in path:
+                if rule["match"] not in path or "hold" in rule:
                     continue
                 if rule["skip"] > 0:
                     rule["skip"] -= 1
@@ -440,12 +457,18 @@ def _serve_relay(target: str, port: int, log: Path) -> None:
             body = self.rfile.read(length) if length else None
             if self.path == RELAY_CTL:
                 with lock:
-                    rules[:] = json.loads(body or b"[]")
-                self._reply(200, b"<ok/>")
+                    if self.command == "GET":
+                        answer = json.dumps({"held_peak": held["peak"]}).encode()
+                    else:
+                        rules[:] = json.loads(body or b"[]")
+                        answer = b"<ok/>"
+                self._reply(200, answer)
                 return
             with log.open("a") as f:
                 f.write(f"{self.command} {self.path} {auth}\n")
             status = fault(self.path) if self.command == "GET" else None
+            if self.command == "GET":
+                hold(self.path, self.headers.get("Range"))
             if status is not None:
                 self._reply(status, b"<Error><Code>AccessDenied</Code>"
                             b"<Message>Request has expired</Message></Error>")  # fmt: skip
@@ -487,6 +510,11 @@ class Relay:
         req = urllib.request.Request(self.url + RELAY_CTL, json.dumps(rules).encode())
         with _OPENER.open(req, timeout=5):
             pass
+
+    def held_peak(self) -> int:
+        """The most GETs a ``hold`` rule held at once so far."""
+        with _OPENER.open(self.url + RELAY_CTL, timeout=5) as resp:
+            return int(json.loads(resp.read())["held_peak"])
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -25,8 +25,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.spawn import get_executable
@@ -83,6 +84,31 @@ def threaded() -> bool:
         return len(os.listdir("/proc/self/task")) > 1
     except OSError:
         return threading.active_count() > 1
+
+
+def in_threads(calls: Sequence[Callable[[], None]], within: float = 1.0) -> None:
+    """Run each of ``calls`` on a thread of its own; return once all have ended, for the
+    kernel too: a joined thread's task outlives its ``join`` by a moment, and ``threaded()``
+    would then count it, so a fork right after (a batch's) would be refused. Waits at most
+    ``within`` seconds for those tasks after the joins. A call's exception is its own to
+    keep: ``calls`` must not raise."""
+    ended: list[int] = []
+
+    def run(call: Callable[[], None]) -> None:
+        ended.append(threading.get_native_id())
+        call()
+
+    threads = [threading.Thread(target=run, args=(call,), name="blobdl-call", daemon=True)
+               for call in calls]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    deadline = time.monotonic() + within
+    while any(os.path.exists(f"/proc/self/task/{tid}") for tid in ended):
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.0002)
 
 
 def kernel_state(task: str) -> str | None:

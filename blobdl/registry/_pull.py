@@ -114,7 +114,7 @@ def pull(
     old = store.manifest_digests(reference)
     manifest = registry.manifest()
     _require_readable(manifest, reference)
-    # The user's headers go with the registry's requests (``blob_source`` says which go to
+    # The user's headers go with the registry's requests (``blob_sources`` says which go to
     # storage), never as the engine's headers for every URL a blob's GET ends up at.
     fetcher = _Fetcher(store, registry, dataclasses.replace(base, headers=()), on_event)
     allow_open_files(len(manifest.blobs))
@@ -286,11 +286,11 @@ class _Fetcher:
             todo = expired
 
     def _round(self, blobs: list[Blob]) -> list[ItemResult]:
-        items = []
-        for blob in blobs:
-            url, headers = self.registry.blob_source(blob)
-            path = str(self.store.staging_path(blob))
-            items.append(Item(url, path, blob.digest, headers, size=blob.size))
+        sources = self.registry.blob_sources(blobs)
+        items = [
+            Item(url, str(self.store.staging_path(blob)), blob.digest, headers, size=blob.size)
+            for blob, (url, headers) in zip(blobs, sources, strict=True)
+        ]
         # The pull's budget is the user's --connections, shared by every layer like -i does;
         # the per-download cap stays the same, so one big layer can take all of it.
         budget = self.settings.connections

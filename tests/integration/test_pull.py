@@ -305,6 +305,27 @@ def test_two_pulls_sharing_a_layer_fetch_it_once(registry: Registry, tmp_path: P
     assert (models / "blobs" / f"sha256-{digest[7:]}").read_bytes() == shared
 
 
+def test_the_registry_is_asked_where_each_blob_is_all_at_once(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Before its blobs are fetched, a pull asks the registry where each one is served (by
+    itself, or by a redirect to storage). One lookup after another held every layer's start
+    up by all their round trips (a few ms each here, 50 ms and more from a distant
+    registry); they go out together."""
+    model = registry.push_model("library/lookups", "v1", (10 * KB, 20, 30, 40))
+    relay = start_relay(tmp_path / "relay", registry.url)
+    try:
+        relay.set_faults([{"match": "/blobs/", "range": "bytes=0-0", "hold": 0.5}])
+        where = relay.url.removeprefix("http://")
+        blobdl.pull(f"http://{where}/{model.repo}:{model.tag}", tmp_path / "m",
+                    settings=fast_settings())  # fmt: skip
+        assert relay.held_peak() == len(model.blobs)  # every lookup in flight at once
+    finally:
+        relay.stop()
+    for digest, data in model.blobs.items():
+        assert (tmp_path / "m" / "blobs" / digest.replace(":", "-")).read_bytes() == data
+
+
 # --- S3 storage: blob GETs answer 307 to presigned URLs on another port -----------------------
 
 
