@@ -4,7 +4,8 @@ process may hold open.
 
 The kernel drops a flock when its holder dies, so a crashed download never leaves the
 destination stuck. The lock file is removed by its holder on release; a waiter that locked
-a file which was removed meanwhile notices (different inode) and tries again. A seat of a
+a file which was removed meanwhile notices (different inode) and tries again, as does one
+still waiting on a file that has left the name (a seat moved it on). A seat of a
 batch's pool keeps its lock file instead, from one destination to the next
 (``KeptLockFile``).
 """
@@ -26,7 +27,7 @@ from typing import TypeVar
 
 from ..errors import DestinationLocked
 from ..processes._signals import held
-from ._files import open_own, rename_new, still_at, take_lock
+from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock
 
 log = logging.getLogger("blobdl")
 
@@ -56,10 +57,11 @@ class DestinationLock:
             try:
                 with held():  # a file opened is a file noted (and closed if we stop)
                     fd = self._open()
-                if not take_lock(fd, deadline=deadline):  # the wait: Ctrl-C ends it
+                taken = self._wait(fd, deadline)  # Ctrl-C ends it
+                if taken is False:
                     raise DestinationLocked(str(self.dest), _read_holder(fd))
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
-                    if still_at(self.path, fd):
+                    if taken and still_at(self.path, fd):
                         self.fd = fd
                         _write_holder(fd)
                         return self
@@ -69,7 +71,7 @@ class DestinationLock:
                 elif fd is not None:
                     os.close(fd)
                 raise
-            os.close(fd)  # we locked a file its previous holder had just removed
+            os.close(fd)  # a file its holder removed (or a seat moved) meanwhile: not dest's
 
     def __exit__(
         self,
@@ -91,6 +93,19 @@ class DestinationLock:
             finally:
                 os.close(self.fd)
                 self.fd = None
+
+    def _wait(self, fd: int, deadline: float) -> bool | None:
+        """Lock ``fd``, polling until ``deadline``: True once held, False once past it. None
+        once ``fd`` has left our name while held by another: a seat that kept it has moved
+        it to its next destination (``KeptLockFile``), or its holder removed it. Waiting on
+        it would wait for a destination that is not ours, and a holder that is not ours."""
+        while not take_lock(fd, wait=False):
+            if not still_at(self.path, fd):
+                return None
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL)
+        return True
 
     def _open(self) -> int:
         # Truncated once locked: a link planted at the name must not lead us to a victim.

@@ -7,6 +7,10 @@ as a lock file its holder has let go."""
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,5 +106,72 @@ def test_a_kept_file_removed_by_a_sweeper_is_not_resurrected(tmp_path: Path) -> 
     lock_of(a).unlink()  # `blobdl prune`, say: an unlocked lock file is stale
     with DestinationLock(b, 0, kept):
         assert not lock_of(a).exists() and lock_of(b).exists()
+    kept.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+WAITER = """
+import sys
+from pathlib import Path
+from blobdl.store._lock import DestinationLock
+with DestinationLock(Path(sys.argv[1]), 30):
+    print("locked", flush=True)
+"""
+
+
+def opened_by(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds ``path`` open (its lock file, while it waits)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) == str(path) for fd in fds.iterdir() if fd.is_symlink())
+
+
+def test_a_writer_waiting_for_a_destination_gets_it_once_the_seat_moves_on(
+    tmp_path: Path,
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    kept = KeptLockFile()
+    with DestinationLock(a, 0, kept):
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", WAITER, str(a)], stdout=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 10
+        while not opened_by(waiter.pid, lock_of(a)) and time.monotonic() < deadline:
+            time.sleep(0.01)  # it waits for a, the file it opened
+    try:
+        with DestinationLock(b, 0, kept):  # the seat's next item: a is nobody's from now on
+            assert waiter.stdout is not None
+            ready, _, _ = select.select([waiter.stdout], [], [], 5)
+            assert ready and waiter.stdout.readline() == "locked\n"
+    finally:
+        kept.close()
+        waiter.wait(30)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Overtaken(DestinationLock):
+    """A writer the seat overtakes: between its opening the lock file and its locking it,
+    the seat takes that file for its next item."""
+
+    def __init__(self, dest: Path, kept: KeptLockFile, then: Path) -> None:
+        super().__init__(dest, 0)
+        self.seat, self.then = DestinationLock(then, 0, kept), True
+
+    def _open(self) -> int:
+        fd = super()._open()
+        if self.then:
+            self.then = False
+            self.seat.__enter__()
+        return fd
+
+
+def test_a_destination_the_seat_has_left_is_not_reported_locked(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    kept = KeptLockFile()
+    with DestinationLock(a, 0, kept):
+        pass
+    writer = _Overtaken(a, kept, b)
+    with writer:  # --lock-timeout 0: nobody writes a, so no DestinationLocked
+        assert lock_of(a).exists() and inode(lock_of(a)) != inode(lock_of(b))
+    writer.seat.__exit__(None, None, None)
     kept.close()
     assert list(tmp_path.iterdir()) == []
