@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..errors import BlobdlError
 from ..http._pool import prepare_tls
+from ..store._lock import remove_stale
 from ._budget import Budget
 from ._destinations import Destinations
 from ._outcomes import died
@@ -40,6 +42,7 @@ class Seats:
         self.table = CounterTable(budget.seats)  # the seats' slots: their share of the rate limit
         self.pool: Pool | None = None
         self.on_seat: dict[int, int] = {}  # seat -> the item it runs
+        self.locks: dict[int, str] = {}  # seat -> the lock file it keeps between its items
 
     @property
     def busy(self) -> bool:
@@ -106,6 +109,8 @@ class Seats:
                 if answer is not None and (said := self._said(seat, answer)) is not None:
                     yield said
             watch.forget_seat(self.pool.pipes[seat])
+            if seat in self.locks:  # kept between two items: its process cannot remove it now
+                remove_stale(Path(self.locks.pop(seat)))
             if seat in self.on_seat:
                 yield self.on_seat.pop(seat), died(proc)
             self.budget.end(seat, None)
@@ -119,6 +124,9 @@ class Seats:
             return None  # a late answer to a drop
         if isinstance(answer, _Done | _Large):  # the seat is free
             del self.on_seat[seat]
+            self.locks.pop(seat, None)
+            if answer.lock is not None:
+                self.locks[seat] = answer.lock
             self.budget.end(seat, answer.kept)
             return index, answer
         if isinstance(answer, _Told):

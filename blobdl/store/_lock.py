@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from ..errors import DestinationLocked
+from ..errors import DestinationLocked, LocalFileError
 from ..processes._signals import held
 from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock
 
@@ -129,8 +129,9 @@ class KeptLockFile:
       where the next lock goes, is never touched.
 
     ``close`` removes the file (the pool ends): a keeper closed keeps nothing more. A
-    process killed between two items leaves the file, unlocked, as a killed download leaves
-    its lock file: the next writer of that destination takes it and removes it."""
+    process killed between two items leaves the file, unlocked: its scheduler, told where
+    it is (``at``), removes it (``remove_stale``); else the next writer of that destination
+    takes it and removes it, as a killed download's lock file."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()  # the pool's end may close it while its seat runs
@@ -169,6 +170,11 @@ class KeptLockFile:
             self._kept = (fd, path)
             return True
 
+    def at(self) -> str | None:
+        """The name of the file kept now, if any (to be removed if our process is killed)."""
+        with self._guard:
+            return None if self._kept is None else str(self._kept[1])
+
     def close(self) -> None:
         """Remove the kept file, if it is still ours; keep none from now on."""
         with self._guard:
@@ -183,6 +189,22 @@ class KeptLockFile:
             pass
         finally:
             os.close(fd)
+
+
+def remove_stale(path: Path) -> None:
+    """Remove the lock file at ``path`` if nobody holds it: the one a killed seat kept
+    (``KeptLockFile``). A lock file held, or anything but one of ours, stays."""
+    try:
+        fd = open_own(path, os.O_RDWR)
+    except LocalFileError:  # gone already, or not ours to touch
+        return
+    try:
+        if take_lock(fd, wait=False) and still_at(path, fd):
+            _remove(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:

@@ -362,6 +362,28 @@ def test_a_killed_pool_process_fails_its_items_and_the_batch_goes_on(
     assert sum(r.ok for r in results) >= len(blobs) - 4  # only what it held failed
 
 
+def test_a_killed_pool_process_leaves_no_lock_file_beside_an_item_it_finished(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    done, running = make(100, seed=2460), make(4 * PART, seed=2461)
+    slow(server, 100_000, f"/files/{running.name}")  # 256 KiB: still running when it dies
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([done, running])]
+    killed: list[int] = []
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
+
+    def kill_after_the_first(event: blobdl.BatchEvent) -> None:
+        if event.item == 0 and isinstance(event.event, blobdl.Finished):
+            mine = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+            pool = next(p for p in mine if not p.children())  # not the clean coordinator
+            killed.append(pool.pid)
+            pool.kill()
+
+    results = blobdl.download_many(items, max_connections=2, on_event=kill_after_the_first,
+                                   **fast(processes=1))  # fmt: skip
+    assert killed and results[0].ok and sha256_file(tmp_path / "o0") == done.sha256
+    assert not (tmp_path / "o0.blobdl-lock").exists()  # o0 is done: nobody's lock is there
+
+
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 
