@@ -85,7 +85,9 @@ class DestinationLock:
         if self.fd is None:
             return
         with held(drop=True):
-            if self.kept is not None and self.kept.keep(self.fd, self.path):
+            # Kept only for a destination finished: one left unfinished (too large for a
+            # seat, say) has a next writer at once, which a seat must not lock under it.
+            if kind is None and self.kept is not None and self.kept.keep(self.fd, self.path):
                 self.fd = None
                 return
             try:
@@ -161,8 +163,9 @@ class KeptLockFile:
         return None
 
     def keep(self, fd: int, path: Path) -> bool:
-        """Take back the lock file ``fd`` at ``path`` when its holder is done: unlocked,
-        kept open. False once the keeper is closed: the holder removes it as usual."""
+        """Take back the lock file ``fd`` at ``path`` once its destination is finished:
+        unlocked, kept open. False once the keeper is closed: the holder removes it as
+        usual (as it does for a destination left unfinished, see ``__exit__``)."""
         with self._guard:
             if self._closed or self._kept is not None:
                 return False

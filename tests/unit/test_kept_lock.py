@@ -175,3 +175,18 @@ def test_a_destination_the_seat_has_left_is_not_reported_locked(tmp_path: Path) 
     writer.seat.__exit__(None, None, None)
     kept.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_destination_left_unfinished_is_not_kept_for_its_next_writer(tmp_path: Path) -> None:
+    """A seat's item that goes on elsewhere (too large for a seat: the batch's own child
+    takes its lock at once) or fails: the keeper keeps no file that writer opens; moving or
+    removing it later would lock it under that writer (DestinationLocked at --lock-timeout 0)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    kept = KeptLockFile()
+    with pytest.raises(RuntimeError), DestinationLock(a, 0, kept):
+        raise RuntimeError("not small")
+    assert not lock_of(a).exists() and kept.at() is None
+    with DestinationLock(b, 0, kept):  # the next item makes its own
+        pass
+    kept.close()
+    assert list(tmp_path.iterdir()) == []
