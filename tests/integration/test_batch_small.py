@@ -21,7 +21,7 @@ import blobdl
 from blobdl import Item
 from blobdl.store._lock import DestinationLock
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file
+from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file, spawn_cli
 
 Make = Callable[..., Blob]
 SMALL = PART // 2  # fast_settings: parts of PART bytes, so a blob of PART or less is small
@@ -266,6 +266,55 @@ def test_a_seat_locks_each_of_its_items_with_the_one_lock_file_it_keeps(
     assert len(locks) == 3 and len(inodes) == 1  # one file: none made (nor removed) per item
     assert [sha256_file(tmp_path / f"o{n}") for n in range(3)] == [b.sha256 for b in blobs]
     assert list(tmp_path.glob("*.blobdl-*")) == []  # the pool's end removed it
+
+
+def locked_by_anyone(path: Path) -> bool:
+    """Whether some process holds a flock on the file at ``path`` (``/proc/locks``)."""
+    try:
+        inode = os.lstat(path).st_ino
+    except FileNotFoundError:
+        return False
+    return any(line.split()[5].endswith(f":{inode}") for line in Path("/proc/locks").open())
+
+
+def opened_by(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) == str(path) for fd in fds.iterdir() if fd.is_symlink())
+
+
+def test_a_writer_waiting_for_a_batchs_item_gets_it_when_the_item_is_done(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Another blobdl, given --lock-timeout, waits for an item of a batch running beside it;
+    once that item is done, it writes, while the batch's seat goes on with its next item."""
+    first, second, other = (make(100, seed=2470 + n) for n in range(3))
+    server.set_faults(late(server, 3, f"/files/{first.name}"),
+                      late(server, 5, f"/files/{second.name}"))  # fmt: skip
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{first.url} {tmp_path / 'o0'}\n{second.url} {tmp_path / 'o1'}\n")
+    batch = spawn_cli("-q", "-i", str(manifest), "--connections", "1")
+    writer = None
+    try:
+        deadline = time.monotonic() + 10
+        while not locked_by_anyone(tmp_path / "o0.blobdl-lock"):  # the seat writes o0
+            assert time.monotonic() < deadline and batch.poll() is None
+            time.sleep(0.02)
+        writer = spawn_cli("-q", other.url, "-o", str(tmp_path / "o0"), "--lock-timeout", "30",
+                           "--force")  # fmt: skip
+        while not opened_by(writer.pid, tmp_path / "o0.blobdl-lock"):  # and waits for it
+            assert time.monotonic() < deadline and writer.poll() is None
+            time.sleep(0.02)
+        assert writer.wait(30) == 0, writer.communicate()
+        assert not (tmp_path / "o1").exists()  # not after the seat's next item
+        assert batch.wait(30) == 0
+    finally:
+        for proc in (batch, writer):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert sha256_file(tmp_path / "o0") == other.sha256
+    assert sha256_file(tmp_path / "o1") == second.sha256
+    assert list(tmp_path.glob("*.blobdl-*")) == []
 
 
 def test_a_small_item_redirected_to_another_origin_carries_no_secret_header(
