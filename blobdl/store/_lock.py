@@ -120,25 +120,28 @@ class KeptLockFile:
     each, it would cost an inode each, and on ext4 every inode freed makes the next ones
     allocated in its group look further (measured: 7-10 % of the CPU of 400 × 1 MiB).
 
-    On release the holder lets go of the lock but keeps the file, open, at the name of the
-    destination it has finished. For the next destination it locks the file again and
-    moves it there. Other writers see what they always saw:
-    - Between two items the file is unlocked, as a lock file its holder let go. A writer of
-      that destination takes it so; the keeper then finds it taken and starts a new file.
-      One that removes it as stale (``blobdl prune``) makes the keeper start a new one too.
+    On release, while the destination is still locked, the file is moved out of its name
+    to a name of the keeper's own beside it (``.blobdl-kept-…``), then let go: to any other
+    writer the lock file went, as when a holder removes it. For the next destination the
+    keeper locks it again and moves it there. Other writers see what they always saw:
+    - A finished destination has no lock file: free at once. A writer that opened the file
+      before it moved (it waited for the destination) finds it gone once it locks it, and
+      opens the name again; none ever opens the file between two items, so none meets the
+      keeper locking it to move it on (which would refuse it a destination nobody writes).
     - The file is moved only while locked, only from the name it still has, and only to a
       name that nothing has (``rename_new``). A lock another writer holds, or a file planted
-      where the next lock goes, is never touched.
+      where the next lock goes, is never touched. One that removes the kept file (a sweep)
+      makes the keeper start a new one.
 
     ``close`` removes the file (the pool ends): a keeper closed keeps nothing more. A
     process killed between two items leaves the file, unlocked: its scheduler, told where
-    it is (``at``), removes it (``remove_stale``); else the next writer of that destination
-    takes it and removes it, as a killed download's lock file."""
+    it is (``at``), removes it (``remove_stale``)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()  # the pool's end may close it while its seat runs
         self._kept: tuple[int, Path] | None = None
         self._closed = False
+        self._name = f".blobdl-kept-{os.getpid()}-{os.urandom(4).hex()}{LOCK_SUFFIX}"
 
     def take(self, path: Path) -> int | None:
         """The kept file, locked and moved to ``path``: its descriptor, now the caller's,
@@ -163,14 +166,21 @@ class KeptLockFile:
         return None
 
     def keep(self, fd: int, path: Path) -> bool:
-        """Take back the lock file ``fd`` at ``path`` once its destination is finished:
-        unlocked, kept open. False once the keeper is closed: the holder removes it as
-        usual (as it does for a destination left unfinished, see ``__exit__``)."""
+        """Take back the lock file ``fd``, still locked at ``path``, once its destination is
+        finished: moved to the keeper's own name, unlocked, kept open. False if it cannot
+        be moved, or once the keeper is closed: the holder removes it as usual (as it does
+        for a destination left unfinished, see ``DestinationLock.__exit__``)."""
         with self._guard:
             if self._closed or self._kept is not None:
                 return False
+            kept = path.with_name(self._name)
+            try:  # still locked: nobody else owns this name now, as when a holder removes it
+                if not rename_new(path, kept):
+                    return False
+            except OSError:
+                return False
             fcntl.flock(fd, fcntl.LOCK_UN)  # the destination is free from now on
-            self._kept = (fd, path)
+            self._kept = (fd, kept)
             return True
 
     def at(self) -> str | None:
