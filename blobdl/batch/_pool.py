@@ -71,6 +71,7 @@ class _Done(NamedTuple):
 
     outcome: DownloadResult | BlobdlError
     kept: str | None  # the host the seat keeps a connection to (None: none)
+    lock: str | None  # the lock file the seat keeps (a killed process leaves it behind)
 
 
 class _Large(NamedTuple):
@@ -78,6 +79,7 @@ class _Large(NamedTuple):
 
     remote: Remote  # what its probe learned
     kept: str | None
+    lock: str | None
 
 
 class _Claim(NamedTuple):
@@ -308,12 +310,12 @@ def _fetch(seat: Seat, job: _Job, pipe: Connection) -> _Done | _Large:
         download = OneRequest(job.settings, seat, name if item.path is None else None, item.size)
         outcome = download.run(item.url, item.path, item.digest, tell)
     except NotSmall as large:
-        return _Large(large.remote, seat.session.open_to())
+        return _Large(large.remote, seat.session.open_to(), seat.lock_file.at())
     except BlobdlError as exc:
         outcome = exc
     except Exception as exc:  # a bug: report it as this item's, and go on with the next
         outcome = BlobdlError(f"small download failed unexpectedly: {exc!r}")
-    return _Done(outcome, seat.session.open_to())
+    return _Done(outcome, seat.session.open_to(), seat.lock_file.at())
 
 
 def _answer(pipe: Connection, message: Answer) -> None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..errors import BlobdlError
 from ..http._pool import prepare_tls
+from ..store._lock import LOCK_SUFFIX, remove_stale
 from ._budget import Budget
 from ._destinations import Destinations
 from ._outcomes import died
@@ -40,6 +42,9 @@ class Seats:
         self.table = CounterTable(budget.seats)  # the seats' slots: their share of the rate limit
         self.pool: Pool | None = None
         self.on_seat: dict[int, int] = {}  # seat -> the item it runs
+        # seat -> the lock files its process may leave if it dies: the one it keeps between
+        # items (its last answer says which), and its item's own
+        self.locks: dict[int, set[str]] = {}
 
     @property
     def busy(self) -> bool:
@@ -64,6 +69,8 @@ class Seats:
         """Give ``seat`` (started in the budget) its item."""
         assert self.pool is not None
         self.on_seat[seat] = job.number
+        if job.item.path is not None:
+            self.locks.setdefault(seat, set()).add(job.item.path + LOCK_SUFFIX)
         self.pool.start(seat, job)
 
     def drop(self, seat: int) -> None:
@@ -80,6 +87,9 @@ class Seats:
             return
         watch.forget_pool(pool)
         pool.close()
+        for number, proc in enumerate(pool.procs):
+            if proc.exitcode != 0:  # killed: it could not remove its seats' lock files
+                self._sweep(pool.ranges[number])
         for seat in range(len(pool.pipes)):
             self.budget.end(seat, None)
 
@@ -110,8 +120,16 @@ class Seats:
                 yield self.on_seat.pop(seat), died(proc)
             self.budget.end(seat, None)
         watch.forget(proc.sentinel)
+        self._sweep(self.pool.ranges[number])
         self.pool.restart(number)
         watch.process(self.pool, number)
+
+    def _sweep(self, seats: range) -> None:
+        """The lock files the seats of a process that died may have left, removed if nobody
+        holds them (``store._lock.remove_stale``)."""
+        for seat in seats:
+            for lock in self.locks.pop(seat, ()):
+                remove_stale(Path(lock))
 
     def _said(self, seat: int, answer: Answer) -> tuple[int, Said] | None:
         index = self.on_seat.get(seat)
@@ -119,6 +137,7 @@ class Seats:
             return None  # a late answer to a drop
         if isinstance(answer, _Done | _Large):  # the seat is free
             del self.on_seat[seat]
+            self.locks[seat] = {answer.lock} if answer.lock is not None else set()
             self.budget.end(seat, answer.kept)
             return index, answer
         if isinstance(answer, _Told):

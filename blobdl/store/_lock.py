@@ -4,7 +4,8 @@ process may hold open.
 
 The kernel drops a flock when its holder dies, so a crashed download never leaves the
 destination stuck. The lock file is removed by its holder on release; a waiter that locked
-a file which was removed meanwhile notices (different inode) and tries again. A seat of a
+a file which was removed meanwhile notices (different inode) and tries again, as does one
+still waiting on a file that has left the name (a seat moved it on). A seat of a
 batch's pool keeps its lock file instead, from one destination to the next
 (``KeptLockFile``).
 """
@@ -24,9 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from ..errors import DestinationLocked
+from ..errors import DestinationLocked, LocalFileError
 from ..processes._signals import held
-from ._files import open_own, rename_new, still_at, take_lock
+from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock
 
 log = logging.getLogger("blobdl")
 
@@ -56,10 +57,11 @@ class DestinationLock:
             try:
                 with held():  # a file opened is a file noted (and closed if we stop)
                     fd = self._open()
-                if not take_lock(fd, deadline=deadline):  # the wait: Ctrl-C ends it
+                taken = self._wait(fd, deadline)  # Ctrl-C ends it
+                if taken is False:
                     raise DestinationLocked(str(self.dest), _read_holder(fd))
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
-                    if still_at(self.path, fd):
+                    if taken and still_at(self.path, fd):
                         self.fd = fd
                         _write_holder(fd)
                         return self
@@ -69,7 +71,7 @@ class DestinationLock:
                 elif fd is not None:
                     os.close(fd)
                 raise
-            os.close(fd)  # we locked a file its previous holder had just removed
+            os.close(fd)  # a file its holder removed (or a seat moved) meanwhile: not dest's
 
     def __exit__(
         self,
@@ -83,7 +85,9 @@ class DestinationLock:
         if self.fd is None:
             return
         with held(drop=True):
-            if self.kept is not None and self.kept.keep(self.fd, self.path):
+            # Kept only for a destination finished: one left unfinished (too large for a
+            # seat, say) has a next writer at once, which a seat must not lock under it.
+            if kind is None and self.kept is not None and self.kept.keep(self.fd, self.path):
                 self.fd = None
                 return
             try:
@@ -91,6 +95,19 @@ class DestinationLock:
             finally:
                 os.close(self.fd)
                 self.fd = None
+
+    def _wait(self, fd: int, deadline: float) -> bool | None:
+        """Lock ``fd``, polling until ``deadline``: True once held, False once past it. None
+        once ``fd`` has left our name while held by another: a seat that kept it has moved
+        it to its next destination (``KeptLockFile``), or its holder removed it. Waiting on
+        it would wait for a destination that is not ours, and a holder that is not ours."""
+        while not take_lock(fd, wait=False):
+            if not still_at(self.path, fd):
+                return None
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL)
+        return True
 
     def _open(self) -> int:
         # Truncated once locked: a link planted at the name must not lead us to a victim.
@@ -103,24 +120,28 @@ class KeptLockFile:
     each, it would cost an inode each, and on ext4 every inode freed makes the next ones
     allocated in its group look further (measured: 7-10 % of the CPU of 400 × 1 MiB).
 
-    On release the holder lets go of the lock but keeps the file, open, at the name of the
-    destination it has finished. For the next destination it locks the file again and
-    moves it there. Other writers see what they always saw:
-    - Between two items the file is unlocked, as a lock file its holder let go. A writer of
-      that destination takes it so; the keeper then finds it taken and starts a new file.
-      One that removes it as stale (``blobdl prune``) makes the keeper start a new one too.
+    On release, while the destination is still locked, the file is moved out of its name
+    to a name of the keeper's own beside it (``.blobdl-kept-…``), then let go: to any other
+    writer the lock file went, as when a holder removes it. For the next destination the
+    keeper locks it again and moves it there. Other writers see what they always saw:
+    - A finished destination has no lock file: free at once. A writer that opened the file
+      before it moved (it waited for the destination) finds it gone once it locks it, and
+      opens the name again; none ever opens the file between two items, so none meets the
+      keeper locking it to move it on (which would refuse it a destination nobody writes).
     - The file is moved only while locked, only from the name it still has, and only to a
       name that nothing has (``rename_new``). A lock another writer holds, or a file planted
-      where the next lock goes, is never touched.
+      where the next lock goes, is never touched. One that removes the kept file (a sweep)
+      makes the keeper start a new one.
 
     ``close`` removes the file (the pool ends): a keeper closed keeps nothing more. A
-    process killed between two items leaves the file, unlocked, as a killed download leaves
-    its lock file: the next writer of that destination takes it and removes it."""
+    process killed between two items leaves the file, unlocked: its scheduler, told where
+    it is (``at``), removes it (``remove_stale``)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()  # the pool's end may close it while its seat runs
         self._kept: tuple[int, Path] | None = None
         self._closed = False
+        self._name = f".blobdl-kept-{os.getpid()}-{os.urandom(4).hex()}{LOCK_SUFFIX}"
 
     def take(self, path: Path) -> int | None:
         """The kept file, locked and moved to ``path``: its descriptor, now the caller's,
@@ -145,14 +166,27 @@ class KeptLockFile:
         return None
 
     def keep(self, fd: int, path: Path) -> bool:
-        """Take back the lock file ``fd`` at ``path`` when its holder is done: unlocked,
-        kept open. False once the keeper is closed: the holder removes it as usual."""
+        """Take back the lock file ``fd``, still locked at ``path``, once its destination is
+        finished: moved to the keeper's own name, unlocked, kept open. False if it cannot
+        be moved, or once the keeper is closed: the holder removes it as usual (as it does
+        for a destination left unfinished, see ``DestinationLock.__exit__``)."""
         with self._guard:
             if self._closed or self._kept is not None:
                 return False
+            kept = path.with_name(self._name)
+            try:  # still locked: nobody else owns this name now, as when a holder removes it
+                if not rename_new(path, kept):
+                    return False
+            except OSError:
+                return False
             fcntl.flock(fd, fcntl.LOCK_UN)  # the destination is free from now on
-            self._kept = (fd, path)
+            self._kept = (fd, kept)
             return True
+
+    def at(self) -> str | None:
+        """The name of the file kept now, if any (to be removed if our process is killed)."""
+        with self._guard:
+            return None if self._kept is None else str(self._kept[1])
 
     def close(self) -> None:
         """Remove the kept file, if it is still ours; keep none from now on."""
@@ -168,6 +202,22 @@ class KeptLockFile:
             pass
         finally:
             os.close(fd)
+
+
+def remove_stale(path: Path) -> None:
+    """Remove the lock file at ``path`` if nobody holds it: the one a killed seat kept
+    (``KeptLockFile``). A lock file held, or anything but one of ours, stays."""
+    try:
+        fd = open_own(path, os.O_RDWR)
+    except LocalFileError:  # gone already, or not ours to touch
+        return
+    try:
+        if take_lock(fd, wait=False) and still_at(path, fd):
+            _remove(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:

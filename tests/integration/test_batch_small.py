@@ -21,7 +21,7 @@ import blobdl
 from blobdl import Item
 from blobdl.store._lock import DestinationLock
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file
+from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file, spawn_cli
 
 Make = Callable[..., Blob]
 SMALL = PART // 2  # fast_settings: parts of PART bytes, so a blob of PART or less is small
@@ -268,6 +268,55 @@ def test_a_seat_locks_each_of_its_items_with_the_one_lock_file_it_keeps(
     assert list(tmp_path.glob("*.blobdl-*")) == []  # the pool's end removed it
 
 
+def locked_by_anyone(path: Path) -> bool:
+    """Whether some process holds a flock on the file at ``path`` (``/proc/locks``)."""
+    try:
+        inode = os.lstat(path).st_ino
+    except FileNotFoundError:
+        return False
+    return any(line.split()[5].endswith(f":{inode}") for line in Path("/proc/locks").open())
+
+
+def opened_by(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) == str(path) for fd in fds.iterdir() if fd.is_symlink())
+
+
+def test_a_writer_waiting_for_a_batchs_item_gets_it_when_the_item_is_done(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Another blobdl, given --lock-timeout, waits for an item of a batch running beside it;
+    once that item is done, it writes, while the batch's seat goes on with its next item."""
+    first, second, other = (make(100, seed=2470 + n) for n in range(3))
+    server.set_faults(late(server, 3, f"/files/{first.name}"),
+                      late(server, 5, f"/files/{second.name}"))  # fmt: skip
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{first.url} {tmp_path / 'o0'}\n{second.url} {tmp_path / 'o1'}\n")
+    batch = spawn_cli("-q", "-i", str(manifest), "--connections", "1")
+    writer = None
+    try:
+        deadline = time.monotonic() + 10
+        while not locked_by_anyone(tmp_path / "o0.blobdl-lock"):  # the seat writes o0
+            assert time.monotonic() < deadline and batch.poll() is None
+            time.sleep(0.02)
+        writer = spawn_cli("-q", other.url, "-o", str(tmp_path / "o0"), "--lock-timeout", "30",
+                           "--force")  # fmt: skip
+        while not opened_by(writer.pid, tmp_path / "o0.blobdl-lock"):  # and waits for it
+            assert time.monotonic() < deadline and writer.poll() is None
+            time.sleep(0.02)
+        assert writer.wait(30) == 0, writer.communicate()
+        assert not (tmp_path / "o1").exists()  # not after the seat's next item
+        assert batch.wait(30) == 0
+    finally:
+        for proc in (batch, writer):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert sha256_file(tmp_path / "o0") == other.sha256
+    assert sha256_file(tmp_path / "o1") == second.sha256
+    assert list(tmp_path.glob("*.blobdl-*")) == []
+
+
 def test_a_small_item_redirected_to_another_origin_carries_no_secret_header(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
@@ -360,6 +409,38 @@ def test_a_killed_pool_process_fails_its_items_and_the_batch_goes_on(
         assert not out.exists() or sha256_file(out) == blob.sha256
     assert all(r.result and sha256_file(r.result.path) for r in results if r.ok)
     assert sum(r.ok for r in results) >= len(blobs) - 4  # only what it held failed
+
+
+@pytest.mark.parametrize("other", ["small", "large"])
+def test_a_killed_pool_process_leaves_no_lock_file_beside_an_item_it_finished(
+    make: Make, server: ServerHandle, tmp_path: Path, other: str
+) -> None:
+    """The pool process dies just after its item o0 is done, while o1 runs: small, on the
+    pool's other seat (the process is forked again), or large, in a child of its own (the
+    pool then ends, nothing else being small)."""
+    done, running = make(100, seed=2460), make(2 * PART, seed=2461)
+    slow(server, 100_000, f"/files/{running.name}")  # still running when it dies
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([done, running])]
+    killed: list[int] = []
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
+
+    def kill_after_the_first(event: blobdl.BatchEvent) -> None:
+        if event.item == 0 and isinstance(event.event, blobdl.Finished):
+            mine = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+            # Forked first, and forks nothing (unlike the clean coordinator of a threaded
+            # caller): the pool's process, not o1's own.
+            pool = min((p for p in mine if not p.children()), key=lambda p: p.create_time())
+            killed.append(pool.pid)
+            pool.kill()
+
+    parts = 4 * PART if other == "small" else PART
+    results = blobdl.download_many(items, max_connections=2, on_event=kill_after_the_first,
+                                   **fast(processes=1, min_part_size=parts,
+                                          max_part_size=parts))  # fmt: skip
+    assert killed and sha256_file(tmp_path / "o0") == done.sha256
+    for result in results:  # o0 may have died after its rename, before it could say so
+        assert result.ok or "download process died" in str(result.error)
+    assert not (tmp_path / "o0.blobdl-lock").exists()  # o0 is done: nobody's lock is there
 
 
 # --- Ctrl-C --------------------------------------------------------------------------------

@@ -1,17 +1,22 @@
 """A seat of a batch keeps its lock file from one destination to the next (issue #23): a
 batch of small items then makes one lock inode per seat, not one per item, which ext4 makes
 each later file pay for. Every other writer sees the locks it always saw: a destination is
-locked exactly while its writer holds it, and the kept file, between two items, is as free
-as a lock file its holder has let go."""
+locked exactly while its writer holds it, and between two items the kept file is out of
+every destination's way, as a lock file its holder has removed."""
 
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from blobdl.errors import DestinationLocked, LocalFileError
+from blobdl.store import _lock
 from blobdl.store._lock import DestinationLock, KeptLockFile
 
 
@@ -50,7 +55,7 @@ def test_a_finished_destination_is_free_at_once_for_another_writer(tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_writer_that_took_the_kept_file_keeps_its_lock(tmp_path: Path) -> None:
+def test_a_writer_of_a_finished_destination_keeps_its_lock(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     kept = KeptLockFile()
     with DestinationLock(a, 0, kept):
@@ -99,8 +104,124 @@ def test_a_kept_file_removed_by_a_sweeper_is_not_resurrected(tmp_path: Path) -> 
     kept = KeptLockFile()
     with DestinationLock(a, 0, kept):
         pass
-    lock_of(a).unlink()  # `blobdl prune`, say: an unlocked lock file is stale
+    assert not lock_of(a).exists()  # free: nothing of the seat's at a's lock
+    kept_at = kept.at()
+    assert kept_at is not None and Path(kept_at).parent == tmp_path
+    Path(kept_at).unlink()  # a sweep, say: an unlocked lock file is stale
     with DestinationLock(b, 0, kept):
-        assert not lock_of(a).exists() and lock_of(b).exists()
+        assert not Path(kept_at).exists() and lock_of(b).exists()
     kept.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+WAITER = """
+import sys
+from pathlib import Path
+from blobdl.store._lock import DestinationLock
+with DestinationLock(Path(sys.argv[1]), 30):
+    print("locked", flush=True)
+"""
+
+
+def opened_by(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds ``path`` open (its lock file, while it waits)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) == str(path) for fd in fds.iterdir() if fd.is_symlink())
+
+
+def test_a_writer_waiting_for_a_destination_gets_it_once_the_seat_moves_on(
+    tmp_path: Path,
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    kept = KeptLockFile()
+    with DestinationLock(a, 0, kept):
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", WAITER, str(a)], stdout=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 10
+        while not opened_by(waiter.pid, lock_of(a)) and time.monotonic() < deadline:
+            time.sleep(0.01)  # it waits for a, the file it opened
+    try:
+        with DestinationLock(b, 0, kept):  # the seat's next item: a is nobody's from now on
+            assert waiter.stdout is not None
+            ready, _, _ = select.select([waiter.stdout], [], [], 5)
+            assert ready and waiter.stdout.readline() == "locked\n"
+    finally:
+        kept.close()
+        waiter.wait(30)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Overtaken(DestinationLock):
+    """A writer the seat overtakes: between its opening the lock file and its locking it,
+    the seat takes that file for its next item."""
+
+    def __init__(self, dest: Path, kept: KeptLockFile, then: Path) -> None:
+        super().__init__(dest, 0)
+        self.seat, self.then = DestinationLock(then, 0, kept), True
+
+    def _open(self) -> int:
+        fd = super()._open()
+        if self.then:
+            self.then = False
+            self.seat.__enter__()
+        return fd
+
+
+def test_a_destination_the_seat_has_left_is_not_reported_locked(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    kept = KeptLockFile()
+    with DestinationLock(a, 0, kept):
+        pass
+    writer = _Overtaken(a, kept, b)
+    with writer:  # --lock-timeout 0: nobody writes a, so no DestinationLocked
+        assert lock_of(a).exists() and inode(lock_of(a)) != inode(lock_of(b))
+    writer.seat.__exit__(None, None, None)
+    kept.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_destination_left_unfinished_is_not_kept_for_its_next_writer(tmp_path: Path) -> None:
+    """A seat's item that goes on elsewhere (too large for a seat: the batch's own child
+    takes its lock at once) or fails: the keeper keeps no file that writer opens; moving or
+    removing it later would lock it under that writer (DestinationLocked at --lock-timeout 0)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    kept = KeptLockFile()
+    with pytest.raises(RuntimeError), DestinationLock(a, 0, kept):
+        raise RuntimeError("not small")
+    assert not lock_of(a).exists() and kept.at() is None
+    with DestinationLock(b, 0, kept):  # the next item makes its own
+        pass
+    kept.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("then", ["next item", "pool ends"])
+def test_a_writer_of_a_finished_destination_never_meets_the_seat_moving_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """The seat locks its kept file a moment to move it on (its next item) or remove it (the
+    pool ends). A writer of the destination it finished, at that very moment, must not be
+    told the destination is locked (--lock-timeout 0): nobody writes it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    kept = KeptLockFile()
+    with DestinationLock(a, 0, kept):
+        pass
+    met: list[BaseException | None] = []
+    checked = _lock.still_at
+
+    def and_meanwhile(path: str | os.PathLike[str], fd: int) -> bool:
+        if not met:  # the seat holds its file now: a writer of a comes, in another process
+            met.append(None)
+            writer = subprocess.run([sys.executable, "-c", WAITER.replace("30", "0"), str(a)],
+                                    capture_output=True, text=True, timeout=30)  # fmt: skip
+            met[0] = None if writer.stdout == "locked\n" else RuntimeError(writer.stderr)
+        return checked(path, fd)
+
+    monkeypatch.setattr(_lock, "still_at", and_meanwhile)
+    if then == "next item":
+        with DestinationLock(b, 0, kept):
+            pass
+    kept.close()
+    assert met == [None], met
     assert list(tmp_path.iterdir()) == []
