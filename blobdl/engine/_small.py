@@ -71,7 +71,7 @@ class Seat:
         self.cancel = Cancel(self.session)
         self.table, self.slot = table, slot
         self.filler = Filler(Attempt(slot, True, 0, -1, ""), table, buffer_size, self.cancel)
-        self.lock_file = KeptLockFile()  # closed when its pool process ends
+        self.lock_file = KeptLockFile(slot)  # closed when its pool process ends
         self.unsynced: set[Path] = set()  # see ``OneRequest._finalize``
         self.signum: int = signal.SIGTERM  # the signal its batch was stopped by, once cut
         self.answer: tuple[Remote, RangeBody | None] | None = None  # the item's first GET

@@ -121,7 +121,7 @@ class KeptLockFile:
     allocated in its group look further (measured: 7-10 % of the CPU of 400 × 1 MiB).
 
     On release, while the destination is still locked, the file is moved out of its name
-    to a name of the keeper's own beside it (``.blobdl-kept-…``), then let go: to any other
+    to a name of the keeper's own beside it (``.blobdl-kept-SEAT``), then let go: to any other
     writer the lock file went, as when a holder removes it. For the next destination the
     keeper locks it again and moves it there. Other writers see what they always saw:
     - A finished destination has no lock file: free at once. A writer that opened the file
@@ -133,15 +133,18 @@ class KeptLockFile:
       where the next lock goes, is never touched. One that removes the kept file (a sweep)
       makes the keeper start a new one.
 
-    ``close`` removes the file (the pool ends): a keeper closed keeps nothing more. A
+    ``close`` removes the file (the pool ends): a keeper closed keeps nothing more. A pool
     process killed between two items leaves the file, unlocked: its scheduler, told where
-    it is (``at``), removes it (``remove_stale``)."""
+    it is (``at``), removes it (``remove_stale``). A batch killed whole leaves one per seat;
+    the next seat of that number to keep a file in that directory finds it unheld and
+    removes it. A kept name held by another batch's seat (numbered alike) is left alone:
+    the keeper then keeps nothing, and its lock file is removed as usual."""
 
-    def __init__(self) -> None:
+    def __init__(self, slot: int = 0) -> None:
         self._guard = threading.Lock()  # the pool's end may close it while its seat runs
         self._kept: tuple[int, Path] | None = None
         self._closed = False
-        self._name = f".blobdl-kept-{os.getpid()}-{os.urandom(4).hex()}{LOCK_SUFFIX}"
+        self._name = f".blobdl-kept-{slot}{LOCK_SUFFIX}"  # the seat's: unique in its batch
 
     def take(self, path: Path) -> int | None:
         """The kept file, locked and moved to ``path``: its descriptor, now the caller's,
@@ -175,7 +178,11 @@ class KeptLockFile:
                 return False
             kept = path.with_name(self._name)
             try:  # still locked: nobody else owns this name now, as when a holder removes it
-                if not rename_new(path, kept):
+                # Taken: by a file a killed batch's seat left (nobody holds it: it goes),
+                # or by another batch's seat of our number (held: it stays, we keep none).
+                if not rename_new(path, kept) and not (
+                    remove_stale(kept) and rename_new(path, kept)
+                ):
                     return False
             except OSError:
                 return False
@@ -204,13 +211,14 @@ class KeptLockFile:
             os.close(fd)
 
 
-def remove_stale(path: Path) -> None:
+def remove_stale(path: Path) -> bool:
     """Remove the lock file at ``path`` if nobody holds it: the one a killed seat kept
-    (``KeptLockFile``). A lock file held, or anything but one of ours, stays."""
+    (``KeptLockFile``). A lock file held, or anything but one of ours, stays. Whether
+    nothing is at ``path`` now."""
     try:
         fd = open_own(path, os.O_RDWR)
     except LocalFileError:  # gone already, or not ours to touch
-        return
+        return not os.path.lexists(path)
     try:
         if take_lock(fd, wait=False) and still_at(path, fd):
             _remove(path)
@@ -218,6 +226,7 @@ def remove_stale(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+    return not os.path.lexists(path)
 
 
 def _remove(path: Path) -> None:

@@ -6,6 +6,7 @@ every destination's way, as a lock file its holder has removed."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import subprocess
@@ -225,3 +226,42 @@ def test_a_writer_of_a_finished_destination_never_meets_the_seat_moving_on(
     kept.close()
     assert met == [None], met
     assert list(tmp_path.iterdir()) == []
+
+
+def kept_name(slot: int) -> str:
+    return f".blobdl-kept-{slot}.blobdl-lock"
+
+
+def test_a_kept_file_a_killed_batch_left_is_removed_by_the_next_keeper_of_its_name(
+    tmp_path: Path,
+) -> None:
+    """A batch SIGKILLed between two items leaves its seats' kept files (nobody is left to
+    remove them). Their names are the seats' own, so the next batch's seat that keeps a
+    file in that directory finds its name taken by a file nobody holds: it removes it."""
+    stale = tmp_path / kept_name(0)
+    stale.write_bytes(b"4242")  # what a killed seat leaves: unlocked
+    kept = KeptLockFile(0)
+    with DestinationLock(tmp_path / "a", 0, kept):
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == [stale.name]
+    assert stale.read_bytes() == str(os.getpid()).encode()  # ours now, the stale one gone
+    kept.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_kept_file_another_batch_holds_is_never_touched(tmp_path: Path) -> None:
+    """Two batches writing one directory have seats of the same numbers: a kept name taken
+    by a file locked (that batch's seat is moving it on) stays; ours is removed as usual."""
+    other = tmp_path / kept_name(0)
+    other.write_bytes(b"4242")
+    fd = os.open(other, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held by the other batch's seat
+        kept = KeptLockFile(0)
+        with DestinationLock(tmp_path / "a", 0, kept):
+            pass
+        assert [p.name for p in tmp_path.iterdir()] == [other.name]
+        assert other.read_bytes() == b"4242" and kept.at() is None
+        kept.close()
+    finally:
+        os.close(fd)
