@@ -365,6 +365,46 @@ def test_an_interrupted_hf_run_resumes_where_it_stopped(
     )
 
 
+def test_an_interrupted_local_dir_run_resumes_and_huggingface_hub_then_fetches_nothing(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """``--local-dir`` keeps its partial where huggingface_hub keeps its own bookkeeping
+    (``.cache/huggingface/download``): Ctrl-C keeps it, the rerun resumes it, and the local
+    dir is then one huggingface_hub takes as complete."""
+    big = repos["acme/big"]
+    hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 1 << 20, "times": None})
+    ld = tmp_path / "ld"
+    env = {**hf_env(hub.url, tmp_path), "PYTHONUNBUFFERED": "1"}
+    args = ["hf", "acme/big", "--local-dir", str(ld), "--json", *FAST, *PACED]
+    proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("event") == "progress" and event["done"] >= BIG // 4:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert not (ld / "model.safetensors").exists()
+    download = ld / ".cache" / "huggingface" / "download"
+    assert [p.name for p in download.rglob("model.safetensors*.blobdl-tmp")], tree(ld)
+    hub.storage.set_faults()
+    done = blobdl_hf(hub, tmp_path, "acme/big", "--local-dir", str(ld), "--json")
+    assert done.returncode == 0, done.stderr
+    finished = [json.loads(x) for x in done.stdout.splitlines() if '"finished"' in x]
+    assert finished and finished[0]["resumed"] >= BIG // 4
+    assert hub.storage.stats()["bytes_sent"] < 2 * BIG
+    assert contents(ld) == big.contents[big.refs["main"]]
+    assert not [p for p in ld.rglob("*") if ".blobdl-" in p.name]  # nothing of ours is left
+    before = len(hub.log())
+    hub.reset()
+    got = call(hf_env(hub.url, tmp_path / "home"), "snapshot_download", repo_id="acme/big",
+               local_dir=str(ld))  # fmt: skip
+    assert "error" not in got, got
+    assert resolves(hub, before) == [] and hub.storage.stats()["requests"] == 0
+
+
 def test_two_runs_sharing_a_cache_fetch_each_blob_once(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:
