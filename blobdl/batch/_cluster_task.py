@@ -38,7 +38,7 @@ from ..processes import _spare
 from ..store._cache import entry_path as cache_entry
 from ..store._names import default_name, name_from_url
 from ._cluster_budget import Budget, Held, leases
-from ._cluster_worker import Channel, Relay, Sent, Stopped, Watch, worker_name
+from ._cluster_worker import Channel, Relay, Sent, StopCheck, Stopped, worker_name
 from ._items import Item, inside
 from ._share_folder import ShareFolder
 
@@ -75,7 +75,7 @@ def probe(job: Job) -> Probed:
     worker = worker_name()
     if _cached(job.item, job.settings):
         return Probed(worker, None, None)
-    watch = Watch(job.channel.stop)
+    watch = StopCheck(job.channel.stop)
     try:
         with leases(job.budget, _host(job.item.url), 1, watch.stopped):
             return Probed(worker, resolve(job.item.url, job.settings), None)

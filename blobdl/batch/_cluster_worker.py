@@ -46,7 +46,7 @@ def worker_name() -> str:
     return str(worker.name if worker.name is not None else worker.address)
 
 
-class Watch:
+class StopCheck:
     """Whether the task should stop; asked often, it looks at most every ``LOOK_EVERY``
     seconds, and once stopped it stays stopped."""
 
@@ -87,7 +87,7 @@ class Relay:
         self.name = worker_name()
         self.attempt = uuid.uuid4().hex
         self.sent = 0
-        self.watch = Watch(channel.stop)
+        self.watch = StopCheck(channel.stop)
 
     def __call__(self, event: Any) -> None:
         self.send(event)
