@@ -24,6 +24,7 @@ seats answer), ``_item_process`` (a large item's child, both ends of its pipe), 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -204,7 +205,9 @@ class _Scheduler:
                 interrupts.check()  # a signal during the last item is not lost
                 self.seats.close(self.watch)
             except Interrupted as exc:
+                cut = self._running()
                 self._stop(exc.signum)
+                self._cut(cut, exc)
                 raise
             except BaseException:  # a raising callback, say: never leave children running
                 self._stop(signal.SIGTERM)
@@ -346,6 +349,20 @@ class _Scheduler:
         self.outcomes.store(index, self.items[index], outcome)
 
     # --- stopping -------------------------------------------------------------------------
+
+    def _running(self) -> list[int]:
+        """The items under way: on a seat, or in a child of their own."""
+        return sorted({*self.seats.on_seat.values(), *self.large.running})
+
+    def _cut(self, items: list[int], stop: Interrupted) -> None:
+        """The batch was stopped: each item it cut gets its last word, a ``failed`` event
+        (exit 130), as one that ended on its own gets ``finished``. Its own report was
+        dropped with its child's pipe (``_stop.stop``). A callback that fails now is not
+        heard: the stop is what the caller gets."""
+        for index in items:
+            if index not in self.outcomes.results:
+                with contextlib.suppress(Exception):
+                    self._failed(index, stop)
 
     def _stop(self, signum: int) -> None:
         """Every seat's item and every child ends, and is reaped (``_stop.stop``)."""

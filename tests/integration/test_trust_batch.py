@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -413,3 +414,37 @@ def test_json_progress_of_a_batch_is_still_one_line_per_event(
     assert result.returncode == 0
     assert all(json.loads(line) for line in result.stdout.splitlines())
     assert os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_stopped_batch_tells_json_readers_how_each_running_item_ended(
+    make: Make, server: ServerHandle, tmp_path: Path, how: str
+) -> None:
+    """``--json`` gives every item a last word: an item that started and was cut by the stop
+    gets its ``failed`` event (exit 130), as one that ended on its own gets ``finished``."""
+    small, large = make(1000, seed=930), make(16 * PART, seed=931)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{small.url} {tmp_path / 'small'}\n{large.url} {tmp_path / 'large'}\n")
+    pace(server, 20_000)  # the large one takes minutes
+    proc = spawn_batch(manifest, tmp_path, "--min-part-size", "256KB", "--max-part-size",
+                       "256KB", "--checkpoint-interval", "0.05")  # fmt: skip
+    stdout = tmp_path / "stdout.txt"
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in stdout.read_text().splitlines() if line.strip()]
+
+    try:
+        wait_for(lambda: any(r.get("event") == "started" and r.get("item") == 1
+                             for r in records()), "the large item's start")  # fmt: skip
+        proc.send_signal(getattr(signal, how))
+        assert proc.wait(timeout=DEADLINE) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    last = {r["item"]: r for r in records() if r.get("event") in ("finished", "failed")}
+    started = {r["item"] for r in records() if r.get("event") == "started"}
+    assert started <= set(last), (started, last)  # every item that started has its last word
+    assert last[1]["event"] == "failed" and last[1]["exit_code"] == 130, last[1]
