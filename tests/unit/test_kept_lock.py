@@ -265,3 +265,16 @@ def test_a_kept_file_another_batch_holds_is_never_touched(tmp_path: Path) -> Non
         kept.close()
     finally:
         os.close(fd)
+
+
+def test_a_link_planted_at_the_kept_name_is_never_followed(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_text("victim")
+    planted = tmp_path / kept_name(0)
+    planted.symlink_to(target)
+    kept = KeptLockFile(0)
+    with DestinationLock(tmp_path / "a", 0, kept):
+        pass
+    kept.close()
+    assert planted.is_symlink() and target.read_text() == "victim"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([planted.name, "target"])
