@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -146,6 +147,9 @@ class Registry:
         self.tokens: dict[str, str] = {}  # scope -> Bearer token
         self.scheme = ""  # the auth scheme the registry asked for ("" until it asks)
         self.scope = f"repository:{ref.repository}:pull"
+        # Blob lookups run at once (``blob_sources``): a 401 to several of them is answered
+        # by one token, fetched by the first; the others wait for it and use it.
+        self._auth_lock = threading.Lock()
 
     # --- what a pull asks -------------------------------------------------------------------
 
@@ -242,10 +246,13 @@ class Registry:
 
     def _send(self, url: str, extra: Headers, limit: int) -> Document:
         """One request, authenticating once if the registry answers 401."""
-        answer = self._get(url, {**extra, **self.headers_for(url)}, limit)
+        sent = self.headers_for(url)
+        answer = self._get(url, {**extra, **sent}, limit)
         if answer.status != 401 or not same_origin(url, self.base):
             return answer
-        self._authenticate(url, answer.headers.get("WWW-Authenticate", ""))
+        with self._auth_lock:
+            if self.headers_for(url) == sent:  # else another lookup has renewed it meanwhile
+                self._authenticate(url, answer.headers.get("WWW-Authenticate", ""))
         answer = self._get(url, {**extra, **self.headers_for(url)}, limit)
         if answer.status == 401:
             raise AuthRefused(url, "the registry refused the credentials")

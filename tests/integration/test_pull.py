@@ -216,6 +216,23 @@ def test_a_token_expiring_mid_layer_resumes_the_layer(
     assert layer is not None and layer.resumed > 0
 
 
+def test_a_token_expiring_under_several_layers_is_renewed_once(
+    token_registry: Registry, tmp_path: Path, no_docker_config: Path
+) -> None:
+    """Every layer still running when the token expires is looked up again, all at once:
+    one of those lookups fetches the new token, the others wait for it and use it (one per
+    lookup would ask the token server for as many tokens as there are layers)."""
+    model = token_registry.push_model("library/expiring-many", "v1", (384 * KB,) * 4)
+    tokens = token_registry.tokens
+    assert tokens is not None
+    tokens.control(ttls=[1.5])  # the first token ends while every layer still runs
+    issued = tokens.stats()["issued"]
+    settings = fast_settings(limit_rate=256 * KB, connections=8, checkpoint_interval=0.1)
+    blobdl.pull(ref(token_registry, model), tmp_path / "m", settings=settings)
+    assert_store(tmp_path / "m", token_registry, model)
+    assert tokens.stats()["issued"] == issued + 2  # the first token, and its one renewal
+
+
 def test_basic_credentials_come_from_the_docker_config(
     token_registry: Registry, tmp_path: Path, no_docker_config: Path
 ) -> None:
