@@ -132,7 +132,7 @@ def registry_url(ref: Reference, plain_http: bool) -> str:
 
 Headers = dict[str, str]
 Source = tuple[str, tuple[tuple[str, str], ...]]  # a blob's URL, and the headers it is sent
-LOOKUPS = 8  # blob lookups in flight at once
+LOOKUPS = 8  # blob lookups in flight at once, at most (and never more than the budget)
 
 
 class Registry:
@@ -172,8 +172,9 @@ class Registry:
 
     def blob_sources(self, blobs: Sequence[Blob]) -> list[Source]:
         """Where to GET each of ``blobs`` and with which headers: the registry asked about
-        ``LOOKUPS`` of them at once. One after another, their round trips held the start of
-        every blob up (a few ms each on loopback, 50 ms and more from a distant registry).
+        ``LOOKUPS`` of them at once, as far as ``connections`` (the pull's budget of
+        sockets) allows. One after another, their round trips held the start of every blob
+        up (a few ms each on loopback, 50 ms and more from a distant registry).
         The first failure, in ``blobs``' order, is raised. When it returns its threads have
         ended (a batch forks next) and the pool is cleared: no socket of ours is inherited
         by the processes forked later."""
@@ -185,9 +186,10 @@ class Registry:
             except BaseException as exc:  # raised below, on the caller's thread
                 found[n] = exc
 
+        at_once = max(1, min(LOOKUPS, self.settings.connections))
         try:
-            for start in range(0, len(blobs), LOOKUPS):
-                group = range(start, min(len(blobs), start + LOOKUPS))
+            for start in range(0, len(blobs), at_once):
+                group = range(start, min(len(blobs), start + at_once))
                 if len(group) == 1:
                     look(group[0])
                 else:

@@ -335,8 +335,25 @@ def test_the_registry_is_asked_where_each_blob_is_all_at_once(
         relay.set_faults([{"match": "/blobs/", "range": "bytes=0-0", "hold": 0.5}])
         where = relay.url.removeprefix("http://")
         blobdl.pull(f"http://{where}/{model.repo}:{model.tag}", tmp_path / "m",
-                    settings=fast_settings())  # fmt: skip
+                    settings=fast_settings(connections=8))  # fmt: skip
         assert relay.held_peak() == len(model.blobs)  # every lookup in flight at once
+    finally:
+        relay.stop()
+    for digest, data in model.blobs.items():
+        assert (tmp_path / "m" / "blobs" / digest.replace(":", "-")).read_bytes() == data
+
+
+def test_the_lookups_keep_within_the_connection_budget(registry: Registry, tmp_path: Path) -> None:
+    """``--connections`` counts every socket, the lookups of where each blob is included:
+    with a budget of 2, no more than 2 are in flight at once, however many blobs there are."""
+    model = registry.push_model("library/lookups-budget", "v1", (10 * KB, 20, 30, 40))
+    relay = start_relay(tmp_path / "relay", registry.url)
+    try:
+        relay.set_faults([{"match": "/blobs/", "range": "bytes=0-0", "hold": 0.3}])
+        where = relay.url.removeprefix("http://")
+        blobdl.pull(f"http://{where}/{model.repo}:{model.tag}", tmp_path / "m",
+                    settings=fast_settings(connections=2))  # fmt: skip
+        assert relay.held_peak() == 2
     finally:
         relay.stop()
     for digest, data in model.blobs.items():
