@@ -9,7 +9,7 @@ from multiprocessing.process import BaseProcess
 
 from .._redact import redact_url
 from ..errors import BlobdlError, WorkerCrashed
-from ..events import DownloadResult, Event, Failed
+from ..events import DownloadResult, Event, Failed, Finished
 from ._items import BatchCallback, BatchEvent, Item, ItemResult
 
 
@@ -19,6 +19,9 @@ class Outcomes:
     def __init__(self, tell: BatchCallback | None) -> None:
         self.tell = tell
         self.results: dict[int, ItemResult] = {}
+        # Items whose last word (``Finished`` or ``Failed``) was passed on: their outcome
+        # follows it in a message of its own, which a stop may leave unread.
+        self.ended: set[int] = set()
 
     @property
     def heard(self) -> bool:
@@ -26,8 +29,14 @@ class Outcomes:
         return self.tell is not None
 
     def event(self, index: int, event: Event) -> None:
+        if isinstance(event, Finished | Failed):
+            self.ended.add(index)
         if self.tell is not None:
             self.tell(BatchEvent(index, event))
+
+    def said_last(self, index: int) -> bool:
+        """Whether the item has had its last word: its outcome, or the event that ends it."""
+        return index in self.results or index in self.ended
 
     def store(self, index: int, item: Item, outcome: DownloadResult | BlobdlError) -> None:
         if isinstance(outcome, DownloadResult):

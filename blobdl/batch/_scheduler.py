@@ -357,10 +357,11 @@ class _Scheduler:
     def _cut(self, items: list[int], stop: Interrupted) -> None:
         """The batch was stopped: each item it cut gets its last word, a ``failed`` event
         (exit 130), as one that ended on its own gets ``finished``. Its own report was
-        dropped with its child's pipe (``_stop.stop``). A callback that fails now is not
-        heard: the stop is what the caller gets."""
+        dropped with its child's pipe (``_stop.stop``); one that said ``finished`` (or
+        ``failed``) before the stop has had its last word already. A callback that fails
+        now is not heard: the stop is what the caller gets."""
         for index in items:
-            if index not in self.outcomes.results:
+            if not self.outcomes.said_last(index):
                 with contextlib.suppress(Exception):
                     self._failed(index, stop)
 

@@ -448,3 +448,25 @@ def test_a_stopped_batch_tells_json_readers_how_each_running_item_ended(
     started = {r["item"] for r in records() if r.get("event") == "started"}
     assert started <= set(last), (started, last)  # every item that started has its last word
     assert last[1]["event"] == "failed" and last[1]["exit_code"] == 130, last[1]
+
+
+@pytest.mark.parametrize("size", [1000, 16 * PART], ids=["on a seat", "in its own child"])
+def test_a_stop_after_an_items_finished_event_adds_no_failed_after_it(
+    make: Make, tmp_path: Path, size: int
+) -> None:
+    """An item says ``finished``, then its outcome, one message after the other; a stop that
+    comes between the two (here: Ctrl-C while the caller handles the ``finished``) cuts an
+    item that had already ended. Its last word stays ``finished``: no ``failed`` after it."""
+    blob = make(size, seed=933)
+    items = [Item(blob.url, str(tmp_path / "o"))]
+    said: list[type[blobdl.Event]] = []
+
+    def note(event: blobdl.BatchEvent) -> None:
+        said.append(type(event.event))
+        if isinstance(event.event, blobdl.Finished):
+            os.kill(os.getpid(), signal.SIGINT)  # its outcome is still in the pipe
+
+    with pytest.raises(blobdl.Interrupted):
+        blobdl.download_many(items, on_event=note, settings=fast_settings())
+    assert said[-1] is blobdl.Finished, said
+    assert sha256_file(tmp_path / "o") == blob.sha256
