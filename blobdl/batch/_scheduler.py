@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from ..config import MAX_CONNECTIONS, Settings, check_int, check_path
 from ..engine._download import Downloader
 from ..errors import BlobdlError, Interrupted, UsageError
-from ..events import DownloadResult
+from ..events import DownloadResult, Finished
 from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._signals import Interrupts
@@ -206,8 +206,8 @@ class _Scheduler:
                 self.seats.close(self.watch)
             except Interrupted as exc:
                 cut = self._running()
-                self._stop(exc.signum)
-                self._cut(cut, exc)
+                finished = self._stop(exc.signum)
+                self._cut(cut, finished, exc)
                 raise
             except BaseException:  # a raising callback, say: never leave children running
                 self._stop(signal.SIGTERM)
@@ -354,18 +354,32 @@ class _Scheduler:
         """The items under way: on a seat, or in a child of their own."""
         return sorted({*self.seats.on_seat.values(), *self.large.running})
 
-    def _cut(self, items: list[int], stop: Interrupted) -> None:
+    def _cut(
+        self, items: list[int], finished: dict[int, DownloadResult], stop: Interrupted
+    ) -> None:
         """The batch was stopped: each item it cut gets its last word, a ``failed`` event
         (exit 130), as one that ended on its own gets ``finished``. Its own report was
         dropped with its child's pipe (``_stop.stop``); one that said ``finished`` (or
-        ``failed``) before the stop has had its last word already. A callback that fails
-        now is not heard: the stop is what the caller gets."""
+        ``failed``) before the stop has had its last word already, and one whose result
+        came while the batch stopped (``finished``) is told ``finished``: its file is in
+        place. A callback that fails now is not heard: the stop is what the caller gets."""
         for index in items:
-            if not self.outcomes.said_last(index):
-                with contextlib.suppress(Exception):
+            if self.outcomes.said_last(index):
+                continue
+            with contextlib.suppress(Exception):
+                if index in finished:
+                    self._store(index, finished[index])
+                    self.outcomes.event(index, Finished(finished[index]))
+                else:
                     self._failed(index, stop)
 
-    def _stop(self, signum: int) -> None:
-        """Every seat's item and every child ends, and is reaped (``_stop.stop``)."""
-        stop(self.seats.pool, list(self.large.running.values()), signum)
+    def _stop(self, signum: int) -> dict[int, DownloadResult]:
+        """Every seat's item and every child ends, and is reaped (``_stop.stop``); the items
+        that finished meanwhile, and their results."""
+        pool, running = self.seats.pool, list(self.large.running.values())
+        whose = {child.conn: child.item for child in running}
+        if pool is not None:
+            whose.update({pool.pipes[seat]: item for seat, item in self.seats.on_seat.items()})
+        finished = stop(pool, running, signum)
         self.large.reaped()
+        return {whose[conn]: result for conn, result in finished.items() if conn in whose}

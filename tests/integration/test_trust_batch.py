@@ -470,3 +470,27 @@ def test_a_stop_after_an_items_finished_event_adds_no_failed_after_it(
         blobdl.download_many(items, on_event=note, settings=fast_settings())
     assert said[-1] is blobdl.Finished, said
     assert sha256_file(tmp_path / "o") == blob.sha256
+
+
+@pytest.mark.parametrize("size", [1000, 16 * PART], ids=["on a seat", "in its own child"])
+def test_an_item_that_ends_while_the_batch_stops_is_told_finished(
+    make: Make, tmp_path: Path, size: int
+) -> None:
+    """A stop that comes while an item's last reports are on their way (here: Ctrl-C while
+    the caller handles its ``started``, and the item ends meanwhile) finds an item that has
+    finished, its file in place: it is told ``finished``, not ``failed`` (exit 130)."""
+    blob = make(size, seed=934)
+    items = [Item(blob.url, str(tmp_path / "o"))]
+    said: list[type[blobdl.Event]] = []
+
+    def note(event: blobdl.BatchEvent) -> None:
+        said.append(type(event.event))
+        if isinstance(event.event, blobdl.Started):
+            os.kill(os.getpid(), signal.SIGINT)
+            wait_for((tmp_path / "o").exists, "the item in place")
+            time.sleep(0.2)  # its last reports are said, and nobody reads them yet
+
+    with pytest.raises(blobdl.Interrupted):
+        blobdl.download_many(items, on_event=note, settings=fast_settings())
+    assert sha256_file(tmp_path / "o") == blob.sha256
+    assert said[-1] is blobdl.Finished, said
