@@ -44,6 +44,14 @@ class Destinations:
         holder = self.claimed.setdefault(os.path.abspath(path), index)
         return None if holder == index else holder
 
+    def named(self, index: int, item: Item) -> Item:
+        """Item ``index`` with the path it writes, if it was given none but has been named
+        since (a seat's claim, say)."""
+        if item.path is not None:
+            return item
+        path = next((p for p, holder in self.claimed.items() if holder == index), None)
+        return item if path is None else item._replace(path=path)
+
     def _name(self, index: int, item: Item, name: str) -> Item:
         """Item ``index`` with the path ``name`` (inside the base directory, if any), if no
         other item of the batch writes there (else a LocalFileError)."""

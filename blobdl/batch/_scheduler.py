@@ -370,8 +370,10 @@ class _Scheduler:
                 if index in finished:
                     self._store(index, finished[index])
                     self.outcomes.event(index, Finished(finished[index]))
-                else:
-                    self._failed(index, stop)
+                else:  # one named after its probe says where
+                    self.outcomes.failed(
+                        index, self.destinations.named(index, self.items[index]), stop
+                    )
 
     def _stop(self, signum: int) -> dict[int, DownloadResult]:
         """Every seat's item and every child ends, and is reaped (``_stop.stop``); the items

@@ -494,3 +494,35 @@ def test_an_item_that_ends_while_the_batch_stops_is_told_finished(
         blobdl.download_many(items, on_event=note, settings=fast_settings())
     assert sha256_file(tmp_path / "o") == blob.sha256
     assert said[-1] is blobdl.Finished, said
+
+
+def test_a_stopped_item_named_after_its_probe_is_told_failed_at_its_name(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """An item given no path is named by its seat's probe; the ``failed`` event a stop gives
+    it names the path its ``started`` did, not an empty one."""
+    blob = make(200_000, seed=935)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url}\n")
+    pace(server, 20_000)  # ten seconds: stopped while it runs
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = spawn_batch(manifest, tmp_path, "--base-dir", str(out))
+    stdout = tmp_path / "stdout.txt"
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in stdout.read_text().splitlines() if line.strip()]
+
+    try:
+        wait_for(lambda: any(r.get("event") == "started" for r in records()), "its start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=DEADLINE) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    [started] = [r for r in records() if r.get("event") == "started"]
+    [failed] = [r for r in records() if r.get("event") == "failed" and "item" in r]
+    assert failed["path"] == started["path"] != "" and failed["exit_code"] == 130, failed
