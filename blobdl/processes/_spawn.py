@@ -91,7 +91,8 @@ def in_threads(calls: Sequence[Callable[[], None]], within: float = 1.0) -> None
     kernel too: a joined thread's task outlives its ``join`` by a moment, and ``threaded()``
     would then count it, so a fork right after (a batch's) would be refused. Waits at most
     ``within`` seconds for those tasks after the joins. A call's exception is its own to
-    keep: ``calls`` must not raise."""
+    keep: ``calls`` must not raise. A thread the machine refuses (too little memory, too
+    many threads) is ``OutOfResources``, once those that started have ended."""
     ended: list[int] = []
 
     def run(call: Callable[[], None]) -> None:
@@ -100,12 +101,26 @@ def in_threads(calls: Sequence[Callable[[], None]], within: float = 1.0) -> None
 
     threads = [threading.Thread(target=run, args=(call,), name="blobdl-call", daemon=True)
                for call in calls]  # fmt: skip
+    started: list[threading.Thread] = []
+    refused: RuntimeError | None = None
     for thread in threads:
-        thread.start()
-    for thread in threads:
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": EAGAIN, ENOMEM
+            refused = exc
+            break
+        started.append(thread)
+    for thread in started:
         thread.join()
+    _gone(ended, within)
+    if refused is not None:
+        raise OutOfResources("start a thread", f"{refused} (not enough memory, or ulimit -u)")
+
+
+def _gone(tids: list[int], within: float) -> None:
+    """Wait (``within`` seconds at most) until the kernel's tasks ``tids`` have ended."""
     deadline = time.monotonic() + within
-    while any(os.path.exists(f"/proc/self/task/{tid}") for tid in ended):
+    while any(os.path.exists(f"/proc/self/task/{tid}") for tid in tids):
         if time.monotonic() >= deadline:
             return
         time.sleep(0.0002)
