@@ -24,6 +24,7 @@ class Destinations:
         self.base_dir = base_dir  # where items without a path are named
         self.cached = cached  # the batch has a cache: an item with a digest may come through it
         self.claimed = {os.path.abspath(path): index for index, path in given.items()}
+        self.names: dict[int, str] = {}  # item -> the path it was named after its probe
 
     def by_url(self, index: int, item: Item) -> Item:
         """An item that comes through the cache without a path is named from its URL, as a
@@ -42,15 +43,16 @@ class Destinations:
     def claim(self, index: int, path: str) -> int | None:
         """Make ``path`` item ``index``'s destination; the item that has it already, if any."""
         holder = self.claimed.setdefault(os.path.abspath(path), index)
-        return None if holder == index else holder
+        if holder != index:
+            return holder
+        self.names.setdefault(index, path)
+        return None
 
     def named(self, index: int, item: Item) -> Item:
         """Item ``index`` with the path it writes, if it was given none but has been named
         since (a seat's claim, say)."""
-        if item.path is not None:
-            return item
-        path = next((p for p, holder in self.claimed.items() if holder == index), None)
-        return item if path is None else item._replace(path=path)
+        path = self.names.get(index)
+        return item if item.path is not None or path is None else item._replace(path=path)
 
     def _name(self, index: int, item: Item, name: str) -> Item:
         """Item ``index`` with the path ``name`` (inside the base directory, if any), if no

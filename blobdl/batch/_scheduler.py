@@ -343,7 +343,8 @@ class _Scheduler:
             self._store(running.item, payload)
 
     def _failed(self, index: int, exc: BlobdlError) -> None:
-        self.outcomes.failed(index, self.items[index], exc)
+        """Say the item failed; one named after its probe (on a seat) says where."""
+        self.outcomes.failed(index, self.destinations.named(index, self.items[index]), exc)
 
     def _store(self, index: int, outcome: DownloadResult | BlobdlError) -> None:
         self.outcomes.store(index, self.items[index], outcome)
@@ -370,10 +371,8 @@ class _Scheduler:
                 if index in finished:
                     self._store(index, finished[index])
                     self.outcomes.event(index, Finished(finished[index]))
-                else:  # one named after its probe says where
-                    self.outcomes.failed(
-                        index, self.destinations.named(index, self.items[index]), stop
-                    )
+                else:
+                    self._failed(index, stop)
 
     def _stop(self, signum: int) -> dict[int, DownloadResult]:
         """Every seat's item and every child ends, and is reaped (``_stop.stop``); the items

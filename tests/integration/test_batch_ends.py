@@ -68,6 +68,38 @@ def test_an_item_whose_process_dies_is_told_failed(
     assert proc.returncode == 3, stderr
 
 
+def test_an_item_named_after_its_probe_whose_process_dies_is_told_failed_at_its_name(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A seat's item given no path is named by its probe; if the seat's process dies under
+    it, its ``failed`` event names the path its ``started`` did, not an empty one."""
+    blob = make(2 * PART // 3, seed=3310)
+    server.set_faults({"path": "/files/*", "times": None, "action": "shape", "bps": 2_000,
+                       "ttfb": 0.3})  # fmt: skip
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["-i", str(manifest), "--json", "--base-dir", str(out),
+            "--min-part-size", str(PART), "--max-part-size", str(PART)]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        started = json.loads(proc.stdout.readline())  # the seat has named it
+        assert started["event"] == "started", started
+        pool = _victim(psutil.Process(proc.pid), "pool")
+        assert pool is not None
+        pool.kill()
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    [failed] = [r for r in map(json.loads, stdout.splitlines()) if r.get("event") == "failed"]
+    assert failed["path"] == started["path"] != "" and failed["exit_code"] == 3, failed
+
+
 def _victim(me: psutil.Process, victim: str) -> psutil.Process | None:
     """The batch's pool process (forked first, threads of its own), or a large item's child
     (a process that forks workers); None until it runs."""
