@@ -199,16 +199,8 @@ class KeptLockFile:
         """Remove the kept file, if it is still ours; keep none from now on."""
         with self._guard:
             kept, self._kept, self._closed = self._kept, None, True
-        if kept is None:
-            return
-        fd, name = kept
-        try:
-            if take_lock(fd, wait=False) and still_at(name, fd):
-                _remove(name)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        if kept is not None:
+            _close_removing(*kept)
 
 
 def remove_stale(path: Path) -> bool:
@@ -219,6 +211,13 @@ def remove_stale(path: Path) -> bool:
         fd = open_own(path, os.O_RDWR)
     except LocalFileError:  # gone already, or not ours to touch
         return not os.path.lexists(path)
+    _close_removing(fd, path)
+    return not os.path.lexists(path)
+
+
+def _close_removing(fd: int, path: Path) -> None:
+    """Close the lock file ``fd``, removing it first if nobody holds it and ``path`` still
+    names it."""
     try:
         if take_lock(fd, wait=False) and still_at(path, fd):
             _remove(path)
@@ -226,7 +225,6 @@ def remove_stale(path: Path) -> bool:
         pass
     finally:
         os.close(fd)
-    return not os.path.lexists(path)
 
 
 def _remove(path: Path) -> None:
