@@ -416,6 +416,34 @@ def test_json_progress_of_a_batch_is_still_one_line_per_event(
     assert os.path.exists(tmp_path / "o")
 
 
+def stopped_json_batch(
+    manifest: Path, tmp_path: Path, item: int | None, signum: int, *args: str
+) -> list[dict[str, Any]]:
+    """``blobdl -i MANIFEST --json`` stopped by ``signum`` once ``item`` (any, if None) has
+    started; it must exit 130. Its JSON records."""
+    proc = spawn_batch(manifest, tmp_path, *args)
+    stdout = tmp_path / "stdout.txt"
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in stdout.read_text().splitlines() if line.strip()]
+
+    def started() -> bool:
+        return any(r.get("event") == "started" and item in (None, r.get("item"))
+                   for r in records())  # fmt: skip
+
+    try:
+        wait_for(started, f"item {item}'s start")
+        proc.send_signal(signum)
+        assert proc.wait(timeout=DEADLINE) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    return records()
+
+
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 def test_a_stopped_batch_tells_json_readers_how_each_running_item_ended(
     make: Make, server: ServerHandle, tmp_path: Path, how: str
@@ -426,26 +454,11 @@ def test_a_stopped_batch_tells_json_readers_how_each_running_item_ended(
     manifest = tmp_path / "manifest"
     manifest.write_text(f"{small.url} {tmp_path / 'small'}\n{large.url} {tmp_path / 'large'}\n")
     pace(server, 20_000)  # the large one takes minutes
-    proc = spawn_batch(manifest, tmp_path, "--min-part-size", "256KB", "--max-part-size",
-                       "256KB", "--checkpoint-interval", "0.05")  # fmt: skip
-    stdout = tmp_path / "stdout.txt"
-
-    def records() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in stdout.read_text().splitlines() if line.strip()]
-
-    try:
-        wait_for(lambda: any(r.get("event") == "started" and r.get("item") == 1
-                             for r in records()), "the large item's start")  # fmt: skip
-        proc.send_signal(getattr(signal, how))
-        assert proc.wait(timeout=DEADLINE) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
-    last = {r["item"]: r for r in records() if r.get("event") in ("finished", "failed")}
-    started = {r["item"] for r in records() if r.get("event") == "started"}
+    records = stopped_json_batch(manifest, tmp_path, 1, getattr(signal, how), "--min-part-size",
+                                 "256KB", "--max-part-size", "256KB", "--checkpoint-interval",
+                                 "0.05")  # fmt: skip
+    last = {r["item"]: r for r in records if r.get("event") in ("finished", "failed")}
+    started = {r["item"] for r in records if r.get("event") == "started"}
     assert started <= set(last), (started, last)  # every item that started has its last word
     assert last[1]["event"] == "failed" and last[1]["exit_code"] == 130, last[1]
 
@@ -507,22 +520,7 @@ def test_a_stopped_item_named_after_its_probe_is_told_failed_at_its_name(
     pace(server, 20_000)  # ten seconds: stopped while it runs
     out = tmp_path / "out"
     out.mkdir()
-    proc = spawn_batch(manifest, tmp_path, "--base-dir", str(out))
-    stdout = tmp_path / "stdout.txt"
-
-    def records() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in stdout.read_text().splitlines() if line.strip()]
-
-    try:
-        wait_for(lambda: any(r.get("event") == "started" for r in records()), "its start")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=DEADLINE) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
-    [started] = [r for r in records() if r.get("event") == "started"]
-    [failed] = [r for r in records() if r.get("event") == "failed" and "item" in r]
+    records = stopped_json_batch(manifest, tmp_path, None, signal.SIGINT, "--base-dir", str(out))
+    [started] = [r for r in records if r.get("event") == "started"]
+    [failed] = [r for r in records if r.get("event") == "failed" and "item" in r]
     assert failed["path"] == started["path"] != "" and failed["exit_code"] == 130, failed
