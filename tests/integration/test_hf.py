@@ -316,34 +316,14 @@ def test_files_already_in_the_cache_cost_no_transfer(
     assert hub.storage.stats()["bytes_sent"] == fetched
 
 
-def test_an_interrupted_hf_run_resumes_where_it_stopped(
-    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
-) -> None:
-    blob = hashlib.sha256(
-        repos["acme/big"].contents[repos["acme/big"].refs["main"]]["model.safetensors"]
-    ).hexdigest()
+def interrupted_a_quarter_in(hub: HubHandle, home: Path, *where: str) -> None:
+    """``blobdl hf acme/big WHERE`` paced, Ctrl-C'd once a quarter of its big file is in: it
+    exits 130. The pacing is lifted for what comes next."""
     hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 1 << 20, "times": None})
-    cache = tmp_path / "cache"
-    env = {**hf_env(hub.url, tmp_path), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "blobdl",
-            "hf",
-            "acme/big",
-            "--cache-dir",
-            str(cache),
-            "--json",
-            *FAST,
-            *PACED,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
+    env = {**hf_env(hub.url, home), "PYTHONUNBUFFERED": "1"}
+    args = ["hf", "acme/big", *where, "--json", *FAST, *PACED]
+    proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:
         event = json.loads(line)
@@ -352,9 +332,19 @@ def test_an_interrupted_hf_run_resumes_where_it_stopped(
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
+    hub.storage.set_faults()
+
+
+def test_an_interrupted_hf_run_resumes_where_it_stopped(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    blob = hashlib.sha256(
+        repos["acme/big"].contents[repos["acme/big"].refs["main"]]["model.safetensors"]
+    ).hexdigest()
+    cache = tmp_path / "cache"
+    interrupted_a_quarter_in(hub, tmp_path, "--cache-dir", str(cache))
     blobs = cache / "models--acme--big" / "blobs"
     assert not (blobs / blob).exists() and (blobs / f"{blob}.blobdl-part.blobdl-tmp").exists()
-    hub.storage.set_faults()
     done = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", str(cache), "--json")
     assert done.returncode == 0, done.stderr
     finished = [json.loads(x) for x in done.stdout.splitlines() if '"finished"' in x]
@@ -372,24 +362,11 @@ def test_an_interrupted_local_dir_run_resumes_and_huggingface_hub_then_fetches_n
     (``.cache/huggingface/download``): Ctrl-C keeps it, the rerun resumes it, and the local
     dir is then one huggingface_hub takes as complete."""
     big = repos["acme/big"]
-    hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 1 << 20, "times": None})
     ld = tmp_path / "ld"
-    env = {**hf_env(hub.url, tmp_path), "PYTHONUNBUFFERED": "1"}
-    args = ["hf", "acme/big", "--local-dir", str(ld), "--json", *FAST, *PACED]
-    proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)  # fmt: skip
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event.get("event") == "progress" and event["done"] >= BIG // 4:
-            break
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    interrupted_a_quarter_in(hub, tmp_path, "--local-dir", str(ld))
     assert not (ld / "model.safetensors").exists()
     download = ld / ".cache" / "huggingface" / "download"
     assert [p.name for p in download.rglob("model.safetensors*.blobdl-tmp")], tree(ld)
-    hub.storage.set_faults()
     done = blobdl_hf(hub, tmp_path, "acme/big", "--local-dir", str(ld), "--json")
     assert done.returncode == 0, done.stderr
     finished = [json.loads(x) for x in done.stdout.splitlines() if '"finished"' in x]
