@@ -322,6 +322,26 @@ def test_two_pulls_sharing_a_layer_fetch_it_once(registry: Registry, tmp_path: P
     assert (models / "blobs" / f"sha256-{digest[7:]}").read_bytes() == shared
 
 
+def held_lookups(registry: Registry, tmp_path: Path, repo: str, connections: int) -> int:
+    """Pull a five-blob model through a relay that holds each lookup of where a blob is
+    (a GET of its first byte) half a second: the most lookups it held at once. The blobs
+    are checked in the store."""
+    model = registry.push_model(repo, "v1", (10 * KB, 20, 30, 40))
+    relay = start_relay(tmp_path / "relay", registry.url)
+    try:
+        relay.set_faults([{"match": "/blobs/", "range": "bytes=0-0", "hold": 0.5}])
+        where = relay.url.removeprefix("http://")
+        blobdl.pull(f"http://{where}/{model.repo}:{model.tag}", tmp_path / "m",
+                    settings=fast_settings(connections=connections))  # fmt: skip
+        peak = relay.held_peak()
+    finally:
+        relay.stop()
+    for digest, data in model.blobs.items():
+        assert (tmp_path / "m" / "blobs" / digest.replace(":", "-")).read_bytes() == data
+    assert len(model.blobs) == 5
+    return peak
+
+
 def test_the_registry_is_asked_where_each_blob_is_all_at_once(
     registry: Registry, tmp_path: Path
 ) -> None:
@@ -329,35 +349,13 @@ def test_the_registry_is_asked_where_each_blob_is_all_at_once(
     itself, or by a redirect to storage). One lookup after another held every layer's start
     up by all their round trips (a few ms each here, 50 ms and more from a distant
     registry); they go out together."""
-    model = registry.push_model("library/lookups", "v1", (10 * KB, 20, 30, 40))
-    relay = start_relay(tmp_path / "relay", registry.url)
-    try:
-        relay.set_faults([{"match": "/blobs/", "range": "bytes=0-0", "hold": 0.5}])
-        where = relay.url.removeprefix("http://")
-        blobdl.pull(f"http://{where}/{model.repo}:{model.tag}", tmp_path / "m",
-                    settings=fast_settings(connections=8))  # fmt: skip
-        assert relay.held_peak() == len(model.blobs)  # every lookup in flight at once
-    finally:
-        relay.stop()
-    for digest, data in model.blobs.items():
-        assert (tmp_path / "m" / "blobs" / digest.replace(":", "-")).read_bytes() == data
+    assert held_lookups(registry, tmp_path, "library/lookups", 8) == 5  # all at once
 
 
 def test_the_lookups_keep_within_the_connection_budget(registry: Registry, tmp_path: Path) -> None:
     """``--connections`` counts every socket, the lookups of where each blob is included:
     with a budget of 2, no more than 2 are in flight at once, however many blobs there are."""
-    model = registry.push_model("library/lookups-budget", "v1", (10 * KB, 20, 30, 40))
-    relay = start_relay(tmp_path / "relay", registry.url)
-    try:
-        relay.set_faults([{"match": "/blobs/", "range": "bytes=0-0", "hold": 0.3}])
-        where = relay.url.removeprefix("http://")
-        blobdl.pull(f"http://{where}/{model.repo}:{model.tag}", tmp_path / "m",
-                    settings=fast_settings(connections=2))  # fmt: skip
-        assert relay.held_peak() == 2
-    finally:
-        relay.stop()
-    for digest, data in model.blobs.items():
-        assert (tmp_path / "m" / "blobs" / digest.replace(":", "-")).read_bytes() == data
+    assert held_lookups(registry, tmp_path, "library/lookups-budget", 2) == 2
 
 
 # --- S3 storage: blob GETs answer 307 to presigned URLs on another port -----------------------
