@@ -281,10 +281,12 @@ def test_the_client_interrupted_keeps_partials_and_stops_every_download(
     cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:
     blobs = [make(2 * 1024 * KB, seed) for seed in (11, 12)]
-    paced(server, 32 * KB)  # 8 s a part: neither item ends before both have started
+    paced(server, 32 * KB)  # seconds a part: neither item ends before both have started
     lines = [f"{b.url} {tmp_path / b.name}" for b in blobs]
+    # Room for both items' 8 parts at once: under the default 8 per host, the first item
+    # to take its leases can hold them all, and the other starts only as it ends.
     proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address,
-                     "--json", *SMALL)  # fmt: skip
+                     "--per-host", "16", "--json", *SMALL)  # fmt: skip
     assert proc.stdout is not None
     started: set[int] = set()
     for line in proc.stdout:
