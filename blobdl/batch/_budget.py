@@ -31,6 +31,7 @@ class Budget:
     def __init__(self, total: int, per_host: int, seats: int) -> None:
         self.total, self.per_host = total, per_host
         self._seats = [_Seat(False, None)] * seats
+        self._retired: set[int] = set()  # seats whose process is gone for good
         self._grants: dict[int, _Grant] = {}  # item index -> its grant
         self._held: Counter[str] = Counter()  # host -> connections held to it
         self._used = 0
@@ -49,7 +50,7 @@ class Budget:
         return len(self._seats)
 
     def busy_seats(self) -> int:
-        return sum(1 for seat in self._seats if seat.busy)
+        return sum(1 for n, seat in enumerate(self._seats) if self._running(n, seat))
 
     def idle_seat(self) -> bool:
         return not all(seat.busy for seat in self._seats)
@@ -79,6 +80,17 @@ class Budget:
     def end(self, seat: int, kept: str | None) -> None:
         """The seat's item is over; it keeps a connection to ``kept`` alive (None: none)."""
         self._hold(seat, _Seat(False, kept))
+        self._retired.discard(seat)
+
+    def retire(self, seat: int) -> None:
+        """The seat is gone for good (its process died, and no other takes its place): it
+        holds no connection, and is never idle again."""
+        self._hold(seat, _Seat(True, None))
+        self._retired.add(seat)
+
+    def retired(self) -> bool:
+        """Whether every seat is gone for good."""
+        return len(self._retired) == len(self._seats)
 
     def droppable(self, host: str, need: int) -> list[int]:
         """Idle seats whose kept connections, let go, make room for ``need`` more to
@@ -145,11 +157,16 @@ class Budget:
         lanes = self.busy_seats() + sum(g.granted for g in self._grants.values())
         if lanes == 0:
             return {}, {}
-        seats = {n: max(1, limit // lanes) for n, s in enumerate(self._seats) if s.busy}
+        running = [n for n, seat in enumerate(self._seats) if self._running(n, seat)]
+        seats = {n: max(1, limit // lanes) for n in running}
         items = {i: max(1, limit * g.granted // lanes) for i, g in self._grants.items()}
         return seats, items
 
     # --- bookkeeping ------------------------------------------------------------------------
+
+    def _running(self, n: int, seat: _Seat) -> bool:
+        """Whether seat ``n`` runs an item now."""
+        return seat.busy and n not in self._retired
 
     def _hold(self, seat: int, now: _Seat) -> None:
         before = self._seats[seat]

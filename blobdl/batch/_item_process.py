@@ -2,7 +2,10 @@
 
 ``LargeItems`` is the scheduler's handle on them: it forks an item's child once its lanes
 and its share of the rate are in a slot of the batch's ``Shares`` (rewritten as items start
-and end), and frees the slot when the child has ended. ``item_main`` is what the child runs:
+and end), and frees the slot when the child has ended. Once the scheduler's process has
+a thread (a callback started one: a tqdm bar's monitor, say), it forks no more: the child
+is a fresh interpreter instead (``_spawn.start_clean``), handed the ``Shares`` by their
+descriptor (``clean_item_main``). ``item_main`` is what the child runs:
 the item as one download, the coordinator of its own workers. The child sends each event as
 ``("event", event)`` and, last, ``("done", outcome)``; ``receive`` is the scheduler's read
 of that, where a pipe at its end (the child died before its outcome) reads ``("died", None)``.
@@ -10,9 +13,9 @@ of that, where a pipe at its end (the child died before its outcome) reads ``("d
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +26,7 @@ from ..errors import BlobdlError
 from ..events import DownloadResult, Event
 from ..http._remote import Remote
 from ..processes._signals import interrupted
-from ..processes._spawn import start
+from ..processes._spawn import Child, Execed, reap, start, start_clean, threaded
 from ._items import Item
 
 
@@ -31,7 +34,7 @@ class Running(NamedTuple):
     """A large item, fetched by a child of its own."""
 
     item: int
-    proc: BaseProcess
+    proc: Child
     conn: Connection
     slot: int  # its slot in the batch's Shares
 
@@ -59,14 +62,43 @@ class LargeItems:
         lanes: int,
     ) -> Running:
         """Fork the child for item ``index``, its lanes and rate in its slot before it starts."""
-        slot = self.free.pop()
+        slot = self.free[-1]
         self.shares.set(slot, rate, lanes)
-        args = (item, remote, settings, self.shares.share(slot))
-        # Not a daemon: it forks workers of its own.
-        name = f"blobdl-item-{index}"
-        proc, receiver = start(item_main, args, name=name, daemon=False, coordinator=True)
+        proc: Child
+        if threaded():
+            proc, receiver = self._exec(item, remote, settings, slot)
+        else:
+            args = (item, remote, settings, self.shares.share(slot))
+            # Not a daemon: it forks workers of its own.
+            name = f"blobdl-item-{index}"
+            proc, receiver = start(item_main, args, name=name, daemon=False, coordinator=True)
+        self.free.pop()
         self.running[index] = Running(index, proc, receiver, slot)
         return self.running[index]
+
+    def _exec(
+        self, item: Item, remote: Remote | None, settings: Settings, slot: int
+    ) -> tuple[Execed, Connection]:
+        """The child as a fresh interpreter, given its job and the ``Shares``' descriptor.
+        One that dies before it reads its job is heard as any child that died: its pipe
+        reads EOF."""
+        assert self.shares.fd is not None
+        conn, popen = start_clean(clean_item_main, keep=(self.shares.fd,))
+        try:
+            proc = Execed(popen)
+        except BaseException:
+            conn.close()
+            popen.kill()
+            reap(popen)
+            raise
+        job = (item, remote, settings, self.shares.slots, slot, self.shares.fd)
+        with contextlib.suppress(OSError):
+            conn.send(job)
+        return proc, conn
+
+    def close(self) -> None:
+        """The batch is over: the ``Shares``' descriptor goes."""
+        self.shares.close()
 
     def share(self, rates: dict[int, int], granted: Callable[[int], int]) -> None:
         """Write each running item's share of the rate limit and its lanes in its slot."""
@@ -99,6 +131,19 @@ def _tell_parent(conn: Connection) -> Callable[[Event], None]:
         conn.send(("event", event))
 
     return send
+
+
+def clean_item_main(conn: Connection) -> None:
+    """``item_main`` in a fresh interpreter (``_spawn.child_setup`` ran first): its job comes
+    over ``conn``, and its slot is mapped from the ``Shares``' descriptor it inherited."""
+    try:
+        item, remote, settings, slots, slot, fd = conn.recv()
+    except (EOFError, OSError):  # the batch is gone: so are we
+        return
+    except KeyboardInterrupt as stop:  # stopped before it started: nothing to save
+        conn.send(("done", interrupted(stop)))
+        return
+    item_main(item, remote, settings, Shares.inherited(slots, fd).share(slot), conn)
 
 
 def item_main(

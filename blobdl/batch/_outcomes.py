@@ -5,11 +5,11 @@ first's outcome, but fetched nothing itself."""
 from __future__ import annotations
 
 import dataclasses
-from multiprocessing.process import BaseProcess
 
 from .._redact import redact_url
 from ..errors import BlobdlError, WorkerCrashed
 from ..events import DownloadResult, Event, Failed, Finished
+from ..processes._spawn import Child
 from ._items import BatchCallback, BatchEvent, Item, ItemResult
 
 
@@ -67,7 +67,7 @@ class Outcomes:
         return ItemResult(items[index], result, first_result.error)
 
 
-def died(proc: BaseProcess) -> BlobdlError:
+def died(proc: Child) -> BlobdlError:
     """The error of an item whose process (its own, or its seat's) died under it: a crashed
     child (killed, out of memory), as a worker can be; not a bug of ours."""
     return WorkerCrashed(proc.exitcode, "download process")

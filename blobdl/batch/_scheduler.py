@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from ..config import MAX_CONNECTIONS, Settings, check_int, check_path
 from ..engine._download import Downloader
-from ..errors import BlobdlError, Interrupted, UsageError
+from ..errors import BlobdlError, Interrupted, OutOfResources, UsageError
 from ..events import DownloadResult, Finished
 from ..http._remote import Remote
 from ..processes import _clean_process
@@ -133,6 +133,15 @@ def _many_here(
     return _Scheduler(batch, settings, max_connections, per_host, on_event, base_dir).run()
 
 
+def _no_seat() -> OutOfResources:
+    """A path-less item's name comes from its probe on a seat: without seats, this."""
+    return OutOfResources(
+        "name an item without a path",
+        "the batch has no pool process left, and none may start in a process with threads "
+        "(a callback started one); give the item a path",
+    )
+
+
 class _Waiting(NamedTuple):
     """A large item waiting for lanes: probed by its seat, or said to be large."""
 
@@ -189,7 +198,7 @@ class _Scheduler:
         self.watch = Watch()
 
     def run(self) -> list[ItemResult]:
-        with Interrupts() as interrupts, self.watch:
+        with Interrupts() as interrupts, self.watch, contextlib.closing(self.large):
             self.watch.signals(interrupts)
             try:
                 for index, exc in self.unfit.items():
@@ -198,6 +207,8 @@ class _Scheduler:
                 if self.queued:
                     urls = [self.items[i].url for queue in self.queued.values() for i in queue]
                     self.seats.start(urls, self.watch)
+                    if self.budget.retired():
+                        self._off_the_seats()
                 while self.queued or self.waiting or self.seats.busy or self.large.busy:
                     interrupts.check()
                     self._launch()
@@ -305,6 +316,8 @@ class _Scheduler:
             else:  # a pool process died
                 for index, said in self.seats.died(which, self.watch):
                     self._from_seat(index, said)
+                if self.budget.retired():
+                    self._off_the_seats()
 
     def _from_seat(self, index: int, said: Said) -> None:
         """What a seat said of its item (a seat that ended its item is free by now)."""
@@ -316,6 +329,18 @@ class _Scheduler:
             self._large(index, said.remote)
         else:  # its process died under it
             self._failed(index, said)
+
+    def _off_the_seats(self) -> None:
+        """Every seat is gone for good (``Seats.start``, ``Seats.died``): each item still
+        queued runs on a child of its own, which probes it. One to be named after its probe
+        fails instead: its name would not be checked against the batch's others."""
+        for host, queue in self.queued.items():
+            for index in queue:
+                if self.items[index].path is None:
+                    self._failed(index, _no_seat())
+                else:
+                    self.waiting.append(_Waiting(index, None, host))
+        self.queued.clear()
 
     def _large(self, index: int, remote: Remote) -> None:
         """A seat's probe found a blob larger than one request: it waits for lanes."""

@@ -20,6 +20,7 @@ from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..errors import BlobdlError
 from ..http._pool import prepare_tls
+from ..processes._spawn import threaded
 from ..store._lock import LOCK_SUFFIX, remove_stale
 from ._budget import Budget
 from ._destinations import Destinations
@@ -53,7 +54,13 @@ class Seats:
     def start(self, urls: Iterable[str], watch: Watch) -> None:
         """Fork the pool now, while this process has no thread (and no other child). The
         TLS context an https item needs is built first: every seat inherits it, instead of
-        loading the CA store again for its first connection."""
+        loading the CA store again for its first connection. If a callback has started a
+        thread already (told of an item that failed at once), there is no pool: every seat
+        is retired (see ``died``)."""
+        if threaded():
+            for seat in range(self.budget.seats):
+                self.budget.retire(seat)
+            return
         for url in urls:
             with contextlib.suppress(BlobdlError):  # a bad CA bundle fails each item, as ever
                 prepare_tls(self.settings, url)
@@ -107,7 +114,10 @@ class Seats:
     def died(self, number: int, watch: Watch) -> Iterator[tuple[int, Said]]:
         """Pool process ``number`` died (a bug, or killed): what its seats said before it
         died, and their items' failures, each handled by the caller as it comes; once all
-        are, the process is forked again for the items still to come."""
+        are, the process is forked again for the items still to come. Unless this process
+        has a thread by now (a callback started one), and forks no more: then its seats
+        are retired (``Budget.retire``), and once every seat is, the items still queued go
+        elsewhere (the scheduler's ``_off_the_seats``)."""
         assert self.pool is not None
         proc = self.pool.procs[number]
         proc.join()
@@ -121,6 +131,10 @@ class Seats:
             self.budget.end(seat, None)
         watch.forget(proc.sentinel)
         self._sweep(self.pool.ranges[number])
+        if threaded():
+            for seat in self.pool.ranges[number]:
+                self.budget.retire(seat)
+            return
         self.pool.restart(number)
         watch.process(self.pool, number)
 

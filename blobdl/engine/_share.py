@@ -1,9 +1,11 @@
 """What a batch lets each of its running downloads use now: a share of its rate limit and a
 number of connections.
 
-``Shares`` is anonymous shared memory created by the batch scheduler before it forks
-anything: the scheduler writes each running item's share whenever an item starts or ends,
-and the item's coordinator reads its own (``Share``) at every look at its lanes. So the rate
+``Shares`` is shared memory created by the batch scheduler before it forks anything (a
+memfd: the children it forks inherit the mapping, and one it starts by exec, once it has a
+thread, maps the same memory from the descriptor it is handed): the scheduler writes each
+running item's share whenever an item starts or ends, and the item's coordinator reads its
+own (``Share``) at every look at its lanes. So the rate
 and the connections that finished items free go to the items still running, instead of
 staying split as they were when each item started. One writer per word, aligned 8-byte
 stores: no lock.
@@ -21,16 +23,22 @@ _WORD = 8
 class Shares:
     """One slot per download that may run at once; the batch writes, downloads read.
 
-    Anonymous memory, inherited by the processes the batch forks; or, given ``path``, a
-    file of its own that another process opens by that name (a cluster task's download
-    runs in a clean process, started by exec: nothing anonymous survives that), which is
-    how it pickles."""
+    Memory of no file (a memfd), inherited by the processes the batch forks, and mapped by
+    one it starts by exec from the descriptor it is handed (``fd``, ``inherited``); or,
+    given ``path``, a file of its own that another process opens by that name (a cluster
+    task's download runs in a clean process, started by exec), which is how it pickles."""
 
-    def __init__(self, slots: int, path: str | None = None) -> None:
+    def __init__(self, slots: int, path: str | None = None, *, fd: int | None = None) -> None:
         self.slots, self.path = slots, path
+        self.fd: int | None = None  # the memfd, kept open to hand to a child started by exec
         size = max(1, slots) * _FIELDS * _WORD
-        if path is None:
-            self._map = mmap.mmap(-1, size)
+        if fd is not None:  # ours by inheritance (``inherited``)
+            self._map = mmap.mmap(fd, size)
+            os.close(fd)
+        elif path is None:
+            self.fd = os.memfd_create("blobdl-shares", os.MFD_CLOEXEC)
+            os.ftruncate(self.fd, size)
+            self._map = mmap.mmap(self.fd, size)
         else:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
@@ -41,9 +49,21 @@ class Shares:
                 os.close(fd)
         self._words = memoryview(self._map).cast("q")
 
+    @classmethod
+    def inherited(cls, slots: int, fd: int) -> Shares:
+        """The batch's ``Shares`` in a child started by exec, handed their memfd as ``fd``
+        (closed here once mapped)."""
+        return cls(slots, fd=fd)
+
+    def close(self) -> None:
+        """The batch is over: its descriptor goes (the mapping stays while anything uses it)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def __reduce__(self) -> tuple[type[Shares], tuple[int, str]]:
         if self.path is None:
-            raise TypeError("anonymous Shares are inherited by fork, not pickled")
+            raise TypeError("a batch's Shares are inherited (or handed by descriptor), not pickled")
         return (Shares, (self.slots, self.path))
 
     def set(self, slot: int, rate: int | None, connections: int) -> None:

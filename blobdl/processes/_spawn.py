@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.spawn import get_executable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import OutOfResources
 from ._signals import child_signals, coordinator_signals
@@ -175,21 +175,65 @@ _BOOT = (
 )
 
 
-def start_clean(entry: Callable[[Connection], None]) -> tuple[Connection, subprocess.Popen[bytes]]:
+def start_clean(
+    entry: Callable[[Connection], None], keep: Sequence[int] = ()
+) -> tuple[Connection, subprocess.Popen[bytes]]:
     """Start ``entry(conn)`` in a fresh interpreter (fork + exec: nothing of this process's
-    threads or locks comes along); return our end of its socket and the process."""
+    threads or locks comes along); return our end of its socket and the process. The
+    descriptors in ``keep`` are the child's too, under the same numbers."""
     where = f"{entry.__module__}:{entry.__qualname__}"
-    ours, theirs = socket.socketpair()
+    with _refused_as_ours("open a socket to a new process"):
+        ours, theirs = socket.socketpair()
     with ours, theirs:
         parent = [str(os.getpid()), str(threading.get_native_id())]
         boot = [_BOOT, where, str(theirs.fileno()), *parent, *sys.path]
-        proc = subprocess.Popen(
-            [get_executable(), *_interpreter_flags(), "-c", *boot],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
+        with _refused_as_ours("start a process"):
+            proc = subprocess.Popen(
+                [get_executable(), *_interpreter_flags(), "-c", *boot],
+                pass_fds=(theirs.fileno(), *keep),
+                stdin=subprocess.DEVNULL,
+            )
         # The child now holds the only other end: if it dies, we read EOF.
         return Connection(ours.detach()), proc
+
+
+class Child(Protocol):
+    """A child process as its parent waits for it: forked (``BaseProcess``) or exec'd
+    (``Execed``)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def sentinel(self) -> int: ...
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    def join(self) -> None: ...
+
+
+class Execed:
+    """A child ``start_clean`` started, with what a forked one (``BaseProcess``) offers
+    those who wait for it: its ``pid``, a ``sentinel`` that reads as ready once it has
+    ended (a pidfd), its ``exitcode`` (None while it runs; -N: ended by signal N) and
+    ``join`` (which also lets the sentinel go)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc, self.pid = proc, proc.pid
+        with _refused_as_ours("watch a new process"):
+            self.sentinel = os.pidfd_open(proc.pid)
+
+    @property
+    def exitcode(self) -> int | None:
+        exited(self.proc)
+        return self.proc.returncode
+
+    def join(self) -> None:
+        reap(self.proc)
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
 
 
 # Popen's poll() and wait() hold a lock of the Popen while they wait: a Ctrl-C raised in

@@ -1,8 +1,7 @@
 """A hostile or careless library user: blobdl imported into a batch job, which is a threaded
 program, called the way such programs call it. Each test is a defect found in review (branch
-``hostile-library``); each failed before its fix. One is not fixed yet and stays marked
-``xfail(strict=True)`` (it fails today; a fix turns it into a pass: remove the mark then).
-Real server, real processes, as in ``test_threads.py``, whose helpers these tests share.
+``hostile-library``, and later ones); each failed before its fix. Real server, real
+processes, as in ``test_threads.py``, whose helpers these tests share.
 """
 
 from __future__ import annotations
@@ -28,10 +27,6 @@ from tests.integration.test_threads import FAST, PACED, forked_children, noise, 
 
 Make = Callable[..., Blob]
 SLOWEST = 20_000  # bytes/s per connection: 4 paced parts of 256 KiB take ~10 s
-
-
-def _bug(why: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=why)
 
 
 # --- a threaded caller that stops: the clean process must be told -------------------------
@@ -186,11 +181,11 @@ def test_a_worker_lost_after_a_callback_started_a_thread_is_not_replaced_by_a_fo
     assert max(forks) == 1, forks
 
 
-@_bug("a batch forks a process per large item: those after a callback's thread are not checked")
 def test_a_batch_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threaded_process(
     make: Make, tmp_path: Path, forks: list[int]
 ) -> None:
-    """The batch's scheduler runs the callbacks, and forks a process for each large item."""
+    """The batch's scheduler runs the callbacks, and starts a process for each large item:
+    those after the thread are fresh interpreters (fork + exec), never bare forks."""
     blobs = [make(16 * PART, seed=906 + n) for n in range(3)]
     done = threading.Event()
 
@@ -206,6 +201,71 @@ def test_a_batch_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threade
         done.set()
     assert all(r.ok for r in results)
     assert forks and max(forks) == 1, forks
+
+
+def test_a_thread_started_on_an_unfit_item_keeps_blobdl_from_forking_the_pool(
+    make: Make, tmp_path: Path, forks: list[int]
+) -> None:
+    """An item with a bad URL fails before anything starts, and its callback may start a
+    thread: the pool is not forked then, and the small items run on children of their own
+    (fresh interpreters). One to be named after its probe fails clearly instead."""
+    blobs = [make(PART // 2, seed=940 + n) for n in range(3)]
+    done = threading.Event()
+
+    def bar(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Failed) and event.item == 0:
+            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
+
+    assert len(os.listdir("/proc/self/task")) == 1, "the test needs a single-threaded caller"
+    items = [blobdl.Item("ftp://127.0.0.1/nothing", "bad")]
+    items += [blobdl.Item(b.url, f"o{n}") for n, b in enumerate(blobs)]
+    items += [blobdl.Item(blobs[0].url + "?unnamed")]
+    try:
+        results = blobdl.download_many(
+            items, max_connections=2, on_event=bar, base_dir=tmp_path, **FAST
+        )
+    finally:
+        done.set()
+    assert max(forks, default=1) == 1, forks
+    assert isinstance(results[0].error, blobdl.UsageError), results[0]
+    for n, (blob, result) in enumerate(zip(blobs, results[1:4], strict=True)):
+        assert result.ok, result
+        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+    assert isinstance(results[4].error, blobdl.OutOfResources), results[4]
+    assert "give the item a path" in str(results[4].error)
+
+
+def test_a_pool_process_lost_after_a_batch_callback_started_a_thread_is_not_forked_again(
+    make: Make, server: ServerHandle, tmp_path: Path, forks: list[int]
+) -> None:
+    """A pool process that dies is forked again, unless the scheduler's process has a thread
+    by then: the items still queued run in fresh interpreters instead. Only the items the
+    lost process held fail (as a crashed worker's)."""
+    blobs = [make(PART // 2, seed=930 + n) for n in range(8)]
+    server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.3})
+    done, killed = threading.Event(), []
+
+    def bar(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Finished) and not killed:
+            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
+            killed.extend(p.pid for p in forked_children())  # the pool: its every process
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    assert len(os.listdir("/proc/self/task")) == 1, "the test needs a single-threaded caller"
+    items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    try:
+        results = blobdl.download_many(items, max_connections=2, on_event=bar, **FAST)
+    finally:
+        done.set()
+    assert killed and max(forks) == 1, forks
+    lost = [r for r in results if not r.ok]
+    assert all(isinstance(r.error, blobdl.WorkerCrashed) for r in lost), lost
+    assert len(lost) <= 2  # what the two seats held as their processes died
+    for n, (blob, result) in enumerate(zip(blobs, results, strict=True)):
+        if result.ok:
+            assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+    assert sum(r.ok for r in results) >= len(blobs) - 2
 
 
 # --- arguments: a careless user's are a UsageError, never a TypeError from deep inside ------
