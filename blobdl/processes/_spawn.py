@@ -33,10 +33,13 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.spawn import get_executable
 from typing import Any, Protocol
 
+from .._libc import libc_function
 from ..errors import OutOfResources
 from ._signals import child_signals, coordinator_signals
 
 _PR_SET_PDEATHSIG = 1
+_prctl = libc_function(("prctl",), ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                       ctypes.c_ulong)  # fmt: skip
 _context = multiprocessing.get_context("fork")
 # Pipe ends this process holds that none of its children may keep: the parent's ends of
 # its children's pipes, and (in a child) its own end towards its parent.
@@ -321,11 +324,8 @@ def _die_with(parent: int, death_signal: int, thread: int | None) -> None:
     which reaps its children before it returns; a clean interpreter may outlive its call
     (a spare, ``_spare``), so it is told that ``thread`` and checks it too: a thread that
     ended before the prctl sends no signal either."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the orphan checks (getppid) in the children's loops remain
+    if _prctl is not None:  # else not Linux: the orphan checks (getppid) in the loops remain
+        _prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
     tasks = f"/proc/{parent}/task"

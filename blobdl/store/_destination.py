@@ -10,11 +10,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from .._libc import libc_function
 from ..errors import InsufficientSpace, LocalFileError, UsageError
 from ._files import (
     directory_problem,
     fsync_dir,
-    libc_function,
     local_error,
     open_own,
     require_regular,

@@ -18,8 +18,8 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from .._libc import libc_function
 from ..errors import LocalFileError
 
 LOCK_POLL = 0.05  # seconds between two tries of a held lock
@@ -139,22 +139,6 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def libc_function(names: tuple[str, ...], *argtypes: Any) -> Any:
-    """The first of ``names`` that libc has, typed ``argtypes -> int``; None without one
-    (not Linux). ctypes calls release the GIL."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    for name in names:
-        function = getattr(libc, name, None)
-        if function is not None:
-            function.argtypes = argtypes
-            function.restype = ctypes.c_int
-            return function
-    return None
 
 
 _AT_FDCWD = -100
