@@ -158,5 +158,8 @@ class Seats:
             return index, answer
         if isinstance(answer, _Claim):  # the seat names its item: is that path free?
             assert self.pool is not None
-            self.pool.tell(seat, self.destinations.claim(index, answer.path))
+            holder = self.destinations.claim(index, answer.path)
+            if holder is None:  # its item's lock file is there now
+                self.locks.setdefault(seat, set()).add(answer.path + LOCK_SUFFIX)
+            self.pool.tell(seat, holder)
         return None

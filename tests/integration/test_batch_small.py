@@ -443,6 +443,30 @@ def test_a_killed_pool_process_leaves_no_lock_file_beside_an_item_it_finished(
     assert not (tmp_path / "o0.blobdl-lock").exists()  # o0 is done: nobody's lock is there
 
 
+def test_a_killed_pool_process_leaves_no_lock_file_of_an_item_it_was_naming(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """An item given no path is named by its seat (the server's name, claimed from the
+    scheduler): its process killed mid-item, that name's lock file is swept too."""
+    blob = make(2 * PART, seed=2465)
+    slow(server, 100_000)  # still running when it dies
+    killed: list[int] = []
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
+
+    def kill_the_pool(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Started) and not killed:  # named, half its bytes in
+            mine = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+            killed.extend(p.pid for p in mine)
+            for p in mine:
+                p.kill()
+
+    results = blobdl.download_many([Item(blob.url)], max_connections=2, on_event=kill_the_pool,
+                                   base_dir=tmp_path, **fast(processes=1, min_part_size=4 * PART,
+                                                             max_part_size=4 * PART))  # fmt: skip
+    assert killed and "download process died" in str(results[0].error), results
+    assert list(tmp_path.glob("*.blobdl-lock")) == []
+
+
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 
