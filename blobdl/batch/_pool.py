@@ -158,7 +158,7 @@ class Pool:
 
     def restart(self, process: int) -> None:
         """Fork the process again (it died); its seats' pipes are new."""
-        self._reap(process)
+        self._reap(process, STOP_GRACE)  # dead already
         self._fork(process)
 
     def stop(self, signum: int) -> None:
@@ -168,12 +168,15 @@ class Pool:
                 control.send(_Stop(signum))
 
     def close(self) -> None:
-        """The batch is over: the seats end, their renames are made durable, and every
-        process is reaped (killed if it does not end within ``STOP_GRACE``)."""
+        """No small item is left: the seats end, their renames are made durable, and every
+        process is reaped once it has ended. Never killed: its last work is the fsync of
+        the directories its seats renamed files in (no seat is busy by now), which may
+        take a slow disk longer than any grace, and the batch's results wait for it."""
         for control in self.controls:
             with contextlib.suppress(OSError):
                 control.send(None)
-        self.reap()
+        for process in range(len(self.procs)):
+            self._reap(process, grace=None)
 
     def _fork(self, number: int) -> None:
         seats = self.ranges[number]
@@ -199,11 +202,12 @@ class Pool:
     def reap(self) -> None:
         """Wait for every process (after ``stop``), killing one past ``STOP_GRACE``."""
         for process in range(len(self.procs)):
-            self._reap(process)
+            self._reap(process, STOP_GRACE)
 
-    def _reap(self, number: int) -> None:
+    def _reap(self, number: int, grace: float | None) -> None:
+        """Wait for process ``number`` (killed after ``grace`` seconds; None: never)."""
         proc = self.procs[number]
-        proc.join(STOP_GRACE)
+        proc.join(grace)
         if proc.exitcode is None:
             proc.kill()
             proc.join()

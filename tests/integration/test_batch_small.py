@@ -467,6 +467,32 @@ def test_a_killed_pool_process_leaves_no_lock_file_of_an_item_it_was_naming(
     assert list(tmp_path.glob("*.blobdl-lock")) == []
 
 
+def test_the_pool_is_never_killed_while_it_makes_its_items_renames_durable(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seat's renames are made durable as the pool ends (one fsync per directory): a slow
+    disk's fsync outlasting the grace a stopped pool gets must not be cut short, or the
+    batch returns with renames no fsync covered."""
+    from blobdl.batch import _pool
+
+    synced = tmp_path / "synced"
+
+    def slow_sync(directory: Path) -> None:  # inherited by the pool's forked processes
+        time.sleep(0.6)
+        with open(synced, "a") as note:
+            note.write(f"{directory}\n")
+
+    monkeypatch.setattr(_pool, "STOP_GRACE", 0.2)
+    monkeypatch.setattr(_pool, "sync_dir_quietly", slow_sync)
+    blobs = [make(SMALL, seed=2470 + n) for n in range(2)]
+    out = tmp_path / "out"
+    out.mkdir()
+    items = [Item(b.url, str(out / f"o{n}")) for n, b in enumerate(blobs)]
+    results = blobdl.download_many(items, max_connections=2, **fast(processes=1))
+    assert all(r.ok for r in results), results
+    assert synced.read_text() == f"{out}\n"
+
+
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 
