@@ -1,7 +1,6 @@
 """A hostile or careless library user: blobdl imported into a batch job, which is a threaded
 program, called the way such programs call it. Each test is a defect found in review (branch
-``hostile-library``, and later ones); each failed before its fix. One not fixed yet is marked
-``xfail(strict=True)`` (a fix turns it into a pass: remove the mark then). Real server, real
+``hostile-library``, and later ones); each failed before its fix. Real server, real
 processes, as in ``test_threads.py``, whose helpers these tests share.
 """
 
@@ -30,10 +29,6 @@ from tests.integration.test_threads import FAST, PACED, forked_children, noise, 
 
 Make = Callable[..., Blob]
 SLOWEST = 20_000  # bytes/s per connection: 4 paced parts of 256 KiB take ~10 s
-
-
-def _bug(why: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=why)
 
 
 # --- a threaded caller that stops: the clean process must be told -------------------------
@@ -301,7 +296,6 @@ def _stopped_when_execed(blobs: list[Blob], tmp_path: Path, signum: int) -> list
     return said
 
 
-@_bug("an exec'd item's log records go to a bare stderr, not the caller's logging")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_batch_keeps_the_partial_of_an_item_in_a_fresh_interpreter(
     make: Make, server: ServerHandle, tmp_path: Path, forks: list[int], signum: int
@@ -363,11 +357,7 @@ def test_a_pool_process_lost_after_a_thread_leaves_the_others_at_work(
             assert sha256_file(tmp_path / f"o{n}") == blob.sha256
 
 
-@pytest.mark.parametrize(
-    "thread",
-    [False, pytest.param(True, marks=_bug("an exec'd item's log records go to a bare stderr"))],
-    ids=["forked", "exec'd"],
-)
+@pytest.mark.parametrize("thread", [False, True], ids=["forked", "exec'd"])
 def test_an_execed_items_log_records_reach_the_callers_logging(
     make: Make,
     tmp_path: Path,
