@@ -6,6 +6,7 @@ processes, as in ``test_threads.py``, whose helpers these tests share.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -394,6 +395,35 @@ def test_an_execed_items_log_records_reach_the_callers_logging(
     assert sha256_file(out) == blobs[1].sha256
     assert "ignoring unreadable resume state" in (tmp_path / "log").read_text()
     assert "ignoring unreadable resume state" not in capfd.readouterr().err
+
+
+@pytest.mark.xfail(strict=True, reason="an exec'd item needs pidfd_open (Linux 5.3)")
+def test_a_threaded_batch_runs_where_the_kernel_has_no_pidfd(
+    make: Make, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RHEL 8 (4.18), Amazon Linux 2 (4.14), and containers whose seccomp profile predates
+    pidfd_open: the call fails with ENOSYS (or EPERM). A forked item never needed it; an
+    exec'd one must not fail its whole batch as OutOfResources for the lack of it."""
+    blobs = [make(16 * PART, seed=906 + n) for n in range(3)]
+    done = threading.Event()
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    def bar(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Started) and event.item == 0:
+            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    try:
+        results = blobdl.download_many(items, max_connections=2, on_event=bar, **FAST)
+    finally:
+        done.set()
+    assert max(forks) == 1, forks
+    for n, (blob, result) in enumerate(zip(blobs, results, strict=True)):
+        assert result.ok, result
+        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
 
 
 def _fds() -> set[str]:
