@@ -7,13 +7,16 @@ a thread (a callback started one: a tqdm bar's monitor, say), it forks no more: 
 is a fresh interpreter instead (``_spawn.start_clean``), handed the ``Shares`` by their
 descriptor (``clean_item_main``). ``item_main`` is what the child runs:
 the item as one download, the coordinator of its own workers. The child sends each event as
-``("event", event)`` and, last, ``("done", outcome)``; ``receive`` is the scheduler's read
-of that, where a pipe at its end (the child died before its outcome) reads ``("died", None)``.
+``("event", event)`` and, last, ``("done", outcome)``; an exec'd one also sends blobdl's log
+records, ``("log", record)``, which a forked one writes through the handlers it inherited.
+``receive`` is the scheduler's read of that, where a pipe at its end (the child died before
+its outcome) reads ``("died", None)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -25,6 +28,7 @@ from ..engine._share import Share, Shares
 from ..errors import BlobdlError
 from ..events import DownloadResult, Event
 from ..http._remote import Remote
+from ..processes._clean_child import forward_logs
 from ..processes._signals import interrupted
 from ..processes._spawn import Child, Execed, reap, start, start_clean, threaded
 from ._items import Item
@@ -91,7 +95,8 @@ class LargeItems:
             popen.kill()
             reap(popen)
             raise
-        job = (item, remote, settings, self.shares.slots, slot, self.shares.fd)
+        level = logging.getLogger("blobdl").getEffectiveLevel()
+        job = (item, remote, settings, self.shares.slots, slot, self.shares.fd, level)
         with contextlib.suppress(OSError):
             conn.send(job)
         return proc, conn
@@ -135,14 +140,16 @@ def _tell_parent(conn: Connection) -> Callable[[Event], None]:
 
 def clean_item_main(conn: Connection) -> None:
     """``item_main`` in a fresh interpreter (``_spawn.child_setup`` ran first): its job comes
-    over ``conn``, and its slot is mapped from the ``Shares``' descriptor it inherited."""
+    over ``conn``, and its slot is mapped from the ``Shares``' descriptor it inherited. It
+    inherited no logging configuration: its records go to the scheduler's, over ``conn``."""
     try:
-        item, remote, settings, slots, slot, fd = conn.recv()
+        item, remote, settings, slots, slot, fd, level = conn.recv()
     except (EOFError, OSError):  # the batch is gone: so are we
         return
     except KeyboardInterrupt as stop:  # stopped before it started: nothing to save
         conn.send(("done", interrupted(stop)))
         return
+    forward_logs(conn, level)
     item_main(item, remote, settings, Shares.inherited(slots, fd).share(slot), conn)
 
 

@@ -39,6 +39,7 @@ from ..errors import BlobdlError, Interrupted, OutOfResources, UsageError
 from ..events import DownloadResult, Finished
 from ..http._remote import Remote
 from ..processes import _clean_process
+from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts
 from ._budget import Budget
 from ._destinations import Destinations
@@ -357,6 +358,9 @@ class _Scheduler:
         kind, payload = receive(running)
         if kind == "event":
             self.outcomes.event(running.item, payload)
+            return
+        if kind == "log":  # an exec'd child's: to the caller's logging, as a forked one's
+            relay_log(payload)
             return
         running.proc.join()
         self.watch.forget(running.conn)

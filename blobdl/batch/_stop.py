@@ -12,6 +12,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ..events import DownloadResult
+from ..processes._clean_child import relay_log
 from ._item_process import Running
 from ._pool import STOP_GRACE, Pool, _Done
 
@@ -60,12 +61,15 @@ def stop(
 
 
 def _read(conn: Connection, finished: dict[Connection, DownloadResult]) -> bool:
-    """Read one message: kept in ``finished`` if it is a result, else dropped; False at EOF."""
+    """Read one message: kept in ``finished`` if it is a result, logged if it is an exec'd
+    child's log record (its "partial kept" warning, say), else dropped; False at EOF."""
     try:
         message = conn.recv()
     except (EOFError, OSError):
         return False
-    if (result := _result_in(message)) is not None:
+    if isinstance(message, tuple) and len(message) == 2 and message[0] == "log":
+        relay_log(message[1])
+    elif (result := _result_in(message)) is not None:
         finished[conn] = result
     return True
 

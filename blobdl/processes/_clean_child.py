@@ -29,7 +29,7 @@ def child_main(conn: Connection) -> None:
 def run_job(conn: Connection, job: tuple[Any, ...]) -> None:
     """One call (``job``, as ``call`` sends it); its outcome is sent back."""
     target, args, telling, level = job
-    _forward_logs(conn, level)
+    forward_logs(conn, level)
     outcome: tuple[str, Any]
     try:
         outcome = ("result", target(*args, _tell_parent(conn, everything=telling)))
@@ -72,10 +72,17 @@ class _Forward(logging.Handler):
             self.conn.send(("log", record))
 
 
-def _forward_logs(conn: Connection, level: int) -> None:
+def forward_logs(conn: Connection, level: int) -> None:
+    """blobdl's records at ``level`` and above go to our parent as ``("log", record)``,
+    for its own logging configuration (``relay_log`` there)."""
     log.setLevel(level)
     log.addHandler(_Forward(conn))
     log.propagate = False
+
+
+def relay_log(record: logging.LogRecord) -> None:
+    """A record a child sent (``forward_logs``), handled by this process's logging."""
+    logging.getLogger(record.name).handle(record)
 
 
 def _portable(exc: BaseException) -> BaseException:

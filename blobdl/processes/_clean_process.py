@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import Finished
 from . import _spare
-from ._clean_child import child_main
+from ._clean_child import child_main, relay_log
 from ._signals import interrupted
 from ._spawn import exited, reap, start_clean, threaded
 
@@ -135,7 +135,7 @@ def _deliver(kind: str, payload: Any, tell: Tell | None) -> None:
     if kind == "event" and tell is not None:
         tell(payload)
     elif kind == "log":
-        logging.getLogger(payload.name).handle(payload)
+        relay_log(payload)
 
 
 def _broken(stop: BaseException | None) -> bool:
