@@ -30,7 +30,7 @@ from ..events import DownloadResult, Event
 from ..http._remote import Remote
 from ..processes._clean_child import forward_logs
 from ..processes._signals import interrupted
-from ..processes._spawn import Child, Execed, reap, start, start_clean, threaded
+from ..processes._spawn import Child, Execed, start, threaded
 from ._items import Item
 
 
@@ -69,7 +69,7 @@ class LargeItems:
         slot = self.free[-1]
         self.shares.set(slot, rate, lanes)
         proc: Child
-        if threaded():
+        if threaded() and self.shares.fd is not None:  # (no memfd here: forked, as ever)
             proc, receiver = self._exec(item, remote, settings, slot)
         else:
             args = (item, remote, settings, self.shares.share(slot))
@@ -87,14 +87,7 @@ class LargeItems:
         One that dies before it reads its job is heard as any child that died: its pipe
         reads EOF."""
         assert self.shares.fd is not None
-        conn, popen = start_clean(clean_item_main, keep=(self.shares.fd,))
-        try:
-            proc = Execed(popen)
-        except BaseException:
-            conn.close()
-            popen.kill()
-            reap(popen)
-            raise
+        proc, conn = Execed.start(clean_item_main, keep=(self.shares.fd,))
         level = logging.getLogger("blobdl").getEffectiveLevel()
         job = (item, remote, settings, self.shares.slots, slot, self.shares.fd, level)
         with contextlib.suppress(OSError):

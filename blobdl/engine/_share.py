@@ -36,9 +36,13 @@ class Shares:
             self._map = mmap.mmap(fd, size)
             os.close(fd)
         elif path is None:
-            self.fd = os.memfd_create("blobdl-shares", os.MFD_CLOEXEC)
-            os.ftruncate(self.fd, size)
-            self._map = mmap.mmap(self.fd, size)
+            try:
+                self.fd = os.memfd_create("blobdl-shares", os.MFD_CLOEXEC)
+            except OSError:  # a sandbox without memfd: anonymous, for forked children only
+                self._map = mmap.mmap(-1, size)
+            else:
+                os.ftruncate(self.fd, size)
+                self._map = mmap.mmap(self.fd, size)
         else:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:

@@ -217,15 +217,32 @@ class Child(Protocol):
 
 
 class Execed:
-    """A child ``start_clean`` started, with what a forked one (``BaseProcess``) offers
-    those who wait for it: its ``pid``, a ``sentinel`` that reads as ready once it has
-    ended (a pidfd), its ``exitcode`` (None while it runs; -N: ended by signal N) and
-    ``join`` (which also lets the sentinel go)."""
+    """A child started by exec (``Execed.start``), with what a forked one (``BaseProcess``)
+    offers those who wait for it: its ``pid``, a ``sentinel`` that reads as ready once it
+    has ended (a pipe whose other end only it, and what it forks, holds: as multiprocessing
+    makes one for a fork; a pidfd would need Linux 5.3), its ``exitcode`` (None while it
+    runs; -N: ended by signal N) and ``join`` (which also lets the sentinel go)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc, self.pid = proc, proc.pid
-        with _refused_as_ours("watch a new process"):
-            self.sentinel = os.pidfd_open(proc.pid)
+    def __init__(self, proc: subprocess.Popen[bytes], sentinel: int) -> None:
+        self.proc, self.pid, self.sentinel = proc, proc.pid, sentinel
+
+    @classmethod
+    def start(
+        cls, entry: Callable[[Connection], None], keep: Sequence[int] = ()
+    ) -> tuple[Execed, Connection]:
+        """``start_clean(entry, keep)``, watched: the child and our end of its socket (which
+        no child forked later keeps, ``private``)."""
+        with _refused_as_ours("open a pipe to a new process"):
+            sentinel, held = os.pipe()
+        try:
+            conn, proc = start_clean(entry, keep=(*keep, held))
+        except BaseException:
+            os.close(sentinel)
+            raise
+        finally:
+            os.close(held)  # the child's now
+        private(conn)
+        return cls(proc, sentinel), conn
 
     @property
     def exitcode(self) -> int | None:

@@ -397,7 +397,6 @@ def test_an_execed_items_log_records_reach_the_callers_logging(
     assert "ignoring unreadable resume state" not in capfd.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="an exec'd item needs pidfd_open (Linux 5.3)")
 def test_a_threaded_batch_runs_where_the_kernel_has_no_pidfd(
     make: Make, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
