@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import blobdl
@@ -246,29 +247,10 @@ def test_a_pool_process_lost_after_a_batch_callback_started_a_thread_is_not_fork
     lost process held fail (as a crashed worker's)."""
     blobs = [make(PART // 2, seed=930 + n) for n in range(8)]
     server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.3})
-    done, killed = threading.Event(), []
-
-    def bar(event: blobdl.BatchEvent) -> None:
-        if isinstance(event.event, blobdl.Finished) and not killed:
-            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
-            killed.extend(p.pid for p in forked_children())  # the pool: its every process
-            for pid in killed:
-                os.kill(pid, signal.SIGKILL)
-
     assert len(os.listdir("/proc/self/task")) == 1, "the test needs a single-threaded caller"
-    items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
-    try:
-        results = blobdl.download_many(items, max_connections=2, on_event=bar, **FAST)
-    finally:
-        done.set()
-    assert killed and max(forks) == 1, forks
-    lost = [r for r in results if not r.ok]
-    assert all(isinstance(r.error, blobdl.WorkerCrashed) for r in lost), lost
-    assert len(lost) <= 2  # what the two seats held as their processes died
-    for n, (blob, result) in enumerate(zip(blobs, results, strict=True)):
-        if result.ok:
-            assert sha256_file(tmp_path / f"o{n}") == blob.sha256
-    assert sum(r.ok for r in results) >= len(blobs) - 2
+    results = _pool_lost_after_a_thread(blobs, tmp_path, lambda pool: pool, max_connections=2)
+    assert max(forks) == 1, forks
+    assert sum(r.ok for r in results) >= len(blobs) - 2  # only what the two seats held failed
 
 
 def _stopped_when_execed(blobs: list[Blob], tmp_path: Path, signum: int) -> list[str]:
@@ -334,28 +316,46 @@ def test_a_pool_process_lost_after_a_thread_leaves_the_others_at_work(
     (A guard, not a defect: it passed in review.)"""
     blobs = [make(PART // 2, seed=960 + n) for n in range(12)]
     server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.2})
+
+    def one_of_two(pool: list[psutil.Process]) -> list[psutil.Process]:
+        assert len(pool) == 2, pool
+        return pool[:1]
+
+    _pool_lost_after_a_thread(blobs, tmp_path, one_of_two, max_connections=4, processes=2)
+    assert max(forks) == 1, forks
+
+
+def _pool_lost_after_a_thread(
+    blobs: list[Blob],
+    tmp_path: Path,
+    victims: Callable[[list[psutil.Process]], list[psutil.Process]],
+    **options: Any,
+) -> list[blobdl.ItemResult]:
+    """A batch of ``blobs`` whose callback, told the first item finished, starts a thread
+    and then SIGKILLs the ``victims`` among the pool's processes. Every item is whole or
+    failed as a crashed worker's, and at most the two seats' items in flight failed."""
     done, killed = threading.Event(), []
 
     def bar(event: blobdl.BatchEvent) -> None:
         if isinstance(event.event, blobdl.Finished) and not killed:
             threading.Thread(target=done.wait, name="monitor", daemon=True).start()
-            pool = forked_children()
-            assert len(pool) == 2, pool
-            killed.append(pool[0].pid)
-            os.kill(pool[0].pid, signal.SIGKILL)
+            killed.extend(p.pid for p in victims(forked_children()))
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
 
     items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
     try:
-        results = blobdl.download_many(items, max_connections=4, on_event=bar, processes=2, **FAST)
+        results = blobdl.download_many(items, on_event=bar, **options, **FAST)
     finally:
         done.set()
-    assert killed and max(forks) == 1, forks
+    assert killed
     lost = [r for r in results if not r.ok]
     assert all(isinstance(r.error, blobdl.WorkerCrashed) for r in lost), lost
     assert len(lost) <= 2, lost
     for n, (blob, result) in enumerate(zip(blobs, results, strict=True)):
         if result.ok:
             assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+    return results
 
 
 @pytest.mark.parametrize("thread", [False, True], ids=["forked", "exec'd"])
