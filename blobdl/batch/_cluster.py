@@ -10,14 +10,15 @@ there; the connection budget is held across all workers with Dask's semaphores
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 from urllib.parse import urlsplit
 
 from .._redact import redact_url
 from ..config import Settings
-from ..errors import BlobdlError
-from ..events import Failed
+from ..errors import BlobdlError, Interrupted
+from ..events import Failed, Finished, Started
 from ._cluster_budget import Budget, close
 from ._cluster_connect import connect
 from ._cluster_order import Sized, start_order
@@ -37,8 +38,9 @@ def download_many_on(
 ) -> list[ItemResult]:
     """``download_many`` on ``cluster`` (a Client, a scheduler address or local[:N])."""
     firsts = first_of_each(batch)  # usage errors before anything is submitted
+    words = None if on_event is None else _LastWords(on_event)
     with connect(cluster, threads=max_connections) as client:
-        run = Run(client, None if on_event is None else _batch_events(on_event))
+        run = Run(client, None if words is None else _batch_events(words.tell))
         budget = Budget(run.name, max_connections, per_host)
         jobs = [
             Job(i, item, _with_headers(settings, item), budget, base_dir, run.channel)
@@ -48,10 +50,44 @@ def download_many_on(
         hosts: set[str] = set()
         try:
             with run.open():
-                outcomes = _Batch(run, on_event, hosts).all(jobs)
+                outcomes = _Batch(run, None if words is None else words.tell, hosts).all(jobs)
+        except Interrupted as stop:
+            if words is not None:
+                words.cut(batch, stop)
+            raise
         finally:
             close(client, budget, hosts)
     return [_result_for(batch, firsts, outcomes, index) for index in range(len(batch))]
+
+
+class _LastWords:
+    """The batch's callback, and what it was told of each item: once the run is stopped,
+    every item that started and has not ended gets its last word, ``failed`` (exit 130),
+    as on one machine (``_scheduler._cut``); one that ended while the run stopped has had
+    its own (its events are relayed before the run gives up its tasks, ``Run._stopped``)."""
+
+    def __init__(self, on_event: BatchCallback) -> None:
+        self.on_event = on_event
+        self.started: dict[int, BatchEvent] = {}
+        self.ended: set[int] = set()
+
+    def tell(self, told: BatchEvent) -> None:
+        if isinstance(told.event, Started):
+            self.started.setdefault(told.item, told)
+        elif isinstance(told.event, Finished | Failed):
+            self.ended.add(told.item)
+        self.on_event(told)
+
+    def cut(self, batch: list[Item], stop: Interrupted) -> None:
+        """A callback that fails now is not heard: the stop is what the caller gets."""
+        for place, told in self.started.items():
+            if place in self.ended:
+                continue
+            assert isinstance(told.event, Started)
+            failed = Failed(redact_url(batch[place].url), told.event.path, str(stop),
+                            stop.exit_code)  # fmt: skip
+            with contextlib.suppress(Exception):
+                self.tell(BatchEvent(place, failed, told.worker))
 
 
 def _batch_events(on_event: BatchCallback) -> Any:

@@ -136,8 +136,10 @@ class Run:
         with contextlib.suppress(Exception):
             distributed.wait(self.futures, timeout=STOP_GRACE)
         if isinstance(why, KeyboardInterrupt):  # Ctrl-C, or our own SIGINT/SIGTERM
+            with contextlib.suppress(Exception):  # what the tasks said as they stopped
+                self._relay_queued()
             return interrupted(why)
-        return why
+        return why  # a callback that raised is told no more
 
 
 def drop_spares(client: Any) -> None:

@@ -296,9 +296,14 @@ def test_the_client_interrupted_keeps_partials_and_stops_every_download(
         if len(started) == 2:
             break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("blobdl: error: interrupted")
+    # Every item that started has its last word, as on one machine: each was cut.
+    last = {r["item"]: r for r in map(json.loads, out.splitlines())
+            if r.get("event") in ("finished", "failed") and r.get("item") is not None}  # fmt: skip
+    assert set(last) == started, (started, last)
+    assert all(r["event"] == "failed" and r["exit_code"] == 130 for r in last.values()), last
     for blob in blobs:
         assert (tmp_path / (blob.name + ".blobdl-tmp")).exists(), (
             sorted(p.name for p in tmp_path.iterdir()),
