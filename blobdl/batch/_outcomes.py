@@ -4,17 +4,20 @@ first's outcome, but fetched nothing itself."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Mapping
 
 from .._redact import redact_url
-from ..errors import BlobdlError, WorkerCrashed
-from ..events import DownloadResult, Event, Failed, Finished
+from ..errors import BlobdlError, Interrupted, WorkerCrashed
+from ..events import DownloadResult, Event, Failed, Finished, Started
 from ..processes._spawn import Child
 from ._items import BatchCallback, BatchEvent, Item, ItemResult
 
 
 class Outcomes:
-    """The batch's callback, and the result of every item that has ended (by index)."""
+    """The batch's callback, and the result of every item that has ended (by index); on
+    one machine or a cluster (where each event names the worker it came from)."""
 
     def __init__(self, tell: BatchCallback | None) -> None:
         self.tell = tell
@@ -22,17 +25,21 @@ class Outcomes:
         # Items whose last word (``Finished`` or ``Failed``) was passed on: their outcome
         # follows it in a message of its own, which a stop may leave unread.
         self.ended: set[int] = set()
+        # Items told ``Started``: the path they write, and their worker.
+        self.started: dict[int, tuple[str, str]] = {}
 
     @property
     def heard(self) -> bool:
         """Whether anyone hears events (else seats need not send them)."""
         return self.tell is not None
 
-    def event(self, index: int, event: Event) -> None:
+    def event(self, index: int, event: Event, worker: str = "") -> None:
         if isinstance(event, Finished | Failed):
             self.ended.add(index)
+        elif isinstance(event, Started):
+            self.started.setdefault(index, (event.path, worker))
         if self.tell is not None:
-            self.tell(BatchEvent(index, event))
+            self.tell(BatchEvent(index, event, worker))
 
     def said_last(self, index: int) -> bool:
         """Whether the item has had its last word: its outcome, or the event that ends it."""
@@ -44,13 +51,41 @@ class Outcomes:
         else:
             self.results[index] = ItemResult(item, None, outcome)
 
-    def failed(self, index: int, item: Item, exc: BlobdlError) -> None:
+    def failed(self, index: int, item: Item, exc: BlobdlError, worker: str = "") -> None:
         """An item failed where no download of it could report it (before it started, or
         its process died under it): say so for it."""
         if self.tell is not None:
             failed = Failed(redact_url(item.url), item.path or "", str(exc), exc.exit_code)
-            self.tell(BatchEvent(index, failed))
+            self.event(index, failed, worker)
         self.store(index, item, exc)
+
+    def cut(
+        self, items: Mapping[int, Item], finished: Mapping[int, DownloadResult], stop: Interrupted
+    ) -> None:
+        """The batch was stopped: each item it cut gets its last word, a ``failed`` event
+        (exit 130), as one that ended on its own gets ``finished``. One that said
+        ``finished`` (or ``failed``) before the stop has had its last word already, and one
+        whose result came while the batch stopped (``finished``) is told ``finished``: its
+        file is in place. A callback that fails now is not heard: the stop is what the
+        caller gets. ``items``: each as named by now (a path-less one: where it wrote)."""
+        for index, item in items.items():
+            if self.said_last(index):
+                continue
+            worker = self.started.get(index, ("", ""))[1]
+            with contextlib.suppress(Exception):
+                if index in finished:
+                    self.store(index, item, finished[index])
+                    self.event(index, Finished(finished[index]), worker)
+                else:
+                    self.failed(index, item, stop, worker)
+
+    def under_way(self, items: list[Item]) -> dict[int, Item]:
+        """The items told ``Started`` (at the path they write) that have not ended."""
+        return {
+            index: items[index]._replace(path=path)
+            for index, (path, _) in self.started.items()
+            if not self.said_last(index)
+        }
 
     def of(self, items: list[Item], first: list[int]) -> list[ItemResult]:
         """One result per item, in order (``first``: each item's first of its kind)."""

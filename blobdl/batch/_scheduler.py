@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from ..config import MAX_CONNECTIONS, Settings, check_int, check_path
 from ..engine._download import Downloader
 from ..errors import BlobdlError, Interrupted, OutOfResources, UsageError
-from ..events import DownloadResult, Finished
+from ..events import DownloadResult
 from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._clean_child import relay_log
@@ -219,7 +219,8 @@ class _Scheduler:
             except Interrupted as exc:
                 cut = self._running()
                 finished = self._stop(exc.signum)
-                self._cut(cut, finished, exc)
+                named = {i: self.destinations.named(i, self.items[i]) for i in cut}
+                self.outcomes.cut(named, finished, exc)
                 raise
             except BaseException:  # a raising callback, say: never leave children running
                 self._stop(signal.SIGTERM)
@@ -383,25 +384,6 @@ class _Scheduler:
     def _running(self) -> list[int]:
         """The items under way: on a seat, or in a child of their own."""
         return sorted({*self.seats.on_seat.values(), *self.large.running})
-
-    def _cut(
-        self, items: list[int], finished: dict[int, DownloadResult], stop: Interrupted
-    ) -> None:
-        """The batch was stopped: each item it cut gets its last word, a ``failed`` event
-        (exit 130), as one that ended on its own gets ``finished``. Its own report was
-        dropped with its child's pipe (``_stop.stop``); one that said ``finished`` (or
-        ``failed``) before the stop has had its last word already, and one whose result
-        came while the batch stopped (``finished``) is told ``finished``: its file is in
-        place. A callback that fails now is not heard: the stop is what the caller gets."""
-        for index in items:
-            if self.outcomes.said_last(index):
-                continue
-            with contextlib.suppress(Exception):
-                if index in finished:
-                    self._store(index, finished[index])
-                    self.outcomes.event(index, Finished(finished[index]))
-                else:
-                    self._failed(index, stop)
 
     def _stop(self, signum: int) -> dict[int, DownloadResult]:
         """Every seat's item and every child ends, and is reaped (``_stop.stop``); the items
