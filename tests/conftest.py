@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,21 @@ def _is_dask_service(proc: psutil.Process, cmdline: list[str]) -> bool:
     with contextlib.suppress(psutil.Error):
         return any(_is_dask_service(p, p.cmdline()) for p in proc.parents()[:2])
     return False
+
+
+@pytest.fixture(autouse=True)
+def no_fork_of_a_threaded_process() -> Iterator[None]:
+    """Python 3.12+ warns when a process with other threads forks (a lock one of them holds
+    stays held in the child), but the warning is raised from inside ``os.fork``, which
+    swallows it under ``-W error``: it is recorded here instead, and fails the test. Every
+    other warning is given back to pytest's own filters as it was."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        yield
+    forks = [w for w in seen if "use of fork() may lead to deadlocks" in str(w.message)]
+    for other in (w for w in seen if w not in forks):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    assert not forks, [f"{w.filename}:{w.lineno}: {w.message}" for w in forks]
 
 
 @pytest.fixture(autouse=True)
