@@ -91,9 +91,10 @@ class Run:
                 pending.discard(future)
                 yield future, self._value(future)
 
-    def settle(self, sent: Sent) -> None:
-        """Relay what an attempt sent before its result is used (or give up after a while)."""
-        deadline = time.monotonic() + EVENTS_GRACE
+    def settle(self, sent: Sent, deadline: float | None = None) -> None:
+        """Relay what an attempt sent before its result is used (or give up after a while:
+        ``EVENTS_GRACE``, or at ``deadline``)."""
+        deadline = time.monotonic() + EVENTS_GRACE if deadline is None else deadline
         while self.seen.get(sent.attempt, 0) < sent.events and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
                 self._relay(self.inbox.get(timeout=TICK)[1])
@@ -137,9 +138,25 @@ class Run:
             distributed.wait(self.futures, timeout=STOP_GRACE)
         if isinstance(why, KeyboardInterrupt):  # Ctrl-C, or our own SIGINT/SIGTERM
             with contextlib.suppress(Exception):  # what the tasks said as they stopped
-                self._relay_queued()
+                self._relay_ended()
             return interrupted(why)
         return why  # a callback that raised is told no more
+
+    def _relay_ended(self) -> None:
+        """Relay what the tasks said as they ended or stopped: all of what each that
+        returned says it sent (its last events may trail its result, as ``settle`` knows:
+        an item that finished just as the run stopped must be told so), ``EVENTS_GRACE``
+        in all; then whatever else came."""
+        deadline = time.monotonic() + EVENTS_GRACE
+        for future in self.futures:
+            with contextlib.suppress(Exception):
+                if not future.done():  # still running after the grace: it says no more
+                    continue
+                left = max(TICK, deadline - time.monotonic())  # its value comes from its worker
+                sent = getattr(future.result(timeout=left), "sent", None)
+                if isinstance(sent, Sent):
+                    self.settle(sent, deadline)
+        self._relay_queued()
 
 
 def drop_spares(client: Any) -> None:

@@ -69,7 +69,7 @@ class LargeItems:
         slot = self.free[-1]
         self.shares.set(slot, rate, lanes)
         proc: Child
-        if threaded() and self.shares.fd is not None:  # (no memfd here: forked, as ever)
+        if threaded() and self.shares.fd is not None:  # (no memory file at all: forked)
             proc, receiver = self._exec(item, remote, settings, slot)
         else:
             args = (item, remote, settings, self.shares.share(slot))

@@ -27,8 +27,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from multiprocessing.connection import Connection
+from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -111,6 +111,7 @@ class Pool:
         self.pipes: list[Connection] = [None] * seats  # type: ignore[list-item]
         self.procs: list[BaseProcess] = []
         self.controls: list[Connection] = []
+        self.closing = False  # told to end (``close``): told once
         for number in range(len(self.ranges)):
             self._fork(number)
 
@@ -167,16 +168,28 @@ class Pool:
             with contextlib.suppress(OSError):
                 control.send(_Stop(signum))
 
-    def close(self) -> None:
+    def close(self, wake: Sequence[Any] = ()) -> bool:
         """No small item is left: the seats end, their renames are made durable, and every
         process is reaped once it has ended. Never killed: its last work is the fsync of
         the directories its seats renamed files in (no seat is busy by now), which may
-        take a slow disk longer than any grace, and the batch's results wait for it."""
-        for control in self.controls:
-            with contextlib.suppress(OSError):
-                control.send(None)
+        take a slow disk longer than any grace, and the batch's results wait for it. But
+        not deaf: once one of ``wake`` is ready first (a signal's wake-up socket), False,
+        the pool left as it is, for the caller to stop (a disk that never answers, and
+        the user gives up); called again, it goes on waiting."""
+        if not self.closing:
+            self.closing = True
+            for control in self.controls:
+                with contextlib.suppress(OSError):
+                    control.send(None)
+        running = {proc.sentinel for proc in self.procs}
+        while running:
+            ready = wait([*running, *wake])
+            if any(waker in ready for waker in wake):
+                return False
+            running -= set(ready)
         for process in range(len(self.procs)):
-            self._reap(process, grace=None)
+            self._reap(process, grace=None)  # ended: reaped at once
+        return True
 
     def _fork(self, number: int) -> None:
         seats = self.ranges[number]

@@ -215,7 +215,9 @@ class _Scheduler:
                     self._launch()
                     self._wait()
                 interrupts.check()  # a signal during the last item is not lost
-                self.seats.close(self.watch)
+                while self.seats.pool is not None:  # until no signal cuts its close short
+                    self.seats.close(self.watch)
+                    interrupts.check()  # (a Ctrl-C: the pool is stopped instead)
             except Interrupted as exc:
                 cut = self._running()
                 finished = self._stop(exc.signum)

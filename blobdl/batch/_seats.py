@@ -88,12 +88,16 @@ class Seats:
 
     def close(self, watch: Watch) -> None:
         """End the pool: no small item is left (the batch is done, or only large items
-        run). Its seats' kept connections are let go: the budget counts them no more."""
-        pool, self.pool = self.pool, None
+        run). Its seats' kept connections are let go: the budget counts them no more. A
+        signal while it ends cuts the wait short: the pool is still ours, for the
+        scheduler's check to stop it (``_stop``), or to close again."""
+        pool = self.pool
         if pool is None:
             return
         watch.forget_pool(pool)
-        pool.close()
+        if not pool.close(watch.wakers):
+            return
+        self.pool = None
         for number, proc in enumerate(pool.procs):
             if proc.exitcode != 0:  # killed: it could not remove its seats' lock files
                 self._sweep(pool.ranges[number])

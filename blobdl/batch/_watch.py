@@ -20,6 +20,7 @@ class Watch:
 
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
+        self.wakers: list[socket.socket] = []  # ready once a signal arrived
 
     def __enter__(self) -> Watch:
         return self
@@ -34,7 +35,8 @@ class Watch:
 
     def signals(self, interrupts: Interrupts) -> None:
         """A signal wakes the wait (the run's loop then checks for it)."""
-        for waitable in interrupts.waitables():
+        self.wakers = interrupts.waitables()
+        for waitable in self.wakers:
             self.selector.register(waitable, selectors.EVENT_READ, None)
 
     def pool(self, pool: Pool) -> None:

@@ -13,8 +13,10 @@ stores: no lock.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import tempfile
 
 _FIELDS = 2  # rate (bytes/s, 0: no limit), connections
 _WORD = 8
@@ -23,8 +25,9 @@ _WORD = 8
 class Shares:
     """One slot per download that may run at once; the batch writes, downloads read.
 
-    Memory of no file (a memfd), inherited by the processes the batch forks, and mapped by
-    one it starts by exec from the descriptor it is handed (``fd``, ``inherited``); or,
+    Memory of no file (a memfd; where a sandbox refuses one, an unlinked temporary file),
+    inherited by the processes the batch forks, and mapped by one it starts by exec from
+    the descriptor it is handed (``fd``, ``inherited``); or,
     given ``path``, a file of its own that another process opens by that name (a cluster
     task's download runs in a clean process, started by exec), which is how it pickles."""
 
@@ -36,9 +39,8 @@ class Shares:
             self._map = mmap.mmap(fd, size)
             os.close(fd)
         elif path is None:
-            try:
-                self.fd = os.memfd_create("blobdl-shares", os.MFD_CLOEXEC)
-            except OSError:  # a sandbox without memfd: anonymous, for forked children only
+            self.fd = _memory_file()
+            if self.fd is None:  # no memory file at all: for forked children only
                 self._map = mmap.mmap(-1, size)
             else:
                 os.ftruncate(self.fd, size)
@@ -97,3 +99,17 @@ class Share:
     def connections(self) -> int:
         """Lanes it may run at once."""
         return self._shares.connections(self.slot)
+
+
+def _memory_file() -> int | None:
+    """A descriptor of memory no name leads to, for an exec'd child to map: a memfd, or
+    where a sandbox refuses memfd_create (gVisor, older seccomp profiles), an unlinked file
+    of the temporary directory. Without one, a threaded scheduler would have to fork its
+    items, which it must not (a lock another thread holds stays held in the child)."""
+    with contextlib.suppress(OSError):
+        return os.memfd_create("blobdl-shares", os.MFD_CLOEXEC)
+    try:
+        with tempfile.TemporaryFile(prefix="blobdl-shares-") as file:  # unlinked at once
+            return os.dup(file.fileno())  # not inheritable: handed to a child by pass_fds
+    except OSError:
+        return None

@@ -493,6 +493,44 @@ def test_the_pool_is_never_killed_while_it_makes_its_items_renames_durable(
     assert synced.read_text() == f"{out}\n"
 
 
+class _Hung(Exception):
+    pass
+
+
+def test_ctrl_c_while_the_pool_makes_its_renames_durable_stops_the_batch(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's closing fsync may wait on a disk that stopped answering (a hung NFS mount):
+    a close that waits for it unbounded must still heed Ctrl-C, or nothing but SIGKILL ends
+    the batch. A Ctrl-C then is a stop, and a stopped pool is killed after its grace."""
+    from blobdl.batch import _pool
+
+    def hung_sync(directory: Path) -> None:  # in the pool process: the user gives up
+        os.kill(os.getppid(), signal.SIGINT)
+        time.sleep(3600)
+
+    def too_long(signum: int, frame: Any) -> None:  # not an OSError: waitpid's callers eat those
+        raise _Hung("Ctrl-C was not heeded while the pool closed")
+
+    monkeypatch.setattr(_pool, "STOP_GRACE", 0.2)
+    monkeypatch.setattr(_pool, "sync_dir_quietly", hung_sync)
+    blobs = [make(SMALL, seed=2480 + n) for n in range(2)]
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(15)
+    try:
+        with pytest.raises(blobdl.Interrupted):
+            blobdl.download_many(items, max_connections=2, **fast(processes=1))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert left == [], left
+    for n, blob in enumerate(blobs):  # renamed before the close: whole
+        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+
+
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 

@@ -313,6 +313,78 @@ def test_the_client_interrupted_keeps_partials_and_stops_every_download(
         assert not (tmp_path / blob.name).exists()
 
 
+TRAILING = """
+import json, os, pickle, signal, sys, threading
+import blobdl
+from blobdl.batch import _cluster_run
+
+TRAIL = 3.0  # a finished item's last event comes this long after its result (< EVENTS_GRACE)
+
+
+class Trailing:
+    \"\"\"The run's inbox: a Finished event lands TRAIL s late; Ctrl-C as it is sent.\"\"\"
+
+    def __init__(self, inbox):
+        self.inbox = inbox
+
+    def put(self, record):
+        if isinstance(pickle.loads(record[1]["event"]), blobdl.Finished):
+            late = threading.Timer(TRAIL, self.inbox.put, (record,))
+            late.daemon = True
+            late.start()
+            os.kill(os.getpid(), signal.SIGINT)  # the item's file is in place by now
+        else:
+            self.inbox.put(record)
+
+    def get(self, *args, **kwargs):
+        return self.inbox.get(*args, **kwargs)
+
+    def get_nowait(self):
+        return self.inbox.get_nowait()
+
+
+real_init = _cluster_run.Run.__init__
+
+
+def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    self.inbox = Trailing(self.inbox)
+
+
+if __name__ == "__main__":
+    _cluster_run.Run.__init__ = init
+    said = []
+    items = [blobdl.Item(url, path) for url, path in json.loads(sys.argv[2])]
+    try:
+        blobdl.download_many(items, cluster=sys.argv[1], per_host=16,
+                             min_part_size=262144, max_part_size=262144, progress_interval=0.1,
+                             on_event=lambda e: said.append([e.item, type(e.event).__name__]))
+    except blobdl.Interrupted:
+        print(json.dumps(said))
+"""
+
+
+def test_an_item_that_finished_as_the_client_was_interrupted_is_told_finished(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """A task's last events may trail its result (``Run.settle`` waits for them): stopped
+    just as an item finished, the client must relay that item's own Finished, not tell it
+    'failed' (exit 130) while its file is in place, as one machine never does."""
+    small, large = make(128 * KB, 41), make(2 * 1024 * KB, 42)
+    paced(server, 32 * KB)  # the large item runs on when the small one has finished
+    rows = [[small.url, str(tmp_path / "small.bin")], [large.url, str(tmp_path / "large.bin")]]
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(TRAILING))
+    done = subprocess.run([sys.executable, str(script), cluster.address, json.dumps(rows)],
+                          capture_output=True, text=True, timeout=90, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.splitlines()[-1])
+    last = {item: kind for item, kind in said if kind in ("Finished", "Failed")}
+    assert sha256_file(tmp_path / "small.bin") == small.sha256
+    assert last == {0: "Finished", 1: "Failed"}, said
+    assert sorted(item for item, kind in said if kind in ("Finished", "Failed")) == [0, 1], said
+
+
 def test_the_client_killed_mid_item_leaves_no_spare_process_on_the_workers(
     cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:

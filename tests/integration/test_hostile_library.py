@@ -425,6 +425,36 @@ def test_a_threaded_batch_runs_where_the_kernel_has_no_pidfd(
         assert sha256_file(tmp_path / f"o{n}") == blob.sha256
 
 
+def test_a_threaded_batch_never_forks_where_the_kernel_has_no_memfd(
+    make: Make, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gVisor, old seccomp profiles and some sandboxes refuse memfd_create. The batch's
+    Shares then had no descriptor to hand an exec'd item, and a threaded scheduler forked
+    its large items instead: a fork of a threaded process (a lock another thread held stays
+    held for ever in the child), which blobdl refuses everywhere else."""
+    blobs = [make(16 * PART, seed=980 + n) for n in range(3)]
+    done = threading.Event()
+
+    def no_memfd(name: str, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    def bar(event: blobdl.BatchEvent) -> None:
+        if isinstance(event.event, blobdl.Started) and event.item == 0:
+            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
+
+    monkeypatch.setattr(os, "memfd_create", no_memfd)
+    assert len(os.listdir("/proc/self/task")) == 1, "the test needs a single-threaded caller"
+    items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    try:
+        results = blobdl.download_many(items, max_connections=2, on_event=bar, **FAST)
+    finally:
+        done.set()
+    assert max(forks) == 1, forks
+    for n, (blob, result) in enumerate(zip(blobs, results, strict=True)):
+        assert result.ok, result
+        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+
+
 def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
