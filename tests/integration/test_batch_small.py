@@ -107,7 +107,9 @@ def test_the_pool_ends_once_no_small_item_is_left_while_a_large_one_runs(
     the layer does."""
     small = [make(SMALL, seed=2360 + n) for n in range(2)]
     large = make(16 * PART, seed=2365)
-    slow(server, 2_000_000, f"/files/{large.name}")  # 1 MiB: about half a second
+    # 1 MiB: about a second, so that the layer's last events come long after the small
+    # items' (the pool ends as the scheduler next looks, after their results).
+    slow(server, 1_000_000, f"/files/{large.name}")
     items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([*small, large])]
     done: set[int] = set()
     ours: list[int] = []  # the batch's processes while the layer runs, the others done
