@@ -105,6 +105,9 @@ def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Tell | None) 
             stop = stop or _stop(proc, _reason(exc))
     if kind == "result" and isinstance(stop, Interrupted):
         return payload  # it had committed: as in the caller's own process, it succeeded
+    cut_after_commit = kind == "error" and isinstance(payload, Interrupted) and finished is not None
+    if cut_after_commit and (stop is None or isinstance(stop, Interrupted)):
+        return finished  # cut after it committed (its Finished said so): it succeeded
     if stop is not None:
         raise stop
     if kind == "error":

@@ -12,9 +12,13 @@ import multiprocessing
 import os
 import random
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +105,53 @@ def test_an_interrupted_threaded_caller_never_has_the_whole_blob_in_place(
             pass  # the callback's own (it was the one the signal landed in): acceptable
     if out.exists():
         assert sha256_file(out) == blob.sha256
+
+
+_FINISHED_THEN_CUT = """
+import sys
+from multiprocessing.connection import Connection
+from pathlib import Path
+from blobdl.errors import Interrupted
+from blobdl.events import DownloadResult, Finished
+conn = Connection(int(sys.argv[1]))
+done = DownloadResult(Path(sys.argv[2]), 3, 0.1, 3, 0, 1, "http://h/x", "http://h/x")
+conn.send(("event", Finished(done)))  # its file is in place
+conn.send(("error", Interrupted(2)))  # a Ctrl-C landed before its result went out
+"""
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["the terminal's Ctrl-C", "ours"])
+def test_a_clean_child_cut_after_its_finished_event_gives_the_caller_its_result(
+    tmp_path: Path, stopped: bool
+) -> None:
+    """The window of the test above, made certain: a clean process that has told Finished
+    (committed: its file in place) and is cut by a Ctrl-C before its result goes out
+    answers Interrupted. The caller gets the result Finished told: Interrupted would
+    promise a partial to resume, where the whole blob is in place."""
+    from blobdl.processes._clean_process import _follow
+
+    ours, theirs = socket.socketpair()
+    out = tmp_path / "out"
+    out.write_bytes(b"abc")
+    with ours, theirs:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _FINISHED_THEN_CUT, str(theirs.fileno()), str(out)],
+            pass_fds=(theirs.fileno(),),
+        )
+        theirs.close()
+        told: list[blobdl.Event] = []
+
+        def tell(event: blobdl.Event) -> None:
+            told.append(event)
+            if stopped:
+                raise KeyboardInterrupt  # the caller's own Ctrl-C, in its callback
+
+        try:
+            result = _follow(Connection(os.dup(ours.fileno())), child, tell)
+        finally:
+            child.wait()
+    assert isinstance(result, blobdl.DownloadResult) and result.path == out
+    assert [type(e) for e in told] == [blobdl.Finished]
 
 
 # --- callers blobdl does not see coming ----------------------------------------------------
