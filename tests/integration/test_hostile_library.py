@@ -241,21 +241,28 @@ def test_a_batch_callback_that_starts_a_thread_never_makes_blobdl_fork_a_threade
 ) -> None:
     """The batch's scheduler runs the callbacks, and starts a process for each large item:
     those after the thread are fresh interpreters (fork + exec), never bare forks."""
-    blobs = [make(16 * PART, seed=906 + n) for n in range(3)]
+    assert len(os.listdir("/proc/self/task")) == 1, "the test needs a single-threaded caller"
+    _threaded_batch([make(16 * PART, seed=906 + n) for n in range(3)], tmp_path)
+    assert forks and max(forks) == 1, forks
+
+
+def _threaded_batch(blobs: list[Blob], tmp_path: Path) -> None:
+    """A batch of ``blobs`` whose callback starts a thread (as a tqdm bar does) once item 0
+    has started: every item comes whole."""
     done = threading.Event()
 
     def bar(event: blobdl.BatchEvent) -> None:
         if isinstance(event.event, blobdl.Started) and event.item == 0:
             threading.Thread(target=done.wait, name="monitor", daemon=True).start()
 
-    assert len(os.listdir("/proc/self/task")) == 1, "the test needs a single-threaded caller"
     items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
     try:
         results = blobdl.download_many(items, max_connections=2, on_event=bar, **FAST)
     finally:
         done.set()
-    assert all(r.ok for r in results)
-    assert forks and max(forks) == 1, forks
+    for n, (blob, result) in enumerate(zip(blobs, results, strict=True)):
+        assert result.ok, result
+        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
 
 
 def test_a_thread_started_on_an_unfit_item_keeps_blobdl_from_forking_the_pool(
@@ -454,26 +461,13 @@ def test_a_threaded_batch_runs_where_the_kernel_has_no_pidfd(
     """RHEL 8 (4.18), Amazon Linux 2 (4.14), and containers whose seccomp profile predates
     pidfd_open: the call fails with ENOSYS (or EPERM). A forked item never needed it; an
     exec'd one must not fail its whole batch as OutOfResources for the lack of it."""
-    blobs = [make(16 * PART, seed=906 + n) for n in range(3)]
-    done = threading.Event()
 
     def no_pidfd(pid: int, flags: int = 0) -> int:
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
 
-    def bar(event: blobdl.BatchEvent) -> None:
-        if isinstance(event.event, blobdl.Started) and event.item == 0:
-            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
-
     monkeypatch.setattr(os, "pidfd_open", no_pidfd)
-    items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
-    try:
-        results = blobdl.download_many(items, max_connections=2, on_event=bar, **FAST)
-    finally:
-        done.set()
+    _threaded_batch([make(16 * PART, seed=906 + n) for n in range(3)], tmp_path)
     assert max(forks) == 1, forks
-    for n, (blob, result) in enumerate(zip(blobs, results, strict=True)):
-        assert result.ok, result
-        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
 
 
 def test_a_threaded_batch_never_forks_where_the_kernel_has_no_memfd(
@@ -483,27 +477,14 @@ def test_a_threaded_batch_never_forks_where_the_kernel_has_no_memfd(
     Shares then had no descriptor to hand an exec'd item, and a threaded scheduler forked
     its large items instead: a fork of a threaded process (a lock another thread held stays
     held for ever in the child), which blobdl refuses everywhere else."""
-    blobs = [make(16 * PART, seed=980 + n) for n in range(3)]
-    done = threading.Event()
 
     def no_memfd(name: str, flags: int = 0) -> int:
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
 
-    def bar(event: blobdl.BatchEvent) -> None:
-        if isinstance(event.event, blobdl.Started) and event.item == 0:
-            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
-
     monkeypatch.setattr(os, "memfd_create", no_memfd)
     assert len(os.listdir("/proc/self/task")) == 1, "the test needs a single-threaded caller"
-    items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
-    try:
-        results = blobdl.download_many(items, max_connections=2, on_event=bar, **FAST)
-    finally:
-        done.set()
+    _threaded_batch([make(16 * PART, seed=980 + n) for n in range(3)], tmp_path)
     assert max(forks) == 1, forks
-    for n, (blob, result) in enumerate(zip(blobs, results, strict=True)):
-        assert result.ok, result
-        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
 
 
 def _fds() -> set[str]:
@@ -516,19 +497,8 @@ def test_a_threaded_batch_leaves_no_descriptor_open(
     """An exec'd item's socket and pidfd, and the batch's memfd, all go with the batch.
     (A guard, not a defect: it passed in review.)"""
     blobs = [make(16 * PART, seed=906 + n) for n in range(3)]
-    done = threading.Event()
-
-    def bar(event: blobdl.BatchEvent) -> None:
-        if isinstance(event.event, blobdl.Started) and event.item == 0:
-            threading.Thread(target=done.wait, name="monitor", daemon=True).start()
-
-    items = [blobdl.Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
     before = _fds()
-    try:
-        results = blobdl.download_many(items, max_connections=2, on_event=bar, **FAST)
-    finally:
-        done.set()
-    assert all(r.ok for r in results)
+    _threaded_batch(blobs, tmp_path)
     assert max(forks) == 1, forks
     assert _fds() <= before, {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in _fds() - before}
 
