@@ -74,8 +74,10 @@ def test_an_item_named_after_its_probe_whose_process_dies_is_told_failed_at_its_
     """A seat's item given no path is named by its probe; if the seat's process dies under
     it, its ``failed`` event names the path its ``started`` did, not an empty one."""
     blob = make(2 * PART // 3, seed=3310)
-    server.set_faults({"path": "/files/*", "times": None, "action": "shape", "bps": 2_000,
-                       "ttfb": 0.3})  # fmt: skip
+    # The body stops after 1000 bytes: the item is in flight for as long as the kill takes.
+    # (Paced, a body this small came whole at once: under load the kill came after it.)
+    server.set_faults({"path": "/files/*", "times": None, "action": "stall_after",
+                       "bytes": 1000, "hold": 30})  # fmt: skip
     manifest = tmp_path / "manifest"
     manifest.write_text(f"{blob.url}\n")
     out = tmp_path / "out"
