@@ -9,6 +9,7 @@ on with the others.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -106,9 +107,12 @@ def _victim(me: psutil.Process, victim: str) -> psutil.Process | None:
     """The batch's pool process (forked first, threads of its own), or a large item's child
     (a process that forks workers); None until it runs."""
     for child in me.children():
-        forks = child.children()
-        if victim == "pool" and not forks and child.num_threads() > 1:
-            return child
-        if victim == "large item" and forks:
-            return child
+        # A child may end between the listing and the look (the pool, its small items
+        # done; a large item's probe): it is not the victim, so look at the next one.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            forks = child.children()
+            if victim == "pool" and not forks and child.num_threads() > 1:
+                return child
+            if victim == "large item" and forks:
+                return child
     return None
