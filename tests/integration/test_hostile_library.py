@@ -52,11 +52,19 @@ def test_an_exception_from_a_signal_handler_stops_a_threaded_callers_download(
     def alarm(_signum: int, _frame: Any) -> None:
         raise TimeoutError("the job's time is up")
 
+    armed: list[bool] = []
+
+    def arm(event: blobdl.Event) -> None:
+        # Armed once bytes are in, not 0.5 s after the call: under load the download had
+        # not begun by then, and a stop before any byte keeps nothing (by design).
+        if not armed and isinstance(event, blobdl.Progress) and event.done > 0:
+            armed.append(True)
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+
     previous = signal.signal(signal.SIGALRM, alarm)
     try:
         with noise(1), pytest.raises(TimeoutError):
-            signal.setitimer(signal.ITIMER_REAL, 0.5)
-            blobdl.download(blob.url, out, **PACED)
+            blobdl.download(blob.url, out, on_event=arm, **PACED)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
