@@ -396,7 +396,7 @@ def test_a_killed_pool_process_fails_its_items_and_the_batch_goes_on(
             # A pool process: one of ours that forked nothing (not the clean coordinator a
             # threaded caller gets, whose children the pool then is).
             mine = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
-            pool = next(p for p in mine if not p.children())
+            pool = next(p for p in mine if _forks_nothing(p))
             killed.append(pool.pid)
             pool.kill()
 
@@ -431,7 +431,7 @@ def test_a_killed_pool_process_leaves_no_lock_file_beside_an_item_it_finished(
             mine = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
             # Forked first, and forks nothing (unlike the clean coordinator of a threaded
             # caller): the pool's process, not o1's own.
-            pool = min((p for p in mine if not p.children()), key=lambda p: p.create_time())
+            pool = min((p for p in mine if _forks_nothing(p)), key=lambda p: p.create_time())
             killed.append(pool.pid)
             pool.kill()
 
@@ -533,6 +533,15 @@ def test_ctrl_c_while_the_pool_makes_its_renames_durable_stops_the_batch(
     assert left == [], left
     for n, blob in enumerate(blobs):  # renamed before the close: whole
         assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+
+
+def _forks_nothing(proc: psutil.Process) -> bool:
+    """Whether ``proc`` has no child; False if it has ended since it was listed (it is not
+    the one to kill)."""
+    try:
+        return not proc.children()
+    except psutil.NoSuchProcess:
+        return False
 
 
 # --- Ctrl-C --------------------------------------------------------------------------------
