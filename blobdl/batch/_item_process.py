@@ -65,7 +65,8 @@ class LargeItems:
         rate: int | None,
         lanes: int,
     ) -> Running:
-        """Fork the child for item ``index``, its lanes and rate in its slot before it starts."""
+        """Start the child for item ``index`` (forked, or exec'd once this process has a
+        thread), its lanes and rate in its slot before it starts."""
         slot = self.free[-1]
         self.shares.set(slot, rate, lanes)
         proc: Child

@@ -5,10 +5,9 @@ number of connections.
 memfd: the children it forks inherit the mapping, and one it starts by exec, once it has a
 thread, maps the same memory from the descriptor it is handed): the scheduler writes each
 running item's share whenever an item starts or ends, and the item's coordinator reads its
-own (``Share``) at every look at its lanes. So the rate
-and the connections that finished items free go to the items still running, instead of
-staying split as they were when each item started. One writer per word, aligned 8-byte
-stores: no lock.
+own (``Share``) at every look at its lanes. So the rate and the connections that finished
+items free go to the items still running, instead of staying split as they were when each
+item started. One writer per word, aligned 8-byte stores: no lock.
 """
 
 from __future__ import annotations
@@ -27,13 +26,13 @@ class Shares:
 
     Memory of no file (a memfd; where a sandbox refuses one, an unlinked temporary file),
     inherited by the processes the batch forks, and mapped by one it starts by exec from
-    the descriptor it is handed (``fd``, ``inherited``); or,
-    given ``path``, a file of its own that another process opens by that name (a cluster
-    task's download runs in a clean process, started by exec), which is how it pickles."""
+    the descriptor it is handed (``fd``, ``inherited``); or, given ``path``, a file of its
+    own that another process opens by that name (a cluster task's download runs in a
+    clean process, started by exec), which is how it pickles."""
 
     def __init__(self, slots: int, path: str | None = None, *, fd: int | None = None) -> None:
         self.slots, self.path = slots, path
-        self.fd: int | None = None  # the memfd, kept open to hand to a child started by exec
+        self.fd: int | None = None  # the memory file, kept to hand to a child started by exec
         size = max(1, slots) * _FIELDS * _WORD
         if fd is not None:  # ours by inheritance (``inherited``)
             self._map = mmap.mmap(fd, size)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +19,7 @@ import psutil
 import pytest
 
 from faultserver.serverctl import ServerHandle
-from tests.conftest import REPO, Blob, sha256_file
+from tests.conftest import Blob, sha256_file, spawn_cli
 
 Make = Callable[..., Blob]
 PART = 16_384  # one request holds this much: smaller blobs are small items
@@ -41,8 +39,7 @@ def test_an_item_whose_process_dies_is_told_failed(
     manifest.write_text("".join(f"{b.url} {tmp_path / f'o{n}'}\n" for n, b in enumerate(blobs)))
     args = ["-i", str(manifest), "--json", "--connections", "2", "--per-host", "2",
             "--min-part-size", str(PART), "--max-part-size", str(PART)]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = spawn_cli(*args)
     try:
         me = psutil.Process(proc.pid)
         deadline = time.monotonic() + 20
@@ -85,8 +82,7 @@ def test_an_item_named_after_its_probe_whose_process_dies_is_told_failed_at_its_
     out.mkdir()
     args = ["-i", str(manifest), "--json", "--base-dir", str(out),
             "--min-part-size", str(PART), "--max-part-size", str(PART)]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = spawn_cli(*args)
     assert proc.stdout is not None
     try:
         started = json.loads(proc.stdout.readline())  # the seat has named it
