@@ -56,9 +56,15 @@ def _plain_item(line: str) -> Item:
     if len(words) > 3:
         raise ValueError(f"expected 'URL [PATH] [sha256:HEX]', got {len(words)} fields")
     url, rest = words[0], words[1:]
-    digest = next((w for w in rest if w.lower().startswith("sha256:")), None)
-    paths = [w for w in rest if w is not digest]
-    return _checked(Item(url, paths[0] if paths else None, digest))
+    digests = [w for w in rest if w.lower().startswith("sha256:")]
+    paths = [w for w in rest if w not in digests]
+    # A third field that is no digest (a bare hex one, copied from sha256sum) must not be
+    # dropped: the blob would come unchecked.
+    if len(digests) > 1:
+        raise ValueError("expected 'URL [PATH] [sha256:HEX]': it gives two digests")
+    if len(paths) > 1:
+        raise ValueError(f"expected 'URL [PATH] [sha256:HEX]': {paths[1]!r} is not sha256:HEX")
+    return _checked(Item(url, paths[0] if paths else None, digests[0] if digests else None))
 
 
 _FIELDS = ("url", "path", "digest", "headers", "size")

@@ -101,6 +101,31 @@ def test_malformed_lines_are_usage_errors_naming_their_line(
     assert server.stats()["requests"] == 0
 
 
+@pytest.mark.parametrize(
+    "rest",
+    [
+        "out HEX",  # a digest copied from sha256sum, without its "sha256:"
+        "out sha1:HEX",
+        "out other",  # two paths: which one was meant?
+        "sha256:HEX sha256:HEX",  # two digests: the second is no file name
+    ],
+    ids=["bare-hex", "other-algorithm", "two-paths", "two-digests"],
+)
+def test_a_plain_line_whose_third_field_is_no_digest_is_a_usage_error(
+    make: Make, server: ServerHandle, tmp_path: Path, rest: str
+) -> None:
+    """Three fields are URL, path and digest: a third field that is not ``sha256:HEX``
+    (a bare hex digest, say) was dropped, and the blob came unchecked, exit 0."""
+    blob = make(1000, seed=2301)
+    wrong_hex = "0" * 64  # the blob's bytes never have it: a check would fail
+    manifest = tmp_path / "manifest"
+    given = rest.replace("HEX", wrong_hex).replace("out", str(tmp_path / "out"))
+    manifest.write_text(f"{blob.url} {tmp_path / 'ok'}\n\n{blob.url} {given}\n")
+    code, _, stderr = run_batch(manifest)
+    assert_usage_error(code, stderr, 3)
+    assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == [manifest]
+
+
 @pytest.mark.parametrize("stdin", [False, True], ids=["file", "stdin"])
 def test_a_manifest_that_is_not_utf8_is_a_usage_error_naming_its_line(
     make: Make, server: ServerHandle, tmp_path: Path, stdin: bool
