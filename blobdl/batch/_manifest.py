@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import parse_header
+from ..config import MAX_BYTES, parse_header
 from ..errors import UsageError
 from ..http._urls import check_url
 from ..store._digest import parse_digest
@@ -105,8 +105,8 @@ def _string(record: dict[str, Any], name: str) -> str | None:
 
 def _size(value: object) -> int | None:
     """The optional ``size`` hint: a whole number of bytes (true/false are no numbers)."""
-    if value is not None and (type(value) is not int or value < 0):
-        raise ValueError("the field 'size' must be a whole number of bytes")
+    if value is not None and (type(value) is not int or not 0 <= value <= MAX_BYTES):
+        raise ValueError(f"the field 'size' must be a whole number of bytes, at most {MAX_BYTES:,}")
     return value
 
 
