@@ -14,6 +14,7 @@ from ..config import check_int, check_pairs, check_text
 from ..errors import BlobdlError, UsageError
 from ..events import DownloadResult, Event
 from ..http._urls import check_url, lift_userinfo
+from ..store._destination import engine_side_name
 from ..store._digest import parse_digest
 
 
@@ -86,8 +87,22 @@ def _check_item(item: object, where: str) -> None:
     check_text(f"{where}: path", item.path, optional=True)
     check_text(f"{where}: digest", item.digest, optional=True)
     check_pairs(item.headers, where)
+    if item.path is not None:
+        try:
+            check_not_side_file(item.path)
+        except ValueError as exc:
+            raise UsageError(f"{where}: {exc}") from None
     if item.size is not None:
         check_int(f"{where}: size", item.size, 0, 2**63 - 1)
+
+
+def check_not_side_file(path: str) -> None:
+    """ValueError if ``path`` is named like a file blobdl keeps beside a destination
+    (``x.blobdl-tmp``, a lock, a record): another item's, which that item renames into place
+    as its own or removes, while this one says it succeeded. (The server's names are held
+    to a stricter rule, ``safe_basename``.)"""
+    if engine_side_name(PurePath(path).name):
+        raise ValueError(f"path {path!r} is named like blobdl's own files beside a download")
 
 
 def normalized(item: Item) -> Item:

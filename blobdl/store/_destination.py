@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -23,12 +24,22 @@ from ._files import (
 TEMP_SUFFIX = ".blobdl-tmp"
 #: Every file blobdl keeps beside a destination has this in its name (-tmp, -state, -lock...).
 SIDE_MARK = ".blobdl-"
+#: What follows SIDE_MARK in the name of a file the engine keeps beside a destination
+#: (-tmp, -state and -state.new, -bad, -lock, a cache's -link scratch, a seat's -kept lock).
+_ENGINE_SIDE = re.compile(re.escape(SIDE_MARK) + r"(tmp|state|bad|lock|link|kept)")
 #: NAME_MAX (255) less our longest side-file suffix (a cache scratch: .blobdl-link-PID-HEX).
 MAX_NAME_BYTES = 255 - 40
 # fallocate(2) errors that mean "this filesystem cannot": the file stays sparse.
 _NO_FALLOCATE = frozenset(
     {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS, errno.ENODEV}
 )
+
+
+def engine_side_name(name: str) -> bool:
+    """Whether ``name`` is named like a file the engine keeps beside some destination: a
+    destination so named is another one's partial, record or lock, which that download
+    renames into place as its own, or removes."""
+    return _ENGINE_SIDE.search(name) is not None
 
 
 def temp_path(dest: Path) -> Path:

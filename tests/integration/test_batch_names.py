@@ -107,3 +107,25 @@ def test_a_kept_connection_carries_each_item_to_its_own_origin_only(
                                                    for n in range(number, 9, 3))  # fmt: skip
         secrets = {h.get("X-Item") for h in stats["headers"]}
         assert secrets == {f"secret-{n}" for n in range(number, 9, 3)}, secrets
+
+
+@pytest.mark.parametrize("side", ["blobdl-tmp", "blobdl-state", "blobdl-lock"])
+def test_a_path_named_like_another_items_side_file_is_refused_before_anything_starts(
+    make: Make, server: ServerHandle, tmp_path: Path, side: str
+) -> None:
+    """``a.blobdl-tmp`` is item ``a``'s partial: written by a second item while ``a``
+    downloads, it was renamed into place as ``a`` (a's result ok, its bytes the other's),
+    and the second item's file was gone though it said ok."""
+    large, small = make(16 * PART, seed=2811), make(3000, seed=2812)
+    pace = {"times": None, "action": "rate", "bps": 200_000}
+    server.set_faults(
+        {"path": f"/files/{large.name}", **pace},
+        {"path": f"/files/{small.name}", "times": None, "action": "ttfb", "delay": 1.0},
+    )
+    items = [Item(large.url, str(tmp_path / "a")), Item(small.url, str(tmp_path / f"a.{side}"))]
+    with pytest.raises(blobdl.UsageError, match=f"item 1: .*a.{side}"):
+        blobdl.download_many(items, settings=fast_settings(min_part_size=4 * PART,
+                                                           max_part_size=4 * PART))  # fmt: skip
+    assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == []
+    with pytest.raises(blobdl.UsageError, match="manifest line 2: "):
+        blobdl.parse_manifest("\n".join(f"{i.url} {i.path}" for i in items))
