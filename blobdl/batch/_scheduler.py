@@ -60,7 +60,7 @@ from ._manifest import parse_manifest
 from ._outcomes import Outcomes, died
 from ._pool import _Done, _Job, _Large, _Told
 from ._seats import Said, Seats
-from ._sizing import pool_size, said_large, settings_for, wanted
+from ._sizing import pool_size, said_large, seats_that_fit, settings_for, wanted
 from ._stop import stop
 from ._watch import Watch
 
@@ -192,7 +192,7 @@ class _Scheduler:
                 self.queued.setdefault(host, deque()).append(index)
         self.limit = settings.limit_rate
         lengths = {host: len(queue) for host, queue in self.queued.items()}
-        seats, processes = pool_size(settings, max_connections, per_host, lengths)
+        seats, processes = pool_size(settings, max_connections, per_host, lengths, seats_that_fit())
         self.budget = Budget(max_connections, per_host, seats)
         self.seats = Seats(self.budget, processes, settings, self.destinations)
         self.large = LargeItems(max_connections)

@@ -1,10 +1,12 @@
-"""The scheduler's decisions about sizes (pure): each item's settings, which items skip the
-seats, how many lanes a large item can keep busy, and how large the pool is."""
+"""The scheduler's decisions about sizes (pure, but for ``seats_that_fit``, which reads the
+open-file limit): each item's settings, which items skip the seats, how many lanes a large
+item can keep busy, and how large the pool is."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 
 from ..config import Settings
 from ..engine._plan import one_request, useful_lanes
@@ -15,6 +17,11 @@ from ._items import Item
 # beside its large layer, say). Measured: with 5 items, the 512 MiB one is 1.035x a plain
 # download with one, 1.060x with two; with 3,000 small items, one is 1.4x slower than two.
 FEW = 8
+# Descriptors one seat holds at once: its socket, its splice pipe (two), its item's
+# temporary and lock files, its pipe to the scheduler (measured: 4.5 a seat), rounded up.
+SEAT_FILES = 6
+# A pool process's own, besides what it inherits: its control pipe, its sentinel, logging.
+POOL_FILES = 16
 
 
 def settings_for(settings: Settings, item: Item) -> Settings:
@@ -42,12 +49,33 @@ def wanted(item: Item, remote: Remote | None, settings: Settings) -> int:
 
 
 def pool_size(
-    settings: Settings, max_connections: int, per_host: int, queued: dict[str, int]
+    settings: Settings,
+    max_connections: int,
+    per_host: int,
+    queued: dict[str, int],
+    room: int | None = None,
 ) -> tuple[int, int]:
-    """The pool's seats and processes, for ``queued`` items per host."""
+    """The pool's seats and processes, for ``queued`` items per host. ``room``: the seats
+    one process can hold within the open-file limit (``seats_that_fit``; None: no limit),
+    so that more processes share them instead of their items failing for descriptors."""
     waiting = sum(queued.values())
     seats = min(max_connections, per_host * len(queued), waiting)
     processes = min(settings.processes or max(2, os.cpu_count() or 1), max(1, seats))
     if waiting <= FEW:
         processes = 1  # a second process would cost more (its fork) than it brings
+    if room is not None:
+        processes = max(processes, min(seats, -(-seats // max(1, room))))
     return seats, processes
+
+
+def seats_that_fit() -> int | None:
+    """The seats a pool process can hold within the soft open-file limit, beside what it
+    inherits from this process (None: no limit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        inherited = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        inherited = 0
+    return max(1, (soft - inherited - POOL_FILES) // SEAT_FILES)

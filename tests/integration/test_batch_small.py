@@ -6,6 +6,7 @@ clean failure, the retry policy, the budget counted at the server, the lock, Ctr
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -379,6 +380,27 @@ def test_many_small_items_keep_their_processes_and_descriptors(make: Make, tmp_p
     # few processes for 150 items, none started per item.
     assert 1 <= len(pids) <= 2 + 1, pids
     assert max(fds[-50:]) <= max(fds[:20])  # no descriptor leaks per item
+
+
+def test_a_batch_fits_its_pool_to_the_open_file_limit(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """128 open files hold 64 connections, but not 32 seats in one pool process (a seat
+    holds its socket, splice pipe, temporary and lock files, and its pipe): dozens of items
+    failed mid-batch with "Too many open files". The pool takes more processes instead."""
+    blobs = [make(100 + n, seed=2700 + n) for n in range(200)]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {tmp_path / f'o{n}'}\n" for n, b in enumerate(blobs)))
+    server.set_faults(late(server, 0.05))  # the seats all hold their items at once
+    args = ("-i", str(manifest), "-q", "--connections", "64", "--per-host", "64")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    done = subprocess.run([sys.executable, "-m", "blobdl", *args], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, preexec_fn=limit)  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [sha256_file(tmp_path / f"o{n}") for n in range(200)] == [b.sha256 for b in blobs]
 
 
 def test_a_killed_pool_process_fails_its_items_and_the_batch_goes_on(
