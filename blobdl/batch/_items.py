@@ -14,7 +14,7 @@ from ..config import check_int, check_pairs, check_text
 from ..errors import BlobdlError, UsageError
 from ..events import DownloadResult, Event
 from ..http._urls import check_url, lift_userinfo
-from ..store._destination import engine_side_name
+from ..store._destination import side_file_problem
 from ..store._digest import parse_digest
 
 
@@ -98,11 +98,11 @@ def _check_item(item: object, where: str) -> None:
 
 def check_not_side_file(path: str) -> None:
     """ValueError if ``path`` is named like a file blobdl keeps beside a destination
-    (``x.blobdl-tmp``, a lock, a record): another item's, which that item renames into place
-    as its own or removes, while this one says it succeeded. (The server's names are held
-    to a stricter rule, ``safe_basename``.)"""
-    if engine_side_name(PurePath(path).name):
-        raise ValueError(f"path {path!r} is named like blobdl's own files beside a download")
+    (``store._destination.side_file_problem``; the server's names are held to a stricter
+    rule, ``safe_basename``)."""
+    problem = side_file_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def normalized(item: Item) -> Item:

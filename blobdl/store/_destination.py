@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 from .._libc import libc_function
 from ..errors import InsufficientSpace, LocalFileError, UsageError
@@ -35,11 +35,14 @@ _NO_FALLOCATE = frozenset(
 )
 
 
-def engine_side_name(name: str) -> bool:
-    """Whether ``name`` is named like a file the engine keeps beside some destination: a
-    destination so named is another one's partial, record or lock, which that download
-    renames into place as its own, or removes."""
-    return _ENGINE_SIDE.search(name) is not None
+def side_file_problem(path: str | os.PathLike[str]) -> str | None:
+    """What is wrong with a destination named like a file the engine keeps beside some
+    destination (``a.blobdl-tmp``): that is another download's partial, record or lock,
+    which that download renames into place as its own, or removes, while this one would
+    say it succeeded. None for any other name."""
+    if _ENGINE_SIDE.search(PurePath(path).name) is None:
+        return None
+    return f"path {os.fspath(path)!r} is named like blobdl's own files beside a download"
 
 
 def temp_path(dest: Path) -> Path:
@@ -87,6 +90,9 @@ def check_destination(dest: Path) -> None:
     itself replaced by the final rename, never written through."""
     if "\0" in str(dest):  # the system cannot name such a file: ask for another name
         raise UsageError(f"destination {str(dest)!r} holds a NUL byte")
+    problem = side_file_problem(dest)
+    if problem is not None:
+        raise UsageError(problem)
     parent = dest.parent
     broken = directory_problem(parent)
     if broken is not None:

@@ -114,6 +114,23 @@ def test_a_server_never_names_one_of_our_side_files(
     assert ".blobdl-" not in made.name and made.stat().st_size == blob.size
 
 
+@pytest.mark.parametrize("side", ["blobdl-tmp", "blobdl-state", "blobdl-lock", "blobdl-bad"])
+def test_a_destination_named_like_another_downloads_side_file_is_refused(
+    make: Make, server: ServerHandle, tmp_path: Path, side: str
+) -> None:
+    """``a.blobdl-tmp`` is the partial of a download to ``a``, which renames it into place
+    as its own (or resumes from ``a.blobdl-state``): a download that wrote there would say
+    it succeeded while its bytes became ``a``'s. Refused before any request, from the
+    library as from the command line."""
+    blob = make(3000)
+    dest = tmp_path / f"a.{side}"
+    with pytest.raises(UsageError, match="named like blobdl's own files"):
+        Downloader(fast_settings()).download(blob.url, dest)
+    done = run_cli(blob.url, "-o", str(dest), cwd=tmp_path)
+    assert done.returncode == 2 and "named like blobdl's own files" in done.stderr, done.stderr
+    assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["a" * 10_000, "é" * 2000, "b" * 254 + ".bin"])
 def test_a_long_server_name_is_cut_to_fit_with_our_side_files(
     make: Make, server: ServerHandle, tmp_path: Path, name: str
