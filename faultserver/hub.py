@@ -24,7 +24,8 @@ huggingface_hub 2.x and blobdl use, on loopback, with a separate storage origin.
     a new spec (``HubHandle.publish``).
 
 A repository is built with ``HubRepo.commit(files)``; ``raw`` entries replace a commit's
-listing as sent (a hostile Hub); ``moves`` pushes to a branch once a listing was served.
+listing as sent (a hostile Hub); ``moves`` pushes to a branch once a listing was served;
+``repeats`` makes the listing start over on a new page, for ever.
 huggingface_hub itself downloads from this stand-in in the tests: if it could not, the tests
 would mean nothing.
 """
@@ -84,6 +85,8 @@ class HubRepo:
     # Refs that move (to these commits) once a tree listing was served: a push that lands
     # between a client's listing and its downloads.
     moves: dict[str, str] = field(default_factory=dict)
+    # A hostile listing: its pages start over, each with a next page, for ever.
+    repeats: bool = False
 
     def commit(
         self,
@@ -130,7 +133,8 @@ class HubRepo:
 
     def spec(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "private": self.private, "gated": self.gated,
-                "refs": self.refs, "commits": self.commits, "moves": self.moves}  # fmt: skip
+                "refs": self.refs, "commits": self.commits, "moves": self.moves,
+                "repeats": self.repeats}  # fmt: skip
 
 
 @dataclass
@@ -284,9 +288,11 @@ class HubHandler(Handler):
         entries = repo["commits"][commit]
         size = self.hub.spec["page_size"]
         cursor = int(parse_qs(query).get("cursor", ["0"])[0])
-        page = entries[cursor * size : (cursor + 1) * size]
+        pages = max(1, -(-len(entries) // size))
+        at = cursor % pages if repo.get("repeats") else cursor
+        page = entries[at * size : (at + 1) * size]
         headers = {}
-        if (cursor + 1) * size < len(entries):
+        if (cursor + 1) * size < len(entries) or repo.get("repeats"):
             base = f"http://127.0.0.1:{self.hub.server_port}"
             path = f"/api/{KINDS[repo['type']][0]}/{repo['id']}/tree/{rev_and_path}"
             headers["Link"] = (

@@ -77,12 +77,20 @@ class Hub:
         )
         files: list[RepoFile] = []
         seen: set[str] = set()
+        paths: set[str] = set()
         while url is not None:
             if url in seen or len(seen) >= MAX_PAGES:
                 raise BadResponse(url, "the tree listing's pages run in a loop")
             seen.add(url)
             answer = self._get(url, commit, {})
-            files += parse_tree_page(_json(answer.body, url), url)
+            page = parse_tree_page(_json(answer.body, url), url)
+            # A listing that starts over on new URLs is caught at its first repeat, not
+            # MAX_PAGES requests (and as many pages held in memory) later.
+            for f in page:
+                if f.path in paths:
+                    raise BadResponse(url, "the tree listing names a path twice")
+                paths.add(f.path)
+            files += page
             url = self._next_page(url, answer.headers.get("link", ""))
         check_listing(files, f"{self.endpoint}{self.repo.api_path}/tree/{commit}")
         return files

@@ -570,6 +570,25 @@ def test_a_hostile_hub_answer_is_one_line_and_nothing_written(
     assert not list(cache.glob("*/blobs/*")) and not list(tmp_path.rglob("*evil*"))
 
 
+def test_a_tree_listing_that_starts_over_is_refused_at_its_first_repeat(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Each page names a new next page, so no URL repeats: the paths do, and the first one
+    named twice ends the listing (not 100,000 pages later, nor out of memory)."""
+    repo = HubRepo("acme/echo", repeats=True)
+    repo.commit({f"f{i}.txt": b"%d\n" % i for i in range(5)})  # two pages of three
+    hub.publish([*repos.values(), repo])
+    before = len(hub.log())
+    cache = tmp_path / "cache"
+    done = blobdl_hf(hub, tmp_path, repo.id, "--cache-dir", str(cache))
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "names a path twice" in lines[0], lines
+    pages = [e for e in hub.log()[before:] if "/tree/" in e["path"]]
+    assert len(pages) == 3  # the listing, then the first page again
+    assert not list(cache.glob("*/blobs/*"))
+
+
 def test_hub_api_failures_are_retried(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:
