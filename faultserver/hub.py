@@ -9,10 +9,10 @@ huggingface_hub 2.x and blobdl use, on loopback, with a separate storage origin.
 - the **Hub** (``python -m faultserver.hub``, this module: the fault server's handler with the
   Hub's routes added, so its rules, stats and header log apply too):
 
-  - ``GET /api/{models,datasets,spaces}/{repo}/revision/{rev}``: ``{"id", "sha"}``;
+  - ``GET /api/{models,datasets,spaces,kernels}/{repo}/revision/{rev}``: ``{"id", "sha"}``;
   - ``GET /api/.../{repo}/tree/{rev}?recursive=true[&cursor=N]``: the files and folders,
     ``page_size`` a page, the next page in ``Link: <url>; rel="next"``;
-  - ``HEAD|GET /[datasets/|spaces/]{repo}/resolve/{rev}/{path}``: a git file itself
+  - ``HEAD|GET /[datasets/|spaces/|kernels/]{repo}/resolve/{rev}/{path}``: a git file itself
     (``ETag`` its git sha1, ``X-Repo-Commit``; a branch first answers 307 to
     ``/api/resolve-cache/...``, as the Hub does); an LFS file a 302 to the storage origin
     with ``X-Linked-Etag`` (its sha256), ``X-Linked-Size`` and ``ETag`` (its pointer's sha1);
@@ -58,6 +58,7 @@ KINDS = {
     "model": ("models", ""),
     "dataset": ("datasets", "datasets/"),
     "space": ("spaces", "spaces/"),
+    "kernel": ("kernels", "kernels/"),
 }
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.onnx")
 POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"

@@ -24,6 +24,7 @@ REPO_TYPES = {
     "model": ("models", ""),
     "dataset": ("datasets", "datasets/"),
     "space": ("spaces", "spaces/"),
+    "kernel": ("kernels", "kernels/"),  # what the `kernels` library loads
 }
 _REPO_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")  # fullmatch: "$" passes a final "\n"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -34,7 +35,7 @@ MAX_REPO_ID = 96  # huggingface_hub's validate_repo_id
 
 class Repo(NamedTuple):
     id: str  # "org/name" (or "name")
-    type: str  # "model", "dataset" or "space"
+    type: str  # "model", "dataset", "space" or "kernel"
 
     @property
     def folder(self) -> str:

@@ -236,6 +236,26 @@ def test_huggingface_hub_offline_finds_every_file_blobdl_wrote(
     assert not (cache / "models--acme--tiny" / "refs" / tiny.refs["dev"]).exists()
 
 
+def test_a_kernel_repository_lands_where_huggingface_hub_looks_for_it(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """huggingface_hub downloads four repository types (``kernels--ORG--NAME``, at
+    ``/kernels/`` on the Hub), as the ``kernels`` library asks it to."""
+    kernel = HubRepo("acme/relu", type="kernel")
+    kernel.commit({"build/torch-cuda/relu.so": _bytes(10, 20_000), "README.md": b"# relu\n"},
+                  lfs=("*.so",))  # fmt: skip
+    hub.publish([*repos.values(), kernel])
+    cache = tmp_path / "cache"
+    done = blobdl_hf(hub, tmp_path, kernel.id, "--repo-type", "kernel", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    commit = kernel.refs["main"]
+    assert Path(done.stdout.strip()) == cache / "kernels--acme--relu" / "snapshots" / commit
+    offline = hf_env(hub.url, tmp_path / "home", offline=True)
+    got = call(offline, "snapshot_download", repo_id=kernel.id, repo_type="kernel",
+               cache_dir=str(cache), local_files_only=True)  # fmt: skip
+    assert contents(Path(got["path"])) == kernel.contents[commit], got
+
+
 @pytest.mark.parametrize(
     ("patterns", "args"),
     [
