@@ -479,6 +479,34 @@ def test_hub_refusals_are_one_clear_line_each(
     assert not list(cache.glob("*/blobs/*")) and not list(cache.glob("*/snapshots/*/*"))
 
 
+@pytest.mark.parametrize(
+    ("rule", "line"),
+    [
+        (
+            {"path": "/api/models/acme/tiny/revision/main", "action": "status", "status": 403,
+             "headers": {"X-Error-Message": "Access to this resource is disabled."}},
+            "repository not found: acme/tiny (the Hub has disabled access to it)",
+        ),
+        (
+            {"path": "/acme/tiny/resolve/*", "action": "status", "status": 404},
+            "file not found: acme/tiny has no 'config.json'",
+        ),
+    ],
+    ids=["disabled", "file-404-without-code"],
+)  # fmt: skip
+def test_hub_refusals_without_an_error_code_are_named_as_huggingface_hub_names_them(
+    hub: HubHandle, tmp_path: Path, rule: dict[str, Any], line: str
+) -> None:
+    """A disabled repository is a 403 with only a message (huggingface_hub's
+    ``DisabledRepoError``), not a token that lacks a right; a bare 404 on a file of a
+    repository just listed (a mirror's) is that file missing, not the repository."""
+    hub.hub.set_faults({**rule, "times": None})
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"blobdl: error: {line}"), lines
+
+
 # --- what is never written --------------------------------------------------------------------
 
 
