@@ -719,6 +719,33 @@ def test_the_hub_cache_and_token_come_from_huggingface_hubs_variables(
     assert Path(moved.stdout.strip()).is_relative_to(tmp_path / "elsewhere")
 
 
+def test_hf_home_set_empty_is_the_working_folder_for_both(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """``HF_HOME=`` (a compose file's unset variable): huggingface_hub's cache is then
+    ``./hub``, and that is where blobdl must put the files for it to find them."""
+    # HOME here too: were HF_HOME= skipped, the fallback must not be the real home's cache.
+    env = {**hf_env(hub.url, tmp_path), "HF_HOME": "", "HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(REPO)}  # fmt: skip
+    run = {"capture_output": True, "text": True, "timeout": 60, "cwd": tmp_path}
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "acme/tiny", "-q", *FAST], env=env, **run
+    )
+    assert done.returncode == 0, done.stderr
+    tiny = repos["acme/tiny"]
+    kwargs = {"repo_id": "acme/tiny", "local_files_only": True}
+    request = json.dumps({"call": "snapshot_download", "kwargs": kwargs})
+    theirs = subprocess.run(
+        [sys.executable, "-m", "tests.hf_client", request],
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        **run,
+    )
+    answer = json.loads(theirs.stdout.splitlines()[-1])
+    assert (tmp_path / answer["path"]).resolve() == (
+        tmp_path / "hub" / "models--acme--tiny" / "snapshots" / tiny.refs["main"]
+    ), answer
+
+
 def test_a_reader_gone_before_the_last_line_costs_nothing(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:
