@@ -9,10 +9,10 @@ huggingface_hub 2.x and blobdl use, on loopback, with a separate storage origin.
 - the **Hub** (``python -m faultserver.hub``, this module: the fault server's handler with the
   Hub's routes added, so its rules, stats and header log apply too):
 
-  - ``GET /api/{models,datasets,spaces}/{repo}/revision/{rev}``: ``{"id", "sha"}``;
+  - ``GET /api/{models,datasets,spaces,kernels}/{repo}/revision/{rev}``: ``{"id", "sha"}``;
   - ``GET /api/.../{repo}/tree/{rev}?recursive=true[&cursor=N]``: the files and folders,
     ``page_size`` a page, the next page in ``Link: <url>; rel="next"``;
-  - ``HEAD|GET /[datasets/|spaces/]{repo}/resolve/{rev}/{path}``: a git file itself
+  - ``HEAD|GET /[datasets/|spaces/|kernels/]{repo}/resolve/{rev}/{path}``: a git file itself
     (``ETag`` its git sha1, ``X-Repo-Commit``; a branch first answers 307 to
     ``/api/resolve-cache/...``, as the Hub does); an LFS file a 302 to the storage origin
     with ``X-Linked-Etag`` (its sha256), ``X-Linked-Size`` and ``ETag`` (its pointer's sha1);
@@ -24,7 +24,8 @@ huggingface_hub 2.x and blobdl use, on loopback, with a separate storage origin.
     a new spec (``HubHandle.publish``).
 
 A repository is built with ``HubRepo.commit(files)``; ``raw`` entries replace a commit's
-listing as sent (a hostile Hub); ``moves`` pushes to a branch once a listing was served.
+listing as sent (a hostile Hub); ``moves`` pushes to a branch once a listing was served;
+``repeats`` makes the listing start over on a new page, for ever.
 huggingface_hub itself downloads from this stand-in in the tests: if it could not, the tests
 would mean nothing.
 """
@@ -57,6 +58,7 @@ KINDS = {
     "model": ("models", ""),
     "dataset": ("datasets", "datasets/"),
     "space": ("spaces", "spaces/"),
+    "kernel": ("kernels", "kernels/"),
 }
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.onnx")
 POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
@@ -84,6 +86,8 @@ class HubRepo:
     # Refs that move (to these commits) once a tree listing was served: a push that lands
     # between a client's listing and its downloads.
     moves: dict[str, str] = field(default_factory=dict)
+    # A hostile listing: its pages start over, each with a next page, for ever.
+    repeats: bool = False
 
     def commit(
         self,
@@ -130,7 +134,8 @@ class HubRepo:
 
     def spec(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "private": self.private, "gated": self.gated,
-                "refs": self.refs, "commits": self.commits, "moves": self.moves}  # fmt: skip
+                "refs": self.refs, "commits": self.commits, "moves": self.moves,
+                "repeats": self.repeats}  # fmt: skip
 
 
 @dataclass
@@ -284,9 +289,11 @@ class HubHandler(Handler):
         entries = repo["commits"][commit]
         size = self.hub.spec["page_size"]
         cursor = int(parse_qs(query).get("cursor", ["0"])[0])
-        page = entries[cursor * size : (cursor + 1) * size]
+        pages = max(1, -(-len(entries) // size))
+        at = cursor % pages if repo.get("repeats") else cursor
+        page = entries[at * size : (at + 1) * size]
         headers = {}
-        if (cursor + 1) * size < len(entries):
+        if (cursor + 1) * size < len(entries) or repo.get("repeats"):
             base = f"http://127.0.0.1:{self.hub.server_port}"
             path = f"/api/{KINDS[repo['type']][0]}/{repo['id']}/tree/{rev_and_path}"
             headers["Link"] = (

@@ -12,8 +12,9 @@ A blob is the LFS sha256 or the git blob sha1 of its bytes. It is downloaded as
 ``blobs/<etag>.blobdl-part`` (the engine's ``-tmp``/``-state`` beside it while it runs, so
 an interrupted download resumes), checked, and renamed onto ``blobs/<etag>``: a blob
 appears only complete. A snapshot link appears after its blob, the ref after every link.
-huggingface_hub makes no folder of a snapshot a link: one that is (planted), or a snapshot
-folder that leads out of the repository's, is refused before anything is written there.
+huggingface_hub makes no folder of a snapshot a link, nor ``blobs/``, ``refs/``, ``trees/`` or
+the repository's ``.locks/``: one that leads out of the repository's folder (or the cache's)
+is refused before anything is written there. The repository's folder itself may be a link.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class CacheLayout:
         self.blobs = self.repo_dir / "blobs"
         self.snapshot = self.repo_dir / "snapshots" / commit
         self.locks = cache_dir / ".locks" / repo.folder
+        self.refs = self.repo_dir / "refs"
         self.confined = Confined(self.snapshot)
 
     @property
@@ -57,7 +59,12 @@ class CacheLayout:
         return self.snapshot
 
     def prepare(self, files: Sequence[RepoFile]) -> None:
-        for folder in (self.blobs, inside(self.repo_dir, self.snapshot)):
+        # The repository's folder may be a link (moved to another disk: the user's choice);
+        # what huggingface_hub makes in it never is, nor are its locks.
+        inside(self.cache_dir, self.locks)
+        for folder in (self.refs, self.repo_dir / "trees"):
+            inside(self.repo_dir, folder)
+        for folder in (inside(self.repo_dir, self.blobs), inside(self.repo_dir, self.snapshot)):
             make_dirs(folder)
         tag_cache_dir(self.cache_dir)
         write_tree(self.repo_dir, self.commit, files)
@@ -125,8 +132,8 @@ class CacheLayout:
         """``refs/<revision>`` names the commit (no newline), last; not for a commit itself."""
         if revision == self.commit:
             return
-        ref = self.repo_dir / "refs" / revision
-        make_dirs(ref.parent)
+        ref = self.refs / revision
+        make_dirs(inside(self.repo_dir, ref.parent))
         with contextlib.suppress(LocalFileError):
             if read_own(ref) == self.commit.encode():
                 return

@@ -26,16 +26,20 @@ def endpoint(environ: Mapping[str, str] = os.environ, given: str | None = None) 
     return url
 
 
+# The folders below are read as huggingface_hub reads them, ``os.getenv(name, default)``: a
+# variable set empty counts (``HF_HOME=`` is ``./hub``), for transformers looks there too.
+
+
 def hf_home(environ: Mapping[str, str] = os.environ) -> Path:
     """``$HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``."""
-    xdg = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return _expanded(environ.get("HF_HOME") or os.path.join(xdg, "huggingface"))
+    xdg = environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return _expanded(environ.get("HF_HOME", os.path.join(xdg, "huggingface")))
 
 
 def hub_cache(environ: Mapping[str, str] = os.environ) -> Path:
     """``$HF_HUB_CACHE``, else the legacy ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``."""
-    given = environ.get("HF_HUB_CACHE") or environ.get("HUGGINGFACE_HUB_CACHE")
-    return _expanded(given) if given else hf_home(environ) / "hub"
+    given = environ.get("HF_HUB_CACHE", environ.get("HUGGINGFACE_HUB_CACHE"))
+    return _expanded(given) if given is not None else hf_home(environ) / "hub"
 
 
 def token(given: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -54,7 +58,7 @@ def token(given: str | None = None, environ: Mapping[str, str] = os.environ) -> 
 
 def token_path(environ: Mapping[str, str] = os.environ) -> Path:
     given = environ.get("HF_TOKEN_PATH")
-    return _expanded(given) if given else hf_home(environ) / "token"
+    return _expanded(given) if given is not None else hf_home(environ) / "token"
 
 
 def _read_token_file(path: Path) -> str | None:

@@ -41,6 +41,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _OK = frozenset({200})
 _REACHED = frozenset({200, 206, 416}) | _REDIRECTS  # a file's bytes are (or lead) there
 _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
+_DISABLED = "Access to this resource is disabled."  # huggingface_hub's DisabledRepoError
 _PRIVATE_HINT = "or it is private: give a token with --token, $HF_TOKEN or `hf auth login`"
 
 
@@ -77,12 +78,20 @@ class Hub:
         )
         files: list[RepoFile] = []
         seen: set[str] = set()
+        paths: set[str] = set()
         while url is not None:
             if url in seen or len(seen) >= MAX_PAGES:
                 raise BadResponse(url, "the tree listing's pages run in a loop")
             seen.add(url)
             answer = self._get(url, commit, {})
-            files += parse_tree_page(_json(answer.body, url), url)
+            page = parse_tree_page(_json(answer.body, url), url)
+            # A listing that starts over on new URLs is caught at its first repeat, not
+            # MAX_PAGES requests (and as many pages held in memory) later.
+            for f in page:
+                if f.path in paths:
+                    raise BadResponse(url, "the tree listing names a path twice")
+                paths.add(f.path)
+            files += page
             url = self._next_page(url, answer.headers.get("link", ""))
         check_listing(files, f"{self.endpoint}{self.repo.api_path}/tree/{commit}")
         return files
@@ -172,8 +181,12 @@ class Hub:
         sent = "or the token sent cannot see it" if self.token else _PRIVATE_HINT
         if code == "RevisionNotFound":
             return RevisionNotFound(repo, revision)
-        if code == "EntryNotFound":
+        # A bare 404 on a file (a mirror's) is the file missing: the repository was listed.
+        bare_file_404 = not code and answer.status == 404 and "/resolve/" in url
+        if code == "EntryNotFound" or bare_file_404:
             return EntryNotFound(repo, revision, url.rpartition("/")[2])
+        if answer.headers.get("x-error-message") == _DISABLED:
+            return RepositoryNotFound(repo, "the Hub has disabled access to it")
         if code == "GatedRepo":
             how = "the token's owner has not been granted access" if self.token else (
                 "ask for access on the Hub, then give a token with --token, $HF_TOKEN or "

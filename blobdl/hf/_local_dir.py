@@ -52,6 +52,7 @@ class LocalDirLayout:
         if problem is not None:  # a file named as the local dir: say so, not "no .cache"
             raise problem
         _disk.make_dirs(self.in_root.check(self.downloads))
+        self.in_root.check(self.meta / "trees")
         _disk.tag_cache_dir(self.meta)
         if not os.path.lexists(self.meta / ".gitignore"):
             atomic_write(self.meta / ".gitignore", b"*", mode=0o666, durable=False)

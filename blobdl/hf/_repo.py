@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
+from pathlib import PureWindowsPath
 from typing import Any, NamedTuple
 
 from ..config import check_text
@@ -23,6 +24,7 @@ REPO_TYPES = {
     "model": ("models", ""),
     "dataset": ("datasets", "datasets/"),
     "space": ("spaces", "spaces/"),
+    "kernel": ("kernels", "kernels/"),  # what the `kernels` library loads
 }
 _REPO_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")  # fullmatch: "$" passes a final "\n"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -33,7 +35,7 @@ MAX_REPO_ID = 96  # huggingface_hub's validate_repo_id
 
 class Repo(NamedTuple):
     id: str  # "org/name" (or "name")
-    type: str  # "model", "dataset" or "space"
+    type: str  # "model", "dataset", "space" or "kernel"
 
     @property
     def folder(self) -> str:
@@ -108,12 +110,20 @@ def check_commit(commit: object, where: str) -> str:
 
 def check_path(path: object, where: str) -> str:
     """A file's path in the repository, safe to join under a folder of ours: ``/``-separated
-    segments, none empty, ``.`` or ``..``, no control characters."""
+    segments, none empty, ``.`` or ``..``, no control characters; and, as huggingface_hub
+    refuses them too, no ``..`` between backslashes and no segment Windows reads as anchored
+    (``\\x``, ``C:x``): a cache or local dir may be read from Windows later."""
     ok = isinstance(path, str) and 0 < len(path) <= 4096 and not _CONTROL.search(path)
     ok = ok and _utf8(str(path))
-    if not ok or any(p in ("", ".", "..") for p in str(path).split("/")):
+    segments = str(path).split("/")
+    if not ok or any(p in ("", ".", "..") or _unsafe_on_windows(p) for p in segments):
         raise BadResponse(where, f"the Hub listed a file path that is not safe: {path!r:.200}")
     return str(path)
+
+
+def _unsafe_on_windows(segment: str) -> bool:
+    windows = PureWindowsPath(segment)
+    return ".." in segment.split("\\") or bool(windows.drive or windows.root)
 
 
 # --- the files of a commit ----------------------------------------------------------------

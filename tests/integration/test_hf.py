@@ -236,6 +236,26 @@ def test_huggingface_hub_offline_finds_every_file_blobdl_wrote(
     assert not (cache / "models--acme--tiny" / "refs" / tiny.refs["dev"]).exists()
 
 
+def test_a_kernel_repository_lands_where_huggingface_hub_looks_for_it(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """huggingface_hub downloads four repository types (``kernels--ORG--NAME``, at
+    ``/kernels/`` on the Hub), as the ``kernels`` library asks it to."""
+    kernel = HubRepo("acme/relu", type="kernel")
+    kernel.commit({"build/torch-cuda/relu.so": _bytes(10, 20_000), "README.md": b"# relu\n"},
+                  lfs=("*.so",))  # fmt: skip
+    hub.publish([*repos.values(), kernel])
+    cache = tmp_path / "cache"
+    done = blobdl_hf(hub, tmp_path, kernel.id, "--repo-type", "kernel", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    commit = kernel.refs["main"]
+    assert Path(done.stdout.strip()) == cache / "kernels--acme--relu" / "snapshots" / commit
+    offline = hf_env(hub.url, tmp_path / "home", offline=True)
+    got = call(offline, "snapshot_download", repo_id=kernel.id, repo_type="kernel",
+               cache_dir=str(cache), local_files_only=True)  # fmt: skip
+    assert contents(Path(got["path"])) == kernel.contents[commit], got
+
+
 @pytest.mark.parametrize(
     ("patterns", "args"),
     [
@@ -459,6 +479,34 @@ def test_hub_refusals_are_one_clear_line_each(
     assert not list(cache.glob("*/blobs/*")) and not list(cache.glob("*/snapshots/*/*"))
 
 
+@pytest.mark.parametrize(
+    ("rule", "line"),
+    [
+        (
+            {"path": "/api/models/acme/tiny/revision/main", "action": "status", "status": 403,
+             "headers": {"X-Error-Message": "Access to this resource is disabled."}},
+            "repository not found: acme/tiny (the Hub has disabled access to it)",
+        ),
+        (
+            {"path": "/acme/tiny/resolve/*", "action": "status", "status": 404},
+            "file not found: acme/tiny has no 'config.json'",
+        ),
+    ],
+    ids=["disabled", "file-404-without-code"],
+)  # fmt: skip
+def test_hub_refusals_without_an_error_code_are_named_as_huggingface_hub_names_them(
+    hub: HubHandle, tmp_path: Path, rule: dict[str, Any], line: str
+) -> None:
+    """A disabled repository is a 403 with only a message (huggingface_hub's
+    ``DisabledRepoError``), not a token that lacks a right; a bare 404 on a file of a
+    repository just listed (a mirror's) is that file missing, not the repository."""
+    hub.hub.set_faults({**rule, "times": None})
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"blobdl: error: {line}"), lines
+
+
 # --- what is never written --------------------------------------------------------------------
 
 
@@ -570,6 +618,25 @@ def test_a_hostile_hub_answer_is_one_line_and_nothing_written(
     assert not list(cache.glob("*/blobs/*")) and not list(tmp_path.rglob("*evil*"))
 
 
+def test_a_tree_listing_that_starts_over_is_refused_at_its_first_repeat(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Each page names a new next page, so no URL repeats: the paths do, and the first one
+    named twice ends the listing (not 100,000 pages later, nor out of memory)."""
+    repo = HubRepo("acme/echo", repeats=True)
+    repo.commit({f"f{i}.txt": b"%d\n" % i for i in range(5)})  # two pages of three
+    hub.publish([*repos.values(), repo])
+    before = len(hub.log())
+    cache = tmp_path / "cache"
+    done = blobdl_hf(hub, tmp_path, repo.id, "--cache-dir", str(cache))
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "names a path twice" in lines[0], lines
+    pages = [e for e in hub.log()[before:] if "/tree/" in e["path"]]
+    assert len(pages) == 3  # the listing, then the first page again
+    assert not list(cache.glob("*/blobs/*"))
+
+
 def test_hub_api_failures_are_retried(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:
@@ -650,6 +717,33 @@ def test_the_hub_cache_and_token_come_from_huggingface_hubs_variables(
     )
     assert moved.returncode == 0, moved.stderr
     assert Path(moved.stdout.strip()).is_relative_to(tmp_path / "elsewhere")
+
+
+def test_hf_home_set_empty_is_the_working_folder_for_both(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """``HF_HOME=`` (a compose file's unset variable): huggingface_hub's cache is then
+    ``./hub``, and that is where blobdl must put the files for it to find them."""
+    # HOME here too: were HF_HOME= skipped, the fallback must not be the real home's cache.
+    env = {**hf_env(hub.url, tmp_path), "HF_HOME": "", "HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(REPO)}  # fmt: skip
+    run = {"capture_output": True, "text": True, "timeout": 60, "cwd": tmp_path}
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "acme/tiny", "-q", *FAST], env=env, **run
+    )
+    assert done.returncode == 0, done.stderr
+    tiny = repos["acme/tiny"]
+    kwargs = {"repo_id": "acme/tiny", "local_files_only": True}
+    request = json.dumps({"call": "snapshot_download", "kwargs": kwargs})
+    theirs = subprocess.run(
+        [sys.executable, "-m", "tests.hf_client", request],
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        **run,
+    )
+    answer = json.loads(theirs.stdout.splitlines()[-1])
+    assert (tmp_path / answer["path"]).resolve() == (
+        tmp_path / "hub" / "models--acme--tiny" / "snapshots" / tiny.refs["main"]
+    ), answer
 
 
 def test_a_reader_gone_before_the_last_line_costs_nothing(

@@ -72,8 +72,13 @@ PLANTED = [
     ("local-dir", "sub/dir"),
     ("local-dir", ".cache"),
     ("local-dir", ".cache/huggingface/download/sub"),
+    ("local-dir", ".cache/huggingface/trees"),
     ("cache", "models--acme--small/snapshots/{commit}/sub"),
     ("cache", "models--acme--small/snapshots/{commit}"),
+    ("cache", "models--acme--small/blobs"),
+    ("cache", "models--acme--small/refs"),
+    ("cache", "models--acme--small/trees"),
+    ("cache", ".locks/models--acme--small"),
 ]
 
 
@@ -108,6 +113,24 @@ def test_the_local_dir_itself_may_be_a_link(
     done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(tmp_path / "ld"))
     assert done.returncode == 0, done.stderr
     assert contents(real) == repos["acme/small"].contents[_commit(repos)]
+
+
+def test_a_repository_folder_moved_elsewhere_by_a_link_is_used(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """``models--ORG--NAME`` linked to another disk (what users do with a large model): the
+    folders in it are checked against it, not against the cache."""
+    real, cache = tmp_path / "bigdisk", tmp_path / "cache"
+    real.mkdir()
+    cache.mkdir()
+    (cache / "models--acme--small").symlink_to(real)
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert (
+        contents(real / "snapshots" / _commit(repos))
+        == repos["acme/small"].contents[_commit(repos)]
+    )
+    assert (real / "refs" / "main").read_text() == _commit(repos)
 
 
 @pytest.mark.parametrize("kind", ["local-dir", "cache"])

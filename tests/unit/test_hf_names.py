@@ -226,3 +226,48 @@ def test_include_and_exclude_choose_what_huggingface_hubs_own_filter_chooses(
     path (both read as ``/``), a folder pattern ending in ``/``, an empty list."""
     theirs = list(filter_repo_objects(paths, allow_patterns=include, ignore_patterns=exclude))
     assert [f.path for f in select(_files(*paths), (), include, exclude)] == theirs
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text("a.:/\\", min_size=1, max_size=8))
+def test_a_listed_path_huggingface_hub_refuses_to_write_is_refused(path: str) -> None:
+    """huggingface_hub reads a listed path under Windows rules too (``..\\x``, ``C:x``,
+    ``\\\\host\\share``: a cache shared with Windows must not be written out of), and
+    refuses the download; blobdl must not write what it refuses."""
+    from huggingface_hub._local_folder import _validate_relative_filename
+
+    entry = {"type": "file", "path": path, "size": 1, "oid": SHA1}
+    try:
+        _validate_relative_filename(path)
+    except ValueError:
+        with pytest.raises(BadResponse, match="not safe"):
+            parse_tree_page([entry], "u")
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"HF_HOME": ""},
+        {"XDG_CACHE_HOME": ""},
+        {"HF_HUB_CACHE": "", "HUGGINGFACE_HUB_CACHE": "/old"},
+        {"HUGGINGFACE_HUB_CACHE": "", "HF_HOME": "/h"},
+        {"HF_TOKEN_PATH": "", "HF_HOME": "/h"},
+        {"HF_HOME": "~/h", "HF_TOKEN_PATH": "~/t"},
+    ],
+    ids=["home", "xdg", "hub-cache", "legacy-cache", "token-path", "tilde"],
+)
+def test_a_variable_set_empty_counts_as_huggingface_hub_counts_it(
+    environ: dict[str, str],
+) -> None:
+    """huggingface_hub reads these with ``os.getenv(name, default)``: set but empty is set
+    (``HF_HOME=`` puts the cache in ``./hub``), and transformers looks where it says."""
+    import subprocess
+    import sys
+
+    read = "from huggingface_hub.constants import *\nprint(HF_HUB_CACHE)\nprint(HF_TOKEN_PATH)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "XDG_"))}
+    theirs = subprocess.run(
+        [sys.executable, "-c", read], env={**env, **environ}, capture_output=True, text=True
+    )
+    cache, token_path = theirs.stdout.splitlines()
+    assert (_env.hub_cache(environ), _env.token_path(environ)) == (Path(cache), Path(token_path))
