@@ -14,7 +14,7 @@ from ..config import check_int, check_pairs, check_text
 from ..errors import BlobdlError, UsageError
 from ..events import DownloadResult, Event
 from ..http._urls import check_url, lift_userinfo
-from ..store._destination import side_file_problem
+from ..store._destination import path_problem
 from ..store._digest import parse_digest
 
 
@@ -89,18 +89,18 @@ def _check_item(item: object, where: str) -> None:
     check_pairs(item.headers, where)
     if item.path is not None:
         try:
-            check_not_side_file(item.path)
+            check_path_given(item.path)
         except ValueError as exc:
             raise UsageError(f"{where}: {exc}") from None
     if item.size is not None:
         check_int(f"{where}: size", item.size, 0, 2**63 - 1)
 
 
-def check_not_side_file(path: str) -> None:
-    """ValueError if ``path`` is named like a file blobdl keeps beside a destination
-    (``store._destination.side_file_problem``; the server's names are held to a stricter
-    rule, ``safe_basename``)."""
-    problem = side_file_problem(path)
+def check_path_given(path: str) -> None:
+    """ValueError if ``path`` cannot be a destination as written (``path_problem``: it ends
+    as a directory, or is named like a file blobdl keeps beside another destination; the
+    server's names are held to a stricter rule, ``safe_basename``)."""
+    problem = path_problem(path)
     if problem is not None:
         raise ValueError(problem)
 

@@ -12,7 +12,7 @@ from ..config import MAX_BYTES, parse_header
 from ..errors import UsageError
 from ..http._urls import check_url
 from ..store._digest import parse_digest
-from ._items import Item, check_not_side_file, confine
+from ._items import Item, check_path_given, confine
 
 
 def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = None) -> list[Item]:
@@ -33,7 +33,7 @@ def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = 
                 raise ValueError("holds a NUL byte")
             item = _json_item(line) if line.startswith("{") else _plain_item(line)
             if item.path is not None:
-                check_not_side_file(item.path)
+                check_path_given(item.path)
             if base_dir is not None and item.path is not None:
                 confine(Path(base_dir), item.path)
             items.append(item)

@@ -41,6 +41,7 @@ from ..store._destination import (
     check_destination,
     check_free_space,
     finalize,
+    given_destination,
     open_temp,
     reserve,
     set_size,
@@ -158,7 +159,7 @@ class Downloader:
             remote = self._probed(order, remote)
             dest = self._named(remote)
         else:
-            dest = Path(path)
+            dest = given_destination(path)
         check_destination(dest)
         return dest, remote
 
@@ -167,7 +168,7 @@ class Downloader:
     ) -> DownloadResult:
         """Serve from (or fill) ``cache_dir/sha256-<hex>``, then link the destination."""
         assert order.expected is not None
-        dest = Path(path) if path is not None else Path(name_from_url(order.url))
+        dest = given_destination(path) if path is not None else Path(name_from_url(order.url))
 
         def fill(entry: Path, lock_timeout: float) -> DownloadResult:
             filler = self._derived(cache_dir=None, force=True, lock_timeout=lock_timeout)

@@ -35,14 +35,28 @@ _NO_FALLOCATE = frozenset(
 )
 
 
-def side_file_problem(path: str | os.PathLike[str]) -> str | None:
-    """What is wrong with a destination named like a file the engine keeps beside some
-    destination (``a.blobdl-tmp``): that is another download's partial, record or lock,
-    which that download renames into place as its own, or removes, while this one would
-    say it succeeded. None for any other name."""
-    if _ENGINE_SIDE.search(PurePath(path).name) is None:
-        return None
-    return f"path {os.fspath(path)!r} is named like blobdl's own files beside a download"
+def path_problem(path: str | os.PathLike[str]) -> str | None:
+    """What is wrong with a destination path as its caller wrote it, if anything (before
+    ``Path``, which drops a final slash): one that ends as a directory does (``models/``,
+    ``x/.``: a file ``models`` would surprise), and one named like a file the engine keeps
+    beside some destination (``a.blobdl-tmp``): that is another download's partial, record
+    or lock, which that download renames into place as its own, or removes, while this one
+    would say it succeeded."""
+    raw = os.fspath(path)
+    if isinstance(raw, str) and raw.endswith(("/", "/.")):
+        return f"path {raw!r} names a directory: name the file to write"
+    if _ENGINE_SIDE.search(PurePath(path).name) is not None:
+        return f"path {raw!r} is named like blobdl's own files beside a download"
+    return None
+
+
+def given_destination(path: str | os.PathLike[str]) -> Path:
+    """The destination a caller gave, as a ``Path``; a UsageError if it cannot be one
+    (``path_problem``)."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise UsageError(problem)
+    return Path(path)
 
 
 def temp_path(dest: Path) -> Path:
@@ -90,8 +104,7 @@ def check_destination(dest: Path) -> None:
     itself replaced by the final rename, never written through."""
     if "\0" in str(dest):  # the system cannot name such a file: ask for another name
         raise UsageError(f"destination {str(dest)!r} holds a NUL byte")
-    problem = side_file_problem(dest)
-    if problem is not None:
+    if (problem := path_problem(dest)) is not None:  # a name derived from the given one
         raise UsageError(problem)
     parent = dest.parent
     broken = directory_problem(parent)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from blobdl import Downloader, download_many
+from blobdl import Downloader, download_many, parse_manifest
 from blobdl.batch._scheduler import Item
 from blobdl.errors import BadResponse, BlobdlError, HTTPStatusError, UsageError
 from faultserver.serverctl import ServerHandle
@@ -128,6 +128,26 @@ def test_a_destination_named_like_another_downloads_side_file_is_refused(
         Downloader(fast_settings()).download(blob.url, dest)
     done = run_cli(blob.url, "-o", str(dest), cwd=tmp_path)
     assert done.returncode == 2 and "named like blobdl's own files" in done.stderr, done.stderr
+    assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tail", ["/", "/.", "//"])
+def test_a_destination_that_ends_as_a_directory_is_refused(
+    make: Make, server: ServerHandle, tmp_path: Path, tail: str
+) -> None:
+    """``-o models/`` reads as a directory: writing the blob as a file named ``models``
+    would surprise. A usage error before any request, in the library, on the command line
+    and in a manifest."""
+    blob = make(3000)
+    dest = str(tmp_path / "models") + tail
+    with pytest.raises(UsageError, match="directory"):
+        Downloader(fast_settings()).download(blob.url, dest)
+    done = run_cli(blob.url, "-o", dest, cwd=tmp_path)
+    assert done.returncode == 2 and "directory" in done.stderr, done.stderr
+    with pytest.raises(UsageError, match=r"manifest line 1: .*directory"):
+        parse_manifest(f"{blob.url} {dest}")
+    with pytest.raises(UsageError, match=r"item 0: .*directory"):
+        download_many([Item(blob.url, dest)], settings=fast_settings())
     assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == []
 
 
