@@ -35,13 +35,15 @@ from ..config import Settings
 from ..errors import LocalFileError
 from ..events import DownloadResult
 from ..processes._signals import commit
-from ._destination import check_destination
+from ._destination import BESIDE, check_destination
 from ._digest import sha256_fd
 from ._files import atomic_write, local_error, open_own, read_own
 from ._lock import DestinationLock
 from ._resume import sweep
 
 LINK_SUFFIX = ".blobdl-link"
+#: What a destination's scratch link (``_link``) adds to its name, at its longest.
+LINK_BESIDE = len(f"{LINK_SUFFIX}-4194304-ffffffff")
 CACHE_LOCK_WAIT = 24 * 3600.0  # seconds a download waits for another one filling its entry
 SEAL_DIR_ENV = "BLOBDL_SEAL_DIR"
 _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
@@ -66,7 +68,7 @@ def through_cache(
     except OSError as exc:
         raise local_error(cache, exc) from None
     entry = entry_path(cache, hexdigest)
-    check_destination(dest)
+    check_destination(dest, max(BESIDE, LINK_BESIDE))
     fetched = None
     verified = _hit(entry, hexdigest, settings.verify_cache)
     if verified is None:

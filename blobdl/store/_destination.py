@@ -27,6 +27,9 @@ SIDE_MARK = ".blobdl-"
 #: What follows SIDE_MARK in the name of a file the engine keeps beside a destination
 #: (-tmp, -state and -state.new, -bad, -lock, a cache's -link scratch, a seat's -kept lock).
 _ENGINE_SIDE = re.compile(re.escape(SIDE_MARK) + r"(tmp|state|bad|lock|link|kept)")
+#: What the longest name blobdl keeps beside a destination adds to the destination's own:
+#: its resume record's scratch, ``DEST.blobdl-state.new``.
+BESIDE = len(".blobdl-state.new")
 #: NAME_MAX (255) less our longest side-file suffix (a cache scratch: .blobdl-link-PID-HEX).
 MAX_NAME_BYTES = 255 - 40
 # fallocate(2) errors that mean "this filesystem cannot": the file stays sparse.
@@ -96,12 +99,13 @@ def _fit(name: str) -> str:
     return f"{cut}.{ext}" if ext else cut
 
 
-def check_destination(dest: Path) -> None:
+def check_destination(dest: Path, beside: int = BESIDE) -> None:
     """Fail early (before any network traffic) if ``dest`` cannot be written.
 
     Only a regular file (or nothing) may be there: a FIFO would hang us, a device or a
     socket would be replaced by a file. A symbolic link is judged by its target; it is
-    itself replaced by the final rename, never written through."""
+    itself replaced by the final rename, never written through. Its name must leave room
+    for the files kept beside it (``beside``: what the longest adds to its name)."""
     if "\0" in str(dest):  # the system cannot name such a file: ask for another name
         raise UsageError(f"destination {str(dest)!r} holds a NUL byte")
     if (problem := path_problem(dest)) is not None:  # a name derived from the given one
@@ -110,9 +114,25 @@ def check_destination(dest: Path) -> None:
     broken = directory_problem(parent)
     if broken is not None:
         raise broken
+    _check_room(dest, beside)
     require_regular(dest)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LocalFileError(str(dest), f"directory {parent} is not writable")
+
+
+def _check_room(dest: Path, beside: int) -> None:
+    """A name the directory's filesystem holds with ``beside`` bytes more (255 on most)."""
+    try:
+        limit = os.pathconf(dest.parent, "PC_NAME_MAX") - beside
+    except (OSError, ValueError):
+        limit = 255 - beside
+    size = len(os.fsencode(dest.name))
+    if size > limit:
+        raise LocalFileError(
+            str(dest),
+            f"its name is {size} bytes: with the files blobdl keeps beside it "
+            f"({beside} bytes longer) it may be at most {limit} bytes",
+        )
 
 
 def check_free_space(dest: Path, needed: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import blobdl
 from blobdl import Downloader, download_many, parse_manifest
 from blobdl.batch._scheduler import Item
 from blobdl.errors import BadResponse, BlobdlError, HTTPStatusError, UsageError
@@ -165,6 +166,29 @@ def test_a_long_server_name_is_cut_to_fit_with_our_side_files(
     assert name.startswith(made.name[:10]) and made.stat().st_size == blob.size
     # Room left for the longest suffix we add beside the destination (NAME_MAX is 255).
     assert len(made.name.encode()) + len(".blobdl-link-4194304-ffffffff") <= 255
+
+
+def test_a_name_too_long_for_the_files_beside_it_is_refused_saying_how_long_it_may_be(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A name the filesystem holds, but not with ``.blobdl-state.new`` after it: refused
+    before any request, saying so (not "File name too long" of a lock file nobody asked
+    for). The longest name allowed downloads; with a cache, whose scratch link name is
+    longer, the limit is lower."""
+    blob = make(3000)
+    longest = "b" * (255 - len(".blobdl-state.new"))
+    with pytest.raises(blobdl.LocalFileError, match=f"at most {len(longest)} bytes"):
+        Downloader(fast_settings()).download(blob.url, tmp_path / (longest + "b"))
+    done = run_cli(blob.url, "-o", str(tmp_path / (longest + "bb")), cwd=tmp_path)
+    assert done.returncode == 5 and f"at most {len(longest)} bytes" in done.stderr, done.stderr
+    assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == []
+    Downloader(fast_settings()).download(blob.url, tmp_path / longest)
+    assert sha256_file(tmp_path / longest) == blob.sha256
+    cached = fast_settings(cache_dir=str(tmp_path / "cache"))
+    (tmp_path / "c").mkdir()
+    with pytest.raises(blobdl.LocalFileError, match=r"at most 2[0-3]\d bytes"):
+        Downloader(cached).download(blob.url, tmp_path / "c" / longest, digest=blob.sha256)
+    assert list((tmp_path / "c").iterdir()) == []
 
 
 # --- Content-Range, Content-Length: sizes --------------------------------------------------
