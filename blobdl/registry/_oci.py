@@ -85,7 +85,8 @@ class Manifest:
 
 
 # Every field Ollama's Go decoder reads (manifest.Manifest, manifest.Layer) with the type
-# it reads it as: a manifest it could not decode would hide the model and stop its prune.
+# it reads it as: a manifest it could not decode would hide the model, and its prune would
+# take the blobs.
 _BLOB = {
     "digest": re.compile(r"sha256:[0-9a-f]{64}"),
     "size": Int(0, MAX_BYTES),
