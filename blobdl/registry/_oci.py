@@ -262,7 +262,9 @@ class Registry:
         return answer
 
     def _get(self, url: str, headers: Headers, limit: int) -> Document:
-        return fetch(self.settings, lambda: get_document(self.pool, url, headers, limit))
+        # A manifest or token has the stall timeout to arrive whole, not just between bytes.
+        within = self.settings.stall_timeout
+        return fetch(self.settings, lambda: get_document(self.pool, url, headers, limit, within))
 
     def _authenticate(self, url: str, header: str) -> None:
         """Answer the challenges of a 401: Bearer (with a realm) if offered, else Basic."""

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 import blobdl
 from faultserver.hostile_registry import HostileRegistry
 from faultserver.proxy import ForwardProxy
+from faultserver.serverctl import start_server
 from tests.conftest import REPO
 from tests.integration.test_hostile import run_cli_tagged
 from tests.strategies import (
@@ -639,3 +640,31 @@ def test_the_docker_password_never_reaches_a_proxy_in_clear_text(
         assert f"proxy http://127.0.0.1:{proxy.port}" in line and "NO_PROXY" in line, line
         seen = [dict(s.headers) for s in proxy.seen[before:]]
         assert not [h for h in seen if DOCKER_BASIC in h.values()], seen
+
+
+@pytest.mark.parametrize("what", ["manifest", "token"])
+def test_a_registry_document_that_trickles_in_ends_the_pull_instead_of_holding_it(
+    hostile: HostileRegistry, tmp_path: Path, what: str
+) -> None:
+    """A manifest or token answer paced so that the socket is never silent for a stall
+    timeout (a 64 KiB step every 1.5 s, 2.5 MB: a minute; a byte a second: 4 MiB in weeks)
+    held the pull with nothing on screen. A small document has the stall timeout to
+    arrive whole: the pull ends with one line instead."""
+    root = tmp_path / "served"
+    root.mkdir()
+    body = _GOOD if what == "manifest" else json.dumps({"token": "token-secret-1"})
+    (root / "doc.json").write_text(body + " " * (5 << 19))  # whitespace: still valid JSON
+    with start_server(root) as srv:
+        srv.set_faults({"path": "/files/doc.json", "action": "rate", "bps": (64 << 10) / 1.5,
+                        "times": None})  # fmt: skip
+        if what == "manifest":
+            hostile.load(script(faults=[redirect("manifests", srv.url("doc.json"))]))
+        else:
+            realm = f'Bearer realm="{srv.url("doc.json")}"'
+            hostile.load(script(faults=[rule("registry", "manifests", status=401,
+                                             headers={"WWW-Authenticate": realm})]))  # fmt: skip
+        run, models = pull_from(hostile, tmp_path, "--stall-timeout", "2")
+    assert run.code is not None, "the pull was still reading the trickle"
+    line = one_error_line(run)
+    assert "doc.json" in line, line
+    assert not (models / "manifests").exists()
