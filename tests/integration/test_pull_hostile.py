@@ -686,3 +686,23 @@ def test_a_registry_answer_whose_head_trickles_in_ends_the_pull_instead_of_holdi
     assert run.code is not None, "the pull was still reading the head"
     one_error_line(run)
     assert not (models / "manifests").exists()
+
+
+def test_a_blob_the_registry_redirects_only_once_the_download_starts_gets_no_credential(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """The registry serves both blob lookups itself, then answers the download's own GETs
+    with a redirect to another origin: the token (and the user's Authorization) stay
+    behind, as when the lookup itself is redirected."""
+    storage = f"http://127.0.0.1:{hostile.ports['storage']}/blobs/"
+    blobs, _ = fixed_model()
+    faults = [{**rule("registry", digest, status=307,
+                      headers={"Location": f"{storage}{digest}?sig=late"}), "skip": 1}
+              for digest in blobs]  # fmt: skip
+    hostile.load(script(faults=faults, auth="bearer"))
+    run, models = pull_from(hostile, tmp_path, "-H", f"Authorization: {USER_AUTH}")
+    assert run.code == 0, run.stderr
+    assert not store_problems(models)
+    seen = requests_at(hostile, "storage")
+    assert seen, "the download was never redirected"
+    assert not [e for e in seen if "authorization" in {k.lower() for k in e["headers"]}], seen
