@@ -20,7 +20,8 @@ base64 bytes}), ``auth`` ("none", "bearer", "basic"), ``credentials`` ("user:pas
 registry's Basic and the token server require, or null), ``token``, ``redirect`` (blobs 307
 to storage), ``storage_host`` (how the 307 names storage, e.g. "localhost"), and ``faults``:
 rules walked in order, ``{"role", "match" (a substring of the path, "" for any), "skip",
-"times" (null: always), "status", "headers", "body" (UTF-8 text) or "repeat": [text, n]}``;
+"times" (null: always), "status", "headers", "body" (UTF-8 text) or "repeat": [text, n],
+or "trickle_head": S (a head that never ends, a byte every S seconds)}``;
 the first matching rule that is not used up answers instead of the script.
 
 Every request is logged as ``{"role", "method", "path", "headers"}``: a test checks which
@@ -37,6 +38,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -187,6 +189,9 @@ class Handler(BaseHTTPRequestHandler):
     # --- scripted answers and the control port -----------------------------------------------
 
     def _scripted(self, rule: dict[str, Any]) -> None:
+        if "trickle_head" in rule:
+            self._trickle_head(float(rule["trickle_head"]))
+            return
         headers = dict(rule.get("headers", {}))
         if "repeat" in rule:
             text, count = rule["repeat"]
@@ -203,6 +208,15 @@ class Handler(BaseHTTPRequestHandler):
                 sent += n
             return
         self._send(rule.get("status", 200), headers, str(rule.get("body", "")).encode())
+
+    def _trickle_head(self, step: float) -> None:
+        """A status line, then one header whose value comes a byte every ``step`` seconds,
+        never ending: the socket is never silent, and the head never complete."""
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while True:
+            self.wfile.write(b"a")
+            self.wfile.flush()
+            time.sleep(step)
 
     def _control(self) -> None:
         if self.command == "POST" and self.path == "/script":

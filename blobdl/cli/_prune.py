@@ -57,6 +57,6 @@ def show(report: PruneReport) -> None:
     for path in report.unreadable:
         tell(f"kept every unused blob: Ollama cannot read the manifest {path} (fix or remove it)")
     for path in report.strays:
-        tell(f"note  {path} is no model's name: Ollama skips its start-up prune while it is there")
+        tell(f"note  {path} is no model's name: Ollama skips it with a warning")
     freed = "would free" if report.dry_run else "freed"
     tell(f"{freed} {report.freed} bytes in {len(report.removed)} files")

@@ -31,18 +31,19 @@ class Document(NamedTuple):
 
 
 def get_document(
-    pool: urllib3.PoolManager, url: str, headers: Mapping[str, str], limit: int
+    pool: urllib3.PoolManager, url: str, headers: Mapping[str, str], limit: int, within: float
 ) -> Document:
     """One GET of ``url``, no redirect followed. A 2xx body is read up to ``limit`` bytes
-    (one more is a ``BadResponse``: a small document was expected); any other status's body
-    is left unread, and so is every body when ``limit`` is 0."""
+    (one more is a ``BadResponse``: a small document was expected), and must arrive whole
+    within ``within`` seconds of the headers; any other status's body is left unread, and
+    so is every body when ``limit`` is 0."""
     response = send_get(pool, url, base_headers(tuple(headers.items())))
     body, whole = b"", False
     try:
         with translate_errors(url):
             if limit and 200 <= response.status < 300:
                 require_identity(url, response)
-                body = response.read(limit + 1)
+                body = _read_upto(url, response, limit + 1, time.monotonic() + within)
                 whole = len(body) <= limit
                 if not whole:
                     raise BadResponse(
@@ -54,6 +55,23 @@ def get_document(
         else:
             response.close()  # an unread body (a blob, an error page) never returns to the pool
     return Document(url, response.status, response.headers, body)
+
+
+def _read_upto(url: str, response: urllib3.BaseHTTPResponse, most: int, deadline: float) -> bytes:
+    """At most ``most`` bytes of the body, each read as it comes. A socket silent for its
+    read timeout ends a read, but one paced to never fall silent would not: a few bytes a
+    second make a 4 MiB document last weeks, so past ``deadline`` it is a ``BadResponse``."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < most:
+        if chunks and time.monotonic() > deadline:
+            raise BadResponse(url, "the document did not arrive whole within the stall timeout")
+        chunk = response.read1(most - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def fetch(settings: Settings, attempt: Callable[[], Document]) -> Document:

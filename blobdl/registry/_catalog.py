@@ -6,10 +6,12 @@ file there for a model when its four names are a valid model name, and reads it 
 some manifest it reads names it. Two kinds of file at depth 4 matter besides models:
 
 - ``unreadable``: a valid name whose file Ollama cannot decode (not JSON, wrong types, a
-  dangling link, a FIFO). Ollama's start-up prune skips everything while one exists; we do
-  not know which blobs it needs, so nothing is freed while one exists.
+  dangling link, a FIFO). Since ollama#7515 (v0.4, ``Manifests(true)``) Ollama's prune and
+  ``ollama pull`` skip such a file with a warning and delete the blobs only it names (a
+  dangling link, which ``os.Stat`` fails on, stops them instead). We are more careful: we
+  do not know which blobs it needs, so nothing is freed while one exists.
 - ``strays``: a name that is not a model's (``.latest.tmp-123``). Ollama skips it with a
-  warning, and its start-up prune does nothing while one exists.
+  warning; its prune goes on.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ GO_SPACE = (
     + ("\u2028\u2029\u202f\u205f\u3000")
 )
 _PIN = re.compile(r"sha256:([0-9a-f]{64})")
+_SCHEME = re.compile(r"[^:/@]*://")
 _FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -95,6 +96,10 @@ def parse_reference(text: str) -> Reference:
     check_text("model reference", text)
     raw = text.strip(GO_SPACE)
     name, at, pin = raw.partition("@")
+    if "/" in pin:  # user[:password]@host/...: refused before the text is echoed anywhere
+        raise UsageError(f"invalid model reference {_without_credentials(text)!r}: credentials "
+                         "do not go in a reference (a registry's come from the Docker config, "
+                         "auths.<host>)")  # fmt: skip
     digest = _digest(pin, text) if at else None
     normalized = _normalize(name.strip(GO_SPACE), text)
     scheme, parts = _split(normalized)
@@ -120,6 +125,15 @@ def require_reachable(ref: Reference) -> None:
     if colon and not (":" not in name and port.isdigit() and 0 < int(port) < 65536):
         raise UsageError(f"no registry can be reached at {ref.host!r} ({str(ref)!r} is a valid "
                          "name, but its host's port is not a number from 1 to 65535)")  # fmt: skip
+
+
+def _without_credentials(text: str) -> str:
+    """``text`` with what comes before the host's ``@`` (the last ``@`` a ``/`` follows),
+    past any ``scheme://``, replaced by ``***``: a password may hold ``@`` or ``/``."""
+    scheme = _SCHEME.match(text)
+    start = scheme.end() if scheme else 0
+    cut = max(i for i, c in enumerate(text) if c == "@" and "/" in text[i + 1 :])
+    return text[:start] + "***" + text[cut:]
 
 
 def _digest(pin: str, text: str) -> str:

@@ -85,7 +85,8 @@ class Manifest:
 
 
 # Every field Ollama's Go decoder reads (manifest.Manifest, manifest.Layer) with the type
-# it reads it as: a manifest it could not decode would hide the model and stop its prune.
+# it reads it as: a manifest it could not decode would hide the model, and its prune would
+# take the blobs.
 _BLOB = {
     "digest": re.compile(r"sha256:[0-9a-f]{64}"),
     "size": Int(0, MAX_BYTES),
@@ -261,7 +262,9 @@ class Registry:
         return answer
 
     def _get(self, url: str, headers: Headers, limit: int) -> Document:
-        return fetch(self.settings, lambda: get_document(self.pool, url, headers, limit))
+        # A manifest or token has the stall timeout to arrive whole, not just between bytes.
+        within = self.settings.stall_timeout
+        return fetch(self.settings, lambda: get_document(self.pool, url, headers, limit, within))
 
     def _authenticate(self, url: str, header: str) -> None:
         """Answer the challenges of a 401: Bearer (with a realm) if offered, else Basic."""

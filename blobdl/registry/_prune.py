@@ -4,8 +4,8 @@
   nobody is fetching, and the staged blob itself), with their lock files;
 - stale lock files (claims and fetch locks nobody holds);
 - manifest scratch files a killed pull left in ``.blobdl-tmp/``, and the scratch files older
-  blobdl versions left beside a manifest (``.TAG.tmp-PID``), which Ollama reads as corrupt
-  manifests and for which it skips its own prune;
+  blobdl versions left beside a manifest (``.TAG.tmp-PID``), which Ollama warns about as
+  bad manifest names at every start;
 - blobs no manifest names, once older than an hour (Ollama's own grace: a younger one may
   belong to an ``ollama pull`` or ``ollama create`` in progress), and none while a manifest
   Ollama cannot read is in the store or Ollama is writing into ``blobs/``;
@@ -66,7 +66,7 @@ class PruneReport(NamedTuple):
     removed: tuple[Removal, ...]  # or, on a dry run, what would be
     kept: tuple[Kept, ...]  # left behind although unused: a running pull holds it, ...
     unreadable: tuple[Path, ...]  # manifests Ollama cannot read: no blob was removed
-    strays: tuple[Path, ...]  # names at depth 4 that are no model (Ollama skips its prune)
+    strays: tuple[Path, ...]  # names at depth 4 that are no model (Ollama warns, skips them)
     dry_run: bool
 
     @property

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 import blobdl
 from faultserver.hostile_registry import HostileRegistry
 from faultserver.proxy import ForwardProxy
+from faultserver.serverctl import start_server
 from tests.conftest import REPO
 from tests.integration.test_hostile import run_cli_tagged
 from tests.strategies import (
@@ -639,3 +640,69 @@ def test_the_docker_password_never_reaches_a_proxy_in_clear_text(
         assert f"proxy http://127.0.0.1:{proxy.port}" in line and "NO_PROXY" in line, line
         seen = [dict(s.headers) for s in proxy.seen[before:]]
         assert not [h for h in seen if DOCKER_BASIC in h.values()], seen
+
+
+@pytest.mark.parametrize("what", ["manifest", "token"])
+def test_a_registry_document_that_trickles_in_ends_the_pull_instead_of_holding_it(
+    hostile: HostileRegistry, tmp_path: Path, what: str
+) -> None:
+    """A manifest or token answer paced so that the socket is never silent for a stall
+    timeout (a 64 KiB step every 1.5 s, 2.5 MB: a minute; a byte a second: 4 MiB in weeks)
+    held the pull with nothing on screen. A small document has the stall timeout to
+    arrive whole: the pull ends with one line instead."""
+    root = tmp_path / "served"
+    root.mkdir()
+    body = _GOOD if what == "manifest" else json.dumps({"token": "token-secret-1"})
+    (root / "doc.json").write_text(body + " " * (5 << 19))  # whitespace: still valid JSON
+    with start_server(root) as srv:
+        srv.set_faults({"path": "/files/doc.json", "action": "rate", "bps": (64 << 10) / 1.5,
+                        "times": None})  # fmt: skip
+        if what == "manifest":
+            hostile.load(script(faults=[redirect("manifests", srv.url("doc.json"))]))
+        else:
+            realm = f'Bearer realm="{srv.url("doc.json")}"'
+            hostile.load(script(faults=[rule("registry", "manifests", status=401,
+                                             headers={"WWW-Authenticate": realm})]))  # fmt: skip
+        run, models = pull_from(hostile, tmp_path, "--stall-timeout", "2")
+    assert run.code is not None, "the pull was still reading the trickle"
+    line = one_error_line(run)
+    assert "doc.json" in line, line
+    assert not (models / "manifests").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: a socket's read timeout bounds one recv, not a response's head; "
+    "http.client reads the head with no deadline of its own (the engine's probe too)",
+)
+def test_a_registry_answer_whose_head_trickles_in_ends_the_pull_instead_of_holding_it(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """The same for the status line and headers (of the manifest here; a blob lookup's
+    are read the same way): a header line paced a byte every half second never leaves the
+    socket silent for the stall timeout, and may run to 64 KiB (nine hours) a line."""
+    hostile.load(script(faults=[rule("registry", "manifests", trickle_head=0.5)]))
+    run, models = pull_from(hostile, tmp_path, "--stall-timeout", "2")
+    assert run.code is not None, "the pull was still reading the head"
+    one_error_line(run)
+    assert not (models / "manifests").exists()
+
+
+def test_a_blob_the_registry_redirects_only_once_the_download_starts_gets_no_credential(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """The registry serves both blob lookups itself, then answers the download's own GETs
+    with a redirect to another origin: the token (and the user's Authorization) stay
+    behind, as when the lookup itself is redirected."""
+    storage = f"http://127.0.0.1:{hostile.ports['storage']}/blobs/"
+    blobs, _ = fixed_model()
+    faults = [{**rule("registry", digest, status=307,
+                      headers={"Location": f"{storage}{digest}?sig=late"}), "skip": 1}
+              for digest in blobs]  # fmt: skip
+    hostile.load(script(faults=faults, auth="bearer"))
+    run, models = pull_from(hostile, tmp_path, "-H", f"Authorization: {USER_AUTH}")
+    assert run.code == 0, run.stderr
+    assert not store_problems(models)
+    seen = requests_at(hostile, "storage")
+    assert seen, "the download was never redirected"
+    assert not [e for e in seen if "authorization" in {k.lower() for k in e["headers"]}], seen

@@ -235,3 +235,25 @@ def test_a_valid_name_whose_host_has_no_port_is_refused_before_any_request(text:
 @pytest.mark.parametrize("text", ["h:5000/ns/m", "h:65535/ns/m", "h/ns/m", "llama3.2"])
 def test_a_host_with_a_port_or_none_is_reachable(text: str) -> None:
     require_reachable(parse_reference(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "https://alice:s3cret@registry.example.com/ns/m:v1",
+        "http://alice:s3cret@127.0.0.1:5000/ns/m",
+        "alice:s3cret@localhost:5000/ns/m:t",
+        " s3cret@h/ns/m",  # a token alone, as some registries take it
+        f"alice:s3cret@h/ns/m@sha256:{HEX}",
+    ],
+)
+def test_credentials_in_a_reference_are_refused_without_echoing_them(text: str) -> None:
+    """Ollama has no credentials in a name (no part may hold '@'), and neither do we; a
+    user who writes them there, as in a URL, is told where they go, and the secret is not
+    printed back (the error line lands in terminals and CI logs)."""
+    with pytest.raises(UsageError) as caught:
+        parse_reference(text)
+    message = str(caught.value)
+    assert "s3cret" not in message
+    assert "credentials" in message and "Docker config" in message
+    assert "\n" not in message
