@@ -49,6 +49,9 @@ ACTIONS: dict[str, frozenset[str]] = {
     "close_after": frozenset({"bytes"}),
     "stall_after": frozenset({"bytes", "hold"}),
     "no_response": frozenset({"hold"}),
+    # A status line and header block that never end: a byte every ``step`` seconds (never
+    # silent for a read timeout), until ``hold`` seconds have passed.
+    "trickle_head": frozenset({"step", "hold"}),
     "ttfb": frozenset({"delay"}),
     "rate": frozenset({"bps"}),
     "ignore_range": frozenset(),
@@ -624,6 +627,10 @@ class Handler(BaseHTTPRequestHandler):
             self._hold(fault.num("hold", 60))
             self.close_connection = True
             return False
+        if fault.action == "trickle_head":
+            self._trickle_head(fault.num("step", 0.5), fault.num("hold", 60))
+            self.close_connection = True
+            return False
         if fault.action == "ttfb":
             self.srv.state.stopping.wait(fault.num("delay"))
         elif fault.action == "shape" and "ttfb" in fault.params:
@@ -882,6 +889,15 @@ class Handler(BaseHTTPRequestHandler):
         chunk, step = (b"x", 1 / bps) if bps else (b"x" * PACE_CHUNK, 0.01)
         while not head and time.monotonic() < deadline:
             self.wfile.write(chunk)  # a peer that hung up ends this with an OSError
+            self.wfile.flush()
+            if self.srv.state.stopping.wait(step):
+                return
+
+    def _trickle_head(self, step: float, hold: float) -> None:
+        deadline = time.monotonic() + hold
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while time.monotonic() < deadline:
+            self.wfile.write(b"x")  # a peer that hung up ends this with an OSError
             self.wfile.flush()
             if self.srv.state.stopping.wait(step):
                 return

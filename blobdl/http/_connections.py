@@ -28,7 +28,7 @@ from typing import TypeVar
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
-from ._interim import InterimSkippingResponse
+from ._head import InterimSkippingResponse
 
 
 class Sockets:

@@ -40,7 +40,7 @@ from ..errors import (
     TLSError,
     UsageError,
 )
-from ._interim import InterimError
+from ._head import InterimError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

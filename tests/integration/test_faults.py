@@ -16,7 +16,7 @@ import blobdl
 from blobdl import Downloader, Progress
 from blobdl.errors import EXIT_INTEGRITY, EXIT_NETWORK
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
 
 Make = Callable[..., Blob]
 
@@ -152,6 +152,24 @@ def test_request_that_never_gets_a_status_line_is_a_stall(
     result = fetch(blob.url, tmp_path / "out", stall_timeout=1.0, steal=False)
     assert_exact(blob, tmp_path / "out")
     assert result.retries == 1
+
+
+@pytest.mark.parametrize("skip", [0, 1], ids=["the probe", "a part"])
+def test_a_status_line_and_headers_that_trickle_in_are_a_stall(
+    make: Make, server: ServerHandle, tmp_path: Path, skip: int
+) -> None:
+    """A head sent a byte at a time, never silent for the stall timeout, would be read for
+    as long as the server likes (64 KiB a header line): it must arrive whole within the
+    stall timeout of its first byte, or the request fails and is retried."""
+    blob = make(2 * PART)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": skip, "times": 1,
+                       "action": "trickle_head", "step": 0.2, "hold": 600})  # fmt: skip
+    out = tmp_path / "out"
+    done = run_cli(blob.url, "-o", str(out), "--stall-timeout", "1", "--no-steal",
+                   "--min-part-size", str(PART), "--max-part-size", str(PART),
+                   timeout=45)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert_exact(blob, out)
 
 
 def test_slow_first_byte_within_the_timeout_is_not_a_stall(

@@ -670,11 +670,6 @@ def test_a_registry_document_that_trickles_in_ends_the_pull_instead_of_holding_i
     assert not (models / "manifests").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: a socket's read timeout bounds one recv, not a response's head; "
-    "http.client reads the head with no deadline of its own (the engine's probe too)",
-)
 def test_a_registry_answer_whose_head_trickles_in_ends_the_pull_instead_of_holding_it(
     hostile: HostileRegistry, tmp_path: Path
 ) -> None:
