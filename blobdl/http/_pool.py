@@ -132,15 +132,23 @@ class ProxyRoutes(NamedTuple):
     def proxy_for(self, url: str) -> str | None:
         """The proxy URL for ``url``, or None to connect directly."""
         parts = urlsplit(url)
-        # NO_PROXY matching (suffixes, "*", host:port) as urllib does it, on host[:port];
-        # the function is public in urllib.request but missing from typeshed.
-        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-        if bypass(parts.netloc.rpartition("@")[2], self.environ):
+        if self._bypassed(parts.netloc.rpartition("@")[2], parts.hostname or ""):
             return None
         proxy = self.explicit or self.environ.get(parts.scheme)
         if proxy and "://" not in proxy:
             proxy = "http://" + proxy  # HTTP_PROXY=host:3128 is common and means http
         return proxy
+
+    def _bypassed(self, netloc: str, hostname: str) -> bool:
+        """Whether NO_PROXY names the host: matched (suffixes, "*", host:port) as urllib
+        does it, on host[:port], and for an IPv6 host also on the bare address: in
+        ``NO_PROXY=::1`` (as curl and requests read it) the brackets of ``[::1]`` are only
+        URL syntax."""
+        # Public in urllib.request, but missing from typeshed.
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if bypass(netloc, self.environ):
+            return True
+        return ":" in hostname and bool(bypass(hostname, self.environ))
 
 
 class _ProxyRouter(urllib3.PoolManager):
