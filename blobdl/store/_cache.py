@@ -38,7 +38,7 @@ from ..events import DownloadResult
 from ..processes._signals import commit
 from ._destination import check_destination
 from ._digest import sha256_fd
-from ._files import atomic_write, local_error, open_own, read_own
+from ._files import atomic_write, local_error, open_own
 from ._lock import DestinationLock
 from ._resume import sweep
 
@@ -193,9 +193,18 @@ def sealed(entry: Path, hexdigest: str) -> os.stat_result | None:
         info = entry_info(entry)
         if record is None or info is None:
             return None
-        return info if read_own(record).decode("ascii") == _identity(info, hexdigest) else None
+        return info if _read_seal(record) == _identity(info, hexdigest) else None
     except (OSError, LocalFileError, ValueError):
         return None
+
+
+def _read_seal(record: Path) -> str | None:
+    """The seal's text, if this user wrote it: a seal directory found open to others is
+    made private, but a seal someone else put there meanwhile vouches for nothing."""
+    with os.fdopen(open_own(record, os.O_RDONLY), "rb") as f:
+        if os.fstat(f.fileno()).st_uid != os.geteuid():
+            return None
+        return f.read().decode("ascii")
 
 
 def unseal(entry: Path) -> None:

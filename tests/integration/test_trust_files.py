@@ -285,6 +285,29 @@ def test_an_entry_another_user_owns_is_copied_never_linked(make: Make, tmp_path:
     assert stat.S_IMODE(os.stat(entry).st_mode) == 0o666
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_seal_another_user_wrote_vouches_for_nothing(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seal directory that was not private (blobdl makes it 0700 when it finds it open,
+    but whatever others put there before stays): only our own seals vouch for an entry."""
+    blob = make(4 * PART, seed=22)
+    seals = tmp_path / "seals"
+    seals.mkdir(mode=0o777)
+    seals.chmod(0o777)
+    monkeypatch.setenv("BLOBDL_SEAL_DIR", str(seals))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entry = cache / f"sha256-{blob.sha256}"
+    entry.write_bytes(os.urandom(blob.size))  # forged by someone who can write both
+    _cache.reseal(entry, blob.sha256, os.lstat(entry))
+    (record,) = seals.iterdir()
+    os.chown(record, NOBODY, NOBODY)
+    result = cached(blob, tmp_path / "a", cache)
+    assert sha256_file(tmp_path / "a") == blob.sha256
+    assert not result.cached and server.stats()["bytes_sent"] >= blob.size
+
+
 def test_repeated_hits_stay_sealed_and_cost_no_network(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
