@@ -18,10 +18,10 @@ from urllib3.util import make_headers
 from urllib3.util.ssl_ import create_urllib3_context
 
 from ..config import Settings, check_proxy_url
-from ..errors import UsageError
+from ..errors import ConnectionFailed, UsageError
 from ._connections import noting
 from ._request import Response
-from ._translate import proxy_errors
+from ._translate import Peer, proxy_errors
 
 
 def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
@@ -132,15 +132,27 @@ class ProxyRoutes(NamedTuple):
     def proxy_for(self, url: str) -> str | None:
         """The proxy URL for ``url``, or None to connect directly."""
         parts = urlsplit(url)
-        # NO_PROXY matching (suffixes, "*", host:port) as urllib does it, on host[:port];
-        # the function is public in urllib.request but missing from typeshed.
-        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-        if bypass(parts.netloc.rpartition("@")[2], self.environ):
+        if self._bypassed(parts.netloc.rpartition("@")[2], parts.hostname or ""):
             return None
         proxy = self.explicit or self.environ.get(parts.scheme)
         if proxy and "://" not in proxy:
             proxy = "http://" + proxy  # HTTP_PROXY=host:3128 is common and means http
         return proxy
+
+    def _bypassed(self, netloc: str, hostname: str) -> bool:
+        """Whether NO_PROXY names the host: matched (suffixes, "*", host:port) as urllib
+        does it, on host[:port], and for an IPv6 host also on the bare address: in
+        ``NO_PROXY=::1`` (as curl and requests read it) the brackets of ``[::1]`` are only
+        URL syntax."""
+        # Public in urllib.request, but missing from typeshed.
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if bypass(netloc, self.environ):
+            return True
+        return ":" in hostname and bool(bypass(hostname, self.environ))
+
+
+# As http.client words the same answer to CONNECT ("Tunnel connection failed: 407 ...").
+_ASKS_FOR_AUTH = "407 Proxy Authentication Required"
 
 
 class _ProxyRouter(urllib3.PoolManager):
@@ -159,7 +171,11 @@ class _ProxyRouter(urllib3.PoolManager):
         if proxy is None:
             return super().urlopen(method, url, redirect=redirect, **kw)
         with proxy_errors(url, proxy):  # a failure of the proxy's names the proxy
-            return self._manager(proxy, url).urlopen(method, url, redirect=redirect, **kw)
+            response = self._manager(proxy, url).urlopen(method, url, redirect=redirect, **kw)
+        if response.status == 407:  # a forwarded request's: the proxy's answer, not the server's
+            response.close()
+            raise ConnectionFailed(url, f"{Peer.of(proxy, proxy=True)} failed: {_ASKS_FOR_AUTH}")
+        return response
 
     def _manager(self, proxy: str, url: str) -> urllib3.ProxyManager:
         manager = self._managers.get(proxy)

@@ -4,7 +4,8 @@ Entries only ever appear by atomic rename of a complete, digest-verified file (t
 downloaded through the normal machinery, under the per-destination lock), so a present
 entry is complete; concurrent jobs sharing a cache wait on that lock instead of writing the
 same entry twice. A destination is then a hard link to the entry, or a copy where the
-filesystem cannot link (another device, no hard links). ``through_cache`` is one
+filesystem cannot link (another device, no hard links) or another user owns the entry (a
+shared cache: linked, the destination would be a file they can edit). ``through_cache`` is one
 download's way through the cache: it serves a hit, or has the engine fill the entry first.
 
 A hard link shares the bytes: a user editing their destination in place edits the entry.
@@ -37,7 +38,7 @@ from ..events import DownloadResult
 from ..processes._signals import commit
 from ._destination import BESIDE, check_destination
 from ._digest import sha256_fd
-from ._files import atomic_write, local_error, open_own, read_own
+from ._files import atomic_write, local_error, open_own
 from ._lock import DestinationLock
 from ._resume import sweep
 
@@ -155,9 +156,11 @@ def seal(entry: Path, hexdigest: str) -> os.stat_result:
 
 
 def _seal_fd(fd: int, entry: Path, hexdigest: str) -> os.stat_result:
-    # The open file, not the name: what is recorded is what was hashed.
+    # The open file, not the name: what is recorded is what was hashed. Another user's
+    # entry (a shared cache) keeps the mode its owner chose: only they may change it.
     try:
-        os.fchmod(fd, 0o444)
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, 0o444)
         info = os.fstat(fd)
     except OSError as exc:
         raise local_error(entry, exc) from None
@@ -192,9 +195,18 @@ def sealed(entry: Path, hexdigest: str) -> os.stat_result | None:
         info = entry_info(entry)
         if record is None or info is None:
             return None
-        return info if read_own(record).decode("ascii") == _identity(info, hexdigest) else None
+        return info if _read_seal(record) == _identity(info, hexdigest) else None
     except (OSError, LocalFileError, ValueError):
         return None
+
+
+def _read_seal(record: Path) -> str | None:
+    """The seal's text, if this user wrote it: a seal directory found open to others is
+    made private, but a seal someone else put there meanwhile vouches for nothing."""
+    with os.fdopen(open_own(record, os.O_RDONLY), "rb") as f:
+        if os.fstat(f.fileno()).st_uid != os.geteuid():
+            return None
+        return f.read().decode("ascii")
 
 
 def unseal(entry: Path) -> None:
@@ -252,13 +264,7 @@ def place(entry: Path, dest: Path, verified: os.stat_result) -> os.stat_result:
     # Unique per call: two jobs placing the same destination must not share a scratch name.
     scratch = dest.with_name(f"{dest.name}{LINK_SUFFIX}-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        try:
-            os.link(entry, scratch)
-            _require_same(os.lstat(scratch), verified, entry)
-        except OSError as exc:
-            if exc.errno not in _CANNOT_LINK:
-                raise
-            _copy(entry, scratch, verified)
+        _link_or_copy(entry, scratch, verified)
         commit()  # the rename puts the verified blob in place: the download has succeeded
         os.replace(scratch, dest)
         after = os.lstat(dest)
@@ -269,6 +275,22 @@ def place(entry: Path, dest: Path, verified: os.stat_result) -> os.stat_result:
             raise local_error(dest, exc) from None
         raise
     return after if _same_file(after, verified) else verified
+
+
+def _link_or_copy(entry: Path, scratch: Path, verified: os.stat_result) -> None:
+    """Link ``scratch`` to the entry if it is ours, else copy it there. Another user's
+    entry (a shared cache) is never linked: the destination would be their file, which
+    they may make writable and edit at any time."""
+    if verified.st_uid == os.geteuid():
+        try:
+            os.link(entry, scratch)
+        except OSError as exc:
+            if exc.errno not in _CANNOT_LINK:
+                raise
+        else:
+            _require_same(os.lstat(scratch), verified, entry)
+            return
+    _copy(entry, scratch, verified)
 
 
 def _same_file(info: os.stat_result, verified: os.stat_result) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import socketserver
 import ssl
 import subprocess
@@ -17,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +263,62 @@ def test_http_proxy_from_environment_and_no_proxy(
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
     assert fetch(blob.url, tmp_path / "direct", resume=False) == blob.sha256
     assert proxy.forwarded == through
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+
+
+@pytest.fixture
+def ipv6_server(tmp_path: Path) -> Iterator[tuple[str, str, list[str]]]:
+    """A plain file server on [::1] (no ranges: one whole-body GET): its URL for a 64 KiB
+    file, the file's sha256, and the paths it was asked for."""
+    body = os.urandom(64 * 1024)
+    (tmp_path / "v6.bin").write_bytes(body)
+    asked: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    try:
+        server = _IPv6Server(("::1", 0), Handler)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"http://[::1]:{server.server_address[1]}/v6.bin"
+        yield url, hashlib.sha256(body).hexdigest(), asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("entry", ["::1", "[::1]", " ::1 "])
+def test_no_proxy_naming_an_ipv6_host_bypasses_the_proxy(
+    proxy: ForwardProxy,
+    ipv6_server: tuple[str, str, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    entry: str,
+) -> None:
+    """``NO_PROXY=localhost,127.0.0.1,::1`` is the usual spelling (curl and requests honour
+    it): the host of ``http://[::1]:port/`` is ``::1``, brackets are only URL syntax."""
+    url, digest, asked = ipv6_server
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", f"localhost,127.0.0.1,{entry}")
+    assert fetch(url, tmp_path / "out") == digest
+    assert proxy.seen == [] and asked
 
 
 def test_trust_env_false_leaves_only_the_proxy_setting(

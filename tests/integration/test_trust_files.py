@@ -261,6 +261,53 @@ def test_entry_replaced_by_another_file_with_forged_times_is_refetched(
     assert not result.cached
 
 
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_an_entry_another_user_owns_is_copied_never_linked(make: Make, tmp_path: Path) -> None:
+    """Right bytes, planted by another user of a shared cache: linked, the destination would
+    be their file, which they may make writable and edit whenever they like."""
+    blob = make(4 * PART, seed=21)
+    cache = tmp_path / "cache"
+    cached(blob, tmp_path / "a", cache)  # the right bytes
+    entry = cache / f"sha256-{blob.sha256}"
+    planted = cache / "planted"
+    shutil.copyfile(entry, planted)
+    os.chown(planted, NOBODY, NOBODY)
+    planted.chmod(0o666)
+    os.replace(planted, entry)
+    result = cached(blob, tmp_path / "b", cache)
+    assert sha256_file(tmp_path / "b") == blob.sha256 and result.cached
+    dest = os.stat(tmp_path / "b")
+    assert dest.st_uid == os.geteuid() and dest.st_ino != os.stat(entry).st_ino
+    # The owner's mode is theirs to choose: a user of the cache never changes it.
+    assert stat.S_IMODE(os.stat(entry).st_mode) == 0o666
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_seal_another_user_wrote_vouches_for_nothing(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seal directory that was not private (blobdl makes it 0700 when it finds it open,
+    but whatever others put there before stays): only our own seals vouch for an entry."""
+    blob = make(4 * PART, seed=22)
+    seals = tmp_path / "seals"
+    seals.mkdir(mode=0o777)
+    seals.chmod(0o777)
+    monkeypatch.setenv("BLOBDL_SEAL_DIR", str(seals))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entry = cache / f"sha256-{blob.sha256}"
+    entry.write_bytes(os.urandom(blob.size))  # forged by someone who can write both
+    _cache.reseal(entry, blob.sha256, os.lstat(entry))
+    (record,) = seals.iterdir()
+    os.chown(record, NOBODY, NOBODY)
+    result = cached(blob, tmp_path / "a", cache)
+    assert sha256_file(tmp_path / "a") == blob.sha256
+    assert not result.cached and server.stats()["bytes_sent"] >= blob.size
+
+
 def test_repeated_hits_stay_sealed_and_cost_no_network(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import re
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +71,40 @@ def test_a_proxy_that_refuses_is_named_as_the_proxy(
         assert code == EXIT_NETWORK
         assert line.startswith(f"Failed to connect to proxy 127.0.0.1 port {port}:"), line
         assert "Connection refused" in line and "pw" not in line
+
+
+class _AsksForCredentials(socketserver.StreamRequestHandler):
+    """A proxy that answers every request, forwarded or CONNECT, with 407."""
+
+    def handle(self) -> None:
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        self.wfile.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                         b"Proxy-Authenticate: Basic realm=p\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")  # fmt: skip
+
+
+def test_a_proxy_asking_for_credentials_is_named_as_the_proxy(
+    make: Make, tmp_path: Path, server: ServerHandle
+) -> None:
+    """The 407 is the proxy's answer, not the server's: forwarded or tunnelled alike."""
+    blob = make(1000, seed=2102)
+    proxy = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _AsksForCredentials)
+    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        port = proxy.server_address[1]
+        via = f"http://user:pw@127.0.0.1:{port}"
+        for url in (blob.url, blob.url.replace("http://", "https://")):  # forwarded, CONNECT
+            code, line = error_line(url, "-o", str(tmp_path / "out"), "--proxy", via)
+            assert code == EXIT_NETWORK
+            assert line.startswith(f"proxy 127.0.0.1 port {port} failed: "), line
+            assert "407 Proxy Authentication Required" in line and "pw" not in line
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+    assert server.stats()["requests"] == 0
 
 
 def test_a_proxy_name_that_does_not_resolve_is_named(make: Make, tmp_path: Path) -> None:
