@@ -34,3 +34,20 @@ def _shown(pair: str) -> str:
     if equals and value and _SECRET_NAME.search(unquote(name)):
         return f"{name}={MASK}"
     return pair
+
+
+def redact_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """Header names shown, values masked: any extra header may be a credential."""
+    return tuple((name, MASK) for name, _ in headers)
+
+
+def shown_fields(kind: str, fields: dict[str, object]) -> str:
+    """``Kind(name=value, ...)`` as a dataclass shows itself, with ``url``, ``proxy`` and
+    ``headers`` redacted (``repr`` of settings and items: jobs log them)."""
+    shown = dict(fields)
+    for name in ("url", "proxy"):
+        if isinstance(shown.get(name), str):
+            shown[name] = redact_url(str(shown[name]))
+    if isinstance(shown.get("headers"), tuple):
+        shown["headers"] = redact_headers(shown["headers"])  # type: ignore[arg-type]
+    return f"{kind}({', '.join(f'{name}={value!r}' for name, value in shown.items())})"

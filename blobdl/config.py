@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ._redact import redact_url
+from ._redact import redact_url, shown_fields
 from .errors import UsageError
 
 MB = 1000 * 1000  # Ollama sizes parts in decimal megabytes
@@ -136,6 +136,9 @@ class Settings:
     client_cert: str | None = None
     #: The PEM private key of client_cert, if not in the same file (unencrypted).
     client_key: str | None = None
+
+    def __repr__(self) -> str:  # no header value, no proxy password: jobs log settings
+        return shown_fields("Settings", {f.name: getattr(self, f.name) for f in fields(self)})
 
     def __post_init__(self) -> None:
         for name, low, high in _INT_BOUNDS:

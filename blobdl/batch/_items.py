@@ -10,6 +10,7 @@ from pathlib import Path, PurePath
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from .._redact import shown_fields
 from ..config import check_int, check_pairs, check_text
 from ..errors import BlobdlError, UsageError
 from ..events import DownloadResult, Event
@@ -29,6 +30,9 @@ class Item(NamedTuple):
     # server's answer decides. A blob known to be larger than one request is probed with
     # one byte, instead of a first GET whose bytes would be thrown away.
     size: int | None = None
+
+    def __repr__(self) -> str:  # no credential of its URL or headers: jobs log items
+        return shown_fields("Item", self._asdict())
 
 
 class ItemResult(NamedTuple):

@@ -44,3 +44,16 @@ def test_a_download_or_a_manifest_loads_neither_the_registry_nor_hugging_face() 
 def test_they_load_when_used() -> None:
     assert "blobdl.registry._pull" in loaded_after("import blobdl; blobdl.pull")
     assert "blobdl.hf._download" in loaded_after("from blobdl import hf_download")
+
+
+def test_the_repr_of_settings_and_items_shows_no_credential() -> None:
+    """A job that logs its settings or its items (``ItemResult.item`` in a failure report)
+    must not log a header's value, a proxy's password or a URL's own credentials."""
+    settings = blobdl.Settings(headers=(("Authorization", "Bearer s3cret-1"),),
+                               proxy="http://user:s3cret-2@proxy:3128")  # fmt: skip
+    item = blobdl.Item("https://bob:s3cret-3@host/x.bin?sig=s3cret-4", "x.bin",
+                       headers=(("Cookie", "id=s3cret-5"),))  # fmt: skip
+    shown = repr(settings) + repr(item) + repr(blobdl.ItemResult(item, None, None))
+    assert "s3cret" not in shown, shown
+    assert "Authorization" in shown and "Cookie" in shown and "host/x.bin" in shown
+    assert "retries=6" in shown and "path='x.bin'" in shown  # the rest as a dataclass shows it
