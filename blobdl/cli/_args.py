@@ -24,6 +24,7 @@ from ..errors import (
     BlobdlError,
     UsageError,
 )
+from ._display import one_line
 
 EXIT_CODES = f"""\
 exit codes:
@@ -48,7 +49,8 @@ an existing destination:
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's own exit code is 2 too, kept explicit
         # One line, like every other error of ours (the usage is one --help away).
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        line = one_line(f"{self.prog}: error: {message} (see {self.prog} --help)")
+        self.exit(EXIT_USAGE, line + "\n")
 
 
 def _size(text: str) -> int:

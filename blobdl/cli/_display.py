@@ -34,7 +34,7 @@ def show_warnings(quiet: bool = False) -> None:
     """Library warnings (resume decisions, kept partial files) as one line each on stderr;
     none when ``quiet`` (it prints errors only)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("blobdl: warning: %(message)s"))
+    handler.setFormatter(_OneLine("blobdl: warning: %(message)s"))
     logger = logging.getLogger("blobdl")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.ERROR if quiet else logging.WARNING)
@@ -87,12 +87,26 @@ def json_line(stream: IO[str], record: dict[str, Any]) -> None:
 
 
 def say(line: str) -> None:
-    _write(sys.stderr, line + "\n")
+    _write(sys.stderr, one_line(line) + "\n")
 
 
 def tell(line: str) -> None:
     """A line of a command's output (stdout), as robust as ``say``."""
-    _write(sys.stdout, line + "\n")
+    _write(sys.stdout, one_line(line) + "\n")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: a line break or a terminal escape in a name we echo (a path, a
+    URL, a server's words) is shown escaped (``\\n``, ``\\x1b``), so it can neither split
+    our line nor forge another one, nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
 
 
 def _write(stream: IO[str], text: str) -> None:

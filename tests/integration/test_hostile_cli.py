@@ -5,6 +5,7 @@ documented exit code, never a traceback, and nothing is destroyed or half-writte
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE
+from blobdl.errors import EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
 from tests.conftest import REPO, Blob, sha256_file
 
 Make = Callable[..., Blob]
@@ -180,3 +181,35 @@ def test_a_bad_setting_is_named_as_its_option(tmp_path: Path, args: list[str], o
     assert "\n" not in line and line.startswith("blobdl: error: "), line
     name = option[2:].replace("-", "_")  # the library's name, alone (not inside the option)
     assert option in line and not re.search(rf"(?<![-\w]){name}(?![-\w])", line), line
+
+
+def test_a_name_with_a_line_break_is_shown_on_one_line(make: Make, tmp_path: Path) -> None:
+    """A path (or any text we echo) that holds a line break or a terminal escape must not
+    split the one error line, nor forge a second one."""
+    blob = make(1000, seed=2111)
+    gone = tmp_path / "gone\nblobdl: error: forged\x1b[2J"
+    done = subprocess.run([sys.executable, "-m", "blobdl", blob.url, "-o", str(gone / "out")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    assert done.returncode == EXIT_LOCAL, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line == f"blobdl: error: {tmp_path}/gone\\nblobdl: error: forged\\x1b[2J: " + (
+        "directory does not exist"
+    )
+
+
+def test_prune_lists_a_name_with_a_line_break_on_one_line(tmp_path: Path) -> None:
+    """``blobdl prune`` lists each file on a line of its own: a partial named to look like
+    another line never adds a line that is not about itself."""
+    partial = tmp_path / "models" / "blobs-partial"
+    partial.mkdir(parents=True)
+    forged = f"sha256-{'a' * 64}.blobdl-tmp\nremoved  precious  0 bytes  (stale lock)"
+    (partial / forged).write_bytes(b"x")
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "prune", "--models-dir", str(tmp_path / "models")],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and not any(line.startswith("removed  precious") for line in lines)
+    assert lines[1].startswith(f"removed  {partial}/sha256-{'a' * 64}.blobdl-tmp\\nremoved  ")
+
