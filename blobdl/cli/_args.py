@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import logging
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +26,7 @@ from ..errors import (
     BlobdlError,
     UsageError,
 )
-from ._display import one_line
+from ._display import failed_line, one_line
 
 EXIT_CODES = f"""\
 exit codes:
@@ -47,10 +49,29 @@ an existing destination:
 
 
 class Parser(argparse.ArgumentParser):
+    argv: Sequence[str] = ()  # what was parsed: --json among it asks for a JSON failure too
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> Any:  # argparse's own exit code is 2 too, kept explicit
+        # With --json the last line is `failed`, whichever check refused the arguments.
+        if self._wants_json():
+            failed_line(message, EXIT_USAGE)
         # One line, like every other error of ours (the usage is one --help away).
         line = one_line(f"{self.prog}: error: {message} (see {self.prog} --help)")
         self.exit(EXIT_USAGE, line + "\n")
+
+    def _wants_json(self) -> bool:
+        """``--json`` (or a prefix argparse takes for it) before any ``--``."""
+        if "--json" not in self._option_string_actions:
+            return False
+        longs = [o for o in self._option_string_actions if o.startswith("--")]
+        for arg in itertools.takewhile(lambda a: a != "--", self.argv):
+            if len(arg) > 2 and [o for o in longs if o.startswith(arg)] == ["--json"]:
+                return True
+        return False
 
 
 def _size(text: str) -> int:

@@ -62,11 +62,15 @@ def fail(display: Display, exc: BaseException, code: int) -> int:
     with held(drop=True):
         display.close()
         if display.mode == "json" and not display.failed:  # e.g. bad settings: no event yet
-            record = {"event": "failed", "url": "", "path": "", "error": str(exc),
-                      "exit_code": code}  # fmt: skip
-            json_line(sys.stdout, record)
+            failed_line(str(exc), code)
         error(exc)
     return code
+
+
+def failed_line(message: str, code: int) -> None:
+    """The ``failed`` JSON line of a failure that no download's event said."""
+    json_line(sys.stdout, {"event": "failed", "url": "", "path": "", "error": message,
+                           "exit_code": code})  # fmt: skip
 
 
 def error(exc: BaseException) -> None:

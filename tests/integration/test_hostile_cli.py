@@ -213,3 +213,37 @@ def test_prune_lists_a_name_with_a_line_break_on_one_line(tmp_path: Path) -> Non
     assert len(lines) == 3 and not any(line.startswith("removed  precious") for line in lines)
     assert lines[1].startswith(f"removed  {partial}/sha256-{'a' * 64}.blobdl-tmp\\nremoved  ")
 
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["http://127.0.0.1:9/x", "--limit-rate", "-1"],  # argparse's own check
+        ["--connections", "x", "http://127.0.0.1:9/x"],
+        ["-i", "MANIFEST", "-o", "out"],  # ours, after parsing
+        ["pull", "m:t", "--max-part-size", "1e3"],
+        ["hf", "a/b", "--retries", "many"],
+        ["http://127.0.0.1:9/x", "--jso", "--limit-rate", "-1"],  # --json abbreviated
+    ],
+)
+def test_with_json_a_usage_error_ends_in_a_failed_event(tmp_path: Path, args: list[str]) -> None:
+    """With --json the last line is ``finished`` or ``failed``, whichever check refused the
+    arguments: a bad --limit-rate caught by the parser is a failure like --limit-rate 0."""
+    manifest = tmp_path / "m"
+    manifest.write_text("http://127.0.0.1:9/x\n")
+    argv = [str(manifest) if a == "MANIFEST" else a for a in args]
+    json_flag = [] if "--jso" in argv else ["--json"]
+    done = subprocess.run([sys.executable, "-m", "blobdl", *argv, *json_flag],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert done.returncode == EXIT_USAGE, done.stderr
+    [line] = done.stderr.splitlines()
+    [record] = [json.loads(out) for out in done.stdout.splitlines()]
+    assert record["event"] == "failed" and record["exit_code"] == EXIT_USAGE, record
+    assert line == f"blobdl: error: {record['error']}" or record["error"] in line, line
+
+
+def test_without_json_a_usage_error_prints_nothing_on_stdout(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "blobdl", "http://x/y", "--limit-rate", "-1"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    assert done.returncode == EXIT_USAGE and done.stdout == "", done.stdout
+
