@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         conflict_handler="resolve",
     )
     p.add_argument("repo", help="the repository, e.g. openai-community/gpt2")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="files to fetch (default: all)")
+    # A default: else argparse counts an optional "*" positional as required in its error.
+    p.add_argument(
+        "paths", nargs="*", default=[], metavar="PATH", help="files to fetch (default: all)"
+    )
     p.add_argument("--revision", default="main", help="branch, tag or commit (%(default)s)")
     p.add_argument("--repo-type", choices=list(REPO_TYPES), default="model")
     p.add_argument(

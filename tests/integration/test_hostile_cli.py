@@ -247,3 +247,11 @@ def test_without_json_a_usage_error_prints_nothing_on_stdout(tmp_path: Path) -> 
                           capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
     assert done.returncode == EXIT_USAGE and done.stdout == "", done.stdout
 
+
+def test_hf_without_a_repository_names_only_the_repository_as_missing(tmp_path: Path) -> None:
+    """PATH is optional (default: every file): the usage error must not say it is required."""
+    done = subprocess.run([sys.executable, "-m", "blobdl", "hf"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.startswith("blobdl hf: error: the following arguments are required: repo ")
+    assert "PATH" not in done.stderr, done.stderr
