@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError
@@ -55,7 +56,8 @@ def show(report: PruneReport) -> None:
     for kept in report.kept:
         tell(f"kept  {kept.path}  ({kept.why})")
     for path in report.unreadable:
-        tell(f"kept every unused blob: Ollama cannot read the manifest {path} (fix or remove it)")
+        what = "list the folder of manifests" if os.path.isdir(path) else "read the manifest"
+        tell(f"kept every unused blob: Ollama cannot {what} {path} (fix or remove it)")
     for path in report.strays:
         tell(f"note  {path} is no model's name: Ollama skips it with a warning")
     freed = "would free" if report.dry_run else "freed"

@@ -10,12 +10,15 @@ some manifest it reads names it. Two kinds of file at depth 4 matter besides mod
   ``ollama pull`` skip such a file with a warning and delete the blobs only it names (a
   dangling link, which ``os.Stat`` fails on, stops them instead). We are more careful: we
   do not know which blobs it needs, so nothing is freed while one exists.
+- a folder of manifests we cannot list (its mode, an I/O error), which Go's Glob skips
+  silently, counts as ``unreadable`` too: it may hold models.
 - ``strays``: a name that is not a model's (``.latest.tmp-123``). Ollama skips it with a
   warning; its prune goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -47,7 +50,7 @@ def scan(manifests: Path) -> Catalog:
     models: dict[Name, frozenset[str]] = {}
     unreadable: list[Path] = []
     strays: list[Path] = []
-    for path, names in _depth_four(manifests):
+    for path, names in _depth_four(manifests, unreadable):
         if not valid_name(names):
             strays.append(path)
             continue
@@ -59,22 +62,40 @@ def scan(manifests: Path) -> Catalog:
     return Catalog(models, tuple(unreadable), tuple(strays))
 
 
-def _depth_four(manifests: Path) -> Iterator[tuple[Path, tuple[str, ...]]]:
+def _depth_four(manifests: Path, unlisted: list[Path]) -> Iterator[tuple[Path, tuple[str, ...]]]:
     """Every entry at depth 4, as ``filepath.Glob`` finds them: folders on the way are
     followed through links, names starting with '.' included; folders at depth 4 are
-    skipped, as Ollama skips them."""
+    skipped, as Ollama skips them. A folder we cannot list or look at (its mode, an I/O
+    error), which Glob skips silently, may hold models: it goes to ``unlisted``."""
     level: list[tuple[Path, tuple[str, ...]]] = [(manifests, ())]
     for depth in range(DEPTH):
         found = []
         for folder, names in level:
             try:
                 entries = sorted(os.listdir(folder))
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue  # not a folder (or gone): Glob skips it
+            except OSError:
+                unlisted.append(folder)
+                continue
             found += [(folder / e, (*names, e)) for e in entries]
         last = depth == DEPTH - 1
-        level = [(p, n) for p, n in found if p.is_dir() != last]
+        level = [(p, n) for p, n in found if _is_dir(p, unlisted) != last]
     yield from level
+
+
+def _is_dir(path: Path, unlisted: list[Path]) -> bool:
+    """Whether ``path`` is a folder (through a link); one we cannot look at goes to
+    ``unlisted`` (and is no folder, nor a manifest, here)."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # gone, or a dangling link: a manifest Ollama cannot read, if at depth 4
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False
+        unlisted.append(path)
+        return False
 
 
 def read_digests(path: Path) -> frozenset[str] | None:

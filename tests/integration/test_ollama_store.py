@@ -656,6 +656,38 @@ def test_prune_removes_no_blob_while_ollama_cannot_read_a_manifest(littered: Pat
     )
 
 
+# Root reads every folder whatever its mode: without these capabilities it does not.
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.parametrize("folder", ["h", "h/ns", "h/ns/m"])
+def test_prune_removes_no_blob_while_a_manifest_folder_cannot_be_listed(
+    folder: str, tmp_path: Path
+) -> None:
+    """A folder of manifests prune may not list (its mode, an I/O error) may hold a model:
+    the blobs it names look unused, and must stay, as while a manifest cannot be read."""
+    models = tmp_path / "models"
+    used, unused = data(80, 300), data(81, 900)
+    for blob in (used, unused):
+        write(blob_file(models, blob), blob)
+    manifest = {"config": {"digest": digest(used)}, "layers": []}
+    write(models / "manifests/h/ns/m/v1", json.dumps(manifest).encode())
+    closed = models / "manifests" / folder
+    closed.chmod(0)
+    try:
+        done = subprocess.run(
+            [*NO_DAC, sys.executable, "-m", "blobdl", "prune", "--models-dir", str(models)],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+    finally:
+        closed.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert blob_file(models, used).exists() and blob_file(models, unused).exists()
+    assert f"kept every unused blob: Ollama cannot list the folder of manifests {closed} (fix " \
+        "or remove it)" in done.stdout.splitlines(), done.stdout  # fmt: skip
+
+
 def test_prune_of_a_store_only_ollama_wrote_removes_its_unused_blobs(tmp_path: Path) -> None:
     models = tmp_path / "models"  # no blobs-partial/: blobdl never pulled into it
     kept = write(models / "manifests/h/ns/m/v1", json.dumps({"config": {"digest": digest(b"c")}}
