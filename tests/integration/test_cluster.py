@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -87,6 +88,47 @@ def paced(server: ServerHandle, bps: int) -> None:
     """Every data request is served at ``bps`` (after its first 64 KiB): items last long
     enough to overlap."""
     server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": bps})
+
+
+# --- the scheduler's address ----------------------------------------------------------------
+
+REACH = """
+import json, sys
+import blobdl
+from blobdl.batch import _cluster_connect
+_cluster_connect.CONNECT_TIMEOUT = 1.0  # the test's patience, not the user's 10 s
+answers = []
+for address in sys.argv[1:]:
+    try:
+        blobdl.download_many([blobdl.Item("http://127.0.0.1:9/x.bin", "x.bin")], cluster=address)
+    except blobdl.BlobdlError as exc:
+        answers.append([type(exc).__name__, exc.exit_code, str(exc)])
+print(json.dumps(answers))
+"""
+
+
+def test_an_address_that_is_not_a_dask_scheduler_is_one_clear_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """Something that accepts connections and never answers as Dask does (a hung or foreign
+    server: Dask's own connect waits for its handshake's reply for ever), a TLS address
+    without Dask's TLS settings, an address without a port: one error each, in time."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # never accepted: the kernel still completes each connection
+        port = silent.getsockname()[1]
+        script = tmp_path / "client.py"
+        script.write_text(textwrap.dedent(REACH))
+        addresses = [f"tcp://127.0.0.1:{port}", f"tls://127.0.0.1:{port}", "tcp://127.0.0.1"]
+        done = subprocess.run([sys.executable, str(script), *addresses], capture_output=True,
+                              text=True, timeout=30, cwd=tmp_path, env={**os.environ,
+                              "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    silent_one, tls, no_port = json.loads(done.stdout.splitlines()[-1])
+    assert silent_one[:2] == ["ClusterError", 3], silent_one
+    assert "no Dask scheduler answered within 1 s" in silent_one[2]
+    assert tls[:2] == ["UsageError", 2] and "TLS" in tls[2], tls
+    assert no_port[:2] == ["UsageError", 2], no_port
 
 
 # --- the budget, measured at the server ----------------------------------------------------
