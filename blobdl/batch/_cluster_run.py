@@ -135,12 +135,23 @@ class Run:
         with contextlib.suppress(Exception):
             distributed.Event(self.channel.stop, self.client).set()
         with contextlib.suppress(Exception):
+            self._drop_unstarted()
+        with contextlib.suppress(Exception):
             distributed.wait(self.futures, timeout=STOP_GRACE)
         if isinstance(why, KeyboardInterrupt):  # Ctrl-C, or our own SIGINT/SIGTERM
             with contextlib.suppress(Exception):  # what the tasks said as they stopped
                 self._relay_ended()
             return interrupted(why)
         return why  # a callback that raised is told no more
+
+    def _drop_unstarted(self) -> None:
+        """Cancel the tasks no worker holds (queued, or no worker at all): the grace is for
+        running ones to save their state; these have none, and might wait for a worker for
+        ever. One handed to a worker meanwhile sees itself cancelled, or the flag, and stops."""
+        held = {key for keys in self.client.processing().values() for key in keys}
+        waiting = [f for f in self.futures if not f.done() and f.key not in held]
+        if waiting:
+            self.client.cancel(waiting)
 
     def _relay_ended(self) -> None:
         """Relay what the tasks said as they ended or stopped: all of what each that

@@ -39,6 +39,9 @@ KB = 1024
 PART = 256 * KB  # larger than the server's first unpaced step (64 KiB) of each request
 SMALL = ("--min-part-size", str(PART), "--max-part-size", str(PART), "--progress-interval", "0.1")
 Make = Callable[..., Blob]
+#: Less than the 30 s a stopped run gives its running tasks: ending sooner shows it waited
+#: for none.
+STOP_GRACE_LESS = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -469,6 +472,40 @@ def test_the_scheduler_lost_is_one_clear_error_and_leaves_nothing_running(
         assert "lost the Dask scheduler" in err
         assert (tmp_path / "x.bin.blobdl-tmp").exists()
         assert _settled(own, within=20.0) == []
+    finally:
+        own.stop()
+
+
+QUEUED = """
+import sys, time
+from distributed import Client
+with Client(sys.argv[1], timeout=30) as client:
+    deadline = time.monotonic() + float(sys.argv[2])
+    while not client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+        assert time.monotonic() < deadline, "no task reached the scheduler"
+        time.sleep(0.1)
+print("[]")
+"""
+
+
+def test_ctrl_c_does_not_wait_for_tasks_that_never_started(tmp_path: Path) -> None:
+    """With no worker (none joined yet, or every one died), the tasks wait in the
+    scheduler's queue. Ctrl-C waits up to 30 s for the *running* tasks to stop; tasks that
+    never started are dropped at once, not waited for."""
+    own = DaskCluster(tmp_path / "dask", {})
+    try:
+        own.start_scheduler()
+        lines = ["http://127.0.0.1:9/x.bin " + str(tmp_path / "x.bin")]
+        proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", own.address, "-q")
+        try:
+            own._ask("queue", QUEUED, "30")
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=STOP_GRACE_LESS)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 130, err
     finally:
         own.stop()
 
