@@ -28,6 +28,7 @@ from faultserver.dask_cluster import DaskCluster, start_cluster
 from faultserver.registry import Registry, start_registry
 from faultserver.serverctl import ServerHandle, start_server
 from tests.conftest import REPO, Blob, run_cli, sha256_file, spawn_cli
+from tests.integration.test_batch_names import named
 from tests.integration.test_pull import assert_store, ref
 
 # Installed by `make install` (the dask extra). Looked up, never imported here: importing
@@ -611,6 +612,44 @@ def test_the_library_on_a_local_cluster_answers_in_order_and_confines_paths_on_t
     for n, blob in enumerate(blobs):
         assert sha256_file(base / f"f{n}.bin") == blob.sha256
     assert [a[3] for a in answers] == [200 * KB, None, 600 * KB, 100 * KB, 200 * KB]
+
+
+NAMES = """
+import json, sys
+import blobdl
+if __name__ == "__main__":
+    items = [blobdl.Item(url, path, digest) for url, path, digest in json.loads(sys.argv[1])]
+    results = blobdl.download_many(items, cluster="local:2", base_dir=sys.argv[2])
+    print(json.dumps([[r.ok, r.error and r.error.exit_code, r.error and str(r.error)]
+                      for r in results]))
+"""
+
+
+def test_items_the_server_names_alike_never_overwrite_each_other_on_a_cluster(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """As on one machine: a name the manifest, or an earlier item, gives already fails the
+    later item alone, though the two would run on two workers."""
+    blobs = [make(128 * KB, seed=3300 + n) for n in range(4)]
+    base = tmp_path / "base"
+    base.mkdir()
+    rows = [
+        [named(server, blobs[0], "same.bin"), None, f"sha256:{blobs[0].sha256}"],
+        [named(server, blobs[1], "same.bin"), None, f"sha256:{blobs[1].sha256}"],
+        [blobs[2].url, "given.bin", f"sha256:{blobs[2].sha256}"],
+        [named(server, blobs[3], "given.bin"), None, f"sha256:{blobs[3].sha256}"],
+    ]
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(NAMES))
+    done = subprocess.run([sys.executable, str(script), json.dumps(rows), str(base)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout.splitlines()[-1])
+    assert [a[0] for a in answers] == [True, False, True, False], answers
+    for answer in (answers[1], answers[3]):
+        assert answer[1] == 5 and "writes it too" in answer[2], answer
+    assert sha256_file(base / "same.bin") == blobs[0].sha256
+    assert sha256_file(base / "given.bin") == blobs[2].sha256
 
 
 GROWING = """
