@@ -21,7 +21,7 @@ from ..batch._cluster_connect import connect
 from ..batch._cluster_run import Run, task_error
 from ..batch._cluster_worker import Channel, Relay, Sent, Stopped
 from ..config import Settings
-from ..errors import BlobdlError, Interrupted
+from ..errors import BlobdlError, ClusterError, Interrupted
 
 T = TypeVar("T")
 Pull = Callable[..., Any]  # blobdl.pull: (ref, models_dir, *, settings, on_event) -> PullResult
@@ -71,6 +71,9 @@ def on_every_store(
     given = _fspath(models_dir)
     with connect(cluster, threads=1) as client, Run(client, tell).open() as run:
         stores: dict[str, tuple[str, str]] = client.run(_store_seen, given, default_dir)
+        if not stores:  # "every worker" of none: the model would be put nowhere, exit 0
+            address = client.scheduler.address
+            raise ClusterError(f"the Dask cluster at {address} has no worker to pull into")
         names = {a: str(w.get("name", a)) for a, w in client.scheduler_info()["workers"].items()}
         by_store: dict[tuple[str, str], list[str]] = {}
         for address, store in sorted(stores.items()):

@@ -578,6 +578,24 @@ def test_every_worker_gets_the_model_in_its_store_once_and_a_second_run_fetches_
 
 # --- the library, on an embedded LocalCluster ---------------------------------------------------
 
+
+def test_pull_on_every_worker_of_a_cluster_without_workers_is_an_error_not_exit_0(
+    tmp_path: Path,
+) -> None:
+    """No worker, no store: the model was put nowhere, which is no success."""
+    own = DaskCluster(tmp_path / "dask", {})
+    try:
+        own.start_scheduler()
+        address = own.address
+        done = run_cli("pull", "llama3.2:1b", "--scheduler", address, "--every-worker")
+    finally:
+        own.stop()
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert done.stderr.splitlines() == [
+        f"blobdl: error: the Dask cluster at {address} has no worker to pull into"
+    ]
+
+
 LIBRARY = """
 import json, sys
 import blobdl
