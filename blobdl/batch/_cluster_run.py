@@ -40,6 +40,8 @@ DROP_WAIT = 5.0
 
 #: What the run tells: (the task's place, the event, the name of the worker it came from).
 Tell = Callable[[int, Any, str], None]
+#: Which of the pending futures will never end, each with the error it ends in instead.
+Lost = Callable[[set[Any]], dict[Any, BaseException]]
 
 
 class Run:
@@ -74,13 +76,18 @@ class Run:
         self.futures.append(future)
         return future
 
-    def gather(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
+    def gather(self, futures: list[Any], lost: Lost | None = None) -> Iterator[tuple[Any, Any]]:
         """(future, its value or the exception it ended in), as they finish; events are
-        relayed meanwhile."""
+        relayed meanwhile. ``lost(pending)`` may end some early, each with its error."""
         distributed = dask()
         pending = set(futures)
         while pending:
             self._relay_queued()
+            for future, error in (lost(pending) if lost is not None else {}).items():
+                pending.discard(future)
+                yield future, error
+            if not pending:
+                return
             try:
                 done, _ = distributed.wait(list(pending), TICK, "FIRST_COMPLETED")
             except (TimeoutError, distributed.TimeoutError):

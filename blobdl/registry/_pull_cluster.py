@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -24,6 +25,8 @@ from ..config import Settings
 from ..errors import BlobdlError, ClusterError, Interrupted
 
 T = TypeVar("T")
+#: How often a pull's client looks whether the workers of the running pulls are still there.
+WORKERS_LOOK = 1.0
 Pull = Callable[..., Any]  # blobdl.pull: (ref, models_dir, *, settings, on_event) -> PullResult
 
 
@@ -84,7 +87,8 @@ def on_every_store(
             options = {"workers": addresses[:1], "allow_other_workers": False}
             futures[run.submit(_pull_here, *args, key=f"blobdl-pull-{n}", **options)] = addresses
         results, errors = {}, []
-        for future, value in run.gather(list(futures)):
+        lost = _Left(client, {f: a[0] for f, a in futures.items()}, names)
+        for future, value in run.gather(list(futures), lost):
             try:
                 result = _outcome(run, value)
             except BlobdlError as exc:
@@ -94,6 +98,34 @@ def on_every_store(
     if errors:
         raise errors[0]
     return results
+
+
+class _Left:
+    """The pulls whose worker left the cluster. Each is bound to its store's worker by
+    address, and a worker its nanny restarts comes back under another: Dask would hold the
+    pull for that address for ever. It fails instead; what it landed stays in the store, and
+    the same command resumes it."""
+
+    def __init__(self, client: Any, bound: dict[Any, str], names: dict[str, str]) -> None:
+        self.client, self.bound, self.names = client, bound, names
+        self.last = 0.0
+
+    def __call__(self, pending: set[Any]) -> dict[Any, BaseException]:
+        now = time.monotonic()
+        if now - self.last < WORKERS_LOOK:
+            return {}
+        self.last = now
+        present = set(self.client.scheduler_info()["workers"])
+        left = {f: self.bound[f] for f in pending if self.bound[f] not in present}
+        for future in left:
+            future.cancel()
+        return {
+            future: ClusterError(
+                f"worker {self.names.get(address, address)} left the cluster during its pull"
+                " (what it fetched stays in its store: run the pull again)"
+            )
+            for future, address in left.items()
+        }
 
 
 def _events(on_event: Callable[[Any], None], *, tagged: bool) -> Callable[[int, Any, str], None]:

@@ -576,6 +576,43 @@ def test_every_worker_gets_the_model_in_its_store_once_and_a_second_run_fetches_
     assert [s["bytes_fetched"] for s in summaries] == [0, 0]
 
 
+def test_a_worker_killed_mid_pull_does_not_leave_the_pull_waiting_for_ever(
+    cluster: DaskCluster, registry: Registry
+) -> None:
+    """Each store's pull is bound to the worker that sees it. Killed, that worker comes
+    back from its nanny under a new address: its pull must end (done there again, or
+    failed), never wait for the old address."""
+    model = registry.push_model("library/killed", "v1", (3 * 1024 * KB, 2 * KB))
+    pids = cluster.worker_pids()
+    proc = spawn_cli("pull", ref(registry, model), "--scheduler", cluster.address,
+                     "--every-worker", "--limit-rate", str(512 * KB), "--json", *SMALL)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("worker") and event.get("event") == "progress" and event.get("done", 0):
+            victim = event["worker"]
+            os.kill(pids[victim], signal.SIGKILL)  # its nanny starts a new one
+            break
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    cluster.worker_pids()  # the nanny's new worker has joined again
+    assert proc.returncode == 3, err
+    assert err.splitlines() == [
+        f"blobdl: error: worker {victim} left the cluster during its pull (what it fetched"
+        " stays in its store: run the pull again)"
+    ]
+    survivor = ({"w-a", "w-b"} - {victim}).pop()
+    assert_store(cluster.root / f"models-{survivor}", registry, model)
+    again = run_cli("pull", ref(registry, model), "--scheduler", cluster.address,
+                    "--every-worker", "-q")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert_store(cluster.root / f"models-{victim}", registry, model)
+
+
 # --- the library, on an embedded LocalCluster ---------------------------------------------------
 
 
