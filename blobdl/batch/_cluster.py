@@ -15,12 +15,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import Settings
-from ..errors import BlobdlError, Interrupted
+from ..errors import BlobdlError, Interrupted, LocalFileError
 from ._cluster_budget import Budget, close
 from ._cluster_connect import connect
 from ._cluster_order import Sized, start_order
 from ._cluster_run import Run, task_error
 from ._cluster_task import Job, Outcome, Probed, fetch, probe
+from ._destinations import Destinations
 from ._items import BatchCallback, Item, ItemResult, first_of_each
 from ._outcomes import Outcomes
 
@@ -70,7 +71,7 @@ class _Batch:
     def all(self, jobs: list[Job]) -> None:
         """Probe every item, then download them in the order that suits the cluster."""
         probed = self._probe(jobs)
-        self._fetch([job for job in jobs if job.place not in self.outcomes.results], probed)
+        self._fetch(self._named(jobs, probed), probed)
 
     def _probe(self, jobs: list[Job]) -> dict[int, Probed]:
         futures = {
@@ -85,6 +86,31 @@ class _Batch:
             if value.error is not None:
                 self._failed(job, value.worker, value.error)
         return probed
+
+    def _named(self, jobs: list[Job], probed: dict[int, Probed]) -> list[Job]:
+        """The jobs left to download, each item given no path named now, in the caller's
+        order, as on one machine: a name the manifest or an earlier item gives already fails
+        the later item alone (its workers, side by side, would overwrite one another). The
+        name goes with the job, so the worker writes what was claimed; paths are compared
+        as given (relative ones against one directory, as every worker resolves them
+        against its own), and ``base_dir`` is applied on the worker."""
+        cached = any(job.settings.cache_dir for job in jobs)
+        given = {job.place: job.item.path for job in jobs if job.item.path is not None}
+        destinations = Destinations(given, None, cached)
+        left = []
+        for job in jobs:
+            if job.place in self.outcomes.results:
+                continue
+            try:
+                item = destinations.by_url(job.place, job.item)
+                remote = probed[job.place].remote
+                if item.path is None and remote is not None:
+                    item = destinations.after_probe(job.place, item, remote)
+            except LocalFileError as exc:
+                self._failed(job, probed[job.place].worker, exc)
+                continue
+            left.append(job._replace(item=item))
+        return left
 
     def _fetch(self, jobs: list[Job], probed: dict[int, Probed]) -> None:
         by_place = {job.place: job for job in jobs}

@@ -9,9 +9,11 @@ to install it, never an ImportError.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -90,6 +92,50 @@ def _started(distributed: ModuleType, cluster: str, threads: int) -> Iterator[An
 
 def _reach(distributed: ModuleType, address: str) -> Any:
     try:
+        _answers(distributed, address)
         return distributed.Client(address, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError, ValueError) as exc:
+    except UsageError:
+        raise
+    except ValueError as exc:  # Dask's parse of the address: no port, an unknown scheme
+        raise UsageError(f"not a Dask scheduler address: {address}: {exc}") from None
+    except (OSError, TimeoutError) as exc:
         raise ClusterError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+
+
+def _answers(distributed: ModuleType, address: str) -> None:
+    """Raise unless something at ``address`` answers Dask's handshake within
+    ``CONNECT_TIMEOUT``. Dask's own connect bounds only the TCP connection, then waits for
+    the handshake's reply for ever: a hung or foreign server would hang the batch. Asked
+    from a thread of its own, whose event loop is its own (the caller may run one: Jupyter)."""
+    args = distributed.Security().get_connection_args("client")
+    if address.startswith("tls://") and args.get("ssl_context") is None:
+        raise UsageError(
+            f"{address} is a TLS address, and Dask's TLS settings are missing "
+            "(distributed.comm.tls.ca-file, .client.cert, .client.key)"
+        )
+
+    async def hello() -> None:
+        comm = await distributed.comm.connect(address, timeout=CONNECT_TIMEOUT, **args)
+        await comm.close()
+
+    async def bounded() -> None:
+        asking = asyncio.ensure_future(hello())
+        done, _ = await asyncio.wait([asking], timeout=CONNECT_TIMEOUT)
+        if not done:
+            asking.cancel()
+            raise TimeoutError(f"no Dask scheduler answered within {CONNECT_TIMEOUT:g} s")
+        asking.result()
+
+    failed: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            asyncio.run(bounded())
+        except BaseException as exc:  # raised on the caller's thread
+            failed.append(exc)
+
+    asking = threading.Thread(target=ask, name="blobdl-reach-scheduler", daemon=True)
+    asking.start()
+    asking.join()
+    if failed:
+        raise failed[0]

@@ -40,6 +40,8 @@ DROP_WAIT = 5.0
 
 #: What the run tells: (the task's place, the event, the name of the worker it came from).
 Tell = Callable[[int, Any, str], None]
+#: Which of the pending futures will never end, each with the error it ends in instead.
+Lost = Callable[[set[Any]], dict[Any, BaseException]]
 
 
 class Run:
@@ -74,13 +76,18 @@ class Run:
         self.futures.append(future)
         return future
 
-    def gather(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
+    def gather(self, futures: list[Any], lost: Lost | None = None) -> Iterator[tuple[Any, Any]]:
         """(future, its value or the exception it ended in), as they finish; events are
-        relayed meanwhile."""
+        relayed meanwhile. ``lost(pending)`` may end some early, each with its error."""
         distributed = dask()
         pending = set(futures)
         while pending:
             self._relay_queued()
+            for future, error in (lost(pending) if lost is not None else {}).items():
+                pending.discard(future)
+                yield future, error
+            if not pending:
+                return
             try:
                 done, _ = distributed.wait(list(pending), TICK, "FIRST_COMPLETED")
             except (TimeoutError, distributed.TimeoutError):
@@ -135,12 +142,23 @@ class Run:
         with contextlib.suppress(Exception):
             distributed.Event(self.channel.stop, self.client).set()
         with contextlib.suppress(Exception):
+            self._drop_unstarted()
+        with contextlib.suppress(Exception):
             distributed.wait(self.futures, timeout=STOP_GRACE)
         if isinstance(why, KeyboardInterrupt):  # Ctrl-C, or our own SIGINT/SIGTERM
             with contextlib.suppress(Exception):  # what the tasks said as they stopped
                 self._relay_ended()
             return interrupted(why)
         return why  # a callback that raised is told no more
+
+    def _drop_unstarted(self) -> None:
+        """Cancel the tasks no worker holds (queued, or no worker at all): the grace is for
+        running ones to save their state; these have none, and might wait for a worker for
+        ever. One handed to a worker meanwhile sees itself cancelled, or the flag, and stops."""
+        held = {key for keys in self.client.processing().values() for key in keys}
+        waiting = [f for f in self.futures if not f.done() and f.key not in held]
+        if waiting:
+            self.client.cancel(waiting)
 
     def _relay_ended(self) -> None:
         """Relay what the tasks said as they ended or stopped: all of what each that

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -21,9 +22,11 @@ from ..batch._cluster_connect import connect
 from ..batch._cluster_run import Run, task_error
 from ..batch._cluster_worker import Channel, Relay, Sent, Stopped
 from ..config import Settings
-from ..errors import BlobdlError, Interrupted
+from ..errors import BlobdlError, ClusterError, Interrupted
 
 T = TypeVar("T")
+#: How often a pull's client looks whether the workers of the running pulls are still there.
+WORKERS_LOOK = 1.0
 Pull = Callable[..., Any]  # blobdl.pull: (ref, models_dir, *, settings, on_event) -> PullResult
 
 
@@ -71,6 +74,9 @@ def on_every_store(
     given = _fspath(models_dir)
     with connect(cluster, threads=1) as client, Run(client, tell).open() as run:
         stores: dict[str, tuple[str, str]] = client.run(_store_seen, given, default_dir)
+        if not stores:  # "every worker" of none: the model would be put nowhere, exit 0
+            address = client.scheduler.address
+            raise ClusterError(f"the Dask cluster at {address} has no worker to pull into")
         names = {a: str(w.get("name", a)) for a, w in client.scheduler_info()["workers"].items()}
         by_store: dict[tuple[str, str], list[str]] = {}
         for address, store in sorted(stores.items()):
@@ -81,7 +87,8 @@ def on_every_store(
             options = {"workers": addresses[:1], "allow_other_workers": False}
             futures[run.submit(_pull_here, *args, key=f"blobdl-pull-{n}", **options)] = addresses
         results, errors = {}, []
-        for future, value in run.gather(list(futures)):
+        lost = _Left(client, {f: a[0] for f, a in futures.items()}, names)
+        for future, value in run.gather(list(futures), lost):
             try:
                 result = _outcome(run, value)
             except BlobdlError as exc:
@@ -91,6 +98,34 @@ def on_every_store(
     if errors:
         raise errors[0]
     return results
+
+
+class _Left:
+    """The pulls whose worker left the cluster. Each is bound to its store's worker by
+    address, and a worker its nanny restarts comes back under another: Dask would hold the
+    pull for that address for ever. It fails instead; what it landed stays in the store, and
+    the same command resumes it."""
+
+    def __init__(self, client: Any, bound: dict[Any, str], names: dict[str, str]) -> None:
+        self.client, self.bound, self.names = client, bound, names
+        self.last = 0.0
+
+    def __call__(self, pending: set[Any]) -> dict[Any, BaseException]:
+        now = time.monotonic()
+        if now - self.last < WORKERS_LOOK:
+            return {}
+        self.last = now
+        present = set(self.client.scheduler_info()["workers"])
+        left = {f: self.bound[f] for f in pending if self.bound[f] not in present}
+        for future in left:
+            future.cancel()
+        return {
+            future: ClusterError(
+                f"worker {self.names.get(address, address)} left the cluster during its pull"
+                " (what it fetched stays in its store: run the pull again)"
+            )
+            for future, address in left.items()
+        }
 
 
 def _events(on_event: Callable[[Any], None], *, tagged: bool) -> Callable[[int, Any, str], None]:

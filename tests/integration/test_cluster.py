@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from faultserver.dask_cluster import DaskCluster, start_cluster
 from faultserver.registry import Registry, start_registry
 from faultserver.serverctl import ServerHandle, start_server
 from tests.conftest import REPO, Blob, run_cli, sha256_file, spawn_cli
+from tests.integration.test_batch_names import named
 from tests.integration.test_pull import assert_store, ref
 
 # Installed by `make install` (the dask extra). Looked up, never imported here: importing
@@ -38,6 +40,9 @@ KB = 1024
 PART = 256 * KB  # larger than the server's first unpaced step (64 KiB) of each request
 SMALL = ("--min-part-size", str(PART), "--max-part-size", str(PART), "--progress-interval", "0.1")
 Make = Callable[..., Blob]
+#: Less than the 30 s a stopped run gives its running tasks: ending sooner shows it waited
+#: for none.
+STOP_GRACE_LESS = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,47 @@ def paced(server: ServerHandle, bps: int) -> None:
     """Every data request is served at ``bps`` (after its first 64 KiB): items last long
     enough to overlap."""
     server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": bps})
+
+
+# --- the scheduler's address ----------------------------------------------------------------
+
+REACH = """
+import json, sys
+import blobdl
+from blobdl.batch import _cluster_connect
+_cluster_connect.CONNECT_TIMEOUT = 1.0  # the test's patience, not the user's 10 s
+answers = []
+for address in sys.argv[1:]:
+    try:
+        blobdl.download_many([blobdl.Item("http://127.0.0.1:9/x.bin", "x.bin")], cluster=address)
+    except blobdl.BlobdlError as exc:
+        answers.append([type(exc).__name__, exc.exit_code, str(exc)])
+print(json.dumps(answers))
+"""
+
+
+def test_an_address_that_is_not_a_dask_scheduler_is_one_clear_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """Something that accepts connections and never answers as Dask does (a hung or foreign
+    server: Dask's own connect waits for its handshake's reply for ever), a TLS address
+    without Dask's TLS settings, an address without a port: one error each, in time."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # never accepted: the kernel still completes each connection
+        port = silent.getsockname()[1]
+        script = tmp_path / "client.py"
+        script.write_text(textwrap.dedent(REACH))
+        addresses = [f"tcp://127.0.0.1:{port}", f"tls://127.0.0.1:{port}", "tcp://127.0.0.1"]
+        done = subprocess.run([sys.executable, str(script), *addresses], capture_output=True,
+                              text=True, timeout=30, cwd=tmp_path, env={**os.environ,
+                              "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    silent_one, tls, no_port = json.loads(done.stdout.splitlines()[-1])
+    assert silent_one[:2] == ["ClusterError", 3], silent_one
+    assert "no Dask scheduler answered within 1 s" in silent_one[2]
+    assert tls[:2] == ["UsageError", 2] and "TLS" in tls[2], tls
+    assert no_port[:2] == ["UsageError", 2], no_port
 
 
 # --- the budget, measured at the server ----------------------------------------------------
@@ -431,6 +477,40 @@ def test_the_scheduler_lost_is_one_clear_error_and_leaves_nothing_running(
         own.stop()
 
 
+QUEUED = """
+import sys, time
+from distributed import Client
+with Client(sys.argv[1], timeout=30) as client:
+    deadline = time.monotonic() + float(sys.argv[2])
+    while not client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+        assert time.monotonic() < deadline, "no task reached the scheduler"
+        time.sleep(0.1)
+print("[]")
+"""
+
+
+def test_ctrl_c_does_not_wait_for_tasks_that_never_started(tmp_path: Path) -> None:
+    """With no worker (none joined yet, or every one died), the tasks wait in the
+    scheduler's queue. Ctrl-C waits up to 30 s for the *running* tasks to stop; tasks that
+    never started are dropped at once, not waited for."""
+    own = DaskCluster(tmp_path / "dask", {})
+    try:
+        own.start_scheduler()
+        lines = ["http://127.0.0.1:9/x.bin " + str(tmp_path / "x.bin")]
+        proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", own.address, "-q")
+        try:
+            own._ask("queue", QUEUED, "30")
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=STOP_GRACE_LESS)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 130, err
+    finally:
+        own.stop()
+
+
 def test_a_worker_that_stopped_answering_does_not_hold_up_the_end_of_a_run(
     server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:
@@ -496,7 +576,62 @@ def test_every_worker_gets_the_model_in_its_store_once_and_a_second_run_fetches_
     assert [s["bytes_fetched"] for s in summaries] == [0, 0]
 
 
+def test_a_worker_killed_mid_pull_does_not_leave_the_pull_waiting_for_ever(
+    cluster: DaskCluster, registry: Registry
+) -> None:
+    """Each store's pull is bound to the worker that sees it. Killed, that worker comes
+    back from its nanny under a new address: its pull must end (done there again, or
+    failed), never wait for the old address."""
+    model = registry.push_model("library/killed", "v1", (3 * 1024 * KB, 2 * KB))
+    pids = cluster.worker_pids()
+    proc = spawn_cli("pull", ref(registry, model), "--scheduler", cluster.address,
+                     "--every-worker", "--limit-rate", str(512 * KB), "--json", *SMALL)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("worker") and event.get("event") == "progress" and event.get("done", 0):
+            victim = event["worker"]
+            os.kill(pids[victim], signal.SIGKILL)  # its nanny starts a new one
+            break
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    cluster.worker_pids()  # the nanny's new worker has joined again
+    assert proc.returncode == 3, err
+    assert err.splitlines() == [
+        f"blobdl: error: worker {victim} left the cluster during its pull (what it fetched"
+        " stays in its store: run the pull again)"
+    ]
+    survivor = ({"w-a", "w-b"} - {victim}).pop()
+    assert_store(cluster.root / f"models-{survivor}", registry, model)
+    again = run_cli("pull", ref(registry, model), "--scheduler", cluster.address,
+                    "--every-worker", "-q")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert_store(cluster.root / f"models-{victim}", registry, model)
+
+
 # --- the library, on an embedded LocalCluster ---------------------------------------------------
+
+
+def test_pull_on_every_worker_of_a_cluster_without_workers_is_an_error_not_exit_0(
+    tmp_path: Path,
+) -> None:
+    """No worker, no store: the model was put nowhere, which is no success."""
+    own = DaskCluster(tmp_path / "dask", {})
+    try:
+        own.start_scheduler()
+        address = own.address
+        done = run_cli("pull", "llama3.2:1b", "--scheduler", address, "--every-worker")
+    finally:
+        own.stop()
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert done.stderr.splitlines() == [
+        f"blobdl: error: the Dask cluster at {address} has no worker to pull into"
+    ]
+
 
 LIBRARY = """
 import json, sys
@@ -532,6 +667,44 @@ def test_the_library_on_a_local_cluster_answers_in_order_and_confines_paths_on_t
     for n, blob in enumerate(blobs):
         assert sha256_file(base / f"f{n}.bin") == blob.sha256
     assert [a[3] for a in answers] == [200 * KB, None, 600 * KB, 100 * KB, 200 * KB]
+
+
+NAMES = """
+import json, sys
+import blobdl
+if __name__ == "__main__":
+    items = [blobdl.Item(url, path, digest) for url, path, digest in json.loads(sys.argv[1])]
+    results = blobdl.download_many(items, cluster="local:2", base_dir=sys.argv[2])
+    print(json.dumps([[r.ok, r.error and r.error.exit_code, r.error and str(r.error)]
+                      for r in results]))
+"""
+
+
+def test_items_the_server_names_alike_never_overwrite_each_other_on_a_cluster(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """As on one machine: a name the manifest, or an earlier item, gives already fails the
+    later item alone, though the two would run on two workers."""
+    blobs = [make(128 * KB, seed=3300 + n) for n in range(4)]
+    base = tmp_path / "base"
+    base.mkdir()
+    rows = [
+        [named(server, blobs[0], "same.bin"), None, f"sha256:{blobs[0].sha256}"],
+        [named(server, blobs[1], "same.bin"), None, f"sha256:{blobs[1].sha256}"],
+        [blobs[2].url, "given.bin", f"sha256:{blobs[2].sha256}"],
+        [named(server, blobs[3], "given.bin"), None, f"sha256:{blobs[3].sha256}"],
+    ]
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(NAMES))
+    done = subprocess.run([sys.executable, str(script), json.dumps(rows), str(base)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout.splitlines()[-1])
+    assert [a[0] for a in answers] == [True, False, True, False], answers
+    for answer in (answers[1], answers[3]):
+        assert answer[1] == 5 and "writes it too" in answer[2], answer
+    assert sha256_file(base / "same.bin") == blobs[0].sha256
+    assert sha256_file(base / "given.bin") == blobs[2].sha256
 
 
 GROWING = """
