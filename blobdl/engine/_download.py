@@ -232,7 +232,7 @@ class Downloader:
             raise
 
         def run(fd: int) -> tuple[Tally, str | None]:
-            checkpoint = resume.checkpointer(fd, remote)
+            checkpoint = resume.checkpointer(fd, remote, previous)
             coordinator = Coordinator(
                 remote, records, fd, str(resume.temp), self.settings, order.tell, checkpoint,
                 order.share,

@@ -120,15 +120,19 @@ class Resume:
             discard(self.temp)
             remove(self.record)
 
-    def checkpointer(self, fd: int, remote: Remote) -> CheckpointCallback | None:
-        """Saves the positions the coordinator hands it; None when resume is off."""
+    def checkpointer(
+        self, fd: int, remote: Remote, previous: State | None = None
+    ) -> CheckpointCallback | None:
+        """Saves the positions the coordinator hands it; None when resume is off.
+        ``previous``: the record the parts were resumed from, whose validators it keeps
+        where this probe has none (``remembered``)."""
         if not self.enabled:
             return None
+        identity = remembered(previous, remote.identity)
 
         def checkpoint(parts: tuple[PartRecord, ...]) -> None:
             try:
                 os.fdatasync(fd)  # the record may only claim bytes that are already durable
-                identity = remote.identity
                 size = identity.size or 0
                 etag, modified = identity.etag, identity.last_modified
                 state = State(
@@ -178,6 +182,19 @@ class Resume:
             return False
         log.warning("partial download kept in %s; run the same command again to resume", self.temp)
         return True
+
+
+def remembered(previous: State | None, now: Identity) -> Identity:
+    """What a record keeps of the remote: ``now``, with each validator it lacks taken from
+    the ``previous`` record. A validator that disappears proves no change, so the partial
+    is resumed; it must not be forgotten either, or a record rewritten by a run that saw
+    none lets the next run take a blob changed since the first for the same one."""
+    if previous is None:
+        return now
+    return now._replace(
+        etag=now.etag or previous.etag,
+        last_modified=now.last_modified or previous.last_modified,
+    )
 
 
 def keeps_partial(error: BaseException) -> bool:

@@ -7,6 +7,7 @@ looks have one and they differ. A validator that disappears (or appears) proves 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 import blobdl
 from blobdl import Downloader
-from faultserver.serverctl import ServerHandle
+from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 from tests.integration.test_trust_keep import assert_kept, temp_of
 
@@ -70,3 +71,28 @@ def test_a_validator_that_changes_still_discards_the_partial(
     result = Downloader(fast_settings()).download(blob.url, out)
     assert sha256_file(out) == blob.sha256 and result.resumed == 0
     assert server.stats()["bytes_sent"] == blob.size + 1  # everything again
+
+
+def test_a_validator_that_disappears_for_one_run_is_not_forgotten(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A run against an edge that strips the validators keeps the partial, and must keep
+    the record's validators too: else the next run cannot see that the blob changed since
+    the first, and mixes the old bytes with the new under a success."""
+    blob = make(8 * PART, seed=2204)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    path = f"/files/{blob.name}"
+    dropped = {"action": "headers", "drop": ["ETag", "Last-Modified"]}
+    server.set_faults({"path": path, "times": 1, **dropped},
+                      {"path": path, "times": None, "action": "status", "status": 404})  # fmt: skip
+    with pytest.raises(blobdl.HTTPStatusError):
+        Downloader(fast_settings()).download(blob.url, out)
+    server.reset()
+    assert_kept(out)
+    served = server.root / blob.name  # the blob changes: same size, other bytes
+    stat = served.stat()
+    new = make_blob(server.root, blob.name, blob.size, seed=2205)
+    os.utime(served, ns=(stat.st_atime_ns, stat.st_mtime_ns + 100 * 10**9))
+    Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == new
