@@ -54,10 +54,6 @@ class State(NamedTuple):
     # token or a presigned signature in a query string is a credential); this matches them.
     url_key: str | None = None
 
-    def describes(self, remote: Remote) -> bool:
-        """Same blob as the remote now (``_remote.change``: the rule a download uses too)."""
-        return change(self.identity, remote.identity) is None
-
     @property
     def identity(self) -> Identity:
         return Identity(self.size, self.etag, self.last_modified)
@@ -94,7 +90,7 @@ class Resume:
         if not self.enabled or not remote.ranges:
             return None
         previous = load(self.record, self.url, self.temp, self.digest)
-        changed = None if previous is None else change(previous.identity, remote.identity)
+        changed = None if previous is None else change(self.known(previous), remote.identity)
         if changed is not None:
             log.warning(
                 "the remote changed since the partial download (%s); starting over", changed
@@ -107,7 +103,18 @@ class Resume:
         if not self.enabled:
             return False
         previous = load(self.record, self.url, self.temp, self.digest)
-        return previous is not None and previous.done > 0 and previous.describes(remote)
+        if previous is None or previous.done == 0:
+            return False
+        return change(self.known(previous), remote.identity) is None
+
+    def known(self, previous: State) -> Identity:
+        """What ``previous`` tells of this URL's blob: its identity, less its validators
+        when it is another URL's record, admitted by the pinned digest (a mirror, a new
+        presigned URL): another server's ETag and Last-Modified are its own, and the
+        digest checks every byte at the end."""
+        if previous.url_key == url_key(self.url):
+            return previous.identity
+        return previous.identity._replace(etag=None, last_modified=None)
 
     def wants_ranges(self, remote: Remote) -> bool:
         """The probe got a 200, but a partial of this very blob was fetched in ranges: most
@@ -128,7 +135,7 @@ class Resume:
         where this probe has none (``remembered``)."""
         if not self.enabled:
             return None
-        identity = remembered(previous, remote.identity)
+        identity = remembered(None if previous is None else self.known(previous), remote.identity)
 
         def checkpoint(parts: tuple[PartRecord, ...]) -> None:
             try:
@@ -184,11 +191,12 @@ class Resume:
         return True
 
 
-def remembered(previous: State | None, now: Identity) -> Identity:
+def remembered(previous: Identity | None, now: Identity) -> Identity:
     """What a record keeps of the remote: ``now``, with each validator it lacks taken from
-    the ``previous`` record. A validator that disappears proves no change, so the partial
-    is resumed; it must not be forgotten either, or a record rewritten by a run that saw
-    none lets the next run take a blob changed since the first for the same one."""
+    the ``previous`` record's (``Resume.known``). A validator that disappears proves no
+    change, so the partial is resumed; it must not be forgotten either, or a record
+    rewritten by a run that saw none lets the next run take a blob changed since the first
+    for the same one."""
     if previous is None:
         return now
     return now._replace(
