@@ -17,7 +17,7 @@ import blobdl
 from blobdl import Downloader
 from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings, sha256_file
-from tests.integration.test_trust_keep import assert_kept, temp_of
+from tests.integration.test_trust_keep import assert_kept, claimed, temp_of
 
 Make = Callable[..., Blob]
 
@@ -96,3 +96,26 @@ def test_a_validator_that_disappears_for_one_run_is_not_forgotten(
     os.utime(served, ns=(stat.st_atime_ns, stat.st_mtime_ns + 100 * 10**9))
     Downloader(fast_settings()).download(blob.url, out)
     assert sha256_file(out) == new
+
+
+def test_a_file_put_at_the_destination_mid_download_is_not_replaced(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Without force, a file there is refused; one that appears while the download runs
+    (another program, the user) is refused too, not silently replaced by the rename. The
+    finished bytes stay as a partial that a rerun with force only renames."""
+    blob = make(8 * PART, seed=2206)
+    out = tmp_path / "out"
+
+    def theirs(event: object) -> None:
+        if isinstance(event, blobdl.Started):
+            out.write_bytes(b"theirs")
+
+    with pytest.raises(blobdl.DestinationExists):
+        Downloader(fast_settings()).download(blob.url, out, on_event=theirs)
+    assert out.read_bytes() == b"theirs"
+    assert temp_of(out).exists() and claimed(out) == blob.size
+    server.reset()
+    result = Downloader(fast_settings(force=True)).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == blob.size
+    assert result.bytes_fetched == 0
