@@ -235,7 +235,9 @@ def finalize(
         else:
             _rename_onto_nothing(temp, dest)
     except OSError as exc:
-        raise local_error(dest, exc) from None
+        # The partial removed under the download: say so, not that the destination is missing.
+        gone = exc.errno == errno.ENOENT and not os.path.lexists(temp)
+        raise local_error(temp if gone else dest, exc) from None
     if sync_dir:
         sync_dir_quietly(dest.parent)
 

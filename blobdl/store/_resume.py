@@ -185,8 +185,8 @@ class Resume:
     def mention_kept(self) -> bool:
         """Say so if a partial download is kept beside the destination (its record claims
         bytes): a run that stops, wherever it stops, tells where the next one resumes."""
-        if not (self.enabled and claims_bytes(self.record)):
-            return False
+        if not (self.enabled and claims_bytes(self.record) and self.temp.exists()):
+            return False  # (the partial removed under it: its record claims nothing there)
         log.warning("partial download kept in %s; run the same command again to resume", self.temp)
         return True
 

@@ -119,3 +119,23 @@ def test_a_file_put_at_the_destination_mid_download_is_not_replaced(
     result = Downloader(fast_settings(force=True)).download(blob.url, out)
     assert sha256_file(out) == blob.sha256 and result.resumed == blob.size
     assert result.bytes_fetched == 0
+
+
+def test_a_partial_removed_mid_download_is_not_said_to_be_kept(
+    make: Make, server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone removes the temporary file while the download runs: the bytes went into a
+    file no name reaches. Nothing is kept then, so nothing may say so, and its record (it
+    claims bytes of a file that is gone) does not stay behind."""
+    blob = make(8 * PART, seed=2207)
+    out = tmp_path / "out"
+
+    def remove(event: object) -> None:
+        if isinstance(event, blobdl.Started):
+            temp_of(out).unlink()
+
+    with pytest.raises(blobdl.LocalFileError) as failed:
+        Downloader(fast_settings()).download(blob.url, out, on_event=remove)
+    assert failed.value.path == str(temp_of(out)), failed.value
+    assert "kept" not in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
