@@ -230,6 +230,8 @@ class Downloader:
             if resume.wants_ranges(remote):  # refused again: BadResponse, and the partial stays
                 remote = resolve(order.url, self.settings, need_ranges=True)
             previous = resume.previous(remote)
+            if previous is not None:
+                remote = resume.pinned(remote, previous)
             records = previous.parts if previous else self._fresh(order, remote, dest, resume)
         except BaseException as exc:
             with held(drop=True):  # a second Ctrl-C must not cut the cleanup short
@@ -237,7 +239,7 @@ class Downloader:
             raise
 
         def run(fd: int) -> tuple[Tally, str | None]:
-            checkpoint = resume.checkpointer(fd, remote, previous)
+            checkpoint = resume.checkpointer(fd, remote)
             coordinator = Coordinator(
                 remote, records, fd, str(resume.temp), self.settings, order.tell, checkpoint,
                 order.share,

@@ -127,19 +127,25 @@ class Resume:
             discard(self.temp)
             remove(self.record)
 
-    def checkpointer(
-        self, fd: int, remote: Remote, previous: State | None = None
-    ) -> CheckpointCallback | None:
-        """Saves the positions the coordinator hands it; None when resume is off.
-        ``previous``: the record the parts were resumed from, whose validators it keeps
-        where this probe has none (``remembered``)."""
+    def pinned(self, remote: Remote, previous: State) -> Remote:
+        """The remote a resume of ``previous`` pins: the probe's, with each validator it
+        lacks taken from the record (``known``). A validator that disappears proves no
+        change, so the partial is resumed; it is not forgotten either: every range is still
+        asked for, and checked as, the blob the partial is of, and the record keeps it, or a
+        blob changed since the first run would be mixed in under a success."""
+        known = self.known(previous)
+        etag = remote.etag or known.etag
+        return remote._replace(etag=etag, last_modified=remote.last_modified or known.last_modified)
+
+    def checkpointer(self, fd: int, remote: Remote) -> CheckpointCallback | None:
+        """Saves the positions the coordinator hands it; None when resume is off."""
         if not self.enabled:
             return None
-        identity = remembered(None if previous is None else self.known(previous), remote.identity)
 
         def checkpoint(parts: tuple[PartRecord, ...]) -> None:
             try:
                 os.fdatasync(fd)  # the record may only claim bytes that are already durable
+                identity = remote.identity
                 size = identity.size or 0
                 etag, modified = identity.etag, identity.last_modified
                 state = State(
@@ -189,20 +195,6 @@ class Resume:
             return False  # (the partial removed under it: its record claims nothing there)
         log.warning("partial download kept in %s; run the same command again to resume", self.temp)
         return True
-
-
-def remembered(previous: Identity | None, now: Identity) -> Identity:
-    """What a record keeps of the remote: ``now``, with each validator it lacks taken from
-    the ``previous`` record's (``Resume.known``). A validator that disappears proves no
-    change, so the partial is resumed; it must not be forgotten either, or a record
-    rewritten by a run that saw none lets the next run take a blob changed since the first
-    for the same one."""
-    if previous is None:
-        return now
-    return now._replace(
-        etag=now.etag or previous.etag,
-        last_modified=now.last_modified or previous.last_modified,
-    )
 
 
 def keeps_partial(error: BaseException) -> bool:

@@ -139,3 +139,26 @@ def test_a_partial_removed_mid_download_is_not_said_to_be_kept(
     assert failed.value.path == str(temp_of(out)), failed.value
     assert "kept" not in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_changed_blob_behind_a_probe_without_validators_is_not_mixed_in(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The blob changed since the partial, and the probe of the rerun (one edge) shows no
+    validator, so it proves nothing: the ranges it then fetches must still be of the blob
+    the partial is of, as its record names it, or the old bytes and the new are mixed."""
+    blob = make(8 * PART, seed=2208)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    served = server.root / blob.name
+    stat = served.stat()
+    new = make_blob(server.root, blob.name, blob.size, seed=2209)
+    os.utime(served, ns=(stat.st_atime_ns, stat.st_mtime_ns + 100 * 10**9))
+    server.set_faults({"path": f"/files/{blob.name}", "times": 1, "action": "headers",
+                       "drop": ["ETag", "Last-Modified"]})  # fmt: skip
+    try:
+        Downloader(fast_settings()).download(blob.url, out)
+    except blobdl.RemoteChanged:
+        assert not out.exists() and not temp_of(out).exists()
+    else:
+        assert sha256_file(out) == new
