@@ -192,6 +192,11 @@ class Downloader:
                 result = order.in_place(dest, found.size, verified=found.verified)
                 commit()
                 return result
+            # A file that appears there meanwhile is judged as one there now would be (see
+            # ``kept``): replaced with force or a digest (the bytes put there are checked),
+            # else refused, never replaced by the rename.
+            replace = self.settings.force or order.expected is not None
+            order = dataclasses.replace(order, replace=replace)
             resume = Resume.beside(dest, order.url, self.settings.resume, order.expected)
             try:
                 remote = probed()
@@ -225,6 +230,8 @@ class Downloader:
             if resume.wants_ranges(remote):  # refused again: BadResponse, and the partial stays
                 remote = resolve(order.url, self.settings, need_ranges=True)
             previous = resume.previous(remote)
+            if previous is not None:
+                remote = resume.pinned(remote, previous)
             records = previous.parts if previous else self._fresh(order, remote, dest, resume)
         except BaseException as exc:
             with held(drop=True):  # a second Ctrl-C must not cut the cleanup short
@@ -279,7 +286,7 @@ class Downloader:
             owned, fd = fd, None  # finalize closes it, whatever happens
             identity = lasting(remote)  # the finished file says where it came from
             mark = functools.partial(stamp, url=order.url, remote=identity)
-            self._finalize(owned, resume.temp, dest, tally.final_size, mark)
+            self._finalize(owned, resume.temp, dest, tally.final_size, mark, order.replace)
             resume.finished()
         except BaseException as exc:
             with held(drop=True):  # a second Ctrl-C must not cut the cleanup short
@@ -289,10 +296,16 @@ class Downloader:
         return order.result(dest, remote, tally, resumed, verified=actual is not None)
 
     def _finalize(
-        self, fd: int, temp: Path, dest: Path, size: int, mark: Callable[[int], None]
+        self,
+        fd: int,
+        temp: Path,
+        dest: Path,
+        size: int,
+        mark: Callable[[int], None],
+        replace: bool,
     ) -> None:
         """Marked (``mark(fd)``), durable, then renamed onto ``dest`` (see ``finalize``)."""
-        finalize(fd, temp, dest, size, stamp=mark)
+        finalize(fd, temp, dest, size, stamp=mark, replace=replace)
 
     def _fresh(self, order: Order, remote: Remote, dest: Path, resume: Resume) -> list[PartRecord]:
         """Start over: forget any earlier partial file, check space, plan the parts."""

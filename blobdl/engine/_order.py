@@ -25,6 +25,10 @@ class Order:
     started: float
     tell: EventCallback
     share: Share | None = None  # what its batch lets it use now (None: not a batch's item)
+    # Whether the final rename may replace a file at the destination (force, or a digest);
+    # else one that appears meanwhile (another program, the user) is refused, as it would
+    # have been at the start.
+    replace: bool = True
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

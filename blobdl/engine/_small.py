@@ -194,12 +194,18 @@ class OneRequest(Downloader):
         return self._written(order, remote, dest, resume, run)
 
     def _finalize(
-        self, fd: int, temp: Path, dest: Path, size: int, mark: Callable[[int], None]
+        self,
+        fd: int,
+        temp: Path,
+        dest: Path,
+        size: int,
+        mark: Callable[[int], None],
+        replace: bool,
     ) -> None:
         """Its directory is fsynced later, once for all the renames in it (the pool does it
         when the batch ends): a crash before then may lose the rename, never leave the
         destination naming an incomplete file."""
-        finalize(fd, temp, dest, size, sync_dir=False, stamp=mark)
+        finalize(fd, temp, dest, size, sync_dir=False, stamp=mark, replace=replace)
         self.seat.unsynced.add(dest.parent)
 
     # --- the bytes --------------------------------------------------------------------------

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path, PurePath, PurePosixPath
 
 from .._libc import libc_function
-from ..errors import InsufficientSpace, LocalFileError, UsageError
+from ..errors import DestinationExists, InsufficientSpace, LocalFileError, UsageError
 from ._files import (
     directory_problem,
     fsync_dir,
     local_error,
     open_own,
+    rename_new,
     require_regular,
 )
 
@@ -211,6 +212,7 @@ def finalize(
     *,
     sync_dir: bool = True,
     stamp: Callable[[int], None] | None = None,
+    replace: bool = True,
 ) -> None:
     """Make the complete temp file durable and move it onto ``dest`` atomically.
 
@@ -218,7 +220,8 @@ def finalize(
     caller fsyncs the directory later (a batch, once for many renames in it): until then a
     crash may lose the rename, never make ``dest`` name an incomplete file. ``stamp(fd)``
     marks the file once nothing more changes it (``_source.stamp``: where it came from),
-    made durable with it."""
+    made durable with it. Without ``replace`` a file at ``dest`` is refused
+    (``DestinationExists``), never replaced (``_rename_onto_nothing``)."""
     try:
         try:
             os.ftruncate(fd, size)  # the last change of its mtime
@@ -227,11 +230,27 @@ def finalize(
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp, dest)
+        if replace:
+            os.replace(temp, dest)
+        else:
+            _rename_onto_nothing(temp, dest)
     except OSError as exc:
-        raise local_error(dest, exc) from None
+        # The partial removed under the download: say so, not that the destination is missing.
+        gone = exc.errno == errno.ENOENT and not os.path.lexists(temp)
+        raise local_error(temp if gone else dest, exc) from None
     if sync_dir:
         sync_dir_quietly(dest.parent)
+
+
+def _rename_onto_nothing(temp: Path, dest: Path) -> None:
+    """Rename ``temp`` to ``dest`` unless something is there: nothing was when the download
+    was checked, and a file that appeared since (another program, the user) is no more ours
+    to replace than one there at the start."""
+    if rename_new(temp, dest):
+        return
+    if os.path.lexists(dest):
+        raise DestinationExists(str(dest))
+    os.replace(temp, dest)  # a filesystem that cannot refuse: nothing was there just now
 
 
 def sync_dir_quietly(directory: Path) -> None:

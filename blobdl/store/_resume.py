@@ -54,10 +54,6 @@ class State(NamedTuple):
     # token or a presigned signature in a query string is a credential); this matches them.
     url_key: str | None = None
 
-    def describes(self, remote: Remote) -> bool:
-        """Same blob as the remote now (``_remote.change``: the rule a download uses too)."""
-        return change(self.identity, remote.identity) is None
-
     @property
     def identity(self) -> Identity:
         return Identity(self.size, self.etag, self.last_modified)
@@ -94,7 +90,7 @@ class Resume:
         if not self.enabled or not remote.ranges:
             return None
         previous = load(self.record, self.url, self.temp, self.digest)
-        changed = None if previous is None else change(previous.identity, remote.identity)
+        changed = None if previous is None else change(self.known(previous), remote.identity)
         if changed is not None:
             log.warning(
                 "the remote changed since the partial download (%s); starting over", changed
@@ -107,7 +103,18 @@ class Resume:
         if not self.enabled:
             return False
         previous = load(self.record, self.url, self.temp, self.digest)
-        return previous is not None and previous.done > 0 and previous.describes(remote)
+        if previous is None or previous.done == 0:
+            return False
+        return change(self.known(previous), remote.identity) is None
+
+    def known(self, previous: State) -> Identity:
+        """What ``previous`` tells of this URL's blob: its identity, less its validators
+        when it is another URL's record, admitted by the pinned digest (a mirror, a new
+        presigned URL): another server's ETag and Last-Modified are its own, and the
+        digest checks every byte at the end."""
+        if previous.url_key == url_key(self.url):
+            return previous.identity
+        return previous.identity._replace(etag=None, last_modified=None)
 
     def wants_ranges(self, remote: Remote) -> bool:
         """The probe got a 200, but a partial of this very blob was fetched in ranges: most
@@ -119,6 +126,16 @@ class Resume:
         with held():
             discard(self.temp)
             remove(self.record)
+
+    def pinned(self, remote: Remote, previous: State) -> Remote:
+        """The remote a resume of ``previous`` pins: the probe's, with each validator it
+        lacks taken from the record (``known``). A validator that disappears proves no
+        change, so the partial is resumed; it is not forgotten either: every range is still
+        asked for, and checked as, the blob the partial is of, and the record keeps it, or a
+        blob changed since the first run would be mixed in under a success."""
+        known = self.known(previous)
+        etag = remote.etag or known.etag
+        return remote._replace(etag=etag, last_modified=remote.last_modified or known.last_modified)
 
     def checkpointer(self, fd: int, remote: Remote) -> CheckpointCallback | None:
         """Saves the positions the coordinator hands it; None when resume is off."""
@@ -174,8 +191,8 @@ class Resume:
     def mention_kept(self) -> bool:
         """Say so if a partial download is kept beside the destination (its record claims
         bytes): a run that stops, wherever it stops, tells where the next one resumes."""
-        if not (self.enabled and claims_bytes(self.record)):
-            return False
+        if not (self.enabled and claims_bytes(self.record) and self.temp.exists()):
+            return False  # (the partial removed under it: its record claims nothing there)
         log.warning("partial download kept in %s; run the same command again to resume", self.temp)
         return True
 

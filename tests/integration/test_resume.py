@@ -226,6 +226,27 @@ def test_a_digest_pinned_partial_resumes_from_another_url_of_the_same_blob(
     assert result.bytes_fetched <= blob.size - result.resumed + PART
 
 
+def test_a_digest_pinned_partial_resumes_from_a_mirror_with_validators_of_its_own(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Another server's ETag says nothing about the first one's blob: a mirror computes its
+    own. The digest says which blob the partial is, and checks every byte at the end."""
+    blob = make(8 * PART, seed=27)
+    out = tmp_path / "out"
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "skip": 1 + 4, "times": None, "action": "status",
+         "status": 503},
+    )  # fmt: skip
+    pinned = f"sha256:{blob.sha256}"
+    with pytest.raises(blobdl.RetriesExhausted):
+        Downloader(fast_settings(retries=0, connections=4)).download(blob.url, out, digest=pinned)
+    server.set_faults({"path": "/cd/*", "times": None, "action": "etag", "value": "mirror"})
+    mirror = server.route(f"/cd/{blob.name}?filename=other")
+    result = Downloader(fast_settings()).download(mirror, out, digest=pinned)
+    assert sha256_file(out) == blob.sha256 and result.resumed > 0
+    assert result.bytes_fetched <= blob.size - result.resumed + PART
+
+
 def test_a_digest_pinned_partial_still_resumes_from_its_url_without_the_digest(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:

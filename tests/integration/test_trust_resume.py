@@ -7,6 +7,7 @@ looks have one and they differ. A validator that disappears (or appears) proves 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,9 +15,9 @@ import pytest
 
 import blobdl
 from blobdl import Downloader
-from faultserver.serverctl import ServerHandle
+from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings, sha256_file
-from tests.integration.test_trust_keep import assert_kept, temp_of
+from tests.integration.test_trust_keep import assert_kept, claimed, temp_of
 
 Make = Callable[..., Blob]
 
@@ -70,3 +71,94 @@ def test_a_validator_that_changes_still_discards_the_partial(
     result = Downloader(fast_settings()).download(blob.url, out)
     assert sha256_file(out) == blob.sha256 and result.resumed == 0
     assert server.stats()["bytes_sent"] == blob.size + 1  # everything again
+
+
+def test_a_validator_that_disappears_for_one_run_is_not_forgotten(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A run against an edge that strips the validators keeps the partial, and must keep
+    the record's validators too: else the next run cannot see that the blob changed since
+    the first, and mixes the old bytes with the new under a success."""
+    blob = make(8 * PART, seed=2204)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    path = f"/files/{blob.name}"
+    dropped = {"action": "headers", "drop": ["ETag", "Last-Modified"]}
+    server.set_faults({"path": path, "times": 1, **dropped},
+                      {"path": path, "times": None, "action": "status", "status": 404})  # fmt: skip
+    with pytest.raises(blobdl.HTTPStatusError):
+        Downloader(fast_settings()).download(blob.url, out)
+    server.reset()
+    assert_kept(out)
+    served = server.root / blob.name  # the blob changes: same size, other bytes
+    stat = served.stat()
+    new = make_blob(server.root, blob.name, blob.size, seed=2205)
+    os.utime(served, ns=(stat.st_atime_ns, stat.st_mtime_ns + 100 * 10**9))
+    Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == new
+
+
+def test_a_file_put_at_the_destination_mid_download_is_not_replaced(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Without force, a file there is refused; one that appears while the download runs
+    (another program, the user) is refused too, not silently replaced by the rename. The
+    finished bytes stay as a partial that a rerun with force only renames."""
+    blob = make(8 * PART, seed=2206)
+    out = tmp_path / "out"
+
+    def theirs(event: object) -> None:
+        if isinstance(event, blobdl.Started):
+            out.write_bytes(b"theirs")
+
+    with pytest.raises(blobdl.DestinationExists):
+        Downloader(fast_settings()).download(blob.url, out, on_event=theirs)
+    assert out.read_bytes() == b"theirs"
+    assert temp_of(out).exists() and claimed(out) == blob.size
+    server.reset()
+    result = Downloader(fast_settings(force=True)).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == blob.size
+    assert result.bytes_fetched == 0
+
+
+def test_a_partial_removed_mid_download_is_not_said_to_be_kept(
+    make: Make, server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone removes the temporary file while the download runs: the bytes went into a
+    file no name reaches. Nothing is kept then, so nothing may say so, and its record (it
+    claims bytes of a file that is gone) does not stay behind."""
+    blob = make(8 * PART, seed=2207)
+    out = tmp_path / "out"
+
+    def remove(event: object) -> None:
+        if isinstance(event, blobdl.Started):
+            temp_of(out).unlink()
+
+    with pytest.raises(blobdl.LocalFileError) as failed:
+        Downloader(fast_settings()).download(blob.url, out, on_event=remove)
+    assert failed.value.path == str(temp_of(out)), failed.value
+    assert "kept" not in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_changed_blob_behind_a_probe_without_validators_is_not_mixed_in(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The blob changed since the partial, and the probe of the rerun (one edge) shows no
+    validator, so it proves nothing: the ranges it then fetches must still be of the blob
+    the partial is of, as its record names it, or the old bytes and the new are mixed."""
+    blob = make(8 * PART, seed=2208)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    served = server.root / blob.name
+    stat = served.stat()
+    new = make_blob(server.root, blob.name, blob.size, seed=2209)
+    os.utime(served, ns=(stat.st_atime_ns, stat.st_mtime_ns + 100 * 10**9))
+    server.set_faults({"path": f"/files/{blob.name}", "times": 1, "action": "headers",
+                       "drop": ["ETag", "Last-Modified"]})  # fmt: skip
+    try:
+        Downloader(fast_settings()).download(blob.url, out)
+    except blobdl.RemoteChanged:
+        assert not out.exists() and not temp_of(out).exists()
+    else:
+        assert sha256_file(out) == new
