@@ -606,11 +606,12 @@ def test_a_worker_killed_mid_pull_does_not_leave_the_pull_waiting_for_ever(
         " stays in its store: run the pull again)"
     ]
     survivor = ({"w-a", "w-b"} - {victim}).pop()
-    assert_store(cluster.root / f"models-{survivor}", registry, model)
+    # (the module's cluster: its stores hold the models of earlier tests too)
+    assert_store(cluster.root / f"models-{survivor}", registry, model, alone=False)
     again = run_cli("pull", ref(registry, model), "--scheduler", cluster.address,
                     "--every-worker", "-q")  # fmt: skip
     assert again.returncode == 0, again.stderr
-    assert_store(cluster.root / f"models-{victim}", registry, model)
+    assert_store(cluster.root / f"models-{victim}", registry, model, alone=False)
 
 
 # --- the library, on an embedded LocalCluster ---------------------------------------------------

@@ -48,12 +48,14 @@ def ref(registry: Registry, model: Model) -> str:
     return f"http://{registry.host}/{model.repo}:{model.tag}"
 
 
-def assert_store(models: Path, registry: Registry, model: Model) -> None:
-    """The store holds exactly Ollama's layout: blobs by digest, the exact manifest bytes."""
+def assert_store(models: Path, registry: Registry, model: Model, *, alone: bool = True) -> None:
+    """The store holds exactly Ollama's layout: blobs by digest, the exact manifest bytes
+    (``alone``: no other blob; else other models' may be there too)."""
     manifest = models / "manifests" / registry.host / model.repo / model.tag
     assert manifest.read_bytes() == model.manifest
     blobs = {p.name: p.read_bytes() for p in (models / "blobs").iterdir()}
-    assert blobs == {d.replace(":", "-"): data for d, data in model.blobs.items()}
+    wanted = {d.replace(":", "-"): data for d, data in model.blobs.items()}
+    assert blobs == wanted if alone else {n: blobs.get(n) for n in wanted} == wanted
     for path in [manifest, *(models / "blobs").iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
     for folder in [models / "blobs", *manifest.relative_to(models).parents]:
