@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, sha256_file
-from tests.integration.test_threads import FAST, HANG
+from tests.integration.test_threads import FAST, HANG, PACED, slow_down
 
 Make = Callable[..., Blob]
 
@@ -71,3 +72,59 @@ def test_a_caller_whose_stdout_is_a_broken_pipe_still_downloads(
     said = json.loads(report.read_text())
     assert said == {"said": "ok", "left": []}, said["said"]
     assert sha256_file(out) == blob.sha256
+
+
+# A job that dies quietly under ``| head`` (SIGPIPE back to its default, as many CLIs set
+# it), and lets the kernel reap its children (SIGCHLD ignored); its callback kills the
+# download's worker process once bytes arrive.
+_PIPE_JOB = """
+import json, signal, sys, time, traceback
+import psutil
+import blobdl
+url, out, report, settings = sys.argv[1:]
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+killed = []
+
+def kill_workers(event):
+    if killed or not isinstance(event, blobdl.Progress) or event.done == 0:
+        return
+    killed.extend(psutil.Process().children())
+    for kid in killed:
+        kid.kill()
+    psutil.wait_procs(killed)
+
+try:
+    blobdl.download(url, out, on_event=kill_workers, **json.loads(settings))
+    said = "ok"
+except blobdl.BlobdlError as exc:
+    said = type(exc).__name__
+except Exception:
+    said = traceback.format_exc()
+with open(report, "w") as f:
+    json.dump({"said": said, "sigpipe": signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL}, f)
+"""
+
+
+def test_a_worker_lost_never_kills_a_caller_that_kept_sigpipe_default(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A coordinator that writes to a worker which has just died gets EPIPE, which it
+    expects (``Worker.run``: "dead: the seat's pipe reads EOF, a crash like any other").
+    In a caller whose SIGPIPE is back to its default the write killed the caller's whole
+    process instead, silently (exit -13): no exception, no partial noted."""
+    blob = make(16 * PART, seed=1302)
+    slow_down(server, blob)
+    out, report = tmp_path / "out", tmp_path / "report"
+    settings = json.dumps({**PACED, "processes": 1})
+    done = subprocess.run(
+        [sys.executable, "-c", _PIPE_JOB, blob.url, str(out), str(report), settings],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    said = json.loads(report.read_text())
+    assert said["sigpipe"], "the caller's SIGPIPE is its own again once the call returns"
+    assert said["said"] in ("ok", "WorkerCrashed", "RetriesExhausted"), said["said"]
