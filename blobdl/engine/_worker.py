@@ -151,7 +151,9 @@ class _Worker:
         self.taken = [False] * seats
 
     def alive(self) -> bool:
-        return self.proc.exitcode is None
+        # Its sentinel too: where the caller ignores SIGCHLD (or reaps every child itself),
+        # the kernel reaps it, and multiprocessing's exitcode stays None for ever.
+        return self.proc.exitcode is None and not wait([self.proc.sentinel], 0)
 
     def busy(self) -> int:
         return sum(self.taken)

@@ -40,6 +40,10 @@ from typing import Any
 from ..errors import Interrupted, OutOfResources
 
 _STOP = (signal.SIGINT, signal.SIGTERM)
+# SIGPIPE is ignored while a download runs, and in every child, as Python ignores it by
+# default: a write to a worker that has just died must fail with EPIPE, which we expect,
+# not kill a caller that set SIGPIPE back to its default (to die quietly under ``| head``).
+_PIPES = signal.SIGPIPE
 
 
 def _heeded() -> list[int]:
@@ -111,6 +115,7 @@ def stoppable() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.signal(sig, _stop) for sig in _heeded()}
+    previous[_PIPES] = signal.signal(_PIPES, signal.SIG_IGN)
     _stops.depth = 1
     try:
         yield
@@ -189,6 +194,7 @@ class Interrupts:
             end.setblocking(False)
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         self._previous = {sig: signal.signal(sig, self._record) for sig in _heeded()}
+        self._previous[_PIPES] = signal.signal(_PIPES, signal.SIG_IGN)
         return self
 
     def __exit__(
@@ -238,6 +244,7 @@ def coordinator_signals() -> None:
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(_PIPES, signal.SIG_IGN)
     reset_stops()  # its own download's ``stoppable`` installs its own handlers
 
 
@@ -247,4 +254,5 @@ def child_signals() -> None:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(_PIPES, signal.SIG_IGN)
     reset_stops()

@@ -68,7 +68,7 @@ def start(
     )
     _not_for_children.add(ours)
     try:
-        with _refused_as_ours(f"start a process ({name})"):
+        with _refused_as_ours(f"start a process ({name})"), _unflushable_streams_aside():
             proc.start()
     except BaseException:
         ours.close()
@@ -76,6 +76,29 @@ def start(
     finally:
         theirs.close()
     return proc, ours
+
+
+@contextlib.contextmanager
+def _unflushable_streams_aside() -> Iterator[None]:
+    """multiprocessing flushes ``sys.stdout`` and ``sys.stderr`` before it forks (else the
+    child would write their buffered text again), and fails the fork if a flush fails: the
+    caller's stdout a pipe whose reader has gone (``job | head -1``). That stream is the
+    caller's, not the download's: set aside for the fork, the child has none (what it holds
+    can never be written anyway), and the caller gets it back."""
+    aside: dict[str, Any] = {}
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            if stream is not None:
+                stream.flush()
+        except OSError:
+            aside[name] = stream
+            setattr(sys, name, None)
+    try:
+        yield
+    finally:
+        for name, stream in aside.items():
+            setattr(sys, name, stream)
 
 
 def threaded() -> bool:
