@@ -10,7 +10,9 @@ there; the connection budget is held across all workers with Dask's semaphores
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +26,8 @@ from ._cluster_task import Job, Outcome, Probed, fetch, probe
 from ._destinations import Destinations
 from ._items import BatchCallback, Item, ItemResult, first_of_each
 from ._outcomes import Outcomes
+
+log = logging.getLogger("blobdl")
 
 
 def download_many_on(
@@ -39,6 +43,7 @@ def download_many_on(
     firsts = first_of_each(batch)  # usage errors before anything is submitted
     outcomes = Outcomes(on_event)
     with connect(cluster, threads=max_connections) as client:
+        _said_if_no_worker(client)
         run = Run(client, None if on_event is None else outcomes.event)
         budget = Budget(run.name, max_connections, per_host)
         jobs = [
@@ -56,6 +61,17 @@ def download_many_on(
         finally:
             close(client, budget, hosts)
     return outcomes.of(batch, firsts)
+
+
+def _said_if_no_worker(client: Any) -> None:
+    """A cluster with no worker runs nothing until one joins (an adaptive cluster starts
+    them as tasks come): the batch waits, and says so rather than wait in silence."""
+    with contextlib.suppress(Exception):  # a notice: never a reason to fail
+        if not client.scheduler_info().get("workers"):
+            address = client.scheduler.address
+            log.warning(
+                "the Dask cluster at %s has no worker yet: the batch waits for one to join", address
+            )
 
 
 def _with_headers(settings: Settings, item: Item) -> Settings:

@@ -492,12 +492,13 @@ print("[]")
 def test_ctrl_c_does_not_wait_for_tasks_that_never_started(tmp_path: Path) -> None:
     """With no worker (none joined yet, or every one died), the tasks wait in the
     scheduler's queue. Ctrl-C waits up to 30 s for the *running* tasks to stop; tasks that
-    never started are dropped at once, not waited for."""
+    never started are dropped at once, not waited for. A cluster with no worker is said
+    so at once: the batch waits for one to join, not silently."""
     own = DaskCluster(tmp_path / "dask", {})
     try:
         own.start_scheduler()
         lines = ["http://127.0.0.1:9/x.bin " + str(tmp_path / "x.bin")]
-        proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", own.address, "-q")
+        proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", own.address)
         try:
             own._ask("queue", QUEUED, "30")
             proc.send_signal(signal.SIGINT)
@@ -507,6 +508,10 @@ def test_ctrl_c_does_not_wait_for_tasks_that_never_started(tmp_path: Path) -> No
                 proc.kill()
                 proc.communicate()
         assert proc.returncode == 130, err
+        assert err.splitlines()[0] == (
+            f"blobdl: warning: the Dask cluster at {own.address} has no worker yet: the batch"
+            " waits for one to join"
+        ), err
     finally:
         own.stop()
 
