@@ -489,6 +489,17 @@ print("[]")
 """
 
 
+def _ended(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The stderr of ``proc`` once it has ended within ``timeout`` (killed otherwise, and
+    the wait's error raised)."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_ctrl_c_does_not_wait_for_tasks_that_never_started(tmp_path: Path) -> None:
     """With no worker (none joined yet, or every one died), the tasks wait in the
     scheduler's queue. Ctrl-C waits up to 30 s for the *running* tasks to stop; tasks that
@@ -537,12 +548,7 @@ def test_a_worker_that_stopped_answering_does_not_hold_up_the_end_of_a_run(
                 idle.suspend()  # the other has done its part (the probe, if any)
                 stopped.append(idle)
                 break
-        try:
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        err = _ended(proc, 60)
         assert proc.returncode == 0, err
         assert sha256_file(tmp_path / "x.bin") == blob.sha256
     finally:
@@ -598,12 +604,7 @@ def test_a_worker_killed_mid_pull_does_not_leave_the_pull_waiting_for_ever(
             victim = event["worker"]
             os.kill(pids[victim], signal.SIGKILL)  # its nanny starts a new one
             break
-    try:
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    err = _ended(proc, 60)
     cluster.worker_pids()  # the nanny's new worker has joined again
     assert proc.returncode == 3, err
     assert err.splitlines() == [

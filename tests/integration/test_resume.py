@@ -205,13 +205,9 @@ def test_state_for_another_url_is_not_trusted(
     assert "it is for" in caplog.text
 
 
-def test_a_digest_pinned_partial_resumes_from_another_url_of_the_same_blob(
-    make: Make, server: ServerHandle, tmp_path: Path
-) -> None:
-    """A registry hands out a new presigned URL each time it is asked: the pinned digest,
-    not the URL, says which blob a partial belongs to (the final hash still checks it)."""
-    blob = make(8 * PART, seed=25)
-    out = tmp_path / "out"
+def _partial_pinned(server: ServerHandle, blob: Blob, out: Path) -> str:
+    """A partial of ``blob`` at ``out``, its first parts in (the rest refused), pinned by
+    its digest; the pin."""
     server.set_faults(
         {"path": f"/files/{blob.name}", "skip": 1 + 4, "times": None, "action": "status",
          "status": 503},
@@ -219,6 +215,17 @@ def test_a_digest_pinned_partial_resumes_from_another_url_of_the_same_blob(
     pinned = f"sha256:{blob.sha256}"
     with pytest.raises(blobdl.RetriesExhausted):
         Downloader(fast_settings(retries=0, connections=4)).download(blob.url, out, digest=pinned)
+    return pinned
+
+
+def test_a_digest_pinned_partial_resumes_from_another_url_of_the_same_blob(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A registry hands out a new presigned URL each time it is asked: the pinned digest,
+    not the URL, says which blob a partial belongs to (the final hash still checks it)."""
+    blob = make(8 * PART, seed=25)
+    out = tmp_path / "out"
+    pinned = _partial_pinned(server, blob, out)
     server.reset()
     again = server.route(f"/cd/{blob.name}?filename=other")
     result = Downloader(fast_settings()).download(again, out, digest=pinned)
@@ -233,13 +240,7 @@ def test_a_digest_pinned_partial_resumes_from_a_mirror_with_validators_of_its_ow
     own. The digest says which blob the partial is, and checks every byte at the end."""
     blob = make(8 * PART, seed=27)
     out = tmp_path / "out"
-    server.set_faults(
-        {"path": f"/files/{blob.name}", "skip": 1 + 4, "times": None, "action": "status",
-         "status": 503},
-    )  # fmt: skip
-    pinned = f"sha256:{blob.sha256}"
-    with pytest.raises(blobdl.RetriesExhausted):
-        Downloader(fast_settings(retries=0, connections=4)).download(blob.url, out, digest=pinned)
+    pinned = _partial_pinned(server, blob, out)
     server.set_faults({"path": "/cd/*", "times": None, "action": "etag", "value": "mirror"})
     mirror = server.route(f"/cd/{blob.name}?filename=other")
     result = Downloader(fast_settings()).download(mirror, out, digest=pinned)
