@@ -28,8 +28,9 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # The real servers and tools the tests need (apt-get, only what is missing): Debian's
-# docker-registry for `pull`, nginx for the benchmark harness, gcc for the no-fallocate launcher.
-SYSTEM_TOOLS := docker-registry:docker-registry nginx:nginx gcc:gcc
+# docker-registry for `pull`, nginx for the benchmark harness, gcc for the no-fallocate launcher,
+# tinyproxy for downloads through a proxy as users run one.
+SYSTEM_TOOLS := docker-registry:docker-registry nginx:nginx gcc:gcc tinyproxy:tinyproxy
 system: ## install the real servers and tools the tests use (apt-get, only when missing)
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \

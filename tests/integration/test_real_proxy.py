@@ -1,0 +1,89 @@
+"""Downloads through tinyproxy, a forwarding proxy users run (``faultserver.proxy`` scripts
+what a proxy can do wrong; this is one as it is): plain http forwarded, https tunnelled with
+CONNECT and verified end to end, credentials asked for, a batch's kept connections."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from blobdl import Downloader, Item, download_many
+from faultserver.serverctl import ServerHandle, make_blob
+from faultserver.tinyproxy import start_tinyproxy
+from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
+from tests.integration.conftest import PKI
+
+Make = Callable[..., Blob]
+AUTH = ("alice", "s3cret-of-the-proxy")
+
+
+def test_a_download_through_tinyproxy_is_exact_and_every_request_went_through_it(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blob = make(16 * PART, seed=41)
+    out = tmp_path / "out"
+    with start_tinyproxy(tmp_path / "proxy") as proxy:
+        settings = fast_settings(proxy=proxy.url, trust_env=False, connections=4)
+        Downloader(settings).download(blob.url, out)
+        forwarded = proxy.requests()
+    assert sha256_file(out) == blob.sha256
+    seen = server.stats()["headers"]
+    assert seen and all("tinyproxy" in h.get("Via", "") for h in seen), seen
+    assert len(forwarded) == len(seen) and all(r.startswith("GET http://") for r in forwarded)
+
+
+def test_https_through_tinyproxy_is_tunnelled_and_verified_end_to_end(
+    tls_server: ServerHandle, pki: PKI, tmp_path: Path
+) -> None:
+    size = 8 * PART + 5
+    digest = make_blob(tls_server.root, "through-tinyproxy.bin", size, seed=43)
+    url = tls_server.url("through-tinyproxy.bin")
+    out = tmp_path / "out"
+    with start_tinyproxy(tmp_path / "proxy") as proxy:
+        settings = fast_settings(proxy=proxy.url, trust_env=False, ca_bundle=pki.ca_pem,
+                                 connections=4)  # fmt: skip
+        Downloader(settings).download(url, out)
+        tunnels = proxy.requests()
+    assert sha256_file(out) == digest
+    origin = url.split("/")[2]
+    assert tunnels and all(r == f"CONNECT {origin}" for r in tunnels), tunnels
+
+
+def test_tinyproxy_asking_for_credentials_is_named_and_answered_from_the_proxy_url(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """Without credentials: one line naming the proxy's 407, not the server. With them (in
+    the proxy URL): exact bytes, and the password in no message and at no origin."""
+    blob = make(4 * PART, seed=44)
+    out = tmp_path / "out"
+    with start_tinyproxy(tmp_path / "proxy", auth=AUTH) as proxy:
+        refused = run_cli(blob.url, "-o", str(tmp_path / "refused"), "--proxy", proxy.url,
+                          "--no-env-proxy", "--retries", "0")  # fmt: skip
+        given = run_cli(blob.url, "-o", str(out), "--proxy", proxy.url_with(AUTH),
+                        "--no-env-proxy", "--connections", "4")  # fmt: skip
+    assert refused.returncode == 3, refused.stderr
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(
+        f"blobdl: error: proxy 127.0.0.1 port {proxy.port} failed: 407 Proxy Authentication "
+        "Required"
+    ), line
+    assert given.returncode == 0, given.stderr
+    assert sha256_file(out) == blob.sha256
+    assert AUTH[1] not in given.stdout + given.stderr + refused.stderr
+    assert not any(AUTH[1] in repr(h) for h in server.stats()["headers"])
+
+
+def test_a_batch_of_small_files_through_tinyproxy_is_exact(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """Each seat keeps its connection to the proxy from one item to the next, as long as
+    the proxy keeps it open."""
+    blobs = [make(3000 + n, seed=50 + n) for n in range(12)]
+    with start_tinyproxy(tmp_path / "proxy") as proxy:
+        items = [Item(b.url, str(tmp_path / f"f{n}")) for n, b in enumerate(blobs)]
+        settings = fast_settings(proxy=proxy.url, trust_env=False)
+        results = download_many(items, max_connections=4, settings=settings)
+        forwarded = proxy.requests()
+    assert all(r.ok for r in results), results
+    assert [sha256_file(tmp_path / f"f{n}") for n in range(12)] == [b.sha256 for b in blobs]
+    assert len(forwarded) >= len(blobs)
