@@ -142,7 +142,11 @@ class Downloader:
             with failures_told(tell, url, path):
                 check_url(url)
                 expected = parse_digest(digest) if digest else None
-                order = dataclasses.replace(order, expected=expected)
+                # A file that appears at the destination while it downloads is judged as
+                # one there at the start would be (``kept``): replaced with force or a
+                # digest (the bytes put there are checked), else refused, never replaced.
+                replace = self.settings.force or expected is not None
+                order = dataclasses.replace(order, expected=expected, replace=replace)
                 if self.settings.cache_dir and order.expected:
                     result = self._via_cache(order, path, remote)
                 else:
@@ -192,11 +196,6 @@ class Downloader:
                 result = order.in_place(dest, found.size, verified=found.verified)
                 commit()
                 return result
-            # A file that appears there meanwhile is judged as one there now would be (see
-            # ``kept``): replaced with force or a digest (the bytes put there are checked),
-            # else refused, never replaced by the rename.
-            replace = self.settings.force or order.expected is not None
-            order = dataclasses.replace(order, replace=replace)
             resume = Resume.beside(dest, order.url, self.settings.resume, order.expected)
             try:
                 remote = probed()

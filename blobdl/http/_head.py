@@ -43,20 +43,21 @@ class _HeadReads(socket.SocketIO):
     def readinto(self, b: Any) -> int | None:
         if self.within is None:
             return super().readinto(b)
-        sock: socket.socket = self._sock  # type: ignore[attr-defined]
-        timeout = sock.gettimeout()
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the response's head did not arrive whole in time")
-            sock.settimeout(min(left, timeout) if timeout is not None else left)
-        try:
+        if self.deadline is None:  # the head's first byte: the socket's own timeout
             count = super().readinto(b)
+            if count:
+                self.deadline = time.monotonic() + self.within
+            return count
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the response's head did not arrive whole in time")
+        sock: socket.socket = self._sock  # type: ignore[attr-defined]
+        timeout = sock.gettimeout()  # (each settimeout is a system call: only when needed)
+        sock.settimeout(min(left, timeout) if timeout is not None else left)
+        try:
+            return super().readinto(b)
         finally:
             sock.settimeout(timeout)
-        if count and self.deadline is None:
-            self.deadline = time.monotonic() + self.within
-        return count
 
 
 class _Socket:

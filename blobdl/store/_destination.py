@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from pathlib import Path, PurePath, PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from .._libc import libc_function
 from ..errors import DestinationExists, InsufficientSpace, LocalFileError, UsageError
@@ -31,6 +31,8 @@ _ENGINE_SIDE = re.compile(re.escape(SIDE_MARK) + r"(tmp|state|bad|lock|link|kept
 #: What the longest name blobdl keeps beside a destination adds to the destination's own:
 #: its resume record's scratch, ``DEST.blobdl-state.new``.
 BESIDE = len(".blobdl-state.new")
+#: The shortest NAME_MAX of the filesystems in use (eCryptfs; most have 255).
+_ANY_NAME_MAX = 143
 #: NAME_MAX (255) less our longest side-file suffix (a cache scratch: .blobdl-link-PID-HEX).
 MAX_NAME_BYTES = 255 - 40
 # fallocate(2) errors that mean "this filesystem cannot": the file stays sparse.
@@ -47,9 +49,11 @@ def path_problem(path: str | os.PathLike[str]) -> str | None:
     or lock, which that download renames into place as its own, or removes, while this one
     would say it succeeded."""
     raw = os.fspath(path)
-    if isinstance(raw, str) and raw.endswith(("/", "/.")):
+    if not isinstance(raw, str):
+        return None  # (a bytes path is refused where a Path is made of it)
+    if raw.endswith(("/", "/.")):
         return f"path {raw!r} names a directory: name the file to write"
-    if _ENGINE_SIDE.search(PurePath(path).name) is not None:
+    if _ENGINE_SIDE.search(os.path.basename(raw)) is not None:
         return f"path {raw!r} is named like blobdl's own files beside a download"
     return None
 
@@ -123,11 +127,13 @@ def check_destination(dest: Path, beside: int = BESIDE) -> None:
 
 def _check_room(dest: Path, beside: int) -> None:
     """A name the directory's filesystem holds with ``beside`` bytes more (255 on most)."""
+    size = len(os.fsencode(dest.name))
+    if size + beside <= _ANY_NAME_MAX:
+        return  # fits anywhere: no need to ask the filesystem (a statfs per small file)
     try:
         limit = os.pathconf(dest.parent, "PC_NAME_MAX") - beside
     except (OSError, ValueError):
         limit = 255 - beside
-    size = len(os.fsencode(dest.name))
     if size > limit:
         raise LocalFileError(
             str(dest),
