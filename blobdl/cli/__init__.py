@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _download(argv: Sequence[str]) -> int:
     """``blobdl URL`` and ``blobdl -i MANIFEST``."""
     parser = build_parser([(command.usage, command.summary) for command in COMMANDS.values()])
+    named = parser.parse_known_args(argv)[0].url
+    if named in COMMANDS:  # `blobdl -q prune`: not the URL 'prune'
+        parser.error(f"'{named}' is a command: put options after it (blobdl {named} [OPTIONS])")
     args = parser.parse_args(argv)
     if (args.url is None) == (args.input is None):
         parser.error("give either a URL or -i MANIFEST")

@@ -255,3 +255,18 @@ def test_hf_without_a_repository_names_only_the_repository_as_missing(tmp_path: 
     assert done.returncode == EXIT_USAGE
     assert done.stderr.startswith("blobdl hf: error: the following arguments are required: repo ")
     assert "PATH" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["-q", "prune"], ["--json", "pull", "llama3.2"], ["--connections", "4", "hf", "a/b"]]
+)
+def test_an_option_before_a_command_is_said_to_go_after_it(tmp_path: Path, args: list[str]) -> None:
+    """``blobdl -q prune`` is not a download of the URL 'prune': one line says where its
+    options go."""
+    done = subprocess.run([sys.executable, "-m", "blobdl", *args],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    command = next(a for a in args if a in ("prune", "pull", "hf"))
+    assert done.returncode == EXIT_USAGE
+    [line] = done.stderr.splitlines()
+    assert f"'{command}' is a command: put options after it (blobdl {command} " in line, line
