@@ -22,7 +22,12 @@ help: ## list the targets
 
 install: $(STAMP) ## create the venv in .venv and install blobdl with its test tools and Dask
 
+# Debian and Ubuntu ship python3 without ensurepip (python3.X-venv): `python3 -m venv` fails on a
+# fresh machine, so that package is installed first, only when it is missing.
 $(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  pkg=python$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$pkg; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dask]'
 	touch $(STAMP)
@@ -34,7 +39,8 @@ SYSTEM_TOOLS := docker-registry:docker-registry nginx:nginx gcc:gcc tinyproxy:ti
 system: ## install the real servers and tools the tests use (apt-get, only when missing)
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
-	if [ -n "$$missing" ]; then apt-get update && apt-get install -y --no-install-recommends $$missing; fi
+	if [ -n "$$missing" ]; then apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
 
 demo: install ## serve a generated 1 GiB blob on loopback, download it with the progress bar, verify it
 	$(PY) -m benchmarks.demo

@@ -2,7 +2,9 @@
 
 Nothing here is a hard-coded performance figure: every goal compares two measurements of the
 same run, or a measurement with the ideal the server's caps allow. A goal whose scenario or
-baseline did not run says "not measured" and why.
+baseline did not run says "not measured" and why. A goal stands on blobdl's successful runs
+only; if any run of a row it judges failed, it is "NOT met" and says so (a run that hung on the
+silent lane must not vanish into the median of the runs that did not).
 """
 
 from __future__ import annotations
@@ -52,12 +54,8 @@ def goals(rows: list[Row], outcome: Outcome, plan: Plan) -> list[Goal]:
             disk=True,
         ),
         _own_clock(find("https-capped", "blobdl"), outcome),
-        _ratio(
-            "silent lane, 256 MiB at 16 × 8 MiB/s: wall / plain", find("lane8-silent", "blobdl")
-        ),
-        _ratio(
-            "silent lane, 2 GiB at 16 × 8 MiB/s: wall / plain", find("lane8-2g-silent", "blobdl")
-        ),
+        _ratio("silent lane, 256 MiB at 16 × 8 MiB/s: wall / plain", *_pair(find, "lane8-silent")),
+        _ratio("silent lane, 2 GiB at 16 × 8 MiB/s: wall / plain", *_pair(find, "lane8-2g-silent")),
         _vs(
             "capped: CPU per GiB, blobdl / aria2c",
             "https-capped",
@@ -73,9 +71,9 @@ def goals(rows: list[Row], outcome: Outcome, plan: Plan) -> list[Goal]:
         _wire_baselines(rows),
         # the fault-server CDN goals of the first harness
         _cdn_rate(find("cdn", "blobdl"), outcome),
-        _ratio("CDN, one slow lane: wall / plain CDN", find("cdn-slow-lane", "blobdl")),
-        _ratio("CDN, one stalled lane (5 %): wall / plain CDN", find("cdn-stall", "blobdl")),
-        _ratio("CDN, random resets: wall / plain CDN", find("cdn-resets", "blobdl"), info=True),
+        _ratio("CDN, one slow lane: wall / plain CDN", *_pair(find, "cdn-slow-lane")),
+        _ratio("CDN, one stalled lane (5 %): wall / plain CDN", *_pair(find, "cdn-stall")),
+        _ratio("CDN, random resets: wall / plain CDN", *_pair(find, "cdn-resets"), info=True),
         _memory(rows),
     ]
 
@@ -86,15 +84,41 @@ def text(found: list[Goal]) -> str:
 
 def _finder(rows: list[Row], focus: int) -> Callable[[str, str], Row | None]:
     """The focus row of a scenario for a tool: blobdl at one part per connection at the widest
-    connection count; a baseline at whatever split it used."""
+    connection count, even if every run of it failed (its goals are then NOT met, not "not
+    measured"); a baseline at whatever split it used, if one of its runs succeeded."""
 
     def find(scenario: str, tool: str) -> Row | None:
-        mine = [r for r in rows if (r.scenario, r.tool) == (scenario, tool) and r.ok_runs]
+        mine = [r for r in rows if (r.scenario, r.tool) == (scenario, tool)]
         if tool == "blobdl":
             mine = [r for r in mine if (r.parts, r.connections) == (focus, focus)]
+        else:
+            mine = [r for r in mine if r.ok_runs]
         return mine[0] if mine else None
 
     return find
+
+
+def _pair(find: Callable[[str, str], Row | None], scenario: str) -> tuple[Row | None, Row | None]:
+    """blobdl's row of a heterogeneous scenario, and of the plain one it is compared with."""
+    ref = SCENARIOS[scenario].reference
+    return find(scenario, "blobdl"), find(ref, "blobdl") if ref else None
+
+
+def _judge(name: str, measured: str, target: str, met: bool, rows: list[Row | None]) -> Goal:
+    """The verdict: NOT met, whatever the figure, when a blobdl run behind it failed."""
+    failed = [r for r in rows if r is not None and r.tool == "blobdl" and r.ok_runs < r.runs]
+    for r in failed:
+        where = f"{r.scenario}, {r.parts} parts, {r.connections} conns"
+        measured += f"; {r.runs - r.ok_runs} of {r.runs} runs failed ({where})"
+    return Goal(name, measured, target, "met" if met and not failed else "NOT met")
+
+
+def _dead(name: str, target: str, rows: list[Row | None]) -> Goal | None:
+    """NOT met when every run of a blobdl row the goal needs failed: nothing to judge by."""
+    for r in rows:
+        if r is not None and r.tool == "blobdl" and r.runs and not r.ok_runs:
+            return _judge(name, f"no successful run of {r.scenario}", target, False, [r])
+    return None
 
 
 def _why_missing(scenario: str, tool: str, outcome: Outcome) -> str:
@@ -117,6 +141,8 @@ def _vs(
 ) -> Goal:
     target = f"≤ {limit:g}×"
     ours, theirs = find(scenario, "blobdl"), find(scenario, other)
+    if dead := _dead(name, target, [ours]):
+        return dead
     if ours is None or theirs is None:
         missing = "blobdl" if ours is None else other
         return Goal(name, _why_missing(scenario, missing, outcome), target, NOT)
@@ -132,7 +158,7 @@ def _vs(
         return Goal(
             name, f"{measured}; destination was {outcome.dest}, goal is on disk", target, NOT
         )
-    return Goal(name, measured, target, "met" if ratio <= limit else "NOT met")
+    return _judge(name, measured, target, ratio <= limit, [ours])
 
 
 def _unit(attr: str) -> str:
@@ -141,14 +167,18 @@ def _unit(attr: str) -> str:
 
 def _uss(row: Row | None, focus: int) -> Goal:
     name = f"HTTPS at {focus} connections: peak USS of the whole tree"
+    if dead := _dead(name, "≤ 100 MB", [row]):
+        return dead
     if row is None or row.peak_uss_mb_max is None:
         return Goal(name, "https-open not run", "≤ 100 MB", NOT)
     peak = row.peak_uss_mb_max
-    return Goal(name, f"{peak:.1f} MB (worst run)", "≤ 100 MB", "met" if peak <= 100 else "NOT met")
+    return _judge(name, f"{peak:.1f} MB (worst run)", "≤ 100 MB", peak <= 100, [row])
 
 
 def _own_clock(row: Row | None, outcome: Outcome) -> Goal:
     name = "capped: rate by blobdl's own clock / ideal (connections × limit_rate)"
+    if dead := _dead(name, "≥ 97 %", [row]):
+        return dead
     if row is None or not (row.tool_elapsed_s and row.size_bytes and row.ideal_mib_s):
         return Goal(name, "https-capped not run", "≥ 97 %", NOT)
     own = row.size_bytes / row.tool_elapsed_s / (row.ideal_mib_s * MiB)
@@ -157,17 +187,19 @@ def _own_clock(row: Row | None, outcome: Outcome) -> Goal:
         measured += f"; nginx alone paces {outcome.nginx_pacing.ratio:.1%} to curl readers"
     if not outcome.dest.startswith("disk"):
         return Goal(name, f"{measured}; destination was tmpfs, goal is on disk", "≥ 97 %", NOT)
-    return Goal(name, measured, "≥ 97 %", "met" if own >= 0.97 else "NOT met")
+    return _judge(name, measured, "≥ 97 %", own >= 0.97, [row])
 
 
-def _ratio(name: str, row: Row | None, info: bool = False) -> Goal:
+def _ratio(name: str, row: Row | None, ref: Row | None, info: bool = False) -> Goal:
     target = "none set; shown for information" if info else "≤ 1.10×"
+    if dead := _dead(name, target, [row, ref]):
+        return dead
     if row is None or row.wall_ratio_vs_ref is None:
         return Goal(name, "not run (it and its plain case must both run)", target, NOT)
     measured = f"{row.wall_ratio_vs_ref:.2f}× ({row.wall_s:.2f} s)"
     if info:
         return Goal(name, measured, target, "info")
-    return Goal(name, measured, target, "met" if row.wall_ratio_vs_ref <= 1.10 else "NOT met")
+    return _judge(name, measured, target, row.wall_ratio_vs_ref <= 1.10, [row, ref])
 
 
 def _wire(rows: list[Row], faults: bool) -> Goal:
@@ -191,7 +223,7 @@ def _wire(rows: list[Row], faults: bool) -> Goal:
     )
     if faults:
         return Goal(name, measured, "at most the faults' own cost", "info")
-    return Goal(name, measured, target, "NOT met" if over else "met")
+    return _judge(name, measured, target, not over, list(mine))
 
 
 def _wire_baselines(rows: list[Row]) -> Goal:
@@ -207,6 +239,8 @@ def _wire_baselines(rows: list[Row]) -> Goal:
 
 def _cdn_rate(row: Row | None, outcome: Outcome) -> Goal:
     name = "fault-server CDN rate (achieved / ideal)"
+    if dead := _dead(name, "≥ 97 %", [row]):
+        return dead
     if row is None or row.efficiency is None or row.ideal_mib_s is None:
         return Goal(name, "cdn not run", "≥ 97 %", NOT)
     pacing = outcome.pacing
@@ -215,7 +249,7 @@ def _cdn_rate(row: Row | None, outcome: Outcome) -> Goal:
         own = row.size_bytes / row.tool_elapsed_s / (row.ideal_mib_s * MiB)
         extra = f"; {own:.1%} by blobdl's own clock{extra}"
     measured = f"{row.throughput_mib_s:.1f} / {row.ideal_mib_s:.0f} MiB/s = {row.efficiency:.1%}"
-    return Goal(name, measured + extra, "≥ 97 %", "met" if row.efficiency >= 0.97 else "NOT met")
+    return _judge(name, measured + extra, "≥ 97 %", row.efficiency >= 0.97, [row])
 
 
 def _memory(rows: list[Row]) -> Goal:

@@ -96,7 +96,15 @@ def goals(outcome: Outcome) -> list[Goal]:
     s, found = outcome.samples, []
     on_disk = outcome.dest.startswith("disk")
 
-    def judged(name: str, measured: str, target: str, met: bool, disk: bool = True) -> Goal:
+    def judged(
+        name: str, measured: str, target: str, met: bool, disk: bool = True, of: str = ""
+    ) -> Goal:
+        """``of``: "case/tool" of the blobdl runs behind the goal; one failed: NOT met."""
+        case, _, tool = of.partition("/")
+        runs = [x for x in s if (x.case, x.tool) == (case, tool)]
+        if failed := [x for x in runs if not x.ok]:
+            measured += f"; {len(failed)} of {len(runs)} runs failed ({of})"
+            met = False
         if disk and not on_disk:
             return Goal(name, f"{measured}; destination was {outcome.dest}", target, "not measured")
         return Goal(name, measured, target, "met" if met else "NOT met")
@@ -110,14 +118,15 @@ def goals(outcome: Outcome) -> list[Goal]:
         one = _median(s, "files", "curl-1", "wall_s")
         extra = f"; one curl per file {one:.2f} s" if one else ""
         found.append(judged(name, f"{ours / curl:.2f}× ({ours:.2f} vs {curl:.2f} s{extra})",
-                            "≤ 1×", ours <= curl))  # fmt: skip
+                            "≤ 1×", ours <= curl, of="files/blobdl"))  # fmt: skip
     else:
         found.append(missing(name, "≤ 1×", "files/blobdl or files/curl"))
     name = "400 × 1 MiB: CPU per file, blobdl / aria2c"
     ours, aria = _median(s, "files", "blobdl", "cpu_s"), _median(s, "files", "aria2c", "cpu_s")
     if ours and aria:
         per = f"{ours / FILES.count * 1e3:.2f} vs {aria / FILES.count * 1e3:.2f} ms"
-        found.append(judged(name, f"{ours / aria:.2f}× ({per})", "≤ 1×", ours <= aria))
+        found.append(judged(name, f"{ours / aria:.2f}× ({per})", "≤ 1×", ours <= aria,
+                            of="files/blobdl"))  # fmt: skip
     else:
         found.append(missing(name, "≤ 1×", "files/blobdl or files/aria2c"))
     found += _tiny_goals(s, judged, missing)
@@ -128,7 +137,7 @@ def goals(outcome: Outcome) -> list[Goal]:
         wire = _median(s, "beside", "manifest", "wire")
         extra = f"; wire / size {wire:.4f}" if wire else ""
         found.append(judged(name, f"{ours / plain:.3f}× ({ours:.2f} vs {plain:.2f} s{extra})",
-                            "≤ 1.05×", ours <= 1.05 * plain))  # fmt: skip
+                            "≤ 1.05×", ours <= 1.05 * plain, of="beside/manifest"))  # fmt: skip
     else:
         found.append(missing(name, "≤ 1.05×", "beside"))
     found += _limit_goals(s, outcome.pull, judged, missing)
@@ -145,14 +154,15 @@ def _tiny_goals(
     if ours and aria:
         rate, theirs = TINY_FILES.count / ours, TINY_FILES.count / aria
         out.append(judged(name, f"{rate / theirs:.2f}× ({rate:.0f} vs {theirs:.0f} files/s)",
-                          "≥ 1×", rate >= theirs))  # fmt: skip
+                          "≥ 1×", rate >= theirs, of="tiny/blobdl"))  # fmt: skip
     else:
         out.append(missing(name, "≥ 1×", "tiny/blobdl or tiny/aria2c"))
     runs = [x for x in s if (x.case, x.tool) == ("tiny", "blobdl") and x.ok]
     name = "10,000 × 64 KiB: peak USS of blobdl's process tree (worst run)"
     if runs:
         peak = max(x.peak_uss_mb for x in runs)
-        out.append(judged(name, f"{peak:.1f} MB", "≤ 100 MB", peak <= 100, disk=False))
+        out.append(judged(name, f"{peak:.1f} MB", "≤ 100 MB", peak <= 100, disk=False,
+                          of="tiny/blobdl"))  # fmt: skip
         name = "10,000 × 64 KiB: descriptor and process growth, last third over middle third"
         fds = [x.fd_growth for x in runs if x.fd_growth is not None]
         procs = [x.proc_growth for x in runs if x.proc_growth is not None]
@@ -163,7 +173,8 @@ def _tiny_goals(
             measured = f"+{worst[0]} descriptors, +{worst[1]} processes (worst run; {peaks})"
             # Descriptors of the items in flight come and go; a leak grows by thousands.
             out.append(judged(name, measured, "≤ +16 fds, ≤ +0 processes",
-                              worst[0] <= 16 and worst[1] <= 0, disk=False))  # fmt: skip
+                              worst[0] <= 16 and worst[1] <= 0, disk=False,
+                              of="tiny/blobdl"))  # fmt: skip
         else:
             out.append(missing(name, "none", "a long enough tiny/blobdl run"))
     else:
@@ -180,19 +191,28 @@ def _limit_goals(
         runs = [x for x in s if (x.case, x.tool) == ("limit", tool) and x.ok and x.span_s]
         single = _median(s, "limit", "single", "span_s")
         if not runs:
-            out.append(missing(name, "≥ 0.9", "limit"))
+            out.append(missing(name, LIMITED, "limit"))
             continue
         rate = statistics.median((x.bytes or 0) / (x.span_s or 1) for x in runs) / LIMIT
         extra = f"; one download alone {256 * MiB / single / LIMIT:.3f}" if single else ""
-        out.append(judged(name, f"{rate:.3f}{extra}", "≥ 0.9", rate >= 0.9, disk=False))
+        out.append(_limited(judged, name, rate, extra, f"limit/{tool}"))
     name = "--limit-rate 100MB, blobdl pull of 512 MiB: bytes / span of the layers, / limit"
     spans = pull.get("limited_spans_s") or []
     if spans:
         rate = pull["size"] / statistics.median(spans) / LIMIT
-        out.append(judged(name, f"{rate:.3f}", "≥ 0.9", rate >= 0.9, disk=False))
+        out.append(_limited(judged, name, rate, "", ""))
     else:
-        out.append(missing(name, "≥ 0.9", "pull"))
+        out.append(missing(name, LIMITED, "pull"))
     return out
+
+
+LIMITED = "0.9-1.05"  # the limit used, and kept: a limiter that lets more through is not met
+
+
+def _limited(judged: Callable[..., Goal], name: str, rate: float, extra: str, of: str) -> Goal:
+    above = "; above the limit" if rate > 1.05 else ""
+    return judged(name, f"{rate:.3f}{extra}{above}", LIMITED, 0.9 <= rate <= 1.05, disk=False,
+                  of=of)  # fmt: skip
 
 
 def _pull_goal(outcome: Outcome, judged: Callable[..., Goal]) -> Goal:

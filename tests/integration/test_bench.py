@@ -1,8 +1,8 @@
 """The benchmark harness end to end on tiny blobs (a few seconds each).
 
 Only the shape of the results is checked: timing is the harness's output, never an assertion.
-The nginx cases need nginx, which only `make bench` installs: without it that test is
-skipped, saying so; the fault-server test always runs.
+The nginx cases need nginx, which `make test` (`make system`) and `make bench` install:
+without it those tests fail, saying so, as a broken set-up must.
 """
 
 from __future__ import annotations

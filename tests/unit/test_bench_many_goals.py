@@ -1,0 +1,43 @@
+"""The verdicts of the many-files preset (benchmarks/many.py), on made-up samples: a goal is
+"met" only when every blobdl run behind it succeeded, and a rate limit is met only when the
+rate stayed under it. No timing is asserted here."""
+
+from __future__ import annotations
+
+from benchmarks.many import goals
+from benchmarks.many_runs import MiB, Outcome, Sample
+from benchmarks.report import Goal
+
+
+def sample(case: str, tool: str, n: int, *, ok: bool = True, wall: float = 1.0) -> Sample:
+    return Sample(case, tool, n, ok, wall, 1.0, 20.0, 400)
+
+
+def judged(samples: list[Sample], name: str) -> Goal:
+    found = goals(Outcome(samples=samples, dest="disk (ext4 at /var/tmp/x)"))
+    return next(g for g in found if g.name.startswith(name))
+
+
+def test_a_failed_blobdl_run_makes_the_wall_goal_not_met() -> None:
+    curl = [sample("files", "curl", n, wall=2.0) for n in range(3)]
+    ours = [sample("files", "blobdl", n, ok=n != 1) for n in range(3)]
+    goal = judged(curl + ours, "400 × 1 MiB: wall")
+    assert goal.status == "NOT met" and "1 of 3 runs failed" in goal.measured, goal
+    ours = [sample("files", "blobdl", n) for n in range(3)]
+    assert judged(curl + ours, "400 × 1 MiB: wall").status == "met"
+
+
+def limited(rate: float) -> list[Sample]:
+    size = 256 * MiB
+    span = size / (rate * 100e6)
+    return [
+        Sample("limit", "manifest", n, True, span, 0.0, 0.0, 4, span_s=span, bytes=size)
+        for n in range(3)
+    ]
+
+
+def test_a_rate_limit_is_met_near_the_limit_and_not_above_it() -> None:
+    assert judged(limited(0.95), "--limit-rate 100MB, manifest").status == "met"
+    assert judged(limited(0.5), "--limit-rate 100MB, manifest").status == "NOT met"
+    over = judged(limited(1.5), "--limit-rate 100MB, manifest")
+    assert over.status == "NOT met" and "above the limit" in over.measured, over
