@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 import urllib3
 
@@ -112,6 +113,8 @@ class RangeBody:
             # Even when the probe learned no size, this response may state its length:
             # never read past it.
             body.stop = start + length if length is not None else -1
+            if length is None and body._inner is not None:
+                body._end_only_at_close_notify()
         return body
 
     def reached(self, pos: int) -> None:
@@ -144,6 +147,15 @@ class RangeBody:
         inner.length = 0
         inner.read()
         self._response.release_conn()
+
+    def _end_only_at_close_notify(self) -> None:
+        """A body read to the connection's close ends, over TLS, only at close_notify: a
+        TCP close without it (anyone on the path can forge one) is a truncation. Python
+        reads such a close as a clean EOF (``suppress_ragged_eofs``); here it is an error."""
+        # (The connection has let go of a socket that closes after this response.)
+        sock: Any = getattr(self._inner, "source", None)
+        if hasattr(sock, "suppress_ragged_eofs"):  # ssl.SSLSocket, urllib3's SSLTransport
+            sock.suppress_ragged_eofs = False  # the connection is never reused after
 
     def _lend_socket(self) -> None:
         sock = getattr(getattr(self._response, "connection", None), "sock", None)
