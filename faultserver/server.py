@@ -55,7 +55,9 @@ ACTIONS: dict[str, frozenset[str]] = {
     "ttfb": frozenset({"delay"}),
     "rate": frozenset({"bps"}),
     "ignore_range": frozenset(),
-    "no_length": frozenset(),
+    # A 200 of the whole file with no Content-Length (it ends at EOF); ``bytes``: cut
+    # after that many, the TCP connection closed without TLS's close_notify (a truncation).
+    "no_length": frozenset({"bytes"}),
     "shift_range": frozenset({"by"}),
     "wrong_content_range": frozenset({"by"}),
     "etag": frozenset({"value"}),
@@ -185,6 +187,8 @@ class Fault:
         """(cut action, bytes) if this fault ends the body early, else None."""
         if self.action in _CUT_ACTIONS:
             return self.action, self.integer("bytes")
+        if self.action == "no_length" and "bytes" in self.params:
+            return "close_after", self.integer("bytes")
         if self.action == "shape":
             for name in ("stall_after", "reset_after"):
                 if name in self.params:
@@ -539,6 +543,18 @@ class FaultServer(ThreadingHTTPServer):
             # Handshake later in the worker thread so a slow client cannot block accept().
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        # A TLS connection that ends cleanly ends with close_notify, as real servers end
+        # it (a read-to-close body is complete only then); socketserver's own shutdown of
+        # an SSLSocket is TCP's alone. A cut (``_abort``) has shut TCP down already.
+        if isinstance(request, ssl.SSLSocket) and request._sslobj is not None:  # type: ignore[attr-defined]
+            try:
+                request.settimeout(DRAIN_TIMEOUT)
+                request = request.unwrap()
+            except (OSError, ValueError):
+                pass
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 import urllib3
 
@@ -59,6 +60,7 @@ class RangeBody:
         self.sock: socket.socket | None = None
         self.buffered, self.tls = 0, False
         self._response, self._reached = response, -1
+        self._url, self._pinned_end = "", -1  # set for a whole body of no stated length
         inner = getattr(response, "_fp", None)
         if isinstance(inner, http.client.HTTPResponse) and not inner.chunked and inner.fp:
             # A length-delimited (or read-to-close) body is the raw stream after the
@@ -112,11 +114,19 @@ class RangeBody:
             # Even when the probe learned no size, this response may state its length:
             # never read past it.
             body.stop = start + length if length is not None else -1
+            if length is None and remote.size is not None:
+                body._url, body._pinned_end = remote.final_url, start + remote.size
+            if length is None and body._inner is not None:
+                body._end_only_at_close_notify()
         return body
 
     def reached(self, pos: int) -> None:
-        """Reading stopped at ``pos`` of the file."""
+        """Reading stopped at ``pos`` of the file. A whole body that stated no length and
+        reached the blob's end as the probe stated it must end there: one that goes on is
+        another blob (``RemoteChanged``), and its first bytes are not the one pinned."""
         self._reached = pos
+        if pos == self._pinned_end and self.stop < 0 and self.read(memoryview(bytearray(1))):
+            raise RemoteChanged(self._url, f"the body goes on past the {pos} bytes stated")
 
     @contextmanager
     def gathering(self) -> Iterator[Reader]:
@@ -144,6 +154,15 @@ class RangeBody:
         inner.length = 0
         inner.read()
         self._response.release_conn()
+
+    def _end_only_at_close_notify(self) -> None:
+        """A body read to the connection's close ends, over TLS, only at close_notify: a
+        TCP close without it (anyone on the path can forge one) is a truncation. Python
+        reads such a close as a clean EOF (``suppress_ragged_eofs``); here it is an error."""
+        # (The connection has let go of a socket that closes after this response.)
+        sock: Any = getattr(self._inner, "source", None)
+        if hasattr(sock, "suppress_ragged_eofs"):  # ssl.SSLSocket, urllib3's SSLTransport
+            sock.suppress_ragged_eofs = False  # the connection is never reused after
 
     def _lend_socket(self) -> None:
         sock = getattr(getattr(self._response, "connection", None), "sock", None)

@@ -80,6 +80,9 @@ class InterimSkippingResponse(http.client.HTTPResponse):
 
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         self._reads: _HeadReads | None = None
+        # What the body is read from: the connection may drop its socket while the
+        # response still reads it ("Connection: close" hands it over to the response).
+        self.source: Any = sock
         if isinstance(sock, socket.socket):  # an ssl.SSLSocket too
             stand_in = _Socket(sock)
             super().__init__(stand_in, *args, **kwargs)  # type: ignore[arg-type]

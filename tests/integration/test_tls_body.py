@@ -152,3 +152,29 @@ def test_over_tls_each_byte_crosses_the_wire_once(
     assert sha256_file(tmp_path / "out") == sha256_file(tls.root / NAME)
     assert tls.stats()["bytes_sent"] == SIZE + 1  # the probe's one byte, then each byte once
     assert result.bytes_received == SIZE
+
+
+def test_a_tls_body_read_to_its_close_is_whole_only_with_close_notify(
+    served: dict[str, ServerHandle], pki: PKI, tmp_path: Path
+) -> None:
+    """A 200 with no length ends where the connection does; over TLS a TCP close without
+    close_notify is a truncation (an attacker can forge a FIN, not a close_notify), never
+    the end of the blob. The same body ended with close_notify is the whole blob."""
+    tls, dest = served["https"], tmp_path / "out"
+    settings = Settings(ca_bundle=pki.ca_pem, retries=1, backoff_unit=0.001, max_backoff=0.01)
+    path = f"/files/{NAME}"
+    tls.reset()
+    tls.set_faults({"path": path, "action": "no_length", "times": None})
+    try:
+        Downloader(settings).download(tls.url(NAME), dest)
+        assert sha256_file(dest) == sha256_file(tls.root / NAME)
+        dest.unlink()
+        tls.set_faults(
+            {"path": path, "action": "no_length", "times": 1},  # the probe
+            {"path": path, "action": "no_length", "bytes": PART + 5, "times": None},
+        )
+        with pytest.raises(BlobdlError):
+            Downloader(settings).download(tls.url(NAME), dest)
+        assert not dest.exists()
+    finally:
+        tls.reset()

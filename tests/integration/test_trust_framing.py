@@ -114,6 +114,25 @@ def test_the_whole_body_fallback_reads_the_same_framing(
     assert_exact(*fetch(blob, out), blob, out)
 
 
+@pytest.mark.parametrize(
+    "longer",
+    [{"action": "transfer_encoding", "value": "chunked", "whole": True}, {"action": "no_length"}],
+    ids=["chunked", "to the close"],
+)
+def test_a_whole_body_that_goes_on_past_the_size_the_probe_said_is_not_cut_to_fit(
+    make: Make, server: ServerHandle, tmp_path: Path, longer: dict[str, object]
+) -> None:
+    """A server without ranges said 1000 bytes (the probe's 200); the GET's body states no
+    length and goes on past them: it is another blob, and its first 1000 bytes are not the
+    one the probe saw. No validator tells (the probe had none): only the body's end does."""
+    blob = make(SIZE, seed=2006)
+    said = {"action": "status", "status": 200, "body": "x" * 1000}
+    server.set_faults({"path": "/files/*", **said}, every_request(**longer))
+    code, stderr, out = fetch_alone(blob, tmp_path)
+    assert code == EXIT_INTEGRITY, stderr
+    assert "changed" in stderr and not out.exists()
+
+
 # --- interim responses -----------------------------------------------------------------------
 
 

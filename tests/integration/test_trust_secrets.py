@@ -378,3 +378,18 @@ def test_a_malformed_header_is_refused_without_showing_its_value(
     assert done.returncode == 2
     assert "not a header" in done.stderr and "Authorization" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
+
+
+def test_userinfo_still_authenticates_the_probe_that_refreshes_an_expired_url(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A redirect's target that answers 403 has expired: the URL given is resolved again,
+    and the credentials it carried go with it as they did the first time."""
+    blob = make(3 * PART, seed=12)
+    server.set_faults({"path": f"/files/{blob.name}", "action": "status", "status": 403,
+                       "skip": 1})  # fmt: skip
+    url = _with_password(server.route(f"/redirect-abs/1/{blob.name}"))
+    Downloader(fast_settings()).download(url, tmp_path / "out.bin")
+    assert server.stats()["per_path"][f"/redirect-abs/1/{blob.name}"] == 2  # refreshed once
+    headers = server.stats()["headers"]
+    assert all(h.get("Authorization") == _basic("alice", PASSWORD) for h in headers)
