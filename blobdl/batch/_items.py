@@ -78,10 +78,19 @@ def given(items: object) -> list[Item]:
     UsageError naming it, here, not a TypeError from deep inside."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise UsageError(f"items must be a list of Items or URLs, not {type(items).__name__}")
-    listed = [Item(i) if isinstance(i, str) else i for i in items]
+    listed = [Item(i) if isinstance(i, str) else _path_as_text(i) for i in items]
     for n, item in enumerate(listed):
         _check_item(item, f"item {n}")
     return listed
+
+
+def _path_as_text(item: object) -> object:
+    """An Item whose path is an ``os.PathLike`` (a ``pathlib.Path``), with it as text, as
+    ``download`` takes one; anything else as it is, for ``_check_item`` to judge."""
+    if isinstance(item, Item) and isinstance(item.path, os.PathLike):
+        path = os.fspath(item.path)
+        return item._replace(path=path) if isinstance(path, str) else item
+    return item
 
 
 def _check_item(item: object, where: str) -> None:

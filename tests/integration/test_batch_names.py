@@ -129,3 +129,17 @@ def test_a_path_named_like_another_items_side_file_is_refused_before_anything_st
     assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == []
     with pytest.raises(blobdl.UsageError, match="manifest line 2: "):
         blobdl.parse_manifest("\n".join(f"{i.url} {i.path}" for i in items))
+
+
+def test_an_item_path_may_be_a_pathlib_path_as_a_download_path_may(
+    make: Make, tmp_path: Path
+) -> None:
+    """``download(url, Path(...))`` takes a Path: so does an Item, small or large."""
+    small, large = make(3000, seed=2821), make(16 * PART, seed=2822)
+    paths = [tmp_path / "small", tmp_path / "large"]
+    items = [Item(b.url, p) for b, p in zip((small, large), paths, strict=True)]  # type: ignore[arg-type]
+    settings = fast_settings(min_part_size=4 * PART, max_part_size=4 * PART)
+    results = blobdl.download_many(items, settings=settings)
+    assert all(r.ok for r in results), results
+    assert sha256_file(tmp_path / "small") == small.sha256
+    assert sha256_file(tmp_path / "large") == large.sha256
