@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .._redact import shown_fields
@@ -84,7 +84,7 @@ def given(items: object) -> list[Item]:
     return listed
 
 
-def _path_as_text(item: object) -> object:
+def _path_as_text(item: Any) -> Any:
     """An Item whose path is an ``os.PathLike`` (a ``pathlib.Path``), with it as text, as
     ``download`` takes one; anything else as it is, for ``_check_item`` to judge."""
     if isinstance(item, Item) and isinstance(item.path, os.PathLike):
