@@ -74,6 +74,34 @@ def test_kept_connections_count_against_the_budget_of_large_items(
     assert all(r.result and r.result.parts == 8 for r in (results[5], results[11]))
 
 
+def test_a_seat_kept_alive_to_one_host_is_not_switched_past_anothers_cap(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """The first host's items come late, the second's at once: its seat is soon idle, kept
+    alive to the second host, while the next item of the first host waits for its one
+    connection. Switching that seat over would open a second connection to the first host."""
+    first = [make(SMALL, seed=2345 + n) for n in range(4)]
+    second = [make(SMALL, seed=2349 + n) for n in range(2)]
+    # Another origin by name: localhost is another host than 127.0.0.1.
+    urls = [b.url for b in first] + [
+        other.url(b.name).replace("127.0.0.1", "localhost") for b in second
+    ]
+    order = [0, 4, 1, 2, 5, 3]  # first, second, first, first, second, first
+    items = [Item(urls[n], str(tmp_path / f"o{n}")) for n in order]
+    server.set_faults(late(server, 0.5))
+    other.reset()
+    try:
+        results = blobdl.download_many(items, max_connections=4, per_host=1, **fast())
+        assert all(r.ok for r in results), results
+        blobs = [*first, *second]
+        for n in order:
+            assert sha256_file(tmp_path / f"o{n}") == blobs[n].sha256
+        assert server.stats()["max_concurrent"] <= 1, server.stats()
+        assert other.stats()["max_concurrent"] <= 1, other.stats()
+    finally:
+        other.reset()
+
+
 def test_a_large_item_gets_the_lanes_that_small_items_free(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:

@@ -592,6 +592,22 @@ def test_a_token_redirect_read_differently_by_the_two_parsers_sends_no_password(
     assert requests_at(hostile, "storage") == []
 
 
+def test_a_token_realm_redirecting_to_another_origin_sends_it_no_password(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """The Docker config's password goes to the token realm, and not to where the realm
+    sends the request on: there a token is asked for with no credential."""
+    elsewhere = f"http://127.0.0.1:{hostile.ports['storage']}/token"
+    credentials = f"{DOCKER_USER}:{DOCKER_PASSWORD}"
+    onwards = rule("auth", "", status=307, headers={"Location": elsewhere})
+    hostile.load(script(auth="bearer", credentials=credentials, faults=[onwards]))
+    config = docker_config(tmp_path, hostile.ports["registry"], credentials)
+    pull_from(hostile, tmp_path, DOCKER_CONFIG=config)  # the outcome is not the point
+    asked = requests_at(hostile, "storage")
+    assert asked, "the realm's redirect was not followed: this test shows nothing"
+    assert not [e for e in asked if DOCKER_PASSWORD in str(e) or DOCKER_BASIC in str(e)], asked
+
+
 # --- proxies: NO_PROXY, and no password in clear text -------------------------------------------
 
 

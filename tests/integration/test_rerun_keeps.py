@@ -203,6 +203,37 @@ def test_a_file_blobdl_did_not_write_for_that_url_is_refused(
     refused(run_cli(other.url, "-o", str(out), *CLI), out, blob.sha256)
 
 
+def test_a_file_replaced_by_one_with_its_record_size_and_mtime_is_not_kept(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # Other bytes put at the name as a new file (another inode), given the record, the size
+    # and the mtime of blobdl's file: only the inode tells that it is not the file written.
+    blob, out = make(4 * PART, seed=7342), tmp_path / "out"
+    assert run_cli(blob.url, "-o", str(out), *CLI).returncode == EXIT_OK
+    kept(run_cli(blob.url, "-o", str(out), *CLI), out, blob.sha256)
+    forged = tmp_path / "forged"
+    forged.write_bytes(os.urandom(blob.size))
+    os.setxattr(forged, _source.NAME, os.getxattr(out, _source.NAME))
+    mtime = out.stat().st_mtime_ns
+    os.utime(forged, ns=(mtime, mtime))
+    os.replace(forged, out)
+    refused(run_cli(blob.url, "-o", str(out), *CLI), out, sha256_file(out))
+
+
+def test_a_file_written_for_one_url_is_not_kept_for_another_that_looks_the_same(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # Two blobs of one size and one mtime: an ETag made of those (nginx's, this server's)
+    # and the Last-Modified are the same for both, so only the URL in the record tells them.
+    first, second = make(4 * PART, seed=7343), make(4 * PART, seed=7344)
+    mtime = (server.root / first.name).stat().st_mtime_ns
+    os.utime(server.root / second.name, ns=(mtime, mtime))
+    out = tmp_path / "out"
+    assert run_cli(first.url, "-o", str(out), *CLI).returncode == EXIT_OK
+    kept(run_cli(first.url, "-o", str(out), *CLI), out, first.sha256)
+    refused(run_cli(second.url, "-o", str(out), *CLI), out, first.sha256)
+
+
 def test_without_user_extended_attributes_a_rerun_refuses_as_before(
     make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -60,6 +60,33 @@ def test_no_fallocate_filesystem_never_zeroes_downloaded_bytes(
     assert sha256_file(dest) == blob.sha256, "bytes were zeroed by emulated preallocation"
 
 
+@pytest.fixture(scope="session")
+def nosync(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tests/nosync.c`` built for this session: runs a command with fsync(2) and
+    fdatasync(2) failing with EIO for real (a seccomp filter), as on a failing disk."""
+    assert shutil.which("gcc") is not None, "needs gcc to build the seccomp launcher"
+    exe = tmp_path_factory.mktemp("nosync") / "nosync"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "nosync.c")], check=True)
+    return exe
+
+
+def test_bytes_that_cannot_be_made_durable_are_never_renamed_into_place(
+    nosync: Path, make: Make, tmp_path: Path
+) -> None:
+    # One part and no resume record: the fsync of the finished temp file is the first one a
+    # run makes, so only it stands between the bytes and the rename. A rename before the
+    # data is durable could leave DEST naming a file of holes after a crash.
+    blob = make(PART, seed=13)
+    dest = tmp_path / "out"
+    args = [str(nosync), sys.executable, "-m", "blobdl", blob.url, "-o", str(dest),
+            "--no-resume", "-q"]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == EXIT_LOCAL, done.stderr
+    assert not os.path.lexists(dest), "renamed into place though its bytes were not durable"
+    assert done.stderr.startswith("blobdl: error:"), done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
 def test_reserve_allocates_for_real_where_the_filesystem_can(tmp_path: Path) -> None:
     path = tmp_path / "reserved"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blobdl import Settings, UsageError, parse_size
-from blobdl.config import MB
+from blobdl.config import MAX_PARTS, MB
 from blobdl.engine._plan import download_part_count, download_parts, plan
 from blobdl.http._headers import parse_content_range, range_header
 from blobdl.http._retry import Retry
@@ -166,3 +166,15 @@ def test_a_hashed_download_gets_four_parts_per_connection() -> None:
     two = dataclasses.replace(settings, target_parts=2)
     assert download_part_count(500 * MB, True, two, hashing=False) == 2
     assert download_part_count(500 * MB, True, two, hashing=True) == 16
+
+
+@pytest.mark.parametrize("size", [MAX_PARTS + 1, 3 * MAX_PARTS + 7, 2**62])
+def test_a_plan_by_size_never_has_more_parts_than_the_cap(size: int) -> None:
+    """Parts of at most one byte would cut a blob into as many parts as it has bytes: past
+    the cap the parts grow instead (a server says the size, 2**62 included)."""
+    settings = Settings(min_part_size=1, max_part_size=1)
+    count = download_part_count(size, True, settings, hashing=False)
+    assert 0 < count <= MAX_PARTS
+    if size < 10**6:
+        spans = download_parts(size, True, settings, hashing=False)
+        assert len(spans) == count and spans[0].start == 0 and spans[-1].end == size
