@@ -73,7 +73,8 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"{url} not ready:\n{log.read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 5 s: a server of the tests ends, whatever it was doing."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -115,7 +116,7 @@ class TokenServer:
             return token
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 def start_token_server(folder: Path) -> TokenServer:
@@ -263,7 +264,7 @@ class Registry:
         return self.root / "docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data"
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
         if self.tokens is not None:
             self.tokens.stop()
 
@@ -517,7 +518,7 @@ class Relay:
             return int(json.loads(resp.read())["held_peak"])
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 def start_relay(folder: Path, target: str) -> Relay:
@@ -576,7 +577,7 @@ class S3Server:
             pass
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 def start_s3(folder: Path) -> S3Server:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .registry import free_port
+from .registry import free_port, stop_process
 
 READY_TIMEOUT = 10.0
 _REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+ \S+) HTTP/")
@@ -73,12 +73,7 @@ def start_tinyproxy(folder: Path, auth: tuple[str, str] | None = None) -> Iterat
         _wait_accepting(port, proc)
         yield TinyProxy(proc, port, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         out.close()
 
 

@@ -61,6 +61,8 @@ from ._share import Share
 from ._tell import failures_told, ignore, tell_caller
 
 log = logging.getLogger("blobdl")
+#: What marks a finished file before it is made durable (``_source.stamp``, bound to its source).
+Mark = Callable[[int], None]
 
 
 class Downloader:
@@ -295,13 +297,7 @@ class Downloader:
         return order.result(dest, remote, tally, resumed, verified=actual is not None)
 
     def _finalize(
-        self,
-        fd: int,
-        temp: Path,
-        dest: Path,
-        size: int,
-        mark: Callable[[int], None],
-        replace: bool,
+        self, fd: int, temp: Path, dest: Path, size: int, mark: Mark, replace: bool
     ) -> None:
         """Marked (``mark(fd)``), durable, then renamed onto ``dest`` (see ``finalize``)."""
         finalize(fd, temp, dest, size, stamp=mark, replace=replace)

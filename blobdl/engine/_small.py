@@ -43,7 +43,7 @@ from ..store._resume import Resume, state_path
 from ..store._source import unchanged
 from . import _failure
 from ._counter_table import CounterTable
-from ._download import Downloader
+from ._download import Downloader, Mark
 from ._lane import Attempt, Cancel, Filler
 from ._order import Order
 from ._parts import Tally
@@ -194,13 +194,7 @@ class OneRequest(Downloader):
         return self._written(order, remote, dest, resume, run)
 
     def _finalize(
-        self,
-        fd: int,
-        temp: Path,
-        dest: Path,
-        size: int,
-        mark: Callable[[int], None],
-        replace: bool,
+        self, fd: int, temp: Path, dest: Path, size: int, mark: Mark, replace: bool
     ) -> None:
         """Its directory is fsynced later, once for all the renames in it (the pool does it
         when the batch ends): a crash before then may lose the rename, never leave the

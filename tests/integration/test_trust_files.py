@@ -39,10 +39,15 @@ NFS_ROUND_TRIP_US = 200
 def nofalloc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tests/nofalloc.c`` built for this session: runs a command with fallocate(2) failing
     with EOPNOTSUPP for real (a seccomp filter), as on NFSv3, FUSE or ext4 without extents."""
+    return _launcher(tmp_path_factory, "nofalloc")
+
+
+def _launcher(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """``tests/NAME.c`` built with gcc, for this session."""
     # `make test` installs gcc: its absence is a broken set-up, not a reason to skip.
     assert shutil.which("gcc") is not None, "needs gcc to build the seccomp launcher"
-    exe = tmp_path_factory.mktemp("nofalloc") / "nofalloc"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "nofalloc.c")], check=True)
+    exe = tmp_path_factory.mktemp(name) / name
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / f"{name}.c")], check=True)
     return exe
 
 
@@ -64,10 +69,7 @@ def test_no_fallocate_filesystem_never_zeroes_downloaded_bytes(
 def nosync(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tests/nosync.c`` built for this session: runs a command with fsync(2) and
     fdatasync(2) failing with EIO for real (a seccomp filter), as on a failing disk."""
-    assert shutil.which("gcc") is not None, "needs gcc to build the seccomp launcher"
-    exe = tmp_path_factory.mktemp("nosync") / "nosync"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "nosync.c")], check=True)
-    return exe
+    return _launcher(tmp_path_factory, "nosync")
 
 
 def test_bytes_that_cannot_be_made_durable_are_never_renamed_into_place(
