@@ -119,6 +119,16 @@ def spawn_cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def opened_by(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds ``path`` open (its lock file, while it waits). It opens
+    and closes files as it starts (its imports): a descriptor listed may be gone when read."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if os.readlink(fd) == str(path):
+                return True
+    return False
+
+
 def sha256_file(path: Path) -> str:
     import hashlib
 

@@ -22,7 +22,7 @@ import blobdl
 from blobdl import Item
 from blobdl.store._lock import DestinationLock
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file, spawn_cli
+from tests.conftest import PART, REPO, Blob, fast_settings, opened_by, sha256_file, spawn_cli
 
 Make = Callable[..., Blob]
 SMALL = PART // 2  # fast_settings: parts of PART bytes, so a blob of PART or less is small
@@ -306,11 +306,6 @@ def locked_by_anyone(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return any(line.split()[5].endswith(f":{inode}") for line in Path("/proc/locks").open())
-
-
-def opened_by(pid: int, path: Path) -> bool:
-    fds = Path(f"/proc/{pid}/fd")
-    return any(os.readlink(fd) == str(path) for fd in fds.iterdir() if fd.is_symlink())
 
 
 def test_a_writer_waiting_for_a_batchs_item_gets_it_when_the_item_is_done(

@@ -19,6 +19,7 @@ import pytest
 from blobdl.errors import DestinationLocked, LocalFileError
 from blobdl.store import _lock
 from blobdl.store._lock import DestinationLock, KeptLockFile
+from tests.conftest import opened_by
 
 
 def lock_of(dest: Path) -> Path:
@@ -122,12 +123,6 @@ from blobdl.store._lock import DestinationLock
 with DestinationLock(Path(sys.argv[1]), 30):
     print("locked", flush=True)
 """
-
-
-def opened_by(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` holds ``path`` open (its lock file, while it waits)."""
-    fds = Path(f"/proc/{pid}/fd")
-    return any(os.readlink(fd) == str(path) for fd in fds.iterdir() if fd.is_symlink())
 
 
 def test_a_writer_waiting_for_a_destination_gets_it_once_the_seat_moves_on(
