@@ -100,11 +100,8 @@ def _check_item(item: object, where: str) -> None:
     check_text(f"{where}: path", item.path, optional=True)
     check_text(f"{where}: digest", item.digest, optional=True)
     check_pairs(item.headers, where)
-    if item.path is not None:
-        try:
-            check_path_given(item.path)
-        except ValueError as exc:
-            raise UsageError(f"{where}: {exc}") from None
+    if item.path is not None and (problem := path_problem(item.path)) is not None:
+        raise UsageError(f"{where}: {problem}")
     if item.size is not None:
         check_int(f"{where}: size", item.size, 0, 2**63 - 1)
 
