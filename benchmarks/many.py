@@ -160,8 +160,8 @@ def _tiny_goals(
         out.append(missing(name, "≥ 1×", "tiny/blobdl or tiny/aria2c"))
     runs = [x for x in s if (x.case, x.tool) == ("tiny", "blobdl") and x.ok]
     name = "10,000 × 64 KiB: peak USS of blobdl's process tree (worst run)"
-    if runs:
-        peak = max(x.peak_uss_mb for x in runs)
+    if runs and all(x.peak_uss_mb is not None for x in runs):
+        peak = max(x.peak_uss_mb for x in runs if x.peak_uss_mb is not None)
         out.append(judged(name, f"{peak:.1f} MB", "≤ 100 MB", peak <= 100, disk=False,
                           of="tiny/blobdl"))  # fmt: skip
         name = "10,000 × 64 KiB: descriptor and process growth, last third over middle third"

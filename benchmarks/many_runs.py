@@ -52,7 +52,7 @@ class Sample:
     ok: bool
     wall_s: float
     cpu_s: float
-    peak_uss_mb: float
+    peak_uss_mb: float | None  # None: the tool ended before the first sample
     files: int
     error: str = ""
     sync_s: float | None = None
@@ -345,7 +345,8 @@ def _sample(
     case: str, tool: str, repeat: int, measured: Measured, ok: bool, error: str, files: int
 ) -> Sample:
     sample = Sample(case, tool, repeat, ok, measured.wall_s, measured.cpu_s,
-                    measured.peak_uss / 1e6, files, error)  # fmt: skip
+                    None if measured.peak_uss is None else measured.peak_uss / 1e6, files,
+                    error)  # fmt: skip
     if measured.samples:
         sample.peak_fds = max(s[2] for s in measured.samples)
         sample.peak_procs = max(s[3] for s in measured.samples)
@@ -382,8 +383,9 @@ def _line(x: Sample) -> str:
     extra += f" wire {x.wire:.4f}" if x.wire else ""
     if x.fd_growth is not None:
         extra += f" fds {x.peak_fds} (+{x.fd_growth}) procs {x.peak_procs} (+{x.proc_growth})"
+    uss = "-" if x.peak_uss_mb is None else f"{x.peak_uss_mb:.1f}"
     return (f"  {x.case:<7} {x.tool:<9} #{x.repeat + 1}: {x.wall_s:7.2f} s cpu {x.cpu_s:6.2f} s "
-            f"uss {x.peak_uss_mb:6.1f} MB{extra} {status}")  # fmt: skip
+            f"uss {uss:>6} MB{extra} {status}")  # fmt: skip
 
 
 @contextmanager

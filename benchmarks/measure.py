@@ -24,8 +24,9 @@ class Measured:
     wall_s: float
     #: user + system seconds of the process and every descendant it reaped.
     cpu_s: float
-    #: Largest sum of USS over the process and its live descendants, one sample at a time.
-    peak_uss: int
+    #: Largest sum of USS over the process and its live descendants, one sample at a time
+    #: (None: the tree had ended before the first sample reached it).
+    peak_uss: int | None
     stdout: str
     stderr: str
     #: (seconds since start, summed USS, open descriptors, processes) of the tree, per sample.
@@ -95,7 +96,7 @@ class _TreeSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
-        self.peak = 0
+        self.peak: int | None = None  # None until a sample finds a live process
         self.samples: list[tuple[float, int, int, int]] = []
         self._stop_event = threading.Event()
         self._root: psutil.Process | None = None
@@ -113,8 +114,8 @@ class _TreeSampler(threading.Thread):
             return False
         self._root = root
         uss, fds, procs = _tree_sample(root)
-        self.peak = max(self.peak, uss)
         if procs:
+            self.peak = max(self.peak or 0, uss)
             self.samples.append((time.perf_counter() - self._since, uss, fds, procs))
         return True
 
@@ -131,8 +132,11 @@ def _tree_sample(root: psutil.Process) -> tuple[int, int, int]:
         return 0, 0, 0
     total = fds = alive = 0
     for proc in procs:
-        # A worker may exit between the listing and the read.
+        # A worker may exit between the listing and the read; one that has ended but is not
+        # yet reaped reads as zero bytes and descriptors, and is not counted.
         with contextlib.suppress(psutil.Error):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
             total += proc.memory_full_info().uss
             fds += proc.num_fds()
             alive += 1

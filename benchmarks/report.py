@@ -98,8 +98,8 @@ def _row(key: Key, group: list[Run]) -> Row:
         wall_ratio_vs_ref=None,
         cpu_s=cpu,
         cpu_s_per_gib=cpu / (size / GiB) if cpu is not None and size else None,
-        peak_uss_mb=_median(r.peak_uss / MB for r in ok),
-        peak_uss_mb_max=max((r.peak_uss / MB for r in group), default=None),
+        peak_uss_mb=_median(_peaks(ok)),
+        peak_uss_mb_max=max(_peaks(group), default=None),
         retries=_median(r.retries for r in ok),
         steals=_median(r.steals for r in ok),
         requests=_median(r.requests for r in ok),
@@ -117,6 +117,11 @@ def _with_ratio(row: Row, walls: dict[Key, float | None]) -> Row:
     if ref and row.wall_s is not None:
         return Row(**(asdict(row) | {"wall_ratio_vs_ref": row.wall_s / ref}))
     return row
+
+
+def _peaks(runs: Iterable[Run]) -> list[float]:
+    """The runs' peak USS in MB, where a sample found the tool alive."""
+    return [r.peak_uss / MB for r in runs if r.peak_uss is not None]
 
 
 def _median(values: Iterable[float | int | None]) -> float | None:

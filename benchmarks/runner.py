@@ -68,7 +68,7 @@ class Run:
     verified: bool | None  # sha256 checked against the served blob (None: not checked)
     wall_s: float
     cpu_s: float
-    peak_uss: int
+    peak_uss: int | None  # None: the tool ended before the first sample
     tool_elapsed_s: float | None = None
     retries: int | None = None
     steals: int | None = None  # ranges blobdl took over from slow lanes or split off
@@ -361,7 +361,7 @@ def _line(run: Run) -> str:
         f"  {run.scenario:<14} {run.tool:<11} p={run.parts:<3} c={run.connections:<3} "
         f"#{run.repeat + 1}: "
         f"{run.wall_s:7.2f} s {rate:8.1f} MiB/s cpu {run.cpu_s:5.2f} s "
-        f"uss {run.peak_uss / 1e6:5.1f} MB retries {run.retries} steals {run.steals} "
+        f"uss {_megabytes(run.peak_uss):>5} MB retries {run.retries} steals {run.steals} "
         f"wire {_wire(run)} req {run.requests} {status}"
     )
 
@@ -372,3 +372,7 @@ def _wire(run: Run) -> str:
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def _megabytes(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.1f}"

@@ -47,7 +47,9 @@ def _run(tmp_path: Path, *argv: str) -> tuple[list[dict[str, str]], dict[str, An
         assert row["runs"] == row["ok_runs"] == "1", row
         assert int(row["size_bytes"]) == SIZE and row["bytes_ok"] == "True", row
         assert float(row["throughput_mib_s"]) > 0 and float(row["cpu_s"]) > 0, row
-        assert float(row["peak_uss_mb"]) > 0, row
+        # A baseline may end before the sampler's first look (no peak: ""); blobdl never does.
+        if row["tool"] == "blobdl" or row["peak_uss_mb"]:
+            assert float(row["peak_uss_mb"]) > 0, row
         # issue #14: what the server wrote, measured at the server, for every tool
         assert float(row["wire_ratio"]) >= 1.0 and float(row["requests"]) >= 1, row
     return rows, doc
