@@ -52,8 +52,11 @@ lint: install ## ruff and mypy (strict) over the package
 	$(PY) -m ruff format --check blobdl tests benchmarks faultserver
 	$(PY) -m mypy
 
-suite: install system ## the pytest suite only (unit and integration)
-	$(PY) $(call WERROR,$(PY)) -m pytest -q $(call WERROR,$(PY))
+# The suite runs as SHARDS pytest sessions side by side (tests/shards.py: most tests wait on
+# servers and processes, so one session leaves the cores idle); SHARDS=1 runs one session.
+SHARDS ?= 2
+suite: install system ## the pytest suite only (unit and integration), in SHARDS sessions at once
+	$(PY) $(call WERROR,$(PY)) -m tests.shards $(SHARDS) -q -p no:cacheprovider $(call WERROR,$(PY))
 
 unit: install ## the unit tests of the pure modules only (seconds; no server, no processes)
 	$(PY) -m pytest -q tests/unit

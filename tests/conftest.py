@@ -29,6 +29,21 @@ from faultserver.serverctl import ServerHandle, make_blob, start_server
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``BLOBDL_TEST_SHARD=K/N`` (set by ``tests/shards.py``) keeps every Nth test from the
+    Kth: N sessions side by side each run a share of every module, so the slow modules are
+    split too. Unset, every test runs."""
+    shard = os.environ.get("BLOBDL_TEST_SHARD")
+    if not shard:
+        return
+    k, n = (int(x) for x in shard.split("/"))
+    if not 0 <= k < n:
+        raise pytest.UsageError(f"BLOBDL_TEST_SHARD={shard}: want K/N with 0 <= K < N")
+    config.hook.pytest_deselected(items=[t for i, t in enumerate(items) if i % n != k])
+    items[:] = [t for i, t in enumerate(items) if i % n == k]
+
+
 # Small parts and short timeouts so faults play out in milliseconds, not Ollama's minutes.
 PART = 64 * 1024
 
