@@ -31,7 +31,7 @@ from typing import NamedTuple
 from ..errors import LocalFileError
 from ..store._files import local_errors
 from ._claims import CLAIM_SUFFIX, FETCH_SUFFIX, locked
-from ._store import BLOB_DIGEST, Store, locate
+from ._store import BLOB_DIGEST, Store, freed_by_removing, locate
 
 GRACE = 3600.0  # seconds: Ollama's layerPruneGracePeriod
 SCRATCH_AGE = 600.0  # seconds: a manifest is written in milliseconds; older scratch is left over
@@ -242,7 +242,7 @@ def _remove(path: Path, what: str, dry_run: bool) -> list[Removal]:
         info = os.lstat(path)
     except FileNotFoundError:
         return []
-    size = info.st_blocks * 512 if stat.S_ISREG(info.st_mode) else 0
+    size = freed_by_removing(info)
     if not dry_run:
         with local_errors(path):
             if stat.S_ISDIR(info.st_mode):

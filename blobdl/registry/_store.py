@@ -53,6 +53,14 @@ BLOB_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # what names a file in blobs/ 
 WRITE_TRIES = 3  # a folder removed under us (a prune of empty folders) is made again
 
 
+def freed_by_removing(info: os.stat_result) -> int:
+    """The disk space that removing the file ``info`` describes gives back: its blocks, or
+    nothing for a symlink, a folder, or a file another hard link keeps (the user's copy)."""
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        return 0
+    return info.st_blocks * 512
+
+
 class Location(NamedTuple):
     path: Path
     source: str  # why this one: "--models-dir", "$OLLAMA_MODELS", "default", "service"
@@ -228,14 +236,14 @@ class Store:
         return size
 
     def blob_bytes(self, digest: str) -> int | None:
-        """What ``blobs/sha256-<hex>`` holds on disk (a link: nothing), or None if absent."""
+        """What removing ``blobs/sha256-<hex>`` frees on disk, or None if absent."""
         try:
             info = os.lstat(self._blob_file(digest))
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise local_error(self._blob_file(digest), exc) from None
-        return info.st_blocks * 512 if stat.S_ISREG(info.st_mode) else 0
+        return freed_by_removing(info)
 
     def _blob_file(self, digest: str) -> Path:
         if not BLOB_DIGEST.fullmatch(digest):

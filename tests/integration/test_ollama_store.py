@@ -645,6 +645,24 @@ def test_prune_removes_what_pulls_left_and_never_what_a_running_pull_holds(
     manifests(models)  # what made Ollama skip its own prune is gone
 
 
+def test_prune_counts_no_bytes_freed_for_a_blob_still_linked_elsewhere(
+    littered: Path, tmp_path: Path
+) -> None:
+    """An unused blob the user hard-linked elsewhere is removed from the store, but its
+    bytes stay on disk: "freed" must not count them."""
+    models = littered
+    blob = blob_file(models, data(71, 9000))
+    os.link(blob, tmp_path / "my-copy.gguf")
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert not os.path.lexists(blob) and (tmp_path / "my-copy.gguf").stat().st_size == 9000
+    lines = done.stdout.splitlines()
+    line = next(line for line in lines if line.startswith(f"removed  {blob}  "))
+    assert line == f"removed  {blob}  0 bytes  (unused blob)"
+    freed = sum(int(line.split("  ")[2].split()[0]) for line in lines if line.startswith("removed"))
+    assert lines[-1].startswith(f"freed {freed} bytes in ")
+
+
 def test_prune_removes_no_blob_while_ollama_cannot_read_a_manifest(littered: Path) -> None:
     models = littered
     bad = write(models / "manifests/h/ns/broken/v1", b"not json")
