@@ -271,3 +271,53 @@ def test_a_variable_set_empty_counts_as_huggingface_hub_counts_it(
     )
     cache, token_path = theirs.stdout.splitlines()
     assert (_env.hub_cache(environ), _env.token_path(environ)) == (Path(cache), Path(token_path))
+
+
+OFFLINE_CASES = [
+    {},
+    {"HF_HUB_OFFLINE": "1"},
+    {"HF_HUB_OFFLINE": "on"},
+    {"HF_HUB_OFFLINE": "Yes"},
+    {"HF_HUB_OFFLINE": "TRUE"},
+    {"HF_HUB_OFFLINE": "0"},
+    {"HF_HUB_OFFLINE": ""},
+    {"HF_HUB_OFFLINE": "false"},
+    {"HF_HUB_OFFLINE": "no"},
+    {"HF_HUB_OFFLINE": "off"},
+    {"HF_HUB_OFFLINE": " 1"},
+    {"HF_HUB_OFFLINE": "2"},
+    {"TRANSFORMERS_OFFLINE": "1"},
+    {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "1"},
+    {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "1"},
+    {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "0"},
+]
+
+
+def test_offline_is_on_exactly_when_huggingface_hub_reads_it_as_on() -> None:
+    """huggingface_hub itself is the judge, each case read at its import: ``1``, ``ON``,
+    ``YES``, ``TRUE`` in any case; ``$TRANSFORMERS_OFFLINE`` only where ``$HF_HUB_OFFLINE``
+    is unset or empty; anything else (``0``, ``false``, `` 1``) is off. The variable named
+    is the one that switched it on."""
+    import json
+    import subprocess
+    import sys
+
+    read = (
+        "import importlib, json, os, sys\n"
+        "import huggingface_hub.constants as c\n"
+        "for case in json.loads(sys.argv[1]):\n"
+        "    for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'):\n"
+        "        os.environ.pop(k, None)\n"
+        "    os.environ.update(case)\n"
+        "    print(importlib.reload(c).HF_HUB_OFFLINE)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    theirs = subprocess.run(
+        [sys.executable, "-c", read, json.dumps(OFFLINE_CASES)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    judged = [line == "True" for line in theirs.stdout.splitlines()]
+    assert len(judged) == len(OFFLINE_CASES), theirs.stderr
+    ours = [_env.offline(case) for case in OFFLINE_CASES]
+    assert [name is not None for name in ours] == judged
+    assert ours[1] == "HF_HUB_OFFLINE" and ours[12] == ours[13] == "TRANSFORMERS_OFFLINE"
