@@ -568,6 +568,28 @@ def test_offline_a_local_dir_is_served_as_it_is_without_one_request(
     assert quiet_hub(hub, before)
 
 
+def test_offline_a_cache_huggingface_hub_filled_is_served_too(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Its ``refs/`` and ``trees/<commit>.json`` are read as blobdl's own, and so are the
+    copies it leaves where it does not link (``HF_HUB_DISABLE_SYMLINKS``)."""
+    cache = tmp_path / "cache"
+    env = hf_env(hub.url, tmp_path / "home")
+    got = call(env, "snapshot_download", repo_id="acme/tiny", revision="v1.0", cache_dir=str(cache))
+    assert "error" not in got, got
+    snapshot = Path(got["path"])
+    copied = snapshot / "model.safetensors"
+    data = copied.read_bytes()
+    copied.unlink()
+    copied.write_bytes(data)
+    hub.reset()
+    before = len(hub.log())
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--revision", "v1.0", "--cache-dir",
+                     str(cache), offline="1")  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, str(snapshot)), done.stderr
+    assert quiet_hub(hub, before)
+
+
 @pytest.mark.parametrize("value", ["0", "", "false", "no", "off", " 1"])
 def test_offline_values_huggingface_hub_reads_as_false_leave_the_hub_asked(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, value: str

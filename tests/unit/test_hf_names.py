@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from blobdl.errors import BadResponse, EntryNotFound, UsageError
 from blobdl.hf import _env
+from blobdl.hf._disk import read_tree, write_tree
 from blobdl.hf._repo import (
     RepoFile,
     check_listing,
@@ -321,3 +322,39 @@ def test_offline_is_on_exactly_when_huggingface_hub_reads_it_as_on() -> None:
     ours = [_env.offline(case) for case in OFFLINE_CASES]
     assert [name is not None for name in ours] == judged
     assert ours[1] == "HF_HUB_OFFLINE" and ours[12] == ours[13] == "TRANSFORMERS_OFFLINE"
+
+
+def test_a_tree_record_reads_back_as_written(tmp_path: Path) -> None:
+    """What offline trusts to say which files a commit has: ``write_tree`` read back."""
+    files = [RepoFile("w.bin", 5, SHA1, SHA256, 5, "c" * 64), RepoFile("a/b.txt", 3, "d" * 40)]
+    write_tree(tmp_path, "e" * 40, files)
+    assert read_tree(tmp_path, "e" * 40) == sorted(files)
+    assert read_tree(tmp_path, "f" * 40) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format_version": 1, "files": {"../../x": {"size": 1, "blob_id": "%s"}}}' % SHA1,
+        '{"format_version": 1, "files": {"a": {"size": 1, "blob_id": "../x"}}}',
+        '{"format_version": 1, "files": {"a": {"size": 1, "blob_id": "%s", "lfs_sha256": "..",'
+        ' "lfs_size": 1}}}' % SHA1,
+        '{"format_version": 1, "files": {"a": {"size": 1, "blob_id": "%s"},'
+        ' "a/b": {"size": 1, "blob_id": "%s"}}}' % (SHA1, SHA1),
+        '{"format_version": 1, "files": {"a": {"size": -1, "blob_id": "%s"}}}' % SHA1,
+        '{"format_version": 1, "files": {"a": []}}',
+        '{"format_version": 1, "files": []}',
+        '{"format_version": 2, "files": {}}',
+        "[]",
+        "{",
+        "[" * 100_000,
+        "\udcff",
+    ],
+    ids=["path-out", "blob-out", "lfs-out", "file-and-folder", "size", "entry", "files", "format",
+         "list", "truncated", "deep", "not-utf8"],
+)  # fmt: skip
+def test_a_tree_record_that_could_lead_us_astray_is_no_record(tmp_path: Path, text: str) -> None:
+    """Read as the Hub's listing is checked: a record on disk never chooses where we look."""
+    (tmp_path / "trees").mkdir()
+    (tmp_path / "trees" / f"{SHA1}.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert read_tree(tmp_path, SHA1) is None
