@@ -103,7 +103,9 @@ def hf_download(
     ``include``/``exclude`` globs) into huggingface_hub's cache (``cache_dir``, default
     ``$HF_HUB_CACHE``) or into ``local_dir``. The Hub is ``endpoint`` or ``$HF_ENDPOINT``;
     the token ``token``, ``$HF_TOKEN`` or huggingface_hub's token file. Every file shares
-    ``connections`` connections, as in ``download_many``."""
+    ``connections`` connections, as in ``download_many``. With ``$HF_HUB_OFFLINE`` on, no
+    request is sent: the files come from the disk if all are there, else
+    ``OfflineNotCached``."""
     started = time.monotonic()
     # blobdl's own content-addressed cache stays out of it: huggingface_hub's is the cache.
     base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)

@@ -5,6 +5,7 @@ claimed in turns."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,7 +300,6 @@ def test_offline_is_on_exactly_when_huggingface_hub_reads_it_as_on() -> None:
     ``YES``, ``TRUE`` in any case; ``$TRANSFORMERS_OFFLINE`` only where ``$HF_HUB_OFFLINE``
     is unset or empty; anything else (``0``, ``false``, `` 1``) is off. The variable named
     is the one that switched it on."""
-    import json
     import subprocess
     import sys
 
@@ -332,19 +332,21 @@ def test_a_tree_record_reads_back_as_written(tmp_path: Path) -> None:
     assert read_tree(tmp_path, "f" * 40) is None
 
 
+def _record(files: object, version: int = 1) -> str:
+    return json.dumps({"format_version": version, "files": files})
+
+
 @pytest.mark.parametrize(
     "text",
     [
-        '{"format_version": 1, "files": {"../../x": {"size": 1, "blob_id": "%s"}}}' % SHA1,
-        '{"format_version": 1, "files": {"a": {"size": 1, "blob_id": "../x"}}}',
-        '{"format_version": 1, "files": {"a": {"size": 1, "blob_id": "%s", "lfs_sha256": "..",'
-        ' "lfs_size": 1}}}' % SHA1,
-        '{"format_version": 1, "files": {"a": {"size": 1, "blob_id": "%s"},'
-        ' "a/b": {"size": 1, "blob_id": "%s"}}}' % (SHA1, SHA1),
-        '{"format_version": 1, "files": {"a": {"size": -1, "blob_id": "%s"}}}' % SHA1,
-        '{"format_version": 1, "files": {"a": []}}',
-        '{"format_version": 1, "files": []}',
-        '{"format_version": 2, "files": {}}',
+        _record({"../../x": {"size": 1, "blob_id": SHA1}}),
+        _record({"a": {"size": 1, "blob_id": "../x"}}),
+        _record({"a": {"size": 1, "blob_id": SHA1, "lfs_sha256": "..", "lfs_size": 1}}),
+        _record({"a": {"size": 1, "blob_id": SHA1}, "a/b": {"size": 1, "blob_id": SHA1}}),
+        _record({"a": {"size": -1, "blob_id": SHA1}}),
+        _record({"a": []}),
+        _record([]),
+        _record({}, version=2),
         "[]",
         "{",
         "[" * 100_000,
