@@ -843,6 +843,8 @@ def test_the_batch_is_given_the_largest_files_first_with_their_sizes(
 
     monkeypatch.setattr(story, "download_many", watched)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # the caller's, if set
+        monkeypatch.delenv(offline, raising=False)
     story.hf_download("acme/tiny", cache_dir=tmp_path / "c", endpoint=hub.url, token="")
     tiny = repos["acme/tiny"].contents[repos["acme/tiny"].refs["main"]]
     sizes = {n.rsplit("/", 1)[-1]: len(b) for n, b in tiny.items()}
