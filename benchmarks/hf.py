@@ -120,7 +120,9 @@ def _measure(hub: HubHandle, work: Path, rate: int, repeat: int) -> dict[str, li
 
 
 def _timed(hub: HubHandle, repo: str, cache: Path, workers: int | None) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    # Neither client inherits an offline switch (TRANSFORMERS_OFFLINE counts for both).
+    ours = ("HF_", "HUGGING", "TRANSFORMERS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(cache.parent / "hf-home"), HF_HUB_DISABLE_XET="1",
                HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")  # fmt: skip
     if workers is None:

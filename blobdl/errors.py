@@ -268,6 +268,22 @@ class EntryNotFound(NetworkError):
         return f"file not found: {self.repo} has no {self.path!r} at revision {self.revision!r}"
 
 
+class OfflineNotCached(UsageError):
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) forbids asking the Hub, and the disk
+    does not hold what was asked for (``problem`` says what lacks): the environment and the
+    request contradict each other, as huggingface_hub's ``LocalEntryNotFoundError`` says."""
+
+    def __init__(self, variable: str, repo: str, revision: str, problem: str) -> None:
+        super().__init__(variable, repo, revision, problem)
+        self.variable, self.repo, self.revision, self.problem = variable, repo, revision, problem
+
+    def __str__(self) -> str:
+        return (
+            f"{self.variable} is on (the Hub is not asked), and {self.repo} at revision "
+            f"{self.revision!r} is not all on disk: {self.problem}"
+        )
+
+
 # --- integrity: the bytes or the remote are not what was promised ---------------------------
 
 

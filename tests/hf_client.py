@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+OURS = ("HF_", "HUGGING", "TRANSFORMERS_OFFLINE")  # what huggingface_hub (and blobdl hf) read
 
 
 def hf_env(endpoint: str, home: Path, *, offline: bool = False) -> dict[str, str]:
     """An environment for huggingface_hub against the stand-in: plain HTTP (no xet), no
-    telemetry request, its home (token file, caches) in the test's folder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    telemetry request, its home (token file, caches) in the test's folder, offline only if
+    asked (a ``TRANSFORMERS_OFFLINE`` of the caller's would put both clients offline)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OURS)}
     env.update(
         HF_ENDPOINT=endpoint,
         HF_HOME=str(home),

@@ -26,11 +26,14 @@ ending in /) into huggingface_hub's cache, where transformers, diffusers and vLL
 into --local-dir. The Hub is $HF_ENDPOINT (default {DEFAULT_ENDPOINT}); the cache is
 $HF_HUB_CACHE (default $HF_HOME/hub); the token is --token, else $HF_TOKEN, else the file
 `hf auth login` wrote. Every option of `blobdl URL` that shapes the download applies too
-(--connections is the budget all files share). Prints the snapshot folder (or the local dir)."""
+(--connections is the budget all files share). Prints the snapshot folder (or the local dir).
+With $HF_HUB_OFFLINE on (1, ON, YES, TRUE), no request is sent: the files come from the
+cache (or the local dir) if all are there, as huggingface_hub's offline mode finds them."""
 EPILOG = f"""\
 {EXIT_CODES}
 hf's own failures: the repository, revision or file is not found, the repository is gated or
-private and no token can see it (3); a file does not match its sha256 or git sha1 (4).
+private and no token can see it (3); a file does not match its sha256 or git sha1 (4);
+$HF_HUB_OFFLINE is on and the files asked for are not all on disk (2).
 """
 
 

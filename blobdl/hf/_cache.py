@@ -8,6 +8,9 @@ the files there (``file_download.py`` in huggingface_hub 2.x)::
     CACHE/models--ORG--NAME/refs/<revision>             the commit, no newline (not for a commit)
     CACHE/models--ORG--NAME/trees/<commit>.json         every file of the commit
 
+Offline (``HF_HUB_OFFLINE``) the revision is read from ``refs/`` and the commit's files from
+``trees/``, as huggingface_hub reads them (``ref_commit``, ``recorded``).
+
 A blob is the LFS sha256 or the git blob sha1 of its bytes. It is downloaded as
 ``blobs/<etag>.blobdl-part`` (the engine's ``-tmp``/``-state`` beside it while it runs, so
 an interrupted download resumes), checked, and renamed onto ``blobs/<etag>``: a blob
@@ -34,15 +37,33 @@ from ._disk import (
     inside,
     make_dirs,
     move_into_place,
+    read_tree,
     staged_path,
     tag_cache_dir,
     write_tree,
 )
-from ._repo import Repo, RepoFile
+from ._repo import Repo, RepoFile, is_commit
+
+
+def ref_commit(cache_dir: Path, repo: Repo, revision: str) -> str | None:
+    """The commit ``revision`` names in the cache, without the Hub, as huggingface_hub finds
+    it offline: a commit names itself, a branch, tag or PR ref its ``refs/`` file; None if
+    that file is not there or names no commit."""
+    if is_commit(revision):
+        return revision
+    repo_dir = cache_dir / repo.folder
+    ref = repo_dir / "refs" / revision
+    inside(repo_dir, ref.parent)
+    with contextlib.suppress(LocalFileError, UnicodeDecodeError):
+        named = read_own(ref).decode()
+        return named if is_commit(named) else None
+    return None
 
 
 class CacheLayout:
     """One repository's part of the cache, at one commit."""
+
+    kind = "cache"
 
     def __init__(self, cache_dir: Path, repo: Repo, commit: str) -> None:
         self.cache_dir, self.commit = cache_dir, commit
@@ -68,6 +89,11 @@ class CacheLayout:
             make_dirs(folder)
         tag_cache_dir(self.cache_dir)
         write_tree(self.repo_dir, self.commit, files)
+
+    def recorded(self) -> list[RepoFile] | None:
+        """Every file of the commit, as ``trees/<commit>.json`` lists them (None: no record)."""
+        inside(self.repo_dir, self.repo_dir / "trees")
+        return read_tree(self.repo_dir, self.commit)
 
     def key(self, f: RepoFile) -> str:
         """Files with the same bytes share one blob: one download."""

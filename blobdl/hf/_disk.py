@@ -13,12 +13,12 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import BadResponse, DigestMismatch, LocalFileError
+from ..errors import BadResponse, DigestMismatch, IntegrityError, LocalFileError
 from ..store._destination import temp_path
-from ..store._files import atomic_write, local_errors, open_own, take_lock
+from ..store._files import atomic_write, local_errors, open_own, read_own, take_lock
 from ..store._lock import DestinationLock
 from ..store._resume import state_path
-from ._repo import RepoFile, git_blob_sha1
+from ._repo import RepoFile, check_listing, git_blob_sha1, recorded_file
 
 # huggingface_hub's tag, byte for byte (_local_folder.py): backup tools skip the folder.
 CACHEDIR_TAG = (
@@ -112,6 +112,24 @@ def write_tree(folder: Path, commit: str, files: Sequence[RepoFile]) -> None:
     make_dirs(folder / "trees")
     text = json.dumps(record, indent=1).encode()
     atomic_write(folder / "trees" / f"{commit}.json", text, mode=0o600, exact_mode=True)
+
+
+def read_tree(folder: Path, commit: str) -> list[RepoFile] | None:
+    """``trees/<commit>.json`` read back (``write_tree``'s, or huggingface_hub's), its paths
+    checked as a listing's are; None if it is not there or not such a record, as
+    huggingface_hub ignores one it cannot read."""
+    path = folder / "trees" / f"{commit}.json"
+    where = str(path)
+    try:
+        record = json.loads(read_own(path))
+        if record["format_version"] != TREE_FORMAT:
+            return None
+        files = [recorded_file(p, entry, where) for p, entry in record["files"].items()]
+        check_listing(files, where)
+    except (LocalFileError, IntegrityError, ValueError, LookupError, TypeError, AttributeError,
+            RecursionError):  # fmt: skip
+        return None
+    return files
 
 
 def staged_path(final: Path) -> Path:

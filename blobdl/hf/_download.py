@@ -6,6 +6,7 @@ choose the files asked for (``_repo``), leave out those already there, download 
 under one connection budget (``download_many``: a big file is split into parts like any
 blob; LFS files are checked by their sha256, git files by their blob sha1), move each into
 place once checked, then link the snapshot and write the ref (``_cache``, ``_local_dir``).
+Under ``HF_HUB_OFFLINE`` the Hub is never asked: what the disk already holds is the answer.
 Two runs that share a folder take turns on each blob, on huggingface_hub's own lock files.
 """
 
@@ -17,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from ..batch._scheduler import BatchCallback, Item, download_many
 from ..config import Settings, overridden
@@ -26,11 +27,11 @@ from ..events import DownloadResult, Event
 from ..store._destination import sync_dir_quietly
 from ..store._lock import in_turns
 from . import _env
-from ._cache import CacheLayout
 from ._disk import leftovers
 from ._hub import Hub
-from ._local_dir import LocalDirLayout
-from ._repo import Repo, RepoFile, check_revision, is_commit, parse_repo, select
+from ._layouts import Layout, layout_for
+from ._offline import on_disk
+from ._repo import Repo, RepoFile, Wanted, check_revision, is_commit, parse_repo
 
 
 class HfStarted(NamedTuple):
@@ -82,23 +83,6 @@ class HfResult:
         return sum(d.bytes_received for d in self.downloads)
 
 
-class Layout(Protocol):
-    """Where the files go: huggingface_hub's cache (``CacheLayout``) or a local folder."""
-
-    @property
-    def where(self) -> Path: ...
-    def prepare(self, files: Sequence[RepoFile]) -> None: ...
-    def key(self, f: RepoFile) -> str: ...
-    def present(self, f: RepoFile) -> bool: ...
-    def have(self, f: RepoFile) -> bool: ...
-    def staging(self, f: RepoFile) -> Path: ...
-    def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]: ...
-    def place(self, f: RepoFile, where: str) -> Path: ...
-    def link(self, f: RepoFile) -> None: ...
-    def finish(self, revision: str) -> None: ...
-    def file_path(self, f: RepoFile) -> Path: ...
-
-
 def hf_download(
     repo_id: str,
     paths: Sequence[str] = (),
@@ -119,7 +103,9 @@ def hf_download(
     ``include``/``exclude`` globs) into huggingface_hub's cache (``cache_dir``, default
     ``$HF_HUB_CACHE``) or into ``local_dir``. The Hub is ``endpoint`` or ``$HF_ENDPOINT``;
     the token ``token``, ``$HF_TOKEN`` or huggingface_hub's token file. Every file shares
-    ``connections`` connections, as in ``download_many``."""
+    ``connections`` connections, as in ``download_many``. With ``$HF_HUB_OFFLINE`` on, no
+    request is sent: the files come from the disk if all are there, else
+    ``OfflineNotCached``."""
     started = time.monotonic()
     # blobdl's own content-addressed cache stays out of it: huggingface_hub's is the cache.
     base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)
@@ -128,33 +114,45 @@ def hf_download(
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
     if cache_dir is not None and local_dir is not None:
         raise UsageError("give a cache dir or a local dir, not both")
+    wanted = Wanted(paths, include, exclude)
+    offline = _env.offline()
+    if offline is not None:  # not one request: the disk serves it all, or nothing is done
+        held = on_disk(repo, revision, wanted, cache_dir, local_dir, offline)
+        look = _Look(held.commit, held.layout, held.chosen, [], [], [])
+        _tell_started(on_event, repo, revision, look)
+        return _result(repo, revision, look, {}, started)
     hub = Hub(_env.endpoint(given=endpoint), repo, _env.token(token), base)
     try:
-        look = _look(hub, revision, _Wanted(paths, include, exclude), cache_dir, local_dir)
+        look = _look(hub, revision, wanted, cache_dir, local_dir)
     finally:
         hub.close()  # no socket of ours may be inherited by the downloads' processes
+    _tell_started(on_event, repo, revision, look)
     layout, chosen = look.layout, look.chosen
-    if on_event is not None:
-        needed = sum(f.size for f in look.to_fetch)
-        on_event(
-            HfStarted(str(repo), revision, look.commit, len(chosen), len(look.missing), needed)
-        )
     fetcher = _Fetcher(layout, hub, look.commit, base, on_event)
     fetched = fetcher.fetch_all(look.blobs)
     fetcher.tidy(chosen)
     for f in chosen:
         layout.link(f)
     layout.finish(revision)
-    files = tuple(HfFile(f.path, f.size, layout.file_path(f), fetched.get(f.path)) for f in chosen)
-    return HfResult(
-        str(repo), revision, look.commit, layout.where, files, time.monotonic() - started
+    return _result(repo, revision, look, fetched, started)
+
+
+def _tell_started(on_event: HfCallback | None, repo: Repo, revision: str, look: _Look) -> None:
+    if on_event is not None:
+        needed = sum(f.size for f in look.to_fetch)
+        chosen, missing = len(look.chosen), len(look.missing)
+        on_event(HfStarted(str(repo), revision, look.commit, chosen, missing, needed))
+
+
+def _result(
+    repo: Repo, revision: str, look: _Look, fetched: dict[str, DownloadResult], started: float
+) -> HfResult:
+    layout = look.layout
+    files = tuple(
+        HfFile(f.path, f.size, layout.file_path(f), fetched.get(f.path)) for f in look.chosen
     )
-
-
-class _Wanted(NamedTuple):
-    paths: Sequence[str]
-    include: Sequence[str] | None
-    exclude: Sequence[str] | None
+    elapsed = time.monotonic() - started
+    return HfResult(str(repo), revision, look.commit, layout.where, files, elapsed)
 
 
 class _Look(NamedTuple):
@@ -171,7 +169,7 @@ class _Look(NamedTuple):
 def _look(
     hub: Hub,
     revision: str,
-    wanted: _Wanted,
+    wanted: Wanted,
     cache_dir: str | os.PathLike[str] | None,
     local_dir: str | os.PathLike[str] | None,
 ) -> _Look:
@@ -180,9 +178,8 @@ def _look(
     file later."""
     commit = revision if is_commit(revision) else hub.commit(revision)
     listing = hub.files(commit)
-    where = {"repo": str(hub.repo), "revision": revision}
-    chosen = select(listing, wanted.paths, wanted.include, wanted.exclude, **where)
-    layout = _layout(hub.repo, commit, cache_dir, local_dir)
+    chosen = wanted.pick(listing, hub.repo, revision)
+    layout = layout_for(hub.repo, commit, cache_dir, local_dir)
     layout.prepare(listing)
     missing = [f for f in chosen if not layout.present(f)]
     blobs = list({layout.key(f): f for f in reversed(missing)}.values())[::-1]
@@ -190,17 +187,6 @@ def _look(
     if to_fetch:
         hub.check_access(commit, to_fetch[0].path)
     return _Look(commit, layout, chosen, missing, blobs, to_fetch)
-
-
-def _layout(
-    repo: Repo,
-    commit: str,
-    cache_dir: str | os.PathLike[str] | None,
-    local_dir: str | os.PathLike[str] | None,
-) -> Layout:
-    if local_dir is not None:
-        return LocalDirLayout(Path(local_dir), commit)
-    return CacheLayout(Path(cache_dir) if cache_dir is not None else _env.hub_cache(), repo, commit)
 
 
 class _Fetcher:

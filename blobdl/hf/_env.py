@@ -26,6 +26,18 @@ def endpoint(environ: Mapping[str, str] = os.environ, given: str | None = None) 
     return url
 
 
+def offline(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The variable that puts huggingface_hub offline, or None: ``$HF_HUB_OFFLINE``, else
+    (unset or empty) ``$TRANSFORMERS_OFFLINE``, on when ``1``, ``ON``, ``YES`` or ``TRUE``
+    in any case and nothing else (``0``, ``false``, `` 1`` are off), as ``constants.py``
+    reads it: a job that sets it for its readers means no request to the Hub at all."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = environ.get(name)
+        if value:
+            return name if value.upper() in _TRUE else None
+    return None
+
+
 # The folders below are read as huggingface_hub reads them, ``os.getenv(name, default)``: a
 # variable set empty counts (``HF_HOME=`` is ``./hub``), for transformers looks there too.
 

@@ -29,13 +29,26 @@ from ..store import _files
 from ..store._digest import sha256_fd
 from ..store._files import atomic_write, local_errors, read_own
 from . import _disk
-from ._repo import RepoFile, git_blob_sha1
+from ._repo import RepoFile, git_blob_sha1, is_commit
 
 BOOKKEEPING = ".cache/huggingface"
 
 
+def held_commits(root: Path) -> list[str]:
+    """The commits whose listing the local dir keeps (``trees/<commit>.json``): it records
+    no branch, so offline a branch or tag is read as the commit it holds, if one."""
+    trees = _disk.inside(root, root / BOOKKEEPING / "trees")
+    try:
+        names = os.listdir(trees)
+    except OSError:
+        return []
+    return sorted(c for n in names if n.endswith(".json") and is_commit(c := n[: -len(".json")]))
+
+
 class LocalDirLayout:
     """A folder of the user's holding the files of one commit."""
+
+    kind = "local dir"
 
     def __init__(self, root: Path, commit: str) -> None:
         self.root, self.commit = root, commit
@@ -57,6 +70,11 @@ class LocalDirLayout:
         if not os.path.lexists(self.meta / ".gitignore"):
             atomic_write(self.meta / ".gitignore", b"*", mode=0o666, durable=False)
         _disk.write_tree(self.meta, self.commit, files)
+
+    def recorded(self) -> list[RepoFile] | None:
+        """Every file of the commit, as ``trees/<commit>.json`` lists them (None: no record)."""
+        self.in_root.check(self.meta / "trees")
+        return _disk.read_tree(self.meta, self.commit)
 
     def key(self, f: RepoFile) -> str:
         return f.path

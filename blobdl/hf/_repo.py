@@ -176,6 +176,18 @@ def parse_tree_page(doc: Any, where: str) -> list[RepoFile]:
     return files
 
 
+def recorded_file(path: object, record: object, where: str) -> RepoFile:
+    """A file from its entry in ``trees/<commit>.json`` (``tree_record`` read back), checked
+    as the Hub's listing is: the record on disk decides what is joined under our folders."""
+    if not isinstance(record, dict):
+        raise BadResponse(where, f"{path!r:.200}: its record is not a JSON object")
+    lfs = record.get("lfs_sha256")
+    entry = {"path": path, "size": record.get("size"), "oid": record.get("blob_id"),
+             "lfs": None if lfs is None else {"oid": lfs, "size": record.get("lfs_size")},
+             "xetHash": record.get("xet_hash")}  # fmt: skip
+    return _file(entry, where)
+
+
 def _file(entry: dict[str, Any], where: str) -> RepoFile:
     path = check_path(entry.get("path"), where)
     size = _count(entry.get("size"), where, path)
@@ -218,6 +230,18 @@ def check_listing(files: Sequence[RepoFile], where: str) -> None:
 
 
 # --- which files ------------------------------------------------------------------------------
+
+
+class Wanted(NamedTuple):
+    """The files a call asks for: PATHs, then include/exclude patterns (``select``)."""
+
+    paths: Sequence[str]
+    include: Sequence[str] | None
+    exclude: Sequence[str] | None
+
+    def pick(self, files: Iterable[RepoFile], repo: Repo, revision: str) -> list[RepoFile]:
+        where = {"repo": str(repo), "revision": revision}
+        return select(files, self.paths, self.include, self.exclude, **where)
 
 
 def select(

@@ -223,6 +223,7 @@ def test_errors_pickle_with_their_fields() -> None:
         blobdl.ModelNotFound("x/library/m:7b"),
         blobdl.AuthRefused("http://x/token", "HTTP 401"),
         blobdl.UnsupportedManifest("x/library/m:7b", "application/vnd.oci.image.index.v1+json"),
+        blobdl.OfflineNotCached("HF_HUB_OFFLINE", "acme/tiny", "main", "no ref for 'main'"),
     ]
     for error in errors:
         clone = pickle.loads(pickle.dumps(error))

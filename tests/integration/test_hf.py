@@ -101,13 +101,20 @@ def _fresh(hub: HubHandle) -> None:
 
 
 def blobdl_hf(
-    hub: HubHandle, home: Path, *args: str, token: str | None = None, then: tuple[str, ...] = ()
+    hub: HubHandle,
+    home: Path,
+    *args: str,
+    token: str | None = None,
+    then: tuple[str, ...] = (),
+    offline: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m blobdl hf ARGS`` with this Hub, a home of its own and ``$HF_TOKEN`` (the
-    options ``then`` after ``FAST``, to override them)."""
+    """``python -m blobdl hf ARGS`` with this Hub, a home of its own, ``$HF_TOKEN`` and
+    ``$HF_HUB_OFFLINE`` (the options ``then`` after ``FAST``, to override them)."""
     env = hf_env(hub.url, home)
     if token is not None:
         env["HF_TOKEN"] = token
+    if offline is not None:
+        env["HF_HUB_OFFLINE"] = offline
     return subprocess.run(
         [sys.executable, "-m", "blobdl", "hf", *args, *FAST, *then],
         capture_output=True,
@@ -427,6 +434,173 @@ def test_two_runs_sharing_a_cache_fetch_each_blob_once(
     assert contents(snapshot) == repos["acme/big"].contents[repos["acme/big"].refs["main"]]
 
 
+# --- HF_HUB_OFFLINE: the cache alone ----------------------------------------------------------
+
+
+def quiet_hub(hub: HubHandle, since: int) -> bool:
+    """Not one request reached the Hub since ``since``, nor its storage since the reset."""
+    return len(hub.log()) == since and hub.storage.stats()["requests"] == 0
+
+
+def test_offline_a_complete_snapshot_is_served_from_the_cache_without_one_request(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """``HF_HUB_OFFLINE=1`` as huggingface_hub reads it: a branch, tag or PR ref through
+    ``refs/``, a commit as itself; the run prints what a finished run prints."""
+    tiny = repos["acme/tiny"]
+    cache = str(tmp_path / "cache")
+    online = {}
+    for revision in ("main", "v1.0", "refs/pr/1", tiny.refs["dev"]):
+        done = blobdl_hf(hub, tmp_path, "acme/tiny", "--revision", revision, "--cache-dir", cache)
+        assert done.returncode == 0, done.stderr
+        online[revision] = done.stdout
+    hub.reset()
+    before = len(hub.log())
+    for revision, printed in online.items():
+        done = blobdl_hf(hub, tmp_path, "acme/tiny", "--revision", revision, "--cache-dir",
+                         cache, offline="1")  # fmt: skip
+        assert (done.returncode, done.stdout) == (0, printed), done.stderr
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", cache, "--json", offline="YES")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert summary["event"] == "hf_finished" and summary["commit"] == tiny.refs["main"]
+    assert summary["bytes_fetched"] == 0 and not any(f["fetched"] for f in summary["files"])
+    assert len(summary["files"]) == len(tiny.contents[tiny.refs["main"]])
+    assert quiet_hub(hub, before)
+
+
+def test_offline_the_files_asked_for_are_enough(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """A PATH or patterns ask for some files: those being there is complete, as
+    ``snapshot_download(allow_patterns=...)`` offline; asking for more names what lacks."""
+    cache = str(tmp_path / "cache")
+    some = ("--include", "*.json", "--exclude", "copy/")
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", *some, "--cache-dir", cache)
+    assert done.returncode == 0, done.stderr
+    hub.reset()
+    before = len(hub.log())
+    again = blobdl_hf(hub, tmp_path, "acme/tiny", *some, "--cache-dir", cache, offline="1")
+    assert (again.returncode, again.stdout) == (0, done.stdout), again.stderr
+    one = blobdl_hf(hub, tmp_path, "acme/tiny", "config.json", "--cache-dir", cache, offline="1")
+    assert (one.returncode, one.stdout) == (0, done.stdout), one.stderr
+    every = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", cache, offline="1")
+    assert every.returncode == 2, every.stderr
+    lines = every.stderr.strip().splitlines()
+    assert len(lines) == 1 and "HF_HUB_OFFLINE" in lines[0], lines
+    assert "missing from the cache, 5 of the 7 files asked for:" in lines[0], lines
+    assert "'copy/config.json'" in lines[0], lines
+    nope = blobdl_hf(hub, tmp_path, "acme/tiny", "nope.bin", "--cache-dir", cache, offline="1")
+    assert nope.returncode == 3 and "file not found: acme/tiny has no 'nope.bin'" in nope.stderr
+    assert quiet_hub(hub, before)
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        ("nothing", "no ref for revision 'main' in the cache"),
+        ("link", "missing from the cache, 1 of the 7 files asked for: 'sub/dir/notes.txt'"),
+        ("blob", "missing from the cache, 1 of the 7 files asked for: 'model.safetensors'"),
+        ("tree", "no record of the files of commit"),
+        ("ref", "no ref for revision 'main' in the cache"),
+    ],
+)
+def test_offline_a_snapshot_not_complete_is_one_usage_line_naming_what_lacks(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, damage: str, words: str
+) -> None:
+    """Never a partial snapshot handed over as complete, never a request to fill it in:
+    exit 2 (the environment forbids what the run needs), one line, naming
+    ``HF_HUB_OFFLINE`` and what is missing."""
+    tiny = repos["acme/tiny"]
+    cache = tmp_path / "cache"
+    repo = cache / "models--acme--tiny"
+    commit = tiny.refs["main"]
+    if damage != "nothing":
+        done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(cache))
+        assert done.returncode == 0, done.stderr
+    if damage == "link":
+        (repo / "snapshots" / commit / "sub" / "dir" / "notes.txt").unlink()
+    elif damage == "blob":
+        blob = os.readlink(repo / "snapshots" / commit / "model.safetensors")
+        (repo / "snapshots" / commit / blob).resolve().unlink()
+    elif damage == "tree":
+        (repo / "trees" / f"{commit}.json").unlink()
+    elif damage == "ref":
+        (repo / "refs" / "main").unlink()
+    hub.reset()
+    before = len(hub.log())
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(cache), offline="1")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("blobdl: error: HF_HUB_OFFLINE"), lines
+    assert words in lines[0], lines
+    assert done.stdout == ""
+    assert quiet_hub(hub, before)
+
+
+def test_offline_a_local_dir_is_served_as_it_is_without_one_request(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """A local dir records no branch: it holds the commit its ``trees/`` names (one), checked
+    file by file against that commit's listing; a commit asked must be that one."""
+    tiny = repos["acme/tiny"]
+    local = tmp_path / "local"
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--local-dir", str(local))
+    assert done.returncode == 0, done.stderr
+    hub.reset()
+    before = len(hub.log())
+    for revision in ("main", tiny.refs["main"]):
+        again = blobdl_hf(hub, tmp_path, "acme/tiny", "--revision", revision, "--local-dir",
+                          str(local), offline="1")  # fmt: skip
+        assert (again.returncode, again.stdout) == (0, done.stdout), again.stderr
+    other = blobdl_hf(hub, tmp_path, "acme/tiny", "--revision", tiny.refs["dev"],
+                      "--local-dir", str(local), offline="1")  # fmt: skip
+    assert other.returncode == 2 and "HF_HUB_OFFLINE" in other.stderr, other.stderr
+    assert "no record of the files of commit" in other.stderr, other.stderr
+    (local / "tokenizer.json").unlink()
+    gone = blobdl_hf(hub, tmp_path, "acme/tiny", "--local-dir", str(local), offline="1")
+    assert gone.returncode == 2, gone.stderr
+    assert "missing from the local dir, 1 of the 7 files asked for: 'tokenizer.json'" in gone.stderr
+    nothing = blobdl_hf(hub, tmp_path, "acme/tiny", "--local-dir", str(tmp_path / "none"),
+                        offline="1")  # fmt: skip
+    assert nothing.returncode == 2 and "HF_HUB_OFFLINE" in nothing.stderr, nothing.stderr
+    assert not (tmp_path / "none").exists()
+    assert quiet_hub(hub, before)
+
+
+def test_offline_a_cache_huggingface_hub_filled_is_served_too(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Its ``refs/`` and ``trees/<commit>.json`` are read as blobdl's own, and so are the
+    copies it leaves where it does not link (``HF_HUB_DISABLE_SYMLINKS``)."""
+    cache = tmp_path / "cache"
+    env = hf_env(hub.url, tmp_path / "home")
+    got = call(env, "snapshot_download", repo_id="acme/tiny", revision="v1.0", cache_dir=str(cache))
+    assert "error" not in got, got
+    snapshot = Path(got["path"])
+    copied = snapshot / "model.safetensors"
+    data = copied.read_bytes()
+    copied.unlink()
+    copied.write_bytes(data)
+    hub.reset()
+    before = len(hub.log())
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--revision", "v1.0", "--cache-dir",
+                     str(cache), offline="1")  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, str(snapshot)), done.stderr
+    assert quiet_hub(hub, before)
+
+
+@pytest.mark.parametrize("value", ["0", "", "false", "no", "off", " 1"])
+def test_offline_values_huggingface_hub_reads_as_false_leave_the_hub_asked(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, value: str
+) -> None:
+    before = len(hub.log())
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "config.json", "--cache-dir",
+                     str(tmp_path / "cache"), offline=value)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert resolves(hub, before), "the Hub was not asked"
+
+
 # --- auth and errors --------------------------------------------------------------------------
 
 
@@ -669,6 +843,8 @@ def test_the_batch_is_given_the_largest_files_first_with_their_sizes(
 
     monkeypatch.setattr(story, "download_many", watched)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # the caller's, if set
+        monkeypatch.delenv(offline, raising=False)
     story.hf_download("acme/tiny", cache_dir=tmp_path / "c", endpoint=hub.url, token="")
     tiny = repos["acme/tiny"].contents[repos["acme/tiny"].refs["main"]]
     sizes = {n.rsplit("/", 1)[-1]: len(b) for n, b in tiny.items()}

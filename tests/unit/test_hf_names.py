@@ -5,6 +5,7 @@ claimed in turns."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from blobdl.errors import BadResponse, EntryNotFound, UsageError
 from blobdl.hf import _env
+from blobdl.hf._disk import read_tree, write_tree
 from blobdl.hf._repo import (
     RepoFile,
     check_listing,
@@ -271,3 +273,90 @@ def test_a_variable_set_empty_counts_as_huggingface_hub_counts_it(
     )
     cache, token_path = theirs.stdout.splitlines()
     assert (_env.hub_cache(environ), _env.token_path(environ)) == (Path(cache), Path(token_path))
+
+
+OFFLINE_CASES = [
+    {},
+    {"HF_HUB_OFFLINE": "1"},
+    {"HF_HUB_OFFLINE": "on"},
+    {"HF_HUB_OFFLINE": "Yes"},
+    {"HF_HUB_OFFLINE": "TRUE"},
+    {"HF_HUB_OFFLINE": "0"},
+    {"HF_HUB_OFFLINE": ""},
+    {"HF_HUB_OFFLINE": "false"},
+    {"HF_HUB_OFFLINE": "no"},
+    {"HF_HUB_OFFLINE": "off"},
+    {"HF_HUB_OFFLINE": " 1"},
+    {"HF_HUB_OFFLINE": "2"},
+    {"TRANSFORMERS_OFFLINE": "1"},
+    {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "1"},
+    {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "1"},
+    {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "0"},
+]
+
+
+def test_offline_is_on_exactly_when_huggingface_hub_reads_it_as_on() -> None:
+    """huggingface_hub itself is the judge, each case read at its import: ``1``, ``ON``,
+    ``YES``, ``TRUE`` in any case; ``$TRANSFORMERS_OFFLINE`` only where ``$HF_HUB_OFFLINE``
+    is unset or empty; anything else (``0``, ``false``, `` 1``) is off. The variable named
+    is the one that switched it on."""
+    import subprocess
+    import sys
+
+    read = (
+        "import importlib, json, os, sys\n"
+        "import huggingface_hub.constants as c\n"
+        "for case in json.loads(sys.argv[1]):\n"
+        "    for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'):\n"
+        "        os.environ.pop(k, None)\n"
+        "    os.environ.update(case)\n"
+        "    print(importlib.reload(c).HF_HUB_OFFLINE)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    theirs = subprocess.run(
+        [sys.executable, "-c", read, json.dumps(OFFLINE_CASES)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    judged = [line == "True" for line in theirs.stdout.splitlines()]
+    assert len(judged) == len(OFFLINE_CASES), theirs.stderr
+    ours = [_env.offline(case) for case in OFFLINE_CASES]
+    assert [name is not None for name in ours] == judged
+    assert ours[1] == "HF_HUB_OFFLINE" and ours[12] == ours[13] == "TRANSFORMERS_OFFLINE"
+
+
+def test_a_tree_record_reads_back_as_written(tmp_path: Path) -> None:
+    """What offline trusts to say which files a commit has: ``write_tree`` read back."""
+    files = [RepoFile("w.bin", 5, SHA1, SHA256, 5, "c" * 64), RepoFile("a/b.txt", 3, "d" * 40)]
+    write_tree(tmp_path, "e" * 40, files)
+    assert read_tree(tmp_path, "e" * 40) == sorted(files)
+    assert read_tree(tmp_path, "f" * 40) is None
+
+
+def _record(files: object, version: int = 1) -> str:
+    return json.dumps({"format_version": version, "files": files})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _record({"../../x": {"size": 1, "blob_id": SHA1}}),
+        _record({"a": {"size": 1, "blob_id": "../x"}}),
+        _record({"a": {"size": 1, "blob_id": SHA1, "lfs_sha256": "..", "lfs_size": 1}}),
+        _record({"a": {"size": 1, "blob_id": SHA1}, "a/b": {"size": 1, "blob_id": SHA1}}),
+        _record({"a": {"size": -1, "blob_id": SHA1}}),
+        _record({"a": []}),
+        _record([]),
+        _record({}, version=2),
+        "[]",
+        "{",
+        "[" * 100_000,
+        "\udcff",
+    ],
+    ids=["path-out", "blob-out", "lfs-out", "file-and-folder", "size", "entry", "files", "format",
+         "list", "truncated", "deep", "not-utf8"],
+)  # fmt: skip
+def test_a_tree_record_that_could_lead_us_astray_is_no_record(tmp_path: Path, text: str) -> None:
+    """Read as the Hub's listing is checked: a record on disk never chooses where we look."""
+    (tmp_path / "trees").mkdir()
+    (tmp_path / "trees" / f"{SHA1}.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert read_tree(tmp_path, SHA1) is None
