@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from ..batch._cluster_ask import checked, said_if_silent
+from ..batch._cluster_ask import Silent, Workers, ask, checked, said_if_silent
 from ..batch._cluster_connect import connect
 from ..batch._cluster_run import Run, task_error
 from ..batch._cluster_worker import Channel, Relay, Sent, Stopped
@@ -102,13 +102,23 @@ def _stores(
     client: Any, given: str | None, default_dir: Callable[[], Path], within: float
 ) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     """The workers' names, and {worker address: the store it sees}; a ClusterError unless
-    every worker runs this blobdl."""
+    every worker runs this blobdl and says which store it sees within ``within`` seconds:
+    no store is said to have the model unless it was looked at."""
     workers = checked(client, within)
-    stores: dict[str, tuple[str, str]] = client.run(_store_seen, given, default_dir)
-    if not stores:  # "every worker" of none: the model would be put nowhere, exit 0
+    if not workers.names:  # "every worker" of none: the model would be put nowhere, exit 0
         address = client.scheduler.address
         raise ClusterError(f"the Dask cluster at {address} has no worker to pull into")
-    return workers.names, stores
+    if workers.silent:
+        raise workers.unanswered()
+    seen = ask(client, _store_seen, given, default_dir, within=within)
+    names = {a: workers.names.get(a, a) for a in seen}
+    silent = [a for a, store in seen.items() if isinstance(store, Silent)]
+    if silent:
+        raise Workers(names, silent, within).unanswered()
+    for address, store in seen.items():
+        if isinstance(store, BaseException):
+            raise ClusterError(f"worker {names[address]} cannot say which store it sees: {store}")
+    return names, seen
 
 
 class _Left:

@@ -671,6 +671,31 @@ def test_a_worker_killed_mid_pull_does_not_leave_the_pull_waiting_for_ever(
     assert_store(cluster.root / f"models-{victim}", registry, model, alone=False)
 
 
+def test_pull_on_every_worker_with_a_worker_that_never_answers_names_it_and_pulls_nowhere(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Each worker is asked which store it sees; one that never answers (stopped; the
+    scheduler still counts it) is given the stall timeout, then named: no store is said to
+    have the model that was not looked at."""
+    stores = {name: {"OLLAMA_MODELS": str(tmp_path / name)} for name in ("w-a", "w-b")}
+    own = start_cluster(tmp_path / "dask", stores)
+    stopped = psutil.Process(own.worker_pids()["w-b"])
+    try:
+        model = registry.push_model("library/silent", "v1", (100 * KB,))
+        stopped.suspend()
+        args = ("--scheduler", own.address, "--every-worker", "--stall-timeout", "2")
+        done = run_cli("pull", ref(registry, model), *args, timeout=STOP_GRACE_LESS)
+    finally:
+        stopped.resume()
+        own.stop()
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert done.stderr.splitlines() == [
+        "blobdl: error: worker w-b of the Dask cluster did not answer within 2 s"
+    ]
+    assert done.stdout == ""
+    assert not (tmp_path / "w-a").exists()
+
+
 # --- the library, on an embedded LocalCluster ---------------------------------------------------
 
 
