@@ -54,11 +54,14 @@ class DaskCluster:
         address: str = json.loads(self.scheduler_file.read_text())["address"]
         return address
 
-    def start_scheduler(self) -> None:
-        command = [*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0"]
+    def start_scheduler(
+        self, env: dict[str, str] | None = None, flags: tuple[str, ...] = ()
+    ) -> None:
+        """The scheduler; ``flags`` are its Python's, ``env`` added to its environment."""
+        command = [*dask_command(*flags), "scheduler", "--host", "127.0.0.1", "--port", "0"]
         command += ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
         command += ["--scheduler-file", str(self.scheduler_file)]
-        self.scheduler = self._popen(command, self.env, "scheduler")
+        self.scheduler = self._popen(command, {**self.env, **(env or {})}, "scheduler")
         _until(self.scheduler_file.exists, "the scheduler's address file")
 
     def start_worker(

@@ -1,5 +1,5 @@
-"""Asking a Dask cluster's workers, each within a time limit; and the check that every one
-runs this blobdl before any task of ours reaches it.
+"""Asking a Dask cluster's workers, each within a time limit; and the check that the
+scheduler and every worker run this blobdl before any task of ours reaches them.
 
 ``Client.run`` waits for every worker's answer, and a worker that gives none (stopped,
 swapping, its machine gone without a word: the scheduler counts it until its heartbeats have
@@ -8,7 +8,8 @@ all at once on the client's event loop, and one silent for ``within`` seconds is
 
 A task that reaches a worker without blobdl kills that worker (Dask cannot read the task
 off its stream), and the run would wait for another for ever; a worker with another blobdl
-would run other code. Each is named before anything is submitted.
+would run other code; a scheduler without blobdl fails every task (it reads them). Each is
+named before anything is submitted.
 """
 
 from __future__ import annotations
@@ -73,15 +74,17 @@ def names(client: Any) -> dict[str, str]:
 
 
 def checked(client: Any, within: float) -> Workers:
-    """The cluster's workers, once each that answers runs this blobdl; a ClusterError
-    naming each that does not (it cannot import blobdl, or has another version)."""
+    """The cluster's workers, once the scheduler and each worker that answers run this
+    blobdl; a ClusterError naming each that does not (it cannot import blobdl, or has
+    another version)."""
     answers = ask(client, version, within=within)
     known = names(client)
     named = {address: known.get(address, address) for address in answers}
-    wrong = sorted(w for a, answer in answers.items() if (w := _wrong(named[a], answer)))
-    if wrong:
-        said = "; ".join(wrong)
-        raise ClusterError(f"the Dask workers must run this blobdl ({__version__}): {said}")
+    wrong = sorted(_wrong(f"worker {named[a]}", answer) for a, answer in answers.items())
+    wrong.insert(0, _wrong("the scheduler", _scheduler_version(client)))
+    if any(wrong):
+        said = "; ".join(w for w in wrong if w)
+        raise ClusterError(f"the Dask cluster must run this blobdl ({__version__}): {said}")
     silent = [a for a, answer in answers.items() if isinstance(answer, Silent)]
     return Workers(named, silent, within)
 
@@ -93,11 +96,20 @@ def said_if_silent(workers: Workers) -> None:
         log.warning("%s: what Dask sends there waits for it", workers.unanswered())
 
 
-def _wrong(name: str, answer: Any) -> str:
-    """What is wrong with a worker's blobdl ("" if nothing is, or it did not answer)."""
+def _scheduler_version(client: Any) -> Any:
+    """The scheduler's blobdl version, or why it has none: it reads every task's function
+    and arguments (ours), and fails them all if it cannot."""
+    try:
+        return client.run_on_scheduler(version)
+    except Exception as exc:
+        return exc
+
+
+def _wrong(who: str, answer: Any) -> str:
+    """What is wrong with the blobdl of ``who`` ("" if nothing is, or it did not answer)."""
     if isinstance(answer, BaseException):
         said = answer if type(answer) is Exception else repr(answer)  # (Dask's repr of it)
-        return f"worker {name} cannot import it: {said}"
+        return f"{who} cannot import it: {said}"
     if isinstance(answer, str) and answer != __version__:
-        return f"worker {name} runs blobdl {answer}"
+        return f"{who} runs blobdl {answer}"
     return ""

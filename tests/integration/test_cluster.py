@@ -142,7 +142,7 @@ def test_an_address_that_is_not_a_dask_scheduler_is_one_clear_error_not_a_hang(
 
 
 def without_blobdl() -> dict[str, Any]:
-    """A worker whose Python imports Dask and not blobdl: no site (so no editable install's
+    """A Dask process whose Python imports Dask and not blobdl: no site (so no editable install's
     finder), the environment's site-packages on its path alone."""
     return {"flags": ("-S",), "env": {"PYTHONPATH": sysconfig.get_path("purelib")}}
 
@@ -177,13 +177,35 @@ def test_workers_that_cannot_run_this_blobdl_are_one_clear_error_naming_them_not
             done = run_cli(*args, timeout=STOP_GRACE_LESS)
             assert done.returncode == 3, (args, done.stdout, done.stderr)
             assert done.stderr.splitlines() == [
-                f"blobdl: error: the Dask workers must run this blobdl ({__version__}): worker bare"
+                f"blobdl: error: the Dask cluster must run this blobdl ({__version__}): worker bare"
                 """ cannot import it: ModuleNotFoundError("No module named 'blobdl'"); worker old"""
                 " runs blobdl 0.0.1"
             ]
         assert sorted(own.worker_pids()) == ["bare", "old"]  # none was killed by a task
     finally:
         own.stop()
+
+
+def test_a_scheduler_that_cannot_run_this_blobdl_is_one_clear_error_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The scheduler reads every task (ours are blobdl's functions and records): without
+    blobdl it would fail each item with Dask's words about environments."""
+    own = DaskCluster(tmp_path / "dask", {})
+    try:
+        own.start_scheduler(**without_blobdl())
+        own.start_worker("w-a")
+        own.worker_pids()
+        lines = ["http://127.0.0.1:9/x.bin " + str(tmp_path / "x.bin")]
+        done = run_cli("-i", manifest(tmp_path, lines), "--scheduler", own.address)
+    finally:
+        own.stop()
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert done.stderr.splitlines() == [
+        f"blobdl: error: the Dask cluster must run this blobdl ({__version__}): the scheduler"
+        """ cannot import it: ModuleNotFoundError("No module named 'blobdl'")"""
+    ]
+    assert done.stdout == ""
 
 
 # --- the budget, measured at the server ----------------------------------------------------
