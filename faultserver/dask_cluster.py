@@ -35,9 +35,9 @@ TEST_CONFIG = {
 }
 
 
-def dask_command() -> list[str]:
-    """The ``dask`` command of this interpreter's environment."""
-    return [sys.executable, str(Path(sys.executable).with_name("dask"))]
+def dask_command(*flags: str) -> list[str]:
+    """The ``dask`` command of this interpreter's environment (run with Python's ``flags``)."""
+    return [sys.executable, *flags, str(Path(sys.executable).with_name("dask"))]
 
 
 class DaskCluster:
@@ -54,15 +54,26 @@ class DaskCluster:
         address: str = json.loads(self.scheduler_file.read_text())["address"]
         return address
 
-    def start_scheduler(self) -> None:
-        command = [*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0"]
+    def start_scheduler(
+        self, env: dict[str, str] | None = None, flags: tuple[str, ...] = ()
+    ) -> None:
+        """The scheduler; ``flags`` are its Python's, ``env`` added to its environment."""
+        command = [*dask_command(*flags), "scheduler", "--host", "127.0.0.1", "--port", "0"]
         command += ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
         command += ["--scheduler-file", str(self.scheduler_file)]
-        self.scheduler = self._popen(command, self.env, "scheduler")
+        self.scheduler = self._popen(command, {**self.env, **(env or {})}, "scheduler")
         _until(self.scheduler_file.exists, "the scheduler's address file")
 
-    def start_worker(self, name: str, threads: int = 2, env: dict[str, str] | None = None) -> None:
-        command = [*dask_command(), "worker", "--scheduler-file", str(self.scheduler_file)]
+    def start_worker(
+        self,
+        name: str,
+        threads: int = 2,
+        env: dict[str, str] | None = None,
+        flags: tuple[str, ...] = (),
+    ) -> None:
+        """A worker (with its nanny); ``flags`` are its Python's, ``env`` added to its
+        environment."""
+        command = [*dask_command(*flags), "worker", "--scheduler-file", str(self.scheduler_file)]
         command += ["--host", "127.0.0.1", "--nthreads", str(threads), "--memory-limit", "0"]
         command += ["--no-dashboard", "--name", name, "--local-directory", str(self.root / name)]
         self.workers[name] = self._popen(command, {**self.env, **(env or {})}, name)

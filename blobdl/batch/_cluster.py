@@ -10,7 +10,6 @@ there; the connection budget is held across all workers with Dask's semaphores
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from typing import Any
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..errors import BlobdlError, Interrupted, LocalFileError
+from ._cluster_ask import Workers, checked, said_if_silent
 from ._cluster_budget import Budget, close
 from ._cluster_connect import connect
 from ._cluster_order import Sized, start_order
@@ -43,7 +43,9 @@ def download_many_on(
     firsts = first_of_each(batch)  # usage errors before anything is submitted
     outcomes = Outcomes(on_event)
     with connect(cluster, threads=max_connections) as client:
-        _said_if_no_worker(client)
+        workers = checked(client, settings.stall_timeout)
+        _said_if_no_worker(client, workers)
+        said_if_silent(workers)
         run = Run(client, None if on_event is None else outcomes.event)
         budget = Budget(run.name, max_connections, per_host)
         jobs = [
@@ -63,15 +65,14 @@ def download_many_on(
     return outcomes.of(batch, firsts)
 
 
-def _said_if_no_worker(client: Any) -> None:
+def _said_if_no_worker(client: Any, workers: Workers) -> None:
     """A cluster with no worker runs nothing until one joins (an adaptive cluster starts
     them as tasks come): the batch waits, and says so rather than wait in silence."""
-    with contextlib.suppress(Exception):  # a notice: never a reason to fail
-        if not client.scheduler_info().get("workers"):
-            address = client.scheduler.address
-            log.warning(
-                "the Dask cluster at %s has no worker yet: the batch waits for one to join", address
-            )
+    if not workers.names:
+        address = client.scheduler.address
+        log.warning(
+            "the Dask cluster at %s has no worker yet: the batch waits for one to join", address
+        )
 
 
 def _with_headers(settings: Settings, item: Item) -> Settings:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import pickle
 import queue
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from typing import Any
 from ..errors import BlobdlError, ClusterError
 from ..processes import _spare
 from ..processes._signals import interrupted
+from ._cluster_ask import ask
 from ._cluster_connect import dask
 from ._cluster_worker import Channel, Sent
 
@@ -178,18 +178,12 @@ class Run:
 
 
 def drop_spares(client: Any) -> None:
-    """Every worker ends the interpreters its task threads started ahead (``_spare``). Asked
-    from a thread of its own: Dask waits for every worker's answer, and one that gives none
-    (stopped, swapping; the scheduler still counts it) must not hold up the end of the run
-    for ever. Its spares end by themselves, unused, after their idle time."""
-
-    def drop() -> None:
-        with contextlib.suppress(Exception):
-            client.run(_spare.drop_all, on_error="ignore")
-
-    asking = threading.Thread(target=drop, name="blobdl-drop-spares", daemon=True)
-    asking.start()
-    asking.join(DROP_WAIT)
+    """Every worker ends the interpreters its task threads started ahead (``_spare``),
+    each given ``DROP_WAIT``: one that does not answer (stopped, swapping; the scheduler
+    still counts it) must not hold up the end of the run. Its spares end by themselves,
+    unused, after their idle time."""
+    with contextlib.suppress(Exception):
+        ask(client, _spare.drop_all, within=DROP_WAIT)
 
 
 def reachable(client: Any) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from ..batch._cluster_ask import Silent, Workers, ask, checked, said_if_silent
 from ..batch._cluster_connect import connect
 from ..batch._cluster_run import Run, task_error
 from ..batch._cluster_worker import Channel, Relay, Sent, Stopped
@@ -54,6 +55,7 @@ def on_one_worker(
     """``pull(ref, models_dir)`` on one of the cluster's workers; its PullResult."""
     tell = None if on_event is None else _events(on_event, tagged=False)
     with connect(cluster, threads=1) as client, Run(client, tell).open() as run:
+        said_if_silent(checked(client, settings.stall_timeout))
         args = (pull, run.channel, ref, _fspath(models_dir), settings)
         future = run.submit(_pull_here, *args, key="blobdl-pull")
         return _outcome(run, next(run.gather([future]))[1])
@@ -73,11 +75,7 @@ def on_every_store(
     tell = None if on_event is None else _events(on_event, tagged=True)
     given = _fspath(models_dir)
     with connect(cluster, threads=1) as client, Run(client, tell).open() as run:
-        stores: dict[str, tuple[str, str]] = client.run(_store_seen, given, default_dir)
-        if not stores:  # "every worker" of none: the model would be put nowhere, exit 0
-            address = client.scheduler.address
-            raise ClusterError(f"the Dask cluster at {address} has no worker to pull into")
-        names = {a: str(w.get("name", a)) for a, w in client.scheduler_info()["workers"].items()}
+        names, stores = _stores(client, given, default_dir, settings.stall_timeout)
         by_store: dict[tuple[str, str], list[str]] = {}
         for address, store in sorted(stores.items()):
             by_store.setdefault(store, []).append(address)
@@ -98,6 +96,29 @@ def on_every_store(
     if errors:
         raise errors[0]
     return results
+
+
+def _stores(
+    client: Any, given: str | None, default_dir: Callable[[], Path], within: float
+) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """The workers' names, and {worker address: the store it sees}; a ClusterError unless
+    every worker runs this blobdl and says which store it sees within ``within`` seconds:
+    no store is said to have the model unless it was looked at."""
+    workers = checked(client, within)
+    if not workers.names:  # "every worker" of none: the model would be put nowhere, exit 0
+        address = client.scheduler.address
+        raise ClusterError(f"the Dask cluster at {address} has no worker to pull into")
+    if workers.silent:
+        raise workers.unanswered()
+    seen = ask(client, _store_seen, given, default_dir, within=within)
+    names = {a: workers.names.get(a, a) for a in seen}
+    silent = [a for a, store in seen.items() if isinstance(store, Silent)]
+    if silent:
+        raise Workers(names, silent, within).unanswered()
+    for address, store in seen.items():
+        if isinstance(store, BaseException):
+            raise ClusterError(f"worker {names[address]} cannot say which store it sees: {store}")
+    return names, seen
 
 
 class _Left:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from typing import Any
 import psutil
 import pytest
 
+from blobdl._version import __version__
 from faultserver.dask_cluster import DaskCluster, start_cluster
 from faultserver.registry import Registry, start_registry
 from faultserver.serverctl import ServerHandle, start_server
@@ -133,6 +136,76 @@ def test_an_address_that_is_not_a_dask_scheduler_is_one_clear_error_not_a_hang(
     assert "no Dask scheduler answered within 1 s" in silent_one[2]
     assert tls[:2] == ["UsageError", 2] and "TLS" in tls[2], tls
     assert no_port[:2] == ["UsageError", 2], no_port
+
+
+# --- workers that cannot run this blobdl --------------------------------------------------------
+
+
+def without_blobdl() -> dict[str, Any]:
+    """A Dask process whose Python imports Dask and not blobdl: no site (so no editable install's
+    finder), the environment's site-packages on its path alone."""
+    return {"flags": ("-S",), "env": {"PYTHONPATH": sysconfig.get_path("purelib")}}
+
+
+def with_blobdl_version(root: Path, version: str) -> dict[str, Any]:
+    """A worker whose blobdl is this one under another version number."""
+    shutil.copytree(REPO / "blobdl", root / "blobdl", ignore=shutil.ignore_patterns("__pycache__"))
+    source = root / "blobdl" / "_version.py"
+    source.write_text(source.read_text().replace(f'"{__version__}"', f'"{version}"'))
+    return {"env": {"PYTHONPATH": str(root)}}
+
+
+def test_workers_that_cannot_run_this_blobdl_are_one_clear_error_naming_them_not_a_wait(
+    tmp_path: Path,
+) -> None:
+    """A task reaching a worker without blobdl kills the worker (Dask cannot read the task),
+    and the run would wait for a worker for ever; one with another blobdl would run other
+    code. Each is named, before anything is submitted, and the workers live on."""
+    own = DaskCluster(tmp_path / "dask", {})
+    try:
+        own.start_scheduler()
+        own.start_worker("bare", **without_blobdl())
+        own.start_worker("old", **with_blobdl_version(tmp_path / "old", "0.0.1"))
+        own.worker_pids()
+        lines = ["http://127.0.0.1:9/x.bin " + str(tmp_path / "x.bin")]
+        runs = [
+            ("-i", manifest(tmp_path, lines), "--scheduler", own.address),
+            ("pull", "llama3.2:1b", "--scheduler", own.address),
+            ("pull", "llama3.2:1b", "--scheduler", own.address, "--every-worker"),
+        ]
+        for args in runs:
+            done = run_cli(*args, timeout=STOP_GRACE_LESS)
+            assert done.returncode == 3, (args, done.stdout, done.stderr)
+            assert done.stderr.splitlines() == [
+                f"blobdl: error: the Dask cluster must run this blobdl ({__version__}): worker bare"
+                """ cannot import it: ModuleNotFoundError("No module named 'blobdl'"); worker old"""
+                " runs blobdl 0.0.1"
+            ]
+        assert sorted(own.worker_pids()) == ["bare", "old"]  # none was killed by a task
+    finally:
+        own.stop()
+
+
+def test_a_scheduler_that_cannot_run_this_blobdl_is_one_clear_error_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The scheduler reads every task (ours are blobdl's functions and records): without
+    blobdl it would fail each item with Dask's words about environments."""
+    own = DaskCluster(tmp_path / "dask", {})
+    try:
+        own.start_scheduler(**without_blobdl())
+        own.start_worker("w-a")
+        own.worker_pids()
+        lines = ["http://127.0.0.1:9/x.bin " + str(tmp_path / "x.bin")]
+        done = run_cli("-i", manifest(tmp_path, lines), "--scheduler", own.address)
+    finally:
+        own.stop()
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert done.stderr.splitlines() == [
+        f"blobdl: error: the Dask cluster must run this blobdl ({__version__}): the scheduler"
+        """ cannot import it: ModuleNotFoundError("No module named 'blobdl'")"""
+    ]
+    assert done.stdout == ""
 
 
 # --- the budget, measured at the server ----------------------------------------------------
@@ -618,6 +691,31 @@ def test_a_worker_killed_mid_pull_does_not_leave_the_pull_waiting_for_ever(
                     "--every-worker", "-q")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert_store(cluster.root / f"models-{victim}", registry, model, alone=False)
+
+
+def test_pull_on_every_worker_with_a_worker_that_never_answers_names_it_and_pulls_nowhere(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Each worker is asked which store it sees; one that never answers (stopped; the
+    scheduler still counts it) is given the stall timeout, then named: no store is said to
+    have the model that was not looked at."""
+    stores = {name: {"OLLAMA_MODELS": str(tmp_path / name)} for name in ("w-a", "w-b")}
+    own = start_cluster(tmp_path / "dask", stores)
+    stopped = psutil.Process(own.worker_pids()["w-b"])
+    try:
+        model = registry.push_model("library/silent", "v1", (100 * KB,))
+        stopped.suspend()
+        args = ("--scheduler", own.address, "--every-worker", "--stall-timeout", "2")
+        done = run_cli("pull", ref(registry, model), *args, timeout=STOP_GRACE_LESS)
+    finally:
+        stopped.resume()
+        own.stop()
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert done.stderr.splitlines() == [
+        "blobdl: error: worker w-b of the Dask cluster did not answer within 2 s"
+    ]
+    assert done.stdout == ""
+    assert not (tmp_path / "w-a").exists()
 
 
 # --- the library, on an embedded LocalCluster ---------------------------------------------------

@@ -1,0 +1,115 @@
+"""Asking a Dask cluster's workers, each within a time limit; and the check that the
+scheduler and every worker run this blobdl before any task of ours reaches them.
+
+``Client.run`` waits for every worker's answer, and a worker that gives none (stopped,
+swapping, its machine gone without a word: the scheduler counts it until its heartbeats have
+been missed for minutes) would hold the caller for ever. So each worker is asked on its own,
+all at once on the client's event loop, and one silent for ``within`` seconds is named.
+
+A task that reaches a worker without blobdl kills that worker (Dask cannot read the task
+off its stream), and the run would wait for another for ever; a worker with another blobdl
+would run other code; a scheduler without blobdl fails every task (it reads them). Each is
+named before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .._version import __version__, version
+from ..errors import ClusterError
+
+log = logging.getLogger("blobdl")
+
+
+class Silent(NamedTuple):
+    """The answer of a worker that gave none in time."""
+
+    within: float  # the seconds it was given
+
+
+class Workers(NamedTuple):
+    """The cluster's workers as a run found them."""
+
+    names: dict[str, str]  # {address: name}
+    silent: list[str]  # the addresses of those that did not answer in time
+    within: float
+
+    def unanswered(self) -> ClusterError:
+        """The error that names the workers that did not answer."""
+        which = ", ".join(self.names[a] for a in self.silent)
+        plural = "s" if len(self.silent) > 1 else ""
+        return ClusterError(
+            f"worker{plural} {which} of the Dask cluster did not answer within {self.within:g} s"
+        )
+
+
+def ask(client: Any, fn: Callable[..., Any], *args: Any, within: float) -> dict[str, Any]:
+    """{worker address: what ``fn(*args)`` returned there, the exception it raised there,
+    or ``Silent``}, for every worker of the cluster."""
+    addresses = list(client.scheduler_info()["workers"])
+
+    async def one(address: str) -> Any:
+        running = client.run(fn, *args, workers=[address], on_error="return", asynchronous=True)
+        try:
+            answers = await asyncio.wait_for(running, within)
+        except TimeoutError:
+            return Silent(within)
+        return answers.get(address, Silent(within))  # it left meanwhile
+
+    async def every() -> dict[str, Any]:
+        return dict(zip(addresses, await asyncio.gather(*map(one, addresses)), strict=True))
+
+    answers: dict[str, Any] = client.sync(every)
+    return answers
+
+
+def names(client: Any) -> dict[str, str]:
+    """{address: name} of the cluster's workers (a worker without a name: its address)."""
+    workers = client.scheduler_info()["workers"]
+    return {address: str(w.get("name", address)) for address, w in workers.items()}
+
+
+def checked(client: Any, within: float) -> Workers:
+    """The cluster's workers, once the scheduler and each worker that answers run this
+    blobdl; a ClusterError naming each that does not (it cannot import blobdl, or has
+    another version)."""
+    answers = ask(client, version, within=within)
+    known = names(client)
+    named = {address: known.get(address, address) for address in answers}
+    wrong = sorted(_wrong(f"worker {named[a]}", answer) for a, answer in answers.items())
+    wrong.insert(0, _wrong("the scheduler", _scheduler_version(client)))
+    if any(wrong):
+        said = "; ".join(w for w in wrong if w)
+        raise ClusterError(f"the Dask cluster must run this blobdl ({__version__}): {said}")
+    silent = [a for a, answer in answers.items() if isinstance(answer, Silent)]
+    return Workers(named, silent, within)
+
+
+def said_if_silent(workers: Workers) -> None:
+    """A batch or a pull on one worker goes on without the workers that did not answer
+    (the scheduler drops them once their heartbeats stop), and says so."""
+    if workers.silent:
+        log.warning("%s: what Dask sends there waits for it", workers.unanswered())
+
+
+def _scheduler_version(client: Any) -> Any:
+    """The scheduler's blobdl version, or why it has none: it reads every task's function
+    and arguments (ours), and fails them all if it cannot."""
+    try:
+        return client.run_on_scheduler(version)
+    except Exception as exc:
+        return exc
+
+
+def _wrong(who: str, answer: Any) -> str:
+    """What is wrong with the blobdl of ``who`` ("" if nothing is, or it did not answer)."""
+    if isinstance(answer, BaseException):
+        said = answer if type(answer) is Exception else repr(answer)  # (Dask's repr of it)
+        return f"{who} cannot import it: {said}"
+    if isinstance(answer, str) and answer != __version__:
+        return f"{who} runs blobdl {answer}"
+    return ""
