@@ -217,6 +217,11 @@ def _check_range(remote: Remote, span: Span, response: Response) -> None:
     content_range = parse_content_range(text)
     if content_range and content_range.total is not None and content_range.total != remote.size:
         raise RemoteChanged(url, f"size changed from {remote.size} to {content_range.total}")
+    if content_range and content_range.total is None:
+        # The probe sized the blob (a ranged remote always has a size): an answer that no
+        # longer states it proves nothing about which blob it is (an edge that lost it, or
+        # another blob); like any bad response it is retried, never written.
+        raise BadResponse(url, f"Content-Range {text!r} states no total ({remote.size} probed)")
     if not content_range or content_range.span != span:
         raise BadResponse(url, f"asked for {range_header(*span)}, got Content-Range {text!r}")
     length = content_length(response)
