@@ -72,6 +72,13 @@ class TLSError(ConnectionFailed):
     retryable = False
 
 
+class ProxyAuthRequired(ConnectionFailed):
+    """The proxy answered 407 (to a forwarded request or to CONNECT): it wants credentials
+    it was not given, or refused the ones it was. Another attempt sends the same ones."""
+
+    retryable = False
+
+
 class TruncatedBody(NetworkError):
     """The body ended before the bytes the response promised."""
 
