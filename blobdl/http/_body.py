@@ -21,15 +21,9 @@ import urllib3
 from ..errors import BadResponse, HTTPStatusError, RemoteChanged
 from ._connections import ready_at
 from ._headers import parse_content_range, range_header
+from ._redirects import Answer, get_following
 from ._remote import Identity, Remote, change
-from ._request import (
-    Response,
-    base_headers,
-    content_length,
-    require_identity,
-    retry_after,
-    send_get,
-)
+from ._request import Response, content_length, require_identity, retry_after
 from ._socket_reads import gathering
 from ._span import Span
 
@@ -60,6 +54,7 @@ class RangeBody:
         self.sock: socket.socket | None = None
         self.buffered, self.tls = 0, False
         self._response, self._reached = response, -1
+        self.remote: Remote | None = None  # as it answered: after a redirect, its target
         self._url, self._pinned_end = "", -1  # set for a whole body of no stated length
         inner = getattr(response, "_fp", None)
         if isinstance(inner, http.client.HTTPResponse) and not inner.chunked and inner.fp:
@@ -71,15 +66,12 @@ class RangeBody:
             self._inner, self.read = None, _decoded_reader(response)
 
     @classmethod
-    def open(cls, pool: urllib3.PoolManager, remote: Remote, span: Span) -> RangeBody:
-        """GET ``span`` of the pinned remote."""
-        headers = {
-            **base_headers(remote.headers),
-            **_conditional_headers(remote),
-            "Range": range_header(span.start, span.end),
-        }
-        sent = time.monotonic()
-        return cls.from_response(send_get(pool, remote.final_url, headers), remote, span, sent)
+    def open(cls, pool: urllib3.PoolManager, remote: Remote, span: Span, hops: int) -> RangeBody:
+        """GET ``span`` of the pinned remote, following up to ``hops`` redirects (a CDN or
+        mirror that bounces a request): the blob is judged where it answers."""
+        extra = {**_conditional_headers(remote), "Range": range_header(span.start, span.end)}
+        answer = get_following(pool, remote.final_url, remote.headers, extra, hops)
+        return cls.from_response(answer.response, _at(remote, answer), span, answer.sent)
 
     @classmethod
     def from_response(
@@ -88,6 +80,7 @@ class RangeBody:
         """The body of ``span`` in ``response``, a ranged answer sent at ``sent`` (the
         probe's own answer, for a blob that fits in it), checked as ``open`` checks it."""
         body = cls(response, sent)
+        body.remote = remote
         with body._closed_on_error():
             _check_range(remote, span, body._response)
             body.stop = span.end
@@ -95,12 +88,11 @@ class RangeBody:
         return body
 
     @classmethod
-    def whole(cls, pool: urllib3.PoolManager, remote: Remote, start: int) -> RangeBody:
+    def whole(cls, pool: urllib3.PoolManager, remote: Remote, start: int, hops: int) -> RangeBody:
         """GET the whole blob (the fallback for servers without range support), into the
-        file from ``start``; read the ordinary way only."""
-        sent = time.monotonic()
-        response = send_get(pool, remote.final_url, base_headers(remote.headers))
-        return cls.whole_from_response(response, remote, start, sent)
+        file from ``start``, following up to ``hops`` redirects; read the ordinary way only."""
+        answer = get_following(pool, remote.final_url, remote.headers, {}, hops)
+        return cls.whole_from_response(answer.response, _at(remote, answer), start, answer.sent)
 
     @classmethod
     def whole_from_response(
@@ -109,6 +101,7 @@ class RangeBody:
         """The whole blob in ``response``, a 200 sent at ``sent``, checked as ``whole``
         checks it."""
         body = cls(response, sent)
+        body.remote = remote
         with body._closed_on_error():
             length = _check_whole(remote, body._response)
             # Even when the probe learned no size, this response may state its length:
@@ -181,6 +174,14 @@ class RangeBody:
         except BaseException:
             self._response.close()
             raise
+
+
+def _at(remote: Remote, answer: Answer) -> Remote:
+    """``remote`` as ``answer`` found it: the same blob (what it must still be), fetched
+    where the redirects led, with the headers still safe to send there."""
+    if answer.url == remote.final_url:
+        return remote
+    return remote._replace(final_url=answer.url, headers=answer.headers)
 
 
 def _decoded_reader(response: Response) -> Reader:
