@@ -71,18 +71,20 @@ class RangeBody:
         mirror that bounces a request): the blob is judged where it answers."""
         extra = {**_conditional_headers(remote), "Range": range_header(span.start, span.end)}
         answer = get_following(pool, remote.final_url, remote.headers, extra, hops)
-        return cls.from_response(answer.response, _at(remote, answer), span, answer.sent)
+        at, hopped = _at(remote, answer), answer.url != remote.final_url
+        return cls.from_response(answer.response, at, span, answer.sent, hopped)
 
     @classmethod
     def from_response(
-        cls, response: Response, remote: Remote, span: Span, sent: float
+        cls, response: Response, remote: Remote, span: Span, sent: float, hopped: bool = False
     ) -> RangeBody:
         """The body of ``span`` in ``response``, a ranged answer sent at ``sent`` (the
-        probe's own answer, for a blob that fits in it), checked as ``open`` checks it."""
+        probe's own answer, for a blob that fits in it), checked as ``open`` checks it.
+        ``hopped``: a redirect of this request's own led to ``remote.final_url``."""
         body = cls(response, sent)
         body.remote = remote
         with body._closed_on_error():
-            _check_range(remote, span, body._response)
+            _check_range(remote, span, body._response, hopped)
             body.stop = span.end
             body._lend_socket()
         return body
@@ -92,18 +94,19 @@ class RangeBody:
         """GET the whole blob (the fallback for servers without range support), into the
         file from ``start``, following up to ``hops`` redirects; read the ordinary way only."""
         answer = get_following(pool, remote.final_url, remote.headers, {}, hops)
-        return cls.whole_from_response(answer.response, _at(remote, answer), start, answer.sent)
+        at, hopped = _at(remote, answer), answer.url != remote.final_url
+        return cls.whole_from_response(answer.response, at, start, answer.sent, hopped)
 
     @classmethod
     def whole_from_response(
-        cls, response: Response, remote: Remote, start: int, sent: float
+        cls, response: Response, remote: Remote, start: int, sent: float, hopped: bool = False
     ) -> RangeBody:
         """The whole blob in ``response``, a 200 sent at ``sent``, checked as ``whole``
-        checks it."""
+        checks it (``hopped``: as ``from_response``)."""
         body = cls(response, sent)
         body.remote = remote
         with body._closed_on_error():
-            length = _check_whole(remote, body._response)
+            length = _check_whole(remote, body._response, hopped)
             # Even when the probe learned no size, this response may state its length:
             # never read past it.
             body.stop = start + length if length is not None else -1
@@ -204,14 +207,14 @@ def _conditional_headers(remote: Remote) -> dict[str, str]:
     return {}
 
 
-def _check_range(remote: Remote, span: Span, response: Response) -> None:
+def _check_range(remote: Remote, span: Span, response: Response, hopped: bool) -> None:
     url = remote.final_url
     if response.status == 412:
         raise RemoteChanged(url, "the pinned validator no longer matches (412)")
     if response.status == 200:
         raise BadResponse(url, "answered 200 (the whole blob) to a range request")
     if response.status != 206:
-        raise HTTPStatusError(response.status, url, retry_after(response))
+        raise _status_error(remote, response, hopped)
     _check_validators(remote, response)
     require_identity(url, response)
     text = response.headers.get("Content-Range", "")
@@ -230,16 +233,22 @@ def _check_range(remote: Remote, span: Span, response: Response) -> None:
         raise BadResponse(url, f"Content-Length {length} for a {span.length}-byte range")
 
 
-def _check_whole(remote: Remote, response: Response) -> int | None:
+def _check_whole(remote: Remote, response: Response, hopped: bool) -> int | None:
     """The checks of a whole-blob answer; returns the length it states (None: none)."""
     if response.status != 200:
-        raise HTTPStatusError(response.status, remote.final_url, retry_after(response))
+        raise _status_error(remote, response, hopped)
     require_identity(remote.final_url, response)
     _check_validators(remote, response)
     length = content_length(response)
     if remote.size is not None and length is not None and length != remote.size:
         raise RemoteChanged(remote.final_url, f"size changed from {remote.size} to {length}")
     return length
+
+
+def _status_error(remote: Remote, response: Response, hopped: bool) -> HTTPStatusError:
+    """The error status ``remote`` answered; ``hopped``: at a target this request's own
+    redirect led to, where a 403 may be an expired signature (``_failure.decide``)."""
+    return HTTPStatusError(response.status, remote.final_url, retry_after(response), hopped)
 
 
 def _check_validators(remote: Remote, response: Response) -> None:

@@ -156,3 +156,18 @@ def test_a_small_items_retry_redirected_goes_on_at_the_target(
 
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_part_redirected_to_a_target_that_expired_is_asked_again(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """The URL the probe pinned redirects each request to a signed one (a fresh signature
+    each time): a 403 there is an expired signature, not a final refusal of the blob."""
+    blob = make(2 * PART, seed=91)
+    other.reset()
+    bounce(server, blob, other.url(blob.name), times=None)
+    other.set_faults({"path": f"/files/{blob.name}", "times": 1, "action": "status",
+                      "status": 403})  # fmt: skip
+    fetch(blob.url, tmp_path / "out", connections=1)
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert other.stats()["per_path"][f"/files/{blob.name}"] >= 2
