@@ -72,6 +72,13 @@ class TLSError(ConnectionFailed):
     retryable = False
 
 
+class ProxyAuthRequired(ConnectionFailed):
+    """The proxy answered 407 (to a forwarded request or to CONNECT): it wants credentials
+    it was not given, or refused the ones it was. Another attempt sends the same ones."""
+
+    retryable = False
+
+
 class TruncatedBody(NetworkError):
     """The body ended before the bytes the response promised."""
 
@@ -124,12 +131,17 @@ _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 class HTTPStatusError(NetworkError):
-    """The server answered with an error status."""
+    """The server answered with an error status. ``redirected``: the URL that answered
+    was a redirect's target for this request alone (a mirror, a signed URL handed out per
+    request), not the one the download pinned."""
 
-    def __init__(self, status: int, url: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, url: str, retry_after: float | None = None, redirected: bool = False
+    ) -> None:
         url = redact_url(url)
-        super().__init__(status, url, retry_after)
+        super().__init__(status, url, retry_after, redirected)
         self.status, self.url, self.retry_after = status, url, retry_after
+        self.redirected = redirected
         self.retryable = status in _RETRYABLE_STATUS or 500 <= status < 600
 
     def __str__(self) -> str:

@@ -42,12 +42,13 @@ class Verdict(NamedTuple):
 def decide(failure: Failure, rng: random.Random | None = None) -> Verdict:
     """What to do with a part whose attempt failed.
 
-    A redirected URL answering 403/410 has most likely expired: it is resolved again, once
+    A redirected URL (the pinned one, or the attempt's own redirect) answering 403/410
+    has most likely expired: it is resolved again, once
     per stretch without progress, without counting. Otherwise a final error fails the
     download; a part whose bytes are all there is done; any other failure is retried after
     a backoff until the policy is exhausted."""
     error, retry = failure.error, failure.retry
-    if failure.redirected and _expired(error):
+    if _expired(error, failure.redirected):
         if failure.refreshed_since:
             return Verdict(AGAIN, retry, retry.backoff(1, rng))
         if failure.refreshed_at is None or failure.pos > failure.refreshed_at:
@@ -62,5 +63,9 @@ def decide(failure: Failure, rng: random.Random | None = None) -> Verdict:
     return Verdict(RETRY, retry, retry.delay(error, rng))
 
 
-def _expired(error: BaseException) -> bool:
-    return isinstance(error, HTTPStatusError) and error.status in (403, 410)
+def _expired(error: BaseException, redirected: bool) -> bool:
+    """A 403/410 from a redirect's target: the pinned one, or one this request alone was
+    sent to (a new signature each time)."""
+    if not isinstance(error, HTTPStatusError) or error.status not in (403, 410):
+        return False
+    return redirected or error.redirected

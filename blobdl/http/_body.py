@@ -21,15 +21,9 @@ import urllib3
 from ..errors import BadResponse, HTTPStatusError, RemoteChanged
 from ._connections import ready_at
 from ._headers import parse_content_range, range_header
+from ._redirects import Answer, get_following
 from ._remote import Identity, Remote, change
-from ._request import (
-    Response,
-    base_headers,
-    content_length,
-    require_identity,
-    retry_after,
-    send_get,
-)
+from ._request import Response, content_length, require_identity, retry_after
 from ._socket_reads import gathering
 from ._span import Span
 
@@ -60,6 +54,7 @@ class RangeBody:
         self.sock: socket.socket | None = None
         self.buffered, self.tls = 0, False
         self._response, self._reached = response, -1
+        self.remote: Remote | None = None  # as it answered: after a redirect, its target
         self._url, self._pinned_end = "", -1  # set for a whole body of no stated length
         inner = getattr(response, "_fp", None)
         if isinstance(inner, http.client.HTTPResponse) and not inner.chunked and inner.fp:
@@ -71,46 +66,47 @@ class RangeBody:
             self._inner, self.read = None, _decoded_reader(response)
 
     @classmethod
-    def open(cls, pool: urllib3.PoolManager, remote: Remote, span: Span) -> RangeBody:
-        """GET ``span`` of the pinned remote."""
-        headers = {
-            **base_headers(remote.headers),
-            **_conditional_headers(remote),
-            "Range": range_header(span.start, span.end),
-        }
-        sent = time.monotonic()
-        return cls.from_response(send_get(pool, remote.final_url, headers), remote, span, sent)
+    def open(cls, pool: urllib3.PoolManager, remote: Remote, span: Span, hops: int) -> RangeBody:
+        """GET ``span`` of the pinned remote, following up to ``hops`` redirects (a CDN or
+        mirror that bounces a request): the blob is judged where it answers."""
+        extra = {**_conditional_headers(remote), "Range": range_header(span.start, span.end)}
+        answer = get_following(pool, remote.final_url, remote.headers, extra, hops)
+        at, hopped = _at(remote, answer), answer.url != remote.final_url
+        return cls.from_response(answer.response, at, span, answer.sent, hopped)
 
     @classmethod
     def from_response(
-        cls, response: Response, remote: Remote, span: Span, sent: float
+        cls, response: Response, remote: Remote, span: Span, sent: float, hopped: bool = False
     ) -> RangeBody:
         """The body of ``span`` in ``response``, a ranged answer sent at ``sent`` (the
-        probe's own answer, for a blob that fits in it), checked as ``open`` checks it."""
+        probe's own answer, for a blob that fits in it), checked as ``open`` checks it.
+        ``hopped``: a redirect of this request's own led to ``remote.final_url``."""
         body = cls(response, sent)
+        body.remote = remote
         with body._closed_on_error():
-            _check_range(remote, span, body._response)
+            _check_range(remote, span, body._response, hopped)
             body.stop = span.end
             body._lend_socket()
         return body
 
     @classmethod
-    def whole(cls, pool: urllib3.PoolManager, remote: Remote, start: int) -> RangeBody:
+    def whole(cls, pool: urllib3.PoolManager, remote: Remote, start: int, hops: int) -> RangeBody:
         """GET the whole blob (the fallback for servers without range support), into the
-        file from ``start``; read the ordinary way only."""
-        sent = time.monotonic()
-        response = send_get(pool, remote.final_url, base_headers(remote.headers))
-        return cls.whole_from_response(response, remote, start, sent)
+        file from ``start``, following up to ``hops`` redirects; read the ordinary way only."""
+        answer = get_following(pool, remote.final_url, remote.headers, {}, hops)
+        at, hopped = _at(remote, answer), answer.url != remote.final_url
+        return cls.whole_from_response(answer.response, at, start, answer.sent, hopped)
 
     @classmethod
     def whole_from_response(
-        cls, response: Response, remote: Remote, start: int, sent: float
+        cls, response: Response, remote: Remote, start: int, sent: float, hopped: bool = False
     ) -> RangeBody:
         """The whole blob in ``response``, a 200 sent at ``sent``, checked as ``whole``
-        checks it."""
+        checks it (``hopped``: as ``from_response``)."""
         body = cls(response, sent)
+        body.remote = remote
         with body._closed_on_error():
-            length = _check_whole(remote, body._response)
+            length = _check_whole(remote, body._response, hopped)
             # Even when the probe learned no size, this response may state its length:
             # never read past it.
             body.stop = start + length if length is not None else -1
@@ -183,6 +179,14 @@ class RangeBody:
             raise
 
 
+def _at(remote: Remote, answer: Answer) -> Remote:
+    """``remote`` as ``answer`` found it: the same blob (what it must still be), fetched
+    where the redirects led, with the headers still safe to send there."""
+    if answer.url == remote.final_url:
+        return remote
+    return remote._replace(final_url=answer.url, headers=answer.headers)
+
+
 def _decoded_reader(response: Response) -> Reader:
     """A ``readinto``-style function over a body http.client must decode (chunked)."""
 
@@ -203,20 +207,25 @@ def _conditional_headers(remote: Remote) -> dict[str, str]:
     return {}
 
 
-def _check_range(remote: Remote, span: Span, response: Response) -> None:
+def _check_range(remote: Remote, span: Span, response: Response, hopped: bool) -> None:
     url = remote.final_url
     if response.status == 412:
         raise RemoteChanged(url, "the pinned validator no longer matches (412)")
     if response.status == 200:
         raise BadResponse(url, "answered 200 (the whole blob) to a range request")
     if response.status != 206:
-        raise HTTPStatusError(response.status, url, retry_after(response))
+        raise _status_error(remote, response, hopped)
     _check_validators(remote, response)
     require_identity(url, response)
     text = response.headers.get("Content-Range", "")
     content_range = parse_content_range(text)
     if content_range and content_range.total is not None and content_range.total != remote.size:
         raise RemoteChanged(url, f"size changed from {remote.size} to {content_range.total}")
+    if content_range and content_range.total is None:
+        # The probe sized the blob (a ranged remote always has a size): an answer that no
+        # longer states it proves nothing about which blob it is (an edge that lost it, or
+        # another blob); like any bad response it is retried, never written.
+        raise BadResponse(url, f"Content-Range {text!r} states no total ({remote.size} probed)")
     if not content_range or content_range.span != span:
         raise BadResponse(url, f"asked for {range_header(*span)}, got Content-Range {text!r}")
     length = content_length(response)
@@ -224,16 +233,22 @@ def _check_range(remote: Remote, span: Span, response: Response) -> None:
         raise BadResponse(url, f"Content-Length {length} for a {span.length}-byte range")
 
 
-def _check_whole(remote: Remote, response: Response) -> int | None:
+def _check_whole(remote: Remote, response: Response, hopped: bool) -> int | None:
     """The checks of a whole-blob answer; returns the length it states (None: none)."""
     if response.status != 200:
-        raise HTTPStatusError(response.status, remote.final_url, retry_after(response))
+        raise _status_error(remote, response, hopped)
     require_identity(remote.final_url, response)
     _check_validators(remote, response)
     length = content_length(response)
     if remote.size is not None and length is not None and length != remote.size:
         raise RemoteChanged(remote.final_url, f"size changed from {remote.size} to {length}")
     return length
+
+
+def _status_error(remote: Remote, response: Response, hopped: bool) -> HTTPStatusError:
+    """The error status ``remote`` answered; ``hopped``: at a target this request's own
+    redirect led to, where a 403 may be an expired signature (``_failure.decide``)."""
+    return HTTPStatusError(response.status, remote.final_url, retry_after(response), hopped)
 
 
 def _check_validators(remote: Remote, response: Response) -> None:

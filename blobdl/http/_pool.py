@@ -18,10 +18,10 @@ from urllib3.util import make_headers
 from urllib3.util.ssl_ import create_urllib3_context
 
 from ..config import Settings, check_proxy_url
-from ..errors import ConnectionFailed, UsageError
+from ..errors import UsageError
 from ._connections import noting
 from ._request import Response
-from ._translate import Peer, proxy_errors
+from ._translate import proxy_errors, wants_credentials
 
 
 def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
@@ -151,10 +151,6 @@ class ProxyRoutes(NamedTuple):
         return ":" in hostname and bool(bypass(hostname, self.environ))
 
 
-# As http.client words the same answer to CONNECT ("Tunnel connection failed: 407 ...").
-_ASKS_FOR_AUTH = "407 Proxy Authentication Required"
-
-
 class _ProxyRouter(urllib3.PoolManager):
     """A PoolManager that sends each request direct or through its URL's proxy manager."""
 
@@ -174,7 +170,7 @@ class _ProxyRouter(urllib3.PoolManager):
             response = self._manager(proxy, url).urlopen(method, url, redirect=redirect, **kw)
         if response.status == 407:  # a forwarded request's: the proxy's answer, not the server's
             response.close()
-            raise ConnectionFailed(url, f"{Peer.of(proxy, proxy=True)} failed: {_ASKS_FOR_AUTH}")
+            raise wants_credentials(url, proxy)
         return response
 
     def _manager(self, proxy: str, url: str) -> urllib3.ProxyManager:

@@ -4,34 +4,21 @@
 
 from __future__ import annotations
 
-import http.client
 import time
 
 import urllib3
 
 from ..config import Settings
-from ..errors import BadResponse, HTTPStatusError, TooManyRedirects
+from ..errors import BadResponse, HTTPStatusError
 from ._connections import ready_at
 from ._headers import content_disposition_filename, parse_content_range, range_header
 from ._pool import make_pool, prepare_tls
+from ._redirects import get_following
 from ._remote import Remote
-from ._request import (
-    Response,
-    base_headers,
-    content_length,
-    require_identity,
-    retry_after,
-    send_get,
-)
+from ._request import Response, content_length, require_identity, retry_after
 from ._retry import Retry, retried
 from ._span import Span
-from ._urls import check_url, headers_for_origin, lift_userinfo, redirect_target, same_origin
-
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# Bytes of a redirect body we read to reuse its connection, and how long they may take to
-# come; a longer (or slower) one costs a new connection instead.
-_REDIRECT_BODY_LIMIT = 64 * 1024
-_REDIRECT_BODY_TIME = 1.0
+from ._urls import check_url, lift_userinfo
 
 
 def probe(pool: urllib3.PoolManager, url: str, settings: Settings) -> Remote:
@@ -50,69 +37,16 @@ def first_answer(
     (``RangeBody.answered`` reads it): its first GET was its probe, too."""
     check_url(url)
     url, headers = lift_userinfo(url, settings.headers)
-    current, asked = url, range_header(0, want)
-    for _hop in range(settings.max_redirects + 1):
-        sent = time.monotonic()
-        response = send_get(pool, current, {**base_headers(headers), "Range": asked})
-        answer_time = time.monotonic() - max(sent, ready_at(response))
-        if response.status not in _REDIRECTS:
-            try:
-                remote = _remote_from(url, current, headers, response, want)
-            except BaseException:
-                response.close()
-                raise
-            return remote._replace(answer_time=answer_time), response
-        target = None
-        try:
-            location = response.headers.get("Location")
-            if not location:
-                raise BadResponse(current, f"redirect {response.status} without Location")
-            target = redirect_target(current, location)
-        finally:
-            # Keep the socket only for a next hop that can use it: one kept alive for
-            # another origin would be a second open socket beyond the connection budget.
-            _finish_probe_response(
-                response, reuse=target is not None and same_origin(current, target)
-            )
-        headers = headers_for_origin(headers, current, target)
-        current = target
-    raise TooManyRedirects(url, settings.max_redirects)
-
-
-def _finish_probe_response(response: Response, reuse: bool) -> None:
-    """Reuse the connection after a small redirect body to the same origin; drop it after
-    anything else (a redirect body may never end, or trickle: we never read more than a
-    small amount, nor for long)."""
-    remaining = response.length_remaining
-    if (
-        reuse
-        and response.status in _REDIRECTS
-        and remaining is not None
-        and remaining <= _REDIRECT_BODY_LIMIT
-        and _drained(response, time.monotonic() + _REDIRECT_BODY_TIME)
-    ):
-        response.release_conn()
-        return
-    response.close()
-
-
-def _drained(response: Response, deadline: float) -> bool:
-    """Whether the rest of the body (its length said how much) came before ``deadline``.
-    Each read waits for what the socket has, at most until then: a body that trickles
-    would otherwise hold the probe a socket timeout per byte."""
-    sock = getattr(response.connection, "sock", None)
+    extra = {"Range": range_header(0, want)}
+    answer = get_following(pool, url, headers, extra, settings.max_redirects)
+    response = answer.response
+    answer_time = time.monotonic() - max(answer.sent, ready_at(response))
     try:
-        while response.length_remaining:
-            left = deadline - time.monotonic()
-            if sock is None or left <= 0:
-                return False
-            sock.settimeout(left)  # the next request sets its own again
-            if not response.read1(response.length_remaining, decode_content=False):
-                return False
-    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError):
-        return False
-    response.drain_conn()  # nothing left to read: http.client's own end of the response
-    return True
+        remote = _remote_from(url, answer.url, answer.headers, response, want)
+    except BaseException:
+        response.close()
+        raise
+    return remote._replace(answer_time=answer_time), response
 
 
 def _remote_from(

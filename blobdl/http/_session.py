@@ -36,6 +36,7 @@ class Session:
         self._sockets = Sockets()
         self._pool: urllib3.PoolManager | None = None
         self._remote: Remote | None = None  # whose bodies ``range`` and ``whole`` give
+        self._hops = 0  # redirects a body's GET follows (Settings.max_redirects)
 
     def cut(self) -> None:
         """Shut down every socket the session opened; any thread may call it."""
@@ -47,6 +48,7 @@ class Session:
         after (the process goes on with other lanes)."""
         with noted_in(self._sockets):
             self._pool, self._remote = make_pool(settings), remote
+            self._hops = settings.max_redirects
             try:
                 with translate_errors(remote.final_url):
                     yield self
@@ -58,7 +60,7 @@ class Session:
     def kept(self, settings: Settings) -> Iterator[Session]:
         """The session of a seat, for all the items it runs in the block (its thread's)."""
         with noted_in(self._sockets):
-            self._pool = make_pool(settings, kept=True)
+            self._pool, self._hops = make_pool(settings, kept=True), settings.max_redirects
             try:
                 yield self
             finally:
@@ -102,11 +104,17 @@ class Session:
 
     def range(self, span: Span) -> RangeBody:
         """The body of ``span`` (see ``RangeBody.open``)."""
-        return RangeBody.open(self._opened(), self._pinned(), span)
+        return self._went(RangeBody.open(self._opened(), self._pinned(), span, self._hops))
 
     def whole(self, start: int) -> RangeBody:
         """The whole blob's body, for the file from ``start`` (see ``RangeBody.whole``)."""
-        return RangeBody.whole(self._opened(), self._pinned(), start)
+        return self._went(RangeBody.whole(self._opened(), self._pinned(), start, self._hops))
+
+    def _went(self, body: RangeBody) -> RangeBody:
+        """A body redirected: the rest of the attempt asks its target (over the connection
+        it holds, not a hop per request); the next attempt starts at the pinned URL again."""
+        self._remote = body.remote
+        return body
 
     def _opened(self) -> urllib3.PoolManager:
         assert self._pool is not None, "a session speaks within `opened` or `kept` only"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from ..errors import (
     BlobdlError,
     ConnectionFailed,
     OutOfResources,
+    ProxyAuthRequired,
     TLSError,
     UsageError,
 )
@@ -93,7 +95,29 @@ def proxy_errors(url: str, proxy: str) -> Iterator[None]:
     try:
         yield
     except ProxyError as exc:
+        if _tunnel_status(exc) == 407:
+            raise wants_credentials(url, proxy) from None
         raise translated(url, exc, Peer.of(proxy, proxy=True)) from None
+
+
+# As http.client words the answer to CONNECT; a forwarded request's is said the same way.
+_ASKS_FOR_AUTH = "407 Proxy Authentication Required"
+# http.client (and urllib3's copy of its ``_tunnel``) tells a refused CONNECT only in
+# words, "Tunnel connection failed: 407 Proxy Authentication Required": no type or
+# attribute carries the status, so this is the one message read here.
+_TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: ([1-5][0-9][0-9])\b")
+
+
+def wants_credentials(url: str, proxy: str) -> ProxyAuthRequired:
+    """The proxy's 407, to a forwarded request or to CONNECT: final, naming the proxy."""
+    return ProxyAuthRequired(url, f"{Peer.of(proxy, proxy=True)} failed: {_ASKS_FOR_AUTH}")
+
+
+def _tunnel_status(exc: BaseException) -> int | None:
+    """The status a proxy answered CONNECT with, if ``exc`` is its refusal."""
+    refusal = _inner(exc, OSError)
+    match = _TUNNEL_REFUSED.match(str(refusal)) if refusal is not None else None
+    return int(match.group(1)) if match else None
 
 
 def translated(url: str, exc: BaseException, peer: Peer) -> BlobdlError:

@@ -291,6 +291,37 @@ def test_responses_that_break_the_checks_fail_as_integrity_errors(
     assert not (tmp_path / "out").exists()
 
 
+# One part (one lane, no steal) asks for the whole blob: bytes=0-{SIZE - 1}.
+SIZE = PART
+
+
+@pytest.mark.parametrize(
+    ("content_range", "error", "message"),
+    [
+        # The probe stated the total: a part that no longer does is not the blob probed.
+        (f"bytes 0-{SIZE - 1}/*", blobdl.RetriesExhausted, "states no total"),
+        (f"bytes */{SIZE}", blobdl.RetriesExhausted, "Content-Range"),  # no range on a 206
+        (f"bytes 0-{SIZE - 2}/{SIZE}", blobdl.RetriesExhausted, "Content-Range"),  # not asked
+        (f"bytes 0-{SIZE - 1}/{SIZE + 1}", blobdl.RemoteChanged, "size changed"),
+    ],
+)
+def test_a_content_range_other_than_the_one_asked_of_the_blob_probed_is_refused(
+    make: Make,
+    server: ServerHandle,
+    tmp_path: Path,
+    content_range: str,
+    error: type[Exception],
+    message: str,
+) -> None:
+    blob = make(SIZE, seed=77)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
+                       "action": "headers", "set": {"Content-Range": content_range}})  # fmt: skip
+    with pytest.raises(error, match=message) as caught:
+        fetch(blob.url, tmp_path / "out", connections=1, steal=False, retries=1)
+    assert caught.value.exit_code == EXIT_INTEGRITY  # type: ignore[attr-defined]
+    assert not (tmp_path / "out").exists()
+
+
 def test_if_match_carries_the_pinned_etag(make: Make, server: ServerHandle, tmp_path: Path) -> None:
     blob = make(2 * PART)
     fetch(blob.url, tmp_path / "out")

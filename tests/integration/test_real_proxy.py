@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from blobdl import Downloader, Item, download_many
+from blobdl.errors import EXIT_NETWORK, ProxyAuthRequired
 from faultserver.serverctl import ServerHandle, make_blob
 from faultserver.tinyproxy import start_tinyproxy
 from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
@@ -87,3 +90,37 @@ def test_a_batch_of_small_files_through_tinyproxy_is_exact(
     assert all(r.ok for r in results), results
     assert [sha256_file(tmp_path / f"f{n}") for n in range(12)] == [b.sha256 for b in blobs]
     assert len(forwarded) >= len(blobs)
+
+
+def test_a_proxy_asking_for_credentials_is_asked_once_not_retried(
+    server: ServerHandle, tls_server: ServerHandle, pki: PKI, make: Make, tmp_path: Path
+) -> None:
+    """A 407 is the proxy's final word (no retry brings the credentials it wants): the
+    probe fails at once, forwarded or tunnelled, naming the proxy."""
+    blob = make(2 * PART, seed=45)
+    tls_blob = make_blob(tls_server.root, "asked-once.bin", 2 * PART, seed=46)
+    for n, url in enumerate((blob.url, tls_server.url("asked-once.bin"))):  # forwarded, CONNECT
+        with start_tinyproxy(tmp_path / f"proxy{n}", auth=AUTH) as proxy:
+            settings = fast_settings(proxy=proxy.url, trust_env=False, ca_bundle=pki.ca_pem,
+                                     retries=3)  # fmt: skip
+            with pytest.raises(ProxyAuthRequired, match=f"proxy 127.0.0.1 port {proxy.port}"):
+                Downloader(settings).download(url, tmp_path / "out")
+            asked = proxy.requests()
+        assert len(asked) == 1, asked
+    assert tls_blob and not (tmp_path / "out").exists()
+
+
+def test_a_407_on_a_part_through_a_proxy_fails_the_download_at_once(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """The proxy let the probe through, then asks for credentials: the part is not retried."""
+    blob = make(2 * PART, seed=47)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
+                       "action": "status", "status": 407,
+                       "headers": {"Proxy-Authenticate": "Basic realm=p"}})  # fmt: skip
+    with start_tinyproxy(tmp_path / "proxy") as proxy:
+        settings = fast_settings(proxy=proxy.url, trust_env=False, connections=1, retries=3)
+        with pytest.raises(ProxyAuthRequired) as caught:
+            Downloader(settings).download(blob.url, tmp_path / "out")
+    assert caught.value.exit_code == EXIT_NETWORK and not caught.value.retryable
+    assert server.stats()["requests"] == 2  # the probe and the one part request

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import pytest
@@ -100,6 +101,18 @@ def failure(error: BaseException = DROP, **facts: object) -> Failure:
             0,
         ),
         ("403 without a redirect is final", failure(HTTPStatusError(403, "u")), _failure.FAIL, 0),
+        (
+            "403 at the target of the request's own redirect: refresh, uncounted",
+            failure(pickle.loads(pickle.dumps(HTTPStatusError(403, "u", None, redirected=True)))),
+            _failure.REFRESH,
+            0,
+        ),
+        (
+            "404 at the target of the request's own redirect is final",
+            failure(HTTPStatusError(404, "u", None, redirected=True)),
+            _failure.FAIL,
+            0,
+        ),
         (
             "a bad response from a redirected URL is not a refresh",
             failure(BadResponse("u", "x"), redirected=True),

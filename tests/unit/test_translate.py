@@ -12,12 +12,13 @@ from urllib3.exceptions import (
     NameResolutionError,
     NewConnectionError,
     ProtocolError,
+    ProxyError,
     ReadTimeoutError,
     SSLError,
 )
 
-from blobdl.errors import BlobdlError, ConnectionFailed, TLSError
-from blobdl.http._translate import translate_errors
+from blobdl.errors import BlobdlError, ConnectionFailed, ProxyAuthRequired, TLSError
+from blobdl.http._translate import proxy_errors, translate_errors
 
 URL = "https://h/blob"
 
@@ -87,3 +88,25 @@ def test_errors_are_told_in_words_naming_the_host(raised: BaseException, words: 
     text = str(caught.value)
     assert text.startswith(words), text
     assert not re.search(r"[A-Z][a-z]+[A-Za-z]*(Error|Exception)\b", text), text
+
+
+@pytest.mark.parametrize(
+    ("answer", "final"),
+    [
+        ("Tunnel connection failed: 407 Proxy Authentication Required", True),
+        ("Tunnel connection failed: 407 ", True),  # the reason phrase is the proxy's own
+        ("Tunnel connection failed: 502 Bad Gateway", False),  # the proxy's upstream: retried
+        ("Tunnel connection failed: 4070 Odd", False),
+    ],
+)
+def test_a_proxy_refusing_connect_for_credentials_is_final_and_names_the_proxy(
+    answer: str, final: bool
+) -> None:
+    """http.client says a CONNECT's status in words only: the one message read at the edge."""
+    with pytest.raises(ConnectionFailed) as caught, proxy_errors(URL, "http://u:pw@p:3128"):
+        raise ProxyError("Unable to connect to proxy", OSError(answer))
+    assert isinstance(caught.value, ProxyAuthRequired) is final
+    assert caught.value.retryable is not final
+    assert str(caught.value).startswith("proxy p port 3128 failed: ") and "pw" not in str(
+        caught.value
+    )

@@ -1,0 +1,173 @@
+"""A part answered with a redirect goes on at its target, under the probe's rules.
+
+CDNs and S3-style mirrors bounce some requests (a signed URL that now redirects, a mirror
+that sends a request elsewhere): the part's GET follows at most ``max_redirects`` hops,
+sends a credential to no other origin, and takes from the target only the blob it pinned
+(its size, its validators). The mirror is the ``other`` server: another origin serving the
+same files, with the same validators.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import blobdl
+from blobdl import Downloader, Item
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+
+Make = Callable[..., Blob]
+SECRETS = {"Authorization": "Bearer s3cret-token", "Cookie": "session=s3cret-cookie"}
+
+
+def fetch(url: str, dest: Path, **overrides: object) -> blobdl.DownloadResult:
+    return Downloader(fast_settings(**overrides)).download(url, dest)
+
+
+def bounce(server: ServerHandle, blob: Blob, location: str, **rule: object) -> None:
+    """The probe is answered; the next request for the blob is redirected to ``location``."""
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 1,
+                       "action": "redirect", "location": location, **rule})  # fmt: skip
+
+
+def seen(handle: ServerHandle) -> str:
+    return json.dumps(handle.stats()["headers"]).lower()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_part_redirected_goes_on_at_the_target_with_the_same_bytes(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path, status: int
+) -> None:
+    blob = make(4 * PART, seed=81)
+    other.reset()
+    bounce(server, blob, other.url(blob.name), status=status)
+    result = fetch(blob.url, tmp_path / "out", connections=2)
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.retries == 0  # followed, not failed and retried
+    assert other.stats()["per_path"][f"/files/{blob.name}"] >= 1
+
+
+@pytest.mark.parametrize("given", ["headers", "userinfo"])
+def test_a_part_redirected_to_another_origin_carries_no_credential(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path, given: str
+) -> None:
+    blob = make(2 * PART, seed=82)
+    other.reset()
+    bounce(server, blob, other.url(blob.name))
+    if given == "headers":
+        url, headers, secrets = blob.url, tuple(SECRETS.items()), list(SECRETS.values())
+    else:
+        url, headers = blob.url.replace("http://", "http://alice:pw-of-alice@", 1), ()
+        secrets = [_basic("alice", "pw-of-alice")]
+    fetch(url, tmp_path / "out", connections=1, headers=headers)
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert all(s.lower() in seen(server) for s in secrets)  # its own origin has them
+    mirror = seen(other)
+    assert mirror != "[]" and "authorization" not in mirror and "cookie" not in mirror
+
+
+def test_a_part_redirected_on_its_own_origin_keeps_its_credentials(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * PART, seed=83)
+    bounce(server, blob, f"/redirect/1/{blob.name}")
+    fetch(blob.url, tmp_path / "out", connections=1, headers=tuple(SECRETS.items()))
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert all(h.get("Authorization") == SECRETS["Authorization"]
+               for h in server.stats()["headers"])  # fmt: skip
+
+
+def test_a_part_redirected_in_a_loop_ends_at_the_redirect_limit_without_retries(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * PART, seed=84)
+    bounce(server, blob, f"/files/{blob.name}", times=None)  # to itself, for ever
+    with pytest.raises(blobdl.TooManyRedirects, match="more than 3 redirects"):
+        fetch(blob.url, tmp_path / "out", connections=1, max_redirects=3, retries=5)
+    # The probe, then one part's request and its three hops: no retry of the loop.
+    assert server.stats()["per_path"][f"/files/{blob.name}"] == 1 + 4
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_part_redirected_through_a_chain_longer_than_the_limit_is_refused(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * PART, seed=85)
+    bounce(server, blob, f"/redirect/3/{blob.name}")
+    with pytest.raises(blobdl.TooManyRedirects):
+        fetch(blob.url, tmp_path / "out", connections=1, max_redirects=3)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_part_redirected_to_another_blob_is_a_changed_remote_never_mixed_bytes(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(2 * PART, seed=86)
+    same_size = make(2 * PART, seed=87)  # other bytes, other validators
+    larger = make(2 * PART + 1, seed=88)
+    other.reset()
+    for n, elsewhere in enumerate((same_size, larger)):
+        bounce(server, blob, other.url(elsewhere.name))
+        with pytest.raises(blobdl.RemoteChanged):
+            fetch(blob.url, tmp_path / f"out{n}", connections=1)
+        assert not (tmp_path / f"out{n}").exists()
+
+
+def test_a_whole_body_redirected_goes_on_at_the_target(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """A server without ranges: its one GET of the whole blob is redirected."""
+    blob = make(2 * PART, seed=89)
+    other.reset()
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "times": 1, "action": "ignore_range"},
+        {"path": f"/files/{blob.name}", "times": 1, "action": "redirect",
+         "location": other.url(blob.name)},
+    )  # fmt: skip
+    other.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "ignore_range"})
+    result = fetch(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256 and result.retries == 0
+
+
+def test_a_small_items_retry_redirected_goes_on_at_the_target(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """A batch's small item: its first GET (its probe) is cut, its retry redirected."""
+    blob = make(PART, seed=90)
+    other.reset()
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "times": 1, "action": "close_after", "bytes": 1000},
+        {"path": f"/files/{blob.name}", "times": 1, "action": "redirect",
+         "location": other.url(blob.name)},
+    )  # fmt: skip
+    headers = tuple(SECRETS.items())
+    [result] = blobdl.download_many([Item(blob.url, str(tmp_path / "out"))],
+                                    settings=fast_settings(headers=headers))  # fmt: skip
+    assert result.ok, result
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert other.stats()["ranges"] == [f"bytes=1000-{PART - 1}"]
+    assert "s3cret" not in seen(other)
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_part_redirected_to_a_target_that_expired_is_asked_again(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """The URL the probe pinned redirects each request to a signed one (a fresh signature
+    each time): a 403 there is an expired signature, not a final refusal of the blob."""
+    blob = make(2 * PART, seed=91)
+    other.reset()
+    bounce(server, blob, other.url(blob.name), times=None)
+    other.set_faults({"path": f"/files/{blob.name}", "times": 1, "action": "status",
+                      "status": 403})  # fmt: skip
+    fetch(blob.url, tmp_path / "out", connections=1)
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert other.stats()["per_path"][f"/files/{blob.name}"] >= 2
