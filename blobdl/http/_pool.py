@@ -21,6 +21,7 @@ from ..config import Settings, check_proxy_url
 from ..errors import ConnectionFailed, UsageError
 from ._connections import noting
 from ._request import Response
+from ._set_up import SetUpSSLSocket
 from ._translate import Peer, proxy_errors
 
 
@@ -56,7 +57,7 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
 # Contexts built in this process, by what they trust and present. Loading a CA store costs
 # ~20 ms of CPU; built in the coordinator before it forks, a context is inherited by every
 # worker instead of being loaded again in each of them (and for each connection).
-_CONTEXTS: dict[tuple[bool, str | None, str | None, str | None], ssl.SSLContext] = {}
+_CONTEXTS: dict[tuple[bool, str | None, str | None, str | None, bool], ssl.SSLContext] = {}
 
 
 def prepare_tls(settings: Settings, url: str) -> None:
@@ -66,21 +67,32 @@ def prepare_tls(settings: Settings, url: str) -> None:
 
 
 def tls_context(
-    settings: Settings, *, client_cert: bool = True, system: bool = False
+    settings: Settings, *, proxy: bool = False, system: bool = False
 ) -> ssl.SSLContext | None:
     """urllib3's hardened context with our trust roots and client certificate, loaded when the
     pool is made so that a bad file is a usage error now, not a retried connection failure.
 
     For the default (system CAs, no client certificate) only when ``system`` is asked or
     ``prepare_tls`` built it already; else None, and urllib3 loads the system store itself,
-    lazily, only for https connections (a plain http download never pays for it)."""
-    cert = settings.client_cert if client_cert else None
-    key = (settings.verify_tls, settings.ca_bundle, cert, settings.client_key if cert else None)
+    lazily, only for https connections (a plain http download never pays for it).
+
+    ``proxy``: an https proxy's, always built: verified as servers are, without our client
+    certificate, its sockets bounding the set-up of a tunnel inside them (``_set_up``)."""
+    cert = None if proxy else settings.client_cert
+    key = (
+        settings.verify_tls,
+        settings.ca_bundle,
+        cert,
+        settings.client_key if cert else None,
+        proxy,
+    )
     context = _CONTEXTS.get(key)
     if context is None and (
-        system or not (settings.verify_tls and not settings.ca_bundle and not cert)
+        system or proxy or not (settings.verify_tls and not settings.ca_bundle and not cert)
     ):
         context = _CONTEXTS[key] = _build_context(settings, cert)
+        if proxy:
+            context.sslsocket_class = SetUpSSLSocket
     return context
 
 
@@ -200,8 +212,7 @@ def proxy_manager(proxy: str, settings: Settings, options: dict[str, Any]) -> ur
         auth = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         headers = make_headers(proxy_basic_auth=auth)
     bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-    # An https:// proxy is verified like the servers are, without our client certificate.
-    proxy_tls = tls_context(settings, client_cert=False) if parts.scheme == "https" else None
+    proxy_tls = tls_context(settings, proxy=True) if parts.scheme == "https" else None
     manager = urllib3.ProxyManager(
         bare, proxy_headers=headers, proxy_ssl_context=proxy_tls, **options
     )
