@@ -7,9 +7,8 @@ built once per process, before workers fork, and inherited.
 from __future__ import annotations
 
 import ssl
-import urllib.request
 import warnings
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import urllib3
@@ -21,6 +20,7 @@ from ..config import Settings, check_proxy_url
 from ..errors import ConnectionFailed, UsageError
 from ._connections import noting
 from ._request import Response
+from ._routes import ProxyRoutes
 from ._set_up import SetUpSSLSocket
 from ._translate import Peer, proxy_errors
 
@@ -120,47 +120,6 @@ def _load_client_cert(context: ssl.SSLContext, cert: str, key: str | None) -> No
         context.load_cert_chain(cert, key, password=no_passphrase)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load client certificate {cert!r}: {exc}") from None
-
-
-class ProxyRoutes(NamedTuple):
-    """Which proxy, if any, each URL goes through."""
-
-    explicit: str | None  # Settings.proxy: every scheme
-    environ: dict[str, str]  # urllib.request.getproxies_environment(): scheme -> URL, "no"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ProxyRoutes:
-        environ = urllib.request.getproxies_environment() if settings.trust_env else {}
-        return cls(settings.proxy, environ)
-
-    def configured(self) -> bool:
-        """Whether some URL might go through a proxy."""
-        return bool(self.explicit or self.environ.get("http") or self.environ.get("https"))
-
-    def origin(self, url: str) -> str:
-        """Where ``url``'s proxy was given: "" for the explicit one, else its variable."""
-        return "" if self.explicit else f"${urlsplit(url).scheme.upper()}_PROXY"
-
-    def proxy_for(self, url: str) -> str | None:
-        """The proxy URL for ``url``, or None to connect directly."""
-        parts = urlsplit(url)
-        if self._bypassed(parts.netloc.rpartition("@")[2], parts.hostname or ""):
-            return None
-        proxy = self.explicit or self.environ.get(parts.scheme)
-        if proxy and "://" not in proxy:
-            proxy = "http://" + proxy  # HTTP_PROXY=host:3128 is common and means http
-        return proxy
-
-    def _bypassed(self, netloc: str, hostname: str) -> bool:
-        """Whether NO_PROXY names the host: matched (suffixes, "*", host:port) as urllib
-        does it, on host[:port], and for an IPv6 host also on the bare address: in
-        ``NO_PROXY=::1`` (as curl and requests read it) the brackets of ``[::1]`` are only
-        URL syntax."""
-        # Public in urllib.request, but missing from typeshed.
-        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-        if bypass(netloc, self.environ):
-            return True
-        return ":" in hostname and bool(bypass(hostname, self.environ))
 
 
 # As http.client words the same answer to CONNECT ("Tunnel connection failed: 407 ...").
