@@ -9,6 +9,8 @@ Usage::
         ...  # proxy=proxy.url
     with SlowSetUp("tunnel", tls=(cert, key)) as proxy:  # an https proxy that tunnels,
         ...  # and the handshake inside its tunnel never ends
+    with SlowSetUp("connect", tunnels=1) as proxy:  # the first CONNECT is tunnelled
+        ...  # honestly (a probe gets through), every later answer never ends
 
 Whatever it trickles, it sends one byte every ``step`` seconds for ``hold`` seconds at most,
 then closes: after a client's reads, each waiting less than ``step``, never time out. The
@@ -18,6 +20,7 @@ record's bytes (OpenSSL waits for the whole record). ``connections``: how many i
 
 from __future__ import annotations
 
+import selectors
 import socket
 import ssl
 import threading
@@ -42,8 +45,9 @@ class SlowSetUp:
         tls: tuple[str, str] | None = None,
         step: float = 0.2,
         hold: float = 120.0,
+        tunnels: int = 0,
     ) -> None:
-        self.trickled, self.step, self.hold = trickled, step, hold
+        self.trickled, self.step, self.hold, self.tunnels = trickled, step, hold, tunnels
         self._context: ssl.SSLContext | None = None
         if tls is not None:
             self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -96,23 +100,44 @@ class SlowSetUp:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
             with self._lock:
                 self.connections += 1
+                honest = self.connections <= self.tunnels
+                thread = threading.Thread(target=self._serve, args=(client, honest), daemon=True)
                 self._live.append(client.dup())  # TLS takes the original over
                 self._threads.append(thread)
             thread.start()
 
-    def _serve(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket, honest: bool) -> None:
         client.settimeout(self.hold)
         try:
             with client:
                 peer: socket.socket = client
                 if self._context is not None:
                     peer = self._context.wrap_socket(client, server_side=True)
-                self._trickle(peer)
+                if honest:
+                    self._tunnel(peer)
+                else:
+                    self._trickle(peer)
         except OSError:
             pass  # the client gave up: what this peer is for
+
+    def _tunnel(self, peer: socket.socket) -> None:
+        """Answer CONNECT as a proxy should, and relay until either side closes."""
+        target = _read_head(peer).split(b" ")[1].decode()
+        host, _, port = target.rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=self.hold) as upstream:
+            peer.sendall(_ESTABLISHED)
+            ends = {peer: upstream, upstream: peer}
+            with selectors.DefaultSelector() as sel:
+                sel.register(peer, selectors.EVENT_READ)
+                sel.register(upstream, selectors.EVENT_READ)
+                while not self._closing.is_set():
+                    for key, _ in sel.select(self.step):
+                        data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                        if not data:
+                            return
+                        ends[key.fileobj].sendall(data)  # type: ignore[index]
 
     def _trickle(self, peer: socket.socket) -> None:
         if self.trickled == "connect":
@@ -131,10 +156,11 @@ class SlowSetUp:
             peer.sendall(b"a" if self.trickled == "connect" else b"\x00")
 
 
-def _read_head(peer: socket.socket) -> None:
+def _read_head(peer: socket.socket) -> bytes:
     head = b""
     while b"\r\n\r\n" not in head:
         data = peer.recv(4096)
         if not data:
             raise ConnectionResetError("closed before its request's head ended")
         head += data
+    return head

@@ -17,16 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from faultserver.serverctl import ServerHandle, make_blob
 from faultserver.slow_setup import SlowSetUp
 from faultserver.tinyproxy import start_tinyproxy
-from tests.conftest import REPO
+from tests.conftest import PART, REPO
 from tests.integration.conftest import PKI
 
 CONNECT_TIMEOUT = 0.5  # each trickled byte (every 0.2 s) comes well within it
 BOUND = 20.0  # seconds a call may take here; the peers trickle for 120
 
-# Each door that opens connections, as a library caller opens it: ``URL`` is an https
-# origin (host:port), ``OUT`` a folder of the test's. Prints the error it ends with.
+# Each door that opens connections, as a library caller opens it: ``origin`` is an https
+# origin (host:port), ``out`` a folder of the test's. Prints the error it ends with.
 _CALLER = """
 import json, sys
 import blobdl
@@ -35,6 +36,8 @@ settings = blobdl.Settings(retries=0, trust_env=False, **settings)
 try:
     if door == "download":
         blobdl.Downloader(settings).download(f"https://{origin}/blob", f"{out}/blob")
+    elif door == "lanes":  # origin: host:port/path of a blob the probe finds
+        blobdl.Downloader(settings).download(f"https://{origin}", f"{out}/blob")
     elif door == "batch":
         items = [blobdl.Item(f"https://{origin}/small-{n}", f"{out}/small-{n}") for n in range(2)]
         for result in blobdl.download_many(items, settings=settings):
@@ -110,3 +113,17 @@ def test_a_server_trickling_its_handshake_through_tinyproxy_is_cut(tmp_path: Pat
         answer = ended("download", origin, tmp_path, proxy=proxy.url)
         assert f"CONNECT {origin}" in proxy.requests()
     assert answer["message"].startswith(f"no answer from 127.0.0.1 port {server.port}: timed out")
+
+
+def test_a_lanes_set_up_trickled_by_the_proxy_is_cut_though_the_probe_got_through(
+    tls_server: ServerHandle, pki: PKI, tmp_path: Path
+) -> None:
+    """The probe's tunnel is honest; the lane's CONNECT answer trickles. The stall timeout
+    is long, so only the set-up's own bound can end the lane in time."""
+    make_blob(tls_server.root, "lanes.bin", 4 * PART, seed=61)
+    origin = tls_server.url("lanes.bin").removeprefix("https://")
+    with SlowSetUp("connect", tunnels=1) as proxy:
+        answer = ended("lanes", origin, tmp_path, proxy=proxy.url, ca_bundle=pki.ca_pem,
+                       stall_timeout=600.0, connections=1)  # fmt: skip
+    assert proxy.connections >= 2  # the probe's, then the lane's
+    assert f"proxy 127.0.0.1 port {proxy.port} failed: timed out" in answer["message"], answer
