@@ -116,7 +116,8 @@ class Settings:
     limit_rate: int | None = None
     #: Redirects the probe follows before giving up.
     max_redirects: int = 10
-    #: Seconds allowed to open a TCP (and TLS) connection.
+    #: Seconds allowed to open a connection, as a whole: TCP connect, a proxy's TLS and its
+    #: answer to CONNECT, the TLS handshake (DNS is not bounded).
     connect_timeout: float = 30.0
     #: Bytes read from the socket per system call; one reused buffer per worker.
     buffer_size: int = 1024 * 1024
@@ -129,8 +130,8 @@ class Settings:
     #: HTTP(S) proxy for every URL, e.g. ``http://user:pass@proxy:3128`` (None: the
     #: environment's, if trust_env). Costs a hop; https URLs are tunnelled with CONNECT.
     proxy: str | None = None
-    #: Read HTTP_PROXY/HTTPS_PROXY/NO_PROXY from the environment (NO_PROXY also exempts
-    #: hosts from ``proxy``, as curl does). False: ``proxy`` alone decides.
+    #: Read HTTP_PROXY/HTTPS_PROXY/ALL_PROXY/NO_PROXY from the environment, as curl does
+    #: (NO_PROXY also exempts hosts from ``proxy``). False: ``proxy`` alone decides.
     trust_env: bool = True
     #: A PEM client certificate to present to servers that ask for one (may hold the key).
     client_cert: str | None = None
@@ -257,7 +258,7 @@ def check_proxy_url(url: str, origin: str = "") -> None:
     """Refuse a proxy URL urllib3 cannot use: only http:// and https:// proxies, with a host,
     all of it text (argument bytes that are not UTF-8 are lone surrogates) and credentials a
     Proxy-Authorization header can carry (latin-1). ``origin``: where it was given, if not
-    as ``proxy`` (``$HTTP_PROXY``), so the error names what to fix."""
+    as ``proxy`` (``$http_proxy``, as spelled), so the error names what to fix."""
     try:
         parts = urlsplit(url)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0

@@ -6,6 +6,9 @@ Usage::
         ...  # download through proxy.url
         assert proxy.forwarded > 0 and proxy.seen[0].method == "GET"
 
+``ForwardProxy(tls=(certfile, keyfile))`` is an https proxy: clients speak TLS to it first
+(TLS inside TLS for a tunnel to an https origin).
+
 One request per client connection: a forwarded request goes upstream with
 ``Connection: close`` and its response comes back with ``Connection: close``, so clients
 never reuse a connection the proxy is about to drop.  ``Proxy-*`` headers are recorded
@@ -17,11 +20,12 @@ from __future__ import annotations
 import selectors
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
 TIMEOUT = 10.0  # a backstop: close() ends every relay long before this
@@ -40,9 +44,13 @@ class Seen(NamedTuple):
 class ForwardProxy:
     """A threaded proxy on 127.0.0.1:<ephemeral>; ``close()`` ends and joins every thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
+        self._server.context = None
+        if tls is not None:
+            self._server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._server.context.load_cert_chain(*tls)
         self.port: int = self._server.server_address[1]
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
@@ -54,11 +62,15 @@ class ForwardProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     def url_with(self, credentials: str) -> str:
-        """``http://<credentials>@127.0.0.1:<port>``."""
-        return f"http://{credentials}@127.0.0.1:{self.port}"
+        """``http://<credentials>@127.0.0.1:<port>`` (https:// for a TLS proxy)."""
+        return f"{self._scheme}://{credentials}@127.0.0.1:{self.port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self._server.context is not None else "http"
 
     @property
     def forwarded(self) -> int:
@@ -108,6 +120,14 @@ class _Server(socketserver.ThreadingTCPServer):
     block_on_close = True
     allow_reuse_address = True
     owner: ForwardProxy
+    context: ssl.SSLContext | None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.context is None:
+            return sock, address
+        sock.settimeout(TIMEOUT)  # the handshake too: a client that never starts it
+        return self.context.wrap_socket(sock, server_side=True), address
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -197,6 +217,11 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
         sel.register(a, selectors.EVENT_READ)
         sel.register(b, selectors.EVENT_READ)
         while True:
+            # A TLS socket may hold decrypted bytes that select cannot see: those first.
+            held = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
+            if held:
+                peer[held[0]].sendall(held[0].recv(64 * 1024))
+                continue
             for key, _ in sel.select(TIMEOUT) or [(None, None)]:
                 if key is None:
                     return  # idle for TIMEOUT: give up

@@ -111,14 +111,18 @@ def make(server: ServerHandle, _blob_cache: dict[tuple[int, int], str]) -> Calla
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> CompletedProcess[str]:
-    """``python -m blobdl ARGS`` to completion, as a user runs it."""
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 60, env: dict[str, str] | None = None
+) -> CompletedProcess[str]:
+    """``python -m blobdl ARGS`` to completion, as a user runs it (in ``env``: the
+    environment, if given)."""
     return subprocess.run(
         [sys.executable, "-m", "blobdl", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=cwd or REPO,
+        env=env,
     )
 
 

@@ -257,12 +257,13 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--proxy",
         metavar="URL",
-        help="HTTP(S) proxy for every URL, http://[user:pass@]host:port (default: HTTP(S)_PROXY)",
+        help="HTTP(S) proxy for every URL, http://[user:pass@]host:port "
+        "(default: HTTP(S)_PROXY, else ALL_PROXY)",
     )
     p.add_argument(
         "--no-env-proxy",
         action="store_true",
-        help="ignore HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment",
+        help="ignore HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY from the environment",
     )
     p.add_argument(
         "--scheduler",

@@ -1,6 +1,7 @@
 """The HTTP edge: everything that speaks to a server.
 
-URLs (``_urls``), pools with TLS and proxy routes (``_pool``, ``_connections``), one GET as
+URLs (``_urls``), pools with TLS (``_pool``, ``_connections``), proxy routes (``_routes``),
+a connection's set-up bounded as a whole (``_set_up``), one GET as
 we make it (``_request``), a small document such as a registry's manifest (``_document``),
 the probe (``_probe``), a range's body (``_body``,
 ``_socket_reads``), a lane's session (``_session``), header text (``_headers``), what the

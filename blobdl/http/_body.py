@@ -162,9 +162,9 @@ class RangeBody:
 
     def _lend_socket(self) -> None:
         sock = getattr(getattr(self._response, "connection", None), "sock", None)
-        if self._inner is None or type(sock) not in (socket.socket, ssl.SSLSocket):
+        # A socket, TLS or not (an https proxy's is ``SetUpSSLSocket``), not TLS in TLS.
+        if self._inner is None or not isinstance(sock, socket.socket):
             return
-        assert isinstance(sock, socket.socket)
         # http.client's reader may already hold the first body bytes: peek tells how
         # many (reading once from the socket if it holds none).
         self.buffered = len(self._inner.fp.peek())

@@ -10,6 +10,7 @@ original over (detaches it), and because a shutdown acts on the connection, not 
 descriptor of it: ours still cuts whatever wraps it, and is never another lane's socket
 reusing a closed descriptor's number. Threads without ``Sockets`` note nothing (the
 coordinator's probe). Only a wait before the socket exists (DNS, connect) is out of reach.
+Their set-up (connect, a proxy's CONNECT, TLS) is bounded as a whole (``_set_up``).
 The connections also note when they were ready (``ready_at``): the time a request takes to
 its status line, less the connection's set-up, is what sizes a lane's chunks (``_chunk``);
 and they read their responses past any interim (1xx) ones (``_interim``).
@@ -27,8 +28,10 @@ from typing import TypeVar
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import ProxyError
 
 from ._head import InterimSkippingResponse
+from ._set_up import clamp, setting_up
 
 
 class Sockets:
@@ -123,12 +126,29 @@ class _NotedHTTPConnection(HTTPConnection):
     def _new_conn(self) -> socket.socket:
         _let_go_of_closed()
         sock = super()._new_conn()
+        try:
+            clamp(sock)  # a proxy's TLS handshake, or the server's, gets what is left
+        except TimeoutError:
+            sock.close()
+            raise
         _note(sock, self)
         return sock
 
     def connect(self) -> None:
-        super().connect()
+        # urllib3 opens a connection with its connect timeout as the connection's timeout.
+        within = self.timeout if isinstance(self.timeout, (int, float)) else None
+        with setting_up(within):
+            super().connect()
         self.ready_at = time.monotonic()
+
+    def _tunnel(self) -> None:
+        assert self.sock is not None
+        try:
+            clamp(self.sock)
+            super()._tunnel()
+        except TimeoutError as exc:  # the proxy's answer did not come in time: its fault
+            raise ProxyError("the proxy did not answer CONNECT in time", exc) from exc
+        clamp(self.sock)  # the server's handshake, through the tunnel, gets what is left
 
 
 class _NotedHTTPSConnection(_NotedHTTPConnection, HTTPSConnection):

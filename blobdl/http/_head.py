@@ -13,7 +13,9 @@ The socket's read timeout (the stall timeout) bounds each read, not the head: a 
 sends it a byte at a time, never silent that long, would hold the request as long as it
 liked (64 KiB a header line). So from its first byte, the whole head (interim responses
 included) must arrive within one read timeout, or the read times out as a silent socket's
-would (``_HeadReads``). The first byte itself may take the whole timeout, as ever.
+would (``_HeadReads``). The first byte itself may take the whole timeout, as ever. A
+proxy's answer to CONNECT is read while its connection is set up: each read then waits only
+for what is left of the set-up (``_set_up``), so that answer is bounded as a whole too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+from ._set_up import left as set_up_left
 
 MAX_INTERIM = 100  # interim responses before one answer; a legitimate server sends one or two
 
@@ -41,16 +45,14 @@ class _HeadReads(socket.SocketIO):
     deadline: float | None = None
 
     def readinto(self, b: Any) -> int | None:
-        if self.within is None:
-            return super().readinto(b)
-        if self.deadline is None:  # the head's first byte: the socket's own timeout
-            count = super().readinto(b)
+        if self.within is not None and self.deadline is None:  # the head's first byte:
+            count = super().readinto(b)  # the socket's own timeout
             if count:
                 self.deadline = time.monotonic() + self.within
             return count
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the response's head did not arrive whole in time")
+        left = self._left()
+        if left is None:
+            return super().readinto(b)
         sock: socket.socket = self._sock  # type: ignore[attr-defined]
         timeout = sock.gettimeout()  # (each settimeout is a system call: only when needed)
         sock.settimeout(min(left, timeout) if timeout is not None else left)
@@ -58,6 +60,16 @@ class _HeadReads(socket.SocketIO):
             return super().readinto(b)
         finally:
             sock.settimeout(timeout)
+
+    def _left(self) -> float | None:
+        """What this read may wait: what is left of the head's time, or of the set-up's
+        while a proxy's answer to CONNECT is read; None: the socket's own timeout."""
+        if self.deadline is None:
+            return set_up_left()
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the response's head did not arrive whole in time")
+        return left
 
 
 class _Socket:

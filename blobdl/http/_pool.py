@@ -7,9 +7,8 @@ built once per process, before workers fork, and inherited.
 from __future__ import annotations
 
 import ssl
-import urllib.request
 import warnings
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import urllib3
@@ -21,6 +20,8 @@ from ..config import Settings, check_proxy_url
 from ..errors import UsageError
 from ._connections import noting
 from ._request import Response
+from ._routes import ProxyRoutes
+from ._set_up import SetUpSSLSocket
 from ._translate import proxy_errors, wants_credentials
 
 
@@ -56,7 +57,7 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
 # Contexts built in this process, by what they trust and present. Loading a CA store costs
 # ~20 ms of CPU; built in the coordinator before it forks, a context is inherited by every
 # worker instead of being loaded again in each of them (and for each connection).
-_CONTEXTS: dict[tuple[bool, str | None, str | None, str | None], ssl.SSLContext] = {}
+_CONTEXTS: dict[tuple[bool, str | None, str | None, str | None, bool], ssl.SSLContext] = {}
 
 
 def prepare_tls(settings: Settings, url: str) -> None:
@@ -66,21 +67,32 @@ def prepare_tls(settings: Settings, url: str) -> None:
 
 
 def tls_context(
-    settings: Settings, *, client_cert: bool = True, system: bool = False
+    settings: Settings, *, proxy: bool = False, system: bool = False
 ) -> ssl.SSLContext | None:
     """urllib3's hardened context with our trust roots and client certificate, loaded when the
     pool is made so that a bad file is a usage error now, not a retried connection failure.
 
     For the default (system CAs, no client certificate) only when ``system`` is asked or
     ``prepare_tls`` built it already; else None, and urllib3 loads the system store itself,
-    lazily, only for https connections (a plain http download never pays for it)."""
-    cert = settings.client_cert if client_cert else None
-    key = (settings.verify_tls, settings.ca_bundle, cert, settings.client_key if cert else None)
+    lazily, only for https connections (a plain http download never pays for it).
+
+    ``proxy``: an https proxy's, always built: verified as servers are, without our client
+    certificate, its sockets bounding the set-up of a tunnel inside them (``_set_up``)."""
+    cert = None if proxy else settings.client_cert
+    key = (
+        settings.verify_tls,
+        settings.ca_bundle,
+        cert,
+        settings.client_key if cert else None,
+        proxy,
+    )
     context = _CONTEXTS.get(key)
     if context is None and (
-        system or not (settings.verify_tls and not settings.ca_bundle and not cert)
+        system or proxy or not (settings.verify_tls and not settings.ca_bundle and not cert)
     ):
         context = _CONTEXTS[key] = _build_context(settings, cert)
+        if proxy:
+            context.sslsocket_class = SetUpSSLSocket
     return context
 
 
@@ -108,47 +120,6 @@ def _load_client_cert(context: ssl.SSLContext, cert: str, key: str | None) -> No
         context.load_cert_chain(cert, key, password=no_passphrase)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load client certificate {cert!r}: {exc}") from None
-
-
-class ProxyRoutes(NamedTuple):
-    """Which proxy, if any, each URL goes through."""
-
-    explicit: str | None  # Settings.proxy: every scheme
-    environ: dict[str, str]  # urllib.request.getproxies_environment(): scheme -> URL, "no"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ProxyRoutes:
-        environ = urllib.request.getproxies_environment() if settings.trust_env else {}
-        return cls(settings.proxy, environ)
-
-    def configured(self) -> bool:
-        """Whether some URL might go through a proxy."""
-        return bool(self.explicit or self.environ.get("http") or self.environ.get("https"))
-
-    def origin(self, url: str) -> str:
-        """Where ``url``'s proxy was given: "" for the explicit one, else its variable."""
-        return "" if self.explicit else f"${urlsplit(url).scheme.upper()}_PROXY"
-
-    def proxy_for(self, url: str) -> str | None:
-        """The proxy URL for ``url``, or None to connect directly."""
-        parts = urlsplit(url)
-        if self._bypassed(parts.netloc.rpartition("@")[2], parts.hostname or ""):
-            return None
-        proxy = self.explicit or self.environ.get(parts.scheme)
-        if proxy and "://" not in proxy:
-            proxy = "http://" + proxy  # HTTP_PROXY=host:3128 is common and means http
-        return proxy
-
-    def _bypassed(self, netloc: str, hostname: str) -> bool:
-        """Whether NO_PROXY names the host: matched (suffixes, "*", host:port) as urllib
-        does it, on host[:port], and for an IPv6 host also on the bare address: in
-        ``NO_PROXY=::1`` (as curl and requests read it) the brackets of ``[::1]`` are only
-        URL syntax."""
-        # Public in urllib.request, but missing from typeshed.
-        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-        if bypass(netloc, self.environ):
-            return True
-        return ":" in hostname and bool(bypass(hostname, self.environ))
 
 
 class _ProxyRouter(urllib3.PoolManager):
@@ -196,8 +167,7 @@ def proxy_manager(proxy: str, settings: Settings, options: dict[str, Any]) -> ur
         auth = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         headers = make_headers(proxy_basic_auth=auth)
     bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-    # An https:// proxy is verified like the servers are, without our client certificate.
-    proxy_tls = tls_context(settings, client_cert=False) if parts.scheme == "https" else None
+    proxy_tls = tls_context(settings, proxy=True) if parts.scheme == "https" else None
     manager = urllib3.ProxyManager(
         bare, proxy_headers=headers, proxy_ssl_context=proxy_tls, **options
     )

@@ -39,7 +39,8 @@ from ..errors import (
     UsageError,
 )
 from ..http._document import Document, fetch, get_document
-from ..http._pool import ProxyRoutes, make_pool
+from ..http._pool import make_pool
+from ..http._routes import ProxyRoutes
 from ..http._urls import headers_for_origin, redirect_target, same_origin, url_problem
 from ..processes._spawn import in_threads
 from ._credentials import basic, docker_credentials

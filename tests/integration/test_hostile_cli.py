@@ -133,7 +133,9 @@ def test_an_empty_path_is_a_usage_error_naming_the_option(args: list[str], tmp_p
         ([b"--proxy", b"http://a\xff:1"], {}, b"bad proxy URL"),
         ([b"--proxy", b"http://u:\xff@127.0.0.1:9"], {}, b"bad proxy URL"),
         ([], {b"HTTP_PROXY": b"\xff\xfe"}, b"$HTTP_PROXY"),
-        ([], {b"http_proxy": b"http://[::1"}, b"$HTTP_PROXY"),
+        ([], {b"http_proxy": b"http://[::1"}, b"$http_proxy"),
+        ([], {b"all_proxy": b"http://[::1"}, b"$all_proxy"),
+        ([], {b"HTTP_PROXY": b"http://[::1", b"ALL_PROXY": b"http://[::2"}, b"$HTTP_PROXY"),
         ([], {b"HTTP_PROXY": b"http://u:\xff@127.0.0.1:9"}, b"$HTTP_PROXY"),
     ],
 )

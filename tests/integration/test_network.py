@@ -358,6 +358,20 @@ def test_https_through_the_proxy_with_connect(
     assert {seen.target for seen in proxy.seen} == {tls_blob.url.split("/")[2]}
 
 
+def test_through_an_https_proxy_tunnelled_inside_its_tls_and_forwarded_over_it(
+    server: ServerHandle, make: Make, tls_blob: Blob, pki: PKI, tmp_path: Path
+) -> None:
+    """The proxy's TLS is verified as a server's is; an https origin is tunnelled inside it
+    (TLS in TLS: the set-up bounded through the proxy's own socket), an http one forwarded
+    over it. Exact bytes both ways."""
+    blob = make(2 * PART)
+    with ForwardProxy(tls=(pki.server_cert, pki.server_key)) as proxy:
+        via = {"proxy": proxy.url, "ca_bundle": pki.ca_pem, "trust_env": False}
+        assert fetch(tls_blob.url, tmp_path / "tls", **via) == tls_blob.sha256
+        assert fetch(blob.url, tmp_path / "plain", **via) == blob.sha256
+    assert proxy.methods() == {"CONNECT", "GET"}
+
+
 def test_proxy_credentials_become_proxy_authorization(
     proxy: ForwardProxy,
     server: ServerHandle,

@@ -4,6 +4,7 @@ CONNECT and verified end to end, credentials asked for, a batch's kept connectio
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from blobdl import Downloader, Item, download_many
 from blobdl.errors import EXIT_NETWORK, ProxyAuthRequired
+from faultserver.registry import free_port
 from faultserver.serverctl import ServerHandle, make_blob
 from faultserver.tinyproxy import start_tinyproxy
 from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
@@ -124,3 +126,57 @@ def test_a_407_on_a_part_through_a_proxy_fails_the_download_at_once(
             Downloader(settings).download(blob.url, tmp_path / "out")
     assert caught.value.exit_code == EXIT_NETWORK and not caught.value.retryable
     assert server.stats()["requests"] == 2  # the probe and the one part request
+
+
+def _proxy_env(**variables: str) -> dict[str, str]:
+    """The environment without any proxy variable of the user's, and with ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    return {**env, **variables}
+
+
+@pytest.mark.parametrize("spelling", ["ALL_PROXY", "all_proxy"])
+def test_all_proxy_carries_every_scheme_without_a_variable_of_its_own(
+    spelling: str, server: ServerHandle, make: Make, tls_server: ServerHandle, pki: PKI,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """As curl reads it: http forwarded, https tunnelled, both through ALL_PROXY's proxy."""
+    blob = make(2 * PART, seed=45)
+    make_blob(tls_server.root, "all-proxy.bin", 2 * PART, seed=46)
+    tls_url = tls_server.url("all-proxy.bin")
+    with start_tinyproxy(tmp_path / "proxy") as proxy:
+        env = _proxy_env(**{spelling: proxy.url})
+        plain = run_cli(blob.url, "-o", str(tmp_path / "plain"), env=env)
+        tls = run_cli(tls_url, "-o", str(tmp_path / "tls"), "--ca-bundle", pki.ca_pem, env=env)
+        seen = proxy.requests()
+    assert plain.returncode == 0, plain.stderr
+    assert tls.returncode == 0, tls.stderr
+    assert f"GET {blob.url}" in seen and f"CONNECT {tls_url.split('/')[2]}" in seen, seen
+
+
+def test_a_scheme_variable_comes_before_all_proxy_and_no_proxy_still_holds(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blob = make(PART, seed=47)
+    with start_tinyproxy(tmp_path / "proxy") as proxy:
+        closed = f"http://127.0.0.1:{free_port()}"  # ALL_PROXY's: never used
+        env = _proxy_env(http_proxy=proxy.url, ALL_PROXY=closed)
+        through = run_cli(blob.url, "-o", str(tmp_path / "through"), env=env)
+        env = _proxy_env(ALL_PROXY=closed, NO_PROXY="localhost,127.0.0.1")
+        direct = run_cli(blob.url, "-o", str(tmp_path / "direct"), env=env)
+        seen = proxy.requests()
+    assert through.returncode == 0, through.stderr
+    assert direct.returncode == 0, direct.stderr
+    assert seen and all(r == f"GET {blob.url}" for r in seen), seen
+
+
+def test_no_proxy_with_a_leading_dot_is_no_part_of_an_ip_address(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """``.0.0.1`` would be a domain suffix; 127.0.0.1 is an address: its requests go through."""
+    blob = make(PART, seed=48)
+    with start_tinyproxy(tmp_path / "proxy") as proxy:
+        env = _proxy_env(http_proxy=proxy.url, NO_PROXY=".0.0.1,.1")
+        done = run_cli(blob.url, "-o", str(tmp_path / "out"), env=env)
+        seen = proxy.requests()
+    assert done.returncode == 0, done.stderr
+    assert seen and all(r == f"GET {blob.url}" for r in seen), seen
