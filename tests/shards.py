@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         for k, (log, run) in enumerate(runs):
             codes.append(run.wait())
             log.seek(0)
-            print(f"===== session {k + 1} of {count} (every {count}th test from #{k}) =====")
+            print(f"===== session {k + 1} of {count} (tests #{k}, #{k + count}, ...) =====")
             sys.stdout.flush()
             sys.stdout.buffer.write(log.read())
             log.close()
