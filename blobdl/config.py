@@ -268,7 +268,12 @@ def check_proxy_url(url: str, origin: str = "") -> None:
         ok = False
     shown = redact_url(url) if isinstance(url, str) else url
     where = f" from {origin}" if origin else ""
-    _require(ok, f"bad proxy URL {shown!r}{where} (expected http://[user:pass@]host[:port])")
+    hint = ""
+    if isinstance(url, str) and url.lower().startswith("socks"):
+        hint = "; SOCKS proxies are not supported"
+        if origin:  # set for other tools (curl reads SOCKS there): say how to go on
+            hint += ": give an HTTP proxy (--proxy) or ignore the environment's (--no-env-proxy)"
+    _require(ok, f"bad proxy URL {shown!r}{where} (expected http://[user:pass@]host[:port]{hint})")
 
 
 def parse_header(text: str) -> tuple[str, str]:

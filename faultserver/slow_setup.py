@@ -11,11 +11,15 @@ Usage::
         ...  # and the handshake inside its tunnel never ends
     with SlowSetUp("connect", tunnels=1) as proxy:  # the first CONNECT is tunnelled
         ...  # honestly (a probe gets through), every later answer never ends
+    with SlowSetUp("connect", late=0.6, ends=1.4) as proxy:  # the answer to CONNECT starts
+        ...  # 0.6 s after the request and ends 1.4 s after it; then the proxy is silent
 
 Whatever it trickles, it sends one byte every ``step`` seconds for ``hold`` seconds at most,
 then closes: after a client's reads, each waiting less than ``step``, never time out. The
 handshake it trickles is a TLS record header announcing 16 KiB of handshake, then the
-record's bytes (OpenSSL waits for the whole record). ``connections``: how many it accepted.
+record's bytes (OpenSSL waits for the whole record). ``late``: seconds of silence before the
+first byte; ``ends``: seconds after the request when a trickled answer to CONNECT ends (None:
+never), the peer silent after it. ``connections``: how many it accepted.
 """
 
 from __future__ import annotations
@@ -46,8 +50,11 @@ class SlowSetUp:
         step: float = 0.2,
         hold: float = 120.0,
         tunnels: int = 0,
+        late: float = 0.0,
+        ends: float | None = None,
     ) -> None:
         self.trickled, self.step, self.hold, self.tunnels = trickled, step, hold, tunnels
+        self.late, self.ends = late, ends
         self._context: ssl.SSLContext | None = None
         if tls is not None:
             self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -142,7 +149,13 @@ class SlowSetUp:
     def _trickle(self, peer: socket.socket) -> None:
         if self.trickled == "connect":
             _read_head(peer)
+            asked = time.monotonic()
+            if self._closing.wait(self.late):
+                return
             peer.sendall(_CONNECT_ANSWER)
+            if self.ends is not None:
+                self._end_answer(peer, asked + self.ends)
+                return
         elif self.trickled == "tunnel":
             _read_head(peer)
             peer.sendall(_ESTABLISHED)
@@ -154,6 +167,16 @@ class SlowSetUp:
         until = time.monotonic() + self.hold
         while time.monotonic() < until and not self._closing.wait(self.step):
             peer.sendall(b"a" if self.trickled == "connect" else b"\x00")
+
+    def _end_answer(self, peer: socket.socket, at: float) -> None:
+        """Trickle the answer to CONNECT until ``at``, end it, then say nothing more."""
+        while time.monotonic() + self.step < at:
+            if self._closing.wait(self.step):
+                return
+            peer.sendall(b"a")
+        if not self._closing.wait(max(0.0, at - time.monotonic())):
+            peer.sendall(b"\r\n\r\n")
+            self._closing.wait(self.hold)
 
 
 def _read_head(peer: socket.socket) -> bytes:

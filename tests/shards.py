@@ -6,15 +6,36 @@ leaves a 2-core machine half idle. Each session is an ordinary single-threaded p
 pytest-xdist, whose workers run threads, cannot host the suite); it runs every Nth test
 (``BLOBDL_TEST_SHARD``, read by ``tests/conftest.py``), writes to its own log, and the logs
 are printed in order once all have ended. The exit status is the first failing session's.
+
+Stopped (Ctrl-C, or SIGTERM from a job runner that cancels), it interrupts every session
+still running, waits for them to stop (pytest tears down its servers on SIGINT), prints
+their logs and exits 128 + the signal: a session left behind would go on running the
+suite, and its servers, on its own.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from types import FrameType
+from typing import IO
+
+# Seconds a stopped session may take to tear down before it is killed.
+_STOP_GRACE = 30.0
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signum)
 
 
 def main(argv: list[str]) -> int:
@@ -23,30 +44,62 @@ def main(argv: list[str]) -> int:
         return 2
     count, args = int(argv[0]), argv[1:]
     started = time.monotonic()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_stopped)
     with tempfile.TemporaryDirectory(prefix="blobdl-shards-") as folder:
-        runs = []
-        for k in range(count):
-            log = open(os.path.join(folder, f"shard-{k}.log"), "w+b")  # noqa: SIM115
-            env = {**os.environ, "BLOBDL_TEST_SHARD": f"{k}/{count}"}
-            command = [sys.executable, *_warning_flags(), "-m", "pytest", *args]
-            run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            runs.append((log, run))
-        print(f"{count} pytest sessions side by side; their logs follow as they end", flush=True)
-        codes = []
-        for k, (log, run) in enumerate(runs):
-            codes.append(run.wait())
-            log.seek(0)
+        runs: list[tuple[IO[bytes], subprocess.Popen[bytes]]] = []
+        try:
+            for k in range(count):
+                log = open(os.path.join(folder, f"shard-{k}.log"), "w+b")  # noqa: SIM115
+                env = {**os.environ, "BLOBDL_TEST_SHARD": f"{k}/{count}"}
+                command = [sys.executable, *_warning_flags(), "-m", "pytest", *args]
+                # A session of its own: a Ctrl-C at the terminal reaches the runner alone,
+                # which hands it on once (a second SIGINT would cut pytest's teardown short).
+                run = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+                runs.append((log, run))
+            print(
+                f"{count} pytest sessions side by side; their logs follow as they end", flush=True
+            )
+            codes, stopped = [run.wait() for _, run in runs], None
+        except _Stopped as exc:
+            stopped = exc.signum
+            for signum in (signal.SIGINT, signal.SIGTERM):  # stopping is not cut half-way
+                signal.signal(signum, signal.SIG_IGN)
+            codes = _stop([run for _, run in runs])
+        for k, (output, _run) in enumerate(runs):
+            output.seek(0)
             print(f"===== session {k + 1} of {count} (tests #{k}, #{k + count}, ...) =====")
             sys.stdout.flush()
-            sys.stdout.buffer.write(log.read())
-            log.close()
+            sys.stdout.buffer.write(output.read())
+            output.close()
     took = time.monotonic() - started
     print(f"===== {count} sessions: exit {codes} in {took:.0f} s =====", flush=True)
+    if stopped is not None:
+        return 128 + stopped
     # A session left no test by a narrow selection says "no tests ran" (5): not a failure
     # while another session ran some.
     if 5 in codes and any(code != 5 for code in codes):
         codes = [0 if code == 5 else code for code in codes]
     return next((code for code in codes if code), 0)
+
+
+def _stop(runs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """Interrupt every session still running (SIGINT: pytest then tears its servers down),
+    and their exit codes once they end (killed past ``_STOP_GRACE``)."""
+    for run in runs:
+        if run.poll() is None:
+            run.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + _STOP_GRACE
+    codes = []
+    for run in runs:
+        try:
+            codes.append(run.wait(max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            run.kill()
+            codes.append(run.wait())
+    return codes
 
 
 def _warning_flags() -> list[str]:

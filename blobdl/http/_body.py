@@ -66,12 +66,15 @@ class RangeBody:
             self._inner, self.read = None, _decoded_reader(response)
 
     @classmethod
-    def open(cls, pool: urllib3.PoolManager, remote: Remote, span: Span, hops: int) -> RangeBody:
+    def open(
+        cls, pool: urllib3.PoolManager, remote: Remote, span: Span, hops: int, hopped: bool
+    ) -> RangeBody:
         """GET ``span`` of the pinned remote, following up to ``hops`` redirects (a CDN or
-        mirror that bounces a request): the blob is judged where it answers."""
+        mirror that bounces a request): the blob is judged where it answers. ``hopped``:
+        ``remote`` is already where an earlier request's redirect led."""
         extra = {**_conditional_headers(remote), "Range": range_header(span.start, span.end)}
         answer = get_following(pool, remote.final_url, remote.headers, extra, hops)
-        at, hopped = _at(remote, answer), answer.url != remote.final_url
+        at, hopped = _at(remote, answer), hopped or answer.url != remote.final_url
         return cls.from_response(answer.response, at, span, answer.sent, hopped)
 
     @classmethod
@@ -80,7 +83,7 @@ class RangeBody:
     ) -> RangeBody:
         """The body of ``span`` in ``response``, a ranged answer sent at ``sent`` (the
         probe's own answer, for a blob that fits in it), checked as ``open`` checks it.
-        ``hopped``: a redirect of this request's own led to ``remote.final_url``."""
+        ``hopped``: a redirect of this attempt's own led to ``remote.final_url``."""
         body = cls(response, sent)
         body.remote = remote
         with body._closed_on_error():
@@ -90,11 +93,14 @@ class RangeBody:
         return body
 
     @classmethod
-    def whole(cls, pool: urllib3.PoolManager, remote: Remote, start: int, hops: int) -> RangeBody:
+    def whole(
+        cls, pool: urllib3.PoolManager, remote: Remote, start: int, hops: int, hopped: bool
+    ) -> RangeBody:
         """GET the whole blob (the fallback for servers without range support), into the
-        file from ``start``, following up to ``hops`` redirects; read the ordinary way only."""
+        file from ``start``, following up to ``hops`` redirects (``hopped``: as ``open``);
+        read the ordinary way only."""
         answer = get_following(pool, remote.final_url, remote.headers, {}, hops)
-        at, hopped = _at(remote, answer), answer.url != remote.final_url
+        at, hopped = _at(remote, answer), hopped or answer.url != remote.final_url
         return cls.whole_from_response(answer.response, at, start, answer.sent, hopped)
 
     @classmethod

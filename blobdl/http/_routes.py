@@ -6,9 +6,10 @@ For a URL of scheme S: ``s_proxy``, then ``S_PROXY``, then ``all_proxy``, then
 case; we do, as blobdl always has, except in a CGI script, where a request's ``Proxy:``
 header arrives as ``HTTP_PROXY``: "httpoxy", as Python's own reader guards.) An error names
 the variable the proxy came from. NO_PROXY (``no_proxy`` first) is a list of names,
-addresses and ``*``: a name matches itself and every name under it (a leading dot changes
-nothing); an IP address matches only that address (Python's matcher took ``.0.0.1`` for a
-suffix of ``127.0.0.1``); an entry with a port matches only that port.
+addresses, networks and ``*``: a name matches itself and every name under it (a leading or
+trailing dot changes nothing); an IP address matches only that address (Python's matcher
+took ``.0.0.1`` for a suffix of ``127.0.0.1``), a network (``10.0.0.0/8``, as curl 7.86+
+and requests read it) every address in it; an entry with a port matches only that port.
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ def bypassed(no_proxy: str, host: str, port: int | None) -> bool:
 
 def _names(entry: str, host: str) -> bool:
     address = _address(host)
-    if address is not None:  # an address matches only itself: never part of one
-        return _address(entry) == address
-    name, host = entry.lstrip(".").lower(), host.rstrip(".").lower()
+    if address is not None:  # an address matches only itself, or a network holding it
+        return _address(entry) == address or address in _network(entry)
+    name, host = entry.strip(".").lower(), host.rstrip(".").lower()
     return bool(name) and (host == name or host.endswith("." + name))
 
 
@@ -108,6 +109,17 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | tuple[()]:
+    """The network ``text`` names (``10.0.0.0/8``; host bits set are ignored, as curl does),
+    or nothing."""
+    if "/" not in text:
+        return ()
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return ()
 
 
 def _environment_proxy(scheme: str, environ: Mapping[str, str]) -> EnvironmentProxy | None:

@@ -36,6 +36,9 @@ class Session:
         self._sockets = Sockets()
         self._pool: urllib3.PoolManager | None = None
         self._remote: Remote | None = None  # whose bodies ``range`` and ``whole`` give
+        # ``_remote`` is where a body's redirect led, not the one given: a 403 there is
+        # that target's signature expiring (``_failure.decide``), on any later request too.
+        self._hopped = False
         self._hops = 0  # redirects a body's GET follows (Settings.max_redirects)
 
     def cut(self) -> None:
@@ -48,7 +51,7 @@ class Session:
         after (the process goes on with other lanes)."""
         with noted_in(self._sockets):
             self._pool, self._remote = make_pool(settings), remote
-            self._hops = settings.max_redirects
+            self._hops, self._hopped = settings.max_redirects, False
             try:
                 with translate_errors(remote.final_url):
                     yield self
@@ -76,7 +79,7 @@ class Session:
         with translate_errors(url):
             sent = time.monotonic()
             remote, response = first_answer(pool, url, settings, want)
-            self._remote = remote
+            self._remote, self._hopped = remote, False
             size = remote.size
             if size is None or not 0 < size <= want:  # unknown, empty (a 416) or larger
                 response.close()
@@ -88,7 +91,7 @@ class Session:
     @contextmanager
     def pinned(self, remote: Remote) -> Iterator[Session]:
         """Bodies of ``remote`` in the block, over a kept session, errors translated."""
-        self._remote = remote
+        self._remote, self._hopped = remote, False
         with translate_errors(remote.final_url):
             yield self
 
@@ -104,16 +107,19 @@ class Session:
 
     def range(self, span: Span) -> RangeBody:
         """The body of ``span`` (see ``RangeBody.open``)."""
-        return self._went(RangeBody.open(self._opened(), self._pinned(), span, self._hops))
+        pool, remote = self._opened(), self._pinned()
+        return self._went(RangeBody.open(pool, remote, span, self._hops, self._hopped))
 
     def whole(self, start: int) -> RangeBody:
         """The whole blob's body, for the file from ``start`` (see ``RangeBody.whole``)."""
-        return self._went(RangeBody.whole(self._opened(), self._pinned(), start, self._hops))
+        pool, remote = self._opened(), self._pinned()
+        return self._went(RangeBody.whole(pool, remote, start, self._hops, self._hopped))
 
     def _went(self, body: RangeBody) -> RangeBody:
         """A body redirected: the rest of the attempt asks its target (over the connection
         it holds, not a hop per request); the next attempt starts at the pinned URL again."""
-        self._remote = body.remote
+        if body.remote is not self._remote:
+            self._remote, self._hopped = body.remote, True
         return body
 
     def _opened(self) -> urllib3.PoolManager:

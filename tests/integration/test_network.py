@@ -430,6 +430,19 @@ def test_unusable_proxies_are_usage_errors(
     assert caught.value.exit_code == EXIT_USAGE
 
 
+def test_a_socks_proxy_from_all_proxy_is_refused_saying_how_to_go_on(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ALL_PROXY=socks5://...`` (set for curl, or by ``ssh -D`` users) is read now: the
+    error names the variable, says SOCKS is what is missing, and how to go on without it."""
+    monkeypatch.setenv("ALL_PROXY", "socks5h://127.0.0.1:1080")
+    with pytest.raises(UsageError) as caught:
+        fetch(make(PART).url, tmp_path / "out")
+    said = str(caught.value)
+    assert "$ALL_PROXY" in said and "SOCKS proxies are not supported" in said, said
+    assert "--no-env-proxy" in said and "--proxy" in said, said
+
+
 def test_cli_network_flags_map_to_settings(proxy: ForwardProxy, make: Make, tmp_path: Path) -> None:
     flags = "--proxy http://p:3128 --no-env-proxy --client-cert c.pem --client-key k.pem"
     args = build_parser().parse_args(["https://x/y", *flags.split(), "--ca-bundle", "ca.pem"])

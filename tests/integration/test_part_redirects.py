@@ -171,3 +171,20 @@ def test_a_part_redirected_to_a_target_that_expired_is_asked_again(
     fetch(blob.url, tmp_path / "out", connections=1)
     assert sha256_file(tmp_path / "out") == blob.sha256
     assert other.stats()["per_path"][f"/files/{blob.name}"] >= 2
+
+
+def test_a_redirect_target_that_expires_between_two_requests_of_one_attempt_is_asked_again(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """The pinned URL is no redirect, but a part's first request is bounced to a signed
+    URL; the rest of the attempt asks that URL directly, and its signature expires before
+    the attempt's next request: still a redirect's target, not the blob refused."""
+    blob = make(PART, seed=92)
+    other.reset()
+    bounce(server, blob, other.url(blob.name))
+    other.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 1,
+                      "action": "status", "status": 403})  # fmt: skip
+    # Small chunks: the attempt asks for its range in several requests.
+    fetch(blob.url, tmp_path / "out", connections=1, min_steal_size=PART // 4)
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert other.stats()["per_path"][f"/files/{blob.name}"] == 2  # served once, then 403

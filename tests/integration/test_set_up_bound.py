@@ -24,6 +24,7 @@ from tests.conftest import PART, REPO
 from tests.integration.conftest import PKI
 
 CONNECT_TIMEOUT = 0.5  # each trickled byte (every 0.2 s) comes well within it
+CONNECT_TIMEOUT_LATE = 1.0  # the late proxy's answer starts at 0.6 s of it, ends at 1.4 s
 BOUND = 20.0  # seconds a call may take here; the peers trickle for 120
 
 # Each door that opens connections, as a library caller opens it: ``origin`` is an https
@@ -98,6 +99,20 @@ def test_a_handshake_trickled_inside_an_https_proxys_tunnel_is_cut(
     assert answer["error"] is not None, answer
     assert "127.0.0.1 port 9" in answer["message"], answer
     assert "timed out" in answer["message"], answer
+
+
+def test_a_proxy_answering_connect_late_then_slowly_is_cut_within_the_set_up(
+    tmp_path: Path,
+) -> None:
+    """The answer's first byte comes within the connect timeout, its end after it: the
+    answer is bounded by what is left of the set-up, not by a read timeout of its own from
+    its first byte (which let it run on to near twice the connect timeout, and the time
+    out then named the server, not the proxy)."""
+    late, ends = 0.6 * CONNECT_TIMEOUT_LATE, 1.4 * CONNECT_TIMEOUT_LATE
+    with SlowSetUp("connect", step=0.1, late=late, ends=ends) as proxy:
+        answer = ended("download", "127.0.0.1:9", tmp_path, proxy=proxy.url,
+                       connect_timeout=CONNECT_TIMEOUT_LATE)  # fmt: skip
+    assert f"proxy 127.0.0.1 port {proxy.port} failed: timed out" in answer["message"], answer
 
 
 def test_a_server_trickling_its_handshake_is_cut(tmp_path: Path) -> None:

@@ -79,6 +79,15 @@ def test_the_proxy_setting_is_named_as_the_setting() -> None:
         ("::1", "http://[::2]/x", False),
         (":1", "http://[::1]/x", False),
         ("localhost,127.0.0.1,::1", "http://[::1]/x", True),
+        # A network (curl 7.86+, requests): every address in it, and no name.
+        ("10.0.0.0/8", "http://10.1.2.3:8080/x", True),
+        ("localhost, 10.0.0.0/8", "http://10.255.255.255/x", True),
+        ("10.0.0.0/8", "http://11.0.0.1/x", False),
+        ("10.0.0.1/8", "http://10.9.9.9/x", True),  # host bits set: still the /8, as curl
+        ("fd00::/8", "http://[fd12::1]/x", True),
+        ("fd00::/8", "http://[fe80::1]/x", False),
+        ("10.0.0.0/8", "http://ten.example/x", False),
+        ("10.0.0.0/40", "http://10.1.2.3/x", False),  # no network: names nothing
         # Names: the name itself and every name under it, with or without a leading dot.
         (".example.com", "http://www.example.com/x", True),
         (".example.com", "http://example.com/x", True),
@@ -89,6 +98,8 @@ def test_the_proxy_setting_is_named_as_the_setting() -> None:
         ("example.com:443", "https://example.com/x", True),  # the scheme's port
         ("example.com:8443", "https://example.com/x", False),
         ("localhost", "http://localhost.:8080/x", True),  # a trailing dot: the same name
+        ("example.com.", "http://www.example.com/x", True),  # in the entry too, as curl
+        (".example.com.", "http://example.com./x", True),
         ("*", "http://anything/x", True),
         ("", "http://anything/x", False),
         ("127.0.0.1", "http://localhost/x", False),  # names are not resolved
