@@ -39,8 +39,10 @@ from ..errors import (
     ConnectionFailed,
     OutOfResources,
     ProxyAuthRequired,
+    ProxyRefused,
     TLSError,
     UsageError,
+    retryable_status,
 )
 from ._head import InterimError
 
@@ -95,8 +97,12 @@ def proxy_errors(url: str, proxy: str) -> Iterator[None]:
     try:
         yield
     except ProxyError as exc:
-        if _tunnel_status(exc) == 407:
+        status, answer = _tunnel_answer(exc)
+        if status == 407:
             raise wants_credentials(url, proxy) from None
+        if status is not None and not retryable_status(status):  # its policy or capability
+            refused = f"{Peer.of(proxy, proxy=True)} refused CONNECT: {answer}"
+            raise ProxyRefused(url, refused) from None
         raise translated(url, exc, Peer.of(proxy, proxy=True)) from None
 
 
@@ -105,7 +111,7 @@ _ASKS_FOR_AUTH = "407 Proxy Authentication Required"
 # http.client (and urllib3's copy of its ``_tunnel``) tells a refused CONNECT only in
 # words, "Tunnel connection failed: 407 Proxy Authentication Required": no type or
 # attribute carries the status, so this is the one message read here.
-_TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: ([1-5][0-9][0-9])\b")
+_TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (([1-5][0-9][0-9])\b.*)")
 
 
 def wants_credentials(url: str, proxy: str) -> ProxyAuthRequired:
@@ -113,11 +119,12 @@ def wants_credentials(url: str, proxy: str) -> ProxyAuthRequired:
     return ProxyAuthRequired(url, f"{Peer.of(proxy, proxy=True)} failed: {_ASKS_FOR_AUTH}")
 
 
-def _tunnel_status(exc: BaseException) -> int | None:
-    """The status a proxy answered CONNECT with, if ``exc`` is its refusal."""
+def _tunnel_answer(exc: BaseException) -> tuple[int | None, str]:
+    """The status a proxy answered CONNECT with, and its status line ("403 Filtered"), if
+    ``exc`` is its refusal."""
     refusal = _inner(exc, OSError)
     match = _TUNNEL_REFUSED.match(str(refusal)) if refusal is not None else None
-    return int(match.group(1)) if match else None
+    return (int(match.group(2)), match.group(1).strip()) if match else (None, "")
 
 
 def translated(url: str, exc: BaseException, peer: Peer) -> BlobdlError:
