@@ -72,6 +72,13 @@ class TLSError(ConnectionFailed):
     retryable = False
 
 
+class ConnectionForbidden(ConnectionFailed):
+    """This machine forbids the connection (EACCES, EPERM at connect: a local firewall's
+    rule, a sandbox's); the rule holds for the next attempt too."""
+
+    retryable = False
+
+
 class ProxyRefused(ConnectionFailed):
     """The proxy refused CONNECT by its policy (403: a ``ConnectPort`` or filter rule; 404,
     405) or capability (501), or for any other answer but one its upstream may outgrow

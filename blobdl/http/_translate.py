@@ -37,6 +37,7 @@ from ..errors import (
     BadResponse,
     BlobdlError,
     ConnectionFailed,
+    ConnectionForbidden,
     OutOfResources,
     ProxyAuthRequired,
     ProxyRefused,
@@ -141,10 +142,19 @@ def translated(url: str, exc: BaseException, peer: Peer) -> BlobdlError:
     local = _inner(exc, OSError)
     if local is not None and local.errno in (errno.EMFILE, errno.ENFILE):
         return OutOfResources.refused(f"open a connection to {peer}", local)  # not the server's
+    connecting = _inner(exc, NewConnectionError) is not None
+    if connecting and local is not None and local.errno in _FORBIDDEN:
+        return ConnectionForbidden(url, _connection_detail(exc, peer))
     tls = _inner(exc, ssl.SSLError)
     if tls is not None:
         return ConnectionFailed(url, f"TLS error with {peer}: {_ssl_reason(tls)}")
     return ConnectionFailed(url, _connection_detail(exc, peer))
+
+
+# connect() refused by this machine's own rules (a firewall's OUTPUT chain, a cgroup's or a
+# sandbox's filter), unlike ECONNREFUSED or ENETUNREACH: a peer restarting, a route coming
+# back, both worth the retries.
+_FORBIDDEN = frozenset({errno.EACCES, errno.EPERM})
 
 
 def _connection_detail(exc: BaseException, peer: Peer) -> str:

@@ -15,6 +15,7 @@ from blobdl.engine._failure import Failure, decide
 from blobdl.errors import (
     BadResponse,
     ConnectionFailed,
+    ConnectionForbidden,
     HTTPStatusError,
     ProxyRefused,
     RemoteChanged,
@@ -123,6 +124,12 @@ def failure(error: BaseException = DROP, **facts: object) -> Failure:
         (
             "a proxy's 403 to CONNECT for a redirected URL is its policy, not an expiry",
             failure(ProxyRefused("u", "proxy p refused CONNECT: 403 Filtered"), redirected=True),
+            _failure.FAIL,
+            0,
+        ),
+        (
+            "a connection this machine forbids (EACCES, EPERM) is final",
+            failure(pickle.loads(pickle.dumps(ConnectionForbidden("u", "Failed to connect")))),
             _failure.FAIL,
             0,
         ),

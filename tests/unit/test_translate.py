@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
+import os
 import re
 import socket
 import ssl
@@ -168,3 +170,17 @@ def test_no_route_to_the_proxy_is_retried_the_network_may_come_back() -> None:
     assert error.retryable and error.exit_code == EXIT_NETWORK
     assert str(error).startswith("Failed to connect to proxy 224.0.0.1 port 3128: "
                                  "Network is unreachable")  # fmt: skip
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM])
+@pytest.mark.parametrize("proxy", [None, "http://p:3128"])
+def test_a_connection_this_machine_forbids_is_final(code: int, proxy: str | None) -> None:
+    """A local firewall (iptables OUTPUT, a cgroup's or a sandbox's rule) refuses connect()
+    with EACCES or EPERM; its rule does not change between two attempts."""
+    refused = _caused(NewConnectionError("conn", "Failed"), OSError(code, os.strerror(code)))
+    translate = translate_errors(URL) if proxy is None else proxy_errors(URL, proxy)
+    with pytest.raises(ConnectionFailed) as caught, translate:
+        raise refused if proxy is None else ProxyError("Unable to connect to proxy", refused)
+    assert not caught.value.retryable and caught.value.exit_code == EXIT_NETWORK
+    peer = "h port 443" if proxy is None else "proxy p port 3128"
+    assert str(caught.value).startswith(f"Failed to connect to {peer}: {os.strerror(code)}")
