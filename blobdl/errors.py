@@ -72,11 +72,24 @@ class TLSError(ConnectionFailed):
     retryable = False
 
 
-class ProxyAuthRequired(ConnectionFailed):
-    """The proxy answered 407 (to a forwarded request or to CONNECT): it wants credentials
-    it was not given, or refused the ones it was. Another attempt sends the same ones."""
+class ConnectionForbidden(ConnectionFailed):
+    """This machine forbids the connection (EACCES, EPERM at connect: a local firewall's
+    rule, a sandbox's); the rule holds for the next attempt too."""
 
     retryable = False
+
+
+class ProxyRefused(ConnectionFailed):
+    """The proxy refused CONNECT by its policy (403: a ``ConnectPort`` or filter rule; 404,
+    405) or capability (501), or for any other answer but one its upstream may outgrow
+    (500, 502, 503, 504, 408, 425, 429). Another attempt asks the same proxy the same."""
+
+    retryable = False
+
+
+class ProxyAuthRequired(ProxyRefused):
+    """The proxy answered 407 (to a forwarded request or to CONNECT): it wants credentials
+    it was not given, or refused the ones it was. Another attempt sends the same ones."""
 
 
 class TruncatedBody(NetworkError):
@@ -128,6 +141,17 @@ class WorkerCrashed(NetworkError):
 
 
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# 5xx that say what the server (or a proxy) cannot or will not do, not that it failed:
+# not implemented, this HTTP version, a captive portal's login (curl retries none of them).
+_FINAL_5XX = frozenset({501, 505, 511})
+
+
+def retryable_status(status: int) -> bool:
+    """Whether another attempt may get another answer than ``status``: a request timeout,
+    too many requests, a server or its upstream failing; never a 4xx policy or a capability."""
+    if status in _RETRYABLE_STATUS:
+        return True
+    return 500 <= status < 600 and status not in _FINAL_5XX
 
 
 class HTTPStatusError(NetworkError):
@@ -142,7 +166,7 @@ class HTTPStatusError(NetworkError):
         super().__init__(status, url, retry_after, redirected)
         self.status, self.url, self.retry_after = status, url, retry_after
         self.redirected = redirected
-        self.retryable = status in _RETRYABLE_STATUS or 500 <= status < 600
+        self.retryable = retryable_status(status)
 
     def __str__(self) -> str:
         return f"HTTP {self.status} from {self.url}"

@@ -9,6 +9,11 @@ Usage::
 ``ForwardProxy(tls=(certfile, keyfile))`` is an https proxy: clients speak TLS to it first
 (TLS inside TLS for a tunnel to an https origin).
 
+``ForwardProxy(refusals=[(403, "Filtered")])`` answers its first requests (forwarded or
+CONNECT, one refusal each, in order) with those statuses itself, as a proxy's policy or a
+lost upstream would, and serves the ones after honestly (a ``None`` among the refusals: that
+request too).
+
 One request per client connection: a forwarded request goes upstream with
 ``Connection: close`` and its response comes back with ``Connection: close``, so clients
 never reuse a connection the proxy is about to drop.  ``Proxy-*`` headers are recorded
@@ -22,7 +27,7 @@ import socket
 import socketserver
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import IO, Any, NamedTuple
@@ -44,7 +49,11 @@ class Seen(NamedTuple):
 class ForwardProxy:
     """A threaded proxy on 127.0.0.1:<ephemeral>; ``close()`` ends and joins every thread."""
 
-    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tls: tuple[str, str] | None = None,
+        refusals: Sequence[tuple[int, str] | None] = (),
+    ) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
         self._server.context = None
@@ -53,6 +62,8 @@ class ForwardProxy:
             self._server.context.load_cert_chain(*tls)
         self.port: int = self._server.server_address[1]
         self.seen: list[Seen] = []
+        self.connections = 0  # accepted, before any TLS handshake (which may fail)
+        self._refusals = list(refusals)
         self._lock = threading.Lock()
         self._live: set[socket.socket] = set()
         self._thread = threading.Thread(
@@ -82,9 +93,15 @@ class ForwardProxy:
         with self._lock:
             return {s.method for s in self.seen}
 
-    def note(self, seen: Seen) -> None:
+    def note(self, seen: Seen) -> tuple[int, str] | None:
+        """Record ``seen``; the refusal scripted for it, if any is left."""
         with self._lock:
             self.seen.append(seen)
+            return self._refusals.pop(0) if self._refusals else None
+
+    def accepted(self) -> None:
+        with self._lock:
+            self.connections += 1
 
     def track(self, sock: socket.socket, live: bool) -> None:
         with self._lock:
@@ -124,6 +141,7 @@ class _Server(socketserver.ThreadingTCPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = super().get_request()
+        self.owner.accepted()
         if self.context is None:
             return sock, address
         sock.settimeout(TIMEOUT)  # the handshake too: a client that never starts it
@@ -151,11 +169,20 @@ class _Handler(socketserver.StreamRequestHandler):
         method, target, _version = head[0].split(" ", 2)
         headers = [_split_header(line) for line in head[1:]]
         auth = next((v for k, v in headers if k.lower() == "proxy-authorization"), None)
-        proxy.note(Seen(method, target, auth, tuple(headers)))
-        if method == "CONNECT":
+        refusal = proxy.note(Seen(method, target, auth, tuple(headers)))
+        if refusal is not None:
+            self._refuse(*refusal)
+        elif method == "CONNECT":
             self._tunnel(proxy, target)
         else:
             self._forward(proxy, method, target, headers)
+
+    def _refuse(self, status: int, reason: str) -> None:
+        body = f"{status} {reason}\n".encode()
+        head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+        head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        self.wfile.write(head.encode("latin-1") + body)
+        self.wfile.flush()
 
     def _tunnel(self, proxy: ForwardProxy, target: str) -> None:
         host, _, port = target.rpartition(":")

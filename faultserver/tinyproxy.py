@@ -8,7 +8,8 @@ Usage::
         assert proxy.requests()  # "GET http://..." and "CONNECT host:port" lines it logged
 
 It forwards absolute-form requests (adding ``Via: 1.1 tinyproxy``) and tunnels CONNECT to
-any port; ``auth`` makes it ask for Basic credentials (407 without them).
+any port; ``auth`` makes it ask for Basic credentials (407 without them); ``directives`` are
+more lines of its configuration (``ConnectPort 443``, ``Filter "<file>"``...), its policy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,9 @@ class TinyProxy:
 
 
 @contextmanager
-def start_tinyproxy(folder: Path, auth: tuple[str, str] | None = None) -> Iterator[TinyProxy]:
+def start_tinyproxy(
+    folder: Path, auth: tuple[str, str] | None = None, directives: Sequence[str] = ()
+) -> Iterator[TinyProxy]:
     binary = shutil.which("tinyproxy")
     assert binary is not None, "needs tinyproxy: `make test` installs it (apt-get)"
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,6 +68,7 @@ def start_tinyproxy(folder: Path, auth: tuple[str, str] | None = None) -> Iterat
     ]
     if auth is not None:
         lines.append(f"BasicAuth {auth[0]} {auth[1]}")
+    lines.extend(directives)
     conf = folder / "tinyproxy.conf"
     conf.write_text("\n".join(lines) + "\n")
     out = (folder / "tinyproxy.out").open("wb")

@@ -37,10 +37,13 @@ from ..errors import (
     BadResponse,
     BlobdlError,
     ConnectionFailed,
+    ConnectionForbidden,
     OutOfResources,
     ProxyAuthRequired,
+    ProxyRefused,
     TLSError,
     UsageError,
+    retryable_status,
 )
 from ._head import InterimError
 
@@ -95,8 +98,12 @@ def proxy_errors(url: str, proxy: str) -> Iterator[None]:
     try:
         yield
     except ProxyError as exc:
-        if _tunnel_status(exc) == 407:
+        status, answer = _tunnel_answer(exc)
+        if status == 407:
             raise wants_credentials(url, proxy) from None
+        if status is not None and not retryable_status(status):  # its policy or capability
+            refused = f"{Peer.of(proxy, proxy=True)} refused CONNECT: {answer}"
+            raise ProxyRefused(url, refused) from None
         raise translated(url, exc, Peer.of(proxy, proxy=True)) from None
 
 
@@ -105,7 +112,7 @@ _ASKS_FOR_AUTH = "407 Proxy Authentication Required"
 # http.client (and urllib3's copy of its ``_tunnel``) tells a refused CONNECT only in
 # words, "Tunnel connection failed: 407 Proxy Authentication Required": no type or
 # attribute carries the status, so this is the one message read here.
-_TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: ([1-5][0-9][0-9])\b")
+_TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (([1-5][0-9][0-9])\b.*)")
 
 
 def wants_credentials(url: str, proxy: str) -> ProxyAuthRequired:
@@ -113,11 +120,12 @@ def wants_credentials(url: str, proxy: str) -> ProxyAuthRequired:
     return ProxyAuthRequired(url, f"{Peer.of(proxy, proxy=True)} failed: {_ASKS_FOR_AUTH}")
 
 
-def _tunnel_status(exc: BaseException) -> int | None:
-    """The status a proxy answered CONNECT with, if ``exc`` is its refusal."""
+def _tunnel_answer(exc: BaseException) -> tuple[int | None, str]:
+    """The status a proxy answered CONNECT with, and its status line ("403 Filtered"), if
+    ``exc`` is its refusal."""
     refusal = _inner(exc, OSError)
     match = _TUNNEL_REFUSED.match(str(refusal)) if refusal is not None else None
-    return int(match.group(1)) if match else None
+    return (int(match.group(2)), match.group(1).strip()) if match else (None, "")
 
 
 def translated(url: str, exc: BaseException, peer: Peer) -> BlobdlError:
@@ -134,10 +142,19 @@ def translated(url: str, exc: BaseException, peer: Peer) -> BlobdlError:
     local = _inner(exc, OSError)
     if local is not None and local.errno in (errno.EMFILE, errno.ENFILE):
         return OutOfResources.refused(f"open a connection to {peer}", local)  # not the server's
+    connecting = _inner(exc, NewConnectionError) is not None
+    if connecting and local is not None and local.errno in _FORBIDDEN:
+        return ConnectionForbidden(url, _connection_detail(exc, peer))
     tls = _inner(exc, ssl.SSLError)
     if tls is not None:
         return ConnectionFailed(url, f"TLS error with {peer}: {_ssl_reason(tls)}")
     return ConnectionFailed(url, _connection_detail(exc, peer))
+
+
+# connect() refused by this machine's own rules (a firewall's OUTPUT chain, a cgroup's or a
+# sandbox's filter), unlike ECONNREFUSED or ENETUNREACH: a peer restarting, a route coming
+# back, both worth the retries.
+_FORBIDDEN = frozenset({errno.EACCES, errno.EPERM})
 
 
 def _connection_detail(exc: BaseException, peer: Peer) -> str:

@@ -341,7 +341,7 @@ def test_changed_etag_header_alone_is_caught(
         Downloader(fast_settings()).download(blob.url, tmp_path / "out")
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 410])
+@pytest.mark.parametrize("status", [400, 401, 404, 405, 410, 501, 505, 511])
 def test_final_statuses_are_not_retried(
     make: Make, server: ServerHandle, tmp_path: Path, status: int
 ) -> None:

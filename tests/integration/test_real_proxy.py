@@ -180,3 +180,47 @@ def test_no_proxy_with_a_leading_dot_is_no_part_of_an_ip_address(
         seen = proxy.requests()
     assert done.returncode == 0, done.stderr
     assert seen and all(r == f"GET {blob.url}" for r in seen), seen
+
+
+@pytest.mark.parametrize(
+    ("policy", "answer"),
+    [
+        (["ConnectPort 443"], "403 Access violation"),  # tunnels to port 443 only
+        (['Filter "{filter}"', "FilterDefaultDeny Yes"], "403 Filtered"),  # other hosts only
+    ],
+)
+def test_a_tunnel_tinyproxys_policy_refuses_is_asked_once_naming_the_proxy(
+    policy: list[str], answer: str, tls_server: ServerHandle, tmp_path: Path
+) -> None:
+    """The proxy's policy holds for the next attempt too: one CONNECT, one line, exit 3."""
+    make_blob(tls_server.root, "by-policy.bin", 2 * PART, seed=48)
+    allowed = tmp_path / "allowed"
+    allowed.write_text("^example\\.invalid$\n")
+    directives = [line.format(filter=allowed) for line in policy]
+    with start_tinyproxy(tmp_path / "proxy", directives=directives) as proxy:
+        refused = run_cli(tls_server.url("by-policy.bin"), "-o", str(tmp_path / "out"),
+                          "--proxy", proxy.url, "--no-env-proxy", "--retries", "3")  # fmt: skip
+        asked = proxy.requests()
+    assert refused.returncode == EXIT_NETWORK, refused.stderr
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(
+        f"blobdl: error: proxy 127.0.0.1 port {proxy.port} refused CONNECT: {answer}"
+    ), line
+    assert asked == [f"CONNECT {tls_server.url('').split('/')[2]}"], asked
+
+
+def test_a_request_tinyproxys_filter_refuses_is_asked_once(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """Forwarded, the proxy's 403 reads as the server's would: final all the same."""
+    blob = make(2 * PART, seed=49)
+    allowed = tmp_path / "allowed"
+    allowed.write_text("^example\\.invalid$\n")
+    directives = [f'Filter "{allowed}"', "FilterDefaultDeny Yes"]
+    with start_tinyproxy(tmp_path / "proxy", directives=directives) as proxy:
+        refused = run_cli(blob.url, "-o", str(tmp_path / "out"), "--proxy", proxy.url,
+                          "--no-env-proxy", "--retries", "3")  # fmt: skip
+        asked = proxy.requests()
+    assert refused.returncode == EXIT_NETWORK, refused.stderr
+    assert refused.stderr.splitlines() == [f"blobdl: error: HTTP 403 from {blob.url}"]
+    assert asked == [f"GET {blob.url}"], asked

@@ -15,7 +15,9 @@ from blobdl.engine._failure import Failure, decide
 from blobdl.errors import (
     BadResponse,
     ConnectionFailed,
+    ConnectionForbidden,
     HTTPStatusError,
+    ProxyRefused,
     RemoteChanged,
     Stalled,
     WorkerCrashed,
@@ -113,6 +115,27 @@ def failure(error: BaseException = DROP, **facts: object) -> Failure:
             _failure.FAIL,
             0,
         ),
+        (
+            "a proxy's refusal of CONNECT, from a worker, is final",
+            failure(pickle.loads(pickle.dumps(ProxyRefused("u", "proxy p refused CONNECT: 403")))),
+            _failure.FAIL,
+            0,
+        ),
+        (
+            "a proxy's 403 to CONNECT for a redirected URL is its policy, not an expiry",
+            failure(ProxyRefused("u", "proxy p refused CONNECT: 403 Filtered"), redirected=True),
+            _failure.FAIL,
+            0,
+        ),
+        (
+            "a connection this machine forbids (EACCES, EPERM) is final",
+            failure(pickle.loads(pickle.dumps(ConnectionForbidden("u", "Failed to connect")))),
+            _failure.FAIL,
+            0,
+        ),
+        ("501: what the server cannot do", failure(HTTPStatusError(501, "u")), _failure.FAIL, 0),
+        ("511: a captive portal's login", failure(HTTPStatusError(511, "u")), _failure.FAIL, 0),
+        ("504: the upstream may come back", failure(HTTPStatusError(504, "u")), _failure.RETRY, 1),
         (
             "a bad response from a redirected URL is not a refresh",
             failure(BadResponse("u", "x"), redirected=True),

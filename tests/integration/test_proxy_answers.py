@@ -1,0 +1,170 @@
+"""What a proxy's answers mean, and which failures to connect are final.
+
+A proxy's refusal by policy or capability (403, 404, 405, 501), to CONNECT or to a forwarded
+request, is its final word: asked once, never retried, the error naming the proxy (or the
+server, whose answer a forwarded status may be). A lost upstream (502, 503, 504) may come
+back: retried, and the bytes are exact. So is a certificate that is not trusted, or that
+names another host, the proxy's or the server's: asked once. Counted at the proxy and the
+server, real sockets only (``faultserver.proxy`` scripts the proxy's answers).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from blobdl import Downloader, Settings
+from blobdl.errors import (
+    EXIT_NETWORK,
+    BlobdlError,
+    ConnectionFailed,
+    HTTPStatusError,
+    ProxyRefused,
+    TLSError,
+)
+from faultserver.proxy import ForwardProxy
+from faultserver.serverctl import ServerHandle, make_blob, start_server
+from faultserver.tinyproxy import start_tinyproxy
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.integration.conftest import PKI
+
+Make = Callable[..., Blob]
+REASONS = {403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 501: "Not Implemented",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def origins(server: ServerHandle, tls_server: ServerHandle, make: Make) -> dict[str, str]:
+    """A blob's URL forwarded (http) and tunnelled (https), the servers' counts reset."""
+    blob = make(2 * PART, seed=4401)
+    make_blob(tls_server.root, blob.name, blob.size, seed=4401)
+    server.reset()
+    tls_server.reset()
+    return {"forwarded": blob.url, "tunnelled": tls_server.url(blob.name), "sha256": blob.sha256}
+
+
+def _settings(proxy: str, pki: PKI, **overrides: Any) -> Settings:
+    return fast_settings(proxy=proxy, trust_env=False, ca_bundle=pki.ca_pem, retries=3,
+                         **overrides)  # fmt: skip
+
+
+@pytest.mark.parametrize("route", ["forwarded", "tunnelled"])
+@pytest.mark.parametrize("status", [403, 404, 405, 501])
+def test_a_proxys_refusal_by_policy_or_capability_is_asked_once_not_retried(
+    status: int, route: str, origins: dict[str, str], server: ServerHandle,
+    tls_server: ServerHandle, pki: PKI, tmp_path: Path,
+) -> None:  # fmt: skip
+    """One refusal is scripted, then the proxy serves honestly: a retry would succeed."""
+    with ForwardProxy(refusals=[(status, REASONS[status])]) as proxy:
+        downloader = Downloader(_settings(proxy.url, pki))
+        with pytest.raises(BlobdlError) as caught:
+            downloader.download(origins[route], tmp_path / "out")
+    error = caught.value
+    assert proxy.forwarded == 1, proxy.seen
+    assert error.exit_code == EXIT_NETWORK and not error.retryable
+    if route == "tunnelled":  # CONNECT's answer is the proxy's alone
+        assert isinstance(error, ProxyRefused)
+        assert str(error).startswith(
+            f"proxy 127.0.0.1 port {proxy.port} refused CONNECT: {status} {REASONS[status]}"
+        ), error
+    else:  # a forwarded status may be the proxy's or the server's: told as the URL's
+        assert isinstance(error, HTTPStatusError) and error.status == status
+        assert str(error) == f"HTTP {status} from {origins[route]}"
+    assert (server.stats()["requests"], tls_server.stats()["requests"]) == (0, 0)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("route", ["forwarded", "tunnelled"])
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_proxys_lost_upstream_is_retried_and_the_bytes_are_exact(
+    status: int, route: str, origins: dict[str, str], pki: PKI, tmp_path: Path
+) -> None:
+    with ForwardProxy(refusals=[(status, REASONS[status])] * 2) as proxy:
+        downloader = Downloader(_settings(proxy.url, pki))
+        downloader.download(origins[route], tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == origins["sha256"]
+    assert proxy.forwarded > 2, proxy.seen  # the two refused, then the probe and the parts
+
+
+@pytest.fixture(scope="module")
+def other_host(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A certificate of the test CA for another host than 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("other-host")
+    issued = pki.ca.issue_cert("other.blobdl.test")
+    issued.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(folder / "key.pem"))
+    return str(folder / "cert.pem"), str(folder / "key.pem")
+
+
+@pytest.mark.parametrize("trouble", ["untrusted", "another host"])
+def test_a_proxys_certificate_refused_is_asked_once_naming_the_proxy(
+    trouble: str, origins: dict[str, str], pki: PKI, other_host: tuple[str, str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    cert = (pki.server_cert, pki.server_key) if trouble == "untrusted" else other_host
+    trusted = trustme.CA().cert_pem if trouble == "untrusted" else None
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(trusted.bytes() if trusted else Path(pki.ca_pem).read_bytes())
+    with ForwardProxy(tls=cert) as proxy:
+        settings = fast_settings(proxy=proxy.url, trust_env=False, ca_bundle=str(ca), retries=3)
+        with pytest.raises(TLSError) as caught:
+            Downloader(settings).download(origins["forwarded"], tmp_path / "out")
+    assert str(caught.value).startswith("TLS certificate of proxy 127.0.0.1 not trusted: ")
+    assert proxy.connections == 1 and caught.value.exit_code == EXIT_NETWORK
+
+
+@pytest.fixture(scope="module")
+def misnamed_server(
+    other_host: tuple[str, str], pki: PKI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerHandle]:
+    """A TLS fault server whose certificate names another host than the one asked."""
+    handle = start_server(tmp_path_factory.mktemp("misnamed"), certfile=other_host[0],
+                          keyfile=other_host[1], ca=pki.ca_pem)  # fmt: skip
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.mark.parametrize("trouble", ["untrusted", "another host"])
+def test_a_servers_certificate_refused_through_a_tunnel_is_asked_once_naming_the_server(
+    trouble: str, tls_server: ServerHandle, misnamed_server: ServerHandle, pki: PKI,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    origin = tls_server if trouble == "untrusted" else misnamed_server
+    make_blob(origin.root, "refused-cert.bin", PART, seed=4402)
+    ca = None if trouble == "untrusted" else pki.ca_pem  # the system's roots: not the test CA
+    with start_tinyproxy(tmp_path / "proxy") as proxy:
+        settings = fast_settings(proxy=proxy.url, trust_env=False, ca_bundle=ca, retries=3)
+        with pytest.raises(TLSError) as caught:
+            Downloader(settings).download(origin.url("refused-cert.bin"), tmp_path / "out")
+        asked = proxy.requests()
+    assert str(caught.value).startswith("TLS certificate of 127.0.0.1 not trusted: ")
+    assert len(asked) == 1, asked
+    assert isinstance(caught.value, ConnectionFailed) and not caught.value.retryable
+
+
+@pytest.mark.parametrize(("route", "status"), [("forwarded", 501), ("tunnelled", 403)])
+def test_a_proxy_refusing_a_part_after_the_probe_fails_the_download_at_once(
+    route: str, status: int, origins: dict[str, str], pki: PKI, tmp_path: Path
+) -> None:
+    """The probe got through; the lane's own request (its own tunnel) is refused: the
+    refusal crosses from the worker and the part is not asked again."""
+    with ForwardProxy(refusals=[None, (status, REASONS[status])]) as proxy:
+        settings = _settings(proxy.url, pki, connections=1)
+        with pytest.raises(BlobdlError) as caught:
+            Downloader(settings).download(origins[route], tmp_path / "out")
+    assert type(caught.value) is (ProxyRefused if route == "tunnelled" else HTTPStatusError)
+    assert not caught.value.retryable and caught.value.exit_code == EXIT_NETWORK
+    assert proxy.forwarded == 2, proxy.seen
