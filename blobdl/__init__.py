@@ -12,6 +12,7 @@ from .config import Settings, parse_size
 from .engine._download import Downloader, download
 from .errors import (
     AuthRefused,
+    BadRedirect,
     BadResponse,
     BlobdlError,
     ClusterError,
@@ -96,6 +97,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AuthRefused",
+    "BadRedirect",
     "BadResponse",
     "BatchEvent",
     "BlobdlError",

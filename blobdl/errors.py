@@ -358,6 +358,14 @@ class BadResponse(IntegrityError):
         return f"bad response: {self.detail} ({self.url})"
 
 
+class BadRedirect(BadResponse):
+    """A server pointed to a URL blobdl never goes to (another scheme, no host, a port out
+    of range; in a redirect or a token realm). The same answer comes on every retry, so the
+    first one ends the download, as a redirect loop does."""
+
+    retryable = False
+
+
 class DigestMismatch(IntegrityError):
     """The downloaded bytes do not hash to the expected digest."""
 

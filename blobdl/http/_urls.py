@@ -14,7 +14,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from urllib3.util import parse_url
 
 from .._redact import redact_url
-from ..errors import BadResponse, UsageError
+from ..errors import BadRedirect, UsageError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A header follows a request to another origin (scheme, host, port) only if it is on this
@@ -89,14 +89,15 @@ def headers_for_origin(
 def redirect_target(current: str, location: str, what: str = "redirect to") -> str:
     """The absolute URL a server's ``Location`` (or any URL it names, ``what`` says which)
     points to, checked like a user's URL; credentials a server put in it are dropped, never
-    sent and never stored. A URL ``url_problem`` refuses is a ``BadResponse`` of ``current``."""
+    sent and never stored. A URL ``url_problem`` refuses is a ``BadRedirect`` of ``current``
+    (final: the server would point there again)."""
     try:
         target = urljoin(current, location)
     except ValueError:
         target = location
     problem = url_problem(target)
     if problem:
-        raise BadResponse(current, f"{what} {redact_url(target)!r}: {problem}")
+        raise BadRedirect(current, f"{what} {redact_url(target)!r}: {problem}")
     return strip_userinfo(target)
 
 

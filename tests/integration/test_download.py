@@ -224,6 +224,7 @@ def test_errors_pickle_with_their_fields() -> None:
         blobdl.AuthRefused("http://x/token", "HTTP 401"),
         blobdl.UnsupportedManifest("x/library/m:7b", "application/vnd.oci.image.index.v1+json"),
         blobdl.OfflineNotCached("HF_HUB_OFFLINE", "acme/tiny", "main", "no ref for 'main'"),
+        blobdl.BadRedirect("http://x/", "redirect to 'ftp://y/': unsupported scheme"),
     ]
     for error in errors:
         clone = pickle.loads(pickle.dumps(error))

@@ -94,6 +94,33 @@ def test_a_part_redirected_in_a_loop_ends_at_the_redirect_limit_without_retries(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "location", ["ftp://127.0.0.1/blob", "file:///etc/passwd", "http://[bad", "http://h:99999/x"]
+)
+def test_a_part_redirected_where_blobdl_never_goes_fails_at_once_not_retried(
+    make: Make, server: ServerHandle, tmp_path: Path, location: str
+) -> None:
+    """A redirect to a URL blobdl refuses comes again on every retry: the first one ends
+    the download, as a redirect loop does, naming where it was sent."""
+    blob = make(2 * PART, seed=89)
+    bounce(server, blob, location, times=None)
+    with pytest.raises(blobdl.BadRedirect, match="redirect to"):
+        fetch(blob.url, tmp_path / "out", connections=1, retries=5)
+    assert server.stats()["per_path"][f"/files/{blob.name}"] == 1 + 1  # the probe, one part
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_probe_redirected_where_blobdl_never_goes_fails_at_once(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    blob = make(2 * PART, seed=90)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "redirect",
+                       "location": "ftp://127.0.0.1/blob"})  # fmt: skip
+    with pytest.raises(blobdl.BadRedirect, match="redirect to 'ftp"):
+        fetch(blob.url, tmp_path / "out", retries=5)
+    assert server.stats()["per_path"][f"/files/{blob.name}"] == 1
+
+
 def test_a_part_redirected_through_a_chain_longer_than_the_limit_is_refused(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
