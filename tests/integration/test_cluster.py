@@ -630,6 +630,84 @@ def test_a_worker_that_stopped_answering_does_not_hold_up_the_end_of_a_run(
         own.stop()
 
 
+# A process that stops answering: stopped before the check that asks every worker and the
+# scheduler (``when`` = before), or just after it (after), from inside the client, so that
+# the moment is the test's, not a race's.
+FROZEN = """
+import json, os, signal, sys
+import blobdl
+from blobdl.batch import _cluster
+
+
+def freezing(real, pid, when):
+    def checked(client, within):
+        if when == "before":
+            os.kill(pid, signal.SIGSTOP)
+        workers = real(client, within)
+        if when == "after":
+            os.kill(pid, signal.SIGSTOP)
+        return workers
+
+    return checked
+
+
+if __name__ == "__main__":
+    address, pid, when, rows = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+    _cluster.checked = freezing(_cluster.checked, pid, when)
+    items = [blobdl.Item(url, path) for url, path in rows]
+    try:
+        results = blobdl.download_many(items, cluster=address, stall_timeout=2)
+    except blobdl.BlobdlError as exc:
+        print(json.dumps({"raised": [type(exc).__name__, exc.exit_code, str(exc)]}))
+    else:
+        print(json.dumps({"results": [[r.ok, r.error and str(r.error)] for r in results]}))
+"""
+#: Far below Dask's own patience with a silent worker (``worker-ttl``: 5 minutes), far
+#: above the 2 s stall timeout the runs are given.
+FROZEN_BOUND = 40.0
+
+
+def _frozen_run(
+    cluster: DaskCluster, pid: int, when: str, rows: list[list[str]], tmp_path: Path
+) -> tuple[dict[str, Any], str]:
+    """What the FROZEN client printed, and its stderr; ``pid`` is resumed after it ends."""
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(FROZEN))
+    try:
+        done = subprocess.run([sys.executable, str(script), cluster.address, str(pid), when,
+                               json.dumps(rows)], capture_output=True, text=True,
+                              timeout=FROZEN_BOUND, cwd=REPO)  # fmt: skip
+    finally:
+        psutil.Process(pid).resume()
+    assert done.returncode == 0, done.stderr[-3000:]
+    said: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return said, done.stderr
+
+
+def test_a_scheduler_that_stops_answering_is_one_clear_error_naming_it(
+    make: Make, tmp_path: Path
+) -> None:
+    """The check asks the scheduler for its blobdl, and waits the stall timeout for the
+    answer, as for each worker's; then the whole run ends, nothing left running."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}})
+    try:
+        blob = make(128 * KB, 64)
+        assert own.scheduler is not None
+        rows = [[blob.url, str(tmp_path / blob.name)]]
+        said, err = _frozen_run(own, own.scheduler.pid, "before", rows, tmp_path)
+        assert said == {
+            "raised": [
+                "ClusterError",
+                3,
+                f"the Dask scheduler at {own.address} did not answer within 2 s",
+            ]
+        }, (said, err[-3000:])
+        assert not (tmp_path / blob.name).exists()
+        assert _settled(own) == []
+    finally:
+        own.stop()
+
+
 # --- pull on every worker ---------------------------------------------------------------------
 
 
