@@ -79,6 +79,23 @@ def names(client: Any) -> dict[str, str]:
     return {address: str(w.get("name", address)) for address, w in workers.items()}
 
 
+def holding(client: Any, keys: set[str]) -> dict[str, list[str]]:
+    """{worker address: those of ``keys`` the scheduler has given it (running, or queued
+    there)}, for each worker that holds any."""
+    held: dict[str, list[str]] = {}
+    for address, there in client.processing().items():
+        ours = [key for key in there if key in keys]
+        if ours:
+            held[address] = ours
+    return held
+
+
+def silent_among(client: Any, addresses: list[str], within: float) -> list[str]:
+    """Those of the workers at ``addresses`` that do not answer within ``within`` seconds."""
+    answers = ask(client, version, within=within, workers=addresses)
+    return [address for address, answer in answers.items() if isinstance(answer, Silent)]
+
+
 def checked(client: Any, within: float) -> Workers:
     """The cluster's workers, once the scheduler and each worker that answers run this
     blobdl; a ClusterError naming each that does not (it cannot import blobdl, or has

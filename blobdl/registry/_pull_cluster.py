@@ -55,8 +55,9 @@ def on_one_worker(
     """``pull(ref, models_dir)`` on one of the cluster's workers; its PullResult."""
     tell = None if on_event is None else _events(on_event, tagged=False)
     with connect(cluster, threads=1) as client:
-        said_if_silent(checked(client, settings.stall_timeout))  # (a silent scheduler raises)
-        with Run(client, tell).open() as run:
+        workers = checked(client, settings.stall_timeout)  # (a silent scheduler raises)
+        said_if_silent(workers)
+        with Run(client, tell, settings.stall_timeout, workers.silent).open() as run:
             return _on_one(run, pull, ref, models_dir, settings)
 
 
@@ -83,7 +84,7 @@ def on_every_store(
     given = _fspath(models_dir)
     with connect(cluster, threads=1) as client:
         names, stores = _stores(client, given, default_dir, settings.stall_timeout)
-        with Run(client, tell).open() as run:
+        with Run(client, tell, settings.stall_timeout).open() as run:
             results, errors = _on_each(run, names, stores, pull, ref, given, settings)
     if errors:
         raise errors[0]

@@ -634,7 +634,7 @@ def test_a_worker_that_stopped_answering_does_not_hold_up_the_end_of_a_run(
 # scheduler (``when`` = before), or just after it (after), from inside the client, so that
 # the moment is the test's, not a race's.
 FROZEN = """
-import json, os, signal, sys
+import json, logging, os, signal, sys
 import blobdl
 from blobdl.batch import _cluster
 
@@ -653,6 +653,7 @@ def freezing(real, pid, when):
 
 if __name__ == "__main__":
     address, pid, when, rows = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+    logging.basicConfig(format="%(levelname)s: %(message)s")  # blobdl's warnings, on stderr
     _cluster.checked = freezing(_cluster.checked, pid, when)
     items = [blobdl.Item(url, path) for url, path in rows]
     try:
@@ -682,6 +683,42 @@ def _frozen_run(
     assert done.returncode == 0, done.stderr[-3000:]
     said: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     return said, done.stderr
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_batch_goes_on_on_the_other_workers_when_one_stops_answering(
+    make: Make, tmp_path: Path, when: str
+) -> None:
+    """Before the check, the silent worker is named (a warning) and given nothing; after
+    it, what Dask sent or sends there is moved to a worker that answers once the worker has
+    been silent for the stall timeout: neither waits for Dask to drop the worker (minutes)."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}, "w-b": {}})
+    try:
+        blobs = [make(128 * KB, seed) for seed in range(51, 57)]
+        rows = [[b.url, str(tmp_path / b.name)] for b in blobs]
+        said, err = _frozen_run(own, own.worker_pids()["w-b"], when, rows, tmp_path)
+        assert said == {"results": [[True, None]] * len(blobs)}, (said, err[-3000:])
+        for blob in blobs:
+            assert sha256_file(tmp_path / blob.name) == blob.sha256
+        assert "worker w-b of the Dask cluster did not answer within 2 s" in err
+        assert _settled(own) == []
+    finally:
+        own.stop()
+
+
+def test_a_batch_whose_only_worker_stops_answering_fails_naming_it(
+    make: Make, tmp_path: Path
+) -> None:
+    own = start_cluster(tmp_path / "dask", {"solo": {}})
+    try:
+        blobs = [make(128 * KB, seed) for seed in range(61, 63)]
+        rows = [[b.url, str(tmp_path / b.name)] for b in blobs]
+        said, err = _frozen_run(own, own.worker_pids()["solo"], "after", rows, tmp_path)
+        silent = "worker solo of the Dask cluster did not answer within 2 s"
+        assert said == {"results": [[False, silent]] * len(blobs)}, (said, err[-3000:])
+        assert _settled(own) == []
+    finally:
+        own.stop()
 
 
 def test_a_scheduler_that_stops_answering_is_one_clear_error_naming_it(
@@ -797,6 +834,52 @@ def test_pull_on_every_worker_with_a_worker_that_never_answers_names_it_and_pull
 
 
 # --- the library, on an embedded LocalCluster ---------------------------------------------------
+
+
+FROZEN_PULL = """
+import json, os, signal, sys
+import blobdl
+from blobdl.registry import _pull_cluster
+
+if __name__ == "__main__":
+    address, pid, ref, models = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    real = _pull_cluster.checked
+
+    def checked(client, within):
+        workers = real(client, within)
+        os.kill(pid, signal.SIGSTOP)  # just after the check: it answered
+        return workers
+
+    _pull_cluster.checked = checked
+    try:
+        blobdl.pull(ref, models, cluster=address, stall_timeout=2)
+    except blobdl.BlobdlError as exc:
+        print(json.dumps([type(exc).__name__, exc.exit_code, str(exc)]))
+"""
+
+
+def test_a_pull_whose_only_worker_stops_answering_fails_naming_it(
+    registry: Registry, tmp_path: Path
+) -> None:
+    own = start_cluster(tmp_path / "dask", {"solo": {}})
+    pid = own.worker_pids()["solo"]
+    try:
+        model = registry.push_model("library/frozen", "v1", (100 * KB,))
+        script = tmp_path / "client.py"
+        script.write_text(textwrap.dedent(FROZEN_PULL))
+        done = subprocess.run([sys.executable, str(script), own.address, str(pid),
+                               ref(registry, model), str(tmp_path / "models")],
+                              capture_output=True, text=True, timeout=FROZEN_BOUND,
+                              cwd=REPO)  # fmt: skip
+    finally:
+        psutil.Process(pid).resume()
+        own.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        "ClusterError",
+        3,
+        "worker solo of the Dask cluster did not answer within 2 s",
+    ], done.stderr[-3000:]
 
 
 def test_pull_on_every_worker_of_a_cluster_without_workers_is_an_error_not_exit_0(
