@@ -836,50 +836,78 @@ def test_pull_on_every_worker_with_a_worker_that_never_answers_names_it_and_pull
 # --- the library, on an embedded LocalCluster ---------------------------------------------------
 
 
+# A pull whose worker stops answering just after the check (it answered): on one worker
+# (``one``), or in every worker's store (``every``, after each said which store it sees).
 FROZEN_PULL = """
 import json, os, signal, sys
 import blobdl
 from blobdl.registry import _pull_cluster
 
+
+def freezing(real, pid):
+    def checked(*args):
+        answered = real(*args)
+        os.kill(pid, signal.SIGSTOP)
+        return answered
+
+    return checked
+
+
 if __name__ == "__main__":
-    address, pid, ref, models = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    real = _pull_cluster.checked
-
-    def checked(client, within):
-        workers = real(client, within)
-        os.kill(pid, signal.SIGSTOP)  # just after the check: it answered
-        return workers
-
-    _pull_cluster.checked = checked
+    address, pid, ref, models, where = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
     try:
-        blobdl.pull(ref, models, cluster=address, stall_timeout=2)
+        if where == "one":
+            _pull_cluster.checked = freezing(_pull_cluster.checked, pid)
+            blobdl.pull(ref, models, cluster=address, stall_timeout=2)
+        else:
+            _pull_cluster._stores = freezing(_pull_cluster._stores, pid)
+            blobdl.pull_every_worker(ref, address, stall_timeout=2)
     except blobdl.BlobdlError as exc:
         print(json.dumps([type(exc).__name__, exc.exit_code, str(exc)]))
 """
+
+
+def _frozen_pull(cluster: DaskCluster, pid: int, ref: str, where: str, tmp_path: Path) -> Any:
+    """What the FROZEN_PULL client printed; ``pid`` is resumed after it ends."""
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(FROZEN_PULL))
+    try:
+        done = subprocess.run([sys.executable, str(script), cluster.address, str(pid), ref,
+                               str(tmp_path / "models"), where], capture_output=True,
+                              text=True, timeout=FROZEN_BOUND, cwd=REPO)  # fmt: skip
+    finally:
+        psutil.Process(pid).resume()
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_a_pull_whose_only_worker_stops_answering_fails_naming_it(
     registry: Registry, tmp_path: Path
 ) -> None:
     own = start_cluster(tmp_path / "dask", {"solo": {}})
-    pid = own.worker_pids()["solo"]
     try:
         model = registry.push_model("library/frozen", "v1", (100 * KB,))
-        script = tmp_path / "client.py"
-        script.write_text(textwrap.dedent(FROZEN_PULL))
-        done = subprocess.run([sys.executable, str(script), own.address, str(pid),
-                               ref(registry, model), str(tmp_path / "models")],
-                              capture_output=True, text=True, timeout=FROZEN_BOUND,
-                              cwd=REPO)  # fmt: skip
+        said = _frozen_pull(own, own.worker_pids()["solo"], ref(registry, model), "one", tmp_path)
     finally:
-        psutil.Process(pid).resume()
         own.stop()
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == [
-        "ClusterError",
-        3,
-        "worker solo of the Dask cluster did not answer within 2 s",
-    ], done.stderr[-3000:]
+    assert said == ["ClusterError", 3, "worker solo of the Dask cluster did not answer within 2 s"]
+
+
+def test_pull_on_every_worker_with_a_worker_that_stops_answering_names_it_and_fills_the_others(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Each store's pull is bound to a worker that sees it: it cannot go elsewhere, and
+    fails naming its worker once that has been silent for the stall timeout."""
+    stores = {name: {"OLLAMA_MODELS": str(tmp_path / name)} for name in ("w-a", "w-b")}
+    own = start_cluster(tmp_path / "dask", stores)
+    try:
+        model = registry.push_model("library/frozen-every", "v1", (100 * KB,))
+        pid = own.worker_pids()["w-b"]
+        said = _frozen_pull(own, pid, ref(registry, model), "every", tmp_path)
+    finally:
+        own.stop()
+    assert said == ["ClusterError", 3, "worker w-b of the Dask cluster did not answer within 2 s"]
+    assert_store(tmp_path / "w-a", registry, model)
 
 
 def test_pull_on_every_worker_of_a_cluster_without_workers_is_an_error_not_exit_0(
