@@ -129,7 +129,9 @@ class Run:
 
     def gather(self, futures: list[Any], lost: Lost | None = None) -> Iterator[tuple[Any, Any]]:
         """(future, its value or the exception it ended in), as they finish; events are
-        relayed meanwhile. ``lost(pending)`` may end some early, each with its error."""
+        relayed meanwhile. ``lost(pending)`` may end some early, each with its error; a task
+        held by a worker that stops answering runs again elsewhere under the same future, for
+        the caller (``_unanswered``)."""
         distributed = dask()
         pending = set(futures)
         first: dict[Any, Any] = {}  # {a moved task's future: the future the caller knows}
