@@ -46,7 +46,8 @@ def download_many_on(
         workers = checked(client, settings.stall_timeout)
         _said_if_no_worker(client, workers)
         said_if_silent(workers)
-        run = Run(client, None if on_event is None else outcomes.event)
+        tell = None if on_event is None else outcomes.event
+        run = Run(client, tell, settings.stall_timeout, workers.silent)
         budget = Budget(run.name, max_connections, per_host)
         jobs = [
             Job(i, item, _with_headers(settings, item), budget, base_dir, run.channel)

@@ -47,10 +47,16 @@ class Workers(NamedTuple):
         )
 
 
-def ask(client: Any, fn: Callable[..., Any], *args: Any, within: float) -> dict[str, Any]:
+def ask(
+    client: Any,
+    fn: Callable[..., Any],
+    *args: Any,
+    within: float,
+    workers: list[str] | None = None,
+) -> dict[str, Any]:
     """{worker address: what ``fn(*args)`` returned there, the exception it raised there,
-    or ``Silent``}, for every worker of the cluster."""
-    addresses = list(client.scheduler_info()["workers"])
+    or ``Silent``}, for every worker of the cluster (or those of ``workers``)."""
+    addresses = list(client.scheduler_info()["workers"]) if workers is None else workers
 
     async def one(address: str) -> Any:
         running = client.run(fn, *args, workers=[address], on_error="return", asynchronous=True)
@@ -73,15 +79,33 @@ def names(client: Any) -> dict[str, str]:
     return {address: str(w.get("name", address)) for address, w in workers.items()}
 
 
+def holding(client: Any, keys: set[str]) -> dict[str, list[str]]:
+    """{worker address: those of ``keys`` the scheduler has given it (running, or queued
+    there)}, for each worker that holds any."""
+    held: dict[str, list[str]] = {}
+    for address, there in client.processing().items():
+        ours = [key for key in there if key in keys]
+        if ours:
+            held[address] = ours
+    return held
+
+
+def silent_among(client: Any, addresses: list[str], within: float) -> list[str]:
+    """Those of the workers at ``addresses`` that do not answer within ``within`` seconds."""
+    answers = ask(client, version, within=within, workers=addresses)
+    return [address for address, answer in answers.items() if isinstance(answer, Silent)]
+
+
 def checked(client: Any, within: float) -> Workers:
     """The cluster's workers, once the scheduler and each worker that answers run this
     blobdl; a ClusterError naming each that does not (it cannot import blobdl, or has
     another version)."""
+    scheduler = _scheduler_version(client, within)  # first: asking a worker goes through it
     answers = ask(client, version, within=within)
     known = names(client)
     named = {address: known.get(address, address) for address in answers}
     wrong = sorted(_wrong(f"worker {named[a]}", answer) for a, answer in answers.items())
-    wrong.insert(0, _wrong("the scheduler", _scheduler_version(client)))
+    wrong.insert(0, _wrong("the scheduler", scheduler))
     if any(wrong):
         said = "; ".join(w for w in wrong if w)
         raise ClusterError(f"the Dask cluster must run this blobdl ({__version__}): {said}")
@@ -91,16 +115,23 @@ def checked(client: Any, within: float) -> Workers:
 
 def said_if_silent(workers: Workers) -> None:
     """A batch or a pull on one worker goes on without the workers that did not answer
-    (the scheduler drops them once their heartbeats stop), and says so."""
+    (the run gives them nothing: ``Run.silent``), and says so."""
     if workers.silent:
-        log.warning("%s: what Dask sends there waits for it", workers.unanswered())
+        log.warning("%s: the run goes on without it", workers.unanswered())
 
 
-def _scheduler_version(client: Any) -> Any:
+def _scheduler_version(client: Any, within: float) -> Any:
     """The scheduler's blobdl version, or why it has none: it reads every task's function
-    and arguments (ours), and fails them all if it cannot."""
+    and arguments (ours), and fails them all if it cannot. One that does not answer within
+    ``within`` seconds (stopped, swapping: the connection stays open) is a ClusterError:
+    nothing of the run can go on without it."""
     try:
-        return client.run_on_scheduler(version)
+        return client.run_on_scheduler(version, callback_timeout=within)
+    except TimeoutError:
+        address = client.scheduler.address
+        raise ClusterError(
+            f"the Dask scheduler at {address} did not answer within {within:g} s"
+        ) from None
     except Exception as exc:
         return exc
 

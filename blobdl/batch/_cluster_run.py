@@ -9,24 +9,35 @@ Stopping: Dask cannot cancel a running task. On Ctrl-C, or a callback that raise
 sets its stop flag and waits for the running tasks to stop their work (a download saves its
 state; see ``_cluster_worker``). The scheduler lost is one ``ClusterError``: its workers, and
 the downloads they started, stop with it.
+
+A worker that stops answering (stopped, swapping, cut off) keeps its connection open, and the
+scheduler counts it until its heartbeats have been missed for ``distributed.scheduler.
+worker-ttl`` (5 minutes by default): what Dask gave it, or gives it meanwhile, waits that long.
+So while the run waits, the workers holding its tasks are asked, each within the stall
+timeout, whether they answer; the tasks of one that does not are cancelled and submitted
+again, restricted to the workers that answer (or fail naming it, with none, or when a task
+belongs to that worker). The worker itself is left to Dask: the cluster may serve others.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import pickle
 import queue
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 from ..errors import BlobdlError, ClusterError
 from ..processes import _spare
 from ..processes._signals import interrupted
-from ._cluster_ask import ask
+from ._cluster_ask import Workers, ask, holding, names, silent_among
 from ._cluster_connect import dask
 from ._cluster_worker import Channel, Sent
+
+log = logging.getLogger("blobdl")
 
 #: How often the client wakes to relay events while it waits for tasks (seconds).
 TICK = 0.1
@@ -37,6 +48,8 @@ STOP_GRACE = 30.0
 
 #: How long the end of a run waits for the workers to end their spare interpreters.
 DROP_WAIT = 5.0
+#: How often the run asks the workers holding its tasks whether they still answer (seconds).
+LOOK_EVERY = 1.0
 
 #: What the run tells: (the task's place, the event, the name of the worker it came from).
 Tell = Callable[[int, Any, str], None]
@@ -44,11 +57,34 @@ Tell = Callable[[int, Any, str], None]
 Lost = Callable[[set[Any]], dict[Any, BaseException]]
 
 
+class Moved(NamedTuple):
+    """A task taken from a worker that stopped answering: it runs again as ``future``."""
+
+    future: Any
+
+
+class _Call(NamedTuple):
+    """A task as it was submitted, to submit it again elsewhere."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    key: str  # without the run's name
+    options: dict[str, Any]
+
+
 class Run:
     """One run of tasks on a cluster; ``with run.open():`` around its use."""
 
-    def __init__(self, client: Any, tell: Tell | None) -> None:
-        self.client, self.tell = client, tell
+    def __init__(
+        self, client: Any, tell: Tell | None, within: float, silent: Iterable[str] = ()
+    ) -> None:
+        """``within``: how long a worker holding our tasks may take to answer; ``silent``:
+        the workers that already did not (given nothing while others answer)."""
+        self.client, self.tell, self.within = client, tell, within
+        self.silent = set(silent)
+        self.calls: dict[str, _Call] = {}  # by key
+        self.looked = time.monotonic()
+        self.answering: list[str] | None = None  # the workers not silent, once asked
         self.name = uuid.uuid4().hex
         self.channel = Channel(f"blobdl-{self.name}", f"blobdl-{self.name}-stop")
         self.inbox: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
@@ -70,22 +106,45 @@ class Run:
                 drop_spares(self.client)
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, **options: Any) -> Any:
+        """``fn(*args)`` as a task, on a worker that answers (``options`` may name others)."""
+        call = _Call(fn, args, key, options)
+        if self.silent and "workers" not in options:
+            options = {**options, **self._elsewhere()}
         # retries=0: a task returns an item's own failure as a value; only a worker's death
         # reruns it (up to the scheduler's allowed-failures).
         future = self.client.submit(fn, *args, key=f"{key}-{self.name}", retries=0, **options)
+        self.calls[future.key] = call
         self.futures.append(future)
         return future
 
+    def _elsewhere(self) -> dict[str, Any]:
+        """Restricted to the workers that answer; loosely: should they all leave, another
+        that joins may run it (a silent one is asked again, as any)."""
+        if self.answering is None:
+            present = self.client.scheduler_info()["workers"]
+            self.answering = [a for a in present if a not in self.silent]
+        if not self.answering:
+            return {}
+        return {"workers": self.answering, "allow_other_workers": True}
+
     def gather(self, futures: list[Any], lost: Lost | None = None) -> Iterator[tuple[Any, Any]]:
         """(future, its value or the exception it ended in), as they finish; events are
-        relayed meanwhile. ``lost(pending)`` may end some early, each with its error."""
+        relayed meanwhile. ``lost(pending)`` may end some early, each with its error; a task
+        held by a worker that stops answering runs again elsewhere under the same future, for
+        the caller (``_unanswered``)."""
         distributed = dask()
         pending = set(futures)
+        first: dict[Any, Any] = {}  # {a moved task's future: the future the caller knows}
         while pending:
             self._relay_queued()
-            for future, error in (lost(pending) if lost is not None else {}).items():
+            ended = {**self._unanswered(pending), **(lost(pending) if lost is not None else {})}
+            for future, error in ended.items():
                 pending.discard(future)
-                yield future, error
+                if isinstance(error, Moved):
+                    first[error.future] = first.pop(future, future)
+                    pending.add(error.future)
+                else:
+                    yield first.pop(future, future), error
             if not pending:
                 return
             try:
@@ -96,7 +155,38 @@ class Run:
                 raise self._lost(exc) from None
             for future in done:
                 pending.discard(future)
-                yield future, self._value(future)
+                yield first.pop(future, future), self._value(future)
+
+    def _unanswered(self, pending: set[Any]) -> dict[Any, Moved | BaseException]:
+        """The pending tasks held by workers that do not answer within ``within``, each
+        moved to the workers that do, or failed naming its worker."""
+        if time.monotonic() - self.looked < LOOK_EVERY:
+            return {}
+        by_key = {future.key: future for future in pending}
+        held = holding(self.client, set(by_key))
+        silent = silent_among(self.client, sorted(held), self.within) if held else []
+        self.looked = time.monotonic()
+        if silent:
+            self.silent.update(silent)
+            self.answering = None
+        ended: dict[Any, Moved | BaseException] = {}
+        for address in silent:
+            moved = {by_key[key]: self._again(by_key[key], address) for key in held[address]}
+            if any(isinstance(m, Moved) for m in moved.values()):
+                said = Workers(names(self.client), [address], self.within).unanswered()
+                log.warning("%s: its tasks of this run go to the workers that answer", said)
+            ended.update(moved)
+        return ended
+
+    def _again(self, future: Any, worker: str) -> Moved | BaseException:
+        """The task of ``future``, taken from the silent ``worker``, on one that answers."""
+        future.cancel()  # should the worker wake, the task sees it and stops (``StopCheck``)
+        call = self.calls[future.key]
+        elsewhere = {} if "workers" in call.options else self._elsewhere()
+        if not elsewhere:  # bound to that worker, or no other answers
+            return Workers(names(self.client), [worker], self.within).unanswered()
+        key = f"{call.key}-again{len(self.futures)}"
+        return Moved(self.submit(call.fn, *call.args, key=key, **call.options))
 
     def settle(self, sent: Sent, deadline: float | None = None) -> None:
         """Relay what an attempt sent before its result is used (or give up after a while:

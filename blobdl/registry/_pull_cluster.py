@@ -54,11 +54,19 @@ def on_one_worker(
 ) -> Any:
     """``pull(ref, models_dir)`` on one of the cluster's workers; its PullResult."""
     tell = None if on_event is None else _events(on_event, tagged=False)
-    with connect(cluster, threads=1) as client, Run(client, tell).open() as run:
-        said_if_silent(checked(client, settings.stall_timeout))
-        args = (pull, run.channel, ref, _fspath(models_dir), settings)
-        future = run.submit(_pull_here, *args, key="blobdl-pull")
-        return _outcome(run, next(run.gather([future]))[1])
+    with connect(cluster, threads=1) as client:
+        workers = checked(client, settings.stall_timeout)  # (a silent scheduler raises)
+        said_if_silent(workers)
+        with Run(client, tell, settings.stall_timeout, workers.silent).open() as run:
+            return _on_one(run, pull, ref, models_dir, settings)
+
+
+def _on_one(
+    run: Run, pull: Pull, ref: str, models_dir: str | os.PathLike[str] | None, settings: Settings
+) -> Any:
+    args = (pull, run.channel, ref, _fspath(models_dir), settings)
+    future = run.submit(_pull_here, *args, key="blobdl-pull")
+    return _outcome(run, next(run.gather([future]))[1])
 
 
 def on_every_store(
@@ -74,28 +82,44 @@ def on_every_store(
     A worker that shares its store with another has that pull's result."""
     tell = None if on_event is None else _events(on_event, tagged=True)
     given = _fspath(models_dir)
-    with connect(cluster, threads=1) as client, Run(client, tell).open() as run:
+    with connect(cluster, threads=1) as client:
         names, stores = _stores(client, given, default_dir, settings.stall_timeout)
-        by_store: dict[tuple[str, str], list[str]] = {}
-        for address, store in sorted(stores.items()):
-            by_store.setdefault(store, []).append(address)
-        futures = {}
-        for n, addresses in enumerate(by_store.values()):
-            args = (pull, run.channel, ref, given, settings)
-            options = {"workers": addresses[:1], "allow_other_workers": False}
-            futures[run.submit(_pull_here, *args, key=f"blobdl-pull-{n}", **options)] = addresses
-        results, errors = {}, []
-        lost = _Left(client, {f: a[0] for f, a in futures.items()}, names)
-        for future, value in run.gather(list(futures), lost):
-            try:
-                result = _outcome(run, value)
-            except BlobdlError as exc:
-                errors.append(exc)
-                continue
-            results.update({names.get(a, a): result for a in futures[future]})
+        with Run(client, tell, settings.stall_timeout).open() as run:
+            results, errors = _on_each(run, names, stores, pull, ref, given, settings)
     if errors:
         raise errors[0]
     return results
+
+
+def _on_each(
+    run: Run,
+    names: dict[str, str],
+    stores: dict[str, tuple[str, str]],
+    pull: Pull,
+    ref: str,
+    given: str | None,
+    settings: Settings,
+) -> tuple[dict[str, Any], list[BlobdlError]]:
+    """Each store's pull, on one worker of it: ({worker name: PullResult}, the errors)."""
+    by_store: dict[tuple[str, str], list[str]] = {}
+    for address, store in sorted(stores.items()):
+        by_store.setdefault(store, []).append(address)
+    futures = {}
+    for n, addresses in enumerate(by_store.values()):
+        args = (pull, run.channel, ref, given, settings)
+        options = {"workers": addresses[:1], "allow_other_workers": False}
+        futures[run.submit(_pull_here, *args, key=f"blobdl-pull-{n}", **options)] = addresses
+    results: dict[str, Any] = {}
+    errors: list[BlobdlError] = []
+    lost = _Left(run.client, {f: a[0] for f, a in futures.items()}, names)
+    for future, value in run.gather(list(futures), lost):
+        try:
+            result = _outcome(run, value)
+        except BlobdlError as exc:
+            errors.append(exc)
+            continue
+        results.update({names.get(a, a): result for a in futures[future]})
+    return results, errors
 
 
 def _stores(

@@ -630,6 +630,121 @@ def test_a_worker_that_stopped_answering_does_not_hold_up_the_end_of_a_run(
         own.stop()
 
 
+# A process that stops answering: stopped before the check that asks every worker and the
+# scheduler (``when`` = before), or just after it (after), from inside the client, so that
+# the moment is the test's, not a race's.
+FROZEN = """
+import json, logging, os, signal, sys
+import blobdl
+from blobdl.batch import _cluster
+
+
+def freezing(real, pid, when):
+    def checked(client, within):
+        if when == "before":
+            os.kill(pid, signal.SIGSTOP)
+        workers = real(client, within)
+        if when == "after":
+            os.kill(pid, signal.SIGSTOP)
+        return workers
+
+    return checked
+
+
+if __name__ == "__main__":
+    address, pid, when, rows = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+    logging.basicConfig(format="%(levelname)s: %(message)s")  # blobdl's warnings, on stderr
+    _cluster.checked = freezing(_cluster.checked, pid, when)
+    items = [blobdl.Item(url, path) for url, path in rows]
+    try:
+        results = blobdl.download_many(items, cluster=address, stall_timeout=2)
+    except blobdl.BlobdlError as exc:
+        print(json.dumps({"raised": [type(exc).__name__, exc.exit_code, str(exc)]}))
+    else:
+        print(json.dumps({"results": [[r.ok, r.error and str(r.error)] for r in results]}))
+"""
+#: Far below Dask's own patience with a silent worker (``worker-ttl``: 5 minutes), far
+#: above the 2 s stall timeout the runs are given.
+FROZEN_BOUND = 40.0
+
+
+def _frozen_run(
+    cluster: DaskCluster, pid: int, when: str, rows: list[list[str]], tmp_path: Path
+) -> tuple[dict[str, Any], str]:
+    """What the FROZEN client printed, and its stderr; ``pid`` is resumed after it ends."""
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(FROZEN))
+    try:
+        done = subprocess.run([sys.executable, str(script), cluster.address, str(pid), when,
+                               json.dumps(rows)], capture_output=True, text=True,
+                              timeout=FROZEN_BOUND, cwd=REPO)  # fmt: skip
+    finally:
+        psutil.Process(pid).resume()
+    assert done.returncode == 0, done.stderr[-3000:]
+    said: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return said, done.stderr
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_batch_goes_on_on_the_other_workers_when_one_stops_answering(
+    make: Make, tmp_path: Path, when: str
+) -> None:
+    """Before the check, the silent worker is named (a warning) and given nothing; after
+    it, what Dask sent or sends there is moved to a worker that answers once the worker has
+    been silent for the stall timeout: neither waits for Dask to drop the worker (minutes)."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}, "w-b": {}})
+    try:
+        blobs = [make(128 * KB, seed) for seed in range(51, 57)]
+        rows = [[b.url, str(tmp_path / b.name)] for b in blobs]
+        said, err = _frozen_run(own, own.worker_pids()["w-b"], when, rows, tmp_path)
+        assert said == {"results": [[True, None]] * len(blobs)}, (said, err[-3000:])
+        for blob in blobs:
+            assert sha256_file(tmp_path / blob.name) == blob.sha256
+        assert "worker w-b of the Dask cluster did not answer within 2 s" in err
+        assert _settled(own) == []
+    finally:
+        own.stop()
+
+
+def test_a_batch_whose_only_worker_stops_answering_fails_naming_it(
+    make: Make, tmp_path: Path
+) -> None:
+    own = start_cluster(tmp_path / "dask", {"solo": {}})
+    try:
+        blobs = [make(128 * KB, seed) for seed in range(61, 63)]
+        rows = [[b.url, str(tmp_path / b.name)] for b in blobs]
+        said, err = _frozen_run(own, own.worker_pids()["solo"], "after", rows, tmp_path)
+        silent = "worker solo of the Dask cluster did not answer within 2 s"
+        assert said == {"results": [[False, silent]] * len(blobs)}, (said, err[-3000:])
+        assert _settled(own) == []
+    finally:
+        own.stop()
+
+
+def test_a_scheduler_that_stops_answering_is_one_clear_error_naming_it(
+    make: Make, tmp_path: Path
+) -> None:
+    """The check asks the scheduler for its blobdl, and waits the stall timeout for the
+    answer, as for each worker's; then the whole run ends, nothing left running."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}})
+    try:
+        blob = make(128 * KB, 64)
+        assert own.scheduler is not None
+        rows = [[blob.url, str(tmp_path / blob.name)]]
+        said, err = _frozen_run(own, own.scheduler.pid, "before", rows, tmp_path)
+        assert said == {
+            "raised": [
+                "ClusterError",
+                3,
+                f"the Dask scheduler at {own.address} did not answer within 2 s",
+            ]
+        }, (said, err[-3000:])
+        assert not (tmp_path / blob.name).exists()
+        assert _settled(own) == []
+    finally:
+        own.stop()
+
+
 # --- pull on every worker ---------------------------------------------------------------------
 
 
@@ -719,6 +834,80 @@ def test_pull_on_every_worker_with_a_worker_that_never_answers_names_it_and_pull
 
 
 # --- the library, on an embedded LocalCluster ---------------------------------------------------
+
+
+# A pull whose worker stops answering just after the check (it answered): on one worker
+# (``one``), or in every worker's store (``every``, after each said which store it sees).
+FROZEN_PULL = """
+import json, os, signal, sys
+import blobdl
+from blobdl.registry import _pull_cluster
+
+
+def freezing(real, pid):
+    def checked(*args):
+        answered = real(*args)
+        os.kill(pid, signal.SIGSTOP)
+        return answered
+
+    return checked
+
+
+if __name__ == "__main__":
+    address, pid, ref, models, where = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+    try:
+        if where == "one":
+            _pull_cluster.checked = freezing(_pull_cluster.checked, pid)
+            blobdl.pull(ref, models, cluster=address, stall_timeout=2)
+        else:
+            _pull_cluster._stores = freezing(_pull_cluster._stores, pid)
+            blobdl.pull_every_worker(ref, address, stall_timeout=2)
+    except blobdl.BlobdlError as exc:
+        print(json.dumps([type(exc).__name__, exc.exit_code, str(exc)]))
+"""
+
+
+def _frozen_pull(cluster: DaskCluster, pid: int, ref: str, where: str, tmp_path: Path) -> Any:
+    """What the FROZEN_PULL client printed; ``pid`` is resumed after it ends."""
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(FROZEN_PULL))
+    try:
+        done = subprocess.run([sys.executable, str(script), cluster.address, str(pid), ref,
+                               str(tmp_path / "models"), where], capture_output=True,
+                              text=True, timeout=FROZEN_BOUND, cwd=REPO)  # fmt: skip
+    finally:
+        psutil.Process(pid).resume()
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_pull_whose_only_worker_stops_answering_fails_naming_it(
+    registry: Registry, tmp_path: Path
+) -> None:
+    own = start_cluster(tmp_path / "dask", {"solo": {}})
+    try:
+        model = registry.push_model("library/frozen", "v1", (100 * KB,))
+        said = _frozen_pull(own, own.worker_pids()["solo"], ref(registry, model), "one", tmp_path)
+    finally:
+        own.stop()
+    assert said == ["ClusterError", 3, "worker solo of the Dask cluster did not answer within 2 s"]
+
+
+def test_pull_on_every_worker_with_a_worker_that_stops_answering_names_it_and_fills_the_others(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Each store's pull is bound to a worker that sees it: it cannot go elsewhere, and
+    fails naming its worker once that has been silent for the stall timeout."""
+    stores = {name: {"OLLAMA_MODELS": str(tmp_path / name)} for name in ("w-a", "w-b")}
+    own = start_cluster(tmp_path / "dask", stores)
+    try:
+        model = registry.push_model("library/frozen-every", "v1", (100 * KB,))
+        pid = own.worker_pids()["w-b"]
+        said = _frozen_pull(own, pid, ref(registry, model), "every", tmp_path)
+    finally:
+        own.stop()
+    assert said == ["ClusterError", 3, "worker w-b of the Dask cluster did not answer within 2 s"]
+    assert_store(tmp_path / "w-a", registry, model)
 
 
 def test_pull_on_every_worker_of_a_cluster_without_workers_is_an_error_not_exit_0(
