@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -139,8 +140,19 @@ def _scheduler_version(client: Any, within: float) -> Any:
 def _wrong(who: str, answer: Any) -> str:
     """What is wrong with the blobdl of ``who`` ("" if nothing is, or it did not answer)."""
     if isinstance(answer, BaseException):
-        said = answer if type(answer) is Exception else repr(answer)  # (Dask's repr of it)
-        return f"{who} cannot import it: {said}"
+        return f"{who} cannot import it ({_words(answer)})"
     if isinstance(answer, str) and answer != __version__:
         return f"{who} runs blobdl {answer}"
     return ""
+
+
+# How Dask hands back an exception raised on a worker: a plain Exception whose text is the
+# original's repr, ModuleNotFoundError("No module named 'blobdl'").
+_REPR = re.compile(r"""[A-Za-z_][\w.]*\((['"])(.+)\1\)""", re.DOTALL)
+
+
+def _words(error: BaseException) -> str:
+    """The error's own words ("No module named 'blobdl'"), not its class's name."""
+    text = str(error)
+    found = _REPR.fullmatch(text)
+    return (found.group(2) if found else text) or type(error).__name__
