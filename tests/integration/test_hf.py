@@ -849,6 +849,20 @@ def test_hub_api_failures_are_retried(
     assert hub.hub.stats()["rule_hits"] == [1, 1]  # each fault struck, and was retried
 
 
+@pytest.mark.parametrize("status", [501, 505, 511])
+def test_hub_api_statuses_saying_what_it_will_not_do_are_asked_once(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, status: int
+) -> None:
+    """Not implemented, this HTTP version, a captive portal's login: another attempt gets
+    the same answer, so the API is not asked again (curl retries none of them)."""
+    hub.hub.set_faults({"path": "/api/models/acme/tiny/revision/main", "times": None,
+                        "action": "status", "status": status})  # fmt: skip
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(tmp_path / "c"))
+    assert done.returncode == 3, done.stderr
+    assert f"HTTP {status}" in done.stderr, done.stderr
+    assert hub.hub.stats()["rule_hits"] == [1]
+
+
 def test_the_batch_is_given_the_largest_files_first_with_their_sizes(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
