@@ -68,8 +68,10 @@ ACTIONS: dict[str, frozenset[str]] = {
     "wrong_length": frozenset({"by"}),
     # A file reply labelled Content-Encoding: ``value`` (the body is still the raw bytes).
     "encoding": frozenset({"value"}),
-    # An otherwise normal response with headers set ({name: value}) or dropped ([names]).
-    "headers": frozenset({"set", "drop"}),
+    # An otherwise normal response with headers set ({name: value}) or dropped ([names]);
+    # ``ignore``: request headers served as if not sent (["If-Match"]: a CDN or mirror that
+    # does not honour it).
+    "headers": frozenset({"set", "drop", "ignore"}),
     # A 3xx (default 302) to `location`; `endless`: a body that never ends (for `hold` s),
     # read to EOF, or announced with a Content-Length of `length` bytes; `bps`: sent at
     # that pace (a redirect body that trickles).
@@ -631,6 +633,9 @@ class Handler(BaseHTTPRequestHandler):
             fault = self.slow_conn
         if fault is not None and not self._pre_fault(fault, head):
             return
+        if fault is not None and fault.action == "headers":
+            ignored = {str(name).lower() for name in fault.params.get("ignore") or ()}
+            req = {k: v for k, v in req.items() if k.lower() not in ignored}
         reply = self._route(parts.path, parts.query, req, fault)
         if fault is not None and fault.action == "headers":
             reply.headers = edit_headers(reply.headers, fault)

@@ -568,6 +568,30 @@ def test_offline_a_local_dir_is_served_as_it_is_without_one_request(
     assert quiet_hub(hub, before)
 
 
+def test_offline_a_local_dir_holding_several_commits_is_served_only_by_its_commit(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """A local dir that two revisions were downloaded into keeps a record of each: a branch
+    cannot say which it is (it records no branch), so it is one line asking for the commit;
+    a commit given is served by its own record."""
+    tiny = repos["acme/tiny"]
+    local = str(tmp_path / "local")
+    for revision in ("main", "dev"):
+        done = blobdl_hf(hub, tmp_path, "acme/tiny", "--revision", revision, "--local-dir", local)
+        assert done.returncode == 0, done.stderr
+    hub.reset()
+    before = len(hub.log())
+    branch = blobdl_hf(hub, tmp_path, "acme/tiny", "--local-dir", local, offline="1")
+    assert branch.returncode == 2, branch.stderr
+    assert "holds the files of 2 commits" in branch.stderr, branch.stderr
+    assert "give one as the revision" in branch.stderr, branch.stderr
+    commit = blobdl_hf(hub, tmp_path, "acme/tiny", "--revision", tiny.refs["dev"],
+                       "--local-dir", local, "--json", offline="1")  # fmt: skip
+    assert commit.returncode == 0, commit.stderr
+    assert json.loads(commit.stdout.splitlines()[-1])["commit"] == tiny.refs["dev"]
+    assert quiet_hub(hub, before)
+
+
 def test_offline_a_cache_huggingface_hub_filled_is_served_too(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:
@@ -823,6 +847,20 @@ def test_hub_api_failures_are_retried(
     tiny = repos["acme/tiny"]
     assert contents(Path(done.stdout.strip())) == tiny.contents[tiny.refs["main"]]
     assert hub.hub.stats()["rule_hits"] == [1, 1]  # each fault struck, and was retried
+
+
+@pytest.mark.parametrize("status", [501, 505, 511])
+def test_hub_api_statuses_saying_what_it_will_not_do_are_asked_once(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, status: int
+) -> None:
+    """Not implemented, this HTTP version, a captive portal's login: another attempt gets
+    the same answer, so the API is not asked again (curl retries none of them)."""
+    hub.hub.set_faults({"path": "/api/models/acme/tiny/revision/main", "times": None,
+                        "action": "status", "status": status})  # fmt: skip
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(tmp_path / "c"))
+    assert done.returncode == 3, done.stderr
+    assert f"HTTP {status}" in done.stderr, done.stderr
+    assert hub.hub.stats()["rule_hits"] == [1]
 
 
 def test_the_batch_is_given_the_largest_files_first_with_their_sizes(
