@@ -10,6 +10,10 @@ A task that reaches a worker without blobdl kills that worker (Dask cannot read 
 off its stream), and the run would wait for another for ever; a worker with another blobdl
 would run other code; a scheduler without blobdl fails every task (it reads them). Each is
 named before anything is submitted.
+
+The scheduler itself is asked within the same limit (``on_scheduler``): one stopped mid-run
+keeps its connection open too, and Dask's own questions (``Client.processing``,
+``scheduler_info``) would wait for its answer for ever.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def ask(
 ) -> dict[str, Any]:
     """{worker address: what ``fn(*args)`` returned there, the exception it raised there,
     or ``Silent``}, for every worker of the cluster (or those of ``workers``)."""
-    addresses = list(client.scheduler_info()["workers"]) if workers is None else workers
+    addresses = list(present(client, within=within)) if workers is None else workers
 
     async def one(address: str) -> Any:
         running = client.run(fn, *args, workers=[address], on_error="return", asynchronous=True)
@@ -74,17 +78,40 @@ def ask(
     return answers
 
 
-def names(client: Any) -> dict[str, str]:
+def on_scheduler(client: Any, question: str, *, within: float, **kwargs: Any) -> Any:
+    """The scheduler's answer to ``question`` (one of its handlers, with ``kwargs``); a
+    ClusterError naming it if it gives none within ``within`` seconds."""
+    try:
+        return client.sync(getattr(client.scheduler, question), callback_timeout=within, **kwargs)
+    except TimeoutError:
+        raise scheduler_silent(client, within) from None
+
+
+def scheduler_silent(client: Any, within: float) -> ClusterError:
+    """The error of a scheduler that did not answer: nothing of the run can go on."""
+    address = client.scheduler.address
+    return ClusterError(f"the Dask scheduler at {address} did not answer within {within:g} s")
+
+
+def present(client: Any, *, within: float) -> dict[str, Any]:
+    """{address: what the scheduler knows of it} for each worker of the cluster."""
+    workers: dict[str, Any] = on_scheduler(client, "identity", within=within, n_workers=-1)[
+        "workers"
+    ]
+    return workers
+
+
+def names(client: Any, *, within: float) -> dict[str, str]:
     """{address: name} of the cluster's workers (a worker without a name: its address)."""
-    workers = client.scheduler_info()["workers"]
+    workers = present(client, within=within)
     return {address: str(w.get("name", address)) for address, w in workers.items()}
 
 
-def holding(client: Any, keys: set[str]) -> dict[str, list[str]]:
+def holding(client: Any, keys: set[str], *, within: float) -> dict[str, list[str]]:
     """{worker address: those of ``keys`` the scheduler has given it (running, or queued
     there)}, for each worker that holds any."""
     held: dict[str, list[str]] = {}
-    for address, there in client.processing().items():
+    for address, there in on_scheduler(client, "processing", within=within).items():
         ours = [key for key in there if key in keys]
         if ours:
             held[address] = ours
@@ -103,7 +130,7 @@ def checked(client: Any, within: float) -> Workers:
     another version)."""
     scheduler = _scheduler_version(client, within)  # first: asking a worker goes through it
     answers = ask(client, version, within=within)
-    known = names(client)
+    known = names(client, within=within)
     named = {address: known.get(address, address) for address in answers}
     wrong = sorted(_wrong(f"worker {named[a]}", answer) for a, answer in answers.items())
     wrong.insert(0, _wrong("the scheduler", scheduler))
@@ -129,10 +156,7 @@ def _scheduler_version(client: Any, within: float) -> Any:
     try:
         return client.run_on_scheduler(version, callback_timeout=within)
     except TimeoutError:
-        address = client.scheduler.address
-        raise ClusterError(
-            f"the Dask scheduler at {address} did not answer within {within:g} s"
-        ) from None
+        raise scheduler_silent(client, within) from None
     except Exception as exc:
         return exc
 

@@ -17,6 +17,13 @@ So while the run waits, the workers holding its tasks are asked, each within the
 timeout, whether they answer; the tasks of one that does not are cancelled and submitted
 again, restricted to the workers that answer (or fail naming it, with none, or when a task
 belongs to that worker). The worker itself is left to Dask: the cluster may serve others.
+
+The scheduler that stops answering (stopped, swapping) keeps its connection open too, and
+the run would wait for its tasks for ever: each question the run asks it is given the stall
+timeout (``on_scheduler``), and one left unanswered ends the run with a ``ClusterError``
+naming it; the end of the run then asks it nothing more (``Run.answers``). A download a
+worker runs meanwhile lands whole or not at all; its spare interpreters, which only the
+scheduler can reach, end by themselves once idle (``_spare``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any, NamedTuple
 from ..errors import BlobdlError, ClusterError
 from ..processes import _spare
 from ..processes._signals import interrupted
-from ._cluster_ask import Workers, ask, holding, names, silent_among
+from ._cluster_ask import Workers, ask, holding, names, present, silent_among
 from ._cluster_connect import dask
 from ._cluster_worker import Channel, Sent
 
@@ -90,6 +97,12 @@ class Run:
         self.inbox: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
         self.seen: dict[str, int] = {}  # events relayed, per attempt
         self.futures: list[Any] = []
+        self.answers = True  # whether the scheduler answered every question of the run
+
+    @property
+    def tidy(self) -> bool:
+        """Whether the end of the run may ask the scheduler to tidy up (it answers)."""
+        return self.answers and reachable(self.client)
 
     @contextlib.contextmanager
     def open(self) -> Iterator[Run]:
@@ -100,7 +113,7 @@ class Run:
         except BaseException as exc:
             raise self._stopped(exc) from None
         finally:
-            if reachable(self.client):  # else every call would wait to reconnect first
+            if self.tidy:  # else every call would wait to reconnect (or an answer) first
                 with contextlib.suppress(Exception):
                     self.client.unsubscribe_topic(self.channel.topic)
                 drop_spares(self.client)
@@ -121,8 +134,9 @@ class Run:
         """Restricted to the workers that answer; loosely: should they all leave, another
         that joins may run it (a silent one is asked again, as any)."""
         if self.answering is None:
-            present = self.client.scheduler_info()["workers"]
-            self.answering = [a for a in present if a not in self.silent]
+            with self._asking():
+                workers = present(self.client, within=self.within)
+            self.answering = [a for a in workers if a not in self.silent]
         if not self.answering:
             return {}
         return {"workers": self.answering, "allow_other_workers": True}
@@ -137,7 +151,8 @@ class Run:
         first: dict[Any, Any] = {}  # {a moved task's future: the future the caller knows}
         while pending:
             self._relay_queued()
-            ended = {**self._unanswered(pending), **(lost(pending) if lost is not None else {})}
+            with self._asking():
+                ended = {**self._unanswered(pending), **(lost(pending) if lost else {})}
             for future, error in ended.items():
                 pending.discard(future)
                 if isinstance(error, Moved):
@@ -157,13 +172,23 @@ class Run:
                 pending.discard(future)
                 yield first.pop(future, future), self._value(future)
 
+    @contextlib.contextmanager
+    def _asking(self) -> Iterator[None]:
+        """Around the run's questions to the scheduler: the only ClusterError they raise is
+        its silence (``on_scheduler``), and the run asks it nothing more."""
+        try:
+            yield
+        except ClusterError:
+            self.answers = False
+            raise
+
     def _unanswered(self, pending: set[Any]) -> dict[Any, Moved | BaseException]:
         """The pending tasks held by workers that do not answer within ``within``, each
         moved to the workers that do, or failed naming its worker."""
         if time.monotonic() - self.looked < LOOK_EVERY:
             return {}
         by_key = {future.key: future for future in pending}
-        held = holding(self.client, set(by_key))
+        held = holding(self.client, set(by_key), within=self.within)
         silent = silent_among(self.client, sorted(held), self.within) if held else []
         self.looked = time.monotonic()
         if silent:
@@ -173,7 +198,8 @@ class Run:
         for address in silent:
             moved = {by_key[key]: self._again(by_key[key], address) for key in held[address]}
             if any(isinstance(m, Moved) for m in moved.values()):
-                said = Workers(names(self.client), [address], self.within).unanswered()
+                known = names(self.client, within=self.within)
+                said = Workers(known, [address], self.within).unanswered()
                 log.warning("%s: its tasks of this run go to the workers that answer", said)
             ended.update(moved)
         return ended
@@ -184,7 +210,8 @@ class Run:
         call = self.calls[future.key]
         elsewhere = {} if "workers" in call.options else self._elsewhere()
         if not elsewhere:  # bound to that worker, or no other answers
-            return Workers(names(self.client), [worker], self.within).unanswered()
+            known = names(self.client, within=self.within)
+            return Workers(known, [worker], self.within).unanswered()
         key = f"{call.key}-again{len(self.futures)}"
         return Moved(self.submit(call.fn, *call.args, key=key, **call.options))
 
@@ -245,7 +272,9 @@ class Run:
         """Cancel the tasks no worker holds (queued, or no worker at all): the grace is for
         running ones to save their state; these have none, and might wait for a worker for
         ever. One handed to a worker meanwhile sees itself cancelled, or the flag, and stops."""
-        held = {key for keys in self.client.processing().values() for key in keys}
+        with self._asking():
+            given = holding(self.client, {f.key for f in self.futures}, within=self.within)
+        held = {key for keys in given.values() for key in keys}
         waiting = [f for f in self.futures if not f.done() and f.key not in held]
         if waiting:
             self.client.cancel(waiting)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from ..batch._cluster_ask import Silent, Workers, ask, checked, said_if_silent
+from ..batch._cluster_ask import Silent, Workers, ask, checked, present, said_if_silent
 from ..batch._cluster_connect import connect
 from ..batch._cluster_run import Run, task_error
 from ..batch._cluster_worker import Channel, Relay, Sent, Stopped
@@ -111,7 +111,7 @@ def _on_each(
         futures[run.submit(_pull_here, *args, key=f"blobdl-pull-{n}", **options)] = addresses
     results: dict[str, Any] = {}
     errors: list[BlobdlError] = []
-    lost = _Left(run.client, {f: a[0] for f, a in futures.items()}, names)
+    lost = _Left(run.client, {f: a[0] for f, a in futures.items()}, names, run.within)
     for future, value in run.gather(list(futures), lost):
         try:
             result = _outcome(run, value)
@@ -151,8 +151,10 @@ class _Left:
     pull for that address for ever. It fails instead; what it landed stays in the store, and
     the same command resumes it."""
 
-    def __init__(self, client: Any, bound: dict[Any, str], names: dict[str, str]) -> None:
-        self.client, self.bound, self.names = client, bound, names
+    def __init__(
+        self, client: Any, bound: dict[Any, str], names: dict[str, str], within: float
+    ) -> None:
+        self.client, self.bound, self.names, self.within = client, bound, names, within
         self.last = 0.0
 
     def __call__(self, pending: set[Any]) -> dict[Any, BaseException]:
@@ -160,8 +162,8 @@ class _Left:
         if now - self.last < WORKERS_LOOK:
             return {}
         self.last = now
-        present = set(self.client.scheduler_info()["workers"])
-        left = {f: self.bound[f] for f in pending if self.bound[f] not in present}
+        here = set(present(self.client, within=self.within))
+        left = {f: self.bound[f] for f in pending if self.bound[f] not in here}
         for future in left:
             future.cancel()
         return {

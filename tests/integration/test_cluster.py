@@ -631,8 +631,8 @@ def test_a_worker_that_stopped_answering_does_not_hold_up_the_end_of_a_run(
 
 
 # A process that stops answering: stopped before the check that asks every worker and the
-# scheduler (``when`` = before), or just after it (after), from inside the client, so that
-# the moment is the test's, not a race's.
+# scheduler (``when`` = before), just after it (after), or as the first item is told finished
+# (finished), from inside the client, so that the moment is the test's, not a race's.
 FROZEN = """
 import json, logging, os, signal, sys
 import blobdl
@@ -656,8 +656,13 @@ if __name__ == "__main__":
     logging.basicConfig(format="%(levelname)s: %(message)s")  # blobdl's warnings, on stderr
     _cluster.checked = freezing(_cluster.checked, pid, when)
     items = [blobdl.Item(url, path) for url, path in rows]
+
+    def on_event(told):  # when == "finished": once the first item is whole on disk
+        if when == "finished" and isinstance(told.event, blobdl.events.Finished):
+            os.kill(pid, signal.SIGSTOP)
+
     try:
-        results = blobdl.download_many(items, cluster=address, stall_timeout=2)
+        results = blobdl.download_many(items, cluster=address, stall_timeout=2, on_event=on_event)
     except blobdl.BlobdlError as exc:
         print(json.dumps({"raised": [type(exc).__name__, exc.exit_code, str(exc)]}))
     else:
@@ -741,6 +746,39 @@ def test_a_scheduler_that_stops_answering_is_one_clear_error_naming_it(
         }, (said, err[-3000:])
         assert not (tmp_path / blob.name).exists()
         assert _settled(own) == []
+    finally:
+        own.stop()
+
+
+@pytest.mark.parametrize("when", ["after", "finished"])
+def test_a_scheduler_that_stops_answering_mid_run_is_one_clear_error_naming_it(
+    server: ServerHandle, make: Make, tmp_path: Path, when: str
+) -> None:
+    """Past the check, the run asks the scheduler which workers hold its tasks each
+    second, each question within the stall timeout: the run ends with the same error, the
+    client exits, and what a worker finished is whole on disk (never a part)."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}, "w-b": {}})
+    try:
+        blobs = [make(512 * KB, seed) for seed in range(65, 68)]
+        paced(server, 512 * KB)  # items overlap: some end after the scheduler stopped
+        assert own.scheduler is not None
+        rows = [[b.url, str(tmp_path / b.name)] for b in blobs]
+        said, err = _frozen_run(own, own.scheduler.pid, when, rows, tmp_path)
+        assert said == {
+            "raised": [
+                "ClusterError",
+                3,
+                f"the Dask scheduler at {own.address} did not answer within 2 s",
+            ]
+        }, (said, err[-3000:])
+        whole = [b for b in blobs if (tmp_path / b.name).exists()]
+        for blob in whole:
+            assert sha256_file(tmp_path / blob.name) == blob.sha256
+        assert (whole != []) == (when == "finished")
+        # The workers' spare interpreters are dropped through the scheduler: cut off from it,
+        # they end by themselves once idle (``_spare.IDLE``); nothing else of the run is left.
+        strays = [" ".join(p.cmdline()) for p in _settled(own)]
+        assert [s for s in strays if "blobdl.processes._spare:spare_main" not in s] == []
     finally:
         own.stop()
 
