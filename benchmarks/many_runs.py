@@ -51,7 +51,7 @@ class Sample:
     repeat: int
     ok: bool
     wall_s: float
-    cpu_s: float
+    cpu_s: float | None  # None: not measured (the limit case times spans only)
     peak_uss_mb: float | None  # None: the tool ended before the first sample
     files: int
     error: str = ""
@@ -238,7 +238,8 @@ def _limit_case(
                 ok = ok and stamped.exit_code == 0
             finally:
                 shutil.rmtree(dst)
-            sample = Sample("limit", tool, run_number, ok, stamped.wall_s, 0.0, 0.0, len(names),
+            # Spans only: this case measures no CPU or memory (None, shown "-", never 0).
+            sample = Sample("limit", tool, run_number, ok, stamped.wall_s, None, None, len(names),
                             error or ("" if stamped.exit_code == 0 else stamped.tail),
                             span_s=stamped.span_s, bytes=size)  # fmt: skip
             outcome.samples.append(sample)
@@ -384,7 +385,8 @@ def _line(x: Sample) -> str:
     if x.fd_growth is not None:
         extra += f" fds {x.peak_fds} (+{x.fd_growth}) procs {x.peak_procs} (+{x.proc_growth})"
     uss = "-" if x.peak_uss_mb is None else f"{x.peak_uss_mb:.1f}"
-    return (f"  {x.case:<7} {x.tool:<9} #{x.repeat + 1}: {x.wall_s:7.2f} s cpu {x.cpu_s:6.2f} s "
+    cpu = "-" if x.cpu_s is None else f"{x.cpu_s:.2f}"
+    return (f"  {x.case:<7} {x.tool:<9} #{x.repeat + 1}: {x.wall_s:7.2f} s cpu {cpu:>6} s "
             f"uss {uss:>6} MB{extra} {status}")  # fmt: skip
 
 
