@@ -29,6 +29,7 @@ from ..errors import (
     TooManyRedirects,
 )
 from ..http._pool import make_pool, prepare_tls
+from ..http._redirects import REDIRECTS
 from ..http._request import base_headers, require_identity, retry_after, send_get
 from ..http._retry import Retry
 from ..http._translate import translate_errors
@@ -37,9 +38,8 @@ from ._repo import Repo, RepoFile, check_commit, check_listing, parse_tree_page
 
 MAX_DOCUMENT = 64 << 20  # bytes of one API answer (a big repository's revision info is MBs)
 MAX_PAGES = 100_000  # tree pages of one commit (the Hub sends 1,000 files a page)
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _OK = frozenset({200})
-_REACHED = frozenset({200, 206, 416}) | _REDIRECTS  # a file's bytes are (or lead) there
+_REACHED = frozenset({200, 206, 416}) | REDIRECTS  # a file's bytes are (or lead) there
 _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
 _DISABLED = "Access to this resource is disabled."  # huggingface_hub's DisabledRepoError
 _PRIVATE_HINT = "or it is private: give a token with --token, $HF_TOKEN or `hf auth login`"
@@ -147,7 +147,7 @@ class Hub:
     def _follow(self, url: str, extra: dict[str, str], ok: frozenset[int]) -> _Answer:
         for _hop in range(self.settings.max_redirects + 1):
             answer = self._send(url, extra)
-            if answer.status in ok or answer.status not in _REDIRECTS:
+            if answer.status in ok or answer.status not in REDIRECTS:
                 return answer
             if "location" not in answer.headers:
                 raise BadResponse(url, f"redirect {answer.status} without Location")

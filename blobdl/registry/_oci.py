@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..http._document import Document, fetch, get_document
 from ..http._pool import make_pool
+from ..http._redirects import REDIRECTS
 from ..http._routes import ProxyRoutes
 from ..http._urls import headers_for_origin, redirect_target, same_origin, url_problem
 from ..processes._spawn import in_threads
@@ -56,7 +57,6 @@ INDEX_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 MAX_DOCUMENT = 4 << 20  # bytes of a manifest or a token answer; a manifest is a few KB
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # RFC 7235: challenges ("Scheme" then key=value or a token68), each value a token or a
 # quoted string, spaces allowed around "="; a quote that is never closed is no value at all.
 _TOKEN = r"[!#$%&'*+.^_`|~\w-]+"
@@ -211,7 +211,7 @@ class Registry:
         presigned storage URL) is returned with only what that origin may be sent."""
         url = f"{self.base}/v2/{self.ref.repository}/blobs/{blob.digest}"
         answer = self._send(url, {"Range": "bytes=0-0"}, 0)
-        if answer.status in _REDIRECTS:
+        if answer.status in REDIRECTS:
             target = redirect_target(url, _location(answer))
             return target, tuple(self.headers_for(target).items())
         if answer.status == 404:
@@ -243,7 +243,7 @@ class Registry:
         """``send`` to ``url`` and to every ``Location`` after it (each checked first)."""
         for _hop in range(self.settings.max_redirects + 1):
             answer = send(url)
-            if answer.status not in _REDIRECTS:
+            if answer.status not in REDIRECTS:
                 return answer
             url = redirect_target(url, _location(answer))
         raise TooManyRedirects(url, self.settings.max_redirects)
