@@ -60,25 +60,15 @@ from .events import (
 
 if TYPE_CHECKING:
     from .hf._download import HfEvent, HfFile, HfResult, HfStarted, hf_download
-    from .registry._pull import (
-        LayerResult,
-        PullEvent,
-        PullResult,
-        PullStarted,
-        pull,
-        pull_every_worker,
-    )
-    from .registry._pull_cluster import WorkerEvent
+    from .registry._pull import LayerResult, PullResult, pull, pull_every_worker
+    from .registry._pull_events import PullEvent, PullStarted, WorkerEvent
 
 # The registry's and Hugging Face's doors are imported when first used: a download, or a
 # manifest of thousands of small files, does not pay for them at every start (~20 ms).
 _LATER = {
     **dict.fromkeys(("HfEvent", "HfFile", "HfResult", "HfStarted", "hf_download"), ".hf._download"),
-    **dict.fromkeys(
-        ("LayerResult", "PullEvent", "PullResult", "PullStarted", "pull", "pull_every_worker"),
-        ".registry._pull",
-    ),
-    "WorkerEvent": ".registry._pull_cluster",
+    **dict.fromkeys(("LayerResult", "PullResult", "pull", "pull_every_worker"), ".registry._pull"),
+    **dict.fromkeys(("PullEvent", "PullStarted", "WorkerEvent"), ".registry._pull_events"),
 }
 
 

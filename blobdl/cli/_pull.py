@@ -15,8 +15,8 @@ from typing import Any
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, BlobdlError
 from ..events import Failed, Finished, Progress, event_record
 from ..processes._signals import interrupted
-from ..registry._pull import PullEvent, PullResult, PullStarted, pull, pull_every_worker
-from ..registry._pull_cluster import WorkerEvent
+from ..registry._pull import PullResult, pull, pull_every_worker
+from ..registry._pull_events import PullEvent, PullStarted, WorkerEvent
 from ._args import EXIT_CODES, Parser, add_shared_options, path_arg, settings_from
 from ._display import display_for, fail, json_line, quiet_dask, say, show_warnings
 

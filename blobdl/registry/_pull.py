@@ -17,41 +17,23 @@ import resource
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
 from ..config import Settings, overridden
 from ..errors import BadResponse, HTTPStatusError, LocalFileError, OutOfResources
-from ..events import DownloadResult, Event
+from ..events import DownloadResult
 from ._catalog import decode
 from ._names import Reference, adopt_case, parse_reference, require_reachable
 from ._oci import Blob, Manifest, Registry
 from ._prune import free
-from ._pull_cluster import WorkerEvent, on_every_store, on_one_worker
+from ._pull_events import PullCallback, PullEvent, PullStarted, WorkerEvent
 from ._store import Store, locate, ollama_env
 
 AUTH_ROUNDS = 3  # fresh tokens / presigned URLs a pull asks for before it gives up
 SETTLE_ROUNDS = 3  # times a pull fetches again blobs deleted under it before it gives up
 FETCH_BATCH = 128  # blobs whose fetch locks a round holds open at once
 SPARE_FILES = 256  # open files a pull needs besides its locks (the engine's, Python's)
-
-
-class PullStarted(NamedTuple):
-    reference: str  # as resolved: host/namespace/model:tag
-    manifest_digest: str
-    blobs: int  # config and layers
-    missing: int  # blobs not yet in the store
-    bytes_needed: int  # their total size
-    models_dir: str  # the store
-    models_dir_from: str  # why that one: --models-dir, $OLLAMA_MODELS, default, service
-
-
-class PullEvent(NamedTuple):
-    digest: str  # the layer (sha256:<hex>) this engine event is about
-    event: Event
-
-
-PullCallback = Callable[[PullStarted | PullEvent], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +85,8 @@ def pull(
     started = time.monotonic()
     base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)
     if cluster is not None:
+        from ._pull_cluster import on_one_worker  # only with a cluster: it needs distributed
+
         where = functools.partial(pull, insecure=insecure)
         return on_one_worker(cluster, where, ref, models_dir, base, on_event)  # type: ignore[no-any-return]
     wanted = parse_reference(ref)
@@ -153,6 +137,8 @@ def pull_every_worker(
 ) -> dict[str, PullResult]:
     """``pull`` into the store of every worker of ``cluster``, once per store (workers on
     one host share one); {worker name: its store's PullResult}. A second run fetches nothing."""
+    from ._pull_cluster import on_every_store  # (see ``pull``)
+
     base = overridden(settings, overrides)
     where = functools.partial(pull, insecure=insecure)
     return on_every_store(cluster, where, default_models_dir, ref, models_dir, base, on_event)

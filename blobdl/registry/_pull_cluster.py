@@ -24,18 +24,12 @@ from ..batch._cluster_run import Run, task_error
 from ..batch._cluster_worker import Channel, Relay, Sent, Stopped
 from ..config import Settings
 from ..errors import BlobdlError, ClusterError, Interrupted
+from ._pull_events import WorkerEvent
 
 T = TypeVar("T")
 #: How often a pull's client looks whether the workers of the running pulls are still there.
 WORKERS_LOOK = 1.0
 Pull = Callable[..., Any]  # blobdl.pull: (ref, models_dir, *, settings, on_event) -> PullResult
-
-
-class WorkerEvent(NamedTuple):
-    """A pull's event (``PullStarted`` or ``PullEvent``) from the worker doing that pull."""
-
-    worker: str  # its name
-    event: Any
 
 
 class _Done(NamedTuple):

@@ -41,6 +41,16 @@ def test_a_download_or_a_manifest_loads_neither_the_registry_nor_hugging_face() 
     assert loaded_after("from blobdl.cli import main; main(['-q', '-i', '/dev/null'])") == []
 
 
+def test_a_pull_on_one_machine_loads_no_part_of_the_cluster() -> None:
+    """The cluster's door (Dask's client, asyncio: ~20 ms) is for ``--scheduler`` only."""
+    code = "import blobdl.cli._pull, blobdl; blobdl.PullStarted, blobdl.WorkerEvent"
+    show = "import sys; print(sorted(m for m in sys.modules if 'cluster' in m or m == 'asyncio'))"
+    out = subprocess.run([sys.executable, "-c", f"{code}\n{show}"], cwd=REPO, capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert eval(out.stdout) == []
+
+
 def test_they_load_when_used() -> None:
     assert "blobdl.registry._pull" in loaded_after("import blobdl; blobdl.pull")
     assert "blobdl.hf._download" in loaded_after("from blobdl import hf_download")
