@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .._version import __version__
 from ..batch._scheduler import PER_HOST
@@ -26,7 +26,7 @@ from ..errors import (
     BlobdlError,
     UsageError,
 )
-from ._display import failed_line, one_line
+from ._display import failed_line, one_line, with_lost_output, write
 
 EXIT_CODES = f"""\
 exit codes:
@@ -62,6 +62,16 @@ class Parser(argparse.ArgumentParser):
         # One line, like every other error of ours (the usage is one --help away).
         line = one_line(f"{self.prog}: error: {message} (see {self.prog} --help)")
         self.exit(EXIT_USAGE, line + "\n")
+
+    # --help, --version and the usage go out as every report does: a stdout that loses
+    # them is said, once, and the exit code tells (argparse would drop the error, or leave
+    # it to the interpreter's exit flush: a traceback, exit 120).
+    def _print_message(self, message: str, file: Any = None) -> None:  # sys.stdout or stderr
+        if message:
+            write(file or sys.stderr, message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        super().exit(with_lost_output(status), message)
 
     def _wants_json(self) -> bool:
         """``--json`` (or a prefix argparse takes for it) before any ``--``."""
