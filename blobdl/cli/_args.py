@@ -34,7 +34,8 @@ exit codes:
   {EXIT_USAGE}    bad usage or input (arguments, URL, settings)
   {EXIT_NETWORK}    network or server failure (after retries), HTTP errors such as 404
   {EXIT_INTEGRITY}    integrity failure: the remote changed or broke the protocol
-  {EXIT_LOCAL}    local file or disk failure (missing directory, no space, I/O error)
+  {EXIT_LOCAL}    local file or disk failure (missing directory, no space, I/O error),
+       or stdout refused the report (a full disk: the downloads still finish)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C / SIGTERM)
   {EXIT_INTERNAL}    internal error (a bug: please report it)
 """
