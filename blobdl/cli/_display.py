@@ -155,8 +155,8 @@ def reader_went_away(exc: OSError, *, terminal: bool) -> bool:
 
 
 def _a_terminal(stream: IO[str]) -> bool:
-    """Whether ``stream`` is a character device, as a terminal is: a hung-up terminal is
-    no tty to ``isatty`` any more, but a disk's file never is one."""
+    """Whether ``stream`` may be a terminal: a character device. Not ``isatty``: a hung-up
+    terminal is no tty to it any more. A file on a disk is never a character device."""
     try:
         return stat.S_ISCHR(os.fstat(stream.fileno()).st_mode)
     except (OSError, ValueError):
