@@ -33,6 +33,8 @@ from ._display import (
     quiet_dask,
     say,
     show_warnings,
+    watch_stdout,
+    with_lost_output,
 )
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "run", "settings_from"]
@@ -81,11 +83,12 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     open_standard_streams()
+    watch_stdout()
     with stoppable():  # SIGTERM is Ctrl-C, for every command: exit 130 with partials kept
         try:
             if argv and argv[0] in COMMANDS:
-                return COMMANDS[argv[0]].main(argv[1:])
-            return _download(argv)
+                return with_lost_output(COMMANDS[argv[0]].main(argv[1:]))
+            return with_lost_output(_download(argv))
         except KeyboardInterrupt as stop:  # outside a command's own report (its arguments)
             error(interrupted(stop))
             return EXIT_INTERRUPTED

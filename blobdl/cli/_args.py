@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .._version import __version__
 from ..batch._scheduler import PER_HOST
@@ -26,7 +26,7 @@ from ..errors import (
     BlobdlError,
     UsageError,
 )
-from ._display import failed_line, one_line
+from ._display import failed_line, one_line, with_lost_output, write
 
 EXIT_CODES = f"""\
 exit codes:
@@ -34,7 +34,8 @@ exit codes:
   {EXIT_USAGE}    bad usage or input (arguments, URL, settings)
   {EXIT_NETWORK}    network or server failure (after retries), HTTP errors such as 404
   {EXIT_INTEGRITY}    integrity failure: the remote changed or broke the protocol
-  {EXIT_LOCAL}    local file or disk failure (missing directory, no space, I/O error)
+  {EXIT_LOCAL}    local file or disk failure (missing directory, no space, I/O error),
+       or stdout refused the report (a full disk: the downloads still finish)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C / SIGTERM)
   {EXIT_INTERNAL}    internal error (a bug: please report it)
 """
@@ -62,6 +63,16 @@ class Parser(argparse.ArgumentParser):
         # One line, like every other error of ours (the usage is one --help away).
         line = one_line(f"{self.prog}: error: {message} (see {self.prog} --help)")
         self.exit(EXIT_USAGE, line + "\n")
+
+    # --help, --version and the usage go out as every report does: a stdout that loses
+    # them is said, once, and the exit code tells (argparse would drop the error, or leave
+    # it to the interpreter's exit flush: a traceback, exit 120).
+    def _print_message(self, message: str, file: Any = None) -> None:  # sys.stdout or stderr
+        if message:
+            write(file or sys.stderr, message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        super().exit(with_lost_output(status), message)
 
     def _wants_json(self) -> bool:
         """``--json`` (or a prefix argparse takes for it) before any ``--``."""

@@ -56,8 +56,8 @@ class BatchBar:
             bar.total = sum(self.sizes.values()) or None
             bar.set_postfix_str(postfix, refresh=False)
             bar.update(sum(self.landed.values()) - bar.n)
-        except (OSError, ValueError):  # the terminal went away: stop drawing, go on
-            self.display.dead, self.display.bar = True, None
+        except (OSError, ValueError) as exc:  # the terminal went away: stop drawing, go on
+            self.display.bar_broke(exc)
 
 
 def _mb(n: int) -> str:

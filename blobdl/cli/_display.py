@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import stat
 import sys
 from typing import IO, Any
 
 from ..batch._scheduler import BatchEvent
-from ..errors import BlobdlError
+from ..errors import EXIT_LOCAL, EXIT_OK, BlobdlError
 from ..events import DownloadResult, Event, Failed, Finished, Progress, Started, event_record
 from ..processes._signals import held, interrupted
 
@@ -99,6 +101,11 @@ def tell(line: str) -> None:
     _write(sys.stdout, one_line(line) + "\n")
 
 
+def write(stream: IO[str], text: str) -> None:
+    """Text as it is (argparse's help: lines already), as robust as ``say``."""
+    _write(stream, text)
+
+
 def one_line(text: str) -> str:
     """``text`` as one line: a line break or a terminal escape in a name we echo (a path, a
     URL, a server's words) is shown escaped (``\\n``, ``\\x1b``), so it can neither split
@@ -114,13 +121,73 @@ class _OneLine(logging.Formatter):
 
 
 def _write(stream: IO[str], text: str) -> None:
-    """Write and flush. A reader that went away (``| head``, a closed terminal) must never
-    cost the download: the stream is silenced and the download goes on."""
+    """Write and flush. A failed write never costs the download: the stream is silenced and
+    the download goes on (``_broken``)."""
     try:
         stream.write(text)
         stream.flush()
-    except (OSError, ValueError):  # BrokenPipeError, EIO; ValueError: closed
-        _silence(stream)
+    except (OSError, ValueError) as exc:  # ValueError: closed
+        _broken(stream, exc)
+
+
+def _broken(stream: IO[str], exc: Exception) -> None:
+    """``stream`` refused a write: silence it. On stdout, unless its reader went away
+    (``| head``), the report was lost (a full disk): said once, and the exit code tells."""
+    lost = _lost(stream, exc)  # asked first: silenced, the stream is /dev/null
+    _silence(stream)
+    if lost is not None:
+        _stdout.lose(lost)
+
+
+def _lost(stream: IO[str], exc: Exception) -> OSError | None:
+    """The error that lost a line of stdout's report; None for another stream, a closed
+    one, or a reader that went away."""
+    if stream is not sys.stdout or not isinstance(exc, OSError):
+        return None
+    return None if reader_went_away(exc, terminal=_a_terminal(stream)) else exc
+
+
+def reader_went_away(exc: OSError, *, terminal: bool) -> bool:
+    """A failed write that means the reader quit, not that what it was given was lost:
+    a pipe or socket closed by its reader (``| head``), a terminal hung up (EIO then).
+    ENOSPC, EFBIG, EDQUOT, a disk's EIO: the report is lost."""
+    return exc.errno in (errno.EPIPE, errno.ECONNRESET) or (terminal and exc.errno == errno.EIO)
+
+
+def _a_terminal(stream: IO[str]) -> bool:
+    """Whether ``stream`` may be a terminal: a character device. Not ``isatty``: a hung-up
+    terminal is no tty to it any more. A file on a disk is never a character device."""
+    try:
+        return stat.S_ISCHR(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+class _Stdout:
+    """What became of standard output in this run; written only by this module."""
+
+    def __init__(self) -> None:
+        self.lost = False  # a line of the report went nowhere
+
+    def lose(self, exc: OSError) -> None:
+        if not self.lost:
+            self.lost = True
+            say(f"blobdl: error: could not write to standard output: {exc.strerror or exc}")
+
+
+_stdout = _Stdout()
+
+
+def watch_stdout() -> None:
+    """A run starts: its stdout has lost nothing yet."""
+    global _stdout
+    _stdout = _Stdout()
+
+
+def with_lost_output(code: int) -> int:
+    """The run's exit code: a success whose report stdout lost is a local failure (5); a
+    failure keeps its own code, which says more."""
+    return EXIT_LOCAL if code == EXIT_OK and _stdout.lost else code
 
 
 def _silence(stream: IO[str]) -> None:
@@ -166,9 +233,8 @@ class Display:
                     self._open_bar(event.size, event.resumed)  # now: tqdm's clock starts with us
                 elif isinstance(event, Progress):
                     self._draw(event)
-            except (OSError, ValueError):  # the terminal went away: stop drawing, go on
-                self.dead, self.bar = True, None
-                _silence(sys.stdout)
+            except (OSError, ValueError) as exc:  # the terminal went away: stop drawing, go on
+                self.bar_broke(exc)
 
     def tally(self, key: str, event: Event) -> None:
         """Many downloads on one bar (opened by the command): ``key``'s bytes so far."""
@@ -177,8 +243,22 @@ class Display:
             self.done[key] = event.done
         elif isinstance(event, Finished):
             self.done[key] = event.result.size
-        if self.bar is not None:
-            self.bar.update(sum(self.done.values()) - self.bar.n)
+        self.advance_to(sum(self.done.values()))
+
+    def advance_to(self, done: int) -> None:
+        """The bar (if one is drawn) at ``done`` bytes."""
+        if self.bar is None:
+            return
+        try:
+            self.bar.update(done - self.bar.n)
+        except (OSError, ValueError) as exc:
+            self.bar_broke(exc)
+
+    def bar_broke(self, exc: Exception) -> None:
+        """The bar's write failed (tqdm quiets a hung-up terminal's EIO itself): no more
+        drawing; the download goes on."""
+        self.dead, self.bar = True, None
+        _broken(sys.stdout, exc)
 
     def _open_bar(self, total: int | None, initial: int) -> None:
         from tqdm import tqdm
@@ -216,8 +296,8 @@ class Display:
         if bar is not None:
             try:
                 bar.close()
-            except (OSError, ValueError):
-                _silence(sys.stdout)
+            except (OSError, ValueError) as exc:
+                self.bar_broke(exc)
 
 
 def display_for(args: argparse.Namespace) -> Display:

@@ -159,8 +159,7 @@ class _PullDisplay:
             self.done[event.digest] = event.event.result.size
         else:
             return
-        if self.base.bar is not None:
-            self.base.bar.update(sum(self.done.values()) - self.base.bar.n)
+        self.base.advance_to(sum(self.done.values()))
 
     def _started(self, event: PullStarted) -> None:
         if self.mode == "json":
