@@ -9,12 +9,15 @@ is shown is ``_display``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from .._redact import redact_url
 from ..batch._scheduler import PER_HOST, BatchEvent, ItemResult, download_many, parse_manifest
@@ -192,4 +195,25 @@ def run() -> None:
     # The outcome is decided and said: a signal now would only print a traceback over it.
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, signal.SIG_IGN)
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    """End the process with ``code`` as a normal exit would, less the interpreter's
+    teardown: freeing every module and object one by one (~30 ms of CPU after a download,
+    3% of a manifest of 400 small files) changes nothing for a process that ends. What a
+    normal exit does that matters is done first: the standard streams flushed (each line
+    of ours is flushed as it is written: nothing should be left), the exit handlers run
+    (``atexit``: logging's, multiprocessing's, a library's). A thread still running (a
+    library's) gets the normal exit, which waits for it, as does a stream that cannot be
+    flushed (the interpreter reports it as it always has)."""
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    os._exit(code)
