@@ -16,10 +16,11 @@ results through pipes. One item failing does not stop the others.
 
 ``_Scheduler`` tells one run in order; each part it hands off has a module of its own:
 ``_sizing`` (how large: pool, lanes, which items skip the seats; pure), ``_destinations``
-(which item writes each path, names given after a probe), ``_seats`` (the pool and what its
-seats answer), ``_item_process`` (a large item's child, both ends of its pipe), ``_watch``
-(the one selector the run waits on), ``_outcomes`` (events passed on, results) and ``_stop``
-(everything ended on a signal).
+(which item writes each path, names given after a probe, the folders written into: swept
+first of the lock files a killed batch's seats kept, ``store._lock.sweep_kept``), ``_seats``
+(the pool and what its seats answer), ``_item_process`` (a large item's child, both ends of
+its pipe), ``_watch`` (the one selector the run waits on), ``_outcomes`` (events passed on,
+results) and ``_stop`` (everything ended on a signal).
 """
 
 from __future__ import annotations
