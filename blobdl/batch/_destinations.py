@@ -3,12 +3,14 @@
 The manifest's paths are claimed first; then each name as it is given: from the URL for an
 item that comes through the cache (a hit asks the server nothing), from the server's answer
 for one named after its probe (here for a large item, or asked by a seat through
-``_Claim``). A later item named alike fails with a ``LocalFileError``.
+``_Claim``). A later item named alike fails with a ``LocalFileError``. And the folders the
+batch writes into (``folders``), known before any item runs.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import LocalFileError
@@ -65,3 +67,18 @@ class Destinations:
         if holder is not None:
             raise LocalFileError(path, f"item {holder} of the batch writes it too")
         return named
+
+
+def folders(items: Iterable[Item], base_dir: Path | None, cache_dir: str | None) -> set[Path]:
+    """Every folder the batch writes into, absolute: its items' (those given no path are named
+    in ``base_dir``, or the working directory), and the cache an item with a digest comes
+    through, whose entries a seat fills. Each once, however many items write there."""
+    found: set[str] = set()
+    for item in items:
+        if item.path is None:
+            found.add(os.path.abspath(base_dir or os.curdir))
+        else:
+            found.add(os.path.dirname(os.path.abspath(item.path)))
+        if cache_dir and item.digest is not None:
+            found.add(os.path.abspath(cache_dir))
+    return {Path(folder) for folder in found}

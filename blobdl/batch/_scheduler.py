@@ -16,10 +16,11 @@ results through pipes. One item failing does not stop the others.
 
 ``_Scheduler`` tells one run in order; each part it hands off has a module of its own:
 ``_sizing`` (how large: pool, lanes, which items skip the seats; pure), ``_destinations``
-(which item writes each path, names given after a probe), ``_seats`` (the pool and what its
-seats answer), ``_item_process`` (a large item's child, both ends of its pipe), ``_watch``
-(the one selector the run waits on), ``_outcomes`` (events passed on, results) and ``_stop``
-(everything ended on a signal).
+(which item writes each path, names given after a probe, the folders written into: swept
+first of the lock files a killed batch's seats kept, ``store._lock.sweep_kept``), ``_seats``
+(the pool and what its seats answer), ``_item_process`` (a large item's child, both ends of
+its pipe), ``_watch`` (the one selector the run waits on), ``_outcomes`` (events passed on,
+results) and ``_stop`` (everything ended on a signal).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts
+from ..store._lock import sweep_kept
 from ._budget import Budget
-from ._destinations import Destinations
+from ._destinations import Destinations, folders
 from ._item_process import LargeItems, Running, receive
 from ._items import (
     BatchCallback,
@@ -190,6 +192,10 @@ class _Scheduler:
                 self.waiting.append(_Waiting(index, None, host))  # its own child probes it
             else:
                 self.queued.setdefault(host, deque()).append(index)
+        # Where a batch killed whole may have left its seats' kept lock files, swept once
+        # before the pool starts (then none of ours is there yet), not per item.
+        fit = [items[i] for i in firsts if i not in self.unfit]
+        self.folders = folders(fit, base_dir, settings.cache_dir)
         self.limit = settings.limit_rate
         lengths = {host: len(queue) for host, queue in self.queued.items()}
         seats, processes = pool_size(settings, max_connections, per_host, lengths, seats_that_fit())
@@ -202,6 +208,8 @@ class _Scheduler:
         with Interrupts() as interrupts, self.watch, contextlib.closing(self.large):
             self.watch.signals(interrupts)
             try:
+                for folder in sorted(self.folders):
+                    sweep_kept(folder)
                 for index, exc in self.unfit.items():
                     self._failed(index, exc)
                 self._start_large()  # items said to be large first: they probe meanwhile

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import resource
 import threading
 import time
@@ -32,6 +33,8 @@ from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock
 log = logging.getLogger("blobdl")
 
 LOCK_SUFFIX = ".blobdl-lock"
+KEPT_PREFIX = ".blobdl-kept-"  # + a seat's number + LOCK_SUFFIX: a kept file (KeptLockFile)
+_KEPT_NAME = re.compile(re.escape(KEPT_PREFIX) + "[0-9]+" + re.escape(LOCK_SUFFIX), re.ASCII)
 T = TypeVar("T")
 
 
@@ -135,16 +138,17 @@ class KeptLockFile:
 
     ``close`` removes the file (the pool ends): a keeper closed keeps nothing more. A pool
     process killed between two items leaves the file, unlocked: its scheduler, told where
-    it is (``at``), removes it (``remove_stale``). A batch killed whole leaves one per seat;
-    the next seat of that number to keep a file in that directory finds it unheld and
-    removes it. A kept name held by another batch's seat (numbered alike) is left alone:
-    the keeper then keeps nothing, and its lock file is removed as usual."""
+    it is (``at``), removes it (``remove_stale``). A batch killed whole leaves one per seat:
+    the next batch sweeps every folder it writes into before its pool starts (``sweep_kept``),
+    and a seat that finds its own name taken by an unheld file removes it too. A kept name
+    held by another batch's seat (numbered alike) is left alone: the keeper then keeps
+    nothing, and its lock file is removed as usual."""
 
     def __init__(self, slot: int = 0) -> None:
         self._guard = threading.Lock()  # the pool's end may close it while its seat runs
         self._kept: tuple[int, Path] | None = None
         self._closed = False
-        self._name = f".blobdl-kept-{slot}{LOCK_SUFFIX}"  # the seat's: unique in its batch
+        self._name = f"{KEPT_PREFIX}{slot}{LOCK_SUFFIX}"  # the seat's: unique in its batch
 
     def take(self, path: Path) -> int | None:
         """The kept file, locked and moved to ``path``: its descriptor, now the caller's,
@@ -213,6 +217,30 @@ def remove_stale(path: Path) -> bool:
         return not os.path.lexists(path)
     _close_removing(fd, path)
     return not os.path.lexists(path)
+
+
+def sweep_kept(folder: Path) -> None:
+    """Remove the kept files in ``folder`` nobody holds: those of a batch killed whole
+    (``KeptLockFile``). Only regular files named as a seat names its own; each goes as
+    ``remove_stale`` decides (a link is never followed, a held file stays). A live batch's
+    seat between two items holds none, and copes: it starts a new one. A scan of the folder:
+    once per folder per batch, never per item. Best-effort: a folder that cannot be read
+    is left as it is (the items written there say what is wrong)."""
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if _KEPT_NAME.fullmatch(e.name) and _file(e)]
+    except OSError:
+        return
+    for name in names:
+        remove_stale(folder / name)
+
+
+def _file(entry: os.DirEntry[str]) -> bool:
+    """A regular file, not a link to one (told by the directory entry, mostly: no stat)."""
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _close_removing(fd: int, path: Path) -> None:

@@ -273,3 +273,33 @@ def test_a_link_planted_at_the_kept_name_is_never_followed(tmp_path: Path) -> No
     kept.close()
     assert planted.is_symlink() and target.read_text() == "victim"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([planted.name, "target"])
+
+
+def test_a_sweep_removes_only_unheld_kept_files_of_ours(tmp_path: Path) -> None:
+    """A batch sweeps the folders it writes into of the kept files a batch killed whole left
+    (``sweep_kept``): files named as a seat names its own, nobody holding them. A link at
+    such a name is not followed, and neither it nor anything else there is touched."""
+    stale = [tmp_path / kept_name(slot) for slot in (0, 7, 123)]
+    for path in stale:
+        path.write_bytes(b"4242")
+    target = tmp_path / "target"
+    target.write_text("victim")
+    link = tmp_path / kept_name(5)
+    link.symlink_to(target)
+    (tmp_path / kept_name(6)).mkdir()
+    others = [".blobdl-kept-x.blobdl-lock", kept_name(8) + ".bak", "a.blobdl-lock",
+              "x" + kept_name(9), ".blobdl-kept-.blobdl-lock"]  # fmt: skip
+    for name in others:
+        (tmp_path / name).write_bytes(b"4242")
+    _lock.sweep_kept(tmp_path)
+    assert not any(path.exists() for path in stale)
+    assert link.is_symlink() and target.read_text() == "victim"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*others, "target", kept_name(5), kept_name(6)]
+    )
+
+
+def test_a_sweep_of_a_folder_it_cannot_read_does_nothing(tmp_path: Path) -> None:
+    _lock.sweep_kept(tmp_path / "absent")  # no error: the batch's items say what is wrong
+    (tmp_path / "file").write_text("x")
+    _lock.sweep_kept(tmp_path / "file")
