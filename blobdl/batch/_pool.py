@@ -15,9 +15,10 @@ connection go (a large item needs the room).
 
 The processes ignore Ctrl-C (the scheduler owns cancellation) and die with the scheduler.
 ``stop`` cuts every seat's item (their temporary files go: nothing of a small download is
-kept), ``close`` ends the pool once no small item is left. Either way a process removes the lock
-file each seat kept from item to item (``store._lock.KeptLockFile``), and fsyncs, before it
-exits, the directories its seats renamed files in, once each.
+kept), ``end`` tells the pool to end once no small item is left, without waiting for it.
+Either way a process removes the lock file each seat kept from item to item
+(``store._lock.KeptLockFile``), and fsyncs, before it exits, the directories its seats
+renamed files in, once each: the scheduler reaps it once it has.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from multiprocessing.connection import Connection, wait
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -111,7 +112,8 @@ class Pool:
         self.pipes: list[Connection] = [None] * seats  # type: ignore[list-item]
         self.procs: list[BaseProcess] = []
         self.controls: list[Connection] = []
-        self.closing = False  # told to end (``close``): told once
+        self.closing = False  # told to end (``end``): told once
+        self.ended: set[int] = set()  # processes reaped for good (``reaped``)
         for number in range(len(self.ranges)):
             self._fork(number)
 
@@ -168,28 +170,31 @@ class Pool:
             with contextlib.suppress(OSError):
                 control.send(_Stop(signum))
 
-    def close(self, wake: Sequence[Any] = ()) -> bool:
-        """No small item is left: the seats end, their renames are made durable, and every
-        process is reaped once it has ended. Never killed: its last work is the fsync of
-        the directories its seats renamed files in (no seat is busy by now), which may
-        take a slow disk longer than any grace, and the batch's results wait for it. But
-        not deaf: once one of ``wake`` is ready first (a signal's wake-up socket), False,
-        the pool left as it is, for the caller to stop (a disk that never answers, and
-        the user gives up); called again, it goes on waiting."""
-        if not self.closing:
-            self.closing = True
-            for control in self.controls:
-                with contextlib.suppress(OSError):
-                    control.send(None)
-        running = {proc.sentinel for proc in self.procs}
-        while running:
-            ready = wait([*running, *wake])
-            if any(waker in ready for waker in wake):
-                return False
-            running -= set(ready)
-        for process in range(len(self.procs)):
-            self._reap(process, grace=None)  # ended: reaped at once
-        return True
+    def end(self) -> None:
+        """No small item is left: tell every process to end (once), and return at once. A
+        process's seats end, and its last work is the fsync of the directories they renamed
+        files in (no seat is busy by now), which a slow disk may take seconds over: the
+        scheduler goes on serving the items still running meanwhile, and reaps each process
+        as its sentinel says it ended (``reaped``). Never killed for taking its time: the
+        batch's results wait for those fsyncs. Until it has ended, a process's seats still
+        answer ``drop``: their kept connections may go for room."""
+        if self.closing:
+            return
+        self.closing = True
+        for control in self.controls:
+            with contextlib.suppress(OSError):  # it died: its sentinel says so
+                control.send(None)
+
+    def reaped(self, process: int) -> None:
+        """Process ``process`` has ended for good (its sentinel said so): reaped at once,
+        never forked again."""
+        self._reap(process, grace=None)
+        self.ended.add(process)
+
+    @property
+    def over(self) -> bool:
+        """Whether every process has ended for good."""
+        return len(self.ended) == len(self.procs)
 
     def _fork(self, number: int) -> None:
         seats = self.ranges[number]

@@ -6,7 +6,9 @@ another over kept-alive connections. Every item goes to a seat first, in the ord
 as far as the budget (``_budget``: ``max_connections``, ``per_host``) allows: the seat's
 first GET asks for as much as one request holds, and is the item's probe. A blob that fits
 is done there and then, with no process of its own; once no small item is left, the pool
-ends (its connections go to the items still running). A larger one comes back with what its
+is told to end, and heard ending (its fsyncs may take a slow disk seconds) while the items
+still running are served: its connections go to them as each of its processes ends, and the
+batch returns once it has ended. A larger one comes back with what its
 probe learned; the scheduler grants it lanes (as many as it can keep busy, up to its
 ``connections``, as far as the budget allows, letting idle seats' connections go for
 room) and forks a child that runs it as its own coordinator. The lanes and the share of
@@ -218,14 +220,13 @@ class _Scheduler:
                     self.seats.start(urls, self.watch)
                     if self.budget.retired():
                         self._off_the_seats()
-                while self.queued or self.waiting or self.seats.busy or self.large.busy:
+                # Until every item is done and the pool has ended (its renames durable).
+                while self.queued or self.waiting or self.seats.busy or self.large.busy \
+                        or self.seats.pool is not None:  # fmt: skip
                     interrupts.check()
                     self._launch()
                     self._wait()
                 interrupts.check()  # a signal during the last item is not lost
-                while self.seats.pool is not None:  # until no signal cuts its close short
-                    self.seats.close(self.watch)
-                    interrupts.check()  # (a Ctrl-C: the pool is stopped instead)
             except Interrupted as exc:
                 cut = self._running()
                 finished = self._stop(exc.signum)
@@ -246,7 +247,8 @@ class _Scheduler:
         self._start_large()
         self._start_small()
         if not self.queued and not self.seats.busy:
-            self.seats.close(self.watch)  # nothing can need it again: its connections go too
+            # Nothing can need it again: told to end, heard ending while the rest runs.
+            self.seats.close(self.watch)
         if not self.queued and not self.waiting:
             self._grant_more()
         self._share()
@@ -325,6 +327,8 @@ class _Scheduler:
                     self._from_seat(*heard)
             elif kind == "item":
                 self._from_item(self.large.running[which])
+            elif self.seats.closing:  # a pool process told to end has
+                self.seats.ended(which, self.watch)
             else:  # a pool process died
                 for index, said in self.seats.died(which, self.watch):
                     self._from_seat(index, said)

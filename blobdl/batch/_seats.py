@@ -86,23 +86,39 @@ class Seats:
         self.pool.drop(seat)
         self.budget.end(seat, None)
 
+    @property
+    def closing(self) -> bool:
+        """Whether the pool is told to end and has not yet (``close``, ``ended``)."""
+        return self.pool is not None and self.pool.closing
+
     def close(self, watch: Watch) -> None:
-        """End the pool: no small item is left (the batch is done, or only large items
-        run). Its seats' kept connections are let go: the budget counts them no more. A
-        signal while it ends cuts the wait short: the pool is still ours, for the
-        scheduler's check to stop it (``_stop``), or to close again."""
+        """Tell the pool to end: no small item is left (the batch is done, or only large
+        items run). Returns at once: the scheduler goes on serving the items still running
+        while the pool's processes make their seats' renames durable, however long a slow
+        disk takes; their seats' pipes are watched no more (idle, they have nothing to say),
+        their sentinels still are (``ended``)."""
         pool = self.pool
-        if pool is None:
+        if pool is None or pool.closing:
             return
-        watch.forget_pool(pool)
-        if not pool.close(watch.wakers):
-            return
-        self.pool = None
-        for number, proc in enumerate(pool.procs):
-            if proc.exitcode != 0:  # killed: it could not remove its seats' lock files
-                self._sweep(pool.ranges[number])
-        for seat in range(len(pool.pipes)):
+        watch.forget_seats(pool)
+        pool.end()
+
+    def ended(self, number: int, watch: Watch) -> None:
+        """Pool process ``number``, told to end, has (or died meanwhile): reaped. One killed
+        could not remove its seats' lock files: swept here. Its seats' kept connections
+        were closed with it, and only now does the budget count them no more (until then
+        they were open, and counted: a large item needing the room has them dropped). Once
+        every process has ended, so has the pool: its renames are durable."""
+        assert self.pool is not None
+        proc = self.pool.procs[number]
+        watch.forget(proc.sentinel)
+        self.pool.reaped(number)
+        if proc.exitcode != 0:  # killed: it could not remove its seats' lock files
+            self._sweep(self.pool.ranges[number])
+        for seat in self.pool.ranges[number]:
             self.budget.end(seat, None)
+        if self.pool.over:
+            self.pool = None
 
     def heard(self, seat: int, watch: Watch) -> tuple[int, Said] | None:
         """What ``seat`` said of its item, if anything. If its process is gone, or the seat
@@ -138,6 +154,9 @@ class Seats:
         if threaded():
             for seat in self.pool.ranges[number]:
                 self.budget.retire(seat)
+            self.pool.reaped(number)  # for good: the pool's end does not wait for it
+            if self.pool.over:
+                self.pool = None
             return
         self.pool.restart(number)
         watch.process(self.pool, number)

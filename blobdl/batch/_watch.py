@@ -64,12 +64,12 @@ class Watch:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(pipe)
 
-    def forget_pool(self, pool: Pool) -> None:
-        """The pool ends: its seats' pipes and its processes' sentinels, those still here."""
-        waitables: list[Connection | int] = [*pool.pipes, *(p.sentinel for p in pool.procs)]
-        for waitable in waitables:
+    def forget_seats(self, pool: Pool) -> None:
+        """The pool ends: its seats' pipes, those still here (its processes' sentinels stay,
+        until each has ended)."""
+        for pipe in pool.pipes:
             with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(waitable)
+                self.selector.unregister(pipe)
 
     def ready(self) -> Iterator[tuple[str, int]]:
         """What seats, pool processes and children have to say, once at least one said

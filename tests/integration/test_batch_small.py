@@ -20,9 +20,12 @@ import pytest
 
 import blobdl
 from blobdl import Item
+from blobdl.errors import EXIT_INTERRUPTED
 from blobdl.store._lock import DestinationLock
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, fast_settings, opened_by, sha256_file, spawn_cli
+from tests.held_sync import HeldSync
+from tests.integration.test_trust_stops import Cli, one_error, wait_for
 
 Make = Callable[..., Blob]
 SMALL = PART // 2  # fast_settings: parts of PART bytes, so a blob of PART or less is small
@@ -546,6 +549,42 @@ def test_the_pool_is_never_killed_while_it_makes_its_items_renames_durable(
     assert synced.read_text() == f"{out}\n"
 
 
+def test_running_items_are_heard_while_the_pool_makes_its_renames_durable(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once no small item is left the pool ends, fsyncing the directories its seats renamed
+    files in; a large item still running goes on being heard meanwhile (its progress, its
+    end), and the batch returns only once that fsync is done."""
+    from blobdl.batch import _pool
+
+    sync = HeldSync(tmp_path)
+    monkeypatch.setattr(_pool, "sync_dir_quietly", sync)
+    small = [make(SMALL, seed=2490 + n) for n in range(3)]
+    large = make(16 * PART, seed=2495)
+    server.set_faults(late(server, 0.2, path=f"/files/{large.name}"))  # a few seconds
+    out = tmp_path / "out"
+    out.mkdir()
+    blobs = [*small, large]
+    items = [Item(b.url, str(out / f"o{n}")) for n, b in enumerate(blobs)]
+    heard_while_held: list[object] = []
+
+    def on_event(said: blobdl.BatchEvent) -> None:  # in the scheduler's process
+        if said.item != len(small):
+            return
+        if sync.held.exists():
+            heard_while_held.append(said.event)
+        if isinstance(said.event, blobdl.Finished):
+            sync.release.touch()
+
+    results = blobdl.download_many(items, max_connections=2, on_event=on_event,
+                                   **fast(processes=1))  # fmt: skip
+    assert all(r.ok for r in results), results
+    assert [sha256_file(out / f"o{n}") for n in range(len(blobs))] == [b.sha256 for b in blobs]
+    progress = [e for e in heard_while_held if isinstance(e, blobdl.Progress)]
+    assert progress and isinstance(heard_while_held[-1], blobdl.Finished), heard_while_held
+    assert sync.synced.read_text() == f"{out} released\n"  # returned after the fsync
+
+
 class _Hung(Exception):
     pass
 
@@ -582,6 +621,35 @@ def test_ctrl_c_while_the_pool_makes_its_renames_durable_stops_the_batch(
     assert left == [], left
     for n, blob in enumerate(blobs):  # renamed before the close: whole
         assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+
+
+def test_ctrl_c_while_the_pool_makes_its_renames_durable_stops_the_items_still_running(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The scheduler hears a Ctrl-C while its pool's fsync is held (a disk that does not
+    answer) and a large item still runs: exit 130, the large item cut, the small items
+    whole, nothing left running."""
+    small = [make(SMALL, seed=2496 + n) for n in range(3)]
+    large = make(32 * PART, seed=2499)
+    server.set_faults(late(server, 0.3, path=f"/files/{large.name}"))  # seconds of it
+    out = tmp_path / "out"
+    out.mkdir()
+    blobs = [*small, large]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {out / f'o{n}'}\n" for n, b in enumerate(blobs)))
+    args = ["-i", str(manifest), "--connections", "2", "--min-part-size", str(PART),
+            "--max-part-size", str(PART)]  # fmt: skip
+    cli = Cli([sys.executable, "-m", "tests.held_sync", str(tmp_path), *args])
+    sync = HeldSync(tmp_path)
+    partial = out / "o3.blobdl-tmp"
+    wait_for(lambda: sync.held.exists() and partial.exists(), "the fsync held, o3 under way")
+    cli.signal(signal.SIGINT)
+    code, lines = cli.finish()
+    assert code == EXIT_INTERRUPTED, lines
+    assert f"signal {int(signal.SIGINT)}" in one_error(lines), lines
+    for n, blob in enumerate(small):  # renamed before the pool ended
+        assert sha256_file(out / f"o{n}") == blob.sha256
+    assert not (out / "o3").exists()  # cut while it ran
 
 
 def _forks_nothing(proc: psutil.Process) -> bool:
