@@ -220,9 +220,7 @@ class _Scheduler:
                     self.seats.start(urls, self.watch)
                     if self.budget.retired():
                         self._off_the_seats()
-                # Until every item is done and the pool has ended (its renames durable).
-                while self.queued or self.waiting or self.seats.busy or self.large.busy \
-                        or self.seats.pool is not None:  # fmt: skip
+                while self._under_way():
                     interrupts.check()
                     self._launch()
                     self._wait()
@@ -237,6 +235,12 @@ class _Scheduler:
                 self._stop(signal.SIGTERM)
                 raise
         return self.outcomes.of(self.items, self.first)
+
+    def _under_way(self) -> bool:
+        """Whether an item is not done yet, or the pool has not ended (its processes' fsyncs
+        not done: the batch's renames are not yet durable)."""
+        busy = self.seats.busy or self.large.busy
+        return bool(self.queued or self.waiting or busy or self.seats.pool is not None)
 
     # --- launching ------------------------------------------------------------------------
 
