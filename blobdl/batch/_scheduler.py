@@ -155,6 +155,30 @@ class _Waiting(NamedTuple):
     host: str  # the host its lanes connect to (after redirects, once probed)
 
 
+def _placed(
+    items: list[Item], firsts: list[int], settings: Settings, destinations: Destinations
+) -> tuple[dict[str, deque[int]], deque[_Waiting], dict[int, BlobdlError]]:
+    """Each item (``firsts``: one of each) where it starts: queued for a seat, per host, in
+    order (each item's host worked out once); waiting for lanes, a large one (its own child
+    probes it); or failed before anything (a bad URL, a clashing name). ``items`` are named
+    as they come (``Destinations.by_url``)."""
+    queued: dict[str, deque[int]] = {}
+    waiting: deque[_Waiting] = deque()
+    unfit: dict[int, BlobdlError] = {}
+    for index in firsts:
+        try:
+            host = host_of(items[index].url)
+            items[index] = destinations.by_url(index, items[index])
+        except BlobdlError as exc:
+            unfit[index] = exc
+            continue
+        if said_large(items[index], settings_for(settings, items[index])):
+            waiting.append(_Waiting(index, None, host))
+        else:
+            queued.setdefault(host, deque()).append(index)
+    return queued, waiting, unfit
+
+
 class _Scheduler:
     """One batch run, in the order it happens: each item named now or queued by host (or
     waiting for lanes), the pool started, what the budget allows launched (large items on
@@ -179,21 +203,7 @@ class _Scheduler:
         # first, then each name as it is given (a later item named alike fails).
         given = {i: path for i in firsts if (path := items[i].path) is not None}
         self.destinations = Destinations(given, base_dir, bool(settings.cache_dir))
-        # Not yet started, per host, in order; each item's host is worked out once.
-        self.queued: dict[str, deque[int]] = {}
-        self.unfit: dict[int, BlobdlError] = {}  # items failed before anything (a bad URL)
-        self.waiting: deque[_Waiting] = deque()  # large items waiting for lanes
-        for index in firsts:
-            try:
-                host = host_of(items[index].url)
-                items[index] = self.destinations.by_url(index, items[index])
-            except BlobdlError as exc:
-                self.unfit[index] = exc
-                continue
-            if said_large(items[index], settings_for(settings, items[index])):
-                self.waiting.append(_Waiting(index, None, host))  # its own child probes it
-            else:
-                self.queued.setdefault(host, deque()).append(index)
+        self.queued, self.waiting, self.unfit = _placed(items, firsts, settings, self.destinations)
         # Where a batch killed whole may have left its seats' kept lock files, swept once
         # before the pool starts (then none of ours is there yet), not per item.
         fit = [items[i] for i in firsts if i not in self.unfit]
