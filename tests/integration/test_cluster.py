@@ -1203,3 +1203,16 @@ def test_without_dask_a_cluster_is_one_line_exit_2(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         "blobdl: error: a cluster needs Dask's distributed package: pip install 'blobdl[dask]'"
     ]
+
+
+def test_what_dask_s_event_loop_logs_is_not_shown_beside_the_one_error_line() -> None:
+    """Dask runs its client on a Tornado event loop, which logs a callback's exception
+    itself (Dask's own ``sync`` raises one when Ctrl-C lands just as a question to the
+    scheduler starts): the CLI's stderr stays its one line."""
+    code = (
+        "import logging; from blobdl.cli._display import quiet_dask; quiet_dask(); "
+        "logging.getLogger('tornado.application').error('Exception in callback')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
