@@ -985,6 +985,38 @@ def test_pull_on_every_worker_with_a_worker_that_never_answers_names_it_and_pull
     assert not (tmp_path / "w-a").exists()
 
 
+@pytest.mark.parametrize("every", [False, True], ids=["one-worker", "every-worker"])
+def test_a_scheduler_that_stops_answering_mid_pull_is_one_clear_error_naming_it(
+    registry: Registry, tmp_path: Path, every: bool
+) -> None:
+    """As a batch's: the pull asks the scheduler which workers hold its task, each question
+    within the stall timeout; one unanswered ends the pull naming the scheduler, exit 3."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {"OLLAMA_MODELS": str(tmp_path / "w-a")}})
+    assert own.scheduler is not None
+    address, scheduler = own.address, psutil.Process(own.scheduler.pid)
+    try:
+        model = registry.push_model(
+            f"library/scheduler-stopped-{int(every)}", "v1", (3 * 1024 * KB,)
+        )
+        args = ["pull", ref(registry, model), "--scheduler", address, "--stall-timeout", "2",
+                "--limit-rate", str(256 * KB), "--json", *SMALL]  # fmt: skip
+        proc = spawn_cli(*args, *(["--every-worker"] if every else []))
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event.get("event") == "progress" and event.get("done", 0):
+                break
+        scheduler.suspend()
+        err = _ended(proc, STOP_GRACE_LESS)
+    finally:
+        scheduler.resume()
+        own.stop()
+    assert proc.returncode == 3, err
+    assert err.splitlines() == [
+        f"blobdl: error: the Dask scheduler at {address} did not answer within 2 s"
+    ]
+
+
 # --- the library, on an embedded LocalCluster ---------------------------------------------------
 
 
