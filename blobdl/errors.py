@@ -431,16 +431,18 @@ _RESOURCE_HINTS = {
 
 
 class Interrupted(BlobdlError):
-    """The download was stopped by SIGINT or SIGTERM."""
+    """The download was stopped by SIGINT or SIGTERM; ``detail``: what the stop could not
+    do, in the user's words ("" when it did all)."""
 
     exit_code = EXIT_INTERRUPTED
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum, detail)
+        self.signum, self.detail = signum, detail
 
     def __str__(self) -> str:
-        return f"interrupted by signal {self.signum}"
+        said = f"interrupted by signal {self.signum}"
+        return f"{said}; {self.detail}" if self.detail else said
 
 
 class DestinationLocked(LocalFileError):

@@ -10,6 +10,7 @@ there; the connection budget is held across all workers with Dask's semaphores
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any
@@ -63,7 +64,8 @@ def download_many_on(
             raise
         finally:
             if run.tidy:  # a scheduler that stopped answering is asked nothing more
-                close(client, budget, hosts)
+                with contextlib.suppress(Exception):  # the results stand
+                    close(client, budget, hosts, within=settings.stall_timeout)
     return outcomes.of(batch, firsts)
 
 

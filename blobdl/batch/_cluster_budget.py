@@ -24,6 +24,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+from ._cluster_ask import on_scheduler
 from ._cluster_connect import dask
 from ._cluster_worker import Stopped
 
@@ -119,14 +120,12 @@ def _take_pair(pair: tuple[Any, Any], held: list[Any]) -> bool:
     return True
 
 
-def close(client: Any, budget: Budget, hosts: set[str]) -> None:
-    """Drop the batch's semaphores from the scheduler (a long-lived cluster keeps them)."""
-    distributed = dask()
+def close(client: Any, budget: Budget, hosts: set[str], *, within: float) -> None:
+    """Drop the batch's semaphores from the scheduler (a long-lived cluster keeps them),
+    each asked within ``within`` seconds: a ClusterError naming a scheduler that does not
+    answer (the others are not asked)."""
     if client.status != "running":
         return  # the scheduler is gone, and its semaphores with it
-    names = [(budget.everyone(), budget.connections)]
-    names += [(budget.host(h), budget.per_host) for h in hosts]
-    for name, size in names:
-        with contextlib.suppress(Exception):
-            semaphore = distributed.Semaphore(size, name, client.scheduler, client.loop)
-            semaphore.close()
+    names = [budget.everyone(), *(budget.host(h) for h in hosts)]
+    for name in names:
+        on_scheduler(client, "semaphore_close", within=within, name=name)

@@ -7,8 +7,10 @@ result (they travel apart), so ``settle`` relays them before the result is used.
 
 Stopping: Dask cannot cancel a running task. On Ctrl-C, or a callback that raises, the run
 sets its stop flag and waits for the running tasks to stop their work (a download saves its
-state; see ``_cluster_worker``). The scheduler lost is one ``ClusterError``: its workers, and
-the downloads they started, stop with it.
+state; see ``_cluster_worker``). Each step goes through the scheduler, within the stall
+timeout: one that stopped answering ends the stop, which says so (``Interrupted``'s detail).
+The scheduler lost is one ``ClusterError``: its workers, and the downloads they started, stop
+with it.
 
 A worker that stops answering (stopped, swapping, cut off) keeps its connection open, and the
 scheduler counts it until its heartbeats have been missed for ``distributed.scheduler.
@@ -37,10 +39,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
-from ..errors import BlobdlError, ClusterError
+from ..errors import BlobdlError, ClusterError, Interrupted
 from ..processes import _spare
 from ..processes._signals import interrupted
-from ._cluster_ask import Workers, ask, holding, names, present, silent_among
+from ._cluster_ask import Workers, ask, holding, names, on_scheduler, present, silent_among
 from ._cluster_connect import dask
 from ._cluster_worker import Channel, Sent
 
@@ -52,6 +54,9 @@ TICK = 0.1
 EVENTS_GRACE = 5.0
 #: How long the running tasks get to stop their work (and save it) after a stop.
 STOP_GRACE = 30.0
+
+#: What a stop says when the scheduler did not pass it on to the workers.
+GOING_ON = "the downloads running on its workers may go on (a file they finish is whole)"
 
 #: How long the end of a run waits for the workers to end their spare interpreters.
 DROP_WAIT = 5.0
@@ -116,7 +121,13 @@ class Run:
             if self.tidy:  # else every call would wait to reconnect (or an answer) first
                 with contextlib.suppress(Exception):
                     self.client.unsubscribe_topic(self.channel.topic)
-                drop_spares(self.client)
+                self._drop_spares()
+
+    def _drop_spares(self) -> None:
+        """The workers' spare interpreters ended (``drop_spares``), the workers named by a
+        scheduler that answers within ``within``: one that does not is asked nothing more."""
+        with contextlib.suppress(Exception), self._asking():
+            drop_spares(self.client, list(present(self.client, within=self.within)))
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, **options: Any) -> Any:
         """``fn(*args)`` as a task, on a worker that answers (``options`` may name others)."""
@@ -255,29 +266,57 @@ class Run:
         """Stop every task's work (a download saves its state); return what to raise."""
         if isinstance(why, ClusterError):
             return why  # the scheduler is gone: its workers stop with it
-        distributed = dask()
-        with contextlib.suppress(Exception):
-            distributed.Event(self.channel.stop, self.client).set()
-        with contextlib.suppress(Exception):
-            self._drop_unstarted()
-        with contextlib.suppress(Exception):
-            distributed.wait(self.futures, timeout=STOP_GRACE)
-        if isinstance(why, KeyboardInterrupt):  # Ctrl-C, or our own SIGINT/SIGTERM
-            with contextlib.suppress(Exception):  # what the tasks said as they stopped
-                self._relay_ended()
-            return interrupted(why)
-        return why  # a callback that raised is told no more
+        silence = self._stop_tasks()
+        if not isinstance(why, KeyboardInterrupt):  # a callback that raised is told no more
+            return why
+        stop = interrupted(why)  # Ctrl-C, or our own SIGINT/SIGTERM
+        if silence is not None:  # its workers' tasks never saw the flag
+            return Interrupted(stop.signum, f"{silence}: {GOING_ON}")
+        with contextlib.suppress(Exception):  # what the tasks said as they stopped
+            self._relay_ended()
+        return stop
+
+    def _stop_tasks(self) -> ClusterError | None:
+        """Set the run's stop flag, drop the tasks no worker holds, wait for the running
+        ones: each through the scheduler, each question within ``within``. The error of a
+        scheduler that did not answer (the run asks it nothing more), or None."""
+        for step in (self._flag_stop, self._drop_unstarted, self._wait_running):
+            try:
+                with self._asking():
+                    step()
+            except ClusterError as silence:
+                return silence
+            except Exception:  # one step that failed does not keep the next from running
+                continue
+        return None
+
+    def _flag_stop(self) -> None:
+        """The run's stop flag set (``distributed.Event.set``, asked within ``within``)."""
+        on_scheduler(self.client, "event_set", within=self.within, name=self.channel.stop)
 
     def _drop_unstarted(self) -> None:
         """Cancel the tasks no worker holds (queued, or no worker at all): the grace is for
         running ones to save their state; these have none, and might wait for a worker for
         ever. One handed to a worker meanwhile sees itself cancelled, or the flag, and stops."""
-        with self._asking():
-            given = holding(self.client, {f.key for f in self.futures}, within=self.within)
+        given = holding(self.client, {f.key for f in self.futures}, within=self.within)
         held = {key for keys in given.values() for key in keys}
         waiting = [f for f in self.futures if not f.done() and f.key not in held]
         if waiting:
-            self.client.cancel(waiting)
+            self.client.cancel(waiting)  # (a message on the client's stream: never waits)
+
+    def _wait_running(self) -> None:
+        """Up to ``STOP_GRACE`` for the running tasks to end, the scheduler asked every
+        ``LOOK_EVERY`` whether it still answers: their ends come through it, and one that
+        stops meanwhile would hold the wait to the grace's end."""
+        distributed = dask()
+        deadline = time.monotonic() + STOP_GRACE
+        running = [f for f in self.futures if not f.done()]
+        while running and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError, distributed.TimeoutError):
+                distributed.wait(running, min(LOOK_EVERY, left))
+            running = [f for f in running if not f.done()]
+            if running:
+                present(self.client, within=self.within)
 
     def _relay_ended(self) -> None:
         """Relay what the tasks said as they ended or stopped: all of what each that
@@ -296,13 +335,13 @@ class Run:
         self._relay_queued()
 
 
-def drop_spares(client: Any) -> None:
-    """Every worker ends the interpreters its task threads started ahead (``_spare``),
+def drop_spares(client: Any, workers: list[str]) -> None:
+    """Each of ``workers`` ends the interpreters its task threads started ahead (``_spare``),
     each given ``DROP_WAIT``: one that does not answer (stopped, swapping; the scheduler
     still counts it) must not hold up the end of the run. Its spares end by themselves,
     unused, after their idle time."""
     with contextlib.suppress(Exception):
-        ask(client, _spare.drop_all, within=DROP_WAIT)
+        ask(client, _spare.drop_all, within=DROP_WAIT, workers=workers)
 
 
 def reachable(client: Any) -> bool:

@@ -52,7 +52,9 @@ def quiet_dask() -> None:
         return
     # Dask gives some of its loggers handlers of their own (distributed.client has one).
     names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
-    for name in ["distributed", *names]:
+    # Its client's event loop is Tornado's, which logs a callback's exception itself (Dask's
+    # ``sync`` raises one when Ctrl-C lands just as a question to the scheduler starts).
+    for name in ["distributed", *names, "tornado.application"]:
         logger = logging.getLogger(name)
         logger.handlers[:] = [logging.NullHandler()]
         logger.propagate = False

@@ -631,12 +631,14 @@ def test_a_worker_that_stopped_answering_does_not_hold_up_the_end_of_a_run(
 
 
 # A process that stops answering: stopped before the check that asks every worker and the
-# scheduler (``when`` = before), just after it (after), or as the first item is told finished
-# (finished), from inside the client, so that the moment is the test's, not a race's.
+# scheduler (``when`` = before), just after it (after), as the first item is told finished
+# (finished), once every item is done, as the run ends (end), or as the client, interrupted,
+# waits for the running tasks to stop (stopping), from inside the client, so that the moment
+# is the test's, not a race's.
 FROZEN = """
 import json, logging, os, signal, sys
 import blobdl
-from blobdl.batch import _cluster
+from blobdl.batch import _cluster, _cluster_run
 
 
 def freezing(real, pid, when):
@@ -656,10 +658,28 @@ if __name__ == "__main__":
     logging.basicConfig(format="%(levelname)s: %(message)s")  # blobdl's warnings, on stderr
     _cluster.checked = freezing(_cluster.checked, pid, when)
     items = [blobdl.Item(url, path) for url, path in rows]
+    ending = _cluster_run.drop_spares  # the first thing the end of a run asks the cluster
 
-    def on_event(told):  # when == "finished": once the first item is whole on disk
+    def end(*args):
+        os.kill(pid, signal.SIGSTOP)
+        ending(*args)
+
+    if when == "end":
+        _cluster_run.drop_spares = end
+    dropping = _cluster_run.Run._drop_unstarted  # the stop's step before its wait
+
+    def stopping(run):
+        dropping(run)
+        os.kill(pid, signal.SIGSTOP)
+
+    if when == "stopping":
+        _cluster_run.Run._drop_unstarted = stopping
+
+    def on_event(told):
         if when == "finished" and isinstance(told.event, blobdl.events.Finished):
-            os.kill(pid, signal.SIGSTOP)
+            os.kill(pid, signal.SIGSTOP)  # once the first item is whole on disk
+        if when == "stopping" and getattr(told.event, "done", 0):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, once an item is under way
 
     try:
         results = blobdl.download_many(items, cluster=address, stall_timeout=2, on_event=on_event)
@@ -674,15 +694,21 @@ FROZEN_BOUND = 40.0
 
 
 def _frozen_run(
-    cluster: DaskCluster, pid: int, when: str, rows: list[list[str]], tmp_path: Path
+    cluster: DaskCluster,
+    pid: int,
+    when: str,
+    rows: list[list[str]],
+    tmp_path: Path,
+    bound: float = FROZEN_BOUND,
 ) -> tuple[dict[str, Any], str]:
-    """What the FROZEN client printed, and its stderr; ``pid`` is resumed after it ends."""
+    """What the FROZEN client printed within ``bound`` seconds, and its stderr; ``pid`` is
+    resumed after it ends."""
     script = tmp_path / "client.py"
     script.write_text(textwrap.dedent(FROZEN))
     try:
         done = subprocess.run([sys.executable, str(script), cluster.address, str(pid), when,
                                json.dumps(rows)], capture_output=True, text=True,
-                              timeout=FROZEN_BOUND, cwd=REPO)  # fmt: skip
+                              timeout=bound, cwd=REPO)  # fmt: skip
     finally:
         psutil.Process(pid).resume()
     assert done.returncode == 0, done.stderr[-3000:]
@@ -783,6 +809,94 @@ def test_a_scheduler_that_stops_answering_mid_run_is_one_clear_error_naming_it(
         own.stop()
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_while_the_scheduler_is_stopped_ends_within_the_stall_timeout_saying_so(
+    server: ServerHandle, make: Make, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Stopping a run goes through the scheduler (the stop flag, the tasks no worker holds
+    yet, the running tasks' ends), and so does closing the client: with the scheduler
+    stopped, each would wait for its answer (for ever, or Dask's own 20 s). The stop is given
+    the stall timeout, then the client exits 130 in one line that says the downloads its
+    workers run may go on; a file they finish is whole."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}})
+    assert own.scheduler is not None
+    address, scheduler = own.address, psutil.Process(own.scheduler.pid)
+    try:
+        blobs = [make(128 * KB, 73), make(2 * 1024 * KB, 74)]
+        paced(server, 128 * KB)  # the large item runs on as the client is stopped
+        lines = [f"{b.url} {tmp_path / b.name}" for b in blobs]
+        # A stall timeout far above the moment between the two signals below: the client
+        # cannot have found the scheduler silent before it is interrupted.
+        proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", address,
+                         "--stall-timeout", "5", "--json", *SMALL)  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if json.loads(line).get("event") == "progress":
+                break
+        scheduler.suspend()
+        proc.send_signal(stop)
+        err = _ended(proc, STOP_GRACE_LESS)
+    finally:
+        scheduler.resume()
+        own.stop()
+    assert proc.returncode == 130, err
+    assert err.splitlines() == [
+        f"blobdl: error: interrupted by signal {int(stop)}; the Dask scheduler at {address}"
+        " did not answer within 5 s: the downloads running on its workers may go on (a file"
+        " they finish is whole)"
+    ]
+    for blob in blobs:
+        if (tmp_path / blob.name).exists():
+            assert sha256_file(tmp_path / blob.name) == blob.sha256
+
+
+def test_a_scheduler_that_stops_answering_as_ctrl_c_waits_for_the_running_tasks_is_not_waited_for(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """The stop flag is set, and the client waits up to 30 s for the running tasks to stop:
+    their ends come through the scheduler. One that stops answering meanwhile is asked
+    within the stall timeout, as before the stop, and the wait ends there, saying so."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}})
+    try:
+        blob = make(2 * 1024 * KB, 77)
+        paced(server, 128 * KB)  # the item runs on as the client is stopped
+        assert own.scheduler is not None
+        rows = [[blob.url, str(tmp_path / blob.name)]]
+        address = own.address
+        said, err = _frozen_run(own, own.scheduler.pid, "stopping", rows, tmp_path, STOP_GRACE_LESS)
+        assert said == {
+            "raised": [
+                "Interrupted",
+                130,
+                f"interrupted by signal {int(signal.SIGINT)}; the Dask scheduler at {address} did"
+                " not answer within 2 s: the downloads running on its workers may go on (a file"
+                " they finish is whole)",
+            ]
+        }, (said, err[-3000:])
+    finally:
+        own.stop()
+
+
+def test_a_scheduler_that_stops_answering_as_the_run_ends_does_not_hold_up_its_end(
+    make: Make, tmp_path: Path
+) -> None:
+    """Every item is done: the end of the run tidies up through the scheduler (the workers'
+    spare interpreters, the batch's semaphores) and closes the client, which waits for the
+    scheduler too (Dask's own limit: 20 s). Each is given the stall timeout, then skipped:
+    the results stand."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}})
+    try:
+        blobs = [make(128 * KB, seed) for seed in range(75, 77)]
+        assert own.scheduler is not None
+        rows = [[b.url, str(tmp_path / b.name)] for b in blobs]
+        said, err = _frozen_run(own, own.scheduler.pid, "end", rows, tmp_path, STOP_GRACE_LESS)
+        assert said == {"results": [[True, None]] * len(blobs)}, (said, err[-3000:])
+        for blob in blobs:
+            assert sha256_file(tmp_path / blob.name) == blob.sha256
+    finally:
+        own.stop()
+
+
 # --- pull on every worker ---------------------------------------------------------------------
 
 
@@ -869,6 +983,38 @@ def test_pull_on_every_worker_with_a_worker_that_never_answers_names_it_and_pull
     ]
     assert done.stdout == ""
     assert not (tmp_path / "w-a").exists()
+
+
+@pytest.mark.parametrize("every", [False, True], ids=["one-worker", "every-worker"])
+def test_a_scheduler_that_stops_answering_mid_pull_is_one_clear_error_naming_it(
+    registry: Registry, tmp_path: Path, every: bool
+) -> None:
+    """As a batch's: the pull asks the scheduler which workers hold its task, each question
+    within the stall timeout; one unanswered ends the pull naming the scheduler, exit 3."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {"OLLAMA_MODELS": str(tmp_path / "w-a")}})
+    assert own.scheduler is not None
+    address, scheduler = own.address, psutil.Process(own.scheduler.pid)
+    try:
+        model = registry.push_model(
+            f"library/scheduler-stopped-{int(every)}", "v1", (3 * 1024 * KB,)
+        )
+        args = ["pull", ref(registry, model), "--scheduler", address, "--stall-timeout", "2",
+                "--limit-rate", str(256 * KB), "--json", *SMALL]  # fmt: skip
+        proc = spawn_cli(*args, *(["--every-worker"] if every else []))
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event.get("event") == "progress" and event.get("done", 0):
+                break
+        scheduler.suspend()
+        err = _ended(proc, STOP_GRACE_LESS)
+    finally:
+        scheduler.resume()
+        own.stop()
+    assert proc.returncode == 3, err
+    assert err.splitlines() == [
+        f"blobdl: error: the Dask scheduler at {address} did not answer within 2 s"
+    ]
 
 
 # --- the library, on an embedded LocalCluster ---------------------------------------------------
@@ -1089,3 +1235,16 @@ def test_without_dask_a_cluster_is_one_line_exit_2(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         "blobdl: error: a cluster needs Dask's distributed package: pip install 'blobdl[dask]'"
     ]
+
+
+def test_what_dask_s_event_loop_logs_is_not_shown_beside_the_one_error_line() -> None:
+    """Dask runs its client on a Tornado event loop, which logs a callback's exception
+    itself (Dask's own ``sync`` raises one when Ctrl-C lands just as a question to the
+    scheduler starts): the CLI's stderr stays its one line."""
+    code = (
+        "import logging; from blobdl.cli._display import quiet_dask; quiet_dask(); "
+        "logging.getLogger('tornado.application').error('Exception in callback')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
