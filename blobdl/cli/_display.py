@@ -124,10 +124,21 @@ def _write(stream: IO[str], text: str) -> None:
     """Write and flush. A failed write never costs the download: the stream is silenced and
     the download goes on (``_broken``)."""
     try:
-        stream.write(text)
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:  # nothing written: a name its encoding cannot hold
+            stream.write(_encodable(text, getattr(stream, "encoding", None)))
         stream.flush()
     except (OSError, ValueError) as exc:  # ValueError: closed
         _broken(stream, exc)
+
+
+def _encodable(text: str, encoding: str | None) -> str:
+    """``text`` with what ``encoding`` cannot hold escaped (``\\u65e5``), as Python writes
+    stderr: a stdout told to be ASCII (``PYTHONIOENCODING``, a Latin-1 locale) still gets
+    the whole report, not nothing."""
+    encoding = encoding or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 def _broken(stream: IO[str], exc: Exception) -> None:

@@ -156,6 +156,22 @@ def test_prune_to_a_full_stdout_says_so_and_exits_5(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [NO_SPACE]
 
 
+def test_a_name_stdout_cannot_encode_is_escaped_not_lost(tmp_path: Path) -> None:
+    """A stdout whose encoding cannot hold a name we echo (``PYTHONIOENCODING=ascii``, a
+    Latin-1 locale) refuses that line only: it is written with the name escaped, as
+    stderr's lines are, and the rest of the report follows."""
+    models = tmp_path / "models-\u65e5\u672c"
+    (models / "blobs-partial").mkdir(parents=True)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = blobdl("prune", "--models-dir", str(models), stdout=subprocess.PIPE, env=env)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines() == [
+        f"store {tmp_path}/models-\\u65e5\\u672c (--models-dir)",
+        "freed 0 bytes in 0 files",
+    ]
+
+
 # --- hf and pull: their reports too ----------------------------------------------------------
 
 
