@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import logging
 import os
+import select
 import stat
 import sys
 from typing import IO, Any
@@ -123,13 +125,60 @@ class _OneLine(logging.Formatter):
 
 
 def _write(stream: IO[str], text: str) -> None:
-    """Write and flush. A failed write never costs the download: the stream is silenced and
-    the download goes on (``_broken``)."""
+    """Write all of ``text``, now. A failed write never costs the download: the stream is
+    silenced and the download goes on (``_broken``).
+
+    Written to the descriptor, not through ``stream``: a stream another process made
+    non-blocking (it shares the pipe or terminal) refuses a write while its reader is behind,
+    and Python then drops the line (silently if unbuffered, ``PYTHONUNBUFFERED``); we wait
+    for the reader instead, as a blocking stream makes us. A stream that is no file (a
+    test's capture) is written as it is."""
     try:
-        stream.write(text)
-        stream.flush()
+        try:
+            fd = stream.fileno()
+        except io.UnsupportedOperation:
+            stream.write(text)
+            stream.flush()
+            return
+        _flush(stream, fd)  # what the stream holds goes first (a bar tqdm drew through it)
+        _write_all(fd, _encoded(text, getattr(stream, "encoding", None)))
     except (OSError, ValueError) as exc:  # ValueError: closed
         _broken(stream, exc)
+
+
+def _encoded(text: str, encoding: str | None) -> bytes:
+    """``text`` in the stream's encoding, what it cannot hold escaped (``\\u65e5``), as
+    Python writes stderr: a stdout told to be ASCII (``PYTHONIOENCODING``, a Latin-1
+    locale) still gets the whole line."""
+    return text.encode(encoding or "utf-8", "backslashreplace")
+
+
+def _flush(stream: IO[str], fd: int) -> None:
+    """``stream.flush()``, waiting while ``fd`` is full (its buffer keeps what is unwritten)."""
+    while True:
+        try:
+            stream.flush()
+            return
+        except BlockingIOError:
+            _wait_for_room(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte of ``data`` to ``fd``, waiting while it is full (EAGAIN)."""
+    rest = memoryview(data)
+    while rest:
+        try:
+            rest = rest[os.write(fd, rest) :]
+        except BlockingIOError:
+            _wait_for_room(fd)
+
+
+def _wait_for_room(fd: int) -> None:
+    """Until ``fd`` takes a write (or fails one: an error or a hangup ends the wait too, and
+    the next write says which)."""
+    ready = select.poll()
+    ready.register(fd, select.POLLOUT)
+    ready.poll()
 
 
 def _broken(stream: IO[str], exc: Exception) -> None:

@@ -224,12 +224,13 @@ def sweep_kept(folder: Path) -> None:
     (``KeptLockFile``). Only regular files named as a seat names its own; each goes as
     ``remove_stale`` decides (a link is never followed, a held file stays). A live batch's
     seat between two items holds none, and copes: it starts a new one. A scan of the folder:
-    once per folder per batch, never per item. Best-effort: a folder that cannot be read
-    is left as it is (the items written there say what is wrong)."""
+    once per folder per batch, never per item. Best-effort: a folder that cannot be read,
+    or that no folder can be (a NUL byte: ValueError), is left as it is (the items written
+    there say what is wrong, each failing alone)."""
     try:
         with os.scandir(folder) as entries:
             names = [e.name for e in entries if _KEPT_NAME.fullmatch(e.name) and _file(e)]
-    except OSError:
+    except (OSError, ValueError):
         return
     for name in names:
         remove_stale(folder / name)

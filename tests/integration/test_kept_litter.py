@@ -158,3 +158,16 @@ def test_a_batch_sweeps_every_folder_it_writes_into_and_no_other(
     assert [p for p in stale if p.exists()] == []
     assert untouched.exists()
     assert sha256_file(base / "a" / "four") == blobs[3].sha256
+
+
+def test_an_item_whose_folder_cannot_be_swept_fails_alone(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The sweep is best-effort: a path no folder can have (a NUL byte) fails its own item,
+    with the words a download gives it, and the batch goes on."""
+    good = make(100, seed=2700)
+    items = [Item(good.url, "nul\0byte/x"), Item(good.url, str(tmp_path / "ok"))]
+    results = blobdl.download_many(items, **fast())
+    assert not results[0].ok and "NUL byte" in str(results[0].error)
+    assert results[1].ok, results[1]
+    assert sha256_file(tmp_path / "ok") == good.sha256

@@ -7,6 +7,7 @@ not a loss: blobdl stops writing, says nothing, and the exit code is the downloa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from tests.hf_client import hf_env
 Make = Callable[..., Blob]
 FAST = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4",
         "--progress-interval", "0.05", "--max-backoff", "0.05", "--retries", "1"]  # fmt: skip
+F_SETPIPE_SZ = 1031  # Linux's; fcntl names it from Python 3.10 on
 NO_SPACE = "blobdl: error: could not write to standard output: No space left on device"
 
 
@@ -147,6 +149,38 @@ def test_a_json_report_into_a_closed_terminal_is_not_a_loss(make: Make, tmp_path
     assert sha256_file(tmp_path / "b") == blob.sha256
 
 
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+def test_a_non_blocking_stdout_whose_reader_is_behind_loses_nothing(
+    buffered: bool, make: Make, tmp_path: Path
+) -> None:
+    """A stdout another process made non-blocking (it shares the pipe or terminal: Node's
+    libuv does so to its own stdout) refuses a write while its reader is behind: EAGAIN.
+    The reader is there: blobdl waits for it, as on a blocking pipe, and loses no line
+    (Python itself would drop them: silently if unbuffered, ``PYTHONUNBUFFERED``)."""
+    blob = make(2 * PART, seed=4830)
+    read_end, write_end = os.pipe()
+    capacity = fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)  # the smallest: a page
+    os.write(write_end, b"#" * (capacity - 1) + b"\n")  # full: the reader is behind
+    os.set_blocking(write_end, False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED" or not buffered}
+    env |= {} if buffered else {"PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "blobdl", blob.url, "-o", str(tmp_path / "b"), "--json", *FAST]
+    proc = subprocess.Popen(args, stdout=write_end, stderr=subprocess.PIPE, cwd=REPO, env=env)
+    os.close(write_end)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)  # the reader is behind a while (no timing asserted: a pause)
+    with open(read_end, "rb") as reader:
+        out = reader.read()
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == EXIT_OK, err
+    assert err == b""
+    lines = out.splitlines()
+    assert lines[0] == b"#" * (capacity - 1)
+    events = [json.loads(line)["event"] for line in lines[1:]]
+    assert events[:1] == ["started"] and events[-1:] == ["finished"], events
+    assert sha256_file(tmp_path / "b") == blob.sha256
+
+
 def test_prune_to_a_full_stdout_says_so_and_exits_5(tmp_path: Path) -> None:
     models = tmp_path / "models"
     (models / "blobs-partial").mkdir(parents=True)
@@ -154,6 +188,22 @@ def test_prune_to_a_full_stdout_says_so_and_exits_5(tmp_path: Path) -> None:
         done = blobdl("prune", "--models-dir", str(models), stdout=stdout)
     assert done.returncode == EXIT_LOCAL, done.stderr
     assert done.stderr.splitlines() == [NO_SPACE]
+
+
+def test_a_name_stdout_cannot_encode_is_escaped_not_lost(tmp_path: Path) -> None:
+    """A stdout whose encoding cannot hold a name we echo (``PYTHONIOENCODING=ascii``, a
+    Latin-1 locale) refuses that line only: it is written with the name escaped, as
+    stderr's lines are, and the rest of the report follows."""
+    models = tmp_path / "models-\u65e5\u672c"
+    (models / "blobs-partial").mkdir(parents=True)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = blobdl("prune", "--models-dir", str(models), stdout=subprocess.PIPE, env=env)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines() == [
+        f"store {tmp_path}/models-\\u65e5\\u672c (--models-dir)",
+        "freed 0 bytes in 0 files",
+    ]
 
 
 # --- hf and pull: their reports too ----------------------------------------------------------

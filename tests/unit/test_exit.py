@@ -38,6 +38,15 @@ def test_exit_handlers_run(tmp_path: Path) -> None:
     assert done.stdout.endswith("handler ran\n")
 
 
+def test_what_an_exit_handler_prints_is_flushed(tmp_path: Path) -> None:
+    """A normal exit flushes the streams after the exit handlers: a library's handler that
+    prints (stdout a pipe, so buffered) is heard."""
+    handler = "import atexit; atexit.register(lambda: print('handler ran'))"
+    done = run_cli(handler, *prune(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("handler ran\n")
+
+
 def test_what_was_printed_is_flushed() -> None:
     done = run_cli("sys.stdout.write('unflushed line\\n')", "-q", "-i", "/dev/null")
     assert done.returncode == 2, done.stderr  # a usage error: it writes nothing on stdout
@@ -45,9 +54,13 @@ def test_what_was_printed_is_flushed() -> None:
 
 
 def test_a_thread_still_running_is_waited_for(tmp_path: Path) -> None:
+    # The thread ends only once the main thread has ended (the command has printed all),
+    # whatever the machine's speed: an exit that did not wait for it would lose its line.
     late = (
         "import threading, time\n"
-        "def late(): time.sleep(0.3); print('thread ended', flush=True)\n"
+        "def late():\n"
+        "    while threading.main_thread().is_alive(): time.sleep(0.01)\n"
+        "    print('thread ended', flush=True)\n"
         "threading.Thread(target=late).start()"
     )
     done = run_cli(late, *prune(tmp_path))

@@ -303,3 +303,4 @@ def test_a_sweep_of_a_folder_it_cannot_read_does_nothing(tmp_path: Path) -> None
     _lock.sweep_kept(tmp_path / "absent")  # no error: the batch's items say what is wrong
     (tmp_path / "file").write_text("x")
     _lock.sweep_kept(tmp_path / "file")
+    _lock.sweep_kept(tmp_path / "nul\0byte")  # a name no folder can have (the item says so)
