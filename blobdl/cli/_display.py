@@ -223,7 +223,9 @@ class _Stdout:
     def lose(self, exc: OSError) -> None:
         if not self.lost:
             self.lost = True
-            say(f"blobdl: error: could not write to standard output: {exc.strerror or exc}")
+            reason = exc.strerror or exc
+            say(f"blobdl: error: could not write to standard output: {reason} (the report "
+                "is lost from here on; the downloads go on, their files whole)")  # fmt: skip
 
 
 _stdout = _Stdout()

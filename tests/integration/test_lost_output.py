@@ -30,7 +30,10 @@ Make = Callable[..., Blob]
 FAST = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4",
         "--progress-interval", "0.05", "--max-backoff", "0.05", "--retries", "1"]  # fmt: skip
 F_SETPIPE_SZ = 1031  # Linux's; fcntl names it from Python 3.10 on
-NO_SPACE = "blobdl: error: could not write to standard output: No space left on device"
+NO_SPACE = (
+    "blobdl: error: could not write to standard output: No space left on device (the report "
+    "is lost from here on; the downloads go on, their files whole)"
+)
 
 
 def blobdl(
