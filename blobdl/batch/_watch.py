@@ -66,10 +66,11 @@ class Watch:
 
     def forget_seats(self, pool: Pool) -> None:
         """The pool ends: its seats' pipes, those still here (its processes' sentinels stay,
-        until each has ended)."""
+        until each has ended). A pipe closed already is of a process reaped for good (it
+        died): unregistered then."""
         for pipe in pool.pipes:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(pipe)
+            if not pipe.closed:
+                self.forget_seat(pipe)
 
     def ready(self) -> Iterator[tuple[str, int]]:
         """What seats, pool processes and children have to say, once at least one said
