@@ -180,6 +180,9 @@ def test_a_silent_lane_is_restarted_without_waiting_for_an_idle_worker(
     )
     result = Downloader(settings).download(blob.url, tmp_path / "out")
     assert sha256_file(tmp_path / "out") == blob.sha256
-    assert result.retries == 0 and result.steals == 1
+    # Rescued by the lag verdict, not by the stall timeout (which would count a retry). On
+    # a loaded machine a busy lane may fall far enough behind to be restarted too: a second
+    # steal, no failure.
+    assert result.retries == 0 and result.steals >= 1
     # The second part was asked for again from where it went silent.
     assert (part + part // 8, 2 * part) in part_ranges(server)
