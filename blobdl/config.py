@@ -157,6 +157,8 @@ class Settings:
             _require(isinstance(getattr(self, name), bool), f"{name} must be true or false")
         for name in _PATHS:
             check_text(name, getattr(self, name), optional=True)
+            # No file (nor URL) is named so: said here, not by every item that opens it.
+            _require("\0" not in (getattr(self, name) or ""), f"{name} holds a NUL byte")
         check_pairs(self.headers)
         for header in self.headers:
             check_header(*header)

@@ -126,6 +126,9 @@ def test_parse_size_refuses_nonsense(text: str) -> None:
         {"min_part_size": 10, "max_part_size": 5},
         {"parts": 0},
         {"headers": (("Bad\nName", "x"),)},
+        {"cache_dir": "cache\0dir"},  # no file can be named so: said now, not by each item
+        {"ca_bundle": "ca\0.pem"},
+        {"client_cert": "cert\0.pem"},
     ],
 )
 def test_settings_are_validated_on_creation(bad: dict[str, object]) -> None:
