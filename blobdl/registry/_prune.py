@@ -2,7 +2,8 @@
 
 - abandoned partials in ``blobs-partial/`` (the engine's temp, state and bad files of a blob
   nobody is fetching, and the staged blob itself), with their lock files;
-- stale lock files (claims and fetch locks nobody holds);
+- stale lock files (claims and fetch locks nobody holds, and the lock files a killed pull's
+  batch kept from one small blob to the next);
 - manifest scratch files a killed pull left in ``.blobdl-tmp/``, and the scratch files older
   blobdl versions left beside a manifest (``.TAG.tmp-PID``), which Ollama warns about as
   bad manifest names at every start;
@@ -30,6 +31,7 @@ from typing import NamedTuple
 
 from ..errors import LocalFileError
 from ..store._files import local_errors
+from ..store._lock import kept_files, remove_stale, unheld
 from ._claims import CLAIM_SUFFIX, FETCH_SUFFIX, locked
 from ._store import BLOB_DIGEST, Store, freed_by_removing, locate
 
@@ -88,6 +90,7 @@ def prune(
     removed: list[Removal] = []
     kept: list[Kept] = []
     _partials(store, dry_run, removed, kept)
+    removed += _kept_locks(store, dry_run)
     removed += _scratch(store, dry_run, now)
     catalog = store.catalog()
     unused = [d for d in _old_blobs(store, now - GRACE) if d not in catalog.referenced]
@@ -164,6 +167,18 @@ def _partials(store: Store, dry_run: bool, removed: list[Removal], kept: list[Ke
             for path in paths:  # a lock file goes when its lock is released here
                 what = "stale lock" if path in locks else "abandoned partial"
                 removed += _remove(path, what, dry_run or path in locks)
+
+
+def _kept_locks(store: Store, dry_run: bool) -> Iterator[Removal]:
+    """The lock files a pull's batch kept in ``blobs-partial/`` from one small blob to the
+    next (``store._lock.KeptLockFile``) that nobody holds: a pull killed whole left them."""
+    for path in kept_files(store.partial):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if unheld(path) and (dry_run or remove_stale(path)):
+            yield Removal(path, freed_by_removing(info), "stale lock")
 
 
 def _lock(path: Path, dry_run: bool) -> contextlib.AbstractContextManager[bool]:

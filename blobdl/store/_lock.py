@@ -227,13 +227,34 @@ def sweep_kept(folder: Path) -> None:
     once per folder per batch, never per item. Best-effort: a folder that cannot be read,
     or that no folder can be (a NUL byte: ValueError), is left as it is (the items written
     there say what is wrong, each failing alone)."""
+    for path in kept_files(folder):
+        remove_stale(path)
+
+
+def kept_files(folder: Path) -> list[Path]:
+    """The files in ``folder`` named as a seat names the lock file it keeps (regular files
+    only, never a link); none where the folder cannot be read, or no folder can be (a NUL
+    byte: ValueError)."""
     try:
         with os.scandir(folder) as entries:
-            names = [e.name for e in entries if _KEPT_NAME.fullmatch(e.name) and _file(e)]
+            return [folder / e.name for e in entries if _KEPT_NAME.fullmatch(e.name) and _file(e)]
     except (OSError, ValueError):
-        return
-    for name in names:
-        remove_stale(folder / name)
+        return []
+
+
+def unheld(path: Path) -> bool:
+    """Whether nobody holds the lock file at ``path``: looked at (locked for an instant),
+    neither created nor removed. False if it cannot be opened as one of ours."""
+    try:
+        fd = open_own(path, os.O_RDONLY)
+    except LocalFileError:
+        return False
+    try:
+        return take_lock(fd, wait=False)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # the lock, if taken, goes with it
 
 
 def _file(entry: os.DirEntry[str]) -> bool:

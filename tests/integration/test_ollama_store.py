@@ -593,6 +593,9 @@ def littered(tmp_path: Path) -> Path:
     write(partial / f"sha256-{'c' * 64}.claim", b"")
     write(partial / f"{busy}.blobdl-tmp", data(75, 50 * KB))
     write(partial / "notes.txt", b"not ours")
+    # What a pull's batch killed whole leaves: its seats' kept lock files (store._lock).
+    write(partial / ".blobdl-kept-3.blobdl-lock", b"4242\n")
+    write(partial / ".blobdl-kept-5.blobdl-lock", b"4343\n")  # a live batch's: held below
     return models
 
 
@@ -605,7 +608,8 @@ def test_prune_removes_what_pulls_left_and_never_what_a_running_pull_holds(
     with (
         flock(Path(f"{busy}.pull-lock"), fcntl.LOCK_EX),
         flock(lock_path(models, data(73, 700), ".claim"), fcntl.LOCK_SH),
-    ):  # a pull fetching one blob, and one needing another
+        flock(partial / ".blobdl-kept-5.blobdl-lock", fcntl.LOCK_EX),
+    ):  # a pull fetching one blob, one needing another, a batch's seat at work
         before = tree(models)
         dry = run_cli("prune", "--models-dir", str(models), "--dry-run")
         assert dry.returncode == 0, dry.stderr
@@ -618,6 +622,7 @@ def test_prune_removes_what_pulls_left_and_never_what_a_running_pull_holds(
     removed = sorted(line.split("  ")[1] for line in done.stdout.splitlines()
                      if line.startswith("removed"))  # fmt: skip
     expected = [
+        partial / ".blobdl-kept-3.blobdl-lock",
         partial / f"sha256-{'a' * 64}.blobdl-state",
         partial / f"sha256-{'a' * 64}.blobdl-tmp",
         partial / f"sha256-{'a' * 64}.pull-lock",
@@ -633,6 +638,7 @@ def test_prune_removes_what_pulls_left_and_never_what_a_running_pull_holds(
     assert not any(os.path.lexists(p) for p in expected)
     kept = [blob_file(models, data(b, n)) for b, n in ((70, 300), (72, 500), (73, 700))]
     kept += [Path(f"{busy}.blobdl-tmp"), partial / "notes.txt"]
+    kept += [partial / ".blobdl-kept-5.blobdl-lock"]
     kept += [models / ".blobdl-tmp/manifest-4343-1badf00d", models / "manifests/h/ns/m/v1"]
     kept += [models / "blobs" / f"sha256-{'e' * 64}-partial"]
     assert all(os.path.lexists(p) for p in kept)
