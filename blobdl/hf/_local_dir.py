@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import BadResponse, LocalFileError
 from ..store import _files
+from ..store._destination import path_problem
 from ..store._digest import sha256_fd
 from ..store._files import atomic_write, local_errors, read_own
 from . import _disk
@@ -89,6 +90,15 @@ class LocalDirLayout:
                 str(self.root),
                 f"the repository holds {f.path!r}, in the way of the local dir's "
                 f"{BOOKKEEPING}/ (leave it out with an exclude pattern)",
+            )
+        # Staged as download/<path>.blobdl-part, a name the engine refuses as one of its own
+        # side files when <path>'s is (a.blobdl-tmp): said here, before any download.
+        if path_problem(f.path) is not None:
+            raise BadResponse(
+                str(self.root),
+                f"the repository holds {f.path!r}, named like blobdl's own files beside a "
+                "download, which a local dir cannot stage (leave it out with an exclude "
+                "pattern, or download to the cache)",
             )
         path, recorded = self.file_path(f), self._metadata(f)
         try:
