@@ -61,7 +61,16 @@ class LocalDirLayout:
     def where(self) -> Path:
         return self.root
 
-    def prepare(self, files: Sequence[RepoFile]) -> None:
+    def prepare(self, files: Sequence[RepoFile], chosen: Sequence[RepoFile]) -> None:
+        """The folders made and the commit's listing written, once the files ``chosen`` are
+        known to fit: none's bookkeeping is where another's folder must be."""
+        clash = _clash({f.path for f in chosen})
+        if clash is not None:
+            raise BadResponse(
+                str(self.root),
+                f"the repository holds {clash[0]!r} and {clash[1]!r}, whose bookkeeping in "
+                f"{BOOKKEEPING}/ would be one path (leave one out with an exclude pattern)",
+            )
         problem = _files.directory_problem(self.root) if os.path.lexists(self.root) else None
         if problem is not None:  # a file named as the local dir: say so, not "no .cache"
             raise problem
@@ -92,8 +101,9 @@ class LocalDirLayout:
                 f"{BOOKKEEPING}/ (leave it out with an exclude pattern)",
             )
         # Staged as download/<path>.blobdl-part, a name the engine refuses as one of its own
-        # side files when <path>'s is (a.blobdl-tmp): said here, before any download.
-        if path_problem(f.path) is not None:
+        # side files when <path>'s is (a.blobdl-tmp); a folder so named (a.blobdl-tmp/b) may
+        # be where another file's is: said here, before any download.
+        if any(path_problem(folder) is not None for folder in _and_folders(f.path)):
             raise BadResponse(
                 str(self.root),
                 f"the repository holds {f.path!r}, named like blobdl's own files beside a "
@@ -194,3 +204,24 @@ class LocalDirLayout:
 def _in_the_way(path: str) -> bool:
     """A repository path that is the bookkeeping's folder, a folder above it, or in it."""
     return f"{BOOKKEEPING}/".startswith(f"{path}/") or path.startswith(f"{BOOKKEEPING}/")
+
+
+# What a file's bookkeeping adds to its path in download/: its lock, metadata, staged copy.
+_BESIDE = (".lock", ".metadata", _disk.STAGED)
+
+
+def _and_folders(path: str) -> list[str]:
+    """``a/b/c`` and the folders it is in: ``a``, ``a/b``."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _clash(paths: set[str]) -> tuple[str, str] | None:
+    """A file whose bookkeeping (``download/x.lock``) is the folder another file's needs
+    (``x.lock/y``): the two, if any."""
+    for path in sorted(paths):
+        for folder in _and_folders(path)[:-1]:
+            for suffix in _BESIDE:
+                if folder.endswith(suffix) and folder[: -len(suffix)] in paths:
+                    return folder[: -len(suffix)], path
+    return None
