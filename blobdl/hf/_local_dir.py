@@ -103,7 +103,7 @@ class LocalDirLayout:
         # Staged as download/<path>.blobdl-part, a name the engine refuses as one of its own
         # side files when <path>'s is (a.blobdl-tmp); a folder so named (a.blobdl-tmp/b) may
         # be where another file's is: said here, before any download.
-        if any(path_problem(folder) is not None for folder in _and_folders(f.path)):
+        if any(path_problem(name) is not None for name in f.path.split("/")):
             raise BadResponse(
                 str(self.root),
                 f"the repository holds {f.path!r}, named like blobdl's own files beside a "
@@ -210,18 +210,15 @@ def _in_the_way(path: str) -> bool:
 _BESIDE = (".lock", ".metadata", _disk.STAGED)
 
 
-def _and_folders(path: str) -> list[str]:
-    """``a/b/c`` and the folders it is in: ``a``, ``a/b``."""
-    parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
 def _clash(paths: set[str]) -> tuple[str, str] | None:
     """A file whose bookkeeping (``download/x.lock``) is the folder another file's needs
     (``x.lock/y``): the two, if any."""
     for path in sorted(paths):
-        for folder in _and_folders(path)[:-1]:
-            for suffix in _BESIDE:
-                if folder.endswith(suffix) and folder[: -len(suffix)] in paths:
-                    return folder[: -len(suffix)], path
+        parts = path.split("/")
+        for depth, name in enumerate(parts[:-1], 1):
+            suffix = next((s for s in _BESIDE if name.endswith(s)), None)
+            if suffix is not None:
+                other = "/".join(parts[:depth])[: -len(suffix)]
+                if other in paths:
+                    return other, path
     return None
