@@ -501,3 +501,33 @@ def repo_paths(draw: st.DrawFn) -> str:
 
 
 patterns = st.lists(st.text(_PATTERN_CHARS, max_size=6), max_size=3)
+
+
+# --- manifests for -i -------------------------------------------------------------------------
+
+_MANIFEST_WORDS = (
+    "http://h/a", "https://h:99999/a", "http://[::1]/a", "http://[fe80::1%25lo]/a",
+    "http://u:p@h/a", "ftp://h/a", "http://h:0/a", "http:///a", "//h/a", "http://h:+80/a",
+    "http://h:\u0668\u0660/a", "http://h/a b", "http://" + "a" * 300 + "/x", "x", "../x",
+    "/etc/x", "a/", "x/.", "a.blobdl-tmp", "sha256:" + "A" * 64, "SHA256:" + "a" * 64,
+    "sha256:" + "a" * 63, "sha512:" + "a" * 128, "\ufeff", "\t", "\x0b", "\x1c", "\x85",
+    "\u2028", "\udcff", "\x00", "#",
+)  # fmt: skip
+_JSON_VALUES = st.one_of(
+    st.sampled_from(_MANIFEST_WORDS), st.integers(), st.none(), st.booleans(),
+    st.floats(allow_nan=False),
+    st.dictionaries(st.text(max_size=5), st.one_of(st.text(max_size=5), st.integers()), max_size=3),
+)  # fmt: skip
+_JSON_ITEMS = st.dictionaries(
+    st.sampled_from(["url", "path", "digest", "headers", "size", "pth"]), _JSON_VALUES
+).map(json.dumps)
+
+
+@st.composite
+def hostile_manifest_texts(draw: st.DrawFn) -> str:
+    """A manifest's text: lines of odd words (schemes, ports, IPv6, userinfo, digests in
+    other spellings, paths that lead out, control and separator characters), JSON items
+    with fields of every type, any text at all; joined by any line break Python splits on."""
+    words = st.lists(st.sampled_from(_MANIFEST_WORDS), max_size=4).map(" ".join)
+    lines = draw(st.lists(st.one_of(words, _JSON_ITEMS, st.text(max_size=30)), max_size=5))
+    return str(draw(st.sampled_from(["\n", "\r\n", "\r", "\x85", "\u2028"]))).join(lines)

@@ -10,7 +10,7 @@ batch writes into (``folders``), known before any item runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import LocalFileError
@@ -22,10 +22,17 @@ from ._items import Item, inside
 class Destinations:
     """Every destination of the batch, and the item that writes it (by absolute path)."""
 
-    def __init__(self, given: dict[int, str], base_dir: Path | None, cached: bool) -> None:
+    def __init__(
+        self,
+        given: dict[int, str],
+        base_dir: Path | None,
+        cached: bool,
+        where_to: Callable[[str], str] = os.path.abspath,
+    ) -> None:
         self.base_dir = base_dir  # where items without a path are named
         self.cached = cached  # the batch has a cache: an item with a digest may come through it
-        self.claimed = {os.path.abspath(path): index for index, path in given.items()}
+        self.where_to = where_to  # the key a destination is claimed by (``first_of_each``'s)
+        self.claimed = {where_to(path): index for index, path in given.items()}
         self.names: dict[int, str] = {}  # item -> the path it was named after its probe
 
     def by_url(self, index: int, item: Item) -> Item:
@@ -44,7 +51,7 @@ class Destinations:
 
     def claim(self, index: int, path: str) -> int | None:
         """Make ``path`` item ``index``'s destination; the item that has it already, if any."""
-        holder = self.claimed.setdefault(os.path.abspath(path), index)
+        holder = self.claimed.setdefault(self.where_to(path), index)
         if holder != index:
             return holder
         self.names.setdefault(index, path)

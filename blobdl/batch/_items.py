@@ -133,18 +133,35 @@ def inside(base: Path, item: Item, where: str) -> Item:
         raise UsageError(f"{where}: {exc}") from None
 
 
-def first_of_each(items: list[Item]) -> list[int]:
+def same_file() -> Callable[[str], str]:
+    """For one batch: which file a path writes, on this machine: absolute, the symbolic
+    links of its folders followed as far as they exist now (``real/x`` and ``link/x`` are
+    one file), its own name not (a link there is replaced, not written through). Each
+    folder is resolved once: 100,000 items in one folder cost one ``realpath``, not 1.3 s."""
+    real: dict[str, str] = {}
+
+    def where_to(path: str) -> str:
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in real:
+            real[folder] = os.path.realpath(folder)
+        return os.path.join(real[folder], name)
+
+    return where_to
+
+
+def first_of_each(items: list[Item], where_to: Callable[[str], str] = os.path.abspath) -> list[int]:
     """For each item, the index of the first item it duplicates (itself if none).
 
     Only an identical request is a duplicate: same URL, destination, digest and headers
     (items are normalized first: the same digest written two ways is the same).
     The same destination asked for with anything else different is a usage error: one of
-    the two would silently overwrite the other."""
+    the two would silently overwrite the other. Destinations are compared as ``where_to``
+    gives them (``same_file`` on the machine that writes them)."""
     seen: dict[tuple[object, ...], int] = {}
     claimed: dict[str, int] = {}
     firsts = []
     for index, item in enumerate(items):
-        where = os.path.abspath(item.path) if item.path else None
+        where = where_to(item.path) if item.path else None
         first = seen.setdefault((item.url, where, item.digest, item.headers), index)
         if where is not None and claimed.setdefault(where, first) != first:
             raise UsageError(f"items {claimed[where]} and {index} both write {item.path}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..config import MAX_BYTES, parse_header
 from ..errors import UsageError
@@ -14,15 +14,40 @@ from ..http._urls import check_url
 from ..store._digest import parse_digest
 from ._items import Item, check_path_given, confine
 
+MAX_LINE = 1 << 20  # characters of one line: an item with many headers is a few KB
+_CHUNK = 1 << 20  # bytes read at a time
+
+
+def read_manifest(stream: BinaryIO) -> bytes:
+    """A manifest's bytes from ``stream`` (a file, stdin, a device), a chunk at a time: a NUL
+    byte, or a line too long to be one in any encoding, is a usage error naming its line as
+    soon as it is read, so an endless stream (``-i /dev/zero``) is refused at once rather
+    than held in memory until there is none left."""
+    data = bytearray()
+    line, start = 1, 0  # the number of the line being read, and where it starts
+    while chunk := stream.read(_CHUNK):
+        if (nul := chunk.find(b"\0")) >= 0:
+            line += chunk.count(b"\n", 0, nul)
+            raise UsageError(f"manifest line {line}: holds a NUL byte")
+        if (last := chunk.rfind(b"\n")) >= 0:
+            line, start = line + chunk.count(b"\n"), len(data) + last + 1
+        data += chunk
+        if len(data) - start > 4 * MAX_LINE:  # UTF-8: at most 4 bytes a character
+            raise UsageError(f"manifest line {line}: {_TOO_LONG}")
+    return bytes(data)
+
+
+_TOO_LONG = f"longer than {MAX_LINE:,} characters"
+
 
 def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = None) -> list[Item]:
     """One item per line: ``URL [PATH] [sha256:HEX]`` or a JSON object with the fields
     ``url``, ``path``, ``digest`` (strings), ``headers`` (a {name: value} map of strings),
     ``size`` (bytes, a hint: a blob said to be large skips the small-item path).
     Blank lines and lines starting with ``#`` are skipped. Anything else is a usage error
-    naming its line: bytes that are not UTF-8, a NUL, a JSON field that is unknown, repeated
-    or of the wrong type. With ``base_dir``, a path that would lead outside it is one too
-    (the paths are returned as given)."""
+    naming its line: bytes that are not UTF-8, a NUL, more than ``MAX_LINE`` characters, a
+    JSON field that is unknown, repeated or of the wrong type. With ``base_dir``, a path
+    that would lead outside it is one too (the paths are returned as given)."""
     items = []
     for number, line in enumerate(_manifest_text(text).splitlines(), 1):
         line = line.strip()
@@ -31,6 +56,8 @@ def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = 
         try:
             if "\0" in line:
                 raise ValueError("holds a NUL byte")
+            if len(line) > MAX_LINE:
+                raise ValueError(_TOO_LONG)
             item = _json_item(line) if line.startswith("{") else _plain_item(line)
             if item.path is not None:
                 check_path_given(item.path)

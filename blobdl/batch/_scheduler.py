@@ -59,6 +59,7 @@ from ._items import (
     host_of,
     inside,
     normalized,
+    same_file,
 )
 from ._manifest import parse_manifest
 from ._outcomes import Outcomes, died
@@ -197,12 +198,13 @@ class _Scheduler:
         self.items, self.settings = items, settings
         self.base_dir = base_dir  # where items without a path are named
         self.outcomes = Outcomes(on_event)
-        self.first = first_of_each(items)
+        where_to = same_file()
+        self.first = first_of_each(items, where_to)
         firsts = [i for i in range(len(items)) if self.first[i] == i]
         # Every destination of the batch, and the item that writes it: the manifest's paths
         # first, then each name as it is given (a later item named alike fails).
         given = {i: path for i in firsts if (path := items[i].path) is not None}
-        self.destinations = Destinations(given, base_dir, bool(settings.cache_dir))
+        self.destinations = Destinations(given, base_dir, bool(settings.cache_dir), where_to)
         self.queued, self.waiting, self.unfit = _placed(items, firsts, settings, self.destinations)
         # Where a batch killed whole may have left its seats' kept lock files, swept once
         # before the pool starts (then none of ours is there yet), not per item.

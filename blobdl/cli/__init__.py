@@ -16,10 +16,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from .._redact import redact_url
+from ..batch._manifest import read_manifest
 from ..batch._scheduler import PER_HOST, BatchEvent, ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
@@ -136,9 +136,11 @@ def _download(argv: Sequence[str]) -> int:
 def _main_many(args: argparse.Namespace, display: Display) -> int:
     """``-i MANIFEST``: every item, one shared budget, a summary, the first failure's code."""
     try:
-        text = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+        text = _read_manifest(args.input)
     except OSError as exc:
         return fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
+    except UsageError as exc:
+        return fail(display, exc, EXIT_USAGE)
     on_cluster = args.scheduler is not None
     if on_cluster:
         quiet_dask()
@@ -170,6 +172,13 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
         return fail(display, interrupted(stop), EXIT_INTERRUPTED)
     display.close()
     return _summarise(results, display.mode)
+
+
+def _read_manifest(name: str) -> bytes:
+    if name == "-":
+        return read_manifest(sys.stdin.buffer)
+    with open(name, "rb") as stream:
+        return read_manifest(stream)
 
 
 def _summarise(results: list[ItemResult], mode: str) -> int:

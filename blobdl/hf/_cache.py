@@ -79,7 +79,7 @@ class CacheLayout:
         """What the caller is given: the snapshot folder."""
         return self.snapshot
 
-    def prepare(self, files: Sequence[RepoFile]) -> None:
+    def prepare(self, files: Sequence[RepoFile], chosen: Sequence[RepoFile]) -> None:
         # The repository's folder may be a link (moved to another disk: the user's choice);
         # what huggingface_hub makes in it never is, nor are its locks.
         inside(self.cache_dir, self.locks)

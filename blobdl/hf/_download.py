@@ -180,7 +180,7 @@ def _look(
     listing = hub.files(commit)
     chosen = wanted.pick(listing, hub.repo, revision)
     layout = layout_for(hub.repo, commit, cache_dir, local_dir)
-    layout.prepare(listing)
+    layout.prepare(listing, chosen)
     missing = [f for f in chosen if not layout.present(f)]
     blobs = list({layout.key(f): f for f in reversed(missing)}.values())[::-1]
     to_fetch = [f for f in blobs if not layout.have(f)]

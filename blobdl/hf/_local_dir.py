@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import BadResponse, LocalFileError
 from ..store import _files
+from ..store._destination import path_problem
 from ..store._digest import sha256_fd
 from ..store._files import atomic_write, local_errors, read_own
 from . import _disk
@@ -60,7 +61,16 @@ class LocalDirLayout:
     def where(self) -> Path:
         return self.root
 
-    def prepare(self, files: Sequence[RepoFile]) -> None:
+    def prepare(self, files: Sequence[RepoFile], chosen: Sequence[RepoFile]) -> None:
+        """The folders made and the commit's listing written, once the files ``chosen`` are
+        known to fit: none's bookkeeping is where another's folder must be."""
+        clash = _clash({f.path for f in chosen})
+        if clash is not None:
+            raise BadResponse(
+                str(self.root),
+                f"the repository holds {clash[0]!r} and {clash[1]!r}, whose bookkeeping in "
+                f"{BOOKKEEPING}/ would be one path (leave one out with an exclude pattern)",
+            )
         problem = _files.directory_problem(self.root) if os.path.lexists(self.root) else None
         if problem is not None:  # a file named as the local dir: say so, not "no .cache"
             raise problem
@@ -89,6 +99,16 @@ class LocalDirLayout:
                 str(self.root),
                 f"the repository holds {f.path!r}, in the way of the local dir's "
                 f"{BOOKKEEPING}/ (leave it out with an exclude pattern)",
+            )
+        # Staged as download/<path>.blobdl-part, a name the engine refuses as one of its own
+        # side files when <path>'s is (a.blobdl-tmp); a folder so named (a.blobdl-tmp/b) may
+        # be where another file's is: said here, before any download.
+        if any(path_problem(name) is not None for name in f.path.split("/")):
+            raise BadResponse(
+                str(self.root),
+                f"the repository holds {f.path!r}, named like blobdl's own files beside a "
+                "download, which a local dir cannot stage (leave it out with an exclude "
+                "pattern, or download to the cache)",
             )
         path, recorded = self.file_path(f), self._metadata(f)
         try:
@@ -184,3 +204,21 @@ class LocalDirLayout:
 def _in_the_way(path: str) -> bool:
     """A repository path that is the bookkeeping's folder, a folder above it, or in it."""
     return f"{BOOKKEEPING}/".startswith(f"{path}/") or path.startswith(f"{BOOKKEEPING}/")
+
+
+# What a file's bookkeeping adds to its path in download/: its lock, metadata, staged copy.
+_BESIDE = (".lock", ".metadata", _disk.STAGED)
+
+
+def _clash(paths: set[str]) -> tuple[str, str] | None:
+    """A file whose bookkeeping (``download/x.lock``) is the folder another file's needs
+    (``x.lock/y``): the two, if any."""
+    for path in sorted(paths):
+        parts = path.split("/")
+        for depth, name in enumerate(parts[:-1], 1):
+            suffix = next((s for s in _BESIDE if name.endswith(s)), None)
+            if suffix is not None:
+                other = "/".join(parts[:depth])[: -len(suffix)]
+                if other in paths:
+                    return other, path
+    return None

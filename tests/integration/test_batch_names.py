@@ -143,3 +143,32 @@ def test_an_item_path_may_be_a_pathlib_path_as_a_download_path_may(
     assert all(r.ok for r in results), results
     assert sha256_file(tmp_path / "small") == small.sha256
     assert sha256_file(tmp_path / "large") == large.sha256
+
+
+def test_two_paths_to_one_file_through_a_linked_folder_are_refused_before_anything_starts(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """``real/x`` and ``link/x`` (``link`` a link to ``real``) are one file: with ``force``
+    and one connection, both items said ok while the second's bytes replaced the first's."""
+    first, second = make(3000, seed=2831), make(5000, seed=2832)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    items = [Item(first.url, str(tmp_path / "real" / "x")),
+             Item(second.url, str(tmp_path / "link" / "x"))]  # fmt: skip
+    with pytest.raises(blobdl.UsageError, match="items 0 and 1 both write"):
+        blobdl.download_many(items, max_connections=1, settings=fast_settings(force=True))
+    assert server.stats()["requests"] == 0 and list((tmp_path / "real").iterdir()) == []
+
+
+def test_the_same_request_through_a_linked_folder_is_fetched_once(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(3000, seed=2833)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    items = [Item(blob.url, str(tmp_path / folder / "x"), blob.sha256)
+             for folder in ("real", "link")]  # fmt: skip
+    first, second = blobdl.download_many(items, settings=fast_settings())
+    assert first.result and second.result, (first, second)
+    assert second.result.bytes_fetched == 0
+    assert sha256_file(tmp_path / "real" / "x") == blob.sha256

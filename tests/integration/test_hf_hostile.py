@@ -282,6 +282,55 @@ def test_a_file_in_the_way_of_the_local_dirs_bookkeeping_is_refused_unless_left_
     assert contents(ld) == {"a.txt": b"a\n"}
 
 
+@pytest.mark.parametrize(
+    "path", ["a.txt.blobdl-tmp", "sub/w.blobdl-state", "x.blobdl-lock.bin", "d.blobdl-tmp/w"]
+)
+def test_a_file_named_like_blobdls_own_is_refused_in_a_local_dir_unless_left_out(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, path: str
+) -> None:
+    """Its download would be staged as ``download/<path>.blobdl-part``, a name the engine
+    refuses as one of its side files: it was a usage error (exit 2) naming "item 1" and the
+    staging path, after other files had come down. Now one line naming the repository's
+    file before any download; left out, the rest comes down; in the cache (blobs named by
+    their hash) it comes down as it is."""
+    odd = HubRepo("acme/sides")
+    odd.commit({path: b"odd name\n", "a.txt": b"a\n"})
+    hub.publish([*repos.values(), odd])
+    ld = tmp_path / "ld"
+    done = blobdl_hf(hub, tmp_path, "acme/sides", "--local-dir", str(ld))
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"the repository holds {path!r}, named like" in lines[0], lines
+    assert contents(ld) == {}
+    done = blobdl_hf(hub, tmp_path, "acme/sides", "--local-dir", str(ld), "--exclude", "*.blobdl-*")
+    assert done.returncode == 0, done.stderr
+    assert contents(ld) == {"a.txt": b"a\n"}
+    done = blobdl_hf(hub, tmp_path, "acme/sides")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("suffix", [".lock", ".metadata", ".blobdl-part"])
+def test_files_whose_local_dir_bookkeeping_is_one_path_are_refused_unless_one_is_left_out(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, suffix: str
+) -> None:
+    """``x``'s lock, metadata or staged download is ``download/x.lock`` (...), the folder
+    ``x.lock/y``'s own bookkeeping needs: it was "File exists" or "Is a directory" inside
+    .cache/huggingface/ (exit 5) once downloads had begun. Now one line naming both files
+    before any download; with either left out, the rest comes down."""
+    odd = HubRepo("acme/clash")
+    odd.commit({"x": b"x\n", f"x{suffix}/y": b"y\n", "a.txt": b"a\n"})
+    hub.publish([*repos.values(), odd])
+    ld = tmp_path / "ld"
+    done = blobdl_hf(hub, tmp_path, "acme/clash", "--local-dir", str(ld))
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"the repository holds 'x' and 'x{suffix}/y'" in lines[0], lines
+    assert contents(ld) == {}
+    done = blobdl_hf(hub, tmp_path, "acme/clash", "--local-dir", str(ld), "--exclude", "x")
+    assert done.returncode == 0, done.stderr
+    assert contents(ld) == {f"x{suffix}/y": b"y\n", "a.txt": b"a\n"}
+
+
 def test_a_local_dir_that_is_a_file_is_named_as_such(hub: HubHandle, tmp_path: Path) -> None:
     (tmp_path / "ld").write_bytes(b"a file\n")
     done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(tmp_path / "ld"))

@@ -9,6 +9,7 @@ and only its failures otherwise.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from blobdl.batch._manifest import MAX_LINE
 from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE
 from faultserver.serverctl import ServerHandle
 from tests.conftest import REPO, Blob
@@ -152,6 +154,35 @@ def test_a_utf8_manifest_with_a_byte_order_mark_is_read(
     code, _, stderr = run_batch(manifest, "-q")
     assert code == EXIT_OK, stderr
     assert out.stat().st_size == 1000
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_a_manifest_that_is_a_device_of_endless_bytes_is_refused_not_read_whole(
+    server: ServerHandle, tmp_path: Path, device: str
+) -> None:
+    # Under a ceiling of address space, reading the device whole would end in MemoryError
+    # (without one: the machine's memory gone); its first NUL byte is enough to refuse it.
+    ceiling = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31)); "
+    done = subprocess.run(
+        [sys.executable, "-c", ceiling + "from blobdl.cli import run; run()", "-i", device],
+        capture_output=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    stderr = done.stderr.decode()
+    assert done.returncode == EXIT_USAGE, stderr
+    assert re.fullmatch(r"blobdl: error: manifest line \d+: holds a NUL byte\n", stderr), stderr
+    assert server.stats()["requests"] == 0
+
+
+def test_a_manifest_line_longer_than_any_item_is_refused_naming_it(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(1000, seed=2302)
+    endless = b"x" * (MAX_LINE + 1)  # a stream with no end of line, read up to the limit
+    data = f"{blob.url} {tmp_path / 'a'}\n".encode() + blob.url.encode() + b"?" + endless
+    code, _, stderr = run_batch(None, stdin=data)
+    assert_usage_error(code, stderr, 2)
+    assert "longer than" in stderr
+    assert server.stats()["requests"] == 0
 
 
 # --- item 18: --quiet --------------------------------------------------------------------------

@@ -4,12 +4,15 @@ error, never a raw exception or a huge allocation. Pure parsers: no server, no p
 from __future__ import annotations
 
 import contextlib
+import io
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blobdl import Settings, parse_manifest
+from blobdl.batch._manifest import MAX_LINE, read_manifest
 from blobdl.cli import build_parser, settings_from
 from blobdl.config import MAX_PARTS
 from blobdl.engine._plan import part_count, plan
@@ -21,6 +24,7 @@ from blobdl.http._headers import (
     parse_retry_after,
     transfer_codings,
 )
+from tests.strategies import hostile_manifest_texts
 
 HUGE_TOTAL = 2**62
 
@@ -159,3 +163,46 @@ def test_a_manifest_item_may_say_its_size() -> None:
     assert item.size == 5_000_000
     [plain] = parse_manifest("http://h/b\n")
     assert plain.size is None
+
+
+_LINE_ERROR = re.compile(r"manifest line \d+: .+")
+
+
+@settings(max_examples=500, deadline=None)
+@given(hostile_manifest_texts(), st.booleans())
+def test_any_manifest_text_gives_items_or_a_usage_error_naming_its_line(
+    text: str, confined: bool
+) -> None:
+    try:  # (a base directory is only resolved, never written: it need not exist)
+        items = parse_manifest(text, "base" if confined else None)
+    except UsageError as exc:
+        assert _LINE_ERROR.fullmatch(str(exc)), str(exc)
+    else:
+        assert all(item.url and "\0" not in item.url for item in items)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(1, 64))
+def test_a_manifest_stream_is_read_whole_or_refused_at_its_first_nul(
+    data: bytes, chunk: int
+) -> None:
+    """Read a few bytes at a time, as a pipe may give them: the bytes come back as they
+    were, or a NUL byte is a usage error naming the line it is on."""
+
+    class Trickle(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            return super().read(min(chunk, size if size and size > 0 else chunk))
+
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        with pytest.raises(UsageError, match=f"^manifest line {line}: holds a NUL byte$"):
+            read_manifest(Trickle(data))
+    else:
+        assert read_manifest(Trickle(data)) == data
+
+
+def test_a_manifest_stream_with_an_endless_line_is_refused_before_it_is_held_whole() -> None:
+    endless = io.BytesIO(b"http://h/a x\n" + b"y" * (6 * MAX_LINE))  # no end of line
+    with pytest.raises(UsageError, match=r"^manifest line 2: longer than"):
+        read_manifest(endless)
+    assert endless.tell() < 6 * MAX_LINE  # stopped at the chunk that made the line too long
