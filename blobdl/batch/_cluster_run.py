@@ -98,7 +98,7 @@ class Run:
         self.looked = time.monotonic()
         self.answering: list[str] | None = None  # the workers not silent, once asked
         self.name = uuid.uuid4().hex
-        self.channel = Channel(f"blobdl-{self.name}", f"blobdl-{self.name}-stop")
+        self.channel = Channel(f"blobdl-{self.name}", f"blobdl-{self.name}-stop", within)
         self.inbox: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
         self.seen: dict[str, int] = {}  # events relayed, per attempt
         self.futures: list[Any] = []
