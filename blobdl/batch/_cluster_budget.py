@@ -79,15 +79,15 @@ class Held:
 
     def grow(self) -> bool:
         """One more connection, if the last question found a pair free; never waits: the
-        next question goes out in the background."""
+        question goes out in the background, and again as soon as one found none."""
         taking = self.taking
-        if taking is None:
-            self.taking = later(self.pair[0].loop, lambda: _take_pair(self.pair), self.within)
-            return False
-        if not taking.done():
+        if taking is not None and not taking.done():
             return False
         self.taking = None
-        return taking.exception() is None and self._took(taking.result())
+        if taking is not None and taking.exception() is None and self._took(taking.result()):
+            return True
+        self.taking = later(self.pair[0].loop, lambda: _take_pair(self.pair), self.within)
+        return False
 
     def settle(self) -> None:
         """A question still out is given up (a pair it took meanwhile is counted)."""

@@ -24,8 +24,9 @@ The scheduler that stops answering (stopped, swapping) keeps its connection open
 the run would wait for its tasks for ever: each question the run asks it is given the stall
 timeout (``on_scheduler``), and one left unanswered ends the run with a ``ClusterError``
 naming it; the end of the run then asks it nothing more (``Run.answers``). A download a
-worker runs meanwhile lands whole or not at all; its spare interpreters, which only the
-scheduler can reach, end by themselves once idle (``_spare``).
+worker runs meanwhile goes on to its end, whole (its task never waits for the scheduler:
+``_cluster_worker``); its spare interpreters, which only the scheduler can reach, end by
+themselves once idle (``_spare``).
 """
 
 from __future__ import annotations
