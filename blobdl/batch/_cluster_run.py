@@ -24,8 +24,9 @@ The scheduler that stops answering (stopped, swapping) keeps its connection open
 the run would wait for its tasks for ever: each question the run asks it is given the stall
 timeout (``on_scheduler``), and one left unanswered ends the run with a ``ClusterError``
 naming it; the end of the run then asks it nothing more (``Run.answers``). A download a
-worker runs meanwhile lands whole or not at all; its spare interpreters, which only the
-scheduler can reach, end by themselves once idle (``_spare``).
+worker runs meanwhile goes on to its end, whole (its task never waits for the scheduler:
+``_cluster_worker``); its spare interpreters, which only the scheduler can reach, end by
+themselves once idle (``_spare``).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Run:
         self.looked = time.monotonic()
         self.answering: list[str] | None = None  # the workers not silent, once asked
         self.name = uuid.uuid4().hex
-        self.channel = Channel(f"blobdl-{self.name}", f"blobdl-{self.name}-stop")
+        self.channel = Channel(f"blobdl-{self.name}", f"blobdl-{self.name}-stop", within)
         self.inbox: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
         self.seen: dict[str, int] = {}  # events relayed, per attempt
         self.futures: list[Any] = []

@@ -10,9 +10,11 @@ The download runs in blobdl's clean coordinator process (``_clean_process``), as
 threaded caller: a Dask worker always has threads, and its processes may be daemonic. Dask
 cannot cancel a running task, so the task itself looks, between the events its download
 sends, whether it should stop (the batch's stop flag is set, or its future was cancelled or
-released, or the scheduler cannot be reached); then it raises from the event callback, which
-makes the coordinator save its state and exit. A worker that dies takes the coordinator
-with it (it dies with the thread that started it, saving its state first).
+released); then it raises from the event callback, which makes the coordinator save its
+state and exit. The scheduler silent is no stop: a download holds all it needs and goes on
+to its end, never waiting for the scheduler's answers (``_cluster_worker``). A worker that
+dies takes the coordinator with it (it dies with the thread that started it, saving its
+state first).
 """
 
 from __future__ import annotations
@@ -75,9 +77,9 @@ def probe(job: Job) -> Probed:
     worker = worker_name()
     if _cached(job.item, job.settings):
         return Probed(worker, None, None)
-    watch = StopCheck(job.channel.stop)
+    watch = StopCheck(job.channel)
     try:
-        with leases(job.budget, _host(job.item.url), 1, watch.stopped):
+        with leases(job.budget, _host(job.item.url), 1, watch.stopped, job.channel.within):
             return Probed(worker, resolve(job.item.url, job.settings), None)
     except BlobdlError as exc:
         return Probed(worker, None, exc)
@@ -115,7 +117,7 @@ def _fetch(job: Job, remote: Remote | None, relay: Relay) -> DownloadResult:
     host = _host(remote.final_url if remote is not None else item.url)
     hashing = item.digest is not None
     wanted = _wanted(remote, settings, hashing=hashing)
-    with leases(job.budget, host, wanted, relay.watch.stopped) as held:
+    with leases(job.budget, host, wanted, relay.watch.stopped, job.channel.within) as held:
         path = Path(item.path) if item.path else None
         if remote is None:  # a cache hit: no probe, no network
             settings = dataclasses.replace(settings, connections=held.granted)

@@ -3,13 +3,19 @@
 Dask cannot cancel a running task (a thread cannot be interrupted), so a task looks for
 itself, between the events its work sends and while it waits for a lease, whether it should
 stop: the run's stop flag (a ``distributed.Event``) is set, its own future was cancelled or
-released (the client went away), or the scheduler cannot be reached. Then ``Relay`` raises
-``Stopped`` from the event callback, and blobdl's coordinator, whose callback raised, saves
-its state and exits, as it would on a signal.
+released (the client went away). Then ``Relay`` raises ``Stopped`` from the event callback,
+and blobdl's coordinator, whose callback raised, saves its state and exits, as it would on a
+signal.
+
+A running download holds all it needs (its URL, its path, its settings): the scheduler
+stopped or gone, it goes on to its end. Its look at the stop flag is asked in the
+background, within the stall timeout (``_cluster_later``), and a flag it cannot read is no
+stop; its events go out on the worker's stream, which never waits (told late, or lost).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import pickle
 import time
@@ -17,6 +23,7 @@ import uuid
 from typing import Any, NamedTuple
 
 from ._cluster_connect import dask
+from ._cluster_later import later
 
 #: Seconds between looks at the stop flag (each look asks the scheduler).
 LOOK_EVERY = 0.5
@@ -31,6 +38,7 @@ class Channel(NamedTuple):
 
     topic: str  # the Dask event topic
     stop: str  # the name of the run's stop flag, a distributed.Event
+    within: float  # how long a task's question to the scheduler is given (the stall timeout)
 
 
 class Sent(NamedTuple):
@@ -47,21 +55,23 @@ def worker_name() -> str:
 
 
 class StopCheck:
-    """Whether the task should stop; asked often, it looks at most every ``LOOK_EVERY``
-    seconds, and once stopped it stays stopped."""
+    """Whether the task should stop; asked often, it never waits: the stop flag is asked
+    in the background, every ``LOOK_EVERY`` seconds at most, and read once answered. A
+    look left unanswered within ``channel.within`` (the scheduler stopped, or gone) is no
+    stop: the download goes on. Once stopped it stays stopped."""
 
-    def __init__(self, stop: str) -> None:
+    def __init__(self, channel: Channel) -> None:
         distributed = dask()
-        self.flag = distributed.Event(stop)
+        self.client = distributed.get_client()
         self.worker = distributed.get_worker()
         self.key = distributed.worker.thread_state.key
+        self.channel = channel
         self.last = 0.0
+        self.look: concurrent.futures.Future[Any] | None = None  # asked, not yet read
         self.stop = False
 
     def stopped(self) -> bool:
-        now = time.monotonic()
-        if not self.stop and now - self.last >= LOOK_EVERY:
-            self.last = now
+        if not self.stop:
             self.stop = self._released() or self._flagged()
         return self.stop
 
@@ -71,10 +81,20 @@ class StopCheck:
         return task is None or task.state not in ("executing", "long-running")
 
     def _flagged(self) -> bool:
-        try:
-            return bool(self.flag.is_set())
-        except Exception:  # the scheduler cannot be reached: nobody is waiting for us
-            return True
+        """The flag's last answer, once it came (False meanwhile); then asked again."""
+        look = self.look
+        if look is not None:
+            if not look.done():
+                return False
+            self.look = None
+            return look.exception() is None and bool(look.result())
+        if time.monotonic() - self.last >= LOOK_EVERY:
+            self.last = time.monotonic()
+            scheduler, name = self.client.scheduler, self.channel.stop
+            self.look = later(
+                self.client.loop, lambda: scheduler.event_is_set(name=name), self.channel.within
+            )
+        return False
 
 
 class Relay:
@@ -87,7 +107,7 @@ class Relay:
         self.name = worker_name()
         self.attempt = uuid.uuid4().hex
         self.sent = 0
-        self.watch = StopCheck(channel.stop)
+        self.watch = StopCheck(channel)
 
     def __call__(self, event: Any) -> None:
         self.send(event)
@@ -102,7 +122,8 @@ class Relay:
             "attempt": self.attempt,
             "event": pickle.dumps(event),  # the client trusts its cluster as Dask itself does
         }
-        with contextlib.suppress(Exception):  # the scheduler gone: the watch stops us
+        # Never waits (the worker's stream buffers it); the scheduler gone, it is lost.
+        with contextlib.suppress(Exception):
             self.worker.log_event(self.channel.topic, record)
 
     def summary(self) -> Sent:

@@ -897,6 +897,45 @@ def test_a_scheduler_that_stops_answering_as_the_run_ends_does_not_hold_up_its_e
         own.stop()
 
 
+@pytest.mark.parametrize("budget", [(), ("--per-host", "1")], ids=["held", "growing"])
+def test_a_download_running_on_a_worker_lands_whole_while_the_scheduler_is_stopped(
+    server: ServerHandle, make: Make, tmp_path: Path, budget: tuple[str, ...]
+) -> None:
+    """The worker holds all a running download needs (its URL, its path, its settings): the
+    scheduler stopped mid-item, the bytes go on landing, and the file is whole on the
+    worker's disk while the scheduler is still stopped. Each question the task asks it (the
+    stop flag; more connections, when the item holds fewer than it can use: ``growing``) is
+    given the stall timeout, and a flag it cannot read is no stop; the events it cannot
+    send are lost, never waited for."""
+    own = start_cluster(tmp_path / "dask", {"w-a": {}})
+    assert own.scheduler is not None
+    scheduler = psutil.Process(own.scheduler.pid)
+    target = tmp_path / "x.bin"
+    try:
+        blob = make(2 * 1024 * KB, 78)
+        paced(server, 128 * KB)  # 8 parts of 256 KiB: seconds of download
+        # Progress told often: the events the task cannot pass on fill the socket from the
+        # download's coordinator within the test's seconds, as a long download's would.
+        proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {target}"]),
+                         "--scheduler", own.address, "--stall-timeout", "2", "--json",
+                         *budget, *SMALL, "--progress-interval", "0.002")  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if json.loads(line).get("event") == "progress":
+                break
+        scheduler.suspend()
+        deadline = time.monotonic() + FROZEN_BOUND
+        while not target.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert target.exists(), sorted(p.name for p in tmp_path.iterdir())
+        assert sha256_file(target) == blob.sha256
+        assert scheduler.status() == psutil.STATUS_STOPPED  # landed while it was stopped
+        _ended(proc, 30)  # the client: "did not answer" (its own side, tested above)
+    finally:
+        scheduler.resume()
+        own.stop()
+
+
 # --- pull on every worker ---------------------------------------------------------------------
 
 
