@@ -143,7 +143,10 @@ def same_file() -> Callable[[str], str]:
     def where_to(path: str) -> str:
         folder, name = os.path.split(os.path.abspath(path))
         if folder not in real:
-            real[folder] = os.path.realpath(folder)
+            try:
+                real[folder] = os.path.realpath(folder)
+            except ValueError:  # no folder is named so (a NUL byte): its item fails alone
+                real[folder] = folder
         return os.path.join(real[folder], name)
 
     return where_to
