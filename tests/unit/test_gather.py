@@ -108,8 +108,16 @@ def test_it_lingers_only_once_then_returns_what_it_has(
 def test_it_does_not_linger_once_it_holds_plenty(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, theirs = pair
     theirs.sendall(b"x" * SMALL)
-    with sends_later(theirs, 0.05, b"late"), gathering(ours, linger=5.0) as gatherer:
-        assert gatherer.read(memoryview(bytearray(2 * SMALL))) == SMALL
+    # Late bytes well inside the linger, and late enough that a loaded machine still reads
+    # before them: a gatherer that lingered would wait for them and return them too.
+    late = threading.Timer(2.0, lambda: theirs.sendall(b"late"))
+    late.start()
+    try:
+        with gathering(ours, linger=5.0) as gatherer:
+            assert gatherer.read(memoryview(bytearray(2 * SMALL))) == SMALL
+    finally:
+        late.cancel()
+        late.join()
 
 
 def test_it_waits_for_the_first_byte(pair: tuple[socket.socket, socket.socket]) -> None:
