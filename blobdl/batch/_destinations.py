@@ -4,7 +4,7 @@ The manifest's paths are claimed first; then each name as it is given: from the 
 item that comes through the cache (a hit asks the server nothing), from the server's answer
 for one named after its probe (here for a large item, or asked by a seat through
 ``_Claim``). A later item named alike fails with a ``LocalFileError``. And the folders the
-batch writes into (``folders``), known before any item runs.
+batch writes into (``Destinations.folders``), known before any item runs.
 """
 
 from __future__ import annotations
@@ -57,6 +57,22 @@ class Destinations:
         self.names.setdefault(index, path)
         return None
 
+    def folders(
+        self, items: list[Item], written: Iterable[int], cache_dir: str | None
+    ) -> set[Path]:
+        """Every folder the items ``written`` write into, each once: those of the paths
+        claimed for them (as ``where_to`` keys them: absolute, their folders' links
+        followed), the base directory (or the working one) if one is to be named after its
+        probe, and the cache an item with a digest comes through, whose entries a seat fills."""
+        indices = set(written)
+        found = {os.path.dirname(where) for where, i in self.claimed.items() if i in indices}
+        chosen = [items[i] for i in indices]
+        if any(item.path is None for item in chosen):
+            found.add(os.path.abspath(self.base_dir or os.curdir))
+        if cache_dir and any(item.digest is not None for item in chosen):
+            found.add(os.path.abspath(cache_dir))
+        return {Path(folder) for folder in found}
+
     def named(self, index: int, item: Item) -> Item:
         """Item ``index`` with the path it writes, if it was given none but has been named
         since (a seat's claim, say)."""
@@ -74,18 +90,3 @@ class Destinations:
         if holder is not None:
             raise LocalFileError(path, f"item {holder} of the batch writes it too")
         return named
-
-
-def folders(items: Iterable[Item], base_dir: Path | None, cache_dir: str | None) -> set[Path]:
-    """Every folder the batch writes into, absolute: its items' (those given no path are named
-    in ``base_dir``, or the working directory), and the cache an item with a digest comes
-    through, whose entries a seat fills. Each once, however many items write there."""
-    found: set[str] = set()
-    for item in items:
-        if item.path is None:
-            found.add(os.path.abspath(base_dir or os.curdir))
-        else:
-            found.add(os.path.dirname(os.path.abspath(item.path)))
-        if cache_dir and item.digest is not None:
-            found.add(os.path.abspath(cache_dir))
-    return {Path(folder) for folder in found}

@@ -46,7 +46,7 @@ from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts
 from ..store._lock import sweep_kept
 from ._budget import Budget
-from ._destinations import Destinations, folders
+from ._destinations import Destinations
 from ._item_process import LargeItems, Running, receive
 from ._items import (
     BatchCallback,
@@ -208,8 +208,8 @@ class _Scheduler:
         self.queued, self.waiting, self.unfit = _placed(items, firsts, settings, self.destinations)
         # Where a batch killed whole may have left its seats' kept lock files, swept once
         # before the pool starts (then none of ours is there yet), not per item.
-        fit = [items[i] for i in firsts if i not in self.unfit]
-        self.folders = folders(fit, base_dir, settings.cache_dir)
+        fit = (i for i in firsts if i not in self.unfit)
+        self.folders = self.destinations.folders(items, fit, settings.cache_dir)
         self.limit = settings.limit_rate
         lengths = {host: len(queue) for host, queue in self.queued.items()}
         seats, processes = pool_size(settings, max_connections, per_host, lengths, seats_that_fit())
