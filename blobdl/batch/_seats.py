@@ -112,13 +112,12 @@ class Seats:
         assert self.pool is not None
         proc = self.pool.procs[number]
         watch.forget(proc.sentinel)
-        self.pool.reaped(number)
+        ranges = self.pool.ranges[number]
+        self._reaped(number)
         if proc.exitcode != 0:  # killed: it could not remove its seats' lock files
-            self._sweep(self.pool.ranges[number])
-        for seat in self.pool.ranges[number]:
+            self._sweep(ranges)
+        for seat in ranges:
             self.budget.end(seat, None)
-        if self.pool.over:
-            self.pool = None
 
     def heard(self, seat: int, watch: Watch) -> tuple[int, Said] | None:
         """What ``seat`` said of its item, if anything. If its process is gone, or the seat
@@ -154,12 +153,17 @@ class Seats:
         if threaded():
             for seat in self.pool.ranges[number]:
                 self.budget.retire(seat)
-            self.pool.reaped(number)  # for good: the pool's end does not wait for it
-            if self.pool.over:
-                self.pool = None
+            self._reaped(number)  # for good: the pool's end does not wait for it
             return
         self.pool.restart(number)
         watch.process(self.pool, number)
+
+    def _reaped(self, number: int) -> None:
+        """Pool process ``number`` reaped for good; once every one is, the pool is over."""
+        assert self.pool is not None
+        self.pool.reaped(number)
+        if self.pool.over:
+            self.pool = None
 
     def _sweep(self, seats: range) -> None:
         """The lock files the seats of a process that died may have left, removed if nobody

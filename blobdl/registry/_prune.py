@@ -177,7 +177,7 @@ def _kept_locks(store: Store, dry_run: bool) -> Iterator[Removal]:
             info = os.lstat(path)
         except FileNotFoundError:
             continue
-        if unheld(path) and (dry_run or remove_stale(path)):
+        if unheld(path) if dry_run else remove_stale(path):  # (which looks first itself)
             yield Removal(path, freed_by_removing(info), "stale lock")
 
 
