@@ -62,7 +62,15 @@ class DaskCluster:
         command += ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
         command += ["--scheduler-file", str(self.scheduler_file)]
         self.scheduler = self._popen(command, {**self.env, **(env or {})}, "scheduler")
-        _until(self.scheduler_file.exists, "the scheduler's address file")
+        _until(self._address_written, "the scheduler's address file")
+
+    def _address_written(self) -> bool:
+        """Dask writes its address file in place (open, then dump): it may exist empty, or
+        half written, for a moment."""
+        try:
+            return bool(self.address)
+        except (OSError, ValueError, KeyError):  # json.JSONDecodeError is a ValueError
+            return False
 
     def start_worker(
         self,
