@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,7 +26,7 @@ def read_manifest(stream: BinaryIO) -> bytes:
     than held in memory until there is none left."""
     data = bytearray()
     line, start = 1, 0  # the number of the line being read, and where it starts
-    while chunk := stream.read(_CHUNK):
+    for chunk in _chunks(stream):
         if (nul := chunk.find(b"\0")) >= 0:
             line += chunk.count(b"\n", 0, nul)
             raise UsageError(f"manifest line {line}: holds a NUL byte")
@@ -38,6 +39,32 @@ def read_manifest(stream: BinaryIO) -> bytes:
 
 
 _TOO_LONG = f"longer than {MAX_LINE:,} characters"
+_WIDE_MARKS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16's byte order marks (UTF-32LE's starts so)
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    """The stream's bytes, a chunk at a time, its first four looked at first (``_refuse_wide``)."""
+    head = bytearray()
+    while len(head) < 4 and (chunk := stream.read(_CHUNK)):
+        head += chunk
+    _refuse_wide(bytes(head[:4]))
+    if head:
+        yield bytes(head)
+    while chunk := stream.read(_CHUNK):
+        yield chunk
+
+
+def _refuse_wide(head: bytes) -> None:
+    """Text saved as UTF-16 or UTF-32 (Notepad, PowerShell's ``>``) is named as such, not as
+    a NUL byte the user never typed: UTF-8 text never starts with those byte order marks,
+    nor mixes NULs with characters in its first four bytes (NULs alone are no text)."""
+    if head.startswith((b"\0\0\xfe\xff", b"\xff\xfe\0\0")):
+        kind = "UTF-32"
+    elif head.startswith(_WIDE_MARKS) or (b"\0" in head and head.strip(b"\0")):
+        kind = "UTF-32" if head.count(b"\0") >= 3 else "UTF-16"
+    else:
+        return
+    raise UsageError(f"manifest: not UTF-8 text ({kind}, it seems): save it as UTF-8")
 
 
 def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = None) -> list[Item]:
@@ -73,6 +100,7 @@ def _manifest_text(data: str | bytes) -> str:
     """A manifest's text: bytes must be UTF-8 (a byte order mark is allowed)."""
     if isinstance(data, str):
         return data
+    _refuse_wide(data[:4])
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

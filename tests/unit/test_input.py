@@ -187,13 +187,18 @@ def test_a_manifest_stream_is_read_whole_or_refused_at_its_first_nul(
     data: bytes, chunk: int
 ) -> None:
     """Read a few bytes at a time, as a pipe may give them: the bytes come back as they
-    were, or a NUL byte is a usage error naming the line it is on."""
+    were, or a NUL byte is a usage error naming the line it is on (one in the first four
+    bytes, or a UTF-16 byte order mark, names the text as UTF-16 or UTF-32 instead)."""
 
     class Trickle(io.BytesIO):
         def read(self, size: int | None = -1) -> bytes:
             return super().read(min(chunk, size if size and size > 0 else chunk))
 
-    if b"\0" in data:
+    wide = b"\0" in data[:4] and data[:4].strip(b"\0")
+    if wide or data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        with pytest.raises(UsageError, match=r"^manifest: not UTF-8 text \(UTF-(16|32), it"):
+            read_manifest(Trickle(data))
+    elif b"\0" in data:
         line = data.count(b"\n", 0, data.index(b"\0")) + 1
         with pytest.raises(UsageError, match=f"^manifest line {line}: holds a NUL byte$"):
             read_manifest(Trickle(data))
@@ -206,3 +211,22 @@ def test_a_manifest_stream_with_an_endless_line_is_refused_before_it_is_held_who
     with pytest.raises(UsageError, match=r"^manifest line 2: longer than"):
         read_manifest(endless)
     assert endless.tell() < 6 * MAX_LINE  # stopped at the chunk that made the line too long
+
+
+@pytest.mark.parametrize(
+    "encoding, bom",
+    [("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-32-le", b"\xff\xfe\0\0")],
+)
+def test_a_manifest_saved_as_utf16_or_utf32_is_named_as_such_not_as_a_nul_byte(
+    encoding: str, bom: bytes
+) -> None:
+    """Notepad and PowerShell's ``>`` save UTF-16: the user must learn to save it as
+    UTF-8, not hunt for a NUL byte they never typed. With or without its byte order mark."""
+    text = "http://h/a a.bin\nhttp://h/b b.bin\n"
+    for data in (bom + text.encode(encoding), text.encode(encoding)):
+        with pytest.raises(
+            UsageError, match=r"^manifest: not UTF-8 text \(UTF-(16|32), it seems\)"
+        ):
+            read_manifest(io.BytesIO(data))
+        with pytest.raises(UsageError, match=r"^manifest: not UTF-8 text \(UTF-(16|32), it"):
+            parse_manifest(data)  # the library's way in
