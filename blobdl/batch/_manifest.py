@@ -16,6 +16,10 @@ from ..store._digest import parse_digest
 from ._items import Item, check_path_given, confine
 
 MAX_LINE = 1 << 20  # characters of one line: an item with many headers is a few KB
+# Bytes of one manifest read by ``read_manifest``: about 2 million items of ~130 bytes, whose
+# items and scheduler state take a few GB; more is no batch one run holds (split it), and
+# an endless stream of good lines (``yes URL | blobdl -i -``) ends here, not in MemoryError.
+MAX_MANIFEST = 256 << 20
 _CHUNK = 1 << 20  # bytes read at a time
 
 
@@ -23,7 +27,7 @@ def read_manifest(stream: BinaryIO) -> bytes:
     """A manifest's bytes from ``stream`` (a file, stdin, a device), a chunk at a time: a NUL
     byte, or a line too long to be one in any encoding, is a usage error naming its line as
     soon as it is read, so an endless stream (``-i /dev/zero``) is refused at once rather
-    than held in memory until there is none left."""
+    than held in memory until there is none left; so is a manifest past ``MAX_MANIFEST``."""
     data = bytearray()
     line, start = 1, 0  # the number of the line being read, and where it starts
     for chunk in _chunks(stream):
@@ -33,12 +37,18 @@ def read_manifest(stream: BinaryIO) -> bytes:
         if (last := chunk.rfind(b"\n")) >= 0:
             line, start = line + chunk.count(b"\n"), len(data) + last + 1
         data += chunk
+        if len(data) > MAX_MANIFEST:
+            raise UsageError(_TOO_LARGE)
         if len(data) - start > 4 * MAX_LINE:  # UTF-8: at most 4 bytes a character
             raise UsageError(f"manifest line {line}: {_TOO_LONG}")
     return bytes(data)
 
 
 _TOO_LONG = f"longer than {MAX_LINE:,} characters"
+_TOO_LARGE = (
+    f"manifest: larger than {MAX_MANIFEST >> 20} MiB (about 2,000,000 items); "
+    "split it and run each part"
+)
 _WIDE_MARKS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16's byte order marks (UTF-32LE's starts so)
 
 

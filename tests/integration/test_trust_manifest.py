@@ -235,3 +235,26 @@ def test_quiet_hides_warnings_of_a_download_that_succeeds(make: Make, tmp_path: 
                               timeout=60, cwd=REPO)  # fmt: skip
         assert done.returncode == EXIT_OK and done.stdout == ("" if quiet else done.stdout)
         assert (done.stderr == "") is quiet, done.stderr
+
+
+def test_an_endless_stream_of_good_lines_is_refused_at_a_size_not_held_until_memory_ends(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    # ``yes URL | blobdl -i -``: every line is a good item, so only the manifest's size can
+    # end it. Under a ceiling of address space, holding it all would end in MemoryError.
+    line = f"{server.url('x.bin')} {tmp_path / 'x.bin'}"
+    ceiling = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31)); "
+    with subprocess.Popen(["yes", line], stdout=subprocess.PIPE) as endless:
+        done = subprocess.run(
+            [sys.executable, "-c", ceiling + "from blobdl.cli import run; run()", "-i", "-"],
+            stdin=endless.stdout, capture_output=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+        endless.kill()
+    stderr = done.stderr.decode()
+    assert done.returncode == EXIT_USAGE, stderr
+    assert re.fullmatch(
+        r"blobdl: error: manifest: larger than 256 MiB \(about 2,000,000 items\); "
+        r"split it and run each part\n",
+        stderr,
+    ), stderr
+    assert server.stats()["requests"] == 0

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blobdl import Settings, parse_manifest
+from blobdl.batch import _manifest
 from blobdl.batch._manifest import MAX_LINE, read_manifest
 from blobdl.cli import build_parser, settings_from
 from blobdl.config import MAX_PARTS
@@ -230,3 +231,14 @@ def test_a_manifest_saved_as_utf16_or_utf32_is_named_as_such_not_as_a_nul_byte(
             read_manifest(io.BytesIO(data))
         with pytest.raises(UsageError, match=r"^manifest: not UTF-8 text \(UTF-(16|32), it"):
             parse_manifest(data)  # the library's way in
+
+
+def test_a_manifest_may_be_as_large_as_the_limit_and_no_larger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_manifest, "MAX_MANIFEST", 1000)
+    line = b"http://h/a a.bin\n"
+    exactly = line * (1000 // len(line)) + b"#" * (1000 % len(line))
+    assert read_manifest(io.BytesIO(exactly)) == exactly
+    with pytest.raises(UsageError, match=r"^manifest: larger than .* split it"):
+        read_manifest(io.BytesIO(exactly + b"\n"))
