@@ -109,7 +109,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "slow_conn": ("bps",),
     "transfer_encoding": ("value",),
 }
-_RULE_KEYS = frozenset({"path", "skip", "times", "action", "method"})
+# ``after``: {"path": P, "requests": N}, with any action: the reply waits (before its status
+# line) until P has been asked N times, so that two clients' requests start together however
+# late one of them asks (a barrier scripted by the test, not a race against the clock).
+_RULE_KEYS = frozenset({"path", "skip", "times", "action", "method", "after"})
 _CUT_ACTIONS = frozenset({"reset_after", "close_after", "stall_after"})
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -129,6 +132,7 @@ class Rule:
     skip: int = 0
     times: int | None = 1
     method: str | None = None
+    after: tuple[str, int] | None = None  # (path, requests) to wait for; see _RULE_KEYS
     seen: int = 0  # matching requests so far; guarded by State.lock
 
     @classmethod
@@ -156,7 +160,11 @@ class Rule:
             raise RuleError(f"bad times: {times!r}")
         if method is not None and not isinstance(method, str):
             raise RuleError(f"bad method: {method!r}")
-        return cls(path, action, params, skip, times, method.upper() if method else None)
+        method = method.upper() if method else None
+        return cls(path, action, params, skip, times, method, _after(raw.get("after")))
+
+    def fault(self) -> Fault:
+        return Fault(self.action, self.params, self.after)
 
     def matches(self, path: str, method: str) -> bool:
         if self.method is not None and self.method != method:
@@ -169,12 +177,25 @@ class Rule:
         return self.times is not None and self.seen >= self.skip + self.times
 
 
+def _after(raw: object) -> tuple[str, int] | None:
+    if raw is None:
+        return None
+    path = raw.get("path") if isinstance(raw, dict) else None
+    count = raw.get("requests") if isinstance(raw, dict) else None
+    if not isinstance(path, str) or not path.startswith("/") or not isinstance(count, int):
+        raise RuleError(f"after needs a 'path' starting with '/' and 'requests': {raw!r}")
+    if count < 1 or set(cast(dict[str, Any], raw)) != {"path", "requests"}:
+        raise RuleError(f"after takes a path and requests >= 1, nothing else: {raw!r}")
+    return path, count
+
+
 @dataclass(frozen=True)
 class Fault:
     """The action chosen for one request."""
 
     action: str
     params: dict[str, Any]
+    after: tuple[str, int] | None = None  # (path, requests) the reply waits for
 
     def num(self, name: str, default: float | None = None) -> float:
         value = self.params.get(name, default)
@@ -274,8 +295,13 @@ class State:
                 return None
             if rule.action == "stall_at":
                 return _stall_at(rule.params, cast(int, _offset_in(asked, rule.params["offset"])))
-            return Fault(rule.action, rule.params)
+            return rule.fault()
         return None
+
+    def asked(self, path: str) -> int:
+        """Requests for ``path`` so far."""
+        with self.lock:
+            return self.per_path.get(path, 0)
 
     def add_bytes(self, n: int) -> None:
         with self.lock:
@@ -629,6 +655,8 @@ class Handler(BaseHTTPRequestHandler):
         fault = self.srv.state.record(self.command, parts.path, req)
         if fault is not None and fault.action == "slow_conn":
             self.slow_conn = Fault("rate", {"bps": fault.num("bps")})
+        if fault is not None and fault.after is not None and not self._wait_for(*fault.after):
+            return
         if self.slow_conn is not None:  # the path stays slow, whatever other rules say
             fault = self.slow_conn
         if fault is not None and not self._pre_fault(fault, head):
@@ -922,6 +950,19 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             if self.srv.state.stopping.wait(step):
                 return
+
+    def _wait_for(self, path: str, requests: int, hold: float = 60.0) -> bool:
+        """Hold the reply until ``path`` has been asked ``requests`` times (a rule's
+        ``after``); False (the request is done, unanswered) on shutdown, on the peer's
+        close, or after ``hold`` seconds: a test whose other client never came fails."""
+        deadline = time.monotonic() + hold
+        state = self.srv.state
+        while state.asked(path) < requests:
+            if time.monotonic() >= deadline or state.stopping.is_set() or self._peer_gone():
+                self.close_connection = True
+                return False
+            state.stopping.wait(0.01)
+        return True
 
     def _hold(self, seconds: float) -> None:
         """Keep the socket open and silent, but give up early on shutdown or peer close."""

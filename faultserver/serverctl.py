@@ -15,7 +15,10 @@ Routes: ``/files/<name>`` (ranges, ETag, If-Match, If-Range), ``/cd/<name>?filen
 A fault rule is ``{"path": "/files/x" or "/files/*", "skip": 0, "times": 1 or None,
 "method": None or "GET", "action": NAME, **params}``; rules are walked in order and the
 first matching, not yet exhausted rule owns the request (its first ``skip`` matches are
-served normally).  Actions: status[status, headers, body], reset_after[bytes],
+served normally); ``"after": {"path": P, "requests": N}`` with any action holds the reply
+(before its status line) until P has been asked N times: a barrier that makes two clients'
+requests start together, however late one of them asks.  Actions: status[status, headers,
+body], reset_after[bytes],
 close_after[bytes], stall_after[bytes, hold], no_response[hold], ttfb[delay], rate[bps],
 ignore_range, no_length, shift_range[by], wrong_content_range[by], etag[value], full_200,
 shape[bps, ttfb, stall_after | reset_after, hold] (one CDN lane: all of these on one request),

@@ -97,6 +97,15 @@ def paced(server: ServerHandle, bps: int) -> None:
     server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": bps})
 
 
+def both_started(server: ServerHandle, blobs: list[Blob], bps: int) -> None:
+    """Like ``paced``, and no data request of either blob is answered until the other blob's
+    first one has come (the first request of each is its probe, served as it comes)."""
+    one, other = (f"/files/{blob.name}" for blob in blobs)
+    rule = {"skip": 1, "times": None, "action": "rate", "bps": bps}
+    server.set_faults(rule | {"path": one, "after": {"path": other, "requests": 2}},
+                      rule | {"path": other, "after": {"path": one, "requests": 2}})  # fmt: skip
+
+
 # --- the scheduler's address ----------------------------------------------------------------
 
 REACH = """
@@ -1245,9 +1254,15 @@ def test_an_item_grows_into_the_connections_a_finished_item_frees(
 ) -> None:
     """A budget of 3, two items that can each use 2: one starts with 2, the other with the
     1 left. Once the first is done, the second takes the connection it freed (and its share
-    of the rate), as on one machine, instead of finishing on the one it started with."""
-    blobs = [make(4 * PART, seed) for seed in (41, 42)]
-    paced(server, 256 * KB)
+    of the rate), as on one machine, instead of finishing on the one it started with.
+
+    The order is the server's, not the clock's: neither item's data is answered until both
+    have asked (under load one item's process may start a second or more after the other's,
+    and the other then started all its parts before the first was done). From there, at
+    0.75 s a part, the first is done after 4 parts' time and the second has 3 parts' time
+    (2.25 s) left to grow before its last part starts."""
+    blobs = [make(8 * PART, seed) for seed in (41, 42)]
+    both_started(server, blobs, 256 * KB)
     script = tmp_path / "client.py"
     script.write_text(textwrap.dedent(GROWING))
     rows = [[b.url, str(tmp_path / b.name)] for b in blobs]

@@ -214,3 +214,32 @@ def test_stop_is_clean(tmp_path: Path) -> None:
     handle.stop()
     handle.stop()
     assert handle.proc.returncode == 0
+
+
+def test_a_rule_after_another_path_holds_its_reply_until_that_path_is_asked(
+    srv: ServerHandle, blob: tuple[str, bytes]
+) -> None:
+    """``after``: the reply waits (before its status line) until the other path has been
+    asked that many times, then is served as its action says: two downloads made to start
+    together, however late one of them asks."""
+    make_blob(srv.root, "other.bin", 1000, seed=8)
+    srv.set_faults({"path": "/files/blob.bin", "action": "rate", "bps": 1 << 30,
+                    "after": {"path": "/files/other.bin", "requests": 1}})  # fmt: skip
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"GET /files/blob.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n")
+        s.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            s.recv(1)  # held: other.bin not asked yet
+        assert get(srv, "/files/other.bin")[0] == 200
+        s.settimeout(10)
+        reply = b""
+        while not reply.endswith(blob[1][:10]):
+            reply += s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 206")
+    assert srv.stats()["rule_hits"] == [1]
+
+
+def test_after_names_a_path_and_a_count(srv: ServerHandle) -> None:
+    for after in ({"path": "x", "requests": 1}, {"path": "/files/x", "requests": 0}, "/files/x"):
+        with pytest.raises(RuntimeError, match="after"):
+            srv.set_faults({"path": "/files/*", "action": "rate", "bps": 1, "after": after})
