@@ -194,7 +194,8 @@ class Coordinator:
             return False
         grace = 2 * self.settings.progress_interval
         lanes = self.parts.lanes(now)
-        decision = choose(lanes, self.best.value, self.settings.min_steal_size, grace)
+        answer_time = self.pinned.remote.answer_time  # a lane waiting that long is not quiet
+        decision = choose(lanes, self.best.value, self.settings.min_steal_size, grace, answer_time)
         if decision is None:
             return False
         victim = self.parts[decision.victim]

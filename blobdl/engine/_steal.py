@@ -32,7 +32,9 @@ SLOW_FACTOR = 4.0
 # is restarted without waiting for an idle worker (Ollama restarts a stream below 10 %).
 LAG_SHARE = 0.1
 # A cut throws away what is in flight: only a lane quiet this long is cut (a new lane still
-# waiting for its first bytes on a loaded machine is not; its request may be on its way).
+# waiting for its first bytes on a loaded machine is not; its request may be on its way),
+# past what the server takes to answer a request (``choose``'s ``answer_time``, at most
+# CUT_LONG of it: a probe answered slowly once must not shield a stopped lane for long).
 CUT_QUIET = 0.5
 # When nothing is left to split, a request that would still run this long (seconds at the
 # rate its body has come in) is cut and started again on an idle connection, where idle
@@ -67,12 +69,18 @@ class Steal(NamedTuple):
 
 
 def choose(
-    lanes: Sequence[LaneView], best_rate: float, min_split: int, grace: float
+    lanes: Sequence[LaneView],
+    best_rate: float,
+    min_split: int,
+    grace: float,
+    answer_time: float = 0.0,
 ) -> Steal | None:
     """The steal an idle worker should make, or None if nothing is worth taking.
 
     ``best_rate`` is the rate of the best lane lately; ``grace`` is how long a new attempt
-    may take to show its speed before it can be judged slow.
+    may take to show its speed before it can be judged slow; ``answer_time``, how long the
+    server takes to answer a request (the probe's time to its status line): a lane waiting
+    that long for its next one is not quiet.
     """
     open_lanes = [lane for lane in lanes if lane.end > _committed(lane)]
     slow = [
@@ -85,7 +93,7 @@ def choose(
     ]
     if slow:
         lane = min(slow, key=lambda lane: (lane.rate, -(lane.end - lane.pos)))
-        steal = _takeover(lane, best_rate)
+        steal = _takeover(lane, best_rate, CUT_QUIET + min(answer_time, CUT_LONG))
         if steal is not None:
             return steal
     if open_lanes:
@@ -125,11 +133,12 @@ def _committed(lane: LaneView) -> int:
     return min(lane.end, max(lane.pos, lane.asked))
 
 
-def _takeover(lane: LaneView, best_rate: float) -> Steal | None:
+def _takeover(lane: LaneView, best_rate: float, patience: float) -> Steal | None:
     """A slow lane that still moves keeps the request it is in (its bytes are on their way)
-    and the thief starts after it; only a lane that has all but stopped is cut."""
+    and the thief starts after it; only a lane that has all but stopped (quiet for
+    ``patience`` seconds) is cut."""
     committed = _committed(lane)
-    if lane.rate < LAG_SHARE * best_rate and lane.quiet >= CUT_QUIET:
+    if lane.rate < LAG_SHARE * best_rate and lane.quiet >= patience:
         return Steal(lane.slot, lane.pos, takeover=True, cut=True)
     if committed >= lane.end:
         return None  # all it has left is on its way

@@ -278,3 +278,16 @@ def test_done_parts_and_a_stop_keep_the_counts(monkeypatch: pytest.MonkeyPatch) 
     assert parts.running() == 0 and parts.next_ready(0.0) is part
     part.finish()
     assert parts.finished() and parts.next_ready(0.0) is None
+
+
+@pytest.mark.parametrize(("quiet", "cut"), [(0.6, False), (0.85, False), (1.0, True)])
+def test_a_lane_is_quiet_only_past_what_the_server_takes_to_answer(quiet: float, cut: bool) -> None:
+    """A server that takes 0.4 s to every status line (a long round trip, a slow origin):
+    a lane waiting for its next one is not all but stopped until it has waited CUT_QUIET
+    past that; before, a loaded machine's 0.1 s of lag cut every lane's next request."""
+    lanes = [
+        LaneView(0, 0, 10**6, 0.0, 5.0, asked=10**5, quiet=quiet),
+        LaneView(1, 10**6, 2 * 10**6, FAST, 5.0),
+    ]
+    steal = choose(lanes, best_rate=FAST, min_split=10, grace=1.0, answer_time=0.4)
+    assert steal == (Steal(0, 0, True, True) if cut else Steal(0, 10**5, True, False))
