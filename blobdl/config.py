@@ -239,15 +239,27 @@ def _check_seconds(name: str, value: object, positive: bool) -> None:
 
 # RFC 9110 token characters: what a header name may be made of.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Headers blobdl sets itself (the range it needs, the validators it pinned, identity
+# encoding) or that frame a request. A user's would be sent beside ours in another case (a
+# `range` beside our `Range`), replace ours (`Accept-Encoding: gzip`), or desync a connection
+# a batch keeps alive from item to item (a `Content-Length` on a GET that has no body).
+_OURS = frozenset({
+    "range", "if-range", "if-match", "if-none-match", "if-modified-since",
+    "if-unmodified-since", "accept-encoding", "te", "content-length", "transfer-encoding",
+    "connection", "keep-alive", "upgrade", "expect", "trailer",
+})  # fmt: skip
 
 
 def check_header(name: object, value: object) -> None:
     """Refuse a header http.client would reject or that would split the request: names
-    of token characters, values of latin-1 without CR, LF or NUL."""
+    of token characters, values of latin-1 without CR, LF or NUL; and one of ours
+    (``_OURS``)."""
     _require(
         isinstance(name, str) and _TOKEN.fullmatch(name) is not None,
         f"bad header name {name!r} (letters, digits and !#$%&'*+-.^_`|~ only)",
     )
+    what = "it asks for the bytes it needs, and frames its requests itself"
+    _require(str(name).lower() not in _OURS, f"header {name} is blobdl's own ({what}): drop it")
     ok = isinstance(value, str) and not any(c in value for c in "\r\n\0")
     try:
         str(value).encode("latin-1")

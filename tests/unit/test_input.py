@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 
 import pytest
@@ -15,7 +16,7 @@ from blobdl import Settings, parse_manifest
 from blobdl.batch import _manifest
 from blobdl.batch._manifest import MAX_LINE, read_manifest
 from blobdl.cli import build_parser, settings_from
-from blobdl.config import MAX_PARTS
+from blobdl.config import MAX_PARTS, parse_header
 from blobdl.engine._plan import part_count, plan
 from blobdl.errors import BadResponse, BlobdlError, UsageError
 from blobdl.http._headers import (
@@ -58,6 +59,33 @@ def test_no_plan_has_more_parts_than_the_cap(
     if size <= 10**7:  # small enough to cut for real: the plan tiles the blob
         spans = plan(size, s)
         assert len(spans) == count and sum(span.length for span in spans) == size
+
+
+# Headers blobdl sets itself (the range it needs, the validator it pinned, identity), and
+# those that frame a request. Given by a user, one would be sent beside ours (a `range`
+# beside our `Range`: the answer is for bytes we did not ask for), replace ours
+# (`Accept-Encoding: gzip`), or desync a connection a batch keeps from item to item (a
+# `Content-Length` on a GET with no body: the server reads the next item's request as it).
+OURS = ("Range", "range", "If-Range", "IF-MATCH", "If-None-Match", "If-Modified-Since",
+        "If-Unmodified-Since", "Accept-Encoding", "TE", "Content-Length", "transfer-encoding",
+        "Connection", "Keep-Alive", "Upgrade", "Expect", "Trailer")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_a_header_blobdl_sets_itself_or_that_frames_a_request_is_refused_in_words(
+    name: str,
+) -> None:
+    manifest = json.dumps({"url": "http://h/x", "headers": {name: "bytes=0-9"}})
+    ways = {
+        "settings": lambda: Settings(headers=((name, "bytes=0-9"),)),
+        "-H": lambda: parse_header(f"{name}: bytes=0-9"),
+        "a manifest": lambda: parse_manifest(manifest),
+    }
+    for way, give in ways.items():
+        with pytest.raises(UsageError, match=f"header {name} is blobdl's own") as refused:
+            give()
+        assert "bytes=0-9" not in str(refused.value), way  # a value is never shown
+    assert Settings(headers=(("Authorization", "x"), ("Accept", "*/*"))).headers  # others pass
 
 
 def test_more_parts_than_the_cap_is_a_usage_error_that_says_the_cap() -> None:
