@@ -11,7 +11,6 @@ there; the connection budget is held across all workers with Dask's semaphores
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from ._cluster_task import Job, Outcome, Probed, fetch, probe
 from ._destinations import Destinations
 from ._items import BatchCallback, Item, ItemResult, first_of_each
 from ._outcomes import Outcomes
+from ._sizing import settings_for
 
 log = logging.getLogger("blobdl")
 
@@ -51,7 +51,7 @@ def download_many_on(
         run = Run(client, tell, settings.stall_timeout, workers.silent)
         budget = Budget(run.name, max_connections, per_host)
         jobs = [
-            Job(i, item, _with_headers(settings, item), budget, base_dir, run.channel)
+            Job(i, item, settings_for(settings, item), budget, base_dir, run.channel)
             for i, item in enumerate(batch)
             if firsts[i] == i
         ]
@@ -77,12 +77,6 @@ def _said_if_no_worker(client: Any, workers: Workers) -> None:
         log.warning(
             "the Dask cluster at %s has no worker yet: the batch waits for one to join", address
         )
-
-
-def _with_headers(settings: Settings, item: Item) -> Settings:
-    if not item.headers:
-        return settings
-    return dataclasses.replace(settings, headers=settings.headers + item.headers)
 
 
 class _Batch:

@@ -25,10 +25,13 @@ POOL_FILES = 16
 
 
 def settings_for(settings: Settings, item: Item) -> Settings:
-    """The batch's settings, with the item's own headers."""
+    """The batch's settings, with the item's own headers: one the item names replaces the
+    batch's of that name, in any letter case (both went out, and the server picked one)."""
     if not item.headers:
         return settings
-    return dataclasses.replace(settings, headers=settings.headers + item.headers)
+    named = {name.lower() for name, _ in item.headers}
+    kept = tuple(header for header in settings.headers if header[0].lower() not in named)
+    return dataclasses.replace(settings, headers=kept + item.headers)
 
 
 def said_large(item: Item, settings: Settings) -> bool:

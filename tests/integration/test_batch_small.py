@@ -732,3 +732,21 @@ def test_a_sigkilled_batch_leaves_no_pool_process(
         proc.wait()
     _, alive = psutil.wait_procs(tree, timeout=10)
     assert not alive, alive
+
+
+@pytest.mark.parametrize("size", [SMALL, 4 * PART], ids=["small", "large"])
+def test_an_items_own_header_replaces_the_batchs_of_that_name(
+    make: Make, server: ServerHandle, tmp_path: Path, size: int
+) -> None:
+    """A batch-wide ``-H "Authorization: Bearer A"`` and an item's own ``authorization``:
+    the item's is sent, alone (both went out, and the server picked one). Other headers of
+    the batch's still go."""
+    blob = make(size, seed=2397)
+    item = Item(blob.url, str(tmp_path / "o"), headers=(("authorization", "Bearer item"),))
+    batch = (("Authorization", "Bearer batch"), ("X-Batch", "yes"))
+    [result] = blobdl.download_many([item], **fast(headers=batch))
+    assert result.ok and sha256_file(tmp_path / "o") == blob.sha256
+    for sent in server.stats()["headers"]:
+        named = {k.lower(): v for k, v in sent.items()}
+        assert [v for k, v in sent.items() if k.lower() == "authorization"] == ["Bearer item"]
+        assert named["x-batch"] == "yes"
