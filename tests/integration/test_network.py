@@ -512,12 +512,14 @@ def test_a_header_named_in_another_case_replaces_ours_never_goes_beside_it(
 ) -> None:
     """Chrome's "Copy as cURL" writes names in lower case: a user's ``user-agent``
     replaces blobdl's ``User-Agent`` as ``User-Agent`` would, on the probe and every part,
-    instead of reaching the server as a second line beside ours."""
+    instead of reaching the server as a second line beside ours (so does an
+    ``accept-encoding: identity`` kept from a curl command: it says what ours says)."""
     blob = make(3 * PART)
-    given = (("user-agent", "curl/8.5.0"), ("accept", "*/*"))
+    given = (("user-agent", "curl/8.5.0"), ("accept-encoding", "identity"), ("accept", "*/*"))
     assert fetch(blob.url, tmp_path / "out", headers=given) == blob.sha256
     recorded = server.stats()["headers"]
     assert len(recorded) >= 4  # the probe and 3 parts
     for seen in recorded:
-        agents = [value for name, value in seen.items() if name.lower() == "user-agent"]
-        assert agents == ["curl/8.5.0"], seen
+        lines = [(name.lower(), value) for name, value in seen.items()]
+        assert [value for name, value in lines if name == "user-agent"] == ["curl/8.5.0"], seen
+        assert [value for name, value in lines if name == "accept-encoding"] == ["identity"]

@@ -88,6 +88,29 @@ def test_a_header_blobdl_sets_itself_or_that_frames_a_request_is_refused_in_word
     assert Settings(headers=(("Authorization", "x"), ("Accept", "*/*"))).headers  # others pass
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Accept-Encoding", "identity"),
+        ("accept-encoding", "Identity"),
+        ("Connection", "keep-alive"),
+    ],
+)
+def test_a_header_that_says_what_blobdl_asks_anyway_is_no_usage_error(
+    name: str, value: str
+) -> None:
+    """``curl -H 'Accept-Encoding: identity'`` moved to blobdl changes nothing blobdl asks
+    for: it worked before blobdl refused its own headers, and still does (sent once, in
+    place of ours); any other value is still refused."""
+    manifest = json.dumps({"url": "http://h/x", "headers": {name: value}})
+    assert Settings(headers=((name, value),)).headers == ((name, value),)
+    assert parse_header(f"{name}: {value}") == (name, value)
+    assert parse_manifest(manifest)[0].headers == ((name, value),)
+    for other in ("gzip", "identity, gzip", "close", ""):
+        with pytest.raises(UsageError, match=f"header {name} is blobdl's own"):
+            Settings(headers=((name, other),))
+
+
 def test_more_parts_than_the_cap_is_a_usage_error_that_says_the_cap() -> None:
     with pytest.raises(UsageError, match=f"to {MAX_PARTS}"):
         Settings(parts=MAX_PARTS + 1)
