@@ -121,7 +121,9 @@ class Settings:
     connect_timeout: float = 30.0
     #: Bytes read from the socket per system call; one reused buffer per worker.
     buffer_size: int = 1024 * 1024
-    #: Extra request headers, e.g. (("Authorization", "Bearer x"),).
+    #: Extra request headers, e.g. (("Authorization", "Bearer x"),); never one blobdl sets
+    #: itself (``Range``, the ``If-*`` validators, ``Accept-Encoding`` other than identity,
+    #: the framing headers): that is a UsageError naming it.
     headers: tuple[tuple[str, str], ...] = field(default=())
     #: Verify TLS certificates (turn off only for testing).
     verify_tls: bool = True
@@ -248,18 +250,24 @@ _OURS = frozenset({
     "if-unmodified-since", "accept-encoding", "te", "content-length", "transfer-encoding",
     "connection", "keep-alive", "upgrade", "expect", "trailer",
 })  # fmt: skip
+# One of ours given with the value our requests carry anyway changes nothing blobdl asks
+# for (``curl -H 'Accept-Encoding: identity'`` moved to blobdl): it is sent as given, in
+# place of ours (``base_headers``), not refused.
+_AS_OURS = {"accept-encoding": "identity", "connection": "keep-alive"}
 
 
 def check_header(name: object, value: object) -> None:
     """Refuse a header http.client would reject or that would split the request: names
     of token characters, values of latin-1 without CR, LF or NUL; and one of ours
-    (``_OURS``)."""
+    (``_OURS``) unless its value is ours too (``_AS_OURS``)."""
     _require(
         isinstance(name, str) and _TOKEN.fullmatch(name) is not None,
         f"bad header name {name!r} (letters, digits and !#$%&'*+-.^_`|~ only)",
     )
     what = "it asks for the bytes it needs, and frames its requests itself"
-    _require(str(name).lower() not in _OURS, f"header {name} is blobdl's own ({what}): drop it")
+    lowered = str(name).lower()
+    as_ours = isinstance(value, str) and value.strip().lower() == _AS_OURS.get(lowered)
+    _require(lowered not in _OURS or as_ours, f"header {name} is blobdl's own ({what}): drop it")
     ok = isinstance(value, str) and not any(c in value for c in "\r\n\0")
     try:
         str(value).encode("latin-1")

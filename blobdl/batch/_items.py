@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .._redact import shown_fields
-from ..config import check_int, check_pairs, check_text
+from ..config import check_header, check_int, check_pairs, check_text
 from ..errors import BlobdlError, UsageError
 from ..events import DownloadResult, Event
 from ..http._urls import check_url, lift_userinfo
@@ -100,10 +100,20 @@ def _check_item(item: object, where: str) -> None:
     check_text(f"{where}: path", item.path, optional=True)
     check_text(f"{where}: digest", item.digest, optional=True)
     check_pairs(item.headers, where)
+    for name, value in item.headers:
+        _check_header(name, value, where)
     if item.path is not None and (problem := path_problem(item.path)) is not None:
         raise UsageError(f"{where}: {problem}")
     if item.size is not None:
         check_int(f"{where}: size", item.size, 0, 2**63 - 1)
+
+
+def _check_header(name: object, value: object, where: str) -> None:
+    """``check_header``'s refusal, saying which item holds the header."""
+    try:
+        check_header(name, value)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
 
 
 def check_path_given(path: str) -> None:

@@ -158,8 +158,8 @@ class Hub:
         raise TooManyRedirects(url, self.settings.max_redirects)
 
     def _send(self, url: str, extra: dict[str, str]) -> _Answer:
-        headers = base_headers((*self.settings.headers, *self.auth_headers()))
-        headers.update({"Accept": "application/json", **extra})
+        ours = {"Accept": "application/json", **extra}
+        headers = base_headers((*self.settings.headers, *self.auth_headers()), ours.items())
         response = send_get(self.pool, url, headers)
         try:
             with translate_errors(url):

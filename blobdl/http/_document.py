@@ -37,7 +37,7 @@ def get_document(
     (one more is a ``BadResponse``: a small document was expected), and must arrive whole
     within ``within`` seconds of the headers; any other status's body is left unread, and
     so is every body when ``limit`` is 0."""
-    response = send_get(pool, url, base_headers(tuple(headers.items())))
+    response = send_get(pool, url, base_headers(headers.items()))
     body, whole = b"", False
     try:
         with translate_errors(url):

@@ -48,7 +48,7 @@ def get_following(
     current = url
     for _hop in range(limit + 1):
         sent = time.monotonic()
-        response = send_get(pool, current, {**base_headers(headers), **extra})
+        response = send_get(pool, current, base_headers(headers, extra.items()))
         if response.status not in REDIRECTS:
             return Answer(current, headers, response, sent)
         target = None

@@ -8,6 +8,8 @@ way only (``require_framing``), be identity-encoded and declare a length we can 
 from __future__ import annotations
 
 import http.client
+import itertools
+from collections.abc import Iterable
 
 import urllib3
 
@@ -19,11 +21,17 @@ from ._translate import translate_errors
 Response = urllib3.BaseHTTPResponse
 
 
-def base_headers(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
+def base_headers(*layers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Our headers, then each layer's (the user's, a request's own), a later one replacing
+    an earlier one of the same name in any case: names are case-insensitive, and a user's
+    ``user-agent`` beside our ``User-Agent`` would reach the server as a second line."""
     # identity: a compressed body would make byte offsets meaningless (pip does the same).
-    headers = {"User-Agent": f"blobdl/{__version__}", "Accept-Encoding": "identity"}
-    headers.update(extra)
-    return headers
+    ours = {"User-Agent": f"blobdl/{__version__}", "Accept-Encoding": "identity"}
+    by_name: dict[str, tuple[str, str]] = {}
+    for name, value in itertools.chain(ours.items(), *layers):
+        by_name.pop(name.lower(), None)  # the later one's spelling, and its place
+        by_name[name.lower()] = (name, value)
+    return dict(by_name.values())
 
 
 def send_get(pool: urllib3.PoolManager, url: str, headers: dict[str, str]) -> Response:

@@ -505,3 +505,21 @@ def test_authorization_follows_a_same_host_redirect(
     seen = server.stats()["headers"]
     assert len(seen) >= 6  # two hops, the final probe, three parts
     assert all(header(h, "Authorization") == SECRET for h in seen)
+
+
+def test_a_header_named_in_another_case_replaces_ours_never_goes_beside_it(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """Chrome's "Copy as cURL" writes names in lower case: a user's ``user-agent``
+    replaces blobdl's ``User-Agent`` as ``User-Agent`` would, on the probe and every part,
+    instead of reaching the server as a second line beside ours (so does an
+    ``accept-encoding: identity`` kept from a curl command: it says what ours says)."""
+    blob = make(3 * PART)
+    given = (("user-agent", "curl/8.5.0"), ("accept-encoding", "identity"), ("accept", "*/*"))
+    assert fetch(blob.url, tmp_path / "out", headers=given) == blob.sha256
+    recorded = server.stats()["headers"]
+    assert len(recorded) >= 4  # the probe and 3 parts
+    for seen in recorded:
+        lines = [(name.lower(), value) for name, value in seen.items()]
+        assert [value for name, value in lines if name == "user-agent"] == ["curl/8.5.0"], seen
+        assert [value for name, value in lines if name == "accept-encoding"] == ["identity"]

@@ -7,12 +7,13 @@ import contextlib
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blobdl import Settings, parse_manifest
+from blobdl import Item, Settings, download_many, parse_manifest
 from blobdl.batch import _manifest
 from blobdl.batch._manifest import MAX_LINE, read_manifest
 from blobdl.cli import build_parser, settings_from
@@ -86,6 +87,45 @@ def test_a_header_blobdl_sets_itself_or_that_frames_a_request_is_refused_in_word
             give()
         assert "bytes=0-9" not in str(refused.value), way  # a value is never shown
     assert Settings(headers=(("Authorization", "x"), ("Accept", "*/*"))).headers  # others pass
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Accept-Encoding", "identity"),
+        ("accept-encoding", "Identity"),
+        ("Connection", "keep-alive"),
+    ],
+)
+def test_a_header_that_says_what_blobdl_asks_anyway_is_no_usage_error(
+    name: str, value: str
+) -> None:
+    """``curl -H 'Accept-Encoding: identity'`` moved to blobdl changes nothing blobdl asks
+    for: it worked before blobdl refused its own headers, and still does (sent once, in
+    place of ours); any other value is still refused."""
+    manifest = json.dumps({"url": "http://h/x", "headers": {name: value}})
+    assert Settings(headers=((name, value),)).headers == ((name, value),)
+    assert parse_header(f"{name}: {value}") == (name, value)
+    assert parse_manifest(manifest)[0].headers == ((name, value),)
+    for other in ("gzip", "identity, gzip", "close", ""):
+        with pytest.raises(UsageError, match=f"header {name} is blobdl's own"):
+            Settings(headers=((name, other),))
+
+
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [(("Range", "bytes=0-9"), "header Range is blobdl's own"), (("a b", "x"), "bad header name")],
+)
+def test_an_items_bad_header_is_refused_naming_the_item(
+    header: tuple[str, str], says: str, tmp_path: Path
+) -> None:
+    """An ``Item``'s headers are judged with the item, at ``download_many``'s door, as a
+    manifest's are with their line: the error says which of many items holds it."""
+    url = "http://127.0.0.1:9/x"  # never asked: refused before anything starts
+    items = [Item(url, str(tmp_path / "a")), Item(url, str(tmp_path / "b"), headers=(header,))]
+    with pytest.raises(UsageError, match=f"^item 1: {says}"):
+        download_many(items)
+    assert not list(tmp_path.iterdir())
 
 
 def test_more_parts_than_the_cap_is_a_usage_error_that_says_the_cap() -> None:
