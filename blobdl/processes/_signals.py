@@ -103,16 +103,17 @@ def _raise_arrived() -> None:
 def stoppable() -> Iterator[None]:
     """In the block, SIGINT and SIGTERM raise ``Interrupted`` (see the module's note). Only
     the main thread may handle signals: elsewhere (a threaded caller's worker thread) the
-    caller's handlers stay. Nested blocks are one."""
+    caller's handlers stay, and the main thread's block is not this one's. Nested blocks
+    are one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # (counted, it would race the main thread's own block and reset)
+        return
     if _stops.depth:
         _stops.depth += 1
         try:
             yield
         finally:
             _stops.depth -= 1
-        return
-    if threading.current_thread() is not threading.main_thread():
-        yield
         return
     previous = {sig: signal.signal(sig, _stop) for sig in _heeded()}
     previous[_PIPES] = signal.signal(_PIPES, signal.SIG_IGN)
@@ -123,6 +124,19 @@ def stoppable() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _stops.reset()
+
+
+@contextlib.contextmanager
+def called() -> Iterator[None]:
+    """A library call (``download``, ``download_many``, ``pull``, ``hf_download``), as the
+    CLI runs each command: in the main thread SIGINT and SIGTERM stop it wherever it is
+    (``stoppable``), in the caller's process or in the clean one a threaded caller's
+    download runs in, and reach the caller as ``Interrupted``."""
+    try:
+        with stoppable():
+            yield
+    except Stop as stop:
+        raise interrupted(stop) from None
 
 
 @contextlib.contextmanager
