@@ -7,6 +7,7 @@ processes, as in ``test_threads.py``, whose helpers these tests share.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import multiprocessing
 import os
@@ -29,8 +30,9 @@ import blobdl
 from blobdl.store._destination import temp_path
 from blobdl.store._resume import state_path
 from faultserver.hub import HubHandle, HubRepo, start_hub
+from faultserver.registry import Registry
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, Blob, sha256_file
+from tests.conftest import PART, REPO, Blob, sha256_file
 from tests.integration.test_threads import FAST, PACED, forked_children, noise, slow_down
 
 Make = Callable[..., Blob]
@@ -599,3 +601,63 @@ def test_a_pattern_given_as_one_string_is_one_pattern(
         assert got == ["config.json", "tokenizer.json"]
     else:
         assert got == ["model.safetensors"]
+
+
+# --- SIGTERM is Ctrl-C in every library call --------------------------------------------------
+
+# A single-threaded job that calls blobdl CALL(*ARGS, **KWARGS) and is sent SIGTERM (``docker
+# stop``, a scheduler's timeout) just before MODULE:ATTR runs; says how the call ended, and
+# whether its own SIGTERM disposition is back.
+_SIGTERM_AT = """
+import importlib, json, os, signal, sys
+import blobdl
+target, call, given = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+module, _, path = target.partition(":")
+owner = importlib.import_module(module)
+*heads, name = path.split(".")
+for head in heads:
+    owner = getattr(owner, head)
+original = getattr(owner, name)
+
+def fire(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return original(*args, **kwargs)
+
+setattr(owner, name, fire)
+try:
+    getattr(blobdl, call)(*given["args"], **given["kwargs"])
+    said = "completed"
+except blobdl.Interrupted as exc:
+    said = f"interrupted by {exc.signum}"
+print(said, "| handler back:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+
+
+def sigterm_at(target: str, call: str, *args: Any, **kwargs: Any) -> str:
+    given = json.dumps({"args": args, "kwargs": kwargs})
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_AT, target, call, given],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    return done.stdout.strip()
+
+
+def test_sigterm_while_a_pull_reads_its_manifest_is_an_interrupt(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The CLI's every command takes SIGTERM as Ctrl-C; a library caller's ``pull`` did only
+    while one of its layers downloaded: before (the manifest, the store's claims) and
+    between rounds, SIGTERM killed the caller (exit 143), its ``except`` never run."""
+    model = registry.push_model("library/stopped", "v1", (100 * 1024, 10))
+    where = f"http://{registry.host}/{model.repo}:{model.tag}"
+    said = sigterm_at("blobdl.registry._pull:Registry.manifest", "pull", where,
+                      str(tmp_path / "models"), insecure=True)  # fmt: skip
+    assert said == "interrupted by 15 | handler back: True"
+
+
+def test_sigterm_while_hf_download_lists_the_repository_is_an_interrupt(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    said = sigterm_at("blobdl.hf._download:_look", "hf_download", "acme/mixed",
+                      cache_dir=str(tmp_path), endpoint=hub.url, token="hf_good")  # fmt: skip
+    assert said == "interrupted by 15 | handler back: True"
+
