@@ -35,7 +35,7 @@ from ..http._probe import resolve
 from ..http._remote import Remote, lasting
 from ..http._urls import check_url, lift_userinfo
 from ..processes import _clean_process
-from ..processes._signals import called, commit, held, inner, stoppable
+from ..processes._signals import called, callers, commit, held, inner, stoppable
 from ..store._cache import through_cache
 from ..store._destination import (
     check_destination,
@@ -90,7 +90,7 @@ class Downloader:
         check_text("url", url)
         check_path("path", path)
         check_text("digest", digest, optional=True)
-        tell = tell_caller(on_progress, on_event)
+        tell = tell_caller(callers(on_progress), callers(on_event))
         # user:pass@ becomes an Authorization header here, once: no URL downstream holds it.
         bare, headers = lift_userinfo(url, self.settings.headers)
         with called():  # SIGTERM is Ctrl-C here too, if the download runs in a clean process

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -660,4 +661,50 @@ def test_sigterm_while_hf_download_lists_the_repository_is_an_interrupt(
     said = sigterm_at("blobdl.hf._download:_look", "hf_download", "acme/mixed",
                       cache_dir=str(tmp_path), endpoint=hub.url, token="hf_good")  # fmt: skip
     assert said == "interrupted by 15 | handler back: True"
+
+
+# --- a signal while a callback waits ----------------------------------------------------------
+
+WAITS = 30.0  # seconds a callback waits for what never comes, unless the signal cuts it short
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("mode", ["download", "many"])
+def test_a_signal_stops_a_callback_that_waits(
+    mode: str, signum: int, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A single-threaded caller's callback that waits (on a queue, a lock, the network,
+    another download of its own) is the caller's code: Ctrl-C or SIGTERM cuts it short,
+    as anywhere else. Under the coordinator's (or the batch's) loop a signal was only noted
+    for the loop's next look, and that look came only once the callback returned: a
+    callback waiting for ever could not be stopped but by SIGKILL."""
+    assert threading.active_count() == 1  # the caller's own process runs the loop
+    blob = make(16 * PART, seed=906)
+    slow_down(server, blob, bps=SLOWEST)
+    out = tmp_path / "out"
+    waited: list[bool] = []
+    told: list[type] = []
+
+    def wait_for_nothing(event: Any) -> None:
+        event = getattr(event, "event", event)  # a batch's event wraps the download's
+        told.append(type(event))
+        if waited or not (isinstance(event, blobdl.Progress) and event.done > 0):
+            return
+        never, _ = os.pipe()
+        try:
+            os.kill(os.getpid(), signum)
+            waited.append(not select.select([never], [], [], WAITS)[0])  # the whole wait
+        finally:
+            os.close(never)
+
+    with pytest.raises(blobdl.Interrupted) as stopped:
+        if mode == "many":
+            items = [blobdl.Item(blob.url, str(out))]
+            results = blobdl.download_many(items, on_event=wait_for_nothing, **PACED)
+            raise results[0].error or AssertionError("completed")
+        blobdl.download(blob.url, out, on_event=wait_for_nothing, **PACED)
+    assert not waited, "the callback waited its whole wait: the signal did not reach it"
+    assert stopped.value.signum == signum
+    assert told[-1] is blobdl.Failed  # its last word, as for any stop
+    assert temp_path(out).exists() and not out.exists()  # stopped, its partial kept
 
