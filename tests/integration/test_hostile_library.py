@@ -708,3 +708,47 @@ def test_a_signal_stops_a_callback_that_waits(
     assert told[-1] is blobdl.Failed  # its last word, as for any stop
     assert temp_path(out).exists() and not out.exists()  # stopped, its partial kept
 
+
+# --- a callback that calls blobdl again -------------------------------------------------------
+
+
+@pytest.mark.parametrize("through", ["the cache", "a lock wait"])
+def test_a_callback_waiting_for_the_lock_its_own_download_holds_is_refused_not_hung(
+    through: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A single-threaded caller's callback that downloads the blob its own download is
+    fetching (the same digest into the same cache, or the same destination with a lock
+    wait) waited for a lock held up its own stack: a cache entry's for 24 hours, and
+    the download it waited for could not go on meanwhile. It is refused at once instead,
+    ``DestinationLocked``, as a lock held elsewhere is once the wait is over."""
+    assert threading.active_count() == 1  # the caller's own process holds the lock
+    blob = make(16 * PART, seed=907)
+    slow_down(server, blob)
+    if through == "the cache":
+        again = {"digest": f"sha256:{blob.sha256}", "cache_dir": str(tmp_path / "cache")}
+        inner, outer = tmp_path / "copy", tmp_path / "out"
+    else:
+        again = {"lock_timeout": 24 * 3600.0}
+        inner = outer = tmp_path / "out"
+    said: list[BaseException] = []
+
+    def again_from_inside(event: blobdl.Event) -> None:
+        if said or not (isinstance(event, blobdl.Progress) and event.done > 0):
+            return
+        try:
+            blobdl.download(blob.url, inner, **again, **FAST)
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's download waited for its own download's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 60.0)
+    try:
+        blobdl.download(blob.url, outer, on_event=again_from_inside, **again, **PACED)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert sha256_file(outer) == blob.sha256  # the outer download went on and finished
