@@ -43,7 +43,7 @@ from ..events import DownloadResult
 from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._clean_child import relay_log
-from ..processes._signals import Interrupts
+from ..processes._signals import Interrupts, Stop, called, callers, held, interrupted
 from ..store._lock import sweep_kept
 from ._budget import Budget
 from ._destinations import Destinations
@@ -106,6 +106,21 @@ def download_many(
     check_path("base_dir", base_dir)
     base = Downloader(settings, **overrides).settings
     listed = given(items)
+    on_event = callers(on_event)  # a signal stops the caller's callback, even as it waits
+    with called():  # in the main thread, SIGTERM is Ctrl-C, wherever the batch runs
+        return _many(listed, base, max_connections, per_host, on_event, base_dir, cluster)
+
+
+def _many(
+    listed: list[Item],
+    base: Settings,
+    max_connections: int,
+    per_host: int,
+    on_event: BatchCallback | None,
+    base_dir: str | os.PathLike[str] | None,
+    cluster: Any,
+) -> list[ItemResult]:
+    """``download_many``, its arguments checked."""
     batch, where = [normalized(item) for item in listed], None
     if cluster is not None:
         from ._cluster import download_many_on  # only with a cluster: it needs distributed
@@ -237,12 +252,14 @@ class _Scheduler:
                     self._launch()
                     self._wait()
                 interrupts.check()  # a signal during the last item is not lost
-            except Interrupted as exc:
+            except (Interrupted, Stop) as caught:  # Stop: the signal, in the caller's callback
+                exc = caught if isinstance(caught, Interrupted) else interrupted(caught)
                 cut = self._running()
                 finished = self._stop(exc.signum)
                 named = {i: self.destinations.named(i, self.items[i]) for i in cut}
-                self.outcomes.cut(named, finished, exc)
-                raise
+                with held(drop=True):  # a second Ctrl-C must not cut the last words short
+                    self.outcomes.cut(named, finished, exc)
+                raise exc from None
             except BaseException:  # a raising callback, say: never leave children running
                 self._stop(signal.SIGTERM)
                 raise

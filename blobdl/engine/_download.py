@@ -35,7 +35,7 @@ from ..http._probe import resolve
 from ..http._remote import Remote, lasting
 from ..http._urls import check_url, lift_userinfo
 from ..processes import _clean_process
-from ..processes._signals import commit, held, inner, stoppable
+from ..processes._signals import called, callers, commit, held, inner, stoppable
 from ..store._cache import through_cache
 from ..store._destination import (
     check_destination,
@@ -90,13 +90,14 @@ class Downloader:
         check_text("url", url)
         check_path("path", path)
         check_text("digest", digest, optional=True)
-        tell = tell_caller(on_progress, on_event)
+        tell = tell_caller(callers(on_progress), callers(on_event))
         # user:pass@ becomes an Authorization header here, once: no URL downstream holds it.
         bare, headers = lift_userinfo(url, self.settings.headers)
-        if bare == url:
-            return self._run(url, None, path, digest, tell)
-        with_auth = Downloader(self.settings, headers=headers)
-        return with_auth._run(bare, None, path, digest, tell)
+        with called():  # SIGTERM is Ctrl-C here too, if the download runs in a clean process
+            if bare == url:
+                return self._run(url, None, path, digest, tell)
+            with_auth = Downloader(self.settings, headers=headers)
+            return with_auth._run(bare, None, path, digest, tell)
 
     def _download_resolved(
         self,

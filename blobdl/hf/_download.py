@@ -24,6 +24,7 @@ from ..batch._scheduler import BatchCallback, Item, download_many
 from ..config import Settings, overridden
 from ..errors import BlobdlError, IntegrityError, UsageError
 from ..events import DownloadResult, Event
+from ..processes._signals import called
 from ..store._destination import sync_dir_quietly
 from ..store._lock import in_turns
 from . import _env
@@ -83,6 +84,7 @@ class HfResult:
         return sum(d.bytes_received for d in self.downloads)
 
 
+@called()  # SIGTERM is Ctrl-C from the listing on, not only while files download
 def hf_download(
     repo_id: str,
     paths: Sequence[str] = (),

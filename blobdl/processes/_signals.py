@@ -33,12 +33,13 @@ import contextlib
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import Interrupted, OutOfResources
 
+T = TypeVar("T")
 _STOP = (signal.SIGINT, signal.SIGTERM)
 # SIGPIPE is ignored while a download runs, and in every child, as Python ignores it by
 # default: a write to a worker that has just died must fail with EPIPE, which we expect,
@@ -64,6 +65,7 @@ class _Stops:
         self.arrived: int | None = None  # the signal that stops this block (held, or raised)
         self.committed = False  # the download succeeded: signals are dropped
         self.late: int | None = None  # a signal dropped since the commit
+        self.callers = 0  # caller's callbacks running under a loop's Interrupts (``callers``)
 
 
 _stops = _Stops()
@@ -103,16 +105,17 @@ def _raise_arrived() -> None:
 def stoppable() -> Iterator[None]:
     """In the block, SIGINT and SIGTERM raise ``Interrupted`` (see the module's note). Only
     the main thread may handle signals: elsewhere (a threaded caller's worker thread) the
-    caller's handlers stay. Nested blocks are one."""
+    caller's handlers stay, and the main thread's block is not this one's. Nested blocks
+    are one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # (counted, it would race the main thread's own block and reset)
+        return
     if _stops.depth:
         _stops.depth += 1
         try:
             yield
         finally:
             _stops.depth -= 1
-        return
-    if threading.current_thread() is not threading.main_thread():
-        yield
         return
     previous = {sig: signal.signal(sig, _stop) for sig in _heeded()}
     previous[_PIPES] = signal.signal(_PIPES, signal.SIG_IGN)
@@ -123,6 +126,19 @@ def stoppable() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _stops.reset()
+
+
+@contextlib.contextmanager
+def called() -> Iterator[None]:
+    """A library call (``download``, ``download_many``, ``pull``, ``hf_download``), as the
+    CLI runs each command: in the main thread SIGINT and SIGTERM stop it wherever it is
+    (``stoppable``), in the caller's process or in the clean one a threaded caller's
+    download runs in, and reach the caller as ``Interrupted``."""
+    try:
+        with stoppable():
+            yield
+    except Stop as stop:
+        raise interrupted(stop) from None
 
 
 @contextlib.contextmanager
@@ -166,16 +182,41 @@ def inner() -> Iterator[None]:
         raise Stop(late)
 
 
+def callers(callback: Callable[[T], None] | None) -> Callable[[T], None] | None:
+    """The caller's callback, run as the caller's own code: a signal raises in it at once,
+    even under a loop's ``Interrupts``, which only note it (see ``Interrupts``). A callback
+    that waits (a queue, a lock, the network, a download of its own) is stopped, not waited
+    for. Only for a callback of the caller's: never for one that sends to another process,
+    whose message a signal would cut in two."""
+    if callback is None:
+        return None
+    own = callback
+
+    def run(event: T) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            own(event)  # no handler runs here; and the count is the main thread's
+            return
+        _stops.callers += 1
+        try:
+            own(event)
+        finally:
+            _stops.callers -= 1
+
+    return run
+
+
 def reset_stops() -> None:
     """Forget the parent's ``stoppable`` state: a forked child starts with none."""
     _stops.reset()
 
 
 class Interrupts:
-    """A context in which SIGINT/SIGTERM are recorded for ``check()`` to raise."""
+    """A context in which SIGINT/SIGTERM are recorded for ``check()`` to raise; but raised at
+    once inside a caller's callback (``callers``) that the loop runs, outside a held step."""
 
     def __init__(self) -> None:
         self.pending: int | None = None
+        self._callers = 0  # the callers' callbacks this loop runs inside (see __enter__)
         self._reader: socket.socket | None = None
         self._writer: socket.socket | None = None
         self._previous: dict[int, Any] = {}
@@ -195,6 +236,8 @@ class Interrupts:
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         self._previous = {sig: signal.signal(sig, self._record) for sig in _heeded()}
         self._previous[_PIPES] = signal.signal(_PIPES, signal.SIG_IGN)
+        # A download a callback started: its own loop is not the caller's code.
+        self._callers, _stops.callers = _stops.callers, 0
         return self
 
     def __exit__(
@@ -208,6 +251,7 @@ class Interrupts:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         signal.set_wakeup_fd(self._previous_fd)
+        _stops.callers = self._callers
         self._reader.close()
         self._writer.close()
         if kind is None and self.pending is not None:
@@ -217,6 +261,8 @@ class Interrupts:
         self.pending = signum
         if _stops.depth and not _stops.committed:
             _stops.arrived = _stops.arrived or signum  # the block it runs in stops too
+        if _stops.callers and not _stops.held:
+            raise Stop(signum)  # in the caller's callback: its own code, stopped at once
 
     def waitables(self) -> list[socket.socket]:
         """Objects for ``multiprocessing.connection.wait`` that become ready on a signal."""

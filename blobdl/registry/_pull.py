@@ -23,6 +23,7 @@ from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
 from ..config import Settings, overridden
 from ..errors import BadResponse, HTTPStatusError, LocalFileError, OutOfResources
 from ..events import DownloadResult
+from ..processes._signals import called
 from ._catalog import decode
 from ._names import Reference, adopt_case, parse_reference, require_reachable
 from ._oci import Blob, Manifest, Registry
@@ -66,6 +67,7 @@ class PullResult:
         return sum(r.download.bytes_received for r in self.layers if r.download is not None)
 
 
+@called()  # SIGTERM is Ctrl-C from the manifest on, not only while a round fetches
 def pull(
     ref: str,
     models_dir: str | os.PathLike[str] | None = None,
@@ -125,6 +127,7 @@ def default_models_dir() -> Path:
     return locate(None, os.environ, Path.home()).path
 
 
+@called()  # on the client, as the CLI's --every-worker
 def pull_every_worker(
     ref: str,
     cluster: Any,

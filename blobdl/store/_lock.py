@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from ..errors import DestinationLocked, LocalFileError
 from ..processes._signals import held
+from ..processes._spawn import threaded
 from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock
 
 log = logging.getLogger("blobdl")
@@ -107,7 +108,7 @@ class DestinationLock:
         while not take_lock(fd, wait=False):
             if not still_at(self.path, fd):
                 return None
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or _held_up_our_stack(fd):
                 return False
             time.sleep(LOCK_POLL)
         return True
@@ -292,6 +293,13 @@ def _write_holder(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+
+def _held_up_our_stack(fd: int) -> bool:
+    """Whether the lock's holder is this very process, and it has no other thread: then it
+    is held up our own call stack (a callback's download of what its own download writes),
+    and the wait would last as long as the deadline, its holder stuck until it ends."""
+    return _read_holder(fd) == os.getpid() and not threaded()
 
 
 def _read_holder(fd: int) -> int | None:

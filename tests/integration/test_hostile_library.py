@@ -7,10 +7,12 @@ processes, as in ``test_threads.py``, whose helpers these tests share.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import multiprocessing
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -29,8 +31,9 @@ import blobdl
 from blobdl.store._destination import temp_path
 from blobdl.store._resume import state_path
 from faultserver.hub import HubHandle, HubRepo, start_hub
+from faultserver.registry import Registry
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, Blob, sha256_file
+from tests.conftest import PART, REPO, Blob, sha256_file
 from tests.integration.test_threads import FAST, PACED, forked_children, noise, slow_down
 
 Make = Callable[..., Blob]
@@ -599,3 +602,153 @@ def test_a_pattern_given_as_one_string_is_one_pattern(
         assert got == ["config.json", "tokenizer.json"]
     else:
         assert got == ["model.safetensors"]
+
+
+# --- SIGTERM is Ctrl-C in every library call --------------------------------------------------
+
+# A single-threaded job that calls blobdl CALL(*ARGS, **KWARGS) and is sent SIGTERM (``docker
+# stop``, a scheduler's timeout) just before MODULE:ATTR runs; says how the call ended, and
+# whether its own SIGTERM disposition is back.
+_SIGTERM_AT = """
+import importlib, json, os, signal, sys
+import blobdl
+target, call, given = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+module, _, path = target.partition(":")
+owner = importlib.import_module(module)
+*heads, name = path.split(".")
+for head in heads:
+    owner = getattr(owner, head)
+original = getattr(owner, name)
+
+def fire(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return original(*args, **kwargs)
+
+setattr(owner, name, fire)
+try:
+    getattr(blobdl, call)(*given["args"], **given["kwargs"])
+    said = "completed"
+except blobdl.Interrupted as exc:
+    said = f"interrupted by {exc.signum}"
+print(said, "| handler back:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+
+
+def sigterm_at(target: str, call: str, *args: Any, **kwargs: Any) -> str:
+    given = json.dumps({"args": args, "kwargs": kwargs})
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_AT, target, call, given],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    return done.stdout.strip()
+
+
+def test_sigterm_while_a_pull_reads_its_manifest_is_an_interrupt(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The CLI's every command takes SIGTERM as Ctrl-C; a library caller's ``pull`` did only
+    while one of its layers downloaded: before (the manifest, the store's claims) and
+    between rounds, SIGTERM killed the caller (exit 143), its ``except`` never run."""
+    model = registry.push_model("library/stopped", "v1", (100 * 1024, 10))
+    where = f"http://{registry.host}/{model.repo}:{model.tag}"
+    said = sigterm_at("blobdl.registry._pull:Registry.manifest", "pull", where,
+                      str(tmp_path / "models"), insecure=True)  # fmt: skip
+    assert said == "interrupted by 15 | handler back: True"
+
+
+def test_sigterm_while_hf_download_lists_the_repository_is_an_interrupt(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    said = sigterm_at("blobdl.hf._download:_look", "hf_download", "acme/mixed",
+                      cache_dir=str(tmp_path), endpoint=hub.url, token="hf_good")  # fmt: skip
+    assert said == "interrupted by 15 | handler back: True"
+
+
+# --- a signal while a callback waits ----------------------------------------------------------
+
+WAITS = 30.0  # seconds a callback waits for what never comes, unless the signal cuts it short
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("mode", ["download", "many"])
+def test_a_signal_stops_a_callback_that_waits(
+    mode: str, signum: int, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A single-threaded caller's callback that waits (on a queue, a lock, the network,
+    another download of its own) is the caller's code: Ctrl-C or SIGTERM cuts it short,
+    as anywhere else. Under the coordinator's (or the batch's) loop a signal was only noted
+    for the loop's next look, and that look came only once the callback returned: a
+    callback waiting for ever could not be stopped but by SIGKILL."""
+    assert threading.active_count() == 1  # the caller's own process runs the loop
+    blob = make(16 * PART, seed=906)
+    slow_down(server, blob, bps=SLOWEST)
+    out = tmp_path / "out"
+    waited: list[bool] = []
+    told: list[type] = []
+
+    def wait_for_nothing(event: Any) -> None:
+        event = getattr(event, "event", event)  # a batch's event wraps the download's
+        told.append(type(event))
+        if waited or not (isinstance(event, blobdl.Progress) and event.done > 0):
+            return
+        never, _ = os.pipe()
+        try:
+            os.kill(os.getpid(), signum)
+            waited.append(not select.select([never], [], [], WAITS)[0])  # the whole wait
+        finally:
+            os.close(never)
+
+    with pytest.raises(blobdl.Interrupted) as stopped:
+        if mode == "many":
+            items = [blobdl.Item(blob.url, str(out))]
+            results = blobdl.download_many(items, on_event=wait_for_nothing, **PACED)
+            raise results[0].error or AssertionError("completed")
+        blobdl.download(blob.url, out, on_event=wait_for_nothing, **PACED)
+    assert not waited, "the callback waited its whole wait: the signal did not reach it"
+    assert stopped.value.signum == signum
+    assert told[-1] is blobdl.Failed  # its last word, as for any stop
+    assert temp_path(out).exists() and not out.exists()  # stopped, its partial kept
+
+
+# --- a callback that calls blobdl again -------------------------------------------------------
+
+
+@pytest.mark.parametrize("through", ["the cache", "a lock wait"])
+def test_a_callback_waiting_for_the_lock_its_own_download_holds_is_refused_not_hung(
+    through: str, make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A single-threaded caller's callback that downloads the blob its own download is
+    fetching (the same digest into the same cache, or the same destination with a lock
+    wait) waited for a lock held up its own stack: a cache entry's for 24 hours, and
+    the download it waited for could not go on meanwhile. It is refused at once instead,
+    ``DestinationLocked``, as a lock held elsewhere is once the wait is over."""
+    assert threading.active_count() == 1  # the caller's own process holds the lock
+    blob = make(16 * PART, seed=907)
+    slow_down(server, blob)
+    if through == "the cache":
+        again = {"digest": f"sha256:{blob.sha256}", "cache_dir": str(tmp_path / "cache")}
+        inner, outer = tmp_path / "copy", tmp_path / "out"
+    else:
+        again = {"lock_timeout": 24 * 3600.0}
+        inner = outer = tmp_path / "out"
+    said: list[BaseException] = []
+
+    def again_from_inside(event: blobdl.Event) -> None:
+        if said or not (isinstance(event, blobdl.Progress) and event.done > 0):
+            return
+        try:
+            blobdl.download(blob.url, inner, **again, **FAST)
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's download waited for its own download's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 60.0)
+    try:
+        blobdl.download(blob.url, outer, on_event=again_from_inside, **again, **PACED)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert sha256_file(outer) == blob.sha256  # the outer download went on and finished

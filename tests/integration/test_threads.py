@@ -303,20 +303,24 @@ def test_a_threaded_caller_gets_no_fork_warning(make: Make, tmp_path: Path) -> N
     assert sha256_file(tmp_path / "out") == blob.sha256
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("mode", ["download", "many"])
-def test_ctrl_c_to_the_main_thread_of_a_threaded_caller(
-    mode: str, make: Make, server: ServerHandle, tmp_path: Path
+def test_ctrl_c_or_sigterm_to_the_main_thread_of_a_threaded_caller(
+    mode: str, signum: int, make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
+    """SIGTERM is Ctrl-C by another name, as in a single-threaded caller: the download
+    stops with ``Interrupted``, its partial kept. A threaded caller died of it at once (exit
+    143), its ``except``/``finally`` never run."""
     blob = make(32 * PART, seed=351)
     slow_down(server, blob)
     out = tmp_path / "out"
     proc = caller(mode, blob, out, PACED)
     until_progress(proc, blob.size // 4)
     children = tree(proc)
-    proc.send_signal(signal.SIGINT)  # to the caller alone: it must pass it on
+    proc.send_signal(signum)  # to the caller alone: it must pass it on
     result = outcome(proc)
     assert result["outcome"] == "interrupted" and result["thread"] == "MainThread", result
-    assert result["signum"] == signal.SIGINT
+    assert result["signum"] == signum
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
     assert temp_path(out).exists() and state_path(out).exists() and not out.exists()

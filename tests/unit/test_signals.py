@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
+from typing import Any
 
 import pytest
 
@@ -67,3 +69,33 @@ def test_an_inner_commit_drops_a_stop_only_until_its_block_ends() -> None:
             commit()
             arrive()  # dropped: the entry's rename goes on
         pytest.fail("the stop that arrived in the inner commit was lost")
+
+
+def test_another_threads_block_leaves_the_main_threads_alone() -> None:
+    """Every library call is a ``stoppable`` block, on whichever thread calls. One on
+    another thread that outlives the main thread's must not count in it: it would leave the
+    count below zero, and the main thread's next block, taken for a nested one, would not
+    take SIGTERM."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def elsewhere() -> None:
+        with stoppable():
+            entered.set()
+            leave.wait()
+
+    thread = threading.Thread(target=elsewhere)
+    with stoppable():
+        thread.start()
+        entered.wait()
+    leave.set()
+    thread.join()
+
+    def callers_own(_signum: int, _frame: Any) -> None:
+        raise AssertionError("SIGTERM reached the caller's handler, not the block's")
+
+    previous = signal.signal(signal.SIGTERM, callers_own)
+    try:
+        with pytest.raises(Stop), stoppable():
+            arrive(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
