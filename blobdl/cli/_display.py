@@ -132,7 +132,16 @@ def _write(stream: IO[str], text: str) -> None:
     non-blocking (it shares the pipe or terminal) refuses a write while its reader is behind,
     and Python then drops the line (silently if unbuffered, ``PYTHONUNBUFFERED``); we wait
     for the reader instead, as a blocking stream makes us. A stream that is no file (a
-    test's capture) is written as it is."""
+    test's capture) is written as it is.
+
+    A line is one step (``held``): a signal meanwhile (one raised at once in a callback of
+    ours, see ``callers``) stops the run once the line is whole, never leaving half a JSON
+    line that the next one is glued to. The failure's own lines wait for the reader too."""
+    with held():
+        _write_line(stream, text)
+
+
+def _write_line(stream: IO[str], text: str) -> None:
     try:
         try:
             fd = stream.fileno()

@@ -37,6 +37,12 @@ LOCK_SUFFIX = ".blobdl-lock"
 KEPT_PREFIX = ".blobdl-kept-"  # + a seat's number + LOCK_SUFFIX: a kept file (KeptLockFile)
 _KEPT_NAME = re.compile(re.escape(KEPT_PREFIX) + "[0-9]+" + re.escape(LOCK_SUFFIX), re.ASCII)
 T = TypeVar("T")
+# The lock files this process holds ((device, inode): the process that took it; a forked
+# child inherits the entries, not the locks' place up its stack). Who holds a lock is known
+# here, never from the process id a holder writes in the file: those are words for a
+# message, and a holder in another pid namespace (a container on a shared volume) or one
+# that has just locked a file a holder of ours left can bear our number.
+_OURS: dict[tuple[int, int], int] = {}
 
 
 class DestinationLock:
@@ -53,6 +59,8 @@ class DestinationLock:
         if self.kept is not None:
             with held():  # the lock taken is the lock noted: __exit__ lets go of it
                 self.fd = self.kept.take(self.path)
+                if self.fd is not None:
+                    _note(self.fd)
             if self.fd is not None:
                 return self
         deadline = time.monotonic() + self.timeout
@@ -67,6 +75,7 @@ class DestinationLock:
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
                     if taken and still_at(self.path, fd):
                         self.fd = fd
+                        _note(fd)
                         _write_holder(fd)
                         return self
             except BaseException as exc:
@@ -89,6 +98,7 @@ class DestinationLock:
         if self.fd is None:
             return
         with held(drop=True):
+            _forget(self.fd)
             # Kept only for a destination finished: one left unfinished (too large for a
             # seat, say) has a next writer at once, which a seat must not lock under it.
             if kind is None and self.kept is not None and self.kept.keep(self.fd, self.path):
@@ -299,7 +309,29 @@ def _held_up_our_stack(fd: int) -> bool:
     """Whether the lock's holder is this very process, and it has no other thread: then it
     is held up our own call stack (a callback's download of what its own download writes),
     and the wait would last as long as the deadline, its holder stuck until it ends."""
-    return _read_holder(fd) == os.getpid() and not threaded()
+    key = _identity(fd)
+    return key is not None and _OURS.get(key) == os.getpid() and not threaded()
+
+
+def _note(fd: int) -> None:
+    """The lock file ``fd`` is held by this process (``_OURS``)."""
+    key = _identity(fd)
+    if key is not None:
+        _OURS[key] = os.getpid()
+
+
+def _forget(fd: int) -> None:
+    key = _identity(fd)
+    if key is not None:
+        _OURS.pop(key, None)
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _read_holder(fd: int) -> int | None:

@@ -752,3 +752,55 @@ def test_a_callback_waiting_for_the_lock_its_own_download_holds_is_refused_not_h
         signal.signal(signal.SIGALRM, previous)
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
     assert sha256_file(outer) == blob.sha256  # the outer download went on and finished
+
+
+# A holder of a destination's lock in another process, which wrote the number it is told
+# into the lock file (as a holder in another pid namespace, a container sharing the volume,
+# writes its own), and lets go once the waiter (that number) sleeps between two tries
+# with the lock file open: it is waiting then, not refused.
+HOLDER = """
+import fcntl, os, sys, time
+lock, waiter = sys.argv[1], sys.argv[2]
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, waiter.encode(), 0)
+print("held", flush=True)
+
+def waiting():
+    try:
+        opened = any(os.readlink(f"/proc/{waiter}/fd/{n}") == lock
+                     for n in os.listdir(f"/proc/{waiter}/fd"))
+        with open(f"/proc/{waiter}/wchan") as wchan:
+            return opened and wchan.read() == "hrtimer_nanosleep"
+    except OSError:
+        return False
+
+while not waiting():
+    time.sleep(0.005)
+os.unlink(lock)
+os.close(fd)
+"""
+
+
+def test_a_lock_whose_file_names_our_process_id_but_held_elsewhere_is_waited_for(
+    make: Make, tmp_path: Path
+) -> None:
+    """The process id in a lock file is words for a message, not who holds the lock: a
+    holder in another pid namespace (a container sharing the volume) can bear our number,
+    and a file left by one of ours that another process has just locked still names us.
+    Another process holds that lock: it is waited for (and taken once let go), never
+    refused at once as one held up our own call stack."""
+    assert threading.active_count() == 1  # single-threaded, as a callback's caller is
+    blob = make(PART, seed=911)
+    out = tmp_path / "out"
+    lock = str(out.with_name(out.name + ".blobdl-lock"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, lock, str(os.getpid())], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        result = blobdl.download(blob.url, out, lock_timeout=60.0, **FAST)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.path == out and sha256_file(out) == blob.sha256

@@ -12,12 +12,15 @@ traceback, and no process is left behind.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +34,7 @@ from blobdl.store._resume import claims_bytes
 from faultserver.serverctl import ServerHandle
 from tests.conftest import REPO, Blob, sha256_file
 from tests.integration.test_hostile import MARK, reap_tagged
+from tests.integration.test_lost_output import F_SETPIPE_SZ
 from tests.integration.test_trust_resume import partial
 
 Make = Callable[..., Blob]
@@ -47,7 +51,12 @@ class Cli:
     that none can hide afterwards."""
 
     def __init__(
-        self, command: list[str], *, preexec: Callable[[], None] | None = None, cwd: Path = REPO
+        self,
+        command: list[str],
+        *,
+        preexec: Callable[[], None] | None = None,
+        cwd: Path = REPO,
+        stdout: int = subprocess.DEVNULL,
     ) -> None:
         self.tag = uuid.uuid4().hex
         self.proc = subprocess.Popen(
@@ -55,7 +64,7 @@ class Cli:
             cwd=cwd,
             env={**os.environ, MARK: self.tag, "PYTHONPATH": str(REPO)},
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=preexec,
@@ -68,10 +77,11 @@ class Cli:
         *,
         wrapper: str | None = None,
         preexec: Callable[[], None] | None = None,
+        stdout: int = subprocess.DEVNULL,
     ) -> Cli:
         """``python -m blobdl ARGS`` (or ``python -c WRAPPER ARGS``)."""
         head = [sys.executable, "-c", wrapper] if wrapper else [sys.executable, "-m", "blobdl"]
-        return cls([*head, *args], preexec=preexec)
+        return cls([*head, *args], preexec=preexec, stdout=stdout)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -226,6 +236,40 @@ def test_ctrl_c_that_a_batch_ignores_stays_ignored_by_its_items(
     os.killpg(cli.proc.pid, signal.SIGINT)
     code, lines = cli.finish()
     assert code == EXIT_OK and sha256_file(out) == blob.sha256, lines
+
+
+def unread(fd: int) -> int:
+    """How many bytes wait in the pipe ``fd`` reads."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0])
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["URL", "-i"])
+@pytest.mark.parametrize("signum", STOPS, ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_a_json_line_waits_for_its_reader_never_cuts_it(
+    make: Make, tmp_path: Path, signum: int, batch: bool
+) -> None:
+    """A ``--json`` line of three pipes' worth (a long URL) goes out in pieces while the
+    reader is behind; the signal comes after the first piece. It stops the run as always
+    (exit 130), but after the line: every line on stdout is whole JSON, the ``started``
+    line, then the ``failed``; never half a line with the next glued to it."""
+    blob = make(SIZE, seed=2531)
+    url, out = f"{blob.url}?pad={'x' * 12000}", tmp_path / "out"
+    args = [url, "-o", str(out)]
+    if batch:
+        (tmp_path / "manifest").write_text(f"{url} {out}\n")
+        args = ["-i", str(tmp_path / "manifest")]
+    read_end, write_end = os.pipe()
+    capacity = fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)  # the smallest: a page
+    cli = Cli.of([*args, "--json", *CLI], stdout=write_end)
+    os.close(write_end)
+    wait_for(lambda: unread(read_end) >= capacity, "the started line, cut by a full pipe")
+    cli.signal(signum)
+    with open(read_end, "rb") as reader:
+        lines = reader.read().splitlines()
+    code, errors = cli.finish()
+    assert code == EXIT_INTERRUPTED, errors
+    events = [json.loads(line)["event"] for line in lines]  # whole lines, each one
+    assert events[0] == "started" and events[-1] == "failed", events
 
 
 @pytest.mark.parametrize("where", ["destination", "cache"])
