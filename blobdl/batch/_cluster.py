@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..errors import BlobdlError, Interrupted, LocalFileError
+from ..processes._signals import Stop, held, interrupted
 from ._cluster_ask import Workers, checked, said_if_silent
 from ._cluster_budget import Budget, close
 from ._cluster_connect import connect
@@ -59,9 +60,12 @@ def download_many_on(
         try:
             with run.open():
                 _Batch(run, outcomes, hosts).all(jobs)
-        except Interrupted as stop:  # the items it cut are told so, as on one machine
-            outcomes.cut(outcomes.under_way(batch), {}, stop)
-            raise
+        except (Interrupted, Stop) as exc:  # the items it cut are told so, as on one machine
+            # (a Stop: a second signal landed while the run stopped its tasks)
+            stop = exc if isinstance(exc, Interrupted) else interrupted(exc)
+            with held(drop=True):  # a further signal must not cut the last words short
+                outcomes.cut(outcomes.under_way(batch), {}, stop)
+            raise stop from None
         finally:
             if run.tidy:  # a scheduler that stopped answering is asked nothing more
                 with contextlib.suppress(Exception):  # the results stand

@@ -441,6 +441,37 @@ def test_the_client_interrupted_keeps_partials_and_stops_every_download(
         assert not (tmp_path / blob.name).exists()
 
 
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_while_the_client_stops_its_tasks_still_tells_every_cut_item(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path, second: int
+) -> None:
+    """Ctrl-C, then Ctrl-C (or SIGTERM) again while the client waits for the running tasks
+    to save their state: the run still ends as one interrupt, and every item that started
+    still hears that it was cut (the second signal used to skip the last words)."""
+    blobs = [make(2 * 1024 * KB, seed) for seed in (13, 14)]
+    paced(server, 32 * KB)
+    lines = [f"{b.url} {tmp_path / b.name}" for b in blobs]
+    proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address,
+                     "--per-host", "16", "--json", *SMALL)  # fmt: skip
+    assert proc.stdout is not None
+    started: set[int] = set()
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("event") == "progress" and event["done"] > 0:
+            started.add(event["item"])
+        if len(started) == 2:
+            break
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)  # the client is now stopping the tasks (each saves its state first)
+    proc.send_signal(second)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    last = {r["item"]: r for r in map(json.loads, out.splitlines())
+            if r.get("event") in ("finished", "failed") and r.get("item") is not None}  # fmt: skip
+    assert set(last) == started, (started, last, err[-2000:])
+    assert all(r["event"] == "failed" and r["exit_code"] == 130 for r in last.values()), last
+
+
 TRAILING = """
 import json, os, pickle, signal, sys, threading
 import blobdl
