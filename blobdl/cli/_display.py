@@ -16,7 +16,7 @@ from typing import IO, Any
 from ..batch._scheduler import BatchEvent
 from ..errors import EXIT_LOCAL, EXIT_OK, BlobdlError
 from ..events import DownloadResult, Event, Failed, Finished, Progress, Started, event_record
-from ..processes._signals import held, interrupted
+from ..processes._signals import held, interrupted, whole
 
 
 def open_standard_streams() -> None:
@@ -134,10 +134,11 @@ def _write(stream: IO[str], text: str) -> None:
     for the reader instead, as a blocking stream makes us. A stream that is no file (a
     test's capture) is written as it is.
 
-    A line is one step (``held``): a signal meanwhile (one raised at once in a callback of
+    A line is one step (``whole``): a signal meanwhile (one raised at once in a callback of
     ours, see ``callers``) stops the run once the line is whole, never leaving half a JSON
-    line that the next one is glued to. The failure's own lines wait for the reader too."""
-    with held():
+    line that the next one is glued to; one that is already being handled is not raised
+    again after each of its own lines. The failure's own lines wait for the reader too."""
+    with whole():
         _write_line(stream, text)
 
 

@@ -155,6 +155,19 @@ def held(*, drop: bool = False) -> Iterator[None]:
         _raise_arrived()
 
 
+@contextlib.contextmanager
+def whole() -> Iterator[None]:
+    """A step that must not be cut in two (a line of output): SIGINT/SIGTERM held through
+    it, and one that arrived meanwhile raised once it is done. One that arrived before, and
+    is being handled (the stop's own lines are written after it), is not raised again: a
+    swallowed one is raised at the next ``held`` step or check, as ever."""
+    before = _stops.arrived
+    with held(drop=True):
+        yield
+    if before is None and not _stops.held:
+        _raise_arrived()
+
+
 def commit() -> None:
     """The download is about to be complete (the file renamed into place): from now until
     its ``stoppable`` block ends, SIGINT and SIGTERM are dropped (see the module's note).

@@ -5,6 +5,7 @@ the commit of the download it stops."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import threading
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from blobdl.cli._display import _write
 from blobdl.errors import Interrupted
 from blobdl.processes._signals import Interrupts, Stop, commit, held, inner, stoppable
 
@@ -99,3 +101,33 @@ def test_another_threads_block_leaves_the_main_threads_alone() -> None:
             arrive(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_line_written_while_a_stop_is_handled_does_not_raise_that_stop_again() -> None:
+    """The stop's own lines (a cut item's ``failed``, the error) are written while it is
+    handled: each line is whole (``_display._write``) and goes on to the next, instead of
+    raising the same stop again after it (which cut the cluster's stop path short: its
+    items' last words and the scheduler's silence were lost)."""
+    out = io.StringIO()  # a stream that is no file is written as it is
+    wrote: list[str] = []
+    with pytest.raises(Stop), stoppable():
+        try:
+            arrive(signal.SIGINT)
+        except Stop:
+            for line in ("failed 0\n", "failed 1\n"):
+                _write(out, line)
+                wrote.append(line)
+            raise
+    assert wrote == ["failed 0\n", "failed 1\n"] and out.getvalue() == "".join(wrote)
+
+
+def test_a_signal_during_a_line_is_raised_once_the_line_is_whole() -> None:
+    class Slow(io.StringIO):
+        def write(self, text: str) -> int:
+            arrive(signal.SIGTERM)  # lands mid-line
+            return super().write(text)
+
+    out = Slow()
+    with pytest.raises(Stop), stoppable():
+        _write(out, "a whole line\n")
+    assert out.getvalue() == "a whole line\n"
