@@ -405,10 +405,12 @@ def test_an_item_failing_on_its_merits_is_reported_once_and_never_rerun(
     assert not (tmp_path / "bad.bin").exists()
 
 
-def test_the_client_interrupted_keeps_partials_and_stops_every_download(
-    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
-) -> None:
-    blobs = [make(2 * 1024 * KB, seed) for seed in (11, 12)]
+def _two_items_under_way(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path, seeds: tuple[int, int]
+) -> tuple[subprocess.Popen[str], list[Blob], set[int]]:
+    """``blobdl -i --scheduler`` of two paced blobs, both under way: the process, the blobs
+    and the items that have started (both)."""
+    blobs = [make(2 * 1024 * KB, seed) for seed in seeds]
     paced(server, 32 * KB)  # seconds a part: neither item ends before both have started
     lines = [f"{b.url} {tmp_path / b.name}" for b in blobs]
     # Room for both items' 8 parts at once: under the default 8 per host, the first item
@@ -423,15 +425,26 @@ def test_the_client_interrupted_keeps_partials_and_stops_every_download(
             started.add(event["item"])
         if len(started) == 2:
             break
+    return proc, blobs, started
+
+
+def _each_told_it_was_cut(out: str, started: set[int], err: str) -> None:
+    """Every item that started has its last word, as on one machine: each was cut."""
+    last = {r["item"]: r for r in map(json.loads, out.splitlines())
+            if r.get("event") in ("finished", "failed") and r.get("item") is not None}  # fmt: skip
+    assert set(last) == started, (started, last, err[-2000:])
+    assert all(r["event"] == "failed" and r["exit_code"] == 130 for r in last.values()), last
+
+
+def test_the_client_interrupted_keeps_partials_and_stops_every_download(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    proc, blobs, started = _two_items_under_way(cluster, server, make, tmp_path, (11, 12))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("blobdl: error: interrupted")
-    # Every item that started has its last word, as on one machine: each was cut.
-    last = {r["item"]: r for r in map(json.loads, out.splitlines())
-            if r.get("event") in ("finished", "failed") and r.get("item") is not None}  # fmt: skip
-    assert set(last) == started, (started, last)
-    assert all(r["event"] == "failed" and r["exit_code"] == 130 for r in last.values()), last
+    _each_told_it_was_cut(out, started, err)
     for blob in blobs:
         assert (tmp_path / (blob.name + ".blobdl-tmp")).exists(), (
             sorted(p.name for p in tmp_path.iterdir()),
@@ -448,28 +461,13 @@ def test_a_second_signal_while_the_client_stops_its_tasks_still_tells_every_cut_
     """Ctrl-C, then Ctrl-C (or SIGTERM) again while the client waits for the running tasks
     to save their state: the run still ends as one interrupt, and every item that started
     still hears that it was cut (the second signal used to skip the last words)."""
-    blobs = [make(2 * 1024 * KB, seed) for seed in (13, 14)]
-    paced(server, 32 * KB)
-    lines = [f"{b.url} {tmp_path / b.name}" for b in blobs]
-    proc = spawn_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address,
-                     "--per-host", "16", "--json", *SMALL)  # fmt: skip
-    assert proc.stdout is not None
-    started: set[int] = set()
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event.get("event") == "progress" and event["done"] > 0:
-            started.add(event["item"])
-        if len(started) == 2:
-            break
+    proc, _, started = _two_items_under_way(cluster, server, make, tmp_path, (13, 14))
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)  # the client is now stopping the tasks (each saves its state first)
     proc.send_signal(second)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    last = {r["item"]: r for r in map(json.loads, out.splitlines())
-            if r.get("event") in ("finished", "failed") and r.get("item") is not None}  # fmt: skip
-    assert set(last) == started, (started, last, err[-2000:])
-    assert all(r["event"] == "failed" and r["exit_code"] == 130 for r in last.values()), last
+    _each_told_it_was_cut(out, started, err)
 
 
 TRAILING = """
