@@ -448,9 +448,15 @@ class Interrupted(BlobdlError):
 class DestinationLocked(LocalFileError):
     """Another download is writing the same destination."""
 
-    def __init__(self, path: str, holder: int | None) -> None:
-        BlobdlError.__init__(self, path, holder)
+    def __init__(self, path: str, holder: int | None, ours: bool = False) -> None:
+        BlobdlError.__init__(self, path, holder, ours)
         self.path, self.holder = path, holder
+        if ours:  # held up the caller's own stack: a callback's download of what it writes
+            self.detail = (
+                "this process's own download is writing this destination "
+                "(a callback asked for what its download writes)"
+            )
+            return
         who = f"process {holder}" if holder else "another process"
         self.detail = f"{who} is already downloading to this destination"
 

@@ -71,7 +71,8 @@ class DestinationLock:
                     fd = self._open()
                 taken = self._wait(fd, deadline)  # Ctrl-C ends it
                 if taken is False:
-                    raise DestinationLocked(str(self.dest), _read_holder(fd))
+                    ours = _held_up_our_stack(fd)
+                    raise DestinationLocked(str(self.dest), _read_holder(fd), ours)
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
                     if taken and still_at(self.path, fd):
                         self.fd = fd

@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import random
 import select
 import signal
@@ -751,6 +752,9 @@ def test_a_callback_waiting_for_the_lock_its_own_download_holds_is_refused_not_h
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    # Said as what it is: no "process N" the caller would look for, being N itself.
+    assert "this process's own download" in str(said[0]) and str(os.getpid()) not in str(said[0])
+    assert pickle.loads(pickle.dumps(said[0])).detail == said[0].detail
     assert sha256_file(outer) == blob.sha256  # the outer download went on and finished
 
 
