@@ -62,7 +62,7 @@ def download_many_on(
                 _Batch(run, outcomes, hosts).all(jobs)
         except (Interrupted, Stop) as exc:  # the items it cut are told so, as on one machine
             # (a Stop: a second signal landed while the run stopped its tasks)
-            stop = exc if isinstance(exc, Interrupted) else interrupted(exc)
+            stop = interrupted(exc)
             with held(drop=True):  # a further signal must not cut the last words short
                 outcomes.cut(outcomes.under_way(batch), {}, stop)
             raise stop from None

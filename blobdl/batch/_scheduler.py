@@ -253,7 +253,7 @@ class _Scheduler:
                     self._wait()
                 interrupts.check()  # a signal during the last item is not lost
             except (Interrupted, Stop) as caught:  # Stop: the signal, in the caller's callback
-                exc = caught if isinstance(caught, Interrupted) else interrupted(caught)
+                exc = interrupted(caught)
                 cut = self._running()
                 finished = self._stop(exc.signum)
                 named = {i: self.destinations.named(i, self.items[i]) for i in cut}

@@ -81,7 +81,10 @@ class Stop(KeyboardInterrupt):
 
 
 def interrupted(stop: BaseException) -> Interrupted:
-    """What a boundary that reports says of a ``Stop`` (or of a plain Ctrl-C)."""
+    """What a boundary that reports says of a ``Stop`` (or of a plain Ctrl-C); an
+    ``Interrupted`` already is that, its words kept."""
+    if isinstance(stop, Interrupted):
+        return stop
     return Interrupted(getattr(stop, "signum", signal.SIGINT))
 
 

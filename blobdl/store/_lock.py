@@ -54,13 +54,14 @@ class DestinationLock:
         self.path = dest.with_name(dest.name + LOCK_SUFFIX)
         self.dest, self.timeout, self.kept = dest, timeout, kept
         self.fd: int | None = None
+        self.noted: tuple[int, int] | None = None  # its lock file in ``_OURS``, while held
 
     def __enter__(self) -> DestinationLock:
         if self.kept is not None:
             with held():  # the lock taken is the lock noted: __exit__ lets go of it
                 self.fd = self.kept.take(self.path)
                 if self.fd is not None:
-                    _note(self.fd)
+                    self.noted = _note(self.fd)
             if self.fd is not None:
                 return self
         deadline = time.monotonic() + self.timeout
@@ -76,7 +77,7 @@ class DestinationLock:
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
                     if taken and still_at(self.path, fd):
                         self.fd = fd
-                        _note(fd)
+                        self.noted = _note(fd)
                         _write_holder(fd)
                         return self
             except BaseException as exc:
@@ -99,7 +100,9 @@ class DestinationLock:
         if self.fd is None:
             return
         with held(drop=True):
-            _forget(self.fd)
+            if self.noted is not None:
+                _OURS.pop(self.noted, None)
+                self.noted = None
             # Kept only for a destination finished: one left unfinished (too large for a
             # seat, say) has a next writer at once, which a seat must not lock under it.
             if kind is None and self.kept is not None and self.kept.keep(self.fd, self.path):
@@ -314,17 +317,13 @@ def _held_up_our_stack(fd: int) -> bool:
     return key is not None and _OURS.get(key) == os.getpid() and not threaded()
 
 
-def _note(fd: int) -> None:
-    """The lock file ``fd`` is held by this process (``_OURS``)."""
+def _note(fd: int) -> tuple[int, int] | None:
+    """The lock file ``fd`` is held by this process (``_OURS``): its key there, for the
+    holder to take out as it lets go (no second ``fstat``)."""
     key = _identity(fd)
     if key is not None:
         _OURS[key] = os.getpid()
-
-
-def _forget(fd: int) -> None:
-    key = _identity(fd)
-    if key is not None:
-        _OURS.pop(key, None)
+    return key
 
 
 def _identity(fd: int) -> tuple[int, int] | None:
