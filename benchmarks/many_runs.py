@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from faultserver.serverctl import make_blob
 
@@ -27,6 +27,7 @@ KiB, MiB = 1 << 10, 1 << 20
 MB = 1000 * 1000
 LIMIT = 100 * MB  # --limit-rate 100MB, as in the issue
 TINY = 1000  # bytes of a config or template layer
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _files_case(
     urls = [_url(ngx, f"{case.name}/{name}") for name in names]
     tools = _file_tools(case, names, urls)
     for run_number in range(repeat):
-        for tool, command in tools.items():
+        for tool, command in _rotated(tools, run_number):
             if command is None:
                 continue
             dst = dest_base / "out"
@@ -133,6 +134,15 @@ def _files_case(
             outcome.samples.append(sample)
             _say(_line(sample))
     shutil.rmtree(folder)
+
+
+def _rotated(tools: dict[str, T], run_number: int) -> list[tuple[str, T]]:
+    """The tools in turn, each run starting one further, so that no tool is always measured
+    right after the same other one, in whatever state that one leaves the machine (page
+    cache, freed inodes, CPU caches)."""
+    order = list(tools.items())
+    shift = run_number % len(order) if order else 0
+    return order[shift:] + order[:shift]
 
 
 def _file_tools(

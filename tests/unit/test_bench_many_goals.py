@@ -5,7 +5,7 @@ rate stayed under it. No timing is asserted here."""
 from __future__ import annotations
 
 from benchmarks.many import goals
-from benchmarks.many_runs import MiB, Outcome, Sample
+from benchmarks.many_runs import MiB, Outcome, Sample, _rotated
 from benchmarks.report import Goal
 
 
@@ -41,3 +41,27 @@ def test_a_rate_limit_is_met_near_the_limit_and_not_above_it() -> None:
     assert judged(limited(0.5), "--limit-rate 100MB, manifest").status == "NOT met"
     over = judged(limited(1.5), "--limit-rate 100MB, manifest")
     assert over.status == "NOT met" and "above the limit" in over.measured, over
+
+
+def test_a_ratio_goal_shows_its_spread_run_by_run() -> None:
+    curl = [sample("files", "curl", n, wall=w) for n, w in enumerate((1.0, 2.0, 1.0))]
+    ours = [sample("files", "blobdl", n, wall=w) for n, w in enumerate((1.5, 1.0, 0.9))]
+    goal = judged(curl + ours, "400 × 1 MiB: wall")
+    # runs: 1.5/1.0, 1.0/2.0, 0.9/1.0; the verdict stays on the medians (1.0 vs 1.0)
+    assert "run by run 0.50-1.50×" in goal.measured and goal.status == "met", goal
+
+
+def test_a_ratio_goal_with_one_run_shows_no_spread() -> None:
+    goal = judged([sample("files", "curl", 0), sample("files", "blobdl", 0)], "400 × 1 MiB: wall")
+    assert "run by run" not in goal.measured, goal
+
+
+def test_each_run_starts_the_tools_one_further() -> None:
+    tools = {"blobdl": 1, "aria2c": 2, "curl": 3}
+    orders = [[name for name, _ in _rotated(tools, run)] for run in range(4)]
+    assert orders == [
+        ["blobdl", "aria2c", "curl"],
+        ["aria2c", "curl", "blobdl"],
+        ["curl", "blobdl", "aria2c"],
+        ["blobdl", "aria2c", "curl"],
+    ]
