@@ -125,11 +125,11 @@ class CacheLayout:
         """huggingface_hub's own lock on the blob: one downloader at a time, of either kind."""
         return flocked(self.locks / f"{f.etag}.lock", wait=wait)
 
-    def place(self, f: RepoFile, where: str) -> Path:
-        """The staged download, checked, becomes the blob (the folder renamed in is returned,
-        for the caller to sync)."""
+    def place(self, f: RepoFile, where: str, *, engine_checked: bool) -> Path:
+        """The staged download, checked (``check_staged``), becomes the blob (the folder
+        renamed in is returned, for the caller to sync)."""
         staged = self.staging(f)
-        check_staged(staged, f, where)
+        check_staged(staged, f, where, engine_checked=engine_checked)
         return move_into_place(staged, self.blob_path(f))
 
     def link(self, f: RepoFile) -> None:

@@ -363,3 +363,38 @@ def test_a_branch_pushed_to_between_the_listing_and_the_downloads_comes_down_as_
     offline = hf_env(hub.url, tmp_path / "home", offline=True)
     got = call(offline, "snapshot_download", repo_id="acme/moving", cache_dir=str(cache))
     assert contents(Path(got["path"])) == first, got
+
+
+# --- a local dir taken to another revision ------------------------------------------------------
+
+
+def _two_revisions() -> tuple[HubRepo, dict[str, bytes], dict[str, bytes]]:
+    """``acme/tuned``: ``main`` and ``v2`` hold weights of one size and other bytes (a
+    fine-tune keeps every tensor's shape), an LFS file and a git file alike."""
+    tuned = HubRepo("acme/tuned")
+    first = {"w.safetensors": os.urandom(150_000), "vocab.txt": b"a\nb\n"}
+    second = {"w.safetensors": os.urandom(150_000), "vocab.txt": b"c\nd\n"}
+    tuned.commit(first)
+    tuned.commit(second, branch="v2")
+    return tuned, first, second
+
+
+@pytest.mark.parametrize("left", [".blobdl-part", ".blobdl-part.blobdl-tmp"])
+def test_what_a_stopped_run_of_another_revision_left_in_a_local_dir_is_never_taken_for_its_file(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, left: str
+) -> None:
+    """A local dir's downloads are staged by path (``download/<path>.blobdl-part``), not by
+    content: a run of ``main`` stopped once a file had come down (or part of it), then a
+    run of ``v2`` into the same folder, finds ``main``'s bytes where ``v2``'s file is staged.
+    They are the other revision's bytes, whatever their size: never moved into place."""
+    tuned, first, second = _two_revisions()
+    hub.publish([*repos.values(), tuned])
+    ld = tmp_path / "ld"
+    assert blobdl_hf(hub, tmp_path, "acme/tuned", "--local-dir", str(ld)).returncode == 0
+    download = ld / ".cache" / "huggingface" / "download"
+    for path in first:  # what a run stopped between the download and its move leaves
+        (ld / path).rename(download / f"{path}{left}")
+        (download / f"{path}.metadata").unlink()
+    done = blobdl_hf(hub, tmp_path, "acme/tuned", "--local-dir", str(ld), "--revision", "v2")
+    assert done.returncode == 0, done.stderr
+    assert contents(ld) == second
