@@ -113,9 +113,12 @@ class CacheLayout:
         return False
 
     def have(self, f: RepoFile) -> bool:
-        """Its blob is here (it got here checked, so its name vouches for its bytes)."""
+        """Its blob is here (it got here checked, so its name vouches for its bytes): a
+        regular file of its size. Anything else at its name (a FIFO a reader would wait on
+        for ever, a link to a device) is no blob: it is fetched, and replaced."""
         with contextlib.suppress(OSError):
-            return os.stat(self.blob_path(f)).st_size == f.size
+            info = os.stat(self.blob_path(f))
+            return stat.S_ISREG(info.st_mode) and info.st_size == f.size
         return False
 
     def staging(self, f: RepoFile) -> Path:

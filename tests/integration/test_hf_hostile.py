@@ -398,3 +398,25 @@ def test_what_a_stopped_run_of_another_revision_left_in_a_local_dir_is_never_tak
     done = blobdl_hf(hub, tmp_path, "acme/tuned", "--local-dir", str(ld), "--revision", "v2")
     assert done.returncode == 0, done.stderr
     assert contents(ld) == second
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link to /dev/null"])
+def test_a_blob_that_is_no_regular_file_is_fetched_again_not_linked(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, planted: str
+) -> None:
+    """``blobs/<etag>`` of the empty file's size that is a FIFO (or a link to a device): its
+    name and size are right, but a reader of the snapshot's ``empty.txt`` would wait for a
+    writer for ever. It is no blob: the file comes down and takes its place."""
+    cache = tmp_path / "cache"
+    blobs = cache / "models--acme--small" / "blobs"
+    blobs.mkdir(parents=True)
+    empty = blobs / "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git's name for no bytes
+    if planted == "fifo":
+        os.mkfifo(empty)
+    else:
+        empty.symlink_to("/dev/null")
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    snapshot = Path(done.stdout.strip())
+    assert (snapshot / "empty.txt").is_file() and not empty.is_symlink()
+    assert contents(snapshot) == repos["acme/small"].contents[_commit(repos)]
