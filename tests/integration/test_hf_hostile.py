@@ -5,6 +5,7 @@ wrote."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import subprocess
@@ -420,3 +421,21 @@ def test_a_blob_that_is_no_regular_file_is_fetched_again_not_linked(
     snapshot = Path(done.stdout.strip())
     assert (snapshot / "empty.txt").is_file() and not empty.is_symlink()
     assert contents(snapshot) == repos["acme/small"].contents[_commit(repos)]
+
+
+def test_a_staged_blob_whose_bytes_are_not_its_name_is_fetched_again(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """In the cache a download is staged by its etag (``blobs/<etag>.blobdl-part``); one
+    found there with bytes of the right size that are not that etag's (cut short and
+    zero-filled, copied by hand) is hashed like any left behind, and fetched again."""
+    tuned, first, second = _two_revisions()
+    hub.publish([*repos.values(), tuned])
+    cache = tmp_path / "cache"
+    blobs = cache / "models--acme--tuned" / "blobs"
+    blobs.mkdir(parents=True)
+    etag = hashlib.sha256(second["w.safetensors"]).hexdigest()
+    (blobs / f"{etag}.blobdl-part").write_bytes(first["w.safetensors"])
+    done = blobdl_hf(hub, tmp_path, "acme/tuned", "--cache-dir", str(cache), "--revision", "v2")
+    assert done.returncode == 0, done.stderr
+    assert contents(Path(done.stdout.strip())) == second
