@@ -113,9 +113,12 @@ class CacheLayout:
         return False
 
     def have(self, f: RepoFile) -> bool:
-        """Its blob is here (it got here checked, so its name vouches for its bytes)."""
+        """Its blob is here (it got here checked, so its name vouches for its bytes): a
+        regular file of its size. Anything else at its name (a FIFO a reader would wait on
+        for ever, a link to a device) is no blob: it is fetched, and replaced."""
         with contextlib.suppress(OSError):
-            return os.stat(self.blob_path(f)).st_size == f.size
+            info = os.stat(self.blob_path(f))
+            return stat.S_ISREG(info.st_mode) and info.st_size == f.size
         return False
 
     def staging(self, f: RepoFile) -> Path:
@@ -125,11 +128,11 @@ class CacheLayout:
         """huggingface_hub's own lock on the blob: one downloader at a time, of either kind."""
         return flocked(self.locks / f"{f.etag}.lock", wait=wait)
 
-    def place(self, f: RepoFile, where: str) -> Path:
-        """The staged download, checked, becomes the blob (the folder renamed in is returned,
-        for the caller to sync)."""
+    def place(self, f: RepoFile, where: str, *, engine_checked: bool) -> Path:
+        """The staged download, checked (``check_staged``), becomes the blob (the folder
+        renamed in is returned, for the caller to sync)."""
         staged = self.staging(f)
-        check_staged(staged, f, where)
+        check_staged(staged, f, where, engine_checked=engine_checked)
         return move_into_place(staged, self.blob_path(f))
 
     def link(self, f: RepoFile) -> None:

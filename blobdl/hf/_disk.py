@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import BadResponse, DigestMismatch, IntegrityError, LocalFileError
 from ..store._destination import temp_path
+from ..store._digest import sha256_fd
 from ..store._files import atomic_write, local_errors, open_own, read_own, take_lock
 from ..store._lock import DestinationLock
 from ..store._resume import state_path
@@ -143,21 +144,27 @@ def leftovers(staged: Path) -> list[Path]:
     return [path for path in names if os.path.lexists(path)]
 
 
-def check_staged(staged: Path, f: RepoFile, where: str) -> None:
-    """The bytes a download left are the file's: its size, and for a git file its blob sha1
-    (the engine checked an LFS file's sha256 before its rename). A mismatch removes them."""
+def check_staged(staged: Path, f: RepoFile, where: str, *, engine_checked: bool) -> None:
+    """The bytes a download left are the file's: its size, and its etag (a git file's blob
+    sha1; an LFS file's sha256 too, unless ``engine_checked``: this run's engine hashed them
+    as they landed). A staged file an earlier run left is hashed whatever it is: a local dir
+    stages by path, so it may hold another revision's file of the same size. A mismatch
+    removes them."""
     with local_errors(staged):
         fd = open_own(staged, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        actual = git_blob_sha1(fd) if f.lfs_sha256 is None and size == f.size else None
+        actual = None
+        if size == f.size and not (f.lfs_sha256 is not None and engine_checked):
+            actual = git_blob_sha1(fd) if f.lfs_sha256 is None else sha256_fd(fd)
     finally:
         os.close(fd)
-    if size != f.size or (actual is not None and actual != f.blob_id):
+    if size != f.size or (actual is not None and actual != f.etag):
         staged.unlink(missing_ok=True)
         if size != f.size:
             raise BadResponse(where, f"{f.path!r}: {size} bytes where the Hub listed {f.size}")
-        raise DigestMismatch(f"git sha1 {f.blob_id}", f"git sha1 {actual}")
+        kind = "git sha1 " if f.lfs_sha256 is None else "sha256:"
+        raise DigestMismatch(f"{kind}{f.etag}", f"{kind}{actual}")
 
 
 def move_into_place(staged: Path, final: Path) -> Path:

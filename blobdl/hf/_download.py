@@ -251,7 +251,7 @@ class _Fetcher:
             try:
                 if outcome.error is not None:
                     raise outcome.error
-                placed.add(self.layout.place(f, item.url))
+                placed.add(self.layout.place(f, item.url, engine_checked=True))
                 assert outcome.result is not None
                 self.fetched[f.path] = outcome.result
             except BlobdlError as exc:
@@ -263,11 +263,13 @@ class _Fetcher:
 
     def _left_behind(self, f: RepoFile) -> bool:
         """A download that finished but was not moved into place (the run stopped between
-        the two) is checked and moved now; a bad one is removed and fetched again."""
-        if not self.layout.staging(f).exists():
+        the two) is checked and moved now; a bad one (another revision's, in a local dir)
+        is removed and fetched again."""
+        staged = self.layout.staging(f)
+        if not staged.exists():
             return False
         try:
-            sync_dir_quietly(self.layout.place(f, str(self.layout.staging(f))))
+            sync_dir_quietly(self.layout.place(f, str(staged), engine_checked=False))
         except IntegrityError:
             return False
         return True

@@ -134,9 +134,9 @@ class LocalDirLayout:
         """huggingface_hub's lock on the file's metadata, ``download/<path>.lock``."""
         return _disk.flocked(self._bookkeeping(f, ".lock"), wait=wait)
 
-    def place(self, f: RepoFile, where: str) -> Path:
+    def place(self, f: RepoFile, where: str, *, engine_checked: bool) -> Path:
         staged = self.staging(f)
-        _disk.check_staged(staged, f, where)
+        _disk.check_staged(staged, f, where, engine_checked=engine_checked)
         final = self.file_path(f)
         _disk.make_dirs(final.parent)
         folder = _disk.move_into_place(staged, final)

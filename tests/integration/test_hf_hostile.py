@@ -5,6 +5,7 @@ wrote."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import subprocess
@@ -363,3 +364,78 @@ def test_a_branch_pushed_to_between_the_listing_and_the_downloads_comes_down_as_
     offline = hf_env(hub.url, tmp_path / "home", offline=True)
     got = call(offline, "snapshot_download", repo_id="acme/moving", cache_dir=str(cache))
     assert contents(Path(got["path"])) == first, got
+
+
+# --- a local dir taken to another revision ------------------------------------------------------
+
+
+def _two_revisions() -> tuple[HubRepo, dict[str, bytes], dict[str, bytes]]:
+    """``acme/tuned``: ``main`` and ``v2`` hold weights of one size and other bytes (a
+    fine-tune keeps every tensor's shape), an LFS file and a git file alike."""
+    tuned = HubRepo("acme/tuned")
+    first = {"w.safetensors": os.urandom(150_000), "vocab.txt": b"a\nb\n"}
+    second = {"w.safetensors": os.urandom(150_000), "vocab.txt": b"c\nd\n"}
+    tuned.commit(first)
+    tuned.commit(second, branch="v2")
+    return tuned, first, second
+
+
+@pytest.mark.parametrize("left", [".blobdl-part", ".blobdl-part.blobdl-tmp"])
+def test_what_a_stopped_run_of_another_revision_left_in_a_local_dir_is_never_taken_for_its_file(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, left: str
+) -> None:
+    """A local dir's downloads are staged by path (``download/<path>.blobdl-part``), not by
+    content: a run of ``main`` stopped once a file had come down (or part of it), then a
+    run of ``v2`` into the same folder, finds ``main``'s bytes where ``v2``'s file is staged.
+    They are the other revision's bytes, whatever their size: never moved into place."""
+    tuned, first, second = _two_revisions()
+    hub.publish([*repos.values(), tuned])
+    ld = tmp_path / "ld"
+    assert blobdl_hf(hub, tmp_path, "acme/tuned", "--local-dir", str(ld)).returncode == 0
+    download = ld / ".cache" / "huggingface" / "download"
+    for path in first:  # what a run stopped between the download and its move leaves
+        (ld / path).rename(download / f"{path}{left}")
+        (download / f"{path}.metadata").unlink()
+    done = blobdl_hf(hub, tmp_path, "acme/tuned", "--local-dir", str(ld), "--revision", "v2")
+    assert done.returncode == 0, done.stderr
+    assert contents(ld) == second
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link to /dev/null"])
+def test_a_blob_that_is_no_regular_file_is_fetched_again_not_linked(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, planted: str
+) -> None:
+    """``blobs/<etag>`` of the empty file's size that is a FIFO (or a link to a device): its
+    name and size are right, but a reader of the snapshot's ``empty.txt`` would wait for a
+    writer for ever. It is no blob: the file comes down and takes its place."""
+    cache = tmp_path / "cache"
+    blobs = cache / "models--acme--small" / "blobs"
+    blobs.mkdir(parents=True)
+    empty = blobs / "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git's name for no bytes
+    if planted == "fifo":
+        os.mkfifo(empty)
+    else:
+        empty.symlink_to("/dev/null")
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    snapshot = Path(done.stdout.strip())
+    assert (snapshot / "empty.txt").is_file() and not empty.is_symlink()
+    assert contents(snapshot) == repos["acme/small"].contents[_commit(repos)]
+
+
+def test_a_staged_blob_whose_bytes_are_not_its_name_is_fetched_again(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """In the cache a download is staged by its etag (``blobs/<etag>.blobdl-part``); one
+    found there with bytes of the right size that are not that etag's (cut short and
+    zero-filled, copied by hand) is hashed like any left behind, and fetched again."""
+    tuned, first, second = _two_revisions()
+    hub.publish([*repos.values(), tuned])
+    cache = tmp_path / "cache"
+    blobs = cache / "models--acme--tuned" / "blobs"
+    blobs.mkdir(parents=True)
+    etag = hashlib.sha256(second["w.safetensors"]).hexdigest()
+    (blobs / f"{etag}.blobdl-part").write_bytes(first["w.safetensors"])
+    done = blobdl_hf(hub, tmp_path, "acme/tuned", "--cache-dir", str(cache), "--revision", "v2")
+    assert done.returncode == 0, done.stderr
+    assert contents(Path(done.stdout.strip())) == second
