@@ -4,6 +4,7 @@ survives exec), for ``tests/integration/test_sigchld_ignored.py``.
 ``python -m tests.sigchld_caller REPORT MODE ...``; MODE is ``download URL OUT SETTINGS
 DIGEST`` or ``many ITEMS SETTINGS`` (JSON: ``[[url, out], ...]``). Options: ``--threaded``
 (a thread of the caller's runs the whole time: the call goes to a clean process),
+``--reaper`` (SIGCHLD not ignored but handled: the caller reaps every child that ends),
 ``--kill-worker`` (once bytes arrive, a worker process of the download is killed),
 ``--kill-item`` (once bytes arrive, a large item's process is killed).
 
@@ -25,7 +26,18 @@ import threading
 import traceback
 from typing import Any
 
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # before blobdl is even imported
+
+def _reap_all(signum: int, frame: object) -> None:
+    """A caller's own reaper (``--reaper``): every child that ends, whoever's."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+# Before blobdl is even imported.
+signal.signal(signal.SIGCHLD, _reap_all if "--reaper" in sys.argv else signal.SIG_IGN)
 
 import psutil  # noqa: E402
 

@@ -52,16 +52,17 @@ def _download(tmp_path: Path, blob: Blob, digest: str = "", *options: str) -> di
     return said
 
 
-@THREADED
+@pytest.mark.parametrize("caller", ["forks", "exec's", "reaps itself"])
 def test_a_download_with_several_workers_kills_no_process_that_is_not_its_child(
-    make: Make, tmp_path: Path, threaded: bool
+    make: Make, tmp_path: Path, caller: str
 ) -> None:
     """Each worker told to quit was joined, found with no exit code (the kernel had reaped
     it) and killed for it: a SIGKILL to a process id that may be anyone's by then. So was
     the hasher, once it had sent its digest; and at the caller's exit multiprocessing
-    SIGTERMed every such child again, still "running" for it."""
+    SIGTERMed every such child again, still "running" for it. A caller whose own SIGCHLD
+    handler reaps every child is the same case."""
     blob = make(24 * PART, seed=4101)
-    options = ("--threaded",) if threaded else ()
+    options = {"forks": (), "exec's": ("--threaded",), "reaps itself": ("--reaper",)}[caller]
     said = _download(tmp_path, blob, blob.sha256, *options)
     assert said["said"] == "ok", said["said"]
     assert said["sha256"] == blob.sha256
