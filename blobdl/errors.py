@@ -130,13 +130,17 @@ class Stalled(NetworkError):
 
 
 class WorkerCrashed(NetworkError):
-    """A worker process (or another child of ours: ``what``) died without reporting."""
+    """A worker process (or another child of ours: ``what``) died without reporting;
+    ``exitcode`` None where the system reaped it first (the caller ignores SIGCHLD, or
+    reaps every child itself), and nobody can know how it ended."""
 
     def __init__(self, exitcode: int | None, what: str = "worker process") -> None:
         super().__init__(exitcode, what)
         self.exitcode, self.what = exitcode, what
 
     def __str__(self) -> str:
+        if self.exitcode is None:  # reaped before we could look: its status is gone
+            return f"{self.what} died (its exit status is lost: this process ignores SIGCHLD)"
         return f"{self.what} died (exit code {self.exitcode})"
 
 

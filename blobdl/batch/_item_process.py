@@ -28,9 +28,10 @@ from ..engine._share import Share, Shares
 from ..errors import BlobdlError
 from ..events import DownloadResult, Event
 from ..http._remote import Remote
+from ..processes._child import Child, Execed
 from ..processes._clean_child import forward_logs
 from ..processes._signals import interrupted
-from ..processes._spawn import Child, Execed, start, threaded
+from ..processes._spawn import start, start_watched, threaded
 from ._items import Item
 
 
@@ -88,7 +89,7 @@ class LargeItems:
         One that dies before it reads its job is heard as any child that died: its pipe
         reads EOF."""
         assert self.shares.fd is not None
-        proc, conn = Execed.start(clean_item_main, keep=(self.shares.fd,))
+        proc, conn = start_watched(clean_item_main, keep=(self.shares.fd,))
         level = logging.getLogger("blobdl").getEffectiveLevel()
         job = (item, remote, settings, self.shares.slots, slot, self.shares.fd, level)
         with contextlib.suppress(OSError):

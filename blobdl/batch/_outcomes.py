@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from .._redact import redact_url
 from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import DownloadResult, Event, Failed, Finished, Started
-from ..processes._spawn import Child
+from ..processes._child import Child
 from ._items import BatchCallback, BatchEvent, Item, ItemResult
 
 

@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,6 +39,7 @@ from ..engine._small import NotSmall, OneRequest, Seat
 from ..errors import BlobdlError, LocalFileError
 from ..events import DownloadResult, Event
 from ..http._remote import Remote
+from ..processes._child import Forked
 from ..processes._spawn import private, seat_pipe, start
 from ..store._destination import sync_dir_quietly
 from ..store._names import default_name
@@ -110,7 +110,7 @@ class Pool:
         self.ranges = [range(p * per, min(seats, (p + 1) * per)) for p in range(self.count)]
         self.ranges = [r for r in self.ranges if len(r)]
         self.pipes: list[Connection] = [None] * seats  # type: ignore[list-item]
-        self.procs: list[BaseProcess] = []
+        self.procs: list[Forked] = []
         self.controls: list[Connection] = []
         self.closing = False  # told to end (``end``): told once
         self.ended: set[int] = set()  # processes reaped for good (``reaped``)
@@ -156,8 +156,7 @@ class Pool:
 
     def kill(self, process: int) -> None:
         """Kill a process whose seat failed (its sentinel then reports it)."""
-        if self.procs[process].exitcode is None:
-            self.procs[process].kill()
+        self.procs[process].kill()  # nothing, if it has ended
 
     def restart(self, process: int) -> None:
         """Fork the process again (it died); its seats' pipes are new."""
@@ -226,7 +225,7 @@ class Pool:
         """Wait for process ``number`` (killed after ``grace`` seconds; None: never)."""
         proc = self.procs[number]
         proc.join(grace)
-        if proc.exitcode is None:
+        if not proc.ended:
             proc.kill()
             proc.join()
         for conn in (self.controls[number], *(self.pipes[s] for s in self.ranges[number])):

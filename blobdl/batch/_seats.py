@@ -114,7 +114,9 @@ class Seats:
         watch.forget(proc.sentinel)
         ranges = self.pool.ranges[number]
         self._reaped(number)
-        if proc.exitcode != 0:  # killed: it could not remove its seats' lock files
+        # Killed (or ended where nobody can say how: SIGCHLD ignored), it may not have
+        # removed its seats' lock files: swept (only those nobody holds go).
+        if proc.exitcode != 0:
             self._sweep(ranges)
         for seat in ranges:
             self.budget.end(seat, None)

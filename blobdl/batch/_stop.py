@@ -5,7 +5,6 @@ reached it said of its result is kept: it finished, whatever the stop says of th
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Collection
 from multiprocessing.connection import Connection, wait
@@ -31,8 +30,7 @@ def stop(
     if pool is not None:
         pool.stop(signum)
     for child in running:
-        if child.proc.pid is not None:
-            os.kill(child.proc.pid, signum)
+        child.proc.signal(signum)  # nothing, if it has ended
     pipes = {child.conn for child in running}
     sentinels = {child.proc.sentinel for child in running}
     if pool is not None:
@@ -47,8 +45,7 @@ def stop(
                 pipes.discard(ready)
         if pool is not None and time.monotonic() > deadline:
             for proc in pool.procs:
-                if proc.exitcode is None:
-                    proc.kill()
+                proc.kill()  # nothing, if it has ended
     for pipe in pipes:  # what they said before they exited, not read yet: a result, say
         while _ready(pipe) and _read(pipe, finished):
             pass

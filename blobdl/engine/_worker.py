@@ -151,9 +151,7 @@ class _Worker:
         self.taken = [False] * seats
 
     def alive(self) -> bool:
-        # Its sentinel too: where the caller ignores SIGCHLD (or reaps every child itself),
-        # the kernel reaps it, and multiprocessing's exitcode stays None for ever.
-        return self.proc.exitcode is None and not wait([self.proc.sentinel], 0)
+        return not self.proc.ended
 
     def busy(self) -> int:
         return sum(self.taken)
@@ -190,7 +188,7 @@ class _Worker:
             return result
         except (EOFError, OSError):
             self.proc.join(STOP_GRACE)
-            return WorkerCrashed(self.proc.exitcode if self.proc.exitcode is not None else -1)
+            return WorkerCrashed(self.proc.exitcode)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -200,7 +198,7 @@ class _Worker:
         with suppress(OSError):
             self.control.send(None)
         self.proc.join(STOP_GRACE)
-        if self.proc.exitcode is None:
+        if not self.proc.ended:
             self.kill()
         self.discard()
 

@@ -16,12 +16,9 @@ Ctrl-C in the caller's main thread, stops the child as a signal would: it saves 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
-import os
 import signal
-import subprocess
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
@@ -29,9 +26,10 @@ from typing import Any, TypeVar
 from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import Finished
 from . import _spare
+from ._child import Execed
 from ._clean_child import child_main, relay_log
 from ._signals import interrupted
-from ._spawn import exited, reap, start_clean, threaded
+from ._spawn import start_clean, threaded
 
 T = TypeVar("T")
 Tell = Callable[[Any], None]
@@ -63,20 +61,20 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> 
         conn.close()
         if not answered:  # whatever cut us short (even in a handler): the child stops too
             _stop(proc, None)
-        reap(proc)
+        proc.join()
 
 
-def _send_job(conn: Connection, proc: subprocess.Popen[bytes], job: tuple[Any, ...]) -> None:
+def _send_job(conn: Connection, proc: Execed, job: tuple[Any, ...]) -> None:
     """Its job to a child just started; one killed meanwhile (its end of the socket is
     closed: only it held that) died as it would have a moment later, and is said so."""
     try:
         conn.send(job)
     except (BrokenPipeError, ConnectionResetError):
-        reap(proc)
+        proc.join()
         raise _died(proc) from None
 
 
-def _follow(conn: Connection, proc: subprocess.Popen[bytes], tell: Tell | None) -> Any:
+def _follow(conn: Connection, proc: Execed, tell: Tell | None) -> Any:
     """Tell events until the outcome; return or raise it. Anything raised in this thread
     meanwhile (Ctrl-C, an exception from a signal handler such as a job's timeout, a
     callback's own error or SystemExit) stops the child as a signal would, and is raised
@@ -120,15 +118,13 @@ def _reason(exc: BaseException) -> BaseException:
     return interrupted(exc) if isinstance(exc, KeyboardInterrupt) else exc
 
 
-def _stop(proc: subprocess.Popen[bytes], why: BaseException | None) -> BaseException | None:
+def _stop(proc: Execed, why: BaseException | None) -> BaseException | None:
     """Ask the child to stop as a signal would (it saves its state); return ``why``. A
     second Ctrl-C before the first is passed on does not keep it from being passed on."""
     sig = signal.SIGINT if isinstance(why, Interrupted) else signal.SIGTERM
     while True:
         try:
-            if not exited(proc):  # not reaped: its pid is still its own
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, sig)
+            proc.signal(sig)  # to it alone (nothing, if it has ended)
             return why
         except KeyboardInterrupt:
             continue
@@ -146,24 +142,24 @@ def _broken(stop: BaseException | None) -> bool:
     return stop is not None and not isinstance(stop, Interrupted)
 
 
-def _receive(conn: Connection, proc: subprocess.Popen[bytes]) -> tuple[str, Any]:
+def _receive(conn: Connection, proc: Execed) -> tuple[str, Any]:
     # Polled, not only read: another thread of the caller may fork and hold our socket open.
     while not conn.poll(_LOOK):
-        if exited(proc) and not conn.poll(0):
+        if proc.ended and not conn.poll(0):
             raise _died(proc)
     try:
         message: tuple[str, Any] = conn.recv()
     except (EOFError, OSError):
-        reap(proc)
+        proc.join()
         raise _died(proc) from None
     return message
 
 
-def _died(proc: subprocess.Popen[bytes]) -> BlobdlError:
+def _died(proc: Execed) -> BlobdlError:
     """It ended without a word. Ended by Ctrl-C or SIGTERM, it was stopped before its
     download could hear it (while it started): stopped all the same. Ended otherwise (the
     OOM killer's SIGKILL, a crash), it is a child that crashed, as a worker can."""
-    code = proc.returncode
+    code = proc.exitcode  # None: reaped by the system, how it ended is lost
     if code is not None and -code in (signal.SIGINT, signal.SIGTERM):
         return Interrupted(-code)
     return WorkerCrashed(code, "download process")

@@ -22,18 +22,17 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
-from subprocess import Popen
 from typing import Any, NamedTuple
 
 from ..events import Started
+from ._child import Execed
 from ._clean_child import run_job
-from ._spawn import exited, kernel_state, reap, start_clean
+from ._spawn import kernel_state, start_clean
 
 #: Seconds a spare waits for its download before it ends by itself. Long enough for the item
 #: it was started beside; an item longer than this makes its 0.2 s of start-up negligible.
@@ -49,7 +48,7 @@ Context = tuple[str, dict[str, str], list[str]]
 
 class _Spare(NamedTuple):
     conn: Connection
-    proc: Popen[bytes]
+    proc: Execed
     taken_before: float  # monotonic time after which it is no longer taken (it may be ending)
     context: Context | None  # the caller's when it was started (None: unknown, never taken)
 
@@ -71,7 +70,7 @@ def kept(idle: float = IDLE) -> Iterator[None]:
         _keeping.idle = before
 
 
-def take(job: object) -> tuple[Connection, Popen[bytes]] | None:
+def take(job: object) -> tuple[Connection, Execed] | None:
     """This thread's spare, given ``job``, if it has a live one young enough that says it
     holds the job (it is no longer a spare then); else None, and the caller starts a
     process of its own."""
@@ -93,7 +92,7 @@ def _fits(spare: _Spare) -> bool:
     caller now is (a process of its own would start there, with that environment)."""
     if time.monotonic() >= spare.taken_before or spare.context is None:
         return False
-    return spare.context == _context() and not exited(spare.proc)
+    return spare.context == _context() and not spare.proc.ended
 
 
 def _context() -> Context | None:
@@ -119,7 +118,7 @@ def _holds(spare: _Spare, job: object) -> bool:
         return False
 
 
-def _stopped(proc: Popen[bytes]) -> bool:
+def _stopped(proc: Execed) -> bool:
     """Whether it is stopped (SIGSTOP, Ctrl-Z; or at a tracer's stop), as Linux says. Gone
     (its EOF is next), or without /proc, it is not known to be stopped."""
     return kernel_state(f"/proc/{proc.pid}") in ("T", "t")
@@ -189,11 +188,8 @@ def drop_all() -> int:
 def _end(spare: _Spare) -> None:
     """An unused spare holds nothing: it is killed and reaped."""
     spare.conn.close()
-    if exited(spare.proc):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(spare.proc.pid, signal.SIGKILL)
-    reap(spare.proc)
+    spare.proc.kill()  # nothing, if it has ended
+    spare.proc.join()
 
 
 # --- in the spare ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Starting a child process: ``start`` forks any child, ``start_clean`` execs a fresh
-interpreter (for threaded callers, see ``_clean_process``; ``exited`` and ``reap`` wait for
-one), and ``child_setup`` is the first thing every child runs, forked or exec'd.
+interpreter (for threaded callers, see ``_clean_process``), each returned as a ``_child``
+handle to wait for, judge and signal it by, and ``child_setup`` is the first thing every
+child runs, forked or exec'd.
 
 Every forked child of blobdl (a worker process, the prefix hasher, a batch item) is started
 by ``start``, which hands it one end of a fresh pipe and keeps the other (a worker also
@@ -29,12 +30,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from multiprocessing.spawn import get_executable
-from typing import Any, Protocol
+from typing import Any
 
 from .._libc import libc_function
 from ..errors import OutOfResources
+from ._child import Execed, Forked
 from ._signals import child_signals, coordinator_signals
 
 _PR_SET_PDEATHSIG = 1
@@ -54,8 +55,9 @@ def start(
     daemon: bool,
     duplex: bool = False,
     coordinator: bool = False,
-) -> tuple[BaseProcess, Connection]:
-    """Fork a child running ``target(*args, conn)``; return it and our end of its pipe.
+) -> tuple[Forked, Connection]:
+    """Fork a child running ``target(*args, conn)``; return it (watched: ``_child``) and
+    our end of its pipe.
 
     Without ``duplex`` the child writes and we read; the child's end is closed here, so
     our end reads EOF once the child (and anything it forked) is gone. A ``coordinator``
@@ -75,7 +77,7 @@ def start(
         raise
     finally:
         theirs.close()
-    return proc, ours
+    return Forked(proc), ours
 
 
 @contextlib.contextmanager
@@ -203,9 +205,10 @@ _BOOT = (
 
 def start_clean(
     entry: Callable[[Connection], None], keep: Sequence[int] = ()
-) -> tuple[Connection, subprocess.Popen[bytes]]:
+) -> tuple[Connection, Execed]:
     """Start ``entry(conn)`` in a fresh interpreter (fork + exec: nothing of this process's
-    threads or locks comes along); return our end of its socket and the process. The
+    threads or locks comes along); return our end of its socket and the process (watched:
+    ``_child``). The
     descriptors in ``keep`` are the child's too, under the same numbers."""
     where = f"{entry.__module__}:{entry.__qualname__}"
     with _refused_as_ours("open a socket to a new process"):
@@ -220,98 +223,28 @@ def start_clean(
                 stdin=subprocess.DEVNULL,
             )
         # The child now holds the only other end: if it dies, we read EOF.
-        return Connection(ours.detach()), proc
+        return Connection(ours.detach()), Execed(proc)
 
 
-class Child(Protocol):
-    """A child process as its parent waits for it: forked (``BaseProcess``) or exec'd
-    (``Execed``)."""
-
-    @property
-    def pid(self) -> int | None: ...
-
-    @property
-    def sentinel(self) -> int: ...
-
-    @property
-    def exitcode(self) -> int | None: ...
-
-    def join(self) -> None: ...
-
-
-class Execed:
-    """A child started by exec (``Execed.start``), with what a forked one (``BaseProcess``)
-    offers those who wait for it: its ``pid``, a ``sentinel`` that reads as ready once it
-    has ended (a pipe whose other end only it, and what it forks, holds: as multiprocessing
-    makes one for a fork; a pidfd would need Linux 5.3), its ``exitcode`` (None while it
-    runs; -N: ended by signal N) and ``join`` (which also lets the sentinel go)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], sentinel: int) -> None:
-        self.proc, self.pid, self.sentinel = proc, proc.pid, sentinel
-
-    @classmethod
-    def start(
-        cls, entry: Callable[[Connection], None], keep: Sequence[int] = ()
-    ) -> tuple[Execed, Connection]:
-        """``start_clean(entry, keep)``, watched: the child and our end of its socket (which
-        no child forked later keeps, ``private``)."""
-        with _refused_as_ours("open a pipe to a new process"):
-            sentinel, held = os.pipe()
-        try:
-            conn, proc = start_clean(entry, keep=(*keep, held))
-        except BaseException:
-            os.close(sentinel)
-            raise
-        finally:
-            os.close(held)  # the child's now
-        private(conn)
-        return cls(proc, sentinel), conn
-
-    @property
-    def exitcode(self) -> int | None:
-        exited(self.proc)
-        return self.proc.returncode
-
-    def join(self) -> None:
-        reap(self.proc)
-        if self.sentinel >= 0:
-            os.close(self.sentinel)
-            self.sentinel = -1
-
-
-# Popen's poll() and wait() hold a lock of the Popen while they wait: a Ctrl-C raised in
-# there (twice, fast) can leave it held, and the next wait() then hangs for ever. Ours hold
-# none: waitpid itself, the exit code written down for the rest of Popen.
-
-
-def exited(proc: subprocess.Popen[bytes]) -> bool:
-    """Whether the child has ended (reaped here if so); never waits."""
-    return _waited(proc, os.WNOHANG)
-
-
-def reap(proc: subprocess.Popen[bytes]) -> None:
-    """Wait for the child to end. A Ctrl-C meanwhile does not cut it short: the child has
-    been told to stop already, or is ending of itself."""
-    while True:
-        try:
-            _waited(proc, 0)
-            return
-        except KeyboardInterrupt:
-            continue
-
-
-def _waited(proc: subprocess.Popen[bytes], flags: int) -> bool:
-    if proc.returncode is not None:
-        return True
+def start_watched(
+    entry: Callable[[Connection], None], keep: Sequence[int] = ()
+) -> tuple[Execed, Connection]:
+    """``start_clean(entry, keep)`` with a ``sentinel`` too: a pipe whose other end only the
+    child, and what it forks, holds (as multiprocessing makes one for a fork), to watch
+    beside other pipes; and our end of its socket, which no child forked later keeps
+    (``private``)."""
+    with _refused_as_ours("open a pipe to a new process"):
+        sentinel, held = os.pipe()
     try:
-        pid, status = os.waitpid(proc.pid, flags)
-    except ChildProcessError:  # reaped already (a Ctrl-C cut us short after it)
-        proc.returncode = -1
-        return True
-    if pid == 0:
-        return False
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return True
+        conn, proc = start_clean(entry, keep=(*keep, held))
+    except BaseException:
+        os.close(sentinel)
+        raise
+    finally:
+        os.close(held)  # the child's now
+    private(conn)
+    proc.sentinel = sentinel
+    return proc, conn
 
 
 def _interpreter_flags() -> list[str]:
@@ -341,12 +274,17 @@ def child_setup(
     death_signal: int = signal.SIGKILL,
     thread: int | None = None,
 ) -> None:
-    """First thing in any child: signals, die with ``parent`` (and with its ``thread`` that
-    started us, if given), drop foreign pipe ends."""
+    """First thing in any child: signals (SIGCHLD at its default whatever the caller's),
+    die with ``parent`` (and with its ``thread`` that started us, if given), drop foreign
+    pipe ends."""
     if coordinator:
         coordinator_signals()
     else:
         child_signals()
+    # A caller that ignores SIGCHLD passes that on (through exec too): the kernel would
+    # then reap our own children, their exit codes lost and their pids free for anyone.
+    # This process is blobdl's alone, and reaps every child it starts.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _die_with(parent, death_signal, thread)
     for end in list(_not_for_children):
         if end is not own:

@@ -140,15 +140,18 @@ def test_a_clean_child_cut_after_its_finished_event_gives_the_caller_its_result(
     (committed: its file in place) and is cut by a Ctrl-C before its result goes out
     answers Interrupted. The caller gets the result Finished told: Interrupted would
     promise a partial to resume, where the whole blob is in place."""
+    from blobdl.processes._child import Execed
     from blobdl.processes._clean_process import _follow
 
     ours, theirs = socket.socketpair()
     out = tmp_path / "out"
     out.write_bytes(b"abc")
     with ours, theirs:
-        child = subprocess.Popen(
-            [sys.executable, "-c", _FINISHED_THEN_CUT, str(theirs.fileno()), str(out)],
-            pass_fds=(theirs.fileno(),),
+        child = Execed(
+            subprocess.Popen(
+                [sys.executable, "-c", _FINISHED_THEN_CUT, str(theirs.fileno()), str(out)],
+                pass_fds=(theirs.fileno(),),
+            )
         )
         theirs.close()
         told: list[blobdl.Event] = []
@@ -161,7 +164,7 @@ def test_a_clean_child_cut_after_its_finished_event_gives_the_caller_its_result(
         try:
             result = _follow(Connection(os.dup(ours.fileno())), child, tell)
         finally:
-            child.wait()
+            child.join()
     assert isinstance(result, blobdl.DownloadResult) and result.path == out
     assert [type(e) for e in told] == [blobdl.Finished]
 

@@ -1,0 +1,234 @@
+"""A child process as its parent waits for, judges and signals it: ``Forked`` (by
+multiprocessing) or ``Execed`` (a fresh interpreter), both ``Child``.
+
+A caller may ignore SIGCHLD (daemons, some job runners, and whatever they start: the
+setting survives exec) or reap every child itself. The kernel (or the caller) then reaps our
+child the moment it exits: ``waitpid`` fails with ECHILD, its exit status is gone for good,
+and its process id is free for the next process the machine starts. So a child is not
+judged by its exit code alone: its pidfd (Linux 5.3+) reads as ready once it has ended,
+however it was reaped, and a signal goes through that pidfd, to exactly this process, never
+to whoever holds its old pid now. ``exitcode`` is then None though it has ended (``ended``):
+nobody can know how it ended. Where the kernel has no pidfd (before 5.3, or a seccomp
+profile that predates it), its sentinel says it ended, and a signal goes by pid to a child
+not yet seen to end: exact while SIGCHLD is at its default (the zombie holds the pid until
+we reap it), best effort where it is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import weakref
+from multiprocessing import process
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from typing import Protocol
+
+
+class Child(Protocol):
+    """A child process as its parent waits for it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def sentinel(self) -> int: ...
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    @property
+    def ended(self) -> bool: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def signal(self, signum: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class _Watched:
+    """What both kinds share: the pidfd, whether the child has ended, and its exit code
+    if anyone can know it. A subclass says how its exit status is read (``_reaped``)."""
+
+    def __init__(self, pid: int, sentinel: int) -> None:
+        self.pid, self.sentinel = pid, sentinel
+        self._code: int | None = None
+        self._ended = False
+        self._pidfd = _pidfd_of_child(pid)
+        if self._pidfd is None:  # it ended, and was reaped, before we could look
+            self._ended = True
+        # The pidfd goes once it has ended, or with this handle (closed once, either way).
+        fd = self._pidfd if self._pidfd is not None else -1
+        self._release = weakref.finalize(self, _close, fd)
+
+    @property
+    def exitcode(self) -> int | None:
+        """How it ended (-N: by signal N); None while it runs, or if nobody can know."""
+        self._look()
+        return self._code
+
+    @property
+    def ended(self) -> bool:
+        return self._look()
+
+    def is_alive(self) -> bool:
+        return not self._look()
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to this process, if it has not ended (nothing otherwise)."""
+        if self._look():
+            return
+        with contextlib.suppress(ProcessLookupError):  # it has just ended
+            if self._pidfd is not None and self._pidfd >= 0:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait (at most ``timeout`` seconds) until it has ended."""
+        if self._look():
+            return
+        ready = self._pidfd if self._pidfd is not None and self._pidfd >= 0 else self.sentinel
+        if ready >= 0:
+            wait([ready], timeout)
+        elif timeout is None:
+            self._reaped(block=True)
+        self._look()
+
+    def _look(self) -> bool:
+        """Whether it has ended; its exit code noted if it can be read (reaped here)."""
+        if self._ended:
+            return True
+        self._code = self._reaped(block=False)
+        # Its status first, then whether it is gone: it may end between the two. Gone, it
+        # is reaped at once (a sentinel reads as ready as the process closes its files, a
+        # moment before it is a zombie): none is left behind, and where SIGCHLD is ignored
+        # the wait fails at once, its status lost.
+        if self._code is None and self._gone():
+            self._code = self._reaped(block=True)
+            self._ended = True
+        elif self._code is not None:
+            self._ended = True
+        if self._ended:
+            self._let_go()
+        return self._ended
+
+    def _gone(self) -> bool:
+        """Whether it has ended, reaped or not (its pidfd, else its sentinel, is ready)."""
+        ready = self._pidfd if self._pidfd is not None and self._pidfd >= 0 else self.sentinel
+        return ready >= 0 and bool(wait([ready], 0))
+
+    def _let_go(self) -> None:
+        self._release()
+        self._pidfd = -1
+
+    def _reaped(self, block: bool) -> int | None:
+        raise NotImplementedError
+
+
+class Forked(_Watched):
+    """A child forked by multiprocessing (``_spawn.start``): the process, watched."""
+
+    def __init__(self, proc: BaseProcess) -> None:
+        assert proc.pid is not None, "started"
+        self.proc, self.name = proc, proc.name
+        super().__init__(proc.pid, proc.sentinel)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` seconds) for it to end. A Ctrl-C cuts the wait short,
+        as multiprocessing's own."""
+        self._wait(timeout)
+
+    def _reaped(self, block: bool) -> int | None:
+        code = self.proc.exitcode  # multiprocessing's waitpid (never blocks here)
+        if block and code is None:
+            self.proc.join()
+            code = self.proc.exitcode
+        return code
+
+    def _let_go(self) -> None:
+        # multiprocessing, still seeing no exit code, would SIGTERM it by pid at the
+        # interpreter's exit (a daemon) or join it: we have seen it end.
+        process._children.discard(self.proc)  # type: ignore[attr-defined]
+        super()._let_go()
+
+
+class Execed(_Watched):
+    """A child started by exec (``_spawn.start_clean``): its ``Popen``, watched; its
+    ``sentinel`` a pipe whose other end only it (and what it forks) holds, if it was
+    given one (else -1)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sentinel: int = -1) -> None:
+        self.proc = proc
+        super().__init__(proc.pid, sentinel)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` seconds) for it to end, then let its sentinel go. A
+        Ctrl-C meanwhile does not cut the wait short: the child has been told to stop
+        already, or is ending of itself."""
+        while True:
+            try:
+                self._wait(timeout)
+                break
+            except KeyboardInterrupt:
+                continue
+        if self.ended and self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
+
+    # Popen's poll() and wait() hold a lock of the Popen while they wait: a Ctrl-C raised
+    # in there (twice, fast) can leave it held, and the next wait() then hangs for ever.
+    # Ours hold none: waitpid itself, the exit code written down for the rest of Popen.
+    def _reaped(self, block: bool) -> int | None:
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        try:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped already: by the kernel (SIGCHLD ignored), or else
+            return None
+        if pid == 0:
+            return None
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return self.proc.returncode
+
+
+def _pidfd_of_child(pid: int) -> int | None:
+    """A pidfd for our child ``pid``, checked to be that child: -1 if the kernel has none
+    to give, None if the child has ended and been reaped already (its pid may be someone
+    else's by now). Where SIGCHLD is ignored, a child that ends at once is reaped before
+    we ask, and its pid may go to another process: the pidfd names whoever has it, so it
+    must be our child, and still alive once we have looked (a live process keeps its pid)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    except (OSError, AttributeError):  # ENOSYS, EPERM (seccomp), or not Linux
+        return -1
+    parent = _parent_of(pid)
+    if parent == os.getpid() or wait([fd], 0):  # ours; or ended, whoever it was
+        return fd
+    if parent is None and not os.path.isdir("/proc/self"):  # no /proc to ask: trust it
+        return fd
+    _close(fd)
+    return None
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _close(fd: int) -> None:
+    if fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fd)
