@@ -90,6 +90,12 @@ ACTIONS: dict[str, frozenset[str]] = {
     # Interim responses before the real one: one per code of ``statuses`` (default [103]),
     # each with a Link header, then the reply as usual (101 included, if asked for).
     "interim": frozenset({"statuses"}),
+    # Exact bytes on the wire: the reply as it would go (or ``send`` in its place), then
+    # ``trail`` glued on in the same write (bytes past its end: extra body, a second
+    # response); strings of latin-1, one character a byte. ``split``: offsets at which the
+    # whole is cut into separate writes, ``gap`` seconds apart (a status line in pieces).
+    # The connection stays open for the next request unless ``close``.
+    "raw": frozenset({"send", "trail", "split", "gap", "close"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -153,6 +159,11 @@ class Rule:
             raise RuleError(f"action {action!r} needs {missing}")
         if action == "shape" and {"stall_after", "reset_after"} <= set(params):
             raise RuleError("shape takes stall_after or reset_after, not both")
+        if action == "raw":  # bytes that cannot be sent fail when posted, not when asked
+            for name in ("send", "trail"):
+                if name in params:
+                    _latin1(params[name], name)
+            _offsets(params.get("split", []))
         skip, times, method = raw.get("skip", 0), raw.get("times", 1), raw.get("method")
         if not isinstance(skip, int) or skip < 0:
             raise RuleError(f"bad skip: {skip!r}")
@@ -368,6 +379,22 @@ def _peer_closed(sock: socket.socket) -> bool:
         return True
 
 
+def _latin1(text: object, name: str) -> bytes:
+    """A ``raw`` rule's bytes: JSON carries them as text, one latin-1 character a byte."""
+    if not isinstance(text, str):
+        raise RuleError(f"raw needs {name!r} as a string: {text!r}")
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise RuleError(f"raw needs {name!r} in latin-1, one character a byte") from None
+
+
+def _offsets(split: object) -> list[int]:
+    if not isinstance(split, list) or not all(isinstance(n, int) and n > 0 for n in split):
+        raise RuleError(f"raw needs 'split' as a list of positive offsets: {split!r}")
+    return sorted(set(split))
+
+
 def _header(headers: dict[str, str], name: str) -> str | None:
     for key, value in headers.items():
         if key.lower() == name.lower():
@@ -567,6 +594,10 @@ class FaultServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = self.socket.accept()
+        # A response is a write of its head, then one of its body: with Nagle the body waits
+        # for the ACK of the head, which the client delays (~40 ms): every kept-alive small
+        # reply paid it (300 small items on one seat: 13.5 s, not 0.6 s). Servers set it.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is not None:
             # Handshake later in the worker thread so a slow client cannot block accept().
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
@@ -668,6 +699,9 @@ class Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.action == "headers":
             reply.headers = edit_headers(reply.headers, fault)
             self.close_connection = True  # a lying Content-Length breaks the framing
+        if fault is not None and fault.action == "raw":
+            self._send_raw(reply, fault, head)
+            return
         self._send(reply, fault, head)
 
     def _pre_fault(self, fault: Fault, head: bool) -> bool:
@@ -883,6 +917,36 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     # ---- fault helpers
+
+    def _send_raw(self, reply: Reply, fault: Fault, head: bool) -> None:
+        """The ``raw`` action: exact bytes, in the writes the rule cuts them into."""
+        send, trail = fault.params.get("send"), fault.params.get("trail", "")
+        if send is None:
+            data, counted = self._rendered(reply, head)
+        else:
+            data, counted = _latin1(send, "send"), 0
+        data += _latin1(trail, "trail")
+        self.srv.state.add_bytes(counted)
+        at, gap = 0, fault.num("gap", 0.02)
+        cuts = [n for n in _offsets(fault.params.get("split", [])) if n < len(data)]
+        for cut in [*cuts, len(data)]:
+            if at and self.srv.state.stopping.wait(gap):
+                return
+            self.wfile.write(data[at:cut])
+            at = cut
+        self.close_connection = bool(fault.params.get("close", False))
+
+    def _rendered(self, reply: Reply, head: bool) -> tuple[bytes, int]:
+        """``reply`` as ``_send`` would write it (head, then body), and its file bytes."""
+        self.send_response(reply.status)
+        for key, value in reply.headers:
+            self.send_header(key, value)
+        lines, self._headers_buffer = self._headers_buffer, []  # our write, not its flush
+        body = b"" if head else reply.data[: reply.body_len]
+        if reply.file is not None and not head:
+            with open(reply.file, "rb") as f:
+                body = os.pread(f.fileno(), reply.length, reply.start)
+        return b"".join(lines) + b"\r\n" + body, len(body) if reply.file is not None else 0
 
     def _interim(self, statuses: object) -> None:
         """1xx responses (header block only) before the real one."""

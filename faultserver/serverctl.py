@@ -34,7 +34,10 @@ connection serves every later request at ``bps`` too: a slow path, not a slow re
 transfer_encoding[value, chunked=true, length=false,
 whole=false] (the body under ``Transfer-Encoding: value`` exactly as given, chunk-encoded
 unless ``chunked`` is false, its Content-Length kept only with ``length``; ``whole``: a 200
-with the whole file), interim[statuses=[103]] (1xx responses before the real one).
+with the whole file), interim[statuses=[103]] (1xx responses before the real one),
+raw[send, trail, split, gap=0.02, close=false] (exact bytes: the reply, or ``send`` in its
+place, with ``trail`` glued on in the same write, as latin-1 text; cut into separate writes
+``gap`` s apart at the ``split`` offsets; the connection kept alive unless ``close``).
 
 ``start_server(root, link_bps=N)`` also caps all response bodies together at N bytes/s (a
 shared link), on top of any per-request ``rate``/``shape`` pacing.

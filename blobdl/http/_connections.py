@@ -19,6 +19,7 @@ and they read their responses past any interim (1xx) ones (``_interim``).
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -133,6 +134,17 @@ class _NotedHTTPConnection(HTTPConnection):
             raise
         _note(sock, self)
         return sock
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the connection may carry another request: urllib3 asks before it reuses
+        one, and polls its socket, where bytes past the last response (a server's extra
+        body, a second response glued on, one nobody asked for) show it broken: never read
+        as the next answer (RFC 9112 6.3). Over TLS they may instead be decrypted already,
+        in a record that also held the body's end: no poll sees them there."""
+        sock = self.sock
+        held = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        return super().is_connected and not held
 
     def connect(self) -> None:
         # urllib3 opens a connection with its connect timeout as the connection's timeout.

@@ -243,3 +243,54 @@ def test_after_names_a_path_and_a_count(srv: ServerHandle) -> None:
     for after in ({"path": "x", "requests": 1}, {"path": "/files/x", "requests": 0}, "/files/x"):
         with pytest.raises(RuntimeError, match="after"):
             srv.set_faults({"path": "/files/*", "action": "rate", "bps": 1, "after": after})
+
+
+def read_exactly(s: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n and (more := s.recv(n - len(got))):
+        got += more
+    return got
+
+
+def test_raw_glues_its_trail_behind_the_reply_on_a_kept_connection(
+    srv: ServerHandle, blob: tuple[str, bytes]
+) -> None:
+    """``trail``: exact bytes past the reply's end, in the same write; the connection
+    then serves the next request as usual."""
+    glued = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad"
+    srv.set_faults({"path": "/files/blob.bin", "action": "raw", "trail": glued})
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"GET /files/blob.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 206") and b"Content-Length: 10\r\n" in head
+        assert read_exactly(s, 10 + len(glued)) == blob[1][:10] + glued.encode()
+        s.sendall(b"GET /files/blob.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=10-19\r\n\r\n")
+        reply = b""
+        while not reply.endswith(blob[1][10:20]):
+            reply += s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 206")
+    assert srv.stats()["bytes_sent"] == 20  # the file's bytes; not the trail's
+
+
+def test_raw_sends_exact_bytes_in_the_pieces_asked(srv: ServerHandle) -> None:
+    """``send`` replaces the reply, byte for byte (latin-1: one character a byte);
+    ``split`` cuts it into separate writes."""
+    answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Byte: \xff\r\n\r\nok"
+    srv.set_faults({"path": "/files/none", "action": "raw", "send": answer,
+                    "split": [1, 8, 11, 12, 200], "gap": 0.05, "close": True})  # fmt: skip
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"GET /files/none HTTP/1.1\r\nHost: x\r\n\r\n")
+        pieces = []
+        while piece := s.recv(65536):
+            pieces.append(piece)
+    assert b"".join(pieces) == answer.encode("latin-1")
+    assert pieces[0] == b"H"  # the first write alone: the next one waits ``gap``
+    assert srv.stats()["bytes_sent"] == 0
+
+
+def test_raw_rules_that_cannot_be_sent_are_refused_when_posted(srv: ServerHandle) -> None:
+    for bad in ({"trail": 3}, {"send": "\u20ac"}, {"split": [0]}, {"split": "1"}):
+        with pytest.raises(RuntimeError, match="raw"):
+            srv.set_faults({"path": "/files/*", "action": "raw", **bad})
