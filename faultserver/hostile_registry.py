@@ -2,10 +2,12 @@
 
 Run from the repo root::
 
-    python -m faultserver.hostile_registry
+    python -m faultserver.hostile_registry [--certfile CERT --keyfile KEY]
 
 It prints one line ``READY <ctl> <registry> <storage> <auth>`` (four loopback ports) and
-serves until SIGTERM. Each port is its own origin, with a role:
+serves until SIGTERM. Each port is its own origin, with a role (with a certificate, the
+registry and the token realm speak TLS; storage and the control port stay plain HTTP, so a
+test can see what a client sends from https down to http):
 
 - ``registry``: ``/v2/<repo>/manifests/<ref>`` and ``/v2/<repo>/blobs/<digest>``, behind
   Bearer tokens (a 401 naming the ``auth`` realm), Basic credentials, or nothing; a blob is
@@ -30,11 +32,13 @@ origin saw which credential.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import json
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -46,6 +50,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ROLES = ("ctl", "registry", "storage", "auth")
+TLS_ROLES = ("registry", "auth")  # the ones that speak TLS when given a certificate
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 _WRITE_CHUNK = 64 * 1024
 
@@ -58,6 +63,7 @@ class State:
         self.hits: list[int] = []
         self.log: list[dict[str, Any]] = []
         self.ports: dict[str, int] = {}
+        self.schemes: dict[str, str] = dict.fromkeys(ROLES, "http")
 
     def load(self, script: dict[str, Any]) -> None:
         with self.lock:
@@ -139,7 +145,7 @@ class Handler(BaseHTTPRequestHandler):
     def _authorized(self, script: dict[str, Any]) -> bool:
         mode, given = script.get("auth", "none"), self.headers.get("Authorization", "")
         if mode == "bearer" and given != f"Bearer {script.get('token')}":
-            realm = f"http://127.0.0.1:{STATE.ports['auth']}/token"
+            realm = f"{STATE.schemes['auth']}://127.0.0.1:{STATE.ports['auth']}/token"
             scope = f"repository:{script.get('repo')}:pull"
             challenge = f'Bearer realm="{realm}",service="hostile",scope="{scope}"'
             self._send(401, {"WWW-Authenticate": challenge}, b"")
@@ -245,9 +251,12 @@ class Handler(BaseHTTPRequestHandler):
 class HostileRegistry:
     """A running ``faultserver.hostile_registry`` and its control port."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate chain, key) for the registry and token realm roles."""
+        pem = ["--certfile", tls[0], "--keyfile", tls[1]] if tls else []
+        self.tls = tls is not None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faultserver.hostile_registry"],
+            [sys.executable, "-m", "faultserver.hostile_registry", *pem],
             cwd=Path(__file__).resolve().parent.parent,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -262,7 +271,8 @@ class HostileRegistry:
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def origin(self, role: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.ports[role]}"
+        scheme = "https" if self.tls and role in TLS_ROLES else "http"
+        return f"{scheme}://{host}:{self.ports[role]}"
 
     def load(self, script: dict[str, Any]) -> None:
         """Play ``script`` from now on (the log starts empty)."""
@@ -274,7 +284,8 @@ class HostileRegistry:
         return answer
 
     def _call(self, path: str, data: bytes | None) -> Any:
-        with self._opener.open(self.origin("ctl") + path, data, timeout=10) as response:
+        ctl = f"http://127.0.0.1:{self.ports['ctl']}"
+        with self._opener.open(ctl + path, data, timeout=10) as response:
             return json.loads(response.read())
 
     def stop(self) -> None:
@@ -304,11 +315,22 @@ class _Server(ThreadingHTTPServer):
         pass  # a client that hangs up mid-answer is what a hostile test is about
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m faultserver.hostile_registry")
+    p.add_argument("--certfile")
+    p.add_argument("--keyfile")
+    args = p.parse_args(argv)
+    tls = None
+    if args.certfile:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.certfile, args.keyfile)
     servers = []
     for role in ROLES:
         handler = type(f"{role.title()}Handler", (Handler,), {"role": role})
         server = _Server(("127.0.0.1", 0), handler)
+        if tls is not None and role in TLS_ROLES:
+            server.socket = tls.wrap_socket(server.socket, server_side=True)
+            STATE.schemes[role] = "https"
         STATE.ports[role] = server.server_address[1]
         servers.append(server)
     for server in servers[1:]:

@@ -25,7 +25,8 @@ huggingface_hub 2.x and blobdl use, on loopback, with a separate storage origin.
 
 A repository is built with ``HubRepo.commit(files)``; ``raw`` entries replace a commit's
 listing as sent (a hostile Hub); ``moves`` pushes to a branch once a listing was served;
-``repeats`` makes the listing start over on a new page, for ever.
+``repeats`` makes the listing start over on a new page, for ever; ``endless`` follows its
+files with pages of new ones, for ever (``page_size`` a page, each path new).
 huggingface_hub itself downloads from this stand-in in the tests: if it could not, the tests
 would mean nothing.
 """
@@ -88,6 +89,8 @@ class HubRepo:
     moves: dict[str, str] = field(default_factory=dict)
     # A hostile listing: its pages start over, each with a next page, for ever.
     repeats: bool = False
+    # A hostile listing: after its files, pages of new files (none named twice), for ever.
+    endless: bool = False
 
     def commit(
         self,
@@ -135,7 +138,7 @@ class HubRepo:
     def spec(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "private": self.private, "gated": self.gated,
                 "refs": self.refs, "commits": self.commits, "moves": self.moves,
-                "repeats": self.repeats}  # fmt: skip
+                "repeats": self.repeats, "endless": self.endless}  # fmt: skip
 
 
 @dataclass
@@ -291,9 +294,14 @@ class HubHandler(Handler):
         cursor = int(parse_qs(query).get("cursor", ["0"])[0])
         pages = max(1, -(-len(entries) // size))
         at = cursor % pages if repo.get("repeats") else cursor
-        page = entries[at * size : (at + 1) * size]
+        endless = bool(repo.get("endless"))
+        page = (
+            _made_up(cursor, size)
+            if endless and cursor >= pages
+            else entries[at * size : (at + 1) * size]
+        )
         headers = {}
-        if (cursor + 1) * size < len(entries) or repo.get("repeats"):
+        if (cursor + 1) * size < len(entries) or repo.get("repeats") or endless:
             base = f"http://127.0.0.1:{self.hub.server_port}"
             path = f"/api/{KINDS[repo['type']][0]}/{repo['id']}/tree/{rev_and_path}"
             headers["Link"] = (
@@ -365,6 +373,12 @@ def _commit(repo: dict[str, Any], rev: str) -> str | None:
         return rev
     sha = repo["refs"].get(rev)
     return sha if isinstance(sha, str) else None
+
+
+def _made_up(cursor: int, size: int) -> list[dict[str, Any]]:
+    """Page ``cursor`` of an endless listing: ``size`` files no other page names."""
+    paths = [f"endless/{cursor:07d}/{i:05d}.txt" for i in range(size)]
+    return [{"type": "file", "oid": git_sha1(p.encode()), "size": 1, "path": p} for p in paths]
 
 
 def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Reply:

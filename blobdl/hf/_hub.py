@@ -37,7 +37,16 @@ from ..http._urls import same_origin, url_problem
 from ._repo import Repo, RepoFile, check_commit, check_listing, parse_tree_page
 
 MAX_DOCUMENT = 64 << 20  # bytes of one API answer (a big repository's revision info is MBs)
-MAX_PAGES = 100_000  # tree pages of one commit (the Hub sends 1,000 files a page)
+# Bytes of one tree page: the Hub sends 1,000 entries a page, 4.5 MB with paths of the
+# longest kind (4 KiB); a JSON page parses to several times its size in memory.
+MAX_PAGE = 16 << 20
+# The whole listing of a commit. The Hub advises fewer than 100,000 files a repository;
+# the largest public ones list about 10^6, some 250 bytes of JSON and 500 of memory each.
+# Twice that is a bound no real listing reaches, and holds a hostile Hub's endless
+# listing to about a gigabyte of memory: entries for short paths, bytes for long ones.
+MAX_LISTED = 2_000_000  # entries, files and folders
+MAX_LISTING = 512 << 20  # bytes of its pages and their URLs
+MAX_PAGES = 100_000  # tree pages of one commit (an empty page with a next one is a few bytes)
 _OK = frozenset({200})
 _REACHED = frozenset({200, 206, 416}) | REDIRECTS  # a file's bytes are (or lead) there
 _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
@@ -79,12 +88,17 @@ class Hub:
         files: list[RepoFile] = []
         seen: set[str] = set()
         paths: set[str] = set()
+        listed = size = 0
         while url is not None:
-            if url in seen or len(seen) >= MAX_PAGES:
+            if url in seen:
                 raise BadResponse(url, "the tree listing's pages run in a loop")
             seen.add(url)
-            answer = self._get(url, commit, {})
-            page = parse_tree_page(_json(answer.body, url), url)
+            answer = self._get(url, commit, {}, limit=MAX_PAGE)
+            doc = _json(answer.body, url)
+            listed += len(doc) if isinstance(doc, list) else 0
+            size += len(answer.body) + len(url)
+            _check_bounds(url, listed, size, len(seen))
+            page = parse_tree_page(doc, url)
             # A listing that starts over on new URLs is caught at its first repeat, not
             # MAX_PAGES requests (and as many pages held in memory) later.
             for f in page:
@@ -126,15 +140,20 @@ class Hub:
         return _json(self._get(url, revision, {}).body, url)
 
     def _get(
-        self, url: str, revision: str, extra: dict[str, str], ok: frozenset[int] = _OK
+        self,
+        url: str,
+        revision: str,
+        extra: dict[str, str],
+        ok: frozenset[int] = _OK,
+        limit: int = MAX_DOCUMENT,
     ) -> _Answer:
         """GET ``url`` with the retry policy (connection failures, 5xx, 429), following the
         Hub's own redirects (unless a redirect is ``ok``); any answer not ``ok`` becomes our
-        error."""
+        error, and one of more than ``limit`` bytes a ``BadResponse``."""
         retry = Retry.from_settings(self.settings)
         while True:
             try:
-                answer = self._follow(url, extra, ok)
+                answer = self._follow(url, extra, ok, limit)
                 if answer.status in ok:
                     return answer
                 raise self._error(answer, url, revision)
@@ -144,9 +163,9 @@ class Hub:
                     raise
                 time.sleep(retry.delay(exc))
 
-    def _follow(self, url: str, extra: dict[str, str], ok: frozenset[int]) -> _Answer:
+    def _follow(self, url: str, extra: dict[str, str], ok: frozenset[int], limit: int) -> _Answer:
         for _hop in range(self.settings.max_redirects + 1):
-            answer = self._send(url, extra)
+            answer = self._send(url, extra, limit)
             if answer.status in ok or answer.status not in REDIRECTS:
                 return answer
             if "location" not in answer.headers:
@@ -157,7 +176,7 @@ class Hub:
             url = target
         raise TooManyRedirects(url, self.settings.max_redirects)
 
-    def _send(self, url: str, extra: dict[str, str]) -> _Answer:
+    def _send(self, url: str, extra: dict[str, str], limit: int) -> _Answer:
         ours = {"Accept": "application/json", **extra}
         headers = base_headers((*self.settings.headers, *self.auth_headers()), ours.items())
         response = send_get(self.pool, url, headers)
@@ -165,11 +184,11 @@ class Hub:
             with translate_errors(url):
                 require_identity(url, response)
                 document = response.status == 200 and "Range" not in extra
-                body = response.read(MAX_DOCUMENT + 1) if document else b""
+                body = response.read(limit + 1) if document else b""
         finally:
             response.close()
-        if len(body) > MAX_DOCUMENT:
-            raise BadResponse(url, f"an API answer of more than {MAX_DOCUMENT} bytes")
+        if len(body) > limit:
+            raise BadResponse(url, f"an API answer of more than {limit} bytes")
         lowered = {k.lower(): v for k, v in response.headers.items()}
         if response.status >= 400 and (after := retry_after(response)) is not None:
             lowered["retry-after"] = str(after)
@@ -203,6 +222,19 @@ class Hub:
             return AuthRefused(url, "HTTP 403: the token may lack the right to read it")
         after = answer.headers.get("retry-after")
         return HTTPStatusError(answer.status, url, float(after) if after else None)
+
+
+def _check_bounds(url: str, listed: int, size: int, pages: int) -> None:
+    """A tree listing past ``MAX_LISTED`` entries, ``MAX_LISTING`` bytes or ``MAX_PAGES``
+    pages ends here: no real one gets there, and a hostile one would take all the memory."""
+    past = (
+        f"{MAX_LISTED:,} entries" if listed > MAX_LISTED
+        else f"{MAX_LISTING:,} bytes" if size > MAX_LISTING
+        else f"{MAX_PAGES:,} pages" if pages > MAX_PAGES
+        else None
+    )  # fmt: skip
+    if past is not None:
+        raise BadResponse(url, f"the tree listing runs past {past}, more than any repository's")
 
 
 def _json(body: bytes, where: str) -> Any:

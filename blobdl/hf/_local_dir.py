@@ -18,6 +18,7 @@ as ``download/<path>.blobdl-part`` (resumable) and moved onto ``DIR/<path>`` onc
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import time
@@ -28,7 +29,7 @@ from ..errors import BadResponse, LocalFileError
 from ..store import _files
 from ..store._destination import path_problem
 from ..store._digest import sha256_fd
-from ..store._files import atomic_write, local_errors, read_own
+from ..store._files import atomic_write, local_error, read_own
 from . import _disk
 from ._repo import RepoFile, git_blob_sha1, is_commit
 
@@ -112,13 +113,18 @@ class LocalDirLayout:
             )
         path, recorded = self.file_path(f), self._metadata(f)
         try:
-            info = os.stat(path)
+            info = os.lstat(path)
         except OSError:
+            return False
+        # Only a regular file is the file. A link is not, wherever it leads: huggingface_hub
+        # follows one, but the metadata would then vouch for bytes that the owner of what it
+        # leads to may change at any time after; it is replaced, never read through.
+        if not stat.S_ISREG(info.st_mode) or info.st_size != f.size:
             return False
         if recorded is not None:
             etag, stamp = recorded
-            return etag == f.etag and info.st_size == f.size and info.st_mtime - 1 <= stamp
-        if info.st_size != f.size or not self._same_bytes(f):
+            return etag == f.etag and info.st_mtime - 1 <= stamp
+        if not self._same_bytes(f):
             return False
         self._write_metadata(f)
         return True
@@ -189,10 +195,16 @@ class LocalDirLayout:
 
     def _same_bytes(self, f: RepoFile) -> bool:
         """An existing file without metadata is kept if it hashes to the file's etag; what
-        is not a regular file (a FIFO would wait for a writer for ever) is replaced."""
+        is not a regular file (a FIFO would wait for a writer for ever; a link, even one
+        put there since it was looked at) is replaced."""
         path = self.file_path(f)
-        with local_errors(path):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOENT):
+                return False
+            raise local_error(path, exc) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return False

@@ -9,7 +9,8 @@ realm) is checked by ``url_problem`` before anything is sent to it, and every JS
 field by field (``_schema``).
 
 Credentials go to the registry's own origin (scheme, host and port, read as urllib3
-connects) and the Docker config's password to the token realm it names, nowhere else; the
+connects) and the Docker config's password to the token realm it names (never over plain
+HTTP when the registry was reached over https), nowhere else; the
 user's ``-H`` headers go to the registry's origin, and only the harmless ones elsewhere. A
 blob GET that answers with a redirect is resolved here, and the engine is given the storage
 URL with only the headers that origin may have.
@@ -301,8 +302,17 @@ class Registry:
         return _token_from(answer)
 
     def _password_for(self, url: str) -> str:
-        """The Docker config's Basic credential, for ``url``: never in clear text to a proxy."""
+        """The Docker config's Basic credential, for ``url``: never in clear text to a proxy,
+        nor to plain HTTP when the registry was reached over https. Refused rather than
+        left out: a token asked for anonymously would end in a refusal that hides why, and a
+        realm that downgrades is a misconfiguration or an attack the user should hear of."""
         assert self.credentials is not None
+        if urlsplit(self.base).scheme == "https" and urlsplit(url).scheme == "http":
+            raise AuthRefused(
+                url,
+                f"the https registry {self.ref.host} names a token realm over plain HTTP: the "
+                f"Docker config's password would go to it in clear text",
+            )
         proxy = self.routes.proxy_for(url)
         if proxy is not None and urlsplit(url).scheme == "http":
             host = urlsplit(url).netloc

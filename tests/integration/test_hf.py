@@ -835,6 +835,62 @@ def test_a_tree_listing_that_starts_over_is_refused_at_its_first_repeat(
     assert not list(cache.glob("*/blobs/*"))
 
 
+@pytest.mark.parametrize(
+    ("bound", "words", "pages"),
+    [
+        ("MAX_LISTED = 30", "past 30 entries", 11),
+        ("MAX_LISTING = 4 << 10", "past 4,096 bytes", None),
+    ],
+    ids=["entries", "bytes"],
+)
+def test_an_endless_tree_listing_ends_past_its_bound_in_one_line(
+    hub: HubHandle,
+    repos: dict[str, HubRepo],
+    tmp_path: Path,
+    bound: str,
+    words: str,
+    pages: int | None,
+) -> None:
+    """A Hub that lists new files page after page, for ever (no path twice, no page
+    twice): the listing was read for 100,000 pages of up to 64 MiB each, or until memory
+    ran out. It ends at the first page past a bound no real repository reaches, in one
+    line, nothing fetched. The bound and the page limit are shrunk in the run's process
+    (the real ones take millions of entries to reach); without a bound, the run goes on
+    to the page limit."""
+    endless = HubRepo("acme/endless", endless=True)
+    endless.commit({"a.txt": b"a\n"})
+    hub.publish([*repos.values(), endless])
+    shrunk = f"import blobdl.hf._hub as hub; hub.MAX_PAGES = 50; hub.{bound}; "
+    before = len(hub.log())
+    done = subprocess.run(
+        [sys.executable, "-c", shrunk + "from blobdl.cli import run; run()", "hf", endless.id,
+         "--cache-dir", str(tmp_path / "cache"), *FAST],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=hf_env(hub.url, tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the tree listing runs " + words in lines[0], lines
+    assert hub.url in lines[0]
+    asked = [e for e in hub.log()[before:] if "/tree/" in e["path"]]
+    assert len(asked) == pages if pages else 2 < len(asked) < 20, len(asked)  # 3 files a page
+    assert resolves(hub, before) == [] and not (tmp_path / "cache").exists()
+
+
+def test_a_tree_page_larger_than_the_hub_sends_is_refused_once_past_the_page_bound(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    """A page is 1,000 files; with paths of the longest kind (4 KiB) that is 4.5 MB. A
+    page of 17 MiB (an empty list padded with spaces: valid JSON) was read whole, as any
+    API answer up to 64 MiB; the page bound is 16 MiB."""
+    page = "[" + " " * (17 << 20) + "]"
+    hub.hub.set_faults({"path": "/api/models/acme/tiny/tree/*", "action": "status",
+                        "status": 200, "body": page, "times": None})  # fmt: skip
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"an API answer of more than {16 << 20} bytes" in lines[0], lines
+
+
 def test_hub_api_failures_are_retried(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:

@@ -160,6 +160,39 @@ def test_special_files_and_links_planted_at_a_files_name_are_replaced_not_read_o
         assert not (files / "config.json").is_symlink()
 
 
+@pytest.mark.parametrize("recorded", [False, True], ids=["no-metadata", "metadata"])
+def test_a_link_at_a_local_files_name_is_replaced_even_to_the_same_bytes(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, recorded: bool
+) -> None:
+    """A link to someone else's file with the file's very bytes was kept (hashed through,
+    or taken on its metadata), and the metadata then vouched for what the link's owner may
+    change at any time after (huggingface_hub's next call trusts it unread). A local dir
+    holds files, not links: each is replaced by the file, the other file left as it is."""
+    ld, elsewhere = tmp_path / "ld", tmp_path / "elsewhere"
+    files = repos["acme/small"].contents[_commit(repos)]
+    if recorded:
+        assert blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(ld)).returncode == 0
+    linked = ("config.json", "w.safetensors")
+    for name in linked:
+        victim = elsewhere / name
+        victim.parent.mkdir(exist_ok=True)
+        victim.write_bytes(files[name])
+        os.utime(victim, (1_000_000_000, 1_000_000_000))  # older than any metadata
+        (ld / name).unlink(missing_ok=True)
+        (ld / name).parent.mkdir(parents=True, exist_ok=True)
+        (ld / name).symlink_to(victim)
+    before = len(hub.log())
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(ld))
+    assert done.returncode == 0, done.stderr
+    assert [name for name in linked if (ld / name).is_symlink()] == []
+    assert contents(ld) == files
+    fetched = {p.rpartition("/")[2] for p in resolves(hub, before)}
+    assert fetched == set(linked) if recorded else set(linked) <= fetched, fetched
+    assert {name: (elsewhere / name).read_bytes() for name in linked} == {
+        name: files[name] for name in linked
+    }
+
+
 def test_a_cache_huggingface_hub_filled_without_links_is_kept_as_it_is(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:
