@@ -29,7 +29,7 @@ from ..errors import BlobdlError
 from ..events import DownloadResult, Event
 from ..http._remote import Remote
 from ..processes._clean_child import forward_logs
-from ..processes._signals import interrupted
+from ..processes._signals import decided, interrupted
 from ..processes._spawn import Child, Execed, start, threaded
 from ._items import Item
 
@@ -168,5 +168,6 @@ def item_main(
         outcome = exc
     except KeyboardInterrupt as stop:  # before (or after) its download's own report
         outcome = interrupted(stop)
+    decided()  # the batch's stop from now on would cut the outcome in two
     conn.send(("done", outcome))
     conn.close()
