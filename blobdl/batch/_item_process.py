@@ -30,7 +30,7 @@ from ..events import DownloadResult, Event
 from ..http._remote import Remote
 from ..processes._child import Child, Execed
 from ..processes._clean_child import forward_logs
-from ..processes._signals import interrupted
+from ..processes._signals import decided, interrupted
 from ..processes._spawn import start, start_watched, threaded
 from ._items import Item
 
@@ -169,5 +169,6 @@ def item_main(
         outcome = exc
     except KeyboardInterrupt as stop:  # before (or after) its download's own report
         outcome = interrupted(stop)
+    decided()  # the batch's stop from now on would cut the outcome in two
     conn.send(("done", outcome))
     conn.close()

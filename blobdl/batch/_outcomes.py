@@ -22,9 +22,12 @@ class Outcomes:
     def __init__(self, tell: BatchCallback | None) -> None:
         self.tell = tell
         self.results: dict[int, ItemResult] = {}
-        # Items whose last word (``Finished`` or ``Failed``) was passed on: their outcome
-        # follows it in a message of its own, which a stop may leave unread.
-        self.ended: set[int] = set()
+        # Items whose last word (``Finished`` or ``Failed``) came, and that word: their
+        # outcome follows it in a message of its own, which a stop may leave unread.
+        self.ended: dict[int, BatchEvent] = {}
+        # Of those, the ones whose callback heard it to its end: a stop that cut the callback
+        # short (a signal raises in it at once) leaves it to ``cut`` to tell again.
+        self.heard_last: set[int] = set()
         # Items told ``Started``: the path they write, and their worker.
         self.started: dict[int, tuple[str, str]] = {}
 
@@ -34,16 +37,20 @@ class Outcomes:
         return self.tell is not None
 
     def event(self, index: int, event: Event, worker: str = "") -> None:
+        told = BatchEvent(index, event, worker)
         if isinstance(event, Finished | Failed):
-            self.ended.add(index)
+            self.ended[index] = told
         elif isinstance(event, Started):
             self.started.setdefault(index, (event.path, worker))
         if self.tell is not None:
-            self.tell(BatchEvent(index, event, worker))
+            self.tell(told)
+        if index in self.ended:
+            self.heard_last.add(index)
 
     def said_last(self, index: int) -> bool:
-        """Whether the item has had its last word: its outcome, or the event that ends it."""
-        return index in self.results or index in self.ended
+        """Whether the item has had its last word: its outcome, or the event that ends it,
+        heard to the end of its callback."""
+        return index in self.results or index in self.heard_last
 
     def store(self, index: int, item: Item, outcome: DownloadResult | BlobdlError) -> None:
         if isinstance(outcome, DownloadResult):
@@ -67,13 +74,17 @@ class Outcomes:
         ``finished`` (or ``failed``) before the stop has had its last word already, and one
         whose result came while the batch stopped (``finished``) is told ``finished``: its
         file is in place. A callback that fails now is not heard: the stop is what the
-        caller gets. ``items``: each as named by now (a path-less one: where it wrote)."""
+        caller gets. ``items``: each as named by now (a path-less one: where it wrote).
+        One whose last word the stop cut short in its callback is told that word again:
+        the callback may have heard it (``held`` lines say it once), or not."""
         for index, item in items.items():
             if self.said_last(index):
                 continue
             worker = self.started.get(index, ("", ""))[1]
             with contextlib.suppress(Exception):
-                if index in finished:
+                if (last := self.ended.get(index)) is not None:
+                    self.event(index, last.event, last.worker)
+                elif index in finished:
                     self.store(index, item, finished[index])
                     self.event(index, Finished(finished[index]), worker)
                 else:

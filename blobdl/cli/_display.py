@@ -276,15 +276,25 @@ class Display:
         self.failed = False
         self.dead = False  # the bar's terminal went away
         self.done: dict[str, int] = {}  # with ``tally``: bytes on disk, per download
+        self.ended: set[int] = set()  # with -i --json: the items whose last line is written
 
     def item_event(self, batch_event: BatchEvent) -> None:
         """With -i --json: JSON lines carry the item's index. Nothing else is drawn per
         item: without --json the batch is given no callback (its seats send no events)."""
         event = batch_event.event
         self.failed = self.failed or isinstance(event, Failed)
-        if self.mode == "json":
+        if self.mode != "json":
+            return
+        last = isinstance(event, Finished | Failed)
+        # The line written and noted as one step: a stop that cut this callback short before
+        # the line has it told again (``Outcomes.cut``), and one after it must not repeat it.
+        with whole():
+            if last and batch_event.item in self.ended:
+                return
             worker = {"worker": batch_event.worker} if batch_event.worker else {}
             json_line(sys.stdout, {"item": batch_event.item, **worker, **event_record(event)})
+            if last:
+                self.ended.add(batch_event.item)
 
     def event(self, event: Event) -> None:
         self.failed = self.failed or isinstance(event, Failed)

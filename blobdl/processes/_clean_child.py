@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import BlobdlError
 from ..events import Finished
-from ._signals import interrupted
+from ._signals import decided, interrupted
 
 Tell = Callable[[Any], None]
 log = logging.getLogger("blobdl")
@@ -37,6 +37,7 @@ def run_job(conn: Connection, job: tuple[Any, ...]) -> None:
         outcome = ("error", interrupted(stop))
     except BaseException as exc:
         outcome = ("error", _portable(exc))
+    decided()  # the caller's stop from now on would cut the outcome, or our exit, in two
     with contextlib.suppress(OSError):  # the caller may be gone
         conn.send(outcome)
 

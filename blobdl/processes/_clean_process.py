@@ -28,7 +28,7 @@ from ..events import Finished
 from . import _spare
 from ._child import Execed
 from ._clean_child import child_main, relay_log
-from ._signals import interrupted
+from ._signals import interrupted, whole
 from ._spawn import start_clean, threaded
 
 T = TypeVar("T")
@@ -80,29 +80,30 @@ def _follow(conn: Connection, proc: Execed, tell: Tell | None) -> Any:
     callback's own error or SystemExit) stops the child as a signal would, and is raised
     once the child has stopped, its state saved."""
     stop: BaseException | None = None  # why we asked the child to stop, if we did
-    finished: Any = None  # the result its Finished event told, if it did
-    while True:
+    said = _Said()
+    while said.outcome is None:
         try:
-            kind, payload = _receive(conn, proc)
+            if said.event is None:
+                _receive(conn, proc, said)
         except BlobdlError:  # it died without a word
             if stop is None:
                 raise
-            if finished is not None and isinstance(stop, Interrupted):
-                return finished  # our stop came after it finished: it succeeded
+            if said.finished is not None and isinstance(stop, Interrupted):
+                return said.finished  # our stop came after it finished: it succeeded
             raise stop from None
         except BaseException as exc:
             stop = stop or _stop(proc, _reason(exc))
             continue
-        if kind in ("result", "error"):
-            break
-        if kind == "event" and isinstance(payload, Finished):
-            finished = payload.result
+        if said.event is None:
+            continue  # its outcome
         try:
-            _deliver(kind, payload, None if _broken(stop) else tell)
+            _deliver(said.take(), None if _broken(stop) else tell)
         except BaseException as exc:  # the callback's own error: stop the child, then raise it
             stop = stop or _stop(proc, _reason(exc))
+    kind, payload = said.outcome
     if kind == "result" and isinstance(stop, Interrupted):
         return payload  # it had committed: as in the caller's own process, it succeeded
+    finished = said.finished
     cut_after_commit = kind == "error" and isinstance(payload, Interrupted) and finished is not None
     if cut_after_commit and (stop is None or isinstance(stop, Interrupted)):
         return finished  # cut after it committed (its Finished said so): it succeeded
@@ -111,6 +112,32 @@ def _follow(conn: Connection, proc: Execed, tell: Tell | None) -> Any:
     if kind == "error":
         raise payload
     return payload
+
+
+class _Said:
+    """What the child said, as read: ``note`` is its one writer, inside the read of one
+    message (a step a signal does not cut in two), so a stop that lands once the message is
+    whole loses nothing of it: the outcome, whether it finished, the event not yet told."""
+
+    def __init__(self) -> None:
+        self.outcome: tuple[str, Any] | None = None  # ("result" | "error", payload)
+        self.finished: Any = None  # the result its Finished event told, if it did
+        self.event: tuple[str, Any] | None = None  # an event or log record, not yet told
+
+    def note(self, message: tuple[str, Any]) -> None:
+        kind, payload = message
+        if kind in ("result", "error"):
+            self.outcome = message
+            return
+        if kind == "event" and isinstance(payload, Finished):
+            self.finished = payload.result
+        self.event = message
+
+    def take(self) -> tuple[str, Any]:
+        """The event to tell; a stop from here on leaves it untold, as one in its callback."""
+        event, self.event = self.event, None
+        assert event is not None
+        return event
 
 
 def _reason(exc: BaseException) -> BaseException:
@@ -130,7 +157,8 @@ def _stop(proc: Execed, why: BaseException | None) -> BaseException | None:
             continue
 
 
-def _deliver(kind: str, payload: Any, tell: Tell | None) -> None:
+def _deliver(message: tuple[str, Any], tell: Tell | None) -> None:
+    kind, payload = message
     if kind == "event" and tell is not None:
         tell(payload)
     elif kind == "log":
@@ -142,17 +170,20 @@ def _broken(stop: BaseException | None) -> bool:
     return stop is not None and not isinstance(stop, Interrupted)
 
 
-def _receive(conn: Connection, proc: Execed) -> tuple[str, Any]:
+def _receive(conn: Connection, proc: Execed, said: _Said) -> None:
+    """The child's next message, noted in ``said``. Waited for as a stoppable wait, then read
+    as one step (``whole``): a signal between its length and its body takes effect once it is
+    noted, never leaving the stream out of step (the next length read in a body)."""
     # Polled, not only read: another thread of the caller may fork and hold our socket open.
     while not conn.poll(_LOOK):
         if proc.ended and not conn.poll(0):
             raise _died(proc)
     try:
-        message: tuple[str, Any] = conn.recv()
+        with whole():
+            said.note(conn.recv())
     except (EOFError, OSError):
         proc.join()
         raise _died(proc) from None
-    return message
 
 
 def _died(proc: Execed) -> BlobdlError:

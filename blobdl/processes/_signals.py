@@ -97,6 +97,10 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
         raise Stop(signum)
 
 
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def _raise_arrived() -> None:
     """Raise the signal that arrived in this block, if any: one that was held, or one that
     something swallowed on its way (a finalizer; see the module's note)."""
@@ -148,7 +152,12 @@ def called() -> Iterator[None]:
 def held(*, drop: bool = False) -> Iterator[None]:
     """Hold SIGINT/SIGTERM through the block (see the module's note): raise the one that
     arrived when the outermost held block ends, or leave it with ``drop`` (a cleanup that
-    runs because the download stops already). A block that raises keeps its own error."""
+    runs because the download stops already). A block that raises keeps its own error.
+    Outside the main thread, nothing is held (no handler runs there; the counts are the main
+    thread's block's, and its signal is not this thread's to raise)."""
+    if not _in_main_thread():
+        yield
+        return
     _stops.held += 1
     try:
         yield
@@ -163,7 +172,11 @@ def whole() -> Iterator[None]:
     """A step that must not be cut in two (a line of output): SIGINT/SIGTERM held through
     it, and one that arrived meanwhile raised once it is done. One that arrived before, and
     is being handled (the stop's own lines are written after it), is not raised again: a
-    swallowed one is raised at the next ``held`` step or check, as ever."""
+    swallowed one is raised at the next ``held`` step or check, as ever. Outside the main
+    thread, as ``held``: nothing to hold."""
+    if not _in_main_thread():
+        yield
+        return
     before = _stops.arrived
     with held(drop=True):
         yield
@@ -293,6 +306,14 @@ class Interrupts:
                     pass
         if self.pending is not None:
             raise Interrupted(self.pending)
+
+
+def decided() -> None:
+    """This process's outcome is decided, and is being said (sent to its parent): a stop
+    from now on (its parent's, passed on as the outcome crosses) could only cut that message
+    in two, or print a traceback over its exit. Ignored: the process ends in a moment."""
+    for sig in _STOP:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def coordinator_signals() -> None:
