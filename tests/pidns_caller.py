@@ -13,6 +13,10 @@ through ``ns_last_pid``): a child of blobdl's, watched, ends with exit code 3 an
 by the caller itself (as a caller's own SIGCHLD handler would), and the caller's next
 child, given the same pid, ends with 7 and is not reaped yet; then what blobdl says of the
 first, and what ``Popen.wait`` says of the second.
+
+``early``: SIGCHLD ignored, a forked child reaped by the kernel before its handle is made;
+whether multiprocessing still counts it among its children (it would SIGTERM that pid,
+anyone's by then, at exit).
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import time
+from multiprocessing import process
 from typing import Any
 
 import blobdl
@@ -99,9 +106,29 @@ def _reuse(kind: str) -> dict[str, Any]:
     }
 
 
+def _early() -> dict[str, Any]:
+    """SIGCHLD ignored: a forked child that ends, and is reaped by the kernel, before its
+    handle is made (as one that fails at once may)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    proc = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,), daemon=True)
+    proc.start()
+    assert proc.pid is not None
+    while True:  # until the kernel has reaped it: its pid names no process (of ours)
+        try:
+            os.close(os.pidfd_open(proc.pid))
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+    child = Forked(proc)
+    return {"ended": child.ended, "kept": proc in process._children}  # type: ignore[attr-defined]
+
+
 def main() -> None:
     report, mode, *rest = sys.argv[1:]
-    said = _reuse(rest[0]) if mode == "reuse" else _call(mode, rest)
+    if mode == "early":
+        said = _early()
+    else:
+        said = _reuse(rest[0]) if mode == "reuse" else _call(mode, rest)
     with open(report, "w") as f:
         json.dump(said, f)
 

@@ -82,3 +82,10 @@ def test_a_child_reaped_by_the_caller_never_takes_the_status_of_the_next_child_w
     assert said["ended"] is True
     assert said["exitcode"] is None, "how it ended is lost: never another's exit code"
     assert said["other"] == 7, "the caller's child keeps its own exit status"
+
+
+def test_a_child_reaped_before_its_handle_is_made_is_let_go_of(tmp_path: Path) -> None:
+    """It was judged ended but left among multiprocessing's children, which at the caller's
+    exit SIGTERMs each daemon child it still thinks is running: by a pid anyone may hold."""
+    said = _call(tmp_path, "early")
+    assert said == {"ended": True, "kept": False}
