@@ -5,13 +5,14 @@ A caller may ignore SIGCHLD (daemons, some job runners, and whatever they start:
 setting survives exec) or reap every child itself. The kernel (or the caller) then reaps our
 child the moment it exits: ``waitpid`` fails with ECHILD, its exit status is gone for good,
 and its process id is free for the next process the machine starts. So a child is not
-judged by its exit code alone: its pidfd (Linux 5.3+) reads as ready once it has ended,
-however it was reaped, and a signal goes through that pidfd, to exactly this process, never
-to whoever holds its old pid now. ``exitcode`` is then None though it has ended (``ended``):
-nobody can know how it ended. Where the kernel has no pidfd (before 5.3, or a seccomp
-profile that predates it), its sentinel says it ended, and a signal goes by pid to a child
-not yet seen to end: exact while SIGCHLD is at its default (the zombie holds the pid until
-we reap it), best effort where it is ignored.
+judged by its exit code alone: its pidfd (Linux 5.4+) reads as ready once it has ended,
+however it was reaped, and it is reaped and signalled through that pidfd: exactly this
+process, never whoever holds its old pid now (a wait by pid would reap that one, another
+child of the caller's, and take its exit code for ours). ``exitcode`` is then None though
+it has ended (``ended``): nobody can know how it ended. Where the kernel has no pidfd
+(before 5.4, or a seccomp profile that predates it), its sentinel says it ended, and it is
+reaped and signalled by pid while not yet seen to end: exact while SIGCHLD is at its
+default (the zombie holds the pid until we reap it), best effort where it is ignored.
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ class _Watched:
         self._code: int | None = None
         self._ended = False
         self._pidfd = _pidfd_of_child(pid)
-        if self._pidfd is None:  # it ended, and was reaped, before we could look
-            self._ended = True
         # The pidfd goes once it has ended, or with this handle (closed once, either way).
         fd = self._pidfd if self._pidfd is not None else -1
         self._release = weakref.finalize(self, _close, fd)
+        if self._pidfd is None:  # it ended, and was reaped, before we could look
+            self._ended = True
+            self._let_go()
 
     @property
     def exitcode(self) -> int | None:
@@ -129,6 +131,31 @@ class _Watched:
         self._pidfd = -1
 
     def _reaped(self, block: bool) -> int | None:
+        """Its exit code if known, or read now (it is reaped here); None while it runs, or if
+        it was reaped by someone else. Through its pidfd where it has one: exactly this
+        process, however its pid has been handed on since."""
+        code = self._known()
+        if code is not None or self._pidfd is None or self._pidfd < 0:
+            return code if code is not None else self._reaped_by_pid(block)
+        try:
+            info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | (0 if block else os.WNOHANG))
+        except ChildProcessError:  # reaped already: by the kernel (SIGCHLD ignored), or else
+            return None
+        if info is None:  # running
+            return None
+        code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        self._note(code)
+        return code
+
+    def _known(self) -> int | None:
+        """Its exit code as its process object has it (None: not known there)."""
+        raise NotImplementedError
+
+    def _note(self, code: int) -> None:
+        """Its exit code, read through the pidfd, told to its process object."""
+        raise NotImplementedError
+
+    def _reaped_by_pid(self, block: bool) -> int | None:
         raise NotImplementedError
 
 
@@ -145,7 +172,15 @@ class Forked(_Watched):
         as multiprocessing's own."""
         self._wait(timeout)
 
-    def _reaped(self, block: bool) -> int | None:
+    def _known(self) -> int | None:
+        popen = getattr(self.proc, "_popen", None)  # ``exitcode`` would waitpid by pid
+        return getattr(popen, "returncode", None)
+
+    def _note(self, code: int) -> None:
+        # multiprocessing's own, so that it never waits for it by pid
+        self.proc._popen.returncode = code  # type: ignore[attr-defined]
+
+    def _reaped_by_pid(self, block: bool) -> int | None:
         code = self.proc.exitcode  # multiprocessing's waitpid (never blocks here)
         if block and code is None:
             self.proc.join()
@@ -184,10 +219,14 @@ class Execed(_Watched):
 
     # Popen's poll() and wait() hold a lock of the Popen while they wait: a Ctrl-C raised
     # in there (twice, fast) can leave it held, and the next wait() then hangs for ever.
-    # Ours hold none: waitpid itself, the exit code written down for the rest of Popen.
-    def _reaped(self, block: bool) -> int | None:
-        if self.proc.returncode is not None:
-            return self.proc.returncode
+    # Ours hold none: waitid or waitpid itself, the exit code written down for the rest of Popen.
+    def _known(self) -> int | None:
+        return self.proc.returncode
+
+    def _note(self, code: int) -> None:
+        self.proc.returncode = code
+
+    def _reaped_by_pid(self, block: bool) -> int | None:
         try:
             pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
         except ChildProcessError:  # reaped already: by the kernel (SIGCHLD ignored), or else
@@ -200,31 +239,27 @@ class Execed(_Watched):
 
 def _pidfd_of_child(pid: int) -> int | None:
     """A pidfd for our child ``pid``, checked to be that child: -1 if the kernel has none
-    to give, None if the child has ended and been reaped already (its pid may be someone
-    else's by now). Where SIGCHLD is ignored, a child that ends at once is reaped before
-    we ask, and its pid may go to another process: the pidfd names whoever has it, so it
-    must be our child, and still alive once we have looked (a live process keeps its pid)."""
+    to give (or cannot wait through it: Linux 5.3), None if the child has ended and been
+    reaped already (its pid may be someone else's by now). Where SIGCHLD is ignored, a
+    child that ends at once is reaped before we ask, and its pid may go to another process:
+    the pidfd names whoever has it, so the kernel is asked whether that is our child, not
+    yet reaped (waitid, leaving it as it is). /proc is not: in a pid namespace it may be
+    another namespace's, its numbers not ours."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return None
     except (OSError, AttributeError):  # ENOSYS, EPERM (seccomp), or not Linux
         return -1
-    parent = _parent_of(pid)
-    if parent == os.getpid() or wait([fd], 0):  # ours; or ended, whoever it was
-        return fd
-    if parent is None and not os.path.isdir("/proc/self"):  # no /proc to ask: trust it
-        return fd
-    _close(fd)
-    return None
-
-
-def _parent_of(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rpartition(")")[2].split()[1])
-    except (OSError, IndexError, ValueError):
+        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return fd  # ours: running, or ended and not reaped
+    except ChildProcessError:  # not (or no longer) a child of ours: ours was reaped
+        _close(fd)
         return None
+    except (OSError, AttributeError):  # EINVAL: no waitid on a pidfd before Linux 5.4
+        _close(fd)
+        return -1
 
 
 def _close(fd: int) -> None:

@@ -1,0 +1,91 @@
+"""How blobdl knows its children (``blobdl/processes/_child.py``) where process ids
+deceive: a pid namespace whose /proc is another's, and a pid that a child reaped by the
+caller hands on to the caller's next child. Each caller runs in a pid namespace of its own
+(``tests/pidns_caller.py``), SIGCHLD at its default.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PART, REPO, Blob, sha256_file
+from tests.integration.test_threads import FAST, HANG
+
+Make = Callable[..., Blob]
+SEVERAL = {**FAST, "processes": 3, "connections": 6}
+NAMESPACE = ["unshare", "--user", "--map-root-user", "--pid", "--fork"]
+
+
+def _call(tmp_path: Path, *args: str, own_proc: bool = False) -> dict[str, Any]:
+    if subprocess.run([*NAMESPACE, "true"], capture_output=True).returncode:
+        pytest.skip("no pid namespace here (unshare --user --pid refused)")
+    report = tmp_path / "report"
+    command = [*NAMESPACE, *(["--mount-proc"] if own_proc else [])]
+    done = subprocess.run(
+        [*command, sys.executable, "-m", "tests.pidns_caller", str(report), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    said: dict[str, Any] = json.loads(report.read_text())
+    return said
+
+
+def test_a_download_in_a_pid_namespace_seeing_another_proc_leaves_no_zombie_or_descriptor(
+    make: Make, tmp_path: Path
+) -> None:
+    """``unshare --pid --fork`` without ``--mount-proc``: /proc is the outer namespace's,
+    so /proc/<our child's pid> is some other process. Each worker was judged ended the
+    moment it was forked (its parent there was not us), so it was never joined: it stayed
+    a zombie, multiprocessing kept it, and kept its sentinel open."""
+    blob = make(24 * PART, seed=4201)
+    out = tmp_path / "out"
+    said = _call(tmp_path, "download", blob.url, str(out), json.dumps(SEVERAL))
+    assert said["said"] == "ok", said["said"]
+    assert sha256_file(out) == blob.sha256
+    assert said["unreaped"] == []
+    assert said["fds"] == []
+
+
+def test_a_batch_in_a_pid_namespace_seeing_another_proc_leaves_no_zombie_or_descriptor(
+    make: Make, tmp_path: Path
+) -> None:
+    blobs = [make(size, seed=4210 + n) for n, size in enumerate([100, PART, 20 * PART, 7] * 2)]
+    items = [[b.url, str(tmp_path / f"o{n}")] for n, b in enumerate(blobs)]
+    settings = {**SEVERAL, "max_connections": 6}
+    said = _call(tmp_path, "many", json.dumps(items), json.dumps(settings))
+    assert said["said"] == [None] * len(blobs), said["said"]
+    assert [sha256_file(Path(out)) for _, out in items] == [b.sha256 for b in blobs]
+    assert said["unreaped"] == []
+    assert said["fds"] == []
+
+
+@pytest.mark.parametrize("kind", ["execed", "forked"])
+def test_a_child_reaped_by_the_caller_never_takes_the_status_of_the_next_child_with_its_pid(
+    tmp_path: Path, kind: str
+) -> None:
+    """Its pidfd said it had ended; it was then reaped by pid (waitpid, multiprocessing's
+    poll): with the pid already the caller's next child's, that child was reaped instead,
+    its exit code 7 reported as ours, and the caller's own ``Popen.wait`` said 0. (Where
+    SIGCHLD is ignored the same wait blocks until that other child ends.)"""
+    said = _call(tmp_path, "reuse", kind, own_proc=True)
+    assert said["reaped"] == 3, "the caller reaped our child"
+    assert said["ended"] is True
+    assert said["exitcode"] is None, "how it ended is lost: never another's exit code"
+    assert said["other"] == 7, "the caller's child keeps its own exit status"
+
+
+def test_a_child_reaped_before_its_handle_is_made_is_let_go_of(tmp_path: Path) -> None:
+    """It was judged ended but left among multiprocessing's children, which at the caller's
+    exit SIGTERMs each daemon child it still thinks is running: by a pid anyone may hold."""
+    said = _call(tmp_path, "early")
+    assert said == {"ended": True, "kept": False}

@@ -1,0 +1,137 @@
+"""A caller in a pid namespace of its own, its SIGCHLD at its default, for
+``tests/integration/test_child_handles.py``: ``unshare --user --map-root-user --pid --fork
+[--mount-proc] python -m tests.pidns_caller REPORT MODE ...``.
+
+``download URL OUT SETTINGS`` and ``many ITEMS SETTINGS`` (JSON: ``[[url, out], ...]``
+and keyword arguments) make the call, then
+write down what it left behind: children never reaped (zombies, found by ``waitid``, which
+needs no /proc) and descriptors it opened and never closed. Without ``--mount-proc`` the
+/proc this process sees is the outer namespace's: its numbers are not ours.
+
+``reuse KIND`` (``execed`` or ``forked``; needs ``--mount-proc``, to steer the next pid
+through ``ns_last_pid``): a child of blobdl's, watched, ends with exit code 3 and is reaped
+by the caller itself (as a caller's own SIGCHLD handler would), and the caller's next
+child, given the same pid, ends with 7 and is not reaped yet; then what blobdl says of the
+first, and what ``Popen.wait`` says of the second.
+
+``early``: SIGCHLD ignored, a forked child reaped by the kernel before its handle is made;
+whether multiprocessing still counts it among its children (it would SIGTERM that pid,
+anyone's by then, at exit).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing import process
+from typing import Any
+
+import blobdl
+from blobdl.processes._child import Child, Execed, Forked
+
+
+def _unreaped() -> list[int]:
+    """Exit codes of the children that ended and were never reaped (reaped here, now)."""
+    codes = []
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return codes
+        if info is None:
+            return codes
+        codes.append(info.si_status)
+
+
+def _call(mode: str, rest: list[str]) -> dict[str, Any]:
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        settings = json.loads(rest[-1])
+        if mode == "download":
+            url, out, _ = rest
+            blobdl.download(url, out, **settings)
+            said: Any = "ok"
+        else:
+            items = [blobdl.Item(url, out) for url, out in json.loads(rest[0])]
+            results = blobdl.download_many(items, **settings)
+            said = [None if r.ok else f"{type(r.error).__name__}: {r.error}" for r in results]
+    except blobdl.BlobdlError as exc:
+        said = f"{type(exc).__name__}: {exc}"
+    left = set(os.listdir("/proc/self/fd")) - before
+    fds = sorted(
+        os.readlink(f"/proc/self/fd/{fd}") for fd in left if fd in os.listdir("/proc/self/fd")
+    )
+    return {"said": said, "unreaped": _unreaped(), "fds": fds}
+
+
+def _hold(read: int) -> None:
+    os.read(read, 1)
+    os._exit(3)
+
+
+def _watched(kind: str) -> tuple[Child, int]:
+    """A child that ends with 3 once a byte comes down its pipe, watched as blobdl watches its
+    own."""
+    read, write = os.pipe()
+    if kind == "execed":
+        code = f"import os; os.read({read}, 1); os._exit(3)"
+        popen = subprocess.Popen([sys.executable, "-c", code], pass_fds=(read,))
+        os.close(read)
+        return Execed(popen), write
+    proc = multiprocessing.get_context("fork").Process(target=_hold, args=(read,), daemon=True)
+    proc.start()
+    os.close(read)
+    return Forked(proc), write
+
+
+def _reuse(kind: str) -> dict[str, Any]:
+    child, hold = _watched(kind)
+    os.write(hold, b"x")
+    _, status = os.waitpid(child.pid, 0)  # the caller's own reaper, say
+    with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+        last.write(str(child.pid - 1))
+    other = subprocess.Popen([sys.executable, "-c", "import os; os._exit(7)"])
+    assert other.pid == child.pid, (other.pid, child.pid)
+    os.waitid(os.P_PID, other.pid, os.WEXITED | os.WNOWAIT)  # it has ended, not reaped
+    return {
+        "reaped": os.waitstatus_to_exitcode(status),
+        "ended": child.ended,
+        "exitcode": child.exitcode,
+        "other": other.wait(),
+    }
+
+
+def _early() -> dict[str, Any]:
+    """SIGCHLD ignored: a forked child that ends, and is reaped by the kernel, before its
+    handle is made (as one that fails at once may)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    proc = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,), daemon=True)
+    proc.start()
+    assert proc.pid is not None
+    while True:  # until the kernel has reaped it: its pid names no process (of ours)
+        try:
+            os.close(os.pidfd_open(proc.pid))
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+    child = Forked(proc)
+    return {"ended": child.ended, "kept": proc in process._children}  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    report, mode, *rest = sys.argv[1:]
+    if mode == "early":
+        said = _early()
+    else:
+        said = _reuse(rest[0]) if mode == "reuse" else _call(mode, rest)
+    with open(report, "w") as f:
+        json.dump(said, f)
+
+
+if __name__ == "__main__":
+    main()
