@@ -39,10 +39,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 SENDFILE_CHUNK = 8 << 20  # big enough to amortise syscalls, small enough for live stats
 TLS_CHUNK = 1 << 20
 PACE_CHUNK = 64 << 10  # small steps keep `rate` pacing smooth
-# A paced step holds at most this long of bytes: a step goes out whole, at once, so a request
-# smaller than one step would not be paced at all (a lane's 16 KiB request at 400 KB/s took
-# no time; only Nagle's delayed ACKs, before TCP_NODELAY, made it slow).
-PACE_STEP_S = 0.01
 HOLD_STEP = 0.1  # granularity of sleeps, so shutdown never waits long
 DRAIN_TIMEOUT = 2.0
 
@@ -856,8 +852,6 @@ class Handler(BaseHTTPRequestHandler):
         tls = isinstance(self.connection, ssl.SSLSocket)
         link = self.srv.link
         chunk = PACE_CHUNK if bps or link else (TLS_CHUNK if tls else SENDFILE_CHUNK)
-        if bps:
-            chunk = max(1, min(chunk, int(bps * PACE_STEP_S)))
         sent, t0, before = 0, time.monotonic(), 0
         if sticky:
             self.paced_from = self.paced_from or t0
