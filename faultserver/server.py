@@ -53,7 +53,10 @@ ACTIONS: dict[str, frozenset[str]] = {
     # silent for a read timeout), until ``hold`` seconds have passed.
     "trickle_head": frozenset({"step", "hold"}),
     "ttfb": frozenset({"delay"}),
-    "rate": frozenset({"bps"}),
+    # ``step``: bytes a paced step sends at once (default PACE_CHUNK, 64 KiB). A step goes out
+    # whole before the pace waits, so a request smaller than a step is not paced at all: a
+    # lane's 16 KiB chunk requests need a smaller one to be slow.
+    "rate": frozenset({"bps", "step"}),
     "ignore_range": frozenset(),
     # A 200 of the whole file with no Content-Length (it ends at EOF); ``bytes``: cut
     # after that many, the TCP connection closed without TLS's close_notify (a truncation).
@@ -159,6 +162,9 @@ class Rule:
             raise RuleError(f"action {action!r} needs {missing}")
         if action == "shape" and {"stall_after", "reset_after"} <= set(params):
             raise RuleError("shape takes stall_after or reset_after, not both")
+        step = params.get("step", 1) if action == "rate" else 1
+        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            raise RuleError(f"rate's step must be a whole number of bytes >= 1: {step!r}")
         if action == "raw":  # bytes that cannot be sent fail when posted, not when asked
             for name in ("send", "trail"):
                 if name in params:
@@ -841,17 +847,28 @@ class Handler(BaseHTTPRequestHandler):
         if reply.file is None:
             self.wfile.write(reply.data[:total])
             return total
+        step = (
+            fault.integer("step")
+            if fault and fault.action == "rate" and "step" in fault.params
+            else None
+        )
         with open(reply.file, "rb") as f:
-            return self._stream(f.fileno(), reply.start, total, bps, fault is self.slow_conn)
+            return self._stream(f.fileno(), reply.start, total, bps, fault is self.slow_conn, step)
 
     def _stream(
-        self, fd: int, offset: int, total: int, bps: float | None, sticky: bool = False
+        self,
+        fd: int,
+        offset: int,
+        total: int,
+        bps: float | None,
+        sticky: bool = False,
+        step: int | None = None,
     ) -> int:
         """Send a file slice; only these bytes count as stats["bytes_sent"]. ``sticky``: the
         pace runs on across the connection's requests (a slow path, not a slow request)."""
         tls = isinstance(self.connection, ssl.SSLSocket)
         link = self.srv.link
-        chunk = PACE_CHUNK if bps or link else (TLS_CHUNK if tls else SENDFILE_CHUNK)
+        chunk = (step or PACE_CHUNK) if bps or link else (TLS_CHUNK if tls else SENDFILE_CHUNK)
         sent, t0, before = 0, time.monotonic(), 0
         if sticky:
             self.paced_from = self.paced_from or t0

@@ -171,6 +171,22 @@ def test_shape_lane_paces_then_resets(srv: ServerHandle, blob: tuple[str, bytes]
     assert srv.stats()["rule_hits"] == [1]
 
 
+def test_rate_paces_a_request_smaller_than_one_step_only_with_a_smaller_step(
+    srv: ServerHandle, blob: tuple[str, bytes]
+) -> None:
+    """A paced step goes out whole before the pace waits: 32 KiB at 100 KB/s is one default
+    step (sent at once), but eight steps of 4 KiB (paced: seven waits of ~41 ms)."""
+    for rule, at_least in (({}, 0.0), ({"step": 4096}, 0.25)):
+        srv.set_faults({"path": "/files/*", "action": "rate", "bps": 100_000, **rule})
+        started = time.monotonic()
+        status, _, body = get(srv, "/files/blob.bin", {"Range": "bytes=0-32767"})
+        assert (status, body) == (206, blob[1][:32768])
+        assert time.monotonic() - started >= at_least  # a lower bound: pacing, never speed
+    for bad in (0, -1, 1.5, "x"):
+        with pytest.raises(RuntimeError, match="step"):
+            srv.set_faults({"path": "/files/*", "action": "rate", "bps": 1, "step": bad})
+
+
 def test_shape_rejects_two_cuts(srv: ServerHandle) -> None:
     with pytest.raises(RuntimeError, match="not both"):
         srv.set_faults({"path": "/files/*", "action": "shape", "stall_after": 1, "reset_after": 1})

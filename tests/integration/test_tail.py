@@ -66,8 +66,9 @@ def test_idle_connections_split_the_largest_ranges(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
     blob = make(2 * BIG_PART, seed=63)
+    # Steps of 4 KiB: a lane's requests (16-64 KiB) are paced, not sent as one step at once.
     server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
-                       "action": "rate", "bps": 400_000})  # fmt: skip
+                       "action": "rate", "bps": 400_000, "step": 4096})  # fmt: skip
     seen: list[Progress] = []
     result = Downloader(tail_settings(connections=4)).download(
         blob.url, tmp_path / "out", on_progress=seen.append
