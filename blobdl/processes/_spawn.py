@@ -11,7 +11,8 @@ parent's business (unless the child is a coordinator itself), it dies with its p
 and it lets go of every pipe end it inherited that is not its own. That last step
 matters: a forked child inherits the parent's ends of its siblings' pipes (and of its
 own), so without it a pipe keeps a reader after the parent dies and a child writing to it
-blocks forever instead of failing.
+blocks forever instead of failing. It inherits the parent's pidfds of its siblings too
+(``_child``), and closes them as well.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 
 from .._libc import libc_function
 from ..errors import OutOfResources
-from ._child import Execed, Forked
+from ._child import Execed, Forked, close_inherited
 from ._signals import child_signals, coordinator_signals
 
 _PR_SET_PDEATHSIG = 1
@@ -276,7 +277,7 @@ def child_setup(
 ) -> None:
     """First thing in any child: signals (SIGCHLD at its default whatever the caller's),
     die with ``parent`` (and with its ``thread`` that started us, if given), drop foreign
-    pipe ends."""
+    pipe ends and the pidfds of its siblings."""
     if coordinator:
         coordinator_signals()
     else:
@@ -291,6 +292,7 @@ def child_setup(
             end.close()
     _not_for_children.clear()
     _not_for_children.add(own)  # our own children must not hold our line to our parent
+    close_inherited()
 
 
 def _die_with(parent: int, death_signal: int, thread: int | None) -> None:

@@ -6,15 +6,19 @@ caller hands on to the caller's next child. Each caller runs in a pid namespace 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from blobdl.processes._spawn import start
 from tests.conftest import PART, REPO, Blob, sha256_file
 from tests.integration.test_threads import FAST, HANG
 
@@ -89,3 +93,35 @@ def test_a_child_reaped_before_its_handle_is_made_is_let_go_of(tmp_path: Path) -
     exit SIGTERMs each daemon child it still thinks is running: by a pid anyone may hold."""
     said = _call(tmp_path, "early")
     assert said == {"ended": True, "kept": False}
+
+
+def _pidfds_held(conn: Connection) -> None:
+    """A child that says how many of its descriptors are pidfds, then ends when told to."""
+    fds = os.listdir("/proc/self/fd")
+    conn.send(sum(_is_pidfd(f"/proc/self/fd/{fd}") for fd in fds))
+    with contextlib.suppress(EOFError):  # told by its pipe's end
+        conn.recv()
+
+
+def _is_pidfd(path: str) -> bool:
+    try:
+        return os.readlink(path) == "anon_inode:[pidfd]"
+    except OSError:  # the descriptor listdir used itself, closed since
+        return False
+
+
+def test_a_child_holds_no_pidfd_of_the_children_forked_before_it() -> None:
+    """A pidfd is closed on exec, not on fork: each forked child inherited the pidfds of
+    its siblings forked before it (the fourth worker of a download held 3, as did the
+    fourth process of a batch's pool): descriptors it has no use for, and a way to signal
+    its siblings."""
+    started: list[tuple[Any, Connection]] = []
+    try:
+        for n in range(4):
+            started.append(start(_pidfds_held, (), name=f"sibling {n}", daemon=True, duplex=True))
+        held = [conn.recv() for _, conn in started]
+    finally:
+        for child, conn in started:
+            conn.close()
+            child.join()
+    assert held == [0, 0, 0, 0]
