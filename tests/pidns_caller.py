@@ -14,6 +14,10 @@ by the caller itself (as a caller's own SIGCHLD handler would), and the caller's
 child, given the same pid, ends with 7 and is not reaped yet; then what blobdl says of the
 first, and what ``Popen.wait`` says of the second.
 
+``restart``: as ``reuse forked``, but blobdl starts another child (a worker replaced, the
+next item of a batch) before it looks at the first: what it then says of the first, and
+``Popen.wait`` of the caller's child.
+
 ``early``: SIGCHLD ignored, a forked child reaped by the kernel before its handle is made;
 whether multiprocessing still counts it among its children (it would SIGTERM that pid,
 anyone's by then, at exit).
@@ -29,10 +33,12 @@ import subprocess
 import sys
 import time
 from multiprocessing import process
+from multiprocessing.connection import Connection
 from typing import Any
 
 import blobdl
 from blobdl.processes._child import Child, Execed, Forked
+from blobdl.processes._spawn import start
 
 
 def _unreaped() -> list[int]:
@@ -89,7 +95,7 @@ def _watched(kind: str) -> tuple[Child, int]:
     return Forked(proc), write
 
 
-def _reuse(kind: str) -> dict[str, Any]:
+def _reuse(kind: str, restart: bool = False) -> dict[str, Any]:
     child, hold = _watched(kind)
     os.write(hold, b"x")
     _, status = os.waitpid(child.pid, 0)  # the caller's own reaper, say
@@ -98,12 +104,20 @@ def _reuse(kind: str) -> dict[str, Any]:
     other = subprocess.Popen([sys.executable, "-c", "import os; os._exit(7)"])
     assert other.pid == child.pid, (other.pid, child.pid)
     os.waitid(os.P_PID, other.pid, os.WEXITED | os.WNOWAIT)  # it has ended, not reaped
+    if restart:
+        following, conn = start(_at_once, (), name="following", daemon=True)
+        following.join()
+        conn.close()
     return {
         "reaped": os.waitstatus_to_exitcode(status),
         "ended": child.ended,
         "exitcode": child.exitcode,
         "other": other.wait(),
     }
+
+
+def _at_once(conn: Connection) -> None:
+    conn.close()
 
 
 def _early() -> dict[str, Any]:
@@ -127,6 +141,8 @@ def main() -> None:
     report, mode, *rest = sys.argv[1:]
     if mode == "early":
         said = _early()
+    elif mode == "restart":
+        said = _reuse("forked", restart=True)
     else:
         said = _reuse(rest[0]) if mode == "reuse" else _call(mode, rest)
     with open(report, "w") as f:

@@ -183,6 +183,12 @@ class Forked(_Watched):
     def __init__(self, proc: BaseProcess) -> None:
         assert proc.pid is not None, "started"
         self.proc, self.name = proc, proc.name
+        # Off multiprocessing's list of its children: it polls each one there by pid as it
+        # starts another process (any caller's), and would reap whoever holds that pid
+        # once ours is reaped elsewhere; at the interpreter's exit it would SIGTERM ours
+        # by pid (a daemon) or wait for it. This handle alone waits for it; it dies with
+        # us (``_spawn.child_setup``).
+        process._children.discard(proc)  # type: ignore[attr-defined]
         super().__init__(proc.pid, proc.sentinel)
 
     def join(self, timeout: float | None = None) -> None:
@@ -204,12 +210,6 @@ class Forked(_Watched):
             self.proc.join()
             code = self.proc.exitcode
         return code
-
-    def _let_go(self) -> None:
-        # multiprocessing, still seeing no exit code, would SIGTERM it by pid at the
-        # interpreter's exit (a daemon) or join it: we have seen it end.
-        process._children.discard(self.proc)  # type: ignore[attr-defined]
-        super()._let_go()
 
 
 class Execed(_Watched):

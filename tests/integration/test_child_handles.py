@@ -88,6 +88,20 @@ def test_a_child_reaped_by_the_caller_never_takes_the_status_of_the_next_child_w
     assert said["other"] == 7, "the caller's child keeps its own exit status"
 
 
+def test_starting_a_child_never_reaps_the_callers_child_that_has_the_pid_of_an_earlier_one(
+    tmp_path: Path,
+) -> None:
+    """multiprocessing, as it starts a process, polls each child still on its list by pid
+    (``_cleanup``), and ours stayed there until we saw them end: our child, ended and
+    reaped by the caller, its pid the caller's next child's, had that child reaped by
+    the poll, its exit code 7 taken as ours, and the caller's ``Popen.wait`` said 0."""
+    said = _call(tmp_path, "restart", own_proc=True)
+    assert said["reaped"] == 3, "the caller reaped our child"
+    assert said["ended"] is True
+    assert said["exitcode"] is None, "how it ended is lost: never another's exit code"
+    assert said["other"] == 7, "the caller's child keeps its own exit status"
+
+
 def test_a_child_reaped_before_its_handle_is_made_is_let_go_of(tmp_path: Path) -> None:
     """It was judged ended but left among multiprocessing's children, which at the caller's
     exit SIGTERMs each daemon child it still thinks is running: by a pid anyone may hold."""
