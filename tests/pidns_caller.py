@@ -3,10 +3,11 @@
 [--mount-proc] python -m tests.pidns_caller REPORT MODE ...``.
 
 ``download URL OUT SETTINGS`` and ``many ITEMS SETTINGS`` (JSON: ``[[url, out], ...]``
-and keyword arguments) make the call, then
-write down what it left behind: children never reaped (zombies, found by ``waitid``, which
-needs no /proc) and descriptors it opened and never closed. Without ``--mount-proc`` the
-/proc this process sees is the outer namespace's: its numbers are not ours.
+and keyword arguments) make the call (from a thread of the caller, with ``--thread`` last:
+blobdl then runs it in a fresh interpreter), then write down what it left behind:
+children never reaped (zombies, found by ``waitid``, which needs no /proc) and descriptors
+it opened and never closed. Without ``--mount-proc`` the /proc this process sees is the
+outer namespace's: its numbers are not ours.
 
 ``reuse KIND`` (``execed`` or ``forked``; needs ``--mount-proc``, to steer the next pid
 through ``ns_last_pid``): a child of blobdl's, watched, ends with exit code 3 and is reaped
@@ -31,6 +32,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing import process
 from multiprocessing.connection import Connection
@@ -143,8 +145,16 @@ def main() -> None:
         said = _early()
     elif mode == "restart":
         said = _reuse("forked", restart=True)
+    elif mode == "reuse":
+        said = _reuse(rest[0])
+    elif rest[-1] == "--thread":
+        done: list[dict[str, Any]] = []
+        thread = threading.Thread(target=lambda: done.append(_call(mode, rest[:-1])))
+        thread.start()
+        thread.join()
+        said = done[0]
     else:
-        said = _reuse(rest[0]) if mode == "reuse" else _call(mode, rest)
+        said = _call(mode, rest)
     with open(report, "w") as f:
         json.dump(said, f)
 

@@ -73,6 +73,27 @@ def test_a_batch_in_a_pid_namespace_seeing_another_proc_leaves_no_zombie_or_desc
     assert said["fds"] == []
 
 
+@pytest.mark.parametrize("call", ["download", "many"])
+def test_a_call_from_a_thread_in_a_pid_namespace_seeing_another_proc_gets_its_bytes(
+    make: Make, tmp_path: Path, call: str
+) -> None:
+    """A call from a thread runs in a fresh interpreter, which first checks that the thread
+    that started it is still there. It looked at /proc/<pid>/task/<thread>: in the outer
+    namespace's /proc, another process (or none), without that thread. So each took its
+    caller's thread for gone and exited at once: every such call failed."""
+    blob = make(24 * PART, seed=4230)
+    out = tmp_path / "out"
+    if call == "download":
+        args = ["download", blob.url, str(out), json.dumps(SEVERAL)]
+    else:
+        args = ["many", json.dumps([[blob.url, str(out)]]), json.dumps(SEVERAL)]
+    said = _call(tmp_path, *args, "--thread")
+    assert said["said"] in ("ok", [None]), said["said"]
+    assert sha256_file(out) == blob.sha256
+    assert said["unreaped"] == []
+    assert said["fds"] == []
+
+
 @pytest.mark.parametrize("kind", ["execed", "forked"])
 def test_a_child_reaped_by_the_caller_never_takes_the_status_of_the_next_child_with_its_pid(
     tmp_path: Path, kind: str
