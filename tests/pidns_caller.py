@@ -3,16 +3,21 @@
 [--mount-proc] python -m tests.pidns_caller REPORT MODE ...``.
 
 ``download URL OUT SETTINGS`` and ``many ITEMS SETTINGS`` (JSON: ``[[url, out], ...]``
-and keyword arguments) make the call, then
-write down what it left behind: children never reaped (zombies, found by ``waitid``, which
-needs no /proc) and descriptors it opened and never closed. Without ``--mount-proc`` the
-/proc this process sees is the outer namespace's: its numbers are not ours.
+and keyword arguments) make the call (from a thread of the caller, with ``--thread`` last:
+blobdl then runs it in a fresh interpreter), then write down what it left behind:
+children never reaped (zombies, found by ``waitid``, which needs no /proc) and descriptors
+it opened and never closed. Without ``--mount-proc`` the /proc this process sees is the
+outer namespace's: its numbers are not ours.
 
 ``reuse KIND`` (``execed`` or ``forked``; needs ``--mount-proc``, to steer the next pid
 through ``ns_last_pid``): a child of blobdl's, watched, ends with exit code 3 and is reaped
 by the caller itself (as a caller's own SIGCHLD handler would), and the caller's next
 child, given the same pid, ends with 7 and is not reaped yet; then what blobdl says of the
 first, and what ``Popen.wait`` says of the second.
+
+``restart``: as ``reuse forked``, but blobdl starts another child (a worker replaced, the
+next item of a batch) before it looks at the first: what it then says of the first, and
+``Popen.wait`` of the caller's child.
 
 ``early``: SIGCHLD ignored, a forked child reaped by the kernel before its handle is made;
 whether multiprocessing still counts it among its children (it would SIGTERM that pid,
@@ -27,12 +32,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing import process
+from multiprocessing.connection import Connection
 from typing import Any
 
 import blobdl
 from blobdl.processes._child import Child, Execed, Forked
+from blobdl.processes._spawn import start
 
 
 def _unreaped() -> list[int]:
@@ -89,7 +97,7 @@ def _watched(kind: str) -> tuple[Child, int]:
     return Forked(proc), write
 
 
-def _reuse(kind: str) -> dict[str, Any]:
+def _reuse(kind: str, restart: bool = False) -> dict[str, Any]:
     child, hold = _watched(kind)
     os.write(hold, b"x")
     _, status = os.waitpid(child.pid, 0)  # the caller's own reaper, say
@@ -98,12 +106,20 @@ def _reuse(kind: str) -> dict[str, Any]:
     other = subprocess.Popen([sys.executable, "-c", "import os; os._exit(7)"])
     assert other.pid == child.pid, (other.pid, child.pid)
     os.waitid(os.P_PID, other.pid, os.WEXITED | os.WNOWAIT)  # it has ended, not reaped
+    if restart:
+        following, conn = start(_at_once, (), name="following", daemon=True)
+        following.join()
+        conn.close()
     return {
         "reaped": os.waitstatus_to_exitcode(status),
         "ended": child.ended,
         "exitcode": child.exitcode,
         "other": other.wait(),
     }
+
+
+def _at_once(conn: Connection) -> None:
+    conn.close()
 
 
 def _early() -> dict[str, Any]:
@@ -127,8 +143,18 @@ def main() -> None:
     report, mode, *rest = sys.argv[1:]
     if mode == "early":
         said = _early()
+    elif mode == "restart":
+        said = _reuse("forked", restart=True)
+    elif mode == "reuse":
+        said = _reuse(rest[0])
+    elif rest[-1] == "--thread":
+        done: list[dict[str, Any]] = []
+        thread = threading.Thread(target=lambda: done.append(_call(mode, rest[:-1])))
+        thread.start()
+        thread.join()
+        said = done[0]
     else:
-        said = _reuse(rest[0]) if mode == "reuse" else _call(mode, rest)
+        said = _call(mode, rest)
     with open(report, "w") as f:
         json.dump(said, f)
 

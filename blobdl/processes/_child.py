@@ -62,6 +62,7 @@ class _Watched:
         # The pidfd goes once it has ended, or with this handle (closed once, either way).
         fd = self._pidfd if self._pidfd is not None else -1
         self._release = weakref.finalize(self, _close, fd)
+        _open.add(self)
         if self._pidfd is None:  # it ended, and was reaped, before we could look
             self._ended = True
             self._let_go()
@@ -129,6 +130,7 @@ class _Watched:
     def _let_go(self) -> None:
         self._release()
         self._pidfd = -1
+        _open.discard(self)
 
     def _reaped(self, block: bool) -> int | None:
         """Its exit code if known, or read now (it is reaped here); None while it runs, or if
@@ -159,12 +161,34 @@ class _Watched:
         raise NotImplementedError
 
 
+# Every handle whose pidfd may be open: a pidfd is closed on exec, not on fork, so each
+# child forked later would inherit it (``close_inherited``).
+_open: weakref.WeakSet[_Watched] = weakref.WeakSet()
+
+
+def close_inherited() -> None:
+    """In a child just forked: close the pidfds its parent holds for its other children,
+    which it inherited (each a descriptor it has no use for, and a way to signal them).
+    Their handles here are its parent's, never used: each lets go at once, so that none
+    closes that number again later, when it may be another descriptor's."""
+    for watched in list(_open):
+        watched._release()
+        watched._pidfd = -1
+    _open.clear()
+
+
 class Forked(_Watched):
     """A child forked by multiprocessing (``_spawn.start``): the process, watched."""
 
     def __init__(self, proc: BaseProcess) -> None:
         assert proc.pid is not None, "started"
         self.proc, self.name = proc, proc.name
+        # Off multiprocessing's list of its children: it polls each one there by pid as it
+        # starts another process (any caller's), and would reap whoever holds that pid
+        # once ours is reaped elsewhere; at the interpreter's exit it would SIGTERM ours
+        # by pid (a daemon) or wait for it. This handle alone waits for it; it dies with
+        # us (``_spawn.child_setup``).
+        process._children.discard(proc)  # type: ignore[attr-defined]
         super().__init__(proc.pid, proc.sentinel)
 
     def join(self, timeout: float | None = None) -> None:
@@ -186,12 +210,6 @@ class Forked(_Watched):
             self.proc.join()
             code = self.proc.exitcode
         return code
-
-    def _let_go(self) -> None:
-        # multiprocessing, still seeing no exit code, would SIGTERM it by pid at the
-        # interpreter's exit (a daemon) or join it: we have seen it end.
-        process._children.discard(self.proc)  # type: ignore[attr-defined]
-        super()._let_go()
 
 
 class Execed(_Watched):

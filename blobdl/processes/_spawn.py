@@ -11,13 +11,15 @@ parent's business (unless the child is a coordinator itself), it dies with its p
 and it lets go of every pipe end it inherited that is not its own. That last step
 matters: a forked child inherits the parent's ends of its siblings' pipes (and of its
 own), so without it a pipe keeps a reader after the parent dies and a child writing to it
-blocks forever instead of failing.
+blocks forever instead of failing. It inherits the parent's pidfds of its siblings too
+(``_child``), and closes them as well.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import importlib
 import multiprocessing
 import os
@@ -35,12 +37,15 @@ from typing import Any
 
 from .._libc import libc_function
 from ..errors import OutOfResources
-from ._child import Execed, Forked
+from ._child import Execed, Forked, close_inherited
 from ._signals import child_signals, coordinator_signals
 
 _PR_SET_PDEATHSIG = 1
 _prctl = libc_function(("prctl",), ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                        ctypes.c_ulong)  # fmt: skip
+# tgkill(process, thread, 0): whether a thread of a process is there, by the numbers of our
+# own pid namespace (glibc 2.30+).
+_tgkill = libc_function(("tgkill",), ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _context = multiprocessing.get_context("fork")
 # Pipe ends this process holds that none of its children may keep: the parent's ends of
 # its children's pipes, and (in a child) its own end towards its parent.
@@ -276,7 +281,7 @@ def child_setup(
 ) -> None:
     """First thing in any child: signals (SIGCHLD at its default whatever the caller's),
     die with ``parent`` (and with its ``thread`` that started us, if given), drop foreign
-    pipe ends."""
+    pipe ends and the pidfds of its siblings."""
     if coordinator:
         coordinator_signals()
     else:
@@ -291,6 +296,7 @@ def child_setup(
             end.close()
     _not_for_children.clear()
     _not_for_children.add(own)  # our own children must not hold our line to our parent
+    close_inherited()
 
 
 def _die_with(parent: int, death_signal: int, thread: int | None) -> None:
@@ -306,6 +312,15 @@ def _die_with(parent: int, death_signal: int, thread: int | None) -> None:
         _prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
-    tasks = f"/proc/{parent}/task"
-    if thread is not None and os.path.isdir(tasks) and not os.path.exists(f"{tasks}/{thread}"):
+    if thread is not None and _thread_gone(parent, thread):
         os._exit(1)
+
+
+def _thread_gone(process: int, thread: int) -> bool:
+    """Whether ``thread`` of ``process`` has ended, as the kernel says (tgkill, signal 0).
+    Not by /proc/<process>/task: a pid namespace may see another's /proc (``unshare
+    --pid`` without ``--mount-proc``), whose numbers name other processes, and a thread
+    there was taken for gone. Without tgkill (glibc before 2.30), not known: not gone."""
+    if _tgkill is None or _tgkill(process, thread, 0) == 0:
+        return False
+    return ctypes.get_errno() == errno.ESRCH  # EPERM: there, not ours to signal

@@ -6,15 +6,19 @@ caller hands on to the caller's next child. Each caller runs in a pid namespace 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from blobdl.processes._spawn import start
 from tests.conftest import PART, REPO, Blob, sha256_file
 from tests.integration.test_threads import FAST, HANG
 
@@ -69,6 +73,27 @@ def test_a_batch_in_a_pid_namespace_seeing_another_proc_leaves_no_zombie_or_desc
     assert said["fds"] == []
 
 
+@pytest.mark.parametrize("call", ["download", "many"])
+def test_a_call_from_a_thread_in_a_pid_namespace_seeing_another_proc_gets_its_bytes(
+    make: Make, tmp_path: Path, call: str
+) -> None:
+    """A call from a thread runs in a fresh interpreter, which first checks that the thread
+    that started it is still there. It looked at /proc/<pid>/task/<thread>: in the outer
+    namespace's /proc, another process (or none), without that thread. So each took its
+    caller's thread for gone and exited at once: every such call failed."""
+    blob = make(24 * PART, seed=4230)
+    out = tmp_path / "out"
+    if call == "download":
+        args = ["download", blob.url, str(out), json.dumps(SEVERAL)]
+    else:
+        args = ["many", json.dumps([[blob.url, str(out)]]), json.dumps(SEVERAL)]
+    said = _call(tmp_path, *args, "--thread")
+    assert said["said"] in ("ok", [None]), said["said"]
+    assert sha256_file(out) == blob.sha256
+    assert said["unreaped"] == []
+    assert said["fds"] == []
+
+
 @pytest.mark.parametrize("kind", ["execed", "forked"])
 def test_a_child_reaped_by_the_caller_never_takes_the_status_of_the_next_child_with_its_pid(
     tmp_path: Path, kind: str
@@ -84,8 +109,54 @@ def test_a_child_reaped_by_the_caller_never_takes_the_status_of_the_next_child_w
     assert said["other"] == 7, "the caller's child keeps its own exit status"
 
 
+def test_starting_a_child_never_reaps_the_callers_child_that_has_the_pid_of_an_earlier_one(
+    tmp_path: Path,
+) -> None:
+    """multiprocessing, as it starts a process, polls each child still on its list by pid
+    (``_cleanup``), and ours stayed there until we saw them end: our child, ended and
+    reaped by the caller, its pid the caller's next child's, had that child reaped by
+    the poll, its exit code 7 taken as ours, and the caller's ``Popen.wait`` said 0."""
+    said = _call(tmp_path, "restart", own_proc=True)
+    assert said["reaped"] == 3, "the caller reaped our child"
+    assert said["ended"] is True
+    assert said["exitcode"] is None, "how it ended is lost: never another's exit code"
+    assert said["other"] == 7, "the caller's child keeps its own exit status"
+
+
 def test_a_child_reaped_before_its_handle_is_made_is_let_go_of(tmp_path: Path) -> None:
     """It was judged ended but left among multiprocessing's children, which at the caller's
     exit SIGTERMs each daemon child it still thinks is running: by a pid anyone may hold."""
     said = _call(tmp_path, "early")
     assert said == {"ended": True, "kept": False}
+
+
+def _pidfds_held(conn: Connection) -> None:
+    """A child that says how many of its descriptors are pidfds, then ends when told to."""
+    fds = os.listdir("/proc/self/fd")
+    conn.send(sum(_is_pidfd(f"/proc/self/fd/{fd}") for fd in fds))
+    with contextlib.suppress(EOFError):  # told by its pipe's end
+        conn.recv()
+
+
+def _is_pidfd(path: str) -> bool:
+    try:
+        return os.readlink(path) == "anon_inode:[pidfd]"
+    except OSError:  # the descriptor listdir used itself, closed since
+        return False
+
+
+def test_a_child_holds_no_pidfd_of_the_children_forked_before_it() -> None:
+    """A pidfd is closed on exec, not on fork: each forked child inherited the pidfds of
+    its siblings forked before it (the fourth worker of a download held 3, as did the
+    fourth process of a batch's pool): descriptors it has no use for, and a way to signal
+    its siblings."""
+    started: list[tuple[Any, Connection]] = []
+    try:
+        for n in range(4):
+            started.append(start(_pidfds_held, (), name=f"sibling {n}", daemon=True, duplex=True))
+        held = [conn.recv() for _, conn in started]
+    finally:
+        for child, conn in started:
+            conn.close()
+            child.join()
+    assert held == [0, 0, 0, 0]
