@@ -313,7 +313,7 @@ class Interrupts:
         self.pending = signum
         if _stops.depth and not _stops.committed:
             _stops.arrived = _stops.arrived or signum  # the block it runs in stops too
-        if _stops.callers and not _stops.held:
+        if _stops.callers and not _stops.held and not _stops.committed:
             raise Stop(signum)  # in the caller's callback: its own code, stopped at once
 
     def waitables(self) -> list[socket.socket]:

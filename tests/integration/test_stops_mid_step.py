@@ -247,6 +247,25 @@ def call_back(
                             stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
 
 
+def test_a_signal_after_a_nested_downloads_commit_stops_the_outer_one_only(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """B, downloaded in A's callback, is cut as its own Finished is told: B has committed (its
+    file is in place), so B succeeds; A has not, and stops."""
+    a, b = make(SIZE, seed=5106), make(SIZE // 4, seed=5107)
+    caller = call_back(a, b, tmp_path, "Started", "b-finished")
+    said, errors = caller.communicate(timeout=60)
+    assert "Traceback" not in errors, errors
+    sig = signal.SIGINT
+    assert said.splitlines() == [
+        "calling",
+        f"B finished {b.size}",
+        f"A Interrupted interrupted by signal {sig}",
+    ]
+    assert sha256_file(tmp_path / "b") == b.sha256
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_download_in_a_finished_downloads_callback_can_be_stopped(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
