@@ -178,7 +178,9 @@ def _waits_for(pid: int, hasher: int) -> None:
     """Until ``pid``'s main thread sleeps reading a socket with only ``hasher`` left as its
     child: every worker is gone, so the read is the hasher's answer (``finish``)."""
     wchan = Path(f"/proc/{pid}/wchan")
+    give_up = time.monotonic() + 60  # a guard against a hang, not a measure
     while not (wchan.read_text() == "unix_stream_read_generic" and _children(pid) == {hasher}):
+        assert time.monotonic() < give_up, "the caller never waited for its hasher"
         time.sleep(0.005)
 
 
