@@ -3,7 +3,10 @@
 Events come back through Dask's event log (``Worker.log_event`` -> ``Client.subscribe_topic``);
 the handler runs on the client's IO thread and only queues them, so callbacks run on the
 calling thread, while it waits for the tasks. A finished task's last events may trail its
-result (they travel apart), so ``settle`` relays them before the result is used.
+result (they travel apart), so ``settle`` relays them before the result is used. An event is
+taken off the inbox as one step (``whole``): a stop as it is taken takes effect once it is
+noted as ``taken``, and one noted but not told to its end (a stop cut its telling short) is
+told again as the run stops, as an item's cut-short last word is (``Outcomes.cut``).
 
 Stopping: Dask cannot cancel a running task. On Ctrl-C, or a callback that raises, the run
 sets its stop flag and waits for the running tasks to stop their work (a download saves its
@@ -42,7 +45,7 @@ from typing import Any, NamedTuple
 
 from ..errors import BlobdlError, ClusterError, Interrupted
 from ..processes import _spare
-from ..processes._signals import interrupted
+from ..processes._signals import interrupted, whole
 from ._cluster_ask import Workers, ask, holding, names, on_scheduler, present, silent_among
 from ._cluster_connect import dask
 from ._cluster_worker import Channel, Sent
@@ -102,6 +105,7 @@ class Run:
         self.channel = Channel(f"blobdl-{self.name}", f"blobdl-{self.name}-stop", within)
         self.inbox: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
         self.seen: dict[str, int] = {}  # events relayed, per attempt
+        self.taken: tuple[int, Any, str] | None = None  # off the inbox, not yet told to its end
         self.futures: list[Any] = []
         self.answers = True  # whether the scheduler answered every question of the run
 
@@ -232,8 +236,7 @@ class Run:
         ``EVENTS_GRACE``, or at ``deadline``)."""
         deadline = time.monotonic() + EVENTS_GRACE if deadline is None else deadline
         while self.seen.get(sent.attempt, 0) < sent.events and time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                self._relay(self.inbox.get(timeout=TICK)[1])
+            self._relay_next(TICK)
 
     def _value(self, future: Any) -> Any:
         try:
@@ -251,17 +254,29 @@ class Run:
         return exc
 
     def _relay_queued(self) -> None:
-        while True:
-            try:
-                _, record = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-            self._relay(record)
+        while self._relay_next(None):
+            pass
 
-    def _relay(self, record: dict[str, Any]) -> None:
-        self.seen[record["attempt"]] = self.seen.get(record["attempt"], 0) + 1
-        if self.tell is not None:
-            self.tell(record["place"], pickle.loads(record["event"]), record["by"])
+    def _relay_next(self, wait: float | None) -> bool:
+        """The next event on the inbox (waited for up to ``wait`` s; None: one there now)
+        taken and told; False if none came."""
+        with whole():  # a stop as it is taken takes effect once it is noted
+            try:
+                _, record = (
+                    self.inbox.get_nowait() if wait is None else self.inbox.get(timeout=wait)
+                )
+            except queue.Empty:
+                return False
+            self.seen[record["attempt"]] = self.seen.get(record["attempt"], 0) + 1
+            self.taken = record["place"], pickle.loads(record["event"]), record["by"]
+        self._tell_taken()
+        return True
+
+    def _tell_taken(self) -> None:
+        """Tell the event taken off the inbox; it stays ``taken`` until told to its end."""
+        if self.taken is not None and self.tell is not None:
+            self.tell(*self.taken)
+        self.taken = None
 
     def _stopped(self, why: BaseException) -> BaseException:
         """Stop every task's work (a download saves its state); return what to raise."""
@@ -324,6 +339,7 @@ class Run:
         returned says it sent (its last events may trail its result, as ``settle`` knows:
         an item that finished just as the run stopped must be told so), ``EVENTS_GRACE``
         in all; then whatever else came."""
+        self._tell_taken()  # its telling cut short by the stop: told again
         deadline = time.monotonic() + EVENTS_GRACE
         for future in self.futures:
             with contextlib.suppress(Exception):

@@ -38,7 +38,10 @@ class Outcomes:
 
     def event(self, index: int, event: Event, worker: str = "") -> None:
         told = BatchEvent(index, event, worker)
-        if isinstance(event, Finished | Failed):
+        last = isinstance(event, Finished | Failed)
+        if last and index in self.heard_last:
+            return  # told again by a stop that came as its callback returned: heard once
+        if last:
             self.ended[index] = told
         elif isinstance(event, Started):
             self.started.setdefault(index, (event.path, worker))

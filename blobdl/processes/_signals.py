@@ -142,10 +142,33 @@ def called() -> Iterator[None]:
     (``stoppable``), in the caller's process or in the clean one a threaded caller's
     download runs in, and reach the caller as ``Interrupted``."""
     try:
-        with stoppable():
+        with stoppable(), _for_itself():
             yield
     except Stop as stop:
         raise interrupted(stop) from None
+
+
+@contextlib.contextmanager
+def _for_itself() -> Iterator[None]:
+    """A library call that a caller's callback makes (``callers``) inside a download of its
+    own commits only for itself: before it commits, it is stoppable even if the download
+    around it has committed; once it has, the one around it, not yet committed, is still
+    stoppable. A signal dropped after its commit is handed to the one around it as one that
+    arrived (its next ``held`` step or check raises it): it has succeeded, so it returns."""
+    if not (_stops.callers and _in_main_thread()):
+        yield
+        return
+    outer, outer_late = _stops.committed, _stops.late
+    _stops.committed, _stops.late = False, None
+    try:
+        yield
+    finally:
+        late = _stops.late
+        _stops.committed, _stops.late = outer, outer_late
+        if late is not None and outer:
+            _stops.late = _stops.late or late  # the one around it is done: dropped too
+        elif late is not None:
+            _stops.arrived = _stops.arrived or late
 
 
 @contextlib.contextmanager
@@ -290,7 +313,7 @@ class Interrupts:
         self.pending = signum
         if _stops.depth and not _stops.committed:
             _stops.arrived = _stops.arrived or signum  # the block it runs in stops too
-        if _stops.callers and not _stops.held:
+        if _stops.callers and not _stops.held and not _stops.committed:
             raise Stop(signum)  # in the caller's callback: its own code, stopped at once
 
     def waitables(self) -> list[socket.socket]:

@@ -542,6 +542,89 @@ def test_an_item_that_finished_as_the_client_was_interrupted_is_told_finished(
     assert sorted(item for item, kind in said if kind in ("Finished", "Failed")) == [0, 1], said
 
 
+TAKEN = """
+import json, os, pickle, signal, sys
+import blobdl
+from blobdl.batch import _cluster_run, _outcomes
+
+WHERE = sys.argv[3]
+
+
+class Taken:
+    \"\"\"The run's inbox: with WHERE 'taken', Ctrl-C as a Finished event is taken off it,
+    before it is returned.\"\"\"
+
+    def __init__(self, inbox):
+        self.inbox = inbox
+
+    def put(self, record):
+        self.inbox.put(record)
+
+    def _taken(self, taken):
+        if WHERE == "taken" and isinstance(pickle.loads(taken[1]["event"]), blobdl.Finished):
+            os.kill(os.getpid(), signal.SIGINT)  # the item's file is in place by now
+        return taken
+
+    def get(self, *args, **kwargs):
+        return self._taken(self.inbox.get(*args, **kwargs))
+
+    def get_nowait(self):
+        return self._taken(self.inbox.get_nowait())
+
+
+real_init, real_event = _cluster_run.Run.__init__, _outcomes.Outcomes.event
+
+
+def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    self.inbox = Taken(self.inbox)
+
+
+def event(self, index, event, worker=""):
+    \"\"\"With WHERE 'told': Ctrl-C as a Finished event's telling returns.\"\"\"
+    real_event(self, index, event, worker)
+    if WHERE == "told" and isinstance(event, blobdl.Finished):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+if __name__ == "__main__":
+    _cluster_run.Run.__init__ = init
+    _outcomes.Outcomes.event = event
+    said = []
+    items = [blobdl.Item(url, path) for url, path in json.loads(sys.argv[2])]
+    try:
+        blobdl.download_many(items, cluster=sys.argv[1], per_host=16,
+                             min_part_size=262144, max_part_size=262144, progress_interval=0.1,
+                             on_event=lambda e: said.append([e.item, type(e.event).__name__]))
+    except blobdl.Interrupted:
+        print(json.dumps(said))
+"""
+
+
+@pytest.mark.parametrize("where", ["taken", "told"])
+def test_a_stop_as_an_items_finished_event_is_relayed_tells_it_once(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path, where: str
+) -> None:
+    """The client takes each event off its inbox, then tells it: a signal between the two
+    took effect at once, and an item's Finished, already taken, was never told (the item
+    was told 'failed' with its file in place). The stop now takes effect once it is noted
+    as taken, and what was taken is told as the run stops; told just before the stop
+    ('told'), it is not told again."""
+    small, large = make(128 * KB, 43), make(2 * 1024 * KB, 44)
+    paced(server, 32 * KB)  # the large item runs on when the small one has finished
+    rows = [[small.url, str(tmp_path / "small.bin")], [large.url, str(tmp_path / "large.bin")]]
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(TAKEN))
+    args = [sys.executable, str(script), cluster.address, json.dumps(rows), where]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=90, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.splitlines()[-1])
+    last = {item: kind for item, kind in said if kind in ("Finished", "Failed")}
+    assert sha256_file(tmp_path / "small.bin") == small.sha256
+    assert last == {0: "Finished", 1: "Failed"}, said
+    assert sorted(item for item, kind in said if kind in ("Finished", "Failed")) == [0, 1], said
+
+
 def test_the_client_killed_mid_item_leaves_no_spare_process_on_the_workers(
     cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:

@@ -6,14 +6,19 @@ written) are steps that a stop must not cut in two: a stop between the halves le
 out of step (a committed download then reported as interrupted), or an item that finished
 without its ``finished`` line. Each test sends a real signal at the exact point between the
 halves, from a patch the test's own program makes (no hook in blobdl).
+
+A download that a caller's callback makes (B, inside A) is a step of its own too: its commit
+is B's, and neither B's success nor A's leaves the other deaf to a stop.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,3 +129,168 @@ def test_a_signal_as_an_items_finished_line_is_written_loses_no_line(
     assert ends.count((0, "finished")) == 1, lines
     assert [r for r in lines if r.get("item") == 0][-1]["event"] == "finished", lines
     assert sha256_file(out) == blob.sha256
+
+
+# A caller whose callback downloads too: A, checked against its digest, starts; its Started
+# callback stops A's hasher (SIGSTOP, its pid printed) and downloads B, which commits. A then
+# waits for its hasher's answer: the test sends SIGINT there, then lets the hasher go on.
+NESTED = """
+import os, signal, sys
+import blobdl
+from blobdl.engine import _hasher
+url_a, out_a, digest_a, url_b, out_b = sys.argv[1:6]
+original, hashers = _hasher.PrefixHasher.__init__, []
+
+def init(self, *args):
+    original(self, *args)
+    hashers.append(self._proc.pid)
+
+_hasher.PrefixHasher.__init__ = init
+
+def on_event(event):
+    if type(event).__name__ == "Started" and event.url == url_a:
+        os.kill(hashers[0], signal.SIGSTOP)
+        print(hashers[0], flush=True)
+        blobdl.download(url_b, out_b)
+
+try:
+    result = blobdl.download(url_a, out_a, digest=digest_a, on_event=on_event)
+except blobdl.BlobdlError as exc:
+    print(type(exc).__name__, exc, flush=True)
+else:
+    print("finished", result.size, flush=True)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _waits_for(pid: int, hasher: int) -> None:
+    """Until ``pid``'s main thread sleeps reading a socket with only ``hasher`` left as its
+    child: every worker is gone, so the read is the hasher's answer (``finish``)."""
+    wchan = Path(f"/proc/{pid}/wchan")
+    give_up = time.monotonic() + 60  # a guard against a hang, not a measure
+    while not (wchan.read_text() == "unix_stream_read_generic" and _children(pid) == {hasher}):
+        assert time.monotonic() < give_up, "the caller never waited for its hasher"
+        time.sleep(0.005)
+
+
+def test_a_download_in_a_callback_commits_only_for_itself(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """B, downloaded in A's callback, is complete; A is not: a SIGINT while A waits for its
+    digest stops A (its partial kept), as it would have without B."""
+    a, b = make(SIZE, seed=5104), make(SIZE // 4, seed=5105)
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    args = [a.url, str(out_a), f"sha256:{a.sha256}", b.url, str(out_b)]
+    caller = subprocess.Popen([sys.executable, "-c", NESTED, *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    assert caller.stdout is not None
+    try:
+        hasher = int(caller.stdout.readline())
+        try:
+            _waits_for(caller.pid, hasher)
+            caller.send_signal(signal.SIGINT)
+        finally:
+            os.kill(hasher, signal.SIGCONT)
+        said, errors = caller.communicate(timeout=60)
+    finally:
+        caller.kill()
+        caller.wait()
+    assert "Traceback" not in errors, errors
+    assert said.strip() == f"Interrupted interrupted by signal {signal.SIGINT}"
+    assert not out_a.exists()
+    assert sha256_file(out_b) == b.sha256
+
+
+# A caller whose callback downloads B: in A's Started callback (A runs on), or once A has
+# finished (its Finished callback). B's outcome and A's are printed, each on a line.
+CALLBACK_CALLS = """
+import os, signal, sys
+import blobdl
+url_a, out_a, url_b, out_b, when, cut = sys.argv[1:7]
+
+def cut_b(event):
+    if cut == "b-finished" and type(event).__name__ == "Finished":
+        os.kill(os.getpid(), signal.SIGINT)
+
+def on_event(event):
+    if type(event).__name__ == when and getattr(event, "result", event).url == url_a:
+        print("calling", flush=True)
+        try:
+            said = f"finished {blobdl.download(url_b, out_b, on_event=cut_b).size}"
+        except blobdl.BlobdlError as exc:
+            said = f"{type(exc).__name__} {exc}"
+        print("B", said, flush=True)
+
+try:
+    result = blobdl.download(url_a, out_a, on_event=on_event)
+except blobdl.BlobdlError as exc:
+    print("A", type(exc).__name__, exc, flush=True)
+else:
+    print("A finished", result.size, flush=True)
+"""
+
+
+def call_back(
+    blob_a: Blob, blob_b: Blob, tmp_path: Path, when: str, cut: str
+) -> subprocess.Popen[str]:
+    args = [blob_a.url, str(tmp_path / "a"), blob_b.url, str(tmp_path / "b"), when, cut]
+    return subprocess.Popen([sys.executable, "-c", CALLBACK_CALLS, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+
+
+def test_a_signal_after_a_nested_downloads_commit_stops_the_outer_one_only(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """B, downloaded in A's callback, is cut as its own Finished is told: B has committed (its
+    file is in place), so B succeeds; A has not, and stops."""
+    a, b = make(SIZE, seed=5106), make(SIZE // 4, seed=5107)
+    caller = call_back(a, b, tmp_path, "Started", "b-finished")
+    said, errors = caller.communicate(timeout=60)
+    assert "Traceback" not in errors, errors
+    sig = signal.SIGINT
+    assert said.splitlines() == [
+        "calling",
+        f"B finished {b.size}",
+        f"A Interrupted interrupted by signal {sig}",
+    ]
+    assert sha256_file(tmp_path / "b") == b.sha256
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_download_in_a_finished_downloads_callback_can_be_stopped(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A has committed; B, downloaded in A's Finished callback, has not: a SIGINT while B
+    waits for its server's answer stops B, as Ctrl-C stops a callback's wait."""
+    a, b = make(SIZE, seed=5108), make(SIZE // 4, seed=5109)
+    path = f"/files/{b.name}"
+    server.set_faults({"path": path, "action": "no_response", "hold": 30})
+    caller = call_back(a, b, tmp_path, "Finished", "")
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline() == "calling\n"
+        while not server.stats()["per_path"].get(path):  # B's request is held by the server
+            time.sleep(0.005)
+        caller.send_signal(signal.SIGINT)
+        said, errors = caller.communicate(timeout=60)
+    finally:
+        caller.kill()
+        caller.wait()
+    assert "Traceback" not in errors, errors
+    sig = signal.SIGINT
+    assert said.splitlines() == [
+        f"B Interrupted interrupted by signal {sig}",
+        f"A finished {a.size}",
+    ]
+    assert sha256_file(tmp_path / "a") == a.sha256
