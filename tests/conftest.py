@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -124,6 +125,15 @@ def run_cli(
         cwd=cwd or REPO,
         env=env,
     )
+
+
+def caller_report(command: list[str], report: Path, timeout: float) -> dict[str, Any]:
+    """Run a caller program (``... python -m tests.X REPORT ARGS``) to a clean exit; what it
+    wrote to ``report`` as JSON."""
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    said: dict[str, Any] = json.loads(report.read_text())
+    return said
 
 
 def spawn_cli(*args: str) -> subprocess.Popen[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from blobdl.processes._spawn import start
-from tests.conftest import PART, REPO, Blob, sha256_file
+from tests.conftest import PART, Blob, caller_report, sha256_file
 from tests.integration.test_threads import FAST, HANG
 
 Make = Callable[..., Blob]
@@ -32,16 +32,8 @@ def _call(tmp_path: Path, *args: str, own_proc: bool = False) -> dict[str, Any]:
         pytest.skip("no pid namespace here (unshare --user --pid refused)")
     report = tmp_path / "report"
     command = [*NAMESPACE, *(["--mount-proc"] if own_proc else [])]
-    done = subprocess.run(
-        [*command, sys.executable, "-m", "tests.pidns_caller", str(report), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=HANG,
-    )
-    assert done.returncode == 0, (done.returncode, done.stderr)
-    said: dict[str, Any] = json.loads(report.read_text())
-    return said
+    caller = [sys.executable, "-m", "tests.pidns_caller", str(report), *args]
+    return caller_report([*command, *caller], report, HANG)
 
 
 def test_a_download_in_a_pid_namespace_seeing_another_proc_leaves_no_zombie_or_descriptor(

@@ -9,7 +9,6 @@ only to a process that is still its child, and writes down any other.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, REPO, Blob, sha256_file
+from tests.conftest import PART, Blob, caller_report, sha256_file
 from tests.integration.test_threads import HANG, PACED, slow_down
 
 Make = Callable[..., Blob]
@@ -30,15 +29,8 @@ def _call(tmp_path: Path, mode: str, *args: str, options: tuple[str, ...] = ()) 
     """Run the caller; its report, and the kills it was asked for that no child of its own
     would have received (``strays``)."""
     report = tmp_path / "report"
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.sigchld_caller", str(report), mode, *args, *options],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=HANG,
-    )
-    assert done.returncode == 0, (done.returncode, done.stderr)
-    said: dict[str, Any] = json.loads(report.read_text())
+    caller = [sys.executable, "-m", "tests.sigchld_caller", str(report), mode, *args, *options]
+    said = caller_report(caller, report, HANG)
     strays = tmp_path / "report.strays"
     said["strays"] = strays.read_text().splitlines() if strays.exists() else []
     return said
