@@ -470,7 +470,22 @@ def test_a_second_signal_while_the_client_stops_its_tasks_still_tells_every_cut_
     _each_told_it_was_cut(out, started, err)
 
 
-TRAILING = """
+# How the interrupt scripts below end: the batch on the cluster, every event noted as
+# [item, kind]; interrupted, what was noted, on stdout (argv: the scheduler, the rows).
+NOTED_RUN = """
+    said = []
+    items = [blobdl.Item(url, path) for url, path in json.loads(sys.argv[2])]
+    try:
+        blobdl.download_many(items, cluster=sys.argv[1], per_host=16,
+                             min_part_size=262144, max_part_size=262144, progress_interval=0.1,
+                             on_event=lambda e: said.append([e.item, type(e.event).__name__]))
+    except blobdl.Interrupted:
+        print(json.dumps(said))
+"""
+
+
+TRAILING = (
+    """
 import json, os, pickle, signal, sys, threading
 import blobdl
 from blobdl.batch import _cluster_run
@@ -510,15 +525,9 @@ def init(self, *args, **kwargs):
 
 if __name__ == "__main__":
     _cluster_run.Run.__init__ = init
-    said = []
-    items = [blobdl.Item(url, path) for url, path in json.loads(sys.argv[2])]
-    try:
-        blobdl.download_many(items, cluster=sys.argv[1], per_host=16,
-                             min_part_size=262144, max_part_size=262144, progress_interval=0.1,
-                             on_event=lambda e: said.append([e.item, type(e.event).__name__]))
-    except blobdl.Interrupted:
-        print(json.dumps(said))
 """
+    + NOTED_RUN
+)
 
 
 def test_an_item_that_finished_as_the_client_was_interrupted_is_told_finished(
@@ -542,7 +551,8 @@ def test_an_item_that_finished_as_the_client_was_interrupted_is_told_finished(
     assert sorted(item for item, kind in said if kind in ("Finished", "Failed")) == [0, 1], said
 
 
-TAKEN = """
+TAKEN = (
+    """
 import json, os, pickle, signal, sys
 import blobdl
 from blobdl.batch import _cluster_run, _outcomes
@@ -590,15 +600,9 @@ def event(self, index, event, worker=""):
 if __name__ == "__main__":
     _cluster_run.Run.__init__ = init
     _outcomes.Outcomes.event = event
-    said = []
-    items = [blobdl.Item(url, path) for url, path in json.loads(sys.argv[2])]
-    try:
-        blobdl.download_many(items, cluster=sys.argv[1], per_host=16,
-                             min_part_size=262144, max_part_size=262144, progress_interval=0.1,
-                             on_event=lambda e: said.append([e.item, type(e.event).__name__]))
-    except blobdl.Interrupted:
-        print(json.dumps(said))
 """
+    + NOTED_RUN
+)
 
 
 @pytest.mark.parametrize("where", ["taken", "told"])
