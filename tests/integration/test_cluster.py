@@ -536,13 +536,28 @@ def test_an_item_that_finished_as_the_client_was_interrupted_is_told_finished(
     """A task's last events may trail its result (``Run.settle`` waits for them): stopped
     just as an item finished, the client must relay that item's own Finished, not tell it
     'failed' (exit 130) while its file is in place, as one machine never does."""
-    small, large = make(128 * KB, 41), make(2 * 1024 * KB, 42)
+    _stopped_as_the_small_item_finishes(cluster, server, make, tmp_path, TRAILING, (41, 42))
+
+
+def _stopped_as_the_small_item_finishes(
+    cluster: DaskCluster,
+    server: ServerHandle,
+    make: Make,
+    tmp_path: Path,
+    script: str,
+    seeds: tuple[int, int],
+    *args: str,
+) -> None:
+    """A small and a paced large item on the cluster, run by ``script`` (it ends with
+    ``NOTED_RUN``), which interrupts the client as the small one's Finished comes: the small
+    item is told Finished (its file in place), the large one Failed, each told once."""
+    small, large = make(128 * KB, seeds[0]), make(2 * 1024 * KB, seeds[1])
     paced(server, 32 * KB)  # the large item runs on when the small one has finished
     rows = [[small.url, str(tmp_path / "small.bin")], [large.url, str(tmp_path / "large.bin")]]
-    script = tmp_path / "client.py"
-    script.write_text(textwrap.dedent(TRAILING))
-    done = subprocess.run([sys.executable, str(script), cluster.address, json.dumps(rows)],
-                          capture_output=True, text=True, timeout=90, cwd=REPO)  # fmt: skip
+    client = tmp_path / "client.py"
+    client.write_text(textwrap.dedent(script))
+    command = [sys.executable, str(client), cluster.address, json.dumps(rows), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     said = json.loads(done.stdout.splitlines()[-1])
     last = {item: kind for item, kind in said if kind in ("Finished", "Failed")}
@@ -614,19 +629,7 @@ def test_a_stop_as_an_items_finished_event_is_relayed_tells_it_once(
     was told 'failed' with its file in place). The stop now takes effect once it is noted
     as taken, and what was taken is told as the run stops; told just before the stop
     ('told'), it is not told again."""
-    small, large = make(128 * KB, 43), make(2 * 1024 * KB, 44)
-    paced(server, 32 * KB)  # the large item runs on when the small one has finished
-    rows = [[small.url, str(tmp_path / "small.bin")], [large.url, str(tmp_path / "large.bin")]]
-    script = tmp_path / "client.py"
-    script.write_text(textwrap.dedent(TAKEN))
-    args = [sys.executable, str(script), cluster.address, json.dumps(rows), where]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=90, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    said = json.loads(done.stdout.splitlines()[-1])
-    last = {item: kind for item, kind in said if kind in ("Finished", "Failed")}
-    assert sha256_file(tmp_path / "small.bin") == small.sha256
-    assert last == {0: "Finished", 1: "Failed"}, said
-    assert sorted(item for item, kind in said if kind in ("Finished", "Failed")) == [0, 1], said
+    _stopped_as_the_small_item_finishes(cluster, server, make, tmp_path, TAKEN, (43, 44), where)
 
 
 def test_the_client_killed_mid_item_leaves_no_spare_process_on_the_workers(
