@@ -294,3 +294,60 @@ def test_a_download_in_a_finished_downloads_callback_can_be_stopped(
         f"A finished {a.size}",
     ]
     assert sha256_file(tmp_path / "a") == a.sha256
+
+
+# A caller whose callback downloads an optional B in A's first Progress callback, and lets B's
+# failure pass (``except BlobdlError``): a stop that lands in B is B's failure, and A's too.
+SIDECAR = """
+import sys
+import blobdl
+url_a, out_a, url_b, out_b = sys.argv[1:5]
+
+def b_event(event):
+    if type(event).__name__ == "Progress" and not b_event.said:
+        b_event.said = True
+        print("B under way", flush=True)
+
+def on_event(event):
+    if type(event).__name__ == "Progress" and not on_event.asked:
+        on_event.asked = True
+        try:
+            blobdl.download(url_b, out_b, on_event=b_event, parts=1, progress_interval=0.05)
+        except blobdl.BlobdlError as exc:  # optional: its failure is only said
+            print("B", type(exc).__name__, flush=True)
+
+on_event.asked = b_event.said = False
+try:
+    result = blobdl.download(url_a, out_a, on_event=on_event, parts=1, progress_interval=0.05)
+except blobdl.BlobdlError as exc:
+    print("A", type(exc).__name__, exc, flush=True)
+else:
+    print("A finished", result.size, flush=True)
+"""
+
+
+def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_download_around_it(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A SIGINT while B (in A's callback) is under way stops B; the callback lets B's
+    ``Interrupted`` pass, as it lets any failure of B pass. The signal was A's too: A stops
+    at once, its partial kept, never running on to its last byte first (40 s at its pace)."""
+    a, b = make(4 * SIZE, seed=5110), make(SIZE, seed=5111)
+    paced = {"times": None, "action": "rate", "bps": 100_000}
+    server.set_faults({"path": f"/files/{a.name}", **paced}, {"path": f"/files/{b.name}", **paced})
+    args = [a.url, str(tmp_path / "a"), b.url, str(tmp_path / "b")]
+    caller = subprocess.Popen([sys.executable, "-c", SIDECAR, *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline() == "B under way\n"
+        caller.send_signal(signal.SIGINT)
+        said, errors = caller.communicate(timeout=30)  # a guard against a run to A's end
+    finally:
+        caller.kill()
+        caller.wait()
+    assert "Traceback" not in errors, errors
+    sig = signal.SIGINT
+    assert said.splitlines() == ["B Interrupted", f"A Interrupted interrupted by signal {sig}"]
+    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "b").exists()
