@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from blobdl.errors import EXIT_INTERRUPTED
 from faultserver.serverctl import ServerHandle
 from tests.conftest import REPO, Blob, sha256_file
@@ -299,9 +301,11 @@ def test_a_download_in_a_finished_downloads_callback_can_be_stopped(
 # A caller whose callback downloads an optional B in A's first Progress callback, and lets B's
 # failure pass (``except BlobdlError``): a stop that lands in B is B's failure, and A's too.
 SIDECAR = """
-import sys
+import sys, threading
 import blobdl
-url_a, out_a, url_b, out_b = sys.argv[1:5]
+url_a, out_a, url_b, out_b, threaded = sys.argv[1:6]
+if threaded == "threaded":  # each download then runs in a clean process of its own
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
 
 def b_event(event):
     if type(event).__name__ == "Progress" and not b_event.said:
@@ -326,8 +330,9 @@ else:
 """
 
 
+@pytest.mark.parametrize("caller", ["single", "threaded"])
 def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_download_around_it(
-    make: Make, server: ServerHandle, tmp_path: Path
+    make: Make, server: ServerHandle, tmp_path: Path, caller: str
 ) -> None:
     """A SIGINT while B (in A's callback) is under way stops B; the callback lets B's
     ``Interrupted`` pass, as it lets any failure of B pass. The signal was A's too: A stops
@@ -335,17 +340,17 @@ def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_download
     a, b = make(4 * SIZE, seed=5110), make(SIZE, seed=5111)
     paced = {"times": None, "action": "rate", "bps": 100_000}
     server.set_faults({"path": f"/files/{a.name}", **paced}, {"path": f"/files/{b.name}", **paced})
-    args = [a.url, str(tmp_path / "a"), b.url, str(tmp_path / "b")]
-    caller = subprocess.Popen([sys.executable, "-c", SIDECAR, *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    args = [a.url, str(tmp_path / "a"), b.url, str(tmp_path / "b"), caller]
+    running = subprocess.Popen([sys.executable, "-c", SIDECAR, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
     try:
-        assert caller.stdout is not None
-        assert caller.stdout.readline() == "B under way\n"
-        caller.send_signal(signal.SIGINT)
-        said, errors = caller.communicate(timeout=30)  # a guard against a run to A's end
+        assert running.stdout is not None
+        assert running.stdout.readline() == "B under way\n"
+        running.send_signal(signal.SIGINT)
+        said, errors = running.communicate(timeout=30)  # a guard against a run to A's end
     finally:
-        caller.kill()
-        caller.wait()
+        running.kill()
+        running.wait()
     assert "Traceback" not in errors, errors
     sig = signal.SIGINT
     assert said.splitlines() == ["B Interrupted", f"A Interrupted interrupted by signal {sig}"]
