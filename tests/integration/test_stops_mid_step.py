@@ -356,3 +356,52 @@ def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_download
     assert said.splitlines() == ["B Interrupted", f"A Interrupted interrupted by signal {sig}"]
     assert not (tmp_path / "a").exists()
     assert not (tmp_path / "b").exists()
+
+
+# A batch caller whose callback notes each item's last word, then (with CUT) is stopped by a
+# SIGINT to itself before it returns from the first: the word it was told, and what its
+# callback saw raised in it.
+LAST_WORD = """
+import json, os, signal, sys
+import blobdl
+url, out, cut = sys.argv[1:4]
+said = []
+
+def on_event(batch_event):
+    name = type(batch_event.event).__name__
+    if name not in ("Finished", "Failed"):
+        return
+    said.append([batch_event.item, name])
+    if cut == "cut" and len(said) == 1:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # raises here, at once
+        except KeyboardInterrupt:
+            said.append("cut")
+            raise
+
+try:
+    blobdl.download_many([blobdl.Item(url, out)], on_event=on_event)
+except blobdl.Interrupted:
+    said.append("Interrupted")
+print(json.dumps(said))
+"""
+
+
+@pytest.mark.parametrize("cut", ["cut", "whole"])
+def test_an_items_last_word_is_told_again_only_to_a_callback_a_stop_cut_short(
+    make: Make, server: ServerHandle, tmp_path: Path, cut: str
+) -> None:
+    """The item finished (its file in place). A callback a stop cut short as it heard its
+    ``Finished`` (the KeyboardInterrupt raised in it) may not have taken it in, and is told
+    it again as the batch stops (docs/library.md); one that heard it to its end, never."""
+    blob = make(SIZE, seed=5112)
+    out = tmp_path / "out"
+    args = [sys.executable, "-c", LAST_WORD, blob.url, str(out), cut]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert "Traceback" not in done.stderr, done.stderr
+    said = json.loads(done.stdout)
+    if cut == "cut":
+        assert said == [[0, "Finished"], "cut", [0, "Finished"], "Interrupted"]
+    else:
+        assert said == [[0, "Finished"]]
+    assert sha256_file(out) == blob.sha256
