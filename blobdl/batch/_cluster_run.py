@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 from ..errors import BlobdlError, ClusterError, Interrupted
 from ..processes import _spare
-from ..processes._signals import interrupted, whole
+from ..processes._signals import interrupted, unheard, whole
 from ._cluster_ask import Workers, ask, holding, names, on_scheduler, present, silent_among
 from ._cluster_connect import dask
 from ._cluster_worker import Channel, Sent
@@ -167,6 +167,7 @@ class Run:
         first: dict[Any, Any] = {}  # {a moved task's future: the future the caller knows}
         while pending:
             self._relay_queued()
+            unheard()  # one a download the callback made heard, and the callback let pass
             with self._asking():
                 ended = {**self._unanswered(pending), **(lost(pending) if lost else {})}
             for future, error in ended.items():

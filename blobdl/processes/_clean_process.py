@@ -28,7 +28,7 @@ from ..events import Finished
 from . import _spare
 from ._child import Execed
 from ._clean_child import child_main, relay_log
-from ._signals import interrupted, whole
+from ._signals import interrupted, unheard, whole
 from ._spawn import start_clean, threaded
 
 T = TypeVar("T")
@@ -83,6 +83,8 @@ def _follow(conn: Connection, proc: Execed, tell: Tell | None) -> Any:
     said = _Said()
     while said.outcome is None:
         try:
+            if stop is None:
+                unheard()  # one a callback's own download heard, and the callback let pass
             if said.event is None:
                 _receive(conn, proc, said)
         except BlobdlError:  # it died without a word

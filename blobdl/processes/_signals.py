@@ -108,6 +108,15 @@ def _raise_arrived() -> None:
         raise Stop(_stops.arrived)
 
 
+def unheard() -> None:
+    """Raise the signal that arrived in this block and has not stopped it (a download a
+    caller's callback made heard it, and the callback let its ``Interrupted`` pass): a
+    loop that waits without a watch of its own asks this before each wait. Only the main
+    thread's block has one."""
+    if _in_main_thread():
+        _raise_arrived()
+
+
 @contextlib.contextmanager
 def stoppable() -> Iterator[None]:
     """In the block, SIGINT and SIGTERM raise ``Interrupted`` (see the module's note). Only
@@ -327,6 +336,10 @@ class Interrupts:
             with contextlib.suppress(BlockingIOError, InterruptedError):
                 while self._reader.recv(4096):
                     pass
+            if self.pending is None and _stops.depth and not _stops.committed:
+                # One that another watch heard (a download a callback made, whose stop the
+                # callback let pass), or handed on by its commit (``_for_itself``): ours too.
+                self.pending = _stops.arrived
         if self.pending is not None:
             raise Interrupted(self.pending)
 

@@ -1421,3 +1421,56 @@ def test_what_dask_s_event_loop_logs_is_not_shown_beside_the_one_error_line() ->
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+SIDECAR = """
+import json, sys
+import blobdl
+address, url_a, out_a, url_b, out_b = sys.argv[1:6]
+
+def b_event(event):
+    if type(event).__name__ == "Progress" and not b_event.said:
+        b_event.said = True
+        print("B under way", flush=True)
+
+def on_event(batch_event):
+    if type(batch_event.event).__name__ == "Progress" and not on_event.asked:
+        on_event.asked = True
+        try:
+            blobdl.download(url_b, out_b, on_event=b_event, parts=1, progress_interval=0.05)
+        except blobdl.BlobdlError as exc:  # optional: its failure is only said
+            print("B", type(exc).__name__, flush=True)
+
+on_event.asked = b_event.said = False
+try:
+    blobdl.download_many([blobdl.Item(url_a, out_a)], cluster=address, on_event=on_event,
+                         min_part_size=262144, max_part_size=262144, progress_interval=0.1)
+except blobdl.BlobdlError as exc:
+    print("A", type(exc).__name__, flush=True)
+else:
+    print("A finished", flush=True)
+"""
+
+
+def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_run(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """A SIGINT while B (a download in the run's callback, on the client) is under way stops
+    B; the callback lets B's ``Interrupted`` pass. The signal was the run's too: it stops,
+    never running on to its item's end first (it ran on, and the run said it finished)."""
+    a, b = make(4 * 1024 * KB, 45), make(1024 * KB, 46)
+    paced(server, 16 * KB)
+    args = [cluster.address, a.url, str(tmp_path / "a"), b.url, str(tmp_path / "b")]
+    client = subprocess.Popen([sys.executable, "-c", SIDECAR, *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == "B under way\n"
+        client.send_signal(signal.SIGINT)
+        said, errors = client.communicate(timeout=STOP_GRACE_LESS)  # a guard, not a measure
+    finally:
+        client.kill()
+        client.wait()
+    assert "Traceback" not in errors, errors[-3000:]
+    assert said.splitlines() == ["B Interrupted", "A Interrupted"]
+    assert not (tmp_path / "a").exists()

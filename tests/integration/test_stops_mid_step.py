@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from blobdl.errors import EXIT_INTERRUPTED
 from faultserver.serverctl import ServerHandle
 from tests.conftest import REPO, Blob, sha256_file
@@ -294,3 +296,112 @@ def test_a_download_in_a_finished_downloads_callback_can_be_stopped(
         f"A finished {a.size}",
     ]
     assert sha256_file(tmp_path / "a") == a.sha256
+
+
+# A caller whose callback downloads an optional B in A's first Progress callback, and lets B's
+# failure pass (``except BlobdlError``): a stop that lands in B is B's failure, and A's too.
+SIDECAR = """
+import sys, threading
+import blobdl
+url_a, out_a, url_b, out_b, threaded = sys.argv[1:6]
+if threaded == "threaded":  # each download then runs in a clean process of its own
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+
+def b_event(event):
+    if type(event).__name__ == "Progress" and not b_event.said:
+        b_event.said = True
+        print("B under way", flush=True)
+
+def on_event(event):
+    if type(event).__name__ == "Progress" and not on_event.asked:
+        on_event.asked = True
+        try:
+            blobdl.download(url_b, out_b, on_event=b_event, parts=1, progress_interval=0.05)
+        except blobdl.BlobdlError as exc:  # optional: its failure is only said
+            print("B", type(exc).__name__, flush=True)
+
+on_event.asked = b_event.said = False
+try:
+    result = blobdl.download(url_a, out_a, on_event=on_event, parts=1, progress_interval=0.05)
+except blobdl.BlobdlError as exc:
+    print("A", type(exc).__name__, exc, flush=True)
+else:
+    print("A finished", result.size, flush=True)
+"""
+
+
+@pytest.mark.parametrize("caller", ["single", "threaded"])
+def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_download_around_it(
+    make: Make, server: ServerHandle, tmp_path: Path, caller: str
+) -> None:
+    """A SIGINT while B (in A's callback) is under way stops B; the callback lets B's
+    ``Interrupted`` pass, as it lets any failure of B pass. The signal was A's too: A stops
+    at once, its partial kept, never running on to its last byte first (40 s at its pace)."""
+    a, b = make(4 * SIZE, seed=5110), make(SIZE, seed=5111)
+    paced = {"times": None, "action": "rate", "bps": 100_000}
+    server.set_faults({"path": f"/files/{a.name}", **paced}, {"path": f"/files/{b.name}", **paced})
+    args = [a.url, str(tmp_path / "a"), b.url, str(tmp_path / "b"), caller]
+    running = subprocess.Popen([sys.executable, "-c", SIDECAR, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    try:
+        assert running.stdout is not None
+        assert running.stdout.readline() == "B under way\n"
+        running.send_signal(signal.SIGINT)
+        said, errors = running.communicate(timeout=30)  # a guard against a run to A's end
+    finally:
+        running.kill()
+        running.wait()
+    assert "Traceback" not in errors, errors
+    sig = signal.SIGINT
+    assert said.splitlines() == ["B Interrupted", f"A Interrupted interrupted by signal {sig}"]
+    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "b").exists()
+
+
+# A batch caller whose callback notes each item's last word, then (with CUT) is stopped by a
+# SIGINT to itself before it returns from the first: the word it was told, and what its
+# callback saw raised in it.
+LAST_WORD = """
+import json, os, signal, sys
+import blobdl
+url, out, cut = sys.argv[1:4]
+said = []
+
+def on_event(batch_event):
+    name = type(batch_event.event).__name__
+    if name not in ("Finished", "Failed"):
+        return
+    said.append([batch_event.item, name])
+    if cut == "cut" and len(said) == 1:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # raises here, at once
+        except KeyboardInterrupt:
+            said.append("cut")
+            raise
+
+try:
+    blobdl.download_many([blobdl.Item(url, out)], on_event=on_event)
+except blobdl.Interrupted:
+    said.append("Interrupted")
+print(json.dumps(said))
+"""
+
+
+@pytest.mark.parametrize("cut", ["cut", "whole"])
+def test_an_items_last_word_is_told_again_only_to_a_callback_a_stop_cut_short(
+    make: Make, server: ServerHandle, tmp_path: Path, cut: str
+) -> None:
+    """The item finished (its file in place). A callback a stop cut short as it heard its
+    ``Finished`` (the KeyboardInterrupt raised in it) may not have taken it in, and is told
+    it again as the batch stops (docs/library.md); one that heard it to its end, never."""
+    blob = make(SIZE, seed=5112)
+    out = tmp_path / "out"
+    args = [sys.executable, "-c", LAST_WORD, blob.url, str(out), cut]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert "Traceback" not in done.stderr, done.stderr
+    said = json.loads(done.stdout)
+    if cut == "cut":
+        assert said == [[0, "Finished"], "cut", [0, "Finished"], "Interrupted"]
+    else:
+        assert said == [[0, "Finished"]]
+    assert sha256_file(out) == blob.sha256
