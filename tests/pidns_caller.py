@@ -19,6 +19,17 @@ first, and what ``Popen.wait`` says of the second.
 next item of a batch) before it looks at the first: what it then says of the first, and
 ``Popen.wait`` of the caller's child.
 
+``spare URL DIR SETTINGS``: from a thread keeping a spare (``_spare.kept``), a download,
+then its spare stopped (SIGSTOP), then a second download: whether that one hung (the
+stopped spare is killed after ``STUCK`` seconds, which ends it), and whether the spare was
+judged stopped.
+
+``threads``: work on short-lived threads (``in_threads``) again and again, each time
+counting whether the process still has another thread (``threaded()``).
+
+``waiting``: a forked child whose thread blocks on a socket, looked at as the coordinator
+looks at a lane (``Running.waiting``); and whether the kernel names where threads sleep.
+
 ``early``: SIGCHLD ignored, a forked child reaped by the kernel before its handle is made;
 whether multiprocessing still counts it among its children (it would SIGTERM that pid,
 anyone's by then, at exit).
@@ -34,13 +45,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing import process
 from multiprocessing.connection import Connection
 from typing import Any
 
 import blobdl
+from blobdl.engine._worker import Running, _ThreadIds, kernel_names_sleeps
+from blobdl.processes import _spare
 from blobdl.processes._child import Child, Execed, Forked
-from blobdl.processes._spawn import start
+from blobdl.processes._proc import own_thread_id
+from blobdl.processes._spawn import in_threads, start, threaded
+
+STUCK = 30.0  # seconds: a fresh process needs well under one
 
 
 def _unreaped() -> list[int]:
@@ -139,9 +156,90 @@ def _early() -> dict[str, Any]:
     return {"ended": child.ended, "kept": proc in process._children}  # type: ignore[attr-defined]
 
 
+def _stopped_spare(url: str, folder: str, settings: dict[str, Any]) -> dict[str, Any]:
+    said: dict[str, Any] = {}
+
+    def two() -> None:
+        with _spare.kept():
+            blobdl.download(url, os.path.join(folder, "a"), **settings)
+            spare = _spare._spares[threading.get_ident()].proc
+            said["spare"] = spare
+            spare.signal(signal.SIGSTOP)
+            os.waitid(os.P_PID, spare.pid, os.WSTOPPED | os.WNOWAIT)  # stopped now
+            said["stopped"] = _spare._stopped(spare)
+            blobdl.download(url, os.path.join(folder, "b"), **settings)
+
+    thread = threading.Thread(target=two, daemon=True)
+    thread.start()
+    thread.join(STUCK)
+    hung = thread.is_alive()
+    said.pop("spare").kill()  # a hung download then ends (its process died), the thread too
+    thread.join()
+    return {**said, "hung": hung}
+
+
+def _threads() -> dict[str, Any]:
+    counted = 0
+    for _ in range(300):  # outside a namespace, 1 in 10 or so counted a thread without a wait
+        in_threads([lambda: None] * 3)
+        counted += threaded()
+    return {"counted": counted}
+
+
+def _blocked_lane(tids: _ThreadIds, conn: Connection) -> None:
+    """A lane as the worker runs one, blocked on its socket (the pipe to its parent)."""
+    tids.set(0, own_thread_id())
+    conn.recv()
+
+
+def _busy_lane(tids: _ThreadIds, conn: Connection) -> None:
+    """A lane that could run all along: the only thread of its process, never blocked."""
+    tids.set(0, own_thread_id())
+    while not conn.poll():
+        sum(range(2000))
+
+
+def _waiting() -> dict[str, Any]:
+    return {
+        "blocked": _seen_waiting(_blocked_lane, looks=None),
+        "busy": _seen_waiting(_busy_lane, looks=50),
+        "named": kernel_names_sleeps(),
+    }
+
+
+def _seen_waiting(lane: Callable[..., None], looks: int | None) -> bool:
+    """Whether ``lane``, in a child of its own, is ever seen waiting in ``looks`` looks (None:
+    looked at until it is, for ``STUCK`` seconds at most)."""
+    tids = _ThreadIds(1)
+    child, conn = start(lane, (tids,), name="lane", daemon=True, duplex=True)
+    try:
+        while not tids.get(0):
+            time.sleep(0.01)
+        handle: Any = type("Worker", (), {"tids": tids, "proc": child})
+        running = Running(handle, 0)
+        deadline = time.monotonic() + STUCK
+        for _ in range(looks) if looks is not None else iter(int, 1):
+            if running.waiting():
+                return True
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.002)
+        return False
+    finally:
+        conn.send(None)
+        conn.close()
+        child.join()
+
+
 def main() -> None:
     report, mode, *rest = sys.argv[1:]
-    if mode == "early":
+    if mode == "spare":
+        said = _stopped_spare(rest[0], rest[1], json.loads(rest[2]))
+    elif mode == "threads":
+        said = _threads()
+    elif mode == "waiting":
+        said = _waiting()
+    elif mode == "early":
         said = _early()
     elif mode == "restart":
         said = _reuse("forked", restart=True)

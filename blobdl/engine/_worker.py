@@ -37,7 +37,8 @@ from typing import NamedTuple
 from ..config import Settings
 from ..errors import BlobdlError, WorkerCrashed
 from ..http._remote import Remote
-from ..processes._spawn import kernel_state, private, seat_pipe, start, threaded
+from ..processes._proc import kernel_state, own_thread, own_thread_id
+from ..processes._spawn import private, seat_pipe, start, threaded
 from ._counter_table import CounterTable
 from ._lane import Attempt, Cancel, run_attempt
 
@@ -229,8 +230,10 @@ class Running:
         not moved while it could run is starved of CPU by us, not slowed by the network, and
         cutting it would only throw away what it has in flight. A thread waiting for the GIL
         another lane holds sleeps too, on a futex: that is starved as well."""
-        tid = self._worker.tids.get(self._seat)
-        task = f"/proc/{self._worker.proc.pid}/task/{tid}"
+        tid, worker = self._worker.tids.get(self._seat), self._worker.proc.folder()
+        if not tid or worker is None:
+            return False  # not started, or gone: its result pipe tells the rest
+        task = f"{worker}/task/{tid}"
         try:
             with open(f"{task}/wchan") as before:
                 places = [before.read()]
@@ -267,10 +270,10 @@ def kernel_names_sleeps() -> bool:
     it from a worker's lanes instead took a starved lane, before any of them was seen
     asleep somewhere named, for one waiting on the network."""
     asleep, wake = threading.Event(), threading.Event()
-    tid: list[int] = []
+    task: list[str | None] = []
 
     def sleeper() -> None:
-        tid.append(threading.get_native_id())
+        task.append(own_thread())
         asleep.set()
         wake.wait()
 
@@ -278,10 +281,12 @@ def kernel_names_sleeps() -> bool:
     thread.start()
     asleep.wait()
     try:
+        if task[0] is None:
+            return False  # no /proc: nothing says where it sleeps
         deadline = time.monotonic() + _WCHAN_LEARN
         while time.monotonic() < deadline:
             try:
-                with open(f"/proc/self/task/{tid[0]}/wchan") as place:
+                with open(f"{task[0]}/wchan") as place:
                     if place.read() not in ("", "0"):
                         return True
             except OSError:
@@ -294,7 +299,8 @@ def kernel_names_sleeps() -> bool:
 
 
 class _ThreadIds:
-    """Each seat's lane thread id (the worker writes, the coordinator reads), shared memory."""
+    """Each seat's lane thread id as /proc numbers it (the worker writes, the coordinator
+    reads), shared memory; 0 while not known."""
 
     def __init__(self, seats: int) -> None:
         self._map = mmap.mmap(-1, max(1, seats) * 8)
@@ -358,7 +364,7 @@ def _start_lane(
         # its seat until the stall timeout, and then cost its whole worker.
         result: BlobdlError | None = BlobdlError("lane ended without a result")
         try:
-            tids.set(run.seat, threading.get_native_id())
+            tids.set(run.seat, own_thread_id())
             result = run_attempt(run.attempt, run.remote, settings, table, cancel)
         except BaseException as exc:  # what run_attempt does not catch (SystemExit, ...)
             result = BlobdlError(f"lane failed unexpectedly: {exc!r}")

@@ -27,6 +27,8 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Protocol
 
+from ._proc import child_folder
+
 
 class Child(Protocol):
     """A child process as its parent waits for it."""
@@ -48,6 +50,8 @@ class Child(Protocol):
     def signal(self, signum: int) -> None: ...
 
     def kill(self) -> None: ...
+
+    def folder(self) -> str | None: ...
 
 
 class _Watched:
@@ -92,6 +96,16 @@ class _Watched:
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
+
+    def folder(self) -> str | None:
+        """Its folder in /proc, by /proc's own numbers (``_proc``: they may be another pid
+        namespace's); None once it has ended, or where that /proc cannot see it. Without a
+        pidfd, /proc is taken to be ours (nothing else can be known)."""
+        if self._ended:
+            return None
+        if self._pidfd is not None and self._pidfd >= 0:
+            return child_folder(self._pidfd)
+        return f"/proc/{self.pid}"
 
     def _wait(self, timeout: float | None) -> None:
         """Wait (at most ``timeout`` seconds) until it has ended."""

@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 from ..events import Started
 from ._child import Execed
 from ._clean_child import run_job
-from ._spawn import kernel_state, start_clean
+from ._proc import kernel_state
+from ._spawn import start_clean
 
 #: Seconds a spare waits for its download before it ends by itself. Long enough for the item
 #: it was started beside; an item longer than this makes its 0.2 s of start-up negligible.
@@ -121,7 +122,8 @@ def _holds(spare: _Spare, job: object) -> bool:
 def _stopped(proc: Execed) -> bool:
     """Whether it is stopped (SIGSTOP, Ctrl-Z; or at a tracer's stop), as Linux says. Gone
     (its EOF is next), or without /proc, it is not known to be stopped."""
-    return kernel_state(f"/proc/{proc.pid}") in ("T", "t")
+    folder = proc.folder()
+    return folder is not None and kernel_state(folder) in ("T", "t")
 
 
 def beside(module: str, tell: Callable[[Any], None] | None) -> Callable[[Any], None] | None:

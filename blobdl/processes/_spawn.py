@@ -38,6 +38,7 @@ from typing import Any
 from .._libc import libc_function
 from ..errors import OutOfResources
 from ._child import Execed, Forked, close_inherited
+from ._proc import own_thread
 from ._signals import child_signals, coordinator_signals
 
 _PR_SET_PDEATHSIG = 1
@@ -126,10 +127,12 @@ def in_threads(calls: Sequence[Callable[[], None]], within: float = 1.0) -> None
     ``within`` seconds for those tasks after the joins. A call's exception is its own to
     keep: ``calls`` must not raise. A thread the machine refuses (too little memory, too
     many threads) is ``OutOfResources``, once those that started have ended."""
-    ended: list[int] = []
+    ended: list[str] = []
 
     def run(call: Callable[[], None]) -> None:
-        ended.append(threading.get_native_id())
+        folder = own_thread()  # None: no /proc, and ``threaded()`` counts by ``threading``
+        if folder is not None:
+            ended.append(folder)
         call()
 
     threads = [threading.Thread(target=run, args=(call,), name="blobdl-call", daemon=True)
@@ -150,23 +153,14 @@ def in_threads(calls: Sequence[Callable[[], None]], within: float = 1.0) -> None
         raise OutOfResources("start a thread", f"{refused} (not enough memory, or ulimit -u)")
 
 
-def _gone(tids: list[int], within: float) -> None:
-    """Wait (``within`` seconds at most) until the kernel's tasks ``tids`` have ended."""
+def _gone(tasks: list[str], within: float) -> None:
+    """Wait (``within`` seconds at most) until the kernel's ``tasks`` (their /proc folders,
+    as ``threaded()`` counts them) have ended."""
     deadline = time.monotonic() + within
-    while any(os.path.exists(f"/proc/self/task/{tid}") for tid in tids):
+    while any(os.path.exists(task) for task in tasks):
         if time.monotonic() >= deadline:
             return
         time.sleep(0.0002)
-
-
-def kernel_state(task: str) -> str | None:
-    """The state Linux gives the process or thread at ``task`` (a ``/proc`` folder) in its
-    ``stat``: "R" running, "S" asleep, "T" stopped... None if it cannot be read (gone)."""
-    try:
-        with open(f"{task}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def seat_pipe(duplex: bool = False) -> tuple[Connection, Connection]:

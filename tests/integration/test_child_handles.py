@@ -152,3 +152,39 @@ def test_a_child_holds_no_pidfd_of_the_children_forked_before_it() -> None:
             conn.close()
             child.join()
     assert held == [0, 0, 0, 0]
+
+
+def test_a_stopped_spare_in_a_pid_namespace_seeing_another_proc_is_replaced_not_waited_for(
+    make: Make, tmp_path: Path
+) -> None:
+    """A spare is judged stopped by its state in /proc: /proc/<its pid> read another process
+    (or none), so a spare that really was stopped (SIGSTOP) went unnoticed, never read the
+    download it was given, and that download waited for ever."""
+    blob = make(2 * PART, seed=4240)
+    said = _call(tmp_path, "spare", blob.url, str(tmp_path), json.dumps(FAST))
+    assert said["hung"] is False, "the download waited for its stopped spare"
+    assert said["stopped"] is True
+    assert sha256_file(tmp_path / "b") == blob.sha256
+
+
+def test_a_process_in_a_pid_namespace_seeing_another_proc_may_fork_once_its_threads_joined(
+    tmp_path: Path,
+) -> None:
+    """``in_threads`` waits for its threads' tasks to leave /proc/self/task, each named by its
+    thread id: ours, which that /proc numbers otherwise, so it never waited, and
+    ``threaded()`` then counted a thread that had been joined (a batch's fork refused)."""
+    assert _call(tmp_path, "threads") == {"counted": 0}
+
+
+def test_a_lane_blocked_on_its_socket_in_a_pid_namespace_seeing_another_proc_is_waiting(
+    tmp_path: Path,
+) -> None:
+    """A lane's state was read at /proc/<worker pid>/task/<its thread id>, numbers of our
+    namespace: another process's, or none, so a lane blocked on the network was never seen
+    waiting (a lagging lane never cut), or a busy one was, as that other thread slept;
+    and the kernel was taken to hide where threads
+    sleep, as /proc/self/task/<our thread id> could not be read either."""
+    from blobdl.engine._worker import kernel_names_sleeps
+
+    said = _call(tmp_path, "waiting")
+    assert said == {"blocked": True, "busy": False, "named": kernel_names_sleeps()}

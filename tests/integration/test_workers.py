@@ -27,6 +27,7 @@ import blobdl
 from blobdl import Downloader, PartRetried
 from blobdl.http._connections import Sockets, noted_in, ready_at
 from blobdl.http._pool import make_pool
+from blobdl.processes._proc import own_thread_id
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 from tests.integration.conftest import PKI
@@ -294,7 +295,7 @@ def _two_busy_lanes(tids: Any) -> None:
             sum(range(2000))
 
     def starved() -> None:
-        tids.set(0, threading.get_native_id())
+        tids.set(0, own_thread_id())
         python_work()
 
     threading.Thread(target=python_work, daemon=True).start()
@@ -310,23 +311,25 @@ def test_a_lane_waiting_for_the_gil_is_not_waiting_on_the_network() -> None:
     from types import SimpleNamespace
 
     from blobdl.engine._worker import Running, _ThreadIds
+    from blobdl.processes._child import Forked
 
     looks = []
     for _ in range(8):
         tids = _ThreadIds(1)
         worker = multiprocessing.get_context("fork").Process(target=_two_busy_lanes, args=(tids,))
         worker.start()
+        proc = Forked(worker)
         try:
             while not tids.get(0):
                 time.sleep(0.01)
-            handle = SimpleNamespace(tids=tids, proc=SimpleNamespace(pid=worker.pid))
+            handle = SimpleNamespace(tids=tids, proc=proc)
             running = Running(handle, 0)  # type: ignore[arg-type]
             for _ in range(25):
                 looks.append(running.waiting())
                 time.sleep(0.002)
         finally:
-            worker.kill()
-            worker.join()
+            proc.kill()
+            proc.join()
     assert not any(looks), f"taken for waiting on the network {sum(looks)} times in 200"
 
 
