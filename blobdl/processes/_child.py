@@ -67,6 +67,7 @@ class _Watched:
         fd = self._pidfd if self._pidfd is not None else -1
         self._release = weakref.finalize(self, _close, fd)
         _open.add(self)
+        _made.add(self)
         if self._pidfd is None:  # it ended, and was reaped, before we could look
             self._ended = True
             self._let_go()
@@ -174,21 +175,32 @@ class _Watched:
     def _reaped_by_pid(self, block: bool) -> int | None:
         raise NotImplementedError
 
+    def _drop_pipes(self) -> None:
+        """In a child forked later: close the pipe ends its parent holds for this child."""
+        raise NotImplementedError
+
 
 # Every handle whose pidfd may be open: a pidfd is closed on exec, not on fork, so each
 # child forked later would inherit it (``close_inherited``).
 _open: weakref.WeakSet[_Watched] = weakref.WeakSet()
+# Every handle: each holds pipe ends (its sentinel...) until it is collected, ended or not.
+_made: weakref.WeakSet[_Watched] = weakref.WeakSet()
 
 
 def close_inherited() -> None:
-    """In a child just forked: close the pidfds its parent holds for its other children,
-    which it inherited (each a descriptor it has no use for, and a way to signal them).
-    Their handles here are its parent's, never used: each lets go at once, so that none
-    closes that number again later, when it may be another descriptor's."""
+    """In a child just forked: close the pidfds and pipe ends its parent holds for its other
+    children, which it inherited (descriptors it has no use for; a pidfd is a way to signal
+    them; and a sibling's ``parent_sentinel`` would not read EOF when their parent dies,
+    while this child holds its other end). Their handles here are its parent's, never
+    used: each lets go at once, so that none closes that number again later, when it may
+    be another descriptor's."""
     for watched in list(_open):
         watched._release()
         watched._pidfd = -1
     _open.clear()
+    for watched in list(_made):
+        watched._drop_pipes()
+    _made.clear()
 
 
 class Forked(_Watched):
@@ -209,6 +221,17 @@ class Forked(_Watched):
         """Wait (at most ``timeout`` seconds) for it to end. A Ctrl-C cuts the wait short,
         as multiprocessing's own."""
         self._wait(timeout)
+
+    def _drop_pipes(self) -> None:
+        # multiprocessing's two (sentinel, and the write end of the child's parent_sentinel),
+        # held by the finalizer that closes them; not yet run (its arguments still there), so
+        # open. Our finalizers were forgotten as this child started: it never runs here.
+        finalizer = getattr(getattr(self.proc, "_popen", None), "finalizer", None)
+        ends = getattr(finalizer, "_args", None)
+        if ends:
+            for fd in ends:
+                _close(fd)
+            finalizer._args = None  # type: ignore[union-attr]
 
     def _known(self) -> int | None:
         popen = getattr(self.proc, "_popen", None)  # ``exitcode`` would waitpid by pid
@@ -247,6 +270,11 @@ class Execed(_Watched):
                 continue
         if self.ended and self.sentinel >= 0:
             os.close(self.sentinel)
+            self.sentinel = -1
+
+    def _drop_pipes(self) -> None:
+        if self.sentinel >= 0:  # open until it is seen to end (``join``)
+            _close(self.sentinel)
             self.sentinel = -1
 
     # Popen's poll() and wait() hold a lock of the Popen while they wait: a Ctrl-C raised

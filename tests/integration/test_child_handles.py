@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from blobdl.processes._spawn import start
+from blobdl.processes._spawn import start, start_watched
 from tests.conftest import PART, Blob, caller_report, sha256_file
 from tests.integration.test_threads import FAST, HANG
 
@@ -188,3 +188,52 @@ def test_a_lane_blocked_on_its_socket_in_a_pid_namespace_seeing_another_proc_is_
 
     said = _call(tmp_path, "waiting")
     assert said == {"blocked": True, "busy": False, "named": kernel_names_sleeps()}
+
+
+def _pipes_held(conn: Connection) -> None:
+    """A child that says how many pipe ends it holds, then ends when told to."""
+    fds = os.listdir("/proc/self/fd")
+    conn.send(sum(_is_pipe(f"/proc/self/fd/{fd}") for fd in fds))
+    with contextlib.suppress(EOFError):  # told by its pipe's end
+        conn.recv()
+
+
+def _is_pipe(path: str) -> bool:
+    try:
+        return os.readlink(path).startswith("pipe:")
+    except OSError:  # the descriptor listdir used itself, closed since
+        return False
+
+
+def test_a_child_holds_no_pipe_end_of_the_children_started_before_it() -> None:
+    """multiprocessing keeps two pipe ends per forked child (its ``sentinel``, and the write
+    end of the child's ``parent_sentinel``), and ``start_watched`` one (its ``sentinel``):
+    each child forked later inherited them all, so the fourth held six more pipe ends than
+    the first, ended siblings' too (until their handles were collected); and while it lived,
+    its siblings' ``parent_sentinel`` could not read EOF after their parent died."""
+    ours = sum(_is_pipe(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+    ended, conn = start(_at_once, (), name="ended", daemon=True)
+    ended.join()
+    conn.close()
+    started: list[tuple[Any, Connection]] = [start_watched(_until_told)]
+    try:
+        for n in range(4):
+            started.append(start(_pipes_held, (), name=f"sibling {n}", daemon=True, duplex=True))
+        held = [conn.recv() for _, conn in started[1:]]
+    finally:
+        for child, conn in started:
+            conn.close()
+            child.join()
+    assert held == [held[0]] * 4
+    # Its own two (multiprocessing's) and what we held before (not blobdl's, or dropped).
+    assert held[0] <= ours + 2, "it holds the ended sibling's ends"
+
+
+def _at_once(conn: Connection) -> None:
+    conn.close()
+
+
+def _until_told(conn: Connection) -> None:
+    """A fresh interpreter's entry: ends when its socket's other end is closed."""
+    with contextlib.suppress(EOFError):
+        conn.recv()
