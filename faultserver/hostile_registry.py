@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .nodelay import NoDelayServer
+
 ROLES = ("ctl", "registry", "storage", "auth")
 TLS_ROLES = ("registry", "auth")  # the ones that speak TLS when given a certificate
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
@@ -308,7 +310,7 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(NoDelayServer, ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:

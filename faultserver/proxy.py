@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
+from .nodelay import NoDelayServer, no_delay
+
 TIMEOUT = 10.0  # a backstop: close() ends every relay long before this
 _HOP_BY_HOP = frozenset({"connection", "proxy-connection", "proxy-authorization", "keep-alive"})
 
@@ -132,7 +134,7 @@ class ForwardProxy:
         self.close()
 
 
-class _Server(socketserver.ThreadingTCPServer):
+class _Server(NoDelayServer, socketserver.ThreadingTCPServer):
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
@@ -212,7 +214,8 @@ class _Handler(socketserver.StreamRequestHandler):
 
 @contextmanager
 def _connect(proxy: ForwardProxy, host: str, port: int) -> Iterator[socket.socket]:
-    with socket.create_connection((host, port), timeout=TIMEOUT) as upstream:
+    # Towards the origin too: a relayed reply arrives in pieces and leaves as it came.
+    with no_delay(socket.create_connection((host, port), timeout=TIMEOUT)) as upstream:
         proxy.track(upstream, True)
         try:
             yield upstream

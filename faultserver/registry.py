@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .nodelay import NoDelayServer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 READY_TIMEOUT = 15.0
@@ -82,6 +84,10 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class _Server(NoDelayServer, ThreadingHTTPServer):
+    """The token server's and the relay's: a threaded HTTP server that sends at once."""
 
 
 # --- the token server -------------------------------------------------------------------------
@@ -231,7 +237,7 @@ def _serve_tokens(folder: Path, port: int) -> None:
             state.update(json.loads(self.rfile.read(length) or b"{}"))
             self._reply(200, {"ok": True})
 
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    _Server(("127.0.0.1", port), Handler).serve_forever()
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -491,7 +497,7 @@ def _serve_relay(target: str, port: int, log: Path) -> None:
 
         do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _relay
 
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    _Server(("127.0.0.1", port), Handler).serve_forever()
 
 
 @dataclass

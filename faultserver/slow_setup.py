@@ -33,6 +33,8 @@ from contextlib import suppress
 from types import TracebackType
 from typing import Literal
 
+from .nodelay import no_delay
+
 Trickled = Literal["handshake", "connect", "tunnel"]
 _RECORD = b"\x16\x03\x03\x40\x00"  # handshake, TLS 1.2, 16384 bytes to come
 _CONNECT_ANSWER = b"HTTP/1.1 200 Connection established\r\nX-Pad: "
@@ -104,7 +106,7 @@ class SlowSetUp:
     def _accept(self) -> None:
         while not self._closing.is_set():
             try:
-                client, _ = self._listener.accept()
+                client = no_delay(self._listener.accept()[0])
             except OSError:
                 return
             with self._lock:
@@ -133,7 +135,7 @@ class SlowSetUp:
         """Answer CONNECT as a proxy should, and relay until either side closes."""
         target = _read_head(peer).split(b" ")[1].decode()
         host, _, port = target.rpartition(":")
-        with socket.create_connection((host, int(port)), timeout=self.hold) as upstream:
+        with no_delay(socket.create_connection((host, int(port)), timeout=self.hold)) as upstream:
             peer.sendall(_ESTABLISHED)
             ends = {peer: upstream, upstream: peer}
             with selectors.DefaultSelector() as sel:

@@ -298,12 +298,13 @@ def test_a_download_in_a_finished_downloads_callback_can_be_stopped(
     assert sha256_file(tmp_path / "a") == a.sha256
 
 
-# A caller whose callback downloads an optional B in A's first Progress callback, and lets B's
-# failure pass (``except BlobdlError``): a stop that lands in B is B's failure, and A's too.
+# A caller whose callback downloads an optional B when A has started, and lets B's
+# failure pass (``except BlobdlError``): a stop that lands in B is B's failure, and A's too. A is
+# one download, or a batch of one item on this machine (its callback told each item's events).
 SIDECAR = """
 import sys, threading
 import blobdl
-url_a, out_a, url_b, out_b, threaded = sys.argv[1:6]
+url_a, out_a, url_b, out_b, threaded, around = sys.argv[1:7]
 if threaded == "threaded":  # each download then runs in a clean process of its own
     threading.Thread(target=threading.Event().wait, daemon=True).start()
 
@@ -313,34 +314,44 @@ def b_event(event):
         print("B under way", flush=True)
 
 def on_event(event):
-    if type(event).__name__ == "Progress" and not on_event.asked:
+    event = getattr(event, "event", event)  # a batch's: the item's own inside
+    if type(event).__name__ == "Started" and not on_event.asked:
         on_event.asked = True
         try:
             blobdl.download(url_b, out_b, on_event=b_event, parts=1, progress_interval=0.05)
         except blobdl.BlobdlError as exc:  # optional: its failure is only said
             print("B", type(exc).__name__, flush=True)
 
+def download_a():
+    if around == "download":
+        return blobdl.download(url_a, out_a, on_event=on_event, parts=1, progress_interval=0.05)
+    [done] = blobdl.download_many([blobdl.Item(url_a, out_a)], on_event=on_event, parts=1,
+                                  progress_interval=0.05)
+    return done.result if done.ok else done.error
+
 on_event.asked = b_event.said = False
 try:
-    result = blobdl.download(url_a, out_a, on_event=on_event, parts=1, progress_interval=0.05)
+    result = download_a()
 except blobdl.BlobdlError as exc:
-    print("A", type(exc).__name__, exc, flush=True)
+    print("A", type(exc).__name__, exc, exc.exit_code, flush=True)
 else:
-    print("A finished", result.size, flush=True)
+    print("A ended", result, flush=True)
 """
 
 
+@pytest.mark.parametrize("around", ["download", "batch"])
 @pytest.mark.parametrize("caller", ["single", "threaded"])
 def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_download_around_it(
-    make: Make, server: ServerHandle, tmp_path: Path, caller: str
+    make: Make, server: ServerHandle, tmp_path: Path, caller: str, around: str
 ) -> None:
     """A SIGINT while B (in A's callback) is under way stops B; the callback lets B's
-    ``Interrupted`` pass, as it lets any failure of B pass. The signal was A's too: A stops
-    at once, its partial kept, never running on to its last byte first (40 s at its pace)."""
+    ``Interrupted`` pass, as it lets any failure of B pass. The signal was A's too: A (a
+    download, or a batch on this machine) stops at once, ``Interrupted`` (exit 130), its
+    partial kept, never running on to its last byte first (40 s at its pace)."""
     a, b = make(4 * SIZE, seed=5110), make(SIZE, seed=5111)
     paced = {"times": None, "action": "rate", "bps": 100_000}
     server.set_faults({"path": f"/files/{a.name}", **paced}, {"path": f"/files/{b.name}", **paced})
-    args = [a.url, str(tmp_path / "a"), b.url, str(tmp_path / "b"), caller]
+    args = [a.url, str(tmp_path / "a"), b.url, str(tmp_path / "b"), caller, around]
     running = subprocess.Popen([sys.executable, "-c", SIDECAR, *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
     try:
@@ -352,8 +363,8 @@ def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_download
         running.kill()
         running.wait()
     assert "Traceback" not in errors, errors
-    sig = signal.SIGINT
-    assert said.splitlines() == ["B Interrupted", f"A Interrupted interrupted by signal {sig}"]
+    stopped = f"A Interrupted interrupted by signal {signal.SIGINT} {EXIT_INTERRUPTED}"
+    assert said.splitlines() == ["B Interrupted", stopped]
     assert not (tmp_path / "a").exists()
     assert not (tmp_path / "b").exists()
 
