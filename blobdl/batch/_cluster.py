@@ -144,7 +144,7 @@ class _Batch:
         for future, value in self.run.gather(list(futures)):
             job = futures[future]
             if isinstance(value, Outcome):
-                self.run.settle(value.sent)
+                self.run.relay.settle(value.sent)
                 outcome = value.result if value.error is None else value.error
                 assert outcome is not None
                 self.outcomes.store(job.place, job.item, outcome)

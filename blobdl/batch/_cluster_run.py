@@ -1,12 +1,5 @@
-"""A run's side of the cluster, on the client: its tasks, its events, its stop flag.
-
-Events come back through Dask's event log (``Worker.log_event`` -> ``Client.subscribe_topic``);
-the handler runs on the client's IO thread and only queues them, so callbacks run on the
-calling thread, while it waits for the tasks. A finished task's last events may trail its
-result (they travel apart), so ``settle`` relays them before the result is used. An event is
-taken off the inbox as one step (``whole``): a stop as it is taken takes effect once it is
-noted as ``taken``, and one noted but not told to its end (a stop cut its telling short) is
-told again as the run stops, as an item's cut-short last word is (``Outcomes.cut``).
+"""A run's side of the cluster, on the client: its tasks, its events (relayed by
+``_cluster_relay.Relay`` while it waits for the tasks), its stop flag.
 
 Stopping: Dask cannot cancel a running task. On Ctrl-C, or a callback that raises, the run
 sets its stop flag and waits for the running tasks to stop their work (a download saves its
@@ -36,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
-import queue
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -45,17 +36,14 @@ from typing import Any, NamedTuple
 
 from ..errors import BlobdlError, ClusterError, Interrupted
 from ..processes import _spare
-from ..processes._signals import interrupted, unheard, whole
+from ..processes._signals import interrupted, unheard
 from ._cluster_ask import Workers, ask, holding, names, on_scheduler, present, silent_among
 from ._cluster_connect import dask
+from ._cluster_relay import EVENTS_GRACE, TICK, Relay, Tell
 from ._cluster_worker import Channel, Sent
 
 log = logging.getLogger("blobdl")
 
-#: How often the client wakes to relay events while it waits for tasks (seconds).
-TICK = 0.1
-#: How long a finished task's last events may trail its result before they are given up.
-EVENTS_GRACE = 5.0
 #: How long the running tasks get to stop their work (and save it) after a stop.
 STOP_GRACE = 30.0
 
@@ -67,8 +55,6 @@ DROP_WAIT = 5.0
 #: How often the run asks the workers holding its tasks whether they still answer (seconds).
 LOOK_EVERY = 1.0
 
-#: What the run tells: (the task's place, the event, the name of the worker it came from).
-Tell = Callable[[int, Any, str], None]
 #: Which of the pending futures will never end, each with the error it ends in instead.
 Lost = Callable[[set[Any]], dict[Any, BaseException]]
 
@@ -96,16 +82,14 @@ class Run:
     ) -> None:
         """``within``: how long a worker holding our tasks may take to answer; ``silent``:
         the workers that already did not (given nothing while others answer)."""
-        self.client, self.tell, self.within = client, tell, within
+        self.client, self.within = client, within
         self.silent = set(silent)
         self.calls: dict[str, _Call] = {}  # by key
         self.looked = time.monotonic()
         self.answering: list[str] | None = None  # the workers not silent, once asked
         self.name = uuid.uuid4().hex
         self.channel = Channel(f"blobdl-{self.name}", f"blobdl-{self.name}-stop", within)
-        self.inbox: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
-        self.seen: dict[str, int] = {}  # events relayed, per attempt
-        self.taken: tuple[int, Any, str] | None = None  # off the inbox, not yet told to its end
+        self.relay = Relay(tell)  # the run's events, told to ``tell``
         self.futures: list[Any] = []
         self.answers = True  # whether the scheduler answered every question of the run
 
@@ -117,7 +101,7 @@ class Run:
     @contextlib.contextmanager
     def open(self) -> Iterator[Run]:
         """Subscribed to the run's events; anything raised inside stops the run's tasks."""
-        self.client.subscribe_topic(self.channel.topic, self.inbox.put)
+        self.client.subscribe_topic(self.channel.topic, self.relay.inbox.put)
         try:
             yield self
         except BaseException as exc:
@@ -166,7 +150,7 @@ class Run:
         pending = set(futures)
         first: dict[Any, Any] = {}  # {a moved task's future: the future the caller knows}
         while pending:
-            self._relay_queued()
+            self.relay.queued()
             unheard()  # one a download the callback made heard, and the callback let pass
             with self._asking():
                 ended = {**self._unanswered(pending), **(lost(pending) if lost else {})}
@@ -232,13 +216,6 @@ class Run:
         key = f"{call.key}-again{len(self.futures)}"
         return Moved(self.submit(call.fn, *call.args, key=key, **call.options))
 
-    def settle(self, sent: Sent, deadline: float | None = None) -> None:
-        """Relay what an attempt sent before its result is used (or give up after a while:
-        ``EVENTS_GRACE``, or at ``deadline``)."""
-        deadline = time.monotonic() + EVENTS_GRACE if deadline is None else deadline
-        while self.seen.get(sent.attempt, 0) < sent.events and time.monotonic() < deadline:
-            self._relay_next(TICK)
-
     def _value(self, future: Any) -> Any:
         try:
             return future.result()
@@ -253,31 +230,6 @@ class Run:
             address = getattr(self.client.scheduler, "address", "")
             return ClusterError(f"lost the Dask scheduler {address}".rstrip())
         return exc
-
-    def _relay_queued(self) -> None:
-        while self._relay_next(None):
-            pass
-
-    def _relay_next(self, wait: float | None) -> bool:
-        """The next event on the inbox (waited for up to ``wait`` s; None: one there now)
-        taken and told; False if none came."""
-        with whole():  # a stop as it is taken takes effect once it is noted
-            try:
-                _, record = (
-                    self.inbox.get_nowait() if wait is None else self.inbox.get(timeout=wait)
-                )
-            except queue.Empty:
-                return False
-            self.seen[record["attempt"]] = self.seen.get(record["attempt"], 0) + 1
-            self.taken = record["place"], pickle.loads(record["event"]), record["by"]
-        self._tell_taken()
-        return True
-
-    def _tell_taken(self) -> None:
-        """Tell the event taken off the inbox; it stays ``taken`` until told to its end."""
-        if self.taken is not None and self.tell is not None:
-            self.tell(*self.taken)
-        self.taken = None
 
     def _stopped(self, why: BaseException) -> BaseException:
         """Stop every task's work (a download saves its state); return what to raise."""
@@ -340,7 +292,7 @@ class Run:
         returned says it sent (its last events may trail its result, as ``settle`` knows:
         an item that finished just as the run stopped must be told so), ``EVENTS_GRACE``
         in all; then whatever else came."""
-        self._tell_taken()  # its telling cut short by the stop: told again
+        self.relay.tell_taken()  # its telling cut short by the stop: told again
         deadline = time.monotonic() + EVENTS_GRACE
         for future in self.futures:
             with contextlib.suppress(Exception):
@@ -349,8 +301,8 @@ class Run:
                 left = max(TICK, deadline - time.monotonic())  # its value comes from its worker
                 sent = getattr(future.result(timeout=left), "sent", None)
                 if isinstance(sent, Sent):
-                    self.settle(sent, deadline)
-        self._relay_queued()
+                    self.relay.settle(sent, deadline)
+        self.relay.queued()
 
 
 def drop_spares(client: Any, workers: list[str]) -> None:

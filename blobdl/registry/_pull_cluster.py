@@ -179,7 +179,7 @@ def _events(on_event: Callable[[Any], None], *, tagged: bool) -> Callable[[int, 
 def _outcome(run: Run, value: Any) -> Any:
     if not isinstance(value, _Done):
         raise task_error(value)
-    run.settle(value.sent)
+    run.relay.settle(value.sent)
     if value.error is not None:
         raise value.error
     return value.result

@@ -520,7 +520,7 @@ real_init = _cluster_run.Run.__init__
 
 def init(self, *args, **kwargs):
     real_init(self, *args, **kwargs)
-    self.inbox = Trailing(self.inbox)
+    self.relay.inbox = Trailing(self.relay.inbox)
 
 
 if __name__ == "__main__":
@@ -602,7 +602,7 @@ real_init, real_event = _cluster_run.Run.__init__, _outcomes.Outcomes.event
 
 def init(self, *args, **kwargs):
     real_init(self, *args, **kwargs)
-    self.inbox = Taken(self.inbox)
+    self.relay.inbox = Taken(self.relay.inbox)
 
 
 def event(self, index, event, worker=""):
