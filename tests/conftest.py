@@ -136,6 +136,21 @@ def caller_report(command: list[str], report: Path, timeout: float) -> dict[str,
     return said
 
 
+def interrupted_once_under_way(script: str, args: list[str], timeout: float) -> tuple[str, str]:
+    """Run ``python -c SCRIPT ARGS``; once it prints ``B under way``, one SIGINT. What it
+    printed, and its stderr (``timeout``: a guard against a run that does not stop)."""
+    running = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    try:
+        assert running.stdout is not None
+        assert running.stdout.readline() == "B under way\n"
+        running.send_signal(signal.SIGINT)
+        return running.communicate(timeout=timeout)
+    finally:
+        running.kill()
+        running.wait()
+
+
 def spawn_cli(*args: str) -> subprocess.Popen[str]:
     """``python -m blobdl ARGS`` in the background, its stdout unbuffered for --json."""
     return subprocess.Popen(

@@ -24,6 +24,7 @@ from tests.integration.test_threads import FAST, HANG
 
 Make = Callable[..., Blob]
 SEVERAL = {**FAST, "processes": 3, "connections": 6}
+PIDFD, PIPE = "anon_inode:[pidfd]", "pipe:"  # how a descriptor's link reads
 NAMESPACE = ["unshare", "--user", "--map-root-user", "--pid", "--fork"]
 
 
@@ -122,19 +123,23 @@ def test_a_child_reaped_before_its_handle_is_made_is_let_go_of(tmp_path: Path) -
     assert said == {"ended": True, "kept": False}
 
 
-def _pidfds_held(conn: Connection) -> None:
-    """A child that says how many of its descriptors are pidfds, then ends when told to."""
-    fds = os.listdir("/proc/self/fd")
-    conn.send(sum(_is_pidfd(f"/proc/self/fd/{fd}") for fd in fds))
+def _held(kind: str) -> int:
+    """How many of this process's descriptors are of ``kind`` (how their link reads:
+    ``anon_inode:[pidfd]``, ``pipe:``)."""
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held += os.readlink(f"/proc/self/fd/{fd}").startswith(kind)
+        except OSError:  # the descriptor listdir used itself, closed since
+            continue
+    return held
+
+
+def _holding(kind: str, conn: Connection) -> None:
+    """A child that says how many descriptors of ``kind`` it holds, then ends when told to."""
+    conn.send(_held(kind))
     with contextlib.suppress(EOFError):  # told by its pipe's end
         conn.recv()
-
-
-def _is_pidfd(path: str) -> bool:
-    try:
-        return os.readlink(path) == "anon_inode:[pidfd]"
-    except OSError:  # the descriptor listdir used itself, closed since
-        return False
 
 
 def test_a_child_holds_no_pidfd_of_the_children_forked_before_it() -> None:
@@ -145,7 +150,7 @@ def test_a_child_holds_no_pidfd_of_the_children_forked_before_it() -> None:
     started: list[tuple[Any, Connection]] = []
     try:
         for n in range(4):
-            started.append(start(_pidfds_held, (), name=f"sibling {n}", daemon=True, duplex=True))
+            started.append(start(_holding, (PIDFD,), name=f"sibling {n}", daemon=True, duplex=True))
         held = [conn.recv() for _, conn in started]
     finally:
         for child, conn in started:
@@ -190,35 +195,20 @@ def test_a_lane_blocked_on_its_socket_in_a_pid_namespace_seeing_another_proc_is_
     assert said == {"blocked": True, "busy": False, "named": kernel_names_sleeps()}
 
 
-def _pipes_held(conn: Connection) -> None:
-    """A child that says how many pipe ends it holds, then ends when told to."""
-    fds = os.listdir("/proc/self/fd")
-    conn.send(sum(_is_pipe(f"/proc/self/fd/{fd}") for fd in fds))
-    with contextlib.suppress(EOFError):  # told by its pipe's end
-        conn.recv()
-
-
-def _is_pipe(path: str) -> bool:
-    try:
-        return os.readlink(path).startswith("pipe:")
-    except OSError:  # the descriptor listdir used itself, closed since
-        return False
-
-
 def test_a_child_holds_no_pipe_end_of_the_children_started_before_it() -> None:
     """multiprocessing keeps two pipe ends per forked child (its ``sentinel``, and the write
     end of the child's ``parent_sentinel``), and ``start_watched`` one (its ``sentinel``):
     each child forked later inherited them all, so the fourth held six more pipe ends than
     the first, ended siblings' too (until their handles were collected); and while it lived,
     its siblings' ``parent_sentinel`` could not read EOF after their parent died."""
-    ours = sum(_is_pipe(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+    ours = _held(PIPE)
     ended, conn = start(_at_once, (), name="ended", daemon=True)
     ended.join()
     conn.close()
     started: list[tuple[Any, Connection]] = [start_watched(_until_told)]
     try:
         for n in range(4):
-            started.append(start(_pipes_held, (), name=f"sibling {n}", daemon=True, duplex=True))
+            started.append(start(_holding, (PIPE,), name=f"sibling {n}", daemon=True, duplex=True))
         held = [conn.recv() for _, conn in started[1:]]
     finally:
         for child, conn in started:

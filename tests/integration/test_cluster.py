@@ -30,7 +30,7 @@ from blobdl._version import __version__
 from faultserver.dask_cluster import DaskCluster, start_cluster
 from faultserver.registry import Registry, start_registry
 from faultserver.serverctl import ServerHandle, start_server
-from tests.conftest import REPO, Blob, run_cli, sha256_file, spawn_cli
+from tests.conftest import REPO, Blob, interrupted_once_under_way, run_cli, sha256_file, spawn_cli
 from tests.integration.test_batch_names import named
 from tests.integration.test_pull import assert_store, ref
 
@@ -1461,16 +1461,7 @@ def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_run(
     a, b = make(4 * 1024 * KB, 45), make(1024 * KB, 46)
     paced(server, 16 * KB)
     args = [cluster.address, a.url, str(tmp_path / "a"), b.url, str(tmp_path / "b")]
-    client = subprocess.Popen([sys.executable, "-c", SIDECAR, *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
-    try:
-        assert client.stdout is not None
-        assert client.stdout.readline() == "B under way\n"
-        client.send_signal(signal.SIGINT)
-        said, errors = client.communicate(timeout=STOP_GRACE_LESS)  # a guard, not a measure
-    finally:
-        client.kill()
-        client.wait()
+    said, errors = interrupted_once_under_way(SIDECAR, args, STOP_GRACE_LESS)  # a guard
     assert "Traceback" not in errors, errors[-3000:]
     assert said.splitlines() == ["B Interrupted", "A Interrupted"]
     assert not (tmp_path / "a").exists()

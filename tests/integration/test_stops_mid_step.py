@@ -26,7 +26,7 @@ import pytest
 
 from blobdl.errors import EXIT_INTERRUPTED
 from faultserver.serverctl import ServerHandle
-from tests.conftest import REPO, Blob, sha256_file
+from tests.conftest import REPO, Blob, interrupted_once_under_way, sha256_file
 
 Make = Callable[..., Blob]
 SIZE = 1_000_000
@@ -352,16 +352,7 @@ def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_download
     paced = {"times": None, "action": "rate", "bps": 100_000}
     server.set_faults({"path": f"/files/{a.name}", **paced}, {"path": f"/files/{b.name}", **paced})
     args = [a.url, str(tmp_path / "a"), b.url, str(tmp_path / "b"), caller, around]
-    running = subprocess.Popen([sys.executable, "-c", SIDECAR, *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
-    try:
-        assert running.stdout is not None
-        assert running.stdout.readline() == "B under way\n"
-        running.send_signal(signal.SIGINT)
-        said, errors = running.communicate(timeout=30)  # a guard against a run to A's end
-    finally:
-        running.kill()
-        running.wait()
+    said, errors = interrupted_once_under_way(SIDECAR, args, 30)  # 30 s: a guard, not a measure
     assert "Traceback" not in errors, errors
     stopped = f"A Interrupted interrupted by signal {signal.SIGINT} {EXIT_INTERRUPTED}"
     assert said.splitlines() == ["B Interrupted", stopped]
