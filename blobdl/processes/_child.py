@@ -90,8 +90,8 @@ class _Watched:
         if self._look():
             return
         with contextlib.suppress(ProcessLookupError):  # it has just ended
-            if self._pidfd is not None and self._pidfd >= 0:
-                signal.pidfd_send_signal(self._pidfd, signum)
+            if (pidfd := self._usable_pidfd()) is not None:
+                signal.pidfd_send_signal(pidfd, signum)
             else:
                 os.kill(self.pid, signum)
 
@@ -104,15 +104,15 @@ class _Watched:
         pidfd, /proc is taken to be ours (nothing else can be known)."""
         if self._ended:
             return None
-        if self._pidfd is not None and self._pidfd >= 0:
-            return child_folder(self._pidfd)
+        if (pidfd := self._usable_pidfd()) is not None:
+            return child_folder(pidfd)
         return f"/proc/{self.pid}"
 
     def _wait(self, timeout: float | None) -> None:
         """Wait (at most ``timeout`` seconds) until it has ended."""
         if self._look():
             return
-        ready = self._pidfd if self._pidfd is not None and self._pidfd >= 0 else self.sentinel
+        ready = self._ready()
         if ready >= 0:
             wait([ready], timeout)
         elif timeout is None:
@@ -139,8 +139,17 @@ class _Watched:
 
     def _gone(self) -> bool:
         """Whether it has ended, reaped or not (its pidfd, else its sentinel, is ready)."""
-        ready = self._pidfd if self._pidfd is not None and self._pidfd >= 0 else self.sentinel
+        ready = self._ready()
         return ready >= 0 and bool(wait([ready], 0))
+
+    def _usable_pidfd(self) -> int | None:
+        """Its pidfd, while it has one open (None: none, or let go)."""
+        return self._pidfd if self._pidfd is not None and self._pidfd >= 0 else None
+
+    def _ready(self) -> int:
+        """What reads as ready once it has ended: its pidfd, else its sentinel (-1: none)."""
+        pidfd = self._usable_pidfd()
+        return pidfd if pidfd is not None else self.sentinel
 
     def _let_go(self) -> None:
         self._release()
@@ -151,11 +160,11 @@ class _Watched:
         """Its exit code if known, or read now (it is reaped here); None while it runs, or if
         it was reaped by someone else. Through its pidfd where it has one: exactly this
         process, however its pid has been handed on since."""
-        code = self._known()
-        if code is not None or self._pidfd is None or self._pidfd < 0:
+        code, pidfd = self._known(), self._usable_pidfd()
+        if code is not None or pidfd is None:
             return code if code is not None else self._reaped_by_pid(block)
         try:
-            info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | (0 if block else os.WNOHANG))
+            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | (0 if block else os.WNOHANG))
         except ChildProcessError:  # reaped already: by the kernel (SIGCHLD ignored), or else
             return None
         if info is None:  # running

@@ -254,7 +254,7 @@ def callers(callback: Callable[[T], None] | None) -> Callable[[T], None] | None:
     own = callback
 
     def run(event: T) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if not _in_main_thread():
             own(event)  # no handler runs here; and the count is the main thread's
             return
         _stops.callers += 1
