@@ -70,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(
-    size: int, repeat: int, work: Path, s3: bool = False
+    size: int, repeat: int, work: Path, s3: bool = False, warm_up: bool = False
 ) -> tuple[list[float], list[float]]:
     """Wall times of ``repeat`` plain downloads of a ``size`` byte layer and of as many pulls
-    of its model (for ``benchmarks.many``): (plain, pull)."""
-    times = _compare(work, size, repeat, s3)
+    of its model (for ``benchmarks.many``): (plain, pull). ``warm_up``: one pair is run
+    first and not counted."""
+    times = _compare(work, size, repeat, s3, warm_up)
     return times["plain"], times["pull"]
 
 
@@ -115,13 +116,15 @@ def _span(command: list[str]) -> float:
     return last - first
 
 
-def _compare(work: Path, size: int, repeat: int, s3: bool) -> dict[str, list[float]]:
+def _compare(
+    work: Path, size: int, repeat: int, s3: bool, warm_up: bool = False
+) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"pull": [], "plain": []}
     with _registry(work / "registry", s3) as registry:
         print(f"pushing a {size} byte layer to {registry.url} ...", flush=True)
         layer = _push(registry, size)
         ref = f"http://{registry.host}/{REPO}:{TAG}"
-        for run in range(repeat):
+        for run in range(-1 if warm_up else 0, repeat):
             url = _blob_url(registry.url, layer)
             out = work / f"plain-{run}.bin"
             commands = {
@@ -133,10 +136,12 @@ def _compare(work: Path, size: int, repeat: int, s3: bool) -> dict[str, list[flo
                 times[name].append(_timed(commands[name]))
             shutil.rmtree(work / f"store-{run}")
             out.unlink()
-            print(
-                f"run {run + 1}: pull {times['pull'][-1]:.2f} s, plain {times['plain'][-1]:.2f} s",
-                flush=True,
-            )
+            said = f"pull {times['pull'][-1]:.2f} s, plain {times['plain'][-1]:.2f} s"
+            if run < 0:  # checked like the others (a failed run stops all), not counted
+                print(f"warm-up: {said} (not counted)", flush=True)
+                del times["pull"][-1], times["plain"][-1]
+            else:
+                print(f"run {run + 1}: {said}", flush=True)
     return times
 
 

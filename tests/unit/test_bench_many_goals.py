@@ -5,7 +5,7 @@ rate stayed under it. No timing is asserted here."""
 from __future__ import annotations
 
 from benchmarks.many import goals
-from benchmarks.many_runs import MiB, Outcome, Sample, _rotated
+from benchmarks.many_runs import WARM_UP, MiB, Outcome, Sample, _rotated, paired_runs
 from benchmarks.report import Goal
 
 
@@ -65,3 +65,18 @@ def test_each_run_starts_the_tools_one_further() -> None:
         ["curl", "blobdl", "aria2c"],
         ["blobdl", "aria2c", "curl"],
     ]
+
+
+def test_a_paired_case_warms_up_once_before_the_pairs_it_counts() -> None:
+    assert paired_runs(3) == [WARM_UP, 0, 1, 2]
+    assert WARM_UP not in range(3)  # never the number of a counted pair
+
+
+def test_a_paired_goal_says_how_many_pairs_its_medians_are_of() -> None:
+    beside = [sample("beside", tool, n) for n in range(5) for tool in ("manifest", "plain")]
+    goal = judged(beside, "512 MiB beside 4 small blobs")
+    assert "medians of 5" in goal.measured, goal
+    pull = {"pull_s": [1.0, 1.1, 0.9], "plain_s": [1.0, 1.0, 1.0], "size": 1}
+    found = goals(Outcome(samples=[], dest="disk (ext4 at /var/tmp/x)", pull=pull))
+    goal = next(g for g in found if g.name.startswith("blobdl pull of a 512 MiB layer"))
+    assert "medians of 3" in goal.measured and goal.status == "met", goal
