@@ -26,7 +26,8 @@ huggingface_hub 2.x and blobdl use, on loopback, with a separate storage origin.
 A repository is built with ``HubRepo.commit(files)``; ``raw`` entries replace a commit's
 listing as sent (a hostile Hub); ``moves`` pushes to a branch once a listing was served;
 ``repeats`` makes the listing start over on a new page, for ever; ``endless`` follows its
-files with pages of new ones, for ever (``page_size`` a page, each path new).
+files with pages of new ones, for ever (``page_size`` a page, each path new);
+``endless_empty`` with pages that list nothing, each naming a next one.
 huggingface_hub itself downloads from this stand-in in the tests: if it could not, the tests
 would mean nothing.
 """
@@ -91,6 +92,8 @@ class HubRepo:
     repeats: bool = False
     # A hostile listing: after its files, pages of new files (none named twice), for ever.
     endless: bool = False
+    # A hostile listing: after its files, pages that list nothing, each naming a next one.
+    endless_empty: bool = False
 
     def commit(
         self,
@@ -138,7 +141,8 @@ class HubRepo:
     def spec(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "private": self.private, "gated": self.gated,
                 "refs": self.refs, "commits": self.commits, "moves": self.moves,
-                "repeats": self.repeats, "endless": self.endless}  # fmt: skip
+                "repeats": self.repeats, "endless": self.endless,
+                "endless_empty": self.endless_empty}  # fmt: skip
 
 
 @dataclass
@@ -294,9 +298,10 @@ class HubHandler(Handler):
         cursor = int(parse_qs(query).get("cursor", ["0"])[0])
         pages = max(1, -(-len(entries) // size))
         at = cursor % pages if repo.get("repeats") else cursor
-        endless = bool(repo.get("endless"))
+        empty = bool(repo.get("endless_empty"))
+        endless = bool(repo.get("endless")) or empty
         page = (
-            _made_up(cursor, size)
+            ([] if empty else _made_up(cursor, size))
             if endless and cursor >= pages
             else entries[at * size : (at + 1) * size]
         )

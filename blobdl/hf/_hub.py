@@ -47,6 +47,10 @@ MAX_PAGE = 16 << 20
 MAX_LISTED = 2_000_000  # entries, files and folders
 MAX_LISTING = 512 << 20  # bytes of its pages and their URLs
 MAX_PAGES = 100_000  # tree pages of one commit (an empty page with a next one is a few bytes)
+# Pages in a row that list nothing yet name a next one. The Hub's pages are full but the
+# last; a page left empty by whatever it hides may happen, 16 in a row is a listing that
+# goes nowhere (it would reach MAX_PAGES only after 100,000 requests).
+MAX_EMPTY = 16
 _OK = frozenset({200})
 _REACHED = frozenset({200, 206, 416}) | REDIRECTS  # a file's bytes are (or lead) there
 _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
@@ -88,7 +92,7 @@ class Hub:
         files: list[RepoFile] = []
         seen: set[str] = set()
         paths: set[str] = set()
-        listed = size = 0
+        listed = size = empty = 0
         while url is not None:
             if url in seen:
                 raise BadResponse(url, "the tree listing's pages run in a loop")
@@ -107,6 +111,9 @@ class Hub:
                 paths.add(f.path)
             files += page
             url = self._next_page(url, answer.headers.get("link", ""))
+            empty = 0 if isinstance(doc, list) and doc else empty + 1  # folders count
+            if url is not None and empty >= MAX_EMPTY:
+                raise BadResponse(url, f"the tree listing's pages list nothing, {empty} in a row")
         check_listing(files, f"{self.endpoint}{self.repo.api_path}/tree/{commit}")
         return files
 

@@ -876,6 +876,48 @@ def test_an_endless_tree_listing_ends_past_its_bound_in_one_line(
     assert resolves(hub, before) == [] and not (tmp_path / "cache").exists()
 
 
+def test_tree_pages_that_list_nothing_end_the_listing_after_a_few_in_one_line(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """A Hub whose pages, after the files, list nothing but name a next page, for ever:
+    no entry and a few bytes a page, so neither the entries nor the bytes bound it, and
+    the listing went on to the page limit (100,000 requests). It ends at the 16th empty
+    page in a row, in one line, nothing fetched. The page limit is shrunk to 50 here, so
+    that the unbounded run ends too."""
+    drip = HubRepo("acme/empty-pages", endless_empty=True)
+    drip.commit({"a.txt": b"a\n"})
+    hub.publish([*repos.values(), drip])
+    shrunk = "import blobdl.hf._hub as hub; hub.MAX_PAGES = 50; "
+    before = len(hub.log())
+    done = subprocess.run(
+        [sys.executable, "-c", shrunk + "from blobdl.cli import run; run()", "hf", drip.id,
+         "--cache-dir", str(tmp_path / "cache"), *FAST],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=hf_env(hub.url, tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "list nothing, 16 in a row" in lines[0], lines
+    asked = [e for e in hub.log()[before:] if "/tree/" in e["path"]]
+    assert len(asked) == 1 + 16, len(asked)  # the files' page, then 16 empty ones
+    assert resolves(hub, before) == [] and not (tmp_path / "cache").exists()
+
+
+def test_tree_pages_that_list_only_folders_are_not_empty(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """A file 60 folders deep: its listing is the file, then 60 folders, 3 to a page
+    here, so 20 pages in a row name no file, more than the 16 empty pages that end a
+    listing. They list entries, and the listing goes on: the file is fetched, byte for
+    byte."""
+    path = "/".join(f"d{n:02d}" for n in range(60)) + "/w.bin"
+    deep = HubRepo("acme/deep")
+    deep.commit({path: b"deep\n"})
+    hub.publish([*repos.values(), deep])
+    done = blobdl_hf(hub, tmp_path, deep.id, "--local-dir", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / path).read_bytes() == b"deep\n"
+
+
 def test_a_tree_page_larger_than_the_hub_sends_is_refused_once_past_the_page_bound(
     hub: HubHandle, tmp_path: Path
 ) -> None:
