@@ -117,6 +117,22 @@ def _runs(samples: list[Sample], case: str, tool: str, base: str, attr: str) -> 
     return f"; run by run {min(ratios):.2f}-{max(ratios):.2f}×"
 
 
+def _durable(samples: list[Sample], case: str, tool: str, base: str) -> str:
+    """Information beside a wall goal, not its verdict: the medians of wall plus the
+    ``sync`` after it, the time until the files are on disk (blobdl fsyncs each file
+    before it renames it; curl leaves its files to the kernel's writeback)."""
+
+    def durable(name: str) -> float | None:
+        runs = [x.wall_s + x.sync_s for x in samples
+                if (x.case, x.tool) == (case, name) and x.ok and x.sync_s is not None]  # fmt: skip
+        return statistics.median(runs) if runs else None
+
+    ours, theirs = durable(tool), durable(base)
+    if ours is None or theirs is None:
+        return ""
+    return f"; until on disk {ours / theirs:.2f}× ({ours:.2f} vs {theirs:.2f} s)"
+
+
 def goals(outcome: Outcome) -> list[Goal]:
     s, found = outcome.samples, []
     on_disk = outcome.dest.startswith("disk")
@@ -142,6 +158,7 @@ def goals(outcome: Outcome) -> list[Goal]:
     if ours and curl:
         one = _median(s, "files", "curl-1", "wall_s")
         extra = f"; one curl per file {one:.2f} s" if one else ""
+        extra += _durable(s, "files", "blobdl", "curl")
         extra += _runs(s, "files", "blobdl", "curl", "wall_s")
         found.append(judged(name, f"{ours / curl:.2f}× ({ours:.2f} vs {curl:.2f} s{extra})",
                             "≤ 1×", ours <= curl, of="files/blobdl"))  # fmt: skip

@@ -80,3 +80,15 @@ def test_a_paired_goal_says_how_many_pairs_its_medians_are_of() -> None:
     found = goals(Outcome(samples=[], dest="disk (ext4 at /var/tmp/x)", pull=pull))
     goal = next(g for g in found if g.name.startswith("blobdl pull of a 512 MiB layer"))
     assert "medians of 3" in goal.measured and goal.status == "met", goal
+
+
+def test_the_wall_goal_says_the_time_until_on_disk_beside_its_verdict() -> None:
+    curl = [sample("files", "curl", n, wall=0.5) for n in range(3)]
+    ours = [sample("files", "blobdl", n, wall=0.75) for n in range(3)]
+    for x in curl:
+        x.sync_s = 0.25  # the kernel writes curl's files back after it ends
+    for x in ours:
+        x.sync_s = 0.0  # blobdl fsynced each one
+    goal = judged(curl + ours, "400 × 1 MiB: wall")
+    # the verdict stays on the wall alone (0.75 vs 0.5); until on disk is information
+    assert goal.status == "NOT met" and "until on disk 1.00× (0.75 vs 0.75 s)" in goal.measured
