@@ -18,7 +18,7 @@ import pytest
 
 import blobdl
 from blobdl import BatchEvent, Item
-from blobdl.errors import EXIT_LOCAL, LocalFileError
+from blobdl.errors import EXIT_LOCAL, BlobdlError, LocalFileError
 from blobdl.events import Failed, Finished
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file, spawn_cli
@@ -106,3 +106,28 @@ def test_a_downloads_folder_that_goes_while_it_probes_is_named(
     assert f"blobdl: error: {problem(folder, how)}" in stderr.splitlines(), stderr
     assert cli.returncode == EXIT_LOCAL
 
+
+def test_a_bug_in_a_small_items_story_is_told_as_its_failure(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a seat's item raises, the item has its last word (``failed``): a JSON line,
+    a callback's ``Failed``; the batch goes on with its other items. (A bug is planted in
+    the story the pool's processes inherit when they are forked.)"""
+    from blobdl.engine import _small
+
+    def planted(fd: int, size: int) -> str:
+        raise RuntimeError("a planted bug")
+
+    monkeypatch.setattr(_small, "_digest", planted)  # only an item with a digest meets it
+    blobs = [make(SMALL, seed=7120 + n) for n in range(2)]
+    items = [Item(blobs[0].url, str(tmp_path / "o0"), f"sha256:{blobs[0].sha256}"),
+             Item(blobs[1].url, str(tmp_path / "o1"))]  # fmt: skip
+    told: list[BatchEvent] = []
+    results = blobdl.download_many(items, on_event=told.append, settings=fast_settings())
+    assert results[1].ok and sha256_file(tmp_path / "o1") == blobs[1].sha256
+    error = results[0].error
+    assert isinstance(error, BlobdlError) and "a planted bug" in str(error)
+    last = [e.event for e in told if e.item == 0 and isinstance(e.event, Finished | Failed)]
+    assert last == [Failed(blobs[0].url, str(tmp_path / "o0"), str(error), error.exit_code)]
+    assert not (tmp_path / "o0").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o1"]
