@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..engine._small import NotSmall, OneRequest, Seat
+from ..engine._tell import tell_failed
 from ..errors import BlobdlError, LocalFileError
 from ..events import DownloadResult, Event
 from ..http._remote import Remote
@@ -327,6 +328,7 @@ def _fetch(seat: Seat, job: _Job, pipe: Connection) -> _Done | _Large:
         return Path(path)
 
     outcome: DownloadResult | BlobdlError
+    download: OneRequest | None = None
     try:
         download = OneRequest(job.settings, seat, name if item.path is None else None, item.size)
         outcome = download.run(item.url, item.path, item.digest, tell)
@@ -336,6 +338,9 @@ def _fetch(seat: Seat, job: _Job, pipe: Connection) -> _Done | _Large:
         outcome = exc
     except Exception as exc:  # a bug: report it as this item's, and go on with the next
         outcome = BlobdlError(f"small download failed unexpectedly: {exc!r}")
+        # Told as the story tells its own failures (``failures_told``): the item's last word.
+        dest = download.dest if download is not None else None
+        tell_failed(tell, item.url, dest or item.path, outcome)
     return _Done(outcome, seat.session.open_to(), seat.lock_file.at())
 
 

@@ -48,18 +48,18 @@ def failures_told(
         yield
     except Stop as stop:  # the signal, as the caller hears of it
         error = interrupted(stop)
-        _tell_failed(tell, url, path, error)
+        tell_failed(tell, url, path, error)
         raise error from None
     except BlobdlError as exc:
-        _tell_failed(tell, url, path, exc)
+        tell_failed(tell, url, path, exc)
         raise
 
 
-def _tell_failed(
+def tell_failed(
     tell: EventCallback, url: str, path: str | os.PathLike[str] | None, error: BlobdlError
 ) -> None:
     """Tell a failure: neither a raising callback nor a second signal may replace the error
-    being raised."""
+    being raised (``failures_told``'s, and a batch pool's for an item's unexpected error)."""
     with held(drop=True):
         try:
             tell(Failed(redact_url(url), os.fspath(path or ""), str(error), error.exit_code))

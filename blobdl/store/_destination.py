@@ -17,9 +17,11 @@ from ._files import (
     directory_problem,
     fsync_dir,
     local_error,
+    local_errors,
     open_own,
     rename_new,
     require_regular,
+    unlink_gone,
 )
 
 TEMP_SUFFIX = ".blobdl-tmp"
@@ -143,8 +145,11 @@ def _check_room(dest: Path, beside: int) -> None:
 
 
 def check_free_space(dest: Path, needed: int) -> None:
-    """Refuse a download that cannot fit, naming what is needed and what is free."""
-    free = shutil.disk_usage(dest.parent).free
+    """Refuse a download that cannot fit, naming what is needed and what is free. Its folder
+    may have gone since it was checked (after the lock, while the probe ran): that is said
+    of the folder (``local_error``), as any other step on our files says it."""
+    with local_errors(dest):
+        free = shutil.disk_usage(dest.parent).free
     if needed > free:
         raise InsufficientSpace(str(dest), needed, free)
 
@@ -269,4 +274,4 @@ def sync_dir_quietly(directory: Path) -> None:
 
 def discard(temp: Path) -> None:
     """Remove the temp file after a failure (never leaves a half file behind)."""
-    temp.unlink(missing_ok=True)
+    unlink_gone(temp)

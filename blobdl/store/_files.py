@@ -193,6 +193,13 @@ def take_lock(
             time.sleep(LOCK_POLL)
 
 
+def unlink_gone(path: Path) -> None:
+    """Remove ``path`` if it is there. Under a folder that went away, or that is no folder
+    now (replaced by a file), nothing is there either: ENOTDIR is as good as ENOENT."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        path.unlink()
+
+
 def local_error(path: Path, exc: OSError) -> LocalFileError:
     """An OSError on our own files, as a blobdl error (ENOSPC, EIO, EACCES...). A file that
     cannot be opened because its directory is missing (or is no directory) names that

@@ -29,7 +29,7 @@ from typing import TypeVar
 from ..errors import DestinationLocked, LocalFileError
 from ..processes._signals import held
 from ..processes._spawn import threaded
-from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock
+from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock, unlink_gone
 
 log = logging.getLogger("blobdl")
 
@@ -294,9 +294,7 @@ def _close_removing(fd: int, path: Path) -> None:
 
 def _remove(path: Path) -> None:
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        unlink_gone(path)
     except OSError as exc:
         log.warning("could not remove the lock file %s: %s", path, exc.strerror)
 

@@ -26,7 +26,7 @@ from ..errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhau
 from ..http._remote import Identity, Remote, change
 from ..processes._signals import held
 from ._destination import discard, temp_path
-from ._files import atomic_write, local_error, read_own
+from ._files import atomic_write, local_error, local_errors, read_own, unlink_gone
 
 STATE_SUFFIX = ".blobdl-state"
 BAD_SUFFIX = ".blobdl-bad"  # bytes that failed their digest, kept with Settings.keep_bad
@@ -122,8 +122,9 @@ class Resume:
         return not remote.ranges and self.holds_partial_of(remote)
 
     def forget(self) -> None:
-        """Start over: no partial file, no record (both gone, or neither: not cut in two)."""
-        with held():
+        """Start over: no partial file, no record (both gone, or neither: not cut in two).
+        What the disk refuses is a ``LocalFileError``."""
+        with held(), local_errors(self.temp):
             discard(self.temp)
             remove(self.record)
 
@@ -185,7 +186,7 @@ class Resume:
             if keeps_partial(error) and self.mention_kept():
                 return
             self.forget()
-        except OSError as cleanup:
+        except (OSError, LocalFileError) as cleanup:
             log.warning("could not clean up %s after the failure: %s", self.temp, cleanup)
 
     def mention_kept(self) -> bool:
@@ -263,7 +264,7 @@ def sweep(dest: Path) -> None:
 
 def remove(path: Path) -> None:
     for candidate in (path, _scratch(path)):
-        candidate.unlink(missing_ok=True)
+        unlink_gone(candidate)
 
 
 def _scratch(path: Path) -> Path:
