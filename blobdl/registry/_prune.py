@@ -4,7 +4,8 @@
   nobody is fetching, and the staged blob itself), with their lock files;
 - stale lock files (claims and fetch locks nobody holds, and the lock files a killed pull's
   batch kept from one small blob to the next);
-- manifest scratch files a killed pull left in ``.blobdl-tmp/``, and the scratch files older
+- manifest scratch files a killed pull left in ``.blobdl-tmp/`` (or in a model's folder,
+  on another file system, ``manifests/*/*/*/.blobdl-tmp/``), and the scratch files older
   blobdl versions left beside a manifest (``.TAG.tmp-PID``), which Ollama warns about as
   bad manifest names at every start;
 - blobs no manifest names, once older than an hour (Ollama's own grace: a younger one may
@@ -33,13 +34,13 @@ from ..errors import LocalFileError
 from ..store._files import local_errors
 from ..store._lock import kept_files, remove_stale, unheld
 from ._claims import CLAIM_SUFFIX, FETCH_SUFFIX, locked
-from ._store import BLOB_DIGEST, Store, freed_by_removing, locate
+from ._store import BLOB_DIGEST, SCRATCH_DIR, Store, freed_by_removing, locate
 
 GRACE = 3600.0  # seconds: Ollama's layerPruneGracePeriod
 SCRATCH_AGE = 600.0  # seconds: a manifest is written in milliseconds; older scratch is left over
 ENGINE_LOCK = ".blobdl-lock"  # the engine's own lock beside a staged blob (store._lock)
 _PARTIAL = re.compile(r"(sha256-[0-9a-f]{64})(.*)", re.DOTALL)
-_SCRATCH = re.compile(r"manifest-\d+-[0-9a-f]{8}")  # Store._scratch_file
+_SCRATCH = re.compile(r"manifest-\d+-[0-9a-f]{8}")  # Store.write_manifest
 _OLD_SCRATCH = re.compile(r"\..+\.tmp-\d+(?:-[0-9a-f]{8})?", re.DOTALL)  # older versions
 BUSY = "a running pull holds it"
 FREE_BATCH = 64  # blobs whose claims (open lock files) freeing holds at once
@@ -190,9 +191,12 @@ def _scratch(store: Store, dry_run: bool, now: float) -> Iterator[Removal]:
     those of older versions at depth 4 of ``manifests/``."""
     real = store.scratch.is_dir() and not store.scratch.is_symlink()
     ours = [store.scratch / n for n in _names(store.scratch) if real and _SCRATCH.fullmatch(n)]
+    # A manifest folder on another file system has its scratch folder inside (Store).
+    beside = [p for p in store.manifests.glob(f"*/*/*/{SCRATCH_DIR}/manifest-*")
+              if _SCRATCH.fullmatch(p.name) and store.trusted(p.parent)]  # fmt: skip
     older = [p for p in store.manifests.glob("*/*/*/.*")
              if _OLD_SCRATCH.fullmatch(p.name) and store.trusted(p.parent)]  # fmt: skip
-    for path in ours + older:
+    for path in ours + beside + older:
         with contextlib.suppress(FileNotFoundError):
             info = os.lstat(path)
             if not stat.S_ISDIR(info.st_mode) and info.st_mtime < now - SCRATCH_AGE:

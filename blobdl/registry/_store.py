@@ -11,7 +11,9 @@ A blob is downloaded to ``blobs-partial/``, digest-checked by the engine, then r
 blobs older than an hour that no manifest names, so every blob a manifest names is touched
 just before the manifest is written, and checked present after. The manifest is written by
 rename from ``.blobdl-tmp/``, never from a file at depth 4 of ``manifests/``, where Ollama
-would read a leftover as a (corrupt) model. Who uses which blob is ``_claims``; deleting the
+would read a leftover as a (corrupt) model. A folder linked to another file system changes
+where the staging (``blobs/.blobdl-partial/``) or the scratch (``MODEL/.blobdl-tmp/``) is,
+so that every rename stays on one disk. Who uses which blob is ``_claims``; deleting the
 blobs nobody uses, ``_prune.free``.
 
 ``locate`` finds the store Ollama reads; when root writes into a store another user owns
@@ -47,6 +49,7 @@ from ._oci import Blob, Manifest
 from ._owner import enter, hand_over, identity, make_dirs, owner_for
 
 PARTIAL_DIR = "blobs-partial"
+STAGING_IN_BLOBS = ".blobdl-partial"  # blobs-partial/ when blobs/ is on another file system
 SCRATCH_DIR = ".blobdl-tmp"
 SERVICE_STORE = Path("/usr/share/ollama/.ollama/models")  # Ollama's Linux service (install.sh)
 BLOB_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # what names a file in blobs/ (fullmatch)
@@ -97,17 +100,30 @@ class Store:
         self.root = root
         self.owner = owner_for(root)
         self.blobs = root / "blobs"
-        self.partial = root / PARTIAL_DIR
         self.manifests = root / "manifests"
         self.scratch = root / SCRATCH_DIR
-        self.claims = Claims(self.partial, self.owner)  # who uses a blob
         if create:
             make_dirs(root, self.owner)
-        for folder in (self.blobs, self.partial, self.scratch, self.manifests):
+        self.folder(self.blobs, create=create)
+        self.partial = self._staging_folder()
+        self.claims = Claims(self.partial, self.owner)  # who uses a blob
+        for folder in (self.partial, self.scratch, self.manifests):
             self.folder(folder, create=create and folder != self.manifests)
         self._partial_id = identity(self.partial)  # the folder we checked, to know it again
         if create and not stat.S_ISDIR(os.lstat(self.scratch).st_mode):
             raise LocalFileError(str(self.scratch), "is not a directory (a link?); remove it")
+
+    def _staging_folder(self) -> Path:
+        """Where downloads are staged: ``blobs-partial/``, unless ``blobs/`` is on another
+        file system (a link to a bigger disk, which ``ollama pull`` copes with): a blob could
+        not be renamed from one to the other once whole, and the disk the user moved the
+        blobs off is the one without room for them. Then ``blobs/.blobdl-partial/``: a
+        folder, which Ollama's prune of ``blobs/`` leaves alone (it removes files)."""
+        usual = self.root / PARTIAL_DIR
+        blobs = _device(self.blobs)
+        if blobs is None or blobs == (_device(usual) or _device(self.root)):
+            return usual
+        return self.blobs / STAGING_IN_BLOBS
 
     def folder(self, path: Path, *, create: bool = True) -> None:
         """Make sure ``path``, a folder inside the store, is one: made where missing (0755,
@@ -263,21 +279,32 @@ class Store:
         path = self.manifest_path(ref)
         for attempt in range(WRITE_TRIES):
             self.folder(path.parent)
-            scratch = self._scratch_file()
+            folder = self._scratch_folder(path.parent)
+            self.folder(folder)
+            scratch = folder / f"manifest-{os.getpid()}-{os.urandom(4).hex()}"
             try:
                 atomic_write(path, manifest.raw, scratch=scratch, exact_mode=True, sync_dir=True)
                 break
             except LocalFileError:
-                if path.parent.is_dir() or attempt == WRITE_TRIES - 1:
+                if (path.parent.is_dir() and folder.is_dir()) or attempt == WRITE_TRIES - 1:
                     raise
+        if folder != self.scratch:  # another pull may be writing there: then it stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         if self.owner is not None:
             with local_errors(path):
                 os.chown(path, *self.owner, follow_symlinks=False)
         return path
 
-    def _scratch_file(self) -> Path:
+    def _scratch_folder(self, target: Path) -> Path:
+        """Where a manifest for the folder ``target`` is written before its rename:
+        ``.blobdl-tmp/``, unless ``target`` is on another file system (a folder of
+        ``manifests/`` that is a link to another disk): then ``target/.blobdl-tmp/``, a
+        folder at the depth of manifests, which Ollama skips (it reads files there)."""
         self.folder(self.scratch)
-        return self.scratch / f"manifest-{os.getpid()}-{os.urandom(4).hex()}"
+        if _device(target) == _device(self.scratch):
+            return self.scratch
+        return target / SCRATCH_DIR
 
     def withdraw(self, path: Path, manifest: Manifest) -> None:
         """Remove the manifest we wrote at ``path`` (if it is still ours): it names a blob
@@ -285,3 +312,11 @@ class Store:
         with contextlib.suppress(OSError):
             if path.read_bytes() == manifest.raw:
                 path.unlink()
+
+
+def _device(path: Path) -> int | None:
+    """The file system ``path`` (through links) is on; None if it is not there."""
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
