@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from blobdl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_OK,
 from blobdl.store import _resume
 from blobdl.store._resume import PartRecord, State, save, state_path
 from faultserver.serverctl import ServerHandle, make_blob
-from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file, spawn_cli
+from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file, spawn_cli
 
 Make = Callable[..., Blob]
 BIG = 32 * PART  # 2 MiB: 32 parts
@@ -459,6 +460,45 @@ def test_lock_of_a_killed_holder_is_not_stuck(
     first.communicate()
     server.reset()
     assert blobdl.download(blob.url, out, **_fast()).size == blob.size
+
+
+HOLD_UNTIL_TOLD = """
+import sys
+from pathlib import Path
+from blobdl.store._lock import DestinationLock
+with DestinationLock(Path(sys.argv[1]), 30.0):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_writer_that_waited_for_the_lock_holds_the_destination_alone(tmp_path: Path) -> None:
+    # The holder removes its lock file as it lets go: a waiter that had it open then locks
+    # a file no longer at the name. Unless it locks the name anew, a third writer finds no
+    # lock there and writes the same destination beside it.
+    from blobdl.store._lock import DestinationLock
+
+    out = tmp_path / "out"
+    lock_file = f"{out}.blobdl-lock"
+    first = DestinationLock(out, 0.0).__enter__()
+    waiter = subprocess.Popen([sys.executable, "-c", HOLD_UNTIL_TOLD, str(out)], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert waiter.stdin is not None and waiter.stdout is not None
+    try:
+        opened = psutil.Process(waiter.pid)
+        deadline = time.monotonic() + 20
+        while lock_file not in [f.path for f in opened.open_files()]:
+            assert time.monotonic() < deadline, "the waiter never opened the lock file"
+            time.sleep(0.02)
+        first.__exit__(None, None, None)
+        assert waiter.stdout.readline() == "held\n"
+        with pytest.raises(blobdl.DestinationLocked, match=f"process {waiter.pid} "):
+            DestinationLock(out, 0.0).__enter__()
+    finally:
+        first.__exit__(None, None, None)
+        waiter.communicate("\n", timeout=30)
+    assert waiter.returncode == 0
+    assert not os.path.lexists(lock_file)
 
 
 def test_two_calls_in_one_process_do_not_interleave(

@@ -239,6 +239,19 @@ def test_seals_live_in_a_private_directory_not_in_the_cache(make: Make, tmp_path
     assert stat.S_IMODE(seals.stat().st_mode) == 0o700
 
 
+def test_a_seal_directory_found_open_to_others_is_made_private(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = make(4 * PART, seed=23)
+    seals = tmp_path / "seals"
+    seals.mkdir()
+    seals.chmod(0o777)  # made by hand, or under a umask that leaves it open
+    monkeypatch.setenv("BLOBDL_SEAL_DIR", str(seals))
+    cached(blob, tmp_path / "a", tmp_path / "cache")
+    assert stat.S_IMODE(seals.stat().st_mode) == 0o700
+    assert len(list(seals.iterdir())) == 1  # and the entry's seal is in it
+
+
 def test_forged_entry_with_an_old_style_seal_is_hashed_and_refetched(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:

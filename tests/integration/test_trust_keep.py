@@ -288,6 +288,23 @@ def test_final_status_before_any_byte_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_small_item_starts_over_whatever_an_earlier_run_left_of_it(
+    make: Make, tmp_path: Path
+) -> None:
+    # A batch killed mid-item (SIGKILL, a power cut) leaves a small item's temporary file
+    # with no record: no bytes of it are trusted, and the rerun neither trips over it nor
+    # keeps it.
+    blobs = [make(PART // 4, seed=970 + i) for i in range(3)]
+    outs = [tmp_path / f"s{i}" for i in range(3)]
+    for out in outs:
+        temp_of(out).write_bytes(b"\xff" * 1000)  # bytes of no use, half-way
+    items = [blobdl.Item(b.url, str(out)) for b, out in zip(blobs, outs, strict=True)]
+    results = blobdl.download_many(items, max_connections=2, settings=fast_settings())
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [sha256_file(out) for out in outs] == [b.sha256 for b in blobs]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s0", "s1", "s2"]
+
+
 def test_changed_etag_mid_download_still_discards(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
