@@ -8,6 +8,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from blobdl._redact import redact_url
 from blobdl.cli import EXIT_OK, EXIT_USAGE
 from faultserver.serverctl import ServerHandle
 from tests.conftest import Blob, run_cli, sha256_file
@@ -56,3 +59,24 @@ def test_a_slow_limit_rate_is_no_stall(make: Make, tmp_path: Path) -> None:
     assert done.returncode == EXIT_OK, done.stderr
     assert "part_stalled" not in done.stdout
     assert sha256_file(dest) == blob.sha256
+
+
+# --- credentials ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mark", ["/", "?", "#"])
+def test_a_password_with_an_unescaped_delimiter_is_never_shown(tmp_path: Path, mark: str) -> None:
+    """A password pasted as it is, ``/``, ``?`` or ``#`` unescaped, ends the host early
+    (``http://alice:pa/ss@host/`` is host alice, port "pa"): the URL is refused, and its
+    message and event showed the password whole."""
+    url = f"http://alice:hunter2{mark}xyzzy@127.0.0.1:9/blob.bin"
+    done = run_cli(url, "-o", str(tmp_path / "out"), "--json", cwd=tmp_path)
+    _usage_error(done, "127.0.0.1:9/blob.bin")
+    assert "hunter2" not in done.stdout + done.stderr and "xyzzy" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["https://h:8080/a@b", "http://[::1]:80/@scope/pkg", "https://h/x?by=a@b.c"]
+)
+def test_an_at_sign_past_a_well_formed_host_is_shown_as_it_is(url: str) -> None:
+    assert redact_url(url) == url
