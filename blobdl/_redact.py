@@ -16,17 +16,34 @@ _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)[^/?#]*@")
 _SECRET_NAME = re.compile(
     r"sig|signature|credential|token|secret|passw|pwd|auth|key|policy|session", re.IGNORECASE
 )
+# The authority (after ``scheme://``, up to the first ``/?#``) and what a host[:port] looks like
+_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)")
+_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(:[0-9]*)?")
 MASK = "***"
 
 
 def redact_url(url: str) -> str:
     """``url`` with ``user:pass@`` and the values of credential query parameters masked."""
     url = _USERINFO.sub(rf"\1{MASK}@", url)
+    url = _mask_misread_userinfo(url)
     base, question, rest = url.partition("?")
     if not question:
         return url
     query, hashmark, fragment = rest.partition("#")
     return f"{base}?{'&'.join(_shown(pair) for pair in query.split('&'))}{hashmark}{fragment}"
+
+
+def _mask_misread_userinfo(url: str) -> str:
+    """A password pasted with ``/``, ``?`` or ``#`` unescaped ends the authority early
+    (``http://alice:pa/ss@host/`` is host alice, port "pa"): a URL refused, whose message
+    must not show the password. When the authority is no host[:port] and an ``@`` follows,
+    everything up to the last ``@`` is masked (more than the password, perhaps: the URL is
+    refused anyway)."""
+    match = _AUTHORITY.match(url)
+    if match is None or _HOST_PORT.fullmatch(match.group(1)):
+        return url
+    at = url.rfind("@", match.end(1))
+    return url if at < 0 else url[: match.start(1)] + MASK + url[at:]
 
 
 def _shown(pair: str) -> str:

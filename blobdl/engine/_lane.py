@@ -240,8 +240,9 @@ class Filler:
 class _Pacer:
     """Keeps a lane at or under its share of ``limit_rate`` (``cap``, bytes/s).
 
-    Reads are cut to about a tenth of a second's worth, so the worker's position keeps
-    moving (a long sleep after one big read would look like a stall to the coordinator)."""
+    Reads are cut to about a tenth of a second's worth (one byte at least), so the worker's
+    position keeps moving: a long sleep after one big read would look like a stall to the
+    coordinator (a floor of 1 KiB slept 1,024 s after each read at 1 B/s, 5 s at 200)."""
 
     SLICE = 0.1  # seconds of allowance per read
 
@@ -252,7 +253,7 @@ class _Pacer:
         self.sent = 0
 
     def limit(self, want: int, cap: int) -> int:
-        return want if cap <= 0 else min(want, max(1024, int(cap * self.SLICE)))
+        return want if cap <= 0 else min(want, max(1, int(cap * self.SLICE)))
 
     def pace(self, count: int, cap: int) -> None:
         if cap <= 0:

@@ -51,6 +51,8 @@ def url_problem(url: str) -> str | None:
         return "unsupported scheme (use http or https)"
     if not parts.hostname:
         return "no host"
+    if parts.port == 0:  # urllib3 reads 0 as no port at all: it would connect to 80 or 443
+        return "port 0 (ports are 1 to 65535)"
     try:
         host = parts.hostname.encode("idna").decode("ascii")
     except UnicodeError:

@@ -360,9 +360,11 @@ class Boom(Exception):
 def test_a_lane_sleeping_in_its_pacer_is_stopped_at_once(
     make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At a tiny --limit-rate a lane sleeps seconds between reads (256 B/s: 4 s per KiB);
-    a stop must wake it, not wait the sleep out (or, past STOP_GRACE, kill its worker)."""
+    """A lane may sleep between reads (a tenth of a second's worth, stretched here to 4 s
+    per read at 256 B/s); a stop must wake it, not wait the sleep out (or, past STOP_GRACE,
+    kill its worker)."""
     monkeypatch.setattr(blobdl.engine._worker, "STOP_GRACE", 30.0)
+    monkeypatch.setattr(blobdl.engine._lane._Pacer, "SLICE", 4.0)  # the workers fork it
     blob = make(4 * LANE, seed=405)
     raised: list[float] = []
 

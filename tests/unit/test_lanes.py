@@ -6,6 +6,7 @@ import pytest
 
 from blobdl.engine._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
 from blobdl.engine._failure import RETRY, Verdict
+from blobdl.engine._lane import _Pacer
 from blobdl.engine._parts import Parts
 from blobdl.engine._pinned import Pinned
 from blobdl.engine._steal import CUT_LONG, LAG_SHARE, LaneView, Steal, choose, laggards, lagging
@@ -291,3 +292,11 @@ def test_a_lane_is_quiet_only_past_what_the_server_takes_to_answer(quiet: float,
     ]
     steal = choose(lanes, best_rate=FAST, min_split=10, grace=1.0, answer_time=0.4)
     assert steal == (Steal(0, 0, True, True) if cut else Steal(0, 10**5, True, False))
+
+
+@pytest.mark.parametrize("cap", [1, 7, 50, 750, 10_240, 10**9])
+def test_a_capped_read_takes_no_more_than_a_slice_of_the_cap(cap: int) -> None:
+    """What one read may take under a cap: a tenth of a second's worth, or one byte, so the
+    sleep after it (what the coordinator sees as no progress) is never longer than that."""
+    took = _Pacer(lambda _: None).limit(1 << 20, cap)
+    assert took >= 1 and took / cap <= max(_Pacer.SLICE, 1 / cap)
