@@ -100,6 +100,17 @@ def path_arg(text: str) -> str:
     return text
 
 
+def output_arg(text: str) -> str:
+    """``-o``: a file. ``-`` is standard output to curl and wget, which a download written
+    in parts, out of order, cannot be."""
+    if text == "-":
+        raise argparse.ArgumentTypeError(
+            "blobdl writes to a file, in parts, not to standard output: name a file "
+            "(./- for one named -)"
+        )
+    return path_arg(text)
+
+
 def _header(text: str) -> tuple[str, str]:
     try:
         return parse_header(text)
@@ -148,7 +159,10 @@ def build_parser(commands: Sequence[tuple[str, str]] = ()) -> argparse.ArgumentP
         "are named inside DIR. Without it, manifest paths are used as given",
     )
     p.add_argument(
-        "-o", "--output", type=path_arg, help="destination file (default: name from the server/URL)"
+        "-o",
+        "--output",
+        type=output_arg,
+        help="destination file (default: name from the server/URL)",
     )
     p.add_argument("--digest", help="sha256:<hex> the blob must have (checked before the rename)")
     add_shared_options(p)

@@ -45,6 +45,19 @@ def test_a_redirect_to_port_0_is_refused_not_followed_to_the_default_port(
     assert "port 80" not in done.stderr
 
 
+# --- outputs -------------------------------------------------------------------------------
+
+
+def test_output_dash_is_a_usage_error_not_a_file_named_dash(tmp_path: Path) -> None:
+    """``-o -`` is standard output to curl and wget users: blobdl wrote a file named ``-``
+    in the current directory and exited 0. Parts land out of order in a file, so it cannot
+    stream to standard output: a usage error, before any request, naming ``./-`` for a
+    file of that name."""
+    done = run_cli("http://127.0.0.1:9/x", "-o", "-", cwd=tmp_path)
+    _usage_error(done, "standard output", "./-")
+    assert not list(tmp_path.iterdir())
+
+
 # --- --limit-rate --------------------------------------------------------------------------
 
 
