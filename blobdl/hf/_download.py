@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..batch._scheduler import BatchCallback, Item, download_many
-from ..config import Settings, overridden
+from ..config import Settings, check_callback, check_path, overridden
 from ..errors import BlobdlError, IntegrityError, UsageError
 from ..events import DownloadResult, Event
 from ..processes._signals import called
@@ -109,6 +109,9 @@ def hf_download(
     request is sent: the files come from the disk if all are there, else
     ``OfflineNotCached``."""
     started = time.monotonic()
+    check_path("cache_dir", cache_dir)
+    check_path("local_dir", local_dir)
+    check_callback("on_event", on_event)
     # blobdl's own content-addressed cache stays out of it: huggingface_hub's is the cache.
     base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)
     repo = parse_repo(repo_id, repo_type)
