@@ -117,6 +117,7 @@ def hf_download(
     repo = parse_repo(repo_id, repo_type)
     check_revision(revision)
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
+    paths = _patterns("paths", paths, "a path in the repository or a list of them") or ()
     if cache_dir is not None and local_dir is not None:
         raise UsageError("give a cache dir or a local dir, not both")
     wanted = Wanted(paths, include, exclude)
@@ -285,8 +286,11 @@ def _relayed(tell: HfCallback | None, files: list[RepoFile]) -> BatchCallback | 
     return lambda batch_event: tell(HfEvent(files[batch_event.item].path, batch_event.event))
 
 
-def _patterns(name: str, given: object) -> tuple[str, ...] | None:
-    """Globs as huggingface_hub takes them: one string is one pattern (not its characters)."""
+def _patterns(
+    name: str, given: object, what: str = "a glob or a list of globs"
+) -> tuple[str, ...] | None:
+    """Globs (or paths) as huggingface_hub takes them: one string is one (not its
+    characters)."""
     if given is None:
         return None
     if isinstance(given, str):
@@ -294,5 +298,5 @@ def _patterns(name: str, given: object) -> tuple[str, ...] | None:
     if not isinstance(given, (list, tuple, set, frozenset)) or not all(
         isinstance(g, str) for g in given
     ):
-        raise UsageError(f"{name} must be a glob or a list of globs")
+        raise UsageError(f"{name} must be {what}")
     return tuple(given)

@@ -564,6 +564,8 @@ def _careless_calls(tmp: Path) -> dict[str, Callable[[], object]]:
         "pull models_dir int": lambda: blobdl.pull(PULL_REF, 5),  # type: ignore[arg-type]
         "pull models_dir of bytes": lambda: blobdl.pull(PULL_REF, _BytesPath(tmp)),  # type: ignore[arg-type]
         "hf cache_dir int": lambda: blobdl.hf_download("a/b", cache_dir=5, endpoint=URL),  # type: ignore[arg-type]
+        "hf paths int": lambda: blobdl.hf_download("a/b", 5, cache_dir=tmp, endpoint=URL),  # type: ignore[arg-type]
+        "hf paths of ints": lambda: blobdl.hf_download("a/b", [5], cache_dir=tmp, endpoint=URL),  # type: ignore[list-item]
         "hf local_dir of bytes": lambda: blobdl.hf_download(
             "a/b",
             local_dir=_BytesPath(tmp),
@@ -642,6 +644,17 @@ def test_a_pattern_given_as_one_string_is_one_pattern(
         assert got == ["config.json", "tokenizer.json"]
     else:
         assert got == ["model.safetensors"]
+
+
+def test_a_path_given_as_one_string_is_one_path(hub: HubHandle, tmp_path: Path) -> None:
+    """``paths="config.json"`` was read as its characters: the call failed with "file not
+    found: acme/mixed has no 'c'", a file the caller never named. One string is one path,
+    as one string of ``include`` is one pattern (huggingface_hub's ``filename`` is one)."""
+    result = blobdl.hf_download(
+        "acme/mixed", "config.json", cache_dir=tmp_path, endpoint=hub.url, token="hf_good"
+    )
+    assert [f.path for f in result.files] == ["config.json"]
+    assert result.files[0].local_path.read_bytes() == b"{}"
 
 
 # --- SIGTERM is Ctrl-C in every library call --------------------------------------------------
