@@ -232,9 +232,10 @@ def check_int(name: str, value: object, low: int, high: int) -> None:
 def _check_seconds(name: str, value: object, positive: bool) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
-        seconds = float(value)  # type: ignore[arg-type]
-        ok = math.isfinite(seconds) and 0 <= seconds <= MAX_SECONDS
-        ok = ok and (seconds > 0 or not positive)
+        # Compared as given: float() of a whole number past 1e308 is an OverflowError, and
+        # NaN fails every comparison.
+        seconds: float = value  # type: ignore[assignment]
+        ok = 0 <= seconds <= MAX_SECONDS and (seconds > 0 or not positive)
     low = "more than 0" if positive else "from 0"
     _require(ok, f"{name} must be a number of seconds {low} up to {MAX_SECONDS:g}")
 
@@ -329,6 +330,22 @@ def check_text(name: str, value: object, *, optional: bool = False) -> None:
 
 
 def check_path(name: str, value: object) -> None:
-    """A path (str or os.PathLike) or None, or a UsageError naming it."""
-    if not (value is None or isinstance(value, (str, os.PathLike))):
+    """A path (str, or an os.PathLike whose ``__fspath__`` gives one) or None, or a
+    UsageError naming it: one that gives bytes would be taken, then fail inside."""
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, os.PathLike):
         raise UsageError(f"{name} must be a path or None, not {type(value).__name__}")
+    try:
+        text = os.fspath(value)
+    except TypeError:  # its __fspath__ gives neither str nor bytes
+        text = None
+    if not isinstance(text, str):
+        raise UsageError(f"{name} must be a path of text: {type(value).__name__} gives no str")
+
+
+def check_callback(name: str, value: object) -> None:
+    """A callable or None, or a UsageError naming it, before anything starts: else the
+    download would start and its first event fail inside, a partial left behind."""
+    if not (value is None or callable(value)):
+        raise UsageError(f"{name} must be a function or None, not {type(value).__name__}")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..batch._scheduler import BatchCallback, Item, download_many
-from ..config import Settings, overridden
+from ..config import Settings, check_callback, check_path, overridden
 from ..errors import BlobdlError, IntegrityError, UsageError
 from ..events import DownloadResult, Event
 from ..processes._signals import called
@@ -109,11 +109,15 @@ def hf_download(
     request is sent: the files come from the disk if all are there, else
     ``OfflineNotCached``."""
     started = time.monotonic()
+    check_path("cache_dir", cache_dir)
+    check_path("local_dir", local_dir)
+    check_callback("on_event", on_event)
     # blobdl's own content-addressed cache stays out of it: huggingface_hub's is the cache.
     base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)
     repo = parse_repo(repo_id, repo_type)
     check_revision(revision)
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
+    paths = _patterns("paths", paths, "a path in the repository or a list of them") or ()
     if cache_dir is not None and local_dir is not None:
         raise UsageError("give a cache dir or a local dir, not both")
     wanted = Wanted(paths, include, exclude)
@@ -282,8 +286,11 @@ def _relayed(tell: HfCallback | None, files: list[RepoFile]) -> BatchCallback | 
     return lambda batch_event: tell(HfEvent(files[batch_event.item].path, batch_event.event))
 
 
-def _patterns(name: str, given: object) -> tuple[str, ...] | None:
-    """Globs as huggingface_hub takes them: one string is one pattern (not its characters)."""
+def _patterns(
+    name: str, given: object, what: str = "a glob or a list of globs"
+) -> tuple[str, ...] | None:
+    """Globs (or paths) as huggingface_hub takes them: one string is one (not its
+    characters)."""
     if given is None:
         return None
     if isinstance(given, str):
@@ -291,5 +298,5 @@ def _patterns(name: str, given: object) -> tuple[str, ...] | None:
     if not isinstance(given, (list, tuple, set, frozenset)) or not all(
         isinstance(g, str) for g in given
     ):
-        raise UsageError(f"{name} must be a glob or a list of globs")
+        raise UsageError(f"{name} must be {what}")
     return tuple(given)

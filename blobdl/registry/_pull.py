@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
-from ..config import Settings, overridden
+from ..config import Settings, check_callback, check_path, overridden
 from ..errors import BadResponse, HTTPStatusError, LocalFileError, OutOfResources
 from ..events import DownloadResult
 from ..processes._signals import called
@@ -85,6 +85,8 @@ def pull(
     With ``cluster`` (a ``distributed.Client``, an address, ``"local[:N]"``) the pull runs on
     one of its workers, into the store that worker sees (``pull_every_worker``: every one)."""
     started = time.monotonic()
+    check_path("models_dir", models_dir)
+    check_callback("on_event", on_event)
     base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)
     if cluster is not None:
         from ._pull_cluster import on_one_worker  # only with a cluster: it needs distributed
@@ -142,6 +144,8 @@ def pull_every_worker(
     one host share one); {worker name: its store's PullResult}. A second run fetches nothing."""
     from ._pull_cluster import on_every_store  # (see ``pull``)
 
+    check_path("models_dir", models_dir)
+    check_callback("on_event", on_event)
     base = overridden(settings, overrides)
     where = functools.partial(pull, insecure=insecure)
     return on_every_store(cluster, where, default_models_dir, ref, models_dir, base, on_event)

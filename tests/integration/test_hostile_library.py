@@ -521,6 +521,7 @@ def test_a_threaded_batch_leaves_no_descriptor_open(
 # --- arguments: a careless user's are a UsageError, never a TypeError from deep inside ------
 
 URL = "http://127.0.0.1:9/x"  # never reached: every call below must fail before
+PULL_REF = "http://127.0.0.1:9/library/m:1"  # the same for a pull
 
 
 def _careless_calls(tmp: Path) -> dict[str, Callable[[], object]]:
@@ -544,7 +545,44 @@ def _careless_calls(tmp: Path) -> dict[str, Callable[[], object]]:
         "pull ref None": lambda: blobdl.pull(None, tmp),  # type: ignore[arg-type]
         "hf repo None": lambda: blobdl.hf_download(None, cache_dir=tmp),  # type: ignore[arg-type]
         "hf revision None": lambda: blobdl.hf_download("a/b", revision=None, cache_dir=tmp),  # type: ignore[arg-type]
+        # A callback that cannot be called: it was taken, the download started, and the
+        # first event raised a TypeError deep inside, a partial kept at the destination.
+        "on_event int": lambda: blobdl.download(URL, tmp / "o", on_event=5),  # type: ignore[arg-type]
+        "on_progress str": lambda: blobdl.download(URL, tmp / "o", on_progress="bar"),  # type: ignore[arg-type]
+        "many on_event int": lambda: blobdl.download_many([URL], on_event=5),  # type: ignore[arg-type]
+        "pull on_event int": lambda: blobdl.pull(PULL_REF, tmp, on_event=5),  # type: ignore[arg-type]
+        "hf on_event int": lambda: blobdl.hf_download(
+            "a/b",
+            cache_dir=tmp,
+            endpoint=URL,
+            on_event=5,  # type: ignore[arg-type]
+        ),
+        # A path whose __fspath__ gives bytes (or no path at all): taken, then a TypeError.
+        "path of bytes": lambda: blobdl.download(URL, _BytesPath(tmp / "o")),  # type: ignore[arg-type]
+        "path of nothing": lambda: blobdl.download(URL, _BytesPath(None)),  # type: ignore[arg-type]
+        "base_dir of bytes": lambda: blobdl.download_many([], base_dir=_BytesPath(tmp)),  # type: ignore[arg-type]
+        "pull models_dir int": lambda: blobdl.pull(PULL_REF, 5),  # type: ignore[arg-type]
+        "pull models_dir of bytes": lambda: blobdl.pull(PULL_REF, _BytesPath(tmp)),  # type: ignore[arg-type]
+        "hf cache_dir int": lambda: blobdl.hf_download("a/b", cache_dir=5, endpoint=URL),  # type: ignore[arg-type]
+        "hf paths int": lambda: blobdl.hf_download("a/b", 5, cache_dir=tmp, endpoint=URL),  # type: ignore[arg-type]
+        "hf paths of ints": lambda: blobdl.hf_download("a/b", [5], cache_dir=tmp, endpoint=URL),  # type: ignore[list-item]
+        "hf local_dir of bytes": lambda: blobdl.hf_download(
+            "a/b",
+            local_dir=_BytesPath(tmp),
+            endpoint=URL,  # type: ignore[arg-type]
+        ),
     }
+
+
+class _BytesPath(os.PathLike):  # type: ignore[type-arg]
+    """An ``os.PathLike`` as a caller may hand one: its ``__fspath__`` gives bytes (or,
+    given None, something that is no path at all)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def __fspath__(self) -> Any:
+        return os.fsencode(self.path) if self.path is not None else 5
 
 
 CARELESS = list(_careless_calls(Path("/nonexistent")))
@@ -606,6 +644,17 @@ def test_a_pattern_given_as_one_string_is_one_pattern(
         assert got == ["config.json", "tokenizer.json"]
     else:
         assert got == ["model.safetensors"]
+
+
+def test_a_path_given_as_one_string_is_one_path(hub: HubHandle, tmp_path: Path) -> None:
+    """``paths="config.json"`` was read as its characters: the call failed with "file not
+    found: acme/mixed has no 'c'", a file the caller never named. One string is one path,
+    as one string of ``include`` is one pattern (huggingface_hub's ``filename`` is one)."""
+    result = blobdl.hf_download(
+        "acme/mixed", "config.json", cache_dir=tmp_path, endpoint=hub.url, token="hf_good"
+    )
+    assert [f.path for f in result.files] == ["config.json"]
+    assert result.files[0].local_path.read_bytes() == b"{}"
 
 
 # --- SIGTERM is Ctrl-C in every library call --------------------------------------------------

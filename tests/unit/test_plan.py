@@ -129,6 +129,9 @@ def test_parse_size_refuses_nonsense(text: str) -> None:
         {"cache_dir": "cache\0dir"},  # no file can be named so: said now, not by each item
         {"ca_bundle": "ca\0.pem"},
         {"client_cert": "cert\0.pem"},
+        # A whole number too large for a float: an OverflowError, not a UsageError naming it.
+        {"stall_timeout": 10**400},
+        {"lock_timeout": 2**1024},
     ],
 )
 def test_settings_are_validated_on_creation(bad: dict[str, object]) -> None:
