@@ -259,7 +259,7 @@ _AS_OURS = {"accept-encoding": "identity", "connection": "keep-alive"}
 
 def check_header(name: object, value: object) -> None:
     """Refuse a header http.client would reject or that would split the request: names
-    of token characters, values of latin-1 without CR, LF or NUL; and one of ours
+    of token characters, values of latin-1 without control characters but tabs; and one of ours
     (``_OURS``) unless its value is ours too (``_AS_OURS``)."""
     _require(
         isinstance(name, str) and _TOKEN.fullmatch(name) is not None,
@@ -269,12 +269,15 @@ def check_header(name: object, value: object) -> None:
     lowered = str(name).lower()
     as_ours = isinstance(value, str) and value.strip().lower() == _AS_OURS.get(lowered)
     _require(lowered not in _OURS or as_ours, f"header {name} is blobdl's own ({what}): drop it")
-    ok = isinstance(value, str) and not any(c in value for c in "\r\n\0")
+    # A field value is visible characters, spaces and tabs (RFC 9110, 5.5): CR and LF would
+    # split the request, any other control character a strict server refuses with a 400.
+    ok = isinstance(value, str) and not any(c != "\t" and (c < " " or c == "\x7f") for c in value)
     try:
         str(value).encode("latin-1")
     except UnicodeEncodeError:
         ok = False
-    _require(ok, f"bad value for header {name}: no CR, LF or NUL, latin-1 characters only")
+    _require(ok, f"bad value for header {name}: no control characters (a tab is fine), "
+                 "latin-1 characters only")  # fmt: skip
 
 
 def check_proxy_url(url: str, origin: str = "") -> None:

@@ -362,7 +362,7 @@ def _token_from(answer: Document) -> str:
         check_header("Authorization", f"Bearer {token}")
     except UsageError:
         raise fail(
-            "the token holds characters a header cannot carry (CR, LF, NUL, non-latin-1)"
+            "the token holds characters a header cannot carry (control characters, non-latin-1)"
         ) from None
     return str(token)
 

@@ -128,6 +128,26 @@ def test_an_items_bad_header_is_refused_naming_the_item(
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("char", ["\x01", "\x0b", "\x0c", "\x1b", "\x7f", "\r", "\n", "\0"])
+def test_a_header_value_with_a_control_character_is_refused_in_words(char: str) -> None:
+    """A field value holds visible characters, spaces and tabs (RFC 9110, 5.5). A control
+    character (an escape pasted from a terminal, a vertical tab) was sent as given, for a
+    strict server to answer 400 far from the cause; it is refused where it is given, the
+    value never shown. A tab stays a value's own."""
+    value = f"Bearer a{char}b"
+    manifest = json.dumps({"url": "http://h/x", "headers": {"Authorization": value}})
+    ways = {
+        "settings": lambda: Settings(headers=(("Authorization", value),)),
+        "-H": lambda: parse_header(f"Authorization: {value}"),
+        "a manifest": lambda: parse_manifest(manifest),
+    }
+    for way, give in ways.items():
+        with pytest.raises(UsageError, match="bad value for header Authorization") as refused:
+            give()
+        assert "Bearer" not in str(refused.value), way
+    assert Settings(headers=(("Authorization", "Bearer\ta b"),)).headers
+
+
 def test_more_parts_than_the_cap_is_a_usage_error_that_says_the_cap() -> None:
     with pytest.raises(UsageError, match=f"to {MAX_PARTS}"):
         Settings(parts=MAX_PARTS + 1)
