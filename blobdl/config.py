@@ -161,6 +161,10 @@ class Settings:
             check_text(name, getattr(self, name), optional=True)
             # No file (nor URL) is named so: said here, not by every item that opens it.
             _require("\0" not in (getattr(self, name) or ""), f"{name} holds a NUL byte")
+            # An empty one names nothing: it read as no cache, the system's CAs, no
+            # certificate. A variable that expanded to nothing, not what was meant.
+            _require(getattr(self, name) != "", f"{name} is empty (did a variable expand to "
+                     "nothing? None means none)")  # fmt: skip
         check_pairs(self.headers)
         for header in self.headers:
             check_header(*header)
@@ -334,8 +338,15 @@ def check_text(name: str, value: object, *, optional: bool = False) -> None:
 
 def check_path(name: str, value: object) -> None:
     """A path (str, or an os.PathLike whose ``__fspath__`` gives one) or None, or a
-    UsageError naming it: one that gives bytes would be taken, then fail inside."""
-    if value is None or isinstance(value, str):
+    UsageError naming it: one that gives bytes would be taken, then fail inside. An empty
+    one is the current directory to the file system: a variable that expanded to nothing,
+    never what was meant (the CLI's ``path_arg`` refuses it too)."""
+    if value is None:
+        return
+    if value == "":
+        raise UsageError(f"{name} is an empty path (did a variable expand to nothing? '.' "
+                         "names the current directory)")  # fmt: skip
+    if isinstance(value, str):
         return
     if not isinstance(value, os.PathLike):
         raise UsageError(f"{name} must be a path or None, not {type(value).__name__}")

@@ -571,6 +571,13 @@ def _careless_calls(tmp: Path) -> dict[str, Callable[[], object]]:
             local_dir=_BytesPath(tmp),
             endpoint=URL,  # type: ignore[arg-type]
         ),
+        # An empty path is the current directory to the file system: a variable that
+        # expanded to nothing, never what was meant (the CLI refuses it too).
+        "path empty": lambda: blobdl.download(URL, ""),
+        "base_dir empty": lambda: blobdl.download_many([], base_dir=""),
+        "pull models_dir empty": lambda: blobdl.pull(PULL_REF, ""),
+        "hf cache_dir empty": lambda: blobdl.hf_download("a/b", cache_dir="", endpoint=URL),
+        "hf local_dir empty": lambda: blobdl.hf_download("a/b", local_dir="", endpoint=URL),
     }
 
 

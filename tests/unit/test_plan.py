@@ -129,6 +129,12 @@ def test_parse_size_refuses_nonsense(text: str) -> None:
         {"cache_dir": "cache\0dir"},  # no file can be named so: said now, not by each item
         {"ca_bundle": "ca\0.pem"},
         {"client_cert": "cert\0.pem"},
+        # An empty path names nothing: a variable that expanded to nothing (it read as no
+        # cache, the system's CAs, no certificate: not what the caller meant).
+        {"cache_dir": ""},
+        {"ca_bundle": ""},
+        {"client_cert": ""},
+        {"client_cert": "c.pem", "client_key": ""},
         # A whole number too large for a float: an OverflowError, not a UsageError naming it.
         {"stall_timeout": 10**400},
         {"lock_timeout": 2**1024},
