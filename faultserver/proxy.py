@@ -12,7 +12,9 @@ Usage::
 ``ForwardProxy(refusals=[(403, "Filtered")])`` answers its first requests (forwarded or
 CONNECT, one refusal each, in order) with those statuses itself, as a proxy's policy or a
 lost upstream would, and serves the ones after honestly (a ``None`` among the refusals: that
-request too).
+request too). A ``bytes`` refusal is sent as it is, whatever it holds, and the connection
+closed: ``b""`` closes it without a word, other bytes are an answer that is no HTTP at all
+(a SOCKS or SSH server's, a status line cut short).
 
 One request per client connection: a forwarded request goes upstream with
 ``Connection: close`` and its response comes back with ``Connection: close``, so clients
@@ -54,7 +56,7 @@ class ForwardProxy:
     def __init__(
         self,
         tls: tuple[str, str] | None = None,
-        refusals: Sequence[tuple[int, str] | None] = (),
+        refusals: Sequence[tuple[int, str] | bytes | None] = (),
     ) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
@@ -95,7 +97,7 @@ class ForwardProxy:
         with self._lock:
             return {s.method for s in self.seen}
 
-    def note(self, seen: Seen) -> tuple[int, str] | None:
+    def note(self, seen: Seen) -> tuple[int, str] | bytes | None:
         """Record ``seen``; the refusal scripted for it, if any is left."""
         with self._lock:
             self.seen.append(seen)
@@ -172,7 +174,10 @@ class _Handler(socketserver.StreamRequestHandler):
         headers = [_split_header(line) for line in head[1:]]
         auth = next((v for k, v in headers if k.lower() == "proxy-authorization"), None)
         refusal = proxy.note(Seen(method, target, auth, tuple(headers)))
-        if refusal is not None:
+        if isinstance(refusal, bytes):
+            self.wfile.write(refusal)  # then the handler returns, and the connection closes
+            self.wfile.flush()
+        elif refusal is not None:
             self._refuse(*refusal)
         elif method == "CONNECT":
             self._tunnel(proxy, target)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import LocalFileError
 from ..http._remote import Remote
+from ..store._files import absolute
 from ..store._names import default_name, name_from_url
 from ._items import Item, inside
 
@@ -27,7 +28,7 @@ class Destinations:
         given: dict[int, str],
         base_dir: Path | None,
         cached: bool,
-        where_to: Callable[[str], str] = os.path.abspath,
+        where_to: Callable[[str], str] = absolute,
     ) -> None:
         self.base_dir = base_dir  # where items without a path are named
         self.cached = cached  # the batch has a cache: an item with a digest may come through it
@@ -68,9 +69,9 @@ class Destinations:
         found = {os.path.dirname(where) for where, i in self.claimed.items() if i in indices}
         chosen = [items[i] for i in indices]
         if any(item.path is None for item in chosen):
-            found.add(os.path.abspath(self.base_dir or os.curdir))
+            found.add(absolute(str(self.base_dir or os.curdir)))
         if cache_dir and any(item.digest is not None for item in chosen):
-            found.add(os.path.abspath(cache_dir))
+            found.add(absolute(cache_dir))
         return {Path(folder) for folder in found}
 
     def named(self, index: int, item: Item) -> Item:

@@ -17,6 +17,7 @@ from ..events import DownloadResult, Event
 from ..http._urls import check_url, lift_userinfo
 from ..store._destination import path_problem
 from ..store._digest import parse_digest
+from ..store._files import absolute
 
 
 class Item(NamedTuple):
@@ -61,7 +62,7 @@ def confine(base: Path, path: str) -> Path:
     if given.is_absolute():
         raise ValueError(f"path {path!r} is absolute; with a base directory give it relative")
     target = base / given
-    root, real = base.resolve(), target.resolve()
+    root, real = Path(absolute(str(base))).resolve(), Path(absolute(str(target))).resolve()
     if ".." in given.parts or real == root or not real.is_relative_to(root):
         raise ValueError(f"path {path!r} leads outside the base directory {str(base)!r}")
     return target
@@ -151,7 +152,7 @@ def same_file() -> Callable[[str], str]:
     real: dict[str, str] = {}
 
     def where_to(path: str) -> str:
-        folder, name = os.path.split(os.path.abspath(path))
+        folder, name = os.path.split(absolute(path))
         if folder not in real:
             try:
                 real[folder] = os.path.realpath(folder)
@@ -162,7 +163,7 @@ def same_file() -> Callable[[str], str]:
     return where_to
 
 
-def first_of_each(items: list[Item], where_to: Callable[[str], str] = os.path.abspath) -> list[int]:
+def first_of_each(items: list[Item], where_to: Callable[[str], str] = absolute) -> list[int]:
     """For each item, the index of the first item it duplicates (itself if none).
 
     Only an identical request is a duplicate: same URL, destination, digest and headers

@@ -18,6 +18,7 @@ and they read their responses past any interim (1xx) ones (``_interim``).
 
 from __future__ import annotations
 
+import http.client
 import socket
 import ssl
 import threading
@@ -160,6 +161,11 @@ class _NotedHTTPConnection(HTTPConnection):
             super()._tunnel()
         except TimeoutError as exc:  # the proxy's answer did not come in time: its fault
             raise ProxyError("the proxy did not answer CONNECT in time", exc) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            # Closed, reset, or no HTTP at all (a SOCKS or SSH server given as the proxy): the
+            # server was never reached. urllib3 counts us connected to the proxy from here
+            # on, so it would not say so, and the error would name the server.
+            raise ProxyError("the proxy did not answer CONNECT", exc) from exc
         clamp(self.sock)  # the server's handshake, through the tunnel, gets what is left
 
 

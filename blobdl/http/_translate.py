@@ -162,13 +162,14 @@ def _connection_detail(exc: BaseException, peer: Peer) -> str:
     reason = _reason(exc)
     if _inner(exc, (NewConnectionError, ConnectTimeoutError)) is not None:
         return f"Failed to connect to {peer}: {reason}"
-    if peer.proxy:
+    malformed = _inner(exc, http.client.HTTPException) is not None and _inner(exc, OSError) is None
+    if peer.proxy and not malformed:  # a proxy's answer that is no HTTP is said as such below
         return f"{peer} failed: {reason}"
     if _inner(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected)) is not None:
         return f"connection to {peer} closed early"
     if _inner(exc, (TimeoutError, Urllib3Timeout)) is not None:
         return f"no answer from {peer}: timed out"
-    if _inner(exc, http.client.HTTPException) is not None and _inner(exc, OSError) is None:
+    if malformed:
         return f"malformed response from {peer}: {reason}"
     return f"connection to {peer} failed: {reason}"
 

@@ -211,6 +211,15 @@ def local_error(path: Path, exc: OSError) -> LocalFileError:
     return LocalFileError(str(path), exc.strerror or str(exc))
 
 
+def absolute(path: str) -> str:
+    """``os.path.abspath(path)``; a current directory that was removed, which a relative
+    path needs and ``getcwd`` cannot give, is said as the error a download names it with."""
+    try:
+        return os.path.abspath(path)
+    except FileNotFoundError:
+        raise LocalFileError(os.curdir, "the current directory was deleted") from None
+
+
 def directory_problem(directory: Path) -> LocalFileError | None:
     """The error naming ``directory`` if it is not an existing directory; None if it is."""
     try:
@@ -219,6 +228,11 @@ def directory_problem(directory: Path) -> LocalFileError | None:
         return LocalFileError(str(directory), "directory does not exist")
     if not stat.S_ISDIR(info.st_mode):
         return LocalFileError(str(directory), f"is {_kind(info.st_mode)}, not a directory")
+    if info.st_nlink == 0:  # removed, yet found: only the current directory can be
+        current = directory == Path()
+        return LocalFileError(
+            str(directory), f"the {'current ' if current else ''}directory was deleted"
+        )
     return None
 
 

@@ -168,3 +168,40 @@ def test_a_proxy_refusing_a_part_after_the_probe_fails_the_download_at_once(
     assert type(caught.value) is (ProxyRefused if route == "tunnelled" else HTTPStatusError)
     assert not caught.value.retryable and caught.value.exit_code == EXIT_NETWORK
     assert proxy.forwarded == 2, proxy.seen
+
+
+# What may come back instead of an answer to CONNECT: nothing (a proxy restarting, an https
+# proxy given as http:// hanging up on plain text), or bytes that are no HTTP (a SOCKS or SSH
+# server given as the proxy, a status line cut short).
+NO_ANSWERS = {"closed": b"", "ssh": b"SSH-2.0-OpenSSH_9.6\r\n", "socks": b"\x05\xff",
+              "cut short": b"HTTP/1.1 2"}  # fmt: skip
+
+
+@pytest.mark.parametrize("answer", NO_ANSWERS.values(), ids=NO_ANSWERS.keys())
+@pytest.mark.parametrize("speaks", ["http", "https"])
+def test_a_proxy_that_drops_or_garbles_its_answer_to_connect_is_named_as_the_proxy(
+    answer: bytes, speaks: str, origins: dict[str, str], tls_server: ServerHandle, pki: PKI,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The server was never reached: the error names the proxy (it named the server, "connection
+    to 127.0.0.1 port N closed early", sending the user to the wrong machine)."""
+    tls = (pki.server_cert, pki.server_key) if speaks == "https" else None
+    with ForwardProxy(tls=tls, refusals=[answer] * 10) as proxy:
+        settings = fast_settings(proxy=proxy.url, trust_env=False, ca_bundle=pki.ca_pem, retries=1)
+        with pytest.raises(ConnectionFailed) as caught:
+            Downloader(settings).download(origins["tunnelled"], tmp_path / "out")
+    said, named = str(caught.value), f"proxy 127.0.0.1 port {proxy.port}"
+    assert said.startswith(
+        f"{named} failed: " if not answer else f"malformed response from {named}: "
+    ), said
+    assert caught.value.retryable and caught.value.exit_code == EXIT_NETWORK
+    assert proxy.forwarded == 2 and tls_server.stats()["requests"] == 0, proxy.seen
+
+
+def test_a_proxy_that_drops_its_answer_to_connect_is_retried_and_the_bytes_are_exact(
+    origins: dict[str, str], pki: PKI, tmp_path: Path
+) -> None:
+    with ForwardProxy(refusals=[b"", b"\x05\xff"]) as proxy:
+        Downloader(_settings(proxy.url, pki)).download(origins["tunnelled"], tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == origins["sha256"]
+    assert proxy.forwarded > 2, proxy.seen

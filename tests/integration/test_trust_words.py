@@ -171,6 +171,51 @@ def test_a_destination_under_a_missing_directory_names_the_directory(
     assert code == EXIT_LOCAL and line == f"{not_a_dir}: is a file, not a directory", line
 
 
+def in_a_deleted_directory(
+    tmp_path: Path, *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a current directory removed before it starts (a shell left in a folder
+    another one removed): still there to stat, empty, its links gone, it takes no file."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["PYTHONPATH"] = str(REPO)  # blobdl is found from nowhere: the current directory is gone
+    blobdl = [sys.executable, "-m", "blobdl", *args, "--retries", "0"]
+    command = ["sh", "-c", 'cd "$1" && rmdir "$1" && shift && exec "$@"', "sh", str(gone)]
+    done = subprocess.run([*command, *blobdl], input=stdin, capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+    assert not gone.exists()
+    return done
+
+
+DELETED = "blobdl: error: .: the current directory was deleted\n"
+
+
+@pytest.mark.parametrize("where", [["-o", "out"], []], ids=["-o out", "the server's name"])
+def test_a_current_directory_deleted_before_the_start_is_named(
+    where: list[str], make: Make, tmp_path: Path
+) -> None:
+    """A relative destination's directory is the current one: the error said our side file
+    in it, "out.blobdl-lock: No such file or directory"."""
+    done = in_a_deleted_directory(tmp_path, make(1000, seed=2102).url, *where)
+    assert (done.returncode, done.stderr) == (EXIT_LOCAL, DELETED), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "options"),
+    [(" out", []), ("", []), (" out", ["--base-dir", "base"])],
+    ids=["a relative path", "the server's name", "a relative base directory"],
+)
+def test_a_manifest_run_in_a_deleted_current_directory_is_named_not_a_traceback(
+    path: str, options: list[str], make: Make, tmp_path: Path
+) -> None:
+    """The batch made its paths absolute with the current directory, which raised
+    FileNotFoundError from getcwd() out of blobdl: a traceback, exit 1."""
+    url = make(1000, seed=2103).url
+    done = in_a_deleted_directory(tmp_path, "-i", "-", *options, stdin=url + path)
+    assert (done.returncode, done.stderr) == (EXIT_LOCAL, DELETED), done.stderr
+
+
 def test_our_side_files_in_a_missing_directory_name_the_directory(tmp_path: Path) -> None:
     """Wherever a side file is opened (the lock first), a directory that went missing after
     the destination was checked is what the error names."""
