@@ -1,0 +1,107 @@
+"""A rerun that is not quite the same run: other options, a server that changed its ways.
+
+A partial left by one run is continued by the next, or started over on proof that the blob
+changed; whatever the rerun does, it ends with the blob's exact bytes at the destination
+and nothing of ours beside it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from blobdl import Downloader
+from blobdl.store._resume import state_path
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.integration.test_trust_keep import temp_of
+from tests.integration.test_trust_resume import partial
+
+Make = Callable[..., Blob]
+
+
+def beside(out: Path) -> list[str]:
+    """What is in the destination's folder."""
+    return sorted(p.name for p in out.parent.iterdir())
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """``hold(dest)``: another process holds the destination's lock (a live run writing it)
+    until the test ends."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def hold(dest: Path) -> None:
+        code = (
+            "import fcntl, sys, os\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n"
+        )
+        lock = dest.with_name(dest.name + ".blobdl-lock")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+
+    yield hold
+    for proc in procs:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.wait(5)
+        proc.stdout.close()
+
+
+# --- the rerun changes its options ------------------------------------------------------
+
+
+def test_a_rerun_through_a_cache_leaves_nothing_of_the_partial_beside_the_destination(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The first run had no cache; the rerun adds --cache-dir (and so fills the cache entry,
+    not the destination's partial). Once the verified blob is placed, the partial and its
+    record beside the destination claim nothing: they go, as after any finished run."""
+    blob = make(8 * PART, seed=3101)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    cache = tmp_path / "cache"
+    settings = fast_settings(cache_dir=str(cache))
+    Downloader(settings).download(blob.url, out, digest=f"sha256:{blob.sha256}")
+    assert sha256_file(out) == blob.sha256
+    assert beside(out) == ["cache", "out"]
+
+
+def test_a_cache_hit_leaves_nothing_of_the_partial_beside_the_destination(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Another destination filled the cache meanwhile: the rerun is a hit, and the partial
+    its first run left beside the destination goes too."""
+    blob = make(8 * PART, seed=3102)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    settings = fast_settings(cache_dir=str(tmp_path / "cache"))
+    digest = f"sha256:{blob.sha256}"
+    Downloader(settings).download(blob.url, tmp_path / "elsewhere", digest=digest)
+    result = Downloader(settings).download(blob.url, out, digest=digest)
+    assert result.cached and sha256_file(out) == blob.sha256
+    assert beside(out) == ["cache", "elsewhere", "out"]
+
+
+def test_a_partial_another_run_is_writing_is_left_to_it(
+    make: Make, server: ServerHandle, tmp_path: Path, holder: Callable[[Path], None]
+) -> None:
+    """A run through the cache places the destination, but another run holds its lock (it
+    is writing the partial there): that partial is its own, and stays."""
+    blob = make(8 * PART, seed=3103)
+    out = tmp_path / "out"
+    kept = partial(blob, server, out)
+    holder(out)
+    settings = fast_settings(cache_dir=str(tmp_path / "cache"))
+    Downloader(settings).download(blob.url, out, digest=f"sha256:{blob.sha256}")
+    assert sha256_file(out) == blob.sha256
+    assert temp_of(out).exists() and state_path(out).exists() and kept > 0
