@@ -7,17 +7,22 @@ and nothing of ours beside it.
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from blobdl import Downloader
 from blobdl.store._resume import state_path
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
 from tests.integration.test_trust_keep import temp_of
 from tests.integration.test_trust_resume import partial
 
@@ -105,3 +110,79 @@ def test_a_partial_another_run_is_writing_is_left_to_it(
     Downloader(settings).download(blob.url, out, digest=f"sha256:{blob.sha256}")
     assert sha256_file(out) == blob.sha256
     assert temp_of(out).exists() and state_path(out).exists() and kept > 0
+
+
+# --- the whole tree SIGKILLed anywhere, again and again ---------------------------------
+
+KILLS = 20
+BIG = 32 * PART  # 2 MiB
+
+
+def killed_run(url: str, out: Path, args: list[str], after: float) -> None:
+    """The CLI started in a session of its own, and that whole session SIGKILLed ``after``
+    seconds on (at its start, mid-probe, mid-part, mid-checkpoint, mid-rename: anywhere)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blobdl", url, "-o", str(out), "-q", *args],
+        cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        proc.wait(after)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # Nothing of the tree lives on to write into the partial the next run resumes (its
+    # orphans are zombies until init reaps them: dead, they write nothing).
+    tree = [p for p in psutil.process_iter() if _session(p) == proc.pid]
+    deadline = time.monotonic() + 5
+    while not all(_dead(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(_dead(p) for p in tree), tree
+
+
+def _session(proc: psutil.Process) -> int | None:
+    try:
+        return os.getsid(proc.pid)
+    except OSError:
+        return None
+
+
+def _dead(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def options(rng: random.Random, sha256: str) -> list[str]:
+    """A rerun's options, chosen anew each time: the parts, the connections, a digest or
+    none, a rate limit or none."""
+    size = rng.choice(["64KiB", "128KiB", "256KiB"])
+    args = ["--min-part-size", "64KiB", "--max-part-size", size,
+            "--connections", str(rng.randint(1, 4)), "--checkpoint-interval", "0.05",
+            "--max-backoff", "0.05"]  # fmt: skip
+    if rng.random() < 0.5:
+        args += ["--digest", f"sha256:{sha256}"]
+    if rng.random() < 0.3:
+        args += ["--limit-rate", "400KB"]
+    return args
+
+
+def test_sigkill_of_the_whole_tree_anywhere_then_a_rerun_gives_the_exact_blob(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Twenty runs, each with other options, each SIGKILLed whole at a moment of its own
+    (seeded), each resuming what the one before left; then a run to the end. The bytes are
+    the blob's, and nothing of ours is left beside them."""
+    blob = make(BIG, seed=3110)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
+                       "action": "rate", "bps": 60_000, "step": 8192})  # fmt: skip
+    out = tmp_path / "out"
+    rng = random.Random(3110)
+    for _ in range(KILLS):
+        killed_run(blob.url, out, options(rng, blob.sha256), rng.uniform(0.1, 0.9))
+        assert not out.exists() or sha256_file(out) == blob.sha256
+    server.reset()
+    done = run_cli(blob.url, "-o", str(out), "-q", *options(rng, blob.sha256))
+    assert done.returncode == 0, done.stderr
+    assert sha256_file(out) == blob.sha256
+    assert beside(out) == ["out"]
