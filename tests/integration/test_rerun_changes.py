@@ -21,6 +21,7 @@ import pytest
 
 from blobdl import Downloader
 from blobdl.store._resume import state_path
+from faultserver.server import make_etag
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
 from tests.integration.test_trust_keep import temp_of
@@ -186,3 +187,63 @@ def test_sigkill_of_the_whole_tree_anywhere_then_a_rerun_gives_the_exact_blob(
     assert done.returncode == 0, done.stderr
     assert sha256_file(out) == blob.sha256
     assert beside(out) == ["out"]
+
+
+# --- the server changes its ways between runs -------------------------------------------
+
+
+def weak(server: ServerHandle, blob: Blob) -> str:
+    """The blob's ETag as an edge that weakens it sends it (W/ and the same opaque tag, as
+    nginx or a CDN does once it may transform the body)."""
+    return "W/" + make_etag((server.root / blob.name).stat())
+
+
+def test_a_strong_etag_that_turns_weak_keeps_the_partial(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The rerun's server sends W/"x" where the first run's sent "x": the same tag, no
+    longer vouching for every byte. That proves no change (they match weakly, RFC 9110
+    8.8.3.2), as a validator that disappears proves none: the bytes are kept."""
+    blob = make(8 * PART, seed=3121)
+    out = tmp_path / "out"
+    kept = partial(blob, server, out)
+    server.set_faults({"path": "/files/*", "times": None, "action": "headers",
+                       "set": {"ETag": weak(server, blob)}})  # fmt: skip
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == kept
+    assert server.stats()["bytes_sent"] == blob.size - kept + 1  # only what was missing
+
+
+def test_a_weak_etag_that_turns_strong_keeps_the_partial(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(8 * PART, seed=3122)
+    out = tmp_path / "out"
+    kept = partial(blob, server, out, {"action": "headers", "set": {"ETag": weak(server, blob)}})
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == kept
+
+
+def test_edges_that_weaken_the_etag_of_some_ranges_do_not_end_the_download(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Mid-download, as between runs: a range answered under W/"x" by one edge of a CDN is
+    the blob pinned as "x"."""
+    blob = make(8 * PART, seed=3123)
+    out = tmp_path / "out"
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 2, "times": 3, "action": "headers",
+                       "set": {"ETag": weak(server, blob)}})  # fmt: skip
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.retries == 0
+
+
+def test_another_weak_etag_still_discards_the_partial(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(8 * PART, seed=3124)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    server.set_faults({"path": "/files/*", "times": None, "action": "headers",
+                       "set": {"ETag": 'W/"another"'}})  # fmt: skip
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == 0
