@@ -50,16 +50,24 @@ def change(before: Identity, after: Identity) -> str | None:
     The one rule of "same blob", for a resume, a refreshed URL and every response mid-
     download alike: the size must match; a validator proves a change only when both looks
     have one and they differ. One that disappears (a server, or an edge of it, that stops
-    sending it) or appears proves nothing: the bytes are not thrown away for it."""
+    sending it) or appears proves nothing: the bytes are not thrown away for it. Nor does
+    an ETag that only turns weak or strong (``W/"x"`` for ``"x"``, an edge that may
+    transform bodies): ETags differ only if their tags do (RFC 9110 8.8.3.2's weak
+    comparison)."""
     if before.size != after.size:
         return f"size changed from {before.size} to {after.size}"
-    for name, old, new in (
-        ("ETag", before.etag, after.etag),
-        ("Last-Modified", before.last_modified, after.last_modified),
+    for name, old, new, same in (
+        ("ETag", before.etag, after.etag, _same_tag),
+        ("Last-Modified", before.last_modified, after.last_modified, str.__eq__),
     ):
-        if old and new and old != new:
+        if old and new and not same(old, new):
             return f"{name} changed from {old} to {new}"
     return None
+
+
+def _same_tag(one: str, other: str) -> bool:
+    """RFC 9110's weak comparison: the opaque tags are equal, either or both weak."""
+    return one.removeprefix("W/") == other.removeprefix("W/")
 
 
 def proven_same(before: Identity, after: Identity) -> bool:
@@ -70,7 +78,7 @@ def proven_same(before: Identity, after: Identity) -> bool:
     Nothing to compare shows nothing."""
     if before.size is None or change(before, after) is not None:
         return False
-    if before.etag and after.etag and not before.etag.startswith("W/"):
+    if before.etag and before.etag == after.etag and not before.etag.startswith("W/"):
         return True
     return bool(before.last_modified) and before.last_modified == after.last_modified
 

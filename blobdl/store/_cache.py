@@ -81,6 +81,8 @@ def through_cache(
     after = place(entry, dest, verified)
     if after is not verified:
         reseal(entry, hexdigest, after)  # our own new link changed the entry's ctime
+    # An earlier run without the cache may have left a partial of it beside ``dest``.
+    _sweep_beside(dest)
     if fetched is not None and fetched.bytes_fetched > 0:
         return dataclasses.replace(fetched, path=dest)
     elapsed = time.monotonic() - started
@@ -103,15 +105,18 @@ def _hit(entry: Path, hexdigest: str, verify_always: bool) -> os.stat_result | N
     return verify(entry, hexdigest)
 
 
-def _sweep_beside(entry: Path) -> None:
-    """A hit: a filler killed after the entry's rename left its record and lock beside it.
-    They go under the entry's lock, taken without waiting: one held belongs to a live job
-    (another hit sweeping, or a filler hashing the entry), which is left alone."""
+def _sweep_beside(path: Path) -> None:
+    """``path`` (an entry, or a destination placed from one) is complete: what an earlier
+    run left beside it claims nothing any more. A filler killed after the entry's rename
+    left its record and lock; a run without the cache, its partial of the destination.
+    They go under ``path``'s lock, taken without waiting: one held belongs to a live job
+    (another hit sweeping, a filler hashing the entry, a run writing the destination),
+    which is left alone."""
     try:
-        with DestinationLock(entry, 0.0):
-            sweep(entry)
+        with DestinationLock(path, 0.0):
+            sweep(path)
     except LocalFileError as exc:  # DestinationLocked among them
-        log.debug("left what is beside the cache entry %s as it is: %s", entry, exc)
+        log.debug("left what is beside %s as it is: %s", path, exc)
 
 
 def entry_path(cache_dir: Path, hexdigest: str) -> Path:

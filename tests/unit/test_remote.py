@@ -27,6 +27,9 @@ LM, LATER = "Mon, 01 Jan 2024 00:00:00 GMT", "Tue, 02 Jan 2024 00:00:00 GMT"
         (Identity(None, '"a"', LM), Identity(None, '"a"', LM), False),  # no size known
         (Identity(10, None, None), Identity(10, None, None), False),  # nothing to compare
         (Identity(10, '"a"', None), Identity(10, None, LM), False),
+        (Identity(10, '"a"', None), Identity(10, 'W/"a"', None), False),  # turned weak
+        (Identity(10, 'W/"a"', None), Identity(10, '"a"', None), False),
+        (Identity(10, '"a"', LM), Identity(10, 'W/"a"', LM), True),  # the Last-Modified does
     ],
 )
 def test_only_a_shown_sameness_is_the_same_blob(
@@ -35,6 +38,27 @@ def test_only_a_shown_sameness_is_the_same_blob(
     assert proven_same(before, after) is same
     if same:  # what is shown the same is never a change either
         assert change(before, after) is None
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "changed"),
+    [
+        ('"a"', 'W/"a"', False),  # the same tag, turned weak (an edge that may transform)
+        ('W/"a"', '"a"', False),
+        ('W/"a"', 'W/"a"', False),
+        ('W/"a"', 'W/"b"', True),  # another tag, weak or not, is another blob
+        ('"a"', 'W/"b"', True),
+        ('"a"', '"b"', True),
+        ('"a"', None, False),  # one that disappears proves nothing
+    ],
+)
+def test_etags_are_compared_weakly_for_a_change(
+    before: str, after: str | None, changed: bool
+) -> None:
+    shown = change(Identity(10, before, LM), Identity(10, after, LM))
+    assert (shown is not None) is changed
+    if changed:
+        assert shown == f"ETag changed from {before} to {after}"
 
 
 @pytest.mark.parametrize(
