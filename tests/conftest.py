@@ -173,6 +173,21 @@ def opened_by(pid: int, path: Path) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real file system of ``size`` (tmpfs) at ``mount``, made here and unmounted after:
+    a small disk, or a second one. CI runs as root: a refused mount is a broken set-up,
+    not a reason to skip."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr!r}"
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
 def sha256_file(path: Path) -> str:
     import hashlib
 

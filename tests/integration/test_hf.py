@@ -835,6 +835,19 @@ def test_a_tree_listing_that_starts_over_is_refused_at_its_first_repeat(
     assert not list(cache.glob("*/blobs/*"))
 
 
+def _hf_shrunk(
+    hub: HubHandle, home: Path, repo_id: str, shrink: str
+) -> subprocess.CompletedProcess[str]:
+    """``blobdl hf REPO`` into ``home``'s cache, in a process whose listing bounds are
+    shrunk by ``shrink`` (statements on ``blobdl.hf._hub`` as ``hub``): the real ones take
+    millions of entries, or 100,000 requests, to reach."""
+    code = f"import blobdl.hf._hub as hub; {shrink}; from blobdl.cli import run; run()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "hf", repo_id, "--cache-dir", str(home / "cache"), *FAST],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=hf_env(hub.url, home),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("bound", "words", "pages"),
     [
@@ -860,13 +873,8 @@ def test_an_endless_tree_listing_ends_past_its_bound_in_one_line(
     endless = HubRepo("acme/endless", endless=True)
     endless.commit({"a.txt": b"a\n"})
     hub.publish([*repos.values(), endless])
-    shrunk = f"import blobdl.hf._hub as hub; hub.MAX_PAGES = 50; hub.{bound}; "
     before = len(hub.log())
-    done = subprocess.run(
-        [sys.executable, "-c", shrunk + "from blobdl.cli import run; run()", "hf", endless.id,
-         "--cache-dir", str(tmp_path / "cache"), *FAST],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env=hf_env(hub.url, tmp_path),
-    )  # fmt: skip
+    done = _hf_shrunk(hub, tmp_path, endless.id, f"hub.MAX_PAGES = 50; hub.{bound}")
     assert done.returncode == 4, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "the tree listing runs " + words in lines[0], lines
@@ -887,13 +895,8 @@ def test_tree_pages_that_list_nothing_end_the_listing_after_a_few_in_one_line(
     drip = HubRepo("acme/empty-pages", endless_empty=True)
     drip.commit({"a.txt": b"a\n"})
     hub.publish([*repos.values(), drip])
-    shrunk = "import blobdl.hf._hub as hub; hub.MAX_PAGES = 50; "
     before = len(hub.log())
-    done = subprocess.run(
-        [sys.executable, "-c", shrunk + "from blobdl.cli import run; run()", "hf", drip.id,
-         "--cache-dir", str(tmp_path / "cache"), *FAST],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env=hf_env(hub.url, tmp_path),
-    )  # fmt: skip
+    done = _hf_shrunk(hub, tmp_path, drip.id, "hub.MAX_PAGES = 50")
     assert done.returncode == 4, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "list nothing, 16 in a row" in lines[0], lines

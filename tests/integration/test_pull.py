@@ -36,7 +36,7 @@ from faultserver.registry import (
     start_token_server,
 )
 from faultserver.serverctl import ServerHandle
-from tests.conftest import REPO, Blob, fast_settings, run_cli
+from tests.conftest import REPO, Blob, fast_settings, mounted_tmpfs, run_cli
 from tests.integration.conftest import PKI
 
 KB = 1024
@@ -534,14 +534,8 @@ def test_a_persistent_storage_fault_is_one_line_and_the_partial_is_kept(
 @pytest.fixture
 def small_store(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB filesystem (tmpfs) for the store."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
-    # CI runs as root: a refused mount is a broken set-up, not a reason to skip.
-    assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr!r}"
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with mounted_tmpfs(tmp_path / "tmpfs", "1m") as mount:
+        yield mount
 
 
 def test_a_pull_that_cannot_fit_is_refused_before_the_first_byte(

@@ -5,14 +5,13 @@ elsewhere), at any depth. A pull fills it as Ollama would, and Ollama reads the 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from faultserver.registry import Registry
-from tests.conftest import run_cli
+from tests.conftest import mounted_tmpfs, run_cli
 from tests.integration.test_ollama_store import age
 from tests.integration.test_pull import ref
 from tests.ollama_model import assert_ollama_reads, prune_layers
@@ -23,14 +22,8 @@ KB = 1024
 @pytest.fixture
 def other_disk(tmp_path: Path) -> Iterator[Path]:
     """A real second file system (tmpfs): the disk the user moved part of the store to."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
-    # CI runs as root: a refused mount is a broken set-up, not a reason to skip.
-    assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr!r}"
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with mounted_tmpfs(tmp_path / "disk", "16m") as mount:
+        yield mount
 
 
 @pytest.mark.parametrize(

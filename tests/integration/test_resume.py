@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,16 @@ from blobdl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_OK,
 from blobdl.store import _resume
 from blobdl.store._resume import PartRecord, State, save, state_path
 from faultserver.serverctl import ServerHandle, make_blob
-from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file, spawn_cli
+from tests.conftest import (
+    PART,
+    REPO,
+    Blob,
+    fast_settings,
+    mounted_tmpfs,
+    run_cli,
+    sha256_file,
+    spawn_cli,
+)
 
 Make = Callable[..., Blob]
 BIG = 32 * PART  # 2 MiB: 32 parts
@@ -548,15 +557,9 @@ def test_not_enough_space_is_refused_before_any_byte(
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Path:
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    # CI runs as root: a refused mount is a broken set-up, not a reason to skip.
-    assert done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr!r}"
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path / "tmpfs", "256k") as mount:
+        yield mount
 
 
 def test_real_small_filesystem_is_refused(make: Make, small_tmpfs: Path) -> None:
