@@ -30,7 +30,7 @@ from ..store._lock import in_turns
 from . import _env
 from ._disk import leftovers
 from ._hub import Hub
-from ._layouts import Layout, layout_for
+from ._layouts import Layout, folders, layout_for
 from ._offline import on_disk
 from ._repo import Repo, RepoFile, Wanted, check_revision, is_commit, parse_repo
 
@@ -120,6 +120,7 @@ def hf_download(
     paths = _patterns("paths", paths, "a path in the repository or a list of them") or ()
     if cache_dir is not None and local_dir is not None:
         raise UsageError("give a cache dir or a local dir, not both")
+    cache_dir, local_dir = folders(cache_dir, local_dir)
     wanted = Wanted(paths, include, exclude)
     offline = _env.offline()
     if offline is not None:  # not one request: the disk serves it all, or nothing is done

@@ -1,0 +1,113 @@
+"""``blobdl hf`` against what the user's side does around it: a current directory removed
+under a relative folder, a local dir copied or touched since it was filled; huggingface_hub
+judges what it then finds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blobdl.errors import EXIT_LOCAL
+from faultserver.hub import HubHandle, HubRepo, start_hub
+from tests.conftest import REPO
+from tests.hf_client import hf_env
+from tests.integration.test_hf import FAST, contents, resolves
+
+SHARD = 300_000  # the repository's LFS file
+
+
+@pytest.fixture(scope="module")
+def repo() -> HubRepo:
+    repo = HubRepo("acme/small")
+    repo.commit(
+        {
+            "config.json": b'{"hidden": 8}\n',
+            "sub/notes.txt": b"notes\n",
+            "w.safetensors": os.urandom(SHARD),
+        }
+    )
+    return repo
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, repo: HubRepo) -> Iterator[HubHandle]:
+    handle = start_hub(tmp_path_factory.mktemp("hub"), [repo])
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh(hub: HubHandle) -> None:
+    hub.reset()
+
+
+# --- a current directory removed before the start -------------------------------------------
+
+DELETED = "blobdl: error: .: the current directory was deleted\n"
+
+
+def in_a_deleted_directory(
+    hub: HubHandle, tmp_path: Path, *args: str, **variables: str
+) -> subprocess.CompletedProcess[str]:
+    """``blobdl hf ARGS`` run in a current directory removed before it starts (a shell left
+    in a folder another one removed), with ``variables`` in its environment."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = {**hf_env(hub.url, tmp_path / "home"), "PYTHONPATH": str(REPO), **variables}
+    blobdl = [sys.executable, "-m", "blobdl", "hf", *args, *FAST]
+    command = ["sh", "-c", 'cd "$1" && rmdir "$1" && shift && exec "$@"', "sh", str(gone)]
+    done = subprocess.run([*command, *blobdl], capture_output=True, text=True, timeout=60,
+                          env=env)  # fmt: skip
+    assert not gone.exists()
+    return done
+
+
+@pytest.mark.parametrize(
+    ("args", "variables"),
+    [
+        (("--local-dir", "ld"), {}),
+        (("--cache-dir", "cache"), {}),
+        ((), {"HF_HUB_CACHE": "cache"}),
+        ((), {"HF_HOME": "home"}),
+        ((), {"HF_HOME": ""}),  # huggingface_hub's cache is then ./hub
+        (("--local-dir", "ld"), {"HF_HUB_OFFLINE": "1"}),
+        (("--cache-dir", "cache"), {"HF_HUB_OFFLINE": "1"}),
+    ],
+    ids=[
+        "--local-dir",
+        "--cache-dir",
+        "HF_HUB_CACHE",
+        "HF_HOME",
+        "HF_HOME empty",
+        "offline --local-dir",
+        "offline --cache-dir",
+    ],
+)
+def test_a_relative_folder_in_a_deleted_current_directory_is_named_not_a_traceback(
+    hub: HubHandle, tmp_path: Path, args: tuple[str, ...], variables: dict[str, str]
+) -> None:
+    """A relative local dir or cache is in the current directory: resolving it raised
+    FileNotFoundError from getcwd() out of blobdl, a traceback and exit 1, after the Hub
+    was asked; a single download says it in one line."""
+    done = in_a_deleted_directory(hub, tmp_path, "acme/small", *args, **variables)
+    assert (done.returncode, done.stderr) == (EXIT_LOCAL, DELETED), done.stderr
+    assert resolves(hub) == []
+
+
+def test_a_relative_local_dir_is_printed_as_the_folder_huggingface_hub_names(
+    hub: HubHandle, repo: HubRepo, tmp_path: Path
+) -> None:
+    """The folder printed is where the files are, whichever directory reads the line."""
+    env = {**hf_env(hub.url, tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "acme/small", "--local-dir", "ld", "-q", *FAST],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path / 'ld'}\n"
+    assert contents(tmp_path / "ld") == repo.contents[repo.refs["main"]]
