@@ -5,6 +5,7 @@ judges what it then finds."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +16,8 @@ import pytest
 from blobdl.errors import EXIT_LOCAL
 from faultserver.hub import HubHandle, HubRepo, start_hub
 from tests.conftest import REPO
-from tests.hf_client import hf_env
-from tests.integration.test_hf import FAST, contents, resolves
+from tests.hf_client import call, hf_env
+from tests.integration.test_hf import FAST, blobdl_hf, contents, resolves
 
 SHARD = 300_000  # the repository's LFS file
 
@@ -111,3 +112,47 @@ def test_a_relative_local_dir_is_printed_as_the_folder_huggingface_hub_names(
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{tmp_path / 'ld'}\n"
     assert contents(tmp_path / "ld") == repo.contents[repo.refs["main"]]
+
+
+# --- a local dir the user touched or changed ----------------------------------------------------
+
+
+def _copied_without_times(ld: Path, to: Path) -> None:
+    """``cp -r ld to`` a minute after ``ld`` was filled: the bytes and the bookkeeping,
+    every file's time now, each metadata's stamp (rewritten here) a minute older."""
+    shutil.copytree(ld, to, copy_function=shutil.copyfile)
+    for meta in (to / ".cache" / "huggingface" / "download").rglob("*.metadata"):
+        commit, etag, stamp = meta.read_text().splitlines()
+        meta.write_text(f"{commit}\n{etag}\n{float(stamp) - 60}\n")
+
+
+def test_a_local_dir_copied_without_its_times_is_kept_where_its_bytes_are_right(
+    hub: HubHandle, repo: HubRepo, tmp_path: Path
+) -> None:
+    """Copied (``cp -r``, a backup restored), every file is newer than its metadata, which
+    huggingface_hub then ignores and hashes the file instead (an LFS one): kept if it
+    hashes right. blobdl fetched every file again, shards included."""
+    env = hf_env(hub.url, tmp_path / "home")
+    ld = tmp_path / "ld"
+    assert blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(ld)).returncode == 0
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    _copied_without_times(ld, theirs)
+    _copied_without_times(ld, ours)
+    hub.reset()
+    got = call(env, "snapshot_download", repo_id="acme/small", local_dir=str(theirs))
+    assert "error" not in got, got
+    assert hub.storage.stats()["requests"] == 0  # the judge kept the shard
+    hub.reset()
+    before = len(hub.log())
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(ours))
+    assert done.returncode == 0, done.stderr
+    assert resolves(hub, before) == [] and hub.storage.stats()["requests"] == 0
+    assert contents(ours) == repo.contents[repo.refs["main"]]
+    before = len(hub.log())
+    got = call(env, "snapshot_download", repo_id="acme/small", local_dir=str(ours))
+    assert "error" not in got, got
+    assert resolves(hub, before) == [] and hub.storage.stats()["requests"] == 0
+    offline = tmp_path / "offline"  # served from the disk, as it holds every file
+    _copied_without_times(ld, offline)
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(offline), offline="1")
+    assert done.returncode == 0, done.stderr
