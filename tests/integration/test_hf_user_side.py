@@ -156,3 +156,31 @@ def test_a_local_dir_copied_without_its_times_is_kept_where_its_bytes_are_right(
     _copied_without_times(ld, offline)
     done = blobdl_hf(hub, tmp_path, "acme/small", "--local-dir", str(offline), offline="1")
     assert done.returncode == 0, done.stderr
+
+
+# --- what is asked for ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--include", "*.safetensor"), "include=['*.safetensor']"),
+        (("--exclude", "*"), "exclude=['*']"),
+        (("sub/", "--include", "*.json", "--exclude", "x"), "include=['*.json'], exclude=['x']"),
+    ],
+    ids=["a typo", "all left out", "paths then patterns"],
+)
+@pytest.mark.parametrize("offline", [None, "1"], ids=["online", "offline"])
+def test_patterns_that_match_no_file_are_said_as_huggingface_hub_says_it(
+    hub: HubHandle, tmp_path: Path, args: tuple[str, ...], said: str, offline: str | None
+) -> None:
+    """A typo in a pattern chose nothing, and the run said nothing of it (with ``-q`` or
+    ``--json``) yet succeeded; huggingface_hub warns, "No files matched allow_patterns=...".
+    Still exit 0 with the snapshot folder, as huggingface_hub returns it."""
+    cache = str(tmp_path / "cache")
+    assert blobdl_hf(hub, tmp_path, "acme/small", "--cache-dir", cache).returncode == 0
+    for quiet in ("-q", "--json"):
+        done = blobdl_hf(hub, tmp_path, "acme/small", *args, "--cache-dir", cache, quiet,
+                         offline=offline)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == f"blobdl: warning: no file of acme/small at main matches {said}\n"
