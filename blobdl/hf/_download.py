@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -30,9 +31,11 @@ from ..store._lock import in_turns
 from . import _env
 from ._disk import leftovers
 from ._hub import Hub
-from ._layouts import Layout, layout_for
+from ._layouts import Layout, folders, layout_for
 from ._offline import on_disk
 from ._repo import Repo, RepoFile, Wanted, check_revision, is_commit, parse_repo
+
+log = logging.getLogger("blobdl")
 
 
 class HfStarted(NamedTuple):
@@ -120,11 +123,13 @@ def hf_download(
     paths = _patterns("paths", paths, "a path in the repository or a list of them") or ()
     if cache_dir is not None and local_dir is not None:
         raise UsageError("give a cache dir or a local dir, not both")
+    cache_dir, local_dir = folders(cache_dir, local_dir)
     wanted = Wanted(paths, include, exclude)
     offline = _env.offline()
     if offline is not None:  # not one request: the disk serves it all, or nothing is done
         held = on_disk(repo, revision, wanted, cache_dir, local_dir, offline)
         look = _Look(held.commit, held.layout, held.chosen, [], [], [])
+        _warn_if_nothing_matched(repo, revision, wanted, look.chosen)
         _tell_started(on_event, repo, revision, look)
         return _result(repo, revision, look, {}, started)
     hub = Hub(_env.endpoint(given=endpoint), repo, _env.token(token), base)
@@ -132,6 +137,7 @@ def hf_download(
         look = _look(hub, revision, wanted, cache_dir, local_dir)
     finally:
         hub.close()  # no socket of ours may be inherited by the downloads' processes
+    _warn_if_nothing_matched(repo, revision, wanted, look.chosen)
     _tell_started(on_event, repo, revision, look)
     layout, chosen = look.layout, look.chosen
     fetcher = _Fetcher(layout, hub, look.commit, base, on_event)
@@ -148,6 +154,20 @@ def _tell_started(on_event: HfCallback | None, repo: Repo, revision: str, look: 
         needed = sum(f.size for f in look.to_fetch)
         chosen, missing = len(look.chosen), len(look.missing)
         on_event(HfStarted(str(repo), revision, look.commit, chosen, missing, needed))
+
+
+def _warn_if_nothing_matched(
+    repo: Repo, revision: str, wanted: Wanted, chosen: Sequence[RepoFile]
+) -> None:
+    """Patterns that leave no file (a typo: ``*.safetensor``) are said, as huggingface_hub
+    warns "No files matched": the run succeeds with nothing, which a summary line (or none,
+    with ``-q``) would not make plain."""
+    patterns = (("include", wanted.include), ("exclude", wanted.exclude))
+    given = [(name, p) for name, p in patterns if p is not None]
+    if chosen or not given:
+        return
+    said = ", ".join(f"{name}={list(globs)!r}" for name, globs in given)
+    log.warning("no file of %s at %s matches %s", repo, revision, said)
 
 
 def _result(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from ..store._files import absolute
 from . import _env
 from ._cache import CacheLayout
 from ._local_dir import LocalDirLayout
@@ -45,6 +46,18 @@ def layout_for(
     if local_dir is not None:
         return LocalDirLayout(Path(local_dir), commit)
     return CacheLayout(hub_cache(cache_dir), repo, commit)
+
+
+def folders(
+    cache_dir: str | os.PathLike[str] | None, local_dir: str | os.PathLike[str] | None
+) -> tuple[Path | None, Path | None]:
+    """The cache (given, else huggingface_hub's) or the local dir, made absolute before
+    anything is asked: a relative one is in the current directory, and one removed is said
+    ("the current directory was deleted"), not a traceback from ``getcwd``. The folder
+    printed is then one any directory can read, as huggingface_hub returns a local dir."""
+    if local_dir is not None:
+        return None, Path(absolute(os.fspath(local_dir)))
+    return Path(absolute(os.fspath(hub_cache(cache_dir)))), None
 
 
 def hub_cache(cache_dir: str | os.PathLike[str] | None) -> Path:

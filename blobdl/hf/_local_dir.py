@@ -123,7 +123,10 @@ class LocalDirLayout:
             return False
         if recorded is not None:
             etag, stamp = recorded
-            return etag == f.etag and info.st_mtime - 1 <= stamp
+            if info.st_mtime - 1 <= stamp:  # it vouches for the file as it is
+                return etag == f.etag
+        # No metadata, or one older than the file (touched, copied by `cp -r`, restored): as
+        # huggingface_hub ignores it then, the hash decides, not a download of every shard.
         if not self._same_bytes(f):
             return False
         self._write_metadata(f)
