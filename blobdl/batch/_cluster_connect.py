@@ -91,51 +91,98 @@ def _started(distributed: ModuleType, cluster: str, threads: int) -> Iterator[An
 
 
 def _reach(distributed: ModuleType, address: str) -> Any:
+    _usable(distributed, address)
+    _answers(distributed, address)
     try:
-        _answers(distributed, address)
         return distributed.Client(address, timeout=CONNECT_TIMEOUT)
-    except UsageError:
-        raise
-    except ValueError as exc:  # Dask's parse of the address: no port, an unknown scheme
-        raise UsageError(f"not a Dask scheduler address: {address}: {exc}") from None
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    except Exception as exc:  # it answered as a scheduler, then not as one
+        raise ClusterError(f"the Dask scheduler at {address} failed: {exc!r}") from None
 
 
-def _answers(distributed: ModuleType, address: str) -> None:
-    """Raise unless something at ``address`` answers Dask's handshake within
-    ``CONNECT_TIMEOUT``. Dask's own connect bounds only the TCP connection, then waits for
-    the handshake's reply for ever: a hung or foreign server would hang the batch. Asked
-    from a thread of its own, whose event loop is its own (the caller may run one: Jupyter)."""
-    args = distributed.Security().get_connection_args("client")
-    if address.startswith("tls://") and args.get("ssl_context") is None:
+#: The schemes whose location is HOST:PORT.
+_HOST_PORT = ("tcp", "tls", "ws", "wss")
+
+
+def _usable(distributed: ModuleType, address: str) -> None:
+    """A UsageError unless ``address`` is one this Dask can connect to: its scheme known and
+    usable here (ucx:// needs Dask's UCX support), its port a port."""
+    try:
+        scheme, location = distributed.comm.parse_address(address)
+        distributed.comm.registry.get_backend(scheme).get_connector()
+        if scheme in _HOST_PORT:
+            _, port = distributed.comm.addressing.parse_host_port(location)
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} is not a port (1-65535)")
+    except Exception as exc:  # ValueError, or the TypeError of a scheme without its support
+        raise UsageError(f"not a Dask scheduler address: {address}: {exc}") from None
+    if (
+        scheme == "tls"
+        and distributed.Security().get_connection_args("client").get("ssl_context") is None
+    ):
         raise UsageError(
             f"{address} is a TLS address, and Dask's TLS settings are missing "
             "(distributed.comm.tls.ca-file, .client.cert, .client.key)"
         )
 
-    async def hello() -> None:
-        comm = await distributed.comm.connect(address, timeout=CONNECT_TIMEOUT, **args)
-        await comm.close()
 
-    async def bounded() -> None:
+def _answers(distributed: ModuleType, address: str) -> None:
+    """Raise a ClusterError unless a Dask scheduler answers at ``address`` within
+    ``CONNECT_TIMEOUT``. Dask's own connect bounds only the TCP connection, then waits for
+    the handshake's reply for ever: a hung or foreign server would hang the batch. And
+    what answers may be no scheduler: another protocol (whose bytes Dask reads as a frame
+    count, up to a MemoryError), or a Dask worker or nanny (whose handshake is Dask's, and
+    which then refuses the client's first question): it is asked who it is. Asked from a
+    thread of its own, whose event loop is its own (the caller may run one: Jupyter)."""
+    args = distributed.Security().get_connection_args("client")
+
+    async def hello() -> Any:
+        comm = await distributed.comm.connect(address, timeout=CONNECT_TIMEOUT, **args)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
+
+    async def bounded() -> Any:
         asking = asyncio.ensure_future(hello())
         done, _ = await asyncio.wait([asking], timeout=CONNECT_TIMEOUT)
         if not done:
             asking.cancel()
             raise TimeoutError(f"no Dask scheduler answered within {CONNECT_TIMEOUT:g} s")
-        asking.result()
+        return asking.result()
 
-    failed: list[BaseException] = []
+    said: list[Any] = []
 
     def ask() -> None:
         try:
-            asyncio.run(bounded())
+            said.append(asyncio.run(bounded()))
         except BaseException as exc:  # raised on the caller's thread
-            failed.append(exc)
+            said.append(exc)
 
     asking = threading.Thread(target=ask, name="blobdl-reach-scheduler", daemon=True)
     asking.start()
     asking.join()
-    if failed:
-        raise failed[0]
+    _said_scheduler(address, said[0])
+
+
+def _said_scheduler(address: str, said: Any) -> None:
+    """A ClusterError unless ``said`` (what ``address`` answered when asked who it is, or
+    the exception asking it raised) is a scheduler's answer."""
+    if isinstance(said, (OSError, TimeoutError)):  # Dask's CommClosedError is an OSError
+        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {said}")
+    if isinstance(said, BaseException) and not isinstance(said, Exception):
+        raise said  # KeyboardInterrupt, SystemExit
+    kind = said.get("type") if isinstance(said, dict) else None
+    if kind == "Worker":
+        scheduler = said.get("scheduler", "")
+        raise ClusterError(
+            f"{address} is a Dask worker, not a scheduler: its scheduler is at {scheduler}"
+        )
+    if kind == "Nanny":
+        raise ClusterError(f"{address} is a Dask worker's nanny, not a scheduler")
+    if kind is None:
+        raise ClusterError(
+            f"{address} is not a Dask scheduler: what answers there does not speak Dask's protocol"
+        )

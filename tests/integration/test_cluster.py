@@ -147,6 +147,72 @@ def test_an_address_that_is_not_a_dask_scheduler_is_one_clear_error_not_a_hang(
     assert no_port[:2] == ["UsageError", 2], no_port
 
 
+FOREIGN = """
+import contextlib, json, socket, sys, threading
+import blobdl
+from blobdl.batch import _cluster_connect
+_cluster_connect.CONNECT_TIMEOUT = 5.0  # nothing here may need it: each answers at once
+
+def serving(reply):  # a port whose every connection is sent reply, then closed
+    listener = socket.create_server(("127.0.0.1", 0))
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            with conn, contextlib.suppress(OSError):  # the client may close first
+                conn.sendall(reply)
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+banner = serving(b"SSH-2.0-OpenSSH_9.6\\r\\n")  # a frame count of 3e18: 2.8 EiB to allocate
+ones = serving(b"\\xff" * 65536)  # a frame count that is not one
+web = serving(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nhi")  # to any request
+addresses = [f"tcp://127.0.0.1:{banner}", f"tcp://127.0.0.1:{ones}", f"ws://127.0.0.1:{web}",
+             *sys.argv[1:]]
+answers = []
+for address in addresses:
+    try:
+        blobdl.download_many([blobdl.Item("http://127.0.0.1:9/x.bin", "x.bin")], cluster=address)
+    except Exception as exc:
+        answers.append([type(exc).__name__, getattr(exc, "exit_code", None), str(exc)])
+print(json.dumps(answers))
+"""
+
+DASK_ROLES = """
+def probe(dask_worker):
+    return [dask_worker.address, dask_worker.nanny]
+"""
+
+
+def test_an_address_where_something_else_answers_is_one_clear_error_naming_it(
+    cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """What answers at once, and not as a Dask scheduler does: another protocol's bytes (an
+    SSH banner, whose first 8 bytes Dask reads as a frame count), a web server asked over
+    ws://, a Dask worker's or its nanny's address given for the scheduler's (each answers
+    Dask's handshake, then refuses the client's first question). And addresses Dask takes
+    and cannot use: a port out of range, a scheme this Dask cannot connect over. One line
+    each, at once: never a traceback, never a usage error for what is a real address."""
+    worker, nanny = cluster.on_workers(DASK_ROLES)["w-a"]
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(FOREIGN))
+    addresses = [worker, nanny, "tcp://127.0.0.1:99999", "ucx://127.0.0.1:8786"]
+    done = subprocess.run([sys.executable, str(script), *addresses], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path, env={**os.environ,
+                          "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    banner, ones, ws, on_worker, on_nanny, port, ucx = json.loads(done.stdout.splitlines()[-1])
+    foreign = "is not a Dask scheduler: what answers there does not speak Dask's protocol"
+    for answer in (banner, ones, ws):
+        assert answer[:2] == ["ClusterError", 3] and foreign in answer[2], answer
+    assert on_worker == [
+        "ClusterError", 3,
+        f"{worker} is a Dask worker, not a scheduler: its scheduler is at {cluster.address}",
+    ]  # fmt: skip
+    assert on_nanny == ["ClusterError", 3, f"{nanny} is a Dask worker's nanny, not a scheduler"]
+    assert port[:2] == ["UsageError", 2] and "port" in port[2], port
+    assert ucx[:2] == ["UsageError", 2] and "ucx" in ucx[2], ucx
+
+
 # --- workers that cannot run this blobdl --------------------------------------------------------
 
 
