@@ -38,6 +38,7 @@ from ..http._probe import resolve
 from ..http._remote import Remote
 from ..processes import _spare
 from ..store._cache import entry_path as cache_entry
+from ..store._files import absolute
 from ..store._names import default_name, name_from_url
 from ._cluster_budget import Budget, Held, leases
 from ._cluster_worker import Channel, Relay, Sent, StopCheck, Stopped, worker_name
@@ -167,9 +168,13 @@ class _Grant:
 
 
 def _where(job: Job, remote: Remote | None, relay: Relay) -> Item:
+    """The item's destination on this worker, absolute: a relative one is resolved in this
+    worker's working directory, which the caller does not share, so the path its events
+    and its result give back is where its bytes are."""
     try:
-        return _confined(job, remote)
-    except UsageError as exc:
+        item = _confined(job, remote)
+        return item if item.path is None else item._replace(path=absolute(item.path))
+    except BlobdlError as exc:  # a UsageError; a LocalFileError: the directory was removed
         _tell_failed(relay, job, exc)
         raise
 

@@ -1344,6 +1344,42 @@ def test_pull_on_every_worker_of_a_cluster_without_workers_is_an_error_not_exit_
     ]
 
 
+WHERE = """
+import json, sys
+import blobdl
+items = [blobdl.Item(url, path) for url, path in json.loads(sys.argv[2])]
+results = blobdl.download_many(items, cluster=sys.argv[1])
+print(json.dumps([[r.ok, str(r.error), r.result and str(r.result.path)] for r in results]))
+"""
+
+
+def test_a_destination_the_worker_resolves_comes_back_as_where_its_bytes_are(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """A relative path, or none (the server names the file), is resolved by the worker that
+    writes it, in its own working directory: the path the caller gets back is that one,
+    absolute, not a name the caller would look for in its own directory."""
+    blobs = [make(64 * KB, 3400), make(64 * KB, 3401)]
+    rows = [[blobs[0].url, "relative.bin"], [named(server, blobs[1], "named.bin"), None]]
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(WHERE))
+    done = subprocess.run([sys.executable, str(script), cluster.address, json.dumps(rows)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout.splitlines()[-1])
+    try:
+        assert answers == [
+            [True, "None", str(cluster.cwd / "relative.bin")],
+            [True, "None", str(cluster.cwd / "named.bin")],
+        ]
+        for blob, answer in zip(blobs, answers, strict=True):
+            assert sha256_file(Path(answer[2])) == blob.sha256
+    finally:
+        for name in ("relative.bin", "named.bin"):  # the module's cluster runs there
+            (cluster.cwd / name).unlink(missing_ok=True)
+
+
 LIBRARY = """
 import json, sys
 import blobdl
