@@ -56,6 +56,10 @@ def connect(cluster: Any, *, threads: int) -> Iterator[Any]:
     worker gets ``threads`` threads, so that as many items can run as the budget allows."""
     distributed = dask()
     if isinstance(cluster, distributed.Client):
+        # Closed by its caller, or by a scheduler lost: Dask's own calls would fail inside
+        # the run with an AttributeError (its scheduler's handle is None).
+        if cluster.status == "closed":
+            raise ClusterError("the distributed.Client given is closed: it reaches no scheduler")
         yield cluster
         return
     if not isinstance(cluster, str) or not cluster:

@@ -1499,6 +1499,38 @@ def test_an_item_grows_into_the_connections_a_finished_item_frees(
     assert last and max(last) == 2, seen
 
 
+CLOSED = """
+import json
+import blobdl, distributed
+if __name__ == "__main__":
+    with distributed.LocalCluster(1, processes=False, dashboard_address="127.0.0.1:0") as local:
+        client = distributed.Client(local)
+        client.close()
+        item = blobdl.Item("http://127.0.0.1:9/x", "x")
+        answers = []
+        for call in (lambda: blobdl.download_many([item], cluster=client),
+                     lambda: blobdl.pull("llama3.2:1b", "models", cluster=client)):
+            try:
+                call()
+            except Exception as exc:
+                answers.append([type(exc).__name__, getattr(exc, "exit_code", None), str(exc)])
+    print(json.dumps(answers))
+"""
+
+
+def test_a_closed_client_given_as_the_cluster_is_one_clear_error(tmp_path: Path) -> None:
+    """A ``distributed.Client`` the caller closed (or whose scheduler was lost) reaches no
+    scheduler: said so, a ClusterError, not Dask's AttributeError from inside the run."""
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(CLOSED))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path, env={**os.environ,
+                          "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = ["ClusterError", 3, "the distributed.Client given is closed: it reaches no scheduler"]
+    assert json.loads(done.stdout.splitlines()[-1]) == [said, said]
+
+
 def test_without_dask_a_cluster_is_one_line_exit_2(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['distributed'] = None; from blobdl.cli import main; "
