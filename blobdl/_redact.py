@@ -1,7 +1,8 @@
 """What a URL may show of itself in messages, events and records: never a credential.
 
-A URL can carry secrets in two places: ``user:pass@`` and the query string of a presigned
-or tokenised URL (``X-Amz-Signature``, ``sig``, ``token``...). Such URLs are used as they
+A URL can carry secrets in three places: ``user:pass@``, the query string of a presigned
+or tokenised URL (``X-Amz-Signature``, ``sig``, ``token``...), and a fragment shaped like
+one (``#access_token=``, where an OAuth redirect puts it). Such URLs are used as they
 are; whatever is shown to a person or written to disk goes through ``redact_url``.
 """
 
@@ -19,6 +20,7 @@ _SECRET_NAME = re.compile(
 # The authority (after ``scheme://``, up to the first ``/?#``) and what a host[:port] looks like
 _AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)")
 _HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(:[0-9]*)?")
+_PAIR = re.compile(r"[^&;]+")
 MASK = "***"
 
 
@@ -26,11 +28,17 @@ def redact_url(url: str) -> str:
     """``url`` with ``user:pass@`` and the values of credential query parameters masked."""
     url = _USERINFO.sub(rf"\1{MASK}@", url)
     url = _mask_misread_userinfo(url)
-    base, question, rest = url.partition("?")
-    if not question:
-        return url
-    query, hashmark, fragment = rest.partition("#")
-    return f"{base}?{'&'.join(_shown(pair) for pair in query.split('&'))}{hashmark}{fragment}"
+    # The fragment first: a ``?`` in it starts no query. It is never sent, but an OAuth
+    # redirect puts its token there (``#access_token=``), in pairs as a query's.
+    url, hashmark, fragment = url.partition("#")
+    base, question, query = url.partition("?")
+    return f"{base}{question}{_pairs_shown(query)}{hashmark}{_pairs_shown(fragment)}"
+
+
+def _pairs_shown(query: str) -> str:
+    """Each ``name=value`` pair of ``query`` shown, split at ``&`` and at ``;`` (the older
+    separator, which some servers still split at)."""
+    return _PAIR.sub(lambda pair: _shown(pair.group()), query)
 
 
 def _mask_misread_userinfo(url: str) -> str:

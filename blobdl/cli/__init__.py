@@ -23,6 +23,7 @@ from ..batch._manifest import read_manifest
 from ..batch._scheduler import PER_HOST, BatchEvent, ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
+from ..events import Failed, Finished
 from ..processes._signals import interrupted, stoppable
 from ._args import build_parser, in_options, settings_from
 from ._batch_bar import BatchBar
@@ -171,7 +172,19 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
     except KeyboardInterrupt as stop:
         return fail(display, interrupted(stop), EXIT_INTERRUPTED)
     display.close()
+    for index, outcome in enumerate(results):  # with --json: lines for the items not told yet
+        display.item_event(BatchEvent(index, _last_word(outcome)))
     return _summarise(results, display.mode)
+
+
+def _last_word(outcome: ItemResult) -> Finished | Failed:
+    """An item's outcome as the event that ends it. A duplicate is told no events of its
+    own (its first's are its), yet a JSON reader keys on the item: it gets this line."""
+    error, item = outcome.error, outcome.item
+    if error is None:
+        assert outcome.result is not None  # an item has its result or its error
+        return Finished(outcome.result)
+    return Failed(redact_url(item.url), item.path or "", str(error), error.exit_code)
 
 
 def _read_manifest(name: str) -> bytes:

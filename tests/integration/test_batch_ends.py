@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from faultserver.serverctl import ServerHandle
-from tests.conftest import Blob, sha256_file, spawn_cli
+from tests.conftest import Blob, run_cli, sha256_file, spawn_cli
 
 Make = Callable[..., Blob]
 PART = 16_384  # one request holds this much: smaller blobs are small items
@@ -112,3 +112,45 @@ def _victim(me: psutil.Process, victim: str) -> psutil.Process | None:
             if victim == "large item" and forks:
                 return child
     return None
+
+
+def test_every_item_of_a_mixed_batch_has_one_last_line_and_the_summary_counts_them(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A JSON reader keys on ``item``: each index of the manifest gets exactly one
+    ``finished`` or ``failed`` line, a duplicate included (it shares its first's outcome,
+    with nothing fetched of its own), so the lines agree with the summary and the exit
+    code is the first failure's."""
+    small, large = make(PART // 2, seed=3320), make(4 * PART, seed=3321)
+    held = tmp_path / "held"  # already complete: its digest matches, nothing is fetched
+    held.write_bytes((server.root / small.name).read_bytes())
+    rows = [
+        (small.url, tmp_path / "ok", small.sha256),
+        (server.route("/status/404"), tmp_path / "missing", None),
+        (small.url, tmp_path / "ok", small.sha256),  # a duplicate of an item that succeeds
+        (large.url, tmp_path / "bad", "0" * 64),  # a digest mismatch (exit 4)
+        (server.route("/status/404"), tmp_path / "missing", None),  # a duplicate of a failure
+        (large.url, tmp_path / "large", large.sha256),
+        (small.url, held, small.sha256),
+    ]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{url} {path}{f' sha256:{d}' if d else ''}\n"
+                                for url, path, d in rows))  # fmt: skip
+    args = ["-i", str(manifest), "--json", "--retries", "0", "--min-part-size", str(PART),
+            "--max-part-size", str(PART)]  # fmt: skip
+    done = run_cli(*args)
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    ends = [r for r in records if r.get("event") in ("finished", "failed")]
+    assert sorted(r["item"] for r in ends) == list(range(len(rows))), records
+    outcome = {r["item"]: (r["event"], r.get("exit_code")) for r in ends}
+    assert outcome == {0: ("finished", None), 1: ("failed", 3), 2: ("finished", None),
+                       3: ("failed", 4), 4: ("failed", 3), 5: ("finished", None),
+                       6: ("finished", None)}  # fmt: skip
+    by_item = {r["item"]: r for r in ends}
+    assert by_item[2]["path"] == by_item[0]["path"] and by_item[2]["bytes_fetched"] == 0
+    assert by_item[4]["error"] == by_item[1]["error"]
+    assert records[-1] == {"event": "summary", "ok": 4, "failed": 3}
+    assert done.returncode == 3, done.stderr
+    for _, path, digest in rows:
+        if digest != "0" * 64 and digest is not None:
+            assert sha256_file(path) == digest

@@ -298,12 +298,40 @@ def test_a_token_in_the_users_url_is_never_shown(server: ServerHandle, tmp_path:
     assert "TOKSECRET" not in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    "tail",
+    ["?name=a.bin#access_token=TOKSECRET&token_type=bearer", "?name=a.bin;sig=TOKSECRET",
+     "#id_token=TOKSECRET"],
+    ids=["a token in the fragment", "a pair after a semicolon", "a fragment alone"],
+)  # fmt: skip
+def test_a_credential_in_a_fragment_or_after_a_semicolon_is_never_shown(
+    server: ServerHandle, tmp_path: Path, tail: str
+) -> None:
+    """An OAuth redirect puts its token in the fragment (``#access_token=``), and ``;`` is
+    a query's older separator: a credential there is masked as in any query, in the
+    ``--json`` lines, on stderr and in the resume record that a failure keeps."""
+    blob_url = server.url("frag.bin")
+    make_blob(server.root, "frag.bin", 3 * PART)
+    server.set_faults({"path": "/files/frag.bin", "action": "close_after", "bytes": 1000,
+                       "skip": 1, "times": None})  # fmt: skip
+    dest = tmp_path / "out.bin"
+    done = run_cli(blob_url + tail, "-o", str(dest), "--json", "--retries", "0",
+                   "--min-part-size", str(PART), "--max-part-size", str(PART))  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "frag.bin" in done.stderr and "TOKSECRET" not in done.stdout + done.stderr
+    record = tmp_path / "out.bin.blobdl-state"
+    assert record.exists() and b"TOKSECRET" not in record.read_bytes()
+
+
 def test_redaction_masks_credential_parameters_only() -> None:
     from blobdl.config import redact_url
 
     shown = redact_url("https://u:p@h/x?X-Amz-Signature=a&sig=b&token=c&part=1&name=k#f")
     assert shown == "https://***@h/x?X-Amz-Signature=***&sig=***&token=***&part=1&name=k#f"
     assert redact_url("https://h/x?a") == "https://h/x?a"
+    shown = redact_url("https://h/x?a=1;sig=b&c=2#access_token=d&state=s")
+    assert shown == "https://h/x?a=1;sig=***&c=2#access_token=***&state=s"
+    assert redact_url("https://h/x#token=t") == "https://h/x#token=***"
 
 
 def test_every_error_that_names_a_url_shows_no_credential_of_it() -> None:
