@@ -157,6 +157,10 @@ class Settings:
             _check_seconds(name, getattr(self, name), positive)
         for name in _FLAGS:
             _require(isinstance(getattr(self, name), bool), f"{name} must be true or false")
+        for name in _FILES:  # a path-like taken as its text, as ``download(path=)`` takes it
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike) and isinstance(text := os.fspath(value), str):
+                object.__setattr__(self, name, text)
         for name in _PATHS:
             check_text(name, getattr(self, name), optional=True)
             # No file (nor URL) is named so: said here, not by every item that opens it.
@@ -219,7 +223,8 @@ _SECONDS = (
     ("connect_timeout", True),
 )
 _FLAGS = ("steal", "resume", "force", "keep_bad", "verify_cache", "verify_tls", "trust_env")
-_PATHS = ("cache_dir", "ca_bundle", "proxy", "client_cert", "client_key")
+_FILES = ("cache_dir", "ca_bundle", "client_cert", "client_key")  # files and folders
+_PATHS = (*_FILES, "proxy")
 
 
 def _require(ok: bool, message: str) -> None:

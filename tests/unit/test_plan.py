@@ -145,6 +145,20 @@ def test_settings_are_validated_on_creation(bad: dict[str, object]) -> None:
         Settings(**bad)  # type: ignore[arg-type]
 
 
+def test_settings_take_a_path_where_they_name_a_file_as_download_does() -> None:
+    """``download(path=Path(...))`` and ``download_many(base_dir=Path(...))`` take a Path;
+    ``Settings(cache_dir=Path(...))`` was refused (a string only). A path-like is taken
+    and kept as its text, so Settings stay hashable and picklable as they were; one whose
+    ``__fspath__`` gives bytes is still refused."""
+    from pathlib import Path, PurePosixPath
+
+    settings = Settings(cache_dir=Path("/tmp/c"), ca_bundle=PurePosixPath("/etc/ca.pem"))  # type: ignore[arg-type]
+    assert settings.cache_dir == "/tmp/c" and settings.ca_bundle == "/etc/ca.pem"
+    assert hash(settings) == hash(Settings(cache_dir="/tmp/c", ca_bundle="/etc/ca.pem"))
+    with pytest.raises(UsageError, match="cache_dir"):
+        Settings(cache_dir=b"/tmp/c")  # type: ignore[arg-type]
+
+
 def test_settings_are_frozen() -> None:
     import dataclasses
 
