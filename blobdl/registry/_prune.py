@@ -94,7 +94,7 @@ def prune(
     removed += _kept_locks(store, dry_run)
     removed += _scratch(store, dry_run, now)
     catalog = store.catalog()
-    unused = [d for d in _old_blobs(store, now - GRACE) if d not in catalog.referenced]
+    unused = [d for d in _old_blobs(store, now - GRACE) if d not in catalog.kept]
     writing = _ollama_writing(store, now - GRACE)
     if writing is not None:
         why = f"an ollama pull is running: {writing} changed within the hour"
@@ -134,8 +134,7 @@ def _free(store: Store, wanted: list[str], dry_run: bool) -> Freed:
         claim = store.claims.exclusive
         mine = [d for d in wanted if stack.enter_context(claim(d, dry_run))]
         catalog = store.catalog()
-        referenced = {d.lower() for d in catalog.referenced}
-        unused = [d for d in mine if d not in referenced]
+        unused = [d for d in mine if d not in catalog.kept]
         busy = [d for d in wanted if d not in mine]
         if catalog.unreadable:
             return Freed([], unused, busy)
