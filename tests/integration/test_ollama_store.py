@@ -844,3 +844,35 @@ def test_a_moved_tag_never_frees_a_blob_another_manifest_names_with_a_dash(
     result = blobdl.pull(ref(registry, moved), models, settings=fast_settings())
     assert digest(l1) not in [d for d, _ in result.freed]
     assert sha256_of(blob_file(models, l1)) == digest(l1)[7:]
+
+
+def test_prunes_racing_each_other_all_succeed_and_keep_what_must_stay(tmp_path: Path) -> None:
+    """Two or three ``blobdl prune`` at once (cron and a user, say): whichever removes a
+    leftover first, the others find it gone and go on, never an error that stops them
+    halfway (before the unused blobs, which come last)."""
+    for round_ in range(3):
+        models = tmp_path / f"models{round_}"
+        used, unused = data(67, 300), data(68, 900)
+        for blob in (used, unused):
+            write(blob_file(models, blob), blob)
+        manifest = {"config": {"digest": digest(used)}, "layers": []}
+        write(models / "manifests/h/ns/m/v1", json.dumps(manifest).encode())
+        for i in range(200):
+            write(models / f".blobdl-tmp/manifest-{i}-0badf00d", b"{}")
+        for i in range(60):
+            folder = models / "manifests" / f"h{i}" / "ns" / "m"
+            folder.mkdir(parents=True)
+            for empty in (folder, folder.parent, folder.parent.parent):
+                age(empty)
+        with running() as procs:
+            procs += [subprocess.Popen(
+                [sys.executable, "-m", "blobdl", "prune", "--models-dir", str(models)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+            ) for _ in range(3)]  # fmt: skip
+            ends = [(proc.wait(timeout=60), proc.communicate()[1]) for proc in procs]
+        assert [code for code, _ in ends] == [0, 0, 0], ends
+        assert sha256_of(blob_file(models, used)) == digest(used)[7:]
+        assert not os.path.lexists(blob_file(models, unused))
+        assert os.listdir(models / ".blobdl-tmp") == []
+        assert os.listdir(models / "manifests") == ["h"]
