@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from ._schema import go_fold
 
 DEPTH = 4  # host/namespace/model/tag
 MAX_MANIFEST = 4 << 20  # bytes read of one manifest; a larger one counts as unreadable
+_NAMES_BLOB = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")  # what Ollama's GetBlobsPath accepts
 
 Name = tuple[str, str, str, str]
 
@@ -44,6 +46,21 @@ class Catalog(NamedTuple):
     def referenced(self) -> frozenset[str]:
         """Every digest a model names (config and layers), as written in its manifest."""
         return frozenset().union(*self.models.values())
+
+    @property
+    def kept(self) -> frozenset[str]:
+        """The blobs (``sha256:<lower hex>``, the names of ``blobs/``) some model needs:
+        Ollama finds a blob at ``blobs/`` + the digest with ':' made '-', and accepts hex of
+        either case, so ``sha256-<hex>`` names the same file, as does upper case where file
+        names ignore case."""
+        return frozenset(d for d in map(blob_named, self.referenced) if d is not None)
+
+
+def blob_named(digest: str) -> str | None:
+    """The blob file a manifest's ``digest`` leads Ollama to, as ``sha256:<lower hex>``;
+    None for a digest Ollama refuses (it names no file)."""
+    match = _NAMES_BLOB.fullmatch(digest)
+    return None if match is None else "sha256:" + match.group(1).lower()
 
 
 def scan(manifests: Path) -> Catalog:

@@ -22,6 +22,8 @@ locks only to look: it creates and removes nothing. Unused blobs go through ``fr
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
 import re
 import stat
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import LocalFileError
-from ..store._files import local_errors
+from ..store._files import local_error
 from ..store._lock import kept_files, remove_stale, unheld
 from ._claims import CLAIM_SUFFIX, FETCH_SUFFIX, locked
 from ._store import BLOB_DIGEST, SCRATCH_DIR, Store, freed_by_removing, locate
@@ -94,7 +96,7 @@ def prune(
     removed += _kept_locks(store, dry_run)
     removed += _scratch(store, dry_run, now)
     catalog = store.catalog()
-    unused = [d for d in _old_blobs(store, now - GRACE) if d not in catalog.referenced]
+    unused = [d for d in _old_blobs(store, now - GRACE) if d not in catalog.kept]
     writing = _ollama_writing(store, now - GRACE)
     if writing is not None:
         why = f"an ollama pull is running: {writing} changed within the hour"
@@ -134,8 +136,7 @@ def _free(store: Store, wanted: list[str], dry_run: bool) -> Freed:
         claim = store.claims.exclusive
         mine = [d for d in wanted if stack.enter_context(claim(d, dry_run))]
         catalog = store.catalog()
-        referenced = {d.lower() for d in catalog.referenced}
-        unused = [d for d in mine if d not in referenced]
+        unused = [d for d in mine if d not in catalog.kept]
         busy = [d for d in wanted if d not in mine]
         if catalog.unreadable:
             return Freed([], unused, busy)
@@ -192,9 +193,9 @@ def _scratch(store: Store, dry_run: bool, now: float) -> Iterator[Removal]:
     real = store.scratch.is_dir() and not store.scratch.is_symlink()
     ours = [store.scratch / n for n in _names(store.scratch) if real and _SCRATCH.fullmatch(n)]
     # A manifest folder on another file system has its scratch folder inside (Store).
-    beside = [p for p in store.manifests.glob(f"*/*/*/{SCRATCH_DIR}/manifest-*")
+    beside = [p for p in _glob(store.manifests, f"*/*/*/{SCRATCH_DIR}/manifest-*")
               if _SCRATCH.fullmatch(p.name) and store.trusted(p.parent)]  # fmt: skip
-    older = [p for p in store.manifests.glob("*/*/*/.*")
+    older = [p for p in _glob(store.manifests, "*/*/*/.*")
              if _OLD_SCRATCH.fullmatch(p.name) and store.trusted(p.parent)]  # fmt: skip
     for path in ours + beside + older:
         with contextlib.suppress(FileNotFoundError):
@@ -256,19 +257,35 @@ def _blob(store: Store, digest: str) -> Path:
 
 
 def _remove(path: Path, what: str, dry_run: bool) -> list[Removal]:
-    """``path`` removed (a lock file is unlinked by its release instead, so only counted)."""
+    """``path`` removed (a lock file is unlinked by its release instead, so only counted).
+    One that another prune (or the pull that wrote it) removed since it was listed, or a
+    folder a pull wrote into since, is left to them: not counted, and no error."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return []
     size = freed_by_removing(info)
     if not dry_run:
-        with local_errors(path):
+        try:
             if stat.S_ISDIR(info.st_mode):
                 path.rmdir()
             else:
                 path.unlink()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and stat.S_ISDIR(info.st_mode):
+                return []
+            raise local_error(path, exc) from None
     return [Removal(path, size, what)]
+
+
+def _glob(folder: Path, pattern: str) -> list[Path]:
+    """``folder.glob(pattern)`` (names starting with '.' matched too, links followed), but
+    a folder removed while it looks (``ollama rm``, another prune, a pull tidying its
+    scratch folder) is skipped: pathlib's glob raises FileNotFoundError there (3.11)."""
+    found = glob.glob(pattern, root_dir=folder, include_hidden=True)
+    return [folder / path for path in sorted(found)]
 
 
 def _names(folder: Path) -> list[str]:

@@ -804,3 +804,75 @@ def test_prune_never_follows_a_link_planted_in_its_way(tmp_path: Path) -> None:
     assert sorted(os.listdir(victim)) == ["manifest-1-0badf00d", "precious"]
     assert partial.exists() and lock.is_symlink()
     assert f"kept  {partial}  (is a symbolic link; refusing to follow it)" in done.stdout
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_prune_keeps_every_blob_a_manifest_names_in_any_spelling_ollama_reads(
+    tmp_path: Path,
+) -> None:
+    """Ollama finds a blob by ``blobs/`` + the digest with ':' made '-' (``GetBlobsPath``
+    accepts ``sha256[:-]`` and hex of either case): a manifest that names its config as
+    ``sha256-<hex>``, or a layer in upper case (the same file where names ignore case), is a
+    model Ollama runs, and its blobs must stay."""
+    models = tmp_path / "models"
+    config, layer, unused = data(60, 300), data(61, 700), data(62, 900)
+    for blob in (config, layer, unused):
+        write(blob_file(models, blob), blob)
+    manifest = {"config": {"digest": digest(config).replace(":", "-")},
+                "layers": [{"digest": "sha256:" + digest(layer)[7:].upper()}]}  # fmt: skip
+    write(models / "manifests/h/ns/m/v1", json.dumps(manifest).encode())
+    before = {b: sha256_of(blob_file(models, b)) for b in (config, layer)}
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert {b: sha256_of(blob_file(models, b)) for b in (config, layer)} == before
+    assert not os.path.lexists(blob_file(models, unused))  # prune still works
+
+
+def test_a_moved_tag_never_frees_a_blob_another_manifest_names_with_a_dash(
+    registry: Registry, tmp_path: Path
+) -> None:
+    c1, l1 = data(63, 100), data(64, 10 * KB)
+    models = tmp_path / "models"
+    blobdl.pull(ref(registry, push(registry, "library/dash", "v1", c1, l1)), models,
+                settings=fast_settings())  # fmt: skip
+    other = {"config": {"digest": digest(l1).replace(":", "-")}, "layers": []}
+    write(models / "manifests/h/ns/other/v1", json.dumps(other).encode(), old=False)
+    moved = push(registry, "library/dash", "v1", data(65, 100), data(66, 10 * KB))
+    result = blobdl.pull(ref(registry, moved), models, settings=fast_settings())
+    assert digest(l1) not in [d for d, _ in result.freed]
+    assert sha256_of(blob_file(models, l1)) == digest(l1)[7:]
+
+
+def test_prunes_racing_each_other_all_succeed_and_keep_what_must_stay(tmp_path: Path) -> None:
+    """Two or three ``blobdl prune`` at once (cron and a user, say): whichever removes a
+    leftover first, the others find it gone and go on, never an error that stops them
+    halfway (before the unused blobs, which come last)."""
+    for round_ in range(3):
+        models = tmp_path / f"models{round_}"
+        used, unused = data(67, 300), data(68, 900)
+        for blob in (used, unused):
+            write(blob_file(models, blob), blob)
+        manifest = {"config": {"digest": digest(used)}, "layers": []}
+        write(models / "manifests/h/ns/m/v1", json.dumps(manifest).encode())
+        for i in range(200):
+            write(models / f".blobdl-tmp/manifest-{i}-0badf00d", b"{}")
+        for i in range(60):
+            folder = models / "manifests" / f"h{i}" / "ns" / "m"
+            folder.mkdir(parents=True)
+            for empty in (folder, folder.parent, folder.parent.parent):
+                age(empty)
+        with running() as procs:
+            procs += [subprocess.Popen(
+                [sys.executable, "-m", "blobdl", "prune", "--models-dir", str(models)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+            ) for _ in range(3)]  # fmt: skip
+            ends = [(proc.wait(timeout=60), proc.communicate()[1]) for proc in procs]
+        assert [code for code, _ in ends] == [0, 0, 0], ends
+        assert sha256_of(blob_file(models, used)) == digest(used)[7:]
+        assert not os.path.lexists(blob_file(models, unused))
+        assert os.listdir(models / ".blobdl-tmp") == []
+        assert os.listdir(models / "manifests") == ["h"]

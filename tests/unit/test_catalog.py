@@ -103,3 +103,15 @@ def test_the_store_is_globbed_at_depth_four_as_ollama_globs_it(tmp_path: Path) -
     assert sorted(p.name for p in catalog.unreadable) == ["dangling", "fifo", "v2"]
     assert [p.name for p in catalog.strays] == [".v1.tmp-12"]
     assert catalog.referenced == {A, B}
+
+
+def test_a_blob_is_kept_by_any_spelling_ollama_finds_it_by(tmp_path: Path) -> None:
+    """Ollama's ``GetBlobsPath`` takes ``sha256[:-]`` and hex of either case, and finds the
+    file at ``blobs/`` + the digest with ':' made '-': each spelling keeps that blob; one
+    Ollama refuses names no file."""
+    root = tmp_path / "manifests"
+    spellings = [A.replace(":", "-"), "sha256:" + B[7:].upper(), C + "\n", "sha256:" + "d" * 63]
+    (root / "h" / "ns" / "m").mkdir(parents=True)
+    for i, spelling in enumerate(spellings):
+        (root / "h" / "ns" / "m" / f"v{i}").write_bytes(doc(config={"digest": spelling}))
+    assert scan(root).kept == {A, B}
