@@ -10,6 +10,7 @@ is: it counts threads too, and a fork or a thread past it fails with EAGAIN.
 from __future__ import annotations
 
 import os
+import resource
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,3 +72,45 @@ def test_a_lane_thread_the_machine_refuses_is_one_error_line_not_a_crash_loop(
     assert not out.exists() and f"{out.name}.blobdl-lock" not in side_files(out)
     server.reset()
     rerun_completes(blob, out)
+
+
+def file_size_limit(size: int) -> Callable[[], None]:
+    """A preexec: no file this process (or a child) writes may grow past ``size`` bytes
+    (ulimit -f). Python ignores SIGXFSZ, so a write past it fails with EFBIG."""
+
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return preexec
+
+
+def test_a_file_size_limit_below_the_blobs_size_is_named_in_the_one_error_line(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The error said ``out.blobdl-tmp: File too large``, as if the file system could not
+    hold it: the limit the user set (or a service manager did) is what to change."""
+    blob = make(SIZE, seed=1602)
+    out = tmp_path / "out"
+    cli = Cli.of([blob.url, "-o", str(out), *CLI], preexec=file_size_limit(SIZE // 2))
+    code, lines = cli.finish()
+    assert code == EXIT_LOCAL, lines
+    error = one_error(lines)
+    assert "ulimit -f" in error and str(SIZE // 2) in error, error
+    assert not out.exists() and side_files(out) == []
+    rerun_completes(blob, out)
+
+
+def test_a_batch_under_a_file_size_limit_fails_its_items_and_says_why(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A limit of a few bytes: the batch's shared memory (a memfd, which the limit binds
+    too) could not be sized, and the batch ended in a traceback, exit 1, before any item."""
+    blob = make(100_000, seed=1603)
+    manifest = tmp_path / "list"
+    manifest.write_text("".join(f"{blob.url} {tmp_path / f'o{n}'}\n" for n in range(3)))
+    cli = Cli.of(["-i", str(manifest), *CLI], preexec=file_size_limit(32))
+    code, lines = cli.finish()
+    assert code == EXIT_LOCAL, lines
+    failed = [line for line in lines if "FAILED" in line]
+    assert len(failed) == 3 and all("ulimit -f" in line for line in failed), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list"]
