@@ -38,11 +38,10 @@ class Shares:
             self._map = mmap.mmap(fd, size)
             os.close(fd)
         elif path is None:
-            self.fd = _memory_file()
+            self.fd = _memory_file(size)
             if self.fd is None:  # no memory file at all: for forked children only
                 self._map = mmap.mmap(-1, size)
             else:
-                os.ftruncate(self.fd, size)
                 self._map = mmap.mmap(self.fd, size)
         else:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -100,15 +99,28 @@ class Share:
         return self._shares.connections(self.slot)
 
 
-def _memory_file() -> int | None:
-    """A descriptor of memory no name leads to, for an exec'd child to map: a memfd, or
-    where a sandbox refuses memfd_create (gVisor, older seccomp profiles), an unlinked file
-    of the temporary directory. Without one, a threaded scheduler would have to fork its
-    items, which it must not (a lock another thread holds stays held in the child)."""
+def _memory_file(size: int) -> int | None:
+    """A descriptor of ``size`` bytes of memory no name leads to, for an exec'd child to
+    map: a memfd, or where a sandbox refuses memfd_create (gVisor, older seccomp profiles),
+    an unlinked file of the temporary directory. Without one, a threaded scheduler would
+    have to fork its items, which it must not (a lock another thread holds stays held in
+    the child). Either file may be refused its size (a file-size limit below it, ulimit -f,
+    binds a memfd too; a full temporary directory): then there is none."""
     with contextlib.suppress(OSError):
-        return os.memfd_create("blobdl-shares", os.MFD_CLOEXEC)
+        return _sized(os.memfd_create("blobdl-shares", os.MFD_CLOEXEC), size)
     try:
         with tempfile.TemporaryFile(prefix="blobdl-shares-") as file:  # unlinked at once
-            return os.dup(file.fileno())  # not inheritable: handed to a child by pass_fds
+            # not inheritable: handed to a child by pass_fds
+            return _sized(os.dup(file.fileno()), size)
     except OSError:
         return None
+
+
+def _sized(fd: int, size: int) -> int:
+    """``fd``, grown to ``size`` bytes; closed if it cannot be (OSError)."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

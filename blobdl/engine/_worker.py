@@ -35,10 +35,10 @@ from multiprocessing.connection import Connection, wait
 from typing import NamedTuple
 
 from ..config import Settings
-from ..errors import BlobdlError, WorkerCrashed
+from ..errors import BlobdlError, OutOfResources, WorkerCrashed
 from ..http._remote import Remote
 from ..processes._proc import kernel_state, own_thread, own_thread_id
-from ..processes._spawn import private, seat_pipe, start, threaded
+from ..processes._spawn import private, seat_pipe, start, start_thread, threaded
 from ._counter_table import CounterTable
 from ._lane import Attempt, Cancel, run_attempt
 
@@ -278,7 +278,7 @@ def kernel_names_sleeps() -> bool:
         wake.wait()
 
     thread = threading.Thread(target=sleeper, name="blobdl-wchan", daemon=True)
-    thread.start()
+    start_thread(thread)
     asleep.wait()
     try:
         if task[0] is None:
@@ -342,7 +342,9 @@ def worker_main(
         if message is None:
             break
         if isinstance(message, _Run):
-            lanes[message.seat] = _start_lane(message, seats, tids, settings, table)
+            lane = _start_lane(message, seats, tids, settings, table)
+            if lane is not None:
+                lanes[message.seat] = lane
         elif isinstance(message, _Stop) and message.seat in lanes:
             stopping.append(lanes.pop(message.seat))
     for thread, cancel in lanes.values():
@@ -356,7 +358,9 @@ def _start_lane(
     tids: _ThreadIds,
     settings: Settings,
     table: CounterTable,
-) -> tuple[threading.Thread, Cancel]:
+) -> tuple[threading.Thread, Cancel] | None:
+    """The lane's thread, started; None if the machine refused a thread (too many tasks,
+    too little memory): the seat answers that at once, and the worker goes on."""
     cancel = Cancel()
 
     def lane() -> None:
@@ -375,5 +379,9 @@ def _start_lane(
                 seats[run.seat].send(BlobdlError(f"lane's result could not be sent: {exc!r}"))
 
     thread = threading.Thread(target=lane, name=f"blobdl-lane-{run.attempt.slot}", daemon=True)
-    thread.start()
+    try:
+        start_thread(thread)
+    except OutOfResources as exc:
+        seats[run.seat].send(exc)
+        return None
     return thread, cancel

@@ -138,11 +138,11 @@ def in_threads(calls: Sequence[Callable[[], None]], within: float = 1.0) -> None
     threads = [threading.Thread(target=run, args=(call,), name="blobdl-call", daemon=True)
                for call in calls]  # fmt: skip
     started: list[threading.Thread] = []
-    refused: RuntimeError | None = None
+    refused: OutOfResources | None = None
     for thread in threads:
         try:
-            thread.start()
-        except RuntimeError as exc:  # "can't start new thread": EAGAIN, ENOMEM
+            start_thread(thread)
+        except OutOfResources as exc:
             refused = exc
             break
         started.append(thread)
@@ -150,7 +150,16 @@ def in_threads(calls: Sequence[Callable[[], None]], within: float = 1.0) -> None
         thread.join()
     _gone(ended, within)
     if refused is not None:
-        raise OutOfResources("start a thread", f"{refused} (not enough memory, or ulimit -u)")
+        raise refused
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """``thread.start()``; a thread the machine refuses (too little memory, too many tasks
+    for ulimit -u or a pids cgroup) is ``OutOfResources``, never a RuntimeError."""
+    try:
+        thread.start()
+    except RuntimeError as exc:  # "can't start new thread": EAGAIN, ENOMEM
+        raise OutOfResources("start a thread", f"{exc} (not enough memory, or ulimit -u)") from None
 
 
 def _gone(tasks: list[str], within: float) -> None:

@@ -14,6 +14,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import resource
 import stat
 import time
 from collections.abc import Iterator
@@ -208,7 +209,18 @@ def local_error(path: Path, exc: OSError) -> LocalFileError:
         broken = directory_problem(path.parent)
         if broken is not None:
             return broken
-    return LocalFileError(str(path), exc.strerror or str(exc))
+    return LocalFileError(str(path), f"{exc.strerror or exc}{_limit_hint(exc)}")
+
+
+def _limit_hint(exc: OSError) -> str:
+    """What to change when a file may not grow (EFBIG) because of this process's file-size
+    limit (ulimit -f), not the file system's; "" otherwise."""
+    if exc.errno != errno.EFBIG:
+        return ""
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit == resource.RLIM_INFINITY:
+        return ""
+    return f" (the file-size limit, ulimit -f, is {limit} bytes)"
 
 
 def absolute(path: str) -> str:
