@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._chunks import StrictChunks
 from ._set_up import left as set_up_left
 
 MAX_INTERIM = 100  # interim responses before one answer; a legitimate server sends one or two
@@ -86,9 +87,10 @@ class _Socket:
         return io.BufferedReader(self.reads, io.DEFAULT_BUFFER_SIZE)
 
 
-class InterimSkippingResponse(http.client.HTTPResponse):
+class InterimSkippingResponse(StrictChunks):
     """http.client's response, its head read whole within the read timeout of its first
-    byte, every 1xx but 101 skipped before the real status line."""
+    byte, every 1xx but 101 skipped before the real status line (and a chunked body's
+    lines read strictly: ``_chunks``)."""
 
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         self._reads: _HeadReads | None = None

@@ -45,6 +45,7 @@ from ..errors import (
     UsageError,
     retryable_status,
 )
+from ._chunks import ChunkError
 from ._head import InterimError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -130,9 +131,9 @@ def _tunnel_answer(exc: BaseException) -> tuple[int | None, str]:
 
 def translated(url: str, exc: BaseException, peer: Peer) -> BlobdlError:
     """The blobdl error for ``exc``, raised while talking to ``peer`` about ``url``."""
-    interim = _inner(exc, InterimError)
-    if interim is not None:  # a 101, or endless 1xx: the server broke the protocol
-        return BadResponse(url, str(interim))
+    broken = _inner(exc, (InterimError, ChunkError))
+    if broken is not None:  # a 101, endless 1xx, a chunk line: the server broke the protocol
+        return BadResponse(url, str(broken))
     refused = _inner(exc, (ssl.SSLCertVerificationError, CertificateError))
     if refused is not None:
         return TLSError(url, f"TLS certificate of {peer.who} not trusted: {_verdict(refused)}")

@@ -166,3 +166,93 @@ def test_one_switching_protocols_is_retried(
     server.set_faults({"path": "/files/*", "skip": 2, "action": "interim", "statuses": [101]})
     out = tmp_path / "blob"
     assert_exact(*fetch(blob, out), blob, out)
+
+
+# --- chunk lines -----------------------------------------------------------------------------
+# A chunked body is framed by its chunk lines: ``chunk-size [chunk-ext] CRLF chunk-data CRLF``,
+# the size ``1*HEXDIG`` (RFC 9112 7.1). http.client reads the size with ``int(line, 16)``,
+# which also takes a sign, ``0x``, ``_`` and spaces (CPython gh-150751), and drops the two
+# bytes after a chunk's data unlooked-at: a size of ``-1`` read the rest of the stream raw,
+# chunk lines and all, as the body; data longer than its size lost two of its bytes.
+
+SMALL = 1000  # one part: the probe (bytes=0-0), then one request (bytes=0-999); 0x3e8
+
+
+def chunked(blob: Blob, server: ServerHandle, *lines: str, ranged: bool = True) -> str:
+    """The part's answer (a 206 of the whole small blob; a 200 if not ``ranged``), its body
+    the blob in one chunk a line of ``lines``, each formatted with its chunk's size
+    (``{n:x}``), then the last chunk."""
+    data = (server.root / blob.name).read_bytes().decode("latin-1")  # a character a byte
+    cut = len(data) // len(lines)
+    body = ""
+    for i, line in enumerate(lines):
+        piece = data[i * cut : (i + 1) * cut if i < len(lines) - 1 else None]
+        body += line.format(n=len(piece)) + piece + "\r\n"
+    status = f"206 Partial Content\r\nContent-Range: bytes 0-{SMALL - 1}/{SMALL}"
+    head = f"HTTP/1.1 {status if ranged else '200 OK'}\r\nTransfer-Encoding: chunked"
+    return f"{head}\r\n\r\n{body}0\r\n\r\n"
+
+
+def answered(server: ServerHandle, send: str, skip: int = 1, times: int | None = None) -> None:
+    """Requests past the first ``skip`` (the probe) answered with exactly ``send``: ``times``
+    of them, or every one."""
+    server.set_faults({"path": "/files/*", "skip": skip, "times": times, "action": "raw",
+                       "send": send, "close": True})  # fmt: skip
+
+
+WELL_FORMED = {
+    "upper case": ["{n:X}\r\n"],
+    "leading zeros": ["000{n:x}\r\n", "0{n:X}\r\n"],
+    "extensions": ["{n:x};name=value\r\n", '{n:x} ; a="b;c"\r\n'],
+    "white space before the line end": ["{n:x} \t\r\n"],
+    "a bare LF": ["{n:x}\n"],
+}
+MALFORMED = {
+    "negative": "-1\r\n",
+    "signed": "+3e8\r\n",
+    "0x": "0x3e8\r\n",
+    "underscore": "3_e8\r\n",
+    "white space before": " 3e8\r\n",
+    "no digits": ";ext\r\n",
+    "not hex": "3e8g\r\n",
+    "past any blob": "1" + "0" * 16 + "\r\n",
+}
+
+
+@pytest.mark.parametrize("lines", WELL_FORMED.values(), ids=WELL_FORMED.keys())
+def test_chunk_lines_in_any_form_the_grammar_allows_are_read(
+    make: Make, server: ServerHandle, tmp_path: Path, lines: list[str]
+) -> None:
+    blob = make(SMALL, seed=2010)
+    answered(server, chunked(blob, server, *lines))
+    code, stderr, out = fetch_alone(blob, tmp_path)
+    assert_exact(code, stderr, blob, out)
+
+
+@pytest.mark.parametrize("ranged", [True, False], ids=["a range", "the whole body"])
+@pytest.mark.parametrize("line", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_chunk_size_that_is_no_hex_number_is_a_bad_response(
+    make: Make, server: ServerHandle, tmp_path: Path, line: str, ranged: bool
+) -> None:
+    """Not a byte of the body is written (as http.client read ``-1``, the stream raw), on
+    a range and on the whole-body fallback (every answer a 200: the probe's too)."""
+    blob = make(SMALL, seed=2011)
+    answered(server, chunked(blob, server, line, ranged=ranged), skip=1 if ranged else 0)
+    code, stderr, out = fetch_alone(blob, tmp_path)
+    assert_refused(code, stderr, out, "chunk")
+
+
+def test_chunk_data_longer_than_its_size_is_refused_and_asked_again(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A size two short of its chunk's data, no CRLF after the data, then a chunk of other
+    bytes: http.client took the data's last two bytes for the CRLF and wrote the other
+    bytes in their place. Refused there instead: the retry asks for the two bytes left."""
+    blob = make(SMALL, seed=2012)
+    data = (server.root / blob.name).read_bytes().decode("latin-1")
+    body = f"{SMALL - 2:x}\r\n{data}2\r\nab\r\n0\r\n\r\n"
+    head = f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-{SMALL - 1}/{SMALL}"
+    answered(server, f"{head}\r\nTransfer-Encoding: chunked\r\n\r\n{body}", times=1)
+    code, stderr, out = fetch_alone(blob, tmp_path)
+    assert_exact(code, stderr, blob, out)
+    assert server.stats()["requests"] == 3  # the probe, the bad answer, the retry

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from blobdl import Settings, UsageError, parse_size
 from blobdl.config import MAX_PARTS, MB
 from blobdl.engine._plan import download_part_count, download_parts, plan
+from blobdl.http._chunks import ChunkError, chunk_size
 from blobdl.http._headers import parse_content_range, range_header
 from blobdl.http._retry import Retry
 from blobdl.http._span import Span
@@ -87,6 +88,26 @@ def test_malformed_content_range_is_refused(text: str) -> None:
 def test_unsatisfied_content_range() -> None:
     parsed = parse_content_range("bytes */0")
     assert parsed is not None and parsed.span is None and parsed.total == 0
+
+
+@pytest.mark.parametrize(
+    ("line", "size"),
+    [(b"3e8\r\n", 1000), (b"3E8\r\n", 1000), (b"0003e8\r\n", 1000), (b"0\r\n", 0),
+     (b"3e8;a=b\r\n", 1000), (b"3e8 \t;a\r\n", 1000), (b"3e8 \r\n", 1000), (b"3e8\n", 1000),
+     (b"7" + b"f" * 15 + b"\r\n", 2**63 - 1)],
+)  # fmt: skip
+def test_a_chunk_size_line_the_grammar_allows_is_read(line: bytes, size: int) -> None:
+    assert chunk_size(line) == size
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"-1\r\n", b"+3e8\r\n", b"0x3e8\r\n", b"3_e8\r\n", b" 3e8\r\n", b";a\r\n", b"\r\n",
+     b"3e8g\r\n", b"3e8\r\r\n", b"1" + b"0" * 16 + b"\r\n", "\u0663".encode() + b"\r\n"],
+)  # fmt: skip
+def test_a_chunk_size_line_the_grammar_does_not_allow_is_refused(line: bytes) -> None:
+    with pytest.raises(ChunkError):
+        chunk_size(line)
 
 
 @given(attempt=st.integers(1, 1000), settings=backoff_settings, seed=st.integers())
