@@ -219,6 +219,12 @@ def _check_range(remote: Remote, span: Span, response: Response, hopped: bool) -
         raise RemoteChanged(url, "the pinned validator no longer matches (412)")
     if response.status == 200:
         raise BadResponse(url, "answered 200 (the whole blob) to a range request")
+    if response.status == 416:
+        # "bytes */N" with another size than the probe's: the blob changed (as a 206's
+        # total would say it), not a range of ours that is wrong.
+        refused = parse_content_range(response.headers.get("Content-Range", ""))
+        if refused and refused.total is not None and refused.total != remote.size:
+            raise RemoteChanged(url, f"size changed from {remote.size} to {refused.total}")
     if response.status != 206:
         raise _status_error(remote, response, hopped)
     _check_validators(remote, response)

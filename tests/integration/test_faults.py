@@ -322,6 +322,22 @@ def test_a_content_range_other_than_the_one_asked_of_the_blob_probed_is_refused(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("total", [SIZE - 1, 0, 2 * SIZE])
+def test_a_416_that_states_another_size_than_the_one_probed_is_a_change(
+    make: Make, server: ServerHandle, tmp_path: Path, total: int
+) -> None:
+    """A part's range refused (416) by a server whose Content-Range says the blob now has
+    another size: the blob changed under the download (as a 206's other total says), not
+    an HTTP error of ours."""
+    blob = make(SIZE, seed=78)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
+                       "action": "status", "status": 416,
+                       "headers": {"Content-Range": f"bytes */{total}"}})  # fmt: skip
+    with pytest.raises(blobdl.RemoteChanged, match=f"size changed from {SIZE} to {total}"):
+        fetch(blob.url, tmp_path / "out", connections=1, steal=False, retries=1)
+    assert not (tmp_path / "out").exists()
+
+
 def test_if_match_carries_the_pinned_etag(make: Make, server: ServerHandle, tmp_path: Path) -> None:
     blob = make(2 * PART)
     fetch(blob.url, tmp_path / "out")
