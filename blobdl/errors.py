@@ -205,8 +205,10 @@ class RetriesExhausted(NetworkError):
         self.exit_code = inner if isinstance(inner, int) else EXIT_NETWORK
 
     def __str__(self) -> str:
+        # A part of a blob of unknown size has no end (-1): "bytes 0-", as a Range says it.
+        last = self.end - 1 if self.end > self.start else ""
         return (
-            f"part {self.part} (bytes {self.start}-{self.end - 1}) failed after "
+            f"part {self.part} (bytes {self.start}-{last}) failed after "
             f"{self.attempts} attempts: {self.last_error}"
         )
 

@@ -256,3 +256,14 @@ def test_chunk_data_longer_than_its_size_is_refused_and_asked_again(
     code, stderr, out = fetch_alone(blob, tmp_path)
     assert_exact(code, stderr, blob, out)
     assert server.stats()["requests"] == 3  # the probe, the bad answer, the retry
+
+
+def test_a_part_of_a_blob_of_unknown_size_is_named_without_an_end(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """No size was stated (every answer a chunked 200): the part is "bytes 0-", as a Range
+    names an open end, never "bytes 0--2"."""
+    blob = make(SMALL, seed=2013)
+    answered(server, chunked(blob, server, "-1\r\n", ranged=False), skip=0)
+    code, stderr, _ = fetch_alone(blob, tmp_path)
+    assert code == EXIT_INTEGRITY and "part 0 (bytes 0-) failed after 2 attempts" in stderr
