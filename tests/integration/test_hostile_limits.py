@@ -9,6 +9,7 @@ is: it counts threads too, and a fork or a thread past it fails with EAGAIN.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import uuid
@@ -115,6 +116,26 @@ def test_a_batch_whose_pool_may_start_no_seat_fails_each_item_saying_why(
     failed = [line for line in lines if "FAILED" in line]
     assert len(failed) == 6, lines
     assert all("cannot start a thread" in line and "ulimit -u" in line for line in failed), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list"]
+
+
+def test_a_cluster_batch_whose_scheduler_check_the_machine_refuses_is_one_error_line(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tasks_cap: Callable[[int], Callable[[], None]],
+) -> None:  # fmt: skip
+    """A batch for a Dask scheduler asks, from a thread of its own, whether one answers at
+    the address: under a cap of one task that thread was refused, and the batch ended in a
+    traceback, exit 1. (Nothing listens there: the check is refused before it connects.)"""
+    if importlib.util.find_spec("distributed") is None:
+        pytest.skip("distributed is not installed (pip install -e '.[dask]')")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # numpy, under distributed: no threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    manifest, _ = small_batch(make, tmp_path, 2, seed=1610)
+    args = ["-i", str(manifest), *CLI, "--scheduler", "tcp://127.0.0.1:1"]
+    code, lines = Cli.of(args, preexec=tasks_cap(1)).finish()
+    assert code == EXIT_LOCAL, lines
+    error = one_error(lines)
+    assert "cannot start a thread" in error and "ulimit -u" in error, error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["list"]
 
 
