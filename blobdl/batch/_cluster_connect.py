@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import ClusterError, UsageError
+from ..processes._spawn import start_thread
 
 #: How long reaching a scheduler may take before the batch gives up (Dask's default is 30 s).
 CONNECT_TIMEOUT = 10.0
@@ -166,7 +167,7 @@ def _answers(distributed: ModuleType, address: str) -> None:
             said.append(exc)
 
     asking = threading.Thread(target=ask, name="blobdl-reach-scheduler", daemon=True)
-    asking.start()
+    start_thread(asking)  # refused (a task limit): OutOfResources, one line
     asking.join()
     _said_scheduler(address, said[0])
 

@@ -13,6 +13,11 @@ outcome (``_Done``), or with what the probe learned of a blob too large for one 
 host the seat still holds a connection to: the budget counts it. ``"drop"`` lets that
 connection go (a large item needs the room).
 
+A process starts its seats' threads once the scheduler has forked every process (``GO``),
+so that a task limit (ulimit -u, a pids cgroup) refuses a seat, never a process, and says
+how many started (``_Started``): the machine may refuse a thread, and the seats after it
+never run (the scheduler retires them).
+
 The processes ignore Ctrl-C (the scheduler owns cancellation) and die with the scheduler.
 ``stop`` cuts every seat's item (their temporary files go: nothing of a small download is
 kept), ``end`` tells the pool to end once no small item is left, without waiting for it.
@@ -37,11 +42,11 @@ from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..engine._small import NotSmall, OneRequest, Seat
 from ..engine._tell import tell_failed
-from ..errors import BlobdlError, LocalFileError
+from ..errors import BlobdlError, LocalFileError, OutOfResources
 from ..events import DownloadResult, Event
 from ..http._remote import Remote
 from ..processes._child import Forked
-from ..processes._spawn import private, seat_pipe, start
+from ..processes._spawn import private, seat_pipe, start, start_thread
 from ..store._destination import sync_dir_quietly
 from ..store._names import default_name
 from ._items import Item, inside
@@ -50,6 +55,7 @@ log = logging.getLogger("blobdl")
 STOP_GRACE = 2.0  # seconds a stopped pool has to end its items before it is killed
 DROP = "drop"  # scheduler -> seat: let the kept connection go; the seat answers DROPPED
 DROPPED = "dropped"
+GO = "go"  # scheduler -> pool process: every process is forked; start your seats
 
 
 class _Job(NamedTuple):
@@ -91,6 +97,14 @@ class _Claim(NamedTuple):
     path: str
 
 
+class _Started(NamedTuple):
+    """Pool process -> scheduler, after ``GO``: its first ``seats`` seats run; the machine
+    refused the next one's thread (``refused``), and the rest were not tried."""
+
+    seats: int
+    refused: OutOfResources | None  # None: every seat started
+
+
 class _Stop(NamedTuple):
     """Scheduler -> pool process: end every seat's item now."""
 
@@ -115,8 +129,12 @@ class Pool:
         self.controls: list[Connection] = []
         self.closing = False  # told to end (``end``): told once
         self.ended: set[int] = set()  # processes reaped for good (``reaped``)
+        self.unstarted: set[int] = set()  # seats whose thread the machine refused (or after)
+        self.refused: OutOfResources | None = None  # why, the last time
         for number in range(len(self.ranges)):
             self._fork(number)
+        for number in range(len(self.ranges)):  # every process first, then their threads
+            self._go(number)
 
     def process_of(self, seat: int) -> int:
         return next(n for n, seats in enumerate(self.ranges) if seat in seats)
@@ -163,6 +181,7 @@ class Pool:
         """Fork the process again (it died); its seats' pipes are new."""
         self._reap(process, STOP_GRACE)  # dead already
         self._fork(process)
+        self._go(process)
 
     def stop(self, signum: int) -> None:
         """End every seat's item now (their temporary files go)."""
@@ -217,6 +236,20 @@ class Pool:
             self.procs.append(proc)
             self.controls.append(control)
 
+    def _go(self, number: int) -> None:
+        """Have process ``number`` start its seats, and hear which did. One that dies first
+        is heard as any that dies: its seats' pipes read EOF, its sentinel is ready."""
+        seats = self.ranges[number]
+        self.unstarted.difference_update(seats)
+        try:
+            self.controls[number].send(GO)
+            started: _Started = self.controls[number].recv()
+        except (EOFError, OSError):
+            return
+        self.unstarted.update(seats[started.seats :])
+        if started.refused is not None:
+            self.refused = started.refused
+
     def reap(self) -> None:
         """Wait for every process (after ``stop``), killing one past ``STOP_GRACE``."""
         for process in range(len(self.procs)):
@@ -247,19 +280,16 @@ def pool_main(
     settings: Settings,
     control: Connection,
 ) -> None:
-    """Entry point of a pool process: a thread per seat, until the scheduler says stop
-    (``_Stop``) or done (None), or is gone."""
+    """Entry point of a pool process: a thread per seat (once told ``GO``), until the
+    scheduler says stop (``_Stop``) or done (None), or is gone."""
     # _spawn.child_setup ran first: Ctrl-C is ignored, and we die with the scheduler.
     seats = [Seat(table, first + n, settings.buffer_size) for n in range(len(pipes))]
     idle = [threading.Event() for _ in seats]
-    for seat, pipe, done in zip(seats, pipes, idle, strict=True):
+    for done in idle:
         done.set()
-        thread = threading.Thread(
-            target=_seat_main, args=(seat, pipe, settings, done), name=f"blobdl-seat-{seat.slot}"
-        )
-        thread.daemon = True  # a seat waiting for its next item must not hold the exit up
-        thread.start()
     try:
+        control.recv()  # GO
+        control.send(_start_seats(seats, pipes, settings, idle))
         message = control.recv()
     except (EOFError, OSError):
         _close_lock_files(seats)
@@ -273,6 +303,32 @@ def pool_main(
     _close_lock_files(seats)
     for directory in set().union(*(seat.unsynced for seat in seats)):
         sync_dir_quietly(directory)
+
+
+def _start_seats(
+    seats: list[Seat],
+    pipes: tuple[Connection, ...],
+    settings: Settings,
+    idle: list[threading.Event],
+) -> _Started:
+    """A thread per seat, in order, until the machine refuses one (a task limit, too little
+    memory): the seats after it are not tried, and their pipes close (the scheduler never
+    gives them an item)."""
+    started, refused = 0, None
+    for seat, pipe, done in zip(seats, pipes, idle, strict=True):
+        thread = threading.Thread(
+            target=_seat_main, args=(seat, pipe, settings, done), name=f"blobdl-seat-{seat.slot}"
+        )
+        thread.daemon = True  # a seat waiting for its next item must not hold the exit up
+        try:
+            start_thread(thread)
+        except OutOfResources as exc:
+            refused = exc
+            break
+        started += 1
+    for pipe in pipes[started:]:
+        pipe.close()
+    return _Started(started, refused)
 
 
 def _close_lock_files(seats: list[Seat]) -> None:

@@ -383,10 +383,14 @@ class _Scheduler:
     def _off_the_seats(self) -> None:
         """Every seat is gone for good (``Seats.start``, ``Seats.died``): each item still
         queued runs on a child of its own, which probes it. One to be named after its probe
-        fails instead: its name would not be checked against the batch's others."""
+        fails instead: its name would not be checked against the batch's others. Every one
+        fails if the machine refused the seats' threads: a child of its own needs a process
+        and its lanes' threads, more than a seat did."""
         for host, queue in self.queued.items():
             for index in queue:
-                if self.items[index].path is None:
+                if self.seats.refused is not None:
+                    self._failed(index, self.seats.refused)
+                elif self.items[index].path is None:
                     self._failed(index, _no_seat())
                 else:
                     self.waiting.append(_Waiting(index, None, host))

@@ -7,18 +7,21 @@ probe learned of a blob too large for one request (``_Large``); it may ask first
 the name its item got is free (``_Claim``, answered here from ``Destinations``). ``heard``
 and ``died`` give the scheduler what concerns an item as ``(index, said)``: a ``_Told``,
 ``_Done`` or ``_Large``, or the error of an item whose process died under it. By then a seat
-that ended its item is free, and the connection it keeps is counted in the budget.
+that ended its item is free, and the connection it keeps is counted in the budget. A seat
+whose thread the machine refused (a task limit) is retired: its items go to the seats that
+started; if none did, each fails with the refusal (``refused``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..config import Settings
 from ..engine._counter_table import CounterTable
-from ..errors import BlobdlError
+from ..errors import BlobdlError, OutOfResources
 from ..http._pool import prepare_tls
 from ..processes._spawn import threaded
 from ..store._lock import LOCK_SUFFIX, remove_stale
@@ -28,6 +31,7 @@ from ._outcomes import died
 from ._pool import Answer, Pool, _Claim, _Done, _Job, _Large, _Told
 from ._watch import Watch
 
+log = logging.getLogger("blobdl")
 Said = _Told | _Done | _Large | BlobdlError
 
 
@@ -46,6 +50,7 @@ class Seats:
         # seat -> the lock files its process may leave if it dies: the one it keeps between
         # items (its last answer says which), and its item's own
         self.locks: dict[int, set[str]] = {}
+        self.refused: OutOfResources | None = None  # why a seat's thread could not start
 
     @property
     def busy(self) -> bool:
@@ -66,6 +71,7 @@ class Seats:
                 prepare_tls(self.settings, url)
         self.pool = Pool(self.budget.seats, self.processes, self.settings, self.table)
         watch.pool(self.pool)
+        self._retire_unstarted(range(self.budget.seats))
 
     def cap(self, rates: dict[int, int]) -> None:
         """Write each busy seat's share of the rate limit in its slot."""
@@ -159,6 +165,23 @@ class Seats:
             return
         self.pool.restart(number)
         watch.process(self.pool, number)
+        self._retire_unstarted(self.pool.ranges[number])
+
+    def _retire_unstarted(self, seats: range) -> None:
+        """Retire those of ``seats`` whose thread the machine refused: the budget counts on
+        them no more. The first time some seats did start, the user is told why the batch
+        runs on fewer (if none did, its items say so)."""
+        assert self.pool is not None
+        refused = [seat for seat in seats if seat in self.pool.unstarted]
+        for seat in refused:
+            self.budget.retire(seat)
+        if not refused or self.refused is not None:
+            return
+        self.refused = self.pool.refused
+        left = self.budget.seats - len(self.pool.unstarted)
+        if left:
+            log.warning("the batch runs on %d of %d seats: %s", left, self.budget.seats,
+                        self.refused)  # fmt: skip
 
     def _reaped(self, number: int) -> None:
         """Pool process ``number`` reaped for good; once every one is, the pool is over."""

@@ -40,16 +40,19 @@ class Watch:
             self.selector.register(waitable, selectors.EVENT_READ, None)
 
     def pool(self, pool: Pool) -> None:
-        """Every seat's pipe, then every pool process's sentinel."""
+        """Every seat's pipe (of those that started), then every pool process's sentinel."""
         for seat in range(len(pool.pipes)):
-            self.selector.register(pool.pipes[seat], selectors.EVENT_READ, ("seat", seat))
+            if seat not in pool.unstarted:
+                self.selector.register(pool.pipes[seat], selectors.EVENT_READ, ("seat", seat))
         for number, proc in enumerate(pool.procs):
             self.selector.register(proc.sentinel, selectors.EVENT_READ, ("pool", number))
 
     def process(self, pool: Pool, number: int) -> None:
-        """Pool process ``number`` (forked again): its seats' pipes and its sentinel."""
+        """Pool process ``number`` (forked again): its seats' pipes (of those that started)
+        and its sentinel."""
         for seat in pool.ranges[number]:
-            self.selector.register(pool.pipes[seat], selectors.EVENT_READ, ("seat", seat))
+            if seat not in pool.unstarted:
+                self.selector.register(pool.pipes[seat], selectors.EVENT_READ, ("seat", seat))
         sentinel = pool.procs[number].sentinel
         self.selector.register(sentinel, selectors.EVENT_READ, ("pool", number))
 

@@ -9,6 +9,7 @@ is: it counts threads too, and a fork or a thread past it fails with EAGAIN.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import uuid
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from blobdl.errors import EXIT_LOCAL
+from blobdl.errors import EXIT_LOCAL, EXIT_OK
 from faultserver.serverctl import ServerHandle
-from tests.conftest import Blob
+from tests.conftest import Blob, sha256_file
 from tests.integration.test_trust_stops import CLI, Cli, one_error, rerun_completes, side_files
 
 Make = Callable[..., Blob]
@@ -72,6 +73,70 @@ def test_a_lane_thread_the_machine_refuses_is_one_error_line_not_a_crash_loop(
     assert not out.exists() and f"{out.name}.blobdl-lock" not in side_files(out)
     server.reset()
     rerun_completes(blob, out)
+
+
+def small_batch(make: Make, tmp_path: Path, items: int, seed: int) -> tuple[Path, list[Blob]]:
+    """A manifest of ``items`` small blobs (each fetched whole on a seat), and the blobs."""
+    blobs = [make(20_000, seed=seed + n) for n in range(items)]
+    manifest = tmp_path / "list"
+    manifest.write_text("".join(f"{b.url} {tmp_path / f'o{n}'}\n" for n, b in enumerate(blobs)))
+    return manifest, blobs
+
+
+# Tasks: the batch's own (1), then each pool process (1) and the seats' threads that start.
+@pytest.mark.parametrize(("tasks", "processes", "items"), [(3, 1, 6), (5, 1, 6), (4, 2, 12)])
+def test_a_batch_runs_its_items_on_the_seats_the_machine_lets_start(
+    make: Make, server: ServerHandle, tmp_path: Path, tasks: int, processes: int, items: int,
+    tasks_cap: Callable[[int], Callable[[], None]],
+) -> None:  # fmt: skip
+    """Six seats, under a cap that lets one to three start: the pool process died of the
+    RuntimeError with a traceback, was forked again and died again, every item "FAILED ...
+    download process died (exit code 1)". The seats that started fetch every item."""
+    manifest, blobs = small_batch(make, tmp_path, items, seed=1610)
+    args = ["-i", str(manifest), *CLI, "--connections", "6", "--processes", str(processes)]
+    code, lines = Cli.of(args, preexec=tasks_cap(tasks)).finish()
+    assert code == EXIT_OK, lines
+    assert not [line for line in lines if "FAILED" in line], lines
+    for n, blob in enumerate(blobs):
+        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+    warned = [line for line in lines if line.startswith("blobdl: warning: ")]
+    assert len(warned) == 1 and "of 6 seats" in warned[0] and "ulimit -u" in warned[0], lines
+
+
+def test_a_batch_whose_pool_may_start_no_seat_fails_each_item_saying_why(
+    make: Make, server: ServerHandle, tmp_path: Path,
+    tasks_cap: Callable[[int], Callable[[], None]],
+) -> None:  # fmt: skip
+    """Room for the pool process but not one of its seats: every item failed as "download
+    process died (exit code 1)", after a traceback per fork. Each now says what ran out."""
+    manifest, _ = small_batch(make, tmp_path, 6, seed=1610)
+    args = ["-i", str(manifest), *CLI, "--connections", "6"]
+    code, lines = Cli.of(args, preexec=tasks_cap(2)).finish()
+    assert code == EXIT_LOCAL, lines
+    failed = [line for line in lines if "FAILED" in line]
+    assert len(failed) == 6, lines
+    assert all("cannot start a thread" in line and "ulimit -u" in line for line in failed), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list"]
+
+
+def test_a_cluster_batch_whose_scheduler_check_the_machine_refuses_is_one_error_line(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tasks_cap: Callable[[int], Callable[[], None]],
+) -> None:  # fmt: skip
+    """A batch for a Dask scheduler asks, from a thread of its own, whether one answers at
+    the address: under a cap of one task that thread was refused, and the batch ended in a
+    traceback, exit 1. (Nothing listens there: the check is refused before it connects.)"""
+    if importlib.util.find_spec("distributed") is None:
+        pytest.skip("distributed is not installed (pip install -e '.[dask]')")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # numpy, under distributed: no threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    manifest, _ = small_batch(make, tmp_path, 2, seed=1610)
+    args = ["-i", str(manifest), *CLI, "--scheduler", "tcp://127.0.0.1:1"]
+    code, lines = Cli.of(args, preexec=tasks_cap(1)).finish()
+    assert code == EXIT_LOCAL, lines
+    error = one_error(lines)
+    assert "cannot start a thread" in error and "ulimit -u" in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list"]
 
 
 def file_size_limit(size: int) -> Callable[[], None]:
