@@ -54,7 +54,10 @@ def tasks_cap() -> Iterator[Callable[[int], Callable[[], None]]]:
     group.rmdir()  # Cli.finish saw every process of the run gone
 
 
-@pytest.mark.parametrize("tasks", [4, 5, 7])
+# Caps that leave the worker room for fewer lane threads than it starts at once. A cap of 7
+# left the outcome to timing (1 run in 12 got through: the lanes that started finished the
+# blob before the last one was asked for), and a test must not pass by luck.
+@pytest.mark.parametrize("tasks", [4, 5])
 def test_a_lane_thread_the_machine_refuses_is_one_error_line_not_a_crash_loop(
     make: Make, server: ServerHandle, tmp_path: Path, tasks: int,
     tasks_cap: Callable[[int], Callable[[], None]],
