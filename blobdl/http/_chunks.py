@@ -23,6 +23,9 @@ from ..config import MAX_BYTES
 
 # http.client's limit on a line (64 KiB): a longer size line is refused as it always was.
 _MAXLINE = getattr(http.client, "_MAXLINE", 65536)
+# Trailer lines: http.client read them without a count, so a server that kept sending them
+# held the body open for ever, bytes flowing (no stall). As many as a head may have fields.
+_MAXTRAILERS = getattr(http.client, "_MAXHEADERS", 100)
 _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
 
 
@@ -55,11 +58,22 @@ class StrictChunks(http.client.HTTPResponse):
                 raise ChunkError("a chunk's data is longer than its size says")
             chunk_left = self._read_next_chunk_size()
             if chunk_left == 0:  # the last chunk: trailers, then the end of the body
-                self._read_and_discard_trailer()  # type: ignore[attr-defined]
+                self._read_and_discard_trailer()
                 self._close_conn()  # type: ignore[attr-defined]
                 chunk_left = None
             self.chunk_left = chunk_left
         return chunk_left
+
+    def _read_and_discard_trailer(self) -> None:
+        """The trailer section, up to its empty line, at most ``_MAXTRAILERS`` lines."""
+        for _ in range(_MAXTRAILERS + 1):
+            line = self.fp.readline(_MAXLINE + 1)
+            if len(line) > _MAXLINE:
+                raise http.client.LineTooLong("trailer line")
+            if line in (b"\r\n", b"\n", b""):  # its end (or the connection's)
+                return
+        self._close_conn()  # type: ignore[attr-defined]
+        raise ChunkError(f"more than {_MAXTRAILERS} trailer lines")
 
     def _read_next_chunk_size(self) -> int:
         line = self.fp.readline(_MAXLINE + 1)

@@ -258,6 +258,26 @@ def test_chunk_data_longer_than_its_size_is_refused_and_asked_again(
     assert server.stats()["requests"] == 3  # the probe, the bad answer, the retry
 
 
+@pytest.mark.parametrize("trailers", [3, 100, 101, 5000])
+def test_trailers_past_the_bound_of_a_head_are_a_bad_response(
+    make: Make, server: ServerHandle, tmp_path: Path, trailers: int
+) -> None:
+    """A body of unknown size (a chunked 200, read to its end): its trailer lines were read
+    without a count, each up to 64 KiB, so a server that kept sending them held the
+    download for as long as it liked, bytes flowing, and no stall ended it. They are
+    bounded as a head's fields are (100, http.client's own bound); a few are read as ever.
+    (A range's body stops at its stated end: its trailers are never read.)"""
+    blob = make(SMALL, seed=2014)
+    fields = "".join(f"X-Trailer-{n}: {n}\r\n" for n in range(trailers))
+    whole = chunked(blob, server, "{n:x}\r\n", ranged=False)
+    answered(server, whole.removesuffix("\r\n") + fields + "\r\n", skip=0)
+    code, stderr, out = fetch_alone(blob, tmp_path)
+    if trailers <= 100:
+        assert_exact(code, stderr, blob, out)
+    else:
+        assert_refused(code, stderr, out, "trailer")
+
+
 def test_a_part_of_a_blob_of_unknown_size_is_named_without_an_end(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
