@@ -1,6 +1,7 @@
 """The Docker config's credentials for a registry: ``auths.<host>`` in
 ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` (credential helpers are not
-supported). A file that cannot be read, or holds wrong types, is a usage error naming it.
+supported: one that holds a registry's credentials is named when they are missing). A file
+that cannot be read, or holds wrong types, is a usage error naming it.
 """
 
 from __future__ import annotations
@@ -9,15 +10,46 @@ import base64
 import binascii
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from ._schema import Fail, Opt, check, parse_json
 
 _ENTRY = {"auth": Opt(str), "username": Opt(str), "password": Opt(str)}
+_CONFIG = {"auths": Opt(dict), "credsStore": Opt(str), "credHelpers": Opt(dict)}
 
 
 def docker_credentials(host: str) -> tuple[str, str] | None:
     """(user, password) for ``host`` (``host[:port]``), or None."""
+    found = _read()
+    if found is None:
+        return None
+    doc, fail = found
+    key = _key_for(doc["auths"] or {}, host)
+    if key is None:
+        return None
+    return _decode(check(doc["auths"][key], _ENTRY, f"auths[{key!r}]", fail), fail)
+
+
+def no_credentials(host: str) -> str:
+    """Why ``docker_credentials(host)`` is None, for an error line: a credential helper
+    (``credHelpers.<host>``, else ``credsStore``) holds them, or the config has none."""
+    found = _read()
+    doc = found[0] if found is not None else {}
+    helpers = doc.get("credHelpers") or {}
+    key = _key_for(helpers, host)
+    helper = helpers[key] if key is not None else doc.get("credsStore")
+    if isinstance(helper, str) and helper:
+        return (
+            f"the Docker config leaves the credentials for {host} to the credential helper "
+            f"{helper!r} (credsStore, credHelpers), which blobdl does not support: put them "
+            f"in auths"
+        )
+    return f"no credentials for {host} in the Docker config"
+
+
+def _read() -> tuple[dict[str, Any], Fail] | None:
+    """The config's checked top level and the error its path makes, or None (no file)."""
     folder = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
     path = Path(folder) / "config.json"
     try:
@@ -30,11 +62,15 @@ def docker_credentials(host: str) -> tuple[str, str] | None:
     def fail(message: str) -> UsageError:
         return UsageError(f"Docker config {path}: {message}")
 
-    doc = check(parse_json(raw, "the file", fail), {"auths": Opt(dict)}, "the file", fail)
-    for key, entry in (doc["auths"] or {}).items():
-        if _config_host(key) == host.lower():
-            return _decode(check(entry, _ENTRY, f"auths[{key!r}]", fail), fail)
-    return None
+    return check(parse_json(raw, "the file", fail), _CONFIG, "the file", fail), fail
+
+
+def _key_for(table: dict[str, Any], host: str) -> str | None:
+    """The key of ``table`` naming ``host``: the host itself first, as Docker looks it up,
+    then the first written another way (``https://host/v1/``)."""
+    if host in table:
+        return host
+    return next((key for key in table if _config_host(key) == host.lower()), None)
 
 
 def _config_host(key: str) -> str:

@@ -45,7 +45,7 @@ from ..http._redirects import REDIRECTS
 from ..http._routes import ProxyRoutes
 from ..http._urls import headers_for_origin, redirect_target, same_origin, url_problem
 from ..processes._spawn import in_threads
-from ._credentials import basic, docker_credentials
+from ._credentials import basic, docker_credentials, no_credentials
 from ._names import Reference
 from ._schema import Int, Opt, check, parse_json
 
@@ -62,6 +62,7 @@ MAX_DOCUMENT = 4 << 20  # bytes of a manifest or a token answer; a manifest is a
 # quoted string, spaces allowed around "="; a quote that is never closed is no value at all.
 _TOKEN = r"[!#$%&'*+.^_`|~\w-]+"
 _SCHEME = re.compile(rf"({_TOKEN})(?=[ \t,]|$)")
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme and an authority
 _PARAM = re.compile(rf'({_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^\s",]*))[ \t]*(?=,|$)')
 
 
@@ -149,6 +150,7 @@ class Registry:
         self.credentials = docker_credentials(ref.host)
         self.tokens: dict[str, str] = {}  # scope -> Bearer token
         self.scheme = ""  # the auth scheme the registry asked for ("" until it asks)
+        self.realm = ""  # the token server of the last Bearer challenge ("" until one)
         self.scope = f"repository:{ref.repository}:pull"
         # Blob lookups run at once (``blob_sources``): a 401 to several of them is answered
         # by one token, fetched by the first; the others wait for it and use it.
@@ -260,8 +262,23 @@ class Registry:
                 self._authenticate(url, answer.headers.get("WWW-Authenticate", ""))
         answer = self._get(url, {**extra, **self.headers_for(url)}, limit)
         if answer.status == 401:
-            raise AuthRefused(url, "the registry refused the credentials")
+            raise AuthRefused(url, self._refused())
         return answer
+
+    def _refused(self) -> str:
+        """What the registry refused when it answers 401 to what it asked for: the token
+        (whose server, for which credentials) or the Docker config's Basic credentials.
+        Anonymous, a registry answers so for a repository that is private or absent alike
+        (Docker: "repository does not exist or may require 'docker login'")."""
+        host = self.ref.host
+        if self.scheme == "basic":
+            return f"the registry refused the Docker config's credentials for {host}"
+        given = (
+            f"for the Docker config's credentials for {host}"
+            if self.credentials
+            else f"with {no_credentials(host)}: the repository is private or does not exist"
+        )
+        return f"the registry refused the token from {urlsplit(self.realm).netloc} {given}"
 
     def _get(self, url: str, headers: Headers, limit: int) -> Document:
         # A manifest or token has the stall timeout to arrive whole, not just between bytes.
@@ -280,12 +297,15 @@ class Registry:
         elif basic is not None:
             self.scheme = "basic"
             if self.credentials is None:
-                raise AuthRefused(url, f"no credentials for {self.ref.host} in the Docker config")
+                raise AuthRefused(url, no_credentials(self.ref.host))
         else:
             raise AuthRefused(url, f"unsupported challenge {header[:100]!r}")
 
     def _token(self, url: str, realm: str, service: str | None, scope: str) -> str:
+        if not _ABSOLUTE.match(realm):  # Docker and Ollama read it as a URL of its own
+            raise BadResponse(url, f"token realm {realm[:100]!r} is not an absolute http(s) URL")
         realm = redirect_target(url, realm, "token realm")  # ambiguous, not http(s): refused
+        self.realm = realm
         query = urlencode({k: v for k, v in (("service", service), ("scope", scope)) if v})
         token_url = f"{realm}{'&' if '?' in realm else '?'}{query}"
 
