@@ -36,6 +36,7 @@ from socketserver import TCPServer
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .framing import framed
 from .nodelay import NoDelayServer
 
 SENDFILE_CHUNK = 8 << 20  # big enough to amortise syscalls, small enough for live stats
@@ -101,6 +102,9 @@ ACTIONS: dict[str, frozenset[str]] = {
     # whole is cut into separate writes, ``gap`` seconds apart (a status line in pieces).
     # The connection stays open for the next request unless ``close``.
     "raw": frozenset({"send", "trail", "split", "gap", "close"}),
+    # The reply's bytes (the range asked for; the whole file, 200, if ``whole``) framed as
+    # ``spec`` says, right or wrong: see faultserver/framing.py. The connection closes after.
+    "framing": frozenset({"spec", "whole"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -119,6 +123,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "stall_at": ("offset",),
     "slow_conn": ("bps",),
     "transfer_encoding": ("value",),
+    "framing": ("spec",),
 }
 # ``after``: {"path": P, "requests": N}, with any action: the reply waits (before its status
 # line) until P has been asked N times, so that two clients' requests start together however
@@ -513,7 +518,7 @@ def file_reply(
     if_match = _header(req, "If-Match")
     if if_match is not None and not etag_matches(if_match, etag):
         return Reply(412, [*headers, ("Content-Length", "0")])
-    whole = action == "transfer_encoding" and fault is not None and fault.params.get("whole")
+    whole = action in ("transfer_encoding", "framing") and fault and fault.params.get("whole")
     if action in ("ignore_range", "no_length", "full_200") or whole:
         return whole_body(path, size, headers, action)
     if_range = _header(req, "If-Range")
@@ -705,6 +710,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # a lying Content-Length breaks the framing
         if fault is not None and fault.action == "raw":
             self._send_raw(reply, fault, head)
+            return
+        if fault is not None and fault.action == "framing":
+            self._send_framed(reply, fault, head)
             return
         self._send(reply, fault, head)
 
@@ -950,6 +958,17 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[at:cut])
             at = cut
         self.close_connection = bool(fault.params.get("close", False))
+
+    def _send_framed(self, reply: Reply, fault: Fault, head: bool) -> None:
+        """The ``framing`` action (see ACTIONS)."""
+        body = b"" if head else reply.data[: reply.body_len]
+        if reply.file is not None and not head:
+            with open(reply.file, "rb") as f:
+                body = os.pread(f.fileno(), reply.length, reply.start)
+            self.srv.state.add_bytes(len(body))
+        self.log_request(reply.status)
+        self.wfile.write(framed(reply.status, reply.headers, body, dict(fault.params["spec"])))
+        self.close_connection = True
 
     def _rendered(self, reply: Reply, head: bool) -> tuple[bytes, int]:
         """``reply`` as ``_send`` would write it (head, then body), and its file bytes."""

@@ -531,3 +531,120 @@ def hostile_manifest_texts(draw: st.DrawFn) -> str:
     words = st.lists(st.sampled_from(_MANIFEST_WORDS), max_size=4).map(" ".join)
     lines = draw(st.lists(st.one_of(words, _JSON_ITEMS, st.text(max_size=30)), max_size=5))
     return str(draw(st.sampled_from(["\n", "\r\n", "\r", "\x85", "\u2028"]))).join(lines)
+
+
+# --- framing: how a body is delimited, right or wrong (integration/test_hostile_framing.py) --
+
+#: ``Transfer-Encoding`` values that mean chunked (RFC 9110 5.6.1: a list, any case).
+CHUNKED_SPELLINGS = ("chunked", "Chunked", "CHUNKED", "chunked ", ",chunked")
+#: Chunk-size lines that are not the grammar's (RFC 9112 7.1: ``1*HEXDIG [ext] CRLF``), most
+#: of them the chunk's own size (``n``) spelled as Python's ``int(line, 16)`` reads it.
+BAD_SIZE_LINES = ("-1\r\n", "-{n:x}\r\n", "+{n:x}\r\n", "0x{n:x}\r\n", "0_{n:x}\r\n",
+                  " {n:x}\r\n", "{n:x}g\r\n", ";ext\r\n", "\r\n", "1" + "0" * 16 + "\r\n",
+                  "f" * 70_000 + "\r\n", "{n:x}\r")  # fmt: skip
+#: How far a stated size (a chunk's, a Content-Length, a Content-Range) is off.
+OFF_BY = (-3, -2, -1, 1, 2, 3, 100)
+
+
+class Framing(NamedTuple):
+    """A ``framing`` spec (faultserver/framing.py) and what a client must make of it."""
+
+    spec: dict[str, object]
+    readable: bool  # the grammar's, plainly: a client must read it (else it may refuse)
+
+
+@st.composite
+def chunk_lines(draw: st.DrawFn) -> str:
+    """A chunk-size line as the grammar allows it: leading zeros, either case, white space
+    and extensions before the line end, a bare LF (RFC 9112 2.2 lets a recipient take it)."""
+    zeros = "0" * draw(st.integers(0, 3))
+    digits = draw(st.sampled_from(["{n:x}", "{n:X}"]))
+    space = draw(st.sampled_from(["", " ", " \t"]))
+    ext = draw(st.sampled_from(["", ";a=b", ';a="x;y"', ";a;b=c"]))
+    return zeros + digits + space + ext + draw(st.sampled_from(["\r\n", "\n"]))
+
+
+@st.composite
+def chunked_framings(draw: st.DrawFn, size: int) -> Framing:
+    """A chunked body split anywhere, its lines in any form the grammar allows; then, or
+    not, one thing the grammar does not (a size line, a size off, a chunk's end, no last
+    chunk, trailers past a head's bound, a Content-Length beside it, bytes after it)."""
+    spec: dict[str, object] = {
+        "body": "chunked",
+        "te": draw(st.sampled_from(CHUNKED_SPELLINGS)),
+        "cuts": draw(st.lists(st.integers(1, max(size, 1)), max_size=4)),
+        "line": draw(chunk_lines()),
+        "trailers": draw(st.sampled_from([0, 0, 1, 3])),
+    }
+    fault = draw(st.sampled_from(["none", "none", "bad", "bad", "bad", "off", "off",
+                                  "data_end", "last", "trailers", "length", "junk"]))  # fmt: skip
+    chunk = st.integers(0, 4)
+    if fault == "bad":
+        spec["bad"] = {"chunk": draw(chunk), "line": draw(st.sampled_from(BAD_SIZE_LINES))}
+    elif fault == "off":
+        spec["off"] = {"chunk": draw(chunk), "by": draw(st.sampled_from(OFF_BY))}
+    elif fault == "data_end":
+        spec["data_end"] = draw(st.sampled_from(["\n", "", "\r", "xy"]))
+    elif fault == "last":
+        spec["last"] = False
+    elif fault == "trailers":
+        spec["trailers"] = draw(st.sampled_from([101, 150]))
+    elif fault == "length":  # RFC 9112 6.1: chunked wins, or the message is refused
+        spec["length"] = draw(st.sampled_from(["right", "short", "long", "list_other"]))
+    elif fault == "junk":
+        spec["junk"] = draw(st.sampled_from(["x", "HTTP/1.1 200 OK\r\n\r\n", "0\r\n\r\n"]))
+    return Framing(spec, fault == "none")
+
+
+def length_framings(whole: bool, digest: bool) -> st.SearchStrategy[Framing]:
+    """A body delimited by its Content-Length (right, off, doubled, a list) or by the
+    connection's close. A 200's length that is short but not refused is only a lie a digest
+    can tell (nothing else states the size), so it comes with one."""
+    right = st.sampled_from([{}, {"body": "close"}]).map(lambda s: Framing(s, True))
+    lies = ["long", "twice", "list", "list_other"] + (["short"] if digest or not whole else [])
+    lying = st.builds(
+        lambda how, by: Framing({"length": how, "by": by}, False),
+        st.sampled_from(lies),
+        st.sampled_from([n for n in OFF_BY if n > 0]),
+    )
+    return right | lying
+
+
+def range_framings(digest: bool) -> st.SearchStrategy[Framing]:
+    """A 206's Content-Range moved (the bytes not) or of another total; another total told
+    alike on every answer is a smaller or larger blob, so it comes with a digest."""
+    kinds = ["shifted", "total"] if digest else ["shifted"]
+    return st.builds(
+        lambda how, by: Framing({"range": how, "by": by}, False),
+        st.sampled_from(kinds),
+        st.sampled_from(OFF_BY),
+    )
+
+
+def framings(size: int, whole: bool, digest: bool) -> st.SearchStrategy[Framing]:
+    """One answer's framing, for a blob of ``size`` bytes; ``whole``: every answer a 200
+    of the whole blob (a server without ranges)."""
+    choices = [chunked_framings(size), length_framings(whole, digest)]
+    if not whole:
+        choices.append(range_framings(digest))
+    return st.one_of(choices)
+
+
+def framing_catalogue() -> dict[str, dict[str, object]]:
+    """Every corruption ``framings`` draws from, once each, on a chunked body of three
+    chunks (or a plain one), by name: for a sweep that needs no luck."""
+    chunked = {"body": "chunked", "cuts": [100, 600]}
+    named: dict[str, dict[str, object]] = {}
+    for line in BAD_SIZE_LINES:
+        named[f"size line {line[:12]!r}"] = {**chunked, "bad": {"chunk": 1, "line": line}}
+    for by in OFF_BY:
+        named[f"chunk size off by {by}"] = {**chunked, "off": {"chunk": 1, "by": by}}
+        named[f"last chunk size off by {by}"] = {**chunked, "off": {"chunk": 2, "by": by}}
+    for end in ("\n", "", "\r", "xy"):
+        named[f"chunk data ended by {end!r}"] = {**chunked, "data_end": end}
+    named["no last chunk"] = {**chunked, "last": False}
+    named["101 trailers"] = {**chunked, "trailers": 101}
+    for how in ("short", "long", "twice", "list", "list_other"):
+        named[f"Content-Length {how}"] = {"length": how}
+        named[f"chunked and Content-Length {how}"] = {**chunked, "length": how}
+    return named

@@ -287,3 +287,20 @@ def test_a_part_of_a_blob_of_unknown_size_is_named_without_an_end(
     answered(server, chunked(blob, server, "-1\r\n", ranged=False), skip=0)
     code, stderr, _ = fetch_alone(blob, tmp_path)
     assert code == EXIT_INTEGRITY and "part 0 (bytes 0-) failed after 2 attempts" in stderr
+
+
+@pytest.mark.xfail(strict=True, reason="defect found by test_hostile_framing: not fixed yet")
+@pytest.mark.parametrize("cuts", [[100, 600], [100, 990]], ids=["refused later", "never refused"])
+def test_a_chunk_that_states_more_than_its_data_is_never_written(
+    make: Make, server: ServerHandle, tmp_path: Path, cuts: list[int]
+) -> None:
+    """Three chunks, the second stating 20 bytes more than it holds: what is read as its
+    data ends with the CRLF after it, the next size line and the next chunk's first bytes.
+    They were written as the blob's; then the check of the chunk's end refused the answer
+    and the retry asked for the rest only, past them (exit 0, wrong bytes); or, when the
+    range ended within them, nothing checked the chunk's end at all."""
+    blob = make(SMALL, seed=2015)
+    spec = {"body": "chunked", "cuts": cuts, "off": {"chunk": 1, "by": 20}}
+    server.set_faults({"path": "/files/*", "skip": 1, "action": "framing", "spec": spec})
+    code, stderr, out = fetch_alone(blob, tmp_path)
+    assert code != EXIT_OK or sha256_file(out) == blob.sha256, f"exit 0, wrong bytes: {stderr}"
