@@ -111,8 +111,7 @@ def _fetch_chunks(filler: Filler, session: Session, remote: Remote, first: int) 
         if span.end <= pos:
             return
         with session.range(span) as body:
-            pos = filler.stream(body, pos)
-            body.reached(pos)
+            pos = filler.take(body, pos)
         # The probe's answer came with no lanes running: a machine busy with its own lanes
         # delays our reading of a status line, but makes no idle connection worth avoiding.
         overhead = min(body.answer_time, remote.answer_time)
@@ -137,8 +136,7 @@ def _fetch_whole(filler: Filler, session: Session, remote: Remote) -> None:
     slot, table = filler.attempt.slot, filler.table
     start = table.pos(slot)
     with session.whole(start) as body:
-        pos = filler.stream(body, start)
-        body.reached(pos)
+        pos = filler.take(body, start)
     # Even when the probe learned no size, this response may state its length: never take
     # a body cut short for the whole blob.
     final_end = table.end(slot)
@@ -171,6 +169,25 @@ class Filler:
     def close(self) -> None:
         # The buffer goes with the last view of it (an error's traceback may hold one).
         self.splicer.close()
+
+    def take(self, body: RangeBody, pos: int) -> int:
+        """``stream`` from ``pos``, then ``body.reached``: the position reached, less the
+        bytes whose framing is not checked yet (a chunked body's current chunk), here and
+        on any failure. A chunk whose size line stated more than its data handed out the
+        line end, the next size line and the next chunk's bytes as its own: they are never
+        kept as the blob's, and a retry asks for them again."""
+        slot, table = self.attempt.slot, self.table
+        try:
+            end = self.stream(body, pos)
+            body.reached(end)
+        except BaseException:
+            if unchecked := body.unchecked():
+                table.set_pos(slot, max(pos, table.pos(slot) - unchecked))
+            raise
+        if unchecked := body.unchecked():
+            end = max(pos, end - unchecked)
+            table.set_pos(slot, end)
+        return end
 
     def stream(self, body: RangeBody, pos: int) -> int:
         """``body`` -> the file from ``pos``; returns the position reached. Through one

@@ -264,8 +264,7 @@ class OneRequest(Downloader):
             if body is None:
                 body = session.range(Span(start, size)) if remote.ranges else session.whole(0)
             with body:
-                end = seat.filler.stream(body, start)
-                body.reached(end)
+                end = seat.filler.take(body, start)
         seat.check()
         if end < size:
             raise TruncatedBody(remote.final_url, end - start, size - start)

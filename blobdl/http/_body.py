@@ -19,6 +19,7 @@ from typing import Any
 import urllib3
 
 from ..errors import BadResponse, HTTPStatusError, RemoteChanged
+from ._chunks import StrictChunks
 from ._connections import ready_at
 from ._headers import parse_content_range, range_header
 from ._redirects import Answer, get_following
@@ -57,6 +58,8 @@ class RangeBody:
         self.remote: Remote | None = None  # as it answered: after a redirect, its target
         self._url, self._pinned_end = "", -1  # set for a whole body of no stated length
         inner = getattr(response, "_fp", None)
+        # A chunked body, its framing checked chunk by chunk (``StrictChunks``).
+        self._chunks = inner if isinstance(inner, StrictChunks) and inner.chunked else None
         if isinstance(inner, http.client.HTTPResponse) and not inner.chunked and inner.fp:
             # A length-delimited (or read-to-close) body is the raw stream after the
             # headers; the caller never asks for more than the body holds.
@@ -127,8 +130,15 @@ class RangeBody:
         reached the blob's end as the probe stated it must end there: one that goes on is
         another blob (``RemoteChanged``), and its first bytes are not the one pinned."""
         self._reached = pos
+        if self._chunks is not None and 0 <= self.stop == pos:
+            self._chunks.ends_here()
         if pos == self._pinned_end and self.stop < 0 and self.read(memoryview(bytearray(1))):
             raise RemoteChanged(self._url, f"the body goes on past the {pos} bytes stated")
+
+    def unchecked(self) -> int:
+        """Bytes read whose framing is not checked yet (the current chunk's, of a chunked
+        body): not the blob's until it is, so not kept (``keep_checked``)."""
+        return self._chunks.unchecked() if self._chunks is not None else 0
 
     @contextmanager
     def gathering(self) -> Iterator[Reader]:

@@ -49,6 +49,21 @@ class StrictChunks(http.client.HTTPResponse):
     them (``_get_chunk_left`` is http.client's, but for those two checks)."""
 
     chunk_left: int | None
+    chunk_size = 0  # what the current chunk's size line stated
+
+    def unchecked(self) -> int:
+        """Bytes of the current chunk already handed out whose chunk's end (the CRLF after
+        its data) is not checked yet: a size line that stated more than its data makes them
+        the line end, the next size line and the next chunk's bytes."""
+        return 0 if self.chunk_left is None else self.chunk_size - self.chunk_left
+
+    def ends_here(self) -> None:
+        """The caller read all the body it wants (a range's stop): that must be a chunk's
+        end, followed by the last chunk; else the chunks state other bytes than the range
+        holds (``ChunkError``)."""
+        if self.chunk_left or (self.chunk_left == 0 and self._get_chunk_left() is not None):
+            self._close_conn()  # type: ignore[attr-defined]
+            raise ChunkError("the chunks state more bytes than the range the answer holds")
 
     def _get_chunk_left(self) -> int | None:
         chunk_left = self.chunk_left
@@ -61,7 +76,7 @@ class StrictChunks(http.client.HTTPResponse):
                 self._read_and_discard_trailer()
                 self._close_conn()  # type: ignore[attr-defined]
                 chunk_left = None
-            self.chunk_left = chunk_left
+            self.chunk_left, self.chunk_size = chunk_left, chunk_left or 0
         return chunk_left
 
     def _read_and_discard_trailer(self) -> None:

@@ -93,19 +93,8 @@ def test_a_body_framed_any_way_is_read_exactly_or_refused(
         server.reset()
 
 
-#: Found by this sweep, not fixed yet: a chunk that states more than its data (see
-#: test_trust_framing.py's test_a_chunk_that_states_more_than_its_data_is_never_written).
-KNOWN = pytest.mark.xfail(strict=True, reason="a chunk stating more than its data is written")
-
-
-def _known(spec: dict, whole: bool) -> list[pytest.MarkDecorator]:
-    off = spec.get("off")
-    return [KNOWN] if not whole and off and off["chunk"] == 1 and off["by"] > 0 else []
-
-
 SWEEP = [
-    pytest.param(spec, whole, id=f"{name}-{'the whole body' if whole else 'a range'}",
-                 marks=_known(spec, whole))
+    pytest.param(spec, whole, id=f"{name}-{'the whole body' if whole else 'a range'}")
     for name, spec in framing_catalogue().items()
     for whole in (False, True)
 ]  # fmt: skip

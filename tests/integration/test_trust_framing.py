@@ -289,7 +289,6 @@ def test_a_part_of_a_blob_of_unknown_size_is_named_without_an_end(
     assert code == EXIT_INTEGRITY and "part 0 (bytes 0-) failed after 2 attempts" in stderr
 
 
-@pytest.mark.xfail(strict=True, reason="defect found by test_hostile_framing: not fixed yet")
 @pytest.mark.parametrize("cuts", [[100, 600], [100, 990]], ids=["refused later", "never refused"])
 def test_a_chunk_that_states_more_than_its_data_is_never_written(
     make: Make, server: ServerHandle, tmp_path: Path, cuts: list[int]
