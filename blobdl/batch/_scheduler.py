@@ -382,10 +382,9 @@ class _Scheduler:
 
     def _off_the_seats(self) -> None:
         """Every seat is gone for good (``Seats.start``, ``Seats.died``): each item still
-        queued runs on a child of its own, which probes it. One to be named after its probe
-        fails instead: its name would not be checked against the batch's others. Every one
-        fails if the machine refused the seats' threads: a child of its own needs a process
-        and its lanes' threads, more than a seat did."""
+        queued runs on a child of its own, which probes it; one to be named after its probe
+        fails (its name would go unchecked against the others), and all do if the machine
+        refused the seats' threads (a child needs a process and its lanes' threads)."""
         for host, queue in self.queued.items():
             for index in queue:
                 if self.seats.refused is not None:
