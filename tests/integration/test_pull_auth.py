@@ -19,18 +19,13 @@ import pytest
 
 from faultserver.hostile_registry import HostileRegistry
 from tests.integration.test_pull_hostile import (
-    DOCKER_PASSWORD,
-    DOCKER_USER,
     one_error_line,
     pull_from,
     rule,
     script,
     store_problems,
 )
-from tests.strategies import REGISTRY_REPO
-
-CREDENTIALS = f"{DOCKER_USER}:{DOCKER_PASSWORD}"
-SCOPE = f'service="hostile",scope="repository:{REGISTRY_REPO}:pull"'
+from tests.integration.test_pull_secrets import CREDENTIALS, SCOPE
 
 
 @pytest.fixture(scope="module")
