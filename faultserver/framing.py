@@ -3,7 +3,8 @@
 The server picks the bytes (the file slice the Range asks for, or the whole file when
 ``whole``); the rule picks how they are delimited, right or wrong, so one script fits the
 probe and every part whatever range each asks. The message is sent whole and the
-connection closed after it: a body longer than its framing says ends there.
+connection closed after it (a body longer than its framing says ends there), unless the
+rule says ``keep``: then the next request is answered on it, after whatever was sent.
 
 A spec (every key optional):
 
@@ -47,11 +48,16 @@ def framed(status: int, headers: list[tuple[str, str]], body: bytes, spec: dict[
         payload = _chunked(body, spec)
     else:
         payload = body
-    if kind == "close" or spec.get("length") == "none":
+    if ends_with_close(spec):
         fields.append(("Connection", "close"))
     head = f"HTTP/1.1 {status} Framed\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)
     junk = str(spec.get("junk", "")).encode("latin-1")
     return head.encode("latin-1") + b"\r\n" + payload + junk
+
+
+def ends_with_close(spec: dict[str, Any]) -> bool:
+    """Whether the message says its body ends with the connection (``Connection: close``)."""
+    return spec.get("body") == "close" or spec.get("length") == "none"
 
 
 def _range(headers: list[tuple[str, str]], how: str, by: int) -> list[tuple[str, str]]:

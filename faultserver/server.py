@@ -36,7 +36,7 @@ from socketserver import TCPServer
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .framing import framed
+from .framing import ends_with_close, framed
 from .nodelay import NoDelayServer
 
 SENDFILE_CHUNK = 8 << 20  # big enough to amortise syscalls, small enough for live stats
@@ -103,8 +103,10 @@ ACTIONS: dict[str, frozenset[str]] = {
     # The connection stays open for the next request unless ``close``.
     "raw": frozenset({"send", "trail", "split", "gap", "close"}),
     # The reply's bytes (the range asked for; the whole file, 200, if ``whole``) framed as
-    # ``spec`` says, right or wrong: see faultserver/framing.py. The connection closes after.
-    "framing": frozenset({"spec", "whole"}),
+    # ``spec`` says, right or wrong: see faultserver/framing.py. The connection closes after,
+    # unless ``keep`` (then only if the framing ends the body with it): what a client makes
+    # of an answer's end decides what it reads as the next answer on that connection.
+    "framing": frozenset({"spec", "whole", "keep"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -967,8 +969,9 @@ class Handler(BaseHTTPRequestHandler):
                 body = os.pread(f.fileno(), reply.length, reply.start)
             self.srv.state.add_bytes(len(body))
         self.log_request(reply.status)
-        self.wfile.write(framed(reply.status, reply.headers, body, dict(fault.params["spec"])))
-        self.close_connection = True
+        spec = dict(fault.params["spec"])
+        self.wfile.write(framed(reply.status, reply.headers, body, spec))
+        self.close_connection = not fault.params.get("keep") or ends_with_close(spec)
 
     def _rendered(self, reply: Reply, head: bool) -> tuple[bytes, int]:
         """``reply`` as ``_send`` would write it (head, then body), and its file bytes."""

@@ -42,6 +42,15 @@ SIZES = (0, 1, 1000, 2 * 16_384 + 7)
 PART = 16_384
 CLI = ["-q", "--min-part-size", str(PART), "--max-part-size", str(PART), "--retries", "2",
        "--max-backoff", "0.01", "--stall-timeout", "1"]  # fmt: skip
+SEARCH = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not DEEP,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+    phases=list(Phase) if DEEP else [Phase.explicit, Phase.generate],
+)
 
 
 @st.composite
@@ -59,28 +68,27 @@ def scripts(draw: st.DrawFn, size: int) -> dict:
     return {"rules": rules, "digest": digest, "readable": readable}
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not DEEP,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-    print_blob=True,
-    phases=list(Phase) if DEEP else [Phase.explicit, Phase.generate],
-)
+@SEARCH
 @given(data=st.data())
 def test_a_body_framed_any_way_is_read_exactly_or_refused(
     server: ServerHandle, make: Make, tmp_path: Path, data: st.DataObject
 ) -> None:
-    server.reset()
     size = data.draw(st.sampled_from(SIZES), label="size")
-    blob = make(size, seed=2100)
-    case = data.draw(scripts(size), label="script")
+    download_framed(server, make(size, seed=2100), data, tmp_path)
+
+
+def download_framed(
+    server: ServerHandle, blob: Blob, data: st.DataObject, tmp_path: Path, *trust: str
+) -> None:
+    """One example: a script drawn for ``blob`` on ``server``, the CLI run (``trust``: its
+    TLS arguments), the property checked."""
+    server.reset()
+    case = data.draw(scripts(blob.size), label="script")
     sandbox = Path(tempfile.mkdtemp(prefix="case-", dir=tmp_path))
     work = sandbox / "work"
     work.mkdir()
     server.set_faults(*case["rules"])
-    args = [blob.url, "-o", str(work / "out.bin"), *CLI,
+    args = [blob.url, "-o", str(work / "out.bin"), *CLI, *trust,
             "--connections", str(data.draw(st.integers(1, 2), label="connections"))]  # fmt: skip
     if case["digest"]:
         args += ["--digest", f"sha256:{blob.sha256}"]
@@ -107,7 +115,15 @@ def test_each_corrupted_framing_of_a_part_is_refused_or_read_exactly(
     """The catalogue ``framings`` draws from, each on the answer after the probe (a part of
     the only part, or the whole-body GET), once: what a short derandomized search may miss.
     A short 200 is a lie only a digest tells: the whole body runs with one."""
-    blob = make(1000, seed=2101)
+    sweep_one(server, make(1000, seed=2101), spec, whole, tmp_path)
+
+
+def sweep_one(
+    server: ServerHandle, blob: Blob, spec: dict[str, object], whole: bool, tmp_path: Path,
+    *trust: str,
+) -> None:  # fmt: skip
+    """One framing of the catalogue on the answer after the probe (``trust``: the CLI's TLS
+    arguments), the property checked."""
     if whole:
         server.set_faults({"path": "/files/*", "times": 1, "action": "framing", "spec": {},
                            "whole": True},
@@ -120,7 +136,7 @@ def test_each_corrupted_framing_of_a_part_is_refused_or_read_exactly(
                            "spec": spec})  # fmt: skip
     work = tmp_path / "work"
     work.mkdir()
-    args = [blob.url, "-o", str(work / "out.bin"), *CLI, "--connections", "1"]
+    args = [blob.url, "-o", str(work / "out.bin"), *CLI, *trust, "--connections", "1"]
     if whole:
         args += ["--digest", f"sha256:{blob.sha256}"]
     check_invariant(run_cli_tagged(args, work), blob, tmp_path, work, work / "out.bin")
