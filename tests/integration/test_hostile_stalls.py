@@ -16,12 +16,19 @@ import psutil
 import pytest
 
 import blobdl
-from blobdl import Downloader, PartRetried, PartStalled
+from blobdl import Downloader, PartRetried, PartStalled, Settings
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 
 Make = Callable[..., Blob]
 LANE = 4 * PART  # 256 KiB parts
+
+
+def stealing(stall_timeout: float) -> Settings:
+    """Parts of one lane's size, split down to 16 KiB by idle lanes, the coordinator looking
+    every 50 ms: settings under which a slow range is taken over within a second."""
+    return fast_settings(min_part_size=LANE, max_part_size=LANE, min_steal_size=16 * 1024,
+                         stall_timeout=stall_timeout, progress_interval=0.05)  # fmt: skip
 
 
 def test_a_lane_that_trickles_just_under_the_stall_timeout_is_rescued_by_stealing(
@@ -34,10 +41,7 @@ def test_a_lane_that_trickles_just_under_the_stall_timeout_is_rescued_by_stealin
     blob = make(8 * LANE, seed=2301)
     server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 1,
                        "action": "rate", "bps": 2.5, "step": 1})  # fmt: skip
-    settings = fast_settings(
-        min_part_size=LANE, max_part_size=LANE, min_steal_size=16 * 1024,
-        stall_timeout=1.0, progress_interval=0.05,
-    )  # fmt: skip
+    settings = stealing(stall_timeout=1.0)
     result = Downloader(settings).download(blob.url, tmp_path / "out")
     assert sha256_file(tmp_path / "out") == blob.sha256
     assert result.steals >= 1 and result.retries == 0  # taken over, never a stall
@@ -79,10 +83,7 @@ def test_a_stolen_half_that_stalls_is_taken_again_from_where_it_stopped(
     offset = LANE - 1_000  # past any first split of part 0 (at most half-way + a chunk)
     server.set_faults({"path": f"/files/{blob.name}", "times": 1, "action": "stall_at",
                        "offset": offset, "hold": 60})  # fmt: skip
-    settings = fast_settings(
-        min_part_size=LANE, max_part_size=LANE, min_steal_size=16 * 1024,
-        stall_timeout=0.5, progress_interval=0.05,
-    )  # fmt: skip
+    settings = stealing(stall_timeout=0.5)
     result = Downloader(settings).download(blob.url, tmp_path / "out")
     assert sha256_file(tmp_path / "out") == blob.sha256
     assert result.steals >= 1
