@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from .._redact import redact_url
 from ..config import Settings
 from ..engine._download import Downloader
 from ..engine._plan import download_part_count
 from ..engine._share import Shares
+from ..engine._tell import failed
 from ..errors import BlobdlError, Interrupted, UsageError
-from ..events import DownloadResult, Event, Failed
+from ..events import DownloadResult, Event
 from ..http._probe import resolve
 from ..http._remote import Remote
 from ..processes import _spare
@@ -106,8 +106,7 @@ def fetch(job: Job, remote: Remote | None) -> Outcome:
 
 def _tell_failed(relay: Relay, job: Job, error: BlobdlError) -> None:
     """A failure before the download could tell it itself (it tells its own)."""
-    path = job.item.path or ""
-    relay.send(Failed(redact_url(job.item.url), path, str(error), error.exit_code))
+    relay.send(failed(job.item.url, job.item.path, error))
 
 
 def _fetch(job: Job, remote: Remote | None, relay: Relay) -> DownloadResult:

@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 from collections.abc import Mapping
 
-from .._redact import redact_url
+from ..engine._tell import failed as failed_event
 from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import DownloadResult, Event, Failed, Finished, Started
 from ..processes._child import Child
@@ -65,8 +65,7 @@ class Outcomes:
         """An item failed where no download of it could report it (before it started, or
         its process died under it): say so for it."""
         if self.tell is not None:
-            failed = Failed(redact_url(item.url), item.path or "", str(exc), exc.exit_code)
-            self.event(index, failed, worker)
+            self.event(index, failed_event(item.url, item.path, exc), worker)
         self.store(index, item, exc)
 
     def cut(

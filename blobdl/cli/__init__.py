@@ -22,6 +22,7 @@ from .._redact import redact_url
 from ..batch._manifest import read_manifest
 from ..batch._scheduler import PER_HOST, BatchEvent, ItemResult, download_many, parse_manifest
 from ..engine._download import Downloader
+from ..engine._tell import failed as failed_event
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
 from ..events import Failed, Finished
 from ..processes._signals import interrupted, stoppable
@@ -184,7 +185,7 @@ def _last_word(outcome: ItemResult) -> Finished | Failed:
     if error is None:
         assert outcome.result is not None  # an item has its result or its error
         return Finished(outcome.result)
-    return Failed(redact_url(item.url), item.path or "", str(error), error.exit_code)
+    return failed_event(item.url, item.path, error)
 
 
 def _read_manifest(name: str) -> bytes:

@@ -55,6 +55,12 @@ def failures_told(
         raise
 
 
+def failed(url: str, path: str | os.PathLike[str] | None, error: BlobdlError) -> Failed:
+    """The event that says ``error`` ended the download of ``url`` to ``path``: its URL
+    shown without credentials, its path as given ("" for none yet)."""
+    return Failed(redact_url(url), os.fspath(path or ""), str(error), error.exit_code)
+
+
 def tell_failed(
     tell: EventCallback, url: str, path: str | os.PathLike[str] | None, error: BlobdlError
 ) -> None:
@@ -62,6 +68,6 @@ def tell_failed(
     being raised (``failures_told``'s, and a batch pool's for an item's unexpected error)."""
     with held(drop=True):
         try:
-            tell(Failed(redact_url(url), os.fspath(path or ""), str(error), error.exit_code))
+            tell(failed(url, path, error))
         except Exception as exc:
             log.warning("the event callback raised %r while a failure was reported", exc)

@@ -137,7 +137,7 @@ class RangeBody:
 
     def unchecked(self) -> int:
         """Bytes read whose framing is not checked yet (the current chunk's, of a chunked
-        body): not the blob's until it is, so not kept (``keep_checked``)."""
+        body): not the blob's until it is, so not kept (``Filler.take``)."""
         return self._chunks.unchecked() if self._chunks is not None else 0
 
     @contextmanager
