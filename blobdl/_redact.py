@@ -1,9 +1,10 @@
 """What a URL may show of itself in messages, events and records: never a credential.
 
 A URL can carry secrets in three places: ``user:pass@``, the query string of a presigned
-or tokenised URL (``X-Amz-Signature``, ``sig``, ``token``...), and a fragment shaped like
-one (``#access_token=``, where an OAuth redirect puts it). Such URLs are used as they
-are; whatever is shown to a person or written to disk goes through ``redact_url``.
+or tokenised URL (``X-Amz-Signature``, ``sig``, ``token``...), and the fragment: shaped like
+a query (``#access_token=``, where an OAuth redirect puts it) or bare (``#KEY``, where a
+share link puts its decryption key). Such URLs are used as they are; whatever is shown to
+a person or written to disk goes through ``redact_url``.
 """
 
 from __future__ import annotations
@@ -32,26 +33,49 @@ def redact_url(url: str) -> str:
     # redirect puts its token there (``#access_token=``), in pairs as a query's.
     url, hashmark, fragment = url.partition("#")
     base, question, query = url.partition("?")
-    return f"{base}{question}{_pairs_shown(query)}{hashmark}{_pairs_shown(fragment)}"
+    shown_fragment = _pairs_shown(fragment, bare=MASK)
+    return f"{base}{question}{_pairs_shown(query)}{hashmark}{shown_fragment}"
 
 
-def _pairs_shown(query: str) -> str:
+def _pairs_shown(query: str, *, bare: str | None = None) -> str:
     """Each ``name=value`` pair of ``query`` shown, split at ``&`` and at ``;`` (the older
-    separator, which some servers still split at)."""
-    return _PAIR.sub(lambda pair: _shown(pair.group()), query)
+    separator, which some servers still split at); a piece that no name introduces shown
+    as ``bare`` if given. A fragment's are masked: it is never sent, so showing it tells
+    nothing of what was asked, and a share link keeps its key there, bare (``#KEY``)."""
+
+    def shown(piece: str) -> str:
+        name, equals, _ = piece.partition("=")
+        return bare if bare is not None and not (equals and name) else _shown(piece)
+
+    return _PAIR.sub(lambda pair: shown(pair.group()), query)
 
 
 def _mask_misread_userinfo(url: str) -> str:
     """A password pasted with ``/``, ``?`` or ``#`` unescaped ends the authority early
     (``http://alice:pa/ss@host/`` is host alice, port "pa"): a URL refused, whose message
-    must not show the password. When the authority is no host[:port] and an ``@`` follows,
-    everything up to the last ``@`` is masked (more than the password, perhaps: the URL is
-    refused anyway)."""
+    must not show the password. So does one whose text before the delimiter is digits
+    (``http://alice:1234/pw@host/``), read by every parser as host alice, port 1234, and
+    a path: a well-formed URL, fetched, that fails and is shown. When the authority is no
+    host[:port], or could be ``user:password`` (a ``:`` in it, no IPv6 brackets), and an
+    ``@`` follows, everything up to the last ``@`` is masked: more than the password,
+    perhaps (``https://h:8080/a@b`` shows as ``https://***@b``), as no reader can tell
+    the two apart."""
     match = _AUTHORITY.match(url)
-    if match is None or _HOST_PORT.fullmatch(match.group(1)):
+    if match is None or not misread_userinfo(url):
         return url
-    at = url.rfind("@", match.end(1))
-    return url if at < 0 else url[: match.start(1)] + MASK + url[at:]
+    return url[: match.start(1)] + MASK + url[url.rfind("@", match.end(1)) :]
+
+
+def misread_userinfo(url: str) -> bool:
+    """Whether ``url``'s authority may be the start of a ``user:password@`` whose password
+    has an unescaped ``/``, ``?`` or ``#`` (``_mask_misread_userinfo``): its host and port
+    are then no names to show either."""
+    match = _AUTHORITY.match(_USERINFO.sub(rf"\1{MASK}@", url))  # a userinfo read as one
+    if match is None or url.find("@", match.end(1)) < 0:
+        return False
+    authority = match.group(1)
+    may_be_userinfo = ":" in authority and "[" not in authority
+    return may_be_userinfo or not _HOST_PORT.fullmatch(authority)
 
 
 def _shown(pair: str) -> str:

@@ -16,6 +16,7 @@ import urllib3
 from .._version import __version__
 from ..errors import BadResponse
 from ._headers import parse_length, parse_retry_after, transfer_codings
+from ._logged import ours
 from ._translate import translate_errors
 
 Response = urllib3.BaseHTTPResponse
@@ -35,7 +36,7 @@ def base_headers(*layers: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def send_get(pool: urllib3.PoolManager, url: str, headers: dict[str, str]) -> Response:
-    with translate_errors(url):
+    with translate_errors(url), ours():  # urllib3's log lines about it: redacted
         response = pool.request(
             "GET", url, headers=headers, redirect=False, preload_content=False, decode_content=False
         )

@@ -32,7 +32,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.ssl_match_hostname import CertificateError
 
-from .._redact import redact_url
+from .._redact import misread_userinfo, redact_url
 from ..errors import (
     BadResponse,
     BlobdlError,
@@ -60,6 +60,8 @@ class Peer(NamedTuple):
 
     @classmethod
     def of(cls, url: str, *, proxy: bool = False) -> Peer:
+        if misread_userinfo(url):  # its "host" and "port" may be a user and a password
+            return cls(redact_url(url), None, proxy)
         try:
             parts = urlsplit(url)
             port = parts.port or _DEFAULT_PORTS.get(parts.scheme)

@@ -89,7 +89,14 @@ def test_a_password_with_an_unescaped_delimiter_is_never_shown(tmp_path: Path, m
 
 
 @pytest.mark.parametrize(
-    "url", ["https://h:8080/a@b", "http://[::1]:80/@scope/pkg", "https://h/x?by=a@b.c"]
+    "url", ["https://h/a@b", "http://[::1]:80/@scope/pkg", "https://h/x?by=a@b.c"]
 )
 def test_an_at_sign_past_a_well_formed_host_is_shown_as_it_is(url: str) -> None:
     assert redact_url(url) == url
+
+
+def test_an_at_sign_past_a_host_and_port_masks_what_may_be_a_password() -> None:
+    """``https://h:8080/a@b`` and ``https://alice:8080/pw@b`` (a password ``8080/pw``
+    pasted unescaped) are one shape: what may be a password is masked, the path with it."""
+    assert redact_url("https://h:8080/a@b") == "https://***@b"
+    assert redact_url("https://alice:8080/pw@b/x?q=1") == "https://***@b/x?q=1"

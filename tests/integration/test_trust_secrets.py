@@ -301,15 +301,19 @@ def test_a_token_in_the_users_url_is_never_shown(server: ServerHandle, tmp_path:
 @pytest.mark.parametrize(
     "tail",
     ["?name=a.bin#access_token=TOKSECRET&token_type=bearer", "?name=a.bin;sig=TOKSECRET",
-     "#id_token=TOKSECRET"],
-    ids=["a token in the fragment", "a pair after a semicolon", "a fragment alone"],
+     "#id_token=TOKSECRET", "#TOKSECRET-xVq3Zr9Lk2Pw8Nb", "#name=a.bin&TOKSECRET"],
+    ids=["a token in the fragment", "a pair after a semicolon", "a fragment alone",
+         "a bare key as the fragment", "a bare key among a fragment's pairs"],
 )  # fmt: skip
 def test_a_credential_in_a_fragment_or_after_a_semicolon_is_never_shown(
     server: ServerHandle, tmp_path: Path, tail: str
 ) -> None:
     """An OAuth redirect puts its token in the fragment (``#access_token=``), and ``;`` is
     a query's older separator: a credential there is masked as in any query, in the
-    ``--json`` lines, on stderr and in the resume record that a failure keeps."""
+    ``--json`` lines, on stderr and in the resume record that a failure keeps. A share
+    link puts its decryption key in the fragment bare (``#KEY``, as MEGA's do): nothing
+    names it, and a fragment is never sent, so a bare piece of one is masked whatever it
+    looks like."""
     blob_url = server.url("frag.bin")
     make_blob(server.root, "frag.bin", 3 * PART)
     server.set_faults({"path": "/files/frag.bin", "action": "close_after", "bytes": 1000,
@@ -323,11 +327,26 @@ def test_a_credential_in_a_fragment_or_after_a_semicolon_is_never_shown(
     assert record.exists() and b"TOKSECRET" not in record.read_bytes()
 
 
+@pytest.mark.parametrize("password", ["1234/hunter2", "1234?hunter2", "1234#hunter2", "/hunter2"])
+def test_a_password_whose_text_before_a_delimiter_looks_like_a_port_is_never_shown(
+    tmp_path: Path, password: str
+) -> None:
+    """``http://localhost:1234/hunter2@host/`` is, to every parser, host localhost, port
+    1234 and a path (or query, or fragment) holding ``hunter2@host``: a well-formed URL,
+    fetched and failing, its message showing what was meant as a password. An authority
+    that could be ``user:password`` followed by an ``@`` is masked up to that ``@``."""
+    url = f"http://localhost:{password}@127.0.0.1:9/blob.bin"
+    done = run_cli(url, "-o", str(tmp_path / "out"), "--json", "--retries", "0", cwd=tmp_path)
+    assert done.returncode in (2, 3), done.stderr
+    assert "127.0.0.1:9/blob.bin" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr and "1234" not in done.stderr
+
+
 def test_redaction_masks_credential_parameters_only() -> None:
     from blobdl.config import redact_url
 
     shown = redact_url("https://u:p@h/x?X-Amz-Signature=a&sig=b&token=c&part=1&name=k#f")
-    assert shown == "https://***@h/x?X-Amz-Signature=***&sig=***&token=***&part=1&name=k#f"
+    assert shown == "https://***@h/x?X-Amz-Signature=***&sig=***&token=***&part=1&name=k#***"
     assert redact_url("https://h/x?a") == "https://h/x?a"
     shown = redact_url("https://h/x?a=1;sig=b&c=2#access_token=d&state=s")
     assert shown == "https://h/x?a=1;sig=***&c=2#access_token=***&state=s"
