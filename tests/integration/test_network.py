@@ -479,6 +479,55 @@ def test_a_proxy_scheme_blobdl_does_not_speak_is_refused_saying_which_it_does(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+@pytest.mark.parametrize("wrong", ["missing", "the other kind"])
+def test_a_ca_variable_naming_a_missing_path_is_one_line_naming_both(
+    variable: str, wrong: str, tls_blob: Blob, tls_server: ServerHandle, tmp_path: Path
+) -> None:
+    """OpenSSL skips such a variable without a word, and the download failed as a
+    certificate "not trusted", naming neither: said as a bad --ca-bundle is, before any
+    connection. A file where a folder is meant, or a folder for a file, names nothing too."""
+    tls_server.reset()
+    path = tmp_path / "no-such-ca"
+    if wrong == "the other kind":
+        path = tmp_path if variable == "SSL_CERT_FILE" else Path(__file__)
+    done = run_cli(tls_blob.url, "-o", str(tmp_path / "out"), **{variable: str(path)})
+    assert done.returncode == EXIT_USAGE, done.stderr
+    [line] = done.stderr.splitlines()
+    assert f"${variable}" in line and str(path) in line, line
+    assert tls_server.stats()["requests"] == 0
+
+
+def test_a_ca_file_variable_holding_no_certificate_is_named(
+    tls_blob: Blob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty.pem"
+    empty.write_text("not a certificate\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(empty))
+    with pytest.raises(UsageError) as caught:
+        fetch(tls_blob.url, tmp_path / "out")
+    assert "$SSL_CERT_FILE" in str(caught.value) and str(empty) in str(caught.value)
+
+
+def test_ca_variables_naming_the_right_ca_are_trusted(
+    tls_blob: Blob, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", pki.ca_pem)
+    assert fetch(tls_blob.url, tmp_path / "out") == tls_blob.sha256
+    done = run_cli(tls_blob.url, "-o", str(tmp_path / "cli"), SSL_CERT_FILE=pki.ca_pem)
+    assert done.returncode == EXIT_OK, done.stderr
+
+
+def test_ca_variables_are_not_read_with_a_ca_bundle_nor_without_verification(
+    tls_blob: Blob, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ca-bundle replaces the default store (OpenSSL never reads the variables then)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "missing"))
+    assert fetch(tls_blob.url, tmp_path / "a", ca_bundle=pki.ca_pem) == tls_blob.sha256
+    assert fetch(tls_blob.url, tmp_path / "b", verify_tls=False) == tls_blob.sha256
+
+
 def test_a_socks_proxy_from_all_proxy_is_refused_saying_how_to_go_on(
     make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
