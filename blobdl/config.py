@@ -129,8 +129,9 @@ class Settings:
     verify_tls: bool = True
     #: A PEM file of CA certificates to trust instead of the system's.
     ca_bundle: str | None = None
-    #: HTTP(S) proxy for every URL, e.g. ``http://user:pass@proxy:3128`` (None: the
-    #: environment's, if trust_env). Costs a hop; https URLs are tunnelled with CONNECT.
+    #: HTTP(S) proxy for every URL, e.g. ``http://user:pass@proxy:3128`` (``proxy:3128``:
+    #: http://, as curl reads it; None: the environment's, if trust_env). Costs a hop;
+    #: https URLs are tunnelled with CONNECT.
     proxy: str | None = None
     #: Read HTTP_PROXY/HTTPS_PROXY/ALL_PROXY/NO_PROXY from the environment, as curl does
     #: (NO_PROXY also exempts hosts from ``proxy``). False: ``proxy`` alone decides.
@@ -289,26 +290,42 @@ def check_header(name: object, value: object) -> None:
                  "latin-1 characters only")  # fmt: skip
 
 
+def proxy_url(text: str) -> str:
+    """The URL of a proxy given as ``text``: one without a scheme (``host:3128``,
+    ``user:pass@host:3128``) is an http:// proxy, as curl reads it, whether it was given as
+    the proxy setting (``--proxy``) or in a variable (``HTTP_PROXY``)."""
+    return text if "://" in text else f"http://{text}"
+
+
 def check_proxy_url(url: str, origin: str = "") -> None:
-    """Refuse a proxy URL urllib3 cannot use: only http:// and https:// proxies, with a host,
-    all of it text (argument bytes that are not UTF-8 are lone surrogates) and credentials a
-    Proxy-Authorization header can carry (latin-1). ``origin``: where it was given, if not
-    as ``proxy`` (``$http_proxy``, as spelled), so the error names what to fix."""
+    """Refuse a proxy URL urllib3 cannot use: only http:// and https:// proxies (or none
+    named: ``proxy_url``), with a host, all of it text (argument bytes that are not UTF-8
+    are lone surrogates) and credentials a Proxy-Authorization header can carry (latin-1).
+    ``origin``: where it was given, if not as ``proxy`` (``$http_proxy``, as spelled), so
+    the error names what to fix."""
+    scheme = ""
     try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        parts = urlsplit(proxy_url(url))
+        scheme = parts.scheme
+        ok = scheme in _PROXY_SCHEMES and bool(parts.hostname) and parts.port != 0
         url.encode()
         unquote(parts.netloc.rpartition("@")[0]).encode("latin-1")
     except (ValueError, TypeError, AttributeError):  # UnicodeError is a ValueError
         ok = False
     shown = redact_url(url) if isinstance(url, str) else url
     where = f" from {origin}" if origin else ""
+    said = "expected [http://][user:pass@]host[:port]"
+    if scheme and scheme not in _PROXY_SCHEMES:
+        said = f"{scheme}:// is not a proxy blobdl speaks to: http or https"
     hint = ""
-    if isinstance(url, str) and url.lower().startswith("socks"):
+    if scheme.startswith("socks"):
         hint = "; SOCKS proxies are not supported"
         if origin:  # set for other tools (curl reads SOCKS there): say how to go on
             hint += ": give an HTTP proxy (--proxy) or ignore the environment's (--no-env-proxy)"
-    _require(ok, f"bad proxy URL {shown!r}{where} (expected http://[user:pass@]host[:port]{hint})")
+    _require(ok, f"bad proxy URL {shown!r}{where} ({said}{hint})")
+
+
+_PROXY_SCHEMES = ("http", "https")
 
 
 def parse_header(text: str) -> tuple[str, str]:

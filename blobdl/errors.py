@@ -92,6 +92,14 @@ class ProxyAuthRequired(ProxyRefused):
     it was not given, or refused the ones it was. Another attempt sends the same ones."""
 
 
+class ProxyNotHTTP(ConnectionFailed):
+    """The proxy answered with bytes that are no HTTP at all (a SOCKS or SSH server given as
+    an HTTP proxy): it will not start to speak HTTP on the next attempt. One that closes
+    without a word, or cuts its answer short, may be restarting: that is retried."""
+
+    retryable = False
+
+
 class TruncatedBody(NetworkError):
     """The body ended before the bytes the response promised."""
 

@@ -282,7 +282,7 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--proxy",
         metavar="URL",
-        help="HTTP(S) proxy for every URL, http://[user:pass@]host:port "
+        help="HTTP(S) proxy for every URL, [http://][user:pass@]host:port "
         "(default: HTTP(S)_PROXY, else ALL_PROXY)",
     )
     p.add_argument(

@@ -118,11 +118,21 @@ def _let_go_of_closed() -> None:
         sockets.let_go_of_closed()
 
 
+class TunnelClosed(ProxyError):
+    """The proxy answered CONNECT with 200, then closed (or reset) the tunnel before the
+    server's TLS handshake was over."""
+
+
+# How a peer hangs up: at once (EOF, reset), or in the middle of a TLS record.
+_HUNG_UP = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)
+
+
 class _NotedHTTPConnection(HTTPConnection):
     """Notes its socket in the opening thread's ``Sockets``, and when it was ready; also
     the base of the HTTPS one, whose ``connect`` (TLS handshake, proxy tunnel) it wraps."""
 
     ready_at = 0.0  # time.monotonic() when the connection was ready for its first request
+    _tunnel_open = False  # a proxy answered CONNECT with 200, in this connect()
     response_class = InterimSkippingResponse
 
     def _new_conn(self) -> socket.socket:
@@ -150,8 +160,17 @@ class _NotedHTTPConnection(HTTPConnection):
     def connect(self) -> None:
         # urllib3 opens a connection with its connect timeout as the connection's timeout.
         within = self.timeout if isinstance(self.timeout, (int, float)) else None
+        self._tunnel_open = False
         with setting_up(within):
-            super().connect()
+            try:
+                super().connect()
+            except _HUNG_UP as exc:
+                if not self._tunnel_open:
+                    raise
+                # The proxy said 200 to CONNECT, then closed before the server's handshake
+                # had a byte back: urllib3 counts us connected to the server by then, and the
+                # error named the server ("TLS error with ...").
+                raise TunnelClosed("the proxy closed the tunnel it had opened", exc) from exc
         self.ready_at = time.monotonic()
 
     def _tunnel(self) -> None:
@@ -166,6 +185,7 @@ class _NotedHTTPConnection(HTTPConnection):
             # server was never reached. urllib3 counts us connected to the proxy from here
             # on, so it would not say so, and the error would name the server.
             raise ProxyError("the proxy did not answer CONNECT", exc) from exc
+        self._tunnel_open = True
         clamp(self.sock)  # the server's handshake, through the tunnel, gets what is left
 
 

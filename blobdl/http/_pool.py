@@ -18,6 +18,7 @@ from urllib3.util.ssl_ import create_urllib3_context
 
 from ..config import Settings, check_proxy_url
 from ..errors import UsageError
+from . import _trust
 from ._connections import noting
 from ._request import Response
 from ._routes import ProxyRoutes
@@ -57,7 +58,8 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
 # Contexts built in this process, by what they trust and present. Loading a CA store costs
 # ~20 ms of CPU; built in the coordinator before it forks, a context is inherited by every
 # worker instead of being loaded again in each of them (and for each connection).
-_CONTEXTS: dict[tuple[bool, str | None, str | None, str | None, bool], ssl.SSLContext] = {}
+_Key = tuple[bool, str | None, str | None, str | None, bool, tuple[str, str]]
+_CONTEXTS: dict[_Key, ssl.SSLContext] = {}
 
 
 def prepare_tls(settings: Settings, url: str) -> None:
@@ -79,12 +81,16 @@ def tls_context(
     ``proxy``: an https proxy's, always built: verified as servers are, without our client
     certificate, its sockets bounding the set-up of a tunnel inside them (``_set_up``)."""
     cert = None if proxy else settings.client_cert
+    system_store = settings.verify_tls and not settings.ca_bundle
+    if system_store:  # checked even where urllib3 would load the store itself, later
+        _trust.check_named()
     key = (
         settings.verify_tls,
         settings.ca_bundle,
         cert,
         settings.client_key if cert else None,
         proxy,
+        _trust.named() if system_store else ("", ""),
     )
     context = _CONTEXTS.get(key)
     if context is None and (
@@ -106,6 +112,8 @@ def _build_context(settings: Settings, cert: str | None) -> ssl.SSLContext:
             context.load_default_certs()
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise UsageError(f"cannot load CA bundle {settings.ca_bundle!r}: {exc}") from None
+    if settings.verify_tls and not settings.ca_bundle:
+        _trust.check_loaded(context)
     if cert:
         _load_client_cert(context, cert, settings.client_key)
     return context

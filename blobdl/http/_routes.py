@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from ..config import Settings
+from ..config import Settings, proxy_url
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEMES = ("http", "https")
@@ -65,9 +65,7 @@ class ProxyRoutes(NamedTuple):
             return None
         found = self.environ.get(parts.scheme)
         proxy = self.explicit or (found.url if found else None)
-        if proxy and "://" not in proxy:
-            proxy = "http://" + proxy  # HTTP_PROXY=host:3128 is common and means http
-        return proxy
+        return proxy_url(proxy) if proxy else None
 
 
 def bypassed(no_proxy: str, host: str, port: int | None) -> bool:

@@ -40,12 +40,14 @@ from ..errors import (
     ConnectionForbidden,
     OutOfResources,
     ProxyAuthRequired,
+    ProxyNotHTTP,
     ProxyRefused,
     TLSError,
     UsageError,
     retryable_status,
 )
 from ._chunks import ChunkError
+from ._connections import TunnelClosed
 from ._head import InterimError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -97,7 +99,9 @@ def translate_errors(url: str) -> Iterator[None]:
 @contextmanager
 def proxy_errors(url: str, proxy: str) -> Iterator[None]:
     """Errors that urllib3 says are the proxy's (``ProxyError``: connecting to it, its TLS,
-    its answer to CONNECT) name the proxy, not the server; the others pass on."""
+    its answer to CONNECT, the tunnel it closed) name the proxy, not the server; so does an
+    answer to a forwarded request that is no HTTP (the proxy's own bytes); the others pass on."""
+    peer = Peer.of(proxy, proxy=True)
     try:
         yield
     except ProxyError as exc:
@@ -105,9 +109,33 @@ def proxy_errors(url: str, proxy: str) -> Iterator[None]:
         if status == 407:
             raise wants_credentials(url, proxy) from None
         if status is not None and not retryable_status(status):  # its policy or capability
-            refused = f"{Peer.of(proxy, proxy=True)} refused CONNECT: {answer}"
-            raise ProxyRefused(url, refused) from None
-        raise translated(url, exc, Peer.of(proxy, proxy=True)) from None
+            raise ProxyRefused(url, f"{peer} refused CONNECT: {answer}") from None
+        if _inner(exc, TunnelClosed) is not None:
+            said = f"{peer} closed the tunnel to {Peer.of(url)} before its TLS handshake"
+            tls = _inner(exc, ssl.SSLError)
+            why = _ssl_reason(tls) if tls else _reason(exc)
+            raise ConnectionFailed(url, f"{said}: {why}") from None
+        raise _not_http(url, exc, peer) or translated(url, exc, peer) from None
+    except Urllib3Error as exc:
+        # Tunnelled (https), an answer is the server's; forwarded, the proxy's own bytes.
+        not_http = None if urlsplit(url).scheme == "https" else _not_http(url, exc, peer)
+        if not_http is None:
+            raise
+        raise not_http from None
+
+
+def _not_http(url: str, exc: BaseException, peer: Peer) -> ProxyNotHTTP | None:
+    """A proxy's answer that is no HTTP at all (a SOCKS or SSH server's first bytes), as
+    http.client keeps it: never an HTTP status line begun (one cut short, a proxy that
+    hung up: these may come right on the next attempt)."""
+    bad = _inner(exc, http.client.BadStatusLine)
+    if bad is None or isinstance(bad, http.client.RemoteDisconnected):
+        return None
+    line = getattr(bad, "line", "")  # the status line as read (latin-1), not a message
+    if not isinstance(line, str) or line.startswith("HTTP/"):
+        return None
+    said = f"{peer} does not speak HTTP: it answered {line[:32]!a} (a SOCKS or SSH server?)"
+    return ProxyNotHTTP(url, said)
 
 
 # As http.client words the answer to CONNECT; a forwarded request's is said the same way.

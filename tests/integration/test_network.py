@@ -66,8 +66,10 @@ def fetch(url: str, dest: Path, **overrides: Any) -> str:
     return sha256_file(dest)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """blobdl's CLI without the developer's proxy variables, with ``variables``."""
     env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
+    env.update(variables)
     fast = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4"]
     return subprocess.run(
         [sys.executable, "-m", "blobdl", *args, *fast],
@@ -421,13 +423,109 @@ def test_probe_redirect_across_proxy_choices(
 def test_unusable_proxies_are_usage_errors(
     make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for bad in ("socks5://127.0.0.1:1080", "http://", "127.0.0.1:3128", "http://h:99999"):
+    for bad in ("socks5://127.0.0.1:1080", "http://", "http://h:99999", "ftp://h:21", "h:x"):
         with pytest.raises(UsageError, match="proxy"):
             Settings(proxy=bad)
     monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
     with pytest.raises(UsageError, match="proxy") as caught:
         fetch(make(PART).url, tmp_path / "out")
     assert caught.value.exit_code == EXIT_USAGE
+
+
+@pytest.mark.parametrize("given", ["--proxy", "HTTP_PROXY", "http_proxy"])
+def test_a_proxy_without_a_scheme_is_http_as_an_option_as_in_the_environment(
+    given: str, proxy: ForwardProxy, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """``host:port`` means http://host:port, as curl reads it, wherever it is given (the
+    option refused what the variables took)."""
+    blob = make(2 * PART)
+    bare = f"127.0.0.1:{proxy.port}"
+    out = tmp_path / "out"
+    if given == "--proxy":
+        done = run_cli(blob.url, "-o", str(out), "--proxy", bare)
+    else:
+        done = run_cli(blob.url, "-o", str(out), **{given: bare})
+    assert done.returncode == EXIT_OK, done.stderr
+    assert sha256_file(out) == blob.sha256
+    assert proxy.forwarded == server.stats()["requests"] >= 3
+
+
+def test_a_proxy_without_a_scheme_tunnels_https_and_carries_its_credentials(
+    proxy: ForwardProxy, tls_blob: Blob, pki: PKI, tmp_path: Path
+) -> None:
+    bare = f"alice:pw-of-the-proxy@127.0.0.1:{proxy.port}"
+    digest = fetch(tls_blob.url, tmp_path / "out", proxy=bare, ca_bundle=pki.ca_pem)
+    assert digest == tls_blob.sha256
+    assert proxy.methods() == {"CONNECT"}
+    sent = {seen.proxy_authorization for seen in proxy.seen}
+    assert sent == {"Basic " + base64.b64encode(b"alice:pw-of-the-proxy").decode()}
+
+
+@pytest.mark.parametrize("given", ["--proxy", "HTTP_PROXY"])
+def test_a_proxy_scheme_blobdl_does_not_speak_is_refused_saying_which_it_does(
+    given: str, make: Make, tmp_path: Path
+) -> None:
+    url = make(PART).url
+    bad = "ftp://bob:pw-not-shown@127.0.0.1:21"
+    if given == "--proxy":
+        done = run_cli(url, "-o", str(tmp_path / "out"), "--proxy", bad)
+    else:
+        done = run_cli(url, "-o", str(tmp_path / "out"), **{given: bad})
+    assert done.returncode == EXIT_USAGE, done.stderr
+    [line] = done.stderr.splitlines()
+    assert "proxy" in line and "ftp" in line and "http or https" in line, line
+    assert "pw-not-shown" not in line, line
+    assert ("$HTTP_PROXY" in line) == (given == "HTTP_PROXY"), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+@pytest.mark.parametrize("wrong", ["missing", "the other kind"])
+def test_a_ca_variable_naming_a_missing_path_is_one_line_naming_both(
+    variable: str, wrong: str, tls_blob: Blob, tls_server: ServerHandle, tmp_path: Path
+) -> None:
+    """OpenSSL skips such a variable without a word, and the download failed as a
+    certificate "not trusted", naming neither: said as a bad --ca-bundle is, before any
+    connection. A file where a folder is meant, or a folder for a file, names nothing too."""
+    tls_server.reset()
+    path = tmp_path / "no-such-ca"
+    if wrong == "the other kind":
+        path = tmp_path if variable == "SSL_CERT_FILE" else Path(__file__)
+    done = run_cli(tls_blob.url, "-o", str(tmp_path / "out"), **{variable: str(path)})
+    assert done.returncode == EXIT_USAGE, done.stderr
+    [line] = done.stderr.splitlines()
+    assert f"${variable}" in line and str(path) in line, line
+    assert tls_server.stats()["requests"] == 0
+
+
+def test_a_ca_file_variable_holding_no_certificate_is_named(
+    tls_blob: Blob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty.pem"
+    empty.write_text("not a certificate\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(empty))
+    with pytest.raises(UsageError) as caught:
+        fetch(tls_blob.url, tmp_path / "out")
+    assert "$SSL_CERT_FILE" in str(caught.value) and str(empty) in str(caught.value)
+
+
+def test_ca_variables_naming_the_right_ca_are_trusted(
+    tls_blob: Blob, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", pki.ca_pem)
+    assert fetch(tls_blob.url, tmp_path / "out") == tls_blob.sha256
+    done = run_cli(tls_blob.url, "-o", str(tmp_path / "cli"), SSL_CERT_FILE=pki.ca_pem)
+    assert done.returncode == EXIT_OK, done.stderr
+
+
+def test_ca_variables_are_not_read_with_a_ca_bundle_nor_without_verification(
+    tls_blob: Blob, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ca-bundle replaces the default store (OpenSSL never reads the variables then)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "missing"))
+    assert fetch(tls_blob.url, tmp_path / "a", ca_bundle=pki.ca_pem) == tls_blob.sha256
+    assert fetch(tls_blob.url, tmp_path / "b", verify_tls=False) == tls_blob.sha256
 
 
 def test_a_socks_proxy_from_all_proxy_is_refused_saying_how_to_go_on(

@@ -170,11 +170,10 @@ def test_a_proxy_refusing_a_part_after_the_probe_fails_the_download_at_once(
     assert proxy.forwarded == 2, proxy.seen
 
 
-# What may come back instead of an answer to CONNECT: nothing (a proxy restarting, an https
-# proxy given as http:// hanging up on plain text), or bytes that are no HTTP (a SOCKS or SSH
-# server given as the proxy, a status line cut short).
-NO_ANSWERS = {"closed": b"", "ssh": b"SSH-2.0-OpenSSH_9.6\r\n", "socks": b"\x05\xff",
-              "cut short": b"HTTP/1.1 2"}  # fmt: skip
+# What may come back instead of an answer to CONNECT, and right on the next attempt: nothing
+# (a proxy restarting, an https proxy given as http:// hanging up on plain text), or a status
+# line cut short. (Bytes that are no HTTP at all: ``NOT_HTTP``, below.)
+NO_ANSWERS = {"closed": b"", "cut short": b"HTTP/1.1 2"}
 
 
 @pytest.mark.parametrize("answer", NO_ANSWERS.values(), ids=NO_ANSWERS.keys())
@@ -201,7 +200,61 @@ def test_a_proxy_that_drops_or_garbles_its_answer_to_connect_is_named_as_the_pro
 def test_a_proxy_that_drops_its_answer_to_connect_is_retried_and_the_bytes_are_exact(
     origins: dict[str, str], pki: PKI, tmp_path: Path
 ) -> None:
-    with ForwardProxy(refusals=[b"", b"\x05\xff"]) as proxy:
+    with ForwardProxy(refusals=[b"", b"HTTP/1.1 2"]) as proxy:
         Downloader(_settings(proxy.url, pki)).download(origins["tunnelled"], tmp_path / "out")
     assert sha256_file(tmp_path / "out") == origins["sha256"]
     assert proxy.forwarded > 2, proxy.seen
+
+
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+@pytest.mark.parametrize("speaks", ["http", "https"])
+def test_a_proxy_that_closes_the_tunnel_it_just_opened_is_named_as_the_proxy(
+    speaks: str, origins: dict[str, str], tls_server: ServerHandle, pki: PKI, tmp_path: Path
+) -> None:
+    """200 to CONNECT, then the connection closed before a byte of the server's handshake:
+    the server was never reached (it was said as "TLS error with 127.0.0.1 port N", the
+    server's port, sending the user to the wrong machine). A proxy may close one tunnel
+    and not the next: retried."""
+    tls = (pki.server_cert, pki.server_key) if speaks == "https" else None
+    with ForwardProxy(tls=tls, refusals=[ESTABLISHED] * 10) as proxy:
+        settings = fast_settings(proxy=proxy.url, trust_env=False, ca_bundle=pki.ca_pem, retries=1)
+        with pytest.raises(ConnectionFailed) as caught:
+            Downloader(settings).download(origins["tunnelled"], tmp_path / "out")
+    said = str(caught.value)
+    assert said.startswith(f"proxy 127.0.0.1 port {proxy.port} closed the tunnel to "), said
+    assert "TLS error" not in said, said
+    assert caught.value.retryable and caught.value.exit_code == EXIT_NETWORK
+    assert proxy.forwarded == 2 and tls_server.stats()["requests"] == 0, proxy.seen
+
+
+def test_a_tunnel_closed_once_is_retried_and_the_bytes_are_exact(
+    origins: dict[str, str], pki: PKI, tmp_path: Path
+) -> None:
+    with ForwardProxy(refusals=[ESTABLISHED]) as proxy:
+        Downloader(_settings(proxy.url, pki)).download(origins["tunnelled"], tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == origins["sha256"]
+
+
+# What a server that is no HTTP proxy says first: it will not start to speak HTTP.
+NOT_HTTP = {"ssh": b"SSH-2.0-OpenSSH_9.6\r\n", "socks5": b"\x05\xff",
+            "socks4": b"\x00\x5b\x00\x00\x00\x00\x00\x00"}  # fmt: skip
+
+
+@pytest.mark.parametrize("answer", NOT_HTTP.values(), ids=NOT_HTTP.keys())
+@pytest.mark.parametrize("route", ["forwarded", "tunnelled"])
+def test_a_proxy_that_speaks_no_http_is_asked_once_naming_the_proxy(
+    answer: bytes, route: str, origins: dict[str, str], server: ServerHandle,
+    tls_server: ServerHandle, pki: PKI, tmp_path: Path,
+) -> None:  # fmt: skip
+    """A SOCKS or SSH server given as the proxy: no retry makes it speak HTTP, so one
+    attempt, one line naming the proxy and what it is not (it was retried with backoff,
+    and a forwarded request's failure named the server)."""
+    with ForwardProxy(refusals=[answer] * 10) as proxy, pytest.raises(ConnectionFailed) as caught:
+        Downloader(_settings(proxy.url, pki)).download(origins[route], tmp_path / "out")
+    said = str(caught.value)
+    assert said.startswith(f"proxy 127.0.0.1 port {proxy.port} does not speak HTTP"), said
+    assert not caught.value.retryable and caught.value.exit_code == EXIT_NETWORK
+    assert proxy.forwarded == 1, proxy.seen
+    assert (server.stats()["requests"], tls_server.stats()["requests"]) == (0, 0)

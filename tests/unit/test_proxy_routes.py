@@ -60,6 +60,12 @@ def test_the_proxy_setting_is_named_as_the_setting() -> None:
     assert (found.proxy_for("https://h/x"), found.origin("https://h/x")) == (P1, "")
 
 
+@pytest.mark.parametrize("given", ["proxy1:3128", "http://proxy1:3128"])
+def test_a_proxy_setting_without_a_scheme_is_http_as_a_variables_is(given: str) -> None:
+    assert routes(given).proxy_for("https://h/x") == P1
+    assert routes(ALL_PROXY=given).proxy_for("https://h/x") == P1
+
+
 @pytest.mark.parametrize(
     ("no_proxy", "url", "bypassed"),
     [
