@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(rows))
     if outcome.reference is not None:
         ref = outcome.reference
-        print(f"bytes checked against {ref['source']}: sha256 {ref['sha256'] or '-'}")
+        if ref["sha256"] is None:
+            print("no run succeeded: nothing to check bytes against, no figure to show")
+        else:
+            print(f"bytes checked against {ref['source']}: sha256 {ref['sha256']}")
     for line in report.failures(rows, outcome.runs):
         print(line)
     print()

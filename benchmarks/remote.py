@@ -65,13 +65,19 @@ def remote_size(url: str, ca_bundle: str | None, timeout: float) -> int | None:
     req = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
     try:
         with opener.open(req, timeout=min(timeout, PROBE_TIMEOUT)) as resp:
-            total = (resp.headers.get("Content-Range") or "").rpartition("/")[2]
+            status, total = resp.status, (resp.headers.get("Content-Range") or "")
     except OSError as exc:
         say(f"could not probe {url}: {exc}; the runs go ahead, each judged on its own")
         return None
-    if not total.isdigit():
-        say(f"{url} did not say its size (no Content-Range to a Range request)")
-    return int(total) if total.isdigit() else None
+    if status != 206:
+        # Every tool then reads one stream, whatever its parts and connections say.
+        say(
+            f"{url} ignores Range (HTTP {status} to bytes=0-0): "
+            "the configurations differ in name only"
+        )
+        return None
+    size = total.rpartition("/")[2]
+    return int(size) if size.isdigit() else None
 
 
 def say(text: str) -> None:

@@ -123,3 +123,28 @@ def test_a_certificate_no_tool_trusts_fails_every_tool_alike(
     (axel,) = [r for r in doc["runs"] if r["tool"] == "axel"]
     assert "Hostname verification failed" in axel["error"], axel
     assert code != 0 and "FAILED: url axel" in text, text
+
+
+def test_a_server_that_ignores_range_is_named_and_its_runs_still_checked(
+    tmp_path: Path, server: ServerHandle
+) -> None:
+    """Against a 200 to every Range request no part count is what it says: the user is told."""
+    digest = make_blob(server.root, "url-norange.bin", SIZE, seed=11)
+    server.set_faults({"path": "/files/url-norange.bin", "action": "ignore_range", "times": None})
+    argv = ("--parts", "2", "--connections", "2", "--no-baselines")
+    code, text, doc = bench(tmp_path, server.url("url-norange.bin"), *argv)
+    assert code == 0 and "ignores Range" in text, text
+    assert doc["runs"][0]["sha256"] == digest
+
+
+def test_a_404_and_a_server_slower_than_timeout_fail_once_each_and_exit_non_zero(
+    tmp_path: Path, server: ServerHandle
+) -> None:
+    make_blob(server.root, "url-slow.bin", SIZE, seed=12)
+    argv = ("--parts", "2", "--connections", "2", "--no-baselines")
+    code, text, _ = bench(tmp_path / "404", server.url("url-missing.bin"), *argv)
+    assert code != 0 and "HTTP 404" in text, text
+    assert text.count("FAILED: ") == 1 and "nothing to check" in text, text
+    server.set_faults({"path": "/files/url-slow.bin", "action": "ttfb", "delay": 30, "times": None})
+    code, text, _ = bench(tmp_path / "slow", server.url("url-slow.bin"), *argv, "--timeout", "1")
+    assert code != 0 and text.count("FAILED: ") == 1 and "timed out" in text, text
