@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--url", help="benchmark this real URL instead of the local servers")
     p.add_argument(
+        "--sha256",
+        help="with --url: the blob's sha256, every run is checked against it (default: the "
+        "first successful run's bytes)",
+    )
+    p.add_argument(
+        "--ca-bundle",
+        help="with --url: a PEM file of CAs every tool is given to trust (curl --cacert, "
+        "aria2c --ca-certificate, blobdl --ca-bundle, SSL_CERT_FILE for axel and hf_transfer)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         help=f"results directory (default {RESULTS.name}/, quick {RESULTS.name}/quick/: a quick "
@@ -125,6 +135,10 @@ def plan_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> Plan:
     if not parts or not connections or min(parts + connections) < 1 or size < max(parts):
         p.error("part and connection counts must be >= 1 and parts no more than the size")
     scenarios: list[Scenario] = [SCENARIOS[n] for n in names]
+    if not args.url and (args.sha256 or args.ca_bundle):
+        p.error("--sha256 and --ca-bundle go with --url (the harness's own servers need neither)")
+    if args.sha256 and not _is_sha256(args.sha256):
+        p.error(f"--sha256 takes 64 hex digits, not {args.sha256!r}")
     if args.url:
         scenarios = [Scenario("url", f"real URL {args.url}")]
     repeat = args.repeat if args.repeat is not None else preset.repeat
@@ -142,7 +156,13 @@ def plan_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> Plan:
         verify=not args.no_verify,
         extra=tuple(args.blobdl_arg),
         dest=args.dest,
+        sha256=args.sha256,
+        ca_bundle=args.ca_bundle,
     )
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def meta() -> dict[str, Any]:
@@ -209,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in outcome.skipped.items():
         print(f"skipped: {name} ({why})")
     print(report.table(rows))
+    if outcome.reference is not None:
+        ref = outcome.reference
+        if ref["sha256"] is None:
+            print("no run succeeded: nothing to check bytes against, no figure to show")
+        else:
+            print(f"bytes checked against {ref['source']}: sha256 {ref['sha256']}")
+    for line in report.failures(rows, outcome.runs):
+        print(line)
     print()
     print(goals.text(found))
     print()

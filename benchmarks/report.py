@@ -99,7 +99,7 @@ def _row(key: Key, group: list[Run]) -> Row:
         cpu_s=cpu,
         cpu_s_per_gib=cpu / (size / GiB) if cpu is not None and size else None,
         peak_uss_mb=_median(_peaks(ok)),
-        peak_uss_mb_max=max(_peaks(group), default=None),
+        peak_uss_mb_max=max(_peaks(ok), default=None),  # a failed run's peak judges nothing
         retries=_median(r.retries for r in ok),
         steals=_median(r.steals for r in ok),
         requests=_median(r.requests for r in ok),
@@ -176,6 +176,22 @@ def table(rows: list[Row]) -> str:
     )
 
 
+def failures(rows: list[Row], runs: list[Run]) -> list[str]:
+    """One line per configuration with a failed run: how many, and the last run's reason."""
+    lines = []
+    for row in rows:
+        key = (row.scenario, row.tool, row.parts, row.connections)
+        failed = [r for r in runs if (r.scenario, r.tool, r.parts, r.connections) == key]
+        failed = [r for r in failed if not r.ok]
+        if failed:
+            every = "every run" if not row.ok_runs else f"{len(failed)} of {row.runs} runs"
+            lines.append(
+                f"FAILED: {row.scenario} {row.tool} {row.parts} parts × {row.connections} "
+                f"conns, {every} ({failed[-1].error})"
+            )
+    return lines
+
+
 def write_csv(rows: list[Row], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Row)])
@@ -198,6 +214,7 @@ def write_json(
         | {"scenarios": [s.name for s in plan.scenarios], "workdir": outcome.workdir},
         "destination": outcome.dest,
         "skipped": outcome.skipped,
+        "reference": outcome.reference,
         "baselines_installed": outcome.baselines,
         "pacing_check": outcome.pacing.as_dict() if outcome.pacing else None,
         "nginx_pacing_check": outcome.nginx_pacing.as_dict() if outcome.nginx_pacing else None,
@@ -233,6 +250,7 @@ def load_json(path: Path) -> tuple[Plan, Outcome]:
         baselines=doc.get("baselines_installed", {}),
         dest=doc.get("destination", ""),
         skipped=doc.get("skipped", {}),
+        reference=doc.get("reference"),
     )
     return plan, outcome
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import shutil
-import sys
 import time
-import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +17,8 @@ from . import nginx
 from .dest import Places, places
 from .measure import run_measured
 from .pacing import PacingCheck, check_pacing, srv_cpu
+from .remote import Reference, remote_size, sha256_of
+from .remote import say as _say
 from .scenarios import Scenario, rules
 from .tools import BASELINES, BLOBDL, Job, Tool, blobdl_result
 
@@ -42,6 +41,8 @@ class Plan:
     verify: bool = True
     extra: tuple[str, ...] = ()
     dest: str = "disk"  # "disk" or "tmpfs"
+    sha256: str | None = None  # --url: what the blob must hash to (None: the first run's)
+    ca_bundle: str | None = None  # --url: a PEM bundle every tool is given to trust
 
     @property
     def focus(self) -> int:
@@ -65,7 +66,7 @@ class Run:
     exit_code: int | None
     error: str
     bytes_on_disk: int
-    verified: bool | None  # sha256 checked against the served blob (None: not checked)
+    verified: bool | None  # sha256 checked against the reference (None: not checked)
     wall_s: float
     cpu_s: float
     peak_uss: int | None  # None: the tool ended before the first sample
@@ -83,6 +84,7 @@ class Run:
     #: Seconds an os.sync() took right after the tool exited (its dirty pages reaching disk;
     #: blobdl fsyncs before it exits, the baselines do not).
     sync_s: float | None = None
+    sha256: str | None = None  # of the bytes the tool left, when it succeeded and was checked
 
 
 @dataclass
@@ -94,6 +96,8 @@ class Outcome:
     baselines: dict[str, bool] = field(default_factory=dict)  # name -> installed
     dest: str = ""  # what the destination really was, e.g. "disk (ext4 at /var/tmp/...)"
     skipped: dict[str, str] = field(default_factory=dict)  # scenario -> why it did not run
+    #: --url: what the runs' bytes were checked against (sha256 and where it came from).
+    reference: dict[str, str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class _Served:
     ngx: nginx.Nginx | None = None
     marker: str = ""
     ca_bundle: str | None = None
+    insecure: bool = False  # the harness's own certificate: tools that cannot check it skip it
 
 
 def run_plan(plan: Plan) -> Outcome:
@@ -113,16 +118,20 @@ def run_plan(plan: Plan) -> Outcome:
     sizes = sorted({plan.size_of(s) for s in plan.scenarios}) if plan.url is None else []
     with places(plan.dest, plan.workdir, sum(sizes)) as where:
         outcome.workdir, outcome.dest = str(where.dest), where.describe()
-        _say(f"destination: {outcome.dest}; served from {where.served}")
         if plan.url is not None:
-            size = _remote_size(plan.url)
+            _say(f"destination: {outcome.dest}")
+            size = remote_size(plan.url, plan.ca_bundle, plan.timeout)
+            reference = Reference.given(plan.sha256)
             for scenario in plan.scenarios:
-                _sweep(plan, scenario, tools, where, outcome, plan.url, size, None)
+                _sweep(plan, scenario, tools, where, outcome, plan.url, size, reference)
+            outcome.reference = reference.as_dict()
             return outcome
+        _say(f"destination: {outcome.dest}; served from {where.served}")
         digests = {}
         for size in sizes:
             _say(f"generating a {size / 2**20:.0f} MiB blob in {where.served} ...")
-            digests[size] = make_blob(where.served, _blob(size), size, seed=1)
+            digest = make_blob(where.served, _blob(size), size, seed=1)
+            digests[size] = Reference(digest, "the served blob")
         with ExitStack() as stack:
             ngx = _nginx(plan, where, stack, outcome)
             for scenario in plan.scenarios:
@@ -200,7 +209,7 @@ def _sweep(
     outcome: Outcome,
     server: ServerHandle | nginx.Nginx | str,
     size: int | None,
-    digest: str | None,
+    reference: Reference,
 ) -> None:
     configs = [(BLOBDL, p, c) for p, c in scenario.configs(plan.parts, plan.connections)]
     for tool in tools if scenario.baselines else []:
@@ -211,7 +220,9 @@ def _sweep(
     for repeat in range(plan.repeat):
         for tool, parts, conns in configs:
             served = _serve(plan, scenario, tool, server, size)
-            run = _run_one(plan, scenario, tool, parts, conns, repeat, where, served, size, digest)
+            run = _run_one(
+                plan, scenario, tool, parts, conns, repeat, where, served, size, reference
+            )
             outcome.runs.append(run)
             _say(_line(run))
 
@@ -223,14 +234,15 @@ def _serve(
     server: ServerHandle | nginx.Nginx | str,
     size: int | None,
 ) -> _Served:
-    if isinstance(server, str):
-        return _Served(server)
+    if isinstance(server, str):  # --url: the tools trust what the user gave, or the system
+        return _Served(server, ca_bundle=plan.ca_bundle)
     name = _blob(size or 0)
     if isinstance(server, nginx.Nginx):
         marker = f"r{next(_MARKERS)}"
         url = server.url(name, https=scenario.https, bps=scenario.conn_bps, run=marker)
         bundle = _ca_bundle(server) if scenario.https else None
-        return _Served(url, ngx=server, marker=marker, ca_bundle=bundle)
+        # axel cannot check the IP-address name of the harness's own certificate
+        return _Served(url, ngx=server, marker=marker, ca_bundle=bundle, insecure=True)
     return _Served(server.url(name), srv=server)
 
 
@@ -253,7 +265,7 @@ def _run_one(
     where: Places,
     served: _Served,
     size: int | None,
-    digest: str | None,
+    reference: Reference,
 ) -> Run:
     out_dir = where.dest / "out"
     out_dir.mkdir()  # fresh each run: no partial file or resume state from a previous run
@@ -265,6 +277,7 @@ def _run_one(
         plan.stall_timeout,
         plan.extra,
         ca_bundle=served.ca_bundle,
+        insecure=served.insecure,
     )
     env = os.environ | ({"SSL_CERT_FILE": served.ca_bundle} if served.ca_bundle else {})
     server_cpu = 0.0
@@ -286,11 +299,20 @@ def _run_one(
         os.sync()
         sync_s = time.perf_counter() - synced
         on_disk = job.out.stat().st_size if job.out.is_file() else 0
-        verified = _verify(job.out, digest) if plan.verify and digest and on_disk else None
+        whole = measured.exit_code == 0 and on_disk and (size is None or on_disk == size)
+        # Only a run whose tool succeeded is hashed: a partial file could set --url's reference.
+        digest = sha256_of(job.out) if plan.verify and whole else None
     finally:
         shutil.rmtree(out_dir)  # 2 GiB per run: never keep them
+    who = f"{tool.name}, {parts} parts × {conns} connections, #{repeat + 1}"
+    verified = None if digest is None else reference.check(digest, who)
     result = blobdl_result(measured.stdout) if tool is BLOBDL else None
-    ok = measured.exit_code == 0 and (size is None or on_disk == size) and verified is not False
+    ok = bool(whole) and verified is not False
+    error = ""
+    if not ok:
+        error = _error(measured.stderr, result, measured.exit_code, on_disk, size)
+        if verified is False:
+            error = f"sha256 {digest} is not that of {reference.source}"
     run = Run(
         scenario=scenario.name,
         tool=tool.name,
@@ -300,7 +322,7 @@ def _run_one(
         size=size,
         ok=ok,
         exit_code=measured.exit_code,
-        error="" if ok else _error(measured.stderr, result, measured.exit_code),
+        error=error,
         bytes_on_disk=on_disk,
         verified=verified,
         wall_s=measured.wall_s,
@@ -309,6 +331,7 @@ def _run_one(
         proto=scenario.proto if plan.url is None else plan.url.partition(":")[0],
         server=scenario.server if plan.url is None else "url",
         sync_s=sync_s,
+        sha256=digest,
     )
     if result is not None:
         run.tool_elapsed_s = result.get("elapsed")
@@ -325,53 +348,40 @@ def _run_one(
     return run
 
 
-def _error(stderr: str, result: dict[str, Any] | None, code: int | None) -> str:
+def _error(
+    stderr: str, result: dict[str, Any] | None, code: int | None, on_disk: int, size: int | None
+) -> str:
+    """Why a run failed, led by the tool's exit code (blobdl's own words when it gave them)."""
     if code is None:
-        return "timed out"
+        return "timed out (--timeout)"
+    if code == 0:
+        return f"exit 0 but {on_disk} bytes on disk, not {size}"
     if result is not None and result.get("event") == "failed":
-        return f"{result.get('type')}: {result.get('error')}"
-    tail = stderr.strip().splitlines()[-1:] or [f"exit code {code}"]
-    return tail[0][:300]
-
-
-def _verify(path: Path, digest: str) -> bool:
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(8 << 20):
-            sha.update(chunk)
-    return sha.hexdigest() == digest
-
-
-def _remote_size(url: str) -> int | None:
-    """Total size from a one-byte range request, or None if the server does not say."""
-    req = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            total = (resp.headers.get("Content-Range") or "").rpartition("/")[2]
-    except OSError as exc:
-        _say(f"could not probe {url}: {exc}")
-        return None
-    return int(total) if total.isdigit() else None
+        return f"exit {result.get('exit_code', code)}: {result.get('error')}"
+    tail = stderr.strip().splitlines()[-1:]
+    return f"exit {code}: {tail[0][:300]}" if tail else f"exit {code}"
 
 
 def _line(run: Run) -> str:
+    """One run as it ends: its figures only if it succeeded, else why it failed."""
+    head = f"  {run.scenario:<14} {run.tool:<11} p={run.parts:<3} c={run.connections:<3} "
+    head += f"#{run.repeat + 1}: "
+    if not run.ok:
+        return f"{head}FAILED after {run.wall_s:.2f} s ({run.error})"
     rate = (run.size or run.bytes_on_disk) / run.wall_s / 2**20 if run.wall_s else 0.0
-    status = "ok" if run.ok else f"FAILED ({run.error})"
     return (
-        f"  {run.scenario:<14} {run.tool:<11} p={run.parts:<3} c={run.connections:<3} "
-        f"#{run.repeat + 1}: "
-        f"{run.wall_s:7.2f} s {rate:8.1f} MiB/s cpu {run.cpu_s:5.2f} s "
-        f"uss {_megabytes(run.peak_uss):>5} MB retries {run.retries} steals {run.steals} "
-        f"wire {_wire(run)} req {run.requests} {status}"
+        f"{head}{run.wall_s:7.2f} s {rate:8.1f} MiB/s cpu {run.cpu_s:5.2f} s "
+        f"uss {_megabytes(run.peak_uss):>5} MB retries {_count(run.retries)} "
+        f"steals {_count(run.steals)} wire {_wire(run)} req {_count(run.requests)} ok"
     )
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _wire(run: Run) -> str:
     return f"{run.bytes_sent / run.size:.3f}" if run.bytes_sent is not None and run.size else "-"
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _megabytes(value: int | None) -> str:

@@ -25,6 +25,9 @@ class Job:
     extra: tuple[str, ...] = ()  # extra blobdl arguments from --blobdl-arg
     #: PEM bundle to trust (the system's CAs plus the run's own CA), for HTTPS URLs.
     ca_bundle: str | None = None
+    #: Tools that cannot check the certificate may skip the check: only for the harness's own
+    #: nginx, never for a user's --url (a baseline given -k would not be doing blobdl's work).
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,10 @@ def _curl(job: Job) -> list[str]:
 
 
 def _axel(job: Job) -> list[str]:
-    # axel has no CA option, and its host-name check does not accept the IP-address name in
-    # our certificate: it skips verification (a little less work than the others do).
-    insecure = ["--insecure"] if job.url.startswith("https:") else []
+    # axel has no CA option (it reads SSL_CERT_FILE), and its host-name check does not accept
+    # the IP-address name in our nginx's certificate: there it skips verification (a little
+    # less work than the others do); against a user's --url it checks, as the others do.
+    insecure = ["--insecure"] if job.insecure and job.url.startswith("https:") else []
     n = str(job.connections)
     return ["axel", "-q", "-N", *insecure, "-n", n, "-o", str(job.out), job.url]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from benchmarks import goals
+from benchmarks import goals, report
 from benchmarks.report import Goal, Row
-from benchmarks.runner import Outcome, Plan
+from benchmarks.runner import Outcome, Plan, Run
 from benchmarks.scenarios import SCENARIOS, MiB
 
 SIZE = 256 * MiB
@@ -71,3 +71,26 @@ def test_a_goal_whose_blobdl_runs_all_failed_is_not_met_rather_than_not_measured
     assert goal.status == "NOT met" and "2 of 2 runs failed" in goal.measured, goal
     rows = [row("https-open", **dead), row("https-open", "curl", parts=1)]
     assert judged(rows, "HTTPS open loopback: wall").status == "NOT met"
+
+
+def url_goals(rows: list[Row]) -> list[Goal]:
+    plan = Plan(SIZE, [16], [], 1, [16], None, 60.0, url="https://example.com/big.bin")
+    return goals.goals(rows, Outcome(dest="disk (ext4 at /var/tmp/x)"), plan)
+
+
+def test_a_url_is_judged_by_the_goals_that_apply_to_any_server_only() -> None:
+    found = url_goals([row("url"), row("url", "curl", parts=1)])
+    assert [(g.name, g.status) for g in found] == [("peak USS of blobdl + workers, any run", "met")]
+
+
+def test_memory_is_not_met_on_a_failed_run_whatever_its_peak() -> None:
+    failed = Run(
+        scenario="url", tool="blobdl", parts=2, connections=2, repeat=0, size=None, ok=False,
+        exit_code=3, error="exit 3: Failed to connect", bytes_on_disk=0, verified=None,
+        wall_s=1.1, cpu_s=0.1, peak_uss=18_200_000,
+    )  # fmt: skip
+    (goal,) = url_goals(report.summarise([failed]))
+    assert goal.status == "NOT met" and "18.2" not in goal.measured, goal
+    rows = [row("loopback"), row("loopback", parts=4, ok=1)]
+    goal = judged(rows, "peak USS of blobdl + workers")
+    assert goal.status == "NOT met" and "1 of 2 runs failed" in goal.measured, goal
