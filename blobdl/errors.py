@@ -169,19 +169,25 @@ def retryable_status(status: int) -> bool:
 class HTTPStatusError(NetworkError):
     """The server answered with an error status. ``redirected``: the URL that answered
     was a redirect's target for this request alone (a mirror, a signed URL handed out per
-    request), not the one the download pinned."""
+    request), not the one the download pinned. ``said``: what the server says of it, in a
+    few words (a registry's error body), or ""."""
 
     def __init__(
-        self, status: int, url: str, retry_after: float | None = None, redirected: bool = False
+        self,
+        status: int,
+        url: str,
+        retry_after: float | None = None,
+        redirected: bool = False,
+        said: str = "",
     ) -> None:
         url = redact_url(url)
-        super().__init__(status, url, retry_after, redirected)
+        super().__init__(status, url, retry_after, redirected, said)
         self.status, self.url, self.retry_after = status, url, retry_after
-        self.redirected = redirected
+        self.redirected, self.said = redirected, said
         self.retryable = retryable_status(status)
 
     def __str__(self) -> str:
-        return f"HTTP {self.status} from {self.url}"
+        return f"HTTP {self.status} from {self.url}" + (f": {self.said}" if self.said else "")
 
 
 class TooManyRedirects(NetworkError):

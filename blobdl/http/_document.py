@@ -22,12 +22,14 @@ from ._request import base_headers, require_identity, send_get
 from ._retry import Retry
 from ._translate import translate_errors
 
+ERROR_BODY = 16 << 10  # bytes of an error answer read for its words; the rest is never read
+
 
 class Document(NamedTuple):
     url: str  # the URL that answered
     status: int
     headers: Mapping[str, str]  # case-insensitive (urllib3's HTTPHeaderDict)
-    body: bytes  # read for a 2xx only, never more than the cap; b"" otherwise
+    body: bytes  # a 2xx's (never more than the cap), an error's first ERROR_BODY bytes; or b""
 
 
 def get_document(
@@ -35,11 +37,15 @@ def get_document(
 ) -> Document:
     """One GET of ``url``, no redirect followed. A 2xx body is read up to ``limit`` bytes
     (one more is a ``BadResponse``: a small document was expected), and must arrive whole
-    within ``within`` seconds of the headers; any other status's body is left unread, and
-    so is every body when ``limit`` is 0."""
+    within ``within`` seconds of the headers; a 2xx body is left unread when ``limit`` is 0.
+    An error's (4xx, 5xx) first ``ERROR_BODY`` bytes are read for what the server says, as
+    far as they come within ``within`` (nothing if they fail to); a redirect's, never."""
     response = send_get(pool, url, base_headers(headers.items()))
     body, whole = b"", False
     try:
+        if response.status >= 400:
+            body = _error_body(url, response, time.monotonic() + within)
+            return Document(url, response.status, response.headers, body)
         with translate_errors(url):
             if limit and 200 <= response.status < 300:
                 require_identity(url, response)
@@ -55,6 +61,18 @@ def get_document(
         else:
             response.close()  # an unread body (a blob, an error page) never returns to the pool
     return Document(url, response.status, response.headers, body)
+
+
+def _error_body(url: str, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    """The start of an error answer's body: its words are a courtesy, so a body that is
+    encoded, breaks off or trickles past ``deadline`` says nothing rather than failing."""
+    if response.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
+        return b""
+    try:
+        with translate_errors(url):
+            return _read_upto(url, response, ERROR_BODY, deadline)
+    except BlobdlError:
+        return b""
 
 
 def _read_upto(url: str, response: urllib3.BaseHTTPResponse, most: int, deadline: float) -> bytes:

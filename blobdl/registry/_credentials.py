@@ -1,13 +1,18 @@
 """The Docker config's credentials for a registry: ``auths.<host>`` in
 ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` (credential helpers are not
-supported: one that holds a registry's credentials is named when they are missing). A file
-that cannot be read, or holds wrong types, is a usage error naming it.
+supported: one that holds a registry's credentials is named when they are missing).
+
+A config that cannot be read, is not JSON or holds wrong types is a warning, and the pull
+goes on without credentials, as Docker goes on ("WARNING: Error loading config file"); Ollama
+never reads it at all. Stopping would fail a public pull for a file it does not need; if the
+registry then asks for credentials, the error line names the config and what is wrong with it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,12 +20,30 @@ from typing import Any
 from ..errors import UsageError
 from ._schema import Fail, Opt, check, parse_json
 
+log = logging.getLogger("blobdl")
 _ENTRY = {"auth": Opt(str), "username": Opt(str), "password": Opt(str)}
 _CONFIG = {"auths": Opt(dict), "credsStore": Opt(str), "credHelpers": Opt(dict)}
 
 
+class _Broken(UsageError):
+    """The Docker config at ``path`` cannot be used: ``problem`` says why."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(path, problem)
+        self.path, self.problem = path, problem
+
+
 def docker_credentials(host: str) -> tuple[str, str] | None:
-    """(user, password) for ``host`` (``host[:port]``), or None."""
+    """(user, password) for ``host`` (``host[:port]``), or None (a broken config: warned)."""
+    try:
+        return _credentials(host)
+    except _Broken as broken:
+        log.warning("Docker config %s: %s; its credentials are not used",
+                    broken.path, broken.problem)  # fmt: skip
+        return None
+
+
+def _credentials(host: str) -> tuple[str, str] | None:
     found = _read()
     if found is None:
         return None
@@ -33,8 +56,14 @@ def docker_credentials(host: str) -> tuple[str, str] | None:
 
 def no_credentials(host: str) -> str:
     """Why ``docker_credentials(host)`` is None, for an error line: a credential helper
-    (``credHelpers.<host>``, else ``credsStore``) holds them, or the config has none."""
-    found = _read()
+    (``credHelpers.<host>``, else ``credsStore``) holds them, the config could not be used,
+    or it has none."""
+    try:
+        found = _read()
+        _credentials(host)
+    except _Broken as broken:
+        return (f"no credentials for {host}: the Docker config {broken.path} could not be "
+                f"used ({broken.problem})")  # fmt: skip
     doc = found[0] if found is not None else {}
     helpers = doc.get("credHelpers") or {}
     key = _key_for(helpers, host)
@@ -57,10 +86,10 @@ def _read() -> tuple[dict[str, Any], Fail] | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise UsageError(f"cannot read Docker config {path}: {exc.strerror}") from None
+        raise _Broken(path, f"cannot be read: {exc.strerror}") from None
 
     def fail(message: str) -> UsageError:
-        return UsageError(f"Docker config {path}: {message}")
+        return _Broken(path, message)
 
     return check(parse_json(raw, "the file", fail), _CONFIG, "the file", fail), fail
 

@@ -24,7 +24,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 from .._redact import redact_url
@@ -47,6 +47,7 @@ from ..http._urls import headers_for_origin, redirect_target, same_origin, url_p
 from ..processes._spawn import in_threads
 from ._credentials import basic, docker_credentials, no_credentials
 from ._names import Reference
+from ._said import said
 from ._schema import Int, Opt, check, parse_json
 
 MANIFEST_TYPES = (
@@ -89,36 +90,55 @@ class Manifest:
 
 # Every field Ollama's Go decoder reads (manifest.Manifest, manifest.Layer) with the type
 # it reads it as: a manifest it could not decode would hide the model, and its prune would
-# take the blobs.
+# take the blobs. Ollama checks nothing else: no media type (the field's or the answer's
+# Content-Type), no schemaVersion, and a config only when it has a digest. A digest we fetch
+# is always a sha256 (``BlobsPath``'s rule, in the lowercase its verification compares).
 _BLOB = {
     "digest": re.compile(r"sha256:[0-9a-f]{64}"),
     "size": Int(0, MAX_BYTES),
     "mediaType": Opt(str),
     "from": Opt(str),
 }
-_HEAD = {"schemaVersion": Opt(object), "mediaType": Opt(str)}
-_MANIFEST = {"schemaVersion": Int(2, 2), "mediaType": Opt(str), "config": _BLOB,
-             "layers": Opt([_BLOB])}  # fmt: skip
+_INT64 = Int(-(1 << 63), (1 << 63) - 1)
+_HEAD = {"schemaVersion": Opt(_INT64), "mediaType": Opt(str), "manifests": Opt(object),
+         "fsLayers": Opt(object)}  # fmt: skip
+_MANIFEST = {"config": Opt({"digest": Opt(str)}), "layers": Opt([_BLOB])}
 
 
-def parse_manifest(raw: bytes, content_type: str, where: str) -> Manifest:
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """The manifest in ``raw``, read as Ollama reads it whatever it was served as (a mirror
+    or a static file server sends ``application/json``, or no type at all). Documents that
+    are no model's manifest, which Ollama would write as a model of no blobs, are refused
+    saying what they are: an index, a schema 1 manifest, a manifest naming no blob."""
+
     def fail(message: str) -> BadResponse:
         return BadResponse(where, message)
 
     doc = parse_json(raw, "the manifest", fail)
     head = check(doc, _HEAD, "the manifest", fail)
-    media_type = head["mediaType"] or content_type.split(";")[0].strip()
-    if media_type not in MANIFEST_TYPES or head["schemaVersion"] != 2:
-        what = f"{media_type} (an index: pick one platform's manifest)"
-        raise UnsupportedManifest(where, what if media_type in INDEX_TYPES else media_type[:100])
+    _require_a_manifest(head, where)
     fields = check(doc, _MANIFEST, "the manifest", fail)
+    has_config = bool(fields["config"] and fields["config"]["digest"])  # else Ollama skips it
+    config = [check(doc["config"], _BLOB, "the manifest.config", fail)] if has_config else []
     blobs: dict[str, Blob] = {}
-    for entry in [fields["config"], *(fields["layers"] or [])]:
+    for entry in [*config, *(fields["layers"] or [])]:
         blob = Blob(entry["digest"], entry["size"], entry["mediaType"] or "")
         if blobs.setdefault(blob.digest, blob).size != blob.size:
             raise fail(f"the manifest gives {blob.digest} two sizes")
+    if not blobs:
+        raise UnsupportedManifest(where, "a manifest that names no blob (no config, no layers)")
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    return Manifest(raw, digest, media_type, tuple(blobs.values()))
+    return Manifest(raw, digest, head["mediaType"] or "", tuple(blobs.values()))
+
+
+def _require_a_manifest(head: dict[str, Any], where: str) -> None:
+    """Refuse, by what the document holds, an index and a schema 1 manifest."""
+    media_type = head["mediaType"] or ""
+    if media_type in INDEX_TYPES or head["manifests"] is not None:
+        what = media_type[:100] or "a document listing manifests"
+        raise UnsupportedManifest(where, f"{what} (an index: pick one platform's manifest)")
+    if head["schemaVersion"] == 1 or head["fsLayers"] is not None:
+        raise UnsupportedManifest(where, "a schema 1 manifest (Docker's old format, no model)")
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -166,9 +186,9 @@ class Registry:
         finally:
             self.pool.clear()  # no socket of ours is inherited by the workers forked later
         if answer.status == 404:
-            raise ModelNotFound(str(self.ref))
+            raise ModelNotFound(str(self.ref), _registry_says(answer))
         _require_ok(answer)
-        manifest = parse_manifest(answer.body, answer.headers.get("Content-Type", ""), url)
+        manifest = parse_manifest(answer.body, url)
         served = answer.headers.get("Docker-Content-Digest", "")
         expected = f"sha256:{self.ref.digest}" if self.ref.digest else served
         if expected.startswith("sha256:") and expected != manifest.digest:
@@ -218,7 +238,8 @@ class Registry:
             target = redirect_target(url, _location(answer))
             return target, tuple(self.headers_for(target).items())
         if answer.status == 404:
-            raise ModelNotFound(str(self.ref), f"the registry has no blob {blob.digest}")
+            words = ", ".join(w for w in (f"no blob {blob.digest}", _registry_says(answer)) if w)
+            raise ModelNotFound(str(self.ref), f"the registry has {words}")
         if answer.status not in (200, 206, 416):  # 416: an empty blob has no byte 0
             _require_ok(answer)
         return url, tuple(self.headers_for(url).items())
@@ -317,7 +338,9 @@ class Registry:
 
         answer = self._follow(token_url, lambda hop: self._get(hop, headers(hop), MAX_DOCUMENT))
         if answer.status in (401, 403):
-            raise AuthRefused(realm, f"the token server answered {answer.status}")
+            words = said(answer.body)
+            and_says = f" and says {words}" if words else ""
+            raise AuthRefused(realm, f"the token server answered {answer.status}{and_says}")
         _require_ok(answer)
         return _token_from(answer)
 
@@ -400,7 +423,14 @@ def _location(answer: Document) -> str:
 
 
 def _require_ok(answer: Document) -> None:
+    """A 2xx, else the error it is, with what the registry says of it."""
     if answer.status in (401, 403):
-        raise AuthRefused(answer.url, f"HTTP {answer.status}")
+        words = _registry_says(answer)
+        raise AuthRefused(answer.url, f"HTTP {answer.status}{': ' if words else ''}{words}")
     if not 200 <= answer.status < 300:
-        raise HTTPStatusError(answer.status, answer.url)
+        raise HTTPStatusError(answer.status, answer.url, said=_registry_says(answer))
+
+
+def _registry_says(answer: Document) -> str:
+    words = said(answer.body)
+    return f"the registry says {words}" if words else ""

@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
 from ..config import Settings, check_callback, check_path, overridden
-from ..errors import BadResponse, HTTPStatusError, LocalFileError, OutOfResources
+from ..errors import AuthRefused, BadResponse, HTTPStatusError, LocalFileError, OutOfResources
 from ..events import DownloadResult
 from ..processes._signals import called
 from ._catalog import decode
@@ -273,8 +274,10 @@ class _Fetcher:
             results = self._round(todo)
             failed = [(b, r.error) for b, r in zip(todo, results, strict=True) if r.error]
             expired = [b for b, error in failed if _auth_expired(error)]
-            if len(expired) < len(failed) or round_ == AUTH_ROUNDS:
+            if len(expired) < len(failed):
                 raise next(e for _, e in failed if e is not None)
+            if round_ == AUTH_ROUNDS:
+                raise _still_refused(failed[0][1])
             self.registry.forget_token()
             todo = expired
 
@@ -314,5 +317,21 @@ class _Fetcher:
 def _auth_expired(error: BaseException | None) -> bool:
     """A 401 (token expired) or 403 (presigned URL expired), directly or as the last
     error of a part that ran out of retries."""
+    return _refusal(error) is not None
+
+
+def _refusal(error: BaseException | None) -> HTTPStatusError | None:
     inner = getattr(error, "last_error", None) or error
-    return isinstance(inner, HTTPStatusError) and inner.status in (401, 403)
+    if isinstance(inner, HTTPStatusError) and inner.status in (401, 403):
+        return inner
+    return None
+
+
+def _still_refused(error: BaseException | None) -> AuthRefused:
+    """A blob's GET refused again after every renewal: say what was tried, not "HTTP 401"."""
+    refusal = _refusal(error)
+    assert refusal is not None
+    where = urlsplit(refusal.url).netloc
+    return AuthRefused(refusal.url, f"{where} still answered {refusal.status} to the blob's GET "
+                       f"after blobdl asked the registry {AUTH_ROUNDS} times for a fresh "
+                       "location and token")  # fmt: skip

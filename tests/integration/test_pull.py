@@ -97,8 +97,10 @@ def test_unknown_model_or_tag_is_one_line_model_not_found_exit_3(
         reference = f"http://{registry.host}/{missing}"
         done = run_cli("pull", reference, "--models-dir", str(tmp_path / "m"), "--retries", "0")
         assert done.returncode == 3, done.stderr
+        # The registry's own words follow (Ollama prints its answer's body too).
         assert done.stderr.strip().splitlines() == [
-            f"blobdl: error: model not found: {registry.host}/{missing}"
+            f"blobdl: error: model not found: {registry.host}/{missing} "
+            "(the registry says MANIFEST_UNKNOWN: manifest unknown)"
         ]
         assert not (tmp_path / "m" / "manifests").exists()
 
