@@ -970,7 +970,11 @@ class Handler(BaseHTTPRequestHandler):
             self.srv.state.add_bytes(len(body))
         self.log_request(reply.status)
         spec = dict(fault.params["spec"])
-        self.wfile.write(framed(reply.status, reply.headers, body, spec))
+        message, held = framed(reply.status, reply.headers, body, spec)
+        self.wfile.write(message[:held])
+        if held < len(message):  # the spec's ``hold``: the rest after a silence
+            self._hold(float(spec["hold"]["seconds"]))
+            self.wfile.write(message[held:])
         self.close_connection = not fault.params.get("keep") or ends_with_close(spec)
 
     def _rendered(self, reply: Reply, head: bool) -> tuple[bytes, int]:
