@@ -27,6 +27,9 @@ A spec (every key optional):
 - ``last``: whether the last chunk (``0``) is sent (default true); ``trailers``: how many
   trailer fields follow it.
 - ``junk``: bytes sent after the message (strings are latin-1, a character a byte).
+- ``hold``: ``{"chunk": i, "seconds": s}``: the message goes out up to where chunk ``i``'s
+  stated data ends (what a client reads as its data, ``off`` included), then nothing for
+  ``s`` seconds, then the rest: a client holds the chunk's bytes, its end not yet checked.
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from itertools import pairwise
 from typing import Any
 
 
-def framed(status: int, headers: list[tuple[str, str]], body: bytes, spec: dict[str, Any]) -> bytes:
+def framed(
+    status: int, headers: list[tuple[str, str]], body: bytes, spec: dict[str, Any]
+) -> tuple[bytes, int]:
     """The whole message: status line, ``headers`` (their framing fields replaced) and
-    ``body`` framed as ``spec`` says."""
+    ``body`` framed as ``spec`` says; and where in it the ``hold`` falls (its length: none)."""
     kind = spec.get("body", "length")
     by = int(spec.get("by", 1))
     kept = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-range")]
@@ -45,14 +50,16 @@ def framed(status: int, headers: list[tuple[str, str]], body: bytes, spec: dict[
     fields += _lengths(len(body), spec.get("length", "right" if kind == "length" else "none"), by)
     if kind == "chunked":
         fields.append(("Transfer-Encoding", str(spec.get("te", "chunked"))))
-        payload = _chunked(body, spec)
+        payload, held = _chunked(body, spec)
     else:
-        payload = body
+        payload, held = body, len(body)
     if ends_with_close(spec):
         fields.append(("Connection", "close"))
     head = f"HTTP/1.1 {status} Framed\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)
     junk = str(spec.get("junk", "")).encode("latin-1")
-    return head.encode("latin-1") + b"\r\n" + payload + junk
+    start = len(head.encode("latin-1")) + 2
+    message = head.encode("latin-1") + b"\r\n" + payload + junk
+    return message, start + held if held < len(payload) else len(message)
 
 
 def ends_with_close(spec: dict[str, Any]) -> bool:
@@ -80,13 +87,15 @@ def _lengths(n: int, how: str, by: int) -> list[tuple[str, str]]:
     return [("Content-Length", v) for v in values[how]]
 
 
-def _chunked(body: bytes, spec: dict[str, Any]) -> bytes:
+def _chunked(body: bytes, spec: dict[str, Any]) -> tuple[bytes, int]:
+    """The chunked payload, and the offset in it where ``hold`` falls."""
     ends = sorted({c for c in spec.get("cuts", []) if 0 < c < len(body)} | {len(body)})
     pieces = [body[a:b] for a, b in pairwise([0, *ends]) if b > a]
     line = str(spec.get("line", "{n:x}\r\n"))
     data_end = str(spec.get("data_end", "\r\n")).encode("latin-1")
     bad, off = spec.get("bad") or {}, spec.get("off") or {}
-    out = b""
+    hold = spec.get("hold") or {}
+    out, held = b"", -1
     final = len(pieces) - 1
     for i, piece in enumerate(pieces):
         size = len(piece) + (int(off["by"]) if off and min(off["chunk"], final) == i else 0)
@@ -94,8 +103,10 @@ def _chunked(body: bytes, spec: dict[str, Any]) -> bytes:
             out += str(bad["line"]).format(n=len(piece)).encode("latin-1")
         else:  # never 0 where data follows: that is the last chunk, the rest trailers
             out += line.format(n=max(size, 1)).encode("latin-1")
+        if hold and min(hold["chunk"], final) == i:
+            held = len(out) + size
         out += piece + data_end
     if spec.get("last", True):
         trailers = "".join(f"X-Trailer-{t}: {t}\r\n" for t in range(int(spec.get("trailers", 0))))
         out += b"0\r\n" + trailers.encode() + b"\r\n"
-    return out
+    return out, min(held, len(out)) if held >= 0 else len(out)

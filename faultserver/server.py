@@ -42,6 +42,7 @@ from .nodelay import NoDelayServer
 SENDFILE_CHUNK = 8 << 20  # big enough to amortise syscalls, small enough for live stats
 TLS_CHUNK = 1 << 20
 PACE_CHUNK = 64 << 10  # small steps keep `rate` pacing smooth
+FRAMED_STEP = 4 << 10  # a paced framed message: a chunk then arrives in pieces
 HOLD_STEP = 0.1  # granularity of sleeps, so shutdown never waits long
 DRAIN_TIMEOUT = 2.0
 
@@ -106,7 +107,8 @@ ACTIONS: dict[str, frozenset[str]] = {
     # ``spec`` says, right or wrong: see faultserver/framing.py. The connection closes after,
     # unless ``keep`` (then only if the framing ends the body with it): what a client makes
     # of an answer's end decides what it reads as the next answer on that connection.
-    "framing": frozenset({"spec", "whole", "keep"}),
+    # ``bps``: the message sent at that pace, in steps of ``FRAMED_STEP`` bytes.
+    "framing": frozenset({"spec", "whole", "keep", "bps"}),
 }
 #: parameters an action cannot do without (checked when rules are posted)
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -970,8 +972,23 @@ class Handler(BaseHTTPRequestHandler):
             self.srv.state.add_bytes(len(body))
         self.log_request(reply.status)
         spec = dict(fault.params["spec"])
-        self.wfile.write(framed(reply.status, reply.headers, body, spec))
+        message, held = framed(reply.status, reply.headers, body, spec)
+        bps = fault.num("bps", 0)
+        self._write_paced(message[:held], bps)
+        if held < len(message):  # the spec's ``hold``: the rest after a silence
+            self._hold(float(spec["hold"]["seconds"]))
+            self._write_paced(message[held:], bps)
         self.close_connection = not fault.params.get("keep") or ends_with_close(spec)
+
+    def _write_paced(self, data: bytes, bps: float) -> None:
+        """``data`` at once, or at ``bps`` (> 0) in steps of ``FRAMED_STEP``."""
+        if bps <= 0:
+            self.wfile.write(data)
+            return
+        t0 = time.monotonic()
+        for at in range(0, len(data), FRAMED_STEP):
+            self.wfile.write(data[at : at + FRAMED_STEP])
+            self._pace(t0, at + FRAMED_STEP, bps)
 
     def _rendered(self, reply: Reply, head: bool) -> tuple[bytes, int]:
         """``reply`` as ``_send`` would write it (head, then body), and its file bytes."""

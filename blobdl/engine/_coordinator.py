@@ -209,13 +209,13 @@ class Coordinator:
         return True
 
     def _launch(self, part: Part, now: float) -> None:
-        pos = self.parts.ready(part, over=not self.ranged)  # without ranges: from the start
+        received = self.parts.ready(part, over=not self.ranged)  # no ranges: from the start
         self.parts.share(self._limit(), joining=part)  # everyone else's smaller
         # Without stealing nothing moves a lane's end: one request per attempt does.
         first = self.settings.min_steal_size if self.settings.steal else MAX_BYTES
         attempt = Attempt(part.slot, self.ranged, first, self.fd, self.path)
         worker = self.crew.launch(attempt, self.pinned.remote)
-        part.start_attempt(now, pos, self.pinned.generation, worker)
+        part.start_attempt(now, received, self.pinned.generation, worker)
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -227,7 +227,7 @@ class Coordinator:
         if error is None and self.parts.complete(part):
             part.finish()
             # A lane that finished between two samples still shows what a good lane does.
-            self.best.saw(part.pace.overall(time.monotonic(), self.table.pos(part.slot)))
+            self.best.saw(part.pace.overall(time.monotonic(), self.table.received(part.slot)))
         else:
             self._failed(part, error or WorkerCrashed(0))
 

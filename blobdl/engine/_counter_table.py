@@ -5,7 +5,10 @@ prefix hasher) sees the same pages with no file to clean up. Each slot holds six
 fields, each with one writer:
 
 - ``start``: the slot's first byte (coordinator, set before the slot's first worker);
-- ``pos``: the next byte the slot's worker will write (worker writes, others read);
+- ``pos``: every byte of ``[start, pos)`` is on disk and checked (worker writes, others
+  read): a chunked body's current chunk is written ahead of it, and counted once the line
+  end after it is read, so what reads ``pos`` as done (a checkpoint, the hasher, a steal,
+  a retry) never trusts a byte the lane may have to take back;
 - ``end``: where the slot's range stops (coordinator writes, worker reads; it only ever
   moves in, when another worker takes over the tail of the range). -1: until EOF;
 - ``cap``: the worker's share of ``limit_rate`` in bytes/s, 0 for none (coordinator writes);

@@ -172,21 +172,18 @@ class Filler:
 
     def take(self, body: RangeBody, pos: int) -> int:
         """``stream`` from ``pos``, then ``body.reached``: the position reached, less the
-        bytes whose framing is not checked yet (a chunked body's current chunk), here and
-        on any failure. A chunk whose size line stated more than its data handed out the
-        line end, the next size line and the next chunk's bytes as its own: they are never
-        kept as the blob's, and a retry asks for them again."""
-        slot, table = self.attempt.slot, self.table
-        try:
-            end = self.stream(body, pos)
-            body.reached(end)
-        except BaseException:
-            if unchecked := body.unchecked():
-                table.set_pos(slot, max(pos, table.pos(slot) - unchecked))
-            raise
-        if unchecked := body.unchecked():
-            end = max(pos, end - unchecked)
-            table.set_pos(slot, end)
+        bytes whose framing is not checked yet (a chunked body's current chunk). A chunk
+        whose size line stated more than its data handed out the line end, the next size
+        line and the next chunk's bytes as its own: they are never kept as the blob's, and
+        a retry asks for them again.
+
+        The slot's ``pos`` only ever counts checked bytes (``_stream`` publishes it so after
+        every write): what reads it as done (a checkpoint, the hasher, a steal, the retry
+        after a worker killed mid-chunk) never sees a byte it may have to take back."""
+        end = self.stream(body, pos)
+        body.reached(end)  # may check the last chunk's end
+        end = max(pos, end - body.unchecked())
+        self.table.set_pos(self.attempt.slot, end)
         return end
 
     def stream(self, body: RangeBody, pos: int) -> int:
@@ -198,8 +195,9 @@ class Filler:
         Stops at the body's end (``stop``; -1: none) or at the slot's end (which may move
         in at any time; -1: until EOF), whichever comes first, or at EOF."""
         whole, read, stop = len(self.buffer), body.read, body.stop
-        if body.sock is None:
-            return self._stream(read, pos, stop, whole)
+        if body.sock is None:  # the only bodies with a framing to check (chunked)
+            unchecked = body.unchecked if body.framed else None
+            return self._stream(read, pos, stop, whole, unchecked=unchecked)
         if self.splicer.enabled and not body.tls:
             return self._stream(read, pos, stop, whole, body.sock, body.buffered)
         with body.gathering() as gathered:
@@ -217,9 +215,11 @@ class Filler:
         size: int,
         sock: socket.socket | None = None,
         buffered: int = 0,
+        unchecked: Callable[[], int] | None = None,
     ) -> int:
         """``stream``'s loop: at most ``size`` bytes per read and write; from ``sock``, once
-        ``buffered`` bytes are read, spliced."""
+        ``buffered`` bytes are read, spliced. The position it publishes after each write
+        leaves out the ``unchecked()`` bytes (None: every byte read is checked)."""
         slot, table = self.attempt.slot, self.table
         while True:
             end = table.end(slot)
@@ -238,7 +238,7 @@ class Filler:
                 return pos
             table.add_received(slot, count)
             pos += count
-            table.set_pos(slot, pos)
+            table.set_pos(slot, pos if unchecked is None else pos - unchecked())
             self.pacer.pace(count, table.cap(slot))
             if os.getppid() != self.parent:  # orphaned: nobody will ever use these bytes
                 os._exit(1)

@@ -129,19 +129,21 @@ class Part:
 
     # --- an attempt -------------------------------------------------------------------------
 
-    def start_attempt(self, now: float, pos: int, generation: int, worker: Running) -> None:
-        """An attempt from ``pos`` runs on ``worker``, measured afresh from ``now``."""
+    def start_attempt(self, now: float, received: int, generation: int, worker: Running) -> None:
+        """An attempt runs on ``worker``, measured afresh from ``now`` and the slot's
+        ``received`` count then."""
         self.worker, self.generation = worker, generation
         self._become(RUNNING)
         self.attempts += 1
-        self.pace = Pace(now, pos)
+        self.pace = Pace(now, received)
 
-    def observe(self, now: float, pos: int, asked: int) -> None:
+    def observe(self, now: float, received: int, asked: int) -> None:
         """A sample of the running attempt (see ``Pace.observe``)."""
-        self.pace.observe(now, pos, asked)
+        self.pace.observe(now, received, asked)
 
-    def view(self, now: float, pos: int, end: int, asked: int) -> LaneView:
-        """The running attempt as a steal or lag decision sees it."""
+    def view(self, now: float, pos: int, received: int, end: int, asked: int) -> LaneView:
+        """The running attempt as a steal or lag decision sees it: where its checked bytes
+        end (``pos``: a cut splits there), how fast it receives."""
         pace = self.pace
         return LaneView(
             self.slot,
@@ -152,7 +154,7 @@ class Part:
             not self.took_over,
             asked,
             pace.quiet(now),
-            pace.request_rate(now, pos, settle=CUT_QUIET),
+            pace.request_rate(now, received, settle=CUT_QUIET),
             pace.recent,
         )
 
@@ -161,9 +163,10 @@ class Part:
         lane is cut, so what is thrown away is what was still on its way."""
         return self.worker is not None and self.worker.waiting()
 
-    def end_attempt(self, pos: int) -> None:
-        """The attempt ended (or was ended) at ``pos``: count its bytes, forget its worker."""
-        self.fetched += max(0, pos - self.pace.origin)
+    def end_attempt(self, received: int) -> None:
+        """The attempt ended (or was ended) with the slot's ``received`` count there: count
+        its bytes, forget its worker."""
+        self.fetched += max(0, received - self.pace.origin)
         self.worker = None
 
     def restarting(self, pos: int) -> bool:
@@ -307,21 +310,22 @@ class Parts:
 
     def ready(self, part: Part, over: bool) -> int:
         """Ready ``part``'s slot for a new attempt: from 0 if ``over`` (a whole-body stream
-        starts over), nothing asked yet. Where the attempt starts: read before it is
-        launched, since its lane may write its first bytes before the launch returns."""
+        starts over), nothing asked yet. The slot's received count, which the attempt's
+        pace is measured from: read before it is launched, since its lane may read its
+        first bytes before the launch returns."""
         if over:
             self.table.set_pos(part.slot, 0)
-        pos = self.table.pos(part.slot)
-        self.table.set_asked(part.slot, pos)
-        return pos
+        self.table.set_asked(part.slot, self.table.pos(part.slot))
+        return self.table.received(part.slot)
 
     def sample(self, part: Part, now: float) -> None:
-        """Sample the running ``part`` where its lane is now."""
-        part.observe(now, self.table.pos(part.slot), self.table.asked(part.slot))
+        """Sample the running ``part``: how many bytes its lane has received by now (bytes
+        that move, checked or not: a lane inside a long chunk is not quiet)."""
+        part.observe(now, self.table.received(part.slot), self.table.asked(part.slot))
 
     def release(self, part: Part) -> None:
         """Forget the part's ended attempt: count its bytes."""
-        part.end_attempt(self.table.pos(part.slot))
+        part.end_attempt(self.table.received(part.slot))
 
     def kill(self, part: Part) -> None:
         """End the part's lane now, even one blocked on its socket; its bytes stay written."""
@@ -342,7 +346,7 @@ class Parts:
 
     def _view(self, p: Part, now: float) -> LaneView:
         table, pos = self.table, self.table.pos(p.slot)  # one read: the lane moves meanwhile
-        return p.view(now, pos, table.end(p.slot), table.asked(p.slot))
+        return p.view(now, pos, table.received(p.slot), table.end(p.slot), table.asked(p.slot))
 
     def split(self, steal: Steal) -> Part:
         """Carry out ``steal``: a new part takes ``[at, victim's end)``; the victim stops there."""

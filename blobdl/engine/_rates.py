@@ -1,7 +1,9 @@
 """How fast things move: one attempt's pace, the best lane's rate, the download's rate.
 
-Every rate the coordinator acts on is computed here, from positions it samples off the
-counter table: the steal's yardsticks, the lag verdict's, the progress report's. Pure
+Every rate the coordinator acts on is computed here, from counts it samples off the
+counter table: the steal's yardsticks and the lag verdict's from the bytes each lane
+received (a lane inside a long chunk moves, though none of the chunk counts as done until
+its end is checked), the progress report's from the bytes done. Pure
 arithmetic; no I/O, no clock of its own (every method is given ``now``).
 """
 
@@ -18,7 +20,8 @@ LAG_WINDOW = 0.15
 
 
 class Pace:
-    """How fast one attempt at a part moves, measured from the positions sampled while it runs.
+    """How fast one attempt at a part moves, measured from the counts sampled while it runs
+    (``pos`` here: the slot's bytes received, a count that only grows).
 
     Three rates, each for its own question: ``rate`` (smoothed over samples) is the lane
     slow next to the best one?; ``recent`` (over the last ``LAG_WINDOW``) is it far below its

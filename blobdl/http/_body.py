@@ -135,9 +135,15 @@ class RangeBody:
         if pos == self._pinned_end and self.stop < 0 and self.read(memoryview(bytearray(1))):
             raise RemoteChanged(self._url, f"the body goes on past the {pos} bytes stated")
 
+    @property
+    def framed(self) -> bool:
+        """Whether its bytes are handed out before their framing is checked (a chunked
+        body): only then may ``unchecked`` be more than 0."""
+        return self._chunks is not None
+
     def unchecked(self) -> int:
         """Bytes read whose framing is not checked yet (the current chunk's, of a chunked
-        body): not the blob's until it is, so not kept (``Filler.take``)."""
+        body): not the blob's until it is, so never counted as done (``Filler.take``)."""
         return self._chunks.unchecked() if self._chunks is not None else 0
 
     @contextmanager
