@@ -40,7 +40,7 @@ from ..errors import (
     UsageError,
 )
 from ..http._document import Document, fetch, get_document
-from ..http._pool import make_pool
+from ..http._pool import make_pool, prepare_tls
 from ..http._redirects import REDIRECTS
 from ..http._routes import ProxyRoutes
 from ..http._urls import headers_for_origin, redirect_target, same_origin, url_problem
@@ -165,6 +165,9 @@ class Registry:
     def __init__(self, ref: Reference, settings: Settings, *, plain_http: bool = False) -> None:
         self.ref, self.settings = ref, settings
         self.base = registry_url(ref, plain_http)
+        # The CA store loaded once for every connection of the pull (its lookups open several
+        # at once), not by urllib3 for each new one.
+        prepare_tls(settings, self.base)
         self.pool = make_pool(settings)
         self.routes = ProxyRoutes.from_settings(settings)
         self.credentials = docker_credentials(ref.host)
