@@ -95,3 +95,40 @@ def test_a_slow_small_item_tells_its_progress_in_json_lines(
     check_progress([r for r in records if r.get("item") == 0], SLOW)
     assert sha256_file(tmp_path / "slow") == slow.sha256
     assert sha256_file(tmp_path / "quick") == quick.sha256
+
+
+def test_a_small_item_retried_tells_its_progress_through_the_backoff_and_the_retry(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The case that showed the gap: an item cut short and retried for long said only
+    ``part_retried``. Its progress goes on: ``waiting`` (no request runs: ``active`` 0)
+    through the backoff, then its second attempt, counted with the retry."""
+    blob = make(SLOW, seed=4104)
+    cut = {"path": f"/files/{blob.name}", "times": 1, "action": "reset_after", "bytes": 3000}
+    server.set_faults(cut, {"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                            "bps": 4000, "step": 1000})  # fmt: skip
+    events: list[blobdl.Event] = []
+    retried: list[int] = []  # at each progress: part_retried heard so far
+
+    def note(batch_event: blobdl.BatchEvent) -> None:
+        events.append(batch_event.event)
+        if isinstance(batch_event.event, blobdl.Progress):
+            retried.append(sum(isinstance(e, blobdl.PartRetried) for e in events))
+
+    # A backoff of 0.5-1.5 s: several progress intervals.
+    settings = fast_settings(progress_interval=0.2, backoff_unit=1.0, max_backoff=1.0)
+    results = blobdl.download_many([Item(blob.url, str(tmp_path / "o"))], on_event=note,
+                                   settings=settings)  # fmt: skip
+    assert results[0].ok, results
+    assert sha256_file(tmp_path / "o") == blob.sha256
+    assert isinstance(events[-1], blobdl.Finished)
+    progress = [e for e in events if isinstance(e, blobdl.Progress)]
+    assert progress and sum(isinstance(e, blobdl.PartRetried) for e in events) == 1, events
+    for event, heard in zip(progress, retried, strict=True):
+        (part,) = event.parts
+        assert event.active == (part.state == "running"), event
+        if part.state == "running" and part.attempts == 2:  # the retry runs: it was told
+            assert event.retries == heard == 1, event
+    second = [e for e in progress if e.parts[0].attempts == 2 and e.active]
+    assert second and second[-1].done > 3000, progress
+    assert [e.done for e in second] == sorted(e.done for e in second)
