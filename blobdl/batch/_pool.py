@@ -13,6 +13,13 @@ outcome (``_Done``), or with what the probe learned of a blob too large for one 
 host the seat still holds a connection to: the budget counts it. ``"drop"`` lets that
 connection go (a large item needs the room).
 
+While its seats run, a process's main thread waits for the scheduler's next word, and
+meanwhile, every ``progress_interval``, tells the progress of each item that has run that
+long (``engine._small.Meter``), as a large item's coordinator does: a small item may take
+minutes on a capped link. It sends it on the seat's pipe, one message at a time with the
+seat's own (``_Line``), and never after the item's bytes are over, so the item's last word
+comes after its every ``Progress``.
+
 A process starts its seats' threads once the scheduler has forked every process (``GO``),
 so that a task limit (ulimit -u, a pids cgroup) refuses a seat, never a process, and says
 how many started (``_Started``): the machine may refuse a thread, and the seats after it
@@ -40,7 +47,7 @@ from typing import Any, NamedTuple
 
 from ..config import Settings
 from ..engine._counter_table import CounterTable
-from ..engine._small import NotSmall, OneRequest, Seat
+from ..engine._small import Meter, NotSmall, OneRequest, Seat
 from ..engine._tell import tell_failed
 from ..errors import BlobdlError, LocalFileError, OutOfResources
 from ..events import DownloadResult, Event
@@ -112,6 +119,33 @@ class _Stop(NamedTuple):
 
 
 Answer = _Told | _Done | _Large | _Claim | str
+
+
+class _Line:
+    """A seat's pipe to the scheduler, in its pool process: its thread's answers and its
+    item's events, and the progress the process's main thread tells of that item, one
+    message at a time."""
+
+    def __init__(self, pipe: Connection) -> None:
+        self.pipe = pipe
+        self.lock = threading.Lock()
+        self.events = False  # its item's events are wanted (the batch has a callback)
+
+    def send(self, message: Answer) -> None:
+        with self.lock:
+            _answer(self.pipe, message)
+
+    def recv(self) -> Any:
+        return self.pipe.recv()  # only the seat's thread reads
+
+    def progress(self, meter: Meter, now: float, interval: float) -> None:
+        """Tell the item's progress, if it is wanted and due. Under the lock, so that the
+        seat's thread, which stops the meter before its item's last word, sends that word
+        after this (``Meter.stop``)."""
+        with self.lock:
+            if self.events and (progress := meter.progress(now, interval)) is not None:
+                with contextlib.suppress(OSError):  # the seat or the scheduler is gone
+                    self.pipe.send(_Told(progress))
 
 
 class Pool:
@@ -284,13 +318,14 @@ def pool_main(
     scheduler says stop (``_Stop``) or done (None), or is gone."""
     # _spawn.child_setup ran first: Ctrl-C is ignored, and we die with the scheduler.
     seats = [Seat(table, first + n, settings.buffer_size) for n in range(len(pipes))]
+    lines = [_Line(pipe) for pipe in pipes]
     idle = [threading.Event() for _ in seats]
     for done in idle:
         done.set()
     try:
         control.recv()  # GO
-        control.send(_start_seats(seats, pipes, settings, idle))
-        message = control.recv()
+        control.send(_start_seats(seats, lines, settings, idle))
+        message = _progress_until_told(control, seats, lines, settings.progress_interval)
     except (EOFError, OSError):
         _close_lock_files(seats)
         os._exit(1)  # the scheduler is gone: nobody will use our bytes
@@ -305,9 +340,21 @@ def pool_main(
         sync_dir_quietly(directory)
 
 
+def _progress_until_told(
+    control: Connection, seats: list[Seat], lines: list[_Line], interval: float
+) -> Any:
+    """The scheduler's next word; until it comes, every ``interval``, the progress of each
+    seat's item that has run that long."""
+    while not control.poll(interval):
+        now = time.monotonic()
+        for seat, line in zip(seats, lines, strict=True):
+            line.progress(seat.meter, now, interval)
+    return control.recv()
+
+
 def _start_seats(
     seats: list[Seat],
-    pipes: tuple[Connection, ...],
+    lines: list[_Line],
     settings: Settings,
     idle: list[threading.Event],
 ) -> _Started:
@@ -315,9 +362,9 @@ def _start_seats(
     memory): the seats after it are not tried, and their pipes close (the scheduler never
     gives them an item)."""
     started, refused = 0, None
-    for seat, pipe, done in zip(seats, pipes, idle, strict=True):
+    for seat, line, done in zip(seats, lines, idle, strict=True):
         thread = threading.Thread(
-            target=_seat_main, args=(seat, pipe, settings, done), name=f"blobdl-seat-{seat.slot}"
+            target=_seat_main, args=(seat, line, settings, done), name=f"blobdl-seat-{seat.slot}"
         )
         thread.daemon = True  # a seat waiting for its next item must not hold the exit up
         try:
@@ -326,8 +373,8 @@ def _start_seats(
             refused = exc
             break
         started += 1
-    for pipe in pipes[started:]:
-        pipe.close()
+    for line in lines[started:]:
+        line.pipe.close()
     return _Started(started, refused)
 
 
@@ -338,20 +385,20 @@ def _close_lock_files(seats: list[Seat]) -> None:
         seat.lock_file.close()
 
 
-def _seat_main(seat: Seat, pipe: Connection, settings: Settings, idle: threading.Event) -> None:
+def _seat_main(seat: Seat, line: _Line, settings: Settings, idle: threading.Event) -> None:
     """One seat: one item after another, over the session it keeps. A seat that fails for
     any reason of its own closes its pipe: the scheduler reads EOF and takes the whole
     process down (its sentinel then fails the items it held, and it is forked again)."""
     try:
         with seat.session.kept(settings):
-            while (message := pipe.recv()) is not None:
+            while (message := line.recv()) is not None:
                 idle.clear()
                 try:
                     if message == DROP:
                         seat.session.drop()
-                        _answer(pipe, DROPPED)
+                        line.send(DROPPED)
                     else:
-                        _answer(pipe, _fetch(seat, message, pipe))
+                        line.send(_fetch(seat, message, line))
                 finally:
                     idle.set()
     except (EOFError, OSError):
@@ -359,16 +406,17 @@ def _seat_main(seat: Seat, pipe: Connection, settings: Settings, idle: threading
     except BaseException as exc:  # a bug: never leave the scheduler waiting for an answer
         log.error("seat %d of the batch's pool failed: %r", seat.slot, exc)
     finally:
-        pipe.close()
+        line.pipe.close()
 
 
-def _fetch(seat: Seat, job: _Job, pipe: Connection) -> _Done | _Large:
+def _fetch(seat: Seat, job: _Job, line: _Line) -> _Done | _Large:
     """The job's item on this seat: its outcome, or the cue to fetch it the ordinary way."""
     item = job.item
+    line.events = job.events
 
     def tell(event: Event) -> None:
         if job.events:
-            _answer(pipe, _Told(event))
+            line.send(_Told(event))
 
     def name(remote: Remote) -> Path:
         """The server's name (inside the base directory, if any), if no other item of the
@@ -377,8 +425,8 @@ def _fetch(seat: Seat, job: _Job, pipe: Connection) -> _Done | _Large:
         if job.base_dir is not None:
             named = inside(job.base_dir, named, f"item {job.number}")
         path = named.path or ""
-        _answer(pipe, _Claim(path))
-        holder = pipe.recv()
+        line.send(_Claim(path))
+        holder = line.recv()
         if holder is not None:
             raise LocalFileError(path, f"item {holder} of the batch writes it too")
         return Path(path)

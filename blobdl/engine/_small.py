@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..errors import BlobdlError, Interrupted, RetriesExhausted, TruncatedBody
-from ..events import DownloadResult, EventCallback, PartRetried, Started
+from ..events import DownloadResult, EventCallback, PartProgress, PartRetried, Progress, Started
 from ..http._body import RangeBody
 from ..http._remote import Remote
 from ..http._retry import Retry, retried
@@ -46,9 +47,10 @@ from ._counter_table import CounterTable
 from ._download import Downloader, Mark
 from ._lane import Attempt, Cancel, Filler
 from ._order import Order
-from ._parts import Tally
+from ._parts import RUNNING, WAITING, Tally
 from ._pinned import Pinned
 from ._plan import one_request
+from ._rates import RateWindow
 
 
 class NotSmall(Exception):  # not an error: the batch's cue to fetch it the ordinary way
@@ -57,6 +59,56 @@ class NotSmall(Exception):  # not an error: the batch's cue to fetch it the ordi
     def __init__(self, remote: Remote) -> None:
         super().__init__(remote)
         self.remote = remote
+
+
+class Meter:
+    """A small download's progress, told as a large one's coordinator tells it (``Progress``,
+    every progress interval once it has run one): one part, the item's one request, whose
+    ``done`` is what its slot of the counter table says is written. The seat's thread
+    writes it as the request goes (``start``, ``attempt``, ``wait``, ``stop``); its pool
+    process's main thread, which has nothing else to do, asks it for a ``Progress`` every
+    interval (``progress``). An item done within its first interval tells none, and costs
+    no more than a clock reading: its rate window is made at its first report."""
+
+    def __init__(self, table: CounterTable, slot: int) -> None:
+        self.table, self.slot = table, slot
+        self.live = False  # a request runs or waits: set last, cleared first (see ``start``)
+        self.size: int | None = None
+        self.started = 0.0  # when its bytes began (its ``Started``): ``elapsed`` counts from it
+        self.attempts = self.retries = 0
+        self.state = RUNNING
+        self.window: RateWindow | None = None
+
+    def start(self, size: int | None) -> None:
+        """The item's bytes begin (its slot is set for them already)."""
+        self.size, self.attempts, self.retries, self.state = size, 0, 0, RUNNING
+        self.started, self.window = time.monotonic(), None
+        self.live = True
+
+    def attempt(self) -> None:
+        self.attempts += 1
+        self.state = RUNNING
+
+    def wait(self, retries: int) -> None:
+        """A backoff before the next attempt: no request runs meanwhile."""
+        self.retries, self.state = retries, WAITING
+
+    def stop(self) -> None:
+        """The bytes are over (in or failed): nothing more to tell, before the last word."""
+        self.live = False
+
+    def progress(self, now: float, interval: float) -> Progress | None:
+        """The item's progress now, once it has run ``interval`` seconds (None: not yet, or
+        no item runs)."""
+        if not self.live or now - self.started < interval:
+            return None
+        done = self.table.pos(self.slot)
+        if self.window is None:
+            self.window = RateWindow(self.started, 0)
+        end = -1 if self.size is None else self.size
+        part = PartProgress(0, 0, end, done, self.state, self.attempts)
+        rate, active = self.window.rate(now, done), int(self.state == RUNNING)
+        return Progress(done, self.size, rate, now - self.started, active, self.retries, (part,))
 
 
 class Seat:
@@ -71,6 +123,7 @@ class Seat:
         self.cancel = Cancel(self.session)
         self.table, self.slot = table, slot
         self.filler = Filler(Attempt(slot, True, 0, -1, ""), table, buffer_size, self.cancel)
+        self.meter = Meter(table, slot)  # its item's progress
         self.lock_file = KeptLockFile(slot)  # closed when its pool process ends
         self.unsynced: set[Path] = set()  # see ``OneRequest._finalize``
         self.signum: int = signal.SIGTERM  # the signal its batch was stopped by, once cut
@@ -212,8 +265,9 @@ class OneRequest(Downloader):
         self, body: RangeBody | None, remote: Remote, fd: int, path: str, tell: EventCallback
     ) -> Tally:
         """The blob into ``fd``: ``body`` first, then, after a failure, retries as the
-        policy allows; what was done, as a coordinator would tally it."""
-        seat, size, settings = self.seat, remote.size or 0, self.settings
+        policy allows; what was done, as a coordinator would tally it. The seat's ``Meter``
+        follows it meanwhile."""
+        seat, size = self.seat, remote.size or 0
         table, slot = seat.table, seat.slot
         received = table.received(slot)
         table.set_start(slot, 0)
@@ -221,6 +275,20 @@ class OneRequest(Downloader):
         table.set_end(slot, size)
         table.set_asked(slot, size)
         seat.filler.aim(Attempt(slot, remote.ranges, size, fd, path))
+        seat.meter.start(remote.size)
+        try:
+            fetched, retries = self._requests(body, remote, size, tell)
+        finally:
+            seat.meter.stop()  # before the item's last word: no progress comes after it
+        got = table.received(slot) - received
+        return Tally(fetched, got, retries, 1 if size else 0, 0, size)
+
+    def _requests(
+        self, body: RangeBody | None, remote: Remote, size: int, tell: EventCallback
+    ) -> tuple[int, int]:
+        """The requests of ``_stream``: bytes fetched, and attempts retried."""
+        seat, settings, meter = self.seat, self.settings, self.seat.meter
+        table, slot = seat.table, seat.slot
         # A refresh (an expired signed URL) probes again over the seat's own connection.
         pool = seat.session
         pinned = Pinned(remote, lambda url: _reprobe(pool, url, settings))
@@ -228,6 +296,7 @@ class OneRequest(Downloader):
         while table.pos(slot) < size:
             start = table.pos(slot) if remote.ranges else 0
             table.set_pos(slot, start)
+            meter.attempt()
             try:
                 self._attempt(body, pinned.remote, start, size)
             except BlobdlError as error:
@@ -250,12 +319,12 @@ class OneRequest(Downloader):
                 if verdict.action == _failure.RETRY:
                     retries += 1
                     tell(PartRetried(0, retry.failures, verdict.delay, str(error)))
+                meter.wait(retries)
                 seat.pause(verdict.delay)
             finally:
                 body = None
                 fetched += max(0, table.pos(slot) - start)
-        got = table.received(slot) - received
-        return Tally(fetched, got, retries, 1 if size else 0, 0, size)
+        return fetched, retries
 
     def _attempt(self, body: RangeBody | None, remote: Remote, start: int, size: int) -> None:
         """One request's worth: ``body`` if one is in hand, else a new GET from ``start``."""
