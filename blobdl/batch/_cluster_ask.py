@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .._said import escaped
 from .._version import __version__, version
 from ..errors import ClusterError
 
@@ -166,7 +167,7 @@ def _wrong(who: str, answer: Any) -> str:
     if isinstance(answer, BaseException):
         return f"{who} cannot import it ({_words(answer)})"
     if isinstance(answer, str) and answer != __version__:
-        return f"{who} runs blobdl {answer}"
+        return f"{who} runs blobdl {escaped(answer, 40)}"  # a worker's own text
     return ""
 
 
@@ -179,4 +180,4 @@ def _words(error: BaseException) -> str:
     """The error's own words ("No module named 'blobdl'"), not its class's name."""
     text = str(error)
     found = _REPR.fullmatch(text)
-    return (found.group(2) if found else text) or type(error).__name__
+    return escaped(found.group(2) if found else text) or type(error).__name__

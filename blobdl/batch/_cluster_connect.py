@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
+from .._said import escaped
 from ..errors import ClusterError, UsageError
 from ..processes._spawn import start_thread
 
@@ -100,10 +101,12 @@ def _reach(distributed: ModuleType, address: str) -> Any:
     _answers(distributed, address)
     try:
         return distributed.Client(address, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    except (OSError, TimeoutError) as exc:  # Dask's words may quote what answered: escaped
+        said = f"cannot reach the Dask scheduler at {address}: {escaped(str(exc))}"
+        raise ClusterError(said) from None
     except Exception as exc:  # it answered as a scheduler, then not as one
-        raise ClusterError(f"the Dask scheduler at {address} failed: {exc!r}") from None
+        said = f"the Dask scheduler at {address} failed: {escaped(repr(exc))}"
+        raise ClusterError(said) from None
 
 
 #: The schemes whose location is HOST:PORT.
@@ -176,12 +179,12 @@ def _said_scheduler(address: str, said: Any) -> None:
     """A ClusterError unless ``said`` (what ``address`` answered when asked who it is, or
     the exception asking it raised) is a scheduler's answer."""
     if isinstance(said, (OSError, TimeoutError)):  # Dask's CommClosedError is an OSError
-        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {said}")
+        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {escaped(str(said))}")
     if isinstance(said, BaseException) and not isinstance(said, Exception):
         raise said  # KeyboardInterrupt, SystemExit
     kind = said.get("type") if isinstance(said, dict) else None
     if kind == "Worker":
-        scheduler = said.get("scheduler", "")
+        scheduler = escaped(str(said.get("scheduler", "")))  # the worker's own text
         raise ClusterError(
             f"{address} is a Dask worker, not a scheduler: its scheduler is at {scheduler}"
         )

@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
+from .._said import escaped
 from ..errors import BlobdlError, ClusterError, Interrupted
 from ..processes import _spare
 from ..processes._signals import interrupted, unheard
@@ -322,10 +323,10 @@ def reachable(client: Any) -> bool:
 def task_error(exc: BaseException) -> BlobdlError:
     """A task that ended in an exception: its workers kept dying, or a bug of ours."""
     if type(exc).__name__ == "KilledWorker":
-        return ClusterError(f"the workers running it died: {exc}")
+        return ClusterError(f"the workers running it died: {escaped(str(exc))}")
     if isinstance(exc, BlobdlError):
         return exc
-    return BlobdlError(f"its task failed on the cluster: {exc!r}")
+    return BlobdlError(f"its task failed on the cluster: {escaped(repr(exc))}")
 
 
 def _scheduler_lost(exc: BaseException) -> bool:

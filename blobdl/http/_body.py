@@ -18,6 +18,7 @@ from typing import Any
 
 import urllib3
 
+from .._said import quoted
 from ..errors import BadResponse, HTTPStatusError, RemoteChanged
 from ._chunks import StrictChunks
 from ._connections import ready_at
@@ -253,9 +254,10 @@ def _check_range(remote: Remote, span: Span, response: Response, hopped: bool) -
         # The probe sized the blob (a ranged remote always has a size): an answer that no
         # longer states it proves nothing about which blob it is (an edge that lost it, or
         # another blob); like any bad response it is retried, never written.
-        raise BadResponse(url, f"Content-Range {text!r} states no total ({remote.size} probed)")
+        said = f"Content-Range {quoted(text)} states no total ({remote.size} probed)"
+        raise BadResponse(url, said)
     if not content_range or content_range.span != span:
-        raise BadResponse(url, f"asked for {range_header(*span)}, got Content-Range {text!r}")
+        raise BadResponse(url, f"asked for {range_header(*span)}, got Content-Range {quoted(text)}")
     length = content_length(response)
     if length is not None and length != span.length:
         raise BadResponse(url, f"Content-Length {length} for a {span.length}-byte range")

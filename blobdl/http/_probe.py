@@ -8,6 +8,7 @@ import time
 
 import urllib3
 
+from .._said import quoted
 from ..config import Settings
 from ..errors import BadResponse, HTTPStatusError
 from ._connections import ready_at
@@ -59,7 +60,8 @@ def _remote_from(
         total = content_range.total if content_range else None
         if not content_range or total is None or content_range.span != Span(0, min(want, total)):
             text = response.headers.get("Content-Range")
-            raise BadResponse(final, f"probe got Content-Range {text!r}")
+            shown = "None" if text is None else quoted(text)
+            raise BadResponse(final, f"probe got Content-Range {shown}")
         size: int | None = content_range.total
         ranges = True
     elif status == 416:

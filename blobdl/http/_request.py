@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import urllib3
 
+from .._said import quoted
 from .._version import __version__
 from ..errors import BadResponse
 from ._headers import parse_length, parse_retry_after, transfer_codings
@@ -62,8 +63,8 @@ def require_framing(url: str, response: Response) -> None:
     if codings is None:
         return
     if codings != ("chunked",):
-        shown = (value or "")[:60]
-        raise BadResponse(url, f"Transfer-Encoding {shown!r} is not one we read (chunked)")
+        shown = quoted(value or "", 60)
+        raise BadResponse(url, f"Transfer-Encoding {shown} is not one we read (chunked)")
     inner = getattr(response, "_fp", None)
     if isinstance(inner, http.client.HTTPResponse) and inner.fp is not None and not inner.chunked:
         inner.chunked, inner.chunk_left, inner.length = True, None, None

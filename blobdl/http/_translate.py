@@ -33,6 +33,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.ssl_match_hostname import CertificateError
 
 from .._redact import misread_userinfo, redact_url
+from .._said import escaped, quoted
 from ..errors import (
     BadResponse,
     BlobdlError,
@@ -89,7 +90,7 @@ def translate_errors(url: str) -> Iterator[None]:
     except LocationParseError:
         raise UsageError(f"invalid URL {redact_url(url)!r}: cannot be parsed") from None
     except InvalidHeader as exc:  # e.g. Content-Length: 12, 13
-        raise BadResponse(url, f"invalid header: {exc}") from None
+        raise BadResponse(url, f"invalid header: {escaped(str(exc))}") from None
     except UnicodeError as exc:  # an IDNA failure in the socket layer; check_url should catch it
         raise UsageError(f"invalid host in {redact_url(url)!r}: {exc}") from None
     except (Urllib3Error, http.client.HTTPException, OSError) as exc:
@@ -156,7 +157,7 @@ def _tunnel_answer(exc: BaseException) -> tuple[int | None, str]:
     ``exc`` is its refusal."""
     refusal = _inner(exc, OSError)
     match = _TUNNEL_REFUSED.match(str(refusal)) if refusal is not None else None
-    return (int(match.group(2)), match.group(1).strip()) if match else (None, "")
+    return (int(match.group(2)), escaped(match.group(1).strip())) if match else (None, "")
 
 
 def translated(url: str, exc: BaseException, peer: Peer) -> BlobdlError:
@@ -207,7 +208,8 @@ def _connection_detail(exc: BaseException, peer: Peer) -> str:
 
 def _reason(exc: BaseException) -> str:
     """The innermost cause in words: an OSError's strerror ("Connection refused"), else the
-    innermost error's own message (library messages, never its class)."""
+    innermost error's own message (library messages, never its class), which may quote the
+    server: escaped and cut; a status line that is none, quoted (it is all the server's)."""
     os_error = _inner(exc, OSError)
     if os_error is not None and os_error.strerror:
         return os_error.strerror
@@ -220,8 +222,10 @@ def _reason(exc: BaseException) -> str:
         if not inner:
             break
         innermost = inner[0]
+    if isinstance(innermost, http.client.BadStatusLine) and innermost.args:
+        return quoted(str(innermost.args[0]))  # the line as read (latin-1), or its repr if empty
     text = str(innermost.args[-1] if innermost.args else innermost)
-    return text or "no reason given"
+    return escaped(text) or "no reason given"
 
 
 def _verdict(refused: BaseException) -> str:

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from urllib3.util import parse_url
 
 from .._redact import redact_url
+from .._said import quoted
 from ..errors import BadRedirect, UsageError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -99,7 +100,7 @@ def redirect_target(current: str, location: str, what: str = "redirect to") -> s
         target = location
     problem = url_problem(target)
     if problem:
-        raise BadRedirect(current, f"{what} {redact_url(target)!r}: {problem}")
+        raise BadRedirect(current, f"{what} {quoted(redact_url(target))}: {problem}")
     return strip_userinfo(target)
 
 

@@ -261,6 +261,29 @@ def test_workers_that_cannot_run_this_blobdl_are_one_clear_error_naming_them_not
         own.stop()
 
 
+def test_a_workers_hostile_answer_is_said_escaped_and_cut(tmp_path: Path) -> None:
+    """What a worker answers (its blobdl's version) is its own text: a terminal escape, a CR
+    or a flood in it is shown escaped and cut, in the error line as in a library's error."""
+    own = DaskCluster(tmp_path / "dask", {})
+    hostile = "0.0.1\x1b]0;pwned\x07\r\u202e" + "9" * 60_000
+    root = tmp_path / "hostile"
+    shutil.copytree(REPO / "blobdl", root / "blobdl", ignore=shutil.ignore_patterns("__pycache__"))
+    source = root / "blobdl" / "_version.py"
+    source.write_text(source.read_text().replace(f'"{__version__}"', repr(hostile)))
+    try:
+        own.start_scheduler()
+        own.start_worker("w-h", env={"PYTHONPATH": str(root)})
+        own.worker_pids()
+        lines = ["http://127.0.0.1:9/x.bin " + str(tmp_path / "x.bin")]
+        done = run_cli("-i", manifest(tmp_path, lines), "--scheduler", own.address)
+    finally:
+        own.stop()
+    assert done.returncode == 3, (done.stdout, done.stderr[:2000])
+    [line] = done.stderr.splitlines()
+    assert len(line) < 1_000 and line.isprintable(), line[:2000]
+    assert "worker w-h runs blobdl 0.0.1\\x1b]0;pwned\\x07\\r\\u202e999" in line, line[:2000]
+
+
 def test_a_scheduler_that_cannot_run_this_blobdl_is_one_clear_error_naming_it(
     tmp_path: Path,
 ) -> None:
