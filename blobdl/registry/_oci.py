@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 from .._redact import redact_url
+from .._said import quoted
 from ..config import MAX_BYTES, Settings, check_header
 from ..errors import (
     AuthRefused,
@@ -46,8 +47,8 @@ from ..http._routes import ProxyRoutes
 from ..http._urls import headers_for_origin, redirect_target, same_origin, url_problem
 from ..processes._spawn import in_threads
 from ._credentials import basic, docker_credentials, no_credentials
+from ._error_words import said
 from ._names import Reference
-from ._said import said
 from ._schema import Int, Opt, check, parse_json
 
 MANIFEST_TYPES = (
@@ -135,7 +136,7 @@ def _require_a_manifest(head: dict[str, Any], where: str) -> None:
     """Refuse, by what the document holds, an index and a schema 1 manifest."""
     media_type = head["mediaType"] or ""
     if media_type in INDEX_TYPES or head["manifests"] is not None:
-        what = media_type[:100] or "a document listing manifests"
+        what = quoted(media_type, 100) if media_type else "a document listing manifests"
         raise UnsupportedManifest(where, f"{what} (an index: pick one platform's manifest)")
     if head["schemaVersion"] == 1 or head["fsLayers"] is not None:
         raise UnsupportedManifest(where, "a schema 1 manifest (Docker's old format, no model)")
@@ -323,11 +324,13 @@ class Registry:
             if self.credentials is None:
                 raise AuthRefused(url, no_credentials(self.ref.host))
         else:
-            raise AuthRefused(url, f"unsupported challenge {header[:100]!r}")
+            raise AuthRefused(url, f"unsupported challenge {quoted(header, 100)}")
 
     def _token(self, url: str, realm: str, service: str | None, scope: str) -> str:
         if not _ABSOLUTE.match(realm):  # Docker and Ollama read it as a URL of its own
-            raise BadResponse(url, f"token realm {realm[:100]!r} is not an absolute http(s) URL")
+            raise BadResponse(
+                url, f"token realm {quoted(realm, 100)} is not an absolute http(s) URL"
+            )
         realm = redirect_target(url, realm, "token realm")  # ambiguous, not http(s): refused
         self.realm = realm
         query = urlencode({k: v for k, v in (("service", service), ("scope", scope)) if v})

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .._said import quoted
 from ..errors import BlobdlError
 
 
@@ -118,7 +119,7 @@ def _expect(value: Any, ok: bool, expected: str, what: str, fail: Fail) -> Any:
     if not ok:
         given = "missing" if value is None else _kind(type(value))
         if isinstance(value, str):  # a string of the wrong shape: say which (cut, quoted)
-            given = f"{value[:80]!r}"
+            given = quoted(value, 80)
         raise fail(f"{what} must be {expected}, not {given}")
     return value
 

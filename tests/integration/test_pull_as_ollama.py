@@ -343,3 +343,43 @@ def test_a_docker_config_that_cannot_be_read_is_a_warning_too(
         f"blobdl: warning: Docker config {folder / 'config.json'}: cannot be "
         "read: Is a directory; its credentials are not used"
     )
+
+
+# --- the registry's text in the library's errors -----------------------------------------------
+
+ESCAPES = "\x1b]0;pwned\x07\x1b[2J\u202e"
+
+
+@pytest.mark.parametrize(
+    "served",
+    [
+        script(json.dumps({"mediaType": ESCAPES + "x" * 5000, "manifests": []}).encode(),
+               content_type="application/json"),
+        script(faults=[rule("registry", "manifests", status=401,
+                            headers={"WWW-Authenticate": "Bearer realm=\"" + ESCAPES + "\""})]),
+        script(faults=[rule("registry", "manifests", status=401,
+                            headers={"WWW-Authenticate": "Negotiate " + ESCAPES})]),
+        script(json.dumps({"schemaVersion": 2, "config": {"digest": ESCAPES + "y" * 5000},
+                           "layers": []}).encode()),
+        script(faults=[rule("registry", "manifests", status=403, headers=JSON,
+                            body=oci_errors(("DENIED", ESCAPES + "z" * 5000)))]),
+    ],
+    ids=["an index's media type", "a token realm", "a challenge", "a digest's text",
+         "an error body's message"],
+)  # fmt: skip
+def test_the_registrys_text_in_a_library_error_is_escaped_and_short(
+    hostile: HostileRegistry, tmp_path: Path, served: dict[str, Any]
+) -> None:
+    """The CLI escapes its error line; a library caller logs ``str(exc)`` as it is: what the
+    registry said is in it escaped (``\\x1b``), never raw, and cut short."""
+    import blobdl
+    from tests.integration.test_pull_hostile import NO_PROXIES, patched_env
+
+    hostile.load(served)
+    reference = f"http://127.0.0.1:{hostile.ports['registry']}/{REGISTRY_REPO}:{REGISTRY_TAG}"
+    env = patched_env(**NO_PROXIES, DOCKER_CONFIG=str(tmp_path / "none"))
+    with env, pytest.raises(blobdl.BlobdlError) as caught:
+        blobdl.pull(reference, tmp_path / "models", retries=1, max_backoff=0.01)
+    words = str(caught.value)
+    assert words.isprintable() and len(words) < 1000, words
+    assert "\\x1b" in words or "x1b" in words, words

@@ -2,7 +2,8 @@
 error line: Ollama prints the whole body ("pull model manifest: 403: {...}"); we print the
 OCI error body's codes and messages (``{"errors": [{"code", "message"}]}``), a token
 server's ``details``/``message``/``error`` text, or a short plain-text body, cut and made
-one printable line. An HTML page, a body that says nothing readable: no words at all.
+one line, escaped and cut as any server text is (``blobdl._said``). An HTML page, a body
+that says nothing readable: no words at all.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .._said import escaped
 from ..errors import BlobdlError
 from ._schema import Opt, check, parse_json
 
@@ -50,6 +52,4 @@ def _text(doc: Any) -> str:
 
 
 def _one_line(text: str) -> str:
-    printable = "".join(c if c.isprintable() else " " for c in text)
-    words = _SPACES.sub(" ", printable).strip()
-    return words if len(words) <= MOST else words[: MOST - 1] + "…"
+    return escaped(_SPACES.sub(" ", text).strip(), MOST)
