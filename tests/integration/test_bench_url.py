@@ -118,11 +118,16 @@ def test_a_certificate_no_tool_trusts_fails_every_tool_alike(
     code, text, doc = bench(tmp_path / "trusted", url, *argv, "--ca-bundle", pki.ca_pem)
     # axel reads the CA from SSL_CERT_FILE but its own host-name check refuses this
     # certificate's names: it fails, honestly, where it would have needed -k.
+    # Whichever baselines this machine has (make test installs none of them).
+    ran = {r["tool"] for r in doc["runs"]}
     ok = {r["tool"] for r in doc["runs"] if r["ok"] and r["verified"]}
-    assert ok == {"blobdl", "curl", "aria2c", "hf_transfer"}, text
-    (axel,) = [r for r in doc["runs"] if r["tool"] == "axel"]
-    assert "Hostname verification failed" in axel["error"], axel
-    assert code != 0 and "FAILED: url axel" in text, text
+    assert "blobdl" in ok and ok == ran - {"axel"}, text
+    if "axel" in ran:
+        (axel,) = [r for r in doc["runs"] if r["tool"] == "axel"]
+        assert "Hostname verification failed" in axel["error"], axel
+        assert code != 0 and "FAILED: url axel" in text, text
+    else:
+        assert code == 0, text
 
 
 def test_a_server_that_ignores_range_is_named_and_its_runs_still_checked(
