@@ -22,6 +22,7 @@ import blobdl
 from blobdl import UsageError, parse_size
 
 from . import chart, goals, report
+from .direct import go_direct
 from .runner import Plan, run_plan
 from .scenarios import DEFAULT_SCENARIOS, QUICK_SCENARIOS, SCENARIOS, Scenario
 
@@ -189,6 +190,7 @@ def meta() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    go_direct()  # no tool behind a proxy from the environment (benchmarks.direct)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--cluster"]:  # the cluster preset is a harness of its own
         from . import cluster

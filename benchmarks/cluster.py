@@ -39,6 +39,8 @@ from blobdl import parse_size
 from faultserver.dask_cluster import start_cluster
 from faultserver.serverctl import make_blob, start_server
 
+from .direct import go_direct
+
 RESULTS = Path(__file__).resolve().parent / "results" / "cluster"
 SCALE_GOAL, LOCAL_GOAL = 0.9, 1.1
 CONNECTIONS = 4  # each item's connections: parts of a quarter of an item, so it uses them all
@@ -58,6 +60,7 @@ if __name__ == "__main__":
 
 
 def main(argv: list[str] | None = None) -> int:
+    go_direct()  # no tool behind a proxy from the environment (benchmarks.direct)
     p = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
     p.add_argument("--items", type=int, default=8)
     p.add_argument("--size", default="48MiB", help="each item (default 48MiB)")

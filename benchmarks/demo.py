@@ -6,27 +6,21 @@ progress bar is the one users see. Afterwards the file is checked with sha256.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.direct import go_direct
+from benchmarks.remote import sha256_of
 from faultserver.serverctl import make_blob, start_server
 
 SIZE = 1 << 30  # 1 GiB
 DATA = Path("demo-data")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def main() -> int:
+    go_direct()  # no tool behind a proxy from the environment (benchmarks.direct)
     served = DATA / "served"
     served.mkdir(parents=True, exist_ok=True)
     blob = served / "demo.bin"

@@ -36,12 +36,15 @@ from pathlib import Path
 from blobdl import UsageError, parse_size
 from faultserver.hub import HubHandle, HubRepo, start_hub
 
+from .direct import go_direct
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOALS = {"shards/hf": 0.8, "shards/hf16": 1.0, "many/hf": 1.0}
 SMALL = 2048
 
 
 def main(argv: list[str] | None = None) -> int:
+    go_direct()  # no tool behind a proxy from the environment (benchmarks.direct)
     p = argparse.ArgumentParser(prog="python -m benchmarks.hf", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--shards", type=int, default=4)

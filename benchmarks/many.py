@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .dest import DISK
+from .direct import go_direct
 from .many_runs import FILES, LIMIT, PAIRS, TINY_FILES, MiB, Outcome, Sample, run
 from .report import Goal
 
@@ -51,6 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "many"
 
 
 def main(argv: list[str] | None = None) -> int:
+    go_direct()  # no tool behind a proxy from the environment (benchmarks.direct)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.many", description=__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each tool (default 3)")
     parser.add_argument(

@@ -33,6 +33,8 @@ import psutil
 
 from faultserver.serverctl import ServerHandle, make_blob, start_server
 
+from .direct import go_direct
+
 GOAL = 2.0
 BASE = 16
 
@@ -47,6 +49,7 @@ class Run(NamedTuple):
 
 
 def main(argv: list[str] | None = None) -> int:
+    go_direct()  # no tool behind a proxy from the environment (benchmarks.direct)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.parts", description=__doc__)
     parser.add_argument("--size", default="1MiB", help="the blob (default 1MiB)")
     parser.add_argument("--counts", default="16,1000,10000,16000,1000000")

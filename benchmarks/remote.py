@@ -56,8 +56,8 @@ def sha256_of(path: Path) -> str:
 def remote_size(url: str, ca_bundle: str | None, timeout: float) -> int | None:
     """Total size from a one-byte range request, or None if the server does not say.
 
-    It trusts what the tools are given (``ca_bundle``, else the system's CAs) and no proxy,
-    as blobdl does not read proxy variables."""
+    It trusts what the tools are given (``ca_bundle``, else the system's CAs) and goes
+    through no proxy, as the harness runs every tool without one."""
     tls = ssl.create_default_context(cafile=ca_bundle)
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls)

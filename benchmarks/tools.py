@@ -88,7 +88,7 @@ def _blobdl(job: Job) -> list[str]:
 
 
 def _curl(job: Job) -> list[str]:
-    # blobdl ignores proxy variables (urllib3), so curl must too for a fair comparison.
+    # Every tool goes direct (benchmarks.direct drops the proxy variables); curl is told too.
     ca = ["--cacert", job.ca_bundle] if job.ca_bundle else []
     return ["curl", "-sS", "--fail", "-L", "--noproxy", "*", *ca, "-o", str(job.out), job.url]
 

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import REPO
 from tests.integration.conftest import PKI
@@ -153,3 +155,23 @@ def test_a_404_and_a_server_slower_than_timeout_fail_once_each_and_exit_non_zero
     server.set_faults({"path": "/files/url-slow.bin", "action": "ttfb", "delay": 30, "times": None})
     code, text, _ = bench(tmp_path / "slow", server.url("url-slow.bin"), *argv, "--timeout", "1")
     assert code != 0 and text.count("FAILED: ") == 1 and "timed out" in text, text
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def test_a_proxy_in_the_environment_puts_no_tool_behind_it(
+    tmp_path: Path, server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """curl and aria2c are told to go direct; blobdl, axel and hf_transfer read the proxy
+    variables. A host's proxy (set for other work) must not put one tool behind a proxy and
+    not another: every tool the harness runs goes straight to the server."""
+    digest = make_blob(server.root, "url-proxied.bin", SIZE, seed=12)
+    dead = f"http://127.0.0.1:{closed_port()}"
+    for name in PROXY_VARIABLES:
+        for spelled in (name, name.lower()):
+            monkeypatch.setenv(spelled, "" if name == "NO_PROXY" else dead)
+    argv = ("--parts", "2", "--connections", "2", "--baselines", "--sha256", digest)
+    code, text, doc = bench(tmp_path, server.url("url-proxied.bin"), *argv)
+    assert code == 0, text
+    assert doc["runs"] and all(r["ok"] and r["verified"] for r in doc["runs"]), text
