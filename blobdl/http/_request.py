@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import time
 from collections.abc import Iterable
 
 import urllib3
@@ -92,3 +93,20 @@ def require_identity(url: str, response: Response) -> None:
 def retry_after(response: Response) -> float | None:
     """Seconds the server asked us to wait (delta-seconds or an HTTP date), if any."""
     return parse_retry_after(response.headers.get("Retry-After"))
+
+
+def read_upto(url: str, response: Response, most: int, deadline: float) -> bytes:
+    """At most ``most`` bytes of the body, each read as it comes. A socket silent for its
+    read timeout ends a read, but one paced to never fall silent would not: a few bytes a
+    second make a 4 MiB document last weeks, so past ``deadline`` it is a ``BadResponse``."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < most:
+        if chunks and time.monotonic() > deadline:
+            raise BadResponse(url, "the document did not arrive whole within the stall timeout")
+        chunk = response.read1(most - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
