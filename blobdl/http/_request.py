@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 
 import urllib3
+from urllib3 import HTTPHeaderDict
 
 from .._said import quoted
 from .._version import __version__
@@ -42,12 +43,21 @@ def send_get(pool: urllib3.PoolManager, url: str, headers: dict[str, str]) -> Re
         response = pool.request(
             "GET", url, headers=headers, redirect=False, preload_content=False, decode_content=False
         )
+    response.headers = _trimmed(response.headers)
     try:
         require_framing(url, response)
     except BaseException:
         response.close()  # where its body ends is unknown: the connection cannot be reused
         raise
     return response
+
+
+def _trimmed(headers: HTTPHeaderDict) -> HTTPHeaderDict:
+    """``headers`` with each value's leading and trailing spaces and tabs taken off: RFC
+    9110 5.5 puts them outside the field value, and every client trims them (curl,
+    browsers). http.client keeps the trailing ones, which made a padded ``Location`` a URL
+    with spaces, and a padded ETag another ETag than the same one unpadded."""
+    return HTTPHeaderDict([(name, value.strip(" \t")) for name, value in headers.items()])
 
 
 def require_framing(url: str, response: Response) -> None:
