@@ -19,13 +19,14 @@ from typing import Any
 import urllib3
 
 from .._said import quoted
-from ..errors import BadResponse, HTTPStatusError, RemoteChanged
+from ..errors import BadResponse, RemoteChanged
 from ._chunks import StrictChunks
 from ._connections import ready_at
+from ._error_words import status_error
 from ._headers import parse_content_range, range_header
 from ._redirects import Answer, get_following
 from ._remote import Identity, Remote, change
-from ._request import Response, content_length, require_identity, retry_after
+from ._request import Response, content_length, require_identity
 from ._socket_reads import gathering
 from ._span import Span
 
@@ -71,19 +72,32 @@ class RangeBody:
 
     @classmethod
     def open(
-        cls, pool: urllib3.PoolManager, remote: Remote, span: Span, hops: int, hopped: bool
+        cls,
+        pool: urllib3.PoolManager,
+        remote: Remote,
+        span: Span,
+        hops: int,
+        hopped: bool,
+        within: float,
     ) -> RangeBody:
         """GET ``span`` of the pinned remote, following up to ``hops`` redirects (a CDN or
         mirror that bounces a request): the blob is judged where it answers. ``hopped``:
-        ``remote`` is already where an earlier request's redirect led."""
+        ``remote`` is already where an earlier request's redirect led. An error status is
+        raised with what the server says of it, read within ``within`` seconds."""
         extra = {**_conditional_headers(remote), "Range": range_header(span.start, span.end)}
         answer = get_following(pool, remote.final_url, remote.headers, extra, hops)
         at, hopped = _at(remote, answer), hopped or answer.url != remote.final_url
-        return cls.from_response(answer.response, at, span, answer.sent, hopped)
+        return cls.from_response(answer.response, at, span, answer.sent, within, hopped)
 
     @classmethod
     def from_response(
-        cls, response: Response, remote: Remote, span: Span, sent: float, hopped: bool = False
+        cls,
+        response: Response,
+        remote: Remote,
+        span: Span,
+        sent: float,
+        within: float,
+        hopped: bool = False,
     ) -> RangeBody:
         """The body of ``span`` in ``response``, a ranged answer sent at ``sent`` (the
         probe's own answer, for a blob that fits in it), checked as ``open`` checks it.
@@ -91,32 +105,44 @@ class RangeBody:
         body = cls(response, sent)
         body.remote = remote
         with body._closed_on_error():
-            _check_range(remote, span, body._response, hopped)
+            _check_range(remote, span, body._response, hopped, within)
             body.stop = span.end
             body._lend_socket()
         return body
 
     @classmethod
     def whole(
-        cls, pool: urllib3.PoolManager, remote: Remote, start: int, hops: int, hopped: bool
+        cls,
+        pool: urllib3.PoolManager,
+        remote: Remote,
+        start: int,
+        hops: int,
+        hopped: bool,
+        within: float,
     ) -> RangeBody:
         """GET the whole blob (the fallback for servers without range support), into the
-        file from ``start``, following up to ``hops`` redirects (``hopped``: as ``open``);
-        read the ordinary way only."""
+        file from ``start``, following up to ``hops`` redirects (``hopped``, ``within``: as
+        ``open``); read the ordinary way only."""
         answer = get_following(pool, remote.final_url, remote.headers, {}, hops)
         at, hopped = _at(remote, answer), hopped or answer.url != remote.final_url
-        return cls.whole_from_response(answer.response, at, start, answer.sent, hopped)
+        return cls.whole_from_response(answer.response, at, start, answer.sent, within, hopped)
 
     @classmethod
     def whole_from_response(
-        cls, response: Response, remote: Remote, start: int, sent: float, hopped: bool = False
+        cls,
+        response: Response,
+        remote: Remote,
+        start: int,
+        sent: float,
+        within: float,
+        hopped: bool = False,
     ) -> RangeBody:
         """The whole blob in ``response``, a 200 sent at ``sent``, checked as ``whole``
         checks it (``hopped``: as ``from_response``)."""
         body = cls(response, sent)
         body.remote = remote
         with body._closed_on_error():
-            length = _check_whole(remote, body._response, hopped)
+            length = _check_whole(remote, body._response, hopped, within)
             # Even when the probe learned no size, this response may state its length:
             # never read past it.
             body.stop = start + length if length is not None else -1
@@ -230,7 +256,9 @@ def _conditional_headers(remote: Remote) -> dict[str, str]:
     return {}
 
 
-def _check_range(remote: Remote, span: Span, response: Response, hopped: bool) -> None:
+def _check_range(
+    remote: Remote, span: Span, response: Response, hopped: bool, within: float
+) -> None:
     url = remote.final_url
     if response.status == 412:
         raise RemoteChanged(url, "the pinned validator no longer matches (412)")
@@ -243,7 +271,7 @@ def _check_range(remote: Remote, span: Span, response: Response, hopped: bool) -
         if refused and refused.total is not None and refused.total != remote.size:
             raise RemoteChanged(url, f"size changed from {remote.size} to {refused.total}")
     if response.status != 206:
-        raise _status_error(remote, response, hopped)
+        raise status_error(remote.final_url, response, within, hopped)
     _check_validators(remote, response)
     require_identity(url, response)
     text = response.headers.get("Content-Range", "")
@@ -263,22 +291,16 @@ def _check_range(remote: Remote, span: Span, response: Response, hopped: bool) -
         raise BadResponse(url, f"Content-Length {length} for a {span.length}-byte range")
 
 
-def _check_whole(remote: Remote, response: Response, hopped: bool) -> int | None:
+def _check_whole(remote: Remote, response: Response, hopped: bool, within: float) -> int | None:
     """The checks of a whole-blob answer; returns the length it states (None: none)."""
     if response.status != 200:
-        raise _status_error(remote, response, hopped)
+        raise status_error(remote.final_url, response, within, hopped)
     require_identity(remote.final_url, response)
     _check_validators(remote, response)
     length = content_length(response)
     if remote.size is not None and length is not None and length != remote.size:
         raise RemoteChanged(remote.final_url, f"size changed from {remote.size} to {length}")
     return length
-
-
-def _status_error(remote: Remote, response: Response, hopped: bool) -> HTTPStatusError:
-    """The error status ``remote`` answered; ``hopped``: at a target this request's own
-    redirect led to, where a 403 may be an expired signature (``_failure.decide``)."""
-    return HTTPStatusError(response.status, remote.final_url, retry_after(response), hopped)
 
 
 def _check_validators(remote: Remote, response: Response) -> None:

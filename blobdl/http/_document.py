@@ -17,12 +17,11 @@ import urllib3
 
 from ..config import Settings
 from ..errors import BadResponse, BlobdlError, HTTPStatusError
+from ._error_words import error_body
 from ._headers import parse_retry_after
-from ._request import base_headers, require_identity, send_get
+from ._request import base_headers, read_upto, require_identity, send_get
 from ._retry import Retry
 from ._translate import translate_errors
-
-ERROR_BODY = 16 << 10  # bytes of an error answer read for its words; the rest is never read
 
 
 class Document(NamedTuple):
@@ -38,18 +37,19 @@ def get_document(
     """One GET of ``url``, no redirect followed. A 2xx body is read up to ``limit`` bytes
     (one more is a ``BadResponse``: a small document was expected), and must arrive whole
     within ``within`` seconds of the headers; a 2xx body is left unread when ``limit`` is 0.
-    An error's (4xx, 5xx) first ``ERROR_BODY`` bytes are read for what the server says, as
-    far as they come within ``within`` (nothing if they fail to); a redirect's, never."""
+    An error's (4xx, 5xx) first ``_error_words.ERROR_BODY`` bytes are read for what the
+    server says, as far as they come within ``within`` (nothing if they fail to); a
+    redirect's, never."""
     response = send_get(pool, url, base_headers(headers.items()))
     body, whole = b"", False
     try:
         if response.status >= 400:
-            body = _error_body(url, response, time.monotonic() + within)
+            body = error_body(url, response, within)
             return Document(url, response.status, response.headers, body)
         with translate_errors(url):
             if limit and 200 <= response.status < 300:
                 require_identity(url, response)
-                body = _read_upto(url, response, limit + 1, time.monotonic() + within)
+                body = read_upto(url, response, limit + 1, time.monotonic() + within)
                 whole = len(body) <= limit
                 if not whole:
                     raise BadResponse(
@@ -61,35 +61,6 @@ def get_document(
         else:
             response.close()  # an unread body (a blob, an error page) never returns to the pool
     return Document(url, response.status, response.headers, body)
-
-
-def _error_body(url: str, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-    """The start of an error answer's body: its words are a courtesy, so a body that is
-    encoded, breaks off or trickles past ``deadline`` says nothing rather than failing."""
-    if response.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
-        return b""
-    try:
-        with translate_errors(url):
-            return _read_upto(url, response, ERROR_BODY, deadline)
-    except BlobdlError:
-        return b""
-
-
-def _read_upto(url: str, response: urllib3.BaseHTTPResponse, most: int, deadline: float) -> bytes:
-    """At most ``most`` bytes of the body, each read as it comes. A socket silent for its
-    read timeout ends a read, but one paced to never fall silent would not: a few bytes a
-    second make a 4 MiB document last weeks, so past ``deadline`` it is a ``BadResponse``."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < most:
-        if chunks and time.monotonic() > deadline:
-            raise BadResponse(url, "the document did not arrive whole within the stall timeout")
-        chunk = response.read1(most - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def fetch(settings: Settings, attempt: Callable[[], Document]) -> Document:

@@ -10,13 +10,14 @@ import urllib3
 
 from .._said import quoted
 from ..config import Settings
-from ..errors import BadResponse, HTTPStatusError
+from ..errors import BadResponse
 from ._connections import ready_at
+from ._error_words import status_error
 from ._headers import content_disposition_filename, parse_content_range, range_header
 from ._pool import make_pool, prepare_tls
-from ._redirects import get_following
+from ._redirects import Answer, get_following
 from ._remote import Remote
-from ._request import Response, content_length, require_identity, retry_after
+from ._request import Response, content_length, require_identity
 from ._retry import Retry, retried
 from ._span import Span
 from ._urls import check_url, lift_userinfo
@@ -43,16 +44,17 @@ def first_answer(
     response = answer.response
     answer_time = time.monotonic() - max(answer.sent, ready_at(response))
     try:
-        remote = _remote_from(url, answer.url, answer.headers, response, want)
+        remote = _remote_from(url, answer, want, settings.stall_timeout)
     except BaseException:
         response.close()
         raise
     return remote._replace(answer_time=answer_time), response
 
 
-def _remote_from(
-    url: str, final: str, headers: tuple[tuple[str, str], ...], response: Response, want: int
-) -> Remote:
+def _remote_from(url: str, answer: Answer, want: int, within: float) -> Remote:
+    """What ``answer`` says of the blob; an error status is raised with what the server
+    says of it (its body's words, read within ``within`` seconds)."""
+    final, headers, response = answer.url, answer.headers, answer.response
     status = response.status
     require_identity(final, response)
     if status == 206:
@@ -68,12 +70,12 @@ def _remote_from(
         # bytes=0-N is unsatisfiable only for an empty blob.
         content_range = parse_content_range(response.headers.get("Content-Range", ""))
         if not content_range or content_range.total != 0:
-            raise HTTPStatusError(416, final)
+            raise status_error(final, response, within)
         size, ranges = 0, True
     elif status == 200:
         size, ranges = content_length(response), False
     else:
-        raise HTTPStatusError(status, final, retry_after(response))
+        raise status_error(final, response, within)
     return Remote(
         url=url,
         final_url=final,

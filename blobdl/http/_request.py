@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import time
 from collections.abc import Iterable
 
 import urllib3
+from urllib3 import HTTPHeaderDict
 
 from .._said import quoted
 from .._version import __version__
@@ -41,12 +43,21 @@ def send_get(pool: urllib3.PoolManager, url: str, headers: dict[str, str]) -> Re
         response = pool.request(
             "GET", url, headers=headers, redirect=False, preload_content=False, decode_content=False
         )
+    response.headers = _trimmed(response.headers)
     try:
         require_framing(url, response)
     except BaseException:
         response.close()  # where its body ends is unknown: the connection cannot be reused
         raise
     return response
+
+
+def _trimmed(headers: HTTPHeaderDict) -> HTTPHeaderDict:
+    """``headers`` with each value's leading and trailing spaces and tabs taken off: RFC
+    9110 5.5 puts them outside the field value, and every client trims them (curl,
+    browsers). http.client keeps the trailing ones, which made a padded ``Location`` a URL
+    with spaces, and a padded ETag another ETag than the same one unpadded."""
+    return HTTPHeaderDict([(name, value.strip(" \t")) for name, value in headers.items()])
 
 
 def require_framing(url: str, response: Response) -> None:
@@ -92,3 +103,20 @@ def require_identity(url: str, response: Response) -> None:
 def retry_after(response: Response) -> float | None:
     """Seconds the server asked us to wait (delta-seconds or an HTTP date), if any."""
     return parse_retry_after(response.headers.get("Retry-After"))
+
+
+def read_upto(url: str, response: Response, most: int, deadline: float) -> bytes:
+    """At most ``most`` bytes of the body, each read as it comes. A socket silent for its
+    read timeout ends a read, but one paced to never fall silent would not: a few bytes a
+    second make a 4 MiB document last weeks, so past ``deadline`` it is a ``BadResponse``."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < most:
+        if chunks and time.monotonic() > deadline:
+            raise BadResponse(url, "the document did not arrive whole within the stall timeout")
+        chunk = response.read1(most - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

@@ -40,6 +40,7 @@ class Session:
         # that target's signature expiring (``_failure.decide``), on any later request too.
         self._hopped = False
         self._hops = 0  # redirects a body's GET follows (Settings.max_redirects)
+        self._within = 0.0  # seconds an error answer's words may take (the stall timeout)
 
     def cut(self) -> None:
         """Shut down every socket the session opened; any thread may call it."""
@@ -52,6 +53,7 @@ class Session:
         with noted_in(self._sockets):
             self._pool, self._remote = make_pool(settings), remote
             self._hops, self._hopped = settings.max_redirects, False
+            self._within = settings.stall_timeout
             try:
                 with translate_errors(remote.final_url):
                     yield self
@@ -64,6 +66,7 @@ class Session:
         """The session of a seat, for all the items it runs in the block (its thread's)."""
         with noted_in(self._sockets):
             self._pool, self._hops = make_pool(settings, kept=True), settings.max_redirects
+            self._within = settings.stall_timeout
             try:
                 yield self
             finally:
@@ -84,9 +87,11 @@ class Session:
             if size is None or not 0 < size <= want:  # unknown, empty (a 416) or larger
                 response.close()
                 return remote, None
+            within = settings.stall_timeout
             if remote.ranges:
-                return remote, RangeBody.from_response(response, remote, Span(0, size), sent)
-            return remote, RangeBody.whole_from_response(response, remote, 0, sent)
+                span = Span(0, size)
+                return remote, RangeBody.from_response(response, remote, span, sent, within)
+            return remote, RangeBody.whole_from_response(response, remote, 0, sent, within)
 
     @contextmanager
     def pinned(self, remote: Remote) -> Iterator[Session]:
@@ -108,12 +113,14 @@ class Session:
     def range(self, span: Span) -> RangeBody:
         """The body of ``span`` (see ``RangeBody.open``)."""
         pool, remote = self._opened(), self._pinned()
-        return self._went(RangeBody.open(pool, remote, span, self._hops, self._hopped))
+        hops, hopped = self._hops, self._hopped
+        return self._went(RangeBody.open(pool, remote, span, hops, hopped, self._within))
 
     def whole(self, start: int) -> RangeBody:
         """The whole blob's body, for the file from ``start`` (see ``RangeBody.whole``)."""
         pool, remote = self._opened(), self._pinned()
-        return self._went(RangeBody.whole(pool, remote, start, self._hops, self._hopped))
+        hops, hopped = self._hops, self._hopped
+        return self._went(RangeBody.whole(pool, remote, start, hops, hopped, self._within))
 
     def _went(self, body: RangeBody) -> RangeBody:
         """A body redirected: the rest of the attempt asks its target (over the connection

@@ -41,13 +41,13 @@ from ..errors import (
     UsageError,
 )
 from ..http._document import Document, fetch, get_document
+from ..http._error_words import said
 from ..http._pool import make_pool, prepare_tls
 from ..http._redirects import REDIRECTS
 from ..http._routes import ProxyRoutes
 from ..http._urls import headers_for_origin, redirect_target, same_origin, url_problem
 from ..processes._spawn import in_threads
 from ._credentials import basic, docker_credentials, no_credentials
-from ._error_words import said
 from ._names import Reference
 from ._schema import Int, Opt, check, parse_json
 

@@ -1,0 +1,47 @@
+"""A header value's leading and trailing spaces and tabs are no part of it (RFC 9110 5.5:
+the field value excludes the OWS around it), and every client trims them (curl, browsers):
+a ``Location`` or a validator that a server pads is read as if it were not padded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blobdl import Downloader
+from faultserver.server import make_etag
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+
+Make = Callable[..., Blob]
+PADS = {"trailing spaces": "{}  ", "trailing tab": "{}\t", "both": " \t{} \t "}
+
+
+@pytest.mark.parametrize("pad", PADS.values(), ids=PADS)
+def test_a_padded_location_is_followed(
+    make: Make, server: ServerHandle, tmp_path: Path, pad: str
+) -> None:
+    blob = make(3 * PART)
+    server.set_faults({"path": "/files/padded.bin", "action": "redirect",
+                       "location": pad.format(blob.url), "times": None})  # fmt: skip
+    dest = tmp_path / "out.bin"
+    Downloader(fast_settings(retries=0)).download(server.url("padded.bin"), dest)
+    assert sha256_file(dest) == blob.sha256
+
+
+@pytest.mark.parametrize("pad", PADS.values(), ids=PADS)
+def test_a_validator_padded_on_the_probe_alone_is_the_same_validator(
+    make: Make, server: ServerHandle, tmp_path: Path, pad: str
+) -> None:
+    """An edge that pads the ETag where another does not: the same ETag, never a change
+    (nor an If-Range that no longer matches)."""
+    blob = make(3 * PART)
+    etag = make_etag(os.stat(server.root / blob.name))
+    server.set_faults({"path": f"/files/{blob.name}", "action": "headers",
+                       "set": {"ETag": pad.format(etag)}, "times": 1})  # fmt: skip
+    dest = tmp_path / "out.bin"
+    result = Downloader(fast_settings(retries=0)).download(blob.url, dest)
+    assert sha256_file(dest) == blob.sha256
+    assert result.retries == 0 and result.bytes_fetched == blob.size
