@@ -57,7 +57,12 @@ def _trimmed(headers: HTTPHeaderDict) -> HTTPHeaderDict:
     9110 5.5 puts them outside the field value, and every client trims them (curl,
     browsers). http.client keeps the trailing ones, which made a padded ``Location`` a URL
     with spaces, and a padded ETag another ETag than the same one unpadded."""
+    if not any(v[:1] in _OWS or v[-1:] in _OWS for _, v in headers.items()):
+        return headers  # as nearly every answer is: nothing rebuilt on a small item's path
     return HTTPHeaderDict([(name, value.strip(" \t")) for name, value in headers.items()])
+
+
+_OWS = (" ", "\t")
 
 
 def require_framing(url: str, response: Response) -> None:
