@@ -52,6 +52,8 @@ def url_problem(url: str) -> str | None:
         return "unsupported scheme (use http or https)"
     if not parts.hostname:
         return "no host"
+    if "%" in parts.hostname:  # RFC 6874's fe80::1%25eth0: each parser reads the zone its way
+        return "an IPv6 zone id (%25...) is not supported: give the address without it"
     if parts.port == 0:  # urllib3 reads 0 as no port at all: it would connect to 80 or 443
         return "port 0 (ports are 1 to 65535)"
     try:

@@ -45,6 +45,15 @@ def test_a_redirect_to_port_0_is_refused_not_followed_to_the_default_port(
     assert "port 80" not in done.stderr
 
 
+@pytest.mark.parametrize("host", ["[fe80::1%25eth0]", "[fe80::1%eth0]", "[::1%251]"])
+def test_an_ipv6_zone_id_is_refused_saying_so(tmp_path: Path, host: str) -> None:
+    """A link-local address with its interface (RFC 6874's ``%25``): urllib.parse and urllib3
+    read the zone differently, and the refusal said "two parsers, two hosts"."""
+    done = run_cli(f"http://{host}:8080/x", "-o", str(tmp_path / "out"), cwd=tmp_path)
+    _usage_error(done, "zone id")
+    assert "two parsers" not in done.stderr, done.stderr
+
+
 # --- outputs -------------------------------------------------------------------------------
 
 
