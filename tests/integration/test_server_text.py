@@ -126,6 +126,25 @@ def test_a_content_encoding_refused_is_escaped_and_cut(
         assert "-encoded" in said and SHOWN_IN_HEADER in said, said[:2000]
 
 
+@pytest.mark.parametrize("header", ["ETag", "Last-Modified"])
+@pytest.mark.parametrize("tail", ["", "x" * FLOOD], ids=["short", "flood"])
+def test_a_validator_that_changed_is_escaped_and_cut(
+    make: Make, server: ServerHandle, tmp_path: Path, tail: str, header: str
+) -> None:
+    """The probe pins the blob's validator; a part's answer that states another is a
+    change, whose error quotes both."""
+    blob = make(2 * PART)
+
+    def changed_after_the_probe() -> None:
+        server.set_faults({"path": f"/files/{blob.name}", "action": "headers", "skip": 1,
+                           "set": {header: f'"v{IN_HEADER}{tail}"'}, "times": None})  # fmt: skip
+
+    cli = _both(blob.url, tmp_path, before=changed_after_the_probe)
+    changed_after_the_probe()
+    for said in [*cli, _library_error(blob.url, tmp_path)]:
+        assert f"{header} changed" in said and SHOWN_IN_HEADER in said, said[:2000]
+
+
 # --- names the server chooses -------------------------------------------------------------
 
 NAMES = {
