@@ -20,78 +20,79 @@ LAG_WINDOW = 0.15
 
 
 class Pace:
-    """How fast one attempt at a part moves, measured from the counts sampled while it runs
-    (``pos`` here: the slot's bytes received, a count that only grows).
+    """How fast one attempt at a part moves, measured from the slot's count of bytes received
+    (``received``: a count that only grows, checked bytes or not), sampled while it runs.
 
     Three rates, each for its own question: ``rate`` (smoothed over samples) is the lane
     slow next to the best one?; ``recent`` (over the last ``LAG_WINDOW``) is it far below its
     peers?; ``request_rate`` (its current request's body) how long will that request run?
     """
 
-    def __init__(self, now: float, pos: int) -> None:
-        self.started, self.origin = now, pos  # when and where the attempt started
-        self.pos, self.moved_at = pos, now  # position at the last sample; when it last moved
+    def __init__(self, now: float, received: int) -> None:
+        self.started, self.origin = now, received  # when the attempt started, the count then
+        self.received, self.moved_at = received, now  # at the last sample; when it last grew
         self.rate = 0.0  # bytes/s, smoothed over samples
         self.recent = 0.0  # bytes/s over the last LAG_WINDOW seconds
         self._sampled_at = now  # when ``rate`` was last updated
-        self._history: deque[tuple[float, int]] = deque([(now, pos)])  # (time, pos) samples
+        self._history: deque[tuple[float, int]] = deque([(now, received)])  # samples
         self._request_end = -1  # the current request's end (``asked``) as last seen; -1: none
         self._body_at = -1.0  # when a sample first saw that request's bytes; -1: not yet
-        self._body_pos = 0  # position at the request's first sample, then at ``_body_at``
+        self._body_received = 0  # the count at the request's first sample, then at ``_body_at``
 
     def age(self, now: float) -> float:
         """Seconds since the attempt started."""
         return now - self.started
 
     def quiet(self, now: float) -> float:
-        """Seconds since the position last moved (or the attempt started)."""
+        """Seconds since the count last grew (or the attempt started)."""
         return now - self.moved_at
 
-    def observe(self, now: float, pos: int, asked: int) -> None:
-        """A sample: the lane is at ``pos`` at ``now``, its current request ends at ``asked``."""
-        self._smooth(now, pos)
-        self._time_request(now, pos, asked)
-        self._slide(now, pos)
-        if pos != self.pos:
-            self.pos, self.moved_at = pos, now
+    def observe(self, now: float, received: int, asked: int) -> None:
+        """A sample: the lane has received ``received`` bytes by ``now``; its current request
+        ends at ``asked``."""
+        self._smooth(now, received)
+        self._time_request(now, received, asked)
+        self._slide(now, received)
+        if received != self.received:
+            self.received, self.moved_at = received, now
 
-    def request_rate(self, now: float, pos: int, settle: float) -> float:
+    def request_rate(self, now: float, received: int, settle: float) -> float:
         """Bytes/s of the current request's body since a sample first saw it move; 0 until
         that was ``settle`` seconds ago."""
         if self._body_at < 0 or now - self._body_at < settle:
             return 0.0
-        return (pos - self._body_pos) / (now - self._body_at)
+        return (received - self._body_received) / (now - self._body_at)
 
-    def overall(self, now: float, pos: int) -> float:
+    def overall(self, now: float, received: int) -> float:
         """Bytes/s since the attempt started (0 when no time has passed)."""
         seconds = now - self.started
-        return (pos - self.origin) / seconds if seconds > 0 else 0.0
+        return (received - self.origin) / seconds if seconds > 0 else 0.0
 
-    def _smooth(self, now: float, pos: int) -> None:
+    def _smooth(self, now: float, received: int) -> None:
         """The first sample of an attempt is taken as it is, later ones are averaged in."""
         if now <= self._sampled_at:
             return
-        current = (pos - self.pos) / (now - self._sampled_at)
+        current = (received - self.received) / (now - self._sampled_at)
         first = self._sampled_at == self.started
         self.rate = current if first else 0.5 * self.rate + 0.5 * current
         self._sampled_at = now
 
-    def _time_request(self, now: float, pos: int, asked: int) -> None:
+    def _time_request(self, now: float, received: int, asked: int) -> None:
         """A new request is timed from its first bytes (not from the status line's wait)."""
         if asked != self._request_end:
-            self._request_end, self._body_at, self._body_pos = asked, -1.0, pos
-        elif self._body_at < 0 and pos > self._body_pos:
-            self._body_at, self._body_pos = now, pos
+            self._request_end, self._body_at, self._body_received = asked, -1.0, received
+        elif self._body_at < 0 and received > self._body_received:
+            self._body_at, self._body_received = now, received
 
-    def _slide(self, now: float, pos: int) -> None:
+    def _slide(self, now: float, received: int) -> None:
         """``recent`` becomes the rate over the last ``LAG_WINDOW`` (or since the attempt
         started, when that is shorter)."""
         history = self._history
-        history.append((now, pos))
+        history.append((now, received))
         while len(history) > 2 and now - history[1][0] >= LAG_WINDOW:
             history.popleft()
         then, before = history[0]
-        self.recent = (pos - before) / (now - then) if now > then else 0.0
+        self.recent = (received - before) / (now - then) if now > then else 0.0
 
 
 class BestRate:

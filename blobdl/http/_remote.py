@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .._said import MAX_SAID, escaped
 from ..errors import RemoteChanged
 from ._headers import parse_http_date
 
@@ -60,8 +61,8 @@ def change(before: Identity, after: Identity) -> str | None:
         ("ETag", before.etag, after.etag, _same_tag),
         ("Last-Modified", before.last_modified, after.last_modified, str.__eq__),
     ):
-        if old and new and not same(old, new):
-            return f"{name} changed from {old} to {new}"
+        if old and new and not same(old, new):  # both the server's text: escaped, cut
+            return f"{name} changed from {escaped(old, MAX_SAID)} to {escaped(new, MAX_SAID)}"
     return None
 
 

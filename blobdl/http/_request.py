@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import urllib3
 from urllib3 import HTTPHeaderDict
 
-from .._said import quoted
+from .._said import escaped, quoted
 from .._version import __version__
 from ..errors import BadResponse
 from ._headers import parse_length, parse_retry_after, transfer_codings
@@ -100,9 +100,10 @@ def response_url(response: Response) -> str:
 
 
 def require_identity(url: str, response: Response) -> None:
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise BadResponse(url, f"body is {encoding}-encoded although identity was asked")
+    encoding = response.headers.get("Content-Encoding", "identity").strip()
+    if encoding.lower() not in ("", "identity"):
+        shown = escaped(encoding, 60)  # the server's text, as it wrote it
+        raise BadResponse(url, f"body is {shown}-encoded although identity was asked")
 
 
 def retry_after(response: Response) -> float | None:

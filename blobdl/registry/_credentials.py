@@ -36,15 +36,15 @@ class _Broken(UsageError):
 def docker_credentials(host: str) -> tuple[str, str] | None:
     """(user, password) for ``host`` (``host[:port]``), or None (a broken config: warned)."""
     try:
-        return _credentials(host)
+        return _credentials_in(_read(), host)
     except _Broken as broken:
         log.warning("Docker config %s: %s; its credentials are not used",
                     broken.path, broken.problem)  # fmt: skip
         return None
 
 
-def _credentials(host: str) -> tuple[str, str] | None:
-    found = _read()
+def _credentials_in(found: tuple[dict[str, Any], Fail] | None, host: str) -> tuple[str, str] | None:
+    """``host``'s credentials in the config ``_read`` found (None: no file)."""
     if found is None:
         return None
     doc, fail = found
@@ -60,7 +60,7 @@ def no_credentials(host: str) -> str:
     or it has none."""
     try:
         found = _read()
-        _credentials(host)
+        _credentials_in(found, host)  # an entry that cannot be used breaks it too
     except _Broken as broken:
         return (f"no credentials for {host}: the Docker config {broken.path} could not be "
                 f"used ({broken.problem})")  # fmt: skip

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 from .._redact import redact_url
-from .._said import quoted
+from .._said import escaped, quoted
 from ..config import MAX_BYTES, Settings, check_header
 from ..errors import (
     AuthRefused,
@@ -196,7 +196,7 @@ class Registry:
         served = answer.headers.get("Docker-Content-Digest", "")
         expected = f"sha256:{self.ref.digest}" if self.ref.digest else served
         if expected.startswith("sha256:") and expected != manifest.digest:
-            raise DigestMismatch(expected[:100], manifest.digest)
+            raise DigestMismatch(escaped(expected, 100), manifest.digest)  # maybe the server's
         return manifest
 
     def blob_sources(self, blobs: Sequence[Blob]) -> list[Source]:

@@ -348,6 +348,7 @@ def test_a_docker_config_that_cannot_be_read_is_a_warning_too(
 # --- the registry's text in the library's errors -----------------------------------------------
 
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\u202e"
+_MODEL = fixed_model()[1]  # a model's manifest, served as it is
 
 
 @pytest.mark.parametrize(
@@ -363,9 +364,11 @@ ESCAPES = "\x1b]0;pwned\x07\x1b[2J\u202e"
                            "layers": []}).encode()),
         script(faults=[rule("registry", "manifests", status=403, headers=JSON,
                             body=oci_errors(("DENIED", ESCAPES + "z" * 5000)))]),
+        script(faults=[rule("registry", "manifests", status=200, body=json.dumps(_MODEL),
+                            headers={**JSON, "Docker-Content-Digest": "sha256:" + ESCAPES})]),
     ],
     ids=["an index's media type", "a token realm", "a challenge", "a digest's text",
-         "an error body's message"],
+         "an error body's message", "a served digest"],
 )  # fmt: skip
 def test_the_registrys_text_in_a_library_error_is_escaped_and_short(
     hostile: HostileRegistry, tmp_path: Path, served: dict[str, Any]

@@ -46,10 +46,12 @@ def _said(done: subprocess.CompletedProcess[str]) -> str:
     return done.stderr + done.stdout
 
 
-def _both(url: str, tmp_path: Path) -> list[str]:
-    """What the CLI says of ``url``'s failure, as a line on stderr and as --json."""
+def _both(url: str, tmp_path: Path, before: Callable[[], None] = lambda: None) -> list[str]:
+    """What the CLI says of ``url``'s failure, as a line on stderr and as --json (each run
+    after ``before``)."""
     said = []
     for mode in ([], ["--json"]):
+        before()
         done = run_cli(url, "-o", str(tmp_path / "out"), "--retries", "0", *mode)
         assert done.returncode != 0, done.stderr
         said.append(_said(done))
@@ -110,6 +112,37 @@ def test_a_transfer_encoding_refused_is_escaped_and_cut(
                        "value": f"gzip{IN_HEADER}{tail}", "times": None})  # fmt: skip
     for said in [*_both(blob.url, tmp_path), _library_error(blob.url, tmp_path)]:
         assert "Transfer-Encoding" in said and SHOWN_IN_HEADER in said, said[:2000]
+
+
+@pytest.mark.parametrize("tail", ["", "x" * FLOOD], ids=["short", "flood"])
+def test_a_content_encoding_refused_is_escaped_and_cut(
+    make: Make, server: ServerHandle, tmp_path: Path, tail: str
+) -> None:
+    blob = make(2 * PART)
+    server.set_faults({"path": f"/files/{blob.name}", "action": "headers",
+                       "set": {"Content-Encoding": f"gzip{IN_HEADER}{tail}"},
+                       "times": None})  # fmt: skip
+    for said in [*_both(blob.url, tmp_path), _library_error(blob.url, tmp_path)]:
+        assert "-encoded" in said and SHOWN_IN_HEADER in said, said[:2000]
+
+
+@pytest.mark.parametrize("header", ["ETag", "Last-Modified"])
+@pytest.mark.parametrize("tail", ["", "x" * FLOOD], ids=["short", "flood"])
+def test_a_validator_that_changed_is_escaped_and_cut(
+    make: Make, server: ServerHandle, tmp_path: Path, tail: str, header: str
+) -> None:
+    """The probe pins the blob's validator; a part's answer that states another is a
+    change, whose error quotes both."""
+    blob = make(2 * PART)
+
+    def changed_after_the_probe() -> None:
+        server.set_faults({"path": f"/files/{blob.name}", "action": "headers", "skip": 1,
+                           "set": {header: f'"v{IN_HEADER}{tail}"'}, "times": None})  # fmt: skip
+
+    cli = _both(blob.url, tmp_path, before=changed_after_the_probe)
+    changed_after_the_probe()
+    for said in [*cli, _library_error(blob.url, tmp_path)]:
+        assert f"{header} changed" in said and SHOWN_IN_HEADER in said, said[:2000]
 
 
 # --- names the server chooses -------------------------------------------------------------
