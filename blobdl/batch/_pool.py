@@ -142,8 +142,10 @@ class _Line:
         """Tell the item's progress, if it is wanted and due. Under the lock, so that the
         seat's thread, which stops the meter before its item's last word, sends that word
         after this (``Meter.stop``)."""
+        if not self.events:  # set before the item starts, by the seat's own thread
+            return
         with self.lock:
-            if self.events and (progress := meter.progress(now, interval)) is not None:
+            if (progress := meter.progress(now, interval)) is not None:
                 with contextlib.suppress(OSError):  # the seat or the scheduler is gone
                     self.pipe.send(_Told(progress))
 

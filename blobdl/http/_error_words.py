@@ -25,7 +25,7 @@ from typing import Any
 
 from .._said import escaped
 from ..errors import BlobdlError, HTTPStatusError
-from ._request import Response, read_upto, retry_after
+from ._request import Response, identity_encoded, read_upto, retry_after
 from ._translate import translate_errors
 
 ERROR_BODY = 16 << 10  # bytes of an error answer read for its words; the rest is never read
@@ -50,14 +50,14 @@ def status_error(
         url,
         retry_after(response),
         redirected,
-        f"the server says {words}" if words else "",
+        f"the answer says {words}" if words else "",
     )
 
 
 def error_body(url: str, response: Response, within: float) -> bytes:
     """The start of an error answer's body: its words are a courtesy, so a body that is
     encoded, breaks off or trickles past ``within`` seconds says nothing rather than failing."""
-    if response.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
+    if not identity_encoded(response):
         return b""
     try:
         with translate_errors(url):

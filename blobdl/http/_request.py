@@ -99,9 +99,14 @@ def response_url(response: Response) -> str:
     return getattr(response, "url", None) or ""
 
 
+def identity_encoded(response: Response) -> bool:
+    """Whether the body is as stored (no ``Content-Encoding``, or ``identity``)."""
+    return response.headers.get("Content-Encoding", "").strip().lower() in ("", "identity")
+
+
 def require_identity(url: str, response: Response) -> None:
-    encoding = response.headers.get("Content-Encoding", "identity").strip()
-    if encoding.lower() not in ("", "identity"):
+    if not identity_encoded(response):
+        encoding = response.headers["Content-Encoding"].strip()
         shown = escaped(encoding, 60)  # the server's text, as it wrote it
         raise BadResponse(url, f"body is {shown}-encoded although identity was asked")
 

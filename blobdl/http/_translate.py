@@ -135,7 +135,7 @@ def _not_http(url: str, exc: BaseException, peer: Peer) -> ProxyNotHTTP | None:
     line = getattr(bad, "line", "")  # the status line as read (latin-1), not a message
     if not isinstance(line, str) or line.startswith("HTTP/"):
         return None
-    said = f"{peer} does not speak HTTP: it answered {line[:32]!a} (a SOCKS or SSH server?)"
+    said = f"{peer} does not speak HTTP: it answered {quoted(line, 32)} (a SOCKS or SSH server?)"
     return ProxyNotHTTP(url, said)
 
 

@@ -117,7 +117,7 @@ def test_a_refused_probe_says_the_servers_words(
     refusing(server, blob, status, headers, body)
     line, event = said(cli(blob.url, tmp_path))
     for text in (line, event):
-        assert f"HTTP {status} from {blob.url}: the server says {words}" in text, text
+        assert f"HTTP {status} from {blob.url}: the answer says {words}" in text, text
         assert not any(secret in text for secret in SECRETS), text
     with pytest.raises(HTTPStatusError) as caught:
         Downloader(fast_settings(retries=0)).download(blob.url, tmp_path / "lib")
@@ -132,7 +132,7 @@ def test_a_refused_part_says_the_servers_words(
     refusing(server, blob, 403, XML, S3_EXPIRED, skip=1)
     line, event = said(cli(blob.url, tmp_path, "--connections", "1"))
     for text in (line, event):
-        assert "HTTP 403" in text and "the server says AccessDenied: Request has expired" in text
+        assert "HTTP 403" in text and "the answer says AccessDenied: Request has expired" in text
 
 
 def test_a_batch_item_refused_says_the_servers_words(
@@ -148,7 +148,7 @@ def test_a_batch_item_refused_says_the_servers_words(
     (failed,) = [e for e in events if e["event"] == "failed"]
     plain = run_cli("-i", str(manifest), "--retries", "0")
     for text in (failed["error"], plain.stderr):
-        assert "the server says SignatureDoesNotMatch: The request signature" in text, text
+        assert "the answer says SignatureDoesNotMatch: The request signature" in text, text
         assert not any(secret in text for secret in SECRETS), text
 
 
@@ -196,7 +196,7 @@ def test_a_downloads_huge_error_body_is_read_only_as_far_as_its_words_need(
     server.set_faults({"path": f"/files/{blob.name}", "action": "raw", "times": None,
                        "send": f"{head}\r\n\r\n{text}"})  # fmt: skip
     for said_ in said(cli(blob.url, tmp_path, "--stall-timeout", "30")):
-        assert "HTTP 403" in said_ and "the server says Access denied: hotlinking xxx" in said_
+        assert "HTTP 403" in said_ and "the answer says Access denied: hotlinking xxx" in said_
 
 
 # --- a real S3-compatible store (moto) -----------------------------------------------------------
@@ -216,5 +216,5 @@ def test_a_missing_key_in_an_s3_store_says_no_such_key(s3: S3Server, tmp_path: P
     url = f"{s3.url}/words/no/such/key.bin"
     line, event = said(cli(url, tmp_path))
     for text in (line, event):
-        assert f"HTTP 404 from {url}: the server says NoSuchKey: The specified key does not " \
+        assert f"HTTP 404 from {url}: the answer says NoSuchKey: The specified key does not " \
                "exist." in text, text  # fmt: skip
