@@ -14,7 +14,9 @@ CONNECT, one refusal each, in order) with those statuses itself, as a proxy's po
 lost upstream would, and serves the ones after honestly (a ``None`` among the refusals: that
 request too). A ``bytes`` refusal is sent as it is, whatever it holds, and the connection
 closed: ``b""`` closes it without a word, other bytes are an answer that is no HTTP at all
-(a SOCKS or SSH server's, a status line cut short).
+(a SOCKS or SSH server's, a status line cut short). A ``Reset`` refusal is sent the same
+way, then the connection reset (RST) once the client sends anything more (a TLS handshake
+into a tunnel it was told is open).
 
 One request per client connection: a forwarded request goes upstream with
 ``Connection: close`` and its response comes back with ``Connection: close``, so clients
@@ -28,6 +30,7 @@ import selectors
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -39,6 +42,10 @@ from .nodelay import NoDelayServer, no_delay
 
 TIMEOUT = 10.0  # a backstop: close() ends every relay long before this
 _HOP_BY_HOP = frozenset({"connection", "proxy-connection", "proxy-authorization", "keep-alive"})
+
+
+class Reset(bytes):
+    """A ``bytes`` refusal after which the proxy resets the connection instead of closing it."""
 
 
 class Seen(NamedTuple):
@@ -177,12 +184,20 @@ class _Handler(socketserver.StreamRequestHandler):
         if isinstance(refusal, bytes):
             self.wfile.write(refusal)  # then the handler returns, and the connection closes
             self.wfile.flush()
+            if isinstance(refusal, Reset):
+                self._reset()
         elif refusal is not None:
             self._refuse(*refusal)
         elif method == "CONNECT":
             self._tunnel(proxy, target)
         else:
             self._forward(proxy, method, target, headers)
+
+    def _reset(self) -> None:
+        """Wait for the client's next bytes, then close with no linger: an RST, no FIN."""
+        self.connection.recv(1)
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()  # socketserver's shutdown of it then fails, quietly
 
     def _refuse(self, status: int, reason: str) -> None:
         body = f"{status} {reason}\n".encode()

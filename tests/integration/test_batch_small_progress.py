@@ -132,3 +132,27 @@ def test_a_small_item_retried_tells_its_progress_through_the_backoff_and_the_ret
     second = [e for e in progress if e.parts[0].attempts == 2 and e.active]
     assert second and second[-1].done > 3000, progress
     assert [e.done for e in second] == sorted(e.done for e in second)
+
+
+def test_no_progress_of_an_item_is_told_once_it_is_over_even_as_its_seat_takes_the_next(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """One seat: the slow item, then one whose server is slow to answer. The first item's
+    progress stops with its last word; while its seat waits for the next item's answer,
+    nothing is told of either (what the seat would tell then is the last item's bytes,
+    given as the next one's before its ``started``)."""
+    slow, late = make(SLOW, seed=4105), make(1000, seed=4106)
+    server.set_faults({"path": f"/files/{slow.name}", "times": None, "action": "rate",
+                       "bps": 4000, "step": 1000},
+                      {"path": f"/files/{late.name}", "action": "ttfb", "delay": 1.5})  # fmt: skip
+    told: dict[int, list[blobdl.Event]] = {0: [], 1: []}
+    items = [Item(slow.url, str(tmp_path / "slow")), Item(late.url, str(tmp_path / "late"))]
+    results = blobdl.download_many(items, on_event=lambda e: told[e.item].append(e.event),
+                                   settings=fast_settings(progress_interval=0.2),
+                                   max_connections=1)  # fmt: skip
+    assert all(r.ok for r in results), results
+    assert sha256_file(tmp_path / "slow") == slow.sha256
+    assert sha256_file(tmp_path / "late") == late.sha256
+    check_progress([blobdl.events.event_record(e) for e in told[0]], SLOW)
+    names = [blobdl.events.event_record(e)["event"] for e in told[1]]
+    assert names == ["started", "finished"], names

@@ -518,6 +518,37 @@ def test_ca_variables_naming_the_right_ca_are_trusted(
     assert done.returncode == EXIT_OK, done.stderr
 
 
+def test_ca_folders_are_checked_one_by_one_as_openssl_splits_them(
+    tls_blob: Blob, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSL_CERT_DIR holds folders separated by os.pathsep: a list of folders that are there
+    is trusted, and a missing one among them is the one named."""
+    there, missing = tmp_path / "there", tmp_path / "missing"
+    there.mkdir()
+    monkeypatch.setenv("SSL_CERT_FILE", pki.ca_pem)
+    monkeypatch.setenv("SSL_CERT_DIR", f"{there}{os.pathsep}{tmp_path}")
+    assert fetch(tls_blob.url, tmp_path / "out") == tls_blob.sha256
+    monkeypatch.setenv("SSL_CERT_DIR", f"{there}{os.pathsep}{missing}")
+    with pytest.raises(UsageError) as caught:
+        fetch(tls_blob.url, tmp_path / "refused")
+    assert f"$SSL_CERT_DIR {str(missing)!r}: no such directory" in str(caught.value)
+
+
+def test_a_caller_that_changes_the_ca_variables_gets_the_store_they_name(
+    tls_blob: Blob, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A context built for one SSL_CERT_FILE is not the one another calls for, in one
+    process: trusted with the right CA, then refused for a file with none in it."""
+    monkeypatch.setenv("SSL_CERT_FILE", pki.ca_pem)
+    assert fetch(tls_blob.url, tmp_path / "out") == tls_blob.sha256
+    empty = tmp_path / "empty.pem"
+    empty.write_text("not a certificate\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(empty))
+    with pytest.raises(UsageError) as caught:
+        fetch(tls_blob.url, tmp_path / "refused")
+    assert "$SSL_CERT_FILE" in str(caught.value) and str(empty) in str(caught.value)
+
+
 def test_ca_variables_are_not_read_with_a_ca_bundle_nor_without_verification(
     tls_blob: Blob, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

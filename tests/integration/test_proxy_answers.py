@@ -27,7 +27,7 @@ from blobdl.errors import (
     ProxyRefused,
     TLSError,
 )
-from faultserver.proxy import ForwardProxy
+from faultserver.proxy import ForwardProxy, Reset
 from faultserver.serverctl import ServerHandle, make_blob, start_server
 from faultserver.tinyproxy import start_tinyproxy
 from tests.conftest import PART, Blob, fast_settings, sha256_file
@@ -210,16 +210,18 @@ def test_a_proxy_that_drops_its_answer_to_connect_is_retried_and_the_bytes_are_e
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
+@pytest.mark.parametrize("ends", [ESTABLISHED, Reset(ESTABLISHED)], ids=["closed", "reset"])
 @pytest.mark.parametrize("speaks", ["http", "https"])
 def test_a_proxy_that_closes_the_tunnel_it_just_opened_is_named_as_the_proxy(
-    speaks: str, origins: dict[str, str], tls_server: ServerHandle, pki: PKI, tmp_path: Path
-) -> None:
-    """200 to CONNECT, then the connection closed before a byte of the server's handshake:
-    the server was never reached (it was said as "TLS error with 127.0.0.1 port N", the
-    server's port, sending the user to the wrong machine). A proxy may close one tunnel
-    and not the next: retried."""
+    speaks: str, ends: bytes, origins: dict[str, str], tls_server: ServerHandle, pki: PKI,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """200 to CONNECT, then the connection closed (or reset, once the client's handshake
+    began) before a byte of the server's handshake: the server was never reached (it was
+    said as "TLS error with 127.0.0.1 port N", the server's port, sending the user to the
+    wrong machine). A proxy may close one tunnel and not the next: retried."""
     tls = (pki.server_cert, pki.server_key) if speaks == "https" else None
-    with ForwardProxy(tls=tls, refusals=[ESTABLISHED] * 10) as proxy:
+    with ForwardProxy(tls=tls, refusals=[ends] * 10) as proxy:
         settings = fast_settings(proxy=proxy.url, trust_env=False, ca_bundle=pki.ca_pem, retries=1)
         with pytest.raises(ConnectionFailed) as caught:
             Downloader(settings).download(origins["tunnelled"], tmp_path / "out")

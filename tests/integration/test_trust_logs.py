@@ -121,3 +121,21 @@ def test_every_urllib3_line_that_names_a_url_is_redacted_for_ours_alone(
         assert secret not in theirs, theirs
     assert "X-Amz-Signature=***&part=7" in theirs and "access_token=***" in theirs
     assert "SIGSECRET" in caller and "TOKSECRET" in caller  # the caller's lines untouched
+
+
+def test_urllib3s_warning_of_an_answer_with_a_broken_header_shows_no_credential(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    """An answer with a header line that is no header makes urllib3 warn from a logger of
+    its own ("Failed to parse headers (url=...)", urllib3.connection), naming the whole
+    URL: the download retries that answer and succeeds, and the warning keeps no secret."""
+    digest = make_blob(server.root, "signed.bin", PART, seed=33)
+    broken = "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nRetry-After: 0\r\nno header here\r\n\r\n"
+    server.set_faults({"path": "/files/signed.bin", "action": "raw", "send": broken, "close": True})
+    dest = tmp_path / "out.bin"
+    logged = _logged_download(f"{server.url('signed.bin')}?{SIGNED}", dest)
+    assert sha256_file(dest) == digest
+    assert "urllib3.connection WARNING Failed to parse headers (url=" in logged, logged
+    for secret in SECRETS:
+        assert secret not in logged, logged
+    assert "X-Amz-Signature=***&part=7" in logged

@@ -301,9 +301,11 @@ def test_a_token_in_the_users_url_is_never_shown(server: ServerHandle, tmp_path:
 @pytest.mark.parametrize(
     "tail",
     ["?name=a.bin#access_token=TOKSECRET&token_type=bearer", "?name=a.bin;sig=TOKSECRET",
-     "#id_token=TOKSECRET", "#TOKSECRET-xVq3Zr9Lk2Pw8Nb", "#name=a.bin&TOKSECRET"],
+     "#id_token=TOKSECRET", "#TOKSECRET-xVq3Zr9Lk2Pw8Nb", "#name=a.bin&TOKSECRET",
+     "#=TOKSECRET"],
     ids=["a token in the fragment", "a pair after a semicolon", "a fragment alone",
-         "a bare key as the fragment", "a bare key among a fragment's pairs"],
+         "a bare key as the fragment", "a bare key among a fragment's pairs",
+         "a key after an = that no name introduces"],
 )  # fmt: skip
 def test_a_credential_in_a_fragment_or_after_a_semicolon_is_never_shown(
     server: ServerHandle, tmp_path: Path, tail: str
