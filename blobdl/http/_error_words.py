@@ -17,7 +17,9 @@ stall timeout: the words are a courtesy, and a 10 GB "error" is never read.
 
 from __future__ import annotations
 
+import contextlib
 import html
+import http
 import json
 import re
 import time
@@ -45,6 +47,8 @@ def status_error(
     ``url`` is a target this request's own redirect led to, where a 403 may be an expired
     signature (``_failure.decide``)."""
     words = said(error_body(url, response, within))
+    if _restates(words, response.status, response.reason):
+        words = ""  # "404 Not Found" after "HTTP 404" tells nothing more
     return HTTPStatusError(
         response.status,
         url,
@@ -54,16 +58,43 @@ def status_error(
     )
 
 
+def _restates(words: str, status: int, reason: str | None) -> bool:
+    """Whether ``words`` say no more than the status line does (``404 Not Found``, ``Error
+    403: Forbidden``, an nginx page's title): its code, its reason phrase, filler."""
+    left = f" {_plain(words)} "
+    phrases = {str(status), _plain(reason or ""), *_FILLER}
+    with contextlib.suppress(ValueError):
+        phrases.add(_plain(http.HTTPStatus(status).phrase))
+    for phrase in sorted(phrases, key=len, reverse=True):
+        if phrase:
+            left = left.replace(f" {phrase} ", " ")
+    return not left.strip()
+
+
+def _plain(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+_FILLER = ("http", "error", "status", "code")
+
+
 def error_body(url: str, response: Response, within: float) -> bytes:
     """The start of an error answer's body: its words are a courtesy, so a body that is
     encoded, breaks off or trickles past ``within`` seconds says nothing rather than failing."""
     if not identity_encoded(response):
         return b""
+    # Read to its end, the body would hand its connection back to the pool, which would
+    # keep it open, idle, beside the connection the retry or a refreshed URL opens: one
+    # more than the budget. An error answer's connection serves no other request.
+    connection = response.connection
     try:
         with translate_errors(url):
             return read_upto(url, response, ERROR_BODY, time.monotonic() + within)
     except BlobdlError:
         return b""
+    finally:
+        if connection is not None:
+            connection.close()
 
 
 def said(body: bytes) -> str:

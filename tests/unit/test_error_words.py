@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from blobdl.http._error_words import ERROR_BODY, said
+from blobdl.http._error_words import ERROR_BODY, _restates, said
 
 S3 = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message>"
 
@@ -34,3 +34,21 @@ S3 = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message>"
 )  # fmt: skip
 def test_an_error_body_says(body: bytes, words: str) -> None:
     assert said(body) == words
+
+
+@pytest.mark.parametrize(
+    ("words", "status", "reason", "restates"),
+    [
+        ("404 Not Found", 404, "Not Found", True),
+        ("Error 403: Forbidden", 403, "Forbidden", True),
+        ("forbidden", 403, "", True),  # the standard phrase, whatever the server's reason
+        ("403 Forbidden: hotlinking is off", 403, "Forbidden", False),
+        ("AccessDenied: Request has expired", 403, "Forbidden", False),
+        ("Not Found", 403, "Forbidden", False),  # another status's phrase says something
+        ("", 404, "Not Found", True),
+    ],
+)  # fmt: skip
+def test_words_that_restate_the_status_line_say_nothing(
+    words: str, status: int, reason: str, restates: bool
+) -> None:
+    assert _restates(words, status, reason) is restates
