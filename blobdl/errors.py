@@ -276,17 +276,17 @@ class UnsupportedManifest(BlobdlError):
 
 class RepositoryNotFound(NetworkError):
     """The Hub has no such repository, or it is private and the token sent (if any) cannot
-    see it: the Hub answers both the same way."""
+    see it: the Hub answers both the same way. ``detail``: what the user can do; ``said``:
+    what the Hub says of it (its ``X-Error-Message``, made one line), or ""."""
 
     retryable = False
 
-    def __init__(self, repo: str, detail: str = "") -> None:
-        super().__init__(repo, detail)
-        self.repo, self.detail = repo, detail
+    def __init__(self, repo: str, detail: str = "", said: str = "") -> None:
+        super().__init__(repo, detail, said)
+        self.repo, self.detail, self.said = repo, detail, said
 
     def __str__(self) -> str:
-        extra = f" ({self.detail})" if self.detail else ""
-        return f"repository not found: {self.repo}{extra}"
+        return f"repository not found: {self.repo}{_aside(self.detail, self.said)}"
 
 
 class GatedRepository(RepositoryNotFound):
@@ -294,34 +294,43 @@ class GatedRepository(RepositoryNotFound):
     A ``RepositoryNotFound`` too, as huggingface_hub's ``GatedRepoError`` is."""
 
     def __str__(self) -> str:
-        extra = f" ({self.detail})" if self.detail else ""
-        return f"gated repository: {self.repo}{extra}"
+        return f"gated repository: {self.repo}{_aside(self.detail, self.said)}"
 
 
 class RevisionNotFound(NetworkError):
-    """The repository has no such branch, tag or commit."""
+    """The repository has no such branch, tag or commit (``said``: as for
+    ``RepositoryNotFound``)."""
 
     retryable = False
 
-    def __init__(self, repo: str, revision: str) -> None:
-        super().__init__(repo, revision)
-        self.repo, self.revision = repo, revision
+    def __init__(self, repo: str, revision: str, said: str = "") -> None:
+        super().__init__(repo, revision, said)
+        self.repo, self.revision, self.said = repo, revision, said
 
     def __str__(self) -> str:
-        return f"revision not found: {self.repo} has no revision {self.revision!r}"
+        has = f"{self.repo} has no revision {self.revision!r}"
+        return f"revision not found: {has}{_aside(self.said)}"
 
 
 class EntryNotFound(NetworkError):
-    """The repository has no such file at that revision."""
+    """The repository has no such file at that revision (``said``: as for
+    ``RepositoryNotFound``)."""
 
     retryable = False
 
-    def __init__(self, repo: str, revision: str, path: str) -> None:
-        super().__init__(repo, revision, path)
-        self.repo, self.revision, self.path = repo, revision, path
+    def __init__(self, repo: str, revision: str, path: str, said: str = "") -> None:
+        super().__init__(repo, revision, path, said)
+        self.repo, self.revision, self.path, self.said = repo, revision, path, said
 
     def __str__(self) -> str:
-        return f"file not found: {self.repo} has no {self.path!r} at revision {self.revision!r}"
+        has = f"{self.repo} has no {self.path!r} at revision {self.revision!r}"
+        return f"file not found: {has}{_aside(self.said)}"
+
+
+def _aside(*parts: str) -> str:
+    """`` (what to do; what the Hub says)``, of the parts there are."""
+    given = "; ".join(p for p in parts if p)
+    return f" ({given})" if given else ""
 
 
 class OfflineNotCached(UsageError):

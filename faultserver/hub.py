@@ -16,9 +16,12 @@ huggingface_hub 2.x and blobdl use, on loopback, with a separate storage origin.
     (``ETag`` its git sha1, ``X-Repo-Commit``; a branch first answers 307 to
     ``/api/resolve-cache/...``, as the Hub does); an LFS file a 302 to the storage origin
     with ``X-Linked-Etag`` (its sha256), ``X-Linked-Size`` and ``ETag`` (its pointer's sha1);
-  - errors as the Hub sends them: ``X-Error-Code`` ``RepoNotFound`` (401: unknown, or private
-    without a token), ``GatedRepo`` (401 on a gated repository's files without a token),
-    ``RevisionNotFound`` and ``EntryNotFound`` (404, with ``X-Repo-Commit``);
+  - errors as the Hub sends them, its words in ``X-Error-Message`` and the JSON body's
+    ``error``: ``RepoNotFound`` (unknown, or private to whoever asks: 401 without a token,
+    404 with one), ``GatedRepo`` (a gated repository's files: 401 without a token, 403 to a
+    token not granted access), ``RevisionNotFound`` and ``EntryNotFound`` (404, with
+    ``X-Repo-Commit``); a token it does not know, 401 ``Invalid credentials in
+    Authorization header`` on every request;
   - ``GET /api/agent-harnesses``: 404 (huggingface_hub asks once a day unless telemetry is off);
   - ``GET /_ctl/hub-log``: every request's method, path and Authorization; ``POST /_ctl/hub``:
     a new spec (``HubHandle.publish``).
@@ -154,6 +157,7 @@ class HubHandle:
     storage: ServerHandle
     tokens: tuple[str, ...]
     page_size: int
+    strangers: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -163,7 +167,7 @@ class HubHandle:
     def publish(self, repos: list[HubRepo]) -> None:
         """Serve ``repos`` from now on (their blobs are written first)."""
         _write_blobs(self.hub.root, repos)
-        spec = _spec(repos, self.storage.base_url, self.tokens, self.page_size)
+        spec = _spec(repos, self.storage.base_url, self.tokens, self.page_size, self.strangers)
         self.hub._call("/_ctl/hub", spec)
 
     def log(self) -> list[dict[str, Any]]:
@@ -182,22 +186,29 @@ class HubHandle:
 
 
 def start_hub(
-    folder: Path, repos: list[HubRepo], *, tokens: tuple[str, ...] = (), page_size: int = 1000
+    folder: Path,
+    repos: list[HubRepo],
+    *,
+    tokens: tuple[str, ...] = (),
+    page_size: int = 1000,
+    strangers: tuple[str, ...] = (),
 ) -> HubHandle:
-    """The storage origin and the Hub, serving ``repos``; ``tokens`` are the ones it accepts
-    (each may read every private and gated repository)."""
+    """The storage origin and the Hub, serving ``repos``. ``tokens`` may read every private
+    and gated repository; ``strangers`` are tokens it knows whose owners were granted
+    nothing; any other token is refused on every request, as the Hub refuses one revoked."""
     objects = folder / "objects"
     objects.mkdir(parents=True, exist_ok=True)
     _write_blobs(objects, repos)
     storage = start_server(objects)
     spec_path = folder / "hub-spec.json"
-    spec_path.write_text(json.dumps(_spec(repos, storage.base_url, tokens, page_size)))
+    spec = _spec(repos, storage.base_url, tokens, page_size, strangers)
+    spec_path.write_text(json.dumps(spec))
     try:
         hub = start_server(objects, module="faultserver.hub", extra=("--spec", str(spec_path)))
     except BaseException:
         storage.stop()
         raise
-    return HubHandle(hub, storage, tokens, page_size)
+    return HubHandle(hub, storage, tokens, page_size, strangers)
 
 
 def _write_blobs(objects: Path, repos: list[HubRepo]) -> None:
@@ -209,10 +220,14 @@ def _write_blobs(objects: Path, repos: list[HubRepo]) -> None:
 
 
 def _spec(
-    repos: list[HubRepo], storage: str, tokens: tuple[str, ...], page_size: int
+    repos: list[HubRepo],
+    storage: str,
+    tokens: tuple[str, ...],
+    page_size: int,
+    strangers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    return {"storage": storage, "tokens": list(tokens), "page_size": page_size,
-            "repos": [r.spec() for r in repos]}  # fmt: skip
+    return {"storage": storage, "tokens": list(tokens), "strangers": list(strangers),
+            "page_size": page_size, "repos": [r.spec() for r in repos]}  # fmt: skip
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -262,6 +277,8 @@ class HubHandler(Handler):
         segments = path.split("/")
         if path == "/api/agent-harnesses":
             return simple_reply(404, "not found\n")
+        if self._who() == "revoked":  # the Hub refuses a token it does not know, everywhere
+            return _error(401, None, "Invalid credentials in Authorization header")
         if len(segments) > 3 and segments[1] == "api" and segments[2] == "resolve-cache":
             kind = _kind(segments[3])
             found = self.hub.find(kind, "/".join(segments[4:])) if kind else None
@@ -269,26 +286,26 @@ class HubHandler(Handler):
                 return self._resolve(found[0], found[1], req, fault, cached=True)
         if len(segments) > 3 and segments[1] == "api" and _kind(segments[2]):
             found = self.hub.find(cast(str, _kind(segments[2])), "/".join(segments[3:]))
-            return self._api(found, query) if found else _error(401, "RepoNotFound")
+            return self._api(found, query) if found else self._not_found()
         kind, rest = _resolve_kind(path)
         found = self.hub.find(kind, rest)
         if found is not None and found[1].startswith("resolve/"):
             return self._resolve(found[0], found[1][len("resolve/") :], req, fault)
         if "/resolve/" in rest:
-            return _error(401, "RepoNotFound")
+            return self._not_found()
         return super()._route(path, query, req, fault)
 
     # --- the API ------------------------------------------------------------------------------
 
     def _api(self, found: tuple[dict[str, Any], str], query: str) -> Reply:
         repo, rest = found
-        if repo["private"] and not self._authorized():
-            return _error(401, "RepoNotFound")
+        if repo["private"] and self._who() != "granted":
+            return self._not_found()
         what, _, rev_and_path = rest.partition("/")
         rev = unquote(rev_and_path.split("/", 1)[0])
         commit = _commit(repo, rev)
         if commit is None:
-            return _error(404, "RevisionNotFound")
+            return _error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         if what == "revision":
             return _json(200, {"id": repo["id"], "sha": commit, "private": repo["private"]})
         if what != "tree":
@@ -322,16 +339,18 @@ class HubHandler(Handler):
         self, repo: dict[str, Any], rest: str, req: dict[str, str], fault: Fault | None,
         cached: bool = False,
     ) -> Reply:  # fmt: skip
-        if (repo["private"] or repo["gated"]) and not self._authorized():
-            return _error(401, "GatedRepo" if repo["gated"] else "RepoNotFound")
+        if repo["private"] and self._who() != "granted":
+            return self._not_found()
+        if repo["gated"] and self._who() != "granted":
+            return self._gated(repo)
         raw_rev, _, raw_path = rest.partition("/")
         rev, path = unquote(raw_rev), unquote(raw_path)
         commit = _commit(repo, rev)
         if commit is None:
-            return _error(404, "RevisionNotFound")
+            return _error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         entry = next((e for e in repo["commits"][commit] if e["path"] == path), None)
         if entry is None or entry["type"] != "file":
-            return _error(404, "EntryNotFound", {"X-Repo-Commit": commit})
+            return _error(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": commit})
         if "lfs" in entry:
             return self._to_storage(entry, commit)
         if rev != commit and not cached:  # the Hub sends a branch's git files through its cache
@@ -357,9 +376,35 @@ class HubHandler(Handler):
             headers["X-Xet-Hash"] = entry["xetHash"]
         return simple_reply(302, "", headers)
 
-    def _authorized(self) -> bool:
-        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
-        return scheme.lower() == "bearer" and token in self.hub.spec["tokens"]
+    # --- who asks, and the Hub's refusals ----------------------------------------------------
+
+    def _who(self) -> str:
+        """``anonymous`` (no token), ``granted`` (reads everything), ``stranger`` (a token
+        the Hub knows, granted nothing) or ``revoked`` (a token it does not know)."""
+        given = self.headers.get("Authorization")
+        if given is None:
+            return "anonymous"
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and token in self.hub.spec["tokens"]:
+            return "granted"
+        known = scheme.lower() == "bearer" and token in self.hub.spec.get("strangers", ())
+        return "stranger" if known else "revoked"
+
+    def _not_found(self) -> Reply:
+        """A repository missing, or private to whoever asks: 401 without a token (the Hub
+        will not say which), 404 with one."""
+        status = 401 if self._who() == "anonymous" else 404
+        return _error(status, "RepoNotFound", "Repository not found")
+
+    def _gated(self, repo: dict[str, Any]) -> Reply:
+        """A gated repository's file, to one not granted access: the Hub's very words."""
+        what = f"Access to {repo['type']} {repo['id']} is restricted"
+        if self._who() == "anonymous":
+            words = "You must have access to it and be authenticated to access it. Please log in."
+            return _error(401, "GatedRepo", f"{what}. {words}")
+        page = f"http://127.0.0.1:{self.hub.server_port}/{KINDS[repo['type']][1]}{repo['id']}"
+        words = f"you are not in the authorized list. Visit {page} to ask for access."
+        return _error(403, "GatedRepo", f"{what} and {words}")
 
 
 def _kind(word: str) -> str | None:
@@ -392,11 +437,14 @@ def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Reply
     )
 
 
-def _error(status: int, code: str, headers: dict[str, str] | None = None) -> Reply:
-    message = {"RepoNotFound": "Repository Not Found", "GatedRepo": "Access to this repository "
-               "is restricted", "RevisionNotFound": "Invalid rev id",
-               "EntryNotFound": "Entry not found"}[code]  # fmt: skip
-    extra = {"X-Error-Code": code, "X-Error-Message": message, **(headers or {})}
+def _error(
+    status: int, code: str | None, message: str, headers: dict[str, str] | None = None
+) -> Reply:
+    """A refusal as the Hub sends it: ``X-Error-Code`` (if it has one), ``X-Error-Message``,
+    and the message again as the JSON body's ``error``."""
+    extra = {"X-Error-Message": message, **(headers or {})}
+    if code is not None:
+        extra["X-Error-Code"] = code
     return _json(status, {"error": message}, extra)
 
 

@@ -16,6 +16,7 @@ import time
 from typing import Any, NamedTuple
 from urllib.parse import quote, urljoin
 
+from .._redact import MASK
 from ..config import Settings
 from ..errors import (
     AuthRefused,
@@ -28,6 +29,7 @@ from ..errors import (
     RevisionNotFound,
     TooManyRedirects,
 )
+from ..http._error_words import error_body, said, said_in_header
 from ..http._pool import make_pool, prepare_tls
 from ..http._redirects import REDIRECTS
 from ..http._request import base_headers, require_identity, retry_after, send_get
@@ -55,7 +57,8 @@ _OK = frozenset({200})
 _REACHED = frozenset({200, 206, 416}) | REDIRECTS  # a file's bytes are (or lead) there
 _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
 _DISABLED = "Access to this resource is disabled."  # huggingface_hub's DisabledRepoError
-_PRIVATE_HINT = "or it is private: give a token with --token, $HF_TOKEN or `hf auth login`"
+_NOT_FOUND = frozenset({"not found", "repo not found", "repository not found"})
+_GIVE = "--token, $HF_TOKEN or `hf auth login`"  # where a token comes from (docs/hf.md)
 
 
 class _Answer(NamedTuple):
@@ -122,8 +125,8 @@ class Hub:
         repository, or a file gone, is then one clear error before any download starts."""
         try:
             self._get(self.resolve_url(commit, path), commit, {"Range": "bytes=0-0"}, _REACHED)
-        except EntryNotFound:
-            raise EntryNotFound(str(self.repo), commit, path) from None
+        except EntryNotFound as exc:
+            raise EntryNotFound(str(self.repo), commit, path, exc.said) from None
 
     def resolve_url(self, commit: str, path: str) -> str:
         return f"{self.endpoint}{self.repo.url_path}/resolve/{commit}/{quote(path)}"
@@ -188,10 +191,13 @@ class Hub:
         headers = base_headers((*self.settings.headers, *self.auth_headers()), ours.items())
         response = send_get(self.pool, url, headers)
         try:
-            with translate_errors(url):
-                require_identity(url, response)
-                document = response.status == 200 and "Range" not in extra
-                body = response.read(limit + 1) if document else b""
+            if response.status >= 400:  # what the Hub says of it, in its first bytes
+                body = error_body(url, response, self.settings.stall_timeout)
+            else:
+                with translate_errors(url):
+                    require_identity(url, response)
+                    document = response.status == 200 and "Range" not in extra
+                    body = response.read(limit + 1) if document else b""
         finally:
             response.close()
         if len(body) > limit:
@@ -202,33 +208,58 @@ class Hub:
         return _Answer(response.status, lowered, body)
 
     def _error(self, answer: _Answer, url: str, revision: str) -> BlobdlError:
-        """What the Hub said, in our words (``X-Error-Code`` first, as huggingface_hub reads it)."""
-        code, repo = answer.headers.get("x-error-code", ""), str(self.repo)
-        sent = "or the token sent cannot see it" if self.token else _PRIVATE_HINT
+        """What the Hub said, in our words (``X-Error-Code`` first, as huggingface_hub reads
+        it), with its own words and what the user can do: a token, or another one."""
+        code, repo, status = answer.headers.get("x-error-code", ""), str(self.repo), answer.status
+        says = self._hub_says(answer)
         if code == "RevisionNotFound":
-            return RevisionNotFound(repo, revision)
+            return RevisionNotFound(repo, revision, says)
         # A bare 404 on a file (a mirror's) is the file missing: the repository was listed.
-        bare_file_404 = not code and answer.status == 404 and "/resolve/" in url
+        bare_file_404 = not code and status == 404 and "/resolve/" in url
         if code == "EntryNotFound" or bare_file_404:
-            return EntryNotFound(repo, revision, url.rpartition("/")[2])
+            return EntryNotFound(repo, revision, url.rpartition("/")[2], says)
         if answer.headers.get("x-error-message") == _DISABLED:
             return RepositoryNotFound(repo, "the Hub has disabled access to it")
         if code == "GatedRepo":
-            how = "the token's owner has not been granted access" if self.token else (
-                "ask for access on the Hub, then give a token with --token, $HF_TOKEN or "
-                "`hf auth login`"
+            how = "the token sent has not been granted access" if self.token else (
+                f"no token was sent: ask for access on the Hub, then give a token with {_GIVE}"
             )  # fmt: skip
-            return GatedRepository(repo, how)
-        if code == "RepoNotFound" or answer.status == 404:
-            return RepositoryNotFound(repo, f"it does not exist, {sent}")
-        if answer.status == 401 and self.token:
-            return AuthRefused(url, "the Hub refused the token")
-        if answer.status == 401:
-            return RepositoryNotFound(repo, f"it does not exist, {sent}")
-        if answer.status == 403:
-            return AuthRefused(url, "HTTP 403: the token may lack the right to read it")
+            return GatedRepository(repo, how, says)
+        # A 401 without a token is the Hub not saying whether the repository exists.
+        if code == "RepoNotFound" or status == 404 or (status == 401 and not self.token):
+            return RepositoryNotFound(repo, self._not_found_hint(), _beyond_not_found(says))
+        also = f"; {says}" if says else ""
+        if status == 401:  # a token the Hub does not know: revoked, expired or mistyped
+            why = f"the Hub refused the token sent for {repo}; give a valid one with {_GIVE}"
+            return AuthRefused(url, why + also)
+        if status == 403:
+            why = "the token sent may lack the right to read it" if self.token else (
+                f"no token was sent; give one with {_GIVE}"
+            )  # fmt: skip
+            return AuthRefused(url, f"HTTP 403 for {repo}: {why}{also}")
         after = answer.headers.get("retry-after")
-        return HTTPStatusError(answer.status, url, float(after) if after else None)
+        return HTTPStatusError(status, url, float(after) if after else None, said=says)
+
+    def _not_found_hint(self) -> str:
+        if self.token:
+            return "it does not exist, or the token sent cannot see it"
+        return f"it does not exist, or it is private and no token was sent: give one with {_GIVE}"
+
+    def _hub_says(self, answer: _Answer) -> str:
+        """The Hub's words of a refusal: its ``X-Error-Message``, then its body's (the JSON
+        ``error``) where they differ, as huggingface_hub reads them; the token masked, should
+        a Hub (or a proxy) echo it."""
+        header, body = answer.headers.get("x-error-message", ""), answer.body
+        if self.token:  # before the words are cut: a cut token would still show its start
+            header = header.replace(self.token, MASK)
+            body = body.replace(self.token.encode(), MASK.encode())
+        words = [w for w in (said_in_header(header), said(body)) if w]
+        return f"the Hub says {'; '.join(dict.fromkeys(words))}" if words else ""
+
+
+def _beyond_not_found(says: str) -> str:
+    """``says``, unless it only says "Repository not found" again."""
+    return "" if says.lower().removeprefix("the hub says ").strip(" .!") in _NOT_FOUND else says
 
 
 def _check_bounds(url: str, listed: int, size: int, pages: int) -> None:

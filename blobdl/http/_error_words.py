@@ -113,6 +113,12 @@ def said(body: bytes) -> str:
     return _one_line(_oci(doc) or _json_error(doc) or _text(doc))
 
 
+def said_in_header(value: str) -> str:
+    """The words of a header that carries an error's text (the Hub's ``X-Error-Message``),
+    as ``said`` gives a body's: one line, escaped, cut."""
+    return _one_line(value)
+
+
 def _xml(text: str) -> str:
     """``Code: Message`` of an XML ``<Error>`` (S3, GCS, Azure), read by pattern: a body cut
     at ``ERROR_BODY`` still says them, and no entity is ever expanded but the standard ones."""

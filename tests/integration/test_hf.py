@@ -645,7 +645,7 @@ def test_the_token_goes_to_the_hub_and_never_to_storage(
 @pytest.mark.parametrize(
     ("args", "token", "line"),
     [
-        (("acme/gated",), None, "gated repository: acme/gated (ask for access on the Hub"),
+        (("acme/gated",), None, "gated repository: acme/gated (no token was sent: ask for access"),
         (
             ("acme/private",),
             None,
@@ -653,8 +653,8 @@ def test_the_token_goes_to_the_hub_and_never_to_storage(
         ),
         (
             ("acme/private",),
-            "hf_wrong",
-            "repository not found: acme/private (it does not exist, or the token",
+            "hf_wrong",  # a token the Hub does not know: refused, whatever it asks for
+            "authentication refused: the Hub refused the token sent for acme/private",
         ),
         (("acme/nosuch",), None, "repository not found: acme/nosuch"),
         (
