@@ -78,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, paths wherever they come among the options."""
+    return build_parser().parse_intermixed_args(argv)
+
+
 def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     show_warnings()
     display = _HfDisplay(display_for(args))
     try:
