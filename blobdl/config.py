@@ -17,7 +17,9 @@ MB = 1000 * 1000  # Ollama sizes parts in decimal megabytes
 #: Largest byte count or offset we accept anywhere (sizes live in int64 shared counters).
 MAX_BYTES = 2**63 - 1
 #: Longest time setting: finite, and small enough for every sleep, select and socket timeout.
-MAX_SECONDS = 10.0**7
+#: poll(2) takes milliseconds as a C int (24.8 days at most), and a fresh connection's read
+#: timeout is twice the stall timeout: 11.6 days leaves room (10**7 s killed a batch's pool).
+MAX_SECONDS = 10.0**6
 #: Ceilings a machine can honour: each connection is a process, each part a table slot.
 MAX_CONNECTIONS = 1024
 # A download's coordinator keeps every part, and each part costs one request at least: a

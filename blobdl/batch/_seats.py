@@ -24,7 +24,8 @@ from ..engine._counter_table import CounterTable
 from ..errors import BlobdlError, OutOfResources
 from ..http._pool import prepare_tls
 from ..processes._spawn import threaded
-from ..store._lock import LOCK_SUFFIX, remove_stale
+from ..store._lock import LOCK_SUFFIX, locked_destination, remove_stale
+from ..store._resume import drop_unrecorded
 from ._budget import Budget
 from ._destinations import Destinations
 from ._outcomes import died
@@ -192,10 +193,14 @@ class Seats:
 
     def _sweep(self, seats: range) -> None:
         """The lock files the seats of a process that died may have left, removed if nobody
-        holds them (``store._lock.remove_stale``)."""
+        holds them (``store._lock.remove_stale``), and the partials of the items it was
+        writing: a small item starts over, so nothing of one that failed is kept
+        (``store._resume.drop_unrecorded``)."""
         for seat in seats:
             for lock in self.locks.pop(seat, ()):
                 remove_stale(Path(lock))
+                if (dest := locked_destination(Path(lock))) is not None:
+                    drop_unrecorded(dest)
 
     def _said(self, seat: int, answer: Answer) -> tuple[int, Said] | None:
         index = self.on_seat.get(seat)

@@ -234,6 +234,15 @@ def remove_stale(path: Path) -> bool:
     return not os.path.lexists(path)
 
 
+def locked_destination(lock: Path) -> Path | None:
+    """The destination whose lock file ``lock`` is named as; None for a kept file (a seat's,
+    between its items: ``KeptLockFile``) or a name that is no lock file's."""
+    if _KEPT_NAME.fullmatch(lock.name) or not lock.name.endswith(LOCK_SUFFIX):
+        return None
+    name = lock.name[: -len(LOCK_SUFFIX)]
+    return lock.with_name(name) if name else None
+
+
 def sweep_kept(folder: Path) -> None:
     """Remove the kept files in ``folder`` nobody holds: those of a batch killed whole
     (``KeptLockFile``). Only regular files named as a seat names its own; each goes as

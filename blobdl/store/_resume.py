@@ -12,6 +12,7 @@ a resume record is never trusted blindly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,11 +23,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from .._redact import redact_url
-from ..errors import DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
+from ..errors import BlobdlError, DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
 from ..http._remote import Identity, Remote, change
 from ..processes._signals import held
 from ._destination import discard, temp_path
 from ._files import atomic_write, local_error, local_errors, read_own, unlink_gone
+from ._lock import DestinationLock
 
 STATE_SUFFIX = ".blobdl-state"
 BAD_SUFFIX = ".blobdl-bad"  # bytes that failed their digest, kept with Settings.keep_bad
@@ -206,6 +208,16 @@ def keeps_partial(error: BaseException) -> bool:
     if isinstance(error, RetriesExhausted):
         error = error.last_error
     return not isinstance(error, (RemoteChanged, DigestMismatch))
+
+
+def drop_unrecorded(dest: Path) -> None:
+    """Remove the partial of ``dest`` that no record vouches for: what a process killed as it
+    wrote a small download (which starts over, and keeps no record) left there. Under the
+    destination's lock, so no writer's partial goes: one held is left alone, as is one with a
+    record (an earlier run's, to resume). Best-effort: what the disk refuses stays."""
+    with contextlib.suppress(BlobdlError, OSError), DestinationLock(dest, 0.0):
+        if not state_path(dest).exists():
+            discard(temp_path(dest))
 
 
 def state_path(dest: Path) -> Path:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
+import os
 import re
+import select
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from blobdl import Item, Settings, download_many, parse_manifest
 from blobdl.batch import _manifest
 from blobdl.batch._manifest import MAX_LINE, read_manifest
 from blobdl.cli import build_parser, settings_from
-from blobdl.config import MAX_PARTS, parse_header
+from blobdl.config import MAX_PARTS, MAX_SECONDS, parse_header
 from blobdl.engine._plan import part_count, plan
 from blobdl.errors import BadResponse, BlobdlError, UsageError
 from blobdl.http._headers import (
@@ -235,6 +238,22 @@ any_value = (
 def test_any_setting_value_gives_settings_or_a_usage_error(name: str, value: object) -> None:
     with contextlib.suppress(UsageError):
         Settings(**{name: value})
+
+
+def test_the_longest_time_setting_fits_a_poll_even_doubled() -> None:
+    """poll(2) takes milliseconds as a C int; a fresh connection reads for twice the stall
+    timeout (``http._pool``). 10**7 s did not fit: a batch's pool process died of it."""
+    with pytest.raises(UsageError, match=re.escape("up to 1e+06")):
+        Settings(stall_timeout=MAX_SECONDS * 1.5)
+    read, write = os.pipe()
+    try:
+        os.write(write, b"x")  # ready: the poll returns at once, its timeout checked first
+        poller = select.poll()
+        poller.register(read, select.POLLIN)
+        assert poller.poll(math.ceil(2 * MAX_SECONDS * 1000))
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 def test_processes_is_a_whole_number_from_one_and_the_cli_passes_it_on() -> None:

@@ -19,6 +19,7 @@ import pytest
 from blobdl.errors import DestinationLocked, LocalFileError
 from blobdl.store import _lock
 from blobdl.store._lock import DestinationLock, KeptLockFile
+from blobdl.store._resume import drop_unrecorded
 from tests.conftest import opened_by
 
 
@@ -304,3 +305,26 @@ def test_a_sweep_of_a_folder_it_cannot_read_does_nothing(tmp_path: Path) -> None
     (tmp_path / "file").write_text("x")
     _lock.sweep_kept(tmp_path / "file")
     _lock.sweep_kept(tmp_path / "nul\0byte")  # a name no folder can have (the item says so)
+
+
+def test_a_dead_seats_partial_goes_only_if_nobody_holds_it_and_no_record_vouches(
+    tmp_path: Path,
+) -> None:
+    """What a pool process killed mid-item leaves (``Seats._sweep``): the partial of a small
+    item, which starts over, goes; a destination another writer holds, or whose partial an
+    earlier run's record vouches for, keeps it."""
+    orphan, held, recorded = tmp_path / "orphan", tmp_path / "held", tmp_path / "recorded"
+    for dest in (orphan, held, recorded):
+        dest.with_name(dest.name + ".blobdl-tmp").write_bytes(b"partial")
+    recorded.with_name("recorded.blobdl-state").write_text("{}")
+    kept = tmp_path / ".blobdl-kept-3.blobdl-lock"
+    assert _lock.locked_destination(kept) is None
+    assert _lock.locked_destination(tmp_path / ".blobdl-lock") is None
+    assert _lock.locked_destination(tmp_path / "orphan.blobdl-tmp") is None
+    with DestinationLock(held, 0):
+        for dest in (orphan, held, recorded):
+            lock = _lock.locked_destination(lock_of(dest))
+            assert lock == dest
+            drop_unrecorded(lock)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["held.blobdl-tmp", "recorded.blobdl-state", "recorded.blobdl-tmp"]
