@@ -7,6 +7,7 @@ and whose bytes were checked; a failure must show in the exit status. No timing 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -23,12 +24,15 @@ SIZE = 64 << 10
 PRESET_GOALS = ("HTTPS open loopback", "silent lane", "capped", "CDN", "wire bytes")
 
 
-def bench(tmp_path: Path, url: str, *argv: str) -> tuple[int, str, dict[str, Any]]:
-    """The harness in its own process, as a user runs it: (exit status, output, results.json)."""
+def bench(
+    tmp_path: Path, url: str, *argv: str, env: dict[str, str] | None = None
+) -> tuple[int, str, dict[str, Any]]:
+    """The harness in its own process, as a user runs it (in ``env``: the environment, if
+    given): (exit status, output, results.json)."""
     out = tmp_path / "results"
     command = [sys.executable, "-m", "benchmarks", "--url", url, "--repeat", "1", *argv]
     command += ["--out", str(out), "--workdir", str(tmp_path / "work"), "--timeout", "30"]
-    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     text = run.stdout + run.stderr
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
     return run.returncode, text, json.loads((out / "results.json").read_text())
@@ -104,6 +108,38 @@ def test_a_server_that_changes_the_blob_between_runs_fails_the_later_runs(
     assert code != 0, text
     assert [r["ok"] for r in doc["runs"]] == [True, False], doc["runs"]
     assert "sha256" in doc["runs"][1]["error"], doc["runs"][1]
+
+
+def test_a_tool_that_fails_with_a_whole_file_never_sets_the_reference(
+    tmp_path: Path, server: ServerHandle
+) -> None:
+    """A tool that writes a file of the full size and then exits non-zero (an error after
+    the last byte, or bytes of its own) failed: its file is not hashed, so it never becomes
+    the reference the later runs are checked against. Here blobdl's first run is refused
+    (404), then a curl of the test's own writes 64 KiB of zeros and exits 22; blobdl's
+    second run must set the reference and match it. The curl's hash as the reference: every
+    later run "failed" its check, and the figures of good runs were thrown away."""
+    digest = make_blob(server.root, "url-failed-whole.bin", SIZE, seed=13)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "curl").write_text(
+        '#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done\n'
+        f'head -c {SIZE} /dev/zero > "$2"\nexit 22\n'
+    )
+    (fake / "curl").chmod(0o755)
+    # Skipped: the harness's own probe of the size; then blobdl's first request.
+    server.set_faults(
+        {"path": "/files/url-failed-whole.bin", "skip": 1, "action": "status", "status": 404}
+    )
+    argv = ("--parts", "1", "--connections", "1", "--baselines", "--repeat", "2")
+    env = os.environ | {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    code, text, doc = bench(tmp_path, server.url("url-failed-whole.bin"), *argv, env=env)
+    assert doc["reference"]["sha256"] == digest, text
+    curl = [r for r in doc["runs"] if r["tool"] == "curl"]
+    assert curl and all(r["exit_code"] == 22 and r["sha256"] is None for r in curl), curl
+    blobdl = [r for r in doc["runs"] if r["tool"] == "blobdl"]
+    assert [r["ok"] for r in blobdl] == [False, True], blobdl
+    assert code != 0, text  # the failed runs show in the exit status
 
 
 def test_a_certificate_no_tool_trusts_fails_every_tool_alike(

@@ -19,7 +19,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +30,10 @@ import psutil
 import pytest
 
 from blobdl import Downloader, Progress
+from blobdl.engine._counter_table import CounterTable
+from blobdl.engine._lane import Attempt, Cancel, run_attempt
+from blobdl.errors import BlobdlError, TruncatedBody
+from blobdl.http._probe import resolve
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, REPO, Blob, fast_settings, run_cli, sha256_file
 
@@ -197,3 +203,44 @@ def test_a_lane_cut_while_a_chunk_end_is_held_leaves_its_part_at_checked_bytes(
     result = Downloader(settings).download(blob.url, tmp_path / "blob")
     assert result.steals >= 1
     assert sha256_file(tmp_path / "blob") == blob.sha256
+
+
+def test_a_lane_whose_end_moves_into_a_chunk_counts_none_of_its_unchecked_bytes(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A steal's cut moves a lane's end in while its request runs: the lane stops there,
+    inside a chunk whose end it has not read. Here the end falls 10 bytes past the bad
+    chunk's data, in its CRLF and the next size line. The lane keeps the bytes it checked
+    (the first chunk's) and counts none of the rest: counted, they were done, 10 bytes of
+    framing among them, and no one would fetch them again. The part's answer waits (a
+    barrier in the server) until the end has moved."""
+    blob = make(SIZE, seed=2706)
+    cut = CHECKED + 4_000 + 10  # the bad chunk's data, then 10 bytes of what follows it
+    server.set_faults({"path": "/files/*", "skip": 1, "action": "framing", "spec": BAD_CHUNK,
+                       "after": {"path": "/status/204", "requests": 1}})  # fmt: skip
+    settings = fast_settings()
+    remote = resolve(blob.url, settings)
+    table = CounterTable(1)
+    table.set_start(0, 0)
+    table.set_pos(0, 0)
+    table.set_end(0, PART)
+    out = tmp_path / "blob"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT)
+    outcome: list[BlobdlError | None] = []
+    lane = threading.Thread(target=lambda: outcome.append(run_attempt(
+        Attempt(0, True, PART, fd, str(out)), remote, settings, table, Cancel())))  # fmt: skip
+    try:
+        lane.start()
+        give_up = time.monotonic() + 20
+        while table.asked(0) < PART:  # the lane has asked for its part
+            assert time.monotonic() < give_up, "the lane never asked for its part"
+            time.sleep(0.005)
+        table.set_end(0, cut)
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        direct.open(server.route("/status/204")).close()  # the answer may go now
+        lane.join(20)
+    finally:
+        os.close(fd)
+    assert not lane.is_alive()
+    assert table.pos(0) == CHECKED
+    assert isinstance(outcome[0], TruncatedBody)  # short of its end: a retry goes on from there
