@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import errno
 import io
 import json
@@ -93,7 +94,40 @@ def failure(display: Display, exc: BlobdlError | KeyboardInterrupt) -> int:
 
 
 def json_line(stream: IO[str], record: dict[str, Any]) -> None:
-    _write(stream, json.dumps(record, separators=(",", ":")) + "\n")
+    text = json.dumps(record, separators=(",", ":"))
+    if "\\ud" in text:  # maybe a lone surrogate: a byte of a path that is not UTF-8
+        text = json.dumps(utf8_record(record), separators=(",", ":"))
+    _write(stream, text + "\n")
+
+
+def utf8_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as strict JSON parsers take it: a text holding bytes that are not UTF-8
+    (``os.fsdecode``'s lone surrogates, which Rust's serde_json and others refuse) is shown
+    with U+FFFD for each, and given exactly beside it as ``<field>_b64``, its bytes in
+    base64."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            value = utf8_record(value)
+        elif isinstance(value, str) and not _utf8(value):
+            raw = value.encode("utf-8", "surrogateescape" if _escaped(value) else "surrogatepass")
+            value = raw.decode("utf-8", "replace")
+            out[f"{key}_b64"] = base64.b64encode(raw).decode("ascii")
+        out[key] = value
+    return out
+
+
+def _escaped(text: str) -> bool:
+    """Whether ``text``'s lone surrogates are all bytes ``os.fsdecode`` could not decode."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def say(line: str) -> None:
