@@ -91,6 +91,23 @@ def test_a_content_range_quoted_in_an_error_is_escaped_and_cut(
         assert "Content-Range" in said and SHOWN_IN_HEADER in said, said[:2000]
 
 
+@pytest.mark.parametrize("tail", ["", "9" * FLOOD], ids=["short", "flood"])
+def test_a_parts_content_range_quoted_in_an_error_is_escaped_and_cut(
+    make: Make, server: ServerHandle, tmp_path: Path, tail: str
+) -> None:
+    """The probe's answer is right; every part's states a Content-Range of the server's."""
+    blob = make(4 * PART)
+    value = f"bytes {PART}-{IN_HEADER}{tail}"
+    rule = {"path": f"/files/{blob.name}", "action": "headers", "skip": 1,
+            "set": {"Content-Range": value}, "times": None}  # fmt: skip
+    said = _both(blob.url, tmp_path, before=lambda: server.set_faults(rule))
+    server.set_faults(rule)
+    said.append(_library_error(blob.url, tmp_path))
+    for text in said:
+        assert "got Content-Range" in text and "probe" not in text, text[:2000]
+        assert SHOWN_IN_HEADER in text, text[:2000]
+
+
 @pytest.mark.parametrize("tail", ["", "a" * FLOOD], ids=["short", "flood"])
 def test_a_location_refused_is_escaped_and_cut(
     make: Make, server: ServerHandle, tmp_path: Path, tail: str
