@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -44,19 +43,32 @@ _UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+# ASCII digits only: ``\d`` and float() read other scripts' digits too (an Arabic-Indic
+# zero is a dot, a bold or fullwidth digit passes for an ASCII one).
+_SIZE_RE = re.compile(r"\s*([0-9]+)(?:\.([0-9]+))?\s*([a-zA-Z]*)\s*", re.ASCII)
 
 
 def parse_size(text: str) -> int:
-    """``"100MB"`` -> 100_000_000, ``"1GiB"`` -> 1_073_741_824, ``"512"`` -> 512."""
+    """``"100MB"`` -> 100_000_000, ``"1GiB"`` -> 1_073_741_824, ``"512"`` -> 512; a part
+    of a byte is dropped (``"0.1KiB"`` -> 102). Exact: whole numbers, never a float."""
+    check_text("text", text)
     match = _SIZE_RE.fullmatch(text)
-    unit = match.group(2).lower() if match else ""
+    unit = match.group(3).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(f"not a size: {text!r} (try 100MB, 1GiB or a byte count)")
-    value = float(match.group(1)) * _UNITS[unit]
-    if not math.isfinite(value) or value > MAX_BYTES:
+    whole, fraction = match.group(1).lstrip("0") or "0", match.group(2) or ""
+    # More digits than the largest count has is too large (int() of thousands of digits is
+    # an error of its own), and no digit of a fraction past 1/1024**4's 40 changes a byte.
+    too_long = len(whole) > len(str(MAX_BYTES))
+    if too_long or (value := _bytes(whole, fraction[:40], _UNITS[unit])) > MAX_BYTES:
         raise UsageError(f"size too large: {text!r} (at most {MAX_BYTES} bytes)")
-    return int(value)
+    return value
+
+
+def _bytes(whole: str, fraction: str, unit: int) -> int:
+    """``whole.fraction`` units, in whole bytes (rounded down)."""
+    scale: int = 10 ** len(fraction)
+    return int(whole) * unit + int(fraction or "0") * unit // scale
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ import dataclasses
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from blobdl import Settings, UsageError, parse_size
-from blobdl.config import MAX_PARTS, MB
+from blobdl.config import MAX_BYTES, MAX_PARTS, MB
 from blobdl.engine._plan import download_part_count, download_parts, plan
 from blobdl.http._chunks import ChunkError, chunk_size
 from blobdl.http._headers import parse_content_range, range_header
@@ -132,10 +132,45 @@ def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "MB", "-1MB", "1XB", "1.2.3"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("", "MB", "-1MB", "1XB", "1.2.3", "1_000", "1e3", "0x10", "nan", "inf"),
+        # Digits of other scripts Python's float() reads: a size is ASCII, as every tool's
+        # is (an Arabic-Indic zero is a dot, a bold or fullwidth digit passes for an ASCII one).
+        *("\u0661\u0660\u0660MB", "\U0001d7cf\U0001d7ce\U0001d7ce", "\uff11\uff10\uff10", "\u00b2"),
+    ],
+)
 def test_parse_size_refuses_nonsense(text: str) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="not a size"):
         parse_size(text)
+
+
+@given(st.integers(0, MAX_BYTES), st.sampled_from(["", "B", " b"]))
+@example(2**53 + 1, "")
+@example(MAX_BYTES, "B")
+def test_a_byte_count_is_read_exactly_up_to_the_largest(count: int, unit: str) -> None:
+    """A float has 53 bits: 2**53 + 1 bytes came out as 2**53, and the largest count
+    allowed was refused as larger than itself."""
+    assert parse_size(f"{count}{unit}") == count
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4611686018427387904.5", 2**62), ("0.1KiB", 102), ("8589934592GiB", 2**63)],
+)
+def test_a_size_is_exact_and_a_part_of_a_byte_is_dropped(text: str, value: int) -> None:
+    if value > MAX_BYTES:
+        with pytest.raises(UsageError, match="too large"):
+            parse_size(text)
+    else:
+        assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("value", [None, b"1MB", 100, 1.5])
+def test_parse_size_takes_text_and_names_it(value: object) -> None:
+    with pytest.raises(UsageError, match=r"^text must be a string, not "):
+        parse_size(value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
