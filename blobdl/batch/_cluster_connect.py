@@ -43,7 +43,8 @@ def local_workers(cluster: str) -> int | None:
         return None
     if not count:
         return os.cpu_count() or 1
-    if not count.isdigit() or not 1 <= int(count) <= 256:
+    # isdigit() alone holds for "²", which int() refuses, and for other scripts' digits.
+    if not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= 256:
         raise UsageError(f"not a local cluster: {cluster!r} (try local or local:4)")
     return int(count)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -92,6 +93,24 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def whole_arg(text: str) -> int:
+    """A whole number in ASCII digits. int() reads ``1_000`` and the digits of every script
+    too, and some pass for what they are not (an Arabic-Indic five is an "o", its zero a dot)."""
+    if text.isascii() and "_" not in text:
+        with contextlib.suppress(ValueError):  # past 4,300 digits int() refuses too
+            return int(text)
+    raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+
+
+def seconds_arg(text: str) -> float:
+    """A number of seconds in ASCII digits (``1.5``, ``2e3``), as ``whole_arg``; nan and
+    inf are read, and refused by the settings' range, which names the option."""
+    if text.isascii() and "_" not in text:
+        with contextlib.suppress(ValueError):
+            return float(text)
+    raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+
+
 def path_arg(text: str) -> str:
     """A file or directory named on the command line. An empty one (``--models-dir "$UNSET"``)
     is the current directory to the file system: never what was meant."""
@@ -148,7 +167,10 @@ def build_parser(commands: Sequence[tuple[str, str]] = ()) -> argparse.ArgumentP
     )
     # No default here: given without -i, it is refused (see _download), not ignored.
     p.add_argument(
-        "--per-host", type=int, metavar="N", help=f"with -i: connections to one host ({PER_HOST})"
+        "--per-host",
+        type=whole_arg,
+        metavar="N",
+        help=f"with -i: connections to one host ({PER_HOST})",
     )
     p.add_argument(
         "--base-dir",
@@ -187,16 +209,19 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
     d = Settings()
     p.add_argument(
         "--parts",
-        type=int,
+        type=whole_arg,
         metavar="N",
         help=f"cut the blob into exactly N parts (at most {MAX_PARTS})",
     )
     p.add_argument(
-        "--connections", type=int, default=d.connections, help="parallel connections (%(default)s)"
+        "--connections",
+        type=whole_arg,
+        default=d.connections,
+        help="parallel connections (%(default)s)",
     )
     p.add_argument(
         "--processes",
-        type=int,
+        type=whole_arg,
         default=None,
         help="worker processes the connections run in (default: one per CPU, at least 2)",
     )
@@ -208,28 +233,31 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
         help=f"e.g. 1GB (exceeded only where a blob would have over {MAX_PARTS} parts)",
     )
     p.add_argument(
-        "--retries", type=int, default=d.retries, help="retries per part (default %(default)s)"
+        "--retries",
+        type=whole_arg,
+        default=d.retries,
+        help="retries per part (default %(default)s)",
     )
     p.add_argument(
         "--stall-timeout",
-        type=float,
+        type=seconds_arg,
         default=d.stall_timeout,
         help="seconds without progress before a part is restarted (default %(default)s)",
     )
-    p.add_argument("--max-backoff", type=float, default=d.max_backoff, help="seconds")
+    p.add_argument("--max-backoff", type=seconds_arg, default=d.max_backoff, help="seconds")
     p.add_argument(
         "--progress-interval",
-        type=float,
+        type=seconds_arg,
         default=d.progress_interval,
         help="seconds between progress samples (%(default)s)",
     )
     p.add_argument(
         "--checkpoint-interval",
-        type=float,
+        type=seconds_arg,
         default=d.checkpoint_interval,
         help="seconds between resume checkpoints (%(default)s)",
     )
-    p.add_argument("--max-redirects", type=int, default=d.max_redirects)
+    p.add_argument("--max-redirects", type=whole_arg, default=d.max_redirects)
     p.add_argument(
         "-H", "--header", type=_header, action="append", default=[], help="'Name: value'"
     )
@@ -247,7 +275,7 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--lock-timeout",
-        type=float,
+        type=seconds_arg,
         default=d.lock_timeout,
         help="seconds to wait while another blobdl writes the same destination (%(default)s)",
     )

@@ -97,7 +97,7 @@ def _split_port(entry: str) -> tuple[str, int | None]:
         port = rest[1:] if rest.startswith(":") else ""
     elif entry.count(":") == 1:
         host, _, port = entry.partition(":")
-    if port and not port.isdigit():
+    if port and not (port.isascii() and port.isdigit()):  # isdigit() alone holds for "²"
         return "", None  # not an entry that can name anything
     return host, int(port) if port else None
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from blobdl import Item, Settings, download_many, parse_manifest
 from blobdl.batch import _manifest
+from blobdl.batch._cluster_connect import local_workers
 from blobdl.batch._manifest import MAX_LINE, read_manifest
 from blobdl.cli import build_parser, settings_from
 from blobdl.config import MAX_PARTS, MAX_SECONDS, parse_header
@@ -221,6 +222,34 @@ def test_any_arguments_give_settings_or_a_usage_error(pairs: list[tuple[str, str
         return
     with contextlib.suppress(UsageError):
         settings_from(args)
+
+
+NUMBER_OPTIONS = [
+    "--parts", "--connections", "--processes", "--retries", "--max-redirects", "--per-host",
+    "--stall-timeout", "--max-backoff", "--progress-interval", "--checkpoint-interval",
+    "--lock-timeout", "--min-part-size", "--max-part-size", "--limit-rate",
+]  # fmt: skip
+# What Python's int() and float() read besides ASCII: other scripts' digits (Arabic-Indic,
+# fullwidth, mathematical bold) and underscores. "\u0660" (0) is a dot, "\u0665" (5) an "o".
+NOT_ASCII_NUMBERS = ["\u0661\u0660", "\uff11\uff10", "\U0001d7cf\U0001d7ce", "1_0", "\u0665"]
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_NUMBERS)
+@pytest.mark.parametrize("option", NUMBER_OPTIONS)
+def test_a_number_on_the_command_line_is_written_in_ascii_digits(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args([option, value, "http://h/x"])
+    assert stop.value.code == 2
+    assert f"argument {option}: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count", ["\u00b2", "\u0662", "\uff12", "\U0001d7d0"])
+def test_a_local_cluster_counts_its_workers_in_ascii_digits(count: str) -> None:
+    """str.isdigit() holds for a superscript two, which int() refuses: a traceback."""
+    with pytest.raises(UsageError, match="not a local cluster"):
+        local_workers(f"local:{count}")
 
 
 any_value = (

@@ -123,3 +123,12 @@ def test_no_proxy_lower_case_first_and_for_the_proxy_setting_too() -> None:
     found = routes(P1, no_proxy="", NO_PROXY="b.test")  # empty: unset
     assert found.proxy_for("http://b.test/x") is None
     assert routes(P1, no_proxy="b.test", trust_env=False).proxy_for("http://b.test/x") == P1
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "\u0668\u0660", "\uff18\uff10"])
+def test_a_no_proxy_entry_whose_port_is_no_ascii_number_names_nothing(port: str) -> None:
+    """str.isdigit() holds for a superscript two, which int() refuses: every download
+    through a proxy ended in a traceback."""
+    found = routes(P1, NO_PROXY=f"h:{port}")
+    assert found.proxy_for("http://h/x") == P1
+    assert found.proxy_for("http://h:80/x") == P1
