@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..config import MAX_BYTES, parse_header
+from ..config import MAX_BYTES, check_path, parse_header
 from ..errors import UsageError
 from ..http._urls import check_url
 from ..store._digest import parse_digest
@@ -85,8 +85,12 @@ def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = 
     naming its line: bytes that are not UTF-8, a NUL, more than ``MAX_LINE`` characters, a
     JSON field that is unknown, repeated or of the wrong type. With ``base_dir``, a path
     that would lead outside it is one too (the paths are returned as given)."""
+    if not isinstance(text, (str, bytes, bytearray)):
+        raise UsageError(f"text must be the manifest's text (str or bytes), not "
+                         f"{type(text).__name__}: open and read a file first")  # fmt: skip
+    check_path("base_dir", base_dir)
     items = []
-    for number, line in enumerate(_manifest_text(text).splitlines(), 1):
+    for number, line in enumerate(_lines(_manifest_text(text)), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -104,6 +108,13 @@ def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = 
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise UsageError(f"manifest line {number}: {exc}") from None
     return items
+
+
+def _lines(text: str) -> list[str]:
+    """The lines an editor shows and numbers: ended by LF, CRLF or CR,
+    not by the separators str.splitlines() also breaks at (\\v, \\f, \\x1c-\\x1e, NEL,
+    U+2028, U+2029), which would number every later line wrong and cut a line in two."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def _manifest_text(data: str | bytes) -> str:

@@ -318,6 +318,45 @@ def test_any_manifest_text_gives_items_or_a_usage_error_naming_its_line(
         assert all(item.url and "\0" not in item.url for item in items)
 
 
+@pytest.mark.parametrize("text", [None, Path("m.txt"), ["http://h/x"], 5])
+def test_parse_manifest_takes_text_or_bytes_and_names_it(text: object) -> None:
+    """A Path is not read for the caller (nor a list of lines taken): said, naming ``text``,
+    never a TypeError of slicing or an AttributeError from inside."""
+    with pytest.raises(UsageError, match=r"^text must be the manifest's text \(str or bytes\)"):
+        parse_manifest(text)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("base_dir", [5, b"base", ""])
+def test_parse_manifest_names_a_bad_base_dir_not_a_line(base_dir: object) -> None:
+    with pytest.raises(UsageError, match=r"^base_dir "):
+        parse_manifest("http://h/x a.bin\n", base_dir)  # type: ignore[arg-type]
+
+
+# Python's str.splitlines() breaks at these too; an editor, wc -l and read_manifest do not.
+NOT_LINE_BREAKS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("mark", NOT_LINE_BREAKS)
+def test_a_manifest_line_ends_at_a_line_break_only(mark: str) -> None:
+    """Two items on one line, glued by a separator, are one line of four fields, not two
+    items; and the lines after it keep the numbers an editor shows."""
+    with pytest.raises(UsageError, match=r"^manifest line 1: .* got 4 fields"):
+        parse_manifest(f"http://h/a a.bin{mark}http://h/b b.bin\n")
+    text = f"# a note{mark}with a mark\nhttp://h/a a.bin\nftp://h/c c.bin\n"
+    with pytest.raises(UsageError, match=r"^manifest line 3: invalid URL 'ftp://h/c'"):
+        parse_manifest(text)
+    with pytest.raises(UsageError, match=r"^manifest line 3: invalid URL 'ftp://h/c'"):
+        parse_manifest(text.encode())
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_a_manifest_line_ends_at_lf_crlf_or_cr(end: str) -> None:
+    text = end.join(["# items", "http://h/a a.bin", "", "http://h/b b.bin", "ftp://h/c"])
+    with pytest.raises(UsageError, match=r"^manifest line 5: invalid URL 'ftp://h/c'"):
+        parse_manifest(text)
+    assert [i.path for i in parse_manifest(text.rpartition(end)[0])] == ["a.bin", "b.bin"]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.integers(1, 64))
 def test_a_manifest_stream_is_read_whole_or_refused_at_its_first_nul(
