@@ -27,6 +27,7 @@ from ..errors import (
     BlobdlError,
     UsageError,
 )
+from ..store._digest import parse_digest
 from ._display import failed_line, one_line, with_lost_output, write
 
 EXIT_CODES = f"""\
@@ -130,6 +131,15 @@ def output_arg(text: str) -> str:
     return path_arg(text)
 
 
+def _digest(text: str) -> str:
+    """``--digest``, checked here so that its error names the option; passed on as given."""
+    try:
+        parse_digest(text)
+    except BlobdlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _header(text: str) -> tuple[str, str]:
     try:
         return parse_header(text)
@@ -186,7 +196,9 @@ def build_parser(commands: Sequence[tuple[str, str]] = ()) -> argparse.ArgumentP
         type=output_arg,
         help="destination file (default: name from the server/URL)",
     )
-    p.add_argument("--digest", help="sha256:<hex> the blob must have (checked before the rename)")
+    p.add_argument(
+        "--digest", type=_digest, help="sha256:<hex> the blob must have (checked before the rename)"
+    )
     add_shared_options(p)
     p.add_argument(
         "--insecure",

@@ -245,6 +245,19 @@ def test_a_number_on_the_command_line_is_written_in_ascii_digits(
     assert f"argument {option}: " in capsys.readouterr().err
 
 
+BAD_DIGESTS = ["sha256:", "sha256:" + "a" * 63, "sha512:" + "a" * 128, "md5:0"]
+
+
+@pytest.mark.parametrize("digest", BAD_DIGESTS)
+def test_a_bad_digest_is_named_as_the_option(
+    digest: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["--digest", digest, "http://h/x"])
+    assert stop.value.code == 2
+    assert f"argument --digest: not a sha256 digest: {digest!r}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("count", ["\u00b2", "\u0662", "\uff12", "\U0001d7d0"])
 def test_a_local_cluster_counts_its_workers_in_ascii_digits(count: str) -> None:
     """str.isdigit() holds for a superscript two, which int() refuses: a traceback."""
