@@ -75,7 +75,7 @@ def tls_context(
     """urllib3's hardened context with our trust roots and client certificate, loaded when the
     pool is made so that a bad file is a usage error now, not a retried connection failure.
 
-    For the default (system CAs, no client certificate) only when ``system`` is asked or
+    For the default (OpenSSL's own store, no client certificate) only when ``system`` is asked or
     ``prepare_tls`` built it already; else None, and urllib3 loads the system store itself,
     lazily, only for https connections (a plain http download never pays for it).
 
@@ -88,7 +88,7 @@ def tls_context(
     key = (settings.verify_tls, roots, cert, settings.client_key if cert else None, proxy)
     context = _CONTEXTS.get(key)
     if context is None and (
-        system or proxy or not (settings.verify_tls and not roots.bundle and not cert)
+        system or proxy or not (settings.verify_tls and roots.openssls_own() and not cert)
     ):
         context = _CONTEXTS[key] = _build_context(settings, roots, cert)
         if proxy:

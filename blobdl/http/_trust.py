@@ -36,6 +36,12 @@ class Roots(NamedTuple):
     named_by: str  # the variable that named ``bundle`` ("": the ca_bundle setting)
     file: str  # for the default store: SSL_CERT_FILE and SSL_CERT_DIR, as set
     folders: str
+    emptied: tuple[str, ...] = ()  # of those, the ones set empty: read as unset
+
+    def openssls_own(self) -> bool:
+        """Whether OpenSSL's default store, as it loads it unasked (urllib3's, when given
+        no context), is these roots: not when a variable is set empty."""
+        return not self.bundle and not self.emptied
 
 
 def roots(ca_bundle: str | None, environ: Mapping[str, str] = os.environ) -> Roots:
@@ -46,7 +52,8 @@ def roots(ca_bundle: str | None, environ: Mapping[str, str] = os.environ) -> Roo
     for variable in BUNDLES:
         if environ.get(variable):
             return Roots(environ[variable], variable, "", "")
-    return Roots("", "", environ.get(FILE, ""), environ.get(FOLDERS, ""))
+    emptied = tuple(name for name in (FILE, FOLDERS) if environ.get(name) == "")
+    return Roots("", "", environ.get(FILE, ""), environ.get(FOLDERS, ""), emptied)
 
 
 def check(trusted: Roots) -> None:
@@ -68,6 +75,7 @@ def load(context: ssl.SSLContext, trusted: Roots) -> None:
     they give no certificate."""
     if not trusted.bundle:
         context.load_default_certs()
+        _load_default_for_emptied(context, trusted.emptied)
         _check_loaded(context, trusted)
         return
     try:
@@ -76,6 +84,18 @@ def load(context: ssl.SSLContext, trusted: Roots) -> None:
         if trusted.named_by:
             _refuse(trusted.named_by, trusted.bundle, _why(exc))
         raise UsageError(f"cannot load CA bundle {trusted.bundle!r}: {exc}") from None
+
+
+def _load_default_for_emptied(context: ssl.SSLContext, emptied: tuple[str, ...]) -> None:
+    """OpenSSL reads ``SSL_CERT_FILE=`` as the file named "" (and ``SSL_CERT_DIR=`` as no
+    folder): none, without a word, and every download failed as not trusted where the
+    system's CAs are in that file alone (Fedora's, RHEL's). Empty is how a shell or a
+    Dockerfile unsets a variable, so what it would have loaded unset is loaded here."""
+    built_in = ssl.get_default_verify_paths()
+    if FILE in emptied and os.path.isfile(built_in.openssl_cafile):
+        context.load_verify_locations(cafile=built_in.openssl_cafile)
+    if FOLDERS in emptied and os.path.isdir(built_in.openssl_capath):
+        context.load_verify_locations(capath=built_in.openssl_capath)
 
 
 def _check_loaded(context: ssl.SSLContext, trusted: Roots) -> None:

@@ -9,6 +9,7 @@ and failed as "certificate not trusted". Real TLS servers on loopback with a pri
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ from tests.hf_client import hf_env
 from tests.integration.conftest import PKI
 
 BUNDLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-OURS = (*BUNDLES, "SSL_CERT_FILE", "SSL_CERT_DIR")
+FILE, FOLDERS = "SSL_CERT_FILE", "SSL_CERT_DIR"
+OURS = (*BUNDLES, FILE, FOLDERS)
 FAST = ("--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4")
 
 
@@ -53,10 +55,13 @@ def stranger_ca(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def blobdl(*args: str, env: dict[str, str] | None = None, **variables: str) -> Any:
-    """``python -m blobdl ARGS`` with the environment of the test and ``variables``."""
+def blobdl(
+    *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None, **variables: str
+) -> Any:
+    """``python -m blobdl ARGS`` with the environment of the test and ``variables``, run
+    by ``prefix`` if given."""
     return subprocess.run(
-        [sys.executable, "-m", "blobdl", *args],
+        [*(prefix or []), sys.executable, "-m", "blobdl", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -218,3 +223,66 @@ def test_the_library_names_the_variable_too(
     with pytest.raises(UsageError) as caught:
         fetch(tls_blob.url, tmp_path / "out")
     assert f"$CURL_CA_BUNDLE {str(tmp_path / 'gone.pem')!r}: no such file" in str(caught.value)
+
+
+# --- an empty SSL_CERT_FILE or SSL_CERT_DIR is unset -----------------------------------------
+
+
+def in_a_default_store_of_our_own(
+    tmp_path: Path, trusted_in: str, pki: PKI, stranger_ca: str
+) -> list[str]:
+    """A command prefix running what follows where OpenSSL's compiled-in default store
+    (``ssl.get_default_verify_paths()``'s ``openssl_cafile`` and ``openssl_capath``) is one
+    the test built, trusting the test CA through its ``file`` or its ``folder`` alone: a
+    private mount namespace (``unshare --user --mount``), the machine's store untouched."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no mount namespace here (unshare --user --mount refused)")
+    paths = ssl.get_default_verify_paths()
+    file, folder = os.path.realpath(paths.openssl_cafile), os.path.realpath(paths.openssl_capath)
+    if not (os.path.isfile(file) and os.path.isdir(folder)):
+        pytest.skip(f"no default store at {file} and {folder} to stand in for")
+    store, alone = tmp_path / "store", tmp_path / "file.pem"
+    store.mkdir()
+    ours, theirs = Path(pki.ca_pem).read_bytes(), Path(stranger_ca).read_bytes()
+    alone.write_bytes(ours if trusted_in == "file" else theirs)
+    if trusted_in == "folder":  # found by its subject's hash, as c_rehash names it
+        hashed = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", pki.ca_pem],
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        (store / f"{hashed.stdout.strip()}.0").write_bytes(ours)
+    mounts = f"mount --bind {store} {folder}"
+    if os.path.dirname(file) == folder:  # Debian's: the file is in the folder
+        (store / os.path.basename(file)).write_bytes(alone.read_bytes())
+    else:
+        mounts += f" && mount --bind {alone} {file}"
+    return ["unshare", "-rm", "sh", "-c", f'{mounts} && exec "$@"', "sh"]
+
+
+@pytest.mark.parametrize(("variable", "trusted_in"), [(FILE, "file"), (FOLDERS, "folder")])
+def test_an_empty_ca_variable_is_the_default_store_not_none(
+    variable: str,
+    trusted_in: str,
+    tls_blob: Blob,
+    tls_server: ServerHandle,
+    pki: PKI,
+    stranger_ca: str,
+    tmp_path: Path,
+) -> None:
+    """``SSL_CERT_FILE=`` (how a shell or a Dockerfile unsets it) made OpenSSL load the file
+    named "": none, so every https download failed as not trusted where the system's CAs
+    are in that file alone (Fedora's, RHEL's). Empty is unset: the default store. For a
+    download, and for a manifest's small item (fetched whole, by a seat's own pool)."""
+    prefix = in_a_default_store_of_our_own(tmp_path, trusted_in, pki, stranger_ca)
+    small = make_blob(tls_server.root, "ca-default-small.bin", 1000, seed=13)
+    manifest = tmp_path / "list"
+    manifest.write_text(f"{tls_server.url('ca-default-small.bin')} {tmp_path / 'small'}\n")
+    env = {k: v for k, v in os.environ.items() if k not in OURS}
+    for name, value in (("unset", None), ("empty", "")):
+        here = env if value is None else {**env, variable: value}
+        out = tmp_path / f"{name}.bin"
+        done = blobdl(tls_blob.url, "-o", str(out), *FAST, env=here, prefix=prefix)
+        assert done.returncode == EXIT_OK, (name, done.stderr)
+        assert sha256_file(out) == tls_blob.sha256
+        (tmp_path / "small").unlink(missing_ok=True)
+        done = blobdl("-i", str(manifest), env=here, prefix=prefix)
+        assert done.returncode == EXIT_OK, (name, done.stderr)
+        assert sha256_file(tmp_path / "small") == small
