@@ -13,11 +13,21 @@ import re
 from urllib.parse import unquote
 
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)[^/?#]*@")
-# Query parameters whose value is a credential: AWS/GCS/Azure/CloudFront signatures and
-# credentials, OAuth and API tokens, keys, passwords, session ids.
+# Query parameters whose value is a credential, wherever the word is in the name:
+# AWS/GCS/Azure/CloudFront/Alibaba/Tencent signatures and credentials, OAuth and API
+# tokens, keys, passwords, session ids, HMACs, GitHub release assets' ``jwt``, Akamai's
+# ``hdnts``/``__hdnea__``, Backblaze's ``Authorization``.
 _SECRET_NAME = re.compile(
-    r"sig|signature|credential|token|secret|passw|pwd|auth|key|policy|session", re.IGNORECASE
+    r"sig|credential|token|secret|passw|pwd|auth|key|policy|session|hmac|jwt|hdnts|hdnea",
+    re.IGNORECASE,
 )
+# ... and names of one only when they are the whole name, being words that other names
+# hold (``code`` in ``encoding``, ``mac`` in ``machine``): an OAuth authorization ``code``,
+# Cloudflare's ``verify`` and ``mac``, nginx secure_link's ``md5``, a ``hash``.
+_SECRET_WHOLE_NAME = re.compile(r"_*(code|verify|mac|hash|md5)_*", re.IGNORECASE)
+# A piece of a query that no name introduces is shown only when it reads as a word
+# (``?download``, ``?dl``); a key pasted bare (``?Xq3Zr9...``) has no name to tell it by.
+_WORD = re.compile(r"[a-z][a-z_-]{0,19}")
 # The authority (after ``scheme://``, up to the first ``/?#``) and what a host[:port] looks like
 _AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)")
 _HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(:[0-9]*)?")
@@ -33,19 +43,22 @@ def redact_url(url: str) -> str:
     # redirect puts its token there (``#access_token=``), in pairs as a query's.
     url, hashmark, fragment = url.partition("#")
     base, question, query = url.partition("?")
-    shown_fragment = _pairs_shown(fragment, bare=MASK)
+    shown_fragment = _pairs_shown(fragment, never_sent=True)
     return f"{base}{question}{_pairs_shown(query)}{hashmark}{shown_fragment}"
 
 
-def _pairs_shown(query: str, *, bare: str | None = None) -> str:
+def _pairs_shown(query: str, *, never_sent: bool = False) -> str:
     """Each ``name=value`` pair of ``query`` shown, split at ``&`` and at ``;`` (the older
-    separator, which some servers still split at); a piece that no name introduces shown
-    as ``bare`` if given. A fragment's are masked: it is never sent, so showing it tells
-    nothing of what was asked, and a share link keeps its key there, bare (``#KEY``)."""
+    separator, which some servers still split at); a piece that no name introduces masked
+    unless it reads as a word, and a fragment's (``never_sent``) whatever it reads as: it
+    is never sent, so showing it tells nothing of what was asked, and a share link keeps
+    its key there, bare (``#KEY``)."""
 
     def shown(piece: str) -> str:
         name, equals, _ = piece.partition("=")
-        return bare if bare is not None and not (equals and name) else _shown(piece)
+        if equals and name:
+            return _shown(piece)
+        return piece if not never_sent and _WORD.fullmatch(unquote(piece)) else MASK
 
     return _PAIR.sub(lambda pair: shown(pair.group()), query)
 
@@ -80,7 +93,8 @@ def misread_userinfo(url: str) -> bool:
 
 def _shown(pair: str) -> str:
     name, equals, value = pair.partition("=")
-    if equals and value and _SECRET_NAME.search(unquote(name)):
+    secret = _SECRET_NAME.search(unquote(name)) or _SECRET_WHOLE_NAME.fullmatch(unquote(name))
+    if equals and value and secret:
         return f"{name}={MASK}"
     return pair
 

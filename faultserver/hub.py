@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import ssl
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from .server import (
     file_reply,
     serve,
     simple_reply,
+    tls_context,
 )
 from .serverctl import ServerHandle, start_server
 
@@ -192,19 +194,25 @@ def start_hub(
     tokens: tuple[str, ...] = (),
     page_size: int = 1000,
     strangers: tuple[str, ...] = (),
+    tls: tuple[str, str, str] | None = None,
 ) -> HubHandle:
     """The storage origin and the Hub, serving ``repos``. ``tokens`` may read every private
     and gated repository; ``strangers`` are tokens it knows whose owners were granted
-    nothing; any other token is refused on every request, as the Hub refuses one revoked."""
+    nothing; any other token is refused on every request, as the Hub refuses one revoked.
+    ``tls``: both over https, with this (certificate chain, key, CA) of a private CA."""
+    certfile, keyfile, ca = tls or (None, None, None)
+    secure: dict[str, Any] = {"certfile": certfile, "keyfile": keyfile, "ca": ca}
     objects = folder / "objects"
     objects.mkdir(parents=True, exist_ok=True)
     _write_blobs(objects, repos)
-    storage = start_server(objects)
+    storage = start_server(objects, **secure)
     spec_path = folder / "hub-spec.json"
     spec = _spec(repos, storage.base_url, tokens, page_size, strangers)
     spec_path.write_text(json.dumps(spec))
     try:
-        hub = start_server(objects, module="faultserver.hub", extra=("--spec", str(spec_path)))
+        hub = start_server(
+            objects, module="faultserver.hub", extra=("--spec", str(spec_path)), **secure
+        )
     except BaseException:
         storage.stop()
         raise
@@ -234,11 +242,17 @@ def _spec(
 
 
 class HubServer(FaultServer):
-    def __init__(self, addr: tuple[str, int], root: Path, spec: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        root: Path,
+        spec: dict[str, Any],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.spec = spec
         self.log: list[dict[str, Any]] = []
         self.log_lock = threading.Lock()
-        super().__init__(addr, root, None)
+        super().__init__(addr, root, tls)
         self.RequestHandlerClass = HubHandler
 
     def find(self, kind: str, rest: str) -> tuple[dict[str, Any], str] | None:
@@ -453,10 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--port", default=0, type=int)
     p.add_argument("--spec", required=True, type=Path)
+    p.add_argument("--certfile")
+    p.add_argument("--keyfile")
     args = p.parse_args(argv)
-    server = HubServer(
-        ("127.0.0.1", args.port), args.root.resolve(), json.loads(args.spec.read_text())
-    )
+    spec = json.loads(args.spec.read_text())
+    tls = tls_context(args.certfile, args.keyfile)
+    server = HubServer(("127.0.0.1", args.port), args.root.resolve(), spec, tls)
     return serve(server)
 
 

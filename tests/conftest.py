@@ -78,6 +78,14 @@ def _private_seal_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["BLOBDL_SEAL_DIR"] = str(tmp_path_factory.mktemp("state") / "seals")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_ca_bundle_of_the_developers() -> None:
+    """A CA bundle variable set for requests or curl replaces the default store for blobdl
+    too: a test sets the ones it means (``SSL_CERT_FILE`` would be read under it, never)."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        os.environ.pop(name, None)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     handle = start_server(tmp_path_factory.mktemp("served"))

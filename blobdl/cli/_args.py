@@ -306,7 +306,12 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="never let idle connections take over slow or large ranges",
     )
-    p.add_argument("--ca-bundle", type=path_arg, help="PEM file of CA certificates to trust")
+    p.add_argument(
+        "--ca-bundle",
+        type=path_arg,
+        help="PEM file of CA certificates to trust (default: $REQUESTS_CA_BUNDLE, then "
+        "$CURL_CA_BUNDLE, else the system store)",
+    )
     p.add_argument(
         "--no-verify-tls",
         action="store_true",

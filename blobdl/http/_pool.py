@@ -58,8 +58,9 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
 # Contexts built in this process, by what they trust and present. Loading a CA store costs
 # ~20 ms of CPU; built in the coordinator before it forks, a context is inherited by every
 # worker instead of being loaded again in each of them (and for each connection).
-_Key = tuple[bool, str | None, str | None, str | None, bool, tuple[str, str]]
+_Key = tuple[bool, _trust.Roots, str | None, str | None, bool]
 _CONTEXTS: dict[_Key, ssl.SSLContext] = {}
+_UNVERIFIED = _trust.Roots("", "", "", "")
 
 
 def prepare_tls(settings: Settings, url: str) -> None:
@@ -74,46 +75,32 @@ def tls_context(
     """urllib3's hardened context with our trust roots and client certificate, loaded when the
     pool is made so that a bad file is a usage error now, not a retried connection failure.
 
-    For the default (system CAs, no client certificate) only when ``system`` is asked or
+    For the default (OpenSSL's own store, no client certificate) only when ``system`` is asked or
     ``prepare_tls`` built it already; else None, and urllib3 loads the system store itself,
     lazily, only for https connections (a plain http download never pays for it).
 
     ``proxy``: an https proxy's, always built: verified as servers are, without our client
     certificate, its sockets bounding the set-up of a tunnel inside them (``_set_up``)."""
     cert = None if proxy else settings.client_cert
-    system_store = settings.verify_tls and not settings.ca_bundle
-    if system_store:  # checked even where urllib3 would load the store itself, later
-        _trust.check_named()
-    key = (
-        settings.verify_tls,
-        settings.ca_bundle,
-        cert,
-        settings.client_key if cert else None,
-        proxy,
-        _trust.named() if system_store else ("", ""),
-    )
+    roots = _trust.roots(settings.ca_bundle) if settings.verify_tls else _UNVERIFIED
+    if settings.verify_tls:  # checked even where urllib3 would load the store itself, later
+        _trust.check(roots)
+    key = (settings.verify_tls, roots, cert, settings.client_key if cert else None, proxy)
     context = _CONTEXTS.get(key)
     if context is None and (
-        system or proxy or not (settings.verify_tls and not settings.ca_bundle and not cert)
+        system or proxy or not (settings.verify_tls and roots.openssls_own() and not cert)
     ):
-        context = _CONTEXTS[key] = _build_context(settings, cert)
+        context = _CONTEXTS[key] = _build_context(settings, roots, cert)
         if proxy:
             context.sslsocket_class = SetUpSSLSocket
     return context
 
 
-def _build_context(settings: Settings, cert: str | None) -> ssl.SSLContext:
+def _build_context(settings: Settings, roots: _trust.Roots, cert: str | None) -> ssl.SSLContext:
     mode = ssl.CERT_REQUIRED if settings.verify_tls else ssl.CERT_NONE
     context = create_urllib3_context(cert_reqs=mode)
-    try:
-        if settings.verify_tls and settings.ca_bundle:
-            context.load_verify_locations(cafile=settings.ca_bundle)
-        elif settings.verify_tls:
-            context.load_default_certs()
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise UsageError(f"cannot load CA bundle {settings.ca_bundle!r}: {exc}") from None
-    if settings.verify_tls and not settings.ca_bundle:
-        _trust.check_loaded(context)
+    if settings.verify_tls:
+        _trust.load(context, roots)
     if cert:
         _load_client_cert(context, cert, settings.client_key)
     return context

@@ -344,6 +344,66 @@ def test_a_password_whose_text_before_a_delimiter_looks_like_a_port_is_never_sho
     assert "hunter2" not in done.stdout + done.stderr and "1234" not in done.stderr
 
 
+# Credentials real services put in a query, by names the first pattern missed, and bare.
+QUERY_CREDENTIALS = {
+    "a bare key": "?TOKSECRETxVq3Zr9Lk2Pw8Nb",
+    "a bare key among pairs": "?name=a.bin&TOKSECRET",
+    "a bare lowercase key with digits": "?name=a.bin&toksecret9f3a0c",
+    "a value no name introduces": "?name=a.bin&=TOKSECRET",
+    "Akamai's token": "?hdnts=exp%3D1~acl%3D%2F*~hmac%3DTOKSECRET",
+    "Akamai's cookie-less token": "?__hdnea__=exp%3D1~hmac%3DTOKSECRET",
+    "GitHub release assets' jwt": "?sp=r&jwt=TOKSECRET",
+    "Cloudflare token authentication": "?verify=1484063137-TOKSECRET",
+    "Cloudflare's signing example": "?mac=TOKSECRET&expiry=1",
+    "an hmac": "?hmac=TOKSECRET",
+    "an OAuth authorization code": "?code=TOKSECRET&state=s",
+    "nginx secure_link": "?md5=TOKSECRET&expires=1",
+    "a hash": "?hash=TOKSECRET",
+}
+
+
+@pytest.mark.parametrize("tail", QUERY_CREDENTIALS.values(), ids=QUERY_CREDENTIALS.keys())
+def test_a_credential_in_the_query_is_never_shown_whatever_names_it(
+    server: ServerHandle, tmp_path: Path, tail: str
+) -> None:
+    """A key pasted bare (``?KEY``), or a signature under a name only its service uses:
+    masked on stderr, in the ``--json`` lines, in the resume record a failure keeps and
+    in the str() and repr() of the library's error."""
+    make_blob(server.root, "query.bin", 3 * PART)
+    server.set_faults({"path": "/files/query.bin", "action": "close_after", "bytes": 1000,
+                       "skip": 1, "times": None})  # fmt: skip
+    dest = tmp_path / "out.bin"
+    done = run_cli(server.url("query.bin") + tail, "-o", str(dest), "--json", "--retries", "0",
+                   "--min-part-size", str(PART), "--max-part-size", str(PART))  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "query.bin" in done.stderr
+    assert "TOKSECRET".lower() not in (done.stdout + done.stderr).lower()
+    record = tmp_path / "out.bin.blobdl-state"
+    assert record.exists() and b"toksecret" not in record.read_bytes().lower()
+    with pytest.raises(BlobdlError) as info:
+        Downloader(fast_settings()).download(server.route("/status/404") + tail, dest)
+    said = f"{info.value} {info.value!r}".lower()
+    assert "/status/404" in said and "toksecret" not in said, said
+
+
+def test_a_bare_word_in_the_query_is_shown_and_what_is_no_secret_stays() -> None:
+    """A bare piece is shown when it reads as a word (``?download``, ``?dl``): lowercase
+    letters, ``-`` or ``_``, at most 20. Anything else bare (capitals, digits, longer) is
+    masked: a key pasted without a name has no shape a reader can tell from a word's. What
+    a signed URL says besides its signature (an expiry, permissions, a version) is shown."""
+    from blobdl.config import redact_url
+
+    for shown in ("?download", "?dl", "?raw=1&inline", "?response-content-disposition=x",
+                  "?se=2026-01-01T00%3A00Z&sp=r&sv=2018-11-09&sr=b", "?expires=1598024587",
+                  "?machine=x86_64&encode=base64&hashes=2", "?state=s"):  # fmt: skip
+        assert redact_url(f"https://h/x{shown}") == f"https://h/x{shown}"
+    assert redact_url("https://h/x?dl&SECRETKEY&a=1") == "https://h/x?dl&***&a=1"
+    assert redact_url("https://h/x?download;0123456789abcdef") == "https://h/x?download;***"
+    assert (
+        redact_url("https://h/x?jwt=a&code=b&verify=c") == "https://h/x?jwt=***&code=***&verify=***"
+    )
+
+
 def test_redaction_masks_credential_parameters_only() -> None:
     from blobdl.config import redact_url
 
