@@ -31,8 +31,9 @@ from tests.integration.test_trust_stops import STOPS, Cli, one_error, wait_for
 Make = Callable[..., Blob]
 SMALL = PART // 2
 
-# The CLI with its pool's grace shrunk (inherited by the forked pool) and, for "fsync", every
-# item's file fsync held as a dead disk holds it: "held" is touched, and it never returns.
+# The CLI with its pool's grace shrunk (inherited by the forked pool). With "fsyncN" the file
+# fsync of the Nth item finalized hangs as on a dead disk ("held" is
+# touched, and it never returns); with "+dir" the pool's closing directory fsync hangs too.
 WRAPPER = """
 import os, sys, time
 from pathlib import Path
@@ -40,16 +41,23 @@ from blobdl.batch import _pool
 
 _pool.STOP_GRACE = 0.2
 point, folder = sys.argv[1], Path(sys.argv[2])
-if point == "fsync":
-    fsync = os.fsync
+fsync, finalized = os.fsync, []
 
-    def hung(fd):
-        if sys._getframe(1).f_code.co_name == "finalize":
-            (folder / "held").touch()
-            time.sleep(3600)
-        fsync(fd)
+def hang():
+    (folder / "held").touch()
+    time.sleep(3600)
 
+def hung(fd):
+    if sys._getframe(1).f_code.co_name == "finalize":
+        finalized.append(fd)
+        if len(finalized) == int(point[len("fsync")]):
+            hang()
+    fsync(fd)
+
+if point.startswith("fsync"):
     os.fsync = hung
+if point.endswith("+dir"):
+    _pool.sync_dir_quietly = lambda directory: hang()
 sys.argv = ["blobdl", *sys.argv[3:]]
 from blobdl.cli import run
 run()
@@ -116,13 +124,30 @@ def test_a_seat_in_an_fsync_that_outlasts_the_grace_leaves_no_partial(
     fsync: a small item starts over, so nothing of it is kept, lock file or partial."""
     blob = make(SMALL, seed=2701)
     listed, out = manifest(tmp_path, [blob.url])
-    run = cli("fsync", tmp_path, listed)
+    run = cli("fsync1", tmp_path, listed)
     wait_for((tmp_path / "held").exists, "the item's fsync")
     run.signal(signum)
     code, lines = run.finish()
     assert code == EXIT_INTERRUPTED, lines
     assert f"signal {int(signum)}" in one_error(lines), lines
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_a_pool_process_killed_past_its_grace_leaves_what_a_dead_one_leaves(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The first item is done, the second hangs in its file's fsync when the stop comes;
+    after the grace the process fsyncs the folder the first was renamed in, and that hangs
+    too: it is killed. Its items' lock file and partial are removed as a dead one's are."""
+    blobs = [make(SMALL, seed=2703 + n) for n in range(2)]
+    listed, out = manifest(tmp_path, [b.url for b in blobs])
+    run = cli("fsync2+dir", tmp_path, listed)
+    wait_for((tmp_path / "held").exists, "the second item's fsync")
+    run.signal(signal.SIGINT)
+    code, lines = run.finish()
+    assert code == EXIT_INTERRUPTED, lines
+    assert sha256_file(out / "o0") == blobs[0].sha256
+    assert sorted(p.name for p in out.iterdir()) == ["o0"]
 
 
 class _Raised(Exception):
