@@ -30,7 +30,11 @@ The processes ignore Ctrl-C (the scheduler owns cancellation) and die with the s
 kept), ``end`` tells the pool to end once no small item is left, without waiting for it.
 Either way a process removes the lock file each seat kept from item to item
 (``store._lock.KeptLockFile``), and fsyncs, before it exits, the directories its seats
-renamed files in, once each: the scheduler reaps it once it has.
+renamed files in, once each: the scheduler reaps it once it has. A stopped process waits
+``STOP_GRACE`` for its seats, then ends without those still running (blocked where no cut
+reaches: a ``connect``, an ``fsync``), or is killed past twice that (``_stop``): what they
+leave, their items' lock files and partials, the scheduler removes (``Seats.stopped``), as
+it does for a process that died.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from ..store._names import default_name
 from ._items import Item, inside
 
 log = logging.getLogger("blobdl")
-STOP_GRACE = 2.0  # seconds a stopped pool has to end its items before it is killed
+STOP_GRACE = 2.0  # seconds a stopped pool's seats have to end their items (see the module)
 DROP = "drop"  # scheduler -> seat: let the kept connection go; the seat answers DROPPED
 DROPPED = "dropped"
 GO = "go"  # scheduler -> pool process: every process is forked; start your seats

@@ -437,12 +437,14 @@ class _Scheduler:
         return sorted({*self.seats.on_seat.values(), *self.large.running})
 
     def _stop(self, signum: int) -> dict[int, DownloadResult]:
-        """Every seat's item and every child ends, and is reaped (``_stop.stop``); the items
-        that finished meanwhile, and their results."""
+        """Every seat's item and every child ends, and is reaped (``_stop.stop``), and what a
+        seat that outlasted its grace left is removed (``Seats.stopped``); the items that
+        finished meanwhile, and their results."""
         pool, running = self.seats.pool, list(self.large.running.values())
         whose = {child.conn: child.item for child in running}
         if pool is not None:
             whose.update({pool.pipes[seat]: item for seat, item in self.seats.on_seat.items()})
         finished = stop(pool, running, signum)
+        self.seats.stopped()
         self.large.reaped()
         return {whose[conn]: result for conn, result in finished.items() if conn in whose}

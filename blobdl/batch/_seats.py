@@ -23,6 +23,7 @@ from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..errors import BlobdlError, OutOfResources
 from ..http._pool import prepare_tls
+from ..processes._signals import held
 from ..processes._spawn import threaded
 from ..store._lock import LOCK_SUFFIX, locked_destination, remove_stale
 from ..store._resume import drop_unrecorded
@@ -167,6 +168,16 @@ class Seats:
         self.pool.restart(number)
         watch.process(self.pool, number)
         self._retire_unstarted(self.pool.ranges[number])
+
+    def stopped(self) -> None:
+        """The pool was stopped and each of its processes reaped (``_stop.stop``). A seat may
+        have outlasted the grace, blocked where no cut reaches (a ``connect`` that is never
+        answered, a hung ``fsync``): its process then ended without it, or was killed. Either
+        way what every seat may have left goes, as after a process that died (``_sweep``)."""
+        if self.pool is None:
+            return
+        with held(drop=True):  # the batch stops already: a second Ctrl-C must not cut this
+            self._sweep(range(self.budget.seats))
 
     def _retire_unstarted(self, seats: range) -> None:
         """Retire those of ``seats`` whose thread the machine refused: the budget counts on

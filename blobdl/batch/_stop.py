@@ -12,8 +12,9 @@ from typing import Any
 
 from ..events import DownloadResult
 from ..processes._clean_child import relay_log
+from . import _pool
 from ._item_process import Running
-from ._pool import STOP_GRACE, Pool, _Done
+from ._pool import Pool, _Done
 
 
 def stop(
@@ -36,9 +37,10 @@ def stop(
     if pool is not None:
         pipes |= {pipe for pipe in pool.pipes if not pipe.closed}
         sentinels |= {proc.sentinel for proc in pool.procs}
-    deadline = time.monotonic() + 2 * STOP_GRACE
+    grace = _pool.STOP_GRACE  # read here: the pool's own grace, however it was set
+    deadline = time.monotonic() + 2 * grace
     while sentinels:
-        for ready in wait([*pipes, *sentinels], timeout=STOP_GRACE / 4):
+        for ready in wait([*pipes, *sentinels], timeout=grace / 4):
             if isinstance(ready, int):  # that child has exited
                 sentinels.discard(ready)
             elif isinstance(ready, Connection) and not _read(ready, finished):

@@ -621,6 +621,8 @@ def test_ctrl_c_while_the_pool_makes_its_renames_durable_stops_the_batch(
     assert left == [], left
     for n, blob in enumerate(blobs):  # renamed before the close: whole
         assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+    # Killed in its fsync, it had removed its seats' kept lock files: none is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o0", "o1"]
 
 
 def test_ctrl_c_while_the_pool_makes_its_renames_durable_stops_the_items_still_running(
