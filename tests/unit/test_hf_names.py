@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from blobdl.errors import BadResponse, EntryNotFound, UsageError
 from blobdl.hf import _env
-from blobdl.hf._disk import read_tree, write_tree
+from blobdl.hf._disk import Made, read_tree, write_tree
 from blobdl.hf._repo import (
     RepoFile,
     check_listing,
@@ -327,7 +327,7 @@ def test_offline_is_on_exactly_when_huggingface_hub_reads_it_as_on() -> None:
 def test_a_tree_record_reads_back_as_written(tmp_path: Path) -> None:
     """What offline trusts to say which files a commit has: ``write_tree`` read back."""
     files = [RepoFile("w.bin", 5, SHA1, SHA256, 5, "c" * 64), RepoFile("a/b.txt", 3, "d" * 40)]
-    write_tree(tmp_path, "e" * 40, files)
+    write_tree(tmp_path, "e" * 40, files, Made())
     assert read_tree(tmp_path, "e" * 40) == sorted(files)
     assert read_tree(tmp_path, "f" * 40) is None
 
