@@ -23,7 +23,15 @@ from typing import Any, NamedTuple
 
 from ..batch._scheduler import BatchCallback, Item, download_many
 from ..config import Settings, check_callback, check_path, overridden
-from ..errors import BlobdlError, IntegrityError, UsageError
+from ..errors import (
+    AuthRefused,
+    BlobdlError,
+    EntryNotFound,
+    HTTPStatusError,
+    IntegrityError,
+    RepositoryNotFound,
+    UsageError,
+)
 from ..events import DownloadResult, Event
 from ..processes._signals import called
 from ..store._destination import sync_dir_quietly
@@ -36,6 +44,7 @@ from ._offline import on_disk
 from ._repo import Repo, RepoFile, Wanted, check_revision, is_commit, parse_repo
 
 log = logging.getLogger("blobdl")
+_REFUSALS = frozenset({401, 403, 404})  # what the Hub answers a file it will not serve
 
 
 class HfStarted(NamedTuple):
@@ -306,7 +315,25 @@ class _Fetcher:
         for folder in placed:  # their renames durable, once a folder, before any link to them
             sync_dir_quietly(folder)
         if errors:
-            raise errors[0][1]
+            raise self._worded(*errors[0])
+
+    def _worded(self, f: RepoFile, error: BlobdlError) -> BlobdlError:
+        """A file the Hub itself refused (the token revoked, the access withdrawn since the
+        listing) is said as a refusal of the listing is, in the Hub's words and with what
+        to do (``Hub.check_access`` asks again, whose answer ``Hub`` words): the engine's
+        error holds the status and the body, not the Hub's ``X-Error-Code``. A refusal by
+        the storage, or an answer that no longer refuses, keeps the engine's words."""
+        if not isinstance(error, HTTPStatusError) or error.status not in _REFUSALS:
+            return error
+        if error.redirected or not self.hub.on_hub(error.url):
+            return error
+        try:
+            self.hub.check_access(self.commit, f.path)
+        except (RepositoryNotFound, AuthRefused, EntryNotFound) as said:
+            return said
+        except BlobdlError:
+            pass
+        return error
 
     def _left_behind(self, f: RepoFile) -> bool:
         """A download that finished but was not moved into place (the run stopped between

@@ -128,6 +128,10 @@ class Hub:
         except EntryNotFound as exc:
             raise EntryNotFound(str(self.repo), commit, path, exc.said) from None
 
+    def on_hub(self, url: str) -> bool:
+        """Whether ``url`` is on the Hub's own origin (not its storage's)."""
+        return same_origin(url, self.endpoint)
+
     def resolve_url(self, commit: str, path: str) -> str:
         return f"{self.endpoint}{self.repo.url_path}/resolve/{commit}/{quote(path)}"
 

@@ -9,6 +9,7 @@ event, the token never shown, and nothing in the cache that huggingface_hub misr
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -413,3 +414,34 @@ def test_a_refused_local_dir_run_leaves_the_folder_as_it_was(
         assert set(after) - set(before or {}) <= kept, after
         after = {name: seen for name, seen in after.items() if name not in kept}
     assert after == (before if before is not None or midway is None else {})
+
+
+@pytest.mark.parametrize("how", MIDWAY.keys())
+def test_a_refusal_of_the_downloads_reads_as_the_same_refusal_of_the_listing(
+    hub: HubHandle, tmp_path: Path, how: str
+) -> None:
+    """The token revoked (or the access withdrawn) once the listing passed: the file's GET
+    gets the Hub's refusal, which is said in the Hub's words with what to do, as the same
+    answer to the listing is, not as any server's HTTP error."""
+    granted = Case("acme/open", "model", TOKEN, "main", "w.bin", "", 0, "", ())
+    status, headers = MIDWAY[how]
+    headers = {k: v.format(hub=hub.url) for k, v in headers.items()}
+    hub.hub.set_faults(
+        {"path": "/api/models/acme/open/revision/main", "action": "status", "status": status,
+         "headers": headers, "body": json.dumps({"error": headers["X-Error-Message"]}),
+         "times": None}
+    )  # fmt: skip
+    at_listing = blobdl_hf(hub, tmp_path / "a", granted)
+    hub.reset()
+    refuse_files(hub, "acme/open", how)
+    midway = blobdl_hf(hub, tmp_path / "b", granted)
+    lines = []
+    for done in (at_listing, midway):
+        assert done.returncode == EXIT_NETWORK, done.stderr
+        # (once the files are listed, a line says what is to come, as for any run)
+        line, *more = [x for x in done.stderr.splitlines() if x.startswith("blobdl: error:")]
+        assert not more, done.stderr
+        lines.append(re.sub(r" \(http://[^ ]*\)$", "", line))  # the URL refused, if named
+    assert lines[1] == lines[0]
+    assert headers["X-Error-Message"] in lines[1] or how == "gone-midway", lines[1]
+    _shown_nowhere(midway.stdout + midway.stderr)
