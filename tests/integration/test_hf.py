@@ -658,7 +658,8 @@ def test_the_token_goes_to_the_hub_and_never_to_storage(
         (
             ("acme/private",),
             "hf_wrong",  # a token the Hub does not know: refused, whatever it asks for
-            "authentication refused: the Hub refused the token sent for acme/private",
+            "authentication refused: the Hub refused the token sent (from $HF_TOKEN) "
+            "for acme/private",
         ),
         (("acme/nosuch",), None, "repository not found: acme/nosuch"),
         (

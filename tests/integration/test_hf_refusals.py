@@ -63,7 +63,8 @@ CASES = {
         "acme/gated", "model", STRANGER, "main", "w.bin", "GatedRepoError", 403,
         "Access to model acme/gated is restricted and you are not in the authorized list. "
         "Visit {hub}/acme/gated to ask for access.",
-        ("gated repository: acme/gated", "the token sent has not been granted access"),
+        ("gated repository: acme/gated",
+         "the token sent (from $HF_TOKEN) has not been granted access"),
     ),
     "private": Case(
         "acme/private", "model", None, "main", "w.bin", "RepositoryNotFoundError", 401,
@@ -74,7 +75,7 @@ CASES = {
     "private-not-granted": Case(
         "acme/private", "model", STRANGER, "main", "w.bin", "RepositoryNotFoundError", 404,
         "Repository not found",
-        ("repository not found: acme/private", "or the token sent cannot see it"),
+        ("repository not found: acme/private", "or the token sent (from $HF_TOKEN) cannot see it"),
     ),
     "no-repo": Case(
         "acme/nosuch", "model", None, "main", "w.bin", "RepositoryNotFoundError", 401,
@@ -84,8 +85,8 @@ CASES = {
     "revoked-token": Case(
         "acme/open", "model", REVOKED, "main", "w.bin", "HfHubHTTPError", 401,
         "Invalid credentials in Authorization header",
-        ("authentication refused: the Hub refused the token sent", "acme/open",
-         "Invalid credentials in Authorization header", f"give a valid one with {GIVE}"),
+        ("authentication refused: the Hub refused the token sent (from $HF_TOKEN)", "acme/open",
+         "Invalid credentials in Authorization header", "set a valid one in $HF_TOKEN"),
     ),
     "no-revision": Case(
         "acme/open", "model", None, "nope", "w.bin", "RevisionNotFoundError", 404,
@@ -445,3 +446,52 @@ def test_a_refusal_of_the_downloads_reads_as_the_same_refusal_of_the_listing(
     assert lines[1] == lines[0]
     assert headers["X-Error-Message"] in lines[1] or how == "gone-midway", lines[1]
     _shown_nowhere(midway.stdout + midway.stderr)
+
+
+# Where the token sent came from, how the line names it, and what it says to do there.
+SOURCES = {
+    "flag": ("--token", "give a valid one with --token"),
+    "HF_TOKEN": ("$HF_TOKEN", "set a valid one in $HF_TOKEN"),
+    "legacy": ("$HUGGING_FACE_HUB_TOKEN", "set a valid one in $HUGGING_FACE_HUB_TOKEN"),
+    "file": ("the token file {home}/token", "log in again with `hf auth login`"),
+    "moved-file": ("the token file {home}/elsewhere", "log in again with `hf auth login`"),
+}
+NAMES = ("--token", "$HF_TOKEN", "$HUGGING_FACE_HUB_TOKEN", "token file", "hf auth login")
+
+
+@pytest.mark.parametrize("source", SOURCES.keys())
+@pytest.mark.parametrize("case", ["revoked-token", "gated-not-granted", "private-not-granted"])
+def test_a_refused_token_is_named_by_where_it_came_from_never_shown(
+    hub: HubHandle, tmp_path: Path, source: str, case: str
+) -> None:
+    """The line names the one place the token sent came from (the flag, a variable, the
+    token file), not every place a token may come from: a token from ``$HF_TOKEN`` is not
+    replaced by ``hf auth login``, which ``$HF_TOKEN`` outranks."""
+    known = CASES[case]
+    env = hf_env(hub.url, tmp_path)
+    more: tuple[str, ...] = ()
+    if source == "flag":
+        more = ("--token", known.token or "")
+    elif source == "HF_TOKEN":
+        env["HF_TOKEN"] = known.token or ""
+    elif source == "legacy":
+        env["HUGGING_FACE_HUB_TOKEN"] = known.token or ""
+    else:
+        name = "token" if source == "file" else "elsewhere"
+        (tmp_path / name).write_text(f"{known.token}\n")
+        if source == "moved-file":
+            env["HF_TOKEN_PATH"] = str(tmp_path / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", known.repo, "--cache-dir", str(tmp_path / "c"),
+         *FAST, *more],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert done.returncode == EXIT_NETWORK, done.stderr
+    line = done.stderr.strip()
+    named, renew = (text.format(home=tmp_path) for text in SOURCES[source])
+    assert f"the token sent (from {named})" in line, line
+    if case == "revoked-token":
+        assert renew in line, line
+    others = [n for n in NAMES if n not in named and n not in renew]
+    assert not [n for n in others if n in line], line
+    _shown_nowhere(done.stdout + done.stderr)
