@@ -4,7 +4,8 @@ imports httpx2 and starts threads; the test process forks), one call per run.
     python -m tests.hf_client '{"call": "snapshot_download", "kwargs": {...}}'
 
 Prints one JSON line: ``{"path": ...}`` (or ``{"paths": [...]}`` for ``hf_hub_download``
-over several files), or ``{"error": <exception class>, "message": ...}``. The environment
+over several files; ``{"repos": ..., "warnings": ...}`` for ``scan_cache_dir``, what
+``hf cache ls`` shows), or ``{"error": <exception class>, "message": ...}``. The environment
 (``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``...) is the caller's; see ``hf_env``.
 """
 
@@ -69,12 +70,30 @@ def main() -> int:
             answer = {
                 "paths": [huggingface_hub.hf_hub_download(filename=n, **kwargs) for n in names]
             }
+        elif request["call"] == "scan_cache_dir":
+            answer = _scanned(huggingface_hub.scan_cache_dir(**kwargs))
         else:
             raise SystemExit(f"unknown call {request['call']!r}")
     except Exception as exc:
         answer = {"error": type(exc).__name__, "message": str(exc)[:2000]}
     print(json.dumps(answer))
     return 0
+
+
+def _scanned(info: Any) -> dict[str, Any]:
+    """``scan_cache_dir``'s answer as JSON: each repository's revisions (commit, refs, the
+    files' paths in the snapshot) and the warnings (a repository it cannot read)."""
+    repos = {
+        f"{r.repo_type} {r.repo_id}": {
+            rev.commit_hash: {
+                "refs": sorted(rev.refs),
+                "files": sorted(str(f.file_path.relative_to(rev.snapshot_path)) for f in rev.files),
+            }
+            for rev in r.revisions
+        }
+        for r in info.repos
+    }
+    return {"repos": repos, "warnings": [str(w) for w in info.warnings]}
 
 
 if __name__ == "__main__":

@@ -32,14 +32,17 @@ from ..errors import LocalFileError
 from ..store._files import atomic_write, local_errors, read_own
 from ._disk import (
     Confined,
+    Made,
     check_staged,
     flocked,
+    holds_other,
     inside,
     make_dirs,
     move_into_place,
     read_tree,
     staged_path,
     tag_cache_dir,
+    tree_path,
     write_tree,
 )
 from ._repo import Repo, RepoFile, is_commit
@@ -73,6 +76,7 @@ class CacheLayout:
         self.locks = cache_dir / ".locks" / repo.folder
         self.refs = self.repo_dir / "refs"
         self.confined = Confined(self.snapshot)
+        self.made = Made()
 
     @property
     def where(self) -> Path:
@@ -86,9 +90,25 @@ class CacheLayout:
         for folder in (self.refs, self.repo_dir / "trees"):
             inside(self.repo_dir, folder)
         for folder in (inside(self.repo_dir, self.blobs), inside(self.repo_dir, self.snapshot)):
-            make_dirs(folder)
-        tag_cache_dir(self.cache_dir)
-        write_tree(self.repo_dir, self.commit, files)
+            self.made.dirs(folder)
+        tag_cache_dir(self.cache_dir, self.made)
+        write_tree(self.repo_dir, self.commit, files, self.made)
+
+    def abandon(self, wrote: bool) -> None:
+        """After a failed run, what ``prepare`` made goes unless it still serves: the tree
+        record while the snapshot holds a file (huggingface_hub reads the snapshot as
+        incomplete by it), ``snapshots/`` while the repository's folder holds anything
+        (``hf cache ls`` calls a repository without it corrupt), the cache's tag while the
+        cache does. So a refused run leaves no empty revision; a stopped one, its partials."""
+        tree, tag = tree_path(self.repo_dir, self.commit), self.cache_dir / "CACHEDIR.TAG"
+        snapshots = self.snapshot.parent
+
+        def serves(path: Path) -> bool:
+            if path == tree:
+                return wrote or holds_other(self.snapshot)
+            return holds_other(path.parent, path) if path in (tag, snapshots) else False
+
+        self.made.undo(serves)
 
     def recorded(self) -> list[RepoFile] | None:
         """Every file of the commit, as ``trees/<commit>.json`` lists them (None: no record)."""

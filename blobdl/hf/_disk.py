@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import BadResponse, DigestMismatch, IntegrityError, LocalFileError
@@ -68,10 +68,67 @@ def make_dirs(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
-def tag_cache_dir(folder: Path) -> None:
+class Made:
+    """What a run created before its first file (folders, the tree record, the tags), in
+    the order it did, so that a run that fails having put no file there can take that away
+    again and nothing else: never what an earlier run, huggingface_hub or the user made."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+
+    def dirs(self, folder: Path) -> None:
+        """``make_dirs``, noting the folders it creates."""
+        missing, above = [], folder
+        while not os.path.lexists(above) and above != above.parent:
+            missing.append(above)
+            above = above.parent
+        make_dirs(folder)
+        self.paths += reversed(missing)
+
+    def new(self, path: Path) -> bool:
+        """Whether ``path`` is not there yet (then noted as made: the caller makes it)."""
+        if os.path.lexists(path):
+            return False
+        self.paths.append(path)
+        return True
+
+    def undo(self, keep: Callable[[Path], bool]) -> None:
+        """Remove what was made, the last first, unless ``keep`` says it still serves: a
+        file, a folder if it is empty (a partial to resume, a lock file, another run's
+        file in it keeps it). Passes repeat while they remove something: a tag goes once
+        its folder holds nothing else. Best effort: the run's own error is what is said."""
+        left, gone = list(reversed(self.paths)), True
+        while gone:
+            gone = False
+            for path in list(left):
+                with contextlib.suppress(OSError):
+                    if not os.path.lexists(path):
+                        pass  # gone already (another run's undo)
+                    elif keep(path):
+                        continue
+                    elif os.path.isdir(path) and not os.path.islink(path):
+                        path.rmdir()
+                    else:
+                        path.unlink()
+                    left.remove(path)
+                    gone = True
+        self.paths = left[::-1]
+
+
+def holds_other(folder: Path, *mine: Path) -> bool:
+    """Whether ``folder`` holds anything but ``mine`` (if it cannot be read: it may)."""
+    try:
+        return any(folder / name not in mine for name in os.listdir(folder))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def tag_cache_dir(folder: Path, made: Made) -> None:
     """Write ``CACHEDIR.TAG`` unless it is there."""
     tag = folder / "CACHEDIR.TAG"
-    if not os.path.lexists(tag):
+    if made.new(tag):
         atomic_write(tag, CACHEDIR_TAG.encode(), mode=0o666, durable=False)
 
 
@@ -103,16 +160,22 @@ def new_file_mode() -> int:
     return 0o644
 
 
-def write_tree(folder: Path, commit: str, files: Sequence[RepoFile]) -> None:
+def tree_path(folder: Path, commit: str) -> Path:
+    return folder / "trees" / f"{commit}.json"
+
+
+def write_tree(folder: Path, commit: str, files: Sequence[RepoFile], made: Made) -> None:
     """``trees/<commit>.json``: every file of the commit, as huggingface_hub writes it (its
     offline ``snapshot_download`` checks a snapshot against it)."""
     record = {
         "format_version": TREE_FORMAT,
         "files": {f.path: f.tree_record() for f in sorted(files, key=lambda f: f.path)},
     }
-    make_dirs(folder / "trees")
+    made.dirs(folder / "trees")
     text = json.dumps(record, indent=1).encode()
-    atomic_write(folder / "trees" / f"{commit}.json", text, mode=0o600, exact_mode=True)
+    path = tree_path(folder, commit)
+    made.new(path)
+    atomic_write(path, text, mode=0o600, exact_mode=True)
 
 
 def read_tree(folder: Path, commit: str) -> list[RepoFile] | None:

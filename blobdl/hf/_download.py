@@ -23,7 +23,15 @@ from typing import Any, NamedTuple
 
 from ..batch._scheduler import BatchCallback, Item, download_many
 from ..config import Settings, check_callback, check_path, overridden
-from ..errors import BlobdlError, IntegrityError, UsageError
+from ..errors import (
+    AuthRefused,
+    BlobdlError,
+    EntryNotFound,
+    HTTPStatusError,
+    IntegrityError,
+    RepositoryNotFound,
+    UsageError,
+)
 from ..events import DownloadResult, Event
 from ..processes._signals import called
 from ..store._destination import sync_dir_quietly
@@ -36,6 +44,7 @@ from ._offline import on_disk
 from ._repo import Repo, RepoFile, Wanted, check_revision, is_commit, parse_repo
 
 log = logging.getLogger("blobdl")
+_REFUSALS = frozenset({401, 403, 404})  # what the Hub answers a file it will not serve
 
 
 class HfStarted(NamedTuple):
@@ -141,12 +150,29 @@ def hf_download(
     _tell_started(on_event, repo, revision, look)
     layout, chosen = look.layout, look.chosen
     fetcher = _Fetcher(layout, hub, look.commit, base, on_event)
-    fetched = fetcher.fetch_all(look.blobs)
-    fetcher.tidy(chosen)
-    for f in chosen:
-        layout.link(f)
-    layout.finish(revision)
+    try:
+        fetched = fetcher.fetch_all(look.blobs)
+        fetcher.tidy(chosen)
+        for f in chosen:
+            layout.link(f)
+        layout.finish(revision)
+    except BaseException:  # refused, failed or stopped: Ctrl-C too
+        _left_after_failure(layout, chosen, wrote=fetcher.placed > 0)
+        raise
     return _result(repo, revision, look, fetched, started)
+
+
+def _left_after_failure(layout: Layout, chosen: list[RepoFile], *, wrote: bool) -> None:
+    """What a failed run leaves: each chosen file whose bytes are here is linked into the
+    snapshot, as huggingface_hub leaves the files a failed ``snapshot_download`` got (the
+    tree record then tells it the snapshot is incomplete; no ref names it, the run did
+    not finish); what the run made and nothing then needs goes (``abandon``): a run that
+    wrote no file leaves no empty revision, a stopped one its partials, to resume."""
+    with contextlib.suppress(BlobdlError, OSError):  # best effort: the failure is what is said
+        for f in chosen:
+            if layout.have(f):
+                layout.link(f)
+    layout.abandon(wrote)
 
 
 def _tell_started(on_event: HfCallback | None, repo: Repo, revision: str, look: _Look) -> None:
@@ -206,12 +232,16 @@ def _look(
     listing = hub.files(commit)
     chosen = wanted.pick(listing, hub.repo, revision)
     layout = layout_for(hub.repo, commit, cache_dir, local_dir)
-    layout.prepare(listing, chosen)
-    missing = [f for f in chosen if not layout.present(f)]
-    blobs = list({layout.key(f): f for f in reversed(missing)}.values())[::-1]
-    to_fetch = [f for f in blobs if not layout.have(f)]
-    if to_fetch:
-        hub.check_access(commit, to_fetch[0].path)
+    try:
+        layout.prepare(listing, chosen)
+        missing = [f for f in chosen if not layout.present(f)]
+        blobs = list({layout.key(f): f for f in reversed(missing)}.values())[::-1]
+        to_fetch = [f for f in blobs if not layout.have(f)]
+        if to_fetch:
+            hub.check_access(commit, to_fetch[0].path)
+    except BaseException:  # a gated repository lists its files to anyone: refused here
+        layout.abandon(wrote=False)
+        raise
     return _Look(commit, layout, chosen, missing, blobs, to_fetch)
 
 
@@ -222,6 +252,7 @@ class _Fetcher:
         self.layout, self.hub, self.commit, self.settings = layout, hub, commit, settings
         self.on_event = on_event
         self.fetched: dict[str, DownloadResult] = {}  # by the path of the file downloaded
+        self.placed = 0  # files moved into place, fetched or left behind by a stopped run
 
     def fetch_all(self, blobs: list[RepoFile]) -> dict[str, DownloadResult]:
         """Fetch what is missing, taking turns with any other run on each blob (claimed in
@@ -269,21 +300,40 @@ class _Fetcher:
         tell = _relayed(self.on_event, todo)
         results = download_many(items, max_connections=whole, per_host=whole,
                                 settings=self.settings, on_event=tell)  # fmt: skip
-        errors: list[BlobdlError] = []
+        errors: list[tuple[RepoFile, BlobdlError]] = []
         placed: set[Path] = set()
         for f, item, outcome in zip(todo, items, results, strict=True):
             try:
                 if outcome.error is not None:
                     raise outcome.error
                 placed.add(self.layout.place(f, item.url, engine_checked=True))
+                self.placed += 1
                 assert outcome.result is not None
                 self.fetched[f.path] = outcome.result
             except BlobdlError as exc:
-                errors.append(exc)
+                errors.append((f, exc))
         for folder in placed:  # their renames durable, once a folder, before any link to them
             sync_dir_quietly(folder)
         if errors:
-            raise errors[0]
+            raise self._worded(*errors[0])
+
+    def _worded(self, f: RepoFile, error: BlobdlError) -> BlobdlError:
+        """A file the Hub itself refused (the token revoked, the access withdrawn since the
+        listing) is said as a refusal of the listing is, in the Hub's words and with what
+        to do (``Hub.check_access`` asks again, whose answer ``Hub`` words): the engine's
+        error holds the status and the body, not the Hub's ``X-Error-Code``. A refusal by
+        the storage, or an answer that no longer refuses, keeps the engine's words."""
+        if not isinstance(error, HTTPStatusError) or error.status not in _REFUSALS:
+            return error
+        if error.redirected or not self.hub.on_hub(error.url):
+            return error
+        try:
+            self.hub.check_access(self.commit, f.path)
+        except (RepositoryNotFound, AuthRefused, EntryNotFound) as said:
+            return said
+        except BlobdlError:
+            pass
+        return error
 
     def _left_behind(self, f: RepoFile) -> bool:
         """A download that finished but was not moved into place (the run stopped between
@@ -296,6 +346,7 @@ class _Fetcher:
             sync_dir_quietly(self.layout.place(f, str(staged), engine_checked=False))
         except IntegrityError:
             return False
+        self.placed += 1
         return True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from ..config import check_header
 from ..errors import UsageError
@@ -54,18 +55,39 @@ def hub_cache(environ: Mapping[str, str] = os.environ) -> Path:
     return _expanded(given) if given is not None else hf_home(environ) / "hub"
 
 
-def token(given: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+class Token(NamedTuple):
+    """The token to send, and where it came from: a refusal names that place (never the
+    token), and says how to put a valid one there."""
+
+    value: str
+    source: str  # "--token", "$HF_TOKEN", "$HUGGING_FACE_HUB_TOKEN", "the token file PATH"
+
+    @property
+    def renew(self) -> str:
+        """What to do where it came from, once the Hub refuses it."""
+        if self.source == "--token":
+            return "give a valid one with --token"
+        if self.source.startswith("$"):
+            return f"set a valid one in {self.source}"
+        return "log in again with `hf auth login`"  # which writes the file it came from
+
+
+def token(given: str | None = None, environ: Mapping[str, str] = os.environ) -> Token | None:
     """The token to send: ``given``, else (unless ``$HF_HUB_DISABLE_IMPLICIT_TOKEN``)
     ``$HF_TOKEN``, the legacy ``$HUGGING_FACE_HUB_TOKEN``, then the file at
     ``$HF_TOKEN_PATH`` (default ``$HF_HOME/token``); each stripped of spaces and newlines."""
     if given is not None:
-        return _checked(_clean(given))
+        return _checked(_clean(given), "--token")
     if environ.get("HF_HUB_DISABLE_IMPLICIT_TOKEN", "").upper() in _TRUE:
         return None
-    found = _clean(environ.get("HF_TOKEN") or environ.get("HUGGING_FACE_HUB_TOKEN"))
-    if found is None:
-        found = _clean(_read_token_file(token_path(environ)))
-    return _checked(found)
+    # As huggingface_hub reads them (`HF_TOKEN or HUGGING_FACE_HUB_TOKEN`, then cleaned): a
+    # $HF_TOKEN of spaces hides the legacy variable, and the file is read instead.
+    name = "HF_TOKEN" if environ.get("HF_TOKEN") else "HUGGING_FACE_HUB_TOKEN"
+    found = _clean(environ.get(name))
+    if found is not None:
+        return _checked(found, f"${name}")
+    path = token_path(environ)
+    return _checked(_clean(_read_token_file(path)), f"the token file {path}")
 
 
 def token_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -88,14 +110,15 @@ def _clean(value: str | None) -> str | None:
     return value.replace("\r", "").replace("\n", "").strip() or None
 
 
-def _checked(value: str | None) -> str | None:
+def _checked(value: str | None, source: str) -> Token | None:
     """A token goes in a header: one that cannot is a usage error (never echoed back)."""
-    if value is not None:
-        try:
-            check_header("Authorization", f"Bearer {value}")
-        except UsageError:
-            raise UsageError("the token has characters a header cannot carry") from None
-    return value
+    if value is None:
+        return None
+    try:
+        check_header("Authorization", f"Bearer {value}")
+    except UsageError:
+        raise UsageError("the token has characters a header cannot carry") from None
+    return Token(value, source)
 
 
 def _expanded(path: str) -> Path:

@@ -36,6 +36,7 @@ from ..http._request import base_headers, require_identity, retry_after, send_ge
 from ..http._retry import Retry
 from ..http._translate import translate_errors
 from ..http._urls import same_origin, url_problem
+from ._env import Token
 from ._repo import Repo, RepoFile, check_commit, check_listing, parse_tree_page
 
 MAX_DOCUMENT = 64 << 20  # bytes of one API answer (a big repository's revision info is MBs)
@@ -70,7 +71,7 @@ class _Answer(NamedTuple):
 class Hub:
     """One repository on one Hub, with the token (if any) that goes with it."""
 
-    def __init__(self, endpoint: str, repo: Repo, token: str | None, settings: Settings) -> None:
+    def __init__(self, endpoint: str, repo: Repo, token: Token | None, settings: Settings) -> None:
         self.endpoint, self.repo, self.token, self.settings = endpoint, repo, token, settings
         prepare_tls(settings, endpoint)
         self.pool = make_pool(settings)
@@ -128,12 +129,16 @@ class Hub:
         except EntryNotFound as exc:
             raise EntryNotFound(str(self.repo), commit, path, exc.said) from None
 
+    def on_hub(self, url: str) -> bool:
+        """Whether ``url`` is on the Hub's own origin (not its storage's)."""
+        return same_origin(url, self.endpoint)
+
     def resolve_url(self, commit: str, path: str) -> str:
         return f"{self.endpoint}{self.repo.url_path}/resolve/{commit}/{quote(path)}"
 
     def auth_headers(self) -> tuple[tuple[str, str], ...]:
         """The token, for requests to the Hub's own origin."""
-        return (("Authorization", f"Bearer {self.token}"),) if self.token else ()
+        return (("Authorization", f"Bearer {self.token.value}"),) if self.token else ()
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -221,7 +226,7 @@ class Hub:
         if answer.headers.get("x-error-message") == _DISABLED:
             return RepositoryNotFound(repo, "the Hub has disabled access to it")
         if code == "GatedRepo":
-            how = "the token sent has not been granted access" if self.token else (
+            how = f"{self._sent()} has not been granted access" if self.token else (
                 f"no token was sent: ask for access on the Hub, then give a token with {_GIVE}"
             )  # fmt: skip
             return GatedRepository(repo, how, says)
@@ -229,20 +234,24 @@ class Hub:
         if code == "RepoNotFound" or status == 404 or (status == 401 and not self.token):
             return RepositoryNotFound(repo, self._not_found_hint(), _beyond_not_found(says))
         also = f"; {says}" if says else ""
-        if status == 401:  # a token the Hub does not know: revoked, expired or mistyped
-            why = f"the Hub refused the token sent for {repo}; give a valid one with {_GIVE}"
+        if status == 401 and self.token:  # one the Hub does not know: revoked, expired, mistyped
+            why = f"the Hub refused {self._sent()} for {repo}; {self.token.renew}"
             return AuthRefused(url, why + also)
         if status == 403:
-            why = "the token sent may lack the right to read it" if self.token else (
+            why = f"{self._sent()} may lack the right to read it" if self.token else (
                 f"no token was sent; give one with {_GIVE}"
             )  # fmt: skip
             return AuthRefused(url, f"HTTP 403 for {repo}: {why}{also}")
         after = answer.headers.get("retry-after")
         return HTTPStatusError(status, url, float(after) if after else None, said=says)
 
+    def _sent(self) -> str:
+        """The token sent, named by where it came from (never shown)."""
+        return f"the token sent (from {self.token.source})" if self.token else "no token"
+
     def _not_found_hint(self) -> str:
         if self.token:
-            return "it does not exist, or the token sent cannot see it"
+            return f"it does not exist, or {self._sent()} cannot see it"
         return f"it does not exist, or it is private and no token was sent: give one with {_GIVE}"
 
     def _hub_says(self, answer: _Answer) -> str:
@@ -251,8 +260,8 @@ class Hub:
         a Hub (or a proxy) echo it."""
         header, body = answer.headers.get("x-error-message", ""), answer.body
         if self.token:  # before the words are cut: a cut token would still show its start
-            header = header.replace(self.token, MASK)
-            body = body.replace(self.token.encode(), MASK.encode())
+            header = header.replace(self.token.value, MASK)
+            body = body.replace(self.token.value.encode(), MASK.encode())
         words = [w for w in (said_in_header(header), said(body)) if w]
         return f"the Hub says {'; '.join(dict.fromkeys(words))}" if words else ""
 

@@ -57,6 +57,7 @@ class LocalDirLayout:
         self.meta = root / ".cache" / "huggingface"
         self.downloads = self.meta / "download"
         self.in_root, self.in_downloads = _disk.Confined(root), _disk.Confined(self.downloads)
+        self.made = _disk.Made()
 
     @property
     def where(self) -> Path:
@@ -75,12 +76,27 @@ class LocalDirLayout:
         problem = _files.directory_problem(self.root) if os.path.lexists(self.root) else None
         if problem is not None:  # a file named as the local dir: say so, not "no .cache"
             raise problem
-        _disk.make_dirs(self.in_root.check(self.downloads))
+        self.made.dirs(self.in_root.check(self.downloads))
         self.in_root.check(self.meta / "trees")
-        _disk.tag_cache_dir(self.meta)
-        if not os.path.lexists(self.meta / ".gitignore"):
+        _disk.tag_cache_dir(self.meta, self.made)
+        if self.made.new(self.meta / ".gitignore"):
             atomic_write(self.meta / ".gitignore", b"*", mode=0o666, durable=False)
-        _disk.write_tree(self.meta, self.commit, files)
+        _disk.write_tree(self.meta, self.commit, files, self.made)
+
+    def abandon(self, wrote: bool) -> None:
+        """After a failed run, what ``prepare`` made goes unless it still serves: the tree
+        record if the run put a file here; the tag and ``.gitignore`` while the bookkeeping
+        holds anything else (a lock file, a partial to resume: kept out of git and
+        backups). The local dir itself goes if the run made it and it is left empty."""
+        tree = _disk.tree_path(self.meta, self.commit)
+        markers = (self.meta / "CACHEDIR.TAG", self.meta / ".gitignore")
+
+        def serves(path: Path) -> bool:
+            if path == tree:
+                return wrote
+            return _disk.holds_other(self.meta, *markers) if path in markers else False
+
+        self.made.undo(serves)
 
     def recorded(self) -> list[RepoFile] | None:
         """Every file of the commit, as ``trees/<commit>.json`` lists them (None: no record)."""

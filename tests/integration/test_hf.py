@@ -372,6 +372,10 @@ def test_an_interrupted_hf_run_resumes_where_it_stopped(
     interrupted_a_quarter_in(hub, tmp_path, "--cache-dir", str(cache))
     blobs = cache / "models--acme--big" / "blobs"
     assert not (blobs / blob).exists() and (blobs / f"{blob}.blobdl-part.blobdl-tmp").exists()
+    # Its partial kept, no empty revision for `hf cache ls` to show (nor a repository it
+    # calls corrupt): the commit's tree record and snapshot folder went with the run.
+    scan = call(hf_env(hub.url, tmp_path, offline=True), "scan_cache_dir", cache_dir=str(cache))
+    assert scan == {"repos": {"model acme/big": {}}, "warnings": []}, scan
     done = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", str(cache), "--json")
     assert done.returncode == 0, done.stderr
     finished = [json.loads(x) for x in done.stdout.splitlines() if '"finished"' in x]
@@ -654,7 +658,8 @@ def test_the_token_goes_to_the_hub_and_never_to_storage(
         (
             ("acme/private",),
             "hf_wrong",  # a token the Hub does not know: refused, whatever it asks for
-            "authentication refused: the Hub refused the token sent for acme/private",
+            "authentication refused: the Hub refused the token sent (from $HF_TOKEN) "
+            "for acme/private",
         ),
         (("acme/nosuch",), None, "repository not found: acme/nosuch"),
         (

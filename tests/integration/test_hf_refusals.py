@@ -9,11 +9,12 @@ event, the token never shown, and nothing in the cache that huggingface_hub misr
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -21,7 +22,7 @@ from blobdl.errors import EXIT_NETWORK
 from faultserver.hub import HubHandle, HubRepo, start_hub
 from tests.conftest import REPO
 from tests.hf_client import call, hf_env
-from tests.integration.test_hf import FAST
+from tests.integration.test_hf import FAST, tree
 
 TOKEN = "hf_granted_c0ffee"  # its owner may read every private and gated repository
 STRANGER = "hf_stranger_beef"  # a token the Hub knows, whose owner was granted nothing
@@ -62,7 +63,8 @@ CASES = {
         "acme/gated", "model", STRANGER, "main", "w.bin", "GatedRepoError", 403,
         "Access to model acme/gated is restricted and you are not in the authorized list. "
         "Visit {hub}/acme/gated to ask for access.",
-        ("gated repository: acme/gated", "the token sent has not been granted access"),
+        ("gated repository: acme/gated",
+         "the token sent (from $HF_TOKEN) has not been granted access"),
     ),
     "private": Case(
         "acme/private", "model", None, "main", "w.bin", "RepositoryNotFoundError", 401,
@@ -73,7 +75,7 @@ CASES = {
     "private-not-granted": Case(
         "acme/private", "model", STRANGER, "main", "w.bin", "RepositoryNotFoundError", 404,
         "Repository not found",
-        ("repository not found: acme/private", "or the token sent cannot see it"),
+        ("repository not found: acme/private", "or the token sent (from $HF_TOKEN) cannot see it"),
     ),
     "no-repo": Case(
         "acme/nosuch", "model", None, "main", "w.bin", "RepositoryNotFoundError", 401,
@@ -83,8 +85,8 @@ CASES = {
     "revoked-token": Case(
         "acme/open", "model", REVOKED, "main", "w.bin", "HfHubHTTPError", 401,
         "Invalid credentials in Authorization header",
-        ("authentication refused: the Hub refused the token sent", "acme/open",
-         "Invalid credentials in Authorization header", f"give a valid one with {GIVE}"),
+        ("authentication refused: the Hub refused the token sent (from $HF_TOKEN)", "acme/open",
+         "Invalid credentials in Authorization header", "set a valid one in $HF_TOKEN"),
     ),
     "no-revision": Case(
         "acme/open", "model", None, "nope", "w.bin", "RevisionNotFoundError", 404,
@@ -100,18 +102,21 @@ CASES = {
 }  # fmt: skip
 
 
+REPOS = [
+    HubRepo("acme/gated", gated=True),
+    HubRepo("acme/gated-data", type="dataset", gated=True),
+    HubRepo("acme/private", private=True),
+    HubRepo("acme/open"),
+]
+for _i, _repo in enumerate(REPOS):
+    _repo.commit({"w.bin": bytes([_i]) * 5000, "config.json": b"{}"})
+COMMIT = {r.id: r.refs["main"] for r in REPOS}
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubHandle]:
-    repos = [
-        HubRepo("acme/gated", gated=True),
-        HubRepo("acme/gated-data", type="dataset", gated=True),
-        HubRepo("acme/private", private=True),
-        HubRepo("acme/open"),
-    ]
-    for i, repo in enumerate(repos):
-        repo.commit({"w.bin": bytes([i]) * 5000, "config.json": b"{}"})
     folder = tmp_path_factory.mktemp("hub")
-    handle = start_hub(folder, repos, tokens=(TOKEN,), strangers=(STRANGER,))
+    handle = start_hub(folder, REPOS, tokens=(TOKEN,), strangers=(STRANGER,))
     yield handle
     handle.stop()
 
@@ -189,25 +194,6 @@ def test_a_hub_refusal_ends_in_one_failed_event_with_its_exit_code(
     _shown_nowhere(done.stdout + done.stderr)
 
 
-@pytest.mark.parametrize("case", ["gated", "gated-not-granted"])
-def test_a_refused_download_leaves_nothing_huggingface_hub_takes_for_a_snapshot(
-    hub: HubHandle, tmp_path: Path, case: str
-) -> None:
-    """A gated repository lists its files to anyone: the refusal comes at the first file.
-    Then huggingface_hub, offline, finds no snapshot at the branch nor at the commit."""
-    done = blobdl_hf(hub, tmp_path, CASES[case])
-    assert done.returncode == EXIT_NETWORK, done.stderr
-    cache = tmp_path / "c"
-    assert not [p for p in cache.rglob("*") if p.is_file() and p.parent.name != "trees"
-                and p.name != "CACHEDIR.TAG" and p.suffix != ".lock"]  # fmt: skip
-    commit = next((cache / "models--acme--gated" / "trees").glob("*.json")).stem
-    env = hf_env(hub.url, tmp_path, offline=True)
-    for revision in ("main", commit):
-        answer = call(env, "snapshot_download", repo_id="acme/gated", revision=revision,
-                      cache_dir=str(cache))  # fmt: skip
-        assert "error" in answer, (revision, answer)
-
-
 def test_a_hub_that_echoes_the_token_in_its_words_never_gets_it_shown_nor_escapes(
     hub: HubHandle, tmp_path: Path
 ) -> None:
@@ -242,3 +228,270 @@ def test_a_listed_file_the_hub_then_lacks_is_named_with_what_the_hub_says(
     line = done.stderr.strip()
     assert line.startswith("blobdl: error: file not found: acme/open has no 'config.json'"), line
     assert line.endswith(f" {says}" if says else "'"), line  # no words where it said none
+
+
+# --- what a refused or failed run leaves ------------------------------------------------------
+
+# The Hub's answers to a file's GET once the listing and the access check have passed (the
+# token revoked, or the access withdrawn, meanwhile): as it answers those refusals.
+MIDWAY = {
+    "revoked-midway": (401, {"X-Error-Message": "Invalid credentials in Authorization header"}),
+    "gated-midway": (403, {"X-Error-Code": "GatedRepo", "X-Error-Message":
+                           "Access to model acme/open is restricted and you are not in the "
+                           "authorized list. Visit {hub}/acme/open to ask for access."}),
+    "gone-midway": (404, {"X-Error-Code": "RepoNotFound",
+                          "X-Error-Message": "Repository not found"}),
+}  # fmt: skip
+
+
+def refuse_files(hub: HubHandle, repo: str, how: str, path: str = "*", skip: int = 1) -> None:
+    """Every GET of ``repo``'s ``path`` (``*``: any file) at its commit but the first
+    ``skip`` (the access check's) refused."""
+    status, headers = MIDWAY[how]
+    headers = {k: v.format(hub=hub.url) for k, v in headers.items()}
+    body = json.dumps({"error": headers["X-Error-Message"]})
+    hub.hub.set_faults(
+        {"path": f"/{repo}/resolve/{COMMIT[repo]}/{path}", "action": "status", "status": status,
+         "headers": headers, "body": body, "skip": skip, "times": None}
+    )  # fmt: skip
+
+
+def judged(hub: HubHandle, home: Path, repo: str, cache: Path) -> dict[str, Any]:
+    """What the real huggingface_hub, offline, makes of ``cache``: ``hf cache ls`` (its
+    ``scan_cache_dir``), ``w.bin`` and ``config.json`` by file and the snapshot, at the branch
+    and at the commit."""
+    env = hf_env(hub.url, home, offline=True)
+    where = {"repo_id": repo, "cache_dir": str(cache)}
+    scan = call(env, "scan_cache_dir", cache_dir=str(cache))
+    seen: dict[str, Any] = {"scan": scan.get("error", scan)}
+    for revision in ("main", COMMIT[repo]):
+        for name in ("w.bin", "config.json"):
+            got = call(env, "hf_hub_download", filenames=[name], revision=revision, **where)
+            seen[f"{name}@{revision[:4]}"] = got.get("error", "found")
+        got = call(env, "snapshot_download", revision=revision, **where)
+        seen[f"snapshot@{revision[:4]}"] = got.get("error", "found")
+    return seen
+
+
+NOTHING = {f"{what}@{rev}": "LocalEntryNotFoundError"
+           for what in ("w.bin", "config.json", "snapshot")
+           for rev in ("main", "0000")}  # fmt: skip
+
+
+def _beside_locks(cache: Path) -> list[str]:
+    """What ``cache`` holds but huggingface_hub's lock files, which no one removes (removing
+    a lock file races its next taker), the folders that hold them, and the cache's tag
+    beside them."""
+    found = tree(cache)
+    locks = any(name.startswith(".locks/") for name in found)
+    return [name for name in found if not name.startswith(".locks")
+            and not (locks and name == "CACHEDIR.TAG")]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "midway"),
+    [("gated", None), ("gated-not-granted", None), ("revoked-token", None),
+     ("private", None), ("no-revision", None), ("no-file", None),
+     ("open", "revoked-midway"), ("open", "gated-midway"), ("open", "gone-midway")],
+    ids=["gated", "gated-not-granted", "revoked-token", "private", "no-revision", "no-file",
+         "revoked-midway", "gated-midway", "gone-midway"],
+)  # fmt: skip
+def test_a_refused_run_leaves_nothing_it_made(
+    hub: HubHandle, tmp_path: Path, case: str, midway: str | None
+) -> None:
+    """A gated repository lists its files to anyone, so the refusal comes at the first file,
+    after the listing; a token revoked meanwhile refuses the downloads themselves. A run
+    that wrote no file leaves no folder, no tree record, no empty snapshot: ``hf cache ls``
+    shows nothing, and huggingface_hub, offline, finds nothing rather than an incomplete
+    snapshot."""
+    if midway is not None:
+        refuse_files(hub, "acme/open", midway)
+        known = Case("acme/open", "model", TOKEN, "main", "w.bin", "", 0, "", ())
+    else:
+        known = CASES[case]
+    done = blobdl_hf(hub, tmp_path, known)
+    assert done.returncode == EXIT_NETWORK, done.stderr
+    cache = tmp_path / "c"
+    seen = judged(hub, tmp_path, known.repo, cache)
+    assert seen.pop("scan") in ("CacheNotFound", {"repos": {}, "warnings": []}), seen
+    commit = COMMIT[known.repo]
+    assert seen == {k.replace("0000", commit[:4]): v for k, v in NOTHING.items()}, seen
+    assert not cache.exists() or _beside_locks(cache) == [], tree(cache)
+    if midway is None:  # refused before any download: not even a lock file
+        assert not cache.exists(), tree(cache)
+
+
+@pytest.mark.parametrize("by", ["blobdl", "huggingface_hub"])
+def test_what_an_earlier_run_left_stays_as_it_was_after_a_refused_run(
+    hub: HubHandle, tmp_path: Path, by: str
+) -> None:
+    """A snapshot of the commit that already holds a file (its ref, its tree record), made by
+    blobdl or by huggingface_hub with a granted token, is left exactly as it was when a run
+    without access is refused the rest: the refused run removes only what it made."""
+    cache = tmp_path / "c"
+    granted = CASES["gated"]._replace(token=TOKEN, path="config.json")
+    if by == "blobdl":
+        assert blobdl_hf(hub, tmp_path, granted).returncode == 0
+    else:
+        env = hf_env(hub.url, tmp_path)
+        got = call(env, "snapshot_download", repo_id="acme/gated", allow_patterns=["config.json"],
+                   token=TOKEN, cache_dir=str(cache))  # fmt: skip
+        assert "path" in got, got
+    before, judged_before = tree(cache), judged(hub, tmp_path, "acme/gated", cache)
+    commit = COMMIT["acme/gated"]
+    files = {"refs": ["main"], "files": ["config.json"]}
+    assert judged_before["scan"] == {"repos": {"model acme/gated": {commit: files}},
+                                     "warnings": []}  # fmt: skip
+    assert judged_before["config.json@main"] == "found", judged_before
+    done = blobdl_hf(hub, tmp_path, CASES["gated"])
+    assert done.returncode == EXIT_NETWORK, done.stderr
+    assert tree(cache) == before
+    assert judged(hub, tmp_path, "acme/gated", cache) == judged_before
+
+
+def test_a_run_refused_partway_keeps_its_files_and_the_next_run_completes_them(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    """``config.json`` comes down, then ``w.bin`` is refused (the token revoked meanwhile):
+    the file that came down is kept and linked into the snapshot, whose tree record says it
+    is incomplete (no ref names it: the run did not finish). huggingface_hub, offline, reads
+    that file and refuses the snapshot as incomplete; the next run fetches only the rest."""
+    # (the access check asks for config.json, the first file listed)
+    refuse_files(hub, "acme/open", "revoked-midway", path="w.bin", skip=0)
+    granted = CASES["no-file"]._replace(token=TOKEN, path="w.bin")
+    done = blobdl_hf(hub, tmp_path, granted)
+    assert done.returncode == EXIT_NETWORK, done.stderr
+    cache = tmp_path / "c"
+    commit = COMMIT["acme/open"]
+    seen = judged(hub, tmp_path, "acme/open", cache)
+    files = {"refs": [], "files": ["config.json"]}
+    assert seen.pop("scan") == {"repos": {"model acme/open": {commit: files}}, "warnings": []}
+    assert seen[f"config.json@{commit[:4]}"] == "found", seen
+    assert seen[f"w.bin@{commit[:4]}"] == "LocalEntryNotFoundError", seen
+    assert seen[f"snapshot@{commit[:4]}"] != "found", seen  # never taken as complete
+    hub.reset()
+    done = blobdl_hf(hub, tmp_path, granted, "--json")
+    assert done.returncode == 0, done.stderr
+    started = next(json.loads(x) for x in done.stdout.splitlines() if "hf_started" in x)
+    assert started["missing"] == 1, started
+    seen = judged(hub, tmp_path, "acme/open", cache)
+    files = {"refs": ["main"], "files": ["config.json", "w.bin"]}
+    assert seen.pop("scan") == {"repos": {"model acme/open": {commit: files}}, "warnings": []}
+    assert set(seen.values()) == {"found"}, seen
+
+
+@pytest.mark.parametrize("held", [None, {"notes.txt": b"mine"}], ids=["new", "of-mine"])
+@pytest.mark.parametrize("midway", [None, "revoked-midway"], ids=["at-check", "midway"])
+def test_a_refused_local_dir_run_leaves_the_folder_as_it_was(
+    hub: HubHandle, tmp_path: Path, held: dict[str, bytes] | None, midway: str | None
+) -> None:
+    """No ``.cache/huggingface/`` left in a folder of the user's (nor the folder, if the run
+    made it) by a run that put no file there: no tree record, no metadata, no partial;
+    refused midway, the lock files a download takes, which no one removes (removing a lock
+    file races its next taker)."""
+    ld = tmp_path / "ld"
+    for name, data in (held or {}).items():
+        ld.mkdir(exist_ok=True)
+        (ld / name).write_bytes(data)
+    before = tree(ld) if ld.exists() else None
+    case = CASES["gated"]
+    if midway is not None:
+        refuse_files(hub, "acme/open", midway)
+        case = Case("acme/open", "model", TOKEN, "main", "w.bin", "", 0, "", ())
+    env = hf_env(hub.url, tmp_path)
+    if case.token is not None:
+        env["HF_TOKEN"] = case.token
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", case.repo, "--local-dir", str(ld), *FAST],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert done.returncode == EXIT_NETWORK, done.stderr
+    after = tree(ld) if ld.exists() else None
+    if midway is not None:  # the files' lock files stay (huggingface_hub's too), kept out
+        assert after is not None  # of git and backups by the tag and .gitignore beside them
+        meta = ".cache/huggingface"
+        kept = {".cache", meta, f"{meta}/.gitignore", f"{meta}/CACHEDIR.TAG", f"{meta}/download",
+                f"{meta}/download/w.bin.lock", f"{meta}/download/config.json.lock"}  # fmt: skip
+        assert set(after) - set(before or {}) <= kept, after
+        after = {name: seen for name, seen in after.items() if name not in kept}
+    assert after == (before if before is not None or midway is None else {})
+
+
+@pytest.mark.parametrize("how", MIDWAY.keys())
+def test_a_refusal_of_the_downloads_reads_as_the_same_refusal_of_the_listing(
+    hub: HubHandle, tmp_path: Path, how: str
+) -> None:
+    """The token revoked (or the access withdrawn) once the listing passed: the file's GET
+    gets the Hub's refusal, which is said in the Hub's words with what to do, as the same
+    answer to the listing is, not as any server's HTTP error."""
+    granted = Case("acme/open", "model", TOKEN, "main", "w.bin", "", 0, "", ())
+    status, headers = MIDWAY[how]
+    headers = {k: v.format(hub=hub.url) for k, v in headers.items()}
+    hub.hub.set_faults(
+        {"path": "/api/models/acme/open/revision/main", "action": "status", "status": status,
+         "headers": headers, "body": json.dumps({"error": headers["X-Error-Message"]}),
+         "times": None}
+    )  # fmt: skip
+    at_listing = blobdl_hf(hub, tmp_path / "a", granted)
+    hub.reset()
+    refuse_files(hub, "acme/open", how)
+    midway = blobdl_hf(hub, tmp_path / "b", granted)
+    lines = []
+    for done in (at_listing, midway):
+        assert done.returncode == EXIT_NETWORK, done.stderr
+        # (once the files are listed, a line says what is to come, as for any run)
+        line, *more = [x for x in done.stderr.splitlines() if x.startswith("blobdl: error:")]
+        assert not more, done.stderr
+        lines.append(re.sub(r" \(http://[^ ]*\)$", "", line))  # the URL refused, if named
+    assert lines[1] == lines[0]
+    assert headers["X-Error-Message"] in lines[1] or how == "gone-midway", lines[1]
+    _shown_nowhere(midway.stdout + midway.stderr)
+
+
+# Where the token sent came from, how the line names it, and what it says to do there.
+SOURCES = {
+    "flag": ("--token", "give a valid one with --token"),
+    "HF_TOKEN": ("$HF_TOKEN", "set a valid one in $HF_TOKEN"),
+    "legacy": ("$HUGGING_FACE_HUB_TOKEN", "set a valid one in $HUGGING_FACE_HUB_TOKEN"),
+    "file": ("the token file {home}/token", "log in again with `hf auth login`"),
+    "moved-file": ("the token file {home}/elsewhere", "log in again with `hf auth login`"),
+}
+NAMES = ("--token", "$HF_TOKEN", "$HUGGING_FACE_HUB_TOKEN", "token file", "hf auth login")
+
+
+@pytest.mark.parametrize("source", SOURCES.keys())
+@pytest.mark.parametrize("case", ["revoked-token", "gated-not-granted", "private-not-granted"])
+def test_a_refused_token_is_named_by_where_it_came_from_never_shown(
+    hub: HubHandle, tmp_path: Path, source: str, case: str
+) -> None:
+    """The line names the one place the token sent came from (the flag, a variable, the
+    token file), not every place a token may come from: a token from ``$HF_TOKEN`` is not
+    replaced by ``hf auth login``, which ``$HF_TOKEN`` outranks."""
+    known = CASES[case]
+    env = hf_env(hub.url, tmp_path)
+    more: tuple[str, ...] = ()
+    if source == "flag":
+        more = ("--token", known.token or "")
+    elif source == "HF_TOKEN":
+        env["HF_TOKEN"] = known.token or ""
+    elif source == "legacy":
+        env["HUGGING_FACE_HUB_TOKEN"] = known.token or ""
+    else:
+        name = "token" if source == "file" else "elsewhere"
+        (tmp_path / name).write_text(f"{known.token}\n")
+        if source == "moved-file":
+            env["HF_TOKEN_PATH"] = str(tmp_path / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", known.repo, "--cache-dir", str(tmp_path / "c"),
+         *FAST, *more],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert done.returncode == EXIT_NETWORK, done.stderr
+    line = done.stderr.strip()
+    named, renew = (text.format(home=tmp_path) for text in SOURCES[source])
+    assert f"the token sent (from {named})" in line, line
+    if case == "revoked-token":
+        assert renew in line, line
+    others = [n for n in NAMES if n not in named and n not in renew]
+    assert not [n for n in others if n in line], line
+    _shown_nowhere(done.stdout + done.stderr)

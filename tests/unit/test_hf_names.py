@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from blobdl.errors import BadResponse, EntryNotFound, UsageError
 from blobdl.hf import _env
-from blobdl.hf._disk import read_tree, write_tree
+from blobdl.hf._disk import Made, read_tree, write_tree
 from blobdl.hf._repo import (
     RepoFile,
     check_listing,
@@ -39,17 +39,22 @@ def test_the_token_is_the_flag_then_hf_token_then_the_legacy_variable_then_the_f
 ) -> None:
     (tmp_path / "token").write_text("  from-file\n")
     env = {"HF_HOME": str(tmp_path)}
-    assert _env.token(None, env) == "from-file"
-    assert _env.token(None, {**env, "HUGGING_FACE_HUB_TOKEN": "legacy"}) == "legacy"
-    assert _env.token(None, {**env, "HUGGING_FACE_HUB_TOKEN": "legacy", "HF_TOKEN": "env"}) == "env"
-    assert _env.token("flag\n", {**env, "HF_TOKEN": "env"}) == "flag"
+    file = f"the token file {tmp_path / 'token'}"
+    assert _env.token(None, env) == ("from-file", file)
+    legacy = {**env, "HUGGING_FACE_HUB_TOKEN": "legacy"}
+    assert _env.token(None, legacy) == ("legacy", "$HUGGING_FACE_HUB_TOKEN")
+    assert _env.token(None, {**legacy, "HF_TOKEN": "env"}) == ("env", "$HF_TOKEN")
+    assert _env.token("flag\n", {**env, "HF_TOKEN": "env"}) == ("flag", "--token")
     assert _env.token(None, {**env, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "yes"}) is None
-    assert _env.token("flag", {**env, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}) == "flag"
+    assert _env.token("flag", {**env, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}) == ("flag", "--token")
     (tmp_path / "elsewhere").write_text("moved")
     moved = {**env, "HF_TOKEN_PATH": str(tmp_path / "elsewhere")}
-    assert _env.token(None, moved) == "moved"
+    assert _env.token(None, moved) == ("moved", f"the token file {tmp_path / 'elsewhere'}")
     assert _env.token(None, {"HF_HOME": str(tmp_path / "nobody")}) is None
-    assert _env.token(None, {**env, "HF_TOKEN": " \n"}) == "from-file"  # empty is no token
+    assert _env.token(None, {**env, "HF_TOKEN": " \n"}) == ("from-file", file)  # empty: none
+    # (as huggingface_hub reads them: `HF_TOKEN or HUGGING_FACE_HUB_TOKEN`, then cleaned)
+    assert _env.token(None, {**legacy, "HF_TOKEN": " "}) == ("from-file", file)
+    assert _env.token(None, {**legacy, "HF_TOKEN": ""}) == ("legacy", "$HUGGING_FACE_HUB_TOKEN")
     with pytest.raises(UsageError, match="header") as caught:
         _env.token("bad\x00token", env)
     assert "bad" not in str(caught.value)  # a token is never echoed
@@ -327,7 +332,7 @@ def test_offline_is_on_exactly_when_huggingface_hub_reads_it_as_on() -> None:
 def test_a_tree_record_reads_back_as_written(tmp_path: Path) -> None:
     """What offline trusts to say which files a commit has: ``write_tree`` read back."""
     files = [RepoFile("w.bin", 5, SHA1, SHA256, 5, "c" * 64), RepoFile("a/b.txt", 3, "d" * 40)]
-    write_tree(tmp_path, "e" * 40, files)
+    write_tree(tmp_path, "e" * 40, files, Made())
     assert read_tree(tmp_path, "e" * 40) == sorted(files)
     assert read_tree(tmp_path, "f" * 40) is None
 
