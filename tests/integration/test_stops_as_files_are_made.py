@@ -157,3 +157,57 @@ def test_a_second_signal_as_a_pulls_lock_file_is_removed_leaves_nothing(
     assert code == EXIT_INTERRUPTED, lines
     assert lines[-1] == f"blobdl: error: interrupted by signal {signal.SIGTERM}", lines
     assert sorted(str(p.relative_to(models)) for p in models.rglob("*") if not p.is_dir()) == []
+
+
+def test_a_signal_as_a_resume_records_scratch_is_made_leaves_no_scratch(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The record is written while the coordinator's loop notes signals (never raises them
+    mid-step): the download stops, its partial and record kept together or neither."""
+    blob = make(SIZE, seed=7104)
+    out = tmp_path / "out"
+    cli = after("blobdl.store._files:open_own", ".blobdl-state.new",
+                [blob.url, "-o", str(out), *CLI], tmp_path)  # fmt: skip
+    stopped(cli, signal.SIGTERM)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names in ([], ["out.blobdl-state", "out.blobdl-tmp"])
+
+
+def cached(blob: Blob, out: Path, cache: Path) -> list[str]:
+    return [blob.url, "-o", str(out), "--cache-dir", str(cache), "--digest", blob.sha256, *CLI]
+
+
+@pytest.mark.parametrize("then", ["", "pathlib:Path.unlink"], ids=["once", "twice"])
+def test_a_signal_as_a_cache_entrys_seal_is_written_leaves_no_scratch(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """The entry just filled is sealed (its identity written to a scratch file renamed
+    into place) before the destination is linked to it: stopped there, the entry stays,
+    complete, and nothing else does (no destination, no scratch seal); ``twice``: a second
+    signal lands as the scratch is removed."""
+    seals, cache, out = tmp_path / "seals", tmp_path / "cache", tmp_path / "work" / "out"
+    monkeypatch.setenv("BLOBDL_SEAL_DIR", str(seals))
+    out.parent.mkdir()
+    blob = make(SIZE, seed=7105)
+    args = cached(blob, out, cache)
+    cli = after("blobdl.store._files:open_own", ".tmp-", args, tmp_path, then=then)
+    stopped(cli, signal.SIGTERM)
+    assert sorted(p.name for p in seals.iterdir()) == []
+    assert sorted(p.name for p in cache.iterdir()) == [f"sha256-{blob.sha256}"]
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+def test_a_second_signal_as_a_cache_scratch_link_is_removed_leaves_none(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination's scratch link to the entry is made, a signal stops the placing, and
+    a second one lands as the scratch is removed: it is removed all the same."""
+    monkeypatch.setenv("BLOBDL_SEAL_DIR", str(tmp_path / "seals"))
+    cache, out = tmp_path / "cache", tmp_path / "work" / "out"
+    out.parent.mkdir()
+    blob = make(SIZE, seed=7106)
+    cli = after("blobdl.store._cache:_link_or_copy", "", cached(blob, out, cache), tmp_path,
+                then="pathlib:Path.unlink")  # fmt: skip
+    stopped(cli, signal.SIGTERM)
+    assert sorted(p.name for p in cache.iterdir()) == [f"sha256-{blob.sha256}"]
+    assert sorted(p.name for p in out.parent.iterdir()) == []
