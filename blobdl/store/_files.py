@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .._libc import libc_function
 from ..errors import LocalFileError
-from ..processes._signals import held
+from ..processes._signals import held, whole
 
 LOCK_POLL = 0.05  # seconds between two tries of a held lock
 
@@ -113,7 +113,10 @@ def atomic_write(
         scratch.unlink(missing_ok=True)
         made = False
         try:
-            with held():  # a scratch file made is one removed if we stop (or fail)
+            # A scratch file made is one removed if we stop (or fail): a signal that lands
+            # as it is made is raised once it is ours (below). One that arrived before, and
+            # is being handled (a stopped download's last checkpoint), is not raised again.
+            with whole():
                 fd = open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
                 made = True
             _write_new(fd, data, mode if exact_mode else None, durable)
