@@ -211,3 +211,19 @@ def test_a_second_signal_as_a_cache_scratch_link_is_removed_leaves_none(
     stopped(cli, signal.SIGTERM)
     assert sorted(p.name for p in cache.iterdir()) == [f"sha256-{blob.sha256}"]
     assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+def test_a_signal_as_a_batchs_lock_files_are_made_leaves_nothing(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The signal is sent in each process as it first makes a lock file: the pool's, as its
+    seat locks the item's destination (SIGTERM ends a pool process), then the batch's own,
+    as it makes the destination's lock to clean up after that pool (``drop_unrecorded``).
+    The batch stops, and leaves nothing but its manifest."""
+    blob = make(1000, seed=7107)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url} {tmp_path / 'out'}\n")
+    args = ["-i", str(manifest), *CLI]
+    code, lines = after("blobdl.store._lock:DestinationLock._open", "", args, tmp_path).finish()
+    assert code == EXIT_INTERRUPTED, lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest"], lines
