@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..processes._signals import held
 from ..store._files import open_own, still_at, take_lock
 from ._oci import Blob
 from ._owner import Owner
@@ -88,27 +89,39 @@ class LockFile:
         while True:
             if self.look_only and not os.path.lexists(self.path):
                 return True
-            fd = open_own(self.path, os.O_RDWR | (0 if self.look_only else os.O_CREAT))
+            # The file made is ours to let go of (``release``) from the moment it is opened:
+            # a stop (or an error) before it is locked must not leave it behind, made by us
+            # and removed by nobody.
+            with held():
+                self.fd = open_own(self.path, os.O_RDWR | (0 if self.look_only else os.O_CREAT))
             if self.owner is not None and not self.look_only:
-                os.fchown(fd, *self.owner)
-            if not take_lock(fd, wait=wait, shared=shared):
-                os.close(fd)
+                os.fchown(self.fd, *self.owner)
+            if not take_lock(self.fd, wait=wait, shared=shared):
+                self._close()
                 return False
-            if still_at(self.path, fd):
-                self.fd = fd
+            if still_at(self.path, self.fd):
                 return True
-            os.close(fd)  # we locked a file its last holder had just unlinked
+            self._close()  # we locked a file its last holder had just unlinked
 
     def release(self) -> None:
+        """Let go, removing the file if nobody else holds it (one that waits for it finds it
+        gone once it locks it, and tries again). A stop that lands meanwhile does not cut
+        it short: the pull stops already, or its next step hears it."""
         if self.fd is None:
             return
+        with held(drop=True):
+            try:
+                fd = self.fd
+                if not self.look_only and take_lock(fd, wait=False) and still_at(self.path, fd):
+                    self.path.unlink()  # alone, and still holding it: nobody else owns the name
+            except OSError:
+                pass  # a lock file left behind costs nothing; blobdl prune removes it
+            finally:
+                self._close()
+
+    def _close(self) -> None:
         fd, self.fd = self.fd, None
-        try:
-            if not self.look_only and take_lock(fd, wait=False) and still_at(self.path, fd):
-                self.path.unlink()  # alone, and still holding it: nobody else owns the name
-        except OSError:
-            pass  # a lock file left behind costs nothing; blobdl prune removes it
-        finally:
+        if fd is not None:
             os.close(fd)
 
 

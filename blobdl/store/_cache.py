@@ -35,7 +35,7 @@ from pathlib import Path
 from ..config import Settings
 from ..errors import LocalFileError
 from ..events import DownloadResult
-from ..processes._signals import commit
+from ..processes._signals import commit, held
 from ._destination import BESIDE, check_destination
 from ._digest import sha256_fd
 from ._files import atomic_write, local_error, open_own
@@ -274,7 +274,7 @@ def place(entry: Path, dest: Path, verified: os.stat_result) -> os.stat_result:
         os.replace(scratch, dest)
         after = os.lstat(dest)
     except BaseException as exc:  # Ctrl-C during a long copy too: no scratch file left
-        with contextlib.suppress(OSError):
+        with held(drop=True), contextlib.suppress(OSError):  # nor a second one in the removal
             scratch.unlink()
         if isinstance(exc, OSError):
             raise local_error(dest, exc) from None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .._libc import libc_function
 from ..errors import LocalFileError
+from ..processes._signals import held, whole
 
 LOCK_POLL = 0.05  # seconds between two tries of a held lock
 
@@ -110,13 +111,20 @@ def atomic_write(
     scratch = scratch or path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     with local_errors(path):
         scratch.unlink(missing_ok=True)
-        fd = open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        made = False
         try:
+            # A scratch file made is one removed if we stop (or fail): a signal that lands
+            # as it is made is raised once it is ours (below). One that arrived before, and
+            # is being handled (a stopped download's last checkpoint), is not raised again.
+            with whole():
+                fd = open_own(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+                made = True
             _write_new(fd, data, mode if exact_mode else None, durable)
             os.replace(scratch, path)
         except BaseException:
-            with contextlib.suppress(OSError):
-                scratch.unlink()
+            if made:  # (never what was at the name, if the open failed)
+                with held(drop=True), contextlib.suppress(OSError):  # nor a second signal
+                    scratch.unlink()
             raise
         if sync_dir:
             fsync_dir(path.parent)

@@ -68,7 +68,7 @@ class DestinationLock:
         while True:
             fd = None
             try:
-                with held():  # a file opened is a file noted (and closed if we stop)
+                with held():  # a file opened is a file noted (and let go of if we stop)
                     fd = self._open()
                 taken = self._wait(fd, deadline)  # Ctrl-C ends it
                 if taken is False:
@@ -84,7 +84,11 @@ class DestinationLock:
                 if self.fd is not None:
                     self.__exit__(type(exc), exc, None)  # we held it: no lock file left
                 elif fd is not None:
-                    os.close(fd)
+                    # Stopped after the file was made (or locked), before it was noted: it
+                    # may be one we just created, which nobody would ever remove. Removed
+                    # only if we can lock it (nobody else holds it) and it is still dest's.
+                    with held(drop=True):  # a second signal must not cut this short
+                        _close_removing(fd, self.path)
                 raise
             os.close(fd)  # a file its holder removed (or a seat moved) meanwhile: not dest's
 
