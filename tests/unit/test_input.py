@@ -127,7 +127,7 @@ def test_an_items_bad_header_is_refused_naming_the_item(
     manifest's are with their line: the error says which of many items holds it."""
     url = "http://127.0.0.1:9/x"  # never asked: refused before anything starts
     items = [Item(url, str(tmp_path / "a")), Item(url, str(tmp_path / "b"), headers=(header,))]
-    with pytest.raises(UsageError, match=f"^item 1: {says}"):
+    with pytest.raises(UsageError, match=rf"^items\[1\]: {says}"):
         download_many(items)
     assert not list(tmp_path.iterdir())
 
