@@ -265,6 +265,14 @@ def test_a_local_cluster_counts_its_workers_in_ascii_digits(count: str) -> None:
         local_workers(f"local:{count}")
 
 
+def test_a_local_cluster_with_nothing_after_its_colon_is_refused() -> None:
+    """``local:`` meant one worker per CPU, undocumented: most likely ``local:$N`` with an
+    empty ``N``, not a wish for 64 workers. ``local`` says one per CPU."""
+    with pytest.raises(UsageError, match=r"not a local cluster: 'local:' \(try local or local:4\)"):
+        local_workers("local:")
+    assert local_workers("local") == (os.cpu_count() or 1) and local_workers("local:3") == 3
+
+
 any_value = (
     st.none()
     | st.booleans()
