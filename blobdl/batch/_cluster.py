@@ -25,7 +25,7 @@ from ._cluster_order import Sized, start_order
 from ._cluster_run import Run, task_error
 from ._cluster_task import Job, Outcome, Probed, fetch, probe
 from ._destinations import Destinations
-from ._items import BatchCallback, Item, ItemResult, first_of_each
+from ._items import BY_INDEX, BatchCallback, Item, ItemResult, Numbering, first_of_each
 from ._outcomes import Outcomes
 from ._sizing import settings_for
 
@@ -40,9 +40,11 @@ def download_many_on(
     per_host: int,
     on_event: BatchCallback | None,
     base_dir: str | None,
+    numbering: Numbering = BY_INDEX,
 ) -> list[ItemResult]:
-    """``download_many`` on ``cluster`` (a Client, a scheduler address or local[:N])."""
-    firsts = first_of_each(batch)  # usage errors before anything is submitted
+    """``download_many`` on ``cluster`` (a Client, a scheduler address or local[:N]); its
+    errors name an item as ``numbering`` does."""
+    firsts = first_of_each(batch, numbering=numbering)  # usage errors before anything is submitted
     outcomes = Outcomes(on_event)
     with connect(cluster, threads=max_connections) as client:
         workers = checked(client, settings.stall_timeout)
@@ -50,16 +52,16 @@ def download_many_on(
         said_if_silent(workers)
         tell = None if on_event is None else outcomes.event
         run = Run(client, tell, settings.stall_timeout, workers.silent)
-        budget = Budget(run.name, max_connections, per_host)
+        budget, channel = Budget(run.name, max_connections, per_host), run.channel
         jobs = [
-            Job(i, item, settings_for(settings, item), budget, base_dir, run.channel)
+            Job(i, numbering.one(i), item, settings_for(settings, item), budget, base_dir, channel)
             for i, item in enumerate(batch)
             if firsts[i] == i
         ]
         hosts: set[str] = set()
         try:
             with run.open():
-                _Batch(run, outcomes, hosts).all(jobs)
+                _Batch(run, outcomes, hosts, numbering).all(jobs)
         except (Interrupted, Stop) as exc:  # the items it cut are told so, as on one machine
             # (a Stop: a second signal landed while the run stopped its tasks)
             stop = interrupted(exc)
@@ -84,8 +86,9 @@ def _said_if_no_worker(client: Any, workers: Workers) -> None:
 
 
 class _Batch:
-    def __init__(self, run: Run, outcomes: Outcomes, hosts: set[str]) -> None:
+    def __init__(self, run: Run, outcomes: Outcomes, hosts: set[str], numbering: Numbering) -> None:
         self.run, self.outcomes, self.hosts = run, outcomes, hosts
+        self.numbering = numbering
 
     def all(self, jobs: list[Job]) -> None:
         """Probe every item, then download them in the order that suits the cluster."""
@@ -115,7 +118,7 @@ class _Batch:
         against its own), and ``base_dir`` is applied on the worker."""
         cached = any(job.settings.cache_dir for job in jobs)
         given = {job.place: job.item.path for job in jobs if job.item.path is not None}
-        destinations = Destinations(given, None, cached)
+        destinations = Destinations(given, None, cached, numbering=self.numbering)
         left = []
         for job in jobs:
             if job.place in self.outcomes.results:

@@ -37,11 +37,13 @@ def dask() -> ModuleType:
 
 
 def local_workers(cluster: str) -> int | None:
-    """``"local"`` -> one worker per CPU, ``"local:N"`` -> N; None for anything else."""
-    name, _, count = cluster.partition(":")
+    """``"local"`` -> one worker per CPU, ``"local:N"`` -> N; None for anything else.
+    ``"local:"`` is refused: most likely ``local:$N`` with ``N`` empty, not a wish for a
+    worker per CPU (``"local"`` says that)."""
+    name, colon, count = cluster.partition(":")
     if name != "local":
         return None
-    if not count:
+    if not colon:
         return os.cpu_count() or 1
     # isdigit() alone holds for "²", which int() refuses, and for other scripts' digits.
     if not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= 256:

@@ -54,6 +54,7 @@ class Job(NamedTuple):
     """One item as its tasks carry it to a worker."""
 
     place: int  # the item's place in the caller's list
+    label: str  # how its errors name it (``Numbering.one``): its manifest line, or its index
     item: Item  # normalized: digest bare hex, userinfo lifted into a header
     settings: Settings  # the batch's, with the item's headers
     budget: Budget
@@ -190,7 +191,7 @@ def _confined(job: Job, remote: Remote | None) -> Item:
     if item.path is None:
         name = default_name(remote) if remote is not None else name_from_url(item.url)
         item = item._replace(path=name)
-    return inside(base, item, f"item {job.place}")
+    return inside(base, item, job.label)
 
 
 def _wanted(remote: Remote | None, settings: Settings, *, hashing: bool) -> int:

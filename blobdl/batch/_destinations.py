@@ -17,7 +17,7 @@ from ..errors import LocalFileError
 from ..http._remote import Remote
 from ..store._files import absolute
 from ..store._names import default_name, name_from_url
-from ._items import Item, inside
+from ._items import BY_INDEX, Item, Numbering, inside
 
 
 class Destinations:
@@ -29,12 +29,14 @@ class Destinations:
         base_dir: Path | None,
         cached: bool,
         where_to: Callable[[str], str] = absolute,
+        numbering: Numbering = BY_INDEX,
     ) -> None:
         self.base_dir = base_dir  # where items without a path are named
         self.cached = cached  # the batch has a cache: an item with a digest may come through it
         self.where_to = where_to  # the key a destination is claimed by (``first_of_each``'s)
         self.claimed = {where_to(path): index for index, path in given.items()}
         self.names: dict[int, str] = {}  # item -> the path it was named after its probe
+        self.numbering = numbering  # how errors name an item: its manifest line, or its index
 
     def by_url(self, index: int, item: Item) -> Item:
         """An item that comes through the cache without a path is named from its URL, as a
@@ -85,9 +87,13 @@ class Destinations:
         other item of the batch writes there (else a LocalFileError)."""
         named = item._replace(path=name)
         if self.base_dir is not None:
-            named = inside(self.base_dir, named, f"item {index}")
+            named = inside(self.base_dir, named, self.numbering.one(index))
         path = named.path or name
         holder = self.claim(index, path)
         if holder is not None:
-            raise LocalFileError(path, f"item {holder} of the batch writes it too")
+            raise LocalFileError(path, self.writes_too(holder))
         return named
+
+    def writes_too(self, holder: int) -> str:
+        """Why a later item may not write the path item ``holder`` has."""
+        return f"{self.numbering.one(holder)} writes it too"

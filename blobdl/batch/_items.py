@@ -55,6 +55,27 @@ class BatchEvent(NamedTuple):
 BatchCallback = Callable[[BatchEvent], None]
 
 
+class Numbering(NamedTuple):
+    """How a batch's errors name its items, so their user can find them: by the manifest
+    line each came from (``lines``, one per item: comments and blank lines make an index no
+    line number), else by its index in the list the caller gave, written as one: ``items[3]``."""
+
+    lines: tuple[int, ...] | None = None
+
+    def one(self, index: int) -> str:
+        """``manifest line 7``, or ``items[3]``."""
+        return f"items[{index}]" if self.lines is None else f"manifest line {self.lines[index]}"
+
+    def both(self, first: int, second: int) -> str:
+        """``manifest lines 3 and 7``, or ``items[0] and items[1]``."""
+        if self.lines is None:
+            return f"items[{first}] and items[{second}]"
+        return f"manifest lines {self.lines[first]} and {self.lines[second]}"
+
+
+BY_INDEX = Numbering()  # a list given to ``download_many``
+
+
 def confine(base: Path, path: str) -> Path:
     """``path`` taken inside ``base``; ValueError if it is absolute, has a ``..`` or
     leads outside ``base`` through a symbolic link (followed as far as they exist now)."""
@@ -74,14 +95,14 @@ def host_of(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
-def given(items: object) -> list[Item]:
+def given(items: object, numbering: Numbering = BY_INDEX) -> list[Item]:
     """The caller's items, each an ``Item`` (a URL string is one): anything else is a
-    UsageError naming it, here, not a TypeError from deep inside."""
+    UsageError naming it (as ``numbering`` does), here, not a TypeError from deep inside."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise UsageError(f"items must be a list of Items or URLs, not {type(items).__name__}")
     listed = [Item(i) if isinstance(i, str) else _path_as_text(i) for i in items]
     for n, item in enumerate(listed):
-        _check_item(item, f"item {n}")
+        _check_item(item, numbering.one(n))
     return listed
 
 
@@ -163,14 +184,19 @@ def same_file() -> Callable[[str], str]:
     return where_to
 
 
-def first_of_each(items: list[Item], where_to: Callable[[str], str] = absolute) -> list[int]:
+def first_of_each(
+    items: list[Item],
+    where_to: Callable[[str], str] = absolute,
+    numbering: Numbering = BY_INDEX,
+) -> list[int]:
     """For each item, the index of the first item it duplicates (itself if none).
 
     Only an identical request is a duplicate: same URL, destination, digest and headers
     (items are normalized first: the same digest written two ways is the same).
     The same destination asked for with anything else different is a usage error: one of
     the two would silently overwrite the other. Destinations are compared as ``where_to``
-    gives them (``same_file`` on the machine that writes them)."""
+    gives them (``same_file`` on the machine that writes them); the two items named as
+    ``numbering`` names them."""
     seen: dict[tuple[object, ...], int] = {}
     claimed: dict[str, int] = {}
     firsts = []
@@ -178,6 +204,7 @@ def first_of_each(items: list[Item], where_to: Callable[[str], str] = absolute) 
         where = where_to(item.path) if item.path else None
         first = seen.setdefault((item.url, where, item.digest, item.headers), index)
         if where is not None and claimed.setdefault(where, first) != first:
-            raise UsageError(f"items {claimed[where]} and {index} both write {item.path}")
+            clash = numbering.both(claimed[where], index)
+            raise UsageError(f"{clash} both write {item.path}")
         firsts.append(first)
     return firsts

@@ -13,7 +13,7 @@ from ..config import MAX_BYTES, check_path, parse_header
 from ..errors import UsageError
 from ..http._urls import check_url
 from ..store._digest import parse_digest
-from ._items import Item, check_path_given, confine
+from ._items import Item, Numbering, check_path_given, confine
 
 MAX_LINE = 1 << 20  # characters of one line: an item with many headers is a few KB
 # Bytes of one manifest read by ``read_manifest``: about 2 million items of ~130 bytes, whose
@@ -85,11 +85,19 @@ def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = 
     naming its line: bytes that are not UTF-8, a NUL, more than ``MAX_LINE`` characters, a
     JSON field that is unknown, repeated or of the wrong type. With ``base_dir``, a path
     that would lead outside it is one too (the paths are returned as given)."""
+    return numbered_items(text, base_dir)[0]
+
+
+def numbered_items(
+    text: str | bytes, base_dir: str | os.PathLike[str] | None = None
+) -> tuple[list[Item], Numbering]:
+    """``parse_manifest``'s items, and the line each came from: a batch's errors name its
+    items by them (``Numbering``)."""
     if not isinstance(text, (str, bytes, bytearray)):
         raise UsageError(f"text must be the manifest's text (str or bytes), not "
                          f"{type(text).__name__}: open and read a file first")  # fmt: skip
     check_path("base_dir", base_dir)
-    items = []
+    items, lines = [], []
     for number, line in enumerate(_lines(_manifest_text(text)), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -105,9 +113,10 @@ def parse_manifest(text: str | bytes, base_dir: str | os.PathLike[str] | None = 
             if base_dir is not None and item.path is not None:
                 confine(Path(base_dir), item.path)
             items.append(item)
+            lines.append(number)
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise UsageError(f"manifest line {number}: {exc}") from None
-    return items
+    return items, Numbering(tuple(lines))
 
 
 def _lines(text: str) -> list[str]:

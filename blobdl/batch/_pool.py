@@ -73,6 +73,7 @@ class _Job(NamedTuple):
     """Scheduler -> seat: fetch this item."""
 
     number: int  # the item's index in the batch
+    label: str  # how its errors name it (``Numbering.one``): its manifest line, or its index
     item: Item  # normalized (credentials out of its URL, its digest bare hex)
     settings: Settings  # the batch's, with the item's own headers
     base_dir: Path | None  # an item without a path is named inside it
@@ -103,7 +104,7 @@ class _Large(NamedTuple):
 
 class _Claim(NamedTuple):
     """Seat -> scheduler: the item is to be written at ``path`` (an item given no path, named
-    after its probe); the scheduler answers None, or the item that writes there already."""
+    after its probe); the scheduler answers None, or why not: which item writes there already."""
 
     path: str
 
@@ -182,9 +183,9 @@ class Pool:
     def start(self, seat: int, job: _Job) -> None:
         self._send(seat, job)
 
-    def tell(self, seat: int, holder: int | None) -> None:
-        """Answer a seat's ``_Claim``."""
-        self._send(seat, holder)
+    def tell(self, seat: int, taken: str | None) -> None:
+        """Answer a seat's ``_Claim``: None (the path is its item's), or why not."""
+        self._send(seat, taken)
 
     def drop(self, seat: int) -> None:
         """Have an idle seat let its kept connection go; return once it has (the budget
@@ -429,12 +430,12 @@ def _fetch(seat: Seat, job: _Job, line: _Line) -> _Done | _Large:
         batch writes there: the scheduler says."""
         named = item._replace(path=default_name(remote))
         if job.base_dir is not None:
-            named = inside(job.base_dir, named, f"item {job.number}")
+            named = inside(job.base_dir, named, job.label)
         path = named.path or ""
         line.send(_Claim(path))
-        holder = line.recv()
-        if holder is not None:
-            raise LocalFileError(path, f"item {holder} of the batch writes it too")
+        taken = line.recv()
+        if taken is not None:
+            raise LocalFileError(path, taken)
         return Path(path)
 
     outcome: DownloadResult | BlobdlError

@@ -49,10 +49,12 @@ from ._budget import Budget
 from ._destinations import Destinations
 from ._item_process import LargeItems, Running, receive
 from ._items import (
+    BY_INDEX,
     BatchCallback,
     BatchEvent,
     Item,
     ItemResult,
+    Numbering,
     confine,
     first_of_each,
     given,
@@ -100,20 +102,43 @@ def download_many(
 
     With ``base_dir`` every item's path is taken relative to it and must stay inside it
     (no absolute path, no ``..``, no symbolic link leading out: a UsageError names the
-    item), and an item without a path gets its name from the server inside it."""
+    item), and an item without a path gets its name from the server inside it.
+
+    An error names an item by its index in ``items``, written as one: ``items[3]``."""
+    return download_numbered(items, BY_INDEX, max_connections=max_connections,
+                             per_host=per_host, on_event=on_event, settings=settings,
+                             base_dir=base_dir, cluster=cluster, **overrides)  # fmt: skip
+
+
+def download_numbered(
+    items: Iterable[Item | str],
+    numbering: Numbering,
+    *,
+    max_connections: int = 16,
+    per_host: int = PER_HOST,
+    on_event: BatchCallback | None = None,
+    settings: Settings | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    cluster: Any = None,
+    **overrides: Any,
+) -> list[ItemResult]:
+    """``download_many``, its errors naming an item as ``numbering`` does (``blobdl -i``:
+    by the manifest line it came from)."""
     check_int("max_connections", max_connections, 1, MAX_CONNECTIONS)
     check_int("per_host", per_host, 1, MAX_CONNECTIONS)
     check_path("base_dir", base_dir)
     check_callback("on_event", on_event)
     base = Downloader(settings, **overrides).settings
-    listed = given(items)
+    listed = given(items, numbering)
     on_event = callers(on_event)  # a signal stops the caller's callback, even as it waits
     with called():  # in the main thread, SIGTERM is Ctrl-C, wherever the batch runs
-        return _many(listed, base, max_connections, per_host, on_event, base_dir, cluster)
+        return _many(listed, numbering, base, max_connections, per_host, on_event, base_dir,
+                     cluster)  # fmt: skip
 
 
 def _many(
     listed: list[Item],
+    numbering: Numbering,
     base: Settings,
     max_connections: int,
     per_host: int,
@@ -127,19 +152,22 @@ def _many(
         from ._cluster import download_many_on  # only with a cluster: it needs distributed
 
         spread = download_many_on(cluster, batch, base, max_connections, per_host, on_event,
-                                  None if base_dir is None else os.fspath(base_dir))  # fmt: skip
+                                  None if base_dir is None else os.fspath(base_dir),
+                                  numbering)  # fmt: skip
         return [r._replace(item=item) for r, item in zip(spread, listed, strict=True)]
     if base_dir is not None:
         where = Path(base_dir)
         if not where.is_dir():
             raise UsageError(f"base directory {str(where)!r} is not a directory")
-        batch = [inside(where, item, f"item {n}") for n, item in enumerate(batch)]
+        batch = [inside(where, item, numbering.one(n)) for n, item in enumerate(batch)]
     if _clean_process.needs_clean():  # never fork here: a clean process schedules instead
-        first_of_each(batch)  # usage errors from the calling thread, before any process
-        args = (batch, base, max_connections, per_host, where)
+        # Usage errors from the calling thread, before any process.
+        first_of_each(batch, numbering=numbering)
+        args = (batch, base, max_connections, per_host, where, numbering)
         results = _clean_process.call(_many_here, args, on_event)
     else:
-        results = _Scheduler(batch, base, max_connections, per_host, on_event, where).run()
+        scheduler = _Scheduler(batch, base, max_connections, per_host, on_event, where, numbering)
+        results = scheduler.run()
     return [r._replace(item=item) for r, item in zip(results, listed, strict=True)]
 
 
@@ -149,10 +177,13 @@ def _many_here(
     max_connections: int,
     per_host: int,
     base_dir: Path | None,
+    numbering: Numbering,
     on_event: BatchCallback | None,
 ) -> list[ItemResult]:
     """``download_many`` in the clean process ``_clean_process`` started for a threaded caller."""
-    return _Scheduler(batch, settings, max_connections, per_host, on_event, base_dir).run()
+    scheduler = _Scheduler(batch, settings, max_connections, per_host, on_event, base_dir,
+                           numbering)  # fmt: skip
+    return scheduler.run()
 
 
 def _no_seat() -> OutOfResources:
@@ -210,17 +241,20 @@ class _Scheduler:
         per_host: int,
         on_event: BatchCallback | None,
         base_dir: Path | None = None,
+        numbering: Numbering = BY_INDEX,  # how errors name an item: manifest line, or index
     ) -> None:
         self.items, self.settings = items, settings
+        self.numbering = numbering
         self.base_dir = base_dir  # where items without a path are named
         self.outcomes = Outcomes(on_event)
         where_to = same_file()
-        self.first = first_of_each(items, where_to)
+        self.first = first_of_each(items, where_to, numbering)
         firsts = [i for i in range(len(items)) if self.first[i] == i]
         # Every destination of the batch, and the item that writes it: the manifest's paths
         # first, then each name as it is given (a later item named alike fails).
         given = {i: path for i in firsts if (path := items[i].path) is not None}
-        self.destinations = Destinations(given, base_dir, bool(settings.cache_dir), where_to)
+        cached = bool(settings.cache_dir)
+        self.destinations = Destinations(given, base_dir, cached, where_to, numbering)
         self.queued, self.waiting, self.unfit = _placed(items, firsts, settings, self.destinations)
         # Where a batch killed whole may have left its seats' kept lock files, swept once
         # before the pool starts (then none of ours is there yet), not per item.
@@ -328,7 +362,8 @@ class _Scheduler:
     def _dispatch(self, seat: int, index: int, host: str) -> None:
         item = self.items[index]
         settings = settings_for(self.settings, item)
-        job = _Job(index, item, settings, self.base_dir, self.outcomes.heard)
+        label = self.numbering.one(index)
+        job = _Job(index, label, item, settings, self.base_dir, self.outcomes.heard)
         self.budget.start(seat, host)
         if self.limit is not None:
             self._share()  # its share of the rate in its slot before its first read

@@ -229,5 +229,5 @@ class Seats:
             holder = self.destinations.claim(index, answer.path)
             if holder is None:  # its item's lock file is there now
                 self.locks.setdefault(seat, set()).add(answer.path + LOCK_SUFFIX)
-            self.pool.tell(seat, holder)
+            self.pool.tell(seat, None if holder is None else self.destinations.writes_too(holder))
         return None

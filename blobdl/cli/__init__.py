@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 from .._redact import redact_url
-from ..batch._manifest import read_manifest
-from ..batch._scheduler import PER_HOST, BatchEvent, ItemResult, download_many, parse_manifest
+from ..batch._manifest import numbered_items, read_manifest
+from ..batch._scheduler import PER_HOST, BatchEvent, ItemResult, download_numbered
 from ..engine._download import Downloader
 from ..engine._tell import failed as failed_event
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
@@ -153,12 +153,14 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
         tell = display.item_event
     try:
         # On a cluster, paths are the workers': base-dir confinement is checked there.
-        items = parse_manifest(text, None if on_cluster else args.base_dir)
+        items, numbering = numbered_items(text, None if on_cluster else args.base_dir)
+        display.lines = numbering.lines or ()  # --json lines name each item's line too
         if not items:  # -i at the wrong file: nothing to do must not look like success
             named = "stdin" if args.input == "-" else args.input
             raise UsageError(f"{named}: the manifest lists no items")
-        results = download_many(
+        results = download_numbered(  # its errors name an item by its manifest line
             items,
+            numbering,
             max_connections=args.connections,
             per_host=PER_HOST if args.per_host is None else args.per_host,
             base_dir=args.base_dir,
@@ -166,7 +168,7 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
             on_event=tell,
             cluster=args.scheduler,
         )
-    except UsageError as exc:  # download_many's own: max_connections is --connections here
+    except UsageError as exc:  # download_numbered's own: max_connections is --connections here
         return fail(display, in_options(exc), EXIT_USAGE)
     except BlobdlError as exc:
         return fail(display, exc, exc.exit_code)

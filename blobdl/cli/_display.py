@@ -311,10 +311,12 @@ class Display:
         self.dead = False  # the bar's terminal went away
         self.done: dict[str, int] = {}  # with ``tally``: bytes on disk, per download
         self.ended: set[int] = set()  # with -i --json: the items whose last line is written
+        self.lines: tuple[int, ...] = ()  # with -i: the manifest line of each item
 
     def item_event(self, batch_event: BatchEvent) -> None:
-        """With -i --json: JSON lines carry the item's index. Nothing else is drawn per
-        item: without --json the batch is given no callback (its seats send no events)."""
+        """With -i --json: JSON lines carry the item's index and its manifest line. Nothing
+        else is drawn per item: without --json the batch is given no callback (its seats
+        send no events)."""
         event = batch_event.event
         self.failed = self.failed or isinstance(event, Failed)
         if self.mode != "json":
@@ -325,8 +327,10 @@ class Display:
         with whole():
             if last and batch_event.item in self.ended:
                 return
+            index = batch_event.item
+            line = {"line": self.lines[index]} if index < len(self.lines) else {}
             worker = {"worker": batch_event.worker} if batch_event.worker else {}
-            json_line(sys.stdout, {"item": batch_event.item, **worker, **event_record(event)})
+            json_line(sys.stdout, {"item": index, **line, **worker, **event_record(event)})
             if last:
                 self.ended.add(batch_event.item)
 

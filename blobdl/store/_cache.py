@@ -38,7 +38,7 @@ from ..events import DownloadResult
 from ..processes._signals import commit, held
 from ._destination import BESIDE, check_destination
 from ._digest import sha256_fd
-from ._files import atomic_write, local_error, open_own
+from ._files import atomic_write, local_error, local_errors, make_directory, open_own
 from ._lock import DestinationLock
 from ._resume import sweep
 
@@ -64,10 +64,7 @@ def through_cache(
     (``time.monotonic()``) are for the result of a hit."""
     assert settings.cache_dir is not None
     cache = Path(settings.cache_dir)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise local_error(cache, exc) from None
+    make_directory(cache)
     entry = entry_path(cache, hexdigest)
     check_destination(dest, max(BESIDE, LINK_BESIDE))
     fetched = None
@@ -244,17 +241,19 @@ def _seal_dir() -> Path | None:
         state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         directory = Path(state) / "blobdl" / "seals"
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(directory)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-            log.warning(
-                "seal directory %s is not this user's own; hashing every cache hit", directory
-            )
-            return None
-        if stat.S_IMODE(info.st_mode) & 0o077:
-            directory.chmod(0o700)
-    except OSError as exc:
-        log.warning("no seal directory %s (%s); hashing every cache hit", directory, exc)
+        make_directory(directory, 0o700)
+        with local_errors(directory):
+            info = os.lstat(directory)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                log.warning(
+                    "seal directory %s is not this user's own; hashing every cache hit", directory
+                )
+                return None
+            if stat.S_IMODE(info.st_mode) & 0o077:
+                directory.chmod(0o700)
+    except LocalFileError as exc:  # worded as errors are: "is a file, not a directory"
+        why = exc.detail if exc.path == str(directory) else str(exc)  # else a parent's
+        log.warning("no seal directory %s (%s); hashing every cache hit", directory, why)
         return None
     return directory
 

@@ -2,9 +2,9 @@
 one of our own files without trusting its name, refusing a special file where a regular one
 belongs (``require_regular``), replacing a file atomically (``atomic_write``), making a
 rename durable (``fsync_dir``), moving a file to a name that nothing has (``rename_new``),
-waiting for a lock (``take_lock``), and turning an ``OSError`` into a ``LocalFileError``
-(``local_error``, ``local_errors``); and a C library function where Python has none
-(``libc_function``).
+waiting for a lock (``take_lock``), making a directory (``make_directory``), and turning an
+``OSError`` into a ``LocalFileError`` (``local_error``, ``local_errors``); and a C library
+function where Python has none (``libc_function``).
 """
 
 from __future__ import annotations
@@ -229,6 +229,19 @@ def _limit_hint(exc: OSError) -> str:
     if limit == resource.RLIM_INFINITY:
         return ""
     return f" (the file-size limit, ulimit -f, is {limit} bytes)"
+
+
+def make_directory(directory: Path, mode: int = 0o777) -> None:
+    """Make ``directory`` and its missing parents (``mode``, less the umask), unless it is
+    there; a LocalFileError if it cannot be. A file (or a link to none) in the way is named
+    as ``directory_problem`` names one, "is a file, not a directory", not as mkdir's
+    "File exists"; a file in place of a parent names that parent (``local_error``)."""
+    try:
+        directory.mkdir(mode=mode, parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise (directory_problem(directory) or local_error(directory, exc)) from None
+    except OSError as exc:
+        raise local_error(directory, exc) from None
 
 
 def absolute(path: str) -> str:

@@ -123,7 +123,7 @@ def test_a_path_named_like_another_items_side_file_is_refused_before_anything_st
         {"path": f"/files/{small.name}", "times": None, "action": "ttfb", "delay": 1.0},
     )
     items = [Item(large.url, str(tmp_path / "a")), Item(small.url, str(tmp_path / f"a.{side}"))]
-    with pytest.raises(blobdl.UsageError, match=f"item 1: .*a.{side}"):
+    with pytest.raises(blobdl.UsageError, match=rf"items\[1\]: .*a.{side}"):
         blobdl.download_many(items, settings=fast_settings(min_part_size=4 * PART,
                                                            max_part_size=4 * PART))  # fmt: skip
     assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == []
@@ -155,7 +155,7 @@ def test_two_paths_to_one_file_through_a_linked_folder_are_refused_before_anythi
     (tmp_path / "link").symlink_to("real")
     items = [Item(first.url, str(tmp_path / "real" / "x")),
              Item(second.url, str(tmp_path / "link" / "x"))]  # fmt: skip
-    with pytest.raises(blobdl.UsageError, match="items 0 and 1 both write"):
+    with pytest.raises(blobdl.UsageError, match=r"items\[0\] and items\[1\] both write"):
         blobdl.download_many(items, max_connections=1, settings=fast_settings(force=True))
     assert server.stats()["requests"] == 0 and list((tmp_path / "real").iterdir()) == []
 

@@ -241,7 +241,7 @@ def test_base_dir_refuses_paths_leaving_it(
     assert "line 3" in result.stderr and problem in result.stderr
     assert not (base / "ok").exists()  # refused before anything was fetched
     assert list(outside.iterdir()) == [] and not (tmp_path / "evil").exists()
-    with pytest.raises(blobdl.UsageError, match=rf"item 1.*{problem}"):
+    with pytest.raises(blobdl.UsageError, match=rf"items\[1\].*{problem}"):
         blobdl.download_many([Item(blob.url, "ok"), Item(blob.url, path)], base_dir=base,
                              settings=fast_settings())  # fmt: skip
 
@@ -253,7 +253,7 @@ def test_base_dir_refuses_a_symlinked_file_leading_out(make: Make, tmp_path: Pat
     outside.mkdir()
     (outside / "victim").write_bytes(b"precious")
     (base / "link").symlink_to(outside / "victim")
-    with pytest.raises(blobdl.UsageError, match=r"item 0.*outside"):
+    with pytest.raises(blobdl.UsageError, match=r"items\[0\].*outside"):
         blobdl.download_many([Item(blob.url, "link")], base_dir=base, settings=fast_settings())
     assert (outside / "victim").read_bytes() == b"precious"
 

@@ -147,7 +147,7 @@ def test_a_destination_that_ends_as_a_directory_is_refused(
     assert done.returncode == 2 and "directory" in done.stderr, done.stderr
     with pytest.raises(UsageError, match=r"manifest line 1: .*directory"):
         parse_manifest(f"{blob.url} {dest}")
-    with pytest.raises(UsageError, match=r"item 0: .*directory"):
+    with pytest.raises(UsageError, match=r"items\[0\]: .*directory"):
         download_many([Item(blob.url, dest)], settings=fast_settings())
     assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == []
 

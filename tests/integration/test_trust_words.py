@@ -226,3 +226,56 @@ def test_our_side_files_in_a_missing_directory_name_the_directory(tmp_path: Path
     with pytest.raises(LocalFileError) as caught, DestinationLock(missing / "out", 0):
         pass
     assert str(caught.value) == f"{missing}: directory does not exist"
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["a file", "a link to a file"])
+def test_a_cache_dir_that_is_a_file_is_named_as_one_not_as_file_exists(
+    make: Make, tmp_path: Path, link: bool
+) -> None:
+    """``--cache-dir`` at a file said mkdir's "File exists": a local problem (exit 5, as a
+    destination whose folder is a file), worded as blobdl words that one."""
+    blob = make(1000, seed=2104)
+    afile = tmp_path / "file"
+    afile.write_bytes(b"")
+    cache = tmp_path / "link" if link else afile
+    if link:
+        cache.symlink_to(afile)
+    for named in (cache, cache / "deeper"):  # the file is the cache, or a folder on its way
+        out = tmp_path / "out"
+        code, line = error_line(blob.url, "-o", str(out), "--digest", f"sha256:{blob.sha256}",
+                                "--cache-dir", str(named))  # fmt: skip
+        assert (code, line) == (EXIT_LOCAL, f"{cache}: is a file, not a directory"), line
+        assert not out.exists()
+
+
+def test_a_batch_whose_cache_dir_is_a_file_names_it_for_each_item(
+    make: Make, tmp_path: Path
+) -> None:
+    blob = make(1000, seed=2105)
+    cache = tmp_path / "file"
+    cache.write_bytes(b"")
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{blob.url} {tmp_path / 'out'} sha256:{blob.sha256}\n")
+    done = subprocess.run([sys.executable, "-m", "blobdl", "-i", str(listed), "--cache-dir",
+                           str(cache), "-q"], capture_output=True, text=True, timeout=60,
+                          cwd=REPO)  # fmt: skip
+    assert done.returncode == EXIT_LOCAL, done.stderr
+    said = done.stdout + done.stderr  # -q: the FAILED line only
+    assert f"{cache}: is a file, not a directory" in said and "File exists" not in said, said
+
+
+def test_a_seal_directory_that_is_a_file_is_named_as_one_in_the_warning(
+    make: Make, tmp_path: Path
+) -> None:
+    """The cache still works (every hit is hashed): a warning, worded as errors are."""
+    blob = make(1000, seed=2106)
+    seals = tmp_path / "seals"
+    seals.write_bytes(b"")
+    env = {**os.environ, "BLOBDL_SEAL_DIR": str(seals)}
+    digest, cache = f"sha256:{blob.sha256}", str(tmp_path / "cache")
+    command = [sys.executable, "-m", "blobdl", blob.url, "-o", str(tmp_path / "out"),
+               "--digest", digest, "--cache-dir", cache]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr
+    said = f"no seal directory {seals} (is a file, not a directory); hashing every cache hit"
+    assert f"blobdl: warning: {said}" in done.stderr, done.stderr

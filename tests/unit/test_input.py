@@ -127,7 +127,7 @@ def test_an_items_bad_header_is_refused_naming_the_item(
     manifest's are with their line: the error says which of many items holds it."""
     url = "http://127.0.0.1:9/x"  # never asked: refused before anything starts
     items = [Item(url, str(tmp_path / "a")), Item(url, str(tmp_path / "b"), headers=(header,))]
-    with pytest.raises(UsageError, match=f"^item 1: {says}"):
+    with pytest.raises(UsageError, match=rf"^items\[1\]: {says}"):
         download_many(items)
     assert not list(tmp_path.iterdir())
 
@@ -263,6 +263,14 @@ def test_a_local_cluster_counts_its_workers_in_ascii_digits(count: str) -> None:
     """str.isdigit() holds for a superscript two, which int() refuses: a traceback."""
     with pytest.raises(UsageError, match="not a local cluster"):
         local_workers(f"local:{count}")
+
+
+def test_a_local_cluster_with_nothing_after_its_colon_is_refused() -> None:
+    """``local:`` meant one worker per CPU, undocumented: most likely ``local:$N`` with an
+    empty ``N``, not a wish for 64 workers. ``local`` says one per CPU."""
+    with pytest.raises(UsageError, match=r"not a local cluster: 'local:' \(try local or local:4\)"):
+        local_workers("local:")
+    assert local_workers("local") == (os.cpu_count() or 1) and local_workers("local:3") == 3
 
 
 any_value = (

@@ -1,0 +1,97 @@
+"""A batch's errors name an item so its user can find it: by the manifest line it came from
+(``blobdl -i``: comments and blank lines make an item's index no line number), and, for a
+list given to ``download_many``, by its index in that list, written as one (``items[1]``).
+With ``--json`` each item's lines keep their ``item`` index and add the manifest ``line``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import blobdl
+from blobdl import Item
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
+
+Make = Callable[..., Blob]
+SIZES = {"small": PART // 2, "large": 3 * PART}  # one request holds PART (fast_settings)
+FAST = ["--connections", "2", "--retries", "0"]
+
+
+def manifest(tmp_path: Path, *lines: str) -> Path:
+    """A manifest whose items sit after a comment and around blank lines, as people write them."""
+    path = tmp_path / "list.txt"
+    path.write_text("\n".join(["# fetched nightly", "", *lines]) + "\n")
+    return path
+
+
+def blobdl_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, cwd=cwd)
+
+
+def test_two_lines_that_write_one_file_are_named_by_their_manifest_lines(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    first, second = make(3000, seed=4101), make(5000, seed=4102)
+    listed = manifest(tmp_path, f"{first.url} a.bin", "", "# the mirror", f"{second.url} a.bin")
+    done = blobdl_cli("-i", str(listed), *FAST, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "manifest lines 3 and 6 both write a.bin" in done.stderr, done.stderr
+    assert server.stats()["requests"] == 0 and not (tmp_path / "a.bin").exists()
+
+
+def test_a_list_given_to_download_many_is_named_by_its_indexes(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    first, second = make(3000, seed=4103), make(5000, seed=4104)
+    items = [Item(first.url, str(tmp_path / "a.bin")), Item(second.url, str(tmp_path / "a.bin"))]
+    with pytest.raises(blobdl.UsageError, match=r"^items\[0\] and items\[1\] both write "):
+        blobdl.download_many(items, settings=fast_settings())
+    with pytest.raises(blobdl.UsageError, match=r"^items\[1\]: .*outside"):
+        blobdl.download_many([Item(first.url, "a.bin"), Item(second.url, "../b.bin")],
+                             base_dir=tmp_path, settings=fast_settings())  # fmt: skip
+    assert server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_an_item_the_server_names_like_another_names_that_ones_manifest_line(
+    make: Make, server: ServerHandle, tmp_path: Path, size: str
+) -> None:
+    """The second item is named after its probe (a seat's, small; the scheduler's, large):
+    its failure names the line of the item that writes there, and its JSON lines carry
+    its manifest ``line`` beside its ``item`` index."""
+    given, same = make(SIZES[size], seed=4105), make(SIZES[size], seed=4106)
+    base = tmp_path / "base"
+    base.mkdir()
+    named = server.route(f"/cd/{same.name}?filename=given.bin")
+    size_hint = f', "size": {same.size}' if size == "large" else ""
+    listed = manifest(tmp_path, f"{given.url} given.bin", "# same name", "",
+                      f'{{"url": "{named}"{size_hint}}}')  # fmt: skip
+    done = blobdl_cli("-i", str(listed), "--base-dir", str(base), "--json", *FAST, cwd=tmp_path)
+    assert done.returncode == 5, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    failed = [e for e in events if e["event"] == "failed"]
+    assert len(failed) == 1 and failed[0]["item"] == 1 and failed[0]["line"] == 6, failed
+    assert "manifest line 3 writes it too" in failed[0]["error"], failed
+    assert all(e["line"] == [3, 6][e["item"]] for e in events if "item" in e), events
+    assert sha256_file(base / "given.bin") == given.sha256
+
+
+def test_an_item_leading_outside_the_base_directory_on_a_cluster_names_its_line(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """On a cluster the base directory is checked on the worker that writes the item."""
+    blob = make(3000, seed=4107)
+    base = tmp_path / "base"
+    base.mkdir()
+    listed = manifest(tmp_path, f"{blob.url} ok.bin", "# out", f"{blob.url} ../out.bin")
+    done = blobdl_cli("-i", str(listed), "--base-dir", str(base), "--scheduler", "local:1",
+                      *FAST, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "manifest line 5: path '../out.bin' leads outside" in done.stdout + done.stderr
+    assert not (tmp_path / "out.bin").exists()
