@@ -16,7 +16,14 @@ from pathlib import Path
 from ..errors import BadResponse, DigestMismatch, IntegrityError, LocalFileError
 from ..store._destination import temp_path
 from ..store._digest import sha256_fd
-from ..store._files import atomic_write, local_errors, open_own, read_own, take_lock
+from ..store._files import (
+    atomic_write,
+    local_errors,
+    make_directory,
+    open_own,
+    read_own,
+    take_lock,
+)
 from ..store._lock import DestinationLock
 from ..store._resume import state_path
 from ._repo import RepoFile, check_listing, git_blob_sha1, recorded_file
@@ -64,8 +71,8 @@ class Confined:
 
 
 def make_dirs(folder: Path) -> None:
-    with local_errors(folder):
-        folder.mkdir(parents=True, exist_ok=True)
+    """``folder`` and its missing parents; a file in the way named as one."""
+    make_directory(folder)
 
 
 class Made:

@@ -257,6 +257,10 @@ def directory_problem(directory: Path) -> LocalFileError | None:
     """The error naming ``directory`` if it is not an existing directory; None if it is."""
     try:
         info = os.stat(directory)
+    except NotADirectoryError:  # a file on the way: that file is what the user can act on
+        return _file_on_the_way(directory) or LocalFileError(
+            str(directory), "directory does not exist"
+        )
     except OSError:
         return LocalFileError(str(directory), "directory does not exist")
     if not stat.S_ISDIR(info.st_mode):
@@ -266,6 +270,22 @@ def directory_problem(directory: Path) -> LocalFileError | None:
         return LocalFileError(
             str(directory), f"the {'current ' if current else ''}directory was deleted"
         )
+    return None
+
+
+def _file_on_the_way(directory: Path) -> LocalFileError | None:
+    """The error naming the nearest folder above ``directory`` that is there and is no
+    directory (``a/file/b/c``: ``a/file``); None if none is."""
+    for above in directory.parents:
+        try:
+            info = os.stat(above)
+        except NotADirectoryError:
+            continue
+        except OSError:
+            return None
+        if stat.S_ISDIR(info.st_mode):
+            return None
+        return LocalFileError(str(above), f"is {_kind(info.st_mode)}, not a directory")
     return None
 
 

@@ -472,3 +472,20 @@ def test_a_staged_blob_whose_bytes_are_not_its_name_is_fetched_again(
     done = blobdl_hf(hub, tmp_path, "acme/tuned", "--cache-dir", str(cache), "--revision", "v2")
     assert done.returncode == 0, done.stderr
     assert contents(Path(done.stdout.strip())) == second
+
+
+@pytest.mark.parametrize("in_the_way", [".", "models--acme--small", "models--acme--small/blobs"])
+def test_a_file_in_the_way_of_the_cache_is_named_as_such(
+    hub: HubHandle, tmp_path: Path, in_the_way: str
+) -> None:
+    """A file where the cache, or one of the folders blobdl makes in it, should be is named
+    as a file in the way, as a local dir that is a file is: not as mkdir's "File exists"."""
+    cache = tmp_path / "cache"
+    where = (cache / in_the_way).resolve()
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_bytes(b"a file\n")
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--cache-dir", str(cache))
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"blobdl: error: {where}: is a file, not a directory"
+    ]

@@ -167,8 +167,9 @@ def test_a_destination_under_a_missing_directory_names_the_directory(
     assert line == f"{missing}: directory does not exist", line
     not_a_dir = tmp_path / "file"
     not_a_dir.write_bytes(b"")
-    code, line = error_line(blob.url, "-o", str(not_a_dir / "out"))
-    assert code == EXIT_LOCAL and line == f"{not_a_dir}: is a file, not a directory", line
+    for under in (not_a_dir, not_a_dir / "deeper" / "still"):  # a file anywhere on the way
+        code, line = error_line(blob.url, "-o", str(under / "out"))
+        assert code == EXIT_LOCAL and line == f"{not_a_dir}: is a file, not a directory", line
 
 
 def in_a_deleted_directory(
