@@ -204,6 +204,33 @@ def test_corrupt_state_is_ignored_with_a_warning(
     assert "ignoring" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda parts: [parts[0]._replace(pos=parts[0].end + 1), *parts[1:]],
+        lambda parts: [parts[0]._replace(pos=parts[0].start - 1), *parts[1:]],
+        lambda parts: parts[1:],
+        lambda parts: parts[:-1],
+    ],
+    ids=["a part done past its end", "a part before its start", "no byte 0", "short of the end"],
+)
+def test_a_record_whose_parts_cannot_be_is_ignored_however_well_it_is_checksummed(
+    make: Make,
+    server: ServerHandle,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    forge: Callable[[list[PartRecord]], list[PartRecord]],
+) -> None:
+    blob = make(8 * PART, seed=25)
+    out = tmp_path / "out"
+    state = interrupted_download(blob, server, out)
+    assert state.parts[0].pos == state.parts[0].end  # the first part is in
+    save(state_path(out), state._replace(parts=tuple(forge(list(state.parts)))))
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == 0
+    assert "ignoring" in caplog.text
+
+
 def test_state_for_another_url_is_not_trusted(
     make: Make, server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -80,6 +80,24 @@ def test_idle_connections_split_the_largest_ranges(
     assert all(p.done <= blob.size for p in seen) and seen[-1].done == blob.size
 
 
+def test_a_short_last_part_ending_first_makes_no_healthy_lane_look_slow(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # Every request is paced alike; the last part is 1 KiB and ends first. Its lane's rate
+    # is the bytes it received over its time: read as its position instead (the whole first
+    # part ahead of its count), the best rate would dwarf the first lane's for a second,
+    # and that lane would be taken over as slow. Neither a split (128 KiB left past its
+    # first request, under two steal sizes) nor a long cut (a second's request) is due.
+    # Samples a progress interval apart (0.1 s) keep a healthy lane's rate steady.
+    blob = make(BIG_PART + 1024, seed=64)
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
+                       "action": "rate", "bps": 128 * 1024, "step": 512})  # fmt: skip
+    settings = tail_settings(connections=2, min_steal_size=BIG_PART // 2, progress_interval=0.1)
+    result = Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.parts == 2 and result.steals == 0, part_ranges(server)
+
+
 def test_stealing_can_be_turned_off(make: Make, server: ServerHandle, tmp_path: Path) -> None:
     blob = make(2 * BIG_PART, seed=63)
     result = Downloader(tail_settings(connections=4, steal=False)).download(

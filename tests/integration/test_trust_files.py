@@ -89,6 +89,23 @@ def test_bytes_that_cannot_be_made_durable_are_never_renamed_into_place(
     assert len(done.stderr.splitlines()) == 1, done.stderr
 
 
+def test_a_resume_record_is_never_written_over_bytes_that_could_not_be_made_durable(
+    nosync: Path, make: Make, tmp_path: Path
+) -> None:
+    # Only fdatasync fails: the checkpoint's own (every ranged run saves one as it winds
+    # down, success included), while the record's and the file's fsyncs work. A record saved
+    # without that fdatasync would vouch for pages that a crash can still lose.
+    blob = make(4 * PART, seed=14)
+    dest = tmp_path / "out"
+    args = [str(nosync), "--fdatasync-only", sys.executable, "-m", "blobdl", blob.url,
+            "-o", str(dest), *CLI_PARTS, "-q"]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == EXIT_LOCAL, done.stderr
+    assert not os.path.lexists(dest)
+    record = _resume.state_path(dest)
+    assert not record.exists() or not _resume.claims_bytes(record), "a record vouches for them"
+
+
 def test_reserve_allocates_for_real_where_the_filesystem_can(tmp_path: Path) -> None:
     path = tmp_path / "reserved"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

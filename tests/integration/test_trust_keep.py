@@ -288,6 +288,23 @@ def test_final_status_before_any_byte_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_stream_without_ranges_that_fails_after_bytes_landed_leaves_nothing(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    # The server ignores ranges: one stream from byte 0, which no later run could resume
+    # from where it stopped. A record vouching for its bytes would keep a partial that
+    # only ever waits for ranges the server does not give.
+    blob = make(8 * PART, seed=98)
+    server.set_faults(
+        {"path": f"/files/{blob.name}", "times": 1, "action": "ignore_range"},
+        {"path": f"/files/{blob.name}", "times": None, "action": "close_after", "bytes": PART},
+    )
+    with pytest.raises(blobdl.RetriesExhausted):
+        Downloader(fast_settings(retries=1)).download(blob.url, tmp_path / "out")
+    assert server.stats()["bytes_sent"] >= 2 * PART  # bytes landed, twice
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_small_item_starts_over_whatever_an_earlier_run_left_of_it(
     make: Make, tmp_path: Path
 ) -> None:

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from blobdl import Settings, UsageError, parse_size
 from blobdl.config import MAX_BYTES, MAX_PARTS, MB
-from blobdl.engine._plan import download_part_count, download_parts, plan
+from blobdl.engine._plan import (
+    download_part_count,
+    download_parts,
+    one_request,
+    plan,
+    useful_lanes,
+)
 from blobdl.http._chunks import ChunkError, chunk_size
 from blobdl.http._headers import parse_content_range, range_header
 from blobdl.http._retry import Retry
@@ -115,6 +121,9 @@ def test_backoff_follows_ollamas_schedule(attempt: int, settings: Settings, seed
     base = min(attempt**2 * settings.backoff_unit, settings.max_backoff)
     delay = Retry.from_settings(settings).backoff(attempt, random.Random(seed))
     assert 0.5 * base <= delay <= 1.5 * base
+    # The whole spread, not a narrower one inside it: the jitter is one draw of
+    # uniform(0.5, 1.5) from the generator given.
+    assert delay == base * random.Random(seed).uniform(0.5, 1.5)
 
 
 def test_backoff_defaults_are_ollamas() -> None:
@@ -260,3 +269,30 @@ def test_a_plan_by_size_never_has_more_parts_than_the_cap(size: int) -> None:
     if size < 10**6:
         spans = download_parts(size, True, settings, hashing=False)
         assert len(spans) == count and spans[0].start == 0 and spans[-1].end == size
+
+
+@given(
+    min_part=st.integers(1, 10**9),
+    min_steal=st.integers(1, 10**9),
+    steal=st.booleans(),
+    hashing=st.booleans(),
+)
+def test_a_blob_fetched_whole_by_its_first_get_is_one_the_plan_makes_one_part_of(
+    min_part: int, min_steal: int, steal: bool, hashing: bool
+) -> None:
+    settings = Settings(
+        min_part_size=min_part, max_part_size=max(min_part, 10**9), min_steal_size=min_steal,
+        steal=steal,
+    )  # fmt: skip
+    size = one_request(settings)
+    assert size <= min_steal if steal else size <= min_part
+    assert download_part_count(size, True, settings, hashing=hashing) == 1
+
+
+def test_idle_lanes_are_given_one_per_steal_size_of_the_blob() -> None:
+    settings = Settings(connections=16, min_part_size=100 * MB, min_steal_size=4 * MB)
+    # One planned part of 80 MB, which stealing splits down to 4 MB: 16 lanes' worth.
+    assert useful_lanes(80 * MB, True, settings, hashing=False) == 16
+    assert useful_lanes(12 * MB, True, settings, hashing=False) == 3
+    no_steal = dataclasses.replace(settings, steal=False)
+    assert useful_lanes(80 * MB, True, no_steal, hashing=False) == 1

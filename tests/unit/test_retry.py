@@ -158,6 +158,15 @@ def test_retry_after_is_honoured_up_to_max_backoff() -> None:
     assert policy.delay(DROP, random.Random(0)) <= 1.5 * POLICY.backoff_unit
 
 
+@pytest.mark.parametrize("failures", [1, 2, 3, 6])
+def test_the_wait_after_failure_n_is_the_backoff_of_retry_n(failures: int) -> None:
+    policy = POLICY._replace(failures=failures)
+    expected = policy.backoff(failures, random.Random(7))
+    assert policy.delay(DROP, random.Random(7)) == expected
+    # A server's Retry-After shorter than the backoff does not shorten it.
+    assert policy.delay(HTTPStatusError(503, "u", 0.0), random.Random(7)) == expected
+
+
 def test_the_policy_is_never_mutated() -> None:
     before = Retry.from_settings(Settings(retries=3))
     after = before.increment(10)
