@@ -495,3 +495,27 @@ def test_a_refused_token_is_named_by_where_it_came_from_never_shown(
     others = [n for n in NAMES if n not in named and n not in renew]
     assert not [n for n in others if n in line], line
     _shown_nowhere(done.stdout + done.stderr)
+
+
+def test_a_run_stopped_as_it_tells_its_start_leaves_nothing_it_made(
+    hub: HubHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's callback raises on ``HfStarted`` (as a Ctrl-C landing in it does), once
+    the tree record and the snapshot's folders are made and before any file is fetched: the
+    run takes them away as any failed run does, and no empty revision is left."""
+    from blobdl import HfStarted, hf_download
+
+    class Stopped(Exception):
+        pass
+
+    def stop(event: object) -> None:
+        if isinstance(event, HfStarted):
+            raise Stopped
+
+    for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # the caller's, if set
+        monkeypatch.delenv(offline, raising=False)
+    cache = tmp_path / "c"
+    with pytest.raises(Stopped):
+        hf_download("acme/open", cache_dir=cache, endpoint=hub.url, token="", on_event=stop)
+    assert not cache.exists(), tree(cache)
+
