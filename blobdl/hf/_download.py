@@ -159,6 +159,8 @@ def hf_download(
     except BaseException:  # refused, failed or stopped: Ctrl-C too
         _left_after_failure(layout, chosen, wrote=fetcher.placed > 0)
         raise
+    finally:
+        layout.release()
     return _result(repo, revision, look, fetched, started)
 
 
