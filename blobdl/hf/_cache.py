@@ -89,6 +89,7 @@ class CacheLayout:
         inside(self.cache_dir, self.locks)
         for folder in (self.refs, self.repo_dir / "trees"):
             inside(self.repo_dir, folder)
+        self.made.hold(self.repo_dir)  # until the run ends: see abandon
         for folder in (inside(self.repo_dir, self.blobs), inside(self.repo_dir, self.snapshot)):
             self.made.dirs(folder)
         tag_cache_dir(self.cache_dir, self.made)
@@ -99,7 +100,9 @@ class CacheLayout:
         record while the snapshot holds a file (huggingface_hub reads the snapshot as
         incomplete by it), ``snapshots/`` while the repository's folder holds anything
         (``hf cache ls`` calls a repository without it corrupt), the cache's tag while the
-        cache does. So a refused run leaves no empty revision; a stopped one, its partials."""
+        cache does. So a refused run leaves no empty revision; a stopped one, its partials.
+        Nothing goes while another run into the repository's folder holds it: it may have
+        found them made, and relies on them."""
         tree, tag = tree_path(self.repo_dir, self.commit), self.cache_dir / "CACHEDIR.TAG"
         snapshots = self.snapshot.parent
 
@@ -109,6 +112,9 @@ class CacheLayout:
             return holds_other(path.parent, path) if path in (tag, snapshots) else False
 
         self.made.undo(serves)
+
+    def release(self) -> None:
+        self.made.release()
 
     def recorded(self) -> list[RepoFile] | None:
         """Every file of the commit, as ``trees/<commit>.json`` lists them (None: no record)."""

@@ -8,12 +8,14 @@ takes our writes out of it (``inside``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import BadResponse, DigestMismatch, IntegrityError, LocalFileError
+from ..processes._signals import held
 from ..store._destination import temp_path
 from ..store._digest import sha256_fd
 from ..store._files import (
@@ -78,10 +80,47 @@ def make_dirs(folder: Path) -> None:
 class Made:
     """What a run created before its first file (folders, the tree record, the tags), in
     the order it did, so that a run that fails having put no file there can take that away
-    again and nothing else: never what an earlier run, huggingface_hub or the user made."""
+    again and nothing else: never what an earlier run, huggingface_hub or the user made,
+    nor what a run beside it found made and relies on (``hold``)."""
 
     def __init__(self) -> None:
         self.paths: list[Path] = []
+        self._held: int | None = None  # the folder every run of it holds shared (flock)
+
+    def hold(self, folder: Path) -> None:
+        """``dirs(folder)``, then a shared ``flock`` on it until ``release``: every run into
+        one folder holds it, and ``undo`` takes away nothing unless its run holds it alone
+        (a run that found the folders made relies on them: its downloads go into them, its
+        tree record is in them). Waits only while a failed run takes its things away; one
+        that removed the folder meanwhile left ours a lock on no folder: made again, held."""
+        while self._held is None:
+            self.dirs(folder)
+            with held(), local_errors(folder):
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.path.samestat(os.fstat(fd), os.stat(folder)):
+                            self._held, fd = fd, -1
+                finally:
+                    if fd >= 0:
+                        os.close(fd)
+
+    def release(self) -> None:
+        """The run is over: ``hold``'s lock let go (again: nothing)."""
+        fd, self._held = self._held, None
+        if fd is not None:
+            os.close(fd)
+
+    def _alone(self) -> bool:
+        """Whether no other run holds the folder (or none was held)."""
+        if self._held is None:
+            return True
+        try:
+            fcntl.flock(self._held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by another run: what we made is what it uses
+            return False
+        return True
 
     def dirs(self, folder: Path) -> None:
         """``make_dirs``, noting the folders it creates."""
@@ -103,7 +142,15 @@ class Made:
         """Remove what was made, the last first, unless ``keep`` says it still serves: a
         file, a folder if it is empty (a partial to resume, a lock file, another run's
         file in it keeps it). Passes repeat while they remove something: a tag goes once
-        its folder holds nothing else. Best effort: the run's own error is what is said."""
+        its folder holds nothing else. Nothing at all while another run holds the folder
+        (``hold``). Best effort: the run's own error is what is said. Releases the hold."""
+        try:
+            if self._alone():
+                self._undo(keep)
+        finally:
+            self.release()
+
+    def _undo(self, keep: Callable[[Path], bool]) -> None:
         left, gone = list(reversed(self.paths)), True
         while gone:
             gone = False

@@ -146,11 +146,11 @@ def hf_download(
         look = _look(hub, revision, wanted, cache_dir, local_dir)
     finally:
         hub.close()  # no socket of ours may be inherited by the downloads' processes
-    _warn_if_nothing_matched(repo, revision, wanted, look.chosen)
-    _tell_started(on_event, repo, revision, look)
     layout, chosen = look.layout, look.chosen
     fetcher = _Fetcher(layout, hub, look.commit, base, on_event)
-    try:
+    try:  # from the first word out: a callback that raises (a Ctrl-C in it) is a stop too
+        _warn_if_nothing_matched(repo, revision, wanted, chosen)
+        _tell_started(on_event, repo, revision, look)
         fetched = fetcher.fetch_all(look.blobs)
         fetcher.tidy(chosen)
         for f in chosen:
@@ -159,6 +159,8 @@ def hf_download(
     except BaseException:  # refused, failed or stopped: Ctrl-C too
         _left_after_failure(layout, chosen, wrote=fetcher.placed > 0)
         raise
+    finally:
+        layout.release()
     return _result(repo, revision, look, fetched, started)
 
 

@@ -76,7 +76,9 @@ class LocalDirLayout:
         problem = _files.directory_problem(self.root) if os.path.lexists(self.root) else None
         if problem is not None:  # a file named as the local dir: say so, not "no .cache"
             raise problem
-        self.made.dirs(self.in_root.check(self.downloads))
+        self.in_root.check(self.downloads)
+        self.made.hold(self.meta)  # until the run ends: see abandon
+        self.made.dirs(self.downloads)
         self.in_root.check(self.meta / "trees")
         _disk.tag_cache_dir(self.meta, self.made)
         if self.made.new(self.meta / ".gitignore"):
@@ -87,7 +89,9 @@ class LocalDirLayout:
         """After a failed run, what ``prepare`` made goes unless it still serves: the tree
         record if the run put a file here; the tag and ``.gitignore`` while the bookkeeping
         holds anything else (a lock file, a partial to resume: kept out of git and
-        backups). The local dir itself goes if the run made it and it is left empty."""
+        backups). The local dir itself goes if the run made it and it is left empty.
+        Nothing goes while another run into the local dir holds its bookkeeping's folder: it
+        may have found them made, and relies on them."""
         tree = _disk.tree_path(self.meta, self.commit)
         markers = (self.meta / "CACHEDIR.TAG", self.meta / ".gitignore")
 
@@ -97,6 +101,9 @@ class LocalDirLayout:
             return _disk.holds_other(self.meta, *markers) if path in markers else False
 
         self.made.undo(serves)
+
+    def release(self) -> None:
+        self.made.release()
 
     def recorded(self) -> list[RepoFile] | None:
         """Every file of the commit, as ``trees/<commit>.json`` lists them (None: no record)."""

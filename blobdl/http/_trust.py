@@ -32,7 +32,7 @@ class Roots(NamedTuple):
     """Where a verifying context's trusted CAs come from: a context built for other roots
     is not the one called for (``_pool`` caches contexts by them)."""
 
-    bundle: str  # a PEM file replacing the default store ("": the default store)
+    bundle: str  # a PEM file (or, named by a variable, a CA folder) replacing the default store
     named_by: str  # the variable that named ``bundle`` ("": the ca_bundle setting)
     file: str  # for the default store: SSL_CERT_FILE and SSL_CERT_DIR, as set
     folders: str
@@ -61,7 +61,8 @@ def check(trusted: Roots) -> None:
     ``SSL_CERT_FILE`` a file, ``SSL_CERT_DIR`` folders (separated by ``os.pathsep``, as
     OpenSSL splits them). The ``ca_bundle`` setting is checked when it is loaded."""
     if trusted.named_by:
-        _check_file(trusted.named_by, trusted.bundle)
+        if not os.path.isdir(trusted.bundle):  # a folder, requests loads as one (see load)
+            _check_file(trusted.named_by, trusted.bundle)
     elif not trusted.bundle:
         _check_file(FILE, trusted.file)
         for folder in trusted.folders.split(os.pathsep):
@@ -78,8 +79,14 @@ def load(context: ssl.SSLContext, trusted: Roots) -> None:
         _load_default_for_emptied(context, trusted.emptied)
         _check_loaded(context, trusted)
         return
+    # requests loads a variable naming a folder as a CA folder (c_rehash's hashed names,
+    # /etc/ssl/certs); OpenSSL reads its certificates only when asked for one.
+    folder = bool(trusted.named_by) and os.path.isdir(trusted.bundle)
     try:
-        context.load_verify_locations(cafile=trusted.bundle)
+        if folder:
+            context.load_verify_locations(capath=trusted.bundle)
+        else:
+            context.load_verify_locations(cafile=trusted.bundle)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         if trusted.named_by:
             _refuse(trusted.named_by, trusted.bundle, _why(exc))

@@ -9,6 +9,7 @@ and failed as "certificate not trusted". Real TLS servers on loopback with a pri
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -197,14 +198,14 @@ def test_no_verification_reads_no_ca_variable(
 
 
 @pytest.mark.parametrize("variable", BUNDLES)
-@pytest.mark.parametrize("wrong", ["missing", "a folder", "no certificate in it"])
+@pytest.mark.parametrize("wrong", ["missing", "no certificate in it"])
 def test_a_ca_bundle_variable_naming_no_bundle_is_one_line_naming_both(
     variable: str, wrong: str, tls_blob: Blob, tls_server: ServerHandle, tmp_path: Path
 ) -> None:
     """Not the "certificate not trusted" of every connection, retried: a usage error before
     any, naming the variable (the user may not remember setting it) and its path."""
     tls_server.reset()
-    path = {"missing": tmp_path / "none.pem", "a folder": tmp_path}.get(wrong)
+    path = {"missing": tmp_path / "none.pem"}.get(wrong)
     if path is None:
         path = tmp_path / "empty.pem"
         path.write_text("not a certificate\n")
@@ -214,6 +215,33 @@ def test_a_ca_bundle_variable_naming_no_bundle_is_one_line_naming_both(
     assert f"${variable} {str(path)!r}" in line, line
     assert tls_server.stats()["requests"] == 0
     assert not (tmp_path / "out").exists()
+
+
+def hashed_folder(folder: Path, *pems: str) -> Path:
+    """A folder of certificates named by their subject's hash, as ``c_rehash`` makes it."""
+    folder.mkdir()
+    for pem in pems:
+        said = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", pem],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        (folder / f"{said.stdout.strip()}.0").write_bytes(Path(pem).read_bytes())
+    return folder
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the hashed names")
+@pytest.mark.parametrize("variable", BUNDLES)
+def test_a_ca_bundle_variable_naming_a_folder_of_certificates_is_trusted_as_requests_does(
+    variable: str, tls_blob: Blob, pki: PKI, stranger_ca: str, tmp_path: Path
+) -> None:
+    """requests loads a bundle variable that names a folder as a CA folder (``c_rehash``'s
+    hashed names, ``/etc/ssl/certs``): one set so for requests must not make every https
+    download a usage error; a folder without the server's CA still is not trusted."""
+    right = hashed_folder(tmp_path / "right", pki.ca_pem)
+    done = blobdl(tls_blob.url, "-o", str(tmp_path / "out"), *FAST, **{variable: str(right)})
+    assert done.returncode == EXIT_OK, done.stderr
+    assert sha256_file(tmp_path / "out") == tls_blob.sha256
+    wrong = hashed_folder(tmp_path / "wrong", stranger_ca)
+    done = blobdl(tls_blob.url, "-o", str(tmp_path / "no"), *FAST, **{variable: str(wrong)})
+    assert done.returncode == EXIT_NETWORK, done.stderr
 
 
 def test_the_library_names_the_variable_too(

@@ -8,18 +8,22 @@ event, the token never shown, and nothing in the cache that huggingface_hub misr
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from hashlib import sha256
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 
-from blobdl.errors import EXIT_NETWORK
-from faultserver.hub import HubHandle, HubRepo, start_hub
+from blobdl.errors import EXIT_INTERRUPTED, EXIT_NETWORK
+from faultserver.hub import HubHandle, HubRepo, git_sha1, start_hub
 from tests.conftest import REPO
 from tests.hf_client import call, hf_env
 from tests.integration.test_hf import FAST, tree
@@ -495,3 +499,90 @@ def test_a_refused_token_is_named_by_where_it_came_from_never_shown(
     others = [n for n in NAMES if n not in named and n not in renew]
     assert not [n for n in others if n in line], line
     _shown_nowhere(done.stdout + done.stderr)
+
+
+def test_a_run_stopped_as_it_tells_its_start_leaves_nothing_it_made(
+    hub: HubHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's callback raises on ``HfStarted`` (as a Ctrl-C landing in it does), once
+    the tree record and the snapshot's folders are made and before any file is fetched: the
+    run takes them away as any failed run does, and no empty revision is left."""
+    from blobdl import HfStarted, hf_download
+
+    class Stopped(Exception):
+        pass
+
+    def stop(event: object) -> None:
+        if isinstance(event, HfStarted):
+            raise Stopped
+
+    for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # the caller's, if set
+        monkeypatch.delenv(offline, raising=False)
+    cache = tmp_path / "c"
+    with pytest.raises(Stopped):
+        hf_download("acme/open", cache_dir=cache, endpoint=hub.url, token="", on_event=stop)
+    assert not cache.exists(), tree(cache)
+
+
+def _held(path: Path) -> int:
+    """An exclusive flock on ``path`` (made if need be), as another run's claim holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _started(hub: HubHandle, home: Path, where: list[str]) -> subprocess.Popen[str]:
+    """``blobdl hf acme/open`` into ``where``, once it has said it started (its folders and
+    tree record made or found), and now waits for the files' claims."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "blobdl", "hf", "acme/open", *where, *FAST, "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env=hf_env(hub.url, home),
+    )  # fmt: skip
+    assert run.stdout is not None
+    for line in run.stdout:
+        if '"hf_started"' in line:
+            return run
+    run.wait(timeout=60)
+    raise AssertionError(run.stderr.read() if run.stderr else run.returncode)
+
+
+@pytest.mark.parametrize("kind", ["cache", "local-dir"])
+def test_a_stopped_run_takes_away_nothing_a_run_beside_it_uses(
+    hub: HubHandle, tmp_path: Path, kind: str
+) -> None:
+    """Two runs fetch one commit into one folder (they take turns on each file, on
+    huggingface_hub's locks). The first made the folders and the tree record; it is stopped
+    (Ctrl-C, a job's time limit) before it fetched a file, while the second, which found
+    them made, waits for its turn. The second must still complete into a whole snapshot,
+    with its tree record (offline runs read the commit's files from it), not have its
+    folders removed under it by the first's clean-up."""
+    folder = tmp_path / ("c" if kind == "cache" else "ld")
+    where = ["--cache-dir" if kind == "cache" else "--local-dir", str(folder)]
+    files = {f: next(r for r in REPOS if r.id == "acme/open").contents[COMMIT["acme/open"]][f]
+             for f in ("w.bin", "config.json")}  # fmt: skip
+    if kind == "cache":
+        etags = [
+            sha256(b).hexdigest() if n.endswith(".bin") else git_sha1(b) for n, b in files.items()
+        ]
+        locks = [folder / ".locks/models--acme--open" / f"{etag}.lock" for etag in etags]
+    else:  # (the bookkeeping's download/ is then not the first run's to remove)
+        locks = [folder / ".cache/huggingface/download" / f"{name}.lock" for name in files]
+    held = [_held(lock) for lock in locks]  # a third run's turn, that neither may take yet
+    try:
+        first = _started(hub, tmp_path, where)
+        second = _started(hub, tmp_path, where)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == EXIT_INTERRUPTED
+    finally:
+        for fd in held:
+            os.close(fd)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    offline = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "acme/open", *where, *FAST],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env=hf_env(hub.url, tmp_path, offline=True),
+    )  # fmt: skip
+    assert offline.returncode == 0, offline.stderr
