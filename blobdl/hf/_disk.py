@@ -143,12 +143,14 @@ class Made:
         file, a folder if it is empty (a partial to resume, a lock file, another run's
         file in it keeps it). Passes repeat while they remove something: a tag goes once
         its folder holds nothing else. Nothing at all while another run holds the folder
-        (``hold``). Best effort: the run's own error is what is said. Releases the hold."""
-        try:
-            if self._alone():
-                self._undo(keep)
-        finally:
-            self.release()
+        (``hold``). Best effort: the run's own error is what is said. Releases the hold.
+        A second Ctrl-C meanwhile does not cut it short: the run is stopping already."""
+        with held(drop=True):
+            try:
+                if self._alone():
+                    self._undo(keep)
+            finally:
+                self.release()
 
     def _undo(self, keep: Callable[[Path], bool]) -> None:
         left, gone = list(reversed(self.paths)), True

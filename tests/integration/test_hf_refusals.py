@@ -27,6 +27,7 @@ from faultserver.hub import HubHandle, HubRepo, git_sha1, start_hub
 from tests.conftest import REPO
 from tests.hf_client import call, hf_env
 from tests.integration.test_hf import FAST, tree
+from tests.integration.test_stops_as_files_are_made import AFTER
 
 TOKEN = "hf_granted_c0ffee"  # its owner may read every private and gated repository
 STRANGER = "hf_stranger_beef"  # a token the Hub knows, whose owner was granted nothing
@@ -586,3 +587,22 @@ def test_a_stopped_run_takes_away_nothing_a_run_beside_it_uses(
         env=hf_env(hub.url, tmp_path, offline=True),
     )  # fmt: skip
     assert offline.returncode == 0, offline.stderr
+
+
+@pytest.mark.parametrize("second", [False, True], ids=["one signal", "a second in the clean-up"])
+def test_a_second_signal_as_a_stopped_run_takes_its_things_away_changes_nothing_left(
+    hub: HubHandle, tmp_path: Path, second: bool
+) -> None:
+    """A SIGTERM lands as the run has made its folders (before any file); a second one as
+    the clean-up starts must not cut it short: what is left is what one signal leaves,
+    nothing of what the run made."""
+    env = hf_env(hub.url, tmp_path)
+    cache = tmp_path / "c"
+    then = "blobdl.hf._disk:Made._undo" if second else ""
+    done = subprocess.run(
+        [sys.executable, "-c", AFTER, "blobdl.hf._disk:Made.hold", str(int(signal.SIGTERM)), "",
+         then, "hf", "acme/open", "--cache-dir", str(cache), *FAST],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert done.returncode == EXIT_INTERRUPTED, done.stderr
+    assert not cache.exists() or _beside_locks(cache) == [], tree(cache)
