@@ -10,7 +10,8 @@ original over (detaches it), and because a shutdown acts on the connection, not 
 descriptor of it: ours still cuts whatever wraps it, and is never another lane's socket
 reusing a closed descriptor's number. Threads without ``Sockets`` note nothing (the
 coordinator's probe). Only a wait before the socket exists (DNS, connect) is out of reach.
-Their set-up (connect, a proxy's CONNECT, TLS) is bounded as a whole (``_set_up``).
+Their set-up (the lookup, each address's connect, a proxy's CONNECT, TLS) is bounded as a
+whole (``_set_up``), and so is that wait.
 The connections also note when they were ready (``ready_at``): the time a request takes to
 its status line, less the connection's set-up, is what sizes a lane's chunks (``_chunk``);
 and they read their responses past any interim (1xx) ones (``_interim``).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import sys
 import threading
 import time
 import weakref
@@ -30,10 +32,15 @@ from typing import TypeVar
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import ProxyError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NameResolutionError,
+    NewConnectionError,
+    ProxyError,
+)
 
 from ._head import InterimSkippingResponse
-from ._set_up import clamp, setting_up
+from ._set_up import clamp, connect, setting_up
 
 
 class Sockets:
@@ -136,8 +143,20 @@ class _NotedHTTPConnection(HTTPConnection):
     response_class = InterimSkippingResponse
 
     def _new_conn(self) -> socket.socket:
+        # urllib3's, but the lookup and each address bounded by the set-up (``_set_up``);
+        # its errors are urllib3's, as it words them.
         _let_go_of_closed()
-        sock = super()._new_conn()
+        try:
+            sock = connect((self._dns_host, self.port), self.source_address, self.socket_options)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        except TimeoutError as exc:
+            said = f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            raise ConnectTimeoutError(self, said) from exc
+        except OSError as exc:
+            said = f"Failed to establish a new connection: {exc}"
+            raise NewConnectionError(self, said) from exc
+        sys.audit("http.client.connect", self, self.host, self.port)
         try:
             clamp(sock)  # a proxy's TLS handshake, or the server's, gets what is left
         except TimeoutError:

@@ -11,21 +11,34 @@ the thread that sets it up), every wait is given only what is left of its time (
 the socket before each handshake, each read of the CONNECT answer (``_head``), each read and
 write of a proxy's TLS socket (``SetUpSSLSocket``). Past the deadline, TimeoutError.
 
+Before the socket exists, the set-up is bounded too (``connect``). The name is looked up on
+a thread of its own, waited for with what is left (a resolver that drops packets would
+hold ``getaddrinfo`` for its own timeouts, 5 s x attempts x servers, and Ctrl-C with it:
+the wait hears a signal, the lookup is left to end alone); past the deadline, TimeoutError,
+a connect timeout, retried as one. A name's addresses are tried one at a time, each given
+a share of what is left (``_share``), so that a first address whose SYNs are dropped (a
+broken IPv6 route) leaves time for the next; and the address that answered is tried first
+by the next connection to that host and port (``_answered``), so a process pays for the
+black hole once. They are not raced (RFC 8305's Happy Eyeballs): two sockets for one
+connection would break the promise that ``--connections`` counts sockets.
+
 Why the connect timeout and not the stall timeout: the set-up is the connect timeout's
-promise, and a setting that bounds silence would let a trickle of bytes through. DNS stays
-out of reach (no socket to bound yet), as do the addresses tried before one answers (each
-gets the connect timeout; the time spent on them counts against the rest).
+promise, and a setting that bounds silence would let a trickle of bytes through.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+from urllib3.util.connection import allowed_gai_family
 
 _thread = threading.local()
 
@@ -35,6 +48,7 @@ def setting_up(within: float | None) -> Iterator[None]:
     """A connection is set up on this thread in the block, within ``within`` seconds (None:
     unbounded, as the socket's own timeouts are)."""
     _thread.deadline = None if within is None else time.monotonic() + within
+    _thread.within = within
     try:
         yield
     finally:
@@ -73,3 +87,129 @@ class SetUpSSLSocket(ssl.SSLSocket):
     def sendall(self, data: Any, flags: int = 0) -> None:
         clamp(self)
         super().sendall(data, flags)
+
+
+_Address = tuple[Any, ...]  # a socket address, as getaddrinfo gives it
+_Found = tuple[socket.AddressFamily, socket.SocketKind, int, str, _Address]
+
+# No address's share is less than this, unless less is left: room for a SYN lost once to be
+# sent again (Linux sends it again after 1 s). At most half the connect timeout, so that
+# the first of several addresses never takes it all.
+SHARE_AT_LEAST = 2.0
+# The address that last answered, by (host, port) asked: tried first next time.
+_answered: dict[tuple[str, int], _Address] = {}
+_ANSWERED_AT_MOST = 1024  # hosts remembered; past it, forgotten all at once
+
+
+def connect(
+    address: tuple[str, int],
+    source_address: tuple[str, int] | None = None,
+    socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+) -> socket.socket:
+    """A TCP connection to ``address`` (host, port), as urllib3's ``create_connection``
+    opens one, within what is left of this thread's set-up: the lookup, then each address
+    in turn, the one that last answered first. The last address's error if none answers;
+    TimeoutError once the set-up's time is over; ``socket.gaierror`` if the name is not
+    found."""
+    host, port = address[0].strip("[]"), address[1]
+    found = _answered_first((host, port), _looked_up(host, port))
+    error: OSError | None = None
+    for n, (family, kind, proto, _, where) in enumerate(found):
+        share = _share(len(found) - n)
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            if share is not None:
+                sock.settimeout(share)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(where)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        _remember((host, port), where)
+        return sock
+    raise error if error is not None else OSError("getaddrinfo returns an empty list")
+
+
+def _share(addresses_left: int) -> float | None:
+    """The seconds the next of ``addresses_left`` addresses may take to connect: an even
+    share of what is left, but no less than ``SHARE_AT_LEAST`` or half the connect timeout
+    if that is less (the addresses at the end then get nothing); None if the set-up is
+    unbounded. TimeoutError once it is over."""
+    remaining = left()
+    if remaining is None:
+        return None
+    at_least = min(SHARE_AT_LEAST, getattr(_thread, "within", remaining) / 2)
+    return min(remaining, max(remaining / addresses_left, at_least))
+
+
+def _looked_up(host: str, port: int) -> Sequence[_Found]:
+    """``host``'s addresses, looked up within what is left of the set-up (if bounded): on
+    a thread of its own, whose wait a signal interrupts; left to end alone once the set-up
+    is over (TimeoutError). A numeric address is no lookup: asked here."""
+    family = allowed_gai_family()
+    remaining = left()
+    if remaining is None or _numeric(host):
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    answer: list[Sequence[_Found] | OSError] = []
+    task: list[str] = []
+
+    def look_up() -> None:
+        task.append(_own_task())
+        try:
+            answer.append(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+        except OSError as exc:  # gaierror, or a resolver's own failure
+            answer.append(exc)
+
+    thread = threading.Thread(target=look_up, name="blobdl-lookup", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # no thread to spare (ulimit -u): looked up here, unbounded
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    thread.join(remaining)
+    if not answer:
+        raise TimeoutError(f"{host} was not looked up within the connect timeout")
+    _gone(task)
+    if isinstance(answer[0], OSError):
+        raise answer[0]
+    return answer[0]
+
+
+def _numeric(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.partition("%")[0])  # fe80::1%eth0: scoped, still numeric
+    except ValueError:
+        return False
+    return True
+
+
+def _own_task() -> str:
+    """The calling thread's folder in /proc ("": no /proc)."""
+    try:
+        return "/proc/" + os.readlink("/proc/thread-self")
+    except OSError:
+        return ""
+
+
+def _gone(task: list[str], within: float = 1.0) -> None:
+    """Wait (``within`` s at most) for the lookup's thread to be gone for the kernel too:
+    a joined thread's task outlives its join by a moment, and a process that counts a
+    thread besides its own forks no more (``processes.threaded``)."""
+    deadline = time.monotonic() + within
+    while task and task[0] and os.path.exists(task[0]) and time.monotonic() < deadline:
+        time.sleep(0.0002)
+
+
+def _answered_first(asked: tuple[str, int], found: Sequence[_Found]) -> list[_Found]:
+    """``found``, the address that last answered for ``asked`` first (if still among them)."""
+    answered = _answered.get(asked)
+    return sorted(found, key=lambda one: one[4] != answered)
+
+
+def _remember(asked: tuple[str, int], where: _Address) -> None:
+    if len(_answered) >= _ANSWERED_AT_MOST:
+        _answered.clear()
+    _answered[asked] = where
