@@ -32,18 +32,21 @@ BOUND = 20.0  # seconds a call may take; an unbounded lookup takes 30, a black h
 CONNECT_TIMEOUT = 1.0
 RESOLVER = "127.83.0.1"  # a loopback address of the test's own, for its silent resolver
 
-# A download (a probe, then lanes) or a manifest of small items, as a library caller asks.
+# A download (a probe, then lanes) or a batch of ``items`` small ones, as a library caller
+# asks; ``connections`` is the batch's budget too.
 _CALLER = """
 import json, sys
 import blobdl
 door, url, out, settings = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+count = int(settings.pop("items", 3))
 settings = blobdl.Settings(trust_env=False, backoff_unit=0.001, max_backoff=0.05, **settings)
 try:
     if door == "download":
         blobdl.Downloader(settings).download(url, f"{out}/blob")
     else:
-        items = [blobdl.Item(f"{url}-{n}", f"{out}/small-{n}") for n in range(3)]
-        for result in blobdl.download_many(items, settings=settings):
+        items = [blobdl.Item(f"{url}-{n}", f"{out}/small-{n}") for n in range(count)]
+        ran = blobdl.download_many(items, settings=settings, max_connections=settings.connections)
+        for result in ran:
             if result.error is not None:
                 raise result.error
 except blobdl.BlobdlError as exc:
@@ -166,6 +169,28 @@ def test_a_host_whose_first_address_is_a_black_hole_is_reached_at_the_next(
     else:
         for n in range(3):
             assert (tmp_path / f"small-{n}").stat().st_size == 1000 + n
+
+
+def test_the_address_that_answered_is_tried_first_by_the_next_connection(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    """Six small items on one connection at a time, the server closing each after its
+    answer: six connections in turn. Each paid the black hole's share (2 s) before it
+    reached 127.0.0.1, twelve seconds in all; only the first does now (the test's bound
+    is eight)."""
+    prefix = in_namespace(tmp_path, "::1 dial.test\n127.0.0.1 dial.test\n")
+    for n in range(6):
+        make_blob(server.root, f"dial-again.bin-{n}", 100 + n, seed=90 + n)
+    server.set_faults({"path": "/files/*", "times": None, "action": "headers",
+                       "set": {"X-Then": "close"}})  # fmt: skip
+    url = f"http://dial.test:{server.port}/files/dial-again.bin"
+    with blackhole_v6(server.port):
+        answer = called(prefix, "batch", url, tmp_path, bound=8.0, items=6, connections=1,
+                        retries=0, connect_timeout=4.0)  # fmt: skip
+    assert answer["error"] is None, answer
+    assert server.stats()["connections"] >= 6
+    for n in range(6):
+        assert (tmp_path / f"small-{n}").stat().st_size == 100 + n
 
 
 def test_a_name_resolving_to_black_holes_alone_fails_within_one_connect_timeout(
