@@ -130,8 +130,9 @@ class Settings:
     limit_rate: int | None = None
     #: Redirects the probe follows before giving up.
     max_redirects: int = 10
-    #: Seconds allowed to open a connection, as a whole: TCP connect, a proxy's TLS and its
-    #: answer to CONNECT, the TLS handshake (DNS is not bounded).
+    #: Seconds allowed to open a connection, as a whole: the name's lookup, the TCP connect
+    #: (a host's addresses share it), a proxy's TLS and its answer to CONNECT, the TLS
+    #: handshake.
     connect_timeout: float = 30.0
     #: Bytes read from the socket per system call; one reused buffer per worker.
     buffer_size: int = 1024 * 1024
