@@ -130,6 +130,8 @@ def connect(
             error = exc
             continue
         _remember((host, port), where)
+        if share is not None:  # what follows (TLS, CONNECT) gets what is left, not the share
+            sock.settimeout(getattr(_thread, "within", None))
         return sock
     raise error if error is not None else OSError("getaddrinfo returns an empty list")
 
