@@ -3,6 +3,7 @@ starts (see ``parse_manifest``)."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from collections.abc import Iterator
@@ -29,19 +30,25 @@ def read_manifest(stream: BinaryIO) -> bytes:
     soon as it is read, so an endless stream (``-i /dev/zero``) is refused at once rather
     than held in memory until there is none left; so is a manifest past ``MAX_MANIFEST``."""
     data = bytearray()
-    line, start = 1, 0  # the number of the line being read, and where it starts
+    start = 0  # where the line being read starts
     for chunk in _chunks(stream):
-        if (nul := chunk.find(b"\0")) >= 0:
-            line += chunk.count(b"\n", 0, nul)
-            raise UsageError(f"manifest line {line}: holds a NUL byte")
-        if (last := chunk.rfind(b"\n")) >= 0:
-            line, start = line + chunk.count(b"\n"), len(data) + last + 1
+        at = len(data)
         data += chunk
+        if (nul := chunk.find(b"\0")) >= 0:
+            raise UsageError(f"manifest line {_line_at(data, at + nul)}: holds a NUL byte")
         if len(data) > MAX_MANIFEST:
             raise UsageError(_TOO_LARGE)
+        start = max(start, data.rfind(b"\n", at) + 1, data.rfind(b"\r", at) + 1)
         if len(data) - start > 4 * MAX_LINE:  # UTF-8: at most 4 bytes a character
-            raise UsageError(f"manifest line {line}: {_TOO_LONG}")
+            raise UsageError(f"manifest line {_line_at(data, start)}: {_TOO_LONG}")
     return bytes(data)
+
+
+def _line_at(data: bytes | bytearray, offset: int) -> int:
+    """The number of the line byte ``offset`` of ``data`` is on, counted as ``_lines`` ends
+    them (LF, CRLF or CR), as an editor numbers them."""
+    ends = data.count(b"\n", 0, offset) + data.count(b"\r", 0, offset)
+    return ends - data.count(b"\r\n", 0, offset) + 1
 
 
 _TOO_LONG = f"longer than {MAX_LINE:,} characters"
@@ -133,9 +140,11 @@ def _manifest_text(data: str | bytes) -> str:
     _refuse_wide(data[:4])
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise UsageError(f"manifest line {line}: not UTF-8 text") from None
+    except UnicodeDecodeError as exc:  # its offset counts from after the byte order mark
+        mark = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+        raise UsageError(
+            f"manifest line {_line_at(data, mark + exc.start)}: not UTF-8 text"
+        ) from None
 
 
 def _plain_item(line: str) -> Item:

@@ -58,13 +58,17 @@ def test_a_list_given_to_download_many_is_named_by_its_indexes(
     assert server.stats()["requests"] == 0
 
 
+WHERE = {"here": [], "cluster": ["--scheduler", "local:1"]}
+
+
+@pytest.mark.parametrize("where", sorted(WHERE))
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_an_item_the_server_names_like_another_names_that_ones_manifest_line(
-    make: Make, server: ServerHandle, tmp_path: Path, size: str
+    make: Make, server: ServerHandle, tmp_path: Path, size: str, where: str
 ) -> None:
-    """The second item is named after its probe (a seat's, small; the scheduler's, large):
-    its failure names the line of the item that writes there, and its JSON lines carry
-    its manifest ``line`` beside its ``item`` index."""
+    """The second item is named after its probe (a seat's, small; the scheduler's, large;
+    a worker's, on a cluster): its failure names the line of the item that writes there,
+    and its JSON lines carry its manifest ``line`` beside its ``item`` index."""
     given, same = make(SIZES[size], seed=4105), make(SIZES[size], seed=4106)
     base = tmp_path / "base"
     base.mkdir()
@@ -72,7 +76,8 @@ def test_an_item_the_server_names_like_another_names_that_ones_manifest_line(
     size_hint = f', "size": {same.size}' if size == "large" else ""
     listed = manifest(tmp_path, f"{given.url} given.bin", "# same name", "",
                       f'{{"url": "{named}"{size_hint}}}')  # fmt: skip
-    done = blobdl_cli("-i", str(listed), "--base-dir", str(base), "--json", *FAST, cwd=tmp_path)
+    done = blobdl_cli("-i", str(listed), "--base-dir", str(base), "--json", *FAST,
+                      *WHERE[where], cwd=tmp_path)  # fmt: skip
     assert done.returncode == 5, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
     failed = [e for e in events if e["event"] == "failed"]
@@ -95,3 +100,50 @@ def test_an_item_leading_outside_the_base_directory_on_a_cluster_names_its_line(
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "manifest line 5: path '../out.bin' leads outside" in done.stdout + done.stderr
     assert not (tmp_path / "out.bin").exists()
+
+
+@pytest.mark.parametrize("where", sorted(WHERE))
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_a_name_the_server_gives_that_leads_outside_the_base_directory_names_its_line(
+    make: Make, server: ServerHandle, tmp_path: Path, size: str, where: str
+) -> None:
+    """The server names the item after a link in the base directory that leads out of it:
+    checked after its probe (a seat's, small; the scheduler's, large; a worker's, on a
+    cluster), its failure names its manifest line, and nothing is written outside."""
+    blob = make(SIZES[size], seed=4108)
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    base.mkdir()
+    outside.mkdir()
+    (base / "evil.bin").symlink_to(outside / "evil.bin")
+    named = server.route(f"/cd/{blob.name}?filename=evil.bin")
+    size_hint = f', "size": {blob.size}' if size == "large" else ""
+    listed = manifest(tmp_path, "", f'{{"url": "{named}"{size_hint}}}')
+    done = blobdl_cli("-i", str(listed), "--base-dir", str(base), "--json", *FAST,
+                      *WHERE[where], cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0, done.stderr
+    failed = [e for e in map(json.loads, done.stdout.splitlines()) if e["event"] == "failed"]
+    assert len(failed) == 1 and failed[0]["line"] == 4, (failed, done.stderr)
+    assert failed[0]["error"].startswith("manifest line 4: path 'evil.bin' leads outside"), failed
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", sorted(WHERE))
+def test_a_cached_items_name_from_its_url_that_leads_outside_names_its_line(
+    make: Make, server: ServerHandle, tmp_path: Path, where: str
+) -> None:
+    """An item with a digest and no path comes through the cache, named from its URL before
+    any request (a hit asks the server nothing): that name, a link in the base directory
+    that leads out of it, fails naming the item's manifest line, and nothing is written
+    outside."""
+    blob = make(SIZES["small"], seed=4109)
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    base.mkdir()
+    outside.mkdir()
+    (base / blob.name).symlink_to(outside / blob.name)
+    listed = manifest(tmp_path, f'{{"url": "{blob.url}", "digest": "sha256:{blob.sha256}"}}')
+    done = blobdl_cli("-i", str(listed), "--base-dir", str(base), "--json", *FAST, "--cache-dir",
+                      str(tmp_path / "cache"), *WHERE[where], cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0, done.stderr
+    said = done.stdout + done.stderr
+    assert f"manifest line 3: path '{blob.name}' leads outside" in said, said
+    assert list(outside.iterdir()) == []

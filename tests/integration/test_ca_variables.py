@@ -314,3 +314,40 @@ def test_an_empty_ca_variable_is_the_default_store_not_none(
         done = blobdl("-i", str(manifest), env=here, prefix=prefix)
         assert done.returncode == EXIT_OK, (name, done.stderr)
         assert sha256_file(tmp_path / "small") == small
+
+
+@pytest.mark.parametrize(("variable", "trusted_in"), [(FILE, "file"), (FOLDERS, "folder")])
+def test_an_empty_ca_variable_is_the_default_store_after_a_redirect_to_https(
+    variable: str,
+    trusted_in: str,
+    tls_blob: Blob,
+    tls_server: ServerHandle,
+    server: ServerHandle,
+    pki: PKI,
+    stranger_ca: str,
+    tmp_path: Path,
+) -> None:
+    """A plain http URL that redirects to https: no context was built before the probe
+    (nothing to trust over http), so the pool's own must be ours too, never urllib3's
+    default (which loads what OpenSSL reads ``SSL_CERT_FILE=`` as: nothing). For a
+    download's probe, and for a manifest's small item (the seat's kept pool)."""
+    prefix = in_a_default_store_of_our_own(tmp_path, trusted_in, pki, stranger_ca)
+    small = make_blob(tls_server.root, "ca-redirect-small.bin", 1000, seed=17)
+    hops = (
+        ("to-https.bin", tls_blob.url),
+        ("small-to-https.bin", tls_server.url("ca-redirect-small.bin")),
+    )
+    server.set_faults(*({"path": f"/files/{name}", "action": "redirect", "location": target,
+                         "times": None} for name, target in hops))  # fmt: skip
+    hop = server.url("to-https.bin")
+    manifest = tmp_path / "list"
+    manifest.write_text(f"{server.url('small-to-https.bin')} {tmp_path / 'small'}\n")
+    env = {k: v for k, v in os.environ.items() if k not in OURS}
+    here = {**env, variable: ""}
+    out = tmp_path / "out.bin"
+    done = blobdl(hop, "-o", str(out), *FAST, env=here, prefix=prefix)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert sha256_file(out) == tls_blob.sha256
+    done = blobdl("-i", str(manifest), env=here, prefix=prefix)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert sha256_file(tmp_path / "small") == small

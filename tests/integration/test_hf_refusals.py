@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from tests.conftest import REPO
 from tests.hf_client import call, hf_env
 from tests.integration.test_hf import FAST, tree
 from tests.integration.test_stops_as_files_are_made import AFTER
+from tests.integration.test_trust_stops import wait_for
 
 TOKEN = "hf_granted_c0ffee"  # its owner may read every private and gated repository
 STRANGER = "hf_stranger_beef"  # a token the Hub knows, whose owner was granted nothing
@@ -606,3 +608,55 @@ def test_a_second_signal_as_a_stopped_run_takes_its_things_away_changes_nothing_
     )  # fmt: skip
     assert done.returncode == EXIT_INTERRUPTED, done.stderr
     assert not cache.exists() or _beside_locks(cache) == [], tree(cache)
+
+
+def _waits_for_a_flock(pid: int) -> bool:
+    """Whether process ``pid`` waits for a ``flock`` (``/proc/locks``: its ``->`` lines)."""
+    with open("/proc/locks") as locks:
+        return any("->" in line and line.split()[5] == str(pid) for line in locks)
+
+
+def test_a_run_that_waited_for_a_clean_up_holds_the_folder_made_again(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    """A run waits for its hold on the repository's folder while a stopped run takes the
+    folder away (the test plays that run: an exclusive flock, then the folder removed). A
+    third run makes the folder again meanwhile. The waiting run must hold the folder that
+    is there, not the one removed: else the third, stopped in its turn, finds itself alone
+    and takes away what the waiting run relies on (its blobs/, its tree record)."""
+    folder = tmp_path / "c"
+    where = ["--cache-dir", str(folder)]
+    repo = folder / "models--acme--open"
+    files = next(r for r in REPOS if r.id == "acme/open").contents[COMMIT["acme/open"]]
+    etags = [sha256(files["w.bin"]).hexdigest(), git_sha1(files["config.json"])]
+    held = [_held(folder / ".locks/models--acme--open" / f"{etag}.lock") for etag in etags]
+    repo.mkdir(parents=True)
+    cleaning = os.open(repo, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(cleaning, fcntl.LOCK_EX)  # as a stopped run's clean-up holds it
+    try:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "blobdl", "hf", "acme/open", *where, *FAST, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env=hf_env(hub.url, tmp_path),
+        )  # fmt: skip
+        wait_for(lambda: _waits_for_a_flock(waiting.pid), "the run's hold on the folder")
+        shutil.rmtree(repo)  # the clean-up's work
+        third = _started(hub, tmp_path, where)
+    finally:
+        os.close(cleaning)
+    try:
+        assert waiting.stdout is not None
+        assert any('"hf_started"' in line for line in waiting.stdout), waiting.stderr
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(timeout=60) == EXIT_INTERRUPTED
+    finally:
+        for fd in held:
+            os.close(fd)
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    offline = subprocess.run(
+        [sys.executable, "-m", "blobdl", "hf", "acme/open", *where, *FAST],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env=hf_env(hub.url, tmp_path, offline=True),
+    )  # fmt: skip
+    assert offline.returncode == 0, offline.stderr

@@ -138,6 +138,31 @@ def test_sigint_saves_state_exits_130_and_resumes(
     assert server.stats()["bytes_sent"] < blob.size
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_records_every_byte_received_before_it(
+    make: Make, server: ServerHandle, tmp_path: Path, signum: int
+) -> None:
+    """No checkpoint falls before the stop (a minute apart): the one the stop itself writes,
+    once the signal is being handled, must be whole, claiming at least what the last
+    progress line said was done, and the next run resumes from it."""
+    blob = make(BIG, seed=15 + signum)
+    slow_down(server, blob)
+    out = tmp_path / "out"
+    args = [*CLI_FAST[:-1], "60"]
+    proc = cli(blob.url, "-o", str(out), "--json", *args)
+    seen = run_until(proc, 0.3, blob.size)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert state_path(out).exists(), err
+    claimed = json.loads(state_path(out).read_text())["state"]
+    on_disk = sum(p[2] - p[0] for p in claimed["parts"])
+    assert on_disk >= seen["done"], (on_disk, seen)
+    server.reset()
+    second = blobdl.download(blob.url, out, **_fast())
+    assert sha256_file(out) == blob.sha256 and second.resumed == on_disk
+
+
 def test_sigterm_is_handled_like_sigint(make: Make, server: ServerHandle, tmp_path: Path) -> None:
     _, _, proc, _ = slow_cli(make, server, tmp_path, seed=13, fraction=0.2)
     proc.send_signal(signal.SIGTERM)

@@ -359,6 +359,10 @@ QUERY_CREDENTIALS = {
     "an OAuth authorization code": "?code=TOKSECRET&state=s",
     "nginx secure_link": "?md5=TOKSECRET&expires=1",
     "a hash": "?hash=TOKSECRET",
+    "a bare lowercase key longer than a word": "?name=a.bin&toksecretqvzrplkwmnbxcjh",
+    "a bare key that starts with a capital": "?name=a.bin&Toksecret",
+    "a credential's name percent-encoded": "?c%6Fde=TOKSECRET&h%61sh=TOKSECRET",
+    "a whole name in underscores": "?__hash__=TOKSECRET&_code=TOKSECRET",
 }
 
 

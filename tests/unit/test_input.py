@@ -378,6 +378,48 @@ def test_a_manifest_line_ends_at_lf_crlf_or_cr(end: str) -> None:
     assert [i.path for i in parse_manifest(text.rpartition(end)[0])] == ["a.bin", "b.bin"]
 
 
+class Trickle(io.BytesIO):
+    """A stream that gives ``chunk`` bytes at a time, as a pipe may."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        super().__init__(data)
+        self.chunk = chunk
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(min(self.chunk, size if size and size > 0 else self.chunk))
+
+
+def line_ends(data: bytes) -> int:
+    """The lines ``data`` ends, as an editor counts them: LF, CRLF or CR."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["", "bom"])
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+def test_a_manifests_bytes_refused_name_the_line_an_editor_shows(end: bytes, bom: bytes) -> None:
+    """A NUL byte, a byte that is no UTF-8 or a line too long, on line 3 whatever ends the
+    lines (CRLF cut between two reads too) and whether a byte order mark opens the file."""
+    head = bom + end.join([b"# items", b"http://h/a a.bin", b""])
+    for chunk in (1, 2, 3, 1 << 16):
+        with pytest.raises(UsageError, match=r"^manifest line 3: holds a NUL byte$"):
+            read_manifest(Trickle(head + b"\0 x" + end, chunk))
+    with pytest.raises(UsageError, match=r"^manifest line 3: not UTF-8 text$"):
+        parse_manifest(head + b"\xff x" + end)
+    with pytest.raises(UsageError, match=r"^manifest line 3: longer than"):
+        read_manifest(io.BytesIO(head + b"y" * (6 * MAX_LINE)))
+
+
+def test_a_manifest_whose_lines_end_in_cr_is_read_whole_however_large() -> None:
+    """Old Mac text: every line ends in CR alone. More than one line's limit of them is
+    many lines, not one too long."""
+    lines = [b"http://h/a%d a%d.bin" % (n, n) for n in range(4 * MAX_LINE // 20)]
+    data = b"\r".join(lines) + b"\rftp://h/c\r"
+    assert len(data) > 4 * MAX_LINE
+    assert read_manifest(io.BytesIO(data)) == data
+    with pytest.raises(UsageError, match=rf"^manifest line {len(lines) + 1}: invalid URL"):
+        parse_manifest(data)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.integers(1, 64))
 def test_a_manifest_stream_is_read_whole_or_refused_at_its_first_nul(
@@ -387,20 +429,16 @@ def test_a_manifest_stream_is_read_whole_or_refused_at_its_first_nul(
     were, or a NUL byte is a usage error naming the line it is on (one in the first four
     bytes, or a UTF-16 byte order mark, names the text as UTF-16 or UTF-32 instead)."""
 
-    class Trickle(io.BytesIO):
-        def read(self, size: int | None = -1) -> bytes:
-            return super().read(min(chunk, size if size and size > 0 else chunk))
-
     wide = b"\0" in data[:4] and data[:4].strip(b"\0")
     if wide or data.startswith((b"\xff\xfe", b"\xfe\xff")):
         with pytest.raises(UsageError, match=r"^manifest: not UTF-8 text \(UTF-(16|32), it"):
-            read_manifest(Trickle(data))
+            read_manifest(Trickle(data, chunk))
     elif b"\0" in data:
-        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        line = line_ends(data[: data.index(b"\0")]) + 1
         with pytest.raises(UsageError, match=f"^manifest line {line}: holds a NUL byte$"):
-            read_manifest(Trickle(data))
+            read_manifest(Trickle(data, chunk))
     else:
-        assert read_manifest(Trickle(data)) == data
+        assert read_manifest(Trickle(data, chunk)) == data
 
 
 def test_a_manifest_stream_with_an_endless_line_is_refused_before_it_is_held_whole() -> None:

@@ -166,7 +166,17 @@ def test_a_byte_count_is_read_exactly_up_to_the_largest(count: int, unit: str) -
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("4611686018427387904.5", 2**62), ("0.1KiB", 102), ("8589934592GiB", 2**63)],
+    [
+        ("4611686018427387904.5", 2**62),
+        ("0.1KiB", 102),
+        ("8589934592GiB", 2**63),
+        # one byte is 2**-40 TiB: 40 digits of fraction, each one needed
+        ("0.0000000000009094947017729282379150390625TiB", 1),
+        ("0.0000000000009094947017729282379150390624999TiB", 0),
+        ("0.00000000000181898940354585647583007812" + "5" * 30 + "TiB", 2),
+        ("1" * 5000, 2**63),  # past the 4,300 digits int() reads
+        ("0" * 5000 + "1.5KiB", 1536),
+    ],
 )
 def test_a_size_is_exact_and_a_part_of_a_byte_is_dropped(text: str, value: int) -> None:
     if value > MAX_BYTES:
