@@ -7,6 +7,7 @@ built once per process, before workers fork, and inherited.
 from __future__ import annotations
 
 import ssl
+import threading
 import warnings
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -61,12 +62,15 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
 _Key = tuple[bool, _trust.Roots, str | None, str | None, bool]
 _CONTEXTS: dict[_Key, ssl.SSLContext] = {}
 _UNVERIFIED = _trust.Roots("", "", "", "")
+_BUILDING = threading.Lock()
 
 
 def prepare_tls(settings: Settings, url: str) -> None:
-    """Build the context an https ``url`` needs now, before any worker is forked."""
-    if urlsplit(url).scheme == "https":
-        tls_context(settings, system=True)
+    """Build the context ``url`` may need now, before any worker is forked: for an https
+    URL, whatever it trusts; for any URL, one whose roots are not OpenSSL's own (a bundle,
+    a client certificate: a redirect may lead to https, and every pool is given it). Built
+    later, in each process, every seat or lane making its pool at once would load it again."""
+    tls_context(settings, system=urlsplit(url).scheme == "https")
 
 
 def tls_context(
@@ -90,9 +94,13 @@ def tls_context(
     if context is None and (
         system or proxy or not (settings.verify_tls and roots.openssls_own() and not cert)
     ):
-        context = _CONTEXTS[key] = _build_context(settings, roots, cert)
-        if proxy:
-            context.sslsocket_class = SetUpSSLSocket
+        with _BUILDING:  # a process's threads (seats, lanes) making their pools at once
+            context = _CONTEXTS.get(key)
+            if context is None:
+                context = _build_context(settings, roots, cert)
+                if proxy:
+                    context.sslsocket_class = SetUpSSLSocket
+                _CONTEXTS[key] = context
     return context
 
 

@@ -13,7 +13,7 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from tests.hf_client import hf_env
 from tests.integration.conftest import PKI
 
 BUNDLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+Make = Callable[..., Blob]
 FILE, FOLDERS = "SSL_CERT_FILE", "SSL_CERT_DIR"
 OURS = (*BUNDLES, FILE, FOLDERS)
 FAST = ("--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4")
@@ -351,3 +352,50 @@ def test_an_empty_ca_variable_is_the_default_store_after_a_redirect_to_https(
     done = blobdl("-i", str(manifest), env=here, prefix=prefix)
     assert done.returncode == EXIT_OK, done.stderr
     assert sha256_file(tmp_path / "small") == small
+
+
+# --- loaded once a run --------------------------------------------------------------------------
+
+# The CLI, with every TLS context blobdl builds noted (the building process's pid, a line
+# each) in the file named first: a bundle loaded costs ~20 ms of CPU.
+COUNTED = """
+import os, sys
+from blobdl.http import _pool
+built, build = sys.argv[1], _pool._build_context
+def noted(*args, **kwargs):
+    with open(built, "a") as out:
+        out.write(f"{os.getpid()}\\n")
+    return build(*args, **kwargs)
+_pool._build_context = noted
+sys.argv = ["blobdl", *sys.argv[2:]]
+from blobdl.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize("shape", ["a ranged download", "small items"])
+def test_a_ca_bundle_variable_is_loaded_once_a_run_before_any_fork(
+    shape: str, make: Make, server: ServerHandle, stranger_ca: str, tmp_path: Path
+) -> None:
+    """A bundle named by a variable replaces the default store, so the context is ours to
+    build: once, in the process that forks the rest (they inherit it), never once per
+    worker, lane or seat, and as well for plain http (a redirect may lead to https)."""
+    built = tmp_path / "built"
+    if shape == "small items":
+        blobs = [make(1000, seed=7300 + n) for n in range(6)]
+        manifest = tmp_path / "list"
+        manifest.write_text("".join(f"{b.url} {tmp_path / b.name}\n" for b in blobs))
+        args = ["-i", str(manifest), "--per-host", "4"]
+    else:
+        blobs = [make(4 * PART, seed=7310)]
+        args = [blobs[0].url, "-o", str(tmp_path / blobs[0].name), *FAST[:4]]
+    done = subprocess.run(
+        [sys.executable, "-c", COUNTED, str(built), *args, "-q", "--connections", "4",
+         "--processes", "2"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "REQUESTS_CA_BUNDLE": stranger_ca},
+    )  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    assert all(sha256_file(tmp_path / b.name) == b.sha256 for b in blobs)
+    pids = built.read_text().split() if built.exists() else []
+    assert len(pids) == 1, f"built {len(pids)} times, in {len(set(pids))} processes"
