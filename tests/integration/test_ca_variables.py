@@ -162,14 +162,16 @@ def test_ca_bundle_option_then_requests_then_curl_then_the_default_store(
     replaces the default store, as for requests and curl: a stranger's bundle there is not
     rescued by ``SSL_CERT_FILE`` naming the right CA."""
 
+    tries = iter(range(100))
+
     def trusted(option: str | None = None, **variables: str) -> bool:
         for name in OURS:
             monkeypatch.delenv(name, raising=False)
         for name, value in variables.items():
             monkeypatch.setenv(name, value)
         settings = {"ca_bundle": option} if option else {}
-        try:
-            fetch(tls_blob.url, tmp_path / "out", **settings)
+        try:  # a destination each: an earlier try's file is no question of trust
+            fetch(tls_blob.url, tmp_path / f"out-{next(tries)}", **settings)
         except TLSError as refused:
             assert refused.exit_code == EXIT_NETWORK
             return False
