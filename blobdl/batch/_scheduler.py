@@ -68,7 +68,7 @@ from ._outcomes import Outcomes, died
 from ._pool import _Done, _Job, _Large, _Told
 from ._seats import Said, Seats
 from ._sizing import pool_size, said_large, seats_that_fit, settings_for, wanted
-from ._stop import stop
+from ._stop import stop_batch
 from ._watch import Watch
 
 __all__ = [
@@ -290,13 +290,13 @@ class _Scheduler:
             except (Interrupted, Stop) as caught:  # Stop: the signal, in the caller's callback
                 exc = interrupted(caught)
                 cut = self._running()
-                finished = self._stop(exc.signum)
+                finished = stop_batch(self.seats, self.large, exc.signum)
                 named = {i: self.destinations.named(i, self.items[i]) for i in cut}
                 with held(drop=True):  # a second Ctrl-C must not cut the last words short
                     self.outcomes.cut(named, finished, exc)
                 raise exc from None
             except BaseException:  # a raising callback, say: never leave children running
-                self._stop(signal.SIGTERM)
+                stop_batch(self.seats, self.large, signal.SIGTERM)
                 raise
         return self.outcomes.of(self.items, self.first)
 
@@ -470,16 +470,3 @@ class _Scheduler:
     def _running(self) -> list[int]:
         """The items under way: on a seat, or in a child of their own."""
         return sorted({*self.seats.on_seat.values(), *self.large.running})
-
-    def _stop(self, signum: int) -> dict[int, DownloadResult]:
-        """Every seat's item and every child ends, and is reaped (``_stop.stop``), and what a
-        seat that outlasted its grace left is removed (``Seats.stopped``); the items that
-        finished meanwhile, and their results."""
-        pool, running = self.seats.pool, list(self.large.running.values())
-        whose = {child.conn: child.item for child in running}
-        if pool is not None:
-            whose.update({pool.pipes[seat]: item for seat, item in self.seats.on_seat.items()})
-        finished = stop(pool, running, signum)
-        self.seats.stopped()
-        self.large.reaped()
-        return {whose[conn]: result for conn, result in finished.items() if conn in whose}

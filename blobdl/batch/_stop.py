@@ -13,8 +13,23 @@ from typing import Any
 from ..events import DownloadResult
 from ..processes._clean_child import relay_log
 from . import _pool
-from ._item_process import Running
+from ._item_process import LargeItems, Running
 from ._pool import Pool, _Done
+from ._seats import Seats
+
+
+def stop_batch(seats: Seats, large: LargeItems, signum: int) -> dict[int, DownloadResult]:
+    """The scheduler's stop: every seat's item and every large item's child ends, and is
+    reaped (``stop``), and what a seat that outlasted its grace left is removed
+    (``Seats.stopped``); the items that finished meanwhile, by index, and their results."""
+    pool, running = seats.pool, list(large.running.values())
+    whose = {child.conn: child.item for child in running}
+    if pool is not None:
+        whose.update({pool.pipes[seat]: item for seat, item in seats.on_seat.items()})
+    finished = stop(pool, running, signum)
+    seats.stopped()
+    large.reaped()
+    return {whose[conn]: result for conn, result in finished.items() if conn in whose}
 
 
 def stop(
