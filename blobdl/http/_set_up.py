@@ -152,17 +152,20 @@ def _looked_up(host: str, port: int) -> Sequence[_Found]:
     """``host``'s addresses, looked up within what is left of the set-up (if bounded): on
     a thread of its own, whose wait a signal interrupts; left to end alone once the set-up
     is over (TimeoutError). A numeric address is no lookup: asked here."""
-    family = allowed_gai_family()
+
+    def found() -> Sequence[_Found]:
+        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+
     remaining = left()
     if remaining is None or _numeric(host):
-        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        return found()
     answer: list[Sequence[_Found] | OSError] = []
     task: list[str] = []
 
     def look_up() -> None:
         task.append(_own_task())
         try:
-            answer.append(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+            answer.append(found())
         except OSError as exc:  # gaierror, or a resolver's own failure
             answer.append(exc)
 
@@ -170,7 +173,7 @@ def _looked_up(host: str, port: int) -> Sequence[_Found]:
     try:
         thread.start()
     except RuntimeError:  # no thread to spare (ulimit -u): looked up here, unbounded
-        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        return found()
     thread.join(remaining)
     if not answer:
         raise TimeoutError(f"{host} was not looked up within the connect timeout")
