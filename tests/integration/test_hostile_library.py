@@ -196,7 +196,14 @@ def test_download_from_a_multiprocessing_pool_worker(make: Make, tmp_path: Path)
 
 @pytest.fixture
 def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The threads this process had at each fork it made (1: none but the forking one)."""
+    """The threads this process had at each fork it made (1: none but the forking one).
+
+    The test starts single-threaded: a thread an earlier test's callback started (told to
+    end, not yet ended on a loaded machine) would make blobdl rightly fork nothing."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread():
+            thread.join(timeout=10)
+    assert len(os.listdir("/proc/self/task")) == 1, threading.enumerate()
     seen: list[int] = []
     real_fork = os.fork
 

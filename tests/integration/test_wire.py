@@ -10,6 +10,7 @@ paced body in PACE_CHUNK pieces, so at most one piece per cut connection.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,6 +196,15 @@ def test_a_lane_waiting_for_its_next_status_line_is_not_cut_as_long(
     server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "shape",
                        "ttfb": 0.4, "bps": 4_000_000})  # fmt: skip
     settings = wire_settings(connections=5, min_steal_size=512 * 1024, progress_interval=0.1)
-    result = Downloader(settings).download(blob.url, tmp_path / "out")
+    Downloader(settings).download(blob.url, tmp_path / "out")
     assert sha256_file(tmp_path / "out") == blob.sha256
-    assert result.steals <= 1  # at most the split of a lane whose first chunk was not yet asked
+    # A cut asks again for bytes an earlier request asked for; a split starts past them. How
+    # many splits a loaded machine makes varies; no byte is asked for twice.
+    assert _asked_twice(server.stats()["ranges"][1:]) == []  # the probe's aside
+
+
+def _asked_twice(ranges: list[str | None]) -> list[tuple[str, str]]:
+    """Pairs of requests whose ranges overlap."""
+    spans = sorted((int(a), int(b), f"{a}-{b}") for a, _, b in
+                   (str(r).removeprefix("bytes=").partition("-") for r in ranges))  # fmt: skip
+    return [(x[2], y[2]) for x, y in itertools.pairwise(spans) if y[0] <= x[1]]
