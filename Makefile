@@ -65,8 +65,10 @@ lint: install ## ruff and mypy (strict) over the package
 # 3 on this 2-core machine: 1,821 tests took 440 s as two sessions (in CI, the other
 # Pythons' runs beside them) and 326 s as three alone.
 SHARDS ?= 3
+# Each session names its slowest tests (--durations), so a CI log says where its time goes.
 suite: install system ## the pytest suite only (unit and integration), in SHARDS sessions at once
-	$(PY) $(call WERROR,$(PY)) -m tests.shards $(SHARDS) -q -p no:cacheprovider $(call WERROR,$(PY))
+	$(PY) $(call WERROR,$(PY)) -m tests.shards $(SHARDS) -q -p no:cacheprovider --durations=8 \
+	  $(call WERROR,$(PY))
 
 unit: install ## the unit tests of the pure modules only (seconds; no server, no processes)
 	$(PY) -m pytest -q tests/unit
