@@ -20,7 +20,7 @@ import pytest
 from blobdl.batch._manifest import MAX_LINE
 from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE
 from faultserver.serverctl import ServerHandle
-from tests.conftest import REPO, Blob
+from tests.conftest import REPO, Blob, sha256_file
 
 Make = Callable[..., Blob]
 
@@ -154,6 +154,21 @@ def test_a_utf8_manifest_with_a_byte_order_mark_is_read(
     code, _, stderr = run_batch(manifest, "-q")
     assert code == EXIT_OK, stderr
     assert out.stat().st_size == 1000
+
+
+def test_a_name_with_a_no_break_space_is_one_field(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Fields are separated by ASCII spaces and tabs only: a no-break space (a name copied
+    from a web page or the Finder) split the path in two, and the line was refused as
+    having four fields; one at the name's end was dropped."""
+    blob = make(1000, seed=2303)
+    named, ending = tmp_path / "caf\u00e9\u00a0copy.bin", tmp_path / "ends\u00a0"
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url}\t{named}  sha256:{blob.sha256}\n{blob.url} {ending}\n")
+    code, _, stderr = run_batch(manifest, "-q")
+    assert code == EXIT_OK, stderr
+    assert sha256_file(named) == sha256_file(ending) == blob.sha256
 
 
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
