@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from blobdl._redact import redact_url
 from blobdl.batch._manifest import MAX_LINE
 from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE
 from faultserver.serverctl import ServerHandle
@@ -225,6 +226,30 @@ def test_quiet_batch_prints_only_its_failures(
     assert code == EXIT_NETWORK and stdout == ""
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("FAILED ") and bad.name in lines[0], stderr
+
+
+@pytest.mark.parametrize("quiet", [[], ["-q"]], ids=["", "quiet"])
+def test_a_failed_items_line_names_its_manifest_line_and_its_url(
+    make: Make, server: ServerHandle, tmp_path: Path, quiet: list[str]
+) -> None:
+    """``FAILED  manifest line 3: URL: error``: the line to fix, as every other error of a
+    batch names its items, and the URL without its credentials. A duplicate (lines 3 and
+    5 alike) is named by its own line."""
+    good, bad = make(1000, seed=2322), make(1000, seed=2323)
+    server.set_faults({"path": f"/files/{bad.name}", "times": None, "action": "status",
+                       "status": 404})  # fmt: skip
+    secret_url = bad.url.replace("http://", "http://me:s3cret@")
+    shown = redact_url(secret_url)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"# items\n{good.url} {tmp_path / 'good'}\n{secret_url} {tmp_path / 'bad'}"
+                        f"\n\n{secret_url} {tmp_path / 'bad'}\n")  # fmt: skip
+    code, _, stderr = run_batch(manifest, "--retries", "0", *quiet)
+    assert code == EXIT_NETWORK and "s3cret" not in stderr, stderr
+    failed = [line for line in stderr.splitlines() if line.startswith("FAILED")]
+    assert [line.partition(": HTTP 404")[0] for line in failed] == [
+        f"FAILED  manifest line {n}: {shown}" for n in (3, 5)
+    ], stderr
+    assert sha256_file(tmp_path / "good") == good.sha256
 
 
 def test_json_batch_output_is_unchanged_by_quiet_rules(
