@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -106,7 +107,7 @@ def numbered_items(
     check_path("base_dir", base_dir)
     items, lines = [], []
     for number, line in enumerate(_lines(_manifest_text(text)), 1):
-        line = line.strip()
+        line = line.strip(_BLANKS)
         if not line or line.startswith("#"):
             continue
         try:
@@ -147,8 +148,22 @@ def _manifest_text(data: str | bytes) -> str:
         ) from None
 
 
+# What separates a plain line's fields, and pads it: what a user types between them.
+# str.split() splits at every Unicode space too: a no-break space in a name copied from a
+# web page or the Finder, a Japanese name's U+3000, cut the name in two. Those are a
+# name's characters; the other characters str.split() took for blanks (vertical tab, form
+# feed, the separators U+001C-U+001F, NEL, U+2028, U+2029) are invisible breaks no name
+# means to hold, refused rather than written into a path.
+_BLANKS = " \t"
+_SEPARATOR = re.compile(r"[ \t]+")
+_BREAK = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
+
+
 def _plain_item(line: str) -> Item:
-    words = line.split()
+    if found := _BREAK.search(line):
+        raise ValueError(f"holds U+{ord(found.group()):04X}, a break no field may hold "
+                         "(fields are separated by spaces and tabs)")  # fmt: skip
+    words = _SEPARATOR.split(line)
     if len(words) > 3:
         raise ValueError(f"expected 'URL [PATH] [sha256:HEX]', got {len(words)} fields")
     url, rest = words[0], words[1:]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 from .._redact import redact_url
+from ..batch._items import Numbering
 from ..batch._manifest import numbered_items, read_manifest
 from ..batch._scheduler import PER_HOST, BatchEvent, ItemResult, download_numbered
 from ..engine._download import Downloader
@@ -177,7 +178,7 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
     display.close()
     for index, outcome in enumerate(results):  # with --json: lines for the items not told yet
         display.item_event(BatchEvent(index, _last_word(outcome)))
-    return _summarise(results, display.mode)
+    return _summarise(results, numbering, display.mode)
 
 
 def _last_word(outcome: ItemResult) -> Finished | Failed:
@@ -197,15 +198,17 @@ def _read_manifest(name: str) -> bytes:
         return read_manifest(stream)
 
 
-def _summarise(results: list[ItemResult], mode: str) -> int:
+def _summarise(results: list[ItemResult], numbering: Numbering, mode: str) -> int:
+    """The report of ``-i``; a failed item is named by its manifest line (the line to
+    fix, as every other error of a batch names it) and its URL without credentials."""
     failed = [r for r in results if r.error is not None]
     if mode == "json":
         json_line(sys.stdout, {"event": "summary", "ok": len(results) - len(failed),
                                 "failed": len(failed)})  # fmt: skip
     else:  # quiet: the failures only (and the exit code)
-        for r in results:
+        for index, r in enumerate(results):
             if r.result is None:
-                say(f"FAILED  {redact_url(r.item.url)}: {r.error}")
+                say(f"FAILED  {numbering.one(index)}: {redact_url(r.item.url)}: {r.error}")
             elif mode != "quiet":
                 note = " (cache)" if r.result.cached else ""
                 say(f"ok      {r.result.path}  {r.result.size} bytes{note}")

@@ -88,10 +88,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def _size(text: str) -> int:
+    """A size option's bytes: every one counts from 1. A part of a byte is dropped, so
+    ``0.5`` comes to 0, said as what it is, not as "must be from 1" of a 0 never written."""
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except BlobdlError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if size == 0 and re.search("[1-9]", text):  # not 0 as written: less than a byte
+        raise argparse.ArgumentTypeError(f"{text!r} is less than one byte (sizes are whole bytes)")
+    return size
 
 
 def whole_arg(text: str) -> int:

@@ -111,8 +111,9 @@ def check_batch(run: Run, entries: list[Entry], sandbox: Path, work: Path) -> No
     assert not noise, f"exit {run.code}, lines besides the FAILED ones:\n{run.stderr}"
     assert not any(CLASS_NAME.search(ln) for ln in failed), f"a class name: {failed}"
     names = files_under(work)
-    for e in entries:
-        said = [ln for ln in failed if ln.startswith(f"FAILED  {e.blob.url}: ")]
+    for line, e in enumerate(entries, 1):  # the manifest's lines: one per entry
+        named = f"FAILED  manifest line {line}: {e.blob.url}: "
+        said = [ln for ln in failed if ln.startswith(named)]
         assert len(said) <= 1, f"{e.path} failed more than once: {said}"
         if not said:
             assert e.path in names, f"{e.path} neither written nor failed:\n{run.stderr}"

@@ -311,6 +311,28 @@ def test_hostile_arguments_are_one_line_errors(args: list[str], tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
+    ("command", "option", "size"),
+    [
+        ([], "--limit-rate", "0.5"),
+        ([], "--min-part-size", "0.9B"),
+        ([], "--max-part-size", "0.0001KB"),
+        (["pull", "library/m"], "--limit-rate", "0.5"),
+        (["hf", "org/repo"], "--min-part-size", "0.5"),
+    ],
+)
+def test_a_size_less_than_one_byte_says_so_naming_the_option(
+    command: list[str], option: str, size: str, tmp_path: Path
+) -> None:
+    """A size is whole bytes, a part of one dropped: 0.5 came to 0 and was refused as 'must
+    be a whole number from 1', which the user, who wrote 0.5, never gave."""
+    done = run_cli(*command, option, size, *([] if command else ["http://127.0.0.1:9/x"]),
+                   cwd=tmp_path)  # fmt: skip
+    _one_line_error(done)
+    assert done.returncode == 2 and f"{option}: {size!r} is less than one byte" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "http://" + "a" * 300 + "/x",

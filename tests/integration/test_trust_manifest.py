@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from blobdl._redact import redact_url
 from blobdl.batch._manifest import MAX_LINE
 from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE
 from faultserver.serverctl import ServerHandle
-from tests.conftest import REPO, Blob
+from tests.conftest import REPO, Blob, sha256_file
 
 Make = Callable[..., Blob]
 
@@ -156,6 +157,21 @@ def test_a_utf8_manifest_with_a_byte_order_mark_is_read(
     assert out.stat().st_size == 1000
 
 
+def test_a_name_with_a_no_break_space_is_one_field(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Fields are separated by ASCII spaces and tabs only: a no-break space (a name copied
+    from a web page or the Finder) split the path in two, and the line was refused as
+    having four fields; one at the name's end was dropped."""
+    blob = make(1000, seed=2303)
+    named, ending = tmp_path / "caf\u00e9\u00a0copy.bin", tmp_path / "ends\u00a0"
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url}\t{named}  sha256:{blob.sha256}\n{blob.url} {ending}\n")
+    code, _, stderr = run_batch(manifest, "-q")
+    assert code == EXIT_OK, stderr
+    assert sha256_file(named) == sha256_file(ending) == blob.sha256
+
+
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
 def test_a_manifest_that_is_a_device_of_endless_bytes_is_refused_not_read_whole(
     server: ServerHandle, tmp_path: Path, device: str
@@ -210,6 +226,30 @@ def test_quiet_batch_prints_only_its_failures(
     assert code == EXIT_NETWORK and stdout == ""
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("FAILED ") and bad.name in lines[0], stderr
+
+
+@pytest.mark.parametrize("quiet", [[], ["-q"]], ids=["", "quiet"])
+def test_a_failed_items_line_names_its_manifest_line_and_its_url(
+    make: Make, server: ServerHandle, tmp_path: Path, quiet: list[str]
+) -> None:
+    """``FAILED  manifest line 3: URL: error``: the line to fix, as every other error of a
+    batch names its items, and the URL without its credentials. A duplicate (lines 3 and
+    5 alike) is named by its own line."""
+    good, bad = make(1000, seed=2322), make(1000, seed=2323)
+    server.set_faults({"path": f"/files/{bad.name}", "times": None, "action": "status",
+                       "status": 404})  # fmt: skip
+    secret_url = bad.url.replace("http://", "http://me:s3cret@")
+    shown = redact_url(secret_url)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"# items\n{good.url} {tmp_path / 'good'}\n{secret_url} {tmp_path / 'bad'}"
+                        f"\n\n{secret_url} {tmp_path / 'bad'}\n")  # fmt: skip
+    code, _, stderr = run_batch(manifest, "--retries", "0", *quiet)
+    assert code == EXIT_NETWORK and "s3cret" not in stderr, stderr
+    failed = [line for line in stderr.splitlines() if line.startswith("FAILED")]
+    assert [line.partition(": HTTP 404")[0] for line in failed] == [
+        f"FAILED  manifest line {n}: {shown}" for n in (3, 5)
+    ], stderr
+    assert sha256_file(tmp_path / "good") == good.sha256
 
 
 def test_json_batch_output_is_unchanged_by_quiet_rules(

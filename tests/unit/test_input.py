@@ -359,15 +359,35 @@ NOT_LINE_BREAKS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u
 
 @pytest.mark.parametrize("mark", NOT_LINE_BREAKS)
 def test_a_manifest_line_ends_at_a_line_break_only(mark: str) -> None:
-    """Two items on one line, glued by a separator, are one line of four fields, not two
-    items; and the lines after it keep the numbers an editor shows."""
-    with pytest.raises(UsageError, match=r"^manifest line 1: .* got 4 fields"):
-        parse_manifest(f"http://h/a a.bin{mark}http://h/b b.bin\n")
+    """Two items on one line, glued by a separator, are one line refused, naming the
+    separator, not two items (nor one item whose path holds it); and the lines after it keep
+    the numbers an editor shows."""
+    code = f"U\\+{ord(mark):04X}"
+    for glued in (f"http://h/a a.bin{mark}http://h/b b.bin", f"http://h/a a.bin{mark}b.bin"):
+        with pytest.raises(UsageError, match=rf"^manifest line 1: holds {code}"):
+            parse_manifest(glued + "\n")
     text = f"# a note{mark}with a mark\nhttp://h/a a.bin\nftp://h/c c.bin\n"
     with pytest.raises(UsageError, match=r"^manifest line 3: invalid URL 'ftp://h/c'"):
         parse_manifest(text)
     with pytest.raises(UsageError, match=r"^manifest line 3: invalid URL 'ftp://h/c'"):
         parse_manifest(text.encode())
+
+
+# What str.split() also splits at: spaces of other scripts and widths, no-break ones among
+# them (U+00A0, copied from a web page or a Finder name; U+3000, a Japanese name's space).
+UNICODE_SPACES = ["\u00a0", "\u1680", "\u2000", "\u2009", "\u200a", "\u202f", "\u205f", "\u3000"]
+
+
+@pytest.mark.parametrize("space", UNICODE_SPACES, ids=[f"U+{ord(c):04X}" for c in UNICODE_SPACES])
+def test_a_plain_lines_fields_are_separated_by_spaces_and_tabs_only(space: str) -> None:
+    """A no-break space (or any space but ASCII's) in a name is part of the name: it split
+    the path in two, a wrong path or a 'not sha256:HEX' refusal; at the line's end it was
+    dropped; and between URL and path it is the URL's (as a browser reads it), not a cut."""
+    digest = "sha256:" + "0" * 64
+    line = f" \thttp://h/a \t out/a{space}b.bin\t{digest} \t"
+    assert parse_manifest(line) == [Item("http://h/a", f"out/a{space}b.bin", digest)]
+    assert parse_manifest(f"http://h/a a{space}\n")[0].path == f"a{space}"
+    assert parse_manifest(f"http://h/a{space}a.bin\n") == [Item(f"http://h/a{space}a.bin")]
 
 
 @pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
