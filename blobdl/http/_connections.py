@@ -15,6 +15,11 @@ whole (``_set_up``), and so is that wait.
 The connections also note when they were ready (``ready_at``): the time a request takes to
 its status line, less the connection's set-up, is what sizes a lane's chunks (``_chunk``);
 and they read their responses past any interim (1xx) ones (``_interim``).
+
+A pool may be shared by threads (a pull's blob lookups share the registry's), so a
+connection is closed only by the request that holds it: one whose answer it will serve no
+other request after (``spend``: an error answer's) is closed by its pool when handed back,
+never lent again.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -139,6 +144,7 @@ class _NotedHTTPConnection(HTTPConnection):
     the base of the HTTPS one, whose ``connect`` (TLS handshake, proxy tunnel) it wraps."""
 
     ready_at = 0.0  # time.monotonic() when the connection was ready for its first request
+    spent = False  # it serves no other request: its pool closes it when it is handed back
     _tunnel_open = False  # a proxy answered CONNECT with 200, in this connect()
     response_class = InterimSkippingResponse
 
@@ -212,6 +218,15 @@ class _NotedHTTPSConnection(_NotedHTTPConnection, HTTPSConnection):
     pass
 
 
+def spend(response: urllib3.BaseHTTPResponse) -> None:
+    """The connection that carries ``response`` serves no other request: handed back to its
+    pool (urllib3 hands it back as soon as the body is read to its end), it is closed there
+    and never lent again. So its reader may close it afterwards: nobody else can hold it."""
+    conn = response.connection
+    if isinstance(conn, _NotedHTTPConnection):
+        conn.spent = True
+
+
 def ready_at(response: urllib3.BaseHTTPResponse) -> float:
     """When the connection that carries ``response`` was set up (0.0: not known), so that a
     request's own overhead can be told from the connection's."""
@@ -221,8 +236,14 @@ def ready_at(response: urllib3.BaseHTTPResponse) -> float:
 class _HTTPPool(urllib3.HTTPConnectionPool):
     ConnectionCls = _NotedHTTPConnection
 
+    def _put_conn(self, conn: Any) -> None:
+        if isinstance(conn, _NotedHTTPConnection) and conn.spent:
+            conn.close()
+            conn = None  # its place stays empty, as urllib3 leaves a dropped one's
+        super()._put_conn(conn)
 
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
+
+class _HTTPSPool(_HTTPPool, urllib3.HTTPSConnectionPool):
     ConnectionCls = _NotedHTTPSConnection
 
 
