@@ -15,10 +15,17 @@ whole (``_set_up``), and so is that wait.
 The connections also note when they were ready (``ready_at``): the time a request takes to
 its status line, less the connection's set-up, is what sizes a lane's chunks (``_chunk``);
 and they read their responses past any interim (1xx) ones (``_interim``).
+
+A pool may be shared by threads (a pull's blob lookups share the registry's), so a
+connection is closed only by the request that holds it: one whose answer it will serve no
+other request after (``spend``: an error answer's) is closed by its pool when handed back,
+never lent again; and a request whose connection is closed under it all the same fails as a
+connection closed (``ClosedUnderRequest``), not inside http.client.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import socket
 import ssl
@@ -28,7 +35,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -130,6 +137,19 @@ class TunnelClosed(ProxyError):
     server's TLS handshake was over."""
 
 
+class ClosedUnderRequest(ConnectionAbortedError):
+    """The connection was closed (by another thread) while one of its requests ran."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ECONNABORTED, "the connection was closed under its request")
+
+
+# What a request meets when its connection is closed under it, wherever it is: no socket
+# (AttributeError), urllib3's record of the request wiped (ResponseNotReady, which would be
+# said as a malformed answer), or a descriptor closed under a send or a read.
+_CLOSED_UNDER = (AttributeError, http.client.ImproperConnectionState, OSError)
+
+
 # How a peer hangs up: at once (EOF, reset), or in the middle of a TLS record.
 _HUNG_UP = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)
 
@@ -139,6 +159,9 @@ class _NotedHTTPConnection(HTTPConnection):
     the base of the HTTPS one, whose ``connect`` (TLS handshake, proxy tunnel) it wraps."""
 
     ready_at = 0.0  # time.monotonic() when the connection was ready for its first request
+    spent = False  # it serves no other request: its pool closes it when it is handed back
+    _closes = 0  # closes begun and ended, by any thread
+    _asked_after = 0  # ``_closes`` when its current request began
     _tunnel_open = False  # a proxy answered CONNECT with 200, in this connect()
     response_class = InterimSkippingResponse
 
@@ -192,6 +215,36 @@ class _NotedHTTPConnection(HTTPConnection):
                 raise TunnelClosed("the proxy closed the tunnel it had opened", exc) from exc
         self.ready_at = time.monotonic()
 
+    def close(self) -> None:
+        # Counted as it begins and as it ends (odd while under way), whichever thread closes:
+        # a request begun before it ended, or while it ran, was closed under.
+        self._closes += 1
+        try:
+            super().close()
+        finally:
+            self._closes += 1
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        self._asked_after = self._closes
+        with self._closed_under():
+            super().request(*args, **kwargs)
+
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3's
+        with self._closed_under():
+            return super().getresponse()
+
+    @contextmanager
+    def _closed_under(self) -> Iterator[None]:
+        """A step of this connection's request (its sending, its answer): what it raises
+        because another thread closed the connection meanwhile is that close."""
+        try:
+            yield
+        except _CLOSED_UNDER as exc:
+            closed_under = self._closes != self._asked_after or self._asked_after % 2 == 1
+            if not closed_under or (isinstance(exc, OSError) and exc.errno != errno.EBADF):
+                raise  # its own failure (a reset, a timeout): http.client closes after those
+            raise ClosedUnderRequest() from None
+
     def _tunnel(self) -> None:
         assert self.sock is not None
         try:
@@ -212,6 +265,15 @@ class _NotedHTTPSConnection(_NotedHTTPConnection, HTTPSConnection):
     pass
 
 
+def spend(response: urllib3.BaseHTTPResponse) -> None:
+    """The connection that carries ``response`` serves no other request: handed back to its
+    pool (urllib3 hands it back as soon as the body is read to its end), it is closed there
+    and never lent again. So its reader may close it afterwards: nobody else can hold it."""
+    conn = response.connection
+    if isinstance(conn, _NotedHTTPConnection):
+        conn.spent = True
+
+
 def ready_at(response: urllib3.BaseHTTPResponse) -> float:
     """When the connection that carries ``response`` was set up (0.0: not known), so that a
     request's own overhead can be told from the connection's."""
@@ -221,8 +283,14 @@ def ready_at(response: urllib3.BaseHTTPResponse) -> float:
 class _HTTPPool(urllib3.HTTPConnectionPool):
     ConnectionCls = _NotedHTTPConnection
 
+    def _put_conn(self, conn: Any) -> None:
+        if isinstance(conn, _NotedHTTPConnection) and conn.spent:
+            conn.close()
+            conn = None  # its place stays empty, as urllib3 leaves a dropped one's
+        super()._put_conn(conn)
 
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
+
+class _HTTPSPool(_HTTPPool, urllib3.HTTPSConnectionPool):
     ConnectionCls = _NotedHTTPSConnection
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from .._said import escaped
 from ..errors import BlobdlError, HTTPStatusError
+from ._connections import spend
 from ._request import Response, identity_encoded, read_upto, retry_after
 from ._translate import translate_errors
 
@@ -85,8 +86,11 @@ def error_body(url: str, response: Response, within: float) -> bytes:
         return b""
     # Read to its end, the body would hand its connection back to the pool, which would
     # keep it open, idle, beside the connection the retry or a refreshed URL opens: one
-    # more than the budget. An error answer's connection serves no other request.
+    # more than the budget. An error answer's connection serves no other request: spent,
+    # its pool closes it when it comes back, and never lends it to another thread's request
+    # (a pull's lookups share a pool) that this close would then pull the socket from under.
     connection = response.connection
+    spend(response)
     try:
         with translate_errors(url):
             return read_upto(url, response, ERROR_BODY, time.monotonic() + within)
