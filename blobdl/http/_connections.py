@@ -226,23 +226,27 @@ class _NotedHTTPConnection(HTTPConnection):
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         self._asked_after = self._closes
-        with self._closed_under():
+        try:
             super().request(*args, **kwargs)
+        except _CLOSED_UNDER as exc:
+            self._check_closed_under(exc)
+            raise
 
     def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3's
-        with self._closed_under():
-            return super().getresponse()
-
-    @contextmanager
-    def _closed_under(self) -> Iterator[None]:
-        """A step of this connection's request (its sending, its answer): what it raises
-        because another thread closed the connection meanwhile is that close."""
         try:
-            yield
+            return super().getresponse()
         except _CLOSED_UNDER as exc:
-            closed_under = self._closes != self._asked_after or self._asked_after % 2 == 1
-            if not closed_under or (isinstance(exc, OSError) and exc.errno != errno.EBADF):
-                raise  # its own failure (a reset, a timeout): http.client closes after those
+            self._check_closed_under(exc)
+            raise
+
+    def _check_closed_under(self, exc: BaseException) -> None:
+        """A step of this connection's request (its sending, its answer) raised ``exc``:
+        if another thread closed the connection meanwhile, that close is what it was
+        (``ClosedUnderRequest``); else it is the request's own failure (a reset, a timeout:
+        http.client closes after those), raised as it is. Inline, not a context manager:
+        every request of a small item passes here."""
+        closed_under = self._closes != self._asked_after or self._asked_after % 2 == 1
+        if closed_under and not (isinstance(exc, OSError) and exc.errno != errno.EBADF):
             raise ClosedUnderRequest() from None
 
     def _tunnel(self) -> None:

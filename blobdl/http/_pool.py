@@ -132,6 +132,7 @@ class _ProxyRouter(urllib3.PoolManager):
         super().__init__(**options)
         self._routes, self._settings, self._options = routes, settings, options
         self._managers: dict[str, urllib3.ProxyManager] = {}
+        self._making = threading.Lock()  # a proxy's manager is made once, whichever thread asks
 
     # The same signature as PoolManager.urlopen, which overrides RequestMethods' loosely too.
     def urlopen(  # type: ignore[override]
@@ -151,7 +152,11 @@ class _ProxyRouter(urllib3.PoolManager):
         manager = self._managers.get(proxy)
         if manager is None:
             check_proxy_url(proxy, self._routes.origin(url))
-            manager = self._managers[proxy] = proxy_manager(proxy, self._settings, self._options)
+            with self._making:  # threads share a router (a pull's lookups): one manager each
+                manager = self._managers.get(proxy)
+                if manager is None:
+                    manager = proxy_manager(proxy, self._settings, self._options)
+                    self._managers[proxy] = manager
         return manager
 
     def clear(self) -> None:

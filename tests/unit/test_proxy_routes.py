@@ -4,6 +4,10 @@ NO_PROXY exempts hosts, a leading dot being a domain suffix of names, never part
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 import pytest
 
 from blobdl import Settings
@@ -132,3 +136,37 @@ def test_a_no_proxy_entry_whose_port_is_no_ascii_number_names_nothing(port: str)
     found = routes(P1, NO_PROXY=f"h:{port}")
     assert found.proxy_for("http://h/x") == P1
     assert found.proxy_for("http://h:80/x") == P1
+
+
+def test_threads_sharing_a_router_make_one_manager_per_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pull's lookups share one router: two asking at once for a proxy's first manager
+    got one each, and the one that lost was never cleared (its idle socket outlived the
+    run, into forked workers). The making is slowed so that both ask while it runs."""
+    from blobdl.http import _pool
+
+    made: list[object] = []
+    real = _pool.proxy_manager
+
+    def slow(*args: Any) -> Any:
+        made.append(args[0])
+        time.sleep(0.2)
+        return real(*args)
+
+    monkeypatch.setattr(_pool, "proxy_manager", slow)
+    settings = Settings(proxy="http://127.0.0.1:9")
+    router = _pool._ProxyRouter(ProxyRoutes.from_settings(settings, {}), settings, {})
+    got: list[object] = []
+
+    def ask() -> None:
+        got.append(router._manager("http://127.0.0.1:9", "http://h/a"))
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 1, made
+    assert got[0] is got[1]
+    router.clear()
