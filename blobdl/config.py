@@ -343,16 +343,22 @@ def check_proxy_url(url: str, origin: str = "") -> None:
 _PROXY_SCHEMES = ("http", "https")
 
 
+# What pads a header given as text: HTTP's spaces and tabs (RFC 9110, 5.6.3), and the CR or
+# LF a shell's $(cat file) leaves. No other space: a no-break space is a value's character.
+_PADDING = " \t\r\n"
+
+
 def parse_header(text: str) -> tuple[str, str]:
     """``"Name: value"`` -> ("Name", "value")."""
     name, sep, value = text.partition(":")
-    if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
+    if not sep or not name or any(c in name for c in _PADDING):
         # Only its leading name is shown: the rest may be a credential missing its colon.
-        lead = _TOKEN.match(text.strip())
+        lead = _TOKEN.match(text.strip(_PADDING))
         shown = f"{lead.group()!r}..." if lead else "the text given"
         raise UsageError(f"not a header: {shown} (expected 'Name: value'; the rest is not shown)")
-    check_header(name.strip(), value.strip())
-    return name.strip(), value.strip()
+    value = value.strip(_PADDING)
+    check_header(name, value)
+    return name, value
 
 
 def check_pairs(headers: object, where: str = "") -> None:

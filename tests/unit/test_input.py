@@ -152,6 +152,20 @@ def test_a_header_value_with_a_control_character_is_refused_in_words(char: str) 
     assert Settings(headers=(("Authorization", "Bearer\ta b"),)).headers
 
 
+def test_a_header_given_with_h_loses_only_the_padding_http_allows() -> None:
+    """A field's padding is spaces and tabs (RFC 9110, 5.6.3); ``-H "$(cat file)"`` of a
+    CRLF file keeps its CR. Python's strip() took any Unicode space too: a no-break space
+    ending a value (latin-1, a value's own character) was dropped unsaid, and one leading
+    a name was taken away, a name no server would have matched accepted."""
+    assert parse_header("X-Name: a\xa0") == ("X-Name", "a\xa0")
+    assert parse_header("X-Name: \t a b \t") == ("X-Name", "a b")
+    assert parse_header("X-Name: a\r") == ("X-Name", "a")
+    with pytest.raises(UsageError, match="bad header name"):
+        parse_header("\xa0X-Name: a")
+    with pytest.raises(UsageError, match="bad value for header X-Name"):
+        parse_header("X-Name: a\x0c")  # a form feed is no padding: a control character
+
+
 def test_more_parts_than_the_cap_is_a_usage_error_that_says_the_cap() -> None:
     with pytest.raises(UsageError, match=f"to {MAX_PARTS}"):
         Settings(parts=MAX_PARTS + 1)
