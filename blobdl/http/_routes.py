@@ -70,10 +70,11 @@ class ProxyRoutes(NamedTuple):
 
 def bypassed(no_proxy: str, host: str, port: int | None) -> bool:
     """Whether NO_PROXY names ``host`` (a name, or an IP address without brackets) on
-    ``port``: entries separated by commas (or spaces), ``*`` alone naming every host."""
+    ``port``: entries separated by commas (or spaces and tabs, as curl), ``*`` alone naming
+    every host."""
     if no_proxy.strip() == "*":
         return True
-    for entry in no_proxy.replace(" ", ",").split(","):
+    for entry in no_proxy.replace(" ", ",").replace("\t", ",").split(","):
         name, wanted = _split_port(entry)
         if name and (wanted is None or wanted == port) and _names(name, host):
             return True
