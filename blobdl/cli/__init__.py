@@ -208,7 +208,11 @@ def _summarise(results: list[ItemResult], numbering: Numbering, mode: str) -> in
     else:  # quiet: the failures only (and the exit code)
         for index, r in enumerate(results):
             if r.result is None:
-                say(f"FAILED  {numbering.one(index)}: {redact_url(r.item.url)}: {r.error}")
+                line = numbering.one(index)
+                # An error that names the item's line already (a path leading outside the
+                # base directory) names it once.
+                error = str(r.error).removeprefix(f"{line}: ")
+                say(f"FAILED  {line}: {redact_url(r.item.url)}: {error}")
             elif mode != "quiet":
                 note = " (cache)" if r.result.cached else ""
                 say(f"ok      {r.result.path}  {r.result.size} bytes{note}")

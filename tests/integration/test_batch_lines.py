@@ -98,7 +98,8 @@ def test_an_item_leading_outside_the_base_directory_on_a_cluster_names_its_line(
     done = blobdl_cli("-i", str(listed), "--base-dir", str(base), "--scheduler", "local:1",
                       *FAST, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2, (done.stdout, done.stderr)
-    assert "manifest line 5: path '../out.bin' leads outside" in done.stdout + done.stderr
+    said = f"FAILED  manifest line 5: {blob.url}: path '../out.bin' leads outside"
+    assert said in done.stdout + done.stderr, done.stderr
     assert not (tmp_path / "out.bin").exists()
 
 
@@ -146,4 +147,30 @@ def test_a_cached_items_name_from_its_url_that_leads_outside_names_its_line(
     assert done.returncode != 0, done.stderr
     said = done.stdout + done.stderr
     assert f"manifest line 3: path '{blob.name}' leads outside" in said, said
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", sorted(WHERE))
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_a_failed_items_line_names_its_manifest_line_once(
+    make: Make, server: ServerHandle, tmp_path: Path, size: str, where: str
+) -> None:
+    """``FAILED  manifest line 4: URL: error`` where the error names the line itself (a
+    name the server gives that leads outside the base directory): the line is named once,
+    not ``manifest line 4: URL: manifest line 4: path ...``."""
+    blob = make(SIZES[size], seed=4110)
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    base.mkdir()
+    outside.mkdir()
+    (base / "evil.bin").symlink_to(outside / "evil.bin")
+    named = server.route(f"/cd/{blob.name}?filename=evil.bin")
+    size_hint = f', "size": {blob.size}' if size == "large" else ""
+    listed = manifest(tmp_path, "", f'{{"url": "{named}"{size_hint}}}')
+    done = blobdl_cli("-i", str(listed), "--base-dir", str(base), *FAST, *WHERE[where],
+                      cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0, done.stderr
+    failed = [line for line in done.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, done.stderr
+    assert failed[0].startswith(f"FAILED  manifest line 4: {named}: path 'evil.bin' leads "), failed
+    assert failed[0].count("manifest line") == 1, failed
     assert list(outside.iterdir()) == []
