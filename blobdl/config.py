@@ -292,7 +292,8 @@ def check_header(name: object, value: object) -> None:
     )
     what = "it asks for the bytes it needs, and frames its requests itself"
     lowered = str(name).lower()
-    as_ours = isinstance(value, str) and value.strip().lower() == _AS_OURS.get(lowered)
+    # Padded as HTTP pads (spaces, tabs) only: a no-break space or NEL is sent, another value.
+    as_ours = isinstance(value, str) and value.strip(" \t").lower() == _AS_OURS.get(lowered)
     _require(lowered not in _OURS or as_ours, f"header {name} is blobdl's own ({what}): drop it")
     # A field value is visible characters, spaces and tabs (RFC 9110, 5.5): CR and LF would
     # split the request, any other control character a strict server refuses with a 400.
