@@ -16,18 +16,22 @@ and what a request meets when it happens (its connection closed between request 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from blobdl.config import Settings
 from blobdl.errors import ConnectionFailed
 from blobdl.http._error_words import error_body
 from blobdl.http._pool import make_pool
 from blobdl.http._request import base_headers, send_get
 from blobdl.http._translate import translate_errors
-from faultserver.serverctl import ServerHandle
+from faultserver.proxy import ForwardProxy
+from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings
+from tests.integration.conftest import PKI
 
 Make = Callable[..., Blob]
 REFUSAL = '{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}'
@@ -77,3 +81,78 @@ def test_a_connection_closed_between_its_request_and_its_answer_is_a_connection_
         conn.close()
     assert failed.value.retryable
     assert "closed under its request" in str(failed.value)
+
+
+ROUTES = ("plain", "tls", "plain forwarded by a proxy", "tls tunnelled through a proxy")
+
+
+@pytest.fixture
+def route(
+    request: pytest.FixtureRequest, server: ServerHandle, pki: PKI
+) -> Iterator[tuple[ServerHandle, Settings]]:
+    """An origin, and the settings that reach it by ``request.param``'s route: every pool
+    class a request may take (http, https, a proxy's)."""
+    origin = server
+    trusted: dict[str, Any] = {"trust_env": False}
+    if request.param.startswith("tls"):
+        origin = request.getfixturevalue("tls_server")
+        origin.reset()  # (only ``server`` is reset for every test)
+        trusted["ca_bundle"] = pki.ca_pem
+    if "proxy" not in request.param:
+        yield origin, fast_settings(**trusted)
+        return
+    with ForwardProxy() as proxy:
+        yield origin, fast_settings(**trusted, proxy=proxy.url)
+
+
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
+def test_no_pool_lends_an_error_answers_connection_again(
+    route: tuple[ServerHandle, Settings],
+) -> None:
+    """The https pools and a proxy's pools close a spent connection as the http one does:
+    after the words of a 401, none of them lends its connection to the next request, and
+    the answered request's socket is closed (the budget: no idle socket beside a retry)."""
+    origin, settings = route
+    name = "shared-pool-401.bin"
+    make_blob(origin.root, name, 1000, 903)
+    url = origin.url(name)
+    origin.set_faults({"path": f"/files/{name}", "action": "status", "status": 401,
+                       "headers": {"Content-Type": "application/json"}, "body": REFUSAL,
+                       "times": 1})  # fmt: skip
+    pool = make_pool(settings)
+    try:
+        refused = send_get(pool, url, base_headers())
+        assert refused.status == 401
+        refused_on = refused.connection
+        assert b"UNAUTHORIZED" in error_body(url, refused, 5.0)
+        refused.close()
+        assert refused_on is not None and refused_on.sock is None  # closed, not idle
+        for _ in range(2):
+            answered = send_get(pool, url, base_headers())
+            assert answered.status == 200
+            assert answered.connection is not refused_on
+            answered.read()
+    finally:
+        pool.clear()
+
+
+@pytest.mark.parametrize("route", ["tls", "tls tunnelled through a proxy"], indirect=True)
+def test_a_tls_connection_closed_between_its_request_and_its_answer_is_a_connection_failure(
+    route: tuple[ServerHandle, Settings],
+) -> None:
+    """As over plain http: a ``ConnectionFailed``, never an error from inside http.client."""
+    origin, settings = route
+    name = "shared-pool-closed.bin"
+    make_blob(origin.root, name, 1000, 904)
+    url = origin.url(name)
+    pool = make_pool(settings).connection_from_url(url)
+    conn = pool._get_conn()
+    try:
+        pool._validate_conn(conn)  # connected (through the tunnel, if any)
+        conn.request("GET", urlsplit(url).path)
+        conn.close()  # as another thread would
+        closed_under = pytest.raises(ConnectionFailed, match="closed under its request")
+        with closed_under, translate_errors(url):
+            conn.getresponse()
+    finally:
+        conn.close()
