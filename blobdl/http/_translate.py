@@ -48,7 +48,7 @@ from ..errors import (
     retryable_status,
 )
 from ._chunks import ChunkError
-from ._connections import TunnelClosed
+from ._connections import ClosedUnderRequest, TunnelClosed
 from ._head import InterimError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -106,6 +106,10 @@ def proxy_errors(url: str, proxy: str) -> Iterator[None]:
     try:
         yield
     except ProxyError as exc:
+        if _inner(exc, ClosedUnderRequest) is not None:
+            # Our close (another thread's), not the proxy's failure: urllib3 takes a closed
+            # connection for one that never reached its proxy, and says its error so.
+            raise translated(url, exc, Peer.of(url)) from None
         status, answer = _tunnel_answer(exc)
         if status == 407:
             raise wants_credentials(url, proxy) from None

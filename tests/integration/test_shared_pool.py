@@ -156,3 +156,38 @@ def test_a_tls_connection_closed_between_its_request_and_its_answer_is_a_connect
             conn.getresponse()
     finally:
         conn.close()
+
+
+class _ClosedBeforeItsAnswer:
+    """A connection closed between its request and its answer, as another thread would."""
+
+    def getresponse(self) -> Any:
+        self.close()  # type: ignore[attr-defined]
+        return super().getresponse()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if "proxy" in r], indirect=True)
+def test_a_connection_closed_under_its_request_through_a_proxy_is_not_the_proxys_failure(
+    route: tuple[ServerHandle, Settings],
+) -> None:
+    """The close is ours (another thread's), not the proxy's: said as without a proxy,
+    naming the server, never "proxy ... failed" (urllib3 counts a closed connection as one
+    that never reached its proxy, and says any error of it as the proxy's)."""
+    origin, settings = route
+    name = "shared-pool-proxied.bin"
+    make_blob(origin.root, name, 1000, 905)
+    url = origin.url(name)
+    pool = make_pool(settings)
+    proxy = settings.proxy or ""
+    conns = pool._manager(proxy, url).connection_from_url(url)  # type: ignore[attr-defined]
+    conns.ConnectionCls = type("Closing", (_ClosedBeforeItsAnswer, conns.ConnectionCls), {})
+    try:
+        with pytest.raises(ConnectionFailed) as failed:
+            send_get(pool, url, base_headers())
+    finally:
+        pool.clear()
+    assert failed.value.retryable
+    port = urlsplit(url).port
+    assert str(failed.value).startswith(
+        f"connection to 127.0.0.1 port {port} failed: the connection was closed under its request"
+    ), failed.value
