@@ -877,6 +877,10 @@ import json, logging, os, signal, sys
 import blobdl
 from blobdl.batch import _cluster, _cluster_run
 
+# The end of a run asks every worker the scheduler names to drop its spares, each given
+# DROP_WAIT (5 s): the silent worker would hold every run here that long. The test's
+# patience with a worker that answers is the runs' stall timeout, as for every question.
+_cluster_run.DROP_WAIT = 2.0
 
 def freezing(real, pid, when):
     def checked(client, within):
@@ -1300,8 +1304,10 @@ def test_a_scheduler_that_stops_answering_mid_pull_is_one_clear_error_naming_it(
 FROZEN_PULL = """
 import json, os, signal, sys
 import blobdl
+from blobdl.batch import _cluster_run
 from blobdl.registry import _pull_cluster
 
+_cluster_run.DROP_WAIT = 2.0  # the stall timeout, as in FROZEN
 
 def freezing(real, pid):
     def checked(*args):
