@@ -1137,9 +1137,13 @@ def test_a_scheduler_that_stops_answering_as_the_run_ends_does_not_hold_up_its_e
         own.stop()
 
 
-@pytest.mark.parametrize("budget", [(), ("--per-host", "1")], ids=["held", "growing"])
+# held: 8 parts at once at 128 KiB/s each (2 s); growing: one connection at a time, at 256
+# KiB/s (8 s: its questions for more, each 2 s unanswered, go out several times over).
+@pytest.mark.parametrize(
+    ("budget", "bps"), [((), 128 * KB), (("--per-host", "1"), 256 * KB)], ids=["held", "growing"]
+)
 def test_a_download_running_on_a_worker_lands_whole_while_the_scheduler_is_stopped(
-    server: ServerHandle, make: Make, tmp_path: Path, budget: tuple[str, ...]
+    server: ServerHandle, make: Make, tmp_path: Path, budget: tuple[str, ...], bps: int
 ) -> None:
     """The worker holds all a running download needs (its URL, its path, its settings): the
     scheduler stopped mid-item, the bytes go on landing, and the file is whole on the
@@ -1153,7 +1157,7 @@ def test_a_download_running_on_a_worker_lands_whole_while_the_scheduler_is_stopp
     target = tmp_path / "x.bin"
     try:
         blob = make(2 * 1024 * KB, 78)
-        paced(server, 128 * KB)  # 8 parts of 256 KiB: seconds of download
+        paced(server, bps)  # 8 parts of 256 KiB: seconds of download
         # Progress told often: the events the task cannot pass on fill the socket from the
         # download's coordinator within the test's seconds, as a long download's would.
         proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {target}"]),
