@@ -111,14 +111,7 @@ def test_a_name_the_server_gives_that_leads_outside_the_base_directory_names_its
     """The server names the item after a link in the base directory that leads out of it:
     checked after its probe (a seat's, small; the scheduler's, large; a worker's, on a
     cluster), its failure names its manifest line, and nothing is written outside."""
-    blob = make(SIZES[size], seed=4108)
-    base, outside = tmp_path / "base", tmp_path / "outside"
-    base.mkdir()
-    outside.mkdir()
-    (base / "evil.bin").symlink_to(outside / "evil.bin")
-    named = server.route(f"/cd/{blob.name}?filename=evil.bin")
-    size_hint = f', "size": {blob.size}' if size == "large" else ""
-    listed = manifest(tmp_path, "", f'{{"url": "{named}"{size_hint}}}')
+    base, outside, listed, _ = _named_outside(make(SIZES[size], seed=4108), server, tmp_path)
     done = blobdl_cli("-i", str(listed), "--base-dir", str(base), "--json", *FAST,
                       *WHERE[where], cwd=tmp_path)  # fmt: skip
     assert done.returncode != 0, done.stderr
@@ -158,14 +151,7 @@ def test_a_failed_items_line_names_its_manifest_line_once(
     """``FAILED  manifest line 4: URL: error`` where the error names the line itself (a
     name the server gives that leads outside the base directory): the line is named once,
     not ``manifest line 4: URL: manifest line 4: path ...``."""
-    blob = make(SIZES[size], seed=4110)
-    base, outside = tmp_path / "base", tmp_path / "outside"
-    base.mkdir()
-    outside.mkdir()
-    (base / "evil.bin").symlink_to(outside / "evil.bin")
-    named = server.route(f"/cd/{blob.name}?filename=evil.bin")
-    size_hint = f', "size": {blob.size}' if size == "large" else ""
-    listed = manifest(tmp_path, "", f'{{"url": "{named}"{size_hint}}}')
+    base, outside, listed, named = _named_outside(make(SIZES[size], seed=4110), server, tmp_path)
     done = blobdl_cli("-i", str(listed), "--base-dir", str(base), *FAST, *WHERE[where],
                       cwd=tmp_path)  # fmt: skip
     assert done.returncode != 0, done.stderr
@@ -174,3 +160,18 @@ def test_a_failed_items_line_names_its_manifest_line_once(
     assert failed[0].startswith(f"FAILED  manifest line 4: {named}: path 'evil.bin' leads "), failed
     assert failed[0].count("manifest line") == 1, failed
     assert list(outside.iterdir()) == []
+
+
+def _named_outside(
+    blob: Blob, server: ServerHandle, tmp_path: Path
+) -> tuple[Path, Path, Path, str]:
+    """A base directory whose ``evil.bin`` links outside it, and a manifest whose line 4 is
+    ``blob`` served under that name (a large one says its size): (base, outside, manifest,
+    the item's URL)."""
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    base.mkdir()
+    outside.mkdir()
+    (base / "evil.bin").symlink_to(outside / "evil.bin")
+    named = server.route(f"/cd/{blob.name}?filename=evil.bin")
+    size_hint = f', "size": {blob.size}' if blob.size == SIZES["large"] else ""
+    return base, outside, manifest(tmp_path, "", f'{{"url": "{named}"{size_hint}}}'), named

@@ -119,15 +119,7 @@ def test_a_signal_as_a_pulls_file_is_made_leaves_nothing(
     registry: Registry, tmp_path: Path, made: str
 ) -> None:
     """Stopped before a blob's byte landed: no file in the store (its folders may stay)."""
-    model = registry.push_model("library/stop", "v1", (300_000, 100))
-    reference = f"http://{registry.host}/{model.repo}:{model.tag}"
-    models = tmp_path / "models"
-    target, mark = PULL[made]
-    args = ["pull", reference, "--models-dir", str(models), "--retries", "0"]
-    code, lines = after(target, mark, args, tmp_path).finish()
-    assert code == EXIT_INTERRUPTED, lines
-    assert lines[-1] == f"blobdl: error: interrupted by signal {signal.SIGTERM}", lines
-    assert sorted(str(p.relative_to(models)) for p in models.rglob("*") if not p.is_dir()) == []
+    assert _pull_stopped(registry, tmp_path, made) == []
 
 
 def test_a_second_signal_as_an_unheld_lock_file_is_removed_leaves_nothing(
@@ -147,16 +139,21 @@ def test_a_second_signal_as_an_unheld_lock_file_is_removed_leaves_nothing(
 def test_a_second_signal_as_a_pulls_lock_file_is_removed_leaves_nothing(
     registry: Registry, tmp_path: Path, made: str
 ) -> None:
+    assert _pull_stopped(registry, tmp_path, made, then="blobdl.registry._claims:take_lock") == []
+
+
+def _pull_stopped(registry: Registry, tmp_path: Path, made: str, then: str = "") -> list[str]:
+    """A pull signalled as its ``made`` file is made (and again at ``then``), seen to stop
+    as interrupted: the files it left in the store."""
     model = registry.push_model("library/stop", "v1", (300_000, 100))
     reference = f"http://{registry.host}/{model.repo}:{model.tag}"
     models = tmp_path / "models"
     target, mark = PULL[made]
     args = ["pull", reference, "--models-dir", str(models), "--retries", "0"]
-    then = "blobdl.registry._claims:take_lock"
     code, lines = after(target, mark, args, tmp_path, then=then).finish()
     assert code == EXIT_INTERRUPTED, lines
     assert lines[-1] == f"blobdl: error: interrupted by signal {signal.SIGTERM}", lines
-    assert sorted(str(p.relative_to(models)) for p in models.rglob("*") if not p.is_dir()) == []
+    return sorted(str(p.relative_to(models)) for p in models.rglob("*") if not p.is_dir())
 
 
 def test_a_signal_as_a_resume_records_scratch_is_made_leaves_no_scratch(
