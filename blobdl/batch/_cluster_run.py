@@ -115,9 +115,12 @@ class Run:
 
     def _drop_spares(self) -> None:
         """The workers' spare interpreters ended (``drop_spares``), the workers named by a
-        scheduler that answers within ``within``: one that does not is asked nothing more."""
+        scheduler that answers within ``within``: one that does not is asked nothing more,
+        and neither is a worker this run found silent (its wait would only hold up the end;
+        its spares end by themselves)."""
         with contextlib.suppress(Exception), self._asking():
-            drop_spares(self.client, list(present(self.client, within=self.within)))
+            workers = present(self.client, within=self.within)
+            drop_spares(self.client, [w for w in workers if w not in self.silent])
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, **options: Any) -> Any:
         """``fn(*args)`` as a task, on a worker that answers (``options`` may name others)."""
