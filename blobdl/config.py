@@ -282,6 +282,10 @@ _OURS = frozenset({
 _AS_OURS = {"accept-encoding": "identity", "connection": "keep-alive"}
 
 
+# HTTP's optional whitespace around a field's value (RFC 9110, 5.6.3): spaces and tabs.
+_OWS = " \t"
+
+
 def check_header(name: object, value: object) -> None:
     """Refuse a header http.client would reject or that would split the request: names
     of token characters, values of latin-1 without control characters but tabs; and one of ours
@@ -292,8 +296,8 @@ def check_header(name: object, value: object) -> None:
     )
     what = "it asks for the bytes it needs, and frames its requests itself"
     lowered = str(name).lower()
-    # Padded as HTTP pads (spaces, tabs) only: a no-break space or NEL is sent, another value.
-    as_ours = isinstance(value, str) and value.strip(" \t").lower() == _AS_OURS.get(lowered)
+    # Padded as HTTP pads (_OWS) only: a no-break space or NEL is sent, another value.
+    as_ours = isinstance(value, str) and value.strip(_OWS).lower() == _AS_OURS.get(lowered)
     _require(lowered not in _OURS or as_ours, f"header {name} is blobdl's own ({what}): drop it")
     # A field value is visible characters, spaces and tabs (RFC 9110, 5.5): CR and LF would
     # split the request, any other control character a strict server refuses with a 400.
@@ -346,7 +350,7 @@ _PROXY_SCHEMES = ("http", "https")
 
 # What pads a header given as text: HTTP's spaces and tabs (RFC 9110, 5.6.3), and the CR or
 # LF a shell's $(cat file) leaves. No other space: a no-break space is a value's character.
-_PADDING = " \t\r\n"
+_PADDING = _OWS + "\r\n"
 
 
 def parse_header(text: str) -> tuple[str, str]:

@@ -155,7 +155,7 @@ def _manifest_text(data: str | bytes) -> str:
 # feed, the separators U+001C-U+001F, NEL, U+2028, U+2029) are invisible breaks no name
 # means to hold, refused rather than written into a path.
 _BLANKS = " \t"
-_SEPARATOR = re.compile(r"[ \t]+")
+_SEPARATOR = re.compile(f"[{_BLANKS}]+")
 _BREAK = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
 
 
