@@ -52,7 +52,9 @@ ACTIONS: dict[str, frozenset[str]] = {
     "reset_after": frozenset({"bytes"}),
     "close_after": frozenset({"bytes"}),
     "stall_after": frozenset({"bytes", "hold"}),
-    "no_response": frozenset({"hold"}),
+    # Nothing answered: the connection held silent for ``hold`` seconds (default 60), then
+    # closed (``reset``: with an RST, its unread bytes discarded).
+    "no_response": frozenset({"hold", "reset"}),
     # A status line and header block that never end: a byte every ``step`` seconds (never
     # silent for a read timeout), until ``hold`` seconds have passed.
     "trickle_head": frozenset({"step", "hold"}),
@@ -132,7 +134,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # ``after``: {"path": P, "requests": N}, with any action: the reply waits (before its status
 # line) until P has been asked N times, so that two clients' requests start together however
 # late one of them asks (a barrier scripted by the test, not a race against the clock).
-_RULE_KEYS = frozenset({"path", "skip", "times", "action", "method", "after"})
+# ``kept``: true matches only requests that come on a connection that carried an earlier
+# one (kept alive), false only a connection's first: ``no_response`` there is a server
+# whose close of an idle connection crossed the client's next request on it.
+_RULE_KEYS = frozenset({"path", "skip", "times", "action", "method", "after", "kept"})
 _CUT_ACTIONS = frozenset({"reset_after", "close_after", "stall_after"})
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -153,6 +158,7 @@ class Rule:
     times: int | None = 1
     method: str | None = None
     after: tuple[str, int] | None = None  # (path, requests) to wait for; see _RULE_KEYS
+    kept: bool | None = None  # only requests on a kept (True) or a new (False) connection
     seen: int = 0  # matching requests so far; guarded by State.lock
 
     @classmethod
@@ -189,13 +195,19 @@ class Rule:
         if method is not None and not isinstance(method, str):
             raise RuleError(f"bad method: {method!r}")
         method = method.upper() if method else None
-        return cls(path, action, params, skip, times, method, _after(raw.get("after")))
+        kept = raw.get("kept")
+        if kept is not None and not isinstance(kept, bool):
+            raise RuleError(f"bad kept: {kept!r}")
+        after = _after(raw.get("after"))
+        return cls(path, action, params, skip, times, method, after, kept)
 
     def fault(self) -> Fault:
         return Fault(self.action, self.params, self.after)
 
-    def matches(self, path: str, method: str) -> bool:
+    def matches(self, path: str, method: str, kept: bool) -> bool:
         if self.method is not None and self.method != method:
+            return False
+        if self.kept is not None and self.kept != kept:
             return False
         if self.path.endswith("*"):
             return path.startswith(self.path[:-1])
@@ -302,18 +314,19 @@ class State:
             self.max_concurrent = self.active
             self.per_path, self.ranges, self.headers = {}, [], []
 
-    def record(self, method: str, path: str, headers: dict[str, str]) -> Fault | None:
-        """Log one non-control request and pick the fault rule for it."""
+    def record(self, method: str, path: str, headers: dict[str, str], kept: bool) -> Fault | None:
+        """Log one non-control request and pick the fault rule for it (``kept``: it came on
+        a connection that carried an earlier request)."""
         with self.lock:
             self.requests += 1
             self.per_path[path] = self.per_path.get(path, 0) + 1
             self.ranges.append(_header(headers, "Range"))
             self.headers.append(headers)
-            return self._pick(path, method, _header(headers, "Range"))
+            return self._pick(path, method, _header(headers, "Range"), kept)
 
-    def _pick(self, path: str, method: str, asked: str | None) -> Fault | None:
+    def _pick(self, path: str, method: str, asked: str | None, kept: bool) -> Fault | None:
         for rule in self.rules:
-            if rule.exhausted() or not rule.matches(path, method):
+            if rule.exhausted() or not rule.matches(path, method, kept):
                 continue
             if rule.action == "stall_at" and _offset_in(asked, rule.params["offset"]) is None:
                 continue  # not the request that reaches the offset
@@ -644,6 +657,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "blobdl-testserver/1"
     slow_conn: Fault | None = None  # set by a slow_conn rule: this connection stays slow
     paced_from, paced_bytes = 0.0, 0  # its pace: since when, and bytes sent since then
+    asked_here = 0  # requests this connection carried (control requests not counted)
 
     @property
     def srv(self) -> FaultServer:
@@ -696,7 +710,8 @@ class Handler(BaseHTTPRequestHandler):
             self._control(self._stats)
             return
         req = dict(self.headers.items())
-        fault = self.srv.state.record(self.command, parts.path, req)
+        self.asked_here += 1
+        fault = self.srv.state.record(self.command, parts.path, req, self.asked_here > 1)
         if fault is not None and fault.action == "slow_conn":
             self.slow_conn = Fault("rate", {"bps": fault.num("bps")})
         if fault is not None and fault.after is not None and not self._wait_for(*fault.after):
@@ -725,6 +740,8 @@ class Handler(BaseHTTPRequestHandler):
         if fault.action == "no_response":
             self._hold(fault.num("hold", 60))
             self.close_connection = True
+            if fault.params.get("reset"):
+                self._abort(rst=True)
             return False
         if fault.action == "trickle_head":
             self._trickle_head(fault.num("step", 0.5), fault.num("hold", 60))

@@ -21,6 +21,11 @@ connection is closed only by the request that holds it: one whose answer it will
 other request after (``spend``: an error answer's) is closed by its pool when handed back,
 never lent again; and a request whose connection is closed under it all the same fails as a
 connection closed (``ClosedUnderRequest``), not inside http.client.
+
+A kept connection is a guess that the server still holds it: its close of an idle one can
+cross our next request on it. A GET that meets only that close, no byte of an answer, is
+asked again on another connection by the pool itself (``KeptConnectionLost``), not counted
+as a failed attempt by whoever asked.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from urllib3.exceptions import (
     ConnectTimeoutError,
     NameResolutionError,
     NewConnectionError,
+    ProtocolError,
     ProxyError,
 )
 
@@ -154,6 +160,20 @@ _CLOSED_UNDER = (AttributeError, http.client.ImproperConnectionState, OSError)
 _HUNG_UP = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)
 
 
+class KeptConnectionLost(ConnectionResetError):
+    """The server closed a connection kept from an earlier answer as our next request on it
+    came: no byte of an answer, only the close (http.client's RemoteDisconnected, a reset,
+    TLS's EOF). The pool asks again on a new connection (``_HTTPPool.urlopen``)."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ECONNRESET, "closed by the server as the request came")
+
+
+# Asked again after a kept connection was lost, at most: each time on another connection
+# (the lost one is closed), which is a new one unless other threads handed theirs back.
+_LOST_AGAIN = 3
+
+
 class _NotedHTTPConnection(HTTPConnection):
     """Notes its socket in the opening thread's ``Sockets``, and when it was ready; also
     the base of the HTTPS one, whose ``connect`` (TLS handshake, proxy tunnel) it wraps."""
@@ -162,6 +182,8 @@ class _NotedHTTPConnection(HTTPConnection):
     spent = False  # it serves no other request: its pool closes it when it is handed back
     _closes = 0  # closes begun and ended, by any thread
     _asked_after = 0  # ``_closes`` when its current request began
+    _answers = 0  # answers its socket carried: past 0, a request goes on a kept connection
+    _on_kept = False  # its current request went on a kept connection
     _tunnel_open = False  # a proxy answered CONNECT with 200, in this connect()
     response_class = InterimSkippingResponse
 
@@ -202,7 +224,7 @@ class _NotedHTTPConnection(HTTPConnection):
     def connect(self) -> None:
         # urllib3 opens a connection with its connect timeout as the connection's timeout.
         within = self.timeout if isinstance(self.timeout, (int, float)) else None
-        self._tunnel_open = False
+        self._tunnel_open, self._answers = False, 0
         with setting_up(within):
             try:
                 super().connect()
@@ -226,6 +248,7 @@ class _NotedHTTPConnection(HTTPConnection):
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         self._asked_after = self._closes
+        self._on_kept = self._answers > 0 and self.sock is not None
         try:
             super().request(*args, **kwargs)
         except _CLOSED_UNDER as exc:
@@ -234,10 +257,14 @@ class _NotedHTTPConnection(HTTPConnection):
 
     def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3's
         try:
-            return super().getresponse()
+            response = super().getresponse()
         except _CLOSED_UNDER as exc:
             self._check_closed_under(exc)
+            if self._on_kept and isinstance(exc, _HUNG_UP):
+                raise KeptConnectionLost() from exc
             raise
+        self._answers += 1
+        return response
 
     def _check_closed_under(self, exc: BaseException) -> None:
         """A step of this connection's request (its sending, its answer) raised ``exc``:
@@ -287,6 +314,21 @@ def ready_at(response: urllib3.BaseHTTPResponse) -> float:
 class _HTTPPool(urllib3.HTTPConnectionPool):
     ConnectionCls = _NotedHTTPConnection
 
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        """urllib3's, but a GET (or HEAD) whose kept connection the server closed as it came
+        (``KeptConnectionLost``) is asked again on another connection: it never reached
+        the server's answer, and no client could have told the connection was going. Not a
+        failed attempt; only its own failures are the caller's to count."""
+        body = args[0] if args else kwargs.get("body")
+        again = _LOST_AGAIN if method in ("GET", "HEAD") and body is None else 0
+        while True:
+            try:
+                return super().urlopen(method, url, *args, **kwargs)
+            except ProtocolError as exc:
+                if again == 0 or not _lost(exc):
+                    raise
+                again -= 1
+
     def _put_conn(self, conn: Any) -> None:
         if isinstance(conn, _NotedHTTPConnection) and conn.spent:
             conn.close()
@@ -296,6 +338,11 @@ class _HTTPPool(urllib3.HTTPConnectionPool):
 
 class _HTTPSPool(_HTTPPool, urllib3.HTTPSConnectionPool):
     ConnectionCls = _NotedHTTPSConnection
+
+
+def _lost(exc: ProtocolError) -> bool:
+    """Whether urllib3's ``exc`` is a kept connection lost (its words: "Connection aborted.")."""
+    return any(isinstance(arg, KeptConnectionLost) for arg in exc.args)
 
 
 _Manager = TypeVar("_Manager", bound=urllib3.PoolManager)

@@ -234,6 +234,26 @@ def test_a_server_closing_kept_connections_between_items_costs_nothing_but_conne
     assert stats["requests"] == 12 and stats["max_concurrent"] <= 2
 
 
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_kept_connection_the_server_closed_as_the_next_request_came_costs_a_new_one(
+    make: Make, server: ServerHandle, tmp_path: Path, reset: bool
+) -> None:
+    blobs = [make(SMALL + n, seed=2390 + n) for n in range(12)]
+    # The race no client can see coming: a server closes its idle connection just as our next
+    # request on it arrives (its keep-alive timeout, its restart). Nothing of an answer
+    # came, so the request is asked again on a new connection: not a failed attempt.
+    server.set_faults({"path": "/files/*", "times": None, "kept": True,
+                       "action": "no_response", "hold": 0, "reset": reset})  # fmt: skip
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    results = blobdl.download_many(items, max_connections=2, **fast(retries=0))
+    assert all(r.ok and r.result and r.result.retries == 0 for r in results), results
+    assert [sha256_file(tmp_path / f"o{n}") for n in range(12)] == [b.sha256 for b in blobs]
+    stats = server.stats()
+    lost = stats["rule_hits"][0]
+    assert lost > 0  # the seats did carry items over kept connections
+    assert stats["requests"] == 12 + lost and stats["max_concurrent"] <= 2
+
+
 def test_a_small_items_digest_is_checked_before_the_rename(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:

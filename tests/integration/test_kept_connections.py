@@ -1,0 +1,82 @@
+"""A connection kept alive is a guess that the server still holds it. A server may close an
+idle connection at any moment (its keep-alive timeout, a restart), and its close can cross
+our next request on it: the request is sent, and nothing of an answer comes, only the close
+(EOF, or a reset). No client can see that coming. A GET that met it on a kept connection
+is asked again on a new one, once, and is no failed attempt: a batch run with ``retries=0``
+loses no item to it (what a loaded CI run once did). A request on a new connection that
+meets the same is the server's failure, as before.
+
+Real fault server over loopback (plain and TLS): its rule ``kept`` closes, without a word,
+each connection as its second request comes, so the race is scripted, not waited for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from blobdl.errors import ConnectionFailed
+from blobdl.http._pool import make_pool
+from blobdl.http._request import base_headers, send_get
+from faultserver.serverctl import ServerHandle, make_blob
+from tests.conftest import PART, Blob, fast_settings
+from tests.integration.conftest import PKI
+
+Make = Callable[..., Blob]
+
+
+def close_kept(server: ServerHandle, reset: bool, *, kept: bool = True) -> None:
+    """Every request on a kept (or, ``kept=False``, a new) connection: read, then the
+    connection closed without an answer (``reset``: with an RST)."""
+    server.set_faults({"path": "/files/*", "times": None, "kept": kept,
+                       "action": "no_response", "hold": 0, "reset": reset})  # fmt: skip
+
+
+def three_gets(url: str, **overrides: object) -> list[bytes]:
+    """Three GETs of ``url`` in turn on one pool (each answer read whole: its connection is
+    kept for the next); their bodies."""
+    pool = make_pool(fast_settings(**overrides))
+    try:
+        bodies = []
+        for _ in range(3):
+            response = send_get(pool, url, base_headers())
+            bodies.append(response.read())
+            response.release_conn()
+        return bodies
+    finally:
+        pool.clear()
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_get_that_crossed_the_close_of_its_kept_connection_is_asked_again_on_a_new_one(
+    make: Make, server: ServerHandle, reset: bool
+) -> None:
+    blob = make(1000, seed=905)
+    close_kept(server, reset)
+    assert [len(b) for b in three_gets(blob.url)] == [1000] * 3
+    stats = server.stats()
+    # The 2nd and 3rd came first on the kept connection, closed under them, then again.
+    assert stats["rule_hits"] == [2] and stats["requests"] == 5
+
+
+def test_so_over_tls(tls_server: ServerHandle, pki: PKI) -> None:
+    make_blob(tls_server.root, "tls-kept.bin", 1000, seed=906)
+    close_kept(tls_server, reset=False)
+    url = tls_server.url("tls-kept.bin")
+    assert [len(b) for b in three_gets(url, ca_bundle=pki.ca_pem)] == [1000] * 3
+    assert tls_server.stats()["rule_hits"] == [2]
+
+
+def test_a_new_connection_closed_under_its_request_is_the_servers_failure(
+    make: Make, server: ServerHandle
+) -> None:
+    blob = make(PART, seed=907)
+    close_kept(server, reset=False, kept=False)  # every connection's first request
+    pool = make_pool(fast_settings())
+    try:
+        with pytest.raises(ConnectionFailed):
+            send_get(pool, blob.url, base_headers())
+    finally:
+        pool.clear()
+    assert server.stats()["requests"] == 1  # not asked again: it was no kept connection
