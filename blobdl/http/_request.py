@@ -101,12 +101,13 @@ def response_url(response: Response) -> str:
 
 def identity_encoded(response: Response) -> bool:
     """Whether the body is as stored (no ``Content-Encoding``, or ``identity``)."""
-    return response.headers.get("Content-Encoding", "").strip().lower() in ("", "identity")
+    coding = response.headers.get("Content-Encoding", "").strip(" \t")  # HTTP's padding only
+    return coding.lower() in ("", "identity")
 
 
 def require_identity(url: str, response: Response) -> None:
     if not identity_encoded(response):
-        encoding = response.headers["Content-Encoding"].strip()
+        encoding = response.headers["Content-Encoding"].strip(" \t")
         shown = escaped(encoding, 60)  # the server's text, as it wrote it
         raise BadResponse(url, f"body is {shown}-encoded although identity was asked")
 
