@@ -68,13 +68,16 @@ class ProxyRoutes(NamedTuple):
         return proxy_url(proxy) if proxy else None
 
 
+_BLANKS_TO_COMMAS = str.maketrans(" \t\r\n", ",,,,")
+
+
 def bypassed(no_proxy: str, host: str, port: int | None) -> bool:
     """Whether NO_PROXY names ``host`` (a name, or an IP address without brackets) on
-    ``port``: entries separated by commas (or spaces and tabs, as curl), ``*`` alone naming
-    every host."""
+    ``port``: entries separated by commas (or blanks: spaces and tabs, as curl, and line
+    breaks, as Python's own matcher), ``*`` alone naming every host."""
     if no_proxy.strip() == "*":
         return True
-    for entry in no_proxy.replace(" ", ",").replace("\t", ",").split(","):
+    for entry in no_proxy.translate(_BLANKS_TO_COMMAS).split(","):
         name, wanted = _split_port(entry)
         if name and (wanted is None or wanted == port) and _names(name, host):
             return True
