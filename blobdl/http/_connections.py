@@ -184,8 +184,14 @@ class _NotedHTTPConnection(HTTPConnection):
     _asked_after = 0  # ``_closes`` when its current request began
     _answers = 0  # answers its socket carried: past 0, a request goes on a kept connection
     _on_kept = False  # its current request went on a kept connection
+    _answer: InterimSkippingResponse | None = None  # its current request's, once begun
     _tunnel_open = False  # a proxy answered CONNECT with 200, in this connect()
-    response_class = InterimSkippingResponse
+
+    def response_class(self, *args: Any, **kwargs: Any) -> InterimSkippingResponse:  # type: ignore[override]
+        """The response http.client reads the answer into (it calls this as it would a
+        class), kept so that a failure can tell whether a byte of the answer had come."""
+        self._answer = InterimSkippingResponse(*args, **kwargs)
+        return self._answer
 
     def _new_conn(self) -> socket.socket:
         # urllib3's, but the lookup and each address bounded by the set-up (``_set_up``);
@@ -260,11 +266,20 @@ class _NotedHTTPConnection(HTTPConnection):
             response = super().getresponse()
         except _CLOSED_UNDER as exc:
             self._check_closed_under(exc)
-            if self._on_kept and isinstance(exc, _HUNG_UP):
+            if self._lost(exc):
                 raise KeptConnectionLost() from exc
             raise
+        finally:
+            self._answer = None  # the caller's now: held here, it might outlive its close
         self._answers += 1
         return response
+
+    def _lost(self, exc: BaseException) -> bool:
+        """Whether ``exc``, met waiting for the answer, is the server's close of this kept
+        connection crossing our request: a hang-up, before any byte of an answer (after one,
+        an interim answer's too, the server had taken the request: its failure)."""
+        heard = self._answer is not None and self._answer.heard
+        return self._on_kept and not heard and isinstance(exc, _HUNG_UP)
 
     def _check_closed_under(self, exc: BaseException) -> None:
         """A step of this connection's request (its sending, its answer) raised ``exc``:
@@ -288,6 +303,8 @@ class _NotedHTTPConnection(HTTPConnection):
             # server was never reached. urllib3 counts us connected to the proxy from here
             # on, so it would not say so, and the error would name the server.
             raise ProxyError("the proxy did not answer CONNECT", exc) from exc
+        finally:
+            self._answer = None  # the proxy's answer to CONNECT: not the request's
         self._tunnel_open = True
         clamp(self.sock)  # the server's handshake, through the tunnel, gets what is left
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from blobdl.errors import ConnectionFailed
+from blobdl.errors import BlobdlError, ConnectionFailed
 from blobdl.http._pool import make_pool
 from blobdl.http._request import base_headers, send_get
 from faultserver.serverctl import ServerHandle, make_blob
@@ -80,3 +80,53 @@ def test_a_new_connection_closed_under_its_request_is_the_servers_failure(
     finally:
         pool.clear()
     assert server.stats()["requests"] == 1  # not asked again: it was no kept connection
+
+
+def second_get(url: str) -> BaseException | None:
+    """Two GETs of ``url`` in turn on one pool (the second on the connection the first kept):
+    what the second raised, if anything."""
+    pool = make_pool(fast_settings())
+    try:
+        send_get(pool, url, base_headers()).read()
+        try:
+            send_get(pool, url, base_headers()).read()
+        except BlobdlError as exc:
+            return exc
+        return None
+    finally:
+        pool.clear()
+
+
+# Bytes of an answer, then the connection closed: the server took the request and began to
+# answer it, so this is no close of an idle connection crossing it.
+BEGUN = {
+    "part of a status line, then a reset": {"send": "HTTP/1.1 20", "reset": True},
+    "an interim answer, then a close": {"send": "HTTP/1.1 103 Early Hints\r\n\r\n", "close": True},
+    "an interim answer, then a reset": {"send": "HTTP/1.1 103 Early Hints\r\n\r\n", "reset": True},
+}
+
+
+@pytest.mark.parametrize("begun", BEGUN.values(), ids=BEGUN.keys())
+def test_an_answer_begun_then_cut_on_a_kept_connection_is_the_servers_failure(
+    make: Make, server: ServerHandle, begun: dict[str, object]
+) -> None:
+    blob = make(1000, seed=908)
+    server.set_faults({"path": "/files/*", "times": None, "kept": True, "action": "raw", **begun})
+    assert isinstance(second_get(blob.url), ConnectionFailed)
+    assert server.stats()["requests"] == 2  # not asked again, for free, on a new connection
+
+
+def test_so_over_tls_too(tls_server: ServerHandle, pki: PKI) -> None:
+    make_blob(tls_server.root, "tls-begun.bin", 1000, seed=909)
+    tls_server.reset()
+    tls_server.set_faults({"path": "/files/*", "times": None, "kept": True, "action": "raw",
+                           "send": "HTTP/1.1 103 Early Hints\r\n\r\n", "close": True})  # fmt: skip
+    pool = make_pool(fast_settings(ca_bundle=pki.ca_pem))
+    url = tls_server.url("tls-begun.bin")
+    try:
+        send_get(pool, url, base_headers()).read()
+        with pytest.raises(ConnectionFailed):
+            send_get(pool, url, base_headers())
+    finally:
+        pool.clear()
+    assert tls_server.stats()["requests"] == 2
