@@ -61,9 +61,9 @@ class Sockets:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: list[tuple[socket.socket, weakref.ref[HTTPConnection]]] = []
+        self._held: list[tuple[socket.socket, weakref.ref[_NotedHTTPConnection]]] = []
 
-    def note(self, sock: socket.socket, conn: HTTPConnection) -> None:
+    def note(self, sock: socket.socket, conn: _NotedHTTPConnection) -> None:
         with self._lock:
             self._let_go_of_closed()
             self._held.append((sock.dup(), weakref.ref(conn)))
@@ -71,7 +71,10 @@ class Sockets:
     def cut(self) -> None:
         """Shut down every connection the lane opened (a closed one raises: skipped)."""
         with self._lock:
-            for held, _ in self._held:
+            for held, owner in self._held:
+                conn = owner()
+                if conn is not None:  # told first: its request wakes to the shutdown
+                    conn.cut = True
                 with suppress(OSError):
                     held.shutdown(socket.SHUT_RDWR)
 
@@ -124,7 +127,7 @@ def noted_in(sockets: Sockets) -> Iterator[None]:
         sockets.close()
 
 
-def _note(sock: socket.socket, conn: HTTPConnection) -> None:
+def _note(sock: socket.socket, conn: _NotedHTTPConnection) -> None:
     sockets: Sockets | None = getattr(_thread, "sockets", None)
     if sockets is not None:
         sockets.note(sock, conn)
@@ -180,6 +183,7 @@ class _NotedHTTPConnection(HTTPConnection):
 
     ready_at = 0.0  # time.monotonic() when the connection was ready for its first request
     spent = False  # it serves no other request: its pool closes it when it is handed back
+    cut = False  # shut down by its lane's ``Sockets.cut``: a close met on it is ours
     _closes = 0  # closes begun and ended, by any thread
     _asked_after = 0  # ``_closes`` when its current request began
     _answers = 0  # answers its socket carried: past 0, a request goes on a kept connection
@@ -277,9 +281,11 @@ class _NotedHTTPConnection(HTTPConnection):
     def _lost(self, exc: BaseException) -> bool:
         """Whether ``exc``, met waiting for the answer, is the server's close of this kept
         connection crossing our request: a hang-up, before any byte of an answer (after one,
-        an interim answer's too, the server had taken the request: its failure)."""
+        an interim answer's too, the server had taken the request: its failure), and not
+        our own cut (a stopped lane or seat meets its shutdown as a close: nothing more
+        is to be asked)."""
         heard = self._answer is not None and self._answer.heard
-        return self._on_kept and not heard and isinstance(exc, _HUNG_UP)
+        return self._on_kept and not heard and not self.cut and isinstance(exc, _HUNG_UP)
 
     def _check_closed_under(self, exc: BaseException) -> None:
         """A step of this connection's request (its sending, its answer) raised ``exc``:

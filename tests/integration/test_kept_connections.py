@@ -12,16 +12,19 @@ each connection as its second request comes, so the race is scripted, not waited
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import pytest
 
 from blobdl.errors import BlobdlError, ConnectionFailed
+from blobdl.http._connections import Sockets, noted_in
 from blobdl.http._pool import make_pool
 from blobdl.http._request import base_headers, send_get
 from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings
 from tests.integration.conftest import PKI
+from tests.integration.test_trust_stops import wait_for
 
 Make = Callable[..., Blob]
 
@@ -130,3 +133,29 @@ def test_so_over_tls_too(tls_server: ServerHandle, pki: PKI) -> None:
     finally:
         pool.clear()
     assert tls_server.stats()["requests"] == 2
+
+
+def test_a_request_whose_own_side_cut_its_kept_connection_is_not_asked_again(
+    make: Make, server: ServerHandle
+) -> None:
+    blob = make(1000, seed=910)
+    # The second GET, on the kept connection, waits for an answer that does not come; what
+    # ends it is our own cut (a stopped lane or seat: Sockets.cut), whose shutdown it meets
+    # as the server's close. A stop: nothing more is asked, on no new connection.
+    server.set_faults({"path": "/files/*", "times": None, "kept": True,
+                       "action": "no_response", "hold": 30})  # fmt: skip
+    sockets, met = Sockets(), []
+
+    def two_gets() -> None:
+        with noted_in(sockets):
+            met.append(second_get(blob.url))
+
+    asking = threading.Thread(target=two_gets)
+    asking.start()
+    try:
+        wait_for(lambda: server.stats()["requests"] == 2, "the second GET")
+        sockets.cut()
+    finally:
+        asking.join()
+    assert isinstance(met[0], ConnectionFailed)
+    assert server.stats()["requests"] == 2
