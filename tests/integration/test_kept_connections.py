@@ -17,10 +17,12 @@ from collections.abc import Callable
 
 import pytest
 
+from blobdl import Settings
 from blobdl.errors import BlobdlError, ConnectionFailed
 from blobdl.http._connections import Sockets, noted_in
 from blobdl.http._pool import make_pool
 from blobdl.http._request import base_headers, send_get
+from faultserver.proxy import ForwardProxy
 from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings
 from tests.integration.conftest import PKI
@@ -36,10 +38,10 @@ def close_kept(server: ServerHandle, reset: bool, *, kept: bool = True) -> None:
                        "action": "no_response", "hold": 0, "reset": reset})  # fmt: skip
 
 
-def three_gets(url: str, **overrides: object) -> list[bytes]:
+def three_gets(url: str, settings: Settings | None = None, **overrides: object) -> list[bytes]:
     """Three GETs of ``url`` in turn on one pool (each answer read whole: its connection is
     kept for the next); their bodies."""
-    pool = make_pool(fast_settings(**overrides))
+    pool = make_pool(settings or fast_settings(**overrides))
     try:
         bodies = []
         for _ in range(3):
@@ -159,3 +161,30 @@ def test_a_request_whose_own_side_cut_its_kept_connection_is_not_asked_again(
         asking.join()
     assert isinstance(met[0], ConnectionFailed)
     assert server.stats()["requests"] == 2
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_so_through_a_proxys_tunnel(tls_server: ServerHandle, pki: PKI, reset: bool) -> None:
+    make_blob(tls_server.root, "tunnel-kept.bin", 1000, seed=911)
+    tls_server.reset()
+    close_kept(tls_server, reset)  # the server's close ends the tunnel: the proxy closes too
+    url = tls_server.url("tunnel-kept.bin")
+    with ForwardProxy() as proxy:
+        bodies = three_gets(url, proxy=proxy.url, trust_env=False, ca_bundle=pki.ca_pem)
+        assert [len(b) for b in bodies] == [1000] * 3
+        assert proxy.methods() == {"CONNECT"} and proxy.forwarded == 3  # a tunnel each
+    assert tls_server.stats()["rule_hits"] == [2]
+
+
+def test_a_server_that_closes_every_connection_fails_once_counted(
+    make: Make, server: ServerHandle
+) -> None:
+    blob = make(1000, seed=912)
+    # After the first answer, every request is closed under: on the kept connection, then on
+    # the new one it is asked again on. That one is the server's failure, raised once.
+    close_kept(server, reset=False)
+    server.set_faults(*[{"path": "/files/*", "times": None, "kept": kept, "skip": skip,
+                         "action": "no_response", "hold": 0} for kept, skip in
+                        [(True, 0), (False, 1)]])  # fmt: skip
+    assert isinstance(second_get(blob.url), ConnectionFailed)
+    assert server.stats()["requests"] == 3
