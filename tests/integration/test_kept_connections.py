@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from blobdl import Settings
+from blobdl import Downloader, Settings
 from blobdl.errors import BlobdlError, ConnectionFailed
 from blobdl.http._connections import Sockets, noted_in
 from blobdl.http._pool import make_pool
 from blobdl.http._request import base_headers, send_get
 from faultserver.proxy import ForwardProxy
 from faultserver.serverctl import ServerHandle, make_blob
-from tests.conftest import PART, Blob, fast_settings
+from tests.conftest import PART, Blob, fast_settings, sha256_file
 from tests.integration.conftest import PKI
 from tests.integration.test_trust_stops import wait_for
 
@@ -188,3 +189,16 @@ def test_a_server_that_closes_every_connection_fails_once_counted(
                         [(True, 0), (False, 1)]])  # fmt: skip
     assert isinstance(second_get(blob.url), ConnectionFailed)
     assert server.stats()["requests"] == 3
+
+
+def test_a_lanes_chunks_over_connections_the_server_closes_as_they_come_are_no_retries(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blob = make(4 * PART, seed=913)
+    close_kept(server, reset=True)  # every chunk after a connection's first
+    out = tmp_path / "out"
+    settings = fast_settings(retries=0, connections=2, min_steal_size=PART // 8)
+    result = Downloader(settings).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.retries == 0
+    stats = server.stats()
+    assert stats["rule_hits"][0] > 0  # lanes did ask chunks on kept connections
