@@ -103,8 +103,9 @@ ACTIONS: dict[str, frozenset[str]] = {
     # ``trail`` glued on in the same write (bytes past its end: extra body, a second
     # response); strings of latin-1, one character a byte. ``split``: offsets at which the
     # whole is cut into separate writes, ``gap`` seconds apart (a status line in pieces).
-    # The connection stays open for the next request unless ``close``.
-    "raw": frozenset({"send", "trail", "split", "gap", "close"}),
+    # The connection stays open for the next request unless ``close`` (``reset``: closed
+    # with an RST once the bytes are sent: an answer begun, then cut).
+    "raw": frozenset({"send", "trail", "split", "gap", "close", "reset"}),
     # The reply's bytes (the range asked for; the whole file, 200, if ``whole``) framed as
     # ``spec`` says, right or wrong: see faultserver/framing.py. The connection closes after,
     # unless ``keep`` (then only if the framing ends the body with it): what a client makes
@@ -979,6 +980,9 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[at:cut])
             at = cut
         self.close_connection = bool(fault.params.get("close", False))
+        if fault.params.get("reset"):
+            self.close_connection = True
+            self._abort(rst=True)
 
     def _send_framed(self, reply: Reply, fault: Fault, head: bool) -> None:
         """The ``framing`` action (see ACTIONS)."""

@@ -61,9 +61,9 @@ class Sockets:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: list[tuple[socket.socket, weakref.ref[HTTPConnection]]] = []
+        self._held: list[tuple[socket.socket, weakref.ref[_NotedHTTPConnection]]] = []
 
-    def note(self, sock: socket.socket, conn: HTTPConnection) -> None:
+    def note(self, sock: socket.socket, conn: _NotedHTTPConnection) -> None:
         with self._lock:
             self._let_go_of_closed()
             self._held.append((sock.dup(), weakref.ref(conn)))
@@ -71,7 +71,10 @@ class Sockets:
     def cut(self) -> None:
         """Shut down every connection the lane opened (a closed one raises: skipped)."""
         with self._lock:
-            for held, _ in self._held:
+            for held, owner in self._held:
+                conn = owner()
+                if conn is not None:  # told first: its request wakes to the shutdown
+                    conn.cut = True
                 with suppress(OSError):
                     held.shutdown(socket.SHUT_RDWR)
 
@@ -124,7 +127,7 @@ def noted_in(sockets: Sockets) -> Iterator[None]:
         sockets.close()
 
 
-def _note(sock: socket.socket, conn: HTTPConnection) -> None:
+def _note(sock: socket.socket, conn: _NotedHTTPConnection) -> None:
     sockets: Sockets | None = getattr(_thread, "sockets", None)
     if sockets is not None:
         sockets.note(sock, conn)
@@ -180,12 +183,19 @@ class _NotedHTTPConnection(HTTPConnection):
 
     ready_at = 0.0  # time.monotonic() when the connection was ready for its first request
     spent = False  # it serves no other request: its pool closes it when it is handed back
+    cut = False  # shut down by its lane's ``Sockets.cut``: a close met on it is ours
     _closes = 0  # closes begun and ended, by any thread
     _asked_after = 0  # ``_closes`` when its current request began
     _answers = 0  # answers its socket carried: past 0, a request goes on a kept connection
     _on_kept = False  # its current request went on a kept connection
+    _answer: InterimSkippingResponse | None = None  # its current request's, once begun
     _tunnel_open = False  # a proxy answered CONNECT with 200, in this connect()
-    response_class = InterimSkippingResponse
+
+    def response_class(self, *args: Any, **kwargs: Any) -> InterimSkippingResponse:  # type: ignore[override]
+        """The response http.client reads the answer into (it calls this as it would a
+        class), kept so that a failure can tell whether a byte of the answer had come."""
+        self._answer = InterimSkippingResponse(*args, **kwargs)
+        return self._answer
 
     def _new_conn(self) -> socket.socket:
         # urllib3's, but the lookup and each address bounded by the set-up (``_set_up``);
@@ -260,11 +270,22 @@ class _NotedHTTPConnection(HTTPConnection):
             response = super().getresponse()
         except _CLOSED_UNDER as exc:
             self._check_closed_under(exc)
-            if self._on_kept and isinstance(exc, _HUNG_UP):
+            if self._lost(exc):
                 raise KeptConnectionLost() from exc
             raise
+        finally:
+            self._answer = None  # the caller's now: held here, it might outlive its close
         self._answers += 1
         return response
+
+    def _lost(self, exc: BaseException) -> bool:
+        """Whether ``exc``, met waiting for the answer, is the server's close of this kept
+        connection crossing our request: a hang-up, before any byte of an answer (after one,
+        an interim answer's too, the server had taken the request: its failure), and not
+        our own cut (a stopped lane or seat meets its shutdown as a close: nothing more
+        is to be asked)."""
+        heard = self._answer is not None and self._answer.heard
+        return self._on_kept and not heard and not self.cut and isinstance(exc, _HUNG_UP)
 
     def _check_closed_under(self, exc: BaseException) -> None:
         """A step of this connection's request (its sending, its answer) raised ``exc``:
@@ -288,6 +309,8 @@ class _NotedHTTPConnection(HTTPConnection):
             # server was never reached. urllib3 counts us connected to the proxy from here
             # on, so it would not say so, and the error would name the server.
             raise ProxyError("the proxy did not answer CONNECT", exc) from exc
+        finally:
+            self._answer = None  # the proxy's answer to CONNECT: not the request's
         self._tunnel_open = True
         clamp(self.sock)  # the server's handshake, through the tunnel, gets what is left
 
@@ -324,7 +347,7 @@ class _HTTPPool(urllib3.HTTPConnectionPool):
         while True:
             try:
                 return super().urlopen(method, url, *args, **kwargs)
-            except ProtocolError as exc:
+            except (ProtocolError, ProxyError) as exc:
                 if again == 0 or not _lost(exc):
                     raise
                 again -= 1
@@ -340,8 +363,10 @@ class _HTTPSPool(_HTTPPool, urllib3.HTTPSConnectionPool):
     ConnectionCls = _NotedHTTPSConnection
 
 
-def _lost(exc: ProtocolError) -> bool:
-    """Whether urllib3's ``exc`` is a kept connection lost (its words: "Connection aborted.")."""
+def _lost(exc: ProtocolError | ProxyError) -> bool:
+    """Whether urllib3's ``exc`` is a kept connection lost (its words: "Connection aborted.";
+    through a proxy "Unable to connect to proxy": http.client's close of the connection, on
+    a hang-up, wipes what urllib3 knew of the tunnel it had)."""
     return any(isinstance(arg, KeptConnectionLost) for arg in exc.args)
 
 

@@ -94,6 +94,10 @@ class InterimSkippingResponse(StrictChunks):
 
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         self._reads: _HeadReads | None = None
+        # A byte of the head arrived (an interim answer's too), however its reading ended.
+        # Not known (False) where the head is read unbounded: no read timeout, a TLS tunnel
+        # inside TLS.
+        self.heard = False
         # What the body is read from: the connection may drop its socket while the
         # response still reads it ("Connection: close" hands it over to the response).
         self.source: Any = sock
@@ -114,6 +118,7 @@ class InterimSkippingResponse(StrictChunks):
         try:
             super().begin()
         finally:
+            self.heard = reads.deadline is not None  # set by the head's first byte
             reads.within = reads.deadline = None
 
     def _read_status(self) -> tuple[str, int, str]:

@@ -254,6 +254,30 @@ def test_a_kept_connection_the_server_closed_as_the_next_request_came_costs_a_ne
     assert stats["requests"] == 12 + lost and stats["max_concurrent"] <= 2
 
 
+def test_a_batch_stopped_while_an_item_waits_on_a_kept_connection_asks_nothing_more(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    blobs = [make(1000, seed=2395 + n) for n in range(2)]
+    # The second item's GET goes on the connection the first kept, and gets no answer; the
+    # batch is stopped meanwhile. The stop cuts the seat's connection, and the seat meets
+    # that as a close: it is no server's close of a kept connection to ask again past.
+    server.set_faults({"path": "/files/*", "times": None, "kept": True,
+                       "action": "no_response", "hold": 30})  # fmt: skip
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {tmp_path / f'o{n}'}\n" for n, b in enumerate(blobs)))
+    batch = spawn_cli("-q", "-i", str(manifest), "--connections", "1")
+    try:
+        wait_for(lambda: server.stats()["requests"] == 2, "the second item's GET")
+        batch.send_signal(signal.SIGINT)
+        assert batch.wait(timeout=20) == EXIT_INTERRUPTED
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+            batch.wait()
+    assert server.stats()["requests"] == 2
+    assert not (tmp_path / "o1").exists()
+
+
 def test_a_small_items_digest_is_checked_before_the_rename(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:

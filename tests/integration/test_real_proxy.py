@@ -17,6 +17,7 @@ from faultserver.serverctl import ServerHandle, make_blob
 from faultserver.tinyproxy import start_tinyproxy
 from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file
 from tests.integration.conftest import PKI
+from tests.integration.test_kept_connections import three_gets
 
 Make = Callable[..., Blob]
 AUTH = ("alice", "s3cret-of-the-proxy")
@@ -224,3 +225,21 @@ def test_a_request_tinyproxys_filter_refuses_is_asked_once(
     assert refused.returncode == EXIT_NETWORK, refused.stderr
     assert refused.stderr.splitlines() == [f"blobdl: error: HTTP 403 from {blob.url}"]
     assert asked == [f"GET {blob.url}"], asked
+
+
+def test_a_tunnel_ended_by_the_servers_close_of_its_kept_connection_costs_a_new_one(
+    tls_server: ServerHandle, pki: PKI, tmp_path: Path
+) -> None:
+    make_blob(tls_server.root, "kept-through-tinyproxy.bin", 1000, seed=44)
+    tls_server.reset()
+    # Each tunnel's second request: the server closes its connection as it comes (its idle
+    # close crossing our request), and tinyproxy the tunnel. Asked again on a new tunnel,
+    # not said as the proxy's failure.
+    tls_server.set_faults({"path": "/files/*", "times": None, "kept": True,
+                           "action": "no_response", "hold": 0})  # fmt: skip
+    url = tls_server.url("kept-through-tinyproxy.bin")
+    with start_tinyproxy(tmp_path / "proxy") as proxy:
+        settings = fast_settings(proxy=proxy.url, trust_env=False, ca_bundle=pki.ca_pem)
+        assert [len(b) for b in three_gets(url, settings)] == [1000] * 3
+        assert len(proxy.requests()) == 3  # a tunnel each: the first, and one per close
+    assert tls_server.stats()["rule_hits"] == [2]
