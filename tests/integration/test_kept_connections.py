@@ -88,10 +88,10 @@ def test_a_new_connection_closed_under_its_request_is_the_servers_failure(
     assert server.stats()["requests"] == 1  # not asked again: it was no kept connection
 
 
-def second_get(url: str) -> BaseException | None:
-    """Two GETs of ``url`` in turn on one pool (the second on the connection the first kept):
-    what the second raised, if anything."""
-    pool = make_pool(fast_settings())
+def second_get(url: str, settings: Settings | None = None) -> BaseException | None:
+    """Two GETs of ``url`` in turn on one pool (the second on the connection the first kept,
+    unless the server closed it): what the second raised, if anything."""
+    pool = make_pool(settings or fast_settings())
     try:
         send_get(pool, url, base_headers()).read()
         try:
@@ -101,6 +101,39 @@ def second_get(url: str) -> BaseException | None:
         return None
     finally:
         pool.clear()
+
+
+def test_a_kept_connection_whose_answer_does_not_come_in_time_is_the_servers_failure(
+    make: Make, server: ServerHandle
+) -> None:
+    blob = make(1000, seed=914)
+    # Silent, not closed: the read timeout ends the wait. That is no close of an idle
+    # connection crossing the request (the server holds it, and the request): asked again
+    # for free, a server that stalls would cost every request several timeouts, uncounted.
+    server.set_faults({"path": "/files/*", "times": None, "kept": True,
+                       "action": "no_response", "hold": 30})  # fmt: skip
+    failed = second_get(blob.url, fast_settings(stall_timeout=0.2))
+    assert isinstance(failed, BlobdlError), failed
+    assert server.stats()["requests"] == 2
+
+
+@pytest.mark.parametrize("scheme", ["plain", "tls"])
+def test_a_connection_opened_again_after_the_server_closed_it_is_a_new_one(
+    request: pytest.FixtureRequest, scheme: str, pki: PKI
+) -> None:
+    """The pool opens a connection the server closed (its ``Connection: close``) again, in
+    the same object: what that object carried before is no answer on this socket. Plain, it
+    reconnects in the request; over TLS, before it."""
+    origin: ServerHandle = request.getfixturevalue("server" if scheme == "plain" else "tls_server")
+    origin.reset()
+    make_blob(origin.root, f"reopened-{scheme}.bin", 1000, seed=915)
+    origin.set_faults(
+        {"path": "/files/*", "kept": False, "action": "headers", "set": {"Connection": "close"}},
+        {"path": "/files/*", "times": None, "kept": False, "action": "no_response", "hold": 0},
+    )
+    settings = fast_settings(ca_bundle=pki.ca_pem) if scheme == "tls" else None
+    assert isinstance(second_get(origin.url(f"reopened-{scheme}.bin"), settings), ConnectionFailed)
+    assert origin.stats()["requests"] == 2  # not asked again: a new connection's failure
 
 
 # Bytes of an answer, then the connection closed: the server took the request and began to
