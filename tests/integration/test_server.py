@@ -310,3 +310,61 @@ def test_raw_rules_that_cannot_be_sent_are_refused_when_posted(srv: ServerHandle
     for bad in ({"trail": 3}, {"send": "\u20ac"}, {"split": [0]}, {"split": "1"}):
         with pytest.raises(RuntimeError, match="raw"):
             srv.set_faults({"path": "/files/*", "action": "raw", **bad})
+
+
+def how_it_ends(s: socket.socket) -> tuple[bytes, str]:
+    """What ``s`` received, and how the server ended it: "closed" (EOF), "reset" (an RST),
+    or "open" (nothing more within the socket's timeout)."""
+    got = b""
+    try:
+        while more := s.recv(65536):
+            got += more
+    except ConnectionResetError:
+        return got, "reset"
+    except TimeoutError:
+        return got, "open"
+    return got, "closed"
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_no_response_reads_the_request_then_closes_or_resets(
+    srv: ServerHandle, reset: bool
+) -> None:
+    """The client tests of a kept connection lost meet both ends (EOF, an RST) only if the
+    server gives both: else ``reset`` would quietly test the close twice."""
+    srv.set_faults({"path": "/files/blob.bin", "action": "no_response", "hold": 0,
+                    "reset": reset})  # fmt: skip
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(b"GET /files/blob.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert how_it_ends(s) == (b"", "reset" if reset else "closed")
+
+
+def test_raw_reset_cuts_the_answer_it_began_with_an_rst(srv: ServerHandle) -> None:
+    srv.set_faults({"path": "/files/blob.bin", "action": "raw", "send": "HTTP/1.1 20",
+                    "reset": True})  # fmt: skip
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(b"GET /files/blob.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        got, end = how_it_ends(s)
+    assert end == "reset" and b"HTTP/1.1 20".startswith(got)
+
+
+def test_kept_matches_a_connections_later_requests_or_its_first(
+    srv: ServerHandle, blob: tuple[str, bytes]
+) -> None:
+    srv.set_faults({"path": "/files/blob.bin", "kept": True, "times": None, "action": "status",
+                    "status": 503})  # fmt: skip
+    c = conn(srv)
+    try:
+        statuses = []
+        for _ in range(3):
+            c.request("GET", "/files/blob.bin", headers={"Range": "bytes=0-9"})
+            response = c.getresponse()
+            response.read()
+            statuses.append(response.status)
+    finally:
+        c.close()
+    assert statuses == [206, 503, 503]
+    assert get(srv, "/files/blob.bin", {"Range": "bytes=0-9"})[0] == 206  # a new connection's
+    for bad in ("yes", 1, "false"):
+        with pytest.raises(RuntimeError, match="kept"):
+            srv.set_faults({"path": "/files/*", "kept": bad, "action": "status", "status": 503})
