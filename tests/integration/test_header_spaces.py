@@ -68,6 +68,10 @@ def test_identity_padded_by_what_http_does_not_pad_with_is_another_coding_never_
     blob = make(3 * PART)
     server.set_faults({"path": f"/files/{blob.name}", "action": "encoding",
                        "value": f"identity{pad}", "times": None})  # fmt: skip
-    with pytest.raises(BadResponse, match="-encoded although identity was asked"):
+    with pytest.raises(BadResponse, match="-encoded although identity was asked") as refused:
         Downloader(fast_settings(retries=0)).download(blob.url, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
+    # Named as the server wrote it, its padding shown: not "identity-encoded although
+    # identity was asked", which says nothing of what was wrong.
+    shown = pad.encode("unicode_escape").decode("ascii")
+    assert f"body is identity{shown}-encoded" in str(refused.value)

@@ -98,6 +98,7 @@ def test_a_proxy_setting_without_a_scheme_is_http_as_a_variables_is(given: str) 
         # Python's own matcher reads it: a host meant to go direct never goes to the proxy.
         ("localhost,\n10.0.0.0/8", "http://10.1.2.3/x", True),
         ("localhost\r\n10.0.0.0/8\n", "http://10.1.2.3/x", True),
+        ("localhost\r\n10.0.0.0/8", "http://localhost/x", True),  # a CRLF file: the CR too
         ("*\n", "http://anything/x", True),
         ("10.0.0.0/8", "http://11.0.0.1/x", False),
         ("10.0.0.1/8", "http://10.9.9.9/x", True),  # host bits set: still the /8, as curl
