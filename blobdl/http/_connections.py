@@ -172,6 +172,14 @@ class KeptConnectionLost(ConnectionResetError):
         super().__init__(errno.ECONNRESET, "closed by the server as the request came")
 
 
+class ServerHungUp(http.client.HTTPException):
+    """Through a proxy's tunnel (its CONNECT answered, the server's TLS handshake carried),
+    the answer was cut by a hang-up: the server's, relayed. Raised with the hang-up as its
+    cause, which says what it was; urllib3 takes a closed connection for one that never
+    reached its proxy, and said it as the proxy's failure (``proxy_errors`` names the
+    server)."""
+
+
 # Asked again after a kept connection was lost, at most: each time on another connection
 # (the lost one is closed), which is a new one unless other threads handed theirs back.
 _LOST_AGAIN = 3
@@ -272,6 +280,8 @@ class _NotedHTTPConnection(HTTPConnection):
             self._check_closed_under(exc)
             if self._lost(exc):
                 raise KeptConnectionLost() from exc
+            if self._tunnel_open and isinstance(exc, _HUNG_UP):
+                raise ServerHungUp() from exc
             raise
         finally:
             self._answer = None  # the caller's now: held here, it might outlive its close

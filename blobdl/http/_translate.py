@@ -48,7 +48,7 @@ from ..errors import (
     retryable_status,
 )
 from ._chunks import ChunkError
-from ._connections import ClosedUnderRequest, TunnelClosed
+from ._connections import ClosedUnderRequest, KeptConnectionLost, ServerHungUp, TunnelClosed
 from ._head import InterimError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -106,9 +106,10 @@ def proxy_errors(url: str, proxy: str) -> Iterator[None]:
     try:
         yield
     except ProxyError as exc:
-        if _inner(exc, ClosedUnderRequest) is not None:
-            # Our close (another thread's), not the proxy's failure: urllib3 takes a closed
-            # connection for one that never reached its proxy, and says its error so.
+        if _inner(exc, (ClosedUnderRequest, ServerHungUp, KeptConnectionLost)) is not None:
+            # Our close (another thread's), or the server's through the tunnel, not the
+            # proxy's failure: urllib3 takes a closed connection for one that never reached
+            # its proxy, and says its error so.
             raise translated(url, exc, Peer.of(url)) from None
         status, answer = _tunnel_answer(exc)
         if status == 407:

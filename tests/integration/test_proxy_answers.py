@@ -10,6 +10,7 @@ server, real sockets only (``faultserver.proxy`` scripts the proxy's answers).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -237,6 +238,34 @@ def test_a_tunnel_closed_once_is_retried_and_the_bytes_are_exact(
     with ForwardProxy(refusals=[ESTABLISHED]) as proxy:
         Downloader(_settings(proxy.url, pki)).download(origins["tunnelled"], tmp_path / "out")
     assert sha256_file(tmp_path / "out") == origins["sha256"]
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+@pytest.mark.parametrize("proxy_kind", ["scripted", "tinyproxy"])
+def test_a_server_that_hangs_up_through_a_tunnel_is_named_not_the_proxy(
+    reset: bool, proxy_kind: str, tls_server: ServerHandle, pki: PKI, tmp_path: Path
+) -> None:
+    """The proxy answered CONNECT and carried the TLS handshake with the server; the server
+    then closed without an answer. urllib3 takes a connection that closed for one that never
+    reached its proxy (http.client's close forgets the tunnel), and its words named the
+    proxy ("proxy ... failed: Remote end closed connection without response"): the user was
+    sent to debug the wrong machine."""
+    make_blob(tls_server.root, "hangs-up.bin", PART, seed=4410)
+    tls_server.reset()
+    tls_server.set_faults({"path": "/files/hangs-up.bin", "times": None,
+                           "action": "no_response", "hold": 0, "reset": reset})  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if proxy_kind == "scripted":
+            proxy_url = stack.enter_context(ForwardProxy()).url
+        else:
+            proxy_url = stack.enter_context(start_tinyproxy(tmp_path / "proxy")).url
+        settings = fast_settings(proxy=proxy_url, trust_env=False, ca_bundle=pki.ca_pem, retries=1)
+        with pytest.raises(ConnectionFailed) as caught:
+            Downloader(settings).download(tls_server.url("hangs-up.bin"), tmp_path / "out")
+    said = str(caught.value)  # a reset is relayed as a close by the proxy, or as a reset
+    assert said.startswith(f"connection to 127.0.0.1 port {tls_server.port} "), said
+    assert "proxy" not in said, said
+    assert caught.value.retryable and tls_server.stats()["requests"] == 2
 
 
 # What a server that is no HTTP proxy says first: it will not start to speak HTTP.
