@@ -113,7 +113,9 @@ def _on_cluster(work: Path, urls: list[str], size: int, count: int, cap: int) ->
     dest = work / "dest"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
-    cluster = start_cluster(work / f"dask-{count}", {f"w-{n}": {} for n in range(count)}, 1)
+    # Dask's diagnostics on, as users run it: the tests' quiet cluster would be an easier one.
+    workers = {f"w-{n}": {} for n in range(count)}
+    cluster = start_cluster(work / f"dask-{count}", workers, 1, quiet=False)
     try:
         manifest = work / "manifest.txt"
         manifest.write_text("".join(f"{u} {dest / Path(u).name}\n" for u in urls))

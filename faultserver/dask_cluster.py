@@ -9,7 +9,7 @@ orphaned by a worker that died has left the cluster's process tree, not that fol
 Timeouts are shrunk as tests need them (``TEST_CONFIG``): a dead worker's leases expire in
 about 2 s, not 40; a client gives up 5 s after losing its scheduler. What only watches the
 cluster (its event loops' health, its machines' load, the tasks' profiles) is slowed or off:
-it is the CPU an idle cluster burns, and no test reads it.
+it is the CPU an idle cluster burns, and no test reads it (``QUIET``; not in the benchmarks).
 """
 
 from __future__ import annotations
@@ -38,15 +38,20 @@ TEST_CONFIG = {
     "DASK_DISTRIBUTED__SCHEDULER__LOCKS__LEASE_VALIDATION_INTERVAL": "0.5s",
     "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": "False",  # placement stays put
     "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s",
-    # Diagnostics only, each a timer in every scheduler, nanny and worker process: at Dask's
-    # 20 ms ticks, 500 ms samples and 10 ms profiles a 2-worker cluster burns 0.09 cores
-    # idle, 0.016 without. A loop blocked past the tick limit (3 s) is still logged.
-    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
-    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s",
-    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
     # Dask's own routes, and its API's: /api/v1/get_workers answers worker_pids() without a
     # client (an interpreter importing Dask to ask, half a CPU-second each time).
     "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": repr([f"distributed.http.{r}" for r in _ROUTES]),
+}
+
+
+#: Diagnostics only, each a timer in every scheduler, nanny and worker process: at Dask's
+#: 20 ms ticks, 500 ms samples and 10 ms profiles a 2-worker cluster burns 0.09 cores idle,
+#: 0.016 without. A loop blocked past the tick limit (3 s) is still logged. The tests' clusters
+#: run without them (``start_cluster``'s ``quiet``); the benchmarks' as users run Dask.
+QUIET = {
+    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s",
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
 }
 
 
@@ -215,9 +220,12 @@ class DaskCluster:
             stray.kill()
 
 
-def start_cluster(root: Path, workers: dict[str, dict[str, str]], threads: int = 2) -> DaskCluster:
-    """A scheduler and one worker per name (each with its own extra environment)."""
-    cluster = DaskCluster(root, {})
+def start_cluster(
+    root: Path, workers: dict[str, dict[str, str]], threads: int = 2, *, quiet: bool = True
+) -> DaskCluster:
+    """A scheduler and one worker per name (each with its own extra environment); ``quiet``:
+    without Dask's diagnostics (``QUIET``), as the tests run it."""
+    cluster = DaskCluster(root, QUIET if quiet else {})
     try:
         cluster.start_scheduler()
         for name, env in workers.items():

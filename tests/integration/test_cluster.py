@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from blobdl._version import __version__
-from faultserver.dask_cluster import DaskCluster, start_cluster
+from faultserver.dask_cluster import QUIET, DaskCluster, start_cluster
 from faultserver.registry import Registry, start_registry
 from faultserver.serverctl import ServerHandle, start_server
 from tests.conftest import REPO, Blob, interrupted_once_under_way, run_cli, sha256_file, spawn_cli
@@ -256,7 +256,7 @@ def test_workers_that_cannot_run_this_blobdl_are_one_clear_error_naming_them_not
     """A task reaching a worker without blobdl kills the worker (Dask cannot read the task),
     and the run would wait for a worker for ever; one with another blobdl would run other
     code. Each is named, before anything is submitted, and the workers live on."""
-    own = DaskCluster(tmp_path / "dask", {})
+    own = DaskCluster(tmp_path / "dask", QUIET)
     try:
         own.start_scheduler()
         own.start_worker("bare", **without_blobdl())
@@ -285,7 +285,7 @@ def test_workers_that_cannot_run_this_blobdl_are_one_clear_error_naming_them_not
 def test_a_workers_hostile_answer_is_said_escaped_and_cut(tmp_path: Path) -> None:
     """What a worker answers (its blobdl's version) is its own text: a terminal escape, a CR
     or a flood in it is shown escaped and cut, in the error line as in a library's error."""
-    own = DaskCluster(tmp_path / "dask", {})
+    own = DaskCluster(tmp_path / "dask", QUIET)
     hostile = "0.0.1\x1b]0;pwned\x07\r\u202e" + "9" * 60_000
     root = tmp_path / "hostile"
     shutil.copytree(REPO / "blobdl", root / "blobdl", ignore=shutil.ignore_patterns("__pycache__"))
@@ -310,7 +310,7 @@ def test_a_scheduler_that_cannot_run_this_blobdl_is_one_clear_error_naming_it(
 ) -> None:
     """The scheduler reads every task (ours are blobdl's functions and records): without
     blobdl it would fail each item with Dask's words about environments."""
-    own = DaskCluster(tmp_path / "dask", {})
+    own = DaskCluster(tmp_path / "dask", QUIET)
     try:
         own.start_scheduler(**without_blobdl())
         own.start_worker("w-a")
@@ -816,7 +816,7 @@ def test_ctrl_c_does_not_wait_for_tasks_that_never_started(tmp_path: Path) -> No
     scheduler's queue. Ctrl-C waits up to 30 s for the *running* tasks to stop; tasks that
     never started are dropped at once, not waited for. A cluster with no worker is said
     so at once: the batch waits for one to join, not silently."""
-    own = DaskCluster(tmp_path / "dask", {})
+    own = DaskCluster(tmp_path / "dask", QUIET)
     try:
         own.start_scheduler()
         lines = ["http://127.0.0.1:9/x.bin " + str(tmp_path / "x.bin")]
@@ -1391,7 +1391,7 @@ def test_pull_on_every_worker_of_a_cluster_without_workers_is_an_error_not_exit_
     tmp_path: Path,
 ) -> None:
     """No worker, no store: the model was put nowhere, which is no success."""
-    own = DaskCluster(tmp_path / "dask", {})
+    own = DaskCluster(tmp_path / "dask", QUIET)
     try:
         own.start_scheduler()
         address = own.address
