@@ -30,8 +30,8 @@ import psutil
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
-_ROUTES = ("scheduler.prometheus", "scheduler.info", "scheduler.json", "health", "proxy")
-_ROUTES += ("statics", "scheduler.api")
+_ROUTES = ("scheduler.prometheus", "scheduler.info", "scheduler.json", "health", "proxy",
+           "statics", "scheduler.api")  # fmt: skip
 
 TEST_CONFIG = {
     "DASK_DISTRIBUTED__SCHEDULER__LOCKS__LEASE_TIMEOUT": "2s",
@@ -159,7 +159,9 @@ class DaskCluster:
                 root = psutil.Process(nanny.pid)
                 for proc in [root, *root.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
-                        for conn in proc.net_connections("tcp"):
+                        # psutil 6 renamed connections(); setup.cfg allows 5.9
+                        listed = getattr(proc, "net_connections", None) or proc.connections
+                        for conn in listed("tcp"):
                             if conn.status == psutil.CONN_LISTEN:
                                 ports[conn.laddr.port] = proc.pid
         return ports
