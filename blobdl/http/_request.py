@@ -100,15 +100,15 @@ def response_url(response: Response) -> str:
 
 
 def identity_encoded(response: Response) -> bool:
-    """Whether the body is as stored (no ``Content-Encoding``, or ``identity``)."""
-    coding = response.headers.get("Content-Encoding", "").strip(" \t")  # HTTP's padding only
-    return coding.lower() in ("", "identity")
+    """Whether the body is as stored (no ``Content-Encoding``, or ``identity``): the value as
+    ``send_get`` left it, its HTTP padding (spaces, tabs) trimmed there (``_trimmed``) and
+    nothing else (``identity`` and a no-break space is another coding)."""
+    return response.headers.get("Content-Encoding", "").lower() in ("", "identity")
 
 
 def require_identity(url: str, response: Response) -> None:
     if not identity_encoded(response):
-        encoding = response.headers["Content-Encoding"].strip(" \t")
-        shown = escaped(encoding, 60)  # the server's text, as it wrote it
+        shown = escaped(response.headers["Content-Encoding"], 60)  # the server's text
         raise BadResponse(url, f"body is {shown}-encoded although identity was asked")
 
 
