@@ -358,7 +358,7 @@ class _HTTPPool(urllib3.HTTPConnectionPool):
             try:
                 return super().urlopen(method, url, *args, **kwargs)
             except (ProtocolError, ProxyError) as exc:
-                if again == 0 or not _lost(exc):
+                if again == 0 or not _kept_lost(exc):
                     raise
                 again -= 1
 
@@ -373,7 +373,7 @@ class _HTTPSPool(_HTTPPool, urllib3.HTTPSConnectionPool):
     ConnectionCls = _NotedHTTPSConnection
 
 
-def _lost(exc: ProtocolError | ProxyError) -> bool:
+def _kept_lost(exc: ProtocolError | ProxyError) -> bool:
     """Whether urllib3's ``exc`` is a kept connection lost (its words: "Connection aborted.";
     through a proxy "Unable to connect to proxy": http.client's close of the connection, on
     a hang-up, wipes what urllib3 knew of the tunnel it had)."""

@@ -39,6 +39,12 @@ def close_kept(server: ServerHandle, reset: bool, *, kept: bool = True) -> None:
                        "action": "no_response", "hold": 0, "reset": reset})  # fmt: skip
 
 
+def silent_when_kept(server: ServerHandle) -> None:
+    """Every request on a kept connection: read, then no answer for 30 s, nor a close."""
+    server.set_faults({"path": "/files/*", "times": None, "kept": True,
+                       "action": "no_response", "hold": 30})  # fmt: skip
+
+
 def three_gets(url: str, settings: Settings | None = None, **overrides: object) -> list[bytes]:
     """Three GETs of ``url`` in turn on one pool (each answer read whole: its connection is
     kept for the next); their bodies."""
@@ -110,8 +116,7 @@ def test_a_kept_connection_whose_answer_does_not_come_in_time_is_the_servers_fai
     # Silent, not closed: the read timeout ends the wait. That is no close of an idle
     # connection crossing the request (the server holds it, and the request): asked again
     # for free, a server that stalls would cost every request several timeouts, uncounted.
-    server.set_faults({"path": "/files/*", "times": None, "kept": True,
-                       "action": "no_response", "hold": 30})  # fmt: skip
+    silent_when_kept(server)
     failed = second_get(blob.url, fast_settings(stall_timeout=0.2))
     assert isinstance(failed, BlobdlError), failed
     assert server.stats()["requests"] == 2
@@ -178,8 +183,7 @@ def test_a_request_whose_own_side_cut_its_kept_connection_is_not_asked_again(
     # The second GET, on the kept connection, waits for an answer that does not come; what
     # ends it is our own cut (a stopped lane or seat: Sockets.cut), whose shutdown it meets
     # as the server's close. A stop: nothing more is asked, on no new connection.
-    server.set_faults({"path": "/files/*", "times": None, "kept": True,
-                       "action": "no_response", "hold": 30})  # fmt: skip
+    silent_when_kept(server)
     sockets, met = Sockets(), []
 
     def two_gets() -> None:
