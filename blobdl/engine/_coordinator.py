@@ -54,13 +54,14 @@ from ._parts import RUNNING, Part, Parts, Tally
 from ._pinned import Pinned
 from ._rates import BestRate, RateWindow
 from ._share import Share
-from ._steal import choose, laggards
+from ._steal import MAX_LANES, choose, laggards, more_lanes
 from ._worker import Crew
 
 log = logging.getLogger("blobdl")
 
 WATCH_INTERVAL = 0.1  # seconds between two looks at the lanes' counters (at most)
 LAG_GRACE = 0.5  # seconds a new attempt has (connection, first byte) before it can lag
+ADD_GRACE = 0.3  # seconds a new lane has to show its rate before another may start beside it
 
 
 class Coordinator:
@@ -89,6 +90,7 @@ class Coordinator:
         self.best = BestRate()  # the best lane's rate lately: a slow lane's yardstick
         self.window = RateWindow(0.0, 0)  # the download's rate, for progress
         self.last_checkpoint = self.last_told = 0.0
+        self.wanted = 0  # lanes it runs under a rate limit (``_room``): only ever more
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -173,20 +175,36 @@ class Coordinator:
         first = self.parts.next_retry()
         if first is None or self.parts.running() >= self._lanes():
             return []
+        if self.parts.running() >= self.wanted:
+            return []  # the lanes fill the rate limit: the next look decides
         return [first]
 
     def _launch_ready(self, now: float) -> None:
         """Start what may start (pending parts, waiting ones whose backoff is over) up to
         the item's connections now, then let idle connections steal. Its cost is the lanes it
         starts, whatever the number of parts."""
-        connections = self._lanes()
-        while self.parts.running() < connections:
+        room = self._room(now)
+        while room > 0:
             part = self.parts.next_ready(now)
             if part is None:
                 break
             self._launch(part, now)
-        while self.parts.running() < connections and self._steal(now):
-            pass
+            room -= 1
+        while room > 0 and self._steal(now):
+            room -= 1
+
+    def _room(self, now: float) -> int:
+        """Lanes that may start now: up to the item's lanes now (``_lanes``), and under a rate
+        limit, up to as many as ran so far, or more where ``_steal.more_lanes`` says the
+        running ones leave part of the limit unused (a lane that ends is replaced)."""
+        running = self.parts.running()
+        limit = self._limit()
+        if limit is None:
+            self.wanted = MAX_LANES
+        else:
+            more = more_lanes(limit, self.parts.lanes(now), ADD_GRACE)
+            self.wanted = max(self.wanted, running + more)
+        return min(self._lanes(), self.wanted) - running
 
     def _steal(self, now: float) -> bool:
         """Give an idle connection the tail of a slow or large lane; False if none is worth it."""
@@ -209,13 +227,13 @@ class Coordinator:
         return True
 
     def _launch(self, part: Part, now: float) -> None:
-        received = self.parts.ready(part, over=not self.ranged)  # no ranges: from the start
+        counts = self.parts.ready(part, over=not self.ranged)  # no ranges: from the start
         self.parts.share(self._limit(), joining=part)  # everyone else's smaller
         # Without stealing nothing moves a lane's end: one request per attempt does.
         first = self.settings.min_steal_size if self.settings.steal else MAX_BYTES
         attempt = Attempt(part.slot, self.ranged, first, self.fd, self.path)
         worker = self.crew.launch(attempt, self.pinned.remote)
-        part.start_attempt(now, received, self.pinned.generation, worker)
+        part.start_attempt(now, counts, self.pinned.generation, worker)
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -230,6 +248,7 @@ class Coordinator:
             self.best.saw(part.pace.overall(time.monotonic(), self.table.received(part.slot)))
         else:
             self._failed(part, error or WorkerCrashed(0))
+        self.parts.share(self._limit())  # what it was given goes to the others now
 
     def _failed(self, part: Part, error: BaseException) -> None:
         """Ask the policy what now, and do it."""

@@ -1,7 +1,7 @@
 """The shared-memory counter table between the coordinator and its workers.
 
 An anonymous ``MAP_SHARED`` mapping created before the first fork, so every worker (and the
-prefix hasher) sees the same pages with no file to clean up. Each slot holds six int64
+prefix hasher) sees the same pages with no file to clean up. Each slot holds seven int64
 fields, each with one writer:
 
 - ``start``: the slot's first byte (coordinator, set before the slot's first worker);
@@ -15,7 +15,10 @@ fields, each with one writer:
 - ``asked``: one past the last byte the worker's current request asked for (worker writes,
   the coordinator reads): a split never cuts below it, so no requested byte is thrown away;
 - ``received``: body bytes the slot's workers read off the wire, over all their attempts
-  (the slot's worker of the moment writes; kept or not).
+  (the slot's worker of the moment writes; kept or not);
+- ``slept``: microseconds the slot's workers slept to stay under their ``cap``, over all
+  their attempts (the slot's worker of the moment writes): whether their share of the rate
+  limit holds the lanes back, or the network does (``_steal.more_lanes``).
 
 Unused slots are all zero and cover nothing. Aligned 8-byte stores and loads do not tear
 on the platforms we run on, so no lock.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import mmap
 
-_FIELDS = 6  # start, pos, end, cap, asked, received
+_FIELDS = 7  # start, pos, end, cap, asked, received, slept
 _WORD = 8
 
 
@@ -58,6 +61,12 @@ class CounterTable:
 
     def add_received(self, slot: int, count: int) -> None:
         self._words[slot * _FIELDS + 5] += count
+
+    def slept(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS + 6])
+
+    def add_slept(self, slot: int, microseconds: int) -> None:
+        self._words[slot * _FIELDS + 6] += microseconds
 
     def set_cap(self, slot: int, value: int) -> None:
         self._words[slot * _FIELDS + 3] = value

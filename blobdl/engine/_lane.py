@@ -226,7 +226,8 @@ class Filler:
             if end < 0 or 0 <= stop < end:
                 end = stop
             want = size if end < 0 else min(size, end - pos)
-            want = self.pacer.limit(want, table.cap(slot))
+            cap = table.cap(slot)  # one read: a read is paced at the cap it was taken under
+            want = self.pacer.limit(want, cap)
             if want <= 0 or self.cancel.stopped:
                 return pos
             if sock is not None and buffered <= 0 and self.splicer.enabled:
@@ -239,7 +240,9 @@ class Filler:
             table.add_received(slot, count)
             pos += count
             table.set_pos(slot, pos if unchecked is None else pos - unchecked())
-            self.pacer.pace(count, table.cap(slot))
+            slept = self.pacer.pace(count, cap)
+            if slept:
+                table.add_slept(slot, slept)
             if os.getppid() != self.parent:  # orphaned: nobody will ever use these bytes
                 os._exit(1)
 
@@ -272,13 +275,17 @@ class _Pacer:
     def limit(self, want: int, cap: int) -> int:
         return want if cap <= 0 else min(want, max(1, int(cap * self.SLICE)))
 
-    def pace(self, count: int, cap: int) -> None:
+    def pace(self, count: int, cap: int) -> int:
+        """Sleep as long as ``count`` more bytes put the lane ahead of ``cap``; the
+        microseconds it slept (it may be cut short)."""
         if cap <= 0:
-            return
+            return 0
         now = time.monotonic()
         if cap != self.cap:  # a new share: measure from here
             self.cap, self.since, self.sent = cap, now, 0
         self.sent += count
         ahead = self.since + self.sent / cap - now
-        if ahead > 0:
-            self.sleep(ahead)
+        if ahead <= 0:
+            return 0
+        self.sleep(ahead)
+        return int((time.monotonic() - now) * 1_000_000)

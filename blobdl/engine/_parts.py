@@ -129,17 +129,17 @@ class Part:
 
     # --- an attempt -------------------------------------------------------------------------
 
-    def start_attempt(self, now: float, received: int, generation: int, worker: Running) -> None:
+    def start_attempt(self, now: float, counts: Counts, generation: int, worker: Running) -> None:
         """An attempt runs on ``worker``, measured afresh from ``now`` and the slot's
-        ``received`` count then."""
+        ``counts`` then."""
         self.worker, self.generation = worker, generation
         self._become(RUNNING)
         self.attempts += 1
-        self.pace = Pace(now, received)
+        self.pace = Pace(now, counts.received, counts.slept)
 
-    def observe(self, now: float, received: int, asked: int) -> None:
+    def observe(self, now: float, counts: Counts, asked: int) -> None:
         """A sample of the running attempt (see ``Pace.observe``)."""
-        self.pace.observe(now, received, asked)
+        self.pace.observe(now, counts.received, asked, counts.slept)
 
     def view(self, now: float, pos: int, received: int, end: int, asked: int) -> LaneView:
         """The running attempt as a steal or lag decision sees it: where its checked bytes
@@ -156,6 +156,8 @@ class Part:
             pace.quiet(now),
             pace.request_rate(now, received, settle=CUT_QUIET),
             pace.recent,
+            pace.steady,
+            pace.sleeping,
         )
 
     def waits_on_network(self) -> bool:
@@ -211,6 +213,13 @@ class Part:
     def _become(self, state: str) -> None:
         old, self.state = self.state or None, state
         self._board.moved(self, old, state)
+
+
+class Counts(NamedTuple):
+    """A slot's counts that only grow, which an attempt is measured by (``_rates.Pace``)."""
+
+    received: int  # body bytes its lanes read off the wire
+    slept: int  # µs its lanes slept to stay under their caps
 
 
 class Tally(NamedTuple):
@@ -308,20 +317,23 @@ class Parts:
         retries = sum(p.retries for p in self._parts)
         return Progress(done, size, rate, elapsed, self.running(), retries, parts)
 
-    def ready(self, part: Part, over: bool) -> int:
+    def ready(self, part: Part, over: bool) -> Counts:
         """Ready ``part``'s slot for a new attempt: from 0 if ``over`` (a whole-body stream
-        starts over), nothing asked yet. The slot's received count, which the attempt's
-        pace is measured from: read before it is launched, since its lane may read its
-        first bytes before the launch returns."""
+        starts over), nothing asked yet. The slot's counts, which the attempt's pace is
+        measured from: read before it is launched, since its lane may read its first bytes
+        before the launch returns."""
         if over:
             self.table.set_pos(part.slot, 0)
         self.table.set_asked(part.slot, self.table.pos(part.slot))
-        return self.table.received(part.slot)
+        return self._counts(part.slot)
+
+    def _counts(self, slot: int) -> Counts:
+        return Counts(self.table.received(slot), self.table.slept(slot))
 
     def sample(self, part: Part, now: float) -> None:
         """Sample the running ``part``: how many bytes its lane has received by now (bytes
         that move, checked or not: a lane inside a long chunk is not quiet)."""
-        part.observe(now, self.table.received(part.slot), self.table.asked(part.slot))
+        part.observe(now, self._counts(part.slot), self.table.asked(part.slot))
 
     def release(self, part: Part) -> None:
         """Forget the part's ended attempt: count its bytes."""

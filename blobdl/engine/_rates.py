@@ -17,24 +17,34 @@ BEST_DECAY = 0.8  # per progress report: the best lane's rate is forgotten slowl
 # window, not a single sample, so a bursty server's pauses do not look like lag (measured,
 # silent lane at 256 MiB: 0.15 s 1.04-1.07x the plain case, 0.2 s 1.09-1.11x).
 LAG_WINDOW = 0.15
+# A lane's steady rate (whether the running lanes fill a rate limit, ``_steal.more_lanes``)
+# is taken over this window: paced reads come a buffer at a time (1 MiB: 30 ms at 33 MB/s),
+# so a shorter one reads a lane at its cap as 20 % above or below it.
+STEADY_WINDOW = 1.0
 
 
 class Pace:
     """How fast one attempt at a part moves, measured from the slot's count of bytes received
     (``received``: a count that only grows, checked bytes or not), sampled while it runs.
 
-    Three rates, each for its own question: ``rate`` (smoothed over samples) is the lane
+    Four rates, each for its own question: ``rate`` (smoothed over samples) is the lane
     slow next to the best one?; ``recent`` (over the last ``LAG_WINDOW``) is it far below its
-    peers?; ``request_rate`` (its current request's body) how long will that request run?
+    peers?; ``request_rate`` (its current request's body) how long will that request run?;
+    ``steady`` (over the last ``STEADY_WINDOW``) do the lanes fill a rate limit? And over
+    that window too, ``sleeping``: the share of its time it slept to stay under its cap,
+    from the slot's count of microseconds slept (``slept``, a count that only grows).
     """
 
-    def __init__(self, now: float, received: int) -> None:
+    def __init__(self, now: float, received: int, slept: int = 0) -> None:
         self.started, self.origin = now, received  # when the attempt started, the count then
         self.received, self.moved_at = received, now  # at the last sample; when it last grew
         self.rate = 0.0  # bytes/s, smoothed over samples
         self.recent = 0.0  # bytes/s over the last LAG_WINDOW seconds
         self._sampled_at = now  # when ``rate`` was last updated
         self._history: deque[tuple[float, int]] = deque([(now, received)])  # samples
+        self._steady: deque[tuple[float, int, int]] = deque([(now, received, slept)])
+        self.steady = 0.0  # bytes/s over the last STEADY_WINDOW seconds
+        self.sleeping = 0.0  # the share of those seconds it slept for its cap
         self._request_end = -1  # the current request's end (``asked``) as last seen; -1: none
         self._body_at = -1.0  # when a sample first saw that request's bytes; -1: not yet
         self._body_received = 0  # the count at the request's first sample, then at ``_body_at``
@@ -47,12 +57,13 @@ class Pace:
         """Seconds since the count last grew (or the attempt started)."""
         return now - self.moved_at
 
-    def observe(self, now: float, received: int, asked: int) -> None:
-        """A sample: the lane has received ``received`` bytes by ``now``; its current request
-        ends at ``asked``."""
+    def observe(self, now: float, received: int, asked: int, slept: int = 0) -> None:
+        """A sample: the lane has received ``received`` bytes by ``now`` and slept ``slept``
+        µs for its cap in all; its current request ends at ``asked``."""
         self._smooth(now, received)
         self._time_request(now, received, asked)
         self._slide(now, received)
+        self._settle(now, received, slept)
         if received != self.received:
             self.received, self.moved_at = received, now
 
@@ -67,6 +78,18 @@ class Pace:
         """Bytes/s since the attempt started (0 when no time has passed)."""
         seconds = now - self.started
         return (received - self.origin) / seconds if seconds > 0 else 0.0
+
+    def _settle(self, now: float, received: int, slept: int) -> None:
+        """``steady`` and ``sleeping`` over the last ``STEADY_WINDOW`` (or since the attempt
+        started, when that is shorter)."""
+        history = self._steady
+        history.append((now, received, slept))
+        while len(history) > 2 and now - history[1][0] >= STEADY_WINDOW:
+            history.popleft()
+        then, before, slept_then = history[0]
+        if now > then:
+            self.steady = (received - before) / (now - then)
+            self.sleeping = (slept - slept_then) / 1e6 / (now - then)
 
     def _smooth(self, now: float, received: int) -> None:
         """The first sample of an attempt is taken as it is, later ones are averaged in."""

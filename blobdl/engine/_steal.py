@@ -22,6 +22,7 @@ the counter table and each attempt's ``_rates.Pace``.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -41,6 +42,18 @@ CUT_QUIET = 0.5
 # workers can split it: a lane that slowed down inside one long request (see _chunk) does
 # not set the tail.
 CUT_LONG = 2.0
+# Under a rate limit, no lane starts while the running ones move at this share of it or more.
+FILLED = 0.97
+# ... nor while each of them slept at least this share of its time to stay under its share.
+HELD = 0.1
+# Otherwise as many start as would fill this many times the limit at the running lanes' mean
+# rate: a lane's first second overstates it where the server sends a burst first (nginx's
+# limit_rate allows a second's worth at once).
+SPARE = 1.2
+# ... where those the network holds back move at this share of the limit each, or more; where
+# they are slower, as many as without a limit (as many slow connections as it takes).
+WIDE = 0.3
+MAX_LANES = 1 << 30  # more_lanes' "any number"
 
 
 class LaneView(NamedTuple):
@@ -59,6 +72,8 @@ class LaneView(NamedTuple):
     # status line, and one sample of a bursty server says little about a request's rest)
     request_rate: float = 0.0
     recent: float = 0.0  # bytes/s over the last _rates.LAG_WINDOW seconds
+    steady: float = 0.0  # bytes/s over the last _rates.STEADY_WINDOW seconds
+    sleeping: float = 0.0  # share of those seconds it slept to stay under its cap
 
 
 class Steal(NamedTuple):
@@ -102,6 +117,38 @@ def choose(
         if remaining >= 2 * min_split:
             return Steal(lane.slot, _committed(lane) + remaining // 2, takeover=False)
     return _cut_long(lanes, grace)
+
+
+def more_lanes(limit: int | None, lanes: Sequence[LaneView], grace: float) -> int:
+    """How many more lanes may start now (a pending part, a retry or a steal), beside the
+    running ``lanes``: any number, unless a rate ``limit`` binds.
+
+    Every lane's share of a limit is the limit over the lanes. Where each running lane's
+    share holds it back (it slept at least ``HELD`` of its time to stay under its cap), or
+    the lanes move at ``FILLED`` of the limit, another lane fetches nothing more: it only
+    takes a share from the others, and lanes spread over the blob all end at about the same
+    moment. A download whose digest is checked hashes the blob's contiguous start as it
+    lands (``_hasher``), and would then hash nearly all of it after its last byte (measured:
+    0.2-0.4 s of a 512 MiB pull at 100 MB/s). So no lane starts then: the parts run in their
+    order and the blob lands from its start. Otherwise, where the lanes the network holds
+    back move at ``WIDE`` of the limit or more, as many start as would fill ``SPARE`` times
+    the limit at the running lanes' mean rate; where they are slower (a server that caps
+    each connection well below the limit), any number, as without a limit. A lane younger
+    than ``grace`` has not shown its rate: nothing starts until it has; with none running,
+    one does."""
+    if limit is None:
+        return MAX_LANES
+    if not lanes:
+        return 1
+    if any(lane.age < grace for lane in lanes):
+        return 0
+    flow = sum(lane.steady for lane in lanes)
+    free = [lane.steady for lane in lanes if lane.sleeping < HELD]
+    if not free or flow >= FILLED * limit:
+        return 0
+    if sum(free) < WIDE * limit * len(free):
+        return MAX_LANES
+    return max(1, math.ceil(SPARE * limit * len(lanes) / flow) - len(lanes))
 
 
 def _cut_long(lanes: Sequence[LaneView], grace: float) -> Steal | None:

@@ -271,6 +271,53 @@ def test_limit_rate_caps_all_connections_together(make: Make, tmp_path: Path) ->
     assert elapsed >= (blob.size - 4 * 16 * 1024) / limit
 
 
+def test_under_a_binding_limit_the_blob_lands_from_its_start(make: Make, tmp_path: Path) -> None:
+    """More lanes fetch nothing more under a limit that binds; the shares go to the lanes
+    nearest the blob's start first, so the on-disk prefix (what a digest is computed along
+    while the rest lands) grows with the download, instead of waiting for every lane's end
+    (split evenly, the prefix is a quarter of what is done until the last lane ends)."""
+    blob = make(64 * PART, seed=84)  # 4 MiB in 4 parts, one lane each
+    seen: list[tuple[int, int]] = []
+
+    def look(progress: Progress) -> None:
+        if blob.size // 4 <= progress.done < blob.size * 9 // 10:
+            seen.append((_prefix(progress), progress.done))
+
+    settings = fast_settings(
+        limit_rate=4_000_000, connections=4, parts=4, max_part_size=16 * PART,
+        progress_interval=0.05,
+    )  # fmt: skip
+    Downloader(settings).download(blob.url, tmp_path / "out", on_progress=look)
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert seen, "no progress between a quarter and nine tenths of the blob"
+    assert all(prefix >= done * 6 // 10 for prefix, done in seen), seen
+
+
+def test_under_a_limit_one_connection_cannot_fill_lanes_are_added_until_they_do(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A server that caps each connection well below the limit: the download does not stay
+    on one lane (or a few) because a limit is set; it opens lanes as without one."""
+    blob = make(64 * PART, seed=85)  # 4 MiB
+    server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": 300_000})
+    settings = fast_settings(
+        limit_rate=2_000_000, connections=8, parts=8, max_part_size=16 * PART
+    )  # fmt: skip
+    Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert server.stats()["max_concurrent"] >= 6
+
+
+def _prefix(progress: Progress) -> int:
+    """How far the blob is on disk without a gap from its first byte."""
+    reach = 0
+    for part in sorted(progress.parts, key=lambda part: part.start):
+        if part.start > reach:
+            break
+        reach = max(reach, part.start + part.done)
+    return reach
+
+
 def test_a_low_rate_limit_is_not_mistaken_for_a_stall(make: Make, tmp_path: Path) -> None:
     blob = make(2 * PART, seed=82)
     result = fetch(blob.url, tmp_path / "out", limit_rate=40_000, connections=4,

@@ -7,9 +7,19 @@ import pytest
 from blobdl.engine._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
 from blobdl.engine._failure import RETRY, Verdict
 from blobdl.engine._lane import _Pacer
-from blobdl.engine._parts import Parts
+from blobdl.engine._parts import Counts, Parts
 from blobdl.engine._pinned import Pinned
-from blobdl.engine._steal import CUT_LONG, LAG_SHARE, LaneView, Steal, choose, laggards, lagging
+from blobdl.engine._steal import (
+    CUT_LONG,
+    LAG_SHARE,
+    MAX_LANES,
+    LaneView,
+    Steal,
+    choose,
+    laggards,
+    lagging,
+    more_lanes,
+)
 from blobdl.errors import RemoteChanged
 from blobdl.http._remote import Remote
 from blobdl.http._retry import Retry
@@ -258,7 +268,7 @@ def test_parts_start_in_order_then_retries_when_due(monkeypatch: pytest.MonkeyPa
     assert [p.slot for p in first if p is not None] == [0, 1, 2]
     for part in first:
         assert part is not None
-        part.start_attempt(0.0, part.start, 0, _Lane())  # type: ignore[arg-type]
+        part.start_attempt(0.0, Counts(part.start, 0), 0, _Lane())  # type: ignore[arg-type]
     assert parts.running() == 3 and [p.slot for p in parts.runners()] == [0, 1, 2]
     first[1].wait(Verdict(RETRY, Retry(), 5.0), now=0.0)  # part 1 backs off until t=5
     first[0].finish()
@@ -273,7 +283,7 @@ def test_done_parts_and_a_stop_keep_the_counts(monkeypatch: pytest.MonkeyPatch) 
     _no_walks(monkeypatch)
     part = parts.next_ready(0.0)
     assert part is not None and part.slot == 1  # part 0 was done already (a resume)
-    part.start_attempt(0.0, 5, 0, _Lane())  # type: ignore[arg-type]
+    part.start_attempt(0.0, Counts(5, 0), 0, _Lane())  # type: ignore[arg-type]
     part.worker = None
     parts.stop()  # a running part is pending again, at the back of the queue
     assert parts.running() == 0 and parts.next_ready(0.0) is part
@@ -300,3 +310,34 @@ def test_a_capped_read_takes_no_more_than_a_slice_of_the_cap(cap: int) -> None:
     sleep after it (what the coordinator sees as no progress) is never longer than that."""
     took = _Pacer(lambda _: None).limit(1 << 20, cap)
     assert took >= 1 and took / cap <= max(_Pacer.SLICE, 1 / cap)
+
+
+LIMIT = 100_000_000
+
+
+def _lane(steady: float, sleeping: float, age: float = 5.0) -> LaneView:
+    return LaneView(0, 0, 100, steady, age, steady=steady, sleeping=sleeping)
+
+
+@pytest.mark.parametrize(
+    ("limit", "lanes", "expected"),
+    [
+        (None, [_lane(1e6, 0.0)], MAX_LANES),  # no limit: as many as there are connections
+        (LIMIT, [], 1),  # the first lane
+        (LIMIT, [_lane(1e6, 0.0), _lane(0.0, 0.0, age=0.1)], 0),  # one has not shown its rate
+        (LIMIT, [_lane(0.8 * LIMIT, 0.9)], 0),  # its share holds it back: another adds nothing
+        (LIMIT, [_lane(0.5 * LIMIT, 0.5), _lane(0.5 * LIMIT, 0.5)], 0),  # both held back
+        (LIMIT, [_lane(0.98 * LIMIT, 0.0)], 0),  # the limit is filled
+        (LIMIT, [_lane(0.6 * LIMIT, 0.0)], 1),  # the network holds it back: one more fills it
+        (LIMIT, [_lane(0.4 * LIMIT, 0.0), _lane(0.4 * LIMIT, 0.5)], 1),  # one of them is free
+        (LIMIT, [_lane(0.35 * LIMIT, 0.0)], 3),  # 1.2 × the limit at 35 %: four lanes
+        (LIMIT, [_lane(0.1 * LIMIT, 0.0)], MAX_LANES),  # slow connections: as without a limit
+        (LIMIT, [_lane(0.0, 0.0)], MAX_LANES),  # nothing comes yet
+    ],
+)
+def test_how_many_lanes_may_start_beside_the_running_ones(
+    limit: int | None, lanes: list[LaneView], expected: int
+) -> None:
+    """Under a rate limit the running lanes fill, none (the blob then lands in order, from
+    its start); where the network holds them back, enough to fill it."""
+    assert more_lanes(limit, lanes, grace=0.3) == expected

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blobdl.engine._rates import LAG_WINDOW, BestRate, Pace
+from blobdl.engine._rates import LAG_WINDOW, STEADY_WINDOW, BestRate, Pace
 
 
 def test_the_first_sample_of_an_attempt_is_taken_as_it_is_later_ones_are_averaged_in() -> None:
@@ -14,6 +14,18 @@ def test_the_first_sample_of_an_attempt_is_taken_as_it_is_later_ones_are_average
     pace.observe(12.0, 4000, asked=5000)
     assert pace.rate == 1500.0  # half of 1000, half of 2000
     assert pace.overall(12.0, 4000) == 1500.0  # 3000 bytes in 2 s
+
+
+def test_the_steady_rate_and_the_time_slept_for_a_cap_are_over_the_steady_window() -> None:
+    """Whether the lanes fill a rate limit is read over STEADY_WINDOW: the bytes a lane took
+    and the share of that time its pacer slept (a count of microseconds, in all)."""
+    assert STEADY_WINDOW == 1.0
+    pace = Pace(0.0, 0, slept=7_000_000)  # slept 7 s in earlier attempts: not this one's
+    pace.observe(0.5, 500, asked=10**6, slept=7_250_000)
+    assert pace.steady == pytest.approx(1000.0) and pace.sleeping == pytest.approx(0.5)
+    for step in range(1, 11):  # then 2 s at 3000 bytes/s, never sleeping
+        pace.observe(0.5 + 0.2 * step, 500 + 600 * step, asked=10**6, slept=7_250_000)
+    assert pace.steady == pytest.approx(3000.0) and pace.sleeping == 0.0
 
 
 def test_the_recent_rate_forgets_what_is_older_than_the_lag_window() -> None:
