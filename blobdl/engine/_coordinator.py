@@ -54,7 +54,7 @@ from ._parts import RUNNING, Part, Parts, Tally
 from ._pinned import Pinned
 from ._rates import BestRate, RateWindow
 from ._share import Share
-from ._steal import MAX_LANES, choose, laggards, more_lanes
+from ._steal import CUT_LONG, CUT_QUIET, MAX_LANES, choose, laggards, more_lanes
 from ._worker import Crew
 
 log = logging.getLogger("blobdl")
@@ -202,7 +202,10 @@ class Coordinator:
         if limit is None:
             self.wanted = MAX_LANES
         else:
-            more = more_lanes(limit, self.parts.lanes(now), ADD_GRACE)
+            # A lane awaiting its first bytes that long is slow (as a steal judges it).
+            answer_time = min(self.pinned.remote.answer_time, CUT_LONG)
+            lanes = self.parts.lanes(now)
+            more = more_lanes(limit, lanes, ADD_GRACE, CUT_QUIET + answer_time)
             self.wanted = max(self.wanted, running + more)
         return min(self._lanes(), self.wanted) - running
 
