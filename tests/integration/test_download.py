@@ -340,6 +340,24 @@ def test_under_a_limit_a_lane_never_answered_does_not_hold_the_others_back(
     assert result.retries == 0
 
 
+def test_a_limit_of_a_few_bytes_a_second_runs_no_more_lanes_than_its_bytes(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A lane's share is a byte a second at least: under a limit of 2 B/s, lanes that open
+    while the first awaits its answer (slow, so it shows nothing) are at most two, or
+    three at a byte a second each take 3 B/s."""
+    blob = make(6, seed=88)
+    server.set_faults(
+        {"path": "/files/*", "skip": 1, "times": None, "action": "ttfb", "delay": 0.8}
+    )  # the probe is answered at once, every lane's request after 0.8 s
+    settings = fast_settings(
+        limit_rate=2, connections=4, parts=3, min_part_size=1, max_part_size=2
+    )  # fmt: skip
+    Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert server.stats()["max_concurrent"] <= 2
+
+
 def test_under_a_limit_one_connection_cannot_fill_lanes_are_added_until_they_do(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
