@@ -54,7 +54,7 @@ from ._parts import RUNNING, Part, Parts, Tally
 from ._pinned import Pinned
 from ._rates import BestRate, RateWindow
 from ._share import Share
-from ._steal import MAX_LANES, choose, laggards, more_lanes
+from ._steal import CUT_LONG, CUT_QUIET, MAX_LANES, choose, laggards, more_lanes
 from ._worker import Crew
 
 log = logging.getLogger("blobdl")
@@ -173,10 +173,8 @@ class Coordinator:
         """When the first waiting part may start; none while every lane is busy (no
         spinning)."""
         first = self.parts.next_retry()
-        if first is None or self.parts.running() >= self._lanes():
-            return []
-        if self.parts.running() >= self.wanted:
-            return []  # the lanes fill the rate limit: the next look decides
+        if first is None or self.parts.running() >= self._most():
+            return []  # (or the lanes fill the rate limit: the next look decides)
         return [first]
 
     def _launch_ready(self, now: float) -> None:
@@ -202,9 +200,17 @@ class Coordinator:
         if limit is None:
             self.wanted = MAX_LANES
         else:
-            more = more_lanes(limit, self.parts.lanes(now), ADD_GRACE)
+            # A lane awaiting its first bytes that long is slow (as a steal judges it).
+            answer_time = min(self.pinned.remote.answer_time, CUT_LONG)
+            lanes = self.parts.lanes(now)
+            more = more_lanes(limit, lanes, ADD_GRACE, CUT_QUIET + answer_time)
             self.wanted = max(self.wanted, running + more)
-        return min(self._lanes(), self.wanted) - running
+        return self._most() - running
+
+    def _most(self) -> int:
+        """Lanes it may run now: its lanes (``_lanes``), as many as ``_room`` wants under a
+        rate limit, and no more than the limit's bytes/s (a lane's share is 1 B/s at least)."""
+        return min(self._lanes(), self.wanted, self._limit() or MAX_LANES)
 
     def _steal(self, now: float) -> bool:
         """Give an idle connection the tail of a slow or large lane; False if none is worth it."""

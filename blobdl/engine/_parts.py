@@ -158,6 +158,7 @@ class Part:
             pace.recent,
             pace.steady,
             pace.sleeping,
+            pace.measured(),
         )
 
     def waits_on_network(self) -> bool:

@@ -32,7 +32,8 @@ class Pace:
     peers?; ``request_rate`` (its current request's body) how long will that request run?;
     ``steady`` (over the last ``STEADY_WINDOW``) do the lanes fill a rate limit? And over
     that window too, ``sleeping``: the share of its time it slept to stay under its cap,
-    from the slot's count of microseconds slept (``slept``, a count that only grows).
+    from the slot's count of microseconds slept (``slept``, a count that only grows); both
+    from the attempt's first bytes at the earliest (``measured``).
     """
 
     def __init__(self, now: float, received: int, slept: int = 0) -> None:
@@ -79,10 +80,19 @@ class Pace:
         seconds = now - self.started
         return (received - self.origin) / seconds if seconds > 0 else 0.0
 
-    def _settle(self, now: float, received: int, slept: int) -> None:
-        """``steady`` and ``sleeping`` over the last ``STEADY_WINDOW`` (or since the attempt
-        started, when that is shorter)."""
+    def measured(self) -> float:
+        """Seconds ``steady`` and ``sleeping`` are taken over (at most about STEADY_WINDOW):
+        0 until the attempt's first bytes, since the wait for an answer is no rate."""
         history = self._steady
+        return history[-1][0] - history[0][0]
+
+    def _settle(self, now: float, received: int, slept: int) -> None:
+        """``steady`` and ``sleeping`` over the last ``STEADY_WINDOW`` (or since the last
+        sample before the attempt's first bytes, when that is shorter: a server slow to
+        answer would read as a lane that moves a fraction of its rate)."""
+        history = self._steady
+        if received == self.origin:  # nothing yet: measured from here
+            history.clear()
         history.append((now, received, slept))
         while len(history) > 2 and now - history[1][0] >= STEADY_WINDOW:
             history.popleft()

@@ -74,6 +74,7 @@ class LaneView(NamedTuple):
     recent: float = 0.0  # bytes/s over the last _rates.LAG_WINDOW seconds
     steady: float = 0.0  # bytes/s over the last _rates.STEADY_WINDOW seconds
     sleeping: float = 0.0  # share of those seconds it slept to stay under its cap
+    measured: float = 0.0  # seconds those two are over (0: no byte yet in its attempt)
 
 
 class Steal(NamedTuple):
@@ -119,7 +120,7 @@ def choose(
     return _cut_long(lanes, grace)
 
 
-def more_lanes(limit: int | None, lanes: Sequence[LaneView], grace: float) -> int:
+def more_lanes(limit: int | None, lanes: Sequence[LaneView], grace: float, patience: float) -> int:
     """How many more lanes may start now (a pending part, a retry or a steal), beside the
     running ``lanes``: any number, unless a rate ``limit`` binds.
 
@@ -133,14 +134,15 @@ def more_lanes(limit: int | None, lanes: Sequence[LaneView], grace: float) -> in
     order and the blob lands from its start. Otherwise, where the lanes the network holds
     back move at ``WIDE`` of the limit or more, as many start as would fill ``SPARE`` times
     the limit at the running lanes' mean rate; where they are slower (a server that caps
-    each connection well below the limit), any number, as without a limit. A lane younger
-    than ``grace`` has not shown its rate: nothing starts until it has; with none running,
-    one does."""
+    each connection well below the limit), any number, as without a limit. A lane has not
+    shown its rate until it has been measured for ``grace`` from its first bytes: nothing
+    starts until it has (a server slow to answer is no sign of a slow network), unless it
+    waited ``patience`` for its first bytes, and shows 0; with none running, one starts."""
     if limit is None:
         return MAX_LANES
     if not lanes:
         return 1
-    if any(lane.age < grace for lane in lanes):
+    if any(_unshown(lane, grace, patience) for lane in lanes):
         return 0
     flow = sum(lane.steady for lane in lanes)
     free = [lane.steady for lane in lanes if lane.sleeping < HELD]
@@ -149,6 +151,11 @@ def more_lanes(limit: int | None, lanes: Sequence[LaneView], grace: float) -> in
     if sum(free) < WIDE * limit * len(free):
         return MAX_LANES
     return max(1, math.ceil(SPARE * limit * len(lanes) / flow) - len(lanes))
+
+
+def _unshown(lane: LaneView, grace: float, patience: float) -> bool:
+    """Whether ``lane`` has yet to show its rate (``more_lanes``)."""
+    return lane.age < grace or (lane.measured < grace and lane.quiet < patience)
 
 
 def _cut_long(lanes: Sequence[LaneView], grace: float) -> Steal | None:

@@ -293,6 +293,71 @@ def test_under_a_binding_limit_the_blob_lands_from_its_start(make: Make, tmp_pat
     assert all(prefix >= done * 6 // 10 for prefix, done in seen), seen
 
 
+def test_under_a_binding_limit_a_lane_awaiting_its_first_byte_opens_no_others(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A server slow to answer a connection's first request (a far origin, a slow
+    handshake; the probe is answered as slowly): a lane that has not had its first byte has
+    not shown its rate, so it is no sign that the running lanes leave the limit unused. The
+    blob still lands from its start (taken for a lane at 0 B/s, it opened every connection
+    at once: the prefix a quarter of what is done)."""
+    blob = make(64 * PART, seed=86)  # 4 MiB in 4 parts
+    server.set_faults(
+        {"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.6, "kept": False}
+    )
+    seen: list[tuple[int, int]] = []
+
+    def look(progress: Progress) -> None:
+        if blob.size // 4 <= progress.done < blob.size * 9 // 10:
+            seen.append((_prefix(progress), progress.done))
+
+    settings = fast_settings(
+        limit_rate=4_000_000, connections=4, parts=4, max_part_size=16 * PART,
+        progress_interval=0.05,
+    )  # fmt: skip
+    Downloader(settings).download(blob.url, tmp_path / "out", on_progress=look)
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert seen, "no progress between a quarter and nine tenths of the blob"
+    assert all(prefix >= done * 6 // 10 for prefix, done in seen), seen
+
+
+def test_under_a_limit_a_lane_never_answered_does_not_hold_the_others_back(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The first lane's request is answered only once another lane has asked (the probe
+    is answered at once): a lane still awaiting its first bytes holds the others back for
+    a moment only, not until the stall timeout ends it (which would be a retry)."""
+    blob = make(64 * PART, seed=87)
+    path = f"/files/{blob.name}"
+    server.set_faults({"path": path, "skip": 1, "times": 1, "action": "ttfb", "delay": 0,
+                       "after": {"path": path, "requests": 3}})  # fmt: skip
+    settings = fast_settings(
+        limit_rate=4_000_000, connections=4, parts=4, max_part_size=16 * PART,
+        stall_timeout=30.0,
+    )  # fmt: skip
+    result = Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert result.retries == 0
+
+
+def test_a_limit_of_a_few_bytes_a_second_runs_no_more_lanes_than_its_bytes(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A lane's share is a byte a second at least: under a limit of 2 B/s, lanes that open
+    while the first awaits its answer (slow, so it shows nothing) are at most two, or
+    three at a byte a second each take 3 B/s."""
+    blob = make(6, seed=88)
+    server.set_faults(
+        {"path": "/files/*", "skip": 1, "times": None, "action": "ttfb", "delay": 0.8}
+    )  # the probe is answered at once, every lane's request after 0.8 s
+    settings = fast_settings(
+        limit_rate=2, connections=4, parts=3, min_part_size=1, max_part_size=2
+    )  # fmt: skip
+    Downloader(settings).download(blob.url, tmp_path / "out")
+    assert sha256_file(tmp_path / "out") == blob.sha256
+    assert server.stats()["max_concurrent"] <= 2
+
+
 def test_under_a_limit_one_connection_cannot_fill_lanes_are_added_until_they_do(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:

@@ -313,10 +313,15 @@ def test_a_capped_read_takes_no_more_than_a_slice_of_the_cap(cap: int) -> None:
 
 
 LIMIT = 100_000_000
+PATIENCE = 1.0  # seconds a lane may await its first bytes and still be new
 
 
-def _lane(steady: float, sleeping: float, age: float = 5.0) -> LaneView:
-    return LaneView(0, 0, 100, steady, age, steady=steady, sleeping=sleeping)
+def _lane(
+    steady: float, sleeping: float, age: float = 5.0, quiet: float = 0.0, measured: float = 1.0
+) -> LaneView:
+    return LaneView(
+        0, 0, 100, steady, age, quiet=quiet, steady=steady, sleeping=sleeping, measured=measured
+    )
 
 
 @pytest.mark.parametrize(
@@ -332,7 +337,11 @@ def _lane(steady: float, sleeping: float, age: float = 5.0) -> LaneView:
         (LIMIT, [_lane(0.4 * LIMIT, 0.0), _lane(0.4 * LIMIT, 0.5)], 1),  # one of them is free
         (LIMIT, [_lane(0.35 * LIMIT, 0.0)], 3),  # 1.2 × the limit at 35 %: four lanes
         (LIMIT, [_lane(0.1 * LIMIT, 0.0)], MAX_LANES),  # slow connections: as without a limit
-        (LIMIT, [_lane(0.0, 0.0)], MAX_LANES),  # nothing comes yet
+        (LIMIT, [_lane(0.0, 0.0, quiet=5.0, measured=0.0)], MAX_LANES),  # nothing comes yet
+        # a server slow to answer: no byte yet, but not for long (PATIENCE)
+        (LIMIT, [_lane(0.0, 0.0, age=0.8, quiet=0.8, measured=0.0)], 0),
+        (LIMIT, [_lane(0.1 * LIMIT, 0.0, age=0.9, measured=0.1)], 0),  # bytes since 0.1 s
+        (LIMIT, [_lane(0.1 * LIMIT, 0.0, age=5.0, quiet=3.0, measured=0.1)], MAX_LANES),
     ],
 )
 def test_how_many_lanes_may_start_beside_the_running_ones(
@@ -340,4 +349,4 @@ def test_how_many_lanes_may_start_beside_the_running_ones(
 ) -> None:
     """Under a rate limit the running lanes fill, none (the blob then lands in order, from
     its start); where the network holds them back, enough to fill it."""
-    assert more_lanes(limit, lanes, grace=0.3) == expected
+    assert more_lanes(limit, lanes, grace=0.3, patience=PATIENCE) == expected

@@ -28,6 +28,19 @@ def test_the_steady_rate_and_the_time_slept_for_a_cap_are_over_the_steady_window
     assert pace.steady == pytest.approx(3000.0) and pace.sleeping == 0.0
 
 
+def test_the_steady_rate_is_measured_from_the_first_bytes() -> None:
+    """The wait for a server's answer is no rate: a lane whose first bytes came after 0.6 s
+    reads its rate since then, not a fraction of it, and is measured over that time only."""
+    pace = Pace(0.0, 100, slept=50)
+    for step in range(1, 7):  # 0.6 s waiting for an answer
+        pace.observe(0.1 * step, 100, asked=10**6, slept=50)
+        assert pace.steady == 0.0 and pace.measured() == 0.0
+    pace.observe(0.7, 1100, asked=10**6, slept=50_050)
+    pace.observe(0.8, 2100, asked=10**6, slept=100_050)
+    assert pace.steady == pytest.approx(10_000.0) and pace.sleeping == pytest.approx(0.5)
+    assert pace.measured() == pytest.approx(0.2)
+
+
 def test_the_recent_rate_forgets_what_is_older_than_the_lag_window() -> None:
     """A lane that went quiet reads 0 once LAG_WINDOW has passed, while its smoothed rate
     still remembers how fast it was."""
