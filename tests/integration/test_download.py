@@ -272,25 +272,12 @@ def test_limit_rate_caps_all_connections_together(make: Make, tmp_path: Path) ->
 
 
 def test_under_a_binding_limit_the_blob_lands_from_its_start(make: Make, tmp_path: Path) -> None:
-    """More lanes fetch nothing more under a limit that binds; the shares go to the lanes
-    nearest the blob's start first, so the on-disk prefix (what a digest is computed along
-    while the rest lands) grows with the download, instead of waiting for every lane's end
-    (split evenly, the prefix is a quarter of what is done until the last lane ends)."""
-    blob = make(64 * PART, seed=84)  # 4 MiB in 4 parts, one lane each
-    seen: list[tuple[int, int]] = []
-
-    def look(progress: Progress) -> None:
-        if blob.size // 4 <= progress.done < blob.size * 9 // 10:
-            seen.append((_prefix(progress), progress.done))
-
-    settings = fast_settings(
-        limit_rate=4_000_000, connections=4, parts=4, max_part_size=16 * PART,
-        progress_interval=0.05,
-    )  # fmt: skip
-    Downloader(settings).download(blob.url, tmp_path / "out", on_progress=look)
-    assert sha256_file(tmp_path / "out") == blob.sha256
-    assert seen, "no progress between a quarter and nine tenths of the blob"
-    assert all(prefix >= done * 6 // 10 for prefix, done in seen), seen
+    """More lanes fetch nothing more under a limit one connection fills: none starts beside
+    the running one, the parts run in order, and the on-disk prefix (what a digest is
+    computed along while the rest lands) grows with the download, instead of waiting for
+    every lane's end (four lanes splitting it evenly: a quarter of what is done)."""
+    blob = make(64 * PART, seed=84)  # 4 MiB in 4 parts
+    assert _prefix_under_a_limit(blob, tmp_path) >= 0.6
 
 
 def test_under_a_binding_limit_a_lane_awaiting_its_first_byte_opens_no_others(
@@ -305,6 +292,12 @@ def test_under_a_binding_limit_a_lane_awaiting_its_first_byte_opens_no_others(
     server.set_faults(
         {"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.6, "kept": False}
     )
+    assert _prefix_under_a_limit(blob, tmp_path) >= 0.6
+
+
+def _prefix_under_a_limit(blob: Blob, tmp_path: Path) -> float:
+    """Download ``blob`` (4 parts, 4 connections) at 4 MB/s; the least share of what was done
+    that was the on-disk prefix, over the progress between a quarter and nine tenths."""
     seen: list[tuple[int, int]] = []
 
     def look(progress: Progress) -> None:
@@ -318,7 +311,7 @@ def test_under_a_binding_limit_a_lane_awaiting_its_first_byte_opens_no_others(
     Downloader(settings).download(blob.url, tmp_path / "out", on_progress=look)
     assert sha256_file(tmp_path / "out") == blob.sha256
     assert seen, "no progress between a quarter and nine tenths of the blob"
-    assert all(prefix >= done * 6 // 10 for prefix, done in seen), seen
+    return min(prefix / done for prefix, done in seen)
 
 
 def test_under_a_limit_a_lane_never_answered_does_not_hold_the_others_back(
