@@ -3,8 +3,9 @@
 It runs in the calling process. One download, in the order of the code below:
 
 - ``run`` loops (``_loop``) until every part is done. ``_launch_ready`` starts each pending
-  part, and each waiting one whose backoff is over, up to ``connections``; a connection
-  left idle steals (``_steal.choose`` picks, ``Parts.split`` cuts). ``_launch`` starts a
+  part, and each waiting one whose backoff is over, as far as its ``_allowance`` lets it
+  (its connections, and under a rate limit the lanes that fill it); a connection left idle
+  steals (``_steal.choose`` picks, ``Parts.split`` cuts). ``_launch`` starts a
   lane (``_lane.run_attempt``) on a thread of a forked worker process (``_worker``), and
   the part measures the attempt from there (``Part.start_attempt``).
 - The loop waits on the lanes' result pipes, so a lane that ends, or whose process dies, is
@@ -21,13 +22,14 @@ It runs in the calling process. One download, in the order of the code below:
 - ``_wind_down`` reaps the workers and saves the last checkpoint; ``run`` returns what the
   parts did (``Parts.tally``).
 - A batch item runs under a ``Share`` its batch writes: how many lanes it may run and its
-  share of the rate limit, read afresh at every launch and sample (they grow as the
-  batch's other items end); a single download runs under its settings.
+  share of the rate limit, read afresh (``_allowance``) at every launch and sample (they
+  grow as the batch's other items end); a single download runs under its settings.
 
 The coordinator decides *when*; the rest lives beside it: each part's record, measurements
 and counter-table slot in ``_parts``, the workers in ``_worker``, the lane in ``_lane``,
 what to do after a failure in ``_failure``, what to steal and what lags in ``_steal``, the
-rates in ``_rates``, the remote and its refresh in ``_pinned``.
+rates in ``_rates``, the remote and its refresh in ``_pinned``, what it may run now in
+``_allowance``.
 """
 
 from __future__ import annotations
@@ -48,20 +50,20 @@ from ..processes._signals import Interrupts
 from ..store._destination import start_writeback
 from ..store._resume import CheckpointCallback, PartRecord
 from . import _failure
+from ._allowance import Allowance
 from ._failure import decide
 from ._lane import Attempt
 from ._parts import RUNNING, Part, Parts, Tally
 from ._pinned import Pinned
 from ._rates import BestRate, RateWindow
 from ._share import Share
-from ._steal import CUT_LONG, CUT_QUIET, MAX_LANES, choose, laggards, more_lanes
+from ._steal import choose, laggards
 from ._worker import Crew
 
 log = logging.getLogger("blobdl")
 
 WATCH_INTERVAL = 0.1  # seconds between two looks at the lanes' counters (at most)
 LAG_GRACE = 0.5  # seconds a new attempt has (connection, first byte) before it can lag
-ADD_GRACE = 0.3  # seconds a new lane has to show its rate before another may start beside it
 
 
 class Coordinator:
@@ -80,7 +82,6 @@ class Coordinator:
     ) -> None:
         self.settings, self.fd, self.path = settings, fd, path
         self.tell, self.on_checkpoint = tell, on_checkpoint
-        self.share = share  # a batch item's live grant (None: the settings decide)
         self.ranged = remote.ranges and remote.size is not None
         prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
         self.pinned = Pinned(remote, lambda url: resolve(url, settings))
@@ -90,7 +91,8 @@ class Coordinator:
         self.best = BestRate()  # the best lane's rate lately: a slow lane's yardstick
         self.window = RateWindow(0.0, 0)  # the download's rate, for progress
         self.last_checkpoint = self.last_told = 0.0
-        self.wanted = 0  # lanes it runs under a rate limit (``_room``): only ever more
+        # what it may run now: its lanes and their rate (a batch item's live grant, ``share``)
+        self.allowance = Allowance(settings, share, self.crew, self.parts, self.pinned)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -153,27 +155,11 @@ class Coordinator:
             except Exception as exc:
                 log.warning("while stopping after a failure: %s", exc)
 
-    def _connections(self) -> int:
-        """Lanes it may run now: its settings' connections, or what its batch grants."""
-        if self.share is None:
-            return self.settings.connections
-        return max(1, min(self.settings.connections, self.share.connections()))
-
-    def _limit(self) -> int | None:
-        """Bytes/s for all its lanes now: its settings', or its share of its batch's."""
-        return self.settings.limit_rate if self.share is None else self.share.rate()
-
-    def _lanes(self) -> int:
-        """Lanes that may run now: its connections (``_connections``), as far as its crew can
-        seat them."""
-        connections, room = self._connections(), self.crew.room()
-        return connections if room is None else min(connections, self.parts.running() + room)
-
     def _retry_times(self) -> list[float]:
         """When the first waiting part may start; none while every lane is busy (no
         spinning)."""
         first = self.parts.next_retry()
-        if first is None or self.parts.running() >= self._most():
+        if first is None or self.parts.running() >= self.allowance.lanes():
             return []  # (or the lanes fill the rate limit: the next look decides)
         return [first]
 
@@ -181,7 +167,7 @@ class Coordinator:
         """Start what may start (pending parts, waiting ones whose backoff is over) up to
         the item's connections now, then let idle connections steal. Its cost is the lanes it
         starts, whatever the number of parts."""
-        room = self._room(now)
+        room = self.allowance.room(now)
         while room > 0:
             part = self.parts.next_ready(now)
             if part is None:
@@ -190,27 +176,6 @@ class Coordinator:
             room -= 1
         while room > 0 and self._steal(now):
             room -= 1
-
-    def _room(self, now: float) -> int:
-        """Lanes that may start now: up to the item's lanes now (``_lanes``), and under a rate
-        limit, up to as many as ran so far, or more where ``_steal.more_lanes`` says the
-        running ones leave part of the limit unused (a lane that ends is replaced)."""
-        running = self.parts.running()
-        limit = self._limit()
-        if limit is None:
-            self.wanted = MAX_LANES
-        else:
-            # A lane awaiting its first bytes that long is slow (as a steal judges it).
-            answer_time = min(self.pinned.remote.answer_time, CUT_LONG)
-            lanes = self.parts.lanes(now)
-            more = more_lanes(limit, lanes, ADD_GRACE, CUT_QUIET + answer_time)
-            self.wanted = max(self.wanted, running + more)
-        return self._most() - running
-
-    def _most(self) -> int:
-        """Lanes it may run now: its lanes (``_lanes``), as many as ``_room`` wants under a
-        rate limit, and no more than the limit's bytes/s (a lane's share is 1 B/s at least)."""
-        return min(self._lanes(), self.wanted, self._limit() or MAX_LANES)
 
     def _steal(self, now: float) -> bool:
         """Give an idle connection the tail of a slow or large lane; False if none is worth it."""
@@ -234,7 +199,7 @@ class Coordinator:
 
     def _launch(self, part: Part, now: float) -> None:
         counts = self.parts.ready(part, over=not self.ranged)  # no ranges: from the start
-        self.parts.share(self._limit(), joining=part)  # everyone else's smaller
+        self.parts.share(self.allowance.limit(), joining=part)  # everyone else's smaller
         # Without stealing nothing moves a lane's end: one request per attempt does.
         first = self.settings.min_steal_size if self.settings.steal else MAX_BYTES
         attempt = Attempt(part.slot, self.ranged, first, self.fd, self.path)
@@ -254,7 +219,7 @@ class Coordinator:
             self.best.saw(part.pace.overall(time.monotonic(), self.table.received(part.slot)))
         else:
             self._failed(part, error or WorkerCrashed(0))
-        self.parts.share(self._limit())  # what it was given goes to the others now
+        self.parts.share(self.allowance.limit())  # what it was given goes to the others now
 
     def _failed(self, part: Part, error: BaseException) -> None:
         """Ask the policy what now, and do it."""
@@ -280,7 +245,7 @@ class Coordinator:
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
     def _sample(self, now: float) -> None:
-        self.parts.share(self._limit())
+        self.parts.share(self.allowance.limit())
         told = now - self.last_told >= self.settings.progress_interval
         if told:
             self.best.fade()
