@@ -164,9 +164,10 @@ class Coordinator:
         return [first]
 
     def _launch_ready(self, now: float) -> None:
-        """Start what may start (pending parts, waiting ones whose backoff is over) up to
-        the item's connections now, then let idle connections steal. Its cost is the lanes it
-        starts, whatever the number of parts."""
+        """Start what may start (pending parts, waiting ones whose backoff is over) as far
+        as its allowance has room now (its connections; under a rate limit, the lanes that
+        fill it), then let idle connections steal. Its cost is the lanes it starts, whatever
+        the number of parts."""
         room = self.allowance.room(now)
         while room > 0:
             part = self.parts.next_ready(now)
