@@ -67,7 +67,7 @@ from ._manifest import parse_manifest
 from ._outcomes import Outcomes, died
 from ._pool import _Done, _Job, _Large, _Told
 from ._seats import Said, Seats
-from ._sizing import pool_size, said_large, seats_that_fit, settings_for, wanted
+from ._sizing import pool_size, said_large, seats_that_fit, settings_for, wanted, within_limit
 from ._stop import stop_batch
 from ._watch import Watch
 
@@ -148,6 +148,7 @@ def _many(
 ) -> list[ItemResult]:
     """``download_many``, its arguments checked."""
     batch, where = [normalized(item) for item in listed], None
+    max_connections, per_host = within_limit(base.limit_rate, max_connections, per_host)
     if cluster is not None:
         from ._cluster import download_many_on  # only with a cluster: it needs distributed
 

@@ -24,6 +24,16 @@ SEAT_FILES = 6
 POOL_FILES = 16
 
 
+def within_limit(limit: int | None, max_connections: int, per_host: int) -> tuple[int, int]:
+    """The batch's connections (and those to one host) under a rate limit of ``limit``
+    bytes/s: at most one per byte a second. Each running connection is given at least one
+    byte a second of the limit, so more of them would take more than the limit together
+    (four seats at a 2 B/s limit took 4 B/s)."""
+    if limit is None:
+        return max_connections, per_host
+    return min(max_connections, limit), min(per_host, limit)
+
+
 def settings_for(settings: Settings, item: Item) -> Settings:
     """The batch's settings, with the item's own headers: one the item names replaces the
     batch's of that name, in any letter case (both went out, and the server picked one)."""

@@ -263,3 +263,18 @@ def test_limit_rate_is_shared_by_the_whole_batch(make: Make, tmp_path: Path) -> 
     total = sum(b.size for b in blobs)
     # A lower bound only: each worker may read one slice before it first paces.
     assert elapsed >= 0.8 * total / limit
+
+
+def test_a_limit_of_a_few_bytes_a_second_runs_no_more_connections_than_it_has_bytes(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Each running connection gets at least 1 byte/s of the limit, so a batch running more
+    connections than the limit has bytes/s took more than the limit together (four seats
+    at a 2 B/s limit: 4 B/s). It runs at most that many at once; every item still lands."""
+    blobs = [make(1, seed=170 + i) for i in range(4)]
+    items = [Item(b.url, str(tmp_path / f"t{i}")) for i, b in enumerate(blobs)]
+    server.reset()
+    results = blobdl.download_many(items, max_connections=4, per_host=4, limit_rate=2, **fast())
+    assert all(r.ok for r in results), results
+    assert [sha256_file(tmp_path / f"t{i}") for i in range(4)] == [b.sha256 for b in blobs]
+    assert server.stats()["max_concurrent"] <= 2, server.stats()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from blobdl.batch._budget import Budget
+from blobdl.batch._sizing import within_limit
 
 
 def test_a_seat_kept_alive_to_the_host_is_taken_first_and_costs_nothing_more() -> None:
@@ -80,6 +84,31 @@ def test_the_rate_limit_is_shared_lane_by_lane_among_what_runs() -> None:
     budget.end(0, "a")  # an idle seat gets none: its share goes to what still runs
     assert budget.rates(1000) == ({}, {9: 1000})
     assert budget.rates(None) == ({}, {})
+
+
+@given(
+    limit=st.integers(1, 40),
+    total=st.integers(1, 24),
+    busy=st.integers(0, 24),
+    wanted=st.lists(st.integers(1, 8), max_size=4),
+)
+def test_shares_of_a_limit_never_add_up_past_it_when_the_budget_is_sized_for_it(
+    limit: int, total: int, busy: int, wanted: list[int]
+) -> None:
+    """Each lane gets at least 1 byte/s: a budget of no more connections than the limit has
+    bytes/s (``within_limit``) is what keeps their sum within the limit, however it fills."""
+    total, per_host = within_limit(limit, total, total)
+    assert 1 <= total <= limit and per_host <= total
+    budget = Budget(total=total, per_host=per_host, seats=total)
+    for seat in range(min(busy, total)):
+        budget.start(seat, "a")
+    for item, lanes in enumerate(wanted):
+        if budget.free("a"):
+            budget.grant(100 + item, "a", wanted=lanes)
+    seats, items = budget.rates(limit)
+    assert sum(seats.values()) + sum(items.values()) <= limit
+    assert all(rate >= 1 for rate in [*seats.values(), *items.values()])
+    assert within_limit(None, total, per_host) == (total, per_host)
 
 
 def test_a_large_item_leaves_room_for_items_waiting_for_seats_but_gets_one_lane() -> None:
