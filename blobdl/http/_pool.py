@@ -31,7 +31,9 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
     """A pool for one process. Never share one across a fork: build it in the child.
 
     Each request goes direct or through the proxy its URL calls for, so a probe may follow
-    redirects across hosts that differ in proxy choice.
+    redirects across hosts that differ in proxy choice. Its https connections are verified
+    with the run's one TLS context (``tls_context``), built at its first https connection if
+    this process has none yet (``_OnDemand``).
 
     ``kept``: the pool a batch's seat keeps from one small download to the next. It holds
     one connection at most (to the origin it spoke to last: a budget counts it), and its
@@ -48,16 +50,16 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
         "maxsize": 1,
         "retries": False,
         "timeout": timeout,
-        "ssl_context": tls_context(settings),
+        "ssl_context": _built(settings),
     }
     routes = ProxyRoutes.from_settings(settings)
     if not routes.configured():
-        return noting(urllib3.PoolManager(**options))
+        return noting(_Direct(settings, **options))
     return noting(_ProxyRouter(routes, settings, options))
 
 
 # Contexts built in this process, by what they trust and present. Loading a CA store costs
-# ~20 ms of CPU; built in the coordinator before it forks, a context is inherited by every
+# ~20-40 ms of CPU; built in the coordinator before it forks, a context is inherited by every
 # worker instead of being loaded again in each of them (and for each connection).
 _Key = tuple[bool, _trust.Roots, str | None, str | None, bool]
 _CONTEXTS: dict[_Key, ssl.SSLContext] = {}
@@ -66,42 +68,78 @@ _BUILDING = threading.Lock()
 
 
 def prepare_tls(settings: Settings, url: str) -> None:
-    """Build the context ``url`` may need now, before any worker is forked: for an https
-    URL, whatever it trusts; for any URL, one whose roots are not OpenSSL's own (a bundle,
-    a client certificate: a redirect may lead to https, and every pool is given it). Built
-    later, in each process, every seat or lane making its pool at once would load it again."""
-    tls_context(settings, system=urlsplit(url).scheme == "https")
+    """Build the context ``url`` needs now, before any worker is forked (they inherit it):
+    for an https URL. A plain http URL builds none: a run that never meets https never loads
+    a CA store (a bundle named by ``REQUESTS_CA_BUNDLE``: ~40 ms before the first byte); one
+    redirected to https builds it at its first https connection, once in each process that
+    meets one (``_OnDemand``). What the command line names (``--ca-bundle``,
+    ``--client-cert``) is loaded now all the same, so that a bad file is a usage error
+    before any connection; a variable naming nothing is one too (checked, not loaded)."""
+    if urlsplit(url).scheme == "https" or settings.ca_bundle or settings.client_cert:
+        tls_context(settings)
+    else:
+        _checked(settings, proxy=False)
 
 
-def tls_context(
-    settings: Settings, *, proxy: bool = False, system: bool = False
-) -> ssl.SSLContext | None:
-    """urllib3's hardened context with our trust roots and client certificate, loaded when the
-    pool is made so that a bad file is a usage error now, not a retried connection failure.
+def tls_context(settings: Settings, *, proxy: bool = False) -> ssl.SSLContext:
+    """urllib3's hardened context with our trust roots and client certificate, built once in
+    this process (a bad file is a usage error, not a retried connection failure).
 
-    For the default (OpenSSL's own store, no client certificate) only when ``system`` is asked or
-    ``prepare_tls`` built it already; else None, and urllib3 loads the system store itself,
-    lazily, only for https connections (a plain http download never pays for it).
-
-    ``proxy``: an https proxy's, always built: verified as servers are, without our client
-    certificate, its sockets bounding the set-up of a tunnel inside them (``_set_up``)."""
-    cert = None if proxy else settings.client_cert
-    roots = _trust.roots(settings.ca_bundle) if settings.verify_tls else _UNVERIFIED
-    if settings.verify_tls:  # checked even where urllib3 would load the store itself, later
-        _trust.check(roots)
-    key = (settings.verify_tls, roots, cert, settings.client_key if cert else None, proxy)
+    ``proxy``: an https proxy's: verified as servers are, without our client certificate,
+    its sockets bounding the set-up of a tunnel inside them (``_set_up``)."""
+    key = _checked(settings, proxy)
     context = _CONTEXTS.get(key)
-    if context is None and (
-        system or proxy or not (settings.verify_tls and roots.openssls_own() and not cert)
-    ):
+    if context is None:
         with _BUILDING:  # a process's threads (seats, lanes) making their pools at once
             context = _CONTEXTS.get(key)
             if context is None:
-                context = _build_context(settings, roots, cert)
+                context = _build_context(settings, key[1], key[2])
                 if proxy:
                     context.sslsocket_class = SetUpSSLSocket
                 _CONTEXTS[key] = context
     return context
+
+
+def _built(settings: Settings) -> ssl.SSLContext | None:
+    """The context this process has built for ``settings`` already, if any (its roots
+    checked either way: a variable naming nothing is a usage error before any request)."""
+    return _CONTEXTS.get(_checked(settings, proxy=False))
+
+
+def _checked(settings: Settings, proxy: bool) -> _Key:
+    """The key of ``settings``' context: what it trusts (checked) and presents."""
+    cert = None if proxy else settings.client_cert
+    roots = _trust.roots(settings.ca_bundle) if settings.verify_tls else _UNVERIFIED
+    if settings.verify_tls:
+        _trust.check(roots)
+    return (settings.verify_tls, roots, cert, settings.client_key if cert else None, proxy)
+
+
+class _OnDemand(urllib3.PoolManager):
+    """A manager whose https pools are given the run's TLS context, built at the first one
+    in this process that has none yet (``make_pool``): never urllib3's default, which is
+    built, the system's CA store loaded, for every new connection, and knows nothing of a
+    bundle named by a variable."""
+
+    _settings: Settings
+
+    def _new_pool(
+        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
+    ) -> urllib3.HTTPConnectionPool:
+        if scheme == "https":
+            context = dict(self.connection_pool_kw if request_context is None else request_context)
+            if context.get("ssl_context") is None:
+                context["ssl_context"] = tls_context(self._settings)
+            request_context = context
+        return super()._new_pool(scheme, host, port, request_context)
+
+
+class _Direct(_OnDemand):
+    """The manager of a process without proxies."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        super().__init__(**options)
+        self._settings = settings
 
 
 def _build_context(settings: Settings, roots: _trust.Roots, cert: str | None) -> ssl.SSLContext:
@@ -125,7 +163,7 @@ def _load_client_cert(context: ssl.SSLContext, cert: str, key: str | None) -> No
         raise UsageError(f"cannot load client certificate {cert!r}: {exc}") from None
 
 
-class _ProxyRouter(urllib3.PoolManager):
+class _ProxyRouter(_OnDemand):
     """A PoolManager that sends each request direct or through its URL's proxy manager."""
 
     def __init__(self, routes: ProxyRoutes, settings: Settings, options: dict[str, Any]) -> None:
@@ -176,7 +214,15 @@ def proxy_manager(proxy: str, settings: Settings, options: dict[str, Any]) -> ur
         headers = make_headers(proxy_basic_auth=auth)
     bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
     proxy_tls = tls_context(settings, proxy=True) if parts.scheme == "https" else None
-    manager = urllib3.ProxyManager(
-        bare, proxy_headers=headers, proxy_ssl_context=proxy_tls, **options
+    manager = _Proxied(
+        settings, bare, proxy_headers=headers, proxy_ssl_context=proxy_tls, **options
     )
     return noting(manager)
+
+
+class _Proxied(_OnDemand, urllib3.ProxyManager):
+    """The manager of one proxy: the TLS of its tunnels to servers is the run's context."""
+
+    def __init__(self, settings: Settings, proxy: str, **options: Any) -> None:
+        super().__init__(proxy, **options)
+        self._settings = settings

@@ -375,29 +375,75 @@ run()
 """
 
 
-@pytest.mark.parametrize("shape", ["a ranged download", "small items"])
-def test_a_ca_bundle_variable_is_loaded_once_a_run_before_any_fork(
-    shape: str, make: Make, server: ServerHandle, stranger_ca: str, tmp_path: Path
-) -> None:
-    """A bundle named by a variable replaces the default store, so the context is ours to
-    build: once, in the process that forks the rest (they inherit it), never once per
-    worker, lane or seat, and as well for plain http (a redirect may lead to https)."""
-    built = tmp_path / "built"
-    if shape == "small items":
-        blobs = [make(1000, seed=7300 + n) for n in range(6)]
-        manifest = tmp_path / "list"
-        manifest.write_text("".join(f"{b.url} {tmp_path / b.name}\n" for b in blobs))
-        args = ["-i", str(manifest), "--per-host", "4"]
-    else:
-        blobs = [make(4 * PART, seed=7310)]
-        args = [blobs[0].url, "-o", str(tmp_path / blobs[0].name), *FAST[:4]]
+def counted_builds(built: Path, args: list[str], bundle: str) -> list[str]:
+    """``blobdl ARGS`` with ``REQUESTS_CA_BUNDLE=bundle``, exit 0: the pids of the processes
+    that built a TLS context, one per build."""
     done = subprocess.run(
         [sys.executable, "-c", COUNTED, str(built), *args, "-q", "--connections", "4",
          "--processes", "2"],
         capture_output=True, text=True, timeout=60, cwd=REPO,
-        env={**os.environ, "REQUESTS_CA_BUNDLE": stranger_ca},
+        env={**os.environ, "REQUESTS_CA_BUNDLE": bundle},
     )  # fmt: skip
     assert done.returncode == EXIT_OK, done.stderr
-    assert all(sha256_file(tmp_path / b.name) == b.sha256 for b in blobs)
-    pids = built.read_text().split() if built.exists() else []
-    assert len(pids) == 1, f"built {len(pids)} times, in {len(set(pids))} processes"
+    return built.read_text().split() if built.exists() else []
+
+
+def shaped(
+    shape: str, host: ServerHandle, tag: str, tmp_path: Path
+) -> tuple[list[str], dict[Path, str]]:
+    """The arguments of a run of ``shape`` from ``host``: six small items of a manifest, or
+    one ranged download; and the files it writes, with their sha256."""
+    if shape == "small items":
+        names = [f"once-{tag}-{n}.bin" for n in range(6)]
+        digests = [make_blob(host.root, name, 1000, seed=7300 + n) for n, name in enumerate(names)]
+        manifest = tmp_path / "list"
+        manifest.write_text("".join(f"{host.url(name)} {tmp_path / name}\n" for name in names))
+        return ["-i", str(manifest), "--per-host", "4"], {
+            tmp_path / name: digest for name, digest in zip(names, digests, strict=True)
+        }
+    name = f"once-{tag}-ranged.bin"
+    digest = make_blob(host.root, name, 4 * PART, seed=7310)
+    return [host.url(name), "-o", str(tmp_path / name), *FAST[:4]], {tmp_path / name: digest}
+
+
+@pytest.mark.parametrize("shape", ["a ranged download", "small items"])
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_a_ca_bundle_variable_is_loaded_once_a_run_before_any_fork_and_only_for_https(
+    shape: str, scheme: str, server: ServerHandle, tls_server: ServerHandle, pki: PKI,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A bundle named by a variable replaces the default store, so the context is ours to
+    build: for https, once, in the process that forks the rest (they inherit it), never
+    once per worker, lane or seat. For plain http, never: a run that meets no https loads
+    no CA store (~40 ms of CPU before its first byte)."""
+    host = tls_server if scheme == "https" else server
+    args, files = shaped(shape, host, f"{scheme}-{shape[0]}", tmp_path)
+    pids = counted_builds(tmp_path / "built", args, pki.ca_pem)
+    assert all(sha256_file(path) == digest for path, digest in files.items())
+    assert len(pids) == (1 if scheme == "https" else 0), f"built {len(pids)} times"
+
+
+@pytest.mark.parametrize("shape", ["a ranged download", "small items"])
+def test_plain_http_redirected_to_https_is_trusted_through_the_variable_built_once_a_process(
+    shape: str, server: ServerHandle, tls_server: ServerHandle, pki: PKI, tmp_path: Path
+) -> None:
+    """No context was built before the fork (the URLs are plain); the redirect to https
+    builds it where it is met, from the variable's bundle (the test CA is in no system
+    store: trusted only through it), once in each process that meets one: the download's
+    own (its workers inherit it), or each of the batch's two pool processes."""
+    args, files = shaped(shape, tls_server, f"redirected-{shape[0]}", tmp_path)
+    plain = [arg.replace(tls_server.url(""), server.url("to-tls/")) for arg in args]
+    if shape == "small items":
+        listing = Path(args[1])
+        listing.write_text(listing.read_text().replace(tls_server.url(""), server.url("to-tls/")))
+    server.set_faults(*({"path": f"/files/to-tls/{path.name}", "action": "redirect",
+                         "location": tls_server.url(path.name), "times": None}
+                        for path in files))  # fmt: skip
+    try:
+        pids = counted_builds(tmp_path / "built", plain, pki.ca_pem)
+        assert all(server.stats()["rule_hits"]), "every file came through its redirect"
+    finally:
+        server.reset()
+    assert all(sha256_file(path) == digest for path, digest in files.items())
+    assert 1 <= len(pids) <= (1 if shape == "a ranged download" else 2), pids
+    assert len(set(pids)) == len(pids), f"built twice in one process: {pids}"
