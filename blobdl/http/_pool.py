@@ -226,3 +226,18 @@ class _Proxied(_OnDemand, urllib3.ProxyManager):
     def __init__(self, settings: Settings, proxy: str, **options: Any) -> None:
         super().__init__(proxy, **options)
         self._settings = settings
+
+    def connection_from_host(
+        self,
+        host: str | None,
+        port: int | None = None,
+        scheme: str | None = "http",
+        pool_kwargs: dict[str, Any] | None = None,
+    ) -> urllib3.HTTPConnectionPool:
+        # A plain URL's requests are forwarded over one pool to the proxy (an https one for
+        # an https proxy): its TLS is the proxy's, as urllib3 2.8 wraps it (from its
+        # ``ProxyConfig``; earlier 2.x from the pool's), never a server's: else ``_new_pool``
+        # would load the CA store again for a run that meets no https server.
+        if scheme != "https" and self.proxy_ssl_context is not None:
+            pool_kwargs = {**(pool_kwargs or {}), "ssl_context": self.proxy_ssl_context}
+        return super().connection_from_host(host, port, scheme, pool_kwargs)

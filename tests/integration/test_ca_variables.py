@@ -23,6 +23,7 @@ import trustme
 from blobdl import Downloader
 from blobdl.errors import EXIT_NETWORK, EXIT_OK, EXIT_USAGE, TLSError, UsageError
 from faultserver.hub import HubHandle, HubRepo, start_hub
+from faultserver.proxy import ForwardProxy
 from faultserver.registry import Registry, start_registry
 from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, REPO, Blob, fast_settings, sha256_file
@@ -446,4 +447,21 @@ def test_plain_http_redirected_to_https_is_trusted_through_the_variable_built_on
         server.reset()
     assert all(sha256_file(path) == digest for path, digest in files.items())
     assert 1 <= len(pids) <= (1 if shape == "a ranged download" else 2), pids
+    assert len(set(pids)) == len(pids), f"built twice in one process: {pids}"
+
+
+@pytest.mark.parametrize("shape", ["a ranged download", "small items"])
+def test_plain_http_through_an_https_proxy_builds_the_proxys_context_alone(
+    shape: str, server: ServerHandle, pki: PKI, tmp_path: Path
+) -> None:
+    """Forwarded over an https proxy, a plain URL's requests share one pool to the proxy,
+    an https pool: its connections are wrapped with the proxy's context (urllib3's
+    ``ProxyConfig``), never the pool's own. Giving that pool the servers' context loaded
+    the CA store a second time in each process for a run that meets no https server."""
+    args, files = shaped(shape, server, f"forwarded-{shape[0]}", tmp_path)
+    with ForwardProxy(tls=(pki.server_cert, pki.server_key)) as proxy:
+        via = ["--proxy", proxy.url, "--no-env-proxy"]
+        pids = counted_builds(tmp_path / "built", [*args, *via], pki.ca_pem)
+    assert proxy.methods() == {"GET"}
+    assert all(sha256_file(path) == digest for path, digest in files.items())
     assert len(set(pids)) == len(pids), f"built twice in one process: {pids}"
