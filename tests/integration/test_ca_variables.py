@@ -465,3 +465,28 @@ def test_plain_http_through_an_https_proxy_builds_the_proxys_context_alone(
     assert proxy.methods() == {"GET"}
     assert all(sha256_file(path) == digest for path, digest in files.items())
     assert len(set(pids)) == len(pids), f"built twice in one process: {pids}"
+
+
+def test_large_items_redirected_to_https_inherit_the_context_from_the_scheduler(
+    server: ServerHandle, tls_server: ServerHandle, pki: PKI, tmp_path: Path
+) -> None:
+    """A large item of plain URL whose probe (a seat's) was redirected to https: its child
+    is forked by the scheduler, which builds the context first, so that every such child
+    inherits it instead of loading the bundle again (~40 ms of CPU an item). At most: the
+    scheduler's, and one in each of the pool's two processes (their seats' probes)."""
+    names = [f"large-redirected-{n}.bin" for n in range(5)]
+    digests = [make_blob(tls_server.root, name, 8 * PART, seed=7320 + n)
+               for n, name in enumerate(names)]  # fmt: skip
+    server.set_faults(*({"path": f"/files/to-tls/{name}", "action": "redirect",
+                         "location": tls_server.url(name), "times": None}
+                        for name in names))  # fmt: skip
+    listing = tmp_path / "list"
+    listing.write_text("".join(f"{server.url('to-tls/' + n)} {tmp_path / n}\n" for n in names))
+    try:
+        pids = counted_builds(tmp_path / "built", ["-i", str(listing), *FAST[:4]], pki.ca_pem)
+        assert all(server.stats()["rule_hits"]), "every file came through its redirect"
+    finally:
+        server.reset()
+    assert [sha256_file(tmp_path / name) for name in names] == digests
+    assert len(set(pids)) == len(pids), f"built twice in one process: {pids}"
+    assert len(pids) <= 3, f"built {len(pids)} times for {len(names)} items"
