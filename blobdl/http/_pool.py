@@ -54,7 +54,7 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
     }
     routes = ProxyRoutes.from_settings(settings)
     if not routes.configured():
-        return noting(_Direct(settings, **options))
+        return noting(_OnDemand(settings, **options))
     return noting(_ProxyRouter(routes, settings, options))
 
 
@@ -121,7 +121,9 @@ class _OnDemand(urllib3.PoolManager):
     built, the system's CA store loaded, for every new connection, and knows nothing of a
     bundle named by a variable."""
 
-    _settings: Settings
+    def __init__(self, settings: Settings, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self._settings = settings
 
     def _new_pool(
         self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
@@ -132,14 +134,6 @@ class _OnDemand(urllib3.PoolManager):
                 context["ssl_context"] = tls_context(self._settings)
             request_context = context
         return super()._new_pool(scheme, host, port, request_context)
-
-
-class _Direct(_OnDemand):
-    """The manager of a process without proxies."""
-
-    def __init__(self, settings: Settings, **options: Any) -> None:
-        super().__init__(**options)
-        self._settings = settings
 
 
 def _build_context(settings: Settings, roots: _trust.Roots, cert: str | None) -> ssl.SSLContext:
@@ -167,8 +161,8 @@ class _ProxyRouter(_OnDemand):
     """A PoolManager that sends each request direct or through its URL's proxy manager."""
 
     def __init__(self, routes: ProxyRoutes, settings: Settings, options: dict[str, Any]) -> None:
-        super().__init__(**options)
-        self._routes, self._settings, self._options = routes, settings, options
+        super().__init__(settings, **options)
+        self._routes, self._options = routes, options
         self._managers: dict[str, urllib3.ProxyManager] = {}
         self._making = threading.Lock()  # a proxy's manager is made once, whichever thread asks
 
@@ -222,10 +216,6 @@ def proxy_manager(proxy: str, settings: Settings, options: dict[str, Any]) -> ur
 
 class _Proxied(_OnDemand, urllib3.ProxyManager):
     """The manager of one proxy: the TLS of its tunnels to servers is the run's context."""
-
-    def __init__(self, settings: Settings, proxy: str, **options: Any) -> None:
-        super().__init__(proxy, **options)
-        self._settings = settings
 
     def connection_from_host(
         self,
