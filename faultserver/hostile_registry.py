@@ -23,8 +23,12 @@ registry's Basic and the token server require, or null), ``token``, ``redirect``
 to storage), ``storage_host`` (how the 307 names storage, e.g. "localhost"), and ``faults``:
 rules walked in order, ``{"role", "match" (a substring of the path, "" for any), "skip",
 "times" (null: always), "status", "headers", "body" (UTF-8 text) or "repeat": [text, n],
-or "trickle_head": S (a head that never ends, a byte every S seconds)}``;
-the first matching rule that is not used up answers instead of the script.
+or "trickle_head": S (a head that never ends, a byte every S seconds), or "close": true
+(the connection closed under the request, no byte of an answer); "kept": true or false
+matches only requests that come on a connection that carried one before, or only those
+that do not}``; the first matching rule that is not used up answers instead of the script.
+``kept`` with ``close`` scripts a server closing an idle connection as a request crosses
+it on the wire, as every server does at its keep-alive timeout.
 
 Every request is logged as ``{"role", "method", "path", "headers"}``: a test checks which
 origin saw which credential.
@@ -78,11 +82,14 @@ class State:
         with self.lock:
             self.log.append(entry)
 
-    def fault(self, role: str, path: str) -> dict[str, Any] | None:
-        """The first rule for this request that is not used up, counting its hit."""
+    def fault(self, role: str, path: str, kept: bool) -> dict[str, Any] | None:
+        """The first rule for this request that is not used up, counting its hit. ``kept``:
+        the request came on a connection that carried one before."""
         with self.lock:
             for i, rule in enumerate(self.script.get("faults", [])):
                 if rule.get("role", role) != role or rule.get("match", "") not in path:
+                    continue
+                if rule.get("kept", kept) != kept:
                     continue
                 self.hits[i] += 1
                 skip, times = rule.get("skip", 0), rule.get("times", 1)
@@ -103,13 +110,16 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    served = 0  # requests read on this connection before this one (a handler a connection)
+
     def do_GET(self) -> None:
         if self.role == "ctl":
             self._control()
             return
         headers = {k: v for k, v in self.headers.items()}
         STATE.note({"role": self.role, "method": "GET", "path": self.path, "headers": headers})
-        rule = STATE.fault(self.role, self.path)
+        kept, self.served = self.served > 0, self.served + 1
+        rule = STATE.fault(self.role, self.path, kept)
         if rule is not None:
             self._scripted(rule)
         elif self.role == "registry":
@@ -197,6 +207,9 @@ class Handler(BaseHTTPRequestHandler):
     # --- scripted answers and the control port -----------------------------------------------
 
     def _scripted(self, rule: dict[str, Any]) -> None:
+        if rule.get("close"):
+            self.close_connection = True  # nothing written: the client reads EOF
+            return
         if "trickle_head" in rule:
             self._trickle_head(float(rule["trickle_head"]))
             return
@@ -283,6 +296,11 @@ class HostileRegistry:
     def log(self) -> list[dict[str, Any]]:
         """Every request since the script was loaded: role, method, path, headers."""
         answer: list[dict[str, Any]] = self._call("/log", None)["log"]
+        return answer
+
+    def hits(self) -> list[int]:
+        """How many requests each fault rule of the script has matched so far."""
+        answer: list[int] = self._call("/log", None)["hits"]
         return answer
 
     def _call(self, path: str, data: bytes | None) -> Any:

@@ -719,3 +719,22 @@ def test_a_blob_the_registry_redirects_only_once_the_download_starts_gets_no_cre
     seen = requests_at(hostile, "storage")
     assert seen, "the download was never redirected"
     assert not [e for e in seen if "authorization" in {k.lower() for k in e["headers"]}], seen
+
+
+@pytest.mark.parametrize("redirect", [False, True], ids=["registry", "via storage"])
+def test_a_registry_closing_kept_connections_as_requests_come_costs_the_pull_no_retry(
+    hostile: HostileRegistry, tmp_path: Path, redirect: bool
+) -> None:
+    """Every origin closes each connection it kept as the next request on it comes (an idle
+    connection's close crossing the request, as at a keep-alive timeout). A model of 40
+    layers: its lookups (threads sharing one pool) and its blobs (a batch's seats) go over
+    kept connections; each such request is asked again on another, never counted as a
+    failed attempt: with ``--retries 0`` the pull lands."""
+    model = many_layers(40)
+    closed = {"match": "", "skip": 0, "times": None, "kept": True, "close": True}
+    hostile.load({**model, "redirect": redirect, "faults": [closed]})
+    run, models = pull_from(hostile, tmp_path, "--retries", "0")
+    assert run.code == 0, run.stderr
+    assert len(os.listdir(models / "blobs")) == 41 and not store_problems(models)
+    hits = hostile.hits()
+    assert hits[0] > 0, "no request came on a kept connection"
