@@ -28,7 +28,9 @@ or "trickle_head": S (a head that never ends, a byte every S seconds), or "close
 matches only requests that come on a connection that carried one before, or only those
 that do not}``; the first matching rule that is not used up answers instead of the script.
 ``kept`` with ``close`` scripts a server closing an idle connection as a request crosses
-it on the wire, as every server does at its keep-alive timeout.
+it on the wire, as every server does at its keep-alive timeout. A rule ``"delay": S`` answers as the
+script does, S seconds late; ``GET /log`` also says the most requests each role answered
+at once (``peak``).
 
 Every request is logged as ``{"role", "method", "path", "headers"}``: a test checks which
 origin saw which credential.
@@ -68,6 +70,8 @@ class State:
         self.blobs: dict[str, bytes] = {}
         self.hits: list[int] = []
         self.log: list[dict[str, Any]] = []
+        self.active: dict[str, int] = dict.fromkeys(ROLES, 0)  # requests being answered now
+        self.peak: dict[str, int] = dict.fromkeys(ROLES, 0)  # the most at once since the load
         self.ports: dict[str, int] = {}
         self.schemes: dict[str, str] = dict.fromkeys(ROLES, "http")
 
@@ -77,10 +81,17 @@ class State:
             self.blobs = {d: base64.b64decode(b) for d, b in script.get("blobs", {}).items()}
             self.hits = [0] * len(script.get("faults", []))
             self.log = []
+            self.peak = dict.fromkeys(ROLES, 0)
 
     def note(self, entry: dict[str, Any]) -> None:
         with self.lock:
             self.log.append(entry)
+
+    def answering(self, role: str, count: int) -> None:
+        """A request of ``role`` begins (1) or ends (-1) being answered."""
+        with self.lock:
+            self.active[role] += count
+            self.peak[role] = max(self.peak[role], self.active[role])
 
     def fault(self, role: str, path: str, kept: bool) -> dict[str, Any] | None:
         """The first rule for this request that is not used up, counting its hit. ``kept``:
@@ -119,7 +130,16 @@ class Handler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items()}
         STATE.note({"role": self.role, "method": "GET", "path": self.path, "headers": headers})
         kept, self.served = self.served > 0, self.served + 1
-        rule = STATE.fault(self.role, self.path, kept)
+        STATE.answering(self.role, 1)
+        try:
+            self._answer(STATE.fault(self.role, self.path, kept))
+        finally:
+            STATE.answering(self.role, -1)
+
+    def _answer(self, rule: dict[str, Any] | None) -> None:
+        if rule is not None and "delay" in rule:  # the script's answer, that much later
+            time.sleep(float(rule["delay"]))
+            rule = None
         if rule is not None:
             self._scripted(rule)
         elif self.role == "registry":
@@ -246,7 +266,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {}, b"{}")
         elif self.path == "/log":
             with STATE.lock:
-                body = json.dumps({"log": STATE.log, "hits": STATE.hits}).encode()
+                answer = {"log": STATE.log, "hits": STATE.hits, "peak": STATE.peak}
+                body = json.dumps(answer).encode()
             self._send(200, {"Content-Type": "application/json"}, body)
         else:
             self._send(404, {}, b"")
@@ -296,6 +317,11 @@ class HostileRegistry:
     def log(self) -> list[dict[str, Any]]:
         """Every request since the script was loaded: role, method, path, headers."""
         answer: list[dict[str, Any]] = self._call("/log", None)["log"]
+        return answer
+
+    def peak(self, role: str) -> int:
+        """The most requests of ``role`` answered at once since the script was loaded."""
+        answer: int = self._call("/log", None)["peak"][role]
         return answer
 
     def hits(self) -> list[int]:

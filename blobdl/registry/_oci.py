@@ -215,7 +215,10 @@ class Registry:
             except BaseException as exc:  # raised below, on the caller's thread
                 found[n] = exc
 
-        at_once = max(1, min(LOOKUPS, self.settings.connections))
+        # Under a rate limit, a connection a byte a second at most, as a batch's (``within_limit``)
+        at_once = max(
+            1, min(LOOKUPS, self.settings.connections, self.settings.limit_rate or LOOKUPS)
+        )
         try:
             for start in range(0, len(blobs), at_once):
                 group = range(start, min(len(blobs), start + at_once))

@@ -746,3 +746,21 @@ def test_a_registry_closing_kept_connections_as_requests_come_costs_the_pull_no_
     downloads = [e for e in log if e["headers"].get("Range") != "bytes=0-0"]
     assert {e["role"] for e in downloads} == {"storage" if redirect else "registry"}
     assert len(downloads) > 41, len(downloads)
+
+
+def test_a_pull_under_a_limit_of_a_few_bytes_a_second_looks_its_blobs_up_as_few_at_a_time(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """Under ``--limit-rate 2`` no more than two connections run at once (each gets a byte a
+    second at least): the blobs' look-ups before the downloads too (a byte each, eight at
+    once before). The registry answers each look-up late, so that they overlap; storage
+    then refuses the downloads, which ends the pull at once (its bytes would take minutes at
+    2 B/s)."""
+    model = many_layers(6)
+    slow = rule("registry", "/blobs/", delay=0.3)
+    refused = rule("storage", "", status=403)
+    hostile.load({**model, "redirect": True, "faults": [slow, refused]})
+    run, _ = pull_from(hostile, tmp_path, "--limit-rate", "2", "--retries", "0")
+    assert run.code == 3, run.stderr  # refused, as scripted
+    assert hostile.hits()[0] >= 7, "every blob was looked up"
+    assert hostile.peak("registry") <= 2, hostile.peak("registry")
