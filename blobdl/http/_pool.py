@@ -74,11 +74,29 @@ def prepare_tls(settings: Settings, url: str) -> None:
     redirected to https builds it at its first https connection, once in each process that
     meets one (``_OnDemand``). What the command line names (``--ca-bundle``,
     ``--client-cert``) is loaded now all the same, so that a bad file is a usage error
-    before any connection; a variable naming nothing is one too (checked, not loaded)."""
-    if urlsplit(url).scheme == "https" or settings.ca_bundle or settings.client_cert:
+    before any connection; a variable naming nothing is one too (checked, not loaded).
+
+    A URL whose scheme goes through an https proxy builds the proxy's context too: every
+    connection of the run is wrapped in it, in whichever process makes it (a batch's seats
+    probe in its pool's). NO_PROXY is not asked: a run whose every URL is exempt loads one
+    store more than it needs, once."""
+    scheme = urlsplit(url).scheme
+    if scheme == "https" or settings.ca_bundle or settings.client_cert:
         tls_context(settings)
     else:
         _checked(settings, proxy=False)
+    if _https_proxy(settings, scheme):
+        tls_context(settings, proxy=True)
+
+
+def _https_proxy(settings: Settings, scheme: str) -> bool:
+    """Whether ``scheme``'s URLs go through an https proxy (unless NO_PROXY exempts them). A
+    proxy that cannot be read is not: it is refused where it is used, as ever."""
+    proxy = ProxyRoutes.from_settings(settings).of_scheme(scheme)
+    try:
+        return proxy is not None and urlsplit(proxy).scheme == "https"
+    except ValueError:
+        return False
 
 
 def tls_context(settings: Settings, *, proxy: bool = False) -> ssl.SSLContext:

@@ -63,7 +63,11 @@ class ProxyRoutes(NamedTuple):
         port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
         if bypassed(self.no_proxy, parts.hostname or "", port):
             return None
-        found = self.environ.get(parts.scheme)
+        return self.of_scheme(parts.scheme)
+
+    def of_scheme(self, scheme: str) -> str | None:
+        """The proxy URL for URLs of ``scheme`` that NO_PROXY does not exempt (None: none)."""
+        found = self.environ.get(scheme)
         proxy = self.explicit or (found.url if found else None)
         return proxy_url(proxy) if proxy else None
 
