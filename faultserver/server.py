@@ -872,14 +872,20 @@ class Handler(BaseHTTPRequestHandler):
     def _write_body(self, reply: Reply, limit: int | None, fault: Fault | None) -> int:
         total = reply.body_len if limit is None else min(limit, reply.body_len)
         bps = fault.bps() if fault else None
-        if reply.file is None:
-            self.wfile.write(reply.data[:total])
-            return total
         step = (
             fault.integer("step")
             if fault and fault.action == "rate" and "step" in fault.params
             else None
         )
+        if reply.file is None:  # a document (an API's answer): paced as a file would be
+            if not bps:
+                self.wfile.write(reply.data[:total])
+                return total
+            t0, chunk = time.monotonic(), step or PACE_CHUNK
+            for at in range(0, total, chunk):
+                self._pace(t0, at, bps)
+                self.wfile.write(reply.data[at : min(total, at + chunk)])
+            return total
         with open(reply.file, "rb") as f:
             return self._stream(f.fileno(), reply.start, total, bps, fault is self.slow_conn, step)
 

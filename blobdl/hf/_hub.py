@@ -32,7 +32,7 @@ from ..errors import (
 from ..http._error_words import error_body, said, said_in_header
 from ..http._pool import make_pool, prepare_tls
 from ..http._redirects import REDIRECTS
-from ..http._request import base_headers, require_identity, retry_after, send_get
+from ..http._request import base_headers, read_upto, require_identity, retry_after, send_get
 from ..http._retry import Retry
 from ..http._translate import translate_errors
 from ..http._urls import same_origin, url_problem
@@ -202,7 +202,10 @@ class Hub:
                 with translate_errors(url):
                     require_identity(url, response)
                     document = response.status == 200 and "Range" not in extra
-                    body = response.read(limit + 1) if document else b""
+                    # whole within the stall timeout of its head, as every small document:
+                    # a byte a second, never silent, would hold a read as long as it liked
+                    deadline = time.monotonic() + self.settings.stall_timeout
+                    body = read_upto(url, response, limit + 1, deadline) if document else b""
         finally:
             response.close()
         if len(body) > limit:

@@ -10,11 +10,13 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from blobdl.errors import EXIT_INTEGRITY
 from faultserver.hub import HubHandle, HubRepo, start_hub
 from tests.conftest import REPO
 from tests.hf_client import call, hf_env
@@ -489,3 +491,22 @@ def test_a_file_in_the_way_of_the_cache_is_named_as_such(
     assert done.stderr.strip().splitlines() == [
         f"blobdl: error: {where}: is a file, not a directory"
     ]
+
+
+def test_an_api_answer_dripped_never_silent_fails_within_the_stall_timeout(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    """The Hub's answer to the revision look-up sent a byte every quarter second: never
+    silent for a read timeout, so each read goes on, but the whole answer is due within the
+    stall timeout of its head, as every small document's is (a registry's manifest, a
+    token): past it the answer is a bad response, never a wait as long as the server likes
+    (this one would take about a minute)."""
+    hub.hub.set_faults({"path": "/api/models/acme/small/revision/*", "action": "rate",
+                        "bps": 4, "step": 1, "times": None})  # fmt: skip
+    started = time.monotonic()
+    done = blobdl_hf(hub, tmp_path, "acme/small", then=("--stall-timeout", "1", "--retries", "0"))
+    took = time.monotonic() - started
+    assert done.returncode == EXIT_INTEGRITY, done.stderr  # a bad response, as everywhere
+    assert "did not arrive whole" in done.stderr, done.stderr
+    assert took < 20, f"took {took:.1f} s"
+    assert not (tmp_path / "hub" / "models--acme--small" / "snapshots").exists()
