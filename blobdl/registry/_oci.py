@@ -59,6 +59,11 @@ INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
+# What a manifest request accepts. Never Docker's manifest list: a registry holding one under
+# the tag answers a client that does not accept it with the list's linux/amd64 manifest, as
+# it answers ``ollama pull`` (which accepts Docker's image manifest only). The OCI index is
+# asked for so that one is refused saying what it is, not as "manifest unknown".
+ACCEPTED = (*MANIFEST_TYPES, INDEX_TYPES[0])
 MAX_DOCUMENT = 4 << 20  # bytes of a manifest or a token answer; a manifest is a few KB
 # RFC 7235: challenges ("Scheme" then key=value or a token68), each value a token or a
 # quoted string, spaces allowed around "="; a quote that is never closed is no value at all.
@@ -184,7 +189,7 @@ class Registry:
 
     def manifest(self) -> Manifest:
         url = f"{self.base}/v2/{self.ref.repository}/manifests/{self.ref.manifest_reference}"
-        accept = {"Accept": ", ".join(MANIFEST_TYPES + INDEX_TYPES)}
+        accept = {"Accept": ", ".join(ACCEPTED)}
         try:
             answer = self._follow(url, lambda hop: self._send(hop, accept, MAX_DOCUMENT))
         finally:

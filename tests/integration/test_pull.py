@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import termios
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from tests.integration.conftest import PKI
 KB = 1024
 Make = Callable[..., Blob]
 INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 
 def ref(registry: Registry, model: Model) -> str:
@@ -133,6 +135,27 @@ def test_an_index_is_an_unsupported_manifest(registry: Registry, tmp_path: Path)
     done = run_cli("pull", reference, "--models-dir", str(tmp_path / "m"))
     assert done.returncode == 3 and "unsupported manifest" in done.stderr, done.stderr
     assert not (tmp_path / "m" / "manifests").exists()
+
+
+def test_a_docker_manifest_list_is_pulled_as_ollama_gets_it_its_linux_amd64_manifest(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """``ollama pull`` accepts only Docker's image manifest (``pullModelManifest``), so a
+    registry holding a Docker manifest list under the tag answers it with the list's
+    linux/amd64 manifest, which Ollama pulls. Asking for lists too got the list, refused."""
+    model = registry.push_model("library/listed", "amd64", (20 * KB, 10))
+    listed = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": [
+        {"mediaType": MANIFEST_TYPE, "digest": model.digest, "size": len(model.manifest),
+         "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()  # fmt: skip
+    registry.push_manifest(model.repo, "latest", listed, DOCKER_LIST)
+    url = f"{registry.url}/v2/{model.repo}/manifests/latest"
+    as_ollama = urllib.request.Request(url, headers={"Accept": MANIFEST_TYPE})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(as_ollama) as answer:
+        assert answer.read() == model.manifest  # what Ollama gets, and writes
+    models = tmp_path / "models"
+    result = blobdl.pull(f"http://{registry.host}/{model.repo}", models, settings=fast_settings())
+    assert result.manifest_digest == model.digest
+    assert_store(models, registry, Model(model.repo, "latest", model.manifest, model.blobs))
 
 
 def test_a_corrupted_blob_in_the_registry_is_refused_and_never_stored(
