@@ -32,6 +32,8 @@ def repo() -> HubRepo:
             "w.safetensors": os.urandom(SHARD),
         }
     )
+    # A tag and a branch whose names nest (git keeps them apart: refs/tags/, refs/heads/).
+    repo.refs["v1"] = repo.refs["v1/fix"] = repo.refs["main"]
     return repo
 
 
@@ -231,3 +233,28 @@ def test_a_complete_cache_no_one_may_write_to_is_served_as_huggingface_hub_serve
     assert done.stdout == f"{got['path']}\n"
     assert hub.storage.stats()["requests"] == 0
     assert contents(Path(got["path"])) == repo.contents[repo.refs["main"]]
+
+
+@pytest.mark.parametrize(("first", "then"), [("v1", "v1/fix"), ("v1/fix", "v1")])
+def test_a_ref_that_cannot_be_written_is_warned_of_as_huggingface_hub_does(
+    hub: HubHandle, repo: HubRepo, tmp_path: Path, first: str, then: str
+) -> None:
+    """A tag ``v1`` in the cache, then the branch ``v1/fix`` (or the other way round):
+    ``refs/v1`` is a file where ``refs/v1/fix`` needs a folder, or a folder where a file
+    must go. huggingface_hub warns ("Ignored error while writing commit hash") and returns
+    the snapshot; blobdl had fetched and linked every file, then failed (exit 5) on the ref
+    alone."""
+    cache = tmp_path / "cache"
+    env = hf_env(hub.url, tmp_path / "home")
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--revision", first, "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    got = call(env, "snapshot_download", repo_id="acme/small", revision=then,
+               cache_dir=str(cache))  # fmt: skip
+    assert "error" not in got, got  # the judge
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--revision", then, "--cache-dir",
+                     str(cache), "-q")  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, f"{got['path']}\n"), done.stderr
+    refs = cache / "models--acme--small" / "refs"
+    assert done.stderr.startswith("blobdl: warning: ") and str(refs / then) in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert (refs / first).read_text() == repo.refs[first]
