@@ -23,6 +23,7 @@ is refused before anything is written there. The repository's folder itself may 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -46,6 +47,8 @@ from ._disk import (
     write_tree,
 )
 from ._repo import Repo, RepoFile, is_commit
+
+log = logging.getLogger("blobdl")
 
 
 def ref_commit(cache_dir: Path, repo: Repo, revision: str) -> str | None:
@@ -184,15 +187,23 @@ class CacheLayout:
             os.replace(scratch, link)
 
     def finish(self, revision: str) -> None:
-        """``refs/<revision>`` names the commit (no newline), last; not for a commit itself."""
+        """``refs/<revision>`` names the commit (no newline), last; not for a commit itself.
+        One that cannot be written (``refs/v1`` a tag's file where the branch ``v1/fix``
+        needs a folder; a cache no one may write to) is warned of, as huggingface_hub does:
+        the snapshot is complete, only an offline look-up by that name will not find it."""
         if revision == self.commit:
             return
         ref = self.refs / revision
-        make_dirs(inside(self.repo_dir, ref.parent))
+        inside(self.repo_dir, ref.parent)  # a link planted out of the repository stays refused
         with contextlib.suppress(LocalFileError):
             if read_own(ref) == self.commit.encode():
                 return
-        atomic_write(ref, self.commit.encode(), mode=0o666, sync_dir=True)
+        try:
+            make_dirs(ref.parent)
+            atomic_write(ref, self.commit.encode(), mode=0o666, sync_dir=True)
+        except LocalFileError as exc:
+            log.warning("the ref %s was not written (%s): offline, %r is not found in the "
+                        "cache", ref, exc, revision)  # fmt: skip
 
     def file_path(self, f: RepoFile) -> Path:
         path = self.snapshot / f.path

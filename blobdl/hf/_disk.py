@@ -222,10 +222,16 @@ def tree_path(folder: Path, commit: str) -> Path:
 
 def write_tree(folder: Path, commit: str, files: Sequence[RepoFile], made: Made) -> None:
     """``trees/<commit>.json``: every file of the commit, as huggingface_hub writes it (its
-    offline ``snapshot_download`` checks a snapshot against it)."""
+    offline ``snapshot_download`` checks a snapshot against it). One that lists these files
+    already is left as it is, as huggingface_hub leaves it: a cache no one may write to
+    (a read-only mount) that holds every file asked for is then served, not refused."""
+    listed = sorted(files, key=lambda f: f.path)
+    recorded = read_tree(folder, commit)
+    if recorded is not None and sorted(recorded, key=lambda f: f.path) == listed:
+        return
     record = {
         "format_version": TREE_FORMAT,
-        "files": {f.path: f.tree_record() for f in sorted(files, key=lambda f: f.path)},
+        "files": {f.path: f.tree_record() for f in listed},
     }
     made.dirs(folder / "trees")
     text = json.dumps(record, indent=1).encode()

@@ -32,6 +32,8 @@ def repo() -> HubRepo:
             "w.safetensors": os.urandom(SHARD),
         }
     )
+    # A tag and a branch whose names nest (git keeps them apart: refs/tags/, refs/heads/).
+    repo.refs["v1"] = repo.refs["v1/fix"] = repo.refs["main"]
     return repo
 
 
@@ -184,3 +186,75 @@ def test_patterns_that_match_no_file_are_said_as_huggingface_hub_says_it(
                          offline=offline)  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert done.stderr == f"blobdl: warning: no file of acme/small at main matches {said}\n"
+
+
+# --- a cache no one may write to --------------------------------------------------------------
+
+
+@pytest.fixture
+def frozen() -> Iterator[list[Path]]:
+    """Folders to make immutable (``chattr +i``: nothing created or removed in them, even by
+    root, who passes every permission check), each undone afterwards."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    made: list[Path] = []
+    yield made
+    for folder in reversed(made):
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def _freeze(root: Path, made: list[Path]) -> None:
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"chattr +i refused here: {done.stderr.strip()}")
+        made.append(folder)
+
+
+@pytest.mark.parametrize("where", ["--cache-dir", "--local-dir"])
+def test_a_complete_cache_no_one_may_write_to_is_served_as_huggingface_hub_serves_it(
+    hub: HubHandle, repo: HubRepo, tmp_path: Path, frozen: list[Path], where: str
+) -> None:
+    """A shared cache (or local dir) filled once and then read-only (a read-only mount, an
+    image's layer): huggingface_hub's snapshot_download online finds the commit's listing
+    and every file there and writes nothing. blobdl wrote ``trees/<commit>.json`` again on
+    every run, and failed (exit 5) where there was nothing to write."""
+    folder = tmp_path / "folder"
+    env = hf_env(hub.url, tmp_path / "home")
+    into = {"cache_dir" if where == "--cache-dir" else "local_dir": str(folder)}
+    got = call(env, "snapshot_download", repo_id="acme/small", **into)
+    assert "error" not in got, got
+    _freeze(folder, frozen)
+    hub.reset()
+    again = call(env, "snapshot_download", repo_id="acme/small", **into)
+    assert again == got  # the judge: served as it is
+    done = blobdl_hf(hub, tmp_path, "acme/small", where, str(folder), "-q")
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout == f"{got['path']}\n"
+    assert hub.storage.stats()["requests"] == 0
+    assert contents(Path(got["path"])) == repo.contents[repo.refs["main"]]
+
+
+@pytest.mark.parametrize(("first", "then"), [("v1", "v1/fix"), ("v1/fix", "v1")])
+def test_a_ref_that_cannot_be_written_is_warned_of_as_huggingface_hub_does(
+    hub: HubHandle, repo: HubRepo, tmp_path: Path, first: str, then: str
+) -> None:
+    """A tag ``v1`` in the cache, then the branch ``v1/fix`` (or the other way round):
+    ``refs/v1`` is a file where ``refs/v1/fix`` needs a folder, or a folder where a file
+    must go. huggingface_hub warns ("Ignored error while writing commit hash") and returns
+    the snapshot; blobdl had fetched and linked every file, then failed (exit 5) on the ref
+    alone."""
+    cache = tmp_path / "cache"
+    env = hf_env(hub.url, tmp_path / "home")
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--revision", first, "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    got = call(env, "snapshot_download", repo_id="acme/small", revision=then,
+               cache_dir=str(cache))  # fmt: skip
+    assert "error" not in got, got  # the judge
+    done = blobdl_hf(hub, tmp_path, "acme/small", "--revision", then, "--cache-dir",
+                     str(cache), "-q")  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, f"{got['path']}\n"), done.stderr
+    refs = cache / "models--acme--small" / "refs"
+    assert done.stderr.startswith("blobdl: warning: ") and str(refs / then) in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert (refs / first).read_text() == repo.refs[first]
