@@ -41,7 +41,9 @@ from ..store._destination import (
     check_destination,
     check_free_space,
     finalize,
+    folder_writable,
     given_destination,
+    not_writable,
     open_temp,
     reserve,
     set_size,
@@ -156,7 +158,10 @@ class Downloader:
                     result = self._via_cache(order, path, remote)
                 else:
                     dest, remote = self._destination(order, path, remote)
-                    result = self._locked(order, dest, remote)
+                    if folder_writable(dest):
+                        result = self._locked(order, dest, remote)
+                    else:
+                        result = self._unlocked(order, dest, remote)
             tell(Finished(result))
             return result
 
@@ -169,7 +174,7 @@ class Downloader:
             dest = self._named(remote)
         else:
             dest = given_destination(path)
-        check_destination(dest)
+        check_destination(dest, writable=False)  # see ``_unlocked``
         return dest, remote
 
     def _via_cache(
@@ -208,6 +213,22 @@ class Downloader:
                 resume.mention_kept()  # a partial of an earlier run stays, as it was
                 raise
             return self._fetch(order, remote, dest, resume)
+
+    def _unlocked(self, order: Order, dest: Path, remote: Remote | None) -> DownloadResult:
+        """A destination in a folder no one lets us write (a read-only mount, a shared
+        dataset): no lock can be made beside it, nor anything written. A file there that is
+        kept as the download (its digest, or its record and one probe, vouch for it) is the
+        result, as under the lock: it changes only by a rename, whole. Anything else is
+        refused as the folder's (exit 5), before any of its bytes are asked for."""
+        found = kept(
+            dest, order.url, order.expected, lambda: self._probed(order, remote).identity,
+            force=True,  # what nothing vouches for is not refused as there: it cannot go
+        )  # fmt: skip
+        if found is None:
+            raise not_writable(dest)
+        result = order.in_place(dest, found.size, verified=found.verified)
+        commit()
+        return result
 
     # --- the steps a batch's small download tells its own way (``_small.OneRequest``) ----
 

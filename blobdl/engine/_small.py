@@ -189,6 +189,10 @@ class OneRequest(Downloader):
         self.dest = dest
         return super()._locked(order, dest, remote)
 
+    def _unlocked(self, order: Order, dest: Path, remote: Remote | None) -> DownloadResult:
+        self.dest = dest  # its probe then asks for one byte, where a record may vouch
+        return super()._unlocked(order, dest, remote)
+
     def _lock(self, dest: Path) -> DestinationLock:
         """The seat's kept lock file, moved to ``dest``'s lock (``KeptLockFile``)."""
         return DestinationLock(dest, self.settings.lock_timeout, self.seat.lock_file)

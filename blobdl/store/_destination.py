@@ -106,13 +106,15 @@ def _fit(name: str) -> str:
     return f"{cut}.{ext}" if ext else cut
 
 
-def check_destination(dest: Path, beside: int = BESIDE) -> None:
+def check_destination(dest: Path, beside: int = BESIDE, *, writable: bool = True) -> None:
     """Fail early (before any network traffic) if ``dest`` cannot be written.
 
     Only a regular file (or nothing) may be there: a FIFO would hang us, a device or a
     socket would be replaced by a file. A symbolic link is judged by its target; it is
     itself replaced by the final rename, never written through. Its name must leave room
-    for the files kept beside it (``beside``: what the longest adds to its name)."""
+    for the files kept beside it (``beside``: what the longest adds to its name). Without
+    ``writable``, a folder we may not write in is the caller's to judge (``folder_writable``:
+    a file there may be kept as it is)."""
     if "\0" in str(dest):  # the system cannot name such a file: ask for another name
         raise UsageError(f"destination {str(dest)!r} holds a NUL byte")
     if (problem := path_problem(dest)) is not None:  # a name derived from the given one
@@ -123,8 +125,18 @@ def check_destination(dest: Path, beside: int = BESIDE) -> None:
         raise broken
     _check_room(dest, beside)
     require_regular(dest)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise LocalFileError(str(dest), f"directory {parent} is not writable")
+    if writable and not folder_writable(dest):
+        raise not_writable(dest)
+
+
+def folder_writable(dest: Path) -> bool:
+    """Whether files may be made, renamed and removed beside ``dest`` (a read-only mount, an
+    immutable folder or one of another user's is not)."""
+    return os.access(dest.parent, os.W_OK | os.X_OK)
+
+
+def not_writable(dest: Path) -> LocalFileError:
+    return LocalFileError(str(dest), f"directory {dest.parent} is not writable")
 
 
 def _check_room(dest: Path, beside: int) -> None:

@@ -16,8 +16,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -318,3 +319,64 @@ def test_force_keeps_a_batchs_small_finished_items_with_one_byte_each(
     asked = server.stats()["ranges"]
     assert asked.count("bytes=0-0") >= 2, asked  # the two kept ones: their validators only
     assert sum(per_path[f"/files/{b.name}"] for b in blobs[:2]) == 2, per_path
+
+
+# --- a folder no one may write to ----------------------------------------------------------------
+
+
+@pytest.fixture
+def frozen() -> Iterator[list[Path]]:
+    """Folders to make immutable (``chattr +i``: nothing created, renamed or removed in them,
+    even by root, who passes every permission check), each undone afterwards."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    made: list[Path] = []
+    yield made
+    for folder in reversed(made):
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def freeze(folder: Path, made: list[Path]) -> None:
+    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"chattr +i refused here: {done.stderr.strip()}")
+    made.append(folder)
+
+
+@pytest.mark.parametrize("digest", [False, True], ids=["record", "digest"])
+@pytest.mark.parametrize("how", ["-o", "small item", "large item"])
+def test_a_finished_download_in_a_folder_no_one_may_write_to_is_kept(
+    make: Make, server: ServerHandle, tmp_path: Path, frozen: list[Path], how: str, digest: bool
+) -> None:
+    """A folder filled once, then read-only (a read-only mount, an image's layer, a shared
+    dataset): the same command run again finds each file kept as its download (its digest
+    or its record vouches for it) and writes nothing, as it would under the lock. It cannot
+    take the lock there (a lock is a file made beside the destination): it was refused, exit
+    5, "not writable", with nothing to write. A file that is not there is still refused so."""
+    blob = make(40_000 if how == "small item" else 8 * PART, seed=7340)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    out, missing = folder / "out.bin", folder / "missing.bin"
+    pin = ["--digest", f"sha256:{blob.sha256}"] if digest else []
+    if how == "-o":
+        args = [blob.url, "-o", str(out), *pin, *CLI]
+    else:
+        manifest = tmp_path / "manifest"
+        manifest.write_text(f"{blob.url} {out}{' sha256:' + blob.sha256 if digest else ''}\n")
+        args = ["-i", str(manifest), *CLI]
+    assert run_cli(*args).returncode == EXIT_OK
+    freeze(folder, frozen)
+    server.reset()
+    rerun = run_cli(*args)
+    if how == "-o":
+        kept(rerun, out, blob.sha256)
+    else:
+        assert rerun.returncode == EXIT_OK, rerun.stderr
+        assert finished(rerun.stdout)[0]["bytes_fetched"] == 0, rerun.stdout
+        assert sha256_file(out) == blob.sha256
+    assert sorted(p.name for p in folder.iterdir()) == ["out.bin"]
+    # the digest vouches alone; a record, with one probe of one byte
+    assert server.stats()["ranges"] == ([] if digest else ["bytes=0-0"])
+    refused_here = run_cli(blob.url, "-o", str(missing), *CLI)
+    assert refused_here.returncode == EXIT_LOCAL, refused_here.stderr
+    assert "not writable" in refused_here.stderr
