@@ -12,7 +12,11 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)[^/?#]*@")
+# What may come before an authority: a scheme, or "//" after anything else (a URL that is
+# not quite one, refused, is shown too: scheme-relative as a web page writes it, its colon
+# lost), after the spaces and control characters a pasted line starts with.
+_BEFORE = r"[\x00-\x20]*(?:[A-Za-z][A-Za-z0-9+.-]*:/*|[^/?#@]*//)"
+_USERINFO = re.compile(rf"^({_BEFORE})[^/?#]*@")
 # Query parameters whose value is a credential, wherever the word is in the name:
 # AWS/GCS/Azure/CloudFront/Alibaba/Tencent signatures and credentials, OAuth and API
 # tokens, keys, passwords, session ids, HMACs, GitHub release assets' ``jwt``, Akamai's
@@ -28,8 +32,9 @@ _SECRET_WHOLE_NAME = re.compile(r"_*(code|verify|mac|hash|md5)_*", re.IGNORECASE
 # A piece of a query that no name introduces is shown only when it reads as a word
 # (``?download``, ``?dl``); a key pasted bare (``?Xq3Zr9...``) has no name to tell it by.
 _WORD = re.compile(r"[a-z][a-z_-]{0,19}")
-# The authority (after ``scheme://``, up to the first ``/?#``) and what a host[:port] looks like
-_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)")
+# The authority (after the first ``//``, up to the next ``/?#``: ``_BEFORE``) and what a
+# host[:port] looks like
+_AUTHORITY = re.compile(r"^[\x00-\x20]*[^/?#@]*//([^/?#@]*)")
 _HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(:[0-9]*)?")
 _PAIR = re.compile(r"[^&;]+")
 MASK = "***"

@@ -6,12 +6,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ._redact import redact_url, shown_fields
 from .errors import UsageError
 
+T = TypeVar("T")
 MB = 1000 * 1000  # Ollama sizes parts in decimal megabytes
 #: Largest byte count or offset we accept anywhere (sizes live in int64 shared counters).
 MAX_BYTES = 2**63 - 1
@@ -62,6 +63,25 @@ def parse_size(text: str) -> int:
     too_long = len(whole) > len(str(MAX_BYTES))
     if too_long or (value := _bytes(whole, fraction[:40], _UNITS[unit])) > MAX_BYTES:
         raise UsageError(f"size too large: {text!r} (at most {MAX_BYTES} bytes)")
+    return value
+
+
+def plain(value: T) -> T:
+    """``value`` as its built-in type if it is a str, int or float of a subclass (an
+    enum's member, numpy's ``float64``, a class of the caller's script), anything else as it
+    is. What a caller gives is kept as plain values: a threaded caller's download sends them
+    to a fresh interpreter, which cannot import a class of the caller's ``__main__``, and
+    one made in a function does not pickle at all. Read as the built-in reads it (no
+    ``__str__`` or ``__index__`` of the subclass's own)."""
+    kind = type(value)
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)  # type: ignore[return-value]
+    if isinstance(value, int):
+        return int.__index__(value)  # type: ignore[return-value]
+    if isinstance(value, float):
+        return float.__float__(value)  # type: ignore[return-value]
     return value
 
 
@@ -160,6 +180,8 @@ class Settings:
         return shown_fields("Settings", {f.name: getattr(self, f.name) for f in fields(self)})
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # checked and kept as the built-ins they are (``plain``)
+            object.__setattr__(self, f.name, plain(getattr(self, f.name)))
         for name, low, high in _INT_BOUNDS:
             check_int(name, getattr(self, name), low, high)
         if self.parts is not None:
@@ -176,7 +198,7 @@ class Settings:
         for name in _FILES:  # a path-like taken as its text, as ``download(path=)`` takes it
             value = getattr(self, name)
             if isinstance(value, os.PathLike) and isinstance(text := os.fspath(value), str):
-                object.__setattr__(self, name, text)
+                object.__setattr__(self, name, plain(text))
         for name in _PATHS:
             check_text(name, getattr(self, name), optional=True)
             # No file (nor URL) is named so: said here, not by every item that opens it.
@@ -189,7 +211,8 @@ class Settings:
         for header in self.headers:
             check_header(*header)
         # Frozen, hashable and picklable whatever sequence the caller gave.
-        object.__setattr__(self, "headers", tuple(tuple(h) for h in self.headers))
+        headers = tuple(tuple(plain(text) for text in h) for h in self.headers)
+        object.__setattr__(self, "headers", headers)
         if self.proxy is not None:
             check_proxy_url(self.proxy)
         _require(

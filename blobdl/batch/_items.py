@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .._redact import shown_fields
-from ..config import check_header, check_int, check_pairs, check_text
+from ..config import check_header, check_int, check_pairs, check_text, plain
 from ..errors import BlobdlError, UsageError
 from ..events import DownloadResult, Event
 from ..http._urls import check_url, lift_userinfo
@@ -103,7 +103,20 @@ def given(items: object, numbering: Numbering = BY_INDEX) -> list[Item]:
     listed = [Item(i) if isinstance(i, str) else _path_as_text(i) for i in items]
     for n, item in enumerate(listed):
         _check_item(item, numbering.one(n))
-    return listed
+    return [_plain(item) for item in listed]
+
+
+def _plain(item: Item) -> Item:
+    """``item`` with its text and numbers as the built-ins they are (``config.plain``);
+    the caller's own item, the same object, where they are already."""
+    headers = tuple((plain(name), plain(value)) for name, value in item.headers)
+    taken = Item(plain(item.url), plain(item.path), plain(item.digest), headers, plain(item.size))
+    same = all(type(a) is type(b) for a, b in zip(_values(taken), _values(item), strict=True))
+    return item if same else taken
+
+
+def _values(item: Item) -> list[object]:
+    return [*item[:3], *(text for header in item.headers for text in header), item.size]
 
 
 def _path_as_text(item: Any) -> Any:

@@ -36,7 +36,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..config import MAX_CONNECTIONS, Settings, check_callback, check_int, check_path
+from ..config import (
+    MAX_CONNECTIONS,
+    Settings,
+    check_callback,
+    check_int,
+    check_path,
+    plain,
+)
 from ..engine._download import Downloader
 from ..errors import BlobdlError, Interrupted, OutOfResources, UsageError
 from ..events import DownloadResult
@@ -128,6 +135,7 @@ def download_numbered(
     check_int("per_host", per_host, 1, MAX_CONNECTIONS)
     check_path("base_dir", base_dir)
     check_callback("on_event", on_event)
+    max_connections, per_host = plain(max_connections), plain(per_host)  # see ``plain``
     base = Downloader(settings, **overrides).settings
     listed = given(items, numbering)
     on_event = callers(on_event)  # a signal stops the caller's callback, even as it waits

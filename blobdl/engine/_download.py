@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings, check_callback, check_path, check_text, overridden
+from ..config import Settings, check_callback, check_path, check_text, overridden, plain
 from ..events import DownloadResult, EventCallback, Finished, ProgressCallback, Started
 from ..http._probe import resolve
 from ..http._remote import Remote, lasting
@@ -94,6 +94,7 @@ class Downloader:
         check_text("digest", digest, optional=True)
         check_callback("on_progress", on_progress)
         check_callback("on_event", on_event)
+        url, path, digest = plain(url), plain(_fspath(path)), plain(digest)  # see ``plain``
         tell = tell_caller(callers(on_progress), callers(on_event))
         # user:pass@ becomes an Authorization header here, once: no URL downstream holds it.
         bare, headers = lift_userinfo(url, self.settings.headers)

@@ -608,6 +608,43 @@ def test_a_careless_argument_is_a_usage_error(case: str, tmp_path: Path) -> None
         _careless_calls(tmp_path)[case]()
 
 
+def test_a_threaded_callers_values_of_its_own_types_download_as_plain_ones(
+    make: Make, tmp_path: Path
+) -> None:
+    """A str, int or float of a subclass (an enum's member, numpy's float64, a class of the
+    caller's script or notebook) was kept as given, and a threaded caller's download sends
+    its arguments to a fresh interpreter: one made in a function does not pickle (an
+    AttributeError, no blobdl error), one of the script's ``__main__`` cannot be imported
+    there (``WorkerCrashed``, a traceback on stderr). A single-threaded caller's worked."""
+
+    class Text(str):
+        pass
+
+    class Count(int):
+        pass
+
+    class Seconds(float):
+        pass
+
+    blob = make(4 * PART, seed=912)
+    digest = Text(f"sha256:{blob.sha256}")
+    header = (Text("X-Job"), Text("7"))
+    settings = {**FAST, "connections": Count(4), "stall_timeout": Seconds(2.0),
+                "cache_dir": Text(tmp_path / "cache"), "headers": (header,)}  # fmt: skip
+    item = blobdl.Item(Text(blob.url), Text(tmp_path / "two"), digest, (header,),
+                       size=Count(blob.size))  # fmt: skip
+    with noise():  # a threaded caller
+        one = blobdl.download(Text(blob.url), Text(tmp_path / "one"), digest=digest, **settings)
+        [two] = blobdl.download_many(
+            [item], max_connections=Count(4), per_host=Count(2), **settings
+        )
+    assert two.error is None, two.error
+    assert sha256_file(one.path) == sha256_file(tmp_path / "two") == blob.sha256
+    taken = blobdl.Settings(**settings)
+    assert type(taken.connections) is int and type(taken.stall_timeout) is float
+    assert type(taken.cache_dir) is str and type(taken.headers[0][0]) is str
+
+
 def test_a_batch_budget_no_machine_can_honour_is_a_usage_error() -> None:
     """Settings caps ``connections`` at 1024; the batch's budget is not capped at all, and
     ``LargeItems`` allocates a list and a shared-memory slot per connection: 10**7 costs

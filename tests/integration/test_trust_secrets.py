@@ -251,6 +251,35 @@ def test_proxy_password_is_not_in_the_error() -> None:
     assert PASSWORD not in done.stderr
 
 
+# A URL that is not quite one: pasted with a leading space or newline (a shell's "$URL"
+# built from a copied line), scheme-relative as a web page writes it, or its colon lost.
+MISSHAPEN = {
+    "a leading space": f" https://alice:{PASSWORD}@127.0.0.1:9/x",
+    "a leading newline": f"\nhttps://alice:{PASSWORD}@127.0.0.1:9/x",
+    "no scheme": f"//alice:{PASSWORD}@127.0.0.1:9/x",
+    "no colon": f"https//alice:{PASSWORD}@127.0.0.1:9/x",
+    "a leading space, a slash in it": f" http://alice:{PASSWORD}/x@127.0.0.1:9/x",
+}
+
+
+@pytest.mark.parametrize("url", MISSHAPEN.values(), ids=MISSHAPEN.keys())
+def test_a_misshapen_urls_password_is_never_shown_as_it_is_refused(
+    url: str, tmp_path: Path
+) -> None:
+    """A URL refused as no URL (spaces, no scheme) was shown whole in the refusal: the
+    redaction masked a ``user:password@`` only right after a scheme at its very start."""
+    with pytest.raises(UsageError) as info:
+        blobdl.download(url, tmp_path / "out.bin")
+    _assert_no_secret_in(info.value)
+    [result] = blobdl.download_many([Item(url, str(tmp_path / "a.bin"))])
+    assert isinstance(result.error, UsageError)
+    _assert_no_secret_in(result.error)
+    try:  # as a proxy: refused, or kept and shown in the settings' repr (jobs log it)
+        assert PASSWORD not in repr(Settings(proxy=url))
+    except UsageError as refused:
+        _assert_no_secret_in(refused)
+
+
 def test_credentials_in_a_location_are_never_kept(
     server: ServerHandle, other: ServerHandle, other_blob: Blob, tmp_path: Path
 ) -> None:
