@@ -180,8 +180,10 @@ class Settings:
         return shown_fields("Settings", {f.name: getattr(self, f.name) for f in fields(self)})
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # checked and kept as the built-ins they are (``plain``)
-            object.__setattr__(self, f.name, plain(getattr(self, f.name)))
+        for name in _FIELDS:  # checked and kept as the built-ins they are (``plain``)
+            value = getattr(self, name)
+            if type(value) not in _BUILT_INS:
+                object.__setattr__(self, name, plain(value))
         for name, low, high in _INT_BOUNDS:
             check_int(name, getattr(self, name), low, high)
         if self.parts is not None:
@@ -262,6 +264,8 @@ _SECONDS = (
     ("connect_timeout", True),
 )
 _FLAGS = ("steal", "resume", "force", "keep_bad", "verify_cache", "verify_tls", "trust_env")
+_FIELDS = tuple(f.name for f in fields(Settings))
+_BUILT_INS = frozenset({str, int, float, bool, type(None), tuple})  # (a tuple's are checked)
 _FILES = ("cache_dir", "ca_bundle", "client_cert", "client_key")  # files and folders
 _PATHS = (*_FILES, "proxy")
 
