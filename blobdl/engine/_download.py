@@ -184,6 +184,9 @@ class Downloader:
         """Serve from (or fill) ``cache_dir/sha256-<hex>``, then link the destination."""
         assert order.expected is not None
         dest = given_destination(path) if path is not None else Path(name_from_url(order.url))
+        if not folder_writable(dest):  # nothing can be placed there: its digest judges it
+            check_destination(dest, writable=False)
+            return self._unlocked(order, dest, remote)
 
         def fill(entry: Path, lock_timeout: float) -> DownloadResult:
             filler = self._derived(cache_dir=None, force=True, lock_timeout=lock_timeout)

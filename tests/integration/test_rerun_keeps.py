@@ -380,3 +380,22 @@ def test_a_finished_download_in_a_folder_no_one_may_write_to_is_kept(
     refused_here = run_cli(blob.url, "-o", str(missing), *CLI)
     assert refused_here.returncode == EXIT_LOCAL, refused_here.stderr
     assert "not writable" in refused_here.stderr
+
+
+def test_a_download_placed_from_the_cache_in_a_folder_no_one_may_write_to_is_kept(
+    make: Make, server: ServerHandle, tmp_path: Path, frozen: list[Path]
+) -> None:
+    """As above, with ``--cache-dir``: the destination is the cache entry's link; nothing
+    needs placing again, and nothing is asked of the server."""
+    blob = make(8 * PART, seed=7341)
+    folder, cache = tmp_path / "folder", tmp_path / "cache"
+    folder.mkdir()
+    out = folder / "out.bin"
+    args = [blob.url, "-o", str(out), "--digest", f"sha256:{blob.sha256}",
+            "--cache-dir", str(cache), *CLI]  # fmt: skip
+    assert run_cli(*args).returncode == EXIT_OK
+    freeze(folder, frozen)
+    server.reset()
+    kept(run_cli(*args), out, blob.sha256)
+    assert sorted(p.name for p in folder.iterdir()) == ["out.bin"]
+    assert server.stats()["ranges"] == []
