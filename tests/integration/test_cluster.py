@@ -1236,6 +1236,24 @@ def test_every_worker_gets_the_model_in_its_store_once_and_a_second_run_fetches_
     assert [s["bytes_fetched"] for s in summaries] == [0, 0]
 
 
+def test_pull_on_every_worker_shares_one_limit_rate_among_its_stores(
+    cluster: DaskCluster, registry: Registry
+) -> None:
+    """--limit-rate is one budget across all connections, as for a batch on the cluster:
+    two stores' pulls of 2 MiB at 1 MiB/s take 4 s together, not 2 s each side by side
+    (twice the limit at the registry)."""
+    model = registry.push_model("library/rated", "v1", (2 * 1024 * KB, 2 * KB))
+    limit = 1024 * KB
+    done = run_cli("pull", ref(registry, model), "--scheduler", cluster.address,
+                   "--every-worker", "--limit-rate", str(limit), "--json", *SMALL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for name in ("w-a", "w-b"):
+        assert_store(cluster.root / f"models-{name}", registry, model, alone=False)
+    summaries = [e for e in json_lines(done.stdout) if e.get("event") == "pull_finished"]
+    assert len(summaries) == 2, done.stdout
+    assert max(s["elapsed"] for s in summaries) >= 0.8 * 2 * 2 * 1024 * KB / limit, summaries
+
+
 def test_a_worker_killed_mid_pull_does_not_leave_the_pull_waiting_for_ever(
     cluster: DaskCluster, registry: Registry
 ) -> None:
