@@ -19,11 +19,11 @@ from ..config import Settings
 from ..errors import BlobdlError, Interrupted, LocalFileError
 from ..processes._signals import Stop, held, interrupted
 from ._cluster_ask import Workers, checked, said_if_silent
-from ._cluster_budget import Budget, close
+from ._cluster_budget import Budget, close, most_held
 from ._cluster_connect import connect
 from ._cluster_order import Sized, start_order
 from ._cluster_run import Run, task_error
-from ._cluster_task import Job, Outcome, Probed, fetch, probe
+from ._cluster_task import Job, Outcome, Probed, fetch, host_of, probe, wanted_by
 from ._destinations import Destinations
 from ._items import BY_INDEX, BatchCallback, Item, ItemResult, Numbering, first_of_each
 from ._outcomes import Outcomes
@@ -52,7 +52,8 @@ def download_many_on(
         said_if_silent(workers)
         tell = None if on_event is None else outcomes.event
         run = Run(client, tell, settings.stall_timeout, workers.silent)
-        budget, channel = Budget(run.name, max_connections, per_host), run.channel
+        budget = Budget(run.name, max_connections, per_host, max_connections)
+        channel = run.channel
         jobs = [
             Job(i, numbering.one(i), item, settings_for(settings, item), budget, base_dir, channel)
             for i, item in enumerate(batch)
@@ -135,6 +136,7 @@ class _Batch:
         return left
 
     def _fetch(self, jobs: list[Job], probed: dict[int, Probed]) -> None:
+        jobs = _rated(jobs, probed)
         by_place = {job.place: job for job in jobs}
         sized = [_sized(job, probed[job.place]) for job in jobs]
         self.hosts |= {s.host for s in sized}
@@ -157,6 +159,20 @@ class _Batch:
     def _failed(self, job: Job, worker: str, error: BlobdlError) -> None:
         """An item that failed where its download could not say so (its probe, its workers)."""
         self.outcomes.failed(job.place, job.item, error, worker)
+
+
+def _rated(jobs: list[Job], probed: dict[int, Probed]) -> list[Job]:
+    """The jobs, their budget knowing the most connections their downloads can hold at
+    once: --limit-rate is shared among those."""
+    if not jobs:
+        return jobs
+    wanted = [
+        (host_of(job, probed[job.place].remote), wanted_by(job, probed[job.place].remote))
+        for job in jobs
+    ]
+    budget = jobs[0].budget
+    budget = budget._replace(held_at_most=most_held(budget, wanted))
+    return [job._replace(budget=budget) for job in jobs]
 
 
 def _sized(job: Job, probed: Probed) -> Sized:

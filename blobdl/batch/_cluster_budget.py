@@ -29,7 +29,7 @@ import concurrent.futures
 import contextlib
 import functools
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from ._cluster_ask import on_scheduler
@@ -47,6 +47,9 @@ class Budget(NamedTuple):
     run: str  # the batch's unique name: its semaphores are named after it
     connections: int  # leases of the whole batch (max_connections)
     per_host: int  # leases of each host
+    # The most leases its downloads can hold at once (``most_held``): ``--limit-rate`` is
+    # shared among those, so the connections no item can take do not thin every share.
+    held_at_most: int
 
     def everyone(self) -> str:
         return f"blobdl-{self.run}-connections"
@@ -54,6 +57,17 @@ class Budget(NamedTuple):
     def host(self, host: str) -> str:
         # Hashed: a host name is the server's or the user's text, a semaphore name is ours.
         return f"blobdl-{self.run}-host-{hashlib.sha256(host.encode()).hexdigest()[:16]}"
+
+
+def most_held(budget: Budget, wanted: Iterable[tuple[str, int]]) -> int:
+    """The most leases a batch's downloads can hold at once, ``wanted`` being each item's
+    host and the connections it can use: each host's items hold at most ``per_host``, and
+    the batch at most ``connections``."""
+    by_host: dict[str, int] = {}
+    for host, count in wanted:
+        by_host[host] = by_host.get(host, 0) + count
+    held = sum(min(budget.per_host, count) for count in by_host.values())
+    return max(1, min(budget.connections, held))
 
 
 class Held:

@@ -115,9 +115,8 @@ def _fetch(job: Job, remote: Remote | None, relay: Relay) -> DownloadResult:
     settings = dataclasses.replace(
         job.settings, lock_timeout=max(job.settings.lock_timeout, RERUN_LOCK_WAIT)
     )
-    host = _host(remote.final_url if remote is not None else item.url)
-    hashing = item.digest is not None
-    wanted = _wanted(remote, settings, hashing=hashing)
+    host = host_of(job, remote)
+    wanted = wanted_by(job, remote)
     with leases(job.budget, host, wanted, relay.watch.stopped, job.channel.within) as held:
         path = Path(item.path) if item.path else None
         if remote is None:  # a cache hit: no probe, no network
@@ -194,19 +193,28 @@ def _confined(job: Job, remote: Remote | None) -> Item:
     return inside(base, item, job.label)
 
 
-def _wanted(remote: Remote | None, settings: Settings, *, hashing: bool) -> int:
+def wanted_by(job: Job, remote: Remote | None) -> int:
     """Connections the item can use: one per part, up to its ``connections``."""
+    settings = job.settings
     if remote is None:
         return settings.connections
+    hashing = job.item.digest is not None
     parts = download_part_count(remote.size, remote.ranges, settings, hashing=hashing)
     return max(1, min(parts, settings.connections))
 
 
+def host_of(job: Job, remote: Remote | None) -> str:
+    """The host whose leases the item's download holds."""
+    return _host(remote.final_url if remote is not None else job.item.url)
+
+
 def _rate_share(job: Job, settings: Settings, granted: int) -> int | None:
-    """--limit-rate is for the whole batch: an item gets the share of its connections."""
+    """--limit-rate is for the whole batch: an item gets the share of its connections
+    among all that the batch's downloads can hold at once (as on one machine, a share of
+    what runs, not of connections no item can take)."""
     if settings.limit_rate is None:
         return None
-    return max(1, settings.limit_rate * granted // job.budget.connections)
+    return max(1, settings.limit_rate * granted // job.budget.held_at_most)
 
 
 def _cached(item: Item, settings: Settings) -> bool:

@@ -10,6 +10,7 @@ Events, stopping and the scheduler's loss are the batch's (``batch._cluster_run`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -99,6 +100,7 @@ def _on_each(
     for address, store in sorted(stores.items()):
         by_store.setdefault(store, []).append(address)
     futures = {}
+    settings = _shared(settings, len(by_store))
     for n, addresses in enumerate(by_store.values()):
         args = (pull, run.channel, ref, given, settings)
         options = {"workers": addresses[:1], "allow_other_workers": False}
@@ -114,6 +116,14 @@ def _on_each(
             continue
         results.update({names.get(a, a): result for a in futures[future]})
     return results, errors
+
+
+def _shared(settings: Settings, pulls: int) -> Settings:
+    """``--limit-rate`` is one budget across all connections: the stores' pulls, side by
+    side, share it (each its part, at least a byte a second), as a batch's items do."""
+    if settings.limit_rate is None or pulls <= 1:
+        return settings
+    return dataclasses.replace(settings, limit_rate=max(1, settings.limit_rate // pulls))
 
 
 def _stores(

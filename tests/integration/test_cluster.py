@@ -371,6 +371,24 @@ def test_the_per_host_cap_holds_across_the_whole_cluster(
         other.stop()
 
 
+def test_the_limit_rate_is_the_batchs_whole_rate_though_its_items_hold_fewer_connections(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """--limit-rate is the batch's total, shared by what runs, as on one machine: an item
+    alone (one host, so at most --per-host 8 of the 16 connections) gets all of it, not
+    the share of connections that nobody holds (half: 8 s for 4 MiB at 1 MiB/s)."""
+    blob = make(16 * PART, 48)
+    limit = 1024 * KB
+    done = run_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / blob.name}"]),
+                   "--scheduler", cluster.address, "--limit-rate", str(limit), "--json",
+                   *SMALL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sha256_file(tmp_path / blob.name) == blob.sha256
+    (finished,) = [e for e in json_lines(done.stdout) if e.get("event") == "finished"]
+    # Bounds with room for a loaded machine: 4 s at the whole rate, 8 s at half of it.
+    assert 0.8 * blob.size / limit <= finished["elapsed"] < 1.5 * blob.size / limit, finished
+
+
 # The lease refreshers running on a worker: one per distributed.Semaphore object there that
 # was never stopped (Dask stops one only when its object is collected, which the refresher
 # itself prevents).
@@ -1216,6 +1234,24 @@ def test_every_worker_gets_the_model_in_its_store_once_and_a_second_run_fetches_
     assert blob_gets == []
     summaries = [e for e in json_lines(again.stdout) if e.get("event") == "pull_finished"]
     assert [s["bytes_fetched"] for s in summaries] == [0, 0]
+
+
+def test_pull_on_every_worker_shares_one_limit_rate_among_its_stores(
+    cluster: DaskCluster, registry: Registry
+) -> None:
+    """--limit-rate is one budget across all connections, as for a batch on the cluster:
+    two stores' pulls of 2 MiB at 1 MiB/s take 4 s together, not 2 s each side by side
+    (twice the limit at the registry)."""
+    model = registry.push_model("library/rated", "v1", (2 * 1024 * KB, 2 * KB))
+    limit = 1024 * KB
+    done = run_cli("pull", ref(registry, model), "--scheduler", cluster.address,
+                   "--every-worker", "--limit-rate", str(limit), "--json", *SMALL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for name in ("w-a", "w-b"):
+        assert_store(cluster.root / f"models-{name}", registry, model, alone=False)
+    summaries = [e for e in json_lines(done.stdout) if e.get("event") == "pull_finished"]
+    assert len(summaries) == 2, done.stdout
+    assert max(s["elapsed"] for s in summaries) >= 0.8 * 2 * 2 * 1024 * KB / limit, summaries
 
 
 def test_a_worker_killed_mid_pull_does_not_leave_the_pull_waiting_for_ever(
