@@ -192,8 +192,19 @@ def _json_item(line: str) -> Item:
     headers = record.get("headers")
     if headers is not None and not isinstance(headers, dict):
         raise ValueError("the field 'headers' must be an object of strings")
-    named = tuple(parse_header(f"{k}: {_header_value(k, v)}") for k, v in (headers or {}).items())
+    named = tuple(_header(k, v) for k, v in (headers or {}).items())
     return _checked(Item(url, path, digest, named, _size(record.get("size"))))
+
+
+def _header(name: str, value: object) -> tuple[str, str]:
+    """The header a ``headers`` entry gives: its key is the whole name, so one holding a
+    colon is refused, not cut there and another header sent ({"X-A:Authorization": "t"}
+    as X-A); only what comes before the colon is shown (the rest may be a credential)."""
+    header = parse_header(f"{name}: {_header_value(name, value)}")
+    if header[0] != name:
+        raise ValueError(f"the header name {header[0] + ':'!r}... holds a colon (the rest is "
+                         "not shown): the name is the key, its value the string")  # fmt: skip
+    return header
 
 
 def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
