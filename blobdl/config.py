@@ -209,6 +209,9 @@ class Settings:
             # certificate. A variable that expanded to nothing, not what was meant.
             _require(getattr(self, name) != "", f"{name} is empty (did a variable expand to "
                      "nothing? None means none)")  # fmt: skip
+        for name in _FILES:
+            problem = unnameable(getattr(self, name) or ".")
+            _require(problem is None, f"{name}: {problem}")
         check_pairs(self.headers)
         for header in self.headers:
             check_header(*header)

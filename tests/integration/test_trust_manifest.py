@@ -110,10 +110,17 @@ def test_malformed_lines_are_usage_errors_naming_their_line(
     [
         {"path": "PATH\ud800.bin"},  # JSON's escape of a lone surrogate: no character, no name
         {"path": "PATH\udfff.bin"},  # nor a byte os.fsdecode makes (U+DC80-U+DCFF)
+        {"url": "BLOB\ud800"},  # urllib3 sent it as %ED%A0%80: refused as no URL
         {"headers": {"X-A:Authorization": "Bearer t"}},  # sent as X-A: 'Authorization: ...'
         {"headers": {"Authorization: Bearer s3cret": ""}},  # never echoed
     ],
-    ids=["lone-surrogate", "lone-low-surrogate", "colon-in-name", "name-and-value-in-name"],
+    ids=[
+        "lone-surrogate",
+        "lone-low-surrogate",
+        "in-url",
+        "colon-in-name",
+        "name-and-value-in-name",
+    ],
 )
 def test_a_json_string_that_is_no_text_or_a_header_name_no_name_is_a_usage_error(
     make: Make, server: ServerHandle, tmp_path: Path, fields: dict[str, object]
@@ -125,7 +132,8 @@ def test_a_json_string_that_is_no_text_or_a_header_name_no_name_is_a_usage_error
     good = json.dumps({"url": blob.url, "path": str(tmp_path / "ok")})
     manifest = tmp_path / "manifest"
     wrong = json.dumps({"url": blob.url, "path": str(tmp_path / "out"), **fields})
-    manifest.write_text(f"{good}\n\n{wrong.replace('PATH', str(tmp_path / 'o'))}\n")
+    wrong = wrong.replace("PATH", str(tmp_path / "o")).replace("BLOB", blob.url)
+    manifest.write_text(f"{good}\n\n{wrong}\n")
     code, _, stderr = run_batch(manifest)
     assert_usage_error(code, stderr, 3)
     assert "s3cret" not in stderr
