@@ -182,7 +182,10 @@ _FIELDS = ("url", "path", "digest", "headers", "size")
 
 
 def _json_item(line: str) -> Item:
-    record = json.loads(line, object_pairs_hook=_unique_fields)
+    try:
+        record = json.loads(line, object_pairs_hook=_unique_fields, parse_int=_whole)
+    except json.JSONDecodeError as exc:  # its "line 1" is not the manifest's: the column only
+        raise ValueError(f"not a JSON object: {exc.msg} at column {exc.colno}") from None
     unknown = sorted(set(record) - set(_FIELDS))
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r} (the fields are {', '.join(_FIELDS)})")
@@ -205,6 +208,14 @@ def _header(name: str, value: object) -> tuple[str, str]:
         raise ValueError(f"the header name {header[0] + ':'!r}... holds a colon (the rest is "
                          "not shown): the name is the key, its value the string")  # fmt: skip
     return header
+
+
+def _whole(digits: str) -> int:
+    """A JSON whole number; one too long to be a size is said so, not with int()'s advice to
+    a Python programmer past 4,300 digits (sys.set_int_max_str_digits)."""
+    if len(digits.lstrip("-")) > 100:  # a size's field says what it takes up to far more
+        raise ValueError(f"a number of {len(digits.lstrip('-')):,} digits (no field is so large)")
+    return int(digits)
 
 
 def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -141,6 +141,31 @@ def test_a_json_string_that_is_no_text_or_a_header_name_no_name_is_a_usage_error
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        '{"url": "URL"} trailing',
+        '{"url": "URL", "path": }',
+        '{"url": "URL", "size": ' + "9" * 5000 + "}",
+    ],
+    ids=["trailing", "no-value", "5000-digits"],
+)
+def test_a_json_lines_error_names_its_column_not_a_line_of_its_own(
+    make: Make, server: ServerHandle, tmp_path: Path, text: str
+) -> None:
+    """The JSON parser's words said "manifest line 3: Extra data: line 1 column 16", a
+    line 1 that is not the manifest's, and of a long number "use
+    sys.set_int_max_str_digits() to increase the limit", advice to a Python programmer."""
+    blob = make(1000, seed=2301)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url} {tmp_path / 'ok'}\n\n" + text.replace("URL", blob.url))
+    code, _, stderr = run_batch(manifest)
+    assert_usage_error(code, stderr, 3)
+    assert "line 1" not in stderr and "sys." not in stderr, stderr
+    assert "column" in stderr or "digits" in stderr, stderr
+    assert server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(
     "rest",
     [
         "out HEX",  # a digest copied from sha256sum, without its "sha256:"
