@@ -209,6 +209,9 @@ class Settings:
             # certificate. A variable that expanded to nothing, not what was meant.
             _require(getattr(self, name) != "", f"{name} is empty (did a variable expand to "
                      "nothing? None means none)")  # fmt: skip
+        for name in _FILES:
+            problem = unnameable(getattr(self, name) or ".")
+            _require(problem is None, f"{name}: {problem}")
         check_pairs(self.headers)
         for header in self.headers:
             check_header(*header)
@@ -422,6 +425,7 @@ def check_path(name: str, value: object) -> None:
         raise UsageError(f"{name} is an empty path (did a variable expand to nothing? '.' "
                          "names the current directory)")  # fmt: skip
     if isinstance(value, str):
+        _require((problem := unnameable(value)) is None, f"{name}: {problem}")
         return
     if not isinstance(value, os.PathLike):
         raise UsageError(f"{name} must be a path or None, not {type(value).__name__}")
@@ -431,6 +435,18 @@ def check_path(name: str, value: object) -> None:
         text = None
     if not isinstance(text, str):
         raise UsageError(f"{name} must be a path of text: {type(value).__name__} gives no str")
+    _require((problem := unnameable(text)) is None, f"{name}: {problem}")
+
+
+def unnameable(path: str) -> str | None:
+    """Why no file can have ``path`` as its name, if none can: it holds a lone surrogate
+    that is no byte ``os.fsdecode`` kept (a JSON ``"\\ud800"``, a caller's str), which
+    ``os.fsencode`` refuses with a UnicodeEncodeError deep inside, not a usage error."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as exc:
+        return f"{path!r} cannot name a file: U+{ord(path[exc.start]):04X} is no character"
+    return None
 
 
 def check_callback(name: str, value: object) -> None:

@@ -182,7 +182,10 @@ _FIELDS = ("url", "path", "digest", "headers", "size")
 
 
 def _json_item(line: str) -> Item:
-    record = json.loads(line, object_pairs_hook=_unique_fields)
+    try:
+        record = json.loads(line, object_pairs_hook=_unique_fields, parse_int=_whole)
+    except json.JSONDecodeError as exc:  # its "line 1" is not the manifest's: the column only
+        raise ValueError(f"not a JSON object: {exc.msg} at column {exc.colno}") from None
     unknown = sorted(set(record) - set(_FIELDS))
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r} (the fields are {', '.join(_FIELDS)})")
@@ -192,8 +195,27 @@ def _json_item(line: str) -> Item:
     headers = record.get("headers")
     if headers is not None and not isinstance(headers, dict):
         raise ValueError("the field 'headers' must be an object of strings")
-    named = tuple(parse_header(f"{k}: {_header_value(k, v)}") for k, v in (headers or {}).items())
+    named = tuple(_header(k, v) for k, v in (headers or {}).items())
     return _checked(Item(url, path, digest, named, _size(record.get("size"))))
+
+
+def _header(name: str, value: object) -> tuple[str, str]:
+    """The header a ``headers`` entry gives: its key is the whole name, so one holding a
+    colon is refused, not cut there and another header sent ({"X-A:Authorization": "t"}
+    as X-A); only what comes before the colon is shown (the rest may be a credential)."""
+    header = parse_header(f"{name}: {_header_value(name, value)}")
+    if header[0] != name:
+        raise ValueError(f"the header name {header[0] + ':'!r}... holds a colon (the rest is "
+                         "not shown): the name is the key, its value the string")  # fmt: skip
+    return header
+
+
+def _whole(digits: str) -> int:
+    """A JSON whole number; one too long to be a size is said so, not with int()'s advice to
+    a Python programmer past 4,300 digits (sys.set_int_max_str_digits)."""
+    if len(digits.lstrip("-")) > 100:  # a size's field says what it takes up to far more
+        raise ValueError(f"a number of {len(digits.lstrip('-')):,} digits (no field is so large)")
+    return int(digits)
 
 
 def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -43,6 +43,8 @@ def url_problem(url: str) -> str | None:
     port and userinfo: ``http://a:1\\@b/`` is host b to one and host a to the other."""
     if _CONTROL.search(url):
         return "control characters or spaces"
+    if (odd := _not_utf8(url)) is not None:
+        return odd
     try:
         parts, theirs = urlsplit(url), parse_url(url)
         ours = (parts.scheme, parts.hostname, parts.port, _userinfo(parts.netloc))
@@ -63,6 +65,21 @@ def url_problem(url: str) -> str | None:
     their_host = (theirs.host or "").strip("[]").lower()
     if (theirs.scheme, their_host, theirs.port, theirs.auth) != (ours[0], host, *ours[2:]):
         return "urllib.parse and urllib3 read it differently (two parsers, two hosts)"
+    return None
+
+
+def _not_utf8(url: str) -> str | None:
+    """A lone surrogate in ``url``, said as what it is. urllib3 would send it percent-encoded
+    as its three bytes of no UTF-8 (``%ED%B3%A9``): another resource than the one meant by
+    the byte of another encoding that os.fsdecode made it (U+DCE9, the byte E9: ``%E9``)."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(url[exc.start])
+        if 0xDC80 <= code <= 0xDCFF:
+            byte = code - 0xDC00
+            return f"holds the byte {byte:02X}, which is not UTF-8: write it as %{byte:02X}"
+        return f"holds U+{code:04X}, which is no character"
     return None
 
 

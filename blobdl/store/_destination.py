@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from .._libc import libc_function
+from ..config import unnameable
 from ..errors import DestinationExists, InsufficientSpace, LocalFileError, UsageError
 from ._files import (
     directory_problem,
@@ -53,6 +54,8 @@ def path_problem(path: str | os.PathLike[str]) -> str | None:
     raw = os.fspath(path)
     if not isinstance(raw, str):
         return None  # (a bytes path is refused where a Path is made of it)
+    if (problem := unnameable(raw)) is not None:
+        return f"path {problem}"
     if raw.endswith(("/", "/.")):
         return f"path {raw!r} names a directory: name the file to write"
     if _ENGINE_SIDE.search(os.path.basename(raw)) is not None:

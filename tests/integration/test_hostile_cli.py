@@ -87,6 +87,32 @@ def test_hf_arguments_that_are_not_utf8_are_usage_errors(args: list[bytes], tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_url_holding_a_byte_that_is_not_utf8_is_a_usage_error(make: Make, tmp_path: Path) -> None:
+    """``blobdl $'http://host/caf\\xe9.bin'`` (a Latin-1 name): the byte came in as
+    os.fsdecode's U+DCE9, which urllib3 sent as ``%ED%B3%A9``, another resource than the
+    byte's ``%E9``, and said its 404 (exit 3). Refused before any request, saying how to
+    write it; a character of any script, sent as UTF-8, is no such byte."""
+    blob = make(1000, seed=72)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blobdl",
+            os.fsencode(blob.url) + b"\xe9",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == EXIT_USAGE, err
+    assert err.startswith("blobdl: error: invalid URL") and len(err.splitlines()) == 1, err
+    assert "%E9" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 # `--models-dir "$UNSET"`: an empty path is the current directory to the file system, so
 # `blobdl prune` pruned it and `pull` wrote a store into it.
 EMPTY_PATHS = [

@@ -585,6 +585,19 @@ def _careless_calls(tmp: Path) -> dict[str, Callable[[], object]]:
         "pull models_dir empty": lambda: blobdl.pull(PULL_REF, ""),
         "hf cache_dir empty": lambda: blobdl.hf_download("a/b", cache_dir="", endpoint=URL),
         "hf local_dir empty": lambda: blobdl.hf_download("a/b", local_dir="", endpoint=URL),
+        # A lone surrogate that is no byte os.fsdecode made (a JSON "\\ud800" escape): no
+        # file can be named so, and os.fsencode's UnicodeEncodeError escaped, exit 1.
+        "path no text": lambda: blobdl.download(URL, tmp / "\ud800.bin"),
+        "url no text": lambda: blobdl.download(URL + "\ud800", tmp / "o"),
+        "url not utf8": lambda: blobdl.download(URL + "\udce9", tmp / "o"),
+        "cache_dir no text": lambda: blobdl.download(
+            URL, tmp / "o", digest="a" * 64, cache_dir=tmp / "\ud800"
+        ),
+        "item path no text": lambda: blobdl.download_many([blobdl.Item(URL, f"{tmp}/\ud800")]),
+        "pull models_dir no text": lambda: blobdl.pull(PULL_REF, tmp / "\udfff"),
+        "hf local_dir no text": lambda: blobdl.hf_download(
+            "a/b", local_dir=tmp / "\ud800", endpoint=URL
+        ),
     }
 
 

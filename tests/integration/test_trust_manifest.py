@@ -106,6 +106,66 @@ def test_malformed_lines_are_usage_errors_naming_their_line(
 
 
 @pytest.mark.parametrize(
+    "fields",
+    [
+        {"path": "PATH\ud800.bin"},  # JSON's escape of a lone surrogate: no character, no name
+        {"path": "PATH\udfff.bin"},  # nor a byte os.fsdecode makes (U+DC80-U+DCFF)
+        {"url": "BLOB\ud800"},  # urllib3 sent it as %ED%A0%80: refused as no URL
+        {"headers": {"X-A:Authorization": "Bearer t"}},  # sent as X-A: 'Authorization: ...'
+        {"headers": {"Authorization: Bearer s3cret": ""}},  # never echoed
+    ],
+    ids=[
+        "lone-surrogate",
+        "lone-low-surrogate",
+        "in-url",
+        "colon-in-name",
+        "name-and-value-in-name",
+    ],
+)
+def test_a_json_string_that_is_no_text_or_a_header_name_no_name_is_a_usage_error(
+    make: Make, server: ServerHandle, tmp_path: Path, fields: dict[str, object]
+) -> None:
+    """A lone surrogate in a path came through, then failed inside (exit 1, "small
+    download failed unexpectedly: UnicodeEncodeError"); a header name holding a colon was
+    read as ``Name: value`` again, and another header sent: each is refused, by its line."""
+    blob = make(1000, seed=2301)
+    good = json.dumps({"url": blob.url, "path": str(tmp_path / "ok")})
+    manifest = tmp_path / "manifest"
+    wrong = json.dumps({"url": blob.url, "path": str(tmp_path / "out"), **fields})
+    wrong = wrong.replace("PATH", str(tmp_path / "o")).replace("BLOB", blob.url)
+    manifest.write_text(f"{good}\n\n{wrong}\n")
+    code, _, stderr = run_batch(manifest)
+    assert_usage_error(code, stderr, 3)
+    assert "s3cret" not in stderr
+    assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == [manifest]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"url": "URL"} trailing',
+        '{"url": "URL", "path": }',
+        '{"url": "URL", "size": ' + "9" * 5000 + "}",
+    ],
+    ids=["trailing", "no-value", "5000-digits"],
+)
+def test_a_json_lines_error_names_its_column_not_a_line_of_its_own(
+    make: Make, server: ServerHandle, tmp_path: Path, text: str
+) -> None:
+    """The JSON parser's words said "manifest line 3: Extra data: line 1 column 16", a
+    line 1 that is not the manifest's, and of a long number "use
+    sys.set_int_max_str_digits() to increase the limit", advice to a Python programmer."""
+    blob = make(1000, seed=2301)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url} {tmp_path / 'ok'}\n\n" + text.replace("URL", blob.url))
+    code, _, stderr = run_batch(manifest)
+    assert_usage_error(code, stderr, 3)
+    assert "line 1" not in stderr and "sys." not in stderr, stderr
+    assert "column" in stderr or "digits" in stderr, stderr
+    assert server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(
     "rest",
     [
         "out HEX",  # a digest copied from sha256sum, without its "sha256:"
