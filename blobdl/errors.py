@@ -496,7 +496,9 @@ class DestinationExists(LocalFileError):
     def __init__(self, path: str) -> None:
         BlobdlError.__init__(self, path)
         self.path = path
-        self.detail = "already exists (give a digest to check it, or force to replace it)"
+        self.detail = (
+            "already exists (give a digest to check it, or --force (force=True) to replace it)"
+        )
 
 
 # --- a Dask cluster ---------------------------------------------------------------------------

@@ -81,6 +81,7 @@ def refused(run: CompletedProcess[str], out: Path, sha256: str) -> None:
     """The rerun refused the existing destination as before a record existed: exit 5."""
     assert run.returncode == EXIT_LOCAL, run.stderr
     assert "already exists" in run.stderr
+    assert "--force" in run.stderr, run.stderr  # what a command line's user types
     assert sha256_file(out) == sha256
 
 
