@@ -41,6 +41,8 @@ def first_answer(
     url, headers = lift_userinfo(url, settings.headers)
     extra = {"Range": range_header(0, want)}
     answer = get_following(pool, url, headers, extra, settings.max_redirects)
+    if answer.response.status == 416 and _size_stated(answer.response) is None:
+        answer = _empty_or_refused(pool, url, headers, answer, settings)
     response = answer.response
     answer_time = time.monotonic() - max(answer.sent, ready_at(response))
     try:
@@ -49,6 +51,38 @@ def first_answer(
         response.close()
         raise
     return remote._replace(answer_time=answer_time), response
+
+
+def _size_stated(response: Response) -> int | None:
+    """The size a 416's ``Content-Range: bytes */N`` states, if it states one."""
+    content_range = parse_content_range(response.headers.get("Content-Range", ""))
+    return content_range.total if content_range else None
+
+
+def _empty_or_refused(
+    pool: urllib3.PoolManager,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    refused: Answer,
+    settings: Settings,
+) -> Answer:
+    """A 416 to ``bytes=0-N`` that states no size: S3 (AWS, MinIO, moto) so answers any
+    range of an empty object. The blob is asked for once more without a range, as curl
+    asks: a 200 stating 0 bytes is the empty blob; anything else, the 416 as refused."""
+    try:
+        error = status_error(refused.url, refused.response, settings.stall_timeout)
+    finally:
+        refused.response.close()
+    whole = get_following(pool, url, headers, {}, settings.max_redirects)
+    empty = False
+    try:
+        empty = whole.response.status == 200 and content_length(whole.response) == 0
+    finally:
+        if not empty:
+            whole.response.close()
+    if not empty:
+        raise error
+    return whole
 
 
 def _remote_from(url: str, answer: Answer, want: int, within: float) -> Remote:
