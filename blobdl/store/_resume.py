@@ -27,7 +27,14 @@ from ..errors import BlobdlError, DigestMismatch, LocalFileError, RemoteChanged,
 from ..http._remote import Identity, Remote, change
 from ..processes._signals import held
 from ._destination import discard, temp_path
-from ._files import atomic_write, local_error, local_errors, read_own, unlink_gone
+from ._files import (
+    atomic_write,
+    local_error,
+    local_errors,
+    read_own,
+    strangers,
+    unlink_gone,
+)
 from ._lock import DestinationLock
 
 STATE_SUFFIX = ".blobdl-state"
@@ -236,6 +243,10 @@ def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State |
     a warning if one was there)."""
     if not path.exists():
         return None
+    stranger = _stranger(path, temp)
+    if stranger is not None:
+        log.warning("ignoring resume state %s: %s is another user's", path, stranger)
+        return None
     try:
         state = _parse(read_own(path).decode())
     except (OSError, LocalFileError, ValueError, KeyError, TypeError) as exc:
@@ -252,6 +263,18 @@ def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State |
         log.warning("ignoring resume state %s: the partial file is missing or resized", path)
         return None
     return state
+
+
+def _stranger(*paths: Path) -> Path | None:
+    """The first of ``paths`` that another user owns (``strangers``), if any: a partial
+    planted beside the destination would become the download, its planter's bytes."""
+    for path in paths:
+        try:
+            if strangers(path, path.lstat()):
+                return path
+        except OSError:
+            continue  # (what cannot be looked at is judged where it is read)
+    return None
 
 
 def claims_bytes(path: Path) -> bool:
