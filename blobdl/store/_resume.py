@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,11 +257,17 @@ def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State |
         log.warning("ignoring resume state %s: it is for %s", path, state.url)
         return None
     try:
-        actual = temp.stat().st_size
+        info = temp.lstat()
     except OSError:
-        actual = -1
-    if actual != state.size:
+        info = None
+    if info is None or info.st_size != state.size:
         log.warning("ignoring resume state %s: the partial file is missing or resized", path)
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        # Written through, it would change a file that is not ours (``open_own`` refuses
+        # it): refused at every rerun, it could never be resumed. The run starts over
+        # beside it, removing only our name of it.
+        log.warning("ignoring resume state %s: the partial file is linked elsewhere", path)
         return None
     return state
 

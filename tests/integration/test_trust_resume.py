@@ -216,3 +216,28 @@ def test_a_partial_of_the_folders_owner_is_resumed_by_root(
         os.chown(path, OTHER, OTHER)
     result = Downloader(fast_settings()).download(blob.url, out)
     assert sha256_file(out) == blob.sha256 and result.resumed == kept
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_a_partial_linked_elsewhere_is_started_over_never_written_through(
+    make: Make, server: ServerHandle, tmp_path: Path, link: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A temporary file with another name (a hard link: a backup, a copy made with ``ln``)
+    or that is a symbolic link cannot be resumed: writing through it would change a file
+    that is not ours. The record is ignored and the run starts over beside it, leaving that
+    file as it is: not refused again and again while saying to run it again to resume."""
+    blob = make(8 * PART, seed=2212)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    other = tmp_path / "other"
+    if link == "hard":
+        os.link(temp_of(out), other)
+    else:
+        os.replace(temp_of(out), other)
+        temp_of(out).symlink_to(other)
+    before = sha256_file(other)
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == 0
+    assert sha256_file(other) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"]
+    assert "ignoring resume state" in caplog.text
