@@ -77,6 +77,20 @@ def _require_own(fd: int, path: Path, shared: bool) -> None:
         raise LocalFileError(str(path), "has other hard links; refusing to write through it")
 
 
+def strangers(path: Path, info: os.stat_result) -> bool:
+    """Whether the file at ``path`` (``info``, its lstat) is another user's: neither ours
+    nor the owner's of its folder, who may replace anything in it anyway (as root hands a
+    store's partials to the store's user). What such a file says of itself (a resume
+    record, a finished download's record) vouches for nothing: in a folder all may write
+    to (a sticky /tmp), it was planted, and kept as ours it stays its planter's to edit."""
+    if info.st_uid == os.geteuid():
+        return False
+    try:
+        return info.st_uid != os.stat(path.parent).st_uid
+    except OSError:
+        return True
+
+
 def _kind(mode: int) -> str:
     kinds = {
         stat.S_ISREG: "a file",

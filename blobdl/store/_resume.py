@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,14 @@ from ..errors import BlobdlError, DigestMismatch, LocalFileError, RemoteChanged,
 from ..http._remote import Identity, Remote, change
 from ..processes._signals import held
 from ._destination import discard, temp_path
-from ._files import atomic_write, local_error, local_errors, read_own, unlink_gone
+from ._files import (
+    atomic_write,
+    local_error,
+    local_errors,
+    read_own,
+    strangers,
+    unlink_gone,
+)
 from ._lock import DestinationLock
 
 STATE_SUFFIX = ".blobdl-state"
@@ -236,6 +244,10 @@ def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State |
     a warning if one was there)."""
     if not path.exists():
         return None
+    stranger = _stranger(path, temp)
+    if stranger is not None:
+        log.warning("ignoring resume state %s: %s is another user's", path, stranger)
+        return None
     try:
         state = _parse(read_own(path).decode())
     except (OSError, LocalFileError, ValueError, KeyError, TypeError) as exc:
@@ -245,13 +257,31 @@ def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State |
         log.warning("ignoring resume state %s: it is for %s", path, state.url)
         return None
     try:
-        actual = temp.stat().st_size
+        info = temp.lstat()
     except OSError:
-        actual = -1
-    if actual != state.size:
+        info = None
+    if info is None or info.st_size != state.size:
         log.warning("ignoring resume state %s: the partial file is missing or resized", path)
         return None
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        # Written through, it would change a file that is not ours (``open_own`` refuses
+        # it): refused at every rerun, it could never be resumed. The run starts over
+        # beside it, removing only our name of it.
+        log.warning("ignoring resume state %s: the partial file is linked elsewhere", path)
+        return None
     return state
+
+
+def _stranger(*paths: Path) -> Path | None:
+    """The first of ``paths`` that another user owns (``strangers``), if any: a partial
+    planted beside the destination would become the download, its planter's bytes."""
+    for path in paths:
+        try:
+            if strangers(path, path.lstat()):
+                return path
+        except OSError:
+            continue  # (what cannot be looked at is judged where it is read)
+    return None
 
 
 def claims_bytes(path: Path) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from ..http._remote import Identity, proven_same
+from ._files import strangers
 from ._resume import url_key
 
 NAME = "user.blobdl.source"
@@ -69,6 +70,8 @@ def unchanged(path: Path, url: str) -> Source | None:
         return None
     if (info.st_ino, info.st_size, info.st_mtime_ns) != (source.ino, source.size, source.mtime_ns):
         return None  # replaced, copied or edited since
+    if strangers(path, info):
+        return None  # its record is its owner's word, anything they like
     return source if source.size == source.remote.size else None
 
 

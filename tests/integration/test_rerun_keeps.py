@@ -400,3 +400,29 @@ def test_a_download_placed_from_the_cache_in_a_folder_no_one_may_write_to_is_kep
     kept(run_cli(*args), out, blob.sha256)
     assert sorted(p.name for p in folder.iterdir()) == ["out.bin"]
     assert server.stats()["ranges"] == []
+
+
+def test_a_file_another_user_planted_with_a_record_is_not_kept(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """In a folder all may write to (a sticky /tmp), another user can put a file at the
+    destination before the download, and on it a record that names its own inode, size
+    and mtime and the remote's validators (a HEAD tells them): their bytes, in their file,
+    would be kept as the download. A record on another user's file vouches for nothing."""
+    assert os.geteuid() == 0, "CI runs as root: this test needs it"
+    blob = make(4 * PART, seed=7345)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    out = shared / "out"
+    assert run_cli(blob.url, "-o", str(out), *CLI).returncode == EXIT_OK
+    theirs = _source.recorded(out)
+    assert theirs is not None
+    out.unlink()
+    out.write_bytes(os.urandom(blob.size))  # planted before the download runs
+    os.chown(out, 54321, 54321)
+    info = out.stat()
+    forged = theirs._replace(ino=info.st_ino, size=info.st_size, mtime_ns=info.st_mtime_ns)
+    os.setxattr(out, _source.NAME, _source._encode(forged))
+    assert _source.recorded(out) == forged
+    refused(run_cli(blob.url, "-o", str(out), *CLI), out, sha256_file(out))

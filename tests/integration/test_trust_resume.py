@@ -15,6 +15,7 @@ import pytest
 
 import blobdl
 from blobdl import Downloader
+from blobdl.store._resume import PartRecord, State, save, state_path
 from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 from tests.integration.test_trust_keep import assert_kept, claimed, temp_of
@@ -162,3 +163,81 @@ def test_a_changed_blob_behind_a_probe_without_validators_is_not_mixed_in(
         assert not out.exists() and not temp_of(out).exists()
     else:
         assert sha256_file(out) == new
+
+
+OTHER = 54321  # a user that is neither root nor the test's
+
+
+def plant_partial(out: Path, blob: Blob, uid: int) -> None:
+    """What another user can put beside a destination in a folder all may write to (a
+    sticky /tmp): a temporary file of the blob's size holding their bytes, and a record,
+    well checksummed (nothing secret goes into it), that claims every byte of it."""
+    temp_of(out).write_bytes(b"X" * blob.size)
+    whole = (PartRecord(0, blob.size, blob.size),)
+    save(state_path(out), State(blob.url, blob.url, blob.size, None, None, whole))
+    for path in (temp_of(out), state_path(out)):
+        os.chown(path, uid, uid)
+
+
+def test_a_partial_another_user_planted_is_never_resumed(
+    make: Make, server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partial is resumed only if its writer could have put the destination there anyway:
+    one another user planted in a shared folder (their bytes, their file) would become the
+    download, theirs to edit later, under a success. It is ignored: the run starts over."""
+    assert os.geteuid() == 0, "CI runs as root: this test needs it"
+    blob = make(8 * PART, seed=2210)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp: anyone may add a file, only its owner remove it
+    out = shared / "out"
+    plant_partial(out, blob, OTHER)
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == 0
+    assert out.stat().st_uid == os.geteuid()
+    assert "another user" in caplog.text
+    assert sorted(p.name for p in shared.iterdir()) == ["out"]
+
+
+def test_a_partial_of_the_folders_owner_is_resumed_by_root(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Root resumes a partial that the owner of its folder owns (a download it ran into that
+    user's folder, handed over as a pull hands its store's partials to the store's user):
+    that user may replace anything in their folder anyway."""
+    assert os.geteuid() == 0, "CI runs as root: this test needs it"
+    blob = make(8 * PART, seed=2211)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, OTHER, OTHER)
+    out = theirs / "out"
+    kept = partial(blob, server, out)
+    for path in (temp_of(out), state_path(out)):
+        os.chown(path, OTHER, OTHER)
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == kept
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_a_partial_linked_elsewhere_is_started_over_never_written_through(
+    make: Make, server: ServerHandle, tmp_path: Path, link: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A temporary file with another name (a hard link: a backup, a copy made with ``ln``)
+    or that is a symbolic link cannot be resumed: writing through it would change a file
+    that is not ours. The record is ignored and the run starts over beside it, leaving that
+    file as it is: not refused again and again while saying to run it again to resume."""
+    blob = make(8 * PART, seed=2212)
+    out = tmp_path / "out"
+    assert partial(blob, server, out) > 0
+    other = tmp_path / "other"
+    if link == "hard":
+        os.link(temp_of(out), other)
+    else:
+        os.replace(temp_of(out), other)
+        temp_of(out).symlink_to(other)
+    before = sha256_file(other)
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == 0
+    assert sha256_file(other) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"]
+    assert "ignoring resume state" in caplog.text
