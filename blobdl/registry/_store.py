@@ -235,12 +235,16 @@ class Store:
 
     def touch(self, blob: Blob) -> bool:
         """Set the blob's mtime to now (the entry itself, as Ollama's prune reads it);
-        False if it is gone."""
+        False if it is gone. One another user wrote (0644: Ollama's service, another user's
+        pull) may be there untouchable: it is used as Ollama's own pull uses it, untouched
+        (the check after the manifest is written still catches it if it goes)."""
         path = self.blob_path(blob)
         try:
             os.utime(path, follow_symlinks=False)
         except FileNotFoundError:
             return False
+        except PermissionError:
+            return os.path.lexists(path)
         except OSError as exc:
             raise local_error(path, exc) from None
         return True
