@@ -11,9 +11,10 @@ A blob is downloaded to ``blobs-partial/``, digest-checked by the engine, then r
 blobs older than an hour that no manifest names, so every blob a manifest names is touched
 just before the manifest is written, and checked present after. The manifest is written by
 rename from ``.blobdl-tmp/``, never from a file at depth 4 of ``manifests/``, where Ollama
-would read a leftover as a (corrupt) model. A folder linked to another file system changes
-where the staging (``blobs/.blobdl-partial/``) or the scratch (``MODEL/.blobdl-tmp/``) is,
-so that every rename stays on one disk. Who uses which blob is ``_claims``; deleting the
+would read a leftover as a (corrupt) model. A folder linked to another file system, or
+mounted (even from the same disk: a container's volume), changes where the staging
+(``blobs/.blobdl-partial/``) or the scratch (``MODEL/.blobdl-tmp/``) is, so that every
+rename stays on one mount. Who uses which blob is ``_claims``; deleting the
 blobs nobody uses, ``_prune.free``.
 
 ``locate`` finds the store Ollama reads; when root writes into a store another user owns
@@ -115,10 +116,11 @@ class Store:
 
     def _staging_folder(self) -> Path:
         """Where downloads are staged: ``blobs-partial/``, unless ``blobs/`` is on another
-        file system (a link to a bigger disk, which ``ollama pull`` copes with): a blob could
-        not be renamed from one to the other once whole, and the disk the user moved the
-        blobs off is the one without room for them. Then ``blobs/.blobdl-partial/``: a
-        folder, which Ollama's prune of ``blobs/`` leaves alone (it removes files)."""
+        file system or mount (a link to a bigger disk, which ``ollama pull`` copes with, a
+        container's volume): a blob could not be renamed from one to the other once whole,
+        and the disk the user moved the blobs off is the one without room for them. Then
+        ``blobs/.blobdl-partial/``: a folder, which Ollama's prune of ``blobs/`` leaves alone
+        (it removes files)."""
         usual = self.root / PARTIAL_DIR
         blobs = _device(self.blobs)
         if blobs is None or blobs == (_device(usual) or _device(self.root)):
@@ -233,12 +235,16 @@ class Store:
 
     def touch(self, blob: Blob) -> bool:
         """Set the blob's mtime to now (the entry itself, as Ollama's prune reads it);
-        False if it is gone."""
+        False if it is gone. One another user wrote (0644: Ollama's service, another user's
+        pull) may be there untouchable: it is used as Ollama's own pull uses it, untouched
+        (the check after the manifest is written still catches it if it goes)."""
         path = self.blob_path(blob)
         try:
             os.utime(path, follow_symlinks=False)
         except FileNotFoundError:
             return False
+        except PermissionError:
+            return os.path.lexists(path)
         except OSError as exc:
             raise local_error(path, exc) from None
         return True
@@ -298,8 +304,8 @@ class Store:
 
     def _scratch_folder(self, target: Path) -> Path:
         """Where a manifest for the folder ``target`` is written before its rename:
-        ``.blobdl-tmp/``, unless ``target`` is on another file system (a folder of
-        ``manifests/`` that is a link to another disk): then ``target/.blobdl-tmp/``, a
+        ``.blobdl-tmp/``, unless ``target`` is on another file system or mount (a folder of
+        ``manifests/`` that is a link to another disk, a volume): then ``target/.blobdl-tmp/``, a
         folder at the depth of manifests, which Ollama skips (it reads files there)."""
         self.folder(self.scratch)
         if _device(target) == _device(self.scratch):
@@ -314,9 +320,41 @@ class Store:
                 path.unlink()
 
 
-def _device(path: Path) -> int | None:
-    """The file system ``path`` (through links) is on; None if it is not there."""
+Volume = tuple[int, int]  # (st_dev, the mount's id): where a rename(2) can go
+
+
+def _device(path: Path) -> Volume | None:
+    """The file system ``path`` (through links) is on, and the mount it is seen through;
+    None if it is not there. rename(2) fails (EXDEV) across mounts, not only across file
+    systems: a folder bind-mounted from the same disk (a container's volume at ``blobs/``)
+    has the same st_dev as the rest of the store, but another mount."""
     try:
-        return os.stat(path).st_dev
-    except OSError:
+        dev = os.stat(path).st_dev
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
         return None
+    return dev, _mount_id(real)
+
+
+def _mount_id(real: str) -> int:
+    """The id of the mount an absolute, resolved path is under, from
+    ``/proc/self/mountinfo`` (the last of the mounts at the longest mount point that holds
+    it: the one on top); -1 where there is no such file (not Linux)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as file:
+            lines = file.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return -1
+    best, found = -1, -1
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5 or not fields[0].isdigit():
+            continue
+        point = _MOUNT_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:
+            best, found = len(point), int(fields[0])
+    return found
+
+
+_MOUNT_ESCAPE = re.compile(r"\\([0-7]{3})")  # how mountinfo writes a space, a tab, a backslash

@@ -712,6 +712,31 @@ def test_prune_removes_no_blob_while_a_manifest_folder_cannot_be_listed(
         "or remove it)" in done.stdout.splitlines(), done.stdout  # fmt: skip
 
 
+def test_a_blob_another_user_wrote_is_used_though_it_cannot_be_touched(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A store whose folders a user may write, holding a blob Ollama's service user (or
+    another user's pull) wrote, 0644: the user cannot set its mtime. Ollama's own pull uses
+    it as it is; blobdl's pull did too little (exit 5 "Permission denied" at the touch,
+    before anything was fetched). The blob is there: the pull uses it, and the check after
+    the manifest is written still catches one deleted meanwhile."""
+    shared = data(90, 20 * KB)
+    models = tmp_path / "models"
+    first = push(registry, "library/theirs", "v1", data(91, 300), shared)
+    blobdl.pull(ref(registry, first), models, settings=fast_settings())
+    os.chown(blob_file(models, shared), 54321, 54321)
+    mine = push(registry, "library/mine", "v1", data(92, 300), shared)
+    done = subprocess.run(
+        [*NO_DAC[:1], f"{NO_DAC[1]},-fowner", sys.executable, "-m", "blobdl", "pull",
+         ref(registry, mine), "--models-dir", str(models)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1 of 2 blobs to fetch" in done.stderr, done.stderr
+    assert {name[2] for name in assert_ollama_reads(models)} == {"theirs", "mine"}
+
+
 def test_prune_of_a_store_only_ollama_wrote_removes_its_unused_blobs(tmp_path: Path) -> None:
     models = tmp_path / "models"  # no blobs-partial/: blobdl never pulled into it
     kept = write(models / "manifests/h/ns/m/v1", json.dumps({"config": {"digest": digest(b"c")}}
