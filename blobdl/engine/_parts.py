@@ -159,6 +159,7 @@ class Part:
             pace.steady,
             pace.sleeping,
             pace.measured(),
+            pace.awaiting(),
         )
 
     def waits_on_network(self) -> bool:

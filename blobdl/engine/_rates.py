@@ -68,6 +68,10 @@ class Pace:
         if received != self.received:
             self.received, self.moved_at = received, now
 
+    def awaiting(self) -> bool:
+        """Whether the current request (or the attempt, before any) has shown no byte yet."""
+        return self._body_at < 0
+
     def request_rate(self, now: float, received: int, settle: float) -> float:
         """Bytes/s of the current request's body since a sample first saw it move; 0 until
         that was ``settle`` seconds ago."""

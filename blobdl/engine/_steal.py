@@ -75,6 +75,7 @@ class LaneView(NamedTuple):
     steady: float = 0.0  # bytes/s over the last _rates.STEADY_WINDOW seconds
     sleeping: float = 0.0  # share of those seconds it slept to stay under its cap
     measured: float = 0.0  # seconds those two are over (0: no byte yet in its attempt)
+    awaiting: bool = False  # its current request has shown no byte yet: it waits for its answer
 
 
 class Steal(NamedTuple):
@@ -109,7 +110,7 @@ def choose(
     ]
     if slow:
         lane = min(slow, key=lambda lane: (lane.rate, -(lane.end - lane.pos)))
-        steal = _takeover(lane, best_rate, CUT_QUIET + min(answer_time, CUT_LONG))
+        steal = _takeover(lane, best_rate, patience(answer_time))
         if steal is not None:
             return steal
     if open_lanes:
@@ -199,12 +200,25 @@ def _takeover(lane: LaneView, best_rate: float, patience: float) -> Steal | None
     return Steal(lane.slot, committed, takeover=True)
 
 
-def laggards(lanes: Sequence[LaneView], grace: float) -> list[LaneView]:
+def patience(answer_time: float) -> float:
+    """How long a lane may go without a byte before its silence is no longer the server's
+    usual wait for an answer (``answer_time``: the probe's, at most ``CUT_LONG`` of it)."""
+    return CUT_QUIET + min(answer_time, CUT_LONG)
+
+
+def laggards(lanes: Sequence[LaneView], grace: float, patience: float) -> list[LaneView]:
     """The lanes far below their peers' median, in the order given: the peers are the lanes
-    that have run for ``grace`` (a new attempt is still connecting), each judged among them."""
+    that have run for ``grace`` (a new attempt is still connecting), each judged among them.
+    A lane awaiting its current request's answer is silent as the server makes every lane
+    wait, not lagging, until that wait is past ``patience`` (``patience(answer_time)``):
+    restarted sooner, its request was thrown away and asked for again, to wait as long."""
     peers = [lane for lane in lanes if lane.age >= grace]
     rates = [lane.recent for lane in peers]
-    return [lane for lane in peers if lagging(lane.recent, rates)]
+    return [
+        lane
+        for lane in peers
+        if lagging(lane.recent, rates) and not (lane.awaiting and lane.quiet < patience)
+    ]
 
 
 def lagging(rate: float, peers: Sequence[float]) -> bool:

@@ -94,8 +94,22 @@ def test_laggards_are_judged_among_the_lanes_past_their_grace() -> None:
         LaneView(2, 200, 300, 0.0, 0.1, recent=0.0),  # still connecting: no peer, not judged
         LaneView(3, 300, 400, 8e6, 5.0, recent=8e6),
     ]
-    assert [lane.slot for lane in laggards(lanes, grace=0.5)] == [1]
-    assert laggards(lanes[1:3], grace=0.5) == []  # one lane past its grace: no peers
+    assert [lane.slot for lane in laggards(lanes, grace=0.5, patience=0.9)] == [1]
+    assert laggards(lanes[1:3], grace=0.5, patience=0.9) == []  # one past its grace: no peers
+
+
+def test_a_lane_awaiting_its_answer_no_longer_than_the_server_takes_is_no_laggard() -> None:
+    """Between two requests a lane waits for the next status line, silent, while its peers
+    stream: the server's usual wait (past the probe's answer time and CUT_QUIET, the quiet
+    cut's patience, it is lag). Restarted sooner, its request was thrown away and asked for
+    again on a new connection, to wait as long (a loaded CI saw it)."""
+    streaming = [LaneView(n, 0, 100, 8e6, 5.0, recent=8e6) for n in (0, 2, 3)]
+    waiting = LaneView(1, 100, 200, 4e6, 5.0, asked=200, quiet=0.6, recent=0.0, awaiting=True)
+    assert laggards([*streaming, waiting], grace=0.5, patience=0.9) == []
+    waited = waiting._replace(quiet=1.0)  # past the patience: lagging after all
+    assert [lane.slot for lane in laggards([*streaming, waited], grace=0.5, patience=0.9)] == [1]
+    slow = waiting._replace(recent=0.1e6, awaiting=False)  # a stream far below the others
+    assert [lane.slot for lane in laggards([*streaming, slow], grace=0.5, patience=0.9)] == [1]
 
 
 FAST = 8e6
