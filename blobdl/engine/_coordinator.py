@@ -57,7 +57,7 @@ from ._parts import RUNNING, Part, Parts, Tally
 from ._pinned import Pinned
 from ._rates import BestRate, RateWindow
 from ._share import Share
-from ._steal import choose, laggards, patience
+from ._steal import answer_wait, choose, laggards
 from ._worker import Crew
 
 log = logging.getLogger("blobdl")
@@ -280,7 +280,7 @@ class Coordinator:
         if not self.ranged:  # one stream, nothing to compare it with
             return
         grace = max(LAG_GRACE, 2 * min(self.settings.progress_interval, WATCH_INTERVAL))
-        waits = patience(self.pinned.remote.answer_time)
+        waits = answer_wait(self.pinned.remote.answer_time)
         for lane in laggards(self.parts.lanes(now), grace, waits):
             part = self.parts[lane.slot]
             if not part.waits_on_network():

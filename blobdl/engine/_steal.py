@@ -27,6 +27,8 @@ import statistics
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from ._rates import LAG_WINDOW
+
 # A lane this many times slower than the best one is worth replacing with a new connection.
 SLOW_FACTOR = 4.0
 # A lane under this share of its peers' median rate, both over the last _rates.LAG_WINDOW,
@@ -206,11 +208,20 @@ def patience(answer_time: float) -> float:
     return CUT_QUIET + min(answer_time, CUT_LONG)
 
 
+def answer_wait(answer_time: float) -> float:
+    """How long a lane awaiting its request's answer is not judged lagging: twice what the
+    server took to answer the probe (at most ``CUT_LONG`` of it), and the lag window beside
+    it. A server slow to answer makes every lane wait so between two requests; one quick to
+    answer leaves a lane silent that long only if it is lost (on loopback: ~0.15 s, as a
+    silent lane was always judged)."""
+    return 2 * min(answer_time, CUT_LONG) + LAG_WINDOW
+
+
 def laggards(lanes: Sequence[LaneView], grace: float, patience: float) -> list[LaneView]:
     """The lanes far below their peers' median, in the order given: the peers are the lanes
     that have run for ``grace`` (a new attempt is still connecting), each judged among them.
     A lane awaiting its current request's answer is silent as the server makes every lane
-    wait, not lagging, until that wait is past ``patience`` (``patience(answer_time)``):
+    wait, not lagging, until that wait is past ``patience`` (``answer_wait(answer_time)``):
     restarted sooner, its request was thrown away and asked for again, to wait as long."""
     peers = [lane for lane in lanes if lane.age >= grace]
     rates = [lane.recent for lane in peers]

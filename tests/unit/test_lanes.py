@@ -9,12 +9,14 @@ from blobdl.engine._failure import RETRY, Verdict
 from blobdl.engine._lane import _Pacer
 from blobdl.engine._parts import Counts, Parts
 from blobdl.engine._pinned import Pinned
+from blobdl.engine._rates import LAG_WINDOW
 from blobdl.engine._steal import (
     CUT_LONG,
     LAG_SHARE,
     MAX_LANES,
     LaneView,
     Steal,
+    answer_wait,
     choose,
     laggards,
     lagging,
@@ -100,8 +102,8 @@ def test_laggards_are_judged_among_the_lanes_past_their_grace() -> None:
 
 def test_a_lane_awaiting_its_answer_no_longer_than_the_server_takes_is_no_laggard() -> None:
     """Between two requests a lane waits for the next status line, silent, while its peers
-    stream: the server's usual wait (past the probe's answer time and CUT_QUIET, the quiet
-    cut's patience, it is lag). Restarted sooner, its request was thrown away and asked for
+    stream: the server's usual wait (past ``answer_wait``, twice the probe's answer time and
+    the lag window, it is lag). Restarted sooner, its request was thrown away and asked for
     again on a new connection, to wait as long (a loaded CI saw it)."""
     streaming = [LaneView(n, 0, 100, 8e6, 5.0, recent=8e6) for n in (0, 2, 3)]
     waiting = LaneView(1, 100, 200, 4e6, 5.0, asked=200, quiet=0.6, recent=0.0, awaiting=True)
@@ -364,3 +366,11 @@ def test_how_many_lanes_may_start_beside_the_running_ones(
     """Under a rate limit the running lanes fill, none (the blob then lands in order, from
     its start); where the network holds them back, enough to fill it."""
     assert more_lanes(limit, lanes, grace=0.3, patience=PATIENCE) == expected
+
+
+def test_a_lane_is_waited_for_as_long_as_the_server_takes_to_answer() -> None:
+    """On loopback (an answer in ~1 ms) a lost request is judged after about the lag window,
+    as a silent lane always was; against a server that takes 0.4 s, after twice that."""
+    assert answer_wait(0.001) == pytest.approx(LAG_WINDOW + 0.002)
+    assert answer_wait(0.4) == pytest.approx(0.8 + LAG_WINDOW)
+    assert answer_wait(60.0) == answer_wait(CUT_LONG)  # a probe answered slowly once
