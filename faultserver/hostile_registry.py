@@ -122,6 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     served = 0  # requests read on this connection before this one (a handler a connection)
+    waiting = False  # a request of this connection is being answered and counted (``peak``)
 
     def do_GET(self) -> None:
         if self.role == "ctl":
@@ -131,9 +132,18 @@ class Handler(BaseHTTPRequestHandler):
         STATE.note({"role": self.role, "method": "GET", "path": self.path, "headers": headers})
         kept, self.served = self.served > 0, self.served + 1
         STATE.answering(self.role, 1)
+        self.waiting = True
         try:
             self._answer(STATE.fault(self.role, self.path, kept))
         finally:
+            self._answered()
+
+    def _answered(self) -> None:
+        """The request is answered: counted as the head goes out (``_head``), not after its
+        bytes, which the client may have read, asking its next, before this thread went on
+        (a loaded CI's ``peak`` read one more request at once than the client ever sent)."""
+        if self.waiting:
+            self.waiting = False
             STATE.answering(self.role, -1)
 
     def _answer(self, rule: dict[str, Any] | None) -> None:
@@ -277,6 +287,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _head(self, status: int, headers: dict[str, str]) -> None:
+        self._answered()
         self.send_response_only(status)
         for name, value in headers.items():
             # Raw: a hostile header value may hold what send_header would refuse to encode.
