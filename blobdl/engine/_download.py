@@ -32,7 +32,7 @@ from typing import Any
 from ..config import Settings, check_callback, check_path, check_text, overridden, plain
 from ..events import DownloadResult, EventCallback, Finished, ProgressCallback, Started
 from ..http._probe import resolve
-from ..http._remote import Remote, lasting
+from ..http._remote import Identity, Remote, lasting
 from ..http._urls import check_url, lift_userinfo
 from ..processes import _clean_process
 from ..processes._signals import called, callers, commit, held, inner, stoppable
@@ -49,7 +49,7 @@ from ..store._destination import (
     set_size,
 )
 from ..store._digest import parse_digest
-from ..store._existing import kept
+from ..store._existing import Kept, kept
 from ..store._lock import DestinationLock
 from ..store._names import default_name, name_from_url
 from ..store._resume import PartRecord, Resume, bytes_done, sweep
@@ -207,9 +207,7 @@ class Downloader:
             )  # fmt: skip
             if found is not None:
                 sweep(dest)  # a run killed after its rename left its record beside it
-                result = order.in_place(dest, found.size, verified=found.verified)
-                commit()
-                return result
+                return _in_place(order, dest, found)
             resume = Resume.beside(dest, order.url, self.settings.resume, order.expected)
             try:
                 remote = probed()
@@ -219,20 +217,8 @@ class Downloader:
             return self._fetch(order, remote, dest, resume)
 
     def _unlocked(self, order: Order, dest: Path, remote: Remote | None) -> DownloadResult:
-        """A destination in a folder no one lets us write (a read-only mount, a shared
-        dataset): no lock can be made beside it, nor anything written. A file there that is
-        kept as the download (its digest, or its record and one probe, vouch for it) is the
-        result, as under the lock: it changes only by a rename, whole. Anything else is
-        refused as the folder's (exit 5), before any of its bytes are asked for."""
-        found = kept(
-            dest, order.url, order.expected, lambda: self._probed(order, remote).identity,
-            force=True,  # what nothing vouches for is not refused as there: it cannot go
-        )  # fmt: skip
-        if found is None:
-            raise not_writable(dest)
-        result = order.in_place(dest, found.size, verified=found.verified)
-        commit()
-        return result
+        """A destination in a folder no one lets us write (``_unwritable``)."""
+        return _unwritable(order, dest, lambda: self._probed(order, remote).identity)
 
     # --- the steps a batch's small download tells its own way (``_small.OneRequest``) ----
 
@@ -261,7 +247,9 @@ class Downloader:
             previous = resume.previous(remote)
             if previous is not None:
                 remote = resume.pinned(remote, previous)
-            records = previous.parts if previous else self._fresh(order, remote, dest, resume)
+                records = previous.parts
+            else:
+                records = _fresh(self.settings, order, remote, dest, resume)
         except BaseException as exc:
             with held(drop=True):  # a second Ctrl-C must not cut the cleanup short
                 resume.settle(exc)
@@ -330,15 +318,36 @@ class Downloader:
         """Marked (``mark(fd)``), durable, then renamed onto ``dest`` (see ``finalize``)."""
         finalize(fd, temp, dest, size, stamp=mark, replace=replace)
 
-    def _fresh(self, order: Order, remote: Remote, dest: Path, resume: Resume) -> list[PartRecord]:
-        """Start over: forget any earlier partial file, check space, plan the parts."""
-        resume.forget()
-        if remote.size:
-            check_free_space(dest, remote.size)
-        spans = download_parts(
-            remote.size, remote.ranges, self.settings, hashing=order.expected is not None
-        )
-        return [PartRecord(s.start, s.end, s.start) for s in spans]
+
+def _fresh(
+    settings: Settings, order: Order, remote: Remote, dest: Path, resume: Resume
+) -> tuple[PartRecord, ...]:
+    """Start over: forget any earlier partial file, check space, plan the parts."""
+    resume.forget()
+    if remote.size:
+        check_free_space(dest, remote.size)
+    spans = download_parts(remote.size, remote.ranges, settings, hashing=order.expected is not None)
+    return tuple(PartRecord(s.start, s.end, s.start) for s in spans)
+
+
+def _in_place(order: Order, dest: Path, found: Kept) -> DownloadResult:
+    """The file at ``dest`` kept as the download: its result, and from here on it is done."""
+    result = order.in_place(dest, found.size, verified=found.verified)
+    commit()
+    return result
+
+
+def _unwritable(order: Order, dest: Path, identity: Callable[[], Identity]) -> DownloadResult:
+    """A destination in a folder no one lets us write (a read-only mount, a shared dataset):
+    no lock can be made beside it, nor anything written. A file there that is kept as the
+    download (its digest, or its record and ``identity()``, one probe, vouch for it) is the
+    result, as under the lock: it changes only by a rename, whole. Anything else is refused
+    as the folder's (exit 5), before any of its bytes are asked for."""
+    # force: what nothing vouches for is not refused as there, it cannot go
+    found = kept(dest, order.url, order.expected, identity, force=True)
+    if found is None:
+        raise not_writable(dest)
+    return _in_place(order, dest, found)
 
 
 def _run_here(

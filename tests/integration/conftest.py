@@ -3,8 +3,11 @@ and a scripted one for ``blobdl pull``."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import trustme
@@ -87,3 +90,27 @@ def other(server: ServerHandle) -> Iterator[ServerHandle]:
     handle = start_server(server.root)
     yield handle
     handle.stop()
+
+
+# --- folders no one may write to ----------------------------------------------------------------
+
+
+@pytest.fixture
+def frozen() -> Iterator[list[Path]]:
+    """Folders to make immutable (``chattr +i``: nothing created, renamed or removed in them,
+    even by root, who passes every permission check; ``freeze``), each undone afterwards."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    made: list[Path] = []
+    yield made
+    for folder in reversed(made):
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def freeze(folder: Path, made: list[Path]) -> None:
+    """Make ``folder`` immutable, noted in ``made`` (the ``frozen`` fixture's list); skipped
+    where the file system refuses it (tmpfs before 6.x has no immutable flag)."""
+    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"chattr +i refused here: {done.stderr.strip()}")
+    made.append(folder)

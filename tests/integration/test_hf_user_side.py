@@ -17,6 +17,7 @@ from blobdl.errors import EXIT_LOCAL
 from faultserver.hub import HubHandle, HubRepo, start_hub
 from tests.conftest import REPO
 from tests.hf_client import call, hf_env
+from tests.integration.conftest import freeze
 from tests.integration.test_hf import FAST, blobdl_hf, contents, resolves
 
 SHARD = 300_000  # the repository's LFS file
@@ -191,24 +192,9 @@ def test_patterns_that_match_no_file_are_said_as_huggingface_hub_says_it(
 # --- a cache no one may write to --------------------------------------------------------------
 
 
-@pytest.fixture
-def frozen() -> Iterator[list[Path]]:
-    """Folders to make immutable (``chattr +i``: nothing created or removed in them, even by
-    root, who passes every permission check), each undone afterwards."""
-    if shutil.which("chattr") is None:
-        pytest.skip("chattr is not installed")
-    made: list[Path] = []
-    yield made
-    for folder in reversed(made):
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
 def _freeze(root: Path, made: list[Path]) -> None:
     for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
-        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
-        if done.returncode:
-            pytest.skip(f"chattr +i refused here: {done.stderr.strip()}")
-        made.append(folder)
+        freeze(folder, made)
 
 
 @pytest.mark.parametrize("where", ["--cache-dir", "--local-dir"])

@@ -16,9 +16,8 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -30,6 +29,7 @@ from blobdl.store import _source
 from blobdl.store._resume import claims_bytes
 from faultserver.serverctl import ServerHandle, make_blob
 from tests.conftest import PART, Blob, fast_settings, run_cli, sha256_file, spawn_cli
+from tests.integration.conftest import freeze
 
 Make = Callable[..., Blob]
 CLI = ["--min-part-size", "64KiB", "--max-part-size", "64KiB", "--connections", "4",
@@ -323,25 +323,6 @@ def test_force_keeps_a_batchs_small_finished_items_with_one_byte_each(
 
 
 # --- a folder no one may write to ----------------------------------------------------------------
-
-
-@pytest.fixture
-def frozen() -> Iterator[list[Path]]:
-    """Folders to make immutable (``chattr +i``: nothing created, renamed or removed in them,
-    even by root, who passes every permission check), each undone afterwards."""
-    if shutil.which("chattr") is None:
-        pytest.skip("chattr is not installed")
-    made: list[Path] = []
-    yield made
-    for folder in reversed(made):
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
-def freeze(folder: Path, made: list[Path]) -> None:
-    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"chattr +i refused here: {done.stderr.strip()}")
-    made.append(folder)
 
 
 @pytest.mark.parametrize("digest", [False, True], ids=["record", "digest"])
