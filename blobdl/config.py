@@ -424,15 +424,14 @@ def check_path(name: str, value: object) -> None:
     if value == "":
         raise UsageError(f"{name} is an empty path (did a variable expand to nothing? '.' "
                          "names the current directory)")  # fmt: skip
-    if isinstance(value, str):
-        _require((problem := unnameable(value)) is None, f"{name}: {problem}")
-        return
-    if not isinstance(value, os.PathLike):
-        raise UsageError(f"{name} must be a path or None, not {type(value).__name__}")
-    try:
-        text = os.fspath(value)
-    except TypeError:  # its __fspath__ gives neither str nor bytes
-        text = None
+    text: object = value
+    if not isinstance(value, str):
+        if not isinstance(value, os.PathLike):
+            raise UsageError(f"{name} must be a path or None, not {type(value).__name__}")
+        try:
+            text = os.fspath(value)
+        except TypeError:  # its __fspath__ gives neither str nor bytes
+            text = None
     if not isinstance(text, str):
         raise UsageError(f"{name} must be a path of text: {type(value).__name__} gives no str")
     _require((problem := unnameable(text)) is None, f"{name}: {problem}")
