@@ -32,7 +32,7 @@ import dataclasses
 import os
 import signal
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -127,10 +127,12 @@ def download_numbered(
     settings: Settings | None = None,
     base_dir: str | os.PathLike[str] | None = None,
     cluster: Any = None,
+    probed: Mapping[int, Remote] | None = None,
     **overrides: Any,
 ) -> list[ItemResult]:
     """``download_many``, its errors naming an item as ``numbering`` does (``blobdl -i``:
-    by the manifest line it came from)."""
+    by the manifest line it came from). ``probed``: what an earlier request of its caller
+    learned of an item (by index; a pull's look-up), as its probe would (``_placed``)."""
     check_int("max_connections", max_connections, 1, MAX_CONNECTIONS)
     check_int("per_host", per_host, 1, MAX_CONNECTIONS)
     check_path("base_dir", base_dir)
@@ -141,7 +143,7 @@ def download_numbered(
     on_event = callers(on_event)  # a signal stops the caller's callback, even as it waits
     with called():  # in the main thread, SIGTERM is Ctrl-C, wherever the batch runs
         return _many(listed, numbering, base, max_connections, per_host, on_event, base_dir,
-                     cluster)  # fmt: skip
+                     cluster, dict(probed or {}))  # fmt: skip
 
 
 def _many(
@@ -153,6 +155,7 @@ def _many(
     on_event: BatchCallback | None,
     base_dir: str | os.PathLike[str] | None,
     cluster: Any,
+    probed: dict[int, Remote],
 ) -> list[ItemResult]:
     """``download_many``, its arguments checked."""
     batch, where = [normalized(item) for item in listed], None
@@ -172,10 +175,11 @@ def _many(
     if _clean_process.needs_clean():  # never fork here: a clean process schedules instead
         # Usage errors from the calling thread, before any process.
         first_of_each(batch, numbering=numbering)
-        args = (batch, base, max_connections, per_host, where, numbering)
+        args = (batch, base, max_connections, per_host, where, numbering, probed)
         results = _clean_process.call(_many_here, args, on_event)
     else:
-        scheduler = _Scheduler(batch, base, max_connections, per_host, on_event, where, numbering)
+        scheduler = _Scheduler(batch, base, max_connections, per_host, on_event, where, numbering,
+                               probed)  # fmt: skip
         results = scheduler.run()
     return [r._replace(item=item) for r, item in zip(results, listed, strict=True)]
 
@@ -187,11 +191,12 @@ def _many_here(
     per_host: int,
     base_dir: Path | None,
     numbering: Numbering,
+    probed: dict[int, Remote],
     on_event: BatchCallback | None,
 ) -> list[ItemResult]:
     """``download_many`` in the clean process ``_clean_process`` started for a threaded caller."""
     scheduler = _Scheduler(batch, settings, max_connections, per_host, on_event, base_dir,
-                           numbering)  # fmt: skip
+                           numbering, probed)  # fmt: skip
     return scheduler.run()
 
 
@@ -213,12 +218,17 @@ class _Waiting(NamedTuple):
 
 
 def _placed(
-    items: list[Item], firsts: list[int], settings: Settings, destinations: Destinations
+    items: list[Item],
+    firsts: list[int],
+    settings: Settings,
+    destinations: Destinations,
+    probed: dict[int, Remote],
 ) -> tuple[dict[str, deque[int]], deque[_Waiting], dict[int, BlobdlError]]:
     """Each item (``firsts``: one of each) where it starts: queued for a seat, per host, in
     order (each item's host worked out once); waiting for lanes, a large one (its own child
-    probes it); or failed before anything (a bad URL, a clashing name). ``items`` are named
-    as they come (``Destinations.by_url``)."""
+    probes it, unless ``probed`` holds what a probe of its URL would learn); or failed
+    before anything (a bad URL, a clashing name). ``items`` are named as they come
+    (``Destinations.by_url``)."""
     queued: dict[str, deque[int]] = {}
     waiting: deque[_Waiting] = deque()
     unfit: dict[int, BlobdlError] = {}
@@ -230,7 +240,9 @@ def _placed(
             unfit[index] = exc
             continue
         if said_large(items[index], settings_for(settings, items[index])):
-            waiting.append(_Waiting(index, None, host))
+            remote = probed.get(index)
+            assert remote is None or remote.url == remote.final_url == items[index].url
+            waiting.append(_Waiting(index, remote, host))
         else:
             queued.setdefault(host, deque()).append(index)
     return queued, waiting, unfit
@@ -251,6 +263,7 @@ class _Scheduler:
         on_event: BatchCallback | None,
         base_dir: Path | None = None,
         numbering: Numbering = BY_INDEX,  # how errors name an item: manifest line, or index
+        probed: dict[int, Remote] | None = None,  # see ``download_numbered``
     ) -> None:
         self.items, self.settings = items, settings
         self.numbering = numbering
@@ -264,7 +277,9 @@ class _Scheduler:
         given = {i: path for i in firsts if (path := items[i].path) is not None}
         cached = bool(settings.cache_dir)
         self.destinations = Destinations(given, base_dir, cached, where_to, numbering)
-        self.queued, self.waiting, self.unfit = _placed(items, firsts, settings, self.destinations)
+        self.queued, self.waiting, self.unfit = _placed(
+            items, firsts, settings, self.destinations, probed or {}
+        )
         # Where a batch killed whole may have left its seats' kept lock files, swept once
         # before the pool starts (then none of ours is there yet), not per item.
         fit = (i for i in firsts if i not in self.unfit)

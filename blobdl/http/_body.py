@@ -21,7 +21,7 @@ import urllib3
 from .._said import quoted
 from ..errors import BadResponse, RemoteChanged
 from ._chunks import StrictChunks
-from ._connections import ready_at
+from ._connections import answer_time
 from ._error_words import status_error
 from ._headers import parse_content_range, range_header
 from ._redirects import Answer, get_following
@@ -52,7 +52,7 @@ class RangeBody:
     def __init__(self, response: Response, sent: float) -> None:
         self.answered = time.monotonic()
         # To the status line (the connection idled meanwhile), less setting the connection up.
-        self.answer_time = self.answered - max(sent, ready_at(response))
+        self.answer_time = answer_time(response, sent, self.answered)
         self.stop = -1
         self.sock: socket.socket | None = None
         self.buffered, self.tls = 0, False

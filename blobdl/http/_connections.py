@@ -12,9 +12,9 @@ reusing a closed descriptor's number. Threads without ``Sockets`` note nothing (
 coordinator's probe). Only a wait before the socket exists (DNS, connect) is out of reach.
 Their set-up (the lookup, each address's connect, a proxy's CONNECT, TLS) is bounded as a
 whole (``_set_up``), and so is that wait.
-The connections also note when they were ready (``ready_at``): the time a request takes to
-its status line, less the connection's set-up, is what sizes a lane's chunks (``_chunk``);
-and they read their responses past any interim (1xx) ones (``_interim``).
+The connections also note when they were ready: the time a request takes to its status
+line, less the connection's set-up (``answer_time``), is what sizes a lane's chunks
+(``_chunk``); and they read their responses past any interim (1xx) ones (``_interim``).
 
 A pool may be shared by threads (a pull's blob lookups share the registry's), so a
 connection is closed only by the request that holds it: one whose answer it will serve no
@@ -338,10 +338,11 @@ def spend(response: urllib3.BaseHTTPResponse) -> None:
         conn.spent = True
 
 
-def ready_at(response: urllib3.BaseHTTPResponse) -> float:
-    """When the connection that carries ``response`` was set up (0.0: not known), so that a
-    request's own overhead can be told from the connection's."""
-    return float(getattr(response.connection, "ready_at", 0.0))
+def answer_time(response: urllib3.BaseHTTPResponse, sent: float, answered: float) -> float:
+    """Seconds ``response`` took from its request (``sent``) to its status line
+    (``answered``), less setting its connection up (when it was new): how long the server
+    takes to answer a request, as a probe measures it (``Remote.answer_time``) and a lane."""
+    return answered - max(sent, float(getattr(response.connection, "ready_at", 0.0)))
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):

@@ -17,6 +17,7 @@ import urllib3
 
 from ..config import Settings
 from ..errors import BadResponse, BlobdlError, HTTPStatusError
+from ._connections import answer_time
 from ._error_words import error_body
 from ._headers import parse_retry_after
 from ._request import base_headers, read_upto, require_identity, send_get
@@ -29,6 +30,7 @@ class Document(NamedTuple):
     status: int
     headers: Mapping[str, str]  # case-insensitive (urllib3's HTTPHeaderDict)
     body: bytes  # a 2xx's (never more than the cap), an error's first ERROR_BODY bytes; or b""
+    answer_time: float = 0.0  # to its status line, less the set-up of a new connection
 
 
 def get_document(
@@ -40,12 +42,14 @@ def get_document(
     An error's (4xx, 5xx) first ``_error_words.ERROR_BODY`` bytes are read for what the
     server says, as far as they come within ``within`` (nothing if they fail to); a
     redirect's, never."""
+    sent = time.monotonic()
     response = send_get(pool, url, base_headers(headers.items()))
+    took = answer_time(response, sent, time.monotonic())
     body, whole = b"", False
     try:
         if response.status >= 400:
             body = error_body(url, response, within)
-            return Document(url, response.status, response.headers, body)
+            return Document(url, response.status, response.headers, body, took)
         with translate_errors(url):
             if limit and 200 <= response.status < 300:
                 require_identity(url, response)
@@ -60,7 +64,7 @@ def get_document(
             response.release_conn()  # read to its end: the connection can serve the next one
         else:
             response.close()  # an unread body (a blob, an error page) never returns to the pool
-    return Document(url, response.status, response.headers, body)
+    return Document(url, response.status, response.headers, body, took)
 
 
 def fetch(settings: Settings, attempt: Callable[[], Document]) -> Document:

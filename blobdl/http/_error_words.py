@@ -82,7 +82,7 @@ _FILLER = ("http", "error", "status", "code")
 def error_body(url: str, response: Response, within: float) -> bytes:
     """The start of an error answer's body: its words are a courtesy, so a body that is
     encoded, breaks off or trickles past ``within`` seconds says nothing rather than failing."""
-    if not identity_encoded(response):
+    if not identity_encoded(response.headers):
         return b""
     # Read to its end, the body would hand its connection back to the pool, which would
     # keep it open, idle, beside the connection the retry or a refreshed URL opens: one

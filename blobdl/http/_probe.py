@@ -5,19 +5,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import urllib3
 
 from .._said import quoted
 from ..config import Settings
 from ..errors import BadResponse
-from ._connections import ready_at
+from ._connections import answer_time
 from ._error_words import status_error
 from ._headers import content_disposition_filename, parse_content_range, range_header
 from ._pool import make_pool, prepare_tls
 from ._redirects import Answer, get_following
 from ._remote import Remote
-from ._request import Response, content_length, require_identity
+from ._request import Response, content_length, identity_encoded, require_identity
 from ._retry import Retry, retried
 from ._span import Span
 from ._urls import check_url, lift_userinfo
@@ -44,13 +45,13 @@ def first_answer(
     if answer.response.status == 416 and _size_stated(answer.response) is None:
         answer = _empty_or_refused(pool, url, headers, answer, settings)
     response = answer.response
-    answer_time = time.monotonic() - max(answer.sent, ready_at(response))
+    took = answer_time(response, answer.sent, time.monotonic())
     try:
         remote = _remote_from(url, answer, want, settings.stall_timeout)
     except BaseException:
         response.close()
         raise
-    return remote._replace(answer_time=answer_time), response
+    return remote._replace(answer_time=took), response
 
 
 def _size_stated(response: Response) -> int | None:
@@ -110,16 +111,49 @@ def _remote_from(url: str, answer: Answer, want: int, within: float) -> Remote:
         size, ranges = content_length(response), False
     else:
         raise status_error(final, response, within)
+    return _described(url, final, size, ranges, response.headers, headers)
+
+
+def first_byte_answer(
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    status: int,
+    answer: Mapping[str, str],
+    took: float,
+) -> Remote | None:
+    """What an answer of ``url`` itself (no redirect) to ``Range: bytes=0-0``, sent with
+    ``headers``, says of the blob, as the probe would have learned it (``took``: its
+    ``answer_time``); a registry's look-up of a blob is such a request. Only a 206 of the
+    first byte of a blob of a stated size, as stored (identity), says all a probe learns;
+    else None: the download probes, and judges the answer itself."""
+    if status != 206 or not identity_encoded(answer):
+        return None
+    content_range = parse_content_range(answer.get("Content-Range", ""))
+    if not content_range or not content_range.total or content_range.span != Span(0, 1):
+        return None
+    described = _described(url, url, content_range.total, True, answer, headers)
+    return described._replace(answer_time=took)
+
+
+def _described(
+    url: str,
+    final: str,
+    size: int | None,
+    ranges: bool,
+    answer: Mapping[str, str],
+    headers: tuple[tuple[str, str], ...],
+) -> Remote:
+    """The blob as ``answer``'s headers (from ``final``) describe it."""
     return Remote(
         url=url,
         final_url=final,
         size=size,
         ranges=ranges,
-        etag=response.headers.get("ETag"),
-        last_modified=response.headers.get("Last-Modified"),
-        filename=content_disposition_filename(response.headers.get("Content-Disposition")),
+        etag=answer.get("ETag"),
+        last_modified=answer.get("Last-Modified"),
+        filename=content_disposition_filename(answer.get("Content-Disposition")),
         headers=headers,
-        date=response.headers.get("Date"),
+        date=answer.get("Date"),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import urllib3
 from urllib3 import HTTPHeaderDict
@@ -99,15 +99,16 @@ def response_url(response: Response) -> str:
     return getattr(response, "url", None) or ""
 
 
-def identity_encoded(response: Response) -> bool:
-    """Whether the body is as stored (no ``Content-Encoding``, or ``identity``): the value as
-    ``send_get`` left it, its HTTP padding (spaces, tabs) trimmed there (``_trimmed``) and
-    nothing else (``identity`` and a no-break space is another coding)."""
-    return response.headers.get("Content-Encoding", "").lower() in ("", "identity")
+def identity_encoded(headers: Mapping[str, str]) -> bool:
+    """Whether a response's body (``headers``: its own) is as stored (no ``Content-Encoding``,
+    or ``identity``): the value as ``send_get`` left it, its HTTP padding (spaces, tabs)
+    trimmed there (``_trimmed``) and nothing else (``identity`` and a no-break space is
+    another coding)."""
+    return headers.get("Content-Encoding", "").lower() in ("", "identity")
 
 
 def require_identity(url: str, response: Response) -> None:
-    if not identity_encoded(response):
+    if not identity_encoded(response.headers):
         shown = escaped(response.headers["Content-Encoding"], 60)  # the server's text
         raise BadResponse(url, f"body is {shown}-encoded although identity was asked")
 

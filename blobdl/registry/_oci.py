@@ -43,7 +43,9 @@ from ..errors import (
 from ..http._document import Document, fetch, get_document
 from ..http._error_words import said
 from ..http._pool import make_pool, prepare_tls
+from ..http._probe import first_byte_answer
 from ..http._redirects import REDIRECTS
+from ..http._remote import Remote
 from ..http._routes import ProxyRoutes
 from ..http._urls import headers_for_origin, redirect_target, same_origin, url_problem
 from ..processes._spawn import in_threads
@@ -161,7 +163,18 @@ def registry_url(ref: Reference, plain_http: bool) -> str:
 
 
 Headers = dict[str, str]
-Source = tuple[str, tuple[tuple[str, str], ...]]  # a blob's URL, and the headers it is sent
+
+
+class Source(NamedTuple):
+    """Where to GET a blob, with which headers, and what its look-up learned of it."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    # The blob as the registry's answer to its look-up described it, where the registry
+    # serves it itself: its download's probe (None: it was sent elsewhere, or said less).
+    remote: Remote | None = None
+
+
 LOOKUPS = 8  # blob lookups in flight at once, at most (and never more than the budget)
 
 
@@ -243,18 +256,23 @@ class Registry:
 
     def _blob_source(self, blob: Blob) -> Source:
         """Where to GET ``blob`` and with which headers. A redirect to another origin (the
-        presigned storage URL) is returned with only what that origin may be sent."""
+        presigned storage URL) is returned with only what that origin may be sent. Where
+        the registry serves the blob itself, its answer to the look-up (``bytes=0-0``) is
+        what its download's probe would learn, kept as that probe: one round trip less
+        per blob (when it describes the blob the manifest gives)."""
         url = f"{self.base}/v2/{self.ref.repository}/blobs/{blob.digest}"
         answer = self._send(url, {"Range": "bytes=0-0"}, 0)
         if answer.status in REDIRECTS:
             target = redirect_target(url, _location(answer))
-            return target, tuple(self.headers_for(target).items())
+            return Source(target, tuple(self.headers_for(target).items()))
         if answer.status == 404:
             words = ", ".join(w for w in (f"no blob {blob.digest}", _registry_says(answer)) if w)
             raise ModelNotFound(str(self.ref), f"the registry has {words}")
         if answer.status not in (200, 206, 416):  # 416: an empty blob has no byte 0
             _require_ok(answer)
-        return url, tuple(self.headers_for(url).items())
+        headers = tuple(self.headers_for(url).items())
+        remote = first_byte_answer(url, headers, answer.status, answer.headers, answer.answer_time)
+        return Source(url, headers, remote if remote and remote.size == blob.size else None)
 
     def forget_token(self) -> None:
         """The token expired (a 401 mid-pull): the next request fetches a new one."""

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..batch._scheduler import BatchEvent, Item, ItemResult, download_many
+from ..batch._items import BY_INDEX
+from ..batch._scheduler import BatchEvent, Item, ItemResult, download_numbered
 from ..config import Settings, check_callback, check_path, overridden
 from ..errors import AuthRefused, BadResponse, HTTPStatusError, LocalFileError, OutOfResources
 from ..events import DownloadResult
@@ -284,19 +285,22 @@ class _Fetcher:
     def _round(self, blobs: list[Blob]) -> list[ItemResult]:
         sources = self.registry.blob_sources(blobs)
         items = [
-            Item(url, str(self.store.staging_path(blob)), blob.digest, headers, size=blob.size)
-            for blob, (url, headers) in zip(blobs, sources, strict=True)
-        ]
+            Item(source.url, str(self.store.staging_path(blob)), blob.digest, source.headers,
+                 size=blob.size)
+            for blob, source in zip(blobs, sources, strict=True)
+        ]  # fmt: skip
         # The pull's budget is the user's --connections, shared by every layer like -i does;
         # the per-download cap stays the same, so one big layer can take all of it.
         budget = self.settings.connections
         try:
-            results = download_many(
+            results = download_numbered(
                 items,
+                BY_INDEX,
                 max_connections=budget,
                 per_host=budget,
                 settings=self.settings,
                 on_event=self._relay(blobs),
+                probed={n: s.remote for n, s in enumerate(sources) if s.remote is not None},
             )
         finally:  # what the engine kept (a partial to resume) is the store's owner's too
             self.store.hand_over(blobs)

@@ -18,6 +18,7 @@ deeper, at random; the default is a small derandomized run that fits in ``make t
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import json
@@ -35,6 +36,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import blobdl
+from blobdl.config import Settings
+from blobdl.registry._names import parse_reference
+from blobdl.registry._oci import Registry
 from faultserver.hostile_registry import HostileRegistry
 from faultserver.proxy import ForwardProxy
 from faultserver.serverctl import start_server
@@ -764,3 +768,57 @@ def test_a_pull_under_a_limit_of_a_few_bytes_a_second_looks_its_blobs_up_as_few_
     assert run.code == 3, run.stderr  # refused, as scripted
     assert hostile.hits()[0] >= 7, "every blob was looked up"
     assert hostile.peak("registry") <= 2, hostile.peak("registry")
+
+
+# --- a look-up is a probe -------------------------------------------------------------------------
+
+
+def _first_bytes_asked(hostile: HostileRegistry) -> collections.Counter[str]:
+    """How often each blob's first byte alone was asked for (``Range: bytes=0-0``)."""
+    asked = [e for e in hostile.log() if "/blobs/" in e["path"]]
+    return collections.Counter(e["path"] for e in asked if e["headers"].get("Range") == "bytes=0-0")
+
+
+def test_a_blob_the_registry_serves_itself_has_its_first_byte_asked_for_once(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """A pull looks each blob up (``Range: bytes=0-0``) to learn where it is served. Where
+    the registry serves it itself, that answer says all a download's probe learns (size,
+    ranges, validators): the blob's download no longer asks the same again, a round trip
+    (and a connection) per layer, 50 ms and more from a distant registry. ``--parts 2``:
+    every blob is fetched the way a large one is."""
+    hostile.load(script())
+    run, models = pull_from(hostile, tmp_path, "--parts", "2")
+    assert run.code == 0, run.stderr
+    assert store_problems(models) == []
+    assert sorted(_first_bytes_asked(hostile).values()) == [1, 1]
+
+
+def test_a_blob_served_from_storage_is_probed_there(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """A look-up answered with a redirect says nothing of the blob: its download probes the
+    storage it is sent to, as before."""
+    hostile.load({**script(), "redirect": True})
+    run, models = pull_from(hostile, tmp_path, "--parts", "2")
+    assert run.code == 0, run.stderr
+    assert store_problems(models) == []
+    roles = collections.Counter(
+        e["role"] for e in hostile.log() if e["headers"].get("Range") == "bytes=0-0"
+    )
+    assert roles == {"registry": 2, "storage": 2}
+
+
+def test_a_look_up_times_the_registrys_answer_as_a_probe_does(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """What a look-up learned stands for the probe, and with it how long the registry takes
+    to answer a request: the lanes waiting that long for their answers are not cut as
+    laggards (``_steal.answer_wait``; a probe's time of 0 would let them be, after 0.15 s)."""
+    hostile.load(script(faults=[rule("registry", "/blobs/", delay=0.3)]))
+    where = f"127.0.0.1:{hostile.ports['registry']}/{REGISTRY_REPO}:{REGISTRY_TAG}"
+    registry = Registry(parse_reference(where), Settings(), plain_http=True)
+    blobs = registry.manifest().blobs
+    sources = registry.blob_sources(blobs)
+    assert [s.remote.size if s.remote else None for s in sources] == [b.size for b in blobs]
+    assert all(s.remote and 0.3 <= s.remote.answer_time < 3 for s in sources), sources
