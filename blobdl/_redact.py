@@ -9,8 +9,11 @@ a person or written to disk goes through ``redact_url``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
-from urllib.parse import unquote
+from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
 
 # What may come before an authority: a scheme, or "//" after anything else (a URL that is
 # not quite one, refused, is shown too: scheme-relative as a web page writes it, its colon
@@ -119,3 +122,52 @@ def shown_fields(kind: str, fields: dict[str, object]) -> str:
     if isinstance(shown.get("headers"), tuple):
         shown["headers"] = redact_headers(shown["headers"])  # type: ignore[arg-type]
     return f"{kind}({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
+
+# A secret shorter than this is not looked for in a server's words: masking every "pw" or
+# "42" would garble them, and so short a credential is guessed, not read off an error line.
+_SHORTEST = 4
+
+
+def secrets_of(url: str, values: Iterable[str]) -> frozenset[str]:
+    """What a server's words must not show of a request it answered (it may echo any of
+    it: "token X is not valid"): what ``redact_url`` masks of ``url`` (its password, the
+    values of its credential parameters, its bare pieces), and each of the header
+    ``values`` sent with it, whole and as an error may quote it: an auth scheme's
+    credentials alone, Basic's password decoded, a cookie's values."""
+    found: set[str] = set()
+    parts = urlsplit(url)
+    found.add(parts.password or "")
+    for text, never_sent in ((parts.query, False), (parts.fragment, True)):
+        for pair in _PAIR.findall(text):
+            if _pairs_shown(pair, never_sent=never_sent) != pair:
+                name, equals, value = pair.partition("=")
+                found.add(value if name and equals else pair)
+    for value in values:
+        found.update(_quoted_forms(value))
+    found |= {unquote(secret) for secret in found}
+    return frozenset(secret for secret in found if len(secret) >= _SHORTEST)
+
+
+def _quoted_forms(value: str) -> set[str]:
+    """``value``, and the pieces of it a server might echo alone; of ``Scheme credentials``
+    the credentials only, so that an echo still says ``Bearer ***``."""
+    scheme, _, credentials = value.strip().partition(" ")
+    forms = {credentials.strip() or scheme}
+    if scheme.lower() == "basic":
+        try:
+            pair = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            pair = ""
+        forms |= {pair, pair.partition(":")[2]}
+    for cookie in re.split(r"[;,]", value):
+        forms.add(cookie.partition("=")[2].strip())
+    return forms
+
+
+def hidden(text: str, secrets: Iterable[str]) -> str:
+    """``text`` (a server's words) with each of ``secrets`` in it masked, the longest
+    first (a shorter one may be part of it)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text

@@ -16,7 +16,7 @@ import time
 from typing import Any, NamedTuple
 from urllib.parse import quote, urljoin
 
-from .._redact import MASK
+from .._redact import hidden, secrets_of
 from ..config import Settings
 from ..errors import (
     AuthRefused,
@@ -35,7 +35,7 @@ from ..http._redirects import REDIRECTS
 from ..http._request import base_headers, read_upto, require_identity, retry_after, send_get
 from ..http._retry import Retry
 from ..http._translate import translate_errors
-from ..http._urls import same_origin, url_problem
+from ..http._urls import CROSS_ORIGIN_SAFE, same_origin, url_problem
 from ._env import Token
 from ._repo import Repo, RepoFile, check_commit, check_listing, parse_tree_page
 
@@ -219,7 +219,7 @@ class Hub:
         """What the Hub said, in our words (``X-Error-Code`` first, as huggingface_hub reads
         it), with its own words and what the user can do: a token, or another one."""
         code, repo, status = answer.headers.get("x-error-code", ""), str(self.repo), answer.status
-        says = self._hub_says(answer)
+        says = self._hub_says(answer, url)
         if code == "RevisionNotFound":
             return RevisionNotFound(repo, revision, says)
         # A bare 404 on a file (a mirror's) is the file missing: the repository was listed.
@@ -257,15 +257,15 @@ class Hub:
             return f"it does not exist, or {self._sent()} cannot see it"
         return f"it does not exist, or it is private and no token was sent: give one with {_GIVE}"
 
-    def _hub_says(self, answer: _Answer) -> str:
-        """The Hub's words of a refusal: its ``X-Error-Message``, then its body's (the JSON
-        ``error``) where they differ, as huggingface_hub reads them; the token masked, should
-        a Hub (or a proxy) echo it."""
-        header, body = answer.headers.get("x-error-message", ""), answer.body
-        if self.token:  # before the words are cut: a cut token would still show its start
-            header = header.replace(self.token.value, MASK)
-            body = body.replace(self.token.value.encode(), MASK.encode())
-        words = [w for w in (said_in_header(header), said(body)) if w]
+    def _hub_says(self, answer: _Answer, url: str) -> str:
+        """The Hub's words of a refusal to ``url``: its ``X-Error-Message``, then its body's
+        (the JSON ``error``) where they differ, as huggingface_hub reads them; the token,
+        the user's headers (but the harmless ones) and ``url``'s secrets masked, should a
+        Hub (or a proxy) echo them."""
+        given = [v for name, v in self.settings.headers if name.lower() not in CROSS_ORIGIN_SAFE]
+        secrets = secrets_of(url, [*given, *(value for _, value in self.auth_headers())])
+        header = hidden(answer.headers.get("x-error-message", ""), secrets)
+        words = [w for w in (said_in_header(header), said(answer.body, secrets)) if w]
         return f"the Hub says {'; '.join(dict.fromkeys(words))}" if words else ""
 
 

@@ -271,7 +271,7 @@ def _check_range(
         if refused and refused.total is not None and refused.total != remote.size:
             raise RemoteChanged(url, f"size changed from {remote.size} to {refused.total}")
     if response.status != 206:
-        raise status_error(remote.final_url, response, within, hopped)
+        raise status_error(remote.final_url, response, within, hopped, remote.headers)
     _check_validators(remote, response)
     require_identity(url, response)
     text = response.headers.get("Content-Range", "")
@@ -294,7 +294,7 @@ def _check_range(
 def _check_whole(remote: Remote, response: Response, hopped: bool, within: float) -> int | None:
     """The checks of a whole-blob answer; returns the length it states (None: none)."""
     if response.status != 200:
-        raise status_error(remote.final_url, response, within, hopped)
+        raise status_error(remote.final_url, response, within, hopped, remote.headers)
     require_identity(remote.final_url, response)
     _check_validators(remote, response)
     length = content_length(response)

@@ -23,13 +23,16 @@ import http
 import json
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from .._redact import hidden, secrets_of
 from .._said import escaped
 from ..errors import BlobdlError, HTTPStatusError
 from ._connections import spend
 from ._request import Response, identity_encoded, read_upto, retry_after
 from ._translate import translate_errors
+from ._urls import CROSS_ORIGIN_SAFE
 
 ERROR_BODY = 16 << 10  # bytes of an error answer read for its words; the rest is never read
 MOST = 200  # characters of a server's words in an error line
@@ -41,13 +44,20 @@ _XML_FIELD = {name: re.compile(f"<{name}>([^<]*)</{name}>") for name in ("Code",
 
 
 def status_error(
-    url: str, response: Response, within: float, redirected: bool = False
+    url: str,
+    response: Response,
+    within: float,
+    redirected: bool = False,
+    sent: Iterable[tuple[str, str]] = (),
 ) -> HTTPStatusError:
     """The error status ``url`` answered with in ``response``, with what the server says
     of it (read within ``within`` seconds); the caller closes the response. ``redirected``:
     ``url`` is a target this request's own redirect led to, where a 403 may be an expired
-    signature (``_failure.decide``)."""
-    words = said(error_body(url, response, within))
+    signature (``_failure.decide``). ``sent``: the user's headers the request carried,
+    whose values (but the harmless ones') the words never show, nor ``url``'s secrets: a
+    server may echo what it refused ("token X has expired", "signature X does not match")."""
+    values = (value for name, value in sent if name.lower() not in CROSS_ORIGIN_SAFE)
+    words = said(error_body(url, response, within), secrets_of(url, values))
     if _restates(words, response.status, response.reason):
         words = ""  # "404 Not Found" after "HTTP 404" tells nothing more
     return HTTPStatusError(
@@ -101,20 +111,21 @@ def error_body(url: str, response: Response, within: float) -> bytes:
             connection.close()
 
 
-def said(body: bytes) -> str:
-    """The words of an error answer's ``body`` (its first bytes), or ""."""
+def said(body: bytes, secrets: Iterable[str] = ()) -> str:
+    """The words of an error answer's ``body`` (its first bytes), or "": each of
+    ``secrets`` masked in them, before they are cut (a cut one would still show its start)."""
     text = body.decode("utf-8", "replace").lstrip("\ufeff").strip()
     if not text:
         return ""
     if text[0] == "<":  # an XML error, or an HTML page (which says nothing)
-        return _one_line(_xml(text))
+        return _one_line(hidden(_xml(text), secrets))
     if text[0] not in "{[":
-        return _one_line(text)
+        return _one_line(hidden(text, secrets))
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, cut short, or nested too deep
         return ""
-    return _one_line(_oci(doc) or _json_error(doc) or _text(doc))
+    return _one_line(hidden(_oci(doc) or _json_error(doc) or _text(doc), secrets))
 
 
 def said_in_header(value: str) -> str:

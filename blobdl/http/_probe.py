@@ -71,7 +71,9 @@ def _empty_or_refused(
     range of an empty object. The blob is asked for once more without a range, as curl
     asks: a 200 stating 0 bytes is the empty blob; anything else, the 416 as refused."""
     try:
-        error = status_error(refused.url, refused.response, settings.stall_timeout)
+        error = status_error(
+            refused.url, refused.response, settings.stall_timeout, sent=refused.headers
+        )
     finally:
         refused.response.close()
     whole = get_following(pool, url, headers, {}, settings.max_redirects)
@@ -105,12 +107,12 @@ def _remote_from(url: str, answer: Answer, want: int, within: float) -> Remote:
         # bytes=0-N is unsatisfiable only for an empty blob.
         content_range = parse_content_range(response.headers.get("Content-Range", ""))
         if not content_range or content_range.total != 0:
-            raise status_error(final, response, within)
+            raise status_error(final, response, within, sent=headers)
         size, ranges = 0, True
     elif status == 200:
         size, ranges = content_length(response), False
     else:
-        raise status_error(final, response, within)
+        raise status_error(final, response, within, sent=headers)
     return _described(url, final, size, ranges, response.headers, headers)
 
 

@@ -20,7 +20,7 @@ from ..errors import BadRedirect, UsageError
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A header follows a request to another origin (scheme, host, port) only if it is on this
 # list: any other one (Authorization, Cookie, X-Api-Key, Private-Token...) may be a secret.
-_CROSS_ORIGIN_SAFE = frozenset(
+CROSS_ORIGIN_SAFE = frozenset(
     {"accept", "accept-charset", "accept-language", "user-agent", "cache-control", "pragma"}
 )
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")  # control characters and spaces
@@ -102,10 +102,10 @@ def headers_for_origin(
     headers: tuple[tuple[str, str], ...], given_for: str, sent_to: str
 ) -> tuple[tuple[str, str], ...]:
     """The ``headers`` given for the URL ``given_for`` that may go to ``sent_to``: all of
-    them on its origin, only the harmless ones (``_CROSS_ORIGIN_SAFE``) anywhere else."""
+    them on its origin, only the harmless ones (``CROSS_ORIGIN_SAFE``) anywhere else."""
     if same_origin(given_for, sent_to):
         return headers
-    return tuple(h for h in headers if h[0].lower() in _CROSS_ORIGIN_SAFE)
+    return tuple(h for h in headers if h[0].lower() in CROSS_ORIGIN_SAFE)
 
 
 def redirect_target(current: str, location: str, what: str = "redirect to") -> str:

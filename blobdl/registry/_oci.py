@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
-from .._redact import redact_url
+from .._redact import redact_url, secrets_of
 from .._said import escaped, quoted
 from ..config import MAX_BYTES, Settings, check_header
 from ..errors import (
@@ -47,7 +47,13 @@ from ..http._probe import first_byte_answer
 from ..http._redirects import REDIRECTS
 from ..http._remote import Remote
 from ..http._routes import ProxyRoutes
-from ..http._urls import headers_for_origin, redirect_target, same_origin, url_problem
+from ..http._urls import (
+    CROSS_ORIGIN_SAFE,
+    headers_for_origin,
+    redirect_target,
+    same_origin,
+    url_problem,
+)
 from ..processes._spawn import in_threads
 from ._credentials import basic, docker_credentials, no_credentials
 from ._names import Reference
@@ -163,6 +169,7 @@ def registry_url(ref: Reference, plain_http: bool) -> str:
 
 
 Headers = dict[str, str]
+Secrets = Callable[[str], frozenset[str]]  # a URL -> what words about it never show
 
 
 class Source(NamedTuple):
@@ -208,8 +215,8 @@ class Registry:
         finally:
             self.pool.clear()  # no socket of ours is inherited by the workers forked later
         if answer.status == 404:
-            raise ModelNotFound(str(self.ref), _registry_says(answer))
-        _require_ok(answer)
+            raise ModelNotFound(str(self.ref), _registry_says(answer, self._secrets))
+        _require_ok(answer, self._secrets)
         manifest = parse_manifest(answer.body, url)
         served = answer.headers.get("Docker-Content-Digest", "")
         expected = f"sha256:{self.ref.digest}" if self.ref.digest else served
@@ -266,10 +273,11 @@ class Registry:
             target = redirect_target(url, _location(answer))
             return Source(target, tuple(self.headers_for(target).items()))
         if answer.status == 404:
-            words = ", ".join(w for w in (f"no blob {blob.digest}", _registry_says(answer)) if w)
+            says = _registry_says(answer, self._secrets)
+            words = ", ".join(w for w in (f"no blob {blob.digest}", says) if w)
             raise ModelNotFound(str(self.ref), f"the registry has {words}")
         if answer.status not in (200, 206, 416):  # 416: an empty blob has no byte 0
-            _require_ok(answer)
+            _require_ok(answer, self._secrets)
         headers = tuple(self.headers_for(url).items())
         remote = first_byte_answer(url, headers, answer.status, answer.headers, answer.answer_time)
         return Source(url, headers, remote if remote and remote.size == blob.size else None)
@@ -315,6 +323,16 @@ class Registry:
         if answer.status == 401:
             raise AuthRefused(url, self._refused())
         return answer
+
+    def _secrets(self, url: str) -> frozenset[str]:
+        """What a server's words never show of a request to ``url`` (it may echo them):
+        the user's headers (but the harmless ones), the tokens, the Docker config's
+        password, and ``url``'s own secrets."""
+        given = [v for name, v in self.settings.headers if name.lower() not in CROSS_ORIGIN_SAFE]
+        ours = [f"Bearer {token}" for token in self.tokens.values()]
+        if self.credentials:
+            ours += [basic(self.credentials), self.credentials[1]]
+        return secrets_of(url, [*given, *ours])
 
     def _refused(self) -> str:
         """What the registry refused when it answers 401 to what it asked for: the token
@@ -370,10 +388,10 @@ class Registry:
 
         answer = self._follow(token_url, lambda hop: self._get(hop, headers(hop), MAX_DOCUMENT))
         if answer.status in (401, 403):
-            words = said(answer.body)
+            words = said(answer.body, self._secrets(answer.url))
             and_says = f" and says {words}" if words else ""
             raise AuthRefused(realm, f"the token server answered {answer.status}{and_says}")
-        _require_ok(answer)
+        _require_ok(answer, self._secrets)
         return _token_from(answer)
 
     def _password_for(self, url: str) -> str:
@@ -454,15 +472,16 @@ def _location(answer: Document) -> str:
     return location
 
 
-def _require_ok(answer: Document) -> None:
-    """A 2xx, else the error it is, with what the registry says of it."""
+def _require_ok(answer: Document, secrets: Secrets) -> None:
+    """A 2xx, else the error it is, with what the registry says of it (``secrets``: what
+    its words never show)."""
     if answer.status in (401, 403):
-        words = _registry_says(answer)
+        words = _registry_says(answer, secrets)
         raise AuthRefused(answer.url, f"HTTP {answer.status}{': ' if words else ''}{words}")
     if not 200 <= answer.status < 300:
-        raise HTTPStatusError(answer.status, answer.url, said=_registry_says(answer))
+        raise HTTPStatusError(answer.status, answer.url, said=_registry_says(answer, secrets))
 
 
-def _registry_says(answer: Document) -> str:
-    words = said(answer.body)
+def _registry_says(answer: Document, secrets: Secrets) -> str:
+    words = said(answer.body, secrets(answer.url))
     return f"the registry says {words}" if words else ""

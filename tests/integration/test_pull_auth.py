@@ -19,6 +19,9 @@ import pytest
 
 from faultserver.hostile_registry import HostileRegistry
 from tests.integration.test_pull_hostile import (
+    DOCKER_PASSWORD,
+    DOCKER_USER,
+    USER_AUTH,
     one_error_line,
     pull_from,
     rule,
@@ -194,3 +197,35 @@ def test_credentials_kept_by_a_credential_helper_are_named_not_taken_for_none(
     line = one_error_line(run)
     helper = "desktop" if "credsStore" in config else "ecr-login"
     assert f"credential helper {helper!r}" in line and "does not support" in line, line
+
+
+# --- a registry or token server echoing a credential in its words -------------------------------
+
+
+def test_a_registry_echoing_its_token_or_the_users_header_never_gets_them_shown(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """The registry's refusal is shown in its words: one that echoes the token it refused
+    and the Authorization the user gave had both printed on the error line."""
+    says = "token token-secret-1 (and Bearer user-secret-20) may not pull"
+    body = json.dumps({"errors": [{"code": "DENIED", "message": says}]})
+    refusal = rule("registry", "manifests", status=403, body=body, skip=1)
+    hostile.load(script(auth="bearer", faults=[refusal]))
+    run, _ = pull_from(hostile, tmp_path, "-H", f"Authorization: {USER_AUTH}")
+    line = one_error_line(run)
+    assert "may not pull" in line, line
+    assert "token-secret-1" not in line and "user-secret-20" not in line, line
+
+
+def test_a_token_server_echoing_the_docker_password_never_gets_it_shown(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    body = json.dumps({"details": f"password {DOCKER_PASSWORD} is wrong for {DOCKER_USER}"})
+    hostile.load(script(auth="bearer", credentials=CREDENTIALS,
+                        faults=[rule("auth", "", status=401, body=body)]))  # fmt: skip
+    config = config_folder(tmp_path, {"auths": {f"127.0.0.1:{hostile.ports['registry']}":
+                                                entry(CREDENTIALS)}})  # fmt: skip
+    run, _ = pull_from(hostile, tmp_path, DOCKER_CONFIG=config)
+    line = one_error_line(run)
+    assert "is wrong for" in line, line
+    assert DOCKER_PASSWORD not in line, line

@@ -535,3 +535,55 @@ def test_userinfo_still_authenticates_the_probe_that_refreshes_an_expired_url(
     assert server.stats()["per_path"][f"/redirect-abs/1/{blob.name}"] == 2  # refreshed once
     headers = server.stats()["headers"]
     assert all(h.get("Authorization") == _basic("alice", PASSWORD) for h in headers)
+
+
+# --- a server's words that echo the request ------------------------------------------------
+
+BASIC = _basic("alice", PASSWORD).partition(" ")[2]
+ECHOES = {
+    "a header's whole value": "Private-Token s3cret-private is not valid",
+    "a key alone": "key s3cret-key has expired",
+    "a cookie's value": '{"error": "session s3cret-cookie is over"}',
+    "a signature of the URL": "<Error><Code>Denied</Code><Message>sig SIGSECRET</Message></Error>",
+    "the URL's password": '{"errors": [{"code": "DENIED", "message": "hunter2pw is wrong"}]}',
+    "its Basic credentials": f"credentials {BASIC} refused",
+}
+
+
+@pytest.mark.parametrize("body", ECHOES.values(), ids=ECHOES.keys())
+def test_a_server_echoing_a_credential_in_its_refusal_never_gets_it_shown(
+    server: ServerHandle, body: str, tmp_path: Path
+) -> None:
+    """A refusal's words are shown (HTTP 401 ... the answer says ...): a server that
+    echoes what it refused ("token X has expired") had the user's header values, the URL's
+    password or its signature printed on stderr, in --json events and in the error's
+    repr and pickle. They are masked in the words, before these are cut."""
+    server.set_faults({"path": "/files/x.bin", "action": "status", "status": 401, "body": body,
+                       "times": None})  # fmt: skip
+    url = _with_password(server.url("x.bin")) + "?X-Amz-Signature=SIGSECRET&n=1"
+    headers = {k: v for k, v in SECRETS.items() if k != "Authorization"}  # the URL's is sent
+    secrets = ("s3cret-private", "s3cret-key", "s3cret-cookie", "SIGSECRET", PASSWORD, BASIC)
+    settings = fast_settings(headers=tuple(headers.items()), retries=0)
+    with pytest.raises(HTTPStatusError) as info:
+        Downloader(settings).download(url, tmp_path / "out.bin")
+    assert "the answer says" in str(info.value)  # the words are still shown...
+    shown = str(info.value) + repr(info.value) + str(pickle.dumps(info.value))
+    assert not [s for s in secrets if s in shown], shown  # ... without the secret
+    done = run_cli(url, "-o", str(tmp_path / "o.bin"), "--json", "--retries", "0",
+                   *_header_args(headers))  # fmt: skip
+    assert done.returncode == 3 and "the answer says" in done.stderr, done.stderr
+    assert not [s for s in secrets if s in done.stdout + done.stderr], done.stderr
+
+
+def test_a_redirect_target_echoing_its_signature_in_a_parts_refusal_never_shows_it(
+    server: ServerHandle, other: ServerHandle, other_blob: Blob, tmp_path: Path
+) -> None:
+    """The same for a part's request at a presigned target, refused after the probe."""
+    _redirect(server, "/files/start.bin", f"{other_blob.url}?{SIGNED}")
+    words = "signature SIGSECRET of CREDSECRET: bad part"
+    other.set_faults({"path": "/files/other.bin", "action": "status", "status": 400, "skip": 1,
+                      "body": words, "times": None})  # fmt: skip
+    with pytest.raises(HTTPStatusError) as info:
+        Downloader(fast_settings(retries=0)).download(server.url("start.bin"), tmp_path / "o")
+    assert "bad part" in str(info.value)
+    assert "SIGSECRET" not in str(info.value) and "CREDSECRET" not in repr(info.value)
