@@ -422,6 +422,11 @@ class LocalFileError(BlobdlError):
         return f"{self.path}: {self.detail}"
 
 
+class PartialChanged(LocalFileError):
+    """Another program replaced or truncated the temporary file while the download wrote
+    it: the bytes at its name are not the ones written, and no record may vouch for them."""
+
+
 class InsufficientSpace(LocalFileError):
     """Not enough free space on the destination's filesystem."""
 

@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
+from pathlib import Path
 
 from ..config import MAX_BYTES, Settings
 from ..errors import RetriesExhausted, Stalled, WorkerCrashed
@@ -47,7 +48,7 @@ from ..http._probe import resolve
 from ..http._remote import Remote
 from ..http._retry import Retry
 from ..processes._signals import Interrupts
-from ..store._destination import start_writeback
+from ..store._destination import check_partial, start_writeback
 from ..store._resume import CheckpointCallback, PartRecord
 from . import _failure
 from ._allowance import Allowance
@@ -246,6 +247,9 @@ class Coordinator:
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
     def _sample(self, now: float) -> None:
+        # The file replaced or truncated under the workers: stop now, not once the rest of
+        # the blob went into it (``finalize`` checks again before its rename).
+        check_partial(self.fd, Path(self.path), self.pinned.remote.size)
         self.parts.share(self.allowance.limit())
         told = now - self.last_told >= self.settings.progress_interval
         if told:

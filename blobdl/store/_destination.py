@@ -13,7 +13,13 @@ from pathlib import Path, PurePosixPath
 
 from .._libc import libc_function
 from ..config import unnameable
-from ..errors import DestinationExists, InsufficientSpace, LocalFileError, UsageError
+from ..errors import (
+    DestinationExists,
+    InsufficientSpace,
+    LocalFileError,
+    PartialChanged,
+    UsageError,
+)
 from ._files import (
     directory_problem,
     fsync_dir,
@@ -230,6 +236,25 @@ def start_writeback(fd: int) -> None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
+def check_partial(fd: int, temp: Path, size: int | None) -> None:
+    """``temp`` still names the file ``fd`` writes, at least ``size`` bytes long (None: not
+    known), else ``PartialChanged``. The workers write through ``fd``: a file another
+    program renamed onto the name would be renamed into place instead of theirs (its
+    bytes, whatever a digest of theirs says), and one it truncated keeps holes where their
+    bytes were. Neither can be told from the bytes by a rerun: the partial is not kept."""
+    try:
+        held, named = os.fstat(fd), os.lstat(temp)
+    except OSError as exc:
+        raise local_error(temp, exc) from None
+    if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+        raise PartialChanged(str(temp), "replaced by another program while it was written")
+    if size is not None and held.st_size < size:
+        detail = (
+            f"truncated by another program while it was written ({held.st_size} of {size} bytes)"
+        )
+        raise PartialChanged(str(temp), detail)
+
+
 def finalize(
     fd: int,
     temp: Path,
@@ -250,6 +275,7 @@ def finalize(
     (``DestinationExists``), never replaced (``_rename_onto_nothing``)."""
     try:
         try:
+            check_partial(fd, temp, size)  # what is renamed is what was written
             os.ftruncate(fd, size)  # the last change of its mtime
             if stamp is not None:
                 stamp(fd)

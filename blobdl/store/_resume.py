@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from .._redact import redact_url
-from ..errors import BlobdlError, DigestMismatch, LocalFileError, RemoteChanged, RetriesExhausted
+from ..errors import (
+    BlobdlError,
+    DigestMismatch,
+    LocalFileError,
+    PartialChanged,
+    RemoteChanged,
+    RetriesExhausted,
+)
 from ..http._remote import Identity, Remote, change
 from ..processes._signals import held
 from ._destination import discard, temp_path
@@ -210,12 +217,13 @@ class Resume:
 
 def keeps_partial(error: BaseException) -> bool:
     """Worth keeping the partial file for: nothing showed its bytes to be bad. Only a proven
-    change of the remote or a digest mismatch does; anything else (a final status, a TLS
+    change of the remote, a digest mismatch or a partial another program replaced or
+    truncated does; anything else (a final status, a TLS
     failure, a protocol breach, a raising callback, an interrupt) keeps the bytes, and the
     next run's probe revalidates them against the remote before using them."""
     if isinstance(error, RetriesExhausted):
         error = error.last_error
-    return not isinstance(error, (RemoteChanged, DigestMismatch))
+    return not isinstance(error, (RemoteChanged, DigestMismatch, PartialChanged))
 
 
 def drop_unrecorded(dest: Path) -> None:
