@@ -23,7 +23,6 @@ the counter table and each attempt's ``_rates.Pace``.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -237,4 +236,11 @@ def lagging(rate: float, peers: Sequence[float]) -> bool:
     median of its ``peers`` (the running lanes past their grace, itself included)."""
     if len(peers) < 2:
         return False
-    return rate < LAG_SHARE * statistics.median(peers)
+    return rate < LAG_SHARE * _median(peers)
+
+
+def _median(values: Sequence[float]) -> float:
+    """``statistics.median``'s answer, without its module (and ``fractions``, ``decimal``):
+    ~3 ms of every run's start, for this one call."""
+    ordered, mid = sorted(values), len(values) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

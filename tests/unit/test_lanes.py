@@ -83,6 +83,8 @@ def test_a_slow_to_answer_server_gets_longer_chunks(
         (0.0, [0.0], False),  # no peers to compare with
         (1.0, [1.0, 100.0], True),  # two lanes: the median is their mean
         (LAG_SHARE * 8e6, [LAG_SHARE * 8e6, 8e6, 8e6], False),  # exactly at the share
+        (2.0, [100.0, 2.0, 50.0, 3.0], True),  # in any order: the median of 4 is 26.5
+        (3.0, [100.0, 2.0, 50.0, 3.0], False),  # above a tenth of it
     ],
 )
 def test_lagging_verdict(rate: float, peers: list[float], expected: bool) -> None:
