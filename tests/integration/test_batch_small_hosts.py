@@ -1,0 +1,76 @@
+"""Small items of a batch whose first GET is redirected to another host: the connection a
+seat opens there counts against that host's ``--per-host`` at the server, as a large
+item's lanes do once its probe says where they go."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import blobdl
+from blobdl import Item
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+
+Make = Callable[..., Blob]
+SMALL = PART // 2
+
+
+def test_a_small_item_redirected_to_another_host_counts_against_its_per_host_cap(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """127.0.0.1's items redirect to ``localhost`` (the other server), whose own items come
+    late: with one connection per host, the other server never holds two at once."""
+    moved = [make(SMALL, seed=2700 + n) for n in range(3)]
+    direct = [make(SMALL, seed=2710 + n) for n in range(3)]
+    elsewhere = other.route("/files").replace("127.0.0.1", "localhost")
+    server.set_faults(*({"path": f"/files/{b.name}", "times": None, "action": "redirect",
+                         "location": f"{elsewhere}/{b.name}"} for b in moved))  # fmt: skip
+    other.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.4})
+    try:
+        urls = [b.url for b in moved]
+        urls += [other.url(b.name).replace("127.0.0.1", "localhost") for b in direct]
+        order = [0, 3, 1, 4, 2, 5]
+        items = [Item(urls[n], str(tmp_path / f"o{n}")) for n in order]
+        results = blobdl.download_many(
+            items, max_connections=8, per_host=1, settings=fast_settings()
+        )
+        assert all(r.ok for r in results), results
+        blobs = [*moved, *direct]
+        for n in order:
+            assert sha256_file(tmp_path / f"o{n}") == blobs[n].sha256
+        assert other.stats()["max_concurrent"] <= 1, other.stats()
+    finally:
+        other.reset()
+
+
+def test_small_items_redirected_each_to_the_others_host_wait_for_room_and_all_finish(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """Each host's items redirect to the other, one connection per host: a seat waiting for
+    room at the other host holds none meanwhile, so neither waits on the other for good."""
+    there = [make(SMALL, seed=2720 + n) for n in range(4)]  # 127.0.0.1 -> localhost
+    back = [make(SMALL, seed=2730 + n) for n in range(4)]  # localhost -> 127.0.0.1
+    to_other = other.route("/files").replace("127.0.0.1", "localhost")
+
+    def moved(blobs: list[Blob], to: str) -> list[dict[str, object]]:
+        return [{"path": f"/files/{b.name}", "times": None, "action": "redirect",
+                 "location": f"{to}/{b.name}"} for b in blobs]  # fmt: skip
+
+    slowly = {"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.3}
+    server.set_faults(*moved(there, to_other), slowly)
+    other.set_faults(*moved(back, server.route("/files")), slowly)
+    try:
+        urls = [b.url for b in there]
+        urls += [other.url(b.name).replace("127.0.0.1", "localhost") for b in back]
+        items = [Item(url, str(tmp_path / f"o{n}")) for n, url in enumerate(urls)]
+        results = blobdl.download_many(
+            items, max_connections=8, per_host=1, settings=fast_settings()
+        )
+        assert all(r.ok for r in results), results
+        for n, blob in enumerate([*there, *back]):
+            assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+        assert server.stats()["max_concurrent"] <= 1, server.stats()
+        assert other.stats()["max_concurrent"] <= 1, other.stats()
+    finally:
+        other.reset()
