@@ -84,6 +84,9 @@ class Session:
         if that is another (``ask``)."""
         host = urlsplit(url).hostname or ""
         if host != self.counted and self.ask is not None:
+            # While it waits it holds nothing: the connection a redirect's answer came on
+            # is closed, but our duplicate of its socket would keep it open meanwhile.
+            self.drop()
             self.ask(host)
         self.counted = host
 
