@@ -4,6 +4,8 @@ item's lanes do once its probe says where they go."""
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import pytest
 import blobdl
 from blobdl import Item
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, Blob, fast_settings, sha256_file
+from tests.conftest import PART, Blob, fast_settings, sha256_file, spawn_cli
+from tests.integration.test_trust_stops import wait_for
 
 Make = Callable[..., Blob]
 SMALL = PART // 2
@@ -108,3 +111,35 @@ def test_a_large_item_said_large_and_redirected_to_another_host_counts_its_lanes
         assert other.stats()["max_concurrent"] <= 2, other.stats()
     finally:
         other.reset()
+
+
+def test_a_batch_stopped_while_a_seat_waits_for_room_at_a_redirects_host_ends_at_once(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """The other host's one connection is held by an item that takes 30 s; the first host's
+    item, redirected there, waits for room. Ctrl-C ends both at once, and leaves nothing."""
+    moved, held = make(SMALL, seed=2760), make(SMALL, seed=2761)
+    to_other = other.route("/files").replace("127.0.0.1", "localhost")
+    server.set_faults({"path": f"/files/{moved.name}", "times": None, "action": "redirect",
+                       "location": f"{to_other}/{moved.name}"})  # fmt: skip
+    other.set_faults({"path": f"/files/{held.name}", "times": None, "action": "ttfb",
+                      "delay": 30})  # fmt: skip
+    manifest = tmp_path / "manifest"
+    held_url = other.url(held.name).replace("127.0.0.1", "localhost")
+    manifest.write_text(f"{held_url} {tmp_path / 'o0'}\n{moved.url} {tmp_path / 'o1'}\n")
+    batch = spawn_cli("-q", "-i", str(manifest), "--per-host", "1")
+    try:
+        wait_for(lambda: server.stats()["requests"] == 1, "the redirect")
+        time.sleep(0.3)  # the seat asks for room, and waits
+        assert other.stats()["requests"] == 1  # the held item's only
+        began = time.monotonic()
+        batch.send_signal(signal.SIGINT)
+        assert batch.wait(timeout=20) == 130
+        assert time.monotonic() - began < 1.5  # not a stop grace waited out
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+            batch.wait()
+        other.reset()
+    assert other.stats()["requests"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest"]
