@@ -45,6 +45,7 @@ class Session:
         self._hops = 0  # redirects a body's GET follows (Settings.max_redirects)
         self._within = 0.0  # seconds an error answer's words may take (the stall timeout)
         self.counted: str | None = None  # a kept session's: the host its budget counts it at
+        self._origin: tuple[str, str, int | None] | None = None  # a kept session's last request's
         self.ask: Callable[[str], None] | None = None  # moves ``counted`` to a host (kept)
 
     def cut(self) -> None:
@@ -80,15 +81,19 @@ class Session:
                 pool.clear()
 
     def _gate(self, url: str) -> None:
-        """A kept session's request to ``url`` goes out: its budget moves to its host first,
-        if that is another (``ask``)."""
-        host = urlsplit(url).hostname or ""
-        if host != self.counted and self.ask is not None:
-            # While it waits it holds nothing: the connection a redirect's answer came on
-            # is closed, but our duplicate of its socket would keep it open meanwhile.
+        """A kept session's request to ``url`` goes out. To another origin, the connection
+        it kept goes first: that request cannot use it, and one of another route (direct,
+        or through a proxy, whose pools are apart) would stay open beside the new one. To
+        another host, its budget moves there first (``ask``), holding nothing meanwhile."""
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.hostname or "", parts.port)
+        if origin != self._origin:
+            # Our duplicate of a socket urllib3 closed would keep it open: let go of it too.
             self.drop()
-            self.ask(host)
-        self.counted = host
+            self._origin = origin
+        if origin[1] != self.counted and self.ask is not None:
+            self.ask(origin[1])
+        self.counted = origin[1]
 
     def first(self, url: str, settings: Settings, want: int) -> tuple[Remote, RangeBody | None]:
         """Probe ``url`` asking for its first ``want`` bytes (``first_answer``): the remote,

@@ -13,6 +13,7 @@ import pytest
 
 import blobdl
 from blobdl import Item
+from faultserver.proxy import ForwardProxy
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file, spawn_cli
 from tests.integration.test_trust_stops import wait_for
@@ -143,3 +144,25 @@ def test_a_batch_stopped_while_a_seat_waits_for_room_at_a_redirects_host_ends_at
         other.reset()
     assert other.stats()["requests"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest"]
+
+
+def test_a_seat_going_from_a_direct_host_to_a_proxied_one_keeps_one_connection(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One connection in all: the seat's items of ``localhost`` go direct (NO_PROXY), those
+    of 127.0.0.1 through the proxy, to the same server. The connection kept alive direct
+    must go before one through the proxy opens (they were in two managers of the pool)."""
+    blobs = [make(SMALL, seed=2900 + n) for n in range(4)]
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.2})
+    with ForwardProxy() as proxy:
+        urls = [b.url if n % 2 else b.url.replace("127.0.0.1", "localhost")
+                for n, b in enumerate(blobs)]  # fmt: skip
+        items = [Item(url, str(tmp_path / f"o{n}")) for n, url in enumerate(urls)]
+        settings = fast_settings(proxy=proxy.url)
+        results = blobdl.download_many(items, max_connections=1, settings=settings)
+        assert all(r.ok for r in results), results
+        assert proxy.forwarded == 2
+    for n, blob in enumerate(blobs):
+        assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+    assert server.stats()["max_concurrent"] <= 1, server.stats()
