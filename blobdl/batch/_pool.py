@@ -11,7 +11,8 @@ item's events as they happen (``_Told``, only if the batch has a callback), then
 outcome (``_Done``), or with what the probe learned of a blob too large for one request
 (``_Large``), which the scheduler then fetches the ordinary way. Either answer says which
 host the seat still holds a connection to: the budget counts it. ``"drop"`` lets that
-connection go (a large item needs the room).
+connection go (a large item needs the room). A request of the item's to another host (a
+redirect to a CDN) first asks for room there (``_Hop``), which the budget may make it wait for.
 
 While its seats run, a process's main thread waits for the scheduler's next word, and
 meanwhile, every ``progress_interval``, tells the progress of each item that has run that

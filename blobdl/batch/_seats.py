@@ -4,7 +4,9 @@ means for its item.
 
 A seat answers with its item's events (``_Told``), then its outcome (``_Done``) or what its
 probe learned of a blob too large for one request (``_Large``); it may ask first whether
-the name its item got is free (``_Claim``, answered here from ``Destinations``). ``heard``
+the name its item got is free (``_Claim``, answered here from ``Destinations``), and
+whether its connection may move to another host (``_Hop``, answered by ``hops`` once the
+budget has room there). ``heard``
 and ``died`` give the scheduler what concerns an item as ``(index, said)``: a ``_Told``,
 ``_Done`` or ``_Large``, or the error of an item whose process died under it. By then a seat
 that ended its item is free, and the connection it keeps is counted in the budget. A seat
