@@ -82,6 +82,17 @@ class Budget:
         self._hold(seat, _Seat(False, kept))
         self._retired.discard(seat)
 
+    def hop(self, seat: int, host: str) -> bool:
+        """Busy ``seat``'s item goes on at ``host`` (a redirect): whether its connection is
+        counted there now. If ``host`` has no room, it holds none until it has (asked again)."""
+        if self._seats[seat].host == host:
+            return True
+        self._hold(seat, _Seat(True, None))
+        if self.free(host) <= 0:
+            return False
+        self._hold(seat, _Seat(True, host))
+        return True
+
     def retire(self, seat: int) -> None:
         """The seat is gone for good (its process died, and no other takes its place): it
         holds no connection, and is never idle again."""

@@ -11,7 +11,8 @@ item's events as they happen (``_Told``, only if the batch has a callback), then
 outcome (``_Done``), or with what the probe learned of a blob too large for one request
 (``_Large``), which the scheduler then fetches the ordinary way. Either answer says which
 host the seat still holds a connection to: the budget counts it. ``"drop"`` lets that
-connection go (a large item needs the room).
+connection go (a large item needs the room). A request of the item's to another host (a
+redirect to a CDN) first asks for room there (``_Hop``), which the budget may make it wait for.
 
 While its seats run, a process's main thread waits for the scheduler's next word, and
 meanwhile, every ``progress_interval``, tells the progress of each item that has run that
@@ -48,6 +49,7 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..engine._counter_table import CounterTable
@@ -109,6 +111,14 @@ class _Claim(NamedTuple):
     path: str
 
 
+class _Hop(NamedTuple):
+    """Seat -> scheduler: the item's next request goes to ``host`` (a redirect led there):
+    may its connection be counted there now? The scheduler answers None once it may (at
+    once, or when that host has room: meanwhile the seat holds no connection)."""
+
+    host: str
+
+
 class _Started(NamedTuple):
     """Pool process -> scheduler, after ``GO``: its first ``seats`` seats run; the machine
     refused the next one's thread (``refused``), and the rest were not tried."""
@@ -123,7 +133,8 @@ class _Stop(NamedTuple):
     signum: int
 
 
-Answer = _Told | _Done | _Large | _Claim | str
+Answer = _Told | _Done | _Large | _Claim | _Hop | str
+HOP_POLL = 0.05  # seconds between a waiting seat's looks at whether its batch stops
 
 
 class _Line:
@@ -438,6 +449,8 @@ def _fetch(seat: Seat, job: _Job, line: _Line) -> _Done | _Large:
             raise LocalFileError(path, taken)
         return Path(path)
 
+    seat.session.counted = urlsplit(item.url).hostname or ""  # as the budget counts it
+    seat.session.ask = lambda host: _hop(seat, line, host)
     outcome: DownloadResult | BlobdlError
     download: OneRequest | None = None
     try:
@@ -453,6 +466,15 @@ def _fetch(seat: Seat, job: _Job, line: _Line) -> _Done | _Large:
         dest = download.dest if download is not None else None
         tell_failed(tell, item.url, dest or item.path, outcome)
     return _Done(outcome, seat.session.open_to(), seat.lock_file.at())
+
+
+def _hop(seat: Seat, line: _Line, host: str) -> None:
+    """Wait until the scheduler counts the seat's connection at ``host`` (``_Hop``); a stop
+    of the batch meanwhile ends the item."""
+    line.send(_Hop(host))
+    while not line.pipe.poll(HOP_POLL):
+        seat.check()
+    line.recv()  # None: it may go
 
 
 def _answer(pipe: Connection, message: Answer) -> None:

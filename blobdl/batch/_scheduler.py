@@ -336,6 +336,7 @@ class _Scheduler:
         """Start what the budget allows: large items waiting for lanes first (they have been
         waiting longest), then queued items on idle seats; once nothing waits, running
         items get the lanes that ended items left."""
+        self.seats.hops()  # items already running first
         self._start_large()
         self._start_small()
         if not self.queued and not self.seats.busy:

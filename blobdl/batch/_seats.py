@@ -4,7 +4,9 @@ means for its item.
 
 A seat answers with its item's events (``_Told``), then its outcome (``_Done``) or what its
 probe learned of a blob too large for one request (``_Large``); it may ask first whether
-the name its item got is free (``_Claim``, answered here from ``Destinations``). ``heard``
+the name its item got is free (``_Claim``, answered here from ``Destinations``), and
+whether its connection may move to another host (``_Hop``, answered by ``hops`` once the
+budget has room there). ``heard``
 and ``died`` give the scheduler what concerns an item as ``(index, said)``: a ``_Told``,
 ``_Done`` or ``_Large``, or the error of an item whose process died under it. By then a seat
 that ended its item is free, and the connection it keeps is counted in the budget. A seat
@@ -31,7 +33,7 @@ from ..store._resume import drop_unrecorded
 from ._budget import Budget
 from ._destinations import Destinations
 from ._outcomes import died
-from ._pool import Answer, Pool, _Claim, _Done, _Job, _Large, _Told
+from ._pool import Answer, Pool, _Claim, _Done, _Hop, _Job, _Large, _Told
 from ._watch import Watch
 
 log = logging.getLogger("blobdl")
@@ -54,6 +56,7 @@ class Seats:
         # items (its last answer says which), and its item's own
         self.locks: dict[int, set[str]] = {}
         self.refused: OutOfResources | None = None  # why a seat's thread could not start
+        self.hopping: dict[int, str] = {}  # seat -> the host its item waits for room at
 
     @property
     def busy(self) -> bool:
@@ -159,6 +162,7 @@ class Seats:
                 if answer is not None and (said := self._said(seat, answer)) is not None:
                     yield said
             watch.forget_seat(self.pool.pipes[seat])
+            self.hopping.pop(seat, None)
             if seat in self.on_seat:
                 yield self.on_seat.pop(seat), died(proc)
             self.budget.end(seat, None)
@@ -223,6 +227,7 @@ class Seats:
             return None  # a late answer to a drop
         if isinstance(answer, _Done | _Large):  # the seat is free
             del self.on_seat[seat]
+            self.hopping.pop(seat, None)
             self.locks[seat] = {answer.lock} if answer.lock is not None else set()
             self.budget.end(seat, answer.kept)
             return index, answer
@@ -234,4 +239,21 @@ class Seats:
             if holder is None:  # its item's lock file is there now
                 self.locks.setdefault(seat, set()).add(answer.path + LOCK_SUFFIX)
             self.pool.tell(seat, None if holder is None else self.destinations.writes_too(holder))
+        if isinstance(answer, _Hop):  # a redirect leads its item to another host
+            self.hopping[seat] = answer.host
+            self.hops()
         return None
+
+    def hops(self) -> None:
+        """Let each seat waiting to go on at another host (``_Hop``) go, once that host has
+        room (idle seats' kept connections there let go for it): before anything new starts,
+        or a host kept busy by others would keep it waiting for good."""
+        assert self.pool is not None or not self.hopping
+        for seat, host in list(self.hopping.items()):
+            if self.budget.free(host) <= 0:
+                for idle in self.budget.droppable(host, 1):
+                    self.drop(idle)
+            if self.budget.hop(seat, host):
+                del self.hopping[seat]
+                assert self.pool is not None
+                self.pool.tell(seat, None)

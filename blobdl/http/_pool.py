@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -26,8 +27,12 @@ from ._routes import ProxyRoutes
 from ._set_up import SetUpSSLSocket
 from ._translate import proxy_errors, wants_credentials
 
+Gate = Callable[[str], None]  # called with each request's URL before it goes out
 
-def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
+
+def make_pool(
+    settings: Settings, *, kept: bool = False, gate: Gate | None = None
+) -> urllib3.PoolManager:
     """A pool for one process. Never share one across a fork: build it in the child.
 
     Each request goes direct or through the proxy its URL calls for, so a probe may follow
@@ -37,7 +42,9 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
 
     ``kept``: the pool a batch's seat keeps from one small download to the next. It holds
     one connection at most (to the origin it spoke to last: a budget counts it), and its
-    read timeout is the stall timeout itself: no coordinator watches a small download."""
+    read timeout is the stall timeout itself: no coordinator watches a small download.
+    ``gate``: asked before each request, with its URL (a seat's: its budget moves with it
+    when a redirect leads to another host); it may wait, or raise to refuse."""
     # The coordinator ends stalled workers after stall_timeout; the socket's own read timeout
     # is only the backstop for a worker whose coordinator is gone.
     read = settings.stall_timeout if kept else 2 * settings.stall_timeout
@@ -54,8 +61,8 @@ def make_pool(settings: Settings, *, kept: bool = False) -> urllib3.PoolManager:
     }
     routes = ProxyRoutes.from_settings(settings)
     if not routes.configured():
-        return noting(_OnDemand(settings, **options))
-    return noting(_ProxyRouter(routes, settings, options))
+        return noting(_OnDemand(settings, gate, **options))
+    return noting(_ProxyRouter(routes, settings, options, gate))
 
 
 # Contexts built in this process, by what they trust and present. Loading a CA store costs
@@ -139,9 +146,17 @@ class _OnDemand(urllib3.PoolManager):
     built, the system's CA store loaded, for every new connection, and knows nothing of a
     bundle named by a variable."""
 
-    def __init__(self, settings: Settings, *args: Any, **options: Any) -> None:
+    def __init__(self, settings: Settings, gate: Gate | None, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
-        self._settings = settings
+        self._settings, self._gate = settings, gate
+
+    # The same signature as PoolManager.urlopen, which overrides RequestMethods' loosely too.
+    def urlopen(  # type: ignore[override]
+        self, method: str, url: str, redirect: bool = True, **kw: Any
+    ) -> Response:
+        if self._gate is not None:
+            self._gate(url)
+        return super().urlopen(method, url, redirect=redirect, **kw)
 
     def _new_pool(
         self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
@@ -178,8 +193,14 @@ def _load_client_cert(context: ssl.SSLContext, cert: str, key: str | None) -> No
 class _ProxyRouter(_OnDemand):
     """A PoolManager that sends each request direct or through its URL's proxy manager."""
 
-    def __init__(self, routes: ProxyRoutes, settings: Settings, options: dict[str, Any]) -> None:
-        super().__init__(settings, **options)
+    def __init__(
+        self,
+        routes: ProxyRoutes,
+        settings: Settings,
+        options: dict[str, Any],
+        gate: Gate | None = None,
+    ) -> None:
+        super().__init__(settings, gate, **options)
         self._routes, self._options = routes, options
         self._managers: dict[str, urllib3.ProxyManager] = {}
         self._making = threading.Lock()  # a proxy's manager is made once, whichever thread asks
@@ -191,6 +212,8 @@ class _ProxyRouter(_OnDemand):
         proxy = self._routes.proxy_for(url)
         if proxy is None:
             return super().urlopen(method, url, redirect=redirect, **kw)
+        if self._gate is not None:  # a request through the proxy counts at its host too
+            self._gate(url)
         with proxy_errors(url, proxy):  # a failure of the proxy's names the proxy
             response = self._manager(proxy, url).urlopen(method, url, redirect=redirect, **kw)
         if response.status == 407:  # a forwarded request's: the proxy's answer, not the server's
@@ -227,7 +250,7 @@ def proxy_manager(proxy: str, settings: Settings, options: dict[str, Any]) -> ur
     bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
     proxy_tls = tls_context(settings, proxy=True) if parts.scheme == "https" else None
     manager = _Proxied(
-        settings, bare, proxy_headers=headers, proxy_ssl_context=proxy_tls, **options
+        settings, None, bare, proxy_headers=headers, proxy_ssl_context=proxy_tls, **options
     )
     return noting(manager)
 

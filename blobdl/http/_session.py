@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import urllib3
 
@@ -30,7 +31,9 @@ class Session:
     one pool for its whole life, so that its connection stays alive from one item to the
     next (one connection at most, to the origin it spoke to last: ``open_to``). There the
     first GET of an item is its probe too (``first``), and ``pinned`` says which remote the
-    bodies of a retry come from."""
+    bodies of a retry come from. Its budget counts its connection against one host at a
+    time (``counted``): a request to another (a redirect to a CDN) first asks it to move
+    there (``ask``, which may wait for room, or raise)."""
 
     def __init__(self) -> None:
         self._sockets = Sockets()
@@ -41,6 +44,9 @@ class Session:
         self._hopped = False
         self._hops = 0  # redirects a body's GET follows (Settings.max_redirects)
         self._within = 0.0  # seconds an error answer's words may take (the stall timeout)
+        self.counted: str | None = None  # a kept session's: the host its budget counts it at
+        self._origin: tuple[str, str, int | None] | None = None  # a kept session's last request's
+        self.ask: Callable[[str], None] | None = None  # moves ``counted`` to a host (kept)
 
     def cut(self) -> None:
         """Shut down every socket the session opened; any thread may call it."""
@@ -65,13 +71,29 @@ class Session:
     def kept(self, settings: Settings) -> Iterator[Session]:
         """The session of a seat, for all the items it runs in the block (its thread's)."""
         with noted_in(self._sockets):
-            self._pool, self._hops = make_pool(settings, kept=True), settings.max_redirects
+            pool = make_pool(settings, kept=True, gate=self._gate)
+            self._pool, self._hops = pool, settings.max_redirects
             self._within = settings.stall_timeout
             try:
                 yield self
             finally:
                 pool, self._pool, self._remote = self._pool, None, None
                 pool.clear()
+
+    def _gate(self, url: str) -> None:
+        """A kept session's request to ``url`` goes out. To another origin, the connection
+        it kept goes first: that request cannot use it, and one of another route (direct,
+        or through a proxy, whose pools are apart) would stay open beside the new one. To
+        another host, its budget moves there first (``ask``), holding nothing meanwhile."""
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.hostname or "", parts.port)
+        if origin != self._origin:
+            # Our duplicate of a socket urllib3 closed would keep it open: let go of it too.
+            self.drop()
+            self._origin = origin
+        if origin[1] != self.counted and self.ask is not None:
+            self.ask(origin[1])
+        self.counted = origin[1]
 
     def first(self, url: str, settings: Settings, want: int) -> tuple[Remote, RangeBody | None]:
         """Probe ``url`` asking for its first ``want`` bytes (``first_answer``): the remote,

@@ -36,6 +36,21 @@ def test_switching_a_kept_connection_to_another_host_keeps_to_that_hosts_cap() -
     assert budget.seat_for("a") is None  # a's one connection is busy, b's idle one may not switch
 
 
+def test_a_seat_redirected_to_another_host_is_counted_there_or_holds_nothing_until_it_may() -> None:
+    budget = Budget(total=4, per_host=1, seats=3)
+    budget.start(0, "a")
+    budget.start(1, "b")
+    assert budget.hop(0, "a")  # its own host: nothing moves
+    assert not budget.hop(0, "b")  # b's one connection is busy: seat 0 waits, holding none
+    assert (budget.used(), budget.free("a"), budget.free("b")) == (1, 1, 0)
+    budget.end(1, "b")  # b's seat is done: its kept connection still counts
+    assert not budget.hop(0, "b")
+    budget.end(1, None)  # let go
+    assert budget.hop(0, "b") and (budget.used(), budget.free("b")) == (1, 0)
+    budget.end(0, "b")
+    assert (budget.used(), budget.free("a")) == (1, 1)
+
+
 def test_idle_connections_make_room_for_a_large_item() -> None:
     budget = Budget(total=4, per_host=4, seats=3)
     for seat in range(3):
