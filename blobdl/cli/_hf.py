@@ -37,7 +37,7 @@ $HF_HUB_OFFLINE is on and the files asked for are not all on disk (2).
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     # "resolve": this --cache-dir (huggingface_hub's) replaces the shared one (blobdl's own).
     p = Parser(
         prog="blobdl hf",
@@ -74,13 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--local-dir", type=path_arg, metavar="DIR", help="the files themselves, in DIR"
     )
     p.set_defaults(cache_dir=None)  # blobdl's content-addressed cache: not with hf
-    p.add_argument("--verify-cache", action="store_true", help=argparse.SUPPRESS)  # nor this
+    p.add_argument("--verify-cache", action="store_true", help=argparse.SUPPRESS)  # refused
     return p
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """The command line, paths wherever they come among the options."""
-    return build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.verify_cache:  # blobdl's own cache, which hf never uses: refused, not ignored
+        parser.argv = list(argv)  # all of it (the intermixed parse's second pass set less)
+        parser.error(
+            "--verify-cache does not go with hf: it checks blobdl's own cache, which hf does "
+            "not use (its --cache-dir is huggingface_hub's)"
+        )
+    return args
 
 
 def main(argv: Sequence[str]) -> int:

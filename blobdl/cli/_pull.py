@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        conflict_handler="resolve",  # blobdl's cache options: replaced by hidden ones below
     )
     p.add_argument("ref", help="the model, e.g. llama3.2:1b")
     p.add_argument("--models-dir", type=path_arg, metavar="DIR", help=MODELS_DIR_HELP)
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(--models-dir, else each worker's $OLLAMA_MODELS or home)",
     )
     add_shared_options(p)
+    # The store is content-addressed already: a pull never uses blobdl's cache. Kept (out of
+    # the help) only to be refused by name, not taken in silence.
+    p.add_argument("--cache-dir", type=path_arg, help=argparse.SUPPRESS)
+    p.add_argument("--verify-cache", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -73,6 +78,10 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.every_worker and args.scheduler is None:
         parser.error("--every-worker goes with --scheduler")
+    for option, given in (("--cache-dir", args.cache_dir), ("--verify-cache", args.verify_cache)):
+        if given:
+            parser.error(f"{option} does not go with pull: the store is its cache (a blob "
+                         "already in blobs/ is never fetched again)")  # fmt: skip
     show_warnings()
     if args.scheduler is not None:
         quiet_dask()

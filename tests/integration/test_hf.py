@@ -446,6 +446,21 @@ def quiet_hub(hub: HubHandle, since: int) -> bool:
     return len(hub.log()) == since and hub.storage.stats()["requests"] == 0
 
 
+def test_verify_cache_which_hf_has_no_use_for_is_bad_usage(hub: HubHandle, tmp_path: Path) -> None:
+    """blobdl's content-addressed cache is not used by hf (its --cache-dir is
+    huggingface_hub's), so --verify-cache would change nothing: it was taken in silence
+    (hidden from the help); refused, naming it, before any request."""
+    before = len(hub.log())
+    done = blobdl_hf(hub, tmp_path, "acme/tiny", "--cache-dir", str(tmp_path / "c"),
+                     "--verify-cache")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--verify-cache" in lines[0], lines
+    assert quiet_hub(hub, before) and not (tmp_path / "c").exists()
+    told = blobdl_hf(hub, tmp_path, "acme/tiny", "--verify-cache", "--json")
+    assert told.returncode == 2 and json.loads(told.stdout)["exit_code"] == 2, told.stdout
+
+
 def test_offline_a_complete_snapshot_is_served_from_the_cache_without_one_request(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:

@@ -432,6 +432,26 @@ def test_a_store_that_cannot_be_written_is_one_line_exit_5(
     assert len(done.stderr.strip().splitlines()) == 1 and str(blocker) in done.stderr
 
 
+@pytest.mark.parametrize("option", [["--cache-dir", "cache"], ["--verify-cache"]])
+def test_a_cache_option_a_pull_has_no_use_for_is_bad_usage(
+    option: list[str], registry: Registry, tmp_path: Path
+) -> None:
+    """The store is the cache (content-addressed already): pull never uses blobdl's own
+    (``pull`` drops ``cache_dir``). ``pull --help`` listed both options and a pull took them
+    in silence, so a user who gave a shared cache got none; refused, as a batch's option
+    given for one URL is, in one line that names it, before any request."""
+    model = registry.push_model("library/cached", "v1", (10,))
+    before = len(registry.requests())
+    models = tmp_path / "models"
+    done = run_cli("pull", ref(registry, model), "--models-dir", str(models), *option,
+                   cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and option[0] in lines[0], lines
+    assert len(registry.requests()) == before and not models.exists()
+    assert option[0] not in run_cli("pull", "--help").stdout
+
+
 def test_a_link_planted_at_a_pull_lock_is_refused_not_followed(
     registry: Registry, tmp_path: Path
 ) -> None:
