@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import stat
 import time
@@ -165,9 +164,9 @@ class LocalDirLayout:
         files beside it (huggingface_hub writes names of up to 246 bytes, its ``.metadata``
         255), a name made of the path's hash, in the same folder."""
         staged = _disk.staged_path(self._bookkeeping(f, ""))
-        if _fits(staged.name, BESIDE):
+        if _disk.fits(staged.name, BESIDE):
             return staged
-        return staged.with_name(f"{_hashed(f.path)}.blobdl-long{_disk.STAGED}")
+        return staged.with_name(f"{_disk.hashed(f.path)}.blobdl-long{_disk.STAGED}")
 
     def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]:
         """huggingface_hub's lock on the file's metadata, ``download/<path>.lock``."""
@@ -226,8 +225,8 @@ class LocalDirLayout:
         # Replaced by a rename: a reader sees the old record or the new one, never half. The
         # scratch's usual name (the record's, longer) may not fit beside a long one's.
         scratch = None
-        if not _fits(path.name, len(".tmp-4194304-12345678") + 1):
-            scratch = path.with_name(f".{_hashed(f.path)}.metadata.tmp-{os.getpid()}-"
+        if not _disk.fits(path.name, len(".tmp-4194304-12345678") + 1):
+            scratch = path.with_name(f".{_disk.hashed(f.path)}.metadata.tmp-{os.getpid()}-"
                                      f"{os.urandom(4).hex()}")  # fmt: skip
         atomic_write(path, text, scratch=scratch, mode=0o666, durable=False)
 
@@ -249,19 +248,6 @@ class LocalDirLayout:
             return (sha256_fd(fd) if f.lfs_sha256 else git_blob_sha1(fd)) == f.etag
         finally:
             os.close(fd)
-
-
-NAME_MAX = 255  # bytes of one name, on every filesystem huggingface_hub writes local dirs to
-
-
-def _fits(name: str, beside: int) -> bool:
-    """Whether ``name`` and a name ``beside`` bytes longer fit ``NAME_MAX``."""
-    return len(os.fsencode(name)) + beside <= NAME_MAX
-
-
-def _hashed(path: str) -> str:
-    """A short name for a repository path's bookkeeping: its sha256's first 32 hex digits."""
-    return hashlib.sha256(path.encode()).hexdigest()[:32]
 
 
 def _in_the_way(path: str) -> bool:

@@ -189,3 +189,30 @@ def test_a_long_file_name_huggingface_hub_writes_is_written(
         assert hub.storage.stats()["requests"] == before
     finally:
         hub.publish([odd])
+
+
+def test_a_wrong_entry_at_a_long_name_in_the_cache_is_replaced(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    """huggingface_hub links a file of 255 bytes' name into a snapshot; an entry there that
+    is not the file (a copy of the wrong size) is replaced through a scratch beside it,
+    which must fit too."""
+    name = "n" * 251 + ".txt"
+    longer = HubRepo("acme/long")
+    longer.commit({name: b"long\n"})
+    odd = HubRepo("acme/odd")
+    odd.commit(ODD)
+    hub.publish([odd, longer])
+    cache = tmp_path / "cache"
+    try:
+        done = blobdl_hf(hub, tmp_path, "acme/long", "--cache-dir", str(cache))
+        assert done.returncode == 0, done.stderr
+        entry = Path(done.stdout.strip()) / name
+        entry.unlink()
+        entry.write_bytes(b"x")
+        done = blobdl_hf(hub, tmp_path, "acme/long", "--cache-dir", str(cache))
+        assert done.returncode == 0, done.stderr
+        assert entry.is_symlink() and entry.read_bytes() == b"long\n"
+        assert [p.name for p in entry.parent.iterdir()] == [name]
+    finally:
+        hub.publish([odd])
