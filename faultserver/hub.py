@@ -436,7 +436,11 @@ def _commit(repo: dict[str, Any], rev: str) -> str | None:
     if rev in repo["commits"]:
         return rev
     sha = repo["refs"].get(rev)
-    return sha if isinstance(sha, str) else None
+    if isinstance(sha, str):
+        return sha
+    # A short commit (7 hex digits or more) names the one commit it starts, as git reads it.
+    named = [c for c in repo["commits"] if 7 <= len(rev) < 40 and c.startswith(rev)]
+    return named[0] if len(named) == 1 else None
 
 
 def _made_up(cursor: int, size: int) -> list[dict[str, Any]]:

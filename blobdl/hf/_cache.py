@@ -35,7 +35,9 @@ from ._disk import (
     Confined,
     Made,
     check_staged,
+    fits,
     flocked,
+    hashed,
     holds_other,
     inside,
     make_dirs,
@@ -181,7 +183,10 @@ class CacheLayout:
             except FileExistsError:
                 if os.path.islink(link) and os.readlink(link) == target:
                     return
-            scratch = link.with_name(f".{link.name}.blobdl-link-{os.getpid()}")
+            scratch_name = f".{link.name}.blobdl-link-{os.getpid()}"
+            if not fits(scratch_name, 0):  # huggingface_hub links names of up to 255 bytes
+                scratch_name = f".{hashed(f.path)}.blobdl-link-{os.getpid()}"
+            scratch = link.with_name(scratch_name)
             scratch.unlink(missing_ok=True)
             os.symlink(target, scratch)
             os.replace(scratch, link)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -256,6 +257,21 @@ def read_tree(folder: Path, commit: str) -> list[RepoFile] | None:
             RecursionError):  # fmt: skip
         return None
     return files
+
+
+NAME_MAX = 255  # bytes of one name, on every filesystem huggingface_hub writes to
+
+
+def fits(name: str, beside: int) -> bool:
+    """Whether ``name`` and a name ``beside`` bytes longer fit ``NAME_MAX``: huggingface_hub
+    writes a file's own name up to it, so our scratch names beside one may not fit."""
+    return len(os.fsencode(name)) + beside <= NAME_MAX
+
+
+def hashed(path: str) -> str:
+    """A short name for a repository path's scratch or staged copy: its sha256's first 32
+    hex digits."""
+    return hashlib.sha256(path.encode()).hexdigest()[:32]
 
 
 def staged_path(final: Path) -> Path:

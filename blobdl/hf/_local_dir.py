@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import BadResponse, LocalFileError
 from ..store import _files
-from ..store._destination import path_problem
+from ..store._destination import BESIDE, path_problem
 from ..store._digest import sha256_fd
 from ..store._files import atomic_write, local_error, read_own
 from . import _disk
@@ -160,7 +160,13 @@ class LocalDirLayout:
         return self.present(f)
 
     def staging(self, f: RepoFile) -> Path:
-        return _disk.staged_path(self._bookkeeping(f, ""))
+        """``download/<path>.blobdl-part``; for a name too long to take that and the engine's
+        files beside it (huggingface_hub writes names of up to 246 bytes, its ``.metadata``
+        255), a name made of the path's hash, in the same folder."""
+        staged = _disk.staged_path(self._bookkeeping(f, ""))
+        if _disk.fits(staged.name, BESIDE):
+            return staged
+        return staged.with_name(f"{_disk.hashed(f.path)}.blobdl-long{_disk.STAGED}")
 
     def claim(self, f: RepoFile, *, wait: bool) -> contextlib.AbstractContextManager[bool]:
         """huggingface_hub's lock on the file's metadata, ``download/<path>.lock``."""
@@ -216,8 +222,13 @@ class LocalDirLayout:
         path = self._metadata_path(f)
         _disk.make_dirs(path.parent)
         text = f"{self.commit}\n{f.etag}\n{time.time()}\n".encode()
-        # Replaced by a rename: a reader sees the old record or the new one, never half.
-        atomic_write(path, text, mode=0o666, durable=False)
+        # Replaced by a rename: a reader sees the old record or the new one, never half. The
+        # scratch's usual name (the record's, longer) may not fit beside a long one's.
+        scratch = None
+        if not _disk.fits(path.name, len(".tmp-4194304-12345678") + 1):
+            scratch = path.with_name(f".{_disk.hashed(f.path)}.metadata.tmp-{os.getpid()}-"
+                                     f"{os.urandom(4).hex()}")  # fmt: skip
+        atomic_write(path, text, scratch=scratch, mode=0o666, durable=False)
 
     def _same_bytes(self, f: RepoFile) -> bool:
         """An existing file without metadata is kept if it hashes to the file's etag; what
