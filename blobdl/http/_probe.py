@@ -169,7 +169,9 @@ def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remot
     def once() -> Remote:
         remote = probe(pool, url, settings)
         if need_ranges and not remote.ranges:
-            raise BadResponse(remote.final_url, "answered 200 to the probe's range")
+            raise BadResponse(remote.final_url, "answered 200 to the probe's range: the server "
+                              "no longer answers ranges, which the partial download needs to "
+                              "resume; --no-resume (resume=False) starts over")  # fmt: skip
         return remote
 
     try:

@@ -231,6 +231,8 @@ def test_a_probe_answered_200_once_does_not_throw_the_partial_away(
 def test_a_probe_answered_200_for_good_keeps_the_partial(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
+    """The server may serve ranges again (the partial stays), and the error says how to go
+    on meanwhile: every rerun would fail alike, its words read as a broken server's."""
     blob = make(BIG, seed=88)
     out = tmp_path / "out"
     on_disk = partial_of_a_fifth(server, blob, out)
@@ -241,6 +243,10 @@ def test_a_probe_answered_200_for_good_keeps_the_partial(
     # The first probe, then the first attempt and two retries of the one that needs ranges.
     assert caught.value.exit_code == EXIT_INTEGRITY and server.stats()["requests"] == 4
     assert assert_kept(out) == on_disk
+    assert "no longer answers ranges" in str(caught.value), caught.value
+    assert "--no-resume (resume=False) starts over" in str(caught.value), caught.value
+    Downloader(fast_settings(resume=False)).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256
 
 
 # --- item 3: a final status or TLS failure mid-download keeps the partial -------------------
