@@ -476,3 +476,18 @@ def test_a_blob_of_no_stated_size_whose_answer_lies_never_lands(
     assert not stored(models, hostile).exists() and not store_problems(models)
     if times == 1:  # Ollama's download too is cut to the size its HEAD said, and fails
         assert "the registry's answer gives sha256:" in line and "as 3 bytes" in line, line
+
+
+@pytest.mark.parametrize("key", ["Config", "CONFIG", "Layers"])
+def test_a_field_spelled_in_another_case_is_pulled(
+    hostile: HostileRegistry, tmp_path: Path, key: str
+) -> None:
+    """Go matches ``"Config"`` to the field ``config``: Ollama pulls the model (a config so
+    spelled made our check look for ``"config"`` itself: a KeyError, exit 1)."""
+    blobs, doc = fixed_model()
+    raw = json.dumps(doc).replace(f'"{key.lower()}"', f'"{key}"', 1).encode()
+    hostile.load(script(raw))
+    run, models = pull_from(hostile, tmp_path)
+    assert run.code == 0, run.stderr
+    assert stored(models, hostile).read_bytes() == raw
+    assert {p.name for p in (models / "blobs").iterdir()} == {d.replace(":", "-") for d in blobs}
