@@ -42,7 +42,8 @@ def manifests(models: Path) -> dict[tuple[str, ...], dict[str, object]]:
         if not all(rule.fullmatch(part) for rule, part in zip(rules, name, strict=True)):
             raise Corrupt(f"{path}: bad manifest name")
         try:
-            doc = json.loads(path.read_bytes())
+            # Go's decoder reads invalid UTF-8 in a string as U+FFFD, byte by byte.
+            doc = json.loads(path.read_bytes().decode("utf-8", "replace"))
         except ValueError as exc:
             raise Corrupt(f"{path}: bad manifest: {exc}") from None
         if not isinstance(doc, dict):

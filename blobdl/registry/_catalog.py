@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._names import valid_name
-from ._schema import go_fold
+from ._schema import go_fold, go_string, go_text
 
 DEPTH = 4  # host/namespace/model/tag
 MAX_MANIFEST = 4 << 20  # bytes read of one manifest; a larger one counts as unreadable
@@ -168,20 +168,33 @@ _INT64 = range(-(1 << 63), 1 << 63)
 
 
 def decode(data: bytes) -> frozenset[str] | None:
-    """The config and layer digests Ollama reads from manifest bytes ``data``, or None
-    where its ``json.Decoder.Decode(&Manifest)`` fails: only the first JSON value is read;
-    keys match fields exactly, else ignoring case; a later key decodes into what an earlier
-    one left (objects merge, a list's elements too); null empties a list and leaves any
-    other field as it is; any value of the wrong type fails the whole. Checked against Go's
-    own decoder on 100,000 random and hostile manifests."""
-    text = data.decode("utf-8", "replace").lstrip(" \t\r\n")
-    try:
-        value, _ = _DECODER.raw_decode(text)
-        manifest = _decode(value, _MANIFEST, {})
-    except (ValueError, RecursionError, _Invalid):
+    """The config and layer digests Ollama reads from manifest bytes ``data`` (as ``read``
+    reads them), or None where its ``json.Decoder.Decode(&Manifest)`` fails."""
+    manifest = read(data)
+    if manifest is None:
         return None
     entries = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
     return frozenset(e["digest"] for e in entries if e and e.get("digest"))
+
+
+def read(data: bytes, *, whole: bool = False) -> dict[str, Any] | None:
+    """Manifest bytes ``data`` as Go decodes them into Ollama's ``Manifest``, or None where
+    Go fails: only the first JSON value is read (``json.Decoder``; ``whole``: nothing but
+    space may follow it, as ``json.Unmarshal`` of a pull's answer requires); keys match
+    fields exactly, else ignoring case; a later key decodes into what an earlier one left
+    (objects merge, a list's elements too); null empties a list and leaves any other field
+    as it is (absent from the result, as a field no key named); any value of the wrong type
+    fails the whole; invalid UTF-8 and lone surrogates are U+FFFD. Checked against Go's own
+    decoder on 100,000 random and hostile manifests."""
+    text = go_text(data).lstrip(" \t\r\n")
+    try:
+        value, end = _DECODER.raw_decode(text)
+        if whole and text[end:].strip(" \t\r\n"):
+            return None
+        manifest: dict[str, Any] = _decode(value, _MANIFEST, {})
+    except (ValueError, RecursionError, _Invalid):
+        return None
+    return manifest
 
 
 def _decode(value: Any, kind: Any, into: Any) -> Any:
@@ -205,7 +218,7 @@ def _decode(value: Any, kind: Any, into: Any) -> Any:
     ok = value in _INT64 if kind is int and type(value) is int else type(value) is kind
     if not ok:
         raise _Invalid
-    return value
+    return go_string(value) if kind is str else value
 
 
 def _field(key: str, fields: dict[str, Any]) -> str | None:

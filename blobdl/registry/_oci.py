@@ -18,6 +18,7 @@ URL with only the headers that origin may have.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
@@ -55,9 +56,10 @@ from ..http._urls import (
     url_problem,
 )
 from ..processes._spawn import in_threads
+from ._catalog import read as go_read
 from ._credentials import basic, docker_credentials, no_credentials
 from ._names import Reference
-from ._schema import Int, Opt, check, parse_json
+from ._schema import Int, Opt, check, go_string, parse_json
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -86,7 +88,7 @@ _PARAM = re.compile(rf'({_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^\s",]*))
 
 class Blob(NamedTuple):
     digest: str  # sha256:<hex>
-    size: int
+    size: int  # the manifest's, or (``Manifest.unsized``) the store's or the registry's
     media_type: str
 
     @property
@@ -100,49 +102,70 @@ class Manifest:
     digest: str  # sha256:<hex> of raw
     media_type: str
     blobs: tuple[Blob, ...]  # the config first, then the layers; no duplicates
+    # Blobs whose size the manifest does not give (0 until learned: ``with_sizes``).
+    # Ollama never reads a layer's size to pull it (it asks the blob's HEAD); it writes the
+    # manifest as served, so ``ollama list`` counts such a layer as 0 bytes, from our store too.
+    unsized: frozenset[str] = frozenset()
+
+    def with_sizes(self, sizes: dict[str, int]) -> Manifest:
+        blobs = tuple(b._replace(size=sizes.get(b.digest, b.size)) for b in self.blobs)
+        return dataclasses.replace(self, blobs=blobs)
 
 
-# Every field Ollama's Go decoder reads (manifest.Manifest, manifest.Layer) with the type
-# it reads it as: a manifest it could not decode would hide the model, and its prune would
-# take the blobs. Ollama checks nothing else: no media type (the field's or the answer's
-# Content-Type), no schemaVersion, and a config only when it has a digest. A digest we fetch
-# is always a sha256 (``BlobsPath``'s rule, in the lowercase its verification compares).
-_BLOB = {
-    "digest": re.compile(r"sha256:[0-9a-f]{64}"),
-    "size": Int(0, MAX_BYTES),
-    "mediaType": Opt(str),
-    "from": Opt(str),
-}
+# What we require of each blob Ollama's Go decoder reads (manifest.Manifest, manifest.Layer;
+# ``_catalog.read``): a digest we fetch is always a sha256 (``BlobsPath``'s rule, in the
+# lowercase its verification compares); a size, where given, a whole number a file can have.
+# Ollama checks nothing else: no media type (the field's or the answer's Content-Type), no
+# schemaVersion, a config only when it has a digest, no size (absent, null: its HEAD says).
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_SIZE = Int(0, MAX_BYTES)
 _INT64 = Int(-(1 << 63), (1 << 63) - 1)
 _HEAD = {"schemaVersion": Opt(_INT64), "mediaType": Opt(str), "manifests": Opt(object),
          "fsLayers": Opt(object)}  # fmt: skip
-_MANIFEST = {"config": Opt({"digest": Opt(str)}), "layers": Opt([_BLOB])}
+_LAYER = Opt({"digest": Opt(str), "size": Opt(_INT64), "mediaType": Opt(str), "from": Opt(str),
+              "name": Opt(str)})  # fmt: skip
+_TYPES = {"config": _LAYER, "layers": Opt([_LAYER])}  # the types Go's decoder requires
 
 
 def parse_manifest(raw: bytes, where: str) -> Manifest:
     """The manifest in ``raw``, read as Ollama reads it whatever it was served as (a mirror
-    or a static file server sends ``application/json``, or no type at all). Documents that
-    are no model's manifest, which Ollama would write as a model of no blobs, are refused
-    saying what they are: an index, a schema 1 manifest, a manifest naming no blob."""
+    or a static file server sends ``application/json``, or no type at all): its blobs are
+    those of Go's reading (keys folded into fields, invalid UTF-8 as U+FFFD, a later key
+    decoding into what an earlier one left), which the store's readers share. A document Go
+    cannot decode is refused; the plain reading before it only says where a type is wrong.
+    Documents that are no model's manifest, which Ollama would write as a model of no
+    blobs, are refused saying what they are: an index, a schema 1 manifest, a manifest
+    naming no blob."""
 
     def fail(message: str) -> BadResponse:
         return BadResponse(where, message)
 
-    doc = parse_json(raw, "the manifest", fail)
+    doc = parse_json(raw, "the manifest", fail, go=True)
     head = check(doc, _HEAD, "the manifest", fail)
     _require_a_manifest(head, where)
-    fields = check(doc, _MANIFEST, "the manifest", fail)
-    has_config = bool(fields["config"] and fields["config"]["digest"])  # else Ollama skips it
-    config = [check(doc["config"], _BLOB, "the manifest.config", fail)] if has_config else []
+    read = go_read(raw, whole=True)
+    if read is None:  # say where a type is wrong, if the plain reading finds it
+        check(doc, _TYPES, "the manifest", fail)
+        raise fail("the manifest is not one Ollama can read")
+    config = read.get("config") or {}
+    entries = [("config", config)] if config.get("digest") else []  # else Ollama skips it
+    entries += [(f"layers[{i}]", e or {}) for i, e in enumerate(read.get("layers") or [])]
     blobs: dict[str, Blob] = {}
-    for entry in [*config, *(fields["layers"] or [])]:
-        blob = Blob(entry["digest"], entry["size"], entry["mediaType"] or "")
-        if blobs.setdefault(blob.digest, blob).size != blob.size:
-            raise fail(f"the manifest gives {blob.digest} two sizes")
+    sizes: dict[str, set[int]] = {}
+    for name, entry in entries:
+        digest = check(entry.get("digest"), _DIGEST, f"the manifest.{name}.digest", fail)
+        size = check(entry.get("size"), Opt(_SIZE), f"the manifest.{name}.size", fail)
+        blobs.setdefault(digest, Blob(digest, 0, go_string(entry.get("mediaType") or "")))
+        sizes.setdefault(digest, set()).update([] if size is None else [size])
     if not blobs:
         raise UnsupportedManifest(where, "a manifest that names no blob (no config, no layers)")
+    if two := next((d for d, given in sizes.items() if len(given) > 1), None):
+        raise fail(f"the manifest gives {two} two sizes")
+    unsized = frozenset(d for d, given in sizes.items() if not given)
+    given = {d: next(iter(s)) for d, s in sizes.items() if s}
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    return Manifest(raw, digest, head["mediaType"] or "", tuple(blobs.values()))
+    media_type = go_string(head["mediaType"] or "")
+    return Manifest(raw, digest, media_type, tuple(blobs.values()), unsized).with_sizes(given)
 
 
 def _require_a_manifest(head: dict[str, Any], where: str) -> None:
@@ -281,6 +304,24 @@ class Registry:
         headers = tuple(self.headers_for(url).items())
         remote = first_byte_answer(url, headers, answer.status, answer.headers, answer.answer_time)
         return Source(url, headers, remote if remote and remote.size == blob.size else None)
+
+    def blob_size(self, blob: Blob) -> int:
+        """The size of ``blob`` as the answer to its first byte says it (where the registry
+        sends it, storage's): for a manifest that gives none, as Ollama learns it from its
+        HEAD. The blob's digest is checked when it lands, whatever size it was said to be."""
+        url = f"{self.base}/v2/{self.ref.repository}/blobs/{blob.digest}"
+        answer = self._follow(url, lambda hop: self._send(hop, {"Range": "bytes=0-0"}, 0))
+        if answer.status == 404:
+            says = _registry_says(answer, self._secrets)
+            words = ", ".join(w for w in (f"no blob {blob.digest}", says) if w)
+            raise ModelNotFound(str(self.ref), f"the registry has {words}")
+        if answer.status != 416:
+            _require_ok(answer, self._secrets)
+        size = _size_said(answer)
+        if size is None:
+            raise BadResponse(answer.url, f"the manifest gives no size for {blob.digest}, and "
+                                          f"nor does the answer to its first byte")  # fmt: skip
+        return size
 
     def forget_token(self) -> None:
         """The token expired (a 401 mid-pull): the next request fetches a new one."""
@@ -463,6 +504,18 @@ def _token_from(answer: Document) -> str:
 def _with_auth(headers: Headers, value: str) -> Headers:
     kept = {name: v for name, v in headers.items() if name.lower() != "authorization"}
     return {**kept, "Authorization": value}
+
+
+def _size_said(answer: Document) -> int | None:
+    """The whole size an answer to ``Range: bytes=0-0`` states: a 206's Content-Range, a
+    200's Content-Length, a 416's ``bytes */N`` (an empty blob has no byte 0)."""
+    if answer.status in (206, 416):
+        total = re.fullmatch(
+            r"bytes (?:0-0|\*)/(\d{1,19})", answer.headers.get("Content-Range", "")
+        )
+        return int(total.group(1)) if total else None
+    length = answer.headers.get("Content-Length", "")
+    return int(length) if answer.status == 200 and re.fullmatch(r"\d{1,19}", length) else None
 
 
 def _location(answer: Document) -> str:

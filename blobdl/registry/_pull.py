@@ -104,6 +104,8 @@ def pull(
     old = store.manifest_digests(reference)
     manifest = registry.manifest()
     _require_readable(manifest, reference)
+    unsized = manifest.unsized  # the sizes the registry's answers gave, not the manifest
+    manifest = _sized(store, registry, manifest)
     # The user's headers go with the registry's requests (``blob_sources`` says which go to
     # storage), never as the engine's headers for every URL a blob's GET ends up at.
     fetcher = _Fetcher(store, registry, dataclasses.replace(base, headers=()), on_event)
@@ -112,7 +114,7 @@ def pull(
         # Touched when found, so that Ollama's prune spares them while we fetch the rest.
         missing = [b for b in manifest.blobs if not (store.has(b) and store.touch(b))]
         store.claims.sweep(b for b in manifest.blobs if b not in missing)
-        _require_sizes(store, [b for b in manifest.blobs if b not in missing], reference)
+        _require_sizes(store, [b for b in manifest.blobs if b not in missing], reference, unsized)
         if on_event is not None:
             on_event(PullStarted(str(reference), manifest.digest, len(manifest.blobs),
                                  len(missing), sum(b.size for b in missing),
@@ -182,13 +184,28 @@ def _require_readable(manifest: Manifest, ref: Reference) -> None:
         raise BadResponse(str(ref), "Ollama would read other blobs from the manifest than it lists")
 
 
-def _require_sizes(store: Store, present: list[Blob], ref: Reference) -> None:
-    """A verified blob whose size is not the one the manifest gives: the manifest is
+def _sized(store: Store, registry: Registry, manifest: Manifest) -> Manifest:
+    """``manifest`` with a size for every blob it gives none: a blob in the store is trusted
+    by its name, as Ollama trusts it; the registry is asked for the others, as Ollama asks
+    its HEAD. The manifest is written as served all the same."""
+    sizes = {}
+    for blob in (b for b in manifest.blobs if b.digest in manifest.unsized):
+        present = store.blob_path(blob).is_file()
+        sizes[blob.digest] = store.size(blob) if present else registry.blob_size(blob)
+    return manifest.with_sizes(sizes)
+
+
+def _require_sizes(
+    store: Store, present: list[Blob], ref: Reference, unsized: frozenset[str]
+) -> None:
+    """A verified blob whose size is not the one the manifest gives (or, where it gives
+    none, the registry's answer to the blob's first byte): the manifest, or that answer, is
     wrong. Said once, without fetching the blob again (now or on a later pull)."""
     for blob in present:
         size = store.size(blob)
         if size != blob.size:
-            raise BadResponse(str(ref), f"the manifest gives {blob.digest} as {blob.size} bytes, "
+            who = "the registry's answer" if blob.digest in unsized else "the manifest"
+            raise BadResponse(str(ref), f"{who} gives {blob.digest} as {blob.size} bytes, "
                               f"but its verified bytes are {size}")  # fmt: skip
 
 
@@ -202,7 +219,7 @@ def _settle(
     path = None
     for _round in range(SETTLE_ROUNDS):
         fetcher.fetch_all(missing)
-        _require_sizes(store, [b for b in missing if store.has(b)], ref)
+        _require_sizes(store, [b for b in missing if store.has(b)], ref, manifest.unsized)
         missing = [b for b in manifest.blobs if not store.touch(b)]
         if missing:
             continue

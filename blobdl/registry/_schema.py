@@ -2,9 +2,11 @@
 field before any of it is used: a hostile document is one error of ours, never a traceback.
 
 ``parse_json`` reads a document: no NaN or Infinity, no two keys of one object that are the
-same but for case (Go's decoder, which Ollama reads manifests with, matches keys without
-regard to case: ``"LAYERS": 5`` beside ``"layers"`` breaks Ollama's reading, not ours), and
-nesting too deep for the parser is refused. ``check`` holds a value against a shape:
+same but for case (Go's decoder matches a struct's fields without regard to case), and
+nesting too deep for the parser is refused. With ``go=True`` (a manifest, which Ollama reads
+with Go's decoder and whose blobs are then taken from Go's own reading, ``_catalog.read``)
+keys that differ in case are let by, and invalid UTF-8 becomes U+FFFD byte by byte, as Go
+reads it. ``check`` holds a value against a shape:
 
 - a type (``str``, ``bool``) or ``object`` (anything);
 - ``Int(low, high)``: an integer (not a bool, not 2.0) in that range;
@@ -17,6 +19,7 @@ nesting too deep for the parser is refused. ``check`` holds a value against a sh
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Callable
@@ -42,12 +45,13 @@ class _Refused(ValueError):
     pass
 
 
-def parse_json(body: bytes, what: str, fail: Fail) -> Any:
+def parse_json(body: bytes, what: str, fail: Fail, *, go: bool = False) -> Any:
     """The JSON value of ``body`` (UTF-8, as Go reads it: no other encoding is guessed), or
     ``fail("<what> is not JSON ...")`` raised."""
     try:
-        text = body.decode("utf-8")
-        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique)
+        text = go_text(body) if go else body.decode("utf-8")
+        pairs = dict if go else _unique
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=pairs)
     except RecursionError:
         raise fail(f"{what} is nested too deeply") from None
     except _Refused as exc:
@@ -58,6 +62,31 @@ def parse_json(body: bytes, what: str, fail: Fail) -> Any:
 
 def _no_constant(name: str) -> None:
     raise _Refused(f"{name} is not a number")
+
+
+def _per_byte(error: UnicodeError) -> tuple[str, int]:
+    assert isinstance(error, UnicodeDecodeError)
+    return "\ufffd", error.start + 1
+
+
+codecs.register_error("blobdl-go", _per_byte)
+
+
+def go_text(body: bytes) -> str:
+    """``body`` as Go's ``encoding/json`` reads its strings: each byte of invalid UTF-8 is
+    one U+FFFD (``utf8.DecodeRune``'s width 1), where Python's "replace" makes one of a
+    truncated sequence. A lone surrogate escape (``\\ud800``) Go also reads as U+FFFD:
+    ``go_string``."""
+    return body.decode("utf-8", "blobdl-go")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def go_string(value: str) -> str:
+    """A decoded JSON string as Go holds it: a lone surrogate (which Python keeps from a
+    ``\\ud800`` escape, and could not print) is U+FFFD."""
+    return _SURROGATE.sub("\ufffd", value)
 
 
 # Unicode's simple case folding sends two non-ASCII letters to ASCII ones: the long s and the

@@ -386,3 +386,108 @@ def test_the_registrys_text_in_a_library_error_is_escaped_and_short(
     words = str(caught.value)
     assert words.isprintable() and len(words) < 1000, words
     assert "\\x1b" in words or "x1b" in words, words
+
+
+# --- manifests Ollama pulls though they look odd (the second pull review) --------------------
+
+
+def _layers(doc: dict[str, Any], **change: Any) -> dict[str, Any]:
+    return {**doc, "layers": [{**doc["layers"][0], **change}]}
+
+
+def _unsized(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    if where == "config":
+        return {**doc, "config": without(doc["config"], "size")}
+    return _layers(without(doc, "layers") | {"layers": [without(doc["layers"][0], "size")]})
+
+
+@pytest.mark.parametrize("redirect", [False, True], ids=["registry", "storage"])
+@pytest.mark.parametrize("where", ["config", "layer", "null"])
+def test_a_blob_whose_size_the_manifest_does_not_give_is_pulled_as_ollama_pulls_it(
+    hostile: HostileRegistry, tmp_path: Path, where: str, redirect: bool
+) -> None:
+    """Ollama never reads a layer's size to pull it (``downloadBlob`` asks the blob's HEAD)
+    and writes the manifest as served: ``ollama list`` counts such a blob as 0 bytes, from
+    our store as from its own. We learn the size from the blob's first byte."""
+    _, doc = fixed_model()
+    doc = _layers(doc, size=None) if where == "null" else _unsized(doc, where)
+    raw = json.dumps(doc).encode()
+    hostile.load(script(raw, redirect=redirect))
+    pulled_as_served(hostile, tmp_path, raw)
+
+
+def test_keys_differing_in_case_outside_ollamas_fields_are_pulled(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """Go folds case only to match a struct's fields: annotations, or any key Ollama's
+    Manifest and Layer do not have, may differ in case only (as OCI annotations do)."""
+    _, doc = fixed_model()
+    notes = {"org.example.a": "1", "ORG.EXAMPLE.A": "2"}
+    doc = {**_layers(doc, annotations=notes), "annotations": notes, "x": 1, "X": 2}
+    raw = json.dumps(doc).encode()
+    hostile.load(script(raw))
+    pulled_as_served(hostile, tmp_path, raw)
+
+
+def test_a_field_named_twice_in_two_cases_is_read_as_go_reads_it(
+    hostile: HostileRegistry, tmp_path: Path
+) -> None:
+    """``"layers"`` then ``"Layers"``: Go decodes the second into the field too, the last
+    wins; Ollama fetches the blob the last names, and so do we."""
+    blobs, doc = fixed_model()
+    bogus = {"mediaType": "x", "digest": "sha256:" + "e" * 64, "size": 1}
+    text = json.dumps({**without(doc, "layers"), "layers": [bogus]})
+    raw = (text[:-1] + ', "Layers": ' + json.dumps(doc["layers"]) + "}").encode()
+    hostile.load(script(raw))
+    run, models = pull_from(hostile, tmp_path)
+    assert run.code == 0, run.stderr
+    assert stored(models, hostile).read_bytes() == raw
+    assert {p.name for p in (models / "blobs").iterdir()} == {d.replace(":", "-") for d in blobs}
+
+
+@pytest.mark.parametrize("bad", [b"\xff", b"\xe2\x82", b"\\ud800"], ids=["ff", "cut", "surrogate"])
+def test_invalid_utf8_in_a_manifest_string_is_read_as_go_reads_it(
+    hostile: HostileRegistry, tmp_path: Path, bad: bytes
+) -> None:
+    """Go's decoder reads invalid UTF-8 in a string (and a lone surrogate escape) as U+FFFD:
+    a media type or an annotation holding it is no reason to refuse the model."""
+    blobs, doc = fixed_model()
+    text = json.dumps(_layers(doc, mediaType="MEDIA", annotations={"a": "NOTE"}))
+    raw = text.encode().replace(b"MEDIA", b"m" + bad).replace(b"NOTE", bad + b"n")
+    hostile.load(script(raw))
+    run, models = pull_from(hostile, tmp_path, "--json")
+    assert run.code == 0, run.stderr
+    assert stored(models, hostile).read_bytes() == raw
+    assert {p.name for p in (models / "blobs").iterdir()} == {d.replace(":", "-") for d in blobs}
+
+
+@pytest.mark.parametrize("times", [1, None], ids=["the look-up", "every answer"])
+def test_a_blob_of_no_stated_size_whose_answer_lies_never_lands(
+    hostile: HostileRegistry, tmp_path: Path, times: int | None
+) -> None:
+    """The size a blob's own answer says is no more trusted than a manifest's: the blob is
+    checked against its digest, and a pull that fails leaves no manifest."""
+    _, doc = fixed_model()
+    raw = json.dumps(_unsized(doc, "layer")).encode()
+    lie = rule("registry", doc["layers"][0]["digest"], status=200, body="xyz", times=times)
+    hostile.load(script(raw, faults=[lie]))
+    run, models = pull_from(hostile, tmp_path)
+    line = one_error_line(run)
+    assert not stored(models, hostile).exists() and not store_problems(models)
+    if times == 1:  # Ollama's download too is cut to the size its HEAD said, and fails
+        assert "the registry's answer gives sha256:" in line and "as 3 bytes" in line, line
+
+
+@pytest.mark.parametrize("key", ["Config", "CONFIG", "Layers"])
+def test_a_field_spelled_in_another_case_is_pulled(
+    hostile: HostileRegistry, tmp_path: Path, key: str
+) -> None:
+    """Go matches ``"Config"`` to the field ``config``: Ollama pulls the model (a config so
+    spelled made our check look for ``"config"`` itself: a KeyError, exit 1)."""
+    blobs, doc = fixed_model()
+    raw = json.dumps(doc).replace(f'"{key.lower()}"', f'"{key}"', 1).encode()
+    hostile.load(script(raw))
+    run, models = pull_from(hostile, tmp_path)
+    assert run.code == 0, run.stderr
+    assert stored(models, hostile).read_bytes() == raw
+    assert {p.name for p in (models / "blobs").iterdir()} == {d.replace(":", "-") for d in blobs}

@@ -213,7 +213,7 @@ def _blob_problems(blobs: Path) -> Iterator[tuple[str, str]]:
 
 def _manifest_problems(path: Path, blobs: Path) -> list[str]:
     try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
+        doc = json.loads(path.read_bytes().decode("utf-8", "replace"))  # as Go reads it
         # Ollama fetches and keeps a config only when it has a digest; every layer has one.
         config = doc.get("config") or {}
         entries = [config] if config.get("digest") else []
