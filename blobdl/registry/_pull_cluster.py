@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 from ..batch._cluster_ask import Silent, Workers, ask, checked, present, said_if_silent
 from ..batch._cluster_connect import connect
 from ..batch._cluster_run import Run, task_error
-from ..batch._cluster_worker import Channel, Relay, Sent, Stopped
+from ..batch._cluster_worker import Channel, Leaving, Relay, Sent, Stopped, rescheduled
 from ..config import Settings
 from ..errors import BlobdlError, ClusterError, Interrupted
 from ._pull_events import WorkerEvent
@@ -210,6 +210,8 @@ def _pull_here(
         result = pull(ref, models_dir, settings=settings, on_event=relay)
     except BlobdlError as exc:
         return _Done(relay.summary(), None, exc)
+    except Leaving:  # its worker is closing: the pull saved its state, to go on elsewhere
+        raise rescheduled() from None
     except Stopped:
         return _Done(relay.summary(), None, Interrupted(signal.SIGTERM))
     return _Done(relay.summary(), result, None)

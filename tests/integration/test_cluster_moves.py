@@ -1,0 +1,78 @@
+"""A cluster batch while its workers come and go: a worker retired gracefully
+(``Client.retire_workers``) mid-item, one that joins mid-run. Each test has a cluster of its
+own (``faultserver/dask_cluster.py``): they change its workers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faultserver.dask_cluster import DaskCluster, start_cluster
+from faultserver.serverctl import ServerHandle
+from tests.conftest import Blob, sha256_file, spawn_cli
+from tests.integration.test_cluster import KB, SMALL, _settled, json_lines, manifest, paced
+
+if importlib.util.find_spec("distributed") is None:
+    pytest.skip("distributed is not installed (pip install -e '.[dask]')", allow_module_level=True)
+
+Make = Callable[..., Blob]
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    root = tmp_path_factory.mktemp("dask")
+    # Each worker its own store, as on two nodes.
+    stores = {name: {"OLLAMA_MODELS": str(root / f"models-{name}")} for name in ("w-a", "w-b")}
+    handle = start_cluster(root, stores, threads=1)
+    try:
+        yield handle
+        # Nothing blobdl started on a worker is still running, orphans included.
+        assert _settled(handle) == []
+    finally:
+        handle.stop()
+
+
+RETIRE = """
+import json, sys
+from distributed import Client
+address, name = sys.argv[1], sys.argv[2]
+with Client(address, timeout=30) as client:
+    found = [a for a, w in client.scheduler_info()["workers"].items() if str(w["name"]) == name]
+    print(json.dumps(list(client.retire_workers(workers=found))))
+"""
+
+
+def test_a_worker_retired_gracefully_mid_item_leaves_the_item_to_the_next_worker(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """Dask's graceful retirement (``Client.retire_workers``, as an adaptive cluster scales
+    down) gives a running task to another worker at once, while the retiring worker waits
+    up to 30 s for its threads: the item ends once, whole, from the partial, exit 0, never
+    two downloads of it at once (the rerun failed, exit 5, 'process N is already
+    downloading to this destination', and the file landed whole after the run had said so)."""
+    blob = make(16 * 1024 * KB, 71)
+    paced(server, 256 * KB)
+    proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / 'big.bin'}"]),
+                     "--scheduler", cluster.address, "--connections", "2",
+                     "--checkpoint-interval", "0.2", "--json", *SMALL)  # fmt: skip
+    assert proc.stdout is not None
+    seen: list[dict[str, Any]] = []
+    for line in proc.stdout:
+        seen.append(json.loads(line))
+        if seen[-1].get("event") == "progress" and seen[-1]["done"] >= 1024 * KB:
+            retired = cluster._ask("retire failed", RETIRE, seen[-1]["worker"])
+            assert len(retired) == 1
+            break
+    out, err = proc.communicate(timeout=120)
+    events = seen + json_lines(out)
+    told = [e for e in events if e.get("event") in ("finished", "failed")]
+    assert proc.returncode == 0, (err, told)
+    assert [e["event"] for e in told] == ["finished"]
+    assert told[0]["worker"] != seen[-1]["worker"] and told[0]["resumed"] >= 1024 * KB
+    assert sha256_file(tmp_path / "big.bin") == blob.sha256
+    assert server.stats()["max_concurrent"] <= 2
