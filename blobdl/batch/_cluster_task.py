@@ -21,6 +21,7 @@ state first).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -92,14 +93,35 @@ def probe(job: Job) -> Probed:
         return Probed(worker, None, None)
     watch = StopCheck(job.channel)
     try:
-        with leases(job.budget, _host(job.item.url), 1, watch.check, job.channel.within):
-            return Probed(worker, resolve(job.item.url, job.settings), None)
+        with _Moving(job, watch.check) as moving:
+            return Probed(worker, resolve(job.item.url, job.settings, to_host=moving.to), None)
     except BlobdlError as exc:
         return Probed(worker, None, exc)
     except Leaving:
         raise rescheduled() from None
     except Stopped:
         return Probed(worker, None, Interrupted(signal.SIGTERM))
+
+
+class _Moving:
+    """A probe's one connection, counted at the host each of its requests goes to: a
+    redirect to another host gives its leases back before it waits for that host's (as
+    any task waits: no deadlock), and its connection to the last host is closed first."""
+
+    def __init__(self, job: Job, stop: Callable[[], None]) -> None:
+        self.job, self.stop = job, stop
+        self.held = contextlib.ExitStack()
+
+    def __enter__(self) -> _Moving:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.held.close()
+
+    def to(self, host: str) -> None:
+        self.held.close()
+        job = self.job
+        self.held.enter_context(leases(job.budget, host, 1, self.stop, job.channel.within))
 
 
 def fetch(job: Job, remote: Remote | None) -> Outcome:

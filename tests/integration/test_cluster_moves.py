@@ -14,7 +14,7 @@ import pytest
 
 from faultserver.dask_cluster import DaskCluster, start_cluster
 from faultserver.serverctl import ServerHandle
-from tests.conftest import Blob, sha256_file, spawn_cli
+from tests.conftest import Blob, run_cli, sha256_file, spawn_cli
 from tests.integration.test_cluster import KB, SMALL, _settled, json_lines, manifest, paced
 
 if importlib.util.find_spec("distributed") is None:
@@ -76,3 +76,26 @@ def test_a_worker_retired_gracefully_mid_item_leaves_the_item_to_the_next_worker
     assert told[0]["worker"] != seen[-1]["worker"] and told[0]["resumed"] >= 1024 * KB
     assert sha256_file(tmp_path / "big.bin") == blob.sha256
     assert server.stats()["max_concurrent"] <= 2
+
+
+def test_a_probe_redirected_to_another_host_counts_against_its_per_host_cap(
+    cluster: DaskCluster, server: ServerHandle, other: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """127.0.0.1's items redirect to ``localhost`` (the other server), whose own items are
+    probed meanwhile: with one connection per host, the other server never holds two at
+    once, as on one machine (``test_a_small_item_redirected_to_another_host_counts_...``)."""
+    moved = [make(64 * KB, 2800 + n) for n in range(3)]
+    direct = [make(64 * KB, 2810 + n) for n in range(3)]
+    elsewhere = other.route("/files").replace("127.0.0.1", "localhost")
+    server.set_faults(*({"path": f"/files/{b.name}", "times": None, "action": "redirect",
+                         "location": f"{elsewhere}/{b.name}"} for b in moved))  # fmt: skip
+    other.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.4})
+    lines = [f"{b.url} {tmp_path / ('m-' + b.name)}" for b in moved]
+    lines += [f"{other.url(b.name).replace('127.0.0.1', 'localhost')} {tmp_path / b.name}"
+              for b in direct]  # fmt: skip
+    done = run_cli("-i", manifest(tmp_path, lines), "--scheduler", cluster.address,
+                   "--connections", "8", "--per-host", "1", "-q", *SMALL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for b in moved:
+        assert sha256_file(tmp_path / ("m-" + b.name)) == b.sha256
+    assert other.stats()["max_concurrent"] <= 1, other.stats()["ranges"]
