@@ -119,11 +119,14 @@ def _on_each(
 
 
 def _shared(settings: Settings, pulls: int) -> Settings:
-    """``--limit-rate`` is one budget across all connections: the stores' pulls, side by
-    side, share it (each its part, at least a byte a second), as a batch's items do."""
-    if settings.limit_rate is None or pulls <= 1:
+    """``--connections`` and ``--limit-rate`` are one budget across the cluster, as for a
+    batch's items: the stores' pulls, side by side, share them (each its part: at least one
+    connection, and a byte a second)."""
+    if pulls <= 1:
         return settings
-    return dataclasses.replace(settings, limit_rate=max(1, settings.limit_rate // pulls))
+    connections = max(1, settings.connections // pulls)
+    limit_rate = None if settings.limit_rate is None else max(1, settings.limit_rate // pulls)
+    return dataclasses.replace(settings, connections=connections, limit_rate=limit_rate)
 
 
 def _stores(

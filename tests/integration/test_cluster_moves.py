@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from faultserver.dask_cluster import DaskCluster, start_cluster
+from faultserver.registry import Registry, start_registry, start_relay
 from faultserver.serverctl import ServerHandle
 from tests.conftest import Blob, run_cli, sha256_file, spawn_cli
 from tests.integration.test_cluster import KB, SMALL, _settled, json_lines, manifest, paced
@@ -21,6 +22,13 @@ if importlib.util.find_spec("distributed") is None:
     pytest.skip("distributed is not installed (pip install -e '.[dask]')", allow_module_level=True)
 
 Make = Callable[..., Blob]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    handle = start_registry(tmp_path_factory.mktemp("registry"))
+    yield handle
+    handle.stop()
 
 
 @pytest.fixture
@@ -99,3 +107,27 @@ def test_a_probe_redirected_to_another_host_counts_against_its_per_host_cap(
     for b in moved:
         assert sha256_file(tmp_path / ("m-" + b.name)) == b.sha256
     assert other.stats()["max_concurrent"] <= 1, other.stats()["ranges"]
+
+
+def test_pull_on_every_worker_holds_the_connection_budget_across_its_stores(
+    cluster: DaskCluster, registry: Registry, tmp_path: Path
+) -> None:
+    """--connections is never exceeded at the server however many workers run (as
+    --limit-rate, one budget for all the stores' pulls): two stores' pulls held 4 lookups
+    at once under --connections 2, each pull the whole budget."""
+    model = registry.push_model("library/fleet-budget", "v1", (10 * KB, 20, 30, 40))
+    relay = start_relay(tmp_path / "relay", registry.url)
+    try:
+        relay.set_faults([{"match": "/blobs/", "range": "bytes=0-0", "hold": 0.5}])
+        where = relay.url.removeprefix("http://")
+        done = run_cli("pull", f"http://{where}/{model.repo}:{model.tag}", "--scheduler",
+                       cluster.address, "--every-worker", "--connections", "2", "-q")  # fmt: skip
+        peak = relay.held_peak()
+    finally:
+        relay.stop()
+    assert done.returncode == 0, done.stderr
+    for name in ("w-a", "w-b"):
+        store = cluster.root / f"models-{name}"
+        for digest, data in model.blobs.items():
+            assert (store / "blobs" / digest.replace(":", "-")).read_bytes() == data
+    assert peak <= 2
