@@ -35,7 +35,6 @@ from typing import Any, NamedTuple
 from ._cluster_ask import on_scheduler
 from ._cluster_connect import dask
 from ._cluster_later import answer, later
-from ._cluster_worker import Stopped
 
 #: How often a task waiting for a lease looks whether it should stop instead (seconds).
 WAIT_SLICE = 0.5
@@ -121,11 +120,11 @@ class Held:
 
 @contextlib.contextmanager
 def leases(
-    budget: Budget, host: str, wanted: int, stop: Callable[[], bool], within: float
+    budget: Budget, host: str, wanted: int, stop: Callable[[], None], within: float
 ) -> Iterator[Held]:
     """Hold between 1 and ``wanted`` connections to ``host`` (``Held.granted``).
 
-    Waits for the first one (``stop()`` is asked between waits: ``Stopped`` if it says so);
+    Waits for the first one (``stop()`` is called between waits: it raises ``Stopped``);
     takes the others only if they are free now; ``Held.grow`` takes more later. Each
     question to the scheduler is given ``within`` seconds."""
     distributed = dask()
@@ -160,10 +159,9 @@ def _retire(semaphore: Any) -> None:
             semaphore.loop.add_callback(refresher.stop)  # the loop's own thread stops it
 
 
-def _wait_for(semaphore: Any, stop: Callable[[], bool], within: float) -> None:
+def _wait_for(semaphore: Any, stop: Callable[[], None], within: float) -> None:
     while not _acquired(semaphore, within):
-        if stop():
-            raise Stopped
+        stop()
 
 
 def _acquired(semaphore: Any, within: float) -> bool:

@@ -11,14 +11,17 @@ threaded caller: a Dask worker always has threads, and its processes may be daem
 cannot cancel a running task, so the task itself looks, between the events its download
 sends, whether it should stop (the batch's stop flag is set, or its future was cancelled or
 released); then it raises from the event callback, which makes the coordinator save its
-state and exit. The scheduler silent is no stop: a download holds all it needs and goes on
-to its end, never waiting for the scheduler's answers (``_cluster_worker``). A worker that
+state and exit. So does a task whose worker is closing (retired gracefully, told to close),
+and asks to be rescheduled: another worker resumes it from the partial. The scheduler silent
+is no stop: a download holds all it needs and goes on to its end, never waiting for the
+scheduler's answers (``_cluster_worker``). A worker that
 dies takes the coordinator with it (it dies with the thread that started it, saving its
 state first).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -41,7 +44,16 @@ from ..store._cache import entry_path as cache_entry
 from ..store._files import absolute
 from ..store._names import default_name, name_from_url
 from ._cluster_budget import Budget, Held, leases
-from ._cluster_worker import Channel, Relay, Sent, StopCheck, Stopped, worker_name
+from ._cluster_worker import (
+    Channel,
+    Leaving,
+    Relay,
+    Sent,
+    StopCheck,
+    Stopped,
+    rescheduled,
+    worker_name,
+)
 from ._items import Item, inside
 from ._share_folder import ShareFolder
 
@@ -81,12 +93,35 @@ def probe(job: Job) -> Probed:
         return Probed(worker, None, None)
     watch = StopCheck(job.channel)
     try:
-        with leases(job.budget, _host(job.item.url), 1, watch.stopped, job.channel.within):
-            return Probed(worker, resolve(job.item.url, job.settings), None)
+        with _Moving(job, watch.check) as moving:
+            return Probed(worker, resolve(job.item.url, job.settings, to_host=moving.to), None)
     except BlobdlError as exc:
         return Probed(worker, None, exc)
+    except Leaving:
+        raise rescheduled() from None
     except Stopped:
         return Probed(worker, None, Interrupted(signal.SIGTERM))
+
+
+class _Moving:
+    """A probe's one connection, counted at the host each of its requests goes to: a
+    redirect to another host gives its leases back before it waits for that host's (as
+    any task waits: no deadlock), and its connection to the last host is closed first."""
+
+    def __init__(self, job: Job, stop: Callable[[], None]) -> None:
+        self.job, self.stop = job, stop
+        self.held = contextlib.ExitStack()
+
+    def __enter__(self) -> _Moving:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.held.close()
+
+    def to(self, host: str) -> None:
+        self.held.close()
+        job = self.job
+        self.held.enter_context(leases(job.budget, host, 1, self.stop, job.channel.within))
 
 
 def fetch(job: Job, remote: Remote | None) -> Outcome:
@@ -96,6 +131,9 @@ def fetch(job: Job, remote: Remote | None) -> Outcome:
         result = _fetch(job, remote, relay)
     except BlobdlError as exc:
         return Outcome(relay.summary(), None, exc)
+    except Leaving:  # its download saved its state: the next worker resumes it
+        _spare.drop_own()
+        raise rescheduled() from None
     except Stopped:
         # The run is over (stopped, or its client gone: SIGKILLed, it drops no spare).
         _spare.drop_own()
@@ -117,7 +155,7 @@ def _fetch(job: Job, remote: Remote | None, relay: Relay) -> DownloadResult:
     )
     host = host_of(job, remote)
     wanted = wanted_by(job, remote)
-    with leases(job.budget, host, wanted, relay.watch.stopped, job.channel.within) as held:
+    with leases(job.budget, host, wanted, relay.watch.check, job.channel.within) as held:
         path = Path(item.path) if item.path else None
         if remote is None:  # a cache hit: no probe, no network
             settings = dataclasses.replace(settings, connections=held.granted)

@@ -3,7 +3,8 @@
 Dask cannot cancel a running task (a thread cannot be interrupted), so a task looks for
 itself, between the events its work sends and while it waits for a lease, whether it should
 stop: the run's stop flag (a ``distributed.Event``) is set, its own future was cancelled or
-released (the client went away). Then ``Relay`` raises ``Stopped`` from the event callback,
+released (the client went away), or its worker is closing (``Leaving``: the task runs
+again elsewhere). Then ``Relay`` raises ``Stopped`` from the event callback,
 and blobdl's coordinator, whose callback raised, saves its state and exits, as it would on a
 signal.
 
@@ -29,8 +30,21 @@ from ._cluster_later import later
 LOOK_EVERY = 0.5
 
 
+#: A worker's states once it is closing (retired, told to close, its scheduler lost): what
+#: it runs now is the scheduler's to give to another worker (``Worker.status``).
+LEAVING = frozenset({"closing", "closed", "failed"})
+
+
 class Stopped(Exception):
     """The run was stopped (or its client went away) while this task was working."""
+
+
+class Leaving(Stopped):
+    """This task's worker is closing: its work stops, and the task asks the scheduler to
+    run it elsewhere (``distributed.Reschedule``), where it resumes. A retired worker
+    gives its threads up to 30 s while the scheduler has already given their tasks to
+    others: going on, this attempt would hold the item's destination (its rerun fails
+    on the lock) and connections the budget no longer counts."""
 
 
 class Channel(NamedTuple):
@@ -47,6 +61,12 @@ class Sent(NamedTuple):
     worker: str  # the worker's name (its address if it has none)
     attempt: str  # this run of the task: a rerun after a worker died is another
     events: int
+
+
+def rescheduled() -> Exception:
+    """What a task raises for the scheduler to run it on another worker."""
+    error: Exception = dask().Reschedule()
+    return error
 
 
 def worker_name() -> str:
@@ -69,11 +89,18 @@ class StopCheck:
         self.last = 0.0
         self.look: concurrent.futures.Future[Any] | None = None  # asked, not yet read
         self.stop = False
+        self.leaving = False
 
     def stopped(self) -> bool:
         if not self.stop:
-            self.stop = self._released() or self._flagged()
+            self.leaving = self.worker.status.name in LEAVING
+            self.stop = self.leaving or self._released() or self._flagged()
         return self.stop
+
+    def check(self) -> None:
+        """``Leaving`` if this worker is closing, ``Stopped`` if the run is."""
+        if self.stopped():
+            raise Leaving if self.leaving else Stopped
 
     def _released(self) -> bool:
         """The client cancelled or released our future (or went away)."""
@@ -111,8 +138,7 @@ class Relay:
 
     def __call__(self, event: Any) -> None:
         self.send(event)
-        if self.watch.stopped():
-            raise Stopped
+        self.watch.check()
 
     def send(self, event: Any) -> None:
         self.sent += 1

@@ -5,7 +5,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 import urllib3
 
@@ -159,12 +160,32 @@ def _described(
     )
 
 
-def resolve(url: str, settings: Settings, *, need_ranges: bool = False) -> Remote:
+def resolve(
+    url: str,
+    settings: Settings,
+    *,
+    need_ranges: bool = False,
+    to_host: Callable[[str], None] | None = None,
+) -> Remote:
     """Probe ``url`` with the same retry policy as a part (the pool dies with the call:
     no socket of ours may leak into forked workers). ``need_ranges``: a 200 to the probe's
-    range is a bad response (ranges were proven before), retried like one."""
+    range is a bad response (ranges were proven before), retried like one. ``to_host``:
+    called with the host of the probe's first request, and of each request to another
+    host than the last one's (a redirect's, a retry's), once the connections to that one
+    are closed: a budget of connections per host moves with the probe (it may wait)."""
     prepare_tls(settings, url)  # the probe's context, inherited by the workers later
-    pool = make_pool(settings)
+    at: list[str] = []  # the host the last request went to
+
+    def gate(to: str) -> None:
+        host = urlsplit(to).hostname or ""
+        if to_host is None or at == [host]:
+            return
+        if at:
+            pool.clear()  # its connection to the last host: the budget no longer counts it
+        at[:] = [host]
+        to_host(host)
+
+    pool = make_pool(settings, gate=gate)
 
     def once() -> Remote:
         remote = probe(pool, url, settings)

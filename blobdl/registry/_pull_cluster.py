@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 from ..batch._cluster_ask import Silent, Workers, ask, checked, present, said_if_silent
 from ..batch._cluster_connect import connect
 from ..batch._cluster_run import Run, task_error
-from ..batch._cluster_worker import Channel, Relay, Sent, Stopped
+from ..batch._cluster_worker import Channel, Leaving, Relay, Sent, Stopped, rescheduled
 from ..config import Settings
 from ..errors import BlobdlError, ClusterError, Interrupted
 from ._pull_events import WorkerEvent
@@ -119,11 +119,14 @@ def _on_each(
 
 
 def _shared(settings: Settings, pulls: int) -> Settings:
-    """``--limit-rate`` is one budget across all connections: the stores' pulls, side by
-    side, share it (each its part, at least a byte a second), as a batch's items do."""
-    if settings.limit_rate is None or pulls <= 1:
+    """``--connections`` and ``--limit-rate`` are one budget across the cluster, as for a
+    batch's items: the stores' pulls, side by side, share them (each its part: at least one
+    connection, and a byte a second)."""
+    if pulls <= 1:
         return settings
-    return dataclasses.replace(settings, limit_rate=max(1, settings.limit_rate // pulls))
+    connections = max(1, settings.connections // pulls)
+    limit_rate = None if settings.limit_rate is None else max(1, settings.limit_rate // pulls)
+    return dataclasses.replace(settings, connections=connections, limit_rate=limit_rate)
 
 
 def _stores(
@@ -210,6 +213,8 @@ def _pull_here(
         result = pull(ref, models_dir, settings=settings, on_event=relay)
     except BlobdlError as exc:
         return _Done(relay.summary(), None, exc)
+    except Leaving:  # its worker is closing: the pull saved its state, to go on elsewhere
+        raise rescheduled() from None
     except Stopped:
         return _Done(relay.summary(), None, Interrupted(signal.SIGTERM))
     return _Done(relay.summary(), result, None)
