@@ -44,8 +44,19 @@ def _many_parts(body: dict[str, Any]) -> None:
         lambda body: body.update(etag=None, last_modified=7),
         lambda body: body.update(url_key=None),
         _zero_part,
+        lambda body: body.update(format=1),  # an older blobdl's
+        lambda body: body.pop("url_key"),  # an older blobdl's: no URL key
     ],
-    ids=["etag-int", "etag-list", "lm-dict", "lm-int", "url-key-null", "zero-part"],
+    ids=[
+        "etag-int",
+        "etag-list",
+        "lm-dict",
+        "lm-int",
+        "url-key-null",
+        "zero-part",
+        "format-1",
+        "no-url-key",
+    ],
 )
 def test_a_checksummed_record_of_fields_blobdl_never_writes_is_ignored(
     make: Make,
