@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,3 +77,41 @@ def test_a_cache_entry_damaged_on_disk_is_fetched_again_without_verify_cache(
     assert rerun.returncode == 0, rerun.stderr
     assert sha256_file(tmp_path / "b") == blob.sha256
     assert server.stats()["bytes_sent"] >= blob.size
+
+
+def test_a_run_waiting_for_a_cache_fill_that_is_killed_takes_it_over(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Two runs fill one entry: the second waits on its lock; the first SIGKILLed mid-body,
+    the second resumes its partial, fetching only what the first had not."""
+    blob = make(BIG, seed=2613)
+    slow_down(server, blob, 100_000)  # ~5 s: the first is still filling when killed
+    cache = tmp_path / "cache"
+    # No steals: the server's paced 64 KiB bursts leave a lane quiet long enough to be cut,
+    # and a cut wastes what it had in flight (design.md, step 5), not a resume's doing.
+    args = ["--cache-dir", str(cache), "--digest", f"sha256:{blob.sha256}", "--json",
+            *CLI_FAST, "--no-steal"]  # fmt: skip
+    first = cli(blob.url, "-o", str(tmp_path / "a"), *args)
+    run_until(first, 0.3, blob.size)
+    second = cli(blob.url, "-o", str(tmp_path / "b"), *args)
+    entry = cache / f"sha256-{blob.sha256}"
+    time.sleep(0.5)  # the second has probed and waits on the entry's lock
+    workers = psutil.Process(first.pid).children(recursive=True)
+    first.kill()
+    first.wait()
+    psutil.wait_procs(workers, timeout=5)
+    server.reset()  # what the second asks from here on: its probe was before
+    for stream in (first.stdout, first.stderr):
+        assert stream is not None
+        stream.close()
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert sha256_file(tmp_path / "b") == blob.sha256 and sha256_file(entry) == blob.sha256
+    finished = [json.loads(line) for line in out.splitlines() if '"finished"' in line]
+    resumed = finished[0]["resumed"] if finished else 0
+    assert resumed > 0, out
+    assert finished[0]["bytes_fetched"] == blob.size - resumed
+    # (it may have begun before the reset: the lock is free the moment the first dies)
+    assert server.stats()["bytes_sent"] <= blob.size - resumed
+    litter = [p.name for d in (cache, tmp_path) for p in d.iterdir() if ".blobdl-" in p.name]
+    assert litter == []
