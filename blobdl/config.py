@@ -329,15 +329,22 @@ def check_header(name: object, value: object) -> None:
     # Padded as HTTP pads (_OWS) only: a no-break space or NEL is sent, another value.
     as_ours = isinstance(value, str) and value.strip(_OWS).lower() == _AS_OURS.get(lowered)
     _require(lowered not in _OURS or as_ours, f"header {name} is blobdl's own ({what}): drop it")
-    # A field value is visible characters, spaces and tabs (RFC 9110, 5.5): CR and LF would
-    # split the request, any other control character a strict server refuses with a 400.
-    ok = isinstance(value, str) and not any(c != "\t" and (c < " " or c == "\x7f") for c in value)
+    _require(header_value(value), f"bad value for header {name}: no control characters "
+                                  "(a tab is fine), latin-1 characters only")  # fmt: skip
+
+
+def header_value(value: object) -> bool:
+    """Whether ``value`` can be sent as a header's value: a field value is visible
+    characters, spaces and tabs (RFC 9110, 5.5); CR and LF would split the request, any
+    other control character a strict server refuses with a 400, and http.client sends
+    latin-1 only."""
+    if not isinstance(value, str) or any(c != "\t" and (c < " " or c == "\x7f") for c in value):
+        return False
     try:
-        str(value).encode("latin-1")
+        value.encode("latin-1")
     except UnicodeEncodeError:
-        ok = False
-    _require(ok, f"bad value for header {name}: no control characters (a tab is fine), "
-                 "latin-1 characters only")  # fmt: skip
+        return False
+    return True
 
 
 def proxy_url(text: str) -> str:

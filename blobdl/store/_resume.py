@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from .._redact import redact_url
+from ..config import header_value
 from ..errors import (
     BlobdlError,
     DigestMismatch,
@@ -344,7 +345,10 @@ def _check(body: dict[str, Any]) -> str:
 
 
 def _parse(text: str) -> State:
-    document = json.loads(text)
+    try:
+        document = json.loads(text)
+    except RecursionError:  # brackets nested too deep for the reader: damage as any other
+        raise ValueError("nested too deep") from None
     body = document["state"]
     if document["check"] != _check(body):
         raise ValueError("checksum mismatch")
@@ -363,6 +367,11 @@ def _parse(text: str) -> State:
     )
     if state.digest is not None and not isinstance(state.digest, str):
         raise ValueError("the digest is not a string")
+    # The validators are pinned and sent (If-Match, If-Unmodified-Since) when the probe
+    # lacks them: only text a response's header could have held, as blobdl wrote it.
+    for name, value in (("ETag", state.etag), ("Last-Modified", state.last_modified)):
+        if value is not None and not header_value(value):
+            raise ValueError(f"the {name} is not a header's value")
     _require_cover(state)
     return state
 
