@@ -316,13 +316,24 @@ _AS_OURS = {"accept-encoding": "identity", "connection": "keep-alive"}
 _OWS = " \t"
 
 
+def _name_shown(name: object) -> str:
+    """A refused header name as an error may show it: up to its first character that no
+    name holds. A pair given the wrong way round (``("Bearer TOKEN", "Authorization")``) or
+    a whole line as the name has a credential after it (as ``-H`` and a manifest say it)."""
+    if not isinstance(name, str):
+        return repr(name)
+    first = _TOKEN.match(name)
+    shown = first.group() if first else ""
+    return repr(name) if shown == name else f"{shown!r}... (the rest is not shown)"
+
+
 def check_header(name: object, value: object) -> None:
     """Refuse a header http.client would reject or that would split the request: names
     of token characters, values of latin-1 without control characters but tabs; and one of ours
     (``_OURS``) unless its value is ours too (``_AS_OURS``)."""
     _require(
         isinstance(name, str) and _TOKEN.fullmatch(name) is not None,
-        f"bad header name {name!r} (letters, digits and !#$%&'*+-.^_`|~ only)",
+        f"bad header name {_name_shown(name)} (letters, digits and !#$%&'*+-.^_`|~ only)",
     )
     what = "it asks for the bytes it needs, and frames its requests itself"
     lowered = str(name).lower()

@@ -67,3 +67,26 @@ def test_the_repr_of_settings_and_items_shows_no_credential() -> None:
     assert "s3cret" not in shown, shown
     assert "Authorization" in shown and "Cookie" in shown and "host/x.bin" in shown
     assert "retries=6" in shown and "path='x.bin'" in shown  # the rest as a dataclass shows it
+
+
+def test_a_bad_header_name_shows_no_more_than_its_first_word() -> None:
+    """A pair given the wrong way round (``("Bearer TOKEN", "Authorization")``) or a whole
+    line as its name (``"Authorization: Bearer TOKEN"``) was refused showing the whole
+    name, its credential included, in Settings, an Item and download's overrides alike; the
+    CLI's ``-H`` and a manifest's ``headers`` show only what comes before the bad character."""
+    url = "http://127.0.0.1:9/x"
+    calls = [
+        lambda: blobdl.Settings(headers=(("Bearer s3cret-1", "Authorization"),)),
+        lambda: blobdl.Settings(headers=(("Authorization: Bearer s3cret-2", ""),)),
+        lambda: blobdl.download(url, "o", headers=(("Bearer s3cret-3", "Authorization"),)),
+        lambda: blobdl.download_many(
+            [blobdl.Item(url, "o", None, (("Bearer s3cret-4", "Authorization"),))],
+            base_dir="/nonexistent",
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(blobdl.UsageError) as caught:
+            call()
+        shown = str(caught.value) + repr(caught.value)
+        assert "s3cret" not in shown, shown
+        assert "Bearer" in shown or "Authorization" in shown, shown  # still named
