@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..batch._scheduler import BatchCallback, Item, download_many
-from ..config import Settings, check_callback, check_path, overridden
+from ..config import Settings, check_callback, check_path, check_text, overridden
 from ..errors import (
     AuthRefused,
     BlobdlError,
@@ -124,6 +124,9 @@ def hf_download(
     check_path("cache_dir", cache_dir)
     check_path("local_dir", local_dir)
     check_callback("on_event", on_event)
+    # Read deep inside (stripped, cut): one that is no text failed there, a raw error.
+    check_text("token", token, optional=True)
+    check_text("endpoint", endpoint, optional=True)
     # blobdl's own content-addressed cache stays out of it: huggingface_hub's is the cache.
     base = dataclasses.replace(overridden(settings, overrides), cache_dir=None)
     repo = parse_repo(repo_id, repo_type)
