@@ -144,6 +144,8 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
         return fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
     except UsageError as exc:
         return fail(display, exc, EXIT_USAGE)
+    except KeyboardInterrupt as stop:  # `producer | blobdl -i -` stopped: --json says it too
+        return fail(display, interrupted(stop), EXIT_INTERRUPTED)
     on_cluster = args.scheduler is not None
     if on_cluster:
         quiet_dask()

@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from blobdl.errors import EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
+from blobdl.errors import EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
 from tests.conftest import REPO, Blob, sha256_file
 
 Make = Callable[..., Blob]
@@ -298,3 +300,39 @@ def test_an_option_before_a_command_is_said_to_go_after_it(tmp_path: Path, args:
     assert done.returncode == EXIT_USAGE
     [line] = done.stderr.splitlines()
     assert f"'{command}' is a command: put options after it (blobdl {command} " in line, line
+
+
+def _reading_stdin(pid: int) -> bool:
+    """The process waits in a read of its stdin pipe (the kernel names the wait)."""
+    return "pipe" in Path(f"/proc/{pid}/wchan").read_text()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_with_json_a_stop_while_the_manifest_is_read_ends_in_a_failed_event(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """``producer | blobdl -i - --json`` stopped before the producer is done: the stream
+    ends in a ``failed`` line with exit code 130, as a stop during the downloads does, so a
+    reader of the stream is told why it ended whatever step the signal found."""
+    run = subprocess.Popen([sys.executable, "-m", "blobdl", "-i", "-", "--json"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    try:
+        assert run.stdin is not None
+        run.stdin.write("http://127.0.0.1:9/a.bin\n")  # a first line, the rest still coming
+        run.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not _reading_stdin(run.pid):
+            assert time.monotonic() < deadline, "blobdl never read its manifest"
+            time.sleep(0.05)
+        run.send_signal(stop)
+        out, err = run.communicate(timeout=30)
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == EXIT_INTERRUPTED, err
+    assert err == f"blobdl: error: interrupted by signal {int(stop)}\n", err
+    [record] = [json.loads(line) for line in out.splitlines()]
+    assert record["event"] == "failed" and record["exit_code"] == EXIT_INTERRUPTED, record
+    assert list(tmp_path.iterdir()) == []
