@@ -164,6 +164,8 @@ def _plain_item(line: str) -> Item:
         raise ValueError(f"holds U+{ord(found.group()):04X}, a break no field may hold "
                          "(fields are separated by spaces and tabs)")  # fmt: skip
     words = _SEPARATOR.split(line)
+    if _shell_quoted(words[1:]):
+        raise ValueError(_QUOTED)
     if len(words) > 3:
         raise ValueError(f"expected 'URL [PATH] [sha256:HEX]', got {len(words)} fields")
     url, rest = words[0], words[1:]
@@ -176,6 +178,26 @@ def _plain_item(line: str) -> Item:
     if len(paths) > 1:
         raise ValueError(f"expected 'URL [PATH] [sha256:HEX]': {paths[1]!r} is not sha256:HEX")
     return _checked(Item(url, paths[0] if paths else None, digests[0] if digests else None))
+
+
+_QUOTED = (
+    "quotes and backslashes join no fields of a plain line: write a path with spaces "
+    'or quotes in a JSON line, {"url": ..., "path": ...}'
+)
+
+
+def _shell_quoted(fields: list[str]) -> bool:
+    """The fields after the URL are written as for a shell (a path copied from a script):
+    one opens with a quote that one of them closes, or a backslash escapes the space after
+    it. Such a path would be written with its quotes, or cut in two."""
+    for at, field in enumerate(fields):
+        if field[:1] in ("'", '"') and any(
+            rest.endswith(field[0]) for rest in [field[1:], *fields[at + 1 :]]
+        ):
+            return True
+        if field.endswith("\\") and at + 1 < len(fields):
+            return True
+    return False
 
 
 _FIELDS = ("url", "path", "digest", "headers", "size")

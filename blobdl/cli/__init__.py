@@ -26,7 +26,7 @@ from ..engine._download import Downloader
 from ..engine._tell import failed as failed_event
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BlobdlError, UsageError
 from ..events import Failed, Finished
-from ..processes._signals import interrupted, stoppable
+from ..processes._signals import commit, interrupted, stoppable
 from ._args import build_parser, in_options, settings_from
 from ._batch_bar import BatchBar
 from ._display import (
@@ -144,6 +144,8 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
         return fail(display, UsageError(f"cannot read {args.input}: {exc.strerror}"), EXIT_USAGE)
     except UsageError as exc:
         return fail(display, exc, EXIT_USAGE)
+    except KeyboardInterrupt as stop:  # `producer | blobdl -i -` stopped: --json says it too
+        return fail(display, interrupted(stop), EXIT_INTERRUPTED)
     on_cluster = args.scheduler is not None
     if on_cluster:
         quiet_dask()
@@ -169,6 +171,8 @@ def _main_many(args: argparse.Namespace, display: Display) -> int:
             on_event=tell,
             cluster=args.scheduler,
         )
+        # Every item is done: its report must not be cut by a stop, nor the batch undone.
+        commit()
     except UsageError as exc:  # download_numbered's own: max_connections is --connections here
         return fail(display, in_options(exc), EXIT_USAGE)
     except BlobdlError as exc:

@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from blobdl.errors import EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
+from blobdl.errors import EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
 from tests.conftest import REPO, Blob, sha256_file
 
 Make = Callable[..., Blob]
@@ -298,3 +300,70 @@ def test_an_option_before_a_command_is_said_to_go_after_it(tmp_path: Path, args:
     assert done.returncode == EXIT_USAGE
     [line] = done.stderr.splitlines()
     assert f"'{command}' is a command: put options after it (blobdl {command} " in line, line
+
+
+def _reading_stdin(pid: int) -> bool:
+    """The process waits in a read of its stdin pipe (the kernel names the wait)."""
+    return "pipe" in Path(f"/proc/{pid}/wchan").read_text()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_with_json_a_stop_while_the_manifest_is_read_ends_in_a_failed_event(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """``producer | blobdl -i - --json`` stopped before the producer is done: the stream
+    ends in a ``failed`` line with exit code 130, as a stop during the downloads does, so a
+    reader of the stream is told why it ended whatever step the signal found."""
+    run = subprocess.Popen([sys.executable, "-m", "blobdl", "-i", "-", "--json"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    try:
+        assert run.stdin is not None
+        run.stdin.write("http://127.0.0.1:9/a.bin\n")  # a first line, the rest still coming
+        run.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not _reading_stdin(run.pid):
+            assert time.monotonic() < deadline, "blobdl never read its manifest"
+            time.sleep(0.05)
+        run.send_signal(stop)
+        out, err = run.communicate(timeout=30)
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == EXIT_INTERRUPTED, err
+    assert err == f"blobdl: error: interrupted by signal {int(stop)}\n", err
+    [record] = [json.loads(line) for line in out.splitlines()]
+    assert record["event"] == "failed" and record["exit_code"] == EXIT_INTERRUPTED, record
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_once_every_item_of_a_batch_is_done_does_not_undo_it(
+    make: Make, tmp_path: Path
+) -> None:
+    """The batch's outcome is decided once its last item is done: a Ctrl-C or SIGTERM while
+    its report is still being written (a JSON reader behind, a long manifest's lines) no
+    longer stops it, as one after a single download's last byte does not: exit 0, every
+    item's last line and the summary, not exit 130 with the report cut short."""
+    blob = make(50_000, seed=72)
+    count = 3000  # the same item again and again: told after the batch, in its report
+    (tmp_path / "m").write_text(f"{blob.url} out.bin\n" * count)
+    run = subprocess.Popen([sys.executable, "-m", "blobdl", "-i", "m", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    try:
+        assert run.stdout is not None
+        first = [next(run.stdout) for _ in range(3)]  # item 0 started and finished, item 1
+        assert json.loads(first[2])["item"] == 1, first
+        time.sleep(0.5)  # blobdl writes ahead until the pipe is full: the report is not over
+        assert run.poll() is None
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.wait()
+    assert (run.returncode, err) == (EXIT_OK, ""), err
+    records = [json.loads(line) for line in [*first, *out.splitlines()]]
+    assert records[-1] == {"event": "summary", "ok": count, "failed": 0}, records[-1]
+    assert sorted(r["item"] for r in records if r["event"] == "finished") == list(range(count))
+    assert sha256_file(tmp_path / "out.bin") == blob.sha256

@@ -9,6 +9,7 @@ and only its failures otherwise.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,11 +28,12 @@ Make = Callable[..., Blob]
 
 
 def run_batch(
-    manifest: Path | None, *args: str, stdin: bytes | None = None
+    manifest: Path | None, *args: str, stdin: bytes | None = None, cwd: Path = REPO
 ) -> tuple[int, str, str]:
     source = str(manifest) if manifest is not None else "-"
     done = subprocess.run([sys.executable, "-m", "blobdl", "-i", source, *args],
-                          capture_output=True, input=stdin, timeout=60, cwd=REPO)  # fmt: skip
+                          capture_output=True, input=stdin, timeout=60, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 
 
@@ -358,3 +360,24 @@ def test_an_endless_stream_of_good_lines_is_refused_at_a_size_not_held_until_mem
         stderr,
     ), stderr
     assert server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    ['"out.bin"', "'out.bin'", '"my out.bin"', "'my big out.bin'", "my\\ out.bin"],
+    ids=["double-quoted", "single-quoted", "quoted-space", "quoted-spaces", "escaped-space"],
+)
+def test_a_plain_path_quoted_or_escaped_as_in_a_shell_is_refused_saying_how_to_write_it(
+    make: Make, server: ServerHandle, tmp_path: Path, path: str
+) -> None:
+    """A plain line is no shell command: a path quoted or its space escaped, as a user
+    copies it from a script, was written with its quotes ('"out.bin"', exit 0) or refused
+    as a digest it never was ("'out.bin\\"' is not sha256:HEX"). Now one line says that
+    quotes and backslashes join no fields, and that such a path goes in a JSON line."""
+    blob = make(1000, seed=2302)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"{blob.url} {tmp_path / 'ok'}\n{blob.url} {path}\n")
+    code, _, stderr = run_batch(manifest, cwd=tmp_path)
+    assert_usage_error(code, stderr, 2)
+    assert "JSON line" in stderr and "quote" in stderr, stderr
+    assert server.stats()["requests"] == 0 and list(tmp_path.iterdir()) == [manifest]
