@@ -74,21 +74,22 @@ def start_tinyproxy(
     out = (folder / "tinyproxy.out").open("wb")
     proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_accepting(port, proc)
+        wait_accepting(port, proc, "tinyproxy")
         yield TinyProxy(proc, port, log)
     finally:
         stop_process(proc)
         out.close()
 
 
-def _wait_accepting(port: int, proc: subprocess.Popen[bytes]) -> None:
+def wait_accepting(port: int, proc: subprocess.Popen[bytes], name: str) -> None:
+    """Until ``proc`` (a server called ``name``) accepts connections at ``port``."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"tinyproxy exited {proc.returncode}")
+            raise RuntimeError(f"{name} exited {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("tinyproxy is not accepting connections")
+    raise RuntimeError(f"{name} is not accepting connections")

@@ -227,7 +227,8 @@ class Coordinator:
         """Ask the policy what now, and do it."""
         pos, end = self.table.pos(part.slot), self.table.end(part.slot)
         pinned = self.pinned
-        facts = part.failure(error, pos, end, pinned.redirected, pinned.generation)
+        others = self.parts.others_receiving(part)
+        facts = part.failure(error, pos, end, pinned.redirected, pinned.generation, others)
         verdict = decide(facts)
         if verdict.action == _failure.FAIL:
             raise error

@@ -15,6 +15,7 @@ from ..http._retry import Retry
 # After a failure the part is ...
 REFRESH = "refresh"  # waited for once its (signed, expired) URL is resolved again
 AGAIN = "again"  # waited for, uncounted: the URL was refreshed since the attempt began
+FULL = "full"  # waited for, uncounted: the server has no room for one more of our connections
 RETRY = "retry"  # waited for, counted against the policy
 DONE = "done"  # complete: the worker failed after its last byte was written
 FAIL = "fail"  # not retried: the error is final
@@ -31,10 +32,11 @@ class Failure(NamedTuple):
     redirected: bool  # the remote's URL was redirected (it may be signed and expire)
     refreshed_since: bool  # the remote was resolved again after this attempt began
     refreshed_at: int | None  # the part's position when it last had the URL refreshed
+    others_receiving: bool = False  # another lane of the download receives bytes right now
 
 
 class Verdict(NamedTuple):
-    action: str  # one of REFRESH, AGAIN, RETRY, DONE, FAIL, EXHAUSTED
+    action: str  # one of REFRESH, AGAIN, FULL, RETRY, DONE, FAIL, EXHAUSTED
     retry: Retry  # the part's policy from now on
     delay: float  # seconds before the next attempt (REFRESH, AGAIN, RETRY)
 
@@ -45,8 +47,10 @@ def decide(failure: Failure, rng: random.Random | None = None) -> Verdict:
     A redirected URL (the pinned one, or the attempt's own redirect) answering 403/410
     has most likely expired: it is resolved again, once
     per stretch without progress, without counting. Otherwise a final error fails the
-    download; a part whose bytes are all there is done; any other failure is retried after
-    a backoff until the policy is exhausted."""
+    download; a part whose bytes are all there is done; a 429 or 503 while another lane
+    receives is a server with no room for one more connection (nginx's ``limit_conn``), not
+    one failing: waited for, uncounted, ever longer; any other failure is retried after a
+    backoff until the policy is exhausted."""
     error, retry = failure.error, failure.retry
     if _expired(error, failure.redirected):
         if failure.refreshed_since:
@@ -57,6 +61,9 @@ def decide(failure: Failure, rng: random.Random | None = None) -> Verdict:
         return Verdict(FAIL, retry, 0.0)
     if 0 <= failure.end <= failure.pos:
         return Verdict(DONE, retry, 0.0)
+    if failure.others_receiving and _full(error):
+        retry = retry.full()
+        return Verdict(FULL, retry, retry.delay(error, rng))
     retry = retry.increment(failure.pos)
     if retry.exhausted:
         return Verdict(EXHAUSTED, retry, 0.0)
@@ -69,3 +76,8 @@ def _expired(error: BaseException, redirected: bool) -> bool:
     if not isinstance(error, HTTPStatusError) or error.status not in (403, 410):
         return False
     return redirected or error.redirected
+
+
+def _full(error: BaseException) -> bool:
+    """A refusal a server gives when it has too many of our requests at once."""
+    return isinstance(error, HTTPStatusError) and error.status in (429, 503)

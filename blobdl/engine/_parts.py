@@ -185,11 +185,19 @@ class Part:
     # --- the part ---------------------------------------------------------------------------
 
     def failure(
-        self, error: BaseException, pos: int, end: int, redirected: bool, generation: int
+        self,
+        error: BaseException,
+        pos: int,
+        end: int,
+        redirected: bool,
+        generation: int,
+        others_receiving: bool,
     ) -> Failure:
         """The facts about its failed attempt, given the remote's state now."""
         stale = self.generation < generation  # the URL was refreshed since the attempt began
-        return Failure(error, pos, end, self.retry, redirected, stale, self.refreshed_at)
+        return Failure(
+            error, pos, end, self.retry, redirected, stale, self.refreshed_at, others_receiving
+        )
 
     def refreshed(self, pos: int) -> None:
         """Its failure had the remote's URL refreshed, at ``pos``."""
@@ -264,6 +272,13 @@ class Parts:
     def runners(self) -> list[Part]:
         """The running parts (a list: acting on one may end it)."""
         return list(self._board.running.values())
+
+    def others_receiving(self, part: Part) -> bool:
+        """Whether a running part other than ``part`` has received bytes in its attempt."""
+        return any(
+            p is not part and self.table.received(p.slot) > p.pace.origin
+            for p in self._board.running.values()
+        )
 
     def finished(self) -> bool:
         return self._board.unfinished == 0

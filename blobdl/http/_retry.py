@@ -27,6 +27,7 @@ class Retry(NamedTuple):
     max_backoff: float = Settings.max_backoff
     failures: int = 0  # failed attempts since the position last moved past ``mark``
     mark: int = -1  # the furthest position seen at a failure
+    waits: int = 0  # uncounted refusals of a full server (``full``) since the last progress
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Retry:
@@ -36,8 +37,13 @@ class Retry(NamedTuple):
         """The policy after an attempt failed with its part at ``position``: progress since
         the last failure starts the count again (a part that keeps moving is not failing)."""
         if position > self.mark:
-            return self._replace(failures=1, mark=position)
+            return self._replace(failures=1, mark=position, waits=0)
         return self._replace(failures=self.failures + 1)
+
+    def full(self) -> Retry:
+        """The policy after a server with no room for one more connection refused one: no
+        failure counted, but each such wait longer than the last (Ollama's schedule)."""
+        return self._replace(waits=self.waits + 1)
 
     @property
     def exhausted(self) -> bool:
@@ -53,7 +59,7 @@ class Retry(NamedTuple):
     def delay(self, error: BaseException | None = None, rng: random.Random | None = None) -> float:
         """Seconds before the next attempt; a server's ``Retry-After`` is honoured when
         longer, but never beyond ``max_backoff``."""
-        delay = self.backoff(max(1, self.failures), rng)
+        delay = self.backoff(max(1, self.failures, self.waits), rng)
         after = error.retry_after if isinstance(error, HTTPStatusError) else None
         if after is not None:
             delay = max(delay, min(after, self.max_backoff))

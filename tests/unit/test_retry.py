@@ -104,6 +104,46 @@ def failure(error: BaseException = DROP, **facts: object) -> Failure:
         ),
         ("403 without a redirect is final", failure(HTTPStatusError(403, "u")), _failure.FAIL, 0),
         (
+            "503 while another lane receives: the server is full, waited for uncounted",
+            failure(HTTPStatusError(503, "u"), others_receiving=True),
+            _failure.FULL,
+            0,
+        ),
+        (
+            "429 while another lane receives: the same",
+            failure(HTTPStatusError(429, "u"), others_receiving=True),
+            _failure.FULL,
+            0,
+        ),
+        (
+            "full, however often: still uncounted",
+            failure(
+                HTTPStatusError(503, "u"),
+                others_receiving=True,
+                retry=POLICY._replace(failures=2, mark=100, waits=40),
+            ),
+            _failure.FULL,
+            2,
+        ),
+        (
+            "500 while another lane receives is a failure",
+            failure(HTTPStatusError(500, "u"), others_receiving=True),
+            _failure.RETRY,
+            1,
+        ),
+        (
+            "a dropped connection while another lane receives is a failure",
+            failure(others_receiving=True),
+            _failure.RETRY,
+            1,
+        ),
+        (
+            "404 while another lane receives is final",
+            failure(HTTPStatusError(404, "u"), others_receiving=True),
+            _failure.FAIL,
+            0,
+        ),
+        (
             "403 at the target of the request's own redirect: refresh, uncounted",
             failure(pickle.loads(pickle.dumps(HTTPStatusError(403, "u", None, redirected=True)))),
             _failure.REFRESH,
@@ -147,7 +187,7 @@ def failure(error: BaseException = DROP, **facts: object) -> Failure:
 def test_decide(case: str, facts: Failure, action: str, failures: int) -> None:
     verdict = decide(facts, random.Random(0))
     assert (verdict.action, verdict.retry.failures) == (action, failures), case
-    waits = action in (_failure.RETRY, _failure.REFRESH, _failure.AGAIN)
+    waits = action in (_failure.RETRY, _failure.REFRESH, _failure.AGAIN, _failure.FULL)
     assert (verdict.delay > 0) == waits, case
 
 
@@ -196,3 +236,21 @@ def test_budget_counts_failures_since_the_furthest_position(
     since = len(positions) - positions.index(furthest)  # failures since it first got there
     assert budget.failures == since and budget.mark == furthest
     assert budget.exhausted == (since > retries)
+
+
+def test_a_full_servers_waits_grow_and_progress_starts_them_over() -> None:
+    """Each wait for a full server is longer than the last (Ollama's schedule, up to the
+    ceiling), a longer Retry-After honoured as ever; progress starts the schedule over, as
+    it does the failures."""
+    full, retry = HTTPStatusError(503, "u"), POLICY
+    delays = []
+    for _ in range(12):
+        verdict = decide(failure(full, others_receiving=True, retry=retry), random.Random(1))
+        retry = verdict.retry
+        delays.append(verdict.delay)
+    assert (retry.failures, retry.waits) == (0, 12)
+    assert delays == sorted(delays) and delays[0] < delays[-1] <= 1.5 * POLICY.max_backoff
+    told = decide(failure(HTTPStatusError(503, "u", 0.9), others_receiving=True))
+    assert told.delay >= 0.9
+    moved = retry.increment(500)
+    assert (moved.failures, moved.waits) == (1, 0)
