@@ -8,6 +8,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -103,3 +105,79 @@ def push_exact(registry: Registry, repo: str, config: bytes, *layers: bytes) -> 
     from tests.integration.test_ollama_store import push
 
     return push(registry, repo, "v1", config, *layers)
+
+
+def test_prunes_in_a_loop_beside_pulls_sharing_old_unused_blobs_never_break_either(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Blobs an earlier pull left (an hour old, named by no manifest) that two pulls about to
+    start need: ``blobdl prune`` runs again and again while they pull. Every prune and every
+    pull succeeds, and Ollama reads both models whole."""
+    from tests.integration.test_ollama_store import age, blob_file, running
+
+    shared, template = random.Random(31).randbytes(64 * KB), random.Random(32).randbytes(2 * KB)
+    own = [random.Random(33 + i).randbytes(256 * KB) for i in range(2)]
+    pulled = [push_exact(registry, f"library/loop-{i}", f'{{"l":{i}}}'.encode(), own[i],
+                         template, shared) for i in range(2)]  # fmt: skip
+    models = tmp_path / "models"
+    (models / "blobs").mkdir(parents=True)
+    for left in (shared, template):
+        blob_file(models, left).write_bytes(left)
+        age(blob_file(models, left))
+    prunes = []
+    with running() as pulls:
+        pulls += [spawn_pull(ref(registry, m), "--models-dir", str(models), "--limit-rate",
+                             "512KiB", *CLI_SLOW) for m in pulled]  # fmt: skip
+        while any(p.poll() is None for p in pulls) or not prunes:
+            done = subprocess.run(
+                [sys.executable, "-m", "blobdl", "prune", "--models-dir", str(models)],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            prunes.append((done.returncode, done.stderr))
+        for proc in pulls:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+    assert [p for p in prunes if p[0] != 0] == []
+    assert {name[2] for name in assert_ollama_reads(models)} == {"loop-0", "loop-1"}
+
+
+def test_a_pull_waiting_on_a_layer_whose_fetcher_is_killed_resumes_it_under_its_own_tag(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """One model under two tags, pulled at once: the first fetches the big layer, the second
+    waits for it. The first is SIGKILLed mid-layer: the second takes the layer over from
+    the partial (only the missing bytes) and both tags end up whole once the first is run
+    again."""
+    big = random.Random(41).randbytes(1536 * KB)
+    layer = "sha256:" + hashlib.sha256(big).hexdigest()
+    one = push_exact(registry, "library/twotags", b'{"t":1}', big)
+    two = Model(one.repo, "v2", one.manifest, one.blobs)
+    registry.push_manifest(two.repo, two.tag, two.manifest)
+    models = tmp_path / "models"
+    slow = ["--models-dir", str(models), "--limit-rate", "256KiB", *CLI_SLOW]
+    first = spawn_pull(ref(registry, one), *slow)
+    second = None
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:
+            record = json.loads(line)
+            progress = record.get("digest") == layer and record["event"] == "progress"
+            if progress and second is None:  # the first holds the layer: the second waits
+                second = spawn_pull(ref(registry, two), "--models-dir", str(models), "--json")
+            if progress and record["done"] >= 500 * KB:
+                break
+        assert second is not None and second.poll() is None
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+    summary = json.loads(out.splitlines()[-1])
+    assert 0 < summary["bytes_fetched"] <= len(big) - 300 * KB, summary  # resumed
+    blobdl.pull(ref(registry, one), models, settings=fast_settings())
+    assert {name[3] for name in assert_ollama_reads(models)} == {"v1", "v2"}
+    assert [n for n in os.listdir(models / "blobs-partial") if layer[7:] in n] == []
