@@ -53,6 +53,10 @@ class Claims:
         """The right to fetch ``blob``; yields False (not waiting) if another pull has it."""
         return locked(self._fetch_path(blob), shared=False, wait=wait, owner=self.owner)
 
+    def fetch_lock(self, blob: Blob) -> LockFile:
+        """The right to fetch ``blob``, to take and let go of by hand (``fetching``)."""
+        return LockFile(self._fetch_path(blob), self.owner)
+
     def sweep(self, present: Iterable[Blob]) -> None:
         """Remove the fetch locks that pulls killed while they held them left beside blobs
         now ``present``: each taken without waiting (a running pull's is left alone) and

@@ -24,9 +24,10 @@ from ..batch._items import BY_INDEX
 from ..batch._scheduler import BatchEvent, Item, ItemResult, download_numbered
 from ..config import Settings, check_callback, check_path, overridden
 from ..errors import AuthRefused, BadResponse, HTTPStatusError, LocalFileError, OutOfResources
-from ..events import DownloadResult
+from ..events import DownloadResult, Finished
 from ..processes._signals import called
 from ._catalog import decode
+from ._claims import LockFile
 from ._names import Reference, adopt_case, parse_reference, require_reachable
 from ._oci import Blob, Manifest, Registry
 from ._prune import free
@@ -263,18 +264,28 @@ class _Fetcher:
         self.store, self.registry, self.settings = store, registry, settings
         self.on_event = on_event
         self.fetched: dict[str, DownloadResult] = {}
+        self._placed: Callable[[Blob], None] = _nothing  # told as each blob is placed
+        self._in_place: set[str] = set()  # the blobs this round has placed
 
     def fetch_all(self, blobs: list[Blob]) -> dict[str, DownloadResult]:
         """Fetch what no other pull is fetching, ``FETCH_BATCH`` blobs at once (each one's
-        lock is a file held open); then, one by one, what another pull was fetching and
-        did not finish."""
+        lock is a file held open, and let go as soon as its blob is placed: a pull waiting
+        for a small blob does not wait out our big ones); then, one by one, what another
+        pull was fetching and did not finish."""
         waiting = []
         fetching = self.store.claims.fetching
         for start in range(0, len(blobs), FETCH_BATCH):
             batch = blobs[start : start + FETCH_BATCH]
             with contextlib.ExitStack() as held:
-                mine = [b for b in batch if held.enter_context(fetching(b, False))]
-                self._fetch([b for b in mine if not self.store.has(b)])
+                locks = {b: self.store.claims.fetch_lock(b) for b in batch}
+                for lock in locks.values():
+                    held.callback(lock.release)
+                mine = [b for b in batch if locks[b].take(shared=False, wait=False)]
+                self._placed = functools.partial(_let_go, locks)
+                try:
+                    self._fetch([b for b in mine if not self.store.has(b)])
+                finally:
+                    self._placed = _nothing
             waiting += [b for b in batch if b not in mine]
         for blob in waiting:
             with fetching(blob, wait=True):
@@ -300,6 +311,7 @@ class _Fetcher:
             todo = expired
 
     def _round(self, blobs: list[Blob]) -> list[ItemResult]:
+        self._in_place = set()
         sources = self.registry.blob_sources(blobs)
         items = [
             Item(source.url, str(self.store.staging_path(blob)), blob.digest, source.headers,
@@ -323,16 +335,36 @@ class _Fetcher:
             self.store.hand_over(blobs)
         for blob, result in zip(blobs, results, strict=True):
             if result.result is not None:
-                self.store.place(blob, result.result.path)
-                self.fetched[blob.digest] = result.result
+                self._place(blob, result.result)
         return results
+
+    def _place(self, blob: Blob, result: DownloadResult) -> None:
+        """Into ``blobs/`` once whole (as it finishes, not when the round ends), its fetch
+        lock let go: another pull that needs it takes it from there."""
+        if blob.digest in self._in_place:
+            return
+        self.store.place(blob, result.path)
+        self._in_place.add(blob.digest)
+        self.fetched[blob.digest] = result
+        self._placed(blob)
 
     def _relay(self, blobs: list[Blob]) -> Callable[[BatchEvent], None]:
         def relay(batch_event: BatchEvent) -> None:
+            blob, event = blobs[batch_event.item], batch_event.event
+            if isinstance(event, Finished):
+                self._place(blob, event.result)
             if self.on_event is not None:
-                self.on_event(PullEvent(blobs[batch_event.item].digest, batch_event.event))
+                self.on_event(PullEvent(blob.digest, event))
 
         return relay
+
+
+def _nothing(blob: Blob) -> None:
+    """No fetch lock to let go of."""
+
+
+def _let_go(locks: Mapping[Blob, LockFile], blob: Blob) -> None:
+    locks[blob].release()
 
 
 def _auth_expired(error: BaseException | None) -> bool:
