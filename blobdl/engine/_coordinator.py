@@ -241,7 +241,7 @@ class Coordinator:
             pinned.refresh()
             part.refreshed(pos)
         part.wait(verdict, time.monotonic())
-        if verdict.action == _failure.RETRY:  # a refresh, or another part's, is no failure
+        if verdict.action in (_failure.RETRY, _failure.FULL):  # a refresh is no failure
             failures = verdict.retry.failures
             self._tell(PartRetried(part.slot, failures, verdict.delay, str(error)))
 

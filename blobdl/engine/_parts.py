@@ -27,7 +27,7 @@ from ..events import PartProgress, Progress
 from ..http._retry import Retry
 from ..store._resume import PartRecord
 from ._counter_table import CounterTable
-from ._failure import RETRY, Failure, Verdict
+from ._failure import FULL, RETRY, Failure, Verdict
 from ._rates import Pace, RateWindow
 from ._steal import CUT_QUIET, LaneView, Steal
 from ._worker import Running
@@ -205,10 +205,11 @@ class Part:
 
     def wait(self, verdict: Verdict, now: float) -> None:
         """Wait out ``verdict``'s delay from ``now`` for the next attempt, under its policy
-        from now on; a retry counts (a refresh is no failure of the part's)."""
+        from now on; a retry counts, as does a wait for a full server (its policy counts it
+        not: ``Retry.full``); a refresh is no failure of the part's."""
         self.not_before, self.retry = now + verdict.delay, verdict.retry
         self._become(WAITING)
-        if verdict.action == RETRY:
+        if verdict.action in (RETRY, FULL):
             self.retries += 1
 
     def finish(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from blobdl.engine._chunk import MAX_CHUNK, TARGET_SECONDS, next_chunk
-from blobdl.engine._failure import RETRY, Verdict
+from blobdl.engine._failure import AGAIN, FULL, RETRY, Verdict
 from blobdl.engine._lane import _Pacer
 from blobdl.engine._parts import Counts, Parts
 from blobdl.engine._pinned import Pinned
@@ -294,6 +294,20 @@ def test_parts_start_in_order_then_retries_when_due(monkeypatch: pytest.MonkeyPa
     assert parts.next_ready(1.0).slot == 3  # type: ignore[union-attr]  # not due yet: in order
     assert parts.next_ready(6.0).slot == 1  # type: ignore[union-attr]  # due, and earlier
     assert parts.next_retry() is None and not parts.finished()
+
+
+def test_a_wait_for_a_full_server_is_a_retried_attempt_not_a_failure_of_the_policy() -> None:
+    """A part refused by a server with no room for one more connection (``FULL``) tried
+    again: the download's retries count it, as a user reads them, while its policy does not
+    (``Retry.full``); a refresh (``AGAIN``) is neither."""
+    parts = _many(3)
+    part = parts.next_ready(0.0)
+    assert part is not None
+    part.start_attempt(0.0, Counts(part.start, 0), 0, _Lane())  # type: ignore[arg-type]
+    part.wait(Verdict(FULL, Retry().full(), 0.01), now=0.0)
+    assert part.retries == 1 and part.retry.failures == 0
+    part.wait(Verdict(AGAIN, Retry(), 0.0), now=0.0)
+    assert part.retries == 1
 
 
 def test_done_parts_and_a_stop_keep_the_counts(monkeypatch: pytest.MonkeyPatch) -> None:
