@@ -89,6 +89,9 @@ def _hasher_main(fd: int, table: CounterTable, conn: Connection) -> None:
             idle = _IDLE
         if os.getppid() != parent:
             os._exit(1)
-    size = conn.recv()
+    try:
+        size = conn.recv()
+    except (EOFError, OSError):  # the coordinator is gone (its end closes before we are
+        os._exit(1)  # signalled): nobody will use the digest, and a traceback is no word
     hash_range(digest, fd, hashed, size)
     conn.send(digest.hexdigest())

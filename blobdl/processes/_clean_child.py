@@ -23,7 +23,11 @@ log = logging.getLogger("blobdl")
 def child_main(conn: Connection) -> None:
     """The clean coordinator (``_spawn.child_setup`` ran first): run one call, send its
     outcome, exit."""
-    run_job(conn, conn.recv())
+    try:
+        job = conn.recv()
+    except (EOFError, OSError):  # the caller is gone before it asked: nothing to do
+        return
+    run_job(conn, job)
 
 
 def run_job(conn: Connection, job: tuple[Any, ...]) -> None:

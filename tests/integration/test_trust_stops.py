@@ -477,6 +477,58 @@ def test_a_killed_hasher_is_one_error_line_and_the_partial_is_kept(
     rerun_completes(blob, out)
 
 
+def test_a_coordinator_killed_while_its_hasher_follows_leaves_it_quiet(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """SIGKILL of the coordinator alone (an OOM kill): its hasher goes with it, quietly, and
+    the partial resumes. (The kernel closes the coordinator's pipe before it signals the
+    hasher: the next test pins what the hasher makes of that window.)"""
+    blob = make(SIZE, seed=2509)
+    slow(server)
+    out = tmp_path / "out"
+    cli = Cli.of([blob.url, "-o", str(out), *SLOW_CLI, "--digest", blob.sha256])
+    me = psutil.Process(cli.proc.pid)
+    wait_for(lambda: len(me.children()) >= 2, "the hasher and a worker")
+    cli.signal(signal.SIGKILL)
+    code, lines = cli.finish()  # no process left, no traceback
+    assert code == -signal.SIGKILL and lines == []
+    server.reset()
+    rerun_completes(blob, out)
+
+
+ALONE = """
+import multiprocessing, os
+from blobdl.engine._counter_table import CounterTable
+from blobdl.engine._hasher import _hasher_main
+from blobdl.processes._clean_child import child_main
+ours, theirs = multiprocessing.Pipe()
+theirs.close()  # its parent's end, gone
+{call}
+"""
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        ("_hasher_main(os.open(os.devnull, os.O_RDONLY), CounterTable(1), ours)", 1),
+        ("child_main(ours)", 0),  # a threaded caller's clean coordinator, before its job
+    ],
+    ids=["hasher", "clean coordinator"],
+)
+def test_a_child_whose_parents_pipe_closes_ends_quietly(call: str, code: int) -> None:
+    """A coordinator that exits (killed, or stopped by its batch's death) closes its end of
+    the hasher's pipe before the kernel signals the hasher: the hasher read that end as a
+    word and printed a traceback on the user's terminal, cut short by the signal (CI, in
+    test_a_pull_rerun_after_a_kill_once_a_layer_was_in_blobs_leaves_no_fetch_lock, 2 of 12
+    runs beside three busy loops). It ends as the workers do, quietly; so does a clean
+    coordinator whose caller went before sending its job (the same read, unguarded)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = ALONE.format(call=call)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=30)  # fmt: skip
+    assert (done.returncode, done.stderr) == (code, "")
+
+
 # --- item 11: a full disk, a directory made read-only ---------------------------------------
 
 
