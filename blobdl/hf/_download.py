@@ -107,7 +107,7 @@ def hf_download(
     exclude: Sequence[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     local_dir: str | os.PathLike[str] | None = None,
-    token: str | None = None,
+    token: str | bool | None = None,
     endpoint: str | None = None,
     on_event: HfCallback | None = None,
     settings: Settings | None = None,
@@ -116,7 +116,8 @@ def hf_download(
     """Download ``repo_id`` at ``revision`` (all its files, or ``paths``, then filtered by
     ``include``/``exclude`` globs) into huggingface_hub's cache (``cache_dir``, default
     ``$HF_HUB_CACHE``) or into ``local_dir``. The Hub is ``endpoint`` or ``$HF_ENDPOINT``;
-    the token ``token``, ``$HF_TOKEN`` or huggingface_hub's token file. Every file shares
+    the token ``token``, ``$HF_TOKEN`` or huggingface_hub's token file (``token=False``:
+    none at all, ``True``: the usual one, as huggingface_hub reads them). Every file shares
     ``connections`` connections, as in ``download_many``. With ``$HF_HUB_OFFLINE`` on, no
     request is sent: the files come from the disk if all are there, else
     ``OfflineNotCached``."""
@@ -124,6 +125,8 @@ def hf_download(
     check_path("cache_dir", cache_dir)
     check_path("local_dir", local_dir)
     check_callback("on_event", on_event)
+    if isinstance(token, bool):  # huggingface_hub's: False sends none, True the usual one
+        token = None if token else ""  # (a token given empty is none: ``_env.token``)
     # Read deep inside (stripped, cut): one that is no text failed there, a raw error.
     check_text("token", token, optional=True)
     check_text("endpoint", endpoint, optional=True)

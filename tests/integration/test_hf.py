@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import blobdl
 from faultserver.hub import HubHandle, HubRepo, start_hub
 from tests.conftest import REPO
 from tests.hf_client import call, hf_env
@@ -1028,6 +1029,20 @@ def test_blobdl_and_huggingface_hub_sharing_a_cache_fetch_each_blob_once(
     assert BIG <= hub.storage.stats()["bytes_sent"] < BIG * 1.05
     big = repos["acme/big"]
     assert contents(Path(answer["path"])) == big.contents[big.refs["main"]]
+
+
+@pytest.mark.parametrize(("token", "sent"), [(False, None), (True, f"Bearer {TOKEN}")])
+def test_a_token_of_true_or_false_is_read_as_huggingface_hub_reads_it(
+    hub: HubHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: bool, sent: str | None
+) -> None:
+    """Code written for huggingface_hub passes ``token=False`` for "send none" (a public
+    repository, a token in the environment that must not go) and ``token=True`` for "the
+    usual one": the same call to blobdl means the same (False was refused as no text)."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    before = len(hub.log())
+    blobdl.hf_download("acme/tiny", cache_dir=tmp_path / "c", endpoint=hub.url, token=token)
+    assert {e["authorization"] for e in hub.log()[before:]} == {sent}
 
 
 def test_the_hub_cache_and_token_come_from_huggingface_hubs_variables(

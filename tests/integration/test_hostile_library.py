@@ -573,20 +573,14 @@ def _careless_calls(tmp: Path) -> dict[str, Callable[[], object]]:
         "hf cache_dir int": lambda: blobdl.hf_download("a/b", cache_dir=5, endpoint=URL),  # type: ignore[arg-type]
         "hf paths int": lambda: blobdl.hf_download("a/b", 5, cache_dir=tmp, endpoint=URL),  # type: ignore[arg-type]
         "hf paths of ints": lambda: blobdl.hf_download("a/b", [5], cache_dir=tmp, endpoint=URL),  # type: ignore[list-item]
-        # A token or endpoint that is no text (an int, bytes from a file read "rb", a
-        # huggingface_hub caller's token=False): a raw AttributeError or TypeError escaped.
+        # A token or endpoint that is no text (an int, bytes from a file read "rb"): a raw
+        # AttributeError or TypeError escaped. (True and False are huggingface_hub's.)
         "hf token int": lambda: blobdl.hf_download("a/b", cache_dir=tmp, endpoint=URL, token=5),  # type: ignore[arg-type]
         "hf token bytes": lambda: blobdl.hf_download(
             "a/b",
             cache_dir=tmp,
             endpoint=URL,
             token=b"hf_x",  # type: ignore[arg-type]
-        ),
-        "hf token False": lambda: blobdl.hf_download(
-            "a/b",
-            cache_dir=tmp,
-            endpoint=URL,
-            token=False,  # type: ignore[arg-type]
         ),
         "hf endpoint int": lambda: blobdl.hf_download("a/b", cache_dir=tmp, endpoint=5),  # type: ignore[arg-type]
         "hf endpoint bytes": lambda: blobdl.hf_download("a/b", cache_dir=tmp, endpoint=b"http://h"),  # type: ignore[arg-type]
