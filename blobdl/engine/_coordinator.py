@@ -242,7 +242,7 @@ class Coordinator:
             part.refreshed(pos)
         part.wait(verdict, time.monotonic())
         if verdict.action in (_failure.RETRY, _failure.FULL):  # a refresh is no failure
-            failures = verdict.retry.failures
+            failures = verdict.retry.failures + verdict.retry.waits  # in a row, both kinds
             self._tell(PartRetried(part.slot, failures, verdict.delay, str(error)))
 
     # --- sampling, stalls, shutdown ---------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import blobdl
 from blobdl import Downloader, Item, download_many
 from faultserver.nginx import start_nginx
 from faultserver.serverctl import make_blob
@@ -21,7 +22,9 @@ def test_a_server_limiting_connections_per_client_is_waited_for_not_failed(
     """nginx's limit_conn (2 per address; past that its 503, or the 429 it is set to, with
     no Retry-After) under 8 connections: the lanes it lets in move, the others are refused
     again and again. A refusal while other lanes of the download receive is the server
-    being full, not failing: waited for, uncounted, until a lane is free; the bytes exact."""
+    being full, not failing: waited for, uncounted, until a lane is free; the bytes exact.
+    Each such wait is told as a retried attempt all the same: the download's count holds
+    every refusal, and each event says how many failed in a row, itself included."""
     root = tmp_path / "www"
     root.mkdir()
     digest = make_blob(root, "blob.bin", 12 * MiB, seed=90)
@@ -30,10 +33,15 @@ def test_a_server_limiting_connections_per_client_is_waited_for_not_failed(
     with start_nginx(tmp_path / "nginx", root, {"lc": directives}) as ngx:
         settings = fast_settings(connections=8, min_part_size=MiB, max_part_size=MiB,
                                  retries=3, trust_env=False)  # fmt: skip
-        result = Downloader(settings).download(ngx.url("lc", "blob.bin"), out)
+        events: list[blobdl.Event] = []
+        url = ngx.url("lc", "blob.bin")
+        result = Downloader(settings).download(url, out, on_event=events.append)
         answers = ngx.statuses("lc")
     assert sha256_file(out) == digest and result.size == 12 * MiB
     assert status in answers and set(answers) == {206, status}, answers
+    retried = [e for e in events if isinstance(e, blobdl.PartRetried)]
+    assert result.retries == len(retried) == answers.count(status), (result, answers)
+    assert retried and min(e.failures for e in retried) >= 1, retried
 
 
 @pytest.mark.xfail(
