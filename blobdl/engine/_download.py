@@ -58,7 +58,7 @@ from ._coordinator import Coordinator
 from ._hasher import hashed_run
 from ._order import Order
 from ._parts import Tally
-from ._plan import download_parts
+from ._plan import download_parts, resumed_parts
 from ._share import Share
 from ._tell import failures_told, ignore, tell_caller
 
@@ -241,13 +241,14 @@ class Downloader:
     def _fetch(self, order: Order, remote: Remote, dest: Path, resume: Resume) -> DownloadResult:
         """The parts of the blob, planned or resumed, run by a coordinator (and hashed by a
         hasher that follows the bytes on disk as they land)."""
+        hashing = order.expected is not None  # a hasher follows the bytes as they land
         try:
             if resume.wants_ranges(remote):  # refused again: BadResponse, and the partial stays
                 remote = resolve(order.url, self.settings, need_ranges=True)
             previous = resume.previous(remote)
             if previous is not None:
                 remote = resume.pinned(remote, previous)
-                records = previous.parts
+                records = resumed_parts(previous, self.settings, hashing=hashing)
             else:
                 records = _fresh(self.settings, order, remote, dest, resume)
         except BaseException as exc:
@@ -262,12 +263,11 @@ class Downloader:
                 order.share,
             )  # fmt: skip
             started = Started(order.url, str(dest), remote.size, len(records), bytes_done(records))
-            hashing = order.expected is not None  # a hasher follows the bytes as they land
             # Told once the hasher and the first lanes' workers are forked (see Crew).
             run = functools.partial(coordinator.run, lambda: order.tell(started))
             return hashed_run(fd, coordinator.table, run, hashing=hashing)
 
-        resumed = previous.done if previous else 0
+        resumed = bytes_done(records) if previous else 0
         return self._written(order, remote, dest, resume, run, resumed, previous is None)
 
     def _written(

@@ -28,12 +28,12 @@ from ..http._retry import Retry
 from ..store._resume import PartRecord
 from ._counter_table import CounterTable
 from ._failure import FULL, RETRY, Failure, Verdict
+from ._plan import STEAL_SLOTS_PER_CONNECTION
 from ._rates import Pace, RateWindow
 from ._steal import CUT_QUIET, LaneView, Steal
 from ._worker import Running
 
 PENDING, RUNNING, WAITING, DONE = "pending", "running", "waiting", "done"
-STEAL_SLOTS_PER_CONNECTION = 32  # room in the table for the slots that steals create
 
 
 class _Board:

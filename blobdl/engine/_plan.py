@@ -7,11 +7,13 @@ import itertools
 
 from ..config import MAX_PARTS, Settings
 from ..http._span import Span
+from ..store._resume import PartRecord, State, coalesced
 
 # sha256 is sequential: the hasher can only follow the on-disk prefix. Parts that all finish
 # at once leave the whole blob to hash after the last byte; more parts than connections
 # finish roughly in order, so hashing keeps up (measured: +18 % -> +4 % wall for 2 GiB).
 HASHING_PARTS_PER_CONNECTION = 4
+STEAL_SLOTS_PER_CONNECTION = 32  # room in the table for the slots that steals create
 
 
 def download_parts(
@@ -41,6 +43,15 @@ def one_request(settings: Settings) -> int:
         return 0
     first = settings.min_steal_size if settings.steal else settings.min_part_size
     return min(settings.min_part_size, first)
+
+
+def resumed_parts(previous: State, settings: Settings, *, hashing: bool) -> tuple[PartRecord, ...]:
+    """A record's parts as a rerun takes them: no more than a fresh run of ``settings``
+    could have had (its plan, and a table's room for steals), so that a record of a blob's
+    worth of tiny parts is not a request each; finished parts fold into their neighbours."""
+    planned = download_part_count(previous.size, True, settings, hashing=hashing)
+    most = planned + STEAL_SLOTS_PER_CONNECTION * settings.connections
+    return coalesced(previous.parts, most)
 
 
 def useful_lanes(size: int | None, ranges: bool, settings: Settings, *, hashing: bool) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -374,6 +375,25 @@ def _parse(text: str) -> State:
             raise ValueError(f"the {name} is not a header's value")
     _require_cover(state)
     return state
+
+
+def coalesced(parts: Sequence[PartRecord], most: int) -> tuple[PartRecord, ...]:
+    """``parts`` (tiling a blob) as at most ``most`` parts that claim no byte they did not.
+
+    A finished part joins the part after it, losing nothing: a record comes back with each
+    run's finished steals folded in, not growing run after run. If more than ``most``
+    remain (a record of a blob's worth of one-byte parts would keep a rerun busy for
+    minutes, a request each), neighbours pair up, each pair keeping its first part's bytes:
+    the second's are fetched again."""
+    kept: list[PartRecord] = []
+    for part in parts:
+        if kept and kept[-1].pos == kept[-1].end:
+            part = PartRecord(kept.pop().start, part.end, part.pos)
+        kept.append(part)
+    while len(kept) > max(most, 1):
+        pairs = itertools.zip_longest(kept[::2], kept[1::2])
+        kept = [a if b is None else PartRecord(a.start, b.end, a.pos) for a, b in pairs]
+    return tuple(kept)
 
 
 def _require_cover(state: State) -> None:

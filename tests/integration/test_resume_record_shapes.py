@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from blobdl import Downloader
+from blobdl.config import MAX_PARTS
 from blobdl.store._resume import _check, state_path
 from faultserver.serverctl import ServerHandle
 from tests.conftest import Blob, fast_settings, sha256_file
@@ -103,3 +104,18 @@ def test_a_record_nested_too_deep_for_the_json_reader_is_ignored(
     Downloader(fast_settings()).download(blob.url, out)
     assert sha256_file(out) == blob.sha256
     assert "ignoring unreadable resume state" in caplog.text
+
+
+def test_a_record_of_more_parts_than_a_plan_cuts_is_resumed_as_fewer(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A blob's worth of one-byte parts (524,288 here; the user's own file, checksummed):
+    no plan cuts more than ``MAX_PARTS``, and taking each as a part kept the rerun busy for
+    minutes bookkeeping them. The rerun resumes them as at most ``MAX_PARTS`` parts."""
+    blob = make(8 * PART, seed=2604)
+    out = tmp_path / "out"
+    interrupted_download(blob, server, out)
+    _forge(state_path(out), _many_parts)
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256
+    assert result.parts <= MAX_PARTS, result

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import example, given
@@ -22,6 +24,7 @@ from blobdl.http._chunks import ChunkError, chunk_size
 from blobdl.http._headers import parse_content_range, range_header
 from blobdl.http._retry import Retry
 from blobdl.http._span import Span
+from blobdl.store._resume import PartRecord, coalesced
 from tests.strategies import backoff_settings, sized_plans
 
 
@@ -306,3 +309,39 @@ def test_idle_lanes_are_given_one_per_steal_size_of_the_blob() -> None:
     assert useful_lanes(12 * MB, True, settings, hashing=False) == 3
     no_steal = dataclasses.replace(settings, steal=False)
     assert useful_lanes(80 * MB, True, no_steal, hashing=False) == 1
+
+
+@st.composite
+def records(draw: st.DrawFn) -> list[PartRecord]:
+    """Parts tiling a blob, each with some of its bytes on disk (none, some, all)."""
+    sizes = draw(st.lists(st.integers(1, 50), min_size=1, max_size=60))
+    parts, start = [], 0
+    for size in sizes:
+        done = draw(st.sampled_from([0, size, draw(st.integers(0, size))]))
+        parts.append(PartRecord(start, start + size, start + done))
+        start += size
+    return parts
+
+
+def _on_disk(parts: Sequence[PartRecord]) -> set[int]:
+    return {byte for p in parts for byte in range(p.start, p.pos)}
+
+
+@given(parts=records(), most=st.integers(0, 70))
+def test_a_records_parts_coalesce_to_at_most_most_claiming_no_byte_they_did_not(
+    parts: list[PartRecord], most: int
+) -> None:
+    kept = coalesced(parts, most)
+    assert kept[0].start == 0 and kept[-1].end == parts[-1].end
+    assert all(a.end == b.start for a, b in itertools.pairwise(kept))
+    assert all(p.start <= p.pos <= p.end for p in kept)
+    assert len(kept) <= max(most, 1)
+    assert _on_disk(kept) <= _on_disk(parts)
+
+
+@given(parts=records())
+def test_finished_parts_fold_into_their_neighbours_losing_nothing(parts: list[PartRecord]) -> None:
+    """As a record comes back after runs of steals: no byte of it is fetched again."""
+    kept = coalesced(parts, len(parts))
+    assert _on_disk(kept) == _on_disk(parts)
+    assert all(p.pos < p.end for p in kept[:-1])  # only the last may be finished
