@@ -45,7 +45,7 @@ from ..config import (
     plain,
 )
 from ..engine._download import Downloader
-from ..errors import BlobdlError, Interrupted, OutOfResources, UsageError
+from ..errors import BlobdlError, Interrupted, LocalFileError, OutOfResources, UsageError
 from ..events import DownloadResult
 from ..http._remote import Remote
 from ..processes import _clean_process
@@ -170,7 +170,8 @@ def _many(
     if base_dir is not None:
         where = Path(base_dir)
         if not where.is_dir():
-            raise UsageError(f"base directory {str(where)!r} is not a directory")
+            # As a destination's missing folder is: a local failure (exit 5), not usage.
+            raise LocalFileError(str(where), "not a directory (the base directory)")
         batch = [inside(where, item, numbering.one(n)) for n, item in enumerate(batch)]
     if _clean_process.needs_clean():  # never fork here: a clean process schedules instead
         # Usage errors from the calling thread, before any process.

@@ -155,6 +155,27 @@ def test_an_empty_path_is_a_usage_error_naming_the_option(args: list[str], tmp_p
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["blobs", "manifests", blob.name]
 
 
+@pytest.mark.parametrize("base", ["missing/dir", "a-file"], ids=["missing", "a-file"])
+def test_a_base_dir_that_is_no_directory_is_a_local_failure_as_a_missing_folder_is(
+    base: str, tmp_path: Path
+) -> None:
+    """The README lists a missing or unwritable directory under exit 5, as ``-o`` into a
+    missing folder is: so is ``--base-dir`` naming none. Nothing is asked or written."""
+    (tmp_path / "a-file").write_bytes(b"x")
+    done = subprocess.run(
+        [sys.executable, "-m", "blobdl", "-i", "-", "--base-dir", base],
+        input="http://127.0.0.1:9/x x.bin\n",
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_LOCAL, done.stderr
+    assert done.stderr.startswith(f"blobdl: error: {base}") and "not a directory" in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 @pytest.mark.parametrize(
     ("args", "environ", "named"),
     [
