@@ -45,7 +45,7 @@ from ..config import (
     plain,
 )
 from ..engine._download import Downloader
-from ..errors import BlobdlError, Interrupted, LocalFileError, OutOfResources, UsageError
+from ..errors import BlobdlError, Interrupted, LocalFileError, OutOfResources
 from ..events import DownloadResult
 from ..http._remote import Remote
 from ..processes import _clean_process
