@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psutil
 
+from faultserver.nginx import HTTP_PREAMBLE, PREAMBLE
+
 from .pacing import PacingCheck
 
 READY_TIMEOUT = 10.0
@@ -37,23 +39,15 @@ READY_TIMEOUT = 10.0
 QUIET_TIMEOUT = 10.0
 LOG_FORMAT = "$arg_run\\t$status\\t$bytes_sent\\t$body_bytes_sent\\t$connection\\t$http_range"
 
-_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
+_CONF = (
+    PREAMBLE
+    + """\
 user root root;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    types {{ }}
-    default_type application/octet-stream;
+"""
+    + HTTP_PREAMBLE
+    + """\
     sendfile on;
     tcp_nopush on;
     # Over TLS nginx cannot sendfile: it reads the file through these buffers. The default
@@ -75,6 +69,7 @@ http {{
     }}
 }}
 """
+)
 _LOCATION = """\
         location /r/{bps}/ {{
             alias {root}/;

@@ -24,15 +24,18 @@ from pathlib import Path
 from .registry import free_port, stop_process
 from .tinyproxy import wait_accepting
 
-_CONF = """\
+#: What every nginx started here needs (the tests' and the benchmark's): one process in the
+#: foreground, and each path it writes (pid, logs, temp folders) inside ``{tmp}``.
+PREAMBLE = """\
 daemon off;
 master_process off;
 worker_processes 1;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
 events {{ worker_connections 1024; }}
-http {{
-    access_log {tmp}/access.log;
+"""
+#: Inside ``http {}``: the temp paths, and every file served as bytes.
+HTTP_PREAMBLE = """\
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -40,6 +43,15 @@ http {{
     scgi_temp_path {tmp}/scgi;
     types {{ }}
     default_type application/octet-stream;
+"""
+_CONF = (
+    PREAMBLE
+    + """\
+http {{
+    access_log {tmp}/access.log;
+"""
+    + HTTP_PREAMBLE
+    + """\
     limit_conn_zone $binary_remote_addr zone=perip:1m;
     server {{
         listen 127.0.0.1:{port};
@@ -47,6 +59,7 @@ http {{
     }}
 }}
 """
+)
 _LOG_LINE = re.compile(r'"GET /([^/ ]+)/\S* HTTP/[\d.]+" (\d{3}) ')
 
 
