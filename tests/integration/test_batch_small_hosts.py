@@ -82,11 +82,6 @@ def test_small_items_redirected_each_to_the_others_host_wait_for_room_and_all_fi
         other.reset()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed yet: the grant of an item its own child probes is counted at its URL's "
-    "host (_scheduler._placed); its lanes go where the probe's redirect leads (4 of 2 there)",
-)
 def test_a_large_item_said_large_and_redirected_to_another_host_counts_its_lanes_there(
     make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
 ) -> None:
