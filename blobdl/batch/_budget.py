@@ -3,8 +3,9 @@ scheduler says what happened and asks what fits; no I/O, no clock.
 
 A connection is held by a seat of the batch's pool while it runs a small download, and
 while it keeps its connection alive for the next one (the server still counts that socket),
-and by a large download once per lane it is granted. ``total`` bounds them all and
-``per_host`` those to any one host. An idle seat's kept connection is the first thing let
+and by a large download once per lane it is granted (at the host its probe's redirects
+led it to: ``move``, holding none while it waits for room there). ``total`` bounds them all
+and ``per_host`` those to any one host. An idle seat's kept connection is the first thing let
 go when a large download needs room. The rate limit is shared by what runs, lane by lane.
 """
 
@@ -128,11 +129,23 @@ class Budget:
     def grant(self, item: int, host: str, wanted: int, leave: int = 0) -> int:
         """Lanes for a large item starting now (0: no room yet), leaving ``leave`` of the
         room to others if that still grants one."""
-        free = self.free(host)
-        granted = min(wanted, max(min(free, 1), free - leave))
+        granted = self._room(host, wanted, leave)
         if granted > 0:
             self._grants[item] = _Grant(host, granted, wanted)
             self._take(host, granted)
+        return granted
+
+    def move(self, item: int, host: str, leave: int = 0) -> int:
+        """Running ``item``'s lanes go to ``host`` instead (its own probe was redirected
+        there, before any lane connected): its lanes counted there now, as many as ``grant``
+        would give (0: it holds none until ``host`` has room, asked again)."""
+        grant = self._grants[item]
+        if grant.host == host and grant.granted > 0:
+            return grant.granted
+        self._take(grant.host, -grant.granted)
+        granted = self._room(host, grant.wanted, leave)
+        self._grants[item] = _Grant(host, granted, grant.wanted)
+        self._take(host, granted)
         return granted
 
     def more(self, item: int) -> int:
@@ -145,8 +158,9 @@ class Budget:
         return self._grants[item].granted
 
     def wants_more(self) -> list[int]:
-        """Running items granted fewer lanes than they could keep busy."""
-        return [item for item, g in self._grants.items() if g.granted < g.wanted]
+        """Running items granted fewer lanes than they could keep busy (not one that waits
+        for room at the host it moves to: ``move`` gives it its lanes)."""
+        return [item for item, g in self._grants.items() if 0 < g.granted < g.wanted]
 
     def finish(self, item: int) -> None:
         grant = self._grants.pop(item)
@@ -154,6 +168,9 @@ class Budget:
 
     def host_of(self, item: int) -> str:
         return self._grants[item].host
+
+    def wanted(self, item: int) -> int:
+        return self._grants[item].wanted
 
     def granted(self, item: int) -> int:
         return self._grants[item].granted
@@ -170,7 +187,8 @@ class Budget:
             return {}, {}
         running = [n for n, seat in enumerate(self._seats) if self._running(n, seat)]
         seats = {n: max(1, limit // lanes) for n in running}
-        items = {i: max(1, limit * g.granted // lanes) for i, g in self._grants.items()}
+        grants = self._grants.items()
+        items = {i: max(1, limit * g.granted // lanes) for i, g in grants if g.granted}
         return seats, items
 
     # --- bookkeeping ------------------------------------------------------------------------
@@ -178,6 +196,12 @@ class Budget:
     def _running(self, n: int, seat: _Seat) -> bool:
         """Whether seat ``n`` runs an item now."""
         return seat.busy and n not in self._retired
+
+    def _room(self, host: str, wanted: int, leave: int) -> int:
+        """Lanes a large item may have at ``host`` now: up to ``wanted``, leaving ``leave``
+        of the room to others if that still gives it one."""
+        free = self.free(host)
+        return min(wanted, max(min(free, 1), free - leave))
 
     def _hold(self, seat: int, now: _Seat) -> None:
         before = self._seats[seat]

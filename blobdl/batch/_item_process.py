@@ -11,21 +11,29 @@ the item as one download, the coordinator of its own workers. The child sends ea
 records, ``("log", record)``, which a forked one writes through the handlers it inherited.
 ``receive`` is the scheduler's read of that, where a pipe at its end (the child died before
 its outcome) reads ``("died", None)``.
+
+The batch counts an item's lanes at one host, its URL's at first. A child that probes its
+item itself (one said to be large) asks before its probe's request to another host (a
+redirect to a CDN), with ``("hop", host)``, and waits for the scheduler's answer (``go``,
+its lanes counted there now), holding nothing meanwhile, as a seat asks (``_pool._Hop``):
+so the lanes its coordinator then opens there are counted there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..engine._download import Downloader
 from ..engine._share import Share, Shares
-from ..errors import BlobdlError
+from ..errors import BlobdlError, Interrupted
 from ..events import DownloadResult, Event
 from ..http._pool import prepare_tls
 from ..http._remote import Remote
@@ -82,7 +90,10 @@ class LargeItems:
             args = (item, remote, settings, self.shares.share(slot))
             # Not a daemon: it forks workers of its own.
             name = f"blobdl-item-{index}"
-            proc, receiver = start(item_main, args, name=name, daemon=False, coordinator=True)
+            # Duplex: the child asks to move its lanes to another host (``hop``), and waits.
+            proc, receiver = start(
+                item_main, args, name=name, daemon=False, duplex=True, coordinator=True
+            )
         self.free.pop()
         self.running[index] = Running(index, proc, receiver, slot)
         return self.running[index]
@@ -100,6 +111,12 @@ class LargeItems:
         with contextlib.suppress(OSError):
             conn.send(job)
         return proc, conn
+
+    def go(self, index: int) -> None:
+        """Tell item ``index``'s child that its lanes are counted where it asked (``hop``):
+        its probe goes on there."""
+        with contextlib.suppress(OSError):  # it died meanwhile: its pipe's end says so
+            self.running[index].conn.send(None)
 
     def close(self) -> None:
         """The batch is over: the ``Shares``' descriptor goes."""
@@ -138,6 +155,26 @@ def _tell_parent(conn: Connection) -> Callable[[Event], None]:
     return send
 
 
+class _Counted:
+    """Where the batch counts the child's lanes (its item's URL's host at first), moved
+    before its probe's request to another host: the probe's ``to_host``."""
+
+    def __init__(self, conn: Connection, url: str) -> None:
+        self.conn, self.host = conn, urlsplit(url).hostname or ""
+
+    def to_host(self, host: str) -> None:
+        """Ask the scheduler to count the lanes at ``host``, and wait until it does (a stop
+        cuts the wait short, as it would the probe's own)."""
+        if host == self.host:
+            return
+        self.conn.send(("hop", host))
+        try:
+            self.conn.recv()  # None: counted there now
+        except EOFError:  # the batch is gone (its death signal comes): so are we
+            raise Interrupted(signal.SIGTERM) from None
+        self.host = host
+
+
 def clean_item_main(conn: Connection) -> None:
     """``item_main`` in a fresh interpreter (``_spawn.child_setup`` ran first): its job comes
     over ``conn``, and its slot is mapped from the ``Shares``' descriptor it inherited. It
@@ -165,7 +202,10 @@ def item_main(
         tell = _tell_parent(conn)
         downloader = Downloader(settings)
         if remote is None:  # said to be large: probed here, as a download is
-            outcome = downloader._run(item.url, None, path, item.digest, tell, share)
+            counted = _Counted(conn, item.url)
+            outcome = downloader._run(
+                item.url, None, path, item.digest, tell, share, counted.to_host
+            )
         else:
             outcome = downloader._download_resolved(
                 remote, path, digest=item.digest, on_event=tell, share=share

@@ -11,7 +11,9 @@ still running are served: its connections go to them as each of its processes en
 batch returns once it has ended. A larger one comes back with what its
 probe learned; the scheduler grants it lanes (as many as it can keep busy, up to its
 ``connections``, as far as the budget allows, letting idle seats' connections go for
-room) and forks a child that runs it as its own coordinator. The lanes and the share of
+room) and forks a child that runs it as its own coordinator (one that probes it itself,
+said to be large, asks before its probe goes to another host: its grant moves there,
+``_hops``). The lanes and the share of
 ``limit_rate`` of every running item are in shared memory (``Shares``): when an item ends,
 what it held goes to the items still running. Children and seats report events and
 results through pipes. One item failing does not stop the others.
@@ -291,6 +293,7 @@ class _Scheduler:
         self.budget = Budget(max_connections, per_host, seats)
         self.seats = Seats(self.budget, processes, settings, self.destinations)
         self.large = LargeItems(max_connections)
+        self.hopping: dict[int, str] = {}  # item -> the host its child's probe waits for room at
         self.watch = Watch()
 
     def run(self) -> list[ItemResult]:
@@ -338,6 +341,7 @@ class _Scheduler:
         waiting longest), then queued items on idle seats; once nothing waits, running
         items get the lanes that ended items left."""
         self.seats.hops()  # items already running first
+        self._hops()
         self._start_large()
         self._start_small()
         if not self.queued and not self.seats.busy:
@@ -347,21 +351,37 @@ class _Scheduler:
             self._grant_more()
         self._share()
 
+    def _hops(self) -> None:
+        """Let each large item whose own probe a redirect leads to another host go on there
+        (``("hop", host)``), once that host has room: its grant moves there (holding
+        nothing meanwhile), before anything new starts, as a seat's does (``Seats.hops``)."""
+        for index, host in list(self.hopping.items()):
+            leave = self._room_for(host, self.budget.wanted(index))
+            if self.budget.move(index, host, leave=leave):
+                del self.hopping[index]
+                self._share()  # its lanes there in its slot before its lanes open
+                self.large.go(index)
+
     def _start_large(self) -> None:
-        queued = sum(map(len, self.queued.values()))
         for waiting in list(self.waiting):
             item = self.items[waiting.item]
             settings = settings_for(self.settings, item)
             lanes = wanted(item, waiting.remote, settings)
-            # Kept connections make room; while items are queued, just enough for one lane
-            # (they would use those connections next), and what the seats they need would
-            # hold is left to them (the lanes they free are granted to it later).
-            self._drop(waiting.host, 1 if queued else lanes)
-            leave = min(queued, self.budget.seats)
+            leave = self._room_for(waiting.host, lanes)
             granted = self.budget.grant(waiting.item, waiting.host, lanes, leave=leave)
             if granted:
                 self.waiting.remove(waiting)
                 self._fork(waiting, dataclasses.replace(settings, connections=lanes))
+
+    def _room_for(self, host: str, lanes: int) -> int:
+        """Make room at ``host`` for a large item that could keep ``lanes`` busy, and say
+        how much of it to leave to the items queued for seats. Kept connections make room;
+        while items are queued, just enough for one lane (they would use those connections
+        next), and what the seats they need would hold is left to them (the lanes they free
+        are granted to it later)."""
+        queued = sum(map(len, self.queued.values()))
+        self._drop(host, 1 if queued else lanes)
+        return min(queued, self.budget.seats)
 
     def _start_small(self) -> None:
         for host in list(self.queued):
@@ -475,9 +495,13 @@ class _Scheduler:
         if kind == "log":  # an exec'd child's: to the caller's logging, as a forked one's
             relay_log(payload)
             return
+        if kind == "hop":  # its probe goes on at another host: its lanes count there (_hops)
+            self.hopping[running.item] = payload
+            return
         running.proc.join()
         self.watch.forget(running.conn)
         self.large.end(running)
+        self.hopping.pop(running.item, None)
         self.budget.finish(running.item)
         if kind == "died":
             self._failed(running.item, died(running.proc))

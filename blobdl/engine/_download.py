@@ -128,11 +128,14 @@ class Downloader:
         digest: str | None,
         tell: EventCallback,
         share: Share | None = None,
+        to_host: Callable[[str], None] | None = None,
     ) -> DownloadResult:
+        """``to_host``: see ``Order``; a batch's item, whose child has no thread (it never
+        runs in a clean process: its ``Share`` does not pickle either)."""
         if _clean_process.needs_clean():  # never fork here: a clean process forks instead
             args = (self.settings, url, remote, _fspath(path), digest, share)
             return _clean_process.call(_run_here, args, tell)
-        return self._run_here(url, remote, path, digest, tell, share)
+        return self._run_here(url, remote, path, digest, tell, share, to_host)
 
     def _run_here(
         self,
@@ -142,8 +145,9 @@ class Downloader:
         digest: str | None,
         tell: EventCallback,
         share: Share | None = None,
+        to_host: Callable[[str], None] | None = None,
     ) -> DownloadResult:
-        order = Order(url, None, time.monotonic(), tell, share)
+        order = Order(url, None, time.monotonic(), tell, share, to_host=to_host)
         # SIGTERM, like Ctrl-C, stops it wherever it is (exit 130, the partial kept), until
         # the file is in place: from then on it has succeeded (see _signals).
         with stoppable():
@@ -228,7 +232,7 @@ class Downloader:
 
     def _probed(self, order: Order, remote: Remote | None) -> Remote:
         """The remote: as given (already probed), else probed now."""
-        return remote or resolve(order.url, self.settings)
+        return remote or resolve(order.url, self.settings, to_host=order.to_host)
 
     def _named(self, remote: Remote) -> Path:
         """The destination of a download given no path: the server's name for it."""
@@ -244,7 +248,7 @@ class Downloader:
         hashing = order.expected is not None  # a hasher follows the bytes as they land
         try:
             if resume.wants_ranges(remote):  # refused again: BadResponse, and the partial stays
-                remote = resolve(order.url, self.settings, need_ranges=True)
+                remote = resolve(order.url, self.settings, need_ranges=True, to_host=order.to_host)
             previous = resume.previous(remote)
             if previous is not None:
                 remote = resume.pinned(remote, previous)

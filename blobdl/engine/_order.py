@@ -1,15 +1,16 @@
 """What one download was asked, and the result it hands back.
 
 ``Order`` is fixed when the story starts (``_download``): the URL, the digest the bytes must
-have, when it started, whom to tell, and what its batch lets it use. The ``DownloadResult``
-of a download is built here, from what the order knows and what the run did, whichever way
-it ended: fetched (``result``) or found already in place (``in_place``).
+have, when it started, whom to tell, and what its batch lets it use (and at which host). The
+``DownloadResult`` of a download is built here, from what the order knows and what the run
+did, whichever way it ended: fetched (``result``) or found already in place (``in_place``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..events import DownloadResult, EventCallback
@@ -25,6 +26,9 @@ class Order:
     started: float
     tell: EventCallback
     share: Share | None = None  # what its batch lets it use now (None: not a batch's item)
+    # Its batch's, if it counts the download's connections at one host: called with the
+    # host of each request of its probe to another host (``resolve``'s ``to_host``).
+    to_host: Callable[[str], None] | None = None
     # Whether the final rename may replace a file at the destination (force, or a digest);
     # else one that appears meanwhile (another program, the user) is refused, as it would
     # have been at the start.

@@ -5,6 +5,7 @@ item's lanes do once its probe says where they go."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,11 +83,6 @@ def test_small_items_redirected_each_to_the_others_host_wait_for_room_and_all_fi
         other.reset()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed yet: the grant of an item its own child probes is counted at its URL's "
-    "host (_scheduler._placed); its lanes go where the probe's redirect leads (4 of 2 there)",
-)
 def test_a_large_item_said_large_and_redirected_to_another_host_counts_its_lanes_there(
     make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
 ) -> None:
@@ -112,6 +108,109 @@ def test_a_large_item_said_large_and_redirected_to_another_host_counts_its_lanes
         assert other.stats()["max_concurrent"] <= 2, other.stats()
     finally:
         other.reset()
+
+
+def test_large_items_said_large_redirected_each_to_the_others_host_wait_and_all_finish(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """Each host's large item redirects to the other, one connection per host: a child
+    whose probe waits for room at the other host holds none at its own meanwhile, so
+    neither waits on the other for good."""
+    there, back = make(4 * PART, seed=2770), make(4 * PART, seed=2771)
+    to_other = other.route("/files").replace("127.0.0.1", "localhost")
+    server.set_faults({"path": f"/files/{there.name}", "times": None, "action": "redirect",
+                       "location": f"{to_other}/{there.name}"})  # fmt: skip
+    other.set_faults({"path": f"/files/{back.name}", "times": None, "action": "redirect",
+                      "location": server.url(back.name)})  # fmt: skip
+    try:
+        urls = [there.url, other.url(back.name).replace("127.0.0.1", "localhost")]
+        items = [Item(url, str(tmp_path / f"o{n}"), size=4 * PART) for n, url in enumerate(urls)]
+        results = blobdl.download_many(
+            items, max_connections=8, per_host=1, settings=fast_settings()
+        )
+        assert all(r.ok for r in results), results
+        for n, blob in enumerate([there, back]):
+            assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+        assert server.stats()["max_concurrent"] <= 1, server.stats()
+        assert other.stats()["max_concurrent"] <= 1, other.stats()
+    finally:
+        other.reset()
+
+
+def test_a_large_item_redirected_elsewhere_counts_there_when_the_batch_has_a_thread(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """A callback that starts a thread (told of an item that failed at once) leaves the
+    scheduler forking no more: every item runs in a child started by exec, each probing
+    itself. The one its redirect leads elsewhere counts its lanes there too."""
+    large = make(8 * PART, seed=2780)
+    small = [make(SMALL, seed=2790 + n) for n in range(4)]
+    to_other = other.route("/files").replace("127.0.0.1", "localhost")
+    server.set_faults({"path": f"/files/{large.name}", "times": None, "action": "redirect",
+                       "location": f"{to_other}/{large.name}"})  # fmt: skip
+    other.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.3})
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def note(_event: object) -> None:
+        if not threads:
+            threads.append(threading.Thread(target=stop.wait, daemon=True))
+            threads[0].start()
+
+    try:
+        items = [Item("http://[bad", str(tmp_path / "bad"))]
+        items += [Item(large.url, str(tmp_path / "large"), size=large.size)]
+        items += [
+            Item(other.url(b.name).replace("127.0.0.1", "localhost"), str(tmp_path / f"o{n}"))
+            for n, b in enumerate(small)
+        ]
+        results = blobdl.download_many(
+            items, max_connections=8, per_host=2, settings=fast_settings(), on_event=note
+        )
+        assert threads and not results[0].ok
+        assert all(r.ok for r in results[1:]), results
+        assert sha256_file(tmp_path / "large") == large.sha256
+        for n, blob in enumerate(small):
+            assert sha256_file(tmp_path / f"o{n}") == blob.sha256
+        assert other.stats()["max_concurrent"] <= 2, other.stats()
+    finally:
+        stop.set()
+        other.reset()
+
+
+def test_a_batch_stopped_while_a_large_items_probe_waits_for_room_at_its_redirect_ends_at_once(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """The other host's one connection is held by an item that takes 30 s; the first host's
+    large item (said large), redirected there, waits for room. Ctrl-C ends both at once."""
+    moved, held = make(4 * PART, seed=2800), make(SMALL, seed=2801)
+    to_other = other.route("/files").replace("127.0.0.1", "localhost")
+    server.set_faults({"path": f"/files/{moved.name}", "times": None, "action": "redirect",
+                       "location": f"{to_other}/{moved.name}"})  # fmt: skip
+    other.set_faults({"path": f"/files/{held.name}", "times": None, "action": "ttfb",
+                      "delay": 30})  # fmt: skip
+    manifest = tmp_path / "manifest"
+    held_url = other.url(held.name).replace("127.0.0.1", "localhost")
+    large = f'{{"url": "{moved.url}", "path": "{tmp_path / "o1"}", "size": {moved.size}}}'
+    manifest.write_text(f"{held_url} {tmp_path / 'o0'}\n{large}\n")
+    parts = ("--min-part-size", str(PART), "--max-part-size", str(PART))  # 4 PART is large
+    batch = spawn_cli("-q", "-i", str(manifest), "--per-host", "1", *parts)
+    try:
+        wait_for(lambda: server.stats()["requests"] == 1, "the redirect")
+        wait_for(lambda: other.stats()["requests"] >= 1, "the held item's request")
+        time.sleep(0.3)  # the child asks for room, and waits
+        assert other.stats()["requests"] == 1  # the held item's only
+        began = time.monotonic()
+        batch.send_signal(signal.SIGINT)
+        assert batch.wait(timeout=20) == 130
+        assert time.monotonic() - began < 1.5  # not a stop grace waited out
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+            batch.wait()
+        other.reset()
+    assert other.stats()["requests"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest"]
 
 
 def test_a_batch_stopped_while_a_seat_waits_for_room_at_a_redirects_host_ends_at_once(

@@ -136,3 +136,23 @@ def test_a_large_item_leaves_room_for_items_waiting_for_seats_but_gets_one_lane(
     budget.start(0, "a")
     budget.start(1, "a")
     assert budget.grant(4, "a", wanted=8, leave=5) == 0  # no room at all: none
+
+
+def test_a_large_item_redirected_elsewhere_is_counted_there_or_holds_nothing_until_it_may() -> None:
+    """Its own child's probe was redirected before any lane connected: its lanes go there."""
+    budget = Budget(total=8, per_host=2, seats=2)
+    assert budget.grant(5, "a", wanted=4) == 2
+    budget.start(0, "b")
+    budget.start(1, "b")
+    assert budget.move(5, "a") == 2  # its own host: nothing moves
+    assert budget.move(5, "b") == 0  # b is full: it waits, holding none
+    assert (budget.used(), budget.free("a"), budget.free("b")) == (2, 2, 0)
+    assert budget.wants_more() == []  # nothing more for it at b meanwhile (``more``)
+    assert budget.rates(100) == ({0: 50, 1: 50}, {})  # no lane of it runs
+    budget.end(0, None)
+    assert budget.move(5, "b", leave=0) == 1 and budget.host_of(5) == "b"
+    assert (budget.used(), budget.free("b"), budget.wants_more()) == (2, 0, [5])
+    budget.end(1, None)
+    assert budget.more(5) == 2
+    budget.finish(5)
+    assert budget.used() == 0
