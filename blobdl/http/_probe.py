@@ -177,15 +177,16 @@ def resolve(
     at: list[str] = []  # the host the last request went to
 
     def gate(to: str) -> None:
+        assert to_host is not None
         host = urlsplit(to).hostname or ""
-        if to_host is None or at == [host]:
+        if at == [host]:
             return
         if at:
             pool.clear()  # its connection to the last host: the budget no longer counts it
         at[:] = [host]
         to_host(host)
 
-    pool = make_pool(settings, gate=gate)
+    pool = make_pool(settings, gate=None if to_host is None else gate)
 
     def once() -> Remote:
         remote = probe(pool, url, settings)
