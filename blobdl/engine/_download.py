@@ -228,7 +228,7 @@ class Downloader:
 
     def _probed(self, order: Order, remote: Remote | None) -> Remote:
         """The remote: as given (already probed), else probed now."""
-        return remote or resolve(order.url, self.settings)
+        return remote or resolve(order.url, self.settings, others_receiving=order.receiving)
 
     def _named(self, remote: Remote) -> Path:
         """The destination of a download given no path: the server's name for it."""
@@ -243,7 +243,9 @@ class Downloader:
         hasher that follows the bytes on disk as they land)."""
         try:
             if resume.wants_ranges(remote):  # refused again: BadResponse, and the partial stays
-                remote = resolve(order.url, self.settings, need_ranges=True)
+                remote = resolve(
+                    order.url, self.settings, need_ranges=True, others_receiving=order.receiving
+                )
             previous = resume.previous(remote)
             if previous is not None:
                 remote = resume.pinned(remote, previous)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..events import DownloadResult, EventCallback
@@ -29,6 +30,12 @@ class Order:
     # else one that appears meanwhile (another program, the user) is refused, as it would
     # have been at the start.
     replace: bool = True
+
+    @property
+    def receiving(self) -> Callable[[str], bool] | None:
+        """Whether another download of its batch receives from a URL's origin (None: not a
+        batch's item): a refusal of one more connection there is waited for uncounted."""
+        return None if self.share is None else self.share.others_receiving
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
