@@ -50,8 +50,9 @@ def decide(failure: Failure, rng: random.Random | None = None) -> Verdict:
     has most likely expired: it is resolved again, once
     per stretch without progress, without counting. Otherwise a final error fails the
     download; a part whose bytes are all there is done; a 429 or 503 while another lane
-    receives is a server with no room for one more connection (nginx's ``limit_conn``), not
-    one failing: waited for, uncounted, ever longer; any other failure is retried after a
+    receives (of the download, or of its batch at the same origin: ``_share``) is a server
+    with no room for one more connection (nginx's ``limit_conn``), not one failing: waited
+    for, uncounted, ever longer; any other failure is retried after a
     backoff until the policy is exhausted."""
     error, retry = failure.error, failure.retry
     if _expired(error, failure.redirected):

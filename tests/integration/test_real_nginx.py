@@ -8,6 +8,9 @@ import pytest
 
 import blobdl
 from blobdl import Downloader, Item, download_many
+from blobdl.batch._items import BY_INDEX
+from blobdl.batch._scheduler import download_numbered
+from blobdl.http._probe import resolve
 from faultserver.nginx import start_nginx
 from faultserver.serverctl import make_blob
 from tests.conftest import fast_settings, sha256_file
@@ -104,3 +107,34 @@ def test_a_batch_at_a_server_refusing_everyone_fails_each_item_after_its_retries
     assert results[0].ok, results[0].error
     assert not any(r.ok for r in results[1:]), results
     assert refused == [503] * 4 * 3, refused  # each item's probe: its first try, 2 retries
+
+
+@pytest.mark.parametrize("how", ["sized", "probed"])
+def test_a_batch_of_items_said_large_at_a_server_limiting_connections_is_waited_for(
+    how: str, tmp_path: Path
+) -> None:
+    """Items that skip the seats, as a Hugging Face repository's files do (each with its
+    size: its own child probes it) and a pull's layers (probed beforehand: its child's lanes
+    start at once): their probes and lanes refused while another item receives from the
+    host wait too."""
+    root = tmp_path / "www"
+    root.mkdir()
+    sizes = [3 * MiB + n for n in range(8)]
+    digests = [make_blob(root, f"l{n}.bin", size, seed=80 + n) for n, size in enumerate(sizes)]
+    settings = fast_settings(retries=3, trust_env=False)
+    with start_nginx(tmp_path / "nginx", root, {"lc": "limit_conn perip 2; limit_rate 4m;"}) as ngx:
+        urls = [ngx.url("lc", f"l{n}.bin") for n in range(8)]
+        probed = (
+            {n: resolve(url, settings) for n, url in enumerate(urls)} if how == "probed" else {}
+        )
+        items = [
+            Item(url, str(tmp_path / f"o{n}"), size=size)
+            for n, (url, size) in enumerate(zip(urls, sizes, strict=True))
+        ]
+        results = download_numbered(
+            items, BY_INDEX, max_connections=8, per_host=8, settings=settings, probed=probed
+        )
+        answers = ngx.statuses("lc")
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [sha256_file(Path(i.path)) for i in items] == digests
+    assert 503 in answers, answers  # the limit was met
