@@ -55,11 +55,13 @@ class Running(NamedTuple):
 
 class LargeItems:
     """The children running large items, by item, and their slots of the batch's ``Shares``
-    (at most one each)."""
+    (at most one each). The ``Shares`` hold a slot for each of the pool's ``seats`` too,
+    after the items' (``seat_shares``): there a seat says whom it receives from."""
 
-    def __init__(self, slots: int) -> None:
-        self.shares = Shares(slots)
+    def __init__(self, slots: int, seats: int = 0) -> None:
+        self.shares = Shares(slots + seats)
         self.free = list(range(slots))
+        self.seat_shares = [self.shares.share(slots + seat) for seat in range(seats)]
         self.running: dict[int, Running] = {}
 
     @property

@@ -45,7 +45,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..engine._counter_table import CounterTable
+from ..engine._share import Share
 from ..engine._small import Meter, NotSmall, OneRequest, Seat
 from ..engine._tell import tell_failed
 from ..errors import BlobdlError, LocalFileError, OutOfResources
@@ -170,8 +171,16 @@ class Pool:
     """The scheduler's handle: ``processes`` processes, ``seats`` seats in all, a duplex
     pipe per seat, slots ``[0, seats)`` of ``table``."""
 
-    def __init__(self, seats: int, processes: int, settings: Settings, table: CounterTable) -> None:
+    def __init__(
+        self,
+        seats: int,
+        processes: int,
+        settings: Settings,
+        table: CounterTable,
+        shares: Sequence[Share] = (),
+    ) -> None:
         self.settings, self.table = settings, table
+        self.shares = shares  # the seats' slots of the batch's Shares (see ``Seat``), by seat
         self.count = max(1, min(processes, seats))
         per = -(-seats // self.count)
         self.ranges = [range(p * per, min(seats, (p + 1) * per)) for p in range(self.count)]
@@ -273,7 +282,8 @@ class Pool:
         for ours, _ in pipes:  # before the fork: no child may keep them
             private(ours)
         theirs = tuple(end for _, end in pipes)
-        args = (theirs, seats.start, self.table, self.settings)
+        shares = tuple(self.shares[seats.start : seats.stop])
+        args = (theirs, seats.start, self.table, self.settings, shares)
         try:
             proc, control = start(pool_main, args, name=f"blobdl-pool-{number}", daemon=True,
                                   duplex=True)  # fmt: skip
@@ -330,12 +340,16 @@ def pool_main(
     first: int,
     table: CounterTable,
     settings: Settings,
+    shares: tuple[Share, ...],
     control: Connection,
 ) -> None:
     """Entry point of a pool process: a thread per seat (once told ``GO``), until the
     scheduler says stop (``_Stop``) or done (None), or is gone."""
     # _spawn.child_setup ran first: Ctrl-C is ignored, and we die with the scheduler.
-    seats = [Seat(table, first + n, settings.buffer_size) for n in range(len(pipes))]
+    seats = [
+        Seat(table, first + n, settings.buffer_size, shares[n] if shares else None)
+        for n in range(len(pipes))
+    ]
     lines = [_Line(pipe) for pipe in pipes]
     idle = [threading.Event() for _ in seats]
     for done in idle:

@@ -291,8 +291,9 @@ class _Scheduler:
         lengths = {host: len(queue) for host, queue in self.queued.items()}
         seats, processes = pool_size(settings, max_connections, per_host, lengths, seats_that_fit())
         self.budget = Budget(max_connections, per_host, seats)
-        self.seats = Seats(self.budget, processes, settings, self.destinations)
-        self.large = LargeItems(max_connections)
+        self.large = LargeItems(max_connections, seats)
+        self.seats = Seats(self.budget, processes, settings, self.destinations,
+                           self.large.seat_shares)  # fmt: skip
         self.hopping: dict[int, str] = {}  # item -> the host its child's probe waits for room at
         self.watch = Watch()
 

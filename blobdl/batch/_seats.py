@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..engine._counter_table import CounterTable
+from ..engine._share import Share
 from ..errors import BlobdlError, OutOfResources
 from ..http._pool import prepare_tls
 from ..processes._signals import held
@@ -45,11 +46,18 @@ class Seats:
     processes, and the item each busy seat runs."""
 
     def __init__(
-        self, budget: Budget, processes: int, settings: Settings, destinations: Destinations
+        self,
+        budget: Budget,
+        processes: int,
+        settings: Settings,
+        destinations: Destinations,
+        shares: Sequence[Share] = (),
     ) -> None:
         self.budget, self.processes, self.settings = budget, processes, settings
         self.destinations = destinations  # answers the seats' claims
         self.table = CounterTable(budget.seats)  # the seats' slots: their share of the rate limit
+        # their slots of the batch's Shares: whom each receives from (``engine._small.Seat``)
+        self.shares = shares
         self.pool: Pool | None = None
         self.on_seat: dict[int, int] = {}  # seat -> the item it runs
         # seat -> the lock files its process may leave if it dies: the one it keeps between
@@ -78,7 +86,7 @@ class Seats:
         for url in firsts.values():
             with contextlib.suppress(BlobdlError):  # a bad CA bundle fails each item, as ever
                 prepare_tls(self.settings, url)
-        self.pool = Pool(self.budget.seats, self.processes, self.settings, self.table)
+        self.pool = Pool(self.budget.seats, self.processes, self.settings, self.table, self.shares)
         watch.pool(self.pool)
         self._retire_unstarted(range(self.budget.seats))
 
@@ -163,6 +171,8 @@ class Seats:
                     yield said
             watch.forget_seat(self.pool.pipes[seat])
             self.hopping.pop(seat, None)
+            if self.shares:  # it may have died reading a body: it receives no more
+                self.shares[seat].clear()
             if seat in self.on_seat:
                 yield self.on_seat.pop(seat), died(proc)
             self.budget.end(seat, None)

@@ -46,7 +46,7 @@ from ..events import EventCallback, PartRetried, PartStalled
 from ..http._pool import prepare_tls
 from ..http._probe import resolve
 from ..http._remote import Remote
-from ..http._retry import Retry
+from ..http._retry import Retry, full_refusal
 from ..processes._signals import Interrupts
 from ..store._destination import check_partial, start_writeback
 from ..store._resume import CheckpointCallback, PartRecord
@@ -94,6 +94,8 @@ class Coordinator:
         self.last_checkpoint = self.last_told = 0.0
         # what it may run now: its lanes and their rate (a batch item's live grant, ``share``)
         self.allowance = Allowance(settings, share, self.crew, self.parts, self.pinned)
+        self.share = share  # where a batch item says its lanes receive, and hears who else does
+        self.heard = 0  # bytes its lanes had received when it last said so (``_heard``)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -215,6 +217,7 @@ class Coordinator:
         assert part.worker is not None
         error = part.worker.outcome()
         self.parts.release(part)
+        self._heard()  # before its failure is judged: others of the batch may be waiting
         if error is None and self.parts.complete(part):
             part.finish()
             # A lane that finished between two samples still shows what a good lane does.
@@ -227,7 +230,7 @@ class Coordinator:
         """Ask the policy what now, and do it."""
         pos, end = self.table.pos(part.slot), self.table.end(part.slot)
         pinned = self.pinned
-        others = self.parts.others_receiving(part)
+        others = self.parts.others_receiving(part) or self._batch_receiving(error)
         facts = part.failure(error, pos, end, pinned.redirected, pinned.generation, others)
         verdict = decide(facts)
         if verdict.action == _failure.FAIL:
@@ -245,6 +248,21 @@ class Coordinator:
             failures = verdict.retry.failures + verdict.retry.waits  # in a row, both kinds
             self._tell(PartRetried(part.slot, failures, verdict.delay, str(error)))
 
+    def _heard(self) -> None:
+        """A batch's item whose lanes received bytes since it last looked says so (its
+        lease renewed): a lane may fetch a small part whole between two samples."""
+        if self.share is None:
+            return
+        received = self.parts.received()
+        if received > self.heard:
+            self.heard = received
+            self.share.receive(self.pinned.remote.final_url)
+
+    def _batch_receiving(self, error: BaseException) -> bool:
+        """Whether another download of its batch receives from the origin that refused it."""
+        share = self.share
+        return share is not None and full_refusal(error) and share.others_receiving(error.url)
+
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
     def _sample(self, now: float) -> None:
@@ -252,6 +270,7 @@ class Coordinator:
         # the blob went into it (``finalize`` checks again before its rename).
         check_partial(self.fd, Path(self.path), self.pinned.remote.size)
         self.parts.share(self.allowance.limit())
+        self._heard()
         told = now - self.last_told >= self.settings.progress_interval
         if told:
             self.best.fade()

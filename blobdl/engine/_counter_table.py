@@ -101,6 +101,10 @@ class CounterTable:
         ends = words[2:stop:_FIELDS].tolist()
         return [(a, _done(a, p, e)) for a, p, e in zip(starts, positions, ends, strict=True)]
 
+    def received_total(self, count: int) -> int:
+        """``received`` of the first ``count`` slots, summed in bulk."""
+        return sum(self._words[5 : count * _FIELDS : _FIELDS].tolist())
+
     def ends(self, count: int) -> list[int]:
         """``end`` of the first ``count`` slots, read in bulk."""
         return self._words[2 : count * _FIELDS : _FIELDS].tolist()

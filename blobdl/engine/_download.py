@@ -232,7 +232,13 @@ class Downloader:
 
     def _probed(self, order: Order, remote: Remote | None) -> Remote:
         """The remote: as given (already probed), else probed now."""
-        return remote or resolve(order.url, self.settings, to_host=order.to_host)
+        return remote or self._resolve(order)
+
+    def _resolve(self, order: Order, *, need_ranges: bool = False) -> Remote:
+        """Probe the order's URL, a batch's item telling its batch where (``to_host``) and
+        hearing who else of it receives (``receiving``)."""
+        return resolve(order.url, self.settings, need_ranges=need_ranges,
+                       to_host=order.to_host, others_receiving=order.receiving)  # fmt: skip
 
     def _named(self, remote: Remote) -> Path:
         """The destination of a download given no path: the server's name for it."""
@@ -248,7 +254,7 @@ class Downloader:
         hashing = order.expected is not None  # a hasher follows the bytes as they land
         try:
             if resume.wants_ranges(remote):  # refused again: BadResponse, and the partial stays
-                remote = resolve(order.url, self.settings, need_ranges=True, to_host=order.to_host)
+                remote = self._resolve(order, need_ranges=True)
             previous = resume.previous(remote)
             if previous is not None:
                 remote = resume.pinned(remote, previous)

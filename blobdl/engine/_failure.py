@@ -10,7 +10,7 @@ import random
 from typing import NamedTuple
 
 from ..errors import HTTPStatusError
-from ..http._retry import Retry
+from ..http._retry import Retry, full_refusal
 
 # After a failure the part is ...
 REFRESH = "refresh"  # waited for once its (signed, expired) URL is resolved again
@@ -32,7 +32,9 @@ class Failure(NamedTuple):
     redirected: bool  # the remote's URL was redirected (it may be signed and expire)
     refreshed_since: bool  # the remote was resolved again after this attempt began
     refreshed_at: int | None  # the part's position when it last had the URL refreshed
-    others_receiving: bool = False  # another lane of the download receives bytes right now
+    # another lane of the download, or another download of its batch at the same origin,
+    # receives bytes right now
+    others_receiving: bool = False
 
 
 class Verdict(NamedTuple):
@@ -48,8 +50,9 @@ def decide(failure: Failure, rng: random.Random | None = None) -> Verdict:
     has most likely expired: it is resolved again, once
     per stretch without progress, without counting. Otherwise a final error fails the
     download; a part whose bytes are all there is done; a 429 or 503 while another lane
-    receives is a server with no room for one more connection (nginx's ``limit_conn``), not
-    one failing: waited for, uncounted, ever longer; any other failure is retried after a
+    receives (of the download, or of its batch at the same origin: ``_share``) is a server
+    with no room for one more connection (nginx's ``limit_conn``), not one failing: waited
+    for, uncounted, ever longer; any other failure is retried after a
     backoff until the policy is exhausted."""
     error, retry = failure.error, failure.retry
     if _expired(error, failure.redirected):
@@ -61,7 +64,7 @@ def decide(failure: Failure, rng: random.Random | None = None) -> Verdict:
         return Verdict(FAIL, retry, 0.0)
     if 0 <= failure.end <= failure.pos:
         return Verdict(DONE, retry, 0.0)
-    if failure.others_receiving and _full(error):
+    if failure.others_receiving and full_refusal(error):
         retry = retry.full()
         return Verdict(FULL, retry, retry.delay(error, rng))
     retry = retry.increment(failure.pos)
@@ -76,8 +79,3 @@ def _expired(error: BaseException, redirected: bool) -> bool:
     if not isinstance(error, HTTPStatusError) or error.status not in (403, 410):
         return False
     return redirected or error.redirected
-
-
-def _full(error: BaseException) -> bool:
-    """A refusal a server gives when it has too many of our requests at once."""
-    return isinstance(error, HTTPStatusError) and error.status in (429, 503)

@@ -281,6 +281,10 @@ class Parts:
             for p in self._board.running.values()
         )
 
+    def received(self) -> int:
+        """Body bytes every lane read off the wire so far, all told (it only grows)."""
+        return self.table.received_total(len(self._parts))
+
     def finished(self) -> bool:
         return self._board.unfinished == 0
 

@@ -8,17 +8,40 @@ running item's share whenever an item starts or ends, and the item's coordinator
 own (``Share``) at every look at its lanes. So the rate and the connections that finished
 items free go to the items still running, instead of staying split as they were when each
 item started. One writer per word, aligned 8-byte stores: no lock.
+
+The same slots say who of the batch receives from which origin now, for a server that
+limits the connections of one client (nginx's ``limit_conn``): its 429 or 503 while another
+download of the batch receives from it is the server being full, not failing, as it is
+within one download (``_failure.FULL``). Each running download (a large item's coordinator,
+a seat's small item) holds the origin it receives from in its slot, and until when it
+counts as receiving (``Share.receive``, a lease renewed while its bytes come, so that a
+refusal met between one item's end and the next one's first bytes is still a full server's);
+a refused one asks whether another slot receives from its origin (``receiving_elsewhere``,
+pure). Nobody there receiving, the refusal counts as any failure: a server that refuses
+everyone is never waited for without end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
 import tempfile
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
 
-_FIELDS = 2  # rate (bytes/s, 0: no limit), connections
+# rate (bytes/s, 0: no limit), connections (the batch writes); the origin the slot's
+# download receives from (``origin_key``, 0: none) and until when (monotonic ns: the
+# download writes; the batch clears a dead seat's)
+_FIELDS = 4
 _WORD = 8
+# Seconds a download counts as receiving after it was last seen to: more than the look
+# of a coordinator at its lanes (every 0.1 s) and the gap between one item's last bytes
+# and the next one's first, less than a few of the backoffs a failing server is given.
+LEASE = 1.0
+FOREVER = 2**63 - 1  # a lease that lasts until it is ended (a seat reading a body)
 
 
 class Shares:
@@ -83,6 +106,24 @@ class Shares:
     def share(self, slot: int) -> Share:
         return Share(self, slot)
 
+    def receive(self, slot: int, key: int, until: int) -> None:
+        """The slot's download receives from origin ``key`` until ``until`` (monotonic ns)."""
+        self._words[slot * _FIELDS + 2] = key
+        self._words[slot * _FIELDS + 3] = until
+
+    def key(self, slot: int) -> int:
+        return int(self._words[slot * _FIELDS + 2])
+
+    def clear(self, slot: int) -> None:
+        """The slot's download is gone (its process died): it receives no more."""
+        self.receive(slot, 0, 0)
+
+    def receivers(self) -> tuple[list[int], list[int]]:
+        """Every slot's origin and lease, read in bulk."""
+        keys = self._words[2 : self.slots * _FIELDS : _FIELDS].tolist()
+        untils = self._words[3 : self.slots * _FIELDS : _FIELDS].tolist()
+        return keys, untils
+
 
 class Share:
     """One download's slot: what it may use now (read at every look, it changes)."""
@@ -97,6 +138,54 @@ class Share:
     def connections(self) -> int:
         """Lanes it may run at once."""
         return self._shares.connections(self.slot)
+
+    def receive(self, url: str, lease: float | None = LEASE) -> None:
+        """It receives from ``url``'s origin now, and counts as receiving ``lease`` seconds
+        more (None: until ``received``)."""
+        until = FOREVER if lease is None else _later(lease)
+        self._shares.receive(self.slot, origin_key(url), until)
+
+    def received(self) -> None:
+        """Its body is over: it counts as receiving ``LEASE`` seconds more, no longer."""
+        key = self._shares.key(self.slot)
+        if key:
+            self._shares.receive(self.slot, key, _later(LEASE))
+
+    def clear(self) -> None:
+        """Its download is gone (its process died): it receives no more."""
+        self._shares.clear(self.slot)
+
+    def others_receiving(self, url: str) -> bool:
+        """Whether another download of the batch receives from ``url``'s origin now."""
+        keys, untils = self._shares.receivers()
+        return receiving_elsewhere(keys, untils, self.slot, origin_key(url), time.monotonic_ns())
+
+
+def _later(seconds: float) -> int:
+    return time.monotonic_ns() + int(seconds * 1e9)
+
+
+def origin_key(url: str) -> int:
+    """A nonzero word naming ``url``'s origin (scheme, host, port) alike in every process
+    (``hash`` is salted per interpreter, and a child may be a fresh one)."""
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443}.get(parts.scheme, 80)
+    origin = f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+    word = int.from_bytes(
+        hashlib.blake2b(origin.encode(), digest_size=8).digest(), "big", signed=True
+    )
+    return word or 1
+
+
+def receiving_elsewhere(
+    keys: Sequence[int], untils: Sequence[int], mine: int, key: int, now: int
+) -> bool:
+    """Whether a slot other than ``mine`` receives from origin ``key`` at ``now``: it names
+    that origin, and its lease runs past ``now``."""
+    return any(
+        slot != mine and k == key and until > now
+        for slot, (k, until) in enumerate(zip(keys, untils, strict=True))
+    )
 
 
 def _memory_file(size: int) -> int | None:

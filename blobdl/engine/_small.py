@@ -34,7 +34,7 @@ from ..errors import BlobdlError, Interrupted, RetriesExhausted, TruncatedBody
 from ..events import DownloadResult, EventCallback, PartProgress, PartRetried, Progress, Started
 from ..http._body import RangeBody
 from ..http._remote import Remote
-from ..http._retry import Retry, retried
+from ..http._retry import Retry, full_refusal, retried
 from ..http._session import Session
 from ..http._span import Span
 from ..store._destination import check_free_space, finalize
@@ -51,6 +51,7 @@ from ._parts import RUNNING, WAITING, Tally
 from ._pinned import Pinned
 from ._plan import one_request
 from ._rates import RateWindow
+from ._share import Share
 
 
 class NotSmall(Exception):  # not an error: the batch's cue to fetch it the ordinary way
@@ -115,11 +116,15 @@ class Seat:
     """What a small download borrows from the pool thread that runs it, kept from one item
     to the next: the session (its connection kept alive), the filler (its buffer, its
     splice pipe), its slot of the pool's counter table (where the batch writes its share of
-    the rate limit), what ends it, its lock file, and the directories whose renames wait
-    for an fsync."""
+    the rate limit), its slot of the batch's ``Shares`` (where it says whom it receives
+    from, and hears who else of the batch does), what ends it, its lock file, and the
+    directories whose renames wait for an fsync."""
 
-    def __init__(self, table: CounterTable, slot: int, buffer_size: int) -> None:
+    def __init__(
+        self, table: CounterTable, slot: int, buffer_size: int, share: Share | None = None
+    ) -> None:
         self.session = Session()
+        self.share = share
         self.cancel = Cancel(self.session)
         self.table, self.slot = table, slot
         self.filler = Filler(Attempt(slot, True, 0, -1, ""), table, buffer_size, self.cancel)
@@ -143,6 +148,20 @@ class Seat:
         if self.cancel.stopped:
             raise Interrupted(self.signum)
 
+    def receiving(self, url: str) -> None:
+        """A server let it in: it receives from ``url``'s origin until ``received``."""
+        if self.share is not None:
+            self.share.receive(url, lease=None)
+
+    def received(self) -> None:
+        """Its answer is over (read, or closed unread)."""
+        if self.share is not None:
+            self.share.received()
+
+    def others_receiving(self, url: str) -> bool:
+        """Whether another download of its batch receives from ``url``'s origin now."""
+        return self.share is not None and self.share.others_receiving(url)
+
     def take(self) -> RangeBody | None:
         """The first answer's body, now the caller's to read and close."""
         answer = self.answer
@@ -157,6 +176,7 @@ class Seat:
         answer, self.answer = self.answer, None
         if answer is not None and answer[1] is not None:
             answer[1].__exit__(None, None, None)
+        self.received()
 
 
 class OneRequest(Downloader):
@@ -215,7 +235,10 @@ class OneRequest(Downloader):
                 lambda: session.first(order.url, self.settings, want),
                 Retry.from_settings(self.settings),
                 seat.pause,
+                seat.others_receiving,
             )
+            if seat.answer[1] is not None:  # its body held unread: the server counts it
+                seat.receiving(seat.answer[0].final_url)
         return remote or self._first()[0]
 
     def _known_there(self, order: Order) -> bool:
@@ -306,8 +329,9 @@ class OneRequest(Downloader):
             except BlobdlError as error:
                 seat.check()
                 pos = table.pos(slot)
+                full = full_refusal(error) and seat.others_receiving(error.url)
                 facts = _failure.Failure(
-                    error, pos, size, retry, pinned.redirected, False, refreshed_at
+                    error, pos, size, retry, pinned.redirected, False, refreshed_at, full
                 )
                 verdict = _failure.decide(facts)
                 if verdict.action == _failure.FAIL:
@@ -320,9 +344,10 @@ class OneRequest(Downloader):
                     pinned.refresh()
                     refreshed_at = pos
                 retry = verdict.retry
-                if verdict.action == _failure.RETRY:
+                if verdict.action in (_failure.RETRY, _failure.FULL):  # a refresh is no failure
                     retries += 1
-                    tell(PartRetried(0, retry.failures, verdict.delay, str(error)))
+                    failures = retry.failures + retry.waits  # in a row, both kinds
+                    tell(PartRetried(0, failures, verdict.delay, str(error)))
                 meter.wait(retries)
                 seat.pause(verdict.delay)
             finally:
@@ -333,11 +358,15 @@ class OneRequest(Downloader):
     def _attempt(self, body: RangeBody | None, remote: Remote, start: int, size: int) -> None:
         """One request's worth: ``body`` if one is in hand, else a new GET from ``start``."""
         seat = self.seat
-        with seat.session.pinned(remote) as session:
-            if body is None:
-                body = session.range(Span(start, size)) if remote.ranges else session.whole(0)
-            with body:
-                end = seat.filler.take(body, start)
+        try:
+            with seat.session.pinned(remote) as session:
+                if body is None:
+                    body = session.range(Span(start, size)) if remote.ranges else session.whole(0)
+                    seat.receiving(remote.final_url)
+                with body:
+                    end = seat.filler.take(body, start)
+        finally:
+            seat.received()
         seat.check()
         if end < size:
             raise TruncatedBody(remote.final_url, end - start, size - start)

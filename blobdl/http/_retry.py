@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeGuard, TypeVar
 
 from ..config import Settings
 from ..errors import BlobdlError, HTTPStatusError
@@ -66,15 +66,32 @@ class Retry(NamedTuple):
         return delay
 
 
-def retried(call: Callable[[], T], retry: Retry, sleep: Callable[[float], None]) -> T:
+def retried(
+    call: Callable[[], T],
+    retry: Retry,
+    sleep: Callable[[float], None],
+    others_receiving: Callable[[str], bool] | None = None,
+) -> T:
     """``call()`` until it succeeds, as a probe is retried: every failure counts (nothing
     moves between two probes), ``sleep`` waits each backoff out, and the last error is
-    raised once it is final or ``retry`` is exhausted."""
+    raised once it is final or ``retry`` is exhausted. A server's refusal of one more
+    connection (``full_refusal``) while ``others_receiving(url)`` says another download of
+    the caller's receives from that URL's origin (a batch's) is waited for uncounted, as a
+    part's is (``engine._failure``)."""
     while True:
         try:
             return call()
         except BlobdlError as exc:
-            retry = retry.increment(0)
-            if not exc.retryable or retry.exhausted:
-                raise
+            if full_refusal(exc) and others_receiving is not None and others_receiving(exc.url):
+                retry = retry.full()
+            else:
+                retry = retry.increment(0)
+                if not exc.retryable or retry.exhausted:
+                    raise
             sleep(retry.delay(exc))
+
+
+def full_refusal(error: BaseException) -> TypeGuard[HTTPStatusError]:
+    """A refusal a server gives when it has too many of our requests at once (nginx's
+    ``limit_conn``: 503, or the 429 it is set to)."""
+    return isinstance(error, HTTPStatusError) and error.status in (429, 503)

@@ -8,6 +8,9 @@ import pytest
 
 import blobdl
 from blobdl import Downloader, Item, download_many
+from blobdl.batch._items import BY_INDEX
+from blobdl.batch._scheduler import download_numbered
+from blobdl.http._probe import resolve
 from faultserver.nginx import start_nginx
 from faultserver.serverctl import make_blob
 from tests.conftest import fast_settings, sha256_file
@@ -44,11 +47,6 @@ def test_a_server_limiting_connections_per_client_is_waited_for_not_failed(
     assert retried and min(e.failures for e in retried) >= 1, retried
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an item's probe and parts see only their own download's lanes: an item whose "
-    "every request is refused counts it, while other items receive from the same host",
-)
 def test_a_batch_at_a_server_limiting_connections_per_client_is_waited_for(
     tmp_path: Path,
 ) -> None:
@@ -62,3 +60,81 @@ def test_a_batch_at_a_server_limiting_connections_per_client_is_waited_for(
         results = download_many(items, max_connections=8, per_host=8, settings=settings)
     assert all(r.ok for r in results), [r.error for r in results]
     assert [sha256_file(Path(i.path)) for i in items] == digests
+
+
+def test_a_batch_of_small_items_at_a_server_limiting_connections_per_client_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """The same limit_conn under a batch of small items, each whole in its seat's first GET
+    (its probe) or its retries: a seat refused while another seat receives from the host
+    waits, uncounted, as a large item's lanes do."""
+    root = tmp_path / "www"
+    root.mkdir()
+    digests = [make_blob(root, f"s{n}.bin", 48 * 1024 + n, seed=60 + n) for n in range(16)]
+    with start_nginx(
+        tmp_path / "nginx", root, {"lc": "limit_conn perip 2; limit_rate 256k;"}
+    ) as ngx:
+        items = [Item(ngx.url("lc", f"s{n}.bin"), str(tmp_path / f"o{n}")) for n in range(16)]
+        settings = fast_settings(retries=2, trust_env=False)
+        results = download_many(items, max_connections=8, per_host=8, settings=settings)
+        answers = ngx.statuses("lc")
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [sha256_file(Path(i.path)) for i in items] == digests
+    assert 503 in answers, answers  # the limit was met
+
+
+def test_a_batch_at_a_server_refusing_everyone_fails_each_item_after_its_retries(
+    tmp_path: Path,
+) -> None:
+    """A server that refuses every request (503) while nobody of the batch receives from it
+    is failing, not full: each item's refusals count, and it fails after its retries,
+    never waiting for a room that no one holds. Another server, where an item does receive
+    meanwhile, is another origin: it lends the refused ones no patience."""
+    root = tmp_path / "www"
+    root.mkdir()
+    make_blob(root, "slow.bin", 2 * MiB, seed=70)
+    for n in range(4):
+        make_blob(root, f"d{n}.bin", 3 * MiB, seed=71 + n)
+    with (
+        start_nginx(tmp_path / "down", root, {"down": "return 503;"}) as down,
+        start_nginx(tmp_path / "up", root, {"up": "limit_rate 1m;"}) as up,
+    ):
+        items = [Item(up.url("up", "slow.bin"), str(tmp_path / "slow"))]
+        items += [Item(down.url("down", f"d{n}.bin"), str(tmp_path / f"d{n}")) for n in range(4)]
+        settings = fast_settings(retries=2, trust_env=False)
+        results = download_many(items, max_connections=8, per_host=8, settings=settings)
+        refused = down.statuses("down")
+    assert results[0].ok, results[0].error
+    assert not any(r.ok for r in results[1:]), results
+    assert refused == [503] * 4 * 3, refused  # each item's probe: its first try, 2 retries
+
+
+@pytest.mark.parametrize("how", ["sized", "probed"])
+def test_a_batch_of_items_said_large_at_a_server_limiting_connections_is_waited_for(
+    how: str, tmp_path: Path
+) -> None:
+    """Items that skip the seats, as a Hugging Face repository's files do (each with its
+    size: its own child probes it) and a pull's layers (probed beforehand: its child's lanes
+    start at once): their probes and lanes refused while another item receives from the
+    host wait too."""
+    root = tmp_path / "www"
+    root.mkdir()
+    sizes = [3 * MiB + n for n in range(8)]
+    digests = [make_blob(root, f"l{n}.bin", size, seed=80 + n) for n, size in enumerate(sizes)]
+    settings = fast_settings(retries=3, trust_env=False)
+    with start_nginx(tmp_path / "nginx", root, {"lc": "limit_conn perip 2; limit_rate 4m;"}) as ngx:
+        urls = [ngx.url("lc", f"l{n}.bin") for n in range(8)]
+        probed = (
+            {n: resolve(url, settings) for n, url in enumerate(urls)} if how == "probed" else {}
+        )
+        items = [
+            Item(url, str(tmp_path / f"o{n}"), size=size)
+            for n, (url, size) in enumerate(zip(urls, sizes, strict=True))
+        ]
+        results = download_numbered(
+            items, BY_INDEX, max_connections=8, per_host=8, settings=settings, probed=probed
+        )
+        answers = ngx.statuses("lc")
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [sha256_file(Path(i.path)) for i in items] == digests
+    assert 503 in answers, answers  # the limit was met

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -22,7 +23,7 @@ from blobdl.errors import (
     Stalled,
     WorkerCrashed,
 )
-from blobdl.http._retry import Retry
+from blobdl.http._retry import Retry, retried
 
 POLICY = Retry(total=2, backoff_unit=0.01, max_backoff=1.0)
 DROP = ConnectionFailed("http://h/", "reset")
@@ -38,7 +39,7 @@ def failure(error: BaseException = DROP, **facts: object) -> Failure:
         "refreshed_at": None,
     }
     base.update(facts)
-    return Failure(error, **base)  # type: ignore[arg-type]
+    return Failure(error, **base)
 
 
 @pytest.mark.parametrize(
@@ -254,3 +255,55 @@ def test_a_full_servers_waits_grow_and_progress_starts_them_over() -> None:
     assert told.delay >= 0.9
     moved = retry.increment(500)
     assert (moved.failures, moved.waits) == (1, 0)
+
+
+def _refused(times: int, status: int = 503) -> tuple[list[float], Callable[[], str]]:
+    """A probe refused ``times`` times with ``status``, then answered; and its sleeps."""
+    slept: list[float] = []
+    calls = iter(range(times + 1))
+
+    def call() -> str:
+        if next(calls) < times:
+            raise HTTPStatusError(status, "http://mirror:8080/blob")
+        return "remote"
+
+    return slept, call
+
+
+@pytest.mark.parametrize(
+    ("status", "others", "waited"),
+    [
+        (503, True, True),  # a full server: another of the batch receives there
+        (429, True, True),
+        (503, False, False),  # nobody receives there: a failing server, counted
+        (500, True, False),  # not a refusal of one more connection: counted
+    ],
+)
+def test_a_probe_refused_by_a_full_server_waits_uncounted_while_others_receive(
+    status: int, others: bool, waited: bool
+) -> None:
+    """A batch item's probe (``retried``) refused as often as it takes while another download
+    of its batch receives from that origin: uncounted, each wait longer (up to the ceiling);
+    once nobody receives there, or for any other failure, every refusal counts."""
+    slept, call = _refused(10, status)
+    asked: list[str] = []
+
+    def receiving(url: str) -> bool:
+        asked.append(url)
+        return others
+
+    if not waited:
+        with pytest.raises(HTTPStatusError):
+            retried(call, POLICY, slept.append, receiving)
+        assert len(slept) == POLICY.total
+        return
+    assert retried(call, POLICY, slept.append, receiving) == "remote"
+    assert len(slept) == 10 and asked == ["http://mirror:8080/blob"] * 10
+    assert slept[0] < slept[-1] <= 1.5 * POLICY.max_backoff
+
+
+def test_a_probe_without_a_batch_counts_every_refusal() -> None:
+    slept, call = _refused(10)
+    with pytest.raises(HTTPStatusError):
+        retried(call, POLICY, slept.append)
+    assert len(slept) == POLICY.total
