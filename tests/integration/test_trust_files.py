@@ -89,6 +89,25 @@ def test_bytes_that_cannot_be_made_durable_are_never_renamed_into_place(
     assert len(done.stderr.splitlines()) == 1, done.stderr
 
 
+@pytest.mark.parametrize("why", ["--force", "a digest the old file does not match"])
+def test_bytes_that_cannot_be_made_durable_never_replace_an_existing_destination(
+    nosync: Path, make: Make, tmp_path: Path, why: str
+) -> None:
+    # A destination already there is replaced (os.replace), not renamed onto nothing: the
+    # other branch of the final rename, which must wait for the fsync as well. Renamed
+    # first, a crash could swap a good old file for one of holes.
+    blob = make(PART, seed=15)
+    dest = tmp_path / "out"
+    dest.write_bytes(PRECIOUS)
+    given = ["--force"] if why == "--force" else ["--digest", f"sha256:{blob.sha256}"]
+    args = [str(nosync), sys.executable, "-m", "blobdl", blob.url, "-o", str(dest),
+            "--no-resume", "-q", *given]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == EXIT_LOCAL, done.stderr
+    assert dest.read_bytes() == PRECIOUS, "replaced though the new bytes were not durable"
+    assert done.stderr.startswith("blobdl: error:"), done.stderr
+
+
 def test_a_resume_record_is_never_written_over_bytes_that_could_not_be_made_durable(
     nosync: Path, make: Make, tmp_path: Path
 ) -> None:
