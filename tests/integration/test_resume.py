@@ -274,6 +274,21 @@ def test_state_for_another_url_is_not_trusted(
     assert "it is for" in caplog.text
 
 
+def test_state_for_another_url_without_validators_is_never_mixed_in(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A blob of the same size at another URL, served with no ETag nor Last-Modified:
+    nothing tells the two apart but the record's URL, so only that keeps the first blob's
+    bytes out of the second (no digest pins them)."""
+    blob, other = make(8 * PART, seed=25), make(8 * PART, seed=26)
+    out = tmp_path / "out"
+    assert interrupted_download(blob, server, out).done > 0
+    server.set_faults({"path": "/files/*", "times": None, "action": "headers",
+                       "drop": ["ETag", "Last-Modified"]})  # fmt: skip
+    result = Downloader(fast_settings()).download(other.url, out)
+    assert sha256_file(out) == other.sha256 and result.resumed == 0
+
+
 def _partial_pinned(server: ServerHandle, blob: Blob, out: Path) -> str:
     """A partial of ``blob`` at ``out``, its first parts in (the rest refused), pinned by
     its digest; the pin."""
