@@ -65,6 +65,23 @@ def test_no_fallocate_filesystem_never_zeroes_downloaded_bytes(
     assert sha256_file(dest) == blob.sha256, "bytes were zeroed by emulated preallocation"
 
 
+def test_without_fallocate_the_file_stays_sparse(nofalloc: Path, tmp_path: Path) -> None:
+    """Where fallocate(2) is refused, ``reserve`` writes nothing: glibc's emulation
+    (posix_fallocate) would write a zero into every 4 KiB block (a round trip each on NFS,
+    and a race with any writer), where the promise is a sparse file. Whatever the workers'
+    timing, a file with blocks after ``reserve`` shows the emulation ran."""
+    path = tmp_path / "reserved"
+    script = (
+        "import os, sys; from pathlib import Path; from blobdl.store._destination import reserve\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "reserve(fd, 64 * 65536, Path(sys.argv[1])); print(os.fstat(fd).st_blocks)\n"
+    )
+    args = [str(nofalloc), "0", sys.executable, "-c", script, str(path)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert int(done.stdout) == 0, "blocks were written where fallocate(2) is refused"
+
+
 @pytest.fixture(scope="session")
 def nosync(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tests/nosync.c`` built for this session: runs a command with fsync(2) and
