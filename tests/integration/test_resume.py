@@ -274,6 +274,21 @@ def test_state_for_another_url_is_not_trusted(
     assert "it is for" in caplog.text
 
 
+def test_state_for_another_url_without_validators_is_never_mixed_in(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A blob of the same size at another URL, served with no ETag nor Last-Modified:
+    nothing tells the two apart but the record's URL, so only that keeps the first blob's
+    bytes out of the second (no digest pins them)."""
+    blob, other = make(8 * PART, seed=25), make(8 * PART, seed=26)
+    out = tmp_path / "out"
+    assert interrupted_download(blob, server, out).done > 0
+    server.set_faults({"path": "/files/*", "times": None, "action": "headers",
+                       "drop": ["ETag", "Last-Modified"]})  # fmt: skip
+    result = Downloader(fast_settings()).download(other.url, out)
+    assert sha256_file(out) == other.sha256 and result.resumed == 0
+
+
 def _partial_pinned(server: ServerHandle, blob: Blob, out: Path) -> str:
     """A partial of ``blob`` at ``out``, its first parts in (the rest refused), pinned by
     its digest; the pin."""
@@ -410,6 +425,22 @@ def test_digest_mismatch_can_keep_the_bad_bytes(make: Make, tmp_path: Path) -> N
         )
     assert [p.name for p in tmp_path.iterdir()] == ["out.blobdl-bad"]
     assert sha256_file(tmp_path / "out.blobdl-bad") == blob.sha256
+
+
+def test_a_hole_behind_parts_already_in_is_never_hashed_as_the_blobs_bytes(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The hasher follows the prefix of the blob on disk while the download runs: the first
+    part held mid-way while every later one lands leaves a hole more than a hashing step
+    (16 MiB) before the end. Hashing on past it (its preallocated zeros) would fail a
+    correct download as a digest mismatch and throw its bytes away."""
+    mib = 1 << 20
+    blob = make(24 * mib, seed=34)
+    server.set_faults({"path": f"/files/{blob.name}", "times": 1, "action": "stall_at",
+                       "offset": mib // 2, "hold": 1.5})  # fmt: skip
+    settings = fast_settings(min_part_size=mib, max_part_size=mib, steal=False, stall_timeout=10)
+    result = Downloader(settings).download(blob.url, tmp_path / "out", digest=blob.sha256)
+    assert result.verified and sha256_file(tmp_path / "out") == blob.sha256
 
 
 def test_shifted_bytes_behind_an_honest_looking_header_are_caught_by_the_digest(

@@ -65,6 +65,23 @@ def test_no_fallocate_filesystem_never_zeroes_downloaded_bytes(
     assert sha256_file(dest) == blob.sha256, "bytes were zeroed by emulated preallocation"
 
 
+def test_without_fallocate_the_file_stays_sparse(nofalloc: Path, tmp_path: Path) -> None:
+    """Where fallocate(2) is refused, ``reserve`` writes nothing: glibc's emulation
+    (posix_fallocate) would write a zero into every 4 KiB block (a round trip each on NFS,
+    and a race with any writer), where the promise is a sparse file. Whatever the workers'
+    timing, a file with blocks after ``reserve`` shows the emulation ran."""
+    path = tmp_path / "reserved"
+    script = (
+        "import os, sys; from pathlib import Path; from blobdl.store._destination import reserve\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "reserve(fd, 64 * 65536, Path(sys.argv[1])); print(os.fstat(fd).st_blocks)\n"
+    )
+    args = [str(nofalloc), "0", sys.executable, "-c", script, str(path)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert int(done.stdout) == 0, "blocks were written where fallocate(2) is refused"
+
+
 @pytest.fixture(scope="session")
 def nosync(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tests/nosync.c`` built for this session: runs a command with fsync(2) and
@@ -87,6 +104,25 @@ def test_bytes_that_cannot_be_made_durable_are_never_renamed_into_place(
     assert not os.path.lexists(dest), "renamed into place though its bytes were not durable"
     assert done.stderr.startswith("blobdl: error:"), done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("why", ["--force", "a digest the old file does not match"])
+def test_bytes_that_cannot_be_made_durable_never_replace_an_existing_destination(
+    nosync: Path, make: Make, tmp_path: Path, why: str
+) -> None:
+    # A destination already there is replaced (os.replace), not renamed onto nothing: the
+    # other branch of the final rename, which must wait for the fsync as well. Renamed
+    # first, a crash could swap a good old file for one of holes.
+    blob = make(PART, seed=15)
+    dest = tmp_path / "out"
+    dest.write_bytes(PRECIOUS)
+    given = ["--force"] if why == "--force" else ["--digest", f"sha256:{blob.sha256}"]
+    args = [str(nosync), sys.executable, "-m", "blobdl", blob.url, "-o", str(dest),
+            "--no-resume", "-q", *given]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == EXIT_LOCAL, done.stderr
+    assert dest.read_bytes() == PRECIOUS, "replaced though the new bytes were not durable"
+    assert done.stderr.startswith("blobdl: error:"), done.stderr
 
 
 def test_a_resume_record_is_never_written_over_bytes_that_could_not_be_made_durable(
