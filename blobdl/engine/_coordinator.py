@@ -85,7 +85,11 @@ class Coordinator:
         self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
         prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
-        self.pinned = Pinned(remote, lambda url: resolve(url, settings))
+        # The refresh is the item's probe asked again: a batch's full server is waited for
+        # (uncounted, as long as another item receives there), a stop cutting its waits.
+        receiving = None if share is None else share.others_receiving
+        self.pinned = Pinned(remote, lambda url: resolve(url, settings, sleep=self._pause,
+                                                         others_receiving=receiving))  # fmt: skip
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
         self.crew = Crew(settings, self.table)  # forked when the first lanes start
@@ -247,6 +251,13 @@ class Coordinator:
         if verdict.action in (_failure.RETRY, _failure.FULL):  # a refresh is no failure
             failures = verdict.retry.failures + verdict.retry.waits  # in a row, both kinds
             self._tell(PartRetried(part.slot, failures, verdict.delay, str(error)))
+
+    def _pause(self, seconds: float) -> None:
+        """A refresh's backoff, in the loop's stead: a stop ends it at once (``Interrupted``)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            wait(self.interrupts.waitables(), timeout=left)
+            self.interrupts.check()
 
     def _heard(self) -> None:
         """A batch's item whose lanes received bytes since it last looked says so (its

@@ -167,6 +167,7 @@ def resolve(
     need_ranges: bool = False,
     to_host: Callable[[str], None] | None = None,
     others_receiving: Callable[[str], bool] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Remote:
     """Probe ``url`` with the same retry policy as a part (the pool dies with the call:
     no socket of ours may leak into forked workers). ``need_ranges``: a 200 to the probe's
@@ -175,7 +176,8 @@ def resolve(
     host than the last one's (a redirect's, a retry's), once the connections to that one
     are closed: a budget of connections per host moves with the probe (it may wait).
     ``others_receiving``: whether another download of a batch receives from a URL's origin,
-    for a refusal of one more connection there (``retried``)."""
+    for a refusal of one more connection there (``retried``). ``sleep``: how its backoffs
+    are waited out (a coordinator's refresh: cut short by a stop)."""
     prepare_tls(settings, url)  # the probe's context, inherited by the workers later
     at: list[str] = []  # the host the last request went to
 
@@ -200,6 +202,6 @@ def resolve(
         return remote
 
     try:
-        return retried(once, Retry.from_settings(settings), time.sleep, others_receiving)
+        return retried(once, Retry.from_settings(settings), sleep, others_receiving)
     finally:
         pool.clear()
