@@ -420,6 +420,44 @@ def test_probe_redirect_across_proxy_choices(
     assert hosts.count(f"localhost:{server.port}") >= 4  # probe + 3 parts, direct
 
 
+@pytest.mark.parametrize("hop", ["probe", "part"])
+def test_credentials_a_server_puts_in_a_location_are_dropped_never_sent_nor_shown(
+    proxy: ForwardProxy, server: ServerHandle, make: Make, tmp_path: Path, hop: str
+) -> None:
+    """A ``Location`` holding ``user:pass@`` (a server's own, never the user's) is followed
+    without them (``strip_userinfo``): not as Basic auth, and not in the absolute URI a
+    forwarded request names to the proxy, where urllib3 would put the whole URL; nor in an
+    error (a part cut after the redirect names the URL it was asked of)."""
+    blob = make(4 * PART, seed=61)
+    server.reset()
+    located = server.url(blob.name).replace("http://", "http://mallory:l0cati0n-pw@")
+    # The probe's GET (of the target, for the probe's redirect) is answered whole; the parts
+    # after it are cut, so that the download fails and its error names a URL.
+    cut = {"path": f"/files/{blob.name}", "action": "close_after", "bytes": 1000,
+           "skip": 1, "times": None}  # fmt: skip
+    if hop == "probe":
+        start = server.url("start.bin")
+        server.set_faults({"path": "/files/start.bin", "action": "redirect", "status": 302,
+                           "location": located, "times": None}, cut)  # fmt: skip
+    else:  # the first part's GET is redirected to the same blob (its own GET then cut)
+        start = blob.url
+        server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 1,
+                           "action": "redirect", "location": located}, cut)  # fmt: skip
+    events: list[object] = []
+    downloader = Downloader(fast_settings(proxy=proxy.url, retries=0, trust_env=False))
+    with pytest.raises(BlobdlError) as failed:
+        downloader.download(start, tmp_path / "out", on_event=events.append)
+    said = f"{failed.value} {failed.value!r} " + " ".join(map(repr, events))
+    assert "mallory" not in said and "l0cati0n-pw" not in said
+    # Every request went through the proxy, the redirect's target among them, none naming
+    # the server's credentials; the proxy passed no Authorization on either.
+    targets = [seen.target for seen in proxy.seen]
+    assert any(t.endswith(f"/files/{blob.name}") for t in targets), targets
+    assert all("mallory" not in t and "l0cati0n-pw" not in t for t in targets), targets
+    basic = base64.b64encode(b"mallory:l0cati0n-pw").decode()
+    assert basic not in str(server.stats()["headers"]) + str(proxy.seen)
+
+
 def test_unusable_proxies_are_usage_errors(
     make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

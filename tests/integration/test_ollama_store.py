@@ -651,6 +651,29 @@ def test_prune_removes_what_pulls_left_and_never_what_a_running_pull_holds(
     manifests(models)  # what made Ollama skip its own prune is gone
 
 
+def test_prune_removes_no_unused_blob_while_an_ollama_pull_writes_beside_it(
+    littered: Path,
+) -> None:
+    """An ``ollama pull`` names its blobs only when it ends, and trusts an old blob it finds
+    without touching it: while its ``-partial`` file in ``blobs/`` changes, an old unused
+    blob may be one it is about to name. Prune keeps them all, saying why, and clears the
+    rest as ever."""
+    models = littered
+    writing = models / "blobs" / f"sha256-{'e' * 64}-partial"
+    os.utime(writing)  # Ollama's own partial, written just now
+    unused = blob_file(models, data(71, 9000))
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert unused.exists()
+    why = f"an ollama pull is running: {writing.name} changed within the hour"
+    assert f"kept  {unused}  ({why})" in done.stdout.splitlines()
+    assert not (models / "manifests/h2").exists()  # what is no blob still goes
+    age(writing)  # the pull long gone: the blob is unused, and goes
+    again = run_cli("prune", "--models-dir", str(models))
+    assert again.returncode == 0, again.stderr
+    assert not unused.exists() and writing.exists()
+
+
 def test_prune_counts_no_bytes_freed_for_a_blob_still_linked_elsewhere(
     littered: Path, tmp_path: Path
 ) -> None:
