@@ -316,9 +316,16 @@ class OneRequest(Downloader):
         """The requests of ``_stream``: bytes fetched, and attempts retried."""
         seat, settings, meter = self.seat, self.settings, self.seat.meter
         table, slot = seat.table, seat.slot
-        # A refresh (an expired signed URL) probes again over the seat's own connection.
+        # A refresh (an expired signed URL) probes again over the seat's own connection,
+        # retried as its first probe was (a stop cuts its backoffs; a full server waited for).
         pool = seat.session
-        pinned = Pinned(remote, lambda url: _reprobe(pool, url, settings))
+
+        def refreshed(url: str) -> Remote:
+            again = Retry.from_settings(settings)
+            return retried(lambda: _reprobe(pool, url, settings), again, seat.pause,
+                           seat.others_receiving)  # fmt: skip
+
+        pinned = Pinned(remote, refreshed)
         retry, retries, fetched, refreshed_at = Retry.from_settings(settings), 0, 0, None
         while table.pos(slot) < size:
             start = table.pos(slot) if remote.ranges else 0

@@ -89,3 +89,30 @@ def test_a_batch_stopped_while_a_refresh_waits_for_a_full_server_ends_at_once(
             batch.kill()
             batch.wait()
         other.reset()
+
+
+def test_a_small_items_refresh_is_retried_as_its_probe_would_be(
+    make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
+) -> None:
+    """A seat's small item, redirected to a CDN that cuts its body and then says its URL
+    expired (403): the item's URL resolved again meets one 503 from a server having a
+    bad moment. One failure of a retried probe, not the item's end."""
+    small = make(PART, seed=3104)
+    cdn = other.url(small.name)
+    server.set_faults(
+        {"path": f"/files/{small.name}", "times": 1, "action": "redirect", "location": cdn},
+        {"path": f"/files/{small.name}", "times": 1, "action": "status", "status": 503},
+        {"path": f"/files/{small.name}", "times": None, "action": "redirect", "location": cdn},
+    )  # fmt: skip
+    other.set_faults(
+        {"path": f"/files/{small.name}", "times": 1, "action": "close_after", "bytes": 1000},
+        {"path": f"/files/{small.name}", "times": 1, "action": "status", "status": 403},
+    )
+    try:
+        items = [Item(small.url, str(tmp_path / "small"))]
+        results = blobdl.download_many(items, settings=fast_settings(retries=3))
+        assert all(r.ok for r in results), [r.error for r in results]
+        assert sha256_file(tmp_path / "small") == small.sha256
+        assert server.stats()["per_path"][f"/files/{small.name}"] == 3  # probe, 503, refresh
+    finally:
+        other.reset()
