@@ -1236,6 +1236,34 @@ def test_every_worker_gets_the_model_in_its_store_once_and_a_second_run_fetches_
     assert [s["bytes_fetched"] for s in summaries] == [0, 0]
 
 
+def test_workers_that_see_one_store_get_the_model_into_it_once(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Two workers of one host that see the same store (one ``$OLLAMA_MODELS``) are one
+    store: one pull runs for both, and each blob is fetched once, not once per worker (the
+    cluster fixture gives every worker a store of its own, so it never shows this)."""
+    store = tmp_path / "shared-store"
+    own = start_cluster(
+        tmp_path / "dask", {n: {"OLLAMA_MODELS": str(store)} for n in ("w-a", "w-b")}
+    )
+    try:
+        model = registry.push_model("library/one-store", "v1", (600 * KB, 3 * KB, 100))
+        done = run_cli("pull", ref(registry, model), "--scheduler", own.address,
+                       "--every-worker", "--json", *SMALL)  # fmt: skip
+    finally:
+        own.stop()
+    assert done.returncode == 0, done.stderr
+    assert_store(store, registry, model)
+    events = json_lines(done.stdout)
+    started = [e for e in events if e.get("event") == "pull_started"]
+    assert len(started) == 1, started  # one pull, for both workers
+    summaries = [e for e in events if e.get("event") == "pull_finished"]
+    assert sorted(s["worker"] for s in summaries) == ["w-a", "w-b"], summaries
+    # What the registry served for the blobs: each byte once (a range probe at most beside).
+    fetched = {s["bytes_fetched"] for s in summaries}
+    assert fetched == {sum(map(len, model.blobs.values()))}, summaries
+
+
 def test_pull_on_every_worker_shares_one_limit_rate_among_its_stores(
     cluster: DaskCluster, registry: Registry
 ) -> None:
