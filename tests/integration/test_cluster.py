@@ -453,6 +453,43 @@ def test_a_worker_killed_mid_item_resumes_on_a_worker_from_the_partial(
     assert worker_tmp(cluster) == []
 
 
+def test_a_rerun_waits_for_the_killed_attempt_still_saving_its_state(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """The killed worker's download (in a process of its own) saves its state as it dies,
+    holding the destination's lock meanwhile: the rerun on another worker waits for it
+    (``RERUN_LOCK_WAIT``), never fails at once as another download of the destination.
+    Here that download is held stopped for a while after its worker was killed."""
+    blob = make(3 * 1024 * KB, 8)
+    paced(server, 512 * KB)
+    proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / 'big.bin'}"]),
+                     "--scheduler", cluster.address, "--connections", "2",
+                     "--checkpoint-interval", "0.2", "--json", *SMALL)  # fmt: skip
+    assert proc.stdout is not None
+    held: list[psutil.Process] = []
+    try:
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event.get("event") == "progress" and event["done"] >= 1024 * KB:
+                worker = psutil.Process(cluster.worker_pids()[event["worker"]])
+                held = worker.children(recursive=True)
+                for child in held:
+                    child.suspend()
+                worker.kill()
+                break
+        # Past the dead worker's leases (2 s here): the rerun has met the lock by now.
+        time.sleep(5)
+    finally:
+        for child in held:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.resume()
+    out, err = proc.communicate(timeout=60)
+    told = [e for e in json_lines(out) if e.get("event") in ("finished", "failed")]
+    assert proc.returncode == 0, (err[-2000:], told)
+    assert sha256_file(tmp_path / "big.bin") == blob.sha256
+    cluster.worker_pids()  # the nanny's new worker has joined again
+
+
 HOLD_A_SHARE_FOLDER = """
 import time
 from blobdl.batch._share_folder import ShareFolder
@@ -1234,6 +1271,34 @@ def test_every_worker_gets_the_model_in_its_store_once_and_a_second_run_fetches_
     assert blob_gets == []
     summaries = [e for e in json_lines(again.stdout) if e.get("event") == "pull_finished"]
     assert [s["bytes_fetched"] for s in summaries] == [0, 0]
+
+
+def test_workers_that_see_one_store_get_the_model_into_it_once(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Two workers of one host that see the same store (one ``$OLLAMA_MODELS``) are one
+    store: one pull runs for both, and each blob is fetched once, not once per worker (the
+    cluster fixture gives every worker a store of its own, so it never shows this)."""
+    store = tmp_path / "shared-store"
+    own = start_cluster(
+        tmp_path / "dask", {n: {"OLLAMA_MODELS": str(store)} for n in ("w-a", "w-b")}
+    )
+    try:
+        model = registry.push_model("library/one-store", "v1", (600 * KB, 3 * KB, 100))
+        done = run_cli("pull", ref(registry, model), "--scheduler", own.address,
+                       "--every-worker", "--json", *SMALL)  # fmt: skip
+    finally:
+        own.stop()
+    assert done.returncode == 0, done.stderr
+    assert_store(store, registry, model)
+    events = json_lines(done.stdout)
+    started = [e for e in events if e.get("event") == "pull_started"]
+    assert len(started) == 1, started  # one pull, for both workers
+    summaries = [e for e in events if e.get("event") == "pull_finished"]
+    assert sorted(s["worker"] for s in summaries) == ["w-a", "w-b"], summaries
+    # What the registry served for the blobs: each byte once (a range probe at most beside).
+    fetched = {s["bytes_fetched"] for s in summaries}
+    assert fetched == {sum(map(len, model.blobs.values()))}, summaries
 
 
 def test_pull_on_every_worker_shares_one_limit_rate_among_its_stores(
