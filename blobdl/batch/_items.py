@@ -186,7 +186,10 @@ def same_file() -> Callable[[str], str]:
     real: dict[str, str] = {}
 
     def where_to(path: str) -> str:
-        folder, name = os.path.split(absolute(path))
+        # Joined to the current directory, not collapsed (``abspath``): the kernel takes a
+        # ``..`` after the link before it (``link/../x`` lies beside the link's target), so
+        # only ``realpath`` may take it away.
+        folder, name = os.path.split(os.path.join(absolute(os.curdir), path))
         if folder not in real:
             try:
                 real[folder] = os.path.realpath(folder)

@@ -172,3 +172,40 @@ def test_the_same_request_through_a_linked_folder_is_fetched_once(
     assert first.result and second.result, (first, second)
     assert second.result.bytes_fetched == 0
     assert sha256_file(tmp_path / "real" / "x") == blob.sha256
+
+
+def test_two_paths_to_one_file_through_a_link_and_dot_dot_are_refused_before_anything_starts(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """``link/../../b/x`` (``link`` a link to ``deep/er``) is ``b/x``, as the kernel walks it:
+    ``..`` is taken after the link, not before. Collapsed first (``abspath``), it was keyed
+    as a file outside the folder, so both items said ok while the second's bytes replaced
+    the first's."""
+    first, second = make(3000, seed=2834), make(5000, seed=2835)
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "link").symlink_to("deep/er")
+    items = [Item(first.url, str(tmp_path / "link" / ".." / ".." / "b" / "x"), first.sha256),
+             Item(second.url, str(tmp_path / "b" / "x"), second.sha256)]  # fmt: skip
+    with pytest.raises(blobdl.UsageError, match=r"items\[0\] and items\[1\] both write"):
+        blobdl.download_many(items, max_connections=1, settings=fast_settings())
+    assert server.stats()["requests"] == 0 and list((tmp_path / "b").iterdir()) == []
+
+
+def test_a_path_through_a_link_and_dot_dot_is_not_taken_for_the_file_it_spells(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """``link/../b/y`` (``link`` a link to ``deep/er``) is ``deep/b/y``, not ``b/y``: the
+    same request to both is two files, each written. Taken for one, the second item said
+    ok with the first's result while ``b/y`` was never written."""
+    blob = make(3000, seed=2836)
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "b").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "link").symlink_to("deep/er")
+    paths = [tmp_path / "link" / ".." / "b" / "y", tmp_path / "b" / "y"]
+    items = [Item(blob.url, str(path)) for path in paths]
+    results = blobdl.download_many(items, settings=fast_settings())
+    assert all(r.ok for r in results), results
+    assert sha256_file(tmp_path / "deep" / "b" / "y") == blob.sha256
+    assert sha256_file(tmp_path / "b" / "y") == blob.sha256
