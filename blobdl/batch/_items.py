@@ -186,10 +186,9 @@ def same_file() -> Callable[[str], str]:
     real: dict[str, str] = {}
 
     def where_to(path: str) -> str:
-        # Joined to the current directory, not collapsed (``abspath``): the kernel takes a
-        # ``..`` after the link before it (``link/../x`` lies beside the link's target), so
-        # only ``realpath`` may take it away.
-        folder, name = os.path.split(os.path.join(absolute(os.curdir), path))
+        # ``absolute`` keeps a ``..`` (the kernel takes it after the link before it): only
+        # ``realpath`` may take it away.
+        folder, name = os.path.split(absolute(path))
         if folder not in real:
             try:
                 real[folder] = os.path.realpath(folder)

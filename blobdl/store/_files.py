@@ -259,10 +259,14 @@ def make_directory(directory: Path, mode: int = 0o777) -> None:
 
 
 def absolute(path: str) -> str:
-    """``os.path.abspath(path)``; a current directory that was removed, which a relative
-    path needs and ``getcwd`` cannot give, is said as the error a download names it with."""
+    """``path`` joined to the current directory, naming the file the kernel would open:
+    only what changes nothing goes (``.``, doubled slashes), never a ``..``, which the
+    kernel takes after the link before it (``link/../x`` lies beside the link's target,
+    where ``abspath`` would say the current directory). A current directory that was
+    removed, which a relative path needs and ``getcwd`` cannot give, is said as the error a
+    download names it with."""
     try:
-        return os.path.abspath(path)
+        return str(Path(path).absolute())
     except FileNotFoundError:
         raise LocalFileError(os.curdir, "the current directory was deleted") from None
 

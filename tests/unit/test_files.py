@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from blobdl.errors import LocalFileError
-from blobdl.store._files import atomic_write, open_own, take_lock
+from blobdl.store._files import absolute, atomic_write, open_own, take_lock
 
 WAIT = 0.3  # seconds a lock wait is given before its deadline
 
@@ -71,3 +71,20 @@ def test_a_lock_wait_takes_the_lock_once_its_holder_lets_go(held: tuple[int, int
         assert take_lock(waiter)
     finally:
         release.join()
+
+
+def test_an_absolute_path_names_the_file_the_kernel_would_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``link/../x`` lies beside the link's target, not in the current directory: the
+    kernel follows ``link`` before taking ``..``. A destination made absolute (a cluster
+    worker's, a local dir's) keeps the ``..`` for the kernel, never collapsing it as text."""
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "deep" / "er")
+    monkeypatch.chdir(tmp_path)
+    made = absolute("link/../x")
+    with open(made, "wb") as file:
+        file.write(b"here")
+    assert (tmp_path / "deep" / "x").read_bytes() == b"here"
+    assert not (tmp_path / "x").exists()
+    assert absolute("./a//b") == str(tmp_path / "a" / "b")  # only what changes nothing goes
