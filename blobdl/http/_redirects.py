@@ -60,16 +60,16 @@ def get_following(
         finally:
             # Keep the socket only for a next hop that can use it: one kept alive for
             # another origin would be a second open socket beyond the connection budget.
-            _finish(response, reuse=target is not None and same_origin(current, target))
+            finish(response, reuse=target is not None and same_origin(current, target))
         headers = headers_for_origin(headers, current, target)
         current = target
     raise TooManyRedirects(url, limit)
 
 
-def _finish(response: Response, reuse: bool) -> None:
-    """Reuse the connection after a small redirect body to the same origin; drop it after
-    anything else (a redirect body may never end, or trickle: we never read more than a
-    small amount, nor for long)."""
+def finish(response: Response, reuse: bool) -> None:
+    """Reuse the connection after a small body we do not want (a redirect's to the same
+    origin, the one byte that checked a file in place); drop it after anything else (such
+    a body may never end, or trickle: we never read more than a small amount, nor for long)."""
     remaining = response.length_remaining
     if (
         reuse

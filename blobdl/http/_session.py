@@ -14,6 +14,7 @@ from ._body import RangeBody
 from ._connections import Sockets, noted_in
 from ._pool import make_pool
 from ._probe import first_answer
+from ._redirects import finish
 from ._remote import Remote
 from ._span import Span
 from ._translate import translate_errors
@@ -107,7 +108,9 @@ class Session:
             self._remote, self._hopped = remote, False
             size = remote.size
             if size is None or not 0 < size <= want:  # unknown, empty (a 416) or larger
-                response.close()
+                # Its body read if small (the one byte checking a file in place): the
+                # connection stays for the seat's next item, where a close would lose it.
+                finish(response, reuse=True)
                 return remote, None
             within = settings.stall_timeout
             if remote.ranges:

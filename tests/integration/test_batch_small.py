@@ -62,6 +62,28 @@ def test_small_items_are_one_request_each_over_kept_connections(
     assert stats["connections"] <= 3 + 1 and stats["max_concurrent"] <= 3
 
 
+def test_a_rerun_over_finished_items_checks_each_over_the_seats_kept_connections(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A manifest run again once its items are in place: each item's record is checked
+    against the server's validators with a one-byte GET, whose byte is read so that the
+    seat keeps its connection for the next item (a rerun of thousands of shards opened as
+    many connections, a TLS handshake each over HTTPS)."""
+    blobs = [make(1000 + n, seed=2360 + n) for n in range(12)]
+    for blob in blobs:  # modified an hour ago: validators a record keeps
+        os.utime(server.root / blob.name, (time.time() - 3600,) * 2)
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    assert all(r.ok for r in blobdl.download_many(items, max_connections=3, per_host=3, **fast()))
+    before = server.stats()
+    results = blobdl.download_many(items, max_connections=3, per_host=3, **fast())
+    assert all(r.ok and r.result and r.result.bytes_fetched == 0 for r in results), results
+    after = server.stats()
+    assert after["requests"] - before["requests"] == len(blobs)
+    assert after["bytes_sent"] - before["bytes_sent"] == len(blobs)  # a byte each
+    # A seat's connection each (and the one that looked at the stats before).
+    assert after["connections"] - before["connections"] <= 3 + 1, (before, after)
+
+
 def test_kept_connections_count_against_the_budget_of_large_items(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:
