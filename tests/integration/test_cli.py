@@ -47,6 +47,31 @@ def test_quiet_prints_nothing(make: Make, tmp_path: Path) -> None:
     assert run.returncode == EXIT_OK and run.stdout == "" and run.stderr == ""
 
 
+def test_quiet_with_a_manifest_prints_only_its_failed_items_and_exits_with_the_firsts_code(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """docs/cli.md: with ``-i``, ``-q`` prints nothing when every item succeeds, else one
+    ``FAILED`` line per failed item, and the exit code is the first failure's (README).
+    Printing the ``ok`` lines under ``-q``, or taking the last failure's code, passed every
+    named test but one on a Dask cluster."""
+    good = [make(PART, seed=160), make(10, seed=161)]
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("".join(f"{b.url} {tmp_path / str(i)}\n" for i, b in enumerate(good)))
+    run = blobdl("-q", "-i", str(manifest), *FAST)
+    assert run.returncode == EXIT_OK, run.stderr
+    assert run.stdout == "" and run.stderr == ""
+    manifest.write_text(
+        f"{good[0].url} {tmp_path / 'again'}\n"
+        f"{server.route('/status/404')} {tmp_path / 'missing'}\n"
+        f"{good[1].url} {tmp_path / 'bad'} sha256:{'0' * 64}\n"
+    )
+    run = blobdl("-q", "-i", str(manifest), "--retries", "0", *FAST)
+    assert run.returncode == EXIT_NETWORK, run.stderr  # the 404's, not the mismatch's 4
+    lines = (run.stdout + run.stderr).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["FAILED  manifest line 2",
+                                                      "FAILED  manifest line 3"], lines  # fmt: skip
+
+
 def test_no_progress_bar_when_stdout_is_not_a_tty(make: Make, tmp_path: Path) -> None:
     run = blobdl(make(4 * PART).url, "-o", str(tmp_path / "out"), *FAST)
     assert run.returncode == EXIT_OK and run.stdout == ""

@@ -248,6 +248,36 @@ def test_events_tell_the_whole_story(make: Make, server: ServerHandle, tmp_path:
     assert events[-1] == blobdl.Finished(result)
 
 
+def test_events_carry_the_values_their_fields_promise(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """``Started.resumed`` is the bytes an earlier run left, ``PartStalled.seconds`` how long
+    the part went without a byte, ``PartRetried.delay`` the backoff slept: a 0 in any of
+    them passed every named test, which look at the events' kinds."""
+    from tests.integration.test_trust_resume import partial
+
+    blob = make(8 * PART, seed=2210)
+    out = tmp_path / "out"
+    kept = partial(blob, server, out)
+    events: list[blobdl.Event] = []
+    result = Downloader(fast_settings()).download(blob.url, out, on_event=events.append)
+    started = events[0]
+    assert isinstance(started, blobdl.Started) and started.resumed == kept == result.resumed > 0
+    other = make(4 * PART, seed=2211)
+    server.set_faults(
+        {"path": f"/files/{other.name}", "skip": 1, "times": 1, "action": "status",
+         "status": 503},
+        {"path": f"/files/{other.name}", "times": 1, "action": "no_response", "hold": 30},
+    )  # fmt: skip
+    events.clear()
+    settings = fast_settings(stall_timeout=1.0, steal=False)
+    Downloader(settings).download(other.url, tmp_path / "other", on_event=events.append)
+    stalled = [e for e in events if isinstance(e, blobdl.PartStalled)]
+    retried = [e for e in events if isinstance(e, blobdl.PartRetried)]
+    assert stalled and all(e.seconds >= 1.0 for e in stalled), stalled
+    assert retried and all(e.delay > 0 and e.failures >= 1 and e.error for e in retried)
+
+
 def test_failure_ends_with_a_failed_event(server: ServerHandle, tmp_path: Path) -> None:
     events: list[blobdl.Event] = []
     with pytest.raises(blobdl.HTTPStatusError):

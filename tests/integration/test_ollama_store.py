@@ -772,6 +772,22 @@ def test_prune_of_a_store_only_ollama_wrote_removes_its_unused_blobs(tmp_path: P
                for line in done.stdout.splitlines()), done.stdout  # fmt: skip
 
 
+def test_prune_removes_an_unused_blob_only_once_it_is_older_than_an_hour(tmp_path: Path) -> None:
+    """docs/pull.md: blobs no manifest names go once older than an hour, Ollama's own grace
+    (a younger one may belong to an ``ollama pull`` or ``ollama create`` in progress). The
+    tests' young blob was brand new: a grace of a minute passed them."""
+    models = tmp_path / "models"
+    write(models / "manifests/h/ns/m/v1", json.dumps({"config": {"digest": digest(b"c")}}
+                                                     ).encode())  # fmt: skip
+    younger = write(blob_file(models, b"y"), b"y", old=False)
+    older = write(blob_file(models, b"o"), b"o", old=False)
+    age(younger, GRACE - 600)
+    age(older, GRACE + 600)
+    done = run_cli("prune", "--models-dir", str(models))
+    assert done.returncode == 0, done.stderr
+    assert younger.exists() and not older.exists(), done.stdout
+
+
 def test_prune_removes_no_blob_while_an_ollama_pull_is_running(tmp_path: Path) -> None:
     """An ``ollama pull`` names its blobs only when it ends, and trusts an old one it finds
     (a cache hit, never touched): while its partial files in blobs/ are being written, an

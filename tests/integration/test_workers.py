@@ -405,3 +405,19 @@ def test_lanes_are_spread_over_at_most_as_many_processes_as_connections(
     crew = Crew(fast_settings(processes=processes, connections=connections), CounterTable(1))
     assert (crew.count, crew.seats) == (count, seats)  # forked only when a lane needs one
     assert crew.count * crew.seats >= connections
+
+
+@pytest.mark.parametrize(("cpus", "count"), [(None, 2), (1, 2), (2, 2), (3, 3), (64, 16)])
+def test_processes_default_to_one_per_cpu_at_least_two(
+    cpus: int | None, count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's default for ``--processes``: one per CPU, at least 2, never more than the
+    connections; for a download's crew and a batch's pool alike. The test above reckons its
+    expectation by the same formula on this machine's CPUs, so a changed floor passed it."""
+    from blobdl.batch._sizing import pool_size
+    from blobdl.engine._counter_table import CounterTable
+    from blobdl.engine._worker import Crew
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    assert Crew(fast_settings(connections=16), CounterTable(1)).count == count
+    assert pool_size(fast_settings(), 16, 16, {"host": 100})[1] == count

@@ -101,3 +101,55 @@ def test_every_module_has_a_row_in_the_design() -> None:
         if path.name != "__init__.py" or path.parent == REPO / "blobdl"
     }
     assert modules <= named, f"not in docs/design.md: {sorted(modules - named)}"
+
+
+# A row of the README's options table: its options, then its default.
+OPTION_ROW = re.compile(r"^\| (`-.*?) \| ([^|]*) \|", re.MULTILINE)
+
+
+def readme_defaults() -> dict[str, int]:
+    """{a setting's name: the default the README's options table gives it}, for each row
+    whose defaults are numbers or sizes (``100MB, 1000MB``), paired in order with the row's
+    options that set a setting (``-i`` and ``--base-dir`` set none; ``--per-host`` does)."""
+    from blobdl.cli._args import build_parser
+    from blobdl.config import Settings, parse_size
+
+    fields = {f for f in Settings.__dataclass_fields__} | {"per_host"}
+    dests = {s: a.dest for a in build_parser()._actions for s in a.option_strings}
+    found: dict[str, int] = {}
+    for options, defaults in OPTION_ROW.findall(README.read_text()):
+        values = [v.strip() for v in defaults.split(",") if v.strip()]
+        if not values or not all(re.fullmatch(r"[0-9]+[A-Za-z]*", v) for v in values):
+            continue  # no default, or one in words ("plan by size", an environment variable)
+        names = [dests[o] for o in re.findall(r"`(-[-\w]+)", options)]
+        names = [n for n in names if n in fields]
+        assert len(names) == len(values), f"options {names} for defaults {values}"
+        found.update(zip(names, map(parse_size, values), strict=True))
+    return found
+
+
+def test_the_readmes_option_defaults_are_the_ones_blobdl_uses() -> None:
+    """Each default of the options table is what the command line, ``Settings()`` and
+    ``download_many`` use: a default changed in one place and not the README (or the
+    other way round) fails here, where the tests' own settings would hide it."""
+    import inspect
+
+    import blobdl
+    from blobdl.batch._scheduler import PER_HOST
+    from blobdl.cli._args import build_parser, settings_from
+
+    documented = readme_defaults()
+    assert {"connections", "retries", "max_backoff", "stall_timeout", "progress_interval",
+            "checkpoint_interval", "max_redirects", "lock_timeout", "min_part_size",
+            "max_part_size", "per_host"} <= set(documented)  # fmt: skip
+    args = build_parser().parse_args(["http://x/"])
+    cli, library = settings_from(args), blobdl.Settings()
+    for name, value in documented.items():
+        if name == "per_host":
+            assert args.per_host is None and value == PER_HOST, "--per-host"
+            continue
+        assert getattr(cli, name) == value, f"the command line's {name}"
+        assert getattr(library, name) == value, f"Settings().{name}"
+    many = inspect.signature(blobdl.download_many).parameters
+    assert many["per_host"].default == documented["per_host"]
+    assert many["max_connections"].default == documented["connections"]
