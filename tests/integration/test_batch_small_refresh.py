@@ -1,4 +1,5 @@
-"""Review 4: a seat's refresh, now retried (1ab4ba2): a stop in its backoff; --retries 0."""
+"""A seat's small item whose signed URL expired asks it again, retried as its probe was:
+a stop in that backoff ends the batch at once; with ``--retries 0`` it is one attempt."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review 4: the one-byte check of a file in place now reads its byte to keep the seat's
+"""A rerun's one-byte check of a file in place reads its byte to keep the seat's
 connection (``Session.first`` -> ``finish``). Hostile servers for that byte."""
 
 from __future__ import annotations
