@@ -46,7 +46,7 @@ from ..events import EventCallback, PartRetried, PartStalled
 from ..http._pool import prepare_tls
 from ..http._probe import resolve
 from ..http._remote import Remote
-from ..http._retry import Retry, full_refusal
+from ..http._retry import Retry
 from ..processes._signals import Interrupts
 from ..store._destination import check_partial, start_writeback
 from ..store._resume import CheckpointCallback, PartRecord
@@ -57,7 +57,7 @@ from ._lane import Attempt
 from ._parts import RUNNING, Part, Parts, Tally
 from ._pinned import Pinned
 from ._rates import BestRate, RateWindow
-from ._share import Share
+from ._share import Receiving, Share
 from ._steal import answer_wait, choose, laggards
 from ._worker import Crew
 
@@ -85,11 +85,12 @@ class Coordinator:
         self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
         prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
+        self.receiving = Receiving(share)  # who of its batch receives where (a batch item's)
         # The refresh is the item's probe asked again: a batch's full server is waited for
         # (uncounted, as long as another item receives there), a stop cutting its waits.
-        receiving = None if share is None else share.others_receiving
-        self.pinned = Pinned(remote, lambda url: resolve(url, settings, sleep=self._pause,
-                                                         others_receiving=receiving))  # fmt: skip
+        self.pinned = Pinned(remote, lambda url: resolve(
+            url, settings, sleep=self.interrupts.pause, others_receiving=self.receiving.elsewhere
+        ))  # fmt: skip
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
         self.crew = Crew(settings, self.table)  # forked when the first lanes start
@@ -98,8 +99,6 @@ class Coordinator:
         self.last_checkpoint = self.last_told = 0.0
         # what it may run now: its lanes and their rate (a batch item's live grant, ``share``)
         self.allowance = Allowance(settings, share, self.crew, self.parts, self.pinned)
-        self.share = share  # where a batch item says its lanes receive, and hears who else does
-        self.heard = 0  # bytes its lanes had received when it last said so (``_heard``)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -221,7 +220,7 @@ class Coordinator:
         assert part.worker is not None
         error = part.worker.outcome()
         self.parts.release(part)
-        self._heard()  # before its failure is judged: others of the batch may be waiting
+        self.receiving.lanes(self.parts.received, self.pinned.remote.final_url)
         if error is None and self.parts.complete(part):
             part.finish()
             # A lane that finished between two samples still shows what a good lane does.
@@ -234,7 +233,7 @@ class Coordinator:
         """Ask the policy what now, and do it."""
         pos, end = self.table.pos(part.slot), self.table.end(part.slot)
         pinned = self.pinned
-        others = self.parts.others_receiving(part) or self._batch_receiving(error)
+        others = self.parts.others_receiving(part) or self.receiving.full(error)
         facts = part.failure(error, pos, end, pinned.redirected, pinned.generation, others)
         verdict = decide(facts)
         if verdict.action == _failure.FAIL:
@@ -252,28 +251,6 @@ class Coordinator:
             failures = verdict.retry.failures + verdict.retry.waits  # in a row, both kinds
             self._tell(PartRetried(part.slot, failures, verdict.delay, str(error)))
 
-    def _pause(self, seconds: float) -> None:
-        """A refresh's backoff, in the loop's stead: a stop ends it at once (``Interrupted``)."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            wait(self.interrupts.waitables(), timeout=left)
-            self.interrupts.check()
-
-    def _heard(self) -> None:
-        """A batch's item whose lanes received bytes since it last looked says so (its
-        lease renewed): a lane may fetch a small part whole between two samples."""
-        if self.share is None:
-            return
-        received = self.parts.received()
-        if received > self.heard:
-            self.heard = received
-            self.share.receive(self.pinned.remote.final_url)
-
-    def _batch_receiving(self, error: BaseException) -> bool:
-        """Whether another download of its batch receives from the origin that refused it."""
-        share = self.share
-        return share is not None and full_refusal(error) and share.others_receiving(error.url)
-
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
     def _sample(self, now: float) -> None:
@@ -281,7 +258,7 @@ class Coordinator:
         # the blob went into it (``finalize`` checks again before its rename).
         check_partial(self.fd, Path(self.path), self.pinned.remote.size)
         self.parts.share(self.allowance.limit())
-        self._heard()
+        self.receiving.lanes(self.parts.received, self.pinned.remote.final_url)
         told = now - self.last_told >= self.settings.progress_interval
         if told:
             self.best.fade()

@@ -130,8 +130,7 @@ class Downloader:
         share: Share | None = None,
         to_host: Callable[[str], None] | None = None,
     ) -> DownloadResult:
-        """``to_host``: see ``Order``; a batch's item, whose child has no thread (it never
-        runs in a clean process: its ``Share`` does not pickle either)."""
+        """``to_host``: see ``Order`` (a batch item's child never runs in a clean process)."""
         if _clean_process.needs_clean():  # never fork here: a clean process forks instead
             args = (self.settings, url, remote, _fspath(path), digest, share)
             return _clean_process.call(_run_here, args, tell)
@@ -205,10 +204,8 @@ class Downloader:
         probed = functools.cache(lambda: self._probed(order, remote))
         with self._lock(dest):
             # Checked under the lock: another holder may have just finished this very file.
-            found = kept(
-                dest, order.url, order.expected, lambda: probed().identity,
-                force=self.settings.force,
-            )  # fmt: skip
+            found = kept(dest, order.url, order.expected, lambda: probed().identity,
+                         force=self.settings.force)  # fmt: skip
             if found is not None:
                 sweep(dest)  # a run killed after its rename left its record beside it
                 return _in_place(order, dest, found)
@@ -232,13 +229,7 @@ class Downloader:
 
     def _probed(self, order: Order, remote: Remote | None) -> Remote:
         """The remote: as given (already probed), else probed now."""
-        return remote or self._resolve(order)
-
-    def _resolve(self, order: Order, *, need_ranges: bool = False) -> Remote:
-        """Probe the order's URL, a batch's item telling its batch where (``to_host``) and
-        hearing who else of it receives (``receiving``)."""
-        return resolve(order.url, self.settings, need_ranges=need_ranges,
-                       to_host=order.to_host, others_receiving=order.receiving)  # fmt: skip
+        return remote or _resolve(order, self.settings)
 
     def _named(self, remote: Remote) -> Path:
         """The destination of a download given no path: the server's name for it."""
@@ -254,7 +245,7 @@ class Downloader:
         hashing = order.expected is not None  # a hasher follows the bytes as they land
         try:
             if resume.wants_ranges(remote):  # refused again: BadResponse, and the partial stays
-                remote = self._resolve(order, need_ranges=True)
+                remote = _resolve(order, self.settings, need_ranges=True)
             previous = resume.previous(remote)
             if previous is not None:
                 remote = resume.pinned(remote, previous)
@@ -311,8 +302,7 @@ class Downloader:
                     )
             commit()  # every byte is in and checked: from here on it is done
             owned, fd = fd, None  # finalize closes it, whatever happens
-            identity = lasting(remote)  # the finished file says where it came from
-            mark = functools.partial(stamp, url=order.url, remote=identity)
+            mark = functools.partial(stamp, url=order.url, remote=lasting(remote))  # its source
             self._finalize(owned, resume.temp, dest, tally.final_size, mark, order.replace)
             resume.finished()
         except BaseException as exc:
@@ -327,6 +317,13 @@ class Downloader:
     ) -> None:
         """Marked (``mark(fd)``), durable, then renamed onto ``dest`` (see ``finalize``)."""
         finalize(fd, temp, dest, size, stamp=mark, replace=replace)
+
+
+def _resolve(order: Order, settings: Settings, *, need_ranges: bool = False) -> Remote:
+    """Probe the order's URL, a batch's item telling its batch where (``to_host``) and
+    hearing who else of it receives (``receiving``)."""
+    return resolve(order.url, settings, need_ranges=need_ranges,
+                   to_host=order.to_host, others_receiving=order.receiving)  # fmt: skip
 
 
 def _fresh(

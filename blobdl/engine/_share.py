@@ -29,8 +29,10 @@ import mmap
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
+
+from ..http._retry import full_refusal
 
 # rate (bytes/s, 0: no limit), connections (the batch writes); the origin the slot's
 # download receives from (``origin_key``, 0: none) and until when (monotonic ns: the
@@ -159,6 +161,32 @@ class Share:
         """Whether another download of the batch receives from ``url``'s origin now."""
         keys, untils = self._shares.receivers()
         return receiving_elsewhere(keys, untils, self.slot, origin_key(url), time.monotonic_ns())
+
+
+class Receiving:
+    """A coordinator's part in who of its batch receives where (nothing without a batch):
+    it says so while its lanes' bytes come, its lease renewed at each look and as a lane
+    ends (a small part may come whole between two looks); and it hears whether another
+    download of the batch receives from an origin that refused it."""
+
+    def __init__(self, share: Share | None) -> None:
+        self.share = share
+        self.heard = 0  # bytes its lanes had received when it last said so
+
+    def lanes(self, received: Callable[[], int], url: str) -> None:
+        """Its lanes have received ``received()`` bytes in all, from ``url``'s origin."""
+        if self.share is not None and (now := received()) > self.heard:
+            self.heard = now
+            self.share.receive(url)
+
+    def elsewhere(self, url: str) -> bool:
+        """Whether another download of its batch receives from ``url``'s origin now."""
+        return self.share is not None and self.share.others_receiving(url)
+
+    def full(self, error: BaseException) -> bool:
+        """Whether ``error`` is a full server's refusal while another of its batch receives
+        there (``_failure.FULL``)."""
+        return full_refusal(error) and self.elsewhere(error.url)
 
 
 def _later(seconds: float) -> int:

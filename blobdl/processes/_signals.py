@@ -33,7 +33,9 @@ import contextlib
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import wait
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
@@ -328,6 +330,13 @@ class Interrupts:
     def waitables(self) -> list[socket.socket]:
         """Objects for ``multiprocessing.connection.wait`` that become ready on a signal."""
         return [self._reader] if self._reader is not None else []
+
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` (a backoff), unless SIGINT/SIGTERM ends it at once (``check``)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            wait(self.waitables(), timeout=left)
+            self.check()
 
     def check(self) -> None:
         """Raise ``Interrupted`` if SIGINT/SIGTERM arrived. Any handled signal (SIGWINCH
