@@ -13,6 +13,7 @@ those bounds takes (a black hole's whole connect timeout per connection, a looku
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import socket
@@ -30,7 +31,14 @@ from tests.integration.test_trust_stops import STOPS, Cli, one_error
 
 BOUND = 20.0  # seconds a call may take; an unbounded lookup takes 30, a black hole more
 CONNECT_TIMEOUT = 1.0
-RESOLVER = "127.83.0.1"  # a loopback address of the test's own, for its silent resolver
+# Loopback addresses of the tests' own, for their silent resolvers: one each, per session
+# (the suite's sessions run side by side; two tests on one address could not both bind 53).
+_RESOLVERS = itertools.count(1)
+
+
+def resolver_address() -> str:
+    return f"127.83.{os.getpid() % 256}.{next(_RESOLVERS) % 254 + 1}"
+
 
 # A download (a probe, then lanes) or a batch of ``items`` small ones, as a library caller
 # asks; ``connections`` is the batch's budget too.
@@ -119,13 +127,13 @@ def blackhole(address: str, port: int) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def silent_resolver() -> Iterator[socket.socket]:
+def silent_resolver(address: str) -> Iterator[socket.socket]:
     """A name server that reads nothing: every lookup sent to it waits its whole timeout."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as resolver:
         try:
-            resolver.bind((RESOLVER, 53))
+            resolver.bind((address, 53))
         except OSError as exc:
-            pytest.skip(f"no resolver of our own on {RESOLVER}:53: {exc}")
+            pytest.skip(f"no resolver of our own on {address}:53: {exc}")
         yield resolver
 
 
@@ -218,8 +226,9 @@ def test_a_name_resolving_to_black_holes_alone_fails_within_one_connect_timeout(
 def test_a_lookup_that_never_answers_fails_as_a_connect_timeout_retried_as_one(
     tmp_path: Path,
 ) -> None:
-    prefix = in_namespace(tmp_path, "127.0.0.1 localhost\n", RESOLVER)
-    with silent_resolver() as resolver:
+    address = resolver_address()
+    prefix = in_namespace(tmp_path, "127.0.0.1 localhost\n", address)
+    with silent_resolver(address) as resolver:
         answer = called(prefix, "download", "http://nowhere.test:9/x", tmp_path, retries=2)
         asked = lookups(resolver)
     assert answer["message"].startswith("Failed to connect to nowhere.test port 9: timed out")
@@ -232,8 +241,9 @@ def test_a_stop_during_a_lookup_that_never_answers_is_heard_at_once(
 ) -> None:
     """The CLI's connect timeout (30 s) is the lookup's own: only a wait that hears the
     signal ends the run within the test's deadline."""
-    prefix = in_namespace(tmp_path, "127.0.0.1 localhost\n", RESOLVER)
-    with silent_resolver() as resolver:
+    address = resolver_address()
+    prefix = in_namespace(tmp_path, "127.0.0.1 localhost\n", address)
+    with silent_resolver(address) as resolver:
         run = Cli([*prefix, sys.executable, "-m", "blobdl", "http://nowhere.test:9/x",
                    "-o", str(tmp_path / "out")])  # fmt: skip
         resolver.settimeout(BOUND)
