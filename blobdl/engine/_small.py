@@ -34,7 +34,7 @@ from ..errors import BlobdlError, Interrupted, RetriesExhausted, TruncatedBody
 from ..events import DownloadResult, EventCallback, PartProgress, PartRetried, Progress, Started
 from ..http._body import RangeBody
 from ..http._remote import Remote
-from ..http._retry import Retry, full_refusal, retried
+from ..http._retry import Retry, retried
 from ..http._session import Session
 from ..http._span import Span
 from ..store._destination import check_free_space, finalize
@@ -51,7 +51,7 @@ from ._parts import RUNNING, WAITING, Tally
 from ._pinned import Pinned
 from ._plan import one_request
 from ._rates import RateWindow
-from ._share import Share
+from ._share import Receiving, Share
 
 
 class NotSmall(Exception):  # not an error: the batch's cue to fetch it the ordinary way
@@ -125,6 +125,7 @@ class Seat:
     ) -> None:
         self.session = Session()
         self.share = share
+        self.batch = Receiving(share)  # hears who else of its batch receives where
         self.cancel = Cancel(self.session)
         self.table, self.slot = table, slot
         self.filler = Filler(Attempt(slot, True, 0, -1, ""), table, buffer_size, self.cancel)
@@ -157,10 +158,6 @@ class Seat:
         """Its answer is over (read, or closed unread)."""
         if self.share is not None:
             self.share.received()
-
-    def others_receiving(self, url: str) -> bool:
-        """Whether another download of its batch receives from ``url``'s origin now."""
-        return self.share is not None and self.share.others_receiving(url)
 
     def take(self) -> RangeBody | None:
         """The first answer's body, now the caller's to read and close."""
@@ -235,7 +232,7 @@ class OneRequest(Downloader):
                 lambda: session.first(order.url, self.settings, want),
                 Retry.from_settings(self.settings),
                 seat.pause,
-                seat.others_receiving,
+                seat.batch.elsewhere,
             )
             if seat.answer[1] is not None:  # its body held unread: the server counts it
                 seat.receiving(seat.answer[0].final_url)
@@ -323,7 +320,7 @@ class OneRequest(Downloader):
         def refreshed(url: str) -> Remote:
             again = Retry.from_settings(settings)
             return retried(lambda: _reprobe(pool, url, settings), again, seat.pause,
-                           seat.others_receiving)  # fmt: skip
+                           seat.batch.elsewhere)  # fmt: skip
 
         pinned = Pinned(remote, refreshed)
         retry, retries, fetched, refreshed_at = Retry.from_settings(settings), 0, 0, None
@@ -336,7 +333,7 @@ class OneRequest(Downloader):
             except BlobdlError as error:
                 seat.check()
                 pos = table.pos(slot)
-                full = full_refusal(error) and seat.others_receiving(error.url)
+                full = seat.batch.full(error)
                 facts = _failure.Failure(
                     error, pos, size, retry, pinned.redirected, False, refreshed_at, full
                 )
