@@ -13,7 +13,7 @@ probe learned; the scheduler grants it lanes (as many as it can keep busy, up to
 ``connections``, as far as the budget allows, letting idle seats' connections go for
 room) and forks a child that runs it as its own coordinator (one that probes it itself,
 said to be large, asks before its probe goes to another host: its grant moves there,
-``_hops``). The lanes and the share of
+``_lanes``). The lanes and the share of
 ``limit_rate`` of every running item are in shared memory (``Shares``): when an item ends,
 what it held goes to the items still running. Children and seats report events and
 results through pipes. One item failing does not stop the others.
@@ -22,21 +22,21 @@ results through pipes. One item failing does not stop the others.
 ``_sizing`` (how large: pool, lanes, which items skip the seats; pure), ``_destinations``
 (which item writes each path, names given after a probe, the folders written into: swept
 first of the lock files a killed batch's seats kept, ``store._lock.sweep_kept``), ``_seats``
-(the pool and what its seats answer), ``_item_process`` (a large item's child, both ends of
-its pipe), ``_watch`` (the one selector the run waits on), ``_outcomes`` (events passed on,
+(the pool and what its seats answer), ``_lanes`` (which large item is granted lanes, when,
+and the room made for them), ``_item_process`` (a large item's child, both ends of its
+pipe), ``_watch`` (the one selector the run waits on), ``_outcomes`` (events passed on,
 results) and ``_stop`` (everything ended on a signal).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..config import (
     MAX_CONNECTIONS,
@@ -72,11 +72,12 @@ from ._items import (
     normalized,
     same_file,
 )
+from ._lanes import Lanes, Waiting
 from ._manifest import parse_manifest
 from ._outcomes import Outcomes, died
 from ._pool import _Done, _Job, _Large, _Told
 from ._seats import Said, Seats
-from ._sizing import pool_size, said_large, seats_that_fit, settings_for, wanted, within_limit
+from ._sizing import pool_size, said_large, seats_that_fit, settings_for, within_limit
 from ._stop import stop_batch
 from ._watch import Watch
 
@@ -212,28 +213,20 @@ def _no_seat() -> OutOfResources:
     )
 
 
-class _Waiting(NamedTuple):
-    """A large item waiting for lanes: probed by its seat, or said to be large."""
-
-    item: int
-    remote: Remote | None  # what its seat's probe learned (None: its own child probes)
-    host: str  # the host its lanes connect to (after redirects, once probed)
-
-
 def _placed(
     items: list[Item],
     firsts: list[int],
     settings: Settings,
     destinations: Destinations,
     probed: dict[int, Remote],
-) -> tuple[dict[str, deque[int]], deque[_Waiting], dict[int, BlobdlError]]:
+) -> tuple[dict[str, deque[int]], deque[Waiting], dict[int, BlobdlError]]:
     """Each item (``firsts``: one of each) where it starts: queued for a seat, per host, in
     order (each item's host worked out once); waiting for lanes, a large one (its own child
     probes it, unless ``probed`` holds what a probe of its URL would learn); or failed
     before anything (a bad URL, a clashing name). ``items`` are named as they come
     (``Destinations.by_url``)."""
     queued: dict[str, deque[int]] = {}
-    waiting: deque[_Waiting] = deque()
+    waiting: deque[Waiting] = deque()
     unfit: dict[int, BlobdlError] = {}
     for index in firsts:
         try:
@@ -245,7 +238,7 @@ def _placed(
         if said_large(items[index], settings_for(settings, items[index])):
             remote = probed.get(index)
             assert remote is None or remote.url == remote.final_url == items[index].url
-            waiting.append(_Waiting(index, remote, host))
+            waiting.append(Waiting(index, remote, host))
         else:
             queued.setdefault(host, deque()).append(index)
     return queued, waiting, unfit
@@ -280,22 +273,22 @@ class _Scheduler:
         given = {i: path for i in firsts if (path := items[i].path) is not None}
         cached = bool(settings.cache_dir)
         self.destinations = Destinations(given, base_dir, cached, where_to, numbering)
-        self.queued, self.waiting, self.unfit = _placed(
+        self.queued, waiting, self.unfit = _placed(
             items, firsts, settings, self.destinations, probed or {}
         )
         # Where a batch killed whole may have left its seats' kept lock files, swept once
         # before the pool starts (then none of ours is there yet), not per item.
         fit = (i for i in firsts if i not in self.unfit)
         self.folders = self.destinations.folders(items, fit, settings.cache_dir)
-        self.limit = settings.limit_rate
         lengths = {host: len(queue) for host, queue in self.queued.items()}
         seats, processes = pool_size(settings, max_connections, per_host, lengths, seats_that_fit())
         self.budget = Budget(max_connections, per_host, seats)
         self.large = LargeItems(max_connections, seats)
         self.seats = Seats(self.budget, processes, settings, self.destinations,
                            self.large.seat_shares)  # fmt: skip
-        self.hopping: dict[int, str] = {}  # item -> the host its child's probe waits for room at
         self.watch = Watch()
+        self.lanes = Lanes(items, settings, self.budget, self.seats, self.large, self.watch,
+                           self.queued, waiting)  # fmt: skip
 
     def run(self) -> list[ItemResult]:
         with Interrupts() as interrupts, self.watch, contextlib.closing(self.large):
@@ -305,7 +298,7 @@ class _Scheduler:
                     sweep_kept(folder)
                 for index, exc in self.unfit.items():
                     self._failed(index, exc)
-                self._start_large()  # items said to be large first: they probe meanwhile
+                self.lanes.start()  # items said to be large first: they probe meanwhile
                 if self.queued:
                     urls = [self.items[i].url for queue in self.queued.values() for i in queue]
                     self.seats.start(urls, self.watch)
@@ -333,7 +326,7 @@ class _Scheduler:
         """Whether an item is not done yet, or the pool has not ended (its processes' fsyncs
         not done: the batch's renames are not yet durable)."""
         busy = self.seats.busy or self.large.busy
-        return bool(self.queued or self.waiting or busy or self.seats.pool is not None)
+        return bool(self.queued or self.lanes.waiting or busy or self.seats.pool is not None)
 
     # --- launching ------------------------------------------------------------------------
 
@@ -342,47 +335,15 @@ class _Scheduler:
         waiting longest), then queued items on idle seats; once nothing waits, running
         items get the lanes that ended items left."""
         self.seats.hops()  # items already running first
-        self._hops()
-        self._start_large()
+        self.lanes.hops()
+        self.lanes.start()
         self._start_small()
         if not self.queued and not self.seats.busy:
             # Nothing can need it again: told to end, heard ending while the rest runs.
             self.seats.close(self.watch)
-        if not self.queued and not self.waiting:
-            self._grant_more()
-        self._share()
-
-    def _hops(self) -> None:
-        """Let each large item whose own probe a redirect leads to another host go on there
-        (``("hop", host)``), once that host has room: its grant moves there (holding
-        nothing meanwhile), before anything new starts, as a seat's does (``Seats.hops``)."""
-        for index, host in list(self.hopping.items()):
-            leave = self._room_for(host, self.budget.wanted(index))
-            if self.budget.move(index, host, leave=leave):
-                del self.hopping[index]
-                self._share()  # its lanes there in its slot before its lanes open
-                self.large.go(index)
-
-    def _start_large(self) -> None:
-        for waiting in list(self.waiting):
-            item = self.items[waiting.item]
-            settings = settings_for(self.settings, item)
-            lanes = wanted(item, waiting.remote, settings)
-            leave = self._room_for(waiting.host, lanes)
-            granted = self.budget.grant(waiting.item, waiting.host, lanes, leave=leave)
-            if granted:
-                self.waiting.remove(waiting)
-                self._fork(waiting, dataclasses.replace(settings, connections=lanes))
-
-    def _room_for(self, host: str, lanes: int) -> int:
-        """Make room at ``host`` for a large item that could keep ``lanes`` busy, and say
-        how much of it to leave to the items queued for seats. Kept connections make room;
-        while items are queued, just enough for one lane (they would use those connections
-        next), and what the seats they need would hold is left to them (the lanes they free
-        are granted to it later)."""
-        queued = sum(map(len, self.queued.values()))
-        self._drop(host, 1 if queued else lanes)
-        return min(queued, self.budget.seats)
+        if not self.queued and not self.lanes.waiting:
+            self.lanes.more()
+        self.lanes.share()
 
     def _start_small(self) -> None:
         for host in list(self.queued):
@@ -394,43 +355,15 @@ class _Scheduler:
             if not self.budget.idle_seat():
                 return
 
-    def _grant_more(self) -> None:
-        for index in self.budget.wants_more():
-            self._drop(self.budget.host_of(index), self.settings.connections)
-            self.budget.more(index)
-
-    def _drop(self, host: str, need: int) -> None:
-        """Let idle seats' kept connections go, to make room for ``need`` more to ``host``."""
-        if self.budget.free(host) >= need or self.seats.pool is None:
-            return
-        for seat in self.budget.droppable(host, need):
-            self.seats.drop(seat)
-
     def _dispatch(self, seat: int, index: int, host: str) -> None:
         item = self.items[index]
         settings = settings_for(self.settings, item)
         label = self.numbering.one(index)
         job = _Job(index, label, item, settings, self.base_dir, self.outcomes.heard)
         self.budget.start(seat, host)
-        if self.limit is not None:
-            self._share()  # its share of the rate in its slot before its first read
+        if self.settings.limit_rate is not None:
+            self.lanes.share()  # its share of the rate in its slot before its first read
         self.seats.run(seat, job)
-
-    def _fork(self, waiting: _Waiting, settings: Settings) -> None:
-        """A child for a large item, its lanes and rate in its slot before it starts."""
-        self._share()
-        _, rates = self.budget.rates(self.limit)
-        item = self.items[waiting.item]  # named by now, if it is to be named
-        rate, lanes = rates.get(waiting.item), self.budget.granted(waiting.item)
-        running = self.large.start(waiting.item, item, waiting.remote, settings, rate, lanes)
-        self.watch.item(waiting.item, running.conn)
-
-    def _share(self) -> None:
-        """Write what each running thing may use now: the seats' and the items' share of the
-        rate limit, and the items' lanes."""
-        seats, items = self.budget.rates(self.limit)
-        self.seats.cap(seats)
-        self.large.share(items, self.budget.granted)
 
     # --- collecting -----------------------------------------------------------------------
 
@@ -474,7 +407,7 @@ class _Scheduler:
                 elif self.items[index].path is None:
                     self._failed(index, _no_seat())
                 else:
-                    self.waiting.append(_Waiting(index, None, host))
+                    self.lanes.wait(Waiting(index, None, host))
         self.queued.clear()
 
     def _large(self, index: int, remote: Remote) -> None:
@@ -486,7 +419,7 @@ class _Scheduler:
         except BlobdlError as exc:
             self._failed(index, exc)
             return
-        self.waiting.append(_Waiting(index, remote, host))
+        self.lanes.wait(Waiting(index, remote, host))
 
     def _from_item(self, running: Running) -> None:
         kind, payload = receive(running)
@@ -496,14 +429,13 @@ class _Scheduler:
         if kind == "log":  # an exec'd child's: to the caller's logging, as a forked one's
             relay_log(payload)
             return
-        if kind == "hop":  # its probe goes on at another host: its lanes count there (_hops)
-            self.hopping[running.item] = payload
+        if kind == "hop":  # its probe goes on at another host: its lanes count there
+            self.lanes.hop(running.item, payload)
             return
         running.proc.join()
         self.watch.forget(running.conn)
         self.large.end(running)
-        self.hopping.pop(running.item, None)
-        self.budget.finish(running.item)
+        self.lanes.ended(running.item)
         if kind == "died":
             self._failed(running.item, died(running.proc))
         else:
