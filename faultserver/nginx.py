@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ http {{
 """
 )
 _LOG_LINE = re.compile(r'"GET /([^/ ]+)/\S* HTTP/[\d.]+" (\d{3}) ')
+_LOG_NAME = re.compile(r'"GET /([^/ ]+)/(\S*) HTTP/[\d.]+" ')
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class Nginx:
         """The status of every GET nginx logged at ``location``, in order."""
         log = (self.folder / "access.log").read_text(errors="replace")
         return [int(s) for loc, s in _LOG_LINE.findall(log) if loc == location]
+
+    def asked(self, location: str) -> Counter[str]:
+        """How many GETs nginx logged at ``location``, by the name asked for."""
+        log = (self.folder / "access.log").read_text(errors="replace")
+        return Counter(name for loc, name in _LOG_NAME.findall(log) if loc == location)
 
 
 @contextmanager

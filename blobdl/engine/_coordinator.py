@@ -109,6 +109,7 @@ class Coordinator:
         with Interrupts() as self.interrupts:
             try:
                 self._launch_ready(time.monotonic())
+                self._heard()  # its first requests are under way
                 started()
                 self._loop()
             except BaseException:  # an interrupt now waits until workers are reaped, state saved
@@ -220,7 +221,7 @@ class Coordinator:
         assert part.worker is not None
         error = part.worker.outcome()
         self.parts.release(part)
-        self.receiving.lanes(self.parts.received, self.pinned.remote.final_url)
+        self._heard()
         if error is None and self.parts.complete(part):
             part.finish()
             # A lane that finished between two samples still shows what a good lane does.
@@ -253,12 +254,17 @@ class Coordinator:
 
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 
+    def _heard(self) -> None:
+        """Tell its batch (if any) that it receives there, or asks for the first time."""
+        url = self.pinned.remote.final_url
+        self.receiving.lanes(self.parts.received, url, self.parts.asking())
+
     def _sample(self, now: float) -> None:
         # The file replaced or truncated under the workers: stop now, not once the rest of
         # the blob went into it (``finalize`` checks again before its rename).
         check_partial(self.fd, Path(self.path), self.pinned.remote.size)
         self.parts.share(self.allowance.limit())
-        self.receiving.lanes(self.parts.received, self.pinned.remote.final_url)
+        self._heard()
         told = now - self.last_told >= self.settings.progress_interval
         if told:
             self.best.fade()

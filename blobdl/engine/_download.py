@@ -59,7 +59,7 @@ from ._hasher import hashed_run
 from ._order import Order
 from ._parts import Tally
 from ._plan import download_parts, resumed_parts
-from ._share import Share
+from ._share import Receiving, Share
 from ._tell import failures_told, ignore, tell_caller
 
 log = logging.getLogger("blobdl")
@@ -320,10 +320,19 @@ class Downloader:
 
 
 def _resolve(order: Order, settings: Settings, *, need_ranges: bool = False) -> Remote:
-    """Probe the order's URL, a batch's item telling its batch where (``to_host``) and
-    hearing who else of it receives (``receiving``)."""
-    return resolve(order.url, settings, need_ranges=need_ranges,
-                   to_host=order.to_host, others_receiving=order.receiving)  # fmt: skip
+    """Probe the order's URL, a batch's item telling its batch where (``to_host``), that
+    its first request is under way there (``Receiving.ask``), and hearing who else of it
+    receives or asks there."""
+    batch = Receiving(order.share)
+    batch.ask(order.url)
+    try:
+        remote = resolve(order.url, settings, need_ranges=need_ranges,
+                         to_host=order.to_host, others_receiving=batch.refused)  # fmt: skip
+    except BaseException:
+        batch.answered(ok=False)
+        raise
+    batch.answered(ok=True)
+    return remote
 
 
 def _fresh(

@@ -34,12 +34,6 @@ class Order:
     # have been at the start.
     replace: bool = True
 
-    @property
-    def receiving(self) -> Callable[[str], bool] | None:
-        """Whether another download of its batch receives from a URL's origin (None: not a
-        batch's item): a refusal of one more connection there is waited for uncounted."""
-        return None if self.share is None else self.share.others_receiving
-
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 

@@ -162,6 +162,14 @@ class Part:
             pace.awaiting(),
         )
 
+    @property
+    def asking(self) -> bool:
+        """Whether it is running a first request that nothing refused yet: no attempt of
+        it has failed, nor waited for a full server. A refused part's retry is not: parts
+        a server refuses all along never keep each other waiting, and each part asks for
+        the first time once."""
+        return self.state == RUNNING and self.retry.failures == 0 and self.retry.waits == 0
+
     def waits_on_network(self) -> bool:
         """Whether its worker thread waits on the network (not starved of CPU): only such a
         lane is cut, so what is thrown away is what was still on its way."""
@@ -275,11 +283,17 @@ class Parts:
         return list(self._board.running.values())
 
     def others_receiving(self, part: Part) -> bool:
-        """Whether a running part other than ``part`` has received bytes in its attempt."""
+        """Whether a running part other than ``part`` has received bytes in its attempt, or
+        asks for the first time (``Part.asking``): a server full at the start let some of
+        the first requests in, and their answers may be slow to come."""
         return any(
-            p is not part and self.table.received(p.slot) > p.pace.origin
+            p is not part and (p.asking or self.table.received(p.slot) > p.pace.origin)
             for p in self._board.running.values()
         )
+
+    def asking(self) -> bool:
+        """Whether a running part asks for the first time (see ``others_receiving``)."""
+        return any(p.asking for p in self._board.running.values())
 
     def received(self) -> int:
         """Body bytes every lane read off the wire so far, all told (it only grows)."""

@@ -17,8 +17,12 @@ a seat's small item) holds the origin it receives from in its slot, and until wh
 counts as receiving (``Share.receive``, a lease renewed while its bytes come, so that a
 refusal met between one item's end and the next one's first bytes is still a full server's);
 a refused one asks whether another slot receives from its origin (``receiving_elsewhere``,
-pure). Nobody there receiving, the refusal counts as any failure: a server that refuses
-everyone is never waited for without end.
+pure). A first request under way counts as receiving until it is answered (``Receiving.ask``,
+and a coordinator's lanes asking for the first time): as a batch starts, the requests a
+full server let in may wait long for their answers. Nobody there receiving, and no first
+request under way, the refusal counts as any failure: a server that refuses everyone is
+never waited for without end (a request asks for the first time once; a refused one's
+retries ask for nobody).
 """
 
 from __future__ import annotations
@@ -154,7 +158,7 @@ class Share:
             self._shares.receive(self.slot, key, _later(LEASE))
 
     def clear(self) -> None:
-        """Its download is gone (its process died): it receives no more."""
+        """It receives no more, nor asks (its first request refused, or its process died)."""
         self._shares.clear(self.slot)
 
     def others_receiving(self, url: str) -> bool:
@@ -164,20 +168,50 @@ class Share:
 
 
 class Receiving:
-    """A coordinator's part in who of its batch receives where (nothing without a batch):
-    it says so while its lanes' bytes come, its lease renewed at each look and as a lane
-    ends (a small part may come whole between two looks); and it hears whether another
-    download of the batch receives from an origin that refused it."""
+    """A download's part in who of its batch receives where (nothing without a batch): a
+    coordinator says so while its lanes' bytes come, its lease renewed at each look and as
+    a lane ends (a small part may come whole between two looks), or while a lane asks for
+    the first time; a probe says so while its first request is under way (``ask``). It
+    hears whether another download of the batch receives from an origin that refused it."""
 
     def __init__(self, share: Share | None) -> None:
         self.share = share
         self.heard = 0  # bytes its lanes had received when it last said so
+        self.asks = False  # its probe's first request is under way (``ask``)
 
-    def lanes(self, received: Callable[[], int], url: str) -> None:
-        """Its lanes have received ``received()`` bytes in all, from ``url``'s origin."""
-        if self.share is not None and (now := received()) > self.heard:
-            self.heard = now
+    def lanes(self, received: Callable[[], int], url: str, asking: bool = False) -> None:
+        """Its lanes have received ``received()`` bytes in all, from ``url``'s origin, and
+        one of them may be ``asking`` there for the first time (``Parts.asking``)."""
+        if self.share is not None and ((now := received()) > self.heard or asking):
+            self.heard = max(now, self.heard)
             self.share.receive(url)
+
+    def ask(self, url: str) -> None:
+        """Its probe's first request goes to ``url``'s origin: until it is answered, a
+        refusal there is the server being full to the rest of its batch, as if it received
+        (a server full as a batch starts let some first requests in, whose answers may be
+        slow to come). A refusal of its own ends that (``refused``), as any other failure of
+        its probe does (``answered``)."""
+        if self.share is not None:
+            self.share.receive(url, lease=None)
+            self.asks = True
+
+    def refused(self, url: str) -> bool:
+        """Its probe was refused as by a full server: it asks no more (its retries do not
+        keep others waiting); whether another download of its batch receives, or asks for
+        the first time, at ``url``'s origin."""
+        self.answered(ok=False)
+        return self.elsewhere(url)
+
+    def answered(self, ok: bool) -> None:
+        """Its probe ended: let in (``ok``: it says soon that it receives; until then, a
+        lease), or failed: it asks no more."""
+        if self.share is not None and self.asks:
+            self.asks = False
+            if ok:
+                self.share.received()
+            else:
+                self.share.clear()
 
     def elsewhere(self, url: str) -> bool:
         """Whether another download of its batch receives from ``url``'s origin now."""

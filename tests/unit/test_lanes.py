@@ -296,6 +296,26 @@ def test_parts_start_in_order_then_retries_when_due(monkeypatch: pytest.MonkeyPa
     assert parts.next_retry() is None and not parts.finished()
 
 
+def test_a_part_asking_for_the_first_time_counts_as_receiving_for_the_others() -> None:
+    """A refused part is waited for uncounted while another runs whose first request is
+    under way (a server full at the start let it in, maybe), as while another receives;
+    a part running again after a refusal or a failure asks for nobody."""
+    parts = _many(3)
+    a, b, c = (parts.next_ready(0.0) for _ in range(3))
+    assert a is not None and b is not None and c is not None
+    for part in (a, b):
+        part.start_attempt(0.0, Counts(part.start, 0), 0, _Lane())  # type: ignore[arg-type]
+    assert a.asking and parts.asking() and parts.others_receiving(b)
+    assert not c.asking  # not running
+    a.wait(Verdict(FULL, Retry().full(), 0.01), now=0.0)
+    assert not parts.others_receiving(b) and parts.others_receiving(c)
+    a.start_attempt(0.0, Counts(a.start, 0), 0, _Lane())  # type: ignore[arg-type]
+    assert not a.asking and not parts.others_receiving(b)  # a retry asks for nobody
+    b.wait(Verdict(RETRY, Retry().increment(0), 0.01), now=0.0)
+    b.start_attempt(0.0, Counts(b.start, 0), 0, _Lane())  # type: ignore[arg-type]
+    assert not parts.asking() and not parts.others_receiving(a)
+
+
 def test_a_wait_for_a_full_server_is_a_retried_attempt_not_a_failure_of_the_policy() -> None:
     """A part refused by a server with no room for one more connection (``FULL``) tried
     again: the download's retries count it, as a user reads them, while its policy does not

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from blobdl.engine._share import Shares, origin_key, receiving_elsewhere
+from blobdl.engine._share import Receiving, Shares, origin_key, receiving_elsewhere
 
 A, B = origin_key("http://mirror/a.bin"), origin_key("http://other/b.bin")
 NOW = 1_000
@@ -55,3 +55,40 @@ def test_a_slot_receives_until_its_answer_is_over_then_for_a_lease() -> None:
     seat.receive(url, lease=None)
     seat.clear()
     assert not item.others_receiving(url)
+
+
+def test_a_first_request_under_way_counts_until_it_is_answered() -> None:
+    """A probe's first request (``Receiving.ask``) counts for the rest of its batch as if it
+    received, until it is answered: refused (it asks no more, and hears whether another
+    receives or asks), failed otherwise (the same), or let in (a lease, until it says it
+    receives). Its retries never ask: refused ones do not keep each other waiting."""
+    shares = Shares(3)
+    first, second, other = (Receiving(shares.share(n)) for n in range(3))
+    url = "http://mirror/a.bin"
+    first.ask(url)
+    second.ask(url)
+    assert other.elsewhere(url) and first.elsewhere(url) and second.elsewhere(url)
+    assert first.refused(url)  # the second one's request is still under way
+    assert not second.refused(url)  # the first one asks no more: nobody holds a room
+    assert not other.elsewhere(url)
+    second.answered(ok=False)  # its retries' failures: nothing more to end
+    assert not other.elsewhere(url)
+    first.ask(url)
+    first.answered(ok=False)  # a failure of another kind ends it too
+    assert not other.elsewhere(url)
+    first.ask(url)
+    first.answered(ok=True)  # let in: a lease, until it says it receives
+    assert other.elsewhere(url)
+    assert not Receiving(None).refused(url)  # not a batch's: nobody else
+
+
+def test_lanes_asking_for_the_first_time_count_as_receiving() -> None:
+    """A coordinator whose lanes have received nothing yet, but one of which asks for the
+    first time, says so to its batch (a lease renewed at each look)."""
+    shares = Shares(2)
+    item, other = Receiving(shares.share(0)), Receiving(shares.share(1))
+    url = "http://mirror/a.bin"
+    item.lanes(lambda: 0, url)
+    assert not other.elsewhere(url)
+    item.lanes(lambda: 0, url, asking=True)
+    assert other.elsewhere(url)
