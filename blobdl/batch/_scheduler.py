@@ -47,12 +47,13 @@ from ..config import (
     plain,
 )
 from ..engine._download import Downloader
-from ..errors import BlobdlError, Interrupted, LocalFileError, OutOfResources
+from ..errors import BlobdlError, Interrupted, OutOfResources
 from ..events import DownloadResult
 from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts, Stop, called, callers, held, interrupted
+from ..store._files import directory_problem
 from ..store._lock import sweep_kept
 from ._budget import Budget
 from ._destinations import Destinations
@@ -172,9 +173,8 @@ def _many(
         return [r._replace(item=item) for r, item in zip(spread, listed, strict=True)]
     if base_dir is not None:
         where = Path(base_dir)
-        if not where.is_dir():
-            # As a destination's missing folder is: a local failure (exit 5), not usage.
-            raise LocalFileError(str(where), "not a directory (the base directory)")
+        if (problem := directory_problem(where)) is not None:
+            raise problem  # as a destination's missing folder is: exit 5, not usage
         batch = [inside(where, item, numbering.one(n)) for n, item in enumerate(batch)]
     if _clean_process.needs_clean():  # never fork here: a clean process schedules instead
         # Usage errors from the calling thread, before any process.

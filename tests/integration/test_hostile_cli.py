@@ -155,12 +155,18 @@ def test_an_empty_path_is_a_usage_error_naming_the_option(args: list[str], tmp_p
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["blobs", "manifests", blob.name]
 
 
-@pytest.mark.parametrize("base", ["missing/dir", "a-file"], ids=["missing", "a-file"])
+@pytest.mark.parametrize(
+    ("base", "said"),
+    [("missing/dir", "directory does not exist"), ("a-file", "is a file, not a directory"),
+     ("a-file/dir", "a-file: is a file, not a directory")],
+    ids=["missing", "a-file", "under-a-file"],
+)  # fmt: skip
 def test_a_base_dir_that_is_no_directory_is_a_local_failure_as_a_missing_folder_is(
-    base: str, tmp_path: Path
+    base: str, said: str, tmp_path: Path
 ) -> None:
     """The README lists a missing or unwritable directory under exit 5, as ``-o`` into a
-    missing folder is: so is ``--base-dir`` naming none. Nothing is asked or written."""
+    missing folder is: so is ``--base-dir`` naming none, in the words a destination's
+    folder would get (a file on the way named). Nothing is asked or written."""
     (tmp_path / "a-file").write_bytes(b"x")
     done = subprocess.run(
         [sys.executable, "-m", "blobdl", "-i", "-", "--base-dir", base],
@@ -171,7 +177,9 @@ def test_a_base_dir_that_is_no_directory_is_a_local_failure_as_a_missing_folder_
         timeout=60,
     )
     assert done.returncode == EXIT_LOCAL, done.stderr
-    assert done.stderr.startswith(f"blobdl: error: {base}") and "not a directory" in done.stderr
+    assert done.stderr.startswith("blobdl: error: a-file" if "a-file" in base else
+                                  f"blobdl: error: {base}"), done.stderr  # fmt: skip
+    assert said in done.stderr, done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
