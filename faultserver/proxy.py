@@ -7,7 +7,8 @@ Usage::
         assert proxy.forwarded > 0 and proxy.seen[0].method == "GET"
 
 ``ForwardProxy(tls=(certfile, keyfile))`` is an https proxy: clients speak TLS to it first
-(TLS inside TLS for a tunnel to an https origin).
+(TLS inside TLS for a tunnel to an https origin). With ``ask_cert=CA_FILE`` it asks each
+client for a certificate too, and keeps what each showed (``client_certs``).
 
 ``ForwardProxy(refusals=[(403, "Filtered")])`` answers its first requests (forwarded or
 CONNECT, one refusal each, in order) with those statuses itself, as a proxy's policy or a
@@ -64,6 +65,7 @@ class ForwardProxy:
         self,
         tls: tuple[str, str] | None = None,
         refusals: Sequence[tuple[int, str] | bytes | None] = (),
+        ask_cert: str | None = None,
     ) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
@@ -71,8 +73,13 @@ class ForwardProxy:
         if tls is not None:
             self._server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self._server.context.load_cert_chain(*tls)
+            if ask_cert is not None:  # a CA file: ask each client for a certificate it signed
+                self._server.context.verify_mode = ssl.CERT_OPTIONAL
+                self._server.context.load_verify_locations(ask_cert)
         self.port: int = self._server.server_address[1]
         self.seen: list[Seen] = []
+        # each TLS client's certificate, as its handshake showed it ({}: none shown)
+        self.client_certs: list[dict[str, Any]] = []
         self.connections = 0  # accepted, before any TLS handshake (which may fail)
         self._refusals = list(refusals)
         self._lock = threading.Lock()
@@ -109,6 +116,11 @@ class ForwardProxy:
         with self._lock:
             self.seen.append(seen)
             return self._refusals.pop(0) if self._refusals else None
+
+    def shown(self, cert: dict[str, Any]) -> None:
+        """A TLS client's handshake showed ``cert`` ({}: none)."""
+        with self._lock:
+            self.client_certs.append(cert)
 
     def accepted(self) -> None:
         with self._lock:
@@ -156,7 +168,9 @@ class _Server(NoDelayServer, socketserver.ThreadingTCPServer):
         if self.context is None:
             return sock, address
         sock.settimeout(TIMEOUT)  # the handshake too: a client that never starts it
-        return self.context.wrap_socket(sock, server_side=True), address
+        tls = self.context.wrap_socket(sock, server_side=True)
+        self.owner.shown(dict(tls.getpeercert() or {}))
+        return tls, address
 
 
 class _Handler(socketserver.StreamRequestHandler):

@@ -231,6 +231,23 @@ def test_client_certificate_is_presented(
     assert server.peers and set(server.peers) == {"client.blobdl.test"}
 
 
+def test_a_client_certificate_goes_to_the_server_never_to_an_https_proxy(
+    cert_server: tuple[ClientCertServer, str], pki: PKI, tmp_path: Path
+) -> None:
+    """``--client-cert`` is the user's identity at the server: through an https proxy that
+    asks every client for a certificate, the proxy's handshake is shown none, while the
+    server's, inside the tunnel, is shown it."""
+    server, digest = cert_server
+    with ForwardProxy(tls=(pki.server_cert, pki.server_key), ask_cert=pki.ca_pem) as proxy:
+        got = fetch(server.url, tmp_path / "out", proxy=proxy.url, ca_bundle=pki.ca_pem,
+                    trust_env=False, client_cert=pki.client_cert,
+                    client_key=pki.client_key)  # fmt: skip
+        shown = list(proxy.client_certs)
+    assert got == digest and proxy.methods() == {"CONNECT"}
+    assert server.peers and set(server.peers) == {"client.blobdl.test"}
+    assert shown and shown == [{}] * len(shown), shown  # asked every time, shown nothing
+
+
 def test_without_client_certificate_the_server_refuses(
     cert_server: tuple[ClientCertServer, str], pki: PKI, tmp_path: Path
 ) -> None:
