@@ -229,6 +229,11 @@ class Settings:
     def field_names(cls) -> frozenset[str]:
         return frozenset(f.name for f in fields(cls))
 
+    def worker_processes(self, most: int) -> int:
+        """The processes to run at most ``most`` lanes (or seats) in: ``processes``, or one
+        per CPU, at least 2; never more than ``most``."""
+        return min(self.processes or max(2, os.cpu_count() or 1), most)
+
 
 def overridden(settings: Settings | None, overrides: Mapping[str, Any]) -> Settings:
     """``settings`` (the defaults if None) with ``overrides`` applied, as every entry point

@@ -93,13 +93,14 @@ __all__ = [
 ]
 
 
+BUDGET = Settings.connections  # connections of a batch in all, unless told: as one download's
 PER_HOST = 8  # connections to any one host, unless told
 
 
 def download_many(
     items: Iterable[Item | str],
     *,
-    max_connections: int = 16,
+    max_connections: int = BUDGET,
     per_host: int = PER_HOST,
     on_event: BatchCallback | None = None,
     settings: Settings | None = None,
@@ -125,7 +126,7 @@ def download_numbered(
     items: Iterable[Item | str],
     numbering: Numbering,
     *,
-    max_connections: int = 16,
+    max_connections: int = BUDGET,
     per_host: int = PER_HOST,
     on_event: BatchCallback | None = None,
     settings: Settings | None = None,

@@ -73,7 +73,7 @@ def pool_size(
     so that more processes share them instead of their items failing for descriptors."""
     waiting = sum(queued.values())
     seats = min(max_connections, per_host * len(queued), waiting)
-    processes = min(settings.processes or max(2, os.cpu_count() or 1), max(1, seats))
+    processes = settings.worker_processes(max(1, seats))
     if waiting <= FEW:
         processes = 1  # a second process would cost more (its fork) than it brings
     if room is not None:

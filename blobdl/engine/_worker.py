@@ -67,7 +67,7 @@ class Crew:
 
     def __init__(self, settings: Settings, table: CounterTable) -> None:
         self.settings, self.table = settings, table
-        processes = min(settings.processes or max(2, os.cpu_count() or 1), settings.connections)
+        processes = settings.worker_processes(settings.connections)
         self.count = processes
         self.seats = -(-settings.connections // processes)  # per process, rounded up
         self._workers: list[_Worker | None] = [None] * processes
