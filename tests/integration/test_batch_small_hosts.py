@@ -4,10 +4,12 @@ item's lanes do once its probe says where they go."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -178,6 +180,26 @@ def test_a_large_item_redirected_elsewhere_counts_there_when_the_batch_has_a_thr
         other.reset()
 
 
+@contextlib.contextmanager
+def _then_ctrl_c_ends_it_at_once(
+    batch: subprocess.Popen[str], other: ServerHandle
+) -> Iterator[None]:
+    """The body runs with ``batch`` under way; then Ctrl-C ends it (exit 130) within 1.5 s,
+    not after a stop grace waited out. Whatever happens, it is killed if it still runs,
+    and ``other`` reset (its held answer let go)."""
+    try:
+        yield
+        began = time.monotonic()
+        batch.send_signal(signal.SIGINT)
+        assert batch.wait(timeout=20) == 130
+        assert time.monotonic() - began < 1.5  # not a stop grace waited out
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+            batch.wait()
+        other.reset()
+
+
 def test_a_batch_stopped_while_a_large_items_probe_waits_for_room_at_its_redirect_ends_at_once(
     make: Make, server: ServerHandle, other: ServerHandle, tmp_path: Path
 ) -> None:
@@ -195,20 +217,11 @@ def test_a_batch_stopped_while_a_large_items_probe_waits_for_room_at_its_redirec
     manifest.write_text(f"{held_url} {tmp_path / 'o0'}\n{large}\n")
     parts = ("--min-part-size", str(PART), "--max-part-size", str(PART))  # 4 PART is large
     batch = spawn_cli("-q", "-i", str(manifest), "--per-host", "1", *parts)
-    try:
+    with _then_ctrl_c_ends_it_at_once(batch, other):
         wait_for(lambda: server.stats()["requests"] == 1, "the redirect")
         wait_for(lambda: other.stats()["requests"] >= 1, "the held item's request")
         time.sleep(0.3)  # the child asks for room, and waits
         assert other.stats()["requests"] == 1  # the held item's only
-        began = time.monotonic()
-        batch.send_signal(signal.SIGINT)
-        assert batch.wait(timeout=20) == 130
-        assert time.monotonic() - began < 1.5  # not a stop grace waited out
-    finally:
-        if batch.poll() is None:
-            batch.kill()
-            batch.wait()
-        other.reset()
     assert other.stats()["requests"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest"]
 
@@ -228,19 +241,10 @@ def test_a_batch_stopped_while_a_seat_waits_for_room_at_a_redirects_host_ends_at
     held_url = other.url(held.name).replace("127.0.0.1", "localhost")
     manifest.write_text(f"{held_url} {tmp_path / 'o0'}\n{moved.url} {tmp_path / 'o1'}\n")
     batch = spawn_cli("-q", "-i", str(manifest), "--per-host", "1")
-    try:
+    with _then_ctrl_c_ends_it_at_once(batch, other):
         wait_for(lambda: server.stats()["requests"] == 1, "the redirect")
         time.sleep(0.3)  # the seat asks for room, and waits
         assert other.stats()["requests"] == 1  # the held item's only
-        began = time.monotonic()
-        batch.send_signal(signal.SIGINT)
-        assert batch.wait(timeout=20) == 130
-        assert time.monotonic() - began < 1.5  # not a stop grace waited out
-    finally:
-        if batch.poll() is None:
-            batch.kill()
-            batch.wait()
-        other.reset()
     assert other.stats()["requests"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest"]
 
