@@ -124,6 +124,13 @@ class Shares:
         """The slot's download is gone (its process died): it receives no more."""
         self.receive(slot, 0, 0)
 
+    def ended(self, slot: int) -> None:
+        """The slot's download ended, however: a lease that lasted until it was ended (a
+        probe under way when its process died, killed) ends with it; a shorter one runs
+        out, so a refusal just after its last bytes is still a full server's."""
+        if self._words[slot * _FIELDS + 3] == FOREVER:
+            self.clear(slot)
+
     def receivers(self) -> tuple[list[int], list[int]]:
         """Every slot's origin and lease, read in bulk."""
         keys = self._words[2 : self.slots * _FIELDS : _FIELDS].tolist()
