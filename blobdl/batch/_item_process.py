@@ -130,8 +130,10 @@ class LargeItems:
             self.shares.set(running.slot, rates.get(index), granted(index))
 
     def end(self, running: Running) -> None:
-        """Its child has ended (joined, its pipe no longer watched): its slot is free."""
+        """Its child has ended (joined, its pipe no longer watched): its slot is free, and
+        asks nowhere (it may have died while its probe asked)."""
         running.conn.close()
+        self.shares.ended(running.slot)
         del self.running[running.item]
         self.free.append(running.slot)
 

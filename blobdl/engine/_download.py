@@ -326,8 +326,9 @@ def _resolve(order: Order, settings: Settings, *, need_ranges: bool = False) -> 
     batch = Receiving(order.share)
     batch.ask(order.url)
     try:
-        remote = resolve(order.url, settings, need_ranges=need_ranges,
-                         to_host=order.to_host, others_receiving=batch.refused)  # fmt: skip
+        remote = resolve(order.url, settings, need_ranges=need_ranges, to_host=order.to_host,
+                         others_receiving=batch.refused,
+                         sleep=batch.backoff(time.sleep))  # fmt: skip
     except BaseException:
         batch.answered(ok=False)
         raise

@@ -21,8 +21,8 @@ pure). A first request under way counts as receiving until it is answered (``Rec
 and a coordinator's lanes asking for the first time): as a batch starts, the requests a
 full server let in may wait long for their answers. Nobody there receiving, and no first
 request under way, the refusal counts as any failure: a server that refuses everyone is
-never waited for without end (a request asks for the first time once; a refused one's
-retries ask for nobody).
+never waited for without end (a request asks for the first time once; a failed one's
+retries ask for nobody, whether it was refused or timed out).
 """
 
 from __future__ import annotations
@@ -124,6 +124,13 @@ class Shares:
         """The slot's download is gone (its process died): it receives no more."""
         self.receive(slot, 0, 0)
 
+    def ended(self, slot: int) -> None:
+        """The slot's download ended, however: a lease that lasted until it was ended (a
+        probe under way when its process died, killed) ends with it; a shorter one runs
+        out, so a refusal just after its last bytes is still a full server's."""
+        if self._words[slot * _FIELDS + 3] == FOREVER:
+            self.clear(slot)
+
     def receivers(self) -> tuple[list[int], list[int]]:
         """Every slot's origin and lease, read in bulk."""
         keys = self._words[2 : self.slots * _FIELDS : _FIELDS].tolist()
@@ -191,7 +198,7 @@ class Receiving:
         refusal there is the server being full to the rest of its batch, as if it received
         (a server full as a batch starts let some first requests in, whose answers may be
         slow to come). A refusal of its own ends that (``refused``), as any other failure of
-        its probe does (``answered``)."""
+        its request does (``backoff``), and the end of its probe (``answered``)."""
         if self.share is not None:
             self.share.receive(url, lease=None)
             self.asks = True
@@ -202,6 +209,17 @@ class Receiving:
         the first time, at ``url``'s origin."""
         self.answered(ok=False)
         return self.elsewhere(url)
+
+    def backoff(self, sleep: Callable[[float], None]) -> Callable[[float], None]:
+        """``sleep``, its probe's backoffs: each comes after a failed request, refused or not
+        (a timeout, a 500), so from the first on it asks no more: a request asks for the
+        first time once, and a retry keeps nobody waiting however its first try failed."""
+
+        def pause(seconds: float) -> None:
+            self.answered(ok=False)
+            sleep(seconds)
+
+        return pause
 
     def answered(self, ok: bool) -> None:
         """Its probe ended: let in (``ok``: it says soon that it receives; until then, a

@@ -233,7 +233,7 @@ class OneRequest(Downloader):
                 seat.answer = retried(
                     lambda: session.first(order.url, self.settings, want),
                     Retry.from_settings(self.settings),
-                    seat.pause,
+                    seat.batch.backoff(seat.pause),
                     seat.batch.refused,
                 )
             except BaseException:
