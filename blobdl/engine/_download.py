@@ -291,9 +291,10 @@ class Downloader:
             with held():  # a file opened is a file noted, and closed on the way out
                 fd = open_temp(resume.temp, fresh=fresh)
             size = remote.size or 0
-            if fresh:
+            # Reserved before any worker exists (nothing writes beside it), which sizes the
+            # file too; one the filesystem cannot reserve is sized sparse.
+            if fresh and not reserve(fd, size, resume.temp):
                 set_size(fd, size, resume.temp)
-                reserve(fd, size, resume.temp)  # before any worker exists: nothing writes beside it
             tally, actual = run(fd)
             if actual is not None and actual != order.expected:
                 with held(drop=True):  # the bytes are bad: that is the outcome

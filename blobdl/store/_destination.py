@@ -190,23 +190,26 @@ def set_size(fd: int, size: int, path: Path) -> None:
         raise local_error(path, exc) from None
 
 
-def reserve(fd: int, size: int, path: Path) -> None:
+def reserve(fd: int, size: int, path: Path) -> bool:
     """Preallocate ``size`` bytes so writes cannot fail half-way for lack of space (and the
-    file is not fragmented); keep the sparse file where the filesystem cannot.
+    file is not fragmented); keep the sparse file where the filesystem cannot. Whether the
+    bytes are reserved: the file is then at least ``size`` long (fallocate(2) without
+    FALLOC_FL_KEEP_SIZE extends it), and needs no ``set_size``.
 
     Call it before any worker writes. It is the fallocate(2) syscall itself, never
     ``os.posix_fallocate``: where the syscall is unsupported (NFSv3, FUSE, ext4 without
     extents) glibc emulates it by writing a zero into every block it reads as zero, which
     stamps zeros over bytes a concurrent writer just put there."""
     if not size or _fallocate is None:
-        return
+        return False
     while _fallocate(fd, 0, 0, size) != 0:
         err = ctypes.get_errno()
         if err == errno.EINTR:
             continue
         if err in _NO_FALLOCATE:
-            return
+            return False
         raise local_error(path, OSError(err, os.strerror(err))) from None
+    return True
 
 
 # fallocate(2) itself, never glibc's emulation. fallocate64 takes 64-bit offsets everywhere;
