@@ -9,6 +9,7 @@ refused with ``DestinationExists``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +33,8 @@ def kept(
     none, or it is to be replaced. ``remote()`` probes the remote: asked only when the
     record of a finished download of ``url`` is on the file, unchanged. Raises
     ``DestinationExists`` when the file must stay and nothing vouches for it."""
+    if _nothing_at(dest):
+        return None
     if not dest.exists():
         if dest.is_symlink() and expected is None and not force:
             raise DestinationExists(str(dest))  # a link to a file not there yet: the user's
@@ -44,3 +47,15 @@ def kept(
     if not force:
         raise DestinationExists(str(dest))
     return None
+
+
+def _nothing_at(dest: Path) -> bool:
+    """Whether no name ``dest`` is there at all, not even a link: one ``lstat``, where
+    ``exists`` and ``is_symlink`` cost two (the case of every new download)."""
+    try:
+        os.lstat(dest)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        pass  # judged as before, by ``exists`` and ``is_symlink``
+    return False
