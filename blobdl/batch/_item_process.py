@@ -16,7 +16,9 @@ The batch counts an item's lanes at one host, its URL's at first. A child that p
 item itself (one said to be large) asks before its probe's request to another host (a
 redirect to a CDN), with ``("hop", host)``, and waits for the scheduler's answer (``go``,
 its lanes counted there now), holding nothing meanwhile, as a seat asks (``_pool._Hop``):
-so the lanes its coordinator then opens there are counted there.
+so the lanes its coordinator then opens there are counted there. Its coordinator's refresh
+(an expired signed URL resolved again) asks as its probe does, and so does that of an item
+a seat probed, counted at first where that probe's redirects led.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..http._pool import prepare_tls
 from ..http._remote import Remote
 from ..processes._child import Child, Execed
 from ..processes._clean_child import forward_logs
-from ..processes._signals import decided, interrupted
+from ..processes._signals import decided, held, interrupted
 from ..processes._spawn import start, start_watched, threaded
 from ._items import Item
 
@@ -160,8 +162,9 @@ def _tell_parent(conn: Connection) -> Callable[[Event], None]:
 
 
 class _Counted:
-    """Where the batch counts the child's lanes (its item's URL's host at first), moved
-    before its probe's request to another host: the probe's ``to_host``."""
+    """Where the batch counts the child's lanes (its item's URL's host at first, or where
+    its seat's probe led), moved before a probe's request to another host: the probe's
+    ``to_host``, its refresh's too (an expired URL resolved again)."""
 
     def __init__(self, conn: Connection, url: str) -> None:
         self.conn, self.host = conn, urlsplit(url).hostname or ""
@@ -171,7 +174,8 @@ class _Counted:
         cuts the wait short, as it would the probe's own)."""
         if host == self.host:
             return
-        self.conn.send(("hop", host))
+        with held():  # the question goes whole: a stop meanwhile raises once it is sent
+            self.conn.send(("hop", host))
         try:
             self.conn.recv()  # None: counted there now
         except EOFError:  # the batch is gone (its death signal comes): so are we
@@ -210,10 +214,12 @@ def item_main(
             outcome = downloader._run(
                 item.url, None, path, item.digest, tell, share, counted.to_host
             )
-        else:
+        else:  # counted where its seat's probe led: a refresh may lead elsewhere
+            counted = _Counted(conn, remote.final_url)
             outcome = downloader._download_resolved(
-                remote, path, digest=item.digest, on_event=tell, share=share
-            )
+                remote, path, digest=item.digest, on_event=tell, share=share,
+                to_host=counted.to_host,
+            )  # fmt: skip
     except BlobdlError as exc:
         outcome = exc
     except KeyboardInterrupt as stop:  # before (or after) its download's own report

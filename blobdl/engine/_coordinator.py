@@ -80,16 +80,21 @@ class Coordinator:
         tell: EventCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
         share: Share | None = None,
+        to_host: Callable[[str], None] | None = None,
     ) -> None:
         self.settings, self.fd, self.path = settings, fd, path
+        self.to_host = to_host  # its batch's, where it counts the lanes at one host
         self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
         prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
         self.receiving = Receiving(share)  # who of its batch receives where (a batch item's)
         # The refresh is the item's probe asked again: a batch's full server is waited for
-        # (uncounted, as long as another item receives there), a stop cutting its waits.
+        # (uncounted, as long as another item receives there), a stop cutting its waits; and
+        # before a request to another host its batch moves its lanes there (``_hop``).
+        hop = None if to_host is None else self._hop
         self.pinned = Pinned(remote, lambda url: resolve(
-            url, settings, sleep=self.interrupts.pause, others_receiving=self.receiving.elsewhere
+            url, settings, sleep=self.interrupts.pause, others_receiving=self.receiving.elsewhere,
+            to_host=hop,
         ))  # fmt: skip
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
@@ -251,6 +256,14 @@ class Coordinator:
         if verdict.action in (_failure.RETRY, _failure.FULL):  # a refresh is no failure
             failures = verdict.retry.failures + verdict.retry.waits  # in a row, both kinds
             self._tell(PartRetried(part.slot, failures, verdict.delay, str(error)))
+
+    def _hop(self, host: str) -> None:
+        """The refresh goes to ``host``: its batch counts the lanes there first, waiting
+        for room (the lanes it then starts there are no more than it grants: ``_allowance``
+        counts those still running elsewhere too). A stop ends the wait at once."""
+        assert self.to_host is not None
+        with self.interrupts.raising():
+            self.to_host(host)
 
     # --- sampling, stalls, shutdown ---------------------------------------------------------
 

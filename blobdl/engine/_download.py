@@ -113,12 +113,14 @@ class Downloader:
         on_progress: ProgressCallback | None = None,
         on_event: EventCallback | None = None,
         share: Share | None = None,
+        to_host: Callable[[str], None] | None = None,
     ) -> DownloadResult:
         """``download()`` for a remote that was already probed (``download_many`` probes to
         share out connections); the remote is still revalidated against any resume state.
-        ``share``: what its batch lets it use now, if it is a batch's item."""
+        ``share``: what its batch lets it use now, if it is a batch's item; ``to_host``:
+        see ``Order`` (its probes from now on: a refresh)."""
         tell = tell_caller(on_progress, on_event)
-        return self._run(remote.url, remote, path, digest, tell, share)
+        return self._run(remote.url, remote, path, digest, tell, share, to_host)
 
     def _run(
         self,
@@ -261,7 +263,7 @@ class Downloader:
             checkpoint = resume.checkpointer(fd, remote)
             coordinator = Coordinator(
                 remote, records, fd, str(resume.temp), self.settings, order.tell, checkpoint,
-                order.share,
+                order.share, order.to_host,
             )  # fmt: skip
             started = Started(order.url, str(dest), remote.size, len(records), bytes_done(records))
             # Told once the hasher and the first lanes' workers are forked (see Crew).

@@ -279,6 +279,7 @@ class Interrupts:
 
     def __init__(self) -> None:
         self.pending: int | None = None
+        self._raising = False  # in a wait that only another process ends (``raising``)
         self._callers = 0  # the callers' callbacks this loop runs inside (see __enter__)
         self._reader: socket.socket | None = None
         self._writer: socket.socket | None = None
@@ -324,8 +325,20 @@ class Interrupts:
         self.pending = signum
         if _stops.depth and not _stops.committed:
             _stops.arrived = _stops.arrived or signum  # the block it runs in stops too
-        if _stops.callers and not _stops.held and not _stops.committed:
-            raise Stop(signum)  # in the caller's callback: its own code, stopped at once
+        if (_stops.callers or self._raising) and not _stops.held and not _stops.committed:
+            raise Stop(signum)  # in the caller's callback (its own code) or a wait: at once
+
+    @contextlib.contextmanager
+    def raising(self) -> Iterator[None]:
+        """A wait that only another process's answer ends (its batch's room at another
+        host): SIGINT/SIGTERM raise in it at once, outside a ``held`` step (a question
+        sent whole), as in a caller's callback; one that came before raises first."""
+        self.check()
+        self._raising = True
+        try:
+            yield
+        finally:
+            self._raising = False
 
     def waitables(self) -> list[socket.socket]:
         """Objects for ``multiprocessing.connection.wait`` that become ready on a signal."""
