@@ -44,7 +44,6 @@ from ..config import MAX_BYTES, Settings
 from ..errors import RetriesExhausted, Stalled, WorkerCrashed
 from ..events import EventCallback, PartRetried, PartStalled
 from ..http._pool import prepare_tls
-from ..http._probe import resolve
 from ..http._remote import Remote
 from ..http._retry import Retry
 from ..processes._signals import Interrupts
@@ -55,7 +54,7 @@ from ._allowance import Allowance
 from ._failure import decide
 from ._lane import Attempt
 from ._parts import RUNNING, Part, Parts, Tally
-from ._pinned import Pinned
+from ._pinned import Pinned, Refresh
 from ._rates import BestRate, RateWindow
 from ._share import Receiving, Share
 from ._steal import answer_wait, choose, laggards
@@ -83,19 +82,13 @@ class Coordinator:
         to_host: Callable[[str], None] | None = None,
     ) -> None:
         self.settings, self.fd, self.path = settings, fd, path
-        self.to_host = to_host  # its batch's, where it counts the lanes at one host
         self.tell, self.on_checkpoint = tell, on_checkpoint
         self.ranged = remote.ranges and remote.size is not None
         prepare_tls(settings, remote.final_url)  # once, here: the workers inherit it
         self.receiving = Receiving(share)  # who of its batch receives where (a batch item's)
-        # The refresh is the item's probe asked again: a batch's full server is waited for
-        # (uncounted, as long as another item receives there), a stop cutting its waits; and
-        # before a request to another host its batch moves its lanes there (``_hop``).
-        hop = None if to_host is None else self._hop
-        self.pinned = Pinned(remote, lambda url: resolve(
-            url, settings, sleep=self.interrupts.pause, others_receiving=self.receiving.elsewhere,
-            to_host=hop,
-        ))  # fmt: skip
+        # ``to_host``: where its batch counts its lanes, asked before a refresh moves them
+        refresh = Refresh(settings, self.receiving, to_host, lambda: self.interrupts)
+        self.pinned = Pinned(remote, refresh)
         self.parts = Parts(parts, settings.connections, Retry.from_settings(settings))
         self.table = self.parts.table  # the hasher follows it too
         self.crew = Crew(settings, self.table)  # forked when the first lanes start
@@ -114,7 +107,7 @@ class Coordinator:
         with Interrupts() as self.interrupts:
             try:
                 self._launch_ready(time.monotonic())
-                self._heard()  # its first requests are under way
+                self.receiving.lanes(self.parts, self.pinned.remote.final_url)  # they ask
                 started()
                 self._loop()
             except BaseException:  # an interrupt now waits until workers are reaped, state saved
@@ -226,7 +219,7 @@ class Coordinator:
         assert part.worker is not None
         error = part.worker.outcome()
         self.parts.release(part)
-        self._heard()
+        self.receiving.lanes(self.parts, self.pinned.remote.final_url)
         if error is None and self.parts.complete(part):
             part.finish()
             # A lane that finished between two samples still shows what a good lane does.
@@ -257,27 +250,14 @@ class Coordinator:
             failures = verdict.retry.failures + verdict.retry.waits  # in a row, both kinds
             self._tell(PartRetried(part.slot, failures, verdict.delay, str(error)))
 
-    def _hop(self, host: str) -> None:
-        """The refresh goes to ``host``: its batch counts the lanes there first, waiting
-        for room (the lanes it then starts there are no more than it grants: ``_allowance``
-        counts those still running elsewhere too). A stop ends the wait at once."""
-        assert self.to_host is not None
-        with self.interrupts.raising():
-            self.to_host(host)
-
     # --- sampling, stalls, shutdown ---------------------------------------------------------
-
-    def _heard(self) -> None:
-        """Tell its batch (if any) that it receives there, or asks for the first time."""
-        url = self.pinned.remote.final_url
-        self.receiving.lanes(self.parts.received, url, self.parts.asking())
 
     def _sample(self, now: float) -> None:
         # The file replaced or truncated under the workers: stop now, not once the rest of
         # the blob went into it (``finalize`` checks again before its rename).
         check_partial(self.fd, Path(self.path), self.pinned.remote.size)
         self.parts.share(self.allowance.limit())
-        self._heard()
+        self.receiving.lanes(self.parts, self.pinned.remote.final_url)
         told = now - self.last_told >= self.settings.progress_interval
         if told:
             self.best.fade()

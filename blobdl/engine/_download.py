@@ -110,16 +110,13 @@ class Downloader:
         path: str | os.PathLike[str] | None = None,
         *,
         digest: str | None = None,
-        on_progress: ProgressCallback | None = None,
         on_event: EventCallback | None = None,
         share: Share | None = None,
         to_host: Callable[[str], None] | None = None,
     ) -> DownloadResult:
-        """``download()`` for a remote that was already probed (``download_many`` probes to
-        share out connections); the remote is still revalidated against any resume state.
-        ``share``: what its batch lets it use now, if it is a batch's item; ``to_host``:
-        see ``Order`` (its probes from now on: a refresh)."""
-        tell = tell_caller(on_progress, on_event)
+        """``download()`` of a remote its batch probed (to share out connections), still
+        revalidated against any resume state; ``share``, ``to_host``: see ``Order``."""
+        tell = tell_caller(None, on_event)
         return self._run(remote.url, remote, path, digest, tell, share, to_host)
 
     def _run(

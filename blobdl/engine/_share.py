@@ -34,6 +34,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from ..http._retry import full_refusal
@@ -174,6 +175,14 @@ class Share:
         return receiving_elsewhere(keys, untils, self.slot, origin_key(url), time.monotonic_ns())
 
 
+class Lanes(Protocol):
+    """What ``Receiving.lanes`` reads of a download's lanes (``Parts``)."""
+
+    def received(self) -> int: ...  # body bytes read off the wire so far, all told
+
+    def asking(self) -> bool: ...  # one of them asks for the first time (``Part.asking``)
+
+
 class Receiving:
     """A download's part in who of its batch receives where (nothing without a batch): a
     coordinator says so while its lanes' bytes come, its lease renewed at each look and as
@@ -186,10 +195,10 @@ class Receiving:
         self.heard = 0  # bytes its lanes had received when it last said so
         self.asks = False  # its probe's first request is under way (``ask``)
 
-    def lanes(self, received: Callable[[], int], url: str, asking: bool = False) -> None:
-        """Its lanes have received ``received()`` bytes in all, from ``url``'s origin, and
-        one of them may be ``asking`` there for the first time (``Parts.asking``)."""
-        if self.share is not None and ((now := received()) > self.heard or asking):
+    def lanes(self, lanes: Lanes, url: str) -> None:
+        """Its lanes (``Parts``) at ``url``'s origin: have they received more bytes since it
+        last said so, or does one of them ask there for the first time?"""
+        if self.share is not None and ((now := lanes.received()) > self.heard or lanes.asking()):
             self.heard = max(now, self.heard)
             self.share.receive(url)
 

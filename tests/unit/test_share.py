@@ -3,6 +3,8 @@ decision a refused download asks of them."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 
 from blobdl.engine._share import Receiving, Shares, origin_key, receiving_elsewhere
@@ -88,7 +90,20 @@ def test_lanes_asking_for_the_first_time_count_as_receiving() -> None:
     shares = Shares(2)
     item, other = Receiving(shares.share(0)), Receiving(shares.share(1))
     url = "http://mirror/a.bin"
-    item.lanes(lambda: 0, url)
+    item.lanes(_Lanes(0, False), url)
     assert not other.elsewhere(url)
-    item.lanes(lambda: 0, url, asking=True)
+    item.lanes(_Lanes(0, True), url)
     assert other.elsewhere(url)
+
+
+class _Lanes(NamedTuple):
+    """A download's lanes as ``Receiving.lanes`` reads them."""
+
+    bytes_in: int
+    asking_now: bool
+
+    def received(self) -> int:
+        return self.bytes_in
+
+    def asking(self) -> bool:
+        return self.asking_now
