@@ -324,16 +324,9 @@ def _resolve(order: Order, settings: Settings, *, need_ranges: bool = False) -> 
     its first request is under way there (``Receiving.ask``), and hearing who else of it
     receives or asks there."""
     batch = Receiving(order.share)
-    batch.ask(order.url)
-    try:
-        remote = resolve(order.url, settings, need_ranges=need_ranges, to_host=order.to_host,
-                         others_receiving=batch.refused,
-                         sleep=batch.backoff(time.sleep))  # fmt: skip
-    except BaseException:
-        batch.answered(ok=False)
-        raise
-    batch.answered(ok=True)
-    return remote
+    with batch.asking(order.url):
+        return resolve(order.url, settings, need_ranges=need_ranges, to_host=order.to_host,
+                       others_receiving=batch.refused, sleep=batch.backoff(time.sleep))  # fmt: skip
 
 
 def _fresh(

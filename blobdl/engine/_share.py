@@ -33,7 +33,7 @@ import mmap
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -211,6 +211,18 @@ class Receiving:
         if self.share is not None:
             self.share.receive(url, lease=None)
             self.asks = True
+
+    @contextlib.contextmanager
+    def asking(self, url: str) -> Iterator[None]:
+        """Its probe (the block) under way: it ``ask``s from the start, and is ``answered``
+        at the end, let in if the block returns, failed if it raises."""
+        self.ask(url)
+        try:
+            yield
+        except BaseException:
+            self.answered(ok=False)
+            raise
+        self.answered(ok=True)
 
     def refused(self, url: str) -> bool:
         """Its probe was refused as by a full server: it asks no more (its retries do not

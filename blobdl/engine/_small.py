@@ -228,18 +228,13 @@ class OneRequest(Downloader):
             if (self.size is not None and self.size > want) or self._known_there(order):
                 want = 1
             session = seat.session
-            seat.batch.ask(order.url)  # the rest of its batch may be refused meanwhile
-            try:
+            with seat.batch.asking(order.url):  # the rest of its batch may be refused meanwhile
                 seat.answer = retried(
                     lambda: session.first(order.url, self.settings, want),
                     Retry.from_settings(self.settings),
                     seat.batch.backoff(seat.pause),
                     seat.batch.refused,
                 )
-            except BaseException:
-                seat.batch.answered(ok=False)
-                raise
-            seat.batch.answered(ok=True)
             if seat.answer[1] is not None:  # its body held unread: the server counts it
                 seat.receiving(seat.answer[0].final_url)
         return remote or self._first()[0]
