@@ -70,8 +70,9 @@ class State:
         self.blobs: dict[str, bytes] = {}
         self.hits: list[int] = []
         self.log: list[dict[str, Any]] = []
-        self.active: dict[str, int] = dict.fromkeys(ROLES, 0)  # requests being answered now
+        self.active: dict[str, int] = dict.fromkeys(ROLES, 0)  # this script's being answered now
         self.peak: dict[str, int] = dict.fromkeys(ROLES, 0)  # the most at once since the load
+        self.loads = 0  # scripts loaded so far: the number of the one playing
         self.ports: dict[str, int] = {}
         self.schemes: dict[str, str] = dict.fromkeys(ROLES, "http")
 
@@ -81,17 +82,31 @@ class State:
             self.blobs = {d: base64.b64decode(b) for d, b in script.get("blobs", {}).items()}
             self.hits = [0] * len(script.get("faults", []))
             self.log = []
+            # A request of the script before may still be answered (a trickling head learns
+            # its client left only at its second write after): the next test's pull never
+            # had it at once with its own, so the count starts again without it.
+            self.loads += 1
+            self.active = dict.fromkeys(ROLES, 0)
             self.peak = dict.fromkeys(ROLES, 0)
 
     def note(self, entry: dict[str, Any]) -> None:
         with self.lock:
             self.log.append(entry)
 
-    def answering(self, role: str, count: int) -> None:
-        """A request of ``role`` begins (1) or ends (-1) being answered."""
+    def answering(self, role: str) -> int:
+        """A request of ``role`` begins being answered: counted under the script playing,
+        whose number is returned (for ``answered``)."""
         with self.lock:
-            self.active[role] += count
+            self.active[role] += 1
             self.peak[role] = max(self.peak[role], self.active[role])
+            return self.loads
+
+    def answered(self, role: str, script: int) -> None:
+        """A request of ``role`` counted under ``script`` (``answering``) is answered: no
+        longer counted, unless another script was loaded since (its count began without it)."""
+        with self.lock:
+            if script == self.loads:
+                self.active[role] -= 1
 
     def fault(self, role: str, path: str, kept: bool) -> dict[str, Any] | None:
         """The first rule for this request that is not used up, counting its hit. ``kept``:
@@ -122,7 +137,9 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     served = 0  # requests read on this connection before this one (a handler a connection)
-    waiting = False  # a request of this connection is being answered and counted (``peak``)
+    # The script under which a request of this connection is being answered and counted
+    # (``peak``); None: none is.
+    counted: int | None = None
 
     def do_GET(self) -> None:
         if self.role == "ctl":
@@ -131,8 +148,7 @@ class Handler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items()}
         STATE.note({"role": self.role, "method": "GET", "path": self.path, "headers": headers})
         kept, self.served = self.served > 0, self.served + 1
-        STATE.answering(self.role, 1)
-        self.waiting = True
+        self.counted = STATE.answering(self.role)
         try:
             self._answer(STATE.fault(self.role, self.path, kept))
         finally:
@@ -142,9 +158,9 @@ class Handler(BaseHTTPRequestHandler):
         """The request is answered: counted as the head goes out (``_head``), not after its
         bytes, which the client may have read, asking its next, before this thread went on
         (a loaded CI's ``peak`` read one more request at once than the client ever sent)."""
-        if self.waiting:
-            self.waiting = False
-            STATE.answering(self.role, -1)
+        if self.counted is not None:
+            STATE.answered(self.role, self.counted)
+            self.counted = None
 
     def _answer(self, rule: dict[str, Any] | None) -> None:
         if rule is not None and "delay" in rule:  # the script's answer, that much later
@@ -331,7 +347,8 @@ class HostileRegistry:
         return answer
 
     def peak(self, role: str) -> int:
-        """The most requests of ``role`` answered at once since the script was loaded."""
+        """The most requests of ``role`` answered at once since the script was loaded (read
+        since: one read before, still being answered, belongs to the test before)."""
         answer: int = self._call("/log", None)["peak"][role]
         return answer
 

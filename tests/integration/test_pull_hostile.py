@@ -25,6 +25,7 @@ import json
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -768,6 +769,33 @@ def test_a_pull_under_a_limit_of_a_few_bytes_a_second_looks_its_blobs_up_as_few_
     assert run.code == 3, run.stderr  # refused, as scripted
     assert hostile.hits()[0] >= 7, "every blob was looked up"
     assert hostile.peak("registry") <= 2, hostile.peak("registry")
+
+
+def _asked(port: int, path: str) -> socket.socket:
+    """A GET of ``path`` whose answer has begun (the server has counted it): its socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    with sock.makefile("rb") as answer:
+        assert answer.read(9) == b"HTTP/1.1 "
+    return sock
+
+
+def test_a_request_of_an_earlier_script_still_being_answered_is_not_in_the_next_ones_peak() -> None:
+    """A test reads ``peak`` as the most requests its own pull had at once. A request of
+    the script before, still being answered after its client left (a head trickling a byte
+    every few seconds: its thread learns the client is gone only at its second write after),
+    is none of them. Counted, it made the limit-rate test above read 3 for the pull's two
+    look-ups when the head-trickling test ran just before it (every 4th test: 4 shards)."""
+    server = HostileRegistry()  # its own: the trickle outlives this test, until ``stop``
+    try:
+        manifest = f"/v2/{REGISTRY_REPO}/manifests/{REGISTRY_TAG}"
+        server.load(script(faults=[rule("registry", "manifests", trickle_head=30)]))
+        _asked(server.ports["registry"], manifest).close()
+        server.load(script())
+        with _asked(server.ports["registry"], manifest):
+            assert server.peak("registry") == 1
+    finally:
+        server.stop()
 
 
 # --- a look-up is a probe -------------------------------------------------------------------------
