@@ -159,6 +159,17 @@ def interrupted_once_under_way(script: str, args: list[str], timeout: float) -> 
         running.wait()
 
 
+def pipe_line(fd: int) -> str:
+    """One line off the pipe ``fd``, a byte at a time: nothing past it is taken, so that
+    ``Popen.communicate``, which reads the pipe itself, gets the rest whole. A buffered
+    reader's read-ahead (``next(proc.stdout)``, ``readline``) is lost to it: a line cut in
+    two, or lines missing, once the child had written ahead."""
+    got = bytearray()
+    while not got.endswith(b"\n") and (byte := os.read(fd, 1)):
+        got += byte
+    return got.decode()
+
+
 def spawn_cli(*args: str) -> subprocess.Popen[str]:
     """``python -m blobdl ARGS`` in the background, its stdout unbuffered for --json."""
     return subprocess.Popen(

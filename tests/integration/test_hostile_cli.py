@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from blobdl.errors import EXIT_INTERRUPTED, EXIT_LOCAL, EXIT_NETWORK, EXIT_OK, EXIT_USAGE
-from tests.conftest import REPO, Blob, sha256_file
+from tests.conftest import REPO, Blob, pipe_line, sha256_file
 
 Make = Callable[..., Blob]
 
@@ -378,11 +378,12 @@ def test_a_stop_once_every_item_of_a_batch_is_done_does_not_undo_it(
     count = 3000  # the same item again and again: told after the batch, in its report
     (tmp_path / "m").write_text(f"{blob.url} out.bin\n" * count)
     run = subprocess.Popen([sys.executable, "-m", "blobdl", "-i", "m", "--json"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     try:
         assert run.stdout is not None
-        first = [next(run.stdout) for _ in range(3)]  # item 0 started and finished, item 1
+        # item 0 started and finished, item 1: read past nothing more (see ``pipe_line``)
+        first = [pipe_line(run.stdout.fileno()) for _ in range(3)]
         assert json.loads(first[2])["item"] == 1, first
         time.sleep(0.5)  # blobdl writes ahead until the pipe is full: the report is not over
         assert run.poll() is None
@@ -391,8 +392,8 @@ def test_a_stop_once_every_item_of_a_batch_is_done_does_not_undo_it(
     finally:
         run.kill()
         run.wait()
-    assert (run.returncode, err) == (EXIT_OK, ""), err
-    records = [json.loads(line) for line in [*first, *out.splitlines()]]
+    assert (run.returncode, err) == (EXIT_OK, b""), err
+    records = [json.loads(line) for line in [*first, *out.decode().splitlines()]]
     assert records[-1] == {"event": "summary", "ok": count, "failed": 0}, records[-1]
     assert sorted(r["item"] for r in records if r["event"] == "finished") == list(range(count))
     assert sha256_file(tmp_path / "out.bin") == blob.sha256
