@@ -31,7 +31,15 @@ from blobdl._version import __version__
 from faultserver.dask_cluster import QUIET, DaskCluster, start_cluster
 from faultserver.registry import Registry, start_registry
 from faultserver.serverctl import ServerHandle, start_server
-from tests.conftest import REPO, Blob, interrupted_once_under_way, run_cli, sha256_file, spawn_cli
+from tests.conftest import (
+    REPO,
+    Blob,
+    interrupted_once_under_way,
+    pipe_line,
+    run_cli,
+    sha256_file,
+    spawn_cli,
+)
 from tests.integration.test_batch_names import named
 from tests.integration.test_pull import assert_store, ref
 
@@ -584,12 +592,12 @@ def _two_items_under_way(
                      "--per-host", "16", "--json", *SMALL)  # fmt: skip
     assert proc.stdout is not None
     started: set[int] = set()
-    for line in proc.stdout:
+    # A byte at a time (``pipe_line``): the callers' communicate() gets every event after
+    # these whole, where a buffered reader's read-ahead would cut one in two.
+    while len(started) < 2 and (line := pipe_line(proc.stdout.fileno())):
         event = json.loads(line)
         if event.get("event") == "progress" and event["done"] > 0:
             started.add(event["item"])
-        if len(started) == 2:
-            break
     return proc, blobs, started
 
 
