@@ -5,11 +5,11 @@ A large item waits here (``Waiting``: probed on a seat, or said to be large and 
 its own child) until the budget grants it lanes at its host (``start``); it is then forked
 (``LargeItems.start``) with its lanes and its share of the rate already in its slot
 (``share``). Kept-alive idle seats make room (``_drop``), but while items are queued for
-the seats, a large item leaves them what they need (``_room_for``). A child whose own probe
-a redirect leads to another host waits for room there (``hop``) and goes on once its grant
-moved (``hops``). Once nothing waits, running items get the lanes that ended items left
-(``more``). The scheduler (``_scheduler``) calls these in its launch step; the budget
-(``_budget``) is the pure arithmetic they act on.
+the seats, a large item leaves them what they need (``_room_for``). A child whose probe, or
+refresh (an expired URL resolved again), a redirect leads to another host waits for room
+there (``hop``) and goes on once its grant moved (``hops``). Once nothing waits, running
+items get the lanes that ended items left (``more``). The scheduler (``_scheduler``) calls
+these in its launch step; the budget (``_budget``) is the pure arithmetic they act on.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Waiting(NamedTuple):
 
 class Lanes:
     """The scheduler's grants of lanes: the items ``waiting`` for theirs, those whose own
-    probe waits for room at another host (``hopping``), the room made and the shares
+    probe or refresh waits for room at another host (``hopping``), the room made and the shares
     written. ``queued`` is the scheduler's queue of items for seats, by host (read here:
     what the seats will need)."""
 
@@ -57,7 +57,7 @@ class Lanes:
         self.budget, self.seats, self.large, self.watch = budget, seats, large, watch
         self.queued = queued
         self.waiting = waiting
-        self.hopping: dict[int, str] = {}  # item -> the host its child's probe waits for room at
+        self.hopping: dict[int, str] = {}  # item -> where its probe or refresh waits for room
         self.limit = settings.limit_rate
 
     def wait(self, waiting: Waiting) -> None:
@@ -65,7 +65,8 @@ class Lanes:
         self.waiting.append(waiting)
 
     def hop(self, index: int, host: str) -> None:
-        """Item ``index``'s own probe goes on at ``host`` once it has room there (``hops``)."""
+        """Item ``index``'s probe (or refresh) goes on at ``host`` once it has room there
+        (``hops``)."""
         self.hopping[index] = host
 
     def ended(self, index: int) -> None:
@@ -74,8 +75,8 @@ class Lanes:
         self.budget.finish(index)
 
     def hops(self) -> None:
-        """Let each large item whose own probe a redirect leads to another host go on there
-        (``("hop", host)``), once that host has room: its grant moves there (holding
+        """Let each large item whose probe or refresh a redirect leads to another host go on
+        there (``("hop", host)``), once that host has room: its grant moves there (holding
         nothing meanwhile), before anything new starts, as a seat's does (``Seats.hops``)."""
         for index, host in list(self.hopping.items()):
             leave = self._room_for(host, self.budget.wanted(index))

@@ -430,7 +430,7 @@ class _Scheduler:
         if kind == "log":  # an exec'd child's: to the caller's logging, as a forked one's
             relay_log(payload)
             return
-        if kind == "hop":  # its probe goes on at another host: its lanes count there
+        if kind == "hop":  # its probe or refresh goes to another host: lanes count there
             self.lanes.hop(running.item, payload)
             return
         running.proc.join()
