@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import BadResponse, DigestMismatch, IntegrityError, LocalFileError
 from ..processes._signals import held
-from ..store._destination import temp_path
+from ..store._destination import STAGED_SUFFIX, TEMP_SUFFIX, temp_path
 from ..store._digest import sha256_fd
 from ..store._files import (
     atomic_write,
@@ -40,7 +40,7 @@ CACHEDIR_TAG = (
 )
 LOCK_MODE = 0o664  # huggingface_hub's WeakFileLock: group-writable, so users sharing a cache wait
 TREE_FORMAT = 1
-STAGED = ".blobdl-part"  # a verified download's name until it moves into place
+STAGED = STAGED_SUFFIX  # a verified download's name until it moves into place
 
 
 def inside(base: Path, folder: Path) -> Path:
@@ -280,8 +280,10 @@ def staged_path(final: Path) -> Path:
 
 def leftovers(staged: Path) -> list[Path]:
     """What a stopped run left for the download staged at ``staged``: the staged file, the
-    engine's partial and resume record and its lock file, those that are there."""
-    names = (staged, temp_path(staged), state_path(staged), DestinationLock(staged, 0).path)
+    engine's partial (and one of a blobdl that named it without ``.incomplete``), resume
+    record and lock file, those that are there."""
+    before = staged.with_name(staged.name + TEMP_SUFFIX)
+    names = (staged, temp_path(staged), before, state_path(staged), DestinationLock(staged, 0).path)
     return [path for path in names if os.path.lexists(path)]
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import BadResponse, LocalFileError
 from ..store import _files
-from ..store._destination import BESIDE, path_problem
+from ..store._destination import STAGED_BESIDE, path_problem
 from ..store._digest import sha256_fd
 from ..store._files import atomic_write, local_error, read_own
 from . import _disk
@@ -164,7 +164,7 @@ class LocalDirLayout:
         files beside it (huggingface_hub writes names of up to 246 bytes, its ``.metadata``
         255), a name made of the path's hash, in the same folder."""
         staged = _disk.staged_path(self._bookkeeping(f, ""))
-        if _disk.fits(staged.name, BESIDE):
+        if _disk.fits(staged.name, STAGED_BESIDE):
             return staged
         return staged.with_name(f"{_disk.hashed(f.path)}.blobdl-long{_disk.STAGED}")
 

@@ -32,14 +32,23 @@ from ._files import (
 )
 
 TEMP_SUFFIX = ".blobdl-tmp"
+#: A destination staged for a store another program keeps (huggingface_hub's cache:
+#: ``blobs/<etag>.blobdl-part``, moved onto ``blobs/<etag>`` once checked) ...
+STAGED_SUFFIX = ".blobdl-part"
+#: ... has its partial named as that program's tools count and reclaim partials,
+#: ``*.incomplete`` (``scan_cache_dir``, ``hf cache ls`` and ``hf cache prune``); never
+#: ``<etag>.incomplete`` itself, which huggingface_hub before 2.4 resumed from its size (a
+#: reserved partial's size is the whole blob's).
+STAGED_TEMP_SUFFIX = TEMP_SUFFIX + ".incomplete"
 #: Every file blobdl keeps beside a destination has this in its name (-tmp, -state, -lock...).
 SIDE_MARK = ".blobdl-"
 #: What follows SIDE_MARK in the name of a file the engine keeps beside a destination
 #: (-tmp, -state and -state.new, -bad, -lock, a cache's -link scratch, a seat's -kept lock).
 _ENGINE_SIDE = re.compile(re.escape(SIDE_MARK) + r"(tmp|state|bad|lock|link|kept)")
 #: What the longest name blobdl keeps beside a destination adds to the destination's own:
-#: its resume record's scratch, ``DEST.blobdl-state.new``.
+#: its resume record's scratch, ``DEST.blobdl-state.new``; a staged destination's partial.
 BESIDE = len(".blobdl-state.new")
+STAGED_BESIDE = max(BESIDE, len(STAGED_TEMP_SUFFIX))
 #: The shortest NAME_MAX of the filesystems in use (eCryptfs; most have 255).
 _ANY_NAME_MAX = 143
 #: NAME_MAX (255) less our longest side-file suffix (a cache scratch: .blobdl-link-PID-HEX).
@@ -79,8 +88,10 @@ def given_destination(path: str | os.PathLike[str]) -> Path:
 
 
 def temp_path(dest: Path) -> Path:
-    """Where bytes land until the download is complete (same directory: rename is atomic)."""
-    return dest.with_name(dest.name + TEMP_SUFFIX)
+    """Where bytes land until the download is complete (same directory: rename is atomic);
+    a staged destination's as its store's tools know a partial (``STAGED_TEMP_SUFFIX``)."""
+    staged = dest.name.endswith(STAGED_SUFFIX)
+    return dest.with_name(dest.name + (STAGED_TEMP_SUFFIX if staged else TEMP_SUFFIX))
 
 
 def safe_basename(name: str | None) -> str | None:
@@ -132,7 +143,7 @@ def check_destination(dest: Path, beside: int = BESIDE, *, writable: bool = True
     broken = directory_problem(parent)
     if broken is not None:
         raise broken
-    _check_room(dest, beside)
+    _check_room(dest, max(beside, STAGED_BESIDE) if dest.name.endswith(STAGED_SUFFIX) else beside)
     require_regular(dest)
     if writable and not folder_writable(dest):
         raise not_writable(dest)

@@ -372,7 +372,8 @@ def test_an_interrupted_hf_run_resumes_where_it_stopped(
     cache = tmp_path / "cache"
     interrupted_a_quarter_in(hub, tmp_path, "--cache-dir", str(cache))
     blobs = cache / "models--acme--big" / "blobs"
-    assert not (blobs / blob).exists() and (blobs / f"{blob}.blobdl-part.blobdl-tmp").exists()
+    partial = blobs / f"{blob}.blobdl-part.blobdl-tmp.incomplete"
+    assert not (blobs / blob).exists() and partial.exists()
     # Its partial kept, no empty revision for `hf cache ls` to show (nor a repository it
     # calls corrupt): the commit's tree record and snapshot folder went with the run.
     scan = call(hf_env(hub.url, tmp_path, offline=True), "scan_cache_dir", cache_dir=str(cache))
@@ -387,25 +388,34 @@ def test_an_interrupted_hf_run_resumes_where_it_stopped(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="not done: blobdl's partials are not huggingface_hub's")
-def test_an_interrupted_runs_partial_is_seen_by_huggingface_hubs_cache_tools(
-    hub: HubHandle, tmp_path: Path
+def test_an_interrupted_runs_partial_is_seen_and_reclaimed_by_huggingface_hubs_cache_tools(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:
     """A stopped run keeps its partial for the next run, reserved at its full size (3 MiB
-    here with a quarter in; a whole shard on a real repository), as ``blobs/<etag>.blobdl-
-    part.blobdl-tmp``. huggingface_hub's cache tools count and reclaim partials only as
-    ``*/blobs/*.incomplete`` (``scan_cache_dir``'s incomplete_files): ``hf cache ls`` shows
-    the repository at 0 bytes, ``hf cache prune`` finds nothing to prune and ``hf cache rm``
-    nothing to delete, so a user who gives up on blobdl has no tool that sees those bytes.
-    Not ``<etag>.incomplete`` itself: huggingface_hub before 2.4 resumed that file from its
-    size, which a reserved partial gives as whole."""
+    here with a quarter in; a whole shard on a real repository). huggingface_hub's cache
+    tools know a partial only as ``*/blobs/*.incomplete``: named so, the real ``hf cache
+    prune`` counts it and reclaims its bytes, as it does its own, for a user who gives up
+    on blobdl; a later run then starts that blob over and ends exact."""
     cache = tmp_path / "cache"
     interrupted_a_quarter_in(hub, tmp_path, "--cache-dir", str(cache))
-    held = sum(p.stat().st_blocks * 512 for p in (cache / "models--acme--big").rglob("*")
-               if p.is_file())  # fmt: skip
-    assert held >= BIG
-    counted = sum(p.stat().st_size for p in cache.glob("*/blobs/*.incomplete"))
-    assert counted >= BIG // 4
+    folder = cache / "models--acme--big"
+    assert _held(folder) >= BIG
+    hf = [str(Path(sys.executable).parent / "hf"), "cache"]
+    env = hf_env(hub.url, tmp_path, offline=True)
+    pruned = subprocess.run([*hf, "prune", "--yes", "--cache-dir", str(cache)],
+                            capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr
+    assert "1 incomplete download" in pruned.stdout, pruned.stdout
+    assert _held(folder) < BIG // 4  # its bytes are freed, not only counted
+    done = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    snapshot = Path(done.stdout.strip())
+    assert contents(snapshot) == repos["acme/big"].contents[repos["acme/big"].refs["main"]]
+
+
+def _held(folder: Path) -> int:
+    """The bytes the files under ``folder`` hold on disk (a reserved partial's whole size)."""
+    return sum(p.lstat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
 
 
 def test_an_interrupted_local_dir_run_resumes_and_huggingface_hub_then_fetches_nothing(
@@ -419,7 +429,7 @@ def test_an_interrupted_local_dir_run_resumes_and_huggingface_hub_then_fetches_n
     interrupted_a_quarter_in(hub, tmp_path, "--local-dir", str(ld))
     assert not (ld / "model.safetensors").exists()
     download = ld / ".cache" / "huggingface" / "download"
-    assert [p.name for p in download.rglob("model.safetensors*.blobdl-tmp")], tree(ld)
+    assert [p.name for p in download.rglob("model.safetensors*.blobdl-tmp.incomplete")], tree(ld)
     done = blobdl_hf(hub, tmp_path, "acme/big", "--local-dir", str(ld), "--json")
     assert done.returncode == 0, done.stderr
     finished = [json.loads(x) for x in done.stdout.splitlines() if '"finished"' in x]

@@ -246,7 +246,14 @@ def test_a_repository_of_more_files_than_may_be_open_at_once(
 
 # --- what a stopped run leaves ----------------------------------------------------------------
 
-LEFT = (".blobdl-part", ".blobdl-part.blobdl-tmp", ".blobdl-part.blobdl-state")
+# The staged file, the engine's partial (and one an older blobdl named without .incomplete),
+# its resume record.
+LEFT = (
+    ".blobdl-part",
+    ".blobdl-part.blobdl-tmp.incomplete",
+    ".blobdl-part.blobdl-tmp",
+    ".blobdl-part.blobdl-state",
+)
 
 
 @pytest.mark.parametrize("linked", [True, False], ids=["snapshot-complete", "links-missing"])
@@ -415,7 +422,7 @@ def _two_revisions() -> tuple[HubRepo, dict[str, bytes], dict[str, bytes]]:
     return tuned, first, second
 
 
-@pytest.mark.parametrize("left", [".blobdl-part", ".blobdl-part.blobdl-tmp"])
+@pytest.mark.parametrize("left", [".blobdl-part", ".blobdl-part.blobdl-tmp.incomplete"])
 def test_what_a_stopped_run_of_another_revision_left_in_a_local_dir_is_never_taken_for_its_file(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path, left: str
 ) -> None:
