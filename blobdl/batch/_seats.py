@@ -26,9 +26,11 @@ from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..engine._share import Share
 from ..errors import BlobdlError, OutOfResources
+from ..events import DownloadResult
 from ..http._pool import prepare_tls
 from ..processes._signals import held
 from ..processes._spawn import threaded
+from ..store._destination import sync_dir_quietly
 from ..store._lock import LOCK_SUFFIX, locked_destination, remove_stale
 from ..store._resume import drop_unrecorded
 from ._budget import Budget
@@ -63,6 +65,9 @@ class Seats:
         # seat -> the lock files its process may leave if it dies: the one it keeps between
         # items (its last answer says which), and its item's own
         self.locks: dict[int, set[str]] = {}
+        # seat -> the folders of the items it said were done: its process fsyncs them only
+        # as it ends (``_pool``), so one that dies first leaves them to us (``_made_durable``)
+        self.renamed: dict[int, set[Path]] = {}
         self.refused: OutOfResources | None = None  # why a seat's thread could not start
         self.hopping: dict[int, str] = {}  # seat -> the host its item waits for room at
 
@@ -141,7 +146,9 @@ class Seats:
         # removed its seats' lock files: swept (only those nobody holds go).
         if proc.exitcode != 0:
             self._sweep(ranges)
+            self._made_durable(ranges)
         for seat in ranges:
+            self.renamed.pop(seat, None)  # its process fsynced them, or we just did
             self.budget.end(seat, None)
 
     def heard(self, seat: int, watch: Watch) -> tuple[int, Said] | None:
@@ -178,6 +185,7 @@ class Seats:
             self.budget.end(seat, None)
         watch.forget(proc.sentinel)
         self._sweep(self.pool.ranges[number])
+        self._made_durable(self.pool.ranges[number])
         if threaded():
             for seat in self.pool.ranges[number]:
                 self.budget.retire(seat)
@@ -231,6 +239,15 @@ class Seats:
                 if (dest := locked_destination(Path(lock))) is not None:
                     drop_unrecorded(dest)
 
+    def _made_durable(self, seats: range) -> None:
+        """The renames of the items that ``seats`` said were done, made durable: their
+        process died before its own fsyncs, and the batch returns only once they are. Here,
+        on the scheduler's thread: a process dies rarely, and a folder fsync is short on any
+        disk but one that hangs, where the pool's own would have hung too. (A stopped pool's
+        are not: Ctrl-C must not wait for a disk, and the batch fails anyway.)"""
+        for folder in set().union(*(self.renamed.pop(seat, set()) for seat in seats)):
+            sync_dir_quietly(folder)
+
     def _said(self, seat: int, answer: Answer) -> tuple[int, Said] | None:
         index = self.on_seat.get(seat)
         if index is None:
@@ -239,6 +256,8 @@ class Seats:
             del self.on_seat[seat]
             self.hopping.pop(seat, None)
             self.locks[seat] = {answer.lock} if answer.lock is not None else set()
+            if isinstance(answer, _Done) and isinstance(answer.outcome, DownloadResult):
+                self.renamed.setdefault(seat, set()).add(Path(answer.outcome.path).parent)
             self.budget.end(seat, answer.kept)
             return index, answer
         if isinstance(answer, _Told):

@@ -65,3 +65,45 @@ def test_a_pool_process_killed_mid_progress_fails_its_items_once_and_leaves_noth
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"o{n}")) == []
     assert results[3].ok, results[3]
     assert sha256_file(tmp_path / "o3") == quick.sha256
+
+
+def test_a_pool_process_killed_after_its_renames_leaves_them_made_durable(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool process fsyncs the directories its seats renamed items in only as it ends. One
+    killed before then (the OOM killer, a user) never does: the items it said were done
+    are in place, reported so, yet a crash could still lose their renames. The batch
+    returns only once they are durable: someone fsyncs the folder of the item it finished."""
+    from blobdl.batch import _pool, _seats
+
+    synced = tmp_path / "synced"
+
+    def note(directory: Path) -> None:  # in the pool's forked processes and in the scheduler
+        with open(synced, "a") as notes:
+            notes.write(f"{directory}\n")
+
+    monkeypatch.setattr(_pool, "sync_dir_quietly", note)
+    monkeypatch.setattr(_seats, "sync_dir_quietly", note, raising=False)
+    done, running = make(100, seed=4420), make(SLOW, seed=4421)
+    server.set_faults({"path": f"/files/{running.name}", "times": None, "action": "rate",
+                       "bps": 4000, "step": 1000})  # fmt: skip
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
+    killed: list[int] = []
+
+    def kill_after_the_first(batch_event: blobdl.BatchEvent) -> None:
+        if batch_event.item == 0 and isinstance(batch_event.event, blobdl.Finished):
+            (pool,) = _pool_processes(before)
+            killed.append(pool.pid)
+            pool.kill()
+
+    items = [Item(done.url, str(first / "o0")), Item(running.url, str(second / "o1"))]
+    settings = fast_settings(processes=1)
+    results = blobdl.download_many(items, max_connections=2, on_event=kill_after_the_first,
+                                   settings=settings)  # fmt: skip
+    assert killed and results[0].ok, results
+    assert sha256_file(first / "o0") == done.sha256
+    notes = synced.read_text().split("\n") if synced.exists() else []
+    assert str(first) in notes, notes
