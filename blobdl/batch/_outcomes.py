@@ -115,7 +115,10 @@ class Outcomes:
         return ItemResult(items[index], result, first_result.error)
 
 
-def died(proc: Child) -> BlobdlError:
+def died(proc: Child, silent: float | None = None) -> BlobdlError:
     """The error of an item whose process (its own, or its seat's) died under it: a crashed
-    child (killed, out of memory), as a worker can be; not a bug of ours."""
+    child (killed, out of memory), as a worker can be; not a bug of ours. ``silent``: the
+    batch killed it, a stalled pool process quiet for that many seconds (``_beats``)."""
+    if silent is not None:
+        return WorkerCrashed(proc.exitcode, f"download process (silent for {silent:g} s, killed)")
     return WorkerCrashed(proc.exitcode, "download process")

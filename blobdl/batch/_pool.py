@@ -45,7 +45,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -63,6 +63,7 @@ from ..processes._child import Forked
 from ..processes._spawn import private, seat_pipe, start, start_thread
 from ..store._destination import sync_dir_quietly
 from ..store._names import default_name
+from ._beats import Beats
 from ._items import Item, inside
 
 log = logging.getLogger("blobdl")
@@ -192,6 +193,7 @@ class Pool:
         self.ended: set[int] = set()  # processes reaped for good (``reaped``)
         self.unstarted: set[int] = set()  # seats whose thread the machine refused (or after)
         self.refused: OutOfResources | None = None  # why, the last time
+        self.beats = Beats(len(self.ranges))  # each process's signs of life (``_beats``)
         for number in range(len(self.ranges)):
             self._fork(number)
         for number in range(len(self.ranges)):  # every process first, then their threads
@@ -242,6 +244,7 @@ class Pool:
         """Fork the process again (it died); its seats' pipes are new."""
         self._reap(process, STOP_GRACE)  # dead already
         self._fork(process)
+        self.beats.restarted(process)
         self._go(process)
 
     def stop(self, signum: int) -> None:
@@ -283,7 +286,7 @@ class Pool:
             private(ours)
         theirs = tuple(end for _, end in pipes)
         shares = tuple(self.shares[seats.start : seats.stop])
-        args = (theirs, seats.start, self.table, self.settings, shares)
+        args = (theirs, seats.start, self.table, self.settings, shares, self.beats, number)
         try:
             proc, control = start(pool_main, args, name=f"blobdl-pool-{number}", daemon=True,
                                   duplex=True)  # fmt: skip
@@ -341,10 +344,13 @@ def pool_main(
     table: CounterTable,
     settings: Settings,
     shares: tuple[Share, ...],
+    beats: Beats,
+    number: int,
     control: Connection,
 ) -> None:
-    """Entry point of a pool process: a thread per seat (once told ``GO``), until the
-    scheduler says stop (``_Stop``) or done (None), or is gone."""
+    """Entry point of pool process ``number``: a thread per seat (once told ``GO``), until
+    the scheduler says stop (``_Stop``) or done (None), or is gone; meanwhile its main
+    thread beats (``_beats``) and tells its seats' progress."""
     # _spawn.child_setup ran first: Ctrl-C is ignored, and we die with the scheduler.
     seats = [
         Seat(table, first + n, settings.buffer_size, shares[n] if shares else None)
@@ -357,7 +363,8 @@ def pool_main(
     try:
         control.recv()  # GO
         control.send(_start_seats(seats, lines, settings, idle))
-        message = _progress_until_told(control, seats, lines, settings.progress_interval)
+        message = _progress_until_told(control, seats, lines, settings,
+                                       lambda: beats.beat(number))  # fmt: skip
     except (EOFError, OSError):
         _close_lock_files(seats)
         os._exit(1)  # the scheduler is gone: nobody will use our bytes
@@ -373,12 +380,25 @@ def pool_main(
 
 
 def _progress_until_told(
-    control: Connection, seats: list[Seat], lines: list[_Line], interval: float
+    control: Connection,
+    seats: list[Seat],
+    lines: list[_Line],
+    settings: Settings,
+    beat: Callable[[], None],
 ) -> Any:
-    """The scheduler's next word; until it comes, every ``interval``, the progress of each
-    seat's item that has run that long."""
-    while not control.poll(interval):
+    """The scheduler's next word; until it comes, every progress interval, the progress of
+    each seat's item that has run that long, and a beat at least every quarter of the stall
+    timeout (the scheduler kills a process quiet for all of it)."""
+    interval = settings.progress_interval
+    tick = min(interval, settings.stall_timeout / 4)
+    due = time.monotonic() + interval
+    beat()
+    while not control.poll(tick):
+        beat()
         now = time.monotonic()
+        if now + tick / 2 < due:  # (a poll may wake a hair early)
+            continue
+        due = now + interval
         for seat, line in zip(seats, lines, strict=True):
             line.progress(seat.meter, now, interval)
     return control.recv()

@@ -370,8 +370,9 @@ class _Scheduler:
 
     def _wait(self) -> None:
         """Handle what seats and children said, once at least one said something (or a
-        signal arrived)."""
-        for kind, which in self.watch.ready():
+        signal arrived, or, while the pool runs items, a quarter of the stall timeout
+        passed); then kill a pool process that has stalled (``Seats.stalled``)."""
+        for kind, which in self.watch.ready(self.seats.listen_for()):
             if kind == "seat":
                 if (heard := self.seats.heard(which, self.watch)) is not None:
                     self._from_seat(*heard)
@@ -384,6 +385,7 @@ class _Scheduler:
                     self._from_seat(index, said)
                 if self.budget.retired():
                     self._off_the_seats()
+        self.seats.stalled(self.watch.waited)
 
     def _from_seat(self, index: int, said: Said) -> None:
         """What a seat said of its item (a seat that ended its item is free by now)."""

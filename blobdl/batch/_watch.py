@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -21,6 +22,7 @@ class Watch:
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
         self.wakers: list[socket.socket] = []  # ready once a signal arrived
+        self.waited = 0.0  # seconds the last ``ready`` waited for news (``_beats``)
 
     def __enter__(self) -> Watch:
         return self
@@ -75,10 +77,14 @@ class Watch:
             if not pipe.closed:
                 self.forget_seat(pipe)
 
-    def ready(self) -> Iterator[tuple[str, int]]:
+    def ready(self, timeout: float | None = None) -> Iterator[tuple[str, int]]:
         """What seats, pool processes and children have to say, once at least one said
-        something (or a signal arrived), checked as each is handled."""
-        for key, _ in self.selector.select():
+        something (or a signal arrived, or ``timeout`` seconds passed), checked as each is
+        handled."""
+        start = time.monotonic()
+        events = self.selector.select(timeout)
+        self.waited = time.monotonic() - start
+        for key, _ in events:
             if key.data is None:
                 continue  # a signal: the loop checks for it
             if self.selector.get_map().get(key.fd) is not key:

@@ -6,6 +6,7 @@ partial without a record would only be litter)."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,3 +108,48 @@ def test_a_pool_process_killed_after_its_renames_leaves_them_made_durable(
     assert sha256_file(first / "o0") == done.sha256
     notes = synced.read_text().split("\n") if synced.exists() else []
     assert str(first) in notes, notes
+
+
+def test_a_pool_process_stopped_mid_item_is_killed_once_silent_for_the_stall_timeout(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A pool process that stops answering (SIGSTOP, a debugger, a machine swapping it out)
+    is a stalled worker: its seats' items make no progress, and their own timeouts cannot
+    fire in a process that does not run. Once it has given no sign of life for the stall
+    timeout (2 s here) it is killed and its items fail saying so, the pool forked again for
+    the rest; a batch never waits for it without end. Resumed 30 s later by an outside hand
+    (never, if the batch is sound), it would have let the items land."""
+    blobs = [make(SLOW, seed=4430 + n) for n in range(2)]
+    server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": 4000,
+                       "step": 1000})  # fmt: skip
+    quick = make(1000, seed=4440)  # listed last: it runs on the pool forked again
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
+    told: dict[int, list[str]] = {}
+    resumers: list[subprocess.Popen[bytes]] = []
+
+    def note(batch_event: blobdl.BatchEvent) -> None:
+        told.setdefault(batch_event.item, []).append(type(batch_event.event).__name__)
+        progressed = {i for i, names in told.items() if "Progress" in names}
+        if not resumers and progressed >= {0, 1}:  # both slow items are mid-progress
+            (pool,) = _pool_processes(before)
+            pool.suspend()
+            # Another process resumes it (a thread here would change how the batch forks).
+            resumers.append(subprocess.Popen(["sh", "-c", f"sleep 30; kill -CONT {pool.pid}"]))
+
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([*blobs, quick])]
+    settings = fast_settings(processes=1)
+    try:
+        results = blobdl.download_many(items, max_connections=2, on_event=note,
+                                       settings=settings)  # fmt: skip
+    finally:
+        for resumer in resumers:
+            resumer.kill()
+            resumer.wait()
+    assert resumers
+    for n in range(2):
+        error = results[n].error
+        assert error is not None and "silent for 2 s" in str(error), results[n]
+        assert told[n][-1] == "Failed", told[n]
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"o{n}")) == []
+    assert results[2].ok, results[2]
+    assert sha256_file(tmp_path / "o2") == quick.sha256
