@@ -84,7 +84,10 @@ def repos() -> dict[str, HubRepo]:
     )
     big = HubRepo("acme/big")
     big.commit({"model.safetensors": _bytes(6, BIG), "config.json": b"{}"})
-    return {r.id: r for r in (_tiny(), private, gated, data, big)}
+    two = HubRepo("acme/two")  # a branch to keep, and main: a small file and a big one
+    two.commit({"README.md": b"# two\n"}, branch="dev")
+    two.commit({"config.json": b'{"two": 2}', "model.safetensors": _bytes(7, BIG)})
+    return {r.id: r for r in (_tiny(), private, gated, data, big, two)}
 
 
 @pytest.fixture(scope="module")
@@ -452,6 +455,49 @@ def test_what_a_stopped_run_got_whole_is_in_place_for_huggingface_hub_and_its_ca
     done = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", str(cache))
     assert done.returncode == 0, done.stderr
     assert contents(Path(done.stdout.strip())) == big.contents[commit]
+
+
+def test_a_blob_removed_by_hf_cache_rm_during_a_run_is_never_linked(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """``hf cache rm <commit>`` while blobdl downloads that commit's big file: the revision
+    (a file huggingface_hub put there, no ref naming it yet) goes with its blob, the
+    partial stays and the download ends. The file found there at the start is not there at
+    the end: the run fails, one line, and names no snapshot with a link to a missing blob
+    (no ref); the next run completes it."""
+    two = repos["acme/two"]
+    commit, cache = two.refs["main"], tmp_path / "cache"
+    env = hf_env(hub.url, tmp_path)
+    assert blobdl_hf(hub, tmp_path, "acme/two", "--revision", "dev", "--cache-dir",
+                     str(cache)).returncode == 0  # fmt: skip
+    got = call(env, "hf_hub_download", repo_id="acme/two", filenames=["config.json"],
+               revision=commit, cache_dir=str(cache))  # fmt: skip
+    assert "error" not in got, got
+    hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 1 << 20, "times": None})
+    args = ["hf", "acme/two", "--cache-dir", str(cache), "--json", *FAST, *PACED]
+    proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**env, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("event") == "progress" and event["done"] >= BIG // 4:
+            break
+    hf = [str(Path(sys.executable).parent / "hf"), "cache"]
+    removed = subprocess.run([*hf, "rm", commit, "--yes", "--cache-dir", str(cache)],
+                             capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert removed.returncode == 0, removed.stderr
+    _, err = proc.communicate(timeout=60)
+    hub.storage.set_faults()
+    snapshot = cache / "models--acme--two" / "snapshots" / commit
+    dangling = [p.name for p in snapshot.rglob("*") if p.is_symlink() and not p.exists()]
+    ref = cache / "models--acme--two" / "refs" / "main"
+    assert proc.returncode != 0 or not dangling, (proc.returncode, dangling, err)
+    assert not (ref.exists() and ref.read_text() == commit and dangling), dangling
+    assert proc.returncode == 5 and len(err.strip().splitlines()) == 1, err
+    done = blobdl_hf(hub, tmp_path, "acme/two", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert contents(Path(done.stdout.strip())) == two.contents[commit]
 
 
 def _held(folder: Path) -> int:
