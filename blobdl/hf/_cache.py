@@ -170,9 +170,16 @@ class CacheLayout:
         """``snapshots/<commit>/<path>`` -> ``../../blobs/<etag>`` (relative, one ``..`` per
         folder), unless its entry is ``present`` (a copy huggingface_hub made is kept, never
         replaced by a link to a blob it never wrote), replacing whatever else was there;
-        created beside and renamed, so a reader sees the old entry or the new one."""
+        created beside and renamed, so a reader sees the old entry or the new one. A blob
+        not there (``hf cache rm`` or ``prune`` took it while the run went on) is never
+        linked: the run fails, and the next one fetches it."""
         if self.present(f):
             return
+        if not self.have(f):
+            raise LocalFileError(
+                str(self.blob_path(f)),
+                f"the blob of {f.path!r} was removed while the run went on; run again to fetch it",
+            )
         link = self.file_path(f)
         target = os.path.relpath(self.blob_path(f), link.parent)
         make_dirs(link.parent)

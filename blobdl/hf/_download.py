@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..batch._items import BatchEvent
 from ..batch._scheduler import BatchCallback, Item, download_many
 from ..config import Settings, check_callback, check_path, check_text, overridden
 from ..errors import (
@@ -32,7 +33,7 @@ from ..errors import (
     RepositoryNotFound,
     UsageError,
 )
-from ..events import DownloadResult, Event
+from ..events import DownloadResult, Event, Finished
 from ..processes._signals import called
 from ..store._destination import sync_dir_quietly
 from ..store._lock import in_turns
@@ -306,24 +307,44 @@ class _Fetcher:
         # either may take all of it), and each file may use all of it too.
         whole = self.settings.connections
         tell = _relayed(self.on_event, todo)
-        results = download_many(items, max_connections=whole, per_host=whole,
-                                settings=self.settings, on_event=tell)  # fmt: skip
-        errors: list[tuple[RepoFile, BlobdlError]] = []
+        errors: dict[int, BlobdlError] = {}
+        tried: set[int] = set()
         placed: set[Path] = set()
-        for f, item, outcome in zip(todo, items, results, strict=True):
+
+        def place(index: int, result: DownloadResult) -> None:
+            if index in tried:  # once: a stop may tell a file's ``Finished`` again
+                return
+            tried.add(index)
             try:
-                if outcome.error is not None:
-                    raise outcome.error
-                placed.add(self.layout.place(f, item.url, engine_checked=True))
-                self.placed += 1
-                assert outcome.result is not None
-                self.fetched[f.path] = outcome.result
+                placed.add(self.layout.place(todo[index], items[index].url, engine_checked=True))
             except BlobdlError as exc:
-                errors.append((f, exc))
-        for folder in placed:  # their renames durable, once a folder, before any link to them
-            sync_dir_quietly(folder)
+                errors[index] = exc
+                return
+            self.placed += 1
+            self.fetched[todo[index].path] = result
+
+        def heard(told: BatchEvent) -> None:
+            # Each file is placed as it finishes, not once all have: one a stop (Ctrl-C, a
+            # failure) leaves staged is a name no cache tool of huggingface_hub's knows.
+            if isinstance(told.event, Finished):
+                place(told.item, told.event.result)
+            if tell is not None:
+                tell(told)
+
+        try:
+            results = download_many(items, max_connections=whole, per_host=whole,
+                                    settings=self.settings, on_event=heard)  # fmt: skip
+            for index, outcome in enumerate(results):
+                if outcome.error is not None:
+                    errors.setdefault(index, outcome.error)
+                elif outcome.result is not None:
+                    place(index, outcome.result)
+        finally:
+            for folder in placed:  # their renames durable, once a folder, before any link
+                sync_dir_quietly(folder)
         if errors:
-            raise self._worded(*errors[0])
+            first = min(errors)
+            raise self._worded(todo[first], errors[first])
 
     def _worded(self, f: RepoFile, error: BlobdlError) -> BlobdlError:
         """A file the Hub itself refused (the token revoked, the access withdrawn since the

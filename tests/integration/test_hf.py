@@ -84,7 +84,10 @@ def repos() -> dict[str, HubRepo]:
     )
     big = HubRepo("acme/big")
     big.commit({"model.safetensors": _bytes(6, BIG), "config.json": b"{}"})
-    return {r.id: r for r in (_tiny(), private, gated, data, big)}
+    two = HubRepo("acme/two")  # a branch to keep, and main: a small file and a big one
+    two.commit({"README.md": b"# two\n"}, branch="dev")
+    two.commit({"config.json": b'{"two": 2}', "model.safetensors": _bytes(7, BIG)})
+    return {r.id: r for r in (_tiny(), private, gated, data, big, two)}
 
 
 @pytest.fixture(scope="module")
@@ -345,17 +348,22 @@ def test_files_already_in_the_cache_cost_no_transfer(
 
 
 def interrupted_a_quarter_in(hub: HubHandle, home: Path, *where: str) -> None:
-    """``blobdl hf acme/big WHERE`` paced, Ctrl-C'd once a quarter of its big file is in: it
-    exits 130. The pacing is lifted for what comes next."""
+    """``blobdl hf acme/big WHERE`` paced, Ctrl-C'd once a quarter of its big file is in
+    (and its small file, ``config.json``, has come down): it exits 130. The pacing is lifted
+    for what comes next."""
     hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 1 << 20, "times": None})
     env = {**hf_env(hub.url, home), "PYTHONUNBUFFERED": "1"}
     args = ["hf", "acme/big", *where, "--json", *FAST, *PACED]
     proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)  # fmt: skip
     assert proc.stdout is not None
+    small = quarter = False
     for line in proc.stdout:
         event = json.loads(line)
-        if event.get("event") == "progress" and event["done"] >= BIG // 4:
+        kind = event.get("event")
+        small = small or (kind == "finished" and event["url"].endswith("/config.json"))
+        quarter = quarter or (kind == "progress" and event["done"] >= BIG // 4)
+        if small and quarter:
             break
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -374,10 +382,12 @@ def test_an_interrupted_hf_run_resumes_where_it_stopped(
     blobs = cache / "models--acme--big" / "blobs"
     partial = blobs / f"{blob}.blobdl-part.blobdl-tmp.incomplete"
     assert not (blobs / blob).exists() and partial.exists()
-    # Its partial kept, no empty revision for `hf cache ls` to show (nor a repository it
-    # calls corrupt): the commit's tree record and snapshot folder went with the run.
+    # Its partial kept, and the file it got whole (config.json) in place: `hf cache ls`
+    # shows that, a revision no ref names (it is not complete), and calls nothing corrupt.
     scan = call(hf_env(hub.url, tmp_path, offline=True), "scan_cache_dir", cache_dir=str(cache))
-    assert scan == {"repos": {"model acme/big": {}}, "warnings": []}, scan
+    commit = repos["acme/big"].refs["main"]
+    revision = {commit: {"refs": [], "files": ["config.json"]}}
+    assert scan == {"repos": {"model acme/big": revision}, "warnings": []}, scan
     done = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", str(cache), "--json")
     assert done.returncode == 0, done.stderr
     finished = [json.loads(x) for x in done.stdout.splitlines() if '"finished"' in x]
@@ -411,6 +421,83 @@ def test_an_interrupted_runs_partial_is_seen_and_reclaimed_by_huggingface_hubs_c
     assert done.returncode == 0, done.stderr
     snapshot = Path(done.stdout.strip())
     assert contents(snapshot) == repos["acme/big"].contents[repos["acme/big"].refs["main"]]
+
+
+def test_what_a_stopped_run_got_whole_is_in_place_for_huggingface_hub_and_its_cache_tools(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """A file that came down whole before the stop is placed and linked, as a failed run's
+    files are: huggingface_hub reads it offline at the commit (the snapshot it is in is
+    incomplete by the tree record, and no ref names it), and ``hf cache prune`` sees all
+    the run left, that file as its detached revision's, and frees it all. Left staged
+    (``<etag>.blobdl-part``, a name the cache tools know nothing of) it was a whole shard
+    on a real repository that no tool showed or reclaimed."""
+    cache = tmp_path / "cache"
+    interrupted_a_quarter_in(hub, tmp_path, "--cache-dir", str(cache))
+    big = repos["acme/big"]
+    commit = big.refs["main"]
+    offline = hf_env(hub.url, tmp_path, offline=True)
+    got = call(offline, "hf_hub_download", repo_id="acme/big", filenames=["config.json"],
+               revision=commit, cache_dir=str(cache))  # fmt: skip
+    assert "error" not in got, got
+    assert Path(got["paths"][0]).read_bytes() == big.contents[commit]["config.json"]
+    for revision in ("main", commit):  # never taken for complete
+        whole = call(offline, "snapshot_download", repo_id="acme/big", revision=revision,
+                     cache_dir=str(cache))  # fmt: skip
+        assert "error" in whole, whole
+    hf = [str(Path(sys.executable).parent / "hf"), "cache"]
+    pruned = subprocess.run([*hf, "prune", "--yes", "--cache-dir", str(cache)],
+                            capture_output=True, text=True, env=offline, timeout=120)  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr
+    blobs = cache / "models--acme--big" / "blobs"
+    left = [p.name for p in blobs.iterdir()] if blobs.exists() else []
+    assert [n for n in left if not n.endswith((".blobdl-state", ".blobdl-lock"))] == [], left
+    done = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert contents(Path(done.stdout.strip())) == big.contents[commit]
+
+
+def test_a_blob_removed_by_hf_cache_rm_during_a_run_is_never_linked(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """``hf cache rm <commit>`` while blobdl downloads that commit's big file: the revision
+    (a file huggingface_hub put there, no ref naming it yet) goes with its blob, the
+    partial stays and the download ends. The file found there at the start is not there at
+    the end: the run fails, one line, and names no snapshot with a link to a missing blob
+    (no ref); the next run completes it."""
+    two = repos["acme/two"]
+    commit, cache = two.refs["main"], tmp_path / "cache"
+    env = hf_env(hub.url, tmp_path)
+    assert blobdl_hf(hub, tmp_path, "acme/two", "--revision", "dev", "--cache-dir",
+                     str(cache)).returncode == 0  # fmt: skip
+    got = call(env, "hf_hub_download", repo_id="acme/two", filenames=["config.json"],
+               revision=commit, cache_dir=str(cache))  # fmt: skip
+    assert "error" not in got, got
+    hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 1 << 20, "times": None})
+    args = ["hf", "acme/two", "--cache-dir", str(cache), "--json", *FAST, *PACED]
+    proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**env, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("event") == "progress" and event["done"] >= BIG // 4:
+            break
+    hf = [str(Path(sys.executable).parent / "hf"), "cache"]
+    removed = subprocess.run([*hf, "rm", commit, "--yes", "--cache-dir", str(cache)],
+                             capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert removed.returncode == 0, removed.stderr
+    _, err = proc.communicate(timeout=60)
+    hub.storage.set_faults()
+    snapshot = cache / "models--acme--two" / "snapshots" / commit
+    dangling = [p.name for p in snapshot.rglob("*") if p.is_symlink() and not p.exists()]
+    ref = cache / "models--acme--two" / "refs" / "main"
+    assert proc.returncode != 0 or not dangling, (proc.returncode, dangling, err)
+    assert not (ref.exists() and ref.read_text() == commit and dangling), dangling
+    assert proc.returncode == 5 and len(err.strip().splitlines()) == 1, err
+    done = blobdl_hf(hub, tmp_path, "acme/two", "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert contents(Path(done.stdout.strip())) == two.contents[commit]
 
 
 def _held(folder: Path) -> int:
