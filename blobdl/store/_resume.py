@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import stat
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,19 @@ class PartRecord(NamedTuple):
     pos: int  # every byte in [start, pos) is on disk
 
 
+class Sample(NamedTuple):
+    offset: int  # first byte of a block of the partial's recorded bytes
+    length: int  # its length: at most SAMPLE bytes
+    crc: int  # zlib.crc32 of its bytes as they were on disk when the record was written
+
+
+# A block at each end of every part's recorded bytes is checksummed into the record: a rerun
+# reads them back before it trusts the partial (``_unchanged``). At most MOST_SAMPLES blocks,
+# from parts spread over the blob, however many parts there are.
+SAMPLE = 4096
+MOST_SAMPLES = 64
+
+
 class State(NamedTuple):
     url: str
     final_url: str
@@ -72,6 +86,9 @@ class State(NamedTuple):
     # sha256 of the full URL the record is for. The URLs above are stored redacted (a
     # token or a presigned signature in a query string is a credential); this matches them.
     url_key: str | None = None
+    # Checksums of blocks of the recorded bytes (``samples``): another program's bytes put
+    # in the partial between runs, at its size, are not resumed as the blob's.
+    samples: tuple[Sample, ...] = ()
 
     @property
     def identity(self) -> Identity:
@@ -168,9 +185,8 @@ class Resume:
                 identity = remote.identity
                 size = identity.size or 0
                 etag, modified = identity.etag, identity.last_modified
-                state = State(
-                    remote.url, remote.final_url, size, etag, modified, parts, self.digest
-                )
+                state = State(remote.url, remote.final_url, size, etag, modified, parts,
+                              self.digest, samples=samples(fd, parts))  # fmt: skip
                 save(self.record, state)
             except OSError as exc:
                 raise local_error(self.record, exc) from None
@@ -279,7 +295,42 @@ def load(path: Path, url: str, temp: Path, digest: str | None = None) -> State |
         # beside it, removing only our name of it.
         log.warning("ignoring resume state %s: the partial file is linked elsewhere", path)
         return None
+    if not _unchanged(temp, state.samples):
+        log.warning("ignoring resume state %s: the partial file's bytes are not the ones it "
+                    "recorded (another program wrote there); starting over", path)  # fmt: skip
+        return None
     return state
+
+
+def samples(fd: int, parts: Sequence[PartRecord]) -> tuple[Sample, ...]:
+    """Checksums of the first and the last block of each part's bytes on disk in ``fd``
+    (of parts spread over the blob, at most ``MOST_SAMPLES`` blocks): read back from the
+    page cache as the record that claims them is written, microseconds a checkpoint."""
+    begun = [part for part in parts if part.pos > part.start]
+    step = max(1, -(-2 * len(begun) // MOST_SAMPLES))
+    spans: set[tuple[int, int]] = set()
+    for part in begun[::step]:
+        spans.add((part.start, min(SAMPLE, part.pos - part.start)))
+        tail = max(part.start, part.pos - SAMPLE)
+        spans.add((tail, part.pos - tail))
+    return tuple(Sample(at, n, zlib.crc32(os.pread(fd, n, at))) for at, n in sorted(spans))
+
+
+def _unchanged(temp: Path, recorded: Sequence[Sample]) -> bool:
+    """Whether the blocks ``recorded`` of the partial at ``temp`` still hold the bytes they
+    held (a record written before samples were kept has none, and vouches as it did)."""
+    if not recorded:
+        return True
+    try:
+        fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return all(zlib.crc32(os.pread(fd, s.length, s.offset)) == s.crc for s in recorded)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _stranger(*paths: Path) -> Path | None:
@@ -337,6 +388,7 @@ def _body(state: State) -> dict[str, Any]:
         "final_url": redact_url(state.final_url),
         "url_key": state.url_key or url_key(state.url),
         "parts": [list(p) for p in state.parts],
+        "samples": [list(sample) for sample in state.samples],
     }
 
 
@@ -365,6 +417,7 @@ def _parse(text: str) -> State:
         parts=parts,
         digest=body.get("digest"),
         url_key=str(body["url_key"]),
+        samples=tuple(Sample(*(int(v) for v in sample)) for sample in body.get("samples", ())),
     )
     if state.digest is not None and not isinstance(state.digest, str):
         raise ValueError("the digest is not a string")
@@ -374,6 +427,7 @@ def _parse(text: str) -> State:
         if value is not None and not header_value(value):
             raise ValueError(f"the {name} is not a header's value")
     _require_cover(state)
+    _require_samples(state)
     return state
 
 
@@ -394,6 +448,16 @@ def coalesced(parts: Sequence[PartRecord], most: int) -> tuple[PartRecord, ...]:
         pairs = itertools.zip_longest(kept[::2], kept[1::2])
         kept = [a if b is None else PartRecord(a.start, b.end, a.pos) for a, b in pairs]
     return tuple(kept)
+
+
+def _require_samples(state: State) -> None:
+    """Samples as ``samples`` takes them: few, short, inside the blob (a forged record must
+    not have a rerun read gigabytes to check it)."""
+    if len(state.samples) > MOST_SAMPLES + 2:
+        raise ValueError("more samples than a record keeps")
+    for sample in state.samples:
+        if not (0 < sample.length <= SAMPLE and 0 <= sample.offset <= state.size - sample.length):
+            raise ValueError(f"a sample at byte {sample.offset} is not of the blob")
 
 
 def _require_cover(state: State) -> None:

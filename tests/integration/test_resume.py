@@ -202,6 +202,33 @@ def test_remote_changed_between_runs_starts_over_cleanly(
     assert "remote changed" in caplog.text
 
 
+@pytest.mark.parametrize("how", ["rewritten in place", "renamed onto it"])
+def test_a_partial_whose_bytes_were_replaced_between_runs_is_not_resumed(
+    make: Make, server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """Between two runs another program puts other bytes in the partial, at its size (a
+    restore from a backup, a sync tool, a stray ``dd``): its record still claims the bytes
+    it saw written. Resumed, the rerun would rename a blob of mixed bytes into place with
+    exit 0 (without a digest nothing else checks them). The record keeps a checksum of a
+    block at each end of every part's bytes, read back as it is written; a rerun finding
+    them changed starts over, and the blob is exact."""
+    blob = make(8 * PART, seed=24)
+    out = tmp_path / "out"
+    state = interrupted_download(blob, server, out)
+    assert state.done > 0
+    temp = Path(f"{out}.blobdl-tmp")
+    other = os.urandom(blob.size)
+    if how == "rewritten in place":
+        temp.write_bytes(other)  # the same file: its inode, its size
+    else:
+        (tmp_path / "other").write_bytes(other)
+        os.replace(tmp_path / "other", temp)
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256
+    assert result.resumed == 0 and result.bytes_fetched == blob.size
+    assert "not the ones it recorded" in caplog.text
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -258,6 +285,34 @@ def test_a_record_whose_parts_cannot_be_is_ignored_however_well_it_is_checksumme
     state = _resume.load(state_path(out), blob.url, Path(f"{out}.blobdl-tmp"))
     assert state is not None and state.parts[0].pos == state.parts[0].end  # the first is in
     save(state_path(out), state._replace(parts=tuple(forge(list(state.parts)))))
+    result = Downloader(fast_settings()).download(blob.url, out)
+    assert sha256_file(out) == blob.sha256 and result.resumed == 0
+    assert "ignoring" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda state: (*state.samples, _resume.Sample(state.size - 10, 4096, 0)),
+        lambda state: (*state.samples, _resume.Sample(0, 0, 0)),
+        lambda state: state.samples * 40,
+    ],
+    ids=["a block past the end", "an empty block", "more blocks than a record keeps"],
+)
+def test_a_record_whose_samples_cannot_be_is_ignored_however_well_it_is_checksummed(
+    make: Make,
+    server: ServerHandle,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    forge: Callable[[State], tuple[_resume.Sample, ...]],
+) -> None:
+    """A record's checksummed blocks are read back by a rerun: a forged one naming blocks
+    no checkpoint takes (outside the blob, empty, thousands of them) is ignored, not read."""
+    blob = make(8 * PART, seed=26)
+    out = tmp_path / "out"
+    state = interrupted_download(blob, server, out)
+    assert state.samples
+    save(state_path(out), state._replace(samples=forge(state)))
     result = Downloader(fast_settings()).download(blob.url, out)
     assert sha256_file(out) == blob.sha256 and result.resumed == 0
     assert "ignoring" in caplog.text
