@@ -303,17 +303,31 @@ class Pool:
 
     def _go(self, number: int) -> None:
         """Have process ``number`` start its seats, and hear which did. One that dies first
-        is heard as any that dies: its seats' pipes read EOF, its sentinel is ready."""
+        is heard as any that dies: its seats' pipes read EOF, its sentinel is ready. One
+        silent for the stall timeout (stopped as it was forked) is killed and forked again."""
         seats = self.ranges[number]
         self.unstarted.difference_update(seats)
         try:
-            self.controls[number].send(GO)
+            while not self._went(number):
+                # Stopped (or wedged) before it answered, where its beats cannot be judged
+                # yet: waited for without end, the batch would hang, deaf to Ctrl-C (this
+                # wait is not one the scheduler checks signals in). Each fork is new: again.
+                log.warning("pool process %d silent for %g s as it started: forked again",
+                            number, self.settings.stall_timeout)  # fmt: skip
+                self._reap(number, grace=0.0)  # killed
+                self._fork(number)
+                self.beats.restarted(number)
             started: _Started = self.controls[number].recv()
         except (EOFError, OSError):
             return
         self.unstarted.update(seats[started.seats :])
         if started.refused is not None:
             self.refused = started.refused
+
+    def _went(self, number: int) -> bool:
+        """Tell process ``number`` to go; whether it answered within the stall timeout."""
+        self.controls[number].send(GO)
+        return self.controls[number].poll(self.settings.stall_timeout)
 
     def reap(self) -> None:
         """Wait for every process (after ``stop``), killing one past ``STOP_GRACE``."""

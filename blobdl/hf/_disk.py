@@ -25,6 +25,7 @@ from ..store._files import (
     make_directory,
     open_own,
     read_own,
+    rename_new,
     take_lock,
 )
 from ..store._lock import DestinationLock
@@ -282,9 +283,24 @@ def leftovers(staged: Path) -> list[Path]:
     """What a stopped run left for the download staged at ``staged``: the staged file, the
     engine's partial (and one of a blobdl that named it without ``.incomplete``), resume
     record and lock file, those that are there."""
-    before = staged.with_name(staged.name + TEMP_SUFFIX)
+    before = older_partial(staged)
     names = (staged, temp_path(staged), before, state_path(staged), DestinationLock(staged, 0).path)
     return [path for path in names if os.path.lexists(path)]
+
+
+def older_partial(staged: Path) -> Path:
+    """Where a blobdl before partials ended in ``.incomplete`` kept ``staged``'s partial."""
+    return staged.with_name(staged.name + TEMP_SUFFIX)
+
+
+def resume_older_partial(staged: Path) -> None:
+    """An older blobdl's partial of ``staged`` takes the name a run resumes from (its record's
+    name is the same), unless a partial has that name: fetched again beside it, the blob
+    would be sent twice and held twice on disk (reserved whole) until done. Called under the
+    blob's claim, so no run writes it; best-effort: if the rename fails the run starts over,
+    and ``leftovers`` goes once the blob is there."""
+    with contextlib.suppress(OSError):
+        rename_new(older_partial(staged), temp_path(staged))
 
 
 def check_staged(staged: Path, f: RepoFile, where: str, *, engine_checked: bool) -> None:

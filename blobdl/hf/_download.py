@@ -38,7 +38,7 @@ from ..processes._signals import called
 from ..store._destination import sync_dir_quietly
 from ..store._lock import in_turns
 from . import _env
-from ._disk import leftovers
+from ._disk import leftovers, resume_older_partial
 from ._hub import Hub
 from ._layouts import Layout, folders, layout_for
 from ._offline import on_disk
@@ -297,6 +297,8 @@ class _Fetcher:
         todo = sorted((f for f in files if not self._left_behind(f)), key=lambda f: -f.size)
         if not todo:
             return
+        for f in todo:
+            resume_older_partial(self.layout.staging(f))
         url = self.hub.resolve_url
         items = [
             Item(url(self.commit, f.path), str(self.layout.staging(f)), f.digest,

@@ -5,8 +5,11 @@ partial without a record would only be litter)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,5 +154,64 @@ def test_a_pool_process_stopped_mid_item_is_killed_once_silent_for_the_stall_tim
         assert error is not None and "silent for 2 s" in str(error), results[n]
         assert told[n][-1] == "Failed", told[n]
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"o{n}")) == []
+    assert results[2].ok, results[2]
+    assert sha256_file(tmp_path / "o2") == quick.sha256
+
+
+def test_a_pool_process_stopped_before_it_answers_go_is_forked_again_not_waited_for(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """The pool forked again after a stalled process was killed: the new process stops
+    itself the moment it is forked (SIGSTOP, as a debugger following forks or a hand at the
+    wrong moment would), before it tells the scheduler its seats started. The scheduler must
+    not wait on that answer without end: once silent for the stall timeout, the process is
+    killed and forked once more, and the rest of the batch lands on it. Resumed 20 s later
+    by an outside hand (never, if the batch is sound)."""
+    blobs = [make(SLOW, seed=4450 + n) for n in range(2)]
+    server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": 4000,
+                       "step": 1000})  # fmt: skip
+    quick = make(1000, seed=4460)  # listed last: it runs on a pool forked again
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
+    told: dict[int, list[str]] = {}
+    resumers: list[subprocess.Popen[bytes]] = []
+    armed: list[bool] = []  # the next fork stops itself in its child
+
+    def stop_self() -> None:
+        if armed:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    os.register_at_fork(after_in_child=stop_self, after_in_parent=armed.clear)
+
+    def note(batch_event: blobdl.BatchEvent) -> None:
+        told.setdefault(batch_event.item, []).append(type(batch_event.event).__name__)
+        progressed = {i for i, names in told.items() if "Progress" in names}
+        if not resumers and progressed >= {0, 1}:  # both slow items are mid-progress
+            (pool,) = _pool_processes(before)
+            pool.suspend()
+            resume = f"sleep 20; pkill -CONT -P {os.getpid()}"  # whichever pool is stopped
+            resumers.append(subprocess.Popen(["sh", "-c", resume]))
+            armed.append(True)  # the pool forked again after this one is killed
+
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([*blobs, quick])]
+    settings = fast_settings(processes=1)
+    started = time.monotonic()
+    try:
+        results = blobdl.download_many(items, max_connections=2, on_event=note,
+                                       settings=settings)  # fmt: skip
+    finally:
+        armed.clear()
+        for resumer in resumers:
+            resumer.kill()
+            resumer.wait()
+        for proc in psutil.Process().children(recursive=True):  # never a stopped leftover
+            if proc.pid not in before:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+    elapsed = time.monotonic() - started
+    assert resumers
+    assert elapsed < 15, elapsed  # not the 20 s until the outside hand resumed it
+    for n in range(2):
+        error = results[n].error
+        assert error is not None and "silent for 2 s" in str(error), results[n]
     assert results[2].ok, results[2]
     assert sha256_file(tmp_path / "o2") == quick.sha256

@@ -398,6 +398,32 @@ def test_an_interrupted_hf_run_resumes_where_it_stopped(
     )
 
 
+def test_a_partial_an_older_blobdl_named_is_resumed_not_fetched_again_beside_it(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """A blobdl before partials ended in ``.incomplete`` left ``<etag>.blobdl-part.blobdl-
+    tmp`` and its record (a quarter of a shard in, reserved whole). The run after an
+    upgrade resumes it: fetched again from the start beside it, the shard would be sent
+    twice and held twice on disk until it is done (a tight disk refuses it)."""
+    blob = hashlib.sha256(
+        repos["acme/big"].contents[repos["acme/big"].refs["main"]]["model.safetensors"]
+    ).hexdigest()
+    cache = tmp_path / "cache"
+    interrupted_a_quarter_in(hub, tmp_path, "--cache-dir", str(cache))
+    blobs = cache / "models--acme--big" / "blobs"
+    partial = blobs / f"{blob}.blobdl-part.blobdl-tmp.incomplete"
+    partial.rename(blobs / f"{blob}.blobdl-part.blobdl-tmp")  # as an older blobdl named it
+    sent = hub.storage.stats()["bytes_sent"]
+    done = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", str(cache), "--json")
+    assert done.returncode == 0, done.stderr
+    finished = [json.loads(x) for x in done.stdout.splitlines() if '"finished"' in x]
+    assert finished and finished[0]["resumed"] >= BIG // 4, finished
+    assert hub.storage.stats()["bytes_sent"] - sent < BIG  # not the whole shard again
+    assert sorted(p.name for p in blobs.iterdir()) == sorted(
+        [blob, hashlib.sha1(b"blob 2\0{}").hexdigest()]
+    )
+
+
 def test_an_interrupted_runs_partial_is_seen_and_reclaimed_by_huggingface_hubs_cache_tools(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:
