@@ -41,6 +41,7 @@ it does for a process that died.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -166,6 +167,10 @@ class _Line:
             if (progress := meter.progress(now, interval)) is not None:
                 with contextlib.suppress(OSError):  # the seat or the scheduler is gone
                     self.pipe.send(_Told(progress))
+
+
+# Forks of one pool process tried in a row, each silent as it starts (``Pool._go``).
+GO_TRIES = 3
 
 
 class Pool:
@@ -304,16 +309,24 @@ class Pool:
     def _go(self, number: int) -> None:
         """Have process ``number`` start its seats, and hear which did. One that dies first
         is heard as any that dies: its seats' pipes read EOF, its sentinel is ready. One
-        silent for the stall timeout (stopped as it was forked) is killed and forked again."""
+        silent for the stall timeout (stopped as it was forked) is killed and forked again,
+        ``GO_TRIES`` times in all; then left killed, for the scheduler to hear it died (with
+        its signals checked in between: something that stops every process it forks must
+        not make the batch deaf to Ctrl-C)."""
         seats = self.ranges[number]
         self.unstarted.difference_update(seats)
         try:
-            while not self._went(number):
+            for tries in itertools.count(1):
+                if self._went(number):
+                    break
                 # Stopped (or wedged) before it answered, where its beats cannot be judged
                 # yet: waited for without end, the batch would hang, deaf to Ctrl-C (this
                 # wait is not one the scheduler checks signals in). Each fork is new: again.
-                log.warning("pool process %d silent for %g s as it started: forked again",
+                log.warning("pool process %d silent for %g s as it started: killed",
                             number, self.settings.stall_timeout)  # fmt: skip
+                if tries == GO_TRIES:
+                    self.procs[number].kill()  # its sentinel says it died
+                    return
                 self._reap(number, grace=0.0)  # killed
                 self._fork(number)
                 self.beats.restarted(number)

@@ -9,7 +9,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,6 +174,7 @@ def test_a_pool_process_stopped_before_it_answers_go_is_forked_again_not_waited_
     told: dict[int, list[str]] = {}
     resumers: list[subprocess.Popen[bytes]] = []
     armed: list[bool] = []  # the next fork stops itself in its child
+    resumed = tmp_path / "resumed"
 
     def stop_self() -> None:
         if armed:
@@ -188,13 +188,13 @@ def test_a_pool_process_stopped_before_it_answers_go_is_forked_again_not_waited_
         if not resumers and progressed >= {0, 1}:  # both slow items are mid-progress
             (pool,) = _pool_processes(before)
             pool.suspend()
-            resume = f"sleep 20; pkill -CONT -P {os.getpid()}"  # whichever pool is stopped
+            # whichever pool is stopped; the mark says the outside hand came
+            resume = f"sleep 20; touch {resumed}; pkill -CONT -P {os.getpid()}"
             resumers.append(subprocess.Popen(["sh", "-c", resume]))
             armed.append(True)  # the pool forked again after this one is killed
 
     items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([*blobs, quick])]
     settings = fast_settings(processes=1)
-    started = time.monotonic()
     try:
         results = blobdl.download_many(items, max_connections=2, on_event=note,
                                        settings=settings)  # fmt: skip
@@ -207,11 +207,48 @@ def test_a_pool_process_stopped_before_it_answers_go_is_forked_again_not_waited_
             if proc.pid not in before:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     proc.kill()
-    elapsed = time.monotonic() - started
     assert resumers
-    assert elapsed < 15, elapsed  # not the 20 s until the outside hand resumed it
+    assert not resumed.exists()  # the batch ended before the outside hand resumed it
     for n in range(2):
         error = results[n].error
         assert error is not None and "silent for 2 s" in str(error), results[n]
     assert results[2].ok, results[2]
     assert sha256_file(tmp_path / "o2") == quick.sha256
+
+
+def test_a_pool_whose_every_fork_stops_itself_fails_its_items_instead_of_hanging(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """Something stops every process the batch forks (a debugger following forks): each
+    fork of the pool is killed once silent for the stall timeout as it starts, a few in a
+    row, then heard dead as any pool process that dies, with the batch's signals checked in
+    between; its items fail saying so, and the batch ends before an outside hand, 60 s
+    later, resumes anything."""
+    blobs = [make(1000, seed=4470 + n) for n in range(2)]
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
+    resumed = tmp_path / "resumed"
+    armed = [True]  # every fork stops itself in its child, until the batch is over
+
+    def stop_self() -> None:
+        if armed:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    os.register_at_fork(after_in_child=stop_self)
+    resume = f"sleep 60; touch {resumed}; pkill -CONT -P {os.getpid()}"
+    resumer = subprocess.Popen(["sh", "-c", resume], start_new_session=True)
+    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
+    try:
+        results = blobdl.download_many(items, max_connections=2,
+                                       settings=fast_settings(processes=1))  # fmt: skip
+    finally:
+        armed.clear()
+        resumer.kill()
+        resumer.wait()
+        for proc in psutil.Process().children(recursive=True):  # never a stopped leftover
+            if proc.pid not in before:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+    assert not resumed.exists()  # the batch ended before the outside hand resumed it
+    for n in range(2):
+        assert "download process died" in str(results[n].error), results[n]
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"o{n}")) == []
