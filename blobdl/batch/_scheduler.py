@@ -55,6 +55,7 @@ from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts, Stop, called, callers, held, interrupted
 from ..store._files import directory_problem
 from ..store._lock import sweep_kept
+from ._beats import Stalls
 from ._budget import Budget
 from ._destinations import Destinations
 from ._item_process import LargeItems, Running, receive
@@ -288,6 +289,7 @@ class _Scheduler:
         self.seats = Seats(self.budget, processes, settings, self.destinations,
                            self.large.seat_shares)  # fmt: skip
         self.watch = Watch()
+        self.stalls = Stalls(settings)  # the pool's processes that stopped running
         self.lanes = Lanes(items, settings, self.budget, self.seats, self.large, self.watch,
                            self.queued, waiting)  # fmt: skip
 
@@ -371,8 +373,9 @@ class _Scheduler:
     def _wait(self) -> None:
         """Handle what seats and children said, once at least one said something (or a
         signal arrived, or, while the pool runs items, a quarter of the stall timeout
-        passed); then kill a pool process that has stalled (``Seats.stalled``)."""
-        for kind, which in self.watch.ready(self.seats.listen_for()):
+        passed); then kill a pool process that has stalled (``_beats.Stalls``)."""
+        seats = self.seats
+        for kind, which in self.watch.ready(self.stalls.listen_for(seats.pool, seats.on_seat)):
             if kind == "seat":
                 if (heard := self.seats.heard(which, self.watch)) is not None:
                     self._from_seat(*heard)
@@ -381,11 +384,11 @@ class _Scheduler:
             elif self.seats.closing:  # a pool process told to end has
                 self.seats.ended(which, self.watch)
             else:  # a pool process died
-                for index, said in self.seats.died(which, self.watch):
+                for index, said in self.seats.died(which, self.watch, self.stalls.silent(which)):
                     self._from_seat(index, said)
                 if self.budget.retired():
                     self._off_the_seats()
-        self.seats.stalled(self.watch.waited)
+        self.stalls.look(seats.pool, seats.on_seat, self.watch.waited)
 
     def _from_seat(self, index: int, said: Said) -> None:
         """What a seat said of its item (a seat that ended its item is free by now)."""

@@ -33,7 +33,6 @@ from ..processes._spawn import threaded
 from ..store._destination import sync_dir_quietly
 from ..store._lock import LOCK_SUFFIX, locked_destination, remove_stale
 from ..store._resume import drop_unrecorded
-from . import _beats
 from ._budget import Budget
 from ._destinations import Destinations
 from ._outcomes import died
@@ -71,7 +70,6 @@ class Seats:
         self.renamed: dict[int, set[Path]] = {}
         self.refused: OutOfResources | None = None  # why a seat's thread could not start
         self.hopping: dict[int, str] = {}  # seat -> the host its item waits for room at
-        self.silent: dict[int, float] = {}  # pool process -> how long it was quiet, killed
 
     @property
     def busy(self) -> bool:
@@ -164,34 +162,11 @@ class Seats:
             return None
         return self._said(seat, answer)
 
-    def listen_for(self) -> float | None:
-        """How long the scheduler may wait for news before it looks for a stalled pool
-        process (``stalled``): a quarter of the stall timeout while one runs an item."""
-        pool = self.pool
-        if pool is None or pool.closing or not self.on_seat:
-            return None
-        return self.settings.stall_timeout / 4
-
-    def stalled(self, waited: float) -> None:
-        """The scheduler waited ``waited`` seconds for news: a pool process quiet for the
-        stall timeout while it runs an item is killed (``_beats``); its sentinel then says
-        it died, and its items fail saying why (``died``)."""
-        pool = self.pool
-        if pool is None or pool.closing:
-            return
-        live = [n for n in range(len(pool.procs)) if n not in pool.ended]
-        pool.beats.listened(waited, live)
-        timeout = self.settings.stall_timeout
-        for number in live:
-            quiet = pool.beats.quiet(number)
-            running = any(seat in self.on_seat for seat in pool.ranges[number])
-            if number not in self.silent and _beats.stalled(quiet, running, timeout):
-                log.warning("pool process %d silent for %.0f s: killed", number, quiet)
-                self.silent[number] = timeout
-                pool.kill(number)
-
-    def died(self, number: int, watch: Watch) -> Iterator[tuple[int, Said]]:
-        """Pool process ``number`` died (a bug, or killed): what its seats said before it
+    def died(
+        self, number: int, watch: Watch, silent: float | None = None
+    ) -> Iterator[tuple[int, Said]]:
+        """Pool process ``number`` died (a bug, or killed; ``silent``: killed by the batch,
+        quiet that many seconds, ``_beats.Stalls``): what its seats said before it
         died, and their items' failures, each handled by the caller as it comes; once all
         are, the process is forked again for the items still to come. Unless this process
         has a thread by now (a callback started one), and forks no more: then its seats
@@ -209,10 +184,9 @@ class Seats:
             if self.shares:  # it may have died reading a body: it receives no more
                 self.shares[seat].clear()
             if seat in self.on_seat:
-                yield self.on_seat.pop(seat), died(proc, self.silent.get(number))
+                yield self.on_seat.pop(seat), died(proc, silent)
             self.budget.end(seat, None)
         watch.forget(proc.sentinel)
-        self.silent.pop(number, None)
         self._sweep(self.pool.ranges[number])
         self._made_durable(self.pool.ranges[number])
         if threaded():
