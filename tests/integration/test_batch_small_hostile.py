@@ -112,64 +112,21 @@ def test_a_pool_process_killed_after_its_renames_leaves_them_made_durable(
     assert str(first) in notes, notes
 
 
-def test_a_pool_process_stopped_mid_item_is_killed_once_silent_for_the_stall_timeout(
-    make: Make, server: ServerHandle, tmp_path: Path
+@pytest.mark.parametrize("fork_too", [False, True], ids=["mid-item", "its-fork-as-it-starts"])
+def test_a_pool_process_stopped_is_killed_once_silent_for_the_stall_timeout(
+    make: Make, server: ServerHandle, tmp_path: Path, fork_too: bool
 ) -> None:
-    """A pool process that stops answering (SIGSTOP, a debugger, a machine swapping it out)
+    """A pool process that stops running (SIGSTOP, a debugger, a machine swapping it out)
     is a stalled worker: its seats' items make no progress, and their own timeouts cannot
     fire in a process that does not run. Once it has given no sign of life for the stall
     timeout (2 s here) it is killed and its items fail saying so, the pool forked again for
-    the rest; a batch never waits for it without end. Resumed 30 s later by an outside hand
-    (never, if the batch is sound), it would have let the items land."""
+    the rest. The fork may stop itself too as it starts (a debugger following forks),
+    before it tells the scheduler its seats started: killed and forked once more. The
+    batch ends before an outside hand resumes them, 20 s later (never, if it is sound)."""
     blobs = [make(SLOW, seed=4430 + n) for n in range(2)]
     server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": 4000,
                        "step": 1000})  # fmt: skip
-    quick = make(1000, seed=4440)  # listed last: it runs on the pool forked again
-    before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
-    told: dict[int, list[str]] = {}
-    resumers: list[subprocess.Popen[bytes]] = []
-
-    def note(batch_event: blobdl.BatchEvent) -> None:
-        told.setdefault(batch_event.item, []).append(type(batch_event.event).__name__)
-        progressed = {i for i, names in told.items() if "Progress" in names}
-        if not resumers and progressed >= {0, 1}:  # both slow items are mid-progress
-            (pool,) = _pool_processes(before)
-            pool.suspend()
-            # Another process resumes it (a thread here would change how the batch forks).
-            resumers.append(subprocess.Popen(["sh", "-c", f"sleep 30; kill -CONT {pool.pid}"]))
-
-    items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([*blobs, quick])]
-    settings = fast_settings(processes=1)
-    try:
-        results = blobdl.download_many(items, max_connections=2, on_event=note,
-                                       settings=settings)  # fmt: skip
-    finally:
-        for resumer in resumers:
-            resumer.kill()
-            resumer.wait()
-    assert resumers
-    for n in range(2):
-        error = results[n].error
-        assert error is not None and "silent for 2 s" in str(error), results[n]
-        assert told[n][-1] == "Failed", told[n]
-        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"o{n}")) == []
-    assert results[2].ok, results[2]
-    assert sha256_file(tmp_path / "o2") == quick.sha256
-
-
-def test_a_pool_process_stopped_before_it_answers_go_is_forked_again_not_waited_for(
-    make: Make, server: ServerHandle, tmp_path: Path
-) -> None:
-    """The pool forked again after a stalled process was killed: the new process stops
-    itself the moment it is forked (SIGSTOP, as a debugger following forks or a hand at the
-    wrong moment would), before it tells the scheduler its seats started. The scheduler must
-    not wait on that answer without end: once silent for the stall timeout, the process is
-    killed and forked once more, and the rest of the batch lands on it. Resumed 20 s later
-    by an outside hand (never, if the batch is sound)."""
-    blobs = [make(SLOW, seed=4450 + n) for n in range(2)]
-    server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": 4000,
-                       "step": 1000})  # fmt: skip
-    quick = make(1000, seed=4460)  # listed last: it runs on a pool forked again
+    quick = make(1000, seed=4440)  # listed last: it runs on a pool forked again
     before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
     told: dict[int, list[str]] = {}
     resumers: list[subprocess.Popen[bytes]] = []
@@ -188,32 +145,39 @@ def test_a_pool_process_stopped_before_it_answers_go_is_forked_again_not_waited_
         if not resumers and progressed >= {0, 1}:  # both slow items are mid-progress
             (pool,) = _pool_processes(before)
             pool.suspend()
-            # whichever pool is stopped; the mark says the outside hand came
+            # Another process resumes whichever pool is stopped, and leaves a mark (a
+            # thread here would change how the batch forks).
             resume = f"sleep 20; touch {resumed}; pkill -CONT -P {os.getpid()}"
             resumers.append(subprocess.Popen(["sh", "-c", resume]))
-            armed.append(True)  # the pool forked again after this one is killed
+            if fork_too:
+                armed.append(True)  # the pool forked again after this one is killed
 
     items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate([*blobs, quick])]
-    settings = fast_settings(processes=1)
     try:
         results = blobdl.download_many(items, max_connections=2, on_event=note,
-                                       settings=settings)  # fmt: skip
+                                       settings=fast_settings(processes=1))  # fmt: skip
     finally:
         armed.clear()
         for resumer in resumers:
             resumer.kill()
             resumer.wait()
-        for proc in psutil.Process().children(recursive=True):  # never a stopped leftover
-            if proc.pid not in before:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
+        _kill_born_since(before)  # never a stopped leftover
     assert resumers
     assert not resumed.exists()  # the batch ended before the outside hand resumed it
     for n in range(2):
         error = results[n].error
         assert error is not None and "silent for 2 s" in str(error), results[n]
+        assert told[n][-1] == "Failed", told[n]
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"o{n}")) == []
     assert results[2].ok, results[2]
     assert sha256_file(tmp_path / "o2") == quick.sha256
+
+
+def _kill_born_since(before: set[int]) -> None:
+    for proc in psutil.Process().children(recursive=True):
+        if proc.pid not in before:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
 
 
 def test_a_pool_whose_every_fork_stops_itself_fails_its_items_instead_of_hanging(
@@ -244,10 +208,7 @@ def test_a_pool_whose_every_fork_stops_itself_fails_its_items_instead_of_hanging
         armed.clear()
         resumer.kill()
         resumer.wait()
-        for proc in psutil.Process().children(recursive=True):  # never a stopped leftover
-            if proc.pid not in before:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
+        _kill_born_since(before)  # never a stopped leftover
     assert not resumed.exists()  # the batch ended before the outside hand resumed it
     for n in range(2):
         assert "download process died" in str(results[n].error), results[n]
