@@ -371,16 +371,23 @@ def interrupted_a_quarter_in(hub: HubHandle, home: Path, *where: str) -> None:
     hub.storage.set_faults()
 
 
+def _big_interrupted_in(
+    cache: Path, hub: HubHandle, repos: dict[str, HubRepo], home: Path
+) -> tuple[str, Path]:
+    """``acme/big`` into ``cache``, Ctrl-C'd a quarter into its big file: that blob's sha256
+    and the partial the run kept of it."""
+    big = repos["acme/big"]
+    blob = hashlib.sha256(big.contents[big.refs["main"]]["model.safetensors"]).hexdigest()
+    interrupted_a_quarter_in(hub, home, "--cache-dir", str(cache))
+    return blob, cache / "models--acme--big" / "blobs" / f"{blob}.blobdl-part.blobdl-tmp.incomplete"
+
+
 def test_an_interrupted_hf_run_resumes_where_it_stopped(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:
-    blob = hashlib.sha256(
-        repos["acme/big"].contents[repos["acme/big"].refs["main"]]["model.safetensors"]
-    ).hexdigest()
     cache = tmp_path / "cache"
-    interrupted_a_quarter_in(hub, tmp_path, "--cache-dir", str(cache))
-    blobs = cache / "models--acme--big" / "blobs"
-    partial = blobs / f"{blob}.blobdl-part.blobdl-tmp.incomplete"
+    blob, partial = _big_interrupted_in(cache, hub, repos, tmp_path)
+    blobs = partial.parent
     assert not (blobs / blob).exists() and partial.exists()
     # Its partial kept, and the file it got whole (config.json) in place: `hf cache ls`
     # shows that, a revision no ref names (it is not complete), and calls nothing corrupt.
@@ -405,13 +412,9 @@ def test_a_partial_an_older_blobdl_named_is_resumed_not_fetched_again_beside_it(
     tmp`` and its record (a quarter of a shard in, reserved whole). The run after an
     upgrade resumes it: fetched again from the start beside it, the shard would be sent
     twice and held twice on disk until it is done (a tight disk refuses it)."""
-    blob = hashlib.sha256(
-        repos["acme/big"].contents[repos["acme/big"].refs["main"]]["model.safetensors"]
-    ).hexdigest()
     cache = tmp_path / "cache"
-    interrupted_a_quarter_in(hub, tmp_path, "--cache-dir", str(cache))
-    blobs = cache / "models--acme--big" / "blobs"
-    partial = blobs / f"{blob}.blobdl-part.blobdl-tmp.incomplete"
+    blob, partial = _big_interrupted_in(cache, hub, repos, tmp_path)
+    blobs = partial.parent
     partial.rename(blobs / f"{blob}.blobdl-part.blobdl-tmp")  # as an older blobdl named it
     sent = hub.storage.stats()["bytes_sent"]
     done = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", str(cache), "--json")
