@@ -75,13 +75,19 @@ class DaskCluster:
         return address
 
     def start_scheduler(
-        self, env: dict[str, str] | None = None, flags: tuple[str, ...] = ()
+        self, env: dict[str, str] | None = None, flags: tuple[str, ...] = (), *, wait: bool = True
     ) -> None:
-        """The scheduler; ``flags`` are its Python's, ``env`` added to its environment."""
+        """The scheduler; ``flags`` are its Python's, ``env`` added to its environment;
+        ``wait``: return once it has written its address file (``scheduler_up``)."""
         command = [*dask_command(*flags), "scheduler", "--host", "127.0.0.1", "--port", "0"]
         command += ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
         command += ["--scheduler-file", str(self.scheduler_file)]
         self.scheduler = self._popen(command, {**self.env, **(env or {})}, "scheduler")
+        if wait:
+            self.scheduler_up()
+
+    def scheduler_up(self) -> None:
+        """Once the scheduler has written its address file."""
         _until(self._address_written, "the scheduler's address file")
 
     def _address_written(self) -> bool:
@@ -228,10 +234,14 @@ def start_cluster(
     """A scheduler and one worker per name (each with its own extra environment); ``quiet``:
     without Dask's diagnostics (``QUIET``), as the tests run it."""
     cluster = DaskCluster(root, QUIET if quiet else {})
+    # The workers start beside the scheduler, not after it: each nanny waits for the address
+    # file (Dask's ``--scheduler-file``), so the interpreters import Dask at once (~1 s each).
+    cluster.scheduler_file.unlink(missing_ok=True)
     try:
-        cluster.start_scheduler()
+        cluster.start_scheduler(wait=False)
         for name, env in workers.items():
             cluster.start_worker(name, threads, env)
+        cluster.scheduler_up()
         cluster.worker_pids()
     except BaseException:
         cluster.stop()

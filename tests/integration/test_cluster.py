@@ -1333,7 +1333,10 @@ def test_a_worker_killed_mid_pull_does_not_leave_the_pull_waiting_for_ever(
     """Each store's pull is bound to the worker that sees it. Killed, that worker comes
     back from its nanny under a new address: its pull must end (done there again, or
     failed), never wait for the old address."""
-    model = registry.push_model("library/killed", "v1", (3 * 1024 * KB, 2 * KB))
+    # 2 MiB at half the 512 KiB/s the two stores share: 8 s (4 s while the other store's
+    # pull has not begun) for the first progress to reach the test and the worker to be
+    # killed. The survivor's pull, which the test waits for, lasts as long (3 MiB: 12 s).
+    model = registry.push_model("library/killed", "v1", (2 * 1024 * KB, 2 * KB))
     pids = cluster.worker_pids()
     proc = spawn_cli("pull", ref(registry, model), "--scheduler", cluster.address,
                      "--every-worker", "--limit-rate", str(512 * KB), "--json", *SMALL)  # fmt: skip

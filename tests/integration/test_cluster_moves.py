@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from faultserver.dask_cluster import DaskCluster, start_cluster
+from faultserver.dask_cluster import TEST_CONFIG, DaskCluster, start_cluster
 from faultserver.registry import Registry, start_registry, start_relay
 from faultserver.serverctl import ServerHandle
 from tests.conftest import Blob, run_cli, sha256_file, spawn_cli
@@ -45,13 +48,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
         handle.stop()
 
 
+# Connected before the item starts, it retires the worker named on its stdin at once: a
+# client started only then took seconds to import Dask, and the item had to be large enough
+# (16 MiB, 24 s) to still run on the retired worker after that, on a loaded machine too.
 RETIRE = """
 import json, sys
 from distributed import Client
-address, name = sys.argv[1], sys.argv[2]
-with Client(address, timeout=30) as client:
+with Client(sys.argv[1], timeout=30) as client:
+    print("connected", flush=True)
+    name = sys.stdin.readline().strip()
     found = [a for a, w in client.scheduler_info()["workers"].items() if str(w["name"]) == name]
-    print(json.dumps(list(client.retire_workers(workers=found))))
+    print(json.dumps(list(client.retire_workers(workers=found))), flush=True)
 """
 
 
@@ -63,19 +70,33 @@ def test_a_worker_retired_gracefully_mid_item_leaves_the_item_to_the_next_worker
     up to 30 s for its threads: the item ends once, whole, from the partial, exit 0, never
     two downloads of it at once (the rerun failed, exit 5, 'process N is already
     downloading to this destination', and the file landed whole after the run had said so)."""
-    blob = make(16 * 1024 * KB, 71)
+    blob = make(6 * 1024 * KB, 71)  # ~8 s: retired at 1 MiB, it runs on for seconds
     paced(server, 256 * KB)
-    proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / 'big.bin'}"]),
-                     "--scheduler", cluster.address, "--connections", "2",
-                     "--checkpoint-interval", "0.2", "--json", *SMALL)  # fmt: skip
-    assert proc.stdout is not None
-    seen: list[dict[str, Any]] = []
-    for line in proc.stdout:
-        seen.append(json.loads(line))
-        if seen[-1].get("event") == "progress" and seen[-1]["done"] >= 1024 * KB:
-            retired = cluster._ask("retire failed", RETIRE, seen[-1]["worker"])
-            assert len(retired) == 1
-            break
+    pipe = subprocess.PIPE
+    retire = subprocess.Popen([sys.executable, "-c", RETIRE, cluster.address], text=True,
+                              stdin=pipe, stdout=pipe, stderr=pipe,
+                              env={**os.environ, **TEST_CONFIG})  # fmt: skip
+    try:
+        assert retire.stdin is not None and retire.stdout is not None
+        assert retire.stdout.readline() == "connected\n"
+        proc = spawn_cli("-i", manifest(tmp_path, [f"{blob.url} {tmp_path / 'big.bin'}"]),
+                         "--scheduler", cluster.address, "--connections", "2",
+                         "--checkpoint-interval", "0.2", "--json", *SMALL)  # fmt: skip
+        assert proc.stdout is not None
+        seen: list[dict[str, Any]] = []
+        for line in proc.stdout:
+            seen.append(json.loads(line))
+            if seen[-1].get("event") == "progress" and seen[-1]["done"] >= 1024 * KB:
+                retire.stdin.write(seen[-1]["worker"] + "\n")
+                retire.stdin.flush()
+                break
+        retired, retire_err = retire.communicate(timeout=60)
+    finally:
+        if retire.poll() is None:
+            retire.kill()
+            retire.communicate()
+    assert retire.returncode == 0, retire_err[-2000:]
+    assert len(json.loads(retired)) == 1
     out, err = proc.communicate(timeout=120)
     events = seen + json_lines(out)
     told = [e for e in events if e.get("event") in ("finished", "failed")]
