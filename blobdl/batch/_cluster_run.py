@@ -51,7 +51,8 @@ STOP_GRACE = 30.0
 #: What a stop says when the scheduler did not pass it on to the workers.
 GOING_ON = "the downloads running on its workers may go on (a file they finish is whole)"
 
-#: How long the end of a run waits for the workers to end their spare interpreters.
+#: How long the end of a run waits for the workers to end their spare interpreters (at
+#: most: never longer than the stall timeout, after which a worker is silent anyway).
 DROP_WAIT = 5.0
 #: How often the run asks the workers holding its tasks whether they still answer (seconds).
 LOOK_EVERY = 1.0
@@ -120,7 +121,8 @@ class Run:
         its spares end by themselves)."""
         with contextlib.suppress(Exception), self._asking():
             workers = present(self.client, within=self.within)
-            drop_spares(self.client, [w for w in workers if w not in self.silent])
+            answering = [w for w in workers if w not in self.silent]
+            drop_spares(self.client, answering, min(DROP_WAIT, self.within))
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, **options: Any) -> Any:
         """``fn(*args)`` as a task, on a worker that answers (``options`` may name others)."""
@@ -309,13 +311,13 @@ class Run:
         self.relay.queued()
 
 
-def drop_spares(client: Any, workers: list[str]) -> None:
+def drop_spares(client: Any, workers: list[str], within: float = DROP_WAIT) -> None:
     """Each of ``workers`` ends the interpreters its task threads started ahead (``_spare``),
-    each given ``DROP_WAIT``: one that does not answer (stopped, swapping; the scheduler
-    still counts it) must not hold up the end of the run. Its spares end by themselves,
-    unused, after their idle time."""
+    each given ``within`` (``DROP_WAIT``, or the stall timeout if shorter): one that does
+    not answer (stopped, swapping; the scheduler still counts it) must not hold up the end
+    of the run. Its spares end by themselves, unused, after their idle time."""
     with contextlib.suppress(Exception):
-        ask(client, _spare.drop_all, within=DROP_WAIT, workers=workers)
+        ask(client, _spare.drop_all, within=within, workers=workers)
 
 
 def reachable(client: Any) -> bool:
