@@ -502,7 +502,10 @@ def test_a_blob_removed_by_hf_cache_rm_during_a_run_is_never_linked(
     got = call(env, "hf_hub_download", repo_id="acme/two", filenames=["config.json"],
                revision=commit, cache_dir=str(cache))  # fmt: skip
     assert "error" not in got, got
-    hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 1 << 20, "times": None})
+    # Paced so that `hf cache rm` (a second or more to start on a loaded machine) comes while
+    # the run goes on: 128 KiB/s a connection, ~6 s left after the first quarter (at 1 MiB/s,
+    # under 1 s: CI's run once ended before it, exit 0, nothing to see).
+    hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 128 << 10, "times": None})
     args = ["hf", "acme/two", "--cache-dir", str(cache), "--json", *FAST, *PACED]
     proc = subprocess.Popen([sys.executable, "-m", "blobdl", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO,
