@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..config import MAX_BYTES, check_path, parse_header
+from ..config import MAX_BYTES, check_header_name, check_path, parse_header
 from ..errors import UsageError
 from ..http._urls import check_url
 from ..store._digest import parse_digest
@@ -225,6 +225,8 @@ def _header(name: str, value: object) -> tuple[str, str]:
     """The header a ``headers`` entry gives: its key is the whole name, so one holding a
     colon is refused, not cut there and another header sent ({"X-A:Authorization": "t"}
     as X-A); only what comes before the colon is shown (the rest may be a credential)."""
+    if ":" not in name:  # no name at all, or a space in it: said as a name, not as -H text
+        check_header_name(name)
     header = parse_header(f"{name}: {_header_value(name, value)}")
     if header[0] != name:
         raise ValueError(f"the header name {header[0] + ':'!r}... holds a colon (the rest is "
