@@ -218,7 +218,19 @@ def _json_item(line: str) -> Item:
     if headers is not None and not isinstance(headers, dict):
         raise ValueError("the field 'headers' must be an object of strings")
     named = tuple(_header(k, v) for k, v in (headers or {}).items())
+    _once_each(named)
     return _checked(Item(url, path, digest, named, _size(record.get("size"))))
+
+
+def _once_each(headers: tuple[tuple[str, str], ...]) -> None:
+    """A ValueError if two keys name one header: a name is the same in any letter case, and
+    only the last would be sent (``{"X-A": "1", "x-a": "2"}``, as an exact repeat is)."""
+    seen: dict[str, str] = {}
+    for name, _ in headers:
+        first = seen.setdefault(name.lower(), name)
+        if first != name:
+            raise ValueError(f"the header {name!r} is given twice (as {first!r} too: a "
+                             "header's name is the same in any letter case)")  # fmt: skip
 
 
 def _header(name: str, value: object) -> tuple[str, str]:
