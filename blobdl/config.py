@@ -336,10 +336,7 @@ def check_header(name: object, value: object) -> None:
     """Refuse a header http.client would reject or that would split the request: names
     of token characters, values of latin-1 without control characters but tabs; and one of ours
     (``_OURS``) unless its value is ours too (``_AS_OURS``)."""
-    _require(
-        isinstance(name, str) and _TOKEN.fullmatch(name) is not None,
-        f"bad header name {_name_shown(name)} (letters, digits and !#$%&'*+-.^_`|~ only)",
-    )
+    check_header_name(name)
     what = "it asks for the bytes it needs, and frames its requests itself"
     lowered = str(name).lower()
     # Padded as HTTP pads (_OWS) only: a no-break space or NEL is sent, another value.
@@ -347,6 +344,15 @@ def check_header(name: object, value: object) -> None:
     _require(lowered not in _OURS or as_ours, f"header {name} is blobdl's own ({what}): drop it")
     _require(header_value(value), f"bad value for header {name}: no control characters "
                                   "(a tab is fine), latin-1 characters only")  # fmt: skip
+
+
+def check_header_name(name: object) -> None:
+    """Refuse a header name that is not a token (RFC 9110, 5.6.2), shown only up to its
+    first character that no name holds."""
+    _require(
+        isinstance(name, str) and _TOKEN.fullmatch(name) is not None,
+        f"bad header name {_name_shown(name)} (letters, digits and !#$%&'*+-.^_`|~ only)",
+    )
 
 
 def header_value(value: object) -> bool:

@@ -222,4 +222,24 @@ def first_of_each(
             clash = numbering.both(claimed[where], index)
             raise UsageError(f"{clash} both write {item.path}")
         firsts.append(first)
+    _check_no_file_is_a_folder(items, claimed, numbering)
     return firsts
+
+
+def _check_no_file_is_a_folder(
+    items: list[Item], claimed: dict[str, int], numbering: Numbering
+) -> None:
+    """A UsageError if one item's file is a folder another item writes into (``a.bin`` and
+    ``a.bin/x``): one of the two must fail, so neither starts. Each folder is looked at
+    once, so a batch costs about one lookup per item and per folder, not per level."""
+    looked: set[str] = set()
+    for where, index in claimed.items():
+        folder = os.path.dirname(where)
+        while folder not in looked:
+            looked.add(folder)
+            holder = claimed.get(folder)
+            if holder is not None:
+                raise UsageError(f"{numbering.one(holder)} writes the file {items[holder].path}, "
+                                 f"which {numbering.one(index)} needs as a folder "
+                                 f"({items[index].path})")  # fmt: skip
+            folder = os.path.dirname(folder)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..config import MAX_BYTES, check_path, parse_header
+from ..config import MAX_BYTES, check_header_name, check_path, parse_header
 from ..errors import UsageError
 from ..http._urls import check_url
 from ..store._digest import parse_digest
@@ -218,13 +218,27 @@ def _json_item(line: str) -> Item:
     if headers is not None and not isinstance(headers, dict):
         raise ValueError("the field 'headers' must be an object of strings")
     named = tuple(_header(k, v) for k, v in (headers or {}).items())
+    _once_each(named)
     return _checked(Item(url, path, digest, named, _size(record.get("size"))))
+
+
+def _once_each(headers: tuple[tuple[str, str], ...]) -> None:
+    """A ValueError if two keys name one header: a name is the same in any letter case, and
+    only the last would be sent (``{"X-A": "1", "x-a": "2"}``, as an exact repeat is)."""
+    seen: dict[str, str] = {}
+    for name, _ in headers:
+        first = seen.setdefault(name.lower(), name)
+        if first != name:
+            raise ValueError(f"the header {name!r} is given twice (as {first!r} too: a "
+                             "header's name is the same in any letter case)")  # fmt: skip
 
 
 def _header(name: str, value: object) -> tuple[str, str]:
     """The header a ``headers`` entry gives: its key is the whole name, so one holding a
     colon is refused, not cut there and another header sent ({"X-A:Authorization": "t"}
     as X-A); only what comes before the colon is shown (the rest may be a credential)."""
+    if ":" not in name:  # no name at all, or a space in it: said as a name, not as -H text
+        check_header_name(name)
     header = parse_header(f"{name}: {_header_value(name, value)}")
     if header[0] != name:
         raise ValueError(f"the header name {header[0] + ':'!r}... holds a colon (the rest is "

@@ -45,6 +45,29 @@ def test_two_lines_that_write_one_file_are_named_by_their_manifest_lines(
     assert server.stats()["requests"] == 0 and not (tmp_path / "a.bin").exists()
 
 
+@pytest.mark.parametrize("order", ["file first", "folder first"])
+def test_a_line_that_writes_inside_another_lines_file_is_refused_naming_both(
+    make: Make, server: ServerHandle, tmp_path: Path, order: str
+) -> None:
+    """``a.bin`` and ``a.bin/x`` cannot both be written: refused up front, as two lines
+    writing one file are, not one written and the other failing with "directory does not
+    exist" while that "directory" is there, a file."""
+    first, second = make(3000, seed=4105), make(5000, seed=4106)
+    lines = [f"{first.url} a.bin", f"{second.url} a.bin/sub/x"]
+    listed = manifest(tmp_path, *(lines if order == "file first" else lines[::-1]))
+    done = blobdl_cli("-i", str(listed), *FAST, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    file_line, folder_line = (3, 4) if order == "file first" else (4, 3)
+    said = (f"manifest line {file_line} writes the file a.bin, which manifest line "
+            f"{folder_line} needs as a folder (a.bin/sub/x)")  # fmt: skip
+    assert done.stderr == f"blobdl: error: {said}\n"
+    assert server.stats()["requests"] == 0 and sorted(tmp_path.iterdir()) == [listed]
+    items = [Item(first.url, str(tmp_path / "d" / "x")), Item(second.url, str(tmp_path / "d"))]
+    with pytest.raises(blobdl.UsageError, match=r"^items\[1\] writes the file .*items\[0\] needs"):
+        blobdl.download_many(items, settings=fast_settings())
+    assert server.stats()["requests"] == 0 and sorted(tmp_path.iterdir()) == [listed]
+
+
 def test_a_list_given_to_download_many_is_named_by_its_indexes(
     make: Make, server: ServerHandle, tmp_path: Path
 ) -> None:

@@ -512,3 +512,30 @@ def test_a_manifest_may_be_as_large_as_the_limit_and_no_larger(
     assert read_manifest(io.BytesIO(exactly)) == exactly
     with pytest.raises(UsageError, match=r"^manifest: larger than .* split it"):
         read_manifest(io.BytesIO(exactly + b"\n"))
+
+
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [("", "''"), ("X Token", "'X'... (the rest is not shown)"), (" X", "''... (the rest is not")],
+)
+def test_a_json_header_key_that_is_no_name_is_said_to_be_a_bad_name(key: str, said: str) -> None:
+    """A JSON line's header key is the whole name: one empty or with a space was said to be
+    "not a header: the text given (expected 'Name: value'...)", the -H form, which is not
+    what the line holds nor what to fix."""
+    line = json.dumps({"url": "http://h/a", "headers": {key: "v"}})
+    with pytest.raises(UsageError) as refused:
+        parse_manifest(f"# one\n{line}\n")
+    assert str(refused.value).startswith(f"manifest line 2: bad header name {said}")
+    assert "Name: value" not in str(refused.value)
+
+
+def test_a_json_header_given_twice_in_another_letter_case_is_refused_as_an_exact_twin_is() -> None:
+    """``{"X-A": "1", "x-a": "2"}`` names one header twice (names are case-insensitive):
+    refused as ``{"X-A": "1", "X-A": "2"}`` is, not sent as x-a: 2 with 1 silently dropped."""
+    line = json.dumps({"url": "http://h/a", "headers": {"X-A": "1", "x-a": "2"}})
+    with pytest.raises(UsageError) as refused:
+        parse_manifest(f"{line}\n")
+    assert str(refused.value) == (
+        "manifest line 1: the header 'x-a' is given twice (as 'X-A' too: a header's name is "
+        "the same in any letter case)"
+    )
