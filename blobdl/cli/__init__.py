@@ -34,6 +34,7 @@ from ._display import (
     display_for,
     error,
     fail,
+    given_closed,
     json_line,
     open_standard_streams,
     quiet_dask,
@@ -197,6 +198,8 @@ def _last_word(outcome: ItemResult) -> Finished | Failed:
 
 def _read_manifest(name: str) -> bytes:
     if name == "-":
+        if given_closed("stdin"):  # read as /dev/null: said, not taken for an empty manifest
+            raise UsageError("stdin is closed: give the manifest as a file, or pipe it in")
         return read_manifest(sys.stdin.buffer)
     with open(name, "rb") as stream:
         return read_manifest(stream)

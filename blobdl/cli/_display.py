@@ -19,6 +19,9 @@ from ..errors import EXIT_LOCAL, EXIT_OK, BlobdlError
 from ..events import DownloadResult, Event, Failed, Finished, Progress, Started, event_record
 from ..processes._signals import held, interrupted, whole
 
+# The standard streams the caller gave closed (``open_standard_streams``): /dev/null now.
+_CLOSED: set[str] = set()
+
 
 def open_standard_streams() -> None:
     """A standard stream closed by the caller (``blobdl URL >&-``) is /dev/null instead.
@@ -28,11 +31,17 @@ def open_standard_streams() -> None:
         try:
             os.fstat(fd)
         except OSError:  # EBADF: closed; the lower ones are open, so this one is the lowest free
+            _CLOSED.add(name)
             os.dup2(devnull := os.open(os.devnull, os.O_RDWR), fd)
             if devnull != fd:
                 os.close(devnull)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - for the process
+
+
+def given_closed(name: str) -> bool:
+    """Whether the caller gave the standard stream ``name`` closed (it reads as empty)."""
+    return name in _CLOSED
 
 
 def show_warnings(quiet: bool = False) -> None:

@@ -278,6 +278,20 @@ def test_a_manifest_option_without_i_is_bad_usage(
     assert list(tmp_path.iterdir()) == [] and server.stats()["requests"] == 0
 
 
+def test_a_manifest_read_from_a_closed_stdin_is_said_to_be_closed(tmp_path: Path) -> None:
+    """``-i -`` with stdin closed (``<&-``, a job runner that gives none): blobdl reads
+    /dev/null there instead (a free descriptor 0 would be the next file it opens), and the
+    error says why the manifest is empty: stdin is closed, not a manifest of no items."""
+    import sys
+
+    run = subprocess.run(["sh", "-c", f"exec {sys.executable} -m blobdl -i - <&-"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert run.returncode == EXIT_USAGE, run.stderr
+    assert run.stderr.splitlines() == [
+        "blobdl: error: stdin is closed: give the manifest as a file, or pipe it in"
+    ]
+
+
 @pytest.mark.parametrize("text", ["", "# nothing yet\n\n   \n"])
 def test_a_manifest_that_lists_no_items_is_bad_usage(text: str, tmp_path: Path) -> None:
     """-i pointed at the wrong (or an empty) file must not look like success."""
