@@ -55,7 +55,6 @@ from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts, Stop, called, callers, held, interrupted
 from ..store._files import directory_problem
 from ..store._lock import sweep_kept
-from ._beats import Stalls
 from ._budget import Budget
 from ._destinations import Destinations
 from ._item_process import LargeItems, Running, receive
@@ -80,6 +79,7 @@ from ._outcomes import Outcomes, died
 from ._pool import _Done, _Job, _Large, _Told
 from ._seats import Said, Seats
 from ._sizing import pool_size, said_large, seats_that_fit, settings_for, within_limit
+from ._stalls import Stalls
 from ._stop import stop_batch
 from ._watch import Watch
 
@@ -373,7 +373,7 @@ class _Scheduler:
     def _wait(self) -> None:
         """Handle what seats and children said, once at least one said something (or a
         signal arrived, or, while the pool runs items, a quarter of the stall timeout
-        passed); then kill a pool process that has stalled (``_beats.Stalls``)."""
+        passed); then kill a pool process that has stalled (``_stalls.Stalls``)."""
         seats = self.seats
         for kind, which in self.watch.ready(self.stalls.listen_for(seats.pool, seats.on_seat)):
             if kind == "seat":

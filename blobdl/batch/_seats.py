@@ -166,7 +166,7 @@ class Seats:
         self, number: int, watch: Watch, silent: float | None = None
     ) -> Iterator[tuple[int, Said]]:
         """Pool process ``number`` died (a bug, or killed; ``silent``: killed by the batch,
-        quiet that many seconds, ``_beats.Stalls``): what its seats said before it
+        quiet that many seconds, ``_stalls.Stalls``): what its seats said before it
         died, and their items' failures, each handled by the caller as it comes; once all
         are, the process is forked again for the items still to come. Unless this process
         has a thread by now (a callback started one), and forks no more: then its seats
