@@ -143,7 +143,7 @@ def check_destination(dest: Path, beside: int = BESIDE, *, writable: bool = True
     broken = directory_problem(parent)
     if broken is not None:
         raise broken
-    _check_room(dest, max(beside, STAGED_BESIDE) if dest.name.endswith(STAGED_SUFFIX) else beside)
+    _check_room(dest, max(beside, len(temp_path(dest).name) - len(dest.name)))  # its partial too
     require_regular(dest)
     if writable and not folder_writable(dest):
         raise not_writable(dest)

@@ -42,6 +42,7 @@ from ._files import (
     atomic_write,
     local_error,
     local_errors,
+    open_own,
     read_own,
     strangers,
     unlink_gone,
@@ -322,8 +323,8 @@ def _unchanged(temp: Path, recorded: Sequence[Sample]) -> bool:
     if not recorded:
         return True
     try:
-        fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        fd = open_own(temp, os.O_RDONLY)  # never a FIFO or a link swapped in since the lstat
+    except LocalFileError:
         return False
     try:
         return all(zlib.crc32(os.pread(fd, s.length, s.offset)) == s.crc for s in recorded)
