@@ -3,7 +3,11 @@ time it spent waiting for news counts, and a beat wipes the slate."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from blobdl.batch._beats import Beats, stalled
+from blobdl.batch._stalls import Stalls
+from blobdl.config import Settings
 
 
 def test_a_process_is_quiet_only_for_the_time_the_scheduler_waited_since_its_last_beat() -> None:
@@ -35,3 +39,27 @@ def test_only_a_process_running_an_item_is_stalled_and_only_after_the_whole_time
     assert stalled(30.0, True, 30.0)
     assert not stalled(29.9, True, 30.0)
     assert not stalled(300.0, False, 30.0)
+
+
+def test_a_process_forked_again_is_judged_from_its_own_beats_not_its_predecessors() -> None:
+    """The process that died beat after the scheduler's last look: the fork that replaces it
+    starts from the count as it stands, so its first quiet wait counts (judged from the
+    last look, one that never beats would go a whole look longer unkilled)."""
+    beats = Beats(1)
+    beats.listened(1.0, [0])
+    beats.beat(0)  # the old process, after the last look, before it died
+    beats.restarted(0)
+    beats.listened(0.5, [0])  # the new one has not beaten yet
+    assert beats.quiet(0) == 0.5
+
+
+def test_the_scheduler_looks_every_quarter_of_the_stall_timeout_while_an_item_runs() -> None:
+    """A process stopped mid-item is killed about a stall timeout after its last beat, not
+    up to twice that: the scheduler's wait for news is cut at a quarter of it while a seat
+    runs an item, and not cut at all when none does (or the pool is ending)."""
+    stalls = Stalls(Settings(stall_timeout=2.0))
+    running = SimpleNamespace(closing=False)
+    assert stalls.listen_for(running, {0}) == 0.5  # type: ignore[arg-type]
+    assert stalls.listen_for(running, set()) is None  # type: ignore[arg-type]
+    assert stalls.listen_for(SimpleNamespace(closing=True), {0}) is None  # type: ignore[arg-type]
+    assert stalls.listen_for(None, {0}) is None
