@@ -112,6 +112,36 @@ def test_a_pool_process_killed_after_its_renames_leaves_them_made_durable(
     assert str(first) in notes, notes
 
 
+def test_a_pool_process_killed_at_its_end_before_its_fsyncs_leaves_them_made_durable(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told to end, a pool process's last work is the fsync of the folders its seats renamed
+    items in. Killed right then (the OOM killer), it never makes them: the scheduler, hearing
+    it ended killed, makes them itself before the batch returns."""
+    from blobdl.batch import _pool, _seats
+
+    synced = tmp_path / "synced"
+
+    def killed(directory: Path) -> None:  # in the pool process: its end's first fsync
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def note(directory: Path) -> None:  # in the scheduler
+        with open(synced, "a") as notes:
+            notes.write(f"{directory}\n")
+
+    monkeypatch.setattr(_pool, "sync_dir_quietly", killed)
+    monkeypatch.setattr(_seats, "sync_dir_quietly", note)
+    blob = make(100, seed=4425)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    results = blobdl.download_many([Item(blob.url, str(folder / "o0"))],
+                                   settings=fast_settings(processes=1))  # fmt: skip
+    assert results[0].ok, results
+    assert sha256_file(folder / "o0") == blob.sha256
+    notes = synced.read_text().split("\n") if synced.exists() else []
+    assert str(folder) in notes, notes
+
+
 @pytest.mark.parametrize("fork_too", [False, True], ids=["mid-item", "its-fork-as-it-starts"])
 def test_a_pool_process_stopped_is_killed_once_silent_for_the_stall_timeout(
     make: Make, server: ServerHandle, tmp_path: Path, fork_too: bool
