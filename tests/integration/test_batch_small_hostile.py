@@ -203,6 +203,21 @@ def test_a_pool_process_stopped_is_killed_once_silent_for_the_stall_timeout(
     assert sha256_file(tmp_path / "o2") == quick.sha256
 
 
+def test_a_pool_process_telling_progress_seldom_still_beats_and_is_never_taken_for_stalled(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A progress interval longer than the stall timeout (10 s, 2 s here) does not space the
+    pool's beats: it beats every quarter of the stall timeout all the same, so a slow item
+    that runs well (5 s) is never killed as silent."""
+    blob = make(2 * SLOW, seed=4450)
+    server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": 4000,
+                       "step": 1000})  # fmt: skip
+    settings = fast_settings(processes=1, progress_interval=10.0)
+    results = blobdl.download_many([Item(blob.url, str(tmp_path / "o0"))], settings=settings)
+    assert results[0].ok, results[0]
+    assert sha256_file(tmp_path / "o0") == blob.sha256
+
+
 def _kill_born_since(before: set[int]) -> None:
     for proc in psutil.Process().children(recursive=True):
         if proc.pid not in before:
