@@ -226,13 +226,15 @@ def _kill_born_since(before: set[int]) -> None:
 
 
 def test_a_pool_whose_every_fork_stops_itself_fails_its_items_instead_of_hanging(
-    make: Make, server: ServerHandle, tmp_path: Path
+    make: Make, server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Something stops every process the batch forks (a debugger following forks): each
     fork of the pool is killed once silent for the stall timeout as it starts, a few in a
     row, then heard dead as any pool process that dies, with the batch's signals checked in
     between; its items fail saying so, and the batch ends before an outside hand, 60 s
     later, resumes anything."""
+    from blobdl.batch import _pool
+
     blobs = [make(1000, seed=4470 + n) for n in range(2)]
     before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
     resumed = tmp_path / "resumed"
@@ -255,6 +257,9 @@ def test_a_pool_whose_every_fork_stops_itself_fails_its_items_instead_of_hanging
         resumer.wait()
         _kill_born_since(before)  # never a stopped leftover
     assert not resumed.exists()  # the batch ended before the outside hand resumed it
+    # Each pool forked for the batch is tried GO_TRIES times in all, no more, no fewer.
+    tries = caplog.text.count("as it started: killed")
+    assert tries and tries % _pool.GO_TRIES == 0, caplog.text
     for n in range(2):
         assert "download process died" in str(results[n].error), results[n]
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"o{n}")) == []
