@@ -63,3 +63,29 @@ def test_the_scheduler_looks_every_quarter_of_the_stall_timeout_while_an_item_ru
     assert stalls.listen_for(running, set()) is None  # type: ignore[arg-type]
     assert stalls.listen_for(SimpleNamespace(closing=True), {0}) is None  # type: ignore[arg-type]
     assert stalls.listen_for(None, {0}) is None
+
+
+class _Pool:
+    """What ``Stalls.look`` reads of a pool: one process of one seat, and its kills."""
+
+    def __init__(self) -> None:
+        self.closing, self.ended, self.ranges = False, set[int](), [range(1)]
+        self.procs, self.beats, self.kills = [None], Beats(1), list[int]()
+
+    def kill(self, number: int) -> None:
+        self.kills.append(number)
+
+
+def test_a_stalled_process_is_killed_once_and_its_fork_is_judged_again() -> None:
+    """Killed once while its death is not yet heard (looks go on meanwhile); heard dead, the
+    process forked in its place is judged afresh: stalled in turn, it is killed in turn,
+    not taken for one killed already (the batch would wait for it without end)."""
+    stalls, pool = Stalls(Settings(stall_timeout=2.0)), _Pool()
+    stalls.look(pool, {0}, 2.0)  # type: ignore[arg-type]
+    stalls.look(pool, {0}, 0.5)  # type: ignore[arg-type]
+    assert pool.kills == [0]
+    assert stalls.silent(0) == 2.0  # heard dead: said once
+    assert stalls.silent(0) is None
+    pool.beats.restarted(0)
+    stalls.look(pool, {0}, 2.0)  # type: ignore[arg-type]
+    assert pool.kills == [0, 0]
