@@ -6,9 +6,10 @@ the partial."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
-from blobdl.store._resume import MOST_SAMPLES, SAMPLE, PartRecord, _unchanged, samples
+from blobdl.store._resume import MOST_SAMPLES, SAMPLE, PartRecord, Sample, _unchanged, samples
 
 SIZE = 400_000
 
@@ -66,3 +67,22 @@ def test_one_changed_block_among_unchanged_ones_distrusts_the_partial(tmp_path: 
         partial.seek(SIZE - 1)
         partial.write(bytes([last[0] ^ 0xFF]))
     assert not _unchanged(temp, recorded)
+
+
+def test_a_fifo_swapped_in_at_the_partials_name_is_not_trusted_nor_waited_on(
+    tmp_path: Path,
+) -> None:
+    """Put there after the load's lstat, a FIFO is refused at once: opened plainly to read
+    the samples, it blocks the run until some writer comes (for ever, if none does)."""
+    fifo = tmp_path / "out.blobdl-tmp"
+    os.mkfifo(fifo)
+    said: list[bool] = []
+    check = threading.Thread(target=lambda: said.append(_unchanged(fifo, [Sample(0, 1, 0)])),
+                             daemon=True)  # fmt: skip
+    check.start()
+    check.join(5)  # microseconds, unless it blocks
+    blocked = check.is_alive()
+    if blocked:  # opening it for reading: a writer lets the thread end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        check.join(5)
+    assert not blocked and said == [False]
