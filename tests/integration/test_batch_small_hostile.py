@@ -120,9 +120,10 @@ def test_a_pool_process_killed_at_its_end_before_its_fsyncs_leaves_them_made_dur
     it ended killed, makes them itself before the batch returns."""
     from blobdl.batch import _pool, _seats
 
-    synced = tmp_path / "synced"
+    synced, scheduler = tmp_path / "synced", os.getpid()
 
     def killed(directory: Path) -> None:  # in the pool process: its end's first fsync
+        assert os.getpid() != scheduler, "the pool's fsync, called in the scheduler"
         os.kill(os.getpid(), signal.SIGKILL)
 
     def note(directory: Path) -> None:  # in the scheduler
