@@ -3,10 +3,14 @@ time it spent waiting for news counts, and a beat wipes the slate."""
 
 from __future__ import annotations
 
+import selectors
+import socket
+import time
 from types import SimpleNamespace
 
 from blobdl.batch._beats import Beats, stalled
 from blobdl.batch._stalls import Stalls
+from blobdl.batch._watch import Watch
 from blobdl.config import Settings
 
 
@@ -89,3 +93,17 @@ def test_a_stalled_process_is_killed_once_and_its_fork_is_judged_again() -> None
     pool.beats.restarted(0)
     stalls.look(pool, {0}, 2.0)  # type: ignore[arg-type]
     assert pool.kills == [0, 0]
+
+
+def test_only_the_time_the_scheduler_spent_in_its_wait_is_said_to_be_waited() -> None:
+    """``Watch.waited`` is the last wait for news alone: time the scheduler spent elsewhere
+    between two waits (a slow callback of the caller's) is no process's quiet."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs, Watch() as watch:
+        watch.selector.register(ours, selectors.EVENT_READ, ("seat", 0))
+        assert list(watch.ready(0.2)) == []
+        assert 0.15 <= watch.waited < 1.0
+        time.sleep(1.5)  # busy elsewhere
+        theirs.send(b"x")
+        assert list(watch.ready(5.0)) == [("seat", 0)]
+        assert watch.waited < 1.0
