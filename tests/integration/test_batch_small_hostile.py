@@ -112,6 +112,37 @@ def test_a_pool_process_killed_after_its_renames_leaves_them_made_durable(
     assert str(first) in notes, notes
 
 
+def test_a_pool_process_killed_at_its_end_before_its_fsyncs_leaves_them_made_durable(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told to end, a pool process's last work is the fsync of the folders its seats renamed
+    items in. Killed right then (the OOM killer), it never makes them: the scheduler, hearing
+    it ended killed, makes them itself before the batch returns."""
+    from blobdl.batch import _pool, _seats
+
+    synced, scheduler = tmp_path / "synced", os.getpid()
+
+    def killed(directory: Path) -> None:  # in the pool process: its end's first fsync
+        assert os.getpid() != scheduler, "the pool's fsync, called in the scheduler"
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def note(directory: Path) -> None:  # in the scheduler
+        with open(synced, "a") as notes:
+            notes.write(f"{directory}\n")
+
+    monkeypatch.setattr(_pool, "sync_dir_quietly", killed)
+    monkeypatch.setattr(_seats, "sync_dir_quietly", note)
+    blob = make(100, seed=4425)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    results = blobdl.download_many([Item(blob.url, str(folder / "o0"))],
+                                   settings=fast_settings(processes=1))  # fmt: skip
+    assert results[0].ok, results
+    assert sha256_file(folder / "o0") == blob.sha256
+    notes = synced.read_text().split("\n") if synced.exists() else []
+    assert str(folder) in notes, notes
+
+
 @pytest.mark.parametrize("fork_too", [False, True], ids=["mid-item", "its-fork-as-it-starts"])
 def test_a_pool_process_stopped_is_killed_once_silent_for_the_stall_timeout(
     make: Make, server: ServerHandle, tmp_path: Path, fork_too: bool
@@ -173,6 +204,21 @@ def test_a_pool_process_stopped_is_killed_once_silent_for_the_stall_timeout(
     assert sha256_file(tmp_path / "o2") == quick.sha256
 
 
+def test_a_pool_process_telling_progress_seldom_still_beats_and_is_never_taken_for_stalled(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A progress interval longer than the stall timeout (10 s, 2 s here) does not space the
+    pool's beats: it beats every quarter of the stall timeout all the same, so a slow item
+    that runs well (5 s) is never killed as silent."""
+    blob = make(2 * SLOW, seed=4450)
+    server.set_faults({"path": "/files/*", "times": None, "action": "rate", "bps": 4000,
+                       "step": 1000})  # fmt: skip
+    settings = fast_settings(processes=1, progress_interval=10.0)
+    results = blobdl.download_many([Item(blob.url, str(tmp_path / "o0"))], settings=settings)
+    assert results[0].ok, results[0]
+    assert sha256_file(tmp_path / "o0") == blob.sha256
+
+
 def _kill_born_since(before: set[int]) -> None:
     for proc in psutil.Process().children(recursive=True):
         if proc.pid not in before:
@@ -181,13 +227,15 @@ def _kill_born_since(before: set[int]) -> None:
 
 
 def test_a_pool_whose_every_fork_stops_itself_fails_its_items_instead_of_hanging(
-    make: Make, server: ServerHandle, tmp_path: Path
+    make: Make, server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Something stops every process the batch forks (a debugger following forks): each
     fork of the pool is killed once silent for the stall timeout as it starts, a few in a
     row, then heard dead as any pool process that dies, with the batch's signals checked in
     between; its items fail saying so, and the batch ends before an outside hand, 60 s
     later, resumes anything."""
+    from blobdl.batch import _pool
+
     blobs = [make(1000, seed=4470 + n) for n in range(2)]
     before = {p.pid for p in psutil.Process().children(recursive=True)}  # the test server
     resumed = tmp_path / "resumed"
@@ -210,6 +258,9 @@ def test_a_pool_whose_every_fork_stops_itself_fails_its_items_instead_of_hanging
         resumer.wait()
         _kill_born_since(before)  # never a stopped leftover
     assert not resumed.exists()  # the batch ended before the outside hand resumed it
+    # Each pool forked for the batch is tried GO_TRIES times in all, no more, no fewer.
+    tries = caplog.text.count("as it started: killed")
+    assert tries and tries % _pool.GO_TRIES == 0, caplog.text
     for n in range(2):
         assert "download process died" in str(results[n].error), results[n]
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"o{n}")) == []

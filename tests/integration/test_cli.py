@@ -292,6 +292,20 @@ def test_a_manifest_read_from_a_closed_stdin_is_said_to_be_closed(tmp_path: Path
     ]
 
 
+def test_a_manifest_read_from_stdin_with_only_stdout_closed_is_read_as_given(
+    tmp_path: Path,
+) -> None:
+    """Another standard stream closed (``>&-``) is not stdin: the manifest piped in is read,
+    and an empty one is said to list no items, not that stdin is closed."""
+    import sys
+
+    run = subprocess.run(["sh", "-c", f"exec {sys.executable} -m blobdl -i - >&-"],
+                         input="# none yet\n", capture_output=True, text=True, cwd=tmp_path,
+                         timeout=60)  # fmt: skip
+    assert run.returncode == EXIT_USAGE, run.stderr
+    assert run.stderr.splitlines() == ["blobdl: error: stdin: the manifest lists no items"]
+
+
 @pytest.mark.parametrize("text", ["", "# nothing yet\n\n   \n"])
 def test_a_manifest_that_lists_no_items_is_bad_usage(text: str, tmp_path: Path) -> None:
     """-i pointed at the wrong (or an empty) file must not look like success."""

@@ -427,6 +427,26 @@ def test_a_partial_an_older_blobdl_named_is_resumed_not_fetched_again_beside_it(
     )
 
 
+def test_a_partial_an_older_blobdl_named_never_replaces_one_of_the_new_name(
+    hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
+) -> None:
+    """Both names hold a partial (an older blobdl's left beside the one a run since kept):
+    the record is the new one's, so that one is resumed, never replaced by the older one's
+    bytes; the older one goes once the blob is in."""
+    cache = tmp_path / "cache"
+    blob, partial = _big_interrupted_in(cache, hub, repos, tmp_path)
+    blobs = partial.parent
+    older = blobs / f"{blob}.blobdl-part.blobdl-tmp"
+    older.write_bytes(os.urandom(partial.stat().st_size))  # not the bytes the record claims
+    done = blobdl_hf(hub, tmp_path, "acme/big", "--cache-dir", str(cache), "--json")
+    assert done.returncode == 0, done.stderr
+    finished = [json.loads(x) for x in done.stdout.splitlines() if '"finished"' in x]
+    assert finished and finished[0]["resumed"] >= BIG // 4, finished
+    assert sorted(p.name for p in blobs.iterdir()) == sorted(
+        [blob, hashlib.sha1(b"blob 2\0{}").hexdigest()]
+    )
+
+
 def test_an_interrupted_runs_partial_is_seen_and_reclaimed_by_huggingface_hubs_cache_tools(
     hub: HubHandle, repos: dict[str, HubRepo], tmp_path: Path
 ) -> None:

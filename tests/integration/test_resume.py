@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -293,18 +294,29 @@ def test_a_record_whose_parts_cannot_be_is_ignored_however_well_it_is_checksumme
 @pytest.mark.parametrize(
     "forge",
     [
-        lambda state: (*state.samples, _resume.Sample(state.size - 10, 4096, 0)),
-        lambda state: (*state.samples, _resume.Sample(0, 0, 0)),
-        lambda state: state.samples * 40,
+        lambda state, _: (*state.samples, _resume.Sample(state.size - 10, 4096, 0)),
+        lambda state, _: (*state.samples, _resume.Sample(0, 0, 0)),
+        lambda state, _: state.samples * 40,
+        # checksummed right: only its length gives it away (one of the blob's size, times
+        # sixty-six, would have a rerun read the blob sixty-six times to check it)
+        lambda state, data: (
+            *state.samples,
+            _resume.Sample(0, _resume.SAMPLE + 1, zlib.crc32(data[: _resume.SAMPLE + 1])),
+        ),
     ],
-    ids=["a block past the end", "an empty block", "more blocks than a record keeps"],
+    ids=[
+        "a block past the end",
+        "an empty block",
+        "more blocks than a record keeps",
+        "a block longer than a checkpoint takes",
+    ],
 )
 def test_a_record_whose_samples_cannot_be_is_ignored_however_well_it_is_checksummed(
     make: Make,
     server: ServerHandle,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-    forge: Callable[[State], tuple[_resume.Sample, ...]],
+    forge: Callable[[State, bytes], tuple[_resume.Sample, ...]],
 ) -> None:
     """A record's checksummed blocks are read back by a rerun: a forged one naming blocks
     no checkpoint takes (outside the blob, empty, thousands of them) is ignored, not read."""
@@ -312,7 +324,8 @@ def test_a_record_whose_samples_cannot_be_is_ignored_however_well_it_is_checksum
     out = tmp_path / "out"
     state = interrupted_download(blob, server, out)
     assert state.samples
-    save(state_path(out), state._replace(samples=forge(state)))
+    partial = Path(f"{out}.blobdl-tmp").read_bytes()
+    save(state_path(out), state._replace(samples=forge(state, partial)))
     result = Downloader(fast_settings()).download(blob.url, out)
     assert sha256_file(out) == blob.sha256 and result.resumed == 0
     assert "ignoring" in caplog.text

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from blobdl.errors import LocalFileError
+from blobdl.store._destination import check_destination, temp_path
 from blobdl.store._files import absolute, atomic_write, open_own, take_lock
 
 WAIT = 0.3  # seconds a lock wait is given before its deadline
@@ -88,3 +89,16 @@ def test_an_absolute_path_names_the_file_the_kernel_would_open(
     assert (tmp_path / "deep" / "x").read_bytes() == b"here"
     assert not (tmp_path / "x").exists()
     assert absolute("./a//b") == str(tmp_path / "a" / "b")  # only what changes nothing goes
+
+
+def test_a_staged_destination_leaves_room_for_its_partials_longer_name(tmp_path: Path) -> None:
+    """``<x>.blobdl-part`` keeps its partial as ``<x>.blobdl-part.blobdl-tmp.incomplete``
+    (``temp_path``), longer than the record's ``.blobdl-state.new``: a name with room for
+    the record and not for the partial is refused up front, not by the partial's open."""
+    room = 255 - len(temp_path(tmp_path / "x.blobdl-part").name) + len("x.blobdl-part")
+    fits = tmp_path / ("a" * (room - len(".blobdl-part")) + ".blobdl-part")
+    check_destination(fits)
+    too_long = fits.with_name("a" + fits.name)
+    assert len(too_long.name) + len(".blobdl-state.new") <= 255  # room for the record
+    with pytest.raises(LocalFileError, match="its name is"):
+        check_destination(too_long)
