@@ -28,7 +28,7 @@ from ..events import Finished
 from . import _spare
 from ._child import Execed
 from ._clean_child import child_main, relay_log
-from ._signals import interrupted, unheard, whole
+from ._signals import Stop, interrupted, unheard, whole
 from ._spawn import start_clean, threaded
 
 T = TypeVar("T")
@@ -143,8 +143,11 @@ class _Said:
 
 
 def _reason(exc: BaseException) -> BaseException:
-    """What a stop raises: Ctrl-C (or our SIGINT/SIGTERM) as ``Interrupted``, else itself."""
-    return interrupted(exc) if isinstance(exc, KeyboardInterrupt) else exc
+    """What a stop raises: our SIGINT/SIGTERM (``Stop``: ``called`` handles both in the main
+    thread) as ``Interrupted``, else itself. A plain KeyboardInterrupt is then never a signal
+    (none reaches another thread): a callback's own, given back unchanged as in the caller's
+    own process (the scheduler turns only ``Stop`` into ``Interrupted``)."""
+    return interrupted(exc) if isinstance(exc, Stop) else exc
 
 
 def _stop(proc: Execed, why: BaseException | None) -> BaseException | None:

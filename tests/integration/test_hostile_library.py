@@ -142,6 +142,7 @@ def test_a_clean_child_cut_after_its_finished_event_gives_the_caller_its_result(
     promise a partial to resume, where the whole blob is in place."""
     from blobdl.processes._child import Execed
     from blobdl.processes._clean_process import _follow
+    from blobdl.processes._signals import Stop
 
     ours, theirs = socket.socketpair()
     out = tmp_path / "out"
@@ -159,7 +160,9 @@ def test_a_clean_child_cut_after_its_finished_event_gives_the_caller_its_result(
         def tell(event: blobdl.Event) -> None:
             told.append(event)
             if stopped:
-                raise KeyboardInterrupt  # the caller's own Ctrl-C, in its callback
+                # The caller's own Ctrl-C, in its callback: ``called`` makes it a ``Stop``
+                # (a plain KeyboardInterrupt is the callback's own, given back as it is).
+                raise Stop(signal.SIGINT)
 
         try:
             result = _follow(Connection(os.dup(ours.fileno())), child, tell)
