@@ -53,8 +53,10 @@ from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts, Stop, called, callers, held, interrupted
+from ..store._cache import entry_path
+from ..store._digest import parse_digest
 from ..store._files import directory_problem
-from ..store._lock import sweep_kept
+from ..store._lock import batch_writes, sweep_kept
 from ._budget import Budget
 from ._destinations import Destinations
 from ._item_process import LargeItems, Running, receive
@@ -206,6 +208,16 @@ def _many_here(
     return scheduler.run()
 
 
+def _written(items: list[Item], settings: Settings) -> list[Path]:
+    """What the batch's items write that a lock guards: their destinations, and the cache
+    entries of those with a digest (an item named only once probed is not known here)."""
+    paths = [Path(item.path) for item in items if item.path]
+    if settings.cache_dir:
+        cache = Path(settings.cache_dir)
+        paths += [entry_path(cache, parse_digest(i.digest)) for i in items if i.digest]
+    return paths
+
+
 def _no_seat() -> OutOfResources:
     """A path-less item's name comes from its probe on a seat: without seats, this."""
     return OutOfResources(
@@ -294,7 +306,8 @@ class _Scheduler:
                            self.queued, waiting)  # fmt: skip
 
     def run(self) -> list[ItemResult]:
-        with Interrupts() as interrupts, self.watch, contextlib.closing(self.large):
+        written = batch_writes(_written(self.items, self.settings))  # a callback's own, to it
+        with written, Interrupts() as interrupts, self.watch, contextlib.closing(self.large):
             self.watch.signals(interrupts)
             try:
                 for folder in sorted(self.folders):

@@ -20,7 +20,7 @@ import re
 import resource
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +43,11 @@ T = TypeVar("T")
 # message, and a holder in another pid namespace (a container on a shared volume) or one
 # that has just locked a file a holder of ours left can bear our number.
 _OURS: dict[tuple[int, int], int] = {}
+# The lock files a batch this process runs may hold through its children (a seat of its
+# pool, a large item's process): path -> the process running the batch. A callback of that
+# batch waiting for one waits on its own batch, whose child may be waiting for the batch to
+# read what it said (``batch_writes``). A forked child inherits the entries, not the batch.
+_BATCHES: dict[str, int] = {}
 
 
 class DestinationLock:
@@ -72,7 +77,7 @@ class DestinationLock:
                     fd = self._open()
                 taken = self._wait(fd, deadline)  # Ctrl-C ends it
                 if taken is False:
-                    ours = _held_up_our_stack(fd)
+                    ours = _held_up_our_stack(fd, self.path)
                     raise DestinationLocked(str(self.dest), _read_holder(fd), ours)
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
                     if taken and still_at(self.path, fd):
@@ -126,7 +131,7 @@ class DestinationLock:
         while not take_lock(fd, wait=False):
             if not still_at(self.path, fd):
                 return None
-            if time.monotonic() >= deadline or _held_up_our_stack(fd):
+            if time.monotonic() >= deadline or _held_up_our_stack(fd, self.path):
                 return False
             time.sleep(LOCK_POLL)
         return True
@@ -320,12 +325,33 @@ def _write_holder(fd: int) -> None:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
 
 
-def _held_up_our_stack(fd: int) -> bool:
-    """Whether the lock's holder is this very process, and it has no other thread: then it
-    is held up our own call stack (a callback's download of what its own download writes),
-    and the wait would last as long as the deadline, its holder stuck until it ends."""
+def _held_up_our_stack(fd: int, path: Path) -> bool:
+    """Whether the lock's holder is this very process, or a batch it runs (``path`` is one
+    of its lock files, ``batch_writes``), and it has no other thread: then it is held up our
+    own call stack (a callback's download of what its own download or batch writes), and
+    the wait would last as long as the deadline, its holder stuck until it ends."""
+    if threaded():
+        return False
     key = _identity(fd)
-    return key is not None and _OURS.get(key) == os.getpid() and not threaded()
+    if key is not None and _OURS.get(key) == os.getpid():
+        return True
+    return _BATCHES.get(os.path.abspath(path)) == os.getpid()
+
+
+@contextlib.contextmanager
+def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
+    """While a batch runs in this process, the lock files of ``destinations`` (its items'
+    and their cache entries') are its own: a callback of its waiting for one is refused at
+    once (``_held_up_our_stack``), never left waiting on an item that waits on the batch."""
+    paths = {os.path.abspath(d.with_name(d.name + LOCK_SUFFIX)) for d in destinations}
+    added = [p for p in paths if p not in _BATCHES]  # an outer batch's stay its own
+    for path in added:
+        _BATCHES[path] = os.getpid()
+    try:
+        yield
+    finally:
+        for path in added:
+            _BATCHES.pop(path, None)
 
 
 def _note(fd: int) -> tuple[int, int] | None:

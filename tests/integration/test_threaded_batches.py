@@ -3,6 +3,7 @@ callback's own KeyboardInterrupt, batches side by side sharing destinations."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import blobdl
 from blobdl import Item
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, Blob, fast_settings
+from tests.conftest import PART, Blob, fast_settings, sha256_file
 
 Make = Callable[..., Blob]
 
@@ -61,3 +62,53 @@ def test_a_threaded_callers_callback_raising_keyboardinterrupt_gets_it_back_unch
         )
     assert type(raised) is KeyboardInterrupt and raised.args == own.args, repr(raised)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("through", ["the cache", "a lock wait"])
+def test_a_batch_callback_waiting_for_a_lock_its_own_batch_holds_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, through: str
+) -> None:
+    """A single-threaded caller's batch callback that downloads what an item of its own
+    batch is fetching (the same digest into the same cache, or the same destination with a
+    lock wait) waited for a lock its batch's item process held, while that process waited
+    for the batch to read its progress, which the callback held up: 24 hours for a cache
+    entry. It is refused at once, as a download's own callback is."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    blob = make(16 * PART, seed=79510)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    if through == "the cache":
+        again: dict[str, Any] = {"cache_dir": str(tmp_path / "cache")}
+        digest, inner, outer = f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
+    else:
+        again, digest = {"lock_timeout": 24 * 3600.0}, None
+        inner = outer = tmp_path / "out"
+    said: list[BaseException] = []
+
+    def again_from_inside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            blobdl.download(blob.url, inner, digest=digest, settings=fast_settings(**again))
+            said.append(AssertionError("the callback's download went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's download waited for its own batch's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        results = blobdl.download_many(
+            [Item(blob.url, str(outer), digest)], on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART, **again),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert results[0].ok, results
+    assert sha256_file(outer) == blob.sha256  # the batch went on and finished
