@@ -3,6 +3,7 @@ callback's own KeyboardInterrupt, batches side by side sharing destinations."""
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 
 import blobdl
 from blobdl import Item
+from faultserver.registry import Registry
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
 
@@ -112,3 +114,53 @@ def test_a_batch_callback_waiting_for_a_lock_its_own_batch_holds_is_refused_not_
     assert "this process's own download" in str(said[0])
     assert results[0].ok, results
     assert sha256_file(outer) == blob.sha256  # the batch went on and finished
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["main thread", "a thread"])
+def test_a_pull_callback_pulling_what_its_own_pull_fetches_is_refused_not_hung(
+    registry: Registry, tmp_path: Path, threaded: bool
+) -> None:
+    """A pull's callback that pulls the same model into the same store waited for the
+    fetch lock of a blob its own pull held, up the same thread's stack: for ever. It is
+    refused at once, as a download's callback asking for what its download writes is."""
+    big = random.Random(79520).randbytes(1 << 20)
+    model = registry.push_model(f"lib5/nested-{int(threaded)}", "v1", (10 * 1024,), shared=big)
+    url = f"http://{registry.host}/{model.repo}:{model.tag}"
+    models = tmp_path / "models"
+    said: list[BaseException] = []
+
+    def again_from_inside(event: Any) -> None:
+        inner = getattr(event, "event", None)
+        if said or not (isinstance(inner, blobdl.Progress) and inner.done > 0):
+            return
+        try:
+            blobdl.pull(url, models, settings=fast_settings())
+            said.append(AssertionError("the callback's pull went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    settings = fast_settings(limit_rate=200_000, progress_interval=0.01)
+    outcome: list[Any] = []
+    call = lambda: outcome.append(  # noqa: E731
+        blobdl.pull(url, models, on_event=again_from_inside, settings=settings)
+    )
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's pull waited for its own pull's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        if threaded:
+            raised = _in_a_thread(call)
+            assert raised is None, repr(raised)
+        else:
+            call()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert isinstance(outcome[0], blobdl.PullResult)
+    for digest, data in model.blobs.items():  # the outer pull went on and finished
+        assert (models / "blobs" / digest.replace(":", "-")).read_bytes() == data
