@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import DestinationLocked
 from ..processes._signals import held
-from ..store._files import open_own, still_at, take_lock
+from ..store._files import (
+    Holder,
+    forget_held,
+    held_by_this_thread,
+    note_held,
+    open_own,
+    still_at,
+    take_lock,
+)
 from ._oci import Blob
 from ._owner import Owner
 
@@ -88,7 +95,7 @@ class LockFile:
     def __init__(self, path: Path, owner: Owner = None, *, look_only: bool = False) -> None:
         self.path, self.owner, self.look_only = path, owner, look_only
         self.fd: int | None = None
-        self.noted: _Holder | None = None  # in ``_HELD`` while held
+        self.noted: Holder | None = None  # noted as this thread's while held (``note_held``)
 
     def take(self, *, shared: bool, wait: bool) -> bool:
         """True once held (or, looking only, if there is no file to hold); False if
@@ -104,14 +111,14 @@ class LockFile:
             if self.owner is not None and not self.look_only:
                 os.fchown(self.fd, *self.owner)
             if not take_lock(self.fd, wait=False, shared=shared):
-                if wait and _held_up_this_thread(self.fd):
+                if wait and held_by_this_thread(self.fd):
                     self._close()
                     raise DestinationLocked(str(self.path.with_suffix("")), None, ours=True)
                 if not (wait and take_lock(self.fd, shared=shared)):
                     self._close()
                     return False
             if still_at(self.path, self.fd):
-                self.noted = _note(self.fd)
+                self.noted = note_held(self.fd)
                 return True
             self._close()  # we locked a file its last holder had just unlinked
 
@@ -134,46 +141,10 @@ class LockFile:
     def _close(self) -> None:
         fd, self.fd = self.fd, None
         if self.noted is not None:
-            _forget(self.noted)
+            forget_held(self.noted)
             self.noted = None
         if fd is not None:
             os.close(fd)
-
-
-# The lock files this process holds, by the thread that took each (a shared one may be
-# taken more than once): a thread waiting for one it holds itself waits on its own call
-# stack (a pull's callback pulling what its pull fetches), for ever. A forked child inherits
-# the entries, never as its own (another process id).
-_Holder = tuple[int, int, int, int]  # device, inode, process, thread
-_HELD: dict[_Holder, int] = {}
-
-
-def _holder(fd: int) -> _Holder | None:
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, os.getpid(), threading.get_ident()
-
-
-def _note(fd: int) -> _Holder | None:
-    key = _holder(fd)
-    if key is not None:
-        _HELD[key] = _HELD.get(key, 0) + 1
-    return key
-
-
-def _forget(key: _Holder) -> None:
-    left = _HELD.pop(key, 1) - 1
-    if left:
-        _HELD[key] = left
-
-
-def _held_up_this_thread(fd: int) -> bool:
-    """Whether this very thread holds the lock ``fd`` is another open file of: waiting for
-    it would wait for ourselves."""
-    key = _holder(fd)
-    return key is not None and key in _HELD
 
 
 @contextlib.contextmanager

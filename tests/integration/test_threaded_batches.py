@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 
 import blobdl
 from blobdl import Item
+from faultserver.hub import HubHandle, HubRepo, start_hub
 from faultserver.registry import Registry
 from faultserver.serverctl import ServerHandle
 from tests.conftest import PART, Blob, fast_settings, sha256_file
@@ -164,3 +165,57 @@ def test_a_pull_callback_pulling_what_its_own_pull_fetches_is_refused_not_hung(
     assert isinstance(outcome[0], blobdl.PullResult)
     for digest, data in model.blobs.items():  # the outer pull went on and finished
         assert (models / "blobs" / digest.replace(":", "-")).read_bytes() == data
+
+
+HF_TOKEN = "hf_good"
+BIG = 3 << 20
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubHandle]:
+    big = HubRepo("acme/big")
+    big.commit({"model.safetensors": random.Random(6).randbytes(BIG), "config.json": b"{}"})
+    handle = start_hub(tmp_path_factory.mktemp("hub"), [big], tokens=(HF_TOKEN,))
+    yield handle
+    handle.stop()
+
+
+def test_an_hf_callback_fetching_what_its_own_run_fetches_is_refused_not_hung(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    """An ``hf_download`` callback that fetches the same repository into the same cache
+    waited for a blob's lock its own run held, up the same thread's stack: for ever. It
+    is refused at once, as a download's callback asking for what its download writes is."""
+    hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 400_000,
+                            "times": None})  # fmt: skip
+    cache = str(tmp_path / "cache")
+    ask = {"cache_dir": cache, "token": HF_TOKEN, "endpoint": hub.url}
+    said: list[BaseException] = []
+
+    def again_from_inside(event: Any) -> None:
+        inner = getattr(event, "event", None)
+        if said or not (isinstance(inner, blobdl.Progress) and inner.done > 0):
+            return
+        try:
+            blobdl.hf_download("acme/big", settings=fast_settings(), **ask)
+            said.append(AssertionError("the callback's run went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's run waited for its own run's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        result = blobdl.hf_download(
+            "acme/big", on_event=again_from_inside, **ask,
+            settings=fast_settings(progress_interval=0.01, min_part_size=1 << 20,
+                                   max_part_size=1 << 20),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert (result.path / "model.safetensors").stat().st_size == BIG
