@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import Finished
+from ..store._lock import callers_writes
 from . import _spare
 from ._child import Execed
 from ._clean_child import child_main, relay_log
@@ -47,7 +48,7 @@ def needs_clean() -> bool:
 def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> T:
     """``target(*args, tell_parent)`` in a clean process; ``tell`` gets what it is told."""
     tell = _spare.beside(target.__module__, tell)  # starts the next call's, if we keep one
-    job = (target, args, tell is not None, log.getEffectiveLevel())
+    job = (target, args, tell is not None, log.getEffectiveLevel(), callers_writes())
     taken = _spare.take(job)  # this thread's spare, if it keeps one, already given the job
     conn, proc = taken or start_clean(child_main)
     answered = False

@@ -338,6 +338,27 @@ def _held_up_our_stack(fd: int, path: Path) -> bool:
     return _BATCHES.get(os.path.abspath(path)) == os.getpid()
 
 
+_CALLING = threading.local()  # .writes: what the calls up this thread's stack write
+
+
+@contextlib.contextmanager
+def calling_writes(destinations: Iterable[Path]) -> Iterator[None]:
+    """A threaded caller's call in a clean process writes ``destinations`` while its thread
+    waits, running its callbacks: a call one of them makes hands them to its own clean
+    process (``callers_writes``), whose ``batch_writes`` then refuses a wait for them."""
+    before = getattr(_CALLING, "writes", ())
+    _CALLING.writes = (*before, *(os.path.abspath(d) for d in destinations))
+    try:
+        yield
+    finally:
+        _CALLING.writes = before
+
+
+def callers_writes() -> tuple[str, ...]:
+    """What the calls up this thread's stack write (``calling_writes``)."""
+    return tuple(getattr(_CALLING, "writes", ()))
+
+
 @contextlib.contextmanager
 def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
     """While a batch runs in this process, the lock files of ``destinations`` (its items'

@@ -32,7 +32,7 @@ def _in_a_thread(call: Callable[[], Any]) -> BaseException | None:
         except BaseException as exc:  # the test looks at whatever it was
             raised.append(exc)
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=run, daemon=True)  # one that hangs is not waited for
     thread.start()
     thread.join(30)
     assert not thread.is_alive()
@@ -219,3 +219,45 @@ def test_an_hf_callback_fetching_what_its_own_run_fetches_is_refused_not_hung(
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
     assert "this process's own download" in str(said[0])
     assert (result.path / "model.safetensors").stat().st_size == BIG
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["download", "download_many"])
+def test_a_threaded_callers_callback_waiting_for_its_own_cache_entry_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, many: bool
+) -> None:
+    """A threaded caller's download runs in a clean process, which holds the cache entry's
+    lock while it waits for the caller's thread to hear its progress: a callback there that
+    downloads the same digest into the same cache waited for it, 24 hours. It is refused at
+    once, as a single-threaded caller's is."""
+    blob = make(16 * PART, seed=79530)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    digest, cache = f"sha256:{blob.sha256}", str(tmp_path / "cache")
+    said: list[BaseException] = []
+
+    def again_from_inside(event: Any) -> None:
+        inner = getattr(event, "event", event)
+        if said or not (isinstance(inner, blobdl.Progress) and inner.done > 0):
+            return
+        try:
+            blobdl.download(blob.url, tmp_path / "copy", digest=digest,
+                            settings=fast_settings(cache_dir=cache))  # fmt: skip
+            said.append(AssertionError("the callback's download went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    settings = fast_settings(cache_dir=cache, progress_interval=0.01, min_part_size=4 * PART,
+                             max_part_size=4 * PART)  # fmt: skip
+    out = str(tmp_path / "out")
+    if many:
+        call = lambda: blobdl.download_many(  # noqa: E731
+            [Item(blob.url, out, digest)], on_event=again_from_inside, settings=settings
+        )
+    else:
+        call = lambda: blobdl.download(  # noqa: E731
+            blob.url, out, digest=digest, on_event=again_from_inside, settings=settings
+        )
+    assert _in_a_thread(call) is None
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert sha256_file(Path(out)) == blob.sha256
