@@ -56,7 +56,7 @@ from ..processes._signals import Interrupts, Stop, called, callers, held, interr
 from ..store._cache import entry_path
 from ..store._digest import parse_digest
 from ..store._files import directory_problem
-from ..store._lock import batch_writes, calling_writes, sweep_kept
+from ..store._lock import batch_writes, sweep_kept
 from ._budget import Budget
 from ._destinations import Destinations
 from ._item_process import LargeItems, Running, receive
@@ -184,8 +184,8 @@ def _many(
         # Usage errors from the calling thread, before any process.
         first_of_each(batch, numbering=numbering)
         args = (batch, base, max_connections, per_host, where, numbering, probed)
-        with calling_writes(_written(batch, base)):  # its callback's own, to it
-            results = _clean_process.call(_many_here, args, on_event)
+        written = _written(batch, base)  # its callbacks' calls', refused
+        results = _clean_process.call(_many_here, args, on_event, written)
     else:
         scheduler = _Scheduler(batch, base, max_connections, per_host, on_event, where, numbering,
                                probed)  # fmt: skip

@@ -52,7 +52,7 @@ from ..store._destination import (
 )
 from ..store._digest import parse_digest
 from ..store._existing import Kept, kept
-from ..store._lock import DestinationLock, calling_writes
+from ..store._lock import DestinationLock
 from ..store._names import default_name, name_from_url
 from ..store._resume import PartRecord, Resume, bytes_done, sweep
 from ..store._source import stamp
@@ -134,8 +134,8 @@ class Downloader:
         """``to_host``: see ``Order`` (a batch item's child never runs in a clean process)."""
         if _clean_process.needs_clean():  # never fork here: a clean process forks instead
             args = (self.settings, url, remote, _fspath(path), digest, share)
-            with calling_writes(_writes(self.settings, path, digest)):  # its callback's, too
-                return _clean_process.call(_run_here, args, tell)
+            writes = _writes(self.settings, path, digest)  # its callbacks' calls', refused
+            return _clean_process.call(_run_here, args, tell, writes)
         return self._run_here(url, remote, path, digest, tell, share, to_host)
 
     def _run_here(

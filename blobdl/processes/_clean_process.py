@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import Finished
-from ..store._lock import callers_writes
+from ..store._lock import callers_writes, calling_writes
 from . import _spare
 from ._child import Execed
 from ._clean_child import child_main, relay_log
@@ -45,8 +46,13 @@ def needs_clean() -> bool:
     return threaded() or multiprocessing.current_process().daemon
 
 
-def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> T:
-    """``target(*args, tell_parent)`` in a clean process; ``tell`` gets what it is told."""
+def call(
+    target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None, writes: Iterable[Path] = ()
+) -> T:
+    """``target(*args, tell_parent)`` in a clean process; ``tell`` gets what it is told.
+    ``writes``: what the call writes under a lock, its callbacks' calls' to refuse
+    (``calling_writes``). The child is told only what the calls up this thread's stack
+    write: a lock of its own that another process holds, it waits for as ever."""
     tell = _spare.beside(target.__module__, tell)  # starts the next call's, if we keep one
     job = (target, args, tell is not None, log.getEffectiveLevel(), callers_writes())
     taken = _spare.take(job)  # this thread's spare, if it keeps one, already given the job
@@ -55,7 +61,8 @@ def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> 
     try:
         if taken is None:
             _send_job(conn, proc, job)
-        result: T = _follow(conn, proc, tell)
+        with calling_writes(writes):  # its callbacks run here, on this thread
+            result: T = _follow(conn, proc, tell)
         answered = True
         return result
     finally:
