@@ -53,10 +53,11 @@ from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts, Stop, called, callers, held, interrupted
+from ..processes._stack_writes import batch_writes
 from ..store._cache import entry_path
 from ..store._digest import parse_digest
 from ..store._files import directory_problem
-from ..store._lock import batch_writes, sweep_kept
+from ..store._lock import sweep_kept
 from ._budget import Budget
 from ._destinations import Destinations
 from ._item_process import LargeItems, Running, receive

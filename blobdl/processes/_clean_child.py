@@ -15,8 +15,8 @@ from typing import Any
 
 from ..errors import BlobdlError
 from ..events import Finished
-from ..store._lock import batch_writes
 from ._signals import decided, interrupted
+from ._stack_writes import batch_writes
 
 Tell = Callable[[Any], None]
 log = logging.getLogger("blobdl")

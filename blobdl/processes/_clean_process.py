@@ -26,12 +26,12 @@ from typing import Any, TypeVar
 
 from ..errors import BlobdlError, Interrupted, WorkerCrashed
 from ..events import Finished
-from ..store._lock import callers_writes, calling_writes
 from . import _spare
 from ._child import Execed
 from ._clean_child import child_main, relay_log
 from ._signals import Stop, interrupted, unheard, whole
 from ._spawn import start_clean, threaded
+from ._stack_writes import callers_writes, calling_writes
 
 T = TypeVar("T")
 Tell = Callable[[Any], None]

@@ -20,7 +20,7 @@ import re
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,7 @@ from typing import TypeVar
 from ..errors import DestinationLocked, LocalFileError
 from ..processes._signals import held
 from ..processes._spawn import threaded
+from ..processes._stack_writes import batch_writes_here
 from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock, unlink_gone
 
 log = logging.getLogger("blobdl")
@@ -43,11 +44,6 @@ T = TypeVar("T")
 # message, and a holder in another pid namespace (a container on a shared volume) or one
 # that has just locked a file a holder of ours left can bear our number.
 _OURS: dict[tuple[int, int], int] = {}
-# The lock files a batch this process runs may hold through its children (a seat of its
-# pool, a large item's process): path -> the process running the batch. A callback of that
-# batch waiting for one waits on its own batch, whose child may be waiting for the batch to
-# read what it said (``batch_writes``). A forked child inherits the entries, not the batch.
-_BATCHES: dict[str, int] = {}
 
 
 class DestinationLock:
@@ -77,7 +73,7 @@ class DestinationLock:
                     fd = self._open()
                 taken = self._wait(fd, deadline)  # Ctrl-C ends it
                 if taken is False:
-                    ours = _held_up_our_stack(fd, self.path)
+                    ours = _held_up_our_stack(fd, self.dest)
                     raise DestinationLocked(str(self.dest), _read_holder(fd), ours)
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
                     if taken and still_at(self.path, fd):
@@ -131,7 +127,7 @@ class DestinationLock:
         while not take_lock(fd, wait=False):
             if not still_at(self.path, fd):
                 return None
-            if time.monotonic() >= deadline or _held_up_our_stack(fd, self.path):
+            if time.monotonic() >= deadline or _held_up_our_stack(fd, self.dest):
                 return False
             time.sleep(LOCK_POLL)
         return True
@@ -325,9 +321,9 @@ def _write_holder(fd: int) -> None:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
 
 
-def _held_up_our_stack(fd: int, path: Path) -> bool:
-    """Whether the lock's holder is this very process, or a batch it runs (``path`` is one
-    of its lock files, ``batch_writes``), and it has no other thread: then it is held up our
+def _held_up_our_stack(fd: int, dest: Path) -> bool:
+    """Whether the lock's holder is this very process, or a batch it runs (``dest`` is one
+    of its items', ``processes._stack_writes``), and it has no other thread: then it is held up our
     own call stack (a callback's download of what its own download or batch writes), and
     the wait would last as long as the deadline, its holder stuck until it ends."""
     if threaded():
@@ -335,44 +331,7 @@ def _held_up_our_stack(fd: int, path: Path) -> bool:
     key = _identity(fd)
     if key is not None and _OURS.get(key) == os.getpid():
         return True
-    return _BATCHES.get(os.path.abspath(path)) == os.getpid()
-
-
-_CALLING = threading.local()  # .writes: what the calls up this thread's stack write
-
-
-@contextlib.contextmanager
-def calling_writes(destinations: Iterable[Path]) -> Iterator[None]:
-    """A threaded caller's call in a clean process writes ``destinations`` while its thread
-    waits, running its callbacks: a call one of them makes hands them to its own clean
-    process (``callers_writes``), whose ``batch_writes`` then refuses a wait for them."""
-    before = getattr(_CALLING, "writes", ())
-    _CALLING.writes = (*before, *(os.path.abspath(d) for d in destinations))
-    try:
-        yield
-    finally:
-        _CALLING.writes = before
-
-
-def callers_writes() -> tuple[str, ...]:
-    """What the calls up this thread's stack write (``calling_writes``)."""
-    return tuple(getattr(_CALLING, "writes", ()))
-
-
-@contextlib.contextmanager
-def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
-    """While a batch runs in this process, the lock files of ``destinations`` (its items'
-    and their cache entries') are its own: a callback of its waiting for one is refused at
-    once (``_held_up_our_stack``), never left waiting on an item that waits on the batch."""
-    paths = {os.path.abspath(d.with_name(d.name + LOCK_SUFFIX)) for d in destinations}
-    added = [p for p in paths if p not in _BATCHES]  # an outer batch's stay its own
-    for path in added:
-        _BATCHES[path] = os.getpid()
-    try:
-        yield
-    finally:
-        for path in added:
-            _BATCHES.pop(path, None)
+    return batch_writes_here(dest)
 
 
 def _note(fd: int) -> tuple[int, int] | None:
