@@ -53,6 +53,9 @@ from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts, Stop, called, callers, held, interrupted
+from ..processes._stack_writes import batch_writes
+from ..store._cache import entry_path
+from ..store._digest import parse_digest
 from ..store._files import directory_problem
 from ..store._lock import sweep_kept
 from ._budget import Budget
@@ -182,7 +185,8 @@ def _many(
         # Usage errors from the calling thread, before any process.
         first_of_each(batch, numbering=numbering)
         args = (batch, base, max_connections, per_host, where, numbering, probed)
-        results = _clean_process.call(_many_here, args, on_event)
+        written = _written(batch, base)  # its callbacks' calls', refused
+        results = _clean_process.call(_many_here, args, on_event, written)
     else:
         scheduler = _Scheduler(batch, base, max_connections, per_host, on_event, where, numbering,
                                probed)  # fmt: skip
@@ -204,6 +208,16 @@ def _many_here(
     scheduler = _Scheduler(batch, settings, max_connections, per_host, on_event, base_dir,
                            numbering, probed)  # fmt: skip
     return scheduler.run()
+
+
+def _written(items: list[Item], settings: Settings) -> list[Path]:
+    """What the batch's items write that a lock guards: their destinations, and the cache
+    entries of those with a digest (an item named only once probed is not known here)."""
+    paths = [Path(item.path) for item in items if item.path]
+    if settings.cache_dir:
+        cache = Path(settings.cache_dir)
+        paths += [entry_path(cache, parse_digest(i.digest)) for i in items if i.digest]
+    return paths
 
 
 def _no_seat() -> OutOfResources:
@@ -294,7 +308,8 @@ class _Scheduler:
                            self.queued, waiting)  # fmt: skip
 
     def run(self) -> list[ItemResult]:
-        with Interrupts() as interrupts, self.watch, contextlib.closing(self.large):
+        written = batch_writes(_written(self.items, self.settings))  # a callback's own, to it
+        with written, Interrupts() as interrupts, self.watch, contextlib.closing(self.large):
             self.watch.signals(interrupts)
             try:
                 for folder in sorted(self.folders):

@@ -20,6 +20,7 @@ beside the coordinator (``_hasher.hashed_run``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -30,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings, check_callback, check_path, check_text, overridden, plain
+from ..errors import UsageError
 from ..events import DownloadResult, EventCallback, Finished, ProgressCallback, Started
 from ..http._probe import resolve
 from ..http._remote import Identity, Remote, lasting
 from ..http._urls import check_url, lift_userinfo
 from ..processes import _clean_process
 from ..processes._signals import called, callers, commit, held, inner, stoppable
-from ..store._cache import through_cache
+from ..store._cache import entry_path, through_cache
 from ..store._destination import (
     check_destination,
     check_free_space,
@@ -132,7 +134,8 @@ class Downloader:
         """``to_host``: see ``Order`` (a batch item's child never runs in a clean process)."""
         if _clean_process.needs_clean():  # never fork here: a clean process forks instead
             args = (self.settings, url, remote, _fspath(path), digest, share)
-            return _clean_process.call(_run_here, args, tell)
+            writes = _writes(self.settings, path, digest)  # its callbacks' calls', refused
+            return _clean_process.call(_run_here, args, tell, writes)
         return self._run_here(url, remote, path, digest, tell, share, to_host)
 
     def _run_here(
@@ -399,3 +402,15 @@ def download(
     return Downloader(**settings).download(
         url, path, digest=digest, on_progress=on_progress, on_event=on_event
     )
+
+
+def _writes(
+    settings: Settings, path: str | os.PathLike[str] | None, digest: str | None
+) -> list[Path]:
+    """What a download writes that a lock guards: its destination (if named ahead) and, with
+    a cache and a digest, the cache entry."""
+    writes = [Path(path)] if path is not None else []
+    if settings.cache_dir and digest:
+        with contextlib.suppress(UsageError):  # said as the download starts
+            writes.append(entry_path(Path(settings.cache_dir), parse_digest(digest)))
+    return writes

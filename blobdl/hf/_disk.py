@@ -15,14 +15,17 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ..errors import BadResponse, DigestMismatch, IntegrityError, LocalFileError
+from ..errors import BadResponse, DestinationLocked, DigestMismatch, IntegrityError, LocalFileError
 from ..processes._signals import held
 from ..store._destination import STAGED_SUFFIX, TEMP_SUFFIX, temp_path
 from ..store._digest import sha256_fd
 from ..store._files import (
     atomic_write,
+    forget_held,
+    held_by_this_thread,
     local_errors,
     make_directory,
+    note_held,
     open_own,
     read_own,
     rename_new,
@@ -197,11 +200,20 @@ def flocked(path: Path, *, wait: bool) -> Iterator[bool]:
     when another process holds it."""
     make_dirs(path.parent)
     fd = open_own(path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
+    noted = None
     try:
         with contextlib.suppress(OSError):  # not ours to chmod (another user made it): fine
             os.fchmod(fd, LOCK_MODE)
-        yield take_lock(fd, wait=wait)
+        taken = take_lock(fd, wait=False)
+        if not taken and wait and held_by_this_thread(fd):  # a callback's run of our blob
+            raise DestinationLocked(str(path), None, ours=True)
+        taken = taken or (wait and take_lock(fd))
+        if taken:
+            noted = note_held(fd)
+        yield taken
     finally:
+        if noted is not None:
+            forget_held(noted)
         os.close(fd)
 
 

@@ -10,11 +10,13 @@ import logging
 import pickle
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from ..errors import BlobdlError
 from ..events import Finished
 from ._signals import decided, interrupted
+from ._stack_writes import batch_writes
 
 Tell = Callable[[Any], None]
 log = logging.getLogger("blobdl")
@@ -32,11 +34,14 @@ def child_main(conn: Connection) -> None:
 
 def run_job(conn: Connection, job: tuple[Any, ...]) -> None:
     """One call (``job``, as ``call`` sends it); its outcome is sent back."""
-    target, args, telling, level = job
+    target, args, telling, level, callers = job
     forward_logs(conn, level)
     outcome: tuple[str, Any]
     try:
-        outcome = ("result", target(*args, _tell_parent(conn, everything=telling)))
+        # What the calls up the caller's stack write is as good as ours: a wait for it waits
+        # on the caller's thread, which waits for us.
+        with batch_writes(Path(p) for p in callers):
+            outcome = ("result", target(*args, _tell_parent(conn, everything=telling)))
     except KeyboardInterrupt as stop:
         outcome = ("error", interrupted(stop))
     except BaseException as exc:

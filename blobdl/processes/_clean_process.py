@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import BlobdlError, Interrupted, WorkerCrashed
@@ -28,8 +29,9 @@ from ..events import Finished
 from . import _spare
 from ._child import Execed
 from ._clean_child import child_main, relay_log
-from ._signals import interrupted, unheard, whole
+from ._signals import Stop, interrupted, unheard, whole
 from ._spawn import start_clean, threaded
+from ._stack_writes import callers_writes, calling_writes
 
 T = TypeVar("T")
 Tell = Callable[[Any], None]
@@ -44,17 +46,23 @@ def needs_clean() -> bool:
     return threaded() or multiprocessing.current_process().daemon
 
 
-def call(target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None) -> T:
-    """``target(*args, tell_parent)`` in a clean process; ``tell`` gets what it is told."""
+def call(
+    target: Callable[..., T], args: tuple[Any, ...], tell: Tell | None, writes: Iterable[Path] = ()
+) -> T:
+    """``target(*args, tell_parent)`` in a clean process; ``tell`` gets what it is told.
+    ``writes``: what the call writes under a lock, its callbacks' calls' to refuse
+    (``calling_writes``). The child is told only what the calls up this thread's stack
+    write: a lock of its own that another process holds, it waits for as ever."""
     tell = _spare.beside(target.__module__, tell)  # starts the next call's, if we keep one
-    job = (target, args, tell is not None, log.getEffectiveLevel())
+    job = (target, args, tell is not None, log.getEffectiveLevel(), callers_writes())
     taken = _spare.take(job)  # this thread's spare, if it keeps one, already given the job
     conn, proc = taken or start_clean(child_main)
     answered = False
     try:
         if taken is None:
             _send_job(conn, proc, job)
-        result: T = _follow(conn, proc, tell)
+        with calling_writes(writes):  # its callbacks run here, on this thread
+            result: T = _follow(conn, proc, tell)
         answered = True
         return result
     finally:
@@ -143,8 +151,11 @@ class _Said:
 
 
 def _reason(exc: BaseException) -> BaseException:
-    """What a stop raises: Ctrl-C (or our SIGINT/SIGTERM) as ``Interrupted``, else itself."""
-    return interrupted(exc) if isinstance(exc, KeyboardInterrupt) else exc
+    """What a stop raises: our SIGINT/SIGTERM (``Stop``: ``called`` handles both in the main
+    thread) as ``Interrupted``, else itself. A plain KeyboardInterrupt is then never a signal
+    (none reaches another thread): a callback's own, given back unchanged as in the caller's
+    own process (the scheduler turns only ``Stop`` into ``Interrupted``)."""
+    return interrupted(exc) if isinstance(exc, Stop) else exc
 
 
 def _stop(proc: Execed, why: BaseException | None) -> BaseException | None:

@@ -22,8 +22,17 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..errors import DestinationLocked
 from ..processes._signals import held
-from ..store._files import open_own, still_at, take_lock
+from ..store._files import (
+    Holder,
+    forget_held,
+    held_by_this_thread,
+    note_held,
+    open_own,
+    still_at,
+    take_lock,
+)
 from ._oci import Blob
 from ._owner import Owner
 
@@ -86,6 +95,7 @@ class LockFile:
     def __init__(self, path: Path, owner: Owner = None, *, look_only: bool = False) -> None:
         self.path, self.owner, self.look_only = path, owner, look_only
         self.fd: int | None = None
+        self.noted: Holder | None = None  # noted as this thread's while held (``note_held``)
 
     def take(self, *, shared: bool, wait: bool) -> bool:
         """True once held (or, looking only, if there is no file to hold); False if
@@ -100,10 +110,15 @@ class LockFile:
                 self.fd = open_own(self.path, os.O_RDWR | (0 if self.look_only else os.O_CREAT))
             if self.owner is not None and not self.look_only:
                 os.fchown(self.fd, *self.owner)
-            if not take_lock(self.fd, wait=wait, shared=shared):
-                self._close()
-                return False
+            if not take_lock(self.fd, wait=False, shared=shared):
+                if wait and held_by_this_thread(self.fd):
+                    self._close()
+                    raise DestinationLocked(str(self.path.with_suffix("")), None, ours=True)
+                if not (wait and take_lock(self.fd, shared=shared)):
+                    self._close()
+                    return False
             if still_at(self.path, self.fd):
+                self.noted = note_held(self.fd)
                 return True
             self._close()  # we locked a file its last holder had just unlinked
 
@@ -125,6 +140,9 @@ class LockFile:
 
     def _close(self) -> None:
         fd, self.fd = self.fd, None
+        if self.noted is not None:
+            forget_held(self.noted)
+            self.noted = None
         if fd is not None:
             os.close(fd)
 

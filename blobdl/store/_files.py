@@ -16,6 +16,7 @@ import fcntl
 import os
 import resource
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,6 +215,42 @@ def take_lock(
             if not wait or (deadline is not None and time.monotonic() >= deadline):
                 return False
             time.sleep(LOCK_POLL)
+
+
+# The lock files this process holds, by the thread that took each (a shared one may be
+# taken more than once), as their takers note them: a thread waiting for one it holds
+# itself waits on its own call stack (a pull's or hf_download's callback fetching what its
+# own run fetches), for ever. A forked child inherits the entries, never as its own.
+Holder = tuple[int, int, int, int]  # device, inode, process, thread
+_HELD: dict[Holder, int] = {}
+
+
+def _holder(fd: int) -> Holder | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, os.getpid(), threading.get_ident()
+
+
+def note_held(fd: int) -> Holder | None:
+    key = _holder(fd)
+    if key is not None:
+        _HELD[key] = _HELD.get(key, 0) + 1
+    return key
+
+
+def forget_held(key: Holder) -> None:
+    left = _HELD.pop(key, 1) - 1
+    if left:
+        _HELD[key] = left
+
+
+def held_by_this_thread(fd: int) -> bool:
+    """Whether this very thread holds the lock ``fd`` is another open file of: waiting for
+    it would wait for ourselves."""
+    key = _holder(fd)
+    return key is not None and key in _HELD
 
 
 def unlink_gone(path: Path) -> None:

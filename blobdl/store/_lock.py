@@ -29,6 +29,7 @@ from typing import TypeVar
 from ..errors import DestinationLocked, LocalFileError
 from ..processes._signals import held
 from ..processes._spawn import threaded
+from ..processes._stack_writes import batch_writes_here
 from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock, unlink_gone
 
 log = logging.getLogger("blobdl")
@@ -72,7 +73,7 @@ class DestinationLock:
                     fd = self._open()
                 taken = self._wait(fd, deadline)  # Ctrl-C ends it
                 if taken is False:
-                    ours = _held_up_our_stack(fd)
+                    ours = _held_up_our_stack(fd, self.dest)
                     raise DestinationLocked(str(self.dest), _read_holder(fd), ours)
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
                     if taken and still_at(self.path, fd):
@@ -126,7 +127,7 @@ class DestinationLock:
         while not take_lock(fd, wait=False):
             if not still_at(self.path, fd):
                 return None
-            if time.monotonic() >= deadline or _held_up_our_stack(fd):
+            if time.monotonic() >= deadline or _held_up_our_stack(fd, self.dest):
                 return False
             time.sleep(LOCK_POLL)
         return True
@@ -320,12 +321,17 @@ def _write_holder(fd: int) -> None:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
 
 
-def _held_up_our_stack(fd: int) -> bool:
-    """Whether the lock's holder is this very process, and it has no other thread: then it
-    is held up our own call stack (a callback's download of what its own download writes),
-    and the wait would last as long as the deadline, its holder stuck until it ends."""
+def _held_up_our_stack(fd: int, dest: Path) -> bool:
+    """Whether the lock's holder is this very process, or a batch it runs (``dest`` is one
+    of its items', ``processes._stack_writes``), and it has no other thread: then it is held up our
+    own call stack (a callback's download of what its own download or batch writes), and
+    the wait would last as long as the deadline, its holder stuck until it ends."""
+    if threaded():
+        return False
     key = _identity(fd)
-    return key is not None and _OURS.get(key) == os.getpid() and not threaded()
+    if key is not None and _OURS.get(key) == os.getpid():
+        return True
+    return batch_writes_here(dest)
 
 
 def _note(fd: int) -> tuple[int, int] | None:

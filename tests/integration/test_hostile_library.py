@@ -142,6 +142,7 @@ def test_a_clean_child_cut_after_its_finished_event_gives_the_caller_its_result(
     promise a partial to resume, where the whole blob is in place."""
     from blobdl.processes._child import Execed
     from blobdl.processes._clean_process import _follow
+    from blobdl.processes._signals import Stop
 
     ours, theirs = socket.socketpair()
     out = tmp_path / "out"
@@ -159,7 +160,9 @@ def test_a_clean_child_cut_after_its_finished_event_gives_the_caller_its_result(
         def tell(event: blobdl.Event) -> None:
             told.append(event)
             if stopped:
-                raise KeyboardInterrupt  # the caller's own Ctrl-C, in its callback
+                # The caller's own Ctrl-C, in its callback: ``called`` makes it a ``Stop``
+                # (a plain KeyboardInterrupt is the callback's own, given back as it is).
+                raise Stop(signal.SIGINT)
 
         try:
             result = _follow(Connection(os.dup(ours.fileno())), child, tell)
@@ -932,6 +935,67 @@ def test_a_lock_whose_file_names_our_process_id_but_held_elsewhere_is_waited_for
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         result = blobdl.download(blob.url, out, lock_timeout=60.0, **FAST)
     finally:
+        holder.kill()
+        holder.wait()
+    assert result.path == out and sha256_file(out) == blob.sha256
+
+
+# A holder of a destination's lock in another process, which lets go once another process
+# of the caller's (a threaded caller's download runs in a clean process) has the lock file
+# open to wait for it.
+HOLDER_OF_A_THREADED_CALLERS_LOCK = """
+import fcntl, os, sys, time
+import psutil
+lock, caller = sys.argv[1], int(sys.argv[2])
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+
+def waiting():
+    for child in psutil.Process(caller).children(recursive=True):
+        if child.pid == os.getpid():
+            continue
+        try:
+            if any(os.readlink(f"/proc/{child.pid}/fd/{n}") == lock
+                   for n in os.listdir(f"/proc/{child.pid}/fd")):
+                return True
+        except OSError:
+            pass
+    return False
+
+while not waiting():
+    time.sleep(0.005)
+time.sleep(0.2)  # a few of its tries refused meanwhile
+os.unlink(lock)
+os.close(fd)
+"""
+
+
+def test_a_threaded_callers_download_waits_for_its_lock_held_by_another_process(
+    make: Make, tmp_path: Path
+) -> None:
+    """A threaded caller's download runs in a clean process, which is told what the calls up
+    the caller's stack write (a callback's wait for one of those is refused at once): never
+    its own destination, whose lock another process holds. It waits for it, as any
+    download given a lock timeout does, and takes it once let go."""
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # the caller has threads: a clean process
+    other.start()
+    blob = make(PART, seed=912)
+    out = tmp_path / "out"
+    lock = str(out.with_name(out.name + ".blobdl-lock"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_OF_A_THREADED_CALLERS_LOCK, lock, str(os.getpid())],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        result = blobdl.download(blob.url, out, lock_timeout=60.0, **FAST)
+        assert holder.wait(timeout=10) == 0  # it saw the download wait, and let go
+    finally:
+        stop.set()
+        other.join()
         holder.kill()
         holder.wait()
     assert result.path == out and sha256_file(out) == blob.sha256

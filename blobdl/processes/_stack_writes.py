@@ -1,0 +1,60 @@
+"""What the calls up the caller's stack write: a callback's wait for one of those waits on
+its own call, which waits for the callback (refused at once instead: ``store._lock``).
+
+Two records, each kept by the call that owns it. ``batch_writes``: while a batch runs in
+this process, its items' destinations (and cache entries) are its own, though its children
+hold their locks. ``calling_writes``: while a threaded caller's thread follows its call in
+a clean process (running its callbacks), what that call writes; a callback's own call hands
+it to its own clean process (``callers_writes``), where ``batch_writes`` holds it. Paths
+are kept absolute (``os.path.abspath``) and compared so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+# Destination -> the process whose batch writes it. A forked child inherits the entries,
+# never as its own (another process id).
+_BATCHES: dict[str, int] = {}
+_CALLING = threading.local()  # .writes: what the calls up this thread's stack write
+
+
+@contextlib.contextmanager
+def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
+    """While the block runs, ``destinations`` are this process's batch's own (see the
+    module); an outer batch's stay its own."""
+    paths = {os.path.abspath(d) for d in destinations}
+    added = [p for p in paths if p not in _BATCHES]
+    for path in added:
+        _BATCHES[path] = os.getpid()
+    try:
+        yield
+    finally:
+        for path in added:
+            _BATCHES.pop(path, None)
+
+
+def batch_writes_here(destination: Path) -> bool:
+    """Whether a batch this very process runs writes ``destination``."""
+    return _BATCHES.get(os.path.abspath(destination)) == os.getpid()
+
+
+@contextlib.contextmanager
+def calling_writes(destinations: Iterable[Path]) -> Iterator[None]:
+    """While the block runs, this thread's call (in a clean process) writes ``destinations``
+    (see the module)."""
+    before = getattr(_CALLING, "writes", ())
+    _CALLING.writes = (*before, *(os.path.abspath(d) for d in destinations))
+    try:
+        yield
+    finally:
+        _CALLING.writes = before
+
+
+def callers_writes() -> tuple[str, ...]:
+    """What the calls up this thread's stack write (``calling_writes``)."""
+    return tuple(getattr(_CALLING, "writes", ()))

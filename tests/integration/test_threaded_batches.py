@@ -1,0 +1,263 @@
+"""A threaded batch job calling blobdl as a hostile caller would (the lib5 review): a
+callback's own KeyboardInterrupt, batches side by side sharing destinations."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import blobdl
+from blobdl import Item
+from faultserver.hub import HubHandle, HubRepo, start_hub
+from faultserver.registry import Registry
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, Blob, fast_settings, sha256_file
+
+Make = Callable[..., Blob]
+
+
+def _in_a_thread(call: Callable[[], Any]) -> BaseException | None:
+    """What ``call`` raised in a thread of its own (the caller is threaded: a clean process)."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # the test looks at whatever it was
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)  # one that hangs is not waited for
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    return raised[0] if raised else None
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["download", "download_many"])
+def test_a_threaded_callers_callback_raising_keyboardinterrupt_gets_it_back_unchanged(
+    make: Make, server: ServerHandle, tmp_path: Path, many: bool
+) -> None:
+    # No signal reaches a thread other than the main one: a KeyboardInterrupt there is the
+    # callback's own (a job that cancels so), and comes back as it does to a caller without
+    # threads, never made a SIGINT ``Interrupted`` no signal sent.
+    blob = make(4 * PART, seed=79500)
+    own = KeyboardInterrupt("the job's own cancel")
+
+    def cancel(event: Any) -> None:
+        if isinstance(getattr(event, "event", event), blobdl.Started):
+            raise own
+
+    settings = fast_settings()
+    path = str(tmp_path / "out")
+    if many:
+        raised = _in_a_thread(
+            lambda: blobdl.download_many([Item(blob.url, path)], on_event=cancel, settings=settings)
+        )
+    else:
+        raised = _in_a_thread(
+            lambda: blobdl.download(blob.url, path, on_event=cancel, settings=settings)
+        )
+    assert type(raised) is KeyboardInterrupt and raised.args == own.args, repr(raised)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("through", ["the cache", "a lock wait"])
+def test_a_batch_callback_waiting_for_a_lock_its_own_batch_holds_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, through: str
+) -> None:
+    """A single-threaded caller's batch callback that downloads what an item of its own
+    batch is fetching (the same digest into the same cache, or the same destination with a
+    lock wait) waited for a lock its batch's item process held, while that process waited
+    for the batch to read its progress, which the callback held up: 24 hours for a cache
+    entry. It is refused at once, as a download's own callback is."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    blob = make(16 * PART, seed=79510)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    if through == "the cache":
+        again: dict[str, Any] = {"cache_dir": str(tmp_path / "cache")}
+        digest, inner, outer = f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
+    else:
+        again, digest = {"lock_timeout": 24 * 3600.0}, None
+        inner = outer = tmp_path / "out"
+    said: list[BaseException] = []
+
+    def again_from_inside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            blobdl.download(blob.url, inner, digest=digest, settings=fast_settings(**again))
+            said.append(AssertionError("the callback's download went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's download waited for its own batch's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        results = blobdl.download_many(
+            [Item(blob.url, str(outer), digest)], on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART, **again),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert results[0].ok, results
+    assert sha256_file(outer) == blob.sha256  # the batch went on and finished
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["main thread", "a thread"])
+def test_a_pull_callback_pulling_what_its_own_pull_fetches_is_refused_not_hung(
+    registry: Registry, tmp_path: Path, threaded: bool
+) -> None:
+    """A pull's callback that pulls the same model into the same store waited for the
+    fetch lock of a blob its own pull held, up the same thread's stack: for ever. It is
+    refused at once, as a download's callback asking for what its download writes is."""
+    big = random.Random(79520).randbytes(1 << 20)
+    model = registry.push_model(f"lib5/nested-{int(threaded)}", "v1", (10 * 1024,), shared=big)
+    url = f"http://{registry.host}/{model.repo}:{model.tag}"
+    models = tmp_path / "models"
+    said: list[BaseException] = []
+
+    def again_from_inside(event: Any) -> None:
+        inner = getattr(event, "event", None)
+        if said or not (isinstance(inner, blobdl.Progress) and inner.done > 0):
+            return
+        try:
+            blobdl.pull(url, models, settings=fast_settings())
+            said.append(AssertionError("the callback's pull went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    settings = fast_settings(limit_rate=200_000, progress_interval=0.01)
+    outcome: list[Any] = []
+    call = lambda: outcome.append(  # noqa: E731
+        blobdl.pull(url, models, on_event=again_from_inside, settings=settings)
+    )
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's pull waited for its own pull's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        if threaded:
+            raised = _in_a_thread(call)
+            assert raised is None, repr(raised)
+        else:
+            call()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert isinstance(outcome[0], blobdl.PullResult)
+    for digest, data in model.blobs.items():  # the outer pull went on and finished
+        assert (models / "blobs" / digest.replace(":", "-")).read_bytes() == data
+
+
+HF_TOKEN = "hf_good"
+BIG = 3 << 20
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubHandle]:
+    big = HubRepo("acme/big")
+    big.commit({"model.safetensors": random.Random(6).randbytes(BIG), "config.json": b"{}"})
+    handle = start_hub(tmp_path_factory.mktemp("hub"), [big], tokens=(HF_TOKEN,))
+    yield handle
+    handle.stop()
+
+
+def test_an_hf_callback_fetching_what_its_own_run_fetches_is_refused_not_hung(
+    hub: HubHandle, tmp_path: Path
+) -> None:
+    """An ``hf_download`` callback that fetches the same repository into the same cache
+    waited for a blob's lock its own run held, up the same thread's stack: for ever. It
+    is refused at once, as a download's callback asking for what its download writes is."""
+    hub.storage.set_faults({"path": "/files/*", "action": "rate", "bps": 400_000,
+                            "times": None})  # fmt: skip
+    cache = str(tmp_path / "cache")
+    ask = {"cache_dir": cache, "token": HF_TOKEN, "endpoint": hub.url}
+    said: list[BaseException] = []
+
+    def again_from_inside(event: Any) -> None:
+        inner = getattr(event, "event", None)
+        if said or not (isinstance(inner, blobdl.Progress) and inner.done > 0):
+            return
+        try:
+            blobdl.hf_download("acme/big", settings=fast_settings(), **ask)
+            said.append(AssertionError("the callback's run went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's run waited for its own run's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        result = blobdl.hf_download(
+            "acme/big", on_event=again_from_inside, **ask,
+            settings=fast_settings(progress_interval=0.01, min_part_size=1 << 20,
+                                   max_part_size=1 << 20),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert (result.path / "model.safetensors").stat().st_size == BIG
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["download", "download_many"])
+def test_a_threaded_callers_callback_waiting_for_its_own_cache_entry_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, many: bool
+) -> None:
+    """A threaded caller's download runs in a clean process, which holds the cache entry's
+    lock while it waits for the caller's thread to hear its progress: a callback there that
+    downloads the same digest into the same cache waited for it, 24 hours. It is refused at
+    once, as a single-threaded caller's is."""
+    blob = make(16 * PART, seed=79530)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    digest, cache = f"sha256:{blob.sha256}", str(tmp_path / "cache")
+    said: list[BaseException] = []
+
+    def again_from_inside(event: Any) -> None:
+        inner = getattr(event, "event", event)
+        if said or not (isinstance(inner, blobdl.Progress) and inner.done > 0):
+            return
+        try:
+            blobdl.download(blob.url, tmp_path / "copy", digest=digest,
+                            settings=fast_settings(cache_dir=cache))  # fmt: skip
+            said.append(AssertionError("the callback's download went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    settings = fast_settings(cache_dir=cache, progress_interval=0.01, min_part_size=4 * PART,
+                             max_part_size=4 * PART)  # fmt: skip
+    out = str(tmp_path / "out")
+    if many:
+        call = lambda: blobdl.download_many(  # noqa: E731
+            [Item(blob.url, out, digest)], on_event=again_from_inside, settings=settings
+        )
+    else:
+        call = lambda: blobdl.download(  # noqa: E731
+            blob.url, out, digest=digest, on_event=again_from_inside, settings=settings
+        )
+    assert _in_a_thread(call) is None
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert sha256_file(Path(out)) == blob.sha256
