@@ -79,6 +79,8 @@ suite: install system ## the pytest suite only (unit and integration), in SHARDS
 unit: install ## the unit tests of the pure modules only (seconds; no server, no processes)
 	$(PY) -m pytest -q tests/unit
 
+# Each smoke run byte-compiles the project for its Python first (as tests/shards.py does for
+# the suite's): under PYTHONDONTWRITEBYTECODE every interpreter a test starts compiled it again.
 pythons: install ## the smoke tests on every other Python 3.11-3.13 present
 	@default=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	for v in $(SUPPORTED); do \
@@ -88,6 +90,7 @@ pythons: install ## the smoke tests on every other Python 3.11-3.13 present
 	  if [ -z "$$exe" ] || ! "$$exe" -V >/dev/null 2>&1; then echo "python$$v: not found, skipped"; continue; fi; \
 	  $(MAKE) --no-print-directory install PYTHON=$$exe VENV=.venv-$$v EXTRAS=test || exit 1; \
 	  echo "python$$v: $(SMOKE)"; \
+	  .venv-$$v/bin/python -m compileall -q blobdl faultserver tests >/dev/null || exit 1; \
 	  .venv-$$v/bin/python $(call WERROR,$$exe) -m pytest -q -p no:cacheprovider \
 	    $(call WERROR,$$exe) $(SMOKE) || exit 1; \
 	done
