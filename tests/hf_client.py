@@ -4,10 +4,11 @@ of calls run one after the other (``calls``).
 
     python -m tests.hf_client '{"call": "snapshot_download", "kwargs": {...}}'
 
-Prints one line per call, ``hf_client: `` then JSON: ``{"path": ...}`` (or ``{"paths": [...]}`` for ``hf_hub_download``
-over several files; ``{"repos": ..., "warnings": ...}`` for ``scan_cache_dir``, what
-``hf cache ls`` shows), or ``{"error": <exception class>, "message": ...}``. The environment
-(``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``...) is the caller's; see ``hf_env``.
+Prints one line per call, ``hf_client: `` then JSON: ``{"path": ...}`` (or
+``{"paths": [...]}`` for ``hf_hub_download`` over several files; ``{"repos": ...,
+"warnings": ...}`` for ``scan_cache_dir``, what ``hf cache ls`` shows), or ``{"error":
+<exception class>, "message": ...}``. The environment (``HF_ENDPOINT``, ``HF_HOME``,
+``HF_HUB_OFFLINE``...) is the caller's; see ``hf_env``.
 """
 
 from __future__ import annotations
