@@ -4,7 +4,7 @@ of calls run one after the other (``calls``).
 
     python -m tests.hf_client '{"call": "snapshot_download", "kwargs": {...}}'
 
-Prints one line per call, ``hf_client: `` then JSON: ``{"path": ...}`` (or
+Prints one JSON line per call, the last lines printed: ``{"path": ...}`` (or
 ``{"paths": [...]}`` for ``hf_hub_download`` over several files; ``{"repos": ...,
 "warnings": ...}`` for ``scan_cache_dir``, what ``hf cache ls`` shows), or ``{"error":
 <exception class>, "message": ...}``. The environment (``HF_ENDPOINT``, ``HF_HOME``,
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-ANSWER = "hf_client: "  # what starts each answer's line (whatever else is printed)
 OURS = ("HF_", "HUGGING", "TRANSFORMERS_OFFLINE")  # what huggingface_hub (and blobdl hf) read
 
 
@@ -62,17 +61,16 @@ def calls(env: dict[str, str], requests: list[tuple[str, dict[str, Any]]]) -> li
         cwd=REPO,
         env=env,
     )
-    answers = [json.loads(line[len(ANSWER) :]) for line in done.stdout.splitlines()
-               if line.startswith(ANSWER)]  # fmt: skip
-    ok = done.returncode == 0 and len(answers) == len(requests)
+    lines = done.stdout.strip().splitlines()
+    ok = done.returncode == 0 and len(lines) >= len(requests)
     assert ok, f"hf_client failed: {done.stderr[-3000:]}"
-    return answers
+    return [json.loads(line) for line in lines[-len(requests) :]]
 
 
 def main() -> int:
     requests = json.loads(sys.argv[1])
     for request in requests if isinstance(requests, list) else [requests]:
-        print(ANSWER + json.dumps(_answer(request)), flush=True)
+        print(json.dumps(_answer(request)), flush=True)
     return 0
 
 
