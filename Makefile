@@ -13,6 +13,9 @@ SUPPORTED := 3.11 3.12 3.13
 SMOKE ?= tests/integration/test_threads.py tests/integration/test_workers.py tests/unit/test_plan.py \
 	tests/unit/test_gather.py tests/integration/test_hostile_library.py \
 	tests/integration/test_real_proxy.py tests/integration/test_tls_body.py tests/unit/test_cluster_budget.py
+# What `make install` puts in a venv: the suite's Python gets Dask too; the other Pythons'
+# venvs only what their smoke set imports (no Dask: ~8 CPU-s less each, beside the suite).
+EXTRAS ?= test,dask
 PYENV_ROOT ?= $(HOME)/.pyenv
 # 3.12+ deprecates forking a threaded process; os.fork swallows that warning under -W error,
 # so tests/conftest.py records it and fails the test. Any other DeprecationWarning is an error.
@@ -32,7 +35,7 @@ $(STAMP): setup.cfg pyproject.toml
 	  pkg=python$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$pkg; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dask]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 # The real servers and tools the tests need (apt-get, only what is missing): Debian's
@@ -76,6 +79,8 @@ suite: install system ## the pytest suite only (unit and integration), in SHARDS
 unit: install ## the unit tests of the pure modules only (seconds; no server, no processes)
 	$(PY) -m pytest -q tests/unit
 
+# Each smoke run byte-compiles the project for its Python first (as tests/shards.py does for
+# the suite's): under PYTHONDONTWRITEBYTECODE every interpreter a test starts compiled it again.
 pythons: install ## the smoke tests on every other Python 3.11-3.13 present
 	@default=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	for v in $(SUPPORTED); do \
@@ -83,8 +88,9 @@ pythons: install ## the smoke tests on every other Python 3.11-3.13 present
 	  exe=$$(ls -d $(PYENV_ROOT)/versions/$$v.*/bin/python$$v 2>/dev/null | sort -V | tail -n 1); \
 	  [ -n "$$exe" ] || exe=$$(command -v python$$v); \
 	  if [ -z "$$exe" ] || ! "$$exe" -V >/dev/null 2>&1; then echo "python$$v: not found, skipped"; continue; fi; \
-	  $(MAKE) --no-print-directory install PYTHON=$$exe VENV=.venv-$$v || exit 1; \
+	  $(MAKE) --no-print-directory install PYTHON=$$exe VENV=.venv-$$v EXTRAS=test || exit 1; \
 	  echo "python$$v: $(SMOKE)"; \
+	  .venv-$$v/bin/python -m compileall -q blobdl faultserver tests >/dev/null || exit 1; \
 	  .venv-$$v/bin/python $(call WERROR,$$exe) -m pytest -q -p no:cacheprovider \
 	    $(call WERROR,$$exe) $(SMOKE) || exit 1; \
 	done

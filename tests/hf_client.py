@@ -1,12 +1,14 @@
 """The real huggingface_hub, as the judge of ``blobdl hf``: run in its own process (it
-imports httpx2 and starts threads; the test process forks), one call per run.
+imports httpx2 and starts threads; the test process forks), one call per run, or a list
+of calls run one after the other (``calls``).
 
     python -m tests.hf_client '{"call": "snapshot_download", "kwargs": {...}}'
 
-Prints one JSON line: ``{"path": ...}`` (or ``{"paths": [...]}`` for ``hf_hub_download``
-over several files; ``{"repos": ..., "warnings": ...}`` for ``scan_cache_dir``, what
-``hf cache ls`` shows), or ``{"error": <exception class>, "message": ...}``. The environment
-(``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``...) is the caller's; see ``hf_env``.
+Prints one JSON line per call, the last lines printed: ``{"path": ...}`` (or
+``{"paths": [...]}`` for ``hf_hub_download`` over several files; ``{"repos": ...,
+"warnings": ...}`` for ``scan_cache_dir``, what ``hf cache ls`` shows), or ``{"error":
+<exception class>, "message": ...}``. The environment (``HF_ENDPOINT``, ``HF_HOME``,
+``HF_HUB_OFFLINE``...) is the caller's; see ``hf_env``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,15 @@ def hf_env(endpoint: str, home: Path, *, offline: bool = False) -> dict[str, str
 
 def call(env: dict[str, str], name: str, **kwargs: Any) -> dict[str, Any]:
     """huggingface_hub's ``name(**kwargs)`` in a child process; its JSON answer."""
-    request = json.dumps({"call": name, "kwargs": kwargs})
+    return calls(env, [(name, kwargs)])[0]
+
+
+def calls(env: dict[str, str], requests: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each ``(name, kwargs)`` as ``call`` makes it, one after the other in one child
+    process (one interpreter importing huggingface_hub, not one per call: the judge of a
+    cache asks it several questions); their JSON answers, in order. For calls that only
+    read (offline), whose answers cannot depend on sharing a process."""
+    request = json.dumps([{"call": name, "kwargs": kwargs} for name, kwargs in requests])
     done = subprocess.run(
         [sys.executable, "-m", "tests.hf_client", request],
         capture_output=True,
@@ -52,13 +62,19 @@ def call(env: dict[str, str], name: str, **kwargs: Any) -> dict[str, Any]:
         env=env,
     )
     lines = done.stdout.strip().splitlines()
-    assert done.returncode == 0 and lines, f"hf_client failed: {done.stderr[-3000:]}"
-    answer: dict[str, Any] = json.loads(lines[-1])
-    return answer
+    ok = done.returncode == 0 and len(lines) >= len(requests)
+    assert ok, f"hf_client failed: {done.stderr[-3000:]}"
+    return [json.loads(line) for line in lines[-len(requests) :]]
 
 
 def main() -> int:
-    request = json.loads(sys.argv[1])
+    requests = json.loads(sys.argv[1])
+    for request in requests if isinstance(requests, list) else [requests]:
+        print(json.dumps(_answer(request)), flush=True)
+    return 0
+
+
+def _answer(request: dict[str, Any]) -> dict[str, Any]:
     import huggingface_hub
 
     kwargs = request["kwargs"]
@@ -76,8 +92,7 @@ def main() -> int:
             raise SystemExit(f"unknown call {request['call']!r}")
     except Exception as exc:
         answer = {"error": type(exc).__name__, "message": str(exc)[:2000]}
-    print(json.dumps(answer))
-    return 0
+    return answer
 
 
 def _scanned(info: Any) -> dict[str, Any]:

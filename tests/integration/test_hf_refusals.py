@@ -26,7 +26,7 @@ import pytest
 from blobdl.errors import EXIT_INTERRUPTED, EXIT_NETWORK
 from faultserver.hub import HubHandle, HubRepo, git_sha1, start_hub
 from tests.conftest import REPO
-from tests.hf_client import call, hf_env
+from tests.hf_client import call, calls, hf_env
 from tests.integration.test_hf import FAST, tree
 from tests.integration.test_stops_as_files_are_made import AFTER
 from tests.integration.test_trust_stops import wait_for
@@ -269,14 +269,18 @@ def judged(hub: HubHandle, home: Path, repo: str, cache: Path) -> dict[str, Any]
     and at the commit."""
     env = hf_env(hub.url, home, offline=True)
     where = {"repo_id": repo, "cache_dir": str(cache)}
-    scan = call(env, "scan_cache_dir", cache_dir=str(cache))
-    seen: dict[str, Any] = {"scan": scan.get("error", scan)}
+    asked: dict[str, tuple[str, dict[str, Any]]] = {
+        "scan": ("scan_cache_dir", {"cache_dir": str(cache)})
+    }
     for revision in ("main", COMMIT[repo]):
         for name in ("w.bin", "config.json"):
-            got = call(env, "hf_hub_download", filenames=[name], revision=revision, **where)
-            seen[f"{name}@{revision[:4]}"] = got.get("error", "found")
-        got = call(env, "snapshot_download", revision=revision, **where)
-        seen[f"snapshot@{revision[:4]}"] = got.get("error", "found")
+            files = {"filenames": [name], "revision": revision, **where}
+            asked[f"{name}@{revision[:4]}"] = ("hf_hub_download", files)
+        asked[f"snapshot@{revision[:4]}"] = ("snapshot_download", {"revision": revision, **where})
+    answers = dict(zip(asked, calls(env, list(asked.values())), strict=True))
+    scan = answers.pop("scan")
+    seen: dict[str, Any] = {"scan": scan.get("error", scan)}
+    seen |= {key: got.get("error", "found") for key, got in answers.items()}
     return seen
 
 
