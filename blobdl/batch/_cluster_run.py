@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 from .._said import escaped
 from ..errors import BlobdlError, ClusterError, Interrupted
 from ..processes import _spare
-from ..processes._signals import interrupted, unheard
+from ..processes._signals import Stop, interrupted, unheard
 from ._cluster_ask import Workers, ask, holding, names, on_scheduler, present, silent_among
 from ._cluster_connect import dask
 from ._cluster_relay import EVENTS_GRACE, TICK, Relay, Tell
@@ -242,8 +242,8 @@ class Run:
         if isinstance(why, ClusterError):
             return why  # the scheduler is gone: its workers stop with it
         silence = self._stop_tasks()
-        if not isinstance(why, KeyboardInterrupt):  # a callback that raised is told no more
-            return why
+        if not isinstance(why, Stop):  # a callback that raised is told no more: its own
+            return why  # KeyboardInterrupt too (a job's cancel), which no signal raised
         stop = interrupted(why)  # Ctrl-C, or our own SIGINT/SIGTERM
         if silence is not None:  # its workers' tasks never saw the flag
             return Interrupted(stop.signum, f"{silence}: {GOING_ON}")

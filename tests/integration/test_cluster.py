@@ -1771,3 +1771,41 @@ def test_a_stop_that_a_callbacks_own_download_lets_pass_still_stops_the_run(
     assert "Traceback" not in errors, errors[-3000:]
     assert said.splitlines() == ["B Interrupted", "A Interrupted"]
     assert not (tmp_path / "a").exists()
+
+
+OWN_INTERRUPT = """
+import json, sys
+import blobdl
+items = [blobdl.Item(url, path) for url, path in json.loads(sys.argv[2])]
+after = []  # events told once the callback had raised
+
+def on_event(told):
+    if after:
+        after.append(type(told.event).__name__)
+    elif getattr(told.event, "done", 0):
+        after.append("raised")
+        raise KeyboardInterrupt("the job's own cancel")  # no signal was sent
+
+try:
+    blobdl.download_many(items, cluster=sys.argv[1], on_event=on_event)
+except BaseException as exc:
+    print(json.dumps([type(exc).__name__, str(exc), after[1:]]))
+"""
+
+
+def test_a_callbacks_own_keyboardinterrupt_on_a_cluster_comes_back_unchanged_and_told_no_more(
+    cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """A callback's own KeyboardInterrupt (a job's cancel) is no signal: the run stops its
+    tasks and gives it back as it was raised, as a run on this machine does, and the
+    callback that raised is told no more (it was told its event again, and a callback that
+    raised once got ``Interrupted``, a signal nobody sent)."""
+    blob = make(2 * 1024 * KB, 47)
+    paced(server, 64 * KB)
+    rows = json.dumps([[blob.url, str(tmp_path / "a")]])
+    done = subprocess.run([sys.executable, "-c", OWN_INTERRUPT, cluster.address, rows],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    said = json.loads(done.stdout.splitlines()[-1])
+    assert said == ["KeyboardInterrupt", "the job's own cancel", []]
+    assert not (tmp_path / "a").exists()
