@@ -6,7 +6,8 @@ this process, its items' destinations (and cache entries) are its own, though it
 hold their locks. ``calling_writes``: while a threaded caller's thread follows its call in
 a clean process (running its callbacks), what that call writes; a callback's own call hands
 it to its own clean process (``callers_writes``), where ``batch_writes`` holds it. Paths
-are kept absolute (``os.path.abspath``) and compared so.
+are kept as the file they name (``which_files``: ``link/x`` is ``real/x``, whose lock it
+shares) and compared so.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _CALLING = threading.local()  # .writes: what the calls up this thread's stack w
 def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
     """While the block runs, ``destinations`` are this process's batch's own (see the
     module); an outer batch's stay its own."""
-    paths = {os.path.abspath(d) for d in destinations}
+    paths = set(which_files(destinations))
     added = [p for p in paths if p not in _BATCHES]
     for path in added:
         _BATCHES[path] = os.getpid()
@@ -40,7 +41,7 @@ def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
 
 def batch_writes_here(destination: Path) -> bool:
     """Whether a batch this very process runs writes ``destination``."""
-    return _BATCHES.get(os.path.abspath(destination)) == os.getpid()
+    return _BATCHES.get(*which_files([destination])) == os.getpid()
 
 
 @contextlib.contextmanager
@@ -48,7 +49,7 @@ def calling_writes(destinations: Iterable[Path]) -> Iterator[None]:
     """While the block runs, this thread's call (in a clean process) writes ``destinations``
     (see the module)."""
     before = getattr(_CALLING, "writes", ())
-    _CALLING.writes = (*before, *(os.path.abspath(d) for d in destinations))
+    _CALLING.writes = (*before, *which_files(destinations))
     try:
         yield
     finally:
@@ -58,3 +59,22 @@ def calling_writes(destinations: Iterable[Path]) -> Iterator[None]:
 def callers_writes() -> tuple[str, ...]:
     """What the calls up this thread's stack write (``calling_writes``)."""
     return tuple(getattr(_CALLING, "writes", ()))
+
+
+def which_files(paths: Iterable[Path]) -> list[str]:
+    """The file each path names, as its lock file is found beside it: absolute, its folders'
+    links followed as far as they exist (``link/x`` and ``real/x`` share one lock), its own
+    name not. A ``..`` goes only as the kernel takes it, after the link before it
+    (``link/../x`` lies beside the link's target: ``abspath`` would say the current folder,
+    and count another file's lock as ours). Each folder resolved once."""
+    real: dict[str, str] = {}
+    files = []
+    for path in paths:
+        try:
+            folder, name = os.path.split(os.path.join(os.getcwd(), path))
+            if folder not in real:
+                real[folder] = os.path.realpath(folder)
+            files.append(os.path.join(real[folder], name))
+        except (OSError, ValueError):  # no current folder, a NUL byte: as the path says
+            files.append(os.fspath(path))
+    return files

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -261,3 +263,107 @@ def test_a_threaded_callers_callback_waiting_for_its_own_cache_entry_is_refused_
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
     assert "this process's own download" in str(said[0])
     assert sha256_file(Path(out)) == blob.sha256
+
+
+@pytest.mark.parametrize("named", ["link/out then real/out", "real/out then link/out"])
+def test_a_batch_callback_naming_its_batchs_destination_through_a_link_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, named: str
+) -> None:
+    """``link/out`` and ``real/out`` (``link`` a symbolic link to ``real``) are one file with
+    one lock: a batch callback's download of the destination its own batch's item writes,
+    named the other way, waited (its lock timeout) on a lock its item process held while
+    that process waited for the batch to hear it. Refused at once, as when named alike."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    outer, inner = (tmp_path / n for n in named.split(" then "))
+    blob = make(16 * PART, seed=79520)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    said: list[BaseException] = []
+
+    def again_from_inside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            blobdl.download(blob.url, inner, settings=fast_settings(lock_timeout=3600.0))
+            said.append(AssertionError("the callback's download went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's download waited for its own batch's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        results = blobdl.download_many(
+            [Item(blob.url, str(outer))], on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert results[0].ok, results
+    assert sha256_file(tmp_path / "real" / "out") == blob.sha256
+
+
+# Holds a destination's lock from another process for a while, then lets go.
+HOLDER_FOR_A_WHILE = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+os.unlink(sys.argv[1])
+os.close(fd)
+"""
+
+
+def test_a_batch_callback_waits_for_a_lock_beside_its_items_through_a_link_and_up(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A batch item at ``link/../out`` writes beside the link's target (``real/out``, the
+    kernel takes the ``..`` after the link), not ``out`` in the current folder: a callback's
+    download of that other ``out``, whose lock another process holds, is no wait on its own
+    batch. It waits for that process, as any download given a lock timeout does."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    blob, other = make(16 * PART, seed=79530), make(PART, seed=79531)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    beside = tmp_path / "out"  # not the item's
+    lock = str(beside.with_name(beside.name + ".blobdl-lock"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_FOR_A_WHILE, lock, "1.0"], stdout=subprocess.PIPE, text=True
+    )
+    said: list[BaseException | blobdl.DownloadResult] = []
+
+    def fetch_beside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            said.append(
+                blobdl.download(other.url, beside, settings=fast_settings(lock_timeout=60.0))
+            )
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        results = blobdl.download_many(
+            [Item(blob.url, str(tmp_path / "link" / ".." / "out"))], on_event=fetch_beside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART),
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(said) == 1 and isinstance(said[0], blobdl.DownloadResult), said
+    assert results[0].ok, results
+    assert sha256_file(tmp_path / "real" / "out") == blob.sha256
+    assert sha256_file(beside) == other.sha256
