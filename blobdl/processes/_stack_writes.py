@@ -21,6 +21,10 @@ from pathlib import Path
 # Destination -> the process whose batch writes it. A forked child inherits the entries,
 # never as its own (another process id).
 _BATCHES: dict[str, int] = {}
+# What the batches around the innermost one a process runs write (a callback's batch in
+# theirs), and that process: one the innermost batch forked (a seat of its pool, a large
+# item's) that waits for one of those waits on its parent's stack, held up in the callback.
+_AROUND: tuple[frozenset[str], int] = (frozenset(), 0)
 _CALLING = threading.local()  # .writes: what the calls up this thread's stack write
 
 
@@ -28,13 +32,16 @@ _CALLING = threading.local()  # .writes: what the calls up this thread's stack w
 def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
     """While the block runs, ``destinations`` are this process's batch's own (see the
     module); an outer batch's stay its own."""
-    paths = set(which_files(destinations))
-    added = [p for p in paths if p not in _BATCHES]
+    global _AROUND
+    paths, pid, around = set(which_files(destinations)), os.getpid(), _AROUND
+    _AROUND = (frozenset(p for p, runner in _BATCHES.items() if runner == pid), pid)
+    added = [p for p in paths if _BATCHES.get(p) != pid]
     for path in added:
-        _BATCHES[path] = os.getpid()
+        _BATCHES[path] = pid
     try:
         yield
     finally:
+        _AROUND = around
         for path in added:
             _BATCHES.pop(path, None)
 
@@ -42,6 +49,13 @@ def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
 def batch_writes_here(destination: Path) -> bool:
     """Whether a batch this very process runs writes ``destination``."""
     return _BATCHES.get(*which_files([destination])) == os.getpid()
+
+
+def batch_writes_around(destination: Path) -> bool:
+    """Whether, in a process a batch forked, a batch around that one (in its parent, whose
+    callback runs it) writes ``destination`` (``_AROUND``)."""
+    around, runner = _AROUND
+    return runner == os.getppid() and which_files([destination])[0] in around
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from typing import TypeVar
 from ..errors import DestinationLocked, LocalFileError
 from ..processes._signals import held
 from ..processes._spawn import threaded
-from ..processes._stack_writes import batch_writes_here
+from ..processes._stack_writes import batch_writes_around, batch_writes_here
 from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock, unlink_gone
 
 log = logging.getLogger("blobdl")
@@ -325,7 +325,11 @@ def _held_up_our_stack(fd: int, dest: Path) -> bool:
     """Whether the lock's holder is this very process, or a batch it runs (``dest`` is one
     of its items', ``processes._stack_writes``), and it has no other thread: then it is held up our
     own call stack (a callback's download of what its own download or batch writes), and
-    the wait would last as long as the deadline, its holder stuck until it ends."""
+    the wait would last as long as the deadline, its holder stuck until it ends. In a
+    process a batch forked (a callback's batch), what the batches around that one write in
+    its parent is held up the parent's stack, whatever threads this process has."""
+    if batch_writes_around(dest):
+        return True
     if threaded():
         return False
     key = _identity(fd)

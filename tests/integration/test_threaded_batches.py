@@ -367,3 +367,51 @@ def test_a_batch_callback_waits_for_a_lock_beside_its_items_through_a_link_and_u
     assert results[0].ok, results
     assert sha256_file(tmp_path / "real" / "out") == blob.sha256
     assert sha256_file(beside) == other.sha256
+
+
+@pytest.mark.parametrize("through", ["the cache", "a lock wait"])
+def test_a_batch_callbacks_own_batch_of_what_its_batch_writes_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, through: str
+) -> None:
+    """A batch callback's own ``download_many`` of what an item of the outer batch writes:
+    its item waits in a process of the inner batch, for a lock the outer batch's item holds
+    while the outer batch, held up in the callback, no longer hears it. Refused at once."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    blob = make(16 * PART, seed=79540)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    if through == "the cache":
+        again: dict[str, Any] = {"cache_dir": str(tmp_path / "cache")}
+        digest, inner, outer = f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
+    else:
+        again, digest = {"lock_timeout": 24 * 3600.0}, None
+        inner = outer = tmp_path / "out"
+    said: list[Any] = []
+
+    def again_from_inside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            said.extend(blobdl.download_many([Item(blob.url, str(inner), digest)],
+                                             settings=fast_settings(**again)))  # fmt: skip
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's batch waited for its own batch's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        results = blobdl.download_many(
+            [Item(blob.url, str(outer), digest)], on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART, **again),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.ItemResult), said
+    assert isinstance(said[0].error, blobdl.DestinationLocked), said
+    assert results[0].ok, results
+    assert sha256_file(outer) == blob.sha256
