@@ -25,6 +25,7 @@ _BATCHES: dict[str, int] = {}
 # theirs), and that process: one the innermost batch forked (a seat of its pool, a large
 # item's) that waits for one of those waits on its parent's stack, held up in the callback.
 _AROUND: tuple[frozenset[str], int] = (frozenset(), 0)
+_FORKED_FROM = 0  # the process that forked this one for blobdl (``forked_by``), if any
 _CALLING = threading.local()  # .writes: what the calls up this thread's stack write
 
 
@@ -54,8 +55,21 @@ def batch_writes_here(destination: Path) -> bool:
 def batch_writes_around(destination: Path) -> bool:
     """Whether, in a process a batch forked, a batch around that one (in its parent, whose
     callback runs it) writes ``destination`` (``_AROUND``)."""
-    around, runner = _AROUND
-    return runner == os.getppid() and which_files([destination])[0] in around
+    return bool(a_batchs_fork()) and which_files([destination])[0] in _AROUND[0]
+
+
+def forked_by(parent: int) -> None:
+    """This process was forked by blobdl in ``parent`` (``_spawn.child_setup``): a batch's
+    seat or large item, a worker. A process the caller forked is not: its parent goes on."""
+    global _FORKED_FROM
+    _FORKED_FROM = parent
+
+
+def a_batchs_fork() -> int:
+    """The process whose running batch forked this one (0 if none): held up in a callback,
+    as long as it runs one, it waits for us."""
+    runner = _AROUND[1]
+    return runner if runner == _FORKED_FROM == os.getppid() else 0
 
 
 @contextlib.contextmanager

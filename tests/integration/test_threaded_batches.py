@@ -3,6 +3,7 @@ callback's own KeyboardInterrupt, batches side by side sharing destinations."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -415,3 +416,96 @@ def test_a_batch_callbacks_own_batch_of_what_its_batch_writes_is_refused_not_hun
     assert isinstance(said[0].error, blobdl.DestinationLocked), said
     assert results[0].ok, results
     assert sha256_file(outer) == blob.sha256
+
+
+@pytest.mark.parametrize("through", ["the cache", "a lock wait"])
+def test_a_download_callbacks_batch_of_what_its_download_writes_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, through: str
+) -> None:
+    """A download's callback's ``download_many`` of what the download writes: the batch's
+    item waits in a process of the batch for the lock this process holds, held up in the
+    callback. Refused at once, as the callback's own ``download`` of it is."""
+    assert threading.active_count() == 1  # the download runs in this process
+    blob = make(16 * PART, seed=79550)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    if through == "the cache":
+        again: dict[str, Any] = {"cache_dir": str(tmp_path / "cache")}
+        digest, inner, outer = f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
+    else:
+        again, digest = {"lock_timeout": 24 * 3600.0}, None
+        inner = outer = tmp_path / "out"
+    said: list[Any] = []
+
+    def again_from_inside(event: Any) -> None:
+        if said or not (isinstance(event, blobdl.Progress) and event.done > 0):
+            return
+        try:
+            said.extend(blobdl.download_many([Item(blob.url, str(inner), digest)],
+                                             settings=fast_settings(**again)))  # fmt: skip
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's batch waited for its own download's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        result = blobdl.download(
+            blob.url, outer, digest=digest, on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART, **again),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.ItemResult), said
+    assert isinstance(said[0].error, blobdl.DestinationLocked), said
+    assert sha256_file(result.path) == blob.sha256
+
+
+@pytest.mark.parametrize("many", [True, False], ids=["download_many", "download"])
+def test_a_process_a_callback_forks_waits_for_its_calls_lock(
+    make: Make, server: ServerHandle, tmp_path: Path, many: bool
+) -> None:
+    """A process the caller forks in a callback goes its own way (the call goes on without
+    it): its download of what the call writes waits for the call's lock, as any other
+    process's does, never refused as one held up its own stack."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    blob = make(16 * PART, seed=79560)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 400_000, "step": 4000})  # fmt: skip
+    out = tmp_path / "out"
+    forked: list[int] = []
+
+    def fork_once(event: Any) -> None:
+        event = getattr(event, "event", event)  # a batch's, or the download's own
+        if forked or not (isinstance(event, blobdl.Progress) and event.done > 0):
+            return
+        pid = os.fork()
+        if pid:
+            forked.append(pid)
+            return
+        code = 3
+        try:
+            blobdl.download(blob.url, out, settings=fast_settings(lock_timeout=60.0))
+            code = 0  # it waited, and wrote it again
+        except blobdl.DestinationExists:  # it waited for the call, which wrote it
+            code = 0
+        except blobdl.DestinationLocked:  # refused at once
+            code = 1
+        finally:
+            os._exit(code)
+
+    settings = fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                             max_part_size=4 * PART)  # fmt: skip
+    if many:
+        results = blobdl.download_many([Item(blob.url, str(out))], on_event=fork_once,
+                                       settings=settings)  # fmt: skip
+        assert results[0].ok, results
+    else:
+        blobdl.download(blob.url, out, on_event=fork_once, settings=settings)
+    _, status = os.waitpid(forked[0], 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # it waited, then found it written
+    assert sha256_file(out) == blob.sha256
