@@ -509,3 +509,49 @@ def test_a_process_a_callback_forks_waits_for_its_calls_lock(
     _, status = os.waitpid(forked[0], 0)
     assert os.waitstatus_to_exitcode(status) == 0  # it waited, then found it written
     assert sha256_file(out) == blob.sha256
+
+
+@pytest.mark.parametrize("inner", ["download", "download_many"])
+def test_a_threaded_batch_callbacks_own_call_of_what_its_batch_writes_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, inner: str
+) -> None:
+    """From a threaded caller (the batch in a clean process, the callback on the caller's
+    thread): a callback's own call of the destination its batch writes, named through a
+    linked folder, is refused at once, whether that call waits in its own clean process
+    (``download``) or in a process of its own batch (``download_many``)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    blob = make(16 * PART, seed=79570)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    said: list[Any] = []
+    settings = fast_settings(lock_timeout=3600.0)
+    real = tmp_path / "real" / "out"
+
+    def again_from_inside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            if inner == "download_many":
+                said.extend(blobdl.download_many([Item(blob.url, str(real))], settings=settings))
+                return
+            blobdl.download(blob.url, real, settings=settings)
+            said.append(AssertionError("the callback's download went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    results: list[blobdl.ItemResult] = []
+
+    def batch() -> None:
+        results.extend(blobdl.download_many(
+            [Item(blob.url, str(tmp_path / "link" / "out"))], on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART),
+        ))  # fmt: skip
+
+    raised = _in_a_thread(batch)
+    assert raised is None, repr(raised)
+    error = said[0].error if isinstance(said[0], blobdl.ItemResult) else said[0]
+    assert len(said) == 1 and isinstance(error, blobdl.DestinationLocked), said
+    assert results[0].ok, results
+    assert sha256_file(real) == blob.sha256
