@@ -26,6 +26,9 @@ _BATCHES: dict[str, int] = {}
 # item's) that waits for one of those waits on its parent's stack, held up in the callback.
 _AROUND: tuple[frozenset[str], int] = (frozenset(), 0)
 _FORKED_FROM = 0  # the process that forked this one for blobdl (``forked_by``), if any
+# Destinations (as named) whose lock a call of this process holds -> that process
+# (``holding``): a batch a callback starts meanwhile counts them among the writes around it.
+_HOLDING: dict[str, int] = {}
 _CALLING = threading.local()  # .writes: what the calls up this thread's stack write
 
 
@@ -35,7 +38,8 @@ def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
     module); an outer batch's stay its own."""
     global _AROUND
     paths, pid, around = set(which_files(destinations)), os.getpid(), _AROUND
-    _AROUND = (frozenset(p for p, runner in _BATCHES.items() if runner == pid), pid)
+    held = which_files(Path(p) for p, holder in _HOLDING.items() if holder == pid)
+    _AROUND = (frozenset([*(p for p, r in _BATCHES.items() if r == pid), *held]), pid)
     added = [p for p in paths if _BATCHES.get(p) != pid]
     for path in added:
         _BATCHES[path] = pid
@@ -56,6 +60,16 @@ def batch_writes_around(destination: Path) -> bool:
     """Whether, in a process a batch forked, a batch around that one (in its parent, whose
     callback runs it) writes ``destination`` (``_AROUND``)."""
     return bool(a_batchs_fork()) and which_files([destination])[0] in _AROUND[0]
+
+
+def holding(destination: Path) -> None:
+    """A call of this process holds ``destination``'s lock (``store._lock``), till
+    ``let_go``."""
+    _HOLDING[os.fspath(destination)] = os.getpid()
+
+
+def let_go(destination: Path) -> None:
+    _HOLDING.pop(os.fspath(destination), None)
 
 
 def forked_by(parent: int) -> None:
