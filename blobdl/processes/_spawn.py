@@ -40,6 +40,7 @@ from ..errors import OutOfResources
 from ._child import Execed, Forked, close_inherited
 from ._proc import own_thread
 from ._signals import child_signals, coordinator_signals
+from ._stack_writes import forked_by
 
 _PR_SET_PDEATHSIG = 1
 _prctl = libc_function(("prctl",), ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
@@ -285,6 +286,7 @@ def child_setup(
     """First thing in any child: signals (SIGCHLD at its default whatever the caller's),
     die with ``parent`` (and with its ``thread`` that started us, if given), drop foreign
     pipe ends and the pidfds of its siblings."""
+    forked_by(parent)  # before anything: a wait for the parent's own is told as one
     if coordinator:
         coordinator_signals()
     else:

@@ -6,7 +6,8 @@ this process, its items' destinations (and cache entries) are its own, though it
 hold their locks. ``calling_writes``: while a threaded caller's thread follows its call in
 a clean process (running its callbacks), what that call writes; a callback's own call hands
 it to its own clean process (``callers_writes``), where ``batch_writes`` holds it. Paths
-are kept absolute (``os.path.abspath``) and compared so.
+are kept as the file they name (``which_files``: ``link/x`` is ``real/x``, whose lock it
+shares) and compared so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from pathlib import Path
 # Destination -> the process whose batch writes it. A forked child inherits the entries,
 # never as its own (another process id).
 _BATCHES: dict[str, int] = {}
+# What the batches around the innermost one a process runs write (a callback's batch in
+# theirs), and that process: one the innermost batch forked (a seat of its pool, a large
+# item's) that waits for one of those waits on its parent's stack, held up in the callback.
+_AROUND: tuple[frozenset[str], int] = (frozenset(), 0)
+_FORKED_FROM = 0  # the process that forked this one for blobdl (``forked_by``), if any
+# Destinations (as named) whose lock a call of this process holds -> that process
+# (``holding``): a batch a callback starts meanwhile counts them among the writes around it.
+_HOLDING: dict[str, int] = {}
 _CALLING = threading.local()  # .writes: what the calls up this thread's stack write
 
 
@@ -27,20 +36,54 @@ _CALLING = threading.local()  # .writes: what the calls up this thread's stack w
 def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
     """While the block runs, ``destinations`` are this process's batch's own (see the
     module); an outer batch's stay its own."""
-    paths = {os.path.abspath(d) for d in destinations}
-    added = [p for p in paths if p not in _BATCHES]
+    global _AROUND
+    paths, pid, around = set(which_files(destinations)), os.getpid(), _AROUND
+    held = which_files(Path(p) for p, holder in _HOLDING.items() if holder == pid)
+    _AROUND = (frozenset([*(p for p, r in _BATCHES.items() if r == pid), *held]), pid)
+    added = [p for p in paths if _BATCHES.get(p) != pid]
     for path in added:
-        _BATCHES[path] = os.getpid()
+        _BATCHES[path] = pid
     try:
         yield
     finally:
+        _AROUND = around
         for path in added:
             _BATCHES.pop(path, None)
 
 
 def batch_writes_here(destination: Path) -> bool:
     """Whether a batch this very process runs writes ``destination``."""
-    return _BATCHES.get(os.path.abspath(destination)) == os.getpid()
+    return _BATCHES.get(*which_files([destination])) == os.getpid()
+
+
+def batch_writes_around(destination: Path) -> bool:
+    """Whether, in a process a batch forked, a batch around that one (in its parent, whose
+    callback runs it) writes ``destination`` (``_AROUND``)."""
+    return bool(a_batchs_fork()) and which_files([destination])[0] in _AROUND[0]
+
+
+def holding(destination: Path) -> None:
+    """A call of this process holds ``destination``'s lock (``store._lock``), till
+    ``let_go``."""
+    _HOLDING[os.fspath(destination)] = os.getpid()
+
+
+def let_go(destination: Path) -> None:
+    _HOLDING.pop(os.fspath(destination), None)
+
+
+def forked_by(parent: int) -> None:
+    """This process was forked by blobdl in ``parent`` (``_spawn.child_setup``): a batch's
+    seat or large item, a worker. A process the caller forked is not: its parent goes on."""
+    global _FORKED_FROM
+    _FORKED_FROM = parent
+
+
+def a_batchs_fork() -> int:
+    """The process whose running batch forked this one (0 if none): held up in a callback,
+    as long as it runs one, it waits for us."""
+    runner = _AROUND[1]
+    return runner if runner == _FORKED_FROM == os.getppid() else 0
 
 
 @contextlib.contextmanager
@@ -48,7 +91,7 @@ def calling_writes(destinations: Iterable[Path]) -> Iterator[None]:
     """While the block runs, this thread's call (in a clean process) writes ``destinations``
     (see the module)."""
     before = getattr(_CALLING, "writes", ())
-    _CALLING.writes = (*before, *(os.path.abspath(d) for d in destinations))
+    _CALLING.writes = (*before, *which_files(destinations))
     try:
         yield
     finally:
@@ -58,3 +101,22 @@ def calling_writes(destinations: Iterable[Path]) -> Iterator[None]:
 def callers_writes() -> tuple[str, ...]:
     """What the calls up this thread's stack write (``calling_writes``)."""
     return tuple(getattr(_CALLING, "writes", ()))
+
+
+def which_files(paths: Iterable[Path]) -> list[str]:
+    """The file each path names, as its lock file is found beside it: absolute, its folders'
+    links followed as far as they exist (``link/x`` and ``real/x`` share one lock), its own
+    name not. A ``..`` goes only as the kernel takes it, after the link before it
+    (``link/../x`` lies beside the link's target: ``abspath`` would say the current folder,
+    and count another file's lock as ours). Each folder resolved once."""
+    real: dict[str, str] = {}
+    files = []
+    for path in paths:
+        try:
+            folder, name = os.path.split(os.path.join(os.getcwd(), path))
+            if folder not in real:
+                real[folder] = os.path.realpath(folder)
+            files.append(os.path.join(real[folder], name))
+        except (OSError, ValueError):  # no current folder, a NUL byte: as the path says
+            files.append(os.fspath(path))
+    return files

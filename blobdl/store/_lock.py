@@ -29,7 +29,7 @@ from typing import TypeVar
 from ..errors import DestinationLocked, LocalFileError
 from ..processes._signals import held
 from ..processes._spawn import threaded
-from ..processes._stack_writes import batch_writes_here
+from ..processes._stack_writes import batch_writes_around, batch_writes_here, holding, let_go
 from ._files import LOCK_POLL, open_own, rename_new, still_at, take_lock, unlink_gone
 
 log = logging.getLogger("blobdl")
@@ -62,7 +62,7 @@ class DestinationLock:
             with held():  # the lock taken is the lock noted: __exit__ lets go of it
                 self.fd = self.kept.take(self.path)
                 if self.fd is not None:
-                    self.noted = _note(self.fd)
+                    self.noted = _note(self.fd, self.dest)
             if self.fd is not None:
                 return self
         deadline = time.monotonic() + self.timeout
@@ -78,7 +78,7 @@ class DestinationLock:
                 with held():  # the lock taken is the lock noted: __exit__ lets go of it
                     if taken and still_at(self.path, fd):
                         self.fd = fd
-                        self.noted = _note(fd)
+                        self.noted = _note(fd, self.dest)
                         _write_holder(fd)
                         return self
             except BaseException as exc:
@@ -108,6 +108,7 @@ class DestinationLock:
             if self.noted is not None:
                 _OURS.pop(self.noted, None)
                 self.noted = None
+            let_go(self.dest)
             # Kept only for a destination finished: one left unfinished (too large for a
             # seat, say) has a next writer at once, which a seat must not lock under it.
             if kind is None and self.kept is not None and self.kept.keep(self.fd, self.path):
@@ -325,7 +326,11 @@ def _held_up_our_stack(fd: int, dest: Path) -> bool:
     """Whether the lock's holder is this very process, or a batch it runs (``dest`` is one
     of its items', ``processes._stack_writes``), and it has no other thread: then it is held up our
     own call stack (a callback's download of what its own download or batch writes), and
-    the wait would last as long as the deadline, its holder stuck until it ends."""
+    the wait would last as long as the deadline, its holder stuck until it ends. In a
+    process a batch forked (a callback's batch), what the batches around that one write in
+    its parent is held up the parent's stack, whatever threads this process has."""
+    if batch_writes_around(dest):
+        return True  # the parent's own (a callback's batch of what its call writes)
     if threaded():
         return False
     key = _identity(fd)
@@ -334,12 +339,15 @@ def _held_up_our_stack(fd: int, dest: Path) -> bool:
     return batch_writes_here(dest)
 
 
-def _note(fd: int) -> tuple[int, int] | None:
-    """The lock file ``fd`` is held by this process (``_OURS``): its key there, for the
-    holder to take out as it lets go (no second ``fstat``)."""
+def _note(fd: int, dest: Path) -> tuple[int, int] | None:
+    """The lock file ``fd`` of ``dest`` is held by this process (``_OURS``, and
+    ``holding``: a batch a callback starts meanwhile counts it among what the calls around
+    it write): its key there, for the holder to take out as it lets go (no second
+    ``fstat``)."""
     key = _identity(fd)
     if key is not None:
         _OURS[key] = os.getpid()
+    holding(dest)
     return key
 
 

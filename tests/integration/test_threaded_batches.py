@@ -3,8 +3,11 @@ callback's own KeyboardInterrupt, batches side by side sharing destinations."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -261,3 +264,294 @@ def test_a_threaded_callers_callback_waiting_for_its_own_cache_entry_is_refused_
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
     assert "this process's own download" in str(said[0])
     assert sha256_file(Path(out)) == blob.sha256
+
+
+@pytest.mark.parametrize("named", ["link/out then real/out", "real/out then link/out"])
+def test_a_batch_callback_naming_its_batchs_destination_through_a_link_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, named: str
+) -> None:
+    """``link/out`` and ``real/out`` (``link`` a symbolic link to ``real``) are one file with
+    one lock: a batch callback's download of the destination its own batch's item writes,
+    named the other way, waited (its lock timeout) on a lock its item process held while
+    that process waited for the batch to hear it. Refused at once, as when named alike."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    outer, inner = (tmp_path / n for n in named.split(" then "))
+    blob = make(16 * PART, seed=79520)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    said: list[BaseException] = []
+
+    def again_from_inside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            blobdl.download(blob.url, inner, settings=fast_settings(lock_timeout=3600.0))
+            said.append(AssertionError("the callback's download went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's download waited for its own batch's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        results = blobdl.download_many(
+            [Item(blob.url, str(outer))], on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert results[0].ok, results
+    assert sha256_file(tmp_path / "real" / "out") == blob.sha256
+
+
+# Holds a destination's lock from another process for a while, then lets go.
+HOLDER_FOR_A_WHILE = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+os.unlink(sys.argv[1])
+os.close(fd)
+"""
+
+
+def test_a_batch_callback_waits_for_a_lock_beside_its_items_through_a_link_and_up(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A batch item at ``link/../out`` writes beside the link's target (``real/out``, the
+    kernel takes the ``..`` after the link), not ``out`` in the current folder: a callback's
+    download of that other ``out``, whose lock another process holds, is no wait on its own
+    batch. It waits for that process, as any download given a lock timeout does."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    blob, other = make(16 * PART, seed=79530), make(PART, seed=79531)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    beside = tmp_path / "out"  # not the item's
+    lock = str(beside.with_name(beside.name + ".blobdl-lock"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_FOR_A_WHILE, lock, "1.0"], stdout=subprocess.PIPE, text=True
+    )
+    said: list[BaseException | blobdl.DownloadResult] = []
+
+    def fetch_beside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            said.append(
+                blobdl.download(other.url, beside, settings=fast_settings(lock_timeout=60.0))
+            )
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        results = blobdl.download_many(
+            [Item(blob.url, str(tmp_path / "link" / ".." / "out"))], on_event=fetch_beside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART),
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(said) == 1 and isinstance(said[0], blobdl.DownloadResult), said
+    assert results[0].ok, results
+    assert sha256_file(tmp_path / "real" / "out") == blob.sha256
+    assert sha256_file(beside) == other.sha256
+
+
+@pytest.mark.parametrize("through", ["the cache", "a lock wait"])
+def test_a_batch_callbacks_own_batch_of_what_its_batch_writes_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, through: str
+) -> None:
+    """A batch callback's own ``download_many`` of what an item of the outer batch writes:
+    its item waits in a process of the inner batch, for a lock the outer batch's item holds
+    while the outer batch, held up in the callback, no longer hears it. Refused at once."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    blob = make(16 * PART, seed=79540)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    if through == "the cache":
+        again: dict[str, Any] = {"cache_dir": str(tmp_path / "cache")}
+        digest, inner, outer = f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
+    else:
+        again, digest = {"lock_timeout": 24 * 3600.0}, None
+        inner = outer = tmp_path / "out"
+    said: list[Any] = []
+
+    def again_from_inside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            said.extend(blobdl.download_many([Item(blob.url, str(inner), digest)],
+                                             settings=fast_settings(**again)))  # fmt: skip
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's batch waited for its own batch's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        results = blobdl.download_many(
+            [Item(blob.url, str(outer), digest)], on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART, **again),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.ItemResult), said
+    assert isinstance(said[0].error, blobdl.DestinationLocked), said
+    assert results[0].ok, results
+    assert sha256_file(outer) == blob.sha256
+
+
+@pytest.mark.parametrize("through", ["the cache", "a lock wait"])
+def test_a_download_callbacks_batch_of_what_its_download_writes_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, through: str
+) -> None:
+    """A download's callback's ``download_many`` of what the download writes: the batch's
+    item waits in a process of the batch for the lock this process holds, held up in the
+    callback. Refused at once, as the callback's own ``download`` of it is."""
+    assert threading.active_count() == 1  # the download runs in this process
+    blob = make(16 * PART, seed=79550)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    if through == "the cache":
+        again: dict[str, Any] = {"cache_dir": str(tmp_path / "cache")}
+        digest, inner, outer = f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
+    else:
+        again, digest = {"lock_timeout": 24 * 3600.0}, None
+        inner = outer = tmp_path / "out"
+    said: list[Any] = []
+
+    def again_from_inside(event: Any) -> None:
+        if said or not (isinstance(event, blobdl.Progress) and event.done > 0):
+            return
+        try:
+            said.extend(blobdl.download_many([Item(blob.url, str(inner), digest)],
+                                             settings=fast_settings(**again)))  # fmt: skip
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError("the callback's batch waited for its own download's lock")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 15.0)
+    try:
+        result = blobdl.download(
+            blob.url, outer, digest=digest, on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART, **again),
+        )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(said) == 1 and isinstance(said[0], blobdl.ItemResult), said
+    assert isinstance(said[0].error, blobdl.DestinationLocked), said
+    assert sha256_file(result.path) == blob.sha256
+
+
+@pytest.mark.parametrize("many", [True, False], ids=["download_many", "download"])
+def test_a_process_a_callback_forks_waits_for_its_calls_lock(
+    make: Make, server: ServerHandle, tmp_path: Path, many: bool
+) -> None:
+    """A process the caller forks in a callback goes its own way (the call goes on without
+    it): its download of what the call writes waits for the call's lock, as any other
+    process's does, never refused as one held up its own stack."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    blob = make(16 * PART, seed=79560)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 400_000, "step": 4000})  # fmt: skip
+    out = tmp_path / "out"
+    forked: list[int] = []
+
+    def fork_once(event: Any) -> None:
+        event = getattr(event, "event", event)  # a batch's, or the download's own
+        if forked or not (isinstance(event, blobdl.Progress) and event.done > 0):
+            return
+        pid = os.fork()
+        if pid:
+            forked.append(pid)
+            return
+        code = 3
+        try:
+            blobdl.download(blob.url, out, settings=fast_settings(lock_timeout=60.0))
+            code = 0  # it waited, and wrote it again
+        except blobdl.DestinationExists:  # it waited for the call, which wrote it
+            code = 0
+        except blobdl.DestinationLocked:  # refused at once
+            code = 1
+        finally:
+            os._exit(code)
+
+    settings = fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                             max_part_size=4 * PART)  # fmt: skip
+    if many:
+        results = blobdl.download_many([Item(blob.url, str(out))], on_event=fork_once,
+                                       settings=settings)  # fmt: skip
+        assert results[0].ok, results
+    else:
+        blobdl.download(blob.url, out, on_event=fork_once, settings=settings)
+    _, status = os.waitpid(forked[0], 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # it waited, then found it written
+    assert sha256_file(out) == blob.sha256
+
+
+@pytest.mark.parametrize("inner", ["download", "download_many"])
+def test_a_threaded_batch_callbacks_own_call_of_what_its_batch_writes_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, inner: str
+) -> None:
+    """From a threaded caller (the batch in a clean process, the callback on the caller's
+    thread): a callback's own call of the destination its batch writes, named through a
+    linked folder, is refused at once, whether that call waits in its own clean process
+    (``download``) or in a process of its own batch (``download_many``)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    blob = make(16 * PART, seed=79570)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    said: list[Any] = []
+    settings = fast_settings(lock_timeout=3600.0)
+    real = tmp_path / "real" / "out"
+
+    def again_from_inside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            if inner == "download_many":
+                said.extend(blobdl.download_many([Item(blob.url, str(real))], settings=settings))
+                return
+            blobdl.download(blob.url, real, settings=settings)
+            said.append(AssertionError("the callback's download went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    results: list[blobdl.ItemResult] = []
+
+    def batch() -> None:
+        results.extend(blobdl.download_many(
+            [Item(blob.url, str(tmp_path / "link" / "out"))], on_event=again_from_inside,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART),
+        ))  # fmt: skip
+
+    raised = _in_a_thread(batch)
+    assert raised is None, repr(raised)
+    error = said[0].error if isinstance(said[0], blobdl.ItemResult) else said[0]
+    assert len(said) == 1 and isinstance(error, blobdl.DestinationLocked), said
+    assert results[0].ok, results
+    assert sha256_file(real) == blob.sha256
