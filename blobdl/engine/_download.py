@@ -134,8 +134,7 @@ class Downloader:
         """``to_host``: see ``Order`` (a batch item's child never runs in a clean process)."""
         if _clean_process.needs_clean():  # never fork here: a clean process forks instead
             args = (self.settings, url, remote, _fspath(path), digest, share)
-            writes = _writes(self.settings, path, digest)  # its callbacks' calls', refused
-            return _clean_process.call(_run_here, args, tell, writes)
+            return _clean_process.call(_run_here, args, tell, _writes(self.settings, path, digest))
         return self._run_here(url, remote, path, digest, tell, share, to_host)
 
     def _run_here(

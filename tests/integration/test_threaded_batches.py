@@ -3,6 +3,7 @@ callback's own KeyboardInterrupt, batches side by side sharing destinations."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -40,6 +41,23 @@ def _in_a_thread(call: Callable[[], Any]) -> BaseException | None:
     thread.join(30)
     assert not thread.is_alive()
     return raised[0] if raised else None
+
+
+@contextlib.contextmanager
+def hung_past(seconds: float, what: str) -> Iterator[None]:
+    """A guard for a test of a hang: past ``seconds``, SIGALRM raises ``TimeoutError(what)``
+    in the main thread, which the test then fails with."""
+
+    def hung(_signum: int, _frame: Any) -> None:
+        raise TimeoutError(what)
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("many", [False, True], ids=["download", "download_many"])
@@ -100,20 +118,12 @@ def test_a_batch_callback_waiting_for_a_lock_its_own_batch_holds_is_refused_not_
         except BaseException as exc:  # what the call said is the point
             said.append(exc)
 
-    def hung(_signum: int, _frame: Any) -> None:
-        raise TimeoutError("the callback's download waited for its own batch's lock")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.setitimer(signal.ITIMER_REAL, 15.0)
-    try:
+    with hung_past(15.0, "the callback's download waited for its own batch's lock"):
         results = blobdl.download_many(
             [Item(blob.url, str(outer), digest)], on_event=again_from_inside,
             settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
                                    max_part_size=4 * PART, **again),
         )  # fmt: skip
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
     assert "this process's own download" in str(said[0])
     assert results[0].ok, results
@@ -149,20 +159,12 @@ def test_a_pull_callback_pulling_what_its_own_pull_fetches_is_refused_not_hung(
         blobdl.pull(url, models, on_event=again_from_inside, settings=settings)
     )
 
-    def hung(_signum: int, _frame: Any) -> None:
-        raise TimeoutError("the callback's pull waited for its own pull's lock")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.setitimer(signal.ITIMER_REAL, 15.0)
-    try:
+    with hung_past(15.0, "the callback's pull waited for its own pull's lock"):
         if threaded:
             raised = _in_a_thread(call)
             assert raised is None, repr(raised)
         else:
             call()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
     assert "this process's own download" in str(said[0])
     assert isinstance(outcome[0], blobdl.PullResult)
@@ -205,20 +207,12 @@ def test_an_hf_callback_fetching_what_its_own_run_fetches_is_refused_not_hung(
         except BaseException as exc:  # what the call said is the point
             said.append(exc)
 
-    def hung(_signum: int, _frame: Any) -> None:
-        raise TimeoutError("the callback's run waited for its own run's lock")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.setitimer(signal.ITIMER_REAL, 15.0)
-    try:
+    with hung_past(15.0, "the callback's run waited for its own run's lock"):
         result = blobdl.hf_download(
             "acme/big", on_event=again_from_inside, **ask,
             settings=fast_settings(progress_interval=0.01, min_part_size=1 << 20,
                                    max_part_size=1 << 20),
         )  # fmt: skip
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
     assert "this process's own download" in str(said[0])
     assert (result.path / "model.safetensors").stat().st_size == BIG
@@ -292,20 +286,12 @@ def test_a_batch_callback_naming_its_batchs_destination_through_a_link_is_refuse
         except BaseException as exc:  # what the call said is the point
             said.append(exc)
 
-    def hung(_signum: int, _frame: Any) -> None:
-        raise TimeoutError("the callback's download waited for its own batch's lock")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.setitimer(signal.ITIMER_REAL, 15.0)
-    try:
+    with hung_past(15.0, "the callback's download waited for its own batch's lock"):
         results = blobdl.download_many(
             [Item(blob.url, str(outer))], on_event=again_from_inside,
             settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
                                    max_part_size=4 * PART),
         )  # fmt: skip
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
     assert "this process's own download" in str(said[0])
     assert results[0].ok, results
@@ -398,20 +384,12 @@ def test_a_batch_callbacks_own_batch_of_what_its_batch_writes_is_refused_not_hun
         except BaseException as exc:  # what the call said is the point
             said.append(exc)
 
-    def hung(_signum: int, _frame: Any) -> None:
-        raise TimeoutError("the callback's batch waited for its own batch's lock")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.setitimer(signal.ITIMER_REAL, 15.0)
-    try:
+    with hung_past(15.0, "the callback's batch waited for its own batch's lock"):
         results = blobdl.download_many(
             [Item(blob.url, str(outer), digest)], on_event=again_from_inside,
             settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
                                    max_part_size=4 * PART, **again),
         )  # fmt: skip
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     assert len(said) == 1 and isinstance(said[0], blobdl.ItemResult), said
     assert isinstance(said[0].error, blobdl.DestinationLocked), said
     assert "this process's own download" in str(said[0].error), said  # no pool's number
@@ -447,20 +425,12 @@ def test_a_download_callbacks_batch_of_what_its_download_writes_is_refused_not_h
         except BaseException as exc:  # what the call said is the point
             said.append(exc)
 
-    def hung(_signum: int, _frame: Any) -> None:
-        raise TimeoutError("the callback's batch waited for its own download's lock")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.setitimer(signal.ITIMER_REAL, 15.0)
-    try:
+    with hung_past(15.0, "the callback's batch waited for its own download's lock"):
         result = blobdl.download(
             blob.url, outer, digest=digest, on_event=again_from_inside,
             settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
                                    max_part_size=4 * PART, **again),
         )  # fmt: skip
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     assert len(said) == 1 and isinstance(said[0], blobdl.ItemResult), said
     assert isinstance(said[0].error, blobdl.DestinationLocked), said
     assert sha256_file(result.path) == blob.sha256
