@@ -43,6 +43,27 @@ def _in_a_thread(call: Callable[[], Any]) -> BaseException | None:
     return raised[0] if raised else None
 
 
+def _paced_blob(make: Make, server: ServerHandle, seed: int) -> Blob:
+    """A blob of 16 parts served at 60 kB/s: its download is under way for seconds, long
+    enough for a callback to ask for it again mid-run."""
+    blob = make(16 * PART, seed=seed)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    return blob
+
+
+def _asked_again(
+    blob: Blob, tmp_path: Path, through: str
+) -> tuple[dict[str, Any], str | None, Path, Path]:
+    """How a callback asks for what its own call writes, ``through`` the cache (the same
+    digest into the same cache, another destination) or a lock wait (the same destination,
+    waited for a day): the settings of its call, the digest, its destination, the call's."""
+    if through == "the cache":
+        cache = {"cache_dir": str(tmp_path / "cache")}
+        return cache, f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
+    return {"lock_timeout": 24 * 3600.0}, None, tmp_path / "out", tmp_path / "out"
+
+
 @contextlib.contextmanager
 def hung_past(seconds: float, what: str) -> Iterator[None]:
     """A guard for a test of a hang: past ``seconds``, SIGALRM raises ``TimeoutError(what)``
@@ -98,15 +119,8 @@ def test_a_batch_callback_waiting_for_a_lock_its_own_batch_holds_is_refused_not_
     for the batch to read its progress, which the callback held up: 24 hours for a cache
     entry. It is refused at once, as a download's own callback is."""
     assert threading.active_count() == 1  # the batch runs in this process
-    blob = make(16 * PART, seed=79510)
-    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
-                       "bps": 60_000, "step": 4000})  # fmt: skip
-    if through == "the cache":
-        again: dict[str, Any] = {"cache_dir": str(tmp_path / "cache")}
-        digest, inner, outer = f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
-    else:
-        again, digest = {"lock_timeout": 24 * 3600.0}, None
-        inner = outer = tmp_path / "out"
+    blob = _paced_blob(make, server, 79510)
+    again, digest, inner, outer = _asked_again(blob, tmp_path, through)
     said: list[BaseException] = []
 
     def again_from_inside(event: blobdl.BatchEvent) -> None:
@@ -226,9 +240,7 @@ def test_a_threaded_callers_callback_waiting_for_its_own_cache_entry_is_refused_
     lock while it waits for the caller's thread to hear its progress: a callback there that
     downloads the same digest into the same cache waited for it, 24 hours. It is refused at
     once, as a single-threaded caller's is."""
-    blob = make(16 * PART, seed=79530)
-    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
-                       "bps": 60_000, "step": 4000})  # fmt: skip
+    blob = _paced_blob(make, server, 79530)
     digest, cache = f"sha256:{blob.sha256}", str(tmp_path / "cache")
     said: list[BaseException] = []
 
@@ -272,9 +284,7 @@ def test_a_batch_callback_naming_its_batchs_destination_through_a_link_is_refuse
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     outer, inner = (tmp_path / n for n in named.split(" then "))
-    blob = make(16 * PART, seed=79520)
-    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
-                       "bps": 60_000, "step": 4000})  # fmt: skip
+    blob = _paced_blob(make, server, 79520)
     said: list[BaseException] = []
 
     def again_from_inside(event: blobdl.BatchEvent) -> None:
@@ -320,9 +330,7 @@ def test_a_batch_callback_waits_for_a_lock_beside_its_items_through_a_link_and_u
     assert threading.active_count() == 1  # the batch runs in this process
     (tmp_path / "real" / "sub").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
-    blob, other = make(16 * PART, seed=79530), make(PART, seed=79531)
-    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
-                       "bps": 60_000, "step": 4000})  # fmt: skip
+    blob, other = _paced_blob(make, server, 79530), make(PART, seed=79531)
     beside = tmp_path / "out"  # not the item's
     lock = str(beside.with_name(beside.name + ".blobdl-lock"))
     holder = subprocess.Popen(
@@ -364,15 +372,8 @@ def test_a_batch_callbacks_own_batch_of_what_its_batch_writes_is_refused_not_hun
     its item waits in a process of the inner batch, for a lock the outer batch's item holds
     while the outer batch, held up in the callback, no longer hears it. Refused at once."""
     assert threading.active_count() == 1  # the batch runs in this process
-    blob = make(16 * PART, seed=79540)
-    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
-                       "bps": 60_000, "step": 4000})  # fmt: skip
-    if through == "the cache":
-        again: dict[str, Any] = {"cache_dir": str(tmp_path / "cache")}
-        digest, inner, outer = f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
-    else:
-        again, digest = {"lock_timeout": 24 * 3600.0}, None
-        inner = outer = tmp_path / "out"
+    blob = _paced_blob(make, server, 79540)
+    again, digest, inner, outer = _asked_again(blob, tmp_path, through)
     said: list[Any] = []
 
     def again_from_inside(event: blobdl.BatchEvent) -> None:
@@ -405,15 +406,8 @@ def test_a_download_callbacks_batch_of_what_its_download_writes_is_refused_not_h
     item waits in a process of the batch for the lock this process holds, held up in the
     callback. Refused at once, as the callback's own ``download`` of it is."""
     assert threading.active_count() == 1  # the download runs in this process
-    blob = make(16 * PART, seed=79550)
-    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
-                       "bps": 60_000, "step": 4000})  # fmt: skip
-    if through == "the cache":
-        again: dict[str, Any] = {"cache_dir": str(tmp_path / "cache")}
-        digest, inner, outer = f"sha256:{blob.sha256}", tmp_path / "copy", tmp_path / "out"
-    else:
-        again, digest = {"lock_timeout": 24 * 3600.0}, None
-        inner = outer = tmp_path / "out"
+    blob = _paced_blob(make, server, 79550)
+    again, digest, inner, outer = _asked_again(blob, tmp_path, through)
     said: list[Any] = []
 
     def again_from_inside(event: Any) -> None:
@@ -492,9 +486,7 @@ def test_a_threaded_batch_callbacks_own_call_of_what_its_batch_writes_is_refused
     (``download``) or in a process of its own batch (``download_many``)."""
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    blob = make(16 * PART, seed=79570)
-    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
-                       "bps": 60_000, "step": 4000})  # fmt: skip
+    blob = _paced_blob(make, server, 79570)
     said: list[Any] = []
     settings = fast_settings(lock_timeout=3600.0)
     real = tmp_path / "real" / "out"
