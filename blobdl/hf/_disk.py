@@ -15,21 +15,20 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ..errors import BadResponse, DestinationLocked, DigestMismatch, IntegrityError, LocalFileError
+from ..errors import BadResponse, DigestMismatch, IntegrityError, LocalFileError
 from ..processes._signals import held
 from ..store._destination import STAGED_SUFFIX, TEMP_SUFFIX, temp_path
 from ..store._digest import sha256_fd
 from ..store._files import (
     atomic_write,
     forget_held,
-    held_by_this_thread,
     local_errors,
     make_directory,
     note_held,
     open_own,
     read_own,
     rename_new,
-    take_lock,
+    take_lock_not_ours,
 )
 from ..store._lock import DestinationLock
 from ..store._resume import state_path
@@ -204,10 +203,7 @@ def flocked(path: Path, *, wait: bool) -> Iterator[bool]:
     try:
         with contextlib.suppress(OSError):  # not ours to chmod (another user made it): fine
             os.fchmod(fd, LOCK_MODE)
-        taken = take_lock(fd, wait=False)
-        if not taken and wait and held_by_this_thread(fd):  # a callback's run of our blob
-            raise DestinationLocked(str(path), None, ours=True)
-        taken = taken or (wait and take_lock(fd))
+        taken = take_lock_not_ours(fd, str(path), wait=wait)  # a callback's run of our blob
         if taken:
             noted = note_held(fd)
         yield taken

@@ -27,11 +27,11 @@ from ..processes._signals import held
 from ..store._files import (
     Holder,
     forget_held,
-    held_by_this_thread,
     note_held,
     open_own,
     still_at,
     take_lock,
+    take_lock_not_ours,
 )
 from ._oci import Blob
 from ._owner import Owner
@@ -110,13 +110,15 @@ class LockFile:
                 self.fd = open_own(self.path, os.O_RDWR | (0 if self.look_only else os.O_CREAT))
             if self.owner is not None and not self.look_only:
                 os.fchown(self.fd, *self.owner)
-            if not take_lock(self.fd, wait=False, shared=shared):
-                if wait and held_by_this_thread(self.fd):
-                    self._close()
-                    raise DestinationLocked(str(self.path.with_suffix("")), None, ours=True)
-                if not (wait and take_lock(self.fd, shared=shared)):
-                    self._close()
-                    return False
+            try:
+                name = str(self.path.with_suffix(""))
+                taken = take_lock_not_ours(self.fd, name, wait=wait, shared=shared)
+            except DestinationLocked:
+                self._close()
+                raise
+            if not taken:
+                self._close()
+                return False
             if still_at(self.path, self.fd):
                 self.noted = note_held(self.fd)
                 return True

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .._libc import libc_function
-from ..errors import LocalFileError
+from ..errors import DestinationLocked, LocalFileError
 from ..processes._signals import held, whole
 
 LOCK_POLL = 0.05  # seconds between two tries of a held lock
@@ -251,6 +251,17 @@ def held_by_this_thread(fd: int) -> bool:
     it would wait for ourselves."""
     key = _holder(fd)
     return key is not None and key in _HELD
+
+
+def take_lock_not_ours(fd: int, name: str, *, wait: bool, shared: bool = False) -> bool:
+    """``take_lock``, but a wait for a lock this very thread holds (``note_held``: a
+    callback's run of what its own run holds) would wait for ourselves: refused at once,
+    ``DestinationLocked`` of ``name`` as this process's own."""
+    if take_lock(fd, wait=False, shared=shared):
+        return True
+    if wait and held_by_this_thread(fd):
+        raise DestinationLocked(name, None, ours=True)
+    return wait and take_lock(fd, shared=shared)
 
 
 def unlink_gone(path: Path) -> None:
