@@ -286,15 +286,16 @@ def child_setup(
     """First thing in any child: signals (SIGCHLD at its default whatever the caller's),
     die with ``parent`` (and with its ``thread`` that started us, if given), drop foreign
     pipe ends and the pidfds of its siblings."""
-    forked_by(parent)  # before anything: a wait for the parent's own is told as one
+    # A caller that ignores SIGCHLD passes that on (through exec too): the kernel would
+    # then reap our own children, their exit codes lost and their pids free for anyone.
+    # This process is blobdl's alone, and reaps every child it starts: reset first, so
+    # that the caller's disposition lasts as short a while as a fork allows.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     if coordinator:
         coordinator_signals()
     else:
         child_signals()
-    # A caller that ignores SIGCHLD passes that on (through exec too): the kernel would
-    # then reap our own children, their exit codes lost and their pids free for anyone.
-    # This process is blobdl's alone, and reaps every child it starts.
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    forked_by(parent)  # before any lock is waited for: a wait for the parent's own is one
     _die_with(parent, death_signal, thread)
     for end in list(_not_for_children):
         if end is not own:
