@@ -192,9 +192,11 @@ def test_killed_worker_is_noticed_and_its_parts_reassigned(
     make: Make, server: ServerHandle, tmp_path: Path, processes: int
 ) -> None:
     blob = make(16 * PART)
-    # Slow every part (4 x 256 KiB) down so workers are alive when the first sample arrives.
-    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": None,
-                       "action": "rate", "bps": 1_000_000})  # fmt: skip
+    # Slow the four parts' first requests (4 x 256 KiB, a second each) so the workers are alive
+    # for many samples even on a loaded machine (at 1 MB/s a CI run once ended the download
+    # before a sample found a worker with all its lanes); the reassigned work is not slowed.
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 4,
+                       "action": "rate", "bps": 256_000})  # fmt: skip
     lanes_killed: list[int] = []
 
     def kill_one(progress: Progress) -> None:
