@@ -30,6 +30,7 @@ class Destinations:
         cached: bool,
         where_to: Callable[[str], str] = absolute,
         numbering: Numbering = BY_INDEX,
+        on_named: Callable[[str], None] = lambda path: None,
     ) -> None:
         self.base_dir = base_dir  # where items without a path are named
         self.cached = cached  # the batch has a cache: an item with a digest may come through it
@@ -37,6 +38,7 @@ class Destinations:
         self.claimed = {where_to(path): index for index, path in given.items()}
         self.names: dict[int, str] = {}  # item -> the path it was named after its probe
         self.numbering = numbering  # how errors name an item: its manifest line, or its index
+        self.on_named = on_named  # told each path an item is named after (not a given one)
 
     def by_url(self, index: int, item: Item) -> Item:
         """An item that comes through the cache without a path is named from its URL, as a
@@ -57,7 +59,8 @@ class Destinations:
         holder = self.claimed.setdefault(self.where_to(path), index)
         if holder != index:
             return holder
-        self.names.setdefault(index, path)
+        if self.names.setdefault(index, path) == path:
+            self.on_named(path)
         return None
 
     def folders(

@@ -30,11 +30,11 @@ results) and ``_stop`` (everything ended on a signal).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from collections import deque
 from collections.abc import Iterable, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ def _many_here(
 
 def _written(items: list[Item], settings: Settings) -> list[Path]:
     """What the batch's items write that a lock guards: their destinations, and the cache
-    entries of those with a digest (an item named only once probed is not known here)."""
+    entries of those with a digest (an item named once probed is added as it is named, ``run``)."""
     paths = [Path(item.path) for item in items if item.path]
     if settings.cache_dir:
         cache = Path(settings.cache_dir)
@@ -309,7 +309,9 @@ class _Scheduler:
 
     def run(self) -> list[ItemResult]:
         written = batch_writes(_written(self.items, self.settings))  # a callback's own, to it
-        with written, Interrupts() as interrupts, self.watch, contextlib.closing(self.large):
+        with written as also, Interrupts() as interrupts, self.watch, closing(self.large):
+            # An item named once probed is as much the batch's own from then on.
+            self.destinations.on_named = lambda path: also(Path(path))
             self.watch.signals(interrupts)
             try:
                 for folder in sorted(self.folders):

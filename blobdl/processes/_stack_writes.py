@@ -3,10 +3,11 @@ its own call, which waits for the callback (refused at once instead: ``store._lo
 
 Two records, each kept by the call that owns it. ``batch_writes``: while a batch runs in
 this process, its items' destinations (and cache entries) are its own, though its children
-hold their locks. ``calling_writes``: while a threaded caller's thread follows its call in
-a clean process (running its callbacks), what that call writes; a callback's own call hands
-it to its own clean process (``callers_writes``), where ``batch_writes`` holds it. Paths
-are kept as the file they name (``which_files``: ``link/x`` is ``real/x``, whose lock it
+hold their locks; an item it names once probed, as it is named.
+``calling_writes``: while a threaded caller's thread follows its call in a clean process
+(running its callbacks), what that call writes; a callback's own call hands it to its own
+clean process (``callers_writes``), where ``batch_writes`` holds it. Paths are kept as the
+file they name (``which_files``: ``link/x`` is ``real/x``, whose lock it
 shares) and compared so.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 # Destination -> the process whose batch writes it. A forked child inherits the entries,
@@ -33,19 +34,29 @@ _CALLING = threading.local()  # .writes: what the calls up this thread's stack w
 
 
 @contextlib.contextmanager
-def batch_writes(destinations: Iterable[Path]) -> Iterator[None]:
+def batch_writes(destinations: Iterable[Path]) -> Iterator[Callable[[Path], None]]:
     """While the block runs, ``destinations`` are this process's batch's own (see the
-    module); an outer batch's stay its own."""
+    module); an outer batch's stay its own. The block is given how to add one it learns
+    of meanwhile (an item named once probed), its own till it ends."""
     global _AROUND
     paths, pid, around = set(which_files(destinations)), os.getpid(), _AROUND
     held = which_files(Path(p) for p, holder in _HOLDING.items() if holder == pid)
     _AROUND = (frozenset([*(p for p, r in _BATCHES.items() if r == pid), *held]), pid)
-    added = [p for p in paths if _BATCHES.get(p) != pid]
-    for path in added:
-        _BATCHES[path] = pid
+    added: list[str] = []
+    running = [True]
+
+    def also_writes(destination: Path) -> None:
+        for path in which_files([destination]) if running[0] else ():
+            if _BATCHES.get(path) != pid:
+                _BATCHES[path] = pid
+                added.append(path)
+
+    for path in paths:
+        also_writes(Path(path))
     try:
-        yield
+        yield also_writes
     finally:
+        running[0] = False
         _AROUND = around
         for path in added:
             _BATCHES.pop(path, None)

@@ -144,6 +144,43 @@ def test_a_batch_callback_waiting_for_a_lock_its_own_batch_holds_is_refused_not_
     assert sha256_file(outer) == blob.sha256  # the batch went on and finished
 
 
+def test_a_batch_callback_asking_for_an_item_named_by_its_probe_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A large item given no path is named once a seat has probed it, and its child then
+    holds its lock: a callback's download of that name with a lock wait waited for the
+    batch's own lock, held up in the callback, for as long as the wait allowed. Named, it
+    is the batch's own, as an item's given path is: refused at once."""
+    assert threading.active_count() == 1  # the batch runs in this process
+    blob = make(16 * PART, seed=79590)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 60_000, "step": 4000})  # fmt: skip
+    folder = tmp_path / "named"
+    folder.mkdir()
+    said: list[BaseException] = []
+
+    def again_from_inside(event: blobdl.BatchEvent) -> None:
+        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
+            return
+        try:
+            blobdl.download(blob.url, folder / blob.name,
+                            settings=fast_settings(lock_timeout=24 * 3600.0))  # fmt: skip
+            said.append(AssertionError("the callback's download went through"))
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    with hung_past(15.0, "the callback's download waited for its own batch's lock"):
+        results = blobdl.download_many(
+            [blob.url], on_event=again_from_inside, base_dir=folder,
+            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
+                                   max_part_size=4 * PART),
+        )  # fmt: skip
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert results[0].ok, results
+    assert sha256_file(folder / blob.name) == blob.sha256  # the batch went on and finished
+
+
 @pytest.mark.parametrize("threaded", [False, True], ids=["main thread", "a thread"])
 def test_a_pull_callback_pulling_what_its_own_pull_fetches_is_refused_not_hung(
     registry: Registry, tmp_path: Path, threaded: bool
