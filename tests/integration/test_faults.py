@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -191,12 +192,14 @@ def test_slow_first_byte_within_the_timeout_is_not_a_stall(
 def test_killed_worker_is_noticed_and_its_parts_reassigned(
     make: Make, server: ServerHandle, tmp_path: Path, processes: int
 ) -> None:
-    blob = make(16 * PART)
-    # Slow the four parts' first requests (4 x 256 KiB, a second each) so the workers are alive
-    # for many samples even on a loaded machine (at 1 MB/s a CI run once ended the download
-    # before a sample found a worker with all its lanes); the reassigned work is not slowed.
-    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 4,
-                       "action": "rate", "bps": 256_000})  # fmt: skip
+    blob, release = make(16 * PART), make(1, seed=2)
+    # The four parts' first requests are held until the test has killed a worker and asks
+    # for the release itself: the workers are alive however late a loaded machine's samples
+    # find one with all its lanes (a second's pace per part once failed a CI run, nothing
+    # killed). The reassigned work is not held; a held lane is no stall (stall_timeout below).
+    held = {"path": f"/files/{release.name}", "requests": 1}
+    server.set_faults({"path": f"/files/{blob.name}", "skip": 1, "times": 4, "action": "ttfb",
+                       "delay": 0, "after": held})  # fmt: skip
     lanes_killed: list[int] = []
 
     def kill_one(progress: Progress) -> None:
@@ -210,10 +213,12 @@ def test_killed_worker_is_noticed_and_its_parts_reassigned(
         if workers and (lanes := workers[0].num_threads() - 1) == 4 // processes:
             os.kill(workers[0].pid, signal.SIGKILL)
             lanes_killed.append(lanes)
+            urllib.request.urlopen(server.url(release.name), timeout=10).read()
 
     settings = fast_settings(
-        progress_interval=0.05, min_part_size=4 * PART, max_part_size=4 * PART, processes=processes
-    )
+        progress_interval=0.05, min_part_size=4 * PART, max_part_size=4 * PART,
+        processes=processes, stall_timeout=30.0,
+    )  # fmt: skip
     result = Downloader(settings).download(blob.url, tmp_path / "out", on_progress=kill_one)
     assert lanes_killed == [4 // processes]
     assert result.retries == 4 // processes  # every lane the process held, and only those
