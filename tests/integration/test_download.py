@@ -37,7 +37,11 @@ def test_exact_bytes_for_sizes_around_part_boundaries(
 
 def test_parts_run_in_parallel_workers(make: Make, server: ServerHandle, tmp_path: Path) -> None:
     blob = make(16 * PART)
-    server.set_faults({"path": "/files/*", "times": None, "action": "ttfb", "delay": 0.2})
+    # Every part's first request waits until eight have come (the probe is not held): eight
+    # at once however slowly a loaded machine starts its lanes, not a 0.2 s window.
+    path = f"/files/{blob.name}"
+    server.set_faults({"path": path, "skip": 1, "times": 8, "action": "ttfb", "delay": 0,
+                       "after": {"path": path, "requests": 9}})  # fmt: skip
     fetch(blob.url, tmp_path / "out", connections=8)
     assert sha256_file(tmp_path / "out") == blob.sha256
     assert server.stats()["max_concurrent"] >= 8
