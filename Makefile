@@ -21,7 +21,7 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 # so tests/conftest.py records it and fails the test. Any other DeprecationWarning is an error.
 WERROR = $$($(1) -c 'import sys; print("-W error::DeprecationWarning" * (sys.version_info >= (3, 12)))')
 
-.PHONY: help install system demo test lint suite durations unit pythons bench clean
+.PHONY: help install system demo test lint suite unit pythons bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -75,11 +75,6 @@ SHARDS ?= 3
 suite: install system ## the pytest suite only (unit and integration), in SHARDS sessions at once
 	$(PY) $(call WERROR,$(PY)) -m tests.shards $(SHARDS) -q -p no:cacheprovider --durations=8 \
 	  $(call WERROR,$(PY))
-
-# What each test took, recorded in a whole run of the suite: how `make suite` cuts it into
-# sessions that end together (tests/shards.py). Run it again when the suite has changed much.
-durations: install system ## run the suite and record what each test took in tests/durations.json
-	BLOBDL_TEST_DURATIONS=tests/durations.json $(MAKE) --no-print-directory suite
 
 unit: install ## the unit tests of the pure modules only (seconds; no server, no processes)
 	$(PY) -m pytest -q tests/unit

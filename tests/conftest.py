@@ -21,7 +21,6 @@ import pytest
 
 from blobdl import Settings
 from faultserver.serverctl import ServerHandle, make_blob, start_server
-from tests import shards
 
 # A CI runner may start the suite with SIGINT ignored (a background job of a script gets it
 # so), and blobdl keeps an ignored SIGINT ignored, in itself and in the processes it starts,
@@ -34,34 +33,30 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``BLOBDL_TEST_SHARD=K/N`` (set by ``tests/shards.py``) keeps the Kth of N runs of
-    consecutive tests that took about as long as each other when ``tests/durations.json``
-    was recorded (``shards.sessions_of``). Unset, every test runs."""
+    """``BLOBDL_TEST_SHARD=K/N`` (set by ``tests/shards.py``) keeps every Nth test from the
+    Kth: N sessions side by side each run a share of every module, so the slow modules are
+    split too. Unset, every test runs."""
     shard = os.environ.get("BLOBDL_TEST_SHARD")
     if not shard:
         return
     k, n = (int(x) for x in shard.split("/"))
     if not 0 <= k < n:
         raise pytest.UsageError(f"BLOBDL_TEST_SHARD={shard}: want K/N with 0 <= K < N")
-    sessions = shards.sessions_of(shards.weights([item.nodeid for item in items]), n)
-    config.hook.pytest_deselected(items=[t for t, s in zip(items, sessions, strict=True) if s != k])
-    items[:] = [t for t, s in zip(items, sessions, strict=True) if s == k]
+    config.hook.pytest_deselected(items=[t for i, t in enumerate(items) if i % n != k])
+    items[:] = [t for i, t in enumerate(items) if i % n == k]
 
 
-_TOOK: dict[str, float] = {}
 # The session's own process: a process forked under a test (by blobdl, or by the test) that
 # came back up through the test into pytest, instead of ending where it was forked, would
-# run the caller's code (here pytest's) a second time. It is ended, and the session fails.
+# run the caller's code (here pytest's: the rest of the suite) a second time. It is ended,
+# and the session fails.
 _SESSION_PID = os.getpid()
 _ESCAPES = Path(tempfile.gettempdir()) / f"blobdl-tests-escaped-{_SESSION_PID}"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Each test's seconds, its set-up and teardown included (a module's server starts in its
-    first test's set-up), for ``BLOBDL_TEST_DURATIONS``."""
     if os.getpid() != _SESSION_PID:
         _escaped(report.nodeid)
-    _TOOK[report.nodeid] = _TOOK.get(report.nodeid, 0.0) + report.duration
 
 
 def _escaped(nodeid: str) -> None:
@@ -71,13 +66,9 @@ def _escaped(nodeid: str) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """``BLOBDL_TEST_DURATIONS=FILE`` writes what each test took as JSON (tests/shards.py
-    merges its sessions' files into the one the split reads). A forked process that came
-    back into pytest fails the session."""
+    """A forked process that came back into pytest fails the session."""
     if os.getpid() != _SESSION_PID:
         _escaped("the session's end")
-    if target := os.environ.get("BLOBDL_TEST_DURATIONS"):
-        Path(target).write_text(json.dumps(_TOOK, indent=0, sort_keys=True))
     with contextlib.suppress(FileNotFoundError):
         escaped = _ESCAPES.read_text()
         _ESCAPES.unlink()

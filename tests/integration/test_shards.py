@@ -42,8 +42,7 @@ def test_a_stopped_shard_runner_stops_and_waits_for_its_sessions(
     (tmp_path / "test_waiting.py").write_text(_WAITING)
     started = tmp_path / "started"
     started.mkdir()
-    # Not the suite's own session and record (a nested runner would merge its sessions'
-    # records, none, over the outer session's).
+    # Not the share of the suite's session that runs this test (the runner sets its own).
     ours = {k: v for k, v in os.environ.items() if not k.startswith("BLOBDL_TEST_")}
     env = {**ours, "STARTED": str(started), "PYTHONPATH": str(REPO)}
     runner = subprocess.Popen(
