@@ -6,9 +6,10 @@ this process, its items' destinations (and cache entries) are its own, though it
 hold their locks; an item it names once probed, as it is named.
 ``calling_writes``: while a threaded caller's thread follows its call in a clean process
 (running its callbacks), what that call writes; a callback's own call hands it to its own
-clean process (``callers_writes``), where ``batch_writes`` holds it. Paths are kept as the
-file they name (``which_files``: ``link/x`` is ``real/x``, whose lock it
-shares) and compared so.
+clean process (``callers_writes``), where ``batch_writes`` holds it; a name that batch
+learns of there is told back to the calling thread (``told_to``), whose record gains it.
+Paths are kept as the file they name (``which_files``: ``link/x`` is ``real/x``, whose
+lock it shares) and compared so.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ _FORKED_FROM = 0  # the process that forked this one for blobdl (``forked_by``),
 # (``holding``): a batch a callback starts meanwhile counts them among the writes around it.
 _HOLDING: dict[str, int] = {}
 _CALLING = threading.local()  # .writes: what the calls up this thread's stack write
+# Who hears what this process's batch adds to its writes, and this process: a clean
+# process's caller, whose thread runs the callbacks (``told_to``). A fork is not it.
+_TOLD: tuple[Callable[[str], None], int] | None = None
 
 
 @contextlib.contextmanager
@@ -50,6 +54,8 @@ def batch_writes(destinations: Iterable[Path]) -> Iterator[Callable[[Path], None
             if _BATCHES.get(path) != pid:
                 _BATCHES[path] = pid
                 added.append(path)
+                if _TOLD is not None and _TOLD[1] == pid:
+                    _TOLD[0](path)  # a callback's call waits on its caller's thread too
 
     for path in paths:
         also_writes(Path(path))
@@ -98,14 +104,34 @@ def a_batchs_fork() -> int:
 
 
 @contextlib.contextmanager
-def calling_writes(destinations: Iterable[Path]) -> Iterator[None]:
-    """While the block runs, this thread's call (in a clean process) writes ``destinations``
-    (see the module)."""
-    before = getattr(_CALLING, "writes", ())
-    _CALLING.writes = (*before, *which_files(destinations))
+def told_to(tell: Callable[[str], None]) -> Iterator[None]:
+    """While the block runs, what a batch of this process adds to its writes (a name it
+    learns of) is told to ``tell`` too: this clean process's caller (see the module)."""
+    global _TOLD
+    before, _TOLD = _TOLD, (tell, os.getpid())
     try:
         yield
     finally:
+        _TOLD = before
+
+
+@contextlib.contextmanager
+def calling_writes(destinations: Iterable[Path]) -> Iterator[Callable[[str], None]]:
+    """While the block runs, this thread's call (in a clean process) writes ``destinations``
+    (see the module). The block is given how to add one its clean process names meanwhile
+    (``told_to``), its own till it ends."""
+    before = getattr(_CALLING, "writes", ())
+    _CALLING.writes = (*before, *which_files(destinations))
+    running = [True]
+
+    def also_writes(path: str) -> None:
+        if running[0]:  # already as the file it names, in the clean process
+            _CALLING.writes = (*_CALLING.writes, path)
+
+    try:
+        yield also_writes
+    finally:
+        running[0] = False
         _CALLING.writes = before
 
 

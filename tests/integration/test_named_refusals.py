@@ -1,0 +1,160 @@
+"""A batch callback's download of what an item given no path is named by its probe (the
+named review): refused only while it is held up the callback's own stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import blobdl
+from blobdl import Item
+from faultserver.serverctl import ServerHandle
+from tests.conftest import PART, fast_settings
+from tests.integration.test_threaded_batches import (
+    HOLDER_FOR_A_WHILE,
+    Make,
+    _in_a_thread,
+    _paced_blob,
+    hung_past,
+)
+
+PACED = {"progress_interval": 0.01, "min_part_size": 4 * PART, "max_part_size": 4 * PART}
+
+
+def _on_progress(act: Any) -> tuple[list[Any], Any]:
+    said: list[Any] = []
+
+    def callback(event: Any) -> None:
+        inner = getattr(event, "event", event)
+        if said or not (isinstance(inner, blobdl.Progress) and inner.done > 0):
+            return
+        try:
+            said.append(act())
+        except BaseException as exc:  # what the call said is the point
+            said.append(exc)
+
+    return said, callback
+
+
+def test_a_threaded_callers_batch_callback_asking_for_a_probe_named_item_is_refused(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A threaded caller's batch runs in a clean process, which names a path-less item once
+    probed: the calling thread did not hear of the name, and its callback's download of it
+    waited (a day's lock wait) for the item its own batch ran, held up by the callback
+    until the event socket filled. It is refused at once, as a given path is."""
+    blob = _paced_blob(make, server, 79600)
+    folder = tmp_path / "named"
+    folder.mkdir()
+    said, callback = _on_progress(
+        lambda: blobdl.download(
+            blob.url, folder / blob.name, settings=fast_settings(lock_timeout=24 * 3600.0)
+        )
+    )
+    results: list[Any] = []
+    raised = _in_a_thread(
+        lambda: results.extend(
+            blobdl.download_many(
+                [blob.url], on_event=callback, base_dir=folder, settings=fast_settings(**PACED)
+            )
+        )
+    )
+    assert raised is None, raised
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
+    assert "this process's own download" in str(said[0])
+    assert results[0].ok, results
+
+
+def test_a_second_batch_keeps_no_name_of_the_first(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A name the first batch gave is not the second's: another process holds its lock,
+    and the second's callback waits for it (then finds the file there)."""
+    assert threading.active_count() == 1
+    small, blob = make(PART, seed=79603), _paced_blob(make, server, 79604)
+    folder = tmp_path / "named"
+    folder.mkdir()
+    assert blobdl.download_many([small.url], base_dir=folder, settings=fast_settings())[0].ok
+    dest = folder / small.name
+    holder: list[subprocess.Popen[str]] = []
+
+    def act() -> Any:
+        lock = str(dest.with_name(dest.name + ".blobdl-lock"))
+        holder.append(
+            subprocess.Popen(
+                [sys.executable, "-c", HOLDER_FOR_A_WHILE, lock, "1.0"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+        assert holder[0].stdout is not None and holder[0].stdout.readline() == "held\n"
+        return blobdl.download(small.url, dest, settings=fast_settings(lock_timeout=60.0))
+
+    said, callback = _on_progress(act)
+    try:
+        with hung_past(20.0, "hung"):
+            results = blobdl.download_many(
+                [Item(blob.url, str(tmp_path / "out"))],
+                on_event=callback,
+                settings=fast_settings(**PACED),
+            )
+    finally:
+        for p in holder:
+            p.kill()
+            p.wait()
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationExists), (
+        said
+    )  # waited, not refused
+    assert results[0].ok, results
+
+
+def test_a_nested_batchs_own_probe_named_item_is_not_refused(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A callback's batch names its own items (a large one on a child, a small one on a
+    seat): never refused as the outer batch's."""
+    assert threading.active_count() == 1
+    blob, other = _paced_blob(make, server, 79605), make(16 * PART, seed=79606)
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    outer.mkdir()
+    inner.mkdir()
+    said, callback = _on_progress(
+        lambda: blobdl.download_many(
+            [other.url, make(PART, seed=79607).url],
+            base_dir=inner,
+            settings=fast_settings(min_part_size=4 * PART, max_part_size=4 * PART),
+        )
+    )
+    with hung_past(20.0, "hung"):
+        results = blobdl.download_many(
+            [blob.url], on_event=callback, base_dir=outer, settings=fast_settings(**PACED)
+        )
+    assert len(said) == 1 and isinstance(said[0], list), said
+    assert all(r.ok for r in said[0]), said
+    assert results[0].ok, results
+
+
+def test_a_nested_batch_of_the_outer_probe_named_item_is_refused(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A callback's batch of the item its outer batch named by its probe: refused, as
+    around it, not waited for."""
+    assert threading.active_count() == 1
+    blob = _paced_blob(make, server, 79608)
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    said, callback = _on_progress(
+        lambda: blobdl.download_many(
+            [blob.url], base_dir=outer, settings=fast_settings(lock_timeout=24 * 3600.0)
+        )
+    )
+    with hung_past(20.0, "hung"):
+        results = blobdl.download_many(
+            [blob.url], on_event=callback, base_dir=outer, settings=fast_settings(**PACED)
+        )
+    assert len(said) == 1 and isinstance(said[0], list), said
+    assert isinstance(said[0][0].error, blobdl.DestinationLocked), said
+    assert results[0].ok, results
