@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import blobdl
 from blobdl import Item
 from faultserver.serverctl import ServerHandle
@@ -158,3 +160,56 @@ def test_a_nested_batch_of_the_outer_probe_named_item_is_refused(
     assert len(said) == 1 and isinstance(said[0], list), said
     assert isinstance(said[0][0].error, blobdl.DestinationLocked), said
     assert results[0].ok, results
+
+
+def _batch(threaded: bool, call: Any) -> list[Any]:
+    """``call()``'s results, in this thread (single-threaded) or in one of its own."""
+    results: list[Any] = []
+    if threaded:
+        raised = _in_a_thread(lambda: results.extend(call()))
+        assert raised is None, raised
+    else:
+        assert threading.active_count() == 1
+        with hung_past(20.0, "the callback's download waited for its own batch's lock"):
+            results.extend(call())
+    return results
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["main thread", "a thread"])
+def test_a_batch_callback_asking_for_a_small_item_named_on_its_seat_is_refused_not_hung(
+    make: Make, server: ServerHandle, tmp_path: Path, threaded: bool
+) -> None:
+    """A small item given no path is named by its seat's probe (a claim the batch answers),
+    and the seat holds its lock while it fetches it: refused at once, on a threaded caller's
+    thread too (told by the clean process that named it)."""
+    blob = make(PART, seed=79610 + threaded)
+    server.set_faults({"path": f"/files/{blob.name}", "times": None, "action": "rate",
+                       "bps": 15_000, "step": 1000})  # fmt: skip
+    folder = tmp_path / "named"
+    folder.mkdir()
+    said: list[Any] = []
+
+    def callback(event: Any) -> None:
+        kinds = (blobdl.Progress, blobdl.Started)
+        if said or not isinstance(event.event, kinds):
+            return
+        try:
+            said.append(
+                blobdl.download(
+                    blob.url, folder / blob.name, settings=fast_settings(lock_timeout=24 * 3600.0)
+                )
+            )
+        except BaseException as exc:
+            said.append(exc)
+
+    results = _batch(
+        threaded,
+        lambda: blobdl.download_many(
+            [blob.url],
+            on_event=callback,
+            base_dir=folder,
+            settings=fast_settings(progress_interval=0.01),
+        ),
+    )
+    assert results[0].ok, results
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
