@@ -68,13 +68,14 @@ def _tell_parent(conn: Connection, *, everything: bool) -> Tell:
     return send
 
 
-def _tell_writes(conn: Connection) -> Callable[[str], None]:
-    """What our batch writes from now on (a name it learns of), to the caller's thread, whose
-    callbacks' calls must not wait for it (``_stack_writes.told_to``)."""
+def _tell_writes(conn: Connection) -> Callable[[str, str], None]:
+    """What our batch writes from now on (a name it learns of), or no longer (an ended
+    item's), to the caller's thread, whose callbacks' calls must not wait for what it
+    writes (``_stack_writes.told_to``): ("writes" | "ended", path)."""
 
-    def send(path: str) -> None:
+    def send(kind: str, path: str) -> None:
         with contextlib.suppress(OSError):  # the caller gone: as for an event
-            conn.send(("writes", path))
+            conn.send((kind, path))
 
     return send
 

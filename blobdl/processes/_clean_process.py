@@ -82,7 +82,12 @@ def _send_job(conn: Connection, proc: Execed, job: tuple[Any, ...]) -> None:
         raise _died(proc) from None
 
 
-def _follow(conn: Connection, proc: Execed, tell: Tell | None, also: Callable[[str], None]) -> Any:
+def _follow(
+    conn: Connection,
+    proc: Execed,
+    tell: Tell | None,
+    also: Callable[[str, str], None] = lambda kind, path: None,  # ``calling_writes``'
+) -> Any:
     """Tell events until the outcome; return or raise it. Anything raised in this thread
     meanwhile (Ctrl-C, an exception from a signal handler such as a job's timeout, a
     callback's own error or SystemExit) stops the child as a signal would, and is raised
@@ -170,14 +175,14 @@ def _stop(proc: Execed, why: BaseException | None) -> BaseException | None:
             continue
 
 
-def _deliver(message: tuple[str, Any], tell: Tell | None, also: Callable[[str], None]) -> None:
+def _deliver(message: tuple[str, Any], tell: Tell | None, also: Callable[[str, str], None]) -> None:
     kind, payload = message
     if kind == "event" and tell is not None:
         tell(payload)
     elif kind == "log":
         relay_log(payload)
-    elif kind == "writes":  # a name its batch learned of: a callback's call is refused it
-        also(payload)
+    elif kind in ("writes", "ended"):  # its batch's: a callback's call is refused it, or not
+        also(kind, payload)
 
 
 def _broken(stop: BaseException | None) -> bool:
