@@ -53,7 +53,7 @@ from ..http._remote import Remote
 from ..processes import _clean_process
 from ..processes._clean_child import relay_log
 from ..processes._signals import Interrupts, Stop, called, callers, held, interrupted
-from ..processes._stack_writes import batch_writes
+from ..processes._stack_writes import BatchRecord, batch_writes
 from ..store._cache import entry_path
 from ..store._digest import parse_digest
 from ..store._files import directory_problem
@@ -303,15 +303,16 @@ class _Scheduler:
         self.seats = Seats(self.budget, processes, settings, self.destinations,
                            self.large.seat_shares)  # fmt: skip
         self.watch = Watch()
+        self.written: BatchRecord | None = None  # what the batch writes, while it runs
         self.stalls = Stalls(settings)  # the pool's processes that stopped running
         self.lanes = Lanes(items, settings, self.budget, self.seats, self.large, self.watch,
                            self.queued, waiting)  # fmt: skip
 
     def run(self) -> list[ItemResult]:
         written = batch_writes(_written(self.items, self.settings))  # a callback's own, to it
-        with written as also, Interrupts() as interrupts, self.watch, closing(self.large):
+        with written as record, Interrupts() as interrupts, self.watch, closing(self.large):
             # An item named once probed is as much the batch's own from then on.
-            self.destinations.on_named = lambda path: also(Path(path))
+            self.written, self.destinations.on_named = record, lambda p: record.add(Path(p))
             self.watch.signals(interrupts)
             try:
                 for folder in sorted(self.folders):
@@ -466,10 +467,19 @@ class _Scheduler:
 
     def _failed(self, index: int, exc: BlobdlError) -> None:
         """Say the item failed; one named after its probe (on a seat) says where."""
+        self._ended(index)
         self.outcomes.failed(index, self.destinations.named(index, self.items[index]), exc)
 
     def _store(self, index: int, outcome: DownloadResult | BlobdlError) -> None:
+        self._ended(index)
         self.outcomes.store(index, self.items[index], outcome)
+
+    def _ended(self, index: int) -> None:
+        """The item has ended, its lock let go: its destination is no longer the batch's
+        (a callback's download of it waits for whoever holds it now), before it is told."""
+        path = self.destinations.named(index, self.items[index]).path
+        if path is not None and self.written is not None:
+            self.written.ended(Path(path))
 
     # --- stopping -------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import BlobdlError
 from ..events import Finished
 from ._signals import decided, interrupted
-from ._stack_writes import batch_writes
+from ._stack_writes import batch_writes, told_to
 
 Tell = Callable[[Any], None]
 log = logging.getLogger("blobdl")
@@ -40,7 +40,9 @@ def run_job(conn: Connection, job: tuple[Any, ...]) -> None:
     try:
         # What the calls up the caller's stack write is as good as ours: a wait for it waits
         # on the caller's thread, which waits for us.
-        with batch_writes(Path(p) for p in callers):
+        # A name our batch learns of is theirs too: told ahead of any later event.
+        heard = told_to(_tell_writes(conn)) if telling else contextlib.nullcontext()
+        with batch_writes(Path(p) for p in callers), heard:
             outcome = ("result", target(*args, _tell_parent(conn, everything=telling)))
     except KeyboardInterrupt as stop:
         outcome = ("error", interrupted(stop))
@@ -62,6 +64,18 @@ def _tell_parent(conn: Connection, *, everything: bool) -> Tell:
         # The caller gone is not this download's failure: PDEATHSIG stops us, state saved.
         with contextlib.suppress(OSError):
             conn.send(("event", event))
+
+    return send
+
+
+def _tell_writes(conn: Connection) -> Callable[[str, str], None]:
+    """What our batch writes from now on (a name it learns of), or no longer (an ended
+    item's), to the caller's thread, whose callbacks' calls must not wait for what it
+    writes (``_stack_writes.told_to``): ("writes" | "ended", path)."""
+
+    def send(kind: str, path: str) -> None:
+        with contextlib.suppress(OSError):  # the caller gone: as for an event
+            conn.send((kind, path))
 
     return send
 

@@ -61,8 +61,8 @@ def call(
     try:
         if taken is None:
             _send_job(conn, proc, job)
-        with calling_writes(writes):  # its callbacks run here, on this thread
-            result: T = _follow(conn, proc, tell)
+        with calling_writes(writes) as also:  # its callbacks run here, on this thread
+            result: T = _follow(conn, proc, tell, also)
         answered = True
         return result
     finally:
@@ -82,7 +82,12 @@ def _send_job(conn: Connection, proc: Execed, job: tuple[Any, ...]) -> None:
         raise _died(proc) from None
 
 
-def _follow(conn: Connection, proc: Execed, tell: Tell | None) -> Any:
+def _follow(
+    conn: Connection,
+    proc: Execed,
+    tell: Tell | None,
+    also: Callable[[str, str], None] = lambda kind, path: None,  # ``calling_writes``'
+) -> Any:
     """Tell events until the outcome; return or raise it. Anything raised in this thread
     meanwhile (Ctrl-C, an exception from a signal handler such as a job's timeout, a
     callback's own error or SystemExit) stops the child as a signal would, and is raised
@@ -107,7 +112,7 @@ def _follow(conn: Connection, proc: Execed, tell: Tell | None) -> Any:
         if said.event is None:
             continue  # its outcome
         try:
-            _deliver(said.take(), None if _broken(stop) else tell)
+            _deliver(said.take(), None if _broken(stop) else tell, also)
         except BaseException as exc:  # the callback's own error: stop the child, then raise it
             stop = stop or _stop(proc, _reason(exc))
     kind, payload = said.outcome
@@ -170,12 +175,14 @@ def _stop(proc: Execed, why: BaseException | None) -> BaseException | None:
             continue
 
 
-def _deliver(message: tuple[str, Any], tell: Tell | None) -> None:
+def _deliver(message: tuple[str, Any], tell: Tell | None, also: Callable[[str, str], None]) -> None:
     kind, payload = message
     if kind == "event" and tell is not None:
         tell(payload)
     elif kind == "log":
         relay_log(payload)
+    elif kind in ("writes", "ended"):  # its batch's: a callback's call is refused it, or not
+        also(kind, payload)
 
 
 def _broken(stop: BaseException | None) -> bool:

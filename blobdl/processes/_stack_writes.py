@@ -6,9 +6,10 @@ this process, its items' destinations (and cache entries) are its own, though it
 hold their locks; an item it names once probed, as it is named.
 ``calling_writes``: while a threaded caller's thread follows its call in a clean process
 (running its callbacks), what that call writes; a callback's own call hands it to its own
-clean process (``callers_writes``), where ``batch_writes`` holds it. Paths are kept as the
-file they name (``which_files``: ``link/x`` is ``real/x``, whose lock it
-shares) and compared so.
+clean process (``callers_writes``), where ``batch_writes`` holds it; a name that batch
+learns of there is told back to the calling thread (``told_to``), whose record gains it.
+Paths are kept as the file they name (``which_files``: ``link/x`` is ``real/x``, whose
+lock it shares) and compared so.
 """
 
 from __future__ import annotations
@@ -31,34 +32,59 @@ _FORKED_FROM = 0  # the process that forked this one for blobdl (``forked_by``),
 # (``holding``): a batch a callback starts meanwhile counts them among the writes around it.
 _HOLDING: dict[str, int] = {}
 _CALLING = threading.local()  # .writes: what the calls up this thread's stack write
+# Who hears what this process's batch adds to its writes, and this process: a clean
+# process's caller, whose thread runs the callbacks (``told_to``). A fork is not it.
+_TOLD: tuple[Callable[[str, str], None], int] | None = None
+
+
+class BatchRecord:
+    """What a running batch of this process writes, as ``batch_writes`` keeps it: a name it
+    learns of is added (an item named once probed); an item's destination goes once the
+    item has ended, its lock let go (another process that takes it then is waited for, as
+    any holder, never refused as ours). Each told to a clean process's caller (``told_to``)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.added: set[str] = set()  # what this record put in ``_BATCHES`` (an outer's stay)
+        self.running = True
+
+    def add(self, destination: Path) -> None:
+        for path in which_files([destination]) if self.running else ():
+            if _BATCHES.get(path) != self.pid:
+                _BATCHES[path] = self.pid
+                self.added.add(path)
+                self._tell("writes", path)  # a callback's call waits on its caller's thread too
+
+    def ended(self, destination: Path) -> None:
+        for path in which_files([destination]) if self.running else ():
+            if path in self.added:
+                self.added.discard(path)
+                _BATCHES.pop(path, None)
+            self._tell("ended", path)  # a given path: the caller's record has it from the start
+
+    def _tell(self, kind: str, path: str) -> None:
+        if _TOLD is not None and _TOLD[1] == self.pid:
+            _TOLD[0](kind, path)
 
 
 @contextlib.contextmanager
-def batch_writes(destinations: Iterable[Path]) -> Iterator[Callable[[Path], None]]:
+def batch_writes(destinations: Iterable[Path]) -> Iterator[BatchRecord]:
     """While the block runs, ``destinations`` are this process's batch's own (see the
-    module); an outer batch's stay its own. The block is given how to add one it learns
-    of meanwhile (an item named once probed), its own till it ends."""
+    module); an outer batch's stay its own. The block is given the record, to add a name it
+    learns of meanwhile or let go of an item's destination once that item has ended."""
     global _AROUND
     paths, pid, around = set(which_files(destinations)), os.getpid(), _AROUND
     held = which_files(Path(p) for p, holder in _HOLDING.items() if holder == pid)
     _AROUND = (frozenset([*(p for p, r in _BATCHES.items() if r == pid), *held]), pid)
-    added: list[str] = []
-    running = [True]
-
-    def also_writes(destination: Path) -> None:
-        for path in which_files([destination]) if running[0] else ():
-            if _BATCHES.get(path) != pid:
-                _BATCHES[path] = pid
-                added.append(path)
-
+    record = BatchRecord()
     for path in paths:
-        also_writes(Path(path))
+        record.add(Path(path))
     try:
-        yield also_writes
+        yield record
     finally:
-        running[0] = False
+        record.running = False
         _AROUND = around
-        for path in added:
+        for path in record.added:
             _BATCHES.pop(path, None)
 
 
@@ -98,14 +124,41 @@ def a_batchs_fork() -> int:
 
 
 @contextlib.contextmanager
-def calling_writes(destinations: Iterable[Path]) -> Iterator[None]:
-    """While the block runs, this thread's call (in a clean process) writes ``destinations``
-    (see the module)."""
-    before = getattr(_CALLING, "writes", ())
-    _CALLING.writes = (*before, *which_files(destinations))
+def told_to(tell: Callable[[str, str], None]) -> Iterator[None]:
+    """While the block runs, what a batch of this process adds to its writes (a name it
+    learns of: "writes") or lets go of (an ended item's: "ended") is told to ``tell`` too:
+    this clean process's caller (see the module)."""
+    global _TOLD
+    before, _TOLD = _TOLD, (tell, os.getpid())
     try:
         yield
     finally:
+        _TOLD = before
+
+
+@contextlib.contextmanager
+def calling_writes(destinations: Iterable[Path]) -> Iterator[Callable[[str, str], None]]:
+    """While the block runs, this thread's call (in a clean process) writes ``destinations``
+    (see the module). The block is given how to hear what its clean process's batch adds
+    or lets go of meanwhile (``told_to``), as the file it names already."""
+    before = getattr(_CALLING, "writes", ())
+    _CALLING.writes = (*before, *which_files(destinations))
+    running = [True]
+
+    def heard(kind: str, path: str) -> None:
+        writes = _CALLING.writes
+        if not running[0]:
+            return
+        if kind == "writes":
+            _CALLING.writes = (*writes, path)
+        elif path in writes[len(before) :]:  # this call's, never one up the stack
+            last = len(writes) - 1 - writes[::-1].index(path)
+            _CALLING.writes = (*writes[:last], *writes[last + 1 :])
+
+    try:
+        yield heard
+    finally:
+        running[0] = False
         _CALLING.writes = before
 
 
