@@ -3,9 +3,11 @@ named review): refused only while it is held up the callback's own stack."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,27 @@ from tests.integration.test_threaded_batches import (
 )
 
 PACED = {"progress_interval": 0.01, "min_part_size": 4 * PART, "max_part_size": 4 * PART}
+
+
+@contextlib.contextmanager
+def _held_then_asked(url: str, dest: Path) -> Iterator[Callable[[], Any]]:
+    """What the callback does: another process takes ``dest``'s lock for a second, then the
+    callback downloads ``url`` there, waiting for locks. The holder is ended after the block."""
+    holder: list[subprocess.Popen[str]] = []
+
+    def act() -> Any:
+        lock = str(dest.with_name(dest.name + ".blobdl-lock"))
+        holder.append(subprocess.Popen([sys.executable, "-c", HOLDER_FOR_A_WHILE, lock, "1.0"],
+                                       stdout=subprocess.PIPE, text=True))  # fmt: skip
+        assert holder[0].stdout is not None and holder[0].stdout.readline() == "held\n"
+        return blobdl.download(url, dest, settings=fast_settings(lock_timeout=60.0))
+
+    try:
+        yield act
+    finally:
+        for p in holder:
+            p.kill()
+            p.wait()
 
 
 def _on_progress(act: Any, index: int | None = None) -> tuple[list[Any], Any]:
@@ -88,35 +111,11 @@ def test_a_second_batch_keeps_no_name_of_the_first(
     folder.mkdir()
     assert blobdl.download_many([small.url], base_dir=folder, settings=fast_settings())[0].ok
     dest = folder / small.name
-    holder: list[subprocess.Popen[str]] = []
-
-    def act() -> Any:
-        lock = str(dest.with_name(dest.name + ".blobdl-lock"))
-        holder.append(
-            subprocess.Popen(
-                [sys.executable, "-c", HOLDER_FOR_A_WHILE, lock, "1.0"],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        )
-        assert holder[0].stdout is not None and holder[0].stdout.readline() == "held\n"
-        return blobdl.download(small.url, dest, settings=fast_settings(lock_timeout=60.0))
-
-    said, callback = _on_progress(act)
-    try:
-        with hung_past(20.0, "hung"):
-            results = blobdl.download_many(
-                [Item(blob.url, str(tmp_path / "out"))],
-                on_event=callback,
-                settings=fast_settings(**PACED),
-            )
-    finally:
-        for p in holder:
-            p.kill()
-            p.wait()
-    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationExists), (
-        said
-    )  # waited, not refused
+    with _held_then_asked(small.url, dest) as act, hung_past(20.0, "hung"):
+        said, callback = _on_progress(act)
+        out = Item(blob.url, str(tmp_path / "out"))
+        results = blobdl.download_many([out], on_event=callback, settings=fast_settings(**PACED))
+    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationExists), said  # waited
     assert results[0].ok, results
 
 
@@ -235,29 +234,11 @@ def test_a_batch_callback_asking_for_a_finished_probe_named_item_is_not_refused(
     folder = tmp_path / "named"
     folder.mkdir()
     dest = folder / small.name
-    holder: list[subprocess.Popen[str]] = []
-
-    def act() -> Any:
-        lock = str(dest.with_name(dest.name + ".blobdl-lock"))
-        holder.append(
-            subprocess.Popen(
-                [sys.executable, "-c", HOLDER_FOR_A_WHILE, lock, "1.0"],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        )
-        assert holder[0].stdout is not None and holder[0].stdout.readline() == "held\n"
-        return blobdl.download(small.url, dest, settings=fast_settings(lock_timeout=60.0))
-
-    said, callback = _on_progress(act, index=1)  # item 0 has ended by then
-    try:
+    with _held_then_asked(small.url, dest) as act:
+        said, callback = _on_progress(act, index=1)  # item 0 has ended by then
         results = _batch(threaded, lambda: blobdl.download_many(
             [small.url, blob.url], on_event=callback, base_dir=folder,
             settings=fast_settings(**PACED)))  # fmt: skip
-    finally:
-        for p in holder:
-            p.kill()
-            p.wait()
     waited = (blobdl.DestinationExists, blobdl.DownloadResult)  # the file there, or found whole
     assert len(said) == 1 and isinstance(said[0], waited), said  # waited for, not refused
     assert all(r.ok for r in results), results
