@@ -31,7 +31,7 @@ _FORKED_FROM = 0  # the process that forked this one for blobdl (``forked_by``),
 # Destinations (as named) whose lock a call of this process holds -> that process
 # (``holding``): a batch a callback starts meanwhile counts them among the writes around it.
 _HOLDING: dict[str, int] = {}
-_CALLING = threading.local()  # .writes: what the calls up this thread's stack write
+_CALLING = threading.local()  # .writes: what each call up this thread's stack writes
 # Who hears what this process's batch adds to its writes, and this process: a clean
 # process's caller, whose thread runs the callbacks (``told_to``). A fork is not it.
 _TOLD: tuple[Callable[[str, str], None], int] | None = None
@@ -140,20 +140,16 @@ def told_to(tell: Callable[[str, str], None]) -> Iterator[None]:
 def calling_writes(destinations: Iterable[Path]) -> Iterator[Callable[[str, str], None]]:
     """While the block runs, this thread's call (in a clean process) writes ``destinations``
     (see the module). The block is given how to hear what its clean process's batch adds
-    or lets go of meanwhile (``told_to``), as the file it names already."""
-    before = getattr(_CALLING, "writes", ())
-    _CALLING.writes = (*before, *which_files(destinations))
+    or lets go of meanwhile (``told_to``), as the file it names already: one set per call
+    up the stack, so a path told again is still one, and an ended item's goes whole."""
+    before: tuple[set[str], ...] = getattr(_CALLING, "writes", ())
+    mine = set(which_files(destinations))
+    _CALLING.writes = (*before, mine)
     running = [True]
 
     def heard(kind: str, path: str) -> None:
-        writes = _CALLING.writes
-        if not running[0]:
-            return
-        if kind == "writes":
-            _CALLING.writes = (*writes, path)
-        elif path in writes[len(before) :]:  # this call's, never one up the stack
-            last = len(writes) - 1 - writes[::-1].index(path)
-            _CALLING.writes = (*writes[:last], *writes[last + 1 :])
+        if running[0]:
+            (mine.add if kind == "writes" else mine.discard)(path)  # this call's, never above
 
     try:
         yield heard
@@ -164,7 +160,7 @@ def calling_writes(destinations: Iterable[Path]) -> Iterator[Callable[[str, str]
 
 def callers_writes() -> tuple[str, ...]:
     """What the calls up this thread's stack write (``calling_writes``)."""
-    return tuple(getattr(_CALLING, "writes", ()))
+    return tuple(path for call in getattr(_CALLING, "writes", ()) for path in call)
 
 
 def which_files(paths: Iterable[Path]) -> list[str]:

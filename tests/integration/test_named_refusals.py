@@ -16,7 +16,7 @@ import pytest
 import blobdl
 from blobdl import Item
 from faultserver.serverctl import ServerHandle
-from tests.conftest import PART, fast_settings, sha256_file
+from tests.conftest import PART, Blob, fast_settings, sha256_file
 from tests.integration.test_threaded_batches import (
     HOLDER_FOR_A_WHILE,
     Make,
@@ -234,11 +234,30 @@ def test_a_batch_callback_asking_for_a_finished_probe_named_item_is_not_refused(
     folder = tmp_path / "named"
     folder.mkdir()
     dest = folder / small.name
+    _finished_item_asked(small, blob, dest, threaded, [small.url, blob.url], base_dir=folder)
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["main thread", "a thread"])
+def test_a_batch_callback_asking_for_a_finished_item_given_its_path_is_not_refused(
+    make: Make, server: ServerHandle, tmp_path: Path, threaded: bool
+) -> None:
+    """The same for an item given its path: a threaded caller's record had it twice (from
+    its call, and as its clean process's batch told it), and lost one copy when it ended."""
+    small, blob = make(PART, seed=79605), _paced_blob(make, server, 79606)
+    dest = tmp_path / small.name
+    items = [Item(small.url, str(dest)), Item(blob.url, str(tmp_path / "out"))]
+    _finished_item_asked(small, blob, dest, threaded, items)
+
+
+def _finished_item_asked(
+    small: Blob, blob: Blob, dest: Path, threaded: bool, items: list[Any], **kwargs: Any
+) -> None:
+    """A batch of ``items`` (``small`` at ``dest``, then the paced ``blob``) whose callback,
+    once ``small`` has ended, downloads it again while another process holds its lock."""
     with _held_then_asked(small.url, dest) as act:
         said, callback = _on_progress(act, index=1)  # item 0 has ended by then
         results = _batch(threaded, lambda: blobdl.download_many(
-            [small.url, blob.url], on_event=callback, base_dir=folder,
-            settings=fast_settings(**PACED)))  # fmt: skip
+            items, on_event=callback, settings=fast_settings(**PACED), **kwargs))  # fmt: skip
     waited = (blobdl.DestinationExists, blobdl.DownloadResult)  # the file there, or found whole
     assert len(said) == 1 and isinstance(said[0], waited), said  # waited for, not refused
     assert all(r.ok for r in results), results
