@@ -55,6 +55,11 @@ class Outcomes:
         heard to the end of its callback."""
         return index in self.results or index in self.heard_last
 
+    def finished(self, index: int) -> DownloadResult | None:
+        """The result the item's ``Finished`` told, if that was its last word."""
+        told = self.ended.get(index)
+        return told.event.result if told is not None and isinstance(told.event, Finished) else None
+
     def store(self, index: int, item: Item, outcome: DownloadResult | BlobdlError) -> None:
         if isinstance(outcome, DownloadResult):
             self.results[index] = ItemResult(item, outcome, None)

@@ -417,7 +417,7 @@ class _Scheduler:
         elif isinstance(said, _Large):
             self._large(index, said.remote)
         else:  # its process died under it
-            self._failed(index, said)
+            self._died(index, said)
 
     def _off_the_seats(self) -> None:
         """Every seat is gone for good (``Seats.start``, ``Seats.died``): each item still
@@ -461,7 +461,7 @@ class _Scheduler:
         self.large.end(running)
         self.lanes.ended(running.item)
         if kind == "died":
-            self._failed(running.item, died(running.proc))
+            self._died(running.item, died(running.proc))
         else:
             self._store(running.item, payload)
 
@@ -469,6 +469,16 @@ class _Scheduler:
         """Say the item failed; one named after its probe (on a seat) says where."""
         self._ended(index)
         self.outcomes.failed(index, self.destinations.named(index, self.items[index]), exc)
+
+    def _died(self, index: int, exc: BlobdlError) -> None:
+        """Its process died under it: it failed, unless it had told ``Finished`` (its file is
+        in place; its outcome, which follows that word in a message of its own, was cut
+        off): then it finished, as it said."""
+        finished = self.outcomes.finished(index)
+        if finished is None:
+            self._failed(index, exc)
+        else:
+            self._store(index, finished)
 
     def _store(self, index: int, outcome: DownloadResult | BlobdlError) -> None:
         self._ended(index)

@@ -26,7 +26,7 @@ from ..config import Settings
 from ..engine._counter_table import CounterTable
 from ..engine._share import Share
 from ..errors import BlobdlError, OutOfResources
-from ..events import DownloadResult
+from ..events import DownloadResult, Finished
 from ..http._pool import prepare_tls
 from ..processes._signals import held
 from ..processes._spawn import threaded
@@ -264,6 +264,8 @@ class Seats:
             self.budget.end(seat, answer.kept)
             return index, answer
         if isinstance(answer, _Told):
+            if isinstance(answer.event, Finished):  # renamed: its process may die before _Done
+                self.renamed.setdefault(seat, set()).add(Path(answer.event.result.path).parent)
             return index, answer
         if isinstance(answer, _Claim):  # the seat names its item: is that path free?
             assert self.pool is not None

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+import blobdl
+from blobdl import Item
 from faultserver.serverctl import ServerHandle
-from tests.conftest import Blob, run_cli, sha256_file, spawn_cli
+from tests.conftest import Blob, fast_settings, run_cli, sha256_file, spawn_cli
 
 Make = Callable[..., Blob]
 PART = 16_384  # one request holds this much: smaller blobs are small items
@@ -64,6 +69,42 @@ def test_an_item_whose_process_dies_is_told_failed(
             assert sha256_file(tmp_path / f"o{n}") == blobs[n].sha256
     assert records[-1] == {"event": "summary", "ok": len(blobs) - len(died), "failed": len(died)}
     assert proc.returncode == 3, stderr
+
+
+@pytest.mark.parametrize("victim", ["pool", "large item"])
+def test_an_item_whose_process_dies_after_telling_finished_has_finished(
+    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, victim: str
+) -> None:
+    """An item's outcome follows its ``Finished`` in a message of its own. Its process killed
+    between the two (here it kills itself right then), the item has finished all the same:
+    its file is in place, the callback was told so, and its result is the one ``Finished``
+    told, never the process's crash."""
+    from blobdl.batch import _item_process, _pool
+
+    def killed() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if victim == "pool":
+        fetch = _pool._fetch
+
+        def fetched_then_killed(*args: Any) -> Any:
+            fetch(*args)
+            killed()
+
+        monkeypatch.setattr(_pool, "_fetch", fetched_then_killed)
+        blob = make(2 * PART // 3, seed=3320)
+    else:
+        monkeypatch.setattr(_item_process, "decided", killed)
+        blob = make(8 * PART, seed=3321)
+    told: list[blobdl.BatchEvent] = []
+    settings = fast_settings(min_part_size=PART, max_part_size=PART)
+    [result] = blobdl.download_many([Item(blob.url, str(tmp_path / "o"))], settings=settings,
+                                    on_event=told.append)  # fmt: skip
+    assert result.ok, result
+    assert sha256_file(tmp_path / "o") == blob.sha256
+    [finished] = [e.event for e in told if isinstance(e.event, blobdl.Finished)]
+    assert result.result == finished.result
+    assert not [e for e in told if isinstance(e.event, blobdl.Failed)], told
 
 
 def test_an_item_named_after_its_probe_whose_process_dies_is_told_failed_at_its_name(

@@ -9,8 +9,10 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -70,14 +72,32 @@ def test_a_pool_process_killed_mid_progress_fails_its_items_once_and_leaves_noth
     assert sha256_file(tmp_path / "o3") == quick.sha256
 
 
+@pytest.mark.parametrize("outcome_sent", [True, False], ids=["its-outcome-sent", "told-only"])
 def test_a_pool_process_killed_after_its_renames_leaves_them_made_durable(
-    make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make: Make,
+    server: ServerHandle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    outcome_sent: bool,
 ) -> None:
     """A pool process fsyncs the directories its seats renamed items in only as it ends. One
     killed before then (the OOM killer, a user) never does: the items it said were done
     are in place, reported so, yet a crash could still lose their renames. The batch
-    returns only once they are durable: someone fsyncs the folder of the item it finished."""
+    returns only once they are durable: someone fsyncs the folder of the item it finished.
+    Killed as the callback hears ``Finished`` (``told-only``: the seat's outcome message,
+    which follows that event, not sent yet), the item has finished all the same: its
+    result is the one ``Finished`` told, never the process's crash."""
     from blobdl.batch import _pool, _seats
+
+    if not outcome_sent:  # the seat holds its outcome back till it is killed
+        fetch = _pool._fetch
+
+        def held_back(*args: Any) -> Any:
+            answer = fetch(*args)
+            time.sleep(30)
+            return answer
+
+        monkeypatch.setattr(_pool, "_fetch", held_back)
 
     synced = tmp_path / "synced"
 
