@@ -68,9 +68,10 @@ lint: install ## ruff and mypy (strict) over the package
 
 # The suite runs as SHARDS pytest sessions side by side (tests/shards.py: most tests wait on
 # servers and processes, so one session leaves the cores idle); SHARDS=1 runs one session.
-# 3 on this 2-core machine: 1,821 tests took 440 s as two sessions (in CI, the other
-# Pythons' runs beside them) and 326 s as three alone.
-SHARDS ?= 3
+# 4 on this 2-core machine: the 3,417 tests took 501 s as three sessions, 438 s as four
+# (the cores 83% busy) and 419 s as six (95% busy), alone on an idle machine; in CI the other
+# Pythons' smoke runs go on beside them, so four leave them room.
+SHARDS ?= 4
 # Each session names its slowest tests (--durations), so a CI log says where its time goes.
 suite: install system ## the pytest suite only (unit and integration), in SHARDS sessions at once
 	$(PY) $(call WERROR,$(PY)) -m tests.shards $(SHARDS) -q -p no:cacheprovider --durations=8 \
