@@ -461,6 +461,61 @@ def test_a_worker_killed_mid_item_resumes_on_a_worker_from_the_partial(
     assert worker_tmp(cluster) == []
 
 
+# In a worker's interpreters (a sitecustomize on its PYTHONPATH): the first task to finish
+# its download kills its worker process once its events have gone, before its outcome does.
+KILLED_AFTER_FINISHED = """
+import os, signal, time
+
+from blobdl.batch import _cluster_task
+
+_fetch = _cluster_task._fetch
+
+
+def _fetch_then_killed(job, remote, relay):
+    result = _fetch(job, remote, relay)
+    try:  # once for the whole run: the rerun goes on
+        os.close(os.open(os.environ["KILL_ONCE"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return result
+    time.sleep(1.0)  # its Finished reaches the client
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+_cluster_task._fetch = _fetch_then_killed
+"""
+
+
+def test_an_item_whose_worker_dies_after_it_told_finished_has_finished(
+    server: ServerHandle, make: Make, tmp_path: Path
+) -> None:
+    """An item's outcome follows its ``Finished`` (the task's value). Its worker killed
+    between the two, Dask runs the task again, which finds the file in place: found whole
+    where its record vouches for it, else refused as there (``DestinationExists``), though
+    the item had finished. Here nothing can vouch (the blob's Last-Modified is not a second
+    older than the server's Date): the item's result is the one its ``Finished`` told."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(KILLED_AFTER_FINISHED))
+    env = {"PYTHONPATH": str(hook), "KILL_ONCE": str(tmp_path / "killed-once")}
+    own = start_cluster(tmp_path / "dask", {"solo": env})
+    try:
+        blob = make(512 * KB, 71)
+        served = Path(server.root) / blob.name
+        later = time.time() + 3600  # modified "after" the server's Date: no record vouches
+        os.utime(served, (later, later))
+        out = tmp_path / "x.bin"
+        done = run_cli("-i", manifest(tmp_path, [f"{blob.url} {out}"]), "--scheduler",
+                       own.address, "--json", *SMALL)  # fmt: skip
+        assert (tmp_path / "killed-once").exists(), "the worker was never killed"
+        events = json_lines(done.stdout)
+        ends = [e for e in events if e.get("event") in ("finished", "failed")]
+        assert [e["event"] for e in ends] == ["finished"], (events, done.stderr[-3000:])
+        assert events[-1] == {"event": "summary", "ok": 1, "failed": 0}, events
+        assert done.returncode == 0 and sha256_file(out) == blob.sha256
+    finally:
+        own.stop()
+
+
 def test_a_rerun_waits_for_the_killed_attempt_still_saving_its_state(
     cluster: DaskCluster, server: ServerHandle, make: Make, tmp_path: Path
 ) -> None:
