@@ -157,26 +157,7 @@ def test_a_batch_callback_asking_for_an_item_named_by_its_probe_is_refused_not_h
                        "bps": 60_000, "step": 4000})  # fmt: skip
     folder = tmp_path / "named"
     folder.mkdir()
-    said: list[BaseException] = []
-
-    def again_from_inside(event: blobdl.BatchEvent) -> None:
-        if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
-            return
-        try:
-            blobdl.download(blob.url, folder / blob.name,
-                            settings=fast_settings(lock_timeout=24 * 3600.0))  # fmt: skip
-            said.append(AssertionError("the callback's download went through"))
-        except BaseException as exc:  # what the call said is the point
-            said.append(exc)
-
-    with hung_past(15.0, "the callback's download waited for its own batch's lock"):
-        results = blobdl.download_many(
-            [blob.url], on_event=again_from_inside, base_dir=folder,
-            settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
-                                   max_part_size=4 * PART),
-        )  # fmt: skip
-    assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
-    assert "this process's own download" in str(said[0])
+    results = _refused_from_inside(blob.url, folder / blob.name, [blob.url], base_dir=folder)
     assert results[0].ok, results
     assert sha256_file(folder / blob.name) == blob.sha256  # the batch went on and finished
 
@@ -322,27 +303,35 @@ def test_a_batch_callback_naming_its_batchs_destination_through_a_link_is_refuse
     (tmp_path / "link").symlink_to(tmp_path / "real")
     outer, inner = (tmp_path / n for n in named.split(" then "))
     blob = _paced_blob(make, server, 79520)
+    results = _refused_from_inside(blob.url, inner, [Item(blob.url, str(outer))])
+    assert results[0].ok, results
+    assert sha256_file(tmp_path / "real" / "out") == blob.sha256
+
+
+def _refused_from_inside(url: str, dest: Path, items: list[Any], **kwargs: Any) -> list[Any]:
+    """A batch of ``items`` (``kwargs``: its other arguments) whose callback, on the first
+    progress, downloads ``url`` to ``dest`` waiting a day for locks: refused at once as
+    this process's own download, never waited for. The batch's results."""
     said: list[BaseException] = []
 
     def again_from_inside(event: blobdl.BatchEvent) -> None:
         if said or not (isinstance(event.event, blobdl.Progress) and event.event.done > 0):
             return
         try:
-            blobdl.download(blob.url, inner, settings=fast_settings(lock_timeout=3600.0))
+            blobdl.download(url, dest, settings=fast_settings(lock_timeout=24 * 3600.0))
             said.append(AssertionError("the callback's download went through"))
         except BaseException as exc:  # what the call said is the point
             said.append(exc)
 
     with hung_past(15.0, "the callback's download waited for its own batch's lock"):
         results = blobdl.download_many(
-            [Item(blob.url, str(outer))], on_event=again_from_inside,
+            items, on_event=again_from_inside, **kwargs,
             settings=fast_settings(progress_interval=0.01, min_part_size=4 * PART,
                                    max_part_size=4 * PART),
         )  # fmt: skip
     assert len(said) == 1 and isinstance(said[0], blobdl.DestinationLocked), said
     assert "this process's own download" in str(said[0])
-    assert results[0].ok, results
-    assert sha256_file(tmp_path / "real" / "out") == blob.sha256
+    return results
 
 
 # Holds a destination's lock from another process for a while, then lets go.
