@@ -50,10 +50,14 @@ class BatchRecord:
 
     def add(self, destination: Path) -> None:
         for path in which_files([destination]) if self.running else ():
-            if _BATCHES.get(path) != self.pid:
-                _BATCHES[path] = self.pid
-                self.added.add(path)
-                self._tell("writes", path)  # a callback's call waits on its caller's thread too
+            self.add_file(path)
+
+    def add_file(self, path: str) -> None:
+        """``add`` of a path already as the file it names (``which_files``)."""
+        if self.running and _BATCHES.get(path) != self.pid:
+            _BATCHES[path] = self.pid
+            self.added.add(path)
+            self._tell("writes", path)  # a callback's call waits on its caller's thread too
 
     def ended(self, destination: Path) -> None:
         for path in which_files([destination]) if self.running else ():
@@ -77,8 +81,8 @@ def batch_writes(destinations: Iterable[Path]) -> Iterator[BatchRecord]:
     held = which_files(Path(p) for p, holder in _HOLDING.items() if holder == pid)
     _AROUND = (frozenset([*(p for p, r in _BATCHES.items() if r == pid), *held]), pid)
     record = BatchRecord()
-    for path in paths:
-        record.add(Path(path))
+    for path in paths:  # resolved once above, each folder once
+        record.add_file(path)
     try:
         yield record
     finally:
