@@ -148,13 +148,12 @@ class _Batch:
             futures[self.run.submit(fetch, job, remote, key=key, priority=len(order) - rank)] = job
         for future, value in self.run.gather(list(futures)):
             job = futures[future]
+            if isinstance(value, Outcome):
+                self.run.relay.settle(value.sent)
             finished = self.outcomes.finished(job.place)
-            if finished is not None:  # its worker died after it told so; Dask ran it again
-                if isinstance(value, Outcome):
-                    self.run.relay.settle(value.sent)
+            if finished is not None:  # what it told, whatever a rerun (its worker died) says
                 self.outcomes.store(job.place, job.item, finished)
             elif isinstance(value, Outcome):
-                self.run.relay.settle(value.sent)
                 outcome = value.result if value.error is None else value.error
                 assert outcome is not None
                 self.outcomes.store(job.place, job.item, outcome)
