@@ -53,11 +53,13 @@ demo: install ## serve a generated 1 GiB blob on loopback, download it with the 
 
 # The other Pythons' venvs and smoke runs go on beside the suite (their log is printed after
 # it): built one after the other they added ~3.5 minutes of mostly waiting to `make test`.
+# What failed in the suite is said again last, after that log: a CI page often shows a tail.
 test: install system lint ## lint, type-check, the whole suite, and a smoke run on other Pythons
-	@log=$$(mktemp); $(MAKE) --no-print-directory pythons > $$log 2>&1 & other=$$!; \
-	$(MAKE) --no-print-directory suite; suite=$$?; \
+	@log=$$(mktemp); suitelog=$$(mktemp); $(MAKE) --no-print-directory pythons > $$log 2>&1 & other=$$!; \
+	{ $(MAKE) --no-print-directory suite; echo $$? > $$suitelog.rc; } 2>&1 | tee $$suitelog; \
+	suite=$$(cat $$suitelog.rc); \
 	wait $$other; pythons=$$?; echo "===== make pythons (run beside the suite) ====="; \
-	cat $$log; rm -f $$log; \
+	cat $$log; sed -n '/^===== what failed/,$$p' $$suitelog; rm -f $$log $$suitelog $$suitelog.rc; \
 	echo "make test: suite exit $$suite, pythons exit $$pythons"; \
 	[ $$suite -eq 0 ] && [ $$pythons -eq 0 ]
 

@@ -6,6 +6,8 @@ leaves a 2-core machine half idle. Each session is an ordinary single-threaded p
 pytest-xdist, whose workers run threads, cannot host the suite); it runs every Nth test
 (``BLOBDL_TEST_SHARD``, read by ``tests/conftest.py``), writes to its own log, and the logs
 are printed in order once all have ended. The exit status is the first failing session's.
+What failed, and its messages, is said once more at the very end: a job runner often shows
+only a log's tail, and the failing session's log may be the first of several.
 
 Stopped (Ctrl-C, or SIGTERM from a job runner that cancels), it interrupts every session
 still running, waits for them to stop (pytest tears down its servers on SIGINT), prints
@@ -71,14 +73,21 @@ def main(argv: list[str]) -> int:
             for signum in (signal.SIGINT, signal.SIGTERM):  # stopping is not cut half-way
                 signal.signal(signum, signal.SIG_IGN)
             codes = _stop([run for _, run in runs])
+        failed: list[str] = []
         for k, (output, _run) in enumerate(runs):
             output.seek(0)
             print(f"===== session {k + 1} of {count} (tests #{k}, #{k + count}, ...) =====")
             sys.stdout.flush()
-            sys.stdout.buffer.write(output.read())
+            text = output.read()
+            sys.stdout.buffer.write(text)
             output.close()
+            if codes[k] not in (0, 5):
+                failed += [f"--- session {k + 1} (exit {codes[k]}):", *_what_failed(text)]
     took = time.monotonic() - started
     print(f"===== {count} sessions: exit {codes} in {took:.0f} s =====", flush=True)
+    if failed:
+        print("===== what failed (from the sessions' logs above) =====", *failed, sep="\n")
+        sys.stdout.flush()
     if stopped is not None:
         return 128 + stopped
     # A session left no test by a narrow selection says "no tests ran" (5): not a failure
@@ -86,6 +95,27 @@ def main(argv: list[str]) -> int:
     if 5 in codes and any(code != 5 for code in codes):
         codes = [0 if code == 5 else code for code in codes]
     return next((code for code in codes if code), 0)
+
+
+# Lines of one session's failures said again at the end: enough for the message, while an
+# assertion that quotes a subprocess's whole output stays in the session's log above.
+_FAILED_LINES = 60
+
+
+def _what_failed(log: bytes) -> list[str]:
+    """A failed session's failures in short: each failing test's header, its error lines
+    (pytest's ``E`` lines and the file:line it failed at) and the short summary."""
+    lines = log.decode(errors="replace").splitlines()
+    kept = [
+        line
+        for line in lines
+        if line.startswith(("____", "E ", "FAILED ", "ERROR "))
+        or (":" in line and line.rstrip().endswith("Error") and not line.startswith(" "))
+    ]
+    if len(kept) > _FAILED_LINES:
+        kept = [*kept[: _FAILED_LINES // 2], "[...]", *kept[-_FAILED_LINES // 2 :]]
+    # A session that ended without a test's failure (a crash, an interrupt): its last lines.
+    return kept or lines[-20:]
 
 
 #: The project's own code, imported by the interpreters the tests start.

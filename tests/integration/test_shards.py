@@ -66,3 +66,35 @@ def test_a_stopped_shard_runner_stops_and_waits_for_its_sessions(
         for pid in (int(p.name) for p in started.iterdir()):
             if psutil.pid_exists(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# One test that passes and one that fails, with a message of its own.
+_FAILING = """
+def test_passes():
+    pass
+
+def test_fails():
+    assert 1 + 1 == 3, "the sum the failure names"
+"""
+
+
+def test_a_failing_session_is_named_again_at_the_very_end_with_its_message(
+    tmp_path: Path,
+) -> None:
+    """A CI log is often read from its end (a job runner shows its tail): what failed, and
+    why, is the last thing the runner prints, after every session's log, whichever session
+    it was in."""
+    (tmp_path / "test_two.py").write_text(_FAILING)
+    ours = {k: v for k, v in os.environ.items() if not k.startswith("BLOBDL_TEST_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.shards", "2", str(tmp_path / "test_two.py"),
+         "-q", "-p", "no:cacheprovider"],
+        cwd=REPO, env={**ours, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=BOUND,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout
+    out = run.stdout.decode()
+    last_log = out.rindex("===== session")
+    tail = out[out.index("\n", out.index("sessions: exit", last_log)) :]
+    assert "test_two.py::test_fails" in tail, out
+    assert "the sum the failure names" in tail, out
+    assert "test_passes" not in tail, out
