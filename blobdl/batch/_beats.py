@@ -9,8 +9,8 @@ the quiet of each process whose count has not moved since (``listened``). Only t
 waiting counts: while the scheduler is busy elsewhere (a slow callback of the caller's,
 through which a pool process may block on a full pipe) nobody is judged. A process quiet
 for the stall timeout while it runs an item is stalled (``stalled``): killed by the
-scheduler's ``_stalls.Stalls``, its items fail saying so, and the pool forks it again for the
-rest, as after any death.
+scheduler's ``_stalls.Stalls``, saying so, and forked again by the pool, where its items run
+again, as after any death (``_scheduler``'s ``_again``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ seats keeps its session (one connection kept alive, to the origin it spoke to la
 filler and its slot of the pool's counter table from one item to the next. The scheduler
 gives a seat an item (``_Job``), and the seat runs its whole story there
 (``engine._small.OneRequest``: the first GET is the probe). The seat answers with the
-item's events as they happen (``_Told``, only if the batch has a callback), then its
+item's events as they happen (``_Told``: all if the batch has a callback, else its last
+word, ``Finished`` or ``Failed``, alone), then its
 outcome (``_Done``), or with what the probe learned of a blob too large for one request
 (``_Large``), which the scheduler then fetches the ordinary way. Either answer says which
 host the seat still holds a connection to: the budget counts it. ``"drop"`` lets that
@@ -58,7 +59,7 @@ from ..engine._share import Share
 from ..engine._small import Meter, NotSmall, OneRequest, Seat
 from ..engine._tell import tell_failed
 from ..errors import BlobdlError, LocalFileError, OutOfResources
-from ..events import DownloadResult, Event
+from ..events import DownloadResult, Event, Failed, Finished
 from ..http._remote import Remote
 from ..processes._child import Forked
 from ..processes._spawn import private, seat_pipe, start, start_thread
@@ -494,7 +495,10 @@ def _fetch(seat: Seat, job: _Job, line: _Line) -> _Done | _Large:
     line.events = job.events
 
     def tell(event: Event) -> None:
-        if job.events:
+        # Its last word is sent even to a batch without a callback: should this process die
+        # before the outcome that follows, the scheduler knows the item finished (its file
+        # in place, to be made durable) or failed on its own, and does not run it again.
+        if job.events or isinstance(event, Finished | Failed):
             line.send(_Told(event))
 
     def name(remote: Remote) -> Path:

@@ -16,7 +16,8 @@ said to be large, asks before its probe goes to another host: its grant moves th
 ``_lanes``). The lanes and the share of
 ``limit_rate`` of every running item are in shared memory (``Shares``): when an item ends,
 what it held goes to the items still running. Children and seats report events and
-results through pipes. One item failing does not stop the others.
+results through pipes. One item failing does not stop the others; a small item whose pool
+process dies under it runs again, once (``_again``).
 
 ``_Scheduler`` tells one run in order; each part it hands off has a module of its own:
 ``_sizing`` (how large: pool, lanes, which items skip the seats; pure), ``_destinations``
@@ -30,6 +31,7 @@ results) and ``_stop`` (everything ended on a signal).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections import deque
@@ -96,6 +98,8 @@ __all__ = [
     "parse_manifest",
 ]
 
+
+log = logging.getLogger("blobdl")
 
 BUDGET = Settings.connections  # connections of a batch in all, unless told: as one download's
 PER_HOST = 8  # connections to any one host, unless told
@@ -305,6 +309,7 @@ class _Scheduler:
         self.watch = Watch()
         self.written: BatchRecord | None = None  # what the batch writes, while it runs
         self.stalls = Stalls(settings)  # the pool's processes that stopped running
+        self.rerun: set[int] = set()  # items run again once their pool process died (``_again``)
         self.lanes = Lanes(items, settings, self.budget, self.seats, self.large, self.watch,
                            self.queued, waiting)  # fmt: skip
 
@@ -416,8 +421,24 @@ class _Scheduler:
             self._store(index, said.outcome)
         elif isinstance(said, _Large):
             self._large(index, said.remote)
-        else:  # its process died under it
+        elif not self._again(index, said):  # its process died under it
             self._died(index, said)
+
+    def _again(self, index: int, exc: BlobdlError) -> bool:
+        """Queue again, first at its host, an item whose pool process died under it before
+        its last word: a process dies for what is seldom its item's doing (killed as stalled
+        on a machine too loaded to run it, the OOM killer's pick, another seat's crash), and
+        its seats' items are run again, as a download's dead worker's parts are. Once: an
+        item that a second process dies under fails with that death, so one that kills its
+        process each time ends. It runs under the name it was given (the killed process's
+        lock file and partial are gone, ``Seats.died``); its callback hears it start again."""
+        if index in self.rerun or index in self.outcomes.ended:
+            return False
+        self.rerun.add(index)
+        item = self.items[index] = self.destinations.named(index, self.items[index])
+        log.warning("%s: %s; run again", self.numbering.one(index), exc)
+        self.queued.setdefault(host_of(item.url), deque()).appendleft(index)
+        return True
 
     def _off_the_seats(self) -> None:
         """Every seat is gone for good (``Seats.start``, ``Seats.died``): each item still

@@ -23,36 +23,29 @@ import pytest
 
 import blobdl
 from blobdl import Item
+from blobdl.store._lock import LOCK_SUFFIX
 from faultserver.serverctl import ServerHandle
-from tests.conftest import Blob, fast_settings, run_cli, sha256_file, spawn_cli
+from tests.conftest import Blob, fast_settings, opened_by, run_cli, sha256_file, spawn_cli
 
 Make = Callable[..., Blob]
 PART = 16_384  # one request holds this much: smaller blobs are small items
 
 
-@pytest.mark.parametrize("victim", ["pool", "large item"])
+@pytest.mark.parametrize("victim", ["pool twice", "large item"])
 def test_an_item_whose_process_dies_is_told_failed(
     make: Make, server: ServerHandle, tmp_path: Path, victim: str
 ) -> None:
-    small = [make(2 * PART // 3, seed=3300 + n) for n in range(3)]
-    large = make(8 * PART, seed=3305)
-    # Every body after its first 64 KiB at 20 KB/s, and slow to start: items are in flight.
-    server.set_faults({"path": "/files/*", "times": None, "action": "shape", "bps": 20_000,
-                       "ttfb": 0.3})  # fmt: skip
-    blobs = [*small, large]
-    manifest = tmp_path / "manifest"
-    manifest.write_text("".join(f"{b.url} {tmp_path / f'o{n}'}\n" for n, b in enumerate(blobs)))
-    args = ["-i", str(manifest), "--json", "--connections", "2", "--per-host", "2",
-            "--min-part-size", str(PART), "--max-part-size", str(PART)]  # fmt: skip
+    """A large item's child killed: its item fails. A pool process killed: its items run
+    again (``test_the_items_of_a_pool_process_killed_under_them_start_again_and_finish``);
+    killed again while an item runs again, that item fails."""
+    blobs, args = _mixed_batch(make, server, tmp_path)
     proc = spawn_cli(*args)
     try:
-        me = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 20
-        while not (target := _victim(me, victim)):
-            assert time.monotonic() < deadline and proc.poll() is None, f"no {victim} process"
-            time.sleep(0.02)
-        target.kill()
-        stdout, stderr = proc.communicate(timeout=60)
+        if victim == "large item":
+            _kill_when_found(proc, victim)
+            stdout, stderr = proc.communicate(timeout=60)
+        else:
+            stdout, stderr = _kill_the_pool_as_items_start(proc, again=True)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -71,7 +64,91 @@ def test_an_item_whose_process_dies_is_told_failed(
     assert proc.returncode == 3, stderr
 
 
-@pytest.mark.parametrize("victim", ["pool", "large item"])
+def test_the_items_of_a_pool_process_killed_under_them_start_again_and_finish(
+    make: Make, server: ServerHandle, tmp_path: Path
+) -> None:
+    """A pool process killed while its items are in flight: the JSON reader sees each of
+    them start again, then finish, exact; the batch exits 0."""
+    blobs, args = _mixed_batch(make, server, tmp_path)
+    proc = spawn_cli(*args)
+    try:
+        stdout, _ = _kill_the_pool_as_items_start(proc, again=False)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = [json.loads(line) for line in stdout.splitlines()]
+    starts = [r["item"] for r in records if r.get("event") == "started"]
+    assert any(starts.count(n) == 2 for n in range(len(blobs))), records  # one ran again
+    ends = [(r["item"], r["event"]) for r in records if r.get("event") in ("finished", "failed")]
+    assert sorted(ends) == [(n, "finished") for n in range(len(blobs))], records
+    assert [sha256_file(tmp_path / f"o{n}") for n in range(len(blobs))] == [b.sha256 for b in blobs]
+    assert (proc.returncode, records[-1]) == (0, {"event": "summary", "ok": 4, "failed": 0})
+
+
+def _mixed_batch(make: Make, server: ServerHandle, tmp_path: Path) -> tuple[list[Blob], list[str]]:
+    """Three small items and a large one, slow, so that items are in flight: a small body
+    at 10 KB/s (a second), every other after its first 64 KiB at 20 KB/s, and slow to
+    start; and the CLI's arguments."""
+    small = [make(2 * PART // 3, seed=3300 + n) for n in range(3)]
+    large = make(8 * PART, seed=3305)
+    server.set_faults(
+        *({"path": f"/files/{b.name}", "times": None, "action": "rate", "bps": 10_000,
+           "step": 1000} for b in small),
+        {"path": "/files/*", "times": None, "action": "shape", "bps": 20_000, "ttfb": 0.3},
+    )  # fmt: skip
+    blobs = [*small, large]
+    manifest = tmp_path / "manifest"
+    manifest.write_text("".join(f"{b.url} {tmp_path / f'o{n}'}\n" for n, b in enumerate(blobs)))
+    args = ["-i", str(manifest), "--json", "--connections", "2", "--per-host", "2",
+            "--min-part-size", str(PART), "--max-part-size", str(PART)]  # fmt: skip
+    return blobs, args
+
+
+def _kill_when_found(proc: Any, victim: str) -> None:
+    me = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 20
+    while not (target := _victim(me, victim)):
+        assert time.monotonic() < deadline and proc.poll() is None, f"no {victim} process"
+        time.sleep(0.02)
+    target.kill()
+
+
+def _kill_the_writer(proc: Any, path: str) -> None:
+    """Kill the process of the batch's that writes ``path`` (it holds its lock file open):
+    the pool process whose seat runs that item."""
+    lock = Path(path + LOCK_SUFFIX)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                if opened_by(child.pid, lock):
+                    child.kill()
+                    return
+        time.sleep(0.01)
+    raise AssertionError(f"nobody writes {path}")
+
+
+def _kill_the_pool_as_items_start(proc: Any, again: bool) -> tuple[str, str]:
+    """Read the CLI's JSON lines as they come: kill the pool process once an item has
+    started (and, ``again``, once more as an item starts its second run); its output."""
+    assert proc.stdout is not None
+    lines, starts, kills = [], {0: 0, 1: 0, 2: 0, 3: 0}, 0
+    for line in proc.stdout:
+        lines.append(line)
+        record = json.loads(line)
+        if record.get("event") != "started":
+            continue
+        starts[record["item"]] += 1
+        if kills < 1 + again and starts[record["item"]] == kills + 1 and record["item"] < 3:
+            _kill_the_writer(proc, record["path"])
+            kills += 1
+    stdout, stderr = proc.communicate(timeout=60)
+    assert kills == 1 + again, lines
+    return "".join(lines) + stdout, stderr
+
+
+@pytest.mark.parametrize("victim", ["pool", "pool, no callback", "large item"])
 def test_an_item_whose_process_dies_after_telling_finished_has_finished(
     make: Make, server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, victim: str
 ) -> None:
@@ -84,7 +161,7 @@ def test_an_item_whose_process_dies_after_telling_finished_has_finished(
     def killed() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    if victim == "pool":
+    if victim.startswith("pool"):
         fetch = _pool._fetch
 
         def fetched_then_killed(*args: Any) -> Any:
@@ -98,10 +175,16 @@ def test_an_item_whose_process_dies_after_telling_finished_has_finished(
         blob = make(8 * PART, seed=3321)
     told: list[blobdl.BatchEvent] = []
     settings = fast_settings(min_part_size=PART, max_part_size=PART)
+    heard = None if victim.endswith("no callback") else told.append
     [result] = blobdl.download_many([Item(blob.url, str(tmp_path / "o"))], settings=settings,
-                                    on_event=told.append)  # fmt: skip
+                                    on_event=heard)  # fmt: skip
     assert result.ok, result
     assert sha256_file(tmp_path / "o") == blob.sha256
+    if victim.startswith("pool"):  # one request: not run again
+        assert server.stats()["per_path"][f"/files/{blob.name}"] == 1
+    if heard is None:  # nobody was told: what it finished with is the story's own result
+        assert result.result is not None and result.result.path == tmp_path / "o"
+        return
     [finished] = [e.event for e in told if isinstance(e.event, blobdl.Finished)]
     assert result.result == finished.result
     assert not [e for e in told if isinstance(e.event, blobdl.Failed)], told
@@ -126,11 +209,10 @@ def test_an_item_named_after_its_probe_whose_process_dies_is_told_failed_at_its_
     proc = spawn_cli(*args)
     assert proc.stdout is not None
     try:
-        started = json.loads(proc.stdout.readline())  # the seat has named it
-        assert started["event"] == "started", started
-        pool = _victim(psutil.Process(proc.pid), "pool")
-        assert pool is not None
-        pool.kill()
+        for _run in range(2):  # killed in its run, and in its run again under that name
+            started = json.loads(proc.stdout.readline())  # the seat has named it
+            assert started["event"] == "started", started
+            _kill_the_writer(proc, started["path"])
         stdout, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
