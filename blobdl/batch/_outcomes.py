@@ -61,6 +61,7 @@ class Outcomes:
         return told.event.result if told is not None and isinstance(told.event, Finished) else None
 
     def store(self, index: int, item: Item, outcome: DownloadResult | BlobdlError) -> None:
+        self.ended.pop(index, None)  # its last word is needed no more: 10,000 items' add up
         if isinstance(outcome, DownloadResult):
             self.results[index] = ItemResult(item, outcome, None)
         else:

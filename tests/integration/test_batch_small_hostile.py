@@ -294,8 +294,10 @@ def test_a_pool_whose_every_fork_stops_itself_fails_its_items_instead_of_hanging
     resumer = subprocess.Popen(["sh", "-c", resume], start_new_session=True)
     items = [Item(b.url, str(tmp_path / f"o{n}")) for n, b in enumerate(blobs)]
     try:
-        results = blobdl.download_many(items, max_connections=2,
-                                       settings=fast_settings(processes=1))  # fmt: skip
+        # Its items run again once their pool is heard dead: GO_TRIES forks more, each
+        # killed after the stall timeout (1 s here: every fork stops, none is spared).
+        settings = fast_settings(processes=1, stall_timeout=1.0)
+        results = blobdl.download_many(items, max_connections=2, settings=settings)
     finally:
         armed.clear()
         resumer.kill()
