@@ -60,6 +60,17 @@ class Outcomes:
         told = self.ended.get(index)
         return told.event.result if told is not None and isinstance(told.event, Finished) else None
 
+    def told_end(self, index: int) -> DownloadResult | BlobdlError | None:
+        """How the item's last word said it ended, if it came: the result ``Finished`` told,
+        or the failure ``Failed`` told (its message and exit code; its type stayed with the
+        process that raised it)."""
+        told = self.ended.get(index)
+        if told is None or not isinstance(told.event, Failed):
+            return self.finished(index)
+        failure = BlobdlError(told.event.error)
+        failure.exit_code = told.event.exit_code
+        return failure
+
     def store(self, index: int, item: Item, outcome: DownloadResult | BlobdlError) -> None:
         self.ended.pop(index, None)  # its last word is needed no more: 10,000 items' add up
         if isinstance(outcome, DownloadResult):

@@ -492,14 +492,14 @@ class _Scheduler:
         self.outcomes.failed(index, self.destinations.named(index, self.items[index]), exc)
 
     def _died(self, index: int, exc: BlobdlError) -> None:
-        """Its process died under it: it failed, unless it had told ``Finished`` (its file is
-        in place; its outcome, which follows that word in a message of its own, was cut
-        off): then it finished, as it said."""
-        finished = self.outcomes.finished(index)
-        if finished is None:
+        """Its process died under it: it failed, unless its last word came first (its
+        outcome, which follows that word in a message of its own, was cut off): then it
+        ended as it said, finished (its file is in place) or failed on its own."""
+        told = self.outcomes.told_end(index)
+        if told is None:
             self._failed(index, exc)
         else:
-            self._store(index, finished)
+            self._store(index, told)
 
     def _store(self, index: int, outcome: DownloadResult | BlobdlError) -> None:
         self._ended(index)
@@ -515,5 +515,7 @@ class _Scheduler:
     # --- stopping -------------------------------------------------------------------------
 
     def _running(self) -> list[int]:
-        """The items under way: on a seat, or in a child of their own."""
-        return sorted({*self.seats.on_seat.values(), *self.large.running})
+        """The items under way: on a seat, in a child of their own, or queued to run again
+        once their process died (they started: their callback waits for their last word)."""
+        again = (index for index in self.rerun if not self.outcomes.said_last(index))
+        return sorted({*self.seats.on_seat.values(), *self.large.running, *again})

@@ -236,11 +236,12 @@ class Seats:
         holds them (``store._lock.remove_stale``), and the partials of the items it was
         writing: a small item starts over, so nothing of one that failed is kept
         (``store._resume.drop_unrecorded``)."""
-        for seat in seats:
-            for lock in self.locks.pop(seat, ()):
-                remove_stale(Path(lock))
-                if (dest := locked_destination(Path(lock))) is not None:
-                    drop_unrecorded(dest)
+        with held():  # a Ctrl-C now comes once all is swept: what is popped is swept whole
+            for seat in seats:
+                for lock in self.locks.pop(seat, ()):
+                    remove_stale(Path(lock))
+                    if (dest := locked_destination(Path(lock))) is not None:
+                        drop_unrecorded(dest)
 
     def _made_durable(self, seats: range) -> None:
         """The renames of the items that ``seats`` said were done, made durable: their
