@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -72,7 +73,7 @@ def test_the_items_of_a_pool_process_killed_under_them_start_again_and_finish(
     blobs, args = _mixed_batch(make, server, tmp_path)
     proc = spawn_cli(*args)
     try:
-        stdout, _ = _kill_the_pool_as_items_start(proc, again=False)
+        stdout, stderr = _kill_the_pool_as_items_start(proc, again=False)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -84,6 +85,7 @@ def test_the_items_of_a_pool_process_killed_under_them_start_again_and_finish(
     assert sorted(ends) == [(n, "finished") for n in range(len(blobs))], records
     assert [sha256_file(tmp_path / f"o{n}") for n in range(len(blobs))] == [b.sha256 for b in blobs]
     assert (proc.returncode, records[-1]) == (0, {"event": "summary", "ok": 4, "failed": 0})
+    assert re.search(r"warning: manifest line \d: download process died .*; run again", stderr)
 
 
 def _mixed_batch(make: Make, server: ServerHandle, tmp_path: Path) -> tuple[list[Blob], list[str]]:
