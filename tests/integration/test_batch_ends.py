@@ -90,12 +90,12 @@ def test_the_items_of_a_pool_process_killed_under_them_start_again_and_finish(
 
 def _mixed_batch(make: Make, server: ServerHandle, tmp_path: Path) -> tuple[list[Blob], list[str]]:
     """Three small items and a large one, slow, so that items are in flight: a small body
-    at 10 KB/s (a second), every other after its first 64 KiB at 20 KB/s, and slow to
-    start; and the CLI's arguments."""
+    at 5 KB/s (two seconds, in which a test kills its writer), every other after its first
+    64 KiB at 20 KB/s, and slow to start; and the CLI's arguments."""
     small = [make(2 * PART // 3, seed=3300 + n) for n in range(3)]
     large = make(8 * PART, seed=3305)
     server.set_faults(
-        *({"path": f"/files/{b.name}", "times": None, "action": "rate", "bps": 10_000,
+        *({"path": f"/files/{b.name}", "times": None, "action": "rate", "bps": 5_000,
            "step": 1000} for b in small),
         {"path": "/files/*", "times": None, "action": "shape", "bps": 20_000, "ttfb": 0.3},
     )  # fmt: skip
