@@ -16,8 +16,12 @@ said to be large, asks before its probe goes to another host: its grant moves th
 ``_lanes``). The lanes and the share of
 ``limit_rate`` of every running item are in shared memory (``Shares``): when an item ends,
 what it held goes to the items still running. Children and seats report events and
-results through pipes. One item failing does not stop the others; a small item whose pool
-process dies under it runs again, once (``_again``).
+results through pipes. One item failing does not stop the others. A small item whose pool
+process dies under it before its last word runs again (``_again``), first at its host, under
+the name it was given, its callback told it started again: a process dies for what is
+seldom its item's doing (killed as stalled on a machine too loaded to run it, the OOM
+killer's pick, another seat's crash), as a download's dead worker's parts are taken up by
+another. Once: a second death fails it, so an item that kills its process each time ends.
 
 ``_Scheduler`` tells one run in order; each part it hands off has a module of its own:
 ``_sizing`` (how large: pool, lanes, which items skip the seats; pure), ``_destinations``
@@ -425,13 +429,9 @@ class _Scheduler:
             self._died(index, said)
 
     def _again(self, index: int, exc: BlobdlError) -> bool:
-        """Queue again, first at its host, an item whose pool process died under it before
-        its last word: a process dies for what is seldom its item's doing (killed as stalled
-        on a machine too loaded to run it, the OOM killer's pick, another seat's crash), and
-        its seats' items are run again, as a download's dead worker's parts are. Once: an
-        item that a second process dies under fails with that death, so one that kills its
-        process each time ends. It runs under the name it was given (the killed process's
-        lock file and partial are gone, ``Seats.died``); its callback hears it start again."""
+        """Queue again an item whose pool process died under it (see the module's note;
+        what that process left is gone, ``Seats.died``), unless it ran again already or
+        told its last word (``_died`` keeps that)."""
         if index in self.rerun or index in self.outcomes.ended:
             return False
         self.rerun.add(index)
@@ -515,7 +515,6 @@ class _Scheduler:
     # --- stopping -------------------------------------------------------------------------
 
     def _running(self) -> list[int]:
-        """The items under way: on a seat, in a child of their own, or queued to run again
-        once their process died (they started: their callback waits for their last word)."""
+        """The items under way: on a seat, in a child of their own, or started and queued again."""
         again = (index for index in self.rerun if not self.outcomes.said_last(index))
         return sorted({*self.seats.on_seat.values(), *self.large.running, *again})

@@ -39,19 +39,14 @@ def test_an_item_whose_process_dies_is_told_failed(
     """A large item's child killed: its item fails. A pool process killed: its items run
     again (``test_the_items_of_a_pool_process_killed_under_them_start_again_and_finish``);
     killed again while an item runs again, that item fails."""
-    blobs, args = _mixed_batch(make, server, tmp_path)
-    proc = spawn_cli(*args)
-    try:
+
+    def kill(proc: Any) -> tuple[str, str]:
         if victim == "large item":
             _kill_when_found(proc, victim)
-            stdout, stderr = proc.communicate(timeout=60)
-        else:
-            stdout, stderr = _kill_the_pool_as_items_start(proc, again=True)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    records = [json.loads(line) for line in stdout.splitlines()]
+            return proc.communicate(timeout=60)  # type: ignore[no-any-return]
+        return _kill_the_pool_as_items_start(proc, again=True)
+
+    blobs, records, code, stderr = _killed_mixed_batch(make, server, tmp_path, kill)
     ends = {r["item"]: r for r in records if r.get("event") in ("finished", "failed")}
     assert sorted(ends) == list(range(len(blobs))), f"an item without an end: {records}"
     died = [n for n, r in ends.items() if r["event"] == "failed"]
@@ -62,7 +57,7 @@ def test_an_item_whose_process_dies_is_told_failed(
         if record["event"] == "finished":
             assert sha256_file(tmp_path / f"o{n}") == blobs[n].sha256
     assert records[-1] == {"event": "summary", "ok": len(blobs) - len(died), "failed": len(died)}
-    assert proc.returncode == 3, stderr
+    assert code == 3, stderr
 
 
 def test_the_items_of_a_pool_process_killed_under_them_start_again_and_finish(
@@ -70,22 +65,33 @@ def test_the_items_of_a_pool_process_killed_under_them_start_again_and_finish(
 ) -> None:
     """A pool process killed while its items are in flight: the JSON reader sees each of
     them start again, then finish, exact; the batch exits 0."""
-    blobs, args = _mixed_batch(make, server, tmp_path)
-    proc = spawn_cli(*args)
-    try:
-        stdout, stderr = _kill_the_pool_as_items_start(proc, again=False)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    records = [json.loads(line) for line in stdout.splitlines()]
+    blobs, records, code, stderr = _killed_mixed_batch(
+        make, server, tmp_path, lambda proc: _kill_the_pool_as_items_start(proc, again=False)
+    )
     starts = [r["item"] for r in records if r.get("event") == "started"]
     assert any(starts.count(n) == 2 for n in range(len(blobs))), records  # one ran again
     ends = [(r["item"], r["event"]) for r in records if r.get("event") in ("finished", "failed")]
     assert sorted(ends) == [(n, "finished") for n in range(len(blobs))], records
     assert [sha256_file(tmp_path / f"o{n}") for n in range(len(blobs))] == [b.sha256 for b in blobs]
-    assert (proc.returncode, records[-1]) == (0, {"event": "summary", "ok": 4, "failed": 0})
+    assert (code, records[-1]) == (0, {"event": "summary", "ok": 4, "failed": 0})
     assert re.search(r"warning: manifest line \d: download process died .*; run again", stderr)
+
+
+def _killed_mixed_batch(
+    make: Make, server: ServerHandle, tmp_path: Path, kill: Callable[[Any], tuple[str, str]]
+) -> tuple[list[Blob], list[dict[str, Any]], int, str]:
+    """The mixed batch (``_mixed_batch``) run by the CLI with ``--json``, ``kill`` killing
+    what it kills as the run goes and giving what the CLI printed: the blobs, the JSON
+    records, the exit code and stderr. The CLI is never left running."""
+    blobs, args = _mixed_batch(make, server, tmp_path)
+    proc = spawn_cli(*args)
+    try:
+        stdout, stderr = kill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return blobs, [json.loads(line) for line in stdout.splitlines()], proc.returncode, stderr
 
 
 def _mixed_batch(make: Make, server: ServerHandle, tmp_path: Path) -> tuple[list[Blob], list[str]]:
@@ -94,11 +100,12 @@ def _mixed_batch(make: Make, server: ServerHandle, tmp_path: Path) -> tuple[list
     64 KiB at 20 KB/s, and slow to start; and the CLI's arguments."""
     small = [make(2 * PART // 3, seed=3300 + n) for n in range(3)]
     large = make(8 * PART, seed=3305)
-    server.set_faults(
-        *({"path": f"/files/{b.name}", "times": None, "action": "rate", "bps": 5_000,
-           "step": 1000} for b in small),
-        {"path": "/files/*", "times": None, "action": "shape", "bps": 20_000, "ttfb": 0.3},
-    )  # fmt: skip
+    rules: list[dict[str, object]] = [
+        {"path": f"/files/{b.name}", "times": None, "action": "rate", "bps": 5_000, "step": 1000}
+        for b in small
+    ]
+    rules.append({"path": "/files/*", "times": None, "action": "shape", "bps": 20_000, "ttfb": 0.3})
+    server.set_faults(*rules)
     blobs = [*small, large]
     manifest = tmp_path / "manifest"
     manifest.write_text("".join(f"{b.url} {tmp_path / f'o{n}'}\n" for n, b in enumerate(blobs)))
