@@ -69,21 +69,15 @@ def test_ctrl_c_while_a_rerun_is_queued_still_gives_the_item_its_last_word(
     blob = make(SLOW, seed=7700)
     _slow(server)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    told: list[str] = []
+    events: dict[int, list[blobdl.BatchEvent]] = {}
     killed: list[int] = []
-
-    def note(batch_event: blobdl.BatchEvent) -> None:
-        told.append(type(batch_event.event).__name__)
-        if not killed and told[-1] == "Progress":
-            (pool,) = _pool_processes(before)
-            killed.append(pool.pid)
-            pool.kill()
-
+    note = _kill_once_on_progress(before, events, {0}, killed)
     hook = _OnRunAgain(lambda: os.kill(os.getpid(), signal.SIGINT))  # the user's Ctrl-C, now
     items = [Item(blob.url, str(tmp_path / "o"))]
     with _hooked(hook), pytest.raises(blobdl.Interrupted):
         blobdl.download_many(items, on_event=note, settings=fast_settings(processes=1))
     assert killed and hook.seen, (killed, hook.seen)
+    told = _names(events[0])
     left = sorted(p.name for p in tmp_path.glob("*.blobdl-*"))
     assert told[0] == "Started", told
     assert told[-1] == "Failed", (
@@ -450,13 +444,7 @@ def test_ctrl_c_as_a_dead_pool_process_is_heard_leaves_no_partial(
     _slow(server)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     killed: list[int] = []
-
-    def note(batch_event: blobdl.BatchEvent) -> None:
-        if not killed and isinstance(batch_event.event, blobdl.Progress):
-            (pool,) = _pool_processes(before)
-            killed.append(pool.pid)
-            pool.kill()
-
+    note = _kill_once_on_progress(before, {}, {0}, killed)
     with pytest.raises(blobdl.Interrupted):
         blobdl.download_many([Item(blob.url, str(tmp_path / "o"))], on_event=note,
                              settings=fast_settings(processes=1))  # fmt: skip
